@@ -1,0 +1,136 @@
+package accel
+
+// The vCPU state below is accelerator-neutral: KVM and MSHV backends
+// convert to and from it, and snapshots store it. Field sets follow the
+// architecture, not either kernel's structs.
+
+// Regs are the general registers, RIP and RFLAGS.
+type Regs struct {
+	RAX, RBX, RCX, RDX, RSI, RDI, RSP, RBP uint64
+	R8, R9, R10, R11, R12, R13, R14, R15   uint64
+	RIP, RFLAGS                            uint64
+}
+
+// Segment is a segment register with its hidden descriptor cache.
+// Limit is the byte-granular (expanded) limit.
+type Segment struct {
+	Base     uint64 `json:"base"`
+	Limit    uint32 `json:"limit"`
+	Selector uint16 `json:"selector"`
+	Type     uint8  `json:"type"`
+	Present  bool   `json:"present"`
+	DPL      uint8  `json:"dpl"`
+	DB       bool   `json:"db"`
+	S        bool   `json:"s"`
+	L        bool   `json:"l"`
+	G        bool   `json:"g"`
+	AVL      bool   `json:"avl"`
+	Unusable bool   `json:"unusable"`
+}
+
+// DTable is a descriptor-table register (GDTR, IDTR).
+type DTable struct {
+	Base  uint64 `json:"base"`
+	Limit uint16 `json:"limit"`
+}
+
+// Sregs are the segment, descriptor-table and control registers.
+type Sregs struct {
+	CS, DS, ES, FS, GS, SS  Segment
+	TR, LDT                 Segment
+	GDT, IDT                DTable
+	CR0, CR2, CR3, CR4, CR8 uint64
+	EFER                    uint64
+	APICBase                uint64
+}
+
+// FPU is the legacy x87/SSE state (the FXSAVE image, in named fields).
+type FPU struct {
+	FCW, FSW  uint16
+	FTW       uint8 // abridged tag word (one bit per register, as FXSAVE)
+	FOP       uint16
+	FIP, FDP  uint64
+	MXCSR     uint32
+	MXCSRMask uint32
+	ST        [8][16]byte // 80-bit values in 16-byte slots
+	XMM       [16][16]byte
+}
+
+// XSave is an XSAVE area in the standard (non-compacted) format, the form
+// XSAVE writes without XSAVEC/XSAVES. Backends whose accelerator speaks the
+// compacted format convert.
+type XSave struct {
+	Data []byte
+}
+
+// XCR is one extended control register (index 0 is XCR0).
+type XCR struct {
+	Index uint32
+	Value uint64
+}
+
+// MSR is one model-specific register.
+type MSR struct {
+	Index uint32
+	Value uint64
+}
+
+// LAPIC is the local APIC state as the 1 KiB xAPIC register page image
+// (register at offset R lives at Regs[R:R+4]), the layout KVM uses and the
+// neutral form snapshots store. MSHV converts its own LAPIC blob to it.
+type LAPIC struct {
+	Regs [1024]byte
+}
+
+// Events are the pending and injected events of a vCPU.
+type Events struct {
+	Exception struct {
+		Injected     bool
+		Pending      bool
+		Nr           uint8
+		HasErrorCode bool
+		ErrorCode    uint32
+		HasPayload   bool
+		Payload      uint64
+	}
+	Interrupt struct {
+		Injected bool
+		Nr       uint8
+		Soft     bool
+		// Shadow: interrupts are blocked for one instruction (STI/MOV SS).
+		Shadow uint8
+	}
+	NMI struct {
+		Injected bool
+		Pending  bool
+		Masked   bool
+	}
+	SIPIVector uint32
+}
+
+// MPState is the multiprocessing state of a vCPU.
+type MPState int
+
+const (
+	MPRunnable MPState = iota
+	MPUninitialized
+	MPInitReceived
+	MPHalted
+	MPSIPIReceived
+)
+
+var mpNames = [...]string{"runnable", "uninitialized", "init-received", "halted", "sipi-received"}
+
+func (s MPState) String() string {
+	if int(s) >= 0 && int(s) < len(mpNames) {
+		return mpNames[s]
+	}
+	return "mpstate(?)"
+}
+
+// DebugRegs are DR0-DR3, DR6 and DR7.
+type DebugRegs struct {
+	DR  [4]uint64
+	DR6 uint64
+	DR7 uint64
+}

@@ -1,0 +1,117 @@
+// Package bus routes a vCPU's port I/O and MMIO accesses to the device that
+// claims the address. A Bus is built before the vCPUs start and is read-only
+// afterwards, so lookups take no lock. Accesses nobody claims read as all
+// ones and writes are dropped; they are counted and logged once per address
+// at debug level, because a guest probing for hardware is normal and must
+// never stop the VM.
+package bus
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+)
+
+// Device is something that answers accesses in its address range. offset
+// is relative to the range's base; data is 1, 2, 4 or 8 bytes (little
+// endian). A device must treat every value as hostile and never panic.
+type Device interface {
+	Read(offset uint64, data []byte)
+	Write(offset uint64, data []byte)
+}
+
+type entry struct {
+	base, size uint64
+	name       string
+	dev        Device
+}
+
+// Bus is one address space (ports or MMIO).
+type Bus struct {
+	name    string
+	entries []entry // sorted by base, non-overlapping
+
+	unclaimedReads  atomic.Uint64
+	unclaimedWrites atomic.Uint64
+	logged          sync.Map // address -> struct{}
+	log             *slog.Logger
+}
+
+// New returns an empty bus; name ("pio", "mmio") appears in log lines.
+func New(name string, log *slog.Logger) *Bus {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Bus{name: name, log: log}
+}
+
+// Register claims [base, base+size) for dev. Overlaps are refused.
+func (b *Bus) Register(base, size uint64, name string, dev Device) error {
+	if size == 0 || base+size < base {
+		return fmt.Errorf("%s bus: device %s: bad range base %#x size %#x", b.name, name, base, size)
+	}
+	for _, e := range b.entries {
+		if base < e.base+e.size && e.base < base+size {
+			return fmt.Errorf("%s bus: device %s at [%#x,%#x) overlaps %s at [%#x,%#x)",
+				b.name, name, base, base+size, e.name, e.base, e.base+e.size)
+		}
+	}
+	b.entries = append(b.entries, entry{base, size, name, dev})
+	sort.Slice(b.entries, func(i, j int) bool { return b.entries[i].base < b.entries[j].base })
+	return nil
+}
+
+// Lookup returns the device claiming addr and addr's offset in its range.
+func (b *Bus) Lookup(addr uint64) (Device, uint64, bool) {
+	es := b.entries
+	i := sort.Search(len(es), func(i int) bool { return es[i].base+es[i].size > addr })
+	if i < len(es) && es[i].base <= addr {
+		return es[i].dev, addr - es[i].base, true
+	}
+	return nil, 0, false
+}
+
+// Read performs a read access.
+func (b *Bus) Read(addr uint64, data []byte) {
+	if d, off, ok := b.Lookup(addr); ok {
+		d.Read(off, data)
+		return
+	}
+	for i := range data {
+		data[i] = 0xff
+	}
+	b.unclaimedReads.Add(1)
+	b.logOnce(addr, "read", len(data))
+}
+
+// Write performs a write access.
+func (b *Bus) Write(addr uint64, data []byte) {
+	if d, off, ok := b.Lookup(addr); ok {
+		d.Write(off, data)
+		return
+	}
+	b.unclaimedWrites.Add(1)
+	b.logOnce(addr, "write", len(data))
+}
+
+func (b *Bus) logOnce(addr uint64, op string, n int) {
+	if _, seen := b.logged.LoadOrStore(addr, struct{}{}); !seen {
+		b.log.Debug("unclaimed access", "bus", b.name, "op", op, "addr", fmt.Sprintf("%#x", addr), "size", n)
+	}
+}
+
+// Unclaimed returns how many reads and writes hit no device.
+func (b *Bus) Unclaimed() (reads, writes uint64) {
+	return b.unclaimedReads.Load(), b.unclaimedWrites.Load()
+}
+
+// Devices lists the registered ranges, for diagnostics.
+func (b *Bus) Devices() []string {
+	out := make([]string, 0, len(b.entries))
+	for _, e := range b.entries {
+		out = append(out, fmt.Sprintf("%s [%#x,%#x)", e.name, e.base, e.base+e.size))
+	}
+	return out
+}

@@ -1,0 +1,229 @@
+// Package memory owns a VM's guest RAM: anonymous host mappings laid out at
+// guest physical addresses around the x86 MMIO hole, and the GPA->host table
+// every other part of govmm uses to read and write guest memory. All access
+// goes through bounds-checked methods, so a guest-controlled address can
+// never reach host memory outside the guest's RAM.
+package memory
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+
+	"golang.org/x/sys/unix"
+)
+
+// The x86 physical address map govmm builds: RAM from 0 up to the MMIO hole,
+// the hole (IOAPIC, LAPIC, HPET, PCI windows, firmware) up to 4 GiB, and any
+// remaining RAM above 4 GiB.
+const (
+	MMIOHoleStart = 0xC000_0000
+	MMIOHoleEnd   = 0x1_0000_0000
+	PageSize      = 4096
+)
+
+// ErrOutOfRange is wrapped by accesses that fall outside guest RAM.
+var ErrOutOfRange = errors.New("guest physical address is not RAM")
+
+// Region is one contiguous range of guest RAM and its host mapping.
+type Region struct {
+	GPA  uint64
+	Host []byte
+}
+
+// End is the first GPA after the region.
+func (r Region) End() uint64 { return r.GPA + uint64(len(r.Host)) }
+
+// Memory is a VM's guest RAM.
+type Memory struct {
+	regions []Region // sorted by GPA, non-overlapping
+	size    uint64
+}
+
+// New maps size bytes of anonymous guest RAM (private, not reserved, with
+// transparent huge pages requested) in the standard x86 layout.
+func New(size uint64) (*Memory, error) {
+	return newMapped(size, -1)
+}
+
+// NewFromFile maps size bytes of guest RAM from f, private and
+// copy-on-write, so nothing is copied up front (snapshot restore). The file
+// holds RAM in GPA order with the MMIO hole squeezed out (the layout
+// WriteTo produces).
+func NewFromFile(f *os.File, size uint64) (*Memory, error) {
+	return newMapped(size, int(f.Fd()))
+}
+
+func newMapped(size uint64, fd int) (*Memory, error) {
+	if size == 0 || size%PageSize != 0 {
+		return nil, fmt.Errorf("guest memory size %d is not a positive multiple of %d", size, PageSize)
+	}
+	m := &Memory{size: size}
+	low := min(size, MMIOHoleStart)
+	layout := []Region{{GPA: 0, Host: nil}}
+	lens := []uint64{low}
+	if size > low {
+		layout = append(layout, Region{GPA: MMIOHoleEnd})
+		lens = append(lens, size-low)
+	}
+	var off int64
+	for i, r := range layout {
+		n := lens[i]
+		var (
+			b   []byte
+			err error
+		)
+		if fd >= 0 {
+			b, err = unix.Mmap(fd, off, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+		} else {
+			b, err = unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		}
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("map %d MiB of guest memory at %#x: %w", n>>20, r.GPA, err)
+		}
+		if fd < 0 {
+			_ = unix.Madvise(b, unix.MADV_HUGEPAGE) // best effort
+		}
+		r.Host = b
+		m.regions = append(m.regions, r)
+		off += int64(n)
+	}
+	return m, nil
+}
+
+// Close unmaps guest RAM. The Memory must not be used afterwards.
+func (m *Memory) Close() error {
+	var first error
+	for _, r := range m.regions {
+		if r.Host != nil {
+			if err := unix.Munmap(r.Host); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	m.regions = nil
+	return first
+}
+
+// Size is the amount of guest RAM in bytes.
+func (m *Memory) Size() uint64 { return m.size }
+
+// Regions lists the RAM regions in GPA order. The slice must not be modified.
+func (m *Memory) Regions() []Region { return m.regions }
+
+// find returns the region holding gpa.
+func (m *Memory) find(gpa uint64) (*Region, bool) {
+	i := sort.Search(len(m.regions), func(i int) bool { return m.regions[i].End() > gpa })
+	if i < len(m.regions) && m.regions[i].GPA <= gpa {
+		return &m.regions[i], true
+	}
+	return nil, false
+}
+
+// IsRAM reports whether [gpa, gpa+n) lies entirely in guest RAM.
+func (m *Memory) IsRAM(gpa, n uint64) bool {
+	_, err := m.Slice(gpa, n)
+	return err == nil
+}
+
+// Slice returns the host bytes backing [gpa, gpa+n). The range must lie
+// within one RAM region.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	r, ok := m.find(gpa)
+	if !ok || n > r.End()-gpa {
+		return nil, fmt.Errorf("%w: [%#x, %#x)", ErrOutOfRange, gpa, gpa+n)
+	}
+	off := gpa - r.GPA
+	return r.Host[off : off+n : off+n], nil
+}
+
+// Read copies guest memory at gpa into buf. Ranges may span regions only
+// where the regions are contiguous.
+func (m *Memory) Read(gpa uint64, buf []byte) error {
+	for len(buf) > 0 {
+		r, ok := m.find(gpa)
+		if !ok {
+			return fmt.Errorf("read %d bytes at GPA %#x: %w", len(buf), gpa, ErrOutOfRange)
+		}
+		n := copy(buf, r.Host[gpa-r.GPA:])
+		buf = buf[n:]
+		gpa += uint64(n)
+	}
+	return nil
+}
+
+// Write copies buf into guest memory at gpa.
+func (m *Memory) Write(gpa uint64, buf []byte) error {
+	for len(buf) > 0 {
+		r, ok := m.find(gpa)
+		if !ok {
+			return fmt.Errorf("write %d bytes at GPA %#x: %w", len(buf), gpa, ErrOutOfRange)
+		}
+		n := copy(r.Host[gpa-r.GPA:], buf)
+		buf = buf[n:]
+		gpa += uint64(n)
+	}
+	return nil
+}
+
+// ReadU32 reads a little-endian uint32 at gpa.
+func (m *Memory) ReadU32(gpa uint64) (uint32, error) {
+	var b [4]byte
+	err := m.Read(gpa, b[:])
+	return binary.LittleEndian.Uint32(b[:]), err
+}
+
+// ReadU64 reads a little-endian uint64 at gpa.
+func (m *Memory) ReadU64(gpa uint64) (uint64, error) {
+	var b [8]byte
+	err := m.Read(gpa, b[:])
+	return binary.LittleEndian.Uint64(b[:]), err
+}
+
+// WriteU32 writes a little-endian uint32 at gpa.
+func (m *Memory) WriteU32(gpa uint64, v uint32) error {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], v)
+	return m.Write(gpa, b[:])
+}
+
+// WriteU64 writes a little-endian uint64 at gpa.
+func (m *Memory) WriteU64(gpa uint64, v uint64) error {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	return m.Write(gpa, b[:])
+}
+
+// E820 describes guest RAM as e820 ranges (type 1 = usable RAM). The
+// legacy hole between 640 KiB and 1 MiB (VGA, option ROMs, BIOS) is
+// reported as reserved so that loaders never place data there.
+type E820Entry struct {
+	Addr, Size uint64
+	Type       uint32
+}
+
+const (
+	E820RAM      = 1
+	E820Reserved = 2
+)
+
+// E820 returns the guest's physical memory map.
+func (m *Memory) E820() []E820Entry {
+	var out []E820Entry
+	for _, r := range m.regions {
+		if r.GPA == 0 {
+			low := uint64(len(r.Host))
+			out = append(out, E820Entry{0, min(low, 0x9FC00), E820RAM})
+			if low > 0x100000 {
+				out = append(out, E820Entry{0x9FC00, 0x100000 - 0x9FC00, E820Reserved})
+				out = append(out, E820Entry{0x100000, low - 0x100000, E820RAM})
+			}
+			continue
+		}
+		out = append(out, E820Entry{r.GPA, uint64(len(r.Host)), E820RAM})
+	}
+	return out
+}

@@ -1,0 +1,80 @@
+// Package platform fixes the guest physical address map and port map of the
+// PC govmm presents, so that loaders, firmware tables and devices agree on
+// where everything lives without importing each other.
+package platform
+
+// Low-memory layout (all below 1 MiB except where noted).
+const (
+	// BootGDT holds the GDT the loaders install for 32- and 64-bit entry.
+	BootGDT = 0x0500
+	// BootIDT is an empty IDT (limit 0) for entry states that need one.
+	BootIDT = 0x0520
+	// PVHStartInfo is where the hvm_start_info (and its memmap) go.
+	PVHStartInfo = 0x6000
+	// ZeroPage is the Linux boot_params page.
+	ZeroPage = 0x7000
+	// MultibootInfo is where the Multiboot information structure goes.
+	MultibootInfo = 0x8000
+	// PageTables: PML4 at PML4Addr, one PDPT, and four 2 MiB-page PDs
+	// that identity map the first 4 GiB (for 64-bit entry).
+	PML4Addr = 0x9000
+	PDPTAddr = 0xA000
+	PDAddr   = 0xB000 // 4 pages: 0xB000-0xEFFF
+	// BootStackTop is the initial stack for ELF64/Multiboot entries
+	// (grows down from here; the loaders keep 0x10000-0x1FFFF free).
+	BootStackTop = 0x1F000
+	// CmdlineAddr is where the kernel command line is copied (max CmdlineMax bytes).
+	CmdlineAddr = 0x20000
+	CmdlineMax  = 0x10000
+	// MPTable is the Intel MP floating pointer and table, in the last KiB
+	// of base memory (the EBDA area).
+	MPTable = 0x9FC00
+	// ACPIBase..ACPIEnd is the BIOS read-only area where the RSDP and the
+	// ACPI tables are written (the RSDP is found by scanning 0xE0000-0xFFFFF).
+	ACPIBase = 0xE0000
+	ACPIEnd  = 0x100000
+	// KernelMin is the lowest address a kernel image may be loaded at
+	// (except real-mode flat binaries).
+	KernelMin = 0x100000
+)
+
+// MMIO addresses in the hole below 4 GiB.
+const (
+	IOAPICBase = 0xFEC00000
+	IOAPICSize = 0x1000
+	LAPICBase  = 0xFEE00000
+	// TestDeviceBase is an MMIO scratch device used by the test guests to
+	// exercise instruction emulation (see devices/testdev).
+	TestDeviceBase = 0xFEB00000
+	TestDeviceSize = 0x1000
+)
+
+// Ports.
+const (
+	PortPIC1       = 0x20
+	PortPIT        = 0x40
+	PortI8042Data  = 0x60
+	PortSpeaker    = 0x61
+	PortI8042Cmd   = 0x64
+	PortCMOS       = 0x70
+	PortPOST       = 0x80
+	PortPIC2       = 0xA0
+	PortDebugExit  = 0xF4
+	PortCOM1       = 0x3F8
+	PortELCR       = 0x4D0
+	PortPCIConfig  = 0xCF8
+	PortACPIPM     = 0x600 // PM1a event (4), PM1a control (2) at +4, PM timer at +8
+	PortACPIPMSize = 0x10
+	PortACPIReset  = 0xCF9
+)
+
+// GSIs of the legacy devices (ISA IRQs; IRQ0 is routed to GSI 2 through an
+// interrupt source override, as on every PC).
+const (
+	IRQPIT    = 0
+	GSIPIT    = 2
+	IRQCOM1   = 4
+	IRQRTC    = 8
+	IRQSCI    = 9
+	NumIOAPIC = 24
+)
