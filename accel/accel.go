@@ -293,3 +293,21 @@ type IOEventFD struct {
 	DataMatch bool
 	Data      uint64
 }
+
+// ExtINTSource is the legacy PIC as a vCPU sees it: interrupts delivered as
+// ExtINT through LINT0 (KVM_INTERRUPT on a split irqchip, an EXTINT
+// assert on MSHV). A backend that was given a source checks Pending before
+// each guest entry; when the guest can take an interrupt it calls Ack and
+// injects the vector, otherwise it asks to exit as soon as it can.
+type ExtINTSource interface {
+	Pending() bool
+	// Ack acknowledges the highest-priority request (the INTA cycle) and
+	// returns its vector; ok is false if the request went away.
+	Ack() (vector uint8, ok bool)
+}
+
+// ExtINTReceiver is implemented by vCPUs that can take ExtINT interrupts
+// (the BSP is wired to the PIC).
+type ExtINTReceiver interface {
+	SetExtINTSource(src ExtINTSource)
+}
