@@ -1,0 +1,98 @@
+// Command govmm is a virtual machine monitor for hardware-isolated sandboxes
+// on Linux, driving KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv).
+//
+//	govmm run [flags]      boot a guest and wait for it to end
+//	govmm caps [--json]    what the host offers
+//	govmm version
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "0.1.0-dev"
+
+// exitError carries a process exit status up to main.
+type exitError struct {
+	status int
+	err    error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func fail(status int, format string, args ...any) error {
+	return &exitError{status, fmt.Errorf(format, args...)}
+}
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 64
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stdin, stdout, stderr)
+	case "caps":
+		err = cmdCaps(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "govmm %s\n", version)
+	case "help", "-h", "--help":
+		usage(stdout)
+	default:
+		fmt.Fprintf(stderr, "govmm: unknown command %q\n", args[0])
+		usage(stderr)
+		return 64
+	}
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil && ee.err.Error() != "" {
+			fmt.Fprintf(stderr, "govmm: %v\n", ee.err)
+		}
+		return ee.status
+	}
+	fmt.Fprintf(stderr, "govmm: %v\n", err)
+	return 70
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: govmm <command> [flags]
+
+commands:
+  run       boot a guest (the built-in probe guest unless --kernel is given)
+  caps      show what this host's accelerators offer (--json for JSON)
+  version   print the version
+
+Run "govmm <command> -h" for a command's flags.
+`)
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "info":
+		l = slog.LevelInfo
+	case "warn", "warning":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

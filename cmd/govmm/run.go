@@ -1,0 +1,173 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"govmm/cpu"
+	"govmm/guests"
+	"govmm/vm"
+)
+
+// defaultGuest is the built-in guest `govmm run` boots without --kernel.
+const defaultGuest = "probe.elf"
+
+type runFlags struct {
+	accel, mshvDev          string
+	kernel, initrd, cmdline string
+	memory                  string
+	cpus                    int
+	cpuModel                string
+	serial                  string
+	logLevel                string
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.accel, "accel", "auto", "accelerator: kvm, mshv or auto (mshv if /dev/mshv exists, else kvm)")
+	fs.StringVar(&f.mshvDev, "mshv-device", mshvDevice, "with --accel mshv: the MSHV device, or \"sim\" for mshvsim, the in-process MSHV simulator on top of KVM (a test and development tool, not a hypervisor)")
+	fs.StringVar(&f.kernel, "kernel", "", "guest kernel: ELF64, Multiboot v1, Linux bzImage, PVH vmlinux or a raw flat binary (default: the built-in probe guest)")
+	fs.StringVar(&f.initrd, "initrd", "", "initial ramdisk (Linux initrd, Multiboot module 0)")
+	fs.StringVar(&f.cmdline, "cmdline", "", "kernel command line")
+	fs.StringVar(&f.memory, "memory", "256M", "guest memory size (e.g. 256M, 2G)")
+	fs.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&f.cpuModel, "cpu", "host", "CPU model and feature changes, e.g. host or host,-cx16,+x2apic")
+	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+}
+
+func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("govmm run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f runFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{64, errors.New("")}
+	}
+	if fs.NArg() > 0 {
+		return fail(64, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	log, err := newLogger(f.logLevel, stderr)
+	if err != nil {
+		return fail(64, "%v", err)
+	}
+	memSize, err := parseSize(f.memory)
+	if err != nil {
+		return fail(64, "--memory: %v", err)
+	}
+	if f.cpus < 1 || f.cpus > 255 {
+		return fail(64, "--cpus %d: want 1 to 255", f.cpus)
+	}
+	model, err := cpu.Parse(f.cpuModel)
+	if err != nil {
+		return fail(64, "--cpu: %v", err)
+	}
+
+	kernel, kernelName, err := readKernel(f.kernel)
+	if err != nil {
+		return err
+	}
+	var initrd []byte
+	if f.initrd != "" {
+		if initrd, err = os.ReadFile(f.initrd); err != nil {
+			return fail(64, "--initrd: %v", err)
+		}
+	}
+	serialOut, closeSerial, err := openSerial(f.serial, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeSerial()
+
+	acc, err := openAccel(f.accel, f.mshvDev)
+	if err != nil {
+		return err
+	}
+	defer acc.Close()
+	supported, err := acc.SupportedCPUID()
+	if err != nil {
+		return fail(69, "%s: read supported CPUID: %v", acc.Name(), err)
+	}
+	cpuid, err := model.Apply(supported)
+	if err != nil {
+		return fail(64, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
+	}
+
+	machine, err := vm.New(vm.Config{
+		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid,
+		Kernel: kernel, KernelNm: kernelName, Initrd: initrd, Cmdline: f.cmdline,
+		Serial: serialOut, Log: log,
+	})
+	if err != nil {
+		var ie *vm.InputError
+		if errors.As(err, &ie) {
+			return fail(64, "%v", err)
+		}
+		return fail(70, "%v", err)
+	}
+	defer machine.Close()
+
+	console := newConsole(stdin, f.serial == "stdio", stderr)
+	defer console.restore()
+	go console.pump(machine)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		if s, ok := <-sigs; ok {
+			n := int(s.(syscall.Signal))
+			machine.Stop(vm.Result{Kind: vm.StopRequested, Status: 128 + n, Err: fmt.Errorf("stopped by signal %v", s)})
+		}
+	}()
+
+	res := machine.Run()
+	console.restore()
+	log.Info("VM ended", "kind", res.Kind, "status", res.Status)
+	switch {
+	case res.Err != nil:
+		return &exitError{res.Status, res.Err}
+	case res.Status != 0:
+		return &exitError{res.Status, errors.New("")}
+	}
+	return nil
+}
+
+func readKernel(path string) ([]byte, string, error) {
+	if path == "" {
+		img, err := guests.Image(defaultGuest)
+		if err != nil {
+			return nil, "", fail(70, "built-in guest: %v", err)
+		}
+		return img, "built-in " + defaultGuest, nil
+	}
+	img, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fail(64, "--kernel: %v", err)
+	}
+	return img, path, nil
+}
+
+func openSerial(spec string, stdout io.Writer) (io.Writer, func(), error) {
+	switch {
+	case spec == "stdio":
+		return stdout, func() {}, nil
+	case spec == "none":
+		return io.Discard, func() {}, nil
+	case strings.HasPrefix(spec, "file:"):
+		f, err := os.Create(strings.TrimPrefix(spec, "file:"))
+		if err != nil {
+			return nil, nil, fail(64, "--serial: %v", err)
+		}
+		return f, func() { f.Close() }, nil
+	}
+	return nil, nil, fail(64, "--serial %q: want stdio, file:PATH or none", spec)
+}

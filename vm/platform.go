@@ -1,0 +1,165 @@
+package vm
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"govmm/accel"
+	"govmm/acpi"
+	"govmm/boot"
+	"govmm/devices/acpipm"
+	"govmm/devices/debugexit"
+	"govmm/devices/i8042"
+	"govmm/devices/pciconf"
+	"govmm/devices/pit"
+	"govmm/devices/post"
+	"govmm/devices/rtc"
+	"govmm/devices/serial"
+	"govmm/devices/testdev"
+	"govmm/irq/chipset"
+	"govmm/memory"
+//	"govmm/mptable"
+	"govmm/platform"
+)
+
+// platformDevices is the PC govmm presents: legacy devices, interrupt
+// controllers, firmware tables and the loaded kernel's entry state.
+type platformDevices struct {
+	chips   *chipset.Chipset
+	extint  accel.ExtINTSource
+	uart    *serial.UART
+	rtc     *rtc.RTC
+	pit     *pit.PIT
+	pm      *acpipm.PM
+	testdev *testdev.Device
+	entry   *boot.Entry
+}
+
+func (v *VM) buildPlatform() error {
+	p := &platformDevices{}
+	v.plat = p
+	var err error
+	p.chips, err = chipset.New(v.avm, v.kickBSP)
+	if err != nil {
+		return fmt.Errorf("interrupt controllers: %w", err)
+	}
+	p.extint = p.chips.ExtINT()
+	stop := func(r Result) func() { return func() { v.Stop(r) } }
+
+	p.uart = serial.New(v.cfg.Serial, p.chips.Line(platform.IRQCOM1))
+	p.rtc = rtc.New(p.chips.Line(platform.IRQRTC), time.Now)
+	low := min(v.mem.Size(), uint64(memory.MMIOHoleStart))
+	p.rtc.SetMemorySize(low, v.mem.Size()-low)
+	p.pit = pit.New(p.chips.Line(platform.IRQPIT))
+	p.pm = acpipm.New(p.chips.Line(platform.IRQSCI), stop(Result{Kind: StopPowerOff, Status: StatusOK}),
+		stop(Result{Kind: StopReset, Status: StatusOK}))
+	p.testdev = testdev.New()
+	dbg := debugexit.New(func(status int) {
+		v.Stop(Result{Kind: StopDebugExit, Status: status})
+	})
+	pci := pciconf.New()
+	kbd := i8042.New(stop(Result{Kind: StopReset, Status: StatusOK}))
+
+	type dev struct {
+		base, size uint64
+		name       string
+		d          interface {
+			Read(uint64, []byte)
+			Write(uint64, []byte)
+		}
+	}
+	pio := []dev{
+		{platform.PortCOM1, 8, "uart0", p.uart},
+		{platform.PortCMOS, 2, "rtc", p.rtc},
+		{platform.PortPIT, 4, "pit", p.pit},
+		{platform.PortSpeaker, 1, "pit-port61", p.pit.Port61()},
+		{platform.PortPOST, 1, "post", post.New(v.log)},
+		{platform.PortDebugExit, 4, "debug-exit", dbg},
+		{platform.PortACPIPM, platform.PortACPIPMSize, "acpi-pm", p.pm},
+		{platform.PortACPIReset, 1, "acpi-reset", p.pm.ResetPort()},
+	}
+	for _, d := range pio {
+		if err := v.pio.Register(d.base, d.size, d.name, d.d); err != nil {
+			return err
+		}
+	}
+	// The PCI configuration ports leave 0xCF9 (reset control) free.
+	if err := pci.Register(v.pio); err != nil {
+		return err
+	}
+	if err := kbd.Register(v.pio); err != nil {
+		return err
+	}
+	if err := p.chips.Register(v.pio, v.mmio); err != nil {
+		return err
+	}
+	if err := v.mmio.Register(platform.TestDeviceBase, platform.TestDeviceSize, "testdev", p.testdev); err != nil {
+		return err
+	}
+
+	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs})
+	if err != nil {
+		return fmt.Errorf("build ACPI tables: %w", err)
+	}
+	if err := error(nil); err != nil { // TODO mptable
+		return fmt.Errorf("build MP table: %w", err)
+	}
+	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, Initrd: v.cfg.Initrd, RSDP: rsdp})
+	if err != nil {
+		return &InputError{Err: fmt.Errorf("load kernel %s: %w", v.cfg.KernelNm, err)}
+	}
+	v.log.Debug("kernel loaded", "format", p.entry.Format, "rip", fmt.Sprintf("%#x", p.entry.Regs.RIP))
+	return nil
+}
+
+// InputError marks failures caused by what the user handed in (a bad
+// kernel image, an impossible configuration) rather than by govmm or the host.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// SerialInput feeds host input to the guest's serial port.
+func (v *VM) SerialInput(p []byte) { v.plat.uart.Input(p) }
+
+// CopySerialInput copies r to the guest's serial port until r ends.
+func (v *VM) CopySerialInput(r io.Reader) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			v.SerialInput(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (v *VM) kickBSP() {
+	if cs := v.vcpuList(); len(cs) > 0 {
+		cs[0].Kick()
+	}
+}
+
+func (p *platformDevices) eoi(vector uint8) { p.chips.EOI(vector) }
+
+func (p *platformDevices) flush() {
+	if p.uart != nil {
+		p.uart.Flush()
+	}
+}
+
+func (p *platformDevices) close() {
+	p.flush()
+	if p.rtc != nil {
+		p.rtc.Close()
+	}
+	if p.pit != nil {
+		p.pit.Close()
+	}
+	if p.chips != nil {
+		p.chips.Close()
+	}
+}

@@ -1,0 +1,277 @@
+// Package vm assembles one virtual machine from the parts govmm is made of
+// (guest memory, an accelerator VM and its vCPUs, the port and MMIO buses,
+// the interrupt controllers and legacy devices, firmware tables and the
+// kernel loader) and runs it: one locked OS thread per vCPU, until the
+// guest powers off, resets, exits through the debug-exit device or fails.
+//
+// It is the only layer that knows how the parts connect; it never knows
+// which accelerator it runs on.
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+
+	"govmm/accel"
+	"govmm/devices/bus"
+	"govmm/memory"
+)
+
+// Config describes a VM to build.
+type Config struct {
+	Accel    accel.Accelerator
+	MemSize  uint64
+	NumCPUs  int
+	CPUID    []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
+	Kernel   []byte
+	Initrd   []byte
+	Cmdline  string
+	Serial   io.Writer // guest serial output (nil: discarded)
+	Log      *slog.Logger
+	KernelNm string // the kernel's name, for messages
+}
+
+// StopKind says how a VM ended.
+type StopKind int
+
+const (
+	StopPowerOff StopKind = iota + 1
+	StopReset
+	StopDebugExit
+	StopCrash
+	StopRequested // the host asked (Ctrl-A x, signal, API)
+	StopError     // govmm itself failed
+)
+
+// Result is how a VM ended.
+type Result struct {
+	Kind StopKind
+	// Status is the process exit status govmm should return.
+	Status int
+	// Err describes a crash or failure in one line a person can act on.
+	Err error
+}
+
+// Exit statuses of `govmm run` (README documents them).
+const (
+	StatusOK         = 0
+	StatusCrash      = 2
+	StatusUsage      = 64
+	StatusNoAccel    = 69
+	StatusInternal   = 70
+	statusNotStopped = -1
+)
+
+// VM is one running (or runnable) virtual machine.
+type VM struct {
+	cfg   Config
+	log   *slog.Logger
+	mem   *memory.Memory
+	avm   accel.VM
+	pio   *bus.Bus
+	mmio  *bus.Bus
+	vcpus []accel.VCPU
+	plat  *platformDevices
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+	result   Result
+
+	pauseMu sync.Mutex
+}
+
+// ioHandler routes a vCPU's accesses to the buses.
+type ioHandler struct{ pio, mmio *bus.Bus }
+
+func (h ioHandler) PIORead(port uint16, data []byte)   { h.pio.Read(uint64(port), data) }
+func (h ioHandler) PIOWrite(port uint16, data []byte)  { h.pio.Write(uint64(port), data) }
+func (h ioHandler) MMIORead(addr uint64, data []byte)  { h.mmio.Read(addr, data) }
+func (h ioHandler) MMIOWrite(addr uint64, data []byte) { h.mmio.Write(addr, data) }
+
+// New builds a VM: memory, accelerator VM, devices, firmware tables and the
+// loaded kernel. vCPUs are created when Run starts them.
+func New(cfg Config) (*VM, error) {
+	if cfg.NumCPUs < 1 || cfg.NumCPUs > 255 {
+		return nil, fmt.Errorf("%d vCPUs requested: govmm supports 1 to 255", cfg.NumCPUs)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Serial == nil {
+		cfg.Serial = io.Discard
+	}
+	v := &VM{cfg: cfg, log: cfg.Log, stopped: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			v.Close()
+		}
+	}()
+	mem, err := memory.New(cfg.MemSize)
+	if err != nil {
+		return nil, err
+	}
+	v.mem = mem
+	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID})
+	if err != nil {
+		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
+	}
+	v.avm = avm
+	for _, r := range mem.Regions() {
+		if err := avm.MapMemory(accel.MemoryRegion{GPA: r.GPA, Host: r.Host}); err != nil {
+			return nil, fmt.Errorf("map guest memory at %#x (%d MiB): %w", r.GPA, len(r.Host)>>20, err)
+		}
+	}
+	v.pio = bus.New("pio", v.log)
+	v.mmio = bus.New("mmio", v.log)
+	if err := v.buildPlatform(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return v, nil
+}
+
+// Memory is the VM's guest RAM.
+func (v *VM) Memory() *memory.Memory { return v.mem }
+
+// Stop ends the VM with the given result (the first stop wins) and kicks
+// every vCPU out of the guest.
+func (v *VM) Stop(r Result) {
+	v.stopOnce.Do(func() {
+		v.result = r
+		close(v.stopped)
+	})
+	for _, c := range v.vcpuList() {
+		c.Kick()
+	}
+}
+
+func (v *VM) vcpuList() []accel.VCPU {
+	v.pauseMu.Lock()
+	defer v.pauseMu.Unlock()
+	return append([]accel.VCPU(nil), v.vcpus...)
+}
+
+func (v *VM) isStopped() bool {
+	select {
+	case <-v.stopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Run starts every vCPU and blocks until the VM ends.
+func (v *VM) Run() Result {
+	ready := make(chan error, v.cfg.NumCPUs)
+	var wg sync.WaitGroup
+	for i := 0; i < v.cfg.NumCPUs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.vcpuThread(i, ready)
+		}()
+		// Create vCPUs in order: APs must exist after the BSP is set up.
+		if err := <-ready; err != nil {
+			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
+			break
+		}
+	}
+	<-v.stopped
+	wg.Wait()
+	v.plat.flush()
+	return v.result
+}
+
+func (v *VM) vcpuThread(index int, ready chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c, err := v.setupVCPU(index)
+	ready <- err
+	if err != nil {
+		return
+	}
+	h := ioHandler{v.pio, v.mmio}
+	for !v.isStopped() {
+		exit, err := c.Run(h)
+		if err != nil {
+			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("vCPU %d: run: %w", index, err)})
+			return
+		}
+		if r, done := v.handleExit(index, c, exit); done {
+			v.Stop(r)
+			return
+		}
+	}
+}
+
+// handleExit acts on one exit; done means the VM must stop with r.
+func (v *VM) handleExit(index int, c accel.VCPU, exit accel.Exit) (Result, bool) {
+	switch exit.Reason {
+	case accel.ExitInterrupted, accel.ExitDebug:
+		return Result{}, false
+	case accel.ExitIOAPICEOI:
+		v.plat.eoi(exit.Vector)
+		return Result{}, false
+	case accel.ExitPowerOff:
+		return Result{Kind: StopPowerOff, Status: StatusOK}, true
+	case accel.ExitReset:
+		return Result{Kind: StopReset, Status: StatusOK}, true
+	case accel.ExitHalt:
+		// Only reached when the accelerator has no way to wait for an
+		// interrupt (MSHV's terminal halt): the guest is done.
+		return Result{Kind: StopPowerOff, Status: StatusOK}, true
+	case accel.ExitShutdown:
+		return Result{Kind: StopCrash, Status: StatusCrash,
+			Err: v.fatal(index, c, exit, "triple fault (the guest took an exception it could not handle)")}, true
+	default:
+		what := exit.Detail
+		if what == "" {
+			what = exit.Reason.String()
+		}
+		return Result{Kind: StopCrash, Status: StatusCrash, Err: v.fatal(index, c, exit, what)}, true
+	}
+}
+
+// fatal describes a fatal exit: vCPU, RIP and the instruction bytes there.
+func (v *VM) fatal(index int, c accel.VCPU, exit accel.Exit, what string) error {
+	rip := exit.RIP
+	insn := exit.Insn
+	if regs, err := c.Regs(); err == nil && rip == 0 {
+		rip = regs.RIP
+	}
+	if len(insn) == 0 {
+		insn = v.instructionBytes(c, rip)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "vCPU %d: %s at RIP %#x", index, what, rip)
+	if len(insn) > 0 {
+		fmt.Fprintf(&b, ", instruction bytes: % x", insn)
+	} else {
+		b.WriteString(", instruction bytes unavailable")
+	}
+	return errors.New(b.String())
+}
+
+// Close releases everything the VM holds.
+func (v *VM) Close() error {
+	var errs []error
+	if v.plat != nil {
+		v.plat.close()
+	}
+	for _, c := range v.vcpus {
+		errs = append(errs, c.Close())
+	}
+	if v.avm != nil {
+		errs = append(errs, v.avm.Close())
+	}
+	if v.mem != nil {
+		errs = append(errs, v.mem.Close())
+	}
+	return errors.Join(errs...)
+}
