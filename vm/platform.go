@@ -19,7 +19,7 @@ import (
 	"govmm/devices/testdev"
 	"govmm/irq/chipset"
 	"govmm/memory"
-//	"govmm/mptable"
+	//	"govmm/mptable"
 	"govmm/platform"
 )
 
@@ -98,6 +98,9 @@ func (v *VM) buildPlatform() error {
 		return err
 	}
 
+	if v.restore != nil {
+		return p.restoreDevices(&v.restore.Devices)
+	}
 	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs})
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
@@ -110,6 +113,25 @@ func (v *VM) buildPlatform() error {
 		return &InputError{Err: fmt.Errorf("load kernel %s: %w", v.cfg.KernelNm, err)}
 	}
 	v.log.Debug("kernel loaded", "format", p.entry.Format, "rip", fmt.Sprintf("%#x", p.entry.Regs.RIP))
+	return nil
+}
+
+func (p *platformDevices) restoreDevices(d *DeviceState) error {
+	for _, r := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"interrupt controllers", func() error { return p.chips.Restore(d.Chipset) }},
+		{"UART", func() error { return p.uart.Restore(d.UART) }},
+		{"RTC", func() error { return p.rtc.Restore(d.RTC) }},
+		{"PIT", func() error { return p.pit.Restore(d.PIT) }},
+		{"ACPI PM", func() error { return p.pm.Restore(d.PM) }},
+		{"test device", func() error { return p.testdev.Restore(d.TestDev) }},
+	} {
+		if err := r.fn(); err != nil {
+			return &InputError{Err: fmt.Errorf("restore %s: %w", r.name, err)}
+		}
+	}
 	return nil
 }
 

@@ -22,6 +22,17 @@ func (v *VM) setupVCPU(index int) (accel.VCPU, error) {
 	if err := c.SetCPUID(cpu.ForVCPU(v.cfg.CPUID, index, v.cfg.NumCPUs)); err != nil {
 		return nil, fmt.Errorf("vCPU %d: set CPUID: %w", index, err)
 	}
+	if index == 0 {
+		if r, ok := c.(accel.ExtINTReceiver); ok && v.plat.extint != nil {
+			r.SetExtINTSource(v.plat.extint)
+		}
+	}
+	if v.restore != nil {
+		if err := restoreVCPU(c, &v.restore.VCPUs[index]); err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", index, err)
+		}
+		return c, nil
+	}
 	if index != 0 {
 		return c, nil
 	}
@@ -31,9 +42,6 @@ func (v *VM) setupVCPU(index int) (accel.VCPU, error) {
 	}
 	if err := c.SetRegs(&e.Regs); err != nil {
 		return nil, fmt.Errorf("vCPU 0: set %s entry registers: %w", e.Format, err)
-	}
-	if r, ok := c.(accel.ExtINTReceiver); ok && v.plat.extint != nil {
-		r.SetExtINTSource(v.plat.extint)
 	}
 	return c, nil
 }

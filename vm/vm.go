@@ -13,13 +13,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"govmm/accel"
 	"govmm/devices/bus"
 	"govmm/memory"
+	"govmm/snapshot"
 )
 
 // Config describes a VM to build.
@@ -82,7 +85,10 @@ type VM struct {
 	stopped  chan struct{}
 	result   Result
 
-	pauseMu sync.Mutex
+	restore *Restored  // non-nil when the VM starts from a snapshot
+	pauseMu sync.Mutex // guards vcpus
+	ctl     control
+	paused  atomic.Bool
 }
 
 // ioHandler routes a vCPU's accesses to the buses.
@@ -96,7 +102,55 @@ func (h ioHandler) MMIOWrite(addr uint64, data []byte) { h.mmio.Write(addr, data
 // New builds a VM: memory, accelerator VM, devices, firmware tables and the
 // loaded kernel. vCPUs are created when Run starts them.
 func New(cfg Config) (*VM, error) {
+	mem, err := memory.New(cfg.MemSize)
+	if err != nil {
+		return nil, err
+	}
+	return build(cfg, mem, nil)
+}
+
+// Restore builds a VM from a parsed snapshot whose guest memory is memFile
+// (mapped private and copy-on-write, so nothing is copied up front). The
+// machine must match the snapshot: cfg.MemSize and cfg.NumCPUs, when set,
+// must equal the saved ones. The vCPUs get their saved state when Run
+// creates them.
+func Restore(cfg Config, r *Restored, memFile *os.File) (*VM, error) {
+	m := r.Machine
+	if cfg.MemSize != 0 && cfg.MemSize != m.MemSize {
+		return nil, &InputError{Err: fmt.Errorf("the snapshot has %d MiB of guest memory, not %d MiB: a restore cannot change the memory size", m.MemSize>>20, cfg.MemSize>>20)}
+	}
+	if cfg.NumCPUs != 0 && cfg.NumCPUs != m.NumCPUs {
+		return nil, &InputError{Err: fmt.Errorf("the snapshot has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
+	}
+	if err := snapshot.CheckMemoryFile(memFile, m.MemSize); err != nil {
+		return nil, &InputError{Err: err}
+	}
+	mem, err := memory.NewFromFile(memFile, m.MemSize)
+	if err != nil {
+		return nil, err
+	}
+	return RestoreMemory(cfg, r, mem)
+}
+
+// RestoreMemory is Restore with guest memory already in place (live
+// migration fills it page by page). The VM owns mem from here on.
+func RestoreMemory(cfg Config, r *Restored, mem *memory.Memory) (*VM, error) {
+	m := r.Machine
+	if mem.Size() != m.MemSize {
+		mem.Close()
+		return nil, &InputError{Err: fmt.Errorf("guest memory is %d bytes, the saved machine had %d", mem.Size(), m.MemSize)}
+	}
+	if cfg.NumCPUs != 0 && cfg.NumCPUs != m.NumCPUs {
+		mem.Close()
+		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
+	}
+	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
+	return build(cfg, mem, r)
+}
+
+func build(cfg Config, mem *memory.Memory, restore *Restored) (*VM, error) {
 	if cfg.NumCPUs < 1 || cfg.NumCPUs > 255 {
+		mem.Close()
 		return nil, fmt.Errorf("%d vCPUs requested: govmm supports 1 to 255", cfg.NumCPUs)
 	}
 	if cfg.Log == nil {
@@ -105,18 +159,13 @@ func New(cfg Config) (*VM, error) {
 	if cfg.Serial == nil {
 		cfg.Serial = io.Discard
 	}
-	v := &VM{cfg: cfg, log: cfg.Log, stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Log, mem: mem, restore: restore, stopped: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
 			v.Close()
 		}
 	}()
-	mem, err := memory.New(cfg.MemSize)
-	if err != nil {
-		return nil, err
-	}
-	v.mem = mem
 	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID})
 	if err != nil {
 		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
@@ -127,6 +176,7 @@ func New(cfg Config) (*VM, error) {
 			return nil, fmt.Errorf("map guest memory at %#x (%d MiB): %w", r.GPA, len(r.Host)>>20, err)
 		}
 	}
+	v.initControl()
 	v.pio = bus.New("pio", v.log)
 	v.mmio = bus.New("mmio", v.log)
 	if err := v.buildPlatform(); err != nil {
@@ -169,26 +219,37 @@ func (v *VM) isStopped() bool {
 // Run starts every vCPU and blocks until the VM ends.
 func (v *VM) Run() Result {
 	ready := make(chan error, v.cfg.NumCPUs)
+	start := make(chan struct{})
 	var wg sync.WaitGroup
+	created := 0
 	for i := 0; i < v.cfg.NumCPUs; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v.vcpuThread(i, ready)
+			v.vcpuThread(i, ready, start)
 		}()
-		// Create vCPUs in order: APs must exist after the BSP is set up.
+		// Create vCPUs in order: the BSP first, then the APs.
 		if err := <-ready; err != nil {
 			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
 			break
 		}
+		created++
 	}
+	if created == v.cfg.NumCPUs && v.restore != nil {
+		// The guest clock goes back after every vCPU has its state, just
+		// before anything runs, so guest time does not jump.
+		if err := v.avm.SetClock(v.restore.Clock.NS); err != nil && !errors.Is(err, accel.ErrNotSupported) {
+			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("restore guest clock: %w", err)})
+		}
+	}
+	close(start)
 	<-v.stopped
 	wg.Wait()
 	v.plat.flush()
 	return v.result
 }
 
-func (v *VM) vcpuThread(index int, ready chan<- error) {
+func (v *VM) vcpuThread(index int, ready chan<- error, start <-chan struct{}) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	c, err := v.setupVCPU(index)
@@ -196,8 +257,13 @@ func (v *VM) vcpuThread(index int, ready chan<- error) {
 	if err != nil {
 		return
 	}
+	<-start
 	h := ioHandler{v.pio, v.mmio}
 	for !v.isStopped() {
+		v.maybePark(index, c)
+		if v.isStopped() {
+			return
+		}
 		exit, err := c.Run(h)
 		if err != nil {
 			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("vCPU %d: run: %w", index, err)})

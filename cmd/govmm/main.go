@@ -2,6 +2,7 @@
 // on Linux, driving KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv).
 //
 //	govmm run [flags]      boot a guest and wait for it to end
+//	govmm restore|snapshot|migrate|pause|resume|info   VM lifecycle
 //	govmm caps [--json]    what the host offers
 //	govmm version
 package main
@@ -43,6 +44,14 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = cmdRun(args[1:], stdin, stdout, stderr)
+	case "restore":
+		err = cmdRestore(args[1:], stdin, stdout, stderr)
+	case "snapshot":
+		err = cmdSnapshot(args[1:], stdout, stderr)
+	case "migrate":
+		err = cmdMigrate(args[1:], stdin, stdout, stderr)
+	case "pause", "resume", "info":
+		err = cmdSimple(args[0], args[1:], stdout, stderr)
 	case "caps":
 		err = cmdCaps(args[1:], stdout)
 	case "version", "--version":
@@ -73,6 +82,11 @@ func usage(w io.Writer) {
 
 commands:
   run       boot a guest (the built-in probe guest unless --kernel is given)
+  restore   start a VM from a snapshot directory (--snapshot DIR)
+  snapshot  snapshot a running VM through its control socket (--api-socket, --dir)
+  migrate   live-migrate: "migrate receive --listen ADDR" on the destination,
+            "migrate send --api-socket PATH --to ADDR" for the source VM
+  pause, resume, info   control a running VM through its control socket
   caps      show what this host's accelerators offer (--json for JSON)
   version   print the version
 

@@ -5,11 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
+	"govmm/api"
 	"govmm/cpu"
 	"govmm/guests"
 	"govmm/vm"
@@ -26,6 +29,7 @@ type runFlags struct {
 	cpuModel                string
 	serial                  string
 	logLevel                string
+	apiSocket               string
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -39,6 +43,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cpuModel, "cpu", "host", "CPU model and feature changes, e.g. host or host,-cx16,+x2apic")
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket (pause, resume, info, snapshot, migrate) at this path")
 }
 
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -115,9 +120,24 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	defer machine.Close()
 
+	return runMachine(machine, acc.Name(), f, stdin, stderr, log)
+}
+
+// runMachine runs a built VM to its end with the console, signals and the
+// control socket attached, and turns its result into an exit status.
+func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, stderr io.Writer, log *slog.Logger) error {
 	console := newConsole(stdin, f.serial == "stdio", stderr)
 	defer console.restore()
 	go console.pump(machine)
+
+	if f.apiSocket != "" {
+		srv, err := api.Listen(f.apiSocket, &controlTarget{vm: machine, accel: accelName, start: time.Now(), log: log})
+		if err != nil {
+			machine.Stop(vm.Result{Kind: vm.StopError, Status: 70})
+			return fail(70, "%v", err)
+		}
+		defer srv.Close()
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

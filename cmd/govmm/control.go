@@ -1,0 +1,213 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"golang.org/x/term"
+
+	"govmm/api"
+	"govmm/migrate"
+	"govmm/snapshot"
+	"govmm/vm"
+)
+
+// controlTarget serves the control socket for one VM.
+type controlTarget struct {
+	vm    *vm.VM
+	accel string
+	start time.Time
+	log   *slog.Logger
+}
+
+func (t *controlTarget) Info() api.Info {
+	state := "running"
+	if t.vm.Paused() {
+		state = "paused"
+	}
+	return api.Info{
+		State: state, Accel: t.accel, CPUs: t.vm.NumCPUs(), Memory: t.vm.Memory().Size(),
+		Uptime: time.Since(t.start).Round(time.Millisecond).String(), Kernel: t.vm.KernelName(),
+		PID: os.Getpid(), Version: version,
+	}
+}
+
+func (t *controlTarget) Pause() error  { return t.vm.Pause() }
+func (t *controlTarget) Resume() error { return t.vm.Resume() }
+
+func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, total uint64)) (api.SnapshotResult, error) {
+	begin := time.Now()
+	wasPaused := t.vm.Paused()
+	if err := t.vm.Pause(); err != nil {
+		return api.SnapshotResult{}, err
+	}
+	st, err := t.vm.SaveState()
+	if err == nil {
+		err = snapshot.WriteDir(req.Dir, st, t.vm.Memory(), progress)
+	}
+	pause := time.Since(begin)
+	if err != nil {
+		if !wasPaused {
+			t.vm.Resume()
+		}
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: %w", req.Dir, err)
+	}
+	b, _ := st.Marshal()
+	res := api.SnapshotResult{Dir: req.Dir, MemoryBytes: t.vm.Memory().Size(), StateBytes: len(b),
+		PauseMS: ms(pause), TotalMS: ms(time.Since(begin))}
+	switch {
+	case req.Stop:
+		t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
+	case !wasPaused:
+		if err := t.vm.Resume(); err != nil {
+			return res, fmt.Errorf("snapshot written, but resuming failed: %w", err)
+		}
+	}
+	t.log.Info("snapshot written", "dir", req.Dir, "pause_ms", res.PauseMS)
+	return res, nil
+}
+
+func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, total uint64)) (api.MigrateResult, error) {
+	conn, err := migrate.Dial(req.To)
+	if err != nil {
+		return api.MigrateResult{}, err
+	}
+	defer conn.Close()
+	st, err := migrate.Send(conn, t.vm, progress)
+	if err != nil {
+		return api.MigrateResult{}, fmt.Errorf("live migration to %s failed, the VM keeps running here: %w", req.To, err)
+	}
+	res := api.MigrateResult{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes, Pages: st.Pages, Iterations: st.Rounds}
+	t.log.Info("migrated", "to", req.To, "total_ms", res.TotalMS, "downtime_ms", res.DowntimeMS)
+	// The guest runs on the destination now: this copy ends.
+	go t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
+	return res, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// progressBar draws progress on a terminal, or prints plain lines otherwise.
+type progressBar struct {
+	w     io.Writer
+	what  string
+	tty   bool
+	lastP int
+}
+
+func newProgressBar(w io.Writer, what string) *progressBar {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	return &progressBar{w: w, what: what, tty: tty, lastP: -1}
+}
+
+func (p *progressBar) update(done, total uint64) {
+	if total == 0 {
+		return
+	}
+	pct := int(done * 100 / total)
+	if pct == p.lastP {
+		return
+	}
+	p.lastP = pct
+	if p.tty {
+		const width = 30
+		n := pct * width / 100
+		fmt.Fprintf(p.w, "\r%s [%-*s] %3d%% %d/%d MiB", p.what, width, bar(n), pct, done>>20, total>>20)
+		return
+	}
+	if pct%10 == 0 {
+		fmt.Fprintf(p.w, "%s: %d%% (%d/%d MiB)\n", p.what, pct, done>>20, total>>20)
+	}
+}
+
+func (p *progressBar) finish() {
+	if p.tty && p.lastP >= 0 {
+		fmt.Fprintln(p.w)
+	}
+}
+
+func bar(n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = '#'
+	}
+	return string(b)
+}
+
+func dialFlag(fs *flag.FlagSet) *string {
+	return fs.String("api-socket", "", "the VM's control socket (govmm run --api-socket PATH)")
+}
+
+func parseControl(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*api.Client, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet("govmm "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sock := dialFlag(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, &exitError{64, errors.New("")}
+	}
+	if *sock == "" {
+		return nil, nil, fail(64, "%s: --api-socket is required", name)
+	}
+	c, err := api.Dial(*sock)
+	if err != nil {
+		return nil, nil, fail(69, "%v", err)
+	}
+	return c, fs, nil
+}
+
+func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
+	c, _, err := parseControl(name, args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	switch name {
+	case "pause":
+		err = c.Pause()
+	case "resume":
+		err = c.Resume()
+	case "info":
+		var i api.Info
+		if i, err = c.Info(); err == nil {
+			fmt.Fprintf(stdout, "state:   %s\naccel:   %s\ncpus:    %d\nmemory:  %d MiB\nuptime:  %s\nkernel:  %s\npid:     %d\n",
+				i.State, i.Accel, i.CPUs, i.Memory>>20, i.Uptime, i.Kernel, i.PID)
+		}
+	}
+	if err != nil {
+		return fail(70, "%s: %v", name, err)
+	}
+	return nil
+}
+
+func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
+	var dir string
+	var stop bool
+	c, _, err := parseControl("snapshot", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&dir, "dir", "", "snapshot directory to write (state + sparse memory file)")
+		fs.BoolVar(&stop, "stop", false, "end the VM once the snapshot is written")
+	})
+	if err != nil {
+		return err
+	}
+	if dir == "" {
+		return fail(64, "snapshot: --dir is required")
+	}
+	pb := newProgressBar(stdout, "snapshot")
+	res, err := c.Snapshot(api.SnapshotRequest{Dir: dir, Stop: stop}, pb.update)
+	pb.finish()
+	if err != nil {
+		return fail(70, "snapshot: %v", err)
+	}
+	fmt.Fprintf(stdout, "snapshot written to %s: %d MiB of memory, %d bytes of state, VM paused %.1f ms\n",
+		res.Dir, res.MemoryBytes>>20, res.StateBytes, res.PauseMS)
+	return nil
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"govmm/api"
+	"govmm/migrate"
+	"govmm/snapshot"
+	"govmm/vm"
+)
+
+// restoreFlags are the run flags that make sense for a VM that already
+// exists (in a snapshot or on another host).
+func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet("govmm "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.accel, "accel", "auto", "accelerator: kvm, mshv or auto (the snapshot may come from either)")
+	fs.StringVar(&f.mshvDev, "mshv-device", mshvDevice, "with --accel mshv: the MSHV device, or \"sim\" for mshvsim (test and development tool)")
+	fs.StringVar(&f.memory, "memory", "", "expected guest memory size (refused if the saved VM differs)")
+	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
+	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket at this path")
+	return fs
+}
+
+func (f *runFlags) restoreConfig(stdout, stderr io.Writer) (vm.Config, func(), error) {
+	log, err := newLogger(f.logLevel, stderr)
+	if err != nil {
+		return vm.Config{}, nil, fail(64, "%v", err)
+	}
+	var memSize uint64
+	if f.memory != "" {
+		if memSize, err = parseSize(f.memory); err != nil {
+			return vm.Config{}, nil, fail(64, "--memory: %v", err)
+		}
+	}
+	serialOut, closeSerial, err := openSerial(f.serial, stdout)
+	if err != nil {
+		return vm.Config{}, nil, err
+	}
+	acc, err := openAccel(f.accel, f.mshvDev)
+	if err != nil {
+		closeSerial()
+		return vm.Config{}, nil, err
+	}
+	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log}
+	return cfg, func() { acc.Close(); closeSerial() }, nil
+}
+
+func buildError(err error) error {
+	var ie *vm.InputError
+	if errors.As(err, &ie) {
+		return fail(64, "%v", err)
+	}
+	return fail(70, "%v", err)
+}
+
+func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var f runFlags
+	var dir string
+	fs := restoreFlagSet("restore", stderr, &f)
+	fs.StringVar(&dir, "snapshot", "", "snapshot directory (govmm snapshot --dir)")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{64, errors.New("")}
+	}
+	if dir == "" {
+		return fail(64, "restore: --snapshot DIR is required")
+	}
+	st, memFile, err := snapshot.ReadDir(dir)
+	if err != nil {
+		return fail(64, "restore: %v", err)
+	}
+	defer memFile.Close()
+	r, err := vm.ParseState(st)
+	if err != nil {
+		return fail(64, "restore %s: %v", dir, err)
+	}
+	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	cfg.KernelNm = "snapshot " + dir
+	machine, err := vm.Restore(cfg, r, memFile)
+	if err != nil {
+		return buildError(fmt.Errorf("restore %s: %w", dir, err))
+	}
+	defer machine.Close()
+	cfg.Log.Info("restored", "dir", dir, "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
+	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
+}
+
+func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "send" && args[0] != "receive") {
+		return fail(64, "migrate: want `govmm migrate send --api-socket PATH --to ADDR` or `govmm migrate receive --listen ADDR`")
+	}
+	if args[0] == "send" {
+		return cmdMigrateSend(args[1:], stdout, stderr)
+	}
+	var f runFlags
+	var listen string
+	fs := restoreFlagSet("migrate receive", stderr, &f)
+	fs.StringVar(&listen, "listen", "", "where to accept the incoming VM: unix:PATH or tcp:HOST:PORT")
+	if err := fs.Parse(args[1:]); err != nil {
+		return &exitError{64, errors.New("")}
+	}
+	if listen == "" {
+		return fail(64, "migrate receive: --listen is required")
+	}
+	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	ln, err := migrate.Listen(listen)
+	if err != nil {
+		return fail(69, "migrate receive: %v", err)
+	}
+	conn, err := ln.Accept()
+	ln.Close()
+	if err != nil {
+		return fail(70, "migrate receive: %v", err)
+	}
+	defer conn.Close()
+	in, err := migrate.Receive(conn)
+	if err != nil {
+		return fail(70, "migrate receive: %v (nothing was started)", err)
+	}
+	r, err := vm.ParseState(in.State)
+	if err != nil {
+		in.Memory.Close()
+		in.Ack(err)
+		return fail(70, "migrate receive: %v", err)
+	}
+	cfg.KernelNm = "migrated from " + r.Machine.Accel
+	machine, err := vm.RestoreMemory(cfg, r, in.Memory)
+	if err != nil {
+		in.Ack(err)
+		return buildError(fmt.Errorf("migrate receive: %w", err))
+	}
+	defer machine.Close()
+	if err := in.Ack(nil); err != nil {
+		// The source did not hear us: it resumes the VM there, so this
+		// copy must not run.
+		return fail(70, "migrate receive: confirm to the source: %v (not starting the VM)", err)
+	}
+	cfg.Log.Info("migration received", "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
+	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
+}
+
+func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {
+	var to string
+	c, _, err := parseControl("migrate send", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&to, "to", "", "destination: unix:PATH or tcp:HOST:PORT (a `govmm migrate receive`)")
+	})
+	if err != nil {
+		return err
+	}
+	if to == "" {
+		return fail(64, "migrate send: --to is required")
+	}
+	pb := newProgressBar(stdout, "migrate")
+	res, err := c.Migrate(apiMigrate(to), pb.update)
+	pb.finish()
+	if err != nil {
+		return fail(70, "migrate: %v", err)
+	}
+	fmt.Fprintf(stdout, "migrated: total %.1f ms, downtime %.1f ms, %d bytes sent (%d pages, %d rounds)\n",
+		res.TotalMS, res.DowntimeMS, res.Bytes, res.Pages, res.Iterations)
+	return nil
+}
+
+func apiMigrate(to string) api.MigrateRequest { return api.MigrateRequest{To: to} }

@@ -1,0 +1,379 @@
+// Package migrate moves a running VM to another govmm process over a
+// stream (TCP or a Unix socket) by pre-copy: guest memory is sent while the
+// guest runs, then the pages it dirtied meanwhile, round after round until
+// few remain; then the source pauses, sends the last dirty pages and the
+// device and vCPU state (the same accelerator-neutral state file a snapshot
+// holds), and the destination starts. If anything fails before the
+// destination confirms, the source resumes, so no VM is ever lost.
+//
+// Wire format (all integers little endian):
+//
+//	'H' u32 len  JSON hello (format version, memory size, vCPUs)
+//	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
+//	'S' u32 len  state file                            (snapshot format)
+//	'D'                                                 end of stream
+//	destination -> source: 'A' u32 len  error text (empty: success)
+package migrate
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"govmm/memory"
+	"govmm/snapshot"
+	"govmm/vm"
+)
+
+// Version is the migration stream version.
+const Version = 1
+
+const (
+	msgHello = 'H'
+	msgPages = 'P'
+	msgState = 'S'
+	msgDone  = 'D'
+	msgAck   = 'A'
+
+	pageSize      = memory.PageSize
+	pagesPerFrame = 256
+	maxHello      = 1 << 20
+	maxState      = 256 << 20
+	// Pre-copy stops iterating when fewer pages than this are dirty, or
+	// after maxRounds rounds (a guest dirtying faster than the link).
+	finalThreshold = 256
+	maxRounds      = 30
+)
+
+type hello struct {
+	Version int    `json:"version"`
+	MemSize uint64 `json:"mem_size"`
+	CPUs    int    `json:"cpus"`
+}
+
+// Stats describes a finished migration.
+type Stats struct {
+	Total, Downtime time.Duration
+	Bytes, Pages    uint64
+	Rounds          int
+}
+
+// Dial connects to a destination given as unix:PATH or tcp:HOST:PORT.
+func Dial(to string) (net.Conn, error) {
+	network, addr, err := splitAddr(to)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("connect to migration destination %s: %w", to, err)
+	}
+	return c, nil
+}
+
+// Listen listens on unix:PATH or tcp:HOST:PORT.
+func Listen(on string) (net.Listener, error) {
+	network, addr, err := splitAddr(on)
+	if err != nil {
+		return nil, err
+	}
+	return net.Listen(network, addr)
+}
+
+func splitAddr(s string) (string, string, error) {
+	network, addr, ok := strings.Cut(s, ":")
+	if !ok || addr == "" || (network != "unix" && network != "tcp") {
+		return "", "", fmt.Errorf("migration address %q: want unix:PATH or tcp:HOST:PORT", s)
+	}
+	return network, addr, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n uint64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += uint64(n)
+	return n, err
+}
+
+// Send migrates v over conn. On success the caller ends v (the guest now
+// runs on the destination); on failure v has been resumed and keeps running.
+func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats, err error) {
+	start := time.Now()
+	cw := &countWriter{w: conn}
+	w := bufio.NewWriterSize(cw, 1<<20)
+	mem := v.Memory()
+	paused := false
+	defer func() {
+		if err != nil {
+			_ = v.StopDirtyLog()
+			if paused {
+				if rerr := v.Resume(); rerr != nil {
+					err = fmt.Errorf("%w; and resuming the source failed: %v", err, rerr)
+				}
+			}
+		}
+	}()
+	h, _ := json.Marshal(hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs()})
+	if err := writeFrame(w, msgHello, h); err != nil {
+		return st, err
+	}
+	if err := v.StartDirtyLog(); err != nil {
+		return st, fmt.Errorf("start dirty page tracking: %w", err)
+	}
+	// Round 0: every page that is not zero (the destination starts zeroed).
+	total := mem.Size()
+	var done uint64
+	for _, r := range mem.Regions() {
+		for off := 0; off < len(r.Host); off += pageSize {
+			pg := r.Host[off : off+pageSize]
+			if !isZero(pg) {
+				if err := sendPages(w, &st, []uint64{r.GPA + uint64(off)}, mem); err != nil {
+					return st, err
+				}
+			}
+			done += pageSize
+			if progress != nil && done%(16<<20) == 0 {
+				progress(done, total)
+			}
+		}
+	}
+	for st.Rounds = 1; ; st.Rounds++ {
+		dirty, err := v.DirtyPages()
+		if err != nil {
+			return st, fmt.Errorf("read dirty pages: %w", err)
+		}
+		if err := sendPages(w, &st, dirty, mem); err != nil {
+			return st, err
+		}
+		if progress != nil {
+			progress(total, total)
+		}
+		if len(dirty) < finalThreshold || st.Rounds >= maxRounds {
+			break
+		}
+	}
+	pauseAt := time.Now()
+	if err := v.Pause(); err != nil {
+		return st, fmt.Errorf("pause for the final copy: %w", err)
+	}
+	paused = true
+	dirty, err := v.DirtyPages()
+	if err != nil {
+		return st, fmt.Errorf("read dirty pages: %w", err)
+	}
+	if err := sendPages(w, &st, dirty, mem); err != nil {
+		return st, err
+	}
+	state, err := v.SaveState()
+	if err != nil {
+		return st, err
+	}
+	b, err := state.Marshal()
+	if err != nil {
+		return st, err
+	}
+	if err := writeFrame(w, msgState, b); err != nil {
+		return st, err
+	}
+	if err := w.WriteByte(msgDone); err != nil {
+		return st, err
+	}
+	if err := w.Flush(); err != nil {
+		return st, fmt.Errorf("send to destination: %w", err)
+	}
+	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+	r := bufio.NewReader(conn)
+	t, msg, err := readFrame(r, 1<<16)
+	if err != nil {
+		return st, fmt.Errorf("destination did not confirm: %w", err)
+	}
+	if t != msgAck {
+		return st, fmt.Errorf("destination answered %q instead of an acknowledgement", t)
+	}
+	if len(msg) > 0 {
+		return st, fmt.Errorf("destination refused the VM: %s", msg)
+	}
+	_ = v.StopDirtyLog()
+	st.Downtime = time.Since(pauseAt)
+	st.Total = time.Since(start)
+	st.Bytes = cw.n
+	return st, nil
+}
+
+func sendPages(w *bufio.Writer, st *Stats, gpas []uint64, mem *memory.Memory) error {
+	for len(gpas) > 0 {
+		n := min(len(gpas), pagesPerFrame)
+		if err := w.WriteByte(msgPages); err != nil {
+			return fmt.Errorf("send pages: %w", err)
+		}
+		var hdr [4]byte
+		binary.LittleEndian.PutUint32(hdr[:], uint32(n))
+		w.Write(hdr[:])
+		for _, gpa := range gpas[:n] {
+			pg, err := mem.Slice(gpa, pageSize)
+			if err != nil {
+				return err
+			}
+			var a [8]byte
+			binary.LittleEndian.PutUint64(a[:], gpa)
+			w.Write(a[:])
+			if _, err := w.Write(pg); err != nil {
+				return fmt.Errorf("send pages: %w", err)
+			}
+		}
+		st.Pages += uint64(n)
+		gpas = gpas[n:]
+	}
+	return nil
+}
+
+func writeFrame(w *bufio.Writer, t byte, b []byte) error {
+	w.WriteByte(t)
+	var hdr [4]byte
+	binary.LittleEndian.PutUint32(hdr[:], uint32(len(b)))
+	w.Write(hdr[:])
+	_, err := w.Write(b)
+	if err != nil {
+		return fmt.Errorf("send to destination: %w", err)
+	}
+	return nil
+}
+
+func readFrame(r *bufio.Reader, limit uint32) (byte, []byte, error) {
+	t, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return t, nil, err
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n > limit {
+		return t, nil, fmt.Errorf("frame %q of %d bytes exceeds the %d limit", t, n, limit)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return t, nil, err
+	}
+	return t, b, nil
+}
+
+// Incoming is a received VM, not yet started: its memory and state. The
+// receiver builds the VM from them and then calls Ack, which tells the
+// source whether it may stop.
+type Incoming struct {
+	Memory *memory.Memory
+	State  *snapshot.State
+	conn   net.Conn
+}
+
+// Ack tells the source the outcome (nil: the destination has the VM).
+func (in *Incoming) Ack(failure error) error {
+	msg := ""
+	if failure != nil {
+		msg = failure.Error()
+	}
+	w := bufio.NewWriter(in.conn)
+	if err := writeFrame(w, msgAck, []byte(msg)); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// Receive reads a migration stream from conn. On error nothing is kept:
+// the memory it allocated is released.
+func Receive(conn net.Conn) (in *Incoming, err error) {
+	r := bufio.NewReaderSize(conn, 1<<20)
+	t, b, err := readFrame(r, maxHello)
+	if err != nil {
+		return nil, fmt.Errorf("read migration hello: %w", err)
+	}
+	if t != msgHello {
+		return nil, fmt.Errorf("migration stream starts with %q, not a hello", t)
+	}
+	var h hello
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("migration hello: %w", err)
+	}
+	if h.Version != Version {
+		return nil, fmt.Errorf("migration stream version %d, this govmm speaks %d", h.Version, Version)
+	}
+	mem, err := memory.New(h.MemSize)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			mem.Close()
+		}
+	}()
+	var state []byte
+	page := make([]byte, 8+pageSize)
+	for {
+		t, err := r.ReadByte()
+		if err != nil {
+			return nil, fmt.Errorf("migration stream ended early (source gone?): %w", err)
+		}
+		switch t {
+		case msgPages:
+			var hdr [4]byte
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
+				return nil, fmt.Errorf("migration stream ended in a page frame: %w", err)
+			}
+			n := binary.LittleEndian.Uint32(hdr[:])
+			if n > pagesPerFrame {
+				return nil, fmt.Errorf("page frame of %d pages (limit %d)", n, pagesPerFrame)
+			}
+			for i := uint32(0); i < n; i++ {
+				if _, err := io.ReadFull(r, page); err != nil {
+					return nil, fmt.Errorf("migration stream ended in a page: %w", err)
+				}
+				gpa := binary.LittleEndian.Uint64(page)
+				if gpa%pageSize != 0 || !mem.IsRAM(gpa, pageSize) {
+					return nil, fmt.Errorf("migration page at GPA %#x is not a RAM page", gpa)
+				}
+				if err := mem.Write(gpa, page[8:]); err != nil {
+					return nil, err
+				}
+			}
+		case msgState:
+			r.UnreadByte()
+			_, b, err := readFrame(r, maxState)
+			if err != nil {
+				return nil, fmt.Errorf("read migrated state: %w", err)
+			}
+			state = b
+		case msgDone:
+			if state == nil {
+				return nil, errors.New("migration stream ended without the VM state")
+			}
+			st, err := snapshot.Unmarshal(state)
+			if err != nil {
+				return nil, fmt.Errorf("migrated state: %w", err)
+			}
+			return &Incoming{Memory: mem, State: st, conn: conn}, nil
+		default:
+			return nil, fmt.Errorf("unknown migration frame %q", t)
+		}
+	}
+}
+
+func isZero(b []byte) bool {
+	for i := 0; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:]) != 0 {
+			return false
+		}
+	}
+	return true
+}

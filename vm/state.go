@@ -1,0 +1,213 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+
+	"govmm/accel"
+	"govmm/devices/acpipm"
+	"govmm/devices/pit"
+	"govmm/devices/rtc"
+	"govmm/devices/serial"
+	"govmm/devices/testdev"
+	"govmm/irq/chipset"
+	"govmm/snapshot"
+)
+
+// Section versions of the state this package writes. Bump one when its
+// layout changes incompatibly and keep reading the old one where possible.
+const (
+	machineVersion = 1
+	vcpuVersion    = 1
+	devicesVersion = 1
+	clockVersion   = 1
+)
+
+// MachineState describes the VM a snapshot belongs to. A restore must
+// build the same machine: memory size and vCPU count are checked, not
+// adapted, because the guest already knows them.
+type MachineState struct {
+	MemSize uint64             `json:"mem_size"`
+	NumCPUs int                `json:"num_cpus"`
+	CPUID   []accel.CPUIDEntry `json:"cpuid"`
+	Accel   string             `json:"saved_on_accel"`
+	Cmdline string             `json:"cmdline,omitempty"`
+}
+
+// VCPUState is one vCPU's architectural state in the neutral form.
+type VCPUState struct {
+	Regs      accel.Regs      `json:"regs"`
+	Sregs     accel.Sregs     `json:"sregs"`
+	FPU       accel.FPU       `json:"fpu"`
+	XSave     []byte          `json:"xsave,omitempty"`
+	XCRs      []accel.XCR     `json:"xcrs,omitempty"`
+	MSRs      []accel.MSR     `json:"msrs"`
+	LAPIC     accel.LAPIC     `json:"lapic"`
+	Events    accel.Events    `json:"events"`
+	MPState   accel.MPState   `json:"mp_state"`
+	DebugRegs accel.DebugRegs `json:"debug_regs"`
+}
+
+// DeviceState is the userspace device model's state.
+type DeviceState struct {
+	Chipset chipset.State `json:"chipset"`
+	UART    serial.State  `json:"uart"`
+	RTC     rtc.State     `json:"rtc"`
+	PIT     pit.State     `json:"pit"`
+	PM      acpipm.State  `json:"acpi_pm"`
+	TestDev testdev.State `json:"testdev"`
+}
+
+// ClockState is the guest clock at save time.
+type ClockState struct {
+	NS uint64 `json:"ns"`
+}
+
+// SaveState captures the whole VM state (not guest memory). The VM must be paused.
+func (v *VM) SaveState() (*snapshot.State, error) {
+	if !v.Paused() {
+		return nil, errors.New("save state: the VM is not paused")
+	}
+	st := &snapshot.State{}
+	if err := st.Add("machine", machineVersion, MachineState{
+		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
+		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline,
+	}); err != nil {
+		return nil, err
+	}
+	for i := 0; i < v.cfg.NumCPUs; i++ {
+		var cs VCPUState
+		if err := v.onVCPU(i, func(c accel.VCPU) error { return captureVCPU(c, &cs) }); err != nil {
+			return nil, fmt.Errorf("save vCPU %d: %w", i, err)
+		}
+		if err := st.Add(fmt.Sprintf("vcpu/%d", i), vcpuVersion, cs); err != nil {
+			return nil, err
+		}
+	}
+	p := v.plat
+	if err := p.uart.Flush(); err != nil {
+		v.log.Warn("serial output flush before save", "err", err)
+	}
+	if err := st.Add("devices", devicesVersion, DeviceState{
+		Chipset: p.chips.Save(), UART: p.uart.Save(), RTC: p.rtc.Save(), PIT: p.pit.Save(),
+		PM: p.pm.Save(), TestDev: p.testdev.Save(),
+	}); err != nil {
+		return nil, err
+	}
+	ns, err := v.avm.Clock()
+	if err != nil && !errors.Is(err, accel.ErrNotSupported) {
+		return nil, fmt.Errorf("save guest clock: %w", err)
+	}
+	if err := st.Add("clock", clockVersion, ClockState{NS: ns}); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func captureVCPU(c accel.VCPU, s *VCPUState) error {
+	var err error
+	step := func(what string, f func() error) {
+		if err == nil {
+			if e := f(); e != nil {
+				err = fmt.Errorf("%s: %w", what, e)
+			}
+		}
+	}
+	step("registers", func() (e error) { s.Regs, e = c.Regs(); return })
+	step("segment registers", func() (e error) { s.Sregs, e = c.Sregs(); return })
+	step("FPU", func() (e error) { s.FPU, e = c.FPU(); return })
+	step("XSAVE", func() error {
+		x, e := c.XSave()
+		if errors.Is(e, accel.ErrNotSupported) {
+			return nil
+		}
+		s.XSave = x.Data
+		return e
+	})
+	step("XCRs", func() (e error) {
+		s.XCRs, e = c.XCRs()
+		if errors.Is(e, accel.ErrNotSupported) {
+			return nil
+		}
+		return e
+	})
+	step("MSRs", func() error {
+		idx, e := c.MSRIndexList()
+		if e != nil {
+			return e
+		}
+		s.MSRs, e = c.MSRs(idx)
+		return e
+	})
+	step("LAPIC", func() (e error) { s.LAPIC, e = c.LAPIC(); return })
+	step("events", func() (e error) { s.Events, e = c.Events(); return })
+	step("MP state", func() (e error) { s.MPState, e = c.MPState(); return })
+	step("debug registers", func() (e error) { s.DebugRegs, e = c.DebugRegs(); return })
+	return err
+}
+
+// restoreVCPU applies s in the order both accelerators accept: control
+// state first (segments and control registers decide how the rest is read),
+// then registers, FPU/XSAVE, MSRs (TSC among them), the LAPIC, events and
+// finally the run state.
+func restoreVCPU(c accel.VCPU, s *VCPUState) error {
+	var err error
+	step := func(what string, f func() error) {
+		if err == nil {
+			if e := f(); e != nil {
+				err = fmt.Errorf("restore %s: %w", what, e)
+			}
+		}
+	}
+	step("segment registers", func() error { return c.SetSregs(&s.Sregs) })
+	step("registers", func() error { return c.SetRegs(&s.Regs) })
+	if len(s.XCRs) > 0 {
+		step("XCRs", func() error { return c.SetXCRs(s.XCRs) })
+	}
+	step("FPU", func() error { return c.SetFPU(&s.FPU) })
+	if len(s.XSave) > 0 {
+		step("XSAVE", func() error { return c.SetXSave(&accel.XSave{Data: s.XSave}) })
+	}
+	step("MSRs", func() error { return c.SetMSRs(s.MSRs) })
+	step("LAPIC", func() error { return c.SetLAPIC(&s.LAPIC) })
+	step("events", func() error { return c.SetEvents(&s.Events) })
+	step("debug registers", func() error { return c.SetDebugRegs(&s.DebugRegs) })
+	step("MP state", func() error { return c.SetMPState(s.MPState) })
+	return err
+}
+
+// Restored is a parsed, validated snapshot ready to be applied to a new VM.
+type Restored struct {
+	Machine MachineState
+	VCPUs   []VCPUState
+	Devices DeviceState
+	Clock   ClockState
+}
+
+// ParseState validates a state file completely before anything is built,
+// so that a bad file is refused whole.
+func ParseState(st *snapshot.State) (*Restored, error) {
+	r := &Restored{}
+	if _, err := st.Get("machine", 1, machineVersion, &r.Machine); err != nil {
+		return nil, err
+	}
+	if r.Machine.NumCPUs < 1 || r.Machine.NumCPUs > 255 {
+		return nil, fmt.Errorf("snapshot machine has %d vCPUs", r.Machine.NumCPUs)
+	}
+	if r.Machine.MemSize == 0 || r.Machine.MemSize%4096 != 0 {
+		return nil, fmt.Errorf("snapshot machine memory size %d is not a positive multiple of 4 KiB", r.Machine.MemSize)
+	}
+	r.VCPUs = make([]VCPUState, r.Machine.NumCPUs)
+	for i := range r.VCPUs {
+		if _, err := st.Get(fmt.Sprintf("vcpu/%d", i), 1, vcpuVersion, &r.VCPUs[i]); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := st.Get("devices", 1, devicesVersion, &r.Devices); err != nil {
+		return nil, err
+	}
+	if _, err := st.Get("clock", 1, clockVersion, &r.Clock); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
