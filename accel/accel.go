@@ -311,3 +311,12 @@ type ExtINTSource interface {
 type ExtINTReceiver interface {
 	SetExtINTSource(src ExtINTSource)
 }
+
+// ExtINTWaker is implemented by vCPUs that must be told when their
+// ExtINTSource's output rises: a guest halted inside the accelerator
+// (HLT with an in-kernel LAPIC) does not poll Pending, so whoever raises
+// the PIC output calls Wake. Wake is safe from any goroutine and does not
+// make Run return.
+type ExtINTWaker interface {
+	Wake()
+}

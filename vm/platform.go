@@ -159,8 +159,14 @@ func (v *VM) CopySerialInput(r io.Reader) {
 	}
 }
 
+// kickBSP makes the BSP notice a change of the PIC's output: a vCPU that
+// can re-check its ExtINT source in place is woken, any other is kicked.
 func (v *VM) kickBSP() {
 	if cs := v.vcpuList(); len(cs) > 0 {
+		if w, ok := cs[0].(accel.ExtINTWaker); ok {
+			w.Wake()
+			return
+		}
 		cs[0].Kick()
 	}
 }

@@ -211,3 +211,13 @@ func ParseState(st *snapshot.State) (*Restored, error) {
 	}
 	return r, nil
 }
+
+// VCPUState captures vCPU index's state (for diagnostics). The VM must be paused.
+func (v *VM) VCPUState(index int) (VCPUState, error) {
+	var cs VCPUState
+	if index < 0 || index >= v.cfg.NumCPUs {
+		return cs, fmt.Errorf("no vCPU %d (the VM has %d)", index, v.cfg.NumCPUs)
+	}
+	err := v.onVCPU(index, func(c accel.VCPU) error { return captureVCPU(c, &cs) })
+	return cs, err
+}

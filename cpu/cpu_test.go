@@ -1,0 +1,316 @@
+package cpu
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"govmm/accel"
+)
+
+const sig = accel.CPUIDFlagSignificantIndex
+
+// set returns the table with the named features set.
+func withFeatures(entries []accel.CPUIDEntry, names ...string) []accel.CPUIDEntry {
+	for _, n := range names {
+		f, ok := byName[n]
+		if !ok {
+			panic(n)
+		}
+		e := find(entries, f.Leaf, f.Subleaf)
+		if e == nil {
+			panic("no leaf for " + n)
+		}
+		*regPtr(e, f.Reg) |= 1 << f.Bit
+	}
+	return entries
+}
+
+// hostTable is a plausible KVM_GET_SUPPORTED_CPUID result for an Intel
+// host with AVX-512.
+func hostTable() []accel.CPUIDEntry {
+	t := []accel.CPUIDEntry{
+		{Function: 0, EAX: 0x1f, EBX: 0x756e6547, ECX: 0x6c65746e, EDX: 0x49656e69},
+		{Function: 1, EAX: 0x806f8},
+		{Function: 4, Index: 0, Flags: sig, EAX: 0x121}, // L1d
+		{Function: 4, Index: 1, Flags: sig, EAX: 0x122}, // L1i
+		{Function: 4, Index: 2, Flags: sig, EAX: 0x143}, // L2
+		{Function: 4, Index: 3, Flags: sig, EAX: 0x163}, // L3
+		{Function: 4, Index: 4, Flags: sig, EAX: 0},     // end
+		{Function: 7, Index: 0, Flags: sig, EAX: 1},
+		{Function: 7, Index: 1, Flags: sig},
+		{Function: 0xb, Index: 0, Flags: sig, EBX: 2, ECX: 0x100},
+		{Function: 0xb, Index: 1, Flags: sig, EAX: 4, EBX: 8, ECX: 0x201},
+		{Function: 0xd, Index: 0, Flags: sig, EAX: 0xe7, EBX: 0x240, ECX: 0xa88},
+		{Function: 0xd, Index: 1, Flags: sig},
+		{Function: 0xd, Index: 2, Flags: sig, EAX: 0x100, EBX: 0x240},
+		{Function: 0xd, Index: 5, Flags: sig, EAX: 0x40, EBX: 0x440},
+		{Function: 0xd, Index: 6, Flags: sig, EAX: 0x200, EBX: 0x480},
+		{Function: 0xd, Index: 7, Flags: sig, EAX: 0x400, EBX: 0x680},
+		{Function: 0x1f, Index: 0, Flags: sig, EBX: 2, ECX: 0x100},
+		{Function: 0x80000000, EAX: 0x80000008},
+		{Function: 0x80000001},
+		{Function: 0x80000008, EAX: 0x3030},
+	}
+	return withFeatures(t, "fpu", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pse", "pse36",
+		"clflush", "mmx", "fxsr", "sse", "sse2", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "x2apic",
+		"popcnt", "xsave", "osxsave", "avx", "fma", "f16c", "hypervisor", "tsc_deadline_timer",
+		"avx2", "bmi1", "bmi2", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_fp16", "pku", "ospke",
+		"avx512_bf16", "xsaveopt", "xsavec", "lm", "nx", "syscall", "lahf_lm", "rdtscp", "pdpe1gb")
+}
+
+func TestFeatureTable(t *testing.T) {
+	f, ok := Lookup("cx16")
+	if !ok || f.Leaf != 1 || f.Reg != ECX || f.Bit != 13 {
+		t.Errorf("cx16 = %+v", f)
+	}
+	if f, ok := Lookup("avx512_bf16"); !ok || f.Leaf != 7 || f.Subleaf != 1 || f.Reg != EAX || f.Bit != 5 {
+		t.Errorf("avx512_bf16 = %+v", f)
+	}
+	if f, ok := Lookup("xsaves"); !ok || f.Leaf != 0xd || f.Subleaf != 1 || f.Bit != 3 {
+		t.Errorf("xsaves = %+v", f)
+	}
+	if f, ok := Lookup("lm"); !ok || f.Leaf != 0x80000001 || f.Reg != EDX || f.Bit != 29 {
+		t.Errorf("lm = %+v", f)
+	}
+	if len(Features()) != len(FeatureNames()) || len(Features()) < 150 {
+		t.Errorf("%d features, %d names", len(Features()), len(FeatureNames()))
+	}
+	got := Present(hostTable())
+	if got[0] != "fpu" || !contains(got, "avx512_fp16") || contains(got, "vmx") {
+		t.Errorf("Present = %v", got)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestParse(t *testing.T) {
+	m, err := Parse("host,-cx16,+x2apic, -AVX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Model{Name: "host", Add: []string{"x2apic"}, Remove: []string{"cx16", "avx"}}
+	if !reflect.DeepEqual(m, want) {
+		t.Errorf("got %+v, want %+v", m, want)
+	}
+	if m.String() != "host,-cx16,-avx,+x2apic" {
+		t.Errorf("String() = %q", m.String())
+	}
+	if m, err := Parse("host"); err != nil || m.Name != "host" || m.Add != nil || m.Remove != nil {
+		t.Errorf("Parse(host) = %+v, %v", m, err)
+	}
+	for spec, wantErr := range map[string]string{
+		"":                 "valid models: host",
+		"qemu64":           "valid models: host",
+		"host,-bogus":      "valid features:",
+		"host,cx16":        "+feature or -feature",
+		"host,+":           "+feature or -feature",
+		"host,+cx16,-cx16": "both added and removed",
+		"host,-osxsave":    "control register",
+	} {
+		_, err := Parse(spec)
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("Parse(%q) error %v, want one containing %q", spec, err, wantErr)
+		}
+	}
+	_, err = Parse("host,-bogus")
+	if !strings.Contains(err.Error(), "cx16") {
+		t.Errorf("unknown-feature error does not list the valid names: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"host", "host,-cx16,+x2apic", "host,,", "host,-", "x,+y", "host,+cx16,+cx16"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		m, err := Parse(spec)
+		if err != nil {
+			return
+		}
+		m2, err := Parse(m.String())
+		if err != nil || !reflect.DeepEqual(m, m2) {
+			t.Fatalf("Parse(%q) = %+v, reparsing %q gives %+v, %v", spec, m, m.String(), m2, err)
+		}
+	})
+}
+
+func apply(t *testing.T, spec string) []accel.CPUIDEntry {
+	t.Helper()
+	m, err := Parse(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.Apply(hostTable())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func has(entries []accel.CPUIDEntry, name string) bool { return byName[name].Has(entries) }
+
+func TestApplyHost(t *testing.T) {
+	in := hostTable()
+	out := apply(t, "host")
+	if !reflect.DeepEqual(in, hostTable()) {
+		t.Error("Apply modified its input")
+	}
+	if has(out, "osxsave") || has(out, "ospke") {
+		t.Error("dynamic bits OSXSAVE/OSPKE not cleared")
+	}
+	for _, f := range []string{"cx16", "avx512_fp16", "xsave", "lm"} {
+		if !has(out, f) {
+			t.Errorf("host model lost %s", f)
+		}
+	}
+}
+
+func TestApplyRemoveSimple(t *testing.T) {
+	out := apply(t, "host,-cx16")
+	if has(out, "cx16") {
+		t.Error("cx16 still set")
+	}
+	want := hostTable()
+	e := find(want, 1, 0)
+	e.ECX &^= 1<<13 | 1<<27 // cx16 and osxsave
+	find(want, 7, 0).ECX &^= 1 << 4
+	if !reflect.DeepEqual(out, want) {
+		t.Errorf("-cx16 changed more than cx16:\n%v\n%v", out, want)
+	}
+}
+
+func TestApplyRemoveXSave(t *testing.T) {
+	out := apply(t, "host,-xsave")
+	for _, f := range []string{"xsave", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_fp16",
+		"avx512_bf16", "xsaveopt", "xsavec", "pku"} {
+		if has(out, f) {
+			t.Errorf("-xsave left %s set", f)
+		}
+	}
+	for _, f := range []string{"sse2", "cx16", "bmi2"} {
+		if !has(out, f) {
+			t.Errorf("-xsave cleared unrelated %s", f)
+		}
+	}
+	for _, e := range out {
+		if e.Function == 0xd && (e.EAX|e.EBX|e.ECX|e.EDX) != 0 {
+			t.Errorf("-xsave left leaf 0xd.%d = %+v", e.Index, e)
+		}
+	}
+}
+
+func TestApplyRemoveAVX(t *testing.T) {
+	out := apply(t, "host,-avx")
+	for _, f := range []string{"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_fp16"} {
+		if has(out, f) {
+			t.Errorf("-avx left %s set", f)
+		}
+	}
+	if !has(out, "xsave") || !has(out, "xsaveopt") {
+		t.Error("-avx cleared xsave")
+	}
+	d0 := find(out, 0xd, 0)
+	if d0.EAX != 0x3 || d0.ECX != 0x240 {
+		t.Errorf("leaf 0xd.0 EAX %#x ECX %#x, want XCR0 x87|SSE and max size 0x240", d0.EAX, d0.ECX)
+	}
+	if d2 := find(out, 0xd, 2); d2.EAX != 0 || d2.EBX != 0 {
+		t.Errorf("leaf 0xd.2 (YMM) still described: %+v", d2)
+	}
+	out = apply(t, "host,-avx512f")
+	d0 = find(out, 0xd, 0)
+	if d0.EAX != 0x7 || d0.ECX != 0x340 || !has(out, "avx2") || has(out, "avx512bw") {
+		t.Errorf("-avx512f: leaf 0xd.0 %+v avx2 %v avx512bw %v", d0, has(out, "avx2"), has(out, "avx512bw"))
+	}
+}
+
+func TestApplyAdd(t *testing.T) {
+	if out := apply(t, "host,+x2apic"); !has(out, "x2apic") {
+		t.Error("+x2apic lost x2apic")
+	}
+	m, _ := Parse("host,+vmx")
+	if _, err := m.Apply(hostTable()); err == nil || !strings.Contains(err.Error(), "not offered") {
+		t.Errorf("+vmx on a host without it: %v", err)
+	}
+	m, _ = Parse("host,-xsave,+avx")
+	if _, err := m.Apply(hostTable()); err == nil || !strings.Contains(err.Error(), "removes") {
+		t.Errorf("-xsave,+avx: %v", err)
+	}
+	if _, err := (Model{Name: "pentium"}).Apply(hostTable()); err == nil {
+		t.Error("unknown model applied")
+	}
+}
+
+func TestForVCPU(t *testing.T) {
+	in := apply(t, "host")
+	before := append([]accel.CPUIDEntry(nil), in...)
+	out := ForVCPU(in, 3, 4)
+	if !reflect.DeepEqual(in, before) {
+		t.Error("ForVCPU modified its input")
+	}
+	l1 := find(out, 1, 0)
+	if l1.EBX>>24 != 3 || l1.EBX>>16&0xff != 4 || l1.EDX&(1<<28) == 0 {
+		t.Errorf("leaf 1 EBX %#x EDX %#x: want APIC ID 3, 4 logical, HTT", l1.EBX, l1.EDX)
+	}
+	for _, leaf := range []uint32{0xb, 0x1f} {
+		var subs []accel.CPUIDEntry
+		for _, e := range out {
+			if e.Function == leaf {
+				subs = append(subs, e)
+			}
+		}
+		want := []accel.CPUIDEntry{
+			{Function: leaf, Index: 0, Flags: sig, EAX: 0, EBX: 1, ECX: 0x100, EDX: 3},
+			{Function: leaf, Index: 1, Flags: sig, EAX: 2, EBX: 4, ECX: 0x201, EDX: 3},
+			{Function: leaf, Index: 2, Flags: sig, ECX: 2, EDX: 3},
+		}
+		if !reflect.DeepEqual(subs, want) {
+			t.Errorf("leaf %#x = %+v\nwant %+v", leaf, subs, want)
+		}
+	}
+	for i, wantShare := range []uint32{0, 0, 0, 3} {
+		e := find(out, 4, uint32(i))
+		if e.EAX>>14&0xfff != wantShare || e.EAX>>26 != 3 || e.EAX&0x3fff != hostTable()[2+i].EAX {
+			t.Errorf("leaf 4.%d EAX %#x: want sharing %d, cores-1 3", i, e.EAX, wantShare)
+		}
+	}
+	if e := find(out, 4, 4); e.EAX != 0 {
+		t.Errorf("leaf 4.4 (no cache) changed: %#x", e.EAX)
+	}
+
+	one := ForVCPU(in, 0, 1)
+	l1 = find(one, 1, 0)
+	if l1.EBX>>16 != 1 || l1.EDX&(1<<28) != 0 {
+		t.Errorf("1 CPU: leaf 1 EBX %#x EDX %#x, want ID 0, 1 logical, no HTT", l1.EBX, l1.EDX)
+	}
+	if e := find(one, 0xb, 1); e.EAX != 0 || e.EBX != 1 {
+		t.Errorf("1 CPU: leaf 0xb.1 = %+v", e)
+	}
+	three := ForVCPU(in, 2, 3)
+	if e := find(three, 0xb, 1); e.EAX != 2 || e.EBX != 3 || e.EDX != 2 {
+		t.Errorf("3 CPUs: leaf 0xb.1 = %+v, want shift 2, 3 CPUs, ID 2", e)
+	}
+	if find(three, 1, 0).EBX>>16&0xff != 4 {
+		t.Error("3 CPUs: leaf 1 addressable IDs should round up to 4")
+	}
+}
+
+func TestForVCPUAMD(t *testing.T) {
+	in := hostTable()
+	in[0].EBX, in[0].ECX, in[0].EDX = 0x68747541, 0x444d4163, 0x69746e65 // AuthenticAMD
+	out := ForVCPU(in, 5, 6)
+	if e := find(out, 0x80000008, 0); e.ECX&0xff != 5 || e.ECX>>12&0xf != 3 {
+		t.Errorf("AMD leaf 0x80000008 ECX %#x, want NC 5, ApicIdCoreIdSize 3", e.ECX)
+	}
+	intel := ForVCPU(hostTable(), 5, 6)
+	if e := find(intel, 0x80000008, 0); e.ECX != 0 {
+		t.Errorf("Intel leaf 0x80000008 ECX changed: %#x", e.ECX)
+	}
+}

@@ -1,0 +1,278 @@
+// Package cpu turns a CPU model given on the command line (`--cpu
+// host,-cx16,+x2apic`) into the CPUID table a guest sees, and specialises
+// that table per vCPU (APIC IDs, topology). It exists so that the CPUID
+// policy (which features exist, what depends on what, how topology is
+// described) is written once, independent of the accelerator: a backend
+// reports what it supports, this package decides what the guest gets.
+package cpu
+
+import (
+	"fmt"
+	"math/bits"
+	"sort"
+	"strings"
+
+	"govmm/accel"
+)
+
+// Models lists the CPU model names Parse accepts.
+var Models = []string{"host"}
+
+// Model is a parsed CPU model: a base model and features added to or
+// removed from it.
+type Model struct {
+	Name   string
+	Add    []string
+	Remove []string
+}
+
+// String renders the model in the form Parse accepts.
+func (m Model) String() string {
+	var b strings.Builder
+	b.WriteString(m.Name)
+	for _, f := range m.Remove {
+		b.WriteString(",-" + f)
+	}
+	for _, f := range m.Add {
+		b.WriteString(",+" + f)
+	}
+	return b.String()
+}
+
+// Parse parses "host" optionally followed by ",+feature" and ",-feature"
+// items (Linux /proc/cpuinfo names).
+func Parse(spec string) (Model, error) {
+	parts := strings.Split(strings.TrimSpace(spec), ",")
+	name := strings.TrimSpace(parts[0])
+	if name == "" {
+		return Model{}, fmt.Errorf("cpu model %q: empty model name (valid models: %s)", spec, strings.Join(Models, ", "))
+	}
+	known := false
+	for _, m := range Models {
+		known = known || m == name
+	}
+	if !known {
+		return Model{}, fmt.Errorf("cpu model %q: unknown model %q (valid models: %s)", spec, name, strings.Join(Models, ", "))
+	}
+	m := Model{Name: name}
+	seen := map[string]byte{}
+	for _, p := range parts[1:] {
+		p = strings.TrimSpace(p)
+		if len(p) < 2 || (p[0] != '+' && p[0] != '-') {
+			return Model{}, fmt.Errorf("cpu model %q: item %q must be +feature or -feature", spec, p)
+		}
+		op, f := p[0], strings.ToLower(p[1:])
+		feat, ok := byName[f]
+		if !ok {
+			return Model{}, fmt.Errorf("cpu model %q: unknown feature %q (valid features: %s)", spec, f, strings.Join(FeatureNames(), " "))
+		}
+		if feat.Dynamic {
+			return Model{}, fmt.Errorf("cpu model %q: %s mirrors a guest control register bit and cannot be added or removed", spec, f)
+		}
+		if prev, dup := seen[f]; dup {
+			if prev != op {
+				return Model{}, fmt.Errorf("cpu model %q: feature %q both added and removed", spec, f)
+			}
+			continue
+		}
+		seen[f] = op
+		if op == '+' {
+			m.Add = append(m.Add, f)
+		} else {
+			m.Remove = append(m.Remove, f)
+		}
+	}
+	return m, nil
+}
+
+// closure returns the features removing f removes: f and everything that
+// transitively requires it, sorted.
+func closure(f string) []string {
+	set := map[string]bool{}
+	var walk func(string)
+	walk = func(n string) {
+		if set[n] {
+			return
+		}
+		set[n] = true
+		for _, d := range dependsOn[n] {
+			walk(d)
+		}
+	}
+	walk(f)
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Apply derives the guest CPUID table from what the accelerator supports:
+// removed features (and the features that depend on them) are cleared,
+// XSAVE state components of removed features vanish from leaf 0xD, and
+// added features must be ones the accelerator offers (KVM cannot emulate
+// a feature the host lacks). Dynamic bits (OSXSAVE, OSPKE) are cleared:
+// KVM sets them from CR4 at run time.
+func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
+	if m.Name != "host" {
+		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
+	}
+	out := append([]accel.CPUIDEntry(nil), supported...)
+	removed := map[string]bool{}
+	for _, f := range m.Remove {
+		if _, ok := byName[f]; !ok {
+			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
+		}
+		for _, d := range closure(f) {
+			removed[d] = true
+		}
+	}
+	for _, f := range m.Add {
+		feat, ok := byName[f]
+		if !ok {
+			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
+		}
+		if removed[f] {
+			return nil, fmt.Errorf("cpu model %s: +%s needs a feature the model removes", m, f)
+		}
+		if !feat.Has(supported) {
+			return nil, fmt.Errorf("cpu model %s: feature %q (CPUID %#x.%d %s bit %d) is not offered by the accelerator on this host and cannot be emulated",
+				m, f, feat.Leaf, feat.Subleaf, feat.Reg, feat.Bit)
+		}
+	}
+	removed["osxsave"], removed["ospke"] = true, true
+	for name := range removed {
+		f := byName[name]
+		if e := find(out, f.Leaf, f.Subleaf); e != nil {
+			*regPtr(e, f.Reg) &^= 1 << f.Bit
+		}
+	}
+	fixXSaveLeaf(out, removed)
+	return out, nil
+}
+
+// fixXSaveLeaf drops the XSAVE state components of removed features from
+// leaf 0xD (all of it without xsave) and recomputes the maximum area size.
+func fixXSaveLeaf(entries []accel.CPUIDEntry, removed map[string]bool) {
+	var drop uint64
+	if removed["xsave"] {
+		drop = ^uint64(0)
+	}
+	for f, comps := range xcr0Bits {
+		if removed[f] {
+			for _, c := range comps {
+				drop |= 1 << c
+			}
+		}
+	}
+	if drop == 0 {
+		return
+	}
+	var d0 *accel.CPUIDEntry
+	for i := range entries {
+		e := &entries[i]
+		if e.Function != 0xd {
+			continue
+		}
+		switch {
+		case e.Index == 0:
+			d0 = e
+		case drop == ^uint64(0) || (e.Index >= 2 && e.Index < 64 && drop>>e.Index&1 != 0):
+			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		}
+	}
+	if d0 == nil {
+		return
+	}
+	if drop == ^uint64(0) {
+		d0.EAX, d0.EBX, d0.ECX, d0.EDX = 0, 0, 0, 0
+		return
+	}
+	xcr0 := (uint64(d0.EDX)<<32 | uint64(d0.EAX)) &^ drop
+	d0.EAX, d0.EDX = uint32(xcr0), uint32(xcr0>>32)
+	max := uint32(512 + 64)
+	for i := range entries {
+		e := &entries[i]
+		if e.Function == 0xd && e.Index >= 2 && e.Index < 64 && xcr0>>e.Index&1 != 0 && e.EAX != 0 {
+			if end := e.EBX + e.EAX; end > max {
+				max = end
+			}
+		}
+	}
+	d0.ECX = max
+	if d0.EBX > max {
+		d0.EBX = max
+	}
+}
+
+// ForVCPU specialises a CPUID table for vCPU index of ncpus: its APIC ID
+// (leaf 1 EBX[31:24], leaf 0xB/0x1F EDX), and a topology of one package
+// with ncpus cores of one thread each (leaf 1 logical count and HTT, leaf
+// 4 core and cache-sharing counts, leaf 0xB/0x1F levels, AMD leaf
+// 0x80000008 ECX). The input is not modified.
+func ForVCPU(entries []accel.CPUIDEntry, index, ncpus int) []accel.CPUIDEntry {
+	if ncpus < 1 {
+		ncpus = 1
+	}
+	apicID := uint32(index)
+	coreBits := uint32(bits.Len(uint(ncpus - 1))) // APIC ID bits for cores in the package
+	maxIDs := uint32(1) << coreBits
+	maxBasic := uint32(0)
+	amd := false
+	for _, e := range entries {
+		if e.Function == 0 {
+			maxBasic = e.EAX
+			amd = e.EBX == 0x68747541 || e.EBX == 0x6f677948 // "Auth"enticAMD, "Hygo"nGenuine
+		}
+	}
+	out := make([]accel.CPUIDEntry, 0, len(entries)+4)
+	for _, e := range entries {
+		switch e.Function {
+		case 0xb, 0x1f:
+			continue // rebuilt below
+		case 1:
+			e.EBX = e.EBX&0x0000ffff | (maxIDs&0xff)<<16 | apicID<<24
+			if maxIDs > 1 {
+				e.EDX |= 1 << 28 // HTT: EBX[23:16] is valid
+			} else {
+				e.EDX &^= 1 << 28
+			}
+		case 4:
+			if e.EAX&0x1f != 0 { // a cache is described
+				level := e.EAX >> 5 & 7
+				share := uint32(0) // L1/L2: one thread per core
+				if level >= 3 {
+					share = maxIDs - 1
+				}
+				e.EAX = e.EAX&0x3fff | share<<14 | (maxIDs-1)<<26
+			}
+		case 0x80000008:
+			if amd {
+				e.ECX = e.ECX&^0xf0ff | coreBits<<12 | uint32(ncpus-1)&0xff
+			}
+		}
+		out = append(out, e)
+	}
+	topo := func(leaf uint32) {
+		sig := uint32(accel.CPUIDFlagSignificantIndex)
+		out = append(out,
+			accel.CPUIDEntry{Function: leaf, Index: 0, Flags: sig, EAX: 0, EBX: 1, ECX: 1 << 8, EDX: apicID},
+			accel.CPUIDEntry{Function: leaf, Index: 1, Flags: sig, EAX: coreBits, EBX: uint32(ncpus), ECX: 2<<8 | 1, EDX: apicID},
+			accel.CPUIDEntry{Function: leaf, Index: 2, Flags: sig, ECX: 2, EDX: apicID},
+		)
+	}
+	if maxBasic >= 0xb {
+		topo(0xb)
+	}
+	if maxBasic >= 0x1f {
+		topo(0x1f)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Function != out[j].Function {
+			return out[i].Function < out[j].Function
+		}
+		return out[i].Index < out[j].Index
+	})
+	return out
+}
