@@ -1,0 +1,69 @@
+// Package guests embeds the bare-metal guest images built from this
+// directory (freestanding C and assembly, `make -C guests`), so that the
+// govmm binary carries its default guest and tests run the project's own
+// guests without needing gcc. The blobs in bin/ are committed; the test in
+// this package rebuilds them and fails when a committed blob is stale.
+package guests
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+)
+
+//go:embed bin/*
+var bin embed.FS
+
+// files lists the embedded file names (e.g. "probe.elf").
+func files() []string {
+	ents, err := fs.ReadDir(bin, "bin")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func stem(f string) string { return strings.TrimSuffix(f, path.Ext(f)) }
+
+// Names returns the names Image accepts, sorted: each image's file name
+// without its extension ("probe" for bin/probe.elf).
+func Names() []string {
+	var out []string
+	for _, f := range files() {
+		out = append(out, stem(f))
+	}
+	return out
+}
+
+// Image returns the embedded image called name, given either without its
+// extension ("probe") or as its file name ("probe.elf").
+func Image(name string) ([]byte, error) {
+	var match []string
+	for _, f := range files() {
+		if f == name {
+			match = []string{f}
+			break
+		}
+		if stem(f) == name {
+			match = append(match, f)
+		}
+	}
+	switch len(match) {
+	case 0:
+		return nil, fmt.Errorf("no built-in guest image %q (available: %s)", name, strings.Join(Names(), ", "))
+	case 1:
+		return bin.ReadFile("bin/" + match[0])
+	default:
+		return nil, fmt.Errorf("guest image name %q is ambiguous (%s): give the file name", name, strings.Join(match, ", "))
+	}
+}

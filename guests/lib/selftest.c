@@ -1,0 +1,145 @@
+/* selftest.c: the lib's own test guest (bin/libtest.elf), run by
+ * e2e/probe_test.go: printf formatting, cmdline parsing, number parsing,
+ * CPL3 round trips and nesting, #GP-safe MSR access, exception hooks, SMP.
+ * Prints "libtest: N passed, M failed" and powers off when M is 0, else
+ * exits through the debug-exit device with 1. */
+#include "lib.h"
+
+static int passed, failed;
+
+static void check(bool ok, const char *what)
+{
+	if (ok) {
+		passed++;
+	} else {
+		failed++;
+		printf("libtest: FAIL %s\n", what);
+	}
+}
+
+static void check_fmt(const char *want, const char *fmt, ...)
+{
+	char buf[128];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (strcmp(buf, want) || n != (int)strlen(want)) {
+		failed++;
+		printf("libtest: FAIL format \"%s\": got \"%s\" (%d), want \"%s\"\n", fmt, buf, n, want);
+	} else {
+		passed++;
+	}
+}
+
+static volatile int ap_seen[MAX_CPUS];
+static void ap_main(uint32_t idx)
+{
+	ap_seen[idx] = 1;
+	printf("libtest: AP %u (APIC ID %u) up\n", idx, lapic_id());
+}
+
+static uint64_t sys_double(uint64_t a0, uint64_t a1, uint64_t a2) { return a0 * 2 + a1 + a2; }
+
+static uint64_t inner(uint64_t a) { return a + (uint64_t)cpl(); }
+
+static uint64_t sys_nested(uint64_t a0, uint64_t a1, uint64_t a2)
+{
+	return user_call(inner, a0) + 1000; /* CPL0 -> CPL3 from inside a syscall */
+}
+
+static uint64_t user_fn(uint64_t arg)
+{
+	uint64_t r = 0;
+	if (cpl() != 3)
+		return 1;
+	if (sys_call(SYS_FIRST_USER, 20, 1, 1) != 42)
+		return 2;
+	if (sys_call(SYS_FIRST_USER + 1, 5, 0, 0) != 1008) /* 5 + CPL3 + 1000 */
+		return 3;
+	uint64_t v;
+	if ((int64_t)sys_call(SYS_RDMSR, 0x1B, (uint64_t)&v, 0) != 0 || !(v & (1u << 11)))
+		return 4;
+	if ((int64_t)sys_call(SYS_RDMSR, 0xDEAD0000, (uint64_t)&r, 0) != -1)
+		return 5;
+	printf("libtest: printf at CPL%d (%s)\n", cpl(), "ok");
+	return arg + 1;
+}
+
+static volatile int ud_hits;
+static void ud_handler(struct regs *r)
+{
+	ud_hits++;
+	r->rip += 2; /* skip the ud2 */
+}
+
+int main(void)
+{
+	printf("libtest: start\n");
+	check_fmt("42", "%d", 42);
+	check_fmt("-42", "%d", -42);
+	check_fmt("  -42", "%5d", -42);
+	check_fmt("-0042", "%05d", -42);
+	check_fmt("42   |", "%-5d|", 42);
+	check_fmt("4294967295", "%u", 0xFFFFFFFFu);
+	check_fmt("18446744073709551615", "%lu", (unsigned long)-1);
+	check_fmt("-9223372036854775808", "%ld", (long)(1ULL << 63));
+	check_fmt("ff FF 0x00ff", "%x %X %#06x", 255, 255, 255);
+	check_fmt("00000000deadbeef", "%016lx", 0xDEADBEEFUL);
+	check_fmt("0x1000", "%p", (void *)0x1000);
+	check_fmt("[  ab][ab  ][a]", "[%4s][%-4s][%.1s]", "ab", "ab", "abc");
+	check_fmt("c=x 100%", "c=%c 100%%", 'x');
+	check_fmt("(null)", "%s", (char *)0);
+	char small[4];
+	check(snprintf(small, sizeof(small), "abcdef") == 6 && !strcmp(small, "abc"), "snprintf truncation");
+
+	strncpy_z(boot.cmdline, "/path/k a=1 bb=hello flag  key=x=y n=0x10 bad=12z", sizeof(boot.cmdline));
+	char v[16];
+	check(cmdline_get("a", v, sizeof(v)) && !strcmp(v, "1"), "cmdline a=1");
+	check(cmdline_get("bb", v, sizeof(v)) && !strcmp(v, "hello"), "cmdline bb=hello");
+	check(cmdline_get("flag", v, sizeof(v)) && !strcmp(v, ""), "cmdline bare flag");
+	check(cmdline_get("key", v, sizeof(v)) && !strcmp(v, "x=y"), "cmdline key=x=y");
+	check(!cmdline_get("b", v, sizeof(v)), "cmdline prefix is not a match");
+	check(!cmdline_get("missing", v, sizeof(v)), "cmdline missing key");
+	check(cmdline_get("bb", v, 3) && !strcmp(v, "he"), "cmdline value truncated");
+	check(cmdline_u64("n", 7) == 16, "cmdline_u64 hex");
+	check(cmdline_u64("bad", 7) == 7, "cmdline_u64 junk -> default");
+	check(cmdline_u64("missing", 9) == 9, "cmdline_u64 missing -> default");
+	uint64_t x;
+	check(parse_u64("18446744073709551615", &x) && x == UINT64_MAX, "parse_u64 max");
+	check(!parse_u64("18446744073709551616", &x), "parse_u64 overflow");
+	check(!parse_u64("", &x), "parse_u64 empty");
+	check(parse_hex("C0000080", &x) && x == 0xC0000080, "parse_hex");
+	check(!parse_hex("0x", &x), "parse_hex empty");
+	check(!parse_hex("12345678123456789", &x), "parse_hex overflow");
+
+	uint64_t m;
+	check(rdmsr_safe(0xDEAD0000, &m) == -1, "rdmsr_safe #GP");
+	check(rdmsr_safe(0x1B, &m) == 0 && (m & (1u << 11)), "rdmsr_safe APIC_BASE");
+	check(wrmsr_safe(0xDEAD0000, 1) == -1, "wrmsr_safe #GP");
+
+	set_handler(6, ud_handler);
+	__asm__ volatile("ud2");
+	check(ud_hits == 1, "exception handler override");
+	set_handler(6, 0);
+
+	acpi_init();
+	lapic_init(true);
+	syscall_register(SYS_FIRST_USER, sys_double);
+	syscall_register(SYS_FIRST_USER + 1, sys_nested);
+	uint64_t r = user_call(user_fn, 41);
+	check(r == 42, "user_call round trip");
+	if (r != 42)
+		printf("libtest: user_fn returned %lu\n", r);
+	check(cpl() == 0, "back at CPL0");
+
+	int n = smp_start(ap_main);
+	check(n == acpi.ncpus, "all MADT CPUs started");
+	for (int i = 1; i < n; i++)
+		check(ap_seen[i], "AP ran ap_main");
+	udelay(1000);
+	printf("libtest: %d CPUs, %d passed, %d failed\n", n, passed, failed);
+	if (failed)
+		debug_exit(1);
+	poweroff();
+}
