@@ -136,7 +136,7 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 		if e != nil {
 			return e
 		}
-		s.MSRs, e = c.MSRs(idx)
+		s.MSRs, e = c.MSRs(guestStateMSRs(idx))
 		return e
 	})
 	step("LAPIC", func() (e error) { s.LAPIC, e = c.LAPIC(); return })
@@ -168,12 +168,78 @@ func restoreVCPU(c accel.VCPU, s *VCPUState) error {
 	if len(s.XSave) > 0 {
 		step("XSAVE", func() error { return c.SetXSave(&accel.XSave{Data: s.XSave}) })
 	}
-	step("MSRs", func() error { return c.SetMSRs(s.MSRs) })
+	step("MSRs", func() error {
+		msrs, err := portableMSRs(c, s.MSRs)
+		if err != nil {
+			return err
+		}
+		return c.SetMSRs(msrs)
+	})
 	step("LAPIC", func() error { return c.SetLAPIC(&s.LAPIC) })
 	step("events", func() error { return c.SetEvents(&s.Events) })
 	step("debug registers", func() error { return c.SetDebugRegs(&s.DebugRegs) })
 	step("MP state", func() error { return c.SetMPState(s.MPState) })
 	return err
+}
+
+// notGuestState are MSRs an accelerator may list that are not guest state
+// of their own: EFER and APIC_BASE travel in the segment-register class,
+// and the read-only model MSRs are fixed by the CPU model, not by the guest.
+var notGuestState = map[uint32]string{
+	0xc0000080: "EFER (saved with the control registers)",
+	0x0000001b: "APIC_BASE (saved with the control registers)",
+	0x0000010a: "ARCH_CAPABILITIES (CPU model)",
+	0x000000ce: "PLATFORM_INFO (CPU model)",
+	0x00000345: "PERF_CAPABILITIES (CPU model)",
+	0x0000008b: "UCODE_REV (CPU model)",
+}
+
+// guestStateMSRs filters an accelerator's MSR list down to guest state.
+func guestStateMSRs(list []uint32) []uint32 {
+	out := make([]uint32, 0, len(list))
+	for _, i := range list {
+		if _, skip := notGuestState[i]; !skip {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// msrResetValue lists MSRs whose reset value is not zero.
+var msrResetValue = map[uint32]uint64{
+	0x4b564d05: 1, // MSR_KVM_POLL_CONTROL: host-side halt polling allowed
+}
+
+// portableMSRs picks the saved MSRs the destination accelerator can hold.
+// Accelerators list different MSRs (KVM offers its paravirtual and AMD
+// ones, MSHV the Hyper-V synthetic ones), so a snapshot taken on one names
+// MSRs the other has never heard of. An MSR the destination lacks is
+// dropped only while it holds its reset value (the guest never used it);
+// one that holds anything else means the guest relies on state the
+// destination cannot give it (kvmclock on MSHV, say), and the restore is
+// refused naming the MSR.
+func portableMSRs(c accel.VCPU, saved []accel.MSR) ([]accel.MSR, error) {
+	list, err := c.MSRIndexList()
+	if err != nil {
+		return nil, fmt.Errorf("list the destination's MSRs: %w", err)
+	}
+	have := make(map[uint32]bool, len(list))
+	for _, i := range list {
+		have[i] = true
+	}
+	out := make([]accel.MSR, 0, len(saved))
+	for _, m := range saved {
+		if _, skip := notGuestState[m.Index]; skip {
+			continue
+		}
+		switch {
+		case have[m.Index]:
+			out = append(out, m)
+		case m.Value != msrResetValue[m.Index]:
+			return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x, and this accelerator cannot hold that MSR", m.Index, m.Value)
+		}
+	}
+	return out, nil
 }
 
 // Restored is a parsed, validated snapshot ready to be applied to a new VM.

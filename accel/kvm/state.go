@@ -269,9 +269,41 @@ func (v *VCPU) SetMSRs(m []accel.MSR) error {
 	return nil
 }
 
-// MSRIndexList is KVM_GET_MSR_INDEX_LIST: the MSRs KVM saves and restores.
+// unlistedMSRs are architectural MSRs KVM saves and restores through
+// KVM_GET/SET_MSRS but leaves out of KVM_GET_MSR_INDEX_LIST (QEMU adds them
+// by hand too): the MTRRs and TSC_AUX.
+var unlistedMSRs = func() []uint32 {
+	l := []uint32{0x2ff, 0x250, 0x258, 0x259, 0xc0000103}
+	for i := uint32(0x200); i < 0x210; i++ { // variable-range MTRR base/mask pairs
+		l = append(l, i)
+	}
+	for i := uint32(0x268); i < 0x270; i++ { // 4 KiB fixed-range MTRRs
+		l = append(l, i)
+	}
+	return l
+}()
+
+// MSRIndexList is the MSRs this vCPU saves and restores:
+// KVM_GET_MSR_INDEX_LIST plus the unlisted architectural MSRs this vCPU
+// can actually read (each is tried once).
 func (v *VCPU) MSRIndexList() ([]uint32, error) {
-	return msrList(v.vm.acc.fd, ioctlGetMSRIndexList, "KVM_GET_MSR_INDEX_LIST")
+	list, err := msrList(v.vm.acc.fd, ioctlGetMSRIndexList, "KVM_GET_MSR_INDEX_LIST")
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[uint32]bool, len(list))
+	for _, i := range list {
+		have[i] = true
+	}
+	for _, i := range unlistedMSRs {
+		if have[i] {
+			continue
+		}
+		if _, err := v.MSRs([]uint32{i}); err == nil {
+			list = append(list, i)
+		}
+	}
+	return list, nil
 }
 
 // LAPIC returns the in-kernel LAPIC's register page.

@@ -97,3 +97,8 @@ func (c *console) pump(m *vm.VM) {
 		}
 	}
 }
+
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

@@ -76,6 +76,11 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return fail(64, "--cpu: %v", err)
 	}
 
+	if f.kernel == "" && f.cmdline == "" && f.serial == "stdio" && isTerminal(stdin) {
+		// A person at a terminal gets the probe's interactive TUI;
+		// pipes and scripts get its one-screen summary.
+		f.cmdline = "probe.mode=tui"
+	}
 	kernel, kernelName, err := readKernel(f.kernel)
 	if err != nil {
 		return err
