@@ -5,6 +5,17 @@
  * prints what it saw on COM1 and leaves through the debug-exit port:
  * TG_OK (0x10, status 33) on success, TG_FAIL (0x11, status 35) on a
  * failed self-check, or on purpose through a crash (triplefault, xrstor).
+ *
+ *   test=cmdline          print the command line, then each module (the
+ *                         initrd is module 0): length, first 256 bytes
+ *                         and the FNV-1a 64 hash of all of it
+ *   test=exit code=N      debug-exit with N (0..255): status (N<<1)|1
+ *   test=smp [expect=N]   start every MADT CPU; each prints "cpu N up"
+ *   test=triplefault      null IDT, then #GP: the VM must end (status 2)
+ *   test=xrstor           xrstor at CPL0: this KVM's emulator fails on it
+ *   test=mmio [mmio=BASE] [only=PREFIX,...] [all=1] [avx=0]
+ *                         the MMIO instruction mix (mmio.c)
+ *   test=pio              port I/O of each size and rep ins/outs (pio.c)
  */
 #include "tg.h"
 
@@ -39,8 +50,14 @@ static uint64_t cmdline_user(uint64_t arg)
 	for (int i = 0; i < boot.nmods; i++) {
 		u32 n = boot.mods[i].end - boot.mods[i].start;
 		printf("module%d: len=%u name=\"%s\" data=\"", i, n, boot.mods[i].name);
-		print_bytes((const u8 *)(uint64_t)boot.mods[i].start, n > 4096 ? 4096 : n);
-		puts(n > 4096 ? "\"...\n" : "\"\n");
+		const u8 *data = (const u8 *)(uint64_t)boot.mods[i].start;
+		print_bytes(data, n > 256 ? 256 : n);
+		puts(n > 256 ? "\"...\n" : "\"\n");
+		/* FNV-1a 64 of the whole module (runs natively: this is CPL3). */
+		u64 h = 0xcbf29ce484222325ul;
+		for (u32 j = 0; j < n; j++)
+			h = (h ^ data[j]) * 0x100000001b3ul;
+		printf("module%d: fnv1a=0x%lx\n", i, (unsigned long)h);
 	}
 	return 0;
 }
@@ -184,6 +201,7 @@ static int t_mmio(void)
 	printf("mmio: base=0x%lx\n", (unsigned long)a.base);
 	mmio_cpl0_pass(a.base, only, (int)cmdline_u64("all", 0));
 	user_call(mmio_user, (uint64_t)&a);
+	mmio_flush();
 	return mmio_mismatches() ? TG_FAIL : TG_OK;
 }
 

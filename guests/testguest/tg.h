@@ -13,8 +13,6 @@ typedef uint64_t u64;
 #define TG_OK 0x10   /* status 33 */
 #define TG_FAIL 0x11 /* status 35 */
 
-static inline void tg_puts(const char *s) { puts(s); }
-static inline void tg_putdec(int v) { printf("%d", v); }
 /* tg_fmthex writes "0x..." (lower case, no leading zeros) into b. */
 static inline void tg_fmthex(char b[19], u64 v) { snprintf(b, 19, "0x%lx", (unsigned long)v); }
 
@@ -22,6 +20,7 @@ static inline void tg_fmthex(char b[19], u64 v) { snprintf(b, 19, "0x%lx", (unsi
 void mmio_cpl0_pass(u64 base, const char *only, int all);
 void mmio_cpl3_pass(u64 base, const char *only, int have_avx);
 int mmio_mismatches(void);
+void mmio_flush(void); /* CPL0: write the report formatted at CPL3 */
 /* pio.c */
 int pio_run(const char *pass);
 
