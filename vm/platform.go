@@ -11,6 +11,7 @@ import (
 	"govmm/devices/acpipm"
 	"govmm/devices/debugexit"
 	"govmm/devices/i8042"
+	"govmm/devices/irqtestdev"
 	"govmm/devices/pciconf"
 	"govmm/devices/pit"
 	"govmm/devices/post"
@@ -19,7 +20,7 @@ import (
 	"govmm/devices/testdev"
 	"govmm/irq/chipset"
 	"govmm/memory"
-	//	"govmm/mptable"
+	"govmm/mptable"
 	"govmm/platform"
 )
 
@@ -33,6 +34,7 @@ type platformDevices struct {
 	pit     *pit.PIT
 	pm      *acpipm.PM
 	testdev *testdev.Device
+	irqdev  *irqtestdev.Device
 	entry   *boot.Entry
 }
 
@@ -97,6 +99,12 @@ func (v *VM) buildPlatform() error {
 	if err := v.mmio.Register(platform.TestDeviceBase, platform.TestDeviceSize, "testdev", p.testdev); err != nil {
 		return err
 	}
+	p.irqdev = irqtestdev.New(irqtestdev.Config{
+		Level: p.chips.Line(16), Routes: p.chips.Routes(), SignalMSI: v.avm.SignalMSI, Log: v.log,
+	})
+	if err := v.mmio.Register(irqtestdev.Base, irqtestdev.Size, "irqtestdev", p.irqdev); err != nil {
+		return err
+	}
 
 	if v.restore != nil {
 		return p.restoreDevices(&v.restore.Devices)
@@ -105,7 +113,7 @@ func (v *VM) buildPlatform() error {
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}
-	if err := error(nil); err != nil { // TODO mptable
+	if err := mptable.Write(v.mem, v.cfg.NumCPUs); err != nil {
 		return fmt.Errorf("build MP table: %w", err)
 	}
 	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, Initrd: v.cfg.Initrd, RSDP: rsdp})
@@ -127,6 +135,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		{"PIT", func() error { return p.pit.Restore(d.PIT) }},
 		{"ACPI PM", func() error { return p.pm.Restore(d.PM) }},
 		{"test device", func() error { return p.testdev.Restore(d.TestDev) }},
+		{"interrupt test device", func() error { return p.irqdev.Restore(d.IRQTest) }},
 	} {
 		if err := r.fn(); err != nil {
 			return &InputError{Err: fmt.Errorf("restore %s: %w", r.name, err)}
@@ -186,6 +195,9 @@ func (p *platformDevices) close() {
 	}
 	if p.pit != nil {
 		p.pit.Close()
+	}
+	if p.irqdev != nil {
+		p.irqdev.Close()
 	}
 	if p.chips != nil {
 		p.chips.Close()

@@ -6,6 +6,7 @@ import (
 
 	"govmm/accel"
 	"govmm/devices/acpipm"
+	"govmm/devices/irqtestdev"
 	"govmm/devices/pit"
 	"govmm/devices/rtc"
 	"govmm/devices/serial"
@@ -50,12 +51,13 @@ type VCPUState struct {
 
 // DeviceState is the userspace device model's state.
 type DeviceState struct {
-	Chipset chipset.State `json:"chipset"`
-	UART    serial.State  `json:"uart"`
-	RTC     rtc.State     `json:"rtc"`
-	PIT     pit.State     `json:"pit"`
-	PM      acpipm.State  `json:"acpi_pm"`
-	TestDev testdev.State `json:"testdev"`
+	Chipset chipset.State    `json:"chipset"`
+	UART    serial.State     `json:"uart"`
+	RTC     rtc.State        `json:"rtc"`
+	PIT     pit.State        `json:"pit"`
+	PM      acpipm.State     `json:"acpi_pm"`
+	TestDev testdev.State    `json:"testdev"`
+	IRQTest irqtestdev.State `json:"irqtestdev"`
 }
 
 // ClockState is the guest clock at save time.
@@ -90,7 +92,7 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	}
 	if err := st.Add("devices", devicesVersion, DeviceState{
 		Chipset: p.chips.Save(), UART: p.uart.Save(), RTC: p.rtc.Save(), PIT: p.pit.Save(),
-		PM: p.pm.Save(), TestDev: p.testdev.Save(),
+		PM: p.pm.Save(), TestDev: p.testdev.Save(), IRQTest: p.irqdev.Save(),
 	}); err != nil {
 		return nil, err
 	}

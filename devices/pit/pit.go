@@ -9,7 +9,14 @@
 // through an irq.Line: a time.Timer fires at each rising edge scheduled
 // from the load time (so timer lateness does not accumulate), and edges
 // the host missed are delivered late rather than dropped, up to a bound,
-// so the interrupt count tracks real time.
+// so the interrupt count tracks real time. When the line reports that its
+// interrupts were taken (irq.AckNotifier: the PIC's INTA cycle) and such
+// reports have been seen, owed ticks go out one per acknowledgement, so
+// ticks that fall due while the vCPU is not running do not merge into one
+// pending request (KVM's in-kernel PIT "reinjection"). Through the IOAPIC
+// there is no such report (the local APIC's EOI of an edge vector is not
+// visible to userspace), so a vCPU starved for more than a tick period can
+// still see two ticks merge in its LAPIC, as on any userspace PIT.
 package pit
 
 import (
@@ -28,6 +35,11 @@ const Freq = 1193182
 
 // maxCatchUp bounds how many missed IRQ0 edges are delivered late.
 const maxCatchUp = 50
+
+// ackTimeout is how long a tick may stay unacknowledged before the PIT
+// stops waiting for acknowledgements (the guest moved IRQ0 elsewhere, or
+// the accelerator does not report them).
+const ackTimeout = int64(250 * time.Millisecond)
 
 // Access modes (control word bits 4-5).
 const (
@@ -93,6 +105,11 @@ type PIT struct {
 	speaker bool
 	t       *time.Timer
 	closed  bool
+	// Reinjection: ackMode is set once an acknowledgement was seen; then
+	// a delivered tick is outstanding until acknowledged.
+	ackMode     bool
+	outstanding bool
+	outSince    int64
 }
 
 // New returns a PIT whose channel 0 raises line (ISA IRQ0). Close stops its
@@ -108,10 +125,31 @@ func newPIT(line irq.Line, clock func() int64, timer bool) *PIT {
 	}
 	p := &PIT{line: line, clock: clock, timer: timer}
 	p.reset()
+	if an, ok := line.(irq.AckNotifier); ok {
+		an.OnAck(p.acked)
+	}
 	return p
 }
 
+// acked is called when IRQ0 was taken: deliver the next owed tick now.
+func (p *PIT) acked() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.ackMode = true
+	p.outstanding = false
+	edge := p.poll(p.clock())
+	p.rearm()
+	p.mu.Unlock()
+	if edge {
+		p.line.Pulse()
+	}
+}
+
 func (p *PIT) reset() {
+	p.ackMode, p.outstanding = false, false
 	now := p.clock()
 	for i := range p.ch {
 		p.ch[i] = channel{Channel: Channel{Count: 0x10000, RW: rwWord, Gate: i != 2}, startNS: now}
@@ -580,7 +618,16 @@ func (p *PIT) poll(now int64) bool {
 	if due-c.Delivered > maxCatchUp {
 		c.Delivered = due - maxCatchUp
 	}
+	if p.ackMode && p.outstanding {
+		if now-p.outSince < ackTimeout {
+			return false // wait for the previous tick to be taken
+		}
+		p.ackMode, p.outstanding = false, false
+	}
 	c.Delivered++
+	if p.ackMode {
+		p.outstanding, p.outSince = true, now
+	}
 	return true
 }
 
@@ -647,6 +694,7 @@ func (p *PIT) Restore(s State) error {
 	for i, c := range s.Channels {
 		p.ch[i] = channel{Channel: c, startNS: now}
 	}
+	p.ackMode, p.outstanding = false, false
 	p.speaker = s.SpeakerData
 	p.rearm()
 	return nil

@@ -293,3 +293,60 @@ func FuzzPIT(f *testing.F) {
 		}
 	})
 }
+
+// ackLine is a Line that reports acknowledgements (irq.AckNotifier).
+type ackLine struct {
+	countLine
+	ack func()
+}
+
+func (l *ackLine) OnAck(fn func()) { l.ack = fn }
+
+func TestReinjection(t *testing.T) {
+	clk := &fakeClock{ns: 1e9}
+	l := &ackLine{}
+	p := newPIT(l, clk.now, false)
+	if l.ack == nil {
+		t.Fatal("PIT did not register for acknowledgements")
+	}
+	out(p, 0x43, 0x34)
+	out(p, 0x40, 100)
+	out(p, 0x40, 0) // 100 clocks per tick
+	// Before any acknowledgement: plain catch-up.
+	clk.advance(100)
+	if !p.poll(clk.now()) {
+		t.Fatal("first tick")
+	}
+	l.ack() // the guest took it: ack mode from now on
+	// Five ticks fall due while the vCPU does not run: one goes out,
+	// the rest wait for acknowledgements.
+	clk.advance(500)
+	n := 0
+	for p.poll(clk.now()) {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d ticks delivered without acknowledgement, want 1", n)
+	}
+	pulses := l.pulses.Load()
+	for i := 0; i < 4; i++ {
+		l.ack() // each acknowledgement releases the next owed tick
+	}
+	if got := l.pulses.Load() - pulses; got != 4 {
+		t.Fatalf("4 acknowledgements released %d ticks", got)
+	}
+	l.ack()
+	if l.pulses.Load()-pulses != 4 {
+		t.Fatal("an acknowledgement with nothing owed delivered a tick")
+	}
+	// No acknowledgement for longer than ackTimeout: back to plain mode.
+	clk.advance(100)
+	if !p.poll(clk.now()) {
+		t.Fatal("tick after the owed ones")
+	}
+	clk.ns += ackTimeout + 1
+	clk.advance(100)
+	if !p.poll(clk.now()) {
+		t.Fatal("PIT kept waiting for an acknowledgement past the timeout")
+	}
+}

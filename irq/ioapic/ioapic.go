@@ -1,0 +1,375 @@
+// Package ioapic emulates an 82093AA-compatible I/O APIC in userspace.
+//
+// govmm runs the local APICs in the kernel (KVM split irqchip) or in the
+// hypervisor (MSHV), and everything else in the VMM; the IOAPIC is the part
+// that turns pin levels into APIC messages. It delivers each interrupt as an
+// MSI (address/data in the format both KVM and MSHV decode) through a
+// Deliver callback, and it learns about end-of-interrupt for level-triggered
+// vectors from the VM layer (KVM_EXIT_IOAPIC_EOI, MSHV's APIC-EOI message)
+// through EOI.
+//
+// Pin levels are logical: SetPin(pin, true) means "asserted", whatever the
+// programmed polarity, as KVM's and QEMU's IOAPICs treat them.
+package ioapic
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"govmm/accel"
+)
+
+// NumPins is the number of redirection entries (version register max
+// redirection entry 0x17).
+const NumPins = 24
+
+// Version is the value of the version register: version 0x11 with
+// NumPins-1 as the maximum redirection entry.
+const Version = 0x11 | (NumPins-1)<<16
+
+// MMIO register offsets within the 4 KiB window.
+const (
+	RegSel = 0x00
+	RegWin = 0x10
+)
+
+// Indirect register indices.
+const (
+	IndexID      = 0x00
+	IndexVersion = 0x01
+	IndexArb     = 0x02
+	IndexRedTbl  = 0x10
+)
+
+// Redirection entry bits.
+const (
+	RedVector       = 0xff
+	RedDelModeShift = 8
+	RedDestLogical  = 1 << 11
+	RedDelivStatus  = 1 << 12
+	RedPolarityLow  = 1 << 13
+	RedRemoteIRR    = 1 << 14
+	RedLevel        = 1 << 15
+	RedMasked       = 1 << 16
+	RedDestShift    = 56
+	// redWritable are the bits software may change (the rest are
+	// read-only or reserved).
+	redWritable uint64 = 0xff<<56 | RedMasked | RedLevel | RedPolarityLow | RedDestLogical | 7<<8 | 0xff
+)
+
+// Delivery modes (redirection entry bits 8-10, MSI data bits 8-10).
+const (
+	DelFixed    = 0
+	DelLowest   = 1
+	DelSMI      = 2
+	DelNMI      = 4
+	DelINIT     = 5
+	DelExtINT   = 7
+	msiAddrBase = 0xFEE00000
+)
+
+// MSIFromEntry encodes what a redirection entry delivers as the MSI
+// message KVM (kvm_set_msi_irq) and MSHV (mshv_copy_girq_info) decode:
+// address 0xFEE00000 | dest<<12 | logical<<2, data vector | mode<<8 |
+// level<<15 (with the assert bit 14 set for level triggered messages).
+func MSIFromEntry(e uint64) accel.MSI {
+	addr := uint32(msiAddrBase) | uint32(e>>RedDestShift)<<12
+	if e&RedDestLogical != 0 {
+		addr |= 1 << 2
+	}
+	data := uint32(e&RedVector) | uint32(e>>RedDelModeShift&7)<<8
+	if e&RedLevel != 0 {
+		data |= 1<<15 | 1<<14
+	}
+	return accel.MSI{AddressLo: addr, Data: data}
+}
+
+// Config wires an IOAPIC to the rest of the VM.
+type Config struct {
+	// Deliver sends one interrupt message (accel.VM.SignalMSI). It is
+	// called with the IOAPIC's lock held and must not call back into it.
+	Deliver func(accel.MSI) error
+	// RoutesChanged, if set, is called (without the lock held) after the
+	// guest changed a redirection entry, so the VM layer can mirror the
+	// entries into the accelerator's GSI routing table (KVM only sends
+	// IOAPIC EOI exits for level-triggered vectors it finds there).
+	RoutesChanged func()
+	Log           *slog.Logger
+}
+
+// State is the IOAPIC's saved state.
+type State struct {
+	ID     uint8           `json:"id"`
+	RegSel uint32          `json:"regsel"`
+	Redir  [NumPins]uint64 `json:"redir"`
+	// IRR holds edge requests not yet delivered (latched while masked or
+	// while the delivery failed) and, for level pins, the line level.
+	IRR uint32 `json:"irr"`
+	// Level is the current logical level of every pin.
+	Level uint32 `json:"level"`
+}
+
+// IOAPIC is one I/O APIC. It implements bus.Device for its MMIO window.
+type IOAPIC struct {
+	cfg Config
+	log *slog.Logger
+
+	mu sync.Mutex
+	s  State
+	// failures counts Deliver errors (logged once).
+	failures uint64
+}
+
+// New returns an IOAPIC in its reset state (all pins masked).
+func New(cfg Config) *IOAPIC {
+	a := &IOAPIC{cfg: cfg, log: cfg.Log}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.cfg.Deliver == nil {
+		a.cfg.Deliver = func(accel.MSI) error { return nil }
+	}
+	a.reset()
+	return a
+}
+
+func (a *IOAPIC) reset() {
+	a.s = State{}
+	for i := range a.s.Redir {
+		a.s.Redir[i] = RedMasked
+	}
+}
+
+// Reset puts the IOAPIC back in its power-on state.
+func (a *IOAPIC) Reset() {
+	a.mu.Lock()
+	a.reset()
+	a.mu.Unlock()
+	a.routesChanged()
+}
+
+func (a *IOAPIC) routesChanged() {
+	if a.cfg.RoutesChanged != nil {
+		a.cfg.RoutesChanged()
+	}
+}
+
+// Read implements bus.Device.
+func (a *IOAPIC) Read(offset uint64, data []byte) {
+	var v uint32
+	a.mu.Lock()
+	switch offset &^ 3 {
+	case RegSel:
+		v = a.s.RegSel
+	case RegWin:
+		v = a.readReg(a.s.RegSel)
+	default:
+		v = 0
+	}
+	a.mu.Unlock()
+	shift := (offset & 3) * 8
+	for i := range data {
+		if uint64(i)*8+shift < 32 {
+			data[i] = byte(v >> (shift + uint64(i)*8))
+		} else {
+			data[i] = 0
+		}
+	}
+}
+
+// Write implements bus.Device. Only 32-bit accesses to IOREGSEL and IOWIN
+// are defined; narrower writes update only the bytes written.
+func (a *IOAPIC) Write(offset uint64, data []byte) {
+	a.mu.Lock()
+	base := offset &^ 3
+	shift := (offset & 3) * 8
+	merge := func(old uint32) uint32 {
+		v := old
+		for i, b := range data {
+			s := shift + uint64(i)*8
+			if s >= 32 {
+				break
+			}
+			v = v&^(0xff<<s) | uint32(b)<<s
+		}
+		return v
+	}
+	changed := false
+	switch base {
+	case RegSel:
+		a.s.RegSel = merge(a.s.RegSel) & 0xff
+	case RegWin:
+		changed = a.writeReg(a.s.RegSel, merge(a.readReg(a.s.RegSel)))
+	}
+	a.mu.Unlock()
+	if changed {
+		a.routesChanged()
+	}
+}
+
+func (a *IOAPIC) readReg(idx uint32) uint32 {
+	switch {
+	case idx == IndexID:
+		return uint32(a.s.ID&0xf) << 24
+	case idx == IndexVersion:
+		return Version
+	case idx == IndexArb:
+		return uint32(a.s.ID&0xf) << 24
+	case idx >= IndexRedTbl && idx < IndexRedTbl+2*NumPins:
+		e := a.s.Redir[(idx-IndexRedTbl)/2]
+		if idx&1 == 0 {
+			return uint32(e)
+		}
+		return uint32(e >> 32)
+	}
+	return 0
+}
+
+// writeReg writes an indirect register and reports whether a redirection
+// entry changed.
+func (a *IOAPIC) writeReg(idx uint32, v uint32) bool {
+	switch {
+	case idx == IndexID:
+		a.s.ID = uint8(v>>24) & 0xf
+	case idx >= IndexRedTbl && idx < IndexRedTbl+2*NumPins:
+		pin := int(idx-IndexRedTbl) / 2
+		old := a.s.Redir[pin]
+		var n uint64
+		if idx&1 == 0 {
+			n = old&^0xffffffff | uint64(v)
+		} else {
+			n = old&0xffffffff | uint64(v)<<32
+		}
+		n = old&^redWritable | n&redWritable
+		if n&RedLevel == 0 {
+			// An edge-triggered entry has no Remote IRR.
+			n &^= RedRemoteIRR
+		}
+		a.s.Redir[pin] = n
+		if old == n {
+			return false
+		}
+		a.service(pin)
+		return true
+	}
+	return false
+}
+
+// SetPin sets the logical level of pin. A rising edge on an edge-triggered
+// pin latches a request; a level-triggered pin requests service while high.
+// Out-of-range pins are ignored.
+func (a *IOAPIC) SetPin(pin int, high bool) {
+	if pin < 0 || pin >= NumPins {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	bit := uint32(1) << pin
+	was := a.s.Level&bit != 0
+	if !high {
+		a.s.Level &^= bit
+		if a.s.Redir[pin]&RedLevel != 0 {
+			a.s.IRR &^= bit
+		}
+		return
+	}
+	a.s.Level |= bit
+	if a.s.Redir[pin]&RedLevel != 0 {
+		a.s.IRR |= bit
+	} else if !was {
+		a.s.IRR |= bit
+	}
+	a.service(pin)
+}
+
+// EOI is the end-of-interrupt broadcast for vector from a local APIC: it
+// clears Remote IRR of every level-triggered entry with that vector and
+// re-delivers those whose line is still asserted.
+func (a *IOAPIC) EOI(vector uint8) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for pin := range a.s.Redir {
+		e := a.s.Redir[pin]
+		if e&RedLevel == 0 || uint8(e) != vector || e&RedRemoteIRR == 0 {
+			continue
+		}
+		a.s.Redir[pin] = e &^ RedRemoteIRR
+		if a.s.Level&(1<<pin) != 0 {
+			a.s.IRR |= 1 << pin
+		}
+		a.service(pin)
+	}
+}
+
+// service delivers pin's pending request if the entry allows it.
+func (a *IOAPIC) service(pin int) {
+	bit := uint32(1) << pin
+	e := a.s.Redir[pin]
+	if a.s.IRR&bit == 0 || e&RedMasked != 0 {
+		return
+	}
+	level := e&RedLevel != 0
+	if level {
+		if e&RedRemoteIRR != 0 {
+			return
+		}
+		if a.s.Level&bit == 0 {
+			a.s.IRR &^= bit
+			return
+		}
+	}
+	if err := a.cfg.Deliver(MSIFromEntry(e)); err != nil {
+		a.failures++
+		if a.failures == 1 {
+			a.log.Error("ioapic: delivering interrupt failed", "pin", pin, "entry", fmt.Sprintf("%#x", e), "err", err)
+		}
+		return
+	}
+	if level {
+		a.s.Redir[pin] = e | RedRemoteIRR
+	} else {
+		a.s.IRR &^= bit
+	}
+}
+
+// PinRoute returns the message pin's entry delivers and whether the entry
+// is masked, for mirroring into the accelerator's GSI routing table.
+func (a *IOAPIC) PinRoute(pin int) (msi accel.MSI, masked bool) {
+	if pin < 0 || pin >= NumPins {
+		return accel.MSI{}, true
+	}
+	a.mu.Lock()
+	e := a.s.Redir[pin]
+	a.mu.Unlock()
+	return MSIFromEntry(e), e&RedMasked != 0
+}
+
+// Save returns the IOAPIC's state.
+func (a *IOAPIC) Save() State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.s
+}
+
+// Restore loads a saved state. Nothing is delivered: pending requests are
+// delivered on the next pin change, EOI or redirection write, as the chip
+// would after the state it was saved in.
+func (a *IOAPIC) Restore(s State) error {
+	if s.ID > 0xf {
+		return fmt.Errorf("ioapic restore: id %d does not fit in 4 bits", s.ID)
+	}
+	if s.RegSel > 0xff {
+		return fmt.Errorf("ioapic restore: IOREGSEL %#x out of range", s.RegSel)
+	}
+	for i, e := range s.Redir {
+		if e&^(redWritable|RedRemoteIRR|RedDelivStatus) != 0 {
+			return fmt.Errorf("ioapic restore: redirection entry %d has reserved bits set (%#x)", i, e)
+		}
+	}
+	a.mu.Lock()
+	a.s = s
+	a.mu.Unlock()
+	a.routesChanged()
+	return nil
+}
