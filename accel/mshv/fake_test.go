@@ -1,0 +1,429 @@
+package mshv
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/mshv/mshvabi"
+)
+
+// fakeHV scripts an MSHV kernel for error-path tests.
+type fakeHV struct {
+	dev          *mshvabi.Fake
+	refuseV2     bool
+	created      []uint64
+	props        map[uint32]uint64
+	eagain       int
+	alwaysEAGAIN bool
+	shortReps    bool
+	zeroReps     bool
+	regs         map[uint32]mshvabi.RegisterValue
+	msgs         []func(m *mshvabi.Message)
+	hvcalls      int
+	vpstate      map[uint8][]byte
+}
+
+func newFake() *fakeHV {
+	f := &fakeHV{props: map[uint32]uint64{}, regs: map[uint32]mshvabi.RegisterValue{}}
+	f.dev = &mshvabi.Fake{Handler: f.handle, MmapErr: unix.ENODEV}
+	return f
+}
+
+const (
+	fakePartFD = 10
+	fakeVPFD   = 11
+)
+
+func (f *fakeHV) handle(c *mshvabi.FakeCall) (int, error) {
+	sys := c.FD == f.dev.SystemFD()
+	switch {
+	case sys && c.Req == mshvabi.ReqRootHvcall:
+		return -1, unix.ENOTTY // a 6.15 kernel: no self-targeted hypercalls
+	case sys && c.Req == mshvabi.ReqCreatePartition:
+		fl := binary.LittleEndian.Uint64(c.Arg)
+		f.created = append(f.created, fl)
+		if fl&^0xf != 0 || (fl&8 != 0 && f.refuseV2) {
+			return -1, unix.EINVAL
+		}
+		return fakePartFD, nil
+	case sys:
+		return -1, unix.ENOTTY
+	case c.Req == mshvabi.ReqRootHvcall:
+		return 0, f.hvcall(c)
+	case c.FD == fakePartFD:
+		switch c.Req {
+		case mshvabi.ReqInitializePartition, mshvabi.ReqSetGuestMemory, mshvabi.ReqIRQFD, mshvabi.ReqIOEventFD,
+			mshvabi.ReqSetMSIRouting, mshvabi.ReqGetGPAPAccessBitmap:
+			return 0, nil
+		case mshvabi.ReqCreateVP:
+			return fakeVPFD, nil
+		}
+	case c.FD == fakeVPFD:
+		switch c.Req {
+		case mshvabi.ReqGetVPState, mshvabi.ReqSetVPState:
+			if f.vpstate == nil {
+				f.vpstate = map[uint8][]byte{}
+			}
+			if c.Req == mshvabi.ReqSetVPState {
+				f.vpstate[c.VPState.Type] = append([]byte(nil), c.Buf...)
+			} else {
+				clear(c.Buf)
+				copy(c.Buf, f.vpstate[c.VPState.Type])
+			}
+			c.VPState.BufSz = 4096
+			return 0, nil
+		case mshvabi.ReqRunVP:
+			if len(f.msgs) == 0 {
+				return -1, unix.EIO
+			}
+			*c.Msg = mshvabi.Message{}
+			f.msgs[0](c.Msg)
+			f.msgs = f.msgs[1:]
+			return 0, nil
+		}
+	}
+	return -1, unix.ENOTTY
+}
+
+func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
+	f.hvcalls++
+	if f.alwaysEAGAIN {
+		return unix.EAGAIN
+	}
+	if f.eagain > 0 {
+		f.eagain--
+		return unix.EAGAIN
+	}
+	h := c.Hvcall
+	n := h.Reps
+	if f.shortReps && n > 1 {
+		n = 1
+	}
+	if f.zeroReps {
+		n = 0
+	}
+	switch h.Code {
+	case mshvabi.HvcallGetVPRegisters:
+		for i := 0; i < int(n); i++ {
+			v := f.regs[binary.LittleEndian.Uint32(c.In[16+4*i:])]
+			binary.LittleEndian.PutUint64(c.Out[16*i:], v.Low)
+			binary.LittleEndian.PutUint64(c.Out[16*i+8:], v.High)
+		}
+		h.Reps = n
+	case mshvabi.HvcallSetVPRegisters:
+		for i := 0; i < int(n); i++ {
+			e := c.In[16+32*i:]
+			f.regs[binary.LittleEndian.Uint32(e)] = mshvabi.RegisterValue{Low: binary.LittleEndian.Uint64(e[16:]), High: binary.LittleEndian.Uint64(e[24:])}
+		}
+		h.Reps = n
+	case mshvabi.HvcallSetPartitionProperty:
+		f.props[binary.LittleEndian.Uint32(c.In[8:])] = binary.LittleEndian.Uint64(c.In[16:])
+	case mshvabi.HvcallGetPartitionProperty:
+		return unix.EINVAL
+	case mshvabi.HvcallGetVPCPUIDValues:
+		h.Reps = n
+	}
+	return nil
+}
+
+func (f *fakeHV) machine(t *testing.T) (*VM, *VCPU) {
+	t.Helper()
+	a, err := Open(f.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := a.NewVM(accel.VMConfig{NumVCPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vm.NewVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vm, v
+}
+
+func TestFakeBringUpFallsBackToV1(t *testing.T) {
+	f := newFake()
+	f.refuseV2 = true
+	vm, _ := f.machine(t)
+	if vm.V2 {
+		t.Errorf("V2 after the kernel refused the v2 payload")
+	}
+	if len(f.created) != 2 || f.created[0] != 0xf || f.created[1] != 0x7 {
+		t.Errorf("CREATE_PARTITION flags %#x, want [0xf 0x7]", f.created)
+	}
+	for code, want := range map[uint32]uint64{
+		mshvabi.PropSyntheticProcFeatures:  mshvabi.DefaultSyntheticProcFeatures,
+		mshvabi.PropUnimplementedMSRAction: 1,
+		mshvabi.PropTimeFreeze:             1,
+	} {
+		if got, ok := f.props[code]; !ok || got != want {
+			t.Errorf("property %#x = %#x (set %v), want %#x", code, got, ok, want)
+		}
+	}
+	// Boot MSRs and the LAPIC's CR8.
+	if v := f.regs[mshvabi.RegMTRRDefType].Low; v != 0x806 {
+		t.Errorf("MTRRdefType %#x, want 0x806", v)
+	}
+}
+
+func TestFakeV2Accepted(t *testing.T) {
+	f := newFake()
+	vm, _ := f.machine(t)
+	if !vm.V2 || len(f.created) != 1 || f.created[0] != 0xf {
+		t.Errorf("V2 %v, flags %#x", vm.V2, f.created)
+	}
+}
+
+func TestFakeEAGAINRetried(t *testing.T) {
+	f := newFake()
+	f.eagain = 7
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegRIP] = mshvabi.RegisterValue{Low: 0x1234}
+	f.eagain = 3
+	r, err := v.Regs()
+	if err != nil || r.RIP != 0x1234 {
+		t.Fatalf("Regs after EAGAINs: %+v %v", r, err)
+	}
+	f.alwaysEAGAIN = true
+	_, err = v.Regs()
+	if err == nil || !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "retries") {
+		t.Fatalf("endless EAGAIN: err %v", err)
+	}
+}
+
+func TestFakeShortReps(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	for i, n := range gprNames {
+		f.regs[n] = mshvabi.RegisterValue{Low: uint64(i + 1)}
+	}
+	f.shortReps = true
+	r, err := v.Regs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RAX != 1 || r.RCX != 2 || r.R15 != 16 || r.RIP != 17 || r.RFLAGS != 18 {
+		t.Errorf("registers read one rep at a time: %+v", r)
+	}
+	r.RBX = 0x55
+	if err := v.SetRegs(&r); err != nil || f.regs[mshvabi.RegRBX].Low != 0x55 || f.regs[mshvabi.RegRFLAGS].Low != 18 {
+		t.Errorf("SetRegs one rep at a time: %v", err)
+	}
+	f.zeroReps = true
+	if _, err := v.Regs(); err == nil || !strings.Contains(err.Error(), "completed 0 of 18") {
+		t.Errorf("zero reps: err %v", err)
+	}
+}
+
+func header(m *mshvabi.Message, typ uint32, rip uint64) *mshvabi.InterceptMessageHeader {
+	m.Header.MessageType = typ
+	h := m.InterceptHeader()
+	h.RIP = rip
+	return h
+}
+
+type log []string
+
+func (l *log) PIORead(port uint16, d []byte) {
+	*l = append(*l, fmt.Sprintf("in %#x %d", port, len(d)))
+	d[0] = 0x42
+}
+func (l *log) PIOWrite(port uint16, d []byte) { *l = append(*l, fmt.Sprintf("out %#x % x", port, d)) }
+func (l *log) MMIORead(a uint64, d []byte) {
+	*l = append(*l, fmt.Sprintf("mmio-read %#x %d", a, len(d)))
+}
+func (l *log) MMIOWrite(a uint64, d []byte) { *l = append(*l, fmt.Sprintf("mmio-write %#x % x", a, d)) }
+
+func TestFakeMessages(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	var l log
+	f.msgs = []func(*mshvabi.Message){
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgNone, 0) },
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgX64IOPortIntercept, 0x1000)
+			h.InsnLenCR8 = 1
+			h.InterceptAccessType = mshvabi.AccessWrite
+			io := m.IOPort()
+			io.PortNumber, io.AccessInfo, io.RAX = 0x3f8, 1, 0x1141
+		},
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgX64IOPortIntercept, 0x1001)
+			h.InsnLenCR8 = 2
+			h.InterceptAccessType = mshvabi.AccessRead
+			io := m.IOPort()
+			io.PortNumber, io.AccessInfo, io.RAX = 0x60, 2, 0xffff_ffff_ffff_ffff
+		},
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x1003) },
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgUnrecoverableException, 0x2000) },
+		func(m *mshvabi.Message) {
+			m.Header.MessageType = mshvabi.MsgX64APICEOI
+			m.APICEOI().InterruptVector = 0x31
+		},
+		func(m *mshvabi.Message) { header(m, 0x8000abcd, 0x3000) },
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgX64IOPortIntercept, 0x1000)
+			h.InsnLenCR8 = 1
+			m.IOPort().AccessInfo = 3 // size 3
+		},
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgX64IOPortIntercept, 0x1000)
+			h.InsnLenCR8 = 1
+			m.IOPort().AccessInfo = 1 | mshvabi.IOAccessRep
+		},
+	}
+	e, err := v.Run(&l)
+	if err != nil || e.Reason != accel.ExitHalt || e.RIP != 0x1003 {
+		t.Fatalf("first exit %+v %v, want halt at 0x1003", e, err)
+	}
+	if strings.Join(l, ";") != "out 0x3f8 41;in 0x60 2" {
+		t.Errorf("accesses %q", l)
+	}
+	if rip, rax := f.regs[mshvabi.RegRIP].Low, f.regs[mshvabi.RegRAX].Low; rip != 0x1003 || rax != 0xffff_ffff_ffff_0042 {
+		t.Errorf("after port I/O: rip %#x rax %#x, want 0x1003 and 0xffffffffffff0042 (16-bit IN keeps the upper bits)", rip, rax)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitShutdown || e.RIP != 0x2000 {
+		t.Errorf("unrecoverable exception: %+v %v", e, err)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitIOAPICEOI || e.Vector != 0x31 {
+		t.Errorf("APIC EOI: %+v %v", e, err)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitUnknown || !strings.Contains(e.Detail, "0x8000abcd") || e.RIP != 0x3000 {
+		t.Errorf("unknown message: %+v %v", e, err)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitInternalError || !strings.Contains(e.Detail, "access size 3") {
+		t.Errorf("bad access size: %+v %v", e, err)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitInternalError || !strings.Contains(e.Detail, "REP without a string") {
+		t.Errorf("REP without string: %+v %v", e, err)
+	}
+	if _, err := v.Run(&l); err == nil || !errors.Is(err, unix.EIO) {
+		t.Errorf("RUN_VP error: %v", err)
+	}
+	v.Kick()
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitInterrupted {
+		t.Errorf("kicked before Run: %+v %v", e, err)
+	}
+}
+
+// TestFakeMMIO emulates a 64-bit MMIO store from an unmapped-GPA message
+// (no register page: registers through hypercalls).
+func TestFakeMMIO(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegRAX] = mshvabi.RegisterValue{Low: 0xfeb00010}
+	f.regs[mshvabi.RegRBX] = mshvabi.RegisterValue{Low: 0x11223344}
+	f.regs[mshvabi.RegCR0] = mshvabi.RegisterValue{Low: 0x80000011}
+	f.regs[mshvabi.RegCR4] = mshvabi.RegisterValue{Low: 0x20}
+	f.regs[mshvabi.RegEFER] = mshvabi.RegisterValue{Low: 0x500}
+	f.msgs = []func(*mshvabi.Message){
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgUnmappedGPA, 0x400000)
+			h.InterceptAccessType = mshvabi.AccessWrite
+			h.CS = mshvabi.SegmentRegister{Selector: 8, Attributes: 0xa09b}
+			h.RFLAGS = 2
+			mm := m.Memory()
+			mm.GVA, mm.GPA, mm.MemoryAccessInfo = 0xfeb00010, 0xfeb00010, mshvabi.MemAccessGVAValid|mshvabi.MemAccessGVAGPAValid
+			mm.InstructionByteCount = 2
+			copy(mm.InstructionBytes[:], []byte{0x89, 0x18}) // mov [rax], ebx
+		},
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x400002) },
+	}
+	var l log
+	e, err := v.Run(&l)
+	if err != nil || e.Reason != accel.ExitHalt {
+		t.Fatalf("exit %+v %v", e, err)
+	}
+	if strings.Join(l, ";") != "mmio-write 0xfeb00010 44 33 22 11" {
+		t.Errorf("accesses %q", l)
+	}
+	if rip := f.regs[mshvabi.RegRIP].Low; rip != 0x400002 {
+		t.Errorf("rip %#x after the emulated store, want 0x400002", rip)
+	}
+}
+
+func TestFakeRefusals(t *testing.T) {
+	f := newFake()
+	vm, _ := f.machine(t)
+	err := vm.AssignIOEventFD(accel.IOEventFD{FD: 5, Addr: 0x510, Len: 2, PIO: true})
+	if !errors.Is(err, accel.ErrNotSupported) || !strings.Contains(err.Error(), "no port-I/O ioeventfd") {
+		t.Errorf("PIO ioeventfd: %v", err)
+	}
+	if err := vm.AssignIOEventFD(accel.IOEventFD{FD: 5, Addr: 0xfeb00000, Len: 3}); err == nil {
+		t.Errorf("ioeventfd of length 3 accepted")
+	}
+	if err := vm.SetGSIRouting([]accel.Route{{GSI: 1, Kind: accel.RouteIrqchip}}); !errors.Is(err, accel.ErrNotSupported) {
+		t.Errorf("irqchip route: %v", err)
+	}
+	mem := make([]byte, 3*4096)
+	off := int((4096 - mshvabi.Addr(mem)%4096) % 4096)
+	host := mem[off : off+8192]
+	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x100000, Host: host}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x200000, Host: host[4096:]}); err == nil || !strings.Contains(err.Error(), "alias") {
+		t.Errorf("alias: %v", err)
+	}
+	other := make([]byte, 2*4096)
+	other = other[(4096-mshvabi.Addr(other)%4096)%4096:][:4096]
+	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x101000, Host: other}); err == nil || !strings.Contains(err.Error(), "overlap") {
+		t.Errorf("overlap: %v", err)
+	}
+	if err := vm.UnmapMemory(0x300000); err == nil {
+		t.Errorf("unmapping nothing succeeded")
+	}
+	if err := vm.UnmapMemory(0x100000); err != nil {
+		t.Errorf("unmap: %v", err)
+	}
+	if _, err := vm.DirtyLog(0x100000); err == nil {
+		t.Errorf("dirty log without tracking succeeded")
+	}
+}
+
+// TestFakeMMIOFault: an emulated access beyond the DS limit in real mode
+// raises #GP, which the backend injects (RIP stays at the instruction).
+func TestFakeMMIOFault(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegCR0] = mshvabi.RegisterValue{Low: 0x10}
+	data := segValue(mshvabi.SegmentRegister{Base: 0xd0000, Limit: 0xffff, Selector: 0xd000, Attributes: 0x93})
+	for _, n := range []uint32{mshvabi.RegDS, mshvabi.RegES, mshvabi.RegSS, mshvabi.RegFS, mshvabi.RegGS} {
+		f.regs[n] = data
+	}
+	f.msgs = []func(*mshvabi.Message){
+		func(m *mshvabi.Message) {
+			h := header(m, mshvabi.MsgUnmappedGPA, 0x1000)
+			h.InterceptAccessType = mshvabi.AccessWrite
+			h.CS = mshvabi.SegmentRegister{Limit: 0xffff, Attributes: 0x9b}
+			h.RFLAGS = 2
+			mm := m.Memory()
+			mm.GPA = 0xdffff
+			mm.InstructionByteCount = 3
+			copy(mm.InstructionBytes[:], []byte{0xA3, 0xFF, 0xFF}) // mov [0xffff], ax
+		},
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x1000) },
+	}
+	var l log
+	e, err := v.Run(&l)
+	if err != nil || e.Reason != accel.ExitHalt {
+		t.Fatalf("exit %+v %v", e, err)
+	}
+	if len(l) != 0 {
+		t.Errorf("accesses %q for a faulting instruction", l)
+	}
+	pi := f.regs[mshvabi.RegPendingInterruption].Low
+	if pi&1 == 0 || pi>>1&7 != mshvabi.PendingTypeException || uint8(pi>>16) != 13 {
+		t.Errorf("pending interruption %#x, want #GP", pi)
+	}
+	if _, ok := f.regs[mshvabi.RegRIP]; ok {
+		t.Errorf("RIP written (%#x) for a faulting instruction", f.regs[mshvabi.RegRIP].Low)
+	}
+}

@@ -1,0 +1,414 @@
+package mshvsim
+
+import (
+	"encoding/binary"
+	"sort"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/kvm"
+)
+
+type memRegion struct {
+	gpa, size, uaddr uint64
+	writable         bool
+	host             []byte
+}
+
+type irqfd struct {
+	fd, resample int
+	gsi          uint32
+}
+
+type ioev struct {
+	addr      uint64
+	len       uint32
+	fd        int
+	datamatch bool
+	data      uint64
+}
+
+type partition struct {
+	sim   *Sim
+	id    uint64
+	kvm   *kvm.VM
+	flags uint64
+
+	mu          sync.Mutex
+	initialized bool
+	props       map[uint32]uint64
+	regions     []memRegion
+	routes      map[uint32][3]uint32 // gsi -> address_lo, address_hi, data (as given)
+	irqfds      map[int]irqfd
+	ioevs       []ioev
+	vps         map[uint32]*vp
+	tracking    bool
+	dirty       map[uint64][]byte // region gpa -> one byte per page (bit0 accessed, bit1 dirty)
+	fdClosed    bool
+}
+
+// release runs when the partition fd is closed; the KVM VM goes away with
+// the last VP.
+func (p *partition) release() {
+	p.mu.Lock()
+	p.fdClosed = true
+	n := len(p.vps)
+	p.mu.Unlock()
+	if n == 0 {
+		p.kvm.Close()
+	}
+}
+
+func (p *partition) vpClosed(idx uint32) {
+	p.mu.Lock()
+	delete(p.vps, idx)
+	last := p.fdClosed && len(p.vps) == 0
+	p.mu.Unlock()
+	if last {
+		p.kvm.Close()
+	}
+}
+
+func (p *partition) ioctl(req uint32, a []byte) (int, error) {
+	switch req {
+	case reqInitialize:
+		p.mu.Lock()
+		p.initialized = true
+		p.mu.Unlock()
+		return 0, nil
+	case reqCreateVP:
+		return p.createVP(binary.LittleEndian.Uint32(a))
+	case reqSetGuestMemory:
+		return 0, p.setGuestMemory(a)
+	case reqIRQFD:
+		return 0, p.irqfd(a)
+	case reqIOEventFD:
+		return 0, p.ioeventfd(a)
+	case reqSetMSIRouting:
+		return 0, p.setMSIRouting(a)
+	case reqGPAPBitmap:
+		return 0, p.gpapBitmap(a)
+	case reqRootHvcall:
+		return 0, p.sim.hvcall(p, nil, a)
+	}
+	return -1, unix.ENOTTY
+}
+
+const maxVPs = 256
+
+func (p *partition) createVP(idx uint32) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.initialized {
+		return -1, unix.EBADFD
+	}
+	if idx >= maxVPs {
+		return -1, unix.EINVAL
+	}
+	if _, ok := p.vps[idx]; ok {
+		return -1, unix.EEXIST
+	}
+	k, err := p.kvm.NewVCPU(int(idx))
+	if err != nil {
+		return -1, unix.ENOMEM
+	}
+	v := &vp{p: p, idx: idx, k: k, cpuid: map[[2]uint32]cpuidOverride{}, hvregs: map[uint32][2]uint64{}}
+	v.pendingExt.Store(-1)
+	v.fd = p.sim.newFD(v)
+	p.vps[idx] = v
+	return v.fd, nil
+}
+
+func (p *partition) findRegion(gpa uint64) *memRegion {
+	for i := range p.regions {
+		r := &p.regions[i]
+		if gpa >= r.gpa && gpa < r.gpa+r.size {
+			return r
+		}
+	}
+	return nil
+}
+
+// setGuestMemory parses mshv_user_mem_region (size@0 guest_pfn@8
+// userspace_addr@16 flags@24 rsvd[7]@25).
+func (p *partition) setGuestMemory(a []byte) error {
+	size := binary.LittleEndian.Uint64(a[umSize:])
+	gpa := binary.LittleEndian.Uint64(a[umGuestPFN:]) << 12
+	ua := binary.LittleEndian.Uint64(a[umUserAddr:])
+	flags := a[umFlags]
+	for _, b := range a[umRsvd:umStructSize] {
+		if b != 0 {
+			return unix.EINVAL
+		}
+	}
+	if flags&^7 != 0 {
+		return unix.EINVAL
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if flags&4 != 0 { // UNMAP: exact match required
+		for i, r := range p.regions {
+			if r.gpa == gpa && r.size == size && r.uaddr == ua {
+				if err := p.kvm.UnmapMemory(gpa); err != nil {
+					return unix.EINVAL
+				}
+				p.regions = append(p.regions[:i], p.regions[i+1:]...)
+				delete(p.dirty, gpa)
+				return nil
+			}
+		}
+		return unix.EINVAL
+	}
+	if size == 0 || size%4096 != 0 || ua%4096 != 0 || ua == 0 {
+		return unix.EINVAL
+	}
+	for _, r := range p.regions {
+		if gpa < r.gpa+r.size && r.gpa < gpa+size {
+			return unix.EEXIST
+		}
+		if ua < r.uaddr+r.size && r.uaddr < ua+size {
+			return unix.EEXIST
+		}
+	}
+	host := user(ua, int(size))
+	ro := flags&1 == 0
+	if err := p.kvm.MapMemory(accel.MemoryRegion{GPA: gpa, Host: host, ReadOnly: ro, DirtyLog: true}); err != nil {
+		return unix.EFAULT
+	}
+	p.regions = append(p.regions, memRegion{gpa: gpa, size: size, uaddr: ua, writable: !ro, host: host})
+	sort.Slice(p.regions, func(i, j int) bool { return p.regions[i].gpa < p.regions[j].gpa })
+	return nil
+}
+
+// decodeMSI turns a route into what the kernel extracts from it
+// (mshv_copy_girq_info: vector, 8-bit APIC ID, delivery type, level,
+// logical mode) and back into a canonical MSI for KVM.
+func decodeMSI(lo, data uint32) (vector, dest, typ uint32, level, logical bool) {
+	return data & 0xff, lo >> 12 & 0xff, data >> 8 & 7, data>>15&1 != 0, lo>>2&1 != 0
+}
+
+func canonicalMSI(vector, dest, typ uint32, level, logical bool) accel.MSI {
+	lo := uint32(0xfee00000) | dest<<12
+	if logical {
+		lo |= 1 << 2
+	}
+	data := vector | typ<<8
+	if level {
+		data |= 1<<15 | 1<<14
+	}
+	return accel.MSI{AddressLo: lo, Data: data}
+}
+
+// setMSIRouting parses mshv_user_irq_table (nr@0 rsvd@4, then nr entries
+// of gsi@0 address_lo@4 address_hi@8 data@12).
+func (p *partition) setMSIRouting(a []byte) error {
+	nr := binary.LittleEndian.Uint32(a[itNr:])
+	if binary.LittleEndian.Uint32(a[itRsvd:]) != 0 || nr > 4096 {
+		return unix.EINVAL
+	}
+	all := unsafe.Slice(&a[0], itEntries+irqEntrySize*int(nr))
+	routes := map[uint32][3]uint32{}
+	var kr []accel.Route
+	for i := 0; i < int(nr); i++ {
+		e := all[itEntries+irqEntrySize*i:]
+		gsi := binary.LittleEndian.Uint32(e[irqGSI:])
+		lo, hi, data := binary.LittleEndian.Uint32(e[irqAddrLo:]), binary.LittleEndian.Uint32(e[irqAddrHi:]), binary.LittleEndian.Uint32(e[irqData:])
+		if gsi >= 4096 {
+			return unix.EINVAL
+		}
+		routes[gsi] = [3]uint32{lo, hi, data}
+		vec, dest, typ, level, logical := decodeMSI(lo, data)
+		kr = append(kr, accel.Route{GSI: gsi, Kind: accel.RouteMSI, MSI: canonicalMSI(vec, dest, typ, level, logical)})
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.kvm.SetGSIRouting(kr); err != nil {
+		return unix.EINVAL
+	}
+	p.routes = routes
+	return nil
+}
+
+// irqfd parses mshv_user_irqfd (fd@0 resamplefd@4 gsi@8 flags@12).
+func (p *partition) irqfd(a []byte) error {
+	fd := int(int32(binary.LittleEndian.Uint32(a[ifFD:])))
+	rfd := int(int32(binary.LittleEndian.Uint32(a[ifResampleFD:])))
+	gsi := binary.LittleEndian.Uint32(a[ifGSI:])
+	flags := binary.LittleEndian.Uint32(a[ifFlags:])
+	if flags&^3 != 0 {
+		return unix.EINVAL
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if flags&1 != 0 { // DEASSIGN
+		f, ok := p.irqfds[fd]
+		if !ok || f.gsi != gsi {
+			return nil // the kernel ignores unknown deassigns
+		}
+		delete(p.irqfds, fd)
+		p.kvm.DeassignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: f.resample})
+		return nil
+	}
+	if _, dup := p.irqfds[fd]; dup {
+		return unix.EBUSY
+	}
+	res := -1
+	if flags&2 != 0 {
+		r, ok := p.routes[gsi]
+		if !ok || r[2]>>15&1 == 0 {
+			return unix.EINVAL // resample needs a level-triggered route
+		}
+		res = rfd
+	}
+	if err := p.kvm.AssignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: res}); err != nil {
+		return unix.EINVAL
+	}
+	p.irqfds[fd] = irqfd{fd: fd, resample: res, gsi: gsi}
+	return nil
+}
+
+// ioeventfd parses mshv_user_ioeventfd (datamatch@0 addr@8 len@16 fd@20
+// flags@24 rsvd[4]@28).
+func (p *partition) ioeventfd(a []byte) error {
+	e := ioev{data: binary.LittleEndian.Uint64(a[ieDatamatch:]), addr: binary.LittleEndian.Uint64(a[ieAddr:]),
+		len: binary.LittleEndian.Uint32(a[ieLen:]), fd: int(int32(binary.LittleEndian.Uint32(a[ieFD:])))}
+	flags := binary.LittleEndian.Uint32(a[ieFlags:])
+	for _, b := range a[ieRsvd : ieRsvd+4] {
+		if b != 0 {
+			return unix.EINVAL
+		}
+	}
+	if flags&^7 != 0 {
+		return unix.EINVAL
+	}
+	if flags&2 != 0 {
+		return unix.EOPNOTSUPP // MSHV has no PIO ioeventfd
+	}
+	switch e.len {
+	case 0, 1, 2, 4, 8:
+	default:
+		return unix.EINVAL
+	}
+	e.datamatch = flags&1 != 0
+	if !e.datamatch {
+		e.data = 0
+	}
+	ka := accel.IOEventFD{FD: e.fd, Addr: e.addr, Len: int(e.len), DataMatch: e.datamatch, Data: e.data}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if flags&4 != 0 {
+		for i, o := range p.ioevs {
+			if o == e {
+				p.ioevs = append(p.ioevs[:i], p.ioevs[i+1:]...)
+				p.kvm.DeassignIOEventFD(ka)
+				return nil
+			}
+		}
+		return unix.ENOENT
+	}
+	for _, o := range p.ioevs {
+		if o.addr == e.addr && o.len == e.len && (!o.datamatch || !e.datamatch || o.data == e.data) {
+			return unix.EEXIST
+		}
+	}
+	if err := p.kvm.AssignIOEventFD(ka); err != nil {
+		return unix.EINVAL
+	}
+	p.ioevs = append(p.ioevs, e)
+	return nil
+}
+
+// pullDirty folds KVM's dirty log into the per-page states (caller holds mu).
+func (p *partition) pullDirty() error {
+	if p.dirty == nil {
+		p.dirty = map[uint64][]byte{}
+	}
+	for _, r := range p.regions {
+		st := p.dirty[r.gpa]
+		if st == nil {
+			st = make([]byte, r.size/4096)
+			p.dirty[r.gpa] = st
+		}
+		if !p.tracking {
+			continue
+		}
+		bm, err := p.kvm.DirtyLog(r.gpa)
+		if err != nil {
+			return err
+		}
+		for i := range st {
+			if bm[i/64]>>(i%64)&1 != 0 {
+				st[i] |= 3
+			}
+		}
+	}
+	return nil
+}
+
+// pageStates reads (and applies flags to) count pages from gfn (caller
+// holds mu). op: 0 none, 1 clear, 2 set; typ 0 accessed, 1 dirty.
+func (p *partition) pageStates(gfn, count uint64, typ, op uint8) ([]byte, error) {
+	if err := p.pullDirty(); err != nil {
+		return nil, err
+	}
+	out := make([]byte, count)
+	for i := uint64(0); i < count; i++ {
+		gpa := (gfn + i) << 12
+		r := p.findRegion(gpa)
+		if r == nil {
+			return nil, unix.EINVAL
+		}
+		st := p.dirty[r.gpa]
+		j := (gpa - r.gpa) / 4096
+		out[i] = st[j]
+		switch {
+		case op == 1 && typ == 0:
+			st[j] = 0 // clearing accessed also clears dirty
+		case op == 1:
+			st[j] &^= 2
+		case op == 2 && typ == 1:
+			st[j] |= 3 // setting dirty also sets accessed
+		case op == 2:
+			st[j] |= 1
+		}
+	}
+	return out, nil
+}
+
+// gpapBitmap parses mshv_gpap_access_bitmap (access_type@0 access_op@1
+// rsvd[6]@2 page_count@8 gpap_base@16 bitmap_ptr@24).
+func (p *partition) gpapBitmap(a []byte) error {
+	typ, op := a[gpType], a[gpOp]
+	for _, b := range a[gpRsvd:gpCount] {
+		if b != 0 {
+			return unix.EINVAL
+		}
+	}
+	count := binary.LittleEndian.Uint64(a[gpCount:])
+	base := binary.LittleEndian.Uint64(a[gpBase:])
+	ptr := binary.LittleEndian.Uint64(a[gpBitmap:])
+	if typ > 1 || op > 2 || count == 0 || count > 1<<24 || ptr == 0 {
+		return unix.EINVAL
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.tracking && typ == 1 {
+		return unix.EINVAL
+	}
+	st, err := p.pageStates(base, count, typ, op)
+	if err != nil {
+		return unix.EINVAL
+	}
+	bm := user(ptr, int((count+7)/8))
+	clear(bm)
+	bit := byte(1) << typ
+	for i, s := range st {
+		if s&bit != 0 {
+			bm[i/8] |= 1 << (i % 8)
+		}
+	}
+	return nil
+}

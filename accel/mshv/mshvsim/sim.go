@@ -1,0 +1,368 @@
+// Package mshvsim is a TEST AND DEVELOPMENT TOOL: an in-process stand-in
+// for the Linux /dev/mshv root-partition driver, built on the KVM backend,
+// so that govmm's MSHV path (accel/mshv) runs end to end on any machine
+// with /dev/kvm (`govmm run --accel mshv --mshv-device sim`). It is not a
+// hypervisor and not a way to run production guests.
+//
+// It implements the mshvabi.Device seam and parses raw request numbers and
+// argument bytes exactly as the kernel would, from its own reading of the
+// ABI reference (it deliberately shares no Go struct types with accel/mshv
+// or mshvabi, so that a layout mistake on either side shows up as a test
+// failure). It answers as MSHV does: partition ids, the hypercall
+// allow-list, ENOTTY/EINVAL/EOPNOTSUPP where the kernel gives them, EAGAIN
+// from every Nth hypercall so that callers' retry paths run, and messages
+// laid out as struct hv_message.
+//
+// Intercepts follow MSHV semantics, not KVM's: when KVM exits for port I/O
+// or MMIO, the simulator completes KVM's pending access at once (re-entering
+// with immediate_exit, feeding zeros to reads, discarding writes), puts the
+// vCPU registers back to their state before the instruction (finding the
+// start of an instruction KVM already retired by checking candidates with
+// the x86 emulator), and hands the VMM an intercept message with RIP at the
+// instruction and its bytes; whatever the VMM then writes back is what the
+// guest sees. KVM's in-kernel LAPIC (split irqchip) stands in for the
+// hypervisor's.
+package mshvsim
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/kvm"
+)
+
+// Options tune the simulator.
+type Options struct {
+	// EAGAINEvery makes every Nth MSHV_ROOT_HVCALL fail with EAGAIN (as the
+	// kernel does after depositing memory), 0 for never.
+	EAGAINEvery int
+	// NoRegisterPage makes mmap of the register page fail with ENODEV, as
+	// on partitions without one, so callers use hypercalls only.
+	NoRegisterPage bool
+	// NoV2 makes CREATE_PARTITION refuse the v2 payload (EINVAL), as a
+	// 6.15 kernel without MSHV_PT_BIT_CPU_AND_XSAVE_FEATURES does.
+	NoV2 bool
+	// NoSelfHvcall makes MSHV_ROOT_HVCALL on /dev/mshv unknown (ENOTTY),
+	// as on kernels before the self-targeted property reads.
+	NoSelfHvcall bool
+}
+
+// DefaultEAGAINEvery is the EAGAIN period New uses.
+const DefaultEAGAINEvery = 7
+
+// Sim is the simulated /dev/mshv. It implements mshvabi.Device.
+type Sim struct {
+	opts Options
+	kvm  *kvm.Accelerator
+
+	mu      sync.Mutex
+	fds     map[int]any // *partition or *vp
+	nextFD  int
+	nextPID uint64
+	sysFD   int
+	closed  bool
+
+	hvcalls atomic.Uint64
+	lastErr sync.Map // vp fd -> string
+
+	base []accel.CPUIDEntry // KVM's supported CPUID
+	xl   xlayout
+}
+
+// EnvOptions names the environment variable New reads to vary the
+// simulated kernel: a comma-separated list of noregpage, nov2, noself and
+// eagain=N (e.g. GOVMM_MSHVSIM=noregpage,eagain=2), so that the whole
+// system can be run against older-kernel behaviour.
+const EnvOptions = "GOVMM_MSHVSIM"
+
+// ParseOptions parses the EnvOptions syntax.
+func ParseOptions(spec string) (Options, error) {
+	o := Options{EAGAINEvery: DefaultEAGAINEvery}
+	for _, f := range strings.Split(spec, ",") {
+		switch f = strings.TrimSpace(f); {
+		case f == "":
+		case f == "noregpage":
+			o.NoRegisterPage = true
+		case f == "nov2":
+			o.NoV2 = true
+		case f == "noself":
+			o.NoSelfHvcall = true
+		case strings.HasPrefix(f, "eagain="):
+			n, err := strconv.Atoi(f[len("eagain="):])
+			if err != nil || n < 0 {
+				return o, fmt.Errorf("mshvsim option %q: want eagain=N with N >= 0", f)
+			}
+			o.EAGAINEvery = n
+		default:
+			return o, fmt.Errorf("unknown mshvsim option %q (want noregpage, nov2, noself, eagain=N)", f)
+		}
+	}
+	return o, nil
+}
+
+// New opens /dev/kvm and returns a simulator with the default options, as
+// modified by the EnvOptions environment variable.
+func New() (*Sim, error) {
+	o, err := ParseOptions(os.Getenv(EnvOptions))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvOptions, err)
+	}
+	return NewWithOptions(o)
+}
+
+// NewWithOptions opens /dev/kvm and returns a simulator.
+func NewWithOptions(o Options) (*Sim, error) {
+	a, err := kvm.Open()
+	if err != nil {
+		return nil, fmt.Errorf("mshvsim needs KVM: %w", err)
+	}
+	base, err := a.SupportedCPUID()
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("mshvsim: %w", err)
+	}
+	return &Sim{opts: o, kvm: a, fds: map[int]any{}, nextFD: 1 << 20, nextPID: 0x1000, sysFD: 1<<20 - 1,
+		base: base, xl: newLayout(base)}, nil
+}
+
+// Name describes the device in messages and `govmm caps`.
+func (s *Sim) Name() string { return "mshvsim (in-process /dev/mshv simulator on /dev/kvm; test tool)" }
+
+// SystemFD is the simulated /dev/mshv fd.
+func (s *Sim) SystemFD() int { return s.sysFD }
+
+func (s *Sim) lookup(fd int) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fds[fd]
+}
+
+func (s *Sim) newFD(o any) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fd := s.nextFD
+	s.nextFD++
+	s.fds[fd] = o
+	return fd
+}
+
+// Close closes a simulated fd.
+func (s *Sim) Close(fd int) error {
+	s.mu.Lock()
+	o, ok := s.fds[fd]
+	if fd == s.sysFD {
+		s.closed = true
+		s.mu.Unlock()
+		return s.kvm.Close()
+	}
+	delete(s.fds, fd)
+	s.mu.Unlock()
+	if !ok {
+		return unix.EBADF
+	}
+	switch o := o.(type) {
+	case *partition:
+		o.release()
+	case *vp:
+		o.close()
+	}
+	return nil
+}
+
+// user returns n bytes of this process's memory at addr (a "user
+// pointer" from an ioctl argument), or nil for a null pointer.
+func user(addr uint64, n int) []byte {
+	if addr == 0 || n <= 0 {
+		return nil
+	}
+	p := *(*unsafe.Pointer)(unsafe.Pointer(&addr))
+	return unsafe.Slice((*byte)(p), n)
+}
+
+// ioc decoding.
+func iocDir(req uint32) uint32  { return req >> 30 }
+func iocSize(req uint32) int    { return int(req >> 16 & 0x3fff) }
+func iocType(req uint32) uint32 { return req >> 8 & 0xff }
+func iocNr(req uint32) uint32   { return req & 0xff }
+
+// Request numbers, from the reference's table (mshv-abi.md §1.1).
+const (
+	reqCreatePartition = 0x4010B800
+	reqRootHvcall      = 0xC020B807
+	reqInitialize      = 0x0000B800
+	reqCreateVP        = 0x4004B801
+	reqSetGuestMemory  = 0x4020B802
+	reqIRQFD           = 0x4010B803
+	reqIOEventFD       = 0x4020B804
+	reqSetMSIRouting   = 0x4008B805
+	reqGPAPBitmap      = 0xC020B806
+	reqRunVP           = 0x8100B800
+	reqGetVPState      = 0xC010B801
+	reqSetVPState      = 0xC010B802
+)
+
+// Ioctl serves one ioctl on a simulated fd.
+func (s *Sim) Ioctl(fd int, req uint32, arg unsafe.Pointer) (int, error) {
+	if iocType(req) != 0xB8 {
+		return -1, unix.ENOTTY
+	}
+	obj := s.lookup(fd)
+	if fd != s.sysFD && obj == nil {
+		return -1, unix.EBADF
+	}
+	if !known(fd == s.sysFD, obj, req) {
+		return -1, unix.ENOTTY
+	}
+	var a []byte
+	if sz := iocSize(req); sz > 0 && iocDir(req) != 0 {
+		if arg == nil {
+			return -1, unix.EFAULT
+		}
+		a = unsafe.Slice((*byte)(arg), sz)
+	}
+	if fd == s.sysFD {
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return -1, unix.EBADF
+		}
+		switch req {
+		case reqCreatePartition:
+			return s.createPartition(a)
+		case reqRootHvcall:
+			if s.opts.NoSelfHvcall {
+				return -1, unix.ENOTTY
+			}
+			return 0, s.selfHvcall(a)
+		}
+		return -1, unix.ENOTTY
+	}
+	switch o := obj.(type) {
+	case *partition:
+		return o.ioctl(req, a)
+	case *vp:
+		return o.ioctl(req, a)
+	}
+	return -1, unix.EBADF
+}
+
+// known reports whether req is an ioctl of that kind of fd.
+func known(sys bool, obj any, req uint32) bool {
+	switch {
+	case sys:
+		return req == reqCreatePartition || req == reqRootHvcall
+	}
+	switch obj.(type) {
+	case *partition:
+		switch req {
+		case reqInitialize, reqCreateVP, reqSetGuestMemory, reqIRQFD, reqIOEventFD, reqSetMSIRouting, reqGPAPBitmap, reqRootHvcall:
+			return true
+		}
+	case *vp:
+		switch req {
+		case reqRunVP, reqGetVPState, reqSetVPState, reqRootHvcall:
+			return true
+		}
+	}
+	return false
+}
+
+// Mmap maps a VP page: offset 0 is the register page, 1 the intercept
+// message page.
+func (s *Sim) Mmap(fd int, pgoff int64, length int) ([]byte, error) {
+	v, ok := s.lookup(fd).(*vp)
+	if !ok {
+		return nil, unix.ENODEV
+	}
+	if length <= 0 || length > 4096 {
+		return nil, unix.EINVAL
+	}
+	switch pgoff {
+	case 0:
+		if s.opts.NoRegisterPage {
+			return nil, unix.ENODEV
+		}
+		return v.regPage[:length:length], nil
+	case 1:
+		return v.msgPage[:length:length], nil
+	case 2:
+		return nil, unix.ENODEV // GHCB: SNP partitions only
+	}
+	return nil, unix.EINVAL
+}
+
+// Munmap releases a page from Mmap (nothing to do in-process).
+func (s *Sim) Munmap(b []byte) error { return nil }
+
+// Kick interrupts the VP's MSHV_RUN_VP (it returns EINTR).
+func (s *Sim) Kick(vpFD int, tid int) error {
+	v, ok := s.lookup(vpFD).(*vp)
+	if !ok {
+		return unix.EBADF
+	}
+	v.k.Kick()
+	return nil
+}
+
+// LastError describes (once) why the last MSHV_RUN_VP on a VP fd failed
+// with EIO: KVM under the simulator could not run the guest (for example
+// an instruction KVM's emulator lacks). The backend reports it as a fatal
+// exit.
+func (s *Sim) LastError(vpFD int) string {
+	if v, ok := s.lastErr.LoadAndDelete(vpFD); ok {
+		return v.(string)
+	}
+	return ""
+}
+
+// createPartition parses mshv_create_partition (16 bytes; 64 when
+// pt_flags bit 3 says a v2 payload follows).
+func (s *Sim) createPartition(a []byte) (int, error) {
+	flags := binary.LittleEndian.Uint64(a[cpFlags:])
+	iso := binary.LittleEndian.Uint64(a[cpIsolation:])
+	const mask = 1<<4 - 1
+	if flags&^mask != 0 || iso != 0 {
+		return -1, unix.EINVAL
+	}
+	if flags&(1<<3) != 0 {
+		if s.opts.NoV2 {
+			return -1, unix.EINVAL
+		}
+		full := unsafe.Slice(&a[0], cpSizeV2)
+		if binary.LittleEndian.Uint16(full[cpNumFBanks:]) > 2 {
+			return -1, unix.EINVAL
+		}
+		for _, b := range full[cpRsvd:cpFBanks] {
+			if b != 0 {
+				return -1, unix.EINVAL
+			}
+		}
+		for _, b := range full[cpRsvd1:cpDisabledXSave] {
+			if b != 0 {
+				return -1, unix.EINVAL
+			}
+		}
+	}
+	vm, err := s.kvm.NewVM(accel.VMConfig{})
+	if err != nil {
+		return -1, unix.ENOMEM
+	}
+	s.mu.Lock()
+	s.nextPID++
+	id := s.nextPID
+	s.mu.Unlock()
+	p := &partition{sim: s, id: id, kvm: vm, flags: flags, props: map[uint32]uint64{},
+		vps: map[uint32]*vp{}, irqfds: map[int]irqfd{}}
+	p.props[propTimeFreeze] = 0
+	return s.newFD(p), nil
+}

@@ -1,0 +1,315 @@
+package mshvsim
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/kvm"
+	"govmm/cpu"
+)
+
+type vp struct {
+	p   *partition
+	idx uint32
+	fd  int
+	k   *kvm.VCPU
+
+	mu         sync.Mutex
+	regPage    [4096]byte
+	msgPage    [4096]byte
+	cpuid      map[[2]uint32]cpuidOverride
+	cpuidDirty bool
+	ran        bool
+	hvregs     map[uint32][2]uint64
+	blobs      map[uint32][]byte // SIMP, SIEFP, synthetic timers (opaque)
+	pendingExt atomic.Int32
+	closed     bool
+}
+
+func (v *vp) close() {
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return
+	}
+	v.closed = true
+	v.mu.Unlock()
+	v.k.Close()
+	v.p.vpClosed(v.idx)
+}
+
+func (v *vp) ioctl(req uint32, a []byte) (int, error) {
+	switch req {
+	case reqRunVP:
+		return 0, v.run(a)
+	case reqGetVPState, reqSetVPState:
+		return 0, v.vpState(req == reqGetVPState, a)
+	case reqRootHvcall:
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return 0, v.p.sim.hvcall(v.p, v, a)
+	}
+	return -1, unix.ENOTTY
+}
+
+// --- CPUID -----------------------------------------------------------------
+
+// baseCPUID is the CPUID the "hypervisor" offers: KVM's supported CPUID,
+// read when the simulator starts.
+func (s *Sim) baseCPUID() []accel.CPUIDEntry { return s.base }
+
+// effectiveCPUID is what the VP's guest sees: the hypervisor's values
+// (KVM's supported CPUID for this VP's APIC ID) with the registered
+// overrides applied when apply is set.
+func (v *vp) effectiveCPUID(apply bool) []accel.CPUIDEntry {
+	tab := cpu.ForVCPU(v.p.sim.baseCPUID(), int(v.idx), 1)
+	if !apply {
+		return tab
+	}
+	out := make([]accel.CPUIDEntry, 0, len(tab)+len(v.cpuid))
+	used := map[[2]uint32]bool{}
+	mix := func(e *accel.CPUIDEntry, o cpuidOverride) {
+		r := []*uint32{&e.EAX, &e.EBX, &e.ECX, &e.EDX}
+		for i, p := range r {
+			*p = *p&^o.mask[i] | o.val[i]&o.mask[i]
+		}
+	}
+	for _, e := range tab {
+		if o, ok := v.cpuid[[2]uint32{e.Function, e.Index}]; ok && o.subleaf {
+			mix(&e, o)
+			used[[2]uint32{e.Function, e.Index}] = true
+		} else if o, ok := v.cpuid[[2]uint32{e.Function, ^uint32(0)}]; ok {
+			mix(&e, o)
+			used[[2]uint32{e.Function, ^uint32(0)}] = true
+		}
+		out = append(out, e)
+	}
+	for k, o := range v.cpuid {
+		if used[k] {
+			continue
+		}
+		e := accel.CPUIDEntry{Function: o.fn, Index: o.idx}
+		if o.subleaf {
+			e.Flags = accel.CPUIDFlagSignificantIndex
+		}
+		mix(&e, o)
+		out = append(out, e)
+	}
+	return out
+}
+
+// --- XSAVE layout (from KVM's CPUID leaf 0xD) --------------------------------
+
+type xlayout struct {
+	user        uint64 // user components KVM transfers (x87, SSE, ...)
+	size, off   [64]uint32
+	align       [64]bool
+	compactSize int
+}
+
+func (s *Sim) layout() *xlayout { return &s.xl }
+
+// newLayout derives the XSAVE layout from CPUID leaf 0xD.
+func newLayout(tab []accel.CPUIDEntry) xlayout {
+	var l xlayout
+	d0 := lookupCPUID(tab, 0xd, 0)
+	l.user = (uint64(d0[0]) | uint64(d0[3])<<32) | 3
+	end := 576
+	for i := 2; i < 63; i++ {
+		if l.user&(1<<i) == 0 {
+			continue
+		}
+		r := lookupCPUID(tab, 0xd, uint32(i))
+		l.size[i], l.off[i], l.align[i] = r[0], r[1], r[2]&2 != 0
+		if l.align[i] {
+			end = (end + 63) &^ 63
+		}
+		end += int(r[0])
+	}
+	l.compactSize = (end + 4095) &^ 4095
+	return l
+}
+
+// compact converts KVM's standard XSAVE image to the compacted form MSHV
+// transfers (XCOMP_BV = components | bit 63).
+func (l *xlayout) compact(std []byte) []byte {
+	c := make([]byte, l.compactSize)
+	copy(c[:512], std[:512])
+	xs := binary.LittleEndian.Uint64(std[512:]) & l.user
+	binary.LittleEndian.PutUint64(c[512:], xs)
+	binary.LittleEndian.PutUint64(c[520:], l.user|1<<63)
+	off := 576
+	for i := 2; i < 63; i++ {
+		if l.user&(1<<i) == 0 {
+			continue
+		}
+		if l.align[i] {
+			off = (off + 63) &^ 63
+		}
+		if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= len(std) {
+			copy(c[off:off+int(l.size[i])], std[l.off[i]:l.off[i]+l.size[i]])
+		}
+		off += int(l.size[i])
+	}
+	return c
+}
+
+// standard converts a compacted image back for KVM_SET_XSAVE.
+func (l *xlayout) standard(c []byte, n int) ([]byte, bool) {
+	std := make([]byte, n)
+	xs := binary.LittleEndian.Uint64(c[512:])
+	xc := binary.LittleEndian.Uint64(c[520:])
+	if xc&(1<<63) == 0 {
+		copy(std, c)
+		return std, true
+	}
+	copy(std[:512], c[:512])
+	binary.LittleEndian.PutUint64(std[512:], xs)
+	off := 576
+	for i := 2; i < 63; i++ {
+		if xc&(1<<i) == 0 {
+			continue
+		}
+		if l.user&(1<<i) == 0 {
+			return nil, false
+		}
+		if l.align[i] {
+			off = (off + 63) &^ 63
+		}
+		if off+int(l.size[i]) > len(c) {
+			return nil, false
+		}
+		if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= n {
+			copy(std[l.off[i]:l.off[i]+l.size[i]], c[off:off+int(l.size[i])])
+		}
+		off += int(l.size[i])
+	}
+	return std, true
+}
+
+// --- VP state blobs ----------------------------------------------------------
+
+// lapicMap pairs hv_local_interrupt_controller_state offsets with xAPIC
+// page offsets (the sim's own reading of §5): version@4 ldr@8 dfr@12
+// spurious@16 isr[8]@20 tmr[8]@52 irr[8]@84 esr@116 icr_high@120
+// icr_low@124 lvt_timer@128 thermal@132 perfmon@136 lint0@140 lint1@144
+// error@148 cmci@152 error_status@156 initial_count@160 counter_value@164
+// divide_config@168 remote_read@172. apic_id@0 holds the ID itself.
+var lapicMap = func() [][2]int {
+	m := [][2]int{{4, 0x30}, {8, 0xD0}, {12, 0xE0}, {16, 0xF0}, {116, 0x280}, {120, 0x310}, {124, 0x300},
+		{128, 0x320}, {132, 0x330}, {136, 0x340}, {140, 0x350}, {144, 0x360}, {148, 0x370}, {152, 0x2F0},
+		{160, 0x380}, {164, 0x390}, {168, 0x3E0}, {172, 0xC0}}
+	for i := 0; i < 8; i++ {
+		m = append(m, [2]int{20 + 4*i, 0x100 + 0x10*i}, [2]int{52 + 4*i, 0x180 + 0x10*i}, [2]int{84 + 4*i, 0x200 + 0x10*i})
+	}
+	return m
+}()
+
+// vpState serves MSHV_GET/SET_VP_STATE: mshv_get_set_vp_state is type@0
+// rsvd[3]@1 buf_sz@4 buf_ptr@8.
+func (v *vp) vpState(get bool, a []byte) error {
+	typ := a[vsType]
+	if a[vsRsvd] != 0 || a[vsRsvd+1] != 0 || a[vsRsvd+2] != 0 {
+		return unix.EINVAL
+	}
+	sz := binary.LittleEndian.Uint32(a[vsBufSz:])
+	ptr := binary.LittleEndian.Uint64(a[vsBufPtr:])
+	if sz == 0 || sz%4096 != 0 || ptr%4096 != 0 || ptr == 0 {
+		return unix.EINVAL
+	}
+	var need uint32
+	switch typ {
+	case 0, 2, 3:
+		need = 4096
+	case 1:
+		need = uint32(v.p.sim.layout().compactSize)
+	case 4:
+		need = 200
+	default:
+		return unix.EINVAL
+	}
+	binary.LittleEndian.PutUint32(a[vsBufSz:], need)
+	if need > sz {
+		return unix.EINVAL
+	}
+	buf := user(ptr, int(sz))
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch typ {
+	case 0:
+		sr, err := v.k.Sregs()
+		if err != nil {
+			return unix.EIO
+		}
+		x2 := sr.APICBase&(1<<10) != 0 // x2APIC mode: the ID register holds the whole ID
+		if get {
+			l, err := v.k.LAPIC()
+			if err != nil {
+				return unix.EIO
+			}
+			clear(buf)
+			id := binary.LittleEndian.Uint32(l.Regs[0x20:])
+			if !x2 {
+				id >>= 24
+			}
+			binary.LittleEndian.PutUint32(buf[lsAPICID:], id)
+			for _, m := range lapicMap {
+				copy(buf[m[0]:m[0]+4], l.Regs[m[1]:m[1]+4])
+			}
+			return nil
+		}
+		l, err := v.k.LAPIC()
+		if err != nil {
+			return unix.EIO
+		}
+		id := binary.LittleEndian.Uint32(buf[lsAPICID:])
+		if !x2 {
+			id <<= 24
+		}
+		binary.LittleEndian.PutUint32(l.Regs[0x20:], id)
+		for _, m := range lapicMap {
+			copy(l.Regs[m[1]:m[1]+4], buf[m[0]:m[0]+4])
+		}
+		if err := v.k.SetLAPIC(&l); err != nil {
+			return unix.EINVAL
+		}
+		return nil
+	case 1:
+		x, err := v.k.XSave()
+		if err != nil {
+			return unix.EIO
+		}
+		l := v.p.sim.layout()
+		if get {
+			clear(buf)
+			copy(buf, l.compact(x.Data))
+			return nil
+		}
+		std, ok := l.standard(buf, len(x.Data))
+		if !ok {
+			return unix.EINVAL
+		}
+		if err := v.k.SetXSave(&accel.XSave{Data: std}); err != nil {
+			return unix.EINVAL
+		}
+		return nil
+	}
+	// SIMP, SIEFP, synthetic timers: no SynIC here; kept as opaque bytes.
+	key := uint32(0xF0000 + uint32(typ))
+	if get {
+		clear(buf)
+		if b, ok := v.blobs[key]; ok {
+			copy(buf, b)
+		}
+		return nil
+	}
+	if v.blobs == nil {
+		v.blobs = map[uint32][]byte{}
+	}
+	v.blobs[key] = append([]byte(nil), buf[:need]...)
+	return nil
+}

@@ -1,0 +1,541 @@
+package mshv
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/mshv/mshvabi"
+	"govmm/cpu"
+	"govmm/x86/emu"
+)
+
+// VCPU is one MSHV virtual processor. It implements accel.VCPU and
+// accel.ExtINTReceiver.
+//
+// Run must be called from one goroutine locked to its OS thread (Kick
+// signals that thread); the state getters and setters may be called from
+// any goroutine while the VP is not running.
+type VCPU struct {
+	vm    *VM
+	index int
+	fd    int
+	hv    hvcaller // on the VP fd
+	bufs  *regBufs
+	msg   *mshvabi.Message
+
+	pageMem []byte
+	page    *mshvabi.VPRegisterPage // nil without a register page
+	// pagePending: completion registers were written to the page (dirty
+	// bits set) and no dispatch has consumed them yet.
+	pagePending bool
+
+	emu *emu.Emulator
+	cpu *emuCPU
+
+	tid      atomic.Int32
+	kicked   atomic.Bool
+	woken    atomic.Bool
+	inRun    atomic.Bool
+	retrying atomic.Bool
+
+	src accel.ExtINTSource
+}
+
+var (
+	_ accel.VCPU           = (*VCPU)(nil)
+	_ accel.ExtINTReceiver = (*VCPU)(nil)
+	_ accel.ExtINTWaker    = (*VCPU)(nil)
+)
+
+// Boot MSR values (mshv-abi.md §7 step 8, as Cloud Hypervisor sets them).
+const mtrrDefTypeEnableWB = 1<<11 | 6
+
+// NewVCPU creates VP index: MSHV_CREATE_VP, the register page, boot MSRs,
+// the CPUID overrides of the VM's CPU model and the LAPIC (LINT0 ExtINT on
+// the BSP for the PIC, LINT1 NMI), as the KVM backend does.
+func (vm *VM) NewVCPU(index int) (*VCPU, error) {
+	if index < 0 || index >= MaxVCPUs || (vm.cfg.NumVCPUs > 0 && index >= vm.cfg.NumVCPUs) {
+		return nil, fmt.Errorf("create vCPU %d: the VM has %d vCPUs", index, vm.cfg.NumVCPUs)
+	}
+	fd, err := mshvabi.CreateVPFD(vm.dev, vm.pfd, uint32(index))
+	if err != nil {
+		return nil, fmt.Errorf("create vCPU %d: MSHV_CREATE_VP: %w", index, err)
+	}
+	v := &VCPU{vm: vm, index: index, fd: fd, hv: hvcaller{dev: vm.dev, fd: fd}, bufs: new(regBufs), msg: new(mshvabi.Message)}
+	if m, err := vm.dev.Mmap(fd, mshvabi.VPMmapRegisters, 4096); err == nil {
+		if p, err := mshvabi.RegisterPage(m); err == nil {
+			v.pageMem, v.page = m, p
+		} else {
+			vm.dev.Munmap(m)
+		}
+	} else if !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
+		vm.dev.Close(fd)
+		return nil, fmt.Errorf("create vCPU %d: mmap register page: %w", index, err)
+	}
+	v.cpu = &emuCPU{v: v}
+	v.emu = emu.New(v.cpu)
+	fail := func(err error) (*VCPU, error) {
+		v.Close()
+		return nil, fmt.Errorf("create vCPU %d: %w", index, err)
+	}
+	boot := []mshvabi.RegisterAssoc{
+		reg(mshvabi.RegSysenterCS, 0), reg(mshvabi.RegSysenterEIP, 0), reg(mshvabi.RegSysenterESP, 0),
+		reg(mshvabi.RegSTAR, 0), reg(mshvabi.RegLSTAR, 0), reg(mshvabi.RegCSTAR, 0),
+		reg(mshvabi.RegKernelGSBase, 0), reg(mshvabi.RegSFMASK, 0),
+		reg(mshvabi.RegMTRRDefType, mtrrDefTypeEnableWB),
+	}
+	if err := v.hv.setRegs(v.bufs, uint32(index), boot); err != nil {
+		return fail(fmt.Errorf("boot MSRs: %w", err))
+	}
+	if len(vm.cfg.CPUID) > 0 {
+		n := max(vm.cfg.NumVCPUs, 1)
+		if err := v.SetCPUID(cpu.ForVCPU(vm.cfg.CPUID, index, n)); err != nil {
+			return fail(err)
+		}
+	}
+	if err := v.initLAPIC(); err != nil {
+		return fail(err)
+	}
+	vm.vcpus.Store(index, v)
+	return v, nil
+}
+
+func (v *VCPU) initLAPIC() error {
+	l, err := v.LAPIC()
+	if err != nil {
+		return err
+	}
+	put := func(off int, val uint32) {
+		l.Regs[off], l.Regs[off+1], l.Regs[off+2], l.Regs[off+3] = byte(val), byte(val>>8), byte(val>>16), byte(val>>24)
+	}
+	if v.index == 0 {
+		put(0xf0, 0x1ff)  // software enabled, spurious vector 0xff
+		put(0x350, 0x700) // LINT0 ExtINT, unmasked
+	}
+	put(0x360, 0x400) // LINT1 NMI
+	if err := v.SetLAPIC(&l); err != nil {
+		return fmt.Errorf("initial LAPIC state: %w", err)
+	}
+	return nil
+}
+
+// Index is the VP index (and APIC ID).
+func (v *VCPU) Index() int { return v.index }
+
+// Close unmaps the register page and closes the VP fd.
+func (v *VCPU) Close() error {
+	if v.fd < 0 {
+		return nil
+	}
+	if v.pageMem != nil {
+		v.vm.dev.Munmap(v.pageMem)
+		v.pageMem, v.page = nil, nil
+	}
+	v.vm.vcpus.Delete(v.index)
+	err := v.vm.dev.Close(v.fd)
+	v.fd = -1
+	return err
+}
+
+// SetExtINTSource wires the legacy PIC to this VP: before each entry a
+// pending PIC interrupt is acknowledged and asserted as an ExtINT.
+func (v *VCPU) SetExtINTSource(src accel.ExtINTSource) { v.src = src }
+
+// Kick makes Run return ExitInterrupted as soon as possible. MSHV has no
+// immediate_exit, so a signal that lands just before MSHV_RUN_VP enters
+// the kernel would be lost; Kick therefore repeats the signal until Run
+// has noticed it.
+func (v *VCPU) Kick() {
+	v.kicked.Store(true)
+	v.poke()
+}
+
+// Wake makes a VP in Run re-evaluate its ExtINT source without Run
+// returning (the PIC raised an interrupt while the guest was halted).
+func (v *VCPU) Wake() {
+	v.woken.Store(true)
+	v.poke()
+}
+
+func (v *VCPU) poke() {
+	tid := int(v.tid.Load())
+	if tid == 0 || !v.inRun.Load() {
+		return
+	}
+	_ = v.vm.dev.Kick(v.fd, tid)
+	if !v.retrying.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer v.retrying.Store(false)
+		for i := 0; i < 10000 && (v.kicked.Load() || v.woken.Load()) && v.inRun.Load(); i++ {
+			time.Sleep(time.Millisecond)
+			if v.inRun.Load() {
+				_ = v.vm.dev.Kick(v.fd, int(v.tid.Load()))
+			}
+		}
+	}()
+}
+
+// Run enters the guest (MSHV_RUN_VP) until an exit that is not port I/O
+// or MMIO; those are completed here through h.
+func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
+	if v.fd < 0 {
+		return accel.Exit{}, fmt.Errorf("vCPU %d: run after close", v.index)
+	}
+	v.tid.Store(int32(unix.Gettid()))
+	if err := v.vm.unfreezeForRun(); err != nil {
+		return accel.Exit{}, fmt.Errorf("vCPU %d: %w", v.index, err)
+	}
+	v.cpu.h = h
+	for {
+		if v.kicked.Swap(false) {
+			return v.leave(accel.Exit{Reason: accel.ExitInterrupted})
+		}
+		v.woken.Store(false)
+		if err := v.injectExtINT(); err != nil {
+			return accel.Exit{}, err
+		}
+		v.inRun.Store(true)
+		if v.kicked.Load() {
+			v.inRun.Store(false)
+			continue
+		}
+		err := mshvabi.RunVP(v.vm.dev, v.fd, v.msg)
+		v.inRun.Store(false)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue // a kick (checked at the top), a wake, or a stray signal
+			}
+			if d, ok := v.vm.dev.(interface{ LastError(fd int) string }); ok {
+				// The device (the simulator) says why it could not run
+				// the guest: that is a fatal exit, not a VMM failure.
+				if why := d.LastError(v.fd); why != "" {
+					e := accel.Exit{Reason: accel.ExitInternalError, Detail: fmt.Sprintf("MSHV_RUN_VP failed (%v): %s", err, why)}
+					if r, rerr := v.Regs(); rerr == nil {
+						e.RIP = r.RIP
+					}
+					return v.leave(e)
+				}
+			}
+			return accel.Exit{}, fmt.Errorf("vCPU %d: MSHV_RUN_VP: %w", v.index, err)
+		}
+		v.pagePending = false
+		exit, done, err := v.handle()
+		if err != nil {
+			v.flushPage()
+			return accel.Exit{}, fmt.Errorf("vCPU %d: %w", v.index, err)
+		}
+		if done {
+			return v.leave(exit)
+		}
+	}
+}
+
+// leave flushes completion registers still waiting in the register page.
+func (v *VCPU) leave(e accel.Exit) (accel.Exit, error) {
+	if err := v.flushPage(); err != nil {
+		return accel.Exit{}, fmt.Errorf("vCPU %d: %w", v.index, err)
+	}
+	return e, nil
+}
+
+// flushPage writes register-page classes marked dirty through
+// SET_VP_REGISTERS and clears their dirty bits, so that state getters and
+// setters (which use hypercalls) see them without a dispatch in between.
+func (v *VCPU) flushPage() error {
+	if !v.pagePending || v.page == nil {
+		v.pagePending = false
+		return nil
+	}
+	p := v.page
+	var regs []mshvabi.RegisterAssoc
+	if p.Dirty&mshvabi.RegPageDirtyGeneral != 0 {
+		for i := 0; i < 16; i++ {
+			regs = append(regs, reg(mshvabi.RegRAX+uint32(i), p.GPRs[i]))
+		}
+	}
+	if p.Dirty&mshvabi.RegPageDirtyIP != 0 {
+		regs = append(regs, reg(mshvabi.RegRIP, p.RIP))
+	}
+	if p.Dirty&mshvabi.RegPageDirtyFlags != 0 {
+		regs = append(regs, reg(mshvabi.RegRFLAGS, p.RFLAGS))
+	}
+	if len(regs) > 0 {
+		if err := v.hv.setRegs(v.bufs, uint32(v.index), regs); err != nil {
+			return fmt.Errorf("write back registers from the register page: %w", err)
+		}
+	}
+	p.Dirty = 0
+	v.pagePending = false
+	return nil
+}
+
+// injectExtINT delivers a pending PIC interrupt as an ExtINT when the
+// guest can take it now (RFLAGS.IF set, no interrupt shadow, nothing else
+// being injected); otherwise it asks the hypervisor for an
+// interruption-deliverable message, so that the PIC is acknowledged only
+// when the interrupt really reaches the guest (as on KVM).
+func (v *VCPU) injectExtINT() error {
+	if v.src == nil || !v.src.Pending() {
+		return nil
+	}
+	vals, err := v.get([]uint32{mshvabi.RegRFLAGS, mshvabi.RegInterruptState, mshvabi.RegPendingInterruption})
+	if err != nil {
+		return err
+	}
+	rflags := vals[0].Low
+	if p := v.page; v.pagePending && p != nil && p.Dirty&mshvabi.RegPageDirtyFlags != 0 {
+		rflags = p.RFLAGS
+	}
+	if rflags&(1<<9) == 0 || vals[1].Low&mshvabi.InterruptStateShadow != 0 || vals[2].Low&mshvabi.PendingIntrPending != 0 {
+		return v.set([]mshvabi.RegisterAssoc{reg(mshvabi.RegDeliverabilityNotif, deliverabilityInterrupt)})
+	}
+	vec, ok := v.src.Ack()
+	if !ok {
+		return nil
+	}
+	if err := v.vm.hv.assertInterrupt(mshvabi.InterruptTypeExtINT, uint32(vec), uint64(v.index), false, false); err != nil {
+		return fmt.Errorf("vCPU %d: ExtINT vector %#x: %w", v.index, vec, err)
+	}
+	return nil
+}
+
+// deliverabilityInterrupt is interrupt_notification in
+// HV_X64_REGISTER_DELIVERABILITY_NOTIFICATIONS.
+const deliverabilityInterrupt = 1 << 1
+
+// fatal builds a fatal exit naming the message, RIP and bytes.
+func fatal(r accel.ExitReason, rip uint64, insn []byte, format string, args ...any) accel.Exit {
+	return accel.Exit{Reason: r, RIP: rip, Insn: append([]byte(nil), insn...), Detail: fmt.Sprintf(format, args...)}
+}
+
+// handle dispatches one message. done is true when Run must return exit.
+func (v *VCPU) handle() (exit accel.Exit, done bool, err error) {
+	m := v.msg
+	t := m.Header.MessageType
+	hdr := m.InterceptHeader()
+	switch t {
+	case mshvabi.MsgNone, mshvabi.MsgTimerExpired, mshvabi.MsgSynICEventIntercept, mshvabi.MsgSynICSINTIntercept,
+		mshvabi.MsgSynICSINTDeliverable, mshvabi.MsgAsyncCallCompletion, mshvabi.MsgSchedulerVPSignalBitset,
+		mshvabi.MsgSchedulerVPSignalPair, mshvabi.MsgEventLogBufferComplete, mshvabi.MsgX64InterruptionDeliverable,
+		mshvabi.MsgX64SIPIIntercept, mshvabi.MsgX64LegacyFPError, mshvabi.MsgX64IOMMUPRQ:
+		// Not VP exits for govmm (consumed by the kernel, notifications
+		// govmm never registers for, or handled by the hypervisor): re-enter.
+		return exit, false, nil
+	case mshvabi.MsgX64IOPortIntercept:
+		return v.handlePIO()
+	case mshvabi.MsgUnmappedGPA, mshvabi.MsgGPAIntercept:
+		return v.handleMMIO()
+	case mshvabi.MsgX64Halt:
+		return accel.Exit{Reason: accel.ExitHalt, RIP: hdr.RIP}, true, nil
+	case mshvabi.MsgUnrecoverableException:
+		return fatal(accel.ExitShutdown, hdr.RIP, nil, "unrecoverable exception (triple fault) on vCPU %d at rip %#x", v.index, hdr.RIP), true, nil
+	case mshvabi.MsgX64APICEOI:
+		e := m.APICEOI()
+		return accel.Exit{Reason: accel.ExitIOAPICEOI, Vector: uint8(e.InterruptVector)}, true, nil
+	case mshvabi.MsgX64CPUIDIntercept:
+		return v.handleCPUID()
+	case mshvabi.MsgX64MSRIntercept:
+		return v.handleMSR()
+	case mshvabi.MsgX64ExceptionIntercept:
+		x := m.Exception()
+		n := min(int(x.InstructionByteCount), 16)
+		return fatal(accel.ExitInternalError, hdr.RIP, x.InstructionBytes[:n], "unexpected exception intercept: vector %d error code %#x at rip %#x (govmm installs no exception intercepts)", x.ExceptionVector, x.ErrorCode, hdr.RIP), true, nil
+	case mshvabi.MsgInvalidVPRegisterValue:
+		return fatal(accel.ExitInternalError, 0, nil, "%s: the hypervisor rejected a register value of vCPU %d", mshvabi.MessageName(t), v.index), true, nil
+	case mshvabi.MsgUnsupportedFeature:
+		return fatal(accel.ExitInternalError, 0, nil, "%s on vCPU %d (feature code %d)", mshvabi.MessageName(t), v.index, uint32(m.Payload[4])|uint32(m.Payload[5])<<8), true, nil
+	case mshvabi.MsgUnacceptedGPA, mshvabi.MsgGPAAttributeIntercept, mshvabi.MsgX64SEVVMGEXITIntercept:
+		return fatal(accel.ExitInternalError, hdr.RIP, nil, "%s at rip %#x: isolated (SNP) partitions are not supported by govmm", mshvabi.MessageName(t), hdr.RIP), true, nil
+	case mshvabi.MsgHypercallIntercept:
+		return fatal(accel.ExitInternalError, hdr.RIP, nil, "%s at rip %#x: govmm installs no hypercall intercepts", mshvabi.MessageName(t), hdr.RIP), true, nil
+	case mshvabi.MsgOpaqueIntercept:
+		return fatal(accel.ExitInternalError, 0, nil, "%s on vCPU %d: the message is only in the intercept page, which govmm does not read", mshvabi.MessageName(t), v.index), true, nil
+	}
+	return fatal(accel.ExitUnknown, hdr.RIP, nil, "unknown MSHV message type %#x on vCPU %d (rip %#x if the payload has the common header)", t, v.index, hdr.RIP), true, nil
+}
+
+// handleCPUID answers an (uninstalled, but listed) CPUID intercept with
+// the hypervisor's default result and advances RIP.
+func (v *VCPU) handleCPUID() (accel.Exit, bool, error) {
+	c := v.msg.CPUID()
+	regs := []mshvabi.RegisterAssoc{
+		reg(mshvabi.RegRAX, c.DefaultRAX), reg(mshvabi.RegRBX, c.DefaultRBX),
+		reg(mshvabi.RegRCX, c.DefaultRCX), reg(mshvabi.RegRDX, c.DefaultRDX),
+		reg(mshvabi.RegRIP, c.Header.RIP+uint64(insnLen(&c.Header, 2))),
+	}
+	if err := v.hv.setRegs(v.bufs, uint32(v.index), regs); err != nil {
+		return accel.Exit{}, false, fmt.Errorf("complete CPUID intercept at rip %#x: %w", c.Header.RIP, err)
+	}
+	return accel.Exit{}, false, nil
+}
+
+// handleMSR completes an MSR intercept the way UNIMPLEMENTED_MSR_ACTION
+// IGNORE_WRITE_READ_ZERO would: reads give 0, writes are dropped.
+func (v *VCPU) handleMSR() (accel.Exit, bool, error) {
+	x := v.msg.MSR()
+	regs := []mshvabi.RegisterAssoc{reg(mshvabi.RegRIP, x.Header.RIP+uint64(insnLen(&x.Header, 2)))}
+	if x.Header.InterceptAccessType == mshvabi.AccessRead {
+		regs = append(regs, reg(mshvabi.RegRAX, 0), reg(mshvabi.RegRDX, 0))
+	}
+	if err := v.hv.setRegs(v.bufs, uint32(v.index), regs); err != nil {
+		return accel.Exit{}, false, fmt.Errorf("complete MSR %#x intercept at rip %#x: %w", x.MSRNumber, x.Header.RIP, err)
+	}
+	return accel.Exit{}, false, nil
+}
+
+func insnLen(h *mshvabi.InterceptMessageHeader, def int) int {
+	if n := h.InstructionLength(); n != 0 {
+		return n
+	}
+	return def
+}
+
+// handlePIO completes a port I/O intercept: scalar IN/OUT directly from
+// the message, string and REP forms through the emulator. RIP is advanced
+// by the intercept's instruction length.
+func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
+	io := v.msg.IOPort()
+	hdr := &io.Header
+	size := int(io.AccessInfo & mshvabi.IOAccessSizeMask)
+	nb := min(int(io.InstructionByteCount), 16)
+	if size != 1 && size != 2 && size != 4 {
+		return fatal(accel.ExitInternalError, hdr.RIP, io.InstructionBytes[:nb], "port I/O intercept on port %#x with access size %d", io.PortNumber, size), true, nil
+	}
+	str := io.AccessInfo&mshvabi.IOAccessString != 0
+	rep := io.AccessInfo&mshvabi.IOAccessRep != 0
+	in := hdr.InterceptAccessType == mshvabi.AccessRead
+	if rep && !str {
+		return fatal(accel.ExitInternalError, hdr.RIP, io.InstructionBytes[:nb], "port I/O intercept on port %#x: REP without a string operation", io.PortNumber), true, nil
+	}
+	ilen := hdr.InstructionLength()
+	if ilen == 0 {
+		return fatal(accel.ExitInternalError, hdr.RIP, io.InstructionBytes[:nb], "port I/O intercept on port %#x without an instruction length", io.PortNumber), true, nil
+	}
+	if !str {
+		var buf [4]byte
+		rax := io.RAX
+		if in {
+			v.cpu.h.PIORead(io.PortNumber, buf[:size])
+			val := uint64(buf[0]) | uint64(buf[1])<<8 | uint64(buf[2])<<16 | uint64(buf[3])<<24
+			switch size {
+			case 1:
+				rax = rax&^0xff | val
+			case 2:
+				rax = rax&^0xffff | val
+			case 4:
+				rax = val // 32-bit destinations zero-extend
+			}
+		} else {
+			for i := 0; i < size; i++ {
+				buf[i] = byte(io.RAX >> (8 * i))
+			}
+			v.cpu.h.PIOWrite(io.PortNumber, buf[:size])
+		}
+		if err := v.complete(hdr.RIP+uint64(ilen), rax, in); err != nil {
+			return accel.Exit{}, false, fmt.Errorf("complete port I/O at rip %#x: %w", hdr.RIP, err)
+		}
+		return accel.Exit{}, false, nil
+	}
+	c := v.cpu
+	c.reset(hdr)
+	c.seed(mshvabi.PageRAX, io.RAX)
+	c.seed(mshvabi.PageRCX, io.RCX)
+	c.seed(mshvabi.PageRSI, io.RSI)
+	c.seed(mshvabi.PageRDI, io.RDI)
+	c.seedSeg(emu.DS, io.DS)
+	c.seedSeg(emu.ES, io.ES)
+	err := v.emu.PortIO(emu.IO{Port: io.PortNumber, Size: size, In: in, String: true, Rep: rep, InsnLen: ilen, Insn: io.InstructionBytes[:nb]})
+	return v.finishEmulation(err, hdr.RIP, io.InstructionBytes[:nb], fmt.Sprintf("string port I/O on port %#x", io.PortNumber))
+}
+
+// complete writes RIP (and RAX when setRAX) after a scalar port access.
+func (v *VCPU) complete(rip, rax uint64, setRAX bool) error {
+	if p := v.page; p != nil && p.IsValid != 0 {
+		p.RIP = rip
+		p.Dirty |= mshvabi.RegPageDirtyIP
+		if setRAX {
+			p.GPRs[mshvabi.PageRAX] = rax
+			p.Dirty |= mshvabi.RegPageDirtyGeneral
+		}
+		v.pagePending = true
+		return nil
+	}
+	regs := []mshvabi.RegisterAssoc{reg(mshvabi.RegRIP, rip)}
+	if setRAX {
+		regs = append(regs, reg(mshvabi.RegRAX, rax))
+	}
+	return v.hv.setRegs(v.bufs, uint32(v.index), regs)
+}
+
+// handleMMIO decodes and executes the instruction behind an unmapped-GPA
+// or GPA intercept with the x86 emulator, against the device bus and
+// guest memory, and writes back the registers it changed.
+func (v *VCPU) handleMMIO() (accel.Exit, bool, error) {
+	mm := v.msg.Memory()
+	hdr := &mm.Header
+	n := min(int(mm.InstructionByteCount), 16)
+	c := v.cpu
+	c.reset(hdr)
+	if mm.MemoryAccessInfo&mshvabi.MemAccessGVAGPAValid != 0 {
+		v.emu.Hint(mm.GVA, mm.GPA)
+	}
+	err := v.emu.Step(mm.InstructionBytes[:n])
+	return v.finishEmulation(err, hdr.RIP, mm.InstructionBytes[:n], fmt.Sprintf("MMIO at GPA %#x", mm.GPA))
+}
+
+// finishEmulation turns the emulator's result into a completed intercept,
+// an injected exception, or a fatal exit.
+func (v *VCPU) finishEmulation(err error, rip uint64, insn []byte, what string) (accel.Exit, bool, error) {
+	c := v.cpu
+	if c.err != nil {
+		return accel.Exit{}, false, fmt.Errorf("emulate %s at rip %#x: %w", what, rip, c.err)
+	}
+	var f *emu.Fault
+	var u *emu.UnsupportedError
+	switch {
+	case err == nil:
+	case errors.As(err, &f):
+		if err := c.commit(); err != nil {
+			return accel.Exit{}, false, err
+		}
+		if err := v.injectFault(f); err != nil {
+			return accel.Exit{}, false, fmt.Errorf("inject %v: %w", f, err)
+		}
+		return accel.Exit{}, false, nil
+	case errors.As(err, &u):
+		b := u.Bytes
+		if len(b) == 0 {
+			b = insn
+		}
+		return fatal(accel.ExitInternalError, rip, b, "emulation failure (%s) on vCPU %d: %v", what, v.index, err), true, nil
+	default:
+		return fatal(accel.ExitInternalError, rip, insn, "emulation failure (%s) on vCPU %d at rip %#x, bytes % x: %v", what, v.index, rip, insn, err), true, nil
+	}
+	if err := c.commit(); err != nil {
+		return accel.Exit{}, false, fmt.Errorf("complete %s at rip %#x: %w", what, rip, err)
+	}
+	return accel.Exit{}, false, nil
+}
+
+// injectFault makes the guest take the exception the emulated instruction
+// raised (PENDING_INTERRUPTION, and CR2 for #PF).
+func (v *VCPU) injectFault(f *emu.Fault) error {
+	pi := uint64(mshvabi.PendingIntrPending) | uint64(mshvabi.PendingTypeException)<<mshvabi.PendingIntrTypeShift |
+		uint64(f.Vector)<<mshvabi.PendingIntrVectorShift
+	if f.HasErrorCode {
+		pi |= mshvabi.PendingIntrDeliverErr | uint64(f.ErrorCode)<<mshvabi.PendingIntrErrorShift
+	}
+	regs := []mshvabi.RegisterAssoc{}
+	if f.Vector == emu.VectorPF {
+		regs = append(regs, reg(mshvabi.RegCR2, f.CR2))
+	}
+	regs = append(regs, reg(mshvabi.RegPendingInterruption, pi))
+	return v.hv.setRegs(v.bufs, uint32(v.index), regs)
+}
