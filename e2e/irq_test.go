@@ -148,14 +148,16 @@ func TestIRQLevel(t *testing.T) {
 }
 
 // TestIRQMSIOrderings: the host fires N MSIs through an irqfd set up in
-// QEMU's and in Cloud Hypervisor's VFIO ordering; the guest counts exactly N
-// each time.
+// QEMU's and in Cloud Hypervisor's VFIO ordering, while the vCPU runs and
+// while it is halted; the guest counts exactly N each time.
 func TestIRQMSIOrderings(t *testing.T) {
 	runIRQ(t, "msi", "n=50", func(t *testing.T, r Result) {
 		for _, order := range []string{"qemu", "cloud-hypervisor"} {
-			m := fields(t, r.Stdout, "msi", "order="+order+" ")
-			if num(t, m, "irqs") != 50 || num(t, m, "sent") != 50 || num(t, m, "acks") != 50 || m["status"] != "0x2" {
-				t.Fatalf("order %s: %v", order, m)
+			for _, wait := range []string{"running", "halted"} {
+				m := fields(t, r.Stdout, "msi", "order="+order+" wait="+wait+" ")
+				if num(t, m, "irqs") != 50 || num(t, m, "sent") != 50 || num(t, m, "acks") != 50 || m["status"] != "0x2" {
+					t.Fatalf("order %s, vCPU %s: %v", order, wait, m)
+				}
 			}
 		}
 	})

@@ -114,7 +114,9 @@ func (v *VM) buildPlatform() error {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}
 	if err := mptable.Write(v.mem, v.cfg.NumCPUs); err != nil {
-		return fmt.Errorf("build MP table: %w", err)
+		// The MP table only serves guests that predate ACPI; a machine
+		// too large for it still has the MADT.
+		v.log.Info("no MP table", "reason", err)
 	}
 	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, Initrd: v.cfg.Initrd, RSDP: rsdp})
 	if err != nil {
@@ -198,6 +200,9 @@ func (p *platformDevices) close() {
 	}
 	if p.irqdev != nil {
 		p.irqdev.Close()
+	}
+	if p.pm != nil {
+		p.pm.Close()
 	}
 	if p.chips != nil {
 		p.chips.Close()

@@ -10,7 +10,8 @@
  *           set while in service and clear after the EOI; then EOI before
  *           acknowledging: exactly one redelivery per assertion.
  *   msi     irqtestdev fires n=N (default 50) MSIs through an irqfd, in the
- *           QEMU and in the Cloud Hypervisor VFIO ordering; the guest counts.
+ *           QEMU and in the Cloud Hypervisor VFIO ordering, with the vCPU
+ *           running and with it halted; the guest counts.
  *   serial  serial input by interrupt: prints "serial: ready", then echoes
  *           the first line it receives.
  *   calib   LAPIC timer (and TSC) calibrated against the PM timer and the PIT.
@@ -310,6 +311,28 @@ static int t_level(void)
 }
 
 /* ---- msi ---- */
+#define VEC_WAKE 0x60
+
+static void wake_isr(struct regs *r)
+{
+	(void)r;
+	lapic_eoi();
+}
+
+/* wake_timer starts (hz > 0) or stops the LAPIC timer as a periodic wake-up
+ * source, so that a hlt loop always comes back to check its condition. */
+static void wake_timer(uint64_t lapic_hz, uint32_t hz)
+{
+	set_handler(VEC_WAKE, wake_isr);
+	if (!hz) {
+		lapic_write(LAPIC_TIMER_INIT, 0);
+		return;
+	}
+	lapic_write(LAPIC_TIMER_DIV, 0xB);
+	lapic_write(LAPIC_LVT_TIMER, 0x20000 | VEC_WAKE); /* periodic */
+	lapic_write(LAPIC_TIMER_INIT, (uint32_t)(lapic_hz / hz));
+}
+
 static volatile uint32_t msi_irqs;
 
 static void msi_isr(struct regs *r)
@@ -331,26 +354,42 @@ static int t_msi(void)
 	lapic_init(false);
 	pic_disable();
 	pm_start();
+	uint64_t lapic_hz = lapic_timer_calibrate(20, NULL);
+	if (!lapic_hz) {
+		printf("msi: LAPIC timer calibration failed\n");
+		return IRQ_FAIL;
+	}
 	set_handler(VEC_MSI, msi_isr);
 	uint32_t n = (uint32_t)cmdline_u64("n", 50);
 	int rc = IRQ_OK;
 	static const char *names[] = {"qemu", "cloud-hypervisor"};
-	for (uint32_t order = 0; order < 2; order++) {
+	/* Each ordering twice: the vCPU running (spinning with interrupts
+	 * enabled) and halted (hlt between interrupts) when they arrive. */
+	for (uint32_t run = 0; run < 4; run++) {
+		uint32_t order = run & 1;
+		bool halted = run >= 2;
 		msi_irqs = 0;
 		td_write(TD_MSI_ADDR, 0xFEE00000u | (lapic_id() << 12));
 		td_write(TD_MSI_ADDRH, 0);
 		td_write(TD_MSI_DATA, VEC_MSI); /* fixed, edge */
 		td_write(TD_ORDER, order);
+		if (halted)
+			wake_timer(lapic_hz, 50);
 		td_write(TD_FIRE, n);
 		uint64_t end = pm_now() + PM_HZ * 60;
 		sti();
-		while (!(td_read(TD_STATUS) & TD_DONE) && pm_now() < end)
-			wait_us(500);
+		while (!(td_read(TD_STATUS) & TD_DONE) && pm_now() < end) {
+			if (halted)
+				hlt();
+			else
+				wait_us(500);
+		}
+		wake_timer(lapic_hz, 0);
 		wait_us(5000); /* anything extra would arrive now */
 		cli();
 		uint32_t st = td_read(TD_STATUS), sent = td_read(TD_SENT), acks = td_read(TD_ACKS);
-		printf("msi: order=%s n=%u irqs=%u sent=%u acks=%u status=%#x\n", names[order], n, msi_irqs, sent, acks,
-		       st);
+		printf("msi: order=%s wait=%s n=%u irqs=%u sent=%u acks=%u status=%#x\n", names[order],
+		       halted ? "halted" : "running", n, msi_irqs, sent, acks, st);
 		if (st != TD_DONE || msi_irqs != n || sent != n || acks != n)
 			rc = IRQ_FAIL;
 	}
@@ -409,13 +448,6 @@ static int t_calib(void)
 }
 
 /* ---- bench ---- */
-#define VEC_WAKE 0x60
-
-static void wake_isr(struct regs *r)
-{
-	(void)r;
-	lapic_eoi();
-}
 
 /* bell_loop runs at CPL3: arg = register << 32 | count; returns TSC cycles. */
 static uint64_t bell_loop(uint64_t arg)
@@ -468,13 +500,10 @@ static int t_bench(void)
 		return IRQ_FAIL;
 	}
 	set_handler(VEC_MSI, msi_isr);
-	set_handler(VEC_WAKE, wake_isr);
-	lapic_write(LAPIC_TIMER_DIV, 0xB);
-	lapic_write(LAPIC_LVT_TIMER, 0x20000 | VEC_WAKE); /* periodic */
-	lapic_write(LAPIC_TIMER_INIT, (uint32_t)(lapic_hz / 100));
+	wake_timer(lapic_hz, 100);
 	uint32_t n = (uint32_t)cmdline_u64("n", 200), bells = (uint32_t)cmdline_u64("bells", 2000);
 	uint64_t irqfd = bench_msi(0, n, tsc_hz), user = bench_msi(2, n, tsc_hz);
-	lapic_write(LAPIC_TIMER_INIT, 0);
+	wake_timer(lapic_hz, 0);
 	uint64_t c_mmio = user_call(bell_loop, (uint64_t)TD_DOORBELL << 32 | bells);
 	uint64_t c_fast = user_call(bell_loop, (uint64_t)TD_FASTBELL << 32 | bells);
 	uint64_t end = pm_now() + PM_HZ * 5;
