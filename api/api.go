@@ -1,19 +1,23 @@
 // Package api is the control socket of a running VM: a Unix socket owned by
-// the VM's process, speaking HTTP/1.1 with JSON bodies, through which the
-// `govmm pause|resume|info|snapshot|migrate` commands drive that VM. Long
-// operations stream progress lines before their final result, so a client
-// can draw a progress bar.
+// the VM's process (mode 0600) through which the `govmm
+// pause|resume|info|snapshot|migrate` commands drive that VM.
+//
+// The protocol is one request per connection, in lines: the client sends a
+// JSON request line ({"op":"snapshot","snapshot":{"dir":"/x"}}); the server
+// answers with any number of "progress DONE TOTAL" lines and then exactly
+// one "result JSON" or "error MESSAGE" line, and closes. Lines keep long
+// operations observable (progress bars) without an HTTP stack in the VMM:
+// the VMM's binary size, resident memory and start-up time are part of
+// what it is judged by.
 package api
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -71,12 +75,20 @@ type Target interface {
 	Migrate(req MigrateRequest, progress func(done, total uint64)) (MigrateResult, error)
 }
 
+// request is one control request.
+type request struct {
+	Op       string           `json:"op"`
+	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
+	Migrate  *MigrateRequest  `json:"migrate,omitempty"`
+}
+
 // Server serves the control socket.
 type Server struct {
 	path string
 	ln   net.Listener
-	srv  *http.Server
+	t    Target
 	mu   sync.Mutex // one control operation at a time
+	wg   sync.WaitGroup
 }
 
 // Listen creates the socket at path (removing a stale one) and serves t.
@@ -96,109 +108,111 @@ func Listen(path string, t Target) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	s := &Server{path: path, ln: ln}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/info", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, t.Info()) })
-	mux.HandleFunc("POST /v1/pause", s.simple(t.Pause))
-	mux.HandleFunc("POST /v1/resume", s.simple(t.Resume))
-	mux.HandleFunc("POST /v1/snapshot", func(w http.ResponseWriter, r *http.Request) {
-		var req SnapshotRequest
-		if !decode(w, r, &req) {
-			return
-		}
-		if req.Dir == "" {
-			httpError(w, http.StatusBadRequest, errors.New("snapshot: dir is required"))
-			return
-		}
-		s.stream(w, func(p func(done, total uint64)) (any, error) { return t.Snapshot(req, p) })
-	})
-	mux.HandleFunc("POST /v1/migrate", func(w http.ResponseWriter, r *http.Request) {
-		var req MigrateRequest
-		if !decode(w, r, &req) {
-			return
-		}
-		s.stream(w, func(p func(done, total uint64)) (any, error) { return t.Migrate(req, p) })
-	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go s.srv.Serve(ln)
+	s := &Server{path: path, ln: ln, t: t}
+	s.wg.Add(1)
+	go s.accept()
 	return s, nil
+}
+
+func (s *Server) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		go s.serve(c)
+	}
 }
 
 // Close stops serving and removes the socket.
 func (s *Server) Close() error {
-	err := s.srv.Close()
+	err := s.ln.Close()
+	s.wg.Wait()
 	os.Remove(s.path)
 	return err
 }
 
-func (s *Server) simple(fn func() error) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if err := fn(); err != nil {
-			httpError(w, http.StatusConflict, err)
-			return
-		}
-		writeJSON(w, map[string]string{"status": "ok"})
-	}
+// reply writes the answer lines of one request.
+type reply struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	last time.Time
 }
 
-// stream runs op, sending "progress DONE TOTAL" lines while it works and
-// then one line "result JSON" or "error MESSAGE".
-func (s *Server) stream(w http.ResponseWriter, op func(func(done, total uint64)) (any, error)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w.Header().Set("Content-Type", "text/plain")
-	fl, _ := w.(http.Flusher)
-	var last time.Time
-	var wmu sync.Mutex
-	progress := func(done, total uint64) {
-		if time.Since(last) < 100*time.Millisecond && done < total {
-			return
-		}
-		last = time.Now()
-		wmu.Lock()
-		fmt.Fprintf(w, "progress %d %d\n", done, total)
-		if fl != nil {
-			fl.Flush()
-		}
-		wmu.Unlock()
+func (r *reply) line(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fmt.Fprintf(r.w, format, args...)
+	r.w.Flush()
+}
+
+func (r *reply) progress(done, total uint64) {
+	if time.Since(r.last) < 100*time.Millisecond && done < total {
+		return
 	}
-	res, err := op(progress)
-	wmu.Lock()
-	defer wmu.Unlock()
+	r.last = time.Now()
+	r.line("progress %d %d\n", done, total)
+}
+
+func (s *Server) serve(c net.Conn) {
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rd := bufio.NewReader(io.LimitReader(c, 1<<20))
+	ln, err := rd.ReadBytes('\n')
+	rp := &reply{w: bufio.NewWriter(c)}
+	if err != nil && len(ln) == 0 {
+		rp.line("error read request: %v\n", err)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	var req request
+	dec := json.NewDecoder(strings.NewReader(string(ln)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		rp.line("error bad request: %s\n", oneLine(err))
+		return
+	}
+	res, err := s.do(&req, rp.progress)
 	if err != nil {
-		fmt.Fprintf(w, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		rp.line("error %s\n", oneLine(err))
 		return
 	}
 	b, _ := json.Marshal(res)
-	fmt.Fprintf(w, "result %s\n", b)
+	rp.line("result %s\n", b)
 }
 
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("bad request body: %w", err))
-		return false
+func (s *Server) do(req *request, progress func(done, total uint64)) (any, error) {
+	if req.Op == "info" {
+		return s.t.Info(), nil
 	}
-	return true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ok := map[string]string{"status": "ok"}
+	switch req.Op {
+	case "pause":
+		return ok, s.t.Pause()
+	case "resume":
+		return ok, s.t.Resume()
+	case "snapshot":
+		if req.Snapshot == nil || req.Snapshot.Dir == "" {
+			return nil, errors.New("snapshot: dir is required")
+		}
+		return s.t.Snapshot(*req.Snapshot, progress)
+	case "migrate":
+		if req.Migrate == nil || req.Migrate.To == "" {
+			return nil, errors.New("migrate: to is required")
+		}
+		return s.t.Migrate(*req.Migrate, progress)
+	}
+	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot or migrate)", req.Op)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
-
-func httpError(w http.ResponseWriter, code int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-}
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
 
 // Client talks to a VM's control socket.
 type Client struct {
-	hc *http.Client
+	path string
 }
 
 // Dial returns a client for the socket at path.
@@ -206,88 +220,24 @@ func Dial(path string) (*Client, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w (is the VM running with --api-socket?)", path, err)
 	}
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}
-	return &Client{hc: &http.Client{Transport: tr}}, nil
+	return &Client{path: path}, nil
 }
 
-func (c *Client) do(method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = strings.NewReader(string(b))
-	}
-	req, err := http.NewRequest(method, "http://govmm"+path, rd)
+// call sends req and decodes the result into out, reporting progress.
+func (c *Client) call(req request, progress func(done, total uint64), out any) error {
+	conn, err := net.Dial("unix", c.path)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("control socket: %w", err)
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+	defer conn.Close()
+	b, _ := json.Marshal(req)
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("control socket: %w", err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		var e struct{ Error string }
-		json.NewDecoder(resp.Body).Decode(&e)
-		return nil, errors.New(e.Error)
-	}
-	return resp, nil
-}
-
-// Info asks for the VM's description.
-func (c *Client) Info() (Info, error) {
-	var i Info
-	resp, err := c.do("GET", "/v1/info", nil)
-	if err != nil {
-		return i, err
-	}
-	defer resp.Body.Close()
-	return i, json.NewDecoder(resp.Body).Decode(&i)
-}
-
-// Pause pauses the VM.
-func (c *Client) Pause() error { return c.simple("/v1/pause") }
-
-// Resume resumes the VM.
-func (c *Client) Resume() error { return c.simple("/v1/resume") }
-
-func (c *Client) simple(path string) error {
-	resp, err := c.do("POST", path, nil)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	return nil
-}
-
-// Snapshot takes a snapshot, reporting progress.
-func (c *Client) Snapshot(req SnapshotRequest, progress func(done, total uint64)) (SnapshotResult, error) {
-	var res SnapshotResult
-	return res, c.stream("/v1/snapshot", req, progress, &res)
-}
-
-// Migrate live-migrates the VM, reporting progress.
-func (c *Client) Migrate(req MigrateRequest, progress func(done, total uint64)) (MigrateResult, error) {
-	var res MigrateResult
-	return res, c.stream("/v1/migrate", req, progress, &res)
-}
-
-func (c *Client) stream(path string, req any, progress func(done, total uint64), out any) error {
-	resp, err := c.do("POST", path, req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		kind, rest, _ := strings.Cut(line, " ")
+		kind, rest, _ := strings.Cut(sc.Text(), " ")
 		switch kind {
 		case "progress":
 			var done, total uint64
@@ -295,6 +245,9 @@ func (c *Client) stream(path string, req any, progress func(done, total uint64),
 				progress(done, total)
 			}
 		case "result":
+			if out == nil {
+				return nil
+			}
 			return json.Unmarshal([]byte(rest), out)
 		case "error":
 			return errors.New(rest)
@@ -304,4 +257,28 @@ func (c *Client) stream(path string, req any, progress func(done, total uint64),
 		return fmt.Errorf("control socket: %w", err)
 	}
 	return errors.New("control socket closed before the operation finished (did the VM exit?)")
+}
+
+// Info asks for the VM's description.
+func (c *Client) Info() (Info, error) {
+	var i Info
+	return i, c.call(request{Op: "info"}, nil, &i)
+}
+
+// Pause pauses the VM.
+func (c *Client) Pause() error { return c.call(request{Op: "pause"}, nil, nil) }
+
+// Resume resumes the VM.
+func (c *Client) Resume() error { return c.call(request{Op: "resume"}, nil, nil) }
+
+// Snapshot takes a snapshot, reporting progress.
+func (c *Client) Snapshot(req SnapshotRequest, progress func(done, total uint64)) (SnapshotResult, error) {
+	var res SnapshotResult
+	return res, c.call(request{Op: "snapshot", Snapshot: &req}, progress, &res)
+}
+
+// Migrate live-migrates the VM, reporting progress.
+func (c *Client) Migrate(req MigrateRequest, progress func(done, total uint64)) (MigrateResult, error) {
+	var res MigrateResult
+	return res, c.call(request{Op: "migrate", Migrate: &req}, progress, &res)
 }

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"sort"
+	"sync"
 
 	"govmm/accel"
 )
@@ -113,7 +114,14 @@ var xcr0Bits = map[string][]uint{
 	"avx": {2}, "mpx": {3, 4}, "avx512f": {5, 6, 7}, "pku": {9}, "amx_tile": {17, 18},
 }
 
-func init() {
+// The table is built on first use rather than at program start: govmm's
+// start-up time is measured, and a VM with the plain host model never
+// needs it.
+var tableOnce sync.Once
+
+func loadTable() { tableOnce.Do(buildTable) }
+
+func buildTable() {
 	for _, lr := range featureLeaves {
 		for bit, name := range lr.names {
 			f := Feature{Name: name, Leaf: lr.leaf, Subleaf: lr.sub, Reg: lr.reg, Bit: bit,
@@ -155,16 +163,18 @@ func init() {
 }
 
 // Features returns the feature table in /proc/cpuinfo order.
-func Features() []Feature { return append([]Feature(nil), features...) }
+func Features() []Feature { loadTable(); return append([]Feature(nil), features...) }
 
 // Lookup returns the named feature.
 func Lookup(name string) (Feature, bool) {
+	loadTable()
 	f, ok := byName[name]
 	return f, ok
 }
 
 // FeatureNames returns every known feature name, sorted.
 func FeatureNames() []string {
+	loadTable()
 	names := make([]string, 0, len(features))
 	for _, f := range features {
 		names = append(names, f.Name)
@@ -182,6 +192,7 @@ func (f Feature) Has(entries []accel.CPUIDEntry) bool {
 // Present lists the features set in entries, in /proc/cpuinfo order (for
 // `govmm caps` and the default guest's report).
 func Present(entries []accel.CPUIDEntry) []string {
+	loadTable()
 	var out []string
 	for _, f := range features {
 		if f.Has(entries) {

@@ -62,7 +62,7 @@ func Parse(spec string) (Model, error) {
 			return Model{}, fmt.Errorf("cpu model %q: item %q must be +feature or -feature", spec, p)
 		}
 		op, f := p[0], strings.ToLower(p[1:])
-		feat, ok := byName[f]
+		feat, ok := Lookup(f)
 		if !ok {
 			return Model{}, fmt.Errorf("cpu model %q: unknown feature %q (valid features: %s)", spec, f, strings.Join(FeatureNames(), " "))
 		}
@@ -88,6 +88,7 @@ func Parse(spec string) (Model, error) {
 // closure returns the features removing f removes: f and everything that
 // transitively requires it, sorted.
 func closure(f string) []string {
+	loadTable()
 	set := map[string]bool{}
 	var walk func(string)
 	walk = func(n string) {
@@ -115,6 +116,7 @@ func closure(f string) []string {
 // a feature the host lacks). Dynamic bits (OSXSAVE, OSPKE) are cleared:
 // KVM sets them from CR4 at run time.
 func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
+	loadTable()
 	if m.Name != "host" {
 		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
 	}

@@ -26,7 +26,7 @@ const (
 // bootRun runs govmm with the accelerator flags acc followed by args.
 func bootRun(t *testing.T, acc []string, args ...string) Result {
 	t.Helper()
-	full := append([]string{"run"}, acc...)
+	full := append([]string{"run", "--test-devices"}, acc...)
 	full = append(full, "--serial", "stdio")
 	full = append(full, args...)
 	r := govmm(t, full...)

@@ -28,7 +28,7 @@ func runIRQ(t *testing.T, scenario, extra string, check func(t *testing.T, r Res
 	guest := guestPath(t, "irq")
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			args := append([]string{"run"}, acc...)
+			args := append([]string{"run", "--test-devices"}, acc...)
 			args = append(args, "--kernel", guest, "--cmdline", strings.TrimSpace("irqtest="+scenario+" "+extra),
 				"--serial", "stdio", "--cpus", "1")
 			r := govmm(t, args...)
@@ -190,7 +190,7 @@ func TestIRQSerialInput(t *testing.T) {
 		t.Run(accelName(acc), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 			defer cancel()
-			args := append([]string{"run"}, acc...)
+			args := append([]string{"run", "--test-devices"}, acc...)
 			args = append(args, "--kernel", guest, "--cmdline", "irqtest=serial", "--serial", "stdio")
 			cmd := exec.CommandContext(ctx, binary, args...)
 			stdin, err := cmd.StdinPipe()
@@ -271,7 +271,7 @@ func BenchmarkIRQFastPaths(b *testing.B) {
 		b.Run(accelName(acc), func(b *testing.B) {
 			var m map[string]uint64
 			for i := 0; i < b.N; i++ {
-				args := append([]string{"run"}, acc...)
+				args := append([]string{"run", "--test-devices"}, acc...)
 				args = append(args, "--kernel", guest, "--cmdline", "irqtest=bench n=200 bells=2000", "--serial", "stdio")
 				ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 				out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()

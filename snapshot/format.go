@@ -26,6 +26,7 @@ import (
 	"hash/crc64"
 	"io"
 	"sort"
+	"sync"
 )
 
 // Magic starts every state file.
@@ -45,7 +46,9 @@ const (
 	maxSectionSize = 64 << 20
 )
 
-var crcTable = crc64.MakeTable(crc64.ECMA)
+// crcTable is built on first use (it costs 32 KiB and start-up time that
+// a VM which never snapshots should not pay).
+var crcTable = sync.OnceValue(func() *crc64.Table { return crc64.MakeTable(crc64.ECMA) })
 
 // ErrCorrupt is wrapped by every error about a damaged state file.
 var ErrCorrupt = errors.New("state file is corrupted or truncated")
@@ -135,7 +138,7 @@ func (s *State) Marshal() ([]byte, error) {
 		w(uint64(len(sec.Data)))
 		b.Write(sec.Data)
 	}
-	w(crc64.Checksum(b.Bytes(), crcTable))
+	w(crc64.Checksum(b.Bytes(), crcTable()))
 	return b.Bytes(), nil
 }
 
@@ -165,7 +168,7 @@ func Unmarshal(b []byte) (*State, error) {
 	if ver < MinFormatVersion {
 		return nil, fmt.Errorf("state file format version %d is no longer supported (this govmm reads %d to %d)", ver, MinFormatVersion, FormatVersion)
 	}
-	if got := crc64.Checksum(body, crcTable); got != sum {
+	if got := crc64.Checksum(body, crcTable()); got != sum {
 		return nil, fmt.Errorf("%w: checksum %#016x, want %#016x", ErrCorrupt, got, sum)
 	}
 	r := body[len(Magic)+4:]

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -56,7 +57,6 @@ func (v *VM) buildPlatform() error {
 	p.pit = pit.New(p.chips.Line(platform.IRQPIT))
 	p.pm = acpipm.New(p.chips.Line(platform.IRQSCI), stop(Result{Kind: StopPowerOff, Status: StatusOK}),
 		stop(Result{Kind: StopReset, Status: StatusOK}))
-	p.testdev = testdev.New()
 	dbg := debugexit.New(func(status int) {
 		v.Stop(Result{Kind: StopDebugExit, Status: status})
 	})
@@ -96,14 +96,17 @@ func (v *VM) buildPlatform() error {
 	if err := p.chips.Register(v.pio, v.mmio); err != nil {
 		return err
 	}
-	if err := v.mmio.Register(platform.TestDeviceBase, platform.TestDeviceSize, "testdev", p.testdev); err != nil {
-		return err
-	}
-	p.irqdev = irqtestdev.New(irqtestdev.Config{
-		Level: p.chips.Line(16), Routes: p.chips.Routes(), SignalMSI: v.avm.SignalMSI, Log: v.log,
-	})
-	if err := v.mmio.Register(irqtestdev.Base, irqtestdev.Size, "irqtestdev", p.irqdev); err != nil {
-		return err
+	if v.cfg.TestDevices {
+		p.testdev = testdev.New()
+		if err := v.mmio.Register(platform.TestDeviceBase, platform.TestDeviceSize, "testdev", p.testdev); err != nil {
+			return err
+		}
+		p.irqdev = irqtestdev.New(irqtestdev.Config{
+			Level: p.chips.Line(16), Routes: p.chips.Routes(), SignalMSI: v.avm.SignalMSI, Log: v.log,
+		})
+		if err := v.mmio.Register(irqtestdev.Base, irqtestdev.Size, "irqtestdev", p.irqdev); err != nil {
+			return err
+		}
 	}
 
 	if v.restore != nil {
@@ -136,11 +139,20 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		{"RTC", func() error { return p.rtc.Restore(d.RTC) }},
 		{"PIT", func() error { return p.pit.Restore(d.PIT) }},
 		{"ACPI PM", func() error { return p.pm.Restore(d.PM) }},
-		{"test device", func() error { return p.testdev.Restore(d.TestDev) }},
-		{"interrupt test device", func() error { return p.irqdev.Restore(d.IRQTest) }},
 	} {
 		if err := r.fn(); err != nil {
 			return &InputError{Err: fmt.Errorf("restore %s: %w", r.name, err)}
+		}
+	}
+	if (d.TestDev != nil) != (p.testdev != nil) || (d.IRQTest != nil) != (p.irqdev != nil) {
+		return &InputError{Err: errors.New("restore: the snapshot's test devices do not match the machine")}
+	}
+	if p.testdev != nil {
+		if err := p.testdev.Restore(*d.TestDev); err != nil {
+			return &InputError{Err: fmt.Errorf("restore test device: %w", err)}
+		}
+		if err := p.irqdev.Restore(*d.IRQTest); err != nil {
+			return &InputError{Err: fmt.Errorf("restore interrupt test device: %w", err)}
 		}
 	}
 	return nil

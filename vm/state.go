@@ -33,6 +33,8 @@ type MachineState struct {
 	CPUID   []accel.CPUIDEntry `json:"cpuid"`
 	Accel   string             `json:"saved_on_accel"`
 	Cmdline string             `json:"cmdline,omitempty"`
+	// TestDevices: the VM has the project's MMIO test devices.
+	TestDevices bool `json:"test_devices,omitempty"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -51,13 +53,13 @@ type VCPUState struct {
 
 // DeviceState is the userspace device model's state.
 type DeviceState struct {
-	Chipset chipset.State    `json:"chipset"`
-	UART    serial.State     `json:"uart"`
-	RTC     rtc.State        `json:"rtc"`
-	PIT     pit.State        `json:"pit"`
-	PM      acpipm.State     `json:"acpi_pm"`
-	TestDev testdev.State    `json:"testdev"`
-	IRQTest irqtestdev.State `json:"irqtestdev"`
+	Chipset chipset.State     `json:"chipset"`
+	UART    serial.State      `json:"uart"`
+	RTC     rtc.State         `json:"rtc"`
+	PIT     pit.State         `json:"pit"`
+	PM      acpipm.State      `json:"acpi_pm"`
+	TestDev *testdev.State    `json:"testdev,omitempty"`
+	IRQTest *irqtestdev.State `json:"irqtestdev,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -73,7 +75,7 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	st := &snapshot.State{}
 	if err := st.Add("machine", machineVersion, MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
-		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline,
+		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices,
 	}); err != nil {
 		return nil, err
 	}
@@ -90,10 +92,14 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if err := p.uart.Flush(); err != nil {
 		v.log.Warn("serial output flush before save", "err", err)
 	}
-	if err := st.Add("devices", devicesVersion, DeviceState{
-		Chipset: p.chips.Save(), UART: p.uart.Save(), RTC: p.rtc.Save(), PIT: p.pit.Save(),
-		PM: p.pm.Save(), TestDev: p.testdev.Save(), IRQTest: p.irqdev.Save(),
-	}); err != nil {
+	ds := DeviceState{
+		Chipset: p.chips.Save(), UART: p.uart.Save(), RTC: p.rtc.Save(), PIT: p.pit.Save(), PM: p.pm.Save(),
+	}
+	if p.testdev != nil {
+		td, it := p.testdev.Save(), p.irqdev.Save()
+		ds.TestDev, ds.IRQTest = &td, &it
+	}
+	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err
 	}
 	ns, err := v.avm.Clock()

@@ -37,6 +37,10 @@ type Config struct {
 	Serial   io.Writer // guest serial output (nil: discarded)
 	Log      *slog.Logger
 	KernelNm string // the kernel's name, for messages
+	// TestDevices adds the MMIO test devices the project's test guests
+	// use (devices/testdev, devices/irqtestdev). Off by default: a
+	// sandbox exposes no device it does not need.
+	TestDevices bool
 }
 
 // StopKind says how a VM ended.
@@ -145,6 +149,7 @@ func RestoreMemory(cfg Config, r *Restored, mem *memory.Memory) (*VM, error) {
 		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
+	cfg.TestDevices = m.TestDevices
 	return build(cfg, mem, r)
 }
 

@@ -30,6 +30,7 @@ type runFlags struct {
 	serial                  string
 	logLevel                string
 	apiSocket               string
+	testDevices             bool
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -44,6 +45,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket (pause, resume, info, snapshot, migrate) at this path")
+	fs.BoolVar(&f.testDevices, "test-devices", false, "add the MMIO test devices the project's test guests use (at 0xfeb00000 and 0xfeb01000)")
 }
 
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -114,7 +116,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	machine, err := vm.New(vm.Config{
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid,
 		Kernel: kernel, KernelNm: kernelName, Initrd: initrd, Cmdline: f.cmdline,
-		Serial: serialOut, Log: log,
+		Serial: serialOut, Log: log, TestDevices: f.testDevices,
 	})
 	if err != nil {
 		var ie *vm.InputError

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type fakeTarget struct {
+	paused bool
+	calls  []string
+}
+
+func (f *fakeTarget) Info() Info {
+	st := "running"
+	if f.paused {
+		st = "paused"
+	}
+	return Info{State: st, CPUs: 2}
+}
+func (f *fakeTarget) Pause() error  { f.paused = true; f.calls = append(f.calls, "pause"); return nil }
+func (f *fakeTarget) Resume() error { f.paused = false; f.calls = append(f.calls, "resume"); return nil }
+func (f *fakeTarget) Snapshot(r SnapshotRequest, p func(done, total uint64)) (SnapshotResult, error) {
+	for i := uint64(0); i <= 4; i++ {
+		p(i, 4)
+	}
+	return SnapshotResult{Dir: r.Dir, MemoryBytes: 42}, nil
+}
+func (f *fakeTarget) Migrate(r MigrateRequest, p func(done, total uint64)) (MigrateResult, error) {
+	return MigrateResult{}, errors.New("destination refused\nsecond line")
+}
+
+func TestRoundTrip(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vm.sock")
+	ft := &fakeTarget{}
+	srv, err := Listen(sock, ft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if _, err := Listen(sock, ft); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second server on a live socket: %v", err)
+	}
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if i, err := c.Info(); err != nil || i.State != "paused" || i.CPUs != 2 {
+		t.Fatalf("info %+v %v", i, err)
+	}
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	res, err := c.Snapshot(SnapshotRequest{Dir: "/x"}, func(done, total uint64) { last = done })
+	if err != nil || res.Dir != "/x" || res.MemoryBytes != 42 || last != 4 {
+		t.Fatalf("snapshot %+v %v (last progress %d)", res, err, last)
+	}
+	if _, err := c.Snapshot(SnapshotRequest{}, nil); err == nil || !strings.Contains(err.Error(), "dir is required") {
+		t.Fatalf("snapshot without dir: %v", err)
+	}
+	if _, err := c.Migrate(MigrateRequest{To: "unix:/y"}, nil); err == nil || err.Error() != "destination refused second line" {
+		t.Fatalf("migrate error: %v", err)
+	}
+	if err := c.call(request{Op: "reboot"}, nil, nil); err == nil || !strings.Contains(err.Error(), "unknown operation") {
+		t.Fatalf("unknown op: %v", err)
+	}
+	if got := strings.Join(ft.calls, ","); got != "pause,resume" {
+		t.Fatalf("calls %s", got)
+	}
+}
+
+func TestDialMissing(t *testing.T) {
+	if _, err := Dial(filepath.Join(t.TempDir(), "none.sock")); err == nil || !strings.Contains(err.Error(), "--api-socket") {
+		t.Fatalf("dial missing socket: %v", err)
+	}
+}
