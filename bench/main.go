@@ -33,6 +33,10 @@ type vmm struct {
 type sample struct {
 	wall  time.Duration
 	rssKB int64
+	// Resident memory sampled mid-run (the port-I/O guest), split into
+	// anonymous (the VMM's heap, stacks and the guest RAM it touched) and
+	// file-backed (the program's text, shared with every other copy).
+	anonKB, fileKB int64
 }
 
 func main() {
@@ -147,6 +151,12 @@ func run(runs, iter int, skipQEMU bool) error {
 	row("MMIO exit round trip", func(v string) float64 { return perExit("mmio", v) }, "us")
 	row("start to guest exit", func(v string) float64 { return float64(med("exit", v)) / 1e6 }, "ms")
 	row("peak RSS (VMM + touched guest)", func(v string) float64 { return float64(medianRSS(res["exit"][v])) / 1024 }, "Mi")
+	row("  of it anonymous, mid-run", func(v string) float64 {
+		return float64(medianOf(res["pio"][v], func(s sample) int64 { return s.anonKB })) / 1024
+	}, "Mi")
+	row("  of it file-backed (shared text)", func(v string) float64 {
+		return float64(medianOf(res["pio"][v], func(s sample) int64 { return s.fileKB })) / 1024
+	}, "Mi")
 	fmt.Println("\ntargets: exit round trips <= 1.10x floor; start-to-exit <= 1.5x floor and <= 0.25x qemu; VMM overhead <= 8 MiB")
 	return nil
 }
@@ -154,14 +164,60 @@ func run(runs, iter int, skipQEMU bool) error {
 func measure(argv []string) (sample, error) {
 	start := time.Now()
 	c := exec.Command(argv[0], argv[1:]...)
-	out, err := c.CombinedOutput()
+	var outb strings.Builder
+	c.Stdout, c.Stderr = &outb, &outb
+	if err := c.Start(); err != nil {
+		return sample{}, err
+	}
+	var anon, file int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(150 * time.Millisecond)
+		anon, file = statusKB(c.Process.Pid)
+	}()
+	err := c.Wait()
 	wall := time.Since(start)
+	<-done
+	out := outb.String()
 	// Every guest leaves through debug-exit with value 0: status 1.
 	if c.ProcessState == nil || c.ProcessState.ExitCode() != 1 {
 		return sample{}, fmt.Errorf("%s: exit %v (want status 1 from debug-exit)\n%s", strings.Join(argv, " "), err, out)
 	}
 	ru := c.ProcessState.SysUsage().(*syscall.Rusage)
-	return sample{wall: wall, rssKB: ru.Maxrss}, nil
+	return sample{wall: wall, rssKB: ru.Maxrss, anonKB: anon, fileKB: file}, nil
+}
+
+// statusKB reads RssAnon and RssFile of a running process (0 if it ended).
+func statusKB(pid int) (anon, file int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var v int64
+		if n, _ := fmt.Sscanf(l, "RssAnon: %d kB", &v); n == 1 {
+			anon = v
+		}
+		if n, _ := fmt.Sscanf(l, "RssFile: %d kB", &v); n == 1 {
+			file = v
+		}
+	}
+	return anon, file
+}
+
+func medianOf(s []sample, f func(sample) int64) int64 {
+	d := make([]int64, 0, len(s))
+	for _, x := range s {
+		if v := f(x); v > 0 {
+			d = append(d, v)
+		}
+	}
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2]
 }
 
 func medianWall(s []sample) time.Duration {
