@@ -75,7 +75,7 @@ func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, to
 func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, total uint64)) (api.MigrateResult, error) {
 	conn, err := migrate.Dial(req.To)
 	if err != nil {
-		return api.MigrateResult{}, err
+		return api.MigrateResult{}, fmt.Errorf("live migration not started, the VM keeps running here: %w", err)
 	}
 	defer conn.Close()
 	st, err := migrate.Send(conn, t.vm, progress)

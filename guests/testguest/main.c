@@ -16,6 +16,8 @@
  *   test=mmio [mmio=BASE] [only=PREFIX,...] [all=1] [avx=0]
  *                         the MMIO instruction mix (mmio.c)
  *   test=pio              port I/O of each size and rep ins/outs (pio.c)
+ *   test=memwrite [mb=N]  rewrite N MiB at CPL3 until a key, then verify
+ *                         every page against its counter (memwrite.c)
  */
 #include "tg.h"
 
@@ -224,6 +226,7 @@ static const struct {
 	{"xrstor", t_xrstor},
 	{"mmio", t_mmio},
 	{"pio", t_pio},
+	{"memwrite", t_memwrite},
 };
 
 int main(void)

@@ -23,5 +23,7 @@ int mmio_mismatches(void);
 void mmio_flush(void); /* CPL0: write the report formatted at CPL3 */
 /* pio.c */
 int pio_run(const char *pass);
+/* memwrite.c */
+int t_memwrite(void);
 
 #endif
