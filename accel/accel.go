@@ -129,8 +129,11 @@ type VM interface {
 }
 
 // IOHandler receives the port I/O and MMIO accesses a vCPU makes. Data
-// holds the bytes written, or receives the bytes read (1, 2, 4 or 8 bytes,
-// little endian). Handlers must not retain data.
+// holds the bytes written, or receives the bytes read, little endian: 1, 2
+// or 4 bytes for port I/O; for MMIO usually 1 to 8, but an emulating
+// backend (MSHV) hands whole SSE/AVX and MOVDIR64B accesses through as 16,
+// 32 or 64 bytes, so devices must accept any length. Handlers must not
+// retain data.
 type IOHandler interface {
 	PIORead(port uint16, data []byte)
 	PIOWrite(port uint16, data []byte)
