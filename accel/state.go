@@ -134,3 +134,48 @@ type DebugRegs struct {
 	DR6 uint64
 	DR7 uint64
 }
+
+// SynIC is the Hyper-V synthetic interrupt controller state of a vCPU,
+// for accelerators that have one (MSHV): the message page (SIMP) and the
+// event-flags page (SIEFP), which the hypervisor overlays on guest memory
+// and so are not in the guest RAM image, and the four synthetic timers.
+// The SynIC MSRs (SCONTROL, SIMP, SIEFP, SINTn) travel with the MSRs.
+type SynIC struct {
+	MessagePage    []byte    `json:"message_page,omitempty"`
+	EventFlagsPage []byte    `json:"event_flags_page,omitempty"`
+	Timers         [4]STimer `json:"timers"`
+}
+
+// STimer is one synthetic timer.
+type STimer struct {
+	Config             uint64 `json:"config"`
+	Count              uint64 `json:"count"`
+	Adjustment         uint64 `json:"adjustment"`
+	UndeliveredExpTime uint64 `json:"undelivered_exp_time"`
+	// UndeliveredMessagePending: the expiry message is still owed.
+	UndeliveredMessagePending bool `json:"undelivered_msg_pending"`
+}
+
+// InUse reports whether the guest has touched the SynIC: any timer
+// configured or running, or anything in the pages.
+func (s *SynIC) InUse() bool {
+	for _, t := range s.Timers {
+		if t != (STimer{}) {
+			return true
+		}
+	}
+	for _, p := range [][]byte{s.MessagePage, s.EventFlagsPage} {
+		for _, b := range p {
+			if b != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// SynICVCPU is implemented by vCPUs whose accelerator has a SynIC.
+type SynICVCPU interface {
+	SynIC() (SynIC, error)
+	SetSynIC(s *SynIC) error
+}

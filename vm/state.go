@@ -49,6 +49,8 @@ type VCPUState struct {
 	Events    accel.Events    `json:"events"`
 	MPState   accel.MPState   `json:"mp_state"`
 	DebugRegs accel.DebugRegs `json:"debug_regs"`
+	// SynIC is present when the accelerator has one (MSHV).
+	SynIC *accel.SynIC `json:"synic,omitempty"`
 }
 
 // DeviceState is the userspace device model's state.
@@ -151,6 +153,13 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 	step("events", func() (e error) { s.Events, e = c.Events(); return })
 	step("MP state", func() (e error) { s.MPState, e = c.MPState(); return })
 	step("debug registers", func() (e error) { s.DebugRegs, e = c.DebugRegs(); return })
+	if sc, ok := c.(accel.SynICVCPU); ok {
+		step("SynIC", func() error {
+			syn, e := sc.SynIC()
+			s.SynIC = &syn
+			return e
+		})
+	}
 	return err
 }
 
@@ -186,6 +195,18 @@ func restoreVCPU(c accel.VCPU, s *VCPUState) error {
 	step("LAPIC", func() error { return c.SetLAPIC(&s.LAPIC) })
 	step("events", func() error { return c.SetEvents(&s.Events) })
 	step("debug registers", func() error { return c.SetDebugRegs(&s.DebugRegs) })
+	if s.SynIC != nil {
+		step("SynIC", func() error {
+			sc, ok := c.(accel.SynICVCPU)
+			switch {
+			case ok:
+				return sc.SetSynIC(s.SynIC)
+			case s.SynIC.InUse():
+				return errors.New("the saved vCPU uses the Hyper-V SynIC (pages or synthetic timers), which this accelerator does not offer")
+			}
+			return nil // an untouched SynIC has nothing to carry over
+		})
+	}
 	step("MP state", func() error { return c.SetMPState(s.MPState) })
 	return err
 }

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"govmm/accel"
 	"govmm/devices/bus"
@@ -41,6 +42,11 @@ type Config struct {
 	// use (devices/testdev, devices/irqtestdev). Off by default: a
 	// sandbox exposes no device it does not need.
 	TestDevices bool
+	// Epoch, when set, is when the process began its work (the start of
+	// main). vCPU 0 then logs, at info level, the time from Epoch to the
+	// moment just before it first enters the guest ("entering the
+	// guest"): for a restore, restore-to-first-instruction time.
+	Epoch time.Time
 }
 
 // StopKind says how a VM ended.
@@ -263,6 +269,9 @@ func (v *VM) vcpuThread(index int, ready chan<- error, start <-chan struct{}) {
 		return
 	}
 	<-start
+	if index == 0 && !v.cfg.Epoch.IsZero() {
+		v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
+	}
 	h := ioHandler{v.pio, v.mmio}
 	for !v.isStopped() {
 		v.maybePark(index, c)
@@ -280,6 +289,9 @@ func (v *VM) vcpuThread(index int, ready chan<- error, start <-chan struct{}) {
 		}
 	}
 }
+
+// ms is d in milliseconds with microsecond precision, for logs.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // handleExit acts on one exit; done means the VM must stop with r.
 func (v *VM) handleExit(index int, c accel.VCPU, exit accel.Exit) (Result, bool) {

@@ -62,6 +62,23 @@ func (a *Accelerator) CreateVM(cfg accel.VMConfig) (accel.VM, error) {
 
 // NewVM is CreateVM returning the concrete type (for mshvsim and tests).
 func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
+	return a.NewVMWithEOIRoutes(cfg, NumIOAPICRoutes)
+}
+
+// MaxEOIRoutes is KVM's limit on the split irqchip's IOAPIC route count
+// (KVM_MAX_IRQ_ROUTES).
+const MaxEOIRoutes = 4096
+
+// NewVMWithEOIRoutes is NewVM with the split irqchip's IOAPIC route count
+// set to routes (NumIOAPICRoutes..MaxEOIRoutes). KVM reports the EOI of a
+// level-triggered vector (KVM_EXIT_IOAPIC_EOI) only when it finds the
+// vector among the level-triggered MSI routes of the GSIs below that
+// count; mshvsim, which emulates MSHV's resampling of level-triggered MSI
+// routes at any GSI, needs the EOIs of all of them.
+func (a *Accelerator) NewVMWithEOIRoutes(cfg accel.VMConfig, routes int) (*VM, error) {
+	if routes < NumIOAPICRoutes || routes > MaxEOIRoutes {
+		return nil, fmt.Errorf("create VM: %d IOAPIC routes (want %d..%d)", routes, NumIOAPICRoutes, MaxEOIRoutes)
+	}
 	if cfg.NumVCPUs < 0 {
 		return nil, fmt.Errorf("create VM: %d vCPUs", cfg.NumVCPUs)
 	}
@@ -89,8 +106,8 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 	if checkExtension(vm.fd, capSplitIRQChip) == 0 {
 		return fail(fmt.Errorf("create VM: KVM lacks KVM_CAP_SPLIT_IRQCHIP (needed for the in-kernel LAPIC with a userspace IOAPIC): %w", accel.ErrNotSupported))
 	}
-	if err := vm.enableCap(capSplitIRQChip, 0, NumIOAPICRoutes); err != nil {
-		return fail(fmt.Errorf("enable split irqchip with %d IOAPIC routes: %w", NumIOAPICRoutes, err))
+	if err := vm.enableCap(capSplitIRQChip, 0, uint64(routes)); err != nil {
+		return fail(fmt.Errorf("enable split irqchip with %d IOAPIC routes: %w", routes, err))
 	}
 	if checkExtension(vm.fd, capX2APICAPI) != 0 {
 		if err := vm.enableCap(capX2APICAPI, 0, x2apicAPIUse32BitIDs|x2apicAPIDisableBroadcastQuirk); err != nil {
@@ -320,8 +337,10 @@ func (vm *VM) SignalMSI(msi accel.MSI) error {
 
 // AssignIRQFD binds f.FD to f.GSI. Resampling (f.ResampleFD >= 0) is not
 // supported: KVM implements it only with its in-kernel IOAPIC, and govmm's
-// split irqchip keeps the IOAPIC in userspace (level-triggered lines are
-// re-evaluated on ExitIOAPICEOI instead).
+// split irqchip keeps the IOAPIC in userspace. Level-triggered sources take
+// a resample irqfd on an IOAPIC pin (GSI 0-23) instead, which govmm's
+// routing table serves in userspace (irq/routes); level-triggered MSIs
+// cannot be resampled on KVM.
 func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	return vm.irqfd(f, false)
 }
@@ -337,8 +356,8 @@ func (vm *VM) irqfd(f accel.IRQFD, deassign bool) error {
 	}
 	if !deassign && f.ResampleFD >= 0 {
 		// KVM resamples only through its own IOAPIC (irqchip_kernel).
-		return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: resampling needs the in-kernel IOAPIC, govmm's split irqchip has its IOAPIC in userspace (signal the EOI from the IOAPIC-EOI exit instead): %w",
-			f.FD, f.GSI, f.ResampleFD, accel.ErrNotSupported)
+		return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: KVM resamples only with its in-kernel IOAPIC and govmm runs a split irqchip, so a level-triggered MSI cannot be resampled on KVM; give the level-triggered source a resample irqfd on an IOAPIC pin (GSI 0-%d), which govmm's IOAPIC serves in userspace: %w",
+			f.FD, f.GSI, f.ResampleFD, NumIOAPICRoutes-1, accel.ErrNotSupported)
 	}
 	k := kvmIRQFD{FD: uint32(f.FD), GSI: f.GSI}
 	if deassign {

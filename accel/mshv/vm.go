@@ -175,7 +175,12 @@ func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	}
 	if err := mshvabi.SetIRQFD(vm.dev, vm.pfd, a); err != nil {
 		hint := ""
-		if f.ResampleFD >= 0 && errors.Is(err, unix.EINVAL) {
+		if d, ok := vm.dev.(interface{ LastError(fd int) string }); ok {
+			if why := d.LastError(vm.pfd); why != "" {
+				hint = " (" + why + ")"
+			}
+		}
+		if hint == "" && f.ResampleFD >= 0 && errors.Is(err, unix.EINVAL) {
 			hint = " (a resample irqfd needs an existing level-triggered MSI route)"
 		}
 		return fmt.Errorf("MSHV_IRQFD assign fd %d to GSI %d: %w%s", f.FD, f.GSI, err, hint)

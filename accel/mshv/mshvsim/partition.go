@@ -2,6 +2,7 @@ package mshvsim
 
 import (
 	"encoding/binary"
+	"fmt"
 	"sort"
 	"sync"
 	"unsafe"
@@ -19,8 +20,11 @@ type memRegion struct {
 }
 
 type irqfd struct {
-	fd, resample int
-	gsi          uint32
+	fd  int
+	gsi uint32
+	// resample is the simulator's own duplicate of the resample eventfd
+	// (-1: none), held as the kernel holds its eventfd context.
+	resample int
 }
 
 type ioev struct {
@@ -33,6 +37,7 @@ type ioev struct {
 
 type partition struct {
 	sim   *Sim
+	fd    int
 	id    uint64
 	kvm   *kvm.VM
 	flags uint64
@@ -55,6 +60,13 @@ type partition struct {
 func (p *partition) release() {
 	p.mu.Lock()
 	p.fdClosed = true
+	for fd, f := range p.irqfds {
+		p.kvm.DeassignIRQFD(accel.IRQFD{FD: fd, GSI: f.gsi, ResampleFD: -1})
+		if f.resample >= 0 {
+			unix.Close(f.resample)
+		}
+	}
+	clear(p.irqfds)
 	n := len(p.vps)
 	p.mu.Unlock()
 	if n == 0 {
@@ -233,13 +245,19 @@ func (p *partition) setMSIRouting(a []byte) error {
 }
 
 // irqfd parses mshv_user_irqfd (fd@0 resamplefd@4 gsi@8 flags@12).
+//
+// RESAMPLE is emulated as the MSHV kernel behaves: it is accepted only on
+// an existing level-triggered MSI route (data bit 15; EINVAL otherwise,
+// with the reason in LastError(partition fd)), the trigger eventfd becomes
+// a plain KVM irqfd underneath, and the resample eventfd is signalled when
+// KVM reports the guest's EOI of the route's vector (see resample).
 func (p *partition) irqfd(a []byte) error {
 	fd := int(int32(binary.LittleEndian.Uint32(a[ifFD:])))
 	rfd := int(int32(binary.LittleEndian.Uint32(a[ifResampleFD:])))
 	gsi := binary.LittleEndian.Uint32(a[ifGSI:])
 	flags := binary.LittleEndian.Uint32(a[ifFlags:])
 	if flags&^3 != 0 {
-		return unix.EINVAL
+		return p.einval("MSHV_IRQFD: unknown flags %#x", flags)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -249,7 +267,10 @@ func (p *partition) irqfd(a []byte) error {
 			return nil // the kernel ignores unknown deassigns
 		}
 		delete(p.irqfds, fd)
-		p.kvm.DeassignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: f.resample})
+		p.kvm.DeassignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: -1})
+		if f.resample >= 0 {
+			unix.Close(f.resample)
+		}
 		return nil
 	}
 	if _, dup := p.irqfds[fd]; dup {
@@ -258,16 +279,57 @@ func (p *partition) irqfd(a []byte) error {
 	res := -1
 	if flags&2 != 0 {
 		r, ok := p.routes[gsi]
-		if !ok || r[2]>>15&1 == 0 {
-			return unix.EINVAL // resample needs a level-triggered route
+		if !ok {
+			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the GSI has no MSI route (set the level-triggered route first)", fd, gsi)
 		}
-		res = rfd
+		if r[2]>>15&1 == 0 {
+			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the route (data %#x) is not level-triggered (data bit 15 clear)", fd, gsi, r[2])
+		}
+		d, err := unix.FcntlInt(uintptr(rfd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return p.einval("MSHV_IRQFD: resample fd %d: %v", rfd, err)
+		}
+		res = d
 	}
-	if err := p.kvm.AssignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: res}); err != nil {
-		return unix.EINVAL
+	if err := p.kvm.AssignIRQFD(accel.IRQFD{FD: fd, GSI: gsi, ResampleFD: -1}); err != nil {
+		if res >= 0 {
+			unix.Close(res)
+		}
+		return p.einval("MSHV_IRQFD: irqfd %d on GSI %d: KVM under the simulator refused it: %v", fd, gsi, err)
 	}
 	p.irqfds[fd] = irqfd{fd: fd, resample: res, gsi: gsi}
 	return nil
+}
+
+// einval records why a partition ioctl failed (LastError on the partition
+// fd) and returns EINVAL.
+func (p *partition) einval(format string, args ...any) error {
+	p.sim.lastErr.Store(p.fd, fmt.Sprintf(format, args...))
+	return unix.EINVAL
+}
+
+// resample signals the resample eventfd of every resample irqfd whose
+// current route is a level-triggered MSI with vector: KVM reported that the
+// guest EOI'd it (KVM_EXIT_IOAPIC_EOI, which KVM sends for the vectors of
+// level-triggered MSI routes because the simulator's VM counts every GSI
+// as an IOAPIC route). The MSHV kernel signals them after the guest's EOI
+// in the same way. Destinations are not compared: a vector EOI'd on any VP
+// resamples.
+func (p *partition) resample(vector uint8) {
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range p.irqfds {
+		if f.resample < 0 {
+			continue
+		}
+		r, ok := p.routes[f.gsi]
+		if !ok || r[2]>>15&1 == 0 || uint8(r[2]) != vector {
+			continue
+		}
+		unix.Write(f.resample, one[:])
+	}
 }
 
 // ioeventfd parses mshv_user_ioeventfd (datamatch@0 addr@8 len@16 fd@20

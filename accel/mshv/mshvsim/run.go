@@ -113,6 +113,7 @@ func (v *vp) run(msg []byte) error {
 		case kvm.RawExitHLT:
 			return v.simpleMessage(msg, msgHalt)
 		case kvm.RawExitIOAPICEOI:
+			v.p.resample(x.EOIVector)
 			binary.LittleEndian.PutUint32(msg[msgType:], msgAPICEOI)
 			msg[msgPayloadSize] = 8
 			binary.LittleEndian.PutUint32(msg[msgPayload+eoiVPIndex:], v.idx)

@@ -317,7 +317,8 @@ func (s *Sim) Kick(vpFD int, tid int) error {
 // LastError describes (once) why the last MSHV_RUN_VP on a VP fd failed
 // with EIO: KVM under the simulator could not run the guest (for example
 // an instruction KVM's emulator lacks). The backend reports it as a fatal
-// exit.
+// exit. On a partition fd it says why the last MSHV_IRQFD failed with
+// EINVAL.
 func (s *Sim) LastError(vpFD int) string {
 	if v, ok := s.lastErr.LoadAndDelete(vpFD); ok {
 		return v.(string)
@@ -353,7 +354,9 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 			}
 		}
 	}
-	vm, err := s.kvm.NewVM(accel.VMConfig{})
+	// Every GSI counts as an IOAPIC route, so KVM reports the EOI of any
+	// level-triggered MSI route's vector (for RESAMPLE irqfds).
+	vm, err := s.kvm.NewVMWithEOIRoutes(accel.VMConfig{}, kvm.MaxEOIRoutes)
 	if err != nil {
 		return -1, unix.ENOMEM
 	}
@@ -364,5 +367,6 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 	p := &partition{sim: s, id: id, kvm: vm, flags: flags, props: map[uint32]uint64{},
 		vps: map[uint32]*vp{}, irqfds: map[int]irqfd{}}
 	p.props[propTimeFreeze] = 0
-	return s.newFD(p), nil
+	p.fd = s.newFD(p)
+	return p.fd, nil
 }
