@@ -163,6 +163,77 @@ func TestIRQMSIOrderings(t *testing.T) {
 	})
 }
 
+// TestIRQResample: a level-triggered device that has only an eventfd pair
+// (trigger and resample, as a VFIO INTx line or a vhost device), played by
+// a host goroutine in irqtestdev: for each of N assertions it signals the
+// trigger, and on each resample signals it again while the guest has not
+// acknowledged it. On an IOAPIC pin govmm's IOAPIC serves the pair on
+// every accelerator; on a level-triggered MSI route the accelerator must
+// resample (MSHV does, mshvsim emulates it) and KVM must refuse clearly.
+// Runs with the vCPU running and halted.
+//
+// Every assertion is acknowledged exactly once (real == N), every trigger
+// gives exactly one interrupt and one resample (none lost, none merged).
+// On a LAPIC that keeps the vector in service until the guest's EOI the
+// device never has to re-trigger: exactly N interrupts. On the software
+// KVM that completes interrupts on delivery (see TestIRQLevel) the EOI,
+// and so the resample, can come before the handler acknowledged the
+// device, which then re-triggers once: at most 2N interrupts, the extra
+// ones finding nothing pending.
+func TestIRQResample(t *testing.T) {
+	const n = 30
+	guest := guestPath(t, "irq")
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			args := append([]string{"run", "--test-devices"}, acc...)
+			args = append(args, "--kernel", guest, "--cmdline", fmt.Sprintf("irqtest=resample n=%d", n),
+				"--serial", "stdio", "--cpus", "1")
+			r := govmm(t, args...)
+			if r.Code != irqOK {
+				t.Fatalf("irq guest resample: want exit %d (IRQ_OK)\n%s", irqOK, r)
+			}
+			for _, path := range []string{"ioapic", "msi"} {
+				for _, wait := range []string{"running", "halted"} {
+					m := fields(t, r.Stdout, "resample", "path="+path+" wait="+wait+" ")
+					if path == "msi" && accelName(acc) == "kvm" {
+						if m["status"] != "0x6" || num(t, m, "irqs") != 0 || num(t, m, "triggers") != 0 ||
+							!strings.Contains(r.Stderr, "a level-triggered MSI cannot be resampled on KVM") ||
+							!strings.Contains(r.Stderr, "IOAPIC pin (GSI 0-23)") {
+							t.Fatalf("KVM must refuse a resample irqfd on an MSI GSI and say to use an IOAPIC pin: %v\n%s", m, r.Stderr)
+						}
+						continue
+					}
+					checkResample(t, path+"/"+wait, m, n)
+				}
+			}
+		})
+	}
+}
+
+func checkResample(t *testing.T, what string, m map[string]string, n uint64) {
+	t.Helper()
+	irqs, trig := num(t, m, "irqs"), num(t, m, "triggers")
+	if m["status"] != "0x2" || num(t, m, "asserts") != n || num(t, m, "real") != n {
+		t.Fatalf("%s: want status 0x2 (done), %d assertions each acknowledged once: %v", what, n, m)
+	}
+	if irqs != trig || num(t, m, "resamples") != trig || num(t, m, "spurious") != irqs-n {
+		t.Fatalf("%s: want one interrupt and one resample per trigger (%d): %v", what, trig, m)
+	}
+	switch isr := num(t, m, "lapic_isr_in_isr"); {
+	case isr == irqs:
+		if trig != n {
+			t.Fatalf("%s: the LAPIC keeps the vector in service until the EOI, so the device never re-triggers: want exactly %d interrupts: %v", what, n, m)
+		}
+	case isr == 0:
+		t.Logf("%s: this host's LAPIC completes interrupts on delivery: %d re-triggers for %d assertions", what, trig-n, n)
+		if trig > 2*n {
+			t.Fatalf("%s: more than one re-trigger per assertion (%d triggers for %d): %v", what, trig, n, m)
+		}
+	default:
+		t.Fatalf("%s: the vector was in service in %d of %d handler calls: neither LAPIC behaviour: %v", what, isr, irqs, m)
+	}
+}
+
 // TestIRQCalibration: the LAPIC timer calibrated against the PM timer and
 // against the PIT agree (both clocks come from the host's monotonic clock).
 func TestIRQCalibration(t *testing.T) {

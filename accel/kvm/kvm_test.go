@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -845,9 +846,28 @@ func TestIRQFDWithMSIRoute(t *testing.T) {
 	// Resampling irqfds need KVM's in-kernel IOAPIC, which a split
 	// irqchip does not have: a clear error, not a silent no-op.
 	rfd := eventfd(t)
-	if err := tv.vm.AssignIRQFD(accel.IRQFD{FD: efd, GSI: 30, ResampleFD: rfd}); !errors.Is(err, accel.ErrNotSupported) {
-		t.Errorf("irqfd with resample: %v, want ErrNotSupported", err)
+	if err := tv.vm.AssignIRQFD(accel.IRQFD{FD: efd, GSI: 30, ResampleFD: rfd}); !errors.Is(err, accel.ErrNotSupported) ||
+		!strings.Contains(err.Error(), "IOAPIC pin (GSI 0-23)") {
+		t.Errorf("irqfd with resample: %v, want ErrNotSupported pointing at the IOAPIC-pin path", err)
 	}
+}
+
+// TestEOIRoutes: the split irqchip's IOAPIC route count is bounded by what
+// KVM really keeps (a u8: 256 would silently become 0), and a VM with the
+// largest count is created.
+func TestEOIRoutes(t *testing.T) {
+	a := openKVM(t)
+	for _, n := range []int{NumIOAPICRoutes - 1, MaxEOIRoutes + 1, 4096} {
+		if vm, err := a.NewVMWithEOIRoutes(accel.VMConfig{NumVCPUs: 1}, n); err == nil {
+			vm.Close()
+			t.Errorf("%d IOAPIC routes accepted", n)
+		}
+	}
+	vm, err := a.NewVMWithEOIRoutes(accel.VMConfig{NumVCPUs: 1}, MaxEOIRoutes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.Close()
 }
 
 func TestGSIRoutingIrqchipRejected(t *testing.T) {

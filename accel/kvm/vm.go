@@ -65,9 +65,11 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 	return a.NewVMWithEOIRoutes(cfg, NumIOAPICRoutes)
 }
 
-// MaxEOIRoutes is KVM's limit on the split irqchip's IOAPIC route count
-// (KVM_MAX_IRQ_ROUTES).
-const MaxEOIRoutes = 4096
+// MaxEOIRoutes is the largest split-irqchip IOAPIC route count that works:
+// KVM_CAP_SPLIT_IRQCHIP accepts up to KVM_MAX_IRQ_ROUTES, but KVM keeps the
+// count in a u8 (kvm->arch.nr_reserved_ioapic_pins), so 256 silently
+// becomes 0 and no EOI is reported at all.
+const MaxEOIRoutes = 255
 
 // NewVMWithEOIRoutes is NewVM with the split irqchip's IOAPIC route count
 // set to routes (NumIOAPICRoutes..MaxEOIRoutes). KVM reports the EOI of a

@@ -32,6 +32,26 @@
 //	0x84 FASTCOUNT R   writes seen on FASTBELL (eventfd counts + exits)
 //	0x88 FASTMODE  R   1 if FASTBELL is backed by an ioeventfd
 //
+// A level-triggered device behind a resample irqfd (what a VFIO INTx line
+// or a vhost device is), played by a host goroutine that only has the two
+// eventfds: for each of N assertions it marks itself pending, signals the
+// trigger eventfd, and on each signal of the resample eventfd signals the
+// trigger again while the guest has not acknowledged it.
+//
+//	0x90 RS_MODE      RW  0: resample irqfd on IOAPIC pin RSPin (GSI 17),
+//	                      served by govmm's IOAPIC; 1: on an allocated GSI
+//	                      with the MSI_ADDR/MSI_DATA route (level-triggered,
+//	                      data bit 15; needs an accelerator that resamples
+//	                      MSIs: MSHV, not KVM)
+//	0x94 RS_FIRE      W   start a run of N (1..MaxFire) assertions; R: N
+//	0x98 RS_PENDING   R   1 while the device needs service; W: the guest
+//	                      acknowledges (clears it)
+//	0x9C RS_STATUS    R   bit0 busy, bit1 done, bit2 error
+//	0xA0 RS_ASSERTS   R   assertions made in the run
+//	0xA4 RS_TRIGGERS  R   trigger eventfd signals in the run (assertions plus
+//	                      re-triggers on a resample that found it pending)
+//	0xA8 RS_RESAMPLES R   resample eventfd signals received in the run
+//
 // Wiring in the VM layer (after the chipset exists; Close it before the
 // chipset, so its run and ioeventfd are released first):
 //
@@ -83,6 +103,23 @@ const (
 	RegFastBell = 0x80
 	RegFastCnt  = 0x84
 	RegFastMode = 0x88
+
+	RegRSMode      = 0x90
+	RegRSFire      = 0x94
+	RegRSPending   = 0x98
+	RegRSStatus    = 0x9C
+	RegRSAsserts   = 0xA0
+	RegRSTriggers  = 0xA4
+	RegRSResamples = 0xA8
+)
+
+// RSPin is the IOAPIC pin (GSI) of RS_MODE 0.
+const RSPin = 17
+
+// RS_MODE values.
+const (
+	RSModePin = 0
+	RSModeMSI = 1
 )
 
 // ID is the value of the ID register.
@@ -125,6 +162,14 @@ type State struct {
 	// Doorbell counters (benchmark).
 	Doorbells uint64 `json:"doorbells"`
 	FastBells uint64 `json:"fast_bells"`
+	// The resample block.
+	RSMode      uint32 `json:"rs_mode,omitempty"`
+	RSFire      uint32 `json:"rs_fire,omitempty"`
+	RSPending   bool   `json:"rs_pending,omitempty"`
+	RSStatus    uint32 `json:"rs_status,omitempty"`
+	RSAsserts   uint32 `json:"rs_asserts,omitempty"`
+	RSTriggers  uint32 `json:"rs_triggers,omitempty"`
+	RSResamples uint32 `json:"rs_resamples,omitempty"`
 }
 
 // Config is what the device needs from the VM.
@@ -217,6 +262,22 @@ func (d *Device) Read(offset uint64, data []byte) {
 		if d.fast != nil {
 			v = 1
 		}
+	case RegRSMode:
+		v = d.s.RSMode
+	case RegRSFire:
+		v = d.s.RSFire
+	case RegRSPending:
+		if d.s.RSPending {
+			v = 1
+		}
+	case RegRSStatus:
+		v = d.s.RSStatus
+	case RegRSAsserts:
+		v = d.s.RSAsserts
+	case RegRSTriggers:
+		v = d.s.RSTriggers
+	case RegRSResamples:
+		v = d.s.RSResamples
 	}
 	d.mu.Unlock()
 	var b [8]byte
@@ -257,6 +318,14 @@ func (d *Device) Write(offset uint64, data []byte) {
 		d.s.FastBells++
 	case RegFire:
 		d.fire(v)
+	case RegRSMode:
+		if v <= RSModeMSI {
+			d.s.RSMode = v
+		}
+	case RegRSFire:
+		d.fireResample(v)
+	case RegRSPending:
+		d.s.RSPending = false
 	case RegMSIAck:
 		if d.s.Status&StatusBusy != 0 {
 			d.s.Acks++
@@ -412,6 +481,125 @@ func (d *Device) run(n uint32, msi accel.MSI, order uint32) (err error) {
 	}
 }
 
+// fireResample starts a resample run. Called with mu held.
+func (d *Device) fireResample(n uint32) {
+	if d.s.RSStatus&StatusBusy != 0 {
+		d.log.Warn("irqtestdev: RS_FIRE while a resample run is in progress; ignored")
+		return
+	}
+	if n == 0 || n > MaxFire || d.cfg.Routes == nil {
+		d.s.RSStatus = StatusError
+		return
+	}
+	select {
+	case <-d.stop:
+		d.s.RSStatus = StatusError
+		return
+	default:
+	}
+	d.s.RSFire, d.s.RSStatus, d.s.RSPending = n, StatusBusy, false
+	d.s.RSAsserts, d.s.RSTriggers, d.s.RSResamples = 0, 0, 0
+	mode := d.s.RSMode
+	msi := accel.MSI{AddressLo: d.s.MSIAddr, AddressHi: d.s.MSIAddrH, Data: d.s.MSIData}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		err := d.runResample(n, mode, msi)
+		d.mu.Lock()
+		if err != nil {
+			d.log.Error("irqtestdev: resample run failed", "err", err)
+			d.s.RSStatus = StatusError | StatusDone
+		} else {
+			d.s.RSStatus = StatusDone
+		}
+		d.s.RSPending = false
+		d.mu.Unlock()
+	}()
+}
+
+// runResample plays a level-triggered device that has only a trigger and
+// a resample eventfd, and releases its irqfd (and GSI) before returning.
+func (d *Device) runResample(n, mode uint32, msi accel.MSI) (err error) {
+	t := d.cfg.Routes
+	var gsi uint32 = RSPin
+	if mode == RSModeMSI {
+		if gsi, err = t.Allocate(); err != nil {
+			return err
+		}
+		defer func() {
+			if e := t.Free(gsi); e != nil && err == nil {
+				err = e
+			}
+			if e := t.Commit(); e != nil && err == nil {
+				err = e
+			}
+		}()
+		if err := t.SetMSI(gsi, msi); err != nil {
+			return err
+		}
+		if err := t.Commit(); err != nil {
+			return err
+		}
+	}
+	fd, err := t.NewIRQFD(gsi, true)
+	if err != nil {
+		return fmt.Errorf("resample irqfd on GSI %d: %w", gsi, err)
+	}
+	defer func() {
+		if e := fd.Close(); e != nil && err == nil {
+			err = e
+		}
+	}()
+	done := make(chan struct{})
+	defer close(done)
+	resampled := make(chan uint64, 1)
+	fd.Resample().Serve(func(c uint64) {
+		select {
+		case resampled <- c:
+		case <-done:
+		}
+	})
+	trigger := func() error {
+		d.mu.Lock()
+		d.s.RSTriggers++
+		d.mu.Unlock()
+		return fd.Signal()
+	}
+	for i := uint32(0); i < n; i++ {
+		d.mu.Lock()
+		d.s.RSPending = true
+		d.s.RSAsserts++
+		d.mu.Unlock()
+		if err := trigger(); err != nil {
+			return err
+		}
+		for {
+			select {
+			case c := <-resampled:
+				d.mu.Lock()
+				d.s.RSResamples += uint32(c)
+				d.mu.Unlock()
+			case <-d.stop:
+				return fmt.Errorf("device closed during a resample run (assertion %d of %d)", i+1, n)
+			case <-time.After(AckTimeout):
+				return fmt.Errorf("no resample for assertion %d of %d within %v", i+1, n, AckTimeout)
+			}
+			d.mu.Lock()
+			pending := d.s.RSPending
+			d.mu.Unlock()
+			if !pending {
+				break
+			}
+			// Still needs service after the EOI: assert again, as a
+			// level device whose line is still high.
+			if err := trigger(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Close stops a run in progress and waits until it has released its GSI,
 // route and irqfd.
 func (d *Device) Close() error {
@@ -442,13 +630,19 @@ func (d *Device) Restore(s State) error {
 	if s.Order > OrderUserspace || s.Fire > MaxFire || s.Status > 7 {
 		return fmt.Errorf("irqtestdev restore: order %d, fire %d or status %#x out of range", s.Order, s.Fire, s.Status)
 	}
+	if s.RSMode > RSModeMSI || s.RSFire > MaxFire || s.RSStatus > 7 {
+		return fmt.Errorf("irqtestdev restore: resample mode %d, fire %d or status %#x out of range", s.RSMode, s.RSFire, s.RSStatus)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.s.Status&StatusBusy != 0 {
+	if d.s.Status&StatusBusy != 0 || d.s.RSStatus&StatusBusy != 0 {
 		return fmt.Errorf("irqtestdev restore: a run is in progress")
 	}
 	if s.Status&StatusBusy != 0 {
 		s.Status = StatusDone | StatusError
+	}
+	if s.RSStatus&StatusBusy != 0 {
+		s.RSStatus, s.RSPending = StatusDone|StatusError, false
 	}
 	d.s = s
 	d.cfg.Level.Set(s.Level)

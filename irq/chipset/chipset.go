@@ -25,6 +25,12 @@
 //	case accel.ExitIOAPICEOI: cs.EOI(exit.Vector)
 //
 // Devices with MSIs use cs.Routes() (allocate a GSI, SetMSI, Commit, irqfd).
+// A level-triggered source outside govmm's device models (a VFIO INTx line,
+// a vhost device) takes a resample irqfd on an IOAPIC pin,
+// cs.Routes().NewIRQFD(pin, true) or AssignIRQFD(trigger, pin, resample):
+// the routing table serves it in userspace through the IOAPIC, whose EOI
+// path (cs.EOI) deasserts the pin and signals the resample eventfd, on
+// every accelerator.
 package chipset
 
 import (
@@ -97,6 +103,7 @@ func NewWithConfig(cfg Config) (*Chipset, error) {
 	}
 	c := &Chipset{log: log, routes: routes.New(cfg.VM, log), irqAcks: map[int][]func(){}}
 	c.ioapic = ioapic.New(ioapic.Config{Deliver: cfg.VM.SignalMSI, RoutesChanged: c.mirror, Log: log})
+	c.routes.SetPinController(c.ioapic)
 	c.pic = pic.New(cfg.Kick)
 	c.pic.SetAcked(c.irqAcked)
 	if err := c.routes.Commit(); err != nil {

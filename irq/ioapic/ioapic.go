@@ -10,6 +10,13 @@
 //
 // Pin levels are logical: SetPin(pin, true) means "asserted", whatever the
 // programmed polarity, as KVM's and QEMU's IOAPICs treat them.
+//
+// Each pin has a second input for resample irqfds (SetResampleInput),
+// OR'ed with the SetPin level the way KVM ORs its IRQ sources. It follows
+// KVM's in-kernel resampler: when the guest EOIs the pin's level interrupt,
+// that input is deasserted before Remote IRR is cleared (so only the
+// device lines that are still high redeliver), and the pin's resampler is
+// called so the irqfd's owner can assert again if it still needs service.
 package ioapic
 
 import (
@@ -117,6 +124,11 @@ type IOAPIC struct {
 
 	mu sync.Mutex
 	s  State
+	// line is the SetPin input and rs the resample-irqfd input of every
+	// pin; s.Level is their OR.
+	line, rs uint32
+	// resamplers are called after the guest EOIs a pin's interrupt.
+	resamplers [NumPins]func()
 	// failures counts Deliver errors (logged once).
 	failures uint64
 }
@@ -136,17 +148,36 @@ func New(cfg Config) *IOAPIC {
 
 func (a *IOAPIC) reset() {
 	a.s = State{}
+	a.line, a.rs = 0, 0
 	for i := range a.s.Redir {
 		a.s.Redir[i] = RedMasked
 	}
 }
 
-// Reset puts the IOAPIC back in its power-on state.
+// Reset puts the IOAPIC back in its power-on state. Resample inputs that
+// were asserted are dropped and their resamplers called, so their owners
+// assert again if they still need service.
 func (a *IOAPIC) Reset() {
 	a.mu.Lock()
+	notify := a.resamplersOf(a.rs)
 	a.reset()
 	a.mu.Unlock()
+	for _, fn := range notify {
+		fn()
+	}
 	a.routesChanged()
+}
+
+// resamplersOf returns the resamplers of the pins in mask. Called with mu
+// held.
+func (a *IOAPIC) resamplersOf(mask uint32) []func() {
+	var fns []func()
+	for pin := 0; pin < NumPins; pin++ {
+		if mask&(1<<pin) != 0 && a.resamplers[pin] != nil {
+			fns = append(fns, a.resamplers[pin])
+		}
+	}
+	return fns
 }
 
 func (a *IOAPIC) routesChanged() {
@@ -265,9 +296,48 @@ func (a *IOAPIC) SetPin(pin int, high bool) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.line = setBit(a.line, pin, high)
+	a.drive(pin)
+}
+
+// SetResampleInput drives pin's resample-irqfd input (one input shared by
+// every resample irqfd on the pin, as KVM's resampler source is). The EOI
+// of the pin's interrupt deasserts it again. Out-of-range pins are ignored.
+func (a *IOAPIC) SetResampleInput(pin int, high bool) {
+	if pin < 0 || pin >= NumPins {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.rs = setBit(a.rs, pin, high)
+	a.drive(pin)
+}
+
+// SetResampler sets fn (nil removes it), called without the IOAPIC's lock
+// each time the guest EOIs pin's level interrupt, after the pin's resample
+// input was deasserted.
+func (a *IOAPIC) SetResampler(pin int, fn func()) {
+	if pin < 0 || pin >= NumPins {
+		return
+	}
+	a.mu.Lock()
+	a.resamplers[pin] = fn
+	a.mu.Unlock()
+}
+
+func setBit(m uint32, pin int, on bool) uint32 {
+	if on {
+		return m | 1<<pin
+	}
+	return m &^ (1 << pin)
+}
+
+// drive updates pin's level from its two inputs and requests service.
+// Called with mu held.
+func (a *IOAPIC) drive(pin int) {
 	bit := uint32(1) << pin
 	was := a.s.Level&bit != 0
-	if !high {
+	if (a.line|a.rs)&bit == 0 {
 		a.s.Level &^= bit
 		if a.s.Redir[pin]&RedLevel != 0 {
 			a.s.IRR &^= bit
@@ -286,19 +356,38 @@ func (a *IOAPIC) SetPin(pin int, high bool) {
 // EOI is the end-of-interrupt broadcast for vector from a local APIC: it
 // clears Remote IRR of every level-triggered entry with that vector and
 // re-delivers those whose line is still asserted.
+//
+// A pin with a resampler first has its resample input deasserted (as KVM's
+// irqfd resampler does before the IOAPIC clears Remote IRR), and the
+// resampler is called after the lock is released.
 func (a *IOAPIC) EOI(vector uint8) {
+	var notify []func()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	for pin := range a.s.Redir {
 		e := a.s.Redir[pin]
 		if e&RedLevel == 0 || uint8(e) != vector || e&RedRemoteIRR == 0 {
 			continue
 		}
+		bit := uint32(1) << pin
+		if fn := a.resamplers[pin]; fn != nil {
+			notify = append(notify, fn)
+			if a.rs&bit != 0 {
+				a.rs &^= bit
+				if a.line&bit == 0 {
+					a.s.Level &^= bit
+					a.s.IRR &^= bit
+				}
+			}
+		}
 		a.s.Redir[pin] = e &^ RedRemoteIRR
-		if a.s.Level&(1<<pin) != 0 {
-			a.s.IRR |= 1 << pin
+		if a.s.Level&bit != 0 {
+			a.s.IRR |= bit
 		}
 		a.service(pin)
+	}
+	a.mu.Unlock()
+	for _, fn := range notify {
+		fn()
 	}
 }
 
@@ -345,11 +434,21 @@ func (a *IOAPIC) PinRoute(pin int) (msi accel.MSI, masked bool) {
 	return MSIFromEntry(e), e&RedMasked != 0
 }
 
-// Save returns the IOAPIC's state.
+// Save returns the IOAPIC's state. Resample inputs are not part of it:
+// their irqfds are assigned again after a restore, and their owners assert
+// again on the first resample (an in-service interrupt's EOI).
 func (a *IOAPIC) Save() State {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.s
+	s := a.s
+	only := a.rs &^ a.line
+	s.Level &^= only
+	for pin := 0; pin < NumPins; pin++ {
+		if only&(1<<pin) != 0 && s.Redir[pin]&RedLevel != 0 {
+			s.IRR &^= 1 << pin
+		}
+	}
+	return s
 }
 
 // Restore loads a saved state. Nothing is delivered: pending requests are
@@ -369,6 +468,7 @@ func (a *IOAPIC) Restore(s State) error {
 	}
 	a.mu.Lock()
 	a.s = s
+	a.line, a.rs = s.Level, 0
 	a.mu.Unlock()
 	a.routesChanged()
 	return nil

@@ -252,12 +252,14 @@ func checkInvariants(t *testing.T, a *IOAPIC) {
 func FuzzIOAPIC(f *testing.F) {
 	f.Add([]byte{0, 0, 0x10, 0, 0, 0, 1, 0x10, 0x30, 0x80, 0, 0, 2, 0, 1, 3, 0x30})
 	f.Add([]byte{0, 0, 0x01, 0, 0, 0, 5, 0x10, 0xff, 0xff, 0xff, 0xff, 2, 5, 0})
+	f.Add([]byte{0, 0, 0x16, 0, 0, 0, 5, 0x10, 0x33, 0x80, 0, 0, 5, 0x85, 3, 0x33, 5, 0x85, 4, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		a := New(Config{Deliver: func(accel.MSI) error { return nil }})
+		a.SetResampler(3, func() { a.SetResampleInput(3, true) }) // an owner that always re-asserts
 		for len(ops) >= 2 {
 			op, arg := ops[0], ops[1]
 			ops = ops[2:]
-			switch op % 5 {
+			switch op % 6 {
 			case 0: // write: arg = offset byte, then 4 data bytes
 				n := 1 << (arg >> 6 & 3)
 				if n > 8 || len(ops) < n {
@@ -274,8 +276,78 @@ func FuzzIOAPIC(f *testing.F) {
 				a.EOI(arg)
 			case 4:
 				a.Reset()
+			case 5:
+				a.SetResampleInput(int(arg%30)-2, arg&0x80 != 0)
 			}
 			checkInvariants(t, a)
 		}
 	})
+}
+
+// TestResampleInput: the resample input asserts like a device line, the
+// EOI deasserts it before Remote IRR is cleared (no redelivery unless a
+// device line is still high) and calls the pin's resampler, which an EOI
+// of another vector, an edge pin or a pin without Remote IRR does not.
+func TestResampleInput(t *testing.T) {
+	var r rec
+	a := New(Config{Deliver: r.deliver})
+	program(a, 5, RedLevel|0x45)
+	resampled := 0
+	a.SetResampler(5, func() {
+		// Called without the lock (this read would deadlock): the
+		// owner may assert again at once.
+		getReg(a, IndexVersion)
+		resampled++
+	})
+	a.SetResampleInput(5, true)
+	a.SetResampleInput(5, true)
+	if len(r.msis) != 1 || r.msis[0].Data != 0xc045 {
+		t.Fatalf("resample input: deliveries %+v, want one level MSI", r.msis)
+	}
+	a.EOI(0x46)
+	if resampled != 0 {
+		t.Fatal("EOI of another vector resampled")
+	}
+	a.EOI(0x45)
+	if resampled != 1 || len(r.msis) != 1 {
+		t.Fatalf("after EOI: %d resamples (want 1), %d deliveries (want 1: the input was deasserted)", resampled, len(r.msis))
+	}
+	if a.Save().Level&(1<<5) != 0 || getReg(a, IndexRedTbl+10)&RedRemoteIRR != 0 {
+		t.Fatal("pin still asserted or in service after the EOI")
+	}
+	a.EOI(0x45) // nothing in service
+	if resampled != 1 {
+		t.Fatal("EOI without Remote IRR resampled")
+	}
+	// A device line on the same pin keeps it asserted across the EOI.
+	a.SetPin(5, true)
+	a.SetResampleInput(5, true)
+	a.EOI(0x45)
+	if resampled != 2 || len(r.msis) != 3 {
+		t.Fatalf("line and resample input: %d resamples (want 2), %d deliveries (want 3: the line is still high)", resampled, len(r.msis))
+	}
+	a.SetPin(5, false)
+	a.EOI(0x45)
+	if resampled != 3 || len(r.msis) != 3 || a.Save().Level != 0 {
+		t.Fatalf("after line drop: %d resamples, %d deliveries, level %#x", resampled, len(r.msis), a.Save().Level)
+	}
+	// Save leaves the resample input out (its irqfd is assigned again
+	// after a restore); Reset drops it and tells the resampler.
+	program(a, 5, RedMasked|RedLevel|0x45)
+	a.SetResampleInput(5, true)
+	if s := a.Save(); s.Level&(1<<5) != 0 || s.IRR&(1<<5) != 0 {
+		t.Fatalf("Save included the resample input: level %#x irr %#x", s.Level, s.IRR)
+	}
+	a.Reset()
+	if resampled != 4 {
+		t.Fatalf("Reset with the resample input high: %d resamples, want 4", resampled)
+	}
+	a.SetResampler(5, nil)
+	program(a, 5, RedLevel|0x45)
+	a.SetResampleInput(5, true)
+	a.EOI(0x45)
+	if resampled != 4 {
+		t.Fatal("removed resampler still called")
+	}
+	checkInvariants(t, a)
 }

@@ -30,6 +30,17 @@ func NewEventFD() (*EventFD, error) {
 	return &EventFD{fd: fd, f: os.NewFile(uintptr(fd), "eventfd")}, nil
 }
 
+// dup returns a second EventFD on the same eventfd (reads on either
+// consume the one counter). Closing it wakes its own waiters only, so a
+// server goroutine can be stopped without closing the owner's descriptor.
+func (e *EventFD) dup() (*EventFD, error) {
+	fd, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate eventfd %d: %w", e.fd, err)
+	}
+	return &EventFD{fd: fd, f: os.NewFile(uintptr(fd), "eventfd")}, nil
+}
+
 // FD is the descriptor number to hand to the accelerator.
 func (e *EventFD) FD() int { return e.fd }
 

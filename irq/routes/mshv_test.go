@@ -33,9 +33,10 @@ func mshvVM(t *testing.T) accel.VM {
 // TestMSHVSim runs the table on the MSHV backend (over mshvsim): routes
 // commit, irqfds assign, a port-I/O ioeventfd is refused with an error that
 // wraps accel.ErrNotSupported and says what to do, and Close releases
-// everything (the same bindings are accepted again). A resample irqfd is
-// tried too; mshvsim serves irqfds with KVM's split irqchip, which cannot
-// resample, so there it is only logged.
+// everything (the same bindings are accepted again). A resample irqfd on
+// a level-triggered MSI route is accepted (mshvsim emulates MSHV's
+// resampling); one on an edge or missing route is refused with EINVAL and
+// the simulator's reason.
 func TestMSHVSim(t *testing.T) {
 	vm := mshvVM(t)
 	tb := New(vm, nil)
@@ -48,9 +49,28 @@ func TestMSHVSim(t *testing.T) {
 		t.Fatal(err)
 	}
 	if f, err := tb.NewIRQFD(g, true); err != nil {
-		t.Logf("resample irqfd on a level route: %v", err)
+		t.Fatalf("resample irqfd on a level route: %v", err)
 	} else {
 		f.Close()
+	}
+	edge, _ := tb.Allocate()
+	tb.SetMSI(edge, accel.MSI{AddressLo: 0xFEE00000, Data: 0x53})
+	if err := tb.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	tr, _ := NewEventFD()
+	rs, _ := NewEventFD()
+	defer tr.Close()
+	defer rs.Close()
+	// Straight to the backend (the table refuses both itself).
+	for _, c := range []struct {
+		gsi  uint32
+		want string
+	}{{edge, "not level-triggered"}, {200, "has no MSI route"}, {4000, "below 255"}} {
+		err := vm.AssignIRQFD(accel.IRQFD{FD: tr.FD(), GSI: c.gsi, ResampleFD: rs.FD()})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("resample irqfd on GSI %d: %v, want EINVAL saying %q", c.gsi, err, c.want)
+		}
 	}
 	f, err := tb.NewIRQFD(g, false)
 	if err != nil {

@@ -21,6 +21,22 @@
 // eventfd, set_irqs, route, commit, irqfd) satisfy it; in the second the
 // eventfd may already hold signals when the irqfd is assigned, and the
 // kernel injects them at assignment.
+//
+// Resample irqfds (level-triggered sources such as a VFIO INTx line or a
+// virtio device's level interrupt) take two paths. On an IOAPIC pin (GSI
+// 0-23) govmm serves them itself, because its IOAPIC is in userspace (the
+// split irqchip; KVM resamples only with its in-kernel IOAPIC): a goroutine
+// waits on the trigger eventfd and asserts the pin's resample input, and
+// the IOAPIC's EOI path (KVM_EXIT_IOAPIC_EOI, MSHV's APIC-EOI message)
+// deasserts it and signals the resample eventfd, which is what KVM's
+// in-kernel resampler does and what QEMU does with a split irqchip. This
+// needs the IOAPIC (SetPinController; the chipset does it) and works the
+// same on every accelerator. As with KVM's resampler, the guest must
+// program the pin level-triggered (an edge pin has no EOI to resample on),
+// and only the IOAPIC sees the input (a guest on the PIC does not). On an
+// MSI GSI the irqfd goes to the
+// accelerator with its resample eventfd: MSHV resamples level-triggered
+// MSI routes (data bit 15) itself; KVM cannot, and says so.
 package routes
 
 import (
@@ -52,6 +68,31 @@ type Table struct {
 	irqfds    map[*IRQFD]struct{}
 	ioevents  map[*IOEventFD]struct{}
 	closed    bool
+
+	// pins serves resample irqfds on GSIs 0-23 (nil: refused).
+	pins PinController
+	// pinFDs are the userspace resample irqfds of each pin (under mu).
+	pinFDs map[uint32][]*IRQFD
+}
+
+// PinController is the userspace IOAPIC as the table sees it: the
+// controller resample irqfds on GSIs 0-23 drive (ioapic.IOAPIC implements
+// it).
+type PinController interface {
+	// SetResampleInput drives pin's resample input, shared by every
+	// resample irqfd on the pin and OR'ed with the pin's device lines.
+	SetResampleInput(pin int, high bool)
+	// SetResampler sets fn (nil removes it), called after the guest EOIs
+	// pin's level interrupt, once the resample input was deasserted.
+	SetResampler(pin int, fn func())
+}
+
+// SetPinController makes the table serve resample irqfds on IOAPIC pins
+// (GSIs 0-23) in userspace through c. Without one they are refused.
+func (t *Table) SetPinController(c PinController) {
+	t.mu.Lock()
+	t.pins = c
+	t.mu.Unlock()
 }
 
 // New returns a table for vm with GSIs 0-23 reserved (placeholder MSI
@@ -68,6 +109,7 @@ func New(vm accel.VM, log *slog.Logger) *Table {
 		allocated: map[uint32]bool{},
 		irqfds:    map[*IRQFD]struct{}{},
 		ioevents:  map[*IOEventFD]struct{}{},
+		pinFDs:    map[uint32][]*IRQFD{},
 		dirty:     true,
 	}
 	for gsi := uint32(0); gsi < NumReserved; gsi++ {
@@ -213,7 +255,16 @@ type IRQFD struct {
 	gsi      uint32
 	owned    bool // the eventfds were created by NewIRQFD and are closed with it
 	once     sync.Once
+	// Userspace resample irqfds (IOAPIC pins): wait is a duplicate of
+	// ev the server goroutine reads (closing it stops the goroutine
+	// without touching the caller's eventfd); done closes when it ended.
+	wait *EventFD
+	done chan struct{}
 }
+
+// InUserspace reports whether govmm serves the irqfd itself (a resample
+// irqfd on an IOAPIC pin) rather than the accelerator.
+func (f *IRQFD) InUserspace() bool { return f.wait != nil }
 
 // GSI is the GSI the irqfd injects.
 func (f *IRQFD) GSI() uint32 { return f.gsi }
@@ -221,9 +272,10 @@ func (f *IRQFD) GSI() uint32 { return f.gsi }
 // EventFD is the eventfd that injects when signalled.
 func (f *IRQFD) EventFD() *EventFD { return f.ev }
 
-// Resample is the resample eventfd (nil for edge irqfds): the kernel
-// signals it when the guest EOIs the level-triggered interrupt; the owner
-// then signals the irqfd again if its line is still asserted.
+// Resample is the resample eventfd (nil for edge irqfds): the accelerator
+// (MSI GSIs) or govmm's IOAPIC (pins 0-23) signals it when the guest EOIs
+// the level-triggered interrupt; the owner then signals the irqfd again if
+// its line is still asserted.
 func (f *IRQFD) Resample() *EventFD { return f.resample }
 
 // Signal injects the GSI's route once.
@@ -238,10 +290,15 @@ func (f *IRQFD) accelIRQFD() accel.IRQFD {
 }
 
 // AssignIRQFD binds ev to gsi, whose route must already be committed (see
-// the package comment). With resample non-nil the irqfd is level-triggered
-// and the committed route must be a level-triggered MSI (data bit 15),
-// which MSHV requires and KVM tolerates. The caller keeps ownership of the
-// eventfds; IRQFD.Close (or Table.Close) deassigns.
+// the package comment). With resample non-nil the irqfd is level-triggered:
+// a signal on ev asserts the interrupt, the guest's EOI deasserts it and
+// signals resample, and the owner signals ev again if it still needs
+// service. On an IOAPIC pin (GSI 0-23) govmm serves it (see the package
+// comment) whatever the guest programmed; on an MSI GSI the committed route
+// must be a level-triggered MSI (data bit 15) and the accelerator must
+// resample (MSHV does; KVM refuses with an error wrapping
+// accel.ErrNotSupported). The caller keeps ownership of the eventfds;
+// IRQFD.Close (or Table.Close) deassigns.
 func (t *Table) AssignIRQFD(ev *EventFD, gsi uint32, resample *EventFD) (*IRQFD, error) {
 	f := &IRQFD{t: t, ev: ev, resample: resample, gsi: gsi}
 	if err := t.assign(f); err != nil {
@@ -277,6 +334,14 @@ func (t *Table) assign(f *IRQFD) error {
 	if t.closed {
 		return errClosed
 	}
+	for g := range t.irqfds {
+		if g.ev == f.ev {
+			return fmt.Errorf("assign irqfd %d to GSI %d: the eventfd is already assigned (to GSI %d)", f.ev.FD(), f.gsi, g.gsi)
+		}
+	}
+	if f.resample != nil && f.gsi < NumReserved {
+		return t.assignPin(f)
+	}
 	r, ok := t.committed[f.gsi]
 	if !ok {
 		return fmt.Errorf("assign irqfd %d to GSI %d: the GSI has no committed route (commit the route first: signals before it would be lost)", f.ev.FD(), f.gsi)
@@ -284,16 +349,78 @@ func (t *Table) assign(f *IRQFD) error {
 	if f.resample != nil && (r.Kind != accel.RouteMSI || r.MSI.Data&(1<<15) == 0) {
 		return fmt.Errorf("assign resample irqfd %d to GSI %d: the committed route (data %#x) is not level-triggered", f.ev.FD(), f.gsi, r.MSI.Data)
 	}
-	for g := range t.irqfds {
-		if g.ev == f.ev {
-			return fmt.Errorf("assign irqfd %d to GSI %d: the eventfd is already assigned (to GSI %d)", f.ev.FD(), f.gsi, g.gsi)
-		}
-	}
 	if err := t.vm.AssignIRQFD(f.accelIRQFD()); err != nil {
 		return fmt.Errorf("assign irqfd %d to GSI %d: %w", f.ev.FD(), f.gsi, err)
 	}
 	t.irqfds[f] = struct{}{}
 	return nil
+}
+
+// assignPin serves a resample irqfd on IOAPIC pin f.gsi in userspace.
+// Called with t.mu held.
+func (t *Table) assignPin(f *IRQFD) error {
+	if t.pins == nil {
+		return fmt.Errorf("assign resample irqfd %d to IOAPIC pin %d: the table has no userspace IOAPIC to serve it (SetPinController)", f.ev.FD(), f.gsi)
+	}
+	w, err := f.ev.dup()
+	if err != nil {
+		return fmt.Errorf("assign resample irqfd %d to IOAPIC pin %d: %w", f.ev.FD(), f.gsi, err)
+	}
+	f.wait, f.done = w, make(chan struct{})
+	pin, ctl := int(f.gsi), t.pins
+	if len(t.pinFDs[f.gsi]) == 0 {
+		ctl.SetResampler(pin, func() { t.resampled(f.gsi) })
+	}
+	t.pinFDs[f.gsi] = append(t.pinFDs[f.gsi], f)
+	t.irqfds[f] = struct{}{}
+	go func() {
+		defer close(f.done)
+		for {
+			n, err := w.Wait()
+			if err != nil {
+				return
+			}
+			if n > 0 {
+				ctl.SetResampleInput(pin, true)
+			}
+		}
+	}()
+	return nil
+}
+
+// resampled signals the resample eventfd of every irqfd on pin after the
+// guest's EOI (the IOAPIC already deasserted the pin's resample input).
+func (t *Table) resampled(pin uint32) {
+	t.mu.Lock()
+	fs := append([]*IRQFD(nil), t.pinFDs[pin]...)
+	t.mu.Unlock()
+	for _, f := range fs {
+		if err := f.resample.Signal(); err != nil {
+			t.log.Error("routes: signal resample eventfd", "pin", pin, "err", err)
+		}
+	}
+}
+
+// unassignPin stops serving f. Called with t.mu held.
+func (t *Table) unassignPin(f *IRQFD) {
+	f.wait.Close()
+	<-f.done
+	fs := t.pinFDs[f.gsi]
+	for i, g := range fs {
+		if g == f {
+			fs = append(fs[:i:i], fs[i+1:]...)
+			break
+		}
+	}
+	if len(fs) == 0 {
+		delete(t.pinFDs, f.gsi)
+		// As KVM when the last resampler of a GSI goes: the input
+		// drops.
+		t.pins.SetResampler(int(f.gsi), nil)
+		t.pins.SetResampleInput(int(f.gsi), false)
+	} else {
+		t.pinFDs[f.gsi] = fs
+	}
 }
 
 func (f *IRQFD) closeFDs() {
@@ -314,7 +441,9 @@ func (f *IRQFD) Close() error {
 		t.mu.Lock()
 		if _, ok := t.irqfds[f]; ok {
 			delete(t.irqfds, f)
-			if e := t.vm.DeassignIRQFD(f.accelIRQFD()); e != nil {
+			if f.wait != nil {
+				t.unassignPin(f)
+			} else if e := t.vm.DeassignIRQFD(f.accelIRQFD()); e != nil {
 				err = fmt.Errorf("deassign irqfd %d from GSI %d: %w", f.ev.FD(), f.gsi, e)
 			}
 		}

@@ -250,7 +250,10 @@ func (p *partition) setMSIRouting(a []byte) error {
 // an existing level-triggered MSI route (data bit 15; EINVAL otherwise,
 // with the reason in LastError(partition fd)), the trigger eventfd becomes
 // a plain KVM irqfd underneath, and the resample eventfd is signalled when
-// KVM reports the guest's EOI of the route's vector (see resample).
+// KVM reports the guest's EOI of the route's vector (see resample). KVM
+// reports those EOIs only for routes below kvm.MaxEOIRoutes, so RESAMPLE on
+// a higher GSI is refused (EINVAL, with the reason) where MSHV would accept
+// it: never resampling would hang the device.
 func (p *partition) irqfd(a []byte) error {
 	fd := int(int32(binary.LittleEndian.Uint32(a[ifFD:])))
 	rfd := int(int32(binary.LittleEndian.Uint32(a[ifResampleFD:])))
@@ -278,6 +281,9 @@ func (p *partition) irqfd(a []byte) error {
 	}
 	res := -1
 	if flags&2 != 0 {
+		if gsi >= kvm.MaxEOIRoutes {
+			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the simulator resamples only GSIs below %d (KVM under it reports EOIs for no others); allocate a lower GSI", fd, gsi, kvm.MaxEOIRoutes)
+		}
 		r, ok := p.routes[gsi]
 		if !ok {
 			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the GSI has no MSI route (set the level-triggered route first)", fd, gsi)

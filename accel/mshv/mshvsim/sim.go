@@ -354,8 +354,9 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 			}
 		}
 	}
-	// Every GSI counts as an IOAPIC route, so KVM reports the EOI of any
-	// level-triggered MSI route's vector (for RESAMPLE irqfds).
+	// GSIs below kvm.MaxEOIRoutes count as IOAPIC routes, so KVM reports
+	// the EOI of their level-triggered MSI routes' vectors (for RESAMPLE
+	// irqfds; see partition.irqfd).
 	vm, err := s.kvm.NewVMWithEOIRoutes(accel.VMConfig{}, kvm.MaxEOIRoutes)
 	if err != nil {
 		return -1, unix.ENOMEM
