@@ -24,7 +24,13 @@ func TestLinuxSmoke(t *testing.T) {
 		}
 		t.Skip("GOVMM_LINUX_KERNEL not set")
 	}
-	for _, acc := range accels(t)[:1] { // KVM; the MSHV path is the same loader
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) { linuxBanner(t, acc, kernel) })
+	}
+}
+
+func linuxBanner(t *testing.T, acc []string, kernel string) {
+	{
 		out := filepath.Join(t.TempDir(), "serial.out")
 		args := append([]string{"run"}, acc...)
 		args = append(args, "--kernel", kernel, "--cpu", "host,-cx16", "--memory", "512M",
