@@ -35,8 +35,13 @@ type Bus struct {
 
 	unclaimedReads  atomic.Uint64
 	unclaimedWrites atomic.Uint64
-	logged          sync.Map // address -> struct{}
-	log             *slog.Logger
+	// lastUnclaimed is the last unclaimed address seen, plus one (0: none):
+	// a guest polling an absent device hits the same address again and
+	// again, and must not pay for a lock or an allocation each time.
+	lastUnclaimed atomic.Uint64
+	mu            sync.Mutex
+	logged        map[uint64]struct{}
+	log           *slog.Logger
 }
 
 // New returns an empty bus; name ("pio", "mmio") appears in log lines.
@@ -97,7 +102,18 @@ func (b *Bus) Write(addr uint64, data []byte) {
 }
 
 func (b *Bus) logOnce(addr uint64, op string, n int) {
-	if _, seen := b.logged.LoadOrStore(addr, struct{}{}); !seen {
+	if b.lastUnclaimed.Load() == addr+1 {
+		return
+	}
+	b.lastUnclaimed.Store(addr + 1)
+	b.mu.Lock()
+	if b.logged == nil {
+		b.logged = make(map[uint64]struct{})
+	}
+	_, seen := b.logged[addr]
+	b.logged[addr] = struct{}{}
+	b.mu.Unlock()
+	if !seen {
 		b.log.Debug("unclaimed access", "bus", b.name, "op", op, "addr", fmt.Sprintf("%#x", addr), "size", n)
 	}
 }
