@@ -19,8 +19,12 @@ func (f *fakeTarget) Info() Info {
 	}
 	return Info{State: st, CPUs: 2}
 }
-func (f *fakeTarget) Pause() error  { f.paused = true; f.calls = append(f.calls, "pause"); return nil }
-func (f *fakeTarget) Resume() error { f.paused = false; f.calls = append(f.calls, "resume"); return nil }
+func (f *fakeTarget) Pause() error { f.paused = true; f.calls = append(f.calls, "pause"); return nil }
+func (f *fakeTarget) Resume() error {
+	f.paused = false
+	f.calls = append(f.calls, "resume")
+	return nil
+}
 func (f *fakeTarget) Snapshot(r SnapshotRequest, p func(done, total uint64)) (SnapshotResult, error) {
 	for i := uint64(0); i <= 4; i++ {
 		p(i, 4)

@@ -40,6 +40,10 @@ func (r Region) End() uint64 { return r.GPA + uint64(len(r.Host)) }
 type Memory struct {
 	regions []Region // sorted by GPA, non-overlapping
 	size    uint64
+	// For RAM mapped from a file: each region's offset in the file and
+	// the file's data (non-hole) ranges. See MaybeNonZero.
+	fileOff  []int64
+	fileData []extent
 }
 
 // New maps size bytes of anonymous guest RAM (private, not reserved, with
@@ -51,7 +55,8 @@ func New(size uint64) (*Memory, error) {
 // NewFromFile maps size bytes of guest RAM from f, private and
 // copy-on-write, so nothing is copied up front (snapshot restore). The file
 // holds RAM in GPA order with the MMIO hole squeezed out (the layout
-// WriteTo produces).
+// snapshot.WriteDir writes). NewFromFile notes where the file has holes
+// (MaybeNonZero), which moves f's offset.
 func NewFromFile(f *os.File, size uint64) (*Memory, error) {
 	return newMapped(size, int(f.Fd()))
 }
@@ -89,7 +94,13 @@ func newMapped(size uint64, fd int) (*Memory, error) {
 		}
 		r.Host = b
 		m.regions = append(m.regions, r)
+		if fd >= 0 {
+			m.fileOff = append(m.fileOff, off)
+		}
 		off += int64(n)
+	}
+	if fd >= 0 {
+		m.fileData = dataExtents(fd, off)
 	}
 	return m, nil
 }

@@ -133,10 +133,13 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 	// Round 0: every page that is not zero (the destination starts zeroed).
 	total := mem.Size()
 	var done uint64
-	for _, r := range mem.Regions() {
+	// Pages the host never backed are zero without looking (dirty
+	// tracking, already on, catches any the guest writes from now on).
+	for i, r := range mem.Regions() {
+		maybe := mem.MaybeNonZero(i)
 		for off := 0; off < len(r.Host); off += pageSize {
 			pg := r.Host[off : off+pageSize]
-			if !isZero(pg) {
+			if k := off / pageSize; maybe[k/64]&(1<<(k%64)) != 0 && !snapshot.IsZero(pg) {
 				if err := sendPages(w, &st, []uint64{r.GPA + uint64(off)}, mem); err != nil {
 					return st, err
 				}
@@ -367,13 +370,4 @@ func Receive(conn net.Conn) (in *Incoming, err error) {
 			return nil, fmt.Errorf("unknown migration frame %q", t)
 		}
 	}
-}
-
-func isZero(b []byte) bool {
-	for i := 0; i+8 <= len(b); i += 8 {
-		if binary.LittleEndian.Uint64(b[i:]) != 0 {
-			return false
-		}
-	}
-	return true
 }

@@ -40,6 +40,9 @@ func (t *controlTarget) Info() api.Info {
 func (t *controlTarget) Pause() error  { return t.vm.Pause() }
 func (t *controlTarget) Resume() error { return t.vm.Resume() }
 
+// Snapshot pauses the VM only while its state and memory are copied out;
+// the VM runs again (unless it was paused or is to stop) while the files
+// are made durable.
 func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, total uint64)) (api.SnapshotResult, error) {
 	begin := time.Now()
 	wasPaused := t.vm.Paused()
@@ -47,12 +50,23 @@ func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, to
 		return api.SnapshotResult{}, err
 	}
 	st, err := t.vm.SaveState()
+	var pending *snapshot.Pending
 	if err == nil {
-		err = snapshot.WriteDir(req.Dir, st, t.vm.Memory(), progress)
+		pending, err = snapshot.Write(req.Dir, st, t.vm.Memory(), progress)
 	}
-	pause := time.Since(begin)
 	if err != nil {
 		if !wasPaused {
+			t.vm.Resume()
+		}
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: %w", req.Dir, err)
+	}
+	pause := time.Since(begin)
+	var resumeErr error
+	if !wasPaused && !req.Stop {
+		resumeErr = t.vm.Resume()
+	}
+	if err := pending.Commit(); err != nil {
+		if !wasPaused && req.Stop {
 			t.vm.Resume()
 		}
 		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: %w", req.Dir, err)
@@ -60,15 +74,13 @@ func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, to
 	b, _ := st.Marshal()
 	res := api.SnapshotResult{Dir: req.Dir, MemoryBytes: t.vm.Memory().Size(), StateBytes: len(b),
 		PauseMS: ms(pause), TotalMS: ms(time.Since(begin))}
-	switch {
-	case req.Stop:
-		t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
-	case !wasPaused:
-		if err := t.vm.Resume(); err != nil {
-			return res, fmt.Errorf("snapshot written, but resuming failed: %w", err)
-		}
+	if resumeErr != nil {
+		return res, fmt.Errorf("snapshot written, but resuming failed: %w", resumeErr)
 	}
-	t.log.Info("snapshot written", "dir", req.Dir, "pause_ms", res.PauseMS)
+	if req.Stop {
+		t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
+	}
+	t.log.Info("snapshot written", "dir", req.Dir, "pause_ms", res.PauseMS, "total_ms", res.TotalMS)
 	return res, nil
 }
 
@@ -207,7 +219,7 @@ func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(70, "snapshot: %v", err)
 	}
-	fmt.Fprintf(stdout, "snapshot written to %s: %d MiB of memory, %d bytes of state, VM paused %.1f ms\n",
-		res.Dir, res.MemoryBytes>>20, res.StateBytes, res.PauseMS)
+	fmt.Fprintf(stdout, "snapshot written to %s: %d MiB of memory, %d bytes of state, VM paused %.1f ms, %.1f ms in all\n",
+		res.Dir, res.MemoryBytes>>20, res.StateBytes, res.PauseMS, res.TotalMS)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -31,7 +32,13 @@ func fail(status int, format string, args ...any) error {
 	return &exitError{status, fmt.Errorf(format, args...)}
 }
 
+// mainStart is when main began: the VM logs the time from it to the
+// guest's first instruction (vm.Config.Epoch). Go runtime start-up before
+// main is not in it.
+var mainStart time.Time
+
 func main() {
+	mainStart = time.Now()
 	os.Exit(realMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

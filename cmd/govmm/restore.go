@@ -47,7 +47,7 @@ func (f *runFlags) restoreConfig(stdout, stderr io.Writer) (vm.Config, func(), e
 		closeSerial()
 		return vm.Config{}, nil, err
 	}
-	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log}
+	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart}
 	return cfg, func() { acc.Close(); closeSerial() }, nil
 }
 

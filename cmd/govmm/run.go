@@ -116,7 +116,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	machine, err := vm.New(vm.Config{
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid,
 		Kernel: kernel, KernelNm: kernelName, Initrd: initrd, Cmdline: f.cmdline,
-		Serial: serialOut, Log: log, TestDevices: f.testDevices,
+		Serial: serialOut, Log: log, TestDevices: f.testDevices, Epoch: mainStart,
 	})
 	if err != nil {
 		var ie *vm.InputError
