@@ -518,16 +518,17 @@ func TestCrossing(t *testing.T) {
 		t.Errorf("partial write before fault")
 	}
 	// Physical RAM->MMIO boundary inside one access (no paging, 32-bit):
-	// shrink RAM so that it ends mid-page.
+	// RAM ends at a page boundary (accelerators map memory in whole
+	// pages) and the store straddles it.
 	m = newMode("32")
-	m.ram = m.ram[:0x11002]
-	m.mmioBase = 0x11002
-	m.regs[RBX], m.regs[RAX] = 0x11000, 0xddccbbaa
+	m.ram = m.ram[:0x12000]
+	m.mmioBase = 0x12000
+	m.regs[RBX], m.regs[RAX] = 0x11ffe, 0xddccbbaa
 	if err := step(t, m, "8903"); err != nil {
 		t.Fatal(err)
 	}
-	if m.ram[0x11000] != 0xaa || m.ram[0x11001] != 0xbb || m.mmio[0] != 0xcc || m.mmio[1] != 0xdd {
-		t.Errorf("ram->mmio: ram % x mmio % x", m.ram[0x11000:0x11002], m.mmio[:2])
+	if m.ram[0x11ffe] != 0xaa || m.ram[0x11fff] != 0xbb || m.mmio[0] != 0xcc || m.mmio[1] != 0xdd {
+		t.Errorf("ram->mmio: ram % x mmio % x", m.ram[0x11ffe:0x12000], m.mmio[:2])
 	}
 }
 

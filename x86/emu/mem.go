@@ -363,11 +363,16 @@ func (s *state) wr(p *pa, buf []byte) {
 
 // physRead reads RAM or MMIO; a range that is partly RAM is split at the
 // boundary so the device sees only its bytes.
+// samePage reports whether [gpa, gpa+n) lies in one 4 KiB page. Guest RAM
+// and MMIO are mapped in whole pages, so such a range is either all RAM or
+// all MMIO: when the RAM access fails, no byte-by-byte probing is needed.
+func samePage(gpa uint64, n int) bool { return gpa>>12 == (gpa+uint64(n)-1)>>12 }
+
 func (s *state) physRead(gpa uint64, buf []byte) {
 	if s.cpu.ReadPhys(gpa, buf) {
 		return
 	}
-	if len(buf) == 1 || !s.cpu.ReadPhys(gpa, buf[:1]) && !s.cpu.ReadPhys(gpa+uint64(len(buf)-1), buf[len(buf)-1:]) {
+	if len(buf) == 1 || samePage(gpa, len(buf)) || !s.cpu.ReadPhys(gpa, buf[:1]) && !s.cpu.ReadPhys(gpa+uint64(len(buf)-1), buf[len(buf)-1:]) {
 		s.cpu.MMIORead(gpa, buf)
 		return
 	}
@@ -389,7 +394,7 @@ func (s *state) physWrite(gpa uint64, buf []byte) {
 	if s.cpu.WritePhys(gpa, buf) {
 		return
 	}
-	if len(buf) == 1 {
+	if len(buf) == 1 || samePage(gpa, len(buf)) {
 		s.cpu.MMIOWrite(gpa, buf)
 		return
 	}
