@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -134,4 +135,24 @@ func TestMaybeNonZeroAbove4G(t *testing.T) {
 		t.Fatal("untouched page 700 above 4 GiB: bit set")
 	}
 	checkSound(t, m)
+}
+
+func TestAlignedAndHugePages(t *testing.T) {
+	for _, hp := range []bool{false, true} {
+		m, err := NewWithOptions(64<<20, Options{HugePages: hp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.Regions() {
+			if a := reflect.ValueOf(r.Host).Pointer(); a%hugePage != 0 || len(r.Host) != 64<<20 {
+				t.Errorf("huge pages %v: region at host %#x, %d bytes: want 2 MiB aligned, 64 MiB", hp, a, len(r.Host))
+			}
+		}
+		if err := m.Write(0x1000, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -47,6 +47,8 @@ type Config struct {
 	// moment just before it first enters the guest ("entering the
 	// guest"): for a restore, restore-to-first-instruction time.
 	Epoch time.Time
+	// HugePages asks for transparent huge pages for guest RAM.
+	HugePages bool
 }
 
 // StopKind says how a VM ended.
@@ -112,7 +114,7 @@ func (h ioHandler) MMIOWrite(addr uint64, data []byte) { h.mmio.Write(addr, data
 // New builds a VM: memory, accelerator VM, devices, firmware tables and the
 // loaded kernel. vCPUs are created when Run starts them.
 func New(cfg Config) (*VM, error) {
-	mem, err := memory.New(cfg.MemSize)
+	mem, err := memory.NewWithOptions(cfg.MemSize, memory.Options{HugePages: cfg.HugePages})
 	if err != nil {
 		return nil, err
 	}
