@@ -15,6 +15,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"govmm/bench/internal/host"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,7 +88,7 @@ func run(runs, iter int, skipQEMU bool) error {
 		}},
 	}
 	if !skipQEMU {
-		qemu, err := ensureQEMU()
+		qemu, err := host.EnsureQEMU()
 		if err != nil {
 			return err
 		}
@@ -103,7 +104,7 @@ func run(runs, iter int, skipQEMU bool) error {
 	for _, g := range guests {
 		res[g] = map[string][]sample{}
 	}
-	fmt.Printf("govmm benchmark: %d runs each, %d exits per loop guest, %s\n", runs, iter, cpuName())
+	fmt.Printf("govmm benchmark: %d runs each, %d exits per loop guest, %s\n", runs, iter, host.CPUName())
 	for r := 0; r < runs; r++ {
 		for _, g := range guests {
 			// Alternate the order so drift on a noisy machine hits everyone.
@@ -244,34 +245,4 @@ func reverse(v []vmm) []vmm {
 		out[len(v)-1-i] = v[i]
 	}
 	return out
-}
-
-func ensureQEMU() (string, error) {
-	if p, err := exec.LookPath("qemu-system-x86_64"); err == nil {
-		return p, nil
-	}
-	fmt.Fprintln(os.Stderr, "bench: installing qemu-system-x86 with apt-get")
-	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "qemu-system-x86"}} {
-		c := exec.Command("apt-get", args...)
-		c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := c.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("apt-get %s: %v\n%s (or run with -no-qemu)", strings.Join(args, " "), err, out)
-		}
-	}
-	return exec.LookPath("qemu-system-x86_64")
-}
-
-func cpuName() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			if i := strings.IndexByte(l, ':'); i >= 0 {
-				return strings.TrimSpace(l[i+1:])
-			}
-		}
-	}
-	return "unknown CPU"
 }

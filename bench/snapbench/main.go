@@ -28,6 +28,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"govmm/bench/internal/host"
 	"io"
 	"os"
 	"os/exec"
@@ -99,7 +100,7 @@ func run(runs int, noQEMU, noMSHV bool) error {
 		b.cols = append(b.cols, colMSHV)
 	}
 	if !noQEMU {
-		if b.qemu, err = ensureQEMU(); err != nil {
+		if b.qemu, err = host.EnsureQEMU(); err != nil {
 			return err
 		}
 		b.cols = append(b.cols, colQEMU)
@@ -110,7 +111,7 @@ func run(runs int, noQEMU, noMSHV bool) error {
 		"idle":     {"idle", filepath.Join(bin, "probe.elf"), "probe.mode=report probe.wait=86400000 probe.smp=0"},
 	}
 	command := strings.TrimSpace("go run ./bench/snapbench " + strings.Join(os.Args[1:], " "))
-	fmt.Printf("govmm snapshot/restore/migration benchmark: %d runs each, %s\n", runs, cpuName())
+	fmt.Printf("govmm snapshot/restore/migration benchmark: %d runs each, %s\n", runs, host.CPUName())
 	begin := time.Now()
 
 	// Snapshots (the memwrite snapshots are kept for the restores).
@@ -535,36 +536,4 @@ func (b *bench) report(command string, took time.Duration) {
 	fmt.Println("  qemu bytes are ram.transferred.")
 	fmt.Println("target: restore of 256 MiB < 10 ms, independent of guest size")
 	fmt.Printf("command: %s   (took %s)\n", command, took.Round(time.Second))
-}
-
-// ensureQEMU is bench/main.go's: QEMU from PATH, installed through apt
-// when missing.
-func ensureQEMU() (string, error) {
-	if p, err := exec.LookPath("qemu-system-x86_64"); err == nil {
-		return p, nil
-	}
-	fmt.Fprintln(os.Stderr, "snapbench: installing qemu-system-x86 with apt-get")
-	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "qemu-system-x86"}} {
-		c := exec.Command("apt-get", args...)
-		c.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := c.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("apt-get %s: %v\n%s (or run with -no-qemu)", strings.Join(args, " "), err, out)
-		}
-	}
-	return exec.LookPath("qemu-system-x86_64")
-}
-
-func cpuName() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			if i := strings.IndexByte(l, ':'); i >= 0 {
-				return strings.TrimSpace(l[i+1:])
-			}
-		}
-	}
-	return "unknown CPU"
 }
