@@ -559,6 +559,36 @@ func TestProbeSnapshotCrossAccel(t *testing.T) {
 	}
 }
 
+// probeTimeAfterRestore checks that time goes on across a snapshot: the
+// periodic LAPIC timer keeps counting from where it was (ticks never go
+// back) and keeps firing at its rate. The snapshot is taken just after the
+// first report, while the guest waits probe.wait=2000 ms, counted in
+// ticks of its 100 Hz LAPIC timer, before its second report; so the
+// restored guest needs about 2 s of ticks to finish. Were the timer lost,
+// the restore would hang; were it running at a different rate, that wait
+// would be far shorter or longer.
+func probeTimeAfterRestore(t *testing.T, first, source, restored map[string]string, wall time.Duration) {
+	t.Helper()
+	ticks := func(r map[string]string, which string) int {
+		var n int
+		if _, err := fmt.Sscan(r["timer.ticks"], &n); err != nil {
+			t.Fatalf("%s report: timer.ticks=%q", which, r["timer.ticks"])
+		}
+		return n
+	}
+	t0, ts, tr := ticks(first, "first"), ticks(source, "source"), ticks(restored, "restored")
+	if tr < t0+200 {
+		t.Errorf("timer ticks after restore: %d, want at least %d (first report %d + the 2 s wait at 100 Hz): the tick count went back or stalled", tr, t0+200, t0)
+	}
+	if d := tr - ts; d < -20 || d > 20 {
+		t.Errorf("restored guest reported at tick %d, the source at %d: the wait ended at a different count", tr, ts)
+	}
+	if wall < 1500*time.Millisecond || wall > 10*time.Second {
+		t.Errorf("restored guest took %v to finish a 2 s wait of LAPIC timer ticks: the timer does not fire at its rate", wall)
+	}
+	t.Logf("ticks: first report %d, source %d, restored %d; restored run took %v", t0, ts, tr, wall.Round(time.Millisecond))
+}
+
 func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -603,12 +633,16 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	srcOut := strings.ReplaceAll(out.String(), "\r", "")
 	second := srcOut[strings.Index(srcOut, probeEnd)+len(probeEnd):]
 	want := parseProbeReport(t, second)
+	first := parseProbeReport(t, srcOut[:strings.Index(srcOut, probeEnd)+len(probeEnd)])
 
 	rargs := append(append([]string{"restore"}, dst...), "--snapshot="+snap, "--cpus=2", "--memory=256M")
+	restoreStart := time.Now()
 	rr := govmm(t, rargs...)
+	restoreWall := time.Since(restoreStart)
 	if rr.Code != 0 {
 		t.Fatalf("restore: want exit 0\n%s", rr)
 	}
+	probeTimeAfterRestore(t, first, want, parseProbeReport(t, rr.Stdout), restoreWall)
 	if n := strings.Count(rr.Stdout, probeBegin); n != 1 {
 		t.Fatalf("restored VM printed %d reports, want 1 (the snapshot must fall between the two)\n%s", n, rr)
 	}
