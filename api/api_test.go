@@ -2,6 +2,8 @@ package api
 
 import (
 	"errors"
+	"io"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -82,4 +84,33 @@ func TestDialMissing(t *testing.T) {
 	if _, err := Dial(filepath.Join(t.TempDir(), "none.sock")); err == nil || !strings.Contains(err.Error(), "--api-socket") {
 		t.Fatalf("dial missing socket: %v", err)
 	}
+}
+
+// FuzzServe feeds arbitrary request bytes to the control socket's server:
+// it answers with exactly one result or error line and never panics.
+func FuzzServe(f *testing.F) {
+	f.Add([]byte(`{"op":"info"}` + "\n"))
+	f.Add([]byte(`{"op":"snapshot","snapshot":{"dir":"/x","stop":true}}` + "\n"))
+	f.Add([]byte(`{"op":"migrate","migrate":{}}`))
+	f.Add([]byte("\x00\xff{"))
+	f.Fuzz(func(t *testing.T, req []byte) {
+		s := &Server{t: &fakeTarget{}}
+		c1, c2 := net.Pipe()
+		go func() {
+			c1.Write(req)
+			c1.Write([]byte("\n"))
+		}()
+		done := make(chan []byte)
+		go func() {
+			b, _ := io.ReadAll(c1)
+			done <- b
+		}()
+		s.serve(c2)
+		out := <-done
+		lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+		last := lines[len(lines)-1]
+		if !strings.HasPrefix(last, "result ") && !strings.HasPrefix(last, "error ") {
+			t.Fatalf("request %q: last answer line %q", req, last)
+		}
+	})
 }

@@ -45,6 +45,7 @@ const (
 	pagesPerFrame = 256
 	maxHello      = 1 << 20
 	maxState      = 256 << 20
+	maxMemSize    = 4 << 40 // a hello asking for more is not a VM govmm sent
 	// Pre-copy stops iterating when fewer pages than this are dirty, or
 	// after maxRounds rounds (a guest dirtying faster than the link).
 	finalThreshold = 256
@@ -311,6 +312,9 @@ func Receive(conn net.Conn) (in *Incoming, err error) {
 	}
 	if h.Version != Version {
 		return nil, fmt.Errorf("migration stream version %d, this govmm speaks %d", h.Version, Version)
+	}
+	if h.MemSize > maxMemSize {
+		return nil, fmt.Errorf("migration hello asks for %d GiB of guest memory (limit %d GiB)", h.MemSize>>30, uint64(maxMemSize)>>30)
 	}
 	mem, err := memory.New(h.MemSize)
 	if err != nil {
