@@ -72,14 +72,12 @@ type Result struct {
 	Err error
 }
 
-// Exit statuses of `govmm run` (README documents them).
+// Exit statuses a VM ends with (README documents them; the command line
+// adds its own for bad usage and a missing accelerator).
 const (
-	StatusOK         = 0
-	StatusCrash      = 2
-	StatusUsage      = 64
-	StatusNoAccel    = 69
-	StatusInternal   = 70
-	statusNotStopped = -1
+	StatusOK       = 0
+	StatusCrash    = 2
+	StatusInternal = 70
 )
 
 // VM is one running (or runnable) virtual machine.

@@ -26,7 +26,7 @@ func openAccel(name, mshvDev string) (accel.Accelerator, error) {
 			return openMSHV(mshvDevice)
 		}
 		if _, err := os.Stat(kvmDevice); err != nil {
-			return nil, fail(69, "--accel auto: neither %s nor %s exists on this host (is virtualization enabled and the kvm or mshv_root module loaded?)", kvmDevice, mshvDevice)
+			return nil, fail(exitNoAccel, "--accel auto: neither %s nor %s exists on this host (is virtualization enabled and the kvm or mshv_root module loaded?)", kvmDevice, mshvDevice)
 		}
 		return openKVM()
 	case "kvm":
@@ -34,14 +34,14 @@ func openAccel(name, mshvDev string) (accel.Accelerator, error) {
 	case "mshv":
 		return openMSHV(mshvDev)
 	default:
-		return nil, fail(64, "--accel %q: want kvm, mshv or auto", name)
+		return nil, fail(exitUsage, "--accel %q: want kvm, mshv or auto", name)
 	}
 }
 
 func openKVM() (accel.Accelerator, error) {
 	a, err := kvm.Open()
 	if err != nil {
-		return nil, fail(69, "--accel kvm: %v", err)
+		return nil, fail(exitNoAccel, "--accel kvm: %v", err)
 	}
 	return a, nil
 }
@@ -50,24 +50,24 @@ func openMSHV(dev string) (accel.Accelerator, error) {
 	if dev == "sim" {
 		d, err := mshvsim.New()
 		if err != nil {
-			return nil, fail(69, "--accel mshv --mshv-device sim: start the MSHV simulator: %v", err)
+			return nil, fail(exitNoAccel, "--accel mshv --mshv-device sim: start the MSHV simulator: %v", err)
 		}
 		a, err := mshv.Open(d)
 		if err != nil {
-			return nil, fail(69, "--accel mshv on the simulator: %v", err)
+			return nil, fail(exitNoAccel, "--accel mshv on the simulator: %v", err)
 		}
 		return a, nil
 	}
 	d, err := mshv.OpenDevice(dev)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fail(69, "--accel mshv: %s does not exist: this host is not a Microsoft Hypervisor root partition (Linux 6.15+ with mshv_root); use --accel kvm, or --mshv-device sim to run the MSHV path on the simulator", dev)
+			return nil, fail(exitNoAccel, "--accel mshv: %s does not exist: this host is not a Microsoft Hypervisor root partition (Linux 6.15+ with mshv_root); use --accel kvm, or --mshv-device sim to run the MSHV path on the simulator", dev)
 		}
-		return nil, fail(69, "--accel mshv: open %s: %v", dev, err)
+		return nil, fail(exitNoAccel, "--accel mshv: open %s: %v", dev, err)
 	}
 	a, err := mshv.Open(d)
 	if err != nil {
-		return nil, fail(69, "--accel mshv: %v", err)
+		return nil, fail(exitNoAccel, "--accel mshv: %v", err)
 	}
 	return a, nil
 }

@@ -32,7 +32,7 @@ func cmdCaps(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("govmm caps", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
-		return &exitError{64, fmt.Errorf("caps: %v", err)}
+		return &exitError{exitUsage, fmt.Errorf("caps: %v", err)}
 	}
 	var rep capsReport
 	for _, a := range []struct{ name, dev string }{{"kvm", kvmDevice}, {"mshv", mshvDevice}} {

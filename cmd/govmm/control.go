@@ -165,14 +165,14 @@ func parseControl(name string, args []string, stderr io.Writer, extra func(*flag
 		extra(fs)
 	}
 	if err := fs.Parse(args); err != nil {
-		return nil, nil, &exitError{64, errors.New("")}
+		return nil, nil, &exitError{exitUsage, errors.New("")}
 	}
 	if *sock == "" {
-		return nil, nil, fail(64, "%s: --api-socket is required", name)
+		return nil, nil, fail(exitUsage, "%s: --api-socket is required", name)
 	}
 	c, err := api.Dial(*sock)
 	if err != nil {
-		return nil, nil, fail(69, "%v", err)
+		return nil, nil, fail(exitNoAccel, "%v", err)
 	}
 	return c, fs, nil
 }
@@ -195,7 +195,7 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if err != nil {
-		return fail(70, "%s: %v", name, err)
+		return fail(exitInternal, "%s: %v", name, err)
 	}
 	return nil
 }
@@ -211,13 +211,13 @@ func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if dir == "" {
-		return fail(64, "snapshot: --dir is required")
+		return fail(exitUsage, "snapshot: --dir is required")
 	}
 	pb := newProgressBar(stdout, "snapshot")
 	res, err := c.Snapshot(api.SnapshotRequest{Dir: dir, Stop: stop}, pb.update)
 	pb.finish()
 	if err != nil {
-		return fail(70, "snapshot: %v", err)
+		return fail(exitInternal, "snapshot: %v", err)
 	}
 	fmt.Fprintf(stdout, "snapshot written to %s: %d MiB of memory, %d bytes of state, VM paused %.1f ms, %.1f ms in all\n",
 		res.Dir, res.MemoryBytes>>20, res.StateBytes, res.PauseMS, res.TotalMS)

@@ -20,6 +20,14 @@ import (
 // version is set at link time (-ldflags "-X main.version=...").
 var version = "0.1.0-dev"
 
+// Exit statuses of govmm besides the guest's own (0, (V<<1)|1 from the
+// debug-exit port, and vm.StatusCrash when the guest crashed).
+const (
+	exitUsage    = 64 // bad flags or bad input files (EX_USAGE)
+	exitNoAccel  = 69 // the accelerator is unavailable (EX_UNAVAILABLE)
+	exitInternal = 70 // govmm itself failed (EX_SOFTWARE)
+)
+
 // exitError carries a process exit status up to main.
 type exitError struct {
 	status int
@@ -45,7 +53,7 @@ func main() {
 func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		usage(stderr)
-		return 64
+		return exitUsage
 	}
 	var err error
 	switch args[0] {
@@ -68,7 +76,7 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	default:
 		fmt.Fprintf(stderr, "govmm: unknown command %q\n", args[0])
 		usage(stderr)
-		return 64
+		return exitUsage
 	}
 	if err == nil {
 		return 0
@@ -81,7 +89,7 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ee.status
 	}
 	fmt.Fprintf(stderr, "govmm: %v\n", err)
-	return 70
+	return exitInternal
 }
 
 func usage(w io.Writer) {

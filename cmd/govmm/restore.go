@@ -30,12 +30,12 @@ func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 func (f *runFlags) restoreConfig(stdout, stderr io.Writer) (vm.Config, func(), error) {
 	log, err := newLogger(f.logLevel, stderr)
 	if err != nil {
-		return vm.Config{}, nil, fail(64, "%v", err)
+		return vm.Config{}, nil, fail(exitUsage, "%v", err)
 	}
 	var memSize uint64
 	if f.memory != "" {
 		if memSize, err = parseSize(f.memory); err != nil {
-			return vm.Config{}, nil, fail(64, "--memory: %v", err)
+			return vm.Config{}, nil, fail(exitUsage, "--memory: %v", err)
 		}
 	}
 	serialOut, closeSerial, err := openSerial(f.serial, stdout)
@@ -54,9 +54,9 @@ func (f *runFlags) restoreConfig(stdout, stderr io.Writer) (vm.Config, func(), e
 func buildError(err error) error {
 	var ie *vm.InputError
 	if errors.As(err, &ie) {
-		return fail(64, "%v", err)
+		return fail(exitUsage, "%v", err)
 	}
-	return fail(70, "%v", err)
+	return fail(exitInternal, "%v", err)
 }
 
 func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -65,19 +65,19 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	fs := restoreFlagSet("restore", stderr, &f)
 	fs.StringVar(&dir, "snapshot", "", "snapshot directory (govmm snapshot --dir)")
 	if err := fs.Parse(args); err != nil {
-		return &exitError{64, errors.New("")}
+		return &exitError{exitUsage, errors.New("")}
 	}
 	if dir == "" {
-		return fail(64, "restore: --snapshot DIR is required")
+		return fail(exitUsage, "restore: --snapshot DIR is required")
 	}
 	st, memFile, err := snapshot.ReadDir(dir)
 	if err != nil {
-		return fail(64, "restore: %v", err)
+		return fail(exitUsage, "restore: %v", err)
 	}
 	defer memFile.Close()
 	r, err := vm.ParseState(st)
 	if err != nil {
-		return fail(64, "restore %s: %v", dir, err)
+		return fail(exitUsage, "restore %s: %v", dir, err)
 	}
 	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
 	if err != nil {
@@ -96,7 +96,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 
 func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "send" && args[0] != "receive") {
-		return fail(64, "migrate: want `govmm migrate send --api-socket PATH --to ADDR` or `govmm migrate receive --listen ADDR`")
+		return fail(exitUsage, "migrate: want `govmm migrate send --api-socket PATH --to ADDR` or `govmm migrate receive --listen ADDR`")
 	}
 	if args[0] == "send" {
 		return cmdMigrateSend(args[1:], stdout, stderr)
@@ -106,10 +106,10 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	fs := restoreFlagSet("migrate receive", stderr, &f)
 	fs.StringVar(&listen, "listen", "", "where to accept the incoming VM: unix:PATH or tcp:HOST:PORT")
 	if err := fs.Parse(args[1:]); err != nil {
-		return &exitError{64, errors.New("")}
+		return &exitError{exitUsage, errors.New("")}
 	}
 	if listen == "" {
-		return fail(64, "migrate receive: --listen is required")
+		return fail(exitUsage, "migrate receive: --listen is required")
 	}
 	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
 	if err != nil {
@@ -118,23 +118,23 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	defer cleanup()
 	ln, err := migrate.Listen(listen)
 	if err != nil {
-		return fail(69, "migrate receive: %v", err)
+		return fail(exitNoAccel, "migrate receive: %v", err)
 	}
 	conn, err := ln.Accept()
 	ln.Close()
 	if err != nil {
-		return fail(70, "migrate receive: %v", err)
+		return fail(exitInternal, "migrate receive: %v", err)
 	}
 	defer conn.Close()
 	in, err := migrate.Receive(conn)
 	if err != nil {
-		return fail(70, "migrate receive: %v (nothing was started)", err)
+		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
 	}
 	r, err := vm.ParseState(in.State)
 	if err != nil {
 		in.Memory.Close()
 		in.Ack(err)
-		return fail(70, "migrate receive: %v", err)
+		return fail(exitInternal, "migrate receive: %v", err)
 	}
 	cfg.KernelNm = "migrated from " + r.Machine.Accel
 	machine, err := vm.RestoreMemory(cfg, r, in.Memory)
@@ -146,7 +146,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err := in.Ack(nil); err != nil {
 		// The source did not hear us: it resumes the VM there, so this
 		// copy must not run.
-		return fail(70, "migrate receive: confirm to the source: %v (not starting the VM)", err)
+		return fail(exitInternal, "migrate receive: confirm to the source: %v (not starting the VM)", err)
 	}
 	cfg.Log.Info("migration received", "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
 	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
@@ -161,13 +161,13 @@ func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if to == "" {
-		return fail(64, "migrate send: --to is required")
+		return fail(exitUsage, "migrate send: --to is required")
 	}
 	pb := newProgressBar(stdout, "migrate")
 	res, err := c.Migrate(apiMigrate(to), pb.update)
 	pb.finish()
 	if err != nil {
-		return fail(70, "migrate: %v", err)
+		return fail(exitInternal, "migrate: %v", err)
 	}
 	fmt.Fprintf(stdout, "migrated: total %.1f ms, downtime %.1f ms, %d bytes sent (%d pages, %d rounds)\n",
 		res.TotalMS, res.DowntimeMS, res.Bytes, res.Pages, res.Iterations)

@@ -59,25 +59,25 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return &exitError{64, errors.New("")}
+		return &exitError{exitUsage, errors.New("")}
 	}
 	if fs.NArg() > 0 {
-		return fail(64, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
+		return fail(exitUsage, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
 	log, err := newLogger(f.logLevel, stderr)
 	if err != nil {
-		return fail(64, "%v", err)
+		return fail(exitUsage, "%v", err)
 	}
 	memSize, err := parseSize(f.memory)
 	if err != nil {
-		return fail(64, "--memory: %v", err)
+		return fail(exitUsage, "--memory: %v", err)
 	}
 	if f.cpus < 1 || f.cpus > 255 {
-		return fail(64, "--cpus %d: want 1 to 255", f.cpus)
+		return fail(exitUsage, "--cpus %d: want 1 to 255", f.cpus)
 	}
 	model, err := cpu.Parse(f.cpuModel)
 	if err != nil {
-		return fail(64, "--cpu: %v", err)
+		return fail(exitUsage, "--cpu: %v", err)
 	}
 
 	if f.kernel == "" && f.cmdline == "" && f.serial == "stdio" && isTerminal(stdin) {
@@ -92,7 +92,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var initrd []byte
 	if f.initrd != "" {
 		if initrd, err = os.ReadFile(f.initrd); err != nil {
-			return fail(64, "--initrd: %v", err)
+			return fail(exitUsage, "--initrd: %v", err)
 		}
 	}
 	serialOut, closeSerial, err := openSerial(f.serial, stdout)
@@ -108,11 +108,11 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	defer acc.Close()
 	supported, err := acc.SupportedCPUID()
 	if err != nil {
-		return fail(69, "%s: read supported CPUID: %v", acc.Name(), err)
+		return fail(exitNoAccel, "%s: read supported CPUID: %v", acc.Name(), err)
 	}
 	cpuid, err := model.Apply(supported)
 	if err != nil {
-		return fail(64, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
+		return fail(exitUsage, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
 	}
 
 	machine, err := vm.New(vm.Config{
@@ -123,9 +123,9 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		var ie *vm.InputError
 		if errors.As(err, &ie) {
-			return fail(64, "%v", err)
+			return fail(exitUsage, "%v", err)
 		}
-		return fail(70, "%v", err)
+		return fail(exitInternal, "%v", err)
 	}
 	defer machine.Close()
 
@@ -142,8 +142,8 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	if f.apiSocket != "" {
 		srv, err := api.Listen(f.apiSocket, &controlTarget{vm: machine, accel: accelName, start: time.Now(), log: log})
 		if err != nil {
-			machine.Stop(vm.Result{Kind: vm.StopError, Status: 70})
-			return fail(70, "%v", err)
+			machine.Stop(vm.Result{Kind: vm.StopError, Status: exitInternal})
+			return fail(exitInternal, "%v", err)
 		}
 		defer srv.Close()
 	}
@@ -174,13 +174,13 @@ func readKernel(path string) ([]byte, string, error) {
 	if path == "" {
 		img, err := guests.Image(defaultGuest)
 		if err != nil {
-			return nil, "", fail(70, "built-in guest: %v", err)
+			return nil, "", fail(exitInternal, "built-in guest: %v", err)
 		}
 		return img, "built-in " + defaultGuest, nil
 	}
 	img, err := os.ReadFile(path)
 	if err != nil {
-		return nil, "", fail(64, "--kernel: %v", err)
+		return nil, "", fail(exitUsage, "--kernel: %v", err)
 	}
 	return img, path, nil
 }
@@ -194,9 +194,9 @@ func openSerial(spec string, stdout io.Writer) (io.Writer, func(), error) {
 	case strings.HasPrefix(spec, "file:"):
 		f, err := os.Create(strings.TrimPrefix(spec, "file:"))
 		if err != nil {
-			return nil, nil, fail(64, "--serial: %v", err)
+			return nil, nil, fail(exitUsage, "--serial: %v", err)
 		}
 		return f, func() { f.Close() }, nil
 	}
-	return nil, nil, fail(64, "--serial %q: want stdio, file:PATH or none", spec)
+	return nil, nil, fail(exitUsage, "--serial %q: want stdio, file:PATH or none", spec)
 }
