@@ -275,17 +275,27 @@ static bool wait_count(volatile uint32_t *c, uint32_t want, uint32_t ms)
 	return *c >= want;
 }
 
-static int t_level(void)
+/* td_setup is how every irqtestdev scenario starts: the machine from
+ * ACPI (with an IOAPIC if asked), the test device present, the LAPIC in
+ * xAPIC mode, the 8259s masked, the PM timer running. */
+static bool td_setup(const char *who, bool ioapic)
 {
-	if (!need_acpi(true))
-		return IRQ_FAIL;
+	if (!need_acpi(ioapic))
+		return false;
 	if (td_read(TD_ID) != TD_MAGIC) {
-		printf("level: irqtestdev not found at %#llx\n", TD_BASE);
-		return IRQ_FAIL;
+		printf("%s: irqtestdev not found at %#llx\n", who, TD_BASE);
+		return false;
 	}
 	lapic_init(false);
 	pic_disable();
 	pm_start();
+	return true;
+}
+
+static int t_level(void)
+{
+	if (!td_setup("level", true))
+		return IRQ_FAIL;
 	set_handler(VEC_LEVEL, level_isr);
 	ioapic_route(LEVEL_GSI, VEC_LEVEL, lapic_id(), 1 | 3 << 2); /* active high, level */
 	uint32_t n = (uint32_t)cmdline_u64("n", 20), bad = 0, rirr_after = 0;
@@ -361,15 +371,8 @@ static void msi_isr(struct regs *r)
 
 static int t_msi(void)
 {
-	if (!need_acpi(false))
+	if (!td_setup("msi", false))
 		return IRQ_FAIL;
-	if (td_read(TD_ID) != TD_MAGIC) {
-		printf("msi: irqtestdev not found at %#llx\n", TD_BASE);
-		return IRQ_FAIL;
-	}
-	lapic_init(false);
-	pic_disable();
-	pm_start();
 	uint64_t lapic_hz = lapic_timer_calibrate(20, NULL);
 	if (!lapic_hz) {
 		printf("msi: LAPIC timer calibration failed\n");
@@ -435,15 +438,8 @@ static void rs_isr(struct regs *r)
 
 static int t_resample(void)
 {
-	if (!need_acpi(true))
+	if (!td_setup("resample", true))
 		return IRQ_FAIL;
-	if (td_read(TD_ID) != TD_MAGIC) {
-		printf("resample: irqtestdev not found at %#llx\n", TD_BASE);
-		return IRQ_FAIL;
-	}
-	lapic_init(false);
-	pic_disable();
-	pm_start();
 	uint64_t lapic_hz = lapic_timer_calibrate(20, NULL);
 	if (!lapic_hz) {
 		printf("resample: LAPIC timer calibration failed\n");
@@ -582,15 +578,8 @@ static uint64_t bench_msi(uint32_t order, uint32_t n, uint64_t tsc_hz)
 
 static int t_bench(void)
 {
-	if (!need_acpi(false))
+	if (!td_setup("bench", false))
 		return IRQ_FAIL;
-	if (td_read(TD_ID) != TD_MAGIC) {
-		printf("bench: irqtestdev not found at %#llx\n", TD_BASE);
-		return IRQ_FAIL;
-	}
-	lapic_init(false);
-	pic_disable();
-	pm_start();
 	uint64_t tsc_hz;
 	uint64_t lapic_hz = lapic_timer_calibrate(100, &tsc_hz);
 	if (!lapic_hz || !tsc_hz) {
