@@ -7,15 +7,6 @@ import (
 	"govmm/memory"
 )
 
-// NumCPUs is the VM's vCPU count.
-func (v *VM) NumCPUs() int { return v.cfg.NumCPUs }
-
-// AccelName names the accelerator the VM runs on.
-func (v *VM) AccelName() string { return v.cfg.Accel.Name() }
-
-// KernelName names the kernel the VM booted (or "snapshot").
-func (v *VM) KernelName() string { return v.cfg.KernelNm }
-
 // StartDirtyLog starts tracking guest writes to RAM (for live migration).
 func (v *VM) StartDirtyLog() error { return v.avm.EnableDirtyLog() }
 

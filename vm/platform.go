@@ -123,7 +123,7 @@ func (v *VM) buildPlatform() error {
 	}
 	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, Initrd: v.cfg.Initrd, RSDP: rsdp})
 	if err != nil {
-		return &InputError{Err: fmt.Errorf("load kernel %s: %w", v.cfg.KernelNm, err)}
+		return &InputError{Err: fmt.Errorf("load kernel %s: %w", v.cfg.KernelName, err)}
 	}
 	v.log.Debug("kernel loaded", "format", p.entry.Format, "rip", fmt.Sprintf("%#x", p.entry.Regs.RIP))
 	return nil

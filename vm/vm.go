@@ -28,16 +28,16 @@ import (
 
 // Config describes a VM to build.
 type Config struct {
-	Accel    accel.Accelerator
-	MemSize  uint64
-	NumCPUs  int
-	CPUID    []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
-	Kernel   []byte
-	Initrd   []byte
-	Cmdline  string
-	Serial   io.Writer // guest serial output (nil: discarded)
-	Log      *slog.Logger
-	KernelNm string // the kernel's name, for messages
+	Accel      accel.Accelerator
+	MemSize    uint64
+	NumCPUs    int
+	CPUID      []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
+	Kernel     []byte
+	Initrd     []byte
+	Cmdline    string
+	Serial     io.Writer // guest serial output (nil: discarded)
+	Log        *slog.Logger
+	KernelName string // the kernel's name, for messages
 	// TestDevices adds the MMIO test devices the project's test guests
 	// use (devices/testdev, devices/irqtestdev). Off by default: a
 	// sandbox exposes no device it does not need.
@@ -196,6 +196,15 @@ func build(cfg Config, mem *memory.Memory, restore *Restored) (*VM, error) {
 	ok = true
 	return v, nil
 }
+
+// NumCPUs is the VM's vCPU count.
+func (v *VM) NumCPUs() int { return v.cfg.NumCPUs }
+
+// AccelName names the accelerator the VM runs on.
+func (v *VM) AccelName() string { return v.cfg.Accel.Name() }
+
+// KernelName names the kernel the VM booted (or "snapshot").
+func (v *VM) KernelName() string { return v.cfg.KernelName }
 
 // Memory is the VM's guest RAM.
 func (v *VM) Memory() *memory.Memory { return v.mem }

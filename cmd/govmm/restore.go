@@ -84,7 +84,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer cleanup()
-	cfg.KernelNm = "snapshot " + dir
+	cfg.KernelName = "snapshot " + dir
 	machine, err := vm.Restore(cfg, r, memFile)
 	if err != nil {
 		return buildError(fmt.Errorf("restore %s: %w", dir, err))
@@ -136,7 +136,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		in.Ack(err)
 		return fail(exitInternal, "migrate receive: %v", err)
 	}
-	cfg.KernelNm = "migrated from " + r.Machine.Accel
+	cfg.KernelName = "migrated from " + r.Machine.Accel
 	machine, err := vm.RestoreMemory(cfg, r, in.Memory)
 	if err != nil {
 		in.Ack(err)

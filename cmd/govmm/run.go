@@ -117,7 +117,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 	machine, err := vm.New(vm.Config{
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid,
-		Kernel: kernel, KernelNm: kernelName, Initrd: initrd, Cmdline: f.cmdline,
+		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
 	})
 	if err != nil {
