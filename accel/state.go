@@ -1,5 +1,10 @@
 package accel
 
+import (
+	"encoding/json"
+	"fmt"
+)
+
 // The vCPU state below is accelerator-neutral: KVM and MSHV backends
 // convert to and from it, and snapshots store it. Field sets follow the
 // architecture, not either kernel's structs.
@@ -80,6 +85,24 @@ type MSR struct {
 // neutral form snapshots store. MSHV converts its own LAPIC blob to it.
 type LAPIC struct {
 	Regs [1024]byte
+}
+
+// MarshalJSON stores the register page as one base64 string (an array of
+// 1024 numbers would be four times larger and slow to decode on the
+// restore path).
+func (l LAPIC) MarshalJSON() ([]byte, error) { return json.Marshal(l.Regs[:]) }
+
+// UnmarshalJSON reads what MarshalJSON wrote.
+func (l *LAPIC) UnmarshalJSON(b []byte) error {
+	var regs []byte
+	if err := json.Unmarshal(b, &regs); err != nil {
+		return fmt.Errorf("LAPIC state: %w", err)
+	}
+	if len(regs) != len(l.Regs) {
+		return fmt.Errorf("LAPIC state: %d bytes, want %d", len(regs), len(l.Regs))
+	}
+	copy(l.Regs[:], regs)
+	return nil
 }
 
 // Events are the pending and injected events of a vCPU.

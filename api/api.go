@@ -89,6 +89,10 @@ type Server struct {
 	t    Target
 	mu   sync.Mutex // one control operation at a time
 	wg   sync.WaitGroup
+	// active counts requests being served, so that Close lets a reply
+	// that is being written (a migration's result, sent just before the
+	// VM stops) reach its client.
+	active sync.WaitGroup
 }
 
 // Listen creates the socket at path (removing a stale one) and serves t.
@@ -121,17 +125,30 @@ func (s *Server) accept() {
 		if err != nil {
 			return
 		}
-		go s.serve(c)
+		s.active.Add(1)
+		go func() {
+			defer s.active.Done()
+			s.serve(c)
+		}()
 	}
 }
 
-// Close stops serving and removes the socket.
+// Close stops serving and removes the socket. Requests in flight get up
+// to closeGrace to finish their reply.
 func (s *Server) Close() error {
 	err := s.ln.Close()
 	s.wg.Wait()
+	done := make(chan struct{})
+	go func() { s.active.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeGrace):
+	}
 	os.Remove(s.path)
 	return err
 }
+
+const closeGrace = 5 * time.Second
 
 // reply writes the answer lines of one request.
 type reply struct {

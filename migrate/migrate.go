@@ -52,10 +52,13 @@ const (
 	maxRounds      = 30
 )
 
-type hello struct {
-	Version int    `json:"version"`
-	MemSize uint64 `json:"mem_size"`
-	CPUs    int    `json:"cpus"`
+// Hello opens a migration stream. Machine describes the VM being sent, so
+// that the destination can build it while memory is still being copied.
+type Hello struct {
+	Version int             `json:"version"`
+	MemSize uint64          `json:"mem_size"`
+	CPUs    int             `json:"cpus"`
+	Machine vm.MachineState `json:"machine"`
 }
 
 // Stats describes a finished migration.
@@ -124,10 +127,11 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 			}
 		}
 	}()
-	h, _ := json.Marshal(hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs()})
+	h, _ := json.Marshal(Hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs(), Machine: v.Machine()})
 	if err := writeFrame(w, msgHello, h); err != nil {
 		return st, err
 	}
+	vm.WarmStateCodec()
 	if err := v.StartDirtyLog(); err != nil {
 		return st, fmt.Errorf("start dirty page tracking: %w", err)
 	}
@@ -295,9 +299,12 @@ func (in *Incoming) Ack(failure error) error {
 	return w.Flush()
 }
 
-// Receive reads a migration stream from conn. On error nothing is kept:
-// the memory it allocated is released.
-func Receive(conn net.Conn) (in *Incoming, err error) {
+// Receive reads a migration stream from conn. Once the hello has arrived it
+// calls prepare (if not nil) for the guest memory to fill: the caller can
+// build the destination VM around that memory while pages still arrive;
+// without prepare, plain memory of the announced size is used. On error
+// nothing is kept: the memory is released.
+func Receive(conn net.Conn, prepare func(Hello) (*memory.Memory, error)) (in *Incoming, err error) {
 	r := bufio.NewReaderSize(conn, 1<<20)
 	t, b, err := readFrame(r, maxHello)
 	if err != nil {
@@ -306,7 +313,7 @@ func Receive(conn net.Conn) (in *Incoming, err error) {
 	if t != msgHello {
 		return nil, fmt.Errorf("migration stream starts with %q, not a hello", t)
 	}
-	var h hello
+	var h Hello
 	if err := json.Unmarshal(b, &h); err != nil {
 		return nil, fmt.Errorf("migration hello: %w", err)
 	}
@@ -316,9 +323,18 @@ func Receive(conn net.Conn) (in *Incoming, err error) {
 	if h.MemSize > maxMemSize {
 		return nil, fmt.Errorf("migration hello asks for %d GiB of guest memory (limit %d GiB)", h.MemSize>>30, uint64(maxMemSize)>>30)
 	}
-	mem, err := memory.New(h.MemSize)
+	var mem *memory.Memory
+	if prepare != nil {
+		mem, err = prepare(h)
+	} else {
+		mem, err = memory.New(h.MemSize)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if mem.Size() != h.MemSize {
+		mem.Close()
+		return nil, fmt.Errorf("migration hello announces %d bytes of memory, the prepared VM has %d", h.MemSize, mem.Size())
 	}
 	defer func() {
 		if err != nil {

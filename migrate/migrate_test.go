@@ -56,7 +56,7 @@ func receive(t testing.TB, b []byte) (*Incoming, error) {
 	}()
 	defer c2.Close()
 	c2.SetDeadline(time.Now().Add(10 * time.Second))
-	return Receive(c2)
+	return Receive(c2, nil)
 }
 
 func validState(t testing.TB) []byte {

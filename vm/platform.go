@@ -39,7 +39,7 @@ type platformDevices struct {
 	entry   *boot.Entry
 }
 
-func (v *VM) buildPlatform() error {
+func (v *VM) buildPlatform(mode buildMode) error {
 	p := &platformDevices{}
 	v.plat = p
 	var err error
@@ -109,8 +109,8 @@ func (v *VM) buildPlatform() error {
 		}
 	}
 
-	if v.restore != nil {
-		return p.restoreDevices(&v.restore.Devices)
+	if mode == buildIncoming {
+		return nil
 	}
 	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs})
 	if err != nil {

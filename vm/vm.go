@@ -116,7 +116,7 @@ func New(cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return build(cfg, mem, nil)
+	return build(cfg, mem, buildBoot)
 }
 
 // Restore builds a VM from a parsed snapshot whose guest memory is memFile
@@ -142,10 +142,26 @@ func Restore(cfg Config, r *Restored, memFile *os.File) (*VM, error) {
 	return RestoreMemory(cfg, r, mem)
 }
 
-// RestoreMemory is Restore with guest memory already in place (live
-// migration fills it page by page). The VM owns mem from here on.
+// RestoreMemory is Restore with guest memory already in place. The VM owns
+// mem from here on.
 func RestoreMemory(cfg Config, r *Restored, mem *memory.Memory) (*VM, error) {
-	m := r.Machine
+	v, err := Prepare(cfg, r.Machine, mem)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Apply(r); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// Prepare builds the VM that saved state will be loaded into: the
+// accelerator VM with mem mapped and the devices in their reset state,
+// writing nothing into guest memory. Live migration prepares the
+// destination while pre-copy still fills mem, so the pause only has to
+// carry the final pages and Apply. The VM owns mem from here on.
+func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 	if mem.Size() != m.MemSize {
 		mem.Close()
 		return nil, &InputError{Err: fmt.Errorf("guest memory is %d bytes, the saved machine had %d", mem.Size(), m.MemSize)}
@@ -156,10 +172,33 @@ func RestoreMemory(cfg Config, r *Restored, mem *memory.Memory) (*VM, error) {
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
 	cfg.TestDevices = m.TestDevices
-	return build(cfg, mem, r)
+	return build(cfg, mem, buildIncoming)
 }
 
-func build(cfg Config, mem *memory.Memory, restore *Restored) (*VM, error) {
+// Apply loads saved device state into a prepared VM; the vCPUs get theirs
+// when Run creates them. The saved machine must be the prepared one.
+func (v *VM) Apply(r *Restored) error {
+	m := r.Machine
+	if m.MemSize != v.cfg.MemSize || m.NumCPUs != v.cfg.NumCPUs || m.TestDevices != v.cfg.TestDevices {
+		return &InputError{Err: fmt.Errorf("the saved machine (%d MiB, %d vCPUs) is not the one prepared (%d MiB, %d vCPUs)",
+			m.MemSize>>20, m.NumCPUs, v.cfg.MemSize>>20, v.cfg.NumCPUs)}
+	}
+	if err := v.plat.restoreDevices(&r.Devices); err != nil {
+		return err
+	}
+	v.restore = r
+	return nil
+}
+
+// buildMode says what build puts into guest memory.
+type buildMode int
+
+const (
+	buildBoot     buildMode = iota // firmware tables and the kernel
+	buildIncoming                  // nothing: saved memory arrives or is mapped
+)
+
+func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 	if cfg.NumCPUs < 1 || cfg.NumCPUs > 255 {
 		mem.Close()
 		return nil, fmt.Errorf("%d vCPUs requested: govmm supports 1 to 255", cfg.NumCPUs)
@@ -170,7 +209,7 @@ func build(cfg Config, mem *memory.Memory, restore *Restored) (*VM, error) {
 	if cfg.Serial == nil {
 		cfg.Serial = io.Discard
 	}
-	v := &VM{cfg: cfg, log: cfg.Log, mem: mem, restore: restore, stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Log, mem: mem, stopped: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -190,7 +229,7 @@ func build(cfg Config, mem *memory.Memory, restore *Restored) (*VM, error) {
 	v.initControl()
 	v.pio = bus.New("pio", v.log)
 	v.mmio = bus.New("mmio", v.log)
-	if err := v.buildPlatform(); err != nil {
+	if err := v.buildPlatform(mode); err != nil {
 		return nil, err
 	}
 	ok = true

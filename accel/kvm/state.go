@@ -287,6 +287,14 @@ var unlistedMSRs = func() []uint32 {
 // KVM_GET_MSR_INDEX_LIST plus the unlisted architectural MSRs this vCPU
 // can actually read (each is tried once).
 func (v *VCPU) MSRIndexList() ([]uint32, error) {
+	v.msrListOnce.Do(func() { v.msrList, v.msrListErr = v.probeMSRIndexList() })
+	return append([]uint32(nil), v.msrList...), v.msrListErr
+}
+
+// probeMSRIndexList builds MSRIndexList's answer (once per vCPU: the
+// probing of unlisted MSRs costs an ioctl each, on the snapshot and
+// migration pause path).
+func (v *VCPU) probeMSRIndexList() ([]uint32, error) {
 	list, err := msrList(v.vm.acc.fd, ioctlGetMSRIndexList, "KVM_GET_MSR_INDEX_LIST")
 	if err != nil {
 		return nil, err

@@ -49,6 +49,11 @@ const (
 // state getters and setters may be called from any goroutine while the
 // vCPU is not running.
 type VCPU struct {
+	// msrList caches MSRIndexList (see probeMSRIndexList).
+	msrListOnce sync.Once
+	msrList     []uint32
+	msrListErr  error
+
 	vm     *VM
 	index  int
 	fd     int

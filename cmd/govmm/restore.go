@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"govmm/api"
+	"govmm/memory"
 	"govmm/migrate"
 	"govmm/snapshot"
 	"govmm/vm"
@@ -126,23 +127,37 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitInternal, "migrate receive: %v", err)
 	}
 	defer conn.Close()
-	in, err := migrate.Receive(conn)
+	// Build the VM as soon as the hello says what it is, so that only the
+	// last pages and the state remain for the source's pause.
+	var machine *vm.VM
+	in, err := migrate.Receive(conn, func(h migrate.Hello) (*memory.Memory, error) {
+		mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
+		if err != nil {
+			return nil, err
+		}
+		cfg.KernelName = "migrated from " + h.Machine.Accel
+		machine, err = vm.Prepare(cfg, h.Machine, mem)
+		if err != nil {
+			return nil, err
+		}
+		vm.WarmStateCodec()
+		return mem, nil
+	})
 	if err != nil {
+		if machine != nil {
+			machine.Close()
+		}
 		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
 	}
-	r, err := vm.ParseState(in.State)
-	if err != nil {
-		in.Memory.Close()
-		in.Ack(err)
-		return fail(exitInternal, "migrate receive: %v", err)
-	}
-	cfg.KernelName = "migrated from " + r.Machine.Accel
-	machine, err := vm.RestoreMemory(cfg, r, in.Memory)
-	if err != nil {
-		in.Ack(err)
-		return buildError(fmt.Errorf("migrate receive: %w", err))
-	}
 	defer machine.Close()
+	r, err := vm.ParseState(in.State)
+	if err == nil {
+		err = machine.Apply(r)
+	}
+	if err != nil {
+		in.Ack(err)
+		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+	}
 	if err := in.Ack(nil); err != nil {
 		// The source did not hear us: it resumes the VM there, so this
 		// copy must not run.
