@@ -130,23 +130,31 @@ func longMode(mem *memory.Memory, rip uint64) (*Entry, error) {
 	if err := writeGDT(mem, 0, descCode32, descCode64, descData); err != nil {
 		return nil, err
 	}
-	e := &Entry{}
-	e.Regs.RIP = rip
-	e.Regs.RSP = platform.BootStackTop
-	e.Regs.RFLAGS = rflagsReserved
+	e := flatEntry(rip, flatCode(sel64Code, true), flatData(sel64Data), 4)
 	s := &e.Sregs
-	s.CS = flatCode(sel64Code, true)
-	d := flatData(sel64Data)
-	s.DS, s.ES, s.FS, s.GS, s.SS = d, d, d, d, d
-	systemSegments(s)
-	s.GDT = accel.DTable{Base: platform.BootGDT, Limit: 4*8 - 1}
-	s.IDT = accel.DTable{Base: platform.BootIDT, Limit: 0}
 	s.CR0 = cr0PE | cr0ET | cr0NE | cr0PG
 	s.CR3 = platform.PML4Addr
 	s.CR4 = cr4PAE
 	s.EFER = eferLME | eferLMA
-	s.APICBase = apicBaseDefault
 	return e, nil
+}
+
+// flatEntry is the entry state both protected-mode entries share: flat
+// code and data segments, the boot GDT (with gdtEntries descriptors) and an
+// empty IDT, the boot stack, interrupts off, the BSP's LAPIC enabled.
+func flatEntry(ip uint64, code, data accel.Segment, gdtEntries int) *Entry {
+	e := &Entry{}
+	e.Regs.RIP = ip
+	e.Regs.RSP = platform.BootStackTop
+	e.Regs.RFLAGS = rflagsReserved
+	s := &e.Sregs
+	s.CS = code
+	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
+	systemSegments(s)
+	s.GDT = accel.DTable{Base: platform.BootGDT, Limit: uint16(gdtEntries*8 - 1)}
+	s.IDT = accel.DTable{Base: platform.BootIDT, Limit: 0}
+	s.APICBase = apicBaseDefault
+	return e
 }
 
 // protected32 writes the 32-bit GDT and returns a flat 32-bit protected
@@ -158,19 +166,8 @@ func protected32(mem *memory.Memory, eip uint64) (*Entry, error) {
 	if err := writeGDT(mem, 0, descCode32, descData); err != nil {
 		return nil, err
 	}
-	e := &Entry{}
-	e.Regs.RIP = eip
-	e.Regs.RSP = platform.BootStackTop
-	e.Regs.RFLAGS = rflagsReserved
-	s := &e.Sregs
-	s.CS = flatCode(sel32Code, false)
-	d := flatData(sel32Data)
-	s.DS, s.ES, s.FS, s.GS, s.SS = d, d, d, d, d
-	systemSegments(s)
-	s.GDT = accel.DTable{Base: platform.BootGDT, Limit: 3*8 - 1}
-	s.IDT = accel.DTable{Base: platform.BootIDT, Limit: 0}
-	s.CR0 = cr0PE | cr0ET
-	s.APICBase = apicBaseDefault
+	e := flatEntry(eip, flatCode(sel32Code, false), flatData(sel32Data), 3)
+	e.Sregs.CR0 = cr0PE | cr0ET
 	return e, nil
 }
 
