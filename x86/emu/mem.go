@@ -363,59 +363,54 @@ func (s *state) wr(p *pa, buf []byte) {
 
 // physRead reads RAM or MMIO; a range that is partly RAM is split at the
 // boundary so the device sees only its bytes.
-// samePage reports whether [gpa, gpa+n) lies in one 4 KiB page. Guest RAM
-// and MMIO are mapped in whole pages, so such a range is either all RAM or
-// all MMIO: when the RAM access fails, no byte-by-byte probing is needed.
+// samePage reports whether [gpa, gpa+n) lies in one 4 KiB page.
 func samePage(gpa uint64, n int) bool { return gpa>>12 == (gpa+uint64(n)-1)>>12 }
 
-func (s *state) physRead(gpa uint64, buf []byte) {
-	if s.cpu.ReadPhys(gpa, buf) {
+func (s *state) physRead(gpa uint64, buf []byte)  { s.physAccess(gpa, buf, false) }
+func (s *state) physWrite(gpa uint64, buf []byte) { s.physAccess(gpa, buf, true) }
+
+// physAccess reads or writes buf at gpa in guest RAM or, where it is not
+// RAM, on the device bus. Guest RAM and MMIO are mapped in whole pages, so
+// the part of an access inside one page is all RAM or all MMIO: an access
+// within a page goes to one of the two whole, and one that crosses pages
+// is split at the page boundaries, with consecutive MMIO parts kept
+// together as one device access (a device register may straddle pages).
+func (s *state) physAccess(gpa uint64, buf []byte, write bool) {
+	if s.ram(gpa, buf, write) {
 		return
 	}
-	if len(buf) == 1 || samePage(gpa, len(buf)) || !s.cpu.ReadPhys(gpa, buf[:1]) && !s.cpu.ReadPhys(gpa+uint64(len(buf)-1), buf[len(buf)-1:]) {
-		s.cpu.MMIORead(gpa, buf)
+	if samePage(gpa, len(buf)) {
+		s.mmio(gpa, buf, write)
 		return
 	}
+	part := func(i int) int { return min(len(buf)-i, int(0x1000-(gpa+uint64(i))&0xfff)) }
 	for i := 0; i < len(buf); {
-		if s.cpu.ReadPhys(gpa+uint64(i), buf[i:i+1]) {
-			i++
+		n := part(i)
+		if s.ram(gpa+uint64(i), buf[i:i+n], write) {
+			i += n
 			continue
 		}
-		j := i + 1
-		for j < len(buf) && !s.cpu.ReadPhys(gpa+uint64(j), buf[j:j+1]) {
-			j++
+		j := i + n
+		for j < len(buf) && !s.cpu.ReadPhys(gpa+uint64(j), s.probe[:]) {
+			j += part(j)
 		}
-		s.cpu.MMIORead(gpa+uint64(i), buf[i:j])
+		s.mmio(gpa+uint64(i), buf[i:j], write)
 		i = j
 	}
 }
 
-func (s *state) physWrite(gpa uint64, buf []byte) {
-	if s.cpu.WritePhys(gpa, buf) {
-		return
+func (s *state) ram(gpa uint64, buf []byte, write bool) bool {
+	if write {
+		return s.cpu.WritePhys(gpa, buf)
 	}
-	if len(buf) == 1 || samePage(gpa, len(buf)) {
+	return s.cpu.ReadPhys(gpa, buf)
+}
+
+func (s *state) mmio(gpa uint64, buf []byte, write bool) {
+	if write {
 		s.cpu.MMIOWrite(gpa, buf)
-		return
-	}
-	probe := s.probe[:]
-	firstRAM := s.cpu.ReadPhys(gpa, probe)
-	lastRAM := s.cpu.ReadPhys(gpa+uint64(len(buf)-1), probe)
-	if !firstRAM && !lastRAM {
-		s.cpu.MMIOWrite(gpa, buf)
-		return
-	}
-	for i := 0; i < len(buf); {
-		if s.cpu.WritePhys(gpa+uint64(i), buf[i:i+1]) {
-			i++
-			continue
-		}
-		j := i + 1
-		for j < len(buf) && !s.cpu.WritePhys(gpa+uint64(j), buf[j:j+1]) {
-			j++
-		}
-		s.cpu.MMIOWrite(gpa+uint64(i), buf[i:j])
-		i = j
+	} else {
+		s.cpu.MMIORead(gpa, buf)
 	}
 }
 
