@@ -359,18 +359,28 @@ func (d *Device) fire(n uint32) {
 	d.s.Fire, d.s.Sent, d.s.Acks, d.s.Status = n, 0, 0, StatusBusy
 	msi := accel.MSI{AddressLo: d.s.MSIAddr, AddressHi: d.s.MSIAddrH, Data: d.s.MSIData}
 	order := d.s.Order
+	d.goRun("MSI", &d.s.Status, func() error { return d.run(n, msi, order) }, nil)
+}
+
+// goRun runs a host-side run on a goroutine Close waits for, and records
+// its outcome in *status (under d.mu) when it ends; done, if set, runs
+// under d.mu too.
+func (d *Device) goRun(what string, status *uint32, run func() error, done func()) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		err := d.run(n, msi, order)
+		err := run()
 		d.mu.Lock()
+		defer d.mu.Unlock()
 		if err != nil {
-			d.log.Error("irqtestdev: MSI run failed", "err", err)
-			d.s.Status = StatusError | StatusDone
+			d.log.Error("irqtestdev: "+what+" run failed", "err", err)
+			*status = StatusError | StatusDone
 		} else {
-			d.s.Status = StatusDone
+			*status = StatusDone
 		}
-		d.mu.Unlock()
+		if done != nil {
+			done()
+		}
 	}()
 }
 
@@ -501,20 +511,8 @@ func (d *Device) fireResample(n uint32) {
 	d.s.RSAsserts, d.s.RSTriggers, d.s.RSResamples = 0, 0, 0
 	mode := d.s.RSMode
 	msi := accel.MSI{AddressLo: d.s.MSIAddr, AddressHi: d.s.MSIAddrH, Data: d.s.MSIData}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		err := d.runResample(n, mode, msi)
-		d.mu.Lock()
-		if err != nil {
-			d.log.Error("irqtestdev: resample run failed", "err", err)
-			d.s.RSStatus = StatusError | StatusDone
-		} else {
-			d.s.RSStatus = StatusDone
-		}
-		d.s.RSPending = false
-		d.mu.Unlock()
-	}()
+	d.goRun("resample", &d.s.RSStatus, func() error { return d.runResample(n, mode, msi) },
+		func() { d.s.RSPending = false })
 }
 
 // runResample plays a level-triggered device that has only a trigger and
