@@ -9,7 +9,8 @@ import (
 	"govmm/accel/kvm"
 )
 
-func kvmVM(t *testing.T) accel.VM {
+// needKVM skips (or, with GOVMM_REQUIRE_KVM=1, fails) without /dev/kvm.
+func needKVM(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
@@ -17,7 +18,11 @@ func kvmVM(t *testing.T) accel.VM {
 		}
 		t.Skipf("no /dev/kvm: %v", err)
 	}
-	a, err := kvm.Open()
+}
+
+// testVM creates a one-vCPU VM on a (closed with the test), or fails.
+func testVM(t *testing.T, a accel.Accelerator, err error) accel.VM {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,6 +33,13 @@ func kvmVM(t *testing.T) accel.VM {
 	}
 	t.Cleanup(func() { vm.Close() })
 	return vm
+}
+
+func kvmVM(t *testing.T) accel.VM {
+	t.Helper()
+	needKVM(t)
+	a, err := kvm.Open()
+	return testVM(t, a, err)
 }
 
 // TestKVMOwnership runs the table against the real kernel: routes commit,

@@ -12,22 +12,13 @@ import (
 
 func mshvVM(t *testing.T) accel.VM {
 	t.Helper()
-	kvmVM(t) // mshvsim runs on KVM: same skip/fail rule
+	needKVM(t) // mshvsim runs on KVM: same skip/fail rule
 	d, err := mshvsim.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := mshv.Open(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	vm, err := a.CreateVM(accel.VMConfig{NumVCPUs: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { vm.Close() })
-	return vm
+	return testVM(t, a, err)
 }
 
 // TestMSHVSim runs the table on the MSHV backend (over mshvsim): routes
