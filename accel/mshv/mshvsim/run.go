@@ -287,19 +287,30 @@ func (v *vp) complete(x kvm.RawExit) error {
 	return fmt.Errorf("KVM did not finish an instruction's accesses")
 }
 
-// ioIntercept turns a KVM_EXIT_IO into HVMSG_X64_IO_PORT_INTERCEPT.
-func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
-	io := x.IO
-	regs0, err := v.k.Regs()
+// stateThenComplete reads the vCPU's registers as KVM reported the exit,
+// then completes KVM's pending access (see complete): what every
+// intercept starts from.
+func (v *vp) stateThenComplete(x kvm.RawExit) (accel.Regs, accel.Sregs, error) {
+	regs, err := v.k.Regs()
 	if err != nil {
-		return v.fail("%v", err)
+		return regs, accel.Sregs{}, err
 	}
 	s, err := v.k.Sregs()
 	if err != nil {
-		return v.fail("%v", err)
+		return regs, s, err
 	}
 	if err := v.complete(x); err != nil {
-		return v.fail("complete port I/O on port %#x: %v", io.Port, err)
+		return regs, s, fmt.Errorf("complete the access: %w", err)
+	}
+	return regs, s, nil
+}
+
+// ioIntercept turns a KVM_EXIT_IO into HVMSG_X64_IO_PORT_INTERCEPT.
+func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
+	io := x.IO
+	regs0, s, err := v.stateThenComplete(x)
+	if err != nil {
+		return v.fail("port I/O on port %#x: %v", io.Port, err)
 	}
 	pre, d, ok := v.findPIOStart(&regs0, &s, io)
 	if !ok {
@@ -341,16 +352,9 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 func (v *vp) mmioIntercept(x kvm.RawExit, msg []byte) error {
 	m := x.MMIO
 	m.Data = append([]byte(nil), m.Data...)
-	regs0, err := v.k.Regs()
+	regs0, s, err := v.stateThenComplete(x)
 	if err != nil {
-		return v.fail("%v", err)
-	}
-	s, err := v.k.Sregs()
-	if err != nil {
-		return v.fail("%v", err)
-	}
-	if err := v.complete(x); err != nil {
-		return v.fail("complete MMIO at %#x: %v", m.Addr, err)
+		return v.fail("MMIO at %#x: %v", m.Addr, err)
 	}
 	pre := regs0
 	if m.Write {
