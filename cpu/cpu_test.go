@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -10,13 +11,19 @@ import (
 
 const sig = accel.CPUIDFlagSignificantIndex
 
-// set returns the table with the named features set.
+// feature returns the named feature; it panics on an unknown name.
+func feature(name string) Feature {
+	f, ok := Lookup(name)
+	if !ok {
+		panic("unknown feature " + name)
+	}
+	return f
+}
+
+// withFeatures returns the table with the named features set.
 func withFeatures(entries []accel.CPUIDEntry, names ...string) []accel.CPUIDEntry {
 	for _, n := range names {
-		f, ok := byName[n]
-		if !ok {
-			panic(n)
-		}
+		f := feature(n)
 		e := find(entries, f.Leaf, f.Subleaf)
 		if e == nil {
 			panic("no leaf for " + n)
@@ -79,6 +86,111 @@ func TestFeatureTable(t *testing.T) {
 	got := Present(hostTable())
 	if got[0] != "fpu" || !contains(got, "avx512_fp16") || contains(got, "vmx") {
 		t.Errorf("Present = %v", got)
+	}
+}
+
+// TestFeatureTableWellFormed checks the static tables for what building
+// them at run time used to check: unique names, dependency tables naming
+// known features, and /proc/cpuinfo order.
+func TestFeatureTableWellFormed(t *testing.T) {
+	// Linux's word order of the CPUID registers features live in.
+	type leafReg struct {
+		leaf, sub uint32
+		reg       Reg
+	}
+	order := []leafReg{
+		{1, 0, EDX}, {1, 0, ECX}, {7, 0, EBX}, {7, 0, ECX}, {7, 0, EDX}, {7, 1, EAX}, {0xd, 1, EAX},
+		{0x80000001, 0, ECX}, {0x80000001, 0, EDX}, {0x80000007, 0, EDX}, {0x80000008, 0, EBX},
+	}
+	rank := func(f Feature) int {
+		return slices.Index(order, leafReg{f.Leaf, f.Subleaf, f.Reg})
+	}
+	seen := map[string]bool{}
+	for i, f := range features {
+		if seen[f.Name] {
+			t.Errorf("duplicate feature name %s", f.Name)
+		}
+		seen[f.Name] = true
+		if f.Name == "" || f.Name != strings.ToLower(f.Name) || strings.ContainsAny(f.Name, ",+- ") {
+			t.Errorf("feature %+v: bad name", f)
+		}
+		if rank(f) < 0 || f.Bit > 31 {
+			t.Errorf("feature %s: CPUID %#x.%d %s bit %d is not in a known feature register", f.Name, f.Leaf, f.Subleaf, f.Reg, f.Bit)
+			continue
+		}
+		if i > 0 {
+			p := features[i-1]
+			if rank(p) > rank(f) || rank(p) == rank(f) && p.Bit >= f.Bit {
+				t.Errorf("feature %s (%#x.%d %s bit %d) is out of order after %s (%#x.%d %s bit %d)",
+					f.Name, f.Leaf, f.Subleaf, f.Reg, f.Bit, p.Name, p.Leaf, p.Subleaf, p.Reg, p.Bit)
+			}
+		}
+		if wantDyn := f.Name == "osxsave" || f.Name == "ospke"; f.Dynamic != wantDyn {
+			t.Errorf("feature %s: Dynamic = %v, want %v", f.Name, f.Dynamic, wantDyn)
+		}
+	}
+	for _, r := range requires {
+		if !seen[r.feature] || !seen[r.needs] || r.feature == r.needs {
+			t.Errorf("requires names an unknown feature or itself: %+v", r)
+		}
+	}
+	for _, x := range xcr0Bits {
+		if !seen[x.feature] || x.components == 0 || x.components&0b11 != 0 {
+			t.Errorf("xcr0Bits entry %+v: unknown feature or bad components", x)
+		}
+	}
+}
+
+// TestFeatureTableContents pins the table's size and a few entries, so that
+// a mistake regenerating it shows.
+func TestFeatureTableContents(t *testing.T) {
+	if got := len(Features()); got != 198 {
+		t.Errorf("%d features, want 198", got)
+	}
+	for _, want := range []Feature{
+		{Name: "fpu", Leaf: 1, Reg: EDX, Bit: 0},
+		{Name: "pbe", Leaf: 1, Reg: EDX, Bit: 31},
+		{Name: "cx16", Leaf: 1, Reg: ECX, Bit: 13},
+		{Name: "osxsave", Leaf: 1, Reg: ECX, Bit: 27, Dynamic: true},
+		{Name: "avx512f", Leaf: 7, Reg: EBX, Bit: 16},
+		{Name: "ospke", Leaf: 7, Reg: ECX, Bit: 4, Dynamic: true},
+		{Name: "spec_ctrl_ssbd", Leaf: 7, Reg: EDX, Bit: 31},
+		{Name: "avx512_bf16", Leaf: 7, Subleaf: 1, Reg: EAX, Bit: 5},
+		{Name: "xsaves", Leaf: 0xd, Subleaf: 1, Reg: EAX, Bit: 3},
+		{Name: "lahf_lm", Leaf: 0x80000001, Reg: ECX, Bit: 0},
+		{Name: "lm", Leaf: 0x80000001, Reg: EDX, Bit: 29},
+		{Name: "invtsc", Leaf: 0x80000007, Reg: EDX, Bit: 8},
+		{Name: "virt_ssbd", Leaf: 0x80000008, Reg: EBX, Bit: 25},
+	} {
+		if got, ok := Lookup(want.Name); !ok || got != want {
+			t.Errorf("Lookup(%q) = %+v, %v, want %+v", want.Name, got, ok, want)
+		}
+	}
+	if f := Features(); f[0].Name != "fpu" || f[len(f)-1].Name != "virt_ssbd" {
+		t.Errorf("table runs from %s to %s, want fpu to virt_ssbd", f[0].Name, f[len(f)-1].Name)
+	}
+	if _, ok := Lookup("bogus"); ok {
+		t.Error("Lookup(bogus) succeeded")
+	}
+	if names := FeatureNames(); !slices.IsSorted(names) || len(names) != len(features) {
+		t.Errorf("FeatureNames not sorted or incomplete: %v", names)
+	}
+}
+
+func TestClosure(t *testing.T) {
+	var s featureSet
+	s.addClosure("avx512vl")
+	var got []string
+	for i, f := range features {
+		if s.has(i) {
+			got = append(got, f.Name)
+		}
+	}
+	want := []string{"avx512vl", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg", "avx512_vp2intersect", "avx512_bf16"}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("closure(avx512vl) = %v, want %v", got, want)
 	}
 }
 
@@ -155,7 +267,7 @@ func apply(t *testing.T, spec string) []accel.CPUIDEntry {
 	return out
 }
 
-func has(entries []accel.CPUIDEntry, name string) bool { return byName[name].Has(entries) }
+func has(entries []accel.CPUIDEntry, name string) bool { return feature(name).Has(entries) }
 
 func TestApplyHost(t *testing.T) {
 	in := hostTable()
@@ -312,5 +424,79 @@ func TestForVCPUAMD(t *testing.T) {
 	intel := ForVCPU(hostTable(), 5, 6)
 	if e := find(intel, 0x80000008, 0); e.ECX != 0 {
 		t.Errorf("Intel leaf 0x80000008 ECX changed: %#x", e.ECX)
+	}
+}
+
+// kvmSupported is KVM_GET_SUPPORTED_CPUID as read on a (nested) Intel
+// KVM host: a realistic input for Apply.
+var kvmSupported = []accel.CPUIDEntry{
+	{Function: 0x0, EAX: 0x20, EBX: 0x756e6547, ECX: 0x6c65746e, EDX: 0x49656e69},
+	{Function: 0x1, EAX: 0xc06f2, EBX: 0x20800, ECX: 0x81202000, EDX: 0xf8bfbff},
+	{Function: 0x2, EAX: 0xfeff01, EBX: 0xf0},
+	{Function: 0x3},
+	{Function: 0x4, Flags: sig, EAX: 0x4000121, EBX: 0x2c0003f, ECX: 0x3f},
+	{Function: 0x4, Index: 1, Flags: sig, EAX: 0x4000122, EBX: 0x1c0003f, ECX: 0x3f},
+	{Function: 0x4, Index: 2, Flags: sig, EAX: 0x4000143, EBX: 0x3c0003f, ECX: 0x7ff},
+	{Function: 0x4, Index: 3, Flags: sig, EAX: 0x4004163, EBX: 0x4c0003f, ECX: 0x3bfff, EDX: 0x4},
+	{Function: 0x4, Index: 4, Flags: sig},
+	{Function: 0x5},
+	{Function: 0x6, EAX: 0x4},
+	{Function: 0x7, Flags: sig, EAX: 0x2, EBX: 0x1802042, ECX: 0x1a010104, EDX: 0xbc010400},
+	{Function: 0x7, Index: 1, Flags: sig, EAX: 0x1c00},
+	{Function: 0x7, Index: 2, Flags: sig, EDX: 0x1f},
+	{Function: 0x8},
+	{Function: 0x9},
+	{Function: 0xa},
+	{Function: 0xb, Flags: sig},
+	{Function: 0xc},
+	{Function: 0xd, Flags: sig, EAX: 0x2e7, EBX: 0xa88, ECX: 0xa88},
+	{Function: 0xd, Index: 1, Flags: sig},
+	{Function: 0xd, Index: 2, Flags: sig, EAX: 0x100, EBX: 0x240},
+	{Function: 0xd, Index: 5, Flags: sig, EAX: 0x40, EBX: 0x440},
+	{Function: 0xd, Index: 6, Flags: sig, EAX: 0x200, EBX: 0x480},
+	{Function: 0xd, Index: 7, Flags: sig, EAX: 0x400, EBX: 0x680},
+	{Function: 0xd, Index: 9, Flags: sig, EAX: 0x8, EBX: 0xa80},
+	{Function: 0xe},
+	{Function: 0xf, Flags: sig},
+	{Function: 0x10, Flags: sig},
+	{Function: 0x11},
+	{Function: 0x12, Flags: sig},
+	{Function: 0x13},
+	{Function: 0x14, Flags: sig},
+	{Function: 0x15},
+	{Function: 0x16},
+	{Function: 0x17, Flags: sig},
+	{Function: 0x18, Flags: sig},
+	{Function: 0x19},
+	{Function: 0x1a},
+	{Function: 0x1b},
+	{Function: 0x1c},
+	{Function: 0x1d, Flags: sig},
+	{Function: 0x1e, Flags: sig},
+	{Function: 0x1f, Flags: sig},
+	{Function: 0x20},
+	{Function: 0x40000000, EAX: 0x40000001, EBX: 0x4b4d564b, ECX: 0x564b4d56, EDX: 0x4d},
+	{Function: 0x40000001, EAX: 0x1007efb},
+	{Function: 0x80000000, EAX: 0x80000008},
+	{Function: 0x80000001, ECX: 0x101, EDX: 0x20100800},
+	{Function: 0x80000002},
+	{Function: 0x80000003},
+	{Function: 0x80000004},
+	{Function: 0x80000005},
+	{Function: 0x80000006, ECX: 0x8007040},
+	{Function: 0x80000007, EDX: 0x100},
+	{Function: 0x80000008, EAX: 0x392e, EBX: 0x100d200},
+}
+
+func BenchmarkApplyHost(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		m, err := Parse("host")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := m.Apply(kvmSupported); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -7,9 +7,10 @@
 package cpu
 
 import (
+	"cmp"
 	"fmt"
 	"math/bits"
-	"sort"
+	"slices"
 	"strings"
 
 	"govmm/accel"
@@ -85,28 +86,19 @@ func Parse(spec string) (Model, error) {
 	return m, nil
 }
 
-// closure returns the features removing f removes: f and everything that
-// transitively requires it, sorted.
-func closure(f string) []string {
-	loadTable()
-	set := map[string]bool{}
-	var walk func(string)
-	walk = func(n string) {
-		if set[n] {
-			return
-		}
-		set[n] = true
-		for _, d := range dependsOn[n] {
-			walk(d)
+// addClosure adds f and everything that transitively requires it: the
+// features removing f removes.
+func (s *featureSet) addClosure(f string) {
+	i := index(f)
+	if i < 0 || s.has(i) {
+		return
+	}
+	s.add(i)
+	for _, r := range requires {
+		if r.needs == f {
+			s.addClosure(r.feature)
 		}
 	}
-	walk(f)
-	out := make([]string, 0, len(set))
-	for n := range set {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Apply derives the guest CPUID table from what the accelerator supports:
@@ -116,56 +108,56 @@ func closure(f string) []string {
 // a feature the host lacks). Dynamic bits (OSXSAVE, OSPKE) are cleared:
 // KVM sets them from CR4 at run time.
 func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
-	loadTable()
 	if m.Name != "host" {
 		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
 	}
-	out := append([]accel.CPUIDEntry(nil), supported...)
-	removed := map[string]bool{}
+	var removed featureSet
 	for _, f := range m.Remove {
-		if _, ok := byName[f]; !ok {
+		if index(f) < 0 {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
 		}
-		for _, d := range closure(f) {
-			removed[d] = true
-		}
+		removed.addClosure(f)
 	}
 	for _, f := range m.Add {
-		feat, ok := byName[f]
-		if !ok {
+		i := index(f)
+		if i < 0 {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
 		}
-		if removed[f] {
+		if removed.has(i) {
 			return nil, fmt.Errorf("cpu model %s: +%s needs a feature the model removes", m, f)
 		}
-		if !feat.Has(supported) {
+		if feat := features[i]; !feat.Has(supported) {
 			return nil, fmt.Errorf("cpu model %s: feature %q (CPUID %#x.%d %s bit %d) is not offered by the accelerator on this host and cannot be emulated",
 				m, f, feat.Leaf, feat.Subleaf, feat.Reg, feat.Bit)
 		}
 	}
-	removed["osxsave"], removed["ospke"] = true, true
-	for name := range removed {
-		f := byName[name]
-		if e := find(out, f.Leaf, f.Subleaf); e != nil {
-			*regPtr(e, f.Reg) &^= 1 << f.Bit
+	out := append([]accel.CPUIDEntry(nil), supported...)
+	// With nothing removed (the plain host model) this only clears the
+	// dynamic bits.
+	anyRemoved := !removed.empty()
+	for i := range features {
+		if f := &features[i]; f.Dynamic || anyRemoved && removed.has(i) {
+			if e := find(out, f.Leaf, f.Subleaf); e != nil {
+				*regPtr(e, f.Reg) &^= 1 << f.Bit
+			}
 		}
 	}
-	fixXSaveLeaf(out, removed)
+	if anyRemoved {
+		fixXSaveLeaf(out, &removed)
+	}
 	return out, nil
 }
 
 // fixXSaveLeaf drops the XSAVE state components of removed features from
 // leaf 0xD (all of it without xsave) and recomputes the maximum area size.
-func fixXSaveLeaf(entries []accel.CPUIDEntry, removed map[string]bool) {
+func fixXSaveLeaf(entries []accel.CPUIDEntry, removed *featureSet) {
 	var drop uint64
-	if removed["xsave"] {
+	if removed.hasName("xsave") {
 		drop = ^uint64(0)
 	}
-	for f, comps := range xcr0Bits {
-		if removed[f] {
-			for _, c := range comps {
-				drop |= 1 << c
-			}
+	for _, x := range xcr0Bits {
+		if removed.hasName(x.feature) {
+			drop |= x.components
 		}
 	}
 	if drop == 0 {
@@ -270,11 +262,8 @@ func ForVCPU(entries []accel.CPUIDEntry, index, ncpus int) []accel.CPUIDEntry {
 	if maxBasic >= 0x1f {
 		topo(0x1f)
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if out[i].Function != out[j].Function {
-			return out[i].Function < out[j].Function
-		}
-		return out[i].Index < out[j].Index
+	slices.SortStableFunc(out, func(a, b accel.CPUIDEntry) int {
+		return cmp.Or(cmp.Compare(a.Function, b.Function), cmp.Compare(a.Index, b.Index))
 	})
 	return out
 }
