@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"govmm/accel"
-	"govmm/cpu"
 )
 
 // setupVCPU creates vCPU index on the calling (locked) thread and gives it
@@ -19,9 +18,8 @@ func (v *VM) setupVCPU(index int) (accel.VCPU, error) {
 	v.pauseMu.Lock()
 	v.vcpus = append(v.vcpus, c)
 	v.pauseMu.Unlock()
-	if err := c.SetCPUID(cpu.ForVCPU(v.cfg.CPUID, index, v.cfg.NumCPUs)); err != nil {
-		return nil, fmt.Errorf("vCPU %d: set CPUID: %w", index, err)
-	}
+	// The backend gave the vCPU its CPUID table (the VM's, specialised
+	// with cpu.ForVCPU) when it created it.
 	if index == 0 {
 		if r, ok := c.(accel.ExtINTReceiver); ok && v.plat.extint != nil {
 			r.SetExtINTSource(v.plat.extint)

@@ -275,17 +275,35 @@ func (v *VM) isStopped() bool {
 	}
 }
 
-// Run starts every vCPU and blocks until the VM ends.
+// Run starts every vCPU and blocks until the VM ends. The BSP runs on the
+// calling goroutine, locked to its OS thread for the duration: a VM that
+// starts and ends quickly pays for no extra thread, and the APs each get a
+// goroutine locked to a thread of its own.
 func (v *VM) Run() Result {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	bsp, err := v.setupVCPU(0)
+	if err != nil {
+		v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
+		return v.result
+	}
 	ready := make(chan error, v.cfg.NumCPUs)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
-	created := 0
-	for i := 0; i < v.cfg.NumCPUs; i++ {
+	created := 1
+	for i := 1; i < v.cfg.NumCPUs; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v.vcpuThread(i, ready, start)
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			c, err := v.setupVCPU(i)
+			ready <- err
+			if err != nil {
+				return
+			}
+			<-start
+			v.runVCPU(i, c)
 		}()
 		// Create vCPUs in order: the BSP first, then the APs.
 		if err := <-ready; err != nil {
@@ -302,24 +320,19 @@ func (v *VM) Run() Result {
 		}
 	}
 	close(start)
+	if !v.cfg.Epoch.IsZero() {
+		v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
+	}
+	v.runVCPU(0, bsp)
 	<-v.stopped
 	wg.Wait()
 	v.plat.flush()
 	return v.result
 }
 
-func (v *VM) vcpuThread(index int, ready chan<- error, start <-chan struct{}) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	c, err := v.setupVCPU(index)
-	ready <- err
-	if err != nil {
-		return
-	}
-	<-start
-	if index == 0 && !v.cfg.Epoch.IsZero() {
-		v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
-	}
+// runVCPU runs vCPU index on the calling (locked) thread until the VM
+// stops.
+func (v *VM) runVCPU(index int, c accel.VCPU) {
 	h := ioHandler{v.pio, v.mmio}
 	for !v.isStopped() {
 		v.maybePark(index, c)

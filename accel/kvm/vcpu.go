@@ -3,8 +3,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,22 +15,20 @@ import (
 )
 
 // KickSignal is the real-time signal (SIGRTMIN+6 under glibc numbering)
-// that Kick sends to a vCPU thread to make KVM_RUN return EINTR. The
-// process handles it through os/signal (the first CreateVCPU registers it),
-// so it never terminates the process.
+// that Kick sends to a vCPU thread to make KVM_RUN return EINTR. The Go
+// runtime installs its own handler for every real-time signal at start-up
+// and drops the ones os/signal was not asked for, so a kick interrupts
+// KVM_RUN and is otherwise ignored: no os/signal registration, which would
+// cost a signal-mask thread at start and a goroutine wake-up per kick.
 const KickSignal = syscall.Signal(40)
 
-var kickOnce sync.Once
-
-func installKickHandler() {
-	kickOnce.Do(func() {
-		ch := make(chan os.Signal, 64)
-		signal.Notify(ch, KickSignal)
-		go func() {
-			for range ch {
-			}
-		}()
-	})
+// unblockKickSignal makes sure the calling thread (the vCPU's) can receive
+// KickSignal even if the process inherited it blocked.
+func unblockKickSignal() error {
+	var set unix.Sigset_t
+	n := uint(KickSignal) - 1
+	set.Val[n/64] |= 1 << (n % 64)
+	return unix.PthreadSigmask(unix.SIG_UNBLOCK, &set, nil)
 }
 
 // Offsets into struct kvm_run (checked in abi_test.go).
@@ -95,7 +91,9 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 	if index < 0 || (vm.cfg.NumVCPUs > 0 && index >= vm.cfg.NumVCPUs) {
 		return nil, fmt.Errorf("create vCPU %d: the VM has %d vCPUs", index, vm.cfg.NumVCPUs)
 	}
-	installKickHandler()
+	if err := unblockKickSignal(); err != nil {
+		return nil, fmt.Errorf("create vCPU %d: unblock the kick signal: %w", index, err)
+	}
 	r, err := ioctl(vm.fd, ioctlCreateVCPU, uintptr(index))
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", index, err)
@@ -213,7 +211,10 @@ func (v *VCPU) poke() {
 		return
 	}
 	v.setRunByte(1, 1)
-	if tid := v.tid.Load(); tid != 0 {
+	// A kick from the vCPU's own thread (a device handler stopping the VM)
+	// comes while it is outside KVM_RUN: immediate_exit alone stops the
+	// next entry, and no signal is needed.
+	if tid := v.tid.Load(); tid != 0 && int(tid) != unix.Gettid() {
 		// ESRCH (thread gone) is harmless: immediate_exit is set.
 		_ = unix.Tgkill(unix.Getpid(), int(tid), KickSignal)
 	}
