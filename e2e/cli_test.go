@@ -12,6 +12,10 @@ func TestVersion(t *testing.T) {
 	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "govmm ") {
 		t.Fatalf("govmm version: %s", r)
 	}
+	// The tests build govmm as the README does: static.
+	if !strings.Contains(r.Stdout, ", static)") {
+		t.Errorf("govmm version does not report a static build: %s", r.Stdout)
+	}
 }
 
 func TestCapsJSON(t *testing.T) {

@@ -35,6 +35,7 @@ func run(m *testing.M) int {
 	root := filepath.Dir(filepath.Dir(file))
 	build := exec.Command("go", "build", "-o", binary, "./cmd/govmm")
 	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the README builds it
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: build govmm: %v\n%s", err, out)
 		return 1

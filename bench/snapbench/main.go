@@ -93,6 +93,7 @@ func run(runs int, noQEMU, noMSHV bool) error {
 		govmm: filepath.Join(tmp, "govmm"), cols: []string{colKVM}}
 	c := exec.Command("go", "build", "-o", b.govmm, "./cmd/govmm")
 	c.Dir = root
+	c.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the README builds it
 	if out, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("build govmm: %v\n%s", err, out)
 	}
