@@ -1,7 +1,8 @@
 // Command bench measures govmm side by side with its baselines in one run:
 // a minimal C program driving /dev/kvm directly (the floor, built here with
-// gcc), the Go floor (bench/gofloor: govmm's KVM backend and loader with no
-// device model, which shows what the Go runtime alone costs) and QEMU
+// gcc), the same program in Go (bench/gomin: what the Go runtime alone
+// adds), the Go floor (bench/gofloor: govmm's KVM backend and loader with no
+// device model) and QEMU
 // (qemu-system-x86_64 -accel kvm, installed through apt when missing). All
 // run the same Multiboot guests (bench/guest), pair by pair in alternating
 // order, and the report gives medians and ratios:
@@ -85,12 +86,17 @@ func run(runs, iter int, skipQEMU bool) error {
 	if err := step("build govmm", []string{"go", "build", "-o", govmm, "./cmd/govmm"}, "CGO_ENABLED=0"); err != nil {
 		return err
 	}
+	gomin := filepath.Join(tmp, "gomin")
+	if err := step("build gomin", []string{"go", "build", "-o", gomin, "./bench/gomin"}, "CGO_ENABLED=0"); err != nil {
+		return err
+	}
 	gofloor := filepath.Join(tmp, "gofloor")
 	if err := step("build gofloor", []string{"go", "build", "-o", gofloor, "./bench/gofloor"}, "CGO_ENABLED=0"); err != nil {
 		return err
 	}
 	vmms := []vmm{
 		{"floor", func(k string) []string { return []string{floor, k, "64"} }},
+		{"go-min", func(k string) []string { return []string{gomin, k, "64"} }},
 		{"go-floor", func(k string) []string { return []string{gofloor, k, "64"} }},
 		{"govmm", func(k string) []string {
 			return []string{govmm, "run", "--accel=kvm", "--memory=64M", "--serial=none", "--kernel", k}
@@ -172,7 +178,10 @@ func run(runs, iter int, skipQEMU bool) error {
 	row("  of it file-backed (shared text)", func(v string) float64 {
 		return float64(medianOf(res["pio"][v], func(s sample) int64 { return s.fileKB })) / 1024
 	}, "Mi")
-	fmt.Println("\ntargets: exit round trips <= 1.10x floor; start-to-exit <= 1.5x floor and <= 0.25x qemu; VMM overhead <= 8 MiB")
+	startup := func(v string) float64 { return float64(med("exit", v)) / float64(med("exit", "floor")) }
+	fmt.Printf("\nstart-to-exit against the C floor: go-min %.2fx (the Go runtime), go-floor %.2fx (+ govmm's KVM backend and loader), govmm %.2fx (+ the machine)\n",
+		startup("go-min"), startup("go-floor"), startup("govmm"))
+	fmt.Println("targets: exit round trips <= 1.10x floor; start-to-exit <= 1.5x floor and <= 0.25x qemu; VMM overhead <= 8 MiB")
 	return nil
 }
 
