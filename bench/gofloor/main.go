@@ -1,8 +1,9 @@
 // Command gofloor is the benchmark's Go floor: the least a Go program can do
 // to run the benchmark guest on KVM through govmm's own KVM backend and
 // loader, with no device model, interrupt controllers or firmware tables.
-// Side by side with the C floor and govmm it splits govmm's start-up cost
-// into what the Go runtime costs and what the VMM itself adds.
+// Between go-min (bench/gomin, the C floor in Go: the runtime's cost) and
+// govmm it shows what govmm's backend and loader add to start-up and what
+// the rest of the machine adds.
 //
 // usage: gofloor KERNEL.elf [MEM_MIB]
 package main
