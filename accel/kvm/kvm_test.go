@@ -109,6 +109,21 @@ type recorder struct {
 	vcpu  *VCPU
 }
 
+// runRecorded runs vCPU 0 in real mode from 0x1000 on a locked thread until
+// it leaves through the debug-exit port, recording every access.
+func (tv *testVM) runRecorded(t *testing.T) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	runLocked(func() {
+		v := tv.realModeVCPU(t, 0, 0x1000)
+		rec.vcpu = v
+		if _, err := v.Run(rec); err != nil {
+			t.Error(err)
+		}
+	})
+	return rec
+}
+
 func (r *recorder) add(kind string, addr uint64, data []byte) {
 	r.mu.Lock()
 	r.log = append(r.log, access{kind, addr, fmt.Sprintf("%x", data)})
@@ -603,14 +618,7 @@ func TestReadOnlyMemory(t *testing.T) {
 		0xe6, 0xf4, // done
 		0xeb, 0xfe,
 	})
-	rec := &recorder{}
-	runLocked(func() {
-		v := tv.realModeVCPU(t, 0, 0x1000)
-		rec.vcpu = v
-		if _, err := v.Run(rec); err != nil {
-			t.Error(err)
-		}
-	})
+	rec := tv.runRecorded(t)
 	got := fmt.Sprint(rec.accesses())
 	if want := "[pio-w 0x10 11 mmio-w 0x100000 22 pio-w 0xf4 11]"; got != want {
 		t.Errorf("accesses %s, want %s", got, want)
@@ -635,14 +643,7 @@ func TestDirtyLog(t *testing.T) {
 	if bm, err := tv.vm.DirtyLog(0x10000); err != nil || popcount(bm) != 0 {
 		t.Fatalf("dirty log before running: %v %v", bm, err)
 	}
-	rec := &recorder{}
-	runLocked(func() {
-		v := tv.realModeVCPU(t, 0, 0x1000)
-		rec.vcpu = v
-		if _, err := v.Run(rec); err != nil {
-			t.Error(err)
-		}
-	})
+	tv.runRecorded(t)
 	bm, err := tv.vm.DirtyLog(0x10000)
 	if err != nil {
 		t.Fatal(err)
@@ -717,14 +718,7 @@ func TestIOEventFD(t *testing.T) {
 	copy(tv.mem[0x1000:], []byte{0xb9, 0x05, 0x00, 0xb8, 0x00, 0x20, 0x8e, 0xd8, 0xc7, 0x06, 0x40, 0x00,
 		0xab, 0x00, 0x31, 0xc0, 0x8e, 0xd8, 0xb0, 0x07, 0xe6, 0x20, 0xb0, 0x08,
 		0xe6, 0x20, 0xe2, 0xe7, 0xe6, 0xf4, 0xfa, 0xf4})
-	rec := &recorder{}
-	runLocked(func() {
-		v := tv.realModeVCPU(t, 0, 0x1000)
-		rec.vcpu = v
-		if _, err := v.Run(rec); err != nil {
-			t.Error(err)
-		}
-	})
+	rec := tv.runRecorded(t)
 	if n := readEventfd(pfd); n != 5 {
 		t.Errorf("port ioeventfd count %d, want 5", n)
 	}
