@@ -71,7 +71,6 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if dir == "" {
 		return fail(exitUsage, "restore: --snapshot DIR is required")
 	}
-	sigs := catchStopSignals()
 	st, memFile, err := snapshot.ReadDir(dir)
 	if err != nil {
 		return fail(exitUsage, "restore: %v", err)
@@ -93,7 +92,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	defer machine.Close()
 	cfg.Log.Info("restored", "dir", dir, "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
-	return runMachine(machine, sigs, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
+	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
 }
 
 func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -113,7 +112,6 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if listen == "" {
 		return fail(exitUsage, "migrate receive: --listen is required")
 	}
-	sigs := catchStopSignals()
 	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
 	if err != nil {
 		return err
@@ -166,7 +164,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitInternal, "migrate receive: confirm to the source: %v (not starting the VM)", err)
 	}
 	cfg.Log.Info("migration received", "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
-	return runMachine(machine, sigs, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
+	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
 }
 
 func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {

@@ -64,7 +64,6 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
-	sigs := catchStopSignals()
 	log, err := newLogger(f.logLevel, stderr)
 	if err != nil {
 		return fail(exitUsage, "%v", err)
@@ -130,22 +129,12 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	defer machine.Close()
 
-	return runMachine(machine, sigs, acc.Name(), f, stdin, stderr, log)
-}
-
-// catchStopSignals starts delivering SIGINT, SIGTERM and SIGHUP (which stop
-// the VM gracefully) to the returned channel. The first use of os/signal
-// starts a thread that owns the signal mask; registering from a goroutine
-// lets that happen on another core while the VM is being built.
-func catchStopSignals() chan os.Signal {
-	sigs := make(chan os.Signal, 1)
-	go signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	return sigs
+	return runMachine(machine, acc.Name(), f, stdin, stderr, log)
 }
 
 // runMachine runs a built VM to its end with the console, signals and the
 // control socket attached, and turns its result into an exit status.
-func runMachine(machine *vm.VM, sigs chan os.Signal, accelName string, f runFlags, stdin io.Reader, stderr io.Writer, log *slog.Logger) error {
+func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, stderr io.Writer, log *slog.Logger) error {
 	console := newConsole(stdin, f.serial == "stdio", stderr)
 	defer console.restore()
 	if f.serial == "stdio" {
@@ -163,6 +152,8 @@ func runMachine(machine *vm.VM, sigs chan os.Signal, accelName string, f runFlag
 		defer srv.Close()
 	}
 
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	go func() {
 		if s, ok := <-sigs; ok {
