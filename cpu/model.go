@@ -132,17 +132,15 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		}
 	}
 	out := append([]accel.CPUIDEntry(nil), supported...)
-	// With nothing removed (the plain host model) this only clears the
-	// dynamic bits.
-	anyRemoved := !removed.empty()
 	for i := range features {
-		if f := &features[i]; f.Dynamic || anyRemoved && removed.has(i) {
+		if f := &features[i]; f.Dynamic || removed.has(i) {
 			if e := find(out, f.Leaf, f.Subleaf); e != nil {
 				*regPtr(e, f.Reg) &^= 1 << f.Bit
 			}
 		}
 	}
-	if anyRemoved {
+	// The plain host model removes nothing: leaf 0xD stays as offered.
+	if !removed.empty() {
 		fixXSaveLeaf(out, &removed)
 	}
 	return out, nil
