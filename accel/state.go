@@ -120,7 +120,9 @@ type Events struct {
 		Injected bool
 		Nr       uint8
 		Soft     bool
-		// Shadow: interrupts are blocked for one instruction (STI/MOV SS).
+		// Shadow: interrupts are blocked for one instruction; bit 0
+		// after STI, bit 1 after MOV SS. AMD's SVM (and MSHV) keep a
+		// single shadow bit: KVM on SVM reports any shadow as 3.
 		Shadow uint8
 	}
 	NMI struct {

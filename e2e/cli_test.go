@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"govmm/internal/kvmtest"
 	"os"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestCapsJSON(t *testing.T) {
-	needKVM(t)
+	kvmtest.Need(t)
 	r := govmm(t, "caps", "--json")
 	if r.Code != 0 {
 		t.Fatalf("caps --json: %s", r)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"govmm/internal/kvmtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +17,8 @@ import (
 // its first lines (see shared/reference/host-kvm.md): reaching the banner
 // proves the loader, the entry state and the serial port.
 func TestLinuxSmoke(t *testing.T) {
-	needKVM(t)
-	kernel := os.Getenv("GOVMM_LINUX_KERNEL")
+	kvmtest.Need(t)
+	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
 			t.Fatal("GOVMM_LINUX_KERNEL is not set (.ci/run downloads the kernel and sets it)")

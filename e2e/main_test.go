@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"govmm/guests"
+	"govmm/internal/kvmtest"
+	"govmm/internal/nested"
 )
 
 var binary string
@@ -24,6 +26,10 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if b := os.Getenv(binaryEnv); b != "" && kvmtest.InL1() {
+		binary = b // built on the host, copied into the nested-KVM VM
+		return kvmtest.Main(m)
+	}
 	dir, err := os.MkdirTemp("", "govmm-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -40,19 +46,22 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: build govmm: %v\n%s", err, out)
 		return 1
 	}
-	return m.Run()
+	if os.Getenv(linuxKernelEnv) == "" && nested.LinuxKernel() != "" {
+		os.Setenv(linuxKernelEnv, nested.LinuxKernel()) // the kernel .ci/run fetched
+	}
+	var tools []string
+	for _, p := range []string{"tmux", "qemu-system-x86_64"} {
+		if _, err := exec.LookPath(p); err == nil {
+			tools = append(tools, p)
+		}
+	}
+	return kvmtest.Main(m, kvmtest.Files(binary), kvmtest.Env(binaryEnv+"="+binary), kvmtest.Programs(tools...))
 }
 
-// needKVM skips (or, on CI, fails) a test when /dev/kvm is missing.
-func needKVM(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatalf("/dev/kvm is required (GOVMM_REQUIRE_KVM=1): %v", err)
-		}
-		t.Skipf("no /dev/kvm: %v", err)
-	}
-}
+const (
+	binaryEnv      = "GOVMM_E2E_BINARY"   // the govmm binary under test, inside L1
+	linuxKernelEnv = "GOVMM_LINUX_KERNEL" // Debian's cloud kernel
+)
 
 // Result is what one govmm run produced.
 type Result struct {
@@ -99,7 +108,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 // accels returns the accelerator flag sets every end-to-end test runs on.
 func accels(t *testing.T) [][]string {
 	t.Helper()
-	needKVM(t)
+	kvmtest.Need(t)
 	return [][]string{
 		{"--accel=kvm"},
 		{"--accel=mshv", "--mshv-device=sim"},

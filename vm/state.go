@@ -227,6 +227,15 @@ var notGuestState = map[uint32]string{
 	0x000000ce: "PLATFORM_INFO (CPU model)",
 	0x00000345: "PERF_CAPABILITIES (CPU model)",
 	0x0000008b: "UCODE_REV (CPU model)",
+	// Hyper-V's read-only MSRs, which KVM lists on hosts with its Hyper-V
+	// emulation: the VP index, clocks the accelerator derives (the
+	// reference counter follows the restored guest clock) and fixed
+	// frequencies.
+	0x40000002: "HV_X64_MSR_VP_INDEX (the vCPU's index, fixed when it is created)",
+	0x40000010: "HV_X64_MSR_VP_RUNTIME (derived clock)",
+	0x40000020: "HV_X64_MSR_TIME_REF_COUNT (derived clock)",
+	0x40000022: "HV_X64_MSR_TSC_FREQUENCY (CPU model)",
+	0x40000023: "HV_X64_MSR_APIC_FREQUENCY (CPU model)",
 }
 
 // guestStateMSRs filters an accelerator's MSR list down to guest state.
@@ -242,7 +251,9 @@ func guestStateMSRs(list []uint32) []uint32 {
 
 // msrResetValue lists MSRs whose reset value is not zero.
 var msrResetValue = map[uint32]uint64{
-	0x4b564d05: 1, // MSR_KVM_POLL_CONTROL: host-side halt polling allowed
+	0x4b564d05: 1,           // MSR_KVM_POLL_CONTROL: host-side halt polling allowed
+	0x0000009e: 0x30000,     // IA32_SMBASE (KVM lists it where it offers SMM; govmm's guests have none)
+	0xc0000104: 0x100000000, // AMD TSC_RATIO: 1.0 in 8.32 fixed point (nested SVM's TSC scaling)
 }
 
 // portableMSRs picks the saved MSRs the destination accelerator can hold.

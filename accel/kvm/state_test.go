@@ -200,6 +200,9 @@ func TestStateRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.SIPIVector = 0 // KVM never reports the SIPI vector
+		if got.Interrupt.Shadow == 3 {
+			got.Interrupt.Shadow = 1 // SVM has one shadow bit for STI and MOV SS
+		}
 		if !reflect.DeepEqual(got, e) {
 			t.Errorf("got %+v, want %+v", got, e)
 		}

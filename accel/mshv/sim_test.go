@@ -3,7 +3,6 @@ package mshv_test
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -15,18 +14,8 @@ import (
 	"govmm/accel"
 	"govmm/accel/mshv"
 	"govmm/accel/mshv/mshvsim"
+	"govmm/internal/kvmtest"
 )
-
-// needKVM skips without /dev/kvm unless GOVMM_REQUIRE_KVM=1.
-func needKVM(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatalf("/dev/kvm is required (GOVMM_REQUIRE_KVM=1): %v", err)
-		}
-		t.Skipf("no /dev/kvm: %v", err)
-	}
-}
 
 // recorder is an IOHandler that logs accesses and answers reads from
 // fixed tables.
@@ -75,7 +64,7 @@ type machine struct {
 
 func newMachine(t *testing.T, opts mshvsim.Options, memSize int) *machine {
 	t.Helper()
-	needKVM(t)
+	kvmtest.Need(t)
 	sim, err := mshvsim.NewWithOptions(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -549,7 +538,7 @@ func TestSimDirtyAndClock(t *testing.T) {
 }
 
 func TestSimCapsAndCPUID(t *testing.T) {
-	needKVM(t)
+	kvmtest.Need(t)
 	sim, err := mshvsim.New()
 	if err != nil {
 		t.Fatal(err)
@@ -648,9 +637,7 @@ func TestSimCapsAndCPUID(t *testing.T) {
 // BenchmarkSimPIOExit measures one port-I/O intercept round trip through
 // the backend and mshvsim (guest: out 0x80, al in a loop at CPL0).
 func BenchmarkSimPIOExit(b *testing.B) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		b.Skip("no /dev/kvm")
-	}
+	kvmtest.Need(b)
 	sim, err := mshvsim.New()
 	if err != nil {
 		b.Fatal(err)

@@ -3,22 +3,17 @@ package mshv
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
 	"testing"
 
 	"govmm/accel"
 	"govmm/accel/mshv/mshvsim"
+	"govmm/internal/kvmtest"
 )
 
 // TestYMMThroughXSave checks the emulator's vector access on MSHV: the
 // upper YMM half is read from and written to the XSAVE state.
 func TestYMMThroughXSave(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip("no /dev/kvm")
-	}
+	kvmtest.Need(t)
 	sim, err := mshvsim.New()
 	if err != nil {
 		t.Fatal(err)

@@ -2,23 +2,12 @@ package routes
 
 import (
 	"errors"
-	"os"
 	"testing"
 
 	"govmm/accel"
 	"govmm/accel/kvm"
+	"govmm/internal/kvmtest"
 )
-
-// needKVM skips (or, with GOVMM_REQUIRE_KVM=1, fails) without /dev/kvm.
-func needKVM(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatalf("/dev/kvm is required (GOVMM_REQUIRE_KVM=1): %v", err)
-		}
-		t.Skipf("no /dev/kvm: %v", err)
-	}
-}
 
 // testVM creates a one-vCPU VM on a (closed with the test), or fails.
 func testVM(t *testing.T, a accel.Accelerator, err error) accel.VM {
@@ -37,7 +26,7 @@ func testVM(t *testing.T, a accel.Accelerator, err error) accel.VM {
 
 func kvmVM(t *testing.T) accel.VM {
 	t.Helper()
-	needKVM(t)
+	kvmtest.Need(t)
 	a, err := kvm.Open()
 	return testVM(t, a, err)
 }

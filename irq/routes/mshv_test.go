@@ -8,11 +8,12 @@ import (
 	"govmm/accel"
 	"govmm/accel/mshv"
 	"govmm/accel/mshv/mshvsim"
+	"govmm/internal/kvmtest"
 )
 
 func mshvVM(t *testing.T) accel.VM {
 	t.Helper()
-	needKVM(t) // mshvsim runs on KVM: same skip/fail rule
+	kvmtest.Need(t) // mshvsim runs on KVM
 	d, err := mshvsim.New()
 	if err != nil {
 		t.Fatal(err)

@@ -3,13 +3,13 @@ package mshvsim
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"govmm/accel/mshv/mshvabi"
+	"govmm/internal/kvmtest"
 )
 
 func efd(t *testing.T) int {
@@ -36,12 +36,7 @@ func counter(fd int) uint64 {
 // the resample eventfd is signalled by the EOI of that route's vector only;
 // the simulator's own reference to it goes with the deassign.
 func TestResampleEmulation(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatalf("/dev/kvm is required (GOVMM_REQUIRE_KVM=1): %v", err)
-		}
-		t.Skipf("no /dev/kvm: %v", err)
-	}
+	kvmtest.Need(t)
 	s, err := New()
 	if err != nil {
 		t.Fatal(err)

@@ -3,23 +3,18 @@ package mshvsim_test
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"govmm/accel/mshv/mshvabi"
 	"govmm/accel/mshv/mshvsim"
+	"govmm/internal/kvmtest"
 )
 
 func newSim(t *testing.T, o mshvsim.Options) *mshvsim.Sim {
 	t.Helper()
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
-			t.Fatalf("/dev/kvm is required (GOVMM_REQUIRE_KVM=1): %v", err)
-		}
-		t.Skipf("no /dev/kvm: %v", err)
-	}
+	kvmtest.Need(t)
 	s, err := mshvsim.NewWithOptions(o)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,397 @@
+// Package kvmtest decides where a test that needs KVM runs, so that every
+// KVM test runs on every machine and none skips for want of /dev/kvm.
+//
+// A package whose tests need KVM calls Main from its TestMain, and each
+// such test calls Need first. Then, under plain `go test`:
+//
+//   - With a local /dev/kvm, the tests run on it, and then once more inside
+//     a nested-KVM VM (internal/nested): the local KVM may be the software
+//     kvm_pvm backend, which hides what hardware virtualization shows, and
+//     nested KVM is hardware semantics on QEMU's TCG.
+//   - Without /dev/kvm, the host run skips them ("runs on nested KVM") and
+//     Main runs exactly those tests again inside L1.
+//
+// GOVMM_NESTED=0 keeps the tests on the local KVM only; GOVMM_NESTED=1
+// runs them in L1 only. Inside L1 (GOVMM_IN_L1=1) Need requires /dev/kvm.
+// With GOVMM_REQUIRE_KVM=1 (CI), a test that can reach neither a local nor
+// a nested KVM fails instead of skipping.
+package kvmtest
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"govmm/internal/nested"
+)
+
+// Env names.
+const (
+	NestedEnv  = "GOVMM_NESTED"      // "0": local KVM only; "1": nested only; unset: both where possible
+	RequireEnv = "GOVMM_REQUIRE_KVM" // "1": a test that cannot reach KVM fails
+	devKVM     = "/dev/kvm"
+)
+
+// where a KVM test runs in this process.
+type where int
+
+const (
+	nowhere   where = iota // skip (or fail under GOVMM_REQUIRE_KVM=1)
+	here                   // on this machine's /dev/kvm (inside L1, or local only)
+	hereAndL1              // locally, then again in L1
+	l1Only                 // skipped here, run in L1 afterwards
+)
+
+type plan struct {
+	where  where
+	reason string // why nowhere, or why not in L1 too
+}
+
+var (
+	mainCalled bool
+	planOnce   sync.Once
+	thePlan    plan
+
+	mu       sync.Mutex
+	deferred = map[string]bool{} // top-level tests, benchmarks and fuzz targets to run in L1
+	order    []string
+)
+
+// Required reports whether a test must fail, rather than skip, when a
+// resource it needs is missing (GOVMM_REQUIRE_KVM=1, set by .ci/run).
+func Required() bool { return os.Getenv(RequireEnv) == "1" }
+
+// OnTCG reports whether this machine's CPU is QEMU's TCG, as it is inside
+// L1: tests that compare with "the CPU" compare with TCG there, and name
+// each way TCG is known to differ from silicon.
+func OnTCG() bool {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Contains(string(b), "QEMU TCG CPU")
+}
+
+// InL1 reports whether this process runs inside the nested-KVM VM.
+func InL1() bool { return os.Getenv(nested.InL1Env) == "1" }
+
+func decide() plan {
+	_, err := os.Stat(devKVM)
+	local := err == nil
+	if InL1() {
+		if !local {
+			return plan{where: nowhere, reason: "inside L1 but " + devKVM + " is missing (kvm_amd did not load)"}
+		}
+		return plan{where: here}
+	}
+	mode := os.Getenv(NestedEnv)
+	if mode == "0" {
+		if local {
+			return plan{where: here}
+		}
+		return plan{where: nowhere, reason: "no " + devKVM + " and " + NestedEnv + "=0"}
+	}
+	var nestedErr error
+	if !mainCalled {
+		nestedErr = fmt.Errorf("the package's TestMain does not call kvmtest.Main")
+	} else if _, err := nested.Find(); err != nil {
+		nestedErr = err
+	}
+	switch {
+	case nestedErr == nil && local && mode != "1":
+		return plan{where: hereAndL1}
+	case nestedErr == nil:
+		return plan{where: l1Only}
+	case local && mode != "1":
+		return plan{where: here, reason: "nested KVM unavailable: " + nestedErr.Error()}
+	default:
+		why := "no " + devKVM
+		if local {
+			why = NestedEnv + "=1"
+		}
+		return plan{where: nowhere, reason: why + " and nested KVM unavailable: " + nestedErr.Error()}
+	}
+}
+
+func getPlan() plan {
+	planOnce.Do(func() { thePlan = decide() })
+	return thePlan
+}
+
+// Need is called first by every test that needs KVM. It returns when the
+// test should go on here; otherwise it skips the test here (it runs in L1
+// afterwards) or, with no KVM anywhere, skips it, or fails it under
+// GOVMM_REQUIRE_KVM=1.
+func Need(t testing.TB) {
+	t.Helper()
+	p := getPlan()
+	switch p.where {
+	case here:
+		if p.reason != "" && Required() {
+			t.Fatalf("%s=1: %s", RequireEnv, p.reason)
+		}
+	case hereAndL1:
+		record(t)
+	case l1Only:
+		record(t)
+		t.Skip("needs KVM: runs on nested KVM (L1) after this package's other tests")
+	default:
+		if Required() {
+			t.Fatalf("needs KVM, and %s=1: %s", RequireEnv, p.reason)
+		}
+		t.Skipf("needs KVM: %s", p.reason)
+	}
+}
+
+func record(t testing.TB) {
+	name, _, _ := strings.Cut(t.Name(), "/")
+	if _, ok := t.(*testing.B); ok {
+		name = "bench:" + name
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !deferred[name] {
+		deferred[name] = true
+		order = append(order, name)
+	}
+}
+
+// Option adds to what L1 gets for a package's tests.
+type Option func(*options)
+
+type options struct {
+	files, programs, env []string
+}
+
+// Files copies host files or directories into L1 at the same paths.
+func Files(paths ...string) Option {
+	return func(o *options) { o.files = append(o.files, paths...) }
+}
+
+// Programs copies programs from PATH into L1, with their libraries and data.
+func Programs(names ...string) Option {
+	return func(o *options) { o.programs = append(o.programs, names...) }
+}
+
+// Env sets variables in L1 (GOVMM_* variables of the host pass anyway).
+func Env(kv ...string) Option {
+	return func(o *options) { o.env = append(o.env, kv...) }
+}
+
+// Main runs the package's tests (call it from TestMain as
+// os.Exit(kvmtest.Main(m))), then the ones that need KVM again in L1
+// where the plan says so. It returns the exit status.
+func Main(m *testing.M, opts ...Option) int {
+	mainCalled = true
+	start := time.Now()
+	code := m.Run()
+	mu.Lock()
+	names := append([]string(nil), order...)
+	mu.Unlock()
+	p := getPlan()
+	if len(names) == 0 || (p.where != hereAndL1 && p.where != l1Only) {
+		return code
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ncode := runInL1(names, o, start)
+	if code != 0 {
+		return code
+	}
+	return ncode
+}
+
+// l1Lock serialises nested VMs across the test binaries `go test` runs in
+// parallel: two TCG VMs on a two-core machine would each run at half speed
+// and make timeouts meaningless.
+func l1Lock() (release func(), err error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "govmm-nested.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+func runInL1(names []string, o options, start time.Time) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kvmtest:", err)
+		return 1
+	}
+	wd, _ := os.Getwd()
+	root := moduleRoot(wd)
+	var tests, benches []string
+	for _, n := range names {
+		if b, ok := strings.CutPrefix(n, "bench:"); ok {
+			benches = append(benches, regexp.QuoteMeta(b))
+		} else {
+			tests = append(tests, regexp.QuoteMeta(n))
+		}
+	}
+	args := []string{exe}
+	for _, a := range os.Args[1:] {
+		switch flagName(a) {
+		case "test.run", "test.bench", "test.skip", "test.coverprofile", "test.cpuprofile",
+			"test.memprofile", "test.blockprofile", "test.mutexprofile", "test.trace",
+			"test.outputdir", "test.gocoverdir", "test.timeout", "test.v", "test.fuzzcachedir":
+			continue
+		}
+		args = append(args, a)
+	}
+	run := "^$"
+	if len(tests) > 0 {
+		run = "^(" + strings.Join(tests, "|") + ")$" + subPattern("test.run")
+	}
+	args = append(args, "-test.run="+run, "-test.v=true")
+	if len(benches) > 0 {
+		args = append(args, "-test.bench=^("+strings.Join(benches, "|")+")$"+subPattern("test.bench"))
+	}
+	release, err := l1Lock()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kvmtest: lock:", err)
+		return 1
+	}
+	defer release()
+	// Budget: what is left of the package's -timeout (the wait for the
+	// lock counts too), less a margin for L1 to boot and for go test's own
+	// kill. The test binary in L1 gets the inner timeout, so that Go itself
+	// names a test that hangs there.
+	budget := 60 * time.Minute
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 0 {
+			budget = d - time.Since(start)
+		}
+	}
+	inner := budget - 90*time.Second
+	if inner < time.Minute {
+		fmt.Fprintf(os.Stderr, "kvmtest: only %v of the test timeout left for nested KVM\n", budget.Round(time.Second))
+		return 1
+	}
+	args = append(args, "-test.timeout="+inner.String())
+
+	env := []string{RequireEnv + "=1"}
+	files := []string{exe, root}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "GOVMM_") || k == NestedEnv || k == RequireEnv || k == nested.InL1Env {
+			continue
+		}
+		env = append(env, kv)
+		if filepath.IsAbs(v) {
+			if _, err := os.Stat(v); err == nil {
+				files = append(files, v)
+			}
+		}
+	}
+	env = append(env, o.env...)
+	files = append(files, o.files...)
+
+	fmt.Printf("=== nested KVM: running %d of this package's tests again in L1: %s\n", len(names), strings.Join(names, " "))
+	a, _ := nested.Find()
+	counter := &resultCounter{}
+	res, err := nested.Run(context.Background(), nested.Config{
+		Command:  args,
+		Dir:      wd,
+		Env:      env,
+		Files:    files,
+		Programs: o.programs,
+		Timeout:  budget - 30*time.Second,
+		Output:   io.MultiWriter(os.Stdout, counter),
+	})
+	if err != nil {
+		fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)
+		if t := counter.running(); t != "" {
+			fmt.Printf("nested KVM: the test running when L1 stopped: %s\n", t)
+		}
+		return 1
+	}
+	fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
+		a.QEMUVersion, res.Boot.Round(100*time.Millisecond), res.Wall.Round(100*time.Millisecond),
+		counter.pass, counter.fail, counter.skip)
+	return res.ExitCode
+}
+
+// subPattern returns the part of the user's -test.run (or -test.bench)
+// after its first level, so that `-run TestX/kvm` still selects subtests.
+func subPattern(name string) string {
+	f := flag.Lookup(name)
+	if f == nil {
+		return ""
+	}
+	if _, rest, ok := strings.Cut(f.Value.String(), "/"); ok {
+		return "/" + rest
+	}
+	return ""
+}
+
+func flagName(arg string) string {
+	a := strings.TrimLeft(arg, "-")
+	if a == arg {
+		return ""
+	}
+	name, _, _ := strings.Cut(a, "=")
+	return name
+}
+
+func moduleRoot(dir string) string {
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}
+
+// resultCounter counts the -v result lines of the run in L1 and remembers
+// which test started last.
+type resultCounter struct {
+	mu               sync.Mutex
+	pass, fail, skip int
+	last             string
+	partial          []byte
+}
+
+func (c *resultCounter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p...)
+	for {
+		i := strings.IndexByte(string(c.partial), '\n')
+		if i < 0 {
+			break
+		}
+		line := strings.TrimSpace(string(c.partial[:i]))
+		c.partial = c.partial[i+1:]
+		switch {
+		case strings.HasPrefix(line, "=== RUN "):
+			c.last = strings.TrimPrefix(line, "=== RUN ")
+		case strings.HasPrefix(line, "--- PASS: "):
+			c.pass++
+		case strings.HasPrefix(line, "--- FAIL: "):
+			c.fail++
+		case strings.HasPrefix(line, "--- SKIP: "):
+			c.skip++
+		}
+	}
+	return len(p), nil
+}
+
+func (c *resultCounter) running() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}

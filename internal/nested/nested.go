@@ -1,0 +1,468 @@
+// Package nested runs a command inside a Linux VM ("L1") that has a KVM with
+// hardware-virtualization semantics, on any x86-64 machine.
+//
+// Some of the project's machines have no /dev/kvm, and others only the
+// software kvm_pvm backend, which emulates guest CPL0 code and hides what
+// real hardware shows. QEMU's TCG emulates AMD SVM with -cpu max, so an L1
+// booted from Debian's cloud kernel can load kvm_amd and offer a real
+// /dev/kvm to whatever runs inside it (see shared/reference/nested-kvm.md).
+// The tests (through internal/kvmtest) and the benchmarks use this package
+// to run govmm there.
+//
+// L1 is a throwaway VM: its root is an initramfs holding busybox, the KVM
+// modules and the files the command needs, each at its host path. The
+// command's output comes back on L1's second serial port, the kernel's log
+// on the first. Every run is bounded by a timeout.
+package nested
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Env names. GOVMM_CACHE is where .ci/run keeps Debian's cloud kernel
+// (default ~/.cache/govmm); the kernel and its KVM modules come from
+// $GOVMM_CACHE/linux. InL1Env is set to 1 inside L1.
+const (
+	CacheEnv = "GOVMM_CACHE"
+	InL1Env  = "GOVMM_IN_L1"
+	qemuBin  = "qemu-system-x86_64"
+	exitMark = "@@govmm-nested-exit="
+)
+
+// Config says what to run in L1.
+type Config struct {
+	// Command is argv; Command[0] is a path inside L1 (every host path
+	// added through Files or Programs exists there at the same path).
+	Command []string
+	Dir     string   // working directory in L1 (default /)
+	Env     []string // environment in L1, added to a minimal default
+	// Files are host files and directories copied into L1 at the same
+	// paths. ELF executables bring the shared libraries ldd lists.
+	Files []string
+	// Programs are host programs looked up in PATH, copied with their
+	// libraries and the data files they are known to need.
+	Programs []string
+	CPUs     int           // L1 vCPUs (default 2)
+	MemoryMB int           // L1 RAM (default 3072)
+	Timeout  time.Duration // the whole run, boot included (default 30m)
+	// Output receives the command's stdout and stderr as they arrive.
+	Output io.Writer
+}
+
+// Result is what a run produced.
+type Result struct {
+	ExitCode int           // the command's exit status
+	Boot     time.Duration // from starting QEMU to the command's first byte of output
+	Wall     time.Duration
+}
+
+// Error is a run that did not end with the command's exit status: L1 did
+// not boot, hung, or QEMU failed. It carries the end of both logs.
+type Error struct {
+	Reason     string
+	OutputTail string // the last lines the command printed
+	ConsoleLog string // the last lines of L1's kernel log
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("nested KVM: " + e.Reason)
+	if e.OutputTail != "" {
+		b.WriteString("\n--- last output from L1:\n" + e.OutputTail)
+	}
+	if e.ConsoleLog != "" {
+		b.WriteString("\n--- L1 kernel log (end):\n" + e.ConsoleLog)
+	}
+	return b.String()
+}
+
+// Assets are the host files L1 is built from.
+type Assets struct {
+	QEMU        string // qemu-system-x86_64
+	QEMUVersion string
+	Kernel      string   // Debian cloud kernel bzImage
+	Modules     []string // irqbypass.ko, kvm.ko, kvm-amd.ko, in load order
+	Busybox     string   // a static busybox
+}
+
+var (
+	assetsOnce sync.Once
+	assets     *Assets
+	assetsErr  error
+)
+
+// Find locates QEMU, the kernel, its KVM modules and busybox, or says what
+// is missing and how to get it.
+func Find() (*Assets, error) {
+	assetsOnce.Do(func() { assets, assetsErr = find() })
+	return assets, assetsErr
+}
+
+// CacheDir is where .ci/run unpacks Debian's cloud kernel.
+func CacheDir() string {
+	if d := os.Getenv(CacheEnv); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "/root"
+	}
+	return filepath.Join(home, ".cache", "govmm")
+}
+
+// LinuxKernel is the cached Debian cloud kernel (a bzImage), or "".
+func LinuxKernel() string {
+	m, _ := filepath.Glob(filepath.Join(CacheDir(), "linux", "boot", "vmlinuz-*"))
+	if len(m) == 0 {
+		return ""
+	}
+	sort.Strings(m)
+	return m[len(m)-1]
+}
+
+const howToGet = "run .ci/run once: it installs qemu-system-x86 (10.x, from bookworm-backports) and busybox-static, and unpacks Debian's cloud kernel into " + "~/.cache/govmm/linux"
+
+func find() (*Assets, error) {
+	if runtime.GOARCH != "amd64" {
+		return nil, fmt.Errorf("nested KVM is built for x86-64 hosts, not %s", runtime.GOARCH)
+	}
+	var a Assets
+	var err error
+	if a.QEMU, err = exec.LookPath(qemuBin); err != nil {
+		return nil, fmt.Errorf("%s not found: %s", qemuBin, howToGet)
+	}
+	if out, err := exec.Command(a.QEMU, "--version").Output(); err == nil {
+		a.QEMUVersion = strings.TrimPrefix(strings.SplitN(string(out), "\n", 2)[0], "QEMU emulator version ")
+	}
+	if a.Kernel = LinuxKernel(); a.Kernel == "" {
+		return nil, fmt.Errorf("no kernel in %s: %s", filepath.Join(CacheDir(), "linux", "boot"), howToGet)
+	}
+	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
+	mods := filepath.Join(CacheDir(), "linux", "lib", "modules", ver, "kernel")
+	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"} {
+		p := filepath.Join(mods, m)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("KVM module %s missing: %s", p, howToGet)
+		}
+		a.Modules = append(a.Modules, p)
+	}
+	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+		if _, err := os.Stat(p); err == nil {
+			a.Busybox = p
+			break
+		}
+	}
+	if a.Busybox == "" {
+		return nil, fmt.Errorf("busybox not found: %s", howToGet)
+	}
+	return &a, nil
+}
+
+// programData lists the data a program reads at run time beyond its
+// libraries: QEMU its firmware, tmux the terminal descriptions.
+var programData = map[string][]string{
+	qemuBin: {"/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"},
+	"tmux":  {"/lib/terminfo", "/usr/share/terminfo", "/usr/lib/locale/C.utf8"}, // tmux refuses a non-UTF-8 locale
+}
+
+// Run boots L1, runs cfg.Command there and returns its exit status. A
+// command that runs and fails is not an error; a VM that does not boot,
+// does not finish within the timeout, or dies is (*Error).
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	a, err := Find()
+	if err != nil {
+		return Result{}, err
+	}
+	if len(cfg.Command) == 0 {
+		return Result{}, errors.New("nested: no command")
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 2
+	}
+	if cfg.MemoryMB == 0 {
+		cfg.MemoryMB = 3072
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Minute
+	}
+	if cfg.Output == nil {
+		cfg.Output = io.Discard
+	}
+	work, err := os.MkdirTemp("", "govmm-l1-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(work)
+	initrd := filepath.Join(work, "initrd.cpio")
+	if err := buildInitramfs(initrd, a, cfg); err != nil {
+		return Result{}, fmt.Errorf("nested: build L1's initramfs: %w", err)
+	}
+	console := filepath.Join(work, "console.log")
+
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, a.QEMU,
+		"-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
+		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMB),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", a.Kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 loglevel=4 panic=-1 mitigations=off",
+		"-serial", "file:"+console,
+		"-chardev", "stdio,id=out,signal=off", "-serial", "chardev:out",
+	)
+	cmd.Stdin = nil
+	var qemuErr bytes.Buffer
+	cmd.Stderr = &qemuErr
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return Result{}, fmt.Errorf("nested: start %s: %w", a.QEMU, err)
+	}
+	res := Result{ExitCode: -1}
+	tail := &tailBuffer{max: 64 << 10}
+	first := true
+	sc := bufio.NewScanner(pipe)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		if first {
+			res.Boot = time.Since(start)
+			first = false
+		}
+		if rest, ok := strings.CutPrefix(line, exitMark); ok {
+			if n, err := strconv.Atoi(rest); err == nil {
+				res.ExitCode = n
+			}
+			continue
+		}
+		tail.WriteString(line + "\n")
+		io.WriteString(cfg.Output, line+"\n")
+	}
+	waitErr := cmd.Wait()
+	res.Wall = time.Since(start)
+	if res.ExitCode >= 0 {
+		return res, nil
+	}
+	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: lastLines(console, 40)}
+	switch {
+	case ctx.Err() == context.DeadlineExceeded:
+		e.Reason = fmt.Sprintf("L1 did not finish within %v (killed)", cfg.Timeout)
+	case ctx.Err() != nil:
+		e.Reason = "cancelled: " + ctx.Err().Error()
+	case waitErr != nil:
+		e.Reason = fmt.Sprintf("QEMU failed: %v: %s", waitErr, strings.TrimSpace(qemuErr.String()))
+	default:
+		e.Reason = "L1 powered off before the command reported its exit status"
+	}
+	if strings.Contains(e.ConsoleLog, "soft lockup") {
+		e.Reason += " (L1's kernel reported a soft lockup)"
+	}
+	return res, e
+}
+
+// buildInitramfs writes L1's root: busybox, the modules, /init and every
+// file the command needs.
+func buildInitramfs(out string, a *Assets, cfg Config) error {
+	ar := newArchive()
+	for _, d := range []string{"/proc", "/sys", "/dev", "/tmp", "/root", "/run", "/etc", "/var/tmp", "/bin", "/sbin", "/usr/bin", "/usr/sbin"} {
+		ar.dir(d)
+	}
+	if err := ar.file("/bin/busybox", a.Busybox); err != nil {
+		return err
+	}
+	for _, m := range a.Modules {
+		if err := ar.file("/lib/modules/nested/"+filepath.Base(m), m); err != nil {
+			return err
+		}
+	}
+	ar.bytes("/etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	ar.bytes("/etc/group", 0o644, []byte("root:x:0:\n"))
+	seen := map[string]bool{}
+	add := func(p string) error { return addPath(ar, p, seen) }
+	for _, p := range cfg.Files {
+		if err := add(p); err != nil {
+			return err
+		}
+	}
+	for _, prog := range cfg.Programs {
+		p, err := exec.LookPath(prog)
+		if err != nil {
+			return fmt.Errorf("program %s: %w", prog, err)
+		}
+		if err := add(p); err != nil {
+			return err
+		}
+		for _, d := range programData[prog] {
+			if _, err := os.Stat(d); err == nil {
+				if err := add(d); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	ar.bytes("/init", 0o755, []byte(initScript(a, cfg)))
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	if err := ar.writeTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// addPath adds a host file or tree at its own path; executables bring the
+// libraries ldd lists for them.
+func addPath(ar *archive, p string, seen map[string]bool) error {
+	p, err := filepath.Abs(p)
+	if err != nil {
+		return err
+	}
+	if seen[p] {
+		return nil
+	}
+	seen[p] = true
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		return ar.tree(p, func(rel string, d fs.DirEntry) bool { return d.IsDir() && d.Name() == ".git" })
+	}
+	if err := ar.file(p, p); err != nil {
+		return err
+	}
+	if st.Mode()&0o111 == 0 || !isELF(p) {
+		return nil
+	}
+	for _, lib := range sharedLibs(p) {
+		if !seen[lib] {
+			seen[lib] = true
+			if err := ar.file(lib, lib); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func isELF(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var magic [4]byte
+	_, err = io.ReadFull(f, magic[:])
+	return err == nil && string(magic[:]) == "\x7fELF"
+}
+
+// sharedLibs lists the absolute paths ldd prints for an executable,
+// the dynamic loader included; none for a static one.
+func sharedLibs(p string) []string {
+	out, _ := exec.Command("ldd", p).Output()
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				libs = append(libs, f)
+				break
+			}
+		}
+	}
+	return libs
+}
+
+// shellQuote quotes s for busybox sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// initScript is L1's /init: mount, load KVM, run the command with its
+// output on ttyS1, report the exit status, power off.
+func initScript(a *Assets, cfg Config) string {
+	var b strings.Builder
+	b.WriteString(`#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+hostname l1
+ip link set lo up 2>/dev/null
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+exec >/dev/ttyS1 2>&1
+`)
+	for _, m := range a.Modules {
+		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))
+	}
+	b.WriteString("[ -c /dev/kvm ] || echo 'nested: no /dev/kvm in L1 (is svm missing from -cpu?)'\n")
+	dir := cfg.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	fmt.Fprintf(&b, "cd %s || echo 'nested: no directory %s'\n", shellQuote(dir), dir)
+	env := []string{"HOME=/root", "TMPDIR=/tmp", "TERM=xterm", "LANG=C.UTF-8", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", InL1Env + "=1"}
+	env = append(env, cfg.Env...)
+	b.WriteString("env -i")
+	for _, e := range env {
+		b.WriteString(" " + shellQuote(e))
+	}
+	for _, arg := range cfg.Command {
+		b.WriteString(" " + shellQuote(arg))
+	}
+	b.WriteString(" </dev/null\n")
+	b.WriteString("echo \"" + exitMark + "$?\"\nsync\npoweroff -f\n")
+	return b.String()
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) WriteString(s string) {
+	t.buf = append(t.buf, s...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+}
+
+func (t *tailBuffer) lastLines(n int) string { return lastN(string(t.buf), n) }
+
+func lastLines(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	return lastN(string(b), n)
+}
+
+func lastN(s string, n int) string {
+	s = strings.ReplaceAll(strings.TrimRight(s, "\n"), "\r", "")
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
