@@ -149,6 +149,47 @@ func Need(t testing.TB) {
 	}
 }
 
+// NeedHardware is Need for a test that needs hardware virtualization
+// semantics, such as a Linux guest reaching its init: on the software
+// kvm_pvm backend, which emulates guest CPL0 code at about a million
+// instructions a second, the test runs in L1 only.
+func NeedHardware(t testing.TB) {
+	t.Helper()
+	p := getPlan()
+	if p.where == here || p.where == hereAndL1 {
+		if pvm, why := softwareKVM(); pvm {
+			if p.where == hereAndL1 {
+				record(t)
+				t.Skip("needs hardware KVM semantics (" + why + "): runs on nested KVM (L1)")
+			}
+			if Required() {
+				t.Fatalf("needs hardware KVM semantics and %s=1: %s", RequireEnv, why)
+			}
+			t.Skip("needs hardware KVM semantics: " + why)
+		}
+	}
+	Need(t)
+}
+
+// softwareKVM reports whether /dev/kvm is the software kvm_pvm backend:
+// no vmx or svm flag in /proc/cpuinfo.
+func softwareKVM() (bool, string) {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return false, ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "flags") {
+			for _, f := range strings.Fields(line) {
+				if f == "vmx" || f == "svm" {
+					return false, ""
+				}
+			}
+		}
+	}
+	return true, "this machine's /dev/kvm is the software kvm_pvm backend, which emulates guest CPL0 code"
+}
+
 func record(t testing.TB) {
 	name, _, _ := strings.Cut(t.Name(), "/")
 	if _, ok := t.(*testing.B); ok {
@@ -254,7 +295,13 @@ func runInL1(names []string, o options, start time.Time) int {
 	if len(tests) > 0 {
 		run = "^(" + strings.Join(tests, "|") + ")$" + subPattern("test.run")
 	}
-	args = append(args, "-test.run="+run, "-test.v=true")
+	// Verbose in L1, so that a hang shows which test was running; framed
+	// for test2json when go test -json runs this binary.
+	verbose := "true"
+	if f := flag.Lookup("test.v"); f != nil && f.Value.String() == "test2json" {
+		verbose = "test2json"
+	}
+	args = append(args, "-test.run="+run, "-test.v="+verbose)
 	if len(benches) > 0 {
 		args = append(args, "-test.bench=^("+strings.Join(benches, "|")+")$"+subPattern("test.bench"))
 	}
@@ -374,7 +421,7 @@ func (c *resultCounter) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		line := strings.TrimSpace(string(c.partial[:i]))
+		line := strings.TrimSpace(strings.TrimPrefix(string(c.partial[:i]), "\x16")) // test2json framing
 		c.partial = c.partial[i+1:]
 		switch {
 		case strings.HasPrefix(line, "=== RUN "):

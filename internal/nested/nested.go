@@ -32,6 +32,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"govmm/internal/initramfs"
 )
 
 // Env names. GOVMM_CACHE is where .ci/run keeps Debian's cloud kernel
@@ -40,8 +42,12 @@ import (
 const (
 	CacheEnv = "GOVMM_CACHE"
 	InL1Env  = "GOVMM_IN_L1"
-	qemuBin  = "qemu-system-x86_64"
-	exitMark = "@@govmm-nested-exit="
+	// L1 settings for measuring the substrate's stability: vCPUs (default
+	// 2) and TCG options (default thread=multi).
+	L1CPUsEnv = "GOVMM_L1_CPUS"
+	L1TCGEnv  = "GOVMM_L1_TCG"
+	qemuBin   = "qemu-system-x86_64"
+	exitMark  = "@@govmm-nested-exit="
 )
 
 // Config says what to run in L1.
@@ -193,6 +199,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 2
+		if n, err := strconv.Atoi(os.Getenv(L1CPUsEnv)); err == nil && n > 0 {
+			cfg.CPUs = n
+		}
+	}
+	tcg := "tcg,thread=multi"
+	if v := os.Getenv(L1TCGEnv); v != "" {
+		tcg = "tcg," + v
 	}
 	if cfg.MemoryMB == 0 {
 		cfg.MemoryMB = 3072
@@ -217,7 +230,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, a.QEMU,
-		"-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
+		"-accel", tcg, "-cpu", "max", "-machine", "q35",
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", a.Kernel, "-initrd", initrd,
@@ -281,20 +294,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 // buildInitramfs writes L1's root: busybox, the modules, /init and every
 // file the command needs.
 func buildInitramfs(out string, a *Assets, cfg Config) error {
-	ar := newArchive()
+	ar := initramfs.New()
 	for _, d := range []string{"/proc", "/sys", "/dev", "/tmp", "/root", "/run", "/etc", "/var/tmp", "/bin", "/sbin", "/usr/bin", "/usr/sbin"} {
-		ar.dir(d)
+		ar.Dir(d)
 	}
-	if err := ar.file("/bin/busybox", a.Busybox); err != nil {
+	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
 		return err
 	}
 	for _, m := range a.Modules {
-		if err := ar.file("/lib/modules/nested/"+filepath.Base(m), m); err != nil {
+		if err := ar.File("/lib/modules/nested/"+filepath.Base(m), m); err != nil {
 			return err
 		}
 	}
-	ar.bytes("/etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
-	ar.bytes("/etc/group", 0o644, []byte("root:x:0:\n"))
+	ar.Bytes("/etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	ar.Bytes("/etc/group", 0o644, []byte("root:x:0:\n"))
 	seen := map[string]bool{}
 	add := func(p string) error { return addPath(ar, p, seen) }
 	for _, p := range cfg.Files {
@@ -318,12 +331,12 @@ func buildInitramfs(out string, a *Assets, cfg Config) error {
 			}
 		}
 	}
-	ar.bytes("/init", 0o755, []byte(initScript(a, cfg)))
+	ar.Bytes("/init", 0o755, []byte(initScript(a, cfg)))
 	f, err := os.Create(out)
 	if err != nil {
 		return err
 	}
-	if err := ar.writeTo(f); err != nil {
+	if err := ar.Write(f); err != nil {
 		f.Close()
 		return err
 	}
@@ -332,7 +345,7 @@ func buildInitramfs(out string, a *Assets, cfg Config) error {
 
 // addPath adds a host file or tree at its own path; executables bring the
 // libraries ldd lists for them.
-func addPath(ar *archive, p string, seen map[string]bool) error {
+func addPath(ar *initramfs.Archive, p string, seen map[string]bool) error {
 	p, err := filepath.Abs(p)
 	if err != nil {
 		return err
@@ -346,9 +359,9 @@ func addPath(ar *archive, p string, seen map[string]bool) error {
 		return err
 	}
 	if st.IsDir() {
-		return ar.tree(p, func(rel string, d fs.DirEntry) bool { return d.IsDir() && d.Name() == ".git" })
+		return ar.Tree(p, func(rel string, d fs.DirEntry) bool { return d.IsDir() && d.Name() == ".git" })
 	}
-	if err := ar.file(p, p); err != nil {
+	if err := ar.File(p, p); err != nil {
 		return err
 	}
 	if st.Mode()&0o111 == 0 || !isELF(p) {
@@ -357,7 +370,7 @@ func addPath(ar *archive, p string, seen map[string]bool) error {
 	for _, lib := range sharedLibs(p) {
 		if !seen[lib] {
 			seen[lib] = true
-			if err := ar.file(lib, lib); err != nil {
+			if err := ar.File(lib, lib); err != nil {
 				return err
 			}
 		}

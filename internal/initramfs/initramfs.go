@@ -1,4 +1,8 @@
-package nested
+// Package initramfs writes Linux initramfs images: uncompressed cpio
+// "newc" archives built from host files, trees and inline content. The
+// nested-KVM harness builds L1's root with it, and the e2e tests the root of
+// their Linux guests.
+package initramfs
 
 import (
 	"bufio"
@@ -12,11 +16,12 @@ import (
 	"strings"
 )
 
-// archive collects the files of an initramfs, keyed by their absolute path
-// inside L1, and writes them as one uncompressed cpio "newc" archive.
-// Uncompressed because L1 runs on TCG, where unpacking gzip costs seconds
-// and a RAM-backed root costs nothing. Later entries replace earlier ones.
-type archive struct {
+// Archive collects the files of an initramfs, keyed by their absolute path
+// in the guest, and writes them as one uncompressed cpio "newc" archive.
+// Uncompressed because the guests that unpack it may run on TCG, where
+// unpacking gzip costs seconds, and a RAM-backed root costs nothing. Later
+// entries replace earlier ones; parent directories are added as needed.
+type Archive struct {
 	entries map[string]entry
 }
 
@@ -33,10 +38,11 @@ const (
 	sIFLNK = 0o120000
 )
 
-func newArchive() *archive { return &archive{entries: map[string]entry{}} }
+// New returns an empty archive.
+func New() *Archive { return &Archive{entries: map[string]entry{}} }
 
-// dir adds a directory and its parents.
-func (a *archive) dir(p string) {
+// Dir adds a directory and its parents.
+func (a *Archive) Dir(p string) {
 	p = path.Clean("/" + p)
 	for q := p; q != "/"; q = path.Dir(q) {
 		if e, ok := a.entries[q]; ok && e.mode&sIFDIR != 0 {
@@ -46,15 +52,15 @@ func (a *archive) dir(p string) {
 	}
 }
 
-// bytes adds a regular file with the given content and permissions.
-func (a *archive) bytes(p string, perm uint32, data []byte) {
+// Bytes adds a regular file with the given content and permissions.
+func (a *Archive) Bytes(p string, perm uint32, data []byte) {
 	p = path.Clean("/" + p)
-	a.dir(path.Dir(p))
+	a.Dir(path.Dir(p))
 	a.entries[p] = entry{mode: sIFREG | perm&0o7777, data: data}
 }
 
-// file adds the host file src (symlinks followed) at path p.
-func (a *archive) file(p, src string) error {
+// File adds the host file src (symlinks followed) at path p.
+func (a *Archive) File(p, src string) error {
 	st, err := os.Stat(src)
 	if err != nil {
 		return err
@@ -63,21 +69,21 @@ func (a *archive) file(p, src string) error {
 		return fmt.Errorf("%s is not a regular file", src)
 	}
 	p = path.Clean("/" + p)
-	a.dir(path.Dir(p))
+	a.Dir(path.Dir(p))
 	a.entries[p] = entry{mode: sIFREG | uint32(st.Mode().Perm()), src: src}
 	return nil
 }
 
-// symlink adds a symbolic link at p pointing to target.
-func (a *archive) symlink(p, target string) {
+// Symlink adds a symbolic link at p pointing to target.
+func (a *Archive) Symlink(p, target string) {
 	p = path.Clean("/" + p)
-	a.dir(path.Dir(p))
+	a.Dir(path.Dir(p))
 	a.entries[p] = entry{mode: sIFLNK | 0o777, data: []byte(target), symlink: true}
 }
 
-// tree adds the host directory root at the same path, keeping symlinks as
+// Tree adds the host directory root at the same path, keeping symlinks as
 // links, skipping what skip says to.
-func (a *archive) tree(root string, skip func(rel string, d fs.DirEntry) bool) error {
+func (a *Archive) Tree(root string, skip func(rel string, d fs.DirEntry) bool) error {
 	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -91,22 +97,22 @@ func (a *archive) tree(root string, skip func(rel string, d fs.DirEntry) bool) e
 		}
 		switch {
 		case d.IsDir():
-			a.dir(p)
+			a.Dir(p)
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			a.symlink(p, target)
+			a.Symlink(p, target)
 		case d.Type().IsRegular():
-			return a.file(p, p)
+			return a.File(p, p)
 		}
 		return nil
 	})
 }
 
-// writeTo writes the archive, parents before children.
-func (a *archive) writeTo(w io.Writer) error {
+// Write writes the archive, parents before children.
+func (a *Archive) Write(w io.Writer) error {
 	names := make([]string, 0, len(a.entries))
 	for p := range a.entries {
 		names = append(names, p)

@@ -1,0 +1,166 @@
+// Package linuxguest boots a real Linux guest under govmm to its userspace
+// and reads back what that userspace saw. The e2e tests and the boot soak
+// (bench/linuxsoak) share it, so that both judge a boot the same way.
+//
+// The guest is Debian's cloud kernel (fetched by .ci/run) with a tiny
+// initramfs: a static busybox and an /init that prints one line with the
+// token from the kernel command line and the CPUs the kernel brought up,
+// then powers off.
+package linuxguest
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"govmm/internal/initramfs"
+)
+
+// Busybox returns a static busybox from the host (package busybox-static).
+func Busybox() (string, error) {
+	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+		f, err := elf.Open(p)
+		if err != nil {
+			continue
+		}
+		static := true
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_INTERP {
+				static = false
+			}
+		}
+		f.Close()
+		if static {
+			return p, nil
+		}
+	}
+	return "", errors.New("no static busybox (apt-get install busybox-static)")
+}
+
+// initScript is the guest's /init.
+const initScript = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+tok=$(/bin/busybox sed -n 's/.*govmm\.token=\([^ ]*\).*/\1/p' /proc/cmdline)
+cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)
+online=$(/bin/busybox cat /sys/devices/system/cpu/online)
+echo "govmm-userspace: token=$tok cpus=$cpus online=$online"
+/bin/busybox poweroff -f
+`
+
+// WriteInitramfs writes the guest's initramfs to path.
+func WriteInitramfs(path string) error {
+	bb, err := Busybox()
+	if err != nil {
+		return err
+	}
+	a := initramfs.New()
+	if err := a.File("/bin/busybox", bb); err != nil {
+		return err
+	}
+	a.Bytes("/init", 0o755, []byte(initScript))
+	a.Dir("/dev")
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := a.Write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Boot is one boot's settings.
+type Boot struct {
+	Govmm   string   // the govmm binary
+	Accel   []string // accelerator flags, e.g. --accel=kvm
+	Kernel  string
+	Initrd  string
+	CPUs    int
+	Memory  string // default 512M
+	Token   string // printed back by the guest's init
+	Timeout time.Duration
+}
+
+// Result is what a boot showed.
+type Result struct {
+	Code    int    // govmm's exit status
+	Console string // the serial console
+	Stderr  string // govmm's log
+	Wall    time.Duration
+	Token   string // as init read it from /proc/cmdline
+	CPUs    int    // processors in /proc/cpuinfo
+	Online  string // /sys/devices/system/cpu/online
+}
+
+var userspaceLine = regexp.MustCompile(`govmm-userspace: token=(\S*) cpus=(\d+) online=(\S*)`)
+
+// Run boots the guest once. An error means the boot did not reach
+// userspace with the right token and CPU count, or did not power off
+// cleanly; it carries the end of the console and govmm's log.
+func (b Boot) Run(ctx context.Context) (Result, error) {
+	if b.Memory == "" {
+		b.Memory = "512M"
+	}
+	if b.Timeout == 0 {
+		b.Timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
+	defer cancel()
+	args := append([]string{"run"}, b.Accel...)
+	args = append(args, "--kernel", b.Kernel, "--initrd", b.Initrd, "--cpus", strconv.Itoa(b.CPUs),
+		"--memory", b.Memory, "--serial", "stdio",
+		"--cmdline", "console=ttyS0 panic=-1 govmm.token="+b.Token)
+	cmd := exec.CommandContext(ctx, b.Govmm, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := Result{Console: stdout.String(), Stderr: stderr.String(), Wall: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		res.Code = ee.ExitCode()
+	} else if err != nil {
+		return res, fmt.Errorf("run govmm: %w", err)
+	}
+	fail := func(format string, a ...any) (Result, error) {
+		return res, fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- govmm log:\n%s",
+			fmt.Sprintf(format, a...), strings.Join(b.Accel, " "), b.CPUs, res.Wall.Round(time.Millisecond),
+			tail(res.Console, 30), tail(res.Stderr, 20))
+	}
+	if ctx.Err() != nil {
+		return fail("no power-off within %v", b.Timeout)
+	}
+	m := userspaceLine.FindStringSubmatch(res.Console)
+	if m == nil {
+		return fail("init never printed its line: exit status %d", res.Code)
+	}
+	res.Token, res.Online = m[1], m[3]
+	res.CPUs, _ = strconv.Atoi(m[2])
+	switch {
+	case res.Token != b.Token:
+		return fail("init read token %q from /proc/cmdline, want %q", res.Token, b.Token)
+	case res.CPUs != b.CPUs:
+		return fail("the guest brought up %d CPUs (online %s), want %d", res.CPUs, res.Online, b.CPUs)
+	case res.Code != 0:
+		return fail("govmm exit status %d after the guest's poweroff, want 0", res.Code)
+	}
+	return res, nil
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(strings.ReplaceAll(s, "\r", ""), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
