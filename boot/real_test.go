@@ -1,26 +1,64 @@
 package boot
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"testing"
 
+	"github.com/pierrec/lz4/v4"
+
+	"govmm/internal/kvmtest"
+	"govmm/internal/nested"
 	"govmm/platform"
 )
 
-// Real kernels are not in the repo; these tests run when their paths are
-// given (e.g. a Debian cloud kernel's vmlinuz, and the vmlinux decompressed
-// from it):
-//
-//	GOVMM_TEST_BZIMAGE=/path/vmlinuz GOVMM_TEST_VMLINUX=/path/vmlinux go test ./boot -run Real
+// Real kernels are not in the repo. These tests use Debian's cloud kernel
+// that .ci/run caches (its bzImage, and the ELF vmlinux decompressed from
+// the bzImage's LZ4 payload, which carries a PVH note), or the files named
+// by GOVMM_TEST_BZIMAGE and GOVMM_TEST_VMLINUX. Without any, they skip, or
+// fail under GOVMM_REQUIRE_KVM=1 (CI), which always has the cached kernel.
 
 func realImage(t *testing.T, env string) []byte {
-	path := os.Getenv(env)
+	t.Helper()
+	if path := os.Getenv(env); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	path := nested.LinuxKernel()
 	if path == "" {
-		t.Skipf("%s not set", env)
+		if kvmtest.Required() {
+			t.Fatalf("no cached Debian kernel and %s unset (.ci/run downloads the kernel)", env)
+		}
+		t.Skipf("%s not set and no cached Debian kernel (.ci/run downloads it)", env)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if env == "GOVMM_TEST_VMLINUX" {
+		return vmlinuxFromBzImage(t, b)
+	}
+	return b
+}
+
+// vmlinuxFromBzImage decompresses the kernel ELF from a bzImage whose
+// payload is LZ4 (the kernel's legacy LZ4 frame), as scripts/extract-vmlinux
+// does.
+func vmlinuxFromBzImage(t *testing.T, img []byte) []byte {
+	t.Helper()
+	setup := (int(img[hdrSetupSects]) + 1) * 512
+	off, n := int(le.Uint32(img[0x248:])), int(le.Uint32(img[0x24c:])) // payload_offset, payload_length
+	payload := img[setup+off : setup+off+n]
+	if le.Uint32(payload) != 0x184c2102 {
+		t.Fatalf("bzImage payload is not LZ4 (magic %#x)", le.Uint32(payload))
+	}
+	b, err := io.ReadAll(lz4.NewReader(bytes.NewReader(payload)))
+	if err != nil || len(b) < 4 || string(b[:4]) != "\x7fELF" {
+		t.Fatalf("decompressing the bzImage payload: %d bytes, %v", len(b), err)
 	}
 	return b
 }

@@ -36,6 +36,8 @@ func main() {
 	govmm := flag.String("govmm", "", "govmm binary (default: build it)")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one boot")
+	cmdline := flag.String("cmdline", "", "added to the guest's kernel command line, e.g. earlyprintk=serial,ttyS0,115200")
+	logLevel := flag.String("log-level", "", "govmm's --log-level")
 	flag.Parse()
 	if *kernel == "" {
 		*kernel = nested.LinuxKernel()
@@ -83,7 +85,8 @@ func main() {
 			rows = append(rows, r)
 			for i := 1; i <= *n; i++ {
 				res, err := linuxguest.Boot{Govmm: *govmm, Accel: flags, Kernel: *kernel, Initrd: initrd,
-					CPUs: c, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout}.Run(context.Background())
+					CPUs: c, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout,
+					Cmdline: *cmdline, LogLevel: *logLevel}.Run(context.Background())
 				if err != nil {
 					r.fails++
 					fmt.Printf("FAIL %s boot %d: %v\n", r.name, i, err)

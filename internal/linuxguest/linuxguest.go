@@ -90,6 +90,12 @@ type Boot struct {
 	Memory  string // default 512M
 	Token   string // printed back by the guest's init
 	Timeout time.Duration
+	// Cmdline is added to the kernel command line, e.g.
+	// "earlyprintk=serial,ttyS0,115200" to see a boot that dies before
+	// the console is up.
+	Cmdline string
+	// LogLevel is govmm's --log-level (default: govmm's own).
+	LogLevel string
 }
 
 // Result is what a boot showed.
@@ -120,7 +126,10 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	args := append([]string{"run"}, b.Accel...)
 	args = append(args, "--kernel", b.Kernel, "--initrd", b.Initrd, "--cpus", strconv.Itoa(b.CPUs),
 		"--memory", b.Memory, "--serial", "stdio",
-		"--cmdline", "console=ttyS0 panic=-1 govmm.token="+b.Token)
+		"--cmdline", strings.TrimSpace("console=ttyS0 panic=-1 govmm.token="+b.Token+" "+b.Cmdline))
+	if b.LogLevel != "" {
+		args = append(args, "--log-level", b.LogLevel)
+	}
 	cmd := exec.CommandContext(ctx, b.Govmm, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -3,7 +3,8 @@
 // skipped test with its reason, and one closing count. A test that skipped
 // on the host because it needs KVM and then ran in the nested-KVM VM
 // (internal/kvmtest) counts once, by its result in L1, so the closing line
-// tells at a glance whether anything went untested.
+// tells at a glance whether anything went untested. A test whose every
+// subtest skipped counts as failed: it reported PASS having tested nothing.
 //
 //	go test -json ./... | go run ./internal/testreport
 package main
@@ -92,12 +93,28 @@ func main() {
 			r.action = e.Action
 		}
 	}
+	// A test whose every subtest skipped tested nothing: it must not pass.
+	subs := map[string][2]int{} // parent key: subtests, skipped subtests
+	for _, key := range order {
+		if i := strings.LastIndexByte(key, '/'); i > strings.IndexByte(key, '\x00') {
+			c := subs[key[:i]]
+			c[0]++
+			if results[key].action == "skip" {
+				c[1]++
+			}
+			subs[key[:i]] = c
+		}
+	}
 	var pass, fail, skip int
 	var failed, skipped []string
 	for _, key := range order {
 		r := results[key]
 		pkg, test, _ := strings.Cut(key, "\x00")
 		name := pkg + " " + test
+		if c := subs[key]; r.action == "pass" && c[0] > 0 && c[0] == c[1] {
+			r.action = "fail"
+			r.output = append(r.output, fmt.Sprintf("every one of its %d subtests skipped: it tested nothing\n", c[0]))
+		}
 		switch r.action {
 		case "pass":
 			pass++
