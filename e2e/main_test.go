@@ -105,14 +105,22 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	return res
 }
 
-// accels returns the accelerator flag sets every end-to-end test runs on.
+// accels returns the accelerator flag sets every end-to-end test runs on:
+// KVM and mshvsim (on KVM), and a real MSHV where /dev/mshv exists. Where
+// KVM is only reachable on nested KVM, the test runs there too
+// (internal/kvmtest); a host with /dev/mshv runs its MSHV part here first.
 func accels(t *testing.T) [][]string {
 	t.Helper()
-	kvmtest.Need(t)
-	return [][]string{
-		{"--accel=kvm"},
-		{"--accel=mshv", "--mshv-device=sim"},
+	var out [][]string
+	if _, err := os.Stat("/dev/mshv"); err == nil && !kvmtest.InL1() {
+		out = append(out, []string{"--accel=mshv"})
+		if !kvmtest.Here(t) {
+			return out
+		}
+	} else {
+		kvmtest.Need(t)
 	}
+	return append(out, []string{"--accel=kvm"}, []string{"--accel=mshv", "--mshv-device=sim"})
 }
 
 // accelName names an accelerator flag set for subtests.

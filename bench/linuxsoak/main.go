@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"govmm/internal/linuxguest"
@@ -162,6 +163,13 @@ func inL1(govmm, kernel string) int {
 			args = append(args, "-"+f.Name+"="+f.Value.String())
 		}
 	})
+	// The tests' lock (internal/kvmtest): two TCG VMs on a two-core
+	// machine each run at half speed, which would skew the soak.
+	if f, err := os.OpenFile(filepath.Join(os.TempDir(), "govmm-nested.lock"), os.O_CREATE|os.O_RDWR, 0o666); err == nil {
+		fmt.Println("linuxsoak: waiting for the nested-KVM lock")
+		syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		defer f.Close()
+	}
 	fmt.Printf("linuxsoak: no hardware-semantics /dev/kvm here: running in a nested-KVM VM (%d host CPUs)\n", runtime.NumCPU())
 	res, err := nested.Run(context.Background(), nested.Config{
 		Command: args,

@@ -130,23 +130,38 @@ func getPlan() plan {
 // GOVMM_REQUIRE_KVM=1.
 func Need(t testing.TB) {
 	t.Helper()
+	if !Here(t) {
+		if getPlan().where == l1Only {
+			t.Skip("needs KVM: runs on nested KVM (L1) after this package's other tests")
+		}
+		p := getPlan()
+		if Required() {
+			t.Fatalf("needs KVM, and %s=1: %s", RequireEnv, p.reason)
+		}
+		t.Skipf("needs KVM: %s", p.reason)
+	}
+}
+
+// Here is Need for a test that has work to do without KVM too (on a real
+// /dev/mshv, say): it reports whether KVM can be used in this process, and
+// arranges for the test to run in L1 as well where the plan says so,
+// without skipping it here.
+func Here(t testing.TB) bool {
+	t.Helper()
 	p := getPlan()
 	switch p.where {
 	case here:
 		if p.reason != "" && Required() {
 			t.Fatalf("%s=1: %s", RequireEnv, p.reason)
 		}
+		return true
 	case hereAndL1:
 		record(t)
+		return true
 	case l1Only:
 		record(t)
-		t.Skip("needs KVM: runs on nested KVM (L1) after this package's other tests")
-	default:
-		if Required() {
-			t.Fatalf("needs KVM, and %s=1: %s", RequireEnv, p.reason)
-		}
-		t.Skipf("needs KVM: %s", p.reason)
 	}
+	return false
 }
 
 // NeedHardware is Need for a test that needs hardware virtualization
