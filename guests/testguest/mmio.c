@@ -209,6 +209,10 @@ STR(f_rep_movsl_m2m, CLD, "rep movsl", p, p + 36, 5, 0, p)
 STR(f_rep_movsw_r2m_std, STD, "rep movsw", srcbuf + 14, p + 30, 6, 0, p)
 STR(f_rep_movsb_m2r_std, STD, "rep movsb", p + 20, aux + 15, 9, 0, aux)
 STR(f_rep_movsq_m2m_std, STD, "rep movsq", p + 16, p + 48, 2, 0, p)
+STR(f_rep_movsl_r2m, CLD, "rep movsl", srcbuf, p + 4, 6, 0, p)
+STR(f_rep_movsl_m2r, CLD, "rep movsl", p + 12, aux, 5, 0, aux)
+STR(f_rep_movsl_r2m_std, STD, "rep movsl", srcbuf + 28, p + 56, 4, 0, p)
+STR(f_rep_movsq_r2m, CLD, "rep movsq", srcbuf, p + 24, 4, 0, p)
 STR(f_movsb_m2m, CLD, "movsb", p + 1, p + 60, 0, 0, p)
 STR(f_movsq_r2m, CLD, "movsq", srcbuf + 8, p + 40, 0, 0, p)
 STR(f_movsw_m2r_std, STD, "movsw", p + 22, aux + 6, 0, 0, aux)
@@ -424,6 +428,10 @@ static const struct form forms[] = {
 	F("rep.movsw.ram2mmio.std", f_rep_movsw_r2m_std, 0, STRS),
 	F("rep.movsb.mmio2ram.std", f_rep_movsb_m2r_std, 0, STRS | AUX),
 	F("rep.movsq.mmio2mmio.std", f_rep_movsq_m2m_std, 0, STRS),
+	F("rep.movsl.ram2mmio", f_rep_movsl_r2m, 0, STRS),
+	F("rep.movsl.mmio2ram", f_rep_movsl_m2r, 0, STRS | AUX),
+	F("rep.movsl.ram2mmio.std", f_rep_movsl_r2m_std, 0, STRS),
+	F("rep.movsq.ram2mmio", f_rep_movsq_r2m, 0, STRS),
 	F("movsb.mmio2mmio", f_movsb_m2m, 0, STRS),
 	F("movsq.ram2mmio", f_movsq_r2m, 0, STRS),
 	F("movsw.mmio2ram.std", f_movsw_m2r_std, 0, STRS | AUX),
