@@ -46,22 +46,91 @@ func main() {
 	runs := flag.Int("runs", 11, "runs of each measurement (medians are reported)")
 	iter := flag.Int("iter", 300000, "exits per loop guest")
 	skipQEMU := flag.Bool("no-qemu", false, "leave QEMU out")
+	nestedFlag := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
+	prebuilt := flag.String("prebuilt", "", "use the programs and guests built in DIR (how the run inside the nested VM gets them)")
 	flag.Parse()
-	if err := run(*runs, *iter, *skipQEMU); err != nil {
+	if *prebuilt == "" && host.Nested(*nestedFlag) {
+		// Exits cost about 50 us on TCG: fewer of them keep a run short.
+		if !flagSet("iter") {
+			*iter = 20000
+		}
+	}
+	if err := run(*runs, *iter, *skipQEMU, *nestedFlag, *prebuilt); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, iter int, skipQEMU bool) error {
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func run(runs, iter int, skipQEMU, forceNested bool, prebuilt string) error {
 	_, file, _, _ := runtime.Caller(0)
 	here := filepath.Dir(file)
 	root := filepath.Dir(here)
-	tmp, err := os.MkdirTemp("", "govmm-bench-")
-	if err != nil {
-		return err
+	tmp := prebuilt
+	if tmp == "" {
+		var err error
+		if tmp, err = os.MkdirTemp("", "govmm-bench-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if err := build(here, root, tmp, iter); err != nil {
+			return err
+		}
+		if host.Nested(forceNested) {
+			var programs []string
+			if !skipQEMU {
+				if _, err := host.EnsureQEMU(); err != nil {
+					return err
+				}
+				programs = []string{"qemu-system-x86_64"}
+			}
+			args := []string{"-runs", fmt.Sprint(runs), "-iter", fmt.Sprint(iter), "-prebuilt", tmp}
+			if skipQEMU {
+				args = append(args, "-no-qemu")
+			}
+			code, err := host.RunInL1(args, []string{tmp}, programs, 3072)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return fmt.Errorf("the run in the nested VM exited with status %d", code)
+			}
+			return nil
+		}
 	}
-	defer os.RemoveAll(tmp)
+	floor := filepath.Join(tmp, "floor")
+	govmm := filepath.Join(tmp, "govmm")
+	gomin := filepath.Join(tmp, "gomin")
+	gofloor := filepath.Join(tmp, "gofloor")
+	vmms := []vmm{
+		{"floor", func(k string) []string { return []string{floor, k, "64"} }},
+		{"go-min", func(k string) []string { return []string{gomin, k, "64"} }},
+		{"go-floor", func(k string) []string { return []string{gofloor, k, "64"} }},
+		{"govmm", func(k string) []string {
+			return []string{govmm, "run", "--accel=kvm", "--memory=64M", "--serial=none", "--kernel", k}
+		}},
+	}
+	if !skipQEMU {
+		qemu, err := host.EnsureQEMU()
+		if err != nil {
+			return err
+		}
+		vmms = append(vmms, vmm{"qemu", func(k string) []string {
+			return []string{qemu, "-accel", "kvm", "-M", "pc", "-m", "64", "-nodefaults", "-display", "none",
+				"-serial", "none", "-monitor", "none", "-no-reboot", "-kernel", k,
+				"-device", "isa-debug-exit,iobase=0xf4,iosize=4"}
+		}})
+	}
+	return measureAll(tmp, vmms, runs, iter, skipQEMU)
+}
+
+// build compiles the guests, the C floor and the Go programs into tmp.
+func build(here, root, tmp string, iter int) error {
 
 	step := func(name string, args []string, env ...string) error {
 		c := exec.Command(args[0], args[1:]...)
@@ -91,35 +160,18 @@ func run(runs, iter int, skipQEMU bool) error {
 		return err
 	}
 	gofloor := filepath.Join(tmp, "gofloor")
-	if err := step("build gofloor", []string{"go", "build", "-o", gofloor, "./bench/gofloor"}, "CGO_ENABLED=0"); err != nil {
-		return err
-	}
-	vmms := []vmm{
-		{"floor", func(k string) []string { return []string{floor, k, "64"} }},
-		{"go-min", func(k string) []string { return []string{gomin, k, "64"} }},
-		{"go-floor", func(k string) []string { return []string{gofloor, k, "64"} }},
-		{"govmm", func(k string) []string {
-			return []string{govmm, "run", "--accel=kvm", "--memory=64M", "--serial=none", "--kernel", k}
-		}},
-	}
-	if !skipQEMU {
-		qemu, err := host.EnsureQEMU()
-		if err != nil {
-			return err
-		}
-		vmms = append(vmms, vmm{"qemu", func(k string) []string {
-			return []string{qemu, "-accel", "kvm", "-M", "pc", "-m", "64", "-nodefaults", "-display", "none",
-				"-serial", "none", "-monitor", "none", "-no-reboot", "-kernel", k,
-				"-device", "isa-debug-exit,iobase=0xf4,iosize=4"}
-		}})
-	}
+	return step("build gofloor", []string{"go", "build", "-o", gofloor, "./bench/gofloor"}, "CGO_ENABLED=0")
+}
 
+// measureAll runs every VMM on every guest, pair by pair, and prints the
+// report.
+func measureAll(tmp string, vmms []vmm, runs, iter int, skipQEMU bool) error {
 	guests := []string{"exit", "pio", "mmio"}
 	res := map[string]map[string][]sample{}
 	for _, g := range guests {
 		res[g] = map[string][]sample{}
 	}
-	fmt.Printf("govmm benchmark: %d runs each, %d exits per loop guest, %s\n", runs, iter, host.CPUName())
+	fmt.Printf("govmm benchmark: %d runs each, %d exits per loop guest, on %s\n", runs, iter, host.Substrate())
 	for r := 0; r < runs; r++ {
 		for _, g := range guests {
 			// Alternate the order so drift on a noisy machine hits everyone.

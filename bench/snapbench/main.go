@@ -72,8 +72,10 @@ func main() {
 	runs := flag.Int("runs", 7, "runs of each measurement (medians are reported)")
 	noQEMU := flag.Bool("no-qemu", false, "leave QEMU out")
 	noMSHV := flag.Bool("no-mshv", false, "leave govmm on mshvsim out")
+	nestedFlag := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
+	prebuilt := flag.String("prebuilt", "", "use the govmm binary in DIR (how the run inside the nested VM gets it)")
 	flag.Parse()
-	err := run(*runs, *noQEMU, *noMSHV)
+	err := run(*runs, *noQEMU, *noMSHV, *nestedFlag, *prebuilt)
 	killAll()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "snapbench:", err)
@@ -81,7 +83,7 @@ func main() {
 	}
 }
 
-func run(runs int, noQEMU, noMSHV bool) error {
+func run(runs int, noQEMU, noMSHV, forceNested bool, prebuilt string) error {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
 	tmp, err := os.MkdirTemp("", "govmm-snapbench-")
@@ -91,11 +93,40 @@ func run(runs int, noQEMU, noMSHV bool) error {
 	defer os.RemoveAll(tmp)
 	b := &bench{tmp: tmp, runs: runs, res: map[string]map[string][]float64{}, snaps: map[string]string{},
 		govmm: filepath.Join(tmp, "govmm"), cols: []string{colKVM}}
-	c := exec.Command("go", "build", "-o", b.govmm, "./cmd/govmm")
-	c.Dir = root
-	c.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the README builds it
-	if out, err := c.CombinedOutput(); err != nil {
-		return fmt.Errorf("build govmm: %v\n%s", err, out)
+	if prebuilt != "" {
+		b.govmm = filepath.Join(prebuilt, "govmm")
+	} else {
+		c := exec.Command("go", "build", "-o", b.govmm, "./cmd/govmm")
+		c.Dir = root
+		c.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the README builds it
+		if out, err := c.CombinedOutput(); err != nil {
+			return fmt.Errorf("build govmm: %v\n%s", err, out)
+		}
+		if host.Nested(forceNested) {
+			var programs []string
+			if !noQEMU {
+				if _, err := host.EnsureQEMU(); err != nil {
+					return err
+				}
+				programs = []string{"qemu-system-x86_64"}
+			}
+			args := []string{"-runs", fmt.Sprint(runs), "-prebuilt", tmp}
+			if noQEMU {
+				args = append(args, "-no-qemu")
+			}
+			if noMSHV {
+				args = append(args, "-no-mshv")
+			}
+			// 2 GiB guests, their snapshots in L1's RAM-backed /tmp, and QEMU.
+			code, err := host.RunInL1(args, []string{tmp, filepath.Join(root, "guests", "bin")}, programs, 8192)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return fmt.Errorf("the run in the nested VM exited with status %d", code)
+			}
+			return nil
+		}
 	}
 	if !noMSHV {
 		b.cols = append(b.cols, colMSHV)
@@ -112,7 +143,7 @@ func run(runs int, noQEMU, noMSHV bool) error {
 		"idle":     {"idle", filepath.Join(bin, "probe.elf"), "probe.mode=report probe.wait=86400000 probe.smp=0"},
 	}
 	command := strings.TrimSpace("go run ./bench/snapbench " + strings.Join(os.Args[1:], " "))
-	fmt.Printf("govmm snapshot/restore/migration benchmark: %d runs each, %s\n", runs, host.CPUName())
+	fmt.Printf("govmm snapshot/restore/migration benchmark: %d runs each, on %s\n", runs, host.Substrate())
 	begin := time.Now()
 
 	// Snapshots (the memwrite snapshots are kept for the restores).

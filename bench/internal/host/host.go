@@ -1,13 +1,18 @@
 // Package host holds what the benchmark programs share about the machine
-// they run on: finding (or installing) QEMU, and naming the CPU, so that
-// every report says where its numbers came from.
+// they run on: finding (or installing) QEMU, naming the CPU and the
+// substrate, so that every report says where its numbers came from, and
+// moving a benchmark into a nested-KVM VM where there is no /dev/kvm.
 package host
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"time"
+
+	"govmm/internal/nested"
 )
 
 // EnsureQEMU returns qemu-system-x86_64, installing Debian's package when it is
@@ -41,4 +46,53 @@ func CPUName() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// Nested reports whether a benchmark should run inside a nested-KVM VM:
+// when forced, or when this machine has no /dev/kvm at all. (A software
+// kvm_pvm /dev/kvm is usable: the README's tables say which substrate each
+// came from.)
+func Nested(force bool) bool {
+	if os.Getenv(nested.InL1Env) == "1" {
+		return false
+	}
+	if force {
+		return true
+	}
+	_, err := os.Stat("/dev/kvm")
+	return err != nil
+}
+
+// Substrate names where the numbers come from.
+func Substrate() string {
+	if os.Getenv(nested.InL1Env) == "1" {
+		return "nested KVM in an L1 VM on QEMU's TCG (" + CPUName() + "); absolute times are TCG times, compare the ratios"
+	}
+	return "this machine's KVM (" + CPUName() + ")"
+}
+
+// RunInL1 runs this program again inside a nested-KVM VM with args, the
+// given files and programs copied in (QEMU with its firmware, for side by
+// side runs on the same nested KVM), its output streamed here, and returns
+// its exit status.
+func RunInL1(args, files, programs []string, memoryMB int) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 1, err
+	}
+	wd, _ := os.Getwd()
+	fmt.Fprintln(os.Stderr, "no /dev/kvm here (or -nested): running in a nested-KVM VM")
+	res, err := nested.Run(context.Background(), nested.Config{
+		Command:  append([]string{self}, args...),
+		Dir:      wd,
+		Files:    append([]string{self, wd}, files...),
+		Programs: programs,
+		MemoryMB: memoryMB,
+		Timeout:  3 * time.Hour,
+		Output:   os.Stdout,
+	})
+	if err != nil {
+		return 1, err
+	}
+	return res.ExitCode, nil
 }
