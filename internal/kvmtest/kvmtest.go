@@ -27,7 +27,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -265,21 +264,6 @@ func Main(m *testing.M, opts ...Option) int {
 	return ncode
 }
 
-// l1Lock serialises nested VMs across the test binaries `go test` runs in
-// parallel: two TCG VMs on a two-core machine would each run at half speed
-// and make timeouts meaningless.
-func l1Lock() (release func(), err error) {
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "govmm-nested.lock"), os.O_CREATE|os.O_RDWR, 0o666)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
-}
-
 func runInL1(names []string, o options, start time.Time) int {
 	exe, err := os.Executable()
 	if err != nil {
@@ -320,9 +304,9 @@ func runInL1(names []string, o options, start time.Time) int {
 	if len(benches) > 0 {
 		args = append(args, "-test.bench=^("+strings.Join(benches, "|")+")$"+subPattern("test.bench"))
 	}
-	release, err := l1Lock()
+	release, err := nested.Lock()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "kvmtest: lock:", err)
+		fmt.Fprintln(os.Stderr, "kvmtest:", err)
 		return 1
 	}
 	defer release()

@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"govmm/internal/initramfs"
@@ -186,6 +187,41 @@ var programData = map[string][]string{
 	"tmux":  {"/lib/terminfo", "/usr/share/terminfo", "/usr/lib/locale/C.utf8"}, // tmux refuses a non-UTF-8 locale
 }
 
+// Lock waits until no other nested VM runs on this machine and holds that
+// until release is called. Two TCG VMs on a two-core machine would each run
+// at half speed and make every timeout meaningless, so Run takes it too;
+// callers that must wait before they budget their time take it first (it
+// is not re-entrant across processes, but Run skips it for a caller that
+// holds it).
+func Lock() (release func(), err error) {
+	lockMu.Lock()
+	defer lockMu.Unlock()
+	if lockHeld {
+		return func() {}, nil
+	}
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "govmm-nested.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("nested VM lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("nested VM lock: %w", err)
+	}
+	lockHeld = true
+	return func() {
+		lockMu.Lock()
+		defer lockMu.Unlock()
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+		lockHeld = false
+	}, nil
+}
+
+var (
+	lockMu   sync.Mutex
+	lockHeld bool
+)
+
 // Run boots L1, runs cfg.Command there and returns its exit status. A
 // command that runs and fails is not an error; a VM that does not boot,
 // does not finish within the timeout, or dies is (*Error).
@@ -216,6 +252,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Output == nil {
 		cfg.Output = io.Discard
 	}
+	release, err := Lock()
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
 	work, err := os.MkdirTemp("", "govmm-l1-")
 	if err != nil {
 		return Result{}, err
