@@ -82,25 +82,11 @@ func run(runs, iter int, skipQEMU, forceNested bool, prebuilt string) error {
 			return err
 		}
 		if host.Nested(forceNested) {
-			var programs []string
-			if !skipQEMU {
-				if _, err := host.EnsureQEMU(); err != nil {
-					return err
-				}
-				programs = []string{"qemu-system-x86_64"}
-			}
 			args := []string{"-runs", fmt.Sprint(runs), "-iter", fmt.Sprint(iter), "-prebuilt", tmp}
 			if skipQEMU {
 				args = append(args, "-no-qemu")
 			}
-			code, err := host.RunInL1(args, []string{tmp}, programs, 3072)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return fmt.Errorf("the run in the nested VM exited with status %d", code)
-			}
-			return nil
+			return host.RunInL1(args, []string{tmp}, !skipQEMU, 3072)
 		}
 	}
 	floor := filepath.Join(tmp, "floor")

@@ -103,13 +103,6 @@ func run(runs int, noQEMU, noMSHV, forceNested bool, prebuilt string) error {
 			return fmt.Errorf("build govmm: %v\n%s", err, out)
 		}
 		if host.Nested(forceNested) {
-			var programs []string
-			if !noQEMU {
-				if _, err := host.EnsureQEMU(); err != nil {
-					return err
-				}
-				programs = []string{"qemu-system-x86_64"}
-			}
 			args := []string{"-runs", fmt.Sprint(runs), "-prebuilt", tmp}
 			if noQEMU {
 				args = append(args, "-no-qemu")
@@ -118,14 +111,7 @@ func run(runs int, noQEMU, noMSHV, forceNested bool, prebuilt string) error {
 				args = append(args, "-no-mshv")
 			}
 			// 2 GiB guests, their snapshots in L1's RAM-backed /tmp, and QEMU.
-			code, err := host.RunInL1(args, []string{tmp, filepath.Join(root, "guests", "bin")}, programs, 8192)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return fmt.Errorf("the run in the nested VM exited with status %d", code)
-			}
-			return nil
+			return host.RunInL1(args, []string{tmp, filepath.Join(root, "guests", "bin")}, !noQEMU, 8192)
 		}
 	}
 	if !noMSHV {

@@ -141,6 +141,19 @@ func (a *Archive) Write(w io.Writer) error {
 	return bw.Flush()
 }
 
+// WriteFile writes the archive to a new file at path.
+func (a *Archive) WriteFile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := a.Write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 // writeCPIO writes one newc record: a 110-byte ASCII header, the name with
 // its NUL padded to four bytes, then the data padded to four bytes.
 func writeCPIO(w *bufio.Writer, name string, mode, ino uint32, data []byte) error {

@@ -14,7 +14,6 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -69,15 +68,7 @@ func WriteInitramfs(path string) error {
 	}
 	a.Bytes("/init", 0o755, []byte(initScript))
 	a.Dir("/dev")
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := a.Write(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return a.WriteFile(path)
 }
 
 // Boot is one boot's settings.

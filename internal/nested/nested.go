@@ -373,15 +373,7 @@ func buildInitramfs(out string, a *Assets, cfg Config) error {
 		}
 	}
 	ar.Bytes("/init", 0o755, []byte(initScript(a, cfg)))
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	if err := ar.Write(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return ar.WriteFile(out)
 }
 
 // addPath adds a host file or tree at its own path; executables bring the

@@ -72,13 +72,20 @@ func Substrate() string {
 }
 
 // RunInL1 runs this program again inside a nested-KVM VM with args, the
-// given files and programs copied in (QEMU with its firmware, for side by
-// side runs on the same nested KVM), its output streamed here, and returns
-// its exit status.
-func RunInL1(args, files, programs []string, memoryMB int) (int, error) {
+// given files copied in, and QEMU with its firmware where withQEMU (for
+// side by side runs on the same nested KVM); its output is streamed here.
+// A run in L1 that exits non-zero is an error.
+func RunInL1(args, files []string, withQEMU bool, memoryMB int) error {
 	self, err := os.Executable()
 	if err != nil {
-		return 1, err
+		return err
+	}
+	var programs []string
+	if withQEMU {
+		if _, err := EnsureQEMU(); err != nil {
+			return err
+		}
+		programs = []string{"qemu-system-x86_64"}
 	}
 	wd, _ := os.Getwd()
 	fmt.Fprintln(os.Stderr, "no /dev/kvm here (or -nested): running in a nested-KVM VM")
@@ -92,7 +99,10 @@ func RunInL1(args, files, programs []string, memoryMB int) (int, error) {
 		Output:   os.Stdout,
 	})
 	if err != nil {
-		return 1, err
+		return err
 	}
-	return res.ExitCode, nil
+	if res.ExitCode != 0 {
+		return fmt.Errorf("the run in the nested VM exited with status %d", res.ExitCode)
+	}
+	return nil
 }
