@@ -420,11 +420,11 @@ func (c *resultCounter) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		line := strings.TrimSpace(strings.TrimPrefix(string(c.partial[:i]), "\x16")) // test2json framing
+		line := strings.TrimSpace(strings.ReplaceAll(string(c.partial[:i]), "\x16", "")) // test2json framing
 		c.partial = c.partial[i+1:]
 		switch {
 		case strings.HasPrefix(line, "=== RUN "):
-			c.last = strings.TrimPrefix(line, "=== RUN ")
+			c.last = strings.TrimSpace(strings.TrimPrefix(line, "=== RUN "))
 		case strings.HasPrefix(line, "--- PASS: "):
 			c.pass++
 		case strings.HasPrefix(line, "--- FAIL: "):

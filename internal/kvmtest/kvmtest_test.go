@@ -1,0 +1,29 @@
+package kvmtest
+
+import "testing"
+
+func TestFlagName(t *testing.T) {
+	for arg, want := range map[string]string{
+		"-test.run=^X$": "test.run", "--test.v": "test.v", "-test.timeout": "test.timeout", "plain": "",
+	} {
+		if got := flagName(arg); got != want {
+			t.Errorf("flagName(%q) = %q, want %q", arg, got, want)
+		}
+	}
+}
+
+// TestResultCounter: the counts and the last test started come from the
+// -v lines of the run in L1, framed for test2json or not, whatever the
+// writes' boundaries.
+func TestResultCounter(t *testing.T) {
+	c := &resultCounter{}
+	in := "=== RUN   TestA\n--- PASS: TestA (0.1s)\n\x16=== RUN   TestB\n    \x16--- SKIP: TestB/x (0s)\n--- FAIL: TestB (1s)\n=== RUN   TestC\npartial"
+	for len(in) > 0 {
+		n := min(len(in), 7)
+		c.Write([]byte(in[:n]))
+		in = in[n:]
+	}
+	if c.pass != 1 || c.fail != 1 || c.skip != 1 || c.running() != "TestC" {
+		t.Errorf("pass %d fail %d skip %d running %q; want 1 1 1 TestC", c.pass, c.fail, c.skip, c.running())
+	}
+}

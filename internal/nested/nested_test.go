@@ -1,0 +1,91 @@
+package nested
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShellQuote(t *testing.T) {
+	for _, s := range []string{"plain", "with space", "it's", `a"b\c$d`, "", "-test.run=^(A|B)$"} {
+		out, err := exec.Command("/bin/sh", "-c", "printf %s "+shellQuote(s)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(out) != s {
+			t.Errorf("quoted %q came back as %q", s, out)
+		}
+	}
+}
+
+func TestLastN(t *testing.T) {
+	if got := lastN("a\r\nb\nc\n\n", 2); got != "b\nc" {
+		t.Errorf("lastN = %q", got)
+	}
+	tb := &tailBuffer{max: 8}
+	tb.WriteString("0123456789\n")
+	tb.WriteString("ab\n")
+	if got := tb.lastLines(5); got != "6789\nab" { // the last 8 bytes
+		t.Errorf("tail = %q", got)
+	}
+}
+
+// need skips without the nested VM's parts, or fails on CI.
+func need(t *testing.T) {
+	if _, err := Find(); err != nil {
+		if os.Getenv("GOVMM_REQUIRE_KVM") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	if os.Getenv(InL1Env) == "1" {
+		t.Skip("already inside L1")
+	}
+}
+
+// TestRun boots L1 and runs a command there: its output, working
+// directory, environment and exit status come back, and /dev/kvm exists.
+func TestRun(t *testing.T) {
+	need(t)
+	dir := t.TempDir()
+	script := dir + "/probe.sh"
+	if err := os.WriteFile(script, []byte("#!/bin/sh\npwd\necho \"arg=$1 env=$GOVMM_X in_l1=$GOVMM_IN_L1\"\n[ -c /dev/kvm ] && echo kvm-ok\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	res, err := Run(context.Background(), Config{
+		Command: []string{script, "it's here"},
+		Dir:     dir,
+		Env:     []string{"GOVMM_X=42"},
+		Files:   []string{script},
+		Timeout: 3 * time.Minute,
+		Output:  &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := dir + "\narg=it's here env=42 in_l1=1\nkvm-ok\n"
+	if res.ExitCode != 3 || !strings.Contains(out.String(), want) {
+		t.Errorf("exit %d, output %q; want exit 3 and %q", res.ExitCode, out.String(), want)
+	}
+	t.Logf("L1 booted in %v, %v in all", res.Boot, res.Wall)
+}
+
+// TestRunTimeout: a command that outlives the timeout is killed, and the
+// error says so with the command's last output.
+func TestRunTimeout(t *testing.T) {
+	need(t)
+	_, err := Run(context.Background(), Config{
+		Command: []string{"/bin/sh", "-c", "echo started; sleep 600"},
+		Timeout: 40 * time.Second,
+	})
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(e.Reason, "did not finish within 40s") || !strings.Contains(e.OutputTail, "started") {
+		t.Fatalf("got %v, want a timeout error with the output tail", err)
+	}
+}
