@@ -354,7 +354,10 @@ func runInL1(names []string, o options, start time.Time) int {
 		Files:    files,
 		Programs: o.programs,
 		Timeout:  budget - 30*time.Second,
-		Output:   io.MultiWriter(os.Stdout, counter),
+		// Every test's own bound is shorter (the longest, a Linux boot, 5
+		// minutes): silence this long means L1 itself froze.
+		IdleTimeout: 10 * time.Minute,
+		Output:      io.MultiWriter(os.Stdout, counter),
 	})
 	if err != nil {
 		fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)

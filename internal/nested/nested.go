@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,6 +68,9 @@ type Config struct {
 	CPUs     int           // L1 vCPUs (default 2)
 	MemoryMB int           // L1 RAM (default 3072)
 	Timeout  time.Duration // the whole run, boot included (default 30m)
+	// IdleTimeout, when set, ends the run when the command has printed
+	// nothing for that long: a frozen L1 (a soft lockup) prints nothing.
+	IdleTimeout time.Duration
 	// Output receives the command's stdout and stderr as they arrive.
 	Output io.Writer
 }
@@ -293,9 +297,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res := Result{ExitCode: -1}
 	tail := &tailBuffer{max: 64 << 10}
 	first := true
+	var idle *time.Timer
+	var idled atomic.Bool
+	if cfg.IdleTimeout > 0 {
+		idle = time.AfterFunc(cfg.IdleTimeout, func() { idled.Store(true); cancel() })
+		defer idle.Stop()
+	}
 	sc := bufio.NewScanner(pipe)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
+		if idle != nil {
+			idle.Reset(cfg.IdleTimeout)
+		}
 		line := strings.TrimSuffix(sc.Text(), "\r")
 		if first {
 			res.Boot = time.Since(start)
@@ -317,6 +330,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: lastLines(console, 40)}
 	switch {
+	case idled.Load():
+		e.Reason = fmt.Sprintf("no output from L1 for %v (killed)", cfg.IdleTimeout)
 	case ctx.Err() == context.DeadlineExceeded:
 		e.Reason = fmt.Sprintf("L1 did not finish within %v (killed)", cfg.Timeout)
 	case ctx.Err() != nil:
