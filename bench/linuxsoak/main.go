@@ -16,6 +16,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,8 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one boot")
 	cmdline := flag.String("cmdline", "", "added to the guest's kernel command line, e.g. earlyprintk=serial,ttyS0,115200")
 	logLevel := flag.String("log-level", "", "govmm's --log-level")
+	ktrace := flag.Bool("ktrace", false, "trace the host kernel's kvm events during each boot and print the last of them when a boot fails (needs tracefs)")
+	inner := flag.Bool("inner", false, "run by the soak itself inside L1: no summary")
 	flag.Parse()
 	if *kernel == "" {
 		*kernel = nested.LinuxKernel()
@@ -49,9 +52,6 @@ func main() {
 	if *govmm == "" {
 		*govmm = buildGovmm()
 	}
-	if os.Getenv(nested.InL1Env) != "1" && !hardwareKVM() {
-		os.Exit(inL1(*govmm, *kernel))
-	}
 	var cpus []int
 	for _, f := range strings.Split(*cpuList, ",") {
 		c, err := strconv.Atoi(f)
@@ -61,6 +61,19 @@ func main() {
 		cpus = append(cpus, c)
 	}
 	accels := map[string][]string{"kvm": {"--accel=kvm"}, "mshvsim": {"--accel=mshv", "--mshv-device=sim"}}
+	var rows []*row
+	for _, acc := range strings.Split(*accelList, ",") {
+		if _, ok := accels[acc]; !ok {
+			fail("unknown accelerator " + acc)
+		}
+		for _, c := range cpus {
+			rows = append(rows, &row{name: fmt.Sprintf("%s, %d vCPU", acc, c), accel: acc, cpus: c})
+		}
+	}
+	if os.Getenv(nested.InL1Env) != "1" && !hardwareKVM() {
+		inL1(*govmm, *kernel, rows, *n, *timeout)
+		os.Exit(summary(rows))
+	}
 	dir, err := os.MkdirTemp("", "linuxsoak-")
 	if err != nil {
 		fail(err.Error())
@@ -70,35 +83,45 @@ func main() {
 	if err := linuxguest.WriteInitramfs(initrd); err != nil {
 		fail(err.Error())
 	}
-	type row struct {
-		name        string
-		pass, fails int
-		walls       []time.Duration
-	}
-	var rows []*row
-	for _, acc := range strings.Split(*accelList, ",") {
-		flags, ok := accels[acc]
-		if !ok {
-			fail("unknown accelerator " + acc)
+	var tr *tracer
+	if *ktrace {
+		if tr, err = startTrace(); err != nil {
+			fail("kernel trace: " + err.Error())
 		}
-		for _, c := range cpus {
-			r := &row{name: fmt.Sprintf("%s, %d vCPU", acc, c)}
-			rows = append(rows, r)
-			for i := 1; i <= *n; i++ {
-				res, err := linuxguest.Boot{Govmm: *govmm, Accel: flags, Kernel: *kernel, Initrd: initrd,
-					CPUs: c, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout,
-					Cmdline: *cmdline, LogLevel: *logLevel}.Run(context.Background())
-				if err != nil {
-					r.fails++
-					fmt.Printf("FAIL %s boot %d: %v\n", r.name, i, err)
-					continue
+	}
+	for _, r := range rows {
+		for i := 1; i <= *n; i++ {
+			tr.clear()
+			res, err := linuxguest.Boot{Govmm: *govmm, Accel: accels[r.accel], Kernel: *kernel, Initrd: initrd,
+				CPUs: r.cpus, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout,
+				Cmdline: *cmdline, LogLevel: *logLevel}.Run(context.Background())
+			if err != nil {
+				r.fails++
+				fmt.Printf("FAIL %s boot %d: %v\n", r.name, i, err)
+				if t := tr.tail(80); t != "" {
+					fmt.Printf("--- host kernel's kvm trace (end):\n%s\n", t)
 				}
-				r.pass++
-				r.walls = append(r.walls, res.Wall)
-				fmt.Printf("ok   %s boot %d: init after %v\n", r.name, i, res.Wall.Round(100*time.Millisecond))
+				continue
 			}
+			r.pass++
+			r.walls = append(r.walls, res.Wall)
+			fmt.Printf("ok   %s boot %d: init after %v\n", r.name, i, res.Wall.Round(100*time.Millisecond))
 		}
 	}
+	if !*inner {
+		os.Exit(summary(rows))
+	}
+}
+
+type row struct {
+	name        string
+	accel       string
+	cpus        int
+	pass, fails int
+	walls       []time.Duration
+}
+
+func summary(rows []*row) int {
 	fmt.Printf("\nLinux boots to userspace (%s):\n", substrate())
 	total := 0
 	for _, r := range rows {
@@ -106,8 +129,9 @@ func main() {
 		total += r.fails
 	}
 	if total > 0 {
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 func fail(msg string) {
@@ -144,11 +168,23 @@ func substrate() string {
 	if os.Getenv(nested.InL1Env) == "1" {
 		return "nested KVM on QEMU's TCG"
 	}
+	if !hardwareKVM() {
+		l1cpus, tcg := os.Getenv(nested.L1CPUsEnv), os.Getenv(nested.L1TCGEnv)
+		if l1cpus == "" {
+			l1cpus = "2"
+		}
+		if tcg == "" {
+			tcg = "thread=multi"
+		}
+		return fmt.Sprintf("nested KVM on QEMU's TCG, L1 with %s CPUs and %s", l1cpus, tcg)
+	}
 	return "this machine's KVM"
 }
 
-// inL1 runs this same command inside a nested-KVM VM.
-func inL1(govmm, kernel string) int {
+// inL1 runs the soak inside nested-KVM VMs, one per configuration. When
+// L1 itself dies (its kernel panics, or QEMU resets or kills it) the boot
+// that was running counts as failed, and a fresh L1 runs the rest.
+func inL1(govmm, kernel string, rows []*row, n int, timeout time.Duration) {
 	self, err := os.Executable()
 	if err != nil {
 		fail(err.Error())
@@ -157,32 +193,115 @@ func inL1(govmm, kernel string) int {
 	if err != nil {
 		fail(err.Error())
 	}
-	args := []string{self, "-govmm", govmm, "-kernel", kernel}
-	flag.Visit(func(f *flag.Flag) {
-		if f.Name != "govmm" && f.Name != "kernel" {
-			args = append(args, "-"+f.Name+"="+f.Value.String())
-		}
-	})
-	// The tests' lock (internal/kvmtest): two TCG VMs on a two-core
-	// machine each run at half speed, which would skew the soak.
-	if f, err := os.OpenFile(filepath.Join(os.TempDir(), "govmm-nested.lock"), os.O_CREATE|os.O_RDWR, 0o666); err == nil {
-		fmt.Println("linuxsoak: waiting for the nested-KVM lock")
-		syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		defer f.Close()
-	}
-	fmt.Printf("linuxsoak: no hardware-semantics /dev/kvm here: running in a nested-KVM VM (%d host CPUs)\n", runtime.NumCPU())
-	res, err := nested.Run(context.Background(), nested.Config{
-		Command: args,
-		Dir:     "/tmp",
-		Files:   []string{self, govmm, kernel, bb},
-		Timeout: 4 * time.Hour,
-		Output:  os.Stdout,
-	})
+	// Hold the machine-wide L1 lock for the whole soak: the restarts
+	// after an L1 that died then come before anyone else's VM.
+	fmt.Println("linuxsoak: waiting for the nested-KVM lock")
+	release, err := nested.Lock()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		fail(err.Error())
 	}
-	return res.ExitCode
+	defer release()
+	fmt.Printf("linuxsoak: no hardware-semantics /dev/kvm here: running in nested-KVM VMs (%d host CPUs)\n", runtime.NumCPU())
+	for _, r := range rows {
+		for done := 0; done < n; {
+			args := []string{self, "-govmm", govmm, "-kernel", kernel, "-inner",
+				"-accels", r.accel, "-cpus", strconv.Itoa(r.cpus), "-n", strconv.Itoa(n - done)}
+			flag.Visit(func(f *flag.Flag) {
+				switch f.Name {
+				case "govmm", "kernel", "accels", "cpus", "n", "inner":
+				default:
+					args = append(args, "-"+f.Name+"="+f.Value.String())
+				}
+			})
+			c := &counter{r: r, w: os.Stdout}
+			_, err := nested.Run(context.Background(), nested.Config{
+				Command: args,
+				Dir:     "/tmp",
+				Files:   []string{self, govmm, kernel, bb},
+				Timeout: time.Duration(n-done)*(timeout+time.Minute) + 3*time.Minute,
+				Output:  c,
+			})
+			done += c.boots
+			if err != nil {
+				done++
+				r.fails++
+				msg := err.Error()
+				if e, ok := err.(*nested.Error); ok {
+					msg = e.Reason + "\n--- L1 kernel log (end):\n" + e.ConsoleLog
+				}
+				fmt.Printf("FAIL %s boot %d: L1 died: %s\n", r.name, done, msg)
+			}
+		}
+	}
+}
+
+// counter passes L1's output on and counts the boots it reports.
+type counter struct {
+	r     *row
+	w     io.Writer
+	boots int
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	s := string(p)
+	switch {
+	case strings.HasPrefix(s, "ok   "):
+		c.boots++
+		c.r.pass++
+		if i := strings.LastIndex(s, "init after "); i >= 0 {
+			if d, err := time.ParseDuration(strings.TrimSpace(s[i+len("init after "):])); err == nil {
+				c.r.walls = append(c.r.walls, d)
+			}
+		}
+	case strings.HasPrefix(s, "FAIL "):
+		c.boots++
+		c.r.fails++
+	}
+	return c.w.Write(p)
+}
+
+// tracer records the host kernel's kvm trace events (tracefs).
+type tracer struct{ dir string }
+
+func startTrace() (*tracer, error) {
+	dir := "/sys/kernel/tracing"
+	if _, err := os.Stat(filepath.Join(dir, "trace")); err != nil {
+		if err := syscall.Mount("nodev", dir, "tracefs", 0, ""); err != nil {
+			return nil, fmt.Errorf("mount tracefs: %w", err)
+		}
+	}
+	t := &tracer{dir: dir}
+	for _, w := range []struct{ file, val string }{
+		{"buffer_size_kb", "8192"},
+		{"events/kvm/enable", "1"},
+		{"tracing_on", "1"},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, w.file), []byte(w.val), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func (t *tracer) clear() {
+	if t != nil {
+		os.WriteFile(filepath.Join(t.dir, "trace"), nil, 0o644)
+	}
+}
+
+func (t *tracer) tail(n int) string {
+	if t == nil {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(t.dir, "trace"))
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func median(d []time.Duration) time.Duration {
