@@ -394,12 +394,26 @@ func (v *VM) fatal(index int, c accel.VCPU, exit accel.Exit, what string) error 
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "vCPU %d: %s at RIP %#x", index, what, rip)
+	if exit.Reason == accel.ExitShutdown && atResetVector(c, rip) {
+		// KVM on AMD reinitialises a vCPU that hits a shutdown intercept
+		// (its VMCB is undefined afterwards), and the simulator reads
+		// the state from KVM: what is left is the reset vector.
+		b.WriteString(", the vCPU's reset state: the accelerator reinitialised the vCPU on the triple fault (KVM on AMD does), so the state that faulted is lost")
+		return errors.New(b.String())
+	}
 	if len(insn) > 0 {
 		fmt.Fprintf(&b, ", instruction bytes: % x", insn)
 	} else {
 		b.WriteString(", instruction bytes unavailable")
 	}
 	return errors.New(b.String())
+}
+
+// atResetVector reports whether the vCPU sits at the x86 reset vector
+// (CS F000 with base FFFF0000, RIP FFF0, real mode).
+func atResetVector(c accel.VCPU, rip uint64) bool {
+	s, err := c.Sregs()
+	return err == nil && rip == 0xfff0 && s.CS.Selector == 0xf000 && s.CS.Base == 0xffff0000 && s.CR0&1 == 0
 }
 
 // Close releases everything the VM holds.
