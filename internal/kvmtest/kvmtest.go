@@ -19,6 +19,7 @@ package kvmtest
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -346,30 +347,40 @@ func runInL1(names []string, o options, start time.Time) int {
 
 	fmt.Printf("=== nested KVM: running %d of this package's tests again in L1: %s\n", len(names), strings.Join(names, " "))
 	a, _ := nested.Find()
-	counter := &resultCounter{}
-	res, err := nested.Run(context.Background(), nested.Config{
-		Command:  args,
-		Dir:      wd,
-		Env:      env,
-		Files:    files,
-		Programs: o.programs,
-		Timeout:  budget - 30*time.Second,
-		// Every test's own bound is shorter (the longest, a Linux boot, 5
-		// minutes): silence this long means L1 itself froze.
-		IdleTimeout: 10 * time.Minute,
-		Output:      io.MultiWriter(os.Stdout, counter),
-	})
-	if err != nil {
+	deadline := time.Now().Add(budget - 30*time.Second)
+	for attempt := 1; ; attempt++ {
+		counter := &resultCounter{}
+		res, err := nested.Run(context.Background(), nested.Config{
+			Command:  args,
+			Dir:      wd,
+			Env:      env,
+			Files:    files,
+			Programs: o.programs,
+			Timeout:  time.Until(deadline),
+			// Every test's own bound is shorter (the longest, a Linux boot,
+			// 5 minutes): silence this long means L1 itself froze.
+			IdleTimeout: 10 * time.Minute,
+			Output:      io.MultiWriter(os.Stdout, counter),
+		})
+		if err == nil {
+			fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
+				a.QEMUVersion, res.Boot.Round(100*time.Millisecond), res.Wall.Round(100*time.Millisecond),
+				counter.pass, counter.fail, counter.skip)
+			return res.ExitCode
+		}
 		fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)
 		if t := counter.running(); t != "" {
 			fmt.Printf("nested KVM: the test running when L1 stopped: %s\n", t)
 		}
-		return 1
+		// L1 itself died or froze: no result of a test, but of the
+		// substrate. Once, and only with time left, the tests run again
+		// in a fresh L1; the log keeps both runs.
+		var died *nested.Error
+		if attempt > 1 || !errors.As(err, &died) || time.Until(deadline) < 5*time.Minute {
+			return 1
+		}
+		fmt.Printf("=== nested KVM: L1 died under the tests; running them again in a fresh L1\n")
 	}
-	fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
-		a.QEMUVersion, res.Boot.Round(100*time.Millisecond), res.Wall.Round(100*time.Millisecond),
-		counter.pass, counter.fail, counter.skip)
-	return res.ExitCode
 }
 
 // subPattern returns the part of the user's -test.run (or -test.bench)
