@@ -73,7 +73,7 @@ func main() {
 					failedPkgs[e.Package] = true
 				}
 				pkgLines = append(pkgLines, line)
-				if e.Action != "skip" || len(pkgOut[e.Package]) > 0 {
+				if e.Action != "skip" {
 					fmt.Println(line)
 				}
 			}
