@@ -219,7 +219,10 @@ func inL1(govmm, kernel string, rows []*row, n int, timeout time.Duration) {
 				Dir:     "/tmp",
 				Files:   []string{self, govmm, kernel, bb},
 				Timeout: time.Duration(n-done)*(timeout+time.Minute) + 3*time.Minute,
-				Output:  c,
+				// Each boot prints a line within its timeout: longer silence
+				// is an L1 that froze (a 1-CPU L1 does, whole, on a soft lockup).
+				IdleTimeout: timeout + 2*time.Minute,
+				Output:      c,
 			})
 			done += c.boots
 			if err != nil {
