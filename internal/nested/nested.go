@@ -48,8 +48,10 @@ const (
 	// 2) and TCG options (default thread=multi).
 	L1CPUsEnv = "GOVMM_L1_CPUS"
 	L1TCGEnv  = "GOVMM_L1_TCG"
-	qemuBin   = "qemu-system-x86_64"
-	exitMark  = "@@govmm-nested-exit="
+	// L1KVMAMDEnv holds kvm-amd module parameters for L1 (e.g. "npt=0").
+	L1KVMAMDEnv = "GOVMM_L1_KVM_AMD"
+	qemuBin     = "qemu-system-x86_64"
+	exitMark    = "@@govmm-nested-exit="
 )
 
 // Config says what to run in L1.
@@ -477,7 +479,11 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
 exec >/dev/ttyS1 2>&1
 `)
 	for _, m := range a.Modules {
-		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))
+		params := ""
+		if filepath.Base(m) == "kvm-amd.ko" {
+			params = os.Getenv(L1KVMAMDEnv)
+		}
+		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s %s || echo 'nested: insmod %s failed'\n", filepath.Base(m), params, filepath.Base(m))
 	}
 	b.WriteString("[ -c /dev/kvm ] || echo 'nested: no /dev/kvm in L1 (is svm missing from -cpu?)'\n")
 	dir := cfg.Dir
