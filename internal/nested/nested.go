@@ -316,11 +316,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			res.Boot = time.Since(start)
 			first = false
 		}
-		if rest, ok := strings.CutPrefix(line, exitMark); ok {
-			if n, err := strconv.Atoi(rest); err == nil {
+		if i := strings.Index(line, exitMark); i >= 0 {
+			// The marker follows the command's last byte, which need not
+			// have ended its line.
+			if n, err := strconv.Atoi(line[i+len(exitMark):]); err == nil {
 				res.ExitCode = n
 			}
-			continue
+			if line = line[:i]; line == "" {
+				continue
+			}
 		}
 		tail.WriteString(line + "\n")
 		io.WriteString(cfg.Output, line+"\n")

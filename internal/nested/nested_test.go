@@ -54,7 +54,8 @@ func TestRun(t *testing.T) {
 	need(t)
 	dir := t.TempDir()
 	script := dir + "/probe.sh"
-	if err := os.WriteFile(script, []byte("#!/bin/sh\npwd\necho \"arg=$1 env=$GOVMM_X in_l1=$GOVMM_IN_L1\"\n[ -c /dev/kvm ] && echo kvm-ok\nexit 3\n"), 0o755); err != nil {
+	script2 := "#!/bin/sh\npwd\necho \"arg=$1 env=$GOVMM_X in_l1=$GOVMM_IN_L1\"\n[ -c /dev/kvm ] && echo kvm-ok\nprintf no-newline\nexit 3\n"
+	if err := os.WriteFile(script, []byte(script2), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
@@ -69,7 +70,7 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := dir + "\narg=it's here env=42 in_l1=1\nkvm-ok\n"
+	want := dir + "\narg=it's here env=42 in_l1=1\nkvm-ok\nno-newline\n"
 	if res.ExitCode != 3 || !strings.Contains(out.String(), want) {
 		t.Errorf("exit %d, output %q; want exit 3 and %q", res.ExitCode, out.String(), want)
 	}
