@@ -1,6 +1,9 @@
 package kvmtest
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestFlagName(t *testing.T) {
 	for arg, want := range map[string]string{
@@ -25,5 +28,15 @@ func TestResultCounter(t *testing.T) {
 	}
 	if c.pass != 1 || c.fail != 1 || c.skip != 1 || c.running() != "TestC" {
 		t.Errorf("pass %d fail %d skip %d running %q; want 1 1 1 TestC", c.pass, c.fail, c.skip, c.running())
+	}
+	if f := c.failedTests(); len(f) != 1 || f[0] != "TestB" {
+		t.Errorf("failed tests %q, want [TestB]", f)
+	}
+}
+
+func TestWithRun(t *testing.T) {
+	got := withRun([]string{"bin", "-test.run=^(A|B)$", "-test.v=true"}, "^(B)$")
+	if want := []string{"bin", "-test.v=true", "-test.run=^(B)$"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("withRun = %q, want %q", got, want)
 	}
 }

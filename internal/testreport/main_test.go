@@ -9,7 +9,8 @@ import (
 
 // TestReport feeds a go test -json stream through the command: a test that
 // skipped on the host and passed in L1 counts once as passed, a test whose
-// every subtest skipped fails, and the closing count says so.
+// every subtest skipped fails, one that failed and then passed on a rerun
+// is listed as flaky, and the closing count says so.
 func TestReport(t *testing.T) {
 	if os.Getenv("TESTREPORT_MAIN") == "1" {
 		main()
@@ -26,6 +27,10 @@ func TestReport(t *testing.T) {
 		`{"Action":"pass","Package":"p","Test":"TestB"}`,
 		`{"Action":"run","Package":"p","Test":"TestA"}`,
 		`{"Action":"pass","Package":"p","Test":"TestA"}`,
+		`{"Action":"run","Package":"p","Test":"TestC"}`,
+		`{"Action":"fail","Package":"p","Test":"TestC"}`,
+		`{"Action":"run","Package":"p","Test":"TestC"}`,
+		`{"Action":"pass","Package":"p","Test":"TestC"}`,
 		`{"Action":"pass","Package":"p","Elapsed":1.5}`,
 	}, "\n")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestReport$")
@@ -39,7 +44,8 @@ func TestReport(t *testing.T) {
 		"--- FAIL: p TestB\n",
 		"every one of its 1 subtests skipped",
 		"    p TestB/kvm: tool missing\n",
-		"1 passed, 1 failed, 1 skipped\n",
+		"--- FLAKY: p TestC\n",
+		"2 passed, 1 failed, 1 skipped\n",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
