@@ -1011,7 +1011,7 @@ func TestDifferentialKVM(t *testing.T) {
 	}
 	// Under nested KVM on QEMU's TCG the "CPU" is TCG, which differs from
 	// silicon in two ways the emulator must not copy (tcgDifference).
-	tcg := strings.Contains(model, "QEMU TCG")
+	tcg := kvmtest.OnTCG()
 	accepted := map[string]int{}
 	all := forms()
 	t.Logf("seed %d (replay with -diff.seed=%d), %d forms, %d cases, CPU: %s", seed, seed, len(all), *diffN, model)
