@@ -2,7 +2,7 @@
 // a minimal C program driving /dev/kvm directly (the floor, built here with
 // gcc), the same program in Go (bench/gomin: what the Go runtime alone
 // adds), the Go floor (bench/gofloor: govmm's KVM backend and loader with no
-// device model) and QEMU
+// device model), govmm on mshvsim, and QEMU
 // (qemu-system-x86_64 -accel kvm, installed through apt when missing). All
 // run the same Multiboot guests (bench/guest), pair by pair in alternating
 // order, and the report gives medians and ratios:
@@ -99,6 +99,12 @@ func run(runs, iter int, skipQEMU, forceNested bool, prebuilt string) error {
 		{"go-floor", func(k string) []string { return []string{gofloor, k, "64"} }},
 		{"govmm", func(k string) []string {
 			return []string{govmm, "run", "--accel=kvm", "--memory=64M", "--serial=none", "--kernel", k}
+		}},
+		// The MSHV backend on mshvsim: each exit also crosses the
+		// simulator (the instruction recovered, an intercept message, the
+		// VMM's own emulation).
+		{"mshvsim", func(k string) []string {
+			return []string{govmm, "run", "--accel=mshv", "--mshv-device=sim", "--memory=64M", "--serial=none", "--kernel", k}
 		}},
 	}
 	if !skipQEMU {
@@ -219,7 +225,8 @@ func measureAll(tmp string, vmms []vmm, runs, iter int, skipQEMU bool) error {
 	startup := func(v string) float64 { return float64(med("exit", v)) / float64(med("exit", "floor")) }
 	fmt.Printf("\nstart-to-exit against the C floor: go-min %.2fx (the Go runtime), go-floor %.2fx (+ govmm's KVM backend and loader), govmm %.2fx (+ the machine)\n",
 		startup("go-min"), startup("go-floor"), startup("govmm"))
-	fmt.Println("targets: exit round trips <= 1.10x floor; start-to-exit <= 1.5x floor and <= 0.25x qemu; VMM overhead <= 8 MiB")
+	fmt.Printf("start-to-exit against go-min (what any Go VMM pays): govmm %.2fx (target <= 1.25x)\n", startup("govmm")/startup("go-min"))
+	fmt.Println("targets: exit round trips <= 1.10x floor (on nested KVM: <= QEMU's ratio); start-to-exit <= 1.25x go-min and <= 0.25x qemu; VMM overhead <= 8 MiB")
 	return nil
 }
 
