@@ -70,7 +70,7 @@ func main() {
 			rows = append(rows, &row{name: fmt.Sprintf("%s, %d vCPU", acc, c), accel: acc, cpus: c})
 		}
 	}
-	if os.Getenv(nested.InL1Env) != "1" && !hardwareKVM() {
+	if os.Getenv(nested.InL1Env) != "1" && !nested.HardwareKVM() {
 		inL1(*govmm, *kernel, rows, *n, *timeout)
 		os.Exit(summary(rows))
 	}
@@ -153,22 +153,12 @@ func buildGovmm() string {
 	return out
 }
 
-// hardwareKVM reports whether /dev/kvm exists and has hardware semantics
-// (vmx or svm in /proc/cpuinfo, as under nested KVM).
-func hardwareKVM() bool {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		return false
-	}
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	s := string(b)
-	return strings.Contains(s, " svm") || strings.Contains(s, " vmx")
-}
-
+// substrate names where the boots ran, with L1's settings.
 func substrate() string {
 	if os.Getenv(nested.InL1Env) == "1" {
 		return "nested KVM on QEMU's TCG"
 	}
-	if !hardwareKVM() {
+	if !nested.HardwareKVM() {
 		l1cpus, tcg := os.Getenv(nested.L1CPUsEnv), os.Getenv(nested.L1TCGEnv)
 		if l1cpus == "" {
 			l1cpus = "2"

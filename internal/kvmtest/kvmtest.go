@@ -172,7 +172,8 @@ func NeedHardware(t testing.TB) {
 	t.Helper()
 	p := getPlan()
 	if p.where == here || p.where == hereAndL1 {
-		if pvm, why := softwareKVM(); pvm {
+		if !nested.HardwareKVM() {
+			const why = "this machine's /dev/kvm is the software kvm_pvm backend, which emulates guest CPL0 code"
 			if p.where == hereAndL1 {
 				record(t)
 				t.Skip("needs hardware KVM semantics (" + why + "): runs on nested KVM (L1)")
@@ -184,25 +185,6 @@ func NeedHardware(t testing.TB) {
 		}
 	}
 	Need(t)
-}
-
-// softwareKVM reports whether /dev/kvm is the software kvm_pvm backend:
-// no vmx or svm flag in /proc/cpuinfo.
-func softwareKVM() (bool, string) {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return false, ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "flags") {
-			for _, f := range strings.Fields(line) {
-				if f == "vmx" || f == "svm" {
-					return false, ""
-				}
-			}
-		}
-	}
-	return true, "this machine's /dev/kvm is the software kvm_pvm backend, which emulates guest CPL0 code"
 }
 
 func record(t testing.TB) {

@@ -186,6 +186,27 @@ func find() (*Assets, error) {
 	return &a, nil
 }
 
+// HardwareKVM reports whether this machine's /dev/kvm has hardware
+// virtualization semantics: the CPU shows vmx or svm (as it does inside
+// L1). A /dev/kvm without them is the software kvm_pvm backend, which
+// emulates guest CPL0 code.
+func HardwareKVM() bool {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return false
+	}
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "flags") {
+			for _, f := range strings.Fields(line) {
+				if f == "vmx" || f == "svm" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // programData lists the data a program reads at run time beyond its
 // libraries: QEMU its firmware, tmux the terminal descriptions.
 var programData = map[string][]string{
