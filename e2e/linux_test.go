@@ -17,10 +17,11 @@ import (
 
 // TestLinuxSmoke boots Debian's cloud kernel (fetched by .ci/run into
 // GOVMM_LINUX_KERNEL) until the serial console shows "Linux version". On
-// this project's machines guest CPL0 code is emulated by KVM, so the
+// the software kvm_pvm backend guest CPL0 code is emulated, so the
 // kernel's own decompressor takes minutes and the kernel stops soon after
-// its first lines (see shared/reference/host-kvm.md): reaching the banner
-// proves the loader, the entry state and the serial port.
+// its first lines (see shared/reference/host-kvm.md): there, reaching the
+// banner proves the loader, the entry state and the serial port. On
+// hardware semantics TestLinuxUserspace goes all the way to init.
 func TestLinuxSmoke(t *testing.T) {
 	kvmtest.Need(t)
 	kernel := os.Getenv(linuxKernelEnv)
