@@ -258,9 +258,9 @@ func runInL1(names []string, o options, start time.Time) int {
 	var tests, benches []string
 	for _, n := range names {
 		if b, ok := strings.CutPrefix(n, "bench:"); ok {
-			benches = append(benches, regexp.QuoteMeta(b))
+			benches = append(benches, b)
 		} else {
-			tests = append(tests, regexp.QuoteMeta(n))
+			tests = append(tests, n)
 		}
 	}
 	args := []string{exe}
@@ -275,7 +275,7 @@ func runInL1(names []string, o options, start time.Time) int {
 	}
 	run := "^$"
 	if len(tests) > 0 {
-		run = "^(" + strings.Join(tests, "|") + ")$" + subPattern("test.run")
+		run = selecting(tests, "test.run")
 	}
 	// Verbose in L1, so that a hang shows which test was running; framed
 	// for test2json when go test -json runs this binary.
@@ -285,7 +285,7 @@ func runInL1(names []string, o options, start time.Time) int {
 	}
 	args = append(args, "-test.run="+run, "-test.v="+verbose)
 	if len(benches) > 0 {
-		args = append(args, "-test.bench=^("+strings.Join(benches, "|")+")$"+subPattern("test.bench"))
+		args = append(args, "-test.bench="+selecting(benches, "test.bench"))
 	}
 	release, err := nested.Lock()
 	if err != nil {
@@ -360,10 +360,7 @@ func runInL1(names []string, o options, start time.Time) int {
 			}
 			fmt.Printf("=== nested KVM: %s failed; running %s once more in a fresh L1 (the substrate fails now and then)\n",
 				strings.Join(failed, " "), map[bool]string{true: "it", false: "them"}[len(failed) == 1])
-			for i, n := range failed {
-				failed[i] = regexp.QuoteMeta(n)
-			}
-			args = withRun(args, "^("+strings.Join(failed, "|")+")$"+subPattern("test.run"))
+			args = withRun(args, selecting(failed, "test.run"))
 			continue
 		}
 		fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)
@@ -396,8 +393,20 @@ func withRun(args []string, pattern string) []string {
 	return append(out, "-test.run="+pattern)
 }
 
+// selecting returns a -test.run (or -test.bench, as flag says) pattern
+// that selects exactly the named top-level tests, followed by the levels
+// below the first of the user's own pattern, so that `-run TestX/kvm`
+// still selects only those subtests.
+func selecting(names []string, flag string) string {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	return "^(" + strings.Join(quoted, "|") + ")$" + subPattern(flag)
+}
+
 // subPattern returns the part of the user's -test.run (or -test.bench)
-// after its first level, so that `-run TestX/kvm` still selects subtests.
+// after its first level.
 func subPattern(name string) string {
 	f := flag.Lookup(name)
 	if f == nil {

@@ -40,3 +40,9 @@ func TestWithRun(t *testing.T) {
 		t.Errorf("withRun = %q, want %q", got, want)
 	}
 }
+
+func TestSelecting(t *testing.T) {
+	if got, want := selecting([]string{"TestA", "Fuzz.B"}, "test.run"), `^(TestA|Fuzz\.B)$`; got != want {
+		t.Errorf("selecting = %q, want %q", got, want)
+	}
+}
