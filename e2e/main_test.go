@@ -46,8 +46,8 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: build govmm: %v\n%s", err, out)
 		return 1
 	}
-	if os.Getenv(linuxKernelEnv) == "" && nested.LinuxKernel() != "" {
-		os.Setenv(linuxKernelEnv, nested.LinuxKernel()) // the kernel .ci/run fetched
+	if k := nested.LinuxKernel(); os.Getenv(linuxKernelEnv) == "" && k != "" {
+		os.Setenv(linuxKernelEnv, k) // the kernel .ci/run fetched
 	}
 	var tools []string
 	for _, p := range []string{"tmux", "qemu-system-x86_64"} {
