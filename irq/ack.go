@@ -10,4 +10,10 @@ type AckNotifier interface {
 	// OnAck registers fn, called (from any goroutine, without locks of
 	// the controller held) each time the line's interrupt is taken.
 	OnAck(fn func())
+	// AckExpected reports whether an edge raised now would be
+	// acknowledged: the controller that reports acknowledgements takes
+	// the line (the 8259A has the IRQ unmasked). While it does not (Linux
+	// masks IRQ0 at the 8259A and routes the timer through the IOAPIC),
+	// a user must not wait for acknowledgements that never come.
+	AckExpected() bool
 }

@@ -110,7 +110,11 @@ type PIT struct {
 	ackMode     bool
 	outstanding bool
 	outSince    int64
+	acks        irq.AckNotifier // nil: the line reports no acknowledgements
 }
+
+// ackExpected reports whether a tick delivered now will be acknowledged.
+func (p *PIT) ackExpected() bool { return p.acks != nil && p.acks.AckExpected() }
 
 // New returns a PIT whose channel 0 raises line (ISA IRQ0). Close stops its
 // timer.
@@ -126,6 +130,7 @@ func newPIT(line irq.Line, clock func() int64, timer bool) *PIT {
 	p := &PIT{line: line, clock: clock, timer: timer}
 	p.reset()
 	if an, ok := line.(irq.AckNotifier); ok {
+		p.acks = an
 		an.OnAck(p.acked)
 	}
 	return p
@@ -619,13 +624,16 @@ func (p *PIT) poll(now int64) bool {
 		c.Delivered = due - maxCatchUp
 	}
 	if p.ackMode && p.outstanding {
-		if now-p.outSince < ackTimeout {
+		if now-p.outSince < ackTimeout && p.ackExpected() {
 			return false // wait for the previous tick to be taken
 		}
+		// Not taken in time, or IRQ0 no longer goes where taking it is
+		// reported (Linux's check_timer masks it at the 8259A and tests
+		// the IOAPIC path): deliver ticks as they fall due.
 		p.ackMode, p.outstanding = false, false
 	}
 	c.Delivered++
-	if p.ackMode {
+	if p.ackMode && p.ackExpected() {
 		p.outstanding, p.outSince = true, now
 	}
 	return true

@@ -297,10 +297,40 @@ func FuzzPIT(f *testing.F) {
 // ackLine is a Line that reports acknowledgements (irq.AckNotifier).
 type ackLine struct {
 	countLine
-	ack func()
+	ack    func()
+	masked bool // the controller no longer takes the line
 }
 
-func (l *ackLine) OnAck(fn func()) { l.ack = fn }
+func (l *ackLine) OnAck(fn func())   { l.ack = fn }
+func (l *ackLine) AckExpected() bool { return !l.masked }
+
+// TestReinjectionMasked is Linux's check_timer: after ticks were taken
+// through the 8259A, IRQ0 is masked there and routed through the IOAPIC,
+// which reports no acknowledgements. Ticks must keep coming.
+func TestReinjectionMasked(t *testing.T) {
+	clk := &fakeClock{ns: 1e9}
+	l := &ackLine{}
+	p := newPIT(l, clk.now, false)
+	out(p, 0x43, 0x34)
+	out(p, 0x40, 100)
+	out(p, 0x40, 0)
+	clk.advance(100)
+	if !p.poll(clk.now()) {
+		t.Fatal("first tick")
+	}
+	l.ack()
+	clk.advance(100)
+	if !p.poll(clk.now()) {
+		t.Fatal("second tick")
+	}
+	l.masked = true // outstanding, never to be acknowledged
+	for i := 0; i < 5; i++ {
+		clk.advance(100)
+		if !p.poll(clk.now()) {
+			t.Fatalf("tick %d after IRQ0 was masked at the PIC waited for an acknowledgement", i+3)
+		}
+	}
+}
 
 func TestReinjection(t *testing.T) {
 	clk := &fakeClock{ns: 1e9}

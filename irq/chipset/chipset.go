@@ -190,6 +190,10 @@ func (l line) OnAck(fn func()) {
 	c.ackMu.Unlock()
 }
 
+// AckExpected implements irq.AckNotifier: an edge is acknowledged only
+// while the PIC has the line's IRQ unmasked.
+func (l line) AckExpected() bool { return l.picIRQ >= 0 && !l.c.pic.Masked(l.picIRQ) }
+
 // Line returns the line of gsi: 0-15 are ISA IRQs (PIC and IOAPIC; IRQ0 is
 // IOAPIC pin 2), 16-23 IOAPIC pins. Other numbers give a line connected to
 // nothing (and are logged).

@@ -122,6 +122,9 @@ func TestAckNotifier(t *testing.T) {
 	for _, pv := range [][2]uint16{{0x20, 0x11}, {0x21, 0x20}, {0x21, 4}, {0x21, 1}, {0x21, 0}} {
 		pio.Write(uint64(pv[0]), []byte{byte(pv[1])})
 	}
+	if !l.AckExpected() {
+		t.Fatal("IRQ0 unmasked at the PIC, but no acknowledgement expected")
+	}
 	cs.Line(0).Pulse()
 	cs.Line(1).Pulse()
 	if v, ok := cs.PIC().Ack(); !ok || v != 0x20 || acks != 1 {
@@ -130,5 +133,16 @@ func TestAckNotifier(t *testing.T) {
 	pio.Write(0x20, []byte{0x20})
 	if v, ok := cs.PIC().Ack(); !ok || v != 0x21 || acks != 1 {
 		t.Fatalf("INTA of IRQ1 acknowledged IRQ0's line: vector %#x, %d acks", v, acks)
+	}
+	pio.Write(0x21, []byte{1}) // mask IRQ0, as Linux does before it tests the IOAPIC path
+	if l.AckExpected() {
+		t.Fatal("IRQ0 masked at the PIC, but an acknowledgement is still expected")
+	}
+	if l, ok := cs.Line(12).(irq.AckNotifier); !ok || !l.AckExpected() {
+		t.Fatal("IRQ12 (slave, unmasked) expects no acknowledgement")
+	}
+	pio.Write(0x21, []byte{1 | 4}) // mask the cascade
+	if cs.Line(12).(irq.AckNotifier).AckExpected() {
+		t.Fatal("IRQ12 behind a masked cascade still expects an acknowledgement")
 	}
 }

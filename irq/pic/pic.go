@@ -206,6 +206,17 @@ func (p *PIC) SetIRQ(irq int, high bool) {
 	p.unlockNotify(p.update())
 }
 
+// Masked reports whether ISA IRQ irq is masked: by its own chip's IMR
+// or, for IRQs 8-15, by the master's mask of the cascade input.
+func (p *PIC) Masked(irq int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if irq < 8 {
+		return p.s.Master.IMR>>irq&1 != 0
+	}
+	return p.s.Master.IMR>>2&1 != 0 || p.s.Slave.IMR>>(irq-8)&1 != 0
+}
+
 // Pending reports whether the INTR output is asserted.
 func (p *PIC) Pending() bool {
 	p.mu.Lock()
