@@ -48,17 +48,23 @@ func hostTable() []accel.CPUIDEntry {
 		{Function: 7, Index: 1, Flags: sig},
 		{Function: 0xb, Index: 0, Flags: sig, EBX: 2, ECX: 0x100},
 		{Function: 0xb, Index: 1, Flags: sig, EAX: 4, EBX: 8, ECX: 0x201},
-		{Function: 0xd, Index: 0, Flags: sig, EAX: 0xe7, EBX: 0x240, ECX: 0xa88},
+		{Function: 0xd, Index: 0, Flags: sig, EAX: 0x2e7, EBX: 0x240, ECX: 0xa88},
 		{Function: 0xd, Index: 1, Flags: sig},
 		{Function: 0xd, Index: 2, Flags: sig, EAX: 0x100, EBX: 0x240},
 		{Function: 0xd, Index: 5, Flags: sig, EAX: 0x40, EBX: 0x440},
 		{Function: 0xd, Index: 6, Flags: sig, EAX: 0x200, EBX: 0x480},
 		{Function: 0xd, Index: 7, Flags: sig, EAX: 0x400, EBX: 0x680},
+		{Function: 0xd, Index: 9, Flags: sig, EAX: 0x8, EBX: 0xa80},
 		{Function: 0x1f, Index: 0, Flags: sig, EBX: 2, ECX: 0x100},
 		{Function: 0x80000000, EAX: 0x80000008},
 		{Function: 0x80000001},
 		{Function: 0x80000008, EAX: 0x3030},
+		{Function: KVMLeafSignature, EAX: KVMLeafTiming, EBX: kvmSigEBX, ECX: kvmSigECX, EDX: kvmSigEDX},
+		{Function: KVMLeafFeatures},
+		{Function: KVMLeafTiming, EBX: 1000000},
 	}
+	t = withFeatures(t, "kvmclock-legacy", "kvm-nopiodelay", "kvmclock", "kvm-asyncpf", "kvm-steal-time",
+		"kvm-pv-eoi", "kvm-pv-unhalt", "kvm-pv-tlb-flush", "kvm-asyncpf-int", "kvmclock-stable-bit")
 	return withFeatures(t, "fpu", "tsc", "msr", "pae", "cx8", "apic", "sep", "pge", "cmov", "pse", "pse36",
 		"clflush", "mmx", "fxsr", "sse", "sse2", "pni", "ssse3", "cx16", "sse4_1", "sse4_2", "x2apic",
 		"popcnt", "xsave", "osxsave", "avx", "fma", "f16c", "hypervisor", "tsc_deadline_timer",
@@ -101,6 +107,7 @@ func TestFeatureTableWellFormed(t *testing.T) {
 	order := []leafReg{
 		{1, 0, EDX}, {1, 0, ECX}, {7, 0, EBX}, {7, 0, ECX}, {7, 0, EDX}, {7, 1, EAX}, {0xd, 1, EAX},
 		{0x80000001, 0, ECX}, {0x80000001, 0, EDX}, {0x80000007, 0, EDX}, {0x80000008, 0, EBX},
+		{KVMLeafFeatures, 0, EAX},
 	}
 	rank := func(f Feature) int {
 		return slices.Index(order, leafReg{f.Leaf, f.Subleaf, f.Reg})
@@ -111,7 +118,7 @@ func TestFeatureTableWellFormed(t *testing.T) {
 			t.Errorf("duplicate feature name %s", f.Name)
 		}
 		seen[f.Name] = true
-		if f.Name == "" || f.Name != strings.ToLower(f.Name) || strings.ContainsAny(f.Name, ",+- ") {
+		if f.Name == "" || f.Name != strings.ToLower(f.Name) || strings.ContainsAny(f.Name, ",+ ") || f.Name[0] == '-' {
 			t.Errorf("feature %+v: bad name", f)
 		}
 		if rank(f) < 0 || f.Bit > 31 {
@@ -127,6 +134,9 @@ func TestFeatureTableWellFormed(t *testing.T) {
 		}
 		if wantDyn := f.Name == "osxsave" || f.Name == "ospke"; f.Dynamic != wantDyn {
 			t.Errorf("feature %s: Dynamic = %v, want %v", f.Name, f.Dynamic, wantDyn)
+		}
+		if wantVMM := f.Name == "hypervisor"; f.VMM != wantVMM {
+			t.Errorf("feature %s: VMM = %v, want %v", f.Name, f.VMM, wantVMM)
 		}
 	}
 	for _, r := range requires {
@@ -144,8 +154,8 @@ func TestFeatureTableWellFormed(t *testing.T) {
 // TestFeatureTableContents pins the table's size and a few entries, so that
 // a mistake regenerating it shows.
 func TestFeatureTableContents(t *testing.T) {
-	if got := len(Features()); got != 198 {
-		t.Errorf("%d features, want 198", got)
+	if got := len(Features()); got != 212 {
+		t.Errorf("%d features, want 212", got)
 	}
 	for _, want := range []Feature{
 		{Name: "fpu", Leaf: 1, Reg: EDX, Bit: 0},
@@ -161,13 +171,17 @@ func TestFeatureTableContents(t *testing.T) {
 		{Name: "lm", Leaf: 0x80000001, Reg: EDX, Bit: 29},
 		{Name: "invtsc", Leaf: 0x80000007, Reg: EDX, Bit: 8},
 		{Name: "virt_ssbd", Leaf: 0x80000008, Reg: EBX, Bit: 25},
+		{Name: "hypervisor", Leaf: 1, Reg: ECX, Bit: 31, VMM: true},
+		{Name: "kvmclock", Leaf: 0x40000001, Reg: EAX, Bit: 3},
+		{Name: "kvm-pv-unhalt", Leaf: 0x40000001, Reg: EAX, Bit: 7},
+		{Name: "kvmclock-stable-bit", Leaf: 0x40000001, Reg: EAX, Bit: 24},
 	} {
 		if got, ok := Lookup(want.Name); !ok || got != want {
 			t.Errorf("Lookup(%q) = %+v, %v, want %+v", want.Name, got, ok, want)
 		}
 	}
-	if f := Features(); f[0].Name != "fpu" || f[len(f)-1].Name != "virt_ssbd" {
-		t.Errorf("table runs from %s to %s, want fpu to virt_ssbd", f[0].Name, f[len(f)-1].Name)
+	if f := Features(); f[0].Name != "fpu" || f[len(f)-1].Name != "kvmclock-stable-bit" {
+		t.Errorf("table runs from %s to %s, want fpu to kvmclock-stable-bit", f[0].Name, f[len(f)-1].Name)
 	}
 	if _, ok := Lookup("bogus"); ok {
 		t.Error("Lookup(bogus) succeeded")
@@ -330,16 +344,113 @@ func TestApplyRemoveAVX(t *testing.T) {
 		t.Error("-avx cleared xsave")
 	}
 	d0 := find(out, 0xd, 0)
-	if d0.EAX != 0x3 || d0.ECX != 0x240 {
-		t.Errorf("leaf 0xd.0 EAX %#x ECX %#x, want XCR0 x87|SSE and max size 0x240", d0.EAX, d0.ECX)
+	if d0.EAX != 0x203 || d0.ECX != 0xa88 {
+		t.Errorf("leaf 0xd.0 EAX %#x ECX %#x, want XCR0 x87|SSE|PKRU and max size 0xa88", d0.EAX, d0.ECX)
+	}
+	if d0 := find(apply(t, "host,-avx,-pku"), 0xd, 0); d0.EAX != 0x3 || d0.ECX != 0x240 {
+		t.Errorf("-avx,-pku: leaf 0xd.0 EAX %#x ECX %#x, want XCR0 x87|SSE and max size 0x240", d0.EAX, d0.ECX)
 	}
 	if d2 := find(out, 0xd, 2); d2.EAX != 0 || d2.EBX != 0 {
 		t.Errorf("leaf 0xd.2 (YMM) still described: %+v", d2)
 	}
 	out = apply(t, "host,-avx512f")
 	d0 = find(out, 0xd, 0)
-	if d0.EAX != 0x7 || d0.ECX != 0x340 || !has(out, "avx2") || has(out, "avx512bw") {
+	if d0.EAX != 0x207 || d0.ECX != 0xa88 || !has(out, "avx2") || has(out, "avx512bw") {
 		t.Errorf("-avx512f: leaf 0xd.0 %+v avx2 %v avx512bw %v", d0, has(out, "avx2"), has(out, "avx512bw"))
+	}
+}
+
+// TestApplyHypervisor: the guest is told it is virtualized, and KVM's
+// paravirtual features are cut as their dependencies say.
+func TestApplyHypervisor(t *testing.T) {
+	in := hostTable()
+	find(in, 1, 0).ECX &^= 1 << 31 // KVM leaves the hypervisor bit to the VMM
+	out, err := Model{Name: "host"}.Apply(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !has(out, "hypervisor") || !has(out, "kvmclock") || !IsKVM(out) {
+		t.Fatalf("host model: hypervisor %v, kvmclock %v, KVM leaves %v", has(out, "hypervisor"), has(out, "kvmclock"), IsKVM(out))
+	}
+	out = apply(t, "host,-hypervisor")
+	if has(out, "hypervisor") {
+		t.Error("-hypervisor left the bit set")
+	}
+	for _, e := range out {
+		if hypervisorLeaf(e.Function) {
+			t.Errorf("-hypervisor left leaf %#x", e.Function)
+		}
+	}
+	out = apply(t, "host,-kvmclock,-kvm-steal-time")
+	for _, f := range []string{"kvmclock", "kvmclock-legacy", "kvmclock-stable-bit", "kvm-steal-time", "kvm-pv-tlb-flush"} {
+		if has(out, f) {
+			t.Errorf("-kvmclock,-kvm-steal-time left %s", f)
+		}
+	}
+	if !has(out, "kvm-pv-eoi") || !has(out, "kvm-pv-unhalt") || !IsKVM(out) {
+		t.Error("-kvmclock removed unrelated paravirtual features")
+	}
+	m, _ := Parse("host,+kvm-pv-ipi")
+	if _, err := m.Apply(hostTable()); err == nil || !strings.Contains(err.Error(), "not offered") {
+		t.Errorf("+kvm-pv-ipi where the accelerator does not offer it: %v", err)
+	}
+}
+
+// TestHypervLeavesAreNotKVM: under Hyper-V the same leaves hold other
+// things ("Hv#1" in 0x40000001 EAX has bit 3 set), which must not read as
+// KVM features nor be edited as such.
+func TestHypervLeavesAreNotKVM(t *testing.T) {
+	in := hostTable()
+	for i := range in {
+		switch in[i].Function {
+		case KVMLeafSignature:
+			in[i] = accel.CPUIDEntry{Function: KVMLeafSignature, EAX: 0x4000000a, EBX: 0x7263694d, ECX: 0x666f736f, EDX: 0x76482074}
+		case KVMLeafFeatures:
+			in[i].EAX = 0x31237648 // "Hv#1"
+		}
+	}
+	if IsKVM(in) || Present(in) == nil || slices.Contains(Present(in), "kvmclock") {
+		t.Fatalf("a Hyper-V table reads as KVM: %v", Present(in))
+	}
+	m, _ := Parse("host,-kvmclock")
+	out, err := m.Apply(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := find(out, KVMLeafFeatures, 0); e.EAX != 0x31237648 {
+		t.Errorf("-kvmclock edited Hyper-V's interface signature: %#x", e.EAX)
+	}
+}
+
+// TestXSaveLeafConsistent: whatever the model removes, leaf 0xD describes
+// exactly the components its XCR0 mask offers, and its sizes add up (Linux
+// checks them: "XSAVE consistency problem").
+func TestXSaveLeafConsistent(t *testing.T) {
+	for _, spec := range []string{"host", "host,-avx", "host,-avx512f", "host,-pku", "host,-avx,-pku", "host,-avx512bw", "host,-xsaveopt"} {
+		out := apply(t, spec)
+		d0 := find(out, 0xd, 0)
+		xcr0 := uint64(d0.EDX)<<32 | uint64(d0.EAX)
+		end := uint32(576)
+		for i := uint32(2); i < 63; i++ {
+			e := find(out, 0xd, i)
+			on := xcr0>>i&1 != 0
+			switch {
+			case on && (e == nil || e.EAX == 0):
+				t.Errorf("%s: XCR0 offers component %d, leaf 0xd.%d does not describe it", spec, i, i)
+			case !on && e != nil && e.EAX != 0 && i != 8 && i < 10: // user components only
+				t.Errorf("%s: component %d not in XCR0 %#x but described: %+v", spec, i, xcr0, *e)
+			case on:
+				end = max(end, e.EBX+e.EAX)
+			}
+		}
+		if d0.ECX != end || d0.EBX > d0.ECX {
+			t.Errorf("%s: leaf 0xd.0 max size %#x (current %#x), components end at %#x", spec, d0.ECX, d0.EBX, end)
+		}
+		for _, x := range xcr0Bits {
+			if xcr0&x.components != 0 && !has(out, x.feature) {
+				t.Errorf("%s: XCR0 %#x offers components of %s, which the model removed", spec, xcr0, x.feature)
+			}
+		}
 	}
 }
 

@@ -30,7 +30,32 @@ type Feature struct {
 	// CR4.OSXSAVE, OSPKE is CR4.PKE): KVM computes them at run time, so a
 	// CPU model cannot add or remove them.
 	Dynamic bool
+	// VMM features are govmm's to offer, whatever the accelerator
+	// reports: the hypervisor bit, which KVM leaves to the VMM and which
+	// every VMM sets. A CPU model can still remove them.
+	VMM bool
 }
+
+// KVM's paravirtual CPUID leaves (Linux's Documentation/virt/kvm/x86/cpuid.rst).
+// Features there count only where leaf 0x40000000 carries KVM's signature:
+// the same leaves mean other things under Hyper-V.
+const (
+	KVMLeafSignature = 0x40000000 // EAX: highest leaf; EBX, ECX, EDX: "KVMKVMKVM\0\0\0"
+	KVMLeafFeatures  = 0x40000001 // EAX: KVM_FEATURE_* bits
+	KVMLeafTiming    = 0x40000010 // EAX: TSC kHz, EBX: LAPIC bus kHz
+)
+
+// KVM's signature in leaf 0x40000000 EBX, ECX, EDX.
+const kvmSigEBX, kvmSigECX, kvmSigEDX = 0x4b4d564b, 0x564b4d56, 0x4d
+
+// IsKVM reports whether entries present KVM's paravirtual leaves.
+func IsKVM(entries []accel.CPUIDEntry) bool {
+	e := find(entries, KVMLeafSignature, 0)
+	return e != nil && e.EBX == kvmSigEBX && e.ECX == kvmSigECX && e.EDX == kvmSigEDX
+}
+
+// hypervisorLeaf reports whether leaf is in the range hypervisors define.
+func hypervisorLeaf(leaf uint32) bool { return leaf>>8 == 0x400000 }
 
 // The tables below are plain literals that the compiler lays out as
 // static data: govmm's start-up time is measured, so the package has no
@@ -107,7 +132,7 @@ var features = [...]Feature{
 	{Name: "avx", Leaf: 1, Reg: ECX, Bit: 28},
 	{Name: "f16c", Leaf: 1, Reg: ECX, Bit: 29},
 	{Name: "rdrand", Leaf: 1, Reg: ECX, Bit: 30},
-	{Name: "hypervisor", Leaf: 1, Reg: ECX, Bit: 31},
+	{Name: "hypervisor", Leaf: 1, Reg: ECX, Bit: 31, VMM: true},
 
 	// CPUID 7 EBX
 	{Name: "fsgsbase", Leaf: 7, Reg: EBX, Bit: 0},
@@ -263,6 +288,22 @@ var features = [...]Feature{
 	{Name: "amd_ppin", Leaf: 0x80000008, Reg: EBX, Bit: 23},
 	{Name: "amd_ssbd", Leaf: 0x80000008, Reg: EBX, Bit: 24},
 	{Name: "virt_ssbd", Leaf: 0x80000008, Reg: EBX, Bit: 25},
+
+	// CPUID 0x40000001 EAX (KVM only), named as QEMU names them.
+	{Name: "kvmclock-legacy", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 0}, // MSRs 0x11/0x12
+	{Name: "kvm-nopiodelay", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 1},
+	{Name: "kvmclock", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 3}, // MSRs 0x4b564d00/01
+	{Name: "kvm-asyncpf", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 4},
+	{Name: "kvm-steal-time", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 5},
+	{Name: "kvm-pv-eoi", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 6},
+	{Name: "kvm-pv-unhalt", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 7},
+	{Name: "kvm-pv-tlb-flush", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 9},
+	{Name: "kvm-asyncpf-vmexit", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 10},
+	{Name: "kvm-pv-ipi", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 11},
+	{Name: "kvm-poll-control", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 12},
+	{Name: "kvm-pv-sched-yield", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 13},
+	{Name: "kvm-asyncpf-int", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 14},
+	{Name: "kvmclock-stable-bit", Leaf: KVMLeafFeatures, Reg: EAX, Bit: 24},
 }
 
 // featureSet is a set of features, by index in features.
@@ -302,6 +343,9 @@ var requires = []requirement{
 	{"lm", "pae"}, {"pdpe1gb", "lm"}, {"nx", "pae"},
 	{"sep", "msr"}, {"rdtscp", "tsc"}, {"invtsc", "tsc"}, {"tsc_adjust", "tsc"},
 	{"pse36", "pse"},
+	// KVM's paravirtual features (what Linux's kvm.c needs before it uses one).
+	{"kvmclock-legacy", "kvmclock"}, {"kvmclock-stable-bit", "kvmclock"},
+	{"kvm-pv-tlb-flush", "kvm-steal-time"}, {"kvm-asyncpf-vmexit", "kvm-asyncpf"}, {"kvm-asyncpf-int", "kvm-asyncpf"},
 }
 
 // xsaveComponents are the XSAVE state components (XCR0 bits) a feature owns.
@@ -351,8 +395,12 @@ func FeatureNames() []string {
 	return names
 }
 
-// Has reports whether f is set in entries.
+// Has reports whether f is set in entries. KVM's paravirtual features
+// count only in a table with KVM's signature.
 func (f Feature) Has(entries []accel.CPUIDEntry) bool {
+	if hypervisorLeaf(f.Leaf) && !IsKVM(entries) {
+		return false
+	}
 	e := find(entries, f.Leaf, f.Subleaf)
 	return e != nil && reg(e, f.Reg)>>f.Bit&1 != 0
 }

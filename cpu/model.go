@@ -106,7 +106,10 @@ func (s *featureSet) addClosure(f string) {
 // XSAVE state components of removed features vanish from leaf 0xD, and
 // added features must be ones the accelerator offers (KVM cannot emulate
 // a feature the host lacks). Dynamic bits (OSXSAVE, OSPKE) are cleared:
-// KVM sets them from CR4 at run time.
+// KVM sets them from CR4 at run time. The hypervisor bit is set: the guest
+// is told it runs virtualized (and may look for the accelerator's
+// paravirtual leaves at 0x40000000) unless the model removes it, which
+// also removes those leaves.
 func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 	if m.Name != "host" {
 		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
@@ -126,17 +129,29 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		if removed.has(i) {
 			return nil, fmt.Errorf("cpu model %s: +%s needs a feature the model removes", m, f)
 		}
-		if feat := features[i]; !feat.Has(supported) {
+		if feat := features[i]; !feat.VMM && !feat.Has(supported) {
 			return nil, fmt.Errorf("cpu model %s: feature %q (CPUID %#x.%d %s bit %d) is not offered by the accelerator on this host and cannot be emulated",
 				m, f, feat.Leaf, feat.Subleaf, feat.Reg, feat.Bit)
 		}
 	}
 	out := append([]accel.CPUIDEntry(nil), supported...)
+	if removed.hasName("hypervisor") {
+		// A guest told it runs on bare metal sees no hypervisor leaves.
+		out = slices.DeleteFunc(out, func(e accel.CPUIDEntry) bool { return hypervisorLeaf(e.Function) })
+	}
+	kvm := IsKVM(out)
 	for i := range features {
-		if f := &features[i]; f.Dynamic || removed.has(i) {
-			if e := find(out, f.Leaf, f.Subleaf); e != nil {
-				*regPtr(e, f.Reg) &^= 1 << f.Bit
-			}
+		f := &features[i]
+		if hypervisorLeaf(f.Leaf) && !kvm {
+			continue // the same leaf means something else here
+		}
+		e := find(out, f.Leaf, f.Subleaf)
+		switch {
+		case e == nil:
+		case f.Dynamic || removed.has(i):
+			*regPtr(e, f.Reg) &^= 1 << f.Bit
+		case f.VMM:
+			*regPtr(e, f.Reg) |= 1 << f.Bit
 		}
 	}
 	// The plain host model removes nothing: leaf 0xD stays as offered.

@@ -204,7 +204,9 @@ func hasVirtFlag(cpuinfo string) bool {
 	return false
 }
 
-// SupportedCPUID returns KVM_GET_SUPPORTED_CPUID, sorted by leaf and subleaf.
+// SupportedCPUID returns KVM_GET_SUPPORTED_CPUID, with KVM's paravirtual
+// leaves trimmed to what govmm offers and the timing leaf added, sorted by
+// leaf and subleaf.
 func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 	for n := 64; n <= 4096; n *= 2 {
 		buf := newCPUID2(n)
@@ -215,7 +217,7 @@ func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 		}
-		out := cpuid2Entries(buf)
+		out := paravirtLeaves(cpuid2Entries(buf))
 		sort.Slice(out, func(i, j int) bool {
 			if out[i].Function != out[j].Function {
 				return out[i].Function < out[j].Function

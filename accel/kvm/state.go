@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"govmm/accel"
+	"govmm/cpu"
 )
 
 // vCPU state: KVM structs converted to and from the neutral accel types.
@@ -22,7 +23,8 @@ func (v *VCPU) get(req uintptr, name string, p unsafe.Pointer) error {
 }
 
 // SetCPUID sets the vCPU's CPUID table (KVM_SET_CPUID2). KVM refuses a
-// different table once the vCPU has run.
+// different table once the vCPU has run. A timing leaf (0x40000010) with
+// no TSC frequency gets the vCPU's.
 func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	if len(entries) == 0 {
 		return fmt.Errorf("vCPU %d: KVM_SET_CPUID2: empty CPUID table", v.index)
@@ -30,6 +32,13 @@ func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	buf := newCPUID2(len(entries))
 	ents := cpuid2Slice(buf)
 	for i, e := range entries {
+		if e.Function == cpu.KVMLeafTiming && e.EAX == 0 && cpu.IsKVM(entries) {
+			khz, err := v.TSCKHz()
+			if err != nil {
+				return fmt.Errorf("fill CPUID leaf %#x with the TSC frequency: %w", e.Function, err)
+			}
+			e.EAX = khz
+		}
 		ents[i] = kvmCPUIDEntry2{Function: e.Function, Index: e.Index, Flags: e.Flags & cpuidFlagSignificantIndex,
 			EAX: e.EAX, EBX: e.EBX, ECX: e.ECX, EDX: e.EDX}
 	}

@@ -28,6 +28,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,6 +131,11 @@ func NewWithOptions(o Options) (*Sim, error) {
 		a.Close()
 		return nil, fmt.Errorf("mshvsim: %w", err)
 	}
+	// KVM's paravirtual leaves (kvmclock, PV EOI, ...) are KVM's, not the
+	// Microsoft Hypervisor's: a guest on mshvsim must not find them. The
+	// real hypervisor presents its own leaves there (Hyper-V's), which
+	// the simulator does not model yet, so the range reads as empty.
+	base = slices.DeleteFunc(base, func(e accel.CPUIDEntry) bool { return e.Function>>8 == 0x400000 })
 	return &Sim{opts: o, kvm: a, fds: map[int]any{}, nextFD: 1 << 20, nextPID: 0x1000, sysFD: 1<<20 - 1,
 		base: base, xl: newLayout(base)}, nil
 }
