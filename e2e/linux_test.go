@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -117,5 +118,166 @@ func TestLinuxUserspace(t *testing.T) {
 				t.Logf("init ran after %v: token %s, %d CPUs online (%s)", res.Wall.Round(time.Millisecond), res.Token, res.CPUs, res.Online)
 			})
 		}
+	}
+}
+
+// badBootLines are kernel log lines no clean boot prints: each one names
+// something govmm presents wrongly (a missing clock, a broken timer
+// route, CPUID that does not add up, a PMU that is not there) or a kernel
+// that hit a bug.
+var badBootLines = []string{
+	"tsc: Fast TSC calibration failed",
+	"tsc: Unable to calibrate against PIT",
+	"tsc: HPET/PMTIMER calibration failed",
+	"tsc: Marking TSC unstable due to could not calculate TSC khz",
+	"MP-BIOS bug",
+	"XSAVE consistency problem",
+	"Broken PMU hardware",
+	"Failed to access perfctr msr",
+	"WARNING:",
+	"BUG:",
+	"Call Trace",
+	"Oops",
+	"Kernel panic",
+}
+
+// acceptedBootDifferences are kernel warnings a govmm boot may print that
+// the same kernel under QEMU -M pc on the same KVM does not, each with the
+// reason it is accepted. Keys are normalized messages (see normalizeLog).
+var acceptedBootDifferences = map[string]string{
+	"PCI: Fatal: No config space access function found": "govmm has no PCI host bridge yet (issue #13): the configuration ports answer, bus 0 is empty",
+	"PCI: System does not support PCI":                  "govmm has no PCI host bridge yet (issue #13)",
+	"hrtimer: interrupt took # ns":                      "timing, not the machine: printed once when a timer interrupt ran late, which the nested substrate's slow exits cause now and then",
+}
+
+// wantClocksource is the clocksource a Linux guest must pick, by
+// accelerator, and acceptedClocksource the known exceptions.
+var (
+	wantClocksource = map[string]string{
+		"kvm":     "kvm-clock",
+		"mshv":    "hyperv_clocksource_tsc_page",
+		"mshvsim": "hyperv_clocksource_tsc_page",
+	}
+	acceptedClocksource = map[string]string{
+		"mshvsim": "mshvsim does not model the Microsoft Hypervisor's enlightenments (its CPUID leaves 0x40000000+, the reference TSC page, SynIC) yet, so Linux finds no paravirtual clock there",
+	}
+)
+
+// normalizeLog makes messages from two boots comparable: numbers,
+// addresses and sizes become '#'.
+func normalizeLog(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	var b strings.Builder
+	digit := false
+	for _, r := range s {
+		isNum := r >= '0' && r <= '9' || r >= 'a' && r <= 'f' && digit
+		if isNum {
+			if !digit {
+				b.WriteByte('#')
+			}
+			digit = true
+			continue
+		}
+		digit = false
+		b.WriteRune(r)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// TestLinuxBootLog boots Linux to init on each accelerator and, as the
+// baseline, under QEMU -M pc on the same KVM, all with the same kernel,
+// initrd and command line. A govmm boot fails on any line of badBootLines,
+// on any warning the QEMU boot does not print (unless accepted, with its
+// reason), and on a clocksource other than the accelerator's paravirtual
+// clock.
+func TestLinuxBootLog(t *testing.T) {
+	kvmtest.NeedHardware(t)
+	kernel := os.Getenv(linuxKernelEnv)
+	if kernel == "" {
+		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatal("qemu-system-x86_64 is the baseline of this test (.ci/run installs it): ", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
+	if err := linuxguest.WriteInitramfs(initrd); err != nil {
+		t.Fatal(err)
+	}
+	boot := func(t *testing.T, b linuxguest.Boot) linuxguest.Result {
+		t.Helper()
+		b.Govmm, b.Kernel, b.Initrd, b.CPUs, b.Dmesg = binary, kernel, initrd, 2, true
+		b.Token = fmt.Sprintf("log-%d", time.Now().UnixNano()%1e6)
+		res, err := b.Run(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	// The baselines: QEMU's default on KVM (kvmclock, in-kernel PIT), and
+	// QEMU with no paravirtual interface and its own userspace PIT for
+	// accelerators that present no paravirtual clock (mshvsim, for now):
+	// there the kernel calibrates its TSC against the PIT and PM timer
+	// through VMM exits, as it does under govmm.
+	type baseline struct {
+		name  string
+		warns map[string]bool // normalized messages of level warning or worse
+		lines []string        // every message, for badBootLines
+	}
+	newBaseline := func(name, cpu, machine string) baseline {
+		res := boot(t, linuxguest.Boot{QEMU: machine, QEMUCPU: cpu})
+		b := baseline{name: "QEMU -cpu " + cpu + " -M " + machine, warns: map[string]bool{}}
+		for _, l := range res.Log {
+			if l.Level <= 4 {
+				b.warns[normalizeLog(l.Text)] = true
+			}
+			b.lines = append(b.lines, l.Text)
+		}
+		t.Logf("%s: clocksource %s, %d warnings", b.name, res.Clocksource, len(b.warns))
+		return b
+	}
+	withPV := newBaseline("pv", "host", "pc")
+	var withoutPV baseline
+	for _, acc := range accels(t) {
+		name := accelName(acc)
+		base := withPV
+		if name != "kvm" {
+			if withoutPV.warns == nil {
+				withoutPV = newBaseline("nopv", "host,kvm=off", "pc,kernel-irqchip=split")
+			}
+			base = withoutPV
+		}
+		t.Run(name, func(t *testing.T) {
+			res := boot(t, linuxguest.Boot{Accel: acc})
+			for _, l := range res.Log {
+				for _, bad := range badBootLines {
+					if !strings.Contains(l.Text, bad) {
+						continue
+					}
+					if slices.ContainsFunc(base.lines, func(s string) bool { return strings.Contains(s, bad) }) {
+						t.Logf("kernel log: %s (%s prints it too: the substrate)", l.Text, base.name)
+					} else {
+						t.Errorf("kernel log: %s", l.Text)
+					}
+				}
+				if l.Level > 4 {
+					continue
+				}
+				n := normalizeLog(l.Text)
+				if reason, ok := acceptedBootDifferences[n]; ok {
+					t.Logf("accepted warning %q: %s", l.Text, reason)
+				} else if !base.warns[n] {
+					t.Errorf("warning %s does not print: <%d> %s", base.name, l.Level, l.Text)
+				}
+			}
+			want := wantClocksource[name]
+			if res.Clocksource != want {
+				if reason, ok := acceptedClocksource[name]; ok {
+					t.Logf("clocksource %s, not %s (accepted: %s)", res.Clocksource, want, reason)
+				} else {
+					t.Errorf("clocksource %s, want %s", res.Clocksource, want)
+				}
+			}
+			t.Logf("clocksource %s; init after %v", res.Clocksource, res.Wall.Round(time.Millisecond))
+		})
 	}
 }

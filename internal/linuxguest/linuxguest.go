@@ -4,12 +4,15 @@
 //
 // The guest is Debian's cloud kernel (fetched by .ci/run) with a tiny
 // initramfs: a static busybox and an /init that prints one line with the
-// token from the kernel command line and the CPUs the kernel brought up,
-// then powers off.
+// token from the kernel command line, the CPUs the kernel brought up and
+// its clocksource (and, when asked, the kernel log), then powers off. The
+// same boot runs under QEMU too, as the baseline a govmm boot's kernel log
+// is compared with.
 package linuxguest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"debug/elf"
 	"errors"
@@ -52,7 +55,13 @@ const initScript = `#!/bin/busybox sh
 tok=$(/bin/busybox sed -n 's/.*govmm\.token=\([^ ]*\).*/\1/p' /proc/cmdline)
 cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)
 online=$(/bin/busybox cat /sys/devices/system/cpu/online)
-echo "govmm-userspace: token=$tok cpus=$cpus online=$online"
+cs=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
+echo "govmm-userspace: token=$tok cpus=$cpus online=$online clocksource=$cs"
+if /bin/busybox grep -q govmm.dmesg=1 /proc/cmdline; then
+	echo "govmm-dmesg-begin"
+	/bin/busybox dmesg -r
+	echo "govmm-dmesg-end"
+fi
 /bin/busybox poweroff -f
 `
 
@@ -87,6 +96,14 @@ type Boot struct {
 	Cmdline string
 	// LogLevel is govmm's --log-level (default: govmm's own).
 	LogLevel string
+	// Dmesg asks init to print the kernel log (Result.Log).
+	Dmesg bool
+	// QEMU boots under qemu-system-x86_64 with this machine type ("pc",
+	// "microvm") on KVM instead of govmm: the baseline a govmm boot is
+	// compared with. Govmm and Accel are then unused.
+	QEMU string
+	// QEMUCPU is QEMU's -cpu (default "host").
+	QEMUCPU string
 }
 
 // Result is what a boot showed.
@@ -98,9 +115,43 @@ type Result struct {
 	Token   string // as init read it from /proc/cmdline
 	CPUs    int    // processors in /proc/cpuinfo
 	Online  string // /sys/devices/system/cpu/online
+	// Clocksource is the kernel's current clocksource.
+	Clocksource string
+	// Log is the kernel log, when Boot.Dmesg asked for it.
+	Log []LogLine
 }
 
-var userspaceLine = regexp.MustCompile(`govmm-userspace: token=(\S*) cpus=(\d+) online=(\S*)`)
+// LogLine is one kernel log message.
+type LogLine struct {
+	Level int    // 0 emergency ... 4 warning ... 7 debug
+	Text  string // without the level and timestamp
+}
+
+var userspaceLine = regexp.MustCompile(`govmm-userspace: token=(\S*) cpus=(\d+) online=(\S*) clocksource=(\S*)`)
+
+// rawLogLine is one line of `dmesg -r`: <priority>[ seconds] text.
+var rawLogLine = regexp.MustCompile(`^<(\d+)>(?:\[\s*\d+\.\d+\] ?)?(.*)$`)
+
+// ParseLog parses the kernel log init printed between its markers.
+// Continuation lines (no priority) belong to the message before them.
+func ParseLog(console string) []LogLine {
+	begin := strings.Index(console, "govmm-dmesg-begin")
+	end := strings.LastIndex(console, "govmm-dmesg-end")
+	if begin < 0 || end < begin {
+		return nil
+	}
+	var out []LogLine
+	for _, l := range strings.Split(console[begin:end], "\n")[1:] {
+		l = strings.TrimRight(l, "\r")
+		if m := rawLogLine.FindStringSubmatch(l); m != nil {
+			pri, _ := strconv.Atoi(m[1])
+			out = append(out, LogLine{Level: pri & 7, Text: m[2]})
+		} else if len(out) > 0 && l != "" {
+			out[len(out)-1].Text += "\n" + l
+		}
+	}
+	return out
+}
 
 // Run boots the guest once. An error means the boot did not reach
 // userspace with the right token and CPU count, or did not power off
@@ -114,14 +165,25 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
-	args := append([]string{"run"}, b.Accel...)
-	args = append(args, "--kernel", b.Kernel, "--initrd", b.Initrd, "--cpus", strconv.Itoa(b.CPUs),
-		"--memory", b.Memory, "--serial", "stdio",
-		"--cmdline", strings.TrimSpace("console=ttyS0 panic=-1 govmm.token="+b.Token+" "+b.Cmdline))
-	if b.LogLevel != "" {
-		args = append(args, "--log-level", b.LogLevel)
+	cmdline := "console=ttyS0 panic=-1 govmm.token=" + b.Token
+	if b.Dmesg {
+		cmdline += " govmm.dmesg=1"
 	}
-	cmd := exec.CommandContext(ctx, b.Govmm, args...)
+	cmdline = strings.TrimSpace(cmdline + " " + b.Cmdline)
+	var cmd *exec.Cmd
+	if b.QEMU != "" {
+		cmd = exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "kvm", "-cpu", cmp.Or(b.QEMUCPU, "host"), "-M", b.QEMU,
+			"-smp", strconv.Itoa(b.CPUs), "-m", b.Memory, "-nographic", "-nodefaults", "-serial", "stdio",
+			"-no-reboot", "-kernel", b.Kernel, "-initrd", b.Initrd, "-append", cmdline)
+	} else {
+		args := append([]string{"run"}, b.Accel...)
+		args = append(args, "--kernel", b.Kernel, "--initrd", b.Initrd, "--cpus", strconv.Itoa(b.CPUs),
+			"--memory", b.Memory, "--serial", "stdio", "--cmdline", cmdline)
+		if b.LogLevel != "" {
+			args = append(args, "--log-level", b.LogLevel)
+		}
+		cmd = exec.CommandContext(ctx, b.Govmm, args...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -133,8 +195,8 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("run govmm: %w", err)
 	}
 	fail := func(format string, a ...any) (Result, error) {
-		return res, fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- govmm log:\n%s",
-			fmt.Sprintf(format, a...), strings.Join(b.Accel, " "), b.CPUs, res.Wall.Round(time.Millisecond),
+		return res, fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s",
+			fmt.Sprintf(format, a...), b.name(), b.CPUs, res.Wall.Round(time.Millisecond),
 			tail(res.Console, 30), tail(res.Stderr, 20))
 	}
 	if ctx.Err() != nil {
@@ -144,17 +206,30 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	if m == nil {
 		return fail("init never printed its line: exit status %d", res.Code)
 	}
-	res.Token, res.Online = m[1], m[3]
+	res.Token, res.Online, res.Clocksource = m[1], m[3], m[4]
 	res.CPUs, _ = strconv.Atoi(m[2])
+	if b.Dmesg {
+		if res.Log = ParseLog(res.Console); res.Log == nil {
+			return fail("init printed no kernel log")
+		}
+	}
 	switch {
 	case res.Token != b.Token:
 		return fail("init read token %q from /proc/cmdline, want %q", res.Token, b.Token)
 	case res.CPUs != b.CPUs:
 		return fail("the guest brought up %d CPUs (online %s), want %d", res.CPUs, res.Online, b.CPUs)
 	case res.Code != 0:
-		return fail("govmm exit status %d after the guest's poweroff, want 0", res.Code)
+		return fail("exit status %d after the guest's poweroff, want 0", res.Code)
 	}
 	return res, nil
+}
+
+// name says what ran the boot, for messages.
+func (b Boot) name() string {
+	if b.QEMU != "" {
+		return "qemu-system-x86_64 -cpu " + cmp.Or(b.QEMUCPU, "host") + " -M " + b.QEMU
+	}
+	return "govmm " + strings.Join(b.Accel, " ")
 }
 
 func tail(s string, n int) string {
