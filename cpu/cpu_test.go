@@ -390,6 +390,13 @@ func TestApplyHypervisor(t *testing.T) {
 	if !has(out, "kvm-pv-eoi") || !has(out, "kvm-pv-unhalt") || !IsKVM(out) {
 		t.Error("-kvmclock removed unrelated paravirtual features")
 	}
+	out = apply(t, "host,-kvm")
+	if IsKVM(out) || !has(out, "hypervisor") || find(out, KVMLeafTiming, 0) != nil {
+		t.Errorf("-kvm: KVM leaves %v, hypervisor bit %v", IsKVM(out), has(out, "hypervisor"))
+	}
+	if _, err := Parse("host,-kvm,+kvm"); err == nil {
+		t.Error("-kvm,+kvm accepted")
+	}
 	m, _ := Parse("host,+kvm-pv-ipi")
 	if _, err := m.Apply(hostTable()); err == nil || !strings.Contains(err.Error(), "not offered") {
 		t.Errorf("+kvm-pv-ipi where the accelerator does not offer it: %v", err)

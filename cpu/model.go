@@ -16,6 +16,13 @@ import (
 	"govmm/accel"
 )
 
+// KVMInterface names KVM's paravirtual interface as a whole (CPUID
+// 0x40000000 and up, where they carry KVM's signature): "-kvm" hides it, as
+// QEMU's kvm=off does, and keeps the hypervisor bit. A guest whose
+// snapshots must restore on another accelerator is booted without it:
+// kvmclock and the other KVM MSRs exist only on KVM.
+const KVMInterface = "kvm"
+
 // Models lists the CPU model names Parse accepts.
 var Models = []string{"host"}
 
@@ -64,6 +71,9 @@ func Parse(spec string) (Model, error) {
 		}
 		op, f := p[0], strings.ToLower(p[1:])
 		feat, ok := Lookup(f)
+		if f == KVMInterface {
+			feat, ok = Feature{Name: f}, true
+		}
 		if !ok {
 			return Model{}, fmt.Errorf("cpu model %q: unknown feature %q (valid features: %s)", spec, f, strings.Join(FeatureNames(), " "))
 		}
@@ -115,13 +125,24 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
 	}
 	var removed featureSet
+	noKVM := false
 	for _, f := range m.Remove {
+		if f == KVMInterface {
+			noKVM = true
+			continue
+		}
 		if index(f) < 0 {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
 		}
 		removed.addClosure(f)
 	}
 	for _, f := range m.Add {
+		if f == KVMInterface {
+			if !IsKVM(supported) {
+				return nil, fmt.Errorf("cpu model %s: this accelerator has no KVM paravirtual interface", m)
+			}
+			continue
+		}
 		i := index(f)
 		if i < 0 {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
@@ -135,7 +156,7 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		}
 	}
 	out := append([]accel.CPUIDEntry(nil), supported...)
-	if removed.hasName("hypervisor") {
+	if removed.hasName("hypervisor") || noKVM && IsKVM(out) {
 		// A guest told it runs on bare metal sees no hypervisor leaves.
 		out = slices.DeleteFunc(out, func(e accel.CPUIDEntry) bool { return hypervisorLeaf(e.Function) })
 	}

@@ -281,3 +281,85 @@ func TestLinuxBootLog(t *testing.T) {
 		})
 	}
 }
+
+// TestLinuxSnapshot snapshots a running 2-vCPU Linux guest whose init
+// prints a tick and a running checksum every second, and restores it on
+// each accelerator: it must go on ticking from where it was, end with the
+// right checksum, and power off cleanly. A guest meant to move between
+// accelerators is booted with --cpu host,-kvm (kvmclock and KVM's other
+// paravirtual MSRs exist only on KVM); a KVM guest using kvmclock restores
+// on KVM, and restoring it elsewhere is refused with a clear error.
+func TestLinuxSnapshot(t *testing.T) {
+	kvmtest.NeedHardware(t)
+	kernel := os.Getenv(linuxKernelEnv)
+	if kernel == "" {
+		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
+	if err := linuxguest.WriteInitramfs(initrd); err != nil {
+		t.Fatal(err)
+	}
+	const ticks, snapAt = 8, 3
+	// snapshot boots Linux on acc, snapshots it after tick snapAt and
+	// stops it.
+	snapshot := func(t *testing.T, acc []string, cpu string) string {
+		dir := t.TempDir()
+		sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+		args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+			"--memory=512M", "--cpu", cpu, "--api-socket", sock,
+			"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", ticks))
+		p := start(t, args...)
+		p.waitFor(fmt.Sprintf("govmm-tick %d sum=%d", snapAt, linuxguest.TickSum(snapAt)), 5*time.Minute)
+		if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap); r.Code != 0 {
+			t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+		}
+		p.cmd.Process.Kill()
+		return snap
+	}
+	restore := func(t *testing.T, acc []string, snap string) {
+		t0 := time.Now()
+		p := start(t, append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")...)
+		done := fmt.Sprintf("govmm-ticks-done %d sum=%d", ticks, linuxguest.TickSum(ticks))
+		p.waitFor(done, 3*time.Minute)
+		if code := p.exit(time.Minute); code != 0 {
+			t.Fatalf("restored guest: exit %d after its ticks, want 0 (poweroff):\n%s", code, p.output())
+		}
+		out := p.output()
+		for i := snapAt + 1; i <= ticks; i++ {
+			if !strings.Contains(out, fmt.Sprintf("govmm-tick %d sum=%d", i, linuxguest.TickSum(i))) {
+				t.Errorf("restored guest skipped tick %d:\n%s", i, out)
+			}
+		}
+		t.Logf("restored guest ticked %d more times and powered off after %v", ticks-snapAt, time.Since(t0).Round(time.Millisecond))
+	}
+	all := accels(t)
+	for _, src := range all {
+		srcName := accelName(src)
+		t.Run(srcName+"-portable", func(t *testing.T) {
+			snap := snapshot(t, src, "host,-kvm")
+			for _, dst := range all {
+				t.Run("to-"+accelName(dst), func(t *testing.T) { restore(t, dst, snap) })
+			}
+		})
+		if srcName != "kvm" {
+			continue
+		}
+		t.Run("kvm-kvmclock", func(t *testing.T) {
+			snap := snapshot(t, src, "host")
+			for _, dst := range all {
+				dstName := accelName(dst)
+				t.Run("to-"+dstName, func(t *testing.T) {
+					if dstName == "kvm" {
+						restore(t, dst, snap)
+						return
+					}
+					r := govmm(t, append(append([]string{"restore"}, dst...), "--snapshot="+snap, "--cpus=2", "--memory=512M")...)
+					if r.Code == 0 || !strings.Contains(r.Stderr, "KVM's paravirtual interface") {
+						t.Fatalf("restoring a kvmclock guest on %s: want a refusal naming KVM's paravirtual interface, got\n%s", dstName, r)
+					}
+					t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
+				})
+			}
+		})
+	}
+}

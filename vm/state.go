@@ -256,6 +256,20 @@ var msrResetValue = map[uint32]uint64{
 	0xc0000104: 0x100000000, // AMD TSC_RATIO: 1.0 in 8.32 fixed point (nested SVM's TSC scaling)
 }
 
+// kvmParavirtMSRs are the MSRs of KVM's paravirtual interface.
+var kvmParavirtMSRs = map[uint32]string{
+	0x00000011: "MSR_KVM_WALL_CLOCK, kvmclock",
+	0x00000012: "MSR_KVM_SYSTEM_TIME, kvmclock",
+	0x4b564d00: "MSR_KVM_WALL_CLOCK_NEW, kvmclock",
+	0x4b564d01: "MSR_KVM_SYSTEM_TIME_NEW, kvmclock",
+	0x4b564d02: "MSR_KVM_ASYNC_PF_EN",
+	0x4b564d03: "MSR_KVM_STEAL_TIME",
+	0x4b564d04: "MSR_KVM_PV_EOI_EN",
+	0x4b564d05: "MSR_KVM_POLL_CONTROL",
+	0x4b564d06: "MSR_KVM_ASYNC_PF_INT",
+	0x4b564d07: "MSR_KVM_ASYNC_PF_ACK",
+}
+
 // portableMSRs picks the saved MSRs the destination accelerator can hold.
 // Accelerators list different MSRs (KVM offers its paravirtual and AMD
 // ones, MSHV the Hyper-V synthetic ones), so a snapshot taken on one names
@@ -282,6 +296,10 @@ func portableMSRs(c accel.VCPU, saved []accel.MSR) ([]accel.MSR, error) {
 		case have[m.Index]:
 			out = append(out, m)
 		case m.Value != msrResetValue[m.Index]:
+			if what, ok := kvmParavirtMSRs[m.Index]; ok {
+				return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x (%s): the guest uses KVM's paravirtual interface, which this accelerator does not offer; boot a guest whose snapshots must restore elsewhere with --cpu host,-kvm",
+					m.Index, m.Value, what)
+			}
 			return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x, and this accelerator cannot hold that MSR", m.Index, m.Value)
 		}
 	}

@@ -57,6 +57,16 @@ cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)
 online=$(/bin/busybox cat /sys/devices/system/cpu/online)
 cs=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
 echo "govmm-userspace: token=$tok cpus=$cpus online=$online clocksource=$cs"
+ticks=$(/bin/busybox sed -n 's/.*govmm\.ticks=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ticks" ]; then
+	i=0; sum=7
+	while [ $i -lt $ticks ]; do
+		i=$((i + 1)); sum=$(( (sum * 31 + i) % 1000000007 ))
+		echo "govmm-tick $i sum=$sum"
+		/bin/busybox sleep 1
+	done
+	echo "govmm-ticks-done $i sum=$sum"
+fi
 if /bin/busybox grep -q govmm.dmesg=1 /proc/cmdline; then
 	echo "govmm-dmesg-begin"
 	/bin/busybox dmesg -r
@@ -64,6 +74,16 @@ if /bin/busybox grep -q govmm.dmesg=1 /proc/cmdline; then
 fi
 /bin/busybox poweroff -f
 `
+
+// TickSum is the checksum init prints after tick n (govmm.ticks=N on the
+// command line makes it print N ticks, one a second, before powering off).
+func TickSum(n int) int64 {
+	sum := int64(7)
+	for i := 1; i <= n; i++ {
+		sum = (sum*31 + int64(i)) % 1000000007
+	}
+	return sum
+}
 
 // WriteInitramfs writes the guest's initramfs to path.
 func WriteInitramfs(path string) error {
