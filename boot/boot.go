@@ -5,7 +5,9 @@
 // looks at the file, writes the image and every boot structure the format
 // promises (page tables, GDT, zero page, Multiboot information,
 // hvm_start_info, command line, initrd) at the addresses fixed by package
-// platform, and returns the registers the boot vCPU must start with.
+// platform (or, for a Multiboot image loaded over some of them below
+// 1 MiB, in free RAM around the image), and returns the registers the boot
+// vCPU must start with.
 //
 // Kernel files are user input: every parser is bounds checked and fuzzed,
 // and any malformed or unloadable image is rejected with an error that
@@ -16,6 +18,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 
 	"govmm/accel"
 	"govmm/memory"
@@ -24,8 +27,16 @@ import (
 
 // Options are the inputs besides the image itself.
 type Options struct {
-	// Cmdline is the kernel command line, copied to platform.CmdlineAddr.
+	// Cmdline is the kernel command line, copied to platform.CmdlineAddr
+	// (or, for a Multiboot image that covers that address, to free RAM
+	// next to the image). A Multiboot kernel receives KernelName, a
+	// space, then Cmdline, as GRUB and QEMU's -kernel pass it; every
+	// other format receives Cmdline alone.
 	Cmdline string
+	// KernelName is the kernel image's name, the first word of a
+	// Multiboot command line: the path as the user gave it (QEMU passes
+	// the -kernel file name as given). Empty means DefaultKernelName.
+	KernelName string
 	// Initrd is the initial ramdisk (Linux) or Multiboot module 0, if any.
 	Initrd []byte
 	// RawAddr is the load and entry address for raw flat binaries; 0
@@ -168,19 +179,33 @@ func lowTop(mem *memory.Memory) uint64 {
 // writeCmdline copies cmdline, NUL terminated, to platform.CmdlineAddr.
 // limit is the longest command line (without the NUL) the kernel accepts.
 func writeCmdline(mem *memory.Memory, cmdline string, limit uint64) (uint64, error) {
+	if err := checkCmdline(cmdline, limit); err != nil {
+		return 0, err
+	}
+	return platform.CmdlineAddr, writeCmdlineAt(mem, platform.CmdlineAddr, cmdline)
+}
+
+// checkCmdline rejects a command line longer than limit (and than
+// platform.CmdlineMax-1) bytes or holding a NUL byte.
+func checkCmdline(cmdline string, limit uint64) error {
 	limit = min(limit, platform.CmdlineMax-1)
 	if uint64(len(cmdline)) > limit {
-		return 0, fmt.Errorf("command line is %d bytes, the limit is %d", len(cmdline), limit)
+		return fmt.Errorf("command line is %d bytes, the limit is %d", len(cmdline), limit)
 	}
-	if i := bytes.IndexByte([]byte(cmdline), 0); i >= 0 {
-		return 0, fmt.Errorf("command line contains a NUL byte at offset %d", i)
+	if i := strings.IndexByte(cmdline, 0); i >= 0 {
+		return fmt.Errorf("command line contains a NUL byte at offset %d", i)
 	}
+	return nil
+}
+
+// writeCmdlineAt copies cmdline, NUL terminated, to addr.
+func writeCmdlineAt(mem *memory.Memory, addr uint64, cmdline string) error {
 	buf := make([]byte, len(cmdline)+1)
 	copy(buf, cmdline)
-	if err := mem.Write(platform.CmdlineAddr, buf); err != nil {
-		return 0, fmt.Errorf("write command line at %#x: %w", platform.CmdlineAddr, err)
+	if err := mem.Write(addr, buf); err != nil {
+		return fmt.Errorf("write command line at %#x: %w", addr, err)
 	}
-	return platform.CmdlineAddr, nil
+	return nil
 }
 
 // placeHigh returns the highest page-aligned address a with lo <= a and
@@ -191,16 +216,6 @@ func placeHigh(size, lo, hi uint64) (uint64, error) {
 		return 0, fmt.Errorf("initrd of %d bytes does not fit between %#x and %#x", size, lo, hi)
 	}
 	return (hi - size) &^ (memory.PageSize - 1), nil
-}
-
-// placeLow returns the lowest page-aligned address at or above lo where
-// size bytes fit below hi.
-func placeLow(size, lo, hi uint64) (uint64, error) {
-	a := alignUp(lo, memory.PageSize)
-	if a < lo || hi < a || hi-a < size {
-		return 0, fmt.Errorf("initrd of %d bytes does not fit between %#x and %#x", size, lo, hi)
-	}
-	return a, nil
 }
 
 func alignUp(v, a uint64) uint64 {

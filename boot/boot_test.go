@@ -154,8 +154,8 @@ func checkMultibootInfo(t *testing.T, m *memory.Memory, info uint64, cmdline str
 		t.Errorf("mem_upper = %d, want %d", got, want)
 	}
 	cmdAddr := uint64(readU32(t, m, info+16))
-	if cmdAddr != platform.CmdlineAddr || readCString(t, m, cmdAddr) != cmdline {
-		t.Errorf("cmdline at %#x = %q, want %q at %#x", cmdAddr, readCString(t, m, cmdAddr), cmdline, platform.CmdlineAddr)
+	if got := readCString(t, m, cmdAddr); got != cmdline {
+		t.Errorf("cmdline at %#x = %q, want %q", cmdAddr, got, cmdline)
 	}
 	if got := readCString(t, m, uint64(readU32(t, m, info+64))); got != "govmm" {
 		t.Errorf("boot_loader_name = %q", got)
@@ -183,6 +183,18 @@ func checkMultibootInfo(t *testing.T, m *memory.Memory, info uint64, cmdline str
 	return mods
 }
 
+// checkUsualLayout checks that an image at 1 MiB or above gets the boot
+// structures at their platform addresses.
+func checkUsualLayout(t *testing.T, m *memory.Memory, e *Entry) {
+	t.Helper()
+	if e.Regs.RBX != platform.MultibootInfo || e.Regs.RSP != platform.BootStackTop {
+		t.Errorf("RBX %#x RSP %#x, want the information at %#x and the stack top at %#x", e.Regs.RBX, e.Regs.RSP, platform.MultibootInfo, platform.BootStackTop)
+	}
+	if got := readU32(t, m, e.Regs.RBX+16); got != platform.CmdlineAddr {
+		t.Errorf("cmdline at %#x, want %#x", got, platform.CmdlineAddr)
+	}
+}
+
 func TestELF64(t *testing.T) {
 	m := newMem(t, 64<<20)
 	// Garbage where the bss goes: the loader must zero it.
@@ -208,6 +220,7 @@ func TestELF64(t *testing.T) {
 		t.Errorf("RAX %#x RBX %#x RDI %#x RSI %#x", e.Regs.RAX, e.Regs.RBX, e.Regs.RDI, e.Regs.RSI)
 	}
 	mods := checkMultibootInfo(t, m, platform.MultibootInfo, "hello world")
+	checkUsualLayout(t, m, e)
 	if len(mods) != 1 || mods[0][0] != 0x203000 || mods[0][1] != 0x203000+5000 {
 		t.Fatalf("modules %#x, want initrd at 0x203000 (page above the bss end)", mods)
 	}
@@ -276,7 +289,7 @@ func TestMultibootELF32(t *testing.T) {
 	m := newMem(t, 32<<20)
 	initrd := code(0x1800, 7)
 	img := multibootELF32Image(mbFlagPageAlign | mbFlagMemInfo)
-	e, err := Load(m, img, Options{Cmdline: "console=ttyS0 x=1", Initrd: initrd})
+	e, err := Load(m, img, Options{Cmdline: "console=ttyS0 x=1", Initrd: initrd, KernelName: "/boot/mb.elf"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +303,9 @@ func TestMultibootELF32(t *testing.T) {
 	if !bytes.Equal(readBytes(t, m, 0x101040, 0x2000-0x40), make([]byte, 0x2000-0x40)) {
 		t.Error("bss not zero")
 	}
-	mods := checkMultibootInfo(t, m, platform.MultibootInfo, "console=ttyS0 x=1")
+	// The kernel's name comes first, as with GRUB and QEMU's -kernel.
+	mods := checkMultibootInfo(t, m, platform.MultibootInfo, "/boot/mb.elf console=ttyS0 x=1")
+	checkUsualLayout(t, m, e)
 	if len(mods) != 1 || mods[0][0] != 0x103000 || mods[0][1]-mods[0][0] != 0x1800 {
 		t.Fatalf("modules %#x, want one at 0x103000 of 0x1800 bytes", mods)
 	}
@@ -306,7 +321,7 @@ func TestMultibootNoInitrdVideoFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mods := checkMultibootInfo(t, m, e.Regs.RBX, ""); len(mods) != 0 {
+	if mods := checkMultibootInfo(t, m, e.Regs.RBX, DefaultKernelName); len(mods) != 0 {
 		t.Errorf("modules %v, want none", mods)
 	}
 	if flags := readU32(t, m, e.Regs.RBX); flags&(1<<11|1<<12) != 0 {
@@ -334,7 +349,7 @@ func TestMultibootKludge(t *testing.T) {
 	if !bytes.Equal(readBytes(t, m, 0x201000, 0x2000), make([]byte, 0x2000)) {
 		t.Error("bss not zeroed")
 	}
-	mods := checkMultibootInfo(t, m, e.Regs.RBX, "k")
+	mods := checkMultibootInfo(t, m, e.Regs.RBX, "kernel k")
 	if len(mods) != 1 || mods[0][0] != 0x203000 {
 		t.Fatalf("modules %#x", mods)
 	}
@@ -357,7 +372,8 @@ func TestMultibootErrors(t *testing.T) {
 		{"load end past file", kl(0x200008, 0x200000, 0x210000, 0, 0x200010), "truncated"},
 		{"bss below load end", kl(0x200008, 0x200000, 0x200100, 0x200010, 0x200010), "bss_end_addr"},
 		{"entry outside", kl(0x200008, 0x200000, 0, 0, 0x300000), "entry_addr 0x300000"},
-		{"below KernelMin", kl(0x8008, 0x8000, 0, 0, 0x8010), "below 0x100000"},
+		{"below MultibootMin", kl(0x7008, 0x7000, 0, 0, 0x7010), "[0x7000, 0x7128) lies below 0x8000"},
+		{"over the BIOS area", kl(0x9f008, 0x9f000, 0, 0xa1000, 0x9f010), "[0x9f000, 0xa1000) overlaps [0x9fc00, 0x100000)"},
 		{"address fields truncated", truncatedAddr, "address fields"},
 		{"initrd too big", nil, "initrd"},
 	}

@@ -245,10 +245,20 @@ func (f *elfFile) physEntry() (uint64, error) {
 	return 0, fmt.Errorf("entry point %#x is not inside any PT_LOAD segment", f.entry)
 }
 
-// placeSegments checks that segs fit in guest RAM at or above
-// platform.KernelMin without overlapping each other, then writes them and
+// loadFloor is the lowest address a loader accepts segments at, and why.
+type loadFloor struct {
+	addr uint64
+	why  string
+}
+
+// kernelFloor is the floor of the ELF64 and PVH loaders.
+var kernelFloor = loadFloor{platform.KernelMin, "where govmm keeps the boot structures (GDT, page tables, boot info, stack, command line) and the BIOS area"}
+
+// placeSegments checks that segs fit in guest RAM at or above floor,
+// outside the firmware area (platform.MPTable to 1 MiB, reserved in the
+// memory map) and without overlapping each other, then writes them and
 // zeroes their bss. It returns the end of the highest segment.
-func placeSegments(mem *memory.Memory, segs []segment) (uint64, error) {
+func placeSegments(mem *memory.Memory, segs []segment, floor loadFloor) (uint64, error) {
 	if len(segs) == 0 {
 		return 0, fmt.Errorf("no loadable segments")
 	}
@@ -257,8 +267,8 @@ func placeSegments(mem *memory.Memory, segs []segment) (uint64, error) {
 		if s.gpa+s.memsz < s.gpa {
 			return 0, fmt.Errorf("%s at %#x: memory size %#x wraps around the address space", s.name, s.gpa, s.memsz)
 		}
-		if s.gpa < platform.KernelMin {
-			return 0, fmt.Errorf("%s [%#x, %#x) lies below %#x, where govmm keeps the boot structures (GDT, page tables, boot info, stack, command line) and the BIOS area", s.name, s.gpa, s.end(), platform.KernelMin)
+		if s.gpa < floor.addr {
+			return 0, fmt.Errorf("%s [%#x, %#x) lies below %#x, %s", s.name, s.gpa, s.end(), floor.addr, floor.why)
 		}
 		total += s.memsz
 		if s.memsz > mem.Size() || total > mem.Size() {
@@ -266,6 +276,9 @@ func placeSegments(mem *memory.Memory, segs []segment) (uint64, error) {
 		}
 		if !mem.IsRAM(s.gpa, s.memsz) {
 			return 0, fmt.Errorf("%s [%#x, %#x) is outside guest RAM (low RAM ends at %#x, guest has %d MiB)", s.name, s.gpa, s.end(), lowTop(mem), mem.Size()>>20)
+		}
+		if s.gpa < platform.ACPIEnd && s.end() > platform.MPTable {
+			return 0, fmt.Errorf("%s [%#x, %#x) overlaps [%#x, %#x), the EBDA (MP table), VGA memory and BIOS area (ACPI tables), which the memory map reserves; an image below 1 MiB must end by %#x", s.name, s.gpa, s.end(), platform.MPTable, platform.ACPIEnd, platform.MPTable)
 		}
 	}
 	sorted := append([]segment(nil), segs...)

@@ -9,10 +9,11 @@ import "govmm/memory"
 //
 // ELF64 guests get the same boot information as Multiboot guests: RAX (and
 // RDI) = 0x2BADB002, RBX (and RSI) = the Multiboot information at
-// platform.MultibootInfo with memory sizes, command line, the initrd as
-// module 0 and the memory map. The RDI/RSI copies let a C entry point
-// declared as f(uint32_t magic, struct multiboot_info *mbi) take them as
-// its arguments.
+// platform.MultibootInfo with memory sizes, command line (the command line
+// alone: only Multiboot kernels get their name as its first word), the
+// initrd as module 0 and the memory map. The RDI/RSI copies let a C entry
+// point declared as f(uint32_t magic, struct multiboot_info *mbi) take
+// them as its arguments.
 func loadELF64(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 	f, err := parseELF(image)
 	if err != nil {
@@ -22,11 +23,11 @@ func loadELF64(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	end, err := placeSegments(mem, f.loadSegments(image))
-	if err != nil {
+	segs := f.loadSegments(image)
+	if _, err := placeSegments(mem, segs, kernelFloor); err != nil {
 		return nil, err
 	}
-	info, err := writeBootInfo(mem, end, opts)
+	l, err := writeBootInfo(mem, segs, []span{pageTables}, opts.Cmdline, opts.Initrd)
 	if err != nil {
 		return nil, err
 	}
@@ -36,7 +37,8 @@ func loadELF64(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 	}
 	e.Regs.RAX = MultibootMagic
 	e.Regs.RDI = MultibootMagic
-	e.Regs.RBX = info
-	e.Regs.RSI = info
+	e.Regs.RBX = l.info
+	e.Regs.RSI = l.info
+	e.Regs.RSP = l.stackTop
 	return e, nil
 }

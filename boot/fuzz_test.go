@@ -81,7 +81,8 @@ func FuzzLoadELF(f *testing.F) {
 }
 
 func FuzzMultiboot(f *testing.F) {
-	fuzzLoad(f, multibootELF32Image(mbFlagPageAlign|mbFlagMemInfo), multibootELF32Image(mbFlagVideo), kludgeImage())
+	low, _ := mbELFLow([2]uint64{0x8000, 0x1000}, [2]uint64{0x1b000, 0x6000})
+	fuzzLoad(f, multibootELF32Image(mbFlagPageAlign|mbFlagMemInfo), multibootELF32Image(mbFlagVideo), kludgeImage(), low)
 }
 
 func FuzzBzImage(f *testing.F) {

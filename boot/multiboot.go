@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 
@@ -27,7 +28,8 @@ const (
 	mbiLoader = 1 << 9
 )
 
-// Layout of the Multiboot information page at platform.MultibootInfo.
+// Layout of the Multiboot information page (at platform.MultibootInfo
+// unless the image covers it; see planBoot).
 const (
 	mbiSize         = 0x80
 	mbiModsOff      = 0x80 // one module entry (16 bytes)
@@ -42,6 +44,25 @@ const BootLoaderName = "govmm"
 
 // ModuleString is the string of Multiboot module 0 (the initrd).
 const ModuleString = "initrd"
+
+// DefaultKernelName is the first word of a Multiboot command line when
+// Options.KernelName is empty.
+const DefaultKernelName = "kernel"
+
+// MultibootCmdline is the command line a Multiboot kernel receives: the
+// kernel's name, then a space and args when args is not empty. GRUB and
+// QEMU's -kernel pass it so, and kernels written for them (kvm-unit-tests,
+// for one) read their arguments from the second word on. The name is used
+// as given: one with spaces in it makes several words, as with QEMU.
+func MultibootCmdline(name, args string) string {
+	if name == "" {
+		name = DefaultKernelName
+	}
+	if args == "" {
+		return name
+	}
+	return name + " " + args
+}
 
 type mbHeader struct {
 	off   uint64
@@ -82,7 +103,11 @@ func findMultiboot(image []byte) (*mbHeader, error) {
 
 // loadMultiboot loads a Multiboot v1 kernel (ELF32 or a.out kludge) and
 // enters it in 32-bit protected mode, paging off, with EAX = 0x2BADB002
-// and EBX = the Multiboot information at platform.MultibootInfo.
+// and EBX = the Multiboot information (at platform.MultibootInfo unless
+// the image covers it). The image may load anywhere in RAM from
+// platform.MultibootMin up, below 1 MiB included; the boot structures go
+// around it (planBoot). ESP, which the specification leaves undefined,
+// is the top of a free boot stack.
 func loadMultiboot(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 	h, err := findMultiboot(image)
 	if err != nil {
@@ -123,11 +148,15 @@ func loadMultiboot(mem *memory.Memory, image []byte, opts Options) (*Entry, erro
 			return nil, err
 		}
 	}
-	end, err := placeSegments(mem, segs)
-	if err != nil {
+	if _, err := placeSegments(mem, segs, multibootFloor); err != nil {
 		return nil, err
 	}
-	info, err := writeBootInfo(mem, end, opts)
+	name := cmp.Or(opts.KernelName, DefaultKernelName)
+	cmdline := MultibootCmdline(name, opts.Cmdline)
+	if err := checkCmdline(cmdline, platform.CmdlineMax-1); err != nil {
+		return nil, fmt.Errorf("%w (a Multiboot kernel receives its name %q, a space, then the command line)", err, name)
+	}
+	l, err := writeBootInfo(mem, segs, nil, cmdline, opts.Initrd)
 	if err != nil {
 		return nil, err
 	}
@@ -136,9 +165,13 @@ func loadMultiboot(mem *memory.Memory, image []byte, opts Options) (*Entry, erro
 		return nil, err
 	}
 	e.Regs.RAX = MultibootMagic
-	e.Regs.RBX = info
+	e.Regs.RBX = l.info
+	e.Regs.RSP = l.stackTop
 	return e, nil
 }
+
+// multibootFloor is the lowest address of a Multiboot image.
+var multibootFloor = loadFloor{platform.MultibootMin, "the lowest address a Multiboot image may load at (below it are the IVT, the BIOS data area and govmm's boot GDT)"}
 
 // aoutKludge computes the image segment from the header's address fields.
 func aoutKludge(h *mbHeader, image []byte) (segment, error) {
@@ -180,36 +213,39 @@ func aoutKludge(h *mbHeader, image []byte) (segment, error) {
 	}, nil
 }
 
-// writeBootInfo copies the command line, places the initrd as module 0
-// (page aligned, right above kernelEnd, below the top of low RAM) and
-// writes the Multiboot information. It returns the information's address.
-func writeBootInfo(mem *memory.Memory, kernelEnd uint64, opts Options) (uint64, error) {
-	cmdline, err := writeCmdline(mem, opts.Cmdline, platform.CmdlineMax-1)
+// writeBootInfo places (planBoot) and writes the command line, the initrd
+// as module 0 (page aligned, above the image when it fits there) and the
+// Multiboot information around the image segments segs and the reserved
+// areas. It returns where everything went.
+func writeBootInfo(mem *memory.Memory, segs []segment, reserved []span, cmdline string, initrd []byte) (*bootLayout, error) {
+	if err := checkCmdline(cmdline, platform.CmdlineMax-1); err != nil {
+		return nil, err
+	}
+	l, err := planBoot(mem, segs, reserved, uint64(len(cmdline))+1, uint64(len(initrd)))
 	if err != nil {
-		return 0, err
+		return nil, err
+	}
+	if err := writeCmdlineAt(mem, l.cmdline, cmdline); err != nil {
+		return nil, err
 	}
 	var mod *module
-	if len(opts.Initrd) > 0 {
-		addr, err := placeLow(uint64(len(opts.Initrd)), kernelEnd, lowTop(mem))
-		if err != nil {
-			return 0, fmt.Errorf("initrd: %w (above the kernel, below the top of low RAM)", err)
+	if len(initrd) > 0 {
+		if err := mem.Write(l.module, initrd); err != nil {
+			return nil, fmt.Errorf("copy initrd to %#x: %w", l.module, err)
 		}
-		if err := mem.Write(addr, opts.Initrd); err != nil {
-			return 0, fmt.Errorf("copy initrd to %#x: %w", addr, err)
-		}
-		mod = &module{addr: addr, size: uint64(len(opts.Initrd))}
+		mod = &module{addr: l.module, size: uint64(len(initrd))}
 	}
-	return platform.MultibootInfo, writeMultibootInfo(mem, cmdline, mod)
+	return l, writeMultibootInfo(mem, l.info, l.cmdline, mod)
 }
 
 type module struct{ addr, size uint64 }
 
-// writeMultibootInfo writes the Multiboot information structure with the
-// memory sizes, command line, modules, memory map and boot loader name.
-func writeMultibootInfo(mem *memory.Memory, cmdline uint64, mod *module) error {
+// writeMultibootInfo writes the Multiboot information structure at base
+// (one page) with the memory sizes, command line, modules, memory map and
+// boot loader name.
+func writeMultibootInfo(mem *memory.Memory, base, cmdline uint64, mod *module) error {
 	le := binary.LittleEndian
 	page := make([]byte, memory.PageSize)
-	base := uint64(platform.MultibootInfo)
 	e820 := mem.E820()
 	if len(e820) > mbiMmapMax {
 		return fmt.Errorf("memory map has %d entries, the Multiboot information has room for %d", len(e820), mbiMmapMax)

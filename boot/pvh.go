@@ -40,7 +40,7 @@ func loadPVH(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 		return nil, errors.New("no PVH entry note (owner \"Xen\", type 18 XEN_ELFNOTE_PHYS32_ENTRY)")
 	}
 	segs := f.loadSegments(image)
-	end, err := placeSegments(mem, segs)
+	end, err := placeSegments(mem, segs, kernelFloor)
 	if err != nil {
 		return nil, err
 	}

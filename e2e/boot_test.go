@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -116,6 +117,10 @@ func TestBootMultibootCmdlineAndModule(t *testing.T) {
 				if r.Code != statusGuestOK {
 					t.Fatalf("testguest test=cmdline: want exit status %d\n%s", statusGuestOK, r)
 				}
+				// The Multiboot command line is the kernel's path, then
+				// --cmdline (as GRUB and QEMU's -kernel pass it); the
+				// guest's runtime splits off the first word.
+				wantLine(t, r, fmt.Sprintf("image: %q", kernel))
 				wantLine(t, r, fmt.Sprintf("cmdline: %q len=%d", c.cmdline, len(c.cmdline)))
 				wantLine(t, r, "modules: 1")
 				re := regexp.MustCompile(`(?m)^module0: len=(\d+) name="[^"]*" data="(.*)"(\.\.\.)?$`)
@@ -135,6 +140,84 @@ func TestBootMultibootCmdlineAndModule(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestBootMultibootBelow1MiB boots guests/mblow, a Multiboot kernel linked
+// at 0x8000 whose bss covers the usual homes of govmm's Multiboot
+// information (0x8000), boot stack (below 0x1f000) and command line
+// (0x20000): govmm must put them around the image. The guest checks that
+// nothing it was handed overlaps its image or anything else, and prints
+// its command line word by word: the kernel's path, then the arguments.
+func TestBootMultibootBelow1MiB(t *testing.T) {
+	kernel := guestPath(t, "mblow")
+	cases := []struct {
+		name   string
+		initrd []byte
+		low    bool // the module goes right above the image, below 1 MiB
+	}{
+		{"small module", moduleBytes(5000, 1), true},
+		{"2MiB module", moduleBytes(2<<20+77, 2), false},
+	}
+	for _, c := range cases {
+		initrdPath := filepath.Join(t.TempDir(), "module")
+		if err := os.WriteFile(initrdPath, c.initrd, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(c.name, func(t *testing.T) {
+			forEachAccel(t, func(t *testing.T, acc []string) {
+				r := bootRun(t, acc, "--kernel", kernel, "--cmdline", "alpha=1  beta", "--initrd", initrdPath)
+				if r.Code != statusGuestOK || strings.Contains(r.Stdout, "FAIL") {
+					t.Fatalf("mblow: want exit status %d and no FAIL\n%s", statusGuestOK, r)
+				}
+				if img := regexp.MustCompile(`(?m)^mblow: image 0x8000-(0x[0-9a-f]+)$`).FindStringSubmatch(r.Stdout); img == nil || hexAddr(t, img[1]) <= 0x20000 {
+					t.Errorf("image line %q, want the image at 0x8000 reaching past the usual command line at 0x20000", img)
+				}
+				wantLine(t, r, fmt.Sprintf("mblow: argv[0]=%q", kernel))
+				wantLine(t, r, `mblow: argv[1]="alpha=1"`)
+				wantLine(t, r, `mblow: argv[2]="beta"`)
+				wantLine(t, r, "mblow: argc=3")
+				wantLine(t, r, "mblow: ok")
+				h := fnv.New32a()
+				h.Write(c.initrd[:min(len(c.initrd), 4096)])
+				re := regexp.MustCompile(`(?m)^mblow: module0 at (0x[0-9a-f]+) len=(\d+) fnv1a4k=(0x[0-9a-f]+)$`)
+				m := re.FindStringSubmatch(r.Stdout)
+				if m == nil || m[2] != fmt.Sprint(len(c.initrd)) || m[3] != fmt.Sprintf("%#x", h.Sum32()) {
+					t.Fatalf("module line %q, want len=%d fnv1a4k=%#x\n%s", m, len(c.initrd), h.Sum32(), r)
+				}
+				if low := hexAddr(t, m[1]) < 0x100000; low != c.low {
+					t.Errorf("module at %s: below 1 MiB is %v, want %v", m[1], low, c.low)
+				}
+				// The information and the stack went below the image.
+				info := regexp.MustCompile(`(?m)^mblow: info=(0x[0-9a-f]+) cmdline=(0x[0-9a-f]+) esp=(0x[0-9a-f]+)$`).FindStringSubmatch(r.Stdout)
+				if info == nil {
+					t.Fatalf("no info line\n%s", r)
+				}
+				for _, v := range info[1:] {
+					if hexAddr(t, v) > 0x8000 {
+						t.Errorf("boot structure at %s, want it below the image at 0x8000 (%s)", v, info[0])
+					}
+				}
+			})
+		})
+	}
+}
+
+func hexAddr(t *testing.T, s string) uint64 {
+	t.Helper()
+	v, err := strconv.ParseUint(s, 0, 64)
+	if err != nil {
+		t.Fatalf("guest printed a bad address %q: %v", s, err)
+	}
+	return v
+}
+
+// moduleBytes is n recognisable bytes.
+func moduleBytes(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7+i>>12)
+	}
+	return b
 }
 
 func TestBootSMP(t *testing.T) {

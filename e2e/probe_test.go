@@ -349,7 +349,6 @@ var probeQEMUDiffs = map[string]string{
 	"acpi.oem":            "firmware: SeaBIOS's ACPI tables vs govmm's",
 	"acpi.revision":       "firmware: SeaBIOS publishes an ACPI 1.0 RSDP",
 	"acpi.isos":           "firmware: QEMU's PIIX tables also override the PCI link IRQs 5, 10, 11",
-	"boot.cmdline":        "QEMU's Multiboot loader puts the kernel file name first",
 	"boot.mem_":           "firmware: SeaBIOS reserves memory at the top of RAM and the BIOS area",
 	"boot.mmap":           "firmware: SeaBIOS's e820 map has more reserved entries",
 	"msr.misc_enable":     "firmware: QEMU sets IA32_MISC_ENABLE to fast strings (bit 0) as a BIOS would; govmm keeps the accelerator's reset value (KVM: BTS and PEBS unavailable, bits 11 and 12)",

@@ -13,7 +13,8 @@ const (
 	PVHStartInfo = 0x6000
 	// ZeroPage is the Linux boot_params page.
 	ZeroPage = 0x7000
-	// MultibootInfo is where the Multiboot information structure goes.
+	// MultibootInfo is where the Multiboot information structure goes
+	// (when the image leaves it free; see MultibootMin).
 	MultibootInfo = 0x8000
 	// PageTables: PML4 at PML4Addr, one PDPT, and four 2 MiB-page PDs
 	// that identity map the first 4 GiB (for 64-bit entry).
@@ -21,11 +22,19 @@ const (
 	PDPTAddr = 0xA000
 	PDAddr   = 0xB000 // 4 pages: 0xB000-0xEFFF
 	// BootStackTop is the initial stack for ELF64/Multiboot entries
-	// (grows down from here; the loaders keep 0x10000-0x1FFFF free).
-	BootStackTop = 0x1F000
+	// (grows down from here; the loaders keep BootStackSize bytes below it
+	// free).
+	BootStackTop  = 0x1F000
+	BootStackSize = 0x4000
 	// CmdlineAddr is where the kernel command line is copied (max CmdlineMax bytes).
 	CmdlineAddr = 0x20000
 	CmdlineMax  = 0x10000
+	// MultibootMin is the lowest address a Multiboot image may be loaded
+	// at, as with QEMU and GRUB (below it: the IVT, the BIOS data area and
+	// the boot GDT). A Multiboot image may cover MultibootInfo,
+	// BootStackTop and CmdlineAddr: the loader then puts those structures
+	// in free RAM around the image.
+	MultibootMin = 0x8000
 	// MPTable is the Intel MP floating pointer and table, in the last KiB
 	// of base memory (the EBDA area).
 	MPTable = 0x9FC00
@@ -34,7 +43,7 @@ const (
 	ACPIBase = 0xE0000
 	ACPIEnd  = 0x100000
 	// KernelMin is the lowest address a kernel image may be loaded at
-	// (except real-mode flat binaries).
+	// (except real-mode flat binaries and Multiboot images).
 	KernelMin = 0x100000
 )
 

@@ -180,7 +180,9 @@ func readKernel(path string) ([]byte, string, error) {
 		if err != nil {
 			return nil, "", fail(exitInternal, "built-in guest: %v", err)
 		}
-		return img, "built-in " + defaultGuest, nil
+		// One word: a Multiboot guest gets the name as the first word
+		// of its command line.
+		return img, "built-in:" + defaultGuest, nil
 	}
 	img, err := os.ReadFile(path)
 	if err != nil {

@@ -226,7 +226,7 @@ static void parse_multiboot(void)
 	if (flags & (1 << 2)) {
 		const char *c = (const char *)(uint64_t) * (const uint32_t *)(mbi + 16);
 		if (c)
-			strncpy_z(boot.cmdline, c, sizeof(boot.cmdline));
+			boot_set_cmdline(c);
 	}
 	if (flags & (1 << 3)) {
 		uint32_t n = *(const uint32_t *)(mbi + 20);
@@ -253,6 +253,20 @@ static void parse_multiboot(void)
 			p += size + 4;
 		}
 	}
+}
+
+void boot_set_cmdline(const char *c)
+{
+	size_t i = 0;
+	while (*c == ' ')
+		c++;
+	for (; *c && *c != ' '; c++)
+		if (i + 1 < sizeof(boot.image))
+			boot.image[i++] = *c;
+	boot.image[i] = 0;
+	while (*c == ' ')
+		c++;
+	strncpy_z(boot.cmdline, c, sizeof(boot.cmdline));
 }
 
 bool cmdline_get(const char *key, char *buf, size_t n)

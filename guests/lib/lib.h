@@ -133,15 +133,21 @@ struct boot_info {
 	uint32_t flags;
 	bool has_mem;
 	uint32_t mem_lower_kb, mem_upper_kb;
-	char cmdline[1024];
+	char image[256];         /* the command line's first word: the kernel's name */
+	char cmdline[1024];      /* the rest: the arguments cmdline_get looks in */
 	int nmmap;
 	struct { uint64_t base, len; uint32_t type; } mmap[BOOT_MAX_MMAP];
 	int nmods;
 	struct { uint32_t start, end; char name[64]; } mods[BOOT_MAX_MODS];
 };
 extern struct boot_info boot;
+/* boot_set_cmdline: split a Multiboot command line into boot.image and
+ * boot.cmdline. Multiboot loaders (GRUB, QEMU's -kernel, govmm) put the
+ * kernel's name first and the arguments after it. */
+void boot_set_cmdline(const char *c);
 /* cmdline_get: copy the value of key=value (or "" for a bare key) from the
- * kernel command line into buf; false if the key is absent. */
+ * kernel command line's arguments (boot.cmdline) into buf; false if the
+ * key is absent. */
 bool cmdline_get(const char *key, char *buf, size_t n);
 uint64_t cmdline_u64(const char *key, uint64_t def); /* def if absent or bad */
 uint64_t boot_mem_bytes(void); /* usable RAM: mmap type 1 sum, else (lower+upper) KiB */

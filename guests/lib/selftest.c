@@ -93,7 +93,8 @@ int main(void)
 	char small[4];
 	check(snprintf(small, sizeof(small), "abcdef") == 6 && !strcmp(small, "abc"), "snprintf truncation");
 
-	strncpy_z(boot.cmdline, "/path/k a=1 bb=hello flag  key=x=y n=0x10 bad=12z", sizeof(boot.cmdline));
+	boot_set_cmdline("/path/k a=1 bb=hello flag  key=x=y n=0x10 bad=12z");
+	check(!strcmp(boot.image, "/path/k"), "cmdline first word is the image");
 	char v[16];
 	check(cmdline_get("a", v, sizeof(v)) && !strcmp(v, "1"), "cmdline a=1");
 	check(cmdline_get("bb", v, sizeof(v)) && !strcmp(v, "hello"), "cmdline bb=hello");
@@ -105,6 +106,10 @@ int main(void)
 	check(cmdline_u64("n", 7) == 16, "cmdline_u64 hex");
 	check(cmdline_u64("bad", 7) == 7, "cmdline_u64 junk -> default");
 	check(cmdline_u64("missing", 9) == 9, "cmdline_u64 missing -> default");
+	boot_set_cmdline("a=2");
+	check(!strcmp(boot.image, "a=2") && !cmdline_get("a", v, sizeof(v)), "cmdline first word is not an argument");
+	boot_set_cmdline("  k   x=3");
+	check(!strcmp(boot.image, "k") && !strcmp(boot.cmdline, "x=3"), "cmdline words split at runs of spaces");
 	uint64_t x;
 	check(parse_u64("18446744073709551615", &x) && x == UINT64_MAX, "parse_u64 max");
 	check(!parse_u64("18446744073709551616", &x), "parse_u64 overflow");

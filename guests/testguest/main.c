@@ -6,9 +6,10 @@
  * TG_OK (0x10, status 33) on success, TG_FAIL (0x11, status 35) on a
  * failed self-check, or on purpose through a crash (triplefault, emufail).
  *
- *   test=cmdline          print the command line, then each module (the
- *                         initrd is module 0): length, first 256 bytes
- *                         and the FNV-1a 64 hash of all of it
+ *   test=cmdline          print the command line's first word (the image's
+ *                         name) and the arguments after it, then each
+ *                         module (the initrd is module 0): length, first
+ *                         256 bytes and the FNV-1a 64 hash of all of it
  *   test=exit code=N      debug-exit with N (0..255): status (N<<1)|1
  *   test=smp [expect=N]   start every MADT CPU; each prints "cpu N up"
  *   test=triplefault      null IDT, then #GP: the VM must end (status 2)
@@ -47,6 +48,7 @@ static void print_bytes(const u8 *p, u32 n)
 static uint64_t cmdline_user(uint64_t arg)
 {
 	(void)arg;
+	printf("image: \"%s\"\n", boot.image);
 	printf("cmdline: \"%s\" len=%d\n", boot.cmdline, (int)strlen(boot.cmdline));
 	printf("modules: %d\n", boot.nmods);
 	for (int i = 0; i < boot.nmods; i++) {
