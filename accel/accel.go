@@ -44,6 +44,10 @@ type VMConfig struct {
 	// the CPU model). Backends that fix CPU features at creation time
 	// derive them from it.
 	CPUID []CPUIDEntry
+	// NoPMU: the guest has no PMU. Backends that virtualize one whatever
+	// CPUID says (KVM on AMD: the legacy counters have no CPUID bit) turn
+	// it off.
+	NoPMU bool
 }
 
 // Caps describes an accelerator on this host.

@@ -397,6 +397,11 @@ func TestApplyHypervisor(t *testing.T) {
 	if _, err := Parse("host,-kvm,+kvm"); err == nil {
 		t.Error("-kvm,+kvm accepted")
 	}
+	for _, spec := range []string{"host,-pmu", "host,+pmu"} {
+		if _, err := Parse(spec); err != nil {
+			t.Errorf("%s: %v", spec, err)
+		}
+	}
 	m, _ := Parse("host,+kvm-pv-ipi")
 	if _, err := m.Apply(hostTable()); err == nil || !strings.Contains(err.Error(), "not offered") {
 		t.Errorf("+kvm-pv-ipi where the accelerator does not offer it: %v", err)
@@ -458,6 +463,33 @@ func TestXSaveLeafConsistent(t *testing.T) {
 				t.Errorf("%s: XCR0 %#x offers components of %s, which the model removed", spec, xcr0, x.feature)
 			}
 		}
+	}
+}
+
+// TestApplyNoPMU: -pmu clears every CPUID trace of a PMU and nothing else,
+// and is accepted where there is no PMU to remove.
+func TestApplyNoPMU(t *testing.T) {
+	in := append(hostTable(), accel.CPUIDEntry{Function: 0xa, EAX: 0x07300805, EBX: 0, ECX: 0, EDX: 0x603})
+	in = withFeatures(in, "pdcm", "perfctr_core")
+	m, err := Parse("host,-pmu")
+	if err != nil || !m.NoPMU() {
+		t.Fatalf("Parse: %v, NoPMU %v", err, m.NoPMU())
+	}
+	out, err := m.Apply(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := find(out, 0xa, 0); *e != (accel.CPUIDEntry{Function: 0xa}) {
+		t.Errorf("-pmu left leaf 0xa = %+v", *e)
+	}
+	if has(out, "pdcm") || has(out, "perfctr_core") || !has(out, "cx16") {
+		t.Errorf("-pmu: pdcm %v perfctr_core %v cx16 %v", has(out, "pdcm"), has(out, "perfctr_core"), has(out, "cx16"))
+	}
+	if _, err := m.Apply(hostTable()); err != nil {
+		t.Errorf("-pmu where there is no PMU: %v", err)
+	}
+	if p, _ := Parse("host,+pmu"); p.NoPMU() {
+		t.Error("+pmu reads as no PMU")
 	}
 }
 

@@ -23,6 +23,21 @@ import (
 // kvmclock and the other KVM MSRs exist only on KVM.
 const KVMInterface = "kvm"
 
+// PMU names the performance monitoring unit as a whole: "-pmu" removes
+// every CPUID trace of it (leaf 0xA, Intel's PDCM and leaf 0x23, AMD's
+// perfctr_core/nb/llc and leaf 0x80000022), and NoPMU tells the VM to
+// turn off a PMU the accelerator would virtualize regardless of CPUID
+// (KVM on AMD: the four legacy counters have no CPUID bit). "+pmu" keeps
+// what the accelerator offers; either is accepted whether or not it offers
+// a PMU at all.
+const PMU = "pmu"
+
+// switches are the names Parse accepts besides features.
+var switches = []string{KVMInterface, PMU}
+
+// NoPMU reports whether the model removes the PMU.
+func (m Model) NoPMU() bool { return slices.Contains(m.Remove, PMU) }
+
 // Models lists the CPU model names Parse accepts.
 var Models = []string{"host"}
 
@@ -71,11 +86,11 @@ func Parse(spec string) (Model, error) {
 		}
 		op, f := p[0], strings.ToLower(p[1:])
 		feat, ok := Lookup(f)
-		if f == KVMInterface {
+		if slices.Contains(switches, f) {
 			feat, ok = Feature{Name: f}, true
 		}
 		if !ok {
-			return Model{}, fmt.Errorf("cpu model %q: unknown feature %q (valid features: %s)", spec, f, strings.Join(FeatureNames(), " "))
+			return Model{}, fmt.Errorf("cpu model %q: unknown feature %q (valid features: %s; and %s)", spec, f, strings.Join(FeatureNames(), " "), strings.Join(switches, ", "))
 		}
 		if feat.Dynamic {
 			return Model{}, fmt.Errorf("cpu model %q: %s mirrors a guest control register bit and cannot be added or removed", spec, f)
@@ -131,12 +146,18 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 			noKVM = true
 			continue
 		}
+		if f == PMU {
+			continue
+		}
 		if index(f) < 0 {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
 		}
 		removed.addClosure(f)
 	}
 	for _, f := range m.Add {
+		if f == PMU {
+			continue
+		}
 		if f == KVMInterface {
 			if !IsKVM(supported) {
 				return nil, fmt.Errorf("cpu model %s: this accelerator has no KVM paravirtual interface", m)
@@ -175,11 +196,29 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 			*regPtr(e, f.Reg) |= 1 << f.Bit
 		}
 	}
+	if m.NoPMU() {
+		removePMU(out)
+	}
 	// The plain host model removes nothing: leaf 0xD stays as offered.
 	if !removed.empty() {
 		fixXSaveLeaf(out, &removed)
 	}
 	return out, nil
+}
+
+// removePMU clears every CPUID description of a PMU.
+func removePMU(entries []accel.CPUIDEntry) {
+	for i := range entries {
+		e := &entries[i]
+		switch e.Function {
+		case 0xa, 0x23, 0x80000022:
+			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		case 1:
+			e.ECX &^= 1 << 15 // PDCM: IA32_PERF_CAPABILITIES
+		case 0x80000001:
+			e.ECX &^= 1<<23 | 1<<24 | 1<<28 // perfctr_core, perfctr_nb, perfctr_llc
+		}
+	}
 }
 
 // fixXSaveLeaf drops the XSAVE state components of removed features from

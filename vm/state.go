@@ -36,6 +36,8 @@ type MachineState struct {
 	Cmdline string             `json:"cmdline,omitempty"`
 	// TestDevices: the VM has the project's MMIO test devices.
 	TestDevices bool `json:"test_devices,omitempty"`
+	// NoPMU: the CPU model removed the PMU.
+	NoPMU bool `json:"no_pmu,omitempty"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -74,7 +76,7 @@ type ClockState struct {
 func (v *VM) Machine() MachineState {
 	return MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
-		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices,
+		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices, NoPMU: v.cfg.NoPMU,
 	}
 }
 

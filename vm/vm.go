@@ -32,6 +32,7 @@ type Config struct {
 	MemSize    uint64
 	NumCPUs    int
 	CPUID      []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
+	NoPMU      bool               // the CPU model removes the PMU
 	Kernel     []byte
 	Initrd     []byte
 	Cmdline    string
@@ -171,7 +172,7 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
-	cfg.TestDevices = m.TestDevices
+	cfg.TestDevices, cfg.NoPMU = m.TestDevices, m.NoPMU
 	return build(cfg, mem, buildIncoming)
 }
 
@@ -216,7 +217,7 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 			v.Close()
 		}
 	}()
-	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID})
+	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU})
 	if err != nil {
 		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
 	}

@@ -109,6 +109,7 @@ const (
 	capSregs2                 = 200
 	capExitOnEmulationFailure = 204
 	capXSave2                 = 208
+	capPMUCapability          = 212
 	capDirtyLogRingAcqRel     = 223
 )
 
@@ -163,6 +164,8 @@ const (
 	ioeventfdFlagDatamatch = 1 << 0
 	ioeventfdFlagPIO       = 1 << 1
 	ioeventfdFlagDeassign  = 1 << 2
+
+	pmuCapDisable = 1 << 0 // KVM_PMU_CAP_DISABLE
 
 	x2apicAPIUse32BitIDs           = 1 << 0
 	x2apicAPIDisableBroadcastQuirk = 1 << 1

@@ -317,6 +317,8 @@ var constChecks = []struct {
 	{"KVM_CAP_SREGS2", capSregs2},
 	{"KVM_CAP_EXIT_ON_EMULATION_FAILURE", capExitOnEmulationFailure},
 	{"KVM_CAP_XSAVE2", capXSave2},
+	{"KVM_CAP_PMU_CAPABILITY", capPMUCapability},
+	{"KVM_PMU_CAP_DISABLE", pmuCapDisable},
 	{"KVM_CAP_DIRTY_LOG_RING_ACQ_REL", capDirtyLogRingAcqRel},
 	{"KVM_EXIT_UNKNOWN", exitUnknown},
 	{"KVM_EXIT_EXCEPTION", exitException},

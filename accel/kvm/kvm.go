@@ -126,6 +126,7 @@ var capTable = []capInfo{
 	{"DEBUGREGS", capDebugRegs, true},
 	{"XSAVE", capXSave, true},
 	{"XSAVE2", capXSave2, true},
+	{"PMU_CAPABILITY", capPMUCapability, true},
 	{"XCRS", capXCRs, true},
 	{"READONLY_MEM", capReadonlyMem, true},
 	{"IMMEDIATE_EXIT", capImmediateExit, true},

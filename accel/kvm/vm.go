@@ -116,6 +116,16 @@ func (a *Accelerator) NewVMWithEOIRoutes(cfg accel.VMConfig, routes int) (*VM, e
 			return fail(fmt.Errorf("enable KVM_CAP_X2APIC_API: %w", err))
 		}
 	}
+	if cfg.NoPMU {
+		// Without this, KVM on AMD keeps virtualizing the four legacy
+		// counters, which no CPUID bit announces. KVMs before 5.18 lack
+		// the capability; there CPUID alone describes the PMU.
+		if checkExtension(vm.fd, capPMUCapability)&pmuCapDisable != 0 {
+			if err := vm.enableCap(capPMUCapability, 0, pmuCapDisable); err != nil {
+				return fail(fmt.Errorf("disable the vPMU (KVM_CAP_PMU_CAPABILITY): %w", err))
+			}
+		}
+	}
 	if checkExtension(vm.fd, capExitOnEmulationFailure) != 0 {
 		if err := vm.enableCap(capExitOnEmulationFailure, 0, 1); err != nil {
 			return fail(fmt.Errorf("enable KVM_CAP_EXIT_ON_EMULATION_FAILURE: %w", err))

@@ -116,7 +116,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 
 	machine, err := vm.New(vm.Config{
-		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid,
+		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(),
 		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
 	})
