@@ -282,14 +282,16 @@ func TestLinuxBootLog(t *testing.T) {
 	}
 }
 
-// TestLinuxSnapshot snapshots a running 2-vCPU Linux guest whose init
-// prints a tick and a running checksum every second, and restores it on
-// each accelerator: it must go on ticking from where it was, end with the
-// right checksum, and power off cleanly. A guest meant to move between
-// accelerators is booted with --cpu host,-kvm (kvmclock and KVM's other
-// paravirtual MSRs exist only on KVM); a KVM guest using kvmclock restores
-// on KVM, and restoring it elsewhere is refused with a clear error.
-func TestLinuxSnapshot(t *testing.T) {
+// tickingLinux is a running Linux guest whose init prints a tick and a
+// running checksum every second (linuxguest's govmm.ticks).
+type tickingLinux struct {
+	kernel, initrd string
+}
+
+const linuxTicks = 8 // ticks before the guest powers off
+
+func newTickingLinux(t *testing.T) tickingLinux {
+	t.Helper()
 	kvmtest.NeedHardware(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
@@ -299,17 +301,57 @@ func TestLinuxSnapshot(t *testing.T) {
 	if err := linuxguest.WriteInitramfs(initrd); err != nil {
 		t.Fatal(err)
 	}
-	const ticks, snapAt = 8, 3
+	return tickingLinux{kernel, initrd}
+}
+
+func tickLine(i int) string { return fmt.Sprintf("govmm-tick %d sum=%d", i, linuxguest.TickSum(i)) }
+
+// start boots the guest with 2 vCPUs on acc with CPU model cpu and the
+// control socket sock, and waits for tick n.
+func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int) *proc {
+	t.Helper()
+	args := append(append([]string{"run"}, acc...), "--kernel", g.kernel, "--initrd", g.initrd, "--cpus=2",
+		"--memory=512M", "--cpu", cpu, "--api-socket", sock,
+		"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", linuxTicks))
+	p := start(t, args...)
+	p.waitFor(tickLine(n), 5*time.Minute)
+	return p
+}
+
+// finish waits for a guest that took over after tick n to tick on to
+// the end, with the right checksum, and power off cleanly.
+func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
+	t.Helper()
+	t0 := time.Now()
+	p.waitFor(fmt.Sprintf("govmm-ticks-done %d sum=%d", linuxTicks, linuxguest.TickSum(linuxTicks)), 3*time.Minute)
+	if code := p.exit(time.Minute); code != 0 {
+		t.Fatalf("guest: exit %d after its ticks, want 0 (poweroff):\n%s", code, p.output())
+	}
+	out := p.output()
+	for i := n + 1; i <= linuxTicks; i++ {
+		if !strings.Contains(out, tickLine(i)) {
+			t.Errorf("guest skipped tick %d:\n%s", i, out)
+		}
+	}
+	t.Logf("guest ticked %d more times and powered off after %v", linuxTicks-n, time.Since(t0).Round(time.Millisecond))
+}
+
+// TestLinuxSnapshot snapshots a running 2-vCPU Linux guest whose init
+// prints a tick and a running checksum every second, and restores it on
+// each accelerator: it must go on ticking from where it was, end with the
+// right checksum, and power off cleanly. A guest meant to move between
+// accelerators is booted with --cpu host,-kvm (kvmclock and KVM's other
+// paravirtual MSRs exist only on KVM); a KVM guest using kvmclock restores
+// on KVM, and restoring it elsewhere is refused with a clear error.
+func TestLinuxSnapshot(t *testing.T) {
+	g := newTickingLinux(t)
+	const snapAt = 3
 	// snapshot boots Linux on acc, snapshots it after tick snapAt and
 	// stops it.
 	snapshot := func(t *testing.T, acc []string, cpu string) string {
 		dir := t.TempDir()
 		sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
-		args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-			"--memory=512M", "--cpu", cpu, "--api-socket", sock,
-			"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", ticks))
-		p := start(t, args...)
-		p.waitFor(fmt.Sprintf("govmm-tick %d sum=%d", snapAt, linuxguest.TickSum(snapAt)), 5*time.Minute)
+		p := g.start(t, acc, cpu, sock, snapAt)
 		if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap); r.Code != 0 {
 			t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
 		}
@@ -317,20 +359,8 @@ func TestLinuxSnapshot(t *testing.T) {
 		return snap
 	}
 	restore := func(t *testing.T, acc []string, snap string) {
-		t0 := time.Now()
 		p := start(t, append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")...)
-		done := fmt.Sprintf("govmm-ticks-done %d sum=%d", ticks, linuxguest.TickSum(ticks))
-		p.waitFor(done, 3*time.Minute)
-		if code := p.exit(time.Minute); code != 0 {
-			t.Fatalf("restored guest: exit %d after its ticks, want 0 (poweroff):\n%s", code, p.output())
-		}
-		out := p.output()
-		for i := snapAt + 1; i <= ticks; i++ {
-			if !strings.Contains(out, fmt.Sprintf("govmm-tick %d sum=%d", i, linuxguest.TickSum(i))) {
-				t.Errorf("restored guest skipped tick %d:\n%s", i, out)
-			}
-		}
-		t.Logf("restored guest ticked %d more times and powered off after %v", ticks-snapAt, time.Since(t0).Round(time.Millisecond))
+		g.finish(t, p, snapAt)
 	}
 	all := accels(t)
 	for _, src := range all {
@@ -360,6 +390,57 @@ func TestLinuxSnapshot(t *testing.T) {
 					t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
 				})
 			}
+		})
+	}
+}
+
+// TestLinuxLiveMigration moves a running 2-vCPU Linux guest between two
+// govmm processes while it ticks: across accelerators (booted with --cpu
+// host,-kvm) both ways, and KVM to KVM with kvmclock. The destination must
+// tick on to the end with the right checksum and power off cleanly.
+func TestLinuxLiveMigration(t *testing.T) {
+	g := newTickingLinux(t)
+	const migrateAt = 3
+	all := accels(t)
+	type move struct {
+		src, dst []string
+		cpu      string
+	}
+	var moves []move
+	for _, src := range all {
+		for _, dst := range all {
+			switch {
+			case accelName(src) != accelName(dst):
+				moves = append(moves, move{src, dst, "host,-kvm"})
+			case accelName(src) == "kvm":
+				moves = append(moves, move{src, dst, "host"})
+			}
+		}
+	}
+	for _, m := range moves {
+		t.Run(accelName(m.src)+"-to-"+accelName(m.dst), func(t *testing.T) {
+			dir := t.TempDir()
+			sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
+			s := g.start(t, m.src, m.cpu, sock, migrateAt)
+			d := start(t, append(append([]string{"migrate", "receive"}, m.dst...), "--listen", "unix:"+mig)...)
+			waitPath(t, mig)
+			r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
+			if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") {
+				t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
+			}
+			t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))
+			if code := s.exit(30 * time.Second); code != 0 {
+				t.Fatalf("source after migration: exit %d:\n%s", code, s.output())
+			}
+			// The source may have ticked past migrateAt while memory was
+			// copied; the destination goes on from the source's last tick.
+			last := migrateAt
+			for i := migrateAt; i <= linuxTicks; i++ {
+				if strings.Contains(s.output(), tickLine(i)) {
+					last = i
+				}
+			}
+			g.finish(t, d, last)
 		})
 	}
 }
