@@ -433,3 +433,19 @@ func TestIRQMSIWhileKicked(t *testing.T) {
 		})
 	}
 }
+
+// TestIRQPCTestdev drives QEMU's pc-testdev as kvm-unit-tests does: the
+// scratch port and memory, a page flush, edges raised on an IOAPIC line
+// from the guest's own port writes, and a level line that the IOAPIC
+// redelivers after each EOI until the guest lowers it.
+func TestIRQPCTestdev(t *testing.T) {
+	runIRQ(t, "pctestdev", "n=20", func(t *testing.T, r Result) {
+		m := fields(t, r.Stdout, "pctestdev", "")
+		if m["scratch"] != "0x12345678" || m["mem"] != "0x1122334455667788" || m["flush"] != "0x5a5a1234" {
+			t.Errorf("scratch port, memory or flushed page: %v", m)
+		}
+		if num(t, m, "edges") != 20 || num(t, m, "edges_ok") != 20 || num(t, m, "levels") != 3 {
+			t.Errorf("interrupts: %v (want 20 edges, 3 level deliveries)", m)
+		}
+	})
+}

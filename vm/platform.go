@@ -6,6 +6,8 @@ import (
 	"io"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"govmm/accel"
 	"govmm/acpi"
 	"govmm/boot"
@@ -14,6 +16,7 @@ import (
 	"govmm/devices/i8042"
 	"govmm/devices/irqtestdev"
 	"govmm/devices/pciconf"
+	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
 	"govmm/devices/post"
 	"govmm/devices/rtc"
@@ -36,6 +39,7 @@ type platformDevices struct {
 	pm      *acpipm.PM
 	testdev *testdev.Device
 	irqdev  *irqtestdev.Device
+	pctest  *pctestdev.Device
 	entry   *boot.Entry
 }
 
@@ -107,6 +111,11 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		if err := v.mmio.Register(irqtestdev.Base, irqtestdev.Size, "irqtestdev", p.irqdev); err != nil {
 			return err
 		}
+		p.pctest = pctestdev.New(pctestdev.Config{Line: p.chips.Line, Flush: v.flushPage,
+			Log: func(msg string, args ...any) { v.log.Warn(msg, args...) }})
+		if err := p.pctest.Register(v.pio, v.mmio); err != nil {
+			return err
+		}
 	}
 
 	if mode == buildIncoming {
@@ -144,7 +153,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			return &InputError{Err: fmt.Errorf("restore %s: %w", r.name, err)}
 		}
 	}
-	if (d.TestDev != nil) != (p.testdev != nil) || (d.IRQTest != nil) != (p.irqdev != nil) {
+	if (d.TestDev != nil) != (p.testdev != nil) || (d.IRQTest != nil) != (p.irqdev != nil) || d.PCTest != nil && p.pctest == nil {
 		return &InputError{Err: errors.New("restore: the snapshot's test devices do not match the machine")}
 	}
 	if p.testdev != nil {
@@ -153,6 +162,11 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		}
 		if err := p.irqdev.Restore(*d.IRQTest); err != nil {
 			return &InputError{Err: fmt.Errorf("restore interrupt test device: %w", err)}
+		}
+		if d.PCTest != nil { // snapshots from before pc-testdev have none: it stays in its reset state
+			if err := p.pctest.Restore(*d.PCTest); err != nil {
+				return &InputError{Err: fmt.Errorf("restore pc-testdev: %w", err)}
+			}
 		}
 	}
 	return nil
@@ -219,4 +233,19 @@ func (p *platformDevices) close() {
 	if p.chips != nil {
 		p.chips.Close()
 	}
+}
+
+// flushPage drops the host's mapping of the guest page at gpa and maps it
+// again, as QEMU's pc-testdev does: the accelerator must fault the page
+// back in (through its MMU notifier), which is what the guest's test
+// exercises. The contents do not change.
+func (v *VM) flushPage(gpa uint64) error {
+	page, err := v.mem.Slice(gpa, 4096)
+	if err != nil {
+		return err
+	}
+	if err := unix.Mprotect(page, unix.PROT_NONE); err != nil {
+		return fmt.Errorf("mprotect guest page %#x: %w", gpa, err)
+	}
+	return unix.Mprotect(page, unix.PROT_READ|unix.PROT_WRITE)
 }

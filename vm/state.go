@@ -8,6 +8,7 @@ import (
 	"govmm/accel"
 	"govmm/devices/acpipm"
 	"govmm/devices/irqtestdev"
+	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
 	"govmm/devices/rtc"
 	"govmm/devices/serial"
@@ -65,6 +66,7 @@ type DeviceState struct {
 	PM      acpipm.State      `json:"acpi_pm"`
 	TestDev *testdev.State    `json:"testdev,omitempty"`
 	IRQTest *irqtestdev.State `json:"irqtestdev,omitempty"`
+	PCTest  *pctestdev.State  `json:"pc_testdev,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -106,7 +108,8 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 		Chipset: p.chips.Save(), UART: p.uart.Save(), RTC: p.rtc.Save(), PIT: p.pit.Save(), PM: p.pm.Save(),
 	}
 	if p.testdev != nil {
-		td, it := p.testdev.Save(), p.irqdev.Save()
+		td, it, pt := p.testdev.Save(), p.irqdev.Save(), p.pctest.Save()
+		ds.PCTest = &pt
 		ds.TestDev, ds.IRQTest = &td, &it
 	}
 	if err := st.Add("devices", devicesVersion, ds); err != nil {

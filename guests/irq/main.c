@@ -23,6 +23,12 @@
  *           IOAPIC) and on a level-triggered MSI route, with the vCPU
  *           running and halted; the handler acknowledges each and counts
  *           real and spurious ones.
+ *   pctestdev QEMU's pc-testdev (devices/pctestdev, as kvm-unit-tests
+ *           drives it): the scratch port, the scratch memory at
+ *           0xff000000, a page flush, n=N (default 20) edges raised on GSI
+ *           10 through port 0x200a, and a level line on GSI 19 held high
+ *           across two EOIs (two redeliveries) and lowered in the third
+ *           handler (no more).
  *   bench   n=N MSIs through an irqfd and injected from userspace
  *           (SignalMSI), and bells=B doorbell writes from CPL3 to a plain
  *           MMIO register and to an ioeventfd-backed one; prints ns each.
@@ -605,13 +611,86 @@ static int t_bench(void)
 	return irqfd && user && seen_mmio == bells && seen_fast == bells ? IRQ_OK : IRQ_FAIL;
 }
 
+/* ---- pctestdev ---- */
+#define PCT_SCRATCH 0xe0
+#define PCT_FLUSH 0xe4
+#define PCT_IRQ 0x2000
+#define PCT_MEM 0xFF000000ULL
+#define PCT_EDGE_GSI 10
+#define PCT_LEVEL_GSI 19
+#define VEC_PCT_EDGE 0x70
+#define VEC_PCT_LEVEL 0x71
+
+static volatile uint32_t pct_edges, pct_levels;
+static volatile uint32_t pct_flush_probe = 0x5a5a1234;
+
+static void pct_edge_isr(struct regs *r)
+{
+	(void)r;
+	pct_edges++;
+	lapic_eoi();
+}
+
+/* The line stays high across the first two EOIs, so the IOAPIC
+ * redelivers; the third handler lowers it first. */
+static void pct_level_isr(struct regs *r)
+{
+	(void)r;
+	if (++pct_levels >= 3)
+		outb(PCT_IRQ + PCT_LEVEL_GSI, 0);
+	lapic_eoi();
+}
+
+static int t_pctestdev(void)
+{
+	if (!need_acpi(true))
+		return IRQ_FAIL;
+	lapic_init(false);
+	pic_disable();
+	pm_start();
+	outl(PCT_SCRATCH, 0x12345678);
+	uint32_t scratch = inl(PCT_SCRATCH);
+	volatile uint64_t *mem = (volatile uint64_t *)(PCT_MEM + 0x100);
+	*mem = 0x1122334455667788ULL;
+	uint64_t memv = *mem;
+	outl(PCT_FLUSH, (uint32_t)(uintptr_t)&pct_flush_probe);
+	uint32_t flushed = pct_flush_probe;
+	pct_flush_probe = flushed + 1; /* the page is writable again */
+
+	set_handler(VEC_PCT_EDGE, pct_edge_isr);
+	ioapic_route(PCT_EDGE_GSI, VEC_PCT_EDGE, lapic_id(), 1 | 1 << 2); /* active high, edge */
+	uint32_t n = (uint32_t)cmdline_u64("n", 20), edges_ok = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		outb(PCT_IRQ + PCT_EDGE_GSI, 1);
+		if (wait_count(&pct_edges, i + 1, 2000))
+			edges_ok++;
+		outb(PCT_IRQ + PCT_EDGE_GSI, 0);
+	}
+	cli();
+	ioapic_mask(PCT_EDGE_GSI);
+
+	set_handler(VEC_PCT_LEVEL, pct_level_isr);
+	ioapic_route(PCT_LEVEL_GSI, VEC_PCT_LEVEL, lapic_id(), 1 | 3 << 2); /* active high, level */
+	outb(PCT_IRQ + PCT_LEVEL_GSI, 1);
+	wait_count(&pct_levels, 3, 2000);
+	wait_us(20000); /* nothing more may come once the line is low */
+	cli();
+	ioapic_mask(PCT_LEVEL_GSI);
+	printf("pctestdev: scratch=%#x mem=%#lx flush=%#x edges=%u edges_ok=%u n=%u levels=%u\n", scratch, memv,
+	       flushed, pct_edges, edges_ok, n, pct_levels);
+	return scratch == 0x12345678 && memv == 0x1122334455667788ULL && flushed == 0x5a5a1234 && edges_ok == n &&
+			       pct_edges == n && pct_levels == 3
+		       ? IRQ_OK
+		       : IRQ_FAIL;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(void);
 } tests[] = {
 	{"bench", t_bench},
 	{"pit", t_pit}, {"pic", t_pic}, {"level", t_level}, {"msi", t_msi}, {"serial", t_serial}, {"calib", t_calib},
-	{"resample", t_resample},
+	{"resample", t_resample}, {"pctestdev", t_pctestdev},
 };
 
 int main(void)
