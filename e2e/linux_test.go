@@ -79,6 +79,23 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 	}
 }
 
+// linuxGuest returns Debian's cloud kernel and the busybox initramfs of
+// internal/linuxguest, for the tests that need hardware virtualization
+// semantics (nested KVM where the machine's KVM is kvm_pvm).
+func linuxGuest(t *testing.T) (kernel, initrd string) {
+	t.Helper()
+	kvmtest.NeedHardware(t)
+	kernel = os.Getenv(linuxKernelEnv)
+	if kernel == "" {
+		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
+	}
+	initrd = filepath.Join(t.TempDir(), "initrd.cpio")
+	if err := linuxguest.WriteInitramfs(initrd); err != nil {
+		t.Fatal(err)
+	}
+	return kernel, initrd
+}
+
 // TestLinuxUserspace boots Debian's cloud kernel with a busybox initramfs
 // to its init, which prints the token from the kernel command line and the
 // CPUs the kernel brought up, then powers off: on KVM and on mshvsim, with
@@ -86,15 +103,7 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 // It needs hardware virtualization semantics: on the software kvm_pvm
 // backend Linux never reaches init, so there it runs on nested KVM only.
 func TestLinuxUserspace(t *testing.T) {
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
-	if err := linuxguest.WriteInitramfs(initrd); err != nil {
-		t.Fatal(err)
-	}
+	kernel, initrd := linuxGuest(t)
 	cpus := []int{2}
 	if s := os.Getenv("GOVMM_LINUX_CPUS"); s != "" {
 		cpus = nil
@@ -191,17 +200,9 @@ func normalizeLog(s string) string {
 // reason), and on a clocksource other than the accelerator's paravirtual
 // clock.
 func TestLinuxBootLog(t *testing.T) {
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
+	kernel, initrd := linuxGuest(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatal("qemu-system-x86_64 is the baseline of this test (.ci/run installs it): ", err)
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
-	if err := linuxguest.WriteInitramfs(initrd); err != nil {
-		t.Fatal(err)
 	}
 	boot := func(t *testing.T, b linuxguest.Boot) linuxguest.Result {
 		t.Helper()
@@ -292,15 +293,7 @@ const linuxTicks = 8 // ticks before the guest powers off
 
 func newTickingLinux(t *testing.T) tickingLinux {
 	t.Helper()
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
-	if err := linuxguest.WriteInitramfs(initrd); err != nil {
-		t.Fatal(err)
-	}
+	kernel, initrd := linuxGuest(t)
 	return tickingLinux{kernel, initrd}
 }
 
@@ -424,14 +417,7 @@ func TestLinuxLiveMigration(t *testing.T) {
 			s := g.start(t, m.src, m.cpu, sock, migrateAt)
 			d := start(t, append(append([]string{"migrate", "receive"}, m.dst...), "--listen", "unix:"+mig)...)
 			waitPath(t, mig)
-			r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
-			if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") {
-				t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
-			}
-			t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))
-			if code := s.exit(30 * time.Second); code != 0 {
-				t.Fatalf("source after migration: exit %d:\n%s", code, s.output())
-			}
+			migrateLive(t, sock, mig, s, d)
 			// The source may have ticked past migrateAt while memory was
 			// copied; the destination goes on from the source's last tick.
 			last := migrateAt

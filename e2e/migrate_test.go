@@ -127,6 +127,20 @@ func verify(t *testing.T, p *proc) {
 	}
 }
 
+// migrateLive sends the VM behind the control socket sock (process s) to
+// the destination d listening at mig, and expects the source to end.
+func migrateLive(t *testing.T, sock, mig string, s, d *proc) {
+	t.Helper()
+	r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") {
+		t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
+	}
+	t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))
+	if code := s.exit(30 * time.Second); code != 0 {
+		t.Fatalf("source after migration: exit %d:\n%s", code, s.output())
+	}
+}
+
 // TestLiveMigration moves a guest that keeps writing memory between two
 // govmm processes, on each accelerator and across them; the guest then
 // checks every page it wrote against its own counters.
@@ -140,14 +154,7 @@ func TestLiveMigration(t *testing.T) {
 				s := memwriter(t, src, sock)
 				d := start(t, append(append([]string{"migrate", "receive"}, dst...), "--listen", "unix:"+mig)...)
 				waitPath(t, mig)
-				r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
-				if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") {
-					t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
-				}
-				t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))
-				if code := s.exit(30 * time.Second); code != 0 {
-					t.Fatalf("source after migration: exit %d:\n%s", code, s.output())
-				}
+				migrateLive(t, sock, mig, s, d)
 				verify(t, d)
 			})
 		}
