@@ -5,56 +5,11 @@
  * its findings on COM1 and leaves through the debug-exit port with 0x10 on
  * success (process exit status 33) or 0x11 on failure (status 35).
  */
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
+#include "../mini/serial.h"
 
-#define COM1 0x3f8
-#define DEBUG_EXIT 0xf4
 #define MSR_EFER 0xc0000080u
 
 extern u64 entry_rsp;
-
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port)
-{
-	u8 v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static void putc(char c)
-{
-	/* Wait for THRE, but never forever: a UART that never drains must not hang us. */
-	for (int i = 0; i < 1000 && !(inb(COM1 + 5) & 0x20); i++)
-		;
-	outb(COM1, (u8)c);
-}
-
-static void puts(const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '\n')
-			putc('\r');
-		putc(*s);
-	}
-}
-
-static void puthex(u64 v)
-{
-	char buf[19];
-	int i = 18;
-	buf[i] = 0;
-	do {
-		buf[--i] = "0123456789abcdef"[v & 15];
-		v >>= 4;
-	} while (v);
-	buf[--i] = 'x';
-	buf[--i] = '0';
-	puts(&buf[i]);
-}
 
 static u64 rdmsr(u32 msr)
 {

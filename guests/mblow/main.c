@@ -18,13 +18,8 @@
  * its first 4 KiB. It leaves through the debug-exit port with 0x10 on
  * success (process exit status 33) or 0x11 on failure (status 35).
  */
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+#include "../mini/serial.h"
 
-#define COM1 0x3f8
-#define DEBUG_EXIT 0xf4
 #define MB_MAGIC 0x2BADB002u
 
 extern char __image_start[], __image_end[];
@@ -33,46 +28,6 @@ extern u32 entry_esp, bad_stack;
 /* Makes the bss reach past 0x20000. */
 static u32 pad[0x20000 / 4];
 static int failed;
-
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port)
-{
-	u8 v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
-
-static void putc(char c)
-{
-	/* Wait for THRE, but never forever. */
-	for (int i = 0; i < 1000 && !(inb(COM1 + 5) & 0x20); i++)
-		;
-	outb(COM1, (u8)c);
-}
-
-static void puts(const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '\n')
-			putc('\r');
-		putc(*s);
-	}
-}
-
-static void puthex(u32 v)
-{
-	char buf[11];
-	int i = 10;
-	buf[i] = 0;
-	do {
-		buf[--i] = "0123456789abcdef"[v & 15];
-		v >>= 4;
-	} while (v);
-	buf[--i] = 'x';
-	buf[--i] = '0';
-	puts(&buf[i]);
-}
 
 static void putdec(u32 v)
 {
