@@ -1,0 +1,309 @@
+// Command linuxboot measures the time to a usable Linux (issue #12, item
+// 6), govmm against QEMU. The other benchmarks run bare-metal guests that
+// exit at once; a sandbox's user waits for Linux, whose boot goes through
+// everything a VMM offers (the loader, PIT and TSC calibration, ACPI, the
+// UART, SMP bring-up, power-off), so this is the number a user sees.
+//
+// Debian's cloud kernel (the one .ci/run caches) boots with a tiny
+// initramfs, a static busybox and an /init that prints one marker line and
+// powers off, under four VMMs: govmm on KVM, govmm on mshvsim, and
+// qemu-system-x86_64 -accel kvm with -M pc (SeaBIOS) and -M microvm
+// (qboot), all with the same kernel, initrd, command line, memory and
+// vCPUs, interleaved per repetition. For each boot it takes the time from
+// process start to the marker line on the serial console (streamed, not
+// read at exit) and to the process's exit after the guest's poweroff, and
+// reports medians, minima, failures, and govmm's ratios to QEMU against
+// the issue's targets (at most 0.5x QEMU pc, at most 1.0x QEMU microvm).
+//
+// It also times the restore of a booted Linux guest to its next userspace
+// line: a guest whose init waits reading its console is snapshotted
+// through its control socket (the VM stops), then `govmm restore` runs and
+// gets a line on its stdin as soon as vCPU 0 enters the guest; the time
+// runs from exec to the guest's echo of it.
+//
+// Linux reaches init only where KVM has hardware semantics, so where there
+// is no such /dev/kvm (or with -nested) the benchmark builds here and runs
+// itself inside a nested-KVM VM (L1), QEMU included. A boot that fails
+// (about 1 in 8 fail on that substrate, see the README) is recorded and
+// counted, and the run goes on; an L1 that dies is replaced by a fresh one
+// that goes on from the repetition it was in.
+//
+//	go run ./bench/linuxboot [-runs 5] [-cpus 1,2] [-no-restore] [-nested]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"govmm/bench/internal/host"
+	"govmm/internal/initramfs"
+	"govmm/internal/linuxguest"
+	"govmm/internal/nested"
+)
+
+// config is what every boot shares.
+type config struct {
+	govmm, qemu     string
+	kernel, initrd  string
+	tmp             string
+	pcOpts, microvm string // options for QEMU's -M pc and -M microvm
+	runs, from      int
+	cpus            []int
+	timeout         time.Duration
+	restore, noQEMU bool
+	emit            func(result)
+}
+
+// The guest's command line (the same for every VMM). quiet: the kernel's
+// log would otherwise cost one exit per character, which measures the
+// UART more than the boot. Words with "=" the kernel does not know
+// become init's environment: linuxboot=wait selects the restore guest.
+const cmdline = "console=ttyS0 panic=-1 quiet"
+
+// initScript is the guest's /init: the marker first, before anything
+// else runs.
+const initScript = `#!/bin/busybox sh
+echo "linuxboot: init"
+if [ "$linuxboot" = wait ]; then
+	/bin/busybox stty -echo
+	echo "linuxboot: waiting"
+	while read l; do echo "linuxboot: read $l"; done
+fi
+/bin/busybox poweroff -f
+`
+
+const memory = "512" // MiB, every VMM
+
+func main() {
+	runs := flag.Int("runs", 5, "repetitions (medians are reported)")
+	cpuList := flag.String("cpus", "1,2", "vCPU counts")
+	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
+	timeout := flag.Duration("timeout", 2*time.Minute, "bound on one boot (a boot on nested KVM takes 5-15 s; one that fails hangs)")
+	noRestore := flag.Bool("no-restore", false, "leave out the restore of a booted guest")
+	noQEMU := flag.Bool("no-qemu", false, "leave QEMU out")
+	pcOpts := flag.String("pc", "", "options for QEMU's -M pc, e.g. kernel-irqchip=split")
+	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
+	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
+	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
+	from := flag.Int("from", 0, "first repetition of the boots (a fresh L1 goes on from there; -from N -runs N: only the restores)")
+	flag.Parse()
+
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, kernel: *kernel}
+	for _, f := range strings.Split(*cpuList, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			fail("bad -cpus %q", *cpuList)
+		}
+		cfg.cpus = append(cfg.cpus, n)
+	}
+	if cfg.kernel == "" {
+		cfg.kernel = nested.LinuxKernel()
+	}
+	if cfg.kernel == "" {
+		fail("no kernel: run .ci/run once, or pass -kernel")
+	}
+	if !*noQEMU {
+		q, err := host.EnsureQEMU()
+		if err != nil {
+			fail("%v", err)
+		}
+		cfg.qemu = q
+	}
+
+	if *prebuilt != "" {
+		// Inside L1: print result lines for the benchmark outside.
+		cfg.tmp = *prebuilt
+		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
+		cfg.emit = func(r result) { fmt.Println(r) }
+		cfg.emit(result{Kind: "substrate", Note: host.Substrate()})
+		measure(cfg)
+		return
+	}
+
+	tmp, err := os.MkdirTemp("", "govmm-linuxboot-")
+	if err != nil {
+		fail("%v", err)
+	}
+	defer os.RemoveAll(tmp)
+	cfg.tmp = tmp
+	if err := build(cfg); err != nil {
+		fail("%v", err)
+	}
+	command := strings.TrimSpace("go run ./bench/linuxboot " + strings.Join(os.Args[1:], " "))
+	begin := time.Now()
+	c := newCollector()
+	c.lastDone = cfg.from - 1
+	deaths := 0
+	if os.Getenv(nested.InL1Env) != "1" && (*forceNested || !nested.HardwareKVM()) {
+		deaths, err = inL1(cfg, c)
+	} else {
+		cfg.emit = c.add
+		c.add(result{Kind: "substrate", Note: host.Substrate()})
+		measure(cfg)
+	}
+	report(c, cfg, command, time.Since(begin), deaths)
+	if err != nil {
+		fail("%v", err)
+	}
+}
+
+func fail(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "linuxboot: "+format+"\n", a...)
+	os.Exit(1)
+}
+
+// build writes a static govmm and the guest's initramfs into cfg.tmp.
+func build(cfg *config) error {
+	_, file, _, _ := runtime.Caller(0)
+	cfg.govmm = filepath.Join(cfg.tmp, "govmm")
+	c := exec.Command("go", "build", "-o", cfg.govmm, "./cmd/govmm")
+	c.Dir = filepath.Dir(filepath.Dir(filepath.Dir(file)))
+	c.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the README builds it
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("build govmm: %v\n%s", err, out)
+	}
+	bb, err := linuxguest.Busybox()
+	if err != nil {
+		return err
+	}
+	a := initramfs.New()
+	if err := a.File("/bin/busybox", bb); err != nil {
+		return err
+	}
+	a.Bytes("/init", 0o755, []byte(initScript))
+	cfg.initrd = filepath.Join(cfg.tmp, "initrd.cpio")
+	return a.WriteFile(cfg.initrd)
+}
+
+// inL1 runs the benchmark in nested-KVM VMs and collects its result
+// lines: when L1 dies, a fresh one goes on from the repetition that was
+// running (at most three times). It returns how many L1s died.
+func inL1(cfg *config, c *collector) (int, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	fmt.Fprintln(os.Stderr, "linuxboot: no hardware-semantics /dev/kvm here (or -nested): running in a nested-KVM VM; waiting for its lock")
+	// Hold the machine-wide lock throughout: a fresh L1 after one that
+	// died comes before anyone else's.
+	release, err := nested.Lock()
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	var programs []string
+	if !cfg.noQEMU {
+		programs = []string{"qemu-system-x86_64"}
+	}
+	for deaths := 0; ; deaths++ {
+		args := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
+			"-from", strconv.Itoa(c.nextRep()), "-cpus", joinInts(cfg.cpus), "-timeout", cfg.timeout.String()}
+		if !cfg.restore {
+			args = append(args, "-no-restore")
+		}
+		if cfg.noQEMU {
+			args = append(args, "-no-qemu")
+		}
+		args = append(args, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
+		res, err := nested.Run(context.Background(), nested.Config{
+			Command:  args,
+			Dir:      "/tmp",
+			Files:    []string{self, cfg.tmp, cfg.kernel},
+			Programs: programs,
+			MemoryMB: 3072,
+			Timeout:  3 * time.Hour,
+			// Every boot prints a line within its timeout: longer silence
+			// is an L1 that froze.
+			IdleTimeout: cfg.timeout + 2*time.Minute,
+			Output:      c,
+		})
+		if err == nil {
+			if res.ExitCode != 0 {
+				return deaths, fmt.Errorf("the run in L1 exited with status %d", res.ExitCode)
+			}
+			return deaths, nil
+		}
+		msg := err.Error()
+		if e, ok := err.(*nested.Error); ok {
+			msg = e.Reason + "\n--- L1 kernel log (end):\n" + lastLines(e.ConsoleLog, 15)
+		}
+		fmt.Fprintf(os.Stderr, "linuxboot: L1 died: %s\n", msg)
+		if deaths == 3 {
+			return deaths + 1, fmt.Errorf("L1 died %d times; the report has what was measured", deaths+1)
+		}
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(s, "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+// collector keeps the results, the first of each measurement, and passes
+// every other line of L1's output on to stderr as progress.
+type collector struct {
+	results   []result
+	seen      map[string]bool
+	substrate string
+	lastDone  int // the last repetition that finished, -1 before any
+	partial   []byte
+}
+
+func newCollector() *collector { return &collector{seen: map[string]bool{}, lastDone: -1} }
+
+func (c *collector) nextRep() int { return c.lastDone + 1 }
+
+func (c *collector) add(r result) {
+	switch {
+	case r.Kind == "substrate":
+		c.substrate = r.Note
+	case r.Kind == "done":
+		c.lastDone = max(c.lastDone, r.Rep)
+	case !c.seen[r.key()]:
+		c.seen[r.key()] = true
+		c.results = append(c.results, r)
+		status := fmt.Sprintf("init %.0f ms, exit %.0f ms", r.InitMS, r.ExitMS)
+		if r.Kind == "restore" {
+			status = fmt.Sprintf("next line %.0f ms", r.InitMS)
+		}
+		if r.failed() {
+			status = "FAILED: " + r.Note
+		}
+		fmt.Fprintf(os.Stderr, "linuxboot: %s %s, %d vCPU, run %d: %s\n", r.Kind, r.VMM, r.CPUs, r.Rep+1, status)
+	}
+}
+
+// Write takes L1's output, a line at a time.
+func (c *collector) Write(p []byte) (int, error) {
+	c.partial = append(c.partial, p...)
+	for {
+		i := strings.IndexByte(string(c.partial), '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := string(c.partial[:i+1])
+		c.partial = c.partial[i+1:]
+		if r, ok := parseResult(line); ok {
+			c.add(r)
+		} else {
+			io.WriteString(os.Stderr, line)
+		}
+	}
+}
