@@ -449,3 +449,32 @@ func TestIRQPCTestdev(t *testing.T) {
 		}
 	})
 }
+
+// TestSerialInputAtRestore: input already waiting on stdin when a restore
+// starts reaches the guest. The UART raises its interrupt as soon as the
+// input arrives, so govmm must hold it until the vCPUs exist with their
+// LAPICs: an MSI sent before then is lost (KVM_SIGNAL_MSI fails, MSHV
+// rejects it) and the guest would wait forever.
+func TestSerialInputAtRestore(t *testing.T) {
+	guest := guestPath(t, "irq")
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			dir := t.TempDir()
+			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			args := append([]string{"run", "--test-devices"}, acc...)
+			p := start(t, append(args, "--kernel", guest, "--cmdline", "irqtest=serial", "--api-socket", sock)...)
+			p.waitFor("serial: ready", time.Minute)
+			if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+			}
+			p.exit(30 * time.Second)
+			r := govmmInput(t, "hello restore\n", append(append([]string{"restore"}, acc...), "--snapshot="+snap)...)
+			if r.Code != irqOK {
+				t.Fatalf("restored serial guest: want exit %d\n%s", irqOK, r)
+			}
+			if m := fields(t, r.Stdout, "serial", "got="); m["got"] != "hello restore" {
+				t.Fatalf("restored guest read %v", m)
+			}
+		})
+	}
+}

@@ -180,7 +180,18 @@ func (e *InputError) Error() string { return e.Err.Error() }
 func (e *InputError) Unwrap() error { return e.Err }
 
 // SerialInput feeds host input to the guest's serial port.
-func (v *VM) SerialInput(p []byte) { v.plat.uart.Input(p) }
+// Input that arrives before the guest runs (a restore, a migration's
+// destination) waits until every vCPU exists with its state: the UART's
+// interrupt would otherwise reach no LAPIC and be lost. Input after the VM
+// stopped is dropped.
+func (v *VM) SerialInput(p []byte) {
+	select {
+	case <-v.running:
+	case <-v.stopped:
+		return
+	}
+	v.plat.uart.Input(p)
+}
 
 // CopySerialInput copies r to the guest's serial port until r ends.
 func (v *VM) CopySerialInput(r io.Reader) {

@@ -94,6 +94,10 @@ type VM struct {
 
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// running is closed once every vCPU exists with its state, just
+	// before the guest runs: input that raises an interrupt waits for it,
+	// because an MSI sent before the LAPICs exist is lost.
+	running chan struct{}
 	result   Result
 
 	restore *Restored  // non-nil when the VM starts from a snapshot
@@ -210,7 +214,7 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 	if cfg.Serial == nil {
 		cfg.Serial = io.Discard
 	}
-	v := &VM{cfg: cfg, log: cfg.Log, mem: mem, stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Log, mem: mem, stopped: make(chan struct{}), running: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -321,6 +325,7 @@ func (v *VM) Run() Result {
 		}
 	}
 	close(start)
+	close(v.running)
 	if !v.cfg.Epoch.IsZero() {
 		v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
 	}
