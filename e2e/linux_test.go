@@ -22,7 +22,7 @@ import (
 // kernel's own decompressor takes minutes and the kernel stops soon after
 // its first lines (see shared/reference/host-kvm.md): there, reaching the
 // banner proves the loader, the entry state and the serial port. On
-// hardware semantics TestLinuxUserspace goes all the way to init.
+// hardware semantics TestLinuxBootLog goes all the way to init.
 func TestLinuxSmoke(t *testing.T) {
 	kvmtest.Need(t)
 	kernel := os.Getenv(linuxKernelEnv)
@@ -96,40 +96,6 @@ func linuxGuest(t *testing.T) (kernel, initrd string) {
 	return kernel, initrd
 }
 
-// TestLinuxUserspace boots Debian's cloud kernel with a busybox initramfs
-// to its init, which prints the token from the kernel command line and the
-// CPUs the kernel brought up, then powers off: on KVM and on mshvsim, with
-// 2 vCPUs (GOVMM_LINUX_CPUS=1,2,4 for more; bench/linuxsoak repeats them).
-// It needs hardware virtualization semantics: on the software kvm_pvm
-// backend Linux never reaches init, so there it runs on nested KVM only.
-func TestLinuxUserspace(t *testing.T) {
-	kernel, initrd := linuxGuest(t)
-	cpus := []int{2}
-	if s := os.Getenv("GOVMM_LINUX_CPUS"); s != "" {
-		cpus = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(f)
-			if err != nil || n < 1 {
-				t.Fatalf("GOVMM_LINUX_CPUS=%q: want a list such as 1,2,4", s)
-			}
-			cpus = append(cpus, n)
-		}
-	}
-	for _, acc := range accels(t) {
-		for _, n := range cpus {
-			t.Run(fmt.Sprintf("%s/%dcpu", accelName(acc), n), func(t *testing.T) {
-				token := fmt.Sprintf("tok-%d-%d", n, time.Now().UnixNano()%1e6)
-				res, err := linuxguest.Boot{Govmm: binary, Accel: acc, Kernel: kernel, Initrd: initrd,
-					CPUs: n, Token: token}.Run(context.Background())
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Logf("init ran after %v: token %s, %d CPUs online (%s)", res.Wall.Round(time.Millisecond), res.Token, res.CPUs, res.Online)
-			})
-		}
-	}
-}
-
 // badBootLines are kernel log lines no clean boot prints: each one names
 // something govmm presents wrongly (a missing clock, a broken timer
 // route, CPUID that does not add up, a PMU that is not there) or a kernel
@@ -194,8 +160,9 @@ func normalizeLog(s string) string {
 }
 
 // TestLinuxBootLog boots Linux to init on each accelerator and, as the
-// baseline, under QEMU -M pc on the same KVM, all with the same kernel,
-// initrd and command line. A govmm boot fails on any line of badBootLines,
+// baseline, under QEMU on the same KVM, all with the same kernel, initrd,
+// command line and vCPU count (2; GOVMM_LINUX_CPUS=1,2,4 for more). Init
+// must read its token from the command line and see every vCPU online. A govmm boot fails on any line of badBootLines,
 // on any warning the QEMU boot does not print (unless accepted, with its
 // reason), and on a clocksource other than the accelerator's paravirtual
 // clock.
@@ -206,7 +173,7 @@ func TestLinuxBootLog(t *testing.T) {
 	}
 	boot := func(t *testing.T, b linuxguest.Boot) linuxguest.Result {
 		t.Helper()
-		b.Govmm, b.Kernel, b.Initrd, b.CPUs, b.Dmesg = binary, kernel, initrd, 2, true
+		b.Govmm, b.Kernel, b.Initrd, b.Dmesg = binary, kernel, initrd, true
 		b.Token = fmt.Sprintf("log-%d", time.Now().UnixNano()%1e6)
 		res, err := b.Run(context.Background())
 		if err != nil {
@@ -224,9 +191,9 @@ func TestLinuxBootLog(t *testing.T) {
 		warns map[string]bool // normalized messages of level warning or worse
 		lines []string        // every message, for badBootLines
 	}
-	newBaseline := func(name, cpu, machine string) baseline {
-		res := boot(t, linuxguest.Boot{QEMU: machine, QEMUCPU: cpu})
-		b := baseline{name: "QEMU -cpu " + cpu + " -M " + machine, warns: map[string]bool{}}
+	newBaseline := func(cpus int, cpu, machine string) baseline {
+		res := boot(t, linuxguest.Boot{QEMU: machine, QEMUCPU: cpu, CPUs: cpus})
+		b := baseline{name: fmt.Sprintf("QEMU -cpu %s -M %s -smp %d", cpu, machine, cpus), warns: map[string]bool{}}
 		for _, l := range res.Log {
 			if l.Level <= 4 {
 				b.warns[normalizeLog(l.Text)] = true
@@ -236,51 +203,77 @@ func TestLinuxBootLog(t *testing.T) {
 		t.Logf("%s: clocksource %s, %d warnings", b.name, res.Clocksource, len(b.warns))
 		return b
 	}
-	withPV := newBaseline("pv", "host", "pc")
-	var withoutPV baseline
+	baselines := map[[2]int]baseline{} // by paravirtual (1) or not (0), and vCPU count
 	for _, acc := range accels(t) {
-		name := accelName(acc)
-		base := withPV
-		if name != "kvm" {
-			if withoutPV.warns == nil {
-				withoutPV = newBaseline("nopv", "host,kvm=off", "pc,kernel-irqchip=split")
+		for _, n := range linuxCPUs(t) {
+			name := accelName(acc)
+			key := [2]int{0, n}
+			if name == "kvm" {
+				key[0] = 1
 			}
-			base = withoutPV
-		}
-		t.Run(name, func(t *testing.T) {
-			res := boot(t, linuxguest.Boot{Accel: acc})
-			for _, l := range res.Log {
-				for _, bad := range badBootLines {
-					if !strings.Contains(l.Text, bad) {
+			base, ok := baselines[key]
+			if !ok {
+				if key[0] == 1 {
+					base = newBaseline(n, "host", "pc")
+				} else {
+					base = newBaseline(n, "host,kvm=off", "pc,kernel-irqchip=split")
+				}
+				baselines[key] = base
+			}
+			t.Run(fmt.Sprintf("%s/%dcpu", name, n), func(t *testing.T) {
+				res := boot(t, linuxguest.Boot{Accel: acc, CPUs: n})
+				for _, l := range res.Log {
+					for _, bad := range badBootLines {
+						if !strings.Contains(l.Text, bad) {
+							continue
+						}
+						if slices.ContainsFunc(base.lines, func(s string) bool { return strings.Contains(s, bad) }) {
+							t.Logf("kernel log: %s (%s prints it too: the substrate)", l.Text, base.name)
+						} else {
+							t.Errorf("kernel log: %s", l.Text)
+						}
+					}
+					if l.Level > 4 {
 						continue
 					}
-					if slices.ContainsFunc(base.lines, func(s string) bool { return strings.Contains(s, bad) }) {
-						t.Logf("kernel log: %s (%s prints it too: the substrate)", l.Text, base.name)
-					} else {
-						t.Errorf("kernel log: %s", l.Text)
+					n := normalizeLog(l.Text)
+					if reason, ok := acceptedBootDifferences[n]; ok {
+						t.Logf("accepted warning %q: %s", l.Text, reason)
+					} else if !base.warns[n] {
+						t.Errorf("warning %s does not print: <%d> %s", base.name, l.Level, l.Text)
 					}
 				}
-				if l.Level > 4 {
-					continue
+				want := wantClocksource[name]
+				if res.Clocksource != want {
+					if reason, ok := acceptedClocksource[name]; ok {
+						t.Logf("clocksource %s, not %s (accepted: %s)", res.Clocksource, want, reason)
+					} else {
+						t.Errorf("clocksource %s, want %s", res.Clocksource, want)
+					}
 				}
-				n := normalizeLog(l.Text)
-				if reason, ok := acceptedBootDifferences[n]; ok {
-					t.Logf("accepted warning %q: %s", l.Text, reason)
-				} else if !base.warns[n] {
-					t.Errorf("warning %s does not print: <%d> %s", base.name, l.Level, l.Text)
-				}
-			}
-			want := wantClocksource[name]
-			if res.Clocksource != want {
-				if reason, ok := acceptedClocksource[name]; ok {
-					t.Logf("clocksource %s, not %s (accepted: %s)", res.Clocksource, want, reason)
-				} else {
-					t.Errorf("clocksource %s, want %s", res.Clocksource, want)
-				}
-			}
-			t.Logf("clocksource %s; init after %v", res.Clocksource, res.Wall.Round(time.Millisecond))
-		})
+				t.Logf("init after %v: token %s, %d CPUs online (%s), clocksource %s",
+					res.Wall.Round(time.Millisecond), res.Token, res.CPUs, res.Online, res.Clocksource)
+			})
+		}
 	}
+}
+
+// linuxCPUs is the vCPU counts TestLinuxBootLog boots with: 2, or the list
+// in GOVMM_LINUX_CPUS (1,2,4; bench/linuxsoak repeats them).
+func linuxCPUs(t *testing.T) []int {
+	s := os.Getenv("GOVMM_LINUX_CPUS")
+	if s == "" {
+		return []int{2}
+	}
+	var cpus []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			t.Fatalf("GOVMM_LINUX_CPUS=%q: want a list such as 1,2,4", s)
+		}
+		cpus = append(cpus, n)
+	}
+	return cpus
 }
 
 // tickingLinux is a running Linux guest whose init prints a tick and a
