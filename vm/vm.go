@@ -98,7 +98,7 @@ type VM struct {
 	// before the guest runs: input that raises an interrupt waits for it,
 	// because an MSI sent before the LAPICs exist is lost.
 	running chan struct{}
-	result   Result
+	result  Result
 
 	restore *Restored  // non-nil when the VM starts from a snapshot
 	pauseMu sync.Mutex // guards vcpus

@@ -45,7 +45,6 @@ import (
 	"time"
 
 	"govmm/bench/internal/host"
-	"govmm/internal/initramfs"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
 )
@@ -171,17 +170,8 @@ func build(cfg *config) error {
 	if out, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("build govmm: %v\n%s", err, out)
 	}
-	bb, err := linuxguest.Busybox()
-	if err != nil {
-		return err
-	}
-	a := initramfs.New()
-	if err := a.File("/bin/busybox", bb); err != nil {
-		return err
-	}
-	a.Bytes("/init", 0o755, []byte(initScript))
 	cfg.initrd = filepath.Join(cfg.tmp, "initrd.cpio")
-	return a.WriteFile(cfg.initrd)
+	return linuxguest.WriteInitramfsWith(cfg.initrd, initScript)
 }
 
 // inL1 runs the benchmark in nested-KVM VMs and collects its result

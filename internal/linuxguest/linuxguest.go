@@ -86,7 +86,11 @@ func TickSum(n int) int64 {
 }
 
 // WriteInitramfs writes the guest's initramfs to path.
-func WriteInitramfs(path string) error {
+func WriteInitramfs(path string) error { return WriteInitramfsWith(path, initScript) }
+
+// WriteInitramfsWith writes an initramfs with a static busybox and init as
+// its /init (a script that calls /bin/busybox by path).
+func WriteInitramfsWith(path, init string) error {
 	bb, err := Busybox()
 	if err != nil {
 		return err
@@ -95,7 +99,7 @@ func WriteInitramfs(path string) error {
 	if err := a.File("/bin/busybox", bb); err != nil {
 		return err
 	}
-	a.Bytes("/init", 0o755, []byte(initScript))
+	a.Bytes("/init", 0o755, []byte(init))
 	a.Dir("/dev")
 	return a.WriteFile(path)
 }
