@@ -377,7 +377,7 @@ func TestApplyHypervisor(t *testing.T) {
 		t.Error("-hypervisor left the bit set")
 	}
 	for _, e := range out {
-		if hypervisorLeaf(e.Function) {
+		if HypervisorLeaf(e.Function) {
 			t.Errorf("-hypervisor left leaf %#x", e.Function)
 		}
 	}

@@ -54,8 +54,9 @@ func IsKVM(entries []accel.CPUIDEntry) bool {
 	return e != nil && e.EBX == kvmSigEBX && e.ECX == kvmSigECX && e.EDX == kvmSigEDX
 }
 
-// hypervisorLeaf reports whether leaf is in the range hypervisors define.
-func hypervisorLeaf(leaf uint32) bool { return leaf>>8 == 0x400000 }
+// HypervisorLeaf reports whether leaf is in the range hypervisors define
+// (0x40000000-0x400000ff).
+func HypervisorLeaf(leaf uint32) bool { return leaf>>8 == 0x400000 }
 
 // The tables below are plain literals that the compiler lays out as
 // static data: govmm's start-up time is measured, so the package has no
@@ -398,7 +399,7 @@ func FeatureNames() []string {
 // Has reports whether f is set in entries. KVM's paravirtual features
 // count only in a table with KVM's signature.
 func (f Feature) Has(entries []accel.CPUIDEntry) bool {
-	if hypervisorLeaf(f.Leaf) && !IsKVM(entries) {
+	if HypervisorLeaf(f.Leaf) && !IsKVM(entries) {
 		return false
 	}
 	e := find(entries, f.Leaf, f.Subleaf)

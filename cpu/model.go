@@ -179,12 +179,12 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 	out := append([]accel.CPUIDEntry(nil), supported...)
 	if removed.hasName("hypervisor") || noKVM && IsKVM(out) {
 		// A guest told it runs on bare metal sees no hypervisor leaves.
-		out = slices.DeleteFunc(out, func(e accel.CPUIDEntry) bool { return hypervisorLeaf(e.Function) })
+		out = slices.DeleteFunc(out, func(e accel.CPUIDEntry) bool { return HypervisorLeaf(e.Function) })
 	}
 	kvm := IsKVM(out)
 	for i := range features {
 		f := &features[i]
-		if hypervisorLeaf(f.Leaf) && !kvm {
+		if HypervisorLeaf(f.Leaf) && !kvm {
 			continue // the same leaf means something else here
 		}
 		e := find(out, f.Leaf, f.Subleaf)

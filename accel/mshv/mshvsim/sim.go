@@ -39,6 +39,7 @@ import (
 
 	"govmm/accel"
 	"govmm/accel/kvm"
+	"govmm/cpu"
 )
 
 // Options tune the simulator.
@@ -135,7 +136,7 @@ func NewWithOptions(o Options) (*Sim, error) {
 	// Microsoft Hypervisor's: a guest on mshvsim must not find them. The
 	// real hypervisor presents its own leaves there (Hyper-V's), which
 	// the simulator does not model yet, so the range reads as empty.
-	base = slices.DeleteFunc(base, func(e accel.CPUIDEntry) bool { return e.Function>>8 == 0x400000 })
+	base = slices.DeleteFunc(base, func(e accel.CPUIDEntry) bool { return cpu.HypervisorLeaf(e.Function) })
 	return &Sim{opts: o, kvm: a, fds: map[int]any{}, nextFD: 1 << 20, nextPID: 0x1000, sysFD: 1<<20 - 1,
 		base: base, xl: newLayout(base)}, nil
 }
