@@ -203,17 +203,19 @@ func TestLinuxBootLog(t *testing.T) {
 		t.Logf("%s: clocksource %s, %d warnings", b.name, res.Clocksource, len(b.warns))
 		return b
 	}
-	baselines := map[[2]int]baseline{} // by paravirtual (1) or not (0), and vCPU count
+	type baselineKey struct {
+		paravirt bool // the accelerator offers a paravirtual clock (KVM)
+		cpus     int
+	}
+	baselines := map[baselineKey]baseline{}
+	cpus := linuxCPUs(t)
 	for _, acc := range accels(t) {
-		for _, n := range linuxCPUs(t) {
+		for _, n := range cpus {
 			name := accelName(acc)
-			key := [2]int{0, n}
-			if name == "kvm" {
-				key[0] = 1
-			}
+			key := baselineKey{paravirt: name == "kvm", cpus: n}
 			base, ok := baselines[key]
 			if !ok {
-				if key[0] == 1 {
+				if key.paravirt {
 					base = newBaseline(n, "host", "pc")
 				} else {
 					base = newBaseline(n, "host,kvm=off", "pc,kernel-irqchip=split")
