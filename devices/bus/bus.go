@@ -3,7 +3,10 @@
 // afterwards, so lookups take no lock. Accesses nobody claims read as all
 // ones and writes are dropped; they are counted and logged once per address
 // at debug level, because a guest probing for hardware is normal and must
-// never stop the VM.
+// never stop the VM. The guest chooses the addresses, so the memory of which
+// ones were logged is a fixed-size set (the oldest forgotten first) and the
+// log lines are rate-limited: a guest touching millions of distinct
+// addresses must not grow the VMM or flood its log.
 package bus
 
 import (
@@ -12,6 +15,20 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
+)
+
+// Bounds on what unclaimed accesses can make the bus keep or print. Both are
+// variables so the tests can shrink them.
+var (
+	// loggedCap is how many distinct unclaimed addresses the bus remembers
+	// having logged; a new address beyond that evicts the oldest.
+	loggedCap = 1024
+	// logBurst is how many "unclaimed access" lines the bus prints per
+	// logInterval; the rest are counted and the count is reported with the
+	// next line printed.
+	logBurst    = 64
+	logInterval = time.Second
 )
 
 // Device is something that answers accesses in its address range. offset
@@ -40,7 +57,12 @@ type Bus struct {
 	// again, and must not pay for a lock or an allocation each time.
 	lastUnclaimed atomic.Uint64
 	mu            sync.Mutex
-	logged        map[uint64]struct{}
+	logged        map[uint64]struct{} // at most loggedCap entries
+	order         []uint64            // ring of logged's keys, oldest at next
+	next          int
+	windowStart   time.Time // start of the current rate-limit window
+	windowLines   int       // lines printed in it
+	suppressed    uint64    // new addresses not printed since the last line
 	log           *slog.Logger
 }
 
@@ -107,15 +129,47 @@ func (b *Bus) logOnce(addr uint64, op string, n int) {
 	}
 	b.lastUnclaimed.Store(addr + 1)
 	b.mu.Lock()
-	if b.logged == nil {
-		b.logged = make(map[uint64]struct{})
+	if _, seen := b.logged[addr]; seen {
+		b.mu.Unlock()
+		return
 	}
-	_, seen := b.logged[addr]
-	b.logged[addr] = struct{}{}
+	b.remember(addr)
+	now := time.Now()
+	if now.Sub(b.windowStart) >= logInterval {
+		b.windowStart, b.windowLines = now, 0
+	}
+	if b.windowLines >= logBurst {
+		b.suppressed++
+		b.mu.Unlock()
+		return
+	}
+	b.windowLines++
+	suppressed := b.suppressed
+	b.suppressed = 0
 	b.mu.Unlock()
-	if !seen {
-		b.log.Debug("unclaimed access", "bus", b.name, "op", op, "addr", fmt.Sprintf("%#x", addr), "size", n)
+	if suppressed > 0 {
+		b.log.Debug("unclaimed access", "bus", b.name, "op", op, "addr", fmt.Sprintf("%#x", addr), "size", n,
+			"not_logged_before", suppressed)
+		return
 	}
+	b.log.Debug("unclaimed access", "bus", b.name, "op", op, "addr", fmt.Sprintf("%#x", addr), "size", n)
+}
+
+// remember adds addr to the set of logged addresses, evicting the oldest
+// when the set is full. b.mu is held.
+func (b *Bus) remember(addr uint64) {
+	if b.logged == nil {
+		b.logged = make(map[uint64]struct{}, loggedCap)
+		b.order = make([]uint64, 0, loggedCap)
+	}
+	if len(b.order) < loggedCap {
+		b.order = append(b.order, addr)
+	} else {
+		delete(b.logged, b.order[b.next])
+		b.order[b.next] = addr
+		b.next = (b.next + 1) % len(b.order)
+	}
+	b.logged[addr] = struct{}{}
 }
 
 // Unclaimed returns how many reads and writes hit no device.

@@ -3,6 +3,7 @@ package bus
 import (
 	"bytes"
 	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -57,5 +58,60 @@ func TestUnclaimedDoesNotAllocate(t *testing.T) {
 	b.Write(0xfeb00000, d)
 	if n := testing.AllocsPerRun(1000, func() { b.Write(0xfeb00000, d) }); n != 0 {
 		t.Fatalf("a repeated unclaimed write allocates %v times", n)
+	}
+}
+
+// A guest touching many distinct unbacked addresses must not grow the VMM:
+// the set of logged addresses stays at its cap and the heap stays flat.
+func TestUnclaimedBounded(t *testing.T) {
+	var logs bytes.Buffer
+	b := New("mmio", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	d := make([]byte, 4)
+	const n = 500_000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := uint64(0); i < n; i++ {
+		b.Read(0x1_0000_0000+i*8, d)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if r, _ := b.Unclaimed(); r != n {
+		t.Fatalf("counted %d unclaimed reads, want %d", r, n)
+	}
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 1<<20 {
+		t.Errorf("%d distinct unclaimed reads grew the heap by %d KiB", n, grew>>10)
+	}
+	b.mu.Lock()
+	kept := len(b.logged)
+	b.mu.Unlock()
+	if kept > loggedCap {
+		t.Errorf("bus remembers %d addresses, cap %d", kept, loggedCap)
+	}
+	// The log is rate-limited: one window's burst, not one line per address.
+	if lines := strings.Count(logs.String(), "unclaimed access"); lines == 0 || lines > 4*logBurst {
+		t.Errorf("%d log lines for %d distinct addresses", lines, n)
+	}
+}
+
+// Eviction: an address forgotten because the set filled is logged again,
+// and one still remembered is not.
+func TestUnclaimedEviction(t *testing.T) {
+	defer func(c, burst int) { loggedCap, logBurst = c, burst }(loggedCap, logBurst)
+	loggedCap, logBurst = 4, 1000
+	var logs bytes.Buffer
+	b := New("pio", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	d := make([]byte, 1)
+	for a := uint64(0); a < 6; a++ { // 0 and 1 are evicted by 4 and 5
+		b.Read(a, d)
+	}
+	b.Read(5, d)
+	b.Read(3, d) // remembered: not logged again
+	b.Read(0, d) // evicted: logged again
+	if got := strings.Count(logs.String(), "unclaimed access"); got != 7 {
+		t.Fatalf("%d lines, want 7:\n%s", got, logs.String())
+	}
+	if len(b.logged) != loggedCap {
+		t.Fatalf("%d remembered, want %d", len(b.logged), loggedCap)
 	}
 }
