@@ -6,6 +6,12 @@
 // holds), and the destination starts. If anything fails before the
 // destination confirms, the source resumes, so no VM is ever lost.
 //
+// The receiver treats the stream as hostile until it has checked the hello:
+// every read has a deadline (a silent peer cannot hold it forever), the
+// hello's memory size is bounded by host RAM and must equal the size the
+// receiving side expects when it names one, and a refusal is sent back to
+// the source as an acknowledgement carrying the reason.
+//
 // Wire format (all integers little endian):
 //
 //	'H' u32 len  JSON hello (format version, memory size, vCPUs)
@@ -24,8 +30,12 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"govmm/internal/unixsock"
 	"govmm/memory"
 	"govmm/snapshot"
 	"govmm/vm"
@@ -46,6 +56,9 @@ const (
 	maxHello      = 1 << 20
 	maxState      = 256 << 20
 	maxMemSize    = 4 << 40 // a hello asking for more is not a VM govmm sent
+	// DefaultFrameTimeout is how long the receiver waits for the hello, and
+	// then for any progress of the stream, before giving up on the peer.
+	DefaultFrameTimeout = 60 * time.Second
 	// Pre-copy stops iterating when fewer pages than this are dirty, or
 	// after maxRounds rounds (a guest dirtying faster than the link).
 	finalThreshold = 256
@@ -81,13 +94,23 @@ func Dial(to string) (net.Conn, error) {
 	return c, nil
 }
 
-// Listen listens on unix:PATH or tcp:HOST:PORT.
+// Listen listens on unix:PATH or tcp:HOST:PORT. A Unix socket is created
+// mode 0600 (owner only) from the start: it is bound inside a fresh 0700
+// directory next to PATH, chmod'ed there and then renamed into place, so
+// there is no moment at which another user can connect to it.
 func Listen(on string) (net.Listener, error) {
 	network, addr, err := splitAddr(on)
 	if err != nil {
 		return nil, err
 	}
-	return net.Listen(network, addr)
+	if network == "unix" {
+		return unixsock.Listen(addr)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", on, err)
+	}
+	return ln, nil
 }
 
 func splitAddr(s string) (string, string, error) {
@@ -118,6 +141,14 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 	mem := v.Memory()
 	paused := false
 	defer func() {
+		if err != nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
+			// The destination hung up: it may have said why first (a
+			// refused hello).
+			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if t, msg, rerr := readFrame(bufio.NewReader(conn), 1<<16); rerr == nil && t == msgAck && len(msg) > 0 {
+				err = fmt.Errorf("destination refused the VM: %s", msg)
+			}
+		}
 		if err != nil {
 			_ = v.StopDirtyLog()
 			if paused {
@@ -277,6 +308,42 @@ func readFrame(r *bufio.Reader, limit uint32) (byte, []byte, error) {
 	return t, b, nil
 }
 
+// readHello reads and checks the hello. It returns the hello it read (nil if
+// none) with any error, which is a *HelloError.
+func readHello(r *bufio.Reader, opts ReceiveOptions) (*Hello, error) {
+	t, b, err := readFrame(r, maxHello)
+	if err != nil {
+		return nil, &HelloError{fmt.Errorf("read migration hello: %w", err)}
+	}
+	if t != msgHello {
+		return nil, &HelloError{fmt.Errorf("migration stream starts with %q, not a hello", t)}
+	}
+	var h Hello
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, &HelloError{fmt.Errorf("migration hello: %w", err)}
+	}
+	if h.Version != Version {
+		return &h, &HelloError{fmt.Errorf("migration stream version %d, this govmm speaks %d", h.Version, Version)}
+	}
+	limit, what := uint64(maxMemSize), "the stream format's"
+	if opts.MaxMemSize != 0 {
+		limit, what = opts.MaxMemSize, "the receiver's"
+	} else if ram := hostRAM(); ram != 0 && ram < limit {
+		limit, what = ram, "this host's RAM,"
+	}
+	switch {
+	case h.MemSize == 0 || h.MemSize%pageSize != 0:
+		return &h, &HelloError{fmt.Errorf("migration hello announces %d bytes of guest memory, not a positive multiple of 4 KiB", h.MemSize)}
+	case h.MemSize > limit:
+		return &h, &HelloError{fmt.Errorf("migration hello asks for %d MiB of guest memory, more than %s limit of %d MiB", h.MemSize>>20, what, limit>>20)}
+	case opts.MemSize != 0 && h.MemSize != opts.MemSize:
+		return &h, &HelloError{fmt.Errorf("the incoming VM has %d MiB of guest memory, not the %d MiB this receiver expects (--memory): a migration cannot change the memory size", h.MemSize>>20, opts.MemSize>>20)}
+	case opts.CPUs != 0 && h.CPUs != opts.CPUs:
+		return &h, &HelloError{fmt.Errorf("the incoming VM has %d vCPUs, not the %d this receiver expects (--cpus): a migration cannot change the vCPU count", h.CPUs, opts.CPUs)}
+	}
+	return &h, nil
+}
+
 // Incoming is a received VM, not yet started: its memory and state. The
 // receiver builds the VM from them and then calls Ack, which tells the
 // source whether it may stop.
@@ -299,33 +366,97 @@ func (in *Incoming) Ack(failure error) error {
 	return w.Flush()
 }
 
-// Receive reads a migration stream from conn. Once the hello has arrived it
-// calls prepare (if not nil) for the guest memory to fill: the caller can
-// build the destination VM around that memory while pages still arrive;
-// without prepare, plain memory of the announced size is used. On error
+// ReceiveOptions bound what a receiver accepts from the stream.
+type ReceiveOptions struct {
+	// MemSize and CPUs, when not zero, are what the receiving side expects
+	// (govmm migrate receive --memory, --cpus): a hello announcing another
+	// machine is refused.
+	MemSize uint64
+	CPUs    int
+	// MaxMemSize bounds the guest memory a hello may ask for; 0 means the
+	// host's RAM.
+	MaxMemSize uint64
+	// FrameTimeout is how long the receiver waits for the whole hello and
+	// then for each read of the stream to make progress; 0 means
+	// DefaultFrameTimeout.
+	FrameTimeout time.Duration
+}
+
+// HelloError is a refusal before the destination built anything: the peer
+// sent no valid hello (it closed, stayed silent, spoke another protocol or
+// version) or announced a machine this receiver does not accept. The
+// receiver may wait for another peer.
+type HelloError struct{ Err error }
+
+func (e *HelloError) Error() string { return e.Err.Error() }
+func (e *HelloError) Unwrap() error { return e.Err }
+
+// hostRAM returns the host's physical memory in bytes (0 if unknown).
+func hostRAM() uint64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return uint64(si.Totalram) * uint64(si.Unit)
+}
+
+// deadlineReader gives every read of conn a fresh deadline once armed, so
+// that a peer that stops sending fails the stream instead of holding the
+// receiver forever.
+type deadlineReader struct {
+	conn    net.Conn
+	timeout time.Duration // 0: leave the deadline as it is
+}
+
+func (r *deadlineReader) Read(p []byte) (int, error) {
+	if r.timeout > 0 {
+		if err := r.conn.SetReadDeadline(time.Now().Add(r.timeout)); err != nil {
+			return 0, err
+		}
+	}
+	return r.conn.Read(p)
+}
+
+// Receive is ReceiveWith with default options: memory bounded by host RAM,
+// DefaultFrameTimeout.
+func Receive(conn net.Conn, prepare func(Hello) (*memory.Memory, error)) (*Incoming, error) {
+	return ReceiveWith(conn, ReceiveOptions{}, prepare)
+}
+
+// ReceiveWith reads a migration stream from conn. Once the hello has
+// arrived and passed opts it calls prepare (if not nil) for the guest
+// memory to fill: the caller can build the destination VM around that
+// memory while pages still arrive; without prepare, plain memory of the
+// announced size is used. A hello that is missing, invalid or refused is a
+// *HelloError, and the refusal's reason is sent to the source. On error
 // nothing is kept: the memory is released.
-func Receive(conn net.Conn, prepare func(Hello) (*memory.Memory, error)) (in *Incoming, err error) {
-	r := bufio.NewReaderSize(conn, 1<<20)
-	t, b, err := readFrame(r, maxHello)
+func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memory.Memory, error)) (in *Incoming, err error) {
+	timeout := opts.FrameTimeout
+	if timeout <= 0 {
+		timeout = DefaultFrameTimeout
+	}
+	dr := &deadlineReader{conn: conn}
+	r := bufio.NewReaderSize(dr, 1<<20)
+	// The whole hello within one timeout: a peer trickling bytes cannot
+	// hold the receiver either.
+	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, fmt.Errorf("migration connection: %w", err)
+	}
+	h, err := readHello(r, opts)
 	if err != nil {
-		return nil, fmt.Errorf("read migration hello: %w", err)
+		var he *HelloError
+		if errors.As(err, &he) && h != nil {
+			// A source that sent a hello hears why it was refused.
+			ack := &Incoming{conn: conn}
+			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			ack.Ack(err)
+		}
+		return nil, err
 	}
-	if t != msgHello {
-		return nil, fmt.Errorf("migration stream starts with %q, not a hello", t)
-	}
-	var h Hello
-	if err := json.Unmarshal(b, &h); err != nil {
-		return nil, fmt.Errorf("migration hello: %w", err)
-	}
-	if h.Version != Version {
-		return nil, fmt.Errorf("migration stream version %d, this govmm speaks %d", h.Version, Version)
-	}
-	if h.MemSize > maxMemSize {
-		return nil, fmt.Errorf("migration hello asks for %d GiB of guest memory (limit %d GiB)", h.MemSize>>30, uint64(maxMemSize)>>30)
-	}
+	dr.timeout = timeout
 	var mem *memory.Memory
 	if prepare != nil {
-		mem, err = prepare(h)
+		mem, err = prepare(*h)
 	} else {
 		mem, err = memory.New(h.MemSize)
 	}

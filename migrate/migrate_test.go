@@ -3,11 +3,17 @@ package migrate
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"govmm/memory"
 	"govmm/snapshot"
 )
 
@@ -119,4 +125,131 @@ func FuzzReceive(f *testing.F) {
 			in.Memory.Close()
 		}
 	})
+}
+
+// A hello announcing another machine than the receiver expects is refused
+// before anything is built, and the source hears why.
+func TestReceiveRefusesMemoryMismatch(t *testing.T) {
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	c1.SetDeadline(time.Now().Add(10 * time.Second))
+	hello := stream(64<<20, nil, nil, false)
+	errc := make(chan error, 1)
+	go func() {
+		in, err := ReceiveWith(c2, ReceiveOptions{MemSize: 32 << 20}, func(Hello) (*memory.Memory, error) {
+			t.Error("prepare called for a refused hello")
+			return nil, errors.New("no")
+		})
+		if in != nil {
+			in.Memory.Close()
+		}
+		errc <- err
+	}()
+	if _, err := c1.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 512)
+	n, _ := io.ReadAtLeast(c1, ack, 6)
+	err := <-errc
+	var he *HelloError
+	if !errors.As(err, &he) || !strings.Contains(err.Error(), "64 MiB") || !strings.Contains(err.Error(), "--memory") {
+		t.Fatalf("64 MiB hello with --memory 32M: %v", err)
+	}
+	if n < 5 || ack[0] != 'A' || !strings.Contains(string(ack[5:n]), "--memory") {
+		t.Fatalf("source was told %q", ack[:n])
+	}
+	// The vCPU count likewise.
+	c3, c4 := net.Pipe()
+	defer c3.Close()
+	go func() { c3.Write(stream(1<<20, nil, nil, false)); c3.Close() }()
+	c4.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := ReceiveWith(c4, ReceiveOptions{CPUs: 2}, nil); !errors.As(err, &he) || !strings.Contains(err.Error(), "--cpus") {
+		t.Fatalf("1-vCPU hello with --cpus 2: %v", err)
+	}
+}
+
+// A hello asking for more memory than the host has is refused.
+func TestReceiveBoundedByHostRAM(t *testing.T) {
+	ram := hostRAM()
+	if ram == 0 {
+		t.Skip("sysinfo gives no RAM size")
+	}
+	ask := (ram + 1<<30) &^ (pageSize - 1)
+	_, err := receive(t, stream(ask, nil, validState(t), true))
+	var he *HelloError
+	if !errors.As(err, &he) || !strings.Contains(err.Error(), "RAM") {
+		t.Fatalf("hello for %d MiB on a %d MiB host: %v", ask>>20, ram>>20, err)
+	}
+	c1, c2 := net.Pipe()
+	defer c2.Close()
+	go func() { c1.Write(stream(2<<20, nil, validState(t), true)); c1.Close() }()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := ReceiveWith(c2, ReceiveOptions{MaxMemSize: 1 << 20}, nil); !errors.As(err, &he) || !strings.Contains(err.Error(), "limit of 1 MiB") {
+		t.Fatalf("2 MiB hello with a 1 MiB limit: %v", err)
+	}
+}
+
+// A peer that connects and says nothing, or stops in the middle, fails the
+// receive after the frame timeout instead of holding it forever.
+func TestReceiveDeadlines(t *testing.T) {
+	opts := ReceiveOptions{FrameTimeout: 200 * time.Millisecond}
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { _, err := ReceiveWith(c2, opts, nil); done <- err }()
+	select {
+	case err := <-done:
+		var he *HelloError
+		if !errors.As(err, &he) || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("silent peer: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a silent peer holds the receiver")
+	}
+	// Silent after a valid hello: the page stream times out too.
+	c3, c4 := net.Pipe()
+	defer c3.Close()
+	defer c4.Close()
+	go func() { c3.Write(stream(1<<20, nil, nil, false)) }()
+	go func() {
+		in, err := ReceiveWith(c4, opts, nil)
+		if in != nil {
+			in.Memory.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		var he *HelloError
+		if err == nil || errors.As(err, &he) || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("peer silent after its hello: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a peer silent after its hello holds the receiver")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+// A unix: listener is 0600 whatever the umask.
+func TestListenUnixMode(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	path := filepath.Join(t.TempDir(), "mig.sock")
+	ln, err := Listen("unix:" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("migration listener mode %v under umask 0, want 0600", fi.Mode().Perm())
+	}
 }

@@ -171,6 +171,10 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 		mem.Close()
 		return nil, &InputError{Err: fmt.Errorf("guest memory is %d bytes, the saved machine had %d", mem.Size(), m.MemSize)}
 	}
+	if cfg.MemSize != 0 && cfg.MemSize != m.MemSize {
+		mem.Close()
+		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d MiB of guest memory, not %d MiB: a restore cannot change the memory size", m.MemSize>>20, cfg.MemSize>>20)}
+	}
 	if cfg.NumCPUs != 0 && cfg.NumCPUs != m.NumCPUs {
 		mem.Close()
 		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 
 	"govmm/api"
 	"govmm/memory"
@@ -20,7 +21,7 @@ func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: kvm, mshv or auto (the snapshot may come from either)")
 	fs.StringVar(&f.mshvDev, "mshv-device", mshvDevice, "with --accel mshv: the MSHV device, or \"sim\" for mshvsim (test and development tool)")
-	fs.StringVar(&f.memory, "memory", "", "expected guest memory size (refused if the saved VM differs)")
+	fs.StringVar(&f.memory, "memory", "", "expected guest memory size: a saved or incoming VM of another size is refused (not a resize)")
 	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
@@ -119,36 +120,56 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	defer cleanup()
 	ln, err := migrate.Listen(listen)
 	if err != nil {
-		return fail(exitNoAccel, "migrate receive: %v", err)
+		return fail(exitUsage, "migrate receive: --listen: %v", err)
 	}
-	conn, err := ln.Accept()
-	ln.Close()
-	if err != nil {
-		return fail(exitInternal, "migrate receive: %v", err)
+	defer ln.Close()
+	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus}
+	// Peers that send no hello this receiver accepts (a port scanner, a
+	// connection closed at once, a silent peer, another machine than
+	// --memory and --cpus say) are logged and the receiver keeps waiting for
+	// a real source; nothing was built for them. A failure after an
+	// accepted hello ends the receiver: its source resumes the VM.
+	var machine *vm.VM
+	var in *migrate.Incoming
+	var conn net.Conn
+	for {
+		conn, err = ln.Accept()
+		if err != nil {
+			return fail(exitInternal, "migrate receive: %v", err)
+		}
+		// Build the VM as soon as the hello says what it is, so that only
+		// the last pages and the state remain for the source's pause.
+		in, err = migrate.ReceiveWith(conn, opts, func(h migrate.Hello) (*memory.Memory, error) {
+			mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
+			if err != nil {
+				return nil, err
+			}
+			cfg.KernelName = "migrated from " + h.Machine.Accel
+			machine, err = vm.Prepare(cfg, h.Machine, mem)
+			if err != nil {
+				return nil, err
+			}
+			vm.WarmStateCodec()
+			return mem, nil
+		})
+		var he *migrate.HelloError
+		if errors.As(err, &he) {
+			cfg.Log.Warn("migration: refused a peer, still listening", "listen", listen, "remote", conn.RemoteAddr().String(), "err", err)
+			fmt.Fprintf(stderr, "govmm: migrate receive: refused a peer: %v (still listening on %s)\n", err, listen)
+			conn.Close()
+			continue
+		}
+		if err != nil {
+			conn.Close()
+			if machine != nil {
+				machine.Close()
+			}
+			return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+		}
+		break
 	}
 	defer conn.Close()
-	// Build the VM as soon as the hello says what it is, so that only the
-	// last pages and the state remain for the source's pause.
-	var machine *vm.VM
-	in, err := migrate.Receive(conn, func(h migrate.Hello) (*memory.Memory, error) {
-		mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
-		if err != nil {
-			return nil, err
-		}
-		cfg.KernelName = "migrated from " + h.Machine.Accel
-		machine, err = vm.Prepare(cfg, h.Machine, mem)
-		if err != nil {
-			return nil, err
-		}
-		vm.WarmStateCodec()
-		return mem, nil
-	})
-	if err != nil {
-		if machine != nil {
-			machine.Close()
-		}
-		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
-	}
+	ln.Close()
 	defer machine.Close()
 	r, err := vm.ParseState(in.State)
 	if err == nil {
