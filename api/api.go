@@ -2,6 +2,12 @@
 // the VM's process (mode 0600) through which the `govmm
 // pause|resume|info|snapshot|migrate` commands drive that VM.
 //
+// Whoever can use the socket controls the VM (it can pause it, or snapshot
+// its memory to a file), so the server admits only its own user and root
+// (SO_PEERCRED, on top of the socket's mode, which is 0600 from the moment
+// it exists), and serves at most MaxConns connections at a time: a local
+// process opening idle connections cannot grow the VMM.
+//
 // The protocol is one request per connection, in lines: the client sends a
 // JSON request line ({"op":"snapshot","snapshot":{"dir":"/x"}}); the server
 // answers with any number of "progress DONE TOTAL" lines and then exactly
@@ -22,7 +28,17 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"govmm/internal/unixsock"
 )
+
+// MaxConns is how many control connections the server serves at once; one
+// more is answered with an error line and closed.
+const MaxConns = 16
+
+// peerAllowed says whether a peer's user may use the socket (a variable so
+// the tests can play a foreign user).
+var peerAllowed = unixsock.PeerAllowed
 
 // Info describes a running VM.
 type Info struct {
@@ -93,6 +109,7 @@ type Server struct {
 	// that is being written (a migration's result, sent just before the
 	// VM stops) reach its client.
 	active sync.WaitGroup
+	slots  chan struct{} // one per connection being served, MaxConns deep
 }
 
 // Listen creates the socket at path (removing a stale one) and serves t.
@@ -104,15 +121,11 @@ func Listen(path string, t Target) (*Server, error) {
 		}
 		os.Remove(path)
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	s := &Server{path: path, ln: ln, t: t}
+	s := &Server{path: path, ln: ln, t: t, slots: make(chan struct{}, MaxConns)}
 	s.wg.Add(1)
 	go s.accept()
 	return s, nil
@@ -125,12 +138,34 @@ func (s *Server) accept() {
 		if err != nil {
 			return
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			refuse(c, fmt.Sprintf("too many control connections (limit %d); try again", MaxConns))
+			continue
+		}
 		s.active.Add(1)
 		go func() {
-			defer s.active.Done()
+			defer func() { <-s.slots; s.active.Done() }()
+			if uid, err := unixsock.PeerUID(c); err != nil {
+				refuse(c, oneLine(err))
+				return
+			} else if !peerAllowed(uid) {
+				refuse(c, fmt.Sprintf("permission denied: uid %d may not control this VM (owner uid %d, or root)", uid, os.Getuid()))
+				return
+			}
 			s.serve(c)
 		}()
 	}
+}
+
+// refuse answers c with one error line, without reading its request, and
+// closes it. The write has a short deadline: a refused peer cannot hold the
+// accept loop by not reading.
+func refuse(c net.Conn, msg string) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	fmt.Fprintf(c, "error %s\n", msg)
+	c.Close()
 }
 
 // Close stops serving and removes the socket. Requests in flight get up
@@ -248,9 +283,9 @@ func (c *Client) call(req request, progress func(done, total uint64), out any) e
 	}
 	defer conn.Close()
 	b, _ := json.Marshal(req)
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
+	// A server that refuses the connection answers without reading the
+	// request, so a failed write is reported only if no answer follows.
+	_, werr := conn.Write(append(b, '\n'))
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -269,6 +304,9 @@ func (c *Client) call(req request, progress func(done, total uint64), out any) e
 		case "error":
 			return errors.New(rest)
 		}
+	}
+	if werr != nil {
+		return fmt.Errorf("control socket: %w", werr)
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("control socket: %w", err)

@@ -1,12 +1,14 @@
 package api
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 type fakeTarget struct {
@@ -113,4 +115,67 @@ func FuzzServe(f *testing.F) {
 			t.Fatalf("request %q: last answer line %q", req, last)
 		}
 	})
+}
+
+// A peer whose user is neither the VM's owner nor root is refused before
+// its request is read.
+func TestForeignPeerRefused(t *testing.T) {
+	defer func(f func(uint32) bool) { peerAllowed = f }(peerAllowed)
+	peerAllowed = func(uint32) bool { return false }
+	sock := filepath.Join(t.TempDir(), "vm.sock")
+	ft := &fakeTarget{}
+	srv, err := Listen(sock, ft)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c, _ := Dial(sock)
+	if err := c.Pause(); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("foreign peer's pause: %v", err)
+	}
+	if len(ft.calls) != 0 || ft.paused {
+		t.Fatalf("foreign peer reached the target: %v", ft.calls)
+	}
+}
+
+// Idle connections cannot pile up: beyond 16 the server answers with an
+// error and closes, and a freed slot serves again.
+func TestConnectionLimit(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "vm.sock")
+	srv, err := Listen(sock, &fakeTarget{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var idle []net.Conn
+	for i := 0; i < 16; i++ {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	if !strings.HasPrefix(line, "error too many control connections") {
+		t.Fatalf("17th connection: %q", line)
+	}
+	idle[0].Close()
+	cl, _ := Dial(sock)
+	for i := 0; ; i++ {
+		_, err := cl.Info()
+		if err == nil {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("info after a slot was freed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
