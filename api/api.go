@@ -269,8 +269,12 @@ type Client struct {
 
 // Dial returns a client for the socket at path.
 func Dial(path string) (*Client, error) {
-	if _, err := os.Stat(path); err != nil {
+	fi, err := os.Stat(path)
+	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w (is the VM running with --api-socket?)", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return nil, fmt.Errorf("control socket %s: not a socket (is the VM running with --api-socket?)", path)
 	}
 	return &Client{path: path}, nil
 }

@@ -100,7 +100,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"frobnicate"}, 64, "unknown command"},
 		{[]string{"restore", "--snapshot", "/nonexistent"}, 64, "not a govmm snapshot"},
 		{[]string{"snapshot", "--dir", "/tmp/x"}, 64, "--api-socket is required"},
-		{[]string{"migrate", "send", "--api-socket", "/nonexistent.sock", "--to", "unix:/x"}, 69, "control socket"},
+		{[]string{"migrate", "send", "--api-socket", "/nonexistent.sock", "--to", "unix:/x"}, 64, "control socket"},
+		{[]string{"pause", "--api-socket", "/nonexistent.sock"}, 64, "control socket"},
+		{[]string{"migrate", "receive", "--listen", "udp:x"}, 64, "unix:PATH or tcp:HOST:PORT"},
 	}
 	if _, err := os.Stat("/dev/mshv"); err != nil {
 		cases = append(cases, struct {

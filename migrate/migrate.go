@@ -113,6 +113,12 @@ func Listen(on string) (net.Listener, error) {
 	return ln, nil
 }
 
+// CheckAddr validates a unix:PATH or tcp:HOST:PORT address without using it.
+func CheckAddr(s string) error {
+	_, _, err := splitAddr(s)
+	return err
+}
+
 func splitAddr(s string) (string, string, error) {
 	network, addr, ok := strings.Cut(s, ":")
 	if !ok || addr == "" || (network != "unix" && network != "tcp") {

@@ -38,6 +38,15 @@ func openAccel(name, mshvDev string) (accel.Accelerator, error) {
 	}
 }
 
+// checkAccel validates an --accel name without opening anything.
+func checkAccel(name string) error {
+	switch name {
+	case "auto", "kvm", "mshv":
+		return nil
+	}
+	return fail(exitUsage, "--accel %q: want kvm, mshv or auto", name)
+}
+
 func openKVM() (accel.Accelerator, error) {
 	a, err := kvm.Open()
 	if err != nil {

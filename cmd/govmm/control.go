@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/term"
@@ -172,7 +174,9 @@ func parseControl(name string, args []string, stderr io.Writer, extra func(*flag
 	}
 	c, err := api.Dial(*sock)
 	if err != nil {
-		return nil, nil, fail(exitNoAccel, "%v", err)
+		// A path that leads to no VM is bad input, not a missing
+		// accelerator.
+		return nil, nil, fail(exitUsage, "%v", err)
 	}
 	return c, fs, nil
 }
@@ -195,9 +199,19 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if err != nil {
-		return fail(exitInternal, "%s: %v", name, err)
+		return controlError(name, err)
 	}
 	return nil
+}
+
+// controlError is the exit status of a failed control request: a socket no
+// VM serves any more (connection refused) is bad input, like a missing
+// one; anything else is the operation failing (70).
+func controlError(name string, err error) error {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return fail(exitUsage, "%s: %v (no VM serves this socket)", name, err)
+	}
+	return fail(exitInternal, "%s: %v", name, err)
 }
 
 func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
@@ -213,11 +227,16 @@ func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
 	if dir == "" {
 		return fail(exitUsage, "snapshot: --dir is required")
 	}
+	// The VM writes the snapshot, from its own working directory: a
+	// relative path means the client's.
+	if dir, err = filepath.Abs(dir); err != nil {
+		return fail(exitUsage, "snapshot: --dir: %v", err)
+	}
 	pb := newProgressBar(stdout, "snapshot")
 	res, err := c.Snapshot(api.SnapshotRequest{Dir: dir, Stop: stop}, pb.update)
 	pb.finish()
 	if err != nil {
-		return fail(exitInternal, "snapshot: %v", err)
+		return controlError("snapshot", err)
 	}
 	fmt.Fprintf(stdout, "snapshot written to %s: %d MiB of memory, %d bytes of state, VM paused %.1f ms, %.1f ms in all\n",
 		res.Dir, res.MemoryBytes>>20, res.StateBytes, res.PauseMS, res.TotalMS)

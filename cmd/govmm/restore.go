@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 
 	"govmm/api"
 	"govmm/memory"
@@ -29,24 +31,44 @@ func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	return fs
 }
 
-func (f *runFlags) restoreConfig(stdout, stderr io.Writer) (vm.Config, func(), error) {
+// checkRestore validates the flags of restore and migrate receive before
+// anything is opened.
+func (f *runFlags) checkRestore(stderr io.Writer) (*slog.Logger, uint64, error) {
 	log, err := newLogger(f.logLevel, stderr)
 	if err != nil {
-		return vm.Config{}, nil, fail(exitUsage, "%v", err)
+		return nil, 0, fail(exitUsage, "%v", err)
 	}
 	var memSize uint64
 	if f.memory != "" {
 		if memSize, err = parseSize(f.memory); err != nil {
-			return vm.Config{}, nil, fail(exitUsage, "--memory: %v", err)
+			return nil, 0, fail(exitUsage, "--memory: %v", err)
 		}
 	}
-	serialOut, closeSerial, err := openSerial(f.serial, stdout)
+	if f.cpus < 0 || f.cpus > 255 {
+		return nil, 0, fail(exitUsage, "--cpus %d: want 1 to 255", f.cpus)
+	}
+	if err := checkAccel(f.accel); err != nil {
+		return nil, 0, err
+	}
+	if err := checkSerial(f.serial); err != nil {
+		return nil, 0, err
+	}
+	if err := checkSocketPath("--api-socket", f.apiSocket); err != nil {
+		return nil, 0, err
+	}
+	return log, memSize, nil
+}
+
+// restoreConfig opens the accelerator and then the serial console (a
+// file: console is truncated only once the accelerator works).
+func (f *runFlags) restoreConfig(stdout io.Writer, log *slog.Logger, memSize uint64) (vm.Config, func(), error) {
+	acc, err := openAccel(f.accel, f.mshvDev)
 	if err != nil {
 		return vm.Config{}, nil, err
 	}
-	acc, err := openAccel(f.accel, f.mshvDev)
+	serialOut, closeSerial, err := openSerial(f.serial, stdout)
 	if err != nil {
-		closeSerial()
+		acc.Close()
 		return vm.Config{}, nil, err
 	}
 	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart}
@@ -72,6 +94,10 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if dir == "" {
 		return fail(exitUsage, "restore: --snapshot DIR is required")
 	}
+	log, memSize, err := f.checkRestore(stderr)
+	if err != nil {
+		return err
+	}
 	st, memFile, err := snapshot.ReadDir(dir)
 	if err != nil {
 		return fail(exitUsage, "restore: %v", err)
@@ -81,7 +107,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fail(exitUsage, "restore %s: %v", dir, err)
 	}
-	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
+	cfg, cleanup, err := f.restoreConfig(stdout, log, memSize)
 	if err != nil {
 		return err
 	}
@@ -113,7 +139,19 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if listen == "" {
 		return fail(exitUsage, "migrate receive: --listen is required")
 	}
-	cfg, cleanup, err := f.restoreConfig(stdout, stderr)
+	log, memSize, err := f.checkRestore(stderr)
+	if err != nil {
+		return err
+	}
+	if err := migrate.CheckAddr(listen); err != nil {
+		return fail(exitUsage, "migrate receive: --listen: %v", err)
+	}
+	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+		if err := checkSocketPath("--listen", path); err != nil {
+			return err
+		}
+	}
+	cfg, cleanup, err := f.restoreConfig(stdout, log, memSize)
 	if err != nil {
 		return err
 	}
@@ -199,11 +237,14 @@ func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {
 	if to == "" {
 		return fail(exitUsage, "migrate send: --to is required")
 	}
+	if err := migrate.CheckAddr(to); err != nil {
+		return fail(exitUsage, "migrate send: --to: %v", err)
+	}
 	pb := newProgressBar(stdout, "migrate")
 	res, err := c.Migrate(apiMigrate(to), pb.update)
 	pb.finish()
 	if err != nil {
-		return fail(exitInternal, "migrate: %v", err)
+		return controlError("migrate", err)
 	}
 	fmt.Fprintf(stdout, "migrated: total %.1f ms, downtime %.1f ms, %d bytes sent (%d pages, %d rounds)\n",
 		res.TotalMS, res.DowntimeMS, res.Bytes, res.Pages, res.Iterations)

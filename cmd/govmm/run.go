@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"govmm/api"
+	"govmm/boot"
 	"govmm/cpu"
 	"govmm/guests"
 	"govmm/vm"
@@ -85,9 +87,25 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		// pipes and scripts get its one-screen summary.
 		f.cmdline = "probe.mode=tui"
 	}
+	// Every input is checked before anything is opened, and nothing is
+	// opened destructively (the serial file is truncated) before the
+	// accelerator works: a bad file is 64 on any host, and a host without
+	// the accelerator loses nothing.
+	if err := checkAccel(f.accel); err != nil {
+		return err
+	}
+	if err := checkSerial(f.serial); err != nil {
+		return err
+	}
+	if err := checkSocketPath("--api-socket", f.apiSocket); err != nil {
+		return err
+	}
 	kernel, kernelName, err := readKernel(f.kernel)
 	if err != nil {
 		return err
+	}
+	if _, err := boot.Detect(kernel); err != nil {
+		return fail(exitUsage, "--kernel %s: %v", kernelName, err)
 	}
 	var initrd []byte
 	if f.initrd != "" {
@@ -95,17 +113,17 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return fail(exitUsage, "--initrd: %v", err)
 		}
 	}
-	serialOut, closeSerial, err := openSerial(f.serial, stdout)
-	if err != nil {
-		return err
-	}
-	defer closeSerial()
 
 	acc, err := openAccel(f.accel, f.mshvDev)
 	if err != nil {
 		return err
 	}
 	defer acc.Close()
+	serialOut, closeSerial, err := openSerial(f.serial, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeSerial()
 	supported, err := acc.SupportedCPUID()
 	if err != nil {
 		return fail(exitNoAccel, "%s: read supported CPUID: %v", acc.Name(), err)
@@ -146,8 +164,10 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	if f.apiSocket != "" {
 		srv, err := api.Listen(f.apiSocket, &controlTarget{vm: machine, accel: accelName, start: time.Now(), log: log})
 		if err != nil {
-			machine.Stop(vm.Result{Kind: vm.StopError, Status: exitInternal})
-			return fail(exitInternal, "%v", err)
+			// The path was checked up front; what remains is a socket in
+			// use by another govmm or a directory that changed: the input.
+			machine.Stop(vm.Result{Kind: vm.StopError, Status: exitUsage})
+			return fail(exitUsage, "--api-socket: %v", err)
 		}
 		defer srv.Close()
 	}
@@ -191,6 +211,46 @@ func readKernel(path string) ([]byte, string, error) {
 	return img, path, nil
 }
 
+// checkSerial validates a --serial spec without opening anything: file:PATH
+// must name a file that can be created in an existing directory.
+func checkSerial(spec string) error {
+	switch {
+	case spec == "stdio", spec == "none":
+		return nil
+	case strings.HasPrefix(spec, "file:"):
+		path := strings.TrimPrefix(spec, "file:")
+		if path == "" {
+			return fail(exitUsage, "--serial file:PATH: the path is empty")
+		}
+		if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+			return fail(exitUsage, "--serial %s: is a directory", spec)
+		}
+		if fi, err := os.Stat(filepath.Dir(path)); err != nil {
+			return fail(exitUsage, "--serial %s: %v", spec, err)
+		} else if !fi.IsDir() {
+			return fail(exitUsage, "--serial %s: %s is not a directory", spec, filepath.Dir(path))
+		}
+		return nil
+	}
+	return fail(exitUsage, "--serial %q: want stdio, file:PATH or none", spec)
+}
+
+// checkSocketPath validates a path a socket will be created at: its
+// directory must exist.
+func checkSocketPath(flagName, path string) error {
+	if path == "" {
+		return nil
+	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil {
+		return fail(exitUsage, "%s %s: %v", flagName, path, err)
+	} else if !fi.IsDir() {
+		return fail(exitUsage, "%s %s: %s is not a directory", flagName, path, filepath.Dir(path))
+	}
+	return nil
+}
+
+// openSerial opens the console's output; file:PATH is created or truncated,
+// so callers open it only once the accelerator works.
 func openSerial(spec string, stdout io.Writer) (io.Writer, func(), error) {
 	switch {
 	case spec == "stdio":
