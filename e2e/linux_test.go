@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,6 +45,8 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 		args = append(args, "--kernel", kernel, "--cpu", "host,-cx16", "--memory", "512M",
 			"--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200", "--serial", "file:"+out)
 		cmd := exec.Command(binary, args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +60,7 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 			select {
 			case err := <-exited:
 				b, _ := os.ReadFile(out)
-				t.Fatalf("govmm exited (%v) before Linux printed its banner:\n%s", err, b)
+				t.Fatalf("govmm exited (%v) before Linux printed its banner:\n%s\n--- govmm's stderr:\n%s", err, b, stderr.String())
 			case <-deadline:
 				cmd.Process.Kill()
 				b, _ := os.ReadFile(out)
@@ -120,9 +123,10 @@ var badBootLines = []string{
 // the same kernel under QEMU -M pc on the same KVM does not, each with the
 // reason it is accepted. Keys are normalized messages (see normalizeLog).
 var acceptedBootDifferences = map[string]string{
-	"PCI: Fatal: No config space access function found": "govmm has no PCI host bridge yet (issue #13): the configuration ports answer, bus 0 is empty",
-	"PCI: System does not support PCI":                  "govmm has no PCI host bridge yet (issue #13)",
-	"hrtimer: interrupt took # ns":                      "timing, not the machine: printed once when a timer interrupt ran late, which the nested substrate's slow exits cause now and then",
+	"PCI: Fatal: No config space access function found":                 "govmm has no PCI host bridge yet (issue #13): the configuration ports answer, bus 0 is empty",
+	"PCI: System does not support PCI":                                  "govmm has no PCI host bridge yet (issue #13)",
+	"hrtimer: interrupt took # ns":                                      "timing, not the machine: printed once when a timer interrupt ran late, which the nested substrate's slow exits cause now and then",
+	"APIC calibration not consistent with PM-Timer: #ms instead of #ms": "timing, not the machine: the kernel times the LAPIC timer against the PM timer over 100 ms and warns past 1%; a slow exit of the nested substrate in that window is enough",
 }
 
 // wantClocksource is the clocksource a Linux guest must pick, by
@@ -175,11 +179,7 @@ func TestLinuxBootLog(t *testing.T) {
 		t.Helper()
 		b.Govmm, b.Kernel, b.Initrd, b.Dmesg = binary, kernel, initrd, true
 		b.Token = fmt.Sprintf("log-%d", time.Now().UnixNano()%1e6)
-		res, err := b.Run(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
+		return bootRetryingStall(t, b)
 	}
 	// The baselines: QEMU's default on KVM (kvmclock, in-kernel PIT), and
 	// QEMU with no paravirtual interface and its own userspace PIT for
@@ -258,6 +258,26 @@ func TestLinuxBootLog(t *testing.T) {
 			})
 		}
 	}
+}
+
+// bootRetryingStall runs b, and once more if its console went quiet (see
+// linuxguest.ErrStalled). On this project's nested substrate a Linux guest
+// without a paravirtual clock now and then stops making progress for good:
+// QEMU's own boot with the same kernel (-cpu host,kvm=off,
+// kernel-irqchip=split) does it too, in CI runs that logged both. One
+// retry, reported in the test log, keeps that from failing a run; a boot
+// that stalls twice, or fails any other way, fails the test.
+func bootRetryingStall(t *testing.T, b linuxguest.Boot) linuxguest.Result {
+	t.Helper()
+	res, err := b.Run(context.Background())
+	if errors.Is(err, linuxguest.ErrStalled) {
+		t.Logf("RETRY after a stalled boot (the substrate; see bootRetryingStall): %v", err)
+		res, err = b.Run(context.Background())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
 
 // linuxCPUs is the vCPU counts TestLinuxBootLog boots with: 2, or the list

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -86,7 +87,16 @@ func (p *proc) exit(d time.Duration) int {
 	select {
 	case <-p.done:
 	case <-time.After(d):
-		p.t.Fatalf("%s did not end within %v:\n%s", strings.Join(p.cmd.Args, " "), d, p.output())
+		// A Go process dumps its goroutines on SIGQUIT: where the vCPU
+		// and device threads wait is what tells a hung VMM from a
+		// guest that does nothing.
+		p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
+		p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s",
+			strings.Join(p.cmd.Args, " "), d, p.output())
 	}
 	if ee, ok := p.err.(*exec.ExitError); ok {
 		return ee.ExitCode()

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"govmm/internal/initramfs"
@@ -114,6 +115,12 @@ type Boot struct {
 	Memory  string // default 512M
 	Token   string // printed back by the guest's init
 	Timeout time.Duration
+	// Stall ends a boot whose console has printed nothing for this long
+	// (default 90 s) with an error that matches ErrStalled. A boot on
+	// this project's nested substrate prints a line at least every few
+	// seconds; a guest that goes quiet for minutes has stopped making
+	// progress.
+	Stall time.Duration
 	// Cmdline is added to the kernel command line, e.g.
 	// "earlyprintk=serial,ttyS0,115200" to see a boot that dies before
 	// the console is up.
@@ -177,6 +184,36 @@ func ParseLog(console string) []LogLine {
 	return out
 }
 
+// ErrStalled is the error (through errors.Is) of a boot whose console went
+// quiet for Boot.Stall.
+var ErrStalled = errors.New("the console printed nothing")
+
+// activityWriter is a buffer that remembers when it was last written.
+type activityWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	last time.Time
+}
+
+func (w *activityWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last = time.Now()
+	return w.buf.Write(p)
+}
+
+func (w *activityWriter) quietFor() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return time.Since(w.last)
+}
+
+func (w *activityWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
 // Run boots the guest once. An error means the boot did not reach
 // userspace with the right token and CPU count, or did not power off
 // cleanly; it carries the end of the console and govmm's log.
@@ -187,8 +224,13 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	if b.Timeout == 0 {
 		b.Timeout = 5 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
+	if b.Stall == 0 {
+		b.Stall = 90 * time.Second
+	}
+	timed, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
+	ctx, stall := context.WithCancelCause(timed)
+	defer stall(nil)
 	cmdline := "console=ttyS0 panic=-1 govmm.token=" + b.Token
 	if b.Dmesg {
 		cmdline += " govmm.dmesg=1"
@@ -208,10 +250,34 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		}
 		cmd = exec.CommandContext(ctx, b.Govmm, args...)
 	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdout := &activityWriter{last: time.Now()}
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second // a killed VMM's children must not hold its pipes
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return Result{}, fmt.Errorf("start %s: %w", b.name(), err)
+	}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if q := stdout.quietFor(); q >= b.Stall {
+					stall(fmt.Errorf("%w for %v", ErrStalled, q.Round(time.Second)))
+					return
+				}
+			}
+		}
+	}()
+	err := cmd.Wait()
+	stall(nil)
+	<-watched
 	res := Result{Console: stdout.String(), Stderr: stderr.String(), Wall: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		res.Code = ee.ExitCode()
@@ -223,7 +289,11 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 			fmt.Sprintf(format, a...), b.name(), b.CPUs, res.Wall.Round(time.Millisecond),
 			tail(res.Console, 30), tail(res.Stderr, 20))
 	}
-	if ctx.Err() != nil {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrStalled) {
+		r, err := fail("%v", cause)
+		return r, &stallError{err}
+	}
+	if timed.Err() != nil {
 		return fail("no power-off within %v", b.Timeout)
 	}
 	m := userspaceLine.FindStringSubmatch(res.Console)
@@ -247,6 +317,11 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	}
 	return res, nil
 }
+
+// stallError is a failed boot whose cause was a quiet console.
+type stallError struct{ error }
+
+func (e *stallError) Is(target error) bool { return target == ErrStalled }
 
 // name says what ran the boot, for messages.
 func (b Boot) name() string {

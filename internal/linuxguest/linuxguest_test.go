@@ -1,8 +1,14 @@
 package linuxguest
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseLog(t *testing.T) {
@@ -30,5 +36,48 @@ func TestParseLog(t *testing.T) {
 	m := userspaceLine.FindStringSubmatch(console)
 	if m == nil || m[4] != "kvm-clock" {
 		t.Errorf("userspace line: %q", m)
+	}
+}
+
+// fakeVMM writes a shell script that stands in for govmm.
+func fakeVMM(t *testing.T, script string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "fake-govmm")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunStall(t *testing.T) {
+	b := Boot{Govmm: fakeVMM(t, "echo '[    0.1] Linux version 6.1.0'; exec sleep 60"), CPUs: 1, Token: "x",
+		Stall: 2 * time.Second, Timeout: time.Minute}
+	start := time.Now()
+	_, err := b.Run(context.Background())
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("a VMM that goes quiet: %v, want ErrStalled", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the stall took %v to notice", d)
+	}
+	if !strings.Contains(err.Error(), "Linux version 6.1.0") {
+		t.Fatalf("the error does not show the console: %v", err)
+	}
+}
+
+func TestRunNotAStall(t *testing.T) {
+	// Prints steadily, then ends without init's line: a failure, not a stall.
+	b := Boot{Govmm: fakeVMM(t, "for i in 1 2 3 4; do echo tick $i; sleep 0.5; done; exit 3"), CPUs: 1, Token: "x",
+		Stall: 2 * time.Second, Timeout: time.Minute}
+	_, err := b.Run(context.Background())
+	if err == nil || errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "init never printed its line: exit status 3") {
+		t.Fatalf("a VMM that prints and exits: %v", err)
+	}
+	// A timeout is not a stall either.
+	b = Boot{Govmm: fakeVMM(t, "while :; do echo tick; sleep 0.2; done"), CPUs: 1, Token: "x",
+		Stall: 10 * time.Second, Timeout: 2 * time.Second}
+	_, err = b.Run(context.Background())
+	if err == nil || errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "no power-off within 2s") {
+		t.Fatalf("a VMM that never ends: %v", err)
 	}
 }

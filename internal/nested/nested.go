@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -355,7 +356,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if res.ExitCode >= 0 {
 		return res, nil
 	}
-	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: lastLines(console, 40)}
+	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: consoleExcerpt(console)}
 	switch {
 	case idled.Load():
 		e.Reason = fmt.Sprintf("no output from L1 for %v (killed)", cfg.IdleTimeout)
@@ -548,6 +549,31 @@ func (t *tailBuffer) lastLines(n int) string { return lastN(string(t.buf), n) }
 func lastLines(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	return lastN(string(b), n)
+}
+
+// oopsMarks begin the kernel messages that say why L1 died.
+var oopsMarks = []string{"BUG:", "Oops", "general protection fault", "WARNING:", "Kernel panic", "stack guard page"}
+
+// consoleExcerpt is the end of L1's console, preceded by the first kernel
+// oops and the lines after it when the oops began before that end: the
+// first report is the cause, the last lines are often only its echo.
+func consoleExcerpt(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.ReplaceAll(strings.TrimRight(string(b), "\n"), "\r", ""), "\n")
+	const end, oops = 40, 40
+	first := -1
+	for i, l := range lines {
+		if slices.ContainsFunc(oopsMarks, func(m string) bool { return strings.Contains(l, m) }) {
+			first = i
+			break
+		}
+	}
+	if first < 0 || first >= len(lines)-end {
+		return lastN(string(b), end)
+	}
+	from := max(first-3, 0)
+	to := min(from+oops, len(lines)-end)
+	return strings.Join(lines[from:to], "\n") + "\n[...]\n" + strings.Join(lines[len(lines)-end:], "\n")
 }
 
 func lastN(s string, n int) string {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +90,30 @@ func TestRunTimeout(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || !strings.Contains(e.Reason, "did not finish within 40s") || !strings.Contains(e.OutputTail, "started") {
 		t.Fatalf("got %v, want a timeout error with the output tail", err)
+	}
+}
+
+func TestConsoleExcerptKeepsFirstOops(t *testing.T) {
+	var b strings.Builder
+	for i := 0; i < 200; i++ {
+		fmt.Fprintf(&b, "[%d] boot line\n", i)
+		if i == 50 {
+			b.WriteString("[50] BUG: stack guard page was hit at 00000000deadbeef\n")
+		}
+	}
+	path := filepath.Join(t.TempDir(), "console")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := consoleExcerpt(path)
+	if !strings.Contains(got, "BUG: stack guard page") || !strings.Contains(got, "[199] boot line") || !strings.Contains(got, "[...]") {
+		t.Fatalf("excerpt lost the first oops or the end:\n%s", got)
+	}
+	if strings.Contains(got, "[10] boot line") {
+		t.Fatalf("excerpt kept lines long before the oops:\n%s", got)
+	}
+	os.WriteFile(path, []byte("a\nb\nc\n"), 0o644)
+	if got := consoleExcerpt(path); got != "a\nb\nc" {
+		t.Fatalf("short console: %q", got)
 	}
 }
