@@ -29,8 +29,30 @@ func TestResultCounter(t *testing.T) {
 	if c.pass != 1 || c.fail != 1 || c.skip != 1 || c.running() != "TestC" {
 		t.Errorf("pass %d fail %d skip %d running %q; want 1 1 1 TestC", c.pass, c.fail, c.skip, c.running())
 	}
-	if f := c.failedTests(); len(f) != 1 || f[0] != "TestB" {
+	if f := c.failedLeaves(); len(f) != 1 || f[0] != "TestB" {
 		t.Errorf("failed tests %q, want [TestB]", f)
+	}
+}
+
+// TestFailedLeaves: a rerun selects the subtests that failed, and a
+// parent only when it failed in its own body.
+func TestFailedLeaves(t *testing.T) {
+	c := &resultCounter{}
+	c.Write([]byte("    --- FAIL: TestBoot/kvm/2cpu (1s)\n    --- FAIL: TestBoot/kvm (1s)\n" +
+		"    --- PASS: TestBoot/mshvsim (1s)\n--- FAIL: TestBoot (2s)\n--- FAIL: TestPlain (1s)\n" +
+		"\x16    --- FAIL: TestMig/a-to-b (1s)\n\x16--- FAIL: TestMig (1s)\n"))
+	got := strings.Join(c.failedLeaves(), " ")
+	if want := "TestBoot/kvm/2cpu TestPlain TestMig/a-to-b"; got != want {
+		t.Errorf("failedLeaves = %q, want %q", got, want)
+	}
+}
+
+func TestExactly(t *testing.T) {
+	if got, want := exactly("TestBoot/kvm/2cpu"), `^TestBoot$/^kvm$/^2cpu$`; got != want {
+		t.Errorf("exactly = %q, want %q", got, want)
+	}
+	if got, want := exactly("TestX/a.b+c"), `^TestX$/^a\.b\+c$`; got != want {
+		t.Errorf("exactly = %q, want %q", got, want)
 	}
 }
 
