@@ -14,6 +14,8 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"govmm/platform"
 )
 
 // The x86 physical address map govmm builds: RAM from 0 up to the MMIO hole,
@@ -237,7 +239,9 @@ func (m *Memory) WriteU64(gpa uint64, v uint64) error {
 
 // E820 describes guest RAM as e820 ranges (type 1 = usable RAM). The
 // legacy hole between 640 KiB and 1 MiB (VGA, option ROMs, BIOS) is
-// reported as reserved so that loaders never place data there.
+// reported as reserved so that loaders never place data there, and so is
+// the PCI ECAM window (platform.PCIECAMBase), which Linux accepts for
+// MMCONFIG only where firmware reserved it.
 type E820Entry struct {
 	Addr, Size uint64
 	Type       uint32
@@ -259,6 +263,7 @@ func (m *Memory) E820() []E820Entry {
 				out = append(out, E820Entry{0x9FC00, 0x100000 - 0x9FC00, E820Reserved})
 				out = append(out, E820Entry{0x100000, low - 0x100000, E820RAM})
 			}
+			out = append(out, E820Entry{platform.PCIECAMBase, platform.PCIECAMSize, E820Reserved})
 			continue
 		}
 		out = append(out, E820Entry{r.GPA, uint64(len(r.Host)), E820RAM})

@@ -56,6 +56,22 @@ const (
 	// exercise instruction emulation (see devices/testdev).
 	TestDeviceBase = 0xFEB00000
 	TestDeviceSize = 0x1000
+	// PCIMMIO32Base..PCIMMIO32End is the host bridge's 32-bit memory
+	// window, from the start of the MMIO hole (RAM below 4 GiB ends at
+	// 0xC0000000 or lower) up to the ECAM window.
+	PCIMMIO32Base = 0xC0000000
+	PCIMMIO32End  = 0xE0000000
+	// PCIECAMBase is the PCI Express enhanced configuration window
+	// (ECAM/MMCONFIG): 1 MiB per bus for buses 0..PCIECAMBusEnd. It sits
+	// between the 32-bit window and the fixed devices at 0xFEB00000 and
+	// up, and is reserved in the e820 map and by an ACPI PNP0C02 device.
+	PCIECAMBase   = 0xE0000000
+	PCIECAMBusEnd = 0xFF
+	PCIECAMSize   = (PCIECAMBusEnd + 1) << 20
+	// PCIMMIO64Size is the size of the 64-bit memory window, placed at
+	// the first 1 GiB boundary above guest RAM (and above 4 GiB).
+	PCIMMIO64Size  = 32 << 30
+	PCIMMIO64Align = 1 << 30
 )
 
 // Ports.
@@ -75,6 +91,31 @@ const (
 	PortACPIPM     = 0x600 // PM1a event (4), PM1a control (2) at +4, PM timer at +8
 	PortACPIPMSize = 0x10
 	PortACPIReset  = 0xCF9
+	// PortPCIIOWindow..PortPCIIOEnd is where the VMM places the I/O BARs
+	// of the devices it creates (the guest may move them anywhere in the
+	// bridge's I/O windows), as SeaBIOS does.
+	PortPCIIOWindow = 0xC000
+	PortPCIIOEnd    = 0x10000
+)
+
+// PCI interrupts: INTA-INTD of every slot reach the IOAPIC on GSIs
+// PCIGSIBase..PCIGSIBase+PCINumGSIs-1, level-triggered and active-low, as
+// the DSDT's _PRT says (see PCIGSI).
+const (
+	PCIGSIBase = 16
+	PCINumGSIs = 8
+)
+
+// PCIGSI is the GSI of interrupt pin (0 = INTA .. 3 = INTD) of a device in
+// slot on bus 0: the slots rotate over the eight PCI GSIs, so that
+// neighbouring devices using INTA do not share a line.
+func PCIGSI(slot, pin int) int { return PCIGSIBase + (slot+pin)%PCINumGSIs }
+
+// The PCI windows must not overlap each other or the fixed devices: these
+// conversions of negative constants would not compile.
+const (
+	_ = uint64(TestDeviceBase - (PCIECAMBase + PCIECAMSize))
+	_ = uint64(PCIECAMBase - PCIMMIO32End)
 )
 
 // GSIs of the legacy devices (ISA IRQs; IRQ0 is routed to GSI 2 through an

@@ -39,6 +39,14 @@ type Device interface {
 	Write(offset uint64, data []byte)
 }
 
+// Resolver finds the device behind an address that no fixed range claims:
+// the PCI host bridge resolves the BARs a guest placed, which move at run
+// time while the Bus's own table is fixed. Lookup is called on every such
+// access, from any vCPU, and must be safe for concurrent use.
+type Resolver interface {
+	Lookup(addr uint64) (Device, uint64, bool)
+}
+
 type entry struct {
 	base, size uint64
 	name       string
@@ -49,6 +57,8 @@ type entry struct {
 type Bus struct {
 	name    string
 	entries []entry // sorted by base, non-overlapping
+	// fallback answers what entries do not (nil: nothing does).
+	fallback Resolver
 
 	unclaimedReads  atomic.Uint64
 	unclaimedWrites atomic.Uint64
@@ -90,12 +100,20 @@ func (b *Bus) Register(base, size uint64, name string, dev Device) error {
 	return nil
 }
 
-// Lookup returns the device claiming addr and addr's offset in its range.
+// SetFallback makes r answer the addresses no registered range claims.
+// Like Register, it is called before the vCPUs start.
+func (b *Bus) SetFallback(r Resolver) { b.fallback = r }
+
+// Lookup returns the device claiming addr and addr's offset in its range:
+// a registered range first, then the fallback resolver.
 func (b *Bus) Lookup(addr uint64) (Device, uint64, bool) {
 	es := b.entries
 	i := sort.Search(len(es), func(i int) bool { return es[i].base+es[i].size > addr })
 	if i < len(es) && es[i].base <= addr {
 		return es[i].dev, addr - es[i].base, true
+	}
+	if b.fallback != nil {
+		return b.fallback.Lookup(addr)
 	}
 	return nil, 0, false
 }

@@ -115,3 +115,37 @@ func TestUnclaimedEviction(t *testing.T) {
 		t.Fatalf("%d remembered, want %d", len(b.logged), loggedCap)
 	}
 }
+
+type resolverFunc func(addr uint64) (Device, uint64, bool)
+
+func (f resolverFunc) Lookup(addr uint64) (Device, uint64, bool) { return f(addr) }
+
+// TestFallback checks that registered ranges win over the fallback, that
+// the fallback answers the rest, and that what neither claims is unclaimed.
+func TestFallback(t *testing.T) {
+	b := New("pio", nil)
+	fixed, moving := &regs{}, &regs{}
+	if err := b.Register(0x100, 0x10, "fixed", fixed); err != nil {
+		t.Fatal(err)
+	}
+	b.SetFallback(resolverFunc(func(addr uint64) (Device, uint64, bool) {
+		if addr >= 0x100 && addr < 0x200 {
+			return moving, addr - 0x100, true
+		}
+		return nil, 0, false
+	}))
+	b.Write(0x105, []byte{1})
+	b.Write(0x120, []byte{2})
+	b.Write(0x300, []byte{3})
+	if !bytes.Equal(fixed.last, []byte{1}) || !bytes.Equal(moving.last, []byte{2}) {
+		t.Fatalf("fixed %v fallback %v", fixed.last, moving.last)
+	}
+	d := make([]byte, 1)
+	b.Read(0x130, d)
+	if d[0] != 0x30 {
+		t.Fatalf("fallback read offset %#x", d[0])
+	}
+	if _, w := b.Unclaimed(); w != 1 {
+		t.Fatalf("%d unclaimed writes, want 1", w)
+	}
+}
