@@ -6,9 +6,12 @@
 // finds it), XSDT and RSDT, FADT (revision 6, not hardware-reduced: PM1a
 // blocks and PM timer at platform.PortACPIPM, SCI on IRQ9, reset register
 // 0xCF9), FACS, MADT (one local APIC per vCPU, x2APIC entries for IDs above
-// 254, the IOAPIC, the IRQ0->GSI2 and SCI overrides, LINT1 NMI) and a
-// minimal DSDT whose only object is the \_S5 package acpipm understands.
-// Every table is checked by `iasl -d` in the tests.
+// 254, the IOAPIC, the IRQ0->GSI2 and SCI overrides, LINT1 NMI), MCFG (the
+// PCI ECAM window) and a DSDT with the \_S5 package acpipm understands and
+// the PCI host bridge \_SB.PCI0 (windows, _PRT) with the motherboard
+// resource device that reserves the ECAM window. The DSDT's AML comes from
+// the small encoder in aml.go. Every table is checked by `iasl -d` in the
+// tests.
 package acpi
 
 import (
@@ -24,6 +27,24 @@ import (
 type Config struct {
 	// NumCPUs is the number of vCPUs; vCPU i has APIC ID i.
 	NumCPUs int
+	// PCI describes the PCI host bridge (nil: the machine has no PCI,
+	// and there is no MCFG and no \_SB.PCI0).
+	PCI *PCIHost
+}
+
+// PCIHost is what the MCFG table and the DSDT's \_SB.PCI0 say about the
+// PCI host bridge. End addresses are exclusive.
+type PCIHost struct {
+	// ECAMBase is the ECAM window for buses 0..BusEnd (1 MiB per bus).
+	ECAMBase uint64
+	BusEnd   uint8
+	// The memory windows the bridge forwards to bus 0 (the I/O windows
+	// are all ports but 0xCF8-0xCFF, which the bridge consumes).
+	Mem32Base, Mem32End uint64
+	Mem64Base, Mem64End uint64
+	// GSI returns the IOAPIC input of interrupt pin (0 = INTA) of slot;
+	// the _PRT lists it for every slot, level-triggered and active-low.
+	GSI func(slot, pin int) int
 }
 
 // Identification written into every table header.
@@ -92,17 +113,73 @@ func gas(b []byte, space, bitWidth, bitOffset, accessSize byte, addr uint64) []b
 	return le64(b, addr)
 }
 
-// dsdt is the minimal DSDT: Name (\_S5, Package () { SLP_TYP, SLP_TYP, 0, 0 }).
-func dsdt() []byte {
+// dsdt is the DSDT: Name (\_S5, Package () { SLP_TYP, SLP_TYP, 0, 0 })
+// for acpipm, and the PCI host bridge when there is one.
+func dsdt(cfg Config) []byte {
 	t := header("DSDT", 2)
-	aml := []byte{
-		0x08, '_', 'S', '5', '_', // NameOp "_S5_"
-		0x12, 0x08, 0x04, // PackageOp, PkgLength 8, 4 elements
-		0x0A, acpipm.SlpTypS5, // BytePrefix SLP_TYPa
-		0x0A, acpipm.SlpTypS5, // BytePrefix SLP_TYPb
-		0x00, 0x00, // reserved
+	slp := uint64(acpipm.SlpTypS5)
+	t = append(t, amlName("_S5", amlPackage(amlInt(slp), amlInt(slp), amlInt(0), amlInt(0)))...)
+	if cfg.PCI != nil {
+		t = append(t, pciAML(cfg.PCI)...)
 	}
-	return finish(append(t, aml...))
+	return finish(t)
+}
+
+// PCI interrupt pins per slot.
+const pciPins = 4
+
+// pciAML is \_SB.PCI0, the PCI Express host bridge (PNP0A08, compatible
+// with the conventional PNP0A03): its bus range, the I/O and memory
+// windows it forwards, the ports it consumes (0xCF8-0xCFF) and the INTx
+// routing of every slot to IOAPIC GSIs; and \_SB.MRES, a PNP0C02
+// motherboard resource device that reserves the ECAM window, which is how
+// Linux decides the MCFG's window is safe to use.
+func pciAML(p *PCIHost) []byte {
+	crs := amlResourceTemplate(
+		rdWordBusNumber(0, uint16(p.BusEnd)),
+		rdIO(platform.PortPCIConfig, platform.PortPCIConfig, 1, 8),
+		rdWordIO(0x0000, platform.PortPCIConfig-1),
+		rdWordIO(platform.PortPCIConfig+8, 0xFFFF),
+		rdDWordMemory(uint32(p.Mem32Base), uint32(p.Mem32End-1), false),
+		rdQWordMemory(p.Mem64Base, p.Mem64End-1, true),
+	)
+	var prt [][]byte
+	for slot := 0; slot < 32; slot++ {
+		for pin := 0; pin < pciPins; pin++ {
+			// Address (slot, any function), pin, source (none: a
+			// GSI, level-triggered, active-low), GSI.
+			prt = append(prt, amlPackage(amlInt(uint64(slot)<<16|0xFFFF), amlInt(uint64(pin)), amlInt(0), amlInt(uint64(p.GSI(slot, pin)))))
+		}
+	}
+	ecamSize := (uint64(p.BusEnd) + 1) << 20
+	return amlScope("\\_SB",
+		amlDevice("PCI0",
+			amlName("_HID", amlEISAID("PNP0A08")),
+			amlName("_CID", amlEISAID("PNP0A03")),
+			amlName("_SEG", amlInt(0)),
+			amlName("_BBN", amlInt(0)),
+			amlName("_UID", amlInt(0)),
+			amlName("_CRS", crs),
+			amlName("_PRT", amlPackage(prt...)),
+		),
+		amlDevice("MRES",
+			amlName("_HID", amlEISAID("PNP0C02")),
+			amlName("_UID", amlInt(1)),
+			amlName("_CRS", amlResourceTemplate(rdMemory32Fixed(uint32(p.ECAMBase), uint32(ecamSize)))),
+		),
+	)
+}
+
+// mcfg is the PCI Express memory-mapped configuration table: one ECAM
+// window, segment 0, buses 0..BusEnd.
+func mcfg(p *PCIHost) []byte {
+	t := header("MCFG", 1)
+	t = le64(t, 0) // reserved
+	t = le64(t, p.ECAMBase)
+	t = le16(t, 0) // PCI segment group
+	t = append(t, 0, p.BusEnd)
+	t = le32(t, 0) // reserved
+	return finish(t)
 }
 
 func facs() []byte {
@@ -260,6 +337,12 @@ func Build(mem *memory.Memory, cfg Config) (rsdpAddr uint64, err error) {
 	if cfg.NumCPUs < 1 || cfg.NumCPUs > MaxCPUs {
 		return 0, fmt.Errorf("acpi tables: %d CPUs (must be 1..%d)", cfg.NumCPUs, MaxCPUs)
 	}
+	if p := cfg.PCI; p != nil {
+		if p.ECAMBase%(1<<20) != 0 || p.ECAMBase+(uint64(p.BusEnd)+1)<<20 > 1<<32 ||
+			p.Mem32Base >= p.Mem32End || p.Mem32End > 1<<32 || p.Mem64Base >= p.Mem64End || p.GSI == nil {
+			return 0, fmt.Errorf("acpi tables: bad PCI host description %+v", *p)
+		}
+	}
 	base := uint64(platform.ACPIBase)
 	if !mem.IsRAM(base, platform.ACPIEnd-base) {
 		return 0, fmt.Errorf("acpi tables: the ACPI area %#x-%#x is not guest RAM", base, platform.ACPIEnd)
@@ -274,11 +357,14 @@ func Build(mem *memory.Memory, cfg Config) (rsdpAddr uint64, err error) {
 		return at
 	}
 	facsAddr := put(base+offFACS, facs())
-	dsdtAddr := put(base+offDSDT, dsdt())
+	dsdtAddr := put(base+offDSDT, dsdt(cfg))
 	next := func() uint64 { return align(base+uint64(len(blob)), 16) }
 	fadtAddr := put(next(), fadt(facsAddr, dsdtAddr))
 	madtAddr := put(next(), madt(cfg.NumCPUs))
 	entries := []uint64{fadtAddr, madtAddr}
+	if cfg.PCI != nil {
+		entries = append(entries, put(next(), mcfg(cfg.PCI)))
+	}
 	xsdtAddr := put(next(), xsdt(entries))
 	rsdtAddr := put(next(), rsdt(entries))
 	rsdpAddr = put(base+offRSDP, rsdp(rsdtAddr, xsdtAddr))

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -20,11 +21,18 @@ func build(t *testing.T, ncpu int) (*memory.Memory, uint64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mem.Close() })
-	rsdp, err := Build(mem, Config{NumCPUs: ncpu})
+	rsdp, err := Build(mem, Config{NumCPUs: ncpu, PCI: testPCI})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mem, rsdp
+}
+
+var testPCI = &PCIHost{
+	ECAMBase: platform.PCIECAMBase, BusEnd: platform.PCIECAMBusEnd,
+	Mem32Base: platform.PCIMMIO32Base, Mem32End: platform.PCIMMIO32End,
+	Mem64Base: 0x1_0000_0000, Mem64End: 0x1_0000_0000 + platform.PCIMMIO64Size,
+	GSI: platform.PCIGSI,
 }
 
 func read(t *testing.T, mem *memory.Memory, gpa uint64, n int) []byte {
@@ -189,6 +197,14 @@ func TestBadConfig(t *testing.T) {
 	}
 }
 
+// flatten strips comments from iasl's output and collapses white space,
+// so tests can match constructs that span lines.
+func flatten(dsl string) string {
+	dsl = regexp.MustCompile(`(?s)/\*.*?\*/`).ReplaceAllString(dsl, "")
+	dsl = regexp.MustCompile(`//[^\n]*`).ReplaceAllString(dsl, "")
+	return strings.Join(strings.Fields(dsl), " ")
+}
+
 // TestIASL disassembles every table with iasl -d (Debian's acpica-tools),
 // which checks lengths, checksums and field values the way Linux's ACPICA
 // parses them. The RSDP is the exception: iasl only reads files that start
@@ -234,8 +250,43 @@ func TestIASL(t *testing.T) {
 					t.Errorf("iasl -d %s (%d CPUs) reports %q:\n%s\n%s", sig, ncpu, bad, out, text)
 				}
 			}
-			if sig == "DSDT" && !strings.Contains(text, "_S5") {
-				t.Errorf("disassembled DSDT has no _S5:\n%s", text)
+			var want []string
+			switch sig {
+			case "DSDT":
+				want = []string{
+					"Name (_S5, Package (0x04) { 0x05, 0x05, Zero, Zero })",
+					"Scope (\\_SB) { Device (PCI0) {",
+					`Name (_HID, EisaId ("PNP0A08") )`,
+					`Name (_CID, EisaId ("PNP0A03") )`,
+					"Name (_SEG, Zero)",
+					"Name (_BBN, Zero)",
+					"Name (_UID, Zero)",
+					"WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x00FF, 0x0000, 0x0100,",
+					"IO (Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08, )",
+					"WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0000, 0x0CF7, 0x0000, 0x0CF8,",
+					"WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0D00, 0xFFFF, 0x0000, 0xF300,",
+					"DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable, ReadWrite, 0x00000000, 0xC0000000, 0xDFFFFFFF, 0x00000000, 0x20000000,",
+					"QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, Prefetchable, ReadWrite, 0x0000000000000000, 0x0000000100000000, 0x00000008FFFFFFFF, 0x0000000000000000, 0x0000000800000000,",
+					"Name (_PRT, Package (0x80) { Package (0x04) { 0xFFFF, Zero, Zero, 0x10 },",
+					"Package (0x04) { 0x0001FFFF, 0x03, Zero, 0x14 },",
+					"Package (0x04) { 0x001FFFFF, 0x03, Zero, 0x12 } })",
+					"Device (MRES) {",
+					`Name (_HID, EisaId ("PNP0C02") )`,
+					"Memory32Fixed (ReadWrite, 0xE0000000, 0x10000000, )",
+				}
+			case "MCFG":
+				want = []string{
+					"Base Address : 00000000E0000000",
+					"Segment Group Number : 0000",
+					"Start Bus Number : 00",
+					"End Bus Number : FF",
+				}
+			}
+			flat := flatten(text)
+			for _, w := range want {
+				if !strings.Contains(flat, w) {
+					t.Errorf("disassembled %s lacks %q:\n%s", sig, w, text)
+				}
 			}
 		}
 	}
