@@ -137,9 +137,7 @@ var (
 		"mshv":    "hyperv_clocksource_tsc_page",
 		"mshvsim": "hyperv_clocksource_tsc_page",
 	}
-	acceptedClocksource = map[string]string{
-		"mshvsim": "mshvsim does not model the Microsoft Hypervisor's enlightenments (its CPUID leaves 0x40000000+, the reference TSC page, SynIC) yet, so Linux finds no paravirtual clock there",
-	}
+	acceptedClocksource = map[string]string{}
 )
 
 // normalizeLog makes messages from two boots comparable: numbers,
@@ -181,11 +179,11 @@ func TestLinuxBootLog(t *testing.T) {
 		b.Token = fmt.Sprintf("log-%d", time.Now().UnixNano()%1e6)
 		return bootRetryingStall(t, b)
 	}
-	// The baselines: QEMU's default on KVM (kvmclock, in-kernel PIT), and
-	// QEMU with no paravirtual interface and its own userspace PIT for
-	// accelerators that present no paravirtual clock (mshvsim, for now):
-	// there the kernel calibrates its TSC against the PIT and PM timer
-	// through VMM exits, as it does under govmm.
+	// The baselines: QEMU's default on KVM (kvmclock, in-kernel PIT) for
+	// KVM, and for MSHV QEMU with Hyper-V's enlightenments instead of
+	// KVM's (the reference TSC page, VP index, frequency MSRs: what the
+	// Microsoft Hypervisor presents and mshvsim backs) and its userspace
+	// IOAPIC and PIT, as govmm's split irqchip has them.
 	type baseline struct {
 		name  string
 		warns map[string]bool // normalized messages of level warning or worse
@@ -205,8 +203,8 @@ func TestLinuxBootLog(t *testing.T) {
 		return b
 	}
 	type baselineKey struct {
-		paravirt bool // the accelerator offers a paravirtual clock (KVM)
-		cpus     int
+		hyperv bool // the accelerator presents Hyper-V's interface (MSHV), not KVM's
+		cpus   int
 	}
 	baselines := map[baselineKey]baseline{}
 	cpus := linuxCPUs(t)
@@ -216,13 +214,13 @@ func TestLinuxBootLog(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%dcpu", name, n), func(t *testing.T) {
 				// The baseline boots inside the subtest, so that running
 				// one subtest (a rerun in a fresh L1) boots only its own.
-				key := baselineKey{paravirt: name == "kvm", cpus: n}
+				key := baselineKey{hyperv: name != "kvm", cpus: n}
 				base, ok := baselines[key]
 				if !ok {
-					if key.paravirt {
-						base = newBaseline(t, n, "host", "pc")
+					if key.hyperv {
+						base = newBaseline(t, n, "host,kvm=off,hv-time,hv-vpindex,hv-frequencies", "pc,kernel-irqchip=split")
 					} else {
-						base = newBaseline(t, n, "host,kvm=off", "pc,kernel-irqchip=split")
+						base = newBaseline(t, n, "host", "pc")
 					}
 					baselines[key] = base
 				}
@@ -353,7 +351,10 @@ func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
 // right checksum, and power off cleanly. A guest meant to move between
 // accelerators is booted with --cpu host,-kvm (kvmclock and KVM's other
 // paravirtual MSRs exist only on KVM); a KVM guest using kvmclock restores
-// on KVM, and restoring it elsewhere is refused with a clear error.
+// on KVM, and restoring it elsewhere is refused with a clear error. A guest
+// booted on mshvsim uses Hyper-V's reference TSC page (-kvm changes
+// nothing there), and restored on KVM keeps it through KVM's Hyper-V
+// emulation.
 func TestLinuxSnapshot(t *testing.T) {
 	g := newTickingLinux(t)
 	const snapAt = 3

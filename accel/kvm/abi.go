@@ -132,6 +132,7 @@ const (
 	exitInternalError   = 17
 	exitSystemEvent     = 24
 	exitIOAPICEOI       = 26
+	exitHyperV          = 27
 	exitX86RDMSR        = 29
 	exitX86WRMSR        = 30
 	exitDirtyRingFull   = 31
@@ -237,6 +238,26 @@ type kvmRunSystemEvent struct {
 	Ndata uint32
 	Data  [16]uint64
 }
+
+// kvmRunHyperV is struct kvm_hyperv_exit: type, then a union whose hcall
+// member is input, result, params[2].
+type kvmRunHyperV struct {
+	Type   uint32
+	_      uint32
+	Input  uint64
+	Result uint64
+	Params [2]uint64
+}
+
+// kvm_hyperv_exit types.
+const (
+	hypervExitSynIC  = 1
+	hypervExitHcall  = 2
+	hypervExitSynDbg = 3
+)
+
+// hvStatusInvalidHypercallCode is HV_STATUS_INVALID_HYPERCALL_CODE.
+const hvStatusInvalidHypercallCode = 2
 
 type kvmRunDebug struct {
 	Exception uint32

@@ -302,6 +302,8 @@ func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
 			}
 		case exitIRQWindowOpen, exitIntr:
 			// Loop: injectExtINT runs before the next entry.
+		case exitHyperV:
+			v.answerHyperV()
 		default:
 			return v.otherExit()
 		}
@@ -342,6 +344,22 @@ func (v *VCPU) handleMMIO(h accel.IOHandler) error {
 		h.MMIORead(m.PhysAddr, data)
 	}
 	return nil
+}
+
+// answerHyperV completes a KVM_EXIT_HYPERV. KVM's Hyper-V emulation (on
+// when the guest's CPUID carries Hyper-V's leaves, as a guest restored
+// from an MSHV snapshot does) serves the clocks, the hypercall page and
+// the TLB-flush and IPI hypercalls itself, and leaves to userspace only
+// the hypercalls that need a VMM's Hyper-V services (messages and events
+// for VMBus, extended hypercalls). Neither govmm nor mshvsim offers those:
+// the guest gets HV_STATUS_INVALID_HYPERCALL_CODE, as from a hypervisor
+// without them. SynIC and synthetic-debugger MSR writes have already taken
+// effect in KVM and need no answer.
+func (v *VCPU) answerHyperV() {
+	h := (*kvmRunHyperV)(unsafe.Pointer(&v.run.Exit[0]))
+	if h.Type == hypervExitHcall {
+		h.Result = hvStatusInvalidHypercallCode
+	}
 }
 
 // otherExit converts the exits Run returns.
@@ -495,7 +513,9 @@ const (
 )
 
 // RunRaw enters the guest once (KVM_RUN; EAGAIN from an AP leaving
-// wait-for-SIPI is retried) and returns the raw exit without handling it.
+// wait-for-SIPI is retried) and returns the raw exit without handling it,
+// except KVM_EXIT_HYPERV, which it answers as Run does (answerHyperV) and
+// re-enters.
 //
 // Completing I/O: for an IO-in or MMIO-read exit, write the value into
 // RawExit.IO.Data / MMIO.Data; KVM finishes the instruction on the next
@@ -528,6 +548,10 @@ func (v *VCPU) RunRaw() (RawExit, error) {
 		}
 		if e != 0 {
 			return RawExit{}, fmt.Errorf("vCPU %d: KVM_RUN: %w", v.index, e)
+		}
+		if v.run.ExitReason == exitHyperV {
+			v.answerHyperV() // as Run does: see answerHyperV
+			continue
 		}
 		break
 	}

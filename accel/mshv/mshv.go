@@ -36,6 +36,7 @@ import (
 
 	"govmm/accel"
 	"govmm/accel/mshv/mshvabi"
+	"govmm/cpu"
 )
 
 // MaxVCPUs is the number of VPs govmm creates at most (Cloud Hypervisor's
@@ -335,11 +336,19 @@ func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 		}
 		return out, nil
 	}
-	heads, err := get([][2]uint32{{0, 0}, {0x80000000, 0}})
+	heads, err := get([][2]uint32{{0, 0}, {0x80000000, 0}, {0x40000000, 0}})
 	if err != nil {
 		return nil, fmt.Errorf("read CPUID from the hypervisor: %w", err)
 	}
 	maxBasic, maxExt := min(heads[0][0], 0x40), min(heads[1][0], 0x80000028)
+	// The hypervisor's own leaves (Hyper-V's, from the synthetic features
+	// set up above) are part of what the guest sees: read them too, so a
+	// snapshot records them and another accelerator can present the same
+	// interface (KVM's Hyper-V emulation).
+	maxHv := heads[2][0]
+	if !cpu.HypervisorLeaf(maxHv) {
+		maxHv = 0
+	}
 	var q [][2]uint32
 	var flags []uint32
 	addLeaf := func(f uint32) {
@@ -359,6 +368,11 @@ func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 	}
 	if maxExt >= 0x80000000 {
 		for f := uint32(0x80000000); f <= maxExt; f++ {
+			addLeaf(f)
+		}
+	}
+	if maxHv != 0 {
+		for f := uint32(0x40000000); f <= maxHv; f++ {
 			addLeaf(f)
 		}
 	}

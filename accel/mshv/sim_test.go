@@ -821,3 +821,95 @@ func TestSimSynICRoundTrip(t *testing.T) {
 		t.Fatal("InUse: true for an untouched SynIC")
 	}
 }
+
+// TestSimHypervInterface: the hypervisor's own CPUID leaves reach the
+// guest and the supported CPUID (so snapshots record them), and the
+// synthetic MSRs they promise work: the guest writes its OS ID, and the
+// VMM reads it back as the backend's MSR 0x40000000.
+func TestSimHypervInterface(t *testing.T) {
+	kvmtest.Need(t)
+	sim, err := mshvsim.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc, err := mshv.Open(sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	ids, err := acc.SupportedCPUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vendor, features *accel.CPUIDEntry
+	for i := range ids {
+		switch ids[i].Function {
+		case 0x40000000:
+			vendor = &ids[i]
+		case 0x40000003:
+			features = &ids[i]
+		}
+	}
+	if vendor == nil || features == nil || vendor.EAX < 0x40000005 || vendor.EBX != 0x7263694d || features.EAX&(1<<9) == 0 {
+		t.Fatalf("supported CPUID lacks Hyper-V's leaves with the reference TSC page: vendor %+v features %+v", vendor, features)
+	}
+	vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1, CPUID: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if err := vm.MapMemory(accel.MemoryRegion{Host: mem}); err != nil {
+		t.Fatal(err)
+	}
+	cpu, err := vm.NewVCPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cpu.Close()
+	m := &machine{acc: acc, vm: vm, cpu: cpu, mem: mem}
+	copy(mem[0x1000:], []byte{
+		0x66, 0xB8, 0x03, 0x00, 0x00, 0x40, // mov eax, 0x40000003
+		0x0F, 0xA2, // cpuid
+		0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+		0x66, 0xEF, // out dx, eax
+		0x66, 0xB9, 0x00, 0x00, 0x00, 0x40, // mov ecx, 0x40000000 (HV_X64_MSR_GUEST_OS_ID)
+		0x66, 0xB8, 0x34, 0x12, 0x00, 0x00, // mov eax, 0x1234
+		0x66, 0x31, 0xD2, // xor edx, edx
+		0x0F, 0x30, // wrmsr
+		0xE6, 0xF4, 0xEB, 0xFE, // out 0xf4, al; jmp $
+	})
+	m.realMode(t, 0x1000)
+	rec := &recorder{}
+	rec.onOut = func(port uint16, data []byte) {
+		if port == 0xf4 {
+			cpu.Kick()
+		}
+	}
+	if e, err := m.run(t, rec); err != nil || e.Reason != accel.ExitInterrupted {
+		t.Fatalf("run: %+v %v (log %q)", e, err, rec.log)
+	}
+	if len(rec.log) < 2 || !strings.HasPrefix(rec.log[0], "out 0x3f8 ") || !strings.HasPrefix(rec.log[1], "out 0xf4") {
+		t.Fatalf("log %q", rec.log)
+	}
+	var b [4]byte
+	fmt.Sscanf(strings.TrimPrefix(rec.log[0], "out 0x3f8 "), "%x %x %x %x", &b[0], &b[1], &b[2], &b[3])
+	if eax := uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24; eax != features.EAX {
+		t.Errorf("guest reads leaf 0x40000003 EAX %#x, want %#x", eax, features.EAX)
+	}
+	got, err := cpu.MSRs([]uint32{0x40000000})
+	if err != nil || len(got) != 1 || got[0].Value != 0x1234 {
+		t.Errorf("guest OS ID after the guest's WRMSR: %+v %v, want 0x1234", got, err)
+	}
+	// The reference TSC page MSR round-trips through the VMM.
+	if err := cpu.SetMSRs([]accel.MSR{{Index: 0x40000021, Value: 0x5000 | 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cpu.MSRs([]uint32{0x40000021}); err != nil || len(got) != 1 || got[0].Value != 0x5001 {
+		t.Errorf("REFERENCE_TSC: %+v %v, want 0x5001", got, err)
+	}
+}

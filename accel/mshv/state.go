@@ -9,6 +9,7 @@ import (
 
 	"govmm/accel"
 	"govmm/accel/mshv/mshvabi"
+	"govmm/cpu"
 )
 
 // This file converts between MSHV's named registers and VP state blobs and
@@ -593,10 +594,16 @@ func (v *VCPU) SetDebugRegs(d *accel.DebugRegs) error {
 
 // SetCPUID registers the entries as CPUID results of this VP
 // (REGISTER_INTERCEPT_RESULT with full masks, so the CPU model both sets
-// and clears bits of what the hypervisor computes).
+// and clears bits of what the hypervisor computes). Leaves 0x40000000 and up
+// are skipped: they are the hypervisor's.
 func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	in := make([]byte, mshvabi.SizeofInputRegisterInterceptResult)
 	for _, e := range entries {
+		if cpu.HypervisorLeaf(e.Function) {
+			// The hypervisor's own leaves follow the partition's
+			// synthetic features; they are not the VMM's to override.
+			continue
+		}
 		a := mshvabi.InputRegisterInterceptResult{VPIndex: uint32(v.index), InterceptType: mshvabi.InterceptTypeX64CPUID}
 		p := &a.Parameters
 		p.EAX, p.ECX = e.Function, e.Index

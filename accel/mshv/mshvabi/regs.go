@@ -104,6 +104,7 @@ const (
 	RegGuestOSID    = 0x90002
 	RegVPIndex      = 0x90003
 	RegTimeRefCount = 0x90004
+	RegVPAssistPage = 0x90013
 	RegReferenceTSC = 0x90017
 
 	RegSINT0    = 0xA0000
@@ -203,6 +204,7 @@ var msrNames = map[uint32]uint32{
 	0x40000083: RegSIMP,
 	0x40000084: RegEOM,
 	0x40000021: RegReferenceTSC,
+	0x40000073: RegVPAssistPage,
 }
 
 // MSRIndexList is every MSR index MSRRegisterName accepts, in a stable order.
@@ -217,7 +219,7 @@ func MSRIndexList() []uint32 {
 		l = append(l, i)
 	}
 	l = append(l, 0xC0000103, 0x1D9, 0x3B, 0x48, 0x1A0, 0xDA0, 0x40000000, 0x40000001,
-		0x40000080, 0x40000082, 0x40000083, 0x40000084, 0x40000021)
+		0x40000080, 0x40000082, 0x40000083, 0x40000084, 0x40000021, 0x40000073)
 	for i := uint32(0x40000090); i <= 0x4000009F; i++ {
 		l = append(l, i)
 	}

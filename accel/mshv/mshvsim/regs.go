@@ -299,7 +299,11 @@ func (c *regCtx) access(n uint32, set bool, lo, hi uint64) (rlo, rhi uint64, ok 
 		ns, _ := v.p.kvm.Clock()
 		return ns / 100, 0, !set
 	}
-	if m, ok := hvToMSR(n); ok {
+	m, ok := hvToMSR(n)
+	if !ok {
+		m, ok = hvMSR[n]
+	}
+	if ok {
 		if set {
 			c.msrs = append(c.msrs, accel.MSR{Index: m, Value: lo})
 			return lo, 0, true

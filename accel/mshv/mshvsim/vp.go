@@ -2,6 +2,7 @@ package mshvsim
 
 import (
 	"encoding/binary"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -62,11 +63,21 @@ func (v *vp) ioctl(req uint32, a []byte) (int, error) {
 // read when the simulator starts.
 func (s *Sim) baseCPUID() []accel.CPUIDEntry { return s.base }
 
+// cpuid is what the hypervisor presents to this partition's guests before
+// any override: the base CPUID and Hyper-V's leaves for the partition's
+// synthetic processor features.
+func (p *partition) cpuid() []accel.CPUIDEntry {
+	p.mu.Lock()
+	synth := p.props[propSynthFeatures]
+	p.mu.Unlock()
+	return append(slices.Clip(p.sim.baseCPUID()), hypervLeaves(synth)...)
+}
+
 // effectiveCPUID is what the VP's guest sees: the hypervisor's values
-// (KVM's supported CPUID for this VP's APIC ID) with the registered
-// overrides applied when apply is set.
+// (for this VP's APIC ID) with the registered overrides applied when apply
+// is set.
 func (v *vp) effectiveCPUID(apply bool) []accel.CPUIDEntry {
-	tab := cpu.ForVCPU(v.p.sim.baseCPUID(), int(v.idx), 1)
+	tab := cpu.ForVCPU(v.p.cpuid(), int(v.idx), 1)
 	if !apply {
 		return tab
 	}

@@ -1,0 +1,100 @@
+package mshvsim
+
+import (
+	"encoding/binary"
+	"runtime"
+
+	"govmm/accel"
+)
+
+// The Microsoft Hypervisor presents its own CPUID leaves at 0x40000000 to
+// a guest partition: the vendor "Microsoft Hv", the interface "Hv#1", and
+// the privileges the VMM granted through SYNTHETIC_PROC_FEATURES (an early
+// partition property). A Linux guest reads them to find its paravirtual
+// clock (the reference TSC page), the TSC and APIC frequencies, and
+// whether it may run its LAPIC in x2APIC mode without interrupt remapping.
+//
+// The simulator builds those leaves from the partition's synthetic
+// features and backs them with KVM's Hyper-V emulation, which KVM turns on
+// for a vCPU whose CPUID carries the "Hv#1" interface: KVM then serves the
+// guest OS ID, hypercall page, VP index, reference counter, reference TSC
+// page, VP assist page and frequency MSRs. What KVM could emulate only with
+// VMM help that the simulator does not give (the SynIC and synthetic
+// timers, which need KVM_CAP_HYPERV_SYNIC and message delivery) or what
+// changes guest behaviour through recommendations (APIC access MSRs,
+// remote TLB flush, cluster IPIs, guest idle) is not presented, even when
+// the VMM asked for it: the guest sees fewer enlightenments than on the
+// real hypervisor, never ones the simulator cannot back.
+
+// Hyper-V CPUID leaves (TLFS "Hypervisor CPUID Leaves").
+const (
+	hvLeafVendor    = 0x40000000
+	hvLeafInterface = 0x40000001
+	hvLeafVersion   = 0x40000002
+	hvLeafFeatures  = 0x40000003
+	hvLeafHints     = 0x40000004
+	hvLeafLimits    = 0x40000005
+	hvLeafHardware  = 0x40000006
+
+	hvInterfaceHv1 = 0x31237648 // "Hv#1"
+)
+
+// Synthetic processor feature bits (mshv-abi.md §2.6) the simulator can
+// present, with the partition privilege bit (CPUID 0x40000003 EAX) each
+// one grants and the feature bit (EDX) it also sets, or -1.
+var hvPresentable = []struct {
+	synth, priv, edx int
+}{
+	{3, 1, -1},  // access_partition_reference_counter: HV_MSR_TIME_REF_COUNT_AVAILABLE
+	{7, 5, -1},  // access_hypercall_regs: HV_MSR_HYPERCALL_AVAILABLE
+	{8, 6, -1},  // access_vp_index: HV_MSR_VP_INDEX_AVAILABLE
+	{9, 9, -1},  // access_partition_reference_tsc: HV_MSR_REFERENCE_TSC_AVAILABLE
+	{12, 11, 8}, // access_frequency_regs: HV_ACCESS_FREQUENCY_MSRS, HV_FEATURE_FREQUENCY_MSRS_AVAILABLE
+}
+
+const (
+	synthHypervisorPresent = 0
+	synthHv1               = 1
+)
+
+// hypervLeaves returns the leaves a guest of a partition with synthetic
+// features synth sees at 0x40000000, or none when the VMM did not ask for
+// hypervisor_present and hv1.
+func hypervLeaves(synth uint64) []accel.CPUIDEntry {
+	if synth&(1<<synthHypervisorPresent) == 0 || synth&(1<<synthHv1) == 0 {
+		return nil
+	}
+	var priv, edx uint32
+	for _, f := range hvPresentable {
+		if synth&(1<<f.synth) != 0 {
+			priv |= 1 << f.priv
+			if f.edx >= 0 {
+				edx |= 1 << f.edx
+			}
+		}
+	}
+	vendor := []byte("Microsoft Hv")
+	le := binary.LittleEndian.Uint32
+	return []accel.CPUIDEntry{
+		{Function: hvLeafVendor, EAX: hvLeafHardware, EBX: le(vendor[0:]), ECX: le(vendor[4:]), EDX: le(vendor[8:])},
+		{Function: hvLeafInterface, EAX: hvInterfaceHv1},
+		// Version: build 26100 of Hyper-V 10.0, the hypervisor of current
+		// Azure hosts.
+		{Function: hvLeafVersion, EAX: 26100, EBX: 10 << 16},
+		{Function: hvLeafFeatures, EAX: priv, EDX: edx},
+		// No recommendations; EBX all ones: never notify on long spin waits.
+		{Function: hvLeafHints, EBX: 0xffffffff},
+		{Function: hvLeafLimits, EAX: maxVPs, EBX: uint32(runtime.NumCPU())},
+		{Function: hvLeafHardware},
+	}
+}
+
+// hvMSR maps the Hyper-V synthetic registers that KVM's Hyper-V emulation
+// holds to their MSRs. The partition-wide ones (guest OS ID, hypercall
+// page, reference TSC page) are per VM in KVM, as in the hypervisor.
+var hvMSR = map[uint32]uint32{
+	0x90001: 0x40000001, // HYPERCALL
+	0x90002: 0x40000000, // GUEST_OS_ID
+	0x90013: 0x40000073, // VP_ASSIST_PAGE
+	0x90017: 0x40000021, // REFERENCE_TSC
+}

@@ -1,0 +1,63 @@
+package mshvsim
+
+import (
+	"testing"
+
+	"govmm/accel"
+	"govmm/accel/mshv/mshvabi"
+)
+
+func hvLeaf(tab []accel.CPUIDEntry, fn uint32) (accel.CPUIDEntry, bool) {
+	for _, e := range tab {
+		if e.Function == fn {
+			return e, true
+		}
+	}
+	return accel.CPUIDEntry{}, false
+}
+
+// TestHypervLeaves: QEMU's synthetic feature set gives a guest Hyper-V's
+// signature, interface and the privileges the simulator can back, and
+// nothing it cannot (SynIC, synthetic timers, APIC access MSRs).
+func TestHypervLeaves(t *testing.T) {
+	tab := hypervLeaves(mshvabi.DefaultSyntheticProcFeatures)
+	v, ok := hvLeaf(tab, hvLeafVendor)
+	if !ok || v.EAX != hvLeafHardware || string(le32s(v.EBX, v.ECX, v.EDX)) != "Microsoft Hv" {
+		t.Fatalf("vendor leaf %+v", v)
+	}
+	if i, _ := hvLeaf(tab, hvLeafInterface); i.EAX != hvInterfaceHv1 {
+		t.Errorf("interface leaf EAX %#x, want Hv#1", i.EAX)
+	}
+	f, _ := hvLeaf(tab, hvLeafFeatures)
+	// TIME_REF_COUNT 1, HYPERCALL 5, VP_INDEX 6, REFERENCE_TSC 9,
+	// FREQUENCY_MSRS 11; EDX bit 8: frequency MSRs available.
+	if want := uint32(1<<1 | 1<<5 | 1<<6 | 1<<9 | 1<<11); f.EAX != want || f.EBX != 0 || f.EDX != 1<<8 {
+		t.Errorf("features leaf EAX %#x EBX %#x EDX %#x, want EAX %#x EBX 0 EDX 0x100", f.EAX, f.EBX, f.EDX, want)
+	}
+	if h, _ := hvLeaf(tab, hvLeafHints); h.EAX != 0 {
+		t.Errorf("hints EAX %#x: the simulator recommends nothing", h.EAX)
+	}
+	if l, _ := hvLeaf(tab, hvLeafLimits); l.EAX != maxVPs {
+		t.Errorf("limits EAX %d, want %d VPs", l.EAX, maxVPs)
+	}
+
+	// Only what the VMM asked for.
+	tab = hypervLeaves(1<<mshvabi.SynHypervisorPresent | 1<<mshvabi.SynHv1 | 1<<mshvabi.SynAccessPartitionReferenceTSC)
+	if f, _ := hvLeaf(tab, hvLeafFeatures); f.EAX != 1<<9 || f.EDX != 0 {
+		t.Errorf("reference TSC only: EAX %#x EDX %#x", f.EAX, f.EDX)
+	}
+	// No hypervisor_present or hv1: no leaves at all.
+	for _, synth := range []uint64{0, 1 << mshvabi.SynHv1, 1 << mshvabi.SynHypervisorPresent} {
+		if tab := hypervLeaves(synth); len(tab) != 0 {
+			t.Errorf("synthetic features %#x: %d leaves, want none", synth, len(tab))
+		}
+	}
+}
+
+func le32s(v ...uint32) []byte {
+	var b []byte
+	for _, x := range v {
+		b = append(b, byte(x), byte(x>>8), byte(x>>16), byte(x>>24))
+	}
+	return b
+}
