@@ -15,7 +15,7 @@ import (
 	"govmm/devices/debugexit"
 	"govmm/devices/i8042"
 	"govmm/devices/irqtestdev"
-	"govmm/devices/pciconf"
+	"govmm/devices/pcitestdev"
 	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
 	"govmm/devices/post"
@@ -25,6 +25,7 @@ import (
 	"govmm/irq/chipset"
 	"govmm/memory"
 	"govmm/mptable"
+	"govmm/pci"
 	"govmm/platform"
 )
 
@@ -40,7 +41,25 @@ type platformDevices struct {
 	testdev *testdev.Device
 	irqdev  *irqtestdev.Device
 	pctest  *pctestdev.Device
+	pci     *pci.Root
+	pcitest *pcitestdev.Device
 	entry   *boot.Entry
+}
+
+// pciWindows are the host bridge's windows for this much RAM: 32-bit BARs
+// in the hole below 4 GiB, 64-bit BARs from the first 1 GiB boundary above
+// RAM (and above 4 GiB).
+func pciWindows(memSize uint64) pci.Windows {
+	top := uint64(memory.MMIOHoleEnd)
+	if memSize > memory.MMIOHoleStart {
+		top += memSize - memory.MMIOHoleStart
+	}
+	base64 := (top + platform.PCIMMIO64Align - 1) &^ (platform.PCIMMIO64Align - 1)
+	return pci.Windows{
+		IOBase: platform.PortPCIIOWindow, IOEnd: platform.PortPCIIOEnd,
+		Mem32Base: platform.PCIMMIO32Base, Mem32End: platform.PCIMMIO32End,
+		Mem64Base: base64, Mem64End: base64 + platform.PCIMMIO64Size,
+	}
 }
 
 func (v *VM) buildPlatform(mode buildMode) error {
@@ -64,7 +83,7 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	dbg := debugexit.New(func(status int) {
 		v.Stop(Result{Kind: StopDebugExit, Status: status})
 	})
-	pci := pciconf.New()
+	p.pci = pci.NewRoot(pciWindows(v.mem.Size()))
 	kbd := i8042.New(stop(Result{Kind: StopReset, Status: StatusOK}))
 
 	type dev struct {
@@ -91,9 +110,15 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		}
 	}
 	// The PCI configuration ports leave 0xCF9 (reset control) free.
-	if err := pci.Register(v.pio); err != nil {
+	if err := p.pci.RegisterPorts(v.pio); err != nil {
 		return err
 	}
+	if err := v.mmio.Register(platform.PCIECAMBase, platform.PCIECAMSize, "pci-ecam", p.pci.ECAM()); err != nil {
+		return err
+	}
+	// BARs answer what no fixed device claims.
+	v.pio.SetFallback(p.pci.IOSpace())
+	v.mmio.SetFallback(p.pci.MemSpace())
 	if err := kbd.Register(v.pio); err != nil {
 		return err
 	}
@@ -116,12 +141,23 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		if err := p.pctest.Register(v.pio, v.mmio); err != nil {
 			return err
 		}
+		if p.pcitest, err = pcitestdev.New(); err != nil {
+			return err
+		}
+		if err := p.pci.Add(pcitestdev.Slot, p.pcitest.Function()); err != nil {
+			return fmt.Errorf("pci-testdev: %w", err)
+		}
 	}
 
 	if mode == buildIncoming {
 		return nil
 	}
-	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs})
+	w := p.pci.Windows()
+	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs, PCI: &acpi.PCIHost{
+		ECAMBase: platform.PCIECAMBase, BusEnd: platform.PCIECAMBusEnd,
+		Mem32Base: w.Mem32Base, Mem32End: w.Mem32End, Mem64Base: w.Mem64Base, Mem64End: w.Mem64End,
+		GSI: platform.PCIGSI,
+	}})
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)
 	}
@@ -153,7 +189,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			return &InputError{Err: fmt.Errorf("restore %s: %w", r.name, err)}
 		}
 	}
-	if (d.TestDev != nil) != (p.testdev != nil) || (d.IRQTest != nil) != (p.irqdev != nil) || d.PCTest != nil && p.pctest == nil {
+	if (d.TestDev != nil) != (p.testdev != nil) || (d.IRQTest != nil) != (p.irqdev != nil) || d.PCTest != nil && p.pctest == nil || d.PCITest != nil && p.pcitest == nil {
 		return &InputError{Err: errors.New("restore: the snapshot's test devices do not match the machine")}
 	}
 	if p.testdev != nil {
@@ -167,6 +203,18 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			if err := p.pctest.Restore(*d.PCTest); err != nil {
 				return &InputError{Err: fmt.Errorf("restore pc-testdev: %w", err)}
 			}
+		}
+		if d.PCITest != nil { // likewise for pci-testdev
+			if err := p.pcitest.Restore(*d.PCITest); err != nil {
+				return &InputError{Err: fmt.Errorf("restore pci-testdev: %w", err)}
+			}
+		}
+	}
+	// Snapshots from before the PCI host bridge have no PCI state: the
+	// bus stays as built, with the VMM's BAR placement.
+	if d.PCI != nil {
+		if err := p.pci.Restore(*d.PCI); err != nil {
+			return &InputError{Err: fmt.Errorf("restore PCI bus: %w", err)}
 		}
 	}
 	return nil

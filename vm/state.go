@@ -8,12 +8,14 @@ import (
 	"govmm/accel"
 	"govmm/devices/acpipm"
 	"govmm/devices/irqtestdev"
+	"govmm/devices/pcitestdev"
 	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
 	"govmm/devices/rtc"
 	"govmm/devices/serial"
 	"govmm/devices/testdev"
 	"govmm/irq/chipset"
+	"govmm/pci"
 	"govmm/snapshot"
 )
 
@@ -67,6 +69,8 @@ type DeviceState struct {
 	TestDev *testdev.State    `json:"testdev,omitempty"`
 	IRQTest *irqtestdev.State `json:"irqtestdev,omitempty"`
 	PCTest  *pctestdev.State  `json:"pc_testdev,omitempty"`
+	PCITest *pcitestdev.State `json:"pci_testdev,omitempty"`
+	PCI     *pci.State        `json:"pci,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -110,8 +114,12 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if p.testdev != nil {
 		td, it, pt := p.testdev.Save(), p.irqdev.Save(), p.pctest.Save()
 		ds.PCTest = &pt
+		pt2 := p.pcitest.Save()
+		ds.PCITest = &pt2
 		ds.TestDev, ds.IRQTest = &td, &it
 	}
+	ps := p.pci.Save()
+	ds.PCI = &ps
 	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err
 	}

@@ -7,11 +7,11 @@ import (
 	"govmm/devices/bus"
 	"govmm/devices/debugexit"
 	"govmm/devices/i8042"
-	"govmm/devices/pciconf"
 	"govmm/devices/post"
 	"govmm/devices/rtc"
 	"govmm/devices/serial"
 	"govmm/devices/testdev"
+	"govmm/pci"
 	"govmm/platform"
 )
 
@@ -26,7 +26,7 @@ func TestPlatformWiring(t *testing.T) {
 	var resets int
 	dbg := debugexit.New(func(s int) { exit = s })
 	kbd := i8042.New(func() { resets++ })
-	pci := pciconf.New()
+	pcibus := pci.NewRoot(pci.Windows{})
 	clock := rtc.New(nil, nil)
 	defer clock.Close()
 	uart := serial.New(nil, nil)
@@ -44,9 +44,10 @@ func TestPlatformWiring(t *testing.T) {
 	if err := kbd.Register(pio); err != nil {
 		t.Fatal(err)
 	}
-	if err := pci.Register(pio); err != nil {
+	if err := pcibus.RegisterPorts(pio); err != nil {
 		t.Fatal(err)
 	}
+	reg(mmio, platform.PCIECAMBase, platform.PCIECAMSize, "pci-ecam", pcibus.ECAM())
 	reg(mmio, platform.TestDeviceBase, testdev.Size, "testdev", td)
 	// Neighbours owned by other packages must still fit.
 	other := fakeDev{}
@@ -73,8 +74,8 @@ func TestPlatformWiring(t *testing.T) {
 	binary.LittleEndian.PutUint32(v, 0x80000000)
 	pio.Write(platform.PortPCIConfig, v)
 	pio.Read(platform.PortPCIConfig+4, v)
-	if binary.LittleEndian.Uint32(v) != 0xffffffff {
-		t.Fatalf("PCI config data %x", v)
+	if binary.LittleEndian.Uint32(v) != pci.DeviceRedHatHost<<16|pci.VendorRedHat {
+		t.Fatalf("PCI config data (00:00.0 IDs) %x", v)
 	}
 	pio.Write(platform.PortDebugExit, []byte{0x10})
 	if exit != 0x21 {
