@@ -28,7 +28,7 @@
 // counted, and the run goes on; an L1 that dies is replaced by a fresh one
 // that goes on from the repetition it was in.
 //
-//	go run ./bench/linuxboot [-runs 5] [-cpus 1,2] [-no-restore] [-nested]
+//	go run ./bench/linuxboot [-runs 5] [-cpus 1,2] [-no-restore] [-thp] [-nested]
 package main
 
 import (
@@ -59,6 +59,7 @@ type config struct {
 	cpus            []int
 	timeout         time.Duration
 	restore, noQEMU bool
+	thp             bool // add the column govmm-thp: govmm on KVM with --hugepages
 	emit            func(result)
 }
 
@@ -89,6 +90,7 @@ func main() {
 	timeout := flag.Duration("timeout", 2*time.Minute, "bound on one boot (a boot on nested KVM takes 5-15 s; one that fails hangs)")
 	noRestore := flag.Bool("no-restore", false, "leave out the restore of a booted guest")
 	noQEMU := flag.Bool("no-qemu", false, "leave QEMU out")
+	thp := flag.Bool("thp", false, "add govmm on KVM with --hugepages (guest RAM madvised for transparent huge pages, as QEMU does by default)")
 	pcOpts := flag.String("pc", "", "options for QEMU's -M pc, e.g. kernel-irqchip=split")
 	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
@@ -96,7 +98,7 @@ func main() {
 	from := flag.Int("from", 0, "first repetition of the boots (a fresh L1 goes on from there; -from N -runs N: only the restores)")
 	flag.Parse()
 
-	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, kernel: *kernel}
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel}
 	for _, f := range strings.Split(*cpuList, ",") {
 		n, err := strconv.Atoi(f)
 		if err != nil || n < 1 {
@@ -202,6 +204,9 @@ func inL1(cfg *config, c *collector) (int, error) {
 		}
 		if cfg.noQEMU {
 			args = append(args, "-no-qemu")
+		}
+		if cfg.thp {
+			args = append(args, "-thp")
 		}
 		args = append(args, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
 		res, err := nested.Run(context.Background(), nested.Config{

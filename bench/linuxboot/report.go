@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 )
@@ -84,10 +85,7 @@ func report(c *collector, cfg *config, command string, took time.Duration, death
 
 func (c *collector) bootTable(cfg *config) {
 	fmt.Printf("\n%-14s %5s %12s %10s %12s %10s %8s\n", "VMM", "vCPUs", "init median", "init min", "exit median", "exit min", "failed")
-	cols := vmms
-	if cfg.noQEMU {
-		cols = vmms[:2]
-	}
+	cols := cfg.columns()
 	for _, cpus := range cfg.cpus {
 		for _, vmm := range cols {
 			s := c.stats("boot", vmm, cpus)
@@ -100,7 +98,7 @@ func (c *collector) bootTable(cfg *config) {
 	}
 	fmt.Println("\nratios of medians, time to init (time to exit); targets for govmm: <= 0.5x QEMU pc, <= 1.0x QEMU microvm")
 	for _, cpus := range cfg.cpus {
-		for _, vmm := range vmms[:2] {
+		for _, vmm := range slices.DeleteFunc(slices.Clone(cfg.columns()), func(v string) bool { return !isGovmm(v) }) {
 			g := c.stats("boot", vmm, cpus)
 			fmt.Printf("  %d vCPU %-14s", cpus, vmm)
 			for _, q := range []struct {
@@ -110,7 +108,7 @@ func (c *collector) bootTable(cfg *config) {
 				s := c.stats("boot", q.col, cpus)
 				ri, re := ratio(g.init, s.init), ratio(g.exit, s.exit)
 				verdict := ""
-				if vmm == "govmm" {
+				if vmm != "govmm-mshvsim" {
 					verdict = ": " + met(ri, q.target)
 				}
 				fmt.Printf("  /%s %s (%s)%s", q.col, times(ri), times(re), verdict)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,8 +16,21 @@ import (
 	"govmm/api"
 )
 
-// The columns, in the report's order.
+// The columns, in the report's order; the first two are the ones whose
+// restores are measured too.
 var vmms = []string{"govmm", "govmm-mshvsim", "qemu-pc", "qemu-microvm"}
+
+// columns are the VMMs this run boots.
+func (cfg *config) columns() []string {
+	cols := vmms
+	if cfg.noQEMU {
+		cols = vmms[:2]
+	}
+	if cfg.thp {
+		cols = append(append(slices.Clip(cols[:2]), "govmm-thp"), cols[2:]...)
+	}
+	return cols
+}
 
 func isGovmm(vmm string) bool { return strings.HasPrefix(vmm, "govmm") }
 
@@ -33,6 +47,9 @@ func (cfg *config) argv(vmm string, cpus int, extra ...string) []string {
 	cl := strings.Join(append([]string{cmdline}, extra...), " ")
 	if isGovmm(vmm) {
 		args := append([]string{cfg.govmm, "run"}, accelFlags(vmm)...)
+		if vmm == "govmm-thp" {
+			args = append(args, "--hugepages")
+		}
 		return append(args, "--kernel", cfg.kernel, "--initrd", cfg.initrd, "--cmdline", cl,
 			"--cpus", strconv.Itoa(cpus), "--memory", memory+"M", "--serial", "stdio")
 	}
@@ -60,10 +77,7 @@ func (cfg *config) machine(vmm string) string {
 
 // measure runs every boot, then the restores, and emits the results.
 func measure(cfg *config) {
-	cols := vmms
-	if cfg.noQEMU {
-		cols = vmms[:2]
-	}
+	cols := cfg.columns()
 	for rep := cfg.from; rep < cfg.runs; rep++ {
 		for i, cpus := range cfg.cpus {
 			// Alternate the order so that drift hits every VMM alike.
