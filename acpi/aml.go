@@ -222,10 +222,10 @@ const (
 	// max fixed.
 	rdWindowFlags = 1<<3 | 1<<2
 	// Type-specific flags.
-	rdIOEntireRange  = 3
-	rdMemRW          = 1
-	rdMemCacheable   = 1 << 1
-	rdMemPrefetchabl = 3 << 1
+	rdIOEntireRange   = 3
+	rdMemRW           = 1
+	rdMemCacheable    = 1 << 1
+	rdMemPrefetchable = 3 << 1
 )
 
 func rdAddress(tag byte, resType, typeFlags byte, width int, min, max uint64) []byte {
@@ -271,7 +271,7 @@ func rdQWordMemory(min, max uint64, prefetch bool) []byte {
 
 func memFlags(prefetch bool) byte {
 	if prefetch {
-		return rdMemRW | rdMemPrefetchabl
+		return rdMemRW | rdMemPrefetchable
 	}
 	return rdMemRW | rdMemCacheable
 }

@@ -106,16 +106,15 @@ type BAR struct {
 
 // Identity is what a function's header says it is.
 type Identity struct {
-	Vendor, Device   uint16
-	Revision         uint8
-	Class            uint8 // base class
-	Subclass         uint8
-	ProgIF           uint8
-	SubsystemVendor  uint16
-	SubsystemID      uint16
-	InterruptPin     uint8 // 0 none, 1..4 INTA..INTD
-	MultiFunction    bool
-	HeaderTypeBridge bool // reserved: only type 0 headers are modelled
+	Vendor, Device  uint16
+	Revision        uint8
+	Class           uint8 // base class
+	Subclass        uint8
+	ProgIF          uint8
+	SubsystemVendor uint16
+	SubsystemID     uint16
+	InterruptPin    uint8 // 0 none, 1..4 INTA..INTD
+	MultiFunction   bool
 }
 
 // Space is an address space a BAR decodes in.

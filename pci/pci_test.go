@@ -414,3 +414,23 @@ func TestAddErrors(t *testing.T) {
 		t.Fatal("BARs larger than the windows accepted")
 	}
 }
+
+// TestOnWrite checks the hook a device uses to act on its capability
+// registers (MSI-X enable, for one): it sees every write, after the
+// function's registers changed.
+func TestOnWrite(t *testing.T) {
+	f := NewFunction(Identity{Vendor: 1, Device: 2})
+	off, err := f.AddCapability(0x11, []byte{0, 0}, []byte{0, 0xC0}) // MSI-X message control: enable, mask
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []int
+	f.OnWrite = func(o, n int) {
+		v := cfgRead32(f, off) >> 16
+		seen = append(seen, o, n, int(v))
+	}
+	f.WriteConfig(off+3, []byte{0xFF})
+	if len(seen) != 3 || seen[0] != off+3 || seen[1] != 1 || seen[2] != 0xC000 {
+		t.Fatalf("hook saw %v", seen)
+	}
+}

@@ -141,8 +141,7 @@ func (r *Root) Function(slot, fn int) *Function {
 }
 
 // lookupFunc returns the function a configuration cycle addresses: only
-// bus 0 exists, and functions other than 0 exist only where the device
-// at function 0 says it is multi-function (as a guest's scan expects).
+// bus 0 exists (Add places devices at function 0).
 func (r *Root) lookupFunc(busNr, slot, fn int) *Function {
 	if busNr != 0 {
 		return nil

@@ -49,7 +49,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket (pause, resume, info, snapshot, migrate) at this path")
 	fs.BoolVar(&f.hugePages, "hugepages", false, "back guest RAM with transparent huge pages (fewer TLB misses for large guests; larger resident size, slower first touch)")
-	fs.BoolVar(&f.testDevices, "test-devices", false, "add the MMIO test devices the project's test guests use (at 0xfeb00000 and 0xfeb01000)")
+	fs.BoolVar(&f.testDevices, "test-devices", false, "add the test devices: the MMIO ones the project's test guests use (at 0xfeb00000 and 0xfeb01000), QEMU's pc-testdev and pci-testdev (PCI 00:1f.0)")
 }
 
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
