@@ -35,11 +35,15 @@ const PMU = "pmu"
 // switches are the names Parse accepts besides features.
 var switches = []string{KVMInterface, PMU}
 
-// NoPMU reports whether the model removes the PMU.
-func (m Model) NoPMU() bool { return slices.Contains(m.Remove, PMU) }
-
-// Models lists the CPU model names Parse accepts.
-var Models = []string{"host"}
+// NoPMU reports whether the model removes the PMU. Named models other
+// than host remove it unless "+pmu" keeps it, as QEMU's do: counters and
+// their CPUID leaves differ from host to host.
+func (m Model) NoPMU() bool {
+	if slices.Contains(m.Remove, PMU) {
+		return true
+	}
+	return m.Name != "host" && !slices.Contains(m.Add, PMU)
+}
 
 // Model is a parsed CPU model: a base model and features added to or
 // removed from it.
@@ -62,8 +66,9 @@ func (m Model) String() string {
 	return b.String()
 }
 
-// Parse parses "host" optionally followed by ",+feature" and ",-feature"
-// items (Linux /proc/cpuinfo names).
+// Parse parses a model name (Models: "host", "x86-64-v3", ...) optionally
+// followed by ",+feature" and ",-feature" items (Linux /proc/cpuinfo
+// names).
 func Parse(spec string) (Model, error) {
 	parts := strings.Split(strings.TrimSpace(spec), ",")
 	name := strings.TrimSpace(parts[0])
@@ -134,9 +139,14 @@ func (s *featureSet) addClosure(f string) {
 // KVM sets them from CR4 at run time. The hypervisor bit is set: the guest
 // is told it runs virtualized (and may look for the accelerator's
 // paravirtual leaves at 0x40000000) unless the model removes it, which
-// also removes those leaves.
+// also removes those leaves. A named model other than host first checks
+// that the host has its vendor and every feature it keeps (the error
+// names the missing ones), then clears every feature it does not keep,
+// presents its family/model/stepping and brand, and offers only its XSAVE
+// components in leaf 0xD.
 func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
-	if m.Name != "host" {
+	def, ok := LookupModel(m.Name)
+	if !ok {
 		return nil, fmt.Errorf("cpu model %q: unknown model (valid models: %s)", m.Name, strings.Join(Models, ", "))
 	}
 	var removed featureSet
@@ -154,6 +164,22 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		}
 		removed.addClosure(f)
 	}
+	if !def.IsHost() {
+		// The model's missing features, before the ones it does not
+		// name join removed: a model never adds what the host lacks.
+		if v := Vendor(supported); def.Vendor != "" && v != def.Vendor {
+			return nil, fmt.Errorf("cpu model %s: the model is a %s CPU, this host's is %s (govmm presents only the host's vendor)", m, def.Vendor, v)
+		}
+		if missing := def.missing(&removed, func(n string) bool { f, _ := Lookup(n); return f.Has(supported) }); len(missing) > 0 {
+			return nil, fmt.Errorf("cpu model %s: this host's accelerator lacks %s (run `govmm cpu-models` for the models this host can run)", m, strings.Join(missing, " "))
+		}
+		for i := range features {
+			f := &features[i]
+			if maskable(f) && !slices.Contains(def.Features, f.Name) && !slices.Contains(m.Add, f.Name) {
+				removed.addClosure(f.Name)
+			}
+		}
+	}
 	for _, f := range m.Add {
 		if f == PMU {
 			continue
@@ -169,7 +195,7 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 			return nil, fmt.Errorf("cpu model %s: unknown feature %q", m, f)
 		}
 		if removed.has(i) {
-			return nil, fmt.Errorf("cpu model %s: +%s needs a feature the model removes", m, f)
+			return nil, fmt.Errorf("cpu model %s: +%s needs %s, which the model removes or does not have", m, f, strings.Join(unmet(f, &removed), ", "))
 		}
 		if feat := features[i]; !feat.VMM && !feat.Has(supported) {
 			return nil, fmt.Errorf("cpu model %s: feature %q (CPUID %#x.%d %s bit %d) is not offered by the accelerator on this host and cannot be emulated",
@@ -196,12 +222,22 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 			*regPtr(e, f.Reg) |= 1 << f.Bit
 		}
 	}
+	if !def.IsHost() {
+		applyDefinition(out, def, &removed)
+	}
 	if m.NoPMU() {
 		removePMU(out)
 	}
+	clearFeatureLeaves(out, &removed)
 	// The plain host model removes nothing: leaf 0xD stays as offered.
-	if !removed.empty() {
-		fixXSaveLeaf(out, &removed)
+	if !removed.empty() || !def.IsHost() {
+		keep := def.XSave
+		for _, x := range xcr0Bits {
+			if keep != 0 && slices.Contains(m.Add, x.feature) {
+				keep |= x.components // an added feature brings its state
+			}
+		}
+		fixXSaveLeaf(out, &removed, keep)
 	}
 	return out, nil
 }
@@ -222,9 +258,14 @@ func removePMU(entries []accel.CPUIDEntry) {
 }
 
 // fixXSaveLeaf drops the XSAVE state components of removed features from
-// leaf 0xD (all of it without xsave) and recomputes the maximum area size.
-func fixXSaveLeaf(entries []accel.CPUIDEntry, removed *featureSet) {
+// leaf 0xD (all of it without xsave), and those outside keep when it is
+// not 0 (a named model's components, user and supervisor), and recomputes
+// the maximum area size.
+func fixXSaveLeaf(entries []accel.CPUIDEntry, removed *featureSet, keep uint64) {
 	var drop uint64
+	if keep != 0 {
+		drop = ^(keep | xsLegacy)
+	}
 	if removed.hasName("xsave") {
 		drop = ^uint64(0)
 	}
@@ -245,6 +286,10 @@ func fixXSaveLeaf(entries []accel.CPUIDEntry, removed *featureSet) {
 		switch {
 		case e.Index == 0:
 			d0 = e
+		case e.Index == 1 && drop != ^uint64(0):
+			// The supervisor components XSAVES may manage (IA32_XSS).
+			e.ECX &^= uint32(drop)
+			e.EDX &^= uint32(drop >> 32)
 		case drop == ^uint64(0) || (e.Index >= 2 && e.Index < 64 && drop>>e.Index&1 != 0):
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
 		}
