@@ -14,7 +14,7 @@
 //
 // Wire format (all integers little endian):
 //
-//	'H' u32 len  JSON hello (format version, memory size, vCPUs)
+//	'H' u32 len  JSON hello (format version, memory size, vCPUs, the machine: CPU model and CPUID, ...)
 //	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
 //	'S' u32 len  state file                            (snapshot format)
 //	'D'                                                 end of stream
@@ -347,6 +347,11 @@ func readHello(r *bufio.Reader, opts ReceiveOptions) (*Hello, error) {
 	case opts.CPUs != 0 && h.CPUs != opts.CPUs:
 		return &h, &HelloError{fmt.Errorf("the incoming VM has %d vCPUs, not the %d this receiver expects (--cpus): a migration cannot change the vCPU count", h.CPUs, opts.CPUs)}
 	}
+	if opts.CheckMachine != nil {
+		if err := opts.CheckMachine(h.Machine); err != nil {
+			return &h, &HelloError{err}
+		}
+	}
 	return &h, nil
 }
 
@@ -386,6 +391,11 @@ type ReceiveOptions struct {
 	// then for each read of the stream to make progress; 0 means
 	// DefaultFrameTimeout.
 	FrameTimeout time.Duration
+	// CheckMachine, when set, vets the machine the hello announces
+	// before anything is built (govmm checks that this host can present
+	// its CPUID, vm.MachineState.CheckCPU): its error refuses the hello
+	// and is sent to the source.
+	CheckMachine func(vm.MachineState) error
 }
 
 // HelloError is a refusal before the destination built anything: the peer

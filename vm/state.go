@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"govmm/accel"
+	"govmm/cpu"
 	"govmm/devices/acpipm"
 	"govmm/devices/irqtestdev"
 	"govmm/devices/pcitestdev"
@@ -41,6 +43,9 @@ type MachineState struct {
 	TestDevices bool `json:"test_devices,omitempty"`
 	// NoPMU: the CPU model removed the PMU.
 	NoPMU bool `json:"no_pmu,omitempty"`
+	// CPUModel is the --cpu model CPUID was derived from ("x86-64-v3",
+	// "host,-avx512f"); snapshots older than named models lack it: host.
+	CPUModel string `json:"cpu_model,omitempty"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -83,6 +88,7 @@ func (v *VM) Machine() MachineState {
 	return MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
 		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices, NoPMU: v.cfg.NoPMU,
+		CPUModel: v.cfg.CPUModel,
 	}
 }
 
@@ -375,4 +381,30 @@ func WarmStateCodec() {
 			_ = json.Unmarshal(b, v)
 		}
 	}
+}
+
+// CheckCPU refuses a saved machine whose CPUID the destination cannot
+// present: supported is the destination accelerator's supported CPUID,
+// and every CPU feature the saved table has must be in it (a guest that
+// was promised AVX2 would fault on a host without it, long after the
+// restore). The refusal names the missing features; a VM booted on the
+// host model is told it is tied to a host of the same kind. Restore and
+// migrate receive call it before building anything.
+func (m MachineState) CheckCPU(supported []accel.CPUIDEntry, accelName string) error {
+	missing := cpu.MissingOn(m.CPUID, supported)
+	if len(missing) == 0 {
+		return nil
+	}
+	model := m.CPUModel
+	if model == "" {
+		model = "host"
+	}
+	msg := fmt.Sprintf("the saved VM's CPU (--cpu %s) has features %s on this host does not offer: %s",
+		model, accelName, strings.Join(missing, " "))
+	if name, _, _ := strings.Cut(model, ","); name == "host" {
+		msg += "; a --cpu host VM is tied to a host of the same kind (the same CPU and accelerator): boot it on a named model (govmm cpu-models) to move it between hosts"
+	} else {
+		msg += fmt.Sprintf("; this host cannot run the %s model", name)
+	}
+	return &InputError{Err: errors.New(msg)}
 }

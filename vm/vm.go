@@ -33,6 +33,7 @@ type Config struct {
 	NumCPUs    int
 	CPUID      []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
 	NoPMU      bool               // the CPU model removes the PMU
+	CPUModel   string             // the --cpu model CPUID came from ("" is host), kept in snapshots
 	Kernel     []byte
 	Initrd     []byte
 	Cmdline    string
@@ -180,7 +181,7 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
-	cfg.TestDevices, cfg.NoPMU = m.TestDevices, m.NoPMU
+	cfg.TestDevices, cfg.NoPMU, cfg.CPUModel = m.TestDevices, m.NoPMU, m.CPUModel
 	return build(cfg, mem, buildIncoming)
 }
 

@@ -4,6 +4,7 @@
 //	govmm run [flags]      boot a guest and wait for it to end
 //	govmm restore|snapshot|migrate|pause|resume|info   VM lifecycle
 //	govmm caps [--json]    what the host offers
+//	govmm cpu-models       the CPU models and which this host can run
 //	govmm version
 package main
 
@@ -71,6 +72,8 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdSimple(args[0], args[1:], stdout, stderr)
 	case "caps":
 		err = cmdCaps(args[1:], stdout)
+	case "cpu-models":
+		err = cmdCPUModels(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "govmm %s (%s)\n", version, buildNote())
 	case "help", "-h", "--help":
@@ -105,6 +108,7 @@ commands:
             "migrate send --api-socket PATH --to ADDR" for the source VM
   pause, resume, info   control a running VM through its control socket
   caps      show what this host's accelerators offer (--json for JSON)
+  cpu-models  list the CPU models (--cpu) and which this host can run
   version   print the version
 
 Run "govmm <command> -h" for a command's flags.

@@ -113,6 +113,9 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	defer cleanup()
 	cfg.KernelName = "snapshot " + dir
+	if err := checkSavedCPU(cfg.Accel, r.Machine); err != nil {
+		return buildError(fmt.Errorf("restore %s: %w", dir, err))
+	}
 	machine, err := vm.Restore(cfg, r, memFile)
 	if err != nil {
 		return buildError(fmt.Errorf("restore %s: %w", dir, err))
@@ -161,12 +164,15 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitUsage, "migrate receive: --listen: %v", err)
 	}
 	defer ln.Close()
-	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus}
+	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus,
+		CheckMachine: func(m vm.MachineState) error { return checkSavedCPU(cfg.Accel, m) }}
 	// Peers that send no hello this receiver accepts (a port scanner, a
 	// connection closed at once, a silent peer, another machine than
 	// --memory and --cpus say) are logged and the receiver keeps waiting for
-	// a real source; nothing was built for them. A failure after an
-	// accepted hello ends the receiver: its source resumes the VM.
+	// a real source; nothing was built for them. So are VMs whose CPU
+	// this host cannot present (their source hears which features are
+	// missing). A failure after an accepted hello ends the receiver: its
+	// source resumes the VM.
 	var machine *vm.VM
 	var in *migrate.Incoming
 	var conn net.Conn

@@ -44,7 +44,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cmdline, "cmdline", "", "kernel command line")
 	fs.StringVar(&f.memory, "memory", "256M", "guest memory size (e.g. 256M, 2G)")
 	fs.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
-	fs.StringVar(&f.cpuModel, "cpu", "host", "CPU model and feature changes, e.g. host or host,-cx16,+x2apic")
+	fs.StringVar(&f.cpuModel, "cpu", "host", "CPU model and feature changes, e.g. host, host,-cx16 or x86-64-v3,-avx2 (govmm cpu-models lists the models)")
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket (pause, resume, info, snapshot, migrate) at this path")
@@ -134,7 +134,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 
 	machine, err := vm.New(vm.Config{
-		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(),
+		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(),
 		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
 	})
