@@ -73,9 +73,11 @@ func joined(lists ...[]string) []string {
 // What every x86-64 operating system expects besides the psABI's ISA
 // levels: the paging, interrupt and system-call machinery of any 64-bit
 // CPU. x2apic is always offered (the accelerator emulates the LAPIC);
-// the hypervisor bit is the VMM's and is not listed.
+// the hypervisor bit is the VMM's and is not listed. VME is left out:
+// virtual-8086 mode does not exist in long mode, and KVM does not list it
+// on every host (not on the nested substrate's).
 var systemBase = []string{
-	"fpu", "vme", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic", "sep", "mtrr", "pge",
+	"fpu", "de", "pse", "tsc", "msr", "pae", "mce", "cx8", "apic", "sep", "mtrr", "pge",
 	"mca", "cmov", "pat", "pse36", "clflush", "mmx", "fxsr", "sse", "sse2", "syscall", "nx", "lm",
 	"x2apic",
 }
@@ -256,6 +258,15 @@ func applyDefinition(out []accel.CPUIDEntry, d Definition, removed *featureSet) 
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0 // mitigation bits no model names
 		}
 	}
+	// AMD CPUs mirror leaf 1 EDX's legacy bits in 0x80000001 EDX (FPU to
+	// PSE36, MMX, FXSR), which the table does not name: copy them from
+	// the masked leaf 1, as the hardware would show them.
+	if Vendor(out) == VendorAMD {
+		if e1, e8 := find(out, 1, 0), find(out, 0x80000001, 0); e1 != nil && e8 != nil {
+			const amdAliases = 0x0183f3ff
+			e8.EDX |= e1.EDX & amdAliases
+		}
+	}
 	if d.Family != 0 {
 		sig := fms(d.Family, d.Model, d.Stepping)
 		if e := find(out, 1, 0); e != nil {
@@ -319,12 +330,13 @@ func setBrand(out []accel.CPUIDEntry, brand string) {
 // and the XSAVE state components saved offers that supported does not.
 // KVM's paravirtual leaves, the hypervisor bit and the dynamic bits are
 // not compared: the first are checked by the MSRs they carry, the others
-// are the VMM's and the guest's.
+// are the VMM's and the guest's. Neither is HTT ("ht"), which describes
+// the VM's topology (ForVCPU sets it), not something a host offers.
 func MissingOn(saved, supported []accel.CPUIDEntry) []string {
 	var out []string
 	for i := range features {
 		f := &features[i]
-		if maskable(f) && f.Has(saved) && !f.Has(supported) {
+		if maskable(f) && f.Name != "ht" && f.Has(saved) && !f.Has(supported) {
 			out = append(out, f.Name)
 		}
 	}

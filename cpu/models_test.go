@@ -113,6 +113,9 @@ func TestModelFeatures(t *testing.T) {
 				t.Errorf("%s: %s present=%v, the definition says %v", d.Name, f.Name, got, want)
 			}
 		}
+		if d.Vendor == VendorAMD && find(out, 0x80000001, 0).EDX&1 == 0 {
+			t.Errorf("%s: 0x80000001 EDX lacks the FPU alias of an AMD CPU", d.Name)
+		}
 		if !has(out, "hypervisor") || !IsKVM(out) {
 			t.Errorf("%s: lost the hypervisor bit or KVM's leaves", d.Name)
 		}
@@ -317,7 +320,7 @@ func TestModelMissing(t *testing.T) {
 		t.Errorf("EPYC-Milan on an AMD host like hostTable: %q", why)
 	}
 	d, _ = LookupModel("x86-64-v4")
-	if why := d.Unavailable(VendorIntel, func(n string) bool { return has(hostTable(), n) }); why != "missing vme de mce mtrr mca pat movbe avx512cd abm" {
+	if why := d.Unavailable(VendorIntel, func(n string) bool { return has(hostTable(), n) }); why != "missing de mce mtrr mca pat movbe avx512cd abm" {
 		t.Errorf("x86-64-v4 on hostTable: %q", why)
 	}
 }
@@ -332,6 +335,10 @@ func TestMissingOn(t *testing.T) {
 	host := apply(t, "host")
 	if got := MissingOn(host, hostTable()); len(got) != 0 {
 		t.Errorf("host model on its own host: missing %v", got)
+	}
+	// A topology bit is the VM's, not the host's.
+	if got := MissingOn(withFeatures(apply(t, "host"), "ht"), hostTable()); len(got) != 0 {
+		t.Errorf("HTT counted as a host feature: missing %v", got)
 	}
 	dest, _ := Hide(fullTable(VendorIntel), []string{"avx"})
 	got := MissingOn(saved, dest)
