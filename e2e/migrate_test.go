@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	bin "encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -22,6 +24,7 @@ type proc struct {
 	stdin io.WriteCloser
 	mu    sync.Mutex
 	out   bytes.Buffer
+	last  time.Time // of the last output
 	done  chan struct{}
 	err   error
 }
@@ -31,12 +34,13 @@ type lockedWriter struct{ p *proc }
 func (w lockedWriter) Write(b []byte) (int, error) {
 	w.p.mu.Lock()
 	defer w.p.mu.Unlock()
+	w.p.last = time.Now()
 	return w.p.out.Write(b)
 }
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, done: make(chan struct{})}
+	p := &proc{t: t, done: make(chan struct{}), last: time.Now()}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
 	in, err := p.cmd.StdinPipe()
@@ -79,6 +83,39 @@ func (p *proc) waitFor(s string, d time.Duration) {
 		}
 	}
 	p.t.Fatalf("%s: no %q within %v:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())
+}
+
+// errStalled is waitProgress's error for a process that printed nothing
+// for its quiet bound.
+var errStalled = errors.New("stalled: no output")
+
+// waitProgress waits until the output contains s, for at most d, and
+// gives up early with errStalled when the process prints nothing for
+// quiet. Other failures (an exit, the whole bound) are fatal.
+func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
+	p.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.output(), s) {
+			return nil
+		}
+		p.mu.Lock()
+		q := time.Since(p.last)
+		p.mu.Unlock()
+		if q >= quiet {
+			return fmt.Errorf("%w for %v while waiting for %q:\n%s", errStalled, q.Round(time.Second), s, p.output())
+		}
+		select {
+		case <-p.done:
+			if strings.Contains(p.output(), s) {
+				return nil
+			}
+			p.t.Fatalf("%s exited (%v) before printing %q:\n%s", strings.Join(p.cmd.Args, " "), p.err, s, p.output())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	p.t.Fatalf("%s: no %q within %v:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())
+	return nil
 }
 
 // exit waits for the process to end and returns its exit status.

@@ -358,26 +358,36 @@ func runInL1(names []string, o options, start time.Time) int {
 		return counter, res, err
 	}
 	counter, res, err := runL1(args)
+	failed := counter.failedLeaves()
 	if err != nil {
 		// L1 itself died or froze: no result of a test, but of the
-		// substrate. Once, and only with time left, the tests run again
-		// in a fresh L1; the log keeps both runs.
+		// substrate. Once, and only with time left, the tests that had
+		// not finished run in a fresh L1 (those that had keep their
+		// result); the log keeps both runs.
 		var died *nested.Error
 		if !errors.As(err, &died) || time.Until(deadline) < 5*time.Minute {
 			return 1
 		}
-		fmt.Printf("=== nested KVM: L1 died under the tests; running them again in a fresh L1\n")
-		if _, res, err = runL1(args); err != nil {
-			return 1
+		rest := slices.DeleteFunc(slices.Clone(tests), counter.finished)
+		fmt.Printf("=== nested KVM: L1 died under the tests; running the %d that had not finished in a fresh L1: %s\n",
+			len(rest), strings.Join(rest, " "))
+		if len(rest) > 0 {
+			again, res2, err := runL1(withRun(args, selecting(rest, "test.run")))
+			if err != nil {
+				return 1
+			}
+			failed = append(failed, again.failedLeaves()...)
+			res.ExitCode = res2.ExitCode
 		}
-		return res.ExitCode
+		if len(failed) > 0 {
+			res.ExitCode = 1
+		}
 	}
 	// The substrate (QEMU's TCG emulating SVM under L1's KVM) is known to
 	// hang or corrupt an L2 guest now and then (README). A few tests that
 	// failed run once more, each alone in a fresh L1 and down to the
 	// subtest that failed: a failure that repeats fails the package, and
 	// one that does not is reported in the log as flaky on nested KVM.
-	failed := counter.failedLeaves()
 	if res.ExitCode == 0 || len(failed) == 0 || len(failed) > maxRerun {
 		return res.ExitCode
 	}
@@ -474,7 +484,8 @@ type resultCounter struct {
 	mu               sync.Mutex
 	pass, fail, skip int
 	last             string
-	failed           []string // tests and subtests that failed, in order
+	failed           []string        // tests and subtests that failed, in order
+	done             map[string]bool // top-level tests that passed, failed or skipped
 	partial          []byte
 }
 
@@ -506,9 +517,19 @@ func (c *resultCounter) Write(p []byte) (int, error) {
 		raw := strings.ReplaceAll(string(c.partial[:i]), "\x16", "") // test2json framing
 		line := strings.TrimSpace(raw)
 		c.partial = c.partial[i+1:]
+		if strings.HasPrefix(raw, "--- ") { // not indented: a top-level result
+			if _, rest, ok := strings.Cut(raw, ": "); ok {
+				name, _, _ := strings.Cut(rest, " ")
+				if c.done == nil {
+					c.done = map[string]bool{}
+				}
+				c.done[name] = true
+			}
+		}
 		switch {
 		case strings.HasPrefix(line, "=== RUN "):
 			c.last = strings.TrimSpace(strings.TrimPrefix(line, "=== RUN "))
+
 		case strings.HasPrefix(line, "--- PASS: "):
 			c.pass++
 		case strings.HasPrefix(line, "--- FAIL: "):
@@ -520,6 +541,13 @@ func (c *resultCounter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// finished reports whether the top-level test name has a result.
+func (c *resultCounter) finished(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done[name]
 }
 
 func (c *resultCounter) running() string {

@@ -47,6 +47,20 @@ func TestFailedLeaves(t *testing.T) {
 	}
 }
 
+// TestFinished: the top-level tests with a result are the ones a fresh L1
+// after a dead one does not run again; the one that was running is not
+// among them.
+func TestFinished(t *testing.T) {
+	c := &resultCounter{}
+	c.Write([]byte("=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n    --- FAIL: TestB/x (1s)\n" +
+		"\x16--- FAIL: TestB (1s)\n=== RUN   TestC\n--- SKIP: TestC (0s)\n=== RUN   TestD\n    --- PASS: TestD/y (1s)\n"))
+	for name, want := range map[string]bool{"TestA": true, "TestB": true, "TestC": true, "TestD": false, "TestD/y": false} {
+		if got := c.finished(name); got != want {
+			t.Errorf("finished(%s) = %v, want %v", name, got, want)
+		}
+	}
+}
+
 func TestExactly(t *testing.T) {
 	if got, want := exactly("TestBoot/kvm/2cpu"), `^TestBoot$/^kvm$/^2cpu$`; got != want {
 		t.Errorf("exactly = %q, want %q", got, want)
