@@ -64,6 +64,14 @@ type machine struct {
 
 func newMachine(t *testing.T, opts mshvsim.Options, memSize int) *machine {
 	t.Helper()
+	sim, acc := openSim(t, opts)
+	return newMachineOn(t, sim, acc, memSize, nil)
+}
+
+// openSim opens the MSHV backend on a new simulator, closed when the test
+// ends.
+func openSim(t *testing.T, opts mshvsim.Options) (*mshvsim.Sim, *mshv.Accelerator) {
+	t.Helper()
 	kvmtest.Need(t)
 	sim, err := mshvsim.NewWithOptions(opts)
 	if err != nil {
@@ -73,7 +81,15 @@ func newMachine(t *testing.T, opts mshvsim.Options, memSize int) *machine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1})
+	t.Cleanup(func() { acc.Close() })
+	return sim, acc
+}
+
+// newMachineOn creates a 1-vCPU VM with memSize bytes of RAM at GPA 0 on
+// acc, with the CPU model cpuid (nil: the hypervisor's CPUID).
+func newMachineOn(t *testing.T, sim *mshvsim.Sim, acc *mshv.Accelerator, memSize int, cpuid []accel.CPUIDEntry) *machine {
+	t.Helper()
+	vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1, CPUID: cpuid})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,10 +108,40 @@ func newMachine(t *testing.T, opts mshvsim.Options, memSize int) *machine {
 	t.Cleanup(func() {
 		cpu.Close()
 		vm.Close()
-		acc.Close()
 		unix.Munmap(mem)
 	})
 	return m
+}
+
+// outDword is the 32-bit value of the i-th logged port write, which must
+// be an OUT to port.
+func outDword(t *testing.T, rec *recorder, i int, port uint16) uint32 {
+	t.Helper()
+	prefix := fmt.Sprintf("out %#x ", port)
+	if len(rec.log) <= i || !strings.HasPrefix(rec.log[i], prefix) {
+		t.Fatalf("log %q: want entry %d to be a write to port %#x", rec.log, i, port)
+	}
+	var b [4]byte
+	fmt.Sscanf(strings.TrimPrefix(rec.log[i], prefix), "%x %x %x %x", &b[0], &b[1], &b[2], &b[3])
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// runToF4 runs m from real-mode 0:0x1000 with code there until it writes
+// port 0xf4, recording the port writes.
+func (m *machine) runToF4(t *testing.T, code []byte) *recorder {
+	t.Helper()
+	copy(m.mem[0x1000:], code)
+	m.realMode(t, 0x1000)
+	rec := &recorder{}
+	rec.onOut = func(port uint16, data []byte) {
+		if port == 0xf4 {
+			m.cpu.Kick()
+		}
+	}
+	if e, err := m.run(t, rec); err != nil || e.Reason != accel.ExitInterrupted {
+		t.Fatalf("run: %+v %v (log %q)", e, err, rec.log)
+	}
+	return rec
 }
 
 // realMode puts the vCPU in real mode at 0:rip with flat 64 KiB segments.
@@ -538,16 +584,7 @@ func TestSimDirtyAndClock(t *testing.T) {
 }
 
 func TestSimCapsAndCPUID(t *testing.T) {
-	kvmtest.Need(t)
-	sim, err := mshvsim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := mshv.Open(sim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	sim, acc := openSim(t, mshvsim.Options{})
 	c, err := acc.Caps()
 	if err != nil {
 		t.Fatal(err)
@@ -591,46 +628,11 @@ func TestSimCapsAndCPUID(t *testing.T) {
 		cpuid []accel.CPUIDEntry
 		cx16  bool
 	}{{nil, leaf1.ECX&(1<<13) != 0}, {model, false}} {
-		vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1, CPUID: cfg.cpuid})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := vm.MapMemory(accel.MemoryRegion{Host: mem}); err != nil {
-			t.Fatal(err)
-		}
-		cpu, err := vm.NewVCPU(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := &machine{acc: acc, vm: vm, cpu: cpu, mem: mem}
-		copy(mem[0x1000:], guest)
-		m.realMode(t, 0x1000)
-		rec := &recorder{}
-		rec.onOut = func(port uint16, data []byte) {
-			if port == 0xf4 {
-				cpu.Kick()
-			}
-		}
-		if e, err := m.run(t, rec); err != nil || e.Reason != accel.ExitInterrupted {
-			t.Fatalf("run: %+v %v", e, err)
-		}
-		var ecx uint32
-		if len(rec.log) < 1 || !strings.HasPrefix(rec.log[0], "out 0x3f8 ") {
-			t.Fatalf("log %q", rec.log)
-		}
-		var b [4]byte
-		fmt.Sscanf(strings.TrimPrefix(rec.log[0], "out 0x3f8 "), "%x %x %x %x", &b[0], &b[1], &b[2], &b[3])
-		ecx = uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+		m := newMachineOn(t, sim, acc, 0x10000, cfg.cpuid)
+		ecx := outDword(t, m.runToF4(t, guest), 0, 0x3f8)
 		if got := ecx&(1<<13) != 0; got != cfg.cx16 {
 			t.Errorf("model given: %v: guest sees CX16 %v, want %v (ecx %#x)", cfg.cpuid != nil, got, cfg.cx16, ecx)
 		}
-		cpu.Close()
-		vm.Close()
-		unix.Munmap(mem)
 	}
 }
 
@@ -827,16 +829,7 @@ func TestSimSynICRoundTrip(t *testing.T) {
 // synthetic MSRs they promise work: the guest writes its OS ID, and the
 // VMM reads it back as the backend's MSR 0x40000000.
 func TestSimHypervInterface(t *testing.T) {
-	kvmtest.Need(t)
-	sim, err := mshvsim.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := mshv.Open(sim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acc.Close()
+	sim, acc := openSim(t, mshvsim.Options{})
 	ids, err := acc.SupportedCPUID()
 	if err != nil {
 		t.Fatal(err)
@@ -853,26 +846,8 @@ func TestSimHypervInterface(t *testing.T) {
 	if vendor == nil || features == nil || vendor.EAX < 0x40000005 || vendor.EBX != 0x7263694d || features.EAX&(1<<9) == 0 {
 		t.Fatalf("supported CPUID lacks Hyper-V's leaves with the reference TSC page: vendor %+v features %+v", vendor, features)
 	}
-	vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1, CPUID: ids})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
-	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
-	if err := vm.MapMemory(accel.MemoryRegion{Host: mem}); err != nil {
-		t.Fatal(err)
-	}
-	cpu, err := vm.NewVCPU(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cpu.Close()
-	m := &machine{acc: acc, vm: vm, cpu: cpu, mem: mem}
-	copy(mem[0x1000:], []byte{
+	m := newMachineOn(t, sim, acc, 0x10000, ids)
+	rec := m.runToF4(t, []byte{
 		0x66, 0xB8, 0x03, 0x00, 0x00, 0x40, // mov eax, 0x40000003
 		0x0F, 0xA2, // cpuid
 		0xBA, 0xF8, 0x03, // mov dx, 0x3f8
@@ -883,33 +858,18 @@ func TestSimHypervInterface(t *testing.T) {
 		0x0F, 0x30, // wrmsr
 		0xE6, 0xF4, 0xEB, 0xFE, // out 0xf4, al; jmp $
 	})
-	m.realMode(t, 0x1000)
-	rec := &recorder{}
-	rec.onOut = func(port uint16, data []byte) {
-		if port == 0xf4 {
-			cpu.Kick()
-		}
-	}
-	if e, err := m.run(t, rec); err != nil || e.Reason != accel.ExitInterrupted {
-		t.Fatalf("run: %+v %v (log %q)", e, err, rec.log)
-	}
-	if len(rec.log) < 2 || !strings.HasPrefix(rec.log[0], "out 0x3f8 ") || !strings.HasPrefix(rec.log[1], "out 0xf4") {
-		t.Fatalf("log %q", rec.log)
-	}
-	var b [4]byte
-	fmt.Sscanf(strings.TrimPrefix(rec.log[0], "out 0x3f8 "), "%x %x %x %x", &b[0], &b[1], &b[2], &b[3])
-	if eax := uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24; eax != features.EAX {
+	if eax := outDword(t, rec, 0, 0x3f8); eax != features.EAX {
 		t.Errorf("guest reads leaf 0x40000003 EAX %#x, want %#x", eax, features.EAX)
 	}
-	got, err := cpu.MSRs([]uint32{0x40000000})
+	got, err := m.cpu.MSRs([]uint32{0x40000000})
 	if err != nil || len(got) != 1 || got[0].Value != 0x1234 {
 		t.Errorf("guest OS ID after the guest's WRMSR: %+v %v, want 0x1234", got, err)
 	}
 	// The reference TSC page MSR round-trips through the VMM.
-	if err := cpu.SetMSRs([]accel.MSR{{Index: 0x40000021, Value: 0x5000 | 1}}); err != nil {
+	if err := m.cpu.SetMSRs([]accel.MSR{{Index: 0x40000021, Value: 0x5000 | 1}}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := cpu.MSRs([]uint32{0x40000021}); err != nil || len(got) != 1 || got[0].Value != 0x5001 {
+	if got, err := m.cpu.MSRs([]uint32{0x40000021}); err != nil || len(got) != 1 || got[0].Value != 0x5001 {
 		t.Errorf("REFERENCE_TSC: %+v %v, want 0x5001", got, err)
 	}
 }
