@@ -50,6 +50,20 @@ type Info struct {
 	Kernel  string `json:"kernel"`
 	PID     int    `json:"pid"`
 	Version string `json:"version"`
+	// Exits are the guest's exits to the VMM so far, by device, most
+	// first (devices with none are left out), and EOIs the IOAPIC EOI
+	// exits of level-triggered interrupts.
+	Exits []ExitCount `json:"exits,omitempty"`
+	EOIs  uint64      `json:"ioapic_eois"`
+}
+
+// ExitCount is one device's accesses: each one an exit to the VMM.
+type ExitCount struct {
+	Bus    string `json:"bus"` // "pio" or "mmio"
+	Device string `json:"device"`
+	Base   uint64 `json:"base,omitempty"`
+	Reads  uint64 `json:"reads"`
+	Writes uint64 `json:"writes"`
 }
 
 // SnapshotRequest asks for a snapshot into Dir. The VM resumes afterwards

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -255,6 +256,12 @@ func TestMigrationFaults(t *testing.T) {
 		if !strings.Contains(info.Stdout, "state:   running") {
 			t.Fatalf("source after a failed migration (hang-up after %d bytes) is not running:\n%s", n, info)
 		}
+	}
+	// The memwrite guest polls the UART's line status between batches:
+	// info counts those exits against the serial port.
+	info := govmm(t, "info", "--api-socket", sock)
+	if !regexp.MustCompile(`(?m)^  pio  uart0\s+0x3f8\s+[1-9]\d* reads`).MatchString(info.Stdout) {
+		t.Errorf("govmm info does not count the guest's serial port reads:\n%s", info.Stdout)
 	}
 	verify(t, s)
 

@@ -105,6 +105,7 @@ type VM struct {
 	pauseMu sync.Mutex // guards vcpus
 	ctl     control
 	paused  atomic.Bool
+	eois    atomic.Uint64 // IOAPIC EOI exits
 }
 
 // ioHandler routes a vCPU's accesses to the buses.
@@ -255,6 +256,20 @@ func (v *VM) AccelName() string { return v.cfg.Accel.Name() }
 // KernelName names the kernel the VM booted (or "snapshot").
 func (v *VM) KernelName() string { return v.cfg.KernelName }
 
+// Exits counts what made the vCPUs leave the guest for the VMM: each
+// device's port and MMIO accesses (bus "pio" or "mmio"), and the IOAPIC
+// EOIs of level-triggered interrupts. Exits the accelerator serves
+// itself (the in-kernel LAPIC, HLT on KVM) are not here.
+type Exits struct {
+	PIO, MMIO []bus.Count
+	EOIs      uint64
+}
+
+// Exits returns the exits so far.
+func (v *VM) Exits() Exits {
+	return Exits{PIO: v.pio.Counts(), MMIO: v.mmio.Counts(), EOIs: v.eois.Load()}
+}
+
 // Memory is the VM's guest RAM.
 func (v *VM) Memory() *memory.Memory { return v.mem }
 
@@ -371,6 +386,7 @@ func (v *VM) handleExit(index int, c accel.VCPU, exit accel.Exit) (Result, bool)
 	case accel.ExitInterrupted, accel.ExitDebug:
 		return Result{}, false
 	case accel.ExitIOAPICEOI:
+		v.eois.Add(1)
 		v.plat.eoi(exit.Vector)
 		return Result{}, false
 	case accel.ExitPowerOff:

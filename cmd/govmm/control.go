@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,12 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
 	"golang.org/x/term"
 
 	"govmm/api"
+	"govmm/devices/bus"
 	"govmm/migrate"
 	"govmm/snapshot"
 	"govmm/vm"
@@ -32,11 +35,29 @@ func (t *controlTarget) Info() api.Info {
 	if t.vm.Paused() {
 		state = "paused"
 	}
+	exits, eois := exitCounts(t.vm.Exits())
 	return api.Info{
 		State: state, Accel: t.accel, CPUs: t.vm.NumCPUs(), Memory: t.vm.Memory().Size(),
 		Uptime: time.Since(t.start).Round(time.Millisecond).String(), Kernel: t.vm.KernelName(),
-		PID: os.Getpid(), Version: version,
+		PID: os.Getpid(), Version: version, Exits: exits, EOIs: eois,
 	}
+}
+
+// exitCounts lists the devices the guest made exit, most first.
+func exitCounts(e vm.Exits) ([]api.ExitCount, uint64) {
+	var out []api.ExitCount
+	for _, b := range []struct {
+		name   string
+		counts []bus.Count
+	}{{"pio", e.PIO}, {"mmio", e.MMIO}} {
+		for _, c := range b.counts {
+			if c.Reads+c.Writes > 0 {
+				out = append(out, api.ExitCount{Bus: b.name, Device: c.Device, Base: c.Base, Reads: c.Reads, Writes: c.Writes})
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b api.ExitCount) int { return cmp.Compare(b.Reads+b.Writes, a.Reads+a.Writes) })
+	return out, e.EOIs
 }
 
 func (t *controlTarget) Pause() error  { return t.vm.Pause() }
@@ -196,12 +217,25 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 		if i, err = c.Info(); err == nil {
 			fmt.Fprintf(stdout, "state:   %s\naccel:   %s\ncpus:    %d\nmemory:  %d MiB\nuptime:  %s\nkernel:  %s\npid:     %d\n",
 				i.State, i.Accel, i.CPUs, i.Memory>>20, i.Uptime, i.Kernel, i.PID)
+			printExits(stdout, i.Exits, i.EOIs)
 		}
 	}
 	if err != nil {
 		return controlError(name, err)
 	}
 	return nil
+}
+
+// printExits prints the exit counts as `govmm info` shows them.
+func printExits(w io.Writer, exits []api.ExitCount, eois uint64) {
+	var total uint64
+	for _, e := range exits {
+		total += e.Reads + e.Writes
+	}
+	fmt.Fprintf(w, "exits:   %d device accesses, %d IOAPIC EOIs\n", total, eois)
+	for _, e := range exits {
+		fmt.Fprintf(w, "  %-4s %-16s %#-10x %10d reads %10d writes\n", e.Bus, e.Device, e.Base, e.Reads, e.Writes)
+	}
 }
 
 // controlError is the exit status of a failed control request: a socket no

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -185,6 +186,13 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	res := machine.Run()
 	console.restore()
 	log.Info("VM ended", "kind", res.Kind, "status", res.Status)
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		exits, eois := exitCounts(machine.Exits())
+		for _, e := range exits {
+			log.Debug("exits", "bus", e.Bus, "device", e.Device, "base", fmt.Sprintf("%#x", e.Base), "reads", e.Reads, "writes", e.Writes)
+		}
+		log.Debug("exits", "ioapic_eois", eois)
+	}
 	switch {
 	case res.Err != nil:
 		return &exitError{res.Status, res.Err}

@@ -51,6 +51,21 @@ type entry struct {
 	base, size uint64
 	name       string
 	dev        Device
+	n          *accessCount
+}
+
+// accessCount counts a device's accesses: each one is a VMM exit, so the
+// counts say where a guest spends them.
+type accessCount struct{ reads, writes atomic.Uint64 }
+
+// Count is one device's accesses since the bus was made.
+type Count struct {
+	Device       string `json:"device"`
+	Base         uint64 `json:"base"`
+	Reads        uint64 `json:"reads"`
+	Writes       uint64 `json:"writes"`
+	Size         uint64 `json:"size,omitempty"`
+	Unregistered bool   `json:"-"` // the fallback's or the unclaimed row
 }
 
 // Bus is one address space (ports or MMIO).
@@ -58,7 +73,8 @@ type Bus struct {
 	name    string
 	entries []entry // sorted by base, non-overlapping
 	// fallback answers what entries do not (nil: nothing does).
-	fallback Resolver
+	fallback  Resolver
+	fallbackN accessCount
 
 	unclaimedReads  atomic.Uint64
 	unclaimedWrites atomic.Uint64
@@ -95,7 +111,7 @@ func (b *Bus) Register(base, size uint64, name string, dev Device) error {
 				b.name, name, base, base+size, e.name, e.base, e.base+e.size)
 		}
 	}
-	b.entries = append(b.entries, entry{base, size, name, dev})
+	b.entries = append(b.entries, entry{base, size, name, dev, &accessCount{}})
 	sort.Slice(b.entries, func(i, j int) bool { return b.entries[i].base < b.entries[j].base })
 	return nil
 }
@@ -107,20 +123,46 @@ func (b *Bus) SetFallback(r Resolver) { b.fallback = r }
 // Lookup returns the device claiming addr and addr's offset in its range:
 // a registered range first, then the fallback resolver.
 func (b *Bus) Lookup(addr uint64) (Device, uint64, bool) {
+	d, off, _, ok := b.find(addr)
+	return d, off, ok
+}
+
+// find is Lookup with the access counter of what answers.
+func (b *Bus) find(addr uint64) (Device, uint64, *accessCount, bool) {
 	es := b.entries
 	i := sort.Search(len(es), func(i int) bool { return es[i].base+es[i].size > addr })
 	if i < len(es) && es[i].base <= addr {
-		return es[i].dev, addr - es[i].base, true
+		return es[i].dev, addr - es[i].base, es[i].n, true
 	}
 	if b.fallback != nil {
-		return b.fallback.Lookup(addr)
+		if d, off, ok := b.fallback.Lookup(addr); ok {
+			return d, off, &b.fallbackN, true
+		}
 	}
-	return nil, 0, false
+	return nil, 0, nil, false
+}
+
+// Counts returns every registered device's accesses, in address order,
+// then those the fallback answered ("fallback") and the unclaimed ones
+// ("unclaimed"), each where nonzero.
+func (b *Bus) Counts() []Count {
+	out := make([]Count, 0, len(b.entries)+2)
+	for _, e := range b.entries {
+		out = append(out, Count{Device: e.name, Base: e.base, Size: e.size, Reads: e.n.reads.Load(), Writes: e.n.writes.Load()})
+	}
+	if r, w := b.fallbackN.reads.Load(), b.fallbackN.writes.Load(); r+w > 0 {
+		out = append(out, Count{Device: "fallback", Reads: r, Writes: w, Unregistered: true})
+	}
+	if r, w := b.unclaimedReads.Load(), b.unclaimedWrites.Load(); r+w > 0 {
+		out = append(out, Count{Device: "unclaimed", Reads: r, Writes: w, Unregistered: true})
+	}
+	return out
 }
 
 // Read performs a read access.
 func (b *Bus) Read(addr uint64, data []byte) {
-	if d, off, ok := b.Lookup(addr); ok {
+	if d, off, n, ok := b.find(addr); ok {
+		n.reads.Add(1)
 		d.Read(off, data)
 		return
 	}
@@ -133,7 +175,8 @@ func (b *Bus) Read(addr uint64, data []byte) {
 
 // Write performs a write access.
 func (b *Bus) Write(addr uint64, data []byte) {
-	if d, off, ok := b.Lookup(addr); ok {
+	if d, off, n, ok := b.find(addr); ok {
+		n.writes.Add(1)
 		d.Write(off, data)
 		return
 	}

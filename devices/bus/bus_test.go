@@ -3,6 +3,7 @@ package bus
 import (
 	"bytes"
 	"log/slog"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -148,4 +149,44 @@ func TestFallback(t *testing.T) {
 	if _, w := b.Unclaimed(); w != 1 {
 		t.Fatalf("%d unclaimed writes, want 1", w)
 	}
+}
+
+// TestCounts: every access is counted against the device that answered it,
+// the fallback, or the unclaimed row.
+func TestCounts(t *testing.T) {
+	b := New("pio", nil)
+	if err := b.Register(0x3f8, 8, "serial", &regs{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Register(0x70, 2, "rtc", &regs{}); err != nil {
+		t.Fatal(err)
+	}
+	b.SetFallback(fallbackAt{0x1000, &regs{}})
+	var d [1]byte
+	for i := 0; i < 3; i++ {
+		b.Write(0x3f8, d[:])
+	}
+	b.Read(0x3fd, d[:])
+	b.Read(0x71, d[:])
+	b.Write(0x1000, d[:])
+	b.Read(0x9999, d[:])
+	got := b.Counts()
+	want := []Count{
+		{Device: "rtc", Base: 0x70, Size: 2, Reads: 1},
+		{Device: "serial", Base: 0x3f8, Size: 8, Reads: 1, Writes: 3},
+		{Device: "fallback", Writes: 1, Unregistered: true},
+		{Device: "unclaimed", Reads: 1, Unregistered: true},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Counts = %+v\nwant %+v", got, want)
+	}
+}
+
+type fallbackAt struct {
+	addr uint64
+	dev  Device
+}
+
+func (f fallbackAt) Lookup(addr uint64) (Device, uint64, bool) {
+	return f.dev, 0, addr == f.addr
 }
