@@ -131,6 +131,44 @@ var definitions = []Definition{
 		XSave: xsLegacy | xsAVX | xsAVX512 | xsPKRU,
 	},
 	{
+		// Skylake-Server's set plus what Ice Lake-SP added (the AVX-512
+		// extensions, GFNI, VAES, VPCLMULQDQ, 5-level paging), without
+		// TSX, MPX, processor trace and PCONFIG, as QEMU's later
+		// Icelake-Server versions have it. The signature is the real
+		// Ice Lake-SP's (QEMU's model says 134).
+		Name:        "Icelake-Server",
+		Description: "Intel Xeon Scalable 3rd gen (Ice Lake-SP): Skylake-Server + AVX-512 VBMI/VBMI2/VNNI/BITALG/VPOPCNTDQ, GFNI, VAES, LA57",
+		Vendor:      VendorIntel,
+		Family:      6, Model: 106, Stepping: 6,
+		Brand: "Intel Xeon Processor (Icelake)",
+		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, []string{
+			"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "3dnowprefetch",
+			"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb",
+			"pku", "spec_ctrl", "spec_ctrl_ssbd", "xsaveopt", "xsavec", "xgetbv1",
+			"avx512vbmi", "umip", "avx512_vbmi2", "gfni", "vaes", "vpclmulqdq", "avx512_vnni",
+			"avx512_bitalg", "avx512_vpopcntdq", "la57", "wbnoinvd",
+		}),
+		XSave: xsLegacy | xsAVX | xsAVX512 | xsPKRU,
+	},
+	{
+		// After QEMU's EPYC-Rome with IBRS and SSBD (its -v2), without
+		// SVM and MONITOR.
+		Name:        "EPYC-Rome",
+		Description: "AMD EPYC 2nd gen (Zen 2, Rome): AVX2, SHA, CLZERO, CLWB, RDPID, no PKU, no AVX-512",
+		Vendor:      VendorAMD,
+		Family:      23, Model: 49, Stepping: 0,
+		Brand: "AMD EPYC-Rome Processor",
+		Features: joined(systemBase, psABIv2, psABIv3, []string{
+			"pclmulqdq", "aes", "rdrand", "pdpe1gb", "rdtscp", "mmxext", "fxsr_opt",
+			"osvw", "3dnowprefetch", "misalignsse", "sse4a", "cr8_legacy", "topoext",
+			"fsgsbase", "smep", "rdseed", "adx", "smap", "clflushopt", "clwb", "sha_ni",
+			"umip", "rdpid",
+			"xsaveopt", "xsavec", "xgetbv1", "xsaves",
+			"clzero", "xsaveerptr", "wbnoinvd", "amd_ibpb", "amd_ibrs", "amd_stibp", "amd_ssbd",
+		}),
+		XSave: xsLegacy | xsAVX,
+	},
+	{
 		// After QEMU's EPYC-Milan (without SVM and MONITOR, which QEMU
 		// also turns off under KVM).
 		Name:        "EPYC-Milan",
@@ -151,7 +189,7 @@ var definitions = []Definition{
 }
 
 // Models lists the CPU model names Parse accepts, host first.
-var Models = []string{"host", "x86-64-v2", "x86-64-v3", "x86-64-v4", "Skylake-Server", "EPYC-Milan"}
+var Models = []string{"host", "x86-64-v2", "x86-64-v3", "x86-64-v4", "Skylake-Server", "Icelake-Server", "EPYC-Rome", "EPYC-Milan"}
 
 // Definitions returns the named models, host first.
 func Definitions() []Definition { return slices.Clone(definitions) }

@@ -168,7 +168,8 @@ func TestFMS(t *testing.T) {
 		{6, 85, 4, 0x50654},   // Skylake-SP
 		{25, 1, 1, 0xa00f11},  // Milan
 		{23, 49, 0, 0x830f10}, // Rome
-		{6, 134, 0, 0x80660},  // Ice Lake-SP
+		{6, 106, 6, 0x606a6},  // Ice Lake-SP
+		{6, 134, 0, 0x80660},  // QEMU's Icelake-Server
 	} {
 		if got := fms(c.f, c.m, c.s); got != c.want {
 			t.Errorf("fms(%d, %d, %d) = %#x, want %#x", c.f, c.m, c.s, got, c.want)
@@ -213,10 +214,30 @@ func TestPsABILevels(t *testing.T) {
 	}
 }
 
+// TestModelGenerations: a vendor's newer model keeps everything the older
+// one has, and each contains the psABI level its ISA reaches.
+func TestModelGenerations(t *testing.T) {
+	def := func(n string) Definition { d, _ := LookupModel(n); return d }
+	for _, c := range [][2]string{
+		{"x86-64-v3", "EPYC-Rome"}, {"EPYC-Rome", "EPYC-Milan"},
+		{"x86-64-v4", "Skylake-Server"}, {"Skylake-Server", "Icelake-Server"},
+	} {
+		older, newer := def(c[0]), def(c[1])
+		for _, f := range older.Features {
+			if !slices.Contains(newer.Features, f) {
+				t.Errorf("%s lacks %s, which %s has", newer.Name, f, older.Name)
+			}
+		}
+		if older.XSave&^newer.XSave != 0 {
+			t.Errorf("%s lacks XSAVE components %#x of %s", newer.Name, older.XSave&^newer.XSave, older.Name)
+		}
+	}
+}
+
 // TestModelXSave: each model's XSAVE components are the ones its features
 // own, and leaf 0xD describes exactly them with a consistent size.
 func TestModelXSave(t *testing.T) {
-	for _, spec := range []string{"x86-64-v2", "x86-64-v3", "x86-64-v4", "Skylake-Server", "EPYC-Milan",
+	for _, spec := range []string{"x86-64-v2", "x86-64-v3", "x86-64-v4", "Skylake-Server", "Icelake-Server", "EPYC-Rome", "EPYC-Milan",
 		"x86-64-v3,-avx", "x86-64-v4,-avx512f", "Skylake-Server,-pku", "x86-64-v3,+avx512f", "x86-64-v3,+pku"} {
 		m, _ := Parse(spec)
 		d, _ := LookupModel(m.Name)

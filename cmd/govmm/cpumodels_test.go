@@ -21,8 +21,8 @@ flags		: fpu
 `
 
 // cpu-models decides from a cpuinfo file when told to (and from
-// /proc/cpuinfo when there is no accelerator): on Zen 3, v2, v3 and
-// EPYC-Milan run, v4 and the Intel model do not, each with its reason.
+// /proc/cpuinfo when there is no accelerator): on Zen 3, v2, v3 and the
+// EPYC models run, v4 and the Intel models do not, each with its reason.
 func TestCPUModelsFromCPUInfo(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cpuinfo")
 	if err := os.WriteFile(path, []byte(zen3CPUInfo), 0o644); err != nil {
@@ -37,9 +37,10 @@ func TestCPUModelsFromCPUInfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"host": "", "x86-64-v2": "", "x86-64-v3": "", "EPYC-Milan": "",
+		"host": "", "x86-64-v2": "", "x86-64-v3": "", "EPYC-Rome": "", "EPYC-Milan": "",
 		"x86-64-v4":      "missing avx512f avx512dq avx512cd avx512bw avx512vl",
 		"Skylake-Server": "needs a GenuineIntel host, this one is AuthenticAMD; missing avx512f",
+		"Icelake-Server": "needs a GenuineIntel host, this one is AuthenticAMD; missing avx512f",
 	}
 	for _, m := range rep.Models {
 		w, ok := want[m.Name]
