@@ -478,3 +478,42 @@ func TestSerialInputAtRestore(t *testing.T) {
 		})
 	}
 }
+
+// TestIRQPCITestdev finds QEMU's pci-testdev on PCI bus 0 through the
+// configuration ports and the ECAM window the MCFG names, sizes and moves
+// its BARs, and runs kvm-unit-tests' port-I/O and MMIO tests against them.
+func TestIRQPCITestdev(t *testing.T) {
+	runIRQ(t, "pcitestdev", "", func(t *testing.T, r Result) {
+		m := fields(t, r.Stdout, "pcitestdev", "")
+		if m["host"] != "0x81b36" || m["slot"] != "31" || m["ecam"] != "0xe0000000" || m["ecam_ok"] != "1" ||
+			m["mmio"] != "16,16,16" || m["portio"] != "16,16,16" {
+			t.Errorf("pci-testdev: %v", m)
+		}
+	})
+}
+
+// TestPCIStateAtRestore: BARs a guest moved, and pci-testdev's counter,
+// survive a snapshot and restore (on the same accelerator).
+func TestPCIStateAtRestore(t *testing.T) {
+	guest := guestPath(t, "irq")
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			dir := t.TempDir()
+			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			args := append([]string{"run", "--test-devices"}, acc...)
+			p := start(t, append(args, "--kernel", guest, "--cmdline", "irqtest=pcitestdev wait=1", "--api-socket", sock)...)
+			p.waitFor("pcitestdev: placed", time.Minute)
+			if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+			}
+			p.exit(30 * time.Second)
+			r := govmmInput(t, "x", append(append([]string{"restore"}, acc...), "--snapshot="+snap)...)
+			if r.Code != irqOK {
+				t.Fatalf("restored pci-testdev guest: want exit %d\n%s", irqOK, r)
+			}
+			if m := fields(t, r.Stdout, "pcitestdev", "kept="); m["kept"] != "5" || m["bar0"] != "0xc0100000" || m["bar1"] != "0xc201" {
+				t.Fatalf("restored guest: %v", m)
+			}
+		})
+	}
+}

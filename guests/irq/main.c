@@ -29,6 +29,16 @@
  *           10 through port 0x200a, and a level line on GSI 19 held high
  *           across two EOIs (two redeliveries) and lowered in the third
  *           handler (no more).
+ *   pcitestdev QEMU's pci-testdev (devices/pcitestdev) found on PCI bus 0
+ *           through the 0xCF8/0xCFC ports and through the ECAM window the
+ *           MCFG table names: the host bridge at 00:00.0, the device's
+ *           BARs sized with all ones and moved by the guest, then
+ *           kvm-unit-tests' six port-I/O and MMIO tests (16 writes each),
+ *           and memory decode switched off in the command register. With
+ *           wait=1 the guest moves the BARs, counts 5 writes in the MMIO
+ *           wildcard test, prints "pcitestdev: placed" and polls the UART
+ *           for a byte (a snapshot is taken and restored meanwhile), then
+ *           checks that the moved BARs and the count survived.
  *   bench   n=N MSIs through an irqfd and injected from userspace
  *           (SignalMSI), and bells=B doorbell writes from CPL3 to a plain
  *           MMIO register and to an ioeventfd-backed one; prints ns each.
@@ -684,13 +694,139 @@ static int t_pctestdev(void)
 		       : IRQ_FAIL;
 }
 
+/* ---- pcitestdev ---- */
+#define PCI_CFG_ADDR 0xcf8
+#define PCI_CFG_DATA 0xcfc
+#define PCITEST_ID 0x00051b36u
+#define PCIHOST_ID 0x00081b36u
+#define PCITEST_MEM 0xC0100000u /* where the guest moves BAR 0 */
+#define PCITEST_IO 0xC200u      /* and BAR 1 */
+
+static uint32_t cf8_read(int slot, int reg)
+{
+	outl(PCI_CFG_ADDR, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
+	return inl(PCI_CFG_DATA);
+}
+
+static void cf8_write(int slot, int reg, uint32_t v)
+{
+	outl(PCI_CFG_ADDR, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
+	outl(PCI_CFG_DATA, v);
+}
+
+/* The ECAM base from the MCFG table (0: none). */
+static uint64_t mcfg_base(void)
+{
+	const uint8_t *r = (const uint8_t *)acpi.rsdp;
+	if (!r || r[15] < 2)
+		return 0;
+	const uint8_t *x = (const uint8_t *)*(const uint64_t *)(r + 24);
+	uint32_t len = *(const uint32_t *)(x + 4);
+	for (uint32_t i = 36; i + 8 <= len; i += 8) {
+		const uint8_t *t = (const uint8_t *)*(const uint64_t *)(x + i);
+		if (!memcmp(t, "MCFG", 4) && *(const uint32_t *)(t + 4) >= 60 && t[54] == 0)
+			return *(const uint64_t *)(t + 44);
+	}
+	return 0;
+}
+
+struct pcitest_ops {
+	uint8_t (*rb)(uint64_t a);
+	void (*wb)(uint64_t a, uint8_t v);
+};
+static uint8_t mem_rb(uint64_t a) { return *(volatile uint8_t *)a; }
+static void mem_wb(uint64_t a, uint8_t v) { *(volatile uint8_t *)a = v; }
+static uint8_t io_rb(uint64_t a) { return inb((uint16_t)a); }
+static void io_wb(uint64_t a, uint8_t v) { outb((uint16_t)a, v); }
+
+static uint32_t rl(const struct pcitest_ops *o, uint64_t a)
+{
+	return o->rb(a) | (uint32_t)o->rb(a + 1) << 8 | (uint32_t)o->rb(a + 2) << 16 | (uint32_t)o->rb(a + 3) << 24;
+}
+
+/* kvm-unit-tests' pci_testdev_one: the count of 16 writes, or -1. */
+static int pcitest_one(const struct pcitest_ops *o, uint64_t base, int n)
+{
+	o->wb(base, (uint8_t)n);
+	if (rl(o, base + 12) != 0 || o->rb(base + 1) != 1)
+		return -1;
+	uint8_t sig = o->rb(base + 8);
+	uint32_t off = rl(o, base + 4);
+	for (int i = 0; i < 16; i++)
+		o->wb(base + off, sig);
+	return (int)rl(o, base + 12);
+}
+
+static int t_pcitestdev(void)
+{
+	if (!need_acpi(true))
+		return IRQ_FAIL;
+	uint32_t host = cf8_read(0, 0), hostclass = cf8_read(0, 8) >> 8;
+	int slot = -1;
+	for (int s = 0; s < 32 && slot < 0; s++)
+		if (cf8_read(s, 0) == PCITEST_ID)
+			slot = s;
+	uint64_t ecam = mcfg_base();
+	if (slot < 0 || !ecam) {
+		printf("pcitestdev: slot=%d ecam=%#lx host=%#x\n", slot, ecam, host);
+		return IRQ_FAIL;
+	}
+	volatile uint32_t *cfg = (volatile uint32_t *)(ecam + ((uint64_t)slot << 15));
+	bool ecam_ok = *(volatile uint32_t *)ecam == host && cfg[0] == PCITEST_ID && cfg[4] == cf8_read(slot, 0x10);
+	/* Size the BARs with decoding off, as Linux does, and move them. */
+	uint32_t cmd = cf8_read(slot, 4) & 0xffff;
+	cf8_write(slot, 4, cmd & ~3u);
+	cf8_write(slot, 0x10, 0xffffffff);
+	uint32_t size0 = cf8_read(slot, 0x10);
+	cfg[5] = 0xffffffff; /* BAR 1 through ECAM */
+	uint32_t size1 = cfg[5];
+	cf8_write(slot, 0x10, PCITEST_MEM);
+	cfg[5] = PCITEST_IO;
+	cfg[1] = cmd | 3; /* I/O and memory decode on */
+	uint32_t bar0 = cf8_read(slot, 0x10), bar1 = cf8_read(slot, 0x14);
+	static const struct pcitest_ops mem = {mem_rb, mem_wb}, io = {io_rb, io_wb};
+	bool wait = cmdline_u64("wait", 0) != 0;
+	int kept = -1;
+	if (wait) {
+		mem_wb(PCITEST_MEM, 1); /* mmio-wildcard-eventfd */
+		for (int i = 0; i < 5; i++)
+			mem_wb(PCITEST_MEM + 2048 + 1, 0x42);
+		printf("pcitestdev: placed\n");
+		while (!(inb(0x3f8 + 5) & 1)) /* LSR data ready */
+			pause();
+		(void)inb(0x3f8);
+		kept = (int)rl(&mem, PCITEST_MEM + 12);
+		bar0 = cf8_read(slot, 0x10);
+		bar1 = cf8_read(slot, 0x14);
+	}
+	int counts[6];
+	for (int n = 0; n < 3; n++) {
+		counts[n] = pcitest_one(&mem, bar0 & ~0xfu, n);
+		counts[3 + n] = pcitest_one(&io, bar1 & ~3u, n);
+	}
+	/* Memory decode off: BAR 0 reads as all ones, BAR 1 still answers
+	 * (byte 0 of the selected test's header: portio-datamatch, test 5). */
+	cf8_write(slot, 4, 1);
+	uint8_t off_mem = mem_rb(PCITEST_MEM), on_io = io_rb(PCITEST_IO);
+	cf8_write(slot, 4, 3);
+	printf("pcitestdev: host=%#x host_class=%#x slot=%d ecam=%#lx ecam_ok=%d size0=%#x size1=%#x bar0=%#x bar1=%#x "
+	       "mmio=%d,%d,%d portio=%d,%d,%d decode_off=%#x io_test=%u kept=%d\n",
+	       host, hostclass, slot, ecam, ecam_ok, size0, size1, bar0, bar1, counts[0], counts[1], counts[2], counts[3],
+	       counts[4], counts[5], off_mem, on_io, kept);
+	bool ok = host == PCIHOST_ID && hostclass == 0x060000 && ecam_ok && size0 == 0xfffff000 && size1 == 0xffffff01 &&
+		  bar0 == PCITEST_MEM && bar1 == (PCITEST_IO | 1) && off_mem == 0xff && on_io == 5 && (!wait || kept == 5);
+	for (int i = 0; i < 6; i++)
+		ok = ok && counts[i] == 16;
+	return ok ? IRQ_OK : IRQ_FAIL;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(void);
 } tests[] = {
 	{"bench", t_bench},
 	{"pit", t_pit}, {"pic", t_pic}, {"level", t_level}, {"msi", t_msi}, {"serial", t_serial}, {"calib", t_calib},
-	{"resample", t_resample}, {"pctestdev", t_pctestdev},
+	{"resample", t_resample}, {"pctestdev", t_pctestdev}, {"pcitestdev", t_pcitestdev},
 };
 
 int main(void)
