@@ -168,7 +168,7 @@ func (m Model) Apply(supported []accel.CPUIDEntry) ([]accel.CPUIDEntry, error) {
 		// The model's missing features, before the ones it does not
 		// name join removed: a model never adds what the host lacks.
 		if v := Vendor(supported); def.Vendor != "" && v != def.Vendor {
-			return nil, fmt.Errorf("cpu model %s: the model is a %s CPU, this host's is %s (govmm presents only the host's vendor)", m, def.Vendor, v)
+			return nil, fmt.Errorf("cpu model %s: the model needs a %s host, this one is %s (govmm presents only the host's vendor)", m, def.Vendor, v)
 		}
 		if missing := def.missing(&removed, func(n string) bool { f, _ := Lookup(n); return f.Has(supported) }); len(missing) > 0 {
 			return nil, fmt.Errorf("cpu model %s: this host's accelerator lacks %s (run `govmm cpu-models` for the models this host can run)", m, strings.Join(missing, " "))
