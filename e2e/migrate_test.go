@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"govmm/internal/linuxguest"
 )
 
 // proc is a govmm process the test talks to while it runs.
@@ -25,7 +27,6 @@ type proc struct {
 	stdin io.WriteCloser
 	mu    sync.Mutex
 	out   bytes.Buffer
-	last  time.Time // of the last output
 	done  chan struct{}
 	err   error
 }
@@ -35,13 +36,12 @@ type lockedWriter struct{ p *proc }
 func (w lockedWriter) Write(b []byte) (int, error) {
 	w.p.mu.Lock()
 	defer w.p.mu.Unlock()
-	w.p.last = time.Now()
 	return w.p.out.Write(b)
 }
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, done: make(chan struct{}), last: time.Now()}
+	p := &proc{t: t, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
 	in, err := p.cmd.StdinPipe()
@@ -92,27 +92,36 @@ var errStalled = errors.New("stalled: no output")
 
 // waitProgress waits until the output contains s, for at most d, and
 // gives up early with errStalled when the process prints nothing for
-// quiet. Other failures (an exit, the whole bound) are fatal.
+// quiet, or with linuxguest.ErrTripleFault when it ended in a triple fault.
+// Other failures (another exit, the whole bound) are fatal.
 func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 	p.t.Helper()
+	// Quiet time is counted in polls, not read off the clock, which on
+	// the nested substrate has been seen to jump (see linuxguest.Boot).
+	const poll = 50 * time.Millisecond
 	deadline := time.Now().Add(d)
+	lastLen, quietPolls := -1, 0
 	for time.Now().Before(deadline) {
-		if strings.Contains(p.output(), s) {
+		out := p.output()
+		if strings.Contains(out, s) {
 			return nil
 		}
-		p.mu.Lock()
-		q := time.Since(p.last)
-		p.mu.Unlock()
-		if q >= quiet {
-			return fmt.Errorf("%w for %v while waiting for %q:\n%s", errStalled, q.Round(time.Second), s, p.output())
+		if len(out) != lastLen {
+			lastLen, quietPolls = len(out), 0
+		} else if quietPolls++; time.Duration(quietPolls)*poll >= quiet {
+			return fmt.Errorf("%w for %v while waiting for %q:\n%s", errStalled, quiet, s, out)
 		}
 		select {
 		case <-p.done:
-			if strings.Contains(p.output(), s) {
+			out := p.output()
+			if strings.Contains(out, s) {
 				return nil
 			}
-			p.t.Fatalf("%s exited (%v) before printing %q:\n%s", strings.Join(p.cmd.Args, " "), p.err, s, p.output())
-		case <-time.After(50 * time.Millisecond):
+			if linuxguest.IsTripleFault(out) {
+				return fmt.Errorf("%w: %s exited before printing %q:\n%s", linuxguest.ErrTripleFault, strings.Join(p.cmd.Args, " "), s, out)
+			}
+			p.t.Fatalf("%s exited (%v) before printing %q:\n%s", strings.Join(p.cmd.Args, " "), p.err, s, out)
+		case <-time.After(poll):
 		}
 	}
 	p.t.Fatalf("%s: no %q within %v:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())

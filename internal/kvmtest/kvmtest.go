@@ -393,17 +393,20 @@ func runInL1(names []string, o options, start time.Time) int {
 	}
 	fmt.Printf("=== nested KVM: %s failed; running %s once more in a fresh L1 (the substrate fails now and then)\n",
 		strings.Join(failed, " "), map[bool]string{true: "it", false: "each"}[len(failed) == 1])
+	// Every one runs again, even after one failed again, so that the log
+	// shows which failures repeat.
+	code := 0
 	for _, name := range failed {
 		if time.Until(deadline) < 5*time.Minute {
 			fmt.Printf("=== nested KVM: no time left to run %s again\n", name)
-			return res.ExitCode
+			return 1
 		}
 		_, again, err := runL1(withRun(args, exactly(name)))
 		if err != nil || again.ExitCode != 0 {
-			return 1
+			code = 1
 		}
 	}
-	return 0
+	return code
 }
 
 // maxRerun bounds the failed tests that run again: more failures than a

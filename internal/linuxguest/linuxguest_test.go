@@ -81,3 +81,15 @@ func TestRunNotAStall(t *testing.T) {
 		t.Fatalf("a VMM that never ends: %v", err)
 	}
 }
+
+func TestRunTripleFault(t *testing.T) {
+	b := Boot{Govmm: fakeVMM(t, "echo '[    4.9] x86/fpu: Enabled xstate features 0x207'; echo 'govmm: vCPU 0: triple fault (the guest took an exception it could not handle) at RIP 0xfff0' >&2; exit 2"),
+		CPUs: 1, Token: "x", Timeout: time.Minute}
+	if _, err := b.Run(context.Background()); !errors.Is(err, ErrTripleFault) || errors.Is(err, ErrStalled) {
+		t.Fatalf("a guest that triple-faulted: %v, want ErrTripleFault", err)
+	}
+	b.Govmm = fakeVMM(t, "echo 'govmm: vCPU 0: emulation failure at RIP 0x1000' >&2; exit 2")
+	if _, err := b.Run(context.Background()); err == nil || errors.Is(err, ErrTripleFault) {
+		t.Fatalf("another crash: %v, want a plain failure", err)
+	}
+}

@@ -51,6 +51,8 @@ const (
 	L1TCGEnv  = "GOVMM_L1_TCG"
 	// L1KVMAMDEnv holds kvm-amd module parameters for L1 (e.g. "npt=0").
 	L1KVMAMDEnv = "GOVMM_L1_KVM_AMD"
+	// L1AppendEnv adds to L1's kernel command line (e.g. "tsc=reliable").
+	L1AppendEnv = "GOVMM_L1_APPEND"
 	qemuBin     = "qemu-system-x86_64"
 	exitMark    = "@@govmm-nested-exit="
 )
@@ -303,7 +305,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", a.Kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 loglevel=4 panic=-1 mitigations=off",
+		"-append", strings.TrimSpace("console=ttyS0 loglevel=4 panic=-1 mitigations=off "+os.Getenv(L1AppendEnv)),
 		"-serial", "file:"+console,
 		"-chardev", "stdio,id=out,signal=off", "-serial", "chardev:out",
 	)
