@@ -475,27 +475,35 @@ func TestIRQPCTestdev(t *testing.T) {
 // LAPICs: an MSI sent before then is lost (KVM_SIGNAL_MSI fails, MSHV
 // rejects it) and the guest would wait forever.
 func TestSerialInputAtRestore(t *testing.T) {
-	guest := guestPath(t, "irq")
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			dir := t.TempDir()
-			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
-			args := append([]string{"run", "--test-devices"}, acc...)
-			p := start(t, append(args, "--kernel", guest, "--cmdline", "irqtest=serial", "--api-socket", sock)...)
-			p.waitFor("serial: ready", time.Minute)
-			if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
-				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
-			}
-			p.exit(30 * time.Second)
-			r := govmmInput(t, "hello restore\n", append(append([]string{"restore"}, acc...), "--snapshot="+snap)...)
-			if r.Code != irqOK {
-				t.Fatalf("restored serial guest: want exit %d\n%s", irqOK, r)
-			}
+			r := restoredIRQGuest(t, acc, "irqtest=serial", "serial: ready", "hello restore\n")
 			if m := fields(t, r.Stdout, "serial", "got="); m["got"] != "hello restore" {
 				t.Fatalf("restored guest read %v", m)
 			}
 		})
 	}
+}
+
+// restoredIRQGuest boots the irq guest with cmdline on acc, waits for its
+// ready line, snapshots and stops it, and restores it with input on its
+// stdin; the restored guest must exit irqOK.
+func restoredIRQGuest(t *testing.T, acc []string, cmdline, ready, input string) Result {
+	t.Helper()
+	dir := t.TempDir()
+	sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+	args := append([]string{"run", "--test-devices"}, acc...)
+	p := start(t, append(args, "--kernel", guestPath(t, "irq"), "--cmdline", cmdline, "--api-socket", sock)...)
+	p.waitFor(ready, time.Minute)
+	if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
+		t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+	}
+	p.exit(30 * time.Second)
+	r := govmmInput(t, input, append(append([]string{"restore"}, acc...), "--snapshot="+snap)...)
+	if r.Code != irqOK {
+		t.Fatalf("restored guest (%s): want exit %d\n%s", cmdline, irqOK, r)
+	}
+	return r
 }
 
 // TestIRQPCITestdev finds QEMU's pci-testdev on PCI bus 0 through the
@@ -514,22 +522,9 @@ func TestIRQPCITestdev(t *testing.T) {
 // TestPCIStateAtRestore: BARs a guest moved, and pci-testdev's counter,
 // survive a snapshot and restore (on the same accelerator).
 func TestPCIStateAtRestore(t *testing.T) {
-	guest := guestPath(t, "irq")
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			dir := t.TempDir()
-			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
-			args := append([]string{"run", "--test-devices"}, acc...)
-			p := start(t, append(args, "--kernel", guest, "--cmdline", "irqtest=pcitestdev wait=1", "--api-socket", sock)...)
-			p.waitFor("pcitestdev: placed", time.Minute)
-			if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
-				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
-			}
-			p.exit(30 * time.Second)
-			r := govmmInput(t, "x", append(append([]string{"restore"}, acc...), "--snapshot="+snap)...)
-			if r.Code != irqOK {
-				t.Fatalf("restored pci-testdev guest: want exit %d\n%s", irqOK, r)
-			}
+			r := restoredIRQGuest(t, acc, "irqtest=pcitestdev wait=1", "pcitestdev: placed", "x")
 			if m := fields(t, r.Stdout, "pcitestdev", "kept="); m["kept"] != "5" || m["bar0"] != "0xc0100000" || m["bar1"] != "0xc201" {
 				t.Fatalf("restored guest: %v", m)
 			}

@@ -60,6 +60,12 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 			select {
 			case err := <-exited:
 				b, _ := os.ReadFile(out)
+				if i := strings.Index(string(b), "Linux version"); i >= 0 {
+					// The banner is what this test asks for; what ended
+					// the guest after it is TestLinuxBootLog's business.
+					t.Logf("Linux printed its banner; govmm then exited (%v) after %v", err, time.Since(start).Round(time.Second))
+					return
+				}
 				t.Fatalf("govmm exited (%v) before Linux printed its banner:\n%s\n--- govmm's stderr:\n%s", err, b, stderr.String())
 			case <-deadline:
 				cmd.Process.Kill()
