@@ -333,6 +333,14 @@ func runInL1(names []string, o options, start time.Time) int {
 	deadline := time.Now().Add(budget - 30*time.Second)
 	runL1 := func(args []string) (*resultCounter, nested.Result, error) {
 		counter := &resultCounter{}
+		// L1's raw output is kept in a file: the log shows it through
+		// go test's framing, which a crash in L1 can garble.
+		var raw io.Writer = io.Discard
+		if f, err := os.CreateTemp("", "govmm-l1-*.log"); err == nil {
+			defer f.Close()
+			raw = bestEffort{f}
+			fmt.Printf("=== nested KVM: L1's raw output goes to %s\n", f.Name())
+		}
 		res, err := nested.Run(context.Background(), nested.Config{
 			Command:  args,
 			Dir:      wd,
@@ -343,7 +351,7 @@ func runInL1(names []string, o options, start time.Time) int {
 			// Every test's own bound is shorter (the longest, a Linux boot,
 			// 5 minutes): silence this long means L1 itself froze.
 			IdleTimeout: 10 * time.Minute,
-			Output:      io.MultiWriter(os.Stdout, counter),
+			Output:      io.MultiWriter(os.Stdout, counter, raw),
 		})
 		if err == nil {
 			fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
@@ -407,6 +415,15 @@ func runInL1(names []string, o options, start time.Time) int {
 		}
 	}
 	return code
+}
+
+// bestEffort writes to w and never fails: a full disk must not cut the
+// stream the tests' results come from.
+type bestEffort struct{ w io.Writer }
+
+func (b bestEffort) Write(p []byte) (int, error) {
+	b.w.Write(p)
+	return len(p), nil
 }
 
 // maxRerun bounds the failed tests that run again: more failures than a
