@@ -62,6 +62,24 @@ const (
 )
 
 // joined concatenates feature lists (the model tables build on each other).
+// The vendor models' features beyond the psABI levels, which each vendor's
+// newer model keeps.
+var (
+	skylakeServer = []string{
+		"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "3dnowprefetch",
+		"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb",
+		"pku", "spec_ctrl", "xsaveopt", "xsavec", "xgetbv1",
+	}
+	epycRome = []string{
+		"pclmulqdq", "aes", "rdrand", "pdpe1gb", "rdtscp", "mmxext", "fxsr_opt",
+		"osvw", "3dnowprefetch", "misalignsse", "sse4a", "cr8_legacy", "topoext",
+		"fsgsbase", "smep", "rdseed", "adx", "smap", "clflushopt", "clwb", "sha_ni",
+		"umip", "rdpid",
+		"xsaveopt", "xsavec", "xgetbv1", "xsaves",
+		"clzero", "xsaveerptr", "wbnoinvd", "amd_ibpb", "amd_ibrs", "amd_stibp", "amd_ssbd",
+	}
+)
+
 func joined(lists ...[]string) []string {
 	var out []string
 	for _, l := range lists {
@@ -122,13 +140,9 @@ var definitions = []Definition{
 		Description: "Intel Xeon Scalable 1st gen (Skylake-SP): AVX-512 F/CD/BW/DQ/VL, PKU, no TSX, no MPX",
 		Vendor:      VendorIntel,
 		Family:      6, Model: 85, Stepping: 4,
-		Brand: "Intel Xeon Processor (Skylake)",
-		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, []string{
-			"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "3dnowprefetch",
-			"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb",
-			"pku", "spec_ctrl", "xsaveopt", "xsavec", "xgetbv1",
-		}),
-		XSave: xsLegacy | xsAVX | xsAVX512 | xsPKRU,
+		Brand:    "Intel Xeon Processor (Skylake)",
+		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, skylakeServer),
+		XSave:    xsLegacy | xsAVX | xsAVX512 | xsPKRU,
 	},
 	{
 		// Skylake-Server's set plus what Ice Lake-SP added (the AVX-512
@@ -141,11 +155,8 @@ var definitions = []Definition{
 		Vendor:      VendorIntel,
 		Family:      6, Model: 106, Stepping: 6,
 		Brand: "Intel Xeon Processor (Icelake)",
-		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, []string{
-			"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "3dnowprefetch",
-			"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb",
-			"pku", "spec_ctrl", "spec_ctrl_ssbd", "xsaveopt", "xsavec", "xgetbv1",
-			"avx512vbmi", "umip", "avx512_vbmi2", "gfni", "vaes", "vpclmulqdq", "avx512_vnni",
+		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, skylakeServer, []string{
+			"spec_ctrl_ssbd", "avx512vbmi", "umip", "avx512_vbmi2", "gfni", "vaes", "vpclmulqdq", "avx512_vnni",
 			"avx512_bitalg", "avx512_vpopcntdq", "la57", "wbnoinvd",
 		}),
 		XSave: xsLegacy | xsAVX | xsAVX512 | xsPKRU,
@@ -157,16 +168,9 @@ var definitions = []Definition{
 		Description: "AMD EPYC 2nd gen (Zen 2, Rome): AVX2, SHA, CLZERO, CLWB, RDPID, no PKU, no AVX-512",
 		Vendor:      VendorAMD,
 		Family:      23, Model: 49, Stepping: 0,
-		Brand: "AMD EPYC-Rome Processor",
-		Features: joined(systemBase, psABIv2, psABIv3, []string{
-			"pclmulqdq", "aes", "rdrand", "pdpe1gb", "rdtscp", "mmxext", "fxsr_opt",
-			"osvw", "3dnowprefetch", "misalignsse", "sse4a", "cr8_legacy", "topoext",
-			"fsgsbase", "smep", "rdseed", "adx", "smap", "clflushopt", "clwb", "sha_ni",
-			"umip", "rdpid",
-			"xsaveopt", "xsavec", "xgetbv1", "xsaves",
-			"clzero", "xsaveerptr", "wbnoinvd", "amd_ibpb", "amd_ibrs", "amd_stibp", "amd_ssbd",
-		}),
-		XSave: xsLegacy | xsAVX,
+		Brand:    "AMD EPYC-Rome Processor",
+		Features: joined(systemBase, psABIv2, psABIv3, epycRome),
+		XSave:    xsLegacy | xsAVX,
 	},
 	{
 		// After QEMU's EPYC-Milan (without SVM and MONITOR, which QEMU
@@ -175,16 +179,9 @@ var definitions = []Definition{
 		Description: "AMD EPYC 3rd gen (Zen 3, Milan): AVX2, SHA, CLZERO, PKU, no AVX-512",
 		Vendor:      VendorAMD,
 		Family:      25, Model: 1, Stepping: 1,
-		Brand: "AMD EPYC-Milan Processor",
-		Features: joined(systemBase, psABIv2, psABIv3, []string{
-			"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "mmxext", "fxsr_opt",
-			"osvw", "3dnowprefetch", "misalignsse", "sse4a", "cr8_legacy", "topoext",
-			"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb", "sha_ni",
-			"umip", "rdpid", "pku", "fsrm",
-			"xsaveopt", "xsavec", "xgetbv1", "xsaves",
-			"clzero", "xsaveerptr", "wbnoinvd", "amd_ibpb", "amd_ibrs", "amd_stibp", "amd_ssbd",
-		}),
-		XSave: xsLegacy | xsAVX | xsPKRU,
+		Brand:    "AMD EPYC-Milan Processor",
+		Features: joined(systemBase, psABIv2, psABIv3, epycRome, []string{"pcid", "erms", "invpcid", "pku", "fsrm"}),
+		XSave:    xsLegacy | xsAVX | xsPKRU,
 	},
 }
 
