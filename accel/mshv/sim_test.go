@@ -113,6 +113,17 @@ func newMachineOn(t *testing.T, sim *mshvsim.Sim, acc *mshv.Accelerator, memSize
 	return m
 }
 
+// cpuidLeaf returns the last entry of ids for leaf fn, or nil.
+func cpuidLeaf(ids []accel.CPUIDEntry, fn uint32) *accel.CPUIDEntry {
+	var e *accel.CPUIDEntry
+	for i := range ids {
+		if ids[i].Function == fn {
+			e = &ids[i]
+		}
+	}
+	return e
+}
+
 // outDword is the 32-bit value of the i-th logged port write, which must
 // be an OUT to port.
 func outDword(t *testing.T, rec *recorder, i int, port uint16) uint32 {
@@ -596,15 +607,7 @@ func TestSimCapsAndCPUID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var leaf0, leaf1 *accel.CPUIDEntry
-	for i := range ids {
-		switch ids[i].Function {
-		case 0:
-			leaf0 = &ids[i]
-		case 1:
-			leaf1 = &ids[i]
-		}
-	}
+	leaf0, leaf1 := cpuidLeaf(ids, 0), cpuidLeaf(ids, 1)
 	if leaf0 == nil || leaf1 == nil || leaf0.EAX < 1 || leaf1.EDX&1 == 0 {
 		t.Fatalf("supported CPUID lacks sane leaves 0 and 1: %+v", ids)
 	}
@@ -834,15 +837,7 @@ func TestSimHypervInterface(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var vendor, features *accel.CPUIDEntry
-	for i := range ids {
-		switch ids[i].Function {
-		case 0x40000000:
-			vendor = &ids[i]
-		case 0x40000003:
-			features = &ids[i]
-		}
-	}
+	vendor, features := cpuidLeaf(ids, 0x40000000), cpuidLeaf(ids, 0x40000003)
 	if vendor == nil || features == nil || vendor.EAX < 0x40000005 || vendor.EBX != 0x7263694d || features.EAX&(1<<9) == 0 {
 		t.Fatalf("supported CPUID lacks Hyper-V's leaves with the reference TSC page: vendor %+v features %+v", vendor, features)
 	}
