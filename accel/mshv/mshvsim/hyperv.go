@@ -88,13 +88,3 @@ func hypervLeaves(synth uint64) []accel.CPUIDEntry {
 		{Function: hvLeafHardware},
 	}
 }
-
-// hvMSR maps the Hyper-V synthetic registers that KVM's Hyper-V emulation
-// holds to their MSRs. The partition-wide ones (guest OS ID, hypercall
-// page, reference TSC page) are per VM in KVM, as in the hypervisor.
-var hvMSR = map[uint32]uint32{
-	0x90001: 0x40000001, // HYPERCALL
-	0x90002: 0x40000000, // GUEST_OS_ID
-	0x90013: 0x40000073, // VP_ASSIST_PAGE
-	0x90017: 0x40000021, // REFERENCE_TSC
-}
