@@ -181,7 +181,7 @@ func TestLinuxBootLog(t *testing.T) {
 		t.Helper()
 		b.Govmm, b.Kernel, b.Initrd, b.Dmesg = binary, kernel, initrd, true
 		b.Token = fmt.Sprintf("log-%d", time.Now().UnixNano()%1e6)
-		return bootRetryingStall(t, b)
+		return bootRetryingSubstrate(t, b)
 	}
 	// The baselines: QEMU's default on KVM (kvmclock, in-kernel PIT) for
 	// KVM, and for MSHV QEMU with Hyper-V's enlightenments instead of
@@ -265,7 +265,7 @@ func TestLinuxBootLog(t *testing.T) {
 	}
 }
 
-// bootRetryingStall runs b, and once more if its console went quiet (see
+// bootRetryingSubstrate runs b, and once more if its console went quiet (see
 // linuxguest.ErrStalled) or it triple-faulted before init
 // (linuxguest.ErrTripleFault). On this project's nested substrate a Linux
 // guest now and then stops making progress for good (QEMU's own boot with
@@ -275,11 +275,11 @@ func TestLinuxBootLog(t *testing.T) {
 // the kernel patches its own text (the substrate's failure the README
 // describes). One retry, reported in the test log, keeps that from failing
 // a run; a boot that fails twice, or fails any other way, fails the test.
-func bootRetryingStall(t *testing.T, b linuxguest.Boot) linuxguest.Result {
+func bootRetryingSubstrate(t *testing.T, b linuxguest.Boot) linuxguest.Result {
 	t.Helper()
 	res, err := b.Run(context.Background())
 	if errors.Is(err, linuxguest.ErrStalled) || errors.Is(err, linuxguest.ErrTripleFault) {
-		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingStall): %v", err)
+		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
 		res, err = b.Run(context.Background())
 	}
 	if err != nil {
@@ -338,9 +338,9 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 		if attempt > 1 {
 			t.Fatal(err)
 		}
-		// See bootRetryingStall: a boot on the nested substrate now and
+		// See bootRetryingSubstrate: a boot on the nested substrate now and
 		// then stops making progress for good or triple-faults.
-		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingStall): %v", err)
+		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
 		p.cmd.Process.Kill()
 		<-p.done
 		os.Remove(sock)
