@@ -32,11 +32,26 @@ static void check_fmt(const char *want, const char *fmt, ...)
 	}
 }
 
+/* Set by each AP after its line is printed, so the BSP's summary and
+ * power-off cannot cut an AP's line short. */
 static volatile int ap_seen[MAX_CPUS];
 static void ap_main(uint32_t idx)
 {
-	ap_seen[idx] = 1;
 	printf("libtest: AP %u (APIC ID %u) up\n", idx, lapic_id());
+	__atomic_store_n(&ap_seen[idx], 1, __ATOMIC_RELEASE);
+}
+
+/* ap_printed waits up to a second for AP idx to finish its line: under a
+ * slow accelerator each serial byte is an exit, and one line takes far
+ * longer than the AP's start. */
+static bool ap_printed(int idx)
+{
+	for (int ms = 0; ms < 1000; ms++) {
+		if (__atomic_load_n(&ap_seen[idx], __ATOMIC_ACQUIRE))
+			return true;
+		udelay(1000);
+	}
+	return __atomic_load_n(&ap_seen[idx], __ATOMIC_ACQUIRE);
 }
 
 static uint64_t sys_double(uint64_t a0, uint64_t a1, uint64_t a2) { return a0 * 2 + a1 + a2; }
@@ -141,8 +156,7 @@ int main(void)
 	int n = smp_start(ap_main);
 	check(n == acpi.ncpus, "all MADT CPUs started");
 	for (int i = 1; i < n; i++)
-		check(ap_seen[i], "AP ran ap_main");
-	udelay(1000);
+		check(ap_printed(i), "AP ran ap_main");
 	printf("libtest: %d CPUs, %d passed, %d failed\n", n, passed, failed);
 	if (failed)
 		debug_exit(1);
