@@ -319,7 +319,7 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 	if err := v.k.SetRegs(&pre); err != nil {
 		return v.fail("%v", err)
 	}
-	insn := v.fetch(&s, pre.RIP)
+	insn := v.messageBytes(&s, pre.RIP)
 	access := byte(0)
 	if io.Out {
 		access = 1
@@ -377,7 +377,7 @@ func (v *vp) mmioIntercept(x kvm.RawExit, msg []byte) error {
 	if m.Write {
 		access = 1
 	}
-	insn := v.fetch(&s, pre.RIP)
+	insn := v.messageBytes(&s, pre.RIP)
 	v.header(msg, typ, 80, &pre, &s, access, 0)
 	p := msg[msgPayload:]
 	binary.LittleEndian.PutUint32(p[mmCacheType:], 6) // write-back cache type
@@ -465,20 +465,41 @@ func (p *partition) ram(gpa uint64, n int) []byte {
 	return r.host[o : o+uint64(n)]
 }
 
-// fetch reads up to 16 instruction bytes at CS:rip, stopping at the end
-// of the page (as MSHV's instruction_bytes may).
+// messageBytes is what an intercept message carries as instruction_bytes:
+// the bytes at CS:rip up to the end of the page, as the hypervisor may
+// stop there. The VMM fetches the rest itself.
+func (v *vp) messageBytes(s *accel.Sregs, rip uint64) []byte {
+	b := v.fetch(s, rip)
+	la := s.CS.Base + rip
+	return b[:min(len(b), int(4096-la&0xfff))]
+}
+
+// fetch reads up to 16 instruction bytes at CS:rip, across a page
+// boundary when the next page is mapped: what the simulator decodes to
+// find the instruction KVM stopped on.
 func (v *vp) fetch(s *accel.Sregs, rip uint64) []byte {
 	la := s.CS.Base + rip
 	if s.EFER&(1<<10) == 0 || !s.CS.L {
 		la &= 0xffffffff
 	}
-	gpa, ok := v.walk(s, la)
-	if !ok {
-		return nil
+	var insn []byte
+	for len(insn) < 16 {
+		gpa, ok := v.walk(s, la)
+		if !ok {
+			break
+		}
+		n := min(16-len(insn), int(4096-gpa&0xfff))
+		b := v.p.ram(gpa, n)
+		insn = append(insn, b...)
+		if len(b) < n {
+			break
+		}
+		la += uint64(n)
+		if s.EFER&(1<<10) == 0 || !s.CS.L {
+			la &= 0xffffffff
+		}
 	}
-	n := min(16, int(4096-gpa&0xfff))
-	b := v.p.ram(gpa, n)
-	return append([]byte(nil), b...)
+	return insn
 }
 
 // translate serves TRANSLATE_VIRTUAL_ADDRESS (no permission checks beyond
