@@ -27,6 +27,8 @@ type fakeHV struct {
 	msgs         []func(m *mshvabi.Message)
 	hvcalls      int
 	vpstate      map[uint8][]byte
+	irqfdArgs    []mshvabi.UserIRQFD
+	routeTables  [][]mshvabi.UserIRQEntry
 }
 
 func newFake() *fakeHV {
@@ -58,8 +60,14 @@ func (f *fakeHV) handle(c *mshvabi.FakeCall) (int, error) {
 		return 0, f.hvcall(c)
 	case c.FD == fakePartFD:
 		switch c.Req {
-		case mshvabi.ReqInitializePartition, mshvabi.ReqSetGuestMemory, mshvabi.ReqIRQFD, mshvabi.ReqIOEventFD,
-			mshvabi.ReqSetMSIRouting, mshvabi.ReqGetGPAPAccessBitmap:
+		case mshvabi.ReqIRQFD:
+			f.irqfdArgs = append(f.irqfdArgs, mshvabi.UserIRQFD{FD: int32(binary.LittleEndian.Uint32(c.Arg)),
+				ResampleFD: int32(binary.LittleEndian.Uint32(c.Arg[4:])), GSI: binary.LittleEndian.Uint32(c.Arg[8:]), Flags: binary.LittleEndian.Uint32(c.Arg[12:])})
+			return 0, nil
+		case mshvabi.ReqSetMSIRouting:
+			f.routeTables = append(f.routeTables, append([]mshvabi.UserIRQEntry(nil), c.Routes...))
+			return 0, nil
+		case mshvabi.ReqInitializePartition, mshvabi.ReqSetGuestMemory, mshvabi.ReqIOEventFD, mshvabi.ReqGetGPAPAccessBitmap:
 			return 0, nil
 		case mshvabi.ReqCreateVP:
 			return fakeVPFD, nil
@@ -425,5 +433,78 @@ func TestFakeMMIOFault(t *testing.T) {
 	}
 	if _, ok := f.regs[mshvabi.RegRIP]; ok {
 		t.Errorf("RIP written (%#x) for a faulting instruction", f.regs[mshvabi.RegRIP].Low)
+	}
+}
+
+// TestFakeLevelMSIResampleInUserspace: a resample irqfd on a
+// level-triggered MSI route reaches the kernel as a plain irqfd (no
+// RESAMPLE flag), and the backend signals the resample eventfd itself when
+// a vCPU reports the EOI of the route's vector. Upstream's resampler
+// cannot be used: mshv_intercept_isr (drivers/hv/mshv_synic.c) passes the
+// EOI'd vector to mshv_notify_acked_gsi (drivers/hv/mshv_eventfd.c), which
+// compares it with the irqfd's GSI.
+func TestFakeLevelMSIResampleInUserspace(t *testing.T) {
+	f := newFake()
+	vm, v := f.machine(t)
+	if err := vm.SetGSIRouting([]accel.Route{
+		{GSI: 24, Kind: accel.RouteMSI, MSI: accel.MSI{AddressLo: 0xfee00000, Data: 0x51}},   // edge
+		{GSI: 40, Kind: accel.RouteMSI, MSI: accel.MSI{AddressLo: 0xfee00000, Data: 0xc052}}, // level, vector 0x52
+	}); err != nil {
+		t.Fatal(err)
+	}
+	trig, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(trig)
+	res, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(res)
+	if err := vm.AssignIRQFD(accel.IRQFD{FD: trig, GSI: 24, ResampleFD: res}); err == nil || !strings.Contains(err.Error(), "level-triggered") {
+		t.Fatalf("resample irqfd on an edge route: %v", err)
+	}
+	if err := vm.AssignIRQFD(accel.IRQFD{FD: trig, GSI: 40, ResampleFD: res}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.irqfdArgs); n != 1 || f.irqfdArgs[0].Flags != 0 || f.irqfdArgs[0].GSI != 40 {
+		t.Fatalf("MSHV_IRQFD calls %+v, want one plain irqfd on GSI 40 (no RESAMPLE)", f.irqfdArgs)
+	}
+	eoi := func(vec uint32) func(*mshvabi.Message) {
+		return func(m *mshvabi.Message) {
+			m.Header.MessageType = mshvabi.MsgX64APICEOI
+			m.APICEOI().InterruptVector = vec
+		}
+	}
+	count := func() uint64 {
+		var b [8]byte
+		if n, _ := unix.Read(res, b[:]); n != 8 {
+			return 0
+		}
+		return binary.LittleEndian.Uint64(b[:])
+	}
+	for _, c := range []struct {
+		vec  uint32
+		want uint64
+	}{{40, 0}, {0x51, 0}, {0x52, 1}} {
+		f.msgs = []func(*mshvabi.Message){eoi(c.vec)}
+		e, err := v.Run(&log{})
+		if err != nil || e.Reason != accel.ExitIOAPICEOI || e.Vector != uint8(c.vec) {
+			t.Fatalf("EOI of %#x: exit %+v %v, want it passed on to the IOAPIC", c.vec, e, err)
+		}
+		if n := count(); n != c.want {
+			t.Errorf("EOI of vector %#x: %d resamples, want %d", c.vec, n, c.want)
+		}
+	}
+	if err := vm.DeassignIRQFD(accel.IRQFD{FD: trig, GSI: 40, ResampleFD: res}); err != nil {
+		t.Fatal(err)
+	}
+	f.msgs = []func(*mshvabi.Message){eoi(0x52)}
+	if _, err := v.Run(&log{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("resampled after the deassign (%d)", n)
 	}
 }

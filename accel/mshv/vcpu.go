@@ -338,6 +338,7 @@ func (v *VCPU) handle() (exit accel.Exit, done bool, err error) {
 		return fatal(accel.ExitShutdown, hdr.RIP, nil, "unrecoverable exception (triple fault) on vCPU %d at rip %#x", v.index, hdr.RIP), true, nil
 	case mshvabi.MsgX64APICEOI:
 		e := m.APICEOI()
+		v.vm.resampleEOI(uint8(e.InterruptVector))
 		return accel.Exit{Reason: accel.ExitIOAPICEOI, Vector: uint8(e.InterruptVector)}, true, nil
 	case mshvabi.MsgX64CPUIDIntercept:
 		return v.handleCPUID()

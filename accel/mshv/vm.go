@@ -1,7 +1,6 @@
 package mshv
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -29,6 +28,13 @@ type VM struct {
 	dirtyOn bool
 	paused  bool
 
+	// irqMu guards the MSI routes the kernel holds and the resample
+	// irqfds govmm serves itself (see AssignIRQFD); the EOI path of every
+	// vCPU reads them.
+	irqMu      sync.Mutex
+	msiRoutes  map[uint32]accel.MSI
+	resamplers map[int]resampler // by trigger eventfd
+
 	// setupFrozen: time is frozen since creation and no Pause asked for
 	// it; the first Run unfreezes.
 	setupFrozen atomic.Bool
@@ -39,6 +45,15 @@ type VM struct {
 	vcpus  sync.Map // index -> *VCPU
 	xsave  layoutCache
 	closed bool
+}
+
+// resampler is a resample irqfd served in userspace: the kernel has the
+// trigger eventfd as a plain irqfd, and govmm signals fd (its own duplicate
+// of the caller's resample eventfd, closed on deassign) when a vCPU reports
+// the EOI of the GSI's level-triggered vector.
+type resampler struct {
+	gsi uint32
+	fd  int
 }
 
 type region struct {
@@ -53,7 +68,7 @@ var _ accel.VM = (*VM)(nil)
 
 func newVM(a *Accelerator, pfd int, cfg accel.VMConfig, v2 bool) *VM {
 	vm := &VM{acc: a, dev: a.dev, pfd: pfd, hv: hvcaller{dev: a.dev, fd: pfd}, cfg: cfg, V2: v2,
-		irqfds: map[int]accel.IRQFD{}}
+		irqfds: map[int]accel.IRQFD{}, msiRoutes: map[uint32]accel.MSI{}, resamplers: map[int]resampler{}}
 	vm.regions.Store(&[]region{})
 	vm.setupFrozen.Store(true)
 	return vm
@@ -148,6 +163,13 @@ func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 	if err := mshvabi.SetMSIRouting(vm.dev, vm.pfd, ents); err != nil {
 		return fmt.Errorf("MSHV_SET_MSI_ROUTING (%d routes): %w", len(ents), err)
 	}
+	m := make(map[uint32]accel.MSI, len(ents))
+	for _, e := range ents {
+		m[e.GSI] = accel.MSI{AddressLo: e.AddressLo, AddressHi: e.AddressHi, Data: e.Data}
+	}
+	vm.irqMu.Lock()
+	vm.msiRoutes = m
+	vm.irqMu.Unlock()
 	return nil
 }
 
@@ -165,25 +187,54 @@ func (vm *VM) SignalMSI(m accel.MSI) error {
 	return nil
 }
 
-// AssignIRQFD binds an eventfd to a GSI's MSI route; with ResampleFD >= 0
-// the route must already exist and be level-triggered (data bit 15).
+// msiLevel is data bit 15 of an MSI: level-triggered.
+const msiLevel = 1 << 15
+
+// AssignIRQFD binds an eventfd to a GSI's MSI route.
+//
+// With ResampleFD >= 0 (a level-triggered source) the resample is served
+// here, not by the kernel: the kernel gets a plain irqfd, and the vCPU
+// that reports the guest's EOI of the route's vector (HVMSG_X64_APIC_EOI,
+// which the hypervisor sends for level-triggered interrupts) signals
+// ResampleFD, as govmm's IOAPIC does for its pins. The kernel's own
+// RESAMPLE cannot be used: upstream mshv_intercept_isr (mshv_synic.c)
+// hands the EOI'd vector to mshv_notify_acked_gsi (mshv_eventfd.c), which
+// compares it with the irqfd's GSI number, so a resample irqfd fires only
+// when the GSI happens to equal the vector; and with the intercept message
+// page the kernel always enables, the EOI reaches the VMM as an opaque
+// intercept and never that path. The route must exist and be
+// level-triggered (data bit 15) when the irqfd is assigned, as the kernel
+// requires for RESAMPLE (mshv_irqfd_assign).
 func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	a := mshvabi.UserIRQFD{FD: int32(f.FD), ResampleFD: -1, GSI: f.GSI}
+	vm.irqMu.Lock()
+	defer vm.irqMu.Unlock()
+	dup := -1
 	if f.ResampleFD >= 0 {
-		a.ResampleFD = int32(f.ResampleFD)
-		a.Flags |= mshvabi.IRQFDResample
+		r, ok := vm.msiRoutes[f.GSI]
+		if !ok || r.Data&msiLevel == 0 {
+			return fmt.Errorf("assign resample irqfd %d to GSI %d: the GSI has no level-triggered MSI route (data %#x): there is no EOI to resample on", f.FD, f.GSI, r.Data)
+		}
+		d, err := unix.FcntlInt(uintptr(f.ResampleFD), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("assign resample irqfd %d to GSI %d: duplicate resample eventfd %d: %w", f.FD, f.GSI, f.ResampleFD, err)
+		}
+		dup = d
 	}
 	if err := mshvabi.SetIRQFD(vm.dev, vm.pfd, a); err != nil {
+		if dup >= 0 {
+			unix.Close(dup)
+		}
 		hint := ""
 		if d, ok := vm.dev.(interface{ LastError(fd int) string }); ok {
 			if why := d.LastError(vm.pfd); why != "" {
 				hint = " (" + why + ")"
 			}
 		}
-		if hint == "" && f.ResampleFD >= 0 && errors.Is(err, unix.EINVAL) {
-			hint = " (a resample irqfd needs an existing level-triggered MSI route)"
-		}
 		return fmt.Errorf("MSHV_IRQFD assign fd %d to GSI %d: %w%s", f.FD, f.GSI, err, hint)
+	}
+	if dup >= 0 {
+		vm.resamplers[f.FD] = resampler{gsi: f.GSI, fd: dup}
 	}
 	vm.mu.Lock()
 	vm.irqfds[f.FD] = f
@@ -191,9 +242,15 @@ func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	return nil
 }
 
-// DeassignIRQFD unbinds an irqfd.
+// DeassignIRQFD unbinds an irqfd (and stops serving its resample).
 func (vm *VM) DeassignIRQFD(f accel.IRQFD) error {
 	a := mshvabi.UserIRQFD{FD: int32(f.FD), ResampleFD: -1, GSI: f.GSI, Flags: mshvabi.IRQFDDeassign}
+	vm.irqMu.Lock()
+	if r, ok := vm.resamplers[f.FD]; ok && r.gsi == f.GSI {
+		delete(vm.resamplers, f.FD)
+		unix.Close(r.fd)
+	}
+	vm.irqMu.Unlock()
 	if err := mshvabi.SetIRQFD(vm.dev, vm.pfd, a); err != nil {
 		return fmt.Errorf("MSHV_IRQFD deassign fd %d from GSI %d: %w", f.FD, f.GSI, err)
 	}
@@ -201,6 +258,24 @@ func (vm *VM) DeassignIRQFD(f accel.IRQFD) error {
 	delete(vm.irqfds, f.FD)
 	vm.mu.Unlock()
 	return nil
+}
+
+// resampleEOI signals the resample eventfd of every resample irqfd whose
+// GSI's current route is a level-triggered MSI with vector: a vCPU
+// reported the guest's EOI of it. As with the IOAPIC, the EOI is matched
+// by vector alone; a device sharing the vector only re-triggers if its line
+// is still asserted.
+func (vm *VM) resampleEOI(vector uint8) {
+	var one [8]byte
+	one[0] = 1
+	vm.irqMu.Lock()
+	defer vm.irqMu.Unlock()
+	for _, r := range vm.resamplers {
+		m, ok := vm.msiRoutes[r.gsi]
+		if ok && m.Data&msiLevel != 0 && uint8(m.Data) == vector {
+			unix.Write(r.fd, one[:])
+		}
+	}
 }
 
 func ioeventfdArgs(e accel.IOEventFD) (mshvabi.UserIOEventFD, error) {
@@ -385,5 +460,11 @@ func (vm *VM) Close() error {
 		return nil
 	}
 	vm.closed = true
+	vm.irqMu.Lock()
+	for k, r := range vm.resamplers {
+		unix.Close(r.fd)
+		delete(vm.resamplers, k)
+	}
+	vm.irqMu.Unlock()
 	return vm.dev.Close(vm.pfd)
 }

@@ -35,8 +35,11 @@
 // program the pin level-triggered (an edge pin has no EOI to resample on),
 // and only the IOAPIC sees the input (a guest on the PIC does not). On an
 // MSI GSI the irqfd goes to the
-// accelerator with its resample eventfd: MSHV resamples level-triggered
-// MSI routes (data bit 15) itself; KVM cannot, and says so.
+// accelerator with its resample eventfd: the MSHV backend serves
+// level-triggered MSI routes (data bit 15) from the hypervisor's EOI
+// message, in userspace as for the pins (the kernel's own resampler
+// matches the EOI'd vector against the GSI number and cannot be used);
+// KVM cannot, and says so.
 package routes
 
 import (
@@ -296,8 +299,8 @@ func (f *IRQFD) accelIRQFD() accel.IRQFD {
 // service. On an IOAPIC pin (GSI 0-23) govmm serves it (see the package
 // comment) whatever the guest programmed; on an MSI GSI the committed route
 // must be a level-triggered MSI (data bit 15) and the accelerator must
-// resample (MSHV does; KVM refuses with an error wrapping
-// accel.ErrNotSupported). The caller keeps ownership of the eventfds;
+// resample (the MSHV backend does, from the EOI exit; KVM refuses with an
+// error wrapping accel.ErrNotSupported). The caller keeps ownership of the eventfds;
 // IRQFD.Close (or Table.Close) deassigns.
 func (t *Table) AssignIRQFD(ev *EventFD, gsi uint32, resample *EventFD) (*IRQFD, error) {
 	f := &IRQFD{t: t, ev: ev, resample: resample, gsi: gsi}

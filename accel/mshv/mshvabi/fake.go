@@ -33,6 +33,8 @@ type FakeCall struct {
 	// For MSHV_GET/SET_VP_STATE: the header and the buffer.
 	VPState *GetSetVPState
 	Buf     []byte
+	// For MSHV_SET_MSI_ROUTING: the entries after the header.
+	Routes []UserIRQEntry
 }
 
 // SystemFD is a fixed fake /dev/mshv fd.
@@ -56,6 +58,11 @@ func (f *Fake) Ioctl(fd int, req uint32, arg unsafe.Pointer) (int, error) {
 		c.Out = user(h.OutPtr, int(h.OutSz))
 	case req == ReqRunVP && fd != f.SystemFD():
 		c.Msg = (*Message)(arg)
+	case req == ReqSetMSIRouting && fd != f.SystemFD():
+		t := (*UserIRQTable)(arg)
+		if t.Nr > 0 && t.Nr <= MaxGuestIRQs {
+			c.Routes = unsafe.Slice((*UserIRQEntry)(unsafe.Add(arg, unsafe.Sizeof(*t))), t.Nr)
+		}
 	case (req == ReqGetVPState || req == ReqSetVPState) && fd != f.SystemFD():
 		s := (*GetSetVPState)(arg)
 		c.VPState = s

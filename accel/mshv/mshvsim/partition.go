@@ -47,6 +47,7 @@ type partition struct {
 	props       map[uint32]uint64
 	regions     []memRegion
 	routes      map[uint32][3]uint32 // gsi -> address_lo, address_hi, data (as given)
+	shadows     map[uint32][3]uint32 // KVM-only copies of high level routes (see shadowRoutes)
 	irqfds      map[int]irqfd
 	ioevs       []ioev
 	vps         map[uint32]*vp
@@ -237,23 +238,70 @@ func (p *partition) setMSIRouting(a []byte) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	shadows, err := p.shadowRoutes(routes)
+	if err != nil {
+		return err
+	}
+	for g, r := range shadows {
+		vec, dest, typ, level, logical := decodeMSI(r[0], r[2])
+		kr = append(kr, accel.Route{GSI: g, Kind: accel.RouteMSI, MSI: canonicalMSI(vec, dest, typ, level, logical)})
+	}
 	if err := p.kvm.SetGSIRouting(kr); err != nil {
 		return unix.EINVAL
 	}
-	p.routes = routes
+	p.routes, p.shadows = routes, shadows
 	return nil
+}
+
+// shadowRoutes gives each level-triggered route on a GSI at or above
+// kvm.MaxEOIRoutes a copy on a free GSI below it (counting down from the
+// top, skipping GSIs with a route or an irqfd). The hypervisor sends
+// HVMSG_X64_APIC_EOI for the EOI of every level-triggered interrupt; KVM
+// under the simulator reports an EOI only for the vectors of level MSI
+// routes below kvm.MaxEOIRoutes (its split irqchip's IOAPIC routes), so
+// the copy, which no irqfd uses, makes KVM report it. Called with mu held.
+func (p *partition) shadowRoutes(routes map[uint32][3]uint32) (map[uint32][3]uint32, error) {
+	var high []uint32
+	for g, r := range routes {
+		if g >= kvm.MaxEOIRoutes && r[2]>>15&1 != 0 {
+			high = append(high, g)
+		}
+	}
+	if len(high) == 0 {
+		return nil, nil
+	}
+	sort.Slice(high, func(i, j int) bool { return high[i] < high[j] })
+	used := map[uint32]bool{}
+	for _, f := range p.irqfds {
+		used[f.gsi] = true
+	}
+	out := map[uint32][3]uint32{}
+	next := uint32(kvm.MaxEOIRoutes - 1)
+	for _, g := range high {
+		for {
+			_, routed := routes[next]
+			if !routed && !used[next] {
+				break
+			}
+			if next == 0 {
+				return nil, p.einval("MSHV_SET_MSI_ROUTING: level-triggered route on GSI %d: the simulator needs a free GSI below %d to have KVM report its EOIs, and none is left", g, kvm.MaxEOIRoutes)
+			}
+			next--
+		}
+		out[next] = routes[g]
+		used[next] = true
+	}
+	return out, nil
 }
 
 // irqfd parses mshv_user_irqfd (fd@0 resamplefd@4 gsi@8 flags@12).
 //
-// RESAMPLE is emulated as the MSHV kernel behaves: it is accepted only on
-// an existing level-triggered MSI route (data bit 15; EINVAL otherwise,
-// with the reason in LastError(partition fd)), the trigger eventfd becomes
-// a plain KVM irqfd underneath, and the resample eventfd is signalled when
-// KVM reports the guest's EOI of the route's vector (see resample). KVM
-// reports those EOIs only for routes below kvm.MaxEOIRoutes, so RESAMPLE on
-// a higher GSI is refused (EINVAL, with the reason) where MSHV would accept
-// it: never resampling would hang the device.
+// RESAMPLE follows upstream mshv_irqfd_assign (mshv_eventfd.c): it is
+// accepted only while the GSI's current route is a level-triggered MSI
+// (data bit 15; EINVAL otherwise, with the reason in LastError(partition
+// fd)), and the irqfd joins the GSI's resampler, which fires when an EOI'd
+// vector equals the GSI number (see notifyAckedGSI), not the route's
+// vector. The trigger eventfd becomes a plain KVM irqfd underneath.
 func (p *partition) irqfd(a []byte) error {
 	fd := int(int32(binary.LittleEndian.Uint32(a[ifFD:])))
 	rfd := int(int32(binary.LittleEndian.Uint32(a[ifResampleFD:])))
@@ -279,11 +327,11 @@ func (p *partition) irqfd(a []byte) error {
 	if _, dup := p.irqfds[fd]; dup {
 		return unix.EBUSY
 	}
+	if _, ok := p.shadows[gsi]; ok {
+		return p.einval("MSHV_IRQFD: irqfd %d on GSI %d: the simulator lends that GSI, which has no route, to KVM to report a level-triggered route's EOIs (see shadowRoutes); route it first", fd, gsi)
+	}
 	res := -1
 	if flags&2 != 0 {
-		if gsi >= kvm.MaxEOIRoutes {
-			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the simulator resamples only GSIs below %d (KVM under it reports EOIs for no others); allocate a lower GSI", fd, gsi, kvm.MaxEOIRoutes)
-		}
 		r, ok := p.routes[gsi]
 		if !ok {
 			return p.einval("MSHV_IRQFD: resample irqfd %d on GSI %d: the GSI has no MSI route (set the level-triggered route first)", fd, gsi)
@@ -314,28 +362,28 @@ func (p *partition) einval(format string, args ...any) error {
 	return unix.EINVAL
 }
 
-// resample signals the resample eventfd of every resample irqfd whose
-// current route is a level-triggered MSI with vector: KVM reported that the
-// guest EOI'd it (KVM_EXIT_IOAPIC_EOI, which KVM sends for the vectors of
-// level-triggered MSI routes because the simulator's VM counts every GSI
-// as an IOAPIC route). The MSHV kernel signals them after the guest's EOI
-// in the same way. Destinations are not compared: a vector EOI'd on any VP
-// resamples.
-func (p *partition) resample(vector uint8) {
+// notifyAckedGSI is upstream mshv_notify_acked_gsi (mshv_eventfd.c) as
+// mshv_intercept_isr (mshv_synic.c) calls it for an HVMSG_X64_APIC_EOI:
+// the EOI'd vector is compared with the GSI number of each resampler, and
+// every resample irqfd on a matching GSI has its resample eventfd
+// signalled (mshv_irqfd_resampler_ack). It reports whether one matched; the
+// kernel then consumes the EOI, which does not reach the VMM. The route's
+// vector plays no part: a resample irqfd on GSI 40 whose route carries
+// vector 0x52 is resampled by an EOI of vector 40, not of 0x52.
+func (p *partition) notifyAckedGSI(vector uint8) bool {
 	var one [8]byte
 	binary.LittleEndian.PutUint64(one[:], 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	acked := false
 	for _, f := range p.irqfds {
-		if f.resample < 0 {
-			continue
-		}
-		r, ok := p.routes[f.gsi]
-		if !ok || r[2]>>15&1 == 0 || uint8(r[2]) != vector {
+		if f.resample < 0 || f.gsi != uint32(vector) {
 			continue
 		}
 		unix.Write(f.resample, one[:])
+		acked = true
 	}
+	return acked
 }
 
 // ioeventfd parses mshv_user_ioeventfd (datamatch@0 addr@8 len@16 fd@20

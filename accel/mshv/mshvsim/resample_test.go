@@ -30,27 +30,32 @@ func counter(fd int) uint64 {
 	return binary.LittleEndian.Uint64(b[:])
 }
 
-// TestResampleEmulation: RESAMPLE is refused (EINVAL, with the reason in
-// LastError on the partition fd) without a level-triggered MSI route or
-// above the GSIs KVM reports EOIs for; accepted on a level-triggered route,
-// the resample eventfd is signalled by the EOI of that route's vector only;
-// the simulator's own reference to it goes with the deassign.
-func TestResampleEmulation(t *testing.T) {
+// TestResampleFollowsUpstream: RESAMPLE is refused (EINVAL, with the
+// reason in LastError on the partition fd) without a level-triggered MSI
+// route, as upstream mshv_irqfd_assign (drivers/hv/mshv_eventfd.c) does,
+// and accepted on any GSI with one. The resample eventfd is then signalled
+// as upstream mshv_notify_acked_gsi (mshv_eventfd.c), called from
+// mshv_intercept_isr (mshv_synic.c), signals it: when the EOI'd vector
+// equals the irqfd's GSI number, never for the route's own vector; such an
+// EOI is consumed. The simulator's reference to the eventfd goes with the
+// deassign.
+func TestResampleFollowsUpstream(t *testing.T) {
 	kvmtest.Need(t)
 	s, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close(s.SystemFD())
-	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 0xf &^ (1 << 3)})
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := s.lookup(pfd).(*partition)
 	if err := mshvabi.SetMSIRouting(s, pfd, []mshvabi.UserIRQEntry{
-		{GSI: 24, AddressLo: 0xFEE00000, Data: 0x51},          // edge
-		{GSI: 25, AddressLo: 0xFEE00000, Data: 0xc052},        // level
-		{GSI: 26, AddressLo: 0xFEE00000, Data: 0xc053 | 1<<8}, // level, other vector
+		{GSI: 24, AddressLo: 0xFEE00000, Data: 0x51},           // edge
+		{GSI: 25, AddressLo: 0xFEE00000, Data: 0xc052},         // level
+		{GSI: 26, AddressLo: 0xFEE00000, Data: 0xc053 | 1<<8},  // level, other vector
+		{GSI: 300, AddressLo: 0xFEE00000, Data: 0xc054 | 1<<8}, // level, above KVM's EOI routes
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +63,7 @@ func TestResampleEmulation(t *testing.T) {
 	for _, c := range []struct {
 		gsi  uint32
 		want string
-	}{{24, "not level-triggered"}, {30, "no MSI route"}, {300, "below 255"}} {
+	}{{24, "not level-triggered"}, {30, "no MSI route"}} {
 		err := mshvabi.SetIRQFD(s, pfd, mshvabi.UserIRQFD{FD: int32(trig), ResampleFD: int32(res), GSI: c.gsi, Flags: mshvabi.IRQFDResample})
 		if !errors.Is(err, unix.EINVAL) {
 			t.Fatalf("resample on GSI %d: %v, want EINVAL", c.gsi, err)
@@ -71,14 +76,14 @@ func TestResampleEmulation(t *testing.T) {
 		t.Fatal(err)
 	}
 	dup := p.irqfds[trig].resample
-	p.resample(0x53)
-	if n := counter(res); n != 0 {
-		t.Fatalf("EOI of another vector resampled (%d)", n)
+	if p.notifyAckedGSI(0x52) || counter(res) != 0 {
+		t.Fatal("EOI of the route's vector 0x52 resampled GSI 25: upstream compares the vector with the GSI")
 	}
-	p.resample(0x52)
-	p.resample(0x52)
+	if !p.notifyAckedGSI(25) || !p.notifyAckedGSI(25) {
+		t.Fatal("EOI of vector 25 not consumed by GSI 25's resampler")
+	}
 	if n := counter(res); n != 2 {
-		t.Fatalf("two EOIs of the route's vector: resample counter %d, want 2", n)
+		t.Fatalf("two EOIs of vector 25: resample counter %d, want 2", n)
 	}
 	if err := mshvabi.SetIRQFD(s, pfd, mshvabi.UserIRQFD{FD: int32(trig), ResampleFD: -1, GSI: 25, Flags: mshvabi.IRQFDDeassign}); err != nil {
 		t.Fatal(err)
@@ -86,8 +91,30 @@ func TestResampleEmulation(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(dup), unix.F_GETFD, 0); !errors.Is(err, unix.EBADF) {
 		t.Fatalf("the simulator's reference to the resample eventfd (fd %d) survived the deassign: %v", dup, err)
 	}
-	p.resample(0x52)
-	if n := counter(res); n != 0 {
+	if p.notifyAckedGSI(25) || counter(res) != 0 {
 		t.Fatal("resampled after the deassign")
+	}
+	// Upstream has no GSI limit for RESAMPLE.
+	if err := mshvabi.SetIRQFD(s, pfd, mshvabi.UserIRQFD{FD: int32(trig), ResampleFD: int32(res), GSI: 300, Flags: mshvabi.IRQFDResample}); err != nil {
+		t.Fatalf("resample on GSI 300: %v", err)
+	}
+	// GSI 300's level route has a copy below kvm.MaxEOIRoutes so that KVM
+	// reports its vector's EOIs, as the hypervisor reports every
+	// level-triggered EOI.
+	p.mu.Lock()
+	shadows := p.shadows
+	p.mu.Unlock()
+	if len(shadows) != 1 {
+		t.Fatalf("shadow routes %v, want one for GSI 300", shadows)
+	}
+	for g, r := range shadows {
+		if g >= 255 || r[2] != 0xc054|1<<8 {
+			t.Fatalf("shadow route GSI %d %#x, want a GSI below 255 with GSI 300's data", g, r)
+		}
+		other := efd(t)
+		err := mshvabi.SetIRQFD(s, pfd, mshvabi.UserIRQFD{FD: int32(other), ResampleFD: -1, GSI: g})
+		if !errors.Is(err, unix.EINVAL) || !strings.Contains(s.LastError(pfd), "lends that GSI") {
+			t.Fatalf("irqfd on the lent GSI %d: %v %q", g, err, s.LastError(pfd))
+		}
 	}
 }

@@ -113,7 +113,9 @@ func (v *vp) run(msg []byte) error {
 		case kvm.RawExitHLT:
 			return v.simpleMessage(msg, msgHalt)
 		case kvm.RawExitIOAPICEOI:
-			v.p.resample(x.EOIVector)
+			if v.p.notifyAckedGSI(x.EOIVector) {
+				continue // consumed by the kernel's resampler
+			}
 			binary.LittleEndian.PutUint32(msg[msgType:], msgAPICEOI)
 			msg[msgPayloadSize] = 8
 			binary.LittleEndian.PutUint32(msg[msgPayload+eoiVPIndex:], v.idx)

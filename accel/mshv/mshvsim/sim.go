@@ -362,8 +362,9 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 		}
 	}
 	// GSIs below kvm.MaxEOIRoutes count as IOAPIC routes, so KVM reports
-	// the EOI of their level-triggered MSI routes' vectors (for RESAMPLE
-	// irqfds; see partition.irqfd).
+	// the EOI of their level-triggered MSI routes' vectors, which the
+	// simulator turns into HVMSG_X64_APIC_EOI as the hypervisor does for
+	// every level-triggered interrupt (see partition.shadowRoutes).
 	vm, err := s.kvm.NewVMWithEOIRoutes(accel.VMConfig{}, kvm.MaxEOIRoutes)
 	if err != nil {
 		return -1, unix.ENOMEM
