@@ -1,9 +1,11 @@
 package mshv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -506,5 +508,52 @@ func TestFakeLevelMSIResampleInUserspace(t *testing.T) {
 	}
 	if n := count(); n != 0 {
 		t.Errorf("resampled after the deassign (%d)", n)
+	}
+}
+
+// TestFakeUnroutableMSILeftOut: upstream mshv_update_routing_table
+// (drivers/hv/mshv_irq.c) refuses a whole table for one entry with a
+// nonzero address_hi, so the backend leaves such a route out (the others
+// still reach the kernel), logs it naming the GSI and address, and
+// refuses an irqfd on its GSI; a GSI given twice fails before the kernel.
+func TestFakeUnroutableMSILeftOut(t *testing.T) {
+	var logged bytes.Buffer
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logged, nil)))
+	f := newFake()
+	vm, _ := f.machine(t)
+	good := accel.Route{GSI: 24, Kind: accel.RouteMSI, MSI: accel.MSI{AddressLo: 0xfee00000, Data: 0x51}}
+	high := accel.Route{GSI: 25, Kind: accel.RouteMSI, MSI: accel.MSI{AddressLo: 0xfee01000, AddressHi: 0x1, Data: 0x52}}
+	if err := vm.SetGSIRouting([]accel.Route{good, high}); err != nil {
+		t.Fatal(err)
+	}
+	last := f.routeTables[len(f.routeTables)-1]
+	if len(last) != 1 || last[0].GSI != 24 || last[0].Data != 0x51 {
+		t.Fatalf("table sent to the kernel %+v, want GSI 24 alone", last)
+	}
+	if !strings.Contains(logged.String(), "gsi=25") || !strings.Contains(logged.String(), "0x1_fee01000") {
+		t.Errorf("log %q does not name GSI 25 and address 0x1_fee01000", logged.String())
+	}
+	if u := vm.Unroutable(); len(u) != 1 || u[25] != high.MSI {
+		t.Errorf("Unroutable %v", u)
+	}
+	// Logged once, not at every commit.
+	logged.Reset()
+	if err := vm.SetGSIRouting([]accel.Route{good, high}); err != nil || logged.Len() != 0 {
+		t.Errorf("second commit of the same table: %v, log %q", err, logged.String())
+	}
+	err := vm.AssignIRQFD(accel.IRQFD{FD: 7, GSI: 25, ResampleFD: -1})
+	if err == nil || !strings.Contains(err.Error(), "GSI 25") || !strings.Contains(err.Error(), "0x1_fee01000") {
+		t.Errorf("irqfd on the unroutable GSI: %v", err)
+	}
+	n := len(f.routeTables)
+	if err := vm.SetGSIRouting([]accel.Route{good, good}); err == nil || !strings.Contains(err.Error(), "GSI 24 routed twice") || len(f.routeTables) != n {
+		t.Errorf("duplicate GSI: %v (%d tables sent, want %d)", err, len(f.routeTables), n)
+	}
+	// The guest fixes the address: the route is in the table again.
+	fixed := high
+	fixed.MSI.AddressHi = 0
+	if err := vm.SetGSIRouting([]accel.Route{good, fixed}); err != nil || len(f.routeTables[len(f.routeTables)-1]) != 2 || len(vm.Unroutable()) != 0 {
+		t.Errorf("fixed route: %v %+v", err, f.routeTables[len(f.routeTables)-1])
 	}
 }

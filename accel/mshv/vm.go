@@ -2,6 +2,8 @@ package mshv
 
 import (
 	"fmt"
+	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -33,7 +35,8 @@ type VM struct {
 	// vCPU reads them.
 	irqMu      sync.Mutex
 	msiRoutes  map[uint32]accel.MSI
-	resamplers map[int]resampler // by trigger eventfd
+	unroutable map[uint32]accel.MSI // routes left out of the table (SetGSIRouting)
+	resamplers map[int]resampler    // by trigger eventfd
 
 	// setupFrozen: time is frozen since creation and no Pause asked for
 	// it; the first Run unfreezes.
@@ -149,14 +152,36 @@ func (vm *VM) ram(gpa uint64, n int, write bool) []byte {
 func (vm *VM) CreateVCPU(index int) (accel.VCPU, error) { return vm.NewVCPU(index) }
 
 // SetGSIRouting replaces the MSI routing table (MSHV routes MSIs only).
+//
+// Upstream mshv_update_routing_table (drivers/hv/mshv_irq.c) refuses the
+// whole table (EINVAL) when one entry has a nonzero address_hi or a GSI
+// appears twice. A route the guest programmed with an upper address (an
+// MSI-X entry pointing above 4 GiB, which is not an x86 interrupt
+// address) is therefore left out of the table, so that it cannot poison
+// every other route, and reported: logged once per change, and an irqfd
+// assigned to its GSI is refused naming it. A GSI given twice is the
+// VMM's own mistake and fails the call before the kernel sees it.
 func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 	if len(routes) > mshvabi.MaxGuestIRQs {
 		return fmt.Errorf("set MSI routing: %d routes, MSHV takes at most %d", len(routes), mshvabi.MaxGuestIRQs)
 	}
 	ents := make([]mshvabi.UserIRQEntry, 0, len(routes))
+	seen := make(map[uint32]bool, len(routes))
+	unroutable := map[uint32]accel.MSI{}
 	for _, r := range routes {
 		if r.Kind != accel.RouteMSI {
 			return fmt.Errorf("GSI %d: irqchip routes: %w (MSHV has no in-kernel IOAPIC/PIC; route MSIs only)", r.GSI, accel.ErrNotSupported)
+		}
+		if r.GSI >= mshvabi.MaxGuestIRQs {
+			return fmt.Errorf("set MSI routing: GSI %d: MSHV takes GSIs below %d", r.GSI, mshvabi.MaxGuestIRQs)
+		}
+		if seen[r.GSI] {
+			return fmt.Errorf("set MSI routing: GSI %d routed twice (MSHV refuses the whole table)", r.GSI)
+		}
+		seen[r.GSI] = true
+		if r.MSI.AddressHi != 0 {
+			unroutable[r.GSI] = r.MSI
+			continue
 		}
 		ents = append(ents, mshvabi.UserIRQEntry{GSI: r.GSI, AddressLo: r.MSI.AddressLo, AddressHi: r.MSI.AddressHi, Data: r.MSI.Data})
 	}
@@ -168,9 +193,24 @@ func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 		m[e.GSI] = accel.MSI{AddressLo: e.AddressLo, AddressHi: e.AddressHi, Data: e.Data}
 	}
 	vm.irqMu.Lock()
-	vm.msiRoutes = m
+	old := vm.unroutable
+	vm.msiRoutes, vm.unroutable = m, unroutable
 	vm.irqMu.Unlock()
+	for gsi, msi := range unroutable {
+		if o, ok := old[gsi]; !ok || o != msi {
+			slog.Warn("mshv: the guest programmed an MSI that MSHV cannot route; its route is left out of the table and its interrupts are lost",
+				"gsi", gsi, "address", fmt.Sprintf("%#x_%08x", msi.AddressHi, msi.AddressLo), "data", fmt.Sprintf("%#x", msi.Data))
+		}
+	}
 	return nil
+}
+
+// Unroutable returns the routes the last SetGSIRouting left out of the
+// kernel's table (GSI -> MSI the guest programmed).
+func (vm *VM) Unroutable() map[uint32]accel.MSI {
+	vm.irqMu.Lock()
+	defer vm.irqMu.Unlock()
+	return maps.Clone(vm.unroutable)
 }
 
 // SignalMSI injects an MSI by decoding it the way the kernel decodes MSI
@@ -209,6 +249,9 @@ func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	a := mshvabi.UserIRQFD{FD: int32(f.FD), ResampleFD: -1, GSI: f.GSI}
 	vm.irqMu.Lock()
 	defer vm.irqMu.Unlock()
+	if m, ok := vm.unroutable[f.GSI]; ok {
+		return fmt.Errorf("assign irqfd %d to GSI %d: the guest programmed the GSI's MSI with address %#x_%08x, which MSHV cannot route (upper address bits set), so the route is not in the table", f.FD, f.GSI, m.AddressHi, m.AddressLo)
+	}
 	dup := -1
 	if f.ResampleFD >= 0 {
 		r, ok := vm.msiRoutes[f.GSI]

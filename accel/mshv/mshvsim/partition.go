@@ -216,7 +216,8 @@ func canonicalMSI(vector, dest, typ uint32, level, logical bool) accel.MSI {
 }
 
 // setMSIRouting parses mshv_user_irq_table (nr@0 rsvd@4, then nr entries
-// of gsi@0 address_lo@4 address_hi@8 data@12).
+// of gsi@0 address_lo@4 address_hi@8 data@12). A refused table leaves the
+// previous one in place, with the reason in LastError(partition fd).
 func (p *partition) setMSIRouting(a []byte) error {
 	nr := binary.LittleEndian.Uint32(a[itNr:])
 	if binary.LittleEndian.Uint32(a[itRsvd:]) != 0 || nr > 4096 {
@@ -229,8 +230,16 @@ func (p *partition) setMSIRouting(a []byte) error {
 		e := all[itEntries+irqEntrySize*i:]
 		gsi := binary.LittleEndian.Uint32(e[irqGSI:])
 		lo, hi, data := binary.LittleEndian.Uint32(e[irqAddrLo:]), binary.LittleEndian.Uint32(e[irqAddrHi:]), binary.LittleEndian.Uint32(e[irqData:])
+		// As upstream mshv_update_routing_table (mshv_irq.c): one bad
+		// entry refuses the whole table.
 		if gsi >= 4096 {
-			return unix.EINVAL
+			return p.einval("MSHV_SET_MSI_ROUTING: entry %d: GSI %d is not below MSHV_MAX_GUEST_IRQS (4096)", i, gsi)
+		}
+		if hi != 0 {
+			return p.einval("MSHV_SET_MSI_ROUTING: entry %d (GSI %d): address_hi %#x is not zero", i, gsi, hi)
+		}
+		if _, dup := routes[gsi]; dup {
+			return p.einval("MSHV_SET_MSI_ROUTING: entry %d: GSI %d is routed twice", i, gsi)
 		}
 		routes[gsi] = [3]uint32{lo, hi, data}
 		vec, dest, typ, level, logical := decodeMSI(lo, data)

@@ -118,3 +118,46 @@ func TestResampleFollowsUpstream(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutingTableRefusedWhole: as upstream mshv_update_routing_table
+// (drivers/hv/mshv_irq.c), one entry with a nonzero address_hi, a GSI
+// given twice, or a GSI of 4096 or more refuses the whole table (EINVAL),
+// and the table in force stays as it was.
+func TestRoutingTableRefusedWhole(t *testing.T) {
+	kvmtest.Need(t)
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(s.SystemFD())
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.lookup(pfd).(*partition)
+	good := mshvabi.UserIRQEntry{GSI: 24, AddressLo: 0xFEE00000, Data: 0x51}
+	if err := mshvabi.SetMSIRouting(s, pfd, []mshvabi.UserIRQEntry{good}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		what string
+		ents []mshvabi.UserIRQEntry
+		want string
+	}{
+		{"address_hi", []mshvabi.UserIRQEntry{{GSI: 25, AddressLo: 0xFEE00000, Data: 0x52}, {GSI: 26, AddressLo: 0xFEE00000, AddressHi: 1, Data: 0x53}}, "address_hi 0x1"},
+		{"duplicate GSI", []mshvabi.UserIRQEntry{{GSI: 25, AddressLo: 0xFEE00000, Data: 0x52}, {GSI: 25, AddressLo: 0xFEE00000, Data: 0x53}}, "routed twice"},
+		{"GSI 4096", []mshvabi.UserIRQEntry{{GSI: 4096, AddressLo: 0xFEE00000, Data: 0x52}}, "MSHV_MAX_GUEST_IRQS"},
+	} {
+		err := mshvabi.SetMSIRouting(s, pfd, c.ents)
+		if !errors.Is(err, unix.EINVAL) || !strings.Contains(s.LastError(pfd), c.want) {
+			t.Errorf("%s: %v (%q), want EINVAL saying %q", c.what, err, s.LastError(pfd), c.want)
+		}
+		p.mu.Lock()
+		r, ok := p.routes[24]
+		n := len(p.routes)
+		p.mu.Unlock()
+		if n != 1 || !ok || r[2] != 0x51 {
+			t.Errorf("%s: the table in force changed: %d routes, GSI 24 %v", c.what, n, r)
+		}
+	}
+}
