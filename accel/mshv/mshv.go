@@ -95,7 +95,7 @@ func (a *Accelerator) self() hvcaller { return hvcaller{dev: a.dev, fd: a.dev.Sy
 
 // hostProperty reads a property of the root partition itself
 // (MSHV_ROOT_HVCALL on /dev/mshv, a later kernel addition); ok is false
-// when the kernel does not offer that.
+// when the kernel does not offer that or the hypervisor refused.
 func (a *Accelerator) hostProperty(code uint32) (uint64, bool) {
 	v, err := a.self().getProperty(code)
 	return v, err == nil
@@ -103,23 +103,38 @@ func (a *Accelerator) hostProperty(code uint32) (uint64, bool) {
 
 // hostPropertyEx reads bank 0 of a banked property with
 // GET_PARTITION_PROPERTY_EX on /dev/mshv.
-func (a *Accelerator) hostPropertyEx(code uint32) (uint64, bool) {
+func (a *Accelerator) hostPropertyEx(code uint32) (uint64, error) {
 	in := make([]byte, 24)
 	binary.LittleEndian.PutUint32(in[8:], code)
 	out := make([]byte, 16)
 	if _, err := a.self().call(mshvabi.HvcallGetPartitionPropertyEx, 0, in, out); err != nil {
-		return 0, false
+		return 0, err
 	}
 	if binary.LittleEndian.Uint16(out) == 0 {
-		return 0, true
+		return 0, nil
 	}
-	return binary.LittleEndian.Uint64(out[8:]), true
+	return binary.LittleEndian.Uint64(out[8:]), nil
 }
 
 // notSupported reports whether err means "this kernel does not know the
-// request" (ENOTTY: unknown ioctl; EINVAL: flag or hypercall not allowed).
+// request": ENOTTY (an ioctl it lacks: mainline's mshv_dev_ioctl knows
+// only MSHV_CREATE_PARTITION), or EINVAL from the kernel's own checks (a
+// pt_flags bit outside MSHV_PT_FLAGS_MASK, a hypercall code off the
+// pass-through list), which fail before any hypercall and leave the status
+// zero. An EINVAL carrying a hypervisor status is the hypervisor refusing
+// the input, and an EIO is any other hypervisor failure (upstream
+// hv_status_infos[] makes ACCESS_DENIED, OPERATION_DENIED,
+// INVALID_PARTITION_STATE, UNKNOWN_PROPERTY, PROPERTY_VALUE_OUT_OF_RANGE
+// and most others EIO): the request exists, it just failed.
 func notSupported(err error) bool {
-	return errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EINVAL)
+	if errors.Is(err, unix.ENOTTY) {
+		return true
+	}
+	var he *HvcallError
+	if errors.As(err, &he) && he.Status != mshvabi.HvStatusSuccess {
+		return false
+	}
+	return errors.Is(err, unix.EINVAL)
 }
 
 const baseFlags = 1<<mshvabi.PTBitLAPIC | 1<<mshvabi.PTBitX2APIC | 1<<mshvabi.PTBitGPASuperPages
@@ -171,7 +186,7 @@ func (a *Accelerator) createPartition() (fd int, v2 bool, err error) {
 func (a *Accelerator) setupPartition(pfd int) error {
 	hv := hvcaller{dev: a.dev, fd: pfd}
 	syn := mshvabi.DefaultSyntheticProcFeatures
-	if assignable, ok := a.hostPropertyEx(mshvabi.PropAssignableSyntheticFeatures); ok && assignable != 0 {
+	if assignable, err := a.hostPropertyEx(mshvabi.PropAssignableSyntheticFeatures); err == nil && assignable != 0 {
 		syn &= assignable
 	}
 	if err := hv.setProperty(mshvabi.PropSyntheticProcFeatures, syn); err != nil {
@@ -225,10 +240,12 @@ func (a *Accelerator) Caps() (accel.Caps, error) {
 		}
 		return 0
 	}
-	_, selfOK := a.hostProperty(mshvabi.PropProcessorFeatures0)
-	add("SELF_PARTITION_PROPERTY", b(selfOK), true)
-	_, exOK := a.hostPropertyEx(mshvabi.PropAssignableSyntheticFeatures)
-	add("GET_PARTITION_PROPERTY_EX", b(exOK), true)
+	// The kernel offers a request when it does not refuse it as unknown,
+	// whatever the hypervisor then answers.
+	_, err := a.self().getProperty(mshvabi.PropProcessorFeatures0)
+	add("SELF_PARTITION_PROPERTY", b(!notSupported(err)), true)
+	_, err = a.hostPropertyEx(mshvabi.PropAssignableSyntheticFeatures)
+	add("GET_PARTITION_PROPERTY_EX", b(!notSupported(err)), true)
 	for _, p := range []struct {
 		name string
 		code uint32

@@ -34,30 +34,42 @@ var allowList = map[uint16]bool{hcGetProp: true, hcSetProp: true, hcInstallInt: 
 
 // HV_STATUS values.
 const (
-	stSuccess          = 0
-	stInvalidInput     = 3
-	stInvalidParameter = 5
-	stAccessDenied     = 6
-	stInvalidPartState = 7
-	stOperationDenied  = 8
-	stUnknownProperty  = 9
-	stOutOfRange       = 0xA
-	stInsufficientMem  = 0xB
-	stInvalidVPIndex   = 0xE
+	stSuccess            = 0
+	stInvalidCode        = 2
+	stInvalidInput       = 3
+	stInvalidAlignment   = 4
+	stInvalidParameter   = 5
+	stAccessDenied       = 6
+	stInvalidPartState   = 7
+	stOperationDenied    = 8
+	stUnknownProperty    = 9
+	stOutOfRange         = 0xA
+	stInsufficientMem    = 0xB
+	stInvalidPartitionID = 0xD
+	stInvalidVPIndex     = 0xE
+	stNotFound           = 0x10
+	stInvalidPortID      = 0x11
+	stInvalidConnID      = 0x12
+	stInvalidLPIndex     = 0x41
+	stInvalidRegValue    = 0x50
 )
 
+// statusErrno is the errno MSHV_ROOT_HVCALL returns for a hypervisor
+// status, as upstream hv_result_to_errno (drivers/hv/hv_common.c) maps it
+// through hv_status_infos[]: the invalid-code/input/parameter/ID statuses
+// are EINVAL, every other failure (access or operation denied, invalid
+// partition state, unknown property, value out of range, ...) is EIO. For
+// INSUFFICIENT_MEMORY the pass-through deposits a page and returns EAGAIN
+// (mshv_ioctl_passthru_hvcall).
 func statusErrno(st uint16) error {
 	switch st {
 	case stSuccess:
 		return nil
 	case stInsufficientMem:
 		return unix.EAGAIN
-	case stInvalidInput, stInvalidParameter, stUnknownProperty, stOutOfRange, stInvalidVPIndex:
+	case stInvalidCode, stInvalidInput, stInvalidParameter, stInvalidPartitionID, stInvalidVPIndex,
+		stInvalidPortID, stInvalidConnID, stInvalidLPIndex, stInvalidRegValue:
 		return unix.EINVAL
-	case stAccessDenied, stOperationDenied:
-		return unix.EACCES
-	case stInvalidPartState:
-		return unix.EBADFD
 	}
 	return unix.EIO
 }

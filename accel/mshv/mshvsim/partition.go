@@ -116,7 +116,9 @@ func (p *partition) createVP(idx uint32) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.initialized {
-		return -1, unix.EBADFD
+		// hv_call_create_vp fails with INVALID_PARTITION_STATE, which
+		// hv_result_to_errno makes EIO.
+		return -1, unix.EIO
 	}
 	if idx >= maxVPs {
 		return -1, unix.EINVAL

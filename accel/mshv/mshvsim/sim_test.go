@@ -55,7 +55,7 @@ func TestKernelAnswers(t *testing.T) {
 	}
 	defer s.Close(pfd)
 	_, err = mshvabi.CreateVPFD(s, pfd, 0)
-	wantErrno(t, "CREATE_VP before INITIALIZE", err, unix.EBADFD)
+	wantErrno(t, "CREATE_VP before INITIALIZE (INVALID_PARTITION_STATE)", err, unix.EIO)
 	// Synthetic features are an early property; after INITIALIZE they are refused.
 	in := make([]byte, 24)
 	binary.LittleEndian.PutUint32(in[8:], mshvabi.PropSyntheticProcFeatures)
@@ -69,7 +69,7 @@ func TestKernelAnswers(t *testing.T) {
 		t.Errorf("INITIALIZE is idempotent: %v", err)
 	}
 	r, err := hvcall(s, pfd, mshvabi.HvcallSetPartitionProperty, 0, in, nil)
-	if !errors.Is(err, unix.EBADFD) || r.Status != 7 {
+	if !errors.Is(err, unix.EIO) || r.Status != 7 {
 		t.Errorf("synthetic features after INITIALIZE: %v status %#x", err, r.Status)
 	}
 	vp, err := mshvabi.CreateVPFD(s, pfd, 0)
