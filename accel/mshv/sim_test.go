@@ -226,12 +226,12 @@ var pioMMIOGuest = []byte{
 func TestSimPIOAndMMIO(t *testing.T) {
 	for _, opts := range []mshvsim.Options{
 		{EAGAINEvery: mshvsim.DefaultEAGAINEvery},
-		{EAGAINEvery: 3, NoRegisterPage: true, NoV2: true, NoSelfHvcall: true},
+		{EAGAINEvery: 3, NoRegisterPage: true, V2: true, SelfHvcall: true, PropertyEx: true},
 	} {
 		t.Run(fmt.Sprintf("regpage=%v", !opts.NoRegisterPage), func(t *testing.T) {
 			m := newMachine(t, opts, 0x10000)
-			if m.vm.V2 == opts.NoV2 {
-				t.Errorf("partition created with v2=%v, simulator NoV2=%v", m.vm.V2, opts.NoV2)
+			if m.vm.V2 != opts.V2 {
+				t.Errorf("partition created with v2=%v, simulator V2=%v", m.vm.V2, opts.V2)
 			}
 			copy(m.mem[0x1000:], pioMMIOGuest)
 			copy(m.mem[0x1100:], "xyz")
@@ -646,15 +646,44 @@ func TestSimDirtyAndClock(t *testing.T) {
 	}
 }
 
+// TestSimCapsProbing: the backend's capability probes against the
+// mainline kernel (drivers/hv/mshv_root_main.c: no v2 payload, no
+// MSHV_ROOT_HVCALL on /dev/mshv, no GET_PARTITION_PROPERTY_EX) and
+// against a later one with all three; the partition works on both.
+func TestSimCapsProbing(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		opts  mshvsim.Options
+		later bool
+	}{{"mainline", mshvsim.Options{}, false}, {"next", mshvsim.Options{V2: true, SelfHvcall: true, PropertyEx: true, Scrub: true}, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			_, acc := openSim(t, c.opts)
+			caps, err := acc.Caps()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"CREATE_PARTITION_V2", "SELF_PARTITION_PROPERTY", "GET_PARTITION_PROPERTY_EX"} {
+				if caps.Has(name) != c.later {
+					t.Errorf("%s: %v, want %v", name, caps.Has(name), c.later)
+				}
+			}
+			if caps.Accel != "mshv" || !caps.Has("VP_REGISTER_PAGE") || caps.Has("PIO_IOEVENTFD") {
+				t.Errorf("caps: %+v", caps)
+			}
+			vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if vm.V2 != c.later {
+				t.Errorf("partition created with v2=%v", vm.V2)
+			}
+			vm.Close()
+		})
+	}
+}
+
 func TestSimCapsAndCPUID(t *testing.T) {
 	sim, acc := openSim(t, mshvsim.Options{})
-	c, err := acc.Caps()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Accel != "mshv" || !c.Has("CREATE_PARTITION_V2") || !c.Has("VP_REGISTER_PAGE") || c.Has("PIO_IOEVENTFD") || !c.Has("SELF_PARTITION_PROPERTY") {
-		t.Errorf("caps: %+v", c)
-	}
 	ids, err := acc.SupportedCPUID()
 	if err != nil {
 		t.Fatal(err)

@@ -50,14 +50,18 @@ func FuzzDecodePIO(f *testing.F) {
 }
 
 func TestParseOptions(t *testing.T) {
-	o, err := ParseOptions("noregpage, nov2,noself,eagain=4")
-	if err != nil || o != (Options{EAGAINEvery: 4, NoRegisterPage: true, NoV2: true, NoSelfHvcall: true}) {
+	o, err := ParseOptions("noregpage, v2,self,eagain=4")
+	if err != nil || o != (Options{EAGAINEvery: 4, NoRegisterPage: true, V2: true, SelfHvcall: true}) {
 		t.Errorf("got %+v %v", o, err)
+	}
+	o, err = ParseOptions("next,scrub")
+	if err != nil || o != (Options{EAGAINEvery: DefaultEAGAINEvery, V2: true, SelfHvcall: true, PropertyEx: true, Scrub: true}) {
+		t.Errorf("next: %+v %v", o, err)
 	}
 	if o, err := ParseOptions(""); err != nil || o != (Options{EAGAINEvery: DefaultEAGAINEvery}) {
 		t.Errorf("empty: %+v %v", o, err)
 	}
-	for _, bad := range []string{"eagain=-1", "eagain=x", "fast"} {
+	for _, bad := range []string{"eagain=-1", "eagain=x", "fast", "nov2", "noself"} {
 		if _, err := ParseOptions(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

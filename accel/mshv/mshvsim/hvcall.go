@@ -8,8 +8,7 @@ import (
 	"govmm/accel"
 )
 
-// Hypercall codes on the pass-through allow-list (mshv-abi.md §2.1:
-// upstream 6.15 plus the merged later additions).
+// Hypercall codes the simulator knows (mshv-abi.md §2.1).
 const (
 	hcGetProp       = 0x0044
 	hcSetProp       = 0x0045
@@ -28,9 +27,27 @@ const (
 	hcGetPropEx     = 0x0101
 )
 
-var allowList = map[uint16]bool{hcGetProp: true, hcSetProp: true, hcInstallInt: true, hcGetRegs: true, hcSetRegs: true,
-	hcTranslate: true, hcClearVirtInt: true, hcScrub: true, hcRegIntResult: true, hcAssertVirtInt: true,
-	hcSignalEvent: true, hcPostMessage: true, hcGPAPages: true, hcGetCPUID: true, hcGetPropEx: true}
+// mainlineAllowList is mshv_passthru_hvcalls in mainline
+// drivers/hv/mshv_root_main.c.
+var mainlineAllowList = map[uint16]bool{hcGetProp: true, hcSetProp: true, hcInstallInt: true, hcGetRegs: true, hcSetRegs: true,
+	hcTranslate: true, hcClearVirtInt: true, hcRegIntResult: true, hcAssertVirtInt: true,
+	hcSignalEvent: true, hcPostMessage: true, hcGPAPages: true, hcGetCPUID: true}
+
+// repCodes are the rep hypercalls among them; the others take no rep
+// count.
+var repCodes = map[uint16]bool{hcGetRegs: true, hcSetRegs: true, hcGPAPages: true, hcGetCPUID: true}
+
+// allowed reports whether the pass-through list of the simulated kernel
+// has code.
+func (s *Sim) allowed(code uint16) bool {
+	switch code {
+	case hcGetPropEx:
+		return s.opts.PropertyEx
+	case hcScrub:
+		return s.opts.Scrub
+	}
+	return mainlineAllowList[code]
+}
 
 // HV_STATUS values.
 const (
@@ -110,7 +127,7 @@ func (s *Sim) hvcall(p *partition, v *vp, a []byte) error {
 			return unix.EINVAL
 		}
 	}
-	if !allowList[code] || inSz < 8 || inSz > 4096 || outSz > 4096 || inPtr == 0 || (outPtr != 0 && outSz == 0) || (outPtr == 0 && outSz != 0) {
+	if !s.allowed(code) || inSz < 8 || inSz > 4096 || outSz > 4096 || inPtr == 0 || (outPtr != 0 && outSz == 0) || (outPtr == 0 && outSz != 0) {
 		return unix.EINVAL
 	}
 	if code == hcSetProp && v != nil {
@@ -136,13 +153,14 @@ func (s *Sim) hvcall(p *partition, v *vp, a []byte) error {
 }
 
 // selfHvcall serves MSHV_ROOT_HVCALL on /dev/mshv: property reads of the
-// root partition only (a later kernel addition).
+// root partition only (Options.SelfHvcall, a later kernel addition;
+// GET_PARTITION_PROPERTY_EX only with Options.PropertyEx).
 func (s *Sim) selfHvcall(a []byte) error {
 	code := binary.LittleEndian.Uint16(a[0:])
 	inSz := int(binary.LittleEndian.Uint16(a[4:]))
 	outSz := int(binary.LittleEndian.Uint16(a[6:]))
 	inPtr, outPtr := binary.LittleEndian.Uint64(a[16:]), binary.LittleEndian.Uint64(a[24:])
-	if (code != hcGetProp && code != hcGetPropEx) || inSz < 16 || inSz > 4096 || outSz > 4096 || inPtr == 0 {
+	if (code != hcGetProp && (code != hcGetPropEx || !s.opts.PropertyEx)) || inSz < 16 || inSz > 4096 || outSz > 4096 || inPtr == 0 {
 		return unix.EINVAL
 	}
 	in := user(inPtr, inSz)
@@ -201,6 +219,11 @@ func (p *partition) target(caller *vp, idx uint32) (v *vp, unlock func()) {
 // the reps completed.
 func (p *partition) dispatch(caller *vp, code, reps uint16, in, out []byte) (uint16, uint16) {
 	need := func(n int) bool { return len(in) >= n }
+	if reps != 0 && !repCodes[code] {
+		// A rep count on a simple hypercall: the hypervisor refuses the
+		// input (the kernel passes reps through, mshv_ioctl_passthru_hvcall).
+		return stInvalidInput, 0
+	}
 	switch code {
 	case hcGetProp:
 		if !need(16) || len(out) < 8 {

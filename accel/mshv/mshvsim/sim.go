@@ -42,7 +42,13 @@ import (
 	"govmm/cpu"
 )
 
-// Options tune the simulator.
+// Options tune the simulator. The zero value (with EAGAINEvery) is the
+// mainline kernel: torvalds/linux drivers/hv/mshv_root_main.c and
+// include/uapi/linux/mshv.h, where mshv_dev_ioctl knows only
+// MSHV_CREATE_PARTITION, MSHV_PT_BIT_COUNT is 3 and the pass-through
+// allow-list (mshv_passthru_hvcalls) has neither
+// GET_PARTITION_PROPERTY_EX nor SCRUB_PARTITION. Behaviour of later or
+// patched kernels is opt-in, one field each.
 type Options struct {
 	// EAGAINEvery makes every Nth MSHV_ROOT_HVCALL fail with EAGAIN (as the
 	// kernel does after depositing memory), 0 for never.
@@ -50,12 +56,26 @@ type Options struct {
 	// NoRegisterPage makes mmap of the register page fail with ENODEV, as
 	// on partitions without one, so callers use hypercalls only.
 	NoRegisterPage bool
-	// NoV2 makes CREATE_PARTITION refuse the v2 payload (EINVAL), as a
-	// 6.15 kernel without MSHV_PT_BIT_CPU_AND_XSAVE_FEATURES does.
-	NoV2 bool
-	// NoSelfHvcall makes MSHV_ROOT_HVCALL on /dev/mshv unknown (ENOTTY),
-	// as on kernels before the self-targeted property reads.
-	NoSelfHvcall bool
+
+	// V2 accepts MSHV_PT_BIT_CPU_AND_XSAVE_FEATURES (pt_flags bit 3) and
+	// the 64-byte struct mshv_create_partition_v2 behind it (the
+	// "mshv_create_partition_v2" patch series, adopted by QEMU in 2026);
+	// mainline refuses bit 3 with EINVAL.
+	V2 bool
+	// SelfHvcall serves MSHV_ROOT_HVCALL on /dev/mshv itself for
+	// GET_PARTITION_PROPERTY of the root partition (Anirudh Rayabharam's
+	// patch for reading the host's processor features); mainline answers
+	// ENOTTY. The feature values it returns are placeholders, not the
+	// host's.
+	SelfHvcall bool
+	// PropertyEx adds HVCALL_GET_PARTITION_PROPERTY_EX to the pass-through
+	// list (and, with SelfHvcall, to the /dev/mshv call), as the same
+	// patch does; mainline refuses it with EINVAL.
+	PropertyEx bool
+	// Scrub adds HVCALL_SCRUB_PARTITION to the pass-through list (Magnus
+	// Kulke's soft-reboot patch); mainline refuses it with EINVAL. The
+	// simulator then answers it OPERATION_DENIED.
+	Scrub bool
 }
 
 // DefaultEAGAINEvery is the EAGAIN period New uses.
@@ -81,9 +101,9 @@ type Sim struct {
 }
 
 // EnvOptions names the environment variable New reads to vary the
-// simulated kernel: a comma-separated list of noregpage, nov2, noself and
-// eagain=N (e.g. GOVMM_MSHVSIM=noregpage,eagain=2), so that the whole
-// system can be run against older-kernel behaviour.
+// simulated kernel: a comma-separated list of noregpage, eagain=N and the
+// later-kernel features v2, self, propex, scrub, or next for all four
+// (e.g. GOVMM_MSHVSIM=next,eagain=2). Without them it is mainline.
 const EnvOptions = "GOVMM_MSHVSIM"
 
 // ParseOptions parses the EnvOptions syntax.
@@ -94,10 +114,18 @@ func ParseOptions(spec string) (Options, error) {
 		case f == "":
 		case f == "noregpage":
 			o.NoRegisterPage = true
-		case f == "nov2":
-			o.NoV2 = true
-		case f == "noself":
-			o.NoSelfHvcall = true
+		case f == "v2":
+			o.V2 = true
+		case f == "self":
+			o.SelfHvcall = true
+		case f == "propex":
+			o.PropertyEx = true
+		case f == "scrub":
+			o.Scrub = true
+		case f == "next":
+			o.V2, o.SelfHvcall, o.PropertyEx, o.Scrub = true, true, true, true
+		case f == "nov2" || f == "noself":
+			return o, fmt.Errorf("mshvsim option %q: the mainline kernel the simulator now models by default has neither; drop it (add v2 or self for the later kernels)", f)
 		case strings.HasPrefix(f, "eagain="):
 			n, err := strconv.Atoi(f[len("eagain="):])
 			if err != nil || n < 0 {
@@ -105,7 +133,7 @@ func ParseOptions(spec string) (Options, error) {
 			}
 			o.EAGAINEvery = n
 		default:
-			return o, fmt.Errorf("unknown mshvsim option %q (want noregpage, nov2, noself, eagain=N)", f)
+			return o, fmt.Errorf("unknown mshvsim option %q (want noregpage, eagain=N, v2, self, propex, scrub or next)", f)
 		}
 	}
 	return o, nil
@@ -247,8 +275,8 @@ func (s *Sim) Ioctl(fd int, req uint32, arg unsafe.Pointer) (int, error) {
 		case reqCreatePartition:
 			return s.createPartition(a)
 		case reqRootHvcall:
-			if s.opts.NoSelfHvcall {
-				return -1, unix.ENOTTY
+			if !s.opts.SelfHvcall {
+				return -1, unix.ENOTTY // mainline mshv_dev_ioctl
 			}
 			return 0, s.selfHvcall(a)
 		}
@@ -333,19 +361,20 @@ func (s *Sim) LastError(vpFD int) string {
 	return ""
 }
 
-// createPartition parses mshv_create_partition (16 bytes; 64 when
-// pt_flags bit 3 says a v2 payload follows).
+// createPartition parses mshv_create_partition (16 bytes; with Options.V2,
+// 64 when pt_flags bit 3 says a v2 payload follows).
 func (s *Sim) createPartition(a []byte) (int, error) {
 	flags := binary.LittleEndian.Uint64(a[cpFlags:])
 	iso := binary.LittleEndian.Uint64(a[cpIsolation:])
-	const mask = 1<<4 - 1
+	// MSHV_PT_FLAGS_MASK: MSHV_PT_BIT_COUNT is 3 in mainline, 4 with v2.
+	mask := uint64(1<<3 - 1)
+	if s.opts.V2 {
+		mask = 1<<4 - 1
+	}
 	if flags&^mask != 0 || iso != 0 {
 		return -1, unix.EINVAL
 	}
 	if flags&(1<<3) != 0 {
-		if s.opts.NoV2 {
-			return -1, unix.EINVAL
-		}
 		full := unsafe.Slice(&a[0], cpSizeV2)
 		if binary.LittleEndian.Uint16(full[cpNumFBanks:]) > 2 {
 			return -1, unix.EINVAL

@@ -44,12 +44,12 @@ func TestKernelAnswers(t *testing.T) {
 	wantErrno(t, "pt_flags bit 4", err, unix.EINVAL)
 	_, err = mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 1, Isolation: 1})
 	wantErrno(t, "SNP isolation", err, unix.EINVAL)
-	_, err = mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, NumCPUFBanks: 3})
-	wantErrno(t, "v2 with 3 feature banks", err, unix.EINVAL)
-	_, err = mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, Rsvd: [6]uint8{1}})
-	wantErrno(t, "v2 with reserved bytes", err, unix.EINVAL)
+	// Mainline: MSHV_PT_BIT_COUNT is 3, so bit 3 (the v2 payload) is
+	// outside MSHV_PT_FLAGS_MASK.
+	_, err = mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, NumCPUFBanks: 2})
+	wantErrno(t, "v2 payload on mainline", err, unix.EINVAL)
 
-	pfd, err := mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, NumCPUFBanks: 2})
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,14 +96,23 @@ func TestKernelAnswers(t *testing.T) {
 	if !errors.Is(err, unix.EINVAL) || r.Reps != 0 {
 		t.Errorf("unknown register: %v reps %d", err, r.Reps)
 	}
-	// Self-targeted property reads on /dev/mshv only.
+	// A rep count on a simple hypercall: INVALID_HYPERCALL_INPUT.
+	prop := make([]byte, 16)
+	binary.LittleEndian.PutUint32(prop[8:], mshvabi.PropTimeFreeze)
+	r, err = hvcall(s, pfd, mshvabi.HvcallGetPartitionProperty, 1, prop, make([]byte, 8))
+	if !errors.Is(err, unix.EINVAL) || r.Status != 3 {
+		t.Errorf("GET_PARTITION_PROPERTY with reps 1: %v status %#x", err, r.Status)
+	}
+	// Mainline has no MSHV_ROOT_HVCALL on /dev/mshv, no
+	// GET_PARTITION_PROPERTY_EX and no SCRUB_PARTITION.
 	self := make([]byte, 16)
 	binary.LittleEndian.PutUint32(self[8:], mshvabi.PropProcessorFeatures0)
-	if _, err := hvcall(s, s.SystemFD(), mshvabi.HvcallGetPartitionProperty, 0, self, make([]byte, 8)); err != nil {
-		t.Errorf("self property read: %v", err)
-	}
-	_, err = hvcall(s, s.SystemFD(), mshvabi.HvcallSetPartitionProperty, 0, in, nil)
-	wantErrno(t, "self property write", err, unix.EINVAL)
+	_, err = hvcall(s, s.SystemFD(), mshvabi.HvcallGetPartitionProperty, 0, self, make([]byte, 8))
+	wantErrno(t, "self property read on mainline", err, unix.ENOTTY)
+	_, err = hvcall(s, pfd, mshvabi.HvcallGetPartitionPropertyEx, 0, make([]byte, 24), make([]byte, 16))
+	wantErrno(t, "GET_PARTITION_PROPERTY_EX on mainline", err, unix.EINVAL)
+	_, err = hvcall(s, pfd, 0x008d, 0, make([]byte, 16), nil)
+	wantErrno(t, "SCRUB_PARTITION on mainline", err, unix.EINVAL)
 
 	// Guest memory: alignment, overlaps, unmap must match exactly.
 	mem, err := unix.Mmap(-1, 0, 3*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -162,6 +171,46 @@ func TestKernelAnswers(t *testing.T) {
 	}
 	if _, err := s.Mmap(vp, 2, 4096); !errors.Is(err, unix.ENODEV) {
 		t.Errorf("GHCB page on a non-SNP partition: %v", err)
+	}
+}
+
+// TestLaterKernelOptions: each later-kernel behaviour appears with its
+// option only (see mshvsim.Options for the upstream references).
+func TestLaterKernelOptions(t *testing.T) {
+	s := newSim(t, mshvsim.Options{V2: true, SelfHvcall: true, PropertyEx: true, Scrub: true})
+	_, err := mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, NumCPUFBanks: 3})
+	wantErrno(t, "v2 with 3 feature banks", err, unix.EINVAL)
+	_, err = mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, Rsvd: [6]uint8{1}})
+	wantErrno(t, "v2 with reserved bytes", err, unix.EINVAL)
+	_, err = mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 1 << 4})
+	wantErrno(t, "pt_flags bit 4", err, unix.EINVAL)
+	pfd, err := mshvabi.CreatePartitionV2FD(s, &mshvabi.CreatePartitionV2{Flags: 0xf, NumCPUFBanks: 2})
+	if err != nil {
+		t.Fatalf("v2 payload: %v", err)
+	}
+	defer s.Close(pfd)
+	self := make([]byte, 16)
+	binary.LittleEndian.PutUint32(self[8:], mshvabi.PropProcessorFeatures0)
+	if _, err := hvcall(s, s.SystemFD(), mshvabi.HvcallGetPartitionProperty, 0, self, make([]byte, 8)); err != nil {
+		t.Errorf("self property read: %v", err)
+	}
+	set := make([]byte, 24)
+	_, err = hvcall(s, s.SystemFD(), mshvabi.HvcallSetPartitionProperty, 0, set, nil)
+	wantErrno(t, "self property write", err, unix.EINVAL)
+	ex := make([]byte, 24)
+	binary.LittleEndian.PutUint32(ex[8:], mshvabi.PropAssignableSyntheticFeatures)
+	if _, err := hvcall(s, s.SystemFD(), mshvabi.HvcallGetPartitionPropertyEx, 0, ex, make([]byte, 16)); err != nil {
+		t.Errorf("self GET_PARTITION_PROPERTY_EX: %v", err)
+	}
+	// On the partition fd the calls pass the allow-list and reach the
+	// hypervisor, which answers with a status (EIO), not EINVAL.
+	r, err := hvcall(s, pfd, mshvabi.HvcallGetPartitionPropertyEx, 0, ex, make([]byte, 16))
+	if !errors.Is(err, unix.EIO) || r.Status == 0 {
+		t.Errorf("GET_PARTITION_PROPERTY_EX on the partition: %v status %#x", err, r.Status)
+	}
+	r, err = hvcall(s, pfd, 0x008d, 0, make([]byte, 16), nil)
+	if !errors.Is(err, unix.EIO) || r.Status == 0 {
+		t.Errorf("SCRUB_PARTITION: %v status %#x", err, r.Status)
 	}
 }
 
