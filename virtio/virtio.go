@@ -1,0 +1,72 @@
+// Package virtio is govmm's virtio 1.x core: split virtqueues over guest
+// memory (descriptor chains, indirect descriptors, event-idx), feature
+// negotiation, the device-status state machine with reset, and the modern
+// PCI transport (common, notify, ISR and device configuration structures
+// in a memory BAR; interrupts through MSI-X vectors; doorbells as MMIO
+// ioeventfds, because MSHV has no port-I/O ioeventfd). Devices (virtio/rng,
+// virtio/blk) implement Device and see only chains.
+//
+// It exists so that a guest's own virtio drivers (Linux's virtio_pci)
+// drive govmm's devices unchanged. Everything the driver writes, the rings
+// included, is untrusted: a malformed ring or chain puts the device into
+// DEVICE_NEEDS_RESET with one log line that names the device, the queue
+// and what was wrong, and the VMM and the other devices go on.
+package virtio
+
+// Device status bits (virtio 1.2 §2.1).
+const (
+	StatusAcknowledge = 1
+	StatusDriver      = 2
+	StatusDriverOK    = 4
+	StatusFeaturesOK  = 8
+	StatusNeedsReset  = 0x40
+	StatusFailed      = 0x80
+)
+
+// Transport-level feature bits.
+const (
+	FIndirectDesc = 1 << 28
+	FEventIdx     = 1 << 29
+	FVersion1     = 1 << 32
+)
+
+// Device IDs (virtio 1.2 §5).
+const (
+	IDBlock   = 2
+	IDEntropy = 4
+)
+
+// NoVector is the MSI-X vector number meaning "none".
+const NoVector = 0xffff
+
+// Device is one virtio device behind a transport.
+type Device interface {
+	// Type is the virtio device ID.
+	Type() uint16
+	// Name names the device in log lines ("virtio-blk vda").
+	Name() string
+	// Features are the device-specific feature bits it offers; the
+	// transport adds VERSION_1, EVENT_IDX and INDIRECT_DESC.
+	Features() uint64
+	// QueueMax is each queue's maximum size (a power of two).
+	QueueMax() []uint16
+	// ReadConfig and WriteConfig access the device-specific
+	// configuration structure; offsets past it read as zero and drop
+	// writes.
+	ReadConfig(off uint64, data []byte)
+	WriteConfig(off uint64, data []byte)
+	// Activate is called when the driver sets DRIVER_OK, with the
+	// negotiated features.
+	Activate(features uint64) error
+	// Handle serves one chain of queue q. It calls done exactly once,
+	// with the bytes written into the chain, from any goroutine, now or
+	// later. An error means the driver broke the device's protocol (the
+	// device then needs a reset) and done must not be called.
+	Handle(q int, c *Chain, done func(written uint32)) error
+	// Reset returns the device to its state before Activate; no request
+	// is in flight when the transport calls it.
+	Reset()
+	// Describe is the device's configuration as a restore must find it
+	// again (a different disk is refused).
+	Describe() string
+}
