@@ -31,6 +31,10 @@ type fakeHV struct {
 	vpstate      map[uint8][]byte
 	irqfdArgs    []mshvabi.UserIRQFD
 	routeTables  [][]mshvabi.UserIRQEntry
+	// translate: TRANSLATE_VIRTUAL_ADDRESS result code (0: identity
+	// translation succeeds); translated counts the calls.
+	translate  uint32
+	translated int
 }
 
 func newFake() *fakeHV {
@@ -138,6 +142,10 @@ func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
 		return unix.EINVAL
 	case mshvabi.HvcallGetVPCPUIDValues:
 		h.Reps = n
+	case mshvabi.HvcallTranslateVirtualAddress:
+		f.translated++
+		binary.LittleEndian.PutUint32(c.Out, f.translate)
+		binary.LittleEndian.PutUint64(c.Out[8:], binary.LittleEndian.Uint64(c.In[24:]))
 	}
 	return nil
 }
@@ -555,5 +563,70 @@ func TestFakeUnroutableMSILeftOut(t *testing.T) {
 	fixed.MSI.AddressHi = 0
 	if err := vm.SetGSIRouting([]accel.Route{good, fixed}); err != nil || len(f.routeTables[len(f.routeTables)-1]) != 2 || len(vm.Unroutable()) != 0 {
 		t.Errorf("fixed route: %v %+v", err, f.routeTables[len(f.routeTables)-1])
+	}
+}
+
+// TestFakeStringPIOWithoutBytes: a port-I/O intercept may carry no
+// instruction bytes. A string instruction's segment override and address
+// size are then read from guest memory (TRANSLATE_VIRTUAL_ADDRESS), never
+// assumed: fs: outsb sends the byte at FS:SI, not DS:SI. When the bytes
+// cannot be read the exit is a clear fatal error.
+func TestFakeStringPIOWithoutBytes(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		f := newFake()
+		vm, v := f.machine(t)
+		mem := make([]byte, 0x5000)
+		host := mem[(4096-mshvabi.Addr(mem)%4096)%4096:][:0x4000]
+		if err := vm.MapMemory(accel.MemoryRegion{GPA: 0, Host: host}); err != nil {
+			t.Fatal(err)
+		}
+		copy(host[0x1000:], []byte{0x64, 0x6E}) // fs outsb
+		host[0x2010], host[0x3010] = 'D', 'F'
+		f.regs[mshvabi.RegCR0] = mshvabi.RegisterValue{Low: 0x10}
+		f.regs[mshvabi.RegRDX] = mshvabi.RegisterValue{Low: 0x3f8}
+		seg := func(base uint64) mshvabi.SegmentRegister {
+			return mshvabi.SegmentRegister{Base: base, Limit: 0xffff, Selector: uint16(base >> 4), Attributes: 0x93}
+		}
+		for n, b := range map[uint32]uint64{mshvabi.RegDS: 0x2000, mshvabi.RegES: 0x2000, mshvabi.RegSS: 0, mshvabi.RegFS: 0x3000, mshvabi.RegGS: 0} {
+			f.regs[n] = segValue(seg(b))
+		}
+		if fail {
+			f.translate = mshvabi.TranslatePageNotPresent
+		}
+		f.msgs = []func(*mshvabi.Message){
+			func(m *mshvabi.Message) {
+				h := header(m, mshvabi.MsgX64IOPortIntercept, 0x1000)
+				h.InterceptAccessType = mshvabi.AccessWrite
+				h.InsnLenCR8 = 2
+				h.CS = mshvabi.SegmentRegister{Limit: 0xffff, Attributes: 0x9b}
+				h.RFLAGS = 2
+				io := m.IOPort()
+				io.PortNumber = 0x3f8
+				io.AccessInfo = 1 | mshvabi.IOAccessString
+				io.RSI = 0x10
+				io.DS, io.ES = seg(0x2000), seg(0x2000)
+			},
+			func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x1002) },
+		}
+		var l log
+		e, err := v.Run(&l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fail {
+			if e.Reason != accel.ExitInternalError || !strings.Contains(e.Detail, "no instruction bytes") || len(l) != 0 {
+				t.Errorf("untranslatable instruction: exit %+v, accesses %q", e, l)
+			}
+			continue
+		}
+		if e.Reason != accel.ExitHalt || f.translated == 0 {
+			t.Fatalf("exit %+v after %d translations", e, f.translated)
+		}
+		if got := strings.Join(l, ";"); got != "out 0x3f8 46" {
+			t.Errorf("accesses %q, want the byte at FS:SI ('F', 0x46)", got)
+		}
+		if rsi := f.regs[mshvabi.RegRSI].Low; rsi != 0x11 {
+			t.Errorf("RSI %#x after outsb, want 0x11", rsi)
+		}
 	}
 }

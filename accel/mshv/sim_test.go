@@ -331,6 +331,38 @@ func TestSimAccessesAcrossPages(t *testing.T) {
 	}
 }
 
+// TestSimStringPIOSegmentOverride: mshvsim's port-I/O intercepts carry no
+// instruction bytes, so the backend reads fs: rep outsb from guest memory
+// and sends the bytes at FS:SI, not DS:SI.
+func TestSimStringPIOSegmentOverride(t *testing.T) {
+	m := newMachine(t, mshvsim.Options{EAGAINEvery: mshvsim.DefaultEAGAINEvery}, 0x10000)
+	copy(m.mem[0x1000:], []byte{
+		0xB8, 0x00, 0x03, // mov ax, 0x300
+		0x8E, 0xE0, // mov fs, ax
+		0xBE, 0x10, 0x00, // mov si, 0x10
+		0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+		0xB9, 0x02, 0x00, // mov cx, 2
+		0x64, 0xF3, 0x6E, // fs rep outsb
+		0xE6, 0xF4, // out 0xf4, al
+		0xEB, 0xFE, // jmp $
+	})
+	copy(m.mem[0x10:], "zz")
+	copy(m.mem[0x3010:], "ab")
+	m.realMode(t, 0x1000)
+	rec := &recorder{}
+	rec.onOut = func(port uint16, data []byte) {
+		if port == 0xf4 {
+			m.cpu.Kick()
+		}
+	}
+	if e, err := m.run(t, rec); err != nil || e.Reason != accel.ExitInterrupted {
+		t.Fatalf("run: exit %v (%s), %v; log %q", e.Reason, e.Detail, err, rec.log)
+	}
+	if got := strings.Join(rec.log, ";"); got != "out 0x3f8 61;out 0x3f8 62;out 0xf4 00" {
+		t.Errorf("accesses %q, want FS:SI's 'a' and 'b'", got)
+	}
+}
+
 // TestSimKick runs a guest that counts in RAM forever, kicks it, checks
 // that Run returns ExitInterrupted with state intact, and resumes it.
 func TestSimKick(t *testing.T) {

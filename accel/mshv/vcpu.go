@@ -1,6 +1,7 @@
 package mshv
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -444,6 +445,16 @@ func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
 		}
 		return accel.Exit{}, false, nil
 	}
+	insn := io.InstructionBytes[:nb]
+	if nb == 0 {
+		// Without the bytes a string instruction's segment override and
+		// address size are unknown: read them, never assume DS.
+		b, err := v.fetchInsn(hdr, ilen)
+		if err != nil {
+			return fatal(accel.ExitInternalError, hdr.RIP, nil, "string port I/O on port %#x at rip %#x: the intercept carries no instruction bytes and reading the %d-byte instruction from guest memory failed (%v), so its segment and address size are unknown", io.PortNumber, hdr.RIP, ilen, err), true, nil
+		}
+		insn = b
+	}
 	c := v.cpu
 	c.reset(hdr)
 	c.seed(mshvabi.PageRAX, io.RAX)
@@ -452,8 +463,55 @@ func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
 	c.seed(mshvabi.PageRDI, io.RDI)
 	c.seedSeg(emu.DS, io.DS)
 	c.seedSeg(emu.ES, io.ES)
-	err := v.emu.PortIO(emu.IO{Port: io.PortNumber, Size: size, In: in, String: true, Rep: rep, InsnLen: ilen, Insn: io.InstructionBytes[:nb]})
-	return v.finishEmulation(err, hdr.RIP, io.InstructionBytes[:nb], fmt.Sprintf("string port I/O on port %#x", io.PortNumber))
+	err := v.emu.PortIO(emu.IO{Port: io.PortNumber, Size: size, In: in, String: true, Rep: rep, InsnLen: ilen, Insn: insn})
+	return v.finishEmulation(err, hdr.RIP, insn, fmt.Sprintf("string port I/O on port %#x", io.PortNumber))
+}
+
+// fetchInsn reads the n bytes of the intercepted instruction at CS:RIP
+// from guest memory, translating its linear address with
+// TRANSLATE_VIRTUAL_ADDRESS (read and execute access), for an intercept
+// that carries no instruction bytes.
+func (v *VCPU) fetchInsn(h *mshvabi.InterceptMessageHeader, n int) ([]byte, error) {
+	long := h.ExecutionState&mshvabi.ExecStateEFERLMA != 0 && h.CS.Attributes&mshvabi.SegAttrLong != 0
+	la := h.CS.Base + h.RIP
+	if !long {
+		la &= 0xffffffff
+	}
+	out := make([]byte, 0, n)
+	for len(out) < n {
+		gpa, err := v.translate(la, mshvabi.TranslateValidateRead|mshvabi.TranslateValidateExecute)
+		if err != nil {
+			return nil, err
+		}
+		k := min(n-len(out), 4096-int(la&0xfff))
+		b := v.vm.ram(gpa, k, false)
+		if b == nil {
+			return nil, fmt.Errorf("linear address %#x is GPA %#x, which is not RAM", la, gpa)
+		}
+		out = append(out, b...)
+		la += uint64(k)
+		if !long {
+			la &= 0xffffffff
+		}
+	}
+	return out, nil
+}
+
+// translate turns a linear address of this VP into a GPA with
+// TRANSLATE_VIRTUAL_ADDRESS (gva_page in, gpa_page out).
+func (v *VCPU) translate(la, flags uint64) (uint64, error) {
+	in := make([]byte, 32)
+	binary.LittleEndian.PutUint32(in[8:], uint32(v.index))
+	binary.LittleEndian.PutUint64(in[16:], flags)
+	binary.LittleEndian.PutUint64(in[24:], la>>12)
+	out := make([]byte, 16)
+	if _, err := v.hv.call(mshvabi.HvcallTranslateVirtualAddress, 0, in, out); err != nil {
+		return 0, fmt.Errorf("translate linear address %#x: %w", la, err)
+	}
+	if r := binary.LittleEndian.Uint32(out); r != mshvabi.TranslateSuccess {
+		return 0, fmt.Errorf("translate linear address %#x: result code %d", la, r)
+	}
+	return binary.LittleEndian.Uint64(out[8:])<<12 | la&0xfff, nil
 }
 
 // complete writes RIP (and RAX when setRAX) after a scalar port access.

@@ -239,6 +239,16 @@ const (
 	InterceptAccessExecute = 4
 )
 
+// hv_x64_intercept_message_header execution_state bits.
+const (
+	ExecStateCPLMask             = 0x3
+	ExecStateCR0PE               = 1 << 2
+	ExecStateEFERLMA             = 1 << 4
+	ExecStateInterruptionPending = 1 << 6
+	ExecStateInterruptShadow     = 1 << 12
+	SegAttrLong                  = 1 << 13 // hv_x64_segment_register attributes: L
+)
+
 // TRANSLATE_VIRTUAL_ADDRESS control flags and result codes.
 const (
 	TranslateValidateRead     = 0x1

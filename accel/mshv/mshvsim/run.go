@@ -321,7 +321,6 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 	if err := v.k.SetRegs(&pre); err != nil {
 		return v.fail("%v", err)
 	}
-	insn := v.messageBytes(&s, pre.RIP)
 	access := byte(0)
 	if io.Out {
 		access = 1
@@ -337,9 +336,13 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 		ai |= 1 << 4
 	}
 	p[ioAccessInfo] = ai
-	p[ioInsnCount] = byte(len(insn))
+	// No instruction bytes (instruction_byte_count 0): the processor's
+	// I/O exit reports port, size, direction and the string and REP bits
+	// but no bytes, and the simulator does not count on the hypervisor
+	// fetching them. The VMM reads them when a string instruction needs
+	// its segment override or address size.
+	p[ioInsnCount] = 0
 	binary.LittleEndian.PutUint64(p[ioRAX:], pre.RAX)
-	copy(p[ioInsnBytes:ioInsnBytes+16], insn)
 	putSeg(p[ioDS:], s.DS)
 	putSeg(p[ioES:], s.ES)
 	binary.LittleEndian.PutUint64(p[ioRCX:], pre.RCX)
