@@ -1,0 +1,385 @@
+// Package blk is virtio-blk (virtio 1.2 §5.2) backed by a raw image file:
+// reads, writes, flush, discard, write-zeroes and the serial ID, with a
+// read-only option. Requests run on a small pool of worker goroutines, off
+// the vCPU threads and off the queue's notification goroutine, so a slow
+// disk stalls neither the guest's CPUs nor the other requests.
+package blk
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/virtio"
+)
+
+// Feature bits (virtio 1.2 §5.2.3).
+const (
+	fSegMax      = 1 << 2
+	fRO          = 1 << 5
+	fBlkSize     = 1 << 6
+	fFlush       = 1 << 9
+	fDiscard     = 1 << 13
+	fWriteZeroes = 1 << 14
+)
+
+// Request types and status values.
+const (
+	tIn          = 0
+	tOut         = 1
+	tFlush       = 4
+	tGetID       = 8
+	tDiscard     = 11
+	tWriteZeroes = 13
+
+	sOK     = 0
+	sIOErr  = 1
+	sUnsupp = 2
+
+	hdrLen     = 16
+	sectorSize = 512
+	// IDLen is the serial ID's length (VIRTIO_BLK_ID_BYTES).
+	IDLen = 20
+
+	// QueueSize is the request queue's maximum size.
+	QueueSize = 256
+	segMax    = QueueSize - 2
+	// maxDiscardSectors bounds one discard or write-zeroes segment, and
+	// maxSegs the segments per request.
+	maxDiscardSectors = 1 << 22 // 2 GiB
+	maxSegs           = 1
+	// Workers is the size of the I/O pool.
+	Workers = 4
+	cfgLen  = 60
+)
+
+// Config is one disk's configuration (the --disk flag).
+type Config struct {
+	Path     string
+	ReadOnly bool
+	// Serial is the ID the guest reads (up to 20 bytes).
+	Serial string
+}
+
+// ParseFlag parses Cloud Hypervisor's --disk syntax:
+// path=FILE[,readonly=on|off][,serial=ID].
+func ParseFlag(s string) (Config, error) {
+	var c Config
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return c, fmt.Errorf("--disk %q: %q is not key=value", s, kv)
+		}
+		switch k {
+		case "path":
+			c.Path = v
+		case "readonly":
+			switch v {
+			case "on", "true":
+				c.ReadOnly = true
+			case "off", "false":
+			default:
+				return c, fmt.Errorf("--disk %q: readonly=%s, want on or off", s, v)
+			}
+		case "serial":
+			if len(v) > IDLen {
+				return c, fmt.Errorf("--disk %q: serial %q is longer than %d bytes", s, v, IDLen)
+			}
+			c.Serial = v
+		default:
+			return c, fmt.Errorf("--disk %q: unknown option %q (want path, readonly, serial)", s, k)
+		}
+	}
+	if c.Path == "" {
+		return c, fmt.Errorf("--disk %q: no path=", s)
+	}
+	return c, nil
+}
+
+// Device is one virtio-blk disk.
+type Device struct {
+	cfg      Config
+	name     string
+	f        *os.File
+	sectors  uint64
+	size     int64
+	jobs     chan job
+	wg       sync.WaitGroup
+	features uint64
+}
+
+type job struct {
+	c    *virtio.Chain
+	done func(uint32)
+}
+
+// Open opens the image (read-only when asked) and starts the workers.
+// name is the guest-facing name in log lines ("vda").
+func Open(c Config, name string) (*Device, error) {
+	abs, err := filepath.Abs(c.Path)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", c.Path, err)
+	}
+	c.Path = abs
+	flag := os.O_RDWR
+	if c.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(c.Path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: %w", c.Path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: not a regular file (raw images only)", c.Path)
+	}
+	d := &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
+		jobs: make(chan job, QueueSize)}
+	for range Workers {
+		d.wg.Add(1)
+		go d.worker()
+	}
+	return d, nil
+}
+
+// Close stops the workers (after the queued requests) and closes the
+// image.
+func (d *Device) Close() error {
+	close(d.jobs)
+	d.wg.Wait()
+	return d.f.Close()
+}
+
+func (d *Device) Type() uint16       { return virtio.IDBlock }
+func (d *Device) Name() string       { return d.name }
+func (d *Device) QueueMax() []uint16 { return []uint16{QueueSize} }
+
+// Describe names the image, its size and the options; a restore must
+// find the same.
+func (d *Device) Describe() string {
+	return fmt.Sprintf("virtio-blk path=%s bytes=%d readonly=%v serial=%q", d.cfg.Path, d.size, d.cfg.ReadOnly, d.cfg.Serial)
+}
+
+// Features offers SEG_MAX, BLK_SIZE and FLUSH, and RO for a read-only disk
+// or DISCARD and WRITE_ZEROES for a writable one.
+func (d *Device) Features() uint64 {
+	f := uint64(fSegMax | fBlkSize | fFlush)
+	if d.cfg.ReadOnly {
+		f |= fRO
+	} else {
+		f |= fDiscard | fWriteZeroes
+	}
+	return f
+}
+
+// Activate records the negotiated features.
+func (d *Device) Activate(features uint64) error {
+	d.features = features
+	return nil
+}
+
+// Reset forgets the negotiated features (the transport waits for
+// requests in flight first).
+func (d *Device) Reset() { d.features = 0 }
+
+// ReadConfig reads struct virtio_blk_config.
+func (d *Device) ReadConfig(off uint64, data []byte) {
+	var c [cfgLen]byte
+	le := binary.LittleEndian
+	le.PutUint64(c[0:], d.sectors)
+	le.PutUint32(c[12:], segMax)
+	le.PutUint32(c[20:], sectorSize)
+	le.PutUint16(c[34:], 1) // num_queues
+	le.PutUint32(c[36:], maxDiscardSectors)
+	le.PutUint32(c[40:], maxSegs)
+	le.PutUint32(c[44:], 1)
+	le.PutUint32(c[48:], maxDiscardSectors)
+	le.PutUint32(c[52:], maxSegs)
+	c[56] = 1 // write_zeroes_may_unmap
+	for i := range data {
+		o := off + uint64(i)
+		if o < off || o >= cfgLen {
+			data[i] = 0
+			continue
+		}
+		data[i] = c[o]
+	}
+}
+
+// WriteConfig drops the write: nothing in the configuration is
+// writable without CONFIG_WCE, which is not offered.
+func (d *Device) WriteConfig(uint64, []byte) {}
+
+// Handle checks the request's framing and queues it for a worker. A chain
+// without a 16-byte header or a status byte breaks the protocol.
+func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
+	if c.ReadableLen() < hdrLen {
+		return fmt.Errorf("request %d has %d readable bytes, less than the 16-byte header", c.Head, c.ReadableLen())
+	}
+	if c.WritableLen() < 1 {
+		return fmt.Errorf("request %d has no writable status byte", c.Head)
+	}
+	d.jobs <- job{c, done}
+	return nil
+}
+
+func (d *Device) worker() {
+	defer d.wg.Done()
+	for j := range d.jobs {
+		st, n := d.serve(j.c)
+		// The status is the chain's last writable byte.
+		w := j.c.WritableLen()
+		j.c.Write(w-1, []byte{st})
+		j.done(uint32(n + 1))
+	}
+}
+
+// span returns the writable buffers' first n bytes, as slices.
+func span(bs []virtio.Buffer, skip, n uint64) [][]byte {
+	var out [][]byte
+	for _, b := range bs {
+		if n == 0 {
+			break
+		}
+		l := uint64(len(b.Bytes))
+		if skip >= l {
+			skip -= l
+			continue
+		}
+		p := b.Bytes[skip:]
+		skip = 0
+		if uint64(len(p)) > n {
+			p = p[:n]
+		}
+		out = append(out, p)
+		n -= uint64(len(p))
+	}
+	return out
+}
+
+// serve runs one request and returns its status and the data bytes
+// written into the chain (besides the status byte).
+func (d *Device) serve(c *virtio.Chain) (uint8, uint64) {
+	var h [hdrLen]byte
+	c.Read(0, h[:])
+	le := binary.LittleEndian
+	typ, sector := le.Uint32(h[0:]), le.Uint64(h[8:])
+	switch typ {
+	case tIn:
+		n := c.WritableLen() - 1
+		if !d.inRange(sector, n) {
+			return sIOErr, 0
+		}
+		off := int64(sector * sectorSize)
+		for _, p := range span(c.Writable, 0, n) {
+			if _, err := d.f.ReadAt(p, off); err != nil {
+				return sIOErr, 0
+			}
+			off += int64(len(p))
+		}
+		return sOK, n
+	case tOut:
+		if d.cfg.ReadOnly {
+			return sIOErr, 0
+		}
+		n := c.ReadableLen() - hdrLen
+		if !d.inRange(sector, n) {
+			return sIOErr, 0
+		}
+		off := int64(sector * sectorSize)
+		for _, p := range span(c.Readable, hdrLen, n) {
+			if _, err := d.f.WriteAt(p, off); err != nil {
+				return sIOErr, 0
+			}
+			off += int64(len(p))
+		}
+		return sOK, 0
+	case tFlush:
+		if d.cfg.ReadOnly {
+			return sOK, 0
+		}
+		if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+			return sIOErr, 0
+		}
+		return sOK, 0
+	case tGetID:
+		var id [IDLen]byte
+		copy(id[:], d.cfg.Serial)
+		n := min(c.WritableLen()-1, IDLen)
+		c.Write(0, id[:n])
+		return sOK, n
+	case tDiscard, tWriteZeroes:
+		if d.cfg.ReadOnly {
+			return sIOErr, 0
+		}
+		if typ == tDiscard && d.features&fDiscard == 0 || typ == tWriteZeroes && d.features&fWriteZeroes == 0 {
+			return sUnsupp, 0
+		}
+		n := c.ReadableLen() - hdrLen
+		if n == 0 || n%16 != 0 || n/16 > maxSegs {
+			return sUnsupp, 0
+		}
+		var seg [16]byte
+		c.Read(hdrLen, seg[:])
+		start, count, flags := le.Uint64(seg[0:]), uint64(le.Uint32(seg[8:])), le.Uint32(seg[12:])
+		if flags&^1 != 0 || count > maxDiscardSectors || typ == tDiscard && flags != 0 {
+			return sUnsupp, 0
+		}
+		if !d.inRange(start, count*sectorSize) {
+			return sIOErr, 0
+		}
+		if err := d.zero(int64(start*sectorSize), int64(count*sectorSize), typ == tDiscard || flags&1 != 0); err != nil {
+			return sIOErr, 0
+		}
+		return sOK, 0
+	}
+	return sUnsupp, 0
+}
+
+// inRange reports whether n bytes from sector fit in the disk, in whole
+// sectors.
+func (d *Device) inRange(sector, n uint64) bool {
+	if n%sectorSize != 0 || sector > d.sectors {
+		return false
+	}
+	return n/sectorSize <= d.sectors-sector
+}
+
+// zero makes [off, off+n) read as zeros: a hole when unmapping is allowed,
+// else zeroed blocks, and written zeros where the file system has
+// neither.
+func (d *Device) zero(off, n int64, unmap bool) error {
+	fd := int(d.f.Fd())
+	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+	if unmap {
+		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	err := unix.Fallocate(fd, mode, off, n)
+	if err == nil || !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := d.f.WriteAt(buf[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
+// String names the device for messages.
+func (d *Device) String() string { return d.name + " (" + d.cfg.Path + ", " + strconv.FormatUint(d.sectors, 10) + " sectors)" }
