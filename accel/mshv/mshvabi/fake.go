@@ -103,3 +103,29 @@ func (f *Fake) Kick(vpFD int, tid int) error {
 	f.Kicks++
 	return nil
 }
+
+// Tap is a Device that forwards everything to Device and shows OnMessage
+// every message MSHV_RUN_VP returned, for tests that check what the
+// hypervisor (or the simulator) reported. The backend reaches a
+// LastError of the wrapped device through it.
+type Tap struct {
+	Device
+	OnMessage func(vpFD int, m *Message)
+}
+
+// Ioctl forwards the request and shows a RUN_VP message to OnMessage.
+func (t *Tap) Ioctl(fd int, req uint32, arg unsafe.Pointer) (int, error) {
+	r, err := t.Device.Ioctl(fd, req, arg)
+	if err == nil && req == ReqRunVP && fd != t.SystemFD() && t.OnMessage != nil {
+		t.OnMessage(fd, (*Message)(arg))
+	}
+	return r, err
+}
+
+// LastError forwards to the wrapped device's LastError, if it has one.
+func (t *Tap) LastError(fd int) string {
+	if d, ok := t.Device.(interface{ LastError(fd int) string }); ok {
+		return d.LastError(fd)
+	}
+	return ""
+}

@@ -9,6 +9,7 @@ import (
 
 	"govmm/accel"
 	"govmm/accel/kvm"
+	"govmm/x86/decode"
 	"govmm/x86/emu"
 )
 
@@ -383,15 +384,95 @@ func (v *vp) mmioIntercept(x kvm.RawExit, msg []byte) error {
 		access = 1
 	}
 	insn := v.messageBytes(&s, pre.RIP)
-	v.header(msg, typ, 80, &pre, &s, access, 0)
+	gva, length, gvaOK := v.accessGVA(&pre, &s, m.Addr)
+	v.header(msg, typ, 80, &pre, &s, access, length)
 	p := msg[msgPayload:]
 	binary.LittleEndian.PutUint32(p[mmCacheType:], 6) // write-back cache type
 	p[mmInsnCount] = byte(len(insn))
-	p[mmAccessInfo] = 0 // no GVA: the simulator does not know it
+	if gvaOK {
+		// gva_valid and gva_gpa_valid: the processor reports the linear
+		// address of the access, and that it translates to the GPA.
+		p[mmAccessInfo] = 1 | 2
+		binary.LittleEndian.PutUint64(p[mmGVA:], gva)
+	}
 	binary.LittleEndian.PutUint64(p[mmGPA:], m.Addr)
 	copy(p[mmInsnBytes:mmInsnBytes+16], insn)
 	v.fillPage(&pre, &s)
 	return nil
+}
+
+// accessGVA finds the linear address of the memory access an intercepted
+// instruction made at gpa: it decodes the instruction at r.RIP (the state
+// before it), computes the linear address of each memory operand (the
+// ModRM or moffs operand, and for string instructions DS:rSI and ES:rDI)
+// and keeps the one that translates to gpa. It also returns the
+// instruction's length. ok is false when none does (an access that
+// straddles a page, a stack access), as the hypervisor then has no GVA to
+// report either.
+func (v *vp) accessGVA(r *accel.Regs, s *accel.Sregs, gpa uint64) (gva uint64, length int, ok bool) {
+	mode := 16
+	switch {
+	case s.EFER&(1<<10) != 0 && s.CS.L:
+		mode = 64
+	case s.CR0&1 != 0 && s.CS.DB:
+		mode = 32
+	}
+	var in decode.Inst
+	if decode.Decode(v.fetch(s, r.RIP), mode, &in) != nil {
+		return 0, 0, false
+	}
+	amask := uint64(1)<<(8*in.AddrSize) - 1
+	if in.AddrSize == 8 {
+		amask = ^uint64(0)
+	}
+	segs := []accel.Segment{s.ES, s.CS, s.SS, s.DS, s.FS, s.GS}
+	// base is a segment's base as addressing uses it: in 64-bit mode only
+	// FS and GS have one.
+	base := func(i int) uint64 {
+		if mode == 64 && i != 4 && i != 5 {
+			return 0
+		}
+		return segs[i].Base
+	}
+	seg := func(def int) int {
+		if in.Seg >= 0 && int(in.Seg) < len(segs) {
+			return int(in.Seg)
+		}
+		return def
+	}
+	reg := func(i int8) uint64 {
+		if i < 0 || i > 15 {
+			return 0
+		}
+		return *gprPtr(r, uint32(i))
+	}
+	var las []uint64
+	if in.Mem || in.Moffs {
+		ea := uint64(in.Disp)
+		switch {
+		case in.RIPRel:
+			ea += r.RIP + uint64(in.Len)
+		case !in.Moffs:
+			ea += reg(in.Base) + reg(in.Index)*uint64(in.Scale)
+		}
+		def := 3 // DS
+		if in.SSBased {
+			def = 2 // SS
+		}
+		las = append(las, base(seg(def))+ea&amask)
+	}
+	if in.Enc == decode.Legacy && in.Map == decode.MapOne && (in.Opcode >= 0xa4 && in.Opcode <= 0xaf || in.Opcode >= 0x6c && in.Opcode <= 0x6f) {
+		las = append(las, base(seg(3))+r.RSI&amask, base(0)+r.RDI&amask)
+	}
+	for _, la := range las {
+		if mode != 64 {
+			la &= 0xffffffff
+		}
+		if g, ok := v.walk(s, la); ok && g == gpa {
+			return la, in.Len, true
+		}
+	}
+	return 0, in.Len, false
 }
 
 // --- instruction bytes and page walk ---------------------------------------
