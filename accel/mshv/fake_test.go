@@ -630,3 +630,31 @@ func TestFakeStringPIOWithoutBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestFakePendingEventType: PENDING_EVENT0's event_type (bits 1-3 of
+// hv_x64_pending_exception_event, include/hyperv/hvgdk_mini.h) is 0 for
+// an exception (HV_X64_PENDING_EVENT_EXCEPTION in enum
+// hv_x64_pending_event_type); an external-interrupt event (5) is not an
+// exception, and saving it as one would lose it: Events refuses it by name.
+// SetEvents writes exceptions as type 0.
+func TestFakePendingEventType(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegPendingEvent0] = mshvabi.RegisterValue{Low: 1 | 14<<16 | 1<<8 | 2<<32, High: 0xdead000}
+	e, err := v.Events()
+	if err != nil || !e.Exception.Pending || e.Exception.Nr != 14 || e.Exception.ErrorCode != 2 || e.Exception.Payload != 0xdead000 {
+		t.Fatalf("pending #PF (type 0): %+v %v", e.Exception, err)
+	}
+	f.regs[mshvabi.RegPendingEvent0] = mshvabi.RegisterValue{Low: 1 | 5<<1 | 0x30<<16}
+	if _, err := v.Events(); err == nil || !strings.Contains(err.Error(), "type 5 (external interrupt)") {
+		t.Errorf("external-interrupt event: %v, want a refusal naming type 5", err)
+	}
+	e = accel.Events{}
+	e.Exception.Pending, e.Exception.Nr = true, 13
+	if err := v.SetEvents(&e); err != nil {
+		t.Fatal(err)
+	}
+	if lo := f.regs[mshvabi.RegPendingEvent0].Low; lo&1 == 0 || lo>>1&7 != 0 || uint8(lo>>16) != 13 {
+		t.Errorf("SetEvents wrote PENDING_EVENT0 %#x, want pending, type 0, vector 13", lo)
+	}
+}

@@ -477,10 +477,14 @@ func (v *VCPU) Events() (accel.Events, error) {
 		e.Interrupt.Shadow = 1
 	}
 	e.NMI.Masked = is&mshvabi.InterruptStateNMIMasked != 0
-	if ev.Low&1 != 0 {
+	if ev.Low&mshvabi.PendingEventPending != 0 {
+		if typ := ev.Low >> mshvabi.PendingEventTypeShift & 7; typ != mshvabi.PendingEventException {
+			return e, fmt.Errorf("vCPU %d: PENDING_EVENT0 holds a pending event of type %d (%s), not an exception (type 0); govmm cannot save it",
+				v.index, typ, pendingEventName(typ))
+		}
 		e.Exception.Pending = true
 		e.Exception.Nr = uint8(ev.Low >> 16)
-		if ev.Low&(1<<8) != 0 {
+		if ev.Low&mshvabi.PendingEventDeliverErr != 0 {
 			e.Exception.HasErrorCode, e.Exception.ErrorCode = true, uint32(ev.Low>>32)
 		}
 		if ev.High != 0 {
@@ -488,6 +492,25 @@ func (v *VCPU) Events() (accel.Events, error) {
 		}
 	}
 	return e, nil
+}
+
+// pendingEventName names an hv_x64_pending_event_type.
+func pendingEventName(t uint64) string {
+	switch t {
+	case mshvabi.PendingEventMemoryIntercept:
+		return "memory intercept"
+	case mshvabi.PendingEventNestedMemory:
+		return "nested memory intercept"
+	case mshvabi.PendingEventVirtualization:
+		return "virtualization fault"
+	case mshvabi.PendingEventHypercallOutput:
+		return "hypercall output"
+	case mshvabi.PendingEventExtInt:
+		return "external interrupt"
+	case mshvabi.PendingEventShadowIPT:
+		return "shadow IPT"
+	}
+	return "unknown"
 }
 
 // SetEvents writes the pending events. A pending (not yet injected) NMI is
@@ -517,9 +540,9 @@ func (v *VCPU) SetEvents(e *accel.Events) error {
 	}
 	var ev mshvabi.RegisterValue
 	if e.Exception.Pending {
-		ev.Low = 1 | uint64(e.Exception.Nr)<<16
+		ev.Low = mshvabi.PendingEventPending | mshvabi.PendingEventException<<mshvabi.PendingEventTypeShift | uint64(e.Exception.Nr)<<16
 		if e.Exception.HasErrorCode {
-			ev.Low |= 1<<8 | uint64(e.Exception.ErrorCode)<<32
+			ev.Low |= mshvabi.PendingEventDeliverErr | uint64(e.Exception.ErrorCode)<<32
 		}
 		if e.Exception.HasPayload {
 			ev.High = e.Exception.Payload

@@ -472,7 +472,7 @@ func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
 // TRANSLATE_VIRTUAL_ADDRESS (read and execute access), for an intercept
 // that carries no instruction bytes.
 func (v *VCPU) fetchInsn(h *mshvabi.InterceptMessageHeader, n int) ([]byte, error) {
-	long := h.ExecutionState&mshvabi.ExecStateEFERLMA != 0 && h.CS.Attributes&mshvabi.SegAttrLong != 0
+	long := h.ExecutionState&mshvabi.ExecStateEFERLMA != 0 && h.CS.Attributes&mshvabi.SegAttrL != 0
 	la := h.CS.Base + h.RIP
 	if !long {
 		la &= 0xffffffff

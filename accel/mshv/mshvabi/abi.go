@@ -246,7 +246,6 @@ const (
 	ExecStateEFERLMA             = 1 << 4
 	ExecStateInterruptionPending = 1 << 6
 	ExecStateInterruptShadow     = 1 << 12
-	SegAttrLong                  = 1 << 13 // hv_x64_segment_register attributes: L
 )
 
 // TRANSLATE_VIRTUAL_ADDRESS control flags and result codes.

@@ -144,6 +144,21 @@ const (
 	PendingTypePrivSWExc = 5
 	PendingTypeSWExc     = 6
 
+	// hv_x64_pending_exception_event (PENDING_EVENT0/1): event_pending
+	// bit 0, event_type bits 1-3, deliver_error_code bit 8, vector bits
+	// 16-31, error_code bits 32-63, exception_parameter in the high half.
+	// Types from enum hv_x64_pending_event_type: an exception is 0.
+	PendingEventPending         = 1 << 0
+	PendingEventTypeShift       = 1
+	PendingEventDeliverErr      = 1 << 8
+	PendingEventException       = 0
+	PendingEventMemoryIntercept = 1
+	PendingEventNestedMemory    = 2
+	PendingEventVirtualization  = 3
+	PendingEventHypercallOutput = 4
+	PendingEventExtInt          = 5
+	PendingEventShadowIPT       = 6
+
 	InterruptStateShadow    = 1 << 0
 	InterruptStateNMIMasked = 1 << 1
 

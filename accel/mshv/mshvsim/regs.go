@@ -390,6 +390,12 @@ func (c *regCtx) events(n uint32, set bool, lo, hi uint64) (uint64, uint64, bool
 		return r, 0, true
 	}
 	if set {
+		// hv_x64_pending_exception_event: event_type (bits 1-3) 0 is an
+		// exception (HV_X64_PENDING_EVENT_EXCEPTION); KVM has nowhere to
+		// put the other kinds.
+		if lo&1 != 0 && lo>>1&7 != 0 {
+			return 0, 0, false
+		}
 		e.Exception.Pending = lo&1 != 0
 		if e.Exception.Pending {
 			e.Exception.Nr = uint8(lo >> 16)
@@ -402,7 +408,7 @@ func (c *regCtx) events(n uint32, set bool, lo, hi uint64) (uint64, uint64, bool
 	if !e.Exception.Pending {
 		return 0, 0, true
 	}
-	r := 1 | 3<<1 | uint64(e.Exception.Nr)<<16
+	r := 1 | uint64(e.Exception.Nr)<<16 // event_type 0: exception
 	if e.Exception.HasErrorCode {
 		r |= 1<<8 | uint64(e.Exception.ErrorCode)<<32
 	}
