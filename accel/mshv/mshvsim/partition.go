@@ -506,7 +506,11 @@ func (p *partition) pageStates(gfn, count uint64, typ, op uint8) ([]byte, error)
 }
 
 // gpapBitmap parses mshv_gpap_access_bitmap (access_type@0 access_op@1
-// rsvd[6]@2 page_count@8 gpap_base@16 bitmap_ptr@24).
+// rsvd[6]@2 page_count@8 gpap_base@16 bitmap_ptr@24), with the checks of
+// upstream mshv_partition_ioctl_get_gpap_access_bitmap (mshv_root_main.c)
+// and no others: a NOOP op is treated as SET, as its flag selection does
+// (everything that is not CLEAR sets), and reading the dirty states while
+// tracking is off is not refused (the states are then not updated).
 func (p *partition) gpapBitmap(a []byte) error {
 	typ, op := a[gpType], a[gpOp]
 	for _, b := range a[gpRsvd:gpCount] {
@@ -517,14 +521,17 @@ func (p *partition) gpapBitmap(a []byte) error {
 	count := binary.LittleEndian.Uint64(a[gpCount:])
 	base := binary.LittleEndian.Uint64(a[gpBase:])
 	ptr := binary.LittleEndian.Uint64(a[gpBitmap:])
-	if typ > 1 || op > 2 || count == 0 || count > 1<<24 || ptr == 0 {
+	if typ > 1 || op > 2 || count == 0 || ptr == 0 {
 		return unix.EINVAL
+	}
+	if count > 1<<32 {
+		return unix.ENOMEM // the kernel's vzalloc of one byte per page fails
+	}
+	if op == 0 {
+		op = 2
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.tracking && typ == 1 {
-		return unix.EINVAL
-	}
 	st, err := p.pageStates(base, count, typ, op)
 	if err != nil {
 		return unix.EINVAL
