@@ -427,6 +427,46 @@ func TestSimMemoryInterceptGVA(t *testing.T) {
 	}
 }
 
+// TestSimInterruptShadowInIntercept: an IN right after STI runs in STI's
+// interrupt shadow, and its port-I/O intercept says so in execution_state
+// (bit 12, interrupt_shadow, of hv_x64_intercept_message_header); the next
+// port access, outside the shadow, does not.
+func TestSimInterruptShadowInIntercept(t *testing.T) {
+	kvmtest.Need(t)
+	sim, err := mshvsim.NewWithOptions(mshvsim.Options{EAGAINEvery: mshvsim.DefaultEAGAINEvery})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	shadow := map[uint16]bool{}
+	tap := &mshvabi.Tap{Device: sim, OnMessage: func(fd int, m *mshvabi.Message) {
+		if m.Header.MessageType == mshvabi.MsgX64IOPortIntercept {
+			io := m.IOPort()
+			mu.Lock()
+			shadow[io.PortNumber] = io.Header.ExecutionState&mshvabi.ExecStateInterruptShadow != 0
+			mu.Unlock()
+		}
+	}}
+	acc, err := mshv.Open(tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { acc.Close() })
+	m := newMachineOn(t, sim, acc, 0x10000, nil)
+	m.runToF4(t, []byte{
+		0xFB,       // sti
+		0xE4, 0x61, // in al, 0x61 (in STI's shadow)
+		0xE4, 0x62, // in al, 0x62
+		0xE6, 0xF4, // out 0xf4, al
+		0xEB, 0xFE, // jmp $
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !shadow[0x61] || shadow[0x62] {
+		t.Errorf("interrupt_shadow in the intercepts: port 0x61 %v (want true, after STI), port 0x62 %v (want false)", shadow[0x61], shadow[0x62])
+	}
+}
+
 // TestSimKick runs a guest that counts in RAM forever, kicks it, checks
 // that Run returns ExitInterrupted with state intact, and resumes it.
 func TestSimKick(t *testing.T) {

@@ -222,7 +222,7 @@ func (v *vp) fillPage(r *accel.Regs, s *accel.Sregs) {
 }
 
 // header writes hv_x64_intercept_message_header at payload offset 0.
-func (v *vp) header(msg []byte, typ uint32, size byte, r *accel.Regs, s *accel.Sregs, access byte, insnLen int) {
+func (v *vp) header(msg []byte, typ uint32, size byte, r *accel.Regs, s *accel.Sregs, access byte, insnLen int, events uint16) {
 	binary.LittleEndian.PutUint32(msg[msgType:], typ)
 	msg[msgPayloadSize] = size
 	p := msg[msgPayload:]
@@ -240,6 +240,7 @@ func (v *vp) header(msg []byte, typ uint32, size byte, r *accel.Regs, s *accel.S
 	if s.EFER&(1<<10) != 0 {
 		es |= 1 << 4
 	}
+	es |= events
 	binary.LittleEndian.PutUint16(p[ihExecState:], es)
 	putSeg(p[ihCS:], s.CS)
 	binary.LittleEndian.PutUint64(p[ihRIP:], r.RIP)
@@ -255,9 +256,36 @@ func (v *vp) simpleMessage(msg []byte, typ uint32) error {
 	if err != nil {
 		return v.fail("%v", err)
 	}
-	v.header(msg, typ, 40, &r, &s, 0, 0)
+	v.header(msg, typ, 40, &r, &s, 0, 0, v.eventBits())
 	v.fillPage(&r, &s)
 	return nil
+}
+
+// Execution-state bits of hv_x64_intercept_message_header that come from
+// the vCPU's event state.
+const (
+	esInterruptionPending = 1 << 6
+	esInterruptShadow     = 1 << 12
+)
+
+// eventBits reads KVM's event state as execution_state bits: an interrupt
+// shadow (after STI or MOV SS) and an interruption being delivered. KVM has
+// already retired an OUT or an MMIO write when it exits for it, and with
+// it the shadow the instruction ran in; those intercepts carry only what is
+// left.
+func (v *vp) eventBits() uint16 {
+	e, err := v.k.Events()
+	if err != nil {
+		return 0
+	}
+	var b uint16
+	if e.Interrupt.Shadow != 0 {
+		b |= esInterruptShadow
+	}
+	if e.Exception.Injected || e.Interrupt.Injected || e.NMI.Injected {
+		b |= esInterruptionPending
+	}
+	return b
 }
 
 // complete finishes KVM's pending PIO/MMIO at once: zeros for reads,
@@ -293,25 +321,26 @@ func (v *vp) complete(x kvm.RawExit) error {
 // stateThenComplete reads the vCPU's registers as KVM reported the exit,
 // then completes KVM's pending access (see complete): what every
 // intercept starts from.
-func (v *vp) stateThenComplete(x kvm.RawExit) (accel.Regs, accel.Sregs, error) {
+func (v *vp) stateThenComplete(x kvm.RawExit) (accel.Regs, accel.Sregs, uint16, error) {
 	regs, err := v.k.Regs()
 	if err != nil {
-		return regs, accel.Sregs{}, err
+		return regs, accel.Sregs{}, 0, err
 	}
 	s, err := v.k.Sregs()
 	if err != nil {
-		return regs, s, err
+		return regs, s, 0, err
 	}
+	ev := v.eventBits()
 	if err := v.complete(x); err != nil {
-		return regs, s, fmt.Errorf("complete the access: %w", err)
+		return regs, s, ev, fmt.Errorf("complete the access: %w", err)
 	}
-	return regs, s, nil
+	return regs, s, ev, nil
 }
 
 // ioIntercept turns a KVM_EXIT_IO into HVMSG_X64_IO_PORT_INTERCEPT.
 func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 	io := x.IO
-	regs0, s, err := v.stateThenComplete(x)
+	regs0, s, ev, err := v.stateThenComplete(x)
 	if err != nil {
 		return v.fail("port I/O on port %#x: %v", io.Port, err)
 	}
@@ -326,7 +355,7 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 	if io.Out {
 		access = 1
 	}
-	v.header(msg, msgIOPort, 128, &pre, &s, access, d.length)
+	v.header(msg, msgIOPort, 128, &pre, &s, access, d.length, ev)
 	p := msg[msgPayload:]
 	binary.LittleEndian.PutUint16(p[ioPort:], io.Port)
 	ai := io.Size & 7
@@ -358,7 +387,7 @@ func (v *vp) ioIntercept(x kvm.RawExit, msg []byte) error {
 func (v *vp) mmioIntercept(x kvm.RawExit, msg []byte) error {
 	m := x.MMIO
 	m.Data = append([]byte(nil), m.Data...)
-	regs0, s, err := v.stateThenComplete(x)
+	regs0, s, ev, err := v.stateThenComplete(x)
 	if err != nil {
 		return v.fail("MMIO at %#x: %v", m.Addr, err)
 	}
@@ -385,7 +414,7 @@ func (v *vp) mmioIntercept(x kvm.RawExit, msg []byte) error {
 	}
 	insn := v.messageBytes(&s, pre.RIP)
 	gva, length, gvaOK := v.accessGVA(&pre, &s, m.Addr)
-	v.header(msg, typ, 80, &pre, &s, access, length)
+	v.header(msg, typ, 80, &pre, &s, access, length, ev)
 	p := msg[msgPayload:]
 	binary.LittleEndian.PutUint32(p[mmCacheType:], 6) // write-back cache type
 	p[mmInsnCount] = byte(len(insn))
