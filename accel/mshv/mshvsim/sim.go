@@ -19,8 +19,11 @@
 // vCPU registers back to their state before the instruction (finding the
 // start of an instruction KVM already retired by checking candidates with
 // the x86 emulator), and hands the VMM an intercept message with RIP at the
-// instruction and its bytes; whatever the VMM then writes back is what the
-// guest sees. KVM's in-kernel LAPIC (split irqchip) stands in for the
+// instruction: a memory intercept with the instruction's bytes (up to the
+// page end), its length and the access's linear address (gva_valid,
+// gva_gpa_valid), a port-I/O intercept with no bytes; the execution state
+// carries the interrupt shadow and a pending interruption. Whatever the VMM
+// then writes back is what the guest sees. KVM's in-kernel LAPIC (split irqchip) stands in for the
 // hypervisor's.
 package mshvsim
 
