@@ -146,6 +146,11 @@ func FuzzMessage(f *testing.F) {
 	f.Add(seed(mshvabi.MsgUnmappedGPA, 0, 0, 0, 0, 0, 1), uint64(0xfeb00000))
 	f.Add(seed(mshvabi.MsgX64IOPortIntercept, 0, 0, 0, 0, 2, 0, 0, 0), uint64(1))
 	f.Add(seed(0x12345678), uint64(7))
+	// A string OUTS intercept without instruction bytes (count 0 at 43):
+	// the backend reads them from guest memory.
+	strOut := make([]byte, 44)
+	strOut[4], strOut[5], strOut[40], strOut[42] = 2, 1, 0xf8, 1|mshvabi.IOAccessString
+	f.Add(seed(mshvabi.MsgX64IOPortIntercept, strOut...), uint64(0x10))
 	f.Fuzz(func(t *testing.T, msg []byte, regval uint64) {
 		fh := newFake()
 		_, v := fh.machine(t)
