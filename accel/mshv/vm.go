@@ -159,8 +159,8 @@ func (vm *VM) CreateVCPU(index int) (accel.VCPU, error) { return vm.NewVCPU(inde
 // MSI-X entry pointing above 4 GiB, which is not an x86 interrupt
 // address) is therefore left out of the table, so that it cannot poison
 // every other route, and reported: logged once per change, and an irqfd
-// assigned to its GSI is refused naming it. A GSI given twice is the
-// VMM's own mistake and fails the call before the kernel sees it.
+// assigned to its GSI is refused naming it. A GSI given twice keeps its
+// first route; the later ones are left out and logged.
 func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 	if len(routes) > mshvabi.MaxGuestIRQs {
 		return fmt.Errorf("set MSI routing: %d routes, MSHV takes at most %d", len(routes), mshvabi.MaxGuestIRQs)
@@ -176,7 +176,9 @@ func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 			return fmt.Errorf("set MSI routing: GSI %d: MSHV takes GSIs below %d", r.GSI, mshvabi.MaxGuestIRQs)
 		}
 		if seen[r.GSI] {
-			return fmt.Errorf("set MSI routing: GSI %d routed twice (MSHV refuses the whole table)", r.GSI)
+			slog.Warn("mshv: a GSI routed twice; MSHV would refuse the whole table, so the later route is left out",
+				"gsi", r.GSI, "address", fmt.Sprintf("%#x_%08x", r.MSI.AddressHi, r.MSI.AddressLo), "data", fmt.Sprintf("%#x", r.MSI.Data))
+			continue
 		}
 		seen[r.GSI] = true
 		if r.MSI.AddressHi != 0 {
