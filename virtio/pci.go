@@ -669,7 +669,7 @@ func (t *PCI) Save() PCIState {
 
 // Restore loads a saved state into a transport that has not run, after
 // the PCI bus's configuration space was restored: the device must be
-// configured as it was when saved.
+// configured as it was when saved. Queues are served from Start on.
 func (t *PCI) Restore(s PCIState) error {
 	if s.Device != t.dev.Describe() {
 		return fmt.Errorf("%s: the snapshot's device is %q, this machine's %q", t.dev.Name(), s.Device, t.dev.Describe())
@@ -705,11 +705,24 @@ func (t *PCI) Restore(s PCIState) error {
 		}
 		t.active = true
 		t.bindDoorbells()
+	}
+	return nil
+}
+
+// Start looks at every queue for buffers the driver made available
+// before a snapshot and that the device had not taken yet. Call it once
+// the vCPUs run with their restored state: a request completed earlier
+// would interrupt a vCPU whose LAPIC is not restored yet, and the
+// interrupt would be lost.
+func (t *PCI) Start() {
+	t.mu.Lock()
+	active := t.active
+	t.mu.Unlock()
+	if active {
 		for i := range t.kicks {
 			t.kick(i)
 		}
 	}
-	return nil
 }
 
 // Close stops the transport: the server goroutines end, the doorbells and

@@ -313,6 +313,7 @@ func TestSaveRestore(t *testing.T) {
 	if err := tr2.Restore(st); err != nil {
 		t.Fatal(err)
 	}
+	tr2.Start()
 	d2, err := virtiotest.New(tr2, d.Mem, vm2)
 	if err != nil {
 		t.Fatal(err)

@@ -382,4 +382,6 @@ func (d *Device) zero(off, n int64, unmap bool) error {
 }
 
 // String names the device for messages.
-func (d *Device) String() string { return d.name + " (" + d.cfg.Path + ", " + strconv.FormatUint(d.sectors, 10) + " sectors)" }
+func (d *Device) String() string {
+	return d.name + " (" + d.cfg.Path + ", " + strconv.FormatUint(d.sectors, 10) + " sectors)"
+}
