@@ -1,0 +1,165 @@
+package confine
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/elastic/go-seccomp-bpf/arch"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// govmm assembles its seccomp program itself, with golang.org/x/net/bpf,
+// and takes only the system call tables from go-seccomp-bpf: that
+// package's policy assembler (v1.6.0) leaves an argument in the
+// accumulator when an argument check fails and goes on comparing it with
+// the next system call's number, so a filter with conditions on several
+// calls would let, say, an ioctl whose request number is 0 through as
+// read(2).
+//
+// The program: check the architecture; refuse x32 numbers with ENOSYS;
+// allow the unconditional calls (two instructions each, so the kernel's
+// per-call action cache answers them without running the filter); for a
+// conditional call, test its condition sets in turn; anything else gets
+// the default action (trap, or log).
+
+// seccomp_data offsets and return values (<linux/seccomp.h>).
+const (
+	dataNr        = 0
+	dataArch      = 4
+	dataArgs      = 16
+	retAllow      = 0x7fff0000
+	retLog        = 0x7ffc0000
+	retTrap       = 0x00030000
+	retErrno      = 0x00050000
+	x32Bit        = 0x40000000
+	setModeFilter = 1
+	flagTSync     = 1
+)
+
+// sysnr is an x86-64 system call's number by name.
+func sysnr(name string) (uint32, error) {
+	n, ok := arch.X86_64.SyscallNames[name]
+	if !ok {
+		return 0, fmt.Errorf("no x86-64 system call named %q", name)
+	}
+	return uint32(n), nil
+}
+
+// program assembles the filter for mode.
+func program(mode SeccompMode) ([]bpf.Instruction, error) {
+	def := uint32(retTrap)
+	if mode == SeccompLog {
+		def = retLog
+	}
+	p := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: dataArch, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: auditArchX86_64, SkipTrue: 1},
+		bpf.RetConstant{Val: def},
+		bpf.LoadAbsolute{Off: dataNr, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: x32Bit, SkipFalse: 1},
+		bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)},
+	}
+	// The conditional calls first: ioctl (KVM_RUN) is the VMM's most
+	// frequent call, and the cache cannot answer it.
+	for _, c := range conditional() {
+		nr, err := sysnr(c.name)
+		if err != nil {
+			return nil, err
+		}
+		block := condBlock(c.sets, def)
+		p = append(p,
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: 1},
+			bpf.Jump{Skip: uint32(len(block))})
+		p = append(p, block...)
+	}
+	for _, a := range allowed {
+		nr, err := sysnr(a.name)
+		if err != nil {
+			return nil, err
+		}
+		p = append(p,
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipFalse: 1},
+			bpf.RetConstant{Val: retAllow})
+	}
+	// clone3 passes its flags in memory, where a filter cannot look: it
+	// fails with ENOSYS, and the C library (in a cgo build) falls back to
+	// clone, whose flags the filter checks.
+	clone3, err := sysnr("clone3")
+	if err != nil {
+		return nil, err
+	}
+	p = append(p,
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: clone3, SkipFalse: 1},
+		bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)},
+		bpf.RetConstant{Val: def})
+	if len(p) > 4096 { // BPF_MAXINSNS
+		return nil, fmt.Errorf("the filter has %d instructions, more than the kernel's 4096", len(p))
+	}
+	return p, nil
+}
+
+// condBlock tests condition sets in turn: the first that holds allows the
+// call; when none does, def. Arguments are compared on their low 32 bits:
+// every argument conditioned here (ioctl's request, mmap's and mprotect's
+// protection, clone's flags, socket's family) is one the kernel takes as a
+// 32-bit int, so the high half changes nothing the call does.
+func condBlock(sets [][]cond, def uint32) []bpf.Instruction {
+	var out []bpf.Instruction
+	for _, set := range sets {
+		// Each condition is two or three instructions that skip to the
+		// end of this set (its "ret allow", plus one) when it fails.
+		var code [][]bpf.Instruction
+		for _, c := range set {
+			ld := bpf.LoadAbsolute{Off: dataArgs + 8*uint32(c.arg), Size: 4}
+			v := uint32(c.val)
+			switch c.op {
+			case opEqual:
+				code = append(code, []bpf.Instruction{ld, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v}})
+			case opBitsClear:
+				code = append(code, []bpf.Instruction{ld, bpf.JumpIf{Cond: bpf.JumpBitsNotSet, Val: v}})
+			case opBitsSet:
+				code = append(code, []bpf.Instruction{ld, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: v}, bpf.JumpIf{Cond: bpf.JumpEqual, Val: v}})
+			}
+		}
+		n := 1 // the set's final ret allow
+		for _, c := range code {
+			n += len(c)
+		}
+		done := 0
+		for _, c := range code {
+			done += len(c)
+			j := c[len(c)-1].(bpf.JumpIf)
+			j.SkipFalse = uint8(n - done) // past this set's ret allow
+			c[len(c)-1] = j
+			out = append(out, c...)
+		}
+		out = append(out, bpf.RetConstant{Val: retAllow})
+	}
+	return append(out, bpf.RetConstant{Val: def})
+}
+
+// loadFilter installs the program on every thread of the process.
+func loadFilter(insts []bpf.Instruction) error {
+	raw, err := bpf.Assemble(insts)
+	if err != nil {
+		return fmt.Errorf("assemble: %w", err)
+	}
+	filter := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	r, _, e := unix.RawSyscall(unix.SYS_SECCOMP, setModeFilter, flagTSync, uintptr(unsafe.Pointer(&prog)))
+	if e != 0 {
+		if e == unix.ENOSYS || e == unix.EINVAL {
+			return fmt.Errorf("this kernel has no seccomp filters: %w", e)
+		}
+		return e
+	}
+	if r != 0 {
+		// TSYNC names the thread it could not synchronize.
+		return fmt.Errorf("thread %d has another seccomp filter, so the filter cannot cover every thread", r)
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package confine
+
+import (
+	"encoding/binary"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// eval runs the filter on one system call, as the kernel would. The
+// kernel loads seccomp_data's 32-bit words in host order; x/net/bpf's VM
+// loads packet words big-endian, so each word is stored big-endian here
+// (an argument's low word first, as on x86-64).
+func eval(t *testing.T, vm *bpf.VM, archID uint32, nr uint32, args ...uint64) uint32 {
+	t.Helper()
+	data := make([]byte, 64)
+	binary.BigEndian.PutUint32(data[dataNr:], nr)
+	binary.BigEndian.PutUint32(data[dataArch:], archID)
+	for i, a := range args {
+		binary.BigEndian.PutUint32(data[dataArgs+8*i:], uint32(a))
+		binary.BigEndian.PutUint32(data[dataArgs+8*i+4:], uint32(a>>32))
+	}
+	r, err := vm.Run(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(r)
+}
+
+func TestFilterDecisions(t *testing.T) {
+	insts, err := program(SeccompOn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := bpf.NewVM(insts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nr := func(name string) uint32 {
+		n, err := sysnr(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	const x86 = auditArchX86_64
+	for _, c := range []struct {
+		what string
+		arch uint32
+		nr   uint32
+		args []uint64
+		want uint32
+	}{
+		{"KVM_RUN", x86, nr("ioctl"), []uint64{5, 0xae80}, retAllow},
+		{"KVM_RUN with garbage in the high half", x86, nr("ioctl"), []uint64{5, 0xdead_0000_ae80}, retAllow},
+		{"KVM_SET_CPUID2", x86, nr("ioctl"), []uint64{5, 0x4008ae90}, retAllow},
+		{"TCSETS", x86, nr("ioctl"), []uint64{0, unix.TCSETS}, retAllow},
+		{"MSHV_RUN_VP", x86, nr("ioctl"), []uint64{5, uint64(mshvIoctls()[0].req)}, retAllow},
+		{"KVM_CREATE_VM", x86, nr("ioctl"), []uint64{3, 0xae01}, retTrap},
+		{"KVM_CREATE_VCPU", x86, nr("ioctl"), []uint64{4, 0xae41}, retTrap},
+		{"ioctl 0 (read's number: a filter that compares the argument with call numbers would allow it)", x86, nr("ioctl"), []uint64{4, 0}, retTrap},
+		{"TIOCSTI", x86, nr("ioctl"), []uint64{0, unix.TIOCSTI}, retTrap},
+		{"read", x86, nr("read"), nil, retAllow},
+		{"futex", x86, nr("futex"), nil, retAllow},
+		{"mmap RW", x86, nr("mmap"), []uint64{0, 4096, unix.PROT_READ | unix.PROT_WRITE}, retAllow},
+		{"mmap RX", x86, nr("mmap"), []uint64{0, 4096, unix.PROT_READ | unix.PROT_EXEC}, retTrap},
+		{"mprotect X", x86, nr("mprotect"), []uint64{0, 4096, unix.PROT_EXEC}, retTrap},
+		{"mprotect none", x86, nr("mprotect"), []uint64{0, 4096, unix.PROT_NONE}, retAllow},
+		{"clone a thread", x86, nr("clone"), []uint64{unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND}, retAllow},
+		{"fork", x86, nr("clone"), []uint64{uint64(unix.SIGCHLD)}, retTrap},
+		{"clone3", x86, nr("clone3"), nil, retErrno | uint32(unix.ENOSYS)},
+		{"socket AF_UNIX", x86, nr("socket"), []uint64{unix.AF_UNIX, unix.SOCK_STREAM}, retAllow},
+		{"socket AF_INET6", x86, nr("socket"), []uint64{unix.AF_INET6, unix.SOCK_STREAM}, retAllow},
+		{"socket AF_NETLINK", x86, nr("socket"), []uint64{unix.AF_NETLINK, unix.SOCK_RAW}, retTrap},
+		{"socket AF_PACKET", x86, nr("socket"), []uint64{unix.AF_PACKET, unix.SOCK_RAW}, retTrap},
+		{"execve", x86, nr("execve"), nil, retTrap},
+		{"ptrace", x86, nr("ptrace"), nil, retTrap},
+		{"mount", x86, nr("mount"), nil, retTrap},
+		{"open (not openat)", x86, nr("open"), nil, retTrap},
+		{"bind", x86, nr("bind"), nil, retTrap},
+		{"x32 read", x86, nr("read") | x32Bit, nil, retErrno | uint32(unix.ENOSYS)},
+		{"i386 read", 0x40000003, 3, nil, retTrap},
+	} {
+		if got := eval(t, vm, c.arch, c.nr, c.args...); got != c.want {
+			t.Errorf("%s: filter returned %#x, want %#x", c.what, got, c.want)
+		}
+	}
+
+	logInsts, err := program(SeccompLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lvm, _ := bpf.NewVM(logInsts)
+	if got := eval(t, lvm, x86, nr("execve")); got != retLog {
+		t.Errorf("log mode: execve gets %#x, want SECCOMP_RET_LOG", got)
+	}
+}
+
+// TestKVMIoctlsCovered keeps the filter in step with accel/kvm: every
+// ioctl request number accel/kvm defines must be in kvmIoctls (allowed)
+// or kvmSetupOnly (refused after set-up), with the same value, so a new
+// ioctl cannot be added to the backend without deciding here.
+func TestKVMIoctlsCovered(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	src := filepath.Join(filepath.Dir(filepath.Dir(file)), "accel", "kvm", "abi.go")
+	f, err := parser.ParseFile(token.NewFileSet(), src, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[uint32]string{}
+	for _, r := range append(append([]ioctlReq(nil), kvmIoctls...), kvmSetupOnly...) {
+		if prev, dup := known[r.req]; dup {
+			t.Errorf("%s and %s: same number %#x", prev, r.name, r.req)
+		}
+		known[r.req] = r.name
+	}
+	n := 0
+	ast.Inspect(f, func(node ast.Node) bool {
+		vs, ok := node.(*ast.ValueSpec)
+		if !ok || len(vs.Names) != 1 || len(vs.Values) != 1 || !strings.HasPrefix(vs.Names[0].Name, "ioctl") {
+			return true
+		}
+		lit, ok := vs.Values[0].(*ast.BasicLit)
+		if !ok {
+			return true
+		}
+		v, err := strconv.ParseUint(lit.Value, 0, 32)
+		if err != nil {
+			t.Errorf("%s = %s: %v", vs.Names[0].Name, lit.Value, err)
+			return true
+		}
+		n++
+		if _, ok := known[uint32(v)]; !ok {
+			t.Errorf("accel/kvm's %s (%#x) is neither allowed nor listed as set-up only: decide in ioctls.go", vs.Names[0].Name, v)
+		}
+		return true
+	})
+	if n < 40 {
+		t.Fatalf("found only %d ioctl constants in %s: has the file changed shape?", n, src)
+	}
+}
+
+// TestMSHVIoctlsCovered does the same for the /dev/mshv requests.
+func TestMSHVIoctlsCovered(t *testing.T) {
+	known := map[uint32]bool{}
+	for _, r := range append(mshvIoctls(), mshvSetupOnly()...) {
+		known[r.req] = true
+	}
+	// Every Req* in mshvabi, by value (reflection-free: the list is short).
+	for _, want := range []uint32{0xC010B801} { // GET_HOST_PARTITION_PROPERTY shares GET_VP_STATE's number
+		if !known[want] {
+			t.Errorf("%#x not covered", want)
+		}
+	}
+	if len(known) != 12 {
+		t.Errorf("%d distinct MSHV requests covered, want the 12 distinct numbers mshvabi defines", len(known))
+	}
+}
+
+// TestSiginfoOffsets checks the siginfo_t offsets the assembly handler
+// reads against the C library's headers.
+func TestSiginfoOffsets(t *testing.T) {
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("no gcc to read the C headers with")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "off.c")
+	prog := `#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+int main(void) { printf("%zu %zu\n", offsetof(siginfo_t, si_syscall), offsetof(siginfo_t, si_arch)); return 0; }
+`
+	if err := writeFile(src, prog); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "off")
+	if out, err := exec.Command(cc, "-o", exe, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	out, err := exec.Command(exe).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strconv.Itoa(siginfoSyscallOff) + " " + strconv.Itoa(siginfoArchOff)
+	if got := strings.TrimSpace(string(out)); got != want {
+		t.Errorf("siginfo_t si_syscall, si_arch offsets: C says %s, the handler uses %s", got, want)
+	}
+}

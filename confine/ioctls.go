@@ -1,0 +1,116 @@
+package confine
+
+import (
+	"golang.org/x/sys/unix"
+
+	"govmm/accel/mshv/mshvabi"
+)
+
+// ioctlReq is an ioctl request number the filter allows, with its name.
+type ioctlReq struct {
+	name string
+	req  uint32
+}
+
+// kvmIoctls are the KVM requests govmm makes once the VM runs (the numbers
+// of <linux/kvm.h> on x86-64, as accel/kvm defines them; ioctls_test.go
+// checks that every request accel/kvm defines is here or in kvmSetupOnly).
+// KVM_RUN comes first: the filter tests requests in this order.
+var kvmIoctls = []ioctlReq{
+	{"KVM_RUN", 0xae80},
+	{"KVM_GET_REGS", 0x8090ae81},
+	{"KVM_SET_REGS", 0x4090ae82},
+	{"KVM_GET_SREGS", 0x8138ae83},
+	{"KVM_SET_SREGS", 0x4138ae84},
+	{"KVM_INTERRUPT", 0x4004ae86},
+	{"KVM_NMI", 0xae9a},
+	{"KVM_SIGNAL_MSI", 0x4020aea5},
+	{"KVM_SET_GSI_ROUTING", 0x4008ae6a},
+	{"KVM_IRQFD", 0x4020ae76},
+	{"KVM_IOEVENTFD", 0x4040ae79},
+	{"KVM_GET_MSRS", 0xc008ae88},
+	{"KVM_SET_MSRS", 0x4008ae89},
+	{"KVM_GET_FPU", 0x81a0ae8c},
+	{"KVM_SET_FPU", 0x41a0ae8d},
+	{"KVM_GET_LAPIC", 0x8400ae8e},
+	{"KVM_SET_LAPIC", 0x4400ae8f},
+	{"KVM_GET_MP_STATE", 0x8004ae98},
+	{"KVM_SET_MP_STATE", 0x4004ae99},
+	{"KVM_GET_VCPU_EVENTS", 0x8040ae9f},
+	{"KVM_SET_VCPU_EVENTS", 0x4040aea0},
+	{"KVM_GET_DEBUGREGS", 0x8080aea1},
+	{"KVM_SET_DEBUGREGS", 0x4080aea2},
+	{"KVM_GET_XSAVE", 0x9000aea4},
+	{"KVM_SET_XSAVE", 0x5000aea5},
+	{"KVM_GET_XSAVE2", 0x9000aecf},
+	{"KVM_GET_XCRS", 0x8188aea6},
+	{"KVM_SET_XCRS", 0x4188aea7},
+	{"KVM_GET_CLOCK", 0x8030ae7c},
+	{"KVM_SET_CLOCK", 0x4030ae7b},
+	{"KVM_GET_TSC_KHZ", 0xaea3},
+	{"KVM_GET_DIRTY_LOG", 0x4010ae42},
+	// Dirty logging on and off for a migration, PCI BARs that move.
+	{"KVM_SET_USER_MEMORY_REGION", 0x4020ae46},
+	{"KVM_CHECK_EXTENSION", 0xae03},
+	// A snapshot lists the MSRs to save.
+	{"KVM_GET_MSR_INDEX_LIST", 0xc004ae02},
+	// mshvsim gives a vCPU its CPUID again when the guest changes what
+	// it depends on (Hyper-V's interface).
+	{"KVM_SET_CPUID2", 0x4008ae90},
+}
+
+// kvmSetupOnly are KVM requests govmm makes only while it builds the VM;
+// after set-up they are refused. Creating VMs and vCPUs is what matters
+// most here: a subverted VMM cannot grow more of them.
+var kvmSetupOnly = []ioctlReq{
+	{"KVM_GET_API_VERSION", 0xae00},
+	{"KVM_CREATE_VM", 0xae01},
+	{"KVM_GET_VCPU_MMAP_SIZE", 0xae04},
+	{"KVM_GET_SUPPORTED_CPUID", 0xc008ae05},
+	{"KVM_GET_MSR_FEATURE_INDEX_LIST", 0xc004ae0a},
+	{"KVM_CREATE_VCPU", 0xae41},
+	{"KVM_SET_TSS_ADDR", 0xae47},
+	{"KVM_SET_IDENTITY_MAP_ADDR", 0x4008ae48},
+	{"KVM_ENABLE_CAP", 0x4068aea3},
+}
+
+// mshvIoctls are the /dev/mshv requests govmm makes once the VM runs.
+// MSHV_GET_VP_STATE shares its number with the downstream
+// GET_HOST_PARTITION_PROPERTY (on another kind of fd), which the filter
+// cannot tell apart.
+func mshvIoctls() []ioctlReq {
+	return []ioctlReq{
+		{"MSHV_RUN_VP", mshvabi.ReqRunVP},
+		{"MSHV_ROOT_HVCALL", mshvabi.ReqRootHvcall},
+		{"MSHV_GET_VP_STATE", mshvabi.ReqGetVPState},
+		{"MSHV_SET_VP_STATE", mshvabi.ReqSetVPState},
+		{"MSHV_IRQFD", mshvabi.ReqIRQFD},
+		{"MSHV_IOEVENTFD", mshvabi.ReqIOEventFD},
+		{"MSHV_SET_MSI_ROUTING", mshvabi.ReqSetMSIRouting},
+		{"MSHV_GET_GPAP_ACCESS_BITMAP", mshvabi.ReqGetGPAPAccessBitmap},
+		{"MSHV_SET_GUEST_MEMORY", mshvabi.ReqSetGuestMemory},
+	}
+}
+
+// mshvSetupOnly are /dev/mshv requests made only while the VM is built.
+func mshvSetupOnly() []ioctlReq {
+	return []ioctlReq{
+		{"MSHV_CREATE_PARTITION", mshvabi.ReqCreatePartition},
+		{"MSHV_INITIALIZE_PARTITION", mshvabi.ReqInitializePartition},
+		{"MSHV_CREATE_VP", mshvabi.ReqCreateVP},
+	}
+}
+
+// terminalIoctls restore the terminal a console put in raw mode
+// (golang.org/x/term) when the VM ends.
+var terminalIoctls = []ioctlReq{
+	{"TCGETS", unix.TCGETS},
+	{"TCSETS", unix.TCSETS},
+}
+
+// ioctls is every request the filter allows, in the order it tests them.
+func ioctls() []ioctlReq {
+	out := append([]ioctlReq(nil), kvmIoctls...)
+	out = append(out, mshvIoctls()...)
+	return append(out, terminalIoctls...)
+}

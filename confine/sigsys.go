@@ -1,0 +1,118 @@
+package confine
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/elastic/go-seccomp-bpf/arch"
+	"golang.org/x/sys/unix"
+)
+
+// A forbidden system call traps (SECCOMP_RET_TRAP): the kernel skips it
+// and sends the calling thread SIGSYS, whose siginfo names the call. The
+// Go runtime's own handler would only say "bad system call" and dump
+// goroutines, so govmm installs its own, written in assembly because it
+// runs on whatever thread trapped, with no Go runtime state it could rely
+// on. It writes one line prepared in advance for that call's number to
+// stderr and ends the process with status ExitSIGSYS. The alternative,
+// SECCOMP_RET_KILL_PROCESS, ends the process with no word on stderr; the
+// call's number would only reach the audit log, where a user rarely looks.
+//
+// The kernel resets the handler to the default (death by SIGSYS, without
+// the line) if the thread blocks SIGSYS at that moment; the Go runtime
+// blocks signals only around thread creation, whose clone is allowed.
+
+// ExitSIGSYS is the exit status after a forbidden system call: 128 +
+// SIGSYS, what a shell reports for a process SIGSYS killed.
+const ExitSIGSYS = 128 + int(unix.SIGSYS)
+
+// sigsysMessage is one prepared line: a pointer and a length the handler
+// passes to write(2) as they are.
+type sigsysMessage struct {
+	p *byte
+	n uintptr
+}
+
+// Offsets the assembly handler relies on. sigsys_test.go checks them
+// against the C headers.
+const (
+	siginfoSyscallOff = 24 // siginfo_t.si_syscall (int)
+	siginfoArchOff    = 28 // siginfo_t.si_arch (unsigned int)
+	auditArchX86_64   = 0xc000003e
+	numSyscalls       = 512 // x86-64 system call numbers are below this
+)
+
+var (
+	// sigsysMessages[nr] is the line for x86-64 system call nr; the
+	// handler reads it by index, so its element size (16) is in the
+	// assembly too.
+	sigsysMessages [numSyscalls]sigsysMessage
+	// sigsysOther is the line for a call of another ABI (i386 through
+	// int 0x80) or a number past the table.
+	sigsysOther sigsysMessage
+	// keep holds the strings the table points into.
+	keep []string
+)
+
+const sigsysHint = " the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=off disables the filter)\n"
+
+func message(s string) sigsysMessage {
+	keep = append(keep, s)
+	return sigsysMessage{p: unsafe.StringData(s), n: uintptr(len(s))}
+}
+
+// prepareMessages fills the table the handler reads.
+func prepareMessages() {
+	if sigsysOther.n != 0 {
+		return
+	}
+	for nr := range sigsysMessages {
+		name, ok := arch.X86_64.SyscallNumbers[nr]
+		if !ok {
+			name = "unknown"
+		}
+		sigsysMessages[nr] = message(fmt.Sprintf("\ngovmm: seccomp: forbidden system call %s (%d):%s", name, nr, sigsysHint))
+	}
+	sigsysOther = message("\ngovmm: seccomp: forbidden system call of another ABI (32-bit) or an unknown number:" + sigsysHint)
+}
+
+// kernelSigaction is the x86-64 kernel's struct sigaction (what
+// rt_sigaction takes, not the C library's).
+type kernelSigaction struct {
+	handler  uintptr
+	flags    uint64
+	restorer uintptr
+	mask     uint64
+}
+
+// sa_flags (<asm/signal.h>, x86-64).
+const (
+	saSiginfo  = 0x00000004
+	saOnstack  = 0x08000000
+	saRestorer = 0x04000000 // x86-64 signal frames need a restorer
+)
+
+// Implemented in sigsys_amd64.s.
+func sigsysHandler()
+func sigsysRestorer()
+func sigsysHandlerPC() uintptr
+func sigsysRestorerPC() uintptr
+
+// installSIGSYSHandler replaces the Go runtime's SIGSYS handler with the
+// one that names the call. All signals are blocked while it runs, and it
+// runs on the thread's alternate signal stack (every runtime thread has
+// one).
+func installSIGSYSHandler() error {
+	prepareMessages()
+	act := kernelSigaction{
+		handler:  sigsysHandlerPC(),
+		flags:    saSiginfo | saOnstack | saRestorer,
+		restorer: sigsysRestorerPC(),
+		mask:     ^uint64(0),
+	}
+	_, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(unix.SIGSYS), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0)
+	if e != 0 {
+		return fmt.Errorf("install the SIGSYS handler: %w", e)
+	}
+	return nil
+}
