@@ -5,6 +5,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -82,6 +83,9 @@ func TestFilterDecisions(t *testing.T) {
 		{"socket AF_INET6", x86, nr("socket"), []uint64{unix.AF_INET6, unix.SOCK_STREAM}, retAllow},
 		{"socket AF_NETLINK", x86, nr("socket"), []uint64{unix.AF_NETLINK, unix.SOCK_RAW}, retTrap},
 		{"socket AF_PACKET", x86, nr("socket"), []uint64{unix.AF_PACKET, unix.SOCK_RAW}, retTrap},
+		{"tgkill a thread of this process", x86, nr("tgkill"), []uint64{uint64(os.Getpid()), 7, uint64(unix.SIGURG)}, retAllow},
+		{"tgkill another process", x86, nr("tgkill"), []uint64{1, 1, uint64(unix.SIGKILL)}, retTrap},
+		{"kill", x86, nr("kill"), []uint64{1, uint64(unix.SIGKILL)}, retTrap},
 		{"execve", x86, nr("execve"), nil, retTrap},
 		{"ptrace", x86, nr("ptrace"), nil, retTrap},
 		{"mount", x86, nr("mount"), nil, retTrap},
@@ -161,6 +165,7 @@ func TestMSHVIoctlsCovered(t *testing.T) {
 			t.Errorf("%#x not covered", want)
 		}
 	}
+	t.Logf("filter: %d system calls, %d KVM ioctls, %d MSHV ioctls", Syscalls(), len(kvmIoctls), len(mshvIoctls()))
 	if len(known) != 12 {
 		t.Errorf("%d distinct MSHV requests covered, want the 12 distinct numbers mshvabi defines", len(known))
 	}

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"os"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
 	"golang.org/x/sys/unix"
@@ -29,7 +30,6 @@ var allowed = []struct{ name, why string }{
 	{"restart_syscall", "a system call interrupted by a signal resumes"},
 	{"gettid", "vCPU thread ids, for kicks"},
 	{"getpid", "kicks (tgkill needs the process id)"},
-	{"tgkill", "kicking a vCPU out of the guest, runtime preemption"},
 	{"getrandom", "runtime and map hash seeds"},
 	{"set_robust_list", "C library threads (a cgo build: go run with a C compiler)"},
 	{"rseq", "C library threads (a cgo build)"},
@@ -121,6 +121,9 @@ func conditional() []conditionalCall {
 		{"mprotect", noExec},
 		// clone: threads only, never a new process.
 		{"clone", [][]cond{{{arg: 0, op: opBitsSet, val: unix.CLONE_THREAD}}}},
+		// tgkill: kicking a vCPU out of the guest, runtime preemption;
+		// only this process's threads.
+		{"tgkill", [][]cond{{{arg: 0, op: opEqual, val: uint64(os.Getpid())}}}},
 		socket,
 	}
 }
