@@ -30,6 +30,7 @@ var allowed = []struct{ name, why string }{
 	{"restart_syscall", "a system call interrupted by a signal resumes"},
 	{"gettid", "vCPU thread ids, for kicks"},
 	{"getpid", "kicks (tgkill needs the process id)"},
+	{"getuid", "the control socket admits this user's peers (SO_PEERCRED)"},
 	{"getrandom", "runtime and map hash seeds"},
 	{"set_robust_list", "C library threads (a cgo build: go run with a C compiler)"},
 	{"rseq", "C library threads (a cgo build)"},
@@ -124,6 +125,9 @@ func conditional() []conditionalCall {
 		// tgkill: kicking a vCPU out of the guest, runtime preemption;
 		// only this process's threads.
 		{"tgkill", [][]cond{{{arg: 0, op: opEqual, val: uint64(os.Getpid())}}}},
+		// kill: the Go runtime re-raising a fatal signal on itself (a
+		// crash dump, SIGQUIT's goroutine dump); no other process.
+		{"kill", [][]cond{{{arg: 0, op: opEqual, val: uint64(os.Getpid())}}}},
 		socket,
 	}
 }
