@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"govmm/internal/kvmtest"
+)
+
+// The confinement tests need govmm to do, once confined, what the
+// confinement must stop: a binary built with -tags govmm_testhooks honours
+// GOVMM_TEST_CONFINE_HOOK (confine/hook_on.go); the binary every other test
+// runs has no such hook. It is built next to that binary, on the host, and
+// reaches the nested-KVM VM through this variable (kvmtest copies the file
+// a GOVMM_ variable names).
+const (
+	hooksBinaryEnv = "GOVMM_E2E_CONFINE_BINARY"
+	hookEnv        = "GOVMM_TEST_CONFINE_HOOK"
+)
+
+var (
+	hooksOnce sync.Once
+	hooksErr  string
+)
+
+// hooksBinary returns the test-hook build of govmm, building it on the
+// host the first time. Call it before kvmtest.Need (accels), so that the
+// host run builds it for the nested run.
+func hooksBinary(t *testing.T) string {
+	t.Helper()
+	if kvmtest.InL1() {
+		b := os.Getenv(hooksBinaryEnv)
+		if b == "" {
+			t.Fatalf("%s is not set in the nested VM", hooksBinaryEnv)
+		}
+		return b
+	}
+	hooksOnce.Do(func() {
+		out := filepath.Join(filepath.Dir(binary), "govmm-testhooks")
+		_, file, _, _ := runtime.Caller(0)
+		build := exec.Command("go", "build", "-tags", "govmm_testhooks", "-o", out, "./cmd/govmm")
+		build.Dir = filepath.Dir(filepath.Dir(file))
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := build.CombinedOutput(); err != nil {
+			hooksErr = err.Error() + "\n" + string(b)
+			return
+		}
+		os.Setenv(hooksBinaryEnv, out)
+	})
+	if hooksErr != "" {
+		t.Fatalf("build govmm with test hooks: %s", hooksErr)
+	}
+	return os.Getenv(hooksBinaryEnv)
+}
+
+// startHooked is start with the test-hook binary and a hook.
+func startHooked(t *testing.T, bin, hook string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), hookEnv+"="+hook)
+	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
+	in, err := p.cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.stdin = in
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// TestConfineSeccomp has a confined govmm call a system call its filter
+// lacks (personality(2), from a thread other than the one that installed
+// the filter) on each accelerator: the process ends with status 159 and a
+// line naming the call. With --seccomp=log the call goes through and the
+// guest runs to its end; with --seccomp=off as well.
+func TestConfineSeccomp(t *testing.T) {
+	bin := hooksBinary(t)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			args := append(append([]string{"run"}, acc...), "--serial=none")
+			p := startHooked(t, bin, "forbidden-syscall", args...)
+			code := p.exit(runTimeout)
+			if code != 159 || !strings.Contains(p.output(), "govmm: seccomp: forbidden system call personality (135)") {
+				t.Fatalf("forbidden system call: want exit 159 and the call named, got exit %d:\n%s", code, p.output())
+			}
+			for _, mode := range []string{"log", "off"} {
+				p := startHooked(t, bin, "forbidden-syscall", append(args, "--seccomp="+mode)...)
+				code := p.exit(runTimeout)
+				if code != 0 || !strings.Contains(p.output(), "the filter let it through") {
+					t.Fatalf("--seccomp=%s: want the call through and exit 0, got exit %d:\n%s", mode, code, p.output())
+				}
+			}
+		})
+	}
+}
+
+// TestConfineLandlock shows, on each accelerator, that a confined govmm
+// cannot open a file outside what it was granted, while snapshots into
+// the granted directory work: the control socket's directory by default,
+// --snapshot-dir when given (here on a restored VM, which is then
+// snapshotted again and restored to check every page). A snapshot asked
+// for elsewhere is refused with the way out named, and the VM runs on.
+// With --landlock=off the same file opens.
+func TestConfineLandlock(t *testing.T) {
+	bin := hooksBinary(t)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			dir, outside := t.TempDir(), t.TempDir()
+			secret := filepath.Join(outside, "secret")
+			if err := os.WriteFile(secret, []byte("not for the VMM"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(dir, "vm.sock")
+			args := append(append([]string{"run"}, acc...), "--kernel", guestPath(t, "testguest"), "--memory", "128M",
+				"--cmdline", "test=memwrite mb=32", "--api-socket", sock)
+			p := startHooked(t, bin, "open:"+secret, args...)
+			p.waitFor("memwrite: running", time.Minute)
+			waitPath(t, sock)
+			if out := p.output(); !strings.Contains(out, "open "+secret+": refused") || !strings.Contains(out, "permission denied") {
+				t.Fatalf("a file outside the granted paths: want it refused, got:\n%s", out)
+			}
+
+			// Snapshot into the socket's directory: granted.
+			snap := filepath.Join(dir, "snap")
+			if r := govmm(t, "snapshot", "--api-socket", sock, "--dir", snap); r.Code != 0 {
+				t.Fatalf("snapshot into the control socket's directory: %s", r)
+			}
+			// Elsewhere: refused, the VM runs on.
+			r := govmm(t, "snapshot", "--api-socket", sock, "--dir", filepath.Join(outside, "snap"))
+			if r.Code != 70 || !strings.Contains(r.Stderr, "may write only under "+dir) || !strings.Contains(r.Stderr, "--snapshot-dir") {
+				t.Fatalf("snapshot outside the granted directory: want 70 naming --snapshot-dir, got %s", r)
+			}
+			if _, err := os.Stat(filepath.Join(outside, "snap")); err == nil {
+				t.Fatalf("the refused snapshot created %s", filepath.Join(outside, "snap"))
+			}
+			verify(t, p)
+
+			// A restored VM with --snapshot-dir elsewhere than its socket.
+			rdir, sdir := t.TempDir(), t.TempDir()
+			rsock := filepath.Join(rdir, "r.sock")
+			q := startHooked(t, bin, "open:"+secret, append(append([]string{"restore"}, acc...),
+				"--snapshot", snap, "--api-socket", rsock, "--snapshot-dir", sdir)...)
+			waitPath(t, rsock)
+			snap2 := filepath.Join(sdir, "again")
+			if r := govmm(t, "snapshot", "--api-socket", rsock, "--dir", snap2, "--stop"); r.Code != 0 {
+				t.Fatalf("snapshot of the restored VM into --snapshot-dir: %s", r)
+			}
+			if code := q.exit(time.Minute); code != 0 || !strings.Contains(q.output(), "refused") {
+				t.Fatalf("restored VM: exit %d, want 0 with the file refused:\n%s", code, q.output())
+			}
+			if _, err := os.Stat(rsock); err == nil {
+				t.Errorf("the control socket %s outlived the VM", rsock)
+			}
+			s := startHooked(t, bin, "", append(append([]string{"restore"}, acc...), "--snapshot", snap2)...)
+			verify(t, s)
+
+			// --landlock=off: the same file opens.
+			off := startHooked(t, bin, "open:"+secret, append(append([]string{"run"}, acc...), "--serial=none", "--landlock=off")...)
+			if code := off.exit(runTimeout); code != 0 || !strings.Contains(off.output(), "open "+secret+": opened") {
+				t.Fatalf("--landlock=off: want the file opened and exit 0, got exit %d:\n%s", code, off.output())
+			}
+		})
+	}
+}
+
+// TestConfineFlags: the confinement flags are checked with the others,
+// before anything is opened (status 64 on any host).
+func TestConfineFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--seccomp=maybe"}, "--seccomp \"maybe\": want on, off or log"},
+		{[]string{"run", "--landlock=yes"}, "--landlock \"yes\": want on or off"},
+		{[]string{"run", "--snapshot-dir=/nonexistent/dir"}, "--snapshot-dir /nonexistent/dir"},
+		{[]string{"restore", "--snapshot=/nonexistent", "--seccomp=maybe"}, "--seccomp \"maybe\""},
+		{[]string{"migrate", "receive", "--listen=unix:/tmp/x.sock", "--landlock=maybe"}, "--landlock \"maybe\""},
+	} {
+		r := govmm(t, c.args...)
+		if r.Code != 64 || !strings.Contains(r.Stderr, c.want) {
+			t.Errorf("govmm %s: want 64 and %q, got %s", strings.Join(c.args, " "), c.want, r)
+		}
+	}
+}
