@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"govmm/api"
+	"govmm/confine"
 	"govmm/devices/bus"
 	"govmm/migrate"
 	"govmm/snapshot"
@@ -28,6 +29,9 @@ type controlTarget struct {
 	accel string
 	start time.Time
 	log   *slog.Logger
+	// snapshotDir, when set, is the only directory snapshots may be
+	// written to (Landlock grants the process nothing else).
+	snapshotDir string
 }
 
 func (t *controlTarget) Info() api.Info {
@@ -67,6 +71,9 @@ func (t *controlTarget) Resume() error { return t.vm.Resume() }
 // the VM runs again (unless it was paused or is to stop) while the files
 // are made durable.
 func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, total uint64)) (api.SnapshotResult, error) {
+	if t.snapshotDir != "" && !confine.Within(req.Dir, t.snapshotDir) {
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: this VM may write only under %s (Landlock); start it with --snapshot-dir naming a directory above %s, or --landlock=off", req.Dir, t.snapshotDir, req.Dir)
+	}
 	begin := time.Now()
 	wasPaused := t.vm.Paused()
 	if err := t.vm.Pause(); err != nil {
