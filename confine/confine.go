@@ -24,8 +24,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"time"
 )
 
 // SeccompMode says what the seccomp filter does.
@@ -95,8 +93,11 @@ type Options struct {
 }
 
 // runtimeReadFiles are read after set-up by the Go runtime or standard
-// library: name resolution for a `tcp:HOST:PORT` migration target.
-var runtimeReadFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/services"}
+// library: the local time zone at the first log line, and name resolution
+// for a `tcp:HOST:PORT` migration target. (The runtime's periodic
+// GOMAXPROCS update reads cgroup files through descriptors it opened at
+// start: no rule.)
+var runtimeReadFiles = []string{"/etc/localtime", "/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/services"}
 
 // Report says what Apply put in place, for the log.
 type Report struct {
@@ -111,7 +112,6 @@ type Report struct {
 // process, those that exist and those created later.
 func Apply(o Options) (Report, error) {
 	rep := Report{Seccomp: "off", Landlock: "off"}
-	prepareRuntime()
 	if o.Landlock {
 		s, err := restrictPaths(o)
 		if err != nil {
@@ -128,18 +128,6 @@ func Apply(o Options) (Report, error) {
 	}
 	testHook()
 	return rep, nil
-}
-
-// prepareRuntime does now what the Go runtime and standard library would
-// otherwise do lazily, later, through system calls or files the
-// confinement refuses.
-func prepareRuntime() {
-	// Load the local time zone (/etc/localtime) for log timestamps.
-	_ = time.Now().Local().String()
-	// Fix GOMAXPROCS: the runtime otherwise re-reads the CPU affinity
-	// and cgroup limits every second (sched_getaffinity, cgroup files),
-	// and stops doing so once GOMAXPROCS is set explicitly.
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 }
 
 // Within reports whether path lies in dir (or is dir), compared as

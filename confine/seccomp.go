@@ -34,7 +34,7 @@ var allowed = []struct{ name, why string }{
 	{"getrandom", "runtime and map hash seeds"},
 	{"set_robust_list", "C library threads (a cgo build: go run with a C compiler)"},
 	{"rseq", "C library threads (a cgo build)"},
-	{"sched_getaffinity", "C library thread start (pthread_getattr_np, a cgo build)"},
+	{"sched_getaffinity", "the runtime's periodic GOMAXPROCS update; C library thread start (a cgo build)"},
 	{"uname", "the net package checks the kernel's version"},
 	// Files and descriptors: the console, the log, snapshots, eventfds.
 	{"read", "console input, sockets, eventfds"},

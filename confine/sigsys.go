@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"strconv"
 	"unsafe"
 
 	"github.com/elastic/go-seccomp-bpf/arch"
@@ -13,7 +14,7 @@ import (
 // Go runtime's own handler would only say "bad system call" and dump
 // goroutines, so govmm installs its own, written in assembly because it
 // runs on whatever thread trapped, with no Go runtime state it could rely
-// on. It writes one line prepared in advance for that call's number to
+// on. It writes a line prepared in advance for that call's number to
 // stderr and ends the process with status ExitSIGSYS. The alternative,
 // SECCOMP_RET_KILL_PROCESS, ends the process with no word on stderr; the
 // call's number would only reach the audit log, where a user rarely looks.
@@ -43,37 +44,54 @@ const (
 )
 
 var (
-	// sigsysMessages[nr] is the line for x86-64 system call nr; the
-	// handler reads it by index, so its element size (16) is in the
-	// assembly too.
+	// sigsysMessages[nr] names x86-64 system call nr; the handler reads
+	// it by index, so its element size (16) is in the assembly too.
 	sigsysMessages [numSyscalls]sigsysMessage
-	// sigsysOther is the line for a call of another ABI (i386 through
-	// int 0x80) or a number past the table.
+	// sigsysOther names a call of another ABI (i386 through int 0x80)
+	// or a number past the table.
 	sigsysOther sigsysMessage
-	// keep holds the strings the table points into.
-	keep []string
+	// sigsysHint follows either.
+	sigsysHint sigsysMessage
+	// sigsysText holds the bytes the messages point into.
+	sigsysText []byte
 )
 
-const sigsysHint = " the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=off disables the filter)\n"
+const hintText = ": the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=off disables the filter)\n"
 
-func message(s string) sigsysMessage {
-	keep = append(keep, s)
-	return sigsysMessage{p: unsafe.StringData(s), n: uintptr(len(s))}
-}
-
-// prepareMessages fills the table the handler reads.
+// prepareMessages fills the tables the handler reads: one buffer, so
+// that preparing them costs one allocation, not one per system call.
 func prepareMessages() {
-	if sigsysOther.n != 0 {
+	if sigsysHint.n != 0 {
 		return
 	}
-	for nr := range sigsysMessages {
+	const prefix = "\ngovmm: seccomp: forbidden system call "
+	type span struct{ off, n int }
+	var spans [numSyscalls]span
+	buf := make([]byte, 0, numSyscalls*(len(prefix)+32)+len(hintText)+128)
+	for nr := range spans {
 		name, ok := arch.X86_64.SyscallNumbers[nr]
 		if !ok {
 			name = "unknown"
 		}
-		sigsysMessages[nr] = message(fmt.Sprintf("\ngovmm: seccomp: forbidden system call %s (%d):%s", name, nr, sigsysHint))
+		off := len(buf)
+		buf = append(buf, prefix...)
+		buf = append(buf, name...)
+		buf = append(buf, " ("...)
+		buf = strconv.AppendInt(buf, int64(nr), 10)
+		buf = append(buf, ')')
+		spans[nr] = span{off, len(buf) - off}
 	}
-	sigsysOther = message("\ngovmm: seccomp: forbidden system call of another ABI (32-bit) or an unknown number:" + sigsysHint)
+	otherOff := len(buf)
+	buf = append(buf, prefix+"of another ABI (32-bit) or an unknown number"...)
+	otherLen := len(buf) - otherOff
+	hintOff := len(buf)
+	buf = append(buf, hintText...)
+	sigsysText = buf
+	for nr, sp := range spans {
+		sigsysMessages[nr] = sigsysMessage{p: &sigsysText[sp.off], n: uintptr(sp.n)}
+	}
+	sigsysOther = sigsysMessage{p: &sigsysText[otherOff], n: uintptr(otherLen)}
+	sigsysHint = sigsysMessage{p: &sigsysText[hintOff], n: uintptr(len(hintText))}
 }
 
 // kernelSigaction is the x86-64 kernel's struct sigaction (what

@@ -2,8 +2,8 @@
 
 // sigsysHandler is the SIGSYS handler (see sigsys.go), entered by the
 // kernel with the C calling convention: DI = signal, SI = siginfo_t *,
-// DX = ucontext. It writes the prepared line for the trapped call to fd 2
-// and calls exit_group(ExitSIGSYS). It never returns.
+// DX = ucontext. It writes the prepared name of the trapped call and the
+// hint to fd 2, and calls exit_group(ExitSIGSYS). It never returns.
 TEXT ·sigsysHandler(SB),NOSPLIT|NOFRAME,$0-0
 	MOVL	28(SI), CX		// si_arch
 	CMPL	CX, $0xc000003e		// AUDIT_ARCH_X86_64
@@ -22,6 +22,11 @@ other:
 write:
 	MOVL	$2, DI			// stderr
 	MOVL	$1, AX			// SYS_write
+	SYSCALL
+	MOVL	$2, DI
+	MOVQ	·sigsysHint+0(SB), SI
+	MOVQ	·sigsysHint+8(SB), DX
+	MOVL	$1, AX
 	SYSCALL
 	MOVL	$159, DI		// ExitSIGSYS
 	MOVL	$231, AX		// SYS_exit_group
