@@ -48,7 +48,23 @@ type VMConfig struct {
 	// CPUID says (KVM on AMD: the legacy counters have no CPUID bit) turn
 	// it off.
 	NoPMU bool
+	// Topology arranges the vCPUs in sockets, cores and threads for the
+	// CPUID topology leaves (cpu.ForVCPU); the zero value is one socket
+	// with NumVCPUs single-threaded cores.
+	Topology Topology
 }
+
+// Topology is how the vCPUs are arranged: Sockets packages of Cores cores
+// of Threads threads each. vCPU i has APIC ID i, so the arrangement must
+// give contiguous APIC IDs (package cpu checks it).
+type Topology struct {
+	Sockets int `json:"sockets"`
+	Cores   int `json:"cores"`   // per socket
+	Threads int `json:"threads"` // per core
+}
+
+// IsZero reports whether t is unset (the default arrangement).
+func (t Topology) IsZero() bool { return t == Topology{} }
 
 // Caps describes an accelerator on this host.
 type Caps struct {

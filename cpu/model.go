@@ -9,7 +9,6 @@ package cpu
 import (
 	"cmp"
 	"fmt"
-	"math/bits"
 	"slices"
 	"strings"
 
@@ -318,18 +317,33 @@ func fixXSaveLeaf(entries []accel.CPUIDEntry, removed *featureSet, keep uint64) 
 	}
 }
 
-// ForVCPU specialises a CPUID table for vCPU index of ncpus: its APIC ID
-// (leaf 1 EBX[31:24], leaf 0xB/0x1F EDX), and a topology of one package
-// with ncpus cores of one thread each (leaf 1 logical count and HTT, leaf
-// 4 core and cache-sharing counts, leaf 0xB/0x1F levels, AMD leaf
-// 0x80000008 ECX). The input is not modified.
+// ForVCPU specialises a CPUID table for vCPU index of ncpus arranged as
+// one socket of ncpus single-threaded cores; see ForVCPUTopology.
 func ForVCPU(entries []accel.CPUIDEntry, index, ncpus int) []accel.CPUIDEntry {
-	if ncpus < 1 {
-		ncpus = 1
+	t, _ := ResolveTopology(accel.Topology{}, ncpus)
+	return ForVCPUTopology(entries, index, t)
+}
+
+// ForVCPUTopology specialises a CPUID table for vCPU index of a VM
+// arranged as topo (see ResolveTopology; a zero topo is one socket of
+// index+1 cores): its APIC ID (leaf 1 EBX[31:24], leaf 0xB/0x1F EDX,
+// AMD's 0x8000001E EAX) and the topology every leaf that describes one
+// must agree on: leaf 1's addressable-ID count and HTT, leaf 4's and AMD
+// 0x8000001D's cache-sharing and core counts, leaf 0xB/0x1F's SMT and core
+// levels, AMD 0x80000008 ECX's core count and APIC ID width, and AMD
+// 0x8000001E's core, thread and node IDs. The input is not modified.
+func ForVCPUTopology(entries []accel.CPUIDEntry, index int, topo accel.Topology) []accel.CPUIDEntry {
+	if topo.IsZero() {
+		topo, _ = ResolveTopology(topo, index+1)
 	}
 	apicID := uint32(index)
-	coreBits := uint32(bits.Len(uint(ncpus - 1))) // APIC ID bits for cores in the package
-	maxIDs := uint32(1) << coreBits
+	threadBits, coreBits := topoFields(topo)
+	pkgBits := threadBits + coreBits // APIC ID bits below the package field
+	maxIDs := uint32(1) << pkgBits   // addressable IDs in a package
+	perCore := uint32(topo.Threads)
+	perPkg := uint32(topo.Cores * topo.Threads)
+	coreID := apicID >> threadBits & (1<<coreBits - 1)
+	socket := apicID >> pkgBits
 	maxBasic := uint32(0)
 	amd := false
 	for _, e := range entries {
@@ -337,6 +351,15 @@ func ForVCPU(entries []accel.CPUIDEntry, index, ncpus int) []accel.CPUIDEntry {
 			maxBasic = e.EAX
 			amd = e.EBX == 0x68747541 || e.EBX == 0x6f677948 // "Auth"enticAMD, "Hygo"nGenuine
 		}
+	}
+	// cacheSharing is the field (logical processors sharing it, minus
+	// one) of a leaf 4 or 0x8000001D cache of the given level: the
+	// threads of a core share L1 and L2, a package shares L3.
+	cacheSharing := func(level uint32) uint32 {
+		if level >= 3 {
+			return maxIDs - 1
+		}
+		return 1<<threadBits - 1
 	}
 	out := make([]accel.CPUIDEntry, 0, len(entries)+4)
 	for _, e := range entries {
@@ -352,33 +375,38 @@ func ForVCPU(entries []accel.CPUIDEntry, index, ncpus int) []accel.CPUIDEntry {
 			}
 		case 4:
 			if e.EAX&0x1f != 0 { // a cache is described
-				level := e.EAX >> 5 & 7
-				share := uint32(0) // L1/L2: one thread per core
-				if level >= 3 {
-					share = maxIDs - 1
-				}
-				e.EAX = e.EAX&0x3fff | share<<14 | (maxIDs-1)<<26
+				e.EAX = e.EAX&0x3fff | cacheSharing(e.EAX>>5&7)<<14 | (1<<coreBits-1)<<26
 			}
 		case 0x80000008:
 			if amd {
-				e.ECX = e.ECX&^0xf0ff | coreBits<<12 | uint32(ncpus-1)&0xff
+				e.ECX = e.ECX&^0xf0ff | pkgBits<<12 | (perPkg-1)&0xff
+			}
+		case 0x8000001d:
+			if amd && e.EAX&0x1f != 0 {
+				e.EAX = e.EAX&^(0xfff<<14) | cacheSharing(e.EAX>>5&7)<<14
+			}
+		case 0x8000001e:
+			if amd {
+				e.EAX = apicID
+				e.EBX = e.EBX&^0xffff | (perCore-1)<<8 | coreID&0xff
+				e.ECX = e.ECX&^0x7ff | socket&0xff // one node per socket
 			}
 		}
 		out = append(out, e)
 	}
-	topo := func(leaf uint32) {
+	topoLeaf := func(leaf uint32) {
 		sig := uint32(accel.CPUIDFlagSignificantIndex)
 		out = append(out,
-			accel.CPUIDEntry{Function: leaf, Index: 0, Flags: sig, EAX: 0, EBX: 1, ECX: 1 << 8, EDX: apicID},
-			accel.CPUIDEntry{Function: leaf, Index: 1, Flags: sig, EAX: coreBits, EBX: uint32(ncpus), ECX: 2<<8 | 1, EDX: apicID},
+			accel.CPUIDEntry{Function: leaf, Index: 0, Flags: sig, EAX: threadBits, EBX: perCore, ECX: 1 << 8, EDX: apicID},
+			accel.CPUIDEntry{Function: leaf, Index: 1, Flags: sig, EAX: pkgBits, EBX: perPkg, ECX: 2<<8 | 1, EDX: apicID},
 			accel.CPUIDEntry{Function: leaf, Index: 2, Flags: sig, ECX: 2, EDX: apicID},
 		)
 	}
 	if maxBasic >= 0xb {
-		topo(0xb)
+		topoLeaf(0xb)
 	}
 	if maxBasic >= 0x1f {
-		topo(0x1f)
+		topoLeaf(0x1f)
 	}
 	slices.SortStableFunc(out, func(a, b accel.CPUIDEntry) int {
 		return cmp.Or(cmp.Compare(a.Function, b.Function), cmp.Compare(a.Index, b.Index))

@@ -78,7 +78,7 @@ var (
 )
 
 // CreateVCPU creates vCPU index (its APIC ID). The vCPU gets the VM's
-// CPUID table specialised with cpu.ForVCPU (APIC ID, topology) here,
+// CPUID table specialised with cpu.ForVCPUTopology (APIC ID, topology) here,
 // because KVM accepts only an identical KVM_SET_CPUID2 after the first run.
 // The LAPIC is initialised as a BIOS leaves it: software-enabled, LINT0
 // ExtINT on the BSP (virtual wire mode for the PIC), LINT1 NMI.
@@ -109,11 +109,12 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 	v.word0 = (*uint32)(unsafe.Pointer(&mem[0]))
 	v.tid.Store(int32(unix.Gettid()))
 	{
-		n := vm.cfg.NumVCPUs
-		if n < 1 {
-			n = 1
+		topo, err := cpu.ResolveTopology(vm.cfg.Topology, max(vm.cfg.NumVCPUs, 1))
+		if err != nil {
+			v.Close()
+			return nil, fmt.Errorf("create vCPU %d: %w", index, err)
 		}
-		if err := v.SetCPUID(cpu.ForVCPU(vm.cfg.CPUID, index, n)); err != nil {
+		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, topo)); err != nil {
 			v.Close()
 			return nil, fmt.Errorf("create vCPU %d: %w", index, err)
 		}

@@ -215,6 +215,11 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 	if cfg.NumVCPUs < 0 || cfg.NumVCPUs > MaxVCPUs {
 		return nil, fmt.Errorf("mshv: %d vCPUs requested, at most %d supported", cfg.NumVCPUs, MaxVCPUs)
 	}
+	if !cfg.Topology.IsZero() {
+		if _, err := cpu.ResolveTopology(cfg.Topology, cfg.NumVCPUs); err != nil {
+			return nil, fmt.Errorf("mshv: %w", err)
+		}
+	}
 	pfd, v2, err := a.createPartition()
 	if err != nil {
 		return nil, err

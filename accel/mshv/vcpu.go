@@ -94,8 +94,11 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 		return fail(fmt.Errorf("boot MSRs: %w", err))
 	}
 	if len(vm.cfg.CPUID) > 0 {
-		n := max(vm.cfg.NumVCPUs, 1)
-		if err := v.SetCPUID(cpu.ForVCPU(vm.cfg.CPUID, index, n)); err != nil {
+		topo, err := cpu.ResolveTopology(vm.cfg.Topology, max(vm.cfg.NumVCPUs, 1))
+		if err != nil {
+			return fail(err)
+		}
+		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, topo)); err != nil {
 			return fail(err)
 		}
 	}
