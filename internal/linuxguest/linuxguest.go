@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"govmm/internal/initramfs"
@@ -58,6 +59,12 @@ cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)
 online=$(/bin/busybox cat /sys/devices/system/cpu/online)
 cs=$(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
 echo "govmm-userspace: token=$tok cpus=$cpus online=$online clocksource=$cs"
+if /bin/busybox grep -q govmm.topology=1 /proc/cmdline; then
+	for c in /sys/devices/system/cpu/cpu[0-9]*; do
+		t=$c/topology
+		echo "govmm-topology ${c##*/} package=$(/bin/busybox cat $t/physical_package_id) core=$(/bin/busybox cat $t/core_id) smt=$(/bin/busybox cat $t/thread_siblings_list) pkg=$(/bin/busybox cat $t/core_siblings_list)"
+	done
+fi
 ticks=$(/bin/busybox sed -n 's/.*govmm\.ticks=\([0-9]*\).*/\1/p' /proc/cmdline)
 if [ -n "$ticks" ]; then
 	i=0; sum=7
@@ -249,6 +256,11 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 			args = append(args, "--log-level", b.LogLevel)
 		}
 		cmd = exec.CommandContext(ctx, b.Govmm, args...)
+		// A boot ended early (stalled, timed out) gets SIGQUIT first: Go
+		// prints every goroutine, which shows whether the vCPUs sat in
+		// KVM_RUN (the guest or the substrate) or waited in the VMM.
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+		cmd.WaitDelay = 5 * time.Second
 	}
 	stdout := &activityWriter{}
 	var stderr bytes.Buffer
@@ -297,7 +309,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	fail := func(format string, a ...any) (Result, error) {
 		return res, fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s",
 			fmt.Sprintf(format, a...), b.name(), b.CPUs, res.Wall.Round(time.Millisecond),
-			tail(res.Console, 30), tail(res.Stderr, 20))
+			tail(res.Console, 30), vmmLog(res.Stderr))
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, ErrStalled) {
 		r, err := fail("%v", cause)
@@ -365,4 +377,26 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// head is the first n lines of s.
+func head(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	return strings.Join(lines[:min(n, len(lines))], "\n")
+}
+
+// vmmLog is the end of govmm's stderr for a failure report; a goroutine
+// dump (SIGQUIT, see Run) is kept down to its vCPU and device goroutines.
+func vmmLog(stderr string) string {
+	i := strings.Index(stderr, "SIGQUIT: quit")
+	if i < 0 {
+		return tail(stderr, 20)
+	}
+	var keep []string
+	for _, g := range strings.Split(stderr[i:], "\n\n") {
+		if strings.Contains(g, "govmm/vm.") || strings.Contains(g, "govmm/accel") || strings.HasPrefix(g, "SIGQUIT") {
+			keep = append(keep, head(g, 12))
+		}
+	}
+	return tail(stderr[:i], 10) + "\n" + strings.Join(keep, "\n\n")
 }

@@ -93,3 +93,14 @@ func TestRunTripleFault(t *testing.T) {
 		t.Fatalf("another crash: %v, want a plain failure", err)
 	}
 }
+
+func TestVMMLogKeepsVCPUGoroutines(t *testing.T) {
+	stderr := "level=WARN msg=early\nSIGQUIT: quit\nPC=0x4711 m=0 sigcode=0\n\n" +
+		"goroutine 1 [running]:\nruntime.gopark()\n\n" +
+		"goroutine 7 [syscall]:\nsyscall.Syscall(0x10)\ngovmm/accel/kvm.(*VCPU).Run()\ngovmm/vm.(*VM).runVCPU()\n"
+	got := vmmLog(stderr)
+	if !strings.Contains(got, "level=WARN msg=early") || !strings.Contains(got, "goroutine 7 [syscall]") ||
+		!strings.Contains(got, "govmm/accel/kvm.(*VCPU).Run()") || strings.Contains(got, "goroutine 1 ") {
+		t.Errorf("vmmLog kept:\n%s", got)
+	}
+}
