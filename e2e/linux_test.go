@@ -347,6 +347,17 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 	}
 }
 
+// lastTick is the last tick in out, at least from.
+func lastTick(out string, from int) int {
+	last := from
+	for i := from; i <= linuxTicks; i++ {
+		if strings.Contains(out, tickLine(i)) {
+			last = i
+		}
+	}
+	return last
+}
+
 // finish waits for a guest that took over after tick n to tick on to
 // the end, with the right checksum, and power off cleanly.
 func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
@@ -378,21 +389,27 @@ func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
 func TestLinuxSnapshot(t *testing.T) {
 	g := newTickingLinux(t)
 	const snapAt = 3
-	// snapshot boots Linux on acc, snapshots it after tick snapAt and
-	// stops it.
-	snapshot := func(t *testing.T, acc []string, cpu string) string {
+	// snapshot boots Linux on acc, snapshots it once it printed tick
+	// snapAt, and stops it there (--stop). It returns the snapshot and
+	// the last tick the guest printed before it: the guest may have
+	// ticked on while the snapshot was being asked for.
+	type saved struct {
+		dir  string
+		last int
+	}
+	snapshot := func(t *testing.T, acc []string, cpu string) saved {
 		dir := t.TempDir()
 		sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 		p := g.start(t, acc, cpu, sock, snapAt)
-		if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap); r.Code != 0 {
+		if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
 			t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
 		}
-		p.cmd.Process.Kill()
-		return snap
+		p.exit(time.Minute)
+		return saved{snap, lastTick(p.output(), snapAt)}
 	}
-	restore := func(t *testing.T, acc []string, snap string) {
-		p := start(t, append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")...)
-		g.finish(t, p, snapAt)
+	restore := func(t *testing.T, acc []string, s saved) {
+		p := start(t, append(append([]string{"restore"}, acc...), "--snapshot="+s.dir, "--cpus=2", "--memory=512M")...)
+		g.finish(t, p, s.last)
 	}
 	all := accels(t)
 	for _, src := range all {
@@ -415,7 +432,7 @@ func TestLinuxSnapshot(t *testing.T) {
 						restore(t, dst, snap)
 						return
 					}
-					r := govmm(t, append(append([]string{"restore"}, dst...), "--snapshot="+snap, "--cpus=2", "--memory=512M")...)
+					r := govmm(t, append(append([]string{"restore"}, dst...), "--snapshot="+snap.dir, "--cpus=2", "--memory=512M")...)
 					if r.Code == 0 || !strings.Contains(r.Stderr, "KVM's paravirtual interface") {
 						t.Fatalf("restoring a kvmclock guest on %s: want a refusal naming KVM's paravirtual interface, got\n%s", dstName, r)
 					}
@@ -427,8 +444,9 @@ func TestLinuxSnapshot(t *testing.T) {
 }
 
 // TestLinuxLiveMigration moves a running 2-vCPU Linux guest between two
-// govmm processes while it ticks: across accelerators (booted with --cpu
-// host,-kvm) both ways, and KVM to KVM with kvmclock. The destination must
+// govmm processes while it ticks: across accelerators both ways (KVM to
+// MSHV on --cpu x86-64-v2,-kvm, MSHV to KVM on host,-kvm), and KVM to KVM
+// with kvmclock. The destination must
 // tick on to the end with the right checksum and power off cleanly.
 func TestLinuxLiveMigration(t *testing.T) {
 	g := newTickingLinux(t)
@@ -442,6 +460,9 @@ func TestLinuxLiveMigration(t *testing.T) {
 	for _, src := range all {
 		for _, dst := range all {
 			switch {
+			case accelName(src) == "kvm" && accelName(dst) != "kvm":
+				// A named model is what a fleet that migrates uses (#18).
+				moves = append(moves, move{src, dst, "x86-64-v2,-kvm"})
 			case accelName(src) != accelName(dst):
 				moves = append(moves, move{src, dst, "host,-kvm"})
 			case accelName(src) == "kvm":
@@ -459,13 +480,7 @@ func TestLinuxLiveMigration(t *testing.T) {
 			migrateLive(t, sock, mig, s, d)
 			// The source may have ticked past migrateAt while memory was
 			// copied; the destination goes on from the source's last tick.
-			last := migrateAt
-			for i := migrateAt; i <= linuxTicks; i++ {
-				if strings.Contains(s.output(), tickLine(i)) {
-					last = i
-				}
-			}
-			g.finish(t, d, last)
+			g.finish(t, d, lastTick(s.output(), migrateAt))
 		})
 	}
 }
