@@ -74,3 +74,18 @@ func ResolveTopology(t accel.Topology, ncpus int) (accel.Topology, error) {
 func topoFields(t accel.Topology) (threadBits, coreBits uint32) {
 	return uint32(bits.Len(uint(t.Threads - 1))), uint32(bits.Len(uint(t.Cores - 1)))
 }
+
+// CheckTopologyCPUID checks that a guest with CPUID table entries can be
+// told about topology t. On AMD, Linux reads the threads of a core only
+// from leaf 0x8000001E, and only when TOPOEXT (CPUID 0x80000001 ECX[22])
+// is set: without it every thread passes for a core of its own, so more
+// than one thread per core is refused (QEMU warns the same way).
+func CheckTopologyCPUID(entries []accel.CPUIDEntry, t accel.Topology) error {
+	if t.Threads <= 1 || Vendor(entries) != VendorAMD {
+		return nil
+	}
+	if f, _ := Lookup("topoext"); f.Has(entries) {
+		return nil
+	}
+	return fmt.Errorf("topology %s: %d threads per core on an AMD CPU need TOPOEXT (CPUID 0x80000001 ECX bit 22), which this CPU model or host lacks; without it the guest sees every thread as a core (use cores=, not threads=)", FormatTopology(t), t.Threads)
+}

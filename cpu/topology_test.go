@@ -176,3 +176,26 @@ func TestForVCPUTopology(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckTopologyCPUID(t *testing.T) {
+	smt := accel.Topology{Sockets: 1, Cores: 2, Threads: 2}
+	amd := topoTable(VendorAMD)
+	if err := CheckTopologyCPUID(amd, smt); err == nil || !strings.Contains(err.Error(), "TOPOEXT") {
+		t.Errorf("AMD without TOPOEXT, 2 threads per core: %v, want a refusal naming TOPOEXT", err)
+	}
+	if err := CheckTopologyCPUID(amd, accel.Topology{Sockets: 2, Cores: 2, Threads: 1}); err != nil {
+		t.Errorf("AMD without TOPOEXT, 1 thread per core: %v", err)
+	}
+	for i := range amd {
+		if amd[i].Function == 0x80000001 {
+			amd[i].ECX |= 1 << 22
+		}
+	}
+	amd = append(amd, accel.CPUIDEntry{Function: 0x80000001, ECX: 1 << 22})
+	if err := CheckTopologyCPUID(amd, smt); err != nil {
+		t.Errorf("AMD with TOPOEXT: %v", err)
+	}
+	if err := CheckTopologyCPUID(topoTable(VendorIntel), smt); err != nil {
+		t.Errorf("Intel: %v", err)
+	}
+}
