@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"govmm/accel"
 	"govmm/cpu"
+	"govmm/internal/linuxguest"
 )
 
 // probeCPUID rebuilds the CPUID leaves the probe reports raw (1, 7.0,
@@ -32,46 +36,90 @@ func probeCPUID(t *testing.T, m map[string]string) []accel.CPUIDEntry {
 	return out
 }
 
-// TestCPUModelProbe boots the probe on --cpu x86-64-v2 on each
-// accelerator: the guest sees the psABI v2 features and none of v3's (no
-// AVX, no XSAVE); on KVM it sees exactly the model's features.
+// runnableModels asks `govmm cpu-models` on the accelerator of flags which
+// named models it can run.
+func runnableModels(t *testing.T, flags []string) map[string]bool {
+	t.Helper()
+	r := govmm(t, append([]string{"cpu-models"}, flags...)...)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "checked against the accelerator") && !strings.Contains(r.Stdout, "supported CPUID") {
+		t.Fatalf("govmm cpu-models %s: want exit 0, checked against the accelerator\n%s", strings.Join(flags, " "), r)
+	}
+	runs := map[string]bool{}
+	for _, line := range strings.Split(r.Stdout, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[1] == "runs" && f[2] == "here" {
+			runs[f[0]] = true
+		}
+	}
+	return runs
+}
+
+// TestCPUModelProbe boots the probe on every named model the accelerator
+// can run, on each accelerator: the guest sees every feature of the model
+// and, of the features the cpu package knows, no other. x86-64-v2 must
+// run on every accelerator the tests use.
 func TestCPUModelProbe(t *testing.T) {
-	def, _ := cpu.LookupModel("x86-64-v2")
 	for _, flags := range accels(t) {
 		name := accelName(flags)
 		t.Run(name, func(t *testing.T) {
-			m := probeReport(t, flags, "--cpu=x86-64-v2")
-			ids := probeCPUID(t, m)
-			for _, f := range []string{"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3", "sse2", "cmov", "lm"} {
-				if ft, _ := cpu.Lookup(f); !ft.Has(ids) {
-					t.Errorf("x86-64-v2 guest lacks %s", f)
-				}
+			runs := runnableModels(t, flags)
+			if !runs["x86-64-v2"] {
+				t.Fatalf("%s cannot run x86-64-v2 (runnable: %v)", name, runs)
 			}
-			for _, f := range []string{"avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe", "abm", "xsave", "avx512f"} {
-				if ft, _ := cpu.Lookup(f); ft.Has(ids) {
-					t.Errorf("x86-64-v2 guest sees %s", f)
-				}
-			}
-			if m["xsave.supported"] != "0" {
-				t.Errorf("x86-64-v2 guest: xsave.supported=%s", m["xsave.supported"])
-			}
-			if name != "kvm" {
-				return // MSHV adds its own bits (see probeAccelDiffs)
-			}
-			for _, f := range cpu.Features() {
-				if f.Dynamic || f.VMM || f.Name == "ht" || cpu.HypervisorLeaf(f.Leaf) || f.Leaf == 7 && f.Subleaf != 0 {
+			for _, def := range cpu.Definitions() {
+				if def.IsHost() {
 					continue
 				}
-				want := false
-				for _, d := range def.Features {
-					want = want || d == f.Name
+				if !runs[def.Name] {
+					t.Logf("%s: %s does not run on this host (see govmm cpu-models)", name, def.Name)
+					continue
 				}
-				if got := f.Has(ids); got != want {
-					t.Errorf("x86-64-v2 guest on KVM: %s present=%v, the model says %v", f.Name, got, want)
-				}
+				t.Run(def.Name, func(t *testing.T) { checkModelProbe(t, name, flags, def) })
 			}
 		})
 	}
+}
+
+// checkModelProbe compares what the probe's guest sees on --cpu def.Name
+// with the model's definition.
+func checkModelProbe(t *testing.T, accName string, flags []string, def cpu.Definition) {
+	m := probeReport(t, flags, "--cpu="+def.Name)
+	ids := probeCPUID(t, m)
+	inModel := map[string]bool{}
+	for _, f := range def.Features {
+		inModel[f] = true
+	}
+	for _, f := range cpu.Features() {
+		if f.Dynamic || f.VMM || f.Name == "ht" || cpu.HypervisorLeaf(f.Leaf) || f.Leaf == 7 && f.Subleaf != 0 {
+			continue
+		}
+		if !probeSeesLeaf(f) {
+			continue
+		}
+		if got := f.Has(ids); got != inModel[f.Name] {
+			t.Errorf("%s guest on %s: %s present=%v, the model says %v", def.Name, accName, f.Name, got, inModel[f.Name])
+		}
+	}
+	wantXSAVE := "0"
+	if inModel["xsave"] {
+		wantXSAVE = "1"
+	}
+	if m["xsave.supported"] != wantXSAVE {
+		t.Errorf("%s guest on %s: xsave.supported=%s, want %s", def.Name, accName, m["xsave.supported"], wantXSAVE)
+	}
+	if def.Vendor != "" && m["cpu.vendor"] != "" && m["cpu.vendor"] != def.Vendor {
+		t.Errorf("%s guest on %s: vendor %s, want %s", def.Name, accName, m["cpu.vendor"], def.Vendor)
+	}
+}
+
+// probeSeesLeaf reports whether the probe's raw CPUID dump (probeCPUID)
+// holds the register of feature f.
+func probeSeesLeaf(f cpu.Feature) bool {
+	switch {
+	case f.Leaf == 1, f.Leaf == 7 && f.Subleaf == 0, f.Leaf == 0xd && f.Subleaf == 1, f.Leaf == 0x80000001, f.Leaf == 0x80000008:
+		return true
+	}
+	return false
 }
 
 // TestCPUModelRestoreRefused snapshots an x86-64-v2 probe and a host-model
@@ -141,5 +189,103 @@ func TestCPUModelRestoreRefused(t *testing.T) {
 	})
 	if info := govmm(t, "info", "--api-socket", sock); !strings.Contains(info.Stdout, "state:   running") {
 		t.Errorf("source after the refused migration is not running:\n%s", info)
+	}
+}
+
+// TestLinuxCPUModels boots Linux to its init on every named model KVM can
+// run here (MSHV runs x86-64-v2 Linux in TestLinuxLiveMigration): a model
+// must be a CPU a real kernel accepts, not only one the probe reads.
+func TestLinuxCPUModels(t *testing.T) {
+	kernel, initrd := linuxGuest(t)
+	var kvm []string
+	for _, flags := range accels(t) {
+		if accelName(flags) == "kvm" {
+			kvm = flags
+		}
+	}
+	if kvm == nil {
+		t.Fatal("no KVM among the accelerators")
+	}
+	runs := runnableModels(t, kvm)
+	for _, def := range cpu.Definitions() {
+		if def.IsHost() || !runs[def.Name] {
+			continue
+		}
+		t.Run(def.Name, func(t *testing.T) {
+			token := fmt.Sprintf("model-%d", time.Now().UnixNano()%1e6)
+			res := bootRetryingSubstrate(t, linuxguest.Boot{
+				Govmm: binary, Accel: append(slices.Clone(kvm), "--cpu="+def.Name), Kernel: kernel, Initrd: initrd,
+				CPUs: 1, Token: token,
+			})
+			if res.Token != token || res.CPUs != 1 {
+				t.Fatalf("init read token %q and %d CPUs, want %q and 1\n%s", res.Token, res.CPUs, token, res.Console)
+			}
+			t.Logf("%s: init after %v, clocksource %s", def.Name, res.Wall.Round(time.Millisecond), res.Clocksource)
+		})
+	}
+}
+
+// TestLinuxTopology boots a 4-vCPU Linux arranged as two sockets of two
+// cores on each accelerator, and reads the topology the kernel derived
+// from CPUID back from sysfs: each vCPU must sit in its socket and core,
+// with its package siblings as arranged. Threads per core (SMT) are
+// checked by a 2-vCPU boot of one core with two threads where the CPU can
+// say so; on an AMD CPU without TOPOEXT (the nested substrate) govmm must
+// refuse that shape instead, naming TOPOEXT (cpu.CheckTopologyCPUID).
+func TestLinuxTopology(t *testing.T) {
+	kernel, initrd := linuxGuest(t)
+	topology := func(t *testing.T, flags []string, shape string, cpus int) (linuxguest.Result, error) {
+		token := fmt.Sprintf("topo-%d", time.Now().UnixNano()%1e6)
+		b := linuxguest.Boot{
+			Govmm: binary, Accel: append(slices.Clone(flags), "--topology="+shape),
+			Kernel: kernel, Initrd: initrd, CPUs: cpus, Token: token, Cmdline: "govmm.topology=1",
+		}
+		res, err := b.Run(context.Background())
+		if errors.Is(err, linuxguest.ErrStalled) || errors.Is(err, linuxguest.ErrTripleFault) {
+			t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
+			res, err = b.Run(context.Background())
+		}
+		return res, err
+	}
+	check := func(t *testing.T, res linuxguest.Result, want []string) {
+		t.Helper()
+		var got []string
+		for _, l := range strings.Split(strings.ReplaceAll(res.Console, "\r", ""), "\n") {
+			if strings.HasPrefix(l, "govmm-topology ") {
+				got = append(got, strings.TrimSpace(l))
+			}
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("topology the guest sees:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	for _, flags := range accels(t) {
+		t.Run(accelName(flags), func(t *testing.T) {
+			res, err := topology(t, flags, "sockets=2,cores=2", 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, res, []string{
+				"govmm-topology cpu0 package=0 core=0 smt=0 pkg=0-1",
+				"govmm-topology cpu1 package=0 core=1 smt=1 pkg=0-1",
+				"govmm-topology cpu2 package=1 core=0 smt=2 pkg=2-3",
+				"govmm-topology cpu3 package=1 core=1 smt=3 pkg=2-3",
+			})
+			res, err = topology(t, flags, "threads=2", 2)
+			if err != nil && res.Code == 64 {
+				if !strings.Contains(res.Stderr, "TOPOEXT") {
+					t.Fatalf("threads=2 refused without naming TOPOEXT:\n%s", res.Stderr)
+				}
+				t.Logf("threads=2 refused here: %s", strings.TrimSpace(res.Stderr))
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			check(t, res, []string{
+				"govmm-topology cpu0 package=0 core=0 smt=0-1 pkg=0-1",
+				"govmm-topology cpu1 package=0 core=0 smt=0-1 pkg=0-1",
+			})
+		})
 	}
 }

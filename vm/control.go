@@ -82,6 +82,7 @@ func (v *VM) Pause() error {
 		v.Resume()
 		return fmt.Errorf("pause guest time: %w", err)
 	}
+	v.plat.pauseDevices()
 	v.paused.Store(true)
 	return nil
 }
@@ -95,6 +96,7 @@ func (v *VM) Resume() error {
 	}
 	var err error
 	if v.paused.Load() {
+		v.plat.resumeDevices()
 		err = v.avm.Resume()
 		v.paused.Store(false)
 	}

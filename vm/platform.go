@@ -27,6 +27,9 @@ import (
 	"govmm/mptable"
 	"govmm/pci"
 	"govmm/platform"
+	"govmm/virtio"
+	"govmm/virtio/blk"
+	"govmm/virtio/rng"
 )
 
 // platformDevices is the PC govmm presents: legacy devices, interrupt
@@ -43,7 +46,79 @@ type platformDevices struct {
 	pctest  *pctestdev.Device
 	pci     *pci.Root
 	pcitest *pcitestdev.Device
+	virtio  []*virtioDevice
 	entry   *boot.Entry
+	// running and stopped are the VM's: closed once every vCPU runs
+	// with its state, and when the VM stops.
+	running, stopped <-chan struct{}
+}
+
+// VirtioConfig is the VM's virtio devices: the disks (vda, vdb, ... in
+// this order, from PCI slot 1 up) and an entropy device after them.
+type VirtioConfig struct {
+	Disks []blk.Config
+	RNG   bool
+}
+
+// virtioDevice is one virtio-pci function and what backs it.
+type virtioDevice struct {
+	tr    *virtio.PCI
+	close func() error // the backend (an image file), or nil
+}
+
+// addVirtio builds the virtio devices and puts them on the bus in a fixed
+// order, so a restore allocates the same slots and GSIs.
+func (v *VM) addVirtio(p *platformDevices) error {
+	slot := 1
+	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
+		tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Class: class, Mem: v.mem, Router: p.chips.Routes(), Log: v.log})
+		if err != nil {
+			if closer != nil {
+				closer()
+			}
+			return err
+		}
+		p.virtio = append(p.virtio, &virtioDevice{tr: tr, close: closer})
+		if err := p.pci.Add(slot, tr.Function()); err != nil {
+			return fmt.Errorf("%s: %w", dev.Name(), err)
+		}
+		slot++
+		return nil
+	}
+	for i, c := range v.cfg.Virtio.Disks {
+		name := "vd" + string(rune('a'+i))
+		if i >= 26 {
+			return &InputError{Err: fmt.Errorf("%d disks: govmm names at most 26 (vda-vdz)", len(v.cfg.Virtio.Disks))}
+		}
+		d, err := blk.Open(c, name)
+		if err != nil {
+			return &InputError{Err: err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
+			return err
+		}
+	}
+	if v.cfg.Virtio.RNG {
+		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pauseDevices stops the virtio devices serving their queues and waits for
+// their requests in flight, so that guest memory and device state agree
+// while the VM is paused.
+func (p *platformDevices) pauseDevices() {
+	for _, d := range p.virtio {
+		d.tr.Pause()
+	}
+}
+
+func (p *platformDevices) resumeDevices() {
+	for _, d := range p.virtio {
+		d.tr.Resume()
+	}
 }
 
 // pciWindows are the host bridge's windows for this much RAM: 32-bit BARs
@@ -63,7 +138,7 @@ func pciWindows(memSize uint64) pci.Windows {
 }
 
 func (v *VM) buildPlatform(mode buildMode) error {
-	p := &platformDevices{}
+	p := &platformDevices{running: v.running, stopped: v.stopped}
 	v.plat = p
 	var err error
 	p.chips, err = chipset.New(v.avm, v.kickBSP)
@@ -149,6 +224,10 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		}
 	}
 
+	if err := v.addVirtio(p); err != nil {
+		return err
+	}
+
 	if mode == buildIncoming {
 		return nil
 	}
@@ -217,6 +296,37 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			return &InputError{Err: fmt.Errorf("restore PCI bus: %w", err)}
 		}
 	}
+	// Virtio devices after the bus: their MSI-X control bits and BARs
+	// are in its configuration space.
+	if len(d.Virtio) != len(p.virtio) {
+		var have []string
+		for _, x := range p.virtio {
+			have = append(have, x.tr.Device().Describe())
+		}
+		var want []string
+		for _, x := range d.Virtio {
+			want = append(want, x.Device)
+		}
+		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk and --rng flags)", want, have)}
+	}
+	for i, x := range p.virtio {
+		if err := x.tr.Restore(d.Virtio[i]); err != nil {
+			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk and --rng flags as the saved VM had)", err)}
+		}
+	}
+	if len(p.virtio) > 0 {
+		// Requests the driver posted before the snapshot are served
+		// once the vCPUs run with their restored LAPICs.
+		go func() {
+			select {
+			case <-p.running:
+				for _, x := range p.virtio {
+					x.tr.Start()
+				}
+			case <-p.stopped:
+			}
+		}()
+	}
 	return nil
 }
 
@@ -277,6 +387,12 @@ func (p *platformDevices) flush() {
 
 func (p *platformDevices) close() {
 	p.flush()
+	for _, d := range p.virtio {
+		d.tr.Close()
+		if d.close != nil {
+			d.close()
+		}
+	}
 	if p.rtc != nil {
 		p.rtc.Close()
 	}

@@ -19,6 +19,7 @@ import (
 	"govmm/irq/chipset"
 	"govmm/pci"
 	"govmm/snapshot"
+	"govmm/virtio"
 )
 
 // Section versions of the state this package writes. Bump one when its
@@ -46,6 +47,10 @@ type MachineState struct {
 	// CPUModel is the --cpu model CPUID was derived from ("x86-64-v3",
 	// "host,-avx512f"); snapshots older than named models lack it: host.
 	CPUModel string `json:"cpu_model,omitempty"`
+	// Topology is the --topology the vCPUs were arranged in; snapshots
+	// without it (and VMs booted without the flag) have one socket of
+	// NumCPUs cores.
+	Topology accel.Topology `json:"topology,omitzero"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -76,6 +81,9 @@ type DeviceState struct {
 	PCTest  *pctestdev.State  `json:"pc_testdev,omitempty"`
 	PCITest *pcitestdev.State `json:"pci_testdev,omitempty"`
 	PCI     *pci.State        `json:"pci,omitempty"`
+	// Virtio is each virtio device's transport and queue state, in
+	// slot order.
+	Virtio []virtio.PCIState `json:"virtio,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -88,7 +96,7 @@ func (v *VM) Machine() MachineState {
 	return MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
 		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices, NoPMU: v.cfg.NoPMU,
-		CPUModel: v.cfg.CPUModel,
+		CPUModel: v.cfg.CPUModel, Topology: v.cfg.Topology,
 	}
 }
 
@@ -126,6 +134,10 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	}
 	ps := p.pci.Save()
 	ds.PCI = &ps
+	for _, d := range p.virtio {
+		// Pause quiesced them: no request is in flight.
+		ds.Virtio = append(ds.Virtio, d.tr.Save())
+	}
 	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"govmm/accel"
+	"govmm/cpu"
 	"govmm/devices/bus"
 	"govmm/memory"
 	"govmm/snapshot"
@@ -28,12 +29,15 @@ import (
 
 // Config describes a VM to build.
 type Config struct {
-	Accel      accel.Accelerator
-	MemSize    uint64
-	NumCPUs    int
-	CPUID      []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
-	NoPMU      bool               // the CPU model removes the PMU
-	CPUModel   string             // the --cpu model CPUID came from ("" is host), kept in snapshots
+	Accel    accel.Accelerator
+	MemSize  uint64
+	NumCPUs  int
+	CPUID    []accel.CPUIDEntry // filtered by the CPU model, not yet per-vCPU
+	NoPMU    bool               // the CPU model removes the PMU
+	CPUModel string             // the --cpu model CPUID came from ("" is host), kept in snapshots
+	// Topology arranges the vCPUs in sockets, cores and threads (zero:
+	// one socket of NumCPUs cores); kept in snapshots.
+	Topology   accel.Topology
 	Kernel     []byte
 	Initrd     []byte
 	Cmdline    string
@@ -51,6 +55,8 @@ type Config struct {
 	Epoch time.Time
 	// HugePages asks for transparent huge pages for guest RAM.
 	HugePages bool
+	// Virtio lists the virtio devices (--disk, --rng).
+	Virtio VirtioConfig
 }
 
 // StopKind says how a VM ended.
@@ -106,6 +112,10 @@ type VM struct {
 	ctl     control
 	paused  atomic.Bool
 	eois    atomic.Uint64 // IOAPIC EOI exits
+
+	// beforeGuest runs once every vCPU exists, before any enters the
+	// guest (SetBeforeGuest).
+	beforeGuest func() error
 }
 
 // ioHandler routes a vCPU's accesses to the buses.
@@ -182,7 +192,7 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 		return nil, &InputError{Err: fmt.Errorf("the saved VM has %d vCPUs, not %d: a restore cannot change the vCPU count", m.NumCPUs, cfg.NumCPUs)}
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
-	cfg.TestDevices, cfg.NoPMU, cfg.CPUModel = m.TestDevices, m.NoPMU, m.CPUModel
+	cfg.TestDevices, cfg.NoPMU, cfg.CPUModel, cfg.Topology = m.TestDevices, m.NoPMU, m.CPUModel, m.Topology
 	return build(cfg, mem, buildIncoming)
 }
 
@@ -214,6 +224,16 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 		mem.Close()
 		return nil, fmt.Errorf("%d vCPUs requested: govmm supports 1 to 255", cfg.NumCPUs)
 	}
+	if !cfg.Topology.IsZero() {
+		t, err := cpu.ResolveTopology(cfg.Topology, cfg.NumCPUs)
+		if err == nil {
+			err = cpu.CheckTopologyCPUID(cfg.CPUID, t)
+		}
+		if err != nil {
+			mem.Close()
+			return nil, &InputError{Err: err}
+		}
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -227,7 +247,7 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 			v.Close()
 		}
 	}()
-	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU})
+	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU, Topology: cfg.Topology})
 	if err != nil {
 		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
 	}
@@ -344,6 +364,11 @@ func (v *VM) Run() Result {
 			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("restore guest clock: %w", err)})
 		}
 	}
+	if created == v.cfg.NumCPUs && v.beforeGuest != nil && !v.isStopped() {
+		if err := v.beforeGuest(); err != nil {
+			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
+		}
+	}
 	close(start)
 	close(v.running)
 	if !v.cfg.Epoch.IsZero() {
@@ -355,6 +380,12 @@ func (v *VM) Run() Result {
 	v.plat.flush()
 	return v.result
 }
+
+// SetBeforeGuest has Run call fn once the VM is complete (memory mapped,
+// devices open, every vCPU created with its state) and before any vCPU
+// enters the guest: the moment to confine the process (package confine).
+// An error stops the VM before the guest runs.
+func (v *VM) SetBeforeGuest(fn func() error) { v.beforeGuest = fn }
 
 // runVCPU runs vCPU index on the calling (locked) thread until the VM
 // stops.

@@ -28,6 +28,8 @@ func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket at this path")
+	f.virtio.register(fs)
+	f.registerConfine(fs)
 	return fs
 }
 
@@ -56,6 +58,9 @@ func (f *runFlags) checkRestore(stderr io.Writer) (*slog.Logger, uint64, error) 
 	if err := checkSocketPath("--api-socket", f.apiSocket); err != nil {
 		return nil, 0, err
 	}
+	if err := f.checkConfine(); err != nil {
+		return nil, 0, err
+	}
 	return log, memSize, nil
 }
 
@@ -71,7 +76,8 @@ func (f *runFlags) restoreConfig(stdout io.Writer, log *slog.Logger, memSize uin
 		acc.Close()
 		return vm.Config{}, nil, err
 	}
-	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart}
+	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart,
+		Virtio: f.virtio.config()}
 	return cfg, func() { acc.Close(); closeSerial() }, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"govmm/accel"
 	"govmm/api"
 	"govmm/boot"
 	"govmm/cpu"
@@ -29,12 +30,16 @@ type runFlags struct {
 	kernel, initrd, cmdline string
 	memory                  string
 	cpus                    int
+	topology                string
 	cpuModel                string
 	serial                  string
 	logLevel                string
 	apiSocket               string
 	testDevices             bool
 	hugePages               bool
+	virtio                  virtioFlags
+	seccomp, landlock       string // confinement (package confine)
+	snapshotDir             string
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {
@@ -45,11 +50,14 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cmdline, "cmdline", "", "kernel command line")
 	fs.StringVar(&f.memory, "memory", "256M", "guest memory size (e.g. 256M, 2G)")
 	fs.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&f.topology, "topology", "", "arrange the vCPUs as sockets=S,cores=C,threads=T (cores per socket, threads per core; the product is --cpus; default one socket of --cpus cores)")
 	fs.StringVar(&f.cpuModel, "cpu", "host", "CPU model and feature changes, e.g. host, host,-cx16 or x86-64-v3,-avx2 (govmm cpu-models lists the models)")
 	fs.StringVar(&f.serial, "serial", "stdio", "serial console: stdio, file:PATH or none")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket (pause, resume, info, snapshot, migrate) at this path")
 	fs.BoolVar(&f.hugePages, "hugepages", false, "back guest RAM with transparent huge pages (fewer TLB misses for large guests; larger resident size, slower first touch)")
+	f.registerConfine(fs)
+	f.virtio.register(fs)
 	fs.BoolVar(&f.testDevices, "test-devices", false, "add the test devices: the MMIO ones the project's test guests use (at 0xfeb00000 and 0xfeb01000), QEMU's pc-testdev and pci-testdev (PCI 00:1f.0)")
 }
 
@@ -82,6 +90,15 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(exitUsage, "--cpu: %v", err)
 	}
+	var topo accel.Topology
+	if f.topology != "" {
+		if topo, err = cpu.ParseTopology(f.topology); err == nil {
+			topo, err = cpu.ResolveTopology(topo, f.cpus)
+		}
+		if err != nil {
+			return fail(exitUsage, "--topology: %v", err)
+		}
+	}
 
 	if f.kernel == "" && f.cmdline == "" && f.serial == "stdio" && isTerminal(stdin) {
 		// A person at a terminal gets the probe's interactive TUI;
@@ -99,6 +116,9 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := checkSocketPath("--api-socket", f.apiSocket); err != nil {
+		return err
+	}
+	if err := f.checkConfine(); err != nil {
 		return err
 	}
 	kernel, kernelName, err := readKernel(f.kernel)
@@ -133,11 +153,17 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(exitUsage, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
 	}
+	if !topo.IsZero() {
+		if err := cpu.CheckTopologyCPUID(cpuid, topo); err != nil {
+			return fail(exitUsage, "--topology on %s: %v", acc.Name(), err)
+		}
+	}
 
 	machine, err := vm.New(vm.Config{
-		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(),
+		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo,
 		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
+		Virtio: f.virtio.config(),
 	})
 	if err != nil {
 		var ie *vm.InputError
@@ -163,7 +189,7 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	}
 
 	if f.apiSocket != "" {
-		srv, err := api.Listen(f.apiSocket, &controlTarget{vm: machine, accel: accelName, start: time.Now(), log: log})
+		srv, err := api.Listen(f.apiSocket, &controlTarget{vm: machine, accel: accelName, start: time.Now(), log: log, snapshotDir: f.landlockWriteDir()})
 		if err != nil {
 			// The path was checked up front; what remains is a socket in
 			// use by another govmm or a directory that changed: the input.
@@ -183,6 +209,9 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 		}
 	}()
 
+	// Confine the process once the VM is complete and before the guest
+	// runs: everything it opens is open by then.
+	machine.SetBeforeGuest(func() error { return f.confine(log) })
 	res := machine.Run()
 	console.restore()
 	log.Info("VM ended", "kind", res.Kind, "status", res.Status)
