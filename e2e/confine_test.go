@@ -62,24 +62,9 @@ func hooksBinary(t *testing.T) string {
 // startHooked is start with the test-hook binary and a hook.
 func startHooked(t *testing.T, bin, hook string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), hookEnv+"="+hook)
-	p.cmd.Stdout, p.cmd.Stderr = lockedWriter{p}, lockedWriter{p}
-	in, err := p.cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.stdin = in
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-	})
-	return p
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), hookEnv+"="+hook)
+	return startCmd(t, cmd)
 }
 
 // TestConfineSeccomp has a confined govmm call a system call its filter
