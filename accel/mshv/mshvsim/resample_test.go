@@ -40,17 +40,7 @@ func counter(fd int) uint64 {
 // EOI is consumed. The simulator's reference to the eventfd goes with the
 // deassign.
 func TestResampleFollowsUpstream(t *testing.T) {
-	kvmtest.Need(t)
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(s.SystemFD())
-	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := s.lookup(pfd).(*partition)
+	s, pfd, p := newTestPartition(t)
 	if err := mshvabi.SetMSIRouting(s, pfd, []mshvabi.UserIRQEntry{
 		{GSI: 24, AddressLo: 0xFEE00000, Data: 0x51},           // edge
 		{GSI: 25, AddressLo: 0xFEE00000, Data: 0xc052},         // level
@@ -124,17 +114,7 @@ func TestResampleFollowsUpstream(t *testing.T) {
 // given twice, or a GSI of 4096 or more refuses the whole table (EINVAL),
 // and the table in force stays as it was.
 func TestRoutingTableRefusedWhole(t *testing.T) {
-	kvmtest.Need(t)
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(s.SystemFD())
-	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := s.lookup(pfd).(*partition)
+	s, pfd, p := newTestPartition(t)
 	good := mshvabi.UserIRQEntry{GSI: 24, AddressLo: 0xFEE00000, Data: 0x51}
 	if err := mshvabi.SetMSIRouting(s, pfd, []mshvabi.UserIRQEntry{good}); err != nil {
 		t.Fatal(err)
@@ -160,4 +140,21 @@ func TestRoutingTableRefusedWhole(t *testing.T) {
 			t.Errorf("%s: the table in force changed: %d routes, GSI 24 %v", c.what, n, r)
 		}
 	}
+}
+
+// newTestPartition opens a simulator (closed when the test ends) and
+// creates a partition in it.
+func newTestPartition(t *testing.T) (*Sim, int, *partition) {
+	t.Helper()
+	kvmtest.Need(t)
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(s.SystemFD()) })
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, pfd, s.lookup(pfd).(*partition)
 }
