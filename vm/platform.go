@@ -289,15 +289,8 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			}
 		}
 	}
-	// Snapshots from before the PCI host bridge have no PCI state: the
-	// bus stays as built, with the VMM's BAR placement.
-	if d.PCI != nil {
-		if err := p.pci.Restore(*d.PCI); err != nil {
-			return &InputError{Err: fmt.Errorf("restore PCI bus: %w", err)}
-		}
-	}
-	// Virtio devices after the bus: their MSI-X control bits and BARs
-	// are in its configuration space.
+	// A different set of virtio devices is named as such, before the PCI
+	// bus would refuse its different functions.
 	if len(d.Virtio) != len(p.virtio) {
 		var have []string
 		for _, x := range p.virtio {
@@ -309,6 +302,15 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		}
 		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk and --rng flags)", want, have)}
 	}
+	// Snapshots from before the PCI host bridge have no PCI state: the
+	// bus stays as built, with the VMM's BAR placement.
+	if d.PCI != nil {
+		if err := p.pci.Restore(*d.PCI); err != nil {
+			return &InputError{Err: fmt.Errorf("restore PCI bus: %w", err)}
+		}
+	}
+	// Virtio devices after the bus: their MSI-X control bits and BARs
+	// are in its configuration space.
 	for i, x := range p.virtio {
 		if err := x.tr.Restore(d.Virtio[i]); err != nil {
 			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk and --rng flags as the saved VM had)", err)}
