@@ -321,7 +321,10 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	m := userspaceLine.FindStringSubmatch(res.Console)
 	if m == nil {
 		r, err := fail("init never printed its line: exit status %d", res.Code)
-		if IsTripleFault(res.Stderr) {
+		// QEMU, run with -no-reboot, exits 0 on the reset a triple fault
+		// causes and says nothing else.
+		qemuReset := b.QEMU != "" && res.Code == 0 && !strings.Contains(res.Console, "Kernel panic")
+		if IsTripleFault(res.Stderr) || qemuReset {
 			err = &tripleFaultError{err}
 		}
 		return r, err
