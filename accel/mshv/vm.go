@@ -456,11 +456,17 @@ func (vm *VM) SetClock(ns uint64) error {
 	return nil
 }
 
-// Pause freezes partition time (TIME_FREEZE = 1).
+// Pause freezes partition time (TIME_FREEZE = 1). A partition whose
+// vCPUs have not run yet is still frozen from set-up (a snapshot taken
+// right after a restore): that freeze becomes the pause, and no second
+// freeze is asked for.
 func (vm *VM) Pause() error {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	vm.setupFrozen.Store(false)
+	if vm.setupFrozen.Swap(false) {
+		vm.paused = true
+		return nil
+	}
 	if err := vm.hv.setProperty(mshvabi.PropTimeFreeze, 1); err != nil {
 		return fmt.Errorf("pause: %w", err)
 	}
