@@ -79,12 +79,19 @@ func openSim(t *testing.T, opts mshvsim.Options) (*mshvsim.Sim, *mshv.Accelerato
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, err := mshv.Open(sim)
+	return sim, openOn(t, sim)
+}
+
+// openOn opens the MSHV backend on dev (a simulator, or a Tap on one),
+// closed when the test ends.
+func openOn(t *testing.T, dev mshvabi.Device) *mshv.Accelerator {
+	t.Helper()
+	acc, err := mshv.Open(dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { acc.Close() })
-	return sim, acc
+	return acc
 }
 
 // newMachineOn creates a 1-vCPU VM with memSize bytes of RAM at GPA 0 on
@@ -386,12 +393,7 @@ func TestSimMemoryInterceptGVA(t *testing.T) {
 			mu.Unlock()
 		}
 	}}
-	acc, err := mshv.Open(tap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { acc.Close() })
-	m := newMachineOn(t, sim, acc, 0x100000, nil)
+	m := newMachineOn(t, sim, openOn(t, tap), 0x100000, nil)
 	copy(m.mem[0x1000:], []byte{
 		0xB8, 0x44, 0x33, 0x22, 0x11, // mov eax, 0x11223344
 		0x48, 0xBB, 0x10, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, // mov rbx, 0x80000010
@@ -447,12 +449,7 @@ func TestSimInterruptShadowInIntercept(t *testing.T) {
 			mu.Unlock()
 		}
 	}}
-	acc, err := mshv.Open(tap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { acc.Close() })
-	m := newMachineOn(t, sim, acc, 0x10000, nil)
+	m := newMachineOn(t, sim, openOn(t, tap), 0x10000, nil)
 	m.runToF4(t, []byte{
 		0xFB,       // sti
 		0xE4, 0x61, // in al, 0x61 (in STI's shadow)
