@@ -109,12 +109,7 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 	v.word0 = (*uint32)(unsafe.Pointer(&mem[0]))
 	v.tid.Store(int32(unix.Gettid()))
 	{
-		topo, err := cpu.ResolveTopology(vm.cfg.Topology, max(vm.cfg.NumVCPUs, 1))
-		if err != nil {
-			v.Close()
-			return nil, fmt.Errorf("create vCPU %d: %w", index, err)
-		}
-		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, topo)); err != nil {
+		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, vm.cfg.Topology)); err != nil {
 			v.Close()
 			return nil, fmt.Errorf("create vCPU %d: %w", index, err)
 		}

@@ -87,11 +87,12 @@ func (a *Accelerator) NewVMWithEOIRoutes(cfg accel.VMConfig, routes int) (*VM, e
 	if max := int(checkExtension(a.fd, capMaxVCPUs)); max > 0 && cfg.NumVCPUs > max {
 		return nil, fmt.Errorf("create VM: %d vCPUs requested, KVM allows at most %d", cfg.NumVCPUs, max)
 	}
-	if !cfg.Topology.IsZero() {
-		if _, err := cpu.ResolveTopology(cfg.Topology, cfg.NumVCPUs); err != nil {
-			return nil, fmt.Errorf("create VM: %w", err)
-		}
+	// Resolved once here; every vCPU's CPUID is specialised for it.
+	topo, err := cpu.ResolveTopology(cfg.Topology, max(cfg.NumVCPUs, 1))
+	if err != nil {
+		return nil, fmt.Errorf("create VM: %w", err)
 	}
+	cfg.Topology = topo
 	r, err := ioctl(a.fd, ioctlCreateVM, 0)
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)

@@ -215,11 +215,12 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 	if cfg.NumVCPUs < 0 || cfg.NumVCPUs > MaxVCPUs {
 		return nil, fmt.Errorf("mshv: %d vCPUs requested, at most %d supported", cfg.NumVCPUs, MaxVCPUs)
 	}
-	if !cfg.Topology.IsZero() {
-		if _, err := cpu.ResolveTopology(cfg.Topology, cfg.NumVCPUs); err != nil {
-			return nil, fmt.Errorf("mshv: %w", err)
-		}
+	// Resolved once here; every vCPU's CPUID is specialised for it.
+	topo, err := cpu.ResolveTopology(cfg.Topology, max(cfg.NumVCPUs, 1))
+	if err != nil {
+		return nil, fmt.Errorf("mshv: %w", err)
 	}
+	cfg.Topology = topo
 	pfd, v2, err := a.createPartition()
 	if err != nil {
 		return nil, err

@@ -94,11 +94,7 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 		return fail(fmt.Errorf("boot MSRs: %w", err))
 	}
 	if len(vm.cfg.CPUID) > 0 {
-		topo, err := cpu.ResolveTopology(vm.cfg.Topology, max(vm.cfg.NumVCPUs, 1))
-		if err != nil {
-			return fail(err)
-		}
-		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, topo)); err != nil {
+		if err := v.SetCPUID(cpu.ForVCPUTopology(vm.cfg.CPUID, index, vm.cfg.Topology)); err != nil {
 			return fail(err)
 		}
 	}
