@@ -257,8 +257,11 @@ func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	dup := -1
 	if f.ResampleFD >= 0 {
 		r, ok := vm.msiRoutes[f.GSI]
-		if !ok || r.Data&msiLevel == 0 {
-			return fmt.Errorf("assign resample irqfd %d to GSI %d: the GSI has no level-triggered MSI route (data %#x): there is no EOI to resample on", f.FD, f.GSI, r.Data)
+		if !ok {
+			return fmt.Errorf("assign resample irqfd %d to GSI %d: the GSI has no MSI route (set the level-triggered route first): there is no EOI to resample on", f.FD, f.GSI)
+		}
+		if r.Data&msiLevel == 0 {
+			return fmt.Errorf("assign resample irqfd %d to GSI %d: the GSI's MSI route (data %#x) is edge-triggered, not level-triggered: there is no EOI to resample on", f.FD, f.GSI, r.Data)
 		}
 		d, err := unix.FcntlInt(uintptr(f.ResampleFD), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
