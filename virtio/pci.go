@@ -106,8 +106,9 @@ type PCI struct {
 	// broken: the device asked for a reset; nothing is served.
 	broken bool
 	paused bool
-	// busy counts notification handlers running and chains in flight.
-	busy int
+	// busy counts notification handlers running and chains in flight,
+	// serving the handlers alone.
+	busy, serving int
 	// kicks wake each queue's server goroutine.
 	kicks  []chan struct{}
 	ioevs  []*routes.IOEventFD
@@ -439,6 +440,7 @@ func (t *PCI) enableQueue(i int) {
 // chain is in flight. Called with mu held.
 func (t *PCI) reset() {
 	t.active = false
+	t.unkeep(false)
 	for t.busy > 0 {
 		t.cond.Wait()
 	}
@@ -500,8 +502,14 @@ func (t *PCI) service(qi int) {
 	}
 	q := t.queues[qi]
 	t.busy++
+	t.serving++
 	t.mu.Unlock()
-	defer t.release()
+	defer func() {
+		t.mu.Lock()
+		t.serving--
+		t.mu.Unlock()
+		t.release()
+	}()
 	for {
 		c, err := q.Pop(t.mem)
 		if err != nil {
@@ -533,6 +541,37 @@ func (t *PCI) service(qi int) {
 			return
 		}
 	}
+}
+
+// unkeep takes back the chains a Keeper device keeps, once no handler
+// runs (the caller stopped new ones: paused, inactive or closed), and
+// with rewind gives them back to their queues. Called with mu held; the
+// device is called without it, since it completes chains with its own
+// lock held no more than the transport calls it with mu held.
+func (t *PCI) unkeep(rewind bool) {
+	k, ok := t.dev.(Keeper)
+	if !ok {
+		return
+	}
+	for t.serving > 0 {
+		t.cond.Wait()
+	}
+	t.mu.Unlock()
+	ns := make([]int, len(t.qmax))
+	for i := range ns {
+		ns[i] = k.Unkeep(i)
+	}
+	t.mu.Lock()
+	for i, n := range ns {
+		if n == 0 {
+			continue
+		}
+		t.busy -= n
+		if rewind && t.queues[i] != nil {
+			t.queues[i].Unpop(n)
+		}
+	}
+	t.cond.Broadcast()
 }
 
 func (t *PCI) release() {
@@ -619,6 +658,7 @@ func (t *PCI) unbindDoorbells() {
 func (t *PCI) Pause() {
 	t.mu.Lock()
 	t.paused = true
+	t.unkeep(true)
 	for t.busy > 0 {
 		t.cond.Wait()
 	}
@@ -705,6 +745,9 @@ func (t *PCI) Restore(s PCIState) error {
 		}
 		t.active = true
 		t.bindDoorbells()
+		if r, ok := t.dev.(Restorer); ok {
+			r.Restored()
+		}
 	}
 	return nil
 }
@@ -737,6 +780,7 @@ func (t *PCI) Close() error {
 	t.active = false
 	t.paused = false
 	t.cond.Broadcast()
+	t.unkeep(false)
 	for t.busy > 0 {
 		t.cond.Wait()
 	}

@@ -217,6 +217,17 @@ func (q *Queue) Pop(mem Memory) (*Chain, error) {
 	return c, nil
 }
 
+// Unpop gives the last n chains Pop returned back to the ring: the next
+// Pops return them again. The device must not have pushed any of them.
+func (q *Queue) Unpop(n int) {
+	q.popMu.Lock()
+	defer q.popMu.Unlock()
+	q.lastAvail -= uint16(n)
+	if q.eventIdx {
+		le.PutUint16(q.used[4+8*uint64(q.size):], q.lastAvail)
+	}
+}
+
 type desc struct {
 	addr  uint64
 	len   uint32

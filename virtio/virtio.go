@@ -32,8 +32,10 @@ const (
 
 // Device IDs (virtio 1.2 §5).
 const (
+	IDNet     = 1
 	IDBlock   = 2
 	IDEntropy = 4
+	IDVsock   = 19
 )
 
 // NoVector is the MSI-X vector number meaning "none".
@@ -69,4 +71,27 @@ type Device interface {
 	// Describe is the device's configuration as a restore must find it
 	// again (a different disk is refused).
 	Describe() string
+}
+
+// Keeper is a Device that keeps some queues' chains until it has
+// something to put into them (a receive queue: the driver posts empty
+// buffers, the device fills one when a packet arrives). Kept chains would
+// count as in flight for ever, so the transport takes them back before a
+// pause, a reset or a close, and a pause rewinds the queue over them: the
+// driver's buffers are handed to the device again on resume, and a
+// snapshot sees them as not yet taken.
+type Keeper interface {
+	// Unkeep gives up the chains of queue q that the device keeps and has
+	// not started to fill, and returns how many. They must be the last
+	// chains Handle received for q (a keeper fills them in the order it
+	// got them), and their done functions are never called afterwards.
+	Unkeep(q int) int
+}
+
+// Restorer is a Device that must learn that its transport was restored
+// from a snapshot (virtio-vsock tells the driver its connections are
+// gone). Restored is called once, after the device was activated with
+// the snapshot's features.
+type Restorer interface {
+	Restored()
 }
