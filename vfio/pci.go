@@ -1,0 +1,646 @@
+package vfio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/irq/routes"
+	"govmm/pci"
+	"govmm/vfio/abi"
+)
+
+// Order is the sequence in which a VFIO device's MSI vectors are wired to
+// the accelerator when the guest enables them.
+type Order int
+
+const (
+	// OrderRouteFirst is QEMU's: the MSI route, commit the routing table,
+	// the irqfd, then VFIO_DEVICE_SET_IRQS with the eventfds.
+	OrderRouteFirst Order = iota + 1
+	// OrderIRQsFirst is Cloud Hypervisor's: VFIO_DEVICE_SET_IRQS first, so
+	// the device may signal the eventfds before they are irqfds; then the
+	// route, commit and the irqfd, which injects what is already pending.
+	OrderIRQsFirst
+)
+
+func (o Order) String() string {
+	switch o {
+	case OrderRouteFirst:
+		return "route-first"
+	case OrderIRQsFirst:
+		return "irqs-first"
+	}
+	return fmt.Sprintf("order(%d)", int(o))
+}
+
+// ParseOrder parses "route-first" (QEMU's, alias "qemu") and "irqs-first"
+// (Cloud Hypervisor's, alias "cloud-hypervisor").
+func ParseOrder(s string) (Order, error) {
+	switch s {
+	case "route-first", "qemu":
+		return OrderRouteFirst, nil
+	case "irqs-first", "cloud-hypervisor":
+		return OrderIRQsFirst, nil
+	}
+	return 0, fmt.Errorf("vfio order %q: want route-first (qemu) or irqs-first (cloud-hypervisor)", s)
+}
+
+// DefaultOrder is the order govmm uses on an accelerator: QEMU's on KVM,
+// Cloud Hypervisor's on MSHV (the orders the two VMMs use on each).
+func DefaultOrder(accelName string) Order {
+	if accelName == "mshv" {
+		return OrderIRQsFirst
+	}
+	return OrderRouteFirst
+}
+
+// Router is what the passthrough function needs of the VM's GSI routing
+// table (*routes.Table).
+type Router interface {
+	Allocate() (uint32, error)
+	SetMSI(gsi uint32, msi accel.MSI) error
+	Commit() error
+	AssignIRQFD(ev *routes.EventFD, gsi uint32, resample *routes.EventFD) (*routes.IRQFD, error)
+}
+
+// Mapper maps host memory into the guest's physical address space (the
+// accelerator VM); nil traps every BAR access.
+type Mapper interface {
+	MapMemory(r accel.MemoryRegion) error
+	UnmapMemory(gpa uint64) error
+}
+
+// PCIConfig is how a passed-through function is wired into the VM.
+type PCIConfig struct {
+	Router Router
+	Mapper Mapper
+	Order  Order
+	Log    *slog.Logger
+}
+
+// PCI capability IDs govmm looks at.
+const (
+	capPM   = 0x01
+	capMSI  = 0x05
+	capPCIe = 0x10
+	capMSIX = 0x11
+
+	msiCtlEnable = 1 << 0
+	msiCtl64     = 1 << 7
+	msiCtlPVM    = 1 << 8
+
+	// cmdPassed are the command bits the device itself must see.
+	cmdPassed = pci.CmdIO | pci.CmdMemory | pci.CmdBusMaster
+)
+
+type barInfo struct {
+	kind pci.BARKind
+	size uint64
+	host []byte // the BAR mmap'ed (nil: trapped)
+	gpa  uint64 // where host is mapped in the guest (0: not mapped)
+}
+
+// PCI is a VFIO device as a function on govmm's PCI bus. Its configuration
+// space is govmm's (pci.Function): the identity, class and BAR types come
+// from the device, BARs are placed and moved by govmm and the guest, the
+// command register's decode and bus-master bits are forwarded, MSI is
+// emulated and wired to the device's VFIO MSI eventfds through irqfds,
+// and power management and PCI Express capabilities are shown read-only.
+// BARs the kernel lets userspace mmap are mapped into the guest; the rest
+// are trapped and forwarded with pread/pwrite.
+type PCI struct {
+	dev device
+	fn  *pci.Function
+	cfg PCIConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	bars   [pci.NumBARs]barInfo
+	msi    *msiState
+	closed bool
+}
+
+type msiState struct {
+	cap     int // offset in the function's configuration space
+	is64    bool
+	maxLog2 int // multiple message capable
+	on      bool
+	n       int
+	msg     accel.MSI
+	gsis    []uint32
+	evs     []*routes.EventFD
+	irqfds  []*routes.IRQFD
+}
+
+// device is what PCI needs of a VFIO device (*Device; a fake in tests).
+type device interface {
+	Name() string
+	CanReset() bool
+	Reset() error
+	Region(i int) abi.Region
+	ReadRegion(i int, off uint64, b []byte) error
+	WriteRegion(i int, off uint64, b []byte) error
+	Mmap(i int, off, size uint64) ([]byte, error)
+	SetIRQEventFDs(index uint32, fds []int32) error
+	DisableIRQs(index uint32) error
+	Close() error
+}
+
+// NewPCI builds the guest-visible function for d. The device is reset
+// first (when the kernel can reset it), so the guest finds it as after
+// power-on.
+func NewPCI(d *Device, c PCIConfig) (*PCI, error) { return newPCI(d, c) }
+
+func newPCI(d device, c PCIConfig) (*PCI, error) {
+	if c.Router == nil {
+		return nil, errors.New("vfio: no MSI router")
+	}
+	if c.Order == 0 {
+		c.Order = OrderRouteFirst
+	}
+	p := &PCI{dev: d, cfg: c, log: c.Log}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("vfio", d.Name())
+	if d.CanReset() {
+		if err := d.Reset(); err != nil {
+			return nil, err
+		}
+	} else {
+		p.log.Warn("vfio: the device has no reset method; the guest finds it as the last user left it")
+	}
+	var cfg [pci.ConfigSize]byte
+	if err := d.ReadRegion(abi.PCIConfigRegion, 0, cfg[:]); err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
+	if ht := cfg[pci.RegHeaderType] & 0x7f; ht != 0 {
+		return nil, fmt.Errorf("vfio device %s: header type %d (a bridge?); only endpoints (type 0) can be passed through", d.Name(), ht)
+	}
+	p.fn = pci.NewFunction(pci.Identity{
+		Vendor: le.Uint16(cfg[pci.RegVendorID:]), Device: le.Uint16(cfg[pci.RegDeviceID:]),
+		Revision: cfg[pci.RegRevision], ProgIF: cfg[pci.RegClass], Subclass: cfg[pci.RegClass+1], Class: cfg[pci.RegClass+2],
+		SubsystemVendor: le.Uint16(cfg[pci.RegSubsysVendor:]), SubsystemID: le.Uint16(cfg[pci.RegSubsysID:]),
+	})
+	if err := p.addBARs(cfg[:]); err != nil {
+		p.unmapHost()
+		return nil, err
+	}
+	if err := p.addCaps(cfg[:]); err != nil {
+		p.unmapHost()
+		return nil, err
+	}
+	p.fn.OnWrite = p.onWrite
+	return p, nil
+}
+
+// Function is the function to add to the bus (pci.Root.Add); call Start
+// after adding it.
+func (p *PCI) Function() *pci.Function { return p.fn }
+
+// Name is the device's PCI address on the host.
+func (p *PCI) Name() string { return p.dev.Name() }
+
+func (p *PCI) addBARs(cfg []byte) error {
+	le := binary.LittleEndian
+	for i := 0; i < pci.NumBARs; i++ {
+		r := p.dev.Region(abi.PCIBAR0Region + i)
+		if r.Size == 0 {
+			continue
+		}
+		reg := le.Uint32(cfg[pci.RegBAR0+4*i:])
+		b := pci.BAR{Size: r.Size, Dev: barDev{p, i}}
+		switch {
+		case reg&1 != 0:
+			b.Kind = pci.BARIO
+		case reg&6 == 4:
+			b.Kind = pci.BARMem64
+		default:
+			b.Kind = pci.BARMem32
+		}
+		b.Prefetchable = b.Kind != pci.BARIO && reg&8 != 0
+		if b.Size&(b.Size-1) != 0 {
+			return fmt.Errorf("vfio device %s: BAR %d is %#x bytes, not a power of two", p.dev.Name(), i, b.Size)
+		}
+		if b.Kind != pci.BARIO && b.Size < 16 {
+			b.Size = 16
+		}
+		if err := p.fn.SetBAR(i, b); err != nil {
+			return fmt.Errorf("vfio device %s: %w", p.dev.Name(), err)
+		}
+		p.bars[i] = barInfo{kind: b.Kind, size: r.Size}
+		if b.Kind != pci.BARIO && r.Flags&abi.RegionFlagMmap != 0 && r.Size >= uint64(unix.Getpagesize()) && r.Sparse == nil {
+			if host, err := p.dev.Mmap(abi.PCIBAR0Region+i, 0, r.Size); err == nil {
+				p.bars[i].host = host
+			} else {
+				p.log.Info("vfio: BAR is trapped, not mapped", "bar", i, "err", err)
+			}
+		}
+		if b.Kind == pci.BARMem64 {
+			i++
+		}
+	}
+	return nil
+}
+
+// capLen is how much of a capability govmm copies: the power management
+// capability and the PCI Express capability structure (v1 or v2).
+func capLen(cfg []byte, off int) int {
+	switch cfg[off] {
+	case capPM:
+		return 8
+	case capPCIe:
+		if cfg[off+2]&0xf >= 2 {
+			return 0x3c
+		}
+		return 0x24
+	}
+	return 0
+}
+
+func (p *PCI) addCaps(cfg []byte) error {
+	le := binary.LittleEndian
+	if le.Uint16(cfg[pci.RegStatus:])&pci.StatusCapList == 0 {
+		return nil
+	}
+	seen := map[int]bool{}
+	for off := int(cfg[pci.RegCapPtr]) &^ 3; off >= 0x40 && off < pci.ConfigSize-1 && !seen[off]; off = int(cfg[off+1]) &^ 3 {
+		seen[off] = true
+		switch id := cfg[off]; id {
+		case capMSI:
+			if err := p.addMSI(cfg, off); err != nil {
+				return err
+			}
+		case capMSIX:
+			p.log.Warn("vfio: the device's MSI-X capability is not passed through (not implemented); the guest sees MSI only")
+		default:
+			n := capLen(cfg, off)
+			if n == 0 || off+n > pci.ConfigSize {
+				p.log.Debug("vfio: capability hidden from the guest", "id", fmt.Sprintf("%#x", id), "offset", fmt.Sprintf("%#x", off))
+				continue
+			}
+			if _, err := p.fn.AddCapability(id, append([]byte(nil), cfg[off+2:off+n]...), nil); err != nil {
+				return fmt.Errorf("vfio device %s: capability %#x: %w", p.dev.Name(), id, err)
+			}
+		}
+	}
+	return nil
+}
+
+// addMSI adds an emulated MSI capability with the device's multiple
+// message capability and address width, without per-vector masking.
+func (p *PCI) addMSI(cfg []byte, off int) error {
+	le := binary.LittleEndian
+	ctl := le.Uint16(cfg[off+2:])
+	m := &msiState{is64: ctl&msiCtl64 != 0, maxLog2: int(ctl>>1) & 7}
+	if m.maxLog2 > 5 {
+		m.maxLog2 = 5
+	}
+	n := 8
+	if m.is64 {
+		n = 12
+	}
+	body := make([]byte, n)
+	wm := make([]byte, n)
+	le.PutUint16(body, uint16(m.maxLog2)<<1|ctl&msiCtl64)
+	le.PutUint16(wm, msiCtlEnable|7<<4)
+	le.PutUint32(wm[2:], 0xfffffffc)
+	if m.is64 {
+		le.PutUint32(wm[6:], 0xffffffff)
+		le.PutUint16(wm[10:], 0xffff)
+	} else {
+		le.PutUint16(wm[6:], 0xffff)
+	}
+	at, err := p.fn.AddCapability(capMSI, body, wm)
+	if err != nil {
+		return fmt.Errorf("vfio device %s: MSI capability: %w", p.dev.Name(), err)
+	}
+	m.cap = at
+	p.msi = m
+	if ctl&msiCtlPVM != 0 {
+		p.log.Info("vfio: per-vector MSI masking is not offered to the guest")
+	}
+	return nil
+}
+
+// Start forwards the command register govmm set when it placed the BARs
+// and maps the BARs into the guest. Call it after the function is on the
+// bus.
+func (p *PCI) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.syncCommand(); err != nil {
+		return err
+	}
+	p.remapBARs()
+	return nil
+}
+
+func overlaps(off, size, start, n int) bool { return off < start+n && off+size > start }
+
+// onWrite runs after every guest configuration write.
+func (p *PCI) onWrite(off, size int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	if overlaps(off, size, pci.RegCommand, 2) || overlaps(off, size, pci.RegBAR0, 4*pci.NumBARs) {
+		if err := p.syncCommand(); err != nil {
+			p.log.Error("vfio: the guest wrote the command register; forwarding it failed", "err", err)
+		}
+		p.remapBARs()
+	}
+	if p.msi != nil && overlaps(off, size, p.msi.cap, 14) {
+		p.msiUpdate()
+	}
+}
+
+// syncCommand forwards the guest's I/O, memory and bus-master enables to
+// the device. Called with mu held.
+func (p *PCI) syncCommand() error {
+	var b [2]byte
+	if err := p.dev.ReadRegion(abi.PCIConfigRegion, pci.RegCommand, b[:]); err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	cur := le.Uint16(b[:])
+	want := cur&^cmdPassed | p.fn.Command()&cmdPassed
+	if want == cur {
+		return nil
+	}
+	le.PutUint16(b[:], want)
+	return p.dev.WriteRegion(abi.PCIConfigRegion, pci.RegCommand, b[:])
+}
+
+// remapBARs puts the mmap'ed BARs where the guest decodes them now and
+// takes them out of the guest where it does not. Called with mu held.
+func (p *PCI) remapBARs() {
+	if p.cfg.Mapper == nil {
+		return
+	}
+	where := map[int]uint64{}
+	for _, r := range p.fn.Regions() {
+		if r.Space == pci.SpaceMemory {
+			where[r.BAR] = r.Base
+		}
+	}
+	page := uint64(unix.Getpagesize())
+	for i := range p.bars {
+		b := &p.bars[i]
+		if b.host == nil {
+			continue
+		}
+		gpa := where[i]
+		if gpa%page != 0 {
+			gpa = 0 // unaligned: trapped
+		}
+		if gpa == b.gpa {
+			continue
+		}
+		if b.gpa != 0 {
+			if err := p.cfg.Mapper.UnmapMemory(b.gpa); err != nil {
+				p.log.Error("vfio: unmap BAR from the guest", "bar", i, "gpa", fmt.Sprintf("%#x", b.gpa), "err", err)
+			}
+			b.gpa = 0
+		}
+		if gpa != 0 {
+			if err := p.cfg.Mapper.MapMemory(accel.MemoryRegion{GPA: gpa, Host: b.host}); err != nil {
+				p.log.Warn("vfio: the guest placed a BAR where it cannot be mapped; its accesses are trapped", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "err", err)
+				continue
+			}
+			b.gpa = gpa
+			p.log.Debug("vfio: BAR mapped into the guest", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "size", b.size)
+		}
+	}
+}
+
+// MappedBARs returns the BARs mapped into the guest now (BAR number to
+// guest address), for tests and diagnostics.
+func (p *PCI) MappedBARs() map[int]uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[int]uint64{}
+	for i, b := range p.bars {
+		if b.gpa != 0 {
+			out[i] = b.gpa
+		}
+	}
+	return out
+}
+
+// msiUpdate acts on the guest's MSI capability. Called with mu held.
+func (p *PCI) msiUpdate() {
+	m := p.msi
+	var b [14]byte
+	p.fn.ReadConfig(m.cap, b[:])
+	le := binary.LittleEndian
+	ctl := le.Uint16(b[2:])
+	on := ctl&msiCtlEnable != 0
+	mme := int(ctl>>4) & 7
+	if mme > m.maxLog2 {
+		mme = m.maxLog2
+	}
+	msg := accel.MSI{AddressLo: le.Uint32(b[4:])}
+	if m.is64 {
+		msg.AddressHi, msg.Data = le.Uint32(b[8:]), uint32(le.Uint16(b[12:]))
+	} else {
+		msg.Data = uint32(le.Uint16(b[8:]))
+	}
+	n := 1 << mme
+	switch {
+	case !on && m.on:
+		p.msiDisable()
+	case on && m.on && n != m.n:
+		p.msiDisable()
+		p.msiEnable(n, msg)
+	case on && !m.on:
+		p.msiEnable(n, msg)
+	case on && msg != m.msg:
+		m.msg = msg
+		if err := p.msiRoute(); err != nil {
+			p.log.Error("vfio: the guest changed its MSI address or data; rerouting failed", "err", err)
+		}
+	}
+}
+
+// vectorMSI is vector i's message: multiple-message MSI puts the vector
+// number in the low bits of the data.
+func (m *msiState) vectorMSI(i int) accel.MSI {
+	msg := m.msg
+	msg.Data = msg.Data&^uint32(m.n-1) | uint32(i)
+	return msg
+}
+
+func (p *PCI) msiRoute() error {
+	m := p.msi
+	for i := 0; i < m.n; i++ {
+		if err := p.cfg.Router.SetMSI(m.gsis[i], m.vectorMSI(i)); err != nil {
+			return err
+		}
+	}
+	return p.cfg.Router.Commit()
+}
+
+// msiEnable wires n vectors in the configured order. Called with mu held.
+func (p *PCI) msiEnable(n int, msg accel.MSI) {
+	m := p.msi
+	for len(m.gsis) < n {
+		gsi, err := p.cfg.Router.Allocate()
+		if err != nil {
+			p.log.Error("vfio: the guest enabled MSI; no GSI for it", "vectors", n, "err", err)
+			return
+		}
+		ev, err := routes.NewEventFD()
+		if err != nil {
+			p.log.Error("vfio: the guest enabled MSI; no eventfd for it", "vectors", n, "err", err)
+			return
+		}
+		m.gsis, m.evs = append(m.gsis, gsi), append(m.evs, ev)
+	}
+	m.n, m.msg = n, msg
+	fds := make([]int32, n)
+	for i := range fds {
+		fds[i] = int32(m.evs[i].FD())
+	}
+	fail := func(what string, err error) {
+		p.log.Error("vfio: the guest enabled MSI; "+what+" failed", "vectors", n, "order", p.cfg.Order.String(), "err", err)
+		p.msiTeardown()
+	}
+	if p.cfg.Order == OrderIRQsFirst {
+		if err := p.dev.SetIRQEventFDs(abi.PCIMSIIRQ, fds); err != nil {
+			fail("VFIO_DEVICE_SET_IRQS", err)
+			return
+		}
+	}
+	if err := p.msiRoute(); err != nil {
+		fail("routing", err)
+		return
+	}
+	for i := 0; i < n; i++ {
+		f, err := p.cfg.Router.AssignIRQFD(m.evs[i], m.gsis[i], nil)
+		if err != nil {
+			fail("assigning the irqfd", err)
+			return
+		}
+		m.irqfds = append(m.irqfds, f)
+	}
+	if p.cfg.Order == OrderRouteFirst {
+		if err := p.dev.SetIRQEventFDs(abi.PCIMSIIRQ, fds); err != nil {
+			fail("VFIO_DEVICE_SET_IRQS", err)
+			return
+		}
+	}
+	m.on = true
+	p.log.Debug("vfio: MSI enabled", "vectors", n, "order", p.cfg.Order.String(), "gsi0", m.gsis[0])
+}
+
+// msiDisable turns the device's MSI off and unbinds the irqfds. Called
+// with mu held.
+func (p *PCI) msiDisable() {
+	if err := p.dev.DisableIRQs(abi.PCIMSIIRQ); err != nil {
+		p.log.Error("vfio: the guest disabled MSI; VFIO refused", "err", err)
+	}
+	p.msiTeardown()
+}
+
+func (p *PCI) msiTeardown() {
+	m := p.msi
+	for _, f := range m.irqfds {
+		if err := f.Close(); err != nil {
+			p.log.Error("vfio: deassign MSI irqfd", "err", err)
+		}
+	}
+	m.irqfds, m.on = nil, false
+	// Signals left in the eventfds belong to the old setting.
+	for _, ev := range m.evs {
+		ev.TryRead()
+	}
+}
+
+func (p *PCI) unmapHost() {
+	for i := range p.bars {
+		if p.bars[i].host != nil {
+			unix.Munmap(p.bars[i].host)
+			p.bars[i].host = nil
+		}
+	}
+}
+
+// Close turns the device's interrupts off, takes its BARs out of the
+// guest, resets it (so it stops DMA before the guest's memory goes) and
+// closes it.
+func (p *PCI) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	var errs []error
+	if p.msi != nil {
+		if p.msi.on {
+			p.msiDisable()
+		}
+		for _, ev := range p.msi.evs {
+			ev.Close()
+		}
+	}
+	for i := range p.bars {
+		b := &p.bars[i]
+		if b.gpa != 0 && p.cfg.Mapper != nil {
+			if err := p.cfg.Mapper.UnmapMemory(b.gpa); err != nil {
+				errs = append(errs, err)
+			}
+			b.gpa = 0
+		}
+	}
+	p.unmapHost()
+	if p.dev.CanReset() {
+		if err := p.dev.Reset(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, p.dev.Close())
+	return errors.Join(errs...)
+}
+
+// barDev answers the guest's trapped accesses to BAR i by reading and
+// writing the device's region.
+type barDev struct {
+	p *PCI
+	i int
+}
+
+func (d barDev) Read(off uint64, data []byte) {
+	for i := range data {
+		data[i] = 0xff
+	}
+	if !d.inRange(off, len(data)) {
+		return
+	}
+	if err := d.p.dev.ReadRegion(abi.PCIBAR0Region+d.i, off, data); err != nil {
+		d.p.log.Warn("vfio: guest read of a BAR failed", "bar", d.i, "offset", fmt.Sprintf("%#x", off), "len", len(data), "err", err)
+	}
+}
+
+func (d barDev) Write(off uint64, data []byte) {
+	if !d.inRange(off, len(data)) {
+		return
+	}
+	if err := d.p.dev.WriteRegion(abi.PCIBAR0Region+d.i, off, data); err != nil {
+		d.p.log.Warn("vfio: guest write to a BAR failed", "bar", d.i, "offset", fmt.Sprintf("%#x", off), "len", len(data), "err", err)
+	}
+}
+
+func (d barDev) inRange(off uint64, n int) bool {
+	size := d.p.bars[d.i].size
+	return off < size && uint64(n) <= size-off
+}
