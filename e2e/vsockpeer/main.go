@@ -1,0 +1,155 @@
+// Command vsockpeer is the guest's end of the vsock end-to-end tests: a
+// tiny static program for the test initramfs, since busybox has no vsock
+// tool. It moves deterministic data over AF_VSOCK and prints what it
+// received as "vsock-test: KEY BYTES SHA256" lines on stdout (the guest's
+// console), which the test compares with what the host sent.
+//
+//	vsockpeer serve PORT N SEED BYTES  accept N connections on PORT; read
+//	                                   each to EOF, reply BYTES of SEED
+//	vsockpeer dial PORT SEED BYTES     connect to the host's PORT, send BYTES
+//	                                   of SEED, shut down sending, read to EOF
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pattern is n bytes made of SHA-256 blocks of "seed-i", the same bytes
+// the test builds on the host.
+func Pattern(seed string, n int) []byte {
+	out := make([]byte, 0, n+32)
+	for i := 0; len(out) < n; i++ {
+		h := sha256.Sum256(fmt.Appendf(nil, "%s-%d", seed, i))
+		out = append(out, h[:]...)
+	}
+	return out[:n]
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Printf("vsock-test: error %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		fmt.Printf("vsock-test: error bad number %q\n", s)
+		os.Exit(2)
+	}
+	return n
+}
+
+func run(args []string) error {
+	switch {
+	case len(args) == 5 && args[0] == "serve":
+		return serve(uint32(atoi(args[1])), atoi(args[2]), args[3], atoi(args[4]))
+	case len(args) == 4 && args[0] == "dial":
+		return dial(uint32(atoi(args[1])), args[2], atoi(args[3]))
+	}
+	return fmt.Errorf("usage: vsockpeer serve PORT N SEED BYTES | dial PORT SEED BYTES")
+}
+
+// drain reads fd to EOF and prints its length and checksum under key.
+func drain(fd int, key string) error {
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	total := 0
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: read after %d bytes: %w", key, total, err)
+		}
+		if n == 0 {
+			break
+		}
+		h.Write(buf[:n])
+		total += n
+	}
+	fmt.Printf("vsock-test: %s %d %s\n", key, total, hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func serve(port uint32, conns int, seed string, n int) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		return fmt.Errorf("bind port %d: %w", port, err)
+	}
+	if err := unix.Listen(fd, 4); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	fmt.Printf("vsock-test: listening %d\n", port)
+	for i := 1; i <= conns; i++ {
+		c, sa, err := unix.Accept(fd)
+		if err == unix.EINTR {
+			i--
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+		if vm, ok := sa.(*unix.SockaddrVM); ok {
+			fmt.Printf("vsock-test: accepted %d from %d:%d\n", i, vm.CID, vm.Port)
+		}
+		if err := drain(c, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
+			// A connection the host side lost (a restored VM's):
+			// the next one is served.
+			fmt.Printf("vsock-test: lost %d: %v\n", i, err)
+			unix.Close(c)
+			continue
+		}
+		if err := writeAll(c, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
+			return fmt.Errorf("reply: %w", err)
+		}
+		unix.Close(c)
+		fmt.Printf("vsock-test: served %d\n", i)
+	}
+	return nil
+}
+
+func dial(port uint32, seed string, n int) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_HOST, Port: port}); err != nil {
+		return fmt.Errorf("connect to host port %d: %w", port, err)
+	}
+	if err := writeAll(fd, Pattern(seed, n)); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := drain(fd, "g2h-reply"); err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
