@@ -9,7 +9,7 @@
 // this machine's /dev/kvm is missing or is the software kvm_pvm backend the
 // soak runs itself inside a nested-KVM VM (internal/nested).
 //
-//	go run ./bench/linuxsoak [-n 10] [-cpus 1,2,4] [-accels kvm,mshvsim]
+//	go run ./bench/linuxsoak [-n 10] [-cpus 1,2,4] [-accels kvm,mshvsim] [-args '--seccomp=off']
 package main
 
 import (
@@ -40,6 +40,7 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one boot")
 	cmdline := flag.String("cmdline", "", "added to the guest's kernel command line, e.g. earlyprintk=serial,ttyS0,115200")
 	logLevel := flag.String("log-level", "", "govmm's --log-level")
+	extra := flag.String("args", "", "more govmm run flags, space-separated, e.g. --seccomp=off")
 	ktrace := flag.Bool("ktrace", false, "trace the host kernel's kvm events during each boot and print the last of them when a boot fails (needs tracefs)")
 	inner := flag.Bool("inner", false, "run by the soak itself inside L1: no summary")
 	flag.Parse()
@@ -94,7 +95,7 @@ func main() {
 			tr.clear()
 			res, err := linuxguest.Boot{Govmm: *govmm, Accel: accels[r.accel], Kernel: *kernel, Initrd: initrd,
 				CPUs: r.cpus, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout,
-				Cmdline: *cmdline, LogLevel: *logLevel}.Run(context.Background())
+				Cmdline: *cmdline, LogLevel: *logLevel, Args: strings.Fields(*extra)}.Run(context.Background())
 			if err != nil {
 				r.fails++
 				fmt.Printf("FAIL %s boot %d: %v\n", r.name, i, err)

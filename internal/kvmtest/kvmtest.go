@@ -357,6 +357,15 @@ func runInL1(names []string, o options, start time.Time) int {
 			fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
 				a.QEMUVersion, res.Boot.Round(100*time.Millisecond), res.Wall.Round(100*time.Millisecond),
 				counter.pass, counter.fail, counter.skip)
+			if res.ExitCode != 0 && len(counter.failedLeaves()) == 0 {
+				// No test failed, yet the binary did not exit 0: it was
+				// killed (L1's OOM killer) or a test called os.Exit.
+				fmt.Printf("--- FAIL: nested KVM: the test binary exited %d in L1 with no test failed", res.ExitCode)
+				if t := counter.running(); t != "" {
+					fmt.Printf(", while %s ran", t)
+				}
+				fmt.Printf("\n--- L1 kernel log (end):\n%s\n", res.ConsoleLog)
+			}
 		} else {
 			fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)
 			if t := counter.running(); t != "" {
@@ -367,18 +376,22 @@ func runInL1(names []string, o options, start time.Time) int {
 	}
 	counter, res, err := runL1(args)
 	failed := counter.failedLeaves()
-	if err != nil {
-		// L1 itself died or froze: no result of a test, but of the
-		// substrate. Once, and only with time left, the tests that had
-		// not finished run in a fresh L1 (those that had keep their
-		// result); the log keeps both runs.
+	// The binary was killed under the tests (no test failed, yet it did not
+	// exit 0): as with an L1 that died, the tests it had not finished have
+	// no result yet.
+	killed := err == nil && res.ExitCode != 0 && len(failed) == 0
+	if err != nil || killed {
+		// L1 itself died or froze, or the test binary was killed there: no
+		// result of a test, but of the substrate. Once, and only with time
+		// left, the tests that had not finished run in a fresh L1 (those
+		// that had keep their result); the log keeps both runs.
 		var died *nested.Error
-		if !errors.As(err, &died) || time.Until(deadline) < 5*time.Minute {
+		if (err != nil && !errors.As(err, &died)) || time.Until(deadline) < 5*time.Minute {
 			return 1
 		}
 		rest := slices.DeleteFunc(slices.Clone(tests), counter.finished)
-		fmt.Printf("=== nested KVM: L1 died under the tests; running the %d that had not finished in a fresh L1: %s\n",
-			len(rest), strings.Join(rest, " "))
+		fmt.Printf("=== nested KVM: %s under the tests; running the %d that had not finished in a fresh L1: %s\n",
+			map[bool]string{true: "the test binary was killed", false: "L1 died"}[killed], len(rest), strings.Join(rest, " "))
 		if len(rest) > 0 {
 			again, res2, err := runL1(withRun(args, selecting(rest, "test.run")))
 			if err != nil {

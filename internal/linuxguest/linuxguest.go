@@ -134,6 +134,8 @@ type Boot struct {
 	Cmdline string
 	// LogLevel is govmm's --log-level (default: govmm's own).
 	LogLevel string
+	// Args are more govmm run flags, e.g. --seccomp=off.
+	Args []string
 	// Dmesg asks init to print the kernel log (Result.Log).
 	Dmesg bool
 	// QEMU boots under qemu-system-x86_64 with this machine type ("pc",
@@ -255,6 +257,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		if b.LogLevel != "" {
 			args = append(args, "--log-level", b.LogLevel)
 		}
+		args = append(args, b.Args...)
 		cmd = exec.CommandContext(ctx, b.Govmm, args...)
 		// A boot ended early (stalled, timed out) gets SIGQUIT first: Go
 		// prints every goroutine, which shows whether the vCPUs sat in
