@@ -4,6 +4,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"govmm/accel/mshv/mshvabi"
+	"govmm/vfio/abi"
 )
 
 // ioctlReq is an ioctl request number the filter allows, with its name.
@@ -108,9 +109,22 @@ var terminalIoctls = []ioctlReq{
 	{"TCSETS", unix.TCSETS},
 }
 
+// vfioIoctls are the VFIO requests a passed-through device needs once the
+// guest runs: its MSI vectors wired and unwired as the guest enables and
+// disables them, and the reset and DMA unmapping when the VM ends.
+func vfioIoctls() []ioctlReq {
+	return []ioctlReq{
+		{"VFIO_DEVICE_SET_IRQS", uint32(abi.DeviceSetIRQs)},
+		{"VFIO_DEVICE_RESET", uint32(abi.DeviceReset)},
+		{"VFIO_IOMMU_UNMAP_DMA", uint32(abi.IOMMUUnmapDMA)},
+		{"VFIO_GROUP_UNSET_CONTAINER", uint32(abi.GroupUnsetContainer)},
+	}
+}
+
 // ioctls is every request the filter allows, in the order it tests them.
 func ioctls() []ioctlReq {
 	out := append([]ioctlReq(nil), kvmIoctls...)
 	out = append(out, mshvIoctls()...)
+	out = append(out, vfioIoctls()...)
 	return append(out, terminalIoctls...)
 }
