@@ -82,6 +82,9 @@ type PCIConfig struct {
 	Mapper Mapper
 	Order  Order
 	Log    *slog.Logger
+	// INTxGSI gives the IOAPIC GSI of interrupt pin 1-4 (INTA-INTD) at the
+	// function's slot; nil: the guest gets no INTx.
+	INTxGSI func(pin int) uint32
 }
 
 // PCI capability IDs govmm looks at.
@@ -123,7 +126,18 @@ type PCI struct {
 	mu     sync.Mutex
 	bars   [pci.NumBARs]barInfo
 	msi    *msiState
+	intx   *intxState
 	closed bool
+}
+
+// intxState is the device's INTx line: VFIO signals trigger when the line
+// asserts (and masks it), govmm's IOAPIC takes it as a level input on
+// the pin's GSI, and the guest's EOI signals unmask, with which VFIO
+// unmasks the line (and signals again if it is still asserted).
+type intxState struct {
+	gsi             uint32
+	trigger, unmask *routes.EventFD
+	irqfd           *routes.IRQFD
 }
 
 type msiState struct {
@@ -148,6 +162,7 @@ type device interface {
 	WriteRegion(i int, off uint64, b []byte) error
 	Mmap(i int, off, size uint64) ([]byte, error)
 	SetIRQEventFDs(index uint32, fds []int32) error
+	SetIRQUnmaskEventFD(index uint32, fd int32) error
 	DisableIRQs(index uint32) error
 	Close() error
 }
@@ -184,11 +199,28 @@ func newPCI(d device, c PCIConfig) (*PCI, error) {
 	if ht := cfg[pci.RegHeaderType] & 0x7f; ht != 0 {
 		return nil, fmt.Errorf("vfio device %s: header type %d (a bridge?); only endpoints (type 0) can be passed through", d.Name(), ht)
 	}
+	pin := cfg[pci.RegInterruptPin]
+	if pin > 4 || c.INTxGSI == nil {
+		pin = 0
+	}
 	p.fn = pci.NewFunction(pci.Identity{
 		Vendor: le.Uint16(cfg[pci.RegVendorID:]), Device: le.Uint16(cfg[pci.RegDeviceID:]),
 		Revision: cfg[pci.RegRevision], ProgIF: cfg[pci.RegClass], Subclass: cfg[pci.RegClass+1], Class: cfg[pci.RegClass+2],
 		SubsystemVendor: le.Uint16(cfg[pci.RegSubsysVendor:]), SubsystemID: le.Uint16(cfg[pci.RegSubsysID:]),
+		InterruptPin: pin,
 	})
+	if pin != 0 {
+		p.intx = &intxState{gsi: c.INTxGSI(int(pin))}
+		var err error
+		if p.intx.trigger, err = routes.NewEventFD(); err == nil {
+			p.intx.unmask, err = routes.NewEventFD()
+		}
+		if err != nil {
+			p.closeINTxFDs()
+			return nil, fmt.Errorf("vfio device %s: INTx eventfds: %w", d.Name(), err)
+		}
+		p.fn.WriteConfig(pci.RegInterruptLine, []byte{byte(p.intx.gsi)})
+	}
 	if err := p.addBARs(cfg[:]); err != nil {
 		p.unmapHost()
 		return nil, err
@@ -340,7 +372,63 @@ func (p *PCI) Start() error {
 		return err
 	}
 	p.remapBARs()
+	if p.intx != nil {
+		if err := p.intxEnable(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// intxEnable wires the INTx line: the resample irqfd on the pin, then
+// VFIO's trigger and unmask eventfds. Called with mu held.
+func (p *PCI) intxEnable() error {
+	x := p.intx
+	if x.irqfd != nil {
+		return nil
+	}
+	f, err := p.cfg.Router.AssignIRQFD(x.trigger, x.gsi, x.unmask)
+	if err != nil {
+		return fmt.Errorf("vfio device %s: INTx on GSI %d: %w", p.dev.Name(), x.gsi, err)
+	}
+	x.irqfd = f
+	if err := p.dev.SetIRQEventFDs(abi.PCIINTxIRQ, []int32{int32(x.trigger.FD())}); err != nil {
+		p.intxDisable()
+		return err
+	}
+	if err := p.dev.SetIRQUnmaskEventFD(abi.PCIINTxIRQ, int32(x.unmask.FD())); err != nil {
+		p.intxDisable()
+		return err
+	}
+	return nil
+}
+
+// intxDisable turns the device's INTx off (VFIO allows one interrupt
+// type at a time) and unbinds the irqfd. Called with mu held.
+func (p *PCI) intxDisable() {
+	x := p.intx
+	if x == nil || x.irqfd == nil {
+		return
+	}
+	if err := p.dev.DisableIRQs(abi.PCIINTxIRQ); err != nil {
+		p.log.Error("vfio: disable INTx", "err", err)
+	}
+	if err := x.irqfd.Close(); err != nil {
+		p.log.Error("vfio: deassign INTx irqfd", "err", err)
+	}
+	x.irqfd = nil
+	x.trigger.TryRead()
+}
+
+func (p *PCI) closeINTxFDs() {
+	if x := p.intx; x != nil {
+		if x.trigger != nil {
+			x.trigger.Close()
+		}
+		if x.unmask != nil {
+			x.unmask.Close()
+		}
+	}
 }
 
 func overlaps(off, size, start, n int) bool { return off < start+n && off+size > start }
@@ -417,7 +505,7 @@ func (p *PCI) remapBARs() {
 				continue
 			}
 			b.gpa = gpa
-			p.log.Debug("vfio: BAR mapped into the guest", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "size", b.size)
+			p.log.Info("vfio: BAR mapped into the guest", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "size", b.size)
 		}
 	}
 }
@@ -506,6 +594,8 @@ func (p *PCI) msiEnable(n int, msg accel.MSI) {
 		m.gsis, m.evs = append(m.gsis, gsi), append(m.evs, ev)
 	}
 	m.n, m.msg = n, msg
+	// VFIO has one interrupt type on at a time: INTx goes off first.
+	p.intxDisable()
 	fds := make([]int32, n)
 	for i := range fds {
 		fds[i] = int32(m.evs[i].FD())
@@ -549,6 +639,11 @@ func (p *PCI) msiDisable() {
 		p.log.Error("vfio: the guest disabled MSI; VFIO refused", "err", err)
 	}
 	p.msiTeardown()
+	if p.intx != nil && !p.closed {
+		if err := p.intxEnable(); err != nil {
+			p.log.Error("vfio: the guest disabled MSI; INTx could not be turned back on", "err", err)
+		}
+	}
 }
 
 func (p *PCI) msiTeardown() {
@@ -593,6 +688,8 @@ func (p *PCI) Close() error {
 			ev.Close()
 		}
 	}
+	p.intxDisable()
+	p.closeINTxFDs()
 	for i := range p.bars {
 		b := &p.bars[i]
 		if b.gpa != 0 && p.cfg.Mapper != nil {

@@ -46,12 +46,12 @@ type fakeDev struct {
 	bar     []byte
 	mmap    bool
 	resets  int
-	irqsOn  int
+	irqsOn  map[uint32]int
 	mmapped [][]byte
 }
 
 func newFakeDev(ev *events, mmap bool) *fakeDev {
-	d := &fakeDev{ev: ev, bar: make([]byte, 1<<20), mmap: mmap}
+	d := &fakeDev{ev: ev, bar: make([]byte, 1<<20), mmap: mmap, irqsOn: map[uint32]int{}}
 	le := binary.LittleEndian
 	le.PutUint16(d.cfg[0:], 0x1234)
 	le.PutUint16(d.cfg[2:], 0x11e8)
@@ -65,6 +65,7 @@ func newFakeDev(ev *events, mmap bool) *fakeDev {
 	d.cfg[0x50], d.cfg[0x51], d.cfg[0x52] = capPCIe, 0x90, 2
 	d.cfg[0x54] = 0xab // device capabilities, read back by the guest
 	d.cfg[0x90], d.cfg[0x91] = capMSIX, 0
+	d.cfg[pci.RegInterruptPin] = 1
 	return d
 }
 
@@ -107,12 +108,16 @@ func (d *fakeDev) Mmap(i int, off, size uint64) ([]byte, error) {
 	return m, err
 }
 func (d *fakeDev) SetIRQEventFDs(index uint32, fds []int32) error {
-	d.irqsOn = len(fds)
+	d.irqsOn[index] = len(fds)
 	d.ev.add("set_irqs index=%d n=%d", index, len(fds))
 	return nil
 }
+func (d *fakeDev) SetIRQUnmaskEventFD(index uint32, fd int32) error {
+	d.ev.add("unmask_fd index=%d", index)
+	return nil
+}
 func (d *fakeDev) DisableIRQs(index uint32) error {
-	d.irqsOn = 0
+	d.irqsOn[index] = 0
 	d.ev.add("disable_irqs index=%d", index)
 	return nil
 }
@@ -142,6 +147,16 @@ func (v *fakeVM) MapMemory(r accel.MemoryRegion) error {
 }
 func (v *fakeVM) UnmapMemory(gpa uint64) error { v.ev.add("unmap %#x", gpa); return nil }
 
+// fakePins is the userspace IOAPIC under resample irqfds.
+type fakePins struct{ ev *events }
+
+func (f fakePins) SetResampleInput(pin int, high bool) { f.ev.add("pin %d input %v", pin, high) }
+func (f fakePins) SetResampler(pin int, fn func()) {
+	if fn != nil {
+		f.ev.add("resampler pin %d", pin)
+	}
+}
+
 func setup(t *testing.T, order Order, mmap bool) (*PCI, *fakeDev, *events, *pci.Root) {
 	t.Helper()
 	ev := &events{}
@@ -151,7 +166,10 @@ func setup(t *testing.T, order Order, mmap bool) (*PCI, *fakeDev, *events, *pci.
 	if mmap {
 		mapper = vm
 	}
-	p, err := newPCI(d, PCIConfig{Router: routes.New(vm, nil), Mapper: mapper, Order: order, Log: slog.New(slog.DiscardHandler)})
+	rt := routes.New(vm, nil)
+	rt.SetPinController(fakePins{ev})
+	p, err := newPCI(d, PCIConfig{Router: rt, Mapper: mapper, Order: order, Log: slog.New(slog.DiscardHandler),
+		INTxGSI: func(pin int) uint32 { return uint32(16 + (3+pin-1)%8) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +305,7 @@ func TestMSIOrders(t *testing.T) {
 		{OrderRouteFirst, []string{"commit 24:0xfee00000/0x41", "irqfd gsi=24", "set_irqs index=1 n=1"}},
 		{OrderIRQsFirst, []string{"set_irqs index=1 n=1", "commit 24:0xfee00000/0x41", "irqfd gsi=24"}},
 	} {
+		c.want = append([]string{"disable_irqs index=0", "pin 19 input false"}, c.want...)
 		t.Run(c.order.String(), func(t *testing.T) {
 			p, d, ev, r := setup(t, c.order, false)
 			ev.take()
@@ -301,11 +320,11 @@ func TestMSIOrders(t *testing.T) {
 				t.Errorf("reroute: %q", l)
 			}
 			cfgWrite(r, msi+2, 2, 0)
-			if l := ev.take(); !slices.Equal(l, []string{"disable_irqs index=1", "deirqfd gsi=24"}) {
-				t.Errorf("disable: %q", l)
+			if l := ev.take(); !slices.Equal(l, []string{"disable_irqs index=1", "deirqfd gsi=24", "resampler pin 19", "set_irqs index=0 n=1", "unmask_fd index=0"}) {
+				t.Errorf("disable (INTx comes back): %q", l)
 			}
-			if d.irqsOn != 0 {
-				t.Error("device MSI still on")
+			if d.irqsOn[abi.PCIMSIIRQ] != 0 || d.irqsOn[abi.PCIINTxIRQ] != 1 {
+				t.Errorf("device interrupts on after MSI disable: %v, want INTx only", d.irqsOn)
 			}
 			// Enabled again: the same GSI and its unchanged route (no
 			// new commit), the irqfd and the device wired anew.
@@ -323,7 +342,7 @@ func TestMSIMultipleCapped(t *testing.T) {
 	_, d, ev, r := setup(t, OrderRouteFirst, false)
 	ev.take()
 	enableMSI(r, 0x40, 2)
-	if d.irqsOn != 1 {
+	if d.irqsOn[abi.PCIMSIIRQ] != 1 {
 		t.Errorf("%d vectors enabled on the device, want 1 (%q)", d.irqsOn, ev.take())
 	}
 }
@@ -344,6 +363,45 @@ func TestCloseResets(t *testing.T) {
 	cfgWrite(r, pci.RegCommand, 2, pci.CmdBusMaster)
 	if l := ev.take(); len(l) != 0 {
 		t.Errorf("after close: %q", l)
+	}
+}
+
+func TestINTx(t *testing.T) {
+	ev := &events{}
+	vm := &fakeVM{ev: ev}
+	rt := routes.New(vm, nil)
+	rt.SetPinController(fakePins{ev})
+	d := newFakeDev(ev, false)
+	p, err := newPCI(d, PCIConfig{Router: rt, Log: slog.New(slog.DiscardHandler), INTxGSI: func(pin int) uint32 { return uint32(16 + pin) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := p.Function(); got == nil {
+		t.Fatal("no function")
+	}
+	b := make([]byte, 2)
+	p.Function().ReadConfig(pci.RegInterruptLine, b)
+	if b[0] != 17 || b[1] != 1 {
+		t.Errorf("interrupt line %d pin %d, want 17 and INTA", b[0], b[1])
+	}
+	ev.take()
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l := ev.take(); !slices.Equal(l, []string{"resampler pin 17", "set_irqs index=0 n=1", "unmask_fd index=0"}) {
+		t.Errorf("start: %q", l)
+	}
+	// Without INTxGSI, no pin.
+	d2 := newFakeDev(ev, false)
+	p2, err := newPCI(d2, PCIConfig{Router: rt, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	p2.Function().ReadConfig(pci.RegInterruptPin, b[:1])
+	if b[0] != 0 {
+		t.Errorf("interrupt pin %d without INTx routing", b[0])
 	}
 }
 

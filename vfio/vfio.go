@@ -368,6 +368,15 @@ func (d *Device) SetIRQEventFDs(index uint32, fds []int32) error {
 	return nil
 }
 
+// SetIRQUnmaskEventFD has a write to fd unmask vector 0 of interrupt
+// index (INTx's resample path).
+func (d *Device) SetIRQUnmaskEventFD(index uint32, fd int32) error {
+	if err := abi.SetIRQUnmaskEventFD(d.fd, index, 0, fd); err != nil {
+		return fmt.Errorf("vfio device %s: unmask eventfd of IRQ index %d: %w", d.Addr, index, err)
+	}
+	return nil
+}
+
 // DisableIRQs turns interrupt index off.
 func (d *Device) DisableIRQs(index uint32) error {
 	if err := abi.DisableIRQs(d.fd, index); err != nil {
