@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"govmm/internal/initramfs"
 	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
@@ -154,31 +153,7 @@ func TestVirtioLinux(t *testing.T) {
 // init as /init.
 func virtioInitrd(t *testing.T, init string) string {
 	t.Helper()
-	modDir := os.Getenv(virtioModulesEnv)
-	if modDir == "" {
-		t.Fatal("the kernel's virtio modules were not found next to it")
-	}
-	kdir := filepath.Dir(filepath.Dir(modDir)) // .../kernel
-	ar := initramfs.New()
-	bb, err := linuxguest.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ar.File("/bin/busybox", bb); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range virtioModules {
-		if err := ar.File("/lib/modules/"+filepath.Base(m), filepath.Join(kdir, m)); err != nil {
-			t.Fatalf("module %s: %v", m, err)
-		}
-	}
-	ar.Bytes("/init", 0o755, []byte(init))
-	ar.Dir("/dev")
-	initrd := filepath.Join(t.TempDir(), "initrd.cpio")
-	if err := ar.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
-	return initrd
+	return guestInitrd(t, init, nil)
 }
 
 func virtioLinux(t *testing.T, acc []string, kernel, initrd string) {

@@ -58,34 +58,33 @@ func init() {
 	}
 }
 
-// vsockInitrd is virtioInitrd with the vsock modules and vsockpeer.
-func vsockInitrd(t *testing.T, init string) string {
+// guestInitrd writes an initramfs with busybox, the virtio modules,
+// extra files (initramfs path -> host path) and init as /init.
+func guestInitrd(t *testing.T, init string, extra map[string]string) string {
 	t.Helper()
-	modDir, vsDir, peer := os.Getenv(virtioModulesEnv), os.Getenv(vsockModulesEnv), os.Getenv(vsockPeerEnv)
-	if modDir == "" || vsDir == "" || peer == "" {
-		t.Fatalf("the kernel's virtio and vsock modules or vsockpeer are missing (%s=%q %s=%q %s=%q)",
-			virtioModulesEnv, modDir, vsockModulesEnv, vsDir, vsockPeerEnv, peer)
+	modDir := os.Getenv(virtioModulesEnv)
+	if modDir == "" {
+		t.Fatal("the kernel's virtio modules were not found next to it")
 	}
-	kdir := filepath.Dir(filepath.Dir(modDir))
+	kdir := filepath.Dir(filepath.Dir(modDir)) // .../kernel
 	ar := initramfs.New()
 	bb, err := linuxguest.Busybox()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ar.File("/bin/busybox", bb); err != nil {
-		t.Fatal(err)
-	}
-	if err := ar.File("/bin/vsockpeer", peer); err != nil {
-		t.Fatal(err)
-	}
+	files := map[string]string{"/bin/busybox": bb}
 	for _, m := range virtioModules {
-		if err := ar.File("/lib/modules/"+filepath.Base(m), filepath.Join(kdir, m)); err != nil {
-			t.Fatalf("module %s: %v", m, err)
-		}
+		files["/lib/modules/"+filepath.Base(m)] = filepath.Join(kdir, m)
 	}
-	for _, m := range vsockModules {
-		if err := ar.File("/lib/modules/"+m+".ko", filepath.Join(vsDir, m+".ko")); err != nil {
-			t.Fatalf("module %s: %v", m, err)
+	for dst, src := range extra {
+		if src == "" {
+			t.Fatalf("%s: not found on the host (the kernel's modules or a program the test builds)", dst)
+		}
+		files[dst] = src
+	}
+	for dst, src := range files {
+		if err := ar.File(dst, src); err != nil {
+			t.Fatalf("%s: %v", dst, err)
 		}
 	}
 	ar.Bytes("/init", 0o755, []byte(init))
@@ -95,6 +94,44 @@ func vsockInitrd(t *testing.T, init string) string {
 		t.Fatal(err)
 	}
 	return initrd
+}
+
+// vsockInitrd is the virtio initramfs with the vsock modules and
+// vsockpeer.
+func vsockInitrd(t *testing.T, init string) string {
+	t.Helper()
+	vsDir := os.Getenv(vsockModulesEnv)
+	if vsDir == "" {
+		t.Fatalf("%s: the kernel's vsock modules were not found next to it", vsockModulesEnv)
+	}
+	extra := map[string]string{"/bin/vsockpeer": os.Getenv(vsockPeerEnv)}
+	for _, m := range vsockModules {
+		extra["/lib/modules/"+m+".ko"] = filepath.Join(vsDir, m+".ko")
+	}
+	return guestInitrd(t, init, extra)
+}
+
+// linuxKernel is the kernel the Linux-guest tests boot.
+func linuxKernel(t *testing.T) string {
+	t.Helper()
+	kvmtest.NeedHardware(t)
+	kernel := os.Getenv(linuxKernelEnv)
+	if kernel == "" {
+		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
+	}
+	return kernel
+}
+
+// tempSocketDir is a short directory for Unix sockets (t.TempDir can
+// exceed their 108-byte limit).
+func tempSocketDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vsk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // vsockInitHead loads the virtio and vsock drivers and waits for the
@@ -127,14 +164,19 @@ echo "vsock-test: done"
 $B poweroff -f
 `, vsockHostP, vsockReply, vsockGuestP, vsockUp)
 
-// hostListen serves the guest's connection to host port vsockGuestP: it
-// reads to EOF, reports the bytes, answers vsockReply bytes and closes.
+// hostListen serves the guest's connection to host port vsockGuestP.
 func hostListen(t *testing.T, sock string) <-chan []byte {
 	t.Helper()
 	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", sock, vsockGuestP))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOnce(t, ln, pattern("h2g-answer", vsockReply))
+}
+
+// serveOnce accepts one connection on ln, reads it to EOF, sends what it
+// read on the channel, answers with answer and closes.
+func serveOnce(t *testing.T, ln net.Listener, answer []byte) <-chan []byte {
 	t.Cleanup(func() { ln.Close() })
 	got := make(chan []byte, 1)
 	go func() {
@@ -149,7 +191,7 @@ func hostListen(t *testing.T, sock string) <-chan []byte {
 			t.Errorf("host side of the guest's connection: read: %v", err)
 		}
 		got <- b
-		c.Write(pattern("h2g-answer", vsockReply))
+		c.Write(answer)
 	}()
 	return got
 }
@@ -212,19 +254,11 @@ func vsockBoot(t *testing.T, args []string) *proc {
 // pattern, half-closes and answers another. Both sides check every
 // byte: a lost, duplicated or reordered byte fails the test.
 func TestVsockLinux(t *testing.T) {
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
+	kernel := linuxKernel(t)
 	initrd := vsockInitrd(t, vsockInit)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "vsk")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(dir) })
+			dir := tempSocketDir(t)
 			sock := filepath.Join(dir, "v.sock")
 			up := hostListen(t, sock)
 			p := vsockBoot(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
@@ -275,19 +309,11 @@ $B poweroff -f
 // connection after the restore carries data both ways. A restore without
 // the vsock device, or with another CID, is refused.
 func TestVsockSnapshot(t *testing.T) {
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
+	kernel := linuxKernel(t)
 	initrd := vsockInitrd(t, vsockSnapInit)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "vsk")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.RemoveAll(dir) })
+			dir := tempSocketDir(t)
 			sock, api, snap := filepath.Join(dir, "v.sock"), filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			vs := "cid=9,socket=" + sock
 			p := vsockBoot(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",

@@ -95,3 +95,16 @@ type Keeper interface {
 type Restorer interface {
 	Restored()
 }
+
+// ReadConfigImage copies the bytes of a device configuration image at
+// off into data; bytes past the image read as zero.
+func ReadConfigImage(img []byte, off uint64, data []byte) {
+	for i := range data {
+		o := off + uint64(i)
+		if o < off || o >= uint64(len(img)) {
+			data[i] = 0
+			continue
+		}
+		data[i] = img[o]
+	}
+}

@@ -1,6 +1,6 @@
-// Command vsockpeer is the guest's end of the vsock end-to-end tests: a
-// tiny static program for the test initramfs, since busybox has no vsock
-// tool. It moves deterministic data over AF_VSOCK and prints what it
+// Command vsockpeer is the guest's end of the vsock and network
+// end-to-end tests: a tiny static program for the test initramfs, since
+// busybox has no vsock tool (and its nc cannot half-close). It moves deterministic data over AF_VSOCK and prints what it
 // received as "vsock-test: KEY BYTES SHA256" lines on stdout (the guest's
 // console), which the test compares with what the host sent.
 //
@@ -8,14 +8,18 @@
 //	                                   each to EOF, reply BYTES of SEED
 //	vsockpeer dial PORT SEED BYTES     connect to the host's PORT, send BYTES
 //	                                   of SEED, shut down sending, read to EOF
+//	vsockpeer tcpserve PORT N SEED BYTES  the same over TCP
+//	vsockpeer tcpdial HOST:PORT SEED BYTES
 package main
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +57,10 @@ func run(args []string) error {
 		return serve(uint32(atoi(args[1])), atoi(args[2]), args[3], atoi(args[4]))
 	case len(args) == 4 && args[0] == "dial":
 		return dial(uint32(atoi(args[1])), args[2], atoi(args[3]))
+	case len(args) == 5 && args[0] == "tcpserve":
+		return tcpServe(atoi(args[1]), atoi(args[2]), args[3], atoi(args[4]))
+	case len(args) == 4 && args[0] == "tcpdial":
+		return tcpDial(args[1], args[2], atoi(args[3]))
 	}
 	return fmt.Errorf("usage: vsockpeer serve PORT N SEED BYTES | dial PORT SEED BYTES")
 }
@@ -141,6 +149,68 @@ func dial(port uint32, seed string, n int) error {
 	}
 	if err := unix.Connect(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_HOST, Port: port}); err != nil {
 		return fmt.Errorf("connect to host port %d: %w", port, err)
+	}
+	if err := writeAll(fd, Pattern(seed, n)); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := drain(fd, "g2h-reply"); err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
+// tcpFD is the descriptor of a TCP socket; the vsock code above then
+// serves it unchanged.
+func tcpFD(c *net.TCPConn) (int, error) {
+	f, err := c.File()
+	c.Close()
+	if err != nil {
+		return -1, err
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	return fd, err
+}
+
+func tcpServe(port, conns int, seed string, n int) error {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{Port: port})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("vsock-test: listening %d\n", port)
+	for i := 1; i <= conns; i++ {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return fmt.Errorf("accept: %w", err)
+		}
+		fmt.Printf("vsock-test: accepted %d from %s\n", i, c.RemoteAddr())
+		fd, err := tcpFD(c)
+		if err != nil {
+			return err
+		}
+		if err := drain(fd, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
+			return err
+		}
+		if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
+			return fmt.Errorf("reply: %w", err)
+		}
+		unix.Close(fd)
+		fmt.Printf("vsock-test: served %d\n", i)
+	}
+	return nil
+}
+
+func tcpDial(addr, seed string, n int) error {
+	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	fd, err := tcpFD(c.(*net.TCPConn))
+	if err != nil {
+		return err
 	}
 	if err := writeAll(fd, Pattern(seed, n)); err != nil {
 		return fmt.Errorf("send: %w", err)

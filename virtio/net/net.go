@@ -189,14 +189,7 @@ func (d *Device) ReadConfig(off uint64, data []byte) {
 	copy(c[:], d.mac)
 	binary.LittleEndian.PutUint16(c[6:], statusUp)
 	binary.LittleEndian.PutUint16(c[8:], 1)
-	for i := range data {
-		o := off + uint64(i)
-		if o < off || o >= cfgLen {
-			data[i] = 0
-			continue
-		}
-		data[i] = c[o]
-	}
+	virtio.ReadConfigImage(c[:], off, data)
 }
 
 // WriteConfig drops the write (the MAC is writable only with

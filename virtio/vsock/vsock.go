@@ -267,14 +267,7 @@ func (d *Device) Describe() string { return fmt.Sprintf("virtio-vsock cid=%d", d
 func (d *Device) ReadConfig(off uint64, data []byte) {
 	var c [cfgLen]byte
 	le.PutUint64(c[:], d.cfg.CID)
-	for i := range data {
-		o := off + uint64(i)
-		if o < off || o >= cfgLen {
-			data[i] = 0
-			continue
-		}
-		data[i] = c[o]
-	}
+	virtio.ReadConfigImage(c[:], off, data)
 }
 
 // WriteConfig drops the write: the CID is read-only.
