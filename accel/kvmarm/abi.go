@@ -1,0 +1,270 @@
+// Package kvmarm drives KVM on arm64 hosts (/dev/kvm on an AArch64 kernel):
+// vCPU initialisation with the preferred target and in-kernel PSCI, core and
+// system registers through KVM_GET/SET_ONE_REG, the in-kernel vGICv3, SPI
+// lines and the exits a Linux guest needs (MMIO, PSCI system events).
+//
+// It is a sibling of package accel/kvm, not a backend behind accel.VCPU:
+// that interface speaks x86 (general and segment registers, CPUID, MSRs,
+// the LAPIC), none of which an arm64 vCPU has. What is neutral is shared:
+// guest memory is an accel.MemoryRegion, MMIO goes to an accel.IOHandler
+// and exits are accel.Exit values.
+//
+// This file holds the arm64 KVM ABI (from <linux/kvm.h> and arm64's
+// <asm/kvm.h>). The layouts are plain fixed-size data, so abi_test.go checks
+// them on any host; the ioctls themselves are in kvm_arm64.go.
+package kvmarm
+
+import "fmt"
+
+const apiVersion = 12
+
+// ioctl encodes an ioctl request number the way arm64 (asm-generic) does.
+func ioctlNum(dir, nr, size uintptr) uintptr {
+	return dir<<30 | size<<16 | 0xae<<8 | nr
+}
+
+const (
+	iocNone  = 0
+	iocWrite = 1
+	iocRead  = 2
+)
+
+// ioctl request numbers.
+var (
+	ioctlGetAPIVersion       = ioctlNum(iocNone, 0x00, 0)
+	ioctlCreateVM            = ioctlNum(iocNone, 0x01, 0)
+	ioctlCheckExtension      = ioctlNum(iocNone, 0x03, 0)
+	ioctlGetVCPUMmapSize     = ioctlNum(iocNone, 0x04, 0)
+	ioctlCreateVCPU          = ioctlNum(iocNone, 0x41, 0)
+	ioctlSetUserMemoryRegion = ioctlNum(iocWrite, 0x46, sizeofMemoryRegion)
+	ioctlIRQLine             = ioctlNum(iocWrite, 0x61, sizeofIRQLevel)
+	ioctlRun                 = ioctlNum(iocNone, 0x80, 0)
+	ioctlEnableCap           = ioctlNum(iocWrite, 0xa3, sizeofEnableCap)
+	ioctlGetOneReg           = ioctlNum(iocWrite, 0xab, sizeofOneReg)
+	ioctlSetOneReg           = ioctlNum(iocWrite, 0xac, sizeofOneReg)
+	ioctlARMVCPUInit         = ioctlNum(iocWrite, 0xae, sizeofVCPUInit)
+	ioctlARMPreferredTarget  = ioctlNum(iocRead, 0xaf, sizeofVCPUInit)
+	ioctlGetRegList          = ioctlNum(iocRead|iocWrite, 0xb0, 8)
+	ioctlCreateDevice        = ioctlNum(iocRead|iocWrite, 0xe0, sizeofCreateDevice)
+	ioctlSetDeviceAttr       = ioctlNum(iocWrite, 0xe1, sizeofDeviceAttr)
+)
+
+// Capabilities (KVM_CAP_*).
+const (
+	capIRQChip          = 0
+	capUserMemory       = 3
+	capNrVCPUs          = 9
+	capMaxVCPUs         = 66
+	capOneReg           = 70
+	capARMPSCI          = 87
+	capARMPSCI02        = 102
+	capDeviceCtrl       = 89
+	capARMNISVToUser    = 176
+	capARMVMIPASize     = 165
+	capARMPMUv3         = 112
+	capARMEL132Bit      = 93
+	capARMIRQLineLayout = 178 // KVM_CAP_ARM_IRQ_LINE_LAYOUT_2
+)
+
+// struct kvm_vcpu_init and its feature bits.
+type vcpuInit struct {
+	Target   uint32
+	Features [7]uint32
+}
+
+const sizeofVCPUInit = 32
+
+const (
+	featPowerOff = 0 // KVM_ARM_VCPU_POWER_OFF: start in the PSCI off state
+	featPSCI02   = 2 // KVM_ARM_VCPU_PSCI_0_2
+)
+
+// struct kvm_one_reg.
+type oneReg struct {
+	ID   uint64
+	Addr uint64
+}
+
+const sizeofOneReg = 16
+
+// struct kvm_userspace_memory_region.
+type memoryRegion struct {
+	Slot          uint32
+	Flags         uint32
+	GuestPhysAddr uint64
+	MemorySize    uint64
+	UserspaceAddr uint64
+}
+
+const sizeofMemoryRegion = 32
+
+// struct kvm_irq_level.
+type irqLevel struct {
+	IRQ   uint32
+	Level uint32
+}
+
+const sizeofIRQLevel = 8
+
+// struct kvm_enable_cap.
+type enableCap struct {
+	Cap   uint32
+	Flags uint32
+	Args  [4]uint64
+	Pad   [64]uint8
+}
+
+const sizeofEnableCap = 104
+
+// struct kvm_create_device.
+type createDevice struct {
+	Type  uint32
+	FD    uint32
+	Flags uint32
+}
+
+const sizeofCreateDevice = 12
+
+// struct kvm_device_attr.
+type deviceAttr struct {
+	Flags uint32
+	Group uint32
+	Attr  uint64
+	Addr  uint64
+}
+
+const sizeofDeviceAttr = 24
+
+// The vGICv3 device (KVM_DEV_TYPE_ARM_VGIC_V3) and its attributes.
+const (
+	devTypeVGICv3     = 7
+	vgicGroupAddr     = 0 // KVM_DEV_ARM_VGIC_GRP_ADDR
+	vgicGroupNrIRQs   = 3 // KVM_DEV_ARM_VGIC_GRP_NR_IRQS
+	vgicGroupCtrl     = 4 // KVM_DEV_ARM_VGIC_GRP_CTRL
+	vgicV3AddrDist    = 2 // KVM_VGIC_V3_ADDR_TYPE_DIST
+	vgicV3AddrRedist  = 3 // KVM_VGIC_V3_ADDR_TYPE_REDIST
+	vgicCtrlInit      = 0 // KVM_DEV_ARM_VGIC_CTRL_INIT
+	irqTypeShift      = 24
+	irqTypeSPI        = 1 // KVM_ARM_IRQ_TYPE_SPI
+	irqVCPU2Shift     = 28
+	irqVCPUShift      = 16
+	irqNumMask        = 0xffff
+	firstSPI          = 32
+	maxIRQNumInLayout = irqNumMask
+)
+
+// spiLine is the kvm_irq_level.irq value for shared peripheral interrupt
+// intid (32 and up): the type field says SPI, the vCPU fields are unused.
+func spiLine(intid uint32) (uint32, error) {
+	if intid < firstSPI || intid > maxIRQNumInLayout {
+		return 0, fmt.Errorf("interrupt %d is not an SPI (32..%d)", intid, maxIRQNumInLayout)
+	}
+	return irqTypeSPI<<irqTypeShift | intid, nil
+}
+
+// struct kvm_run: the offsets this package reads.
+const (
+	runExitReason = 8
+	runExitUnion  = 32
+	// mmio: u64 phys_addr; u8 data[8]; u32 len; u8 is_write.
+	mmioAddrOff    = runExitUnion
+	mmioDataOff    = runExitUnion + 8
+	mmioLenOff     = runExitUnion + 16
+	mmioIsWriteOff = runExitUnion + 20
+	// system_event: u32 type; u32 ndata; u64 data[16].
+	sysEventTypeOff = runExitUnion
+	// arm_nisv: u64 esr_iss; u64 fault_ipa.
+	nisvESROff  = runExitUnion
+	nisvAddrOff = runExitUnion + 8
+	// fail_entry: u64 hardware_entry_failure_reason; u32 cpu.
+	failEntryReasonOff = runExitUnion
+	// internal: u32 suberror.
+	internalSuberrorOff = runExitUnion
+)
+
+// Exit reasons (KVM_EXIT_*).
+const (
+	exitUnknown       = 0
+	exitException     = 1
+	exitHypercall     = 3
+	exitDebug         = 4
+	exitMMIO          = 6
+	exitShutdown      = 8
+	exitFailEntry     = 9
+	exitIntr          = 10
+	exitInternalError = 17
+	exitSystemEvent   = 24
+	exitARMNISV       = 28
+)
+
+// System event types (KVM_SYSTEM_EVENT_*).
+const (
+	systemEventShutdown = 1
+	systemEventReset    = 2
+	systemEventCrash    = 3
+)
+
+// ONE_REG identifiers: KVM_REG_ARM64 | KVM_REG_SIZE_U64 | class | index.
+const (
+	regARM64   = 0x6000000000000000
+	regSizeU64 = 0x0030000000000000
+	regCore    = 0x0010 << 16 // KVM_REG_ARM_CORE
+	regSysreg  = 0x0013 << 16 // KVM_REG_ARM64_SYSREG
+)
+
+// CoreReg is the ONE_REG id of a 64-bit field of struct kvm_regs, given
+// its byte offset (the id carries the offset in 32-bit words).
+func CoreReg(offset uint64) uint64 {
+	return regARM64 | regSizeU64 | regCore | offset/4
+}
+
+// Offsets in struct kvm_regs (struct user_pt_regs first: x0..x30, sp, pc,
+// pstate).
+const (
+	offX0     = 0
+	offPC     = 32 * 8
+	offPState = 33 * 8
+)
+
+// XReg is the ONE_REG id of general-purpose register Xn (0..30).
+func XReg(n int) uint64 { return CoreReg(uint64(offX0 + 8*n)) }
+
+// Register ids the platform uses.
+var (
+	RegPC     = CoreReg(offPC)
+	RegPState = CoreReg(offPState)
+	// RegMPIDR is MPIDR_EL1 (op0 3, op1 0, CRn 0, CRm 0, op2 5).
+	RegMPIDR = SysReg(3, 0, 0, 0, 5)
+)
+
+// SysReg is the ONE_REG id of the system register op0, op1, CRn, CRm, op2.
+func SysReg(op0, op1, crn, crm, op2 uint64) uint64 {
+	return regARM64 | regSizeU64 | regSysreg | op0<<14 | op1<<11 | crn<<7 | crm<<3 | op2
+}
+
+// ESR_EL2 data-abort syndrome fields (ARM ARM D17.2.37), for the report of
+// an access KVM could not decode.
+const (
+	esrISV   = 1 << 24
+	esrWnR   = 1 << 6
+	esrS1PTW = 1 << 7
+)
+
+// DescribeDataAbort spells out an ESR ISS that KVM handed back because it
+// carries no valid instruction syndrome (ISV clear): the guest accessed
+// MMIO with an instruction a VMM cannot emulate from the syndrome alone
+// (a load/store pair, writeback addressing, SIMD).
+func DescribeDataAbort(iss uint64) string {
+	dir := "read"
+	if iss&esrWnR != 0 {
+		dir = "write"
+	}
+	s := dir
+	if iss&esrISV == 0 {
+		s += ", no instruction syndrome (ISV=0: load/store pair, writeback or SIMD access)"
+	}
+	if iss&esrS1PTW != 0 {
+		s += ", during a stage-1 page-table walk"
+	}
+	return s
+}

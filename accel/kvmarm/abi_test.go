@@ -1,0 +1,95 @@
+package kvmarm
+
+import (
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+// The expected values are the numbers <linux/kvm.h> produces on arm64 (and
+// the ids QEMU and kvmtool print for these registers).
+func TestABINumbers(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"KVM_CREATE_VM", ioctlCreateVM, 0xae01},
+		{"KVM_RUN", ioctlRun, 0xae80},
+		{"KVM_SET_USER_MEMORY_REGION", ioctlSetUserMemoryRegion, 0x4020ae46},
+		{"KVM_IRQ_LINE", ioctlIRQLine, 0x4008ae61},
+		{"KVM_ENABLE_CAP", ioctlEnableCap, 0x4068aea3},
+		{"KVM_GET_ONE_REG", ioctlGetOneReg, 0x4010aeab},
+		{"KVM_SET_ONE_REG", ioctlSetOneReg, 0x4010aeac},
+		{"KVM_ARM_VCPU_INIT", ioctlARMVCPUInit, 0x4020aeae},
+		{"KVM_ARM_PREFERRED_TARGET", ioctlARMPreferredTarget, 0x8020aeaf},
+		{"KVM_GET_REG_LIST", ioctlGetRegList, 0xc008aeb0},
+		{"KVM_CREATE_DEVICE", ioctlCreateDevice, 0xc00caee0},
+		{"KVM_SET_DEVICE_ATTR", ioctlSetDeviceAttr, 0x4018aee1},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestABISizes(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"kvm_vcpu_init", unsafe.Sizeof(vcpuInit{}), sizeofVCPUInit},
+		{"kvm_one_reg", unsafe.Sizeof(oneReg{}), sizeofOneReg},
+		{"kvm_userspace_memory_region", unsafe.Sizeof(memoryRegion{}), sizeofMemoryRegion},
+		{"kvm_irq_level", unsafe.Sizeof(irqLevel{}), sizeofIRQLevel},
+		{"kvm_enable_cap", unsafe.Sizeof(enableCap{}), sizeofEnableCap},
+		{"kvm_create_device", unsafe.Sizeof(createDevice{}), sizeofCreateDevice},
+		{"kvm_device_attr", unsafe.Sizeof(deviceAttr{}), sizeofDeviceAttr},
+		{"kvm_enable_cap.args", unsafe.Offsetof(enableCap{}.Args), 8},
+		{"kvm_device_attr.attr", unsafe.Offsetof(deviceAttr{}.Attr), 8},
+		{"kvm_userspace_memory_region.guest_phys_addr", unsafe.Offsetof(memoryRegion{}.GuestPhysAddr), 8},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestRegIDs(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want uint64
+	}{
+		{"x0", XReg(0), 0x6030000000100000},
+		{"x1", XReg(1), 0x6030000000100002},
+		{"pc", RegPC, 0x6030000000100040},
+		{"pstate", RegPState, 0x6030000000100042},
+		{"MPIDR_EL1", RegMPIDR, 0x603000000013c005},
+		{"KVM_REG_ARM_TIMER_CNT", SysReg(3, 3, 14, 3, 2), 0x603000000013df1a},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s id = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestSPILine(t *testing.T) {
+	got, err := spiLine(33)
+	if err != nil || got != 0x01000021 {
+		t.Errorf("spiLine(33) = %#x, %v; want 0x1000021", got, err)
+	}
+	for _, bad := range []uint32{0, 16, 31, 0x10000} {
+		if _, err := spiLine(bad); err == nil {
+			t.Errorf("spiLine(%d) accepted a non-SPI", bad)
+		}
+	}
+}
+
+func TestDescribeDataAbort(t *testing.T) {
+	s := DescribeDataAbort(esrWnR)
+	if !strings.HasPrefix(s, "write") || !strings.Contains(s, "ISV=0") {
+		t.Errorf("write without ISV: %q", s)
+	}
+	if s := DescribeDataAbort(esrISV); s != "read" {
+		t.Errorf("read with ISV: %q", s)
+	}
+}

@@ -1,0 +1,423 @@
+//go:build linux && arm64
+
+package kvmarm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+)
+
+// KickSignal is the real-time signal Kick sends to a vCPU thread to make
+// KVM_RUN return EINTR (the same one package accel/kvm uses on x86: the Go
+// runtime handles every real-time signal and ignores the ones os/signal was
+// not asked for).
+const KickSignal = syscall.Signal(40)
+
+// ErrNotSupported is wrapped by errors for what this host's KVM lacks.
+var ErrNotSupported = accel.ErrNotSupported
+
+func ioctl(fd int, req, arg uintptr) (uintptr, error) {
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if e != 0 {
+		return r, e
+	}
+	return r, nil
+}
+
+func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+	if e != 0 {
+		return r, e
+	}
+	return r, nil
+}
+
+// KVM is an open /dev/kvm.
+type KVM struct {
+	fd       int
+	mmapSize int
+}
+
+// Open opens the KVM device at path (normally /dev/kvm) and checks the API
+// version and the capabilities this package relies on.
+func Open(path string) (*KVM, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	k := &KVM{fd: fd}
+	v, err := ioctl(fd, ioctlGetAPIVersion, 0)
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("KVM_GET_API_VERSION: %w", err)
+	}
+	if v != apiVersion {
+		k.Close()
+		return nil, fmt.Errorf("KVM API version %d, want %d", v, apiVersion)
+	}
+	for _, c := range []struct {
+		cap  uintptr
+		name string
+	}{{capUserMemory, "KVM_CAP_USER_MEMORY"}, {capOneReg, "KVM_CAP_ONE_REG"}, {capARMPSCI02, "KVM_CAP_ARM_PSCI_0_2"}, {capDeviceCtrl, "KVM_CAP_DEVICE_CTRL"}} {
+		if k.Extension(c.cap) <= 0 {
+			k.Close()
+			return nil, fmt.Errorf("%s: %s missing: %w", path, c.name, ErrNotSupported)
+		}
+	}
+	n, err := ioctl(fd, ioctlGetVCPUMmapSize, 0)
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %w", err)
+	}
+	k.mmapSize = int(n)
+	return k, nil
+}
+
+// Extension is KVM_CHECK_EXTENSION on /dev/kvm (0 when absent).
+func (k *KVM) Extension(c uintptr) int {
+	r, err := ioctl(k.fd, ioctlCheckExtension, c)
+	if err != nil {
+		return 0
+	}
+	return int(r)
+}
+
+// MaxVCPUs is the number of vCPUs a VM may have on this host.
+func (k *KVM) MaxVCPUs() int {
+	if n := k.Extension(capMaxVCPUs); n > 0 {
+		return n
+	}
+	return k.Extension(capNrVCPUs)
+}
+
+// Close closes /dev/kvm.
+func (k *KVM) Close() error { return unix.Close(k.fd) }
+
+// VM is one KVM VM on arm64.
+type VM struct {
+	kvm    *KVM
+	fd     int
+	gicFD  int
+	target uint32
+	slots  uint32
+	vcpus  []*VCPU
+}
+
+// CreateVM creates a VM with the default (40-bit) IPA space, and turns on
+// KVM_CAP_ARM_NISV_TO_USER where the host has it so that an MMIO access
+// KVM cannot decode comes back as an exit naming its address and syndrome.
+func (k *KVM) CreateVM() (*VM, error) {
+	fd, err := ioctl(k.fd, ioctlCreateVM, 0)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
+	}
+	vm := &VM{kvm: k, fd: int(fd), gicFD: -1}
+	var init vcpuInit
+	if _, err := ioctlPtr(vm.fd, ioctlARMPreferredTarget, unsafe.Pointer(&init)); err != nil {
+		vm.Close()
+		return nil, fmt.Errorf("KVM_ARM_PREFERRED_TARGET: %w", err)
+	}
+	vm.target = init.Target
+	if k.Extension(capARMNISVToUser) > 0 {
+		c := enableCap{Cap: capARMNISVToUser}
+		if _, err := ioctlPtr(vm.fd, ioctlEnableCap, unsafe.Pointer(&c)); err != nil {
+			vm.Close()
+			return nil, fmt.Errorf("enable KVM_CAP_ARM_NISV_TO_USER: %w", err)
+		}
+	}
+	return vm, nil
+}
+
+// Target is the vCPU target KVM prefers on this host (KVM_ARM_TARGET_*).
+func (vm *VM) Target() uint32 { return vm.target }
+
+// MapMemory maps guest RAM.
+func (vm *VM) MapMemory(r accel.MemoryRegion) error {
+	if len(r.Host) == 0 {
+		return errors.New("map memory: empty region")
+	}
+	var flags uint32
+	if r.ReadOnly {
+		flags |= 2 // KVM_MEM_READONLY
+	}
+	m := memoryRegion{Slot: vm.slots, Flags: flags, GuestPhysAddr: r.GPA, MemorySize: r.Size(),
+		UserspaceAddr: uint64(uintptr(unsafe.Pointer(&r.Host[0])))}
+	if _, err := ioctlPtr(vm.fd, ioctlSetUserMemoryRegion, unsafe.Pointer(&m)); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION at %#x (%d bytes): %w", r.GPA, r.Size(), err)
+	}
+	vm.slots++
+	return nil
+}
+
+func (vm *VM) setGICAttr(group uint32, attr uint64, val unsafe.Pointer) error {
+	a := deviceAttr{Group: group, Attr: attr, Addr: uint64(uintptr(val))}
+	_, err := ioctlPtr(vm.gicFD, ioctlSetDeviceAttr, unsafe.Pointer(&a))
+	return err
+}
+
+// CreateGICv3 creates the in-kernel vGICv3 with its distributor at dist and
+// the redistributors of all vCPUs from redist (128 KiB each), handling
+// nrIRQs interrupt IDs (SGIs and PPIs included; a multiple of 32).
+func (vm *VM) CreateGICv3(dist, redist uint64, nrIRQs uint32) error {
+	cd := createDevice{Type: devTypeVGICv3}
+	if _, err := ioctlPtr(vm.fd, ioctlCreateDevice, unsafe.Pointer(&cd)); err != nil {
+		return fmt.Errorf("KVM_CREATE_DEVICE vGICv3: %w (the host's GIC cannot host a virtual GICv3)", err)
+	}
+	vm.gicFD = int(cd.FD)
+	if err := vm.setGICAttr(vgicGroupAddr, vgicV3AddrDist, unsafe.Pointer(&dist)); err != nil {
+		return fmt.Errorf("vGICv3 distributor at %#x: %w", dist, err)
+	}
+	if err := vm.setGICAttr(vgicGroupAddr, vgicV3AddrRedist, unsafe.Pointer(&redist)); err != nil {
+		return fmt.Errorf("vGICv3 redistributors at %#x: %w", redist, err)
+	}
+	if err := vm.setGICAttr(vgicGroupNrIRQs, 0, unsafe.Pointer(&nrIRQs)); err != nil {
+		return fmt.Errorf("vGICv3 with %d interrupts: %w", nrIRQs, err)
+	}
+	return nil
+}
+
+// InitGIC finishes the vGIC once every vCPU exists (KVM sizes the
+// redistributors by the vCPUs present).
+func (vm *VM) InitGIC() error {
+	if vm.gicFD < 0 {
+		return errors.New("vGIC init: no vGIC created")
+	}
+	if err := vm.setGICAttr(vgicGroupCtrl, vgicCtrlInit, nil); err != nil {
+		return fmt.Errorf("vGICv3 init: %w", err)
+	}
+	return nil
+}
+
+// SetSPI drives the line of shared peripheral interrupt intid (32 and up)
+// of the in-kernel vGIC.
+func (vm *VM) SetSPI(intid uint32, level bool) error {
+	irq, err := spiLine(intid)
+	if err != nil {
+		return err
+	}
+	l := irqLevel{IRQ: irq}
+	if level {
+		l.Level = 1
+	}
+	if _, err := ioctlPtr(vm.fd, ioctlIRQLine, unsafe.Pointer(&l)); err != nil {
+		return fmt.Errorf("KVM_IRQ_LINE SPI %d: %w", intid, err)
+	}
+	return nil
+}
+
+// Close closes the VM's vCPUs, its vGIC and the VM.
+func (vm *VM) Close() error {
+	for _, v := range vm.vcpus {
+		v.Close()
+	}
+	vm.vcpus = nil
+	if vm.gicFD >= 0 {
+		unix.Close(vm.gicFD)
+		vm.gicFD = -1
+	}
+	if vm.fd < 0 {
+		return nil
+	}
+	err := unix.Close(vm.fd)
+	vm.fd = -1
+	return err
+}
+
+// VCPU is one arm64 vCPU.
+type VCPU struct {
+	index  int
+	fd     int
+	run    []byte
+	word0  *uint32 // kvm_run's first word: immediate_exit is byte 1
+	tid    atomic.Int32
+	kicked atomic.Bool
+}
+
+// CreateVCPU creates vCPU index and initialises it for the preferred
+// target with PSCI 0.2+ handled in the kernel. A vCPU created powered off
+// waits in KVM_RUN until another calls PSCI CPU_ON for it.
+func (vm *VM) CreateVCPU(index int, poweredOff bool) (*VCPU, error) {
+	fd, err := ioctl(vm.fd, ioctlCreateVCPU, uintptr(index))
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", index, err)
+	}
+	v := &VCPU{index: index, fd: int(fd)}
+	v.run, err = unix.Mmap(v.fd, 0, vm.kvm.mmapSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(v.fd)
+		return nil, fmt.Errorf("vCPU %d: mmap kvm_run: %w", index, err)
+	}
+	v.word0 = (*uint32)(unsafe.Pointer(&v.run[0]))
+	init := vcpuInit{Target: vm.target}
+	init.Features[0] |= 1 << featPSCI02
+	if poweredOff {
+		init.Features[0] |= 1 << featPowerOff
+	}
+	if _, err := ioctlPtr(v.fd, ioctlARMVCPUInit, unsafe.Pointer(&init)); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("KVM_ARM_VCPU_INIT vCPU %d (target %d, PSCI 0.2): %w", index, vm.target, err)
+	}
+	vm.vcpus = append(vm.vcpus, v)
+	return v, nil
+}
+
+// Index is the vCPU's number (0 boots).
+func (v *VCPU) Index() int { return v.index }
+
+// Reg reads one register (KVM_GET_ONE_REG; 64-bit ids only).
+func (v *VCPU) Reg(id uint64) (uint64, error) {
+	var val uint64
+	r := oneReg{ID: id, Addr: uint64(uintptr(unsafe.Pointer(&val)))}
+	if _, err := ioctlPtr(v.fd, ioctlGetOneReg, unsafe.Pointer(&r)); err != nil {
+		return 0, fmt.Errorf("vCPU %d: KVM_GET_ONE_REG %#x: %w", v.index, id, err)
+	}
+	return val, nil
+}
+
+// SetReg writes one register (KVM_SET_ONE_REG; 64-bit ids only).
+func (v *VCPU) SetReg(id, val uint64) error {
+	r := oneReg{ID: id, Addr: uint64(uintptr(unsafe.Pointer(&val)))}
+	if _, err := ioctlPtr(v.fd, ioctlSetOneReg, unsafe.Pointer(&r)); err != nil {
+		return fmt.Errorf("vCPU %d: KVM_SET_ONE_REG %#x: %w", v.index, id, err)
+	}
+	return nil
+}
+
+// RegList is the list of register ids KVM saves and restores for this vCPU
+// (KVM_GET_REG_LIST).
+func (v *VCPU) RegList() ([]uint64, error) {
+	var n uint64
+	_, err := ioctlPtr(v.fd, ioctlGetRegList, unsafe.Pointer(&n))
+	if err != nil && !errors.Is(err, unix.E2BIG) {
+		return nil, fmt.Errorf("vCPU %d: KVM_GET_REG_LIST: %w", v.index, err)
+	}
+	buf := make([]uint64, 1+n)
+	buf[0] = n
+	if _, err := ioctlPtr(v.fd, ioctlGetRegList, unsafe.Pointer(&buf[0])); err != nil {
+		return nil, fmt.Errorf("vCPU %d: KVM_GET_REG_LIST (%d registers): %w", v.index, n, err)
+	}
+	return buf[1 : 1+buf[0]], nil
+}
+
+// setImmediateExit atomically sets kvm_run.immediate_exit.
+func (v *VCPU) setImmediateExit(val uint8) {
+	for {
+		old := atomic.LoadUint32(v.word0)
+		nw := old&^0xff00 | uint32(val)<<8
+		if old == nw || atomic.CompareAndSwapUint32(v.word0, old, nw) {
+			return
+		}
+	}
+}
+
+// Kick makes Run return ExitInterrupted as soon as possible. Safe from any
+// goroutine.
+func (v *VCPU) Kick() {
+	v.kicked.Store(true)
+	v.setImmediateExit(1)
+	if tid := v.tid.Load(); tid != 0 {
+		unix.Tgkill(os.Getpid(), int(tid), KickSignal)
+	}
+}
+
+// Run enters the guest until an exit that is not MMIO; MMIO accesses KVM
+// decoded are completed through h. It must be called from a goroutine
+// locked to its OS thread, always the same one.
+func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
+	if v.tid.Load() == 0 {
+		var set unix.Sigset_t
+		n := uint(KickSignal) - 1
+		set.Val[n/64] |= 1 << (n % 64)
+		if err := unix.PthreadSigmask(unix.SIG_UNBLOCK, &set, nil); err != nil {
+			return accel.Exit{}, fmt.Errorf("vCPU %d: unblock the kick signal: %w", v.index, err)
+		}
+		v.tid.Store(int32(unix.Gettid()))
+	}
+	le := binary.LittleEndian
+	for {
+		if v.kicked.Load() {
+			v.kicked.Store(false)
+			v.setImmediateExit(0)
+			return accel.Exit{Reason: accel.ExitInterrupted}, nil
+		}
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), ioctlRun, 0)
+		switch e {
+		case 0:
+		case unix.EINTR, unix.EAGAIN:
+			continue
+		case unix.ENOSYS:
+			return v.fatal(accel.ExitInternalError, "KVM could not emulate a data abort outside guest RAM (no valid syndrome, and the host lacks KVM_CAP_ARM_NISV_TO_USER)"), nil
+		default:
+			return accel.Exit{}, fmt.Errorf("vCPU %d: KVM_RUN: %w", v.index, e)
+		}
+		switch reason := le.Uint32(v.run[runExitReason:]); reason {
+		case exitMMIO:
+			addr := le.Uint64(v.run[mmioAddrOff:])
+			n := le.Uint32(v.run[mmioLenOff:])
+			if n > 8 {
+				return v.fatal(accel.ExitInternalError, fmt.Sprintf("MMIO exit at %#x with length %d", addr, n)), nil
+			}
+			data := v.run[mmioDataOff : mmioDataOff+n]
+			if v.run[mmioIsWriteOff] != 0 {
+				h.MMIOWrite(addr, data)
+			} else {
+				h.MMIORead(addr, data)
+			}
+		case exitSystemEvent:
+			switch t := le.Uint32(v.run[sysEventTypeOff:]); t {
+			case systemEventShutdown:
+				return accel.Exit{Reason: accel.ExitPowerOff}, nil
+			case systemEventReset:
+				return accel.Exit{Reason: accel.ExitReset}, nil
+			case systemEventCrash:
+				return v.fatal(accel.ExitShutdown, "PSCI reported a guest crash"), nil
+			default:
+				return v.fatal(accel.ExitUnknown, fmt.Sprintf("system event type %d", t)), nil
+			}
+		case exitARMNISV:
+			iss := le.Uint64(v.run[nisvESROff:])
+			ipa := le.Uint64(v.run[nisvAddrOff:])
+			return v.fatal(accel.ExitInternalError, fmt.Sprintf("MMIO access KVM cannot decode at %#x, ESR ISS %#x: %s", ipa, iss, DescribeDataAbort(iss))), nil
+		case exitFailEntry:
+			return v.fatal(accel.ExitFailEntry, fmt.Sprintf("hardware entry failure reason %#x", le.Uint64(v.run[failEntryReasonOff:]))), nil
+		case exitInternalError:
+			return v.fatal(accel.ExitInternalError, fmt.Sprintf("KVM internal error, suberror %d", le.Uint32(v.run[internalSuberrorOff:]))), nil
+		case exitIntr:
+			continue
+		default:
+			return v.fatal(accel.ExitUnknown, fmt.Sprintf("KVM exit reason %d", reason)), nil
+		}
+	}
+}
+
+// fatal builds a fatal exit with the guest's PC.
+func (v *VCPU) fatal(r accel.ExitReason, detail string) accel.Exit {
+	x := accel.Exit{Reason: r, Detail: detail}
+	if pc, err := v.Reg(RegPC); err == nil {
+		x.RIP = pc
+	}
+	return x
+}
+
+// Close unmaps kvm_run and closes the vCPU.
+func (v *VCPU) Close() error {
+	if v.fd < 0 {
+		return nil
+	}
+	if v.run != nil {
+		unix.Munmap(v.run)
+		v.run = nil
+	}
+	err := unix.Close(v.fd)
+	v.fd = -1
+	return err
+}

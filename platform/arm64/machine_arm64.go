@@ -1,0 +1,296 @@
+//go:build linux && arm64
+
+package arm64
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel"
+	"govmm/accel/kvmarm"
+	"govmm/boot/arm64image"
+	"govmm/devices/bus"
+	"govmm/devices/pl011"
+)
+
+// Config is what a machine is built from.
+type Config struct {
+	Device     string // the KVM device (default /dev/kvm)
+	MemSize    uint64
+	NumCPUs    int
+	Kernel     []byte // arm64 Image or Image.gz
+	KernelName string
+	Initrd     []byte
+	Cmdline    string
+	Serial     io.Writer // the PL011's output
+	// Input, when set, feeds the PL011's receive side until EOF.
+	Input io.Reader
+	Log   *slog.Logger
+	// Epoch, when set, is when the VMM started: the time from it to the
+	// guest's first instruction is logged.
+	Epoch time.Time
+}
+
+// InputError is a Config the guest cannot be built from (a bad kernel,
+// too little memory): a usage error, not a host failure.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// Stop says how a machine ended.
+type Stop int
+
+const (
+	StopPowerOff Stop = iota + 1 // PSCI SYSTEM_OFF
+	StopReset                    // PSCI SYSTEM_RESET
+	StopCrash                    // a fatal exit (the error says which)
+)
+
+// Result is how the machine ended.
+type Result struct {
+	Stop Stop
+	// Err describes a crash: what the guest did and where.
+	Err error
+}
+
+// Machine is a built arm64 VM.
+type Machine struct {
+	cfg   Config
+	kvm   *kvmarm.KVM
+	vm    *kvmarm.VM
+	ram   []byte
+	vcpus []*kvmarm.VCPU
+	bus   *bus.Bus
+	uart  *pl011.UART
+	place Placement
+
+	once   sync.Once
+	result Result
+	done   chan struct{}
+}
+
+// spiLine is an irq.Line that drives one SPI of the in-kernel vGIC.
+type spiLine struct {
+	vm    *kvmarm.VM
+	intid uint32
+	log   *slog.Logger
+}
+
+func (l spiLine) Set(high bool) {
+	if err := l.vm.SetSPI(l.intid, high); err != nil {
+		l.log.Error("interrupt line", "err", err)
+	}
+}
+
+func (l spiLine) Pulse() { l.Set(true); l.Set(false) }
+
+// New builds the machine: RAM, vGICv3, vCPUs, the PL011, the kernel,
+// initrd and device tree in memory, and vCPU 0 at the kernel's entry.
+func New(cfg Config) (m *Machine, err error) {
+	if cfg.Device == "" {
+		cfg.Device = "/dev/kvm"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Serial == nil {
+		cfg.Serial = io.Discard
+	}
+	if cfg.NumCPUs < 1 || cfg.NumCPUs > MaxCPUs {
+		return nil, &InputError{fmt.Errorf("%d vCPUs: the arm64 machine has 1 to %d", cfg.NumCPUs, MaxCPUs)}
+	}
+	k, err := arm64image.Load(cfg.Kernel)
+	if err != nil {
+		return nil, &InputError{fmt.Errorf("kernel %s: %w", cfg.KernelName, err)}
+	}
+	place, err := Place(k.Header, uint64(len(cfg.Initrd)), cfg.MemSize)
+	if err != nil {
+		return nil, &InputError{err}
+	}
+	m = &Machine{cfg: cfg, place: place, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if m.kvm, err = kvmarm.Open(cfg.Device); err != nil {
+		return nil, err
+	}
+	if max := m.kvm.MaxVCPUs(); max > 0 && cfg.NumCPUs > max {
+		return nil, &InputError{fmt.Errorf("%d vCPUs: this host's KVM allows %d", cfg.NumCPUs, max)}
+	}
+	if m.vm, err = m.kvm.CreateVM(); err != nil {
+		return nil, err
+	}
+	m.ram, err = unix.Mmap(-1, 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("allocate %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
+	}
+	if err := m.vm.MapMemory(accel.MemoryRegion{GPA: RAMBase, Host: m.ram}); err != nil {
+		return nil, err
+	}
+	if err := m.vm.CreateGICv3(GICDistBase, GICRedistBase, NumIRQs); err != nil {
+		return nil, err
+	}
+	mpidrs := make([]uint64, cfg.NumCPUs)
+	for i := range cfg.NumCPUs {
+		v, err := m.vm.CreateVCPU(i, i != 0)
+		if err != nil {
+			return nil, err
+		}
+		m.vcpus = append(m.vcpus, v)
+		if mpidrs[i], err = v.Reg(kvmarm.RegMPIDR); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.vm.InitGIC(); err != nil {
+		return nil, err
+	}
+
+	m.uart = pl011.New(cfg.Serial, spiLine{m.vm, 32 + UARTSPI, cfg.Log})
+	m.bus = bus.New("mmio", cfg.Log)
+	if err := m.bus.Register(UARTBase, UARTSize, "pl011", m.uart); err != nil {
+		return nil, err
+	}
+
+	tree := TreeConfig{MemSize: cfg.MemSize, MPIDRs: mpidrs, Cmdline: cfg.Cmdline}
+	if len(cfg.Initrd) > 0 {
+		tree.Initrd, tree.InitrdEnd = place.Initrd, place.InitrdEnd
+	}
+	dtb, err := DeviceTree(tree)
+	if err != nil {
+		return nil, err
+	}
+	copy(m.ram[place.Kernel-RAMBase:], k.Image)
+	copy(m.ram[place.Initrd-RAMBase:], cfg.Initrd)
+	copy(m.ram[place.DTB-RAMBase:], dtb)
+
+	// The boot protocol's entry state: x0 the DTB, x1-x3 zero, the MMU
+	// and caches off and interrupts masked at EL1 (what
+	// KVM_ARM_VCPU_INIT's reset leaves; PSTATE is set anyway).
+	bsp := m.vcpus[0]
+	const pstateEL1hDAIF = 0x3c5
+	for _, r := range []struct{ id, val uint64 }{
+		{kvmarm.XReg(0), place.DTB}, {kvmarm.XReg(1), 0}, {kvmarm.XReg(2), 0}, {kvmarm.XReg(3), 0},
+		{kvmarm.RegPState, pstateEL1hDAIF}, {kvmarm.RegPC, place.Kernel},
+	} {
+		if err := bsp.SetReg(r.id, r.val); err != nil {
+			return nil, err
+		}
+	}
+	cfg.Log.Info("arm64 machine", "cpus", cfg.NumCPUs, "memory_mib", cfg.MemSize>>20,
+		"kernel", fmt.Sprintf("%#x-%#x", place.Kernel, place.KernelEnd), "gzip", k.Compressed,
+		"initrd", fmt.Sprintf("%#x-%#x", place.Initrd, place.InitrdEnd), "dtb", fmt.Sprintf("%#x (%d bytes)", place.DTB, len(dtb)))
+	return m, nil
+}
+
+// Placement is where the kernel, initrd and DTB went.
+func (m *Machine) Placement() Placement { return m.place }
+
+// ioHandler sends a vCPU's MMIO to the bus; arm64 has no port I/O.
+type ioHandler struct{ b *bus.Bus }
+
+func (h ioHandler) PIORead(port uint16, data []byte) {
+	for i := range data {
+		data[i] = 0xff
+	}
+}
+func (h ioHandler) PIOWrite(port uint16, data []byte)  {}
+func (h ioHandler) MMIORead(addr uint64, data []byte)  { h.b.Read(addr, data) }
+func (h ioHandler) MMIOWrite(addr uint64, data []byte) { h.b.Write(addr, data) }
+
+// stop records the first way the machine ended and stops every vCPU.
+func (m *Machine) stop(r Result) {
+	m.once.Do(func() {
+		m.result = r
+		close(m.done)
+		for _, v := range m.vcpus {
+			v.Kick()
+		}
+	})
+}
+
+// Run runs the vCPUs until the guest powers off, resets or crashes.
+func (m *Machine) Run() Result {
+	if m.cfg.Input != nil {
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := m.cfg.Input.Read(buf)
+				if n > 0 {
+					m.uart.Receive(buf[:n])
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	var wg sync.WaitGroup
+	h := ioHandler{m.bus}
+	if !m.cfg.Epoch.IsZero() {
+		m.cfg.Log.Info("guest start", "since_main", time.Since(m.cfg.Epoch))
+	}
+	for _, v := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for {
+				exit, err := v.Run(h)
+				if err != nil {
+					m.stop(Result{Stop: StopCrash, Err: err})
+					return
+				}
+				switch exit.Reason {
+				case accel.ExitInterrupted:
+					select {
+					case <-m.done:
+						return
+					default:
+						continue
+					}
+				case accel.ExitPowerOff:
+					m.stop(Result{Stop: StopPowerOff})
+				case accel.ExitReset:
+					m.stop(Result{Stop: StopReset})
+				default:
+					m.stop(Result{Stop: StopCrash, Err: fmt.Errorf("vCPU %d: %s at pc %#x: %s", v.Index(), exit.Reason, exit.RIP, exit.Detail)})
+				}
+				return
+			}
+		}()
+	}
+	wg.Wait()
+	if err := m.uart.OutputError(); err != nil && m.result.Err == nil && m.result.Stop != StopCrash {
+		m.cfg.Log.Warn("console output failed", "err", err)
+	}
+	return m.result
+}
+
+// Close releases the VM and its memory. Call it after Run returned.
+func (m *Machine) Close() error {
+	var errs []error
+	if m.vm != nil {
+		errs = append(errs, m.vm.Close())
+		m.vm = nil
+	}
+	if m.ram != nil {
+		errs = append(errs, unix.Munmap(m.ram))
+		m.ram = nil
+	}
+	if m.kvm != nil {
+		errs = append(errs, m.kvm.Close())
+		m.kvm = nil
+	}
+	return errors.Join(errs...)
+}
