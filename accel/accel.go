@@ -52,6 +52,24 @@ type VMConfig struct {
 	// CPUID topology leaves (cpu.ForVCPU); the zero value is one socket
 	// with NumVCPUs single-threaded cores.
 	Topology Topology
+	// FeatureMSRs are the feature MSRs every vCPU presents instead of the
+	// accelerator's default (a CPU model's IA32_ARCH_CAPABILITIES). Each
+	// must be within what FeatureMSRSource reports; a backend that cannot
+	// set one refuses the VM.
+	FeatureMSRs []MSR
+}
+
+// MSRArchCapabilities is IA32_ARCH_CAPABILITIES, the feature MSR CPU
+// models set.
+const MSRArchCapabilities = 0x10a
+
+// FeatureMSRSource is implemented by accelerators that can present
+// feature MSRs chosen by the VMM (VMConfig.FeatureMSRs).
+type FeatureMSRSource interface {
+	// SupportedFeatureMSR returns the bits of feature MSR index the
+	// accelerator can present to a guest, or an error wrapping
+	// ErrNotSupported.
+	SupportedFeatureMSR(index uint32) (uint64, error)
 }
 
 // Topology is how the vCPUs are arranged: Sockets packages of Cores cores

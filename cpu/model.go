@@ -413,3 +413,15 @@ func ForVCPUTopology(entries []accel.CPUIDEntry, index int, topo accel.Topology)
 	})
 	return out
 }
+
+// FeatureMSRs returns the feature MSRs the model presents: its
+// definition's IA32_ARCH_CAPABILITIES when it keeps the arch_capabilities
+// feature. Host, and a model without a value, get none: the accelerator's
+// own value stands (KVM's reflects the host).
+func (m Model) FeatureMSRs() []accel.MSR {
+	d, ok := LookupModel(m.Name)
+	if !ok || d.ArchCapabilities == 0 || slices.Contains(m.Remove, "arch_capabilities") {
+		return nil
+	}
+	return []accel.MSR{{Index: accel.MSRArchCapabilities, Value: d.ArchCapabilities}}
+}

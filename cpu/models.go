@@ -39,7 +39,22 @@ type Definition struct {
 	Features []string
 	// XSave is the XCR0 mask the model offers (x87 and SSE always).
 	XSave uint64
+	// ArchCapabilities is the IA32_ARCH_CAPABILITIES value the model
+	// presents when it keeps the arch_capabilities feature: the bits that
+	// tell the guest which speculation bugs the CPU is not affected by,
+	// so that it skips their costly mitigations.
+	ArchCapabilities uint64
 }
+
+// IA32_ARCH_CAPABILITIES bits (Intel SDM vol. 4, table 2-2).
+const (
+	ArchCapRDCLNo           = 1 << 0 // not affected by Meltdown (rogue data cache load)
+	ArchCapIBRSAll          = 1 << 1 // enhanced IBRS
+	ArchCapSkipL1DFLVMEntry = 1 << 3 // no L1D flush needed on VM entry
+	ArchCapMDSNo            = 1 << 5 // not affected by MDS
+	ArchCapPSChangeMCNo     = 1 << 6 // no machine check on a page-size change
+	ArchCapTAANo            = 1 << 8 // not affected by TSX async abort
+)
 
 // Vendor strings as CPUID leaf 0 spells them.
 const (
@@ -157,9 +172,12 @@ var definitions = []Definition{
 		Brand: "Intel Xeon Processor (Icelake)",
 		Features: joined(systemBase, psABIv2, psABIv3, psABIv4, skylakeServer, []string{
 			"spec_ctrl_ssbd", "avx512vbmi", "umip", "avx512_vbmi2", "gfni", "vaes", "vpclmulqdq", "avx512_vnni",
-			"avx512_bitalg", "avx512_vpopcntdq", "la57", "wbnoinvd",
+			"avx512_bitalg", "avx512_vpopcntdq", "la57", "wbnoinvd", "arch_capabilities",
 		}),
 		XSave: xsLegacy | xsAVX | xsAVX512 | xsPKRU,
+		// Ice Lake-SP is not affected by Meltdown, MDS or TAA and has
+		// enhanced IBRS, as QEMU's Icelake-Server-v3 and later say.
+		ArchCapabilities: ArchCapRDCLNo | ArchCapIBRSAll | ArchCapSkipL1DFLVMEntry | ArchCapMDSNo | ArchCapPSChangeMCNo | ArchCapTAANo,
 	},
 	{
 		// After QEMU's EPYC-Rome with IBRS and SSBD (its -v2), without

@@ -42,3 +42,37 @@ func TestCheckCPU(t *testing.T) {
 		t.Errorf("named model: %v", err)
 	}
 }
+
+// fakeMSRAccel presents the feature MSR bits in sup.
+type fakeMSRAccel struct {
+	fakeAccel
+	sup uint64
+}
+
+func (f fakeMSRAccel) SupportedFeatureMSR(index uint32) (uint64, error) {
+	if index != accel.MSRArchCapabilities {
+		return 0, accel.ErrNotSupported
+	}
+	return f.sup, nil
+}
+
+// TestCheckFeatureMSRs: a model's IA32_ARCH_CAPABILITIES is refused where
+// the accelerator cannot present every bit (the missing ones named), or
+// cannot set feature MSRs at all; accepted where it can.
+func TestCheckFeatureMSRs(t *testing.T) {
+	msrs := []accel.MSR{{Index: accel.MSRArchCapabilities, Value: 0x16b}}
+	if err := CheckFeatureMSRs(fakeMSRAccel{sup: 0x1ff}, msrs, "Icelake-Server"); err != nil {
+		t.Errorf("a superset: %v", err)
+	}
+	err := CheckFeatureMSRs(fakeMSRAccel{sup: 0x3}, msrs, "Icelake-Server")
+	var ie *InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "bits 0x168 missing") || !strings.Contains(err.Error(), "Icelake-Server") {
+		t.Errorf("a host lacking bits: %v, want an input error naming bits 0x168 and the model", err)
+	}
+	if err := CheckFeatureMSRs(fakeAccel{}, msrs, "Icelake-Server"); !errors.As(err, &ie) || !strings.Contains(err.Error(), "cannot present") {
+		t.Errorf("an accelerator without feature MSRs: %v", err)
+	}
+	if err := CheckFeatureMSRs(fakeAccel{}, nil, "x86-64-v2"); err != nil {
+		t.Errorf("no feature MSRs: %v", err)
+	}
+}

@@ -51,6 +51,9 @@ type MachineState struct {
 	// without it (and VMs booted without the flag) have one socket of
 	// NumCPUs cores.
 	Topology accel.Topology `json:"topology,omitzero"`
+	// FeatureMSRs are the CPU model's feature MSRs (IA32_ARCH_CAPABILITIES),
+	// which the destination must be able to present.
+	FeatureMSRs []accel.MSR `json:"feature_msrs,omitempty"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -96,7 +99,7 @@ func (v *VM) Machine() MachineState {
 	return MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
 		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices, NoPMU: v.cfg.NoPMU,
-		CPUModel: v.cfg.CPUModel, Topology: v.cfg.Topology,
+		CPUModel: v.cfg.CPUModel, Topology: v.cfg.Topology, FeatureMSRs: v.cfg.FeatureMSRs,
 	}
 }
 
@@ -419,4 +422,27 @@ func (m MachineState) CheckCPU(supported []accel.CPUIDEntry, accelName string) e
 		msg += fmt.Sprintf("; this host cannot run the %s model", name)
 	}
 	return &InputError{Err: errors.New(msg)}
+}
+
+// CheckFeatureMSRs refuses feature MSRs (a CPU model's
+// IA32_ARCH_CAPABILITIES) that acc cannot present, naming the bits it
+// lacks. Run, restore and migrate receive call it before building anything.
+func CheckFeatureMSRs(acc accel.Accelerator, msrs []accel.MSR, model string) error {
+	if len(msrs) == 0 {
+		return nil
+	}
+	src, ok := acc.(accel.FeatureMSRSource)
+	if !ok {
+		return &InputError{Err: fmt.Errorf("--cpu %s sets feature MSR %#x, which %s cannot present", model, msrs[0].Index, acc.Name())}
+	}
+	for _, m := range msrs {
+		sup, err := src.SupportedFeatureMSR(m.Index)
+		if err != nil {
+			return &InputError{Err: fmt.Errorf("--cpu %s sets feature MSR %#x = %#x: %w", model, m.Index, m.Value, err)}
+		}
+		if extra := m.Value &^ sup; extra != 0 {
+			return &InputError{Err: fmt.Errorf("--cpu %s sets feature MSR %#x = %#x, and %s on this host presents only %#x (bits %#x missing): this host cannot run the model", model, m.Index, m.Value, acc.Name(), sup, extra)}
+		}
+	}
+	return nil
 }

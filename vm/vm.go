@@ -37,10 +37,16 @@ type Config struct {
 	CPUModel string             // the --cpu model CPUID came from ("" is host), kept in snapshots
 	// Topology arranges the vCPUs in sockets, cores and threads (zero:
 	// one socket of NumCPUs cores); kept in snapshots.
-	Topology   accel.Topology
-	Kernel     []byte
-	Initrd     []byte
-	Cmdline    string
+	Topology accel.Topology
+	Kernel   []byte
+	Initrd   []byte
+	Cmdline  string
+	// FeatureMSRs are the CPU model's feature MSRs (IA32_ARCH_CAPABILITIES);
+	// kept in snapshots.
+	FeatureMSRs []accel.MSR
+	// GuestInfo is what govmm tells its own (ELF64 and Multiboot) guests
+	// on their command line: the CPU model and what it hides.
+	GuestInfo  string
 	Serial     io.Writer // guest serial output (nil: discarded)
 	Log        *slog.Logger
 	KernelName string // the kernel's name, for messages
@@ -193,6 +199,7 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 	}
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
 	cfg.TestDevices, cfg.NoPMU, cfg.CPUModel, cfg.Topology = m.TestDevices, m.NoPMU, m.CPUModel, m.Topology
+	cfg.FeatureMSRs = m.FeatureMSRs
 	return build(cfg, mem, buildIncoming)
 }
 
@@ -247,7 +254,7 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 			v.Close()
 		}
 	}()
-	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU, Topology: cfg.Topology})
+	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU, Topology: cfg.Topology, FeatureMSRs: cfg.FeatureMSRs})
 	if err != nil {
 		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
 	}

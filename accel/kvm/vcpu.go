@@ -114,6 +114,10 @@ func (vm *VM) NewVCPU(index int) (*VCPU, error) {
 			return nil, fmt.Errorf("create vCPU %d: %w", index, err)
 		}
 	}
+	if err := v.setFeatureMSRs(vm.cfg.FeatureMSRs); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("create vCPU %d: %w", index, err)
+	}
 	if err := v.initLAPIC(); err != nil {
 		v.Close()
 		return nil, fmt.Errorf("create vCPU %d: %w", index, err)

@@ -215,6 +215,9 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 	if cfg.NumVCPUs < 0 || cfg.NumVCPUs > MaxVCPUs {
 		return nil, fmt.Errorf("mshv: %d vCPUs requested, at most %d supported", cfg.NumVCPUs, MaxVCPUs)
 	}
+	if err := checkFeatureMSRs(cfg.FeatureMSRs); err != nil {
+		return nil, err
+	}
 	// Resolved once here; every vCPU's CPUID is specialised for it.
 	topo, err := cpu.ResolveTopology(cfg.Topology, max(cfg.NumVCPUs, 1))
 	if err != nil {

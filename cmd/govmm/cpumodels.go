@@ -67,6 +67,9 @@ func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
 	var rep cpuModelsReport
 	var vendor string
 	var has func(string) bool
+	// msrs checks a model's feature MSRs against the accelerator (nil
+	// when deciding from /proc/cpuinfo, which does not show them).
+	var msrs func(m cpu.Model) error
 	fromCPUInfo := func(path, why string) error {
 		v, flags, err := readCPUInfo(path)
 		if err != nil {
@@ -96,18 +99,24 @@ func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
 		}
 		sup, err := acc.SupportedCPUID()
 		name := acc.Name()
-		acc.Close()
+		defer acc.Close()
 		if err != nil {
 			return fail(exitNoAccel, "cpu-models: %s: read supported CPUID: %v", name, err)
 		}
 		vendor = cpu.Vendor(sup)
 		has = func(n string) bool { f, ok := cpu.Lookup(n); return ok && f.Has(sup) }
+		msrs = func(m cpu.Model) error { return vm.CheckFeatureMSRs(acc, m.FeatureMSRs(), m.Name) }
 		rep.CheckedAgainst = name + " supported CPUID"
 	}
 	for _, d := range cpu.Definitions() {
 		e := cpuModelEntry{Name: d.Name, Description: d.Description, Vendor: d.Vendor, Features: d.Features, Runs: true}
 		if !d.IsHost() {
 			e.Why = d.Unavailable(vendor, has)
+			if e.Why == "" && msrs != nil {
+				if err := msrs(cpu.Model{Name: d.Name}); err != nil {
+					e.Why = err.Error()
+				}
+			}
 			e.Runs = e.Why == ""
 		}
 		rep.Models = append(rep.Models, e)
@@ -194,5 +203,29 @@ func checkSavedCPU(acc accel.Accelerator, m vm.MachineState) error {
 			return fmt.Errorf("%s: %w", envHideCPUID, err)
 		}
 	}
-	return m.CheckCPU(sup, acc.Name())
+	if err := m.CheckCPU(sup, acc.Name()); err != nil {
+		return err
+	}
+	return vm.CheckFeatureMSRs(acc, m.FeatureMSRs, m.CPUModel)
+}
+
+// cpuGuestInfo tells govmm's own guests (the probe shows it) which CPU
+// model they run on and what it changes against what the accelerator
+// offers: "govmm.cpu=x86-64-v2 govmm.cpu.hidden=avx,avx2
+// govmm.cpu.added=". Feature names are /proc/cpuinfo's.
+func cpuGuestInfo(model cpu.Model, supported, guest []accel.CPUIDEntry) string {
+	name := model.String()
+	if name == "" {
+		name = "host"
+	}
+	word := func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, " ", "_"), ",", "_") }
+	var hidden, added []string
+	for _, f := range cpu.MissingOn(supported, guest) {
+		hidden = append(hidden, word(f))
+	}
+	for _, f := range cpu.MissingOn(guest, supported) {
+		added = append(added, word(f))
+	}
+	return fmt.Sprintf("govmm.cpu=%s govmm.cpu.hidden=%s govmm.cpu.added=%s",
+		strings.ReplaceAll(name, " ", "_"), strings.Join(hidden, ","), strings.Join(added, ","))
 }

@@ -153,6 +153,10 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(exitUsage, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
 	}
+	featureMSRs := model.FeatureMSRs()
+	if err := vm.CheckFeatureMSRs(acc, featureMSRs, f.cpuModel); err != nil {
+		return fail(exitUsage, "%s: %v", acc.Name(), err)
+	}
 	if !topo.IsZero() {
 		if err := cpu.CheckTopologyCPUID(cpuid, topo); err != nil {
 			return fail(exitUsage, "--topology on %s: %v", acc.Name(), err)
@@ -160,8 +164,8 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 
 	machine, err := vm.New(vm.Config{
-		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo,
-		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
+		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo, FeatureMSRs: featureMSRs,
+		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline, GuestInfo: cpuGuestInfo(model, supported, cpuid),
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
 		Virtio: f.virtio.config(),
 	})
