@@ -107,6 +107,9 @@ type barInfo struct {
 	size uint64
 	host []byte // the BAR mmap'ed (nil: trapped)
 	gpa  uint64 // where host is mapped in the guest (0: not mapped)
+	// pieces are the guest addresses of the regions mapped for the BAR
+	// (one, or several around trapped MSI-X pages).
+	pieces []uint64
 }
 
 // PCI is a VFIO device as a function on govmm's PCI bus. Its configuration
@@ -126,6 +129,7 @@ type PCI struct {
 	mu     sync.Mutex
 	bars   [pci.NumBARs]barInfo
 	msi    *msiState
+	msix   *msixState
 	intx   *intxState
 	closed bool
 }
@@ -311,7 +315,9 @@ func (p *PCI) addCaps(cfg []byte) error {
 				return err
 			}
 		case capMSIX:
-			p.log.Warn("vfio: the device's MSI-X capability is not passed through (not implemented); the guest sees MSI only")
+			if err := p.addMSIX(cfg, off); err != nil {
+				return err
+			}
 		default:
 			n := capLen(cfg, off)
 			if n == 0 || off+n > pci.ConfigSize {
@@ -449,6 +455,9 @@ func (p *PCI) onWrite(off, size int) {
 	if p.msi != nil && overlaps(off, size, p.msi.cap, 14) {
 		p.msiUpdate()
 	}
+	if p.msix != nil && overlaps(off, size, p.msix.cap+2, 2) {
+		p.msixControl()
+	}
 }
 
 // syncCommand forwards the guest's I/O, memory and bus-master enables to
@@ -493,21 +502,45 @@ func (p *PCI) remapBARs() {
 		if gpa == b.gpa {
 			continue
 		}
-		if b.gpa != 0 {
-			if err := p.cfg.Mapper.UnmapMemory(b.gpa); err != nil {
-				p.log.Error("vfio: unmap BAR from the guest", "bar", i, "gpa", fmt.Sprintf("%#x", b.gpa), "err", err)
-			}
-			b.gpa = 0
-		}
+		p.unmapBAR(i)
 		if gpa != 0 {
-			if err := p.cfg.Mapper.MapMemory(accel.MemoryRegion{GPA: gpa, Host: b.host}); err != nil {
+			if err := p.mapBAR(i, gpa); err != nil {
+				p.unmapBAR(i)
 				p.log.Warn("vfio: the guest placed a BAR where it cannot be mapped; its accesses are trapped", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "err", err)
 				continue
 			}
-			b.gpa = gpa
-			p.log.Info("vfio: BAR mapped into the guest", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "size", b.size)
+			p.log.Info("vfio: BAR mapped into the guest", "bar", i, "gpa", fmt.Sprintf("%#x", gpa), "size", b.size, "pieces", len(b.pieces))
 		}
 	}
+}
+
+// mapBAR maps BAR i at gpa, leaving out the trapped MSI-X pages. Called
+// with mu held.
+func (p *PCI) mapBAR(i int, gpa uint64) error {
+	b := &p.bars[i]
+	b.gpa = gpa
+	start := uint64(0)
+	for _, t := range append(p.msixTrapped(i), [2]uint64{b.size, b.size}) {
+		if t[0] > start {
+			if err := p.cfg.Mapper.MapMemory(accel.MemoryRegion{GPA: gpa + start, Host: b.host[start:t[0]]}); err != nil {
+				return err
+			}
+			b.pieces = append(b.pieces, gpa+start)
+		}
+		start = max(start, t[1])
+	}
+	return nil
+}
+
+// unmapBAR takes BAR i out of the guest. Called with mu held.
+func (p *PCI) unmapBAR(i int) {
+	b := &p.bars[i]
+	for _, g := range b.pieces {
+		if err := p.cfg.Mapper.UnmapMemory(g); err != nil {
+			p.log.Error("vfio: unmap BAR from the guest", "bar", i, "gpa", fmt.Sprintf("%#x", g), "err", err)
+		}
+	}
+	b.pieces, b.gpa = nil, 0
 }
 
 // MappedBARs returns the BARs mapped into the guest now (BAR number to
@@ -580,6 +613,10 @@ func (p *PCI) msiRoute() error {
 // msiEnable wires n vectors in the configured order. Called with mu held.
 func (p *PCI) msiEnable(n int, msg accel.MSI) {
 	m := p.msi
+	if p.msix != nil && p.msix.on {
+		p.log.Error("vfio: the guest enabled MSI while MSI-X is on; MSI stays off", "vectors", n)
+		return
+	}
 	for len(m.gsis) < n {
 		gsi, err := p.cfg.Router.Allocate()
 		if err != nil {
@@ -690,13 +727,10 @@ func (p *PCI) Close() error {
 	}
 	p.intxDisable()
 	p.closeINTxFDs()
+	p.msixClose()
 	for i := range p.bars {
-		b := &p.bars[i]
-		if b.gpa != 0 && p.cfg.Mapper != nil {
-			if err := p.cfg.Mapper.UnmapMemory(b.gpa); err != nil {
-				errs = append(errs, err)
-			}
-			b.gpa = 0
+		if p.cfg.Mapper != nil {
+			p.unmapBAR(i)
 		}
 	}
 	p.unmapHost()
@@ -720,7 +754,7 @@ func (d barDev) Read(off uint64, data []byte) {
 	for i := range data {
 		data[i] = 0xff
 	}
-	if !d.inRange(off, len(data)) {
+	if !d.inRange(off, len(data)) || d.p.msixAccess(d.i, off, data, false) {
 		return
 	}
 	if err := d.p.dev.ReadRegion(abi.PCIBAR0Region+d.i, off, data); err != nil {
@@ -729,7 +763,7 @@ func (d barDev) Read(off uint64, data []byte) {
 }
 
 func (d barDev) Write(off uint64, data []byte) {
-	if !d.inRange(off, len(data)) {
+	if !d.inRange(off, len(data)) || d.p.msixAccess(d.i, off, data, true) {
 		return
 	}
 	if err := d.p.dev.WriteRegion(abi.PCIBAR0Region+d.i, off, data); err != nil {

@@ -64,7 +64,11 @@ func newFakeDev(ev *events, mmap bool) *fakeDev {
 	le.PutUint16(d.cfg[0x42:], msiCtl64)
 	d.cfg[0x50], d.cfg[0x51], d.cfg[0x52] = capPCIe, 0x90, 2
 	d.cfg[0x54] = 0xab // device capabilities, read back by the guest
+	// MSI-X: 4 vectors, the table at 0x2000 and the PBA at 0x3000 of BAR 0.
 	d.cfg[0x90], d.cfg[0x91] = capMSIX, 0
+	le.PutUint16(d.cfg[0x92:], 3)
+	le.PutUint32(d.cfg[0x94:], 0x2000)
+	le.PutUint32(d.cfg[0x98:], 0x3000)
 	d.cfg[pci.RegInterruptPin] = 1
 	return d
 }
@@ -226,10 +230,14 @@ func TestConfigSpace(t *testing.T) {
 		t.Errorf("device config writes %q, want the command register with memory and bus master", l)
 	}
 	// Capabilities: MSI (64-bit, no per-vector masking), PCIe read-only,
-	// MSI-X hidden.
+	// MSI-X with the device's table size and places.
 	f := r.Function(3, 0)
-	if c := f.Capabilities(-1); len(c) != 2 {
-		t.Fatalf("capabilities at %v, want MSI and PCIe", c)
+	if c := f.Capabilities(-1); len(c) != 3 {
+		t.Fatalf("capabilities at %v, want MSI, PCIe and MSI-X", c)
+	}
+	x := f.Capabilities(capMSIX)[0]
+	if ctl, tbl, pba := cfgRead(r, x+2, 2), cfgRead(r, x+4, 4), cfgRead(r, x+8, 4); ctl != 3 || tbl != 0x2000 || pba != 0x3000 {
+		t.Errorf("MSI-X control %#x table %#x PBA %#x", ctl, tbl, pba)
 	}
 	msi := f.Capabilities(capMSI)[0]
 	if ctl := cfgRead(r, msi+2, 2); ctl != msiCtl64 {
@@ -239,9 +247,6 @@ func TestConfigSpace(t *testing.T) {
 	cfgWrite(r, pcie+4, 1, 0)
 	if got := cfgRead(r, pcie+4, 1); got != 0xab {
 		t.Errorf("PCIe device capabilities %#x after a write, want 0xab (read-only)", got)
-	}
-	if len(f.Capabilities(capMSIX)) != 0 {
-		t.Error("MSI-X shown to the guest")
 	}
 }
 
@@ -274,15 +279,16 @@ func TestBARMapped(t *testing.T) {
 	if len(d.mmapped) != 1 {
 		t.Fatal("BAR 0 not mmap'ed")
 	}
-	if l := ev.take(); !slices.Contains(l, "map 0xc0000000+0x100000") {
-		t.Fatalf("events %q: BAR 0 not mapped at its place", l)
+	// Mapped around the MSI-X table and PBA pages (0x2000, 0x3000).
+	if l := ev.take(); !slices.Contains(l, "map 0xc0000000+0x2000") || !slices.Contains(l, "map 0xc0004000+0xfc000") {
+		t.Fatalf("events %q: BAR 0 not mapped around the MSI-X pages", l)
 	}
 	cfgWrite(r, pci.RegBAR0, 4, 0xd0000000)
-	if l := ev.take(); !slices.Contains(l, "unmap 0xc0000000") || !slices.Contains(l, "map 0xd0000000+0x100000") {
+	if l := ev.take(); !slices.Equal(l, []string{"unmap 0xc0000000", "unmap 0xc0004000", "map 0xd0000000+0x2000", "map 0xd0004000+0xfc000"}) {
 		t.Errorf("events %q: BAR move not followed", l)
 	}
 	cfgWrite(r, pci.RegCommand, 2, 0)
-	if l := ev.take(); !slices.Contains(l, "unmap 0xd0000000") {
+	if l := ev.take(); !slices.Equal(l, []string{"config write 0x4 00 00", "unmap 0xd0000000", "unmap 0xd0004000"}) {
 		t.Errorf("events %q: decode off did not unmap", l)
 	}
 }
@@ -332,6 +338,71 @@ func TestMSIOrders(t *testing.T) {
 			want := slices.DeleteFunc(slices.Clone(c.want), func(s string) bool { return strings.HasPrefix(s, "commit") })
 			if l := ev.take(); !slices.Equal(l, want) {
 				t.Errorf("re-enable: %q, want %q", l, want)
+			}
+		})
+	}
+}
+
+func TestMSIX(t *testing.T) {
+	for _, c := range []struct {
+		order Order
+		want  []string
+	}{
+		{OrderRouteFirst, []string{"commit 25:0xfee00000/0x51", "irqfd gsi=25", "set_irqs index=2 n=4"}},
+		{OrderIRQsFirst, []string{"set_irqs index=2 n=4", "commit 25:0xfee00000/0x51", "irqfd gsi=25"}},
+	} {
+		t.Run(c.order.String(), func(t *testing.T) {
+			p, d, ev, r := setup(t, c.order, false)
+			x := p.msix.cap
+			var tbl pci.Region
+			for _, reg := range r.Regions() {
+				if reg.BAR == 0 {
+					tbl = reg
+				}
+			}
+			w32 := func(off uint64, v uint32) {
+				b := make([]byte, 4)
+				binary.LittleEndian.PutUint32(b, v)
+				tbl.Dev.Write(0x2000+off, b)
+			}
+			// Vector 1 programmed and unmasked before MSI-X is enabled.
+			w32(16, 0xfee00000)
+			w32(24, 0x51)
+			w32(28, 0)
+			ev.take()
+			cfgWrite(r, x+2, 2, msixCtlEnable)
+			want := append([]string{"disable_irqs index=0", "pin 19 input false"}, c.want...)
+			if l := ev.take(); !slices.Equal(l, want) {
+				t.Errorf("enable: %q, want %q", l, want)
+			}
+			// The table reads back as written; the device's own is untouched.
+			b := make([]byte, 4)
+			tbl.Dev.Read(0x2000+24, b)
+			if binary.LittleEndian.Uint32(b) != 0x51 || d.bar[0x2000+24] != 0 {
+				t.Errorf("table data % x, device's %#x", b, d.bar[0x2000+24])
+			}
+			// Masking unbinds, unmasking binds again (no new route).
+			w32(28, 1)
+			if l := ev.take(); !slices.Equal(l, []string{"deirqfd gsi=25"}) {
+				t.Errorf("mask: %q", l)
+			}
+			w32(28, 0)
+			if l := ev.take(); !slices.Equal(l, []string{"irqfd gsi=25"}) {
+				t.Errorf("unmask: %q", l)
+			}
+			// The function mask too.
+			cfgWrite(r, x+2, 2, msixCtlEnable|msixCtlFuncMask)
+			if l := ev.take(); !slices.Equal(l, []string{"deirqfd gsi=25"}) {
+				t.Errorf("function mask: %q", l)
+			}
+			cfgWrite(r, x+2, 2, 0)
+			if l := ev.take(); !slices.Equal(l, []string{"disable_irqs index=2", "resampler pin 19", "set_irqs index=0 n=1", "unmask_fd index=0"}) {
+				t.Errorf("disable: %q", l)
+			}
+			// Outside the table, the BAR is the device's.
+			tbl.Dev.Write(0x1010, []byte{7})
+			if d.bar[0x1010] != 7 {
+				t.Error("write beside the table did not reach the device")
 			}
 		})
 	}
