@@ -65,6 +65,8 @@ func TestFilterDecisions(t *testing.T) {
 		{"KVM_RUN with garbage in the high half", x86, nr("ioctl"), []uint64{5, 0xdead_0000_ae80}, retAllow},
 		{"KVM_SET_CPUID2", x86, nr("ioctl"), []uint64{5, 0x4008ae90}, retAllow},
 		{"TCSETS", x86, nr("ioctl"), []uint64{0, unix.TCSETS}, retAllow},
+		{"TUNSETOFFLOAD", x86, nr("ioctl"), []uint64{7, unix.TUNSETOFFLOAD}, retAllow},
+		{"TUNSETIFF (a TAP is attached before the filter)", x86, nr("ioctl"), []uint64{7, unix.TUNSETIFF}, retTrap},
 		{"MSHV_RUN_VP", x86, nr("ioctl"), []uint64{5, uint64(mshvIoctls()[0].req)}, retAllow},
 		{"KVM_CREATE_VM", x86, nr("ioctl"), []uint64{3, 0xae01}, retTrap},
 		{"KVM_CREATE_VCPU", x86, nr("ioctl"), []uint64{4, 0xae41}, retTrap},

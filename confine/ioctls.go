@@ -102,6 +102,12 @@ func mshvSetupOnly() []ioctlReq {
 	}
 }
 
+// tapIoctls are the TAP requests virtio-net makes while the guest runs:
+// the offloads follow what the guest's driver negotiates.
+var tapIoctls = []ioctlReq{
+	{"TUNSETOFFLOAD", unix.TUNSETOFFLOAD},
+}
+
 // terminalIoctls restore the terminal a console put in raw mode
 // (golang.org/x/term) when the VM ends.
 var terminalIoctls = []ioctlReq{
@@ -126,5 +132,6 @@ func ioctls() []ioctlReq {
 	out := append([]ioctlReq(nil), kvmIoctls...)
 	out = append(out, mshvIoctls()...)
 	out = append(out, vfioIoctls()...)
+	out = append(out, tapIoctls...)
 	return append(out, terminalIoctls...)
 }

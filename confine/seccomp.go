@@ -41,6 +41,7 @@ var allowed = []struct{ name, why string }{
 	{"write", "console output, the log, sockets, snapshots, eventfds"},
 	{"pread64", "virtio-blk reads, /proc/self/pagemap for a snapshot's holes"},
 	{"pwrite64", "virtio-blk writes, the snapshot memory file"},
+	{"writev", "virtio-net sends a packet to its TAP"},
 	{"close", "descriptors"},
 	{"openat", "snapshot files (Landlock decides which paths)"},
 	{"newfstatat", "os.Stat, MkdirAll of the snapshot directory"},
