@@ -59,11 +59,11 @@ const (
 	capARMPSCI          = 87
 	capARMPSCI02        = 102
 	capDeviceCtrl       = 89
-	capARMNISVToUser    = 176
+	capARMNISVToUser    = 177
 	capARMVMIPASize     = 165
-	capARMPMUv3         = 112
+	capARMPMUv3         = 126
 	capARMEL132Bit      = 93
-	capARMIRQLineLayout = 178 // KVM_CAP_ARM_IRQ_LINE_LAYOUT_2
+	capARMIRQLineLayout = 174 // KVM_CAP_ARM_IRQ_LINE_LAYOUT_2
 )
 
 // struct kvm_vcpu_init and its feature bits.

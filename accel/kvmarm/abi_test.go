@@ -32,6 +32,33 @@ func TestABINumbers(t *testing.T) {
 	}
 }
 
+// TestABIConstants: capability and exit numbers from <linux/kvm.h>.
+func TestABIConstants(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want int
+	}{
+		{"KVM_CAP_USER_MEMORY", capUserMemory, 3},
+		{"KVM_CAP_NR_VCPUS", capNrVCPUs, 9},
+		{"KVM_CAP_MAX_VCPUS", capMaxVCPUs, 66},
+		{"KVM_CAP_ONE_REG", capOneReg, 70},
+		{"KVM_CAP_DEVICE_CTRL", capDeviceCtrl, 89},
+		{"KVM_CAP_ARM_PSCI_0_2", capARMPSCI02, 102},
+		{"KVM_CAP_ARM_NISV_TO_USER", capARMNISVToUser, 177},
+		{"KVM_EXIT_MMIO", exitMMIO, 6},
+		{"KVM_EXIT_FAIL_ENTRY", exitFailEntry, 9},
+		{"KVM_EXIT_INTR", exitIntr, 10},
+		{"KVM_EXIT_INTERNAL_ERROR", exitInternalError, 17},
+		{"KVM_EXIT_SYSTEM_EVENT", exitSystemEvent, 24},
+		{"KVM_EXIT_ARM_NISV", exitARMNISV, 28},
+		{"KVM_DEV_TYPE_ARM_VGIC_V3", devTypeVGICv3, 7},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}
+
 func TestABISizes(t *testing.T) {
 	for _, c := range []struct {
 		name      string
