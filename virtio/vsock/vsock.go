@@ -56,8 +56,9 @@ const (
 	// way to the host socket: the credit the guest gets.
 	bufAlloc = 256 << 10
 	// maxConns bounds the connections (each holds a socket and two
-	// goroutines).
+	// goroutines), maxCtrl the control packets waiting for buffers.
 	maxConns = 1024
+	maxCtrl  = 4 * maxConns
 	// firstLocalPort is where host-initiated connections' host ports
 	// start (Firecracker's choice too: above what guests listen on).
 	firstLocalPort = 1 << 30
@@ -394,8 +395,14 @@ func (d *Device) header(key connKey, op uint16, c *conn) header {
 	return h
 }
 
-// send queues a control packet. Called with mu held.
+// send queues a control packet. An RST to a connection the device does
+// not know is dropped when the queue is long already: a guest that sends
+// garbage and posts no receive buffers must not grow it without bound
+// (each live connection queues at most a few). Called with mu held.
 func (d *Device) send(key connKey, op uint16, flags uint32, c *conn) {
+	if c == nil && len(d.ctrl) >= maxCtrl {
+		return
+	}
 	d.ctrl = append(d.ctrl, ctrlPkt{key: key, op: op, flags: flags, c: c})
 }
 
@@ -505,7 +512,23 @@ func (d *Device) teardown(c *conn, rst bool) {
 	if c.key.local >= firstLocalPort {
 		delete(d.localUsed, c.key.local)
 	}
-	if rst {
+	// If the guest never saw its request, the connection's packets go
+	// and it needs no RST either.
+	unseen := false
+	for _, p := range d.ctrl {
+		unseen = unseen || p.c == c && p.op == opRequest
+	}
+	if unseen {
+		kept := d.ctrl[:0]
+		for _, p := range d.ctrl {
+			if p.c != c {
+				kept = append(kept, p)
+			}
+		}
+		clear(d.ctrl[len(kept):])
+		d.ctrl = kept
+	}
+	if rst && !unseen {
 		d.send(c.key, opRST, 0, nil)
 	}
 	if c.uc != nil {

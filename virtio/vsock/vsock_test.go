@@ -205,7 +205,7 @@ func pattern(seed string, n int) []byte {
 	return out[:n]
 }
 
-func sockPath(t *testing.T) string {
+func sockPath(t testing.TB) string {
 	// Unix socket paths are short; t.TempDir can be long.
 	dir, err := os.MkdirTemp("", "vsk")
 	if err != nil {
@@ -611,5 +611,27 @@ func TestConfigSpace(t *testing.T) {
 	d.ReadConfig(0, b)
 	if !bytes.Equal(b, []byte{0x55, 0x44, 0x33, 0x22, 0x11, 0, 0, 0, 0, 0, 0, 0}) {
 		t.Fatalf("config %x", b)
+	}
+}
+
+// TestControlQueueBounded: a guest that sends packets to no connection
+// and posts no receive buffers does not grow the device's queue of RSTs
+// without bound.
+func TestControlQueueBounded(t *testing.T) {
+	d, err := New(Config{CID: guestCID, Socket: sockPath(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Activate(virtio.FVersion1)
+	g := &guest{t: t, d: d}
+	for i := range 3 * maxCtrl {
+		g.mustSend(header{SrcPort: uint32(i), DstPort: 7000, Op: opRW}, []byte("x"))
+	}
+	d.mu.Lock()
+	n := len(d.ctrl)
+	d.mu.Unlock()
+	if n > maxCtrl {
+		t.Fatalf("%d control packets queued, more than %d", n, maxCtrl)
 	}
 }
