@@ -6,13 +6,25 @@ import (
 	"unsafe"
 )
 
+// abiCase is one value of the ABI and what the kernel headers say.
+type abiCase[T comparable] struct {
+	name      string
+	got, want T
+}
+
+func check[T comparable](t *testing.T, cases []abiCase[T]) {
+	t.Helper()
+	for _, c := range cases {
+		if c.got != c.want {
+			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
+		}
+	}
+}
+
 // The expected values are the numbers <linux/kvm.h> produces on arm64 (and
 // the ids QEMU and kvmtool print for these registers).
 func TestABINumbers(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want uintptr
-	}{
+	check(t, []abiCase[uintptr]{
 		{"KVM_CREATE_VM", ioctlCreateVM, 0xae01},
 		{"KVM_RUN", ioctlRun, 0xae80},
 		{"KVM_SET_USER_MEMORY_REGION", ioctlSetUserMemoryRegion, 0x4020ae46},
@@ -25,19 +37,12 @@ func TestABINumbers(t *testing.T) {
 		{"KVM_GET_REG_LIST", ioctlGetRegList, 0xc008aeb0},
 		{"KVM_CREATE_DEVICE", ioctlCreateDevice, 0xc00caee0},
 		{"KVM_SET_DEVICE_ATTR", ioctlSetDeviceAttr, 0x4018aee1},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
-		}
-	}
+	})
 }
 
 // TestABIConstants: capability and exit numbers from <linux/kvm.h>.
 func TestABIConstants(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want int
-	}{
+	check(t, []abiCase[int]{
 		{"KVM_CAP_USER_MEMORY", capUserMemory, 3},
 		{"KVM_CAP_NR_VCPUS", capNrVCPUs, 9},
 		{"KVM_CAP_MAX_VCPUS", capMaxVCPUs, 66},
@@ -52,18 +57,11 @@ func TestABIConstants(t *testing.T) {
 		{"KVM_EXIT_SYSTEM_EVENT", exitSystemEvent, 24},
 		{"KVM_EXIT_ARM_NISV", exitARMNISV, 28},
 		{"KVM_DEV_TYPE_ARM_VGIC_V3", devTypeVGICv3, 7},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
+	})
 }
 
 func TestABISizes(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want uintptr
-	}{
+	check(t, []abiCase[uintptr]{
 		{"kvm_vcpu_init", unsafe.Sizeof(vcpuInit{}), sizeofVCPUInit},
 		{"kvm_one_reg", unsafe.Sizeof(oneReg{}), sizeofOneReg},
 		{"kvm_userspace_memory_region", unsafe.Sizeof(memoryRegion{}), sizeofMemoryRegion},
@@ -74,29 +72,18 @@ func TestABISizes(t *testing.T) {
 		{"kvm_enable_cap.args", unsafe.Offsetof(enableCap{}.Args), 8},
 		{"kvm_device_attr.attr", unsafe.Offsetof(deviceAttr{}.Attr), 8},
 		{"kvm_userspace_memory_region.guest_phys_addr", unsafe.Offsetof(memoryRegion{}.GuestPhysAddr), 8},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s: %d, want %d", c.name, c.got, c.want)
-		}
-	}
+	})
 }
 
 func TestRegIDs(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want uint64
-	}{
+	check(t, []abiCase[uint64]{
 		{"x0", XReg(0), 0x6030000000100000},
 		{"x1", XReg(1), 0x6030000000100002},
 		{"pc", RegPC, 0x6030000000100040},
 		{"pstate", RegPState, 0x6030000000100042},
 		{"MPIDR_EL1", RegMPIDR, 0x603000000013c005},
 		{"KVM_REG_ARM_TIMER_CNT", SysReg(3, 3, 14, 3, 2), 0x603000000013df1a},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s id = %#x, want %#x", c.name, c.got, c.want)
-		}
-	}
+	})
 }
 
 func TestSPILine(t *testing.T) {
