@@ -35,6 +35,12 @@ type fakeHV struct {
 	// translation succeeds); translated counts the calls.
 	translate  uint32
 	translated int
+	// payloads are the CREATE_PARTITION arguments (64 bytes for v2);
+	// host, when set, is served as the root partition's
+	// PROCESSOR_FEATURES0/1 and PROCESSOR_XSAVE_FEATURES through a
+	// self-targeted hypercall (otherwise that call is ENOTTY, as on 6.15).
+	payloads [][]byte
+	host     *[3]uint64
 }
 
 func newFake() *fakeHV {
@@ -52,10 +58,24 @@ func (f *fakeHV) handle(c *mshvabi.FakeCall) (int, error) {
 	sys := c.FD == f.dev.SystemFD()
 	switch {
 	case sys && c.Req == mshvabi.ReqRootHvcall:
-		return -1, unix.ENOTTY // a 6.15 kernel: no self-targeted hypercalls
+		if f.host == nil || c.Hvcall.Code != mshvabi.HvcallGetPartitionProperty {
+			return -1, unix.ENOTTY // a 6.15 kernel: no self-targeted hypercalls
+		}
+		switch binary.LittleEndian.Uint32(c.In[8:]) {
+		case mshvabi.PropProcessorFeatures0:
+			binary.LittleEndian.PutUint64(c.Out, f.host[0])
+		case mshvabi.PropProcessorFeatures1:
+			binary.LittleEndian.PutUint64(c.Out, f.host[1])
+		case mshvabi.PropProcessorXSaveFeatures:
+			binary.LittleEndian.PutUint64(c.Out, f.host[2])
+		default:
+			return -1, unix.EIO
+		}
+		return 0, nil
 	case sys && c.Req == mshvabi.ReqCreatePartition:
 		fl := binary.LittleEndian.Uint64(c.Arg)
 		f.created = append(f.created, fl)
+		f.payloads = append(f.payloads, append([]byte(nil), c.Arg...))
 		if fl&^0xf != 0 || (fl&8 != 0 && f.refuseV2) {
 			return -1, unix.EINVAL
 		}

@@ -20,17 +20,23 @@
 // accel.ErrNotSupported or a fatal exit naming the message): port-I/O
 // ioeventfds (MSHV has none), irqchip GSI routes (MSHV routes MSIs only),
 // XCRs other than XCR0, MSRs without a named hypervisor register,
-// isolated (SNP) partitions, and hypercall/exception intercepts. The
-// partition's processor-feature banks enable what the host offers; the
-// CPU model is applied through per-VP CPUID overrides, which change what
-// the guest sees, not what the processor can do.
+// isolated (SNP) partitions, and hypercall/exception intercepts. The CPU
+// model is applied twice: the partition's processor and XSAVE feature
+// banks (MSHV_CREATE_PARTITION's v2 payload) disable every feature the
+// guest's CPUID lacks, so that the hypervisor refuses it, and per-VP CPUID
+// overrides present the model's exact CPUID. Kernels without the v2
+// payload (mainline) enable everything the hypervisor supports; there the
+// overrides change only what the guest sees, and NewVM says so.
 package mshv
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
+	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -47,6 +53,9 @@ const MaxVCPUs = 256
 type Accelerator struct {
 	dev  mshvabi.Device
 	name string // device description for messages and caps
+	// warnedV1: the warning that a kernel without the v2 payload cannot
+	// enforce the CPU model was given.
+	warnedV1 atomic.Bool
 }
 
 var _ accel.Accelerator = (*Accelerator)(nil)
@@ -141,20 +150,19 @@ const baseFlags = 1<<mshvabi.PTBitLAPIC | 1<<mshvabi.PTBitX2APIC | 1<<mshvabi.PT
 
 // createPartition issues MSHV_CREATE_PARTITION with the v2 payload and
 // falls back to v1 when the kernel does not take it. CREATE is retried on
-// EINTR.
-func (a *Accelerator) createPartition() (fd int, v2 bool, err error) {
+// EINTR. guest is the CPUID every vCPU will present (nil for a scratch
+// partition): the v2 payload's feature banks disable what it lacks
+// (partitionBanks), so that the hypervisor refuses the guest what its
+// CPU model does not have.
+func (a *Accelerator) createPartition(guest []accel.CPUIDEntry) (fd int, v2 bool, err error) {
 	p := &mshvabi.CreatePartitionV2{
 		Flags:        baseFlags | 1<<mshvabi.PTBitCPUAndXSaveFeatures,
 		Isolation:    mshvabi.PTIsolationNone,
 		NumCPUFBanks: mshvabi.NumCPUFeatureBanks,
 	}
-	// Enable what the host offers (disabled = not offered) when the host
-	// tells us; otherwise disable nothing and let the hypervisor decide.
-	f0, ok0 := a.hostProperty(mshvabi.PropProcessorFeatures0)
-	f1, ok1 := a.hostProperty(mshvabi.PropProcessorFeatures1)
-	if ok0 && ok1 {
-		p.CPUFBanks = [2]uint64{^f0, ^f1}
-	}
+	disabled, hidden := partitionBanks(guest, a.hostBanks())
+	p.CPUFBanks = [2]uint64{disabled[mshvabi.Bank0], disabled[mshvabi.Bank1]}
+	p.DisabledXSave = disabled[mshvabi.BankXSave]
 	for {
 		fd, err = mshvabi.CreatePartitionV2FD(a.dev, p)
 		if !errors.Is(err, unix.EINTR) {
@@ -162,6 +170,11 @@ func (a *Accelerator) createPartition() (fd int, v2 bool, err error) {
 		}
 	}
 	if err == nil {
+		if guest != nil {
+			slog.Debug("mshv: partition feature banks derived from the guest CPUID",
+				"disabled_bank0", fmt.Sprintf("%#x", disabled[0]), "disabled_bank1", fmt.Sprintf("%#x", disabled[1]),
+				"disabled_xsave", fmt.Sprintf("%#x", disabled[2]), "hidden_by_model", strings.Join(hidden, " "))
+		}
 		return fd, true, nil
 	}
 	if !notSupported(err) {
@@ -178,6 +191,106 @@ func (a *Accelerator) createPartition() (fd int, v2 bool, err error) {
 		return -1, false, fmt.Errorf("MSHV_CREATE_PARTITION (v1 payload, after v2 was refused): %w", err)
 	}
 	return fd, false, nil
+}
+
+// hostBanks reads the features the host offers to partitions (the root
+// partition's PROCESSOR_FEATURES0/1 and PROCESSOR_XSAVE_FEATURES, through
+// a self-targeted MSHV_ROOT_HVCALL that mainline lacks); known[b] is false
+// for a bank it could not read.
+func (a *Accelerator) hostBanks() (h hostFeatures) {
+	for b, code := range [3]uint32{mshvabi.PropProcessorFeatures0, mshvabi.PropProcessorFeatures1, mshvabi.PropProcessorXSaveFeatures} {
+		h.offered[b], h.known[b] = a.hostProperty(code)
+	}
+	return h
+}
+
+// hostFeatures are the host's feature banks (bit set = offered).
+type hostFeatures struct {
+	offered [3]uint64
+	known   [3]bool
+}
+
+// cpuidReader looks leaves up in a CPUID table for mshvabi.CPUIDBit.Has.
+func cpuidReader(tab []accel.CPUIDEntry) func(leaf, sub uint32) ([4]uint32, bool) {
+	return func(leaf, sub uint32) ([4]uint32, bool) {
+		for _, e := range tab {
+			if e.Function == leaf && (e.Index == sub || e.Flags&accel.CPUIDFlagSignificantIndex == 0 && sub == 0) {
+				return [4]uint32{e.EAX, e.EBX, e.ECX, e.EDX}, true
+			}
+		}
+		return [4]uint32{}, false
+	}
+}
+
+// partitionBanks computes the disabled processor banks 0 and 1 and the
+// disabled XSAVE bank of a v2 payload (bit set = off): everything the host
+// does not offer, and every feature with a CPUID counterpart that guest's
+// CPUID lacks. Bits without a CPUID counterpart keep the host's value;
+// reserved bits are disabled when the host's value is unknown, as
+// rust-vmm does, so that a newer hypervisor adds nothing the guest was not
+// promised. With guest nil (a scratch partition) only what the host does
+// not offer is disabled, and nothing when the host does not say. hidden
+// names the features disabled because the guest lacks them although the
+// host offers them (or may: its banks unknown).
+func partitionBanks(guest []accel.CPUIDEntry, host hostFeatures) (disabled [3]uint64, hidden []string) {
+	for b := range disabled {
+		if host.known[b] {
+			disabled[b] = ^host.offered[b]
+		}
+	}
+	if guest == nil {
+		return disabled, nil
+	}
+	var named [3]uint64
+	for _, bf := range mshvabi.BankFeatures {
+		named[bf.Bank] |= 1 << bf.Bit
+	}
+	for b := range disabled {
+		if !host.known[b] {
+			disabled[b] |= ^named[b]
+		}
+	}
+	has := cpuidReader(guest)
+	for _, bf := range mshvabi.BankFeatures {
+		bit := uint64(1) << bf.Bit
+		if bf.NoCPUID || bf.CPUID.Has(has) {
+			continue
+		}
+		if disabled[bf.Bank]&bit == 0 {
+			hidden = append(hidden, bf.Name)
+		}
+		disabled[bf.Bank] |= bit
+	}
+	return disabled, hidden
+}
+
+// warnUnenforced says once per accelerator, on a kernel without the v2
+// payload (mainline: the hypervisor enables every feature it supports),
+// which features the guest's CPUID hides that the hypervisor offers all
+// the same: a guest that uses them anyway gets them, and a migration or
+// restore onto a host without them breaks it.
+func (a *Accelerator) warnUnenforced(guest []accel.CPUIDEntry) {
+	if len(guest) == 0 || a.warnedV1.Load() {
+		return
+	}
+	sup, err := a.SupportedCPUID()
+	if err != nil {
+		slog.Warn("mshv: this kernel has no MSHV_CREATE_PARTITION v2 payload, so the hypervisor cannot enforce the CPU model (it enables every feature it supports); reading its CPUID to name them failed", "err", err)
+		a.warnedV1.Store(true)
+		return
+	}
+	inSup, inGuest := cpuidReader(sup), cpuidReader(guest)
+	var names []string
+	for _, bf := range mshvabi.BankFeatures {
+		if !bf.NoCPUID && bf.CPUID.Has(inSup) && !bf.CPUID.Has(inGuest) {
+			names = append(names, bf.Name)
+		}
+	}
+	if len(names) == 0 || a.warnedV1.Swap(true) {
+		return
+	}
+	slog.Warn("mshv: this kernel has no MSHV_CREATE_PARTITION v2 payload, so the hypervisor cannot enforce the CPU model: the guest's CPUID hides these features but the processor still executes them",
+		"features", strings.Join(names, " "))
 }
 
 // setupPartition runs bring-up steps 4-6 of mshv-abi.md §7 on a new
@@ -224,13 +337,16 @@ func (a *Accelerator) NewVM(cfg accel.VMConfig) (*VM, error) {
 		return nil, fmt.Errorf("mshv: %w", err)
 	}
 	cfg.Topology = topo
-	pfd, v2, err := a.createPartition()
+	pfd, v2, err := a.createPartition(cfg.CPUID)
 	if err != nil {
 		return nil, err
 	}
 	if err := a.setupPartition(pfd); err != nil {
 		a.dev.Close(pfd)
 		return nil, err
+	}
+	if !v2 {
+		a.warnUnenforced(cfg.CPUID)
 	}
 	vm := newVM(a, pfd, cfg, v2)
 	return vm, nil
@@ -270,7 +386,7 @@ func (a *Accelerator) Caps() (accel.Caps, error) {
 			c.Info[p.name] = "0x" + strconv.FormatUint(v, 16)
 		}
 	}
-	pfd, v2, err := a.createPartition()
+	pfd, v2, err := a.createPartition(nil)
 	if err != nil {
 		return c, fmt.Errorf("probe partition: %w", err)
 	}
@@ -314,7 +430,7 @@ var cpuidSubleaves = map[uint32]uint32{
 // a scratch partition (HvCallGetVpCpuidValues without registered
 // overrides).
 func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
-	pfd, _, err := a.createPartition()
+	pfd, _, err := a.createPartition(nil)
 	if err != nil {
 		return nil, err
 	}

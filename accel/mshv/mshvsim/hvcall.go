@@ -176,9 +176,11 @@ func (s *Sim) selfHvcall(a []byte) error {
 	}
 	switch {
 	case code == hcGetProp && prop == propProcFeatures0:
-		put(0, 0x00ff_ffff_ffff_ffff)
+		put(0, s.hostOffered()[0])
 	case code == hcGetProp && prop == propProcFeatures1:
-		put(0, 0x0000_0000_ffff_ffff)
+		put(0, s.hostOffered()[1])
+	case code == hcGetProp && prop == propXSaveFeatures:
+		put(0, s.hostOffered()[2])
 	case code == hcGetPropEx && prop == propAssignableSynth:
 		if len(out) >= 2 {
 			binary.LittleEndian.PutUint16(out, 1)

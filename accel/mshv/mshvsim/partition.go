@@ -41,6 +41,9 @@ type partition struct {
 	id    uint64
 	kvm   *kvm.VM
 	flags uint64
+	// disabled are the processor banks 0 and 1 and the XSAVE bank the
+	// partition was created with (bit set = off), fixed for its life.
+	disabled [3]uint64
 
 	mu          sync.Mutex
 	initialized bool
@@ -131,6 +134,13 @@ func (p *partition) createVP(idx uint32) (int, error) {
 		return -1, unix.ENOMEM
 	}
 	v := &vp{p: p, idx: idx, k: k, cpuid: map[[2]uint32]cpuidOverride{}, hvregs: map[uint32][2]uint64{}}
+	// The partition's features hold from the VP's creation: KVM derives
+	// what it lets the guest (and the VMM's register writes) enable, such
+	// as XCR0 bits and CR4.FSGSBASE/SMEP/LA57, from the vCPU's CPUID.
+	if err := k.SetCPUID(v.effectiveCPUIDLocked()); err != nil {
+		k.Close()
+		return -1, unix.ENOMEM
+	}
 	v.pendingExt.Store(-1)
 	v.fd = p.sim.newFD(v)
 	p.vps[idx] = v

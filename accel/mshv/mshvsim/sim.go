@@ -63,13 +63,17 @@ type Options struct {
 	// V2 accepts MSHV_PT_BIT_CPU_AND_XSAVE_FEATURES (pt_flags bit 3) and
 	// the 64-byte struct mshv_create_partition_v2 behind it (the
 	// "mshv_create_partition_v2" patch series, adopted by QEMU in 2026);
-	// mainline refuses bit 3 with EINVAL.
+	// mainline refuses bit 3 with EINVAL. The payload's disabled feature
+	// banks are then enforced (see enforceBanks), and a partition created
+	// without the payload gets that kernel's default whitelist
+	// (mshvabi.V1DefaultEnabled); mainline's zeroed creation properties
+	// disable nothing.
 	V2 bool
 	// SelfHvcall serves MSHV_ROOT_HVCALL on /dev/mshv itself for
 	// GET_PARTITION_PROPERTY of the root partition (Anirudh Rayabharam's
 	// patch for reading the host's processor features); mainline answers
-	// ENOTTY. The feature values it returns are placeholders, not the
-	// host's.
+	// ENOTTY. The processor and XSAVE feature banks it returns are
+	// derived from KVM's supported CPUID (Sim.hostOffered).
 	SelfHvcall bool
 	// PropertyEx adds HVCALL_GET_PARTITION_PROPERTY_EX to the pass-through
 	// list (and, with SelfHvcall, to the /dev/mshv call), as the same
@@ -365,7 +369,9 @@ func (s *Sim) LastError(vpFD int) string {
 }
 
 // createPartition parses mshv_create_partition (16 bytes; with Options.V2,
-// 64 when pt_flags bit 3 says a v2 payload follows).
+// 64 when pt_flags bit 3 says a v2 payload follows) and fixes the
+// partition's disabled feature banks: the payload's, or the kernel's
+// default without one (defaultDisabled).
 func (s *Sim) createPartition(a []byte) (int, error) {
 	flags := binary.LittleEndian.Uint64(a[cpFlags:])
 	iso := binary.LittleEndian.Uint64(a[cpIsolation:])
@@ -377,9 +383,11 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 	if flags&^mask != 0 || iso != 0 {
 		return -1, unix.EINVAL
 	}
+	disabled := s.defaultDisabled()
 	if flags&(1<<3) != 0 {
 		full := unsafe.Slice(&a[0], cpSizeV2)
-		if binary.LittleEndian.Uint16(full[cpNumFBanks:]) > 2 {
+		nbanks := int(binary.LittleEndian.Uint16(full[cpNumFBanks:]))
+		if nbanks > 2 {
 			return -1, unix.EINVAL
 		}
 		for _, b := range full[cpRsvd:cpFBanks] {
@@ -392,6 +400,12 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 				return -1, unix.EINVAL
 			}
 		}
+		// pt_num_cpu_fbanks banks replace the defaults; the XSAVE bank
+		// is always taken.
+		for i := 0; i < nbanks; i++ {
+			disabled[i] = binary.LittleEndian.Uint64(full[cpFBanks+8*i:])
+		}
+		disabled[2] = binary.LittleEndian.Uint64(full[cpDisabledXSave:])
 	}
 	// GSIs below kvm.MaxEOIRoutes count as IOAPIC routes, so KVM reports
 	// the EOI of their level-triggered MSI routes' vectors, which the
@@ -405,7 +419,7 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 	s.nextPID++
 	id := s.nextPID
 	s.mu.Unlock()
-	p := &partition{sim: s, id: id, kvm: vm, flags: flags, props: map[uint32]uint64{},
+	p := &partition{sim: s, id: id, kvm: vm, flags: flags, disabled: disabled, props: map[uint32]uint64{},
 		vps: map[uint32]*vp{}, irqfds: map[int]irqfd{}}
 	p.props[propTimeFreeze] = 0
 	p.fd = s.newFD(p)

@@ -64,18 +64,30 @@ func (v *vp) ioctl(req uint32, a []byte) (int, error) {
 func (s *Sim) baseCPUID() []accel.CPUIDEntry { return s.base }
 
 // cpuid is what the hypervisor presents to this partition's guests before
-// any override: the base CPUID and Hyper-V's leaves for the partition's
-// synthetic processor features.
+// any override: the base CPUID less the features the partition's banks
+// disable, and Hyper-V's leaves for its synthetic processor features.
 func (p *partition) cpuid() []accel.CPUIDEntry {
 	p.mu.Lock()
 	synth := p.props[propSynthFeatures]
 	p.mu.Unlock()
-	return append(slices.Clip(p.sim.baseCPUID()), hypervLeaves(synth)...)
+	return p.cpuidFor(synth)
+}
+
+func (p *partition) cpuidFor(synth uint64) []accel.CPUIDEntry {
+	return enforceBanks(append(slices.Clip(p.sim.baseCPUID()), hypervLeaves(synth)...), p.disabled)
+}
+
+// effectiveCPUIDLocked is the CPUID of a new VP (no overrides yet), for a
+// caller that holds p.mu.
+func (v *vp) effectiveCPUIDLocked() []accel.CPUIDEntry {
+	return cpu.ForVCPU(v.p.cpuidFor(v.p.props[propSynthFeatures]), int(v.idx), 1)
 }
 
 // effectiveCPUID is what the VP's guest sees: the hypervisor's values
 // (for this VP's APIC ID) with the registered overrides applied when apply
-// is set.
+// is set. An override cannot give back a feature the partition's banks
+// disable: the hypervisor refuses it whatever CPUID says, so the VP does
+// not report it either, and KVM (which gets this table) refuses it too.
 func (v *vp) effectiveCPUID(apply bool) []accel.CPUIDEntry {
 	tab := cpu.ForVCPU(v.p.cpuid(), int(v.idx), 1)
 	if !apply {
@@ -110,7 +122,7 @@ func (v *vp) effectiveCPUID(apply bool) []accel.CPUIDEntry {
 		mix(&e, o)
 		out = append(out, e)
 	}
-	return out
+	return enforceBanks(out, v.p.disabled)
 }
 
 // --- XSAVE layout (from KVM's CPUID leaf 0xD) --------------------------------
