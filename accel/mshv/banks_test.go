@@ -2,6 +2,7 @@ package mshv
 
 import (
 	"encoding/binary"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -198,5 +199,49 @@ func TestBanksHiddenNamesWhatTheModelRemoves(t *testing.T) {
 	_, hidden := partitionBanks(guest, hostFeatures{offered: *h, known: [3]bool{true, true, true}})
 	if !slices.Contains(hidden, "avx2") || slices.Contains(hidden, "avx") {
 		t.Errorf("hidden = %s", strings.Join(hidden, " "))
+	}
+}
+
+// TestBanksV1Warns: on a kernel without the v2 payload the hypervisor
+// enables everything it supports; NewVM says once which features the
+// model hides that the hypervisor offers all the same.
+func TestBanksV1Warns(t *testing.T) {
+	var logged strings.Builder
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logged, nil)))
+	f := newFake()
+	f.refuseV2 = true
+	f.cpuid = richHost()
+	m, _ := cpu.Parse("x86-64-v3")
+	guest, err := m.Apply(f.cpuid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(f.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		vm, err := a.NewVM(accel.VMConfig{NumVCPUs: 1, CPUID: guest})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vm.V2 {
+			t.Fatal("v2 payload accepted")
+		}
+	}
+	out := logged.String()
+	if strings.Count(out, "cannot enforce") != 1 {
+		t.Fatalf("want one warning, log:\n%s", out)
+	}
+	for _, n := range []string{"avx512", "sha", "la57", "rd_wr_fs_gs"} {
+		if !strings.Contains(out, " "+n+" ") && !strings.Contains(out, "="+n+" ") && !strings.Contains(out, " "+n+"\"") {
+			t.Errorf("warning does not name %s:\n%s", n, out)
+		}
+	}
+	for _, n := range []string{" avx2 ", " fma ", " movbe "} {
+		if strings.Contains(out, n) {
+			t.Errorf("warning names%sthat the model keeps:\n%s", n, out)
+		}
 	}
 }

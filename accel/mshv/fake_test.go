@@ -41,6 +41,8 @@ type fakeHV struct {
 	// self-targeted hypercall (otherwise that call is ENOTTY, as on 6.15).
 	payloads [][]byte
 	host     *[3]uint64
+	// cpuid, when set, answers GET_VP_CPUID_VALUES (otherwise zeros).
+	cpuid []accel.CPUIDEntry
 }
 
 func newFake() *fakeHV {
@@ -161,6 +163,16 @@ func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
 	case mshvabi.HvcallGetPartitionProperty:
 		return unix.EINVAL
 	case mshvabi.HvcallGetVPCPUIDValues:
+		if f.cpuid != nil {
+			get := cpuidReader(f.cpuid)
+			for i := 0; i < int(n); i++ {
+				q := c.In[24+24*i:]
+				r, _ := get(binary.LittleEndian.Uint32(q), binary.LittleEndian.Uint32(q[4:]))
+				for j, x := range r {
+					binary.LittleEndian.PutUint32(c.Out[16*i+4*j:], x)
+				}
+			}
+		}
 		h.Reps = n
 	case mshvabi.HvcallTranslateVirtualAddress:
 		f.translated++

@@ -289,7 +289,7 @@ func (a *Accelerator) warnUnenforced(guest []accel.CPUIDEntry) {
 	if len(names) == 0 || a.warnedV1.Swap(true) {
 		return
 	}
-	slog.Warn("mshv: this kernel has no MSHV_CREATE_PARTITION v2 payload, so the hypervisor cannot enforce the CPU model: the guest's CPUID hides these features but the processor still executes them",
+	slog.Warn("mshv: this kernel has no MSHV_CREATE_PARTITION v2 payload, so the hypervisor cannot enforce the CPU model: the guest's CPUID hides these features but the hypervisor lets the guest use them",
 		"features", strings.Join(names, " "))
 }
 
