@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/internal/kvmtest"
+	"govmm/internal/linuxguest"
+	"govmm/internal/nested"
+)
+
+// The network test's modules: the guest's virtio_net (and its failover
+// dependencies), and L1's tun, which L1 does not load by itself. Each is
+// a GOVMM_* path, so kvmtest copies it into L1.
+var netModuleEnvs = map[string]string{
+	"GOVMM_E2E_NET_MOD_FAILOVER":     "net/core/failover.ko",
+	"GOVMM_E2E_NET_MOD_NET_FAILOVER": "drivers/net/net_failover.ko",
+	"GOVMM_E2E_NET_MOD_VIRTIO_NET":   "drivers/net/virtio_net.ko",
+	"GOVMM_E2E_NET_MOD_TUN":          "drivers/net/tun.ko",
+}
+
+func init() {
+	if kvmtest.InL1() {
+		return
+	}
+	k := os.Getenv(linuxKernelEnv)
+	if k == "" {
+		k = nested.LinuxKernel()
+	}
+	if k == "" {
+		return
+	}
+	ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
+	kdir := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel")
+	for env, rel := range netModuleEnvs {
+		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
+			if _, err := os.Stat(p); err == nil {
+				os.Setenv(env, p)
+			}
+		}
+	}
+}
+
+// The guest's and L1's addresses on the TAP.
+const (
+	netTap     = "govmmtap0"
+	netMAC     = "52:54:00:12:ab:cd"
+	netHostIP  = "10.77.0.1"
+	netGuestIP = "10.77.0.2"
+	netUp      = 4 << 20 // guest to L1
+	netDown    = 4 << 20 // L1 to guest
+	netReply   = 1 << 20 // each side's answer
+)
+
+var netInit = `#!/bin/busybox sh
+` + virtioInitHead + `for m in failover net_failover virtio_net; do
+	$B insmod /lib/modules/$m.ko || echo "net-test: insmod $m failed"
+done
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
+$B ip link set lo up
+$B ip addr add ` + netGuestIP + `/24 dev eth0
+$B ip link set eth0 up
+$B sleep 1
+echo "net-test: mac $($B cat /sys/class/net/eth0/address) carrier $($B cat /sys/class/net/eth0/carrier)"
+` + fmt.Sprintf(`/bin/vsockpeer tcpserve 7000 1 g2h-answer %d &
+srv=$!
+if $B ping -c 3 -W 10 %s >/dev/null; then echo "net-test: ping ok"; else echo "net-test: ping failed"; fi
+/bin/vsockpeer tcpdial %s:7001 up %d
+wait $srv
+echo "vsock-test: done"
+$B poweroff -f
+`, netReply, netHostIP, netHostIP, netUp)
+
+// netInitrd is the virtio initramfs with virtio_net and the peer program.
+func netInitrd(t *testing.T) string {
+	t.Helper()
+	extra := map[string]string{"/bin/vsockpeer": os.Getenv(vsockPeerEnv)}
+	for env, rel := range netModuleEnvs {
+		if !strings.HasSuffix(rel, "tun.ko") {
+			extra["/lib/modules/"+filepath.Base(rel)] = os.Getenv(env)
+		}
+	}
+	return guestInitrd(t, netInit, extra)
+}
+
+// needTun makes /dev/net/tun work in L1: it loads tun.ko and makes the
+// node where devtmpfs did not.
+func needTun(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/sys/class/misc/tun"); err != nil {
+		p := os.Getenv("GOVMM_E2E_NET_MOD_TUN")
+		if p == "" {
+			t.Fatal("no tun module and no tun.ko next to the kernel")
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && err != unix.EEXIST {
+			t.Fatalf("load %s: %v", p, err)
+		}
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		os.MkdirAll("/dev/net", 0o755)
+		if err := unix.Mknod("/dev/net/tun", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 200))); err != nil {
+			t.Fatalf("mknod /dev/net/tun: %v", err)
+		}
+	}
+}
+
+// busyboxIP runs busybox's ip applet (L1 has no iproute2).
+func busyboxIP(t *testing.T, args ...string) {
+	t.Helper()
+	bb, err := linuxguest.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bb, append([]string{"ip"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// TestNetLinux boots Linux with a virtio-net device on a TAP that govmm
+// creates in L1, on each accelerator. L1 gives the TAP an address; the
+// guest configures eth0 (its MAC from --net), pings L1, and each side
+// sends the other 4 MiB over TCP, half-closes and gets a 1 MiB answer:
+// every byte is checked on both sides.
+func TestNetLinux(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := netInitrd(t)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			needTun(t)
+			ln, err := net.Listen("tcp4", ":7001")
+			if err != nil {
+				t.Fatal(err)
+			}
+			up := serveOnce(t, ln, pattern("h2g-answer", netReply))
+			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 panic=-1")
+			var p *proc
+			for attempt := 1; ; attempt++ {
+				p = start(t, args...)
+				// govmm creates the TAP as it builds the VM.
+				for i := 0; i < 200; i++ {
+					if _, err := net.InterfaceByName(netTap); err == nil {
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				busyboxIP(t, "addr", "add", netHostIP+"/24", "dev", netTap)
+				busyboxIP(t, "link", "set", netTap, "up")
+				err := p.waitProgress("vsock-test: listening 7000", 5*time.Minute, 90*time.Second)
+				if err == nil {
+					break
+				}
+				if attempt > 1 {
+					t.Fatal(err)
+				}
+				t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
+				p.cmd.Process.Kill()
+				<-p.done
+			}
+			down := pattern("down", netDown)
+			c, err := net.DialTimeout("tcp4", netGuestIP+":7000", 30*time.Second)
+			if err != nil {
+				t.Fatalf("connect to the guest: %v\n%s", err, p.output())
+			}
+			c.SetDeadline(time.Now().Add(3 * time.Minute))
+			if _, err := c.Write(down); err != nil {
+				t.Fatalf("send to the guest: %v", err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			answer, err := io.ReadAll(c)
+			c.Close()
+			if err != nil {
+				t.Fatalf("read the guest's answer: %v", err)
+			}
+			p.waitFor("vsock-test: done", 3*time.Minute)
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("govmm exit %d\n%s", code, p.output())
+			}
+			out := p.output()
+			if !strings.Contains(out, "net-test: mac "+netMAC+" carrier 1") {
+				t.Errorf("eth0: want MAC %s and carrier 1:\n%s", netMAC, out)
+			}
+			if !strings.Contains(out, "net-test: ping ok") {
+				t.Errorf("the guest could not ping L1:\n%s", out)
+			}
+			if got, w := vsockLine(out, "h2g-recv-1"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
+				t.Errorf("L1 to guest: the guest printed %q, want %q\n%s", got, w, out)
+			}
+			if want := pattern("h2g-answer", netReply); vsockLine(out, "g2h-reply") != fmt.Sprintf("%d %s", len(want), sum(want)) {
+				t.Errorf("L1's answer: the guest printed %q", vsockLine(out, "g2h-reply"))
+			}
+			if want := pattern("g2h-answer-1", netReply); string(answer) != string(want) {
+				t.Errorf("the guest's answer: %d bytes, want %d of the pattern", len(answer), len(want))
+			}
+			select {
+			case b := <-up:
+				if want := pattern("up", netUp); string(b) != string(want) {
+					t.Errorf("L1 read %d bytes from the guest, want %d of the pattern", len(b), len(want))
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("the guest's connection never reached L1")
+			}
+		})
+	}
+}
