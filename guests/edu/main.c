@@ -19,7 +19,8 @@
  *   edu: dma to=OK from=OK bytes=B         DMA guest RAM -> device buffer
  *                                          -> other guest RAM, compared
  *
- * Cmdline: n=N MSIs (default 100); hold=1 prints "edu: holding" after
+ * Cmdline: n=N MSIs (default 100); intx=0 skips INTx (whose GSI follows
+ * govmm's _PRT, not another machine's); hold=1 prints "edu: holding" after
  * the checks and waits for interrupts forever (for snapshot refusals).
  * Exit through the debug-exit port:
  * EDU_OK (0x10, status 33) or EDU_FAIL (0x11, status 35).
@@ -226,7 +227,9 @@ int main(void)
 	/* INTx through the IOAPIC: INTA-INTD of slot s is GSI 16 + (s + pin - 1)
 	 * mod 8 (govmm's _PRT), level-triggered, active low. */
 	uint32_t pin = cfg_read32(slot, 0x3c) >> 8 & 0xff;
-	if (pin >= 1 && pin <= 4) {
+	if (!cmdline_u64("intx", 1)) {
+		printf("edu: intx skipped\n");
+	} else if (pin >= 1 && pin <= 4) {
 		uint32_t gsi = 16 + (slot + pin - 1) % 8, nx = (uint32_t)cmdline_u64("intx", 20), ok = 0;
 		set_handler(VEC_INTX, edu_isr);
 		ioapic_route(gsi, VEC_INTX, lapic_id(), 3 | 3 << 2);
