@@ -285,6 +285,16 @@ func runInL1(names []string, o options, start time.Time) int {
 		verbose = "test2json"
 	}
 	args = append(args, "-test.run="+run, "-test.v="+verbose)
+	// say prints the harness's own lines. Under test2json it first ends the
+	// test the L1 output last named ("=== NAME" with no name), so that
+	// test2json files them under the package, where the CI report shows
+	// them, and not under whichever test was running when L1 stopped.
+	say := func(format string, a ...any) {
+		if verbose == "test2json" {
+			fmt.Print("\x16=== NAME  \n")
+		}
+		fmt.Printf(format, a...)
+	}
 	if len(benches) > 0 {
 		args = append(args, "-test.bench="+selecting(benches, "test.bench"))
 	}
@@ -328,7 +338,7 @@ func runInL1(names []string, o options, start time.Time) int {
 	env = append(env, o.env...)
 	files = append(files, o.files...)
 
-	fmt.Printf("=== nested KVM: running %d of this package's tests again in L1: %s\n", len(names), strings.Join(names, " "))
+	say("=== nested KVM: running %d of this package's tests again in L1: %s\n", len(names), strings.Join(names, " "))
 	a, _ := nested.Find()
 	deadline := time.Now().Add(budget - 30*time.Second)
 	runL1 := func(args []string) (*resultCounter, nested.Result, error) {
@@ -339,7 +349,7 @@ func runInL1(names []string, o options, start time.Time) int {
 		if f, err := os.CreateTemp("", "govmm-l1-*.log"); err == nil {
 			defer f.Close()
 			raw = bestEffort{f}
-			fmt.Printf("=== nested KVM: L1's raw output goes to %s\n", f.Name())
+			say("=== nested KVM: L1's raw output goes to %s\n", f.Name())
 		}
 		res, err := nested.Run(context.Background(), nested.Config{
 			Command:  args,
@@ -354,23 +364,24 @@ func runInL1(names []string, o options, start time.Time) int {
 			Output:      io.MultiWriter(os.Stdout, counter, raw),
 		})
 		if err == nil {
-			fmt.Printf("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
+			say("=== nested KVM (L1 on QEMU %s, booted in %v, %v in all): %d passed, %d failed, %d skipped\n",
 				a.QEMUVersion, res.Boot.Round(100*time.Millisecond), res.Wall.Round(100*time.Millisecond),
 				counter.pass, counter.fail, counter.skip)
 			if res.ExitCode != 0 && len(counter.failedLeaves()) == 0 {
 				// No test failed, yet the binary did not exit 0: it was
 				// killed (L1's OOM killer) or a test called os.Exit.
-				fmt.Printf("--- FAIL: nested KVM: the test binary exited %d in L1 with no test failed", res.ExitCode)
+				while := ""
 				if t := counter.running(); t != "" {
-					fmt.Printf(", while %s ran", t)
+					while = ", while " + t + " ran"
 				}
-				fmt.Printf("\n--- L1 kernel log (end):\n%s\n", res.ConsoleLog)
+				say("--- FAIL: nested KVM: the test binary exited %d in L1 with no test failed%s\n--- L1 kernel log (end):\n%s\n", res.ExitCode, while, res.ConsoleLog)
 			}
 		} else {
-			fmt.Printf("--- FAIL: nested KVM (L1, QEMU %s): %v\n", a.QEMUVersion, err)
+			running := ""
 			if t := counter.running(); t != "" {
-				fmt.Printf("nested KVM: the test running when L1 stopped: %s\n", t)
+				running = "\nnested KVM: the test running when L1 stopped: " + t
 			}
+			say("--- FAIL: nested KVM (L1, QEMU %s): %v%s\n", a.QEMUVersion, err, running)
 		}
 		return counter, res, err
 	}
@@ -390,7 +401,7 @@ func runInL1(names []string, o options, start time.Time) int {
 			return 1
 		}
 		rest := slices.DeleteFunc(slices.Clone(tests), counter.finished)
-		fmt.Printf("=== nested KVM: %s under the tests; running the %d that had not finished in a fresh L1: %s\n",
+		say("=== nested KVM: %s under the tests; running the %d that had not finished in a fresh L1: %s\n",
 			map[bool]string{true: "the test binary was killed", false: "L1 died"}[killed], len(rest), strings.Join(rest, " "))
 		if len(rest) > 0 {
 			again, res2, err := runL1(withRun(args, selecting(rest, "test.run")))
@@ -412,14 +423,14 @@ func runInL1(names []string, o options, start time.Time) int {
 	if res.ExitCode == 0 || len(failed) == 0 || len(failed) > maxRerun {
 		return res.ExitCode
 	}
-	fmt.Printf("=== nested KVM: %s failed; running %s once more in a fresh L1 (the substrate fails now and then)\n",
+	say("=== nested KVM: %s failed; running %s once more in a fresh L1 (the substrate fails now and then)\n",
 		strings.Join(failed, " "), map[bool]string{true: "it", false: "each"}[len(failed) == 1])
 	// Every one runs again, even after one failed again, so that the log
 	// shows which failures repeat.
 	code := 0
 	for _, name := range failed {
 		if time.Until(deadline) < 5*time.Minute {
-			fmt.Printf("=== nested KVM: no time left to run %s again\n", name)
+			say("=== nested KVM: no time left to run %s again\n", name)
 			return 1
 		}
 		_, again, err := runL1(withRun(args, exactly(name)))

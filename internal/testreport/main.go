@@ -39,6 +39,7 @@ func main() {
 	results := map[string]*result{} // "pkg\x00Test/sub"
 	var order []string
 	pkgOut := map[string][]string{} // output not tied to a test
+	nestedFail := map[string]bool{} // inside a "--- FAIL: nested KVM" message
 	var pkgLines []string
 	failedPkgs := map[string]bool{}
 	sc := bufio.NewScanner(os.Stdin)
@@ -61,7 +62,16 @@ func main() {
 			switch e.Action {
 			case "output":
 				pkgOut[e.Package] = append(pkgOut[e.Package], e.Output)
-				if strings.HasPrefix(e.Output, "=== nested KVM") || strings.HasPrefix(e.Output, "--- FAIL: nested KVM") {
+				// The harness's own lines, and after a "--- FAIL: nested
+				// KVM" everything up to its next line (why L1 died: the
+				// last output, L1's kernel log), which no test owns.
+				switch {
+				case strings.HasPrefix(e.Output, "--- FAIL: nested KVM"):
+					nestedFail[e.Package] = true
+				case strings.HasPrefix(e.Output, "=== "):
+					nestedFail[e.Package] = false
+				}
+				if strings.HasPrefix(e.Output, "=== nested KVM") || nestedFail[e.Package] {
 					fmt.Print(e.Output)
 				}
 			case "pass", "fail", "skip":

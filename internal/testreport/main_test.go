@@ -10,7 +10,8 @@ import (
 // TestReport feeds a go test -json stream through the command: a test that
 // skipped on the host and passed in L1 counts once as passed, a test whose
 // every subtest skipped fails, one that failed and then passed on a rerun
-// is listed as flaky, and the closing count says so.
+// is listed as flaky, the closing count says so, and the harness's lines
+// (why L1 died, with its kernel log) are shown.
 func TestReport(t *testing.T) {
 	if os.Getenv("TESTREPORT_MAIN") == "1" {
 		main()
@@ -31,6 +32,10 @@ func TestReport(t *testing.T) {
 		`{"Action":"fail","Package":"p","Test":"TestC"}`,
 		`{"Action":"run","Package":"p","Test":"TestC"}`,
 		`{"Action":"pass","Package":"p","Test":"TestC"}`,
+		`{"Action":"output","Package":"p","Output":"--- FAIL: nested KVM (L1, QEMU 10): nested KVM: L1 powered off\n"}`,
+		`{"Action":"output","Package":"p","Output":"[   12.7] BUG: TASK stack guard page was hit\n"}`,
+		`{"Action":"output","Package":"p","Output":"=== nested KVM: L1 died under the tests; running the 1 that had not finished in a fresh L1: TestD\n"}`,
+		`{"Action":"output","Package":"p","Output":"package chatter\n"}`,
 		`{"Action":"pass","Package":"p","Elapsed":1.5}`,
 	}, "\n")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestReport$")
@@ -46,9 +51,16 @@ func TestReport(t *testing.T) {
 		"    p TestB/kvm: tool missing\n",
 		"--- FLAKY: p TestC\n",
 		"2 passed, 1 failed, 1 skipped\n",
+		// Why L1 died is shown, with the line after it, whatever the tests did.
+		"--- FAIL: nested KVM (L1, QEMU 10)",
+		"BUG: TASK stack guard page was hit\n",
+		"running the 1 that had not finished",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(string(out), "package chatter") {
+		t.Errorf("package output after the harness's message shown:\n%s", out)
 	}
 }
