@@ -170,7 +170,9 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, err
 	}
 	copy(m.ram[place.Kernel-RAMBase:], k.Image)
-	copy(m.ram[place.Initrd-RAMBase:], cfg.Initrd)
+	if len(cfg.Initrd) > 0 {
+		copy(m.ram[place.Initrd-RAMBase:], cfg.Initrd)
+	}
 	copy(m.ram[place.DTB-RAMBase:], dtb)
 
 	// The boot protocol's entry state: x0 the DTB, x1-x3 zero, the MMU
