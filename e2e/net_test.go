@@ -82,7 +82,10 @@ $B poweroff -f
 `, netReply, netHostIP, netHostIP, netUp)
 
 // netInitrd is the virtio initramfs with virtio_net and the peer program.
-func netInitrd(t *testing.T) string {
+func netInitrd(t *testing.T) string { return guestInitrdNet(t, netInit) }
+
+// guestInitrdNet is netInitrd with another init.
+func guestInitrdNet(t *testing.T, init string) string {
 	t.Helper()
 	extra := map[string]string{"/bin/vsockpeer": os.Getenv(vsockPeerEnv)}
 	for env, rel := range netModuleEnvs {
@@ -90,7 +93,7 @@ func netInitrd(t *testing.T) string {
 			extra["/lib/modules/"+filepath.Base(rel)] = os.Getenv(env)
 		}
 	}
-	return guestInitrd(t, netInit, extra)
+	return guestInitrd(t, init, extra)
 }
 
 // needTun makes /dev/net/tun work in L1: it loads tun.ko and makes the
@@ -132,6 +135,47 @@ func busyboxIP(t *testing.T, args ...string) {
 	}
 }
 
+// hostTap waits for the TAP govmm creates as it builds the VM and gives
+// L1 its address on it.
+func hostTap(t *testing.T) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if _, err := net.InterfaceByName(netTap); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	busyboxIP(t, "addr", "add", netHostIP+"/24", "dev", netTap)
+	busyboxIP(t, "link", "set", netTap, "up")
+}
+
+// tcpTransfer is L1's connection number i to the guest's port 7000: it
+// sends netDown bytes of seed, half-closes, and checks the guest's answer
+// and the checksum the guest printed of what it received.
+func tcpTransfer(t *testing.T, p *proc, seed string, i int) {
+	t.Helper()
+	down := pattern(seed, netDown)
+	c, err := net.DialTimeout("tcp4", netGuestIP+":7000", 30*time.Second)
+	if err != nil {
+		t.Fatalf("connect to the guest: %v\n%s", err, p.output())
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Minute))
+	if _, err := c.Write(down); err != nil {
+		t.Fatalf("send to the guest: %v", err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	answer, err := io.ReadAll(c)
+	c.Close()
+	if want := pattern(fmt.Sprintf("g2h-answer-%d", i), netReply); err != nil || string(answer) != string(want) {
+		t.Fatalf("transfer %d: the guest answered %d bytes (%v), want %d of the pattern", i, len(answer), err, len(want))
+	}
+	key := fmt.Sprintf("h2g-recv-%d", i)
+	p.waitFor("vsock-test: "+key, time.Minute)
+	if got, w := vsockLine(p.output(), key), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
+		t.Fatalf("transfer %d: L1 to guest: the guest printed %q, want %q", i, got, w)
+	}
+}
+
 // TestNetLinux boots Linux with a virtio-net device on a TAP that govmm
 // creates in L1, on each accelerator. L1 gives the TAP an address; the
 // guest configures eth0 (its MAC from --net), pings L1, and each side
@@ -150,44 +194,8 @@ func TestNetLinux(t *testing.T) {
 			up := serveOnce(t, ln, pattern("h2g-answer", netReply))
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 panic=-1")
-			var p *proc
-			for attempt := 1; ; attempt++ {
-				p = start(t, args...)
-				// govmm creates the TAP as it builds the VM.
-				for i := 0; i < 200; i++ {
-					if _, err := net.InterfaceByName(netTap); err == nil {
-						break
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
-				busyboxIP(t, "addr", "add", netHostIP+"/24", "dev", netTap)
-				busyboxIP(t, "link", "set", netTap, "up")
-				err := p.waitProgress("vsock-test: listening 7000", 5*time.Minute, 90*time.Second)
-				if err == nil {
-					break
-				}
-				if attempt > 1 {
-					t.Fatal(err)
-				}
-				t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-				p.cmd.Process.Kill()
-				<-p.done
-			}
-			down := pattern("down", netDown)
-			c, err := net.DialTimeout("tcp4", netGuestIP+":7000", 30*time.Second)
-			if err != nil {
-				t.Fatalf("connect to the guest: %v\n%s", err, p.output())
-			}
-			c.SetDeadline(time.Now().Add(3 * time.Minute))
-			if _, err := c.Write(down); err != nil {
-				t.Fatalf("send to the guest: %v", err)
-			}
-			c.(*net.TCPConn).CloseWrite()
-			answer, err := io.ReadAll(c)
-			c.Close()
-			if err != nil {
-				t.Fatalf("read the guest's answer: %v", err)
-			}
+			p := bootGuest(t, args, "vsock-test: listening 7000", func() { hostTap(t) })
+			tcpTransfer(t, p, "down", 1)
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
@@ -199,14 +207,8 @@ func TestNetLinux(t *testing.T) {
 			if !strings.Contains(out, "net-test: ping ok") {
 				t.Errorf("the guest could not ping L1:\n%s", out)
 			}
-			if got, w := vsockLine(out, "h2g-recv-1"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
-				t.Errorf("L1 to guest: the guest printed %q, want %q\n%s", got, w, out)
-			}
 			if want := pattern("h2g-answer", netReply); vsockLine(out, "g2h-reply") != fmt.Sprintf("%d %s", len(want), sum(want)) {
 				t.Errorf("L1's answer: the guest printed %q", vsockLine(out, "g2h-reply"))
-			}
-			if want := pattern("g2h-answer-1", netReply); string(answer) != string(want) {
-				t.Errorf("the guest's answer: %d bytes, want %d of the pattern", len(answer), len(want))
 			}
 			select {
 			case b := <-up:
@@ -215,6 +217,53 @@ func TestNetLinux(t *testing.T) {
 				}
 			case <-time.After(10 * time.Second):
 				t.Error("the guest's connection never reached L1")
+			}
+		})
+	}
+}
+
+// netSnapInit serves two TCP connections and powers off.
+var netSnapInit = strings.Replace(netInit, "tcpserve 7000 1 ", "tcpserve 7000 2 ", 1)
+
+// TestNetSnapshot snapshots a guest on a TAP after one TCP transfer and
+// restores it on a TAP of the same name (created again by the restoring
+// govmm): a second transfer carries every byte. A restore with another
+// MAC is refused.
+func TestNetSnapshot(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := guestInitrdNet(t, netSnapInit)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			needTun(t)
+			ln, err := net.Listen("tcp4", ":7001")
+			if err != nil {
+				t.Fatal(err)
+			}
+			serveOnce(t, ln, pattern("h2g-answer", netReply))
+			dir := tempSocketDir(t)
+			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			nf := "tap=" + netTap + ",mac=" + netMAC
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+				"vsock-test: listening 7000", func() { hostTap(t) })
+			tcpTransfer(t, p, "before", 1)
+			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+			}
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("source after snapshot --stop: exit %d\n%s", code, p.output())
+			}
+			restore := append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")
+			r := govmm(t, append(append([]string(nil), restore...), "--net", "tap="+netTap+",mac=52:54:00:00:00:01")...)
+			if r.Code != 64 || !strings.Contains(r.Stderr, "mac=") {
+				t.Fatalf("restore with another MAC: want exit 64 naming the MAC, got\n%s", r)
+			}
+			p = start(t, append(restore, "--net", nf)...)
+			hostTap(t)
+			tcpTransfer(t, p, "after", 2)
+			p.waitFor("vsock-test: done", 3*time.Minute)
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
 			}
 		})
 	}

@@ -153,6 +153,9 @@ const (
 	vsockHostP  = 5000      // the guest port the host connects to
 )
 
+// vsockReady is the line the guest prints once it listens.
+var vsockReady = fmt.Sprintf("vsock-test: listening %d", vsockHostP)
+
 // vsockInit serves one host connection and makes one to the host, at the
 // same time, then powers off.
 var vsockInit = `#!/bin/busybox sh
@@ -227,14 +230,19 @@ func hostConnect(t *testing.T, sock string, port int, data []byte, half bool) (n
 	return nil, b
 }
 
-// vsockBoot starts govmm with the guest and the vsock device, retrying
-// once a boot the substrate broke, and waits for the guest's listener.
-func vsockBoot(t *testing.T, args []string) *proc {
+// bootGuest starts govmm with args and waits for ready in its output,
+// retrying once a boot the substrate broke (a stall, a triple fault).
+// started, if not nil, runs after each start (to configure a TAP govmm
+// creates); a retry removes the control socket the killed run left.
+func bootGuest(t *testing.T, args []string, ready string, started func()) *proc {
 	t.Helper()
 	var p *proc
 	for attempt := 1; ; attempt++ {
 		p = start(t, args...)
-		err := p.waitProgress(fmt.Sprintf("vsock-test: listening %d", vsockHostP), 5*time.Minute, 90*time.Second)
+		if started != nil {
+			started()
+		}
+		err := p.waitProgress(ready, 5*time.Minute, 90*time.Second)
 		if err == nil {
 			return p
 		}
@@ -244,6 +252,11 @@ func vsockBoot(t *testing.T, args []string) *proc {
 		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
 		p.cmd.Process.Kill()
 		<-p.done
+		for i, a := range args {
+			if a == "--api-socket" && i+1 < len(args) {
+				os.Remove(args[i+1])
+			}
+		}
 	}
 }
 
@@ -261,8 +274,8 @@ func TestVsockLinux(t *testing.T) {
 			dir := tempSocketDir(t)
 			sock := filepath.Join(dir, "v.sock")
 			up := hostListen(t, sock)
-			p := vsockBoot(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--vsock", "cid=7,socket="+sock, "--cmdline", "console=ttyS0 panic=-1"))
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--vsock", "cid=7,socket="+sock, "--cmdline", "console=ttyS0 panic=-1"), vsockReady, nil)
 			down := pattern("down", vsockDown)
 			_, answer := hostConnect(t, sock, vsockHostP, down, true)
 			p.waitFor("vsock-test: done", 3*time.Minute)
@@ -316,8 +329,8 @@ func TestVsockSnapshot(t *testing.T) {
 			dir := tempSocketDir(t)
 			sock, api, snap := filepath.Join(dir, "v.sock"), filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			vs := "cid=9,socket=" + sock
-			p := vsockBoot(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", api, "--vsock", vs, "--cmdline", "console=ttyS0 panic=-1"))
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", api, "--vsock", vs, "--cmdline", "console=ttyS0 panic=-1"), vsockReady, nil)
 			// A connection that is open at the snapshot.
 			c, _ := hostConnect(t, sock, vsockHostP, []byte("before the snapshot"), false)
 			defer c.Close()
