@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"govmm/internal/kvmtest"
 )
 
 func sample(t testing.TB) []byte {
@@ -81,6 +83,9 @@ func TestRoundTrip(t *testing.T) {
 func TestDTC(t *testing.T) {
 	dtc, err := exec.LookPath("dtc")
 	if err != nil {
+		if kvmtest.Required() {
+			t.Fatal("dtc not installed (apt-get install device-tree-compiler; .ci/run does)")
+		}
 		t.Skip("dtc not installed (apt-get install device-tree-compiler)")
 	}
 	cmd := exec.Command(dtc, "-I", "dtb", "-O", "dts", "-")

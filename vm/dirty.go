@@ -12,6 +12,9 @@ import (
 // come from the VMM, which the accelerator's dirty log does not see, so
 // pre-copy would miss them.
 func (v *VM) StartDirtyLog() error {
+	if err := v.plat.vfio.refuse("live migration"); err != nil {
+		return err
+	}
 	if n := len(v.plat.virtio); n > 0 {
 		return fmt.Errorf("live migration of a VM with virtio devices is not supported yet (%d devices; their writes to guest memory are not dirty-tracked): snapshot and restore it instead", n)
 	}

@@ -29,7 +29,9 @@ import (
 	"govmm/platform"
 	"govmm/virtio"
 	"govmm/virtio/blk"
+	virtionet "govmm/virtio/net"
 	"govmm/virtio/rng"
+	"govmm/virtio/vsock"
 )
 
 // platformDevices is the PC govmm presents: legacy devices, interrupt
@@ -47,6 +49,7 @@ type platformDevices struct {
 	pci     *pci.Root
 	pcitest *pcitestdev.Device
 	virtio  []*virtioDevice
+	vfio    *vfioDevices
 	entry   *boot.Entry
 	// running and stopped are the VM's: closed once every vCPU runs
 	// with its state, and when the VM stops.
@@ -58,6 +61,10 @@ type platformDevices struct {
 type VirtioConfig struct {
 	Disks []blk.Config
 	RNG   bool
+	// Vsock is the virtio-vsock device, after the entropy device.
+	Vsock *vsock.Config
+	// Nets are the virtio-net devices, last.
+	Nets []virtionet.Config
 }
 
 // virtioDevice is one virtio-pci function and what backs it.
@@ -100,6 +107,24 @@ func (v *VM) addVirtio(p *platformDevices) error {
 	}
 	if v.cfg.Virtio.RNG {
 		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
+			return err
+		}
+	}
+	if c := v.cfg.Virtio.Vsock; c != nil {
+		d, err := vsock.New(*c, v.log)
+		if err != nil {
+			return &InputError{Err: err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close); err != nil {
+			return err
+		}
+	}
+	for _, c := range v.cfg.Virtio.Nets {
+		d, err := virtionet.Open(c, v.log)
+		if err != nil {
+			return &InputError{Err: err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close); err != nil {
 			return err
 		}
 	}
@@ -227,6 +252,9 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	if err := v.addVirtio(p); err != nil {
 		return err
 	}
+	if err := v.addVFIO(p); err != nil {
+		return err
+	}
 
 	if mode == buildIncoming {
 		return nil
@@ -300,7 +328,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		for _, x := range d.Virtio {
 			want = append(want, x.Device)
 		}
-		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk and --rng flags)", want, have)}
+		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock and --net flags)", want, have)}
 	}
 	// Snapshots from before the PCI host bridge have no PCI state: the
 	// bus stays as built, with the VMM's BAR placement.
@@ -313,7 +341,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 	// are in its configuration space.
 	for i, x := range p.virtio {
 		if err := x.tr.Restore(d.Virtio[i]); err != nil {
-			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk and --rng flags as the saved VM had)", err)}
+			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock and --net flags as the saved VM had)", err)}
 		}
 	}
 	if len(p.virtio) > 0 {
@@ -389,6 +417,7 @@ func (p *platformDevices) flush() {
 
 func (p *platformDevices) close() {
 	p.flush()
+	p.vfio.close()
 	for _, d := range p.virtio {
 		d.tr.Close()
 		if d.close != nil {

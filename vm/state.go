@@ -108,6 +108,9 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if !v.Paused() {
 		return nil, errors.New("save state: the VM is not paused")
 	}
+	if err := v.plat.vfio.refuse("a snapshot"); err != nil {
+		return nil, err
+	}
 	st := &snapshot.State{}
 	if err := st.Add("machine", machineVersion, v.Machine()); err != nil {
 		return nil, err

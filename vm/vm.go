@@ -61,8 +61,10 @@ type Config struct {
 	Epoch time.Time
 	// HugePages asks for transparent huge pages for guest RAM.
 	HugePages bool
-	// Virtio lists the virtio devices (--disk, --rng).
+	// Virtio lists the virtio devices (--disk, --rng, --vsock, --net).
 	Virtio VirtioConfig
+	// VFIO lists the host devices passed through (--device vfio=...).
+	VFIO VFIOConfig
 }
 
 // StopKind says how a VM ended.

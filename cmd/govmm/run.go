@@ -1,3 +1,5 @@
+//go:build !arm64
+
 package main
 
 import (
@@ -38,6 +40,7 @@ type runFlags struct {
 	testDevices             bool
 	hugePages               bool
 	virtio                  virtioFlags
+	devices                 deviceFlags
 	seccomp, landlock       string // confinement (package confine)
 	snapshotDir             string
 }
@@ -58,6 +61,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.hugePages, "hugepages", false, "back guest RAM with transparent huge pages (fewer TLB misses for large guests; larger resident size, slower first touch)")
 	f.registerConfine(fs)
 	f.virtio.register(fs)
+	f.devices.register(fs)
 	fs.BoolVar(&f.testDevices, "test-devices", false, "add the test devices: the MMIO ones the project's test guests use (at 0xfeb00000 and 0xfeb01000), QEMU's pc-testdev and pci-testdev (PCI 00:1f.0)")
 }
 
@@ -167,7 +171,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo, FeatureMSRs: featureMSRs,
 		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline, GuestInfo: cpuGuestInfo(model, supported, cpuid),
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
-		Virtio: f.virtio.config(),
+		Virtio: f.virtio.config(), VFIO: f.devices.config(),
 	})
 	if err != nil {
 		var ie *vm.InputError

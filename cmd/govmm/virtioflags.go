@@ -1,10 +1,15 @@
+//go:build !arm64
+
 package main
 
 import (
 	"flag"
+	"fmt"
 	"strings"
 
 	"govmm/virtio/blk"
+	virtionet "govmm/virtio/net"
+	"govmm/virtio/vsock"
 	"govmm/vm"
 )
 
@@ -13,6 +18,50 @@ import (
 type virtioFlags struct {
 	disks diskList
 	rng   bool
+	vsock vsockFlag
+	nets  netList
+}
+
+// netList is the repeatable --net flag.
+type netList []virtionet.Config
+
+func (n *netList) String() string {
+	var s []string
+	for _, c := range *n {
+		s = append(s, c.Tap)
+	}
+	return strings.Join(s, " ")
+}
+
+func (n *netList) Set(v string) error {
+	c, err := virtionet.ParseFlag(v)
+	if err != nil {
+		return err
+	}
+	*n = append(*n, c)
+	return nil
+}
+
+// vsockFlag is the --vsock flag.
+type vsockFlag struct{ c *vsock.Config }
+
+func (f *vsockFlag) String() string {
+	if f.c == nil {
+		return ""
+	}
+	return fmt.Sprintf("cid=%d,socket=%s", f.c.CID, f.c.Socket)
+}
+
+func (f *vsockFlag) Set(v string) error {
+	if f.c != nil {
+		return fmt.Errorf("--vsock given twice (one vsock device per VM)")
+	}
+	c, err := vsock.ParseFlag(v)
+	if err != nil {
+		return err
+	}
+	f.c = &c
+	return nil
 }
 
 // diskList is the repeatable --disk flag.
@@ -38,8 +87,10 @@ func (d *diskList) Set(v string) error {
 func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID] (repeatable: vda, vdb, ...)")
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
+	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
+	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")
 }
 
 func (f *virtioFlags) config() vm.VirtioConfig {
-	return vm.VirtioConfig{Disks: f.disks, RNG: f.rng}
+	return vm.VirtioConfig{Disks: f.disks, RNG: f.rng, Vsock: f.vsock.c, Nets: f.nets}
 }

@@ -78,6 +78,21 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Output receives the command's stdout and stderr as they arrive.
 	Output io.Writer
+	// Machine replaces L1's -machine value (default "q35"), e.g.
+	// "q35,kernel-irqchip=split" for an emulated IOMMU.
+	Machine string
+	// QEMUArgs are more arguments for L1's QEMU (devices, e.g. "-device",
+	// "intel-iommu,intremap=on", "-device", "edu").
+	QEMUArgs []string
+	// Append is more of L1's kernel command line.
+	Append string
+	// Modules are more kernel modules of L1's kernel, by their path under
+	// its modules' kernel/ directory (e.g. "drivers/vfio/vfio.ko"), loaded
+	// in order after KVM's.
+	Modules []string
+	// Arch is L1's architecture: "" (x86-64) or ArchARM64 (aarch64.go).
+	// Every program in an aarch64 L1 must be an arm64 build.
+	Arch string
 }
 
 // Result is what a run produced.
@@ -118,6 +133,11 @@ type Assets struct {
 	Kernel      string   // Debian cloud kernel bzImage
 	Modules     []string // irqbypass.ko, kvm.ko, kvm-amd.ko, in load order
 	Busybox     string   // a static busybox
+	Arch        string   // "" (x86-64) or ArchARM64
+	// OutputModules are loaded before the command's output is switched
+	// to OutputDev (default /dev/ttyS1).
+	OutputModules []string
+	OutputDev     string
 }
 
 var (
@@ -260,7 +280,13 @@ var (
 // command that runs and fails is not an error; a VM that does not boot,
 // does not finish within the timeout, or dies is (*Error).
 func Run(ctx context.Context, cfg Config) (Result, error) {
-	a, err := Find()
+	find := Find
+	if cfg.Arch == ArchARM64 {
+		find = FindARM64
+	} else if cfg.Arch != "" {
+		return Result{}, fmt.Errorf("nested: no L1 for architecture %q", cfg.Arch)
+	}
+	a, err := find()
 	if err != nil {
 		return Result{}, err
 	}
@@ -304,15 +330,23 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, a.QEMU,
-		"-accel", tcg, "-cpu", "max", "-machine", "q35",
+	machine := "q35"
+	if cfg.Machine != "" {
+		machine = cfg.Machine
+	}
+	args := []string{
+		"-accel", tcg, "-cpu", "max", "-machine", machine,
 		"-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", a.Kernel, "-initrd", initrd,
-		"-append", strings.TrimSpace("console=ttyS0 loglevel=4 panic=-1 mitigations=off "+os.Getenv(L1AppendEnv)),
-		"-serial", "file:"+console,
+		"-append", strings.TrimSpace("console=ttyS0 loglevel=4 panic=-1 mitigations=off " + os.Getenv(L1AppendEnv) + " " + cfg.Append),
+		"-serial", "file:" + console,
 		"-chardev", "stdio,id=out,signal=off", "-serial", "chardev:out",
-	)
+	}
+	if a.Arch == ArchARM64 {
+		args = aarch64QEMUArgs(a, cfg, tcg, initrd, console)
+	}
+	cmd := exec.CommandContext(ctx, a.QEMU, append(args, cfg.QEMUArgs...)...)
 	cmd.Stdin = nil
 	var qemuErr bytes.Buffer
 	cmd.Stderr = &qemuErr
@@ -394,7 +428,12 @@ func buildInitramfs(out string, a *Assets, cfg Config) error {
 	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
 		return err
 	}
-	for _, m := range a.Modules {
+	for _, m := range a.OutputModules {
+		if err := ar.File("/lib/modules/nested/"+filepath.Base(m), m); err != nil {
+			return err
+		}
+	}
+	for _, m := range append(append([]string(nil), a.Modules...), extraModules(a, cfg)...) {
 		if err := ar.File("/lib/modules/nested/"+filepath.Base(m), m); err != nil {
 			return err
 		}
@@ -515,9 +554,19 @@ ip link set lo up 2>/dev/null
 # KVM_RUN ("stack guard page was hit") in 3 of 4 TestLinuxSnapshot runs;
 # with the interpreter in none of 5 (measured 2026-12-05, QEMU 10.0.2 TCG).
 echo 0 > /proc/sys/net/core/bpf_jit_enable
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
-exec >/dev/ttyS1 2>&1
 `)
+	for _, m := range a.OutputModules {
+		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))
+	}
+	out := a.OutputDev
+	if out == "" {
+		out = "/dev/ttyS1"
+	}
+	if len(a.OutputModules) > 0 {
+		// The device node of a driver just loaded appears a little later.
+		fmt.Fprintf(&b, "i=0; while [ ! -c %s ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n", out)
+	}
+	fmt.Fprintf(&b, "stty -F %s raw -echo 2>/dev/null\nexec >%s 2>&1\n", out, out)
 	for _, m := range a.Modules {
 		params := ""
 		if filepath.Base(m) == "kvm-amd.ko" {
@@ -526,6 +575,9 @@ exec >/dev/ttyS1 2>&1
 		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s %s || echo 'nested: insmod %s failed'\n", filepath.Base(m), params, filepath.Base(m))
 	}
 	b.WriteString("[ -c /dev/kvm ] || echo 'nested: no /dev/kvm in L1 (is svm missing from -cpu?)'\n")
+	for _, m := range extraModules(a, cfg) {
+		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))
+	}
 	dir := cfg.Dir
 	if dir == "" {
 		dir = "/"
@@ -597,4 +649,19 @@ func lastN(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// extraModules are the host paths of cfg.Modules in L1's kernel's module
+// tree (next to the KVM modules).
+func extraModules(a *Assets, cfg Config) []string {
+	if len(cfg.Modules) == 0 || len(a.Modules) == 0 {
+		return nil
+	}
+	// a.Modules[0] is .../kernel/virt/lib/irqbypass.ko.
+	root := filepath.Dir(filepath.Dir(filepath.Dir(a.Modules[0])))
+	var out []string
+	for _, m := range cfg.Modules {
+		out = append(out, filepath.Join(root, m))
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 
 	"govmm/boot/arm64image"
 	"govmm/fdt"
+	"govmm/internal/kvmtest"
 )
 
 func TestPlace(t *testing.T) {
@@ -133,6 +134,9 @@ func slicesEqual(a, b []uint32) bool {
 func TestDeviceTreeDTC(t *testing.T) {
 	dtc, err := exec.LookPath("dtc")
 	if err != nil {
+		if kvmtest.Required() {
+			t.Fatal("dtc not installed (apt-get install device-tree-compiler; .ci/run does)")
+		}
 		t.Skip("dtc not installed (apt-get install device-tree-compiler)")
 	}
 	_, b := tree(t, 2)

@@ -1,0 +1,187 @@
+package main
+
+// The arm64 build of govmm: `run` boots a Linux arm64 Image on KVM/arm64
+// (package platform/arm64) with the same flags as on x86; what arm64 does
+// not have yet is refused by name. None of the x86 machine (package vm, the
+// x86 instruction emulator, MSHV) is linked into this binary.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"govmm/platform/arm64"
+)
+
+// notOnARM64 is the error for a feature the arm64 build lacks.
+func notOnARM64(what string) error {
+	return fail(exitUsage, "%s: not implemented on arm64", what)
+}
+
+// x86OnlyRunFlags are `govmm run` flags of the x86 build that arm64 does
+// not implement yet; they parse, and fail with a clear error when given.
+var x86OnlyRunFlags = []struct {
+	name string
+	bool bool
+}{
+	{"mshv-device", false}, {"topology", false}, {"cpu", false}, {"api-socket", false},
+	{"hugepages", true}, {"test-devices", true}, {"seccomp", false}, {"landlock", false},
+	{"snapshot-dir", false}, {"disk", false}, {"rng", true}, {"vsock", false}, {"net", false}, {"device", false},
+}
+
+func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("govmm run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var accelName, kernelPath, initrdPath, cmdline, memory, serial, logLevel string
+	var cpus int
+	fs.StringVar(&accelName, "accel", "auto", "accelerator: kvm or auto (MSHV is not implemented on arm64)")
+	fs.StringVar(&kernelPath, "kernel", "", "guest kernel: a Linux arm64 Image or Image.gz (required on arm64)")
+	fs.StringVar(&initrdPath, "initrd", "", "initial ramdisk")
+	fs.StringVar(&cmdline, "cmdline", "", "kernel command line")
+	fs.StringVar(&memory, "memory", "256M", "guest memory size (e.g. 256M, 2G)")
+	fs.IntVar(&cpus, "cpus", 1, "number of vCPUs")
+	fs.StringVar(&serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
+	fs.StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	var unsupported []string
+	for _, x := range x86OnlyRunFlags {
+		note := func(string) error { unsupported = append(unsupported, "--"+x.name); return nil }
+		if x.bool {
+			fs.BoolFunc(x.name, "not implemented on arm64", note)
+		} else {
+			fs.Func(x.name, "not implemented on arm64", note)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{exitUsage, errors.New("")}
+	}
+	if fs.NArg() > 0 {
+		return fail(exitUsage, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	if len(unsupported) > 0 {
+		return notOnARM64(strings.Join(unsupported, ", "))
+	}
+	log, err := newLogger(logLevel, stderr)
+	if err != nil {
+		return fail(exitUsage, "%v", err)
+	}
+	switch accelName {
+	case "kvm", "auto":
+	case "mshv":
+		return notOnARM64("--accel mshv")
+	default:
+		return fail(exitUsage, "--accel %q: want kvm or auto", accelName)
+	}
+	memSize, err := parseSize(memory)
+	if err != nil {
+		return fail(exitUsage, "--memory: %v", err)
+	}
+	if kernelPath == "" {
+		return fail(exitUsage, "--kernel: required on arm64 (the built-in probe guest is an x86 program)")
+	}
+	kernel, err := os.ReadFile(kernelPath)
+	if err != nil {
+		return fail(exitUsage, "--kernel: %v", err)
+	}
+	var initrd []byte
+	if initrdPath != "" {
+		if initrd, err = os.ReadFile(initrdPath); err != nil {
+			return fail(exitUsage, "--initrd: %v", err)
+		}
+	}
+	var out io.Writer
+	var input io.Reader
+	switch {
+	case serial == "stdio":
+		out, input = stdout, stdin
+	case serial == "none":
+		out = io.Discard
+	case strings.HasPrefix(serial, "file:") && len(serial) > len("file:"):
+		path := strings.TrimPrefix(serial, "file:")
+		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
+			return fail(exitUsage, "--serial %s: no directory %s", serial, filepath.Dir(path))
+		}
+		// Created only once the machine is built, like on x86.
+	default:
+		return fail(exitUsage, "--serial %q: want stdio, file:PATH or none", serial)
+	}
+
+	m, err := arm64.New(arm64.Config{
+		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
+		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+	})
+	if err != nil {
+		var ie *arm64.InputError
+		if errors.As(err, &ie) {
+			return fail(exitUsage, "%v", err)
+		}
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) {
+			return fail(exitNoAccel, "%v", err)
+		}
+		return fail(exitInternal, "%v", err)
+	}
+	defer m.Close()
+	if out == nil {
+		f, err := os.Create(strings.TrimPrefix(serial, "file:"))
+		if err != nil {
+			return fail(exitUsage, "--serial: %v", err)
+		}
+		defer f.Close()
+		out = f
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		if s, ok := <-sigs; ok {
+			fmt.Fprintf(stderr, "govmm: stopped by signal %v\n", s)
+			os.Exit(128 + int(s.(syscall.Signal)))
+		}
+	}()
+	res := m.Run()
+	log.Info("VM ended", "stop", res.Stop)
+	switch res.Stop {
+	case arm64.StopPowerOff, arm64.StopReset:
+		return nil
+	default:
+		return &exitError{2, res.Err} // vm.StatusCrash on x86
+	}
+}
+
+// lateWriter writes to *w, which is set once the console file exists.
+type lateWriter struct{ w *io.Writer }
+
+func (l *lateWriter) Write(p []byte) (int, error) { return (*l.w).Write(p) }
+
+func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return notOnARM64("restore (snapshots)")
+}
+
+func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
+	return notOnARM64("snapshot")
+}
+
+func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return notOnARM64("migrate")
+}
+
+func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
+	return notOnARM64(name + " (the control socket)")
+}
+
+func cmdCaps(args []string, stdout io.Writer) error {
+	return notOnARM64("caps")
+}
+
+func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
+	return notOnARM64("cpu-models (x86 CPU models)")
+}

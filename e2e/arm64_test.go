@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"govmm/internal/initramfs"
+	"govmm/internal/kvmtest"
+	"govmm/internal/nested"
+)
+
+// arm64L1 finds the aarch64 L1's assets, or skips (fails under
+// GOVMM_REQUIRE_KVM=1) when the machine lacks them.
+func arm64L1(t *testing.T) *nested.Assets {
+	t.Helper()
+	if kvmtest.InL1() {
+		t.Skip("inside the x86-64 L1: the arm64 tests start their own aarch64 L1 from the host")
+	}
+	if os.Getenv(kvmtest.NestedEnv) == "0" {
+		t.Skip(kvmtest.NestedEnv + "=0: no nested VM")
+	}
+	a, err := nested.FindARM64()
+	if err != nil {
+		if kvmtest.Required() {
+			t.Fatalf("nested arm64 KVM: %v", err)
+		}
+		t.Skipf("nested arm64 KVM: %v", err)
+	}
+	return a
+}
+
+// buildARM64 cross-compiles a package of this module for arm64 (static):
+// a command with "build", a test binary with "test -c".
+func buildARM64(t *testing.T, out string, goArgs ...string) {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	pkg := goArgs[len(goArgs)-1]
+	args := append(append(goArgs[:len(goArgs)-1:len(goArgs)-1], "-o", out), pkg)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = filepath.Dir(filepath.Dir(file))
+	cmd.Env = append(os.Environ(), "GOARCH=arm64", "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go %s (GOARCH=arm64): %v\n%s", strings.Join(args, " "), err, b)
+	}
+}
+
+// logWriter sends L1's output to the test log, line by line.
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestARM64LinuxBoot boots Debian's arm64 cloud kernel with govmm's arm64
+// build on KVM/arm64 inside the aarch64 L1, with 2 vCPUs and a busybox
+// initramfs whose init prints a token from the kernel command line and the
+// CPUs online, then powers off through PSCI. The same L1 run first runs
+// the arm64 KVM backend's own tests there.
+func TestARM64LinuxBoot(t *testing.T) {
+	a := arm64L1(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "govmm-arm64")
+	buildARM64(t, bin, "build", "./cmd/govmm")
+	kvmarmTest := filepath.Join(dir, "kvmarm-arm64.test")
+	buildARM64(t, kvmarmTest, "test", "-c", "./accel/kvmarm")
+	platformTest := filepath.Join(dir, "platform-arm64.test")
+	buildARM64(t, platformTest, "test", "-c", "./platform/arm64")
+
+	var tok [8]byte
+	rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	ar := initramfs.New()
+	for _, d := range []string{"/bin", "/proc", "/sys", "/dev"} {
+		ar.Dir(d)
+	}
+	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
+		t.Fatal(err)
+	}
+	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+exec >/dev/console 2>&1
+echo "guest: cpus-online=$(/bin/busybox cat /sys/devices/system/cpu/online)"
+for w in $(/bin/busybox cat /proc/cmdline); do
+  case "$w" in govmm.token=*) echo "guest: token=${w#govmm.token=}";; esac
+done
+/bin/busybox poweroff -f
+`))
+	initrd := filepath.Join(dir, "initrd.cpio")
+	if err := ar.WriteFile(initrd); err != nil {
+		t.Fatal(err)
+	}
+
+	script := `cd /tmp
+echo "l1: $(uname -m), /dev/kvm: $([ -c /dev/kvm ] && echo yes || echo no)"
+` + platformTest + ` -test.count=1 -test.v >/tmp/platform.log 2>&1; echo "l1: platform tests exit=$?"
+grep -E '^(--- |ok|PASS|FAIL|panic)|_test.go' /tmp/platform.log
+` + kvmarmTest + ` -test.count=1 >/tmp/kvmarm.log 2>&1; echo "l1: kvmarm tests exit=$?"
+tail -n 5 /tmp/kvmarm.log
+uptime_ms() { read up rest </proc/uptime; echo $(( ${up%.*}${up#*.} * 10 )); }
+start=$(uptime_ms)
+timeout 480 ` + bin + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --cmdline 'console=ttyAMA0 panic=-1 govmm.token=` + token + `'
+status=$?
+ms=$(( $(uptime_ms) - start ))
+echo "l1: govmm exit=$status ms=$ms"
+# 1 and 4 vCPUs too, when a boot is quick enough on this substrate.
+if [ $status = 0 ] && [ $ms -lt 90000 ]; then
+  for n in 1 4; do
+    timeout 480 ` + bin + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus $n --memory 512M --cmdline 'console=ttyAMA0 quiet panic=-1 govmm.token=` + token + `' >/tmp/cpus$n.out 2>&1
+    st=$?
+    sed "s/^/cpus$n: /" /tmp/cpus$n.out
+    echo "l1: govmm --cpus $n exit=$st"
+  done
+fi
+`
+	var out strings.Builder
+	res, err := nested.Run(context.Background(), nested.Config{
+		Arch:        nested.ArchARM64,
+		Command:     []string{"/bin/sh", "-c", script},
+		Files:       []string{bin, kvmarmTest, platformTest, initrd, a.Kernel},
+		Timeout:     25 * time.Minute,
+		IdleTimeout: 8 * time.Minute,
+		Output:      io.MultiWriter(&out, logWriter{t}),
+	})
+	if err != nil {
+		var ne *nested.Error
+		if errors.As(err, &ne) {
+			t.Fatalf("%v", ne)
+		}
+		t.Fatal(err)
+	}
+	t.Logf("aarch64 L1: boot %v, wall %v, exit %d", res.Boot, res.Wall, res.ExitCode)
+	o := out.String()
+	for _, want := range []string{
+		"l1: aarch64, /dev/kvm: yes",
+		"guest: token=" + token,
+		"guest: cpus-online=0-1",
+		"l1: govmm exit=0 ",
+		"l1: kvmarm tests exit=0",
+		"l1: platform tests exit=0",
+	} {
+		if !strings.Contains(o, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(o, "l1: govmm --cpus 1") {
+		for _, want := range []string{"cpus1: guest: cpus-online=0\n", "cpus4: guest: cpus-online=0-3", "cpus4: guest: token=" + token, "l1: govmm --cpus 4 exit=0"} {
+			if !strings.Contains(o, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+	} else {
+		t.Log("the 2-vCPU boot took 90 s or more: no 1- and 4-vCPU boots")
+	}
+	if strings.Contains(o, "--- FAIL") {
+		t.Errorf("a test failed in L1")
+	}
+	if i := strings.Index(o, "ms="); i >= 0 {
+		if ms, err := strconv.Atoi(strings.Fields(o[i+3:])[0]); err == nil {
+			t.Logf("govmm run to PSCI power-off, 2 vCPUs, in the aarch64 L1: %d ms", ms)
+		}
+	}
+}
