@@ -341,13 +341,8 @@ echo "govmm-userspace: token=$tok cpus=$cpus online=$online clocksource=$cs"
 $B poweroff -f
 `
 
-func nvmeLine(console, key string) string {
-	m := regexp.MustCompile(`nvme-test: ` + regexp.QuoteMeta(key) + ` ([^\r\n]*)`).FindStringSubmatch(console)
-	if m == nil {
-		return ""
-	}
-	return strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(m[1]), "-"))
-}
+// nvmeLine returns the value after "nvme-test: key ".
+func nvmeLine(console, key string) string { return guestValue(console, "nvme-test", key) }
 
 // vfioNVMe passes QEMU's nvme device through to a Linux guest on every
 // accelerator. Linux's own nvme driver reads the pattern the host wrote

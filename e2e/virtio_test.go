@@ -123,8 +123,12 @@ func sum(b []byte) string {
 }
 
 // virtioLine returns the value after "virtio-test: key ".
-func virtioLine(console, key string) string {
-	m := regexp.MustCompile(`virtio-test: ` + regexp.QuoteMeta(key) + ` ([^\r\n]*)`).FindStringSubmatch(console)
+func virtioLine(console, key string) string { return guestValue(console, "virtio-test", key) }
+
+// guestValue returns the value a guest script printed as "tag: key value"
+// (a trailing "-" from an empty field dropped), or "".
+func guestValue(console, tag, key string) string {
+	m := regexp.MustCompile(regexp.QuoteMeta(tag) + `: ` + regexp.QuoteMeta(key) + ` ([^\r\n]*)`).FindStringSubmatch(console)
 	if m == nil {
 		return ""
 	}
