@@ -552,7 +552,8 @@ ip link set lo up 2>/dev/null
 # The BPF interpreter, not the JIT: every govmm process installs a
 # seccomp filter, and with JIT-compiled filters L1's kernel died under
 # KVM_RUN ("stack guard page was hit") in 3 of 4 TestLinuxSnapshot runs;
-# with the interpreter in none of 5 (measured 2026-12-05, QEMU 10.0.2 TCG).
+# with the interpreter in none of 5 (measured 2026-12-05, QEMU 10.0.2 TCG),
+# though it still strikes now and then (one L1 in 70 soak boots).
 echo 0 > /proc/sys/net/core/bpf_jit_enable
 `)
 	for _, m := range a.OutputModules {
