@@ -48,7 +48,8 @@ type Options struct {
 	// GuestInfo is what govmm tells its own guests about the machine
 	// ("govmm.cpu=x86-64-v2 ..."): appended to the command line of ELF64
 	// and Multiboot kernels, the formats of the project's guests, and
-	// never given to Linux, PVH or raw images.
+	// never given to Linux, PVH or raw images. govmm run sets it only for
+	// its built-in probe: other kernels get the command line as given.
 	GuestInfo string
 }
 

@@ -44,8 +44,8 @@ type Config struct {
 	// FeatureMSRs are the CPU model's feature MSRs (IA32_ARCH_CAPABILITIES);
 	// kept in snapshots.
 	FeatureMSRs []accel.MSR
-	// GuestInfo is what govmm tells its own (ELF64 and Multiboot) guests
-	// on their command line: the CPU model and what it hides.
+	// GuestInfo is what govmm tells its built-in probe on its command
+	// line: the CPU model and what it hides (boot.Options.GuestInfo).
 	GuestInfo  string
 	Serial     io.Writer // guest serial output (nil: discarded)
 	Log        *slog.Logger
