@@ -172,7 +172,7 @@ func (a *Accelerator) Caps() (accel.Caps, error) {
 	c.Info["recommended_vcpus"] = strconv.FormatInt(checkExtension(a.fd, capNrVCPUs), 10)
 	c.Info["vcpu_mmap_size"] = strconv.Itoa(a.mmapSize)
 	qfd := a.fd
-	if vfd, err := ioctl(a.fd, ioctlCreateVM, 0); err == nil {
+	if vfd, err := a.createVM(); err == nil {
 		defer unix.Close(int(vfd))
 		qfd = int(vfd)
 	}

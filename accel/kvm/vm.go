@@ -93,7 +93,7 @@ func (a *Accelerator) NewVMWithEOIRoutes(cfg accel.VMConfig, routes int) (*VM, e
 		return nil, fmt.Errorf("create VM: %w", err)
 	}
 	cfg.Topology = topo
-	r, err := ioctl(a.fd, ioctlCreateVM, 0)
+	r, err := a.createVM()
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
@@ -508,4 +508,17 @@ func (vm *VM) Resume() error {
 		return fmt.Errorf("resume: %w", err)
 	}
 	return nil
+}
+
+// createVM issues KVM_CREATE_VM, again while it fails with EINTR: the
+// kernel gives up creating a VM when a signal is pending (x86's MMU set-up
+// checks), and the Go runtime signals its threads all the time (SIGURG
+// preemption). QEMU retries the same way.
+func (a *Accelerator) createVM() (uintptr, error) {
+	for {
+		r, err := ioctl(a.fd, ioctlCreateVM, 0)
+		if !errors.Is(err, unix.EINTR) {
+			return r, err
+		}
+	}
 }
