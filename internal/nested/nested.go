@@ -112,6 +112,12 @@ type Error struct {
 	Reason     string
 	OutputTail string // the last lines the command printed
 	ConsoleLog string // the last lines of L1's kernel log
+	// QEMULog is what QEMU itself logged about L1's CPUs (-d cpu_reset):
+	// "Triple fault" when L1 died of one, which its kernel cannot report.
+	QEMULog string
+	// Kept names the files that keep L1's whole kernel log and QEMU's
+	// log after the run, for a post-mortem.
+	Kept []string
 }
 
 func (e *Error) Error() string {
@@ -122,6 +128,12 @@ func (e *Error) Error() string {
 	}
 	if e.ConsoleLog != "" {
 		b.WriteString("\n--- L1 kernel log (end):\n" + e.ConsoleLog)
+	}
+	if e.QEMULog != "" {
+		b.WriteString("\n--- QEMU's log of L1's CPUs (end):\n" + e.QEMULog)
+	}
+	if len(e.Kept) > 0 {
+		b.WriteString("\n--- kept: " + strings.Join(e.Kept, " "))
 	}
 	return b.String()
 }
@@ -327,6 +339,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, fmt.Errorf("nested: build L1's initramfs: %w", err)
 	}
 	console := filepath.Join(work, "console.log")
+	qemuLog := filepath.Join(work, "qemu.log")
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -346,6 +359,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if a.Arch == ArchARM64 {
 		args = aarch64QEMUArgs(a, cfg, tcg, initrd, console)
 	}
+	// QEMU logs an L1 CPU's resets, and a triple fault ends L1 with no
+	// word from its kernel: the log tells that death from the others.
+	args = append(args, "-d", "cpu_reset", "-D", qemuLog)
 	cmd := exec.CommandContext(ctx, a.QEMU, append(args, cfg.QEMUArgs...)...)
 	cmd.Stdin = nil
 	var qemuErr bytes.Buffer
@@ -399,7 +415,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		return res, nil
 	}
-	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: consoleExcerpt(console)}
+	e := &Error{OutputTail: tail.lastLines(40), ConsoleLog: consoleExcerpt(console), QEMULog: qemuLogExcerpt(qemuLog)}
+	for _, f := range []string{console, qemuLog} {
+		if kept := keep(f); kept != "" {
+			e.Kept = append(e.Kept, kept)
+		}
+	}
 	switch {
 	case idled.Load():
 		e.Reason = fmt.Sprintf("no output from L1 for %v (killed)", cfg.IdleTimeout)
@@ -641,6 +662,37 @@ func consoleExcerpt(path string) string {
 	from := max(first-3, 0)
 	to := min(from+oops, len(lines)-end)
 	return strings.Join(lines[from:to], "\n") + "\n[...]\n" + strings.Join(lines[len(lines)-end:], "\n")
+}
+
+// qemuLogExcerpt is the events in QEMU's log of L1's CPUs ("Triple
+// fault"), without the register dumps of every reset.
+func qemuLogExcerpt(path string) string {
+	b, _ := os.ReadFile(path)
+	var events []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "fault") {
+			events = append(events, l)
+		}
+	}
+	return lastN(strings.Join(events, "\n"), 20)
+}
+
+// keep copies a log of a failed run out of the run's temporary folder
+// and returns the copy's name, or "" when there is nothing to keep.
+func keep(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	f, err := os.CreateTemp("", "govmm-l1-kept-*-"+filepath.Base(path))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		return ""
+	}
+	return f.Name()
 }
 
 func lastN(s string, n int) string {

@@ -40,6 +40,7 @@ func main() {
 	var order []string
 	pkgOut := map[string][]string{} // output not tied to a test
 	nestedFail := map[string]bool{} // inside a "--- FAIL: nested KVM" message
+	var stops []string              // "L1 stopped" lines: L1 died under the tests
 	var pkgLines []string
 	failedPkgs := map[string]bool{}
 	sc := bufio.NewScanner(os.Stdin)
@@ -63,12 +64,16 @@ func main() {
 			case "output":
 				pkgOut[e.Package] = append(pkgOut[e.Package], e.Output)
 				// The harness's own lines, and after a "--- FAIL: nested
-				// KVM" everything up to its next line (why L1 died: the
-				// last output, L1's kernel log), which no test owns.
+				// KVM" or an "L1 stopped" everything up to the harness's
+				// or a test's next line (why L1 died: the last output, L1's
+				// kernel log), which no test owns.
 				switch {
 				case strings.HasPrefix(e.Output, "--- FAIL: nested KVM"):
 					nestedFail[e.Package] = true
-				case strings.HasPrefix(e.Output, "=== "):
+				case strings.HasPrefix(e.Output, "=== nested KVM: L1 stopped"):
+					nestedFail[e.Package] = true
+					stops = append(stops, e.Package+": "+e.Output)
+				case strings.HasPrefix(e.Output, "=== nested KVM"):
 					nestedFail[e.Package] = false
 				}
 				if strings.HasPrefix(e.Output, "=== nested KVM") || nestedFail[e.Package] {
@@ -90,6 +95,7 @@ func main() {
 			}
 			continue
 		}
+		nestedFail[e.Package] = false
 		key := e.Package + "\x00" + e.Test
 		r := results[key]
 		if r == nil {
@@ -166,6 +172,12 @@ func main() {
 		}
 	}
 	fmt.Printf("\ntests, subtests included (a test that needs KVM counts by its run on KVM), %v:\n", time.Since(start).Round(time.Second))
+	if len(stops) > 0 {
+		fmt.Printf("L1 stopped under the tests %d time(s); the tests it had not finished ran in a fresh L1 (listed above):\n", len(stops))
+		for _, s := range stops {
+			fmt.Print("    " + s)
+		}
+	}
 	if len(flaky) > 0 {
 		fmt.Printf("%d of the passed tests failed once on nested KVM and passed when run again (listed above)\n", len(flaky))
 	}

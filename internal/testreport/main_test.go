@@ -36,6 +36,13 @@ func TestReport(t *testing.T) {
 		`{"Action":"output","Package":"p","Output":"[   12.7] BUG: TASK stack guard page was hit\n"}`,
 		`{"Action":"output","Package":"p","Output":"=== nested KVM: L1 died under the tests; running the 1 that had not finished in a fresh L1: TestD\n"}`,
 		`{"Action":"output","Package":"p","Output":"package chatter\n"}`,
+		`{"Action":"output","Package":"p","Output":"=== nested KVM: L1 stopped (QEMU 10): nested KVM: L1 powered off\n"}`,
+		`{"Action":"output","Package":"p","Output":"=== RUN   TestE\n"}`,
+		`{"Action":"output","Package":"p","Output":"--- QEMU's log of L1's CPUs (end):\n"}`,
+		`{"Action":"output","Package":"p","Output":"Triple fault\n"}`,
+		`{"Action":"run","Package":"p","Test":"TestE"}`,
+		`{"Action":"pass","Package":"p","Test":"TestE"}`,
+		`{"Action":"output","Package":"p","Output":"more package chatter\n"}`,
 		`{"Action":"pass","Package":"p","Elapsed":1.5}`,
 	}, "\n")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestReport$")
@@ -50,17 +57,22 @@ func TestReport(t *testing.T) {
 		"every one of its 1 subtests skipped",
 		"    p TestB/kvm: tool missing\n",
 		"--- FLAKY: p TestC\n",
-		"2 passed, 1 failed, 1 skipped\n",
+		"3 passed, 1 failed, 1 skipped\n",
 		// Why L1 died is shown, with the line after it, whatever the tests did.
 		"--- FAIL: nested KVM (L1, QEMU 10)",
 		"BUG: TASK stack guard page was hit\n",
 		"running the 1 that had not finished",
+		// So is an L1 that stopped, up to the next test's line, and the
+		// closing count names it.
+		"=== RUN   TestE\n--- QEMU's log of L1's CPUs (end):\nTriple fault\n",
+		"L1 stopped under the tests 1 time(s)",
+		"    p: === nested KVM: L1 stopped (QEMU 10)",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(string(out), "package chatter") {
+	if strings.Contains(string(out), "package chatter") { // both chatters
 		t.Errorf("package output after the harness's message shown:\n%s", out)
 	}
 }
