@@ -25,7 +25,7 @@
 // between two processes: Start (in the caller, as root) checks the
 // configuration, builds the directory and the cgroup, and re-executes the
 // current binary into new namespaces (placed in the cgroup as it is
-// cloned); that child runs RunStage, which enters the directory, applies
+// cloned); that child, in this package's init, enters the directory, applies
 // the limits, drops its identity and executes the program. Go cannot do
 // the second half between fork and exec, hence the re-execution.
 package jail
@@ -91,10 +91,6 @@ type Config struct {
 	// Rlimits bound the program's resources (soft and hard limit alike).
 	// Without a nofile entry, RLIMIT_NOFILE is DefaultNoFile.
 	Rlimits []Rlimit
-	// StageArgs are the arguments after argv[0] that make the current
-	// binary call RunStage (cmd/govmm: "jail", StageFlag).
-	StageArgs []string
-
 	// moveRoot makes the stage enter the jail as on an initramfs root
 	// (move the directory over / and chroot) even where pivot_root works:
 	// tests use it to cover that path.
@@ -183,9 +179,6 @@ func (c Config) check() (*plan, error) {
 		if id.v == 0 && !c.AllowRoot {
 			return nil, fmt.Errorf("%s 0: the jailed program would keep root's identity; pick an unprivileged %s (or allow root explicitly)", id.name, id.name)
 		}
-	}
-	if len(c.StageArgs) == 0 {
-		return nil, errors.New("no stage arguments: the caller must say how its binary enters RunStage")
 	}
 
 	base := c.ChrootBase

@@ -40,7 +40,6 @@ func TestCheckRefuses(t *testing.T) {
 		{"uid 0", func(c *Config) { c.UID = 0 }, "uid 0: the jailed program would keep root's identity"},
 		{"gid 0", func(c *Config) { c.GID = 0 }, "gid 0:"},
 		{"uid -1", func(c *Config) { c.UID = -1 }, "uid -1: want 0 to"},
-		{"no stage", func(c *Config) { c.StageArgs = nil }, "no stage arguments"},
 		{"base is a file", func(c *Config) { c.ChrootBase = regular }, "not a directory"},
 		{"missing program", func(c *Config) { c.Exec = filepath.Join(dir, "nope") }, "program " + filepath.Join(dir, "nope") + ": stat"},
 		{"program not executable", func(c *Config) { c.Exec = notExec }, "may not execute it"},

@@ -17,18 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The test binary plays two more parts: the jail's stage (Start
-// re-executes it with stageArg) and the jailed program (helperEnv set),
-// which reports what it sees from inside.
-const (
-	stageArg  = "jail-test-stage"
-	helperEnv = "GOVMM_JAIL_TEST_HELPER=1"
-)
+// The test binary plays two more parts: the jail's stage (the package's
+// init, when Start re-executes it) and the jailed program (helperEnv
+// set), which reports what it sees from inside.
+const helperEnv = "GOVMM_JAIL_TEST_HELPER=1"
 
 func TestMain(m *testing.M) {
-	if len(os.Args) == 2 && os.Args[1] == stageArg {
-		RunStage()
-	}
 	for _, e := range os.Environ() {
 		if e == helperEnv {
 			os.Exit(helper())
@@ -119,7 +113,6 @@ func testConfig(t *testing.T) Config {
 		ID: testID(t), UID: 4242, GID: 4343,
 		ChrootBase: t.TempDir(), Exec: exe,
 		Args: []string{"-arg", "one"}, Env: []string{helperEnv},
-		StageArgs: []string{stageArg},
 	}
 }
 

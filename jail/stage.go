@@ -14,15 +14,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// StageFlag follows "jail" on the command line with which cmd/govmm
-// re-executes itself into RunStage (Config.StageArgs).
-const StageFlag = "--internal-stage"
+// stageEnv marks the jail's first process: Start re-executes the current
+// binary with it set (and nothing else in its environment), and this
+// package's init runs the stage before the binary's own main, or a test
+// binary's tests, could start. No command line is involved, so a binary
+// cannot mistake the stage for an ordinary start and run as itself.
+const stageEnv = "_GOVMM_JAIL_STAGE"
 
-// RunStage is the jail's first process, started by Start in its new
+// stageArg is the stage's argv[1], for ps.
+const stageArg = "--jail-stage"
+
+func init() {
+	if os.Getenv(stageEnv) == "1" {
+		runStage()
+	}
+}
+
+// runStage is the jail's first process, started by Start in its new
 // namespaces and cgroup. It enters the jail's directory, applies the
-// limits, drops to the jailed identity and executes the program; it
-// returns only if it could not, having told Start why.
-func RunStage() {
+// limits, drops to the jailed identity and executes the program; if it
+// cannot, it tells Start why and exits.
+func runStage() {
 	// Namespace joins, no_new_privs and the exec are per thread: all on
 	// this one.
 	runtime.LockOSThread()

@@ -43,7 +43,7 @@ type Jail struct {
 	cgroupCreated bool
 }
 
-// stagePlan is what Start hands RunStage, as JSON on descriptor 3.
+// stagePlan is what Start hands the stage, as JSON on descriptor 3.
 type stagePlan struct {
 	Root     string
 	MoveRoot bool
@@ -56,10 +56,12 @@ type stagePlan struct {
 }
 
 // Start checks c, builds the jail and starts the program in it with the
-// given standard files. It returns once the program has been executed, or
+// given standard input and outputs (as exec.Cmd takes them: an *os.File
+// is passed on as it is, anything else through a pipe; nil is /dev/null).
+// It returns once the program has been executed, or
 // with the reason the jail could not be entered. A *ConfigError means
 // nothing was changed. It needs root.
-func Start(c Config, stdin, stdout, stderr *os.File) (*Jail, error) {
+func Start(c Config, stdin io.Reader, stdout, stderr io.Writer) (*Jail, error) {
 	p, err := c.check()
 	if err != nil {
 		return nil, &ConfigError{err}
@@ -117,8 +119,8 @@ func Start(c Config, stdin, stdout, stderr *os.File) (*Jail, error) {
 	defer errR.Close()
 	j.cmd = &exec.Cmd{
 		Path:        "/proc/self/exe",
-		Args:        append([]string{os.Args[0]}, c.StageArgs...),
-		Env:         []string{},
+		Args:        []string{os.Args[0], stageArg},
+		Env:         []string{stageEnv + "=1"},
 		Stdin:       stdin,
 		Stdout:      stdout,
 		Stderr:      stderr,

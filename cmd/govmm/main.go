@@ -5,6 +5,7 @@
 //	govmm restore|snapshot|migrate|pause|resume|info   VM lifecycle
 //	govmm caps [--json]    what the host offers
 //	govmm cpu-models       the CPU models and which this host can run
+//	govmm jail [flags] -- run [flags]   govmm run in a jail (package jail)
 //	govmm version
 package main
 
@@ -74,6 +75,8 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdCaps(args[1:], stdout)
 	case "cpu-models":
 		err = cmdCPUModels(args[1:], stdout, stderr)
+	case "jail":
+		err = cmdJail(args[1:], stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "govmm %s (%s)\n", version, buildNote())
 	case "help", "-h", "--help":
@@ -109,6 +112,8 @@ commands:
   pause, resume, info   control a running VM through its control socket
   caps      show what this host's accelerators offer (--json for JSON)
   cpu-models  list the CPU models (--cpu) and which this host can run
+  jail      run "govmm run" in a jail (namespaces, chroot, uid drop, rlimits, cgroup):
+            jail --id ID --uid U --gid G [flags] -- run [run flags]
   version   print the version
 
 Run "govmm <command> -h" for a command's flags.
