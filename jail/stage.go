@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -63,7 +64,7 @@ func stage() error {
 		}
 	}
 	// Nothing inherited but stdin, stdout and stderr survives the exec.
-	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err != nil {
+	if err := closeOnExec(); err != nil {
 		return fmt.Errorf("close inherited descriptors: %w", err)
 	}
 	if err := enterRoot(sp.Root, sp.MoveRoot); err != nil {
@@ -94,6 +95,28 @@ func stage() error {
 	}
 	err = syscall.Exec(sp.Exec, sp.Argv, sp.Env)
 	return fmt.Errorf("execute %s in the jail: %w", sp.Exec, err)
+}
+
+// closeOnExec marks every descriptor from 3 up close-on-exec: with
+// close_range(2) (Linux 5.11), else one by one from /proc/self/fd.
+func closeOnExec() error {
+	err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil || !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			// The descriptor that listed the directory is gone by now.
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // joinNetNS moves this thread (and so the program it executes) into the
