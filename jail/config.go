@@ -12,8 +12,8 @@
 //     (or copies of) the files the VM needs and the device nodes it opens,
 //     made with the host's major and minor numbers and owned by the jailed
 //     uid;
-//   - the program starts in new mount (and optionally PID and network)
-//     namespaces, with that directory as its root (pivot_root, or a move
+//   - the program starts in new mount (and optionally PID, network and
+//     user) namespaces, with that directory as its root (pivot_root, or a move
 //     over / and chroot where the root is an initramfs);
 //   - rlimits (RLIMIT_NOFILE, RLIMIT_FSIZE) and an optional cgroup v2
 //     placement (cpu.max, memory.max) bound what it can consume;
@@ -81,6 +81,12 @@ type Config struct {
 	NewNetNS bool
 	// NewPIDNS starts the program as PID 1 of a new PID namespace.
 	NewPIDNS bool
+	// NewUserNS starts the program in a new user namespace that maps
+	// root (for the jail's first process, which sets the jail up in it)
+	// and UID and GID, each to itself; every other identity is the
+	// overflow id there. The program, which has left root, holds no
+	// capability there, as in the caller's namespace.
+	NewUserNS bool
 	// Cgroup is a cgroup v2 path relative to the cgroup2 mount (e.g.
 	// govmm/vm1), created if missing; the program is cloned into it.
 	// CPUMax ("QUOTA[/PERIOD]" in microseconds, or "max") and MemoryMax
@@ -260,6 +266,9 @@ func (c Config) check() (*plan, error) {
 		}
 	}
 
+	if c.NewUserNS && (c.UID == 0 || c.GID == 0) {
+		return nil, errors.New("a new user namespace maps root for the jail's set-up and the jailed uid and gid apart from it: root cannot be one of them")
+	}
 	if c.NetNS != "" && c.NewNetNS {
 		return nil, errors.New("a network namespace to join and a new one: choose one")
 	}

@@ -54,6 +54,7 @@ func TestCheckRefuses(t *testing.T) {
 		{"device not a device", func(c *Config) { c.Devices = []string{regular} }, "not a character device"},
 		{"missing device", func(c *Config) { c.Devices = []string{"/dev/no-such-device"} }, "device /dev/no-such-device: stat"},
 		{"relative device", func(c *Config) { c.Devices = []string{"dev/null"} }, "absolute, clean path"},
+		{"userns with root", func(c *Config) { c.NewUserNS, c.GID, c.AllowRoot = true, 0, true }, "root cannot be one of them"},
 		{"both netns", func(c *Config) { c.NetNS, c.NewNetNS = "/proc/self/ns/net", true }, "choose one"},
 		{"netns not a namespace", func(c *Config) { c.NetNS = regular }, "not a namespace handle"},
 		{"netns of another kind", func(c *Config) { c.NetNS = "/proc/self/ns/mnt" }, "a namespace of another kind"},

@@ -219,17 +219,18 @@ func TestJailHelper(t *testing.T) {
 	for _, tc := range []struct {
 		name                 string
 		pidNS, newNet, move  bool
+		userNS               bool
 		netns                string
 		rlimits              []Rlimit
 		wantNoFile, wantSize uint64
 		cgroup               bool
 	}{
-		{name: "pivot-newns", pidNS: true, newNet: true, rlimits: []Rlimit{{"nofile", 64}, {"fsize", 1 << 20}}, wantNoFile: 64, wantSize: 1 << 20, cgroup: true},
+		{name: "pivot-newns", pidNS: true, newNet: true, userNS: true, rlimits: []Rlimit{{"nofile", 64}, {"fsize", 1 << 20}}, wantNoFile: 64, wantSize: 1 << 20, cgroup: true},
 		{name: "move-root-joinnet", move: true, netns: sleeperNet, wantNoFile: DefaultNoFile, wantSize: unix.RLIM_INFINITY},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t)
-			c.NewPIDNS, c.NewNetNS, c.moveRoot, c.NetNS, c.Rlimits = tc.pidNS, tc.newNet, tc.move, tc.netns, tc.rlimits
+			c.NewPIDNS, c.NewNetNS, c.NewUserNS, c.moveRoot, c.NetNS, c.Rlimits = tc.pidNS, tc.newNet, tc.userNS, tc.move, tc.netns, tc.rlimits
 			c.Files = []File{{Host: in, Jail: "/data/in.txt"}, {Host: disk, Jail: "/disk0", Write: true}}
 			c.Devices = []string{"/dev/null"}
 			limits := cgMount != "" && hasWord(readString(cgMount+"/cgroup.controllers"), "cpu") && hasWord(readString(cgMount+"/cgroup.controllers"), "memory")
@@ -252,6 +253,16 @@ func TestJailHelper(t *testing.T) {
 				}
 				if got := nsLink(t, pid, "pid") != nsLink(t, "self", "pid"); got != tc.pidNS {
 					t.Errorf("new PID namespace: %v, want %v", got, tc.pidNS)
+				}
+				if got := nsLink(t, pid, "user") != nsLink(t, "self", "user"); got != tc.userNS {
+					t.Errorf("new user namespace: %v, want %v", got, tc.userNS)
+				}
+				if tc.userNS {
+					for f, want := range map[string]string{"uid_map": "0 0 1 4242 4242 1", "gid_map": "0 0 1 4343 4343 1"} {
+						if got := strings.Join(strings.Fields(readString("/proc/"+pid+"/"+f)), " "); got != want {
+							t.Errorf("%s: %q, want %q", f, got, want)
+						}
+					}
 				}
 				wantNet := nsLink(t, "self", "net")
 				if tc.netns != "" {

@@ -89,6 +89,17 @@ func Start(c Config, stdin io.Reader, stdout, stderr io.Writer) (*Jail, error) {
 	if c.NewNetNS {
 		attr.Cloneflags |= syscall.CLONE_NEWNET
 	}
+	if c.NewUserNS {
+		// The mount namespace is then the new user namespace's. Root is
+		// mapped so that the stage keeps its capabilities there across
+		// its exec (they go to the namespace's root only) to set the
+		// jail up, and loses them all when it drops to UID:GID, as in
+		// the caller's namespace. Setgroups stays allowed for that drop.
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}, {ContainerID: c.UID, HostID: c.UID, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}, {ContainerID: c.GID, HostID: c.GID, Size: 1}}
+		attr.GidMappingsEnableSetgroups = true
+	}
 	if c.Cgroup != "" {
 		dir, created, err := p.setupCgroup()
 		j.cgroupDir, j.cgroupCreated = p.cgroupDir, created

@@ -44,6 +44,7 @@ type jailFlags struct {
 	netns             string
 	newNetNS          bool
 	newPIDNS          bool
+	newUserNS         bool
 	cgroup            string
 	cpuMax, memoryMax string
 	rlimits           []jail.Rlimit
@@ -59,6 +60,7 @@ func (f *jailFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.netns, "netns", "", "join this network namespace (e.g. /var/run/netns/NAME)")
 	fs.BoolVar(&f.newNetNS, "new-netns", false, "start in a new, empty network namespace")
 	fs.BoolVar(&f.newPIDNS, "new-pid-ns", false, "start as PID 1 of a new PID namespace")
+	fs.BoolVar(&f.newUserNS, "new-user-ns", false, "start in a new user namespace mapping only root (for the jail's set-up) and --uid/--gid")
 	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 to run in, relative to the cgroup2 mount (created if missing, removed at the end if created)")
 	fs.StringVar(&f.cpuMax, "cpu-max", "", "with --cgroup: cpu.max as QUOTA[/PERIOD] in microseconds, e.g. 50000/100000 for half a CPU")
 	fs.StringVar(&f.memoryMax, "memory-max", "", "with --cgroup: memory.max in bytes, with an optional K, M, G or T suffix")
@@ -161,7 +163,7 @@ func jailConfig(f jailFlags, runArgs []string, stderr io.Writer) (jail.Config, e
 	cfg := jail.Config{
 		ID: f.id, UID: f.uid, GID: f.gid, AllowRoot: f.allowRoot, ChrootBase: f.chrootBase,
 		Exec:  exe,
-		NetNS: f.netns, NewNetNS: f.newNetNS, NewPIDNS: f.newPIDNS,
+		NetNS: f.netns, NewNetNS: f.newNetNS, NewPIDNS: f.newPIDNS, NewUserNS: f.newUserNS,
 		Cgroup: f.cgroup, CPUMax: f.cpuMax, MemoryMax: f.memoryMax, Rlimits: f.rlimits,
 	}
 	if t := os.Getenv("TERM"); t != "" {

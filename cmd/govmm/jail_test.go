@@ -66,7 +66,7 @@ func jailFiles(t *testing.T) (kernel, disk0, disk1 string) {
 
 func TestJailConfig(t *testing.T) {
 	kernel, disk0, disk1 := jailFiles(t)
-	f := jailFlags{id: "vm-1", uid: 1000, gid: 1000, chrootBase: "/srv/x", newPIDNS: true,
+	f := jailFlags{id: "vm-1", uid: 1000, gid: 1000, chrootBase: "/srv/x", newPIDNS: true, newUserNS: true,
 		files: []jail.File{{Host: "/etc/hostname", Jail: "/hostname"}}}
 	runArgs := []string{"--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel,
 		"--disk", "path=" + disk0 + ",readonly=on", "--disk=path=" + disk1, "--net", "tap=tap0",
@@ -76,7 +76,7 @@ func TestJailConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	exe, _ := os.Executable()
-	if c.ID != "vm-1" || c.UID != 1000 || c.GID != 1000 || c.ChrootBase != "/srv/x" || !c.NewPIDNS || c.Exec != exe {
+	if c.ID != "vm-1" || c.UID != 1000 || c.GID != 1000 || c.ChrootBase != "/srv/x" || !c.NewPIDNS || !c.NewUserNS || c.Exec != exe {
 		t.Errorf("config %+v", c)
 	}
 	wantFiles := []jail.File{{Host: kernel, Jail: "/kernel"}, {Host: disk0, Jail: "/disk0"}, {Host: disk1, Jail: "/disk1", Write: true}, {Host: "/etc/hostname", Jail: "/hostname"}}
@@ -157,7 +157,7 @@ func TestJailRunsGovmm(t *testing.T) {
 	os.Chmod(filepath.Dir(disk0), 0o755)
 	os.Chown(disk0, 4242, 4242)
 	base := t.TempDir()
-	cmd := exec.Command(bin, "jail", "--id", "cli-1", "--uid", "4242", "--gid", "4242", "--chroot-base", base, "--new-pid-ns", "--rlimit", "nofile=256",
+	cmd := exec.Command(bin, "jail", "--id", "cli-1", "--uid", "4242", "--gid", "4242", "--chroot-base", base, "--new-pid-ns", "--new-user-ns", "--rlimit", "nofile=256",
 		"--", "run", "--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel, "--disk", "path="+disk0, "--serial", "file:/var/log/x.log", "--api-socket", "/run/x.sock")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
