@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"govmm/accel"
@@ -210,7 +211,10 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 // state first (segments and control registers decide how the rest is read),
 // then registers, FPU/XSAVE, MSRs (TSC among them), the LAPIC, events and
 // finally the run state.
-func restoreVCPU(c accel.VCPU, s *VCPUState) error {
+//
+// bsp is vCPU 0's saved state when s is another vCPU's (nil for vCPU 0),
+// for the MSRs one vCPU holds for the whole VM (partitionMSRs).
+func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
 	var err error
 	step := func(what string, f func() error) {
 		if err == nil {
@@ -229,7 +233,11 @@ func restoreVCPU(c accel.VCPU, s *VCPUState) error {
 		step("XSAVE", func() error { return c.SetXSave(&accel.XSave{Data: s.XSave}) })
 	}
 	step("MSRs", func() error {
-		msrs, err := portableMSRs(c, s.MSRs)
+		var bspMSRs []accel.MSR
+		if bsp != nil {
+			bspMSRs = bsp.MSRs
+		}
+		msrs, err := portableMSRs(c, s.MSRs, bspMSRs)
 		if err != nil {
 			return err
 		}
@@ -307,6 +315,15 @@ var kvmParavirtMSRs = map[uint32]string{
 	0x4b564d07: "MSR_KVM_ASYNC_PF_ACK",
 }
 
+// partitionMSRs hold one value for the whole VM, which an accelerator may
+// take through one vCPU only: MSHV lets the VMM set HV_X64_MSR_HYPERCALL on
+// VP 0 alone (Cloud Hypervisor restores it there only), while KVM lists it
+// on every vCPU. Another vCPU's copy is left to vCPU 0 when vCPU 0's saved
+// state has the same value.
+var partitionMSRs = map[uint32]string{
+	0x40000001: "HV_X64_MSR_HYPERCALL",
+}
+
 // portableMSRs picks the saved MSRs the destination accelerator can hold.
 // Accelerators list different MSRs (KVM offers its paravirtual and AMD
 // ones, MSHV the Hyper-V synthetic ones), so a snapshot taken on one names
@@ -315,7 +332,9 @@ var kvmParavirtMSRs = map[uint32]string{
 // one that holds anything else means the guest relies on state the
 // destination cannot give it (kvmclock on MSHV, say), and the restore is
 // refused naming the MSR.
-func portableMSRs(c accel.VCPU, saved []accel.MSR) ([]accel.MSR, error) {
+//
+// bsp is vCPU 0's saved MSRs when saved is another vCPU's (nil for vCPU 0).
+func portableMSRs(c accel.VCPU, saved, bsp []accel.MSR) ([]accel.MSR, error) {
 	list, err := c.MSRIndexList()
 	if err != nil {
 		return nil, fmt.Errorf("list the destination's MSRs: %w", err)
@@ -332,6 +351,12 @@ func portableMSRs(c accel.VCPU, saved []accel.MSR) ([]accel.MSR, error) {
 		switch {
 		case have[m.Index]:
 			out = append(out, m)
+		case bsp != nil && partitionMSRs[m.Index] != "":
+			if !slices.Contains(bsp, m) {
+				return nil, fmt.Errorf("the saved vCPU has MSR %#x (%s) = %#x, which differs from vCPU 0's; this accelerator holds it once for the whole VM, through vCPU 0",
+					m.Index, partitionMSRs[m.Index], m.Value)
+			}
+			// vCPU 0 restores it for the whole VM.
 		case m.Value != msrResetValue[m.Index]:
 			if what, ok := kvmParavirtMSRs[m.Index]; ok {
 				return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x (%s): the guest uses KVM's paravirtual interface, which this accelerator does not offer; boot a guest whose snapshots must restore elsewhere with --cpu host,-kvm",

@@ -26,7 +26,11 @@ func (v *VM) setupVCPU(index int) (accel.VCPU, error) {
 		}
 	}
 	if v.restore != nil {
-		if err := restoreVCPU(c, &v.restore.VCPUs[index]); err != nil {
+		var bsp *VCPUState
+		if index != 0 {
+			bsp = &v.restore.VCPUs[0]
+		}
+		if err := restoreVCPU(c, &v.restore.VCPUs[index], bsp); err != nil {
 			return nil, fmt.Errorf("vCPU %d: %w", index, err)
 		}
 		return c, nil

@@ -43,6 +43,12 @@ type fakeHV struct {
 	host     *[3]uint64
 	// cpuid, when set, answers GET_VP_CPUID_VALUES (otherwise zeros).
 	cpuid []accel.CPUIDEntry
+	// written counts SET_VP_REGISTERS writes per register name and VP.
+	written map[[2]uint32]int
+	// cleared counts CLEAR_VIRTUAL_INTERRUPT calls; asserted records
+	// ASSERT_VIRTUAL_INTERRUPT inputs.
+	cleared  int
+	asserted [][]byte
 }
 
 func newFake() *fakeHV {
@@ -153,8 +159,12 @@ func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
 		}
 		h.Reps = n
 	case mshvabi.HvcallSetVPRegisters:
+		if f.written == nil {
+			f.written = map[[2]uint32]int{}
+		}
 		for i := 0; i < int(n); i++ {
 			e := c.In[16+32*i:]
+			f.written[[2]uint32{binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(c.In[8:])}]++
 			f.regs[binary.LittleEndian.Uint32(e)] = mshvabi.RegisterValue{Low: binary.LittleEndian.Uint64(e[16:]), High: binary.LittleEndian.Uint64(e[24:])}
 		}
 		h.Reps = n
@@ -174,6 +184,10 @@ func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
 			}
 		}
 		h.Reps = n
+	case mshvabi.HvcallClearVirtualInterrupt:
+		f.cleared++
+	case mshvabi.HvcallAssertVirtualInterrupt:
+		f.asserted = append(f.asserted, append([]byte(nil), c.In...))
 	case mshvabi.HvcallTranslateVirtualAddress:
 		f.translated++
 		binary.LittleEndian.PutUint32(c.Out, f.translate)

@@ -255,13 +255,41 @@ func (v *VCPU) MSRs(indices []uint32) ([]accel.MSR, error) {
 	return out, nil
 }
 
-// SetMSRs writes MSRs through their named registers.
+// Hyper-V synthetic MSRs that are not per-VP state.
+const (
+	// msrHypercall (HV_X64_MSR_HYPERCALL) is partition-wide, and the
+	// hypervisor lets the VMM set it through one VP only: Cloud
+	// Hypervisor's hypervisor/src/mshv/mod.rs set_state writes it (its
+	// "misc" registers) on VP 0 alone, "as Microsoft Hypervisor allows
+	// setting this register for only one VCPU", and OpenVMM's virt_mshv
+	// (x86_64/vm_state.rs) reaches it through the BSP's VP.
+	msrHypercall = 0x40000001
+	// msrEOM (HV_X64_MSR_EOM) is an action, not state: a write tells the
+	// hypervisor the guest freed a SynIC message slot and makes it rescan
+	// its message queues to deliver the next message (Linux
+	// drivers/hv/hyperv_vmbus.h vmbus_signal_eom: "This will cause message
+	// queue rescan to possibly deliver another msg from the hypervisor");
+	// it reads as 0. Writing it back on a restore would deliver a queued
+	// message into a message page that the restore then overwrites, so it
+	// is never saved and never written.
+	msrEOM = 0x40000084
+)
+
+// SetMSRs writes MSRs through their named registers. HV_X64_MSR_HYPERCALL
+// is taken on VP 0 only and HV_X64_MSR_EOM not at all (see msrHypercall,
+// msrEOM).
 func (v *VCPU) SetMSRs(ms []accel.MSR) error {
 	regs := make([]mshvabi.RegisterAssoc, 0, len(ms))
 	for _, m := range ms {
 		n, ok := mshvabi.MSRRegisterName(m.Index)
 		if !ok {
 			return fmt.Errorf("vCPU %d: MSR %#x: %w (MSHV reaches MSRs only through named registers)", v.index, m.Index, accel.ErrNotSupported)
+		}
+		switch {
+		case m.Index == msrEOM:
+			return fmt.Errorf("vCPU %d: MSR %#x (HV_X64_MSR_EOM) is not state: writing it makes the hypervisor deliver the next queued SynIC message", v.index, m.Index)
+		case m.Index == msrHypercall && v.index != 0:
+			return fmt.Errorf("vCPU %d: MSR %#x (HV_X64_MSR_HYPERCALL) is the partition's, and the hypervisor takes it through VP 0 only: %w", v.index, m.Index, accel.ErrNotSupported)
 		}
 		regs = append(regs, reg(n, m.Value))
 	}
@@ -274,10 +302,14 @@ func (v *VCPU) SetMSRs(ms []accel.MSR) error {
 // MSRIndexList is every MSR with a register name that this VP can save
 // and restore: it reads each one and writes the value back (except the
 // TSC, which a write would perturb), so read-only or absent ones are left
-// out.
+// out, and so are HV_X64_MSR_EOM (an action, never state) and, except on
+// VP 0, the partition's HV_X64_MSR_HYPERCALL.
 func (v *VCPU) MSRIndexList() ([]uint32, error) {
 	var out []uint32
 	for _, m := range mshvabi.MSRIndexList() {
+		if m == msrEOM || (m == msrHypercall && v.index != 0) {
+			continue
+		}
 		val, err := v.MSRs([]uint32{m})
 		if err != nil {
 			continue
@@ -348,7 +380,12 @@ const (
 )
 
 // lapicFields pairs each hv_local_interrupt_controller_state field with its
-// xAPIC page offset. apic_id is stored as the ID (the page holds ID<<24).
+// xAPIC page offset. apic_id holds the APIC ID register as the page does
+// (ID<<24 in xAPIC mode, the whole ID in x2APIC mode): rust-vmm's
+// mshv-bindings (x86_64/regs.rs, LapicState <-> hv_local_interrupt_controller_state)
+// copies the register to and from apic_id unchanged, and OpenVMM's
+// virt::x86::vp (ApicRegisters <-> HvX64InterruptControllerState, with its
+// reset state of apic_id<<24 in xAPIC mode) does the same.
 func lapicFields(s *mshvabi.LocalInterruptControllerState) []struct {
 	p   *uint32
 	off int
@@ -357,7 +394,7 @@ func lapicFields(s *mshvabi.LocalInterruptControllerState) []struct {
 		p   *uint32
 		off int
 	}{
-		{&s.APICVersion, apicVersion}, {&s.APICLDR, apicLDR}, {&s.APICDFR, apicDFR}, {&s.APICSpurious, apicSVR},
+		{&s.APICID, apicID}, {&s.APICVersion, apicVersion}, {&s.APICLDR, apicLDR}, {&s.APICDFR, apicDFR}, {&s.APICSpurious, apicSVR},
 		{&s.APICESR, apicESR}, {&s.APICICRHigh, apicICRHigh}, {&s.APICICRLow, apicICRLow},
 		{&s.APICLVTTimer, apicTimer}, {&s.APICLVTThermal, apicThermal}, {&s.APICLVTPerfmon, apicPerfmon},
 		{&s.APICLVTLINT0, apicLINT0}, {&s.APICLVTLINT1, apicLINT1}, {&s.APICLVTError, apicError},
@@ -379,27 +416,6 @@ func lapicFields(s *mshvabi.LocalInterruptControllerState) []struct {
 	return f
 }
 
-// apicBaseX2APIC is IA32_APIC_BASE.EXTD (x2APIC mode).
-const apicBaseX2APIC = 1 << 10
-
-// idToPage and idFromPage convert between the APIC ID (as the hypervisor's
-// LAPIC state holds it) and the ID register of the neutral page: bits
-// 31:24 in xAPIC mode, the whole register in x2APIC mode (KVM's layout
-// with the 32-bit x2APIC API, which the neutral form follows).
-func idToPage(id uint32, apicBase uint64) uint32 {
-	if apicBase&apicBaseX2APIC != 0 {
-		return id
-	}
-	return id << 24
-}
-
-func idFromPage(reg uint32, apicBase uint64) uint32 {
-	if apicBase&apicBaseX2APIC != 0 {
-		return reg
-	}
-	return reg >> 24
-}
-
 // LAPIC reads the hypervisor's LAPIC state and converts it to the 1 KiB
 // xAPIC register page. TPR comes from CR8 (TPR[7:4]); PPR and APR are
 // derived by the APIC and not saved.
@@ -413,11 +429,10 @@ func (v *VCPU) LAPIC() (accel.LAPIC, error) {
 	if !ok {
 		return l, fmt.Errorf("vCPU %d: LAPIC state of %d bytes is too short", v.index, len(buf))
 	}
-	vals, err := v.get([]uint32{mshvabi.RegCR8, mshvabi.RegAPICBase})
+	vals, err := v.get([]uint32{mshvabi.RegCR8})
 	if err != nil {
 		return l, err
 	}
-	binary.LittleEndian.PutUint32(l.Regs[apicID:], idToPage(s.APICID, vals[1].Low))
 	for _, f := range lapicFields(&s) {
 		binary.LittleEndian.PutUint32(l.Regs[f.off:], *f.p)
 	}
@@ -428,12 +443,7 @@ func (v *VCPU) LAPIC() (accel.LAPIC, error) {
 // SetLAPIC converts an xAPIC register page to the hypervisor's LAPIC state
 // and sets it (and CR8 from the TPR).
 func (v *VCPU) SetLAPIC(l *accel.LAPIC) error {
-	base, err := v.get([]uint32{mshvabi.RegAPICBase})
-	if err != nil {
-		return err
-	}
 	var s mshvabi.LocalInterruptControllerState
-	s.APICID = idFromPage(binary.LittleEndian.Uint32(l.Regs[apicID:]), base[0].Low)
 	for _, f := range lapicFields(&s) {
 		*f.p = binary.LittleEndian.Uint32(l.Regs[f.off:])
 	}

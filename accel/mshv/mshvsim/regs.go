@@ -20,6 +20,9 @@ type regCtx struct {
 	have, dirty uint32
 	msrs        []accel.MSR
 	err         error
+	// deny is the status of a register the hypervisor refuses to set
+	// here (0: HV_STATUS_INVALID_PARAMETER for an unknown name).
+	deny uint16
 }
 
 const (
@@ -118,11 +121,13 @@ func hvToMSR(n uint32) (uint32, bool) {
 		return 0x201 + 2*(n-0x80040), true
 	case n >= 0x80073 && n <= 0x8007A:
 		return 0x268 + (n - 0x80073), true
+	case n >= 0x8008F && n <= 0x80092: // PL0_SSP..PL3_SSP
+		return 0x6A4 + (n - 0x8008F), true
 	}
 	m, ok := map[uint32]uint32{0x80000: 0x10, 0x80002: 0xC0000102, 0x80004: 0x277, 0x80005: 0x174, 0x80006: 0x176,
 		0x80007: 0x175, 0x80008: 0xC0000081, 0x80009: 0xC0000082, 0x8000A: 0xC0000083, 0x8000B: 0xC0000084,
 		0x8000D: 0xFE, 0x8000E: 0x2FF, 0x80070: 0x250, 0x80071: 0x258, 0x80072: 0x259, 0x8007B: 0xC0000103,
-		0x8007C: 0xD90, 0x8007D: 0x1D9, 0x80084: 0x48, 0x8008B: 0xDA0, 0x80096: 0x3B, 0x800A0: 0x1A0,
+		0x8007C: 0xD90, 0x8007D: 0x1D9, 0x80084: 0x48, 0x8008B: 0xDA0, 0x8008C: 0x6A0, 0x8008D: 0x6A2, 0x80093: 0x6A8, 0x80096: 0x3B, 0x800A0: 0x1A0,
 		// Hyper-V's synthetic registers that KVM's Hyper-V emulation
 		// holds (see hyperv.go); the partition-wide ones (guest OS ID,
 		// hypercall page, reference TSC page) are per VM in KVM, as in
@@ -298,6 +303,22 @@ func (c *regCtx) access(n uint32, set bool, lo, hi uint64) (rlo, rhi uint64, ok 
 			return 2, 0, true
 		}
 		return 0, 0, true
+	case n == 0x90001 && set && v.idx != 0:
+		// HV_REGISTER_HYPERCALL is the partition's, and the hypervisor
+		// lets the VMM set it through one VP only (Cloud Hypervisor's
+		// hypervisor/src/mshv/mod.rs set_state: "Microsoft Hypervisor
+		// allows setting this register for only one VCPU", so it restores
+		// it on VP 0 alone). The status it answers is not published; the
+		// simulator refuses with ACCESS_DENIED, which hv_status_infos[]
+		// maps to EIO as it does every refusal of a valid request.
+		c.deny = stAccessDenied
+		return 0, 0, false
+	case n == 0xA0014: // EOM
+		// Write-only: a guest write makes the hypervisor rescan its
+		// message queues for the freed slot (Linux vmbus_signal_eom);
+		// it reads as 0 (TLFS; KVM's synic_get_msr). There is no SynIC
+		// here, so a write has nothing to deliver.
+		return 0, 0, true
 	case n == 0x90003: // VP_INDEX
 		return uint64(v.idx), 0, !set
 	case n == 0x90004: // TIME_REF_COUNT
@@ -450,6 +471,9 @@ func (v *vp) setRegs(elems []byte) (uint16, uint16) {
 		}
 		if !ok {
 			c.commit()
+			if c.deny != 0 {
+				return c.deny, uint16(i)
+			}
 			return stInvalidParameter, uint16(i)
 		}
 	}

@@ -221,9 +221,13 @@ func (l *xlayout) standard(c []byte, n int) ([]byte, bool) {
 // spurious@16 isr[8]@20 tmr[8]@52 irr[8]@84 esr@116 icr_high@120
 // icr_low@124 lvt_timer@128 thermal@132 perfmon@136 lint0@140 lint1@144
 // error@148 cmci@152 error_status@156 initial_count@160 counter_value@164
-// divide_config@168 remote_read@172. apic_id@0 holds the ID itself.
+// divide_config@168 remote_read@172, and apic_id@0, which holds the APIC ID
+// register as the xAPIC page does (ID<<24 in xAPIC mode, the whole ID in
+// x2APIC mode): the hypervisor's state is the register file, as rust-vmm's
+// mshv-bindings (LapicState conversion) and OpenVMM's virt::x86::vp
+// (ApicRegisters <-> HvX64InterruptControllerState) both read it.
 var lapicMap = func() [][2]int {
-	m := [][2]int{{4, 0x30}, {8, 0xD0}, {12, 0xE0}, {16, 0xF0}, {116, 0x280}, {120, 0x310}, {124, 0x300},
+	m := [][2]int{{lsAPICID, 0x20}, {4, 0x30}, {8, 0xD0}, {12, 0xE0}, {16, 0xF0}, {116, 0x280}, {120, 0x310}, {124, 0x300},
 		{128, 0x320}, {132, 0x330}, {136, 0x340}, {140, 0x350}, {144, 0x360}, {148, 0x370}, {152, 0x2F0},
 		{160, 0x380}, {164, 0x390}, {168, 0x3E0}, {172, 0xC0}}
 	for i := 0; i < 8; i++ {
@@ -264,22 +268,12 @@ func (v *vp) vpState(get bool, a []byte) error {
 	defer v.mu.Unlock()
 	switch typ {
 	case 0:
-		sr, err := v.k.Sregs()
-		if err != nil {
-			return unix.EIO
-		}
-		x2 := sr.APICBase&(1<<10) != 0 // x2APIC mode: the ID register holds the whole ID
 		if get {
 			l, err := v.k.LAPIC()
 			if err != nil {
 				return unix.EIO
 			}
 			clear(buf)
-			id := binary.LittleEndian.Uint32(l.Regs[0x20:])
-			if !x2 {
-				id >>= 24
-			}
-			binary.LittleEndian.PutUint32(buf[lsAPICID:], id)
 			for _, m := range lapicMap {
 				copy(buf[m[0]:m[0]+4], l.Regs[m[1]:m[1]+4])
 			}
@@ -289,11 +283,6 @@ func (v *vp) vpState(get bool, a []byte) error {
 		if err != nil {
 			return unix.EIO
 		}
-		id := binary.LittleEndian.Uint32(buf[lsAPICID:])
-		if !x2 {
-			id <<= 24
-		}
-		binary.LittleEndian.PutUint32(l.Regs[0x20:], id)
 		for _, m := range lapicMap {
 			copy(l.Regs[m[1]:m[1]+4], buf[m[0]:m[0]+4])
 		}

@@ -1,0 +1,142 @@
+package mshvsim_test
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/accel/mshv/mshvabi"
+	"govmm/accel/mshv/mshvsim"
+)
+
+// hvPartition creates an initialised partition whose guests see Hyper-V
+// (hypervisor_present, hv1, hypercall and VP index registers) with VPs
+// 0 and 1; it returns the partition fd.
+func hvPartition(t *testing.T, s *mshvsim.Sim) int {
+	t.Helper()
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(pfd) })
+	in := make([]byte, 24)
+	binary.LittleEndian.PutUint32(in[8:], mshvabi.PropSyntheticProcFeatures)
+	binary.LittleEndian.PutUint64(in[16:], 1<<mshvabi.SynHypervisorPresent|1<<mshvabi.SynHv1|1<<mshvabi.SynAccessHypercallRegs|1<<mshvabi.SynAccessVPIndex)
+	if _, err := hvcall(s, pfd, mshvabi.HvcallSetPartitionProperty, 0, in, nil); err != nil {
+		t.Fatalf("SYNTHETIC_PROC_FEATURES: %v", err)
+	}
+	if err := mshvabi.InitializePartition(s, pfd); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint32(0); i < 2; i++ {
+		vfd, err := mshvabi.CreateVPFD(s, pfd, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(vfd) })
+	}
+	return pfd
+}
+
+func setReg(s *mshvsim.Sim, pfd int, vp, name uint32, v uint64) (mshvabi.HvcallResult, error) {
+	in := make([]byte, 16+32)
+	binary.LittleEndian.PutUint32(in[8:], vp)
+	binary.LittleEndian.PutUint32(in[16:], name)
+	binary.LittleEndian.PutUint64(in[32:], v)
+	return hvcall(s, pfd, mshvabi.HvcallSetVPRegisters, 1, in, nil)
+}
+
+func getReg(t *testing.T, s *mshvsim.Sim, pfd int, vp, name uint32) uint64 {
+	t.Helper()
+	in := make([]byte, 16+4)
+	binary.LittleEndian.PutUint32(in[8:], vp)
+	binary.LittleEndian.PutUint32(in[16:], name)
+	out := make([]byte, 16)
+	if _, err := hvcall(s, pfd, mshvabi.HvcallGetVPRegisters, 1, in, out); err != nil {
+		t.Fatalf("get register %#x of VP %d: %v", name, vp, err)
+	}
+	return binary.LittleEndian.Uint64(out)
+}
+
+// TestHypercallRegisterVP0Only: HV_REGISTER_HYPERCALL is the partition's
+// and the hypervisor lets the VMM set it through one VP: Cloud
+// Hypervisor's hypervisor/src/mshv/mod.rs set_state restores it on VP 0
+// only "as Microsoft Hypervisor allows setting this register for only one
+// VCPU". Setting it on VP 1 is refused (ACCESS_DENIED, EIO through
+// hv_status_infos[]); set on VP 0, every VP reads the same value.
+func TestHypercallRegisterVP0Only(t *testing.T) {
+	s := newSim(t, mshvsim.Options{})
+	pfd := hvPartition(t, s)
+	r, err := setReg(s, pfd, 1, mshvabi.RegHypercall, 0x2000)
+	wantErrno(t, "HYPERCALL on VP 1", err, unix.EIO)
+	if r.Status != 6 {
+		t.Errorf("HYPERCALL on VP 1: status %#x, want HV_STATUS_ACCESS_DENIED (6)", r.Status)
+	}
+	if _, err := setReg(s, pfd, 0, mshvabi.RegHypercall, 0x2000); err != nil {
+		t.Fatalf("HYPERCALL on VP 0: %v", err)
+	}
+	for vp := uint32(0); vp < 2; vp++ {
+		if got := getReg(t, s, pfd, vp, mshvabi.RegHypercall); got != 0x2000 {
+			t.Errorf("VP %d reads HYPERCALL %#x, want 0x2000 (partition-wide)", vp, got)
+		}
+	}
+}
+
+// TestEOMWriteOnly: HV_REGISTER_EOM is an action (Linux
+// drivers/hv/hyperv_vmbus.h vmbus_signal_eom: a write makes the hypervisor
+// rescan its message queues) and reads as 0, as KVM's synic_get_msr
+// answers a guest; it is not stored.
+func TestEOMWriteOnly(t *testing.T) {
+	s := newSim(t, mshvsim.Options{})
+	pfd := hvPartition(t, s)
+	if _, err := setReg(s, pfd, 0, mshvabi.RegEOM, 5); err != nil {
+		t.Fatalf("EOM write: %v", err)
+	}
+	if got := getReg(t, s, pfd, 0, mshvabi.RegEOM); got != 0 {
+		t.Errorf("EOM reads %#x after a write of 5, want 0", got)
+	}
+}
+
+// TestLAPICStateAPICID: apic_id of hv_local_interrupt_controller_state is
+// the APIC ID register as the xAPIC page holds it, ID<<24 in xAPIC mode
+// (rust-vmm mshv-bindings x86_64/regs.rs copies the page's ID register to
+// and from apic_id unchanged; OpenVMM's virt::x86::vp builds a reset state
+// with apic_id<<24), so VP 1 reads 1<<24, and a state written back keeps
+// it.
+func TestLAPICStateAPICID(t *testing.T) {
+	s := newSim(t, mshvsim.Options{})
+	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(pfd) })
+	if err := mshvabi.InitializePartition(s, pfd); err != nil {
+		t.Fatal(err)
+	}
+	var vfd int
+	for i := uint32(0); i < 2; i++ {
+		if vfd, err = mshvabi.CreateVPFD(s, pfd, i); err != nil {
+			t.Fatal(err)
+		}
+		fd := vfd
+		t.Cleanup(func() { s.Close(fd) })
+	}
+	buf := mshvabi.AlignedBuffer(4096)
+	if _, err := mshvabi.GetVPState(s, vfd, mshvabi.VPStateLAPIC, buf); err != nil {
+		t.Fatal(err)
+	}
+	if id := binary.LittleEndian.Uint32(buf); id != 1<<24 {
+		t.Fatalf("VP 1's apic_id is %#x, want %#x (the ID register, ID<<24 in xAPIC mode)", id, 1<<24)
+	}
+	if _, err := mshvabi.SetVPState(s, vfd, mshvabi.VPStateLAPIC, buf); err != nil {
+		t.Fatal(err)
+	}
+	clear(buf)
+	if _, err := mshvabi.GetVPState(s, vfd, mshvabi.VPStateLAPIC, buf); err != nil {
+		t.Fatal(err)
+	}
+	if id := binary.LittleEndian.Uint32(buf); id != 1<<24 {
+		t.Errorf("after writing the state back, apic_id is %#x", id)
+	}
+}
