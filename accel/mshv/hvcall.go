@@ -185,6 +185,18 @@ func (c hvcaller) assertInterrupt(typ uint32, vector uint32, dest uint64, level,
 	return nil
 }
 
+// clearInterrupt issues CLEAR_VIRTUAL_INTERRUPT, which lowers the
+// partition's ExtINT line (hv_input_clear_virtual_interrupt carries the
+// partition ID only; the kernel fills it in).
+func (c hvcaller) clearInterrupt() error {
+	in := make([]byte, 8)
+	mshvabi.Store(in, &mshvabi.InputClearVirtualInterrupt{})
+	if _, err := c.call(mshvabi.HvcallClearVirtualInterrupt, 0, in, nil); err != nil {
+		return fmt.Errorf("clear the ExtINT line: %w", err)
+	}
+	return nil
+}
+
 func reg(name uint32, v uint64) mshvabi.RegisterAssoc {
 	return mshvabi.RegisterAssoc{Name: name, Value: mshvabi.RegisterValue{Low: v}}
 }

@@ -45,6 +45,15 @@ type VCPU struct {
 	retrying atomic.Bool
 
 	src accel.ExtINTSource
+	// extLine: this VP raised the partition's ExtINT line
+	// (ASSERT_VIRTUAL_INTERRUPT, type EXTINT) and has not yet seen a
+	// dispatch return since. The hypervisor keeps an ExtINT asserted
+	// until CLEAR_VIRTUAL_INTERRUPT lowers it, as upstream's resampler
+	// does for an EXTINT irqfd (drivers/hv/mshv_eventfd.c,
+	// mshv_irqfd_resampler_ack: hv_should_clear_interrupt is true for
+	// HV_X64_INTERRUPT_TYPE_EXTINT only); left up, the guest would take
+	// the vector again at every entry with interrupts enabled.
+	extLine bool
 }
 
 var (
@@ -208,6 +217,16 @@ func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
 		}
 		err := mshvabi.RunVP(v.vm.dev, v.fd, v.msg)
 		v.inRun.Store(false)
+		if err == nil && v.extLine {
+			// The VP ran with the line up, and was ready for it (see
+			// injectExtINT): the hypervisor delivered the vector at
+			// entry. A dispatch that returned EINTR may not have entered
+			// the guest, so the line stays up for the next one.
+			if err := v.vm.hv.clearInterrupt(); err != nil {
+				return accel.Exit{}, fmt.Errorf("vCPU %d: after delivering an ExtINT: %w", v.index, err)
+			}
+			v.extLine = false
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue // a kick (checked at the top), a wake, or a stray signal
@@ -281,8 +300,12 @@ func (v *VCPU) flushPage() error {
 // being injected); otherwise it asks the hypervisor for an
 // interruption-deliverable message, so that the PIC is acknowledged only
 // when the interrupt really reaches the guest (as on KVM).
+//
+// The line the hypervisor raises stays up until it is cleared: Run clears
+// it after the first dispatch that returns, and no other vector is
+// acknowledged while it is up (the asserted one may not be delivered yet).
 func (v *VCPU) injectExtINT() error {
-	if v.src == nil || !v.src.Pending() {
+	if v.src == nil || v.extLine || !v.src.Pending() {
 		return nil
 	}
 	vals, err := v.get([]uint32{mshvabi.RegRFLAGS, mshvabi.RegInterruptState, mshvabi.RegPendingInterruption})
@@ -303,6 +326,7 @@ func (v *VCPU) injectExtINT() error {
 	if err := v.vm.hv.assertInterrupt(mshvabi.InterruptTypeExtINT, uint32(vec), uint64(v.index), false, false); err != nil {
 		return fmt.Errorf("vCPU %d: ExtINT vector %#x: %w", v.index, vec, err)
 	}
+	v.extLine = true
 	return nil
 }
 

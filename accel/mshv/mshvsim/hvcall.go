@@ -279,6 +279,12 @@ func (p *partition) dispatch(caller *vp, code, reps uint16, in, out []byte) (uin
 		}
 		return p.assertInterrupt(binary.LittleEndian.Uint64(in[aiControl:]), binary.LittleEndian.Uint64(in[aiDest:]), binary.LittleEndian.Uint32(in[aiVector:]), in[aiVTL]), 0
 	case hcClearVirtInt:
+		// hv_input_clear_virtual_interrupt: the partition ID only. It
+		// lowers the ExtINT line ASSERT_VIRTUAL_INTERRUPT raised.
+		if !need(8) {
+			return stInvalidInput, 0
+		}
+		p.clearExtINT()
 		return stSuccess, 0
 	case hcRegIntResult:
 		if !need(riSize) {
@@ -455,6 +461,13 @@ func (p *partition) assertInterrupt(control, dest uint64, vector uint32, vtl uin
 		}
 		return stSuccess
 	case 7: // ExtINT: delivered through LINT0 of the target
+		// An ExtINT is a line, not a message: it stays asserted, and the
+		// target takes its vector at every entry where it can, until
+		// CLEAR_VIRTUAL_INTERRUPT lowers it. That is why upstream's
+		// resampler clears it on acknowledge (drivers/hv/mshv_eventfd.c,
+		// mshv_irqfd_resampler_ack: hv_should_clear_interrupt is true
+		// for HV_X64_INTERRUPT_TYPE_EXTINT only), and never an
+		// edge-triggered fixed interrupt.
 		if logical {
 			return stInvalidParameter
 		}
@@ -467,6 +480,18 @@ func (p *partition) assertInterrupt(control, dest uint64, vector uint32, vtl uin
 		return stSuccess
 	}
 	return stInvalidParameter
+}
+
+// clearExtINT serves CLEAR_VIRTUAL_INTERRUPT: the partition's ExtINT line
+// goes down on every VP.
+func (p *partition) clearExtINT() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, v := range p.vps {
+		if v != nil {
+			v.pendingExt.Store(-1)
+		}
+	}
 }
 
 // registerInterceptResult stores a CPUID override (X64_CPUID = 2); MSR

@@ -70,10 +70,12 @@ func (v *vp) run(msg []byte) error {
 		if ext := v.pendingExt.Load(); ext >= 0 {
 			ready, ifl := v.k.ReadyForInterrupt()
 			if ready && ifl && v.ran {
+				// The line stays up after delivery (see assertInterrupt):
+				// the guest takes the vector again at the next entry
+				// where it can, until the VMM clears the line.
 				if err := v.k.InjectExtINT(uint8(ext)); err != nil {
 					return v.fail("%v", err)
 				}
-				v.pendingExt.CompareAndSwap(ext, -1)
 				v.k.RequestInterruptWindow(false)
 			} else {
 				v.k.RequestInterruptWindow(true)

@@ -1,0 +1,68 @@
+package mshv
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"govmm/accel"
+	"govmm/accel/mshv/mshvabi"
+)
+
+// oneIRQ is a PIC with one interrupt pending until acknowledged.
+type oneIRQ struct {
+	vec   uint8
+	acked int
+}
+
+func (p *oneIRQ) Pending() bool { return p.acked == 0 }
+func (p *oneIRQ) Ack() (uint8, bool) {
+	if p.acked > 0 {
+		return 0, false
+	}
+	p.acked++
+	return p.vec, true
+}
+
+// TestFakeExtINTLineCleared: the hypervisor keeps an ExtINT asserted until
+// CLEAR_VIRTUAL_INTERRUPT lowers it; upstream's resampler clears it for an
+// EXTINT irqfd and for no other type (drivers/hv/mshv_eventfd.c,
+// mshv_irqfd_resampler_ack and hv_should_clear_interrupt). The backend
+// raises the line once per PIC acknowledge and clears it after the next
+// dispatch returns, before it would raise it again.
+func TestFakeExtINTLineCleared(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegRFLAGS] = mshvabi.RegisterValue{Low: 0x202} // IF set
+	pic := &oneIRQ{vec: 0x30}
+	v.SetExtINTSource(pic)
+	cleared := -1
+	f.msgs = []func(*mshvabi.Message){
+		func(m *mshvabi.Message) {
+			// The dispatch the vector was delivered in: the line is still
+			// up (nothing cleared yet).
+			cleared = f.cleared
+			header(m, mshvabi.MsgX64Halt, 0x1001)
+		},
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x1002) },
+	}
+	var l log
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitHalt {
+		t.Fatalf("run: %+v, %v", e, err)
+	}
+	if len(f.asserted) != 1 {
+		t.Fatalf("%d ASSERT_VIRTUAL_INTERRUPT calls, want 1", len(f.asserted))
+	}
+	a := f.asserted[0]
+	if typ, vec := uint32(binary.LittleEndian.Uint64(a[8:])), binary.LittleEndian.Uint32(a[24:]); typ != mshvabi.InterruptTypeExtINT || vec != 0x30 {
+		t.Errorf("asserted type %d vector %#x, want ExtINT (7) 0x30", typ, vec)
+	}
+	if cleared != 0 || f.cleared != 1 {
+		t.Errorf("CLEAR_VIRTUAL_INTERRUPT: %d before the delivering dispatch, %d after it; want 0 and 1", cleared, f.cleared)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitHalt {
+		t.Fatalf("second run: %+v, %v", e, err)
+	}
+	if len(f.asserted) != 1 || f.cleared != 1 {
+		t.Errorf("with nothing pending: %d asserts, %d clears; want 1 and 1", len(f.asserted), f.cleared)
+	}
+}
