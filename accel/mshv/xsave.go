@@ -13,6 +13,45 @@ import (
 // set); the neutral accel.XSave is the standard format. The component
 // sizes, standard offsets and 64-byte alignment come from CPUID leaf 0xD
 // of the VM's CPU model, or from the hypervisor when the VM has none.
+//
+// The hypervisor's image holds every component of the partition's
+// XSAVE_STATES property, supervisor ones included: the kernel asks for
+// exactly those (drivers/hv/mshv_root_main.c, mshv_vp_ioctl_get_set_state,
+// MSHV_VP_STATE_XSAVE), and hv_x64_xsave_xfem_register (include/hyperv/
+// hvhdk.h) has pasid (10), cet_u (11) and cet_s (12) among its bits. The
+// standard format has no place for supervisor state (CPUID 0xD gives them
+// no offset), so they travel another way or not at all:
+//   - CET_U is IA32_U_CET and IA32_PL3_SSP, CET_S is IA32_PL0-2_SSP: they
+//     travel as those MSRs (named registers U_CET, PL0-3_SSP), as KVM and
+//     QEMU's MSHV backend carry CET, and MSRs are restored after XSAVE, so
+//     the init state the image gets here is overwritten with the values.
+//   - PASID (IA32_PASID) has no register on MSHV: an image whose PASID
+//     state is in use is refused by name rather than saved without it.
+//   - any other supervisor component in use is refused the same way.
+
+// Supervisor XSAVE components the hypervisor may transfer.
+const (
+	xcompPASID = 10
+	xcompCETU  = 11
+	xcompCETS  = 12
+)
+
+// supervisorCarriedAsMSRs are the supervisor components whose whole state
+// is in MSRs the backend saves and restores (see above).
+const supervisorCarriedAsMSRs = 1<<xcompCETU | 1<<xcompCETS
+
+// xcompName names an XSAVE component for errors.
+func xcompName(i int) string {
+	switch i {
+	case xcompPASID:
+		return "PASID"
+	case xcompCETU:
+		return "CET_U"
+	case xcompCETS:
+		return "CET_S"
+	}
+	return fmt.Sprintf("component %d", i)
+}
 
 type xsaveComp struct {
 	size, stdOff uint32
@@ -50,31 +89,45 @@ func (vm *VM) buildXSaveLayout(v *VCPU) (*xsaveLayout, error) {
 		}
 	}
 	if len(leaf) == 0 {
-		// Ask the hypervisor (GET_VP_CPUID_VALUES on this VP).
-		in := make([]byte, 24+24*64)
-		binary.LittleEndian.PutUint32(in[8:], uint32(v.index))
-		for i := 0; i < 64; i++ {
-			binary.LittleEndian.PutUint32(in[24+24*i:], 0xd)
-			binary.LittleEndian.PutUint32(in[24+24*i+4:], uint32(i))
-			binary.LittleEndian.PutUint64(in[24+24*i+8:], ^uint64(0)>>1)
-		}
-		out := make([]byte, 16*64)
-		reps, err := v.hv.call(mshvabi.HvcallGetVPCPUIDValues, 64, in, out)
-		if err != nil || reps != 64 {
-			return nil, fmt.Errorf("read CPUID leaf 0xD for the XSAVE layout: %v (reps %d)", err, reps)
-		}
-		for i := 0; i < 64; i++ {
-			var r [4]uint32
-			for j := range r {
-				r[j] = binary.LittleEndian.Uint32(out[16*i+4*j:])
-			}
-			leaf[uint32(i)] = r
+		var err error
+		if leaf, err = hypervisorLeafD(v); err != nil {
+			return nil, err
 		}
 	}
 	supported := uint64(leaf[0][0]) | uint64(leaf[0][3])<<32 | uint64(leaf[1][2]) | uint64(leaf[1][3])<<32
+	l.fill(leaf)
+	if st, err := vm.hv.getProperty(mshvabi.PropXSaveStates); err == nil {
+		l.states = st | 3
+	} else {
+		l.states = supported | 3
+	}
+	// The partition may transfer components the VM's CPU model hides (a
+	// kernel without the v2 payload enables what the hypervisor has):
+	// their sizes still place every later component of the compacted
+	// image, so they come from the hypervisor's own leaf 0xD.
+	for i := 2; i < 63; i++ {
+		if l.states&(1<<i) != 0 && l.comps[i].size == 0 {
+			hv, err := hypervisorLeafD(v)
+			if err != nil {
+				return nil, err
+			}
+			l.fill(hv)
+			break
+		}
+	}
+	l.stdSize = (l.stdSize + 4095) &^ 4095
+	if sz, err := vm.hv.getProperty(mshvabi.PropMaxXSaveDataSize); err == nil && sz > 0 {
+		l.maxSize = int(sz)
+	}
+	return l, nil
+}
+
+// fill takes the size, standard offset and alignment of each component
+// leaf 0xD describes and l does not know yet.
+func (l *xsaveLayout) fill(leaf map[uint32][4]uint32) {
 	for i := 2; i < 63; i++ {
 		r, ok := leaf[uint32(i)]
-		if !ok || r[0] == 0 {
+		if !ok || r[0] == 0 || l.comps[i].size != 0 {
 			continue
 		}
 		l.comps[i] = xsaveComp{size: r[0], stdOff: r[1], align64: r[2]&2 != 0}
@@ -82,16 +135,32 @@ func (vm *VM) buildXSaveLayout(v *VCPU) (*xsaveLayout, error) {
 			l.stdSize = max(l.stdSize, int(r[0]+r[1]))
 		}
 	}
-	l.stdSize = (l.stdSize + 4095) &^ 4095
-	if st, err := vm.hv.getProperty(mshvabi.PropXSaveStates); err == nil {
-		l.states = st | 3
-	} else {
-		l.states = supported | 3
+}
+
+// hypervisorLeafD reads CPUID leaf 0xD as the hypervisor computes it for
+// v's VP, without the VMM's overrides (GET_VP_CPUID_VALUES).
+func hypervisorLeafD(v *VCPU) (map[uint32][4]uint32, error) {
+	in := make([]byte, 24+24*64)
+	binary.LittleEndian.PutUint32(in[8:], uint32(v.index))
+	for i := 0; i < 64; i++ {
+		binary.LittleEndian.PutUint32(in[24+24*i:], 0xd)
+		binary.LittleEndian.PutUint32(in[24+24*i+4:], uint32(i))
+		binary.LittleEndian.PutUint64(in[24+24*i+8:], ^uint64(0)>>1)
 	}
-	if sz, err := vm.hv.getProperty(mshvabi.PropMaxXSaveDataSize); err == nil && sz > 0 {
-		l.maxSize = int(sz)
+	out := make([]byte, 16*64)
+	reps, err := v.hv.call(mshvabi.HvcallGetVPCPUIDValues, 64, in, out)
+	if err != nil || reps != 64 {
+		return nil, fmt.Errorf("read CPUID leaf 0xD for the XSAVE layout: %v (reps %d)", err, reps)
 	}
-	return l, nil
+	leaf := map[uint32][4]uint32{}
+	for i := 0; i < 64; i++ {
+		var r [4]uint32
+		for j := range r {
+			r[j] = binary.LittleEndian.Uint32(out[16*i+4*j:])
+		}
+		leaf[uint32(i)] = r
+	}
+	return leaf, nil
 }
 
 // compactedOffsets returns each component's offset in a compacted image
@@ -124,6 +193,12 @@ func (l *xsaveLayout) toStandard(c []byte) ([]byte, error) {
 		return std, nil
 	}
 	copy(std[:512], c[:512])
+	for i := 2; i < 63; i++ {
+		if xcomp&(1<<i) != 0 && l.comps[i].size == 0 {
+			// Its size decides where every later component starts.
+			return nil, fmt.Errorf("compacted XSAVE image holds %s (XCOMP_BV %#x), whose size CPUID leaf 0xD does not give", xcompName(i), xcomp)
+		}
+	}
 	offs, end := l.compactedOffsets(xcomp)
 	if end > len(c) {
 		return nil, fmt.Errorf("compacted XSAVE image of %d bytes is shorter than its components (%d bytes, XCOMP_BV %#x)", len(c), end, xcomp)
@@ -134,8 +209,15 @@ func (l *xsaveLayout) toStandard(c []byte) ([]byte, error) {
 			continue
 		}
 		cp := l.comps[i]
-		if cp.stdOff == 0 || int(cp.stdOff+cp.size) > len(std) {
-			continue // supervisor state has no standard-format slot
+		if cp.stdOff == 0 {
+			// Supervisor state: no standard-format slot.
+			if supervisorCarriedAsMSRs&(1<<i) != 0 {
+				continue // saved as MSRs
+			}
+			return nil, fmt.Errorf("the guest's %s state (XSAVE component %d) is in use, and MSHV offers no register that govmm could save it through: %w", xcompName(i), i, accel.ErrNotSupported)
+		}
+		if int(cp.stdOff+cp.size) > len(std) {
+			continue
 		}
 		copy(std[cp.stdOff:cp.stdOff+cp.size], c[offs[i]:offs[i]+int(cp.size)])
 		keep |= 1 << i
@@ -156,6 +238,11 @@ func (l *xsaveLayout) toCompacted(std []byte) ([]byte, error) {
 	}
 	if extra := xstate &^ l.states; extra != 0 {
 		return nil, fmt.Errorf("XSAVE image holds components %#x this partition does not transfer (%#x): %w", extra, l.states, accel.ErrNotSupported)
+	}
+	for i := 2; i < 63; i++ {
+		if l.states&(1<<i) != 0 && l.comps[i].size == 0 {
+			return nil, fmt.Errorf("the partition transfers %s (XSAVE_STATES %#x), whose size neither the CPU model nor the hypervisor gives", xcompName(i), l.states)
+		}
 	}
 	offs, end := l.compactedOffsets(l.states)
 	c := make([]byte, max((end+4095)&^4095, l.maxSize))

@@ -245,7 +245,11 @@ func TestMSRRegisterName(t *testing.T) {
 		}
 	}
 	for _, c := range []struct{ msr, reg uint32 }{{0x200, RegMTRRPhysBase0}, {0x20F, RegMTRRPhysMask0 + 7},
-		{0x26F, RegMTRRFix4KC0000 + 7}, {0x4000009F, RegSINT0 + 15}, {0xC0000080, RegEFER}} {
+		{0x26F, RegMTRRFix4KC0000 + 7}, {0x4000009F, RegSINT0 + 15}, {0xC0000080, RegEFER},
+		// CET (hvgdk_mini.h HV_X64_REGISTER_U_CET 0x8008C, S_CET
+		// 0x8008D, PL0_SSP..PL3_SSP 0x8008F-0x80092,
+		// INTERRUPT_SSP_TABLE_ADDR 0x80093).
+		{0x6A0, 0x8008C}, {0x6A2, 0x8008D}, {0x6A4, 0x8008F}, {0x6A7, 0x80092}, {0x6A8, 0x80093}} {
 		if r, ok := MSRRegisterName(c.msr); !ok || r != c.reg {
 			t.Errorf("MSRRegisterName(%#x) = %#x, %v; want %#x", c.msr, r, ok, c.reg)
 		}

@@ -97,8 +97,18 @@ const (
 	RegDebugCtl        = 0x8007D
 	RegSpecCtrl        = 0x80084
 	RegUXSS            = 0x8008B
-	RegTSCAdjust       = 0x80096
-	RegMiscEnable      = 0x800A0
+	// CET: the registers behind the XSAVE components CET_U (U_CET,
+	// PL3_SSP) and CET_S (PL0-2_SSP), and S_CET and the interrupt SSP
+	// table, as hvgdk_mini.h numbers them (rust-vmm msr_to_hv_reg_name
+	// maps the MSRs to them). SSP, the current shadow-stack pointer, has
+	// no MSR.
+	RegUCET       = 0x8008C
+	RegSCET       = 0x8008D
+	RegSSP        = 0x8008E
+	RegPL0SSP     = 0x8008F // ..PL3_SSP 0x80092
+	RegISST       = 0x80093
+	RegTSCAdjust  = 0x80096
+	RegMiscEnable = 0x800A0
 
 	RegHypercall    = 0x90001
 	RegGuestOSID    = 0x90002
@@ -182,6 +192,8 @@ func MSRRegisterName(msr uint32) (name uint32, ok bool) {
 		return RegMTRRFix4KC0000 + (msr - 0x268), true
 	case msr >= 0x40000090 && msr <= 0x4000009F:
 		return RegSINT0 + (msr - 0x40000090), true
+	case msr >= 0x6A4 && msr <= 0x6A7: // IA32_PL0_SSP..IA32_PL3_SSP
+		return RegPL0SSP + (msr - 0x6A4), true
 	}
 	n, ok := msrNames[msr]
 	return n, ok
@@ -212,6 +224,9 @@ var msrNames = map[uint32]uint32{
 	0x48:       RegSpecCtrl,
 	0x1A0:      RegMiscEnable,
 	0xDA0:      RegUXSS,
+	0x6A0:      RegUCET, // IA32_U_CET
+	0x6A2:      RegSCET, // IA32_S_CET
+	0x6A8:      RegISST, // IA32_INTERRUPT_SSP_TABLE_ADDR
 	0x40000000: RegGuestOSID,
 	0x40000001: RegHypercall,
 	0x40000080: RegSCONTROL,
@@ -233,7 +248,7 @@ func MSRIndexList() []uint32 {
 	for i := uint32(0x268); i <= 0x26F; i++ {
 		l = append(l, i)
 	}
-	l = append(l, 0xC0000103, 0x1D9, 0x3B, 0x48, 0x1A0, 0xDA0, 0x40000000, 0x40000001,
+	l = append(l, 0xC0000103, 0x1D9, 0x3B, 0x48, 0x1A0, 0xDA0, 0x6A0, 0x6A2, 0x6A4, 0x6A5, 0x6A6, 0x6A7, 0x6A8, 0x40000000, 0x40000001,
 		0x40000080, 0x40000082, 0x40000083, 0x40000084, 0x40000021, 0x40000073)
 	for i := uint32(0x40000090); i <= 0x4000009F; i++ {
 		l = append(l, i)
