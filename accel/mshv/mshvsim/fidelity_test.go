@@ -140,3 +140,52 @@ func TestLAPICStateAPICID(t *testing.T) {
 		t.Errorf("after writing the state back, apic_id is %#x", id)
 	}
 }
+
+func getProp(t *testing.T, s *mshvsim.Sim, fd int, code uint32) uint64 {
+	t.Helper()
+	in := make([]byte, 16)
+	binary.LittleEndian.PutUint32(in[8:], code)
+	out := make([]byte, 8)
+	if _, err := hvcall(s, fd, mshvabi.HvcallGetPartitionProperty, 0, in, out); err != nil {
+		t.Fatalf("property %#x: %v", code, err)
+	}
+	return binary.LittleEndian.Uint64(out)
+}
+
+// TestXSaveLayoutFollowsBanks: the XSAVE state a partition transfers is its
+// XSAVE_STATES property (the kernel asks for exactly that,
+// drivers/hv/mshv_root_main.c mshv_vp_ioctl_get_set_state), and a
+// partition whose XSAVE bank disables AVX has no AVX component: the
+// property lacks it, MAX_XSAVE_DATA_SIZE shrinks by its 256 bytes (when
+// that crosses a page), the VP's image does not list it in XCOMP_BV, and
+// an image that holds it is refused.
+func TestXSaveLayoutFollowsBanks(t *testing.T) {
+	main := newSim(t, mshvsim.Options{})
+	full := newVP(t, main, nil)
+	if getProp(t, main, full, mshvabi.PropXSaveStates)&4 == 0 {
+		t.Skip("this host has no AVX")
+	}
+	later := newSim(t, mshvsim.Options{V2: true})
+	avx, _ := mshvabi.LookupBankFeature("avx")
+	vfd := newVP(t, later, &mshvabi.CreatePartitionV2{Flags: 0xf, DisabledXSave: 1 << avx.Bit})
+	states := getProp(t, later, vfd, mshvabi.PropXSaveStates)
+	if states&4 != 0 {
+		t.Errorf("XSAVE_STATES %#x has AVX, which the partition's bank disables", states)
+	}
+	if a, b := getProp(t, later, vfd, mshvabi.PropMaxXSaveDataSize), getProp(t, main, full, mshvabi.PropMaxXSaveDataSize); a > b {
+		t.Errorf("MAX_XSAVE_DATA_SIZE %d without AVX, %d with it", a, b)
+	}
+	buf := mshvabi.AlignedBuffer(8192)
+	if _, err := mshvabi.GetVPState(later, vfd, mshvabi.VPStateXSave, buf); err != nil {
+		t.Fatal(err)
+	}
+	if xc := binary.LittleEndian.Uint64(buf[520:]); xc&4 != 0 || xc&^(1<<63) != states|3 {
+		t.Errorf("XCOMP_BV %#x, want the partition's states %#x", xc, states|3)
+	}
+	if _, err := mshvabi.SetVPState(later, vfd, mshvabi.VPStateXSave, buf); err != nil {
+		t.Errorf("the VP's own image refused: %v", err)
+	}
+	binary.LittleEndian.PutUint64(buf[520:], 1<<63|states|7)
+	_, err := mshvabi.SetVPState(later, vfd, mshvabi.VPStateXSave, buf)
+	wantErrno(t, "an image with the AVX component", err, unix.EINVAL)
+}

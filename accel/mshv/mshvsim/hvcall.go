@@ -361,10 +361,9 @@ func (p *partition) getProp(code uint32) (uint64, uint16) {
 		}
 		return 0, stSuccess
 	case propXSaveStates:
-		l := p.sim.layout()
-		return l.user &^ 3, stSuccess
+		return p.layout().user &^ 3, stSuccess
 	case propMaxXSaveSize:
-		return uint64(p.sim.layout().compactSize), stSuccess
+		return uint64(p.layout().compactSize), stSuccess
 	case propXSaveFeatures, propProcFeatures0, propProcFeatures1:
 		return 0, stSuccess
 	case propPhysAddrWidth:

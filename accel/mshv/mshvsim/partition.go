@@ -44,6 +44,10 @@ type partition struct {
 	// disabled are the processor banks 0 and 1 and the XSAVE bank the
 	// partition was created with (bit set = off), fixed for its life.
 	disabled [3]uint64
+	// xl is the partition's XSAVE layout: the components its banks leave
+	// on (XSAVE_STATES, MAX_XSAVE_DATA_SIZE and the VP state image follow
+	// it), fixed with the banks.
+	xl xlayout
 
 	mu          sync.Mutex
 	initialized bool

@@ -104,7 +104,6 @@ type Sim struct {
 	lastErr sync.Map // vp fd -> string
 
 	base []accel.CPUIDEntry // KVM's supported CPUID
-	xl   xlayout
 }
 
 // EnvOptions names the environment variable New reads to vary the
@@ -173,7 +172,7 @@ func NewWithOptions(o Options) (*Sim, error) {
 	// the simulator does not model yet, so the range reads as empty.
 	base = slices.DeleteFunc(base, func(e accel.CPUIDEntry) bool { return cpu.HypervisorLeaf(e.Function) })
 	return &Sim{opts: o, kvm: a, fds: map[int]any{}, nextFD: 1 << 20, nextPID: 0x1000, sysFD: 1<<20 - 1,
-		base: base, xl: newLayout(base)}, nil
+		base: base}, nil
 }
 
 // Name describes the device in messages and `govmm caps`.
@@ -420,7 +419,7 @@ func (s *Sim) createPartition(a []byte) (int, error) {
 	id := s.nextPID
 	s.mu.Unlock()
 	p := &partition{sim: s, id: id, kvm: vm, flags: flags, disabled: disabled, props: map[uint32]uint64{},
-		vps: map[uint32]*vp{}, irqfds: map[int]irqfd{}}
+		vps: map[uint32]*vp{}, irqfds: map[int]irqfd{}, xl: newLayout(enforceBanks(s.baseCPUID(), disabled))}
 	p.props[propTimeFreeze] = 0
 	p.fd = s.newFD(p)
 	return p.fd, nil

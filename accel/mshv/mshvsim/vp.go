@@ -134,7 +134,10 @@ type xlayout struct {
 	compactSize int
 }
 
-func (s *Sim) layout() *xlayout { return &s.xl }
+// layout is the partition's XSAVE layout: the host's less the components
+// of the XSAVE features its banks disable (an AVX-less partition neither
+// reports nor transfers the AVX component).
+func (p *partition) layout() *xlayout { return &p.xl }
 
 // newLayout derives the XSAVE layout from CPUID leaf 0xD.
 func newLayout(tab []accel.CPUIDEntry) xlayout {
@@ -253,7 +256,7 @@ func (v *vp) vpState(get bool, a []byte) error {
 	case 0, 2, 3:
 		need = 4096
 	case 1:
-		need = uint32(v.p.sim.layout().compactSize)
+		need = uint32(v.p.layout().compactSize)
 	case 4:
 		need = 200
 	default:
@@ -295,7 +298,7 @@ func (v *vp) vpState(get bool, a []byte) error {
 		if err != nil {
 			return unix.EIO
 		}
-		l := v.p.sim.layout()
+		l := v.p.layout()
 		if get {
 			clear(buf)
 			copy(buf, l.compact(x.Data))
