@@ -93,6 +93,9 @@ func TestLAPICConversion(t *testing.T) {
 		put(0x180+0x10*i, rng.Uint32())
 		put(0x200+0x10*i, rng.Uint32())
 	}
+	// Vector 2 is no interrupt; the hypervisor's state uses its IRR bit
+	// for a pending NMI (TestFakeNMIPendingInLAPICState).
+	put(0x200, binary.LittleEndian.Uint32(l.Regs[0x200:])&^4)
 	if err := v.SetLAPIC(&l); err != nil {
 		t.Fatal(err)
 	}

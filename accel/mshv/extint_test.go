@@ -66,3 +66,52 @@ func TestFakeExtINTLineCleared(t *testing.T) {
 		t.Errorf("with nothing pending: %d asserts, %d clears; want 1 and 1", len(f.asserted), f.cleared)
 	}
 }
+
+// TestFakeNMIPendingInLAPICState: the hypervisor keeps a pending NMI as
+// bit 2 of apic_irr[0] in the LAPIC state, outside the architecture
+// (OpenVMM's virt::x86::vp hv_apic_nmi_pending, which its virt_mshv reads
+// for the activity state and keeps across a LAPIC restore). The backend
+// reports it as a pending NMI, never as an interrupt with vector 2 in the
+// neutral page, sets and clears it through SetEvents, and SetLAPIC keeps
+// it.
+func TestFakeNMIPendingInLAPICState(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	st := mshvabi.LocalInterruptControllerState{APICID: 0}
+	st.APICIRR[0] = 1<<2 | 1<<31 // NMI pending, and vector 31 requested
+	buf := make([]byte, 4096)
+	mshvabi.Store(buf, &st)
+	f.vpstate = map[uint8][]byte{mshvabi.VPStateLAPIC: buf}
+	e, err := v.Events()
+	if err != nil || !e.NMI.Pending {
+		t.Fatalf("events %+v, %v: want a pending NMI", e.NMI, err)
+	}
+	l, err := v.LAPIC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if irr := binary.LittleEndian.Uint32(l.Regs[0x200:]); irr != 1<<31 {
+		t.Errorf("neutral IRR[0] %#x, want 0x80000000 (vector 2 is the NMI, not an interrupt)", irr)
+	}
+	if err := v.SetLAPIC(&l); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := v.Events(); !e.NMI.Pending {
+		t.Errorf("SetLAPIC dropped the pending NMI")
+	}
+	e.NMI.Pending = false
+	if err := v.SetEvents(&e); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := mshvabi.Load[mshvabi.LocalInterruptControllerState](f.vpstate[mshvabi.VPStateLAPIC])
+	if got.APICIRR[0] != 1<<31 {
+		t.Errorf("after SetEvents without a pending NMI, IRR[0] %#x", got.APICIRR[0])
+	}
+	e.NMI.Pending = true
+	if err := v.SetEvents(&e); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := v.Events(); !e.NMI.Pending {
+		t.Errorf("SetEvents did not make the NMI pending")
+	}
+}

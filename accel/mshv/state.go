@@ -421,18 +421,15 @@ func lapicFields(s *mshvabi.LocalInterruptControllerState) []struct {
 // derived by the APIC and not saved.
 func (v *VCPU) LAPIC() (accel.LAPIC, error) {
 	var l accel.LAPIC
-	buf, err := v.vpState(mshvabi.VPStateLAPIC, 4096)
+	s, err := v.lapicState()
 	if err != nil {
 		return l, err
-	}
-	s, ok := mshvabi.Load[mshvabi.LocalInterruptControllerState](buf)
-	if !ok {
-		return l, fmt.Errorf("vCPU %d: LAPIC state of %d bytes is too short", v.index, len(buf))
 	}
 	vals, err := v.get([]uint32{mshvabi.RegCR8})
 	if err != nil {
 		return l, err
 	}
+	s.APICIRR[0] &^= 1 << hvNMIPendingBit // a pending NMI, not an interrupt (Events reports it)
 	for _, f := range lapicFields(&s) {
 		binary.LittleEndian.PutUint32(l.Regs[f.off:], *f.p)
 	}
@@ -440,13 +437,39 @@ func (v *VCPU) LAPIC() (accel.LAPIC, error) {
 	return l, nil
 }
 
+// hvNMIPendingBit is the bit of apic_irr[0] (vector 2, which no fixed
+// interrupt may use) where the hypervisor keeps a pending NMI, outside the
+// architecture: OpenVMM's virt::x86::vp reads and sets it there
+// (hv_apic_nmi_pending), and its virt_mshv keeps it across a LAPIC restore.
+const hvNMIPendingBit = 2
+
+// lapicState reads the hypervisor's LAPIC state.
+func (v *VCPU) lapicState() (mshvabi.LocalInterruptControllerState, error) {
+	buf, err := v.vpState(mshvabi.VPStateLAPIC, 4096)
+	if err != nil {
+		return mshvabi.LocalInterruptControllerState{}, err
+	}
+	s, ok := mshvabi.Load[mshvabi.LocalInterruptControllerState](buf)
+	if !ok {
+		return s, fmt.Errorf("vCPU %d: LAPIC state of %d bytes is too short", v.index, len(buf))
+	}
+	return s, nil
+}
+
 // SetLAPIC converts an xAPIC register page to the hypervisor's LAPIC state
-// and sets it (and CR8 from the TPR).
+// and sets it (and CR8 from the TPR). The page's vector 2 is not an
+// interrupt; the VP's pending NMI, kept in that bit, stays as it was
+// (SetEvents sets it).
 func (v *VCPU) SetLAPIC(l *accel.LAPIC) error {
+	cur, err := v.lapicState()
+	if err != nil {
+		return err
+	}
 	var s mshvabi.LocalInterruptControllerState
 	for _, f := range lapicFields(&s) {
 		*f.p = binary.LittleEndian.Uint32(l.Regs[f.off:])
 	}
+	s.APICIRR[0] = s.APICIRR[0]&^(1<<hvNMIPendingBit) | cur.APICIRR[0]&(1<<hvNMIPendingBit)
 	buf := make([]byte, 4096)
 	mshvabi.Store(buf, &s)
 	if err := v.setVPState(mshvabi.VPStateLAPIC, buf); err != nil {
@@ -458,8 +481,8 @@ func (v *VCPU) SetLAPIC(l *accel.LAPIC) error {
 
 var eventNames = []uint32{mshvabi.RegPendingInterruption, mshvabi.RegInterruptState, mshvabi.RegPendingEvent0}
 
-// Events reads the pending interruption, the interrupt shadow / NMI mask
-// and the pending exception event.
+// Events reads the pending interruption, the interrupt shadow / NMI mask,
+// the pending exception event and a pending NMI (hvNMIPendingBit).
 func (v *VCPU) Events() (accel.Events, error) {
 	var e accel.Events
 	vals, err := v.get(eventNames)
@@ -487,6 +510,11 @@ func (v *VCPU) Events() (accel.Events, error) {
 		e.Interrupt.Shadow = 1
 	}
 	e.NMI.Masked = is&mshvabi.InterruptStateNMIMasked != 0
+	ls, err := v.lapicState()
+	if err != nil {
+		return e, err
+	}
+	e.NMI.Pending = ls.APICIRR[0]&(1<<hvNMIPendingBit) != 0
 	if ev.Low&mshvabi.PendingEventPending != 0 {
 		if typ := ev.Low >> mshvabi.PendingEventTypeShift & 7; typ != mshvabi.PendingEventException {
 			return e, fmt.Errorf("vCPU %d: PENDING_EVENT0 holds a pending event of type %d (%s), not an exception (type 0); govmm cannot save it",
@@ -524,7 +552,7 @@ func pendingEventName(t uint64) string {
 }
 
 // SetEvents writes the pending events. A pending (not yet injected) NMI is
-// asserted through the hypervisor's APIC.
+// the hypervisor's bit in the LAPIC state (hvNMIPendingBit).
 func (v *VCPU) SetEvents(e *accel.Events) error {
 	var pi, is uint64
 	switch {
@@ -562,9 +590,19 @@ func (v *VCPU) SetEvents(e *accel.Events) error {
 		{Name: mshvabi.RegPendingEvent0, Value: ev}}); err != nil {
 		return err
 	}
-	if e.NMI.Pending {
-		if err := v.vm.hv.assertInterrupt(mshvabi.InterruptTypeNMI, 0, uint64(v.index), false, false); err != nil {
-			return fmt.Errorf("vCPU %d: re-assert pending NMI: %w", v.index, err)
+	// A pending (not yet injected) NMI is the hypervisor's bit in the
+	// LAPIC state (hvNMIPendingBit), set or cleared as OpenVMM's virt_mshv
+	// sets its activity state.
+	ls, err := v.lapicState()
+	if err != nil {
+		return err
+	}
+	if has := ls.APICIRR[0]&(1<<hvNMIPendingBit) != 0; has != e.NMI.Pending {
+		ls.APICIRR[0] ^= 1 << hvNMIPendingBit
+		buf := make([]byte, 4096)
+		mshvabi.Store(buf, &ls)
+		if err := v.setVPState(mshvabi.VPStateLAPIC, buf); err != nil {
+			return fmt.Errorf("vCPU %d: pending NMI %v: %w", v.index, e.NMI.Pending, err)
 		}
 	}
 	return nil

@@ -189,3 +189,36 @@ func TestXSaveLayoutFollowsBanks(t *testing.T) {
 	_, err := mshvabi.SetVPState(later, vfd, mshvabi.VPStateXSave, buf)
 	wantErrno(t, "an image with the AVX component", err, unix.EINVAL)
 }
+
+// TestLAPICStateNMIPending: the hypervisor keeps a VP's pending NMI as bit
+// 2 of apic_irr[0] in its LAPIC state (OpenVMM's virt::x86::vp,
+// hv_apic_nmi_pending); setting the state with the bit makes an NMI
+// pending, and the state read back shows it until it is cleared.
+func TestLAPICStateNMIPending(t *testing.T) {
+	s := newSim(t, mshvsim.Options{})
+	vfd := newVP(t, s, nil)
+	buf := mshvabi.AlignedBuffer(4096)
+	if _, err := mshvabi.GetVPState(s, vfd, mshvabi.VPStateLAPIC, buf); err != nil {
+		t.Fatal(err)
+	}
+	const irr0 = 84
+	if buf[irr0]&4 != 0 {
+		t.Fatalf("a new VP has an NMI pending")
+	}
+	for _, want := range []bool{true, false} {
+		buf[irr0] &^= 4
+		if want {
+			buf[irr0] |= 4
+		}
+		if _, err := mshvabi.SetVPState(s, vfd, mshvabi.VPStateLAPIC, buf); err != nil {
+			t.Fatal(err)
+		}
+		got := mshvabi.AlignedBuffer(4096)
+		if _, err := mshvabi.GetVPState(s, vfd, mshvabi.VPStateLAPIC, got); err != nil {
+			t.Fatal(err)
+		}
+		if (got[irr0]&4 != 0) != want {
+			t.Errorf("NMI pending %v written, the state reads IRR[0] %#x", want, got[irr0])
+		}
+	}
+}

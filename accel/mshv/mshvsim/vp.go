@@ -229,6 +229,13 @@ func (l *xlayout) standard(c []byte, n int) ([]byte, bool) {
 // x2APIC mode): the hypervisor's state is the register file, as rust-vmm's
 // mshv-bindings (LapicState conversion) and OpenVMM's virt::x86::vp
 // (ApicRegisters <-> HvX64InterruptControllerState) both read it.
+// lsIRR0 is apic_irr[0]'s offset, and nmiVector the bit of it the
+// hypervisor sets for a pending NMI.
+const (
+	lsIRR0    = 84
+	nmiVector = 2
+)
+
 var lapicMap = func() [][2]int {
 	m := [][2]int{{lsAPICID, 0x20}, {4, 0x30}, {8, 0xD0}, {12, 0xE0}, {16, 0xF0}, {116, 0x280}, {120, 0x310}, {124, 0x300},
 		{128, 0x320}, {132, 0x330}, {136, 0x340}, {140, 0x350}, {144, 0x360}, {148, 0x370}, {152, 0x2F0},
@@ -280,6 +287,16 @@ func (v *vp) vpState(get bool, a []byte) error {
 			for _, m := range lapicMap {
 				copy(buf[m[0]:m[0]+4], l.Regs[m[1]:m[1]+4])
 			}
+			// The hypervisor keeps a pending NMI as bit 2 (vector 2) of
+			// apic_irr[0], outside the architecture (OpenVMM's
+			// virt::x86::vp, hv_apic_nmi_pending).
+			ev, err := v.k.Events()
+			if err != nil {
+				return unix.EIO
+			}
+			if ev.NMI.Pending {
+				buf[lsIRR0] |= 1 << nmiVector
+			}
 			return nil
 		}
 		l, err := v.k.LAPIC()
@@ -289,8 +306,20 @@ func (v *vp) vpState(get bool, a []byte) error {
 		for _, m := range lapicMap {
 			copy(l.Regs[m[1]:m[1]+4], buf[m[0]:m[0]+4])
 		}
+		nmi := l.Regs[0x200]&(1<<nmiVector) != 0
+		l.Regs[0x200] &^= 1 << nmiVector
 		if err := v.k.SetLAPIC(&l); err != nil {
 			return unix.EINVAL
+		}
+		ev, err := v.k.Events()
+		if err != nil {
+			return unix.EIO
+		}
+		if ev.NMI.Pending != nmi {
+			ev.NMI.Pending = nmi
+			if err := v.k.SetEvents(&ev); err != nil {
+				return unix.EINVAL
+			}
 		}
 		return nil
 	case 1:
