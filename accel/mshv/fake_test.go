@@ -198,19 +198,28 @@ func (f *fakeHV) hvcall(c *mshvabi.FakeCall) error {
 
 func (f *fakeHV) machine(t *testing.T) (*VM, *VCPU) {
 	t.Helper()
+	vm, vs := f.machineN(t, 1)
+	return vm, vs[0]
+}
+
+// machineN opens the backend on the fake and creates a VM with n vCPUs.
+func (f *fakeHV) machineN(t *testing.T, n int) (*VM, []*VCPU) {
+	t.Helper()
 	a, err := Open(f.dev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, err := a.NewVM(accel.VMConfig{NumVCPUs: 1})
+	vm, err := a.NewVM(accel.VMConfig{NumVCPUs: n})
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := vm.NewVCPU(0)
-	if err != nil {
-		t.Fatal(err)
+	vs := make([]*VCPU, n)
+	for i := range vs {
+		if vs[i], err = vm.NewVCPU(i); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return vm, v
+	return vm, vs
 }
 
 func TestFakeBringUpFallsBackToV1(t *testing.T) {

@@ -21,22 +21,8 @@ import (
 // the hypervisor to take it there.
 func TestFakeHypercallMSROnVP0(t *testing.T) {
 	f := newFake()
-	a, err := Open(f.dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vm, err := a.NewVM(accel.VMConfig{NumVCPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v0, err := vm.NewVCPU(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v1, err := vm.NewVCPU(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, vs := f.machineN(t, 2)
+	v0, v1 := vs[0], vs[1]
 	l0, err := v0.MSRIndexList()
 	if err != nil {
 		t.Fatal(err)
