@@ -64,10 +64,14 @@ func (v *vp) run(msg []byte) error {
 		v.cpuidDirty = false
 	}
 	for {
-		if v.hvregs[regDeliverability][0]&2 != 0 && v.pendingExt.Load() < 0 {
-			v.k.RequestInterruptWindow(true)
-		}
+		// KVM exits when the guest can take an interrupt while the
+		// ExtINT line is up and KVM cannot take it now (it holds one
+		// already, or the guest cannot), or while the VMM waits for an
+		// interruption-deliverable message; never otherwise, or the
+		// window exit would repeat without the guest moving on.
+		window := v.hvregs[regDeliverability][0]&2 != 0
 		if ext := v.pendingExt.Load(); ext >= 0 {
+			window = true
 			ready, ifl := v.k.ReadyForInterrupt()
 			if ready && ifl && v.ran {
 				// The line stays up after delivery (see assertInterrupt):
@@ -76,11 +80,10 @@ func (v *vp) run(msg []byte) error {
 				if err := v.k.InjectExtINT(uint8(ext)); err != nil {
 					return v.fail("%v", err)
 				}
-				v.k.RequestInterruptWindow(false)
-			} else {
-				v.k.RequestInterruptWindow(true)
+				window = false
 			}
 		}
+		v.k.RequestInterruptWindow(window)
 		x, err := v.k.RunRaw()
 		v.ran = true
 		if err != nil {
