@@ -44,4 +44,12 @@ func TestPartitionMSRLeftToVCPU0(t *testing.T) {
 	if _, err := portableMSRs(vp1, saved, nil); err == nil || !strings.Contains(err.Error(), "0x40000001") {
 		t.Errorf("vCPU 0 of a destination without HYPERCALL: err %v", err)
 	}
+	// Never used (0), it needs no vCPU 0 to carry it.
+	unused := []accel.MSR{{Index: hypercall}}
+	if got, err := portableMSRs(vp1, unused, nil); err != nil || len(got) != 0 {
+		t.Errorf("an unused HYPERCALL on a destination without it: %v, %v", got, err)
+	}
+	if got, err := portableMSRs(vp1, unused, []accel.MSR{{Index: 0x277}}); err != nil || len(got) != 0 {
+		t.Errorf("vCPU 1's unused HYPERCALL, vCPU 0 without it: %v, %v", got, err)
+	}
 }

@@ -351,13 +351,13 @@ func portableMSRs(c accel.VCPU, saved, bsp []accel.MSR) ([]accel.MSR, error) {
 		switch {
 		case have[m.Index]:
 			out = append(out, m)
-		case bsp != nil && partitionMSRs[m.Index] != "":
-			if !slices.Contains(bsp, m) {
-				return nil, fmt.Errorf("the saved vCPU has MSR %#x (%s) = %#x, which differs from vCPU 0's; this accelerator holds it once for the whole VM, through vCPU 0",
-					m.Index, partitionMSRs[m.Index], m.Value)
-			}
+		case bsp != nil && partitionMSRs[m.Index] != "" && slices.Contains(bsp, m):
 			// vCPU 0 restores it for the whole VM.
 		case m.Value != msrResetValue[m.Index]:
+			if name, ok := partitionMSRs[m.Index]; ok && bsp != nil {
+				return nil, fmt.Errorf("the saved vCPU has MSR %#x (%s) = %#x, which differs from vCPU 0's; this accelerator holds it once for the whole VM, through vCPU 0",
+					m.Index, name, m.Value)
+			}
 			if what, ok := kvmParavirtMSRs[m.Index]; ok {
 				return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x (%s): the guest uses KVM's paravirtual interface, which this accelerator does not offer; boot a guest whose snapshots must restore elsewhere with --cpu host,-kvm",
 					m.Index, m.Value, what)
