@@ -307,17 +307,17 @@ func linuxCPUs(t *testing.T) []int {
 }
 
 // tickingLinux is a running Linux guest whose init prints a tick and a
-// running checksum every second (linuxguest's govmm.ticks).
+// running checksum every second (linuxguest's govmm.ticks), ticks times
+// before it powers off.
 type tickingLinux struct {
 	kernel, initrd string
+	ticks          int
 }
 
-const linuxTicks = 8 // ticks before the guest powers off
-
-func newTickingLinux(t *testing.T) tickingLinux {
+func newTickingLinux(t *testing.T, ticks int) tickingLinux {
 	t.Helper()
 	kernel, initrd := linuxGuest(t)
-	return tickingLinux{kernel, initrd}
+	return tickingLinux{kernel, initrd, ticks}
 }
 
 func tickLine(i int) string { return fmt.Sprintf("govmm-tick %d sum=%d", i, linuxguest.TickSum(i)) }
@@ -328,7 +328,7 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 	t.Helper()
 	args := append(append([]string{"run"}, acc...), "--kernel", g.kernel, "--initrd", g.initrd, "--cpus=2",
 		"--memory=512M", "--cpu", cpu, "--api-socket", sock,
-		"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", linuxTicks))
+		"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", g.ticks))
 	for attempt := 1; ; attempt++ {
 		p := start(t, args...)
 		err := p.waitProgress(tickLine(n), 5*time.Minute, 90*time.Second)
@@ -348,9 +348,9 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 }
 
 // lastTick is the last tick in out, at least from.
-func lastTick(out string, from int) int {
+func (g tickingLinux) lastTick(out string, from int) int {
 	last := from
-	for i := from; i <= linuxTicks; i++ {
+	for i := from; i <= g.ticks; i++ {
 		if strings.Contains(out, tickLine(i)) {
 			last = i
 		}
@@ -363,17 +363,20 @@ func lastTick(out string, from int) int {
 func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
 	t.Helper()
 	t0 := time.Now()
-	p.waitFor(fmt.Sprintf("govmm-ticks-done %d sum=%d", linuxTicks, linuxguest.TickSum(linuxTicks)), 3*time.Minute)
+	if n >= g.ticks {
+		t.Fatalf("the guest had ticked to the end (%d) before it moved: nothing was left to check after the move (raise its tick count)", g.ticks)
+	}
+	p.waitFor(fmt.Sprintf("govmm-ticks-done %d sum=%d", g.ticks, linuxguest.TickSum(g.ticks)), 3*time.Minute)
 	if code := p.exit(time.Minute); code != 0 {
 		t.Fatalf("guest: exit %d after its ticks, want 0 (poweroff):\n%s", code, p.output())
 	}
 	out := p.output()
-	for i := n + 1; i <= linuxTicks; i++ {
+	for i := n + 1; i <= g.ticks; i++ {
 		if !strings.Contains(out, tickLine(i)) {
 			t.Errorf("guest skipped tick %d:\n%s", i, out)
 		}
 	}
-	t.Logf("guest ticked %d more times and powered off after %v", linuxTicks-n, time.Since(t0).Round(time.Millisecond))
+	t.Logf("guest ticked %d more times and powered off after %v", g.ticks-n, time.Since(t0).Round(time.Millisecond))
 }
 
 // TestLinuxSnapshot snapshots a running 2-vCPU Linux guest whose init
@@ -387,8 +390,8 @@ func (g tickingLinux) finish(t *testing.T, p *proc, n int) {
 // nothing there), and restored on KVM keeps it through KVM's Hyper-V
 // emulation.
 func TestLinuxSnapshot(t *testing.T) {
-	g := newTickingLinux(t)
 	const snapAt = 3
+	g := newTickingLinux(t, snapAt+5)
 	// snapshot boots Linux on acc, snapshots it once it printed tick
 	// snapAt, and stops it there (--stop). It returns the snapshot and
 	// the last tick the guest printed before it: the guest may have
@@ -405,7 +408,7 @@ func TestLinuxSnapshot(t *testing.T) {
 			t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
 		}
 		p.exit(time.Minute)
-		return saved{snap, lastTick(p.output(), snapAt)}
+		return saved{snap, g.lastTick(p.output(), snapAt)}
 	}
 	restore := func(t *testing.T, acc []string, s saved) {
 		p := start(t, append(append([]string{"restore"}, acc...), "--snapshot="+s.dir, "--cpus=2", "--memory=512M")...)
@@ -447,10 +450,14 @@ func TestLinuxSnapshot(t *testing.T) {
 // govmm processes while it ticks: across accelerators both ways (KVM to
 // MSHV on --cpu x86-64-v2,-kvm, MSHV to KVM on host,-kvm), and KVM to KVM
 // with kvmclock. The destination must
-// tick on to the end with the right checksum and power off cleanly.
+// tick on to the end with the right checksum and power off cleanly. The
+// guest ticks on the source while its memory is copied (8-11 s on the
+// nested substrate with the machine busy), so it ticks for 20 s after the
+// migration starts: with 5, as the snapshot test has, a slow copy left
+// the source to print the last tick, and the destination nothing to show.
 func TestLinuxLiveMigration(t *testing.T) {
-	g := newTickingLinux(t)
 	const migrateAt = 3
+	g := newTickingLinux(t, migrateAt+20)
 	all := accels(t)
 	type move struct {
 		src, dst []string
@@ -480,7 +487,7 @@ func TestLinuxLiveMigration(t *testing.T) {
 			migrateLive(t, sock, mig, s, d)
 			// The source may have ticked past migrateAt while memory was
 			// copied; the destination goes on from the source's last tick.
-			g.finish(t, d, lastTick(s.output(), migrateAt))
+			g.finish(t, d, g.lastTick(s.output(), migrateAt))
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,13 +90,18 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
+	// On the timeout, SIGQUIT first: Go prints every goroutine, and where
+	// the vCPU threads wait (in KVM_RUN or in the VMM) is what tells a
+	// hung guest from a hung VMM.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Stdin = strings.NewReader(input)
 	err := cmd.Run()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
 	if ctx.Err() != nil {
-		t.Fatalf("govmm %s: timed out after %v\n%s", strings.Join(args, " "), runTimeout, res)
+		t.Fatalf("govmm %s: timed out after %v (its goroutines, dumped on SIGQUIT, are in its stderr)\n%s", strings.Join(args, " "), runTimeout, res)
 	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		res.Code = ee.ExitCode()

@@ -89,7 +89,13 @@ func (p *proc) waitFor(s string, d time.Duration) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	p.t.Fatalf("%s: no %q within %v:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())
+	// Where the threads wait tells a hung VMM from a quiet guest (see exit).
+	p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())
 }
 
 // errStalled is waitProgress's error for a process that printed nothing
