@@ -45,6 +45,24 @@ type Options struct {
 	// RSDP is the guest physical address of the ACPI RSDP, or 0. It is
 	// passed to Linux (zero page, protocol 2.14+) and PVH kernels.
 	RSDP uint64
+	// GuestInfo is what govmm tells its own guests about the machine
+	// ("govmm.cpu=x86-64-v2 ..."): appended to the command line of ELF64
+	// and Multiboot kernels, the formats of the project's guests, and
+	// never given to Linux, PVH or raw images. govmm run sets it only for
+	// its built-in probe: other kernels get the command line as given.
+	GuestInfo string
+}
+
+// withGuestInfo is the command line of a govmm guest: the user's, then
+// the VMM's words.
+func (o Options) withGuestInfo() string {
+	if o.GuestInfo == "" {
+		return o.Cmdline
+	}
+	if o.Cmdline == "" {
+		return o.GuestInfo
+	}
+	return o.Cmdline + " " + o.GuestInfo
 }
 
 // Entry is the initial state of the boot vCPU.

@@ -27,7 +27,7 @@ func loadELF64(mem *memory.Memory, image []byte, opts Options) (*Entry, error) {
 	if _, err := placeSegments(mem, segs, kernelFloor); err != nil {
 		return nil, err
 	}
-	l, err := writeBootInfo(mem, segs, []span{pageTables}, opts.Cmdline, opts.Initrd)
+	l, err := writeBootInfo(mem, segs, []span{pageTables}, opts.withGuestInfo(), opts.Initrd)
 	if err != nil {
 		return nil, err
 	}

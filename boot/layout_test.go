@@ -261,6 +261,17 @@ func TestMultibootCmdlineName(t *testing.T) {
 		{"bzimage", buildBzImage(defaultBz()), Options{KernelName: "/k", Cmdline: "a"}, "a", func(t *testing.T, m *memory.Memory, e *Entry) string {
 			return readCString(t, m, uint64(readU32(t, m, e.Regs.RSI+hdrCmdLinePtr)))
 		}},
+		// govmm's words reach its own guests (Multiboot, ELF64), after the
+		// user's; Linux and PVH kernels never see them.
+		{"multiboot guest info", multibootELF32Image(mbFlagMemInfo), Options{KernelName: "/k", Cmdline: "a", GuestInfo: "govmm.cpu=x"}, "/k a govmm.cpu=x", mbCmdline},
+		{"multiboot guest info alone", multibootELF32Image(mbFlagMemInfo), Options{KernelName: "/k", GuestInfo: "govmm.cpu=x"}, "/k govmm.cpu=x", mbCmdline},
+		{"elf64 guest info", elf64Image(), Options{Cmdline: "a", GuestInfo: "govmm.cpu=x"}, "a govmm.cpu=x", mbCmdline},
+		{"pvh guest info", pvhImage(false), Options{Cmdline: "a", GuestInfo: "govmm.cpu=x"}, "a", func(t *testing.T, m *memory.Memory, e *Entry) string {
+			return readCString(t, m, readU64(t, m, e.Regs.RBX+24))
+		}},
+		{"bzimage guest info", buildBzImage(defaultBz()), Options{Cmdline: "a", GuestInfo: "govmm.cpu=x"}, "a", func(t *testing.T, m *memory.Memory, e *Entry) string {
+			return readCString(t, m, uint64(readU32(t, m, e.Regs.RSI+hdrCmdLinePtr)))
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -152,7 +152,7 @@ func loadMultiboot(mem *memory.Memory, image []byte, opts Options) (*Entry, erro
 		return nil, err
 	}
 	name := cmp.Or(opts.KernelName, DefaultKernelName)
-	cmdline := MultibootCmdline(name, opts.Cmdline)
+	cmdline := MultibootCmdline(name, opts.withGuestInfo())
 	if err := checkCmdline(cmdline, platform.CmdlineMax-1); err != nil {
 		return nil, fmt.Errorf("%w (a Multiboot kernel receives its name %q, a space, then the command line)", err, name)
 	}

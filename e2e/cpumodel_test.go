@@ -74,15 +74,15 @@ func TestCPUModelProbe(t *testing.T) {
 					t.Logf("%s: %s does not run on this host (see govmm cpu-models)", name, def.Name)
 					continue
 				}
-				t.Run(def.Name, func(t *testing.T) { checkModelProbe(t, name, flags, def) })
+				t.Run(def.Name, func(t *testing.T) { checkModelProbe(t, name, flags, def, runs["x86-64-v3"]) })
 			}
 		})
 	}
 }
 
 // checkModelProbe compares what the probe's guest sees on --cpu def.Name
-// with the model's definition.
-func checkModelProbe(t *testing.T, accName string, flags []string, def cpu.Definition) {
+// with the model's definition. hostAVX says the host can run x86-64-v3.
+func checkModelProbe(t *testing.T, accName string, flags []string, def cpu.Definition, hostAVX bool) {
 	m := probeReport(t, flags, "--cpu="+def.Name)
 	ids := probeCPUID(t, m)
 	inModel := map[string]bool{}
@@ -109,6 +109,27 @@ func checkModelProbe(t *testing.T, accName string, flags []string, def cpu.Defin
 	}
 	if def.Vendor != "" && m["cpu.vendor"] != "" && m["cpu.vendor"] != def.Vendor {
 		t.Errorf("%s guest on %s: vendor %s, want %s", def.Name, accName, m["cpu.vendor"], def.Vendor)
+	}
+	// The probe shows the model by name and what it hides against the
+	// host: hidden features the guest does not see, none the model keeps;
+	// a model adds nothing.
+	if m["govmm.cpu"] != def.Name {
+		t.Errorf("%s guest on %s: the probe shows model %q", def.Name, accName, m["govmm.cpu"])
+	}
+	if m["govmm.cpu.added"] != "" {
+		t.Errorf("%s guest on %s: the model adds %s to the host's features", def.Name, accName, m["govmm.cpu.added"])
+	}
+	hidden := strings.Split(m["govmm.cpu.hidden"], ",")
+	if hostAVX && def.XSave&(1<<2) == 0 && !slices.Contains(hidden, "avx") {
+		t.Errorf("%s guest on %s: govmm.cpu.hidden=%q lacks avx, which the host has and the model does not", def.Name, accName, m["govmm.cpu.hidden"])
+	}
+	for _, f := range cpu.Features() {
+		if !slices.Contains(hidden, f.Name) {
+			continue
+		}
+		if inModel[f.Name] || probeSeesLeaf(f) && f.Has(ids) {
+			t.Errorf("%s guest on %s: %s is listed as hidden, yet the model keeps it or the guest sees it", def.Name, accName, f.Name)
+		}
 	}
 }
 

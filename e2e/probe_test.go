@@ -353,6 +353,8 @@ var probeQEMUDiffs = map[string]string{
 	"boot.mmap":           "firmware: SeaBIOS's e820 map has more reserved entries",
 	"msr.misc_enable":     "firmware: QEMU sets IA32_MISC_ENABLE to fast strings (bit 0) as a BIOS would; govmm keeps the accelerator's reset value (KVM: BTS and PEBS unavailable, bits 11 and 12)",
 	"lapic.version":       "irqchip: KVM offers directed EOI (bit 24) only with a userspace IOAPIC (govmm's split irqchip), not with QEMU's in-kernel one",
+	"govmm.cpu":           "govmm tells its built-in probe the CPU model on its command line; QEMU's -kernel gets the command line as given",
+	"boot.cmdline":        "govmm tells its built-in probe the CPU model on its command line; QEMU's -kernel gets the command line as given",
 }
 
 // TestProbeQEMU boots the same probe image under QEMU (-accel kvm) and
@@ -515,7 +517,8 @@ func TestProbeTUI(t *testing.T) {
 
 // TestLibSelftest runs guests/lib's own test guest (printf formatting,
 // cmdline parsing, CPL3 round trips and nesting, #GP-safe MSRs, exception
-// hooks, SMP start) on every accelerator.
+// hooks, SMP start, a double fault reported from its own stack) on every
+// accelerator.
 func TestLibSelftest(t *testing.T) {
 	kernel := guestPath(t, "libtest.elf")
 	for _, flags := range accels(t) {
@@ -530,6 +533,18 @@ func TestLibSelftest(t *testing.T) {
 				if !strings.Contains(r.Stdout, ap) {
 					t.Errorf("output lacks %q\n%s", ap, r)
 				}
+			}
+		})
+	}
+	// A fault on an unusable stack faults again while it is delivered: a
+	// #DF, which runs on its own stack (IST) and is reported with where it
+	// happened, where a triple fault would leave nothing to read.
+	for _, flags := range accels(t) {
+		t.Run(accelName(flags)+"/double-fault", func(t *testing.T) {
+			r := govmm(t, append(append([]string{"run"}, flags...), "--kernel="+kernel, "--cmdline=libtest.df")...)
+			if want := (0x40+8)<<1 | 1; r.Code != want || !strings.Contains(r.Stdout, "EXCEPTION 8 (#DF)") ||
+				strings.Contains(r.Stderr, "triple fault") {
+				t.Fatalf("want the #DF reported (EXCEPTION 8) and exit status %d\n%s", want, r)
 			}
 		})
 	}

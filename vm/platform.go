@@ -273,7 +273,7 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		// too large for it still has the MADT.
 		v.log.Info("no MP table", "reason", err)
 	}
-	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, KernelName: v.cfg.KernelName, Initrd: v.cfg.Initrd, RSDP: rsdp})
+	p.entry, err = boot.Load(v.mem, v.cfg.Kernel, boot.Options{Cmdline: v.cfg.Cmdline, KernelName: v.cfg.KernelName, Initrd: v.cfg.Initrd, RSDP: rsdp, GuestInfo: v.cfg.GuestInfo})
 	if err != nil {
 		return &InputError{Err: fmt.Errorf("load kernel %s: %w", v.cfg.KernelName, err)}
 	}

@@ -44,9 +44,12 @@ type Config struct {
 	// FeatureMSRs are the CPU model's feature MSRs (IA32_ARCH_CAPABILITIES);
 	// kept in snapshots.
 	FeatureMSRs []accel.MSR
-	Serial      io.Writer // guest serial output (nil: discarded)
-	Log         *slog.Logger
-	KernelName  string // the kernel's name, for messages
+	// GuestInfo is what govmm tells its built-in probe on its command
+	// line: the CPU model and what it hides (boot.Options.GuestInfo).
+	GuestInfo  string
+	Serial     io.Writer // guest serial output (nil: discarded)
+	Log        *slog.Logger
+	KernelName string // the kernel's name, for messages
 	// TestDevices adds the MMIO test devices the project's test guests
 	// use (devices/testdev, devices/irqtestdev). Off by default: a
 	// sandbox exposes no device it does not need.

@@ -210,3 +210,24 @@ func checkSavedCPU(acc accel.Accelerator, m vm.MachineState) error {
 	}
 	return vm.CheckFeatureMSRs(acc, m.FeatureMSRs, m.CPUModel)
 }
+
+// cpuGuestInfo tells govmm's own guests (the probe shows it) which CPU
+// model they run on and what it changes against what the accelerator
+// offers: "govmm.cpu=x86-64-v2 govmm.cpu.hidden=avx,avx2
+// govmm.cpu.added=". Feature names are /proc/cpuinfo's.
+func cpuGuestInfo(model cpu.Model, supported, guest []accel.CPUIDEntry) string {
+	name := model.String()
+	if name == "" {
+		name = "host"
+	}
+	word := func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, " ", "_"), ",", "_") }
+	var hidden, added []string
+	for _, f := range cpu.MissingOn(supported, guest) {
+		hidden = append(hidden, word(f))
+	}
+	for _, f := range cpu.MissingOn(guest, supported) {
+		added = append(added, word(f))
+	}
+	return fmt.Sprintf("govmm.cpu=%s govmm.cpu.hidden=%s govmm.cpu.added=%s",
+		strings.ReplaceAll(name, " ", "_"), strings.Join(hidden, ","), strings.Join(added, ","))
+}

@@ -157,6 +157,12 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(exitUsage, "--cpu %s on %s: %v", f.cpuModel, acc.Name(), err)
 	}
+	// The built-in probe is told the CPU model (it shows it); a kernel the
+	// user gives gets exactly the command line asked for, as under QEMU.
+	guestInfo := ""
+	if f.kernel == "" {
+		guestInfo = cpuGuestInfo(model, supported, cpuid)
+	}
 	featureMSRs := model.FeatureMSRs()
 	if err := vm.CheckFeatureMSRs(acc, featureMSRs, f.cpuModel); err != nil {
 		return fail(exitUsage, "%s: %v", acc.Name(), err)
@@ -169,7 +175,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 	machine, err := vm.New(vm.Config{
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo, FeatureMSRs: featureMSRs,
-		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline,
+		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline, GuestInfo: guestInfo,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
 		Virtio: f.virtio.config(), VFIO: f.devices.config(),
 	})

@@ -16,6 +16,11 @@ struct percpu percpu[MAX_CPUS];
 static struct tss tss[MAX_CPUS] __attribute__((aligned(64)));
 extern uint8_t user_stacks[MAX_CPUS][USER_STACK_SIZE]; /* entry.S, not cleared */
 extern uint8_t kernel_stacks[MAX_CPUS][16384]; /* entry.S, not cleared */
+/* #DF runs on a stack of its own (IST1): a fault that spoils the kernel
+ * stack (an overflow, a bad RSP) then ends in a report of where it
+ * happened instead of a triple fault, which leaves nothing to read. */
+#define DF_IST 1
+static uint8_t df_stacks[MAX_CPUS][4096] __attribute__((aligned(16)));
 
 struct idt_entry {
 	uint16_t off0, sel;
@@ -38,6 +43,7 @@ void percpu_setup(uint32_t index, uint64_t kstack_top)
 	p->ustack_top = (uint64_t)user_stacks[index] + sizeof(user_stacks[0]);
 	p->kstack_top = kstack_top;
 	tss[index].rsp0 = kstack_top;
+	tss[index].ist[DF_IST - 1] = (uint64_t)df_stacks[index] + sizeof(df_stacks[0]);
 	tss[index].iomap_base = sizeof(struct tss);
 
 	uint64_t base = (uint64_t)&tss[index], limit = sizeof(struct tss) - 1;
@@ -76,7 +82,7 @@ static void idt_init(void)
 		uint64_t a = (uint64_t)isr_stub_table + 16 * (uint64_t)v;
 		idt[v].off0 = a & 0xFFFF;
 		idt[v].sel = KCODE64;
-		idt[v].ist = 0;
+		idt[v].ist = v == 8 ? DF_IST : 0;
 		idt[v].type = v == SYSCALL_VECTOR ? 0xEE : 0x8E; /* interrupt gate; DPL3 for syscalls */
 		idt[v].off1 = (a >> 16) & 0xFFFF;
 		idt[v].off2 = a >> 32;

@@ -88,9 +88,22 @@ static void ud_handler(struct regs *r)
 	r->rip += 2; /* skip the ud2 */
 }
 
+/* double_fault makes the stack unusable and faults on it: delivering that
+ * fault faults again, a #DF, which must reach its handler on its own
+ * stack (IST) and be reported, not end the VM in a triple fault. */
+NORETURN static void double_fault(void)
+{
+	printf("libtest: faulting on a non-canonical stack\n");
+	__asm__ volatile("mov %0, %%rsp; pushq $0" ::"r"(0x8000000000000000ULL));
+	__builtin_unreachable();
+}
+
 int main(void)
 {
 	printf("libtest: start\n");
+	char v[16];
+	if (cmdline_get("libtest.df", v, sizeof(v)))
+		double_fault();
 	check_fmt("42", "%d", 42);
 	check_fmt("-42", "%d", -42);
 	check_fmt("  -42", "%5d", -42);
@@ -110,7 +123,6 @@ int main(void)
 
 	boot_set_cmdline("/path/k a=1 bb=hello flag  key=x=y n=0x10 bad=12z");
 	check(!strcmp(boot.image, "/path/k"), "cmdline first word is the image");
-	char v[16];
 	check(cmdline_get("a", v, sizeof(v)) && !strcmp(v, "1"), "cmdline a=1");
 	check(cmdline_get("bb", v, sizeof(v)) && !strcmp(v, "hello"), "cmdline bb=hello");
 	check(cmdline_get("flag", v, sizeof(v)) && !strcmp(v, ""), "cmdline bare flag");

@@ -90,6 +90,17 @@ static void collect(void)
 	add("cpu.model", "%#x", model);
 	add("cpu.stepping", "%u", step);
 	add("cpuid.hypervisor", "%s", hv[0] ? hv : "none");
+	/* The CPU model, as govmm tells its own guests on the command line. */
+	char list[768];
+	if (cmdline_get("govmm.cpu", buf, sizeof(buf))) {
+		add("govmm.cpu", "%s", buf);
+		list[0] = 0;
+		cmdline_get("govmm.cpu.hidden", list, sizeof(list));
+		add("govmm.cpu.hidden", "%s", list);
+		list[0] = 0;
+		cmdline_get("govmm.cpu.added", list, sizeof(list));
+		add("govmm.cpu.added", "%s", list);
+	}
 	for (int i = 0; i < nfeat_regs; i++) {
 		if (feat_list(&feat_regs[i], buf, sizeof(buf)) < 0)
 			continue;
@@ -275,6 +286,16 @@ uint64_t summary_main(uint64_t arg)
 	printf("  cpu:        %s, family %#x model %#x stepping %u\n", vendor, fam, model, step);
 	printf("  brand:      %s\n", brand[0] ? brand : "(none)");
 	printf("  hypervisor: %s\n", hv[0] ? hv : "(none)");
+	if (cmdline_get("govmm.cpu", buf, sizeof(buf))) {
+		char list[768] = "";
+		printf("  cpu model:  %s", buf);
+		if (cmdline_get("govmm.cpu.hidden", list, sizeof(list)) && list[0])
+			printf(", hides %s", list);
+		list[0] = 0;
+		if (cmdline_get("govmm.cpu.added", list, sizeof(list)) && list[0])
+			printf(", adds %s", list);
+		printf("\n");
+	}
 	for (int i = 0; i < 2; i++) {
 		feat_list(&feat_regs[i], buf, sizeof(buf));
 		printf("  cpuid %-6s %s\n", feat_regs[i].key, buf);

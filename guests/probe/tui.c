@@ -103,6 +103,21 @@ static void tab_cpuid(void)
 	cadd("Vendor %s  Family %#x  Model %#x  Stepping %u", vendor, fam, model, step);
 	cadd("Brand  %s  (max leaf %#x, extended %#x)", brand[0] ? brand : "(none)", cpuid(0, 0).eax,
 	     cpuid(0x80000000, 0).eax);
+	if (cmdline_get("govmm.cpu", buf, sizeof(buf))) {
+		/* The model govmm applied, and what it changes against the host. */
+		char list[768], text[800];
+		cadd("Model  %s (govmm --cpu)", buf);
+		static const char *const kinds[][2] = {{"govmm.cpu.hidden", "  hides"}, {"govmm.cpu.added", "  adds "}};
+		for (int k = 0; k < 2; k++) {
+			list[0] = 0;
+			cmdline_get(kinds[k][0], list, sizeof(list));
+			int j = 0;
+			for (int i = 0; list[i] && j + 1 < (int)sizeof(text); i++)
+				text[j++] = list[i] == ',' ? ' ' : list[i];
+			text[j] = 0;
+			cwrap(kinds[k][1], text);
+		}
+	}
 	if (hv[0]) {
 		cadd("Hypervisor \"%s\" (leaves 0x40000000-%#x)", hv, hvmax);
 		for (uint32_t l = 0x40000001; l <= hvmax && l < 0x40000007; l++) {
