@@ -183,3 +183,56 @@ func TestPermits(t *testing.T) {
 		}
 	}
 }
+
+// otherFS returns a directory on another file system than t.TempDir, or
+// skips.
+func otherFS(t *testing.T) string {
+	t.Helper()
+	var a, b syscall.Stat_t
+	if syscall.Stat("/dev/shm", &a) != nil || syscall.Stat(t.TempDir(), &b) != nil || a.Dev == b.Dev {
+		t.Skip("no /dev/shm on another file system than the temporary directory")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "jailtest-")
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// A file on another file system is copied with its owner and mode; a
+// written one is refused by the checks, and never copied.
+func TestLinkOrCopyAcrossFileSystems(t *testing.T) {
+	needRoot(t)
+	src := filepath.Join(otherFS(t), "kernel")
+	if err := os.WriteFile(src, []byte("image"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(src, 4242, 4343)
+	dst := filepath.Join(t.TempDir(), "kernel")
+	if copied, err := linkOrCopy(src, dst, false); err == nil || copied {
+		t.Fatalf("linkOrCopy without copying = %v, %v; want the cross-device error", copied, err)
+	}
+	copied, err := linkOrCopy(src, dst, true)
+	if err != nil || !copied {
+		t.Fatalf("linkOrCopy = %v, %v", copied, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil || st.Uid != 4242 || st.Gid != 4343 || st.Mode&0o7777 != 0o640 {
+		t.Errorf("the copy: owner %d:%d mode %#o, %v", st.Uid, st.Gid, st.Mode&0o7777, err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "image" {
+		t.Errorf("the copy holds %q", b)
+	}
+
+	c := testConfig(t)
+	c.Files = []File{{Host: src, Jail: "/disk0", Write: true}}
+	os.Chmod(src, 0o660)
+	if err := Check(c); err == nil || !strings.Contains(err.Error(), "lies on another file system than the chroot base") {
+		t.Errorf("Check of a written file on another file system = %v", err)
+	}
+	c.Files[0].Write = false
+	if err := Check(c); err != nil {
+		t.Errorf("Check of a read-only file on another file system = %v", err)
+	}
+}
