@@ -21,7 +21,6 @@ import (
 	"syscall"
 
 	"govmm/boot"
-	"govmm/cpu"
 	"govmm/jail"
 )
 
@@ -227,26 +226,8 @@ func checkRunFlags(rf *runFlags) error {
 	if len(rf.devices.vfio) > 0 {
 		return fail(exitUsage, "jail: --device vfio is not supported in a jail yet (VFIO needs the device's sysfs directory and IOMMU group inside the jail)")
 	}
-	if _, err := newLogger(rf.logLevel, io.Discard); err != nil {
-		return fail(exitUsage, "%v", err)
-	}
-	if _, err := parseSize(rf.memory); err != nil {
-		return fail(exitUsage, "--memory: %v", err)
-	}
-	if rf.cpus < 1 || rf.cpus > 255 {
-		return fail(exitUsage, "--cpus %d: want 1 to 255", rf.cpus)
-	}
-	if _, err := cpu.Parse(rf.cpuModel); err != nil {
-		return fail(exitUsage, "--cpu: %v", err)
-	}
-	if rf.topology != "" {
-		topo, err := cpu.ParseTopology(rf.topology)
-		if err == nil {
-			_, err = cpu.ResolveTopology(topo, rf.cpus)
-		}
-		if err != nil {
-			return fail(exitUsage, "--topology: %v", err)
-		}
+	if _, err := rf.check(io.Discard); err != nil {
+		return err
 	}
 	if err := checkAccel(rf.accel); err != nil {
 		return err

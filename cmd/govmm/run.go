@@ -65,6 +65,44 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.testDevices, "test-devices", false, "add the test devices: the MMIO ones the project's test guests use (at 0xfeb00000 and 0xfeb01000), QEMU's pc-testdev and pci-testdev (PCI 00:1f.0)")
 }
 
+// checkedRun is what run's flags parse to.
+type checkedRun struct {
+	log     *slog.Logger
+	memSize uint64
+	model   cpu.Model
+	topo    accel.Topology
+}
+
+// check parses and checks the flags whose values stand alone (log level,
+// memory, vCPUs, CPU model, topology), for run and for jail, which must
+// refuse what run would before it builds anything. The logger writes to
+// stderr.
+func (f *runFlags) check(stderr io.Writer) (checkedRun, error) {
+	var c checkedRun
+	var err error
+	if c.log, err = newLogger(f.logLevel, stderr); err != nil {
+		return c, fail(exitUsage, "%v", err)
+	}
+	if c.memSize, err = parseSize(f.memory); err != nil {
+		return c, fail(exitUsage, "--memory: %v", err)
+	}
+	if f.cpus < 1 || f.cpus > 255 {
+		return c, fail(exitUsage, "--cpus %d: want 1 to 255", f.cpus)
+	}
+	if c.model, err = cpu.Parse(f.cpuModel); err != nil {
+		return c, fail(exitUsage, "--cpu: %v", err)
+	}
+	if f.topology != "" {
+		if c.topo, err = cpu.ParseTopology(f.topology); err == nil {
+			c.topo, err = cpu.ResolveTopology(c.topo, f.cpus)
+		}
+		if err != nil {
+			return c, fail(exitUsage, "--topology: %v", err)
+		}
+	}
+	return c, nil
+}
+
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("govmm run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -79,30 +117,11 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
-	log, err := newLogger(f.logLevel, stderr)
+	c, err := f.check(stderr)
 	if err != nil {
-		return fail(exitUsage, "%v", err)
+		return err
 	}
-	memSize, err := parseSize(f.memory)
-	if err != nil {
-		return fail(exitUsage, "--memory: %v", err)
-	}
-	if f.cpus < 1 || f.cpus > 255 {
-		return fail(exitUsage, "--cpus %d: want 1 to 255", f.cpus)
-	}
-	model, err := cpu.Parse(f.cpuModel)
-	if err != nil {
-		return fail(exitUsage, "--cpu: %v", err)
-	}
-	var topo accel.Topology
-	if f.topology != "" {
-		if topo, err = cpu.ParseTopology(f.topology); err == nil {
-			topo, err = cpu.ResolveTopology(topo, f.cpus)
-		}
-		if err != nil {
-			return fail(exitUsage, "--topology: %v", err)
-		}
-	}
+	log, memSize, model, topo := c.log, c.memSize, c.model, c.topo
 
 	if f.kernel == "" && f.cmdline == "" && f.serial == "stdio" && isTerminal(stdin) {
 		// A person at a terminal gets the probe's interactive TUI;
