@@ -68,6 +68,11 @@ func getReg(t *testing.T, s *mshvsim.Sim, pfd int, vp, name uint32) uint64 {
 func TestHypercallRegisterVP0Only(t *testing.T) {
 	s := newSim(t, mshvsim.Options{})
 	pfd := hvPartition(t, s)
+	// The hypercall page stays disabled until the guest OS ID is set (the
+	// TLFS's rule, which KVM under the simulator applies).
+	if _, err := setReg(s, pfd, 0, mshvabi.RegGuestOSID, 0x8100_0000_0000_0000); err != nil {
+		t.Fatalf("GUEST_OS_ID: %v", err)
+	}
 	r, err := setReg(s, pfd, 1, mshvabi.RegHypercall, 0x2000)
 	wantErrno(t, "HYPERCALL on VP 1", err, unix.EIO)
 	if r.Status != 6 {
