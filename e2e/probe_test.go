@@ -209,6 +209,7 @@ func TestProbeSummary(t *testing.T) {
 			for _, want := range []string{
 				"govmm probe guest", "cpu:", "cpuid 1.edx", "memory:", " MiB (mem_lower 639 KiB",
 				"cpus:       2 started (2 in the MADT)", "probe: done, powering off",
+				"cpu model:  host", // the model govmm told it (--cpu's default)
 			} {
 				if !strings.Contains(r.Stdout, want) {
 					t.Errorf("output lacks %q\n%s", want, r)
@@ -455,7 +456,8 @@ func TestProbeTUI(t *testing.T) {
 				"-e", "GOVMM_EXIT_FILE=" + s.exitFile, "sh", "-c", script, "sh"}, args...)...)
 			defer exec.Command("tmux", "-S", s.sock, "kill-server").Run()
 
-			s.waitScreen("CPUID tab (start)", "govmm probe", "[c] CPUID", "Vendor ", "1.edx", "CPUID tab")
+			s.waitScreen("CPUID tab (start)", "govmm probe", "[c] CPUID", "Vendor ", "1.edx", "CPUID tab",
+				"Model  host (govmm --cpu)")
 			keys := func(k ...string) { s.tmux(append([]string{"send-keys", "-t", "probe"}, k...)...) }
 			text := func(k string) { s.tmux("send-keys", "-t", "probe", "-l", k) }
 
