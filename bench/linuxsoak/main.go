@@ -9,7 +9,11 @@
 // this machine's /dev/kvm is missing or is the software kvm_pvm backend the
 // soak runs itself inside a nested-KVM VM (internal/nested).
 //
-//	go run ./bench/linuxsoak [-n 10] [-cpus 1,2,4] [-accels kvm,mshvsim] [-args '--seccomp=off']
+// The accelerator "qemu" boots the same kernel and initramfs under
+// qemu-system-x86_64 on the same KVM (its defaults: -M pc -cpu host), the
+// baseline that tells a failure of govmm's from one of the substrate's.
+//
+//	go run ./bench/linuxsoak [-n 10] [-cpus 1,2,4] [-accels kvm,mshvsim,qemu] [-args '--seccomp=off']
 package main
 
 import (
@@ -34,7 +38,7 @@ import (
 func main() {
 	n := flag.Int("n", 10, "boots per configuration")
 	cpuList := flag.String("cpus", "1,2,4", "vCPU counts")
-	accelList := flag.String("accels", "kvm,mshvsim", "accelerators: kvm, mshvsim")
+	accelList := flag.String("accels", "kvm,mshvsim", "accelerators: kvm, mshvsim, and qemu (QEMU's boot on KVM, the baseline)")
 	govmm := flag.String("govmm", "", "govmm binary (default: build it)")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one boot")
@@ -61,7 +65,7 @@ func main() {
 		}
 		cpus = append(cpus, c)
 	}
-	accels := map[string][]string{"kvm": {"--accel=kvm"}, "mshvsim": {"--accel=mshv", "--mshv-device=sim"}}
+	accels := map[string][]string{"kvm": {"--accel=kvm"}, "mshvsim": {"--accel=mshv", "--mshv-device=sim"}, "qemu": nil}
 	var rows []*row
 	for _, acc := range strings.Split(*accelList, ",") {
 		if _, ok := accels[acc]; !ok {
@@ -93,9 +97,13 @@ func main() {
 	for _, r := range rows {
 		for i := 1; i <= *n; i++ {
 			tr.clear()
-			res, err := linuxguest.Boot{Govmm: *govmm, Accel: accels[r.accel], Kernel: *kernel, Initrd: initrd,
+			b := linuxguest.Boot{Govmm: *govmm, Accel: accels[r.accel], Kernel: *kernel, Initrd: initrd,
 				CPUs: r.cpus, Token: fmt.Sprintf("soak-%d", i), Timeout: *timeout,
-				Cmdline: *cmdline, LogLevel: *logLevel, Args: strings.Fields(*extra)}.Run(context.Background())
+				Cmdline: *cmdline, LogLevel: *logLevel, Args: strings.Fields(*extra)}
+			if r.accel == "qemu" {
+				b.QEMU = "pc"
+			}
+			res, err := b.Run(context.Background())
 			if err != nil {
 				r.fails++
 				fmt.Printf("FAIL %s boot %d: %v\n", r.name, i, err)
@@ -205,11 +213,16 @@ func inL1(govmm, kernel string, rows []*row, n int, timeout time.Duration) {
 				}
 			})
 			c := &counter{r: r, w: os.Stdout}
+			var programs []string
+			if r.accel == "qemu" {
+				programs = []string{"qemu-system-x86_64"}
+			}
 			_, err := nested.Run(context.Background(), nested.Config{
-				Command: args,
-				Dir:     "/tmp",
-				Files:   []string{self, govmm, kernel, bb},
-				Timeout: time.Duration(n-done)*(timeout+time.Minute) + 3*time.Minute,
+				Command:  args,
+				Dir:      "/tmp",
+				Files:    []string{self, govmm, kernel, bb},
+				Programs: programs,
+				Timeout:  time.Duration(n-done)*(timeout+time.Minute) + 3*time.Minute,
 				// Each boot prints a line within its timeout: longer silence
 				// is an L1 that froze (a 1-CPU L1 does, whole, on a soft lockup).
 				IdleTimeout: timeout + 2*time.Minute,
