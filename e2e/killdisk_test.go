@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"govmm/internal/kvmtest"
 )
 
 // The disk TestKilledDuringDiskIO's guest writes: killWriters writers,
@@ -89,11 +87,7 @@ wait
 //   - a fresh VMM boots the guest with the image again and the guest reads
 //     exactly what the host sees in the file.
 func TestKilledDuringDiskIO(t *testing.T) {
-	kvmtest.NeedHardware(t)
-	kernel := os.Getenv(linuxKernelEnv)
-	if kernel == "" {
-		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
-	}
+	kernel := linuxKernel(t)
 	initrd := virtioInitrd(t, killDiskInit)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) { killedDuringDiskIO(t, acc, kernel, initrd) })
@@ -105,20 +99,8 @@ func killedDuringDiskIO(t *testing.T, acc []string, kernel, initrd string) {
 	img := filepath.Join(dir, "vda.img")
 	disk := "path=" + img + ",serial=killdisk"
 	boot := func(cmdline, until string) *proc {
-		for attempt := 1; ; attempt++ {
-			p := start(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--disk", disk, "--cmdline", "console=ttyS0 panic=-1 "+cmdline)...)
-			err := p.waitProgress(until, 5*time.Minute, 90*time.Second)
-			if err == nil {
-				return p
-			}
-			if attempt > 1 {
-				t.Fatal(err)
-			}
-			t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		return bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+			"--memory=512M", "--disk", disk, "--cmdline", "console=ttyS0 panic=-1 "+cmdline), until, nil)
 	}
 
 	// Writer 0 has cycled over all its blocks and begun overwriting
