@@ -12,11 +12,13 @@
  *   stress.rounds=R   how many full rounds over the 2^20 addresses to
  *                     finish at least (default 1), so that a slow
  *                     accelerator still touches every one of them
+ *   stress.bits=B     distinct MMIO addresses per round: 2^B, B from 1 to 20
+ *                     (default 20)
  *   stress.seed=S     the pseudo-random sequence (default 1)
  *
- * Each round touches all 2^20 (1,048,576) distinct addresses of an 8 MiB
- * stretch of the PCI MMIO window (0xC0000000, where no BAR lies: the guest
- * runs without PCI devices), 8 bytes apart, in a permuted order and with
+ * Each round touches all 2^B (by default 2^20, 1,048,576) distinct
+ * addresses of an 8 MiB stretch of the PCI MMIO window (0xC0000000, where
+ * no BAR lies: the guest runs without PCI devices), 8 bytes apart, in a permuted order and with
  * read and write widths of 1, 2, 4 and 8 bytes, interleaved with port
  * reads and writes at random ports of all 65,536. Writes skip the ports
  * that would end or reset the VM or garble the console; reads go
@@ -37,8 +39,7 @@
 #define PM_HZ 3579545ULL
 
 #define MMIO_BASE 0xC0000000ULL
-#define MMIO_BITS 20 /* 2^20 distinct addresses, 8 bytes apart */
-#define MMIO_COUNT (1ULL << MMIO_BITS)
+#define MMIO_MAX_BITS 20 /* at most 2^20 distinct addresses, 8 bytes apart */
 
 static uint64_t rng_state;
 
@@ -157,19 +158,25 @@ int main(void)
 		return STRESS_FAIL;
 	}
 	uint64_t seconds = cmdline_u64("stress.seconds", 60), min_rounds = cmdline_u64("stress.rounds", 1);
+	uint64_t bits = cmdline_u64("stress.bits", MMIO_MAX_BITS);
+	if (bits < 1 || bits > MMIO_MAX_BITS) {
+		printf("stress: stress.bits=%llu is not within 1..%d\n", (unsigned long long)bits, MMIO_MAX_BITS);
+		return STRESS_FAIL;
+	}
+	const uint64_t naddr = 1ULL << bits;
 	rng_state = cmdline_u64("stress.seed", 1) * 0x9E3779B97F4A7C15ULL | 1;
-	/* An odd multiplier and an offset permute 0..2^20-1: every round
+	/* An odd multiplier and an offset permute 0..2^B-1: every round
 	 * touches every address once, in a scattered order. */
-	uint64_t mul = (rnd() | 1) & (MMIO_COUNT - 1), add = rnd() & (MMIO_COUNT - 1);
+	uint64_t mul = (rnd() | 1) & (naddr - 1), add = rnd() & (naddr - 1);
 	printf("stress: start seconds=%llu mmio=[%#llx,%#llx) distinct=%llu\n", (unsigned long long)seconds,
-	       (unsigned long long)MMIO_BASE, (unsigned long long)(MMIO_BASE + 8 * MMIO_COUNT),
-	       (unsigned long long)MMIO_COUNT);
+	       (unsigned long long)MMIO_BASE, (unsigned long long)(MMIO_BASE + 8 * naddr),
+	       (unsigned long long)naddr);
 
 	uint64_t end = seconds * PM_HZ, next = PM_HZ, now = clock();
 	uint64_t mmio_ops = 0, rounds = 0, bad = 0, distinct = 0, i = 0;
 	while (now < end || rounds < min_rounds) {
 		uint64_t r = rnd();
-		uint64_t idx = (i * mul + add) & (MMIO_COUNT - 1);
+		uint64_t idx = (i * mul + add) & (naddr - 1);
 		int w = 1 << (r & 3);
 		uint64_t a = MMIO_BASE + idx * 8;
 		if (!mmio_touch(a, w, (r >> 2) & 1, r >> 8) && bad++ < 5)
@@ -177,7 +184,7 @@ int main(void)
 		mmio_ops++;
 		if (rounds == 0)
 			distinct++;
-		if (++i == MMIO_COUNT)
+		if (++i == naddr)
 			i = 0, rounds++;
 		if ((r >> 3 & 3) == 0) /* a port access for every four MMIO accesses */
 			port_hammer();
