@@ -121,7 +121,14 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 		if len(out) != lastLen {
 			lastLen, quietPolls = len(out), 0
 		} else if quietPolls++; time.Duration(quietPolls)*poll >= quiet {
-			return fmt.Errorf("%w for %v while waiting for %q:\n%s", errStalled, quiet, s, out)
+			// The goroutine dump says whether the vCPUs sat in KVM_RUN
+			// (the guest, or the substrate under it) or waited in the VMM.
+			p.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-p.done:
+			case <-time.After(5 * time.Second):
+			}
+			return fmt.Errorf("%w for %v while waiting for %q; the output, with the goroutine dump SIGQUIT asked for:\n%s", errStalled, quiet, s, p.output())
 		}
 		select {
 		case <-p.done:
