@@ -383,7 +383,7 @@ func runInL1(names []string, o options, start time.Time) int {
 			if t := counter.running(); t != "" {
 				running = "\nnested KVM: the test running when L1 stopped: " + t
 			}
-			say("=== nested KVM: L1 stopped (QEMU %s): %v%s\n", a.QEMUVersion, err, running)
+			say("=== nested KVM: L1 stopped (QEMU %s): %s%s\n", a.QEMUVersion, unframed(err.Error()), running)
 		}
 		return counter, res, err
 	}
@@ -482,6 +482,12 @@ func (b bestEffort) Write(p []byte) (int, error) {
 // Linux about twenty times, and the substrate spoils about one boot in
 // eight (README).
 const maxRerun = 4
+
+// unframed drops test2json's framing byte (^V) from text quoted from
+// L1's output: the test binary there frames its lines too, and quoted
+// frames would make the host's test2json file the rest of the message
+// under a test.
+func unframed(text string) string { return strings.ReplaceAll(text, "\x16", "") }
 
 // maxL1Deaths bounds the L1 deaths one package's tests may see and still
 // pass: L1 died about once per CI run in the e2e package (README).

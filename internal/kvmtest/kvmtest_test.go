@@ -82,3 +82,12 @@ func TestSelecting(t *testing.T) {
 		t.Errorf("selecting = %q, want %q", got, want)
 	}
 }
+
+// TestUnframed: a quoted L1 frame loses its ^V and nothing else.
+func TestUnframed(t *testing.T) {
+	in := "--- last output from L1:\n\x16=== RUN   TestX\n    x_test.go:1: hi\n\x16--- PASS: TestX (0.00s)\n"
+	want := "--- last output from L1:\n=== RUN   TestX\n    x_test.go:1: hi\n--- PASS: TestX (0.00s)\n"
+	if got := unframed(in); got != want {
+		t.Errorf("unframed:\n%q\nwant\n%q", got, want)
+	}
+}
