@@ -329,22 +329,7 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 	args := append(append([]string{"run"}, acc...), "--kernel", g.kernel, "--initrd", g.initrd, "--cpus=2",
 		"--memory=512M", "--cpu", cpu, "--api-socket", sock,
 		"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", g.ticks))
-	for attempt := 1; ; attempt++ {
-		p := start(t, args...)
-		err := p.waitProgress(tickLine(n), 5*time.Minute, 90*time.Second)
-		if err == nil {
-			return p
-		}
-		if attempt > 1 {
-			t.Fatal(err)
-		}
-		// See bootRetryingSubstrate: a boot on the nested substrate now and
-		// then stops making progress for good or triple-faults.
-		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-		p.cmd.Process.Kill()
-		<-p.done
-		os.Remove(sock)
-	}
+	return bootGuest(t, args, tickLine(n), nil)
 }
 
 // lastTick is the last tick in out, at least from.

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -364,20 +363,9 @@ func vfioNVMe(t *testing.T) {
 	want := sum(pattern("nvme", nvmeRaw))
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			boot := func() (linuxguest.Result, error) {
-				args := append(append([]string(nil), acc...), "--device", "vfio="+addr)
-				b := linuxguest.Boot{Govmm: binary, Accel: args, Kernel: kernel, Initrd: initrd, CPUs: 1,
-					Token: "nvme-" + accelName(acc), Timeout: 4 * time.Minute, LogLevel: "info"}
-				return b.Run(context.Background())
-			}
-			res, err := boot()
-			if errors.Is(err, linuxguest.ErrStalled) || errors.Is(err, linuxguest.ErrTripleFault) {
-				t.Logf("RETRY after a failed boot (the substrate): %v", err)
-				res, err = boot()
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			args := append(append([]string(nil), acc...), "--device", "vfio="+addr)
+			res := bootRetryingSubstrate(t, linuxguest.Boot{Govmm: binary, Accel: args, Kernel: kernel, Initrd: initrd, CPUs: 1,
+				Token: "nvme-" + accelName(acc), Timeout: 4 * time.Minute, LogLevel: "info"})
 			c := res.Console
 			var lines []string
 			for _, l := range strings.Split(c, "\n") {

@@ -396,6 +396,7 @@ func runInL1(names []string, o options, start time.Time) int {
 	// finished keep their result, and the log keeps every run. A test that
 	// was running at two deaths is taken to cause them, and fails.
 	deaths := map[string]int{} // the test running at a death: how many
+	n := 0                     // deaths in all
 	for {
 		killed := err == nil && res.ExitCode != 0 && len(counter.failedLeaves()) == 0
 		if err == nil && !killed {
@@ -409,10 +410,7 @@ func runInL1(names []string, o options, start time.Time) int {
 		what := map[bool]string{true: "the test binary was killed", false: "L1 died"}[killed]
 		running := counter.running()
 		deaths[running]++
-		n := 0
-		for _, c := range deaths {
-			n += c
-		}
+		n++
 		switch {
 		case running != "" && deaths[running] > 1:
 			say("--- FAIL: nested KVM: %s again while %s ran: it is taken to cause it\n", what, running)
