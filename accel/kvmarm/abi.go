@@ -38,6 +38,9 @@ var (
 	ioctlCreateVCPU          = ioctlNum(iocNone, 0x41, 0)
 	ioctlSetUserMemoryRegion = ioctlNum(iocWrite, 0x46, sizeofMemoryRegion)
 	ioctlIRQLine             = ioctlNum(iocWrite, 0x61, sizeofIRQLevel)
+	ioctlSetGSIRouting       = ioctlNum(iocWrite, 0x6a, sizeofIRQRouting)
+	ioctlIRQFD               = ioctlNum(iocWrite, 0x76, sizeofIRQFD)
+	ioctlIOEventFD           = ioctlNum(iocWrite, 0x79, sizeofIOEventFD)
 	ioctlRun                 = ioctlNum(iocNone, 0x80, 0)
 	ioctlEnableCap           = ioctlNum(iocWrite, 0xa3, sizeofEnableCap)
 	ioctlGetOneReg           = ioctlNum(iocWrite, 0xab, sizeofOneReg)
@@ -64,6 +67,10 @@ const (
 	capARMPMUv3         = 126
 	capARMEL132Bit      = 93
 	capARMIRQLineLayout = 174 // KVM_CAP_ARM_IRQ_LINE_LAYOUT_2
+	capIRQRouting       = 25
+	capIRQFD            = 32
+	capIOEventFD        = 36
+	capMSIDevID         = 131
 )
 
 // struct kvm_vcpu_init and its feature bits.
@@ -135,9 +142,12 @@ type deviceAttr struct {
 
 const sizeofDeviceAttr = 24
 
-// The vGICv3 device (KVM_DEV_TYPE_ARM_VGIC_V3) and its attributes.
+// The vGICv3 device (KVM_DEV_TYPE_ARM_VGIC_V3), its ITS
+// (KVM_DEV_TYPE_ARM_VGIC_ITS) and their attributes.
 const (
 	devTypeVGICv3     = 7
+	devTypeVGICITS    = 8
+	vgicITSAddrType   = 4 // KVM_VGIC_ITS_ADDR_TYPE
 	vgicGroupAddr     = 0 // KVM_DEV_ARM_VGIC_GRP_ADDR
 	vgicGroupNrIRQs   = 3 // KVM_DEV_ARM_VGIC_GRP_NR_IRQS
 	vgicGroupCtrl     = 4 // KVM_DEV_ARM_VGIC_GRP_CTRL
@@ -160,6 +170,75 @@ func spiLine(intid uint32) (uint32, error) {
 		return 0, fmt.Errorf("interrupt %d is not an SPI (32..%d)", intid, maxIRQNumInLayout)
 	}
 	return irqTypeSPI<<irqTypeShift | intid, nil
+}
+
+// struct kvm_irq_routing: a header (u32 nr, u32 flags) followed by nr
+// struct kvm_irq_routing_entry.
+type irqRoutingHeader struct {
+	Nr    uint32
+	Flags uint32
+}
+
+const sizeofIRQRouting = 8
+
+// struct kvm_irq_routing_entry with its union as the MSI member
+// (struct kvm_irq_routing_msi: address_lo, address_hi, data, devid) and
+// the rest of the union's 32 bytes.
+type irqRoutingEntry struct {
+	GSI       uint32
+	Type      uint32
+	Flags     uint32
+	Pad       uint32
+	AddressLo uint32
+	AddressHi uint32
+	Data      uint32
+	DevID     uint32
+	_         [4]uint32
+}
+
+const sizeofIRQRoutingEntry = 48
+
+const (
+	irqRoutingMSI = 2      // KVM_IRQ_ROUTING_MSI
+	msiValidDevID = 1 << 0 // KVM_MSI_VALID_DEVID
+)
+
+// struct kvm_irqfd.
+type irqfd struct {
+	FD         uint32
+	GSI        uint32
+	Flags      uint32
+	ResampleFD uint32
+	_          [16]uint8
+}
+
+const sizeofIRQFD = 32
+
+const irqfdFlagDeassign = 1 << 0 // KVM_IRQFD_FLAG_DEASSIGN
+
+// struct kvm_ioeventfd.
+type ioeventfd struct {
+	Datamatch uint64
+	Addr      uint64
+	Len       uint32
+	FD        int32
+	Flags     uint32
+	_         [36]uint8
+}
+
+const sizeofIOEventFD = 64
+
+const (
+	ioeventfdFlagDatamatch = 1 << 0 // KVM_IOEVENTFD_FLAG_DATAMATCH
+	ioeventfdFlagPIO       = 1 << 1 // KVM_IOEVENTFD_FLAG_PIO
+	ioeventfdFlagDeassign  = 1 << 2 // KVM_IOEVENTFD_FLAG_DEASSIGN
+)
+
+// RequesterID is the PCI requester ID of bus/device/function, which a
+// GICv3 ITS takes as the device ID of the function's MSIs (the device
+// tree's msi-map maps requester IDs to device IDs one to one).
+func RequesterID(bus, dev, fn int) uint32 {
+	return uint32(bus&0xff)<<8 | uint32(dev&0x1f)<<3 | uint32(fn&7)
 }
 
 // struct kvm_run: the offsets this package reads.

@@ -37,6 +37,9 @@ func TestABINumbers(t *testing.T) {
 		{"KVM_GET_REG_LIST", ioctlGetRegList, 0xc008aeb0},
 		{"KVM_CREATE_DEVICE", ioctlCreateDevice, 0xc00caee0},
 		{"KVM_SET_DEVICE_ATTR", ioctlSetDeviceAttr, 0x4018aee1},
+		{"KVM_SET_GSI_ROUTING", ioctlSetGSIRouting, 0x4008ae6a},
+		{"KVM_IRQFD", ioctlIRQFD, 0x4020ae76},
+		{"KVM_IOEVENTFD", ioctlIOEventFD, 0x4040ae79},
 	})
 }
 
@@ -57,6 +60,18 @@ func TestABIConstants(t *testing.T) {
 		{"KVM_EXIT_SYSTEM_EVENT", exitSystemEvent, 24},
 		{"KVM_EXIT_ARM_NISV", exitARMNISV, 28},
 		{"KVM_DEV_TYPE_ARM_VGIC_V3", devTypeVGICv3, 7},
+		{"KVM_DEV_TYPE_ARM_VGIC_ITS", devTypeVGICITS, 8},
+		{"KVM_VGIC_ITS_ADDR_TYPE", vgicITSAddrType, 4},
+		{"KVM_CAP_IRQ_ROUTING", capIRQRouting, 25},
+		{"KVM_CAP_IRQFD", capIRQFD, 32},
+		{"KVM_CAP_IOEVENTFD", capIOEventFD, 36},
+		{"KVM_CAP_MSI_DEVID", capMSIDevID, 131},
+		{"KVM_IRQ_ROUTING_MSI", irqRoutingMSI, 2},
+		{"KVM_MSI_VALID_DEVID", msiValidDevID, 1},
+		{"KVM_IRQFD_FLAG_DEASSIGN", irqfdFlagDeassign, 1},
+		{"KVM_IOEVENTFD_FLAG_DATAMATCH", ioeventfdFlagDatamatch, 1},
+		{"KVM_IOEVENTFD_FLAG_PIO", ioeventfdFlagPIO, 2},
+		{"KVM_IOEVENTFD_FLAG_DEASSIGN", ioeventfdFlagDeassign, 4},
 	})
 }
 
@@ -72,6 +87,14 @@ func TestABISizes(t *testing.T) {
 		{"kvm_enable_cap.args", unsafe.Offsetof(enableCap{}.Args), 8},
 		{"kvm_device_attr.attr", unsafe.Offsetof(deviceAttr{}.Attr), 8},
 		{"kvm_userspace_memory_region.guest_phys_addr", unsafe.Offsetof(memoryRegion{}.GuestPhysAddr), 8},
+		{"kvm_irq_routing", unsafe.Sizeof(irqRoutingHeader{}), sizeofIRQRouting},
+		{"kvm_irq_routing_entry", unsafe.Sizeof(irqRoutingEntry{}), sizeofIRQRoutingEntry},
+		{"kvm_irq_routing_entry.u.msi.devid", unsafe.Offsetof(irqRoutingEntry{}.DevID), 28},
+		{"kvm_irq_routing_entry.u.msi.address_lo", unsafe.Offsetof(irqRoutingEntry{}.AddressLo), 16},
+		{"kvm_irqfd", unsafe.Sizeof(irqfd{}), sizeofIRQFD},
+		{"kvm_ioeventfd", unsafe.Sizeof(ioeventfd{}), sizeofIOEventFD},
+		{"kvm_ioeventfd.flags", unsafe.Offsetof(ioeventfd{}.Flags), 24},
+		{"kvm_irqfd.resamplefd", unsafe.Offsetof(irqfd{}.ResampleFD), 12},
 	})
 }
 
@@ -106,4 +129,15 @@ func TestDescribeDataAbort(t *testing.T) {
 	if s := DescribeDataAbort(esrISV); s != "read" {
 		t.Errorf("read with ISV: %q", s)
 	}
+}
+
+// TestRequesterID: bus 8 bits, device 5, function 3, as PCI numbers
+// requesters (and as the device tree's msi-map passes them to the ITS).
+func TestRequesterID(t *testing.T) {
+	check(t, []abiCase[uint32]{
+		{"00:00.0", RequesterID(0, 0, 0), 0},
+		{"00:01.0", RequesterID(0, 1, 0), 0x08},
+		{"00:1f.7", RequesterID(0, 31, 7), 0xff},
+		{"01:02.3", RequesterID(1, 2, 3), 0x113},
+	})
 }

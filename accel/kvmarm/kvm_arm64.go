@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -107,9 +109,15 @@ type VM struct {
 	kvm    *KVM
 	fd     int
 	gicFD  int
+	itsFD  int
 	target uint32
 	slots  uint32
 	vcpus  []*VCPU
+
+	// devIDs are the ITS device IDs of the GSIs whose MSI routes carry
+	// one (SetMSIDevID).
+	devMu  sync.Mutex
+	devIDs map[uint32]uint32
 }
 
 // CreateVM creates a VM with the default (40-bit) IPA space, and turns on
@@ -120,7 +128,7 @@ func (k *KVM) CreateVM() (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
-	vm := &VM{kvm: k, fd: int(fd), gicFD: -1}
+	vm := &VM{kvm: k, fd: int(fd), gicFD: -1, itsFD: -1, devIDs: map[uint32]uint32{}}
 	var init vcpuInit
 	if _, err := ioctlPtr(vm.fd, ioctlARMPreferredTarget, unsafe.Pointer(&init)); err != nil {
 		vm.Close()
@@ -159,8 +167,13 @@ func (vm *VM) MapMemory(r accel.MemoryRegion) error {
 }
 
 func (vm *VM) setGICAttr(group uint32, attr uint64, val unsafe.Pointer) error {
+	return setAttr(vm.gicFD, group, attr, val)
+}
+
+// setAttr is KVM_SET_DEVICE_ATTR on a device fd.
+func setAttr(fd int, group uint32, attr uint64, val unsafe.Pointer) error {
 	a := deviceAttr{Group: group, Attr: attr, Addr: uint64(uintptr(val))}
-	_, err := ioctlPtr(vm.gicFD, ioctlSetDeviceAttr, unsafe.Pointer(&a))
+	_, err := ioctlPtr(fd, ioctlSetDeviceAttr, unsafe.Pointer(&a))
 	return err
 }
 
@@ -197,6 +210,136 @@ func (vm *VM) InitGIC() error {
 	return nil
 }
 
+// CreateITS adds a GICv3 ITS to the vGIC with its 128 KiB frame at base
+// (64 KiB aligned), so that MSIs reach the guest as LPIs. Call it after
+// CreateGICv3 and before InitGIC. The ITS keeps its device, collection
+// and interrupt translation tables in guest memory, where the guest's
+// driver puts them (GITS_BASER<n>, MAPD); from then on every MSI route
+// must name the device it comes from (SetMSIDevID).
+func (vm *VM) CreateITS(base uint64) error {
+	if vm.gicFD < 0 {
+		return errors.New("ITS: no vGICv3 created")
+	}
+	if vm.kvm.Extension(capIRQRouting) <= 0 || vm.kvm.Extension(capIRQFD) <= 0 || vm.kvm.Extension(capIOEventFD) <= 0 {
+		return fmt.Errorf("ITS at %#x: KVM lacks GSI routing, irqfd or ioeventfd: %w", base, ErrNotSupported)
+	}
+	cd := createDevice{Type: devTypeVGICITS}
+	if _, err := ioctlPtr(vm.fd, ioctlCreateDevice, unsafe.Pointer(&cd)); err != nil {
+		return fmt.Errorf("KVM_CREATE_DEVICE vGIC ITS: %w", err)
+	}
+	vm.itsFD = int(cd.FD)
+	if err := setAttr(vm.itsFD, vgicGroupAddr, vgicITSAddrType, unsafe.Pointer(&base)); err != nil {
+		return fmt.Errorf("vGIC ITS at %#x: %w", base, err)
+	}
+	if err := setAttr(vm.itsFD, vgicGroupCtrl, vgicCtrlInit, nil); err != nil {
+		return fmt.Errorf("vGIC ITS init: %w", err)
+	}
+	return nil
+}
+
+// SetMSIDevID makes the MSI route of gsi carry devID (an ITS device ID,
+// the PCI requester ID of the function that owns the GSI) from the next
+// SetGSIRouting on. KVM's ITS translates an MSI by the device ID and the
+// event ID (the MSI's data) and cannot deliver an MSI that has none.
+func (vm *VM) SetMSIDevID(gsi, devID uint32) {
+	vm.devMu.Lock()
+	vm.devIDs[gsi] = devID
+	vm.devMu.Unlock()
+}
+
+// SetGSIRouting replaces KVM's GSI routing table (KVM_SET_GSI_ROUTING).
+// Only MSI routes exist on arm64 here (the SPIs are driven by
+// KVM_IRQ_LINE, which does not go through the table); a route whose GSI
+// has a device ID (SetMSIDevID) carries it with KVM_MSI_VALID_DEVID.
+func (vm *VM) SetGSIRouting(routes []accel.Route) error {
+	buf := make([]uint64, (sizeofIRQRouting+len(routes)*sizeofIRQRoutingEntry)/8)
+	base := unsafe.Pointer(&buf[0])
+	(*irqRoutingHeader)(base).Nr = uint32(len(routes))
+	ents := unsafe.Slice((*irqRoutingEntry)(unsafe.Add(base, sizeofIRQRouting)), len(routes))
+	vm.devMu.Lock()
+	for i, r := range routes {
+		if r.Kind != accel.RouteMSI {
+			vm.devMu.Unlock()
+			return fmt.Errorf("set GSI routing: route %d (GSI %d) is not an MSI route: arm64 has no in-kernel irqchip pins to route", i, r.GSI)
+		}
+		e := &ents[i]
+		e.GSI, e.Type = r.GSI, irqRoutingMSI
+		e.AddressLo, e.AddressHi, e.Data = r.MSI.AddressLo, r.MSI.AddressHi, r.MSI.Data
+		if id, ok := vm.devIDs[r.GSI]; ok {
+			e.Flags, e.DevID = msiValidDevID, id
+		}
+	}
+	vm.devMu.Unlock()
+	_, err := ioctlPtr(vm.fd, ioctlSetGSIRouting, base)
+	runtime.KeepAlive(buf)
+	if err != nil {
+		return fmt.Errorf("KVM_SET_GSI_ROUTING (%d routes): %w", len(routes), err)
+	}
+	return nil
+}
+
+// AssignIRQFD binds f.FD to f.GSI: a write to the eventfd injects the
+// GSI's MSI through the ITS without a VMM exit. Resampling is refused: it
+// serves level-triggered interrupts, and MSIs through an ITS are edges.
+func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
+	if f.ResampleFD >= 0 {
+		return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: arm64 routes only MSIs (edge-triggered LPIs), which have nothing to resample: %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
+	}
+	return vm.irqfd(f, false)
+}
+
+// DeassignIRQFD removes a binding made by AssignIRQFD.
+func (vm *VM) DeassignIRQFD(f accel.IRQFD) error { return vm.irqfd(f, true) }
+
+func (vm *VM) irqfd(f accel.IRQFD, deassign bool) error {
+	if f.FD < 0 {
+		return fmt.Errorf("irqfd for GSI %d: invalid fd %d", f.GSI, f.FD)
+	}
+	k := irqfd{FD: uint32(f.FD), GSI: f.GSI}
+	op := "assign"
+	if deassign {
+		k.Flags, op = irqfdFlagDeassign, "deassign"
+	}
+	if _, err := ioctlPtr(vm.fd, ioctlIRQFD, unsafe.Pointer(&k)); err != nil {
+		return fmt.Errorf("KVM_IRQFD %s fd %d GSI %d: %w", op, f.FD, f.GSI, err)
+	}
+	return nil
+}
+
+// AssignIOEventFD registers an MMIO ioeventfd (arm64 has no port I/O).
+func (vm *VM) AssignIOEventFD(e accel.IOEventFD) error { return vm.ioeventfd(e, false) }
+
+// DeassignIOEventFD removes an ioeventfd registered with the same fields.
+func (vm *VM) DeassignIOEventFD(e accel.IOEventFD) error { return vm.ioeventfd(e, true) }
+
+func (vm *VM) ioeventfd(e accel.IOEventFD, deassign bool) error {
+	if e.PIO {
+		return fmt.Errorf("ioeventfd at port %#x: arm64 has no port I/O", e.Addr)
+	}
+	switch e.Len {
+	case 1, 2, 4, 8:
+	default:
+		return fmt.Errorf("ioeventfd at MMIO %#x: length %d (want 1, 2, 4 or 8)", e.Addr, e.Len)
+	}
+	if e.FD < 0 {
+		return fmt.Errorf("ioeventfd at MMIO %#x: invalid fd %d", e.Addr, e.FD)
+	}
+	k := ioeventfd{Addr: e.Addr, Len: uint32(e.Len), FD: int32(e.FD)}
+	if e.DataMatch {
+		k.Flags |= ioeventfdFlagDatamatch
+		k.Datamatch = e.Data
+	}
+	op := "assign"
+	if deassign {
+		k.Flags |= ioeventfdFlagDeassign
+		op = "deassign"
+	}
+	if _, err := ioctlPtr(vm.fd, ioctlIOEventFD, unsafe.Pointer(&k)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD %s MMIO %#x length %d: %w", op, e.Addr, e.Len, err)
+	}
+	return nil
+}
+
 // SetSPI drives the line of shared peripheral interrupt intid (32 and up)
 // of the in-kernel vGIC.
 func (vm *VM) SetSPI(intid uint32, level bool) error {
@@ -220,6 +363,10 @@ func (vm *VM) Close() error {
 		v.Close()
 	}
 	vm.vcpus = nil
+	if vm.itsFD >= 0 {
+		unix.Close(vm.itsFD)
+		vm.itsFD = -1
+	}
 	if vm.gicFD >= 0 {
 		unix.Close(vm.gicFD)
 		vm.gicFD = -1

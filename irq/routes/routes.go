@@ -58,9 +58,20 @@ const NumReserved = 24
 // MaxGSI bounds the table (KVM's KVM_MAX_IRQ_ROUTES is 4096).
 const MaxGSI = 4096
 
+// Accel is what the table needs of the VM's accelerator. Every accel.VM
+// has it; so does the arm64 KVM backend (accel/kvmarm), which is not an
+// accel.VM.
+type Accel interface {
+	SetGSIRouting(routes []accel.Route) error
+	AssignIRQFD(f accel.IRQFD) error
+	DeassignIRQFD(f accel.IRQFD) error
+	AssignIOEventFD(e accel.IOEventFD) error
+	DeassignIOEventFD(e accel.IOEventFD) error
+}
+
 // Table is one VM's GSI routing table.
 type Table struct {
-	vm  accel.VM
+	vm  Accel
 	log *slog.Logger
 
 	mu        sync.Mutex
@@ -101,7 +112,7 @@ func (t *Table) SetPinController(c PinController) {
 // New returns a table for vm with GSIs 0-23 reserved (placeholder MSI
 // routes with address and data 0). Nothing is sent to the accelerator
 // until Commit.
-func New(vm accel.VM, log *slog.Logger) *Table {
+func New(vm Accel, log *slog.Logger) *Table {
 	if log == nil {
 		log = slog.Default()
 	}
