@@ -12,6 +12,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -50,6 +51,8 @@ type Memory struct {
 	// the file's data (non-hole) ranges. See MaybeNonZero.
 	fileOff  []int64
 	fileData []extent
+	// dirty is the VMM's dirty page log while it is on (see dirty.go).
+	dirty atomic.Pointer[dirtyLog]
 }
 
 // Options tune how anonymous guest RAM is mapped.

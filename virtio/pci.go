@@ -529,11 +529,17 @@ func (t *PCI) service(qi int) {
 		t.busy++
 		t.mu.Unlock()
 		var once sync.Once
-		head := c.Head
+		head, writable := c.Head, c.Writable
 		done := func(written uint32) {
-			once.Do(func() { t.complete(q, head, written) })
+			once.Do(func() {
+				t.markWritten(writable)
+				t.complete(q, head, written)
+			})
 		}
 		if err := t.dev.Handle(qi, c, done); err != nil {
+			// The device may have written part of the chain before it
+			// found the fault.
+			t.markWritten(writable)
 			t.mu.Lock()
 			t.fail(&QueueError{qi, err})
 			t.mu.Unlock()
@@ -579,6 +585,18 @@ func (t *PCI) release() {
 	t.busy--
 	t.cond.Broadcast()
 	t.mu.Unlock()
+}
+
+// markWritten marks a chain's device-writable buffers dirty for the
+// VMM's dirty log (live migration), all of them: a device may write more
+// than the length it reports. Devices write guest memory only through
+// the chains the transport hands them, so this and the queue's own
+// used-ring writes are every write the VMM makes on a device's behalf.
+// It runs before the chain is pushed, after the device's writes.
+func (t *PCI) markWritten(bs []Buffer) {
+	for _, b := range bs {
+		t.mem.MarkDirty(b.GPA, uint64(len(b.Bytes)))
+	}
 }
 
 // complete returns a chain to the driver and interrupts it if it asked.

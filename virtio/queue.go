@@ -20,8 +20,15 @@ const (
 
 // Memory is guest RAM as a queue sees it: the host bytes behind a guest
 // physical range that lies entirely in RAM (memory.Memory implements it).
+//
+// MarkDirty tells the VMM's dirty log (live migration) that the device
+// wrote [gpa, gpa+n): the accelerator's log sees only the vCPUs' writes.
+// The queue marks its used-ring writes, the transport each chain's
+// device-writable buffers when the chain completes; a device itself never
+// needs to. It must be cheap while no log is on.
 type Memory interface {
 	Slice(gpa, n uint64) ([]byte, error)
+	MarkDirty(gpa, n uint64)
 }
 
 // Buffer is one descriptor's guest buffer, resolved to host memory.
@@ -116,6 +123,10 @@ type Queue struct {
 	size     uint16
 
 	desc, avail, used []byte
+	// mem and usedGPA are for marking the device's used-ring writes
+	// dirty.
+	mem     Memory
+	usedGPA uint64
 
 	popMu     sync.Mutex
 	lastAvail uint16
@@ -144,7 +155,7 @@ func NewQueue(mem Memory, index int, c QueueConfig, max uint16, eventIdx, indire
 		return nil, &QueueError{index, fmt.Errorf("rings misaligned: descriptors %#x, available %#x, used %#x", c.Desc, c.Avail, c.Used)}
 	}
 	n := uint64(c.Size)
-	q := &Queue{index: index, eventIdx: eventIdx, indirect: indirect, size: c.Size}
+	q := &Queue{index: index, eventIdx: eventIdx, indirect: indirect, size: c.Size, mem: mem, usedGPA: c.Used}
 	var err error
 	if q.desc, err = mem.Slice(c.Desc, n*descSize); err != nil {
 		return nil, &QueueError{index, fmt.Errorf("descriptor table at %#x is not in RAM: %w", c.Desc, err)}
@@ -212,7 +223,7 @@ func (q *Queue) Pop(mem Memory) (*Chain, error) {
 	q.lastAvail++
 	if q.eventIdx {
 		// Ask to be notified when the driver adds the next one.
-		le.PutUint16(q.used[4+8*uint64(q.size):], q.lastAvail)
+		q.setAvailEvent()
 	}
 	return c, nil
 }
@@ -224,8 +235,16 @@ func (q *Queue) Unpop(n int) {
 	defer q.popMu.Unlock()
 	q.lastAvail -= uint16(n)
 	if q.eventIdx {
-		le.PutUint16(q.used[4+8*uint64(q.size):], q.lastAvail)
+		q.setAvailEvent()
 	}
+}
+
+// setAvailEvent writes the used ring's avail_event (the driver notifies
+// when its available index passes it). Called with popMu held.
+func (q *Queue) setAvailEvent() {
+	off := 4 + 8*uint64(q.size)
+	le.PutUint16(q.used[off:], q.lastAvail)
+	q.mem.MarkDirty(q.usedGPA+off, 2)
 }
 
 type desc struct {
@@ -319,6 +338,8 @@ func (q *Queue) Push(head uint16, written uint32) {
 	// order; the atomic add keeps the compiler from reordering them).
 	fence()
 	le.PutUint16(q.used[2:4], q.usedIdx)
+	q.mem.MarkDirty(q.usedGPA+4+8*slot, 8)
+	q.mem.MarkDirty(q.usedGPA+2, 2)
 }
 
 // NeedInterrupt reports whether the driver wants an interrupt for the

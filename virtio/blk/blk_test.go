@@ -16,13 +16,19 @@ import (
 const wait = 5 * time.Second
 
 type rig struct {
-	t    *testing.T
+	t    testing.TB
 	d    *virtiotest.Driver
 	dev  *Device
 	path string
 }
 
-func newRig(t *testing.T, ro bool, serial string) *rig {
+func newRig(t testing.TB, ro bool, serial string) *rig {
+	t.Helper()
+	return newRigMem(t, ro, serial, &virtiotest.Mem{B: make([]byte, 8<<20)})
+}
+
+// newRigMem is newRig over the given guest memory.
+func newRigMem(t testing.TB, ro bool, serial string, mem *virtiotest.Mem) *rig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
 	img := make([]byte, 1<<20)
@@ -36,7 +42,6 @@ func newRig(t *testing.T, ro bool, serial string) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := &virtiotest.Mem{B: make([]byte, 8<<20)}
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb})
 	if err != nil {

@@ -15,12 +15,34 @@ import (
 
 	"govmm/accel"
 	"govmm/irq/routes"
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio"
 )
 
-// Mem is guest RAM at GPA 0.
-type Mem struct{ B []byte }
+// Mem is guest RAM at GPA 0. With RAM set (NewMem), B is RAM's first
+// region and the device's writes are marked in RAM's dirty log.
+type Mem struct {
+	B   []byte
+	RAM *memory.Memory
+}
+
+// NewMem is size bytes of guest RAM (below the MMIO hole) that a
+// memory.Memory backs, for tests of the VMM's dirty log.
+func NewMem(size uint64) (*Mem, error) {
+	m, err := memory.New(size)
+	if err != nil {
+		return nil, err
+	}
+	return &Mem{B: m.Regions()[0].Host, RAM: m}, nil
+}
+
+// MarkDirty implements virtio.Memory.
+func (m *Mem) MarkDirty(gpa, n uint64) {
+	if m.RAM != nil {
+		m.RAM.MarkDirty(gpa, n)
+	}
+}
 
 // Slice implements virtio.Memory.
 func (m *Mem) Slice(gpa, n uint64) ([]byte, error) {
@@ -330,6 +352,13 @@ func (d *Driver) Notify(qi int) {
 func (d *Driver) Desc(qi int) []byte {
 	q := d.q[qi]
 	return d.Mem.B[q.desc : q.desc+16*uint64(q.size)]
+}
+
+// Rings returns the GPAs of queue qi's descriptor table, available and
+// used rings.
+func (d *Driver) Rings(qi int) (desc, avail, used uint64) {
+	q := d.q[qi]
+	return q.desc, q.avail, q.used
 }
 
 // Used is one used-ring element.
