@@ -24,10 +24,24 @@ const (
 // msixState is the device's MSI-X capability as govmm presents it: the
 // vector table lives here (the guest never reaches the device's own,
 // which VFIO programs), and each vector has a GSI, an eventfd VFIO
-// signals and, while the vector may fire, an MSI route and an irqfd. A
-// masked vector's irqfd is unbound, so the device's signals wait in the
-// eventfd; unmasking binds it again and the accelerator injects what
-// waited (both kernels poll the eventfd when an irqfd is assigned).
+// signals and, while the vector may fire, an MSI route and an irqfd.
+//
+// A vector that may not fire (masked, function masked) has no irqfd, so
+// the device's signals wait in its eventfd. Its pending bit is that
+// count: a read of the PBA drains the eventfd of every such vector into
+// pending, and the bit reads 1 while either holds something. Unbinding
+// keeps the device's own vector unmasked (VFIO owns its table), so the
+// device never sees the mask and messages keep coming to the eventfd.
+//
+// Unmasking delivers what was pending exactly once (msixBind). Both
+// kernels, when an irqfd is assigned, inject a count they find in the
+// eventfd but leave it there (kvm_irqfd_assign and mshv_irqfd_assign
+// poll the eventfd and inject; only the wakeup of a later signal drains
+// it), so a count left behind by a bare unbind/bind would be injected a
+// second time at the next bind. govmm therefore drains the eventfd
+// before binding and again right after, and signals the bound eventfd
+// itself when something was pending and the kernel did not already
+// inject it.
 type msixState struct {
 	cap              int
 	n                int
@@ -39,6 +53,9 @@ type msixState struct {
 	evs              []*routes.EventFD
 	irqfds           []*routes.IRQFD
 	routed           []accel.MSI
+	// pending is, per vector, a message the device sent while the vector
+	// could not fire, drained from its eventfd (the PBA bit).
+	pending []bool
 }
 
 func (m *msixState) tableEnd() uint64 { return m.tableOff + uint64(m.n)*msixEntrySize }
@@ -65,6 +82,7 @@ func (p *PCI) addMSIX(cfg []byte, off int) error {
 	}
 	m.irqfds = make([]*routes.IRQFD, m.n)
 	m.routed = make([]accel.MSI, m.n)
+	m.pending = make([]bool, m.n)
 	body := make([]byte, 10)
 	le.PutUint16(body, ctl&0x7ff)
 	le.PutUint32(body[2:], tbl)
@@ -176,9 +194,11 @@ func (p *PCI) msixDisable() {
 	}
 	p.msixUnbind()
 	m.on = false
+	// Messages that waited belong to the MSI-X setting that ended.
 	for _, ev := range m.evs {
 		ev.TryRead()
 	}
+	clear(m.pending)
 	if p.intx != nil && !p.closed {
 		if err := p.intxEnable(); err != nil {
 			p.log.Error("vfio: the guest disabled MSI-X; INTx could not be turned back on", "err", err)
@@ -233,12 +253,71 @@ func (p *PCI) msixUpdate(v int) {
 		m.routed[v] = msg
 	}
 	if m.irqfds[v] == nil {
-		f, err := p.cfg.Router.AssignIRQFD(m.evs[v], m.gsis[v], nil)
-		if err != nil {
-			p.log.Error("vfio: the guest unmasked an MSI-X vector; assigning its irqfd failed", "vector", v, "err", err)
+		p.msixBind(v)
+	}
+}
+
+// msixBind assigns vector v's irqfd (its route is committed) and delivers
+// its pending message, if any, exactly once. Called with mu held.
+func (p *PCI) msixBind(v int) {
+	m := p.msix
+	ev := m.evs[v]
+	// What the device sent while the vector could not fire is one pending
+	// message, however many signals it was.
+	if n, err := ev.TryRead(); err != nil {
+		p.log.Error("vfio: the guest unmasked an MSI-X vector; reading its eventfd failed", "vector", v, "err", err)
+	} else if n > 0 {
+		m.pending[v] = true
+	}
+	f, err := p.cfg.Router.AssignIRQFD(ev, m.gsis[v], nil)
+	if err != nil {
+		p.log.Error("vfio: the guest unmasked an MSI-X vector; assigning its irqfd failed", "vector", v, "err", err)
+		return
+	}
+	m.irqfds[v] = f
+	// A count here came between the drain and the assignment: the kernel
+	// injected it when it assigned the irqfd and left it in the eventfd
+	// (a later signal's wakeup would drain it, but a mask first would
+	// carry it to the next bind and inject it again). That injection
+	// also delivers the pending message: the two are one under the mask.
+	stale, err := ev.TryRead()
+	if err != nil {
+		p.log.Error("vfio: the guest unmasked an MSI-X vector; reading its eventfd failed", "vector", v, "err", err)
+	}
+	if m.pending[v] && stale == 0 {
+		// The bound irqfd's wakeup drains this signal and injects once.
+		if err := ev.Signal(); err != nil {
+			p.log.Error("vfio: the guest unmasked an MSI-X vector; delivering its pending message failed", "vector", v, "err", err)
 			return
 		}
-		m.irqfds[v] = f
+	}
+	m.pending[v] = false
+}
+
+// msixPBA fills data, read at byte off of the PBA, with the pending bits:
+// a vector that cannot fire is pending when its eventfd holds a signal or
+// an earlier read drained one. Called with mu held.
+func (p *PCI) msixPBA(off uint64, data []byte) {
+	m := p.msix
+	clear(data)
+	if p.closed {
+		return
+	}
+	for i := range data {
+		for b := 0; b < 8; b++ {
+			v := int(off+uint64(i))*8 + b
+			if v >= m.n || v >= len(m.evs) || !m.on || m.irqfds[v] != nil {
+				continue
+			}
+			if n, err := m.evs[v].TryRead(); err != nil {
+				p.log.Error("vfio: the guest read the MSI-X PBA; reading a vector's eventfd failed", "vector", v, "err", err)
+			} else if n > 0 {
+				m.pending[v] = true
+			}
+			if m.pending[v] {
+				data[i] |= 1 << b
+			}
+		}
 	}
 }
 
@@ -251,10 +330,11 @@ func (p *PCI) msixAccess(bar int, off uint64, data []byte, write bool) bool {
 	}
 	n := uint64(len(data))
 	if bar == m.pbaBAR && off >= m.pbaOff && off < m.pbaEnd() {
+		// The PBA is read-only: writes are ignored.
 		if !write {
-			// Pending bits are not tracked: a masked vector's messages wait
-			// in its eventfd and arrive when it is unmasked.
-			clear(data)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.msixPBA(off-m.pbaOff, data)
 		}
 		return true
 	}
