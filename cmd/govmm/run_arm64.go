@@ -32,7 +32,7 @@ var x86OnlyRunFlags = []struct {
 }{
 	{"mshv-device", false}, {"topology", false}, {"cpu", false}, {"api-socket", false},
 	{"hugepages", true}, {"test-devices", true}, {"seccomp", false}, {"landlock", false},
-	{"snapshot-dir", false}, {"disk", false}, {"rng", true}, {"vsock", false}, {"net", false}, {"device", false},
+	{"snapshot-dir", false}, {"device", false},
 }
 
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -48,6 +48,8 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.IntVar(&cpus, "cpus", 1, "number of vCPUs")
 	fs.StringVar(&serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
 	fs.StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	var vf virtioFlags
+	vf.register(fs)
 	var unsupported []string
 	for _, x := range x86OnlyRunFlags {
 		note := func(string) error { unsupported = append(unsupported, "--"+x.name); return nil }
@@ -117,6 +119,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	m, err := arm64.New(arm64.Config{
 		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
 		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets},
 	})
 	if err != nil {
 		var ie *arm64.InputError

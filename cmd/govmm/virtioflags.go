@@ -1,5 +1,3 @@
-//go:build !arm64
-
 package main
 
 import (
@@ -10,11 +8,12 @@ import (
 	"govmm/virtio/blk"
 	virtionet "govmm/virtio/net"
 	"govmm/virtio/vsock"
-	"govmm/vm"
 )
 
 // virtioFlags are the virtio device flags of run, restore and migrate
-// receive (a restore must name the same devices the VM was saved with).
+// receive (a restore must name the same devices the VM was saved with),
+// the same on x86 and arm64 (virtioflags_x86.go and run_arm64.go turn
+// them into each machine's configuration).
 type virtioFlags struct {
 	disks diskList
 	rng   bool
@@ -89,8 +88,4 @@ func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
 	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")
-}
-
-func (f *virtioFlags) config() vm.VirtioConfig {
-	return vm.VirtioConfig{Disks: f.disks, RNG: f.rng, Vsock: f.vsock.c, Nets: f.nets}
 }

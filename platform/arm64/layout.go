@@ -1,7 +1,8 @@
 // Package arm64 is govmm's arm64 machine: a "virt"-style board with RAM
 // at 1 GiB, an in-kernel GICv3, the architected timer, PSCI firmware
-// provided by KVM, and a PL011 console, described to the guest by a
-// flattened device tree. It boots a Linux arm64 Image (or Image.gz) by the
+// provided by KVM, a PL011 console and a PCI Express host bridge (ECAM)
+// whose functions signal MSIs through the vGIC's ITS, described to the
+// guest by a flattened device tree. It boots a Linux arm64 Image (or Image.gz) by the
 // arm64 boot protocol: the kernel at a 2 MiB aligned address near the
 // start of RAM, the device tree's address in x0, the MMU off.
 //
@@ -25,6 +26,9 @@ const (
 	GICDistBase   = 0x0800_0000
 	GICDistSize   = 0x1_0000
 	GICRedistBase = 0x080a_0000
+	// GICITSBase is the ITS's 128 KiB (control and translation frames).
+	GICITSBase = 0x0808_0000
+	GICITSSize = 0x2_0000
 	// GICRedistStride is one vCPU's redistributor (RD and SGI frames).
 	GICRedistStride = 0x2_0000
 	UARTBase        = 0x0900_0000
@@ -32,6 +36,16 @@ const (
 	// UARTSPI is the UART's shared peripheral interrupt (INTID 32+1).
 	UARTSPI = 1
 	RAMBase = 0x4000_0000
+
+	// The PCI host bridge: the 32-bit memory window below the ECAM
+	// window, which covers bus 0 only, and the 64-bit window in the
+	// upper half of the 40-bit IPA space, above any RAM.
+	PCIMMIO32Base = 0x1000_0000
+	PCIMMIO32End  = 0x3eff_0000
+	PCIECAMBase   = 0x3f00_0000
+	PCIECAMSize   = 1 << 20 // one bus: 32 devices x 8 functions x 4 KiB
+	PCIMMIO64Base = 0x80_0000_0000
+	PCIMMIO64Size = 0x80_0000_0000
 	// MaxRAM keeps RAM below 256 GiB, well inside KVM's default 40-bit
 	// IPA space.
 	MaxRAM = 255 << 30
@@ -56,6 +70,7 @@ const (
 const (
 	phandleGIC = 1
 	phandleClk = 2
+	phandleITS = 3
 )
 
 // Placement is where the boot pieces go in guest physical memory.
@@ -114,6 +129,45 @@ type TreeConfig struct {
 // UARTPath is the PL011's node, the console of /chosen/stdout-path.
 var UARTPath = fmt.Sprintf("/pl011@%x", UARTBase)
 
+// PCI address-space codes of the first cell of a PCI "ranges" entry
+// (the PCI bus binding): 32-bit and 64-bit memory.
+const (
+	pciSpaceMem32 = 0x0200_0000
+	pciSpaceMem64 = 0x0300_0000
+)
+
+// PCIPath is the host bridge's node.
+var PCIPath = fmt.Sprintf("/pcie@%x", PCIECAMBase)
+
+// pciNode describes the generic ECAM host bridge (Linux's
+// pci-host-generic): bus 0 through the ECAM window, the two memory
+// windows (no I/O window: no device here has an I/O BAR), and msi-map,
+// which hands each function's requester ID to the ITS as its device ID.
+// No interrupt-map: the functions have no INTx pin, only MSI-X.
+func pciNode(w *fdt.Writer) {
+	w.BeginNode(PCIPath[1:])
+	w.PropString("compatible", "pci-host-ecam-generic")
+	w.PropString("device_type", "pci")
+	w.PropU32("#address-cells", 3)
+	w.PropU32("#size-cells", 2)
+	w.PropU32("linux,pci-domain", 0)
+	w.PropU32("bus-range", 0, PCIECAMSize>>20-1)
+	// Devices write guest memory through the host's caches.
+	w.PropEmpty("dma-coherent")
+	w.PropU64("reg", PCIECAMBase, PCIECAMSize)
+	hi := func(v uint64) uint32 { return uint32(v >> 32) }
+	lo := func(v uint64) uint32 { return uint32(v) }
+	const size32 = PCIMMIO32End - PCIMMIO32Base
+	// Each entry: PCI address (3 cells), CPU address (2), size (2); the
+	// windows are identity-mapped.
+	w.PropU32("ranges",
+		pciSpaceMem32, 0, PCIMMIO32Base, 0, PCIMMIO32Base, 0, size32,
+		pciSpaceMem64, hi(PCIMMIO64Base), lo(PCIMMIO64Base), hi(PCIMMIO64Base), lo(PCIMMIO64Base), hi(PCIMMIO64Size), lo(PCIMMIO64Size))
+	// Requester IDs 0-0xffff map to ITS device IDs 0-0xffff.
+	w.PropU32("msi-map", 0, phandleITS, 0, 0x1_0000)
+	w.EndNode()
+}
+
 // DeviceTree builds the machine's DTB.
 func DeviceTree(c TreeConfig) ([]byte, error) {
 	if len(c.MPIDRs) == 0 || len(c.MPIDRs) > MaxCPUs {
@@ -171,13 +225,26 @@ func DeviceTree(c TreeConfig) ([]byte, error) {
 	w.BeginNode(fmt.Sprintf("intc@%x", GICDistBase))
 	w.PropString("compatible", "arm,gic-v3")
 	w.PropU32("#interrupt-cells", 3)
-	w.PropU32("#address-cells", 0) // no child nodes (no ITS) to address
+	w.PropU32("#address-cells", 2) // the ITS child is addressed like the root
+	w.PropU32("#size-cells", 2)
+	w.PropEmpty("ranges")
 	w.PropEmpty("interrupt-controller")
 	w.PropU32("#redistributor-regions", 1)
 	w.PropU64("reg", GICDistBase, GICDistSize, GICRedistBase, uint64(len(c.MPIDRs))*GICRedistStride)
 	w.PropU32("interrupts", gicPPI, 9, irqLevelHigh) // maintenance interrupt
 	w.PropU32("phandle", phandleGIC)
+	// The ITS turns a device's MSI (a write of its event ID to
+	// GITS_TRANSLATER) into an LPI; #msi-cells 1 is the device ID.
+	w.BeginNode(fmt.Sprintf("its@%x", GICITSBase))
+	w.PropString("compatible", "arm,gic-v3-its")
+	w.PropEmpty("msi-controller")
+	w.PropU32("#msi-cells", 1)
+	w.PropU64("reg", GICITSBase, GICITSSize)
+	w.PropU32("phandle", phandleITS)
 	w.EndNode()
+	w.EndNode()
+
+	pciNode(w)
 
 	// The architected timer's PPIs: secure and non-secure physical,
 	// virtual, hypervisor (INTIDs 29, 30, 27, 26).

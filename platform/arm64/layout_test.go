@@ -3,6 +3,7 @@ package arm64
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -115,6 +116,74 @@ func TestDeviceTree(t *testing.T) {
 	if _, err := DeviceTree(TreeConfig{MemSize: 1 << 30}); err == nil {
 		t.Error("a tree without CPUs")
 	}
+
+	its := tr.Lookup(fmt.Sprintf("/intc@8000000/its@%x", GICITSBase))
+	if its == nil {
+		t.Fatal("no ITS under the GIC")
+	}
+	if _, ok := its.Prop("msi-controller"); !ok {
+		t.Error("the ITS is not an msi-controller")
+	}
+	if v, _ := its.Prop("reg"); !slicesEqual(u32s(v), []uint32{0, GICITSBase, 0, GICITSSize}) {
+		t.Errorf("ITS reg %#x", u32s(v))
+	}
+	pcie := tr.Lookup(PCIPath)
+	if pcie == nil {
+		t.Fatal("no PCI host bridge")
+	}
+	if v, _ := pcie.Prop("compatible"); string(v) != "pci-host-ecam-generic\x00" {
+		t.Errorf("PCI compatible %q", v)
+	}
+	if v, _ := pcie.Prop("reg"); !slicesEqual(u32s(v), []uint32{0, PCIECAMBase, 0, PCIECAMSize}) {
+		t.Errorf("ECAM reg %#x", u32s(v))
+	}
+	if v, _ := pcie.Prop("bus-range"); !slicesEqual(u32s(v), []uint32{0, 0}) {
+		t.Errorf("bus-range %v: the ECAM window covers bus 0 only", u32s(v))
+	}
+	if v, _ := pcie.Prop("msi-map"); !slicesEqual(u32s(v), []uint32{0, phandleITS, 0, 0x10000}) {
+		t.Errorf("msi-map %#x: want requester IDs mapped one to one onto the ITS's device IDs", u32s(v))
+	}
+	if _, ok := pcie.Prop("dma-coherent"); !ok {
+		t.Error("the host bridge is not dma-coherent: Linux would map virtqueues uncached while the VMM reads them through the cache")
+	}
+	ranges, _ := pcie.Prop("ranges")
+	want := []uint32{0x0200_0000, 0, PCIMMIO32Base, 0, PCIMMIO32Base, 0, PCIMMIO32End - PCIMMIO32Base,
+		0x0300_0000, 0x80, 0, 0x80, 0, 0x80, 0}
+	if !slicesEqual(u32s(ranges), want) {
+		t.Errorf("PCI ranges %#x, want %#x", u32s(ranges), want)
+	}
+}
+
+// TestMemoryMap: no two regions of the machine overlap, RAM at its
+// largest included, and everything lies in KVM's default 40-bit IPA space.
+func TestMemoryMap(t *testing.T) {
+	type region struct {
+		name       string
+		base, size uint64
+	}
+	rs := []region{
+		{"GIC distributor", GICDistBase, GICDistSize},
+		{"ITS", GICITSBase, GICITSSize},
+		{"redistributors", GICRedistBase, MaxCPUs * GICRedistStride},
+		{"UART", UARTBase, UARTSize},
+		{"PCI MMIO32", PCIMMIO32Base, PCIMMIO32End - PCIMMIO32Base},
+		{"ECAM", PCIECAMBase, PCIECAMSize},
+		{"RAM", RAMBase, MaxRAM},
+		{"PCI MMIO64", PCIMMIO64Base, PCIMMIO64Size},
+	}
+	for i, a := range rs {
+		if a.base+a.size > 1<<40 {
+			t.Errorf("%s ends at %#x, beyond the 40-bit IPA space", a.name, a.base+a.size)
+		}
+		for _, b := range rs[i+1:] {
+			if a.base < b.base+b.size && b.base < a.base+a.size {
+				t.Errorf("%s %#x+%#x overlaps %s %#x+%#x", a.name, a.base, a.size, b.name, b.base, b.size)
+			}
+		}
+	}
+	if GICITSBase%0x1_0000 != 0 {
+		t.Error("the ITS is not 64 KiB aligned")
+	}
 }
 
 func slicesEqual(a, b []uint32) bool {
@@ -151,7 +220,7 @@ func TestDeviceTreeDTC(t *testing.T) {
 	if w := stderr.String(); w != "" {
 		t.Errorf("dtc warns:\n%s", w)
 	}
-	for _, want := range []string{`compatible = "arm,gic-v3";`, `enable-method = "psci";`, `compatible = "arm,pl011\0arm,primecell";`, `clock-names = "uartclk\0apb_pclk";`} {
+	for _, want := range []string{`compatible = "arm,gic-v3";`, `enable-method = "psci";`, `compatible = "arm,pl011\0arm,primecell";`, `clock-names = "uartclk\0apb_pclk";`, `compatible = "arm,gic-v3-its";`, `compatible = "pci-host-ecam-generic";`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("dts lacks %q", want)
 		}

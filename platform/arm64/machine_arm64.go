@@ -18,6 +18,8 @@ import (
 	"govmm/boot/arm64image"
 	"govmm/devices/bus"
 	"govmm/devices/pl011"
+	"govmm/irq/routes"
+	"govmm/pci"
 )
 
 // Config is what a machine is built from.
@@ -36,14 +38,9 @@ type Config struct {
 	// Epoch, when set, is when the VMM started: the time from it to the
 	// guest's first instruction is logged.
 	Epoch time.Time
+	// Virtio is the virtio-pci devices on the PCI bus.
+	Virtio VirtioConfig
 }
-
-// InputError is a Config the guest cannot be built from (a bad kernel,
-// too little memory): a usage error, not a host failure.
-type InputError struct{ Err error }
-
-func (e *InputError) Error() string { return e.Err.Error() }
-func (e *InputError) Unwrap() error { return e.Err }
 
 // Stop says how a machine ended.
 type Stop int
@@ -71,6 +68,10 @@ type Machine struct {
 	bus   *bus.Bus
 	uart  *pl011.UART
 	place Placement
+	// routes is the GSI routing table of the PCI functions' MSIs.
+	routes *routes.Table
+	pci    *pci.Root
+	virtio []*virtioDevice
 
 	once   sync.Once
 	result Result
@@ -151,6 +152,11 @@ func New(cfg Config) (m *Machine, err error) {
 			return nil, err
 		}
 	}
+	// The ITS exists before the vGIC is initialised, so that the
+	// redistributors offer LPIs (GICR_TYPER.PLPIS).
+	if err := m.vm.CreateITS(GICITSBase); err != nil {
+		return nil, err
+	}
 	if err := m.vm.InitGIC(); err != nil {
 		return nil, err
 	}
@@ -158,6 +164,17 @@ func New(cfg Config) (m *Machine, err error) {
 	m.uart = pl011.New(cfg.Serial, spiLine{m.vm, 32 + UARTSPI, cfg.Log})
 	m.bus = bus.New("mmio", cfg.Log)
 	if err := m.bus.Register(UARTBase, UARTSize, "pl011", m.uart); err != nil {
+		return nil, err
+	}
+	m.routes = routes.New(m.vm, cfg.Log)
+	m.pci = pci.NewRoot(PCIWindows())
+	if err := m.bus.Register(PCIECAMBase, PCIECAMSize, "pci-ecam", m.pci.ECAM()); err != nil {
+		return nil, err
+	}
+	// BARs answer what no fixed device claims.
+	m.bus.SetFallback(m.pci.MemSpace())
+	m.virtio, err = addVirtio(cfg.Virtio, m.pci, m.routes, m.vm, guestRAM{RAMBase, m.ram}, cfg.Log)
+	if err != nil {
 		return nil, err
 	}
 
@@ -279,9 +296,18 @@ func (m *Machine) Run() Result {
 	return m.result
 }
 
-// Close releases the VM and its memory. Call it after Run returned.
+// Close releases the devices, the VM and its memory. Call it after Run
+// returned.
 func (m *Machine) Close() error {
 	var errs []error
+	if m.virtio != nil {
+		errs = append(errs, closeVirtio(m.virtio))
+		m.virtio = nil
+	}
+	if m.routes != nil {
+		errs = append(errs, m.routes.Close())
+		m.routes = nil
+	}
 	if m.vm != nil {
 		errs = append(errs, m.vm.Close())
 		m.vm = nil

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"govmm/accel"
+	"govmm/accel/kvmarm"
 	"govmm/boot/arm64image"
 )
 
@@ -115,4 +117,50 @@ func TestUndecodableMMIO(t *testing.T) {
 		}
 	}
 	t.Log(msg)
+}
+
+// TestITSRouting: with the ITS in place, KVM accepts the MSI routes the
+// PCI functions' vectors get (each with its ITS device ID), irqfds on
+// them and MMIO ioeventfds for the doorbells; a resample irqfd is refused
+// with a reason.
+func TestITSRouting(t *testing.T) {
+	needKVM(t)
+	m, err := New(Config{MemSize: 64 << 20, NumCPUs: 1, Kernel: bareImage(branchToSelf), KernelName: t.Name(), Virtio: VirtioConfig{RNG: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if f := m.pci.Function(1, 0); f == nil {
+		t.Fatal("no virtio-rng function at 00:01.0")
+	}
+	gsi, err := m.routes.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.vm.SetMSIDevID(gsi, kvmarm.RequesterID(0, 1, 0))
+	// GITS_TRANSLATER is at offset 0x10040 of the ITS frame; the data is
+	// the event ID.
+	if err := m.routes.SetMSI(gsi, accel.MSI{AddressLo: GICITSBase + 0x1_0040, Data: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.routes.Commit(); err != nil {
+		t.Fatalf("KVM refused an MSI route with a device ID: %v", err)
+	}
+	f, err := m.routes.NewIRQFD(gsi, false)
+	if err != nil {
+		t.Fatalf("irqfd on the ITS route: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Error(err)
+	}
+	if _, err := m.routes.NewIRQFD(gsi, true); err == nil || !strings.Contains(err.Error(), "resample") {
+		t.Errorf("resample irqfd: %v, want a refusal naming resampling", err)
+	}
+	e, err := m.routes.NewIOEventFD(PCIMMIO32Base+0x3000, 2, false, nil)
+	if err != nil {
+		t.Fatalf("MMIO ioeventfd: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Error(err)
+	}
 }

@@ -1,0 +1,9 @@
+//go:build !arm64
+
+package main
+
+import "govmm/vm"
+
+func (f *virtioFlags) config() vm.VirtioConfig {
+	return vm.VirtioConfig{Disks: f.disks, RNG: f.rng, Vsock: f.vsock.c, Nets: f.nets}
+}
