@@ -67,11 +67,15 @@ const (
 
 // Hello opens a migration stream. Machine describes the VM being sent, so
 // that the destination can build it while memory is still being copied.
+// Devices describes its virtio devices in slot order (vm.VirtioDevices):
+// the destination builds its own from its flags and refuses the VM if
+// they differ, before any guest memory moves.
 type Hello struct {
 	Version int             `json:"version"`
 	MemSize uint64          `json:"mem_size"`
 	CPUs    int             `json:"cpus"`
 	Machine vm.MachineState `json:"machine"`
+	Devices []string        `json:"virtio_devices,omitempty"`
 }
 
 // Stats describes a finished migration.
@@ -164,7 +168,7 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 			}
 		}
 	}()
-	h, _ := json.Marshal(Hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs(), Machine: v.Machine()})
+	h, _ := json.Marshal(Hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs(), Machine: v.Machine(), Devices: v.VirtioDevices()})
 	if err := writeFrame(w, msgHello, h); err != nil {
 		return st, err
 	}
@@ -445,7 +449,10 @@ func Receive(conn net.Conn, prepare func(Hello) (*memory.Memory, error)) (*Incom
 // memory while pages still arrive; without prepare, plain memory of the
 // announced size is used. A hello that is missing, invalid or refused is a
 // *HelloError, and the refusal's reason is sent to the source. On error
-// nothing is kept: the memory is released.
+// nothing is kept: the memory is released. An error from prepare is sent
+// to the source as the reason; prepare returns a *HelloError to refuse
+// the VM it announced (other devices than the receiver's) as a hello
+// refusal, so the receiver may wait for another source.
 func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memory.Memory, error)) (in *Incoming, err error) {
 	timeout := opts.FrameTimeout
 	if timeout <= 0 {
@@ -477,6 +484,13 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 		mem, err = memory.New(h.MemSize)
 	}
 	if err != nil {
+		// The source hears why (a *HelloError from prepare is a refusal
+		// of this VM, such as other devices than the receiver's; the
+		// receiver may wait for another).
+		ack := &Incoming{conn: conn}
+		conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		ack.Ack(err)
+		conn.SetWriteDeadline(time.Time{})
 		return nil, err
 	}
 	if mem.Size() != h.MemSize {

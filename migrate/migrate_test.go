@@ -287,3 +287,42 @@ func TestReceiveRefusesMachine(t *testing.T) {
 		t.Fatalf("source was told %q", ack[:n])
 	}
 }
+
+// The hello carries the source's virtio devices to prepare, and a
+// prepare that refuses them (other devices than the receiver's) is a
+// hello refusal the source hears, before any page is read.
+func TestReceiveRefusesDevices(t *testing.T) {
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	c1.SetDeadline(time.Now().Add(10 * time.Second))
+	hello := []byte(`{"version":1,"mem_size":1048576,"cpus":1,"virtio_devices":["virtio-blk path=/a","virtio-rng"]}`)
+	var b bytes.Buffer
+	b.WriteByte('H')
+	binary.Write(&b, binary.LittleEndian, uint32(len(hello)))
+	b.Write(hello)
+	errc := make(chan error, 1)
+	var got []string
+	go func() {
+		_, err := ReceiveWith(c2, ReceiveOptions{}, func(h Hello) (*memory.Memory, error) {
+			got = h.Devices
+			return nil, &HelloError{errors.New(`slot 2: the source's "virtio-rng" is missing here`)}
+		})
+		errc <- err
+	}()
+	if _, err := c1.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 512)
+	n, _ := io.ReadAtLeast(c1, ack, 6)
+	var he *HelloError
+	if err := <-errc; !errors.As(err, &he) || !strings.Contains(err.Error(), "virtio-rng") {
+		t.Fatalf("refused devices: %v", err)
+	}
+	if len(got) != 2 || got[0] != "virtio-blk path=/a" || got[1] != "virtio-rng" {
+		t.Fatalf("prepare saw devices %q", got)
+	}
+	if n < 5 || ack[0] != 'A' || !strings.Contains(string(ack[5:n]), "is missing here") {
+		t.Fatalf("source was told %q", ack[:n])
+	}
+}

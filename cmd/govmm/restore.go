@@ -201,6 +201,13 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			if err != nil {
 				return nil, err
 			}
+			// Other virtio devices than the source's are refused
+			// before any guest memory moves.
+			if err := machine.CheckVirtioDevices(h.Devices); err != nil {
+				machine.Close()
+				machine = nil
+				return nil, &migrate.HelloError{Err: err}
+			}
 			vm.WarmStateCodec()
 			return mem, nil
 		})
