@@ -46,12 +46,30 @@ func sysnr(name string) (uint32, error) {
 	return uint32(n), nil
 }
 
-// program assembles the filter for mode.
+// program assembles the process filter for mode.
 func program(mode SeccompMode) ([]bpf.Instruction, error) {
-	def := uint32(retTrap)
-	if mode == SeccompLog {
-		def = retLog
+	names := make([]string, len(allowed))
+	for i, a := range allowed {
+		names[i] = a.name
 	}
+	return assemble(defaultAction(mode, roleProcess), conditional(), names)
+}
+
+// defaultAction is what a filter returns for a call it does not allow:
+// trap, with the role in SECCOMP_RET_DATA (the SIGSYS handler finds it in
+// si_errno and names the thread), or log.
+func defaultAction(mode SeccompMode, role uint16) uint32 {
+	if mode == SeccompLog {
+		return retLog
+	}
+	return retTrap | uint32(role)
+}
+
+// assemble builds a filter: the architecture check, x32 refused with
+// ENOSYS, the conditional calls (each allowed when one of its condition
+// sets holds), the unconditional ones, clone3 refused with ENOSYS, and
+// def for everything else.
+func assemble(def uint32, conds []conditionalCall, names []string) ([]bpf.Instruction, error) {
 	p := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: dataArch, Size: 4},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: auditArchX86_64, SkipTrue: 1},
@@ -62,7 +80,7 @@ func program(mode SeccompMode) ([]bpf.Instruction, error) {
 	}
 	// The conditional calls first: ioctl (KVM_RUN) is the VMM's most
 	// frequent call, and the cache cannot answer it.
-	for _, c := range conditional() {
+	for _, c := range conds {
 		nr, err := sysnr(c.name)
 		if err != nil {
 			return nil, err
@@ -73,8 +91,8 @@ func program(mode SeccompMode) ([]bpf.Instruction, error) {
 			bpf.Jump{Skip: uint32(len(block))})
 		p = append(p, block...)
 	}
-	for _, a := range allowed {
-		nr, err := sysnr(a.name)
+	for _, name := range names {
+		nr, err := sysnr(name)
 		if err != nil {
 			return nil, err
 		}
@@ -139,8 +157,9 @@ func condBlock(sets [][]cond, def uint32) []bpf.Instruction {
 	return append(out, bpf.RetConstant{Val: def})
 }
 
-// loadFilter installs the program on every thread of the process.
-func loadFilter(insts []bpf.Instruction) error {
+// loadFilter installs the program on every thread of the process (tsync)
+// or on the calling thread alone.
+func loadFilter(insts []bpf.Instruction, tsync bool) error {
 	raw, err := bpf.Assemble(insts)
 	if err != nil {
 		return fmt.Errorf("assemble: %w", err)
@@ -150,7 +169,11 @@ func loadFilter(insts []bpf.Instruction) error {
 		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	r, _, e := unix.RawSyscall(unix.SYS_SECCOMP, setModeFilter, flagTSync, uintptr(unsafe.Pointer(&prog)))
+	var flags uintptr
+	if tsync {
+		flags = flagTSync
+	}
+	r, _, e := unix.RawSyscall(unix.SYS_SECCOMP, setModeFilter, flags, uintptr(unsafe.Pointer(&prog)))
 	if e != 0 {
 		if e == unix.ENOSYS || e == unix.EINVAL {
 			return fmt.Errorf("this kernel has no seccomp filters: %w", e)

@@ -186,7 +186,7 @@ func TestSiginfoOffsets(t *testing.T) {
 	prog := `#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
-int main(void) { printf("%zu %zu\n", offsetof(siginfo_t, si_syscall), offsetof(siginfo_t, si_arch)); return 0; }
+int main(void) { printf("%zu %zu %zu\n", offsetof(siginfo_t, si_errno), offsetof(siginfo_t, si_syscall), offsetof(siginfo_t, si_arch)); return 0; }
 `
 	if err := writeFile(src, prog); err != nil {
 		t.Fatal(err)
@@ -199,8 +199,8 @@ int main(void) { printf("%zu %zu\n", offsetof(siginfo_t, si_syscall), offsetof(s
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := strconv.Itoa(siginfoSyscallOff) + " " + strconv.Itoa(siginfoArchOff)
+	want := strconv.Itoa(siginfoErrnoOff) + " " + strconv.Itoa(siginfoSyscallOff) + " " + strconv.Itoa(siginfoArchOff)
 	if got := strings.TrimSpace(string(out)); got != want {
-		t.Errorf("siginfo_t si_syscall, si_arch offsets: C says %s, the handler uses %s", got, want)
+		t.Errorf("siginfo_t si_errno, si_syscall, si_arch offsets: C says %s, the handler uses %s", got, want)
 	}
 }

@@ -12,11 +12,21 @@
 // refuses what the VMM has no business doing: opening the user's files,
 // running programs, creating more VMs, tracing processes, mounting.
 //
-// The filter is one process-wide allowlist installed with TSYNC, not one
-// per thread role as Firecracker and Cloud Hypervisor install: the Go
-// runtime moves goroutines between OS threads, so only a thread locked for
-// its whole life could carry a narrower filter, and govmm's vCPU threads
-// go back to the runtime's pool when the VM ends.
+// The seccomp confinement has two layers. The process filter is one
+// allowlist installed on every thread with TSYNC (Apply). Each vCPU
+// thread then adds a filter of its own (VCPUThread), narrower still: the
+// vCPU thread is the one that runs instruction emulation and device
+// handlers on what the guest writes, so it is where a guest that
+// subverts govmm would find itself, and it has no business opening
+// files, using sockets or creating threads. The kernel runs both filters
+// on a vCPU thread and takes the stricter answer, so what a vCPU thread
+// may do is the intersection of the two allowlists. A per-thread filter
+// holds in Go only on a thread that runs nothing else for the rest of its
+// life: the vCPU goroutine locks its thread (runtime.LockOSThread), never
+// unlocks it, and the runtime ends the thread with the goroutine; the
+// runtime never clones a new thread from a locked one (runtime/proc.go,
+// newm: a locked M hands thread creation to the template thread), so no
+// other thread inherits the narrower filter.
 package confine
 
 import (
@@ -38,6 +48,9 @@ const (
 	// SeccompLog lets every system call through and has the kernel log
 	// those the allowlist lacks (audit records, "type=1326" in dmesg).
 	SeccompLog
+	// SeccompProcess is SeccompOn without the vCPU threads' own filter:
+	// every thread has the process filter only.
+	SeccompProcess
 )
 
 func (m SeccompMode) String() string {
@@ -48,6 +61,8 @@ func (m SeccompMode) String() string {
 		return "off"
 	case SeccompLog:
 		return "log"
+	case SeccompProcess:
+		return "process"
 	}
 	return fmt.Sprintf("SeccompMode(%d)", int(m))
 }
@@ -61,8 +76,10 @@ func ParseSeccomp(s string) (SeccompMode, error) {
 		return SeccompOff, nil
 	case "log":
 		return SeccompLog, nil
+	case "process":
+		return SeccompProcess, nil
 	}
-	return 0, fmt.Errorf("%q: want on, off or log", s)
+	return 0, fmt.Errorf("%q: want on, off, log or process", s)
 }
 
 // ParseLandlock parses --landlock's value.
@@ -90,6 +107,11 @@ type Options struct {
 	// ReadFiles are files the process may open for reading later (they
 	// need not exist; missing ones are left out).
 	ReadFiles []string
+	// VCPUDeviceIO lets vCPU threads read and write open descriptors at
+	// an offset (pread64, pwrite64): a passed-through VFIO device's
+	// configuration space and the BAR regions it does not map are
+	// reached that way from the vCPU that traps the guest's access.
+	VCPUDeviceIO bool
 }
 
 // runtimeReadFiles are read after set-up by the Go runtime or standard
@@ -125,6 +147,9 @@ func Apply(o Options) (Report, error) {
 			return rep, fmt.Errorf("seccomp: %w (--seccomp=off runs without it)", err)
 		}
 		rep.Seccomp = fmt.Sprintf("%s, %d system calls allowed", o.Seccomp, n)
+		if o.Seccomp != SeccompProcess {
+			rep.Seccomp += fmt.Sprintf(", %d on vCPU threads", len(vcpuCalls(o)))
+		}
 	}
 	testHook()
 	return rep, nil

@@ -21,6 +21,15 @@ import (
 // the test process itself: confinement cannot be undone.
 const childEnv = "GOVMM_CONFINE_TEST_CHILD"
 
+func init() {
+	if os.Getenv(childEnv) != "" {
+		// The child's main goroutine keeps the main thread, which the
+		// runtime never ends (it parks it when a goroutine exits
+		// locked to it): a vCPU scenario's thread must be another.
+		runtime.LockOSThread()
+	}
+}
+
 func TestMain(m *testing.M) {
 	if name := os.Getenv(childEnv); name != "" {
 		os.Exit(child(name))
@@ -48,6 +57,9 @@ func runChild(t *testing.T, name string, env ...string) (string, int) {
 }
 
 func child(name string) int {
+	if code, ok := vcpuScenario(name); ok {
+		return code
+	}
 	dir := os.Getenv("CHILD_DIR")
 	switch name {
 	case "workload":

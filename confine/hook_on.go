@@ -20,12 +20,16 @@ import (
 //	                    allowlist lacks
 //	open:PATH           open PATH for reading and say on stderr whether
 //	                    that worked, then carry on
+//	vcpu-open           once vCPU 0's thread has its own filter
+//	                    (VCPUThread), a goroutine on another thread opens
+//	                    "/" and says whether that worked, then vCPU 0's
+//	                    thread opens "/" itself, which its filter refuses
 const HookEnv = "GOVMM_TEST_CONFINE_HOOK"
 
 func testHook() {
 	v := os.Getenv(HookEnv)
 	switch {
-	case v == "":
+	case v == "", v == "vcpu-open":
 	case v == "forbidden-syscall":
 		done := make(chan struct{})
 		go func() {
@@ -49,4 +53,27 @@ func testHook() {
 	default:
 		fmt.Fprintf(os.Stderr, "govmm: test hook: unknown %s=%q\n", HookEnv, v)
 	}
+}
+
+func vcpuTestHook(index int) {
+	if index != 0 || os.Getenv(HookEnv) != "vcpu-open" {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		// A locked thread runs no other goroutine: this one runs
+		// on a thread with the process filter alone.
+		if fd, err := unix.Open("/", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			fmt.Fprintf(os.Stderr, "govmm: test hook: another thread: open /: %v\n", err)
+		} else {
+			unix.Close(fd)
+			fmt.Fprintln(os.Stderr, "govmm: test hook: another thread opened /")
+		}
+		close(done)
+	}()
+	<-done
+	if fd, err := unix.Open("/", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		unix.Close(fd)
+	}
+	fmt.Fprintln(os.Stderr, "govmm: test hook: vCPU 0's thread opened /: its filter let it through")
 }

@@ -130,6 +130,14 @@ func conditional() []conditionalCall {
 		// crash dump, SIGQUIT's goroutine dump); no other process.
 		{"kill", [][]cond{{{arg: 0, op: opEqual, val: uint64(os.Getpid())}}}},
 		socket,
+		// prctl: only a thread naming itself (each vCPU thread, as
+		// "vcpuN", before it takes its own filter: ps, top and the
+		// audit log's comm= then tell the threads apart).
+		{"prctl", [][]cond{{{arg: 0, op: opEqual, val: unix.PR_SET_NAME}}}},
+		// seccomp: only a thread adding a filter to itself (a vCPU
+		// thread's own, VCPUThread), which can only narrow what it
+		// may do; never TSYNC or another operation.
+		{"seccomp", [][]cond{{{arg: 0, op: opEqual, val: setModeFilter}, {arg: 1, op: opEqual, val: 0}}}},
 	}
 }
 
@@ -138,14 +146,15 @@ func conditional() []conditionalCall {
 func Syscalls() int { return len(allowed) + len(conditional()) }
 
 // installSeccomp loads the filter on every thread (TSYNC) and returns the
-// number of system calls it allows. In SeccompOn mode a forbidden system
-// call traps into the SIGSYS handler, which names it and ends the process.
+// number of system calls it allows. Outside SeccompLog mode a forbidden
+// system call traps into the SIGSYS handler, which names it and ends the
+// process.
 func installSeccomp(mode SeccompMode) (int, error) {
 	prog, err := program(mode)
 	if err != nil {
 		return 0, err
 	}
-	if mode == SeccompOn {
+	if mode != SeccompLog {
 		if err := installSIGSYSHandler(); err != nil {
 			return 0, err
 		}
@@ -153,7 +162,7 @@ func installSeccomp(mode SeccompMode) (int, error) {
 	if err := seccomp.SetNoNewPrivs(); err != nil {
 		return 0, fmt.Errorf("set no_new_privs: %w", err)
 	}
-	if err := loadFilter(prog); err != nil {
+	if err := loadFilter(prog, true); err != nil {
 		return 0, fmt.Errorf("install the filter: %w", err)
 	}
 	return Syscalls(), nil

@@ -13,7 +13,10 @@ import (
 // goroutines, so govmm installs its own, written in assembly because it
 // runs on whatever thread trapped, with no Go runtime state it could rely
 // on. It writes a line prepared in advance for that call's number to
-// stderr and ends the process with status ExitSIGSYS. The alternative,
+// stderr, with the thread's role (a vCPU thread's filter returns the vCPU
+// in SECCOMP_RET_DATA, which the kernel passes in si_errno; when several
+// filters trap, the kernel keeps the newest one's value, the vCPU's), and
+// ends the process with status ExitSIGSYS. The alternative,
 // SECCOMP_RET_KILL_PROCESS, ends the process with no word on stderr; the
 // call's number would only reach the audit log, where a user rarely looks.
 //
@@ -32,9 +35,10 @@ type sigsysMessage struct {
 	n uintptr
 }
 
-// Offsets the assembly handler relies on. sigsys_test.go checks them
+// Offsets the assembly handler relies on. TestSiginfoOffsets checks them
 // against the C headers.
 const (
+	siginfoErrnoOff   = 4  // siginfo_t.si_errno (int): the filter's SECCOMP_RET_DATA, the role
 	siginfoSyscallOff = 24 // siginfo_t.si_syscall (int)
 	siginfoArchOff    = 28 // siginfo_t.si_arch (unsigned int)
 	auditArchX86_64   = 0xc000003e
@@ -48,13 +52,18 @@ var (
 	// sigsysOther names a call of another ABI (i386 through int 0x80)
 	// or a number past the table.
 	sigsysOther sigsysMessage
+	// sigsysRoles[role] names the thread whose filter refused the call
+	// (the role is the filter's SECCOMP_RET_DATA: roleProcess, or
+	// roleVCPU0 plus the vCPU's index); the handler reads it by index
+	// too, and uses roleProcess's for a number past the table.
+	sigsysRoles [numRoles]sigsysMessage
 	// sigsysHint follows either.
 	sigsysHint sigsysMessage
 	// sigsysText holds the bytes the messages point into.
 	sigsysText []byte
 )
 
-const hintText = ": the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=off disables the filter)\n"
+const hintText = ": the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=process leaves vCPU threads without their narrower filter, --seccomp=off disables the filters)\n"
 
 // prepareMessages fills the tables the handler reads: one buffer, so
 // that preparing them costs one allocation, not one per system call.
@@ -65,7 +74,7 @@ func prepareMessages() {
 	const prefix = "\ngovmm: seccomp: forbidden system call "
 	type span struct{ off, n int }
 	var spans [numSyscalls]span
-	buf := make([]byte, 0, numSyscalls*(len(prefix)+32)+len(hintText)+128)
+	buf := make([]byte, 0, numSyscalls*(len(prefix)+32)+numRoles*80+len(hintText)+128)
 	for nr := range spans {
 		name, ok := arch.X86_64.SyscallNumbers[nr]
 		if !ok {
@@ -82,11 +91,26 @@ func prepareMessages() {
 	otherOff := len(buf)
 	buf = append(buf, prefix+"of another ABI (32-bit) or an unknown number"...)
 	otherLen := len(buf) - otherOff
+	var roles [numRoles]span
+	for r := range roles {
+		off := len(buf)
+		if r == roleProcess {
+			buf = append(buf, " on a thread under the process filter alone (a VMM thread, not a vCPU's, unless --seccomp=process)"...)
+		} else {
+			buf = append(buf, " on vCPU "...)
+			buf = strconv.AppendInt(buf, int64(r-roleVCPU0), 10)
+			buf = append(buf, "'s thread (its filter allows less than the VMM's other threads')"...)
+		}
+		roles[r] = span{off, len(buf) - off}
+	}
 	hintOff := len(buf)
 	buf = append(buf, hintText...)
 	sigsysText = buf
 	for nr, sp := range spans {
 		sigsysMessages[nr] = sigsysMessage{p: &sigsysText[sp.off], n: uintptr(sp.n)}
+	}
+	for r, sp := range roles {
+		sigsysRoles[r] = sigsysMessage{p: &sigsysText[sp.off], n: uintptr(sp.n)}
 	}
 	sigsysOther = sigsysMessage{p: &sigsysText[otherOff], n: uintptr(otherLen)}
 	sigsysHint = sigsysMessage{p: &sigsysText[hintOff], n: uintptr(len(hintText))}

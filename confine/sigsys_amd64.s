@@ -2,9 +2,15 @@
 
 // sigsysHandler is the SIGSYS handler (see sigsys.go), entered by the
 // kernel with the C calling convention: DI = signal, SI = siginfo_t *,
-// DX = ucontext. It writes the prepared name of the trapped call and the
-// hint to fd 2, and calls exit_group(ExitSIGSYS). It never returns.
+// DX = ucontext. It writes the prepared name of the trapped call, the
+// thread's role and the hint to fd 2, and calls exit_group(ExitSIGSYS).
+// It never returns.
 TEXT ·sigsysHandler(SB),NOSPLIT|NOFRAME,$0-0
+	MOVL	4(SI), R8		// si_errno: the filter's SECCOMP_RET_DATA, the role (SYSCALL keeps R8)
+	CMPQ	R8, $257		// numRoles
+	JB	rolok
+	MOVL	$0, R8			// roleProcess
+rolok:
 	MOVL	28(SI), CX		// si_arch
 	CMPL	CX, $0xc000003e		// AUDIT_ARCH_X86_64
 	JNE	other
@@ -22,6 +28,13 @@ other:
 write:
 	MOVL	$2, DI			// stderr
 	MOVL	$1, AX			// SYS_write
+	SYSCALL
+	SHLQ	$4, R8			// * sizeof(sigsysMessage)
+	LEAQ	·sigsysRoles(SB), BX
+	MOVQ	0(BX)(R8*1), SI
+	MOVQ	8(BX)(R8*1), DX
+	MOVL	$2, DI
+	MOVL	$1, AX
 	SYSCALL
 	MOVL	$2, DI
 	MOVQ	·sigsysHint+0(SB), SI

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -89,6 +91,15 @@ func TestConfineSeccomp(t *testing.T) {
 					t.Fatalf("--seccomp=%s: want the call through and exit 0, got exit %d:\n%s", mode, code, p.output())
 				}
 			}
+			// vCPU 0's thread, under its own filter, opens "/": refused,
+			// while another thread of the process opens it (Landlock
+			// off, which would refuse it to every thread).
+			p = startHooked(t, bin, "vcpu-open", append(args, "--landlock=off")...)
+			code = p.exit(runTimeout)
+			if code != 159 || !strings.Contains(p.output(), "govmm: test hook: another thread opened /") ||
+				!strings.Contains(p.output(), "govmm: seccomp: forbidden system call openat (257) on vCPU 0's thread") {
+				t.Fatalf("openat on vCPU 0's thread: want another thread's open to work, then exit 159 naming openat and vCPU 0, got exit %d:\n%s", code, p.output())
+			}
 		})
 	}
 }
@@ -169,7 +180,7 @@ func TestConfineFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"run", "--seccomp=maybe"}, "--seccomp \"maybe\": want on, off or log"},
+		{[]string{"run", "--seccomp=maybe"}, "--seccomp \"maybe\": want on, off, log or process"},
 		{[]string{"run", "--landlock=yes"}, "--landlock \"yes\": want on or off"},
 		{[]string{"run", "--snapshot-dir=/nonexistent/dir"}, "--snapshot-dir /nonexistent/dir"},
 		{[]string{"restore", "--snapshot=/nonexistent", "--seccomp=maybe"}, "--seccomp \"maybe\""},
@@ -180,4 +191,88 @@ func TestConfineFlags(t *testing.T) {
 			t.Errorf("govmm %s: want 64 and %q, got %s", strings.Join(c.args, " "), c.want, r)
 		}
 	}
+}
+
+// TestConfineVCPUThreads boots Linux on 2 vCPUs on each accelerator and,
+// while its init ticks, reads every thread's /proc status: the threads
+// named vcpu0 and vcpu1 carry one seccomp filter more than all the others
+// (their own on top of the process filter), and no other thread has it.
+// The guest then ticks to its end and powers off. With
+// --seccomp=process (a bare-metal guest suffices) no thread has a filter
+// of its own.
+func TestConfineVCPUThreads(t *testing.T) {
+	g := newTickingLinux(t, 4)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "vm.sock")
+			p := g.start(t, acc, "host", sock, 1)
+			counts, base := threadFilters(t, p.cmd.Process.Pid)
+			if base < 1 {
+				t.Fatalf("the main thread has %d seccomp filters, want the process filter: %v", base, counts)
+			}
+			for name, n := range counts {
+				want := base
+				if strings.HasPrefix(name, "vcpu") {
+					want = base + 1
+				}
+				if n != want {
+					t.Errorf("thread %q: %d seccomp filters, want %d", name, n, want)
+				}
+			}
+			if counts["vcpu0"] != base+1 || counts["vcpu1"] != base+1 {
+				t.Errorf("want threads vcpu0 and vcpu1 with %d filters each, got %v", base+1, counts)
+			}
+			t.Logf("seccomp filters per thread: %v", counts)
+			g.finish(t, p, 1)
+
+			q := start(t, append(append([]string{"run"}, acc...), "--kernel", guestPath(t, "testguest"), "--memory", "128M",
+				"--cmdline", "test=memwrite mb=32", "--seccomp=process")...)
+			q.waitFor("memwrite: running", time.Minute)
+			counts, base = threadFilters(t, q.cmd.Process.Pid)
+			for name, n := range counts {
+				if n != base || strings.HasPrefix(name, "vcpu") {
+					t.Errorf("--seccomp=process: thread %q has %d filters, the main thread %d", name, n, base)
+				}
+			}
+			verify(t, q)
+		})
+	}
+}
+
+// threadFilters reads Seccomp_filters of each thread of process pid, by
+// thread name (threads of one name must agree: the runtime's threads all
+// have the program's), and the main thread's.
+func threadFilters(t *testing.T, pid int) (byName map[string]int, main int) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		status, err1 := os.ReadFile(dir + "/status")
+		comm, err2 := os.ReadFile(dir + "/comm")
+		if err1 != nil || err2 != nil {
+			continue // the thread ended
+		}
+		name := strings.TrimSpace(string(comm))
+		n := -1
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "Seccomp_filters:"); ok {
+				n, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if n < 0 {
+			t.Skipf("%s/status has no Seccomp_filters line (Linux before 5.9)", dir)
+		}
+		if prev, ok := out[name]; ok && prev != n {
+			t.Errorf("threads named %q: %d and %d seccomp filters", name, prev, n)
+		}
+		out[name] = n
+		if task.Name() == strconv.Itoa(pid) {
+			main = n
+		}
+	}
+	return out, main
 }

@@ -124,6 +124,9 @@ type VM struct {
 	// beforeGuest runs once every vCPU exists, before any enters the
 	// guest (SetBeforeGuest).
 	beforeGuest func() error
+	// vcpuThread runs on each vCPU's thread after beforeGuest, before
+	// the vCPU first enters the guest (SetVCPUThread).
+	vcpuThread func(index int) error
 }
 
 // ioHandler routes a vCPU's accesses to the buses.
@@ -332,10 +335,27 @@ func (v *VM) isStopped() bool {
 // Run starts every vCPU and blocks until the VM ends. The BSP runs on the
 // calling goroutine, locked to its OS thread for the duration: a VM that
 // starts and ends quickly pays for no extra thread, and the APs each get a
-// goroutine locked to a thread of its own.
+// goroutine locked to a thread of its own. With SetVCPUThread, the BSP
+// gets a thread of its own too.
 func (v *VM) Run() Result {
+	if v.vcpuThread != nil {
+		// Every vCPU thread, the BSP's too, ends with its vCPU (see
+		// SetVCPUThread), so the BSP runs on a goroutine of its own
+		// rather than on the caller's.
+		res := make(chan Result, 1)
+		go func() {
+			runtime.LockOSThread()
+			res <- v.run()
+		}()
+		return <-res
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	return v.run()
+}
+
+// run is Run on the BSP's locked thread.
+func (v *VM) run() Result {
 	bsp, err := v.setupVCPU(0)
 	if err != nil {
 		v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
@@ -350,13 +370,18 @@ func (v *VM) Run() Result {
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
+			if v.vcpuThread == nil {
+				defer runtime.UnlockOSThread()
+			}
 			c, err := v.setupVCPU(i)
 			ready <- err
 			if err != nil {
 				return
 			}
 			<-start
+			if !v.enterVCPUThread(i) {
+				return
+			}
 			v.runVCPU(i, c)
 		}()
 		// Create vCPUs in order: the BSP first, then the APs.
@@ -380,10 +405,12 @@ func (v *VM) Run() Result {
 	}
 	close(start)
 	close(v.running)
-	if !v.cfg.Epoch.IsZero() {
-		v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
+	if v.enterVCPUThread(0) {
+		if !v.cfg.Epoch.IsZero() {
+			v.log.Info("entering the guest", "since_main_ms", ms(time.Since(v.cfg.Epoch)), "restored", v.restore != nil)
+		}
+		v.runVCPU(0, bsp)
 	}
-	v.runVCPU(0, bsp)
 	<-v.stopped
 	wg.Wait()
 	v.plat.flush()
@@ -395,6 +422,32 @@ func (v *VM) Run() Result {
 // enters the guest: the moment to confine the process (package confine).
 // An error stops the VM before the guest runs.
 func (v *VM) SetBeforeGuest(fn func() error) { v.beforeGuest = fn }
+
+// SetVCPUThread has each vCPU's thread call fn with the vCPU's index once
+// the VM is complete and beforeGuest has run, just before that vCPU first
+// enters the guest: the moment for a vCPU thread to confine itself
+// further (confine.VCPUThread). With fn set, no vCPU thread goes back to
+// the Go runtime's pool: each goroutine ends locked to its thread, so the
+// runtime ends the thread with it, and the BSP, too, runs on a thread of
+// its own rather than on Run's caller's. An error stops the VM. Call it
+// before Run.
+func (v *VM) SetVCPUThread(fn func(index int) error) { v.vcpuThread = fn }
+
+// enterVCPUThread calls the vcpuThread hook on vCPU index's thread and
+// reports whether the vCPU may run.
+func (v *VM) enterVCPUThread(index int) bool {
+	if v.isStopped() {
+		return false
+	}
+	if v.vcpuThread == nil {
+		return true
+	}
+	if err := v.vcpuThread(index); err != nil {
+		v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("vCPU %d: %w", index, err)})
+		return false
+	}
+	return true
+}
 
 // runVCPU runs vCPU index on the calling (locked) thread until the VM
 // stops.

@@ -7,15 +7,27 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"govmm/confine"
 )
 
+func init() {
+	// The main goroutine keeps the main thread for the process's life
+	// (an init that locks it has main run on it, and no other goroutine
+	// runs there). A vCPU goroutine ends locked to its thread, under its
+	// own filter (vm.SetVCPUThread); on the main thread the runtime
+	// would park that thread forever instead of ending it, and
+	// /proc/PID/status, which is the main thread's, would show the vCPU
+	// filter.
+	runtime.LockOSThread()
+}
+
 // registerConfine adds the confinement flags (run, restore, migrate
 // receive).
 func (f *runFlags) registerConfine(fs *flag.FlagSet) {
-	fs.StringVar(&f.seccomp, "seccomp", "on", "seccomp filter once the VM is built: on (a system call outside govmm's allowlist stops the process, naming it), log (the kernel logs such calls and lets them through) or off")
+	fs.StringVar(&f.seccomp, "seccomp", "on", "seccomp filters once the VM is built: on (a system call outside govmm's allowlist stops the process, naming it and the thread; vCPU threads have a narrower allowlist of their own), log (the kernel logs such calls and lets them through), process (on, without the vCPU threads' own allowlist) or off")
 	fs.StringVar(&f.landlock, "landlock", "on", "Landlock once the VM is built: on (no file-system access but --snapshot-dir; best effort on kernels without Landlock) or off")
 	fs.StringVar(&f.snapshotDir, "snapshot-dir", "", "with --landlock=on, the directory snapshots may be written under (govmm snapshot --dir); default: the --api-socket's directory")
 }
@@ -61,7 +73,7 @@ func (f *runFlags) landlockWriteDir() string {
 // confine applies the confinement the flags ask for.
 func (f *runFlags) confine(log *slog.Logger) error {
 	mode, _ := confine.ParseSeccomp(f.seccomp)
-	o := confine.Options{Seccomp: mode, Landlock: f.landlock == "on", WriteDir: f.landlockWriteDir()}
+	o := confine.Options{Seccomp: mode, Landlock: f.landlock == "on", WriteDir: f.landlockWriteDir(), VCPUDeviceIO: f.vcpuDeviceIO()}
 	if f.apiSocket != "" {
 		// The socket is unlinked when the VM ends.
 		o.RemoveDirs = append(o.RemoveDirs, filepath.Dir(f.apiSocket))
@@ -73,4 +85,22 @@ func (f *runFlags) confine(log *slog.Logger) error {
 	}
 	log.Info("confined", "seccomp", rep.Seccomp, "landlock", rep.Landlock, "ms", ms(time.Since(begin)))
 	return nil
+}
+
+// vcpuDeviceIO says whether vCPU threads reach a device through pread
+// and pwrite: a passed-through VFIO device's configuration space and
+// unmapped BAR regions.
+func (f *runFlags) vcpuDeviceIO() bool { return len(f.devices.vfio) > 0 }
+
+// vcpuThreadHook is what each vCPU thread runs before it first enters the
+// guest (vm.SetVCPUThread): its own, narrower filter. nil with
+// --seccomp=off or process, so that the vCPU threads run as they would
+// without confinement.
+func (f *runFlags) vcpuThreadHook() func(index int) error {
+	mode, _ := confine.ParseSeccomp(f.seccomp)
+	if mode == confine.SeccompOff || mode == confine.SeccompProcess {
+		return nil
+	}
+	o := confine.Options{Seccomp: mode, VCPUDeviceIO: f.vcpuDeviceIO()}
+	return func(index int) error { return confine.VCPUThread(index, o) }
 }

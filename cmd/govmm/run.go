@@ -245,6 +245,7 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	// Confine the process once the VM is complete and before the guest
 	// runs: everything it opens is open by then.
 	machine.SetBeforeGuest(func() error { return f.confine(log) })
+	machine.SetVCPUThread(f.vcpuThreadHook())
 	res := machine.Run()
 	console.restore()
 	log.Info("VM ended", "kind", res.Kind, "status", res.Status)
