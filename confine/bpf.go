@@ -157,17 +157,31 @@ func condBlock(sets [][]cond, def uint32) []bpf.Instruction {
 	return append(out, bpf.RetConstant{Val: def})
 }
 
-// loadFilter installs the program on every thread of the process (tsync)
-// or on the calling thread alone.
-func loadFilter(insts []bpf.Instruction, tsync bool) error {
+// rawFilter assembles a program into the kernel's instruction format.
+func rawFilter(insts []bpf.Instruction) ([]unix.SockFilter, error) {
 	raw, err := bpf.Assemble(insts)
 	if err != nil {
-		return fmt.Errorf("assemble: %w", err)
+		return nil, fmt.Errorf("assemble: %w", err)
 	}
 	filter := make([]unix.SockFilter, len(raw))
 	for i, r := range raw {
 		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
+	return filter, nil
+}
+
+// loadFilter installs the program on every thread of the process (tsync)
+// or on the calling thread alone.
+func loadFilter(insts []bpf.Instruction, tsync bool) error {
+	filter, err := rawFilter(insts)
+	if err != nil {
+		return err
+	}
+	return loadRaw(filter, tsync)
+}
+
+// loadRaw installs an assembled filter.
+func loadRaw(filter []unix.SockFilter, tsync bool) error {
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	var flags uintptr
 	if tsync {

@@ -148,6 +148,11 @@ func Apply(o Options) (Report, error) {
 		}
 		rep.Seccomp = fmt.Sprintf("%s, %d system calls allowed", o.Seccomp, n)
 		if o.Seccomp != SeccompProcess {
+			// Assembled now, off the vCPUs' way to the guest.
+			prepareVCPUThreads()
+			if _, err := vcpuFilter(o.Seccomp, 0, o); err != nil {
+				return rep, fmt.Errorf("seccomp: %w (--seccomp=process runs without the vCPU threads' filter)", err)
+			}
 			rep.Seccomp += fmt.Sprintf(", %d on vCPU threads", len(vcpuCalls(o)))
 		}
 	}

@@ -3,6 +3,7 @@ package confine
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -147,6 +148,53 @@ func vcpuProgram(mode SeccompMode, index int, o Options) ([]bpf.Instruction, err
 	return assemble(defaultAction(mode, uint16(roleVCPU0+index)), vcpuConditional(o), names)
 }
 
+// vcpuTemplate is the vCPU filter assembled once per VM (for vCPU 0)
+// and copied for each vCPU with its role patched in: assembling it takes
+// a few hundred microseconds, which would otherwise delay every vCPU's
+// first entry, the BSP's on the way to the guest's first instruction.
+var vcpuTemplate struct {
+	sync.Mutex
+	mode     SeccompMode
+	deviceIO bool
+	raw      []unix.SockFilter
+}
+
+// vcpuFilter returns vCPU index's filter, assembled.
+func vcpuFilter(mode SeccompMode, index int, o Options) ([]unix.SockFilter, error) {
+	if index < 0 || index >= maxVCPURoles {
+		return nil, fmt.Errorf("vCPU %d: a filter names vCPUs 0 to %d", index, maxVCPURoles-1)
+	}
+	vcpuTemplate.Lock()
+	defer vcpuTemplate.Unlock()
+	if vcpuTemplate.raw == nil || vcpuTemplate.mode != mode || vcpuTemplate.deviceIO != o.VCPUDeviceIO {
+		prog, err := vcpuProgram(mode, 0, o)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := rawFilter(prog)
+		if err != nil {
+			return nil, err
+		}
+		vcpuTemplate.mode, vcpuTemplate.deviceIO, vcpuTemplate.raw = mode, o.VCPUDeviceIO, raw
+	}
+	out := slices.Clone(vcpuTemplate.raw)
+	from, to := defaultAction(mode, roleVCPU0), defaultAction(mode, uint16(roleVCPU0+index))
+	for i, in := range out {
+		if in.Code == unix.BPF_RET|unix.BPF_K && in.K == from {
+			out[i].K = to
+		}
+	}
+	return out, nil
+}
+
+// prepareVCPUThreads does before the vCPU filters what a vCPU thread
+// would otherwise do later under one: the local time zone is read from
+// /etc/localtime the first time a time is shown in it (the first log
+// line's time stamp, which may be a warning a device handler logs), an
+// openat the vCPU filter refuses. Apply calls it, off the vCPUs' way to
+// the guest; VCPUThread again, for callers without Apply.
+func prepareVCPUThreads() { time.Now().Zone() }
+
 // VCPUThread names the calling thread "vcpuN" and, unless o.Seccomp is
 // off or "process", gives it vCPU index's own filter, on top of the
 // process filter Apply installed: what a vCPU thread may do is then the
@@ -164,7 +212,7 @@ func VCPUThread(index int, o Options) error {
 	if o.Seccomp == SeccompOff || o.Seccomp == SeccompProcess {
 		return nil
 	}
-	prog, err := vcpuProgram(o.Seccomp, index, o)
+	filter, err := vcpuFilter(o.Seccomp, index, o)
 	if err != nil {
 		return fmt.Errorf("seccomp: %w", err)
 	}
@@ -172,11 +220,8 @@ func VCPUThread(index int, o Options) error {
 	if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0); err != nil {
 		return fmt.Errorf("name vCPU %d's thread: %w", index, err)
 	}
-	// The local time zone is read from /etc/localtime the first time a
-	// time is shown in it (the first log line's time stamp): from a vCPU
-	// thread that would be an openat its filter refuses, so read it now.
-	time.Now().Zone()
-	if err := loadFilter(prog, false); err != nil {
+	prepareVCPUThreads()
+	if err := loadRaw(filter, false); err != nil {
 		return fmt.Errorf("seccomp: vCPU %d's filter: %w", index, err)
 	}
 	vcpuTestHook(index)

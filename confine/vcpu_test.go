@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,6 +144,30 @@ func TestVCPUFilterDecisions(t *testing.T) {
 	}
 }
 
+// TestVCPUFilterPatched: the filter copied from the template with the
+// vCPU's role patched in is the one assembled for that vCPU.
+func TestVCPUFilterPatched(t *testing.T) {
+	for _, o := range []Options{{Seccomp: SeccompOn}, {Seccomp: SeccompOn, VCPUDeviceIO: true}, {Seccomp: SeccompLog}} {
+		for _, index := range []int{0, 1, 7, 254} {
+			prog, err := vcpuProgram(o.Seccomp, index, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := rawFilter(prog)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := vcpuFilter(o.Seccomp, index, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s, device I/O %v, vCPU %d: the patched filter differs from the one assembled for it", o.Seccomp, o.VCPUDeviceIO, index)
+			}
+		}
+	}
+}
+
 // TestRoleMessages: the SIGSYS handler's role lines name the vCPU.
 func TestRoleMessages(t *testing.T) {
 	prepareMessages()
@@ -171,10 +196,12 @@ func vcpuChild(o Options, fn func()) int {
 	go func() {
 		runtime.LockOSThread()
 		// Never unlocked: the thread ends with this goroutine.
+		begin := time.Now()
 		if err := VCPUThread(0, o); err != nil {
 			fmt.Println("VCPUThread:", err)
 			os.Exit(1)
 		}
+		fmt.Printf("VCPUThread took %v\n", time.Since(begin))
 		tid <- unix.Gettid()
 		<-tid
 		fn()
