@@ -37,6 +37,35 @@ func eval(t *testing.T, vm *bpf.VM, archID uint32, nr uint32, args ...uint64) ui
 	return uint32(r)
 }
 
+// filterCase is one system call and what a filter must return for it.
+type filterCase struct {
+	what string
+	arch uint32
+	nr   uint32
+	args []uint64
+	want uint32
+}
+
+// checkDecisions evaluates each case on vm.
+func checkDecisions(t *testing.T, vm *bpf.VM, filter string, cases []filterCase) {
+	t.Helper()
+	for _, c := range cases {
+		if got := eval(t, vm, c.arch, c.nr, c.args...); got != c.want {
+			t.Errorf("%s: %s: filter returned %#x, want %#x", filter, c.what, got, c.want)
+		}
+	}
+}
+
+// mustNr is sysnr for a name the test knows to exist.
+func mustNr(t *testing.T, name string) uint32 {
+	t.Helper()
+	n, err := sysnr(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func TestFilterDecisions(t *testing.T) {
 	insts, err := program(SeccompOn)
 	if err != nil {
@@ -46,21 +75,9 @@ func TestFilterDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nr := func(name string) uint32 {
-		n, err := sysnr(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	nr := func(name string) uint32 { return mustNr(t, name) }
 	const x86 = auditArchX86_64
-	for _, c := range []struct {
-		what string
-		arch uint32
-		nr   uint32
-		args []uint64
-		want uint32
-	}{
+	checkDecisions(t, vm, "process filter", []filterCase{
 		{"KVM_RUN", x86, nr("ioctl"), []uint64{5, 0xae80}, retAllow},
 		{"KVM_RUN with garbage in the high half", x86, nr("ioctl"), []uint64{5, 0xdead_0000_ae80}, retAllow},
 		{"KVM_SET_CPUID2", x86, nr("ioctl"), []uint64{5, 0x4008ae90}, retAllow},
@@ -96,11 +113,7 @@ func TestFilterDecisions(t *testing.T) {
 		{"bind", x86, nr("bind"), nil, retTrap},
 		{"x32 read", x86, nr("read") | x32Bit, nil, retErrno | uint32(unix.ENOSYS)},
 		{"i386 read", 0x40000003, 3, nil, retTrap},
-	} {
-		if got := eval(t, vm, c.arch, c.nr, c.args...); got != c.want {
-			t.Errorf("%s: filter returned %#x, want %#x", c.what, got, c.want)
-		}
-	}
+	})
 
 	logInsts, err := program(SeccompLog)
 	if err != nil {
