@@ -14,7 +14,8 @@ import (
 // this log into the accelerator's in every round.
 //
 // The log costs one atomic pointer load per MarkDirty while it is off
-// (always, outside a migration), and one atomic OR per page while it is on.
+// (always, outside a migration), and while it is on one atomic OR per 64
+// pages marked (none for pages marked already).
 
 // dirtyLog is one bitmap per region, bit p%64 of word p/64 for page p.
 type dirtyLog struct {
@@ -64,8 +65,15 @@ func (m *Memory) MarkDirty(gpa, n uint64) {
 		r := &m.regions[i]
 		w := d.words[i]
 		last := (min(end, r.End()) - 1 - r.GPA) / PageSize
-		for p := (gpa - r.GPA) / PageSize; p <= last; p++ {
-			w[p/64].Or(1 << (p % 64))
+		for p := (gpa - r.GPA) / PageSize; p <= last; {
+			// The pages of [p, last] in p's word, in one OR; none when
+			// they are marked already (a used ring, marked per request).
+			hi := min(last, p|63)
+			mask := (^uint64(0) >> (63 - hi%64)) &^ (1<<(p%64) - 1)
+			if word := &w[p/64]; word.Load()&mask != mask {
+				word.Or(mask)
+			}
+			p = hi + 1
 		}
 		gpa = r.End()
 	}
