@@ -7,6 +7,21 @@ import (
 	"testing"
 )
 
+// newLogged is size bytes of guest RAM, closed when the test ends, with
+// the VMM's dirty log on.
+func newLogged(t testing.TB, size uint64) *Memory {
+	t.Helper()
+	m, err := New(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.StartDirtyLog(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // pagesOf lists the GPAs of the set bits of a region's bitmap.
 func pagesOf(r Region, bm []uint64) []uint64 {
 	var out []uint64
@@ -80,14 +95,7 @@ func TestDirtyLogMarksPages(t *testing.T) {
 // Marks of any length at any offset set exactly the pages they touch
 // (the per-word masks against a page-by-page reference).
 func TestDirtyLogRanges(t *testing.T) {
-	m, err := New(2 << 20) // 512 pages: 8 words
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.StartDirtyLog(); err != nil {
-		t.Fatal(err)
-	}
+	m := newLogged(t, 2<<20) // 512 pages: 8 words
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
 		ref := make([]uint64, 8)
@@ -109,14 +117,7 @@ func TestDirtyLogRanges(t *testing.T) {
 
 // Concurrent marks are all seen, whether they land before or after a take.
 func TestDirtyLogConcurrent(t *testing.T) {
-	m, err := New(64 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.StartDirtyLog(); err != nil {
-		t.Fatal(err)
-	}
+	m := newLogged(t, 64<<20)
 	const writers, pages = 4, 4096
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {

@@ -6,7 +6,6 @@ import (
 
 	"govmm/memory"
 	"govmm/virtio"
-	"govmm/virtio/rng"
 	"govmm/virtio/virtiotest"
 )
 
@@ -36,16 +35,7 @@ func TestDirtyLogOfDeviceWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.RAM.Close()
-	vm, tb := virtiotest.NewVM()
-	tr, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: mem, Router: tb})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	d, err := virtiotest.New(tr, mem, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := newRNGMem(t, mem)
 	if err := d.Init(virtio.FIndirectDesc|virtio.FEventIdx, 16); err != nil {
 		t.Fatal(err)
 	}

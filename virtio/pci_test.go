@@ -14,7 +14,12 @@ import (
 
 func newRNG(t *testing.T) (*virtiotest.Driver, *virtio.PCI) {
 	t.Helper()
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	return newRNGMem(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+}
+
+// newRNGMem is newRNG over the given guest memory.
+func newRNGMem(t *testing.T, mem *virtiotest.Mem) (*virtiotest.Driver, *virtio.PCI) {
+	t.Helper()
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: mem, Router: tb})
 	if err != nil {
