@@ -216,6 +216,38 @@ static void mask_function(bool on)
 	cfg_write16(slot, msix + 2, (uint16_t)(msix_ctl | MSIX_ENABLE | (on ? MSIX_FMASK : 0)));
 }
 
+/* The lib maps the first 4 GiB; govmm places 64-bit BARs above 4 GiB.
+ * map_high maps the GiB holding addr with 2 MiB uncached pages. */
+extern uint64_t pdpt[512];
+static uint64_t high_pd[512] __attribute__((aligned(4096)));
+static bool map_high(uint64_t addr)
+{
+	uint64_t gb = addr >> 30;
+	if (gb < 4 || pdpt[gb] & 1)
+		return true;
+	if (gb >= 512 || high_pd[0] & 1)
+		return false; /* one high GiB is all this guest needs */
+	for (int j = 0; j < 512; j++)
+		high_pd[j] = (gb << 30) + ((uint64_t)j << 21) + 0x9b; /* P RW PWT PCD PS */
+	pdpt[gb] = (uint64_t)(uintptr_t)high_pd + 3;
+	WRITE_CR(3, READ_CR(3));
+	return true;
+}
+
+/* move_bar64 moves 64-bit BAR bir to addr (hibar=ADDR on the command
+ * line: under QEMU, whose firmware places the BAR below 4 GiB, it tries
+ * the path govmm's placement takes). */
+static void move_bar64(int bir, uint64_t addr)
+{
+	uint32_t cmd = cfg_read32(slot, 0x04) & 0xffff;
+	cfg_write16(slot, 0x04, (uint16_t)(cmd & ~2u));
+	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(0x10 + 4 * bir));
+	outl(0xcfc, (uint32_t)addr | (inl(0xcfc) & 0xf));
+	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(0x14 + 4 * bir));
+	outl(0xcfc, (uint32_t)(addr >> 32));
+	cfg_write16(slot, 0x04, (uint16_t)cmd);
+}
+
 static uint64_t bar_addr(int bir)
 {
 	uint32_t lo = cfg_read32(slot, 0x10 + 4 * bir);
@@ -230,12 +262,23 @@ static uint64_t bar_addr(int bir)
 static const char *setup(void)
 {
 	uint32_t notify_mult = 0;
+	bool moved = false;
 	int p = cfg_read32(slot, 0x34) & 0xfc;
 	for (int n = 0; p >= 0x40 && n < 48; n++) {
 		uint32_t h = cfg_read32(slot, p);
 		if ((h & 0xff) == CAP_VENDOR) {
 			int type = h >> 24 & 0xff, bar = cfg_read32(slot, p + 4) & 0xff;
+			uint64_t hi = cmdline_u64("hibar", 0);
+			if (type == CFG_COMMON && hi && !moved && (cfg_read32(slot, 0x10 + 4 * bar) & 6) == 4) {
+				move_bar64(bar, hi);
+				moved = true;
+				common = notify = 0;
+				p = cfg_read32(slot, 0x34) & 0xfc; /* again, at the new address */
+				continue;
+			}
 			uint64_t at = bar_addr(bar) + cfg_read32(slot, p + 8);
+			if (!map_high(at))
+				return "a virtio structure lies in a second GiB above 4 GiB";
 			if (type == CFG_COMMON && !common)
 				common = at;
 			if (type == CFG_NOTIFY && !notify) {
