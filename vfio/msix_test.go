@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -44,6 +45,12 @@ func newKernelVM() *kernelVM {
 // peek returns an eventfd's count without changing it (nothing in the
 // fake waits on it, so reading and writing it back is invisible).
 func peek(t testing.TB, fd int) uint64 {
+	// A blocking descriptor here is not the vector's eventfd any more
+	// (closed and its number reused): say so rather than hang.
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK == 0 {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+		t.Fatalf("bound irqfd descriptor %d is %q (flags %#x, %v), not a non-blocking eventfd", fd, l, fl, err)
+	}
 	var b [8]byte
 	if _, err := unix.Read(fd, b[:]); err == unix.EAGAIN {
 		return 0
