@@ -93,8 +93,9 @@ func (l spiLine) Set(high bool) {
 
 func (l spiLine) Pulse() { l.Set(true); l.Set(false) }
 
-// New builds the machine: RAM, vGICv3, vCPUs, the PL011, the kernel,
-// initrd and device tree in memory, and vCPU 0 at the kernel's entry.
+// New builds the machine: RAM, vGICv3 and its ITS, vCPUs, the PL011, the
+// PCI host bridge with the virtio devices, the kernel, initrd and device
+// tree in memory, and vCPU 0 at the kernel's entry.
 func New(cfg Config) (m *Machine, err error) {
 	if cfg.Device == "" {
 		cfg.Device = "/dev/kvm"
