@@ -3,7 +3,11 @@
 // guest runs, then the pages it dirtied meanwhile, round after round until
 // few remain; then the source pauses, sends the last dirty pages and the
 // device and vCPU state (the same accelerator-neutral state file a snapshot
-// holds), and the destination starts. If anything fails before the
+// holds), and the destination starts. Virtio devices' writes into guest
+// memory are in the VMM's dirty log, which vm.DirtyPages merges with the
+// accelerator's; their backends are not copied (a disk image is shared
+// storage), so the destination must have the same devices, which it
+// checks against the hello before any page moves. If anything fails before the
 // destination confirms, the source resumes, so no VM is ever lost.
 //
 // The receiver treats the stream as hostile until it has checked the hello:
@@ -14,7 +18,7 @@
 //
 // Wire format (all integers little endian):
 //
-//	'H' u32 len  JSON hello (format version, memory size, vCPUs, the machine: CPU model and CPUID, ...)
+//	'H' u32 len  JSON hello (format version, memory size, vCPUs, the machine: CPU model and CPUID, ...; the virtio devices)
 //	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
 //	'S' u32 len  state file                            (snapshot format)
 //	'D'                                                 end of stream
