@@ -89,10 +89,11 @@ type PCIConfig struct {
 
 // PCI capability IDs govmm looks at.
 const (
-	capPM   = 0x01
-	capMSI  = 0x05
-	capPCIe = 0x10
-	capMSIX = 0x11
+	capPM     = 0x01
+	capMSI    = 0x05
+	capVendor = 0x09
+	capPCIe   = 0x10
+	capMSIX   = 0x11
 
 	msiCtlEnable = 1 << 0
 	msiCtl64     = 1 << 7
@@ -287,11 +288,18 @@ func (p *PCI) addBARs(cfg []byte) error {
 }
 
 // capLen is how much of a capability govmm copies: the power management
-// capability and the PCI Express capability structure (v1 or v2).
+// capability, the PCI Express capability structure (v1 or v2), and a
+// vendor-specific capability as long as its length byte says (a virtio
+// 1.x device finds its configuration structures through them).
 func capLen(cfg []byte, off int) int {
 	switch cfg[off] {
 	case capPM:
 		return 8
+	case capVendor:
+		if n := int(cfg[off+2]); n >= 3 {
+			return n
+		}
+		return 0
 	case capPCIe:
 		if cfg[off+2]&0xf >= 2 {
 			return 0x3c
@@ -325,6 +333,10 @@ func (p *PCI) addCaps(cfg []byte) error {
 				continue
 			}
 			if _, err := p.fn.AddCapability(id, append([]byte(nil), cfg[off+2:off+n]...), nil); err != nil {
+				if id == capVendor {
+					p.log.Warn("vfio: a vendor-specific capability is hidden from the guest: no room left for it", "offset", fmt.Sprintf("%#x", off), "err", err)
+					continue
+				}
 				return fmt.Errorf("vfio device %s: capability %#x: %w", p.dev.Name(), id, err)
 			}
 		}

@@ -506,3 +506,35 @@ func TestParseOrder(t *testing.T) {
 		t.Error("default orders")
 	}
 }
+
+// TestVendorCapability: a vendor-specific capability (a virtio 1.x
+// device's configuration structure locators) is shown read-only, as long
+// as its length byte says; one with a length too short is hidden.
+func TestVendorCapability(t *testing.T) {
+	ev := &events{}
+	d := newFakeDev(ev, false)
+	d.cfg[0x91] = 0xa0 // MSI-X -> vendor at 0xa0 -> vendor at 0xb4
+	d.cfg[0xa0], d.cfg[0xa1], d.cfg[0xa2] = capVendor, 0xb4, 16
+	copy(d.cfg[0xa3:0xb0], []byte{1, 4, 0, 0, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0})
+	d.cfg[0xb4], d.cfg[0xb5], d.cfg[0xb6] = capVendor, 0, 2
+	rt := routes.New(&fakeVM{ev: ev}, nil)
+	p, err := newPCI(d, PCIConfig{Router: rt, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	caps := p.fn.Capabilities(capVendor)
+	if len(caps) != 1 {
+		t.Fatalf("vendor capabilities at %#x, want one", caps)
+	}
+	got := make([]byte, 16)
+	p.fn.ReadConfig(caps[0], got)
+	if got[0] != capVendor || !slices.Equal(got[2:], d.cfg[0xa2:0xb0]) {
+		t.Errorf("vendor capability % x, want the device's % x", got[2:], d.cfg[0xa2:0xb0])
+	}
+	p.fn.WriteConfig(caps[0]+4, []byte{0xff, 0xff})
+	p.fn.ReadConfig(caps[0], got)
+	if !slices.Equal(got[2:], d.cfg[0xa2:0xb0]) {
+		t.Errorf("the guest changed a vendor capability: % x", got[2:])
+	}
+}
