@@ -67,6 +67,42 @@ func TestFakeExtINTLineCleared(t *testing.T) {
 	}
 }
 
+// TestFakeExtINTInSnapshot: a pause can end a dispatch with EINTR after
+// the backend acknowledged the PIC and raised the ExtINT line, before the
+// guest took the vector. The PIC then has it in service, so the vCPU
+// state must carry it as an interrupt being injected (as KVM's vCPU
+// events hold a KVM_INTERRUPT vector not yet delivered), or a restore
+// would lose it and leave the PIC's line in service for ever. Once a
+// dispatch returned (the vector delivered, the line cleared), it is not
+// reported again.
+func TestFakeExtINTInSnapshot(t *testing.T) {
+	f := newFake()
+	_, v := f.machine(t)
+	f.regs[mshvabi.RegRFLAGS] = mshvabi.RegisterValue{Low: 0x202} // IF set
+	v.SetExtINTSource(&oneIRQ{vec: 0x30})
+	f.msgs = []func(*mshvabi.Message){
+		func(m *mshvabi.Message) { v.Kick(); f.eintr = true }, // paused before entry
+		func(m *mshvabi.Message) { header(m, mshvabi.MsgX64Halt, 0x1001) },
+	}
+	var l log
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitInterrupted {
+		t.Fatalf("run: %+v, %v; want interrupted", e, err)
+	}
+	ev, err := v.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ev.Interrupt.Injected || ev.Interrupt.Nr != 0x30 || ev.Interrupt.Soft {
+		t.Fatalf("paused with the ExtINT line up: events %+v, want interrupt 0x30 being injected", ev.Interrupt)
+	}
+	if e, err := v.Run(&l); err != nil || e.Reason != accel.ExitHalt {
+		t.Fatalf("second run: %+v, %v", e, err)
+	}
+	if ev, err := v.Events(); err != nil || ev.Interrupt.Injected {
+		t.Errorf("after the delivering dispatch: events %+v, %v; want no interrupt being injected", ev.Interrupt, err)
+	}
+}
+
 // TestFakeNMIPendingInLAPICState: the hypervisor keeps a pending NMI as
 // bit 2 of apic_irr[0] in the LAPIC state, outside the architecture
 // (OpenVMM's virt::x86::vp hv_apic_nmi_pending, which its virt_mshv reads

@@ -27,6 +27,7 @@ type fakeHV struct {
 	zeroReps     bool
 	regs         map[uint32]mshvabi.RegisterValue
 	msgs         []func(m *mshvabi.Message)
+	eintr        bool // set by a msgs func: this dispatch returns EINTR
 	hvcalls      int
 	vpstate      map[uint8][]byte
 	irqfdArgs    []mshvabi.UserIRQFD
@@ -127,6 +128,10 @@ func (f *fakeHV) handle(c *mshvabi.FakeCall) (int, error) {
 			*c.Msg = mshvabi.Message{}
 			f.msgs[0](c.Msg)
 			f.msgs = f.msgs[1:]
+			if f.eintr {
+				f.eintr = false
+				return -1, unix.EINTR
+			}
 			return 0, nil
 		}
 	}

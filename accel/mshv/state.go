@@ -506,6 +506,13 @@ func (v *VCPU) Events() (accel.Events, error) {
 			}
 		}
 	}
+	if v.extLine && !e.Interrupt.Injected && !e.Exception.Injected && !e.NMI.Injected {
+		// The ExtINT line is up and no dispatch has returned since (a
+		// pause ended it with EINTR): the PIC has the vector in service
+		// and the guest has not taken it. It is saved as the interrupt
+		// being injected, which a restore delivers once.
+		e.Interrupt.Injected, e.Interrupt.Nr = true, v.extVec
+	}
 	if is&mshvabi.InterruptStateShadow != 0 {
 		e.Interrupt.Shadow = 1
 	}

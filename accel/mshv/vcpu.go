@@ -54,6 +54,7 @@ type VCPU struct {
 	// HV_X64_INTERRUPT_TYPE_EXTINT only); left up, the guest would take
 	// the vector again at every entry with interrupts enabled.
 	extLine bool
+	extVec  uint8 // the vector extLine carries
 }
 
 var (
@@ -326,7 +327,7 @@ func (v *VCPU) injectExtINT() error {
 	if err := v.vm.hv.assertInterrupt(mshvabi.InterruptTypeExtINT, uint32(vec), uint64(v.index), false, false); err != nil {
 		return fmt.Errorf("vCPU %d: ExtINT vector %#x: %w", v.index, vec, err)
 	}
-	v.extLine = true
+	v.extLine, v.extVec = true, vec
 	return nil
 }
 
