@@ -36,6 +36,9 @@ type kernelVM struct {
 	bound    map[int]uint32 // eventfd -> GSI
 	left     map[int]uint64 // count left in a bound eventfd by its assignment
 	injected map[uint32]int
+	// beforeAssign, if set, runs as an irqfd is assigned, before the
+	// kernel polls its eventfd: a message arriving in that window.
+	beforeAssign func(fd int)
 }
 
 func newKernelVM() *kernelVM {
@@ -64,6 +67,9 @@ func peek(t testing.TB, fd int) uint64 {
 }
 
 func (k *kernelVM) AssignIRQFD(f accel.IRQFD) error {
+	if k.beforeAssign != nil {
+		k.beforeAssign(f.FD)
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var b [8]byte
@@ -286,6 +292,36 @@ func TestMSIXPending(t *testing.T) {
 			g.mask(2, false)
 			if pba, n := g.pba(), g.injected(2); pba != 0 || n != 0 {
 				t.Fatalf("after a disable: PBA %#x, %d injected on vector 2; want 0, 0", pba, n)
+			}
+		})
+	}
+}
+
+// TestMSIXSignalWhileBinding: a message that reaches the eventfd between
+// govmm's drain and the kernel's poll at assignment is injected by the
+// kernel, and govmm neither delivers it again nor loses a pending one.
+func TestMSIXSignalWhileBinding(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pending=%v", pending), func(t *testing.T) {
+			g := newMSIXRig(t, OrderRouteFirst)
+			if pending {
+				g.signal(0)
+			}
+			g.k.beforeAssign = func(fd int) {
+				var b [8]byte
+				binary.LittleEndian.PutUint64(b[:], 1)
+				unix.Write(fd, b[:])
+			}
+			g.mask(0, false)
+			g.k.beforeAssign = nil
+			if n, pba := g.injected(0), g.pba(); n != 1 || pba != 0 {
+				t.Fatalf("unmask with a message arriving at the bind: %d injected, PBA %#x; want 1 (one pending bit), 0", n, pba)
+			}
+			g.mask(0, true)
+			g.mask(0, false)
+			g.signal(0)
+			if n := g.injected(0); n != 2 {
+				t.Fatalf("after an empty mask window and one message: %d injected, want 2", n)
 			}
 		})
 	}
