@@ -99,13 +99,10 @@ const (
 	numRoles    = roleVCPU0 + maxVCPURoles
 )
 
-// vcpuCalls lists the calls a vCPU thread's filter allows, conditional
-// ones included (each keeps the process filter's conditions).
-func vcpuCalls(o Options) []string {
+// vcpuNames are the calls a vCPU thread's filter allows whatever their
+// arguments.
+func vcpuNames(o Options) []string {
 	var out []string
-	for _, c := range vcpuConditional(o) {
-		out = append(out, c.name)
-	}
 	for _, a := range vcpuAllowed {
 		out = append(out, a.name)
 	}
@@ -115,6 +112,16 @@ func vcpuCalls(o Options) []string {
 	return out
 }
 
+// vcpuCalls lists the calls a vCPU thread's filter allows, conditional
+// ones included (each keeps the process filter's conditions).
+func vcpuCalls(o Options) []string {
+	var out []string
+	for _, c := range vcpuConditional() {
+		out = append(out, c.name)
+	}
+	return append(out, vcpuNames(o)...)
+}
+
 // vcpuConditional are the process filter's conditional calls a vCPU
 // thread keeps, with the same conditions: ioctl by request (the vCPU
 // ioctls, and the VM's for the interrupt routes, doorbells and BARs the
@@ -122,7 +129,7 @@ func vcpuCalls(o Options) []string {
 // filter's), mmap and mprotect never executable (the heap; pc-testdev's
 // page flush), tgkill and kill only of this process (kicks, preemption,
 // a crash re-raising its signal).
-func vcpuConditional(Options) []conditionalCall {
+func vcpuConditional() []conditionalCall {
 	keep := []string{"ioctl", "mmap", "mprotect", "tgkill", "kill"}
 	var out []conditionalCall
 	for _, c := range conditional() {
@@ -138,14 +145,7 @@ func vcpuProgram(mode SeccompMode, index int, o Options) ([]bpf.Instruction, err
 	if index < 0 || index >= maxVCPURoles {
 		return nil, fmt.Errorf("vCPU %d: a filter names vCPUs 0 to %d", index, maxVCPURoles-1)
 	}
-	var names []string
-	for _, a := range vcpuAllowed {
-		names = append(names, a.name)
-	}
-	if o.VCPUDeviceIO {
-		names = append(names, "pread64", "pwrite64")
-	}
-	return assemble(defaultAction(mode, uint16(roleVCPU0+index)), vcpuConditional(o), names)
+	return assemble(defaultAction(mode, uint16(roleVCPU0+index)), vcpuConditional(), vcpuNames(o))
 }
 
 // vcpuTemplate is the vCPU filter assembled once per VM (for vCPU 0)
@@ -195,9 +195,9 @@ func vcpuFilter(mode SeccompMode, index int, o Options) ([]unix.SockFilter, erro
 // the guest; VCPUThread again, for callers without Apply.
 func prepareVCPUThreads() { time.Now().Zone() }
 
-// VCPUThread names the calling thread "vcpuN" and, unless o.Seccomp is
-// off or "process", gives it vCPU index's own filter, on top of the
-// process filter Apply installed: what a vCPU thread may do is then the
+// VCPUThread names the calling thread "vcpuN" and gives it vCPU index's
+// own filter, on top of the process filter Apply installed (with
+// o.Seccomp off or "process" it does nothing): what a vCPU thread may do is then the
 // intersection of the two allowlists (see vcpuAllowed and vcpuRefused).
 // A call the vCPU filter refuses ends the process with a message that
 // names the call and the vCPU (or, with SeccompLog, is logged by the

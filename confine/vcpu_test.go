@@ -45,7 +45,7 @@ func TestVCPURolePartition(t *testing.T) {
 	for _, a := range vcpuAllowed {
 		place(a.name, "vcpuAllowed", a.why)
 	}
-	for _, c := range vcpuConditional(Options{}) {
+	for _, c := range vcpuConditional() {
 		place(c.name, "vcpuConditional", "conditions kept")
 	}
 	for _, r := range vcpuRefused {
