@@ -57,6 +57,18 @@ func buildARM64(t *testing.T, out string, goArgs ...string) {
 	}
 }
 
+// buildARM64Govmm builds govmm and the platform/arm64 test binary for
+// arm64 in a new temporary directory, which it returns with their paths.
+func buildARM64Govmm(t *testing.T) (dir, govmm, platformTest string) {
+	t.Helper()
+	dir = t.TempDir()
+	govmm = filepath.Join(dir, "govmm-arm64")
+	buildARM64(t, govmm, "build", "./cmd/govmm")
+	platformTest = filepath.Join(dir, "platform-arm64.test")
+	buildARM64(t, platformTest, "test", "-c", "./platform/arm64")
+	return dir, govmm, platformTest
+}
+
 // logWriter sends L1's output to the test log, line by line.
 type logWriter struct{ t *testing.T }
 
@@ -97,13 +109,9 @@ func runARM64L1(t *testing.T, script string, timeout time.Duration, files ...str
 // the arm64 KVM backend's own tests there.
 func TestARM64LinuxBoot(t *testing.T) {
 	a := arm64L1(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "govmm-arm64")
-	buildARM64(t, bin, "build", "./cmd/govmm")
+	dir, bin, platformTest := buildARM64Govmm(t)
 	kvmarmTest := filepath.Join(dir, "kvmarm-arm64.test")
 	buildARM64(t, kvmarmTest, "test", "-c", "./accel/kvmarm")
-	platformTest := filepath.Join(dir, "platform-arm64.test")
-	buildARM64(t, platformTest, "test", "-c", "./platform/arm64")
 
 	var tok [8]byte
 	rand.Read(tok[:])
@@ -206,11 +214,7 @@ const (
 // ITS routing test on KVM.
 func TestARM64Virtio(t *testing.T) {
 	a := arm64L1(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "govmm-arm64")
-	buildARM64(t, bin, "build", "./cmd/govmm")
-	platformTest := filepath.Join(dir, "platform-arm64.test")
-	buildARM64(t, platformTest, "test", "-c", "./platform/arm64")
+	dir, bin, platformTest := buildARM64Govmm(t)
 
 	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
 	mods := filepath.Join(filepath.Dir(filepath.Dir(a.Kernel)), "lib", "modules", ver, "kernel")
