@@ -59,7 +59,9 @@ type config struct {
 	cpus            []int
 	timeout         time.Duration
 	restore, noQEMU bool
-	thp             bool // add the column govmm-thp: govmm on KVM with --hugepages
+	thp             bool     // add the column govmm-thp: govmm on KVM with --hugepages
+	trace           string   // -trace: where the trace lines go ("-": stdout, in L1)
+	traceCols       []string // -trace-vmms
 	emit            func(result)
 }
 
@@ -78,6 +80,16 @@ if [ "$linuxboot" = wait ]; then
 	echo "linuxboot: waiting"
 	while read l; do echo "linuxboot: read $l"; done
 fi
+if [ "$linuxboot" = trace ]; then
+	/bin/busybox mkdir -p /proc /sys
+	/bin/busybox mount -t proc proc /proc
+	/bin/busybox mount -t sysfs sys /sys
+	echo "linuxboot: clocksource $(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+	/bin/busybox cat /proc/interrupts
+	# The kernel's log, less what the analysis does not need and would
+	# take long to print: initcalls' start lines and initcalls under 0.1 ms.
+	/bin/busybox dmesg -r | /bin/busybox grep -v -E 'calling  |after [0-9]{1,2} usecs'
+fi
 /bin/busybox poweroff -f
 `
 
@@ -95,10 +107,27 @@ func main() {
 	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
+	trace := flag.String("trace", "", "instead of timing, boot each of -trace-vmms once per run with initcall_debug, write every console line with its arrival time to FILE, and compare where the boots' time goes")
+	traceVMMs := flag.String("trace-vmms", "govmm,qemu-pc", "what -trace boots: columns (govmm, govmm-thp, govmm-mshvsim, qemu-pc, qemu-microvm), each optionally followed by \":ARGS\", arguments added to the VMM's command line (space-separated); entries are separated by \";\" if there is one, else by \",\"")
 	from := flag.Int("from", 0, "first repetition of the boots (a fresh L1 goes on from there; -from N -runs N: only the restores)")
+	analyze := flag.String("analyze", "", "compare the boots of a trace FILE written by -trace, and exit")
 	flag.Parse()
+	if *analyze != "" {
+		lines, err := readTrace(*analyze)
+		if err != nil {
+			fail("%v", err)
+		}
+		analyzeTrace(os.Stdout, lines)
+		return
+	}
 
-	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel}
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace}
+	if *trace != "" {
+		var err error
+		if cfg.traceCols, err = parseTraceVMMs(*traceVMMs); err != nil {
+			fail("-trace-vmms: %v", err)
+		}
+	}
 	for _, f := range strings.Split(*cpuList, ",") {
 		n, err := strconv.Atoi(f)
 		if err != nil || n < 1 {
@@ -126,6 +155,10 @@ func main() {
 		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
 		cfg.emit = func(r result) { fmt.Println(r) }
 		cfg.emit(result{Kind: "substrate", Note: host.Substrate()})
+		if cfg.trace != "" {
+			cfg.traceBoots(os.Stdout)
+			return
+		}
 		measure(cfg)
 		return
 	}
@@ -149,7 +182,21 @@ func main() {
 	} else {
 		cfg.emit = c.add
 		c.add(result{Kind: "substrate", Note: host.Substrate()})
-		measure(cfg)
+		if cfg.trace != "" {
+			cfg.traceBoots(c)
+		} else {
+			measure(cfg)
+		}
+	}
+	if cfg.trace != "" {
+		if werr := writeTrace(cfg.trace, c.trace); werr != nil {
+			fail("%v", werr)
+		}
+		analyzeTrace(os.Stdout, c.trace)
+		if err != nil {
+			fail("%v", err)
+		}
+		return
 	}
 	report(c, cfg, command, time.Since(begin), deaths)
 	if err != nil {
@@ -208,6 +255,9 @@ func inL1(cfg *config, c *collector) (int, error) {
 		if cfg.thp {
 			args = append(args, "-thp")
 		}
+		if cfg.trace != "" {
+			args = append(args, "-trace", "-", "-trace-vmms", strings.Join(cfg.traceCols, ";"))
+		}
 		args = append(args, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
 		res, err := nested.Run(context.Background(), nested.Config{
 			Command:  args,
@@ -259,6 +309,7 @@ type collector struct {
 	substrate string
 	lastDone  int // the last repetition that finished, -1 before any
 	partial   []byte
+	trace     []traceLine // -trace's lines
 }
 
 func newCollector() *collector { return &collector{seen: map[string]bool{}, lastDone: -1} }
@@ -295,7 +346,9 @@ func (c *collector) Write(p []byte) (int, error) {
 		}
 		line := string(c.partial[:i+1])
 		c.partial = c.partial[i+1:]
-		if r, ok := parseResult(line); ok {
+		if t, ok := parseTraceLine(line); ok {
+			c.trace = append(c.trace, t)
+		} else if r, ok := parseResult(line); ok {
 			c.add(r)
 		} else {
 			io.WriteString(os.Stderr, line)
