@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -153,6 +154,10 @@ func (cfg *config) traceBoot(out io.Writer, entry string, cpus, rep int) {
 			if !ok {
 				<-p.exited
 				emit(ms(p.end.Sub(p.start)), "trace: exit")
+				if ru, ok := p.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+					// Peak resident memory, guest RAM the host backed included.
+					emit(ms(p.end.Sub(p.start)), fmt.Sprintf("trace: maxrss %d KiB", ru.Maxrss))
+				}
 				return
 			}
 			emit(ms(l.t), l.s)
@@ -168,6 +173,7 @@ type bootTrace struct {
 	key      string  // vmm/cpus/rep
 	markerMS float64 // the marker's arrival since exec
 	exitMS   float64
+	maxRSS   float64   // MiB, the VMM process's peak resident memory
 	log      []logLine // the guest's dmesg
 	other    []string  // console lines that are not the log (interrupts, clock source, govmm's log)
 }
@@ -210,6 +216,12 @@ func groupTrace(lines []traceLine) []*bootTrace {
 		case l.Text == "trace: exit":
 			b.exitMS = l.MS
 			continue
+		case strings.HasPrefix(l.Text, "trace: maxrss "):
+			var kib float64
+			if _, err := fmt.Sscanf(l.Text, "trace: maxrss %g KiB", &kib); err == nil {
+				b.maxRSS = kib / 1024
+				continue
+			}
 		}
 		if ll, ok := parseLogLine(l.Text); ok {
 			b.log = append(b.log, ll)
@@ -317,7 +329,7 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 		}
 	}
 	fmt.Fprintf(w, "\nPhases (ms; pre = exec to the guest's clock: VMM, firmware, decompression):\n")
-	fmt.Fprintf(w, "%-22s %9s %9s %9s %9s %9s %9s %9s\n", "boot", "pre", "early", "initcalls", "late", "kernel", "to init", "to exit")
+	fmt.Fprintf(w, "%-22s %9s %9s %9s %9s %9s %9s %9s %9s\n", "boot", "pre", "early", "initcalls", "late", "kernel", "to init", "to exit", "RSS MiB")
 	phase := map[string][5][]float64{}
 	for _, b := range boots {
 		pre, early, ic, late, kernel, ok := b.phases()
@@ -325,7 +337,7 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 			fmt.Fprintf(w, "%-22s incomplete (marker %.1f ms, %d log lines)\n", b.key, b.markerMS, len(b.log))
 			continue
 		}
-		fmt.Fprintf(w, "%-22s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", b.key, pre, early, ic, late, kernel, b.markerMS, b.exitMS)
+		fmt.Fprintf(w, "%-22s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", b.key, pre, early, ic, late, kernel, b.markerMS, b.exitMS, b.maxRSS)
 		p := phase[vmmOf(b)]
 		for i, v := range []float64{pre, early, ic, late, kernel} {
 			p[i] = append(p[i], v)

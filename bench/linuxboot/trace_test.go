@@ -46,6 +46,7 @@ func TestTracePhases(t *testing.T) {
 		add(4100, s)
 	}
 	add(5000, "trace: exit")
+	add(5000, "trace: maxrss 65536 KiB")
 	boots := groupTrace(lines)
 	if len(boots) != 1 {
 		t.Fatalf("%d boots, want 1", len(boots))
@@ -59,7 +60,7 @@ func TestTracePhases(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		got, want float64
-	}{{"pre", pre, 1500}, {"early", early, 500}, {"initcalls", ic, 1500}, {"late", late, 500}, {"kernel", kernel, 2500}, {"exit", b.exitMS, 5000}} {
+	}{{"pre", pre, 1500}, {"early", early, 500}, {"initcalls", ic, 1500}, {"late", late, 500}, {"kernel", kernel, 2500}, {"exit", b.exitMS, 5000}, {"maxrss", b.maxRSS, 64}} {
 		if !near(c.got, c.want) {
 			t.Errorf("%s = %v ms, want %v", c.name, c.got, c.want)
 		}
