@@ -443,26 +443,7 @@ func TestLinuxSnapshot(t *testing.T) {
 func TestLinuxLiveMigration(t *testing.T) {
 	const migrateAt = 3
 	g := newTickingLinux(t, migrateAt+20)
-	all := accels(t)
-	type move struct {
-		src, dst []string
-		cpu      string
-	}
-	var moves []move
-	for _, src := range all {
-		for _, dst := range all {
-			switch {
-			case accelName(src) == "kvm" && accelName(dst) != "kvm":
-				// A named model is what a fleet that migrates uses (#18).
-				moves = append(moves, move{src, dst, "x86-64-v2,-kvm"})
-			case accelName(src) != accelName(dst):
-				moves = append(moves, move{src, dst, "host,-kvm"})
-			case accelName(src) == "kvm":
-				moves = append(moves, move{src, dst, "host"})
-			}
-		}
-	}
-	for _, m := range moves {
+	for _, m := range linuxMoves(t) {
 		t.Run(accelName(m.src)+"-to-"+accelName(m.dst), func(t *testing.T) {
 			dir := t.TempDir()
 			sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
