@@ -3,7 +3,6 @@ package vfio
 import (
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -144,24 +143,7 @@ type msixRig struct {
 
 func newMSIXRig(t testing.TB, order Order) *msixRig {
 	k := newKernelVM()
-	d := newFakeDev(k.ev, false)
-	rt := routes.New(k, nil)
-	rt.SetPinController(fakePins{k.ev})
-	p, err := newPCI(d, PCIConfig{Router: rt, Order: order, Log: slog.New(slog.DiscardHandler),
-		INTxGSI: func(pin int) uint32 { return uint32(16 + (3+pin-1)%8) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := pci.NewRoot(pci.Windows{IOBase: 0xc000, IOEnd: 0x10000, Mem32Base: 0xc0000000, Mem32End: 0xe0000000})
-	if err := root.Add(3, p.Function()); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if t, ok := t.(interface{ Cleanup(func()) }); ok {
-		t.Cleanup(func() { p.Close() })
-	}
+	p, _, root := setupOn(t, k, k.ev, nil, order, false)
 	g := &msixRig{t: t, p: p, k: k, r: root}
 	for _, reg := range root.Regions() {
 		if reg.BAR == 0 {

@@ -165,11 +165,19 @@ func setup(t *testing.T, order Order, mmap bool) (*PCI, *fakeDev, *events, *pci.
 	t.Helper()
 	ev := &events{}
 	vm := &fakeVM{ev: ev}
-	d := newFakeDev(ev, mmap)
 	var mapper Mapper
 	if mmap {
 		mapper = vm
 	}
+	p, d, root := setupOn(t, vm, ev, mapper, order, mmap)
+	return p, d, ev, root
+}
+
+// setupOn puts a fake device (BARs mmap'able or not) on a bus at slot 3,
+// with vm under its routing table, and starts it; the test closes it.
+func setupOn(t testing.TB, vm routes.Accel, ev *events, mapper Mapper, order Order, mmap bool) (*PCI, *fakeDev, *pci.Root) {
+	t.Helper()
+	d := newFakeDev(ev, mmap)
 	rt := routes.New(vm, nil)
 	rt.SetPinController(fakePins{ev})
 	p, err := newPCI(d, PCIConfig{Router: rt, Mapper: mapper, Order: order, Log: slog.New(slog.DiscardHandler),
@@ -185,7 +193,7 @@ func setup(t *testing.T, order Order, mmap bool) (*PCI, *fakeDev, *events, *pci.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return p, d, ev, root
+	return p, d, root
 }
 
 func cfgRead(r *pci.Root, off, n int) uint32 {
