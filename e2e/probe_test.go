@@ -29,12 +29,14 @@ const (
 // they differ between any two runs (never between the reports of one run
 // taken before and after a snapshot, except the tick/uptime/IRQ counts).
 var probeMeasured = map[string]string{
-	"timer.lapic_hz":        "LAPIC timer frequency measured against the PM timer",
-	"timer.tsc_hz_measured": "TSC frequency measured against the PM timer",
-	"lapic.timer_initial":   "derived from the measured LAPIC frequency",
-	"timer.ticks":           "timer interrupts taken so far",
-	"timer.uptime_ms":       "derived from timer.ticks",
-	"serial.rx_irqs":        "depends on input timing",
+	"timer.lapic_hz":          "LAPIC timer frequency measured against the PM timer",
+	"timer.tsc_hz_measured":   "TSC frequency measured against the PM timer",
+	"lapic.timer_initial":     "derived from the measured LAPIC frequency",
+	"timer.ticks":             "timer interrupts taken so far",
+	"timer.uptime_ms":         "derived from timer.ticks",
+	"serial.rx_irqs":          "depends on input timing",
+	"hv.stimer.message_ticks": "Hyper-V synthetic timer expiries so far",
+	"hv.stimer.direct_ticks":  "Hyper-V synthetic timer expiries so far",
 }
 
 // probeReport runs govmm in report mode and returns the parsed report.
@@ -143,6 +145,18 @@ func checkProbeFacts(t *testing.T, who string, m map[string]string) {
 	if !strings.Contains(m["cpuid.features.1.edx"], "fxsr") {
 		t.Errorf("%s: cpuid.features.1.edx=%q lacks fxsr", who, m["cpuid.features.1.edx"])
 	}
+	// A partition on MSHV gets the SynIC and the synthetic timers (in
+	// direct mode too) from govmm's synthetic features, and the probe runs
+	// STIMER0 in message mode and STIMER1 in direct mode; on KVM the guest
+	// sees KVM's leaves and none of it.
+	if strings.HasPrefix(who, "mshv") {
+		if m["hv.stimer.modes"] != "message,direct" || m["state.check.hv_stimer"] != "ok" {
+			t.Errorf("%s: hv.stimer.modes=%q state.check.hv_stimer=%q, want message,direct and ok (message_ticks=%s direct_ticks=%s)",
+				who, m["hv.stimer.modes"], m["state.check.hv_stimer"], m["hv.stimer.message_ticks"], m["hv.stimer.direct_ticks"])
+		}
+	} else if _, ok := m["hv.stimer.modes"]; ok {
+		t.Errorf("%s: the probe found Hyper-V's synthetic timers on KVM (hv.stimer.modes=%s)", who, m["hv.stimer.modes"])
+	}
 }
 
 // probeDiff compares two reports. Keys in ignore are skipped; keys matching
@@ -238,6 +252,8 @@ var probeAccelDiffs = map[string]string{
 	"cpuid.features.kvm.":         "KVM paravirt features exist only under KVM",
 	"cpuid.features.hv.":          "Hyper-V enlightenments exist only under MSHV",
 	"msr.hv_":                     "Hyper-V synthetic MSRs exist only under MSHV",
+	"hv.stimer.":                  "Hyper-V synthetic timers exist only under MSHV",
+	"state.check.hv_stimer":       "Hyper-V synthetic timers exist only under MSHV",
 	"cpuid.raw.00000001.0":        "the hypervisor bit and LAPIC features are set by each hypervisor",
 	"cpuid.features.1.ecx":        "the hypervisor offers different leaf 1 ECX bits (e.g. tsc_deadline, x2apic)",
 	"lapic.version":               "each hypervisor's LAPIC reports its own version and directed-EOI bit",

@@ -69,7 +69,8 @@ type VCPUState struct {
 	Events    accel.Events    `json:"events"`
 	MPState   accel.MPState   `json:"mp_state"`
 	DebugRegs accel.DebugRegs `json:"debug_regs"`
-	// SynIC is present when the accelerator has one (MSHV).
+	// SynIC is present when the vCPU has one: always on MSHV, on KVM when
+	// the guest's CPUID grants it (a guest that came from MSHV).
 	SynIC *accel.SynIC `json:"synic,omitempty"`
 }
 
@@ -200,6 +201,9 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 	if sc, ok := c.(accel.SynICVCPU); ok {
 		step("SynIC", func() error {
 			syn, e := sc.SynIC()
+			if errors.Is(e, accel.ErrNotSupported) {
+				return nil // a KVM vCPU whose CPUID grants no SynIC
+			}
 			s.SynIC = &syn
 			return e
 		})
@@ -281,6 +285,8 @@ var notGuestState = map[uint32]string{
 	0x40000020: "HV_X64_MSR_TIME_REF_COUNT (derived clock)",
 	0x40000022: "HV_X64_MSR_TSC_FREQUENCY (CPU model)",
 	0x40000023: "HV_X64_MSR_APIC_FREQUENCY (CPU model)",
+	0x40000081: "HV_X64_MSR_SVERSION (the SynIC's read-only version)",
+	0x40000084: "HV_X64_MSR_EOM (an action: a write delivers the next SynIC message)",
 }
 
 // guestStateMSRs filters an accelerator's MSR list down to guest state.
@@ -295,11 +301,18 @@ func guestStateMSRs(list []uint32) []uint32 {
 }
 
 // msrResetValue lists MSRs whose reset value is not zero.
-var msrResetValue = map[uint32]uint64{
-	0x4b564d05: 1,           // MSR_KVM_POLL_CONTROL: host-side halt polling allowed
-	0x0000009e: 0x30000,     // IA32_SMBASE (KVM lists it where it offers SMM; govmm's guests have none)
-	0xc0000104: 0x100000000, // AMD TSC_RATIO: 1.0 in 8.32 fixed point (nested SVM's TSC scaling)
-}
+var msrResetValue = func() map[uint32]uint64 {
+	m := map[uint32]uint64{
+		0x4b564d05: 1,           // MSR_KVM_POLL_CONTROL: host-side halt polling allowed
+		0x0000009e: 0x30000,     // IA32_SMBASE (KVM lists it where it offers SMM; govmm's guests have none)
+		0xc0000104: 0x100000000, // AMD TSC_RATIO: 1.0 in 8.32 fixed point (nested SVM's TSC scaling)
+	}
+	// Hyper-V's SINT0-15 reset masked (TLFS: bit 16).
+	for i := uint32(0x40000090); i <= 0x4000009F; i++ {
+		m[i] = 1 << 16
+	}
+	return m
+}()
 
 // kvmParavirtMSRs are the MSRs of KVM's paravirtual interface.
 var kvmParavirtMSRs = map[uint32]string{

@@ -95,6 +95,7 @@ const (
 	capX86SMM                 = 117
 	capGuestDebugHWBPs        = 119
 	capSplitIRQChip           = 121
+	capHyperVSynIC2           = 148
 	capIOEventFDAnyLength     = 122
 	capMaxVCPUID              = 128
 	capX2APICAPI              = 129

@@ -307,6 +307,7 @@ var constChecks = []struct {
 	{"KVM_CAP_X86_SMM", capX86SMM},
 	{"KVM_CAP_GUEST_DEBUG_HW_BPS", capGuestDebugHWBPs},
 	{"KVM_CAP_SPLIT_IRQCHIP", capSplitIRQChip},
+	{"KVM_CAP_HYPERV_SYNIC2", capHyperVSynIC2},
 	{"KVM_CAP_IOEVENTFD_ANY_LENGTH", capIOEventFDAnyLength},
 	{"KVM_CAP_MAX_VCPU_ID", capMaxVCPUID},
 	{"KVM_CAP_X2APIC_API", capX2APICAPI},

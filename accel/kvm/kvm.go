@@ -153,6 +153,7 @@ var capTable = []capInfo{
 	{"X86_SMM", capX86SMM, false},
 	{"KVMCLOCK_CTRL", capKVMClockCtrl, false},
 	{"HYPERV", capHyperV, false},
+	{"HYPERV_SYNIC2", capHyperVSynIC2, false},
 }
 
 // Caps reports the API version, vCPU limits and the capabilities in

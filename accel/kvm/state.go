@@ -24,7 +24,8 @@ func (v *VCPU) get(req uintptr, name string, p unsafe.Pointer) error {
 
 // SetCPUID sets the vCPU's CPUID table (KVM_SET_CPUID2). KVM refuses a
 // different table once the vCPU has run. A timing leaf (0x40000010) with
-// no TSC frequency gets the vCPU's.
+// no TSC frequency gets the vCPU's. A table that offers Hyper-V's SynIC or
+// synthetic timers (a guest from MSHV) turns KVM's SynIC on (synic.go).
 func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	if len(entries) == 0 {
 		return fmt.Errorf("vCPU %d: KVM_SET_CPUID2: empty CPUID table", v.index)
@@ -44,6 +45,9 @@ func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	}
 	err := v.get(ioctlSetCPUID2, "KVM_SET_CPUID2", unsafe.Pointer(&buf[0]))
 	runtime.KeepAlive(buf)
+	if err == nil && OffersSynIC(entries) {
+		err = v.enableSynIC()
+	}
 	return err
 }
 
@@ -296,8 +300,16 @@ var unlistedMSRs = func() []uint32 {
 // KVM_GET_MSR_INDEX_LIST plus the unlisted architectural MSRs this vCPU
 // can actually read (each is tried once).
 func (v *VCPU) MSRIndexList() ([]uint32, error) {
-	v.msrListOnce.Do(func() { v.msrList, v.msrListErr = v.probeMSRIndexList() })
-	return append([]uint32(nil), v.msrList...), v.msrListErr
+	v.msrMu.Lock()
+	defer v.msrMu.Unlock()
+	if v.msrList == nil {
+		l, err := v.probeMSRIndexList()
+		if err != nil {
+			return nil, err
+		}
+		v.msrList = l
+	}
+	return append([]uint32(nil), v.msrList...), nil
 }
 
 // probeMSRIndexList builds MSRIndexList's answer (once per vCPU: the
@@ -319,6 +331,9 @@ func (v *VCPU) probeMSRIndexList() ([]uint32, error) {
 		if _, err := v.MSRs([]uint32{i}); err == nil {
 			list = append(list, i)
 		}
+	}
+	if v.synic.Load() {
+		list = synicMSRList(list)
 	}
 	return list, nil
 }

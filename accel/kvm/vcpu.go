@@ -45,10 +45,14 @@ const (
 // state getters and setters may be called from any goroutine while the
 // vCPU is not running.
 type VCPU struct {
-	// msrList caches MSRIndexList (see probeMSRIndexList).
-	msrListOnce sync.Once
-	msrList     []uint32
-	msrListErr  error
+	// msrList caches MSRIndexList (see probeMSRIndexList); turning the
+	// SynIC on empties it, as the list then changes.
+	msrMu   sync.Mutex
+	msrList []uint32
+
+	// synic is set once KVM's Hyper-V SynIC is on for this vCPU (see
+	// synic.go).
+	synic atomic.Bool
 
 	vm     *VM
 	index  int

@@ -106,6 +106,33 @@ bool check_timer(const struct timer_regs *t)
 	       (t->div & 0xB) == P.timer_div;
 }
 
+/* check_hv_timers: the Hyper-V synthetic timers still fire: each running
+ * timer's count goes past what the previous check saw (or 0) within 50
+ * LAPIC ticks, and no message but STIMER0's expiry came. Called before
+ * each report, so the report after a restore proves the timers were
+ * carried over. */
+const char *check_hv_timers(void)
+{
+	static uint64_t seen_msg, seen_direct;
+	if (P.hv_timers < 0)
+		return "FAIL (a SynIC or timer MSR write raised #GP)";
+	for (uint64_t t0 = ticks; ticks - t0 < 50;) {
+		if (hv_msg_ticks > seen_msg && (P.hv_timers < 2 || hv_direct_ticks > seen_direct))
+			break;
+		__asm__ volatile("pause");
+	}
+	const char *r = "ok";
+	if (hv_msg_ticks <= seen_msg)
+		r = "FAIL (STIMER0 sent no expiry message)";
+	else if (P.hv_timers == 2 && hv_direct_ticks <= seen_direct)
+		r = "FAIL (STIMER1 raised no direct interrupt)";
+	else if (hv_bad_msgs)
+		r = "FAIL (a SynIC message that was not STIMER0's expiry)";
+	seen_msg = hv_msg_ticks;
+	seen_direct = hv_direct_ticks;
+	return r;
+}
+
 void fmt_st(char *buf, size_t n, const struct fx_st *st)
 {
 	snprintf(buf, n, "%04x:%016lx", st->exp, st->mant);

@@ -27,5 +27,6 @@ void read_msrs(struct msr_val *vals);
 void check_msrs(char *buf, size_t n, struct msr_val *vals);
 void read_timer(struct timer_regs *t);
 bool check_timer(const struct timer_regs *t);
+const char *check_hv_timers(void);
 void fmt_st(char *buf, size_t n, const struct fx_st *st);
 #endif

@@ -99,6 +99,73 @@ static void timer_tick(struct regs *r)
 	lapic_eoi();
 }
 
+/* Hyper-V's synthetic timers. On a partition that grants the SynIC and
+ * the synthetic timers (CPUID 0x40000003 EAX bits 2 and 3), STIMER0 runs
+ * periodically at P.hz and posts its expiry messages to SINT2's slot of
+ * the message page (SIMP); with direct mode (EDX bit 19) STIMER1 runs at
+ * the same rate and raises its own vector. The report checks that both
+ * keep firing, also after a snapshot is restored. */
+volatile uint64_t hv_msg_ticks, hv_direct_ticks, hv_bad_msgs;
+static uint8_t simp_page[4096] __attribute__((aligned(4096)));
+
+#define HV_MSR_SCONTROL 0x40000080
+#define HV_MSR_SIMP 0x40000083
+#define HV_MSR_EOM 0x40000084
+#define HV_MSR_SINT0 0x40000090
+#define HV_MSR_STIMER0_CONFIG 0x400000B0 /* STIMERn_CONFIG = +2n, _COUNT = +2n+1 */
+#define HVMSG_TIMER_EXPIRED 0x80000010
+#define STIMER_ENABLE 1
+#define STIMER_PERIODIC 2
+#define STIMER_DIRECT (1u << 12)
+
+static void hv_sint_isr(struct regs *r)
+{
+	volatile uint8_t *slot = simp_page + 256 * HV_TIMER_SINT;
+	volatile uint32_t *type = (volatile uint32_t *)slot;
+	if (*type == HVMSG_TIMER_EXPIRED && *(volatile uint32_t *)(slot + 16) == 0)
+		hv_msg_ticks++;
+	else
+		hv_bad_msgs++;
+	uint8_t flags = slot[5];
+	*type = 0; /* free the slot */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (flags & 1) /* another message waits: end of message */
+		wrmsr(HV_MSR_EOM, 0);
+	lapic_eoi();
+}
+
+static void hv_direct_isr(struct regs *r)
+{
+	hv_direct_ticks++;
+	lapic_eoi();
+}
+
+static void hv_timers_start(void)
+{
+	if (!hyperv())
+		return;
+	struct cpuid_regs f = cpuid(0x40000003, 0);
+	if ((f.eax & (3u << 2)) != (3u << 2))
+		return;
+	uint64_t period = 10000000 / (P.hz ? P.hz : 100); /* 100 ns units */
+	set_handler(HV_SINT_VECTOR, hv_sint_isr);
+	set_handler(HV_DIRECT_VECTOR, hv_direct_isr);
+	int rc = wrmsr_safe(HV_MSR_SIMP, (uint64_t)simp_page | 1);
+	rc |= wrmsr_safe(HV_MSR_SINT0 + HV_TIMER_SINT, HV_SINT_VECTOR);
+	rc |= wrmsr_safe(HV_MSR_SCONTROL, 1);
+	rc |= wrmsr_safe(HV_MSR_STIMER0_CONFIG + 1, period);
+	rc |= wrmsr_safe(HV_MSR_STIMER0_CONFIG, STIMER_ENABLE | STIMER_PERIODIC | (uint64_t)HV_TIMER_SINT << 16);
+	P.hv_timers = 1;
+	if (f.edx & (1u << 19)) {
+		rc |= wrmsr_safe(HV_MSR_STIMER0_CONFIG + 3, period);
+		rc |= wrmsr_safe(HV_MSR_STIMER0_CONFIG + 2,
+				 STIMER_ENABLE | STIMER_PERIODIC | STIMER_DIRECT | (uint64_t)HV_DIRECT_VECTOR << 4);
+		P.hv_timers = 2;
+	}
+	if (rc)
+		P.hv_timers = -1;
+}
+
 uint64_t uptime_ms(void)
 {
 	return P.hz ? ticks * 1000 / P.hz : 0;
@@ -197,6 +264,7 @@ int main(void)
 	set_msrs();
 	setup_xcr0();
 	timer_start();
+	hv_timers_start();
 	P.serial_irq = serial_irq_enable(SERIAL_VECTOR);
 	sti();
 	user_call(setup_user, 0);

@@ -5,6 +5,9 @@
 #include "lib.h"
 
 #define TIMER_VECTOR 0x30
+#define HV_SINT_VECTOR 0x52   /* SINT2: STIMER0's expiry messages */
+#define HV_DIRECT_VECTOR 0x53 /* STIMER1 in direct mode */
+#define HV_TIMER_SINT 2
 #define SERIAL_VECTOR 0x24
 #define TIMER_DIVIDE_REG 0x3 /* divide by 16 */
 #define TIMER_DIVIDE 16
@@ -25,6 +28,10 @@ struct probe {
 	uint64_t tsc_hz_meas;   /* measured against PM timer/PIT */
 	uint32_t timer_lvt, timer_init, timer_div; /* as programmed */
 	bool serial_irq;
+	/* Hyper-V synthetic timers (on a partition that grants the SynIC and
+	 * the timers): 0 not started, 1 STIMER0 in message mode, 2 also
+	 * STIMER1 in direct mode; -1 an MSR write raised #GP. */
+	int hv_timers;
 	uint64_t xcr0_set;  /* what XSETBV was given (0: not attempted) */
 	int xcr0_rc;
 	/* MSR values the guest chose and wrote (index into probe_msrs). */
@@ -39,6 +46,9 @@ enum { MODE_SUMMARY, MODE_REPORT, MODE_TUI };
 extern struct probe P;
 extern volatile uint64_t ticks;
 extern volatile uint64_t counter;
+/* Hyper-V synthetic timer expiries: STIMER0's messages, STIMER1's direct
+ * interrupts, and messages that were not STIMER0's expiry. */
+extern volatile uint64_t hv_msg_ticks, hv_direct_ticks, hv_bad_msgs;
 
 struct msr_def {
 	uint32_t msr;

@@ -155,6 +155,12 @@ static void collect(void)
 	add("timer.tsc_hz_source", "%s", how);
 	add("timer.ticks", "%lu", ticks);
 	add("timer.uptime_ms", "%lu", uptime_ms());
+	if (P.hv_timers) {
+		add("hv.stimer.modes", "%s", P.hv_timers == 2 ? "message,direct" : P.hv_timers == 1 ? "message" : "gp");
+		add("hv.stimer.message_ticks", "%lu", hv_msg_ticks);
+		add("hv.stimer.direct_ticks", "%lu", hv_direct_ticks);
+		add("state.check.hv_stimer", "%s", check_hv_timers());
+	}
 	add("serial.irq", "%d", P.serial_irq);
 	add("serial.rx_irqs", "%lu", serial_rx_irqs);
 

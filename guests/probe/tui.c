@@ -251,6 +251,13 @@ static void tab_timer(void)
 		uint64_t f1 = msr_read_u(0x40000022, &rc1), f2 = msr_read_u(0x40000023, &rc2);
 		cadd("Hyper-V TSC_FREQUENCY %s%lu  APIC_FREQUENCY %s%lu", rc1 ? "#GP " : "", f1, rc2 ? "#GP " : "", f2);
 	}
+	if (P.hv_timers < 0)
+		cadd("Hyper-V synthetic timers: a SynIC or timer MSR write raised #GP");
+	else if (P.hv_timers == 1)
+		cadd("Hyper-V synthetic timers: STIMER0 %lu expiry messages (SINT%d)", hv_msg_ticks, HV_TIMER_SINT);
+	else if (P.hv_timers == 2)
+		cadd("Hyper-V synthetic timers: STIMER0 %lu expiry messages (SINT%d), STIMER1 %lu direct interrupts",
+		     hv_msg_ticks, HV_TIMER_SINT, hv_direct_ticks);
 	cadd("Serial input: %s, %lu receive interrupts", P.serial_irq ? "IOAPIC interrupt" : "polled",
 	     serial_rx_irqs);
 }

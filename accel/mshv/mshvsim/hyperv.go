@@ -18,13 +18,15 @@ import (
 // features and backs them with KVM's Hyper-V emulation, which KVM turns on
 // for a vCPU whose CPUID carries the "Hv#1" interface: KVM then serves the
 // guest OS ID, hypercall page, VP index, reference counter, reference TSC
-// page, VP assist page and frequency MSRs. What KVM could emulate only with
-// VMM help that the simulator does not give (the SynIC and synthetic
-// timers, which need KVM_CAP_HYPERV_SYNIC and message delivery) or what
-// changes guest behaviour through recommendations (APIC access MSRs,
-// remote TLB flush, cluster IPIs, guest idle) is not presented, even when
-// the VMM asked for it: the guest sees fewer enlightenments than on the
-// real hypervisor, never ones the simulator cannot back.
+// page, VP assist page and frequency MSRs. Where the KVM underneath has
+// KVM_CAP_HYPERV_SYNIC2 it also serves the SynIC (SCONTROL, SIMP, SIEFP,
+// SINTn, EOM: messages and event flags) and the four synthetic timers, in
+// message and in direct mode; a guest CPUID that grants them turns KVM's
+// SynIC on for the VP (accel/kvm synic.go). Enlightenments that change
+// guest behaviour through recommendations (APIC access MSRs, remote TLB
+// flush, cluster IPIs, guest idle) are not presented, even when the VMM
+// asked for them: the guest sees fewer enlightenments than on the real
+// hypervisor, never ones the simulator cannot back.
 
 // Hyper-V CPUID leaves (TLFS "Hypervisor CPUID Leaves").
 const (
@@ -42,14 +44,19 @@ const (
 // Synthetic processor feature bits (mshv-abi.md §2.6) the simulator can
 // present, with the partition privilege bit (CPUID 0x40000003 EAX) each
 // one grants and the feature bit (EDX) it also sets, or -1.
+// synic marks the features only a KVM with its SynIC can back.
 var hvPresentable = []struct {
 	synth, priv, edx int
+	synic            bool
 }{
-	{3, 1, -1},  // access_partition_reference_counter: HV_MSR_TIME_REF_COUNT_AVAILABLE
-	{7, 5, -1},  // access_hypercall_regs: HV_MSR_HYPERCALL_AVAILABLE
-	{8, 6, -1},  // access_vp_index: HV_MSR_VP_INDEX_AVAILABLE
-	{9, 9, -1},  // access_partition_reference_tsc: HV_MSR_REFERENCE_TSC_AVAILABLE
-	{12, 11, 8}, // access_frequency_regs: HV_ACCESS_FREQUENCY_MSRS, HV_FEATURE_FREQUENCY_MSRS_AVAILABLE
+	{3, 1, -1, false},  // access_partition_reference_counter: HV_MSR_TIME_REF_COUNT_AVAILABLE
+	{4, 2, -1, true},   // access_synic_regs: HV_MSR_SYNIC_AVAILABLE
+	{5, 3, -1, true},   // access_synthetic_timer_regs: HV_MSR_SYNTIMER_AVAILABLE
+	{7, 5, -1, false},  // access_hypercall_regs: HV_MSR_HYPERCALL_AVAILABLE
+	{8, 6, -1, false},  // access_vp_index: HV_MSR_VP_INDEX_AVAILABLE
+	{9, 9, -1, false},  // access_partition_reference_tsc: HV_MSR_REFERENCE_TSC_AVAILABLE
+	{12, 11, 8, false}, // access_frequency_regs: HV_ACCESS_FREQUENCY_MSRS, HV_FEATURE_FREQUENCY_MSRS_AVAILABLE
+	{24, -1, 19, true}, // direct_synthetic_timers: HV_STIMER_DIRECT_MODE_AVAILABLE
 }
 
 const (
@@ -59,15 +66,21 @@ const (
 
 // hypervLeaves returns the leaves a guest of a partition with synthetic
 // features synth sees at 0x40000000, or none when the VMM did not ask for
-// hypervisor_present and hv1.
-func hypervLeaves(synth uint64) []accel.CPUIDEntry {
+// hypervisor_present and hv1. synic says whether the KVM underneath can
+// back the SynIC and the synthetic timers.
+func hypervLeaves(synth uint64, synic bool) []accel.CPUIDEntry {
 	if synth&(1<<synthHypervisorPresent) == 0 || synth&(1<<synthHv1) == 0 {
 		return nil
 	}
 	var priv, edx uint32
 	for _, f := range hvPresentable {
+		if f.synic && !synic {
+			continue
+		}
 		if synth&(1<<f.synth) != 0 {
-			priv |= 1 << f.priv
+			if f.priv >= 0 {
+				priv |= 1 << f.priv
+			}
 			if f.edx >= 0 {
 				edx |= 1 << f.edx
 			}

@@ -136,6 +136,22 @@ func hvToMSR(n uint32) (uint32, bool) {
 	return m, ok
 }
 
+// synicToMSR maps the SynIC and synthetic timer registers to the MSRs of
+// KVM's SynIC, for a VP whose KVM vCPU has it on: SINT0-15 (0xA0000-F),
+// SCONTROL, SVERSION, SIEFP and SIMP (0xA0010-3), and STIMER0_CONFIG to
+// STIMER3_COUNT (0xB0000-7) (mshv-abi.md §4.1; TLFS).
+func synicToMSR(n uint32) (uint32, bool) {
+	switch {
+	case n >= 0xA0000 && n <= 0xA000F:
+		return 0x40000090 + (n - 0xA0000), true
+	case n >= 0xA0010 && n <= 0xA0013:
+		return 0x40000080 + (n - 0xA0010), true
+	case n >= 0xB0000 && n <= 0xB0007:
+		return 0x400000B0 + (n - 0xB0000), true
+	}
+	return 0, false
+}
+
 func segToHV(s accel.Segment) (lo, hi uint64) {
 	var a uint64
 	if !s.Unusable {
@@ -314,10 +330,14 @@ func (c *regCtx) access(n uint32, set bool, lo, hi uint64) (rlo, rhi uint64, ok 
 		c.deny = stAccessDenied
 		return 0, 0, false
 	case n == 0xA0014: // EOM
-		// Write-only: a guest write makes the hypervisor rescan its
-		// message queues for the freed slot (Linux vmbus_signal_eom);
-		// it reads as 0 (TLFS; KVM's synic_get_msr). There is no SynIC
-		// here, so a write has nothing to deliver.
+		// Write-only: a write makes the hypervisor rescan its message
+		// queues for the freed slot (Linux vmbus_signal_eom); it reads as
+		// 0 (TLFS; KVM's synic_get_msr). With KVM's SynIC under the VP
+		// the write goes to it and delivers a timer message that waited;
+		// without one there is nothing to deliver.
+		if set && v.k.SynICEnabled() {
+			c.msrs = append(c.msrs, accel.MSR{Index: 0x40000084, Value: lo})
+		}
 		return 0, 0, true
 	case n == 0x90003: // VP_INDEX
 		return uint64(v.idx), 0, !set
@@ -325,7 +345,11 @@ func (c *regCtx) access(n uint32, set bool, lo, hi uint64) (rlo, rhi uint64, ok 
 		ns, _ := v.p.kvm.Clock()
 		return ns / 100, 0, !set
 	}
-	if m, ok := hvToMSR(n); ok {
+	m, ok := hvToMSR(n)
+	if !ok && v.k.SynICEnabled() {
+		m, ok = synicToMSR(n)
+	}
+	if ok {
 		if set {
 			c.msrs = append(c.msrs, accel.MSR{Index: m, Value: lo})
 			return lo, 0, true

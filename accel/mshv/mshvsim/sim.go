@@ -103,7 +103,8 @@ type Sim struct {
 	hvcalls atomic.Uint64
 	lastErr sync.Map // vp fd -> string
 
-	base []accel.CPUIDEntry // KVM's supported CPUID
+	base  []accel.CPUIDEntry // KVM's supported CPUID
+	synic bool               // KVM can back the SynIC and synthetic timers
 }
 
 // EnvOptions names the environment variable New reads to vary the
@@ -172,7 +173,7 @@ func NewWithOptions(o Options) (*Sim, error) {
 	// the simulator does not model yet, so the range reads as empty.
 	base = slices.DeleteFunc(base, func(e accel.CPUIDEntry) bool { return cpu.HypervisorLeaf(e.Function) })
 	return &Sim{opts: o, kvm: a, fds: map[int]any{}, nextFD: 1 << 20, nextPID: 0x1000, sysFD: 1<<20 - 1,
-		base: base}, nil
+		base: base, synic: a.SynICSupported()}, nil
 }
 
 // Name describes the device in messages and `govmm caps`.

@@ -74,7 +74,7 @@ func (p *partition) cpuid() []accel.CPUIDEntry {
 }
 
 func (p *partition) cpuidFor(synth uint64) []accel.CPUIDEntry {
-	return enforceBanks(append(slices.Clip(p.sim.baseCPUID()), hypervLeaves(synth)...), p.disabled)
+	return enforceBanks(append(slices.Clip(p.sim.baseCPUID()), hypervLeaves(synth, p.sim.synic)...), p.disabled)
 }
 
 // effectiveCPUIDLocked is the CPUID of a new VP (no overrides yet), for a
@@ -342,7 +342,11 @@ func (v *vp) vpState(get bool, a []byte) error {
 		}
 		return nil
 	}
-	// SIMP, SIEFP, synthetic timers: no SynIC here; kept as opaque bytes.
+	if v.k.SynICEnabled() {
+		return v.synicState(typ, get, buf[:need])
+	}
+	// SIMP, SIEFP, synthetic timers of a VP without KVM's SynIC under it:
+	// kept as opaque bytes.
 	key := uint32(0xF0000 + uint32(typ))
 	if get {
 		clear(buf)
@@ -355,5 +359,97 @@ func (v *vp) vpState(get bool, a []byte) error {
 		v.blobs = map[uint32][]byte{}
 	}
 	v.blobs[key] = append([]byte(nil), buf[:need]...)
+	return nil
+}
+
+// SynIC state under KVM's SynIC (vpState types 2-4). The hypervisor
+// overlays the message and event-flags pages on the guest page SIMP or
+// SIEFP names; KVM writes its messages into that guest page itself. So
+// while a page is enabled its state is the guest page, read and written
+// in place; while it is disabled the hypervisor's overlay is hidden from
+// the guest, and the simulator keeps what the VMM set aside for it.
+//
+// The timers' configuration and count are KVM's STIMERn MSRs. KVM keeps
+// no adjustment and no owed expiry message: those two fields are kept
+// aside so that they read back as set, but an owed message is not
+// delivered (the hypervisor would deliver it; a periodic timer's next
+// expiry is, under KVM).
+const (
+	stimerSize           = 40 // hv_stimer_state: flags, rsvd, config, count, adjustment, undelivered_exp_time
+	stimerConfig         = 8
+	stimerCount          = 16
+	stimerAdjustment     = 24
+	stimerUndelivered    = 32
+	stimerFlagMsgPending = 1
+)
+
+func (v *vp) synicState(typ uint8, get bool, buf []byte) error {
+	le := binary.LittleEndian
+	if v.blobs == nil {
+		v.blobs = map[uint32][]byte{}
+	}
+	key := uint32(0xF0000 + uint32(typ))
+	if typ == 2 || typ == 3 {
+		msr := uint32(0x40000083) // SIMP
+		if typ == 3 {
+			msr = 0x40000082 // SIEFP
+		}
+		r, err := v.k.MSRs([]uint32{msr})
+		if err != nil {
+			return unix.EIO
+		}
+		var page []byte
+		if r[0].Value&1 != 0 {
+			if page = v.p.ram(r[0].Value&^0xfff, 4096); page == nil {
+				return unix.EINVAL // the hypervisor needs guest RAM under an overlay
+			}
+		}
+		switch {
+		case get && page != nil:
+			copy(buf, page)
+		case get:
+			clear(buf)
+			copy(buf, v.blobs[key])
+		case page != nil:
+			copy(page, buf)
+		default:
+			v.blobs[key] = append([]byte(nil), buf...)
+		}
+		return nil
+	}
+	// Synthetic timers.
+	var idx []uint32
+	for i := uint32(0x400000B0); i <= 0x400000B7; i++ {
+		idx = append(idx, i)
+	}
+	aside := v.blobs[key]
+	if len(aside) < len(buf) {
+		aside = make([]byte, len(buf))
+	}
+	if get {
+		r, err := v.k.MSRs(idx)
+		if err != nil {
+			return unix.EIO
+		}
+		clear(buf)
+		for t := 0; t < 4; t++ {
+			o := t * stimerSize
+			le.PutUint32(buf[o:], le.Uint32(aside[o:])&stimerFlagMsgPending)
+			le.PutUint64(buf[o+stimerConfig:], r[2*t].Value)
+			le.PutUint64(buf[o+stimerCount:], r[2*t+1].Value)
+			copy(buf[o+stimerAdjustment:o+stimerSize], aside[o+stimerAdjustment:o+stimerSize])
+		}
+		return nil
+	}
+	m := make([]accel.MSR, 0, 8)
+	for t := 0; t < 4; t++ {
+		o := t * stimerSize
+		m = append(m, accel.MSR{Index: idx[2*t], Value: le.Uint64(buf[o+stimerConfig:])},
+			accel.MSR{Index: idx[2*t+1], Value: le.Uint64(buf[o+stimerCount:])})
+	}
+	if err := v.k.SetMSRs(m); err != nil {
+		return unix.EINVAL
+	}
+	v.blobs[key] = append([]byte(nil), buf...)
 	return nil
 }
