@@ -24,9 +24,11 @@ import (
 // message and in direct mode; a guest CPUID that grants them turns KVM's
 // SynIC on for the VP (accel/kvm synic.go). Enlightenments that change
 // guest behaviour through recommendations (APIC access MSRs, remote TLB
-// flush, cluster IPIs, guest idle) are not presented, even when the VMM
-// asked for them: the guest sees fewer enlightenments than on the real
-// hypervisor, never ones the simulator cannot back.
+// flush, cluster IPIs) are not recommended, and the guest idle register
+// (which KVM lacks) is not granted, even when the VMM asked for it: the
+// guest sees fewer enlightenments than on the real hypervisor, never ones
+// the simulator cannot back. The APIC access MSRs are granted (KVM serves
+// them) but not recommended, so a Linux guest keeps using its x2APIC.
 
 // Hyper-V CPUID leaves (TLFS "Hypervisor CPUID Leaves").
 const (
@@ -52,6 +54,7 @@ var hvPresentable = []struct {
 	{3, 1, -1, false},  // access_partition_reference_counter: HV_MSR_TIME_REF_COUNT_AVAILABLE
 	{4, 2, -1, true},   // access_synic_regs: HV_MSR_SYNIC_AVAILABLE
 	{5, 3, -1, true},   // access_synthetic_timer_regs: HV_MSR_SYNTIMER_AVAILABLE
+	{6, 4, -1, false},  // access_intr_ctrl_regs: HV_MSR_APIC_ACCESS_AVAILABLE (EOI, ICR, TPR MSRs; KVM's kvm_hv_vapic_msr_write)
 	{7, 5, -1, false},  // access_hypercall_regs: HV_MSR_HYPERCALL_AVAILABLE
 	{8, 6, -1, false},  // access_vp_index: HV_MSR_VP_INDEX_AVAILABLE
 	{9, 9, -1, false},  // access_partition_reference_tsc: HV_MSR_REFERENCE_TSC_AVAILABLE

@@ -18,8 +18,8 @@ func hvLeaf(tab []accel.CPUIDEntry, fn uint32) (accel.CPUIDEntry, bool) {
 
 // TestHypervLeaves: QEMU's synthetic feature set gives a guest Hyper-V's
 // signature, interface and the privileges the simulator can back, and
-// nothing it cannot (APIC access MSRs; the SynIC and synthetic timers on
-// a KVM without its SynIC).
+// nothing it cannot (the guest idle register; the SynIC and synthetic
+// timers on a KVM without its SynIC), with no recommendations.
 func TestHypervLeaves(t *testing.T) {
 	tab := hypervLeaves(mshvabi.DefaultSyntheticProcFeatures, false)
 	v, ok := hvLeaf(tab, hvLeafVendor)
@@ -30,9 +30,10 @@ func TestHypervLeaves(t *testing.T) {
 		t.Errorf("interface leaf EAX %#x, want Hv#1", i.EAX)
 	}
 	f, _ := hvLeaf(tab, hvLeafFeatures)
-	// TIME_REF_COUNT 1, HYPERCALL 5, VP_INDEX 6, REFERENCE_TSC 9,
-	// FREQUENCY_MSRS 11; EDX bit 8: frequency MSRs available.
-	if want := uint32(1<<1 | 1<<5 | 1<<6 | 1<<9 | 1<<11); f.EAX != want || f.EBX != 0 || f.EDX != 1<<8 {
+	// TIME_REF_COUNT 1, APIC_ACCESS 4, HYPERCALL 5, VP_INDEX 6,
+	// REFERENCE_TSC 9, FREQUENCY_MSRS 11; EDX bit 8: frequency MSRs
+	// available.
+	if want := uint32(1<<1 | 1<<4 | 1<<5 | 1<<6 | 1<<9 | 1<<11); f.EAX != want || f.EBX != 0 || f.EDX != 1<<8 {
 		t.Errorf("features leaf EAX %#x EBX %#x EDX %#x, want EAX %#x EBX 0 EDX 0x100", f.EAX, f.EBX, f.EDX, want)
 	}
 	if h, _ := hvLeaf(tab, hvLeafHints); h.EAX != 0 {
@@ -62,7 +63,7 @@ func TestHypervLeaves(t *testing.T) {
 // Flags", "Hypervisor Feature Identification").
 func TestHypervLeavesSynIC(t *testing.T) {
 	f, _ := hvLeaf(hypervLeaves(mshvabi.DefaultSyntheticProcFeatures, true), hvLeafFeatures)
-	if want := uint32(1<<1 | 1<<2 | 1<<3 | 1<<5 | 1<<6 | 1<<9 | 1<<11); f.EAX != want || f.EDX != 1<<8|1<<19 {
+	if want := uint32(1<<1 | 1<<2 | 1<<3 | 1<<4 | 1<<5 | 1<<6 | 1<<9 | 1<<11); f.EAX != want || f.EDX != 1<<8|1<<19 {
 		t.Errorf("features leaf EAX %#x EDX %#x, want EAX %#x EDX %#x", f.EAX, f.EDX, want, 1<<8|1<<19)
 	}
 	noDirect := mshvabi.DefaultSyntheticProcFeatures &^ (1 << mshvabi.SynDirectSyntheticTimers)
