@@ -25,7 +25,7 @@ import (
 // init. analyzeTrace compares the VMMs phase by phase.
 
 // traceCmdline is added to the benchmark's command line in trace mode.
-const traceCmdline = "linuxboot=trace initcall_debug log_buf_len=4M"
+const traceCmdline = "linuxboot=trace initcall_debug log_buf_len=1M"
 
 // tracePrefix starts every trace line the run inside L1 prints.
 const tracePrefix = "@@trace "
