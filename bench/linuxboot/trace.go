@@ -161,6 +161,11 @@ func (cfg *config) traceBoot(out io.Writer, entry string, cpus, rep int) {
 				return
 			}
 			emit(ms(l.t), l.s)
+			if strings.Contains(l.s, "linuxboot: init") {
+				// How much of guest RAM the host backs, and how much of
+				// it with huge pages, when the guest reaches init.
+				emit(ms(l.t), "trace: memory "+memoryAtInit(p.cmd.Process.Pid))
+			}
 		case <-timer.C:
 			emit(ms(cfg.timeout), "trace: no exit within "+cfg.timeout.String())
 			return
@@ -168,14 +173,34 @@ func (cfg *config) traceBoot(out io.Writer, entry string, cpus, rep int) {
 	}
 }
 
+// memoryAtInit reads the resident and huge-page-backed anonymous memory
+// of process pid (kB, from /proc/PID/smaps_rollup) as "Rss: N AnonHugePages: M".
+func memoryAtInit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && (f[0] == "Rss:" || f[0] == "AnonHugePages:") {
+			out = append(out, f[0]+" "+f[1])
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 // bootTrace is what one traced boot showed.
 type bootTrace struct {
 	key      string  // vmm/cpus/rep
 	markerMS float64 // the marker's arrival since exec
 	exitMS   float64
-	maxRSS   float64   // MiB, the VMM process's peak resident memory
-	log      []logLine // the guest's dmesg
-	other    []string  // console lines that are not the log (interrupts, clock source, govmm's log)
+	maxRSS   float64 // MiB, the VMM process's peak resident memory
+	// rssInit and hugeInit are its resident memory and the part of it
+	// in transparent huge pages when the guest reached init (MiB).
+	rssInit, hugeInit float64
+	log               []logLine // the guest's dmesg
+	other             []string  // console lines that are not the log (interrupts, clock source, govmm's log)
 }
 
 // logLine is a line of the guest's kernel log.
@@ -216,6 +241,12 @@ func groupTrace(lines []traceLine) []*bootTrace {
 		case l.Text == "trace: exit":
 			b.exitMS = l.MS
 			continue
+		case strings.HasPrefix(l.Text, "trace: memory "):
+			var rss, huge float64
+			if _, err := fmt.Sscanf(l.Text, "trace: memory Rss: %g AnonHugePages: %g", &rss, &huge); err == nil {
+				b.rssInit, b.hugeInit = rss/1024, huge/1024
+				continue
+			}
 		case strings.HasPrefix(l.Text, "trace: maxrss "):
 			var kib float64
 			if _, err := fmt.Sscanf(l.Text, "trace: maxrss %g KiB", &kib); err == nil {
@@ -329,7 +360,7 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 		}
 	}
 	fmt.Fprintf(w, "\nPhases (ms; pre = exec to the guest's clock: VMM, firmware, decompression):\n")
-	fmt.Fprintf(w, "%-22s %9s %9s %9s %9s %9s %9s %9s %9s\n", "boot", "pre", "early", "initcalls", "late", "kernel", "to init", "to exit", "RSS MiB")
+	fmt.Fprintf(w, "%-22s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "boot", "pre", "early", "initcalls", "late", "kernel", "to init", "to exit", "RSS MiB", "at init", "of it THP")
 	phase := map[string][5][]float64{}
 	for _, b := range boots {
 		pre, early, ic, late, kernel, ok := b.phases()
@@ -337,7 +368,7 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 			fmt.Fprintf(w, "%-22s incomplete (marker %.1f ms, %d log lines)\n", b.key, b.markerMS, len(b.log))
 			continue
 		}
-		fmt.Fprintf(w, "%-22s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", b.key, pre, early, ic, late, kernel, b.markerMS, b.exitMS, b.maxRSS)
+		fmt.Fprintf(w, "%-22s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", b.key, pre, early, ic, late, kernel, b.markerMS, b.exitMS, b.maxRSS, b.rssInit, b.hugeInit)
 		p := phase[vmmOf(b)]
 		for i, v := range []float64{pre, early, ic, late, kernel} {
 			p[i] = append(p[i], v)

@@ -32,6 +32,7 @@ func TestTracePhases(t *testing.T) {
 		lines = append(lines, traceLine{VMM: "govmm", CPUs: 1, Rep: 0, MS: ms, Text: text})
 	}
 	add(4000, "linuxboot: init")
+	add(4000, "trace: memory Rss: 102400 AnonHugePages: 81920")
 	add(4001, "linuxboot: clocksource kvm-clock")
 	for _, s := range []string{
 		"<5>[    0.000000] Linux version 6.1.0",
@@ -60,7 +61,7 @@ func TestTracePhases(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		got, want float64
-	}{{"pre", pre, 1500}, {"early", early, 500}, {"initcalls", ic, 1500}, {"late", late, 500}, {"kernel", kernel, 2500}, {"exit", b.exitMS, 5000}, {"maxrss", b.maxRSS, 64}} {
+	}{{"pre", pre, 1500}, {"early", early, 500}, {"initcalls", ic, 1500}, {"late", late, 500}, {"kernel", kernel, 2500}, {"exit", b.exitMS, 5000}, {"maxrss", b.maxRSS, 64}, {"rss at init", b.rssInit, 100}, {"THP at init", b.hugeInit, 80}} {
 		if !near(c.got, c.want) {
 			t.Errorf("%s = %v ms, want %v", c.name, c.got, c.want)
 		}
