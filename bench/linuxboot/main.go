@@ -40,6 +40,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,6 +63,7 @@ type config struct {
 	thp             bool     // add the column govmm-thp: govmm on KVM with --hugepages
 	trace           string   // -trace: where the trace lines go ("-": stdout, in L1)
 	traceCols       []string // -trace-vmms
+	l1THP           string   // -l1-thp
 	emit            func(result)
 }
 
@@ -106,6 +108,7 @@ func main() {
 	pcOpts := flag.String("pc", "", "options for QEMU's -M pc, e.g. kernel-irqchip=split")
 	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
+	l1THP := flag.String("l1-thp", "", "always, madvise or never: set the nested VM's transparent huge pages policy (/sys/kernel/mm/transparent_hugepage/enabled) before the boots, to see what --hugepages does on a host whose policy is not L1's default (always); only in the nested VM, which is thrown away after")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
 	trace := flag.String("trace", "", "instead of timing, boot each of -trace-vmms once per run with initcall_debug, write every console line with its arrival time to FILE, and compare where the boots' time goes")
 	traceVMMs := flag.String("trace-vmms", "govmm,qemu-pc", "what -trace boots: columns (govmm, govmm-thp, govmm-mshvsim, qemu-pc, qemu-microvm), each optionally followed by \":ARGS\", arguments added to the VMM's command line (space-separated); entries are separated by \";\" if there is one, else by \",\"")
@@ -121,7 +124,10 @@ func main() {
 		return
 	}
 
-	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace}
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace, l1THP: *l1THP}
+	if !slices.Contains([]string{"", "always", "madvise", "never"}, cfg.l1THP) {
+		fail("bad -l1-thp %q", cfg.l1THP)
+	}
 	if *trace != "" {
 		var err error
 		if cfg.traceCols, err = parseTraceVMMs(*traceVMMs); err != nil {
@@ -155,6 +161,14 @@ func main() {
 		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
 		cfg.emit = func(r result) { fmt.Println(r) }
 		cfg.emit(result{Kind: "substrate", Note: host.Substrate()})
+		if cfg.l1THP != "" {
+			if os.Getenv(nested.InL1Env) != "1" {
+				fail("-l1-thp changes the machine's memory policy: only in the nested VM")
+			}
+			if err := os.WriteFile("/sys/kernel/mm/transparent_hugepage/enabled", []byte(cfg.l1THP), 0o644); err != nil {
+				fail("-l1-thp: %v", err)
+			}
+		}
 		if cfg.trace != "" {
 			cfg.traceBoots(os.Stdout)
 			return
@@ -179,6 +193,8 @@ func main() {
 	deaths := 0
 	if os.Getenv(nested.InL1Env) != "1" && (*forceNested || !nested.HardwareKVM()) {
 		deaths, err = inL1(cfg, c)
+	} else if cfg.l1THP != "" {
+		fail("-l1-thp changes the machine's memory policy: only in the nested VM")
 	} else {
 		cfg.emit = c.add
 		c.add(result{Kind: "substrate", Note: host.Substrate()})
@@ -254,6 +270,9 @@ func inL1(cfg *config, c *collector) (int, error) {
 		}
 		if cfg.thp {
 			args = append(args, "-thp")
+		}
+		if cfg.l1THP != "" {
+			args = append(args, "-l1-thp", cfg.l1THP)
 		}
 		if cfg.trace != "" {
 			args = append(args, "-trace", "-", "-trace-vmms", strings.Join(cfg.traceCols, ";"))
