@@ -88,6 +88,7 @@ if [ "$linuxboot" = trace ]; then
 	/bin/busybox mount -t sysfs sys /sys
 	echo "linuxboot: clocksource $(/bin/busybox cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 	/bin/busybox cat /proc/interrupts
+	/bin/busybox grep -m1 ^flags /proc/cpuinfo
 	# The kernel's log, less what the analysis does not need and would
 	# take long to print: initcalls' start lines and initcalls under 0.1 ms.
 	/bin/busybox dmesg -r | /bin/busybox grep -v -E 'calling  |after [0-9]{1,2} usecs'
