@@ -355,7 +355,8 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 	vmmOf := func(b *bootTrace) string { v, _, _ := strings.Cut(b.key, "/"); return v }
 	var vmmList []string
 	for _, b := range boots {
-		if !slices.Contains(vmmList, vmmOf(b)) {
+		// Boots without a guest log (the host's settings) have no column.
+		if len(b.log) > 0 && !slices.Contains(vmmList, vmmOf(b)) {
 			vmmList = append(vmmList, vmmOf(b))
 		}
 	}
@@ -437,6 +438,17 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 		}
 	}
 
+	var guests []*bootTrace
+	for _, b := range boots {
+		if len(b.log) > 0 {
+			guests = append(guests, b)
+		}
+	}
+	fmt.Fprintf(w, "\nIntervals between messages every boot printed, largest differences (median ms by VMM: %s):\n", strings.Join(vmmList, ", "))
+	for _, s := range intervals(guests, vmmOf, vmmList, 30) {
+		fmt.Fprintln(w, s)
+	}
+
 	for _, b := range boots {
 		fmt.Fprintf(w, "\n%s: the longest silences in the guest's log:\n", b.key)
 		for _, g := range b.gaps(12) {
@@ -475,4 +487,101 @@ func readTrace(file string) ([]traceLine, error) {
 		}
 	}
 	return lines, nil
+}
+
+// normalizeMessage makes a log message comparable between boots: digits
+// become '#', and an initcall line keeps only its function.
+func normalizeMessage(s string) string {
+	if f := strings.Fields(s); len(f) > 1 && f[0] == "initcall" {
+		name, _, _ := strings.Cut(f[1], "+")
+		return "initcall " + name
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r >= '0' && r <= '9' {
+			r = '#'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// stamps returns the kernel's time of each message the boot printed once.
+func (b *bootTrace) stamps() map[string]float64 {
+	m, n := map[string]float64{}, map[string]int{}
+	for _, l := range b.log {
+		k := normalizeMessage(l.text)
+		m[k] = l.ts
+		n[k]++
+	}
+	for k := range m {
+		if n[k] > 1 {
+			delete(m, k)
+		}
+	}
+	return m
+}
+
+// intervals compares the time between consecutive messages every boot
+// printed (once), by VMM (medians), and returns the n intervals whose
+// durations differ most between the VMMs, in milliseconds.
+func intervals(boots []*bootTrace, vmmOf func(*bootTrace) string, vmmList []string, n int) []string {
+	if len(boots) == 0 {
+		return nil
+	}
+	st := make([]map[string]float64, len(boots))
+	for i, b := range boots {
+		st[i] = b.stamps()
+	}
+	// The messages every boot printed once, in the first boot's order.
+	var common []string
+	for _, l := range boots[0].log {
+		k := normalizeMessage(l.text)
+		all := true
+		for _, m := range st {
+			if _, ok := m[k]; !ok {
+				all = false
+				break
+			}
+		}
+		if all && !slices.Contains(common, k) {
+			common = append(common, k)
+		}
+	}
+	type row struct {
+		from, to string
+		d        []float64
+		spread   float64
+	}
+	var rows []row
+	for i := 1; i < len(common); i++ {
+		r := row{from: common[i-1], to: common[i]}
+		lo, hi := -1.0, 0.0
+		for _, v := range vmmList {
+			var ds []float64
+			for j, b := range boots {
+				if vmmOf(b) == v {
+					ds = append(ds, (st[j][common[i]]-st[j][common[i-1]])*1000)
+				}
+			}
+			d := median(ds)
+			r.d = append(r.d, d)
+			if lo < 0 || d < lo {
+				lo = d
+			}
+			hi = max(hi, d)
+		}
+		r.spread = hi - lo
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(b.spread, a.spread) })
+	var out []string
+	for _, r := range rows[:min(n, len(rows))] {
+		s := ""
+		for _, d := range r.d {
+			s += fmt.Sprintf(" %9.1f", d)
+		}
+		out = append(out, fmt.Sprintf("%s  %q -> %q", s, clip(r.from), clip(r.to)))
+	}
+	return out
 }
