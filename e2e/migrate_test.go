@@ -452,25 +452,13 @@ func TestVirtioLiveMigration(t *testing.T) {
 			args := append(append([]string{"run"}, m.src...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--cpu", m.cpu, "--api-socket", sock, "--disk", disk, "--rng",
 				"--cmdline", "console=ttyS0 panic=-1 govmm.migsecs=40")
-			var s *proc
-			for attempt := 1; ; attempt++ {
-				// A fresh image for every boot (a retried one may have written).
+			// A fresh image for every boot (a retried one may have written).
+			fresh := func() {
 				if err := os.WriteFile(vda, pa, 0o644); err != nil {
 					t.Fatal(err)
 				}
-				s = start(t, args...)
-				err := s.waitProgress(fmt.Sprintf("mig-blk %d ", migrateAt), 5*time.Minute, 90*time.Second)
-				if err == nil {
-					break
-				}
-				if attempt > 1 {
-					t.Fatal(err)
-				}
-				t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-				s.cmd.Process.Kill()
-				<-s.done
-				os.Remove(sock)
 			}
+			s := bootGuestFresh(t, args, fmt.Sprintf("mig-blk %d ", migrateAt), fresh, nil)
 			receive := append(append([]string{"migrate", "receive"}, m.dst...), "--listen", "unix:"+mig)
 			if accelName(m.src) == "kvm" && accelName(m.dst) == "kvm" {
 				other := filepath.Join(dir, "other.img")

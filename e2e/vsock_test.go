@@ -236,8 +236,18 @@ func hostConnect(t *testing.T, sock string, port int, data []byte, half bool) (n
 // creates); a retry removes the control socket the killed run left.
 func bootGuest(t *testing.T, args []string, ready string, started func()) *proc {
 	t.Helper()
+	return bootGuestFresh(t, args, ready, nil, started)
+}
+
+// bootGuestFresh is bootGuest that also calls fresh, if not nil, before
+// each start (to write a disk image a retried boot must find as it was).
+func bootGuestFresh(t *testing.T, args []string, ready string, fresh, started func()) *proc {
+	t.Helper()
 	var p *proc
 	for attempt := 1; ; attempt++ {
+		if fresh != nil {
+			fresh()
+		}
 		p = start(t, args...)
 		if started != nil {
 			started()
