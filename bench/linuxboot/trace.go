@@ -309,6 +309,15 @@ func (b *bootTrace) initcalls() map[string]float64 {
 	return d
 }
 
+// spread is the difference between the largest and the smallest of d
+// (0 when empty).
+func spread(d []float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	return slices.Max(d) - slices.Min(d)
+}
+
 // initcallMS reads the duration of an "initcall ... returned 0 after N
 // usecs" line; 0 for any other line.
 func initcallMS(text string) float64 {
@@ -406,16 +415,10 @@ func analyzeTrace(w io.Writer, lines []traceLine) {
 	}
 	for fn := range fns {
 		r := row{fn: fn}
-		lo, hi := -1.0, 0.0
 		for _, v := range vmmList {
-			d := median(calls[v][fn])
-			r.d = append(r.d, d)
-			if lo < 0 || d < lo {
-				lo = d
-			}
-			hi = max(hi, d)
+			r.d = append(r.d, median(calls[v][fn]))
 		}
-		r.spread = hi - lo
+		r.spread = spread(r.d)
 		rows = append(rows, r)
 	}
 	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(b.spread, a.spread) })
@@ -556,7 +559,6 @@ func intervals(boots []*bootTrace, vmmOf func(*bootTrace) string, vmmList []stri
 	var rows []row
 	for i := 1; i < len(common); i++ {
 		r := row{from: common[i-1], to: common[i]}
-		lo, hi := -1.0, 0.0
 		for _, v := range vmmList {
 			var ds []float64
 			for j, b := range boots {
@@ -564,14 +566,9 @@ func intervals(boots []*bootTrace, vmmOf func(*bootTrace) string, vmmList []stri
 					ds = append(ds, (st[j][common[i]]-st[j][common[i-1]])*1000)
 				}
 			}
-			d := median(ds)
-			r.d = append(r.d, d)
-			if lo < 0 || d < lo {
-				lo = d
-			}
-			hi = max(hi, d)
+			r.d = append(r.d, median(ds))
 		}
-		r.spread = hi - lo
+		r.spread = spread(r.d)
 		rows = append(rows, r)
 	}
 	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(b.spread, a.spread) })
