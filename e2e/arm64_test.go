@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -141,6 +142,8 @@ done
 
 	script := `cd /tmp
 echo "l1: $(uname -m), /dev/kvm: $([ -c /dev/kvm ] && echo yes || echo no)"
+` + bin + ` caps; echo "l1: caps exit=$?"
+echo "l1: caps json begin"; ` + bin + ` caps --json; echo "l1: caps json end exit=$?"
 ` + platformTest + ` -test.count=1 -test.v >/tmp/platform.log 2>&1; echo "l1: platform tests exit=$?"
 grep -E '^(--- |ok|PASS|FAIL|panic)|_test.go' /tmp/platform.log
 ` + kvmarmTest + ` -test.count=1 >/tmp/kvmarm.log 2>&1; echo "l1: kvmarm tests exit=$?"
@@ -174,6 +177,7 @@ fi
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	checkARM64Caps(t, o)
 	if strings.Contains(o, "l1: govmm --cpus 1") {
 		for _, want := range []string{"cpus1: guest: cpus-online=0\n", "cpus4: guest: cpus-online=0-3", "cpus4: guest: token=" + token, "l1: govmm --cpus 4 exit=0"} {
 			if !strings.Contains(o, want) {
@@ -190,6 +194,71 @@ fi
 		if ms, err := strconv.Atoi(strings.Fields(o[i+3:])[0]); err == nil {
 			t.Logf("govmm run to PSCI power-off, 2 vCPUs, in the aarch64 L1: %d ms", ms)
 		}
+	}
+}
+
+// checkARM64Caps checks `govmm caps` as TestARM64LinuxBoot ran it in the
+// aarch64 L1: status 0 for text and JSON, KVM available with every
+// capability and device the machine needs, a preferred target, and MSHV
+// named as not implemented.
+func checkARM64Caps(t *testing.T, o string) {
+	t.Helper()
+	for _, want := range []string{"l1: caps exit=0", "l1: caps json end exit=0", "kvm: available (/dev/kvm)",
+		"preferred_target: ", "mshv: not available (MSHV is not implemented on arm64)"} {
+		if !strings.Contains(o, want) {
+			t.Errorf("caps output lacks %q", want)
+		}
+	}
+	_, js, ok := strings.Cut(o, "l1: caps json begin\n")
+	if js, _, ok2 := strings.Cut(js, "l1: caps json end"); ok && ok2 {
+		var rep struct {
+			Accelerators []struct {
+				Name      string
+				Available bool
+				Error     string
+				Caps      *struct {
+					APIVersion int `json:"api_version"`
+					MaxVCPUs   int `json:"max_vcpus"`
+					Features   []struct {
+						Name  string
+						Value int64
+						Used  bool
+					}
+					Info map[string]string
+				}
+			}
+		}
+		if err := json.Unmarshal([]byte(js), &rep); err != nil {
+			t.Fatalf("caps --json: %v\n%s", err, js)
+		}
+		if len(rep.Accelerators) != 2 || rep.Accelerators[0].Name != "kvm" || rep.Accelerators[1].Name != "mshv" {
+			t.Fatalf("caps --json accelerators: %+v", rep.Accelerators)
+		}
+		k := rep.Accelerators[0]
+		if !k.Available || k.Caps == nil {
+			t.Fatalf("caps --json: KVM not available: %s", k.Error)
+		}
+		if k.Caps.APIVersion != 12 || k.Caps.MaxVCPUs < 4 {
+			t.Errorf("caps --json: API version %d, max vCPUs %d", k.Caps.APIVersion, k.Caps.MaxVCPUs)
+		}
+		vals := map[string]int64{}
+		for _, f := range k.Caps.Features {
+			vals[f.Name] = f.Value
+		}
+		for _, name := range strings.Fields(k.Caps.Info["required"]) {
+			if vals[name] == 0 {
+				t.Errorf("caps --json: required %s is 0 on a host that boots govmm", name)
+			}
+		}
+		for _, name := range []string{"MSI_DEVID", "DEV_ARM_VGIC_V3", "DEV_ARM_VGIC_ITS", "IRQFD", "ONE_REG"} {
+			if !strings.Contains(" "+k.Caps.Info["required"]+" ", " "+name+" ") {
+				t.Errorf("caps --json: %s not marked required (required: %q)", name, k.Caps.Info["required"])
+			}
+		}
+		t.Logf("caps: preferred target %s, max vCPUs %d, max IPA bits %s, NISV_TO_USER %d, PMU_V3 %d",
+			k.Caps.Info["preferred_target"], k.Caps.MaxVCPUs, k.Caps.Info["max_ipa_bits"], vals["ARM_NISV_TO_USER"], vals["ARM_PMU_V3"])
+	} else {
+		t.Errorf("no caps --json output")
 	}
 }
 

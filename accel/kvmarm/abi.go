@@ -14,7 +14,11 @@
 // them on any host; the ioctls themselves are in kvm_arm64.go.
 package kvmarm
 
-import "fmt"
+import (
+	"fmt"
+
+	"govmm/accel"
+)
 
 const apiVersion = 12
 
@@ -71,7 +75,116 @@ const (
 	capIRQFD            = 32
 	capIOEventFD        = 36
 	capMSIDevID         = 131
+	capSignalMSI        = 77
 )
+
+// capNeed says how govmm uses a capability on arm64.
+type capNeed int
+
+const (
+	capListed   capNeed = iota // reported for the operator; govmm does not use it
+	capOptional                // used when the host has it
+	capRequired                // `govmm run` cannot build the machine without it
+)
+
+func (n capNeed) String() string {
+	switch n {
+	case capRequired:
+		return "required"
+	case capOptional:
+		return "optional"
+	}
+	return "not used"
+}
+
+// capEntry is one KVM_CHECK_EXTENSION value `govmm caps` reports.
+type capEntry struct {
+	name string
+	num  uintptr
+	need capNeed
+}
+
+// capTable is what `govmm caps` asks KVM on arm64 (of a scratch VM, as
+// several answers are per VM), with how govmm uses each: the platform
+// always builds a vGICv3 with an ITS whose MSI routes carry device IDs,
+// fed by irqfds and MMIO ioeventfds; NISV_TO_USER is turned on when there.
+var capTable = []capEntry{
+	{"USER_MEMORY", capUserMemory, capRequired},
+	{"ONE_REG", capOneReg, capRequired},
+	{"ARM_PSCI_0_2", capARMPSCI02, capRequired},
+	{"DEVICE_CTRL", capDeviceCtrl, capRequired},
+	{"IRQ_ROUTING", capIRQRouting, capRequired},
+	{"IRQFD", capIRQFD, capRequired},
+	{"IOEVENTFD", capIOEventFD, capRequired},
+	{"MSI_DEVID", capMSIDevID, capRequired},
+	{"ARM_NISV_TO_USER", capARMNISVToUser, capOptional},
+	{"SIGNAL_MSI", capSignalMSI, capListed},
+	{"ARM_PMU_V3", capARMPMUv3, capListed},
+	{"ARM_VM_IPA_SIZE", capARMVMIPASize, capListed},
+	{"ARM_PSCI", capARMPSCI, capListed},
+	{"ARM_EL1_32BIT", capARMEL132Bit, capListed},
+	{"ARM_IRQ_LINE_LAYOUT_2", capARMIRQLineLayout, capListed},
+	{"IRQCHIP", capIRQChip, capListed},
+}
+
+// devEntry is an in-kernel device `govmm caps` creates in the scratch VM
+// to see whether the host can give a guest one (KVM_CREATE_DEVICE).
+type devEntry struct {
+	name string
+	typ  uint32
+	need capNeed
+}
+
+// devTable: the vGICv3 first, as the ITS attaches to it.
+var devTable = []devEntry{
+	{"DEV_ARM_VGIC_V3", devTypeVGICv3, capRequired},
+	{"DEV_ARM_VGIC_ITS", devTypeVGICITS, capRequired},
+}
+
+// defaultIPABits is the guest physical address size of a VM created with
+// machine type 0, which govmm's memory map fits in (KVM_CAP_ARM_VM_IPA_SIZE
+// is the largest a VM could ask for; 0 means only this default).
+const defaultIPABits = 40
+
+// targetNames are the KVM_ARM_TARGET_* values KVM_ARM_PREFERRED_TARGET
+// returns.
+var targetNames = map[uint32]string{
+	0: "AEM_V8", 1: "FOUNDATION_V8", 2: "CORTEX_A57", 3: "XGENE_POTENZA",
+	4: "CORTEX_A53", 5: "GENERIC_V8",
+}
+
+// targetName spells out a KVM_ARM_TARGET_* value.
+func targetName(t uint32) string {
+	if n, ok := targetNames[t]; ok {
+		return fmt.Sprintf("%d (KVM_ARM_TARGET_%s)", t, n)
+	}
+	return fmt.Sprintf("%d (unknown)", t)
+}
+
+// capsVerdict returns the names of the features govmm uses, split into
+// required and optional, and the required ones the host lacks (value 0),
+// in table order.
+func capsVerdict(feats []accel.Capability) (required, optional, missing []string) {
+	need := map[string]capNeed{}
+	for _, c := range capTable {
+		need[c.name] = c.need
+	}
+	for _, d := range devTable {
+		need[d.name] = d.need
+	}
+	for _, f := range feats {
+		switch need[f.Name] {
+		case capRequired:
+			required = append(required, f.Name)
+			if f.Value == 0 {
+				missing = append(missing, f.Name)
+			}
+		case capOptional:
+			optional = append(optional, f.Name)
+		}
+	}
+	return required, optional, missing
+}
 
 // struct kvm_vcpu_init and its feature bits.
 type vcpuInit struct {

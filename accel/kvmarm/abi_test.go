@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"govmm/accel"
 )
 
 // abiCase is one value of the ABI and what the kernel headers say.
@@ -140,4 +142,89 @@ func TestRequesterID(t *testing.T) {
 		{"00:1f.7", RequesterID(0, 31, 7), 0xff},
 		{"01:02.3", RequesterID(1, 2, 3), 0x113},
 	})
+}
+
+// TestCapTable: every capability `govmm caps` asks for has the number
+// <linux/kvm.h> gives it, and every one Open or the platform relies on is
+// marked required.
+func TestCapTable(t *testing.T) {
+	want := map[string]struct {
+		num  uintptr
+		need capNeed
+	}{
+		"USER_MEMORY":           {3, capRequired},
+		"ONE_REG":               {70, capRequired},
+		"ARM_PSCI_0_2":          {102, capRequired},
+		"DEVICE_CTRL":           {89, capRequired},
+		"IRQ_ROUTING":           {25, capRequired},
+		"IRQFD":                 {32, capRequired},
+		"IOEVENTFD":             {36, capRequired},
+		"MSI_DEVID":             {131, capRequired},
+		"ARM_NISV_TO_USER":      {177, capOptional},
+		"SIGNAL_MSI":            {77, capListed},
+		"ARM_PMU_V3":            {126, capListed},
+		"ARM_VM_IPA_SIZE":       {165, capListed},
+		"ARM_PSCI":              {87, capListed},
+		"ARM_EL1_32BIT":         {93, capListed},
+		"ARM_IRQ_LINE_LAYOUT_2": {174, capListed},
+		"IRQCHIP":               {0, capListed},
+	}
+	seen := map[string]bool{}
+	for _, c := range capTable {
+		w, ok := want[c.name]
+		if !ok {
+			t.Errorf("capTable has %s, which this test does not know", c.name)
+			continue
+		}
+		if seen[c.name] {
+			t.Errorf("capTable lists %s twice", c.name)
+		}
+		seen[c.name] = true
+		if c.num != w.num || c.need != w.need {
+			t.Errorf("%s = %d (%v), want KVM_CAP_%s = %d (%v)", c.name, c.num, c.need, c.name, w.num, w.need)
+		}
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("capTable lacks %s", name)
+		}
+	}
+	if len(devTable) != 2 || devTable[0] != (devEntry{"DEV_ARM_VGIC_V3", 7, capRequired}) ||
+		devTable[1] != (devEntry{"DEV_ARM_VGIC_ITS", 8, capRequired}) {
+		t.Errorf("devTable = %+v, want the vGICv3 (7) then the ITS (8), both required", devTable)
+	}
+}
+
+func TestTargetName(t *testing.T) {
+	for target, want := range map[uint32]string{
+		5: "5 (KVM_ARM_TARGET_GENERIC_V8)", 2: "2 (KVM_ARM_TARGET_CORTEX_A57)",
+		4: "4 (KVM_ARM_TARGET_CORTEX_A53)", 9: "9 (unknown)",
+	} {
+		if got := targetName(target); got != want {
+			t.Errorf("targetName(%d) = %q, want %q", target, got, want)
+		}
+	}
+}
+
+// TestCapsVerdict: a required capability or device at 0 is missing, an
+// optional or unused one at 0 is not, and unknown names are ignored.
+func TestCapsVerdict(t *testing.T) {
+	feats := []accel.Capability{
+		{Name: "USER_MEMORY", Value: 1}, {Name: "MSI_DEVID", Value: 0},
+		{Name: "ARM_NISV_TO_USER", Value: 0}, {Name: "ARM_PMU_V3", Value: 0},
+		{Name: "DEV_ARM_VGIC_ITS", Value: 0}, {Name: "SOMETHING_ELSE", Value: 0},
+	}
+	req, opt, missing := capsVerdict(feats)
+	if strings.Join(req, " ") != "USER_MEMORY MSI_DEVID DEV_ARM_VGIC_ITS" {
+		t.Errorf("required = %v", req)
+	}
+	if strings.Join(opt, " ") != "ARM_NISV_TO_USER" {
+		t.Errorf("optional = %v", opt)
+	}
+	if strings.Join(missing, " ") != "MSI_DEVID DEV_ARM_VGIC_ITS" {
+		t.Errorf("missing = %v", missing)
+	}
+	if _, _, m := capsVerdict(feats[:1]); len(m) != 0 {
+		t.Errorf("all present: missing = %v", m)
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -103,6 +105,78 @@ func (k *KVM) MaxVCPUs() int {
 
 // Close closes /dev/kvm.
 func (k *KVM) Close() error { return unix.Close(k.fd) }
+
+// Caps reports the API version, the vCPU limits, capTable's values and
+// whether devTable's devices can be created, asked of a scratch VM that
+// has a vGICv3 and an ITS as govmm's machine does (KVM answers MSI_DEVID
+// for a VM once it has an ITS), and the host's preferred vCPU target.
+func (k *KVM) Caps() (accel.Caps, error) {
+	c := accel.Caps{
+		Accel:      "kvm",
+		APIVersion: apiVersion,
+		MaxVCPUs:   k.MaxVCPUs(),
+		Info: map[string]string{
+			"recommended_vcpus": strconv.Itoa(k.Extension(capNrVCPUs)),
+			"vcpu_mmap_size":    strconv.Itoa(k.mmapSize),
+		},
+	}
+	fd, err := ioctl(k.fd, ioctlCreateVM, 0)
+	if err != nil {
+		return c, fmt.Errorf("scratch VM: KVM_CREATE_VM: %w", err)
+	}
+	vmfd := int(fd)
+	defer unix.Close(vmfd)
+	var init vcpuInit
+	if _, err := ioctlPtr(vmfd, ioctlARMPreferredTarget, unsafe.Pointer(&init)); err != nil {
+		return c, fmt.Errorf("scratch VM: KVM_ARM_PREFERRED_TARGET: %w", err)
+	}
+	c.Info["preferred_target"] = targetName(init.Target)
+	var devs []accel.Capability
+	var devErrs []string
+	for _, d := range devTable {
+		cd := createDevice{Type: d.typ}
+		v := int64(0)
+		if _, err := ioctlPtr(vmfd, ioctlCreateDevice, unsafe.Pointer(&cd)); err == nil {
+			defer unix.Close(int(cd.FD))
+			v = 1
+		} else {
+			devErrs = append(devErrs, fmt.Sprintf("%s: %v", d.name, err))
+		}
+		devs = append(devs, accel.Capability{Name: d.name, Value: v, Used: d.need != capListed})
+	}
+	for _, ce := range capTable {
+		v, err := ioctl(vmfd, ioctlCheckExtension, ce.num)
+		if err != nil {
+			v = 0
+		}
+		c.Features = append(c.Features, accel.Capability{Name: ce.name, Value: int64(v), Used: ce.need != capListed})
+	}
+	c.Features = append(c.Features, devs...)
+	ipa := defaultIPABits
+	for _, f := range c.Features {
+		if f.Name == "ARM_VM_IPA_SIZE" && f.Value > 0 {
+			ipa = int(f.Value)
+		}
+	}
+	c.Info["max_ipa_bits"] = strconv.Itoa(ipa)
+	required, optional, missing := capsVerdict(c.Features)
+	c.Info["required"] = strings.Join(required, " ")
+	c.Info["optional"] = strings.Join(optional, " ")
+	if len(missing) > 0 {
+		c.Info["missing_required"] = strings.Join(missing, " ")
+	}
+	if len(devErrs) > 0 {
+		c.Info["device_errors"] = strings.Join(devErrs, "; ")
+	}
+	return c, nil
+}
+
+// MissingRequired names the capabilities and devices in c that govmm's
+// arm64 machine needs and the host lacks.
+func MissingRequired(c accel.Caps) []string {
+	_, _, missing := capsVerdict(c.Features)
+	return missing
+}
 
 // VM is one KVM VM on arm64.
 type VM struct {

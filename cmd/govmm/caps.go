@@ -1,18 +1,17 @@
-//go:build !arm64
-
 package main
+
+// `govmm caps`: the report and its printing, shared by the x86 and arm64
+// builds (each has its own cmdCaps that fills the report).
 
 import (
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
 	"govmm/accel"
-	"govmm/cpu"
 )
 
 // capsReport is what `govmm caps` prints.
@@ -30,40 +29,19 @@ type accelReport struct {
 	Features  []string           `json:"cpu_features,omitempty"`
 }
 
-func cmdCaps(args []string, stdout io.Writer) error {
+// parseCapsFlags parses `govmm caps` flags: --json.
+func parseCapsFlags(args []string) (asJSON bool, err error) {
 	fs := flag.NewFlagSet("govmm caps", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
+	j := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
-		return &exitError{exitUsage, fmt.Errorf("caps: %v", err)}
+		return false, &exitError{exitUsage, fmt.Errorf("caps: %v", err)}
 	}
-	var rep capsReport
-	for _, a := range []struct{ name, dev string }{{"kvm", kvmDevice}, {"mshv", mshvDevice}} {
-		r := accelReport{Name: a.name, Device: a.dev}
-		if _, err := os.Stat(a.dev); err != nil {
-			r.Error = fmt.Sprintf("%s not present", a.dev)
-			rep.Accelerators = append(rep.Accelerators, r)
-			continue
-		}
-		acc, err := openAccel(a.name, a.dev)
-		if err != nil {
-			r.Error = err.Error()
-			rep.Accelerators = append(rep.Accelerators, r)
-			continue
-		}
-		r.Available = true
-		if c, err := acc.Caps(); err == nil {
-			r.Caps = &c
-		} else {
-			r.Error = err.Error()
-		}
-		if ids, err := acc.SupportedCPUID(); err == nil {
-			r.CPUID = ids
-			r.Features = cpu.Present(ids)
-		}
-		acc.Close()
-		rep.Accelerators = append(rep.Accelerators, r)
-	}
-	if *asJSON {
+	return *j, nil
+}
+
+// emitCaps prints rep as indented JSON or as text.
+func emitCaps(stdout io.Writer, rep capsReport, asJSON bool) error {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)

@@ -181,10 +181,6 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 	return notOnARM64(name + " (the control socket)")
 }
 
-func cmdCaps(args []string, stdout io.Writer) error {
-	return notOnARM64("caps")
-}
-
 func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
 	return notOnARM64("cpu-models (x86 CPU models)")
 }
