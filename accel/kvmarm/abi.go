@@ -127,16 +127,10 @@ var capTable = []capEntry{
 	{"IRQCHIP", capIRQChip, capListed},
 }
 
-// devEntry is an in-kernel device `govmm caps` creates in the scratch VM
-// to see whether the host can give a guest one (KVM_CREATE_DEVICE).
-type devEntry struct {
-	name string
-	typ  uint32
-	need capNeed
-}
-
-// devTable: the vGICv3 first, as the ITS attaches to it.
-var devTable = []devEntry{
+// devTable are the in-kernel devices `govmm caps` creates in the scratch
+// VM to see whether the host can give a guest one (KVM_CREATE_DEVICE; num
+// is the device type): the vGICv3 first, as the ITS attaches to it.
+var devTable = []capEntry{
 	{"DEV_ARM_VGIC_V3", devTypeVGICv3, capRequired},
 	{"DEV_ARM_VGIC_ITS", devTypeVGICITS, capRequired},
 }

@@ -189,8 +189,8 @@ func TestCapTable(t *testing.T) {
 			t.Errorf("capTable lacks %s", name)
 		}
 	}
-	if len(devTable) != 2 || devTable[0] != (devEntry{"DEV_ARM_VGIC_V3", 7, capRequired}) ||
-		devTable[1] != (devEntry{"DEV_ARM_VGIC_ITS", 8, capRequired}) {
+	if len(devTable) != 2 || devTable[0] != (capEntry{"DEV_ARM_VGIC_V3", 7, capRequired}) ||
+		devTable[1] != (capEntry{"DEV_ARM_VGIC_ITS", 8, capRequired}) {
 		t.Errorf("devTable = %+v, want the vGICv3 (7) then the ITS (8), both required", devTable)
 	}
 }

@@ -134,7 +134,7 @@ func (k *KVM) Caps() (accel.Caps, error) {
 	var devs []accel.Capability
 	var devErrs []string
 	for _, d := range devTable {
-		cd := createDevice{Type: d.typ}
+		cd := createDevice{Type: uint32(d.num)}
 		v := int64(0)
 		if _, err := ioctlPtr(vmfd, ioctlCreateDevice, unsafe.Pointer(&cd)); err == nil {
 			defer unix.Close(int(cd.FD))
