@@ -116,6 +116,10 @@ func main() {
 	from := flag.Int("from", 0, "first repetition of the boots (a fresh L1 goes on from there; -from N -runs N: only the restores)")
 	analyze := flag.String("analyze", "", "compare the boots of a trace FILE written by -trace, and exit")
 	flag.Parse()
+	if *archFlag != "" {
+		mainARM64() // arm64.go
+		return
+	}
 	if *analyze != "" {
 		lines, err := readTrace(*analyze)
 		if err != nil {

@@ -105,14 +105,19 @@ func alternate(v []string, i int) []string {
 
 // boot boots the guest once and times the marker line and the exit.
 func (cfg *config) boot(vmm string, cpus, rep int) result {
-	r := result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}
-	p, err := start(cfg.argv(vmm, cpus), false)
+	return timeBoot(result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}, cfg.argv(vmm, cpus), cfg.timeout)
+}
+
+// timeBoot runs argv, a VMM booting the guest, and sets r's times from
+// exec to the marker line and to the exit (or its Note if that failed).
+func timeBoot(r result, argv []string, timeout time.Duration) result {
+	p, err := start(argv, false)
 	if err != nil {
 		r.Note = err.Error()
 		return r
 	}
 	defer p.kill()
-	deadline := time.Now().Add(cfg.timeout)
+	deadline := time.Now().Add(timeout)
 	t, err := p.waitLine("linuxboot: init", deadline)
 	if err != nil {
 		r.Note = p.failure(err)
