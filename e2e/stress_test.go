@@ -1,10 +1,12 @@
 //go:build stress
 
 // TestStressGuest is behind the stress build tag (go test -tags stress
-// -run TestStressGuest ./e2e): it takes minutes, and it has not yet run to
-// its end on the nested substrate (its one full attempt outlived an L1
-// that died of the substrate's known crash), so it has no result yet and
-// is not part of CI.
+// -run TestStressGuest ./e2e): it takes minutes, and on the nested
+// substrate it has not yet passed: one run on KVM hammered for 209 s to
+// its end but failed on a socket call made as the VMM exited (a test bug,
+// fixed since), and the stress guest triple-faulted after 50 s on KVM and
+// after 297 s on mshvsim in the others, cause not yet found. It is not
+// part of CI.
 
 package e2e
 
@@ -98,10 +100,14 @@ func stressGuest(t *testing.T, acc []string) {
 			d := time.Since(t0)
 			mu.Lock()
 			if err != nil {
+				// A call that fails once the guest has said it is done
+				// met a VMM on its way out (it removes its socket before
+				// the process is seen to exit): not a failure to serve.
+				ended := strings.Contains(p.output(), "stress: done")
 				select {
 				case <-p.done: // the VM ended: the socket went with it
 				default:
-					if callErr == nil {
+					if callErr == nil && !ended {
 						callErr = err
 					}
 				}
