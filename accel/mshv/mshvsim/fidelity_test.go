@@ -10,25 +10,35 @@ import (
 	"govmm/accel/mshv/mshvsim"
 )
 
-// hvPartition creates an initialised partition whose guests see Hyper-V
-// (hypervisor_present, hv1, hypercall and VP index registers) with VPs
-// 0 and 1; it returns the partition fd.
-func hvPartition(t *testing.T, s *mshvsim.Sim) int {
+// newPartition creates a partition with synthetic processor features
+// synth (none set when 0) and initialises it; it returns the partition fd.
+func newPartition(t *testing.T, s *mshvsim.Sim, synth uint64) int {
 	t.Helper()
 	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close(pfd) })
-	in := make([]byte, 24)
-	binary.LittleEndian.PutUint32(in[8:], mshvabi.PropSyntheticProcFeatures)
-	binary.LittleEndian.PutUint64(in[16:], 1<<mshvabi.SynHypervisorPresent|1<<mshvabi.SynHv1|1<<mshvabi.SynAccessHypercallRegs|1<<mshvabi.SynAccessVPIndex)
-	if _, err := hvcall(s, pfd, mshvabi.HvcallSetPartitionProperty, 0, in, nil); err != nil {
-		t.Fatalf("SYNTHETIC_PROC_FEATURES: %v", err)
+	if synth != 0 {
+		in := make([]byte, 24)
+		binary.LittleEndian.PutUint32(in[8:], mshvabi.PropSyntheticProcFeatures)
+		binary.LittleEndian.PutUint64(in[16:], synth)
+		if _, err := hvcall(s, pfd, mshvabi.HvcallSetPartitionProperty, 0, in, nil); err != nil {
+			t.Fatalf("SYNTHETIC_PROC_FEATURES: %v", err)
+		}
 	}
 	if err := mshvabi.InitializePartition(s, pfd); err != nil {
 		t.Fatal(err)
 	}
+	return pfd
+}
+
+// hvPartition creates an initialised partition whose guests see Hyper-V
+// (hypervisor_present, hv1, hypercall and VP index registers) with VPs
+// 0 and 1; it returns the partition fd.
+func hvPartition(t *testing.T, s *mshvsim.Sim) int {
+	t.Helper()
+	pfd := newPartition(t, s, 1<<mshvabi.SynHypervisorPresent|1<<mshvabi.SynHv1|1<<mshvabi.SynAccessHypercallRegs|1<<mshvabi.SynAccessVPIndex)
 	for i := uint32(0); i < 2; i++ {
 		vfd, err := mshvabi.CreateVPFD(s, pfd, i)
 		if err != nil {
@@ -111,15 +121,9 @@ func TestEOMWriteOnly(t *testing.T) {
 // it.
 func TestLAPICStateAPICID(t *testing.T) {
 	s := newSim(t, mshvsim.Options{})
-	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(pfd) })
-	if err := mshvabi.InitializePartition(s, pfd); err != nil {
-		t.Fatal(err)
-	}
+	pfd := newPartition(t, s, 0)
 	var vfd int
+	var err error
 	for i := uint32(0); i < 2; i++ {
 		if vfd, err = mshvabi.CreateVPFD(s, pfd, i); err != nil {
 			t.Fatal(err)

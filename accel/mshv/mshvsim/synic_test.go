@@ -21,20 +21,7 @@ import (
 // STIMERn registers.
 func TestSynICState(t *testing.T) {
 	s := newSim(t, mshvsim.Options{})
-	pfd, err := mshvabi.CreatePartitionFD(s, &mshvabi.CreatePartition{Flags: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(pfd) })
-	in := make([]byte, 24)
-	binary.LittleEndian.PutUint32(in[8:], mshvabi.PropSyntheticProcFeatures)
-	binary.LittleEndian.PutUint64(in[16:], mshvabi.DefaultSyntheticProcFeatures)
-	if _, err := hvcall(s, pfd, mshvabi.HvcallSetPartitionProperty, 0, in, nil); err != nil {
-		t.Fatalf("SYNTHETIC_PROC_FEATURES: %v", err)
-	}
-	if err := mshvabi.InitializePartition(s, pfd); err != nil {
-		t.Fatal(err)
-	}
+	pfd := newPartition(t, s, mshvabi.DefaultSyntheticProcFeatures)
 	mem, err := unix.Mmap(-1, 0, 4*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		t.Fatal(err)
