@@ -52,7 +52,7 @@ func TestRNGRequest(t *testing.T) {
 	if bytes.Equal(d.Mem.B[buf:buf+100], make([]byte, 100)) {
 		t.Fatal("no random bytes written")
 	}
-	if n := d.Interrupts(0); n != 1 {
+	if n := d.WaitInterrupts(0, wait); n != 1 {
 		t.Fatalf("%d queue interrupts, want 1", n)
 	}
 	// Through an indirect table.

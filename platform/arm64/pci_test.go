@@ -118,7 +118,7 @@ func TestVirtioOnPCI(t *testing.T) {
 	if u.Len != 64 || bytes.Equal(mem.B[buf:buf+64], make([]byte, 64)) {
 		t.Errorf("entropy request: %d bytes written, buffer %x", u.Len, mem.B[buf:buf+64])
 	}
-	if n := rng.Interrupts(0); n == 0 {
+	if n := rng.WaitInterrupts(0, 5*time.Second); n == 0 {
 		t.Error("the entropy device's queue vector was not signalled")
 	}
 }

@@ -395,6 +395,19 @@ func (d *Driver) Wait(qi int, timeout time.Duration) (Used, error) {
 	return u, nil
 }
 
+// WaitInterrupts is Interrupts, waiting up to timeout for the first
+// signal: a device makes its used-ring entry visible before it signals
+// the vector, so a driver that has just seen the entry may be early.
+func (d *Driver) WaitInterrupts(v int, timeout time.Duration) uint64 {
+	end := time.Now().Add(timeout)
+	for {
+		if n := d.Interrupts(v); n > 0 || time.Now().After(end) {
+			return n
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
 // Interrupts returns how many times MSI-X vector data MSIXData0+v was
 // signalled through its irqfd since the last call.
 func (d *Driver) Interrupts(v int) uint64 {
