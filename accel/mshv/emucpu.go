@@ -253,6 +253,7 @@ func (c *emuCPU) WritePhys(gpa uint64, data []byte) bool {
 		return false
 	}
 	copy(b, data)
+	c.v.vm.markWritten(gpa, len(data))
 	return true
 }
 
