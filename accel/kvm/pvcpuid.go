@@ -37,10 +37,8 @@ const apicBusKHz = 1_000_000
 // does), so a guest needs no TSC or LAPIC timer calibration. The timing
 // leaf's TSC frequency is left 0: it is the vCPU's, and SetCPUID fills it
 // in from KVM_GET_TSC_KHZ (so a restored guest is told the frequency of
-// the vCPU it now runs on). It also adds the TSC-deadline timer, which the
-// table leaves out (see withTSCDeadline).
+// the vCPU it now runs on).
 func paravirtLeaves(tab []accel.CPUIDEntry) []accel.CPUIDEntry {
-	tab = withTSCDeadline(tab)
 	if !cpu.IsKVM(tab) {
 		return tab
 	}
