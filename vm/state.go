@@ -227,6 +227,7 @@ func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
 			}
 		}
 	}
+	var deadline []accel.MSR // IA32_TSC_DEADLINE, set after the LAPIC
 	step("segment registers", func() error { return c.SetSregs(&s.Sregs) })
 	step("registers", func() error { return c.SetRegs(&s.Regs) })
 	if len(s.XCRs) > 0 {
@@ -245,9 +246,18 @@ func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
 		if err != nil {
 			return err
 		}
-		return c.SetMSRs(msrs)
+		var late []accel.MSR
+		msrs, late = splitLateMSRs(msrs)
+		if err := c.SetMSRs(msrs); err != nil {
+			return err
+		}
+		deadline = late
+		return nil
 	})
 	step("LAPIC", func() error { return c.SetLAPIC(&s.LAPIC) })
+	if len(deadline) > 0 {
+		step("TSC deadline", func() error { return c.SetMSRs(deadline) })
+	}
 	step("events", func() error { return c.SetEvents(&s.Events) })
 	step("debug registers", func() error { return c.SetDebugRegs(&s.DebugRegs) })
 	if s.SynIC != nil {
@@ -298,6 +308,28 @@ func guestStateMSRs(list []uint32) []uint32 {
 		}
 	}
 	return out
+}
+
+// msrTSCDeadline is IA32_TSC_DEADLINE, the LAPIC timer's deadline in
+// TSC-deadline mode.
+const msrTSCDeadline = 0x6e0
+
+// splitLateMSRs takes IA32_TSC_DEADLINE out of msrs: it is restored after
+// the LAPIC, because KVM_SET_LAPIC cancels the LAPIC timer and with it an
+// armed deadline (QEMU writes it last for the same reason,
+// kvm_put_tscdeadline_msr). Set with the other MSRs, a guest whose timer
+// runs in TSC-deadline mode (Linux, wherever CPUID offers the mode) would
+// wait for ever for its next tick after a restore.
+func splitLateMSRs(msrs []accel.MSR) (early, late []accel.MSR) {
+	early = msrs[:0:0]
+	for _, m := range msrs {
+		if m.Index == msrTSCDeadline {
+			late = append(late, m)
+		} else {
+			early = append(early, m)
+		}
+	}
+	return early, late
 }
 
 // msrResetValue lists MSRs whose reset value is not zero.
