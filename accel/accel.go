@@ -57,6 +57,11 @@ type VMConfig struct {
 	// must be within what FeatureMSRSource reports; a backend that cannot
 	// set one refuses the VM.
 	FeatureMSRs []MSR
+	// MarkDirty, when set, is told of every guest RAM write the
+	// accelerator's own code makes in userspace, as opposed to the guest's
+	// (MSHV's instruction emulator completing a string move into RAM):
+	// the accelerator's dirty log never sees those, so the VMM's log must.
+	MarkDirty func(gpa, n uint64)
 }
 
 // MSRArchCapabilities is IA32_ARCH_CAPABILITIES, the feature MSR CPU

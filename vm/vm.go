@@ -259,7 +259,8 @@ func build(cfg Config, mem *memory.Memory, mode buildMode) (*VM, error) {
 			v.Close()
 		}
 	}()
-	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU, Topology: cfg.Topology, FeatureMSRs: cfg.FeatureMSRs})
+	avm, err := cfg.Accel.CreateVM(accel.VMConfig{NumVCPUs: cfg.NumCPUs, CPUID: cfg.CPUID, NoPMU: cfg.NoPMU, Topology: cfg.Topology,
+		FeatureMSRs: cfg.FeatureMSRs, MarkDirty: mem.MarkDirty})
 	if err != nil {
 		return nil, fmt.Errorf("create %s VM: %w", cfg.Accel.Name(), err)
 	}

@@ -253,7 +253,10 @@ func (c *emuCPU) WritePhys(gpa uint64, data []byte) bool {
 		return false
 	}
 	copy(b, data)
-	c.v.vm.markWritten(gpa, len(data))
+	if mark := c.v.vm.cfg.MarkDirty; mark != nil {
+		// The hypervisor's dirty bitmap sees only the guest's writes.
+		mark(gpa, uint64(len(data)))
+	}
 	return true
 }
 

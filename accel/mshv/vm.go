@@ -45,10 +45,6 @@ type VM struct {
 	// busMu serialises LOCK-prefixed emulated accesses across vCPUs.
 	busMu sync.Mutex
 
-	// written holds the guest pages govmm's instruction emulator wrote
-	// while dirty tracking is on (see markWritten).
-	written vmmWrites
-
 	vcpus  sync.Map // index -> *VCPU
 	xsave  layoutCache
 	closed bool
@@ -388,7 +384,6 @@ func (vm *VM) EnableDirtyLog() error {
 		}
 	}
 	vm.dirtyOn = true
-	vm.written.start()
 	return nil
 }
 
@@ -406,7 +401,6 @@ func (vm *VM) DisableDirtyLog() error {
 		return fmt.Errorf("disable dirty tracking: %w", err)
 	}
 	vm.dirtyOn = false
-	vm.written.stop()
 	return nil
 }
 
@@ -442,79 +436,10 @@ func (vm *VM) DirtyLog(gpa uint64) ([]uint64, error) {
 	}
 	for _, r := range *vm.regions.Load() {
 		if r.gpa == gpa {
-			words, err := vm.gpap(r, mshvabi.GPAPAccessOpClear)
-			if err != nil {
-				return nil, err
-			}
-			vm.written.take(gpa, words)
-			return words, nil
+			return vm.gpap(r, mshvabi.GPAPAccessOpClear)
 		}
 	}
 	return nil, fmt.Errorf("dirty log: no region starts at %#x", gpa)
-}
-
-// vmmWrites is the dirty log of guest pages govmm writes itself. The
-// hypervisor's GPA access bitmap sees only the guest's own writes; an
-// instruction govmm emulates (a string move or a port-I/O string read
-// from a device into RAM, say) stores to guest RAM from the VMM, so those
-// pages are kept here and added to the hypervisor's bitmap, or a live
-// migration would leave them behind. (KVM's emulator writes through the
-// kernel, which logs them.)
-type vmmWrites struct {
-	mu    sync.Mutex
-	on    bool
-	pages map[uint64][]uint64 // by region GPA: one bit per page
-}
-
-func (w *vmmWrites) start() {
-	w.mu.Lock()
-	w.on, w.pages = true, map[uint64][]uint64{}
-	w.mu.Unlock()
-}
-
-func (w *vmmWrites) stop() {
-	w.mu.Lock()
-	w.on, w.pages = false, nil
-	w.mu.Unlock()
-}
-
-// mark records that govmm wrote n bytes at gpa, inside region r.
-func (w *vmmWrites) mark(r region, gpa uint64, n int) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.on || n <= 0 {
-		return
-	}
-	bits := w.pages[r.gpa]
-	if bits == nil {
-		bits = make([]uint64, (uint64(len(r.host))/4096+63)/64)
-		w.pages[r.gpa] = bits
-	}
-	for p := (gpa - r.gpa) / 4096; p <= (gpa+uint64(n)-1-r.gpa)/4096; p++ {
-		bits[p/64] |= 1 << (p % 64)
-	}
-}
-
-// take ORs the pages marked in the region at gpa into words and clears
-// them.
-func (w *vmmWrites) take(gpa uint64, words []uint64) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	bits := w.pages[gpa]
-	for i := range min(len(bits), len(words)) {
-		words[i] |= bits[i]
-	}
-	clear(bits)
-}
-
-// markWritten records a write govmm made to guest RAM at gpa (n bytes,
-// within one region) for the dirty log.
-func (vm *VM) markWritten(gpa uint64, n int) {
-	rs := *vm.regions.Load()
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].end() > gpa })
-	if i < len(rs) && rs[i].gpa <= gpa {
-		vm.written.mark(rs[i], gpa, n)
-	}
 }
 
 // Clock is the partition reference time (100 ns units) in nanoseconds.
