@@ -114,8 +114,9 @@ var _ accel.SynICVCPU = (*VCPU)(nil)
 // SynIC state to save.
 var errNoSynIC = fmt.Errorf("the vCPU's CPUID grants no Hyper-V SynIC: %w", accel.ErrNotSupported)
 
-// synicTimerMSRs lists STIMER0_CONFIG, STIMER0_COUNT, ... STIMER3_COUNT.
-func synicTimerMSRs() []uint32 {
+// STimerMSRs lists the synthetic timers' MSRs: STIMER0_CONFIG,
+// STIMER0_COUNT, ... STIMER3_COUNT.
+func STimerMSRs() []uint32 {
 	l := make([]uint32, 0, 8)
 	for i := uint32(msrSTimer0); i <= msrSTimer3Count; i++ {
 		l = append(l, i)
@@ -134,7 +135,7 @@ func (v *VCPU) SynIC() (accel.SynIC, error) {
 	if !v.synic.Load() {
 		return s, errNoSynIC
 	}
-	m, err := v.MSRs(append([]uint32{msrSIMP, msrSIEFP}, synicTimerMSRs()...))
+	m, err := v.MSRs(append([]uint32{msrSIMP, msrSIEFP}, STimerMSRs()...))
 	if err != nil {
 		return s, fmt.Errorf("read the SynIC: %w", err)
 	}

@@ -379,7 +379,6 @@ const (
 	stimerConfig         = 8
 	stimerCount          = 16
 	stimerAdjustment     = 24
-	stimerUndelivered    = 32
 	stimerFlagMsgPending = 1
 )
 
@@ -418,10 +417,7 @@ func (v *vp) synicState(typ uint8, get bool, buf []byte) error {
 		return nil
 	}
 	// Synthetic timers.
-	var idx []uint32
-	for i := uint32(0x400000B0); i <= 0x400000B7; i++ {
-		idx = append(idx, i)
-	}
+	idx := kvm.STimerMSRs()
 	aside := v.blobs[key]
 	if len(aside) < len(buf) {
 		aside = make([]byte, len(buf))
