@@ -45,7 +45,12 @@ func TestKilledDuringSnapshot(t *testing.T) {
 			done := make(chan Result, 1)
 			go func() { done <- govmmAsync("snapshot", "--api-socket", sock, "--dir", snap) }()
 			if !waitFile(filepath.Join(snap, c.killAt), 30*time.Second, done) {
-				t.Fatalf("the snapshot finished or failed before %s appeared", c.killAt)
+				select {
+				case r := <-done:
+					t.Fatalf("the snapshot ended before %s appeared: %s", c.killAt, r)
+				default:
+					t.Fatalf("%s did not appear in 30 s", c.killAt)
+				}
 			}
 			s.cmd.Process.Kill()
 			<-s.done

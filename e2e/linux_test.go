@@ -265,16 +265,17 @@ func TestLinuxBootLog(t *testing.T) {
 	}
 }
 
-// bootRetryingSubstrate runs b, and once more if its console went quiet (see
-// linuxguest.ErrStalled) or it triple-faulted before init
+// bootRetryingSubstrate runs b, and once more if its console went quiet
+// (see linuxguest.ErrStalled) or it triple-faulted
 // (linuxguest.ErrTripleFault). On this project's nested substrate a Linux
 // guest now and then stops making progress for good (QEMU's own boot with
 // the same kernel, -cpu host,kvm=off, kernel-irqchip=split, does it too,
-// in CI runs that logged both), or dies in a triple fault early in its
-// boot, most often right after "x86/fpu: Enabled xstate features", where
+// in CI runs that logged both), or dies in a triple fault: most often
+// early in its boot, right after "x86/fpu: Enabled xstate features", where
 // the kernel patches its own text (the substrate's failure the README
-// describes). One retry, reported in the test log, keeps that from failing
-// a run; a boot that fails twice, or fails any other way, fails the test.
+// describes); once on mshvsim with 2 vCPUs while init printed the log.
+// One retry, reported in the test log, keeps that from failing a run; a
+// boot that fails twice, or fails any other way, fails the test.
 func bootRetryingSubstrate(t *testing.T, b linuxguest.Boot) linuxguest.Result {
 	t.Helper()
 	res, err := b.Run(context.Background())

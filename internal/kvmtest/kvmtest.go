@@ -488,8 +488,9 @@ const maxRerun = 4
 func unframed(text string) string { return strings.ReplaceAll(text, "\x16", "") }
 
 // maxL1Deaths bounds the L1 deaths one package's tests may see and still
-// pass: L1 died about once per CI run in the e2e package (README).
-const maxL1Deaths = 2
+// pass: L1 died about once per CI run in the e2e package, and three times,
+// each under another test, in one run (README).
+const maxL1Deaths = 3
 
 // withRun returns args with its -test.run replaced by pattern.
 func withRun(args []string, pattern string) []string {

@@ -310,9 +310,16 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("run govmm: %w", err)
 	}
 	fail := func(format string, a ...any) (Result, error) {
-		return res, fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s",
+		err := fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s",
 			fmt.Sprintf(format, a...), b.name(), b.CPUs, res.Wall.Round(time.Millisecond),
 			tail(res.Console, 30), vmmLog(res.Stderr))
+		if IsTripleFault(res.Stderr) {
+			// Whatever else went wrong followed from it: a guest that
+			// triple-faulted while init dumped the kernel log left that
+			// log cut short.
+			err = &tripleFaultError{err}
+		}
+		return res, err
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, ErrStalled) {
 		r, err := fail("%v", cause)
@@ -326,8 +333,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		r, err := fail("init never printed its line: exit status %d", res.Code)
 		// QEMU, run with -no-reboot, exits 0 on the reset a triple fault
 		// causes and says nothing else.
-		qemuReset := b.QEMU != "" && res.Code == 0 && !strings.Contains(res.Console, "Kernel panic")
-		if IsTripleFault(res.Stderr) || qemuReset {
+		if qemuReset := b.QEMU != "" && res.Code == 0 && !strings.Contains(res.Console, "Kernel panic"); qemuReset {
 			err = &tripleFaultError{err}
 		}
 		return r, err
@@ -351,11 +357,12 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 }
 
 // ErrTripleFault is the error (through errors.Is) of a boot that ended in a
-// triple fault before init ran. On this project's nested substrate that
-// is how its known failure usually shows (an L2 guest resumed with L1's
-// registers, often while the kernel patches its own text): tests may boot
-// such a guest once more, and say so.
-var ErrTripleFault = errors.New("the guest triple-faulted before init")
+// triple fault, before init ran or while it printed the kernel log. On
+// this project's nested substrate that is how its known failure usually
+// shows (an L2 guest resumed with L1's registers, often while the kernel
+// patches its own text): tests may boot such a guest once more, and say
+// so.
+var ErrTripleFault = errors.New("the guest triple-faulted")
 
 // IsTripleFault reports whether govmm's log says a vCPU triple-faulted.
 func IsTripleFault(vmmLog string) bool { return strings.Contains(vmmLog, ": triple fault (") }

@@ -88,6 +88,14 @@ func TestRunTripleFault(t *testing.T) {
 	if _, err := b.Run(context.Background()); !errors.Is(err, ErrTripleFault) || errors.Is(err, ErrStalled) {
 		t.Fatalf("a guest that triple-faulted: %v, want ErrTripleFault", err)
 	}
+	// After init's line, while init prints the kernel log: the log is cut
+	// short, and the triple fault is still what the error is.
+	b = Boot{Govmm: fakeVMM(t, "echo 'govmm-userspace: token=x cpus=1 online=0 clocksource=tsc'; echo govmm-dmesg-begin; echo '<6>[    7.4] ACPI: Inter'; "+
+		"echo 'govmm: vCPU 1: triple fault (the guest took an exception it could not handle) at RIP 0xfff0' >&2; exit 2"),
+		CPUs: 1, Token: "x", Dmesg: true, Timeout: time.Minute}
+	if _, err := b.Run(context.Background()); !errors.Is(err, ErrTripleFault) || !strings.Contains(err.Error(), "init printed no kernel log") {
+		t.Fatalf("a guest that triple-faulted while init printed the log: %v, want ErrTripleFault", err)
+	}
 	b.Govmm = fakeVMM(t, "echo 'govmm: vCPU 0: emulation failure at RIP 0x1000' >&2; exit 2")
 	if _, err := b.Run(context.Background()); err == nil || errors.Is(err, ErrTripleFault) {
 		t.Fatalf("another crash: %v, want a plain failure", err)
