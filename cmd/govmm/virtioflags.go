@@ -84,7 +84,7 @@ func (d *diskList) Set(v string) error {
 }
 
 func (f *virtioFlags) register(fs *flag.FlagSet) {
-	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID] (repeatable: vda, vdb, ...)")
+	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID][,direct=on] (repeatable: vda, vdb, ...; direct=on opens the image with O_DIRECT, bypassing the host's page cache)")
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
 	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")

@@ -1,8 +1,9 @@
 // Package blk is virtio-blk (virtio 1.2 §5.2) backed by a raw image file:
 // reads, writes, flush, discard, write-zeroes and the serial ID, with a
-// read-only option. Requests run on a small pool of worker goroutines, off
-// the vCPU threads and off the queue's notification goroutine, so a slow
-// disk stalls neither the guest's CPUs nor the other requests.
+// read-only option and an O_DIRECT option (direct.go). Requests run on a
+// small pool of worker goroutines, off the vCPU threads and off the
+// queue's notification goroutine, so a slow disk stalls neither the
+// guest's CPUs nor the other requests.
 package blk
 
 import (
@@ -66,10 +67,13 @@ type Config struct {
 	ReadOnly bool
 	// Serial is the ID the guest reads (up to 20 bytes).
 	Serial string
+	// Direct opens the image with O_DIRECT: the guest's I/O bypasses
+	// the host's page cache (direct.go).
+	Direct bool
 }
 
 // ParseFlag parses Cloud Hypervisor's --disk syntax:
-// path=FILE[,readonly=on|off][,serial=ID].
+// path=FILE[,readonly=on|off][,serial=ID][,direct=on|off].
 func ParseFlag(s string) (Config, error) {
 	var c Config
 	for _, kv := range strings.Split(s, ",") {
@@ -80,13 +84,19 @@ func ParseFlag(s string) (Config, error) {
 		switch k {
 		case "path":
 			c.Path = v
-		case "readonly":
+		case "readonly", "direct":
+			var on bool
 			switch v {
 			case "on", "true":
-				c.ReadOnly = true
+				on = true
 			case "off", "false":
 			default:
-				return c, fmt.Errorf("--disk %q: readonly=%s, want on or off", s, v)
+				return c, fmt.Errorf("--disk %q: %s=%s, want on or off", s, k, v)
+			}
+			if k == "readonly" {
+				c.ReadOnly = on
+			} else {
+				c.Direct = on
 			}
 		case "serial":
 			if len(v) > IDLen {
@@ -94,7 +104,7 @@ func ParseFlag(s string) (Config, error) {
 			}
 			c.Serial = v
 		default:
-			return c, fmt.Errorf("--disk %q: unknown option %q (want path, readonly, serial)", s, k)
+			return c, fmt.Errorf("--disk %q: unknown option %q (want path, readonly, serial, direct)", s, k)
 		}
 	}
 	if c.Path == "" {
@@ -113,6 +123,10 @@ type Device struct {
 	jobs     chan job
 	wg       sync.WaitGroup
 	features uint64
+	// dio is the O_DIRECT state (nil without direct=on), and bounces
+	// the workers' aligned bounce buffers.
+	dio     *dio
+	bounces [][]byte
 }
 
 type job struct {
@@ -120,8 +134,9 @@ type job struct {
 	done func(uint32)
 }
 
-// Open opens the image (read-only when asked) and starts the workers.
-// name is the guest-facing name in log lines ("vda").
+// Open opens the image (read-only when asked, with O_DIRECT when asked)
+// and starts the workers. name is the guest-facing name in log lines
+// ("vda").
 func Open(c Config, name string) (*Device, error) {
 	abs, err := filepath.Abs(c.Path)
 	if err != nil {
@@ -147,9 +162,29 @@ func Open(c Config, name string) (*Device, error) {
 	}
 	d := &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
 		jobs: make(chan job, QueueSize)}
-	for range Workers {
+	if c.Direct {
+		// The buffered descriptor has shown the path is a regular
+		// file; the direct one replaces it.
+		f.Close()
+		if d.f, d.dio, err = openDirect(c.Path, flag, d.size); err != nil {
+			return nil, err
+		}
+		for range Workers {
+			b, err := allocBounce(d.dio.bounceSize())
+			if err != nil {
+				d.closeFiles()
+				return nil, fmt.Errorf("disk %s: %w", c.Path, err)
+			}
+			d.bounces = append(d.bounces, b)
+		}
+	}
+	for i := range Workers {
 		d.wg.Add(1)
-		go d.worker()
+		var b []byte
+		if d.dio != nil {
+			b = d.bounces[i]
+		}
+		go d.worker(b)
 	}
 	return d, nil
 }
@@ -159,6 +194,17 @@ func Open(c Config, name string) (*Device, error) {
 func (d *Device) Close() error {
 	close(d.jobs)
 	d.wg.Wait()
+	return d.closeFiles()
+}
+
+func (d *Device) closeFiles() error {
+	for _, b := range d.bounces {
+		freeBounce(b)
+	}
+	d.bounces = nil
+	if d.dio != nil && d.dio.tail != nil {
+		d.dio.tail.Close()
+	}
 	return d.f.Close()
 }
 
@@ -167,9 +213,14 @@ func (d *Device) Name() string       { return d.name }
 func (d *Device) QueueMax() []uint16 { return []uint16{QueueSize} }
 
 // Describe names the image, its size and the options; a restore must
-// find the same.
+// find the same. direct=true is named only when on, so that snapshots
+// from before the option still match a disk without it.
 func (d *Device) Describe() string {
-	return fmt.Sprintf("virtio-blk path=%s bytes=%d readonly=%v serial=%q", d.cfg.Path, d.size, d.cfg.ReadOnly, d.cfg.Serial)
+	s := fmt.Sprintf("virtio-blk path=%s bytes=%d readonly=%v serial=%q", d.cfg.Path, d.size, d.cfg.ReadOnly, d.cfg.Serial)
+	if d.cfg.Direct {
+		s += " direct=true"
+	}
+	return s
 }
 
 // Features offers SEG_MAX, BLK_SIZE and FLUSH, and RO for a read-only disk
@@ -235,10 +286,11 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 	return nil
 }
 
-func (d *Device) worker() {
+// worker serves requests; bounce is its O_DIRECT bounce buffer.
+func (d *Device) worker(bounce []byte) {
 	defer d.wg.Done()
 	for j := range d.jobs {
-		st, n := d.serve(j.c)
+		st, n := d.serve(j.c, bounce)
 		// The status is the chain's last writable byte.
 		w := j.c.WritableLen()
 		j.c.Write(w-1, []byte{st})
@@ -270,8 +322,9 @@ func span(bs []virtio.Buffer, skip, n uint64) [][]byte {
 }
 
 // serve runs one request and returns its status and the data bytes
-// written into the chain (besides the status byte).
-func (d *Device) serve(c *virtio.Chain) (uint8, uint64) {
+// written into the chain (besides the status byte). bounce is the
+// worker's O_DIRECT bounce buffer (nil without direct=on).
+func (d *Device) serve(c *virtio.Chain, bounce []byte) (uint8, uint64) {
 	var h [hdrLen]byte
 	c.Read(0, h[:])
 	le := binary.LittleEndian
@@ -282,12 +335,8 @@ func (d *Device) serve(c *virtio.Chain) (uint8, uint64) {
 		if !d.inRange(sector, n) {
 			return sIOErr, 0
 		}
-		off := int64(sector * sectorSize)
-		for _, p := range span(c.Writable, 0, n) {
-			if _, err := d.f.ReadAt(p, off); err != nil {
-				return sIOErr, 0
-			}
-			off += int64(len(p))
+		if err := d.readAt(span(c.Writable, 0, n), int64(sector*sectorSize), int64(n), bounce); err != nil {
+			return sIOErr, 0
 		}
 		return sOK, n
 	case tOut:
@@ -299,11 +348,10 @@ func (d *Device) serve(c *virtio.Chain) (uint8, uint64) {
 			return sIOErr, 0
 		}
 		off := int64(sector * sectorSize)
-		for _, p := range span(c.Readable, hdrLen, n) {
-			if _, err := d.f.WriteAt(p, off); err != nil {
-				return sIOErr, 0
-			}
-			off += int64(len(p))
+		unlock := d.lock(off, int64(n))
+		defer unlock()
+		if err := d.writeAt(span(c.Readable, hdrLen, n), off, int64(n), bounce); err != nil {
+			return sIOErr, 0
 		}
 		return sOK, 0
 	case tFlush:
@@ -340,7 +388,10 @@ func (d *Device) serve(c *virtio.Chain) (uint8, uint64) {
 		if !d.inRange(start, count*sectorSize) {
 			return sIOErr, 0
 		}
-		if err := d.zero(int64(start*sectorSize), int64(count*sectorSize), typ == tDiscard || flags&1 != 0); err != nil {
+		zoff, zn := int64(start*sectorSize), int64(count*sectorSize)
+		unlock := d.lock(zoff, zn)
+		defer unlock()
+		if err := d.zero(zoff, zn, typ == tDiscard || flags&1 != 0, bounce); err != nil {
 			return sIOErr, 0
 		}
 		return sOK, 0
@@ -360,7 +411,7 @@ func (d *Device) inRange(sector, n uint64) bool {
 // zero makes [off, off+n) read as zeros: a hole when unmapping is allowed,
 // else zeroed blocks, and written zeros where the file system has
 // neither.
-func (d *Device) zero(off, n int64, unmap bool) error {
+func (d *Device) zero(off, n int64, unmap bool, bounce []byte) error {
 	fd := int(d.f.Fd())
 	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
 	if unmap {
@@ -373,12 +424,54 @@ func (d *Device) zero(off, n int64, unmap bool) error {
 	buf := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		k := min(n, int64(len(buf)))
-		if _, err := d.f.WriteAt(buf[:k], off); err != nil {
+		if err := d.writeAt([][]byte{buf[:k]}, off, k, bounce); err != nil {
 			return err
 		}
 		off, n = off+k, n-k
 	}
 	return nil
+}
+
+// readAt reads n bytes at off into segs, through the direct path with
+// direct=on.
+func (d *Device) readAt(segs [][]byte, off, n int64, bounce []byte) error {
+	if d.dio != nil {
+		return d.dio.readAt(int(d.f.Fd()), segs, off, n, bounce)
+	}
+	for _, p := range segs {
+		if _, err := d.f.ReadAt(p, off); err != nil {
+			return err
+		}
+		off += int64(len(p))
+	}
+	return nil
+}
+
+// writeAt writes segs (n bytes) at off, through the direct path with
+// direct=on; the caller holds lock(off, n).
+func (d *Device) writeAt(segs [][]byte, off, n int64, bounce []byte) error {
+	if d.dio != nil {
+		return d.dio.writeAt(int(d.f.Fd()), segs, off, n, bounce)
+	}
+	for _, p := range segs {
+		if _, err := d.f.WriteAt(p, off); err != nil {
+			return err
+		}
+		off += int64(len(p))
+	}
+	return nil
+}
+
+// lock holds the aligned blocks [off, off+n) touches against other
+// writes, discards and write-zeroes with direct=on (a read-modify-write
+// must not interleave with a neighbour's), and returns the unlock.
+func (d *Device) lock(off, n int64) func() {
+	if d.dio == nil {
+		return func() {}
+	}
+	a0, a1 := d.dio.span(off, n)
+	d.dio.locks.lock(a0, a1)
+	return func() { d.dio.locks.unlock(a0, a1) }
 }
 
 // String names the device for messages.

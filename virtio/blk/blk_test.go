@@ -38,9 +38,20 @@ func newRigMem(t testing.TB, ro bool, serial string, mem *virtiotest.Mem) *rig {
 	if err := os.WriteFile(path, img, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dev, err := Open(Config{Path: path, ReadOnly: ro, Serial: serial}, "vda")
+	return newRigAt(t, Config{Path: path, ReadOnly: ro, Serial: serial}, mem, nil)
+}
+
+// newRigAt is a rig on the image c names, with guest memory mem; setup,
+// when not nil, adjusts the device before the driver starts.
+func newRigAt(t testing.TB, c Config, mem *virtiotest.Mem, setup func(*Device)) *rig {
+	t.Helper()
+	path := c.Path
+	dev, err := Open(c, "vda")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(dev)
 	}
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb})
@@ -219,7 +230,15 @@ func TestParseFlag(t *testing.T) {
 	if err != nil || c != (Config{Path: "/x.img", ReadOnly: true, Serial: "abc"}) {
 		t.Fatalf("%+v %v", c, err)
 	}
-	for _, bad := range []string{"", "readonly=on", "path=/x,readonly=maybe", "path=/x,serial=" + strings.Repeat("s", 21), "path=/x,direct=on", "path"} {
+	c, err = ParseFlag("path=/y.img,direct=on")
+	if err != nil || c != (Config{Path: "/y.img", Direct: true}) {
+		t.Fatalf("%+v %v", c, err)
+	}
+	c, err = ParseFlag("direct=off,path=/y.img,readonly=true")
+	if err != nil || c != (Config{Path: "/y.img", ReadOnly: true}) {
+		t.Fatalf("%+v %v", c, err)
+	}
+	for _, bad := range []string{"", "readonly=on", "path=/x,readonly=maybe", "path=/x,serial=" + strings.Repeat("s", 21), "path=/x,direct=yes", "path=/x,direct", "path=/x,cache=none", "path"} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("ParseFlag(%q) accepted", bad)
 		}
