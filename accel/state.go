@@ -199,6 +199,18 @@ func (s *SynIC) InUse() bool {
 	return false
 }
 
+// ShadowStackVCPU is implemented by vCPUs whose accelerator can carry
+// CET's current shadow-stack pointer (SSP), the one piece of CET state that
+// no MSR holds (the others travel as MSRs: U_CET, S_CET, PL0-3_SSP and the
+// interrupt SSP table).
+type ShadowStackVCPU interface {
+	// SSP returns the pointer. It returns an error wrapping
+	// ErrNotSupported when the vCPU's CPUID offers no shadow stacks
+	// (CPUID.(EAX=7,ECX=0):ECX.CET_SS): there is nothing to carry.
+	SSP() (uint64, error)
+	SetSSP(ssp uint64) error
+}
+
 // SynICVCPU is implemented by vCPUs whose accelerator has a SynIC.
 type SynICVCPU interface {
 	SynIC() (SynIC, error)

@@ -72,6 +72,9 @@ type VCPUState struct {
 	// SynIC is present when the vCPU has one: always on MSHV, on KVM when
 	// the guest's CPUID grants it (a guest that came from MSHV).
 	SynIC *accel.SynIC `json:"synic,omitempty"`
+	// SSP is CET's current shadow-stack pointer, present when the vCPU's
+	// CPUID offers shadow stacks (the rest of CET travels as MSRs).
+	SSP *uint64 `json:"ssp,omitempty"`
 }
 
 // DeviceState is the userspace device model's state.
@@ -208,6 +211,16 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 			return e
 		})
 	}
+	if sc, ok := c.(accel.ShadowStackVCPU); ok {
+		step("shadow-stack pointer", func() error {
+			ssp, e := sc.SSP()
+			if errors.Is(e, accel.ErrNotSupported) {
+				return nil // no shadow stacks in the vCPU's CPUID
+			}
+			s.SSP = &ssp
+			return e
+		})
+	}
 	return err
 }
 
@@ -257,6 +270,24 @@ func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
 	step("LAPIC", func() error { return c.SetLAPIC(&s.LAPIC) })
 	if len(deadline) > 0 {
 		step("TSC deadline", func() error { return c.SetMSRs(deadline) })
+	}
+	if s.SSP != nil {
+		// After the MSRs: S_CET, U_CET and the privilege levels'
+		// pointers are in place.
+		step("shadow-stack pointer", func() error {
+			sc, ok := c.(accel.ShadowStackVCPU)
+			if !ok {
+				if *s.SSP == 0 {
+					return nil // no shadow stack in use
+				}
+				return fmt.Errorf("the saved vCPU has shadow-stack pointer %#x, and this accelerator cannot hold it", *s.SSP)
+			}
+			e := sc.SetSSP(*s.SSP)
+			if errors.Is(e, accel.ErrNotSupported) && *s.SSP == 0 {
+				return nil
+			}
+			return e
+		})
 	}
 	step("events", func() error { return c.SetEvents(&s.Events) })
 	step("debug registers", func() error { return c.SetDebugRegs(&s.DebugRegs) })

@@ -59,7 +59,22 @@ const (
 	ioctlGetXSave2             = 0x9000aecf
 	ioctlGetTSCKHz             = 0xaea3
 	ioctlGetMSRFeatureIndexLst = 0xc004ae0a
+	ioctlGetOneReg             = 0x4010aeab
+	ioctlSetOneReg             = 0x4010aeac
 )
+
+// regGuestSSP is KVM_X86_REG_KVM(KVM_REG_GUEST_SSP), the ONE_REG id of the
+// guest's current shadow-stack pointer (Linux 6.18, with CET
+// virtualization): KVM_REG_X86, KVM_REG_SIZE_U64, register type
+// KVM_X86_REG_TYPE_KVM (3) in bits 32-39, index 0. The kernel's
+// Documentation/virt/kvm/api.rst lists it as 0x2030 0003 0000 0000.
+const regGuestSSP = 0x2000000000000000 | 0x0030000000000000 | 3<<32 | 0
+
+// kvmOneReg is struct kvm_one_reg.
+type kvmOneReg struct {
+	ID   uint64
+	Addr uint64
+}
 
 // Capabilities (KVM_CAP_*).
 const (

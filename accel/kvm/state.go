@@ -48,6 +48,9 @@ func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 	if err == nil && OffersSynIC(entries) {
 		err = v.enableSynIC()
 	}
+	if err == nil {
+		v.shstk.Store(offersShadowStacks(entries))
+	}
 	return err
 }
 

@@ -53,6 +53,9 @@ type VCPU struct {
 	// synic is set once KVM's Hyper-V SynIC is on for this vCPU (see
 	// synic.go).
 	synic atomic.Bool
+	// shstk is set when the vCPU's CPUID offers CET shadow stacks, whose
+	// current pointer is state of its own (cet.go).
+	shstk atomic.Bool
 
 	vm     *VM
 	index  int

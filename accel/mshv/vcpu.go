@@ -38,6 +38,11 @@ type VCPU struct {
 	emu *emu.Emulator
 	cpu *emuCPU
 
+	// shstk: the CPUID table the VMM gave this VP offers CET shadow
+	// stacks, so the VP has a current shadow-stack pointer to carry
+	// (cet.go).
+	shstk atomic.Bool
+
 	tid      atomic.Int32
 	kicked   atomic.Bool
 	woken    atomic.Bool

@@ -339,6 +339,14 @@ func (c *regCtx) access(n uint32, set bool, lo, hi uint64) (rlo, rhi uint64, ok 
 			c.msrs = append(c.msrs, accel.MSR{Index: 0x40000084, Value: lo})
 		}
 		return 0, 0, true
+	case n == 0x8008E: // SSP, CET's current shadow-stack pointer: no MSR
+		// holds it; KVM has it as KVM_REG_GUEST_SSP where it offers
+		// shadow stacks (a partition without them has no SSP: refused).
+		if set {
+			return lo, 0, v.k.SetSSP(lo) == nil
+		}
+		ssp, err := v.k.SSP()
+		return ssp, 0, err == nil
 	case n == 0x90003: // VP_INDEX
 		return uint64(v.idx), 0, !set
 	case n == 0x90004: // TIME_REF_COUNT
