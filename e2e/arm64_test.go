@@ -113,6 +113,13 @@ func TestARM64LinuxBoot(t *testing.T) {
 	dir, bin, platformTest := buildARM64Govmm(t)
 	kvmarmTest := filepath.Join(dir, "kvmarm-arm64.test")
 	buildARM64(t, kvmarmTest, "test", "-c", "./accel/kvmarm")
+	// The arm64 side of the /dev/mshv ABI and the not-implemented error
+	// are arm64-only files: this is where their tests run (only theirs:
+	// the package's other tests read testdata/ from its directory).
+	mshvabiTest := filepath.Join(dir, "mshvabi-arm64.test")
+	buildARM64(t, mshvabiTest, "test", "-c", "./accel/mshv/mshvabi")
+	mshvarmTest := filepath.Join(dir, "mshvarm-arm64.test")
+	buildARM64(t, mshvarmTest, "test", "-c", "./accel/mshv/mshvarm")
 
 	var tok [8]byte
 	rand.Read(tok[:])
@@ -148,6 +155,8 @@ echo "l1: caps json begin"; ` + bin + ` caps --json; echo "l1: caps json end exi
 grep -E '^(--- |ok|PASS|FAIL|panic)|_test.go' /tmp/platform.log
 ` + kvmarmTest + ` -test.count=1 >/tmp/kvmarm.log 2>&1; echo "l1: kvmarm tests exit=$?"
 tail -n 5 /tmp/kvmarm.log
+` + mshvabiTest + ` -test.count=1 -test.v -test.run 'Arm64' >/tmp/mshvabi.log 2>&1 && ` + mshvarmTest + ` -test.count=1 -test.v >>/tmp/mshvabi.log 2>&1; echo "l1: mshv arm64 ABI tests exit=$?"
+grep -E '^(--- |ok|PASS|FAIL|panic)' /tmp/mshvabi.log
 uptime_ms() { read up rest </proc/uptime; echo $(( ${up%.*}${up#*.} * 10 )); }
 start=$(uptime_ms)
 timeout 480 ` + bin + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --cmdline 'console=ttyAMA0 panic=-1 govmm.token=` + token + `'
@@ -164,7 +173,7 @@ if [ $status = 0 ] && [ $ms -lt 90000 ]; then
   done
 fi
 `
-	o := runARM64L1(t, script, 25*time.Minute, bin, kvmarmTest, platformTest, initrd, a.Kernel)
+	o := runARM64L1(t, script, 25*time.Minute, bin, kvmarmTest, platformTest, mshvabiTest, mshvarmTest, initrd, a.Kernel)
 	for _, want := range []string{
 		"l1: aarch64, /dev/kvm: yes",
 		"guest: token=" + token,
@@ -172,6 +181,9 @@ fi
 		"l1: govmm exit=0 ",
 		"l1: kvmarm tests exit=0",
 		"l1: platform tests exit=0",
+		"l1: mshv arm64 ABI tests exit=0",
+		"--- PASS: TestArm64Layouts",
+		"--- PASS: TestNotImplementedNamesWhatIsMissing",
 	} {
 		if !strings.Contains(o, want) {
 			t.Errorf("output lacks %q", want)
