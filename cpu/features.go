@@ -406,6 +406,14 @@ func (f Feature) Has(entries []accel.CPUIDEntry) bool {
 	return e != nil && reg(e, f.Reg)>>f.Bit&1 != 0
 }
 
+// OffersShadowStacks reports whether entries offer CET shadow stacks
+// (CPUID.(EAX=7,ECX=0):ECX.CET_SS): a vCPU with them has a current
+// shadow-stack pointer, state that no MSR holds, for the accelerators to
+// carry.
+func OffersShadowStacks(entries []accel.CPUIDEntry) bool {
+	return features[index("shstk")].Has(entries)
+}
+
 // Present lists the features set in entries, in /proc/cpuinfo order (for
 // `govmm caps` and the default guest's report).
 func Present(entries []accel.CPUIDEntry) []string {

@@ -6,7 +6,6 @@ import (
 	"unsafe"
 
 	"govmm/accel"
-	"govmm/cpu"
 )
 
 // CET shadow stacks: the current shadow-stack pointer (SSP) is the one
@@ -14,13 +13,6 @@ import (
 // own (KVM_REG_GUEST_SSP, Linux 6.18). KVM refuses the id for a vCPU whose
 // CPUID has no shadow stacks, and a KVM without CET virtualization never
 // offers them, so a vCPU without the CPUID bit has no SSP to carry.
-
-// offersShadowStacks reports whether a CPUID table offers CET shadow
-// stacks (CPUID.(EAX=7,ECX=0):ECX bit 7, CET_SS).
-func offersShadowStacks(entries []accel.CPUIDEntry) bool {
-	f, _ := cpu.Lookup("shstk")
-	return f.Has(entries)
-}
 
 // SSP returns the guest's current shadow-stack pointer (KVM_GET_ONE_REG).
 func (v *VCPU) SSP() (uint64, error) {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"govmm/accel"
+	"govmm/cpu"
 )
 
 // TestRegGuestSSP pins the ONE_REG id to the value the kernel's
@@ -13,15 +14,6 @@ import (
 func TestRegGuestSSP(t *testing.T) {
 	if regGuestSSP != 0x2030000300000000 {
 		t.Fatalf("KVM_X86_REG_KVM(KVM_REG_GUEST_SSP) = %#x, want 0x2030000300000000", uint64(regGuestSSP))
-	}
-}
-
-func TestOffersShadowStacks(t *testing.T) {
-	if offersShadowStacks([]accel.CPUIDEntry{{Function: 7, ECX: 1 << 6}}) {
-		t.Error("leaf 7 without bit 7 offers shadow stacks")
-	}
-	if !offersShadowStacks([]accel.CPUIDEntry{{Function: 7, ECX: 1 << 7}}) {
-		t.Error("leaf 7 with CET_SS does not offer shadow stacks")
 	}
 }
 
@@ -57,7 +49,7 @@ func TestSSP(t *testing.T) {
 		t.Errorf("SetSSP without shadow stacks: %v, want ErrNotSupported", err)
 	}
 
-	if !offersShadowStacks(sup) {
+	if !cpu.OffersShadowStacks(sup) {
 		// KVM refuses KVM_REG_GUEST_SSP for a vCPU its CPUID does not
 		// give shadow stacks; a KVM that cannot offer them has no such
 		// vCPU, and no SSP.

@@ -49,7 +49,7 @@ func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 		err = v.enableSynIC()
 	}
 	if err == nil {
-		v.shstk.Store(offersShadowStacks(entries))
+		v.shstk.Store(cpu.OffersShadowStacks(entries))
 	}
 	return err
 }

@@ -5,20 +5,12 @@ import (
 
 	"govmm/accel"
 	"govmm/accel/mshv/mshvabi"
-	"govmm/cpu"
 )
 
 // CET shadow stacks: the current shadow-stack pointer has no MSR; the
 // hypervisor holds it as the VP register SSP (hvgdk_mini.h,
 // HV_X64_REGISTER_SSP), next to U_CET, S_CET and PL0-3_SSP, which travel
 // as MSRs (xsave.go).
-
-// offersShadowStacks reports whether a CPUID table offers CET shadow
-// stacks (CPUID.(EAX=7,ECX=0):ECX bit 7, CET_SS).
-func offersShadowStacks(entries []accel.CPUIDEntry) bool {
-	f, _ := cpu.Lookup("shstk")
-	return f.Has(entries)
-}
 
 // SSP returns the VP's current shadow-stack pointer.
 func (v *VCPU) SSP() (uint64, error) {

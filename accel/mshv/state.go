@@ -697,6 +697,6 @@ func (v *VCPU) SetCPUID(entries []accel.CPUIDEntry) error {
 			return fmt.Errorf("vCPU %d: CPUID override for leaf %#x.%d: %w", v.index, e.Function, e.Index, err)
 		}
 	}
-	v.shstk.Store(offersShadowStacks(entries))
+	v.shstk.Store(cpu.OffersShadowStacks(entries))
 	return nil
 }
