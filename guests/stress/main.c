@@ -9,7 +9,7 @@
  * Command line (after the kernel's name):
  *   stress.seconds=N  how long to run at least, by the ACPI PM timer
  *                     (default 60)
- *   stress.rounds=R   how many full rounds over the 2^20 addresses to
+ *   stress.rounds=R   how many full rounds over the 2^B addresses to
  *                     finish at least (default 1), so that a slow
  *                     accelerator still touches every one of them
  *   stress.bits=B     distinct MMIO addresses per round: 2^B, B from 1 to 20
@@ -18,11 +18,22 @@
  *
  * Each round touches all 2^B (by default 2^20, 1,048,576) distinct
  * addresses of an 8 MiB stretch of the PCI MMIO window (0xC0000000, where
- * no BAR lies: the guest runs without PCI devices), 8 bytes apart, in a permuted order and with
- * read and write widths of 1, 2, 4 and 8 bytes, interleaved with port
- * reads and writes at random ports of all 65,536. Writes skip the ports
- * that would end or reset the VM or garble the console; reads go
- * anywhere. Every unbacked MMIO read must return all ones.
+ * no BAR lies: the guest runs without PCI devices), 8 MiB / 2^B bytes apart
+ * (8 bytes for B=20), so that every B covers all 2,048 pages of the
+ * stretch; in a permuted order and with read and write widths of 1, 2, 4
+ * and 8 bytes, interleaved with port reads and writes at random ports of
+ * all 65,536. Writes skip the ports that would end or reset the VM or
+ * garble the console; reads go anywhere. Every unbacked MMIO read must
+ * return all ones.
+ *
+ * What the guest does to the machine's devices is on the console: every
+ * port write whose first port is a legacy PC port (0x00-0xFF and the ELCR
+ * at 0x4D0-0x4D1, where the PIC, PIT, RTC, POST and speaker ports are) is
+ * printed as
+ *   stress: out #N port=P w=W v=V
+ * (N counts port accesses), a few hundred lines in a round of 2^20. An
+ * exception prints its vector, RIP, error code, CR2 and the last accesses
+ * made before it, so that a fault names what led to it.
  *
  * Once a second (PM timer) it prints
  *   stress: t=SECONDS mmio=N pio=M rounds=R
@@ -30,6 +41,17 @@
  *   stress: done seconds=S mmio=N pio=M rounds=R distinct=D bad=B
  * then exits through the debug-exit port with STRESS_OK (status 33), or
  * STRESS_FAIL (status 35) when an unbacked read returned something else.
+ *
+ * The guest runs with interrupts disabled from its first instruction to
+ * its exit: a random write may reprogram the PIC, the PIT or the RTC to
+ * raise any vector at any rate, and none of it is delivered. The vectors
+ * that ignore IF have nothing to raise them here: NMI comes only through
+ * LINT1 or an IOAPIC or MSI route, which this guest never writes (the LAPIC
+ * and the IOAPIC lie outside the stretch it hammers), and the machine has
+ * no SMI source. Exceptions are handled (printed, see above). The page
+ * tables, GDT, IDT and stacks are in RAM below 64 MiB, which nothing the
+ * guest touches aliases (no device that could write guest memory is
+ * present).
  */
 #include "lib.h"
 
@@ -39,6 +61,7 @@
 #define PM_HZ 3579545ULL
 
 #define MMIO_BASE 0xC0000000ULL
+#define MMIO_SPAN (8ULL << 20) /* the stretch of the MMIO window hammered */
 #define MMIO_MAX_BITS 20 /* at most 2^20 distinct addresses, 8 bytes apart */
 
 static uint64_t rng_state;
@@ -74,7 +97,31 @@ static bool port_writable(uint16_t p, int w)
 	return true;
 }
 
-static uint64_t pio_ops;
+static uint64_t pio_ops, mmio_ops;
+
+/* The last accesses, for the exception report. */
+#define RING 16
+static struct access {
+	uint64_t n;    /* mmio_ops or pio_ops at the access */
+	uint64_t addr; /* port or MMIO address */
+	uint64_t val;  /* the value written */
+	uint8_t w, write, pio;
+} ring[RING];
+static unsigned ring_next;
+
+static inline void note(bool pio, uint64_t addr, int w, bool write, uint64_t v)
+{
+	struct access *a = &ring[ring_next++ % RING];
+	a->n = pio ? pio_ops : mmio_ops;
+	a->addr = addr, a->val = write ? v : 0;
+	a->w = (uint8_t)w, a->write = write, a->pio = pio;
+}
+
+/* legacy_port: whether port p is a legacy PC port whose writes are printed. */
+static bool legacy_port(uint16_t p)
+{
+	return p < 0x100 || p == 0x4d0 || p == 0x4d1;
+}
 
 static void port_hammer(void)
 {
@@ -84,8 +131,15 @@ static void port_hammer(void)
 	bool write = (r >> 18) & 1;
 	if (w == 8)
 		w = 4, write = false;
-	if (write && port_writable(p, w)) {
-		uint32_t v = (uint32_t)(r >> 32);
+	if (write && !port_writable(p, w))
+		write = false;
+	uint32_t v = (uint32_t)(r >> 32);
+	if (w < 4)
+		v &= (1u << (8 * w)) - 1;
+	note(true, p, w, write, v);
+	if (write) {
+		if (legacy_port(p))
+			printf("stress: out #%llu port=%#x w=%d v=%#x\n", (unsigned long long)pio_ops, p, w, v);
 		if (w == 1)
 			outb(p, (uint8_t)v);
 		else if (w == 2)
@@ -149,9 +203,38 @@ static uint64_t clock(void)
 	return total;
 }
 
+static const char *const exc_name[32] = {
+	"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "?",
+	"#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "?", "?", "?", "?", "?", "?", "#HV", "#VC", "#SX", "?",
+};
+
+/* on_exception replaces the library's report of vectors 0-31: the same
+ * line, then the accesses that came before it, oldest first. */
+static void on_exception(struct regs *r)
+{
+	print_lock.v = 0; /* the faulting code may hold it */
+	printf("\nEXCEPTION %lu (%s) error=%#lx rip=%#lx cs=%#lx rflags=%#lx rsp=%#lx cr2=%#lx\n", r->vector,
+	       exc_name[r->vector & 31], r->error, r->rip, r->cs, r->rflags, r->rsp, READ_CR(2));
+	printf("stress: after mmio=%llu pio=%llu; the last accesses, oldest first:\n", (unsigned long long)mmio_ops,
+	       (unsigned long long)pio_ops);
+	for (unsigned k = 0; k < RING; k++) {
+		const struct access *a = &ring[(ring_next + k) % RING];
+		if (!a->w)
+			continue;
+		printf("stress:   %s #%llu %s %#llx w=%u", a->pio ? "pio" : "mmio", (unsigned long long)a->n,
+		       a->write ? "write" : "read", (unsigned long long)a->addr, a->w);
+		if (a->write)
+			printf(" v=%#llx", (unsigned long long)a->val);
+		printf("\n");
+	}
+	debug_exit((uint8_t)(EXIT_EXCEPTION + r->vector));
+}
+
 int main(void)
 {
 	cli();
+	for (int v = 0; v < 32; v++)
+		set_handler(v, on_exception);
 	acpi_init();
 	if (!acpi.pm_tmr_port) {
 		printf("stress: no ACPI PM timer to keep time by\n");
@@ -163,23 +246,25 @@ int main(void)
 		printf("stress: stress.bits=%llu is not within 1..%d\n", (unsigned long long)bits, MMIO_MAX_BITS);
 		return STRESS_FAIL;
 	}
-	const uint64_t naddr = 1ULL << bits;
+	const uint64_t naddr = 1ULL << bits, stride = MMIO_SPAN >> bits;
 	rng_state = cmdline_u64("stress.seed", 1) * 0x9E3779B97F4A7C15ULL | 1;
 	/* An odd multiplier and an offset permute 0..2^B-1: every round
 	 * touches every address once, in a scattered order. */
 	uint64_t mul = (rnd() | 1) & (naddr - 1), add = rnd() & (naddr - 1);
-	printf("stress: start seconds=%llu mmio=[%#llx,%#llx) distinct=%llu\n", (unsigned long long)seconds,
-	       (unsigned long long)MMIO_BASE, (unsigned long long)(MMIO_BASE + 8 * naddr),
-	       (unsigned long long)naddr);
+	printf("stress: start seconds=%llu mmio=[%#llx,%#llx) distinct=%llu stride=%llu\n", (unsigned long long)seconds,
+	       (unsigned long long)MMIO_BASE, (unsigned long long)(MMIO_BASE + MMIO_SPAN), (unsigned long long)naddr,
+	       (unsigned long long)stride);
 
 	uint64_t end = seconds * PM_HZ, next = PM_HZ, now = clock();
-	uint64_t mmio_ops = 0, rounds = 0, bad = 0, distinct = 0, i = 0;
+	uint64_t rounds = 0, bad = 0, distinct = 0, i = 0;
 	while (now < end || rounds < min_rounds) {
 		uint64_t r = rnd();
 		uint64_t idx = (i * mul + add) & (naddr - 1);
 		int w = 1 << (r & 3);
-		uint64_t a = MMIO_BASE + idx * 8;
-		if (!mmio_touch(a, w, (r >> 2) & 1, r >> 8) && bad++ < 5)
+		uint64_t a = MMIO_BASE + idx * stride;
+		bool write = (r >> 2) & 1;
+		note(false, a, w, write, w == 8 ? r >> 8 : (r >> 8) & ((1ULL << (8 * w)) - 1));
+		if (!mmio_touch(a, w, write, r >> 8) && bad++ < 5)
 			printf("stress: unbacked %d-byte read at %#llx is not all ones\n", w, (unsigned long long)a);
 		mmio_ops++;
 		if (rounds == 0)
