@@ -612,3 +612,33 @@ func BenchmarkDirect(b *testing.B) {
 		}
 	}
 }
+
+// TestDIOFallback: without STATX_DIOALIGN the alignment is the file
+// system's device's logical block size, read from sysfs; alignments that
+// are not powers of two, or beyond a page for memory, are refused.
+func TestDIOFallback(t *testing.T) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, directDir(t), 0, unix.STATX_BASIC_STATS, &st); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := logicalBlockSize(st.Dev_major, st.Dev_minor); ok {
+		t.Logf("device %d:%d: logical block size %d", st.Dev_major, st.Dev_minor, n)
+		if n < 512 || n&(n-1) != 0 {
+			t.Errorf("logical block size %d", n)
+		}
+	} else {
+		t.Logf("device %d:%d has no queue/logical_block_size in sysfs (not a block device): the fallback is 4096", st.Dev_major, st.Dev_minor)
+	}
+	if _, ok := logicalBlockSize(0, 1<<19); ok {
+		t.Error("a device that does not exist has a logical block size")
+	}
+	for _, c := range []struct{ mem, off int64 }{{512, 1000}, {3, 512}, {512, 1 << 20}, {2 * int64(os.Getpagesize()), 512}, {0, 512}} {
+		if _, err := newDIO(c.mem, c.off, "test"); err == nil {
+			t.Errorf("alignments memory %d, offset %d accepted", c.mem, c.off)
+		}
+	}
+	d, err := newDIO(4, 1, "test")
+	if err != nil || d.offAlign != 512 || d.memAlign != 4 {
+		t.Errorf("memory 4, offset 1: %+v %v; want offset alignment 512 (a sector), memory 4", d, err)
+	}
+}
