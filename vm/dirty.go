@@ -66,7 +66,7 @@ func (v *VM) DirtyPages() ([]uint64, error) {
 func (v *VM) VirtioDevices() []string {
 	out := []string{}
 	for _, d := range v.plat.virtio {
-		out = append(out, d.tr.Device().Describe())
+		out = append(out, d.Transport.Device().Describe())
 	}
 	return out
 }
@@ -96,6 +96,6 @@ func compareVirtio(source, here []string) error {
 	if len(diffs) == 0 {
 		return nil
 	}
-	return &InputError{Err: fmt.Errorf("the incoming VM's virtio devices differ from this destination's: %s (give migrate receive the source's --disk, --rng, --vsock and --net flags: the same image paths, as on shared storage, the same TAP names and vsock CIDs)",
+	return &InputError{Err: fmt.Errorf("the incoming VM's virtio devices differ from this destination's: %s (give migrate receive the source's --disk, --rng, --vsock, --net and --console flags: the same image paths, as on shared storage, the same TAP names and vsock CIDs)",
 		strings.Join(diffs, "; "))}
 }

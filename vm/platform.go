@@ -28,10 +28,8 @@ import (
 	"govmm/pci"
 	"govmm/platform"
 	"govmm/virtio"
-	"govmm/virtio/blk"
-	virtionet "govmm/virtio/net"
-	"govmm/virtio/rng"
-	"govmm/virtio/vsock"
+	"govmm/virtio/console"
+	"govmm/virtio/devices"
 )
 
 // platformDevices is the PC govmm presents: legacy devices, interrupt
@@ -48,86 +46,39 @@ type platformDevices struct {
 	pctest  *pctestdev.Device
 	pci     *pci.Root
 	pcitest *pcitestdev.Device
-	virtio  []*virtioDevice
-	vfio    *vfioDevices
-	entry   *boot.Entry
+	virtio  []*devices.Device
+	// console is the virtio console (--console virtio), or nil.
+	console   *console.Device
+	virtioSet *devices.Set
+	vfio      *vfioDevices
+	entry     *boot.Entry
 	// running and stopped are the VM's: closed once every vCPU runs
 	// with its state, and when the VM stops.
 	running, stopped <-chan struct{}
 }
 
-// VirtioConfig is the VM's virtio devices: the disks (vda, vdb, ... in
-// this order, from PCI slot 1 up) and an entropy device after them.
-type VirtioConfig struct {
-	Disks []blk.Config
-	RNG   bool
-	// Vsock is the virtio-vsock device, after the entropy device.
-	Vsock *vsock.Config
-	// Nets are the virtio-net devices, last.
-	Nets []virtionet.Config
-}
-
-// virtioDevice is one virtio-pci function and what backs it.
-type virtioDevice struct {
-	tr    *virtio.PCI
-	close func() error // the backend (an image file), or nil
-}
+// VirtioConfig is the VM's virtio devices, in the fixed order and at
+// the PCI slots package virtio/devices gives them (the same as on arm64).
+type VirtioConfig = devices.Config
 
 // addVirtio builds the virtio devices and puts them on the bus in a fixed
 // order, so a restore allocates the same slots and GSIs.
-func (v *VM) addVirtio(p *platformDevices) error {
-	slot := 1
-	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
-		tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Class: class, Mem: v.mem, Router: p.chips.Routes(), Log: v.log})
-		if err != nil {
-			if closer != nil {
-				closer()
-			}
-			return err
-		}
-		p.virtio = append(p.virtio, &virtioDevice{tr: tr, close: closer})
-		if err := p.pci.Add(slot, tr.Function()); err != nil {
-			return fmt.Errorf("%s: %w", dev.Name(), err)
-		}
-		slot++
-		return nil
-	}
-	for i, c := range v.cfg.Virtio.Disks {
-		name := "vd" + string(rune('a'+i))
-		if i >= 26 {
-			return &InputError{Err: fmt.Errorf("%d disks: govmm names at most 26 (vda-vdz)", len(v.cfg.Virtio.Disks))}
-		}
-		d, err := blk.Open(c, name)
-		if err != nil {
+func (v *VM) addVirtio(p *platformDevices, consoleOut io.Writer) error {
+	router := p.chips.Routes()
+	set, err := devices.Build(v.cfg.Virtio, devices.Host{
+		Root: p.pci, Mem: v.mem, Log: v.log, ConsoleOut: consoleOut,
+		Router: func(int) virtio.Router { return router },
+	})
+	if err != nil {
+		var ie *devices.InputError
+		if errors.As(err, &ie) {
 			return &InputError{Err: err}
 		}
-		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
-			return err
-		}
+		return err
 	}
-	if v.cfg.Virtio.RNG {
-		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
-			return err
-		}
-	}
-	if c := v.cfg.Virtio.Vsock; c != nil {
-		d, err := vsock.New(*c, v.log)
-		if err != nil {
-			return &InputError{Err: err}
-		}
-		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close); err != nil {
-			return err
-		}
-	}
-	for _, c := range v.cfg.Virtio.Nets {
-		d, err := virtionet.Open(c, v.log)
-		if err != nil {
-			return &InputError{Err: err}
-		}
-		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close); err != nil {
-			return err
-		}
-	}
+	p.virtio = set.Devices
+	p.console = set.Console
+	p.virtioSet = set
 	return nil
 }
 
@@ -135,15 +86,11 @@ func (v *VM) addVirtio(p *platformDevices) error {
 // their requests in flight, so that guest memory and device state agree
 // while the VM is paused.
 func (p *platformDevices) pauseDevices() {
-	for _, d := range p.virtio {
-		d.tr.Pause()
-	}
+	p.virtioSet.Pause()
 }
 
 func (p *platformDevices) resumeDevices() {
-	for _, d := range p.virtio {
-		d.tr.Resume()
-	}
+	p.virtioSet.Resume()
 }
 
 // pciWindows are the host bridge's windows for this much RAM: 32-bit BARs
@@ -173,7 +120,13 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	p.extint = p.chips.ExtINT()
 	stop := func(r Result) func() { return func() { v.Stop(r) } }
 
-	p.uart = serial.New(v.cfg.Serial, p.chips.Line(platform.IRQCOM1))
+	serialOut := v.cfg.Serial
+	if v.cfg.Virtio.Console && serialOut != nil {
+		// The UART and the virtio console write to the same place
+		// from different goroutines.
+		serialOut = devices.SharedOutput(serialOut)
+	}
+	p.uart = serial.New(serialOut, p.chips.Line(platform.IRQCOM1))
 	p.rtc = rtc.New(p.chips.Line(platform.IRQRTC), time.Now)
 	low := min(v.mem.Size(), uint64(memory.MMIOHoleStart))
 	p.rtc.SetMemorySize(low, v.mem.Size()-low)
@@ -249,7 +202,7 @@ func (v *VM) buildPlatform(mode buildMode) error {
 		}
 	}
 
-	if err := v.addVirtio(p); err != nil {
+	if err := v.addVirtio(p, serialOut); err != nil {
 		return err
 	}
 	if err := v.addVFIO(p); err != nil {
@@ -322,13 +275,13 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 	if len(d.Virtio) != len(p.virtio) {
 		var have []string
 		for _, x := range p.virtio {
-			have = append(have, x.tr.Device().Describe())
+			have = append(have, x.Transport.Device().Describe())
 		}
 		var want []string
 		for _, x := range d.Virtio {
 			want = append(want, x.Device)
 		}
-		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock and --net flags)", want, have)}
+		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net and --console flags)", want, have)}
 	}
 	// Snapshots from before the PCI host bridge have no PCI state: the
 	// bus stays as built, with the VMM's BAR placement.
@@ -337,11 +290,16 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			return &InputError{Err: fmt.Errorf("restore PCI bus: %w", err)}
 		}
 	}
+	if p.console != nil && d.VirtioConsole != nil {
+		if err := p.console.Restore(*d.VirtioConsole); err != nil {
+			return &InputError{Err: fmt.Errorf("restore: %w", err)}
+		}
+	}
 	// Virtio devices after the bus: their MSI-X control bits and BARs
 	// are in its configuration space.
 	for i, x := range p.virtio {
-		if err := x.tr.Restore(d.Virtio[i]); err != nil {
-			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock and --net flags as the saved VM had)", err)}
+		if err := x.Transport.Restore(d.Virtio[i]); err != nil {
+			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock, --net and --console flags as the saved VM had)", err)}
 		}
 	}
 	if len(p.virtio) > 0 {
@@ -351,7 +309,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			select {
 			case <-p.running:
 				for _, x := range p.virtio {
-					x.tr.Start()
+					x.Transport.Start()
 				}
 			case <-p.stopped:
 			}
@@ -367,7 +325,8 @@ type InputError struct{ Err error }
 func (e *InputError) Error() string { return e.Err.Error() }
 func (e *InputError) Unwrap() error { return e.Err }
 
-// SerialInput feeds host input to the guest's serial port.
+// SerialInput feeds host input to the guest's console: the virtio
+// console when the VM has one (--console virtio), else the serial port.
 // Input that arrives before the guest runs (a restore, a migration's
 // destination) waits until every vCPU exists with its state: the UART's
 // interrupt would otherwise reach no LAPIC and be lost. Input after the VM
@@ -376,6 +335,10 @@ func (v *VM) SerialInput(p []byte) {
 	select {
 	case <-v.running:
 	case <-v.stopped:
+		return
+	}
+	if c := v.plat.console; c != nil {
+		c.Input(p) // waits while the guest is slow to read
 		return
 	}
 	v.plat.uart.Input(p)
@@ -418,12 +381,7 @@ func (p *platformDevices) flush() {
 func (p *platformDevices) close() {
 	p.flush()
 	p.vfio.close()
-	for _, d := range p.virtio {
-		d.tr.Close()
-		if d.close != nil {
-			d.close()
-		}
-	}
+	p.virtioSet.Close()
 	if p.rtc != nil {
 		p.rtc.Close()
 	}

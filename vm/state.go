@@ -21,6 +21,7 @@ import (
 	"govmm/pci"
 	"govmm/snapshot"
 	"govmm/virtio"
+	"govmm/virtio/console"
 )
 
 // Section versions of the state this package writes. Bump one when its
@@ -92,6 +93,9 @@ type DeviceState struct {
 	// Virtio is each virtio device's transport and queue state, in
 	// slot order.
 	Virtio []virtio.PCIState `json:"virtio,omitempty"`
+	// VirtioConsole is the virtio console's own state (host input not
+	// yet delivered), when the VM has one.
+	VirtioConsole *console.State `json:"virtio_console,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -147,7 +151,11 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	ds.PCI = &ps
 	for _, d := range p.virtio {
 		// Pause quiesced them: no request is in flight.
-		ds.Virtio = append(ds.Virtio, d.tr.Save())
+		ds.Virtio = append(ds.Virtio, d.Transport.Save())
+	}
+	if p.console != nil {
+		cs := p.console.Save()
+		ds.VirtioConsole = &cs
 	}
 	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err

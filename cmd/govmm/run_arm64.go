@@ -119,7 +119,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	m, err := arm64.New(arm64.Config{
 		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
 		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
-		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets},
+		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
 	})
 	if err != nil {
 		var ie *arm64.InputError

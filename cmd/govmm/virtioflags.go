@@ -19,6 +19,33 @@ type virtioFlags struct {
 	rng   bool
 	vsock vsockFlag
 	nets  netList
+	// console is --console: "serial" (the default) or "virtio".
+	console consoleFlag
+}
+
+// consoleFlag is --console serial|virtio: which device is the guest's
+// console. With virtio a virtio-console device (the guest's hvc0) is
+// added after the other virtio devices, host input goes to it instead of
+// the UART, and its output goes where --serial says, with the UART's.
+type consoleFlag struct{ virtio bool }
+
+func (c *consoleFlag) String() string {
+	if c.virtio {
+		return "virtio"
+	}
+	return "serial"
+}
+
+func (c *consoleFlag) Set(v string) error {
+	switch v {
+	case "serial":
+		c.virtio = false
+	case "virtio":
+		c.virtio = true
+	default:
+		return fmt.Errorf("%q: want serial or virtio", v)
+	}
+	return nil
 }
 
 // netList is the repeatable --net flag.
@@ -87,5 +114,6 @@ func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID][,direct=on] (repeatable: vda, vdb, ...; direct=on opens the image with O_DIRECT, bypassing the host's page cache)")
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
 	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
+	fs.Var(&f.console, "console", "the guest's console: serial (the UART) or virtio (a virtio-console device, hvc0: give the guest console=hvc0; host input goes to it, its output and the UART's go where --serial says)")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")
 }

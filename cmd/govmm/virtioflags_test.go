@@ -38,3 +38,28 @@ func TestDiskFlagDirect(t *testing.T) {
 		t.Errorf("--disk's usage does not name direct=on: %q", u)
 	}
 }
+
+// TestConsoleFlag: --console is serial by default, virtio when asked,
+// and anything else is refused naming the choices; run, restore and
+// migrate receive share it through virtioFlags.
+func TestConsoleFlag(t *testing.T) {
+	parse := func(args ...string) (virtioFlags, error) {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		var f virtioFlags
+		f.register(fs)
+		return f, fs.Parse(args)
+	}
+	if f, err := parse(); err != nil || f.console.virtio || f.console.String() != "serial" {
+		t.Errorf("default: %v, %v", f.console, err)
+	}
+	if f, err := parse("--console=virtio"); err != nil || !f.console.virtio {
+		t.Errorf("--console=virtio: %v, %v", f.console, err)
+	}
+	if f, err := parse("--console", "virtio", "--console", "serial"); err != nil || f.console.virtio {
+		t.Errorf("the last --console wins: %v, %v", f.console, err)
+	}
+	if _, err := parse("--console=hvc0"); err == nil || !strings.Contains(err.Error(), "want serial or virtio") {
+		t.Errorf("--console=hvc0: %v", err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"govmm/devices/pl011"
 	"govmm/irq/routes"
 	"govmm/pci"
+	"govmm/virtio/devices"
 )
 
 // Config is what a machine is built from.
@@ -31,8 +32,9 @@ type Config struct {
 	KernelName string
 	Initrd     []byte
 	Cmdline    string
-	Serial     io.Writer // the PL011's output
-	// Input, when set, feeds the PL011's receive side until EOF.
+	Serial     io.Writer // the PL011's output, and the virtio console's
+	// Input, when set, feeds the console until EOF: the virtio console
+	// when Virtio.Console is set, else the PL011's receive side.
 	Input io.Reader
 	Log   *slog.Logger
 	// Epoch, when set, is when the VMM started: the time from it to the
@@ -71,7 +73,7 @@ type Machine struct {
 	// routes is the GSI routing table of the PCI functions' MSIs.
 	routes *routes.Table
 	pci    *pci.Root
-	virtio []*virtioDevice
+	virtio *devices.Set
 
 	once   sync.Once
 	result Result
@@ -105,6 +107,9 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	if cfg.Serial == nil {
 		cfg.Serial = io.Discard
+	}
+	if cfg.Virtio.Console {
+		cfg.Serial = devices.SharedOutput(cfg.Serial)
 	}
 	if cfg.NumCPUs < 1 || cfg.NumCPUs > MaxCPUs {
 		return nil, &InputError{fmt.Errorf("%d vCPUs: the arm64 machine has 1 to %d", cfg.NumCPUs, MaxCPUs)}
@@ -174,7 +179,7 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	// BARs answer what no fixed device claims.
 	m.bus.SetFallback(m.pci.MemSpace())
-	m.virtio, err = addVirtio(cfg.Virtio, m.pci, m.routes, m.vm, guestRAM{RAMBase, m.ram}, cfg.Log)
+	m.virtio, err = addVirtio(cfg.Virtio, m.pci, m.routes, m.vm, guestRAM{RAMBase, m.ram}, cfg.Log, cfg.Serial)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +251,11 @@ func (m *Machine) Run() Result {
 			for {
 				n, err := m.cfg.Input.Read(buf)
 				if n > 0 {
-					m.uart.Receive(buf[:n])
+					if c := m.virtio.Console; c != nil {
+						c.Input(buf[:n])
+					} else {
+						m.uart.Receive(buf[:n])
+					}
 				}
 				if err != nil {
 					return
@@ -302,7 +311,7 @@ func (m *Machine) Run() Result {
 func (m *Machine) Close() error {
 	var errs []error
 	if m.virtio != nil {
-		errs = append(errs, closeVirtio(m.virtio))
+		errs = append(errs, m.virtio.Close())
 		m.virtio = nil
 	}
 	if m.routes != nil {

@@ -9,17 +9,16 @@ package arm64
 // machine_arm64.go wires it to KVM.
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 
 	"govmm/accel/kvmarm"
 	"govmm/irq/routes"
 	"govmm/pci"
 	"govmm/virtio"
-	"govmm/virtio/blk"
-	virtionet "govmm/virtio/net"
-	"govmm/virtio/rng"
-	"govmm/virtio/vsock"
+	"govmm/virtio/devices"
 )
 
 // InputError is a Config the guest cannot be built from (a bad kernel,
@@ -31,19 +30,8 @@ func (e *InputError) Error() string { return e.Err.Error() }
 func (e *InputError) Unwrap() error { return e.Err }
 
 // VirtioConfig is the machine's virtio devices, in the order and at the
-// PCI slots the x86 machine gives them: the disks (vda, vdb, ... from
-// slot 1), the entropy device, the vsock device, the network devices.
-type VirtioConfig struct {
-	Disks []blk.Config
-	RNG   bool
-	Vsock *vsock.Config
-	Nets  []virtionet.Config
-}
-
-// Empty reports whether no virtio device is asked for.
-func (c VirtioConfig) Empty() bool {
-	return len(c.Disks) == 0 && !c.RNG && c.Vsock == nil && len(c.Nets) == 0
-}
+// PCI slots package virtio/devices gives them on both architectures.
+type VirtioConfig = devices.Config
 
 // PCIWindows are the host bridge's windows as package pci places BARs in
 // them (no I/O window: arm64 has no port I/O, and the virtio functions
@@ -100,83 +88,23 @@ func (r functionRouter) Allocate() (uint32, error) {
 	return gsi, nil
 }
 
-// virtioDevice is one virtio-pci function and what backs it.
-type virtioDevice struct {
-	tr    *virtio.PCI
-	close func() error // the backend (an image file, a socket), or nil
-}
-
 // addVirtio builds the devices of c and adds them to root from slot 1
-// up. On error the devices built so far are returned too, to be closed.
-func addVirtio(c VirtioConfig, root *pci.Root, table *routes.Table, ids DevIDs, mem virtio.Memory, log *slog.Logger) ([]*virtioDevice, error) {
-	var devs []*virtioDevice
-	slot := 1
-	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
-		router := functionRouter{Table: table, ids: ids, devID: kvmarm.RequesterID(0, slot, 0)}
-		tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Class: class, Mem: mem, Router: router, Log: log})
-		if err != nil {
-			if closer != nil {
-				closer()
-			}
-			return err
+// up, each function's MSI routes tagged with its requester ID; the
+// virtio console (if any) writes to out. On error nothing built stays
+// open.
+func addVirtio(c VirtioConfig, root *pci.Root, table *routes.Table, ids DevIDs, mem virtio.Memory, log *slog.Logger, out io.Writer) (*devices.Set, error) {
+	set, err := devices.Build(c, devices.Host{
+		Root: root, Mem: mem, Log: log, ConsoleOut: out,
+		Router: func(slot int) virtio.Router {
+			return functionRouter{Table: table, ids: ids, devID: kvmarm.RequesterID(0, slot, 0)}
+		},
+	})
+	if err != nil {
+		var ie *devices.InputError
+		if errors.As(err, &ie) {
+			return nil, &InputError{err}
 		}
-		devs = append(devs, &virtioDevice{tr: tr, close: closer})
-		if err := root.Add(slot, tr.Function()); err != nil {
-			return fmt.Errorf("%s: %w", dev.Name(), err)
-		}
-		slot++
-		return nil
+		return nil, err
 	}
-	if len(c.Disks) > 26 {
-		return devs, &InputError{fmt.Errorf("%d disks: govmm names at most 26 (vda-vdz)", len(c.Disks))}
-	}
-	for i, dc := range c.Disks {
-		d, err := blk.Open(dc, "vd"+string(rune('a'+i)))
-		if err != nil {
-			return devs, &InputError{err}
-		}
-		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
-			return devs, err
-		}
-	}
-	if c.RNG {
-		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
-			return devs, err
-		}
-	}
-	if c.Vsock != nil {
-		d, err := vsock.New(*c.Vsock, log)
-		if err != nil {
-			return devs, &InputError{err}
-		}
-		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close); err != nil {
-			return devs, err
-		}
-	}
-	for _, nc := range c.Nets {
-		d, err := virtionet.Open(nc, log)
-		if err != nil {
-			return devs, &InputError{err}
-		}
-		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close); err != nil {
-			return devs, err
-		}
-	}
-	return devs, nil
-}
-
-// closeVirtio stops the transports and closes their backends.
-func closeVirtio(devs []*virtioDevice) error {
-	var first error
-	for _, d := range devs {
-		if err := d.tr.Close(); err != nil && first == nil {
-			first = fmt.Errorf("%s: %w", d.tr.Device().Name(), err)
-		}
-		if d.close != nil {
-			if err := d.close(); err != nil && first == nil {
-				first = fmt.Errorf("%s: %w", d.tr.Device().Name(), err)
-			}
-		}
-	}
-	return first
+	return set, nil
 }

@@ -51,15 +51,16 @@ func TestVirtioOnPCI(t *testing.T) {
 	}
 	ids := &devIDs{ids: map[uint32]uint32{}}
 	root := pci.NewRoot(PCIWindows())
-	devs, err := addVirtio(VirtioConfig{Disks: []blk.Config{{Path: img}}, RNG: true}, root, table, ids, mem, nil)
-	defer func() {
-		if err := closeVirtio(devs); err != nil {
-			t.Error(err)
-		}
-	}()
+	set, err := addVirtio(VirtioConfig{Disks: []blk.Config{{Path: img}}, RNG: true}, root, table, ids, mem, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		if err := set.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	devs := set.Devices
 	if len(devs) != 2 {
 		t.Fatalf("%d devices, want 2", len(devs))
 	}
@@ -83,12 +84,12 @@ func TestVirtioOnPCI(t *testing.T) {
 
 	drivers := make([]*virtiotest.Driver, 2)
 	for i, d := range devs {
-		drv, err := virtiotest.New(d.tr, mem, vm)
+		drv, err := virtiotest.New(d.Transport, mem, vm)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := drv.Init(0, 0); err != nil {
-			t.Fatalf("%s: %v", d.tr.Device().Name(), err)
+			t.Fatalf("%s: %v", d.Transport.Device().Name(), err)
 		}
 		drivers[i] = drv
 	}

@@ -1,0 +1,219 @@
+// Package devices builds a machine's virtio-pci functions from its virtio
+// configuration: which devices, in which order, at which PCI slots, with
+// which class codes, and how they are closed. It exists so that the x86
+// machine (package vm) and the arm64 machine (platform/arm64) build the
+// same devices the same way from one piece of code; the one difference
+// between them, how a function's MSIs are routed (arm64 tags each GSI
+// with the function's requester ID for the ITS), is the Router hook.
+//
+// The order is fixed, so that a restore allocates the same slots and
+// GSIs: the disks (vda, vdb, ... from slot 1 up), the entropy device,
+// the vsock device, the network devices, the console.
+package devices
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"govmm/pci"
+	"govmm/virtio"
+	"govmm/virtio/blk"
+	"govmm/virtio/console"
+	virtionet "govmm/virtio/net"
+	"govmm/virtio/rng"
+	"govmm/virtio/vsock"
+)
+
+// FirstSlot is the PCI slot of the first virtio device (slot 0 is the
+// host bridge).
+const FirstSlot = 1
+
+// MaxDisks is how many disks get names (vda-vdz).
+const MaxDisks = 26
+
+// Config is a machine's virtio devices.
+type Config struct {
+	// Disks are the virtio-blk devices, vda, vdb, ... in this order.
+	Disks []blk.Config
+	// RNG adds a virtio-rng device.
+	RNG bool
+	// Vsock is the virtio-vsock device, or nil.
+	Vsock *vsock.Config
+	// Nets are the virtio-net devices.
+	Nets []virtionet.Config
+	// Console adds a virtio-console device (the guest's hvc0), last.
+	Console bool
+}
+
+// Empty reports whether no virtio device is asked for.
+func (c Config) Empty() bool {
+	return len(c.Disks) == 0 && !c.RNG && c.Vsock == nil && len(c.Nets) == 0 && !c.Console
+}
+
+// Host is what the devices are wired to.
+type Host struct {
+	Root *pci.Root
+	Mem  virtio.Memory
+	// Router returns the MSI router of the function at slot.
+	Router func(slot int) virtio.Router
+	Log    *slog.Logger
+	// ConsoleOut receives the virtio console's output (nil: discarded).
+	ConsoleOut io.Writer
+}
+
+// InputError is a device the configuration asks for that cannot be
+// built from what the user gave (an image that does not open, a TAP that
+// cannot be attached, too many disks): a usage error, not a host failure.
+// Each machine turns it into its own InputError.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// Device is one virtio-pci function and what backs it.
+type Device struct {
+	Transport *virtio.PCI
+	Slot      int
+	close     func() error // the backend (an image file, a socket), or nil
+}
+
+// Set is the virtio devices of a machine, in slot order.
+type Set struct {
+	Devices []*Device
+	// Console is the virtio console, when there is one.
+	Console *console.Device
+}
+
+// Build builds the devices of c and adds them to h.Root from FirstSlot
+// up. On error what was built is closed.
+func Build(c Config, h Host) (s *Set, err error) {
+	s = &Set{}
+	defer func() {
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}()
+	slot := FirstSlot
+	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
+		tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log})
+		if err != nil {
+			if closer != nil {
+				closer()
+			}
+			return err
+		}
+		s.Devices = append(s.Devices, &Device{Transport: tr, Slot: slot, close: closer})
+		if err := h.Root.Add(slot, tr.Function()); err != nil {
+			return fmt.Errorf("%s at PCI slot %d: %w", dev.Name(), slot, err)
+		}
+		slot++
+		return nil
+	}
+	if len(c.Disks) > MaxDisks {
+		return s, &InputError{fmt.Errorf("%d disks: govmm names at most %d (vda-vdz)", len(c.Disks), MaxDisks)}
+	}
+	for i, dc := range c.Disks {
+		d, err := blk.Open(dc, "vd"+string(rune('a'+i)))
+		if err != nil {
+			return s, &InputError{err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
+			return s, err
+		}
+	}
+	if c.RNG {
+		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
+			return s, err
+		}
+	}
+	if c.Vsock != nil {
+		d, err := vsock.New(*c.Vsock, h.Log)
+		if err != nil {
+			return s, &InputError{err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close); err != nil {
+			return s, err
+		}
+	}
+	for _, nc := range c.Nets {
+		d, err := virtionet.Open(nc, h.Log)
+		if err != nil {
+			return s, &InputError{err}
+		}
+		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close); err != nil {
+			return s, err
+		}
+	}
+	if c.Console {
+		// Class 07 80: a communication controller, "other" (what QEMU
+		// gives virtio-serial).
+		d := console.New(h.ConsoleOut, h.Log)
+		if err := add(d, virtio.PCIClass{Class: 0x07, Subclass: 0x80}, d.Close); err != nil {
+			return s, err
+		}
+		s.Console = d
+	}
+	return s, nil
+}
+
+// Close stops the transports and closes their backends; safe on a nil
+// Set and more than once.
+func (s *Set) Close() error {
+	if s == nil {
+		return nil
+	}
+	var errs []error
+	for _, d := range s.Devices {
+		if err := d.Transport.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
+		}
+		if d.close != nil {
+			if err := d.close(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
+			}
+			d.close = nil
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Pause stops every device serving its queues and waits for the requests
+// in flight. Pause and Resume do nothing on a nil Set.
+func (s *Set) Pause() {
+	if s == nil {
+		return
+	}
+	for _, d := range s.Devices {
+		d.Transport.Pause()
+	}
+}
+
+// Resume serves the queues again.
+func (s *Set) Resume() {
+	if s == nil {
+		return
+	}
+	for _, d := range s.Devices {
+		d.Transport.Resume()
+	}
+}
+
+// SharedOutput wraps the machine's console output, which the UART (from
+// a vCPU thread) and the virtio console (from its queue's goroutine)
+// both write, so that their writes do not interleave inside one another.
+func SharedOutput(w io.Writer) io.Writer { return &lockedWriter{w: w} }
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
