@@ -157,6 +157,8 @@ grep -E '^(--- |ok|PASS|FAIL|panic)|_test.go' /tmp/platform.log
 tail -n 5 /tmp/kvmarm.log
 ` + mshvabiTest + ` -test.count=1 -test.v -test.run 'Arm64' >/tmp/mshvabi.log 2>&1 && ` + mshvarmTest + ` -test.count=1 -test.v >>/tmp/mshvabi.log 2>&1; echo "l1: mshv arm64 ABI tests exit=$?"
 grep -E '^(--- |ok|PASS|FAIL|panic)' /tmp/mshvabi.log
+out=$(` + bin + ` run --accel mshv --kernel ` + a.Kernel + ` 2>&1); st=$?
+echo "$out" | head -c 120; echo; echo "l1: run --accel mshv exit=$st"
 uptime_ms() { read up rest </proc/uptime; echo $(( ${up%.*}${up#*.} * 10 )); }
 start=$(uptime_ms)
 timeout 480 ` + bin + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --cmdline 'console=ttyAMA0 panic=-1 govmm.token=` + token + `'
@@ -182,6 +184,8 @@ fi
 		"l1: kvmarm tests exit=0",
 		"l1: platform tests exit=0",
 		"l1: mshv arm64 ABI tests exit=0",
+		"govmm: --accel mshv: MSHV on arm64 is not implemented",
+		"l1: run --accel mshv exit=64",
 		"--- PASS: TestArm64Layouts",
 		"--- PASS: TestNotImplementedNamesWhatIsMissing",
 	} {

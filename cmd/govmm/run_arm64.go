@@ -3,7 +3,8 @@ package main
 // The arm64 build of govmm: `run` boots a Linux arm64 Image on KVM/arm64
 // (package platform/arm64) with the same flags as on x86; what arm64 does
 // not have yet is refused by name. None of the x86 machine (package vm, the
-// x86 instruction emulator, MSHV) is linked into this binary.
+// x86 instruction emulator, the MSHV backend) is linked into this binary;
+// --accel mshv says what an arm64 MSHV backend lacks (package mshvarm).
 
 import (
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 
+	"govmm/accel/mshv/mshvarm"
 	"govmm/platform/arm64"
 )
 
@@ -78,7 +80,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	switch accelName {
 	case "kvm", "auto":
 	case "mshv":
-		return notOnARM64("--accel mshv")
+		return fail(exitUsage, "--accel mshv: %v", mshvarm.NotImplemented())
 	default:
 		return fail(exitUsage, "--accel %q: want kvm or auto", accelName)
 	}
