@@ -55,6 +55,17 @@ type Info struct {
 	// exits of level-triggered interrupts.
 	Exits []ExitCount `json:"exits,omitempty"`
 	EOIs  uint64      `json:"ioapic_eois"`
+	// Devices are the devices on the VM's PCI bus, in slot order.
+	Devices []PCIDevice `json:"pci_devices,omitempty"`
+}
+
+// PCIDevice is one device on the VM's PCI bus.
+type PCIDevice struct {
+	Address string `json:"address"` // "0000:00:01.0", as the guest's lspci shows it
+	ID      string `json:"id"`      // vendor:device, e.g. "1af4:1042"
+	// What says what backs it: a virtio device's image, TAP or CID, the
+	// host device a VFIO function passes through.
+	What string `json:"what"`
 }
 
 // ExitCount is one device's accesses: each one an exit to the VMM.

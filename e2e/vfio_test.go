@@ -325,8 +325,13 @@ func vfioEdu(t *testing.T) {
 			t.Fatalf("snapshot of a VM with a VFIO device: want a refusal naming %s\n%s", addr, r)
 		}
 		t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
-		if r := govmm(t, "info", "--api-socket", sock); r.Code != 0 {
+		r = govmm(t, "info", "--api-socket", sock)
+		if r.Code != 0 {
 			t.Fatalf("the VM did not survive the refused snapshot:\n%s", r)
+		}
+		// info lists the passed-through device with its host address.
+		if !regexp.MustCompile(`(?m)^  0000:00:0[1-9a-f]\.0 1234:11e8 vfio ` + regexp.QuoteMeta(addr) + `$`).MatchString(r.Stdout) {
+			t.Errorf("govmm info does not list the VFIO device %s (edu, 1234:11e8):\n%s", addr, r.Stdout)
 		}
 	})
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -326,6 +327,18 @@ func TestVirtioSnapshot(t *testing.T) {
 				p.cmd.Process.Kill()
 				<-p.done
 				os.Remove(sock)
+			}
+			// The control socket lists the PCI devices and what backs them.
+			info := govmm(t, "info", "--api-socket", sock)
+			for _, want := range []string{
+				"pci:     3 devices",
+				"  0000:00:00.0 1b36:0008 host bridge",
+				"  0000:00:01.0 1af4:1042 virtio-blk path=" + vda + " bytes=" + strconv.Itoa(vdaSize) + ` readonly=false serial="snap"`,
+				"  0000:00:02.0 1af4:1044 virtio-rng",
+			} {
+				if !strings.Contains(info.Stdout, want+"\n") {
+					t.Errorf("govmm info lacks %q:\n%s", want, info)
+				}
 			}
 			if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
 				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())

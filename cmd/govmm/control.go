@@ -45,8 +45,17 @@ func (t *controlTarget) Info() api.Info {
 	return api.Info{
 		State: state, Accel: t.accel, CPUs: t.vm.NumCPUs(), Memory: t.vm.Memory().Size(),
 		Uptime: time.Since(t.start).Round(time.Millisecond).String(), Kernel: t.vm.KernelName(),
-		PID: os.Getpid(), Version: version, Exits: exits, EOIs: eois,
+		PID: os.Getpid(), Version: version, Exits: exits, EOIs: eois, Devices: pciDevices(t.vm.PCIDevices()),
 	}
+}
+
+// pciDevices converts the VM's PCI devices for the control socket.
+func pciDevices(devs []vm.PCIDevice) []api.PCIDevice {
+	var out []api.PCIDevice
+	for _, d := range devs {
+		out = append(out, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What})
+	}
+	return out
 }
 
 // exitCounts lists the devices the guest made exit, most first.
@@ -226,6 +235,10 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 		if i, err = c.Info(); err == nil {
 			fmt.Fprintf(stdout, "state:   %s\naccel:   %s\ncpus:    %d\nmemory:  %d MiB\nuptime:  %s\nkernel:  %s\npid:     %d\n",
 				i.State, i.Accel, i.CPUs, i.Memory>>20, i.Uptime, i.Kernel, i.PID)
+			fmt.Fprintf(stdout, "pci:     %d devices\n", len(i.Devices))
+			for _, d := range i.Devices {
+				fmt.Fprintf(stdout, "  %s %s %s\n", d.Address, d.ID, d.What)
+			}
 			printExits(stdout, i.Exits, i.EOIs)
 		}
 	}

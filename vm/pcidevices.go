@@ -1,0 +1,61 @@
+package vm
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"govmm/pci"
+)
+
+// PCIDevice is one device on the VM's PCI bus (bus 0, function 0 of its
+// slot), as the control socket's info lists it.
+type PCIDevice struct {
+	Slot   int
+	Vendor uint16
+	Device uint16
+	// What says what the function is and what backs it: the virtio
+	// device's description (its image, TAP or CID: what a migration
+	// destination must have too), the host device a VFIO function
+	// passes through, or the host bridge and test devices by name.
+	What string
+}
+
+// PCIDevices lists the devices on the VM's PCI bus in slot order.
+func (v *VM) PCIDevices() []PCIDevice {
+	p := v.plat
+	if p == nil || p.pci == nil {
+		return nil
+	}
+	what := map[*pci.Function]string{}
+	for _, d := range p.virtio {
+		what[d.Transport.Function()] = d.Transport.Device().Describe()
+	}
+	if p.vfio != nil {
+		for _, d := range p.vfio.devs {
+			what[d.Function()] = "vfio " + d.Name()
+		}
+	}
+	if p.pcitest != nil {
+		what[p.pcitest.Function()] = "pci-testdev (--test-devices)"
+	}
+	var out []PCIDevice
+	for slot := range pci.NumSlots {
+		f := p.pci.Function(slot, 0)
+		if f == nil {
+			continue
+		}
+		var id [4]byte
+		f.ReadConfig(pci.RegVendorID, id[:])
+		d := PCIDevice{Slot: slot, Vendor: binary.LittleEndian.Uint16(id[:]), Device: binary.LittleEndian.Uint16(id[2:])}
+		switch w, ok := what[f]; {
+		case ok:
+			d.What = w
+		case slot == 0:
+			d.What = "host bridge"
+		default:
+			d.What = fmt.Sprintf("PCI function %04x:%04x", d.Vendor, d.Device)
+		}
+		out = append(out, d)
+	}
+	return out
+}
