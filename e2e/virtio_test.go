@@ -150,7 +150,7 @@ func TestVirtioLinux(t *testing.T) {
 	}
 	initrd := virtioInitrd(t, virtioInit)
 	for _, acc := range accels(t) {
-		t.Run(accelName(acc), func(t *testing.T) { virtioLinux(t, acc, kernel, initrd) })
+		t.Run(accelName(acc), func(t *testing.T) { virtioLinux(t, acc, kernel, initrd, t.TempDir(), "") })
 	}
 }
 
@@ -161,8 +161,9 @@ func virtioInitrd(t *testing.T, init string) string {
 	return guestInitrd(t, init, nil)
 }
 
-func virtioLinux(t *testing.T, acc []string, kernel, initrd string) {
-	dir := t.TempDir()
+// virtioLinux runs the guest with its images in dir and opts added to
+// both --disk flags (",direct=on" for TestVirtioLinuxDirect).
+func virtioLinux(t *testing.T, acc []string, kernel, initrd, dir, opts string) {
 	vda, vdb := filepath.Join(dir, "vda.img"), filepath.Join(dir, "vdb.img")
 	pa, pb := pattern("vda", vdaSize), pattern("vdb", vdbSize)
 	boot := func() (linuxguest.Result, error) {
@@ -174,8 +175,8 @@ func virtioLinux(t *testing.T, acc []string, kernel, initrd string) {
 		if err := os.WriteFile(vdb, pb, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		args := append(append([]string(nil), acc...), "--disk", "path="+vda+",serial=govmm-vda",
-			"--disk", "path="+vdb+",readonly=on,serial=govmm-ro", "--rng")
+		args := append(append([]string(nil), acc...), "--disk", "path="+vda+",serial=govmm-vda"+opts,
+			"--disk", "path="+vdb+",readonly=on,serial=govmm-ro"+opts, "--rng")
 		b := linuxguest.Boot{Govmm: binary, Accel: args, Kernel: kernel, Initrd: initrd, CPUs: 2,
 			Token: "virtio-" + accelName(acc), Timeout: 4 * time.Minute}
 		return b.Run(context.Background())
