@@ -4,10 +4,15 @@
 // -run TestStressGuest ./e2e): a round of 2^20 addresses takes about 3
 // minutes on KVM and 11 on mshvsim on the nested substrate (about 5,500
 // and 1,600 MMIO exits a second; three times longer while the machine is
-// busy), so it is not part of CI. Its earlier runs there that ended in a
-// triple fault of the stress guest (after 50 s on KVM, after 297 s on
-// mshvsim) are discussed in the README (Testing, "Fuzzing and the guest
-// stress test").
+// busy), so it is not part of CI. The guest has triple-faulted in two of
+// three runs of full length on mshvsim (after 297 s and 359 s) and in one
+// of five on KVM (after 50 s), cause not yet found: L1's kvm_exit trace of
+// one on mshvsim
+// shows the shutdown on the first instruction after an emulated MMIO
+// write, with a #PF (error code 0) in delivery, which an instruction that
+// touches no memory (add $1,%rdi) can take only on its fetch; the guest's
+// page tables never change. The README (Testing, "Fuzzing and the guest
+// stress test") has the runs.
 
 package e2e
 
@@ -200,7 +205,7 @@ func stressGuest(t *testing.T, acc []string, bits int) {
 		if s.at <= tenth {
 			early = s
 		}
-		if s.at >= nextTenth && len(byTenth) < 10 {
+		if s.at >= nextTenth && len(byTenth) < 9 {
 			byTenth = append(byTenth, fmt.Sprintf("%.1f", mb(s.rss)))
 			nextTenth += tenth
 		}
@@ -211,7 +216,7 @@ func stressGuest(t *testing.T, acc []string, bits int) {
 			peak = s
 		}
 	}
-	t.Logf("VMM RSS (MiB): start %.1f (%v), at 10%% %.1f (%v), peak %.1f (%v), end %.1f (%v); at each tenth: %s; %d samples",
+	t.Logf("VMM RSS (MiB): start %.1f (%v), at 10%% %.1f (%v), peak %.1f (%v), end %.1f (%v); at 10%%, 20%%, ... 90%% of the run: %s; %d samples",
 		mb(first.rss), first.at.Round(time.Second), mb(early.rss), early.at.Round(time.Second),
 		mb(peak.rss), peak.at.Round(time.Second), mb(last.rss), last.at.Round(time.Second),
 		strings.Join(byTenth, " "), len(samples))
