@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"govmm/internal/directio"
 	"govmm/internal/kvmtest"
 	"govmm/internal/nested"
 )
@@ -38,31 +39,13 @@ func init() {
 	}
 }
 
-// takesDirect reports whether dir's file system opens a file with
-// O_DIRECT.
-func takesDirect(dir string) bool {
-	f, err := os.CreateTemp(dir, "probe-")
-	if err != nil {
-		return false
-	}
-	name := f.Name()
-	f.Close()
-	defer os.Remove(name)
-	g, err := os.OpenFile(name, os.O_RDWR|unix.O_DIRECT, 0)
-	if err != nil {
-		return false
-	}
-	g.Close()
-	return true
-}
-
 // directDir returns a directory on a file system that takes O_DIRECT:
 // the test's temporary directory where it is one, else (in L1) a RAM
 // disk with an ext2 file system (Linux's ext4 driver) mounted for the
 // test.
 func directDir(t *testing.T) string {
 	t.Helper()
-	if d := t.TempDir(); takesDirect(d) {
+	if d := t.TempDir(); directio.Supported(d) {
 		return d
 	}
 	if !kvmtest.InL1() {
@@ -94,7 +77,7 @@ func directDir(t *testing.T) string {
 		}
 		os.Remove(mnt)
 	})
-	if !takesDirect(mnt) {
+	if !directio.Supported(mnt) {
 		t.Fatalf("the RAM disk's ext2 file system at %s does not take O_DIRECT either", mnt)
 	}
 	t.Logf("images on a RAM disk's ext2 file system at %s (L1's root, tmpfs, refuses O_DIRECT; %s)", mnt, dioAlign(mnt))
@@ -123,12 +106,12 @@ func dioAlign(dir string) string {
 // refusedDir returns a directory whose file system refuses O_DIRECT at
 // open (L1's root, tmpfs before Linux 6.6, or /dev/shm there), or "".
 func refusedDir(t *testing.T) string {
-	if d := t.TempDir(); !takesDirect(d) {
+	if d := t.TempDir(); !directio.Supported(d) {
 		return d
 	}
 	if d, err := os.MkdirTemp("/dev/shm", "govmm-e2e-"); err == nil {
 		t.Cleanup(func() { os.RemoveAll(d) })
-		if !takesDirect(d) {
+		if !directio.Supported(d) {
 			return d
 		}
 	}

@@ -13,27 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"govmm/internal/directio"
 	"govmm/virtio"
 	"govmm/virtio/virtiotest"
 )
-
-// takesDirect reports whether dir's file system opens files with
-// O_DIRECT.
-func takesDirect(dir string) bool {
-	f, err := os.CreateTemp(dir, "probe-")
-	if err != nil {
-		return false
-	}
-	name := f.Name()
-	f.Close()
-	defer os.Remove(name)
-	g, err := os.OpenFile(name, os.O_RDWR|unix.O_DIRECT, 0)
-	if err != nil {
-		return false
-	}
-	g.Close()
-	return true
-}
 
 // directDir is a fresh directory on a file system that takes O_DIRECT:
 // the test's temporary directory where it does (not on tmpfs before
@@ -41,7 +24,7 @@ func takesDirect(dir string) bool {
 // own directory, which are on disk on most machines.
 func directDir(t testing.TB) string {
 	t.Helper()
-	if d := t.TempDir(); takesDirect(d) {
+	if d := t.TempDir(); directio.Supported(d) {
 		return d
 	}
 	wd, _ := os.Getwd()
@@ -50,7 +33,7 @@ func directDir(t testing.TB) string {
 		if err != nil {
 			continue
 		}
-		if takesDirect(d) {
+		if directio.Supported(d) {
 			t.Cleanup(func() { os.RemoveAll(d) })
 			return d
 		}
@@ -67,7 +50,7 @@ func refusingDir(t *testing.T) string {
 	t.Helper()
 	if d, err := os.MkdirTemp("/dev/shm", "govmm-blk-"); err == nil {
 		t.Cleanup(func() { os.RemoveAll(d) })
-		if !takesDirect(d) {
+		if !directio.Supported(d) {
 			return d
 		}
 	}
@@ -76,7 +59,7 @@ func refusingDir(t *testing.T) string {
 		t.Skipf("no file system that refuses O_DIRECT: /dev/shm takes it (tmpfs since Linux 6.6) and mounting a ramfs failed: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(d, unix.MNT_DETACH) })
-	if takesDirect(d) {
+	if directio.Supported(d) {
 		t.Skip("ramfs took O_DIRECT")
 	}
 	return d
