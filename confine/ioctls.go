@@ -46,6 +46,10 @@ var kvmIoctls = []ioctlReq{
 	{"KVM_GET_XSAVE2", 0x9000aecf},
 	{"KVM_GET_XCRS", 0x8188aea6},
 	{"KVM_SET_XCRS", 0x4188aea7},
+	// CET's shadow-stack pointer (KVM_REG_GUEST_SSP), saved and
+	// restored with the vCPU's other state.
+	{"KVM_GET_ONE_REG", 0x4010aeab},
+	{"KVM_SET_ONE_REG", 0x4010aeac},
 	{"KVM_GET_CLOCK", 0x8030ae7c},
 	{"KVM_SET_CLOCK", 0x4030ae7b},
 	{"KVM_GET_TSC_KHZ", 0xaea3},
