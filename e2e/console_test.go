@@ -370,11 +370,12 @@ mkfifo /tmp/in
 ( i=0; while [ $i -lt 240 ] && ! grep -q 'arm64-console: ready' /tmp/console.out 2>/dev/null; do sleep 1; i=$((i+1)); done; echo ` + token + ` ) >/tmp/in &
 timeout 300 ` + bin + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --console virtio --log-level error --cmdline 'console=hvc0 loglevel=1 panic=-1' </tmp/in >/tmp/console.out
 echo "l1: govmm exit=$?"
+echo "l1: ready-lines=$(grep -c 'arm64-console: ready' /tmp/console.out)"
 sed 's/` + payloadBegin + `[0-9a-f]*` + payloadEnd + `/<payload>/' /tmp/console.out | tail -c 3000
 echo "l1: payload-sum $(sed -n 's/.*` + payloadBegin + `\([0-9a-f]*\)` + payloadEnd + `.*/\1/p' /tmp/console.out | tr -d '\r\n' | sha256sum)"
 `
 	o := runARM64L1(t, script, 20*time.Minute, bin, initrd, a.Kernel)
-	for _, want := range []string{"l1: aarch64, /dev/kvm: yes", "l1: govmm exit=0\n", "arm64-console: ready", "arm64-console: got [" + token + "]"} {
+	for _, want := range []string{"l1: aarch64, /dev/kvm: yes", "l1: govmm exit=0\n", "l1: ready-lines=1\n", "arm64-console: got [" + token + "]"} {
 		if !strings.Contains(o, want) {
 			t.Errorf("output lacks %q", want)
 		}

@@ -122,10 +122,13 @@ func New(cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, &InputError{err}
 	}
-	m = &Machine{cfg: cfg, place: place, done: make(chan struct{})}
+	built := &Machine{cfg: cfg, place: place, done: make(chan struct{})}
+	m = built
 	defer func() {
+		// Every failure below returns a nil Machine: close the one
+		// being built, whatever m now holds.
 		if err != nil {
-			m.Close()
+			built.Close()
 		}
 	}()
 	if m.kvm, err = kvmarm.Open(cfg.Device); err != nil {
