@@ -301,8 +301,7 @@ func TestARM64Virtio(t *testing.T) {
 	a := arm64L1(t)
 	dir, bin, platformTest := buildARM64Govmm(t)
 
-	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
-	mods := filepath.Join(filepath.Dir(filepath.Dir(a.Kernel)), "lib", "modules", ver, "kernel")
+	mods := moduleTree(a.Kernel)
 	ar := initramfs.New()
 	for _, d := range []string{"/bin", "/proc", "/sys", "/dev", "/tmp", "/lib", "/lib/modules"} {
 		ar.Dir(d)

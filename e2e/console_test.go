@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"govmm/internal/initramfs"
-	"govmm/internal/nested"
 )
 
 // consoleModuleEnv names the kernel's virtio_console.ko (Debian's cloud
@@ -26,15 +25,11 @@ func init() {
 	if os.Getenv(consoleModuleEnv) != "" {
 		return
 	}
-	k := os.Getenv(linuxKernelEnv)
-	if k == "" {
-		k = nested.LinuxKernel()
-	}
+	k := guestKernelPath()
 	if k == "" {
 		return
 	}
-	ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-	p := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel", "drivers", "char", "virtio_console.ko")
+	p := filepath.Join(moduleTree(k), "drivers", "char", "virtio_console.ko")
 	if _, err := os.Stat(p); err == nil {
 		os.Setenv(consoleModuleEnv, p)
 	}
@@ -322,8 +317,7 @@ func tail(s string, n int) string {
 func TestARM64Console(t *testing.T) {
 	a := arm64L1(t)
 	dir, bin, _ := buildARM64Govmm(t)
-	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
-	mods := filepath.Join(filepath.Dir(filepath.Dir(a.Kernel)), "lib", "modules", ver, "kernel")
+	mods := moduleTree(a.Kernel)
 	ar := initramfs.New()
 	for _, d := range []string{"/bin", "/proc", "/sys", "/dev", "/tmp", "/lib", "/lib/modules"} {
 		ar.Dir(d)

@@ -152,3 +152,20 @@ func guestPath(t *testing.T, name string) string {
 	}
 	return p
 }
+
+// guestKernelPath is the Linux guest's kernel: GOVMM_LINUX_KERNEL, else the
+// one .ci/run unpacked (also L1's); "" when there is none.
+func guestKernelPath() string {
+	if k := os.Getenv(linuxKernelEnv); k != "" {
+		return k
+	}
+	return nested.LinuxKernel()
+}
+
+// moduleTree is the kernel/ directory of the modules that came with the
+// unpacked Debian kernel at kernel (.../boot/vmlinuz-VER beside
+// .../lib/modules/VER/kernel).
+func moduleTree(kernel string) string {
+	ver := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	return filepath.Join(filepath.Dir(filepath.Dir(kernel)), "lib", "modules", ver, "kernel")
+}

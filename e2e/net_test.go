@@ -15,7 +15,6 @@ import (
 
 	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
-	"govmm/internal/nested"
 )
 
 // The network test's modules: the guest's virtio_net (and its failover
@@ -32,15 +31,11 @@ func init() {
 	if kvmtest.InL1() {
 		return
 	}
-	k := os.Getenv(linuxKernelEnv)
-	if k == "" {
-		k = nested.LinuxKernel()
-	}
+	k := guestKernelPath()
 	if k == "" {
 		return
 	}
-	ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-	kdir := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel")
+	kdir := moduleTree(k)
 	for env, rel := range netModuleEnvs {
 		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
 			if _, err := os.Stat(p); err == nil {

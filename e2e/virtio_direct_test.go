@@ -32,8 +32,7 @@ func init() {
 	if k == "" {
 		return
 	}
-	ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-	p := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel", "drivers", "block", "brd.ko")
+	p := filepath.Join(moduleTree(k), "drivers", "block", "brd.ko")
 	if _, err := os.Stat(p); err == nil {
 		os.Setenv(brdModuleEnv, p)
 	}

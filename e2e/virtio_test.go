@@ -17,7 +17,6 @@ import (
 
 	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
-	"govmm/internal/nested"
 )
 
 // virtioModules are the kernel modules the guest loads, in dependency
@@ -42,15 +41,11 @@ func init() {
 	if os.Getenv(virtioModulesEnv) != "" {
 		return
 	}
-	k := os.Getenv(linuxKernelEnv)
-	if k == "" {
-		k = nested.LinuxKernel()
-	}
+	k := guestKernelPath()
 	if k == "" {
 		return
 	}
-	ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-	dir := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel", "drivers", "virtio")
+	dir := filepath.Join(moduleTree(k), "drivers", "virtio")
 	if _, err := os.Stat(dir); err == nil {
 		// The directory of the virtio core; virtio_blk and virtio-rng
 		// are two more files, set below so they are copied too.

@@ -16,7 +16,6 @@ import (
 	"govmm/internal/initramfs"
 	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
-	"govmm/internal/nested"
 )
 
 // The vsock tests' guest side: the kernel's vsock modules (Debian's cloud
@@ -33,13 +32,9 @@ func init() {
 	if kvmtest.InL1() {
 		return
 	}
-	k := os.Getenv(linuxKernelEnv)
-	if k == "" {
-		k = nested.LinuxKernel()
-	}
+	k := guestKernelPath()
 	if k != "" && os.Getenv(vsockModulesEnv) == "" {
-		ver := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-		dir := filepath.Join(filepath.Dir(filepath.Dir(k)), "lib", "modules", ver, "kernel", "net", "vmw_vsock")
+		dir := filepath.Join(moduleTree(k), "net", "vmw_vsock")
 		if _, err := os.Stat(dir); err == nil {
 			os.Setenv(vsockModulesEnv, dir)
 		}
