@@ -164,6 +164,7 @@ trap_return:
 /*                       uint64_t user_stack_top)  (see boot.c)        */
 	.globl user_call_on
 user_call_on:
+	pushfq                           /* the caller's IF, restored on return */
 	push %rbp
 	push %rbx
 	push %r12
@@ -214,7 +215,10 @@ user_exit_stub:
 	ud2
 
 /* void user_return_to_kernel(uint64_t val): called at CPL0 from the syscall
- * handler; abandons the trap frame and returns val from user_call. */
+ * handler; abandons the trap frame and returns val from user_call, with
+ * RFLAGS (IF above all) as user_call's caller had it: the syscall's trap
+ * gate cleared IF, and a second user_call after the first must not run
+ * its CPL3 code with interrupts off. */
 	.globl user_return_to_kernel
 user_return_to_kernel:
 	mov %rdi, %rax
@@ -228,6 +232,7 @@ user_return_to_kernel:
 	pop %r12
 	pop %rbx
 	pop %rbp
+	popfq                            /* interrupts as the caller had them */
 	ret
 
 /* uint64_t sys_call(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2):

@@ -63,6 +63,25 @@ static uint64_t sys_nested(uint64_t a0, uint64_t a1, uint64_t a2)
 	return user_call(inner, a0) + 1000; /* CPL0 -> CPL3 from inside a syscall */
 }
 
+static uint64_t user_flags(uint64_t arg) { return read_flags(); }
+
+/* user_call_keeps_if: CPL3 code runs with the caller's IF, and user_call
+ * returns with it, for a first call and for a second one after it (the
+ * return goes through a syscall, whose trap gate clears IF). */
+static void user_call_keeps_if(void)
+{
+	pic_disable(); /* nothing may interrupt while IF is set below */
+	cli();
+	check((user_call(user_flags, 0) & 0x200) == 0, "user_call with IF clear: CPL3 runs with IF clear");
+	check((read_flags() & 0x200) == 0, "user_call with IF clear: returns with IF clear");
+	sti();
+	bool in1 = user_call(user_flags, 0) & 0x200, out1 = read_flags() & 0x200;
+	bool in2 = user_call(user_flags, 0) & 0x200, out2 = read_flags() & 0x200;
+	cli();
+	check(in1 && in2, "user_call with IF set: CPL3 runs with IF set, also on a second call");
+	check(out1 && out2, "user_call with IF set: returns with IF set");
+}
+
 static uint64_t user_fn(uint64_t arg)
 {
 	uint64_t r = 0;
@@ -164,6 +183,7 @@ int main(void)
 	if (r != 42)
 		printf("libtest: user_fn returned %lu\n", r);
 	check(cpl() == 0, "back at CPL0");
+	user_call_keeps_if();
 
 	int n = smp_start(ap_main);
 	check(n == acpi.ncpus, "all MADT CPUs started");
