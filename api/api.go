@@ -281,8 +281,14 @@ func (s *Server) do(req *request, progress func(done, total uint64)) (any, error
 			return nil, errors.New("migrate: to is required")
 		}
 		return s.t.Migrate(*req.Migrate, progress)
+	case "vcpus":
+		vt, ok := s.t.(VCPUTarget)
+		if !ok {
+			return nil, errors.New("vcpus: this VM cannot show its vCPUs' state")
+		}
+		return vt.VCPUs()
 	}
-	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot or migrate)", req.Op)
+	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot, migrate or vcpus)", req.Op)
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }

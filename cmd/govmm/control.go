@@ -221,16 +221,34 @@ func parseControl(name string, args []string, stderr io.Writer, extra func(*flag
 }
 
 func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
-	c, _, err := parseControl(name, args, stderr, nil)
+	var extra func(*flag.FlagSet)
+	var vcpus, asJSON bool
+	if name == "info" {
+		extra = func(fs *flag.FlagSet) {
+			fs.BoolVar(&vcpus, "vcpus", false, "show each vCPU's registers, events and LAPIC (the VM pauses briefly for the capture)")
+			fs.BoolVar(&asJSON, "json", false, "print the control socket's reply as JSON")
+		}
+	}
+	c, _, err := parseControl(name, args, stderr, extra)
 	if err != nil {
 		return err
 	}
-	switch name {
-	case "pause":
+	switch {
+	case name == "pause":
 		err = c.Pause()
-	case "resume":
+	case name == "resume":
 		err = c.Resume()
-	case "info":
+	case vcpus:
+		var res api.VCPUsResult
+		if res, err = c.VCPUs(); err == nil {
+			err = printReply(stdout, asJSON, res, func() { printVCPUs(stdout, res) })
+		}
+	case asJSON:
+		var i api.Info
+		if i, err = c.Info(); err == nil {
+			err = printReply(stdout, true, i, nil)
+		}
+	case name == "info":
 		var i api.Info
 		if i, err = c.Info(); err == nil {
 			fmt.Fprintf(stdout, "state:   %s\naccel:   %s\ncpus:    %d\nmemory:  %d MiB\nuptime:  %s\nkernel:  %s\npid:     %d\n",
