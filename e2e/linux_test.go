@@ -449,7 +449,10 @@ func TestLinuxLiveMigration(t *testing.T) {
 			dir := t.TempDir()
 			sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
 			s := g.start(t, m.src, m.cpu, sock, migrateAt)
-			d := start(t, append(append([]string{"migrate", "receive"}, m.dst...), "--listen", "unix:"+mig)...)
+			// A control socket on the destination: a stall after the move
+			// shows the guest's vCPUs (proc.vcpus).
+			d := start(t, append(append([]string{"migrate", "receive"}, m.dst...), "--listen", "unix:"+mig,
+				"--api-socket", filepath.Join(dir, "dst.sock"))...)
 			waitPath(t, mig)
 			migrateLive(t, sock, mig, s, d)
 			// The source may have ticked past migrateAt while memory was

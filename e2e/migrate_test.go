@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	bin "encoding/binary"
 	"errors"
 	"fmt"
@@ -90,13 +91,41 @@ func (p *proc) waitFor(s string, d time.Duration) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	// Where the threads wait tells a hung VMM from a quiet guest (see exit).
+	// Where the vCPUs are and where the threads wait tell a hung VMM
+	// from a quiet guest (see exit).
+	vcpus := p.vcpus()
 	p.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
 	case <-p.done:
 	case <-time.After(5 * time.Second):
 	}
-	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s", strings.Join(p.cmd.Args, " "), s, d, p.output())
+	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s", strings.Join(p.cmd.Args, " "), s, d, p.output(), vcpus)
+}
+
+// vcpus is what `govmm info --vcpus` says about the guest's vCPUs, for a
+// process started with a control socket (else ""): where each vCPU is
+// (RIP, CPL, IF, halted or not) and its LAPIC's ISR and IRR tell a guest
+// that spins with interrupts off or waits for a lost interrupt from a
+// guest that is only slow. Asked before SIGQUIT, which ends the process.
+func (p *proc) vcpus() string {
+	sock := ""
+	for i, a := range p.cmd.Args {
+		if v, ok := strings.CutPrefix(a, "--api-socket="); ok {
+			sock = v
+		} else if a == "--api-socket" && i+1 < len(p.cmd.Args) {
+			sock = p.cmd.Args[i+1]
+		}
+	}
+	if sock == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "info", "--api-socket", sock, "--vcpus").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
+	}
+	return "\n--- the guest's vCPUs (govmm info --vcpus):\n" + string(out)
 }
 
 // errStalled is waitProgress's error for a process that printed nothing
@@ -124,12 +153,13 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 		} else if quietPolls++; time.Duration(quietPolls)*poll >= quiet {
 			// The goroutine dump says whether the vCPUs sat in KVM_RUN
 			// (the guest, or the substrate under it) or waited in the VMM.
+			vcpus := p.vcpus()
 			p.cmd.Process.Signal(syscall.SIGQUIT)
 			select {
 			case <-p.done:
 			case <-time.After(5 * time.Second):
 			}
-			return fmt.Errorf("%w for %v while waiting for %q; the output, with the goroutine dump SIGQUIT asked for:\n%s", errStalled, quiet, s, p.output())
+			return fmt.Errorf("%w for %v while waiting for %q; the output, with the goroutine dump SIGQUIT asked for:\n%s%s", errStalled, quiet, s, p.output(), vcpus)
 		}
 		select {
 		case <-p.done:
@@ -157,13 +187,14 @@ func (p *proc) exit(d time.Duration) int {
 		// A Go process dumps its goroutines on SIGQUIT: where the vCPU
 		// and device threads wait is what tells a hung VMM from a
 		// guest that does nothing.
+		vcpus := p.vcpus()
 		p.cmd.Process.Signal(syscall.SIGQUIT)
 		select {
 		case <-p.done:
 		case <-time.After(5 * time.Second):
 		}
-		p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s",
-			strings.Join(p.cmd.Args, " "), d, p.output())
+		p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
+			strings.Join(p.cmd.Args, " "), d, p.output(), vcpus)
 	}
 	if ee, ok := p.err.(*exec.ExitError); ok {
 		return ee.ExitCode()
@@ -497,7 +528,9 @@ func TestVirtioLiveMigration(t *testing.T) {
 					os.Remove(mig)
 				}
 			}
-			d := start(t, append(append([]string(nil), receive...), "--disk", disk, "--rng")...)
+			// The destination's control socket lets a stall after the
+			// move show the guest's vCPUs (proc.vcpus).
+			d := start(t, append(append([]string(nil), receive...), "--disk", disk, "--rng", "--api-socket", filepath.Join(dir, "dst.sock"))...)
 			waitPath(t, mig)
 			migrateLive(t, sock, mig, s, d)
 			d.waitFor("mig-test: verified", 4*time.Minute)
