@@ -170,15 +170,28 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	return st, nil
 }
 
-func captureVCPU(c accel.VCPU, s *VCPUState) error {
-	var err error
-	step := func(what string, f func() error) {
-		if err == nil {
-			if e := f(); e != nil {
-				err = fmt.Errorf("%s: %w", what, e)
-			}
-		}
+// steps runs named steps in order until one fails, and keeps that first
+// failure's error, prefixed with its name and the steps' verb.
+type steps struct {
+	verb string // "" or "restore"
+	err  error
+}
+
+func (s *steps) step(what string, f func() error) {
+	if s.err != nil {
+		return
 	}
+	if e := f(); e != nil {
+		if s.verb != "" {
+			what = s.verb + " " + what
+		}
+		s.err = fmt.Errorf("%s: %w", what, e)
+	}
+}
+
+func captureVCPU(c accel.VCPU, s *VCPUState) error {
+	var st steps
+	step := st.step
 	step("registers", func() (e error) { s.Regs, e = c.Regs(); return })
 	step("segment registers", func() (e error) { s.Sregs, e = c.Sregs(); return })
 	step("FPU", func() (e error) { s.FPU, e = c.FPU(); return })
@@ -229,7 +242,7 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 			return e
 		})
 	}
-	return err
+	return st.err
 }
 
 // restoreVCPU applies s in the order both accelerators accept: control
@@ -240,14 +253,8 @@ func captureVCPU(c accel.VCPU, s *VCPUState) error {
 // bsp is vCPU 0's saved state when s is another vCPU's (nil for vCPU 0),
 // for the MSRs one vCPU holds for the whole VM (partitionMSRs).
 func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
-	var err error
-	step := func(what string, f func() error) {
-		if err == nil {
-			if e := f(); e != nil {
-				err = fmt.Errorf("restore %s: %w", what, e)
-			}
-		}
-	}
+	st := steps{verb: "restore"}
+	step := st.step
 	var deadline []accel.MSR // IA32_TSC_DEADLINE, set after the LAPIC
 	step("segment registers", func() error { return c.SetSregs(&s.Sregs) })
 	step("registers", func() error { return c.SetRegs(&s.Regs) })
@@ -312,7 +319,7 @@ func restoreVCPU(c accel.VCPU, s *VCPUState, bsp *VCPUState) error {
 		})
 	}
 	step("MP state", func() error { return c.SetMPState(s.MPState) })
-	return err
+	return st.err
 }
 
 // notGuestState are MSRs an accelerator may list that are not guest state

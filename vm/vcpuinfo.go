@@ -69,21 +69,15 @@ func (v *VM) InspectVCPUs() (api.VCPUsResult, error) {
 // lookVCPU reads what InspectVCPUs shows from c, on c's thread.
 func (v *VM) lookVCPU(c accel.VCPU, l *vcpuLook) error {
 	s := &l.state
-	var err error
-	step := func(what string, f func() error) {
-		if err == nil {
-			if e := f(); e != nil {
-				err = fmt.Errorf("%s: %w", what, e)
-			}
-		}
-	}
+	var st steps
+	step := st.step
 	step("registers", func() (e error) { s.Regs, e = c.Regs(); return })
 	step("segment registers", func() (e error) { s.Sregs, e = c.Sregs(); return })
 	step("LAPIC", func() (e error) { s.LAPIC, e = c.LAPIC(); return })
 	step("events", func() (e error) { s.Events, e = c.Events(); return })
 	step("MP state", func() (e error) { s.MPState, e = c.MPState(); return })
-	if err != nil {
-		return err
+	if st.err != nil {
+		return st.err
 	}
 	// Best effort, one at a time: MSHV reaches MSRs only through named
 	// registers, and names no TSC deadline.
