@@ -1,31 +1,14 @@
 package virtio_test
 
 import (
-	"bytes"
 	"log/slog"
-	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"govmm/virtio/virtiotest"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func captureLog(w *syncBuffer) func() {
+func captureLog(w *virtiotest.SyncBuffer) func() {
 	old := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(w, nil)))
 	return func() { slog.SetDefault(old) }

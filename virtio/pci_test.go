@@ -229,7 +229,7 @@ func TestMalformedChains(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d, _ := newRNG(t)
-			var logbuf syncBuffer
+			var logbuf virtiotest.SyncBuffer
 			restore := captureLog(&logbuf)
 			defer restore()
 			if err := d.Init(virtio.FIndirectDesc, 16); err != nil {

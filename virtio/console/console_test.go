@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,30 +15,12 @@ import (
 
 const wait = 5 * time.Second
 
-// syncBuffer is the host side of the console's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]byte(nil), s.b.Bytes()...)
-}
-
 type rig struct {
 	t   *testing.T
 	d   *virtiotest.Driver
 	tr  *virtio.PCI
 	dev *Device
-	out *syncBuffer
+	out *virtiotest.SyncBuffer // the host side of the console's output
 }
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -48,7 +29,7 @@ var quiet = slog.New(slog.DiscardHandler)
 // setup, when set, runs before the driver starts.
 func newRig(t *testing.T, setup func(*Device)) *rig {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &virtiotest.SyncBuffer{}
 	dev := New(out, quiet)
 	if setup != nil {
 		setup(dev)

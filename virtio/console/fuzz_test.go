@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"govmm/virtio"
+	"govmm/virtio/virtiotest"
 )
 
 // FuzzChains hands the device chains whose queue, buffer directions and
@@ -25,7 +26,7 @@ func FuzzChains(f *testing.F) {
 		if len(layout) > 64 {
 			layout = layout[:64]
 		}
-		out := &syncBuffer{}
+		out := &virtiotest.SyncBuffer{}
 		d := New(out, quiet)
 		defer d.Close()
 		d.Activate(virtio.FVersion1)
