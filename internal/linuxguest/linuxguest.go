@@ -342,7 +342,10 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	res.CPUs, _ = strconv.Atoi(m[2])
 	if b.Dmesg {
 		if res.Log = ParseLog(res.Console); res.Log == nil {
-			return fail("init printed no kernel log")
+			// Which marker is missing tells a guest that stopped before
+			// or during dmesg from a log whose lines were mangled.
+			begin, end := strings.Contains(res.Console, "govmm-dmesg-begin"), strings.Contains(res.Console, "govmm-dmesg-end")
+			return fail("init printed no kernel log (its begin marker %s, its end marker %s)", seen(begin), seen(end))
 		}
 	}
 	switch {
@@ -377,6 +380,13 @@ type stallError struct{ error }
 func (e *stallError) Is(target error) bool { return target == ErrStalled }
 
 // name says what ran the boot, for messages.
+func seen(b bool) string {
+	if b {
+		return "printed"
+	}
+	return "missing"
+}
+
 func (b Boot) name() string {
 	if b.QEMU != "" {
 		return "qemu-system-x86_64 -cpu " + cmp.Or(b.QEMUCPU, "host") + " -M " + b.QEMU
