@@ -79,6 +79,11 @@ type PCIConfig struct {
 	Mem    Memory
 	Router Router
 	Log    *slog.Logger
+	// Packed offers VIRTIO_F_RING_PACKED: a driver that accepts it lays
+	// the device's queues out as packed rings. It is part of the
+	// device's description (Describe), so a snapshot or a migration
+	// restores only where the device offers the same.
+	Packed bool
 }
 
 // PCI is the virtio 1.x modern PCI transport of one device (virtio 1.2
@@ -93,6 +98,7 @@ type PCI struct {
 	router Router
 	log    *slog.Logger
 	qmax   []uint16
+	packed bool
 
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -142,7 +148,9 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 			return nil, fmt.Errorf("%s: queue %d maximum size %d is not a power of two", dev.Name(), i, m)
 		}
 	}
-	t := &PCI{dev: dev, mem: c.Mem, router: c.Router, log: c.Log, qmax: qmax, done: make(chan struct{})}
+	po, _ := dev.(PackedOfferer)
+	packed := c.Packed || po != nil && po.OfferPacked()
+	t := &PCI{dev: dev, mem: c.Mem, router: c.Router, log: c.Log, qmax: qmax, packed: packed, done: make(chan struct{})}
 	if t.log == nil {
 		t.log = slog.Default()
 	}
@@ -207,7 +215,28 @@ func (t *PCI) resetRegs() {
 }
 
 func (t *PCI) features() uint64 {
-	return t.dev.Features() | FVersion1 | FEventIdx | FIndirectDesc
+	f := t.dev.Features() | FVersion1 | FEventIdx | FIndirectDesc
+	if t.packed {
+		f |= FRingPacked
+	}
+	return f
+}
+
+// describe is the device's description with the transport's options.
+func (t *PCI) describe() string {
+	if t.packed {
+		return t.dev.Describe() + " packed=on"
+	}
+	return t.dev.Describe()
+}
+
+// newQueue maps queue i as the negotiated features lay it out.
+func (t *PCI) newQueue(i int, qc QueueConfig) (*Queue, error) {
+	f := t.s.DrvFeatures
+	if f&FRingPacked != 0 {
+		return NewPackedQueue(t.mem, i, qc, t.qmax[i], f&FEventIdx != 0, f&FIndirectDesc != 0)
+	}
+	return NewQueue(t.mem, i, qc, t.qmax[i], f&FEventIdx != 0, f&FIndirectDesc != 0)
 }
 
 // barDev dispatches BAR 0.
@@ -427,7 +456,7 @@ func (t *PCI) setStatus(v uint8) {
 // enableQueue maps queue i's rings. Called with mu held.
 func (t *PCI) enableQueue(i int) {
 	qc := &t.s.Queues[i]
-	q, err := NewQueue(t.mem, i, *qc, t.qmax[i], t.s.DrvFeatures&FEventIdx != 0, t.s.DrvFeatures&FIndirectDesc != 0)
+	q, err := t.newQueue(i, *qc)
 	if err != nil {
 		t.fail(err)
 		return
@@ -713,7 +742,7 @@ type PCIState struct {
 func (t *PCI) Save() PCIState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := PCIState{Device: t.dev.Describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
+	s := PCIState{Device: t.describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
 	s.Regs.Queues = append([]QueueConfig(nil), t.s.Queues...)
 	for _, q := range t.queues {
 		var qs QueueState
@@ -729,8 +758,11 @@ func (t *PCI) Save() PCIState {
 // the PCI bus's configuration space was restored: the device must be
 // configured as it was when saved. Queues are served from Start on.
 func (t *PCI) Restore(s PCIState) error {
-	if s.Device != t.dev.Describe() {
-		return fmt.Errorf("%s: the snapshot's device is %q, this machine's %q", t.dev.Name(), s.Device, t.dev.Describe())
+	if s.Device != t.describe() {
+		return fmt.Errorf("%s: the snapshot's device is %q, this machine's %q", t.dev.Name(), s.Device, t.describe())
+	}
+	if s.Regs.DrvFeatures&FRingPacked != 0 && !t.packed {
+		return fmt.Errorf("%s: the snapshot's driver uses packed rings, which this device does not offer", t.dev.Name())
 	}
 	if len(s.Regs.Queues) != len(t.qmax) || len(s.Queues) != len(t.qmax) {
 		return fmt.Errorf("%s: the snapshot has %d queues, the device %d", t.dev.Name(), len(s.Regs.Queues), len(t.qmax))
@@ -750,11 +782,13 @@ func (t *PCI) Restore(s PCIState) error {
 		if !qc.Ready {
 			continue
 		}
-		q, err := NewQueue(t.mem, i, qc, t.qmax[i], t.s.DrvFeatures&FEventIdx != 0, t.s.DrvFeatures&FIndirectDesc != 0)
+		q, err := t.newQueue(i, qc)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.dev.Name(), err)
 		}
-		q.Restore(s.Queues[i])
+		if err := q.Restore(s.Queues[i]); err != nil {
+			return fmt.Errorf("%s: %w", t.dev.Name(), err)
+		}
 		t.queues[i] = q
 	}
 	if t.s.Status&StatusDriverOK != 0 && !t.broken {

@@ -113,9 +113,15 @@ type QueueConfig struct {
 	MSIXVector uint16 `json:"msix_vector"`
 }
 
-// Queue is one split virtqueue (virtio 1.2 §2.7) over guest memory. Pop
+// Queue is one virtqueue over guest memory: a split ring (virtio 1.2
+// §2.7, NewQueue) or a packed one (§2.8, NewPackedQueue, packed.go). Pop
 // is called by one goroutine at a time (the queue's notification
 // handler); Push and NeedInterrupt may be called from any goroutine.
+//
+// In a packed queue avail and used are the driver and device event
+// suppression areas, lastAvail and usedIdx ring positions (their wrap
+// counters are in packed), signalled a used sequence number (usedSeq),
+// and a chain's Head is its buffer ID.
 type Queue struct {
 	index    int
 	eventIdx bool
@@ -127,6 +133,10 @@ type Queue struct {
 	// dirty.
 	mem     Memory
 	usedGPA uint64
+	descGPA uint64
+
+	// packed is the packed ring's state; nil for a split ring.
+	packed *packedState
 
 	popMu     sync.Mutex
 	lastAvail uint16
@@ -136,11 +146,17 @@ type Queue struct {
 	signalled uint16 // used index at the last interrupt decision
 }
 
-// QueueState is a queue's position, for snapshots.
+// QueueState is a queue's position, for snapshots. A packed queue adds
+// its wrap counters (state from before packed rings has none of these
+// fields, and is a split queue's); its LastAvail and UsedIdx are ring
+// positions, Signalled a used sequence number.
 type QueueState struct {
 	LastAvail uint16 `json:"last_avail"`
 	UsedIdx   uint16 `json:"used_idx"`
 	Signalled uint16 `json:"signalled"`
+	Packed    bool   `json:"packed,omitempty"`
+	AvailWrap bool   `json:"avail_wrap,omitempty"`
+	UsedWrap  bool   `json:"used_wrap,omitempty"`
 }
 
 // NewQueue checks the driver's configuration and maps the rings: the
@@ -196,6 +212,9 @@ func atomicLoad16(b []byte) uint16 { return le.Uint16(b) }
 func (q *Queue) Pending() bool {
 	q.popMu.Lock()
 	defer q.popMu.Unlock()
+	if q.packed != nil {
+		return q.packedPending()
+	}
 	return q.availIdx() != q.lastAvail
 }
 
@@ -207,6 +226,9 @@ func (q *Queue) Pending() bool {
 func (q *Queue) Pop(mem Memory) (*Chain, error) {
 	q.popMu.Lock()
 	defer q.popMu.Unlock()
+	if q.packed != nil {
+		return q.popPacked(mem)
+	}
 	avail := q.availIdx()
 	if avail == q.lastAvail {
 		return nil, nil
@@ -233,6 +255,10 @@ func (q *Queue) Pop(mem Memory) (*Chain, error) {
 func (q *Queue) Unpop(n int) {
 	q.popMu.Lock()
 	defer q.popMu.Unlock()
+	if q.packed != nil {
+		q.unpopPacked(n)
+		return
+	}
 	q.lastAvail -= uint16(n)
 	if q.eventIdx {
 		q.setAvailEvent()
@@ -329,6 +355,10 @@ func (q *Queue) walk(mem Memory, head uint16) (*Chain, error) {
 func (q *Queue) Push(head uint16, written uint32) {
 	q.pushMu.Lock()
 	defer q.pushMu.Unlock()
+	if q.packed != nil {
+		q.pushPacked(head, written)
+		return
+	}
 	slot := uint64(q.usedIdx % q.size)
 	e := q.used[4+8*slot:]
 	le.PutUint32(e, uint32(head))
@@ -350,6 +380,9 @@ func (q *Queue) NeedInterrupt() bool {
 	q.pushMu.Lock()
 	defer q.pushMu.Unlock()
 	fence()
+	if q.packed != nil {
+		return q.needInterruptPacked()
+	}
 	old, cur := q.signalled, q.usedIdx
 	if old == cur {
 		return false
@@ -368,14 +401,39 @@ func (q *Queue) Save() QueueState {
 	defer q.popMu.Unlock()
 	q.pushMu.Lock()
 	defer q.pushMu.Unlock()
-	return QueueState{LastAvail: q.lastAvail, UsedIdx: q.usedIdx, Signalled: q.signalled}
+	s := QueueState{LastAvail: q.lastAvail, UsedIdx: q.usedIdx, Signalled: q.signalled}
+	if p := q.packed; p != nil {
+		s.Packed, s.AvailWrap, s.UsedWrap = true, p.availWrap, p.usedWrap
+	}
+	return s
 }
 
-// Restore sets the queue's position.
-func (q *Queue) Restore(s QueueState) {
+// Restore sets the queue's position: a split queue's from a split
+// queue's state, a packed queue's from a packed queue's, with positions
+// inside the ring.
+func (q *Queue) Restore(s QueueState) error {
 	q.popMu.Lock()
 	defer q.popMu.Unlock()
 	q.pushMu.Lock()
 	defer q.pushMu.Unlock()
+	p := q.packed
+	if s.Packed != (p != nil) {
+		return &QueueError{q.index, fmt.Errorf("the saved queue is packed=%v, the driver's packed=%v", s.Packed, p != nil)}
+	}
+	if p != nil {
+		if s.LastAvail >= q.size || s.UsedIdx >= q.size || s.Signalled >= 2*q.size {
+			return &QueueError{q.index, fmt.Errorf("saved packed positions (available %d, used %d, signalled %d) are outside the ring of %d", s.LastAvail, s.UsedIdx, s.Signalled, q.size)}
+		}
+		p.availWrap, p.usedWrap = s.AvailWrap, s.UsedWrap
+		p.logN = 0
+		p.idMu.Lock()
+		clear(p.inflight)
+		p.highIDs = nil
+		p.idMu.Unlock()
+	}
 	q.lastAvail, q.usedIdx, q.signalled = s.LastAvail, s.UsedIdx, s.Signalled
+	if p != nil && q.eventIdx {
+		q.setPackedEvent()
+	}
+	return nil
 }

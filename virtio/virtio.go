@@ -1,5 +1,6 @@
-// Package virtio is govmm's virtio 1.x core: split virtqueues over guest
-// memory (descriptor chains, indirect descriptors, event-idx), feature
+// Package virtio is govmm's virtio 1.x core: split and packed virtqueues
+// over guest memory (descriptor chains, indirect descriptors, event-idx;
+// packed rings with their wrap counters and event suppression), feature
 // negotiation, the device-status state machine with reset, and the modern
 // PCI transport (common, notify, ISR and device configuration structures
 // in a memory BAR; interrupts through MSI-X vectors; doorbells as MMIO
@@ -48,7 +49,8 @@ type Device interface {
 	// Name names the device in log lines ("virtio-blk vda").
 	Name() string
 	// Features are the device-specific feature bits it offers; the
-	// transport adds VERSION_1, EVENT_IDX and INDIRECT_DESC.
+	// transport adds VERSION_1, EVENT_IDX and INDIRECT_DESC (and
+	// RING_PACKED when configured with PCIConfig.Packed).
 	Features() uint64
 	// QueueMax is each queue's maximum size (a power of two).
 	QueueMax() []uint16

@@ -70,10 +70,12 @@ type Config struct {
 	// Direct opens the image with O_DIRECT: the guest's I/O bypasses
 	// the host's page cache (direct.go).
 	Direct bool
+	// Packed offers packed virtqueues (VIRTIO_F_RING_PACKED).
+	Packed bool
 }
 
 // ParseFlag parses Cloud Hypervisor's --disk syntax:
-// path=FILE[,readonly=on|off][,serial=ID][,direct=on|off].
+// path=FILE[,readonly=on|off][,serial=ID][,direct=on|off][,packed=on|off].
 func ParseFlag(s string) (Config, error) {
 	var c Config
 	for _, kv := range strings.Split(s, ",") {
@@ -84,19 +86,18 @@ func ParseFlag(s string) (Config, error) {
 		switch k {
 		case "path":
 			c.Path = v
-		case "readonly", "direct":
-			var on bool
-			switch v {
-			case "on", "true":
-				on = true
-			case "off", "false":
-			default:
+		case "readonly", "direct", "packed":
+			on, ok := virtio.ParseOnOff(v)
+			if !ok {
 				return c, fmt.Errorf("--disk %q: %s=%s, want on or off", s, k, v)
 			}
-			if k == "readonly" {
+			switch k {
+			case "readonly":
 				c.ReadOnly = on
-			} else {
+			case "direct":
 				c.Direct = on
+			default:
+				c.Packed = on
 			}
 		case "serial":
 			if len(v) > IDLen {
@@ -104,7 +105,7 @@ func ParseFlag(s string) (Config, error) {
 			}
 			c.Serial = v
 		default:
-			return c, fmt.Errorf("--disk %q: unknown option %q (want path, readonly, serial, direct)", s, k)
+			return c, fmt.Errorf("--disk %q: unknown option %q (want path, readonly, serial, direct, packed)", s, k)
 		}
 	}
 	if c.Path == "" {
@@ -211,6 +212,9 @@ func (d *Device) closeFiles() error {
 func (d *Device) Type() uint16       { return virtio.IDBlock }
 func (d *Device) Name() string       { return d.name }
 func (d *Device) QueueMax() []uint16 { return []uint16{QueueSize} }
+
+// OfferPacked implements virtio.PackedOfferer (packed=on).
+func (d *Device) OfferPacked() bool { return d.cfg.Packed }
 
 // Describe names the image, its size and the options; a restore must
 // find the same. direct=true is named only when on, so that snapshots

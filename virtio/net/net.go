@@ -69,9 +69,11 @@ type Config struct {
 	// MAC is the guest's address; empty derives one from the TAP's name
 	// (so a restore with the same flags finds the same).
 	MAC string
+	// Packed offers packed virtqueues (VIRTIO_F_RING_PACKED).
+	Packed bool
 }
 
-// ParseFlag parses tap=NAME[,mac=MAC].
+// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off].
 func ParseFlag(s string) (Config, error) {
 	var c Config
 	for _, kv := range strings.Split(s, ",") {
@@ -91,8 +93,14 @@ func ParseFlag(s string) (Config, error) {
 				return c, fmt.Errorf("--net %q: mac %s is a multicast address", s, v)
 			}
 			c.MAC = hw.String()
+		case "packed":
+			on, ok := virtio.ParseOnOff(v)
+			if !ok {
+				return c, fmt.Errorf("--net %q: packed=%s, want on or off", s, v)
+			}
+			c.Packed = on
 		default:
-			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac)", s, k)
+			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac, packed)", s, k)
 		}
 	}
 	if c.Tap == "" {
@@ -176,6 +184,9 @@ func (d *Device) Type() uint16       { return virtio.IDNet }
 func (d *Device) Name() string       { return "virtio-net " + d.cfg.Tap }
 func (d *Device) QueueMax() []uint16 { return []uint16{QueueSize, QueueSize} }
 func (d *Device) Features() uint64   { return offered }
+
+// OfferPacked implements virtio.PackedOfferer (packed=on).
+func (d *Device) OfferPacked() bool { return d.cfg.Packed }
 
 // Describe names the TAP and the MAC, which a restore must keep.
 func (d *Device) Describe() string {

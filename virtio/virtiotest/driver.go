@@ -140,6 +140,21 @@ type drvQueue struct {
 	availIdx          uint16
 	usedSeen          uint16
 	free              []uint16
+
+	// A packed ring's driver side (packed.go): the next position to
+	// fill and to look for a used element at, their wrap counters, the
+	// free ring slots, and each buffer ID's descriptor count.
+	packed    bool
+	eventIdx  bool
+	nextAvail uint16
+	availWrap bool
+	lastUsed  uint16
+	usedWrap  bool
+	freeSlots int
+	idDescs   map[uint16]uint16
+	// Kicks and Skipped count doorbells rung and not rung because the
+	// device's event suppression said so.
+	kicks, skipped int
 }
 
 // New finds the transport's structures the way Linux does: by walking the
@@ -253,6 +268,20 @@ func (d *Driver) Init(want uint64, size uint16) error {
 		q := drvQueue{desc: base, avail: base + 16*uint64(s), size: s}
 		q.used = (q.avail + 6 + 2*uint64(s) + 3) &^ 3
 		clear(d.Mem.B[base : base+ringSpan])
+		if d.Feats&virtio.FRingPacked != 0 {
+			// Descriptor ring, then the driver and device event
+			// suppression areas.
+			q.packed, q.eventIdx = true, d.Feats&virtio.FEventIdx != 0
+			q.used = q.avail + 4
+			q.availWrap, q.usedWrap = true, true
+			q.freeSlots = int(s)
+			q.idDescs = map[uint16]uint16{}
+			if q.eventIdx {
+				// As Linux: interrupts at the next used element.
+				binary.LittleEndian.PutUint16(d.Mem.B[q.avail:], 1<<15)
+				binary.LittleEndian.PutUint16(d.Mem.B[q.avail+2:], 2)
+			}
+		}
 		for k := range s {
 			q.free = append(q.free, k)
 		}
@@ -283,6 +312,9 @@ type Seg struct {
 // It returns the head.
 func (d *Driver) Put(qi int, segs []Seg, indirectAt uint64) uint16 {
 	q := &d.q[qi]
+	if q.packed {
+		return d.putPacked(qi, segs, indirectAt)
+	}
 	le := binary.LittleEndian
 	putDesc := func(table uint64, i uint16, s Seg, next uint16, more bool) {
 		b := d.Mem.B[table+16*uint64(i):]
@@ -332,7 +364,8 @@ func (q *drvQueue) alloc() uint16 {
 	return id
 }
 
-// Publish puts head into the available ring and rings the doorbell.
+// Publish puts head into the available ring and rings the doorbell (a
+// split ring's).
 func (d *Driver) Publish(qi int, head uint16) {
 	q := &d.q[qi]
 	le := binary.LittleEndian
@@ -355,7 +388,8 @@ func (d *Driver) Desc(qi int) []byte {
 }
 
 // Rings returns the GPAs of queue qi's descriptor table, available and
-// used rings.
+// used rings (a packed ring's descriptor ring and driver and device
+// event suppression areas).
 func (d *Driver) Rings(qi int) (desc, avail, used uint64) {
 	q := d.q[qi]
 	return q.desc, q.avail, q.used
@@ -371,6 +405,9 @@ type Used struct {
 // returns it, freeing its descriptors.
 func (d *Driver) Wait(qi int, timeout time.Duration) (Used, error) {
 	q := &d.q[qi]
+	if q.packed {
+		return d.waitPacked(qi, timeout)
+	}
 	le := binary.LittleEndian
 	end := time.Now().Add(timeout)
 	for le.Uint16(d.Mem.B[q.used+2:]) == q.usedSeen {

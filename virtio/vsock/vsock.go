@@ -80,9 +80,11 @@ type Config struct {
 	CID uint64
 	// Socket is the host-side Unix socket path.
 	Socket string
+	// Packed offers packed virtqueues (VIRTIO_F_RING_PACKED).
+	Packed bool
 }
 
-// ParseFlag parses cid=N,socket=PATH.
+// ParseFlag parses cid=N,socket=PATH[,packed=on|off].
 func ParseFlag(s string) (Config, error) {
 	var c Config
 	haveCID := false
@@ -100,8 +102,14 @@ func ParseFlag(s string) (Config, error) {
 			c.CID, haveCID = n, true
 		case "socket":
 			c.Socket = v
+		case "packed":
+			on, ok := virtio.ParseOnOff(v)
+			if !ok {
+				return c, fmt.Errorf("--vsock %q: packed=%s, want on or off", s, v)
+			}
+			c.Packed = on
 		default:
-			return c, fmt.Errorf("--vsock %q: unknown option %q (want cid, socket)", s, k)
+			return c, fmt.Errorf("--vsock %q: unknown option %q (want cid, socket, packed)", s, k)
 		}
 	}
 	switch {
@@ -263,6 +271,9 @@ func (d *Device) Features() uint64 { return 0 }
 // Describe names the guest's CID, which a restore must keep (the guest
 // knows it); the host socket may move.
 func (d *Device) Describe() string { return fmt.Sprintf("virtio-vsock cid=%d", d.cfg.CID) }
+
+// OfferPacked implements virtio.PackedOfferer (packed=on).
+func (d *Device) OfferPacked() bool { return d.cfg.Packed }
 
 // ReadConfig reads struct virtio_vsock_config (the guest CID).
 func (d *Device) ReadConfig(off uint64, data []byte) {
