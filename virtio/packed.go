@@ -130,8 +130,8 @@ type packedDesc struct {
 	flags uint16
 }
 
-func readPackedDesc(table []byte, i uint16) packedDesc {
-	b := table[uint64(i)*descSize:]
+func readPackedDesc(table []byte, i int) packedDesc {
+	b := table[i*descSize:]
 	return packedDesc{addr: le.Uint64(b), len: le.Uint32(b[8:]), id: le.Uint16(b[12:]), flags: le.Uint16(b[14:])}
 }
 
@@ -222,7 +222,7 @@ func (q *Queue) walkPacked(mem Memory, pos uint16, wrap bool) (c *Chain, next ui
 		// The head's flags were checked by the caller, the others'
 		// here: each descriptor of a chain is marked available for the
 		// round its position is in.
-		d := readPackedDesc(q.desc, pos)
+		d := readPackedDesc(q.desc, int(pos))
 		if ndesc > 0 && !isAvail(d.flags, wrap) {
 			return nil, 0, false, 0, fmt.Errorf("descriptor %d of the chain at descriptor %d is not available in this round (flags %#x, wrap counter %v)", pos, start, d.flags, wrap)
 		}
@@ -252,12 +252,12 @@ func (q *Queue) walkPacked(mem Memory, pos uint16, wrap bool) (c *Chain, next ui
 			// WRITE is their only flag that counts (NEXT and the
 			// buffer IDs are ignored), and a nested table is refused
 			// as in a split ring.
-			for i := range uint16(d.len / descSize) {
+			for i := range int(d.len / descSize) {
 				e := readPackedDesc(t, i)
 				if e.flags&descFIndirect != 0 {
 					return nil, 0, false, 0, fmt.Errorf("entry %d of the indirect table of the chain at descriptor %d: an indirect table may not point to another", i, start)
 				}
-				if err := add(here, int(i), e); err != nil {
+				if err := add(here, i, e); err != nil {
 					return nil, 0, false, 0, err
 				}
 			}

@@ -696,3 +696,28 @@ func TestPackedDisk(t *testing.T) {
 	}
 	tr.Resume()
 }
+
+// TestPackedLargestIndirect: an indirect table of 65536 entries (1 MiB,
+// the largest allowed) is a chain of 65536 buffers, not of none.
+func TestPackedLargestIndirect(t *testing.T) {
+	mem := &virtiotest.Mem{B: make([]byte, 2<<20)}
+	q, err := virtio.NewPackedQueue(mem, 0, virtio.QueueConfig{Size: 4, Desc: 0x1000, Avail: 0x2000, Used: 0x2004}, 256, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	const table = 0x100000
+	for i := range 1 << 16 {
+		le.PutUint64(mem.B[table+16*i:], 0x8000)
+		le.PutUint32(mem.B[table+16*i+8:], 1)
+		le.PutUint16(mem.B[table+16*i+14:], 2)
+	}
+	d := mem.B[0x1000:]
+	le.PutUint64(d, table)
+	le.PutUint32(d[8:], 1<<20)
+	le.PutUint16(d[14:], 1<<7|4)
+	c, err := q.Pop(mem)
+	if err != nil || c == nil || len(c.Writable) != 1<<16 {
+		t.Fatalf("chain %v, %v; want 65536 writable buffers", c != nil, err)
+	}
+}

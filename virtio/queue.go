@@ -421,7 +421,7 @@ func (q *Queue) Restore(s QueueState) error {
 		return &QueueError{q.index, fmt.Errorf("the saved queue is packed=%v, the driver's packed=%v", s.Packed, p != nil)}
 	}
 	if p != nil {
-		if s.LastAvail >= q.size || s.UsedIdx >= q.size || s.Signalled >= 2*q.size {
+		if s.LastAvail >= q.size || s.UsedIdx >= q.size || int(s.Signalled) >= 2*int(q.size) {
 			return &QueueError{q.index, fmt.Errorf("saved packed positions (available %d, used %d, signalled %d) are outside the ring of %d", s.LastAvail, s.UsedIdx, s.Signalled, q.size)}
 		}
 		p.availWrap, p.usedWrap = s.AvailWrap, s.UsedWrap
