@@ -57,6 +57,8 @@ type Info struct {
 	EOIs  uint64      `json:"ioapic_eois"`
 	// Devices are the devices on the VM's PCI bus, in slot order.
 	Devices []PCIDevice `json:"pci_devices,omitempty"`
+	// Balloon is the virtio balloon, when the VM has one (--balloon).
+	Balloon *BalloonInfo `json:"balloon,omitempty"`
 }
 
 // PCIDevice is one device on the VM's PCI bus.
@@ -121,6 +123,7 @@ type request struct {
 	Op       string           `json:"op"`
 	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
 	Migrate  *MigrateRequest  `json:"migrate,omitempty"`
+	Balloon  *BalloonRequest  `json:"balloon,omitempty"`
 }
 
 // Server serves the control socket.
@@ -287,8 +290,17 @@ func (s *Server) do(req *request, progress func(done, total uint64)) (any, error
 			return nil, errors.New("vcpus: this VM cannot show its vCPUs' state")
 		}
 		return vt.VCPUs()
+	case "balloon":
+		bt, ok := s.t.(BalloonTarget)
+		if !ok {
+			return nil, errors.New("balloon: this VM cannot steer a balloon")
+		}
+		if req.Balloon == nil {
+			return nil, errors.New("balloon: target_bytes is required")
+		}
+		return bt.SetBalloon(*req.Balloon)
 	}
-	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot, migrate or vcpus)", req.Op)
+	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot, migrate, vcpus or balloon)", req.Op)
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }

@@ -96,6 +96,6 @@ func compareVirtio(source, here []string) error {
 	if len(diffs) == 0 {
 		return nil
 	}
-	return &InputError{Err: fmt.Errorf("the incoming VM's virtio devices differ from this destination's: %s (give migrate receive the source's --disk, --rng, --vsock, --net and --console flags: the same image paths, as on shared storage, the same TAP names and vsock CIDs)",
+	return &InputError{Err: fmt.Errorf("the incoming VM's virtio devices differ from this destination's: %s (give migrate receive the source's --disk, --rng, --vsock, --net, --console and --balloon flags: the same image paths, as on shared storage, the same TAP names and vsock CIDs)",
 		strings.Join(diffs, "; "))}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"govmm/pci"
+	"govmm/virtio/balloon"
 )
 
 // PCIDevice is one device on the VM's PCI bus (bus 0, function 0 of its
@@ -29,6 +30,10 @@ func (v *VM) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
 	for _, d := range p.virtio {
 		what[d.Transport.Function()] = d.Transport.Device().Describe()
+		if b, ok := d.Transport.Device().(*balloon.Device); ok {
+			i := b.Info()
+			what[d.Transport.Function()] += fmt.Sprintf(" (target %d MiB, actual %d MiB)", uint64(i.TargetPages)*balloon.PageSize>>20, uint64(i.ActualPages)*balloon.PageSize>>20)
+		}
 	}
 	if p.vfio != nil {
 		for _, d := range p.vfio.devs {

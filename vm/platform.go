@@ -65,7 +65,12 @@ type VirtioConfig = devices.Config
 // order, so a restore allocates the same slots and GSIs.
 func (v *VM) addVirtio(p *platformDevices, consoleOut io.Writer) error {
 	router := p.chips.Routes()
-	set, err := devices.Build(v.cfg.Virtio, devices.Host{
+	vc := v.cfg.Virtio
+	if vc.Balloon && vc.BalloonKeep == "" && len(v.cfg.VFIO.Devices) > 0 {
+		// A released page would leave the IOMMU mapping the old one.
+		vc.BalloonKeep = "VFIO passthrough pins guest RAM for device DMA"
+	}
+	set, err := devices.Build(vc, devices.Host{
 		Root: p.pci, Mem: v.mem, Log: v.log, ConsoleOut: consoleOut,
 		Router: func(int) virtio.Router { return router },
 	})
@@ -281,7 +286,7 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		for _, x := range d.Virtio {
 			want = append(want, x.Device)
 		}
-		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net and --console flags)", want, have)}
+		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net, --console and --balloon flags)", want, have)}
 	}
 	// Snapshots from before the PCI host bridge have no PCI state: the
 	// bus stays as built, with the VMM's BAR placement.
@@ -295,11 +300,14 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 			return &InputError{Err: fmt.Errorf("restore: %w", err)}
 		}
 	}
+	if b := p.virtioSet.Balloon; b != nil && d.VirtioBalloon != nil {
+		b.Restore(*d.VirtioBalloon)
+	}
 	// Virtio devices after the bus: their MSI-X control bits and BARs
 	// are in its configuration space.
 	for i, x := range p.virtio {
 		if err := x.Transport.Restore(d.Virtio[i]); err != nil {
-			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock, --net and --console flags as the saved VM had)", err)}
+			return &InputError{Err: fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock, --net, --console and --balloon flags as the saved VM had)", err)}
 		}
 	}
 	if len(p.virtio) > 0 {

@@ -21,6 +21,7 @@ import (
 	"govmm/pci"
 	"govmm/snapshot"
 	"govmm/virtio"
+	"govmm/virtio/balloon"
 	"govmm/virtio/console"
 )
 
@@ -96,6 +97,9 @@ type DeviceState struct {
 	// VirtioConsole is the virtio console's own state (host input not
 	// yet delivered), when the VM has one.
 	VirtioConsole *console.State `json:"virtio_console,omitempty"`
+	// VirtioBalloon is the balloon's target and actual, when the VM has
+	// one.
+	VirtioBalloon *balloon.State `json:"virtio_balloon,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -156,6 +160,10 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if p.console != nil {
 		cs := p.console.Save()
 		ds.VirtioConsole = &cs
+	}
+	if b := p.virtioSet.Balloon; b != nil {
+		bs := b.Save()
+		ds.VirtioBalloon = &bs
 	}
 	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err

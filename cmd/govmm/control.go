@@ -46,6 +46,7 @@ func (t *controlTarget) Info() api.Info {
 		State: state, Accel: t.accel, CPUs: t.vm.NumCPUs(), Memory: t.vm.Memory().Size(),
 		Uptime: time.Since(t.start).Round(time.Millisecond).String(), Kernel: t.vm.KernelName(),
 		PID: os.Getpid(), Version: version, Exits: exits, EOIs: eois, Devices: pciDevices(t.vm.PCIDevices()),
+		Balloon: balloonInfo(t.vm),
 	}
 }
 
@@ -257,6 +258,7 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 			for _, d := range i.Devices {
 				fmt.Fprintf(stdout, "  %s %s %s\n", d.Address, d.ID, d.What)
 			}
+			printBalloon(stdout, i.Balloon)
 			printExits(stdout, i.Exits, i.EOIs)
 		}
 	}

@@ -3,6 +3,7 @@
 //
 //	govmm run [flags]      boot a guest and wait for it to end
 //	govmm restore|snapshot|migrate|pause|resume|info   VM lifecycle
+//	govmm balloon --size SIZE   take RAM from the guest (virtio-balloon)
 //	govmm caps [--json]    what the host offers
 //	govmm cpu-models       the CPU models and which this host can run
 //	govmm jail [flags] -- run [flags]   govmm run in a jail (package jail)
@@ -71,6 +72,8 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdMigrate(args[1:], stdin, stdout, stderr)
 	case "pause", "resume", "info":
 		err = cmdSimple(args[0], args[1:], stdout, stderr)
+	case "balloon":
+		err = cmdBalloon(args[1:], stdout, stderr)
 	case "caps":
 		err = cmdCaps(args[1:], stdout)
 	case "cpu-models":
@@ -110,6 +113,7 @@ commands:
   migrate   live-migrate: "migrate receive --listen ADDR" on the destination,
             "migrate send --api-socket PATH --to ADDR" for the source VM
   pause, resume, info   control a running VM through its control socket
+  balloon   set a running VM's balloon target (--api-socket, --size SIZE; 0 gives all back)
   caps      show what this host's accelerators offer (--json for JSON)
   cpu-models  list the CPU models (--cpu) and which this host can run
   jail      run "govmm run" in a jail (namespaces, chroot, uid drop, rlimits, cgroup):

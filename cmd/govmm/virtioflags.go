@@ -21,6 +21,9 @@ type virtioFlags struct {
 	nets  netList
 	// console is --console: "serial" (the default) or "virtio".
 	console consoleFlag
+	// balloon is --balloon: a virtio-balloon device, steered through the
+	// control socket (govmm balloon).
+	balloon bool
 }
 
 // consoleFlag is --console serial|virtio: which device is the guest's
@@ -115,5 +118,6 @@ func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
 	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
 	fs.Var(&f.console, "console", "the guest's console: serial (the UART) or virtio (a virtio-console device, hvc0: give the guest console=hvc0; host input goes to it, its output and the UART's go where --serial says)")
+	fs.BoolVar(&f.balloon, "balloon", false, "add a virtio-balloon device (last of the virtio devices): \"govmm balloon --api-socket PATH --size SIZE\" takes SIZE of RAM from the guest, and gives it back with --size 0")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")
 }

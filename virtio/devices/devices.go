@@ -8,7 +8,7 @@
 //
 // The order is fixed, so that a restore allocates the same slots and
 // GSIs: the disks (vda, vdb, ... from slot 1 up), the entropy device,
-// the vsock device, the network devices, the console.
+// the vsock device, the network devices, the console, the balloon.
 package devices
 
 import (
@@ -20,6 +20,7 @@ import (
 
 	"govmm/pci"
 	"govmm/virtio"
+	"govmm/virtio/balloon"
 	"govmm/virtio/blk"
 	"govmm/virtio/console"
 	virtionet "govmm/virtio/net"
@@ -44,13 +45,19 @@ type Config struct {
 	Vsock *vsock.Config
 	// Nets are the virtio-net devices.
 	Nets []virtionet.Config
-	// Console adds a virtio-console device (the guest's hvc0), last.
+	// Console adds a virtio-console device (the guest's hvc0).
 	Console bool
+	// Balloon adds a virtio-balloon device, last.
+	Balloon bool
+	// BalloonKeep, when set, says why the balloon must not give inflated
+	// pages back to the host (guest RAM that the hypervisor or an IOMMU
+	// pins): it then follows the driver without releasing anything.
+	BalloonKeep string
 }
 
 // Empty reports whether no virtio device is asked for.
 func (c Config) Empty() bool {
-	return len(c.Disks) == 0 && !c.RNG && c.Vsock == nil && len(c.Nets) == 0 && !c.Console
+	return len(c.Disks) == 0 && !c.RNG && c.Vsock == nil && len(c.Nets) == 0 && !c.Console && !c.Balloon
 }
 
 // Host is what the devices are wired to.
@@ -85,6 +92,8 @@ type Set struct {
 	Devices []*Device
 	// Console is the virtio console, when there is one.
 	Console *console.Device
+	// Balloon is the virtio balloon, when there is one.
+	Balloon *balloon.Device
 }
 
 // Build builds the devices of c and adds them to h.Root from FirstSlot
@@ -156,6 +165,19 @@ func Build(c Config, h Host) (s *Set, err error) {
 			return s, err
 		}
 		s.Console = d
+	}
+	if c.Balloon {
+		bc := balloon.Config{KeepReason: c.BalloonKeep, Log: h.Log}
+		if r, ok := h.Mem.(balloon.Releaser); ok && c.BalloonKeep == "" {
+			bc.Release = r
+		}
+		// Class ff: what QEMU gives virtio-balloon.
+		d := balloon.New(h.Mem, bc)
+		if err := add(d, virtio.PCIClass{Class: 0xff}, nil); err != nil {
+			return s, err
+		}
+		d.SetNotify(s.Devices[len(s.Devices)-1].Transport.ConfigChanged)
+		s.Balloon = d
 	}
 	return s, nil
 }

@@ -15,8 +15,8 @@ import (
 
 var windows = pci.Windows{Mem32Base: 0xc0000000, Mem32End: 0xe0000000, Mem64Base: 1 << 40, Mem64End: 1<<40 + 1<<32}
 
-// TestOrder builds two disks, the entropy device and the console and
-// finds them at slots 1 to 4 in that order with their device IDs and
+// TestOrder builds two disks, the entropy device, the console and the
+// balloon and finds them at slots 1 to 5 in that order with their device IDs and
 // classes, each with the router asked for its own slot.
 func TestOrder(t *testing.T) {
 	dir := t.TempDir()
@@ -32,7 +32,7 @@ func TestOrder(t *testing.T) {
 	defer table.Close()
 	root := pci.NewRoot(windows)
 	var asked []int
-	set, err := Build(Config{Disks: disks, RNG: true, Console: true}, Host{
+	set, err := Build(Config{Disks: disks, RNG: true, Console: true, Balloon: true}, Host{
 		Root: root, Mem: &virtiotest.Mem{B: make([]byte, 1<<20)},
 		Router: func(slot int) virtio.Router { asked = append(asked, slot); return table },
 	})
@@ -51,8 +51,8 @@ func TestOrder(t *testing.T) {
 		name  string
 		id    uint16
 		class uint8
-	}{{"virtio-blk vda", 2, 0x01}, {"virtio-blk vdb", 2, 0x01}, {"virtio-rng", 4, 0xff}, {"virtio-console", 3, 0x07}}
-	if len(set.Devices) != len(want) || set.Console == nil {
+	}{{"virtio-blk vda", 2, 0x01}, {"virtio-blk vdb", 2, 0x01}, {"virtio-rng", 4, 0xff}, {"virtio-console", 3, 0x07}, {"virtio-balloon", 5, 0xff}}
+	if len(set.Devices) != len(want) || set.Console == nil || set.Balloon == nil {
 		t.Fatalf("%d devices (console %v), want %d with the console", len(set.Devices), set.Console, len(want))
 	}
 	for i, w := range want {
@@ -70,7 +70,14 @@ func TestOrder(t *testing.T) {
 		}
 	}
 	if set.Devices[3].Transport.Device() != set.Console {
-		t.Error("Set.Console is not the console at the last slot")
+		t.Error("Set.Console is not the console after the entropy device")
+	}
+	if set.Devices[4].Transport.Device() != set.Balloon {
+		t.Error("Set.Balloon is not the balloon at the last slot")
+	}
+	// This memory cannot release pages: the balloon says so.
+	if set.Balloon.Info().KeepReason == "" {
+		t.Error("a balloon over memory without Discard claims to release pages")
 	}
 }
 
@@ -99,7 +106,7 @@ func TestInputErrors(t *testing.T) {
 			t.Errorf("%s: set %v, error %v: want no set and an InputError", c.name, set, err)
 		}
 	}
-	if (Config{}).Empty() != true || (Config{Console: true}).Empty() {
-		t.Error("Empty is wrong about the console")
+	if (Config{}).Empty() != true || (Config{Console: true}).Empty() || (Config{Balloon: true}).Empty() {
+		t.Error("Empty is wrong about the console or the balloon")
 	}
 }

@@ -1,0 +1,40 @@
+package api
+
+// The "balloon" operation: set the virtio balloon's target (`govmm balloon
+// --size SIZE`), how much of its RAM the guest should give back to the
+// host. Info carries the balloon's target and the guest's actual.
+
+// BalloonTarget is a Target with a balloon to steer. A Target without it
+// answers the "balloon" operation with an error.
+type BalloonTarget interface {
+	SetBalloon(req BalloonRequest) (BalloonInfo, error)
+}
+
+// BalloonRequest sets the balloon's target in bytes; 0 gives the guest
+// all its RAM back.
+type BalloonRequest struct {
+	TargetBytes uint64 `json:"target_bytes"`
+}
+
+// BalloonInfo is the balloon as the VMM sees it.
+type BalloonInfo struct {
+	// TargetBytes is the host's target (num_pages), ActualBytes what the
+	// guest's driver reports its balloon holds (actual).
+	TargetBytes uint64 `json:"target_bytes"`
+	ActualBytes uint64 `json:"actual_bytes"`
+	// InflatedBytes and DeflatedBytes count what the driver put into and
+	// took out of the balloon since the VM started here; ReleasedBytes
+	// what of the inflated memory was given back to the host.
+	InflatedBytes uint64 `json:"inflated_bytes"`
+	DeflatedBytes uint64 `json:"deflated_bytes"`
+	ReleasedBytes uint64 `json:"released_bytes"`
+	// Kept says why inflated pages are not given back to the host (guest
+	// RAM pinned by the hypervisor or by VFIO), when they are not.
+	Kept string `json:"kept,omitempty"`
+}
+
+// SetBalloon sets the balloon's target.
+func (c *Client) SetBalloon(req BalloonRequest) (BalloonInfo, error) {
+	var res BalloonInfo
+	return res, c.call(request{Op: "balloon", Balloon: &req}, nil, &res)
+}

@@ -1,0 +1,217 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"govmm/api"
+)
+
+// balloonModuleEnv names the kernel's virtio_balloon.ko (Debian's cloud
+// kernel builds it as a module); kvmtest copies every GOVMM_* path into
+// L1.
+const balloonModuleEnv = "GOVMM_E2E_VIRTIO_BALLOON_MOD"
+
+func init() {
+	if os.Getenv(balloonModuleEnv) != "" {
+		return
+	}
+	k := guestKernelPath()
+	if k == "" {
+		return
+	}
+	p := filepath.Join(moduleTree(k), "drivers", "virtio", "virtio_balloon.ko")
+	if _, err := os.Stat(p); err == nil {
+		os.Setenv(balloonModuleEnv, p)
+	}
+}
+
+// balloonInit is the guest's /init: load the virtio drivers and the
+// balloon's, touch 320 MiB (written to a ramfs file and removed: the
+// host backs it, the guest has it free again), then answer commands
+// typed on the console: "mem" prints MemTotal and MemFree (KiB), "off"
+// powers off.
+const balloonInit = `#!/bin/busybox sh
+` + virtioInitHead + `exec </dev/ttyS0 >/dev/ttyS0 2>&1
+$B insmod /lib/modules/virtio_balloon.ko || echo "virtio-test: insmod virtio_balloon failed"
+$B mkdir -p /tmp
+$B mount -t tmpfs -o size=400m tmpfs /tmp
+$B dd if=/dev/zero of=/tmp/fill bs=1M count=320 2>/dev/null || echo "balloon-test: fill failed"
+$B rm /tmp/fill
+echo "balloon-test: touched"
+while read cmd; do
+	case "$cmd" in
+	mem) echo "balloon-test: mem $($B awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} END{print t, f}' /proc/meminfo) end";;
+	off) $B poweroff -f;;
+	esac
+done
+`
+
+// TestBalloon boots Linux with 512 MiB and --balloon on each
+// accelerator. Once the guest has touched most of its memory (so the
+// host backs it), `govmm balloon --size 256M` must make the guest's
+// driver inflate to the target (govmm info's actual), the govmm
+// process's resident size must drop by most of 256 MiB and the guest's
+// MemTotal by 256 MiB; `--size 0` must bring actual and MemTotal back.
+func TestBalloon(t *testing.T) {
+	kernel := linuxKernel(t)
+	if os.Getenv(balloonModuleEnv) == "" {
+		t.Fatal("virtio_balloon.ko was not found next to the kernel's modules")
+	}
+	initrd := guestInitrd(t, balloonInit, map[string]string{"/lib/modules/virtio_balloon.ko": os.Getenv(balloonModuleEnv)})
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) { balloonGuest(t, acc, kernel, initrd) })
+	}
+}
+
+func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
+	sock := filepath.Join(tempSocketDir(t), "api.sock")
+	var p *proc
+	for attempt := 1; ; attempt++ {
+		p = start(t, append(append([]string{"run"}, acc...), "--cpus=2", "--memory=512M", "--balloon", "--log-level=info",
+			"--kernel", kernel, "--initrd", initrd, "--api-socket", sock, "--cmdline", "console=ttyS0 loglevel=1 panic=-1")...)
+		err := p.waitProgress("balloon-test: touched", 5*time.Minute, 90*time.Second)
+		if err == nil {
+			break
+		}
+		if attempt > 1 {
+			t.Fatal(err)
+		}
+		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
+		p.cmd.Process.Kill()
+		<-p.done
+		os.Remove(sock)
+	}
+	if strings.Contains(p.output(), "insmod") && strings.Contains(p.output(), "failed") {
+		t.Fatalf("a module did not load:\n%s", tail(p.output(), 2000))
+	}
+	mem := func() (total, free uint64) {
+		t.Helper()
+		re := regexp.MustCompile(`balloon-test: mem (\d+) (\d+) end`)
+		n := len(re.FindAllStringSubmatch(p.output(), -1))
+		fmt.Fprintln(p.stdin, "mem")
+		deadline := time.Now().Add(time.Minute)
+		all := re.FindAllStringSubmatch(p.output(), -1)
+		for len(all) == n {
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest did not answer mem:\n%s", tail(p.output(), 2000))
+			}
+			time.Sleep(50 * time.Millisecond)
+			all = re.FindAllStringSubmatch(p.output(), -1)
+		}
+		m := all[len(all)-1]
+		total, _ = strconv.ParseUint(m[1], 10, 64)
+		free, _ = strconv.ParseUint(m[2], 10, 64)
+		return total << 10, free << 10
+	}
+	info := func() api.Info {
+		t.Helper()
+		out, err := exec.Command(binary, "info", "--api-socket", sock, "--json").Output()
+		if err != nil {
+			t.Fatalf("govmm info: %v", err)
+		}
+		var i api.Info
+		if err := json.Unmarshal(out, &i); err != nil {
+			t.Fatalf("govmm info --json: %v: %s", err, out)
+		}
+		if i.Balloon == nil {
+			t.Fatalf("govmm info shows no balloon: %s", out)
+		}
+		return i
+	}
+	waitActual := func(want uint64) time.Duration {
+		t.Helper()
+		begin := time.Now()
+		deadline := begin.Add(3 * time.Minute)
+		for {
+			i := info()
+			if i.Balloon.ActualBytes == want {
+				return time.Since(begin)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the balloon's actual is %d MiB after 3 minutes, want %d MiB: %+v\n%s", i.Balloon.ActualBytes>>20, want>>20, *i.Balloon, tail(p.output(), 2000))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	balloon := func(size string) {
+		t.Helper()
+		if out, err := exec.Command(binary, "balloon", "--api-socket", sock, "--size", size).CombinedOutput(); err != nil {
+			t.Fatalf("govmm balloon --size %s: %v: %s", size, err, out)
+		}
+	}
+
+	i := info()
+	found := false
+	for _, d := range i.Devices {
+		found = found || d.ID == "1af4:1045" && strings.HasPrefix(d.What, "virtio-balloon")
+	}
+	if !found {
+		t.Errorf("govmm info lists no virtio-balloon (1af4:1045): %+v", i.Devices)
+	}
+	total0, free0 := mem()
+	rss0 := vmRSS(t, p.cmd.Process.Pid)
+	t.Logf("before: guest MemTotal %d MiB, MemFree %d MiB; govmm VmRSS %d MiB", total0>>20, free0>>20, rss0>>20)
+
+	const target = 256 << 20
+	balloon("256M")
+	took := waitActual(target)
+	rss1 := vmRSS(t, p.cmd.Process.Pid)
+	total1, free1 := mem()
+	i = info()
+	t.Logf("inflated to %d MiB in %v: guest MemTotal %d MiB, MemFree %d MiB; govmm VmRSS %d MiB (down %d MiB); host released %d MiB",
+		i.Balloon.ActualBytes>>20, took.Round(time.Millisecond), total1>>20, free1>>20, rss1>>20, (int64(rss0)-int64(rss1))>>20, i.Balloon.ReleasedBytes>>20)
+	if i.Balloon.TargetBytes != target || i.Balloon.ReleasedBytes < target || i.Balloon.Kept != "" {
+		t.Errorf("balloon %+v: want target %d and at least that much released", *i.Balloon, target)
+	}
+	// Most of it: the guest's allocations around the inflation (page
+	// tables, the driver's arrays) touch a little new memory.
+	if rss0 < rss1 || rss0-rss1 < target*3/4 {
+		t.Errorf("govmm's VmRSS went from %d MiB to %d MiB, want it down by at least %d MiB", rss0>>20, rss1>>20, target*3/4>>20)
+	}
+	if total0-total1 != target {
+		t.Errorf("the guest's MemTotal went from %d KiB to %d KiB, want down by %d KiB", total0>>10, total1>>10, target>>10)
+	}
+	out, err := exec.Command(binary, "info", "--api-socket", sock).Output()
+	if err != nil || !strings.Contains(string(out), "balloon: target 256 MiB, actual 256 MiB") {
+		t.Errorf("govmm info (%v) does not show the balloon at its target:\n%s", err, out)
+	}
+
+	balloon("0")
+	took = waitActual(0)
+	total2, free2 := mem()
+	t.Logf("deflated in %v: guest MemTotal %d MiB, MemFree %d MiB", took.Round(time.Millisecond), total2>>20, free2>>20)
+	if total2 != total0 {
+		t.Errorf("the guest's MemTotal is %d KiB after deflating, was %d KiB", total2>>10, total0>>10)
+	}
+	if i := info(); i.Balloon.DeflatedBytes != target {
+		t.Errorf("balloon %+v: want %d deflated", *i.Balloon, target)
+	}
+	fmt.Fprintln(p.stdin, "off")
+	if code := p.exit(2 * time.Minute); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, tail(p.output(), 2000))
+	}
+}
+
+// vmRSS is the resident set size of process pid, in bytes.
+func vmRSS(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	kb, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return kb << 10
+}
