@@ -17,7 +17,9 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -246,6 +248,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	}
 	cmdline = strings.TrimSpace(cmdline + " " + b.Cmdline)
 	var cmd *exec.Cmd
+	var vcpus string // govmm info --vcpus, asked for when the boot is cut short
 	if b.QEMU != "" {
 		cmd = exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "kvm", "-cpu", cmp.Or(b.QEMUCPU, "host"), "-M", b.QEMU,
 			"-smp", strconv.Itoa(b.CPUs), "-m", b.Memory, "-nographic", "-nodefaults", "-serial", "stdio",
@@ -258,11 +261,26 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 			args = append(args, "--log-level", b.LogLevel)
 		}
 		args = append(args, b.Args...)
+		// A control socket, so that a boot cut short can show where the
+		// guest's vCPUs were (RIP, CPL, IF, halted, the LAPIC's ISR and
+		// IRR): what tells a guest spinning with interrupts off or waiting
+		// for a lost interrupt from a slow one.
+		sockDir, err := os.MkdirTemp("", "govmm-boot-")
+		if err != nil {
+			return Result{}, err
+		}
+		defer os.RemoveAll(sockDir)
+		sock := filepath.Join(sockDir, "api.sock")
+		args = append(args, "--api-socket", sock)
 		cmd = exec.CommandContext(ctx, b.Govmm, args...)
 		// A boot ended early (stalled, timed out) gets SIGQUIT first: Go
 		// prints every goroutine, which shows whether the vCPUs sat in
 		// KVM_RUN (the guest or the substrate) or waited in the VMM.
-		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+		// Wait returns only after Cancel did, so vcpus is set by then.
+		cmd.Cancel = func() error {
+			vcpus = inspectVCPUs(b.Govmm, sock)
+			return cmd.Process.Signal(syscall.SIGQUIT)
+		}
 		cmd.WaitDelay = 5 * time.Second
 	}
 	stdout := &activityWriter{}
@@ -310,9 +328,9 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		return res, fmt.Errorf("run govmm: %w", err)
 	}
 	fail := func(format string, a ...any) (Result, error) {
-		err := fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s",
+		err := fmt.Errorf("%s (%s, %d vCPUs, after %v)\n--- console (end):\n%s\n--- VMM log:\n%s%s",
 			fmt.Sprintf(format, a...), b.name(), b.CPUs, res.Wall.Round(time.Millisecond),
-			tail(res.Console, 30), vmmLog(res.Stderr))
+			tail(res.Console, 30), vmmLog(res.Stderr), vcpus)
 		if IsTripleFault(res.Stderr) {
 			// Whatever else went wrong followed from it: a guest that
 			// triple-faulted while init dumped the kernel log left that
@@ -380,6 +398,18 @@ type stallError struct{ error }
 func (e *stallError) Is(target error) bool { return target == ErrStalled }
 
 // name says what ran the boot, for messages.
+// inspectVCPUs is `govmm info --vcpus` on the boot's control socket, with
+// its own bound (the boot's context is already done when it is asked).
+func inspectVCPUs(govmm, sock string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, govmm, "info", "--api-socket", sock, "--vcpus").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
+	}
+	return "\n--- the guest's vCPUs when the boot was cut short (govmm info --vcpus):\n" + string(out)
+}
+
 func seen(b bool) string {
 	if b {
 		return "printed"

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -39,11 +40,14 @@ func TestParseLog(t *testing.T) {
 	}
 }
 
-// fakeVMM writes a shell script that stands in for govmm.
+// fakeVMM writes a shell script that stands in for govmm: `info` answers
+// with a fake vCPU line and the control socket it was given, anything
+// else runs script.
 func fakeVMM(t *testing.T, script string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "fake-govmm")
-	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+	info := `if [ "$1" = info ]; then echo "vCPU 0: fake, asked on $3 with $4"; exit 0; fi`
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+info+"\n"+script+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -62,6 +66,11 @@ func TestRunStall(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "Linux version 6.1.0") {
 		t.Fatalf("the error does not show the console: %v", err)
+	}
+	// Before the SIGQUIT, the boot asked the VMM for its vCPUs on the
+	// control socket it gave it.
+	if !regexp.MustCompile(`(?s)--- the guest's vCPUs .*\nvCPU 0: fake, asked on /\S+/api\.sock with --vcpus`).MatchString(err.Error()) {
+		t.Fatalf("the error does not show the vCPUs: %v", err)
 	}
 }
 
