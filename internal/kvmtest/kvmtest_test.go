@@ -1,8 +1,12 @@
 package kvmtest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"govmm/internal/nested"
 )
 
 func TestFlagName(t *testing.T) {
@@ -89,5 +93,93 @@ func TestUnframed(t *testing.T) {
 	want := "--- last output from L1:\n=== RUN   TestX\n    x_test.go:1: hi\n--- PASS: TestX (0.00s)\n"
 	if got := unframed(in); got != want {
 		t.Errorf("unframed:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// fakeL1 plays scripted L1 runs for settle: each is the -v output the
+// test binary printed, its exit status, and whether L1 died under it.
+type fakeL1 struct {
+	runs []fakeRun
+	args [][]string // the -test.run of each run, as settle asked
+}
+
+type fakeRun struct {
+	out  string
+	code int
+	died bool
+}
+
+func (f *fakeL1) run(args []string) (*resultCounter, nested.Result, error) {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "-test.run="); ok {
+			f.args = append(f.args, []string{v})
+		}
+	}
+	if len(f.runs) == 0 {
+		panic("settle asked for more L1 runs than scripted")
+	}
+	r := f.runs[0]
+	f.runs = f.runs[1:]
+	c := &resultCounter{}
+	c.Write([]byte(r.out))
+	if r.died {
+		return c, nested.Result{}, &nested.Error{Reason: "L1 powered off"}
+	}
+	return c, nested.Result{ExitCode: r.code}, nil
+}
+
+// TestSettle: how L1 deaths, failures and reruns decide a package's exit
+// status, and how many deaths it counts.
+func TestSettle(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		runs   []fakeRun
+		code   int
+		deaths int // "death N of" lines said
+	}{
+		{"clean", []fakeRun{{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n"}}, 0, 0},
+		// A failure, then L1 dies; the unfinished test passes in a fresh
+		// L1; the failed one passes alone: one death, flaky, exit 0. The
+		// old bookkeeping took the clean second run for a killed binary
+		// (its exit status overwritten by the first run's failure).
+		{"failure then death", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n", died: true},
+			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 1},
+		// The same, but the failure repeats alone: exit 1.
+		{"failure repeats", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n", died: true},
+			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 1},
+		// A binary that exits non-zero with no test failed was killed:
+		// the unfinished test runs again.
+		{"killed", []fakeRun{
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", code: 2},
+			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
+		}, 0, 1},
+		// The same test running at two deaths is taken to cause them.
+		{"same test twice", []fakeRun{
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", died: true},
+			{out: "=== RUN   TestB\n", died: true},
+		}, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeL1{runs: tc.runs}
+			var log strings.Builder
+			say := func(format string, a ...any) { fmt.Fprintf(&log, format, a...) }
+			code := settle([]string{"/x.test", "-test.run=^(TestA|TestB)$"}, []string{"TestA", "TestB"},
+				time.Now().Add(time.Hour), f.run, say)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d\n%s", code, tc.code, log.String())
+			}
+			if n := strings.Count(log.String(), "(death "); n != tc.deaths {
+				t.Errorf("%d deaths counted, want %d\n%s", n, tc.deaths, log.String())
+			}
+			if len(f.runs) != 0 {
+				t.Errorf("%d scripted runs left unused\n%s", len(f.runs), log.String())
+			}
+		})
 	}
 }
