@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -98,31 +97,7 @@ func TestVirtioPacked(t *testing.T) {
 			}
 			t.Logf("refused (no packed=on): %s", strings.TrimSpace(r.Stderr))
 			p = start(t, append(restoreArgs, "--disk", disk+",packed=on", "--rng")...)
-			p.waitFor("virtio-ticks-done", 4*time.Minute)
-			if code := p.exit(time.Minute); code != 0 {
-				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
-			}
-			out = p.output()
-			for i := 4; i <= 8; i++ {
-				if !strings.Contains(out, tick(i)) {
-					t.Errorf("restored guest: no %q:\n%s", tick(i), out)
-				}
-			}
-			img, err := os.ReadFile(vda)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := append([]byte(nil), pa...)
-			for i := 1; i <= 8; i++ {
-				copy(want[(100+i)*blk64:], pa[i*blk64:(i+1)*blk64])
-			}
-			if !bytes.Equal(img, want) {
-				for i := 0; i < len(want); i += blk64 {
-					if i+blk64 > len(img) || !bytes.Equal(img[i:i+blk64], want[i:i+blk64]) {
-						t.Fatalf("vda differs from what the guest wrote in 64 KiB block %d", i/blk64)
-					}
-				}
-			}
+			finishTickingCopies(t, p, vda, pa)
 		})
 	}
 }
