@@ -59,6 +59,10 @@ func TestPackedOffered(t *testing.T) {
 		t.Fatalf("saved packed transport: device %q, queue %+v", st.Device, st.Queues[0])
 	}
 	tr2.Resume()
+	// govmm info shows the transport's description: the option with it.
+	if got := tr2.Describe(); !strings.HasSuffix(got, " packed=on") {
+		t.Errorf("packed transport describes itself as %q", got)
+	}
 }
 
 // TestPackedRNG drives a packed ring of a size that is not a power of two

@@ -222,8 +222,10 @@ func (t *PCI) features() uint64 {
 	return f
 }
 
-// describe is the device's description with the transport's options.
-func (t *PCI) describe() string {
+// Describe is the device's description with the transport's options
+// (" packed=on"): what a restore or migration must find again, and what
+// govmm info shows.
+func (t *PCI) Describe() string {
 	if t.packed {
 		return t.dev.Describe() + " packed=on"
 	}
@@ -742,7 +744,7 @@ type PCIState struct {
 func (t *PCI) Save() PCIState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := PCIState{Device: t.describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
+	s := PCIState{Device: t.Describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
 	s.Regs.Queues = append([]QueueConfig(nil), t.s.Queues...)
 	for _, q := range t.queues {
 		var qs QueueState
@@ -758,8 +760,8 @@ func (t *PCI) Save() PCIState {
 // the PCI bus's configuration space was restored: the device must be
 // configured as it was when saved. Queues are served from Start on.
 func (t *PCI) Restore(s PCIState) error {
-	if s.Device != t.describe() {
-		return fmt.Errorf("%s: the snapshot's device is %q, this machine's %q", t.dev.Name(), s.Device, t.describe())
+	if s.Device != t.Describe() {
+		return fmt.Errorf("%s: the snapshot's device is %q, this machine's %q", t.dev.Name(), s.Device, t.Describe())
 	}
 	if s.Regs.DrvFeatures&FRingPacked != 0 && !t.packed {
 		return fmt.Errorf("%s: the snapshot's driver uses packed rings, which this device does not offer", t.dev.Name())

@@ -29,7 +29,7 @@ func (v *VM) PCIDevices() []PCIDevice {
 	}
 	what := map[*pci.Function]string{}
 	for _, d := range p.virtio {
-		what[d.Transport.Function()] = d.Transport.Device().Describe()
+		what[d.Transport.Function()] = d.Transport.Describe()
 		if b, ok := d.Transport.Device().(*balloon.Device); ok {
 			i := b.Info()
 			what[d.Transport.Function()] += fmt.Sprintf(" (target %d MiB, actual %d MiB)", uint64(i.TargetPages)*balloon.PageSize>>20, uint64(i.ActualPages)*balloon.PageSize>>20)
