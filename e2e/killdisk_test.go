@@ -98,9 +98,14 @@ func killedDuringDiskIO(t *testing.T, acc []string, kernel, initrd string) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "vda.img")
 	disk := "path=" + img + ",serial=killdisk"
+	boots := 0
 	boot := func(cmdline, until string) *proc {
+		// A control socket per boot (a killed VMM leaves its socket
+		// behind): a stalled boot shows its vCPUs (proc.vcpus).
+		boots++
+		sock := filepath.Join(dir, fmt.Sprintf("api%d.sock", boots))
 		return bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-			"--memory=512M", "--disk", disk, "--cmdline", "console=ttyS0 panic=-1 "+cmdline), until, nil)
+			"--memory=512M", "--disk", disk, "--api-socket", sock, "--cmdline", "console=ttyS0 panic=-1 "+cmdline), until, nil)
 	}
 
 	// Writer 0 has cycled over all its blocks and begun overwriting
