@@ -511,9 +511,11 @@ const maxRerun = 6
 func unframed(text string) string { return strings.ReplaceAll(text, "\x16", "") }
 
 // maxL1Deaths bounds the L1 deaths one package's tests may see and still
-// pass: L1 died about once per CI run in the e2e package, and three times,
-// each under another test, in one run (README).
-const maxL1Deaths = 3
+// pass: L1's kernel dies under KVM_RUN now and then (the substrate's
+// "stack guard page" crash, README), and the e2e package saw 1, 2, 2 and
+// 4 deaths in the full CI runs of 2026-12-05, each under another test.
+// A test running at two deaths is still taken to cause them.
+const maxL1Deaths = 5
 
 // withRun returns args with its -test.run replaced by pattern.
 func withRun(args []string, pattern string) []string {
