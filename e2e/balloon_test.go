@@ -74,22 +74,9 @@ func TestBalloon(t *testing.T) {
 
 func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 	sock := filepath.Join(tempSocketDir(t), "api.sock")
-	var p *proc
-	for attempt := 1; ; attempt++ {
-		p = start(t, append(append([]string{"run"}, acc...), "--cpus=2", "--memory=512M", "--balloon", "--log-level=info",
-			"--kernel", kernel, "--initrd", initrd, "--api-socket", sock, "--cmdline", "console=ttyS0 loglevel=1 panic=-1")...)
-		err := p.waitProgress("balloon-test: touched", 5*time.Minute, 90*time.Second)
-		if err == nil {
-			break
-		}
-		if attempt > 1 {
-			t.Fatal(err)
-		}
-		t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-		p.cmd.Process.Kill()
-		<-p.done
-		os.Remove(sock)
-	}
+	p := bootGuest(t, append(append([]string{"run"}, acc...), "--cpus=2", "--memory=512M", "--balloon", "--log-level=info",
+		"--kernel", kernel, "--initrd", initrd, "--api-socket", sock, "--cmdline", "console=ttyS0 loglevel=1 panic=-1"),
+		"balloon-test: touched", nil)
 	if strings.Contains(p.output(), "insmod") && strings.Contains(p.output(), "failed") {
 		t.Fatalf("a module did not load:\n%s", tail(p.output(), 2000))
 	}

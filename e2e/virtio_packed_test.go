@@ -56,25 +56,14 @@ func TestVirtioPacked(t *testing.T) {
 			vda := filepath.Join(dir, "vda.img")
 			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			disk := "path=" + vda + ",serial=packed"
-			var p *proc
-			for attempt := 1; ; attempt++ {
+			fresh := func() {
 				if err := os.WriteFile(vda, pa, 0o644); err != nil {
 					t.Fatal(err)
 				}
-				p = start(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-					"--memory=512M", "--api-socket", sock, "--disk", disk+",packed=on", "--rng", "--cmdline", "console=ttyS0 panic=-1")...)
-				err := p.waitProgress(tick(3), 5*time.Minute, 90*time.Second)
-				if err == nil {
-					break
-				}
-				if attempt > 1 {
-					t.Fatal(err)
-				}
-				t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-				p.cmd.Process.Kill()
-				<-p.done
-				os.Remove(sock)
 			}
+			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", sock, "--disk", disk+",packed=on", "--rng", "--cmdline", "console=ttyS0 panic=-1"),
+				tick(3), fresh, nil)
 			out := p.output()
 			blkF, rngF := packedFeatures(out, 2), packedFeatures(out, 4)
 			if len(blkF) != 1 || len(blkF[0]) < 35 || blkF[0][34] != '1' {

@@ -305,25 +305,14 @@ func TestVirtioSnapshot(t *testing.T) {
 				t.Fatal(err)
 			}
 			disk := "path=" + vda + ",serial=snap"
-			var p *proc
-			for attempt := 1; ; attempt++ {
+			fresh := func() {
 				if err := os.WriteFile(vda, pa, 0o644); err != nil {
 					t.Fatal(err)
 				}
-				p = start(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-					"--memory=512M", "--api-socket", sock, "--disk", disk, "--rng", "--cmdline", "console=ttyS0 panic=-1")...)
-				err := p.waitProgress(tick(3), 5*time.Minute, 90*time.Second)
-				if err == nil {
-					break
-				}
-				if attempt > 1 {
-					t.Fatal(err)
-				}
-				t.Logf("RETRY after a failed boot (the substrate; see bootRetryingSubstrate): %v", err)
-				p.cmd.Process.Kill()
-				<-p.done
-				os.Remove(sock)
 			}
+			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", sock, "--disk", disk, "--rng", "--cmdline", "console=ttyS0 panic=-1"),
+				tick(3), fresh, nil)
 			// The control socket lists the PCI devices and what backs them.
 			info := govmm(t, "info", "--api-socket", sock)
 			for _, want := range []string{
