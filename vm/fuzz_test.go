@@ -68,7 +68,7 @@ func FuzzGuestAccesses(f *testing.F) {
 	f.Add([]byte{1, 0x00, 0x00, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
 	f.Add([]byte{2, 0x70, 0x00, 1, 0x0c, 3, 0x71, 0x00, 1})
 	v := fakeMachine(f)
-	h := ioHandler{v.pio, v.mmio}
+	h := ioHandler{v.pio, v.mmio, &vcpuActivity{}}
 	mmioBases := []uint64{platform.IOAPICBase, platform.TestDeviceBase, platform.TestDeviceBase + 0x1000, platform.LAPICBase}
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		for len(ops) >= 4 {

@@ -23,6 +23,11 @@ type vcpuLook struct {
 // msrTSC is IA32_TIME_STAMP_COUNTER.
 const msrTSC = 0x10
 
+// inspectPauseBound is how long InspectVCPUs waits for the vCPUs to stop:
+// shorter than a snapshot's, because it is asked for when something is
+// already stuck, and a vCPU that does not stop is then the answer.
+const inspectPauseBound = 5 * time.Second
+
 // InspectVCPUs captures every vCPU's registers, control registers, LAPIC,
 // pending events and MP state, decoded for the control socket's "vcpus"
 // operation (`govmm info --vcpus`). A running VM is paused for the capture
@@ -36,7 +41,7 @@ func (v *VM) InspectVCPUs() (api.VCPUsResult, error) {
 	res := api.VCPUsResult{WasPaused: v.Paused()}
 	begin := time.Now()
 	if !res.WasPaused {
-		if err := v.Pause(); err != nil {
+		if err := v.PauseWithin(inspectPauseBound); err != nil {
 			return api.VCPUsResult{}, fmt.Errorf("pause the VM for the vCPU capture: %w", err)
 		}
 	}

@@ -130,13 +130,6 @@ type VM struct {
 }
 
 // ioHandler routes a vCPU's accesses to the buses.
-type ioHandler struct{ pio, mmio *bus.Bus }
-
-func (h ioHandler) PIORead(port uint16, data []byte)   { h.pio.Read(uint64(port), data) }
-func (h ioHandler) PIOWrite(port uint16, data []byte)  { h.pio.Write(uint64(port), data) }
-func (h ioHandler) MMIORead(addr uint64, data []byte)  { h.mmio.Read(addr, data) }
-func (h ioHandler) MMIOWrite(addr uint64, data []byte) { h.mmio.Write(addr, data) }
-
 // New builds a VM: memory, accelerator VM, devices, firmware tables and the
 // loaded kernel. vCPUs are created when Run starts them.
 func New(cfg Config) (*VM, error) {
@@ -453,13 +446,16 @@ func (v *VM) enterVCPUThread(index int) bool {
 // runVCPU runs vCPU index on the calling (locked) thread until the VM
 // stops.
 func (v *VM) runVCPU(index int, c accel.VCPU) {
-	h := ioHandler{v.pio, v.mmio}
+	act := &v.ctl.activity[index]
+	h := ioHandler{v.pio, v.mmio, act}
 	for !v.isStopped() {
 		v.maybePark(index, c)
 		if v.isStopped() {
 			return
 		}
+		act.what.Store(actRun)
 		exit, err := c.Run(h)
+		act.set(actExit, uint64(exit.Reason))
 		if err != nil {
 			v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: fmt.Errorf("vCPU %d: run: %w", index, err)})
 			return
