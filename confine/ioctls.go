@@ -107,9 +107,12 @@ func mshvSetupOnly() []ioctlReq {
 }
 
 // tapIoctls are the TAP requests virtio-net makes while the guest runs:
-// the offloads follow what the guest's driver negotiates.
+// the offloads follow what the guest's driver negotiates, and a
+// multiqueue TAP's queues are attached and detached as the driver
+// enables queue pairs (TUNSETQUEUE).
 var tapIoctls = []ioctlReq{
 	{"TUNSETOFFLOAD", unix.TUNSETOFFLOAD},
+	{"TUNSETQUEUE", unix.TUNSETQUEUE},
 }
 
 // terminalIoctls restore the terminal a console put in raw mode

@@ -2,6 +2,7 @@ package virtio
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -738,6 +739,8 @@ type PCIState struct {
 	ISR    uint8         `json:"isr"`
 	Broken bool          `json:"needs_reset"`
 	MSIX   pci.MSIXState `json:"msix"`
+	// DeviceState is a StateSaver device's own state.
+	DeviceState json.RawMessage `json:"device_state,omitempty"`
 }
 
 // Save returns the state; the transport must be paused.
@@ -745,6 +748,9 @@ func (t *PCI) Save() PCIState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := PCIState{Device: t.Describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
+	if ss, ok := t.dev.(StateSaver); ok {
+		s.DeviceState = ss.SaveState()
+	}
 	s.Regs.Queues = append([]QueueConfig(nil), t.s.Queues...)
 	for _, q := range t.queues {
 		var qs QueueState
@@ -771,6 +777,11 @@ func (t *PCI) Restore(s PCIState) error {
 	}
 	if err := t.msix.Restore(s.MSIX); err != nil {
 		return fmt.Errorf("%s: %w", t.dev.Name(), err)
+	}
+	if ss, ok := t.dev.(StateSaver); ok {
+		if err := ss.RestoreState(s.DeviceState); err != nil {
+			return fmt.Errorf("%s: %w", t.dev.Name(), err)
+		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

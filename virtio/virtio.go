@@ -14,6 +14,8 @@
 // and what was wrong, and the VMM and the other devices go on.
 package virtio
 
+import "encoding/json"
+
 // Device status bits (virtio 1.2 §2.1).
 const (
 	StatusAcknowledge = 1
@@ -96,6 +98,18 @@ type Keeper interface {
 // the snapshot's features.
 type Restorer interface {
 	Restored()
+}
+
+// StateSaver is a Device with state of its own that the driver set
+// through its queues and that a snapshot or a migration must carry
+// (virtio-net: how many queue pairs the driver enabled). The transport
+// puts it into PCIState. SaveState is called while the transport is
+// paused; RestoreState before the device is activated again with the
+// snapshot's features, with nil when the snapshot holds no such state
+// (one taken before the device had any).
+type StateSaver interface {
+	SaveState() json.RawMessage
+	RestoreState(json.RawMessage) error
 }
 
 // ReadConfigImage copies the bytes of a device configuration image at

@@ -116,7 +116,7 @@ func (d *diskList) Set(v string) error {
 func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID][,direct=on] (repeatable: vda, vdb, ...; direct=on opens the image with O_DIRECT, bypassing the host's page cache)")
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
-	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC] (repeatable)")
+	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC][,packed=on][,queues=N] (repeatable; queues=N, 1..16, gives N receive/transmit queue pairs on a multiqueue TAP and a control queue)")
 	fs.Var(&f.console, "console", "the guest's console: serial (the UART) or virtio (a virtio-console device, hvc0: give the guest console=hvc0; host input goes to it, its output and the UART's go where --serial says)")
 	fs.BoolVar(&f.balloon, "balloon", false, "add a virtio-balloon device (last of the virtio devices): \"govmm balloon --api-socket PATH --size SIZE\" takes SIZE of RAM from the guest, and gives it back with --size 0")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")

@@ -63,3 +63,27 @@ func TestConsoleFlag(t *testing.T) {
 		t.Errorf("--console=hvc0: %v", err)
 	}
 }
+
+// TestNetFlagQueues: --net takes queues=N (1..16, 1 by default), and
+// names a bad value; the usage names the option.
+func TestNetFlagQueues(t *testing.T) {
+	parse := func(args ...string) (virtioFlags, error) {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		var f virtioFlags
+		f.register(fs)
+		if u := fs.Lookup("net").Usage; !strings.Contains(u, "queues=N") {
+			t.Errorf("--net's usage does not name queues=N: %q", u)
+		}
+		return f, fs.Parse(args)
+	}
+	f, err := parse("--net", "tap=a,queues=4", "--net=tap=b")
+	if err != nil || len(f.nets) != 2 || f.nets[0].Queues != 4 || f.nets[1].Queues != 1 {
+		t.Fatalf("%+v, %v", f.nets, err)
+	}
+	for _, bad := range []string{"tap=a,queues=0", "tap=a,queues=17", "tap=a,queues=x"} {
+		if _, err := parse("--net", bad); err == nil || !strings.Contains(err.Error(), "queues=") {
+			t.Errorf("--net %s: %v", bad, err)
+		}
+	}
+}

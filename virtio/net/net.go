@@ -1,9 +1,16 @@
 // Package net is virtio-net (virtio 1.2 §5.1) backed by a host TAP device
 // in IFF_VNET_HDR mode, so that a guest's Ethernet frames reach the host's
 // network stack (a bridge, a namespace, routing) with their checksum and
-// segmentation offloads intact. One receive and one transmit queue; the
-// receive side runs on its own goroutine that reads the TAP, the transmit
-// side on the queue's goroutine, both off the vCPU threads.
+// segmentation offloads intact.
+//
+// A device has one or more queue pairs (queues=N). With one, it has a
+// receive and a transmit queue, as a device without VIRTIO_NET_F_MQ. With
+// N > 1 it opens the TAP with IFF_MULTI_QUEUE, one file per pair, offers
+// VIRTIO_NET_F_MQ with a control queue (ctrl.go), and attaches a pair's
+// TAP queue only while the driver has it enabled. Each pair's receive
+// side runs on its own goroutine that reads its TAP queue, its transmit
+// side on the transport's goroutine for that queue, all off the vCPU
+// threads.
 //
 // The device offers only the offloads the TAP carries in its virtio-net
 // header: partial checksums and TCP segmentation (IPv4 and IPv6) in both
@@ -19,8 +26,13 @@ import (
 	"log/slog"
 	stdnet "net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"govmm/virtio"
 )
@@ -36,8 +48,14 @@ const (
 	fHostTSO6  = 1 << 12
 	fMrgRxbuf  = 1 << 15
 	fStatus    = 1 << 16
+	fCtrlVQ    = 1 << 17
+	fCtrlRx    = 1 << 18
+	fMQ        = 1 << 22
 
 	offered = fCsum | fGuestCsum | fMAC | fGuestTSO4 | fGuestTSO6 | fHostTSO4 | fHostTSO6 | fMrgRxbuf | fStatus
+	// offeredMQ is what a device with more than one queue pair adds: the
+	// control queue, the receive-mode commands on it, and multiqueue.
+	offeredMQ = fCtrlVQ | fCtrlRx | fMQ
 )
 
 // virtio_net_hdr flags and GSO types.
@@ -50,10 +68,12 @@ const (
 )
 
 const (
-	rxQ = 0
-	txQ = 1
-	// QueueSize is each queue's maximum size.
+	// QueueSize is each receive and transmit queue's maximum size.
 	QueueSize = 256
+	// CtrlQueueSize is the control queue's maximum size.
+	CtrlQueueSize = 64
+	// MaxQueuePairs bounds queues=N.
+	MaxQueuePairs = 16
 	// maxFrame bounds one packet either way: a 64 KiB TSO segment's
 	// payload with its headers, and the virtio-net header.
 	maxFrame  = vnetHdrLen + 65536 + 14 + 4
@@ -71,11 +91,13 @@ type Config struct {
 	MAC string
 	// Packed offers packed virtqueues (VIRTIO_F_RING_PACKED).
 	Packed bool
+	// Queues is the number of queue pairs, 1..MaxQueuePairs (0 means 1).
+	Queues int
 }
 
-// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off].
+// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off][,queues=N].
 func ParseFlag(s string) (Config, error) {
-	var c Config
+	c := Config{Queues: 1}
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -99,39 +121,84 @@ func ParseFlag(s string) (Config, error) {
 				return c, fmt.Errorf("--net %q: packed=%s, want on or off", s, v)
 			}
 			c.Packed = on
+		case "queues":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > MaxQueuePairs {
+				return c, fmt.Errorf("--net %q: queues=%s, want a number of queue pairs in 1..%d", s, v, MaxQueuePairs)
+			}
+			c.Queues = n
 		default:
-			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac, packed)", s, k)
+			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac, packed, queues)", s, k)
 		}
 	}
 	if c.Tap == "" {
 		return c, fmt.Errorf("--net %q: no tap=", s)
 	}
 	if c.MAC == "" {
-		h := sha256.Sum256([]byte(c.Tap))
-		c.MAC = fmt.Sprintf("%s:%02x:%02x:%02x", macPrefix, h[0], h[1], h[2])
+		c.MAC = derivedMAC(c.Tap)
 	}
 	return c, nil
 }
 
+// derivedMAC is the MAC of a device given no mac=: the QEMU/KVM prefix
+// and three bytes of the TAP name's hash.
+func derivedMAC(tap string) string {
+	h := sha256.Sum256([]byte(tap))
+	return fmt.Sprintf("%s:%02x:%02x:%02x", macPrefix, h[0], h[1], h[2])
+}
+
+// backend is the TAP as the device uses it (a fake in tests).
+type backend interface {
+	// queues are the TAP's queue files, one per queue pair: pollable
+	// (deadlines work), one packet per read and per writev.
+	queues() []*os.File
+	// setOffload tells the TAP which offloaded packets the guest takes.
+	setOffload(flags int) error
+	// setAttached attaches queue i (i > 0) to the TAP, so that the TAP
+	// steers packets to it, or detaches it.
+	setAttached(i int, on bool) error
+	close() error
+}
+
 // Device is one virtio-net device.
 type Device struct {
-	cfg Config
-	mac stdnet.HardwareAddr
-	tap *tap
-	log *slog.Logger
+	cfg   Config
+	mac   stdnet.HardwareAddr
+	be    backend
+	log   *slog.Logger
+	pairs []*pair
+	// features are the negotiated features (0 while inactive).
+	features atomic.Uint64
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	active   bool
-	closed   bool
-	features uint64
+	// setMu orders changes of the enabled pairs (the control queue,
+	// reset, restore) and guards npairs.
+	setMu  sync.Mutex
+	npairs int
+
+	mu     sync.Mutex
+	active bool
+	closed bool
+	warned bool
+	wg     sync.WaitGroup
+}
+
+// pair is one receive and transmit queue pair and its TAP queue.
+type pair struct {
+	i int
+	f *os.File
+
+	mu   sync.Mutex
+	cond *sync.Cond
 	// rx are the driver's receive buffers, in the order it posted them.
 	rx []kept
-	// rxDropped and txDropped count packets lost (no room, or the TAP
-	// refused them); warned: the guest's first bad header was logged.
+	// attached: the TAP steers packets to this pair's queue (pair 0:
+	// always). on: the device is active and the driver enabled the
+	// pair, so its receive queue takes packets.
+	attached, on bool
+	closed       bool
+	// rxDropped and txDropped count packets lost (no room, no driver,
+	// or the TAP refused them).
 	rxDropped, txDropped uint64
-	warned               bool
-	wg                   sync.WaitGroup
 }
 
 type kept struct {
@@ -139,33 +206,48 @@ type kept struct {
 	done func(uint32)
 }
 
-// Open attaches to (or creates) the TAP and starts the receive goroutine.
+// Open attaches to (or creates) the TAP and starts the receive goroutines.
 func Open(c Config, log *slog.Logger) (*Device, error) {
-	if log == nil {
-		log = slog.Default()
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.Queues < 1 || c.Queues > MaxQueuePairs {
+		return nil, fmt.Errorf("virtio-net %s: %d queue pairs, want 1..%d", c.Tap, c.Queues, MaxQueuePairs)
 	}
 	if c.MAC == "" {
-		var err error
-		if c, err = ParseFlag("tap=" + c.Tap); err != nil {
-			return nil, err
-		}
+		c.MAC = derivedMAC(c.Tap)
 	}
 	mac, err := stdnet.ParseMAC(c.MAC)
 	if err != nil || len(mac) != macLen {
 		return nil, fmt.Errorf("virtio-net: mac %q is not a 6-byte Ethernet address", c.MAC)
 	}
-	t, err := openTap(c.Tap)
+	t, err := openTap(c.Tap, c.Queues)
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
-	d := &Device{cfg: c, mac: mac, tap: t, log: log}
-	d.cond = sync.NewCond(&d.mu)
-	d.wg.Add(1)
-	go d.receive()
-	return d, nil
+	return newDevice(c, mac, t, log), nil
 }
 
-// Close closes the TAP and waits for the receive goroutine.
+// newDevice builds the device on a backend whose queues 1.. are
+// detached.
+func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger) *Device {
+	if log == nil {
+		log = slog.Default()
+	}
+	d := &Device{cfg: c, mac: mac, be: be, log: log, npairs: 1}
+	for i, f := range be.queues() {
+		p := &pair{i: i, f: f, attached: i == 0}
+		p.cond = sync.NewCond(&p.mu)
+		d.pairs = append(d.pairs, p)
+	}
+	for _, p := range d.pairs {
+		d.wg.Add(1)
+		go d.receive(p)
+	}
+	return d
+}
+
+// Close closes the TAP and waits for the receive goroutines.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -173,33 +255,66 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
-	d.cond.Broadcast()
 	d.mu.Unlock()
-	err := d.tap.f.Close()
+	for _, p := range d.pairs {
+		p.mu.Lock()
+		p.closed = true
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+	err := d.be.close()
 	d.wg.Wait()
 	return err
 }
 
-func (d *Device) Type() uint16       { return virtio.IDNet }
-func (d *Device) Name() string       { return "virtio-net " + d.cfg.Tap }
-func (d *Device) QueueMax() []uint16 { return []uint16{QueueSize, QueueSize} }
-func (d *Device) Features() uint64   { return offered }
+func (d *Device) Type() uint16 { return virtio.IDNet }
+func (d *Device) Name() string { return "virtio-net " + d.cfg.Tap }
+
+// mq reports whether the device has more than one queue pair (and so a
+// control queue).
+func (d *Device) mq() bool { return len(d.pairs) > 1 }
+
+// QueueMax is receiveq1, transmitq1, ... receiveqN, transmitqN and, with
+// N > 1, the control queue.
+func (d *Device) QueueMax() []uint16 {
+	var q []uint16
+	for range d.pairs {
+		q = append(q, QueueSize, QueueSize)
+	}
+	if d.mq() {
+		q = append(q, CtrlQueueSize)
+	}
+	return q
+}
+
+func (d *Device) Features() uint64 {
+	if d.mq() {
+		return offered | offeredMQ
+	}
+	return offered
+}
 
 // OfferPacked implements virtio.PackedOfferer (packed=on).
 func (d *Device) OfferPacked() bool { return d.cfg.Packed }
 
-// Describe names the TAP and the MAC, which a restore must keep.
+// Describe names the TAP, the MAC and, with more than one, the queue
+// pairs, which a restore must keep. A single-pair device's description
+// is the one it had before multiqueue, so older snapshots restore.
 func (d *Device) Describe() string {
-	return fmt.Sprintf("virtio-net tap=%s mac=%s", d.cfg.Tap, d.mac)
+	s := fmt.Sprintf("virtio-net tap=%s mac=%s", d.cfg.Tap, d.mac)
+	if d.mq() {
+		s += fmt.Sprintf(" queues=%d", len(d.pairs))
+	}
+	return s
 }
 
 // ReadConfig reads struct virtio_net_config: the MAC, the link status
-// (always up) and one queue pair.
+// (always up) and max_virtqueue_pairs.
 func (d *Device) ReadConfig(off uint64, data []byte) {
 	var c [cfgLen]byte
 	copy(c[:], d.mac)
 	binary.LittleEndian.PutUint16(c[6:], statusUp)
-	binary.LittleEndian.PutUint16(c[8:], 1)
+	binary.LittleEndian.PutUint16(c[8:], uint16(len(d.pairs)))
 	virtio.ReadConfigImage(c[:], off, data)
 }
 
@@ -207,8 +322,12 @@ func (d *Device) ReadConfig(off uint64, data []byte) {
 // VIRTIO_NET_F_CTRL_MAC_ADDR, not offered).
 func (d *Device) WriteConfig(uint64, []byte) {}
 
-// Activate tells the TAP which offloaded packets the guest takes.
+// Activate tells the TAP which offloaded packets the guest takes and
+// starts filling the enabled pairs' receive queues.
 func (d *Device) Activate(features uint64) error {
+	if features&(fMQ|fCtrlRx) != 0 && features&fCtrlVQ == 0 {
+		return fmt.Errorf("the driver accepted MQ or CTRL_RX (features %#x) without CTRL_VQ, which they need", features)
+	}
 	off := 0
 	if features&fGuestCsum != 0 {
 		off |= tunFCsum
@@ -219,60 +338,167 @@ func (d *Device) Activate(features uint64) error {
 			off |= tunFTSO6
 		}
 	}
-	if err := d.tap.setOffload(off); err != nil {
+	if err := d.be.setOffload(off); err != nil {
 		return err
 	}
+	d.features.Store(features)
 	d.mu.Lock()
-	d.active, d.features = true, features
-	d.cond.Broadcast()
+	d.active = true
 	d.mu.Unlock()
+	d.setMu.Lock()
+	n := d.npairs
+	d.setMu.Unlock()
+	for _, p := range d.pairs {
+		p.mu.Lock()
+		p.on = p.attached && p.i < n
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
 	return nil
 }
 
-// Reset forgets the buffers and the offloads.
+// Reset forgets the buffers and the offloads, and goes back to one
+// queue pair.
 func (d *Device) Reset() {
 	d.mu.Lock()
-	d.active, d.features, d.rx = false, 0, nil
-	d.cond.Broadcast()
+	d.active = false
 	d.mu.Unlock()
-	if err := d.tap.setOffload(0); err != nil && !errors.Is(err, os.ErrClosed) {
+	d.features.Store(0)
+	for _, p := range d.pairs {
+		p.mu.Lock()
+		p.on, p.rx = false, nil
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+	if err := d.setPairs(1); err != nil {
+		d.log.Warn("virtio-net: reset: detach the TAP's queues", "tap", d.cfg.Tap, "err", err)
+	}
+	if err := d.be.setOffload(0); err != nil && !errors.Is(err, os.ErrClosed) {
 		d.log.Warn("virtio-net: reset offloads", "tap", d.cfg.Tap, "err", err)
 	}
 }
 
-// Unkeep gives back the receive buffers.
+// setPairs enables queue pairs 0..n-1 and disables the others: their TAP
+// queues are attached or detached, so that the TAP steers packets only
+// to pairs the driver fills. A pair being disabled stops taking packets
+// before its queue is detached, and its receive goroutine is woken from
+// its read (a deadline in the past) to wait.
+func (d *Device) setPairs(n int) error {
+	if n < 1 || n > len(d.pairs) {
+		return fmt.Errorf("%d queue pairs, want 1..%d", n, len(d.pairs))
+	}
+	d.setMu.Lock()
+	defer d.setMu.Unlock()
+	d.mu.Lock()
+	active, closed := d.active, d.closed
+	d.mu.Unlock()
+	if closed {
+		return os.ErrClosed
+	}
+	// Attach upwards, then detach downwards: on a failure the pairs
+	// below the one that failed are as wanted, and npairs says how many
+	// are enabled.
+	for _, p := range d.pairs[1:] {
+		if p.i >= n {
+			break
+		}
+		p.mu.Lock()
+		att := p.attached
+		p.mu.Unlock()
+		if !att {
+			if err := d.be.setAttached(p.i, true); err != nil {
+				d.npairs = min(d.npairs, p.i)
+				return fmt.Errorf("attach the TAP's queue %d: %w", p.i, err)
+			}
+			if err := p.f.SetReadDeadline(time.Time{}); err != nil {
+				d.log.Warn("virtio-net: clear a read deadline", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+			}
+		}
+		p.mu.Lock()
+		p.attached = true
+		p.on = active
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+	for k := len(d.pairs) - 1; k >= n; k-- {
+		p := d.pairs[k]
+		p.mu.Lock()
+		att := p.attached
+		p.attached, p.on = false, false
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		if !att {
+			continue
+		}
+		if err := d.be.setAttached(p.i, false); err != nil {
+			// Still attached: the pair reads (and drops) again.
+			p.mu.Lock()
+			p.attached = true
+			p.cond.Broadcast()
+			p.mu.Unlock()
+			d.npairs = k + 1
+			return fmt.Errorf("detach the TAP's queue %d: %w", p.i, err)
+		}
+		if err := p.f.SetReadDeadline(time.Unix(1, 0)); err != nil {
+			d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+		}
+	}
+	d.npairs = n
+	return nil
+}
+
+// ctrlQueue is the control queue's index for the negotiated features
+// (virtio 1.2 §5.1.2: 2N with MQ, else 2), or -1 without one.
+func (d *Device) ctrlQueue(features uint64) int {
+	switch {
+	case !d.mq() || features&fCtrlVQ == 0:
+		return -1
+	case features&fMQ != 0:
+		return 2 * len(d.pairs)
+	}
+	return 2
+}
+
+// Unkeep gives back a receive queue's buffers.
 func (d *Device) Unkeep(q int) int {
-	if q != rxQ {
+	if q%2 != 0 || q/2 >= len(d.pairs) || q == d.ctrlQueue(d.features.Load()) {
 		return 0
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := len(d.rx)
-	d.rx = nil
+	p := d.pairs[q/2]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.rx)
+	p.rx = nil
 	return n
 }
 
-// Handle keeps receive buffers and sends transmitted packets to the TAP.
+// Handle keeps receive buffers, sends transmitted packets to the TAP,
+// and runs control commands.
 func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
-	switch q {
-	case rxQ:
+	features := d.features.Load()
+	if q == d.ctrlQueue(features) {
+		return d.control(c, features, done)
+	}
+	if q < 0 || q/2 >= len(d.pairs) {
+		return fmt.Errorf("no queue %d", q)
+	}
+	p := d.pairs[q/2]
+	if q%2 == 0 {
 		if len(c.Readable) > 0 || c.WritableLen() < vnetHdrLen {
 			return fmt.Errorf("receive buffer %d has %d device-readable and %d device-writable bytes, want none and at least %d",
 				c.Head, c.ReadableLen(), c.WritableLen(), vnetHdrLen)
 		}
-		d.mu.Lock()
-		d.rx = append(d.rx, kept{c, done})
-		d.cond.Broadcast()
-		d.mu.Unlock()
-		return nil
-	case txQ:
-		if err := d.transmit(c); err != nil {
-			return err
-		}
-		done(0)
+		p.mu.Lock()
+		p.rx = append(p.rx, kept{c, done})
+		p.cond.Broadcast()
+		p.mu.Unlock()
 		return nil
 	}
-	return fmt.Errorf("no queue %d", q)
+	if err := d.transmit(p, c, features); err != nil {
+		return err
+	}
+	done(0)
+	return nil
 }
 
 // checkTxHeader checks a transmitted packet's virtio-net header against
@@ -311,9 +537,11 @@ func checkTxHeader(h []byte, features uint64, n uint64) error {
 	return nil
 }
 
-// transmit sends one packet: a copy of its header (checked), then the
-// guest's buffers as they are.
-func (d *Device) transmit(c *virtio.Chain) error {
+// transmit sends one packet of pair p: a copy of its header (checked),
+// then the guest's buffers as they are. It goes out through the pair's
+// TAP queue, or the first pair's while the pair is disabled (a driver
+// lowering the number of pairs may still have packets on it).
+func (d *Device) transmit(p *pair, c *virtio.Chain, features uint64) error {
 	if len(c.Writable) > 0 {
 		return fmt.Errorf("packet %d has %d device-writable bytes; transmitted packets have none", c.Head, c.WritableLen())
 	}
@@ -323,15 +551,12 @@ func (d *Device) transmit(c *virtio.Chain) error {
 	}
 	var h [vnetHdrLen]byte
 	c.Read(0, h[:])
-	d.mu.Lock()
-	features := d.features
-	d.mu.Unlock()
 	err := checkTxHeader(h[:], features, n-vnetHdrLen)
 	if err == nil && n > maxFrame {
 		err = fmt.Errorf("%d bytes, more than the %d a frame may have", n, maxFrame)
 	}
 	if err != nil {
-		d.drop(&d.txDropped, fmt.Errorf("packet %d: %w", c.Head, err))
+		d.drop(p, fmt.Errorf("packet %d: %w", c.Head, err))
 		return nil
 	}
 	bufs := [][]byte{h[:]}
@@ -344,104 +569,142 @@ func (d *Device) transmit(c *virtio.Chain) error {
 		bufs = append(bufs, b.Bytes[skip:])
 		skip = 0
 	}
-	if err := d.tap.writev(bufs); err != nil {
-		d.mu.Lock()
-		d.txDropped++
-		d.mu.Unlock()
-		d.log.Debug("virtio-net: the TAP refused a packet", "tap", d.cfg.Tap, "err", err)
+	p.mu.Lock()
+	f := p.f
+	if !p.attached {
+		f = d.pairs[0].f
+	}
+	p.mu.Unlock()
+	if err := writev(f, bufs); err != nil {
+		p.mu.Lock()
+		p.txDropped++
+		p.mu.Unlock()
+		d.log.Debug("virtio-net: the TAP refused a packet", "tap", d.cfg.Tap, "queue", p.i, "err", err)
 	}
 	return nil
 }
 
 // drop counts a packet the guest got wrong, and logs the first.
-func (d *Device) drop(counter *uint64, err error) {
+func (d *Device) drop(p *pair, err error) {
+	p.mu.Lock()
+	p.txDropped++
+	p.mu.Unlock()
 	d.mu.Lock()
-	*counter++
 	first := !d.warned
 	d.warned = true
 	d.mu.Unlock()
 	if first {
 		d.log.Warn("virtio-net: the guest sent a packet that breaks its negotiated features; dropped (further ones silently)",
-			"device", d.Name(), "err", err)
+			"device", d.Name(), "queue", p.i, "err", err)
 	}
 }
 
-// receive reads the TAP and puts each packet into the guest's receive
-// buffers: one buffer, or with VIRTIO_NET_F_MRG_RXBUF as many as it
-// takes. It waits for buffers while it holds a packet (the TAP queues or
-// drops what comes meanwhile), and takes none until all it needs are
-// there, so that a pause can take every kept buffer back.
-func (d *Device) receive() {
+// Dropped returns the packets lost so far on each pair's receive and
+// transmit side.
+func (d *Device) Dropped() (rx, tx []uint64) {
+	for _, p := range d.pairs {
+		p.mu.Lock()
+		rx, tx = append(rx, p.rxDropped), append(tx, p.txDropped)
+		p.mu.Unlock()
+	}
+	return rx, tx
+}
+
+// receive reads pair p's TAP queue while it is attached and puts each
+// packet into the pair's receive buffers: one buffer, or with
+// VIRTIO_NET_F_MRG_RXBUF as many as it takes. It waits for buffers while
+// it holds a packet (the TAP queues or drops what comes meanwhile), and
+// takes none until all it needs are there, so that a pause can take every
+// kept buffer back.
+func (d *Device) receive(p *pair) {
 	defer d.wg.Done()
 	buf := make([]byte, maxFrame)
 	for {
-		n, err := d.tap.f.Read(buf)
+		p.mu.Lock()
+		for !p.closed && !p.attached {
+			p.cond.Wait()
+		}
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+		n, err := p.f.Read(buf)
 		if err != nil {
-			d.mu.Lock()
-			closed := d.closed
-			d.mu.Unlock()
-			if !closed && !errors.Is(err, os.ErrClosed) {
-				d.log.Error("virtio-net: TAP read; no more packets reach the guest", "tap", d.cfg.Tap, "err", err)
+			p.mu.Lock()
+			closed, attached := p.closed, p.attached
+			p.mu.Unlock()
+			switch {
+			case closed || errors.Is(err, os.ErrClosed):
+				return
+			case !attached && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.EBADFD)):
+				// Detached while reading: wait to be attached again.
+				continue
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// A detach's wake-up that came after an attach.
+				continue
 			}
+			d.log.Error("virtio-net: TAP read; no more packets reach the guest on this queue", "tap", d.cfg.Tap, "queue", p.i, "err", err)
 			return
 		}
 		if n < vnetHdrLen {
 			continue
 		}
-		if !d.deliver(buf[:n]) {
+		if !d.deliver(p, buf[:n]) {
 			return
 		}
 	}
 }
 
-// deliver puts one packet (with its header) into receive buffers. It
-// reports false once the device is closed.
-func (d *Device) deliver(p []byte) bool {
-	need := uint64(len(p))
-	d.mu.Lock()
+// deliver puts one packet (with its header) into pair p's receive
+// buffers. It reports false once the device is closed.
+func (d *Device) deliver(p *pair, pkt []byte) bool {
+	need := uint64(len(pkt))
+	p.mu.Lock()
 	var take []kept
 	for {
-		if d.closed {
-			d.mu.Unlock()
+		if p.closed {
+			p.mu.Unlock()
 			return false
 		}
-		if !d.active {
-			// No driver: the packet goes nowhere.
-			d.rxDropped++
-			d.mu.Unlock()
+		if !p.on {
+			// No driver, or the pair is disabled: the packet goes
+			// nowhere.
+			p.rxDropped++
+			p.mu.Unlock()
 			return true
 		}
-		mrg := d.features&fMrgRxbuf != 0
+		mrg := d.features.Load()&fMrgRxbuf != 0
 		var have uint64
 		k := 0
-		for ; k < len(d.rx) && have < need; k++ {
-			have += d.rx[k].c.WritableLen()
+		for ; k < len(p.rx) && have < need; k++ {
+			have += p.rx[k].c.WritableLen()
 			if !mrg {
 				k++
 				break
 			}
 		}
 		if have >= need {
-			take = append(take, d.rx[:k]...)
-			d.rx = d.rx[k:]
+			take = append(take, p.rx[:k]...)
+			p.rx = p.rx[k:]
 			break
 		}
-		if (!mrg && len(d.rx) > 0) || len(d.rx) >= QueueSize {
+		if (!mrg && len(p.rx) > 0) || len(p.rx) >= QueueSize {
 			// Buffers too small for this packet: it cannot be
 			// delivered whatever the driver posts next.
-			d.rxDropped++
-			d.mu.Unlock()
+			p.rxDropped++
+			p.mu.Unlock()
 			return true
 		}
-		d.cond.Wait()
+		p.cond.Wait()
 	}
-	d.mu.Unlock()
+	p.mu.Unlock()
 	// num_buffers: how many buffers this packet took.
-	binary.LittleEndian.PutUint16(p[10:], uint16(len(take)))
+	binary.LittleEndian.PutUint16(pkt[10:], uint16(len(take)))
 	lens := make([]uint32, len(take))
 	for i, k := range take {
-		w := k.c.Write(0, p)
-		p = p[w:]
+		w := k.c.Write(0, pkt)
+		pkt = pkt[w:]
 		lens[i] = uint32(w)
 	}
 	for i, k := range take {

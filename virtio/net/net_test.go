@@ -14,6 +14,12 @@ import (
 	"govmm/virtio"
 )
 
+// The queues of a single-pair device.
+const (
+	rxQ = 0
+	txQ = 1
+)
+
 func TestParseFlag(t *testing.T) {
 	c, err := ParseFlag("tap=tap0,mac=52:54:00:12:34:56")
 	if err != nil || c.Tap != "tap0" || c.MAC != "52:54:00:12:34:56" {
@@ -225,11 +231,8 @@ func TestTap(t *testing.T) {
 	h[1] = gsoTCPv6
 	binary.LittleEndian.PutUint16(h[4:], 1400)
 	send(h, f)
-	d.mu.Lock()
-	dropped := d.txDropped
-	d.mu.Unlock()
-	if dropped != 1 {
-		t.Errorf("%d packets dropped, want the one with an offload not negotiated", dropped)
+	if _, tx := d.Dropped(); tx[0] != 1 {
+		t.Errorf("%d packets dropped, want the one with an offload not negotiated", tx[0])
 	}
 	// Every buffer is either kept (and given back) or was used (other
 	// frames, such as IPv6 neighbour discovery, take some).

@@ -20,38 +20,57 @@ const (
 // both the TAP and a VERSION_1 driver put before every packet.
 const vnetHdrLen = 12
 
-// tap is an open TAP device with virtio-net headers.
+// tap is an open TAP device with virtio-net headers: one file per queue
+// (several with IFF_MULTI_QUEUE).
 type tap struct {
-	f    *os.File
+	fs   []*os.File
 	name string
 }
 
 // openTap attaches to the TAP called name, creating it (for as long as
 // govmm holds it) if there is none, in IFF_TAP|IFF_NO_PI|IFF_VNET_HDR
-// mode with 12-byte headers. The file is non-blocking and served by Go's
-// poller, so Close ends a Read in progress.
-func openTap(name string) (*tap, error) {
+// mode with 12-byte headers; with more than one queue in
+// IFF_MULTI_QUEUE mode, with one file per queue and queues 1.. detached
+// (the driver enables them). The files are non-blocking and served by
+// Go's poller, so Close ends a Read in progress.
+func openTap(name string, queues int) (*tap, error) {
 	if len(name) >= unix.IFNAMSIZ || name == "" {
 		return nil, fmt.Errorf("tap %q: a name of 1..%d bytes", name, unix.IFNAMSIZ-1)
 	}
-	// The ioctls come first: a TUN file is pollable only once it is
-	// attached, and os.NewFile registers it with the poller.
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)
+	t := &tap{name: name}
+	for i := range queues {
+		// The ioctls come first: a TUN file is pollable only once it
+		// is attached, and os.NewFile registers it with the poller.
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.close()
+			return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)
+		}
+		if err := attach(fd, name, queues > 1); err != nil {
+			unix.Close(fd)
+			t.close()
+			if queues > 1 {
+				return nil, fmt.Errorf("tap %s: queue %d of %d: %w", name, i, queues, err)
+			}
+			return nil, fmt.Errorf("tap %s: %w", name, err)
+		}
+		t.fs = append(t.fs, os.NewFile(uintptr(fd), fmt.Sprintf("/dev/net/tun:%s:%d", name, i)))
 	}
-	if err := attach(fd, name); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tap %s: %w", name, err)
+	for i := 1; i < queues; i++ {
+		if err := t.setAttached(i, false); err != nil {
+			t.close()
+			return nil, err
+		}
 	}
-	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
-	return &tap{f: f, name: name}, nil
+	return t, nil
 }
 
 // attach puts fd on the TAP called name, with 12-byte virtio-net
 // headers and no offloaded packets towards the guest until its driver
-// asks for them.
-func attach(fd int, name string) error {
+// asks for them. With mq the TAP is (or must already be) a multiqueue
+// one; without, a multiqueue TAP that exists is attached all the same,
+// as its one queue.
+func attach(fd int, name string, mq bool) error {
 	feat, err := unix.IoctlGetUint32(fd, unix.TUNGETFEATURES)
 	if err != nil {
 		return fmt.Errorf("TUNGETFEATURES: %w", err)
@@ -59,12 +78,32 @@ func attach(fd int, name string) error {
 	if feat&unix.IFF_VNET_HDR == 0 {
 		return errors.New("the host's TUN driver has no IFF_VNET_HDR")
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
+	if mq && feat&unix.IFF_MULTI_QUEUE == 0 {
+		return errors.New("the host's TUN driver has no IFF_MULTI_QUEUE (multiqueue TAPs)")
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+	set := func(flags uint16) error {
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(flags)
+		return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if mq {
+		err = set(flags | unix.IFF_MULTI_QUEUE)
+		if errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("TUNSETIFF with IFF_MULTI_QUEUE: %w (a TAP that exists must have been made multiqueue, as by \"ip tuntap add NAME mode tap multi_queue vnet_hdr\"; queues=1 takes any TAP)", err)
+		}
+	} else {
+		err = set(flags)
+		if errors.Is(err, unix.EINVAL) {
+			// An existing multiqueue TAP refuses a single-queue
+			// attach.
+			err = set(flags | unix.IFF_MULTI_QUEUE)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("TUNSETIFF (attach or create the TAP; creating needs CAP_NET_ADMIN): %w", err)
 	}
 	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen); err != nil {
@@ -76,25 +115,63 @@ func attach(fd int, name string) error {
 	return nil
 }
 
-// setOffload tells the TAP which offloaded packets the guest takes.
-func (t *tap) setOffload(flags int) error {
-	rc, err := t.f.SyscallConn()
+func (t *tap) queues() []*os.File { return t.fs }
+
+// control runs f on queue i's descriptor.
+func (t *tap) control(i int, f func(fd int) error) error {
+	rc, err := t.fs[i].SyscallConn()
 	if err != nil {
 		return err
 	}
 	var ierr error
-	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, flags) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { ierr = f(int(fd)) }); err != nil {
 		return err
 	}
-	if ierr != nil {
-		return fmt.Errorf("tap %s: TUNSETOFFLOAD %#x: %w", t.name, flags, ierr)
+	return ierr
+}
+
+// setOffload tells the TAP which offloaded packets the guest takes. The
+// setting is the TAP's, made through queue 0, which is always attached.
+func (t *tap) setOffload(flags int) error {
+	if err := t.control(0, func(fd int) error { return unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, flags) }); err != nil {
+		return fmt.Errorf("tap %s: TUNSETOFFLOAD %#x: %w", t.name, flags, err)
 	}
 	return nil
 }
 
-// writev sends one packet (header first) made of bufs.
-func (t *tap) writev(bufs [][]byte) error {
-	rc, err := t.f.SyscallConn()
+// setAttached attaches or detaches queue i with TUNSETQUEUE.
+func (t *tap) setAttached(i int, on bool) error {
+	flag, what := uint16(unix.IFF_DETACH_QUEUE), "detach"
+	if on {
+		flag, what = unix.IFF_ATTACH_QUEUE, "attach"
+	}
+	err := t.control(i, func(fd int) error {
+		ifr, err := unix.NewIfreq("")
+		if err != nil {
+			return err
+		}
+		ifr.SetUint16(flag)
+		return unix.IoctlIfreq(fd, unix.TUNSETQUEUE, ifr)
+	})
+	if err != nil {
+		return fmt.Errorf("tap %s: TUNSETQUEUE (%s queue %d): %w", t.name, what, i, err)
+	}
+	return nil
+}
+
+func (t *tap) close() error {
+	var first error
+	for _, f := range t.fs {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// writev sends one packet (header first) made of bufs through f.
+func writev(f *os.File, bufs [][]byte) error {
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
