@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	bin "encoding/binary"
 	"errors"
 	"fmt"
@@ -119,13 +118,7 @@ func (p *proc) vcpus() string {
 	if sock == "" {
 		return ""
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, "info", "--api-socket", sock, "--vcpus").CombinedOutput()
-	if err != nil {
-		return fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
-	}
-	return "\n--- the guest's vCPUs (govmm info --vcpus):\n" + string(out)
+	return linuxguest.InspectVCPUs(binary, sock, "the guest's vCPUs")
 }
 
 // errStalled is waitProgress's error for a process that printed nothing

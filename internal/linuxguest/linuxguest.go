@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"govmm/internal/initramfs"
+	"govmm/internal/nested"
 )
 
 // Busybox returns a static busybox from the host (package busybox-static).
@@ -278,7 +279,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		// KVM_RUN (the guest or the substrate) or waited in the VMM.
 		// Wait returns only after Cancel did, so vcpus is set by then.
 		cmd.Cancel = func() error {
-			vcpus = inspectVCPUs(b.Govmm, sock)
+			vcpus = InspectVCPUs(b.Govmm, sock, "the guest's vCPUs when the boot was cut short")
 			return cmd.Process.Signal(syscall.SIGQUIT)
 		}
 		cmd.WaitDelay = 5 * time.Second
@@ -398,16 +399,22 @@ type stallError struct{ error }
 func (e *stallError) Is(target error) bool { return target == ErrStalled }
 
 // name says what ran the boot, for messages.
-// inspectVCPUs is `govmm info --vcpus` on the boot's control socket, with
-// its own bound (the boot's context is already done when it is asked).
-func inspectVCPUs(govmm, sock string) string {
+// InspectVCPUs is `govmm info --vcpus` on control socket sock, with its
+// own bound (a boot's context is already done when it is asked), under
+// heading; when the vCPUs show the nested substrate's known failure it
+// says so first (nested.SubstrateFailure). The e2e tests use it too.
+func InspectVCPUs(govmm, sock, heading string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, govmm, "info", "--api-socket", sock, "--vcpus").CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
 	}
-	return "\n--- the guest's vCPUs when the boot was cut short (govmm info --vcpus):\n" + string(out)
+	diagnosis := ""
+	if d := nested.SubstrateFailure(string(out)); d != "" {
+		diagnosis = "\n--- diagnosis: " + d
+	}
+	return diagnosis + "\n--- " + heading + " (govmm info --vcpus):\n" + string(out)
 }
 
 func seen(b bool) string {
