@@ -226,5 +226,11 @@ func Unmarshal(b []byte) (*State, error) {
 	if len(r) != 0 {
 		return nil, fmt.Errorf("%w: %d bytes after the last section", ErrCorrupt, len(r))
 	}
+	// A state of another architecture is refused here, before anything
+	// reads its sections, so that restore and a migration's receiver
+	// say so instead of failing on a section they do not find.
+	if err := st.CheckArch(HostArch()); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
