@@ -454,3 +454,61 @@ func DescribeDataAbort(iss uint64) string {
 	}
 	return s
 }
+
+// Snapshot ABI: MP state, device attributes read back, and the vGICv3 and
+// ITS register groups and control attributes
+// (Documentation/virt/kvm/devices/arm-vgic-v3.rst, arm-vgic-its.rst).
+var (
+	ioctlGetMPState     = ioctlNum(iocRead, 0x98, sizeofMPState)
+	ioctlSetMPState     = ioctlNum(iocWrite, 0x99, sizeofMPState)
+	ioctlGetDeviceAttr  = ioctlNum(iocWrite, 0xe2, sizeofDeviceAttr)
+	ioctlHasDeviceAttr  = ioctlNum(iocWrite, 0xe3, sizeofDeviceAttr)
+	sizeofMPState       = uintptr(4) // struct kvm_mp_state { __u32 mp_state; }
+	regSizeMask         = uint64(0x00f0000000000000)
+	regSizeShift        = 52
+	maxRegBytes         = 256       // KVM_REG_SIZE_U2048, an SVE Z register
+	vgicGroupDistRegs   = uint32(1) // KVM_DEV_ARM_VGIC_GRP_DIST_REGS
+	vgicGroupRedistRegs = uint32(5) // KVM_DEV_ARM_VGIC_GRP_REDIST_REGS
+	vgicGroupCPUSysregs = uint32(6) // KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS
+	vgicGroupLevelInfo  = uint32(7) // KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO
+	vgicGroupITSRegs    = uint32(8) // KVM_DEV_ARM_VGIC_GRP_ITS_REGS
+	vgicSavePending     = uint64(3) // KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES
+	itsSaveTables       = uint64(1) // KVM_DEV_ARM_ITS_SAVE_TABLES
+	itsRestoreTables    = uint64(2) // KVM_DEV_ARM_ITS_RESTORE_TABLES
+	levelInfoShift      = 10        // KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT
+	levelInfoLineLevel  = uint64(0) // VGIC_LEVEL_INFO_LINE_LEVEL
+)
+
+// MP states of an arm64 vCPU (KVM_MP_STATE_*).
+const (
+	MPRunnable  = 0 // KVM_MP_STATE_RUNNABLE
+	MPStopped   = 5 // KVM_MP_STATE_STOPPED: PSCI CPU_OFF, or created powered off
+	MPSuspended = 9 // KVM_MP_STATE_SUSPENDED: WFI in KVM
+)
+
+// The architected timer's ONE_REG ids. <uapi/asm/kvm.h> gives
+// KVM_REG_ARM_TIMER_CNT and KVM_REG_ARM_TIMER_CVAL each other's system
+// register encodings (a mistake kept for the ABI's sake): the ids below
+// are the header's, not the architectural encodings of CNTVCT_EL0 and
+// CNTV_CVAL_EL0.
+var (
+	RegTimerCtl  = SysReg(3, 3, 14, 3, 1)
+	RegTimerCnt  = SysReg(3, 3, 14, 3, 2)
+	RegTimerCval = SysReg(3, 3, 14, 0, 2)
+)
+
+// RegBytes is the size in bytes of the register id names (the
+// KVM_REG_SIZE field), or an error for a size no register has.
+func RegBytes(id uint64) (int, error) {
+	n := 1 << ((id & regSizeMask) >> regSizeShift)
+	if n > maxRegBytes {
+		return 0, fmt.Errorf("register %#x: size field says %d bytes (the largest register is %d)", id, n, maxRegBytes)
+	}
+	return n, nil
+}
+
+// AffinityAttr is an MPIDR_EL1 value as the vGIC's device attributes
+// encode a CPU: Aff3..Aff0 in bits 63..32 of the attribute.
+func AffinityAttr(mpidr uint64) uint64 {
+	return (mpidr&0xffffff | (mpidr>>32&0xff)<<24) << 32
+}

@@ -228,3 +228,49 @@ func TestCapsVerdict(t *testing.T) {
 		t.Errorf("all present: missing = %v", m)
 	}
 }
+
+// TestStateABI: the snapshot's ioctls, groups and register ids against
+// <linux/kvm.h> and <asm/kvm.h> on arm64.
+func TestStateABI(t *testing.T) {
+	check(t, []abiCase[uintptr]{
+		{"KVM_GET_MP_STATE", ioctlGetMPState, 0x8004ae98},
+		{"KVM_SET_MP_STATE", ioctlSetMPState, 0x4004ae99},
+		{"KVM_GET_DEVICE_ATTR", ioctlGetDeviceAttr, 0x4018aee2},
+		{"KVM_HAS_DEVICE_ATTR", ioctlHasDeviceAttr, 0x4018aee3},
+	})
+	check(t, []abiCase[uint64]{
+		{"KVM_REG_ARM_TIMER_CTL", RegTimerCtl, 0x603000000013df19},
+		{"KVM_REG_ARM_TIMER_CNT", RegTimerCnt, 0x603000000013df1a},
+		{"KVM_REG_ARM_TIMER_CVAL", RegTimerCval, 0x603000000013df02},
+		{"KVM_DEV_ARM_VGIC_GRP_DIST_REGS", uint64(vgicGroupDistRegs), 1},
+		{"KVM_DEV_ARM_VGIC_GRP_REDIST_REGS", uint64(vgicGroupRedistRegs), 5},
+		{"KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS", uint64(vgicGroupCPUSysregs), 6},
+		{"KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", uint64(vgicGroupLevelInfo), 7},
+		{"KVM_DEV_ARM_VGIC_GRP_ITS_REGS", uint64(vgicGroupITSRegs), 8},
+		{"KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES", vgicSavePending, 3},
+		{"KVM_DEV_ARM_ITS_SAVE_TABLES", itsSaveTables, 1},
+		{"KVM_DEV_ARM_ITS_RESTORE_TABLES", itsRestoreTables, 2},
+		// MPIDR Aff3=1 Aff2=2 Aff1=3 Aff0=4 (plus the RES1 bit 31).
+		{"affinity attr", AffinityAttr(0x1_8002_0304), 0x01020304_00000000},
+	})
+	check(t, []abiCase[int]{
+		{"KVM_MP_STATE_STOPPED", MPStopped, 5},
+		{"KVM_MP_STATE_SUSPENDED", MPSuspended, 9},
+	})
+	for _, c := range []struct {
+		id   uint64
+		want int
+	}{
+		{XReg(0), 8},
+		{0x6020000000100000 | 0x0043, 4}, // a 32-bit core register (fpsr's size class)
+		{0x6040000000100054, 16},         // vregs[0], U128
+		{0x6080000000150000, 256},        // an SVE Z register, U2048
+	} {
+		if got, err := RegBytes(c.id); err != nil || got != c.want {
+			t.Errorf("RegBytes(%#x) = %d, %v; want %d", c.id, got, err, c.want)
+		}
+	}
+	if _, err := RegBytes(0x60f0000000000000); err == nil {
+		t.Error("RegBytes accepted size class 15")
+	}
+}

@@ -48,18 +48,6 @@ func (t *controlTarget) SetBalloon(req api.BalloonRequest) (api.BalloonInfo, err
 	return *balloonInfo(t.vm), nil
 }
 
-// printBalloon prints the balloon line of `govmm info`.
-func printBalloon(w io.Writer, b *api.BalloonInfo) {
-	if b == nil {
-		return
-	}
-	fmt.Fprintf(w, "balloon: target %d MiB, actual %d MiB (inflated %d MiB, deflated %d MiB, released to the host %d MiB)\n",
-		b.TargetBytes>>20, b.ActualBytes>>20, b.InflatedBytes>>20, b.DeflatedBytes>>20, b.ReleasedBytes>>20)
-	if b.Kept != "" {
-		fmt.Fprintf(w, "  inflated pages stay with the guest: %s\n", b.Kept)
-	}
-}
-
 // cmdBalloon is `govmm balloon --api-socket PATH --size SIZE`.
 func cmdBalloon(args []string, stdout, stderr io.Writer) error {
 	var size string

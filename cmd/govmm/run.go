@@ -306,20 +306,6 @@ func checkSerial(spec string) error {
 	return fail(exitUsage, "--serial %q: want stdio, file:PATH or none", spec)
 }
 
-// checkSocketPath validates a path a socket will be created at: its
-// directory must exist.
-func checkSocketPath(flagName, path string) error {
-	if path == "" {
-		return nil
-	}
-	if fi, err := os.Stat(filepath.Dir(path)); err != nil {
-		return fail(exitUsage, "%s %s: %v", flagName, path, err)
-	} else if !fi.IsDir() {
-		return fail(exitUsage, "%s %s: %s is not a directory", flagName, path, filepath.Dir(path))
-	}
-	return nil
-}
-
 // openSerial opens the console's output; file:PATH is created or truncated,
 // so callers open it only once the accelerator works.
 func openSerial(spec string, stdout io.Writer) (io.Writer, func(), error) {

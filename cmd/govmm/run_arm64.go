@@ -11,11 +11,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"govmm/accel/mshv/mshvarm"
 	"govmm/platform/arm64"
@@ -32,7 +34,7 @@ var x86OnlyRunFlags = []struct {
 	name string
 	bool bool
 }{
-	{"mshv-device", false}, {"topology", false}, {"cpu", false}, {"api-socket", false},
+	{"mshv-device", false}, {"topology", false}, {"cpu", false},
 	{"hugepages", true}, {"test-devices", true}, {"seccomp", false}, {"landlock", false},
 	{"snapshot-dir", false}, {"device", false},
 }
@@ -50,6 +52,8 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.IntVar(&cpus, "cpus", 1, "number of vCPUs")
 	fs.StringVar(&serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
 	fs.StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	var apiSocket string
+	fs.StringVar(&apiSocket, "api-socket", "", "serve the control socket at this path (govmm pause|resume|info|snapshot)")
 	var vf virtioFlags
 	vf.register(fs)
 	var unsupported []string
@@ -104,6 +108,30 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return fail(exitUsage, "--initrd: %v", err)
 		}
 	}
+	out, input, err := serialFlag(serial, stdin, stdout)
+	if err != nil {
+		return err
+	}
+	if apiSocket != "" {
+		if err := checkSocketPath("--api-socket", apiSocket); err != nil {
+			return err
+		}
+	}
+	m, err := arm64.New(arm64.Config{
+		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
+		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
+	})
+	if err != nil {
+		return machineError(err)
+	}
+	defer m.Close()
+	return runARM64(m, kernelPath, serial, &out, apiSocket, stderr, log)
+}
+
+// serialFlag is --serial: the console's output and input; a file's output
+// is nil until runARM64 creates it, once the machine is built (as on x86).
+func serialFlag(serial string, stdin io.Reader, stdout io.Writer) (io.Writer, io.Reader, error) {
 	var out io.Writer
 	var input io.Reader
 	switch {
@@ -114,37 +142,42 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	case strings.HasPrefix(serial, "file:") && len(serial) > len("file:"):
 		path := strings.TrimPrefix(serial, "file:")
 		if st, err := os.Stat(filepath.Dir(path)); err != nil || !st.IsDir() {
-			return fail(exitUsage, "--serial %s: no directory %s", serial, filepath.Dir(path))
+			return nil, nil, fail(exitUsage, "--serial %s: no directory %s", serial, filepath.Dir(path))
 		}
-		// Created only once the machine is built, like on x86.
 	default:
-		return fail(exitUsage, "--serial %q: want stdio, file:PATH or none", serial)
+		return nil, nil, fail(exitUsage, "--serial %q: want stdio, file:PATH or none", serial)
 	}
+	return out, input, nil
+}
 
-	m, err := arm64.New(arm64.Config{
-		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
-		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
-		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
-	})
-	if err != nil {
-		var ie *arm64.InputError
-		if errors.As(err, &ie) {
-			return fail(exitUsage, "%v", err)
-		}
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) {
-			return fail(exitNoAccel, "%v", err)
-		}
-		return fail(exitInternal, "%v", err)
+// machineError is the exit status of a machine that could not be built.
+func machineError(err error) error {
+	var ie *arm64.InputError
+	if errors.As(err, &ie) {
+		return fail(exitUsage, "%v", err)
 	}
-	defer m.Close()
-	if out == nil {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) {
+		return fail(exitNoAccel, "%v", err)
+	}
+	return fail(exitInternal, "%v", err)
+}
+
+// runARM64 runs a built (or restored) machine to its end: the console
+// file, the control socket, the signals, and the exit status.
+func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket string, stderr io.Writer, log *slog.Logger) error {
+	if *out == nil {
 		f, err := os.Create(strings.TrimPrefix(serial, "file:"))
 		if err != nil {
 			return fail(exitUsage, "--serial: %v", err)
 		}
 		defer f.Close()
-		out = f
+		*out = f
 	}
+	closeControl, err := serveControl(apiSocket, &controlTarget{m: m, kernel: kernel, start: time.Now(), log: log, stop: m.Stop})
+	if err != nil {
+		return err
+	}
+	defer closeControl()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -158,7 +191,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	res := m.Run()
 	log.Info("VM ended", "stop", res.Stop)
 	switch res.Stop {
-	case arm64.StopPowerOff, arm64.StopReset:
+	case arm64.StopPowerOff, arm64.StopReset, arm64.StopRequested:
 		return nil
 	default:
 		return &exitError{2, res.Err} // vm.StatusCrash on x86
@@ -170,20 +203,8 @@ type lateWriter struct{ w *io.Writer }
 
 func (l *lateWriter) Write(p []byte) (int, error) { return (*l.w).Write(p) }
 
-func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return notOnARM64("restore (snapshots)")
-}
-
-func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
-	return notOnARM64("snapshot")
-}
-
 func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return notOnARM64("migrate")
-}
-
-func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
-	return notOnARM64(name + " (the control socket)")
 }
 
 func cmdCPUModels(args []string, stdout, stderr io.Writer) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -48,9 +49,10 @@ type Config struct {
 type Stop int
 
 const (
-	StopPowerOff Stop = iota + 1 // PSCI SYSTEM_OFF
-	StopReset                    // PSCI SYSTEM_RESET
-	StopCrash                    // a fatal exit (the error says which)
+	StopPowerOff  Stop = iota + 1 // PSCI SYSTEM_OFF
+	StopReset                     // PSCI SYSTEM_RESET
+	StopCrash                     // a fatal exit (the error says which)
+	StopRequested                 // Stop: the VMM ended it (a snapshot with --stop)
 )
 
 // Result is how the machine ended.
@@ -78,6 +80,15 @@ type Machine struct {
 	once   sync.Once
 	result Result
 	done   chan struct{}
+
+	// mpidrs are the vCPUs' MPIDR_EL1 values (the device tree's CPU ids,
+	// and the vGIC's addressing of redistributors).
+	mpidrs []uint64
+	// pause parks the vCPUs (Pause, Resume).
+	pause pauser
+	// restored: the machine came from a snapshot, and its virtio queues
+	// are looked at once the vCPUs run (startVirtio).
+	restored bool
 }
 
 // spiLine is an irq.Line that drives one SPI of the in-kernel vGIC.
@@ -122,7 +133,56 @@ func New(cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, &InputError{err}
 	}
+	m, err = build(cfg, place, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+			m = nil
+		}
+	}()
+
+	tree := TreeConfig{MemSize: cfg.MemSize, MPIDRs: m.mpidrs, Cmdline: cfg.Cmdline}
+	if len(cfg.Initrd) > 0 {
+		tree.Initrd, tree.InitrdEnd = place.Initrd, place.InitrdEnd
+	}
+	dtb, err := DeviceTree(tree)
+	if err != nil {
+		return nil, err
+	}
+	copy(m.ram[place.Kernel-RAMBase:], k.Image)
+	if len(cfg.Initrd) > 0 {
+		copy(m.ram[place.Initrd-RAMBase:], cfg.Initrd)
+	}
+	copy(m.ram[place.DTB-RAMBase:], dtb)
+
+	// The boot protocol's entry state: x0 the DTB, x1-x3 zero, the MMU
+	// and caches off and interrupts masked at EL1 (what
+	// KVM_ARM_VCPU_INIT's reset leaves; PSTATE is set anyway).
+	bsp := m.vcpus[0]
+	const pstateEL1hDAIF = 0x3c5
+	for _, r := range []struct{ id, val uint64 }{
+		{kvmarm.XReg(0), place.DTB}, {kvmarm.XReg(1), 0}, {kvmarm.XReg(2), 0}, {kvmarm.XReg(3), 0},
+		{kvmarm.RegPState, pstateEL1hDAIF}, {kvmarm.RegPC, place.Kernel},
+	} {
+		if err := bsp.SetReg(r.id, r.val); err != nil {
+			return nil, err
+		}
+	}
+	cfg.Log.Info("arm64 machine", "cpus", cfg.NumCPUs, "memory_mib", cfg.MemSize>>20,
+		"kernel", fmt.Sprintf("%#x-%#x", place.Kernel, place.KernelEnd), "gzip", k.Compressed,
+		"initrd", fmt.Sprintf("%#x-%#x", place.Initrd, place.InitrdEnd), "dtb", fmt.Sprintf("%#x (%d bytes)", place.DTB, len(dtb)))
+	return m, nil
+}
+
+// build makes the machine without its guest: KVM, RAM (anonymous, or
+// mapped private from memFile, a snapshot's memory), the vGICv3 and its
+// ITS, the vCPUs, the PL011 and the PCI bus with the virtio devices.
+func build(cfg Config, place Placement, memFile *os.File) (m *Machine, err error) {
 	built := &Machine{cfg: cfg, place: place, done: make(chan struct{})}
+	built.pause.init()
 	m = built
 	defer func() {
 		// Every failure below returns a nil Machine: close the one
@@ -140,7 +200,11 @@ func New(cfg Config) (m *Machine, err error) {
 	if m.vm, err = m.kvm.CreateVM(); err != nil {
 		return nil, err
 	}
-	m.ram, err = unix.Mmap(-1, 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if memFile != nil {
+		m.ram, err = unix.Mmap(int(memFile.Fd()), 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	} else {
+		m.ram, err = unix.Mmap(-1, 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("allocate %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
 	}
@@ -187,36 +251,7 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, err
 	}
 
-	tree := TreeConfig{MemSize: cfg.MemSize, MPIDRs: mpidrs, Cmdline: cfg.Cmdline}
-	if len(cfg.Initrd) > 0 {
-		tree.Initrd, tree.InitrdEnd = place.Initrd, place.InitrdEnd
-	}
-	dtb, err := DeviceTree(tree)
-	if err != nil {
-		return nil, err
-	}
-	copy(m.ram[place.Kernel-RAMBase:], k.Image)
-	if len(cfg.Initrd) > 0 {
-		copy(m.ram[place.Initrd-RAMBase:], cfg.Initrd)
-	}
-	copy(m.ram[place.DTB-RAMBase:], dtb)
-
-	// The boot protocol's entry state: x0 the DTB, x1-x3 zero, the MMU
-	// and caches off and interrupts masked at EL1 (what
-	// KVM_ARM_VCPU_INIT's reset leaves; PSTATE is set anyway).
-	bsp := m.vcpus[0]
-	const pstateEL1hDAIF = 0x3c5
-	for _, r := range []struct{ id, val uint64 }{
-		{kvmarm.XReg(0), place.DTB}, {kvmarm.XReg(1), 0}, {kvmarm.XReg(2), 0}, {kvmarm.XReg(3), 0},
-		{kvmarm.RegPState, pstateEL1hDAIF}, {kvmarm.RegPC, place.Kernel},
-	} {
-		if err := bsp.SetReg(r.id, r.val); err != nil {
-			return nil, err
-		}
-	}
-	cfg.Log.Info("arm64 machine", "cpus", cfg.NumCPUs, "memory_mib", cfg.MemSize>>20,
-		"kernel", fmt.Sprintf("%#x-%#x", place.Kernel, place.KernelEnd), "gzip", k.Compressed,
-		"initrd", fmt.Sprintf("%#x-%#x", place.Initrd, place.InitrdEnd), "dtb", fmt.Sprintf("%#x (%d bytes)", place.DTB, len(dtb)))
+	m.mpidrs = mpidrs
 	return m, nil
 }
 
@@ -240,6 +275,7 @@ func (m *Machine) stop(r Result) {
 	m.once.Do(func() {
 		m.result = r
 		close(m.done)
+		m.pause.wake()
 		for _, v := range m.vcpus {
 			v.Kick()
 		}
@@ -271,6 +307,9 @@ func (m *Machine) Run() Result {
 	if !m.cfg.Epoch.IsZero() {
 		m.cfg.Log.Info("guest start", "since_main", time.Since(m.cfg.Epoch))
 	}
+	if m.restored {
+		go m.startVirtio()
+	}
 	for _, v := range m.vcpus {
 		wg.Add(1)
 		go func() {
@@ -289,8 +328,11 @@ func (m *Machine) Run() Result {
 					case <-m.done:
 						return
 					default:
-						continue
 					}
+					if !m.pause.park(m.done) {
+						return
+					}
+					continue
 				case accel.ExitPowerOff:
 					m.stop(Result{Stop: StopPowerOff})
 				case accel.ExitReset:

@@ -1,0 +1,113 @@
+package main
+
+// The control socket of an arm64 VM: pause, resume, info and snapshot
+// through package api, served by the machine of platform/arm64. The
+// client side (govmm pause|resume|info|snapshot) is controlcli.go, the
+// same on both builds.
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"govmm/api"
+	"govmm/platform/arm64"
+)
+
+// controlTarget serves the control socket for one arm64 machine.
+type controlTarget struct {
+	m      *arm64.Machine
+	kernel string
+	start  time.Time
+	log    *slog.Logger
+	// stop ends the VM once a snapshot asked to (--stop) is written.
+	stop func()
+}
+
+func (t *controlTarget) Info() api.Info {
+	state := "running"
+	if t.m.Paused() {
+		state = "paused"
+	}
+	var devs []api.PCIDevice
+	for _, d := range t.m.PCIDevices() {
+		devs = append(devs, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What})
+	}
+	var exits []api.ExitCount
+	for _, c := range t.m.Exits() {
+		if c.Reads+c.Writes > 0 {
+			exits = append(exits, api.ExitCount{Bus: "mmio", Device: c.Device, Base: c.Base, Reads: c.Reads, Writes: c.Writes})
+		}
+	}
+	slices.SortStableFunc(exits, func(a, b api.ExitCount) int { return cmp.Compare(b.Reads+b.Writes, a.Reads+a.Writes) })
+	return api.Info{
+		State: state, Accel: "kvm", CPUs: t.m.NumCPUs(), Memory: t.m.MemSize(),
+		Uptime: time.Since(t.start).Round(time.Millisecond).String(), Kernel: t.kernel,
+		PID: os.Getpid(), Version: version, Exits: exits, Devices: devs,
+	}
+}
+
+func (t *controlTarget) Pause() error  { return t.m.Pause() }
+func (t *controlTarget) Resume() error { return t.m.Resume() }
+
+// Snapshot pauses the machine while its state and memory are written and
+// resumes it afterwards, unless it was paused already or is to stop.
+func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, total uint64)) (api.SnapshotResult, error) {
+	if !filepath.IsAbs(req.Dir) {
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: the directory must be an absolute path", req.Dir)
+	}
+	begin := time.Now()
+	wasPaused := t.m.Paused()
+	if err := t.m.Pause(); err != nil {
+		return api.SnapshotResult{}, fmt.Errorf("snapshot: pause: %w", err)
+	}
+	n, err := t.m.WriteSnapshot(req.Dir, progress)
+	pause := time.Since(begin)
+	if err != nil {
+		if !wasPaused {
+			t.m.Resume()
+		}
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: %w", req.Dir, err)
+	}
+	res := api.SnapshotResult{Dir: req.Dir, MemoryBytes: t.m.MemSize(), StateBytes: n, PauseMS: ms(pause), TotalMS: ms(time.Since(begin))}
+	if req.Stop {
+		t.log.Info("snapshot written, stopping", "dir", req.Dir)
+		go t.stop()
+		return res, nil
+	}
+	if !wasPaused {
+		if err := t.m.Resume(); err != nil {
+			return res, fmt.Errorf("snapshot written, but resuming failed: %w", err)
+		}
+	}
+	t.log.Info("snapshot written", "dir", req.Dir, "pause_ms", res.PauseMS)
+	return res, nil
+}
+
+func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, total uint64)) (api.MigrateResult, error) {
+	return api.MigrateResult{}, errors.New("live migration: not implemented on arm64 (snapshot and restore are)")
+}
+
+// serveControl starts the control socket at path (none when empty); the
+// returned function closes it.
+func serveControl(path string, t *controlTarget) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	srv, err := api.Listen(path, t)
+	if err != nil {
+		return nil, fail(exitUsage, "--api-socket: %v", err)
+	}
+	return func() { srv.Close() }, nil
+}
+
+// VCPUs answers `govmm info --vcpus`, whose reply is x86's registers,
+// events and LAPIC: refused on arm64 by name.
+func (t *controlTarget) VCPUs() (api.VCPUsResult, error) {
+	return api.VCPUsResult{}, errors.New("info --vcpus: not implemented on arm64 (its reply is x86's registers and LAPIC); govmm info works")
+}
