@@ -14,19 +14,39 @@ import (
 	"strings"
 )
 
-//go:embed bin/*
-var bin embed.FS
+// arm64Bin holds the arm64 guests (Linux arm64 Images, bin/*.img): every
+// build embeds them (the arm64 govmm runs them; x86 hosts hand them to
+// arm64 machines in tests). The x86 guests are embedded by x86.go, which
+// the arm64 build leaves out.
+//
+//go:embed bin/*.img
+var arm64Bin embed.FS
+
+// sources are the embedded file systems, each holding a bin/ directory.
+var sources = []embed.FS{arm64Bin}
+
+// open returns the embedded file system holding bin/name.
+func open(name string) (embed.FS, bool) {
+	for _, s := range sources {
+		if _, err := fs.Stat(s, "bin/"+name); err == nil {
+			return s, true
+		}
+	}
+	return embed.FS{}, false
+}
 
 // files lists the embedded file names (e.g. "probe.elf").
 func files() []string {
-	ents, err := fs.ReadDir(bin, "bin")
-	if err != nil {
-		return nil
-	}
 	var out []string
-	for _, e := range ents {
-		if !e.IsDir() {
-			out = append(out, e.Name())
+	for _, s := range sources {
+		ents, err := fs.ReadDir(s, "bin")
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.IsDir() {
+				out = append(out, e.Name())
+			}
 		}
 	}
 	sort.Strings(out)
@@ -62,7 +82,8 @@ func Image(name string) ([]byte, error) {
 	case 0:
 		return nil, fmt.Errorf("no built-in guest image %q (available: %s)", name, strings.Join(Names(), ", "))
 	case 1:
-		return bin.ReadFile("bin/" + match[0])
+		s, _ := open(match[0])
+		return s.ReadFile("bin/" + match[0])
 	default:
 		return nil, fmt.Errorf("guest image name %q is ambiguous (%s): give the file name", name, strings.Join(match, ", "))
 	}
