@@ -11,12 +11,9 @@ import (
 	"time"
 )
 
-// netMQInit runs one TCP upload pinned to each of the guest's two CPUs:
-// the driver's XPS maps CPU i to transmit queue i, and the TAP sends
-// each flow's answer back on the queue the flow came from, so both
-// pairs carry packets both ways. It prints the queues the kernel made
-// and the virtio lines of /proc/interrupts.
-var netMQInit = `#!/bin/busybox sh
+// netMQHead loads virtio_net, configures eth0, prints the queues the
+// kernel made and waits until L1 answers pings.
+const netMQHead = `#!/bin/busybox sh
 ` + virtioInitHead + `for m in failover net_failover virtio_net; do
 	$B insmod /lib/modules/$m.ko || echo "net-test: insmod $m failed"
 done
@@ -31,19 +28,38 @@ until $B ping -c 1 -W 2 ` + netHostIP + ` >/dev/null; do
 	i=$((i+1))
 	if [ $i -ge 30 ]; then echo "net-test: ping failed"; break; fi
 done
-` + fmt.Sprintf(`for c in 0 1; do
+`
+
+// netMQUploads runs one TCP upload pinned to each of the guest's two
+// CPUs: the driver's XPS maps CPU i to transmit queue i, and the TAP
+// sends each flow's answer back on the queue the flow came from, so both
+// pairs carry packets both ways. Then it prints the virtio lines of
+// /proc/interrupts as "net-test: irq1 ...".
+var netMQUploads = fmt.Sprintf(`for c in 0 1; do
 	$B taskset $((1 << c)) /bin/vsockpeer tcpdial %s:$((7001 + c)) up-cpu$c %d
 done
-`, netHostIP, netUp) + `$B grep virtio /proc/interrupts | while read -r l; do echo "net-test: irq $l"; done
+$B grep virtio /proc/interrupts | while read -r l; do echo "net-test: irq1 $l"; done
+`, netHostIP, netUp)
+
+var netMQInit = netMQHead + netMQUploads + `echo "vsock-test: done"
+$B poweroff -f
+`
+
+// netMQSnapInit is netMQInit, then a third upload from CPU 1 that the
+// guest tries every second until L1 listens (after the restore), and the
+// interrupts again, as "net-test: irq2 ...".
+var netMQSnapInit = netMQHead + netMQUploads + `echo "net-test: phase1 done"
+until $B taskset 2 /bin/vsockpeer tcpdial ` + netHostIP + fmt.Sprintf(`:7003 up-after %d; do $B sleep 1; done
+`, netUp) + `$B grep virtio /proc/interrupts | while read -r l; do echo "net-test: irq2 $l"; done
 echo "vsock-test: done"
 $B poweroff -f
 `
 
 // irqCount sums the per-CPU counts of /proc/interrupts lines the guest
-// printed as "net-test: irq N: c0 c1 ... name", by the IRQ's name.
-func irqCount(out string) map[string]uint64 {
+// printed as "net-test: TAG N: c0 c1 ... name", by the IRQ's name.
+func irqCount(out, tag string) map[string]uint64 {
 	counts := map[string]uint64{}
-	re := regexp.MustCompile(`net-test: irq \d+:((?:\s+\d+)+)\s+.*?(\S+)\s*$`)
+	re := regexp.MustCompile(`net-test: ` + tag + ` \d+:((?:\s+\d+)+)\s+.*?(\S+)\s*$`)
 	for _, l := range strings.Split(out, "\n") {
 		m := re.FindStringSubmatch(strings.TrimRight(l, "\r"))
 		if m == nil {
@@ -57,6 +73,19 @@ func irqCount(out string) map[string]uint64 {
 		counts[m[2]] += n
 	}
 	return counts
+}
+
+// queueIRQs is the interrupts of the virtio-net queue named q
+// ("input.1"), and whether the guest has that queue's vector.
+func queueIRQs(irqs map[string]uint64, q string) (uint64, bool) {
+	var n uint64
+	found := false
+	for name, v := range irqs {
+		if strings.HasSuffix(name, "-"+q) {
+			n, found = n+v, true
+		}
+	}
+	return n, found
 }
 
 // TestNetMultiqueue boots a 2-vCPU Linux guest with --net queues=2 on a
@@ -83,7 +112,7 @@ func TestNetMultiqueue(t *testing.T) {
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", "tap="+netTap+",mac="+netMAC+",queues=2",
 				"--cmdline", "console=ttyS0 panic=-1")
-			p := bootGuest(t, args, "net-test: queues", func() { hostTap(t) })
+			p := bootGuest(t, args, "net-test: queues", func() { mqHostTap(t) })
 			if info := govmm(t, "info", "--api-socket", api); !strings.Contains(info.Stdout, "queues=2") {
 				t.Errorf("govmm info does not show queues=2:\n%s", info)
 			}
@@ -116,18 +145,108 @@ func TestNetMultiqueue(t *testing.T) {
 					t.Errorf("CPU %d's connection never reached L1", c)
 				}
 			}
-			irqs := irqCount(out)
+			irqs := irqCount(out, "irq1")
 			t.Logf("guest interrupts: %v", irqs)
 			for _, q := range []string{"input.0", "output.0", "input.1", "output.1"} {
-				var n uint64
-				found := false
-				for name, v := range irqs {
-					if strings.HasSuffix(name, "-"+q) {
-						n, found = n+v, true
-					}
-				}
-				if !found || n == 0 {
+				if n, found := queueIRQs(irqs, q); !found || n == 0 {
 					t.Errorf("queue %s: %d interrupts (found %v), want some on each pair's vectors:\n%s", q, n, found, out)
+				}
+			}
+		})
+	}
+}
+
+// netL1MAC is L1's address on the TAP in the multiqueue tests, the same
+// on the TAP a restore creates, so that the guest's neighbour entry
+// stays right.
+const netL1MAC = "02:00:00:77:00:01"
+
+// mqHostTap is hostTap with L1's MAC on the TAP set to netL1MAC.
+func mqHostTap(t *testing.T) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if _, err := net.InterfaceByName(netTap); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	busyboxIP(t, "link", "set", netTap, "address", netL1MAC)
+	busyboxIP(t, "addr", "add", netHostIP+"/24", "dev", netTap)
+	busyboxIP(t, "link", "set", netTap, "up")
+}
+
+// TestNetMultiqueueSnapshot snapshots a queues=2 guest after an upload
+// from each CPU, checks that restores with queues=1 and queues=3 are
+// refused (exit 64, naming queues=), restores with queues=2 on a TAP the
+// restoring govmm creates again, and has the guest upload 4 MiB from CPU
+// 1 once more: the restored device must have both pairs enabled, so pair
+// 1's receive and transmit vectors interrupt the guest again, and every
+// byte arrives.
+func TestNetMultiqueueSnapshot(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := guestInitrdNet(t, netMQSnapInit)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			needTun(t)
+			for c := range 2 {
+				ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", 7001+c))
+				if err != nil {
+					t.Fatal(err)
+				}
+				serveOnce(t, ln, pattern(fmt.Sprintf("h2g-answer-cpu%d", c), netReply))
+			}
+			dir := tempSocketDir(t)
+			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+				"net-test: queues", func() { mqHostTap(t) })
+			p.waitFor("net-test: phase1 done", 3*time.Minute)
+			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+			}
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("source after snapshot --stop: exit %d\n%s", code, p.output())
+			}
+			before := irqCount(p.output(), "irq1")
+			restore := append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")
+			for _, q := range []string{"1", "3"} {
+				r := govmm(t, append(append([]string(nil), restore...), "--net", "tap="+netTap+",mac="+netMAC+",queues="+q)...)
+				if r.Code != 64 || !strings.Contains(r.Stderr, "queues=2") {
+					t.Fatalf("restore with queues=%s: want exit 64 naming queues=2, got\n%s", q, r)
+				}
+			}
+			ln, err := net.Listen("tcp4", ":7003")
+			if err != nil {
+				t.Fatal(err)
+			}
+			up := serveOnce(t, ln, pattern("h2g-answer-after", netReply))
+			p = start(t, append(restore, "--net", nf)...)
+			mqHostTap(t)
+			p.waitFor("vsock-test: done", 3*time.Minute)
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
+			}
+			out := p.output()
+			select {
+			case b := <-up:
+				if w := pattern("up-after", netUp); string(b) != string(w) {
+					t.Errorf("L1 read %d bytes from the restored guest, want %d of the pattern", len(b), len(w))
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("the restored guest's connection never reached L1")
+			}
+			want := pattern("h2g-answer-after", netReply)
+			if got := vsockLine(out, "g2h-reply"); got != fmt.Sprintf("%d %s", len(want), sum(want)) {
+				t.Errorf("L1's answer after the restore: the guest printed %q\n%s", got, out)
+			}
+			after := irqCount(out, "irq2")
+			t.Logf("guest interrupts before the snapshot %v, after the restore %v", before, after)
+			for _, q := range []string{"input.1", "output.1"} {
+				b, _ := queueIRQs(before, q)
+				a, found := queueIRQs(after, q)
+				if !found || a <= b {
+					t.Errorf("queue %s: %d interrupts before the snapshot, %d at the end: pair 1 carried nothing after the restore\n%s", q, b, a, out)
 				}
 			}
 		})
