@@ -24,17 +24,7 @@ const packedFeats = virtio.FRingPacked | virtio.FIndirectDesc | virtio.FEventIdx
 
 func newPackedRNG(t *testing.T, mem *virtiotest.Mem) (*virtiotest.Driver, *virtio.PCI) {
 	t.Helper()
-	vm, tb := virtiotest.NewVM()
-	tr, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: mem, Router: tb, Packed: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	d, err := virtiotest.New(tr, mem, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d, tr
+	return attach(t, rng.New(), mem, virtio.PCIConfig{Packed: true})
 }
 
 // TestPackedOffered: RING_PACKED is offered only by a transport
@@ -183,17 +173,8 @@ func (h *holder) complete(t *testing.T, id uint16, n uint32) {
 func newPackedHolder(t *testing.T, feats uint64, size uint16) (*virtiotest.Driver, *holder, *virtio.PCI) {
 	t.Helper()
 	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
-	vm, tb := virtiotest.NewVM()
 	h := newHolder()
-	tr, err := virtio.NewPCI(h, virtio.PCIConfig{Mem: mem, Router: tb, Packed: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	d, err := virtiotest.New(tr, mem, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, tr := attach(t, h, mem, virtio.PCIConfig{Packed: true})
 	if err := d.Init(feats, size); err != nil {
 		t.Fatal(err)
 	}
@@ -398,23 +379,7 @@ func TestPackedSaveRestore(t *testing.T) {
 	if err := trx.Restore(st2); err == nil || !strings.Contains(err.Error(), "packed=on") {
 		t.Fatalf("restore of a packed device without packed rings: %v", err)
 	}
-	vm2, tb2 := virtiotest.NewVM()
-	tr2, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: mem, Router: tb2, Packed: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr2.Close()
-	if err := tr2.Function().Restore(fs); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr2.Restore(st2); err != nil {
-		t.Fatal(err)
-	}
-	tr2.Start()
-	d2, err := virtiotest.New(tr2, mem, vm2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d2, _ := attachRestored(t, rng.New(), mem, virtio.PCIConfig{Packed: true}, fs, st2)
 	// The old driver keeps its positions and rings the new transport.
 	for i := range 6 {
 		clear(mem.B[buf+0x1000 : buf+0x1040])

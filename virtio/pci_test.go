@@ -20,17 +20,7 @@ func newRNG(t *testing.T) (*virtiotest.Driver, *virtio.PCI) {
 // newRNGMem is newRNG over the given guest memory.
 func newRNGMem(t *testing.T, mem *virtiotest.Mem) (*virtiotest.Driver, *virtio.PCI) {
 	t.Helper()
-	vm, tb := virtiotest.NewVM()
-	tr, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: mem, Router: tb})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	d, err := virtiotest.New(tr, mem, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d, tr
+	return attach(t, rng.New(), mem, virtio.PCIConfig{})
 }
 
 const wait = 5 * time.Second
@@ -306,23 +296,7 @@ func TestSaveRestore(t *testing.T) {
 	tr.Resume()
 
 	// A new transport over the same memory continues where it was.
-	vm2, tb2 := virtiotest.NewVM()
-	tr2, err := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: d.Mem, Router: tb2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr2.Close()
-	if err := tr2.Function().Restore(fs); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr2.Restore(st); err != nil {
-		t.Fatal(err)
-	}
-	tr2.Start()
-	d2, err := virtiotest.New(tr2, d.Mem, vm2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d2, _ := attachRestored(t, rng.New(), d.Mem, virtio.PCIConfig{}, fs, st)
 	if d2.Status() != 0xf {
 		t.Fatalf("restored status %#x", d2.Status())
 	}
@@ -339,7 +313,8 @@ func TestSaveRestore(t *testing.T) {
 
 	bad := st
 	bad.Device = "virtio-blk path=/other"
-	tr3, _ := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: d.Mem, Router: tb2})
+	_, tb3 := virtiotest.NewVM()
+	tr3, _ := virtio.NewPCI(rng.New(), virtio.PCIConfig{Mem: d.Mem, Router: tb3})
 	defer tr3.Close()
 	if err := tr3.Restore(bad); err == nil || !strings.Contains(err.Error(), "virtio-blk path=/other") {
 		t.Fatalf("restore of another device: %v", err)
