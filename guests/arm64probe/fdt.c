@@ -1,7 +1,8 @@
 /* fdt.c: a bounds-checked reader of the flattened device tree the loader
  * passes in x0. It takes what the probe needs (memory, CPUs, PSCI, GIC,
  * timer, the PL011 of stdout-path, /chosen) and fails with a reason, never
- * reading outside the blob's header-declared (and capped) size. */
+ * reading outside the blob's header-declared size, which must be at
+ * most maxsize (2 MiB in the guest: the boot protocol's limit). */
 #include "probe.h"
 
 #define FDT_MAGIC 0xd00dfeed
@@ -167,7 +168,7 @@ static void finish_node(struct fdt_info *fi, struct node *n, struct node *parent
 	}
 }
 
-int fdt_parse(const void *blob, struct fdt_info *fi)
+int fdt_parse(const void *blob, uint32_t maxsize, struct fdt_info *fi)
 {
 	static struct node st[MAX_DEPTH];
 	static char path[256];
@@ -178,7 +179,7 @@ int fdt_parse(const void *blob, struct fdt_info *fi)
 	const uint8_t *b = blob;
 	memset(fi, 0, sizeof(*fi));
 	fi->err = "bad header";
-	if (!b || ((uint64_t)b & 7))
+	if (!b || ((uint64_t)b & 7) || maxsize < 40)
 		return 0;
 	if (be32(b) != FDT_MAGIC) {
 		fi->err = "bad magic";
@@ -188,7 +189,7 @@ int fdt_parse(const void *blob, struct fdt_info *fi)
 	uint32_t version = be32(b + 20);
 	fi->totalsize = total;
 	fi->version = version;
-	if (total < 40 || total > FDT_MAX_SIZE || version < 16)
+	if (total < 40 || total > FDT_MAX_SIZE || total > maxsize || version < 16)
 		return 0;
 	uint32_t sstrings = be32(b + 32), sstruct = version >= 17 ? be32(b + 36) : total - ostruct;
 	if (ostruct > total || sstruct > total - ostruct || ostrings > total || sstrings > total - ostrings || (ostruct & 3)) {

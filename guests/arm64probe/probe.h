@@ -25,7 +25,9 @@ static inline void wr32(uint64_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
 static inline uint64_t rd64(uint64_t a) { return *(volatile uint64_t *)a; }
 static inline void wr64(uint64_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
 
-/* lib.c */
+/* lib.c (fdt_host.c, which runs fdt.c on the build host, defines
+ * PROBE_HOST and uses the host libc instead) */
+#ifndef PROBE_HOST
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
@@ -33,14 +35,15 @@ size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 int vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
-int snprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int snprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(__printf__, 3, 4)));
 void uart_init(uint64_t base);
 void putc_raw(char c);
 void puts_raw(const char *s);
-void printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void printf(const char *fmt, ...) __attribute__((format(__printf__, 1, 2)));
 int uart_getc(void); /* -1 when nothing waits */
 uint64_t parse_u64(const char *s, int *ok);
 int has_word(const char *list, const char *w);
+#endif
 
 /* fdt.c: what the probe takes from the device tree. */
 struct fdt_info {
@@ -70,7 +73,7 @@ struct fdt_info {
 	char uart_path[128];
 	char model[64];
 };
-int fdt_parse(const void *blob, struct fdt_info *fi);
+int fdt_parse(const void *blob, uint32_t maxsize, struct fdt_info *fi);
 int fdt_bootarg(const char *bootargs, const char *key, char *val, size_t n);
 
 /* main.c */

@@ -111,7 +111,7 @@ struct kv {
 static struct kv kvs[MAX_KEYS];
 static int nkv;
 
-static void kv(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void kv(const char *key, const char *fmt, ...) __attribute__((format(__printf__, 2, 3)));
 static void kv(const char *key, const char *fmt, ...)
 {
 	if (nkv >= MAX_KEYS)

@@ -9,7 +9,7 @@ enum { TAB_ID, TAB_TIMER, TAB_GIC, TAB_PSCI, TAB_MEM, TAB_SYS, NTABS };
 static const char tab_keys[NTABS] = {'i', 't', 'g', 'p', 'm', 's'};
 static const char *const tab_names[NTABS] = {"ID regs", "Timer", "GIC", "PSCI/CPUs", "Memory", "Sysregs"};
 
-static void line(int row, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void line(int row, const char *fmt, ...) __attribute__((format(__printf__, 2, 3)));
 static void line(int row, const char *fmt, ...)
 {
 	char buf[256];
