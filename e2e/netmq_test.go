@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -250,5 +251,97 @@ func TestNetMultiqueueSnapshot(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNetMultiqueueMigration moves a queues=2 guest live between two
+// govmm processes on KVM after an upload from each CPU. The TAP is a
+// multiqueue one, so the destination attaches its own queues to it while
+// the source still holds its own, and the TAP carries on with the
+// destination's once the source ends. A destination with queues=1 is
+// refused before any memory moves, naming queues=2, and the source runs
+// on. After the move the guest uploads 4 MiB from CPU 1: every byte
+// arrives, and pair 1's vectors interrupt again, which they would not if
+// the destination had one pair enabled.
+func TestNetMultiqueueMigration(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := guestInitrdNet(t, netMQSnapInit)
+	var kvm []string
+	for _, acc := range accels(t) {
+		if accelName(acc) == "kvm" {
+			kvm = acc
+		}
+	}
+	if kvm == nil {
+		t.Skip("no KVM")
+	}
+	needTun(t)
+	for c := range 2 {
+		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", 7001+c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		serveOnce(t, ln, pattern(fmt.Sprintf("h2g-answer-cpu%d", c), netReply))
+	}
+	dir := tempSocketDir(t)
+	sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
+	nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
+	s := bootGuest(t, append(append([]string{"run"}, kvm...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+		"--memory=512M", "--cpu", "host", "--api-socket", sock, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+		"net-test: queues", func() { mqHostTap(t) })
+	s.waitFor("net-test: phase1 done", 3*time.Minute)
+	before := irqCount(s.output(), "irq1")
+	receive := append(append([]string{"migrate", "receive"}, kvm...), "--listen", "unix:"+mig)
+
+	d := start(t, append(append([]string(nil), receive...), "--net", "tap="+netTap+",mac="+netMAC)...)
+	waitPath(t, mig)
+	r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
+	if r.Code != 70 || !strings.Contains(r.Stderr, "destination refused the VM") || !strings.Contains(r.Stderr, "queues=2") {
+		t.Fatalf("migrate send to a queues=1 destination: want exit 70 and a refusal naming queues=2, got\n%s\ndestination:\n%s", r, d.output())
+	}
+	t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
+	d.waitFor("still listening", 30*time.Second)
+	select {
+	case <-s.done:
+		t.Fatalf("the source ended after a refused migration:\n%s", s.output())
+	default:
+	}
+	d.cmd.Process.Kill()
+	<-d.done
+	os.Remove(mig)
+
+	d = start(t, append(append([]string(nil), receive...), "--net", nf, "--api-socket", filepath.Join(dir, "dst.sock"))...)
+	waitPath(t, mig)
+	migrateLive(t, sock, mig, s, d)
+	ln, err := net.Listen("tcp4", ":7003")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := serveOnce(t, ln, pattern("h2g-answer-after", netReply))
+	d.waitFor("vsock-test: done", 3*time.Minute)
+	if code := d.exit(time.Minute); code != 0 {
+		t.Fatalf("destination: exit %d\n%s", code, d.output())
+	}
+	out := d.output()
+	select {
+	case b := <-up:
+		if w := pattern("up-after", netUp); string(b) != string(w) {
+			t.Errorf("L1 read %d bytes from the migrated guest, want %d of the pattern", len(b), len(w))
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the migrated guest's connection never reached L1")
+	}
+	want := pattern("h2g-answer-after", netReply)
+	if got := vsockLine(out, "g2h-reply"); got != fmt.Sprintf("%d %s", len(want), sum(want)) {
+		t.Errorf("L1's answer after the move: the guest printed %q\n%s", got, out)
+	}
+	after := irqCount(out, "irq2")
+	t.Logf("guest interrupts before the move %v, at the end %v", before, after)
+	for _, q := range []string{"input.1", "output.1"} {
+		b, _ := queueIRQs(before, q)
+		a, found := queueIRQs(after, q)
+		if !found || a <= b {
+			t.Errorf("queue %s: %d interrupts before the move, %d at the end: pair 1 carried nothing after it\n%s", q, b, a, out)
+		}
 	}
 }
