@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -172,7 +173,20 @@ echo "l1: arch_timer $(dmesg | grep -m1 'arch_timer: .*running at')"
 			t.Errorf("feature %s: L1 %v, guest %v", f, hostF[f], guestF[f])
 		}
 	}
-	t.Logf("guest features: %s", p2["cpu.features"])
+	var onlyL1, onlyGuest []string
+	for f := range hostF {
+		if !guestF[f] {
+			onlyL1 = append(onlyL1, f)
+		}
+	}
+	for f := range guestF {
+		if !hostF[f] {
+			onlyGuest = append(onlyGuest, f)
+		}
+	}
+	sort.Strings(onlyL1)
+	sort.Strings(onlyGuest)
+	t.Logf("guest features: %s; only in L1's list: %v; only the guest's: %v", p2["cpu.features"], onlyL1, onlyGuest)
 }
 
 // arm64ProbeRun takes one probe run's lines (tag: uptime line) from L1's

@@ -1,7 +1,11 @@
 package guests
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -145,14 +149,71 @@ func TestARM64ProbeFDTDamaged(t *testing.T) {
 	t.Logf("%d damaged device trees read without a fault", n)
 }
 
+// fdtLoop is one harness in -loop mode per fuzzing process.
+type fdtLoop struct {
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	out    *bufio.Reader
+	stderr *bytes.Buffer
+}
+
+func startFDTLoop(t testing.TB, bin string) *fdtLoop {
+	cmd := exec.Command(bin, "-loop")
+	cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS=halt_on_error=1")
+	l := &fdtLoop{cmd: cmd, stderr: &bytes.Buffer{}}
+	cmd.Stderr = l.stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	l.in, l.out = in, bufio.NewReader(out)
+	return l
+}
+
+// parse sends one input; false (with the sanitizer's report) when the
+// harness died on it.
+func (l *fdtLoop) parse(b []byte) (string, bool) {
+	var n [4]byte
+	binary.LittleEndian.PutUint32(n[:], uint32(len(b)))
+	if _, err := l.in.Write(append(n[:], b...)); err != nil {
+		return err.Error(), false
+	}
+	line, err := l.out.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ok=") {
+		l.cmd.Wait()
+		return fmt.Sprintf("%v %q\n%s", err, line, l.stderr.String()), false
+	}
+	return line, true
+}
+
 // FuzzARM64ProbeFDT runs the probe's reader on arbitrary input (go test
 // -fuzz FuzzARM64ProbeFDT ./guests): it may refuse, never read outside.
+// Inputs go to one long-lived harness; an input it dies on is run again
+// alone for the report.
 func FuzzARM64ProbeFDT(f *testing.F) {
 	dtb := govmmDTB(f)
 	f.Add(dtb)
 	f.Add(dtb[:40])
 	bin := fdtHost(f)
+	var l *fdtLoop
 	f.Fuzz(func(t *testing.T, b []byte) {
-		runFDTHost(t, bin, b)
+		if len(b) > 4<<20 {
+			return
+		}
+		if l == nil {
+			l = startFDTLoop(t, bin)
+		}
+		if _, ok := l.parse(b); !ok {
+			l = nil
+			runFDTHost(t, bin, b)
+			t.Fatalf("the FDT harness died on this input but not when run alone")
+		}
 	})
 }

@@ -27,6 +27,7 @@ static const struct feat feats[] = {
 	{ISAR0, 60, 1, 0, "rng"}, {PFR1, 0, 1, 0, "bti"}, {PFR1, 8, 2, 0, "mte"}, {ISAR1, 44, 2, 0, "ebf16"},
 	{ISAR2, 0, 2, 0, "wfxt"}, {ISAR2, 4, 1, 0, "rpres"}, {PFR1, 8, 3, 0, "mte3"}, {PFR1, 24, 1, 0, "sme"},
 	{ISAR2, 16, 1, 0, "mops"}, {ISAR2, 20, 1, 0, "hbc"}, {ISAR2, 48, 1, 0, "rprfm"}, {ISAR2, 52, 1, 0, "cssc"},
+	{MMFR0, 60, 1, 0, "ecv"}, {MMFR1, 44, 1, 0, "afp"}, {ZFR0, 20, 2, 0, "sveebf16"},
 };
 
 static int field(int reg, int shift, int sgn)
@@ -266,12 +267,24 @@ static void collect(void)
 		kv("serial.spi", "%u", P.fdt.uart_spi);
 }
 
+/* linecmp compares two keys as "key=" strings. */
+static int linecmp(const char *a, const char *b)
+{
+	for (;; a++, b++) {
+		unsigned char x = *a ? (unsigned char)*a : '=', y = *b ? (unsigned char)*b : '=';
+		if (x != y || (!*a && !*b))
+			return x - y;
+	}
+}
+
 void report(void)
 {
 	collect();
-	/* Insertion sort by key: the report's lines are sorted and stable. */
+	/* Insertion sort of the lines: by key, "key=" compared as a whole, so
+	 * that a key comes before its longer relatives whatever follows it
+	 * ("a.b=" < "a.b2=" and the lines read in order). */
 	for (int i = 1; i < nkv; i++)
-		for (int j = i; j > 0 && strcmp(kvs[j - 1].key, kvs[j].key) > 0; j--) {
+		for (int j = i; j > 0 && linecmp(kvs[j - 1].key, kvs[j].key) > 0; j--) {
 			static struct kv t;
 			t = kvs[j];
 			kvs[j] = kvs[j - 1];
