@@ -3,6 +3,7 @@ package guests
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"govmm/platform/arm64"
 )
@@ -75,7 +77,9 @@ func fdtHost(t testing.TB) string {
 // crash fails the test.
 func runFDTHost(t testing.TB, bin string, dtb []byte) string {
 	t.Helper()
-	cmd := exec.Command(bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
 	cmd.Stdin = bytes.NewReader(dtb)
 	cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS=halt_on_error=1")
 	var out, errb bytes.Buffer
@@ -185,18 +189,33 @@ func (l *fdtLoop) parse(b []byte) (string, bool) {
 	if _, err := l.in.Write(append(n[:], b...)); err != nil {
 		return err.Error(), false
 	}
-	line, err := l.out.ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "ok=") {
-		l.cmd.Wait()
-		return fmt.Sprintf("%v %q\n%s", err, line, l.stderr.String()), false
+	type answer struct {
+		line string
+		err  error
 	}
-	return line, true
+	ch := make(chan answer, 1)
+	go func() {
+		line, err := l.out.ReadString('\n')
+		ch <- answer{line, err}
+	}()
+	select {
+	case a := <-ch:
+		if a.err != nil || !strings.HasPrefix(a.line, "ok=") {
+			l.cmd.Wait()
+			return fmt.Sprintf("%v %q\n%s", a.err, a.line, l.stderr.String()), false
+		}
+		return a.line, true
+	case <-time.After(10 * time.Second):
+		// The reader must end on every input: a loop is a bug too.
+		l.cmd.Process.Kill()
+		l.cmd.Wait()
+		return "no answer in 10 s: the reader loops on this input", false
+	}
 }
 
 // FuzzARM64ProbeFDT runs the probe's reader on arbitrary input (go test
-// -fuzz FuzzARM64ProbeFDT ./guests): it may refuse, never read outside.
-// Inputs go to one long-lived harness; an input it dies on is run again
-// alone for the report.
+// -fuzz FuzzARM64ProbeFDT ./guests): it may refuse, never read outside
+// the input nor loop. Inputs go to one long-lived harness.
 func FuzzARM64ProbeFDT(f *testing.F) {
 	dtb := govmmDTB(f)
 	f.Add(dtb)
@@ -210,10 +229,9 @@ func FuzzARM64ProbeFDT(f *testing.F) {
 		if l == nil {
 			l = startFDTLoop(t, bin)
 		}
-		if _, ok := l.parse(b); !ok {
+		if msg, ok := l.parse(b); !ok {
 			l = nil
-			runFDTHost(t, bin, b)
-			t.Fatalf("the FDT harness died on this input but not when run alone")
+			t.Fatalf("the probe's FDT reader on a %d-byte input: %s\ninput: %x", len(b), msg, b)
 		}
 	})
 }
