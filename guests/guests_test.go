@@ -160,3 +160,34 @@ func TestARM64ProbeImage(t *testing.T) {
 		t.Error("the image lacks the report marker")
 	}
 }
+
+// TestARM64BuildEmbedsOnlyARM64 checks what each build embeds: the arm64
+// build only the arm64 images (bin/*.img), any other build every blob.
+func TestARM64BuildEmbedsOnlyARM64(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool")
+	}
+	for _, arch := range []string{"arm64", "amd64"} {
+		cmd := exec.Command(goTool, "list", "-f", "{{join .EmbedFiles \" \"}}", ".")
+		cmd.Env = append(os.Environ(), "GOARCH="+arch, "CGO_ENABLED=0")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("GOARCH=%s go list: %v", arch, err)
+		}
+		embedded := strings.Fields(string(out))
+		committed, err := os.ReadDir("bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, e := range committed {
+			if arch != "arm64" || strings.HasSuffix(e.Name(), ".img") {
+				want = append(want, "bin/"+e.Name())
+			}
+		}
+		if strings.Join(embedded, " ") != strings.Join(want, " ") {
+			t.Errorf("GOARCH=%s embeds %v, want %v", arch, embedded, want)
+		}
+	}
+}
