@@ -46,8 +46,9 @@ uint64_t psci(uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3)
 void power_off(void)
 {
 	irq_off();
-	psci(PSCI_SYSTEM_OFF, 0, 0, 0);
-	puts_raw("arm64probe: PSCI SYSTEM_OFF returned\n");
+	if (P.fdt.psci_found)
+		psci(PSCI_SYSTEM_OFF, 0, 0, 0);
+	puts_raw(P.fdt.psci_found ? "arm64probe: PSCI SYSTEM_OFF returned: halting\n" : "arm64probe: no PSCI in the device tree: halting\n");
 	for (;;)
 		wfi();
 }
@@ -126,10 +127,14 @@ static const char *const exc_kinds[16] = {
 
 void exc_handler(uint64_t kind, uint64_t *regs)
 {
+	static int nested;
 	if (kind == 5) {
 		irq();
 		return;
 	}
+	if (nested++) /* a fault while reporting one (or powering off) */
+		for (;;)
+			wfi();
 	printf("\narm64probe: unexpected exception %s: ESR_EL1=%lx ELR_EL1=%lx FAR_EL1=%lx (image at %lx, x0=%lx)\n",
 	       exc_kinds[kind & 15], read_sysreg(esr_el1), read_sysreg(elr_el1), read_sysreg(far_el1), P.base, regs[0]);
 	power_off();
@@ -223,6 +228,13 @@ static void gic_init(void)
 	uint64_t d = P.fdt.gicd_base;
 	if (!d)
 		return;
+	if (strcmp(P.fdt.gic_compat, "arm,gic-v3") != 0) {
+		/* GICv2 (gic-400, cortex-a15-gic): its ID registers are at
+		 * 0xfe8 of a 4 KiB distributor; the probe drives only GICv3. */
+		P.gicd_pidr2 = rd32(d + 0xfe8);
+		P.gic_arch = 2;
+		return;
+	}
 	P.gicd_pidr2 = rd32(d + 0xffe8);
 	P.gicd_typer = rd32(d + 0x4);
 	P.gicd_iidr = rd32(d + 0x8);
@@ -406,11 +418,6 @@ void secondary_main(uint64_t idx, uint64_t el)
 static void start_cpus(void)
 {
 	uint64_t me = read_sysreg(mpidr_el1) & 0xff00ffffffull;
-	P.cpu[0].mpidr = read_sysreg(mpidr_el1);
-	P.cpu[0].midr = read_sysreg(midr_el1);
-	P.cpu[0].el = P.el;
-	P.cpu[0].started = 1;
-	P.cpus_started = 1;
 	/* Index 0 is the boot CPU; the others keep their device-tree order. */
 	int idx = 1;
 	for (int i = 0; i < P.fdt.ncpus && idx < MAX_CPUS; i++) {
@@ -495,8 +502,10 @@ void probe_main(uint64_t dtb, uint64_t base, uint64_t el)
 	P.base = base;
 	P.el = el;
 	if (!fdt_parse((const void *)dtb, 2u << 20, &P.fdt) || !P.fdt.uart_found) {
-		/* No console to say it on: power off through the likeliest conduit. */
+		/* No console to say it on: power off through the likeliest
+		 * conduit (HVC, unless the DTB said SMC). */
 		P.conduit_smc = P.fdt.ok && strcmp(P.fdt.psci_method, "smc") == 0;
+		P.fdt.psci_found = 1;
 		power_off();
 	}
 	uart_init(P.fdt.uart_base);
@@ -513,11 +522,19 @@ void probe_main(uint64_t dtb, uint64_t base, uint64_t el)
 		power_off();
 	}
 	read_ids();
-	probe_psci();
+	if (P.fdt.psci_found)
+		probe_psci();
+	else
+		P.psci_version = 0xffffffff; /* none: no CPU_ON either */
 	gic_init();
 	counter_check();
 	timer_irq_test(5, P.timer_ms);
-	if (P.smp)
+	P.cpu[0].mpidr = read_sysreg(mpidr_el1);
+	P.cpu[0].midr = read_sysreg(midr_el1);
+	P.cpu[0].el = P.el;
+	P.cpu[0].started = 1;
+	P.cpus_started = 1;
+	if (P.smp && P.fdt.psci_found)
 		start_cpus();
 	mem_check();
 	decode_features(P.features, sizeof(P.features));

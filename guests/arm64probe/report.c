@@ -245,6 +245,8 @@ static void collect(void)
 			kv(k, "mpidr=0x%lx el=%lu boot", P.cpu[0].mpidr, P.cpu[0].el);
 		else if (P.cpu[i].started)
 			kv(k, "mpidr=0x%lx el=%lu on=%ld off=%ld", P.cpu[i].mpidr, P.cpu[i].el, P.cpu_on_rc[i], P.cpu_aff_after[i]);
+		else if (!P.smp || !P.fdt.psci_found)
+			kv(k, "not-started (%s)", P.smp ? "no PSCI" : "probe.smp=0");
 		else
 			kv(k, "FAIL:not-started on=%ld", P.cpu_on_rc[i]);
 	}

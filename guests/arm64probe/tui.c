@@ -101,7 +101,7 @@ static void tab_psci(void)
 		line(r++, "  %-20s %3ld     %-20s %3ld", psci_feat_names[i], P.psci_feat[i], psci_feat_names[i + 1], P.psci_feat[i + 1]);
 	line(r++, "CPUs: %d in the DTB, %d started", P.fdt.ncpus, P.cpus_started);
 	for (int i = 0; i < P.fdt.ncpus && r < 23; i++)
-		line(r++, "  #%-2d DTB reg %-8lx MPIDR %-10lx EL%lu %s", i, P.fdt.cpu_reg[i], P.cpu[i].mpidr, P.cpu[i].el,
+		line(r++, "  #%-2d MPIDR %-10lx EL%lu %s", i, P.cpu[i].mpidr, P.cpu[i].el,
 		     i == 0 ? "boot" : P.cpu[i].started ? "ran, now off" : "NOT STARTED");
 }
 
