@@ -9,10 +9,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"govmm/api"
+	"govmm/snapshot"
 )
 
 // balloonModuleEnv names the kernel's virtio_balloon.ko (Debian's cloud
@@ -35,8 +37,10 @@ func init() {
 }
 
 // balloonInit is the guest's /init: load the virtio drivers and the
-// balloon's, touch 320 MiB (written to a ramfs file and removed: the
-// host backs it, the guest has it free again), then answer commands
+// balloon's, touch 320 MiB (random bytes written to a tmpfs file and
+// removed: the host backs it, the guest has it free again, and the free
+// pages are not zero, so a snapshot must store those the balloon did not
+// take), then answer commands
 // typed on the console: "mem" prints MemTotal and MemFree (KiB), "off"
 // powers off.
 const balloonInit = `#!/bin/busybox sh
@@ -44,7 +48,7 @@ const balloonInit = `#!/bin/busybox sh
 $B insmod /lib/modules/virtio_balloon.ko || echo "virtio-test: insmod virtio_balloon failed"
 $B mkdir -p /tmp
 $B mount -t tmpfs -o size=400m tmpfs /tmp
-$B dd if=/dev/zero of=/tmp/fill bs=1M count=320 2>/dev/null || echo "balloon-test: fill failed"
+$B dd if=/dev/urandom of=/tmp/fill bs=1M count=320 2>/dev/null || echo "balloon-test: fill failed"
 $B rm /tmp/fill
 echo "balloon-test: touched"
 while read cmd; do
@@ -60,7 +64,10 @@ done
 // host backs it), `govmm balloon --size 256M` must make the guest's
 // driver inflate to the target (govmm info's actual), the govmm
 // process's resident size must drop by most of 256 MiB and the guest's
-// MemTotal by 256 MiB; `--size 0` must bring actual and MemTotal back.
+// MemTotal by 256 MiB. A snapshot of the inflated VM must leave the
+// released pages out of its memory file, and the VM restored from it
+// must come back inflated; there `--size 0` must bring actual and
+// MemTotal back.
 func TestBalloon(t *testing.T) {
 	kernel := linuxKernel(t)
 	if os.Getenv(balloonModuleEnv) == "" {
@@ -172,6 +179,43 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		t.Errorf("govmm info (%v) does not show the balloon at its target:\n%s", err, out)
 	}
 
+	// Snapshot the inflated VM, stop it, and go on in the VM restored
+	// from the snapshot: the same socket, the same console helpers.
+	snap := filepath.Join(filepath.Dir(sock), "snap") // where Landlock lets the VM write
+	if r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap, "--stop"); r.Code != 0 {
+		t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, tail(p.output(), 2000))
+	}
+	if code := p.exit(time.Minute); code != 0 {
+		t.Fatalf("source after snapshot --stop: exit %d\n%s", code, tail(p.output(), 2000))
+	}
+	// The released pages are holes in the memory file: what it holds is
+	// at most the guest's RAM less the balloon.
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(snap, snapshot.MemoryFile), &st); err != nil {
+		t.Fatal(err)
+	}
+	stored := uint64(st.Blocks) * 512
+	t.Logf("snapshot of the inflated VM: %d MiB of guest memory stored", stored>>20)
+	if stored > 512<<20-target {
+		t.Errorf("the snapshot stores %d MiB of guest memory, more than the %d MiB the balloon leaves the guest", stored>>20, (512<<20-target)>>20)
+	}
+	os.Remove(sock)
+	p = start(t, append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--balloon", "--log-level=info", "--api-socket", sock)...)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored VM has no control socket after a minute:\n%s", tail(p.output(), 2000))
+		}
+	}
+	if i := info(); i.Balloon.TargetBytes != target || i.Balloon.ActualBytes != target {
+		t.Errorf("restored balloon %+v: want target and actual %d MiB", *i.Balloon, target>>20)
+	}
+	if total, _ := mem(); total != total1 {
+		t.Errorf("the restored guest's MemTotal is %d KiB, was %d KiB when inflated", total>>10, total1>>10)
+	}
+
 	balloon("0")
 	took = waitActual(0)
 	total2, free2 := mem()
@@ -180,7 +224,7 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		t.Errorf("the guest's MemTotal is %d KiB after deflating, was %d KiB", total2>>10, total0>>10)
 	}
 	if i := info(); i.Balloon.DeflatedBytes != target {
-		t.Errorf("balloon %+v: want %d deflated", *i.Balloon, target)
+		t.Errorf("restored balloon %+v: want %d deflated", *i.Balloon, target)
 	}
 	fmt.Fprintln(p.stdin, "off")
 	if code := p.exit(2 * time.Minute); code != 0 {
