@@ -60,6 +60,9 @@ func child(name string) int {
 	if code, ok := vcpuScenario(name); ok {
 		return code
 	}
+	if code, ok := diskWorkerScenario(name); ok {
+		return code
+	}
 	dir := os.Getenv("CHILD_DIR")
 	switch name {
 	case "workload":

@@ -54,7 +54,7 @@ var (
 	sigsysOther sigsysMessage
 	// sigsysRoles[role] names the thread whose filter refused the call
 	// (the role is the filter's SECCOMP_RET_DATA: roleProcess, or
-	// roleVCPU0 plus the vCPU's index); the handler reads it by index
+	// roleVCPU0 plus the vCPU's index, or roleDiskWorker); the handler reads it by index
 	// too, and uses roleProcess's for a number past the table.
 	sigsysRoles [numRoles]sigsysMessage
 	// sigsysHint follows either.
@@ -94,9 +94,12 @@ func prepareMessages() {
 	var roles [numRoles]span
 	for r := range roles {
 		off := len(buf)
-		if r == roleProcess {
-			buf = append(buf, " on a thread under the process filter alone (a VMM thread, not a vCPU's, unless --seccomp=process)"...)
-		} else {
+		switch r {
+		case roleProcess:
+			buf = append(buf, " on a thread under the process filter alone (a VMM thread, not a vCPU's or a disk worker's, unless --seccomp=process)"...)
+		case roleDiskWorker:
+			buf = append(buf, " on a virtio-blk worker thread (its filter allows less than the VMM's other threads')"...)
+		default:
 			buf = append(buf, " on vCPU "...)
 			buf = strconv.AppendInt(buf, int64(r-roleVCPU0), 10)
 			buf = append(buf, "'s thread (its filter allows less than the VMM's other threads')"...)

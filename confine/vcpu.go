@@ -92,11 +92,14 @@ var vcpuRefused = []struct{ name, why string }{
 const maxVCPURoles = 256
 
 // roleProcess is the process filter's role: a thread that is not a
-// vCPU's. vCPU index i is role roleVCPU0+i.
+// vCPU's or a disk worker's. vCPU index i is role roleVCPU0+i.
+// roleDiskWorker is a virtio-blk worker thread's (worker.go). The SIGSYS
+// handler's assembly holds numRoles too.
 const (
-	roleProcess = 0
-	roleVCPU0   = 1
-	numRoles    = roleVCPU0 + maxVCPURoles
+	roleProcess    = 0
+	roleVCPU0      = 1
+	roleDiskWorker = roleVCPU0 + maxVCPURoles
+	numRoles       = roleDiskWorker + 1
 )
 
 // vcpuNames are the calls a vCPU thread's filter allows whatever their

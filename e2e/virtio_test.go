@@ -284,8 +284,9 @@ $B poweroff -f
 // virtio-blk disk every second, and restores it on the same accelerator:
 // the restored guest must read back every later copy correctly, and the
 // image after power-off must hold all eight. Restores whose devices
-// differ from the snapshot's (no disk, a read-only disk, another image)
-// are refused with an error that names the difference.
+// differ from the snapshot's (no disk, a read-only disk, another image,
+// and for the run whose disk is direct=on, the disk without it) are
+// refused with an error that names the difference.
 func TestVirtioSnapshot(t *testing.T) {
 	kvmtest.NeedHardware(t)
 	kernel := os.Getenv(linuxKernelEnv)
@@ -296,15 +297,37 @@ func TestVirtioSnapshot(t *testing.T) {
 	const blk64 = 64 << 10
 	pa := pattern("vda", vdaSize)
 	tick := func(i int) string { return fmt.Sprintf("virtio-tick %d %s", i, sum(pa[i*blk64:(i+1)*blk64])) }
-	for _, acc := range accels(t) {
-		t.Run(accelName(acc), func(t *testing.T) {
+	// Each accelerator, and the first once more with the disk opened
+	// direct=on (O_DIRECT), which a restore must give again.
+	type config struct {
+		acc    []string
+		direct bool
+	}
+	var configs []config
+	for i, acc := range accels(t) {
+		configs = append(configs, config{acc: acc})
+		if i == 0 {
+			configs = append(configs, config{acc: acc, direct: true})
+		}
+	}
+	for _, cfg := range configs {
+		acc, name := cfg.acc, accelName(cfg.acc)
+		if cfg.direct {
+			name += "-direct"
+		}
+		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			vda, other := filepath.Join(dir, "vda.img"), filepath.Join(dir, "other.img")
 			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			if err := os.WriteFile(other, pa[:vdaSize/2], 0o644); err != nil {
 				t.Fatal(err)
 			}
-			disk := "path=" + vda + ",serial=snap"
+			disk, direct, infoDirect := "path="+vda+",serial=snap", "", ""
+			if cfg.direct {
+				vda = filepath.Join(directDir(t), "vda.img")
+				plain := "path=" + vda + ",serial=snap"
+				disk, direct, infoDirect = plain+",direct=on", plain, " direct=true"
+			}
 			fresh := func() {
 				if err := os.WriteFile(vda, pa, 0o644); err != nil {
 					t.Fatal(err)
@@ -313,12 +336,27 @@ func TestVirtioSnapshot(t *testing.T) {
 			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", sock, "--disk", disk, "--rng", "--cmdline", "console=ttyS0 panic=-1"),
 				tick(3), fresh, nil)
+			// The disk's workers that served the guest's I/O run under
+			// a filter of their own, on top of the process filter.
+			counts, base := threadFilters(t, p.cmd.Process.Pid)
+			workers := 0
+			for name, n := range counts {
+				if strings.HasPrefix(name, "vda-io") {
+					workers++
+					if n != base+1 {
+						t.Errorf("disk worker thread %s has %d seccomp filters, the main thread %d: want one more", name, n, base)
+					}
+				}
+			}
+			if workers == 0 {
+				t.Errorf("no disk worker thread (vda-io*) among %v", counts)
+			}
 			// The control socket lists the PCI devices and what backs them.
 			info := govmm(t, "info", "--api-socket", sock)
 			for _, want := range []string{
 				"pci:     3 devices",
 				"  0000:00:00.0 1b36:0008 host bridge",
-				"  0000:00:01.0 1af4:1042 virtio-blk path=" + vda + " bytes=" + strconv.Itoa(vdaSize) + ` readonly=false serial="snap"`,
+				"  0000:00:01.0 1af4:1042 virtio-blk path=" + vda + " bytes=" + strconv.Itoa(vdaSize) + ` readonly=false serial="snap"` + infoDirect,
 				"  0000:00:02.0 1af4:1044 virtio-rng",
 			} {
 				if !strings.Contains(info.Stdout, want+"\n") {
@@ -347,6 +385,13 @@ func TestVirtioSnapshot(t *testing.T) {
 					t.Fatalf("restore with %s: want exit 64 naming %q, got\n%s", c.name, c.want, r)
 				}
 				t.Logf("refused (%s): %s", c.name, strings.TrimSpace(r.Stderr))
+			}
+			if direct != "" {
+				r := govmm(t, append(append([]string(nil), restoreArgs...), "--disk", direct, "--rng")...)
+				if r.Code != 64 || !strings.Contains(r.Stderr, "direct") {
+					t.Fatalf("restore without direct=on: want exit 64 naming direct, got\n%s", r)
+				}
+				t.Logf("refused (without direct=on): %s", strings.TrimSpace(r.Stderr))
 			}
 			p = start(t, append(restoreArgs, "--disk", disk, "--rng")...)
 			finishTickingCopies(t, p, vda, pa)

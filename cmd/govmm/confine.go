@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"govmm/confine"
+	"govmm/virtio/devices"
 )
 
 func init() {
@@ -84,7 +86,35 @@ func (f *runFlags) confine(log *slog.Logger) error {
 		return fmt.Errorf("confine the VMM: %w", err)
 	}
 	log.Info("confined", "seccomp", rep.Seccomp, "landlock", rep.Landlock, "ms", ms(time.Since(begin)))
+	vmmConfined.Store(true)
 	return nil
+}
+
+// vmmConfined is set once confine has applied the process filter: a
+// thread may add its own filter only after that (the process filter's
+// TSYNC fails on a thread with a filter of its own).
+var vmmConfined atomic.Bool
+
+// diskWorkerHook is what each virtio-blk worker thread runs before its
+// first request (devices.Config.DiskWorkerThread): the disk workers' own,
+// narrower filter. nil with --seccomp=off or process. A worker whose
+// first request came before the VMM was confined keeps the process
+// filter alone, and says so.
+func (f *runFlags) diskWorkerHook(log *slog.Logger) func(name string) {
+	mode, _ := confine.ParseSeccomp(f.seccomp)
+	if mode == confine.SeccompOff || mode == confine.SeccompProcess {
+		return nil
+	}
+	o := confine.Options{Seccomp: mode}
+	return func(name string) {
+		if !vmmConfined.Load() {
+			log.Warn("a virtio-blk worker served a request before the VMM was confined: its thread keeps the process filter alone", "thread", name)
+			return
+		}
+		if err := confine.DiskWorkerThread(name, o); err != nil {
+			log.Error("a virtio-blk worker thread runs without its own seccomp filter", "thread", name, "err", err)
+		}
+	}
 }
 
 // vcpuDeviceIO says whether vCPU threads reach a device through pread
@@ -103,4 +133,12 @@ func (f *runFlags) vcpuThreadHook() func(index int) error {
 	}
 	o := confine.Options{Seccomp: mode, VCPUDeviceIO: f.vcpuDeviceIO()}
 	return func(index int) error { return confine.VCPUThread(index, o) }
+}
+
+// virtioConfig is the VM's virtio devices as the flags ask, with the
+// balloon's limits for accelName and the disk workers' confinement.
+func (f *runFlags) virtioConfig(accelName string, log *slog.Logger) devices.Config {
+	c := balloonConfig(f.virtio.config(), accelName, f.mshvDev)
+	c.DiskWorkerThread = f.diskWorkerHook(log)
+	return c
 }

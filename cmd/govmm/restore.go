@@ -79,7 +79,7 @@ func (f *runFlags) restoreConfig(stdout io.Writer, log *slog.Logger, memSize uin
 		return vm.Config{}, nil, err
 	}
 	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart,
-		Virtio: balloonConfig(f.virtio.config(), acc.Name(), f.mshvDev)}
+		Virtio: f.virtioConfig(acc.Name(), log)}
 	return cfg, func() { acc.Close(); closeSerial() }, nil
 }
 

@@ -196,7 +196,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		Accel: acc, MemSize: memSize, NumCPUs: f.cpus, CPUID: cpuid, NoPMU: model.NoPMU(), CPUModel: model.String(), Topology: topo, FeatureMSRs: featureMSRs,
 		Kernel: kernel, KernelName: kernelName, Initrd: initrd, Cmdline: f.cmdline, GuestInfo: guestInfo,
 		Serial: serialOut, Log: log, TestDevices: f.testDevices, HugePages: f.hugePages, Epoch: mainStart,
-		Virtio: balloonConfig(f.virtio.config(), acc.Name(), f.mshvDev), VFIO: f.devices.config(),
+		Virtio: f.virtioConfig(acc.Name(), log), VFIO: f.devices.config(),
 	})
 	if err != nil {
 		var ie *vm.InputError

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,6 +129,8 @@ type Device struct {
 	// the workers' aligned bounce buffers.
 	dio     *dio
 	bounces [][]byte
+	// workerThread is SetWorkerThread's hook.
+	workerThread func(name string)
 }
 
 type job struct {
@@ -185,10 +188,18 @@ func Open(c Config, name string) (*Device, error) {
 		if d.dio != nil {
 			b = d.bounces[i]
 		}
-		go d.worker(b)
+		go d.worker(fmt.Sprintf("%s-io%d", name, i), b)
 	}
 	return d, nil
 }
+
+// SetWorkerThread has each worker run fn before its first request, on
+// its goroutine locked to its thread (which ends with the worker), with a
+// thread name such as "vda-io0": the thread's confinement
+// (confine.DiskWorkerThread), whose failure fn reports. Call it before the
+// device is on a transport. A request comes only once the guest runs,
+// after the VMM is confined.
+func (d *Device) SetWorkerThread(fn func(name string)) { d.workerThread = fn }
 
 // Close stops the workers (after the queued requests) and closes the
 // image.
@@ -290,10 +301,19 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 	return nil
 }
 
-// worker serves requests; bounce is its O_DIRECT bounce buffer.
-func (d *Device) worker(bounce []byte) {
+// worker serves requests; thread names its thread for WorkerThread, and
+// bounce is its O_DIRECT bounce buffer.
+func (d *Device) worker(thread string, bounce []byte) {
 	defer d.wg.Done()
+	first := true
 	for j := range d.jobs {
+		if first && d.workerThread != nil {
+			// Locked for good: the runtime ends the thread with this
+			// goroutine rather than run others under its filter.
+			runtime.LockOSThread()
+			d.workerThread(thread)
+		}
+		first = false
 		st, n := d.serve(j.c, bounce)
 		// The status is the chain's last writable byte.
 		w := j.c.WritableLen()

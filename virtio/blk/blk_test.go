@@ -6,8 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"govmm/virtio"
 	"govmm/virtio/virtiotest"
@@ -241,6 +244,47 @@ func TestParseFlag(t *testing.T) {
 	for _, bad := range []string{"", "readonly=on", "path=/x,readonly=maybe", "path=/x,serial=" + strings.Repeat("s", 21), "path=/x,direct=yes", "path=/x,direct", "path=/x,cache=none", "path"} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("ParseFlag(%q) accepted", bad)
+		}
+	}
+}
+
+// TestWorkerThread: each worker runs SetWorkerThread's hook once, before
+// its first request, on its own thread and named after the disk; no
+// request, no hook.
+func TestWorkerThread(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{} // name -> calls
+	tids := map[int]bool{}
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newRigAt(t, Config{Path: path}, &virtiotest.Mem{B: make([]byte, 8<<20)}, func(d *Device) {
+		d.SetWorkerThread(func(name string) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[name]++
+			tids[unix.Gettid()] = true
+		})
+	})
+	mu.Lock()
+	if len(seen) != 0 {
+		t.Fatalf("hooks ran before any request: %v", seen)
+	}
+	mu.Unlock()
+	for range 40 {
+		if st, _ := r.req(tIn, 0, make([]byte, 512), true); st != 0 {
+			t.Fatalf("read status %d", st)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) == 0 || len(seen) > Workers || len(tids) != len(seen) {
+		t.Fatalf("hooks %v on threads %v: want one per worker that served, each on its own thread", seen, tids)
+	}
+	for name, n := range seen {
+		if n != 1 || !strings.HasPrefix(name, "vda-io") {
+			t.Errorf("hook for %q ran %d times", name, n)
 		}
 	}
 }

@@ -49,6 +49,9 @@ type Config struct {
 	Console bool
 	// Balloon adds a virtio-balloon device, last.
 	Balloon bool
+	// DiskWorkerThread, if set, confines each virtio-blk worker's thread
+	// (blk.Device.SetWorkerThread).
+	DiskWorkerThread func(name string)
 	// BalloonKeep, when set, says why the balloon must not give inflated
 	// pages back to the host (guest RAM that the hypervisor or an IOMMU
 	// pins): it then follows the driver without releasing anything.
@@ -130,6 +133,7 @@ func Build(c Config, h Host) (s *Set, err error) {
 		if err != nil {
 			return s, &InputError{err}
 		}
+		d.SetWorkerThread(c.DiskWorkerThread)
 		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
 			return s, err
 		}
