@@ -35,8 +35,10 @@ type fakeTap struct {
 	mu       sync.Mutex
 	offload  []int
 	attached []bool
-	// failAttach makes setAttached fail.
+	// failAttach makes setAttached fail; failQueue, when not 0, makes
+	// it fail for that queue alone.
 	failAttach bool
+	failQueue  int
 }
 
 func newFakeTap(t testing.TB, queues int) *fakeTap {
@@ -71,7 +73,7 @@ func (f *fakeTap) setOffload(flags int) error {
 func (f *fakeTap) setAttached(i int, on bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.failAttach {
+	if f.failAttach || i == f.failQueue {
 		return errors.New("fake TUNSETQUEUE failure")
 	}
 	if i == 0 || f.attached[i] == on {
@@ -373,11 +375,46 @@ func TestControlCommands(t *testing.T) {
 	if got := r.ft.attachedNow(); !equalBools(got, []bool{true, true, false, false}) {
 		t.Errorf("after a failed attach: %v", got)
 	}
+	if got := r.command(ctrlMQ, ctrlMQPairsSet, le16(1)); got != ackErr {
+		t.Errorf("pairs 1 with TUNSETQUEUE failing: ack %d, want an error", got)
+	}
+	if got := r.ft.attachedNow(); !equalBools(got, []bool{true, true, false, false}) {
+		t.Errorf("after a failed detach: %v", got)
+	}
+	r.dev.setMu.Lock()
+	n = r.dev.npairs
+	r.dev.setMu.Unlock()
+	if n != 2 {
+		t.Errorf("%d pairs enabled after failed changes, want the 2 the driver still has", n)
+	}
+
+	// A failure half way up takes back the queues attached before it.
+	r.ft.mu.Lock()
+	r.ft.failAttach, r.ft.failQueue = false, 3
+	r.ft.mu.Unlock()
+	if got := r.command(ctrlMQ, ctrlMQPairsSet, le16(1)); got != ackOK {
+		t.Errorf("pairs 1: ack %d", got)
+	}
+	if got := r.command(ctrlMQ, ctrlMQPairsSet, le16(4)); got != ackErr {
+		t.Errorf("pairs 4 with queue 3 failing: ack %d, want an error", got)
+	}
+	if got := r.ft.attachedNow(); !equalBools(got, []bool{true, false, false, false}) {
+		t.Errorf("after attaching queue 3 failed: %v, want pair 0 alone as before", got)
+	}
+	r.dev.setMu.Lock()
+	n = r.dev.npairs
+	r.dev.setMu.Unlock()
+	if n != 1 {
+		t.Errorf("%d pairs enabled after a failed change from 1, want 1", n)
+	}
 
 	// Reset goes back to one pair.
 	r.ft.mu.Lock()
-	r.ft.failAttach = false
+	r.ft.failQueue = 0
 	r.ft.mu.Unlock()
+	if got := r.command(ctrlMQ, ctrlMQPairsSet, le16(3)); got != ackOK {
+		t.Errorf("pairs 3: ack %d", got)
+	}
 	r.d.SetCommon(0x14, 1, 0)
 	if got := r.ft.attachedNow(); !equalBools(got, []bool{true, false, false, false}) {
 		t.Errorf("after a reset: attached %v, want pair 0 alone", got)

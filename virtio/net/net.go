@@ -345,12 +345,10 @@ func (d *Device) Activate(features uint64) error {
 	d.mu.Lock()
 	d.active = true
 	d.mu.Unlock()
-	d.setMu.Lock()
-	n := d.npairs
-	d.setMu.Unlock()
+	// The attached pairs are the enabled ones (setPairs keeps them so).
 	for _, p := range d.pairs {
 		p.mu.Lock()
-		p.on = p.attached && p.i < n
+		p.on = p.attached
 		p.cond.Broadcast()
 		p.mu.Unlock()
 	}
@@ -382,69 +380,107 @@ func (d *Device) Reset() {
 // queues are attached or detached, so that the TAP steers packets only
 // to pairs the driver fills. A pair being disabled stops taking packets
 // before its queue is detached, and its receive goroutine is woken from
-// its read (a deadline in the past) to wait.
+// its read (a deadline in the past) to wait. If the TAP refuses, the
+// pairs go back to what they were, which is what the driver still
+// believes once it hears VIRTIO_NET_ERR.
 func (d *Device) setPairs(n int) error {
 	if n < 1 || n > len(d.pairs) {
 		return fmt.Errorf("%d queue pairs, want 1..%d", n, len(d.pairs))
 	}
 	d.setMu.Lock()
 	defer d.setMu.Unlock()
+	old := d.npairs
+	err := d.applyPairs(n)
+	if err != nil && !errors.Is(err, os.ErrClosed) {
+		if rerr := d.applyPairs(old); rerr != nil {
+			d.log.Warn("virtio-net: back to the queue pairs before a failed change", "tap", d.cfg.Tap,
+				"pairs", old, "enabled", d.npairs, "err", rerr)
+		}
+	}
+	return err
+}
+
+// applyPairs attaches the pairs below n, upwards, then detaches the
+// others, downwards; npairs is then n, or after a failure the pairs
+// enabled from 0 on. Called with setMu held.
+func (d *Device) applyPairs(n int) error {
 	d.mu.Lock()
 	active, closed := d.active, d.closed
 	d.mu.Unlock()
 	if closed {
 		return os.ErrClosed
 	}
-	// Attach upwards, then detach downwards: on a failure the pairs
-	// below the one that failed are as wanted, and npairs says how many
-	// are enabled.
-	for _, p := range d.pairs[1:] {
-		if p.i >= n {
-			break
+	for _, p := range d.pairs[1:n] {
+		if err := d.attachPair(p, active); err != nil {
+			d.npairs = d.leadingAttached()
+			return err
 		}
-		p.mu.Lock()
-		att := p.attached
-		p.mu.Unlock()
-		if !att {
-			if err := d.be.setAttached(p.i, true); err != nil {
-				d.npairs = min(d.npairs, p.i)
-				return fmt.Errorf("attach the TAP's queue %d: %w", p.i, err)
-			}
-			if err := p.f.SetReadDeadline(time.Time{}); err != nil {
-				d.log.Warn("virtio-net: clear a read deadline", "tap", d.cfg.Tap, "queue", p.i, "err", err)
-			}
-		}
-		p.mu.Lock()
-		p.attached = true
-		p.on = active
-		p.cond.Broadcast()
-		p.mu.Unlock()
 	}
 	for k := len(d.pairs) - 1; k >= n; k-- {
-		p := d.pairs[k]
-		p.mu.Lock()
-		att := p.attached
-		p.attached, p.on = false, false
-		p.cond.Broadcast()
-		p.mu.Unlock()
-		if !att {
-			continue
-		}
-		if err := d.be.setAttached(p.i, false); err != nil {
-			// Still attached: the pair reads (and drops) again.
-			p.mu.Lock()
-			p.attached = true
-			p.cond.Broadcast()
-			p.mu.Unlock()
-			d.npairs = k + 1
-			return fmt.Errorf("detach the TAP's queue %d: %w", p.i, err)
-		}
-		if err := p.f.SetReadDeadline(time.Unix(1, 0)); err != nil {
-			d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+		if err := d.detachPair(d.pairs[k]); err != nil {
+			d.npairs = d.leadingAttached()
+			return err
 		}
 	}
 	d.npairs = n
 	return nil
+}
+
+func (d *Device) attachPair(p *pair, active bool) error {
+	p.mu.Lock()
+	att := p.attached
+	p.mu.Unlock()
+	if !att {
+		if err := d.be.setAttached(p.i, true); err != nil {
+			return fmt.Errorf("attach the TAP's queue %d: %w", p.i, err)
+		}
+		if err := p.f.SetReadDeadline(time.Time{}); err != nil {
+			d.log.Warn("virtio-net: clear a read deadline", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+		}
+	}
+	p.mu.Lock()
+	p.attached, p.on = true, active
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	return nil
+}
+
+func (d *Device) detachPair(p *pair) error {
+	p.mu.Lock()
+	att, on := p.attached, p.on
+	p.attached, p.on = false, false
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	if !att {
+		return nil
+	}
+	if err := d.be.setAttached(p.i, false); err != nil {
+		// Still attached: the pair goes on as it was.
+		p.mu.Lock()
+		p.attached, p.on = true, on
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		return fmt.Errorf("detach the TAP's queue %d: %w", p.i, err)
+	}
+	if err := p.f.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+	}
+	return nil
+}
+
+// leadingAttached counts the pairs attached from pair 0 on.
+func (d *Device) leadingAttached() int {
+	n := 0
+	for _, p := range d.pairs {
+		p.mu.Lock()
+		att := p.attached
+		p.mu.Unlock()
+		if !att {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // ctrlQueue is the control queue's index for the negotiated features
