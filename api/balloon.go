@@ -28,6 +28,12 @@ type BalloonInfo struct {
 	InflatedBytes uint64 `json:"inflated_bytes"`
 	DeflatedBytes uint64 `json:"deflated_bytes"`
 	ReleasedBytes uint64 `json:"released_bytes"`
+	// FreePageReporting says whether the device offers free page
+	// reporting; ReportedBytes counts the free memory the guest reported
+	// and ReportReleasedBytes what of it was given back to the host.
+	FreePageReporting   bool   `json:"free_page_reporting,omitempty"`
+	ReportedBytes       uint64 `json:"reported_bytes,omitempty"`
+	ReportReleasedBytes uint64 `json:"report_released_bytes,omitempty"`
 	// Kept says why inflated pages are not given back to the host (guest
 	// RAM pinned by the hypervisor or by VFIO), when they are not.
 	Kept string `json:"kept,omitempty"`

@@ -67,16 +67,19 @@ done
 // MemTotal by 256 MiB. A snapshot of the inflated VM must leave the
 // released pages out of its memory file, and the VM restored from it
 // must come back inflated; there `--size 0` must bring actual and
-// MemTotal back.
+// MemTotal back. With free page reporting (on the first accelerator),
+// the guest's freed memory must go back to the host on its own.
 func TestBalloon(t *testing.T) {
 	kernel := linuxKernel(t)
 	if os.Getenv(balloonModuleEnv) == "" {
 		t.Fatal("virtio_balloon.ko was not found next to the kernel's modules")
 	}
 	initrd := guestInitrd(t, balloonInit, map[string]string{"/lib/modules/virtio_balloon.ko": os.Getenv(balloonModuleEnv)})
-	for _, acc := range accels(t) {
+	accs := accels(t)
+	for _, acc := range accs {
 		t.Run(accelName(acc), func(t *testing.T) { balloonGuest(t, acc, kernel, initrd) })
 	}
+	t.Run(accelName(accs[0])+"-reporting", func(t *testing.T) { balloonReporting(t, accs[0], kernel, initrd) })
 }
 
 func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
@@ -106,21 +109,7 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		free, _ = strconv.ParseUint(m[2], 10, 64)
 		return total << 10, free << 10
 	}
-	info := func() api.Info {
-		t.Helper()
-		out, err := exec.Command(binary, "info", "--api-socket", sock, "--json").Output()
-		if err != nil {
-			t.Fatalf("govmm info: %v", err)
-		}
-		var i api.Info
-		if err := json.Unmarshal(out, &i); err != nil {
-			t.Fatalf("govmm info --json: %v: %s", err, out)
-		}
-		if i.Balloon == nil {
-			t.Fatalf("govmm info shows no balloon: %s", out)
-		}
-		return i
-	}
+	info := func() api.Info { t.Helper(); return balloonInfo(t, sock) }
 	waitActual := func(want uint64) time.Duration {
 		t.Helper()
 		begin := time.Now()
@@ -225,6 +214,68 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 	}
 	if i := info(); i.Balloon.DeflatedBytes != target {
 		t.Errorf("restored balloon %+v: want %d deflated", *i.Balloon, target)
+	}
+	fmt.Fprintln(p.stdin, "off")
+	if code := p.exit(2 * time.Minute); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, tail(p.output(), 2000))
+	}
+}
+
+// balloonInfo is `govmm info --json` on control socket sock, which must
+// show a balloon.
+func balloonInfo(t *testing.T, sock string) api.Info {
+	t.Helper()
+	out, err := exec.Command(binary, "info", "--api-socket", sock, "--json").Output()
+	if err != nil {
+		t.Fatalf("govmm info: %v", err)
+	}
+	var i api.Info
+	if err := json.Unmarshal(out, &i); err != nil {
+		t.Fatalf("govmm info --json: %v: %s", err, out)
+	}
+	if i.Balloon == nil {
+		t.Fatalf("govmm info shows no balloon: %s", out)
+	}
+	return i
+}
+
+// balloonReporting boots the balloon test's guest with free page
+// reporting: once it has touched 320 MiB and freed it, its page
+// reporting must hand most of that back without any balloon command,
+// bringing govmm's VmRSS down, while the guest's MemTotal stays.
+func balloonReporting(t *testing.T, acc []string, kernel, initrd string) {
+	sock := filepath.Join(tempSocketDir(t), "api.sock")
+	p := bootGuest(t, append(append([]string{"run"}, acc...), "--cpus=2", "--memory=512M", "--balloon=free_page_reporting=on", "--log-level=info",
+		"--kernel", kernel, "--initrd", initrd, "--api-socket", sock, "--cmdline", "console=ttyS0 loglevel=1 panic=-1"),
+		"balloon-test: touched", nil)
+	const want = 192 << 20
+	begin := time.Now()
+	var i api.Info
+	for {
+		i = balloonInfo(t, sock)
+		if i.Balloon.ReportReleasedBytes >= want {
+			break
+		}
+		if time.Since(begin) > 3*time.Minute {
+			t.Fatalf("after 3 minutes the guest reported %d MiB free (%d MiB released), want at least %d MiB:\n%s",
+				i.Balloon.ReportedBytes>>20, i.Balloon.ReportReleasedBytes>>20, want>>20, tail(p.output(), 2000))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	rss := vmRSS(t, p.cmd.Process.Pid)
+	t.Logf("the guest reported %d MiB free within %v of its fill (%d MiB released); govmm VmRSS %d MiB",
+		i.Balloon.ReportedBytes>>20, time.Since(begin).Round(100*time.Millisecond), i.Balloon.ReportReleasedBytes>>20, rss>>20)
+	if !i.Balloon.FreePageReporting || i.Balloon.ActualBytes != 0 || i.Balloon.InflatedBytes != 0 {
+		t.Errorf("balloon %+v: want reporting on and nothing inflated", *i.Balloon)
+	}
+	// The 320 MiB the guest touched would be resident but for the
+	// reports: govmm holds its own memory and what the guest still uses.
+	if rss > 512<<20-want {
+		t.Errorf("govmm's VmRSS is %d MiB after the guest reported %d MiB free: want at most %d MiB", rss>>20, i.Balloon.ReportReleasedBytes>>20, (512<<20-want)>>20)
+	}
+	out, err := exec.Command(binary, "info", "--api-socket", sock).Output()
+	if err != nil || !strings.Contains(string(out), "free page reporting: the guest reported") {
+		t.Errorf("govmm info (%v) does not show page reporting:\n%s", err, out)
 	}
 	fmt.Fprintln(p.stdin, "off")
 	if code := p.exit(2 * time.Minute); code != 0 {

@@ -36,6 +36,7 @@ func balloonInfo(v *vm.VM) *api.BalloonInfo {
 		TargetBytes: uint64(i.TargetPages) * balloon.PageSize, ActualBytes: uint64(i.ActualPages) * balloon.PageSize,
 		InflatedBytes: i.Inflated * balloon.PageSize, DeflatedBytes: i.Deflated * balloon.PageSize,
 		ReleasedBytes: i.Released * balloon.PageSize, Kept: i.KeepReason,
+		FreePageReporting: i.Reporting, ReportedBytes: i.Reported * balloon.PageSize, ReportReleasedBytes: i.ReportReleased * balloon.PageSize,
 	}
 }
 

@@ -202,6 +202,9 @@ func printBalloon(w io.Writer, b *api.BalloonInfo) {
 	}
 	fmt.Fprintf(w, "balloon: target %d MiB, actual %d MiB (inflated %d MiB, deflated %d MiB, released to the host %d MiB)\n",
 		b.TargetBytes>>20, b.ActualBytes>>20, b.InflatedBytes>>20, b.DeflatedBytes>>20, b.ReleasedBytes>>20)
+	if b.FreePageReporting {
+		fmt.Fprintf(w, "  free page reporting: the guest reported %d MiB free, %d MiB of it released to the host\n", b.ReportedBytes>>20, b.ReportReleasedBytes>>20)
+	}
 	if b.Kept != "" {
 		fmt.Fprintf(w, "  inflated pages stay with the guest: %s\n", b.Kept)
 	}

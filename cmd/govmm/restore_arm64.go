@@ -44,7 +44,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	default:
 		return fail(exitUsage, "restore: --accel %q: arm64 restores on kvm", accelName)
 	}
-	if vf.balloon {
+	if vf.balloon.on {
 		return notOnARM64("--balloon")
 	}
 	log, err := newLogger(logLevel, stderr)

@@ -74,7 +74,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fail(exitUsage, "run: unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
-	if vf.balloon {
+	if vf.balloon.on {
 		unsupported = append(unsupported, "--balloon")
 	}
 	if len(unsupported) > 0 {

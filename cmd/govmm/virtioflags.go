@@ -23,7 +23,53 @@ type virtioFlags struct {
 	console consoleFlag
 	// balloon is --balloon: a virtio-balloon device, steered through the
 	// control socket (govmm balloon).
-	balloon bool
+	balloon balloonFlag
+}
+
+// balloonFlag is --balloon[=free_page_reporting=on|off]: a balloon
+// device, with Cloud Hypervisor's key for free page reporting. Plain
+// --balloon (and --balloon=true) adds the device without it,
+// --balloon=false none.
+type balloonFlag struct{ on, reporting bool }
+
+func (b *balloonFlag) IsBoolFlag() bool { return true }
+
+func (b *balloonFlag) String() string {
+	switch {
+	case b == nil || !b.on:
+		return "false"
+	case b.reporting:
+		return "free_page_reporting=on"
+	}
+	return "true"
+}
+
+func (b *balloonFlag) Set(s string) error {
+	switch s {
+	case "true", "":
+		*b = balloonFlag{on: true}
+		return nil
+	case "false":
+		*b = balloonFlag{}
+		return nil
+	}
+	v := balloonFlag{on: true}
+	for _, kv := range strings.Split(s, ",") {
+		k, val, ok := strings.Cut(kv, "=")
+		if !ok || k != "free_page_reporting" {
+			return fmt.Errorf("%q: want free_page_reporting=on|off (or no value)", kv)
+		}
+		switch val {
+		case "on":
+			v.reporting = true
+		case "off":
+			v.reporting = false
+		default:
+			return fmt.Errorf("free_page_reporting=%q: want on or off", val)
+		}
+	}
+	*b = v
+	return nil
 }
 
 // consoleFlag is --console serial|virtio: which device is the guest's
@@ -118,6 +164,6 @@ func (f *virtioFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
 	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC][,packed=on][,queues=N] (repeatable; queues=N, 1..16, gives N receive/transmit queue pairs on a multiqueue TAP and a control queue)")
 	fs.Var(&f.console, "console", "the guest's console: serial (the UART) or virtio (a virtio-console device, hvc0: give the guest console=hvc0; host input goes to it, its output and the UART's go where --serial says)")
-	fs.BoolVar(&f.balloon, "balloon", false, "add a virtio-balloon device (last of the virtio devices): \"govmm balloon --api-socket PATH --size SIZE\" takes SIZE of RAM from the guest, and gives it back with --size 0")
+	fs.Var(&f.balloon, "balloon", "add a virtio-balloon device (last of the virtio devices): \"govmm balloon --api-socket PATH --size SIZE\" takes SIZE of RAM from the guest, and gives it back with --size 0; --balloon=free_page_reporting=on also takes back, on its own, the large free ranges the guest reports")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N,socket=PATH (host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P)")
 }

@@ -12,11 +12,19 @@
 // protocol, and the transport puts the device into DEVICE_NEEDS_RESET.
 // Nothing is released before the whole chain was checked.
 //
-// No optional feature is offered: not VIRTIO_BALLOON_F_DEFLATE_ON_OOM
-// (a Linux driver that has it leaves MemTotal as it is and deflates on
-// its own under memory pressure, so the host's target would not hold;
-// the device would serve such deflates like any other), nor statistics,
-// free-page hinting or free-page reporting.
+// Free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING, with
+// Config.Reporting) is offered when asked for: the guest's free-page
+// reporting hands the device large free ranges (Linux: 2 MiB and up, a
+// few seconds after they were freed) on the reporting queue, and the
+// device gives them back to the host as it does inflated pages; the guest
+// keeps them (MemTotal does not change) and gets them back, zeroed, on
+// its next touch. Each range is checked (page-aligned, guest RAM) before
+// any of a chain's is released.
+//
+// Not offered: VIRTIO_BALLOON_F_DEFLATE_ON_OOM (a Linux driver that has
+// it leaves MemTotal as it is and deflates on its own under memory
+// pressure, so the host's target would not hold; the device would serve
+// such deflates like any other), statistics, free-page hinting.
 package balloon
 
 import (
@@ -33,15 +41,20 @@ const ID = 5
 
 // Feature bits (virtio 1.2 §5.5.3).
 const (
-	FMustTellHost = 1 << 0
-	FStatsVQ      = 1 << 1
-	FDeflateOnOOM = 1 << 2
+	FMustTellHost  = 1 << 0
+	FStatsVQ       = 1 << 1
+	FDeflateOnOOM  = 1 << 2
+	FPageReporting = 1 << 5
 )
 
-// Queues.
+// Queues. A queue whose feature is not offered takes no index: Linux
+// numbers the queues it uses in order (virtio_pci's vp_find_vqs), so with
+// page reporting and without statistics or hinting the reporting queue is
+// queue 2, as in Cloud Hypervisor.
 const (
-	InflateQ = 0
-	DeflateQ = 1
+	InflateQ   = 0
+	DeflateQ   = 1
+	ReportingQ = 2
 )
 
 // QueueSize is each queue's maximum size.
@@ -70,16 +83,19 @@ type Config struct {
 	// that a hypervisor or an IOMMU pins cannot be given back without
 	// the guest and the VMM seeing different pages); logged once.
 	KeepReason string
+	// Reporting offers free page reporting.
+	Reporting bool
 	// Log receives the device's messages.
 	Log *slog.Logger
 }
 
 // Device is one virtio-balloon device. It is safe for concurrent use.
 type Device struct {
-	mem     virtio.Memory
-	release Releaser
-	keep    string
-	log     *slog.Logger
+	mem       virtio.Memory
+	release   Releaser
+	keep      string
+	reporting bool
+	log       *slog.Logger
 
 	mu     sync.Mutex
 	target uint32 // num_pages
@@ -87,13 +103,16 @@ type Device struct {
 	notify func()
 	// Counters since the VM started, for info.
 	inflated, deflated, released uint64
-	keptLogged                   bool
+	// reported counts the pages of free ranges the guest reported, and
+	// reportReleased those given back to the host.
+	reported, reportReleased uint64
+	keptLogged               bool
 }
 
 // New returns a balloon over guest RAM mem (to check the PFNs) with a
 // target of zero.
 func New(mem virtio.Memory, c Config) *Device {
-	d := &Device{mem: mem, release: c.Release, keep: c.KeepReason, log: c.Log}
+	d := &Device{mem: mem, release: c.Release, keep: c.KeepReason, reporting: c.Reporting, log: c.Log}
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -111,11 +130,34 @@ func (d *Device) SetNotify(f func()) {
 	d.mu.Unlock()
 }
 
-func (*Device) Type() uint16       { return ID }
-func (*Device) Name() string       { return "virtio-balloon" }
-func (*Device) Features() uint64   { return 0 }
-func (*Device) QueueMax() []uint16 { return []uint16{QueueSize, QueueSize} }
-func (*Device) Describe() string   { return "virtio-balloon" }
+func (*Device) Type() uint16 { return ID }
+func (*Device) Name() string { return "virtio-balloon" }
+
+// Features offers page reporting when configured, nothing else.
+func (d *Device) Features() uint64 {
+	if d.reporting {
+		return FPageReporting
+	}
+	return 0
+}
+
+// QueueMax is the inflate and deflate queues, and the reporting queue
+// when offered.
+func (d *Device) QueueMax() []uint16 {
+	if d.reporting {
+		return []uint16{QueueSize, QueueSize, QueueSize}
+	}
+	return []uint16{QueueSize, QueueSize}
+}
+
+// Describe names the device and, for restores to compare, whether it
+// offers page reporting.
+func (d *Device) Describe() string {
+	if d.reporting {
+		return "virtio-balloon free_page_reporting=on"
+	}
+	return "virtio-balloon"
+}
 
 // Activate accepts any subset of the offered features.
 func (*Device) Activate(uint64) error { return nil }
@@ -182,6 +224,11 @@ type Info struct {
 	// out of the balloon; Released the inflated pages given back to the
 	// host.
 	Inflated, Deflated, Released uint64
+	// Reported counts the pages of free ranges the guest reported
+	// (page reporting), ReportReleased those given back to the host.
+	Reported, ReportReleased uint64
+	// Reporting says whether page reporting is offered.
+	Reporting bool
 	// KeepReason is set when inflated pages are not released.
 	KeepReason string
 }
@@ -190,7 +237,8 @@ type Info struct {
 func (d *Device) Info() Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	i := Info{TargetPages: d.target, ActualPages: d.actual, Inflated: d.inflated, Deflated: d.deflated, Released: d.released}
+	i := Info{TargetPages: d.target, ActualPages: d.actual, Inflated: d.inflated, Deflated: d.deflated, Released: d.released,
+		Reported: d.reported, ReportReleased: d.reportReleased, Reporting: d.reporting}
 	if d.release == nil {
 		i.KeepReason = d.keep
 	}
@@ -217,9 +265,12 @@ func (d *Device) Restore(s State) {
 	d.target, d.actual = s.TargetPages, s.ActualPages
 }
 
-// Handle serves one inflate or deflate chain: device-readable buffers
-// holding little-endian 32-bit PFNs.
+// Handle serves one inflate or deflate chain (device-readable buffers
+// holding little-endian 32-bit PFNs) or one page-reporting chain.
 func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
+	if q == ReportingQ && d.reporting {
+		return d.report(c, done)
+	}
 	if len(c.Writable) > 0 {
 		return fmt.Errorf("chain %d has %d device-writable buffers; a balloon queue carries PFNs for the device to read", c.Head, len(c.Writable))
 	}
@@ -273,8 +324,52 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 		d.deflated += pages
 		d.mu.Unlock()
 	default:
-		return fmt.Errorf("chain %d on queue %d: the balloon has queues 0 (inflate) and 1 (deflate)", c.Head, q)
+		return fmt.Errorf("chain %d on queue %d: the balloon has queues 0 (inflate) and 1 (deflate)%s", c.Head, q, d.reportingQueue())
 	}
+	done(0)
+	return nil
+}
+
+func (d *Device) reportingQueue() string {
+	if d.reporting {
+		return " and 2 (page reporting)"
+	}
+	return ""
+}
+
+// report serves a page-reporting chain: device-writable buffers, each a
+// free range of whole pages of guest RAM (the device reads nor writes
+// them), given back to the host once every one was checked.
+func (d *Device) report(c *virtio.Chain, done func(uint32)) error {
+	if len(c.Readable) > 0 {
+		return fmt.Errorf("page-reporting chain %d has %d device-readable buffers; reported ranges are device-writable", c.Head, len(c.Readable))
+	}
+	var pages uint64
+	for _, b := range c.Writable {
+		n := uint64(len(b.Bytes))
+		if b.GPA%PageSize != 0 || n%PageSize != 0 {
+			return fmt.Errorf("page-reporting chain %d: range GPA %#x, %#x bytes is not whole 4 KiB pages", c.Head, b.GPA, n)
+		}
+		if _, err := d.mem.Slice(b.GPA, n); err != nil {
+			return fmt.Errorf("page-reporting chain %d: range GPA %#x-%#x is not all guest RAM", c.Head, b.GPA, b.GPA+n-1)
+		}
+		pages += n / PageSize
+	}
+	var released uint64
+	if d.release != nil {
+		for _, b := range c.Writable {
+			n := uint64(len(b.Bytes))
+			if err := d.release.Discard(b.GPA, n); err != nil {
+				d.log.Error("virtio-balloon: releasing reported free pages failed", "err", err)
+				break
+			}
+			released += n / PageSize
+		}
+	}
+	d.mu.Lock()
+	d.reported += pages
+	d.reportReleased += released
+	d.mu.Unlock()
 	done(0)
 	return nil
 }

@@ -36,6 +36,13 @@ type rig struct {
 // driven by the test driver; keep makes it keep inflated pages.
 func newRig(t *testing.T, keep bool) *rig {
 	t.Helper()
+	return newRigReporting(t, keep, false)
+}
+
+// newRigReporting is newRig with free page reporting offered or not (the
+// driver asks for every feature).
+func newRigReporting(t *testing.T, keep, reporting bool) *rig {
+	t.Helper()
 	mem, err := virtiotest.NewMem(ramSize)
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +52,7 @@ func newRig(t *testing.T, keep bool) *rig {
 	if keep {
 		c = Config{KeepReason: "test keeps them", Log: quiet}
 	}
+	c.Reporting = reporting
 	dev := New(mem, c)
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Log: quiet, Class: virtio.PCIClass{Class: 0xff}})
@@ -57,14 +65,18 @@ func newRig(t *testing.T, keep bool) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Init(virtio.FIndirectDesc|virtio.FEventIdx|FDeflateOnOOM, 0); err != nil {
+	if err := d.Init(virtio.FIndirectDesc|virtio.FEventIdx|FDeflateOnOOM|FStatsVQ|FPageReporting, 0); err != nil {
 		t.Fatal(err)
 	}
-	if d.NumQueue != 2 {
-		t.Fatalf("%d queues, want 2 (inflate, deflate)", d.NumQueue)
+	wantQueues, wantFeats := 2, uint64(0)
+	if reporting {
+		wantQueues, wantFeats = 3, FPageReporting
 	}
-	if d.Feats&(FMustTellHost|FStatsVQ|FDeflateOnOOM) != 0 {
-		t.Fatalf("features %#x: no optional balloon feature is offered", d.Feats)
+	if d.NumQueue != wantQueues {
+		t.Fatalf("%d queues, want %d", d.NumQueue, wantQueues)
+	}
+	if got := d.Feats & (FMustTellHost | FStatsVQ | FDeflateOnOOM | FPageReporting); got != wantFeats {
+		t.Fatalf("balloon features %#x, want %#x", got, wantFeats)
 	}
 	return &rig{t: t, d: d, tr: tr, dev: dev, mem: mem}
 }
@@ -327,3 +339,94 @@ func readConfig(d *Device) (uint32, uint32) {
 }
 
 var _ Releaser = (*memory.Memory)(nil)
+
+// report puts free ranges (GPA, bytes) on the reporting queue as
+// device-writable buffers, as Linux's page reporting does, and waits for
+// the chain.
+func (r *rig) report(ranges ...[2]uint64) virtiotest.Used {
+	r.t.Helper()
+	var segs []virtiotest.Seg
+	for _, g := range ranges {
+		segs = append(segs, virtiotest.Seg{GPA: g[0], Len: uint32(g[1]), Write: true})
+	}
+	r.d.Put(ReportingQ, segs, 0)
+	u, err := r.d.Wait(ReportingQ, wait)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return u
+}
+
+// TestPageReporting: reported free ranges are given back to the host
+// (they read as zeros, and are marked dirty) and counted, MemTotal's
+// actual is untouched; a device that keeps pages counts them only; a
+// range that is not whole pages of RAM, or a readable buffer, needs a
+// reset with nothing released; without the feature there is no queue 2.
+func TestPageReporting(t *testing.T) {
+	r := newRigReporting(t, false, true)
+	if got := r.dev.Describe(); got != "virtio-balloon free_page_reporting=on" {
+		t.Errorf("description %q", got)
+	}
+	r.fill(pfnBase, 64)
+	if err := r.mem.RAM.StartDirtyLog(); err != nil {
+		t.Fatal(err)
+	}
+	first := uint64(pfnBase) * PageSize
+	if u := r.report([2]uint64{first, 16 * PageSize}, [2]uint64{first + 32*PageSize, 8 * PageSize}); u.Len != 0 {
+		t.Errorf("reporting chain used with length %d, want 0", u.Len)
+	}
+	for p := uint32(pfnBase); p < pfnBase+64; p++ {
+		reported := p < pfnBase+16 || p >= pfnBase+32 && p < pfnBase+40
+		if got := r.page(p); got == reported {
+			t.Errorf("page %#x: holds its data %v, reported %v", p, got, reported)
+		}
+	}
+	bm := r.mem.RAM.TakeDirty(0, nil)
+	if p := pfnBase + 33; bm[p/64]&(1<<(p%64)) == 0 {
+		t.Errorf("released page %#x is not marked dirty", p)
+	}
+	if i := r.dev.Info(); i.Reported != 24 || i.ReportReleased != 24 || i.Inflated != 0 || i.ActualPages != 0 || !i.Reporting {
+		t.Errorf("info %+v, want 24 pages reported and released, nothing inflated", i)
+	}
+
+	// Kept: counted, not released.
+	k := newRigReporting(t, true, true)
+	k.fill(pfnBase, 4)
+	k.report([2]uint64{first, 4 * PageSize})
+	if !k.page(pfnBase) {
+		t.Error("a balloon that keeps pages released reported ones")
+	}
+	if i := k.dev.Info(); i.Reported != 4 || i.ReportReleased != 0 {
+		t.Errorf("keeping balloon: info %+v", i)
+	}
+
+	for _, c := range []struct {
+		name string
+		segs []virtiotest.Seg
+	}{
+		{"unaligned", []virtiotest.Seg{{GPA: first + 512, Len: PageSize, Write: true}}},
+		{"partial page", []virtiotest.Seg{{GPA: first, Len: PageSize + 100, Write: true}}},
+		{"past RAM", []virtiotest.Seg{{GPA: first, Len: PageSize, Write: true}, {GPA: ramSize - PageSize, Len: 2 * PageSize, Write: true}}},
+		{"readable", []virtiotest.Seg{{GPA: first, Len: PageSize}}},
+	} {
+		b := newRigReporting(t, false, true)
+		b.fill(pfnBase, 4)
+		b.d.Put(ReportingQ, c.segs, 0)
+		deadline := time.Now().Add(wait)
+		for b.d.Status()&virtio.StatusNeedsReset == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if b.d.Status()&virtio.StatusNeedsReset == 0 {
+			t.Errorf("%s: no reset asked for", c.name)
+		}
+		if !b.page(pfnBase) || b.dev.Info().Reported != 0 {
+			t.Errorf("%s: something was released or counted", c.name)
+		}
+	}
+
+	// Without the feature the device has two queues and refuses queue 2.
+	plain := newRig(t, false)
+	if plain.dev.Describe() != "virtio-balloon" || len(plain.dev.QueueMax()) != 2 {
+		t.Errorf("without reporting: %q, %d queues", plain.dev.Describe(), len(plain.dev.QueueMax()))
+	}
+}
