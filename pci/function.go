@@ -32,6 +32,8 @@ const (
 	ConfigSize = 256
 	// NumBARs is the number of BARs of a type 0 header.
 	NumBARs = 6
+	// ROMBAR is the expansion ROM's index in Region.BAR, after the six BARs.
+	ROMBAR = NumBARs
 	// capStart is where capabilities begin (after the header).
 	capStart = 0x40
 )
@@ -151,6 +153,7 @@ type Function struct {
 	wmsk [ConfigSize]byte // bits the guest may write
 	w1c  [ConfigSize]byte // bits the guest clears by writing 1
 	bars [NumBARs]BAR
+	rom  BAR // the expansion ROM (Kind BARMem32), or none
 	// capNext is the next free offset for a capability; capLast is the
 	// offset of the last capability's next pointer (0: none yet).
 	capNext, capLast int
@@ -245,6 +248,43 @@ func (f *Function) SetBAR(i int, b BAR) error {
 	}
 	f.bars[i] = b
 	return nil
+}
+
+// Expansion ROM BAR bits (PCI 3.0, 6.2.5.2): bit 0 enables decoding,
+// bits 31-11 hold the address; a ROM is at least 2 KiB.
+const (
+	romEnable  = 1 << 0
+	romMask    = ^uint32(0x7ff)
+	minROMSize = 2 << 10
+	maxROMSize = 16 << 20
+)
+
+// SetROM declares an expansion ROM of size bytes (a power of two, 2 KiB
+// to 16 MiB) whose reads dev answers; the guest places it through
+// register 0x30 and enables it with that register's bit 0 (and the
+// command register's memory bit). It must be called before the function
+// is added to a Root.
+func (f *Function) SetROM(size uint64, dev bus.Device) error {
+	if size < minROMSize || size > maxROMSize || size&(size-1) != 0 {
+		return fmt.Errorf("pci: expansion ROM size %#x is not a power of two in 2 KiB..16 MiB", size)
+	}
+	if dev == nil {
+		return errors.New("pci: expansion ROM has no device")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rom.Kind != BARNone {
+		return errors.New("pci: the function already has an expansion ROM")
+	}
+	f.rom = BAR{Kind: BARMem32, Size: size, Dev: dev}
+	binary.LittleEndian.PutUint32(f.wmsk[RegROM:], romMask&^uint32(size-1)|romEnable)
+	return nil
+}
+
+// romAddr is where register 0x30 places the ROM and whether it is enabled.
+func (f *Function) romAddr() (uint64, bool) {
+	v := binary.LittleEndian.Uint32(f.cfg[RegROM:])
+	return uint64(v & romMask), v&romEnable != 0
 }
 
 func prefetchBit(p bool) uint32 {
@@ -344,7 +384,7 @@ func (f *Function) WriteConfig(off int, data []byte) {
 		}
 		f.cfg[o] = f.cfg[o]&^f.wmsk[o] | v&f.wmsk[o]
 		f.cfg[o] &^= v & f.w1c[o]
-		if o >= RegCommand && o < RegCommand+2 || o >= RegBAR0 && o < RegBAR0+4*NumBARs {
+		if o >= RegCommand && o < RegCommand+2 || o >= RegBAR0 && o < RegBAR0+4*NumBARs || o >= RegROM && o < RegROM+4 {
 			remap = true
 		}
 	}
@@ -420,7 +460,8 @@ func (f *Function) enable(cmd uint16) {
 // Regions returns the BARs that currently decode. A BAR decodes when the
 // command register enables its space and it is placed at a non-zero
 // address that fits its space (I/O below 64 KiB, memory below 2^64); a BAR
-// at zero is unplaced, as on QEMU.
+// at zero is unplaced, as on QEMU. The expansion ROM (Region.BAR ROMBAR)
+// decodes when, besides, register 0x30's enable bit is set.
 func (f *Function) Regions() []Region {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -447,7 +488,27 @@ func (f *Function) Regions() []Region {
 			out = append(out, Region{Space: SpaceMemory, Base: addr, Size: b.Size, BAR: i, Dev: b.Dev})
 		}
 	}
+	if f.rom.Kind != BARNone && cmd&CmdMemory != 0 {
+		if addr, on := f.romAddr(); on && addr != 0 {
+			out = append(out, Region{Space: SpaceMemory, Base: addr, Size: f.rom.Size, BAR: ROMBAR, Dev: f.rom.Dev})
+		}
+	}
 	return out
+}
+
+// ROMSize is the size of the function's expansion ROM (0: none).
+func (f *Function) ROMSize() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rom.Size
+}
+
+// setROMAddress places the expansion ROM at addr, not enabled, as
+// firmware leaves a ROM it did not run.
+func (f *Function) setROMAddress(addr uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	binary.LittleEndian.PutUint32(f.cfg[RegROM:], uint32(addr)&romMask)
 }
 
 // FunctionState is the guest-visible configuration space of a function

@@ -434,3 +434,90 @@ func TestOnWrite(t *testing.T) {
 		t.Fatalf("hook saw %v", seen)
 	}
 }
+
+// TestExpansionROM: a ROM is placed like firmware leaves one (below 4 GiB,
+// after the BARs, not enabled), sizes as PCI 3.0 says (the enable bit
+// stays writable), decodes only with its enable bit and memory decode
+// both on, follows the guest's moves, and a function without one keeps
+// register 0x30 at zero.
+func TestExpansionROM(t *testing.T) {
+	r := NewRoot(testWindows)
+	f, mem, _, _ := testFunction(t)
+	rom := &recDev{}
+	for _, size := range []uint64{0, 1 << 10, 3 << 10, 32 << 20} {
+		if f.SetROM(size, rom) == nil {
+			t.Errorf("ROM of %#x bytes accepted", size)
+		}
+	}
+	if f.SetROM(8<<10, nil) == nil {
+		t.Error("ROM without a device accepted")
+	}
+	if err := f.SetROM(8<<10, rom); err != nil {
+		t.Fatal(err)
+	}
+	if f.SetROM(8<<10, rom) == nil {
+		t.Error("second ROM accepted")
+	}
+	if err := r.Add(3, f); err != nil {
+		t.Fatal(err)
+	}
+	// The 4 KiB BAR 0 is at the window's start; the ROM comes after it,
+	// aligned to its 8 KiB.
+	want := uint32(platform.PCIMMIO32Base + 0x2000)
+	if got := cfgRead32(f, RegROM); got != want {
+		t.Fatalf("ROM register %#x, want %#x (placed, disabled)", got, want)
+	}
+	mmio := bus.New("mmio", nil)
+	mmio.SetFallback(r.MemSpace())
+	b := make([]byte, 4)
+	mmio.Read(uint64(want)+0x10, b)
+	if rom.hits != 0 || b[0] != 0xff {
+		t.Fatal("a disabled ROM decodes")
+	}
+	// Sizing: all ones (enable clear) reads back the size mask.
+	cfgWrite32(f, RegROM, 0xfffff800)
+	if got := cfgRead32(f, RegROM); got != 0xffffe000 {
+		t.Fatalf("ROM sizing reads %#x, want 0xffffe000", got)
+	}
+	// The guest places and enables it.
+	at := uint32(platform.PCIMMIO32Base + 0x10_0000)
+	cfgWrite32(f, RegROM, at|1)
+	mmio.Read(uint64(at)+0x1ffc, b)
+	if rom.hits != 1 || rom.off != 0x1ffc || b[0] != 0xAB {
+		t.Fatalf("enabled ROM: %+v, read %x", rom, b)
+	}
+	if regs := f.Regions(); regs[len(regs)-1].BAR != ROMBAR || regs[len(regs)-1].Size != 8<<10 {
+		t.Fatalf("regions %+v: no ROM last", regs)
+	}
+	// Memory decode off hides it, with the BARs.
+	cfgWrite32(f, RegCommand, CmdIO)
+	mmio.Read(uint64(at), b)
+	if rom.hits != 1 || mem.hits != 0 {
+		t.Fatal("ROM decodes with memory space disabled")
+	}
+	// Back on, then the enable bit off.
+	cfgWrite32(f, RegCommand, CmdIO|CmdMemory)
+	cfgWrite32(f, RegROM, at)
+	mmio.Read(uint64(at), b)
+	if rom.hits != 1 {
+		t.Fatal("ROM decodes with its enable bit clear")
+	}
+	// A saved and restored function keeps the guest's placement.
+	cfgWrite32(f, RegROM, at|1)
+	g, _, _, _ := testFunction(t)
+	if err := g.SetROM(8<<10, rom); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Restore(f.Save()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cfgRead32(g, RegROM); got != at|1 {
+		t.Fatalf("restored ROM register %#x, want %#x", got, at|1)
+	}
+	// Without a ROM the register stays zero whatever is written.
+	h, _, _, _ := testFunction(t)
+	cfgWrite32(h, RegROM, 0xffffffff)
+	if got := cfgRead32(h, RegROM); got != 0 {
+		t.Fatalf("no ROM: register reads %#x", got)
+	}
+}

@@ -123,6 +123,16 @@ func (r *Root) Add(slot int, f *Function) error {
 		f.setBARAddress(i, at)
 		*next = at + b.Size
 	}
+	if size := f.ROMSize(); size != 0 {
+		// Placed below 4 GiB (the register has 32 bits) and left
+		// disabled: the guest turns it on to read it.
+		at := (r.nextMem32 + size - 1) &^ (size - 1)
+		if at < r.nextMem32 || at+size > r.win.Mem32End {
+			return fmt.Errorf("pci: slot %d expansion ROM (%#x bytes) does not fit in the 32-bit memory window", slot, size)
+		}
+		f.setROMAddress(at)
+		r.nextMem32 = at + size
+	}
 	f.enable(cmd)
 	f.mu.Lock()
 	f.changed = r.remap

@@ -230,6 +230,10 @@ func newPCI(d device, c PCIConfig) (*PCI, error) {
 		p.unmapHost()
 		return nil, err
 	}
+	if err := p.addROM(); err != nil {
+		p.unmapHost()
+		return nil, err
+	}
 	if err := p.addCaps(cfg[:]); err != nil {
 		p.unmapHost()
 		return nil, err
@@ -286,6 +290,48 @@ func (p *PCI) addBARs(cfg []byte) error {
 	}
 	return nil
 }
+
+// addROM gives the guest the device's expansion ROM, when VFIO offers
+// one (region 6), as an expansion ROM BAR whose reads are forwarded to the
+// region with pread: a ROM is read a few times (a driver fetching its
+// firmware tables, the guest's sysfs rom file), never in a hot path.
+func (p *PCI) addROM() error {
+	r := p.dev.Region(abi.PCIROMRegion)
+	if r.Size == 0 || r.Flags&abi.RegionFlagRead == 0 {
+		return nil
+	}
+	size := uint64(2 << 10)
+	for size < r.Size {
+		size <<= 1
+	}
+	if err := p.fn.SetROM(size, romDev{p, r.Size}); err != nil {
+		return fmt.Errorf("vfio device %s: expansion ROM of %#x bytes: %w", p.dev.Name(), r.Size, err)
+	}
+	return nil
+}
+
+// romDev answers the guest's reads of the expansion ROM; what lies past
+// the region (a ROM BAR rounded up) reads as all ones, and writes are
+// ignored (a ROM).
+type romDev struct {
+	p    *PCI
+	size uint64
+}
+
+func (d romDev) Read(off uint64, data []byte) {
+	for i := range data {
+		data[i] = 0xff
+	}
+	if off >= d.size {
+		return
+	}
+	n := min(uint64(len(data)), d.size-off)
+	if err := d.p.dev.ReadRegion(abi.PCIROMRegion, off, data[:n]); err != nil {
+		d.p.log.Warn("vfio: guest read of the expansion ROM failed", "offset", fmt.Sprintf("%#x", off), "len", n, "err", err)
+	}
+}
+
+func (romDev) Write(uint64, []byte) {}
 
 // capLen is how much of a capability govmm copies: the power management
 // capability, the PCI Express capability structure (v1 or v2), and a

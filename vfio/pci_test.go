@@ -48,6 +48,7 @@ type fakeDev struct {
 	resets  int
 	irqsOn  map[uint32]int
 	mmapped [][]byte
+	rom     []byte // the expansion ROM (region 6), if any
 }
 
 func newFakeDev(ev *events, mmap bool) *fakeDev {
@@ -86,12 +87,19 @@ func (d *fakeDev) Region(i int) abi.Region {
 		return r
 	case abi.PCIConfigRegion:
 		return abi.Region{RegionInfo: abi.RegionInfo{Size: 256}}
+	case abi.PCIROMRegion:
+		if d.rom != nil {
+			return abi.Region{RegionInfo: abi.RegionInfo{Size: uint64(len(d.rom)), Flags: abi.RegionFlagRead}}
+		}
 	}
 	return abi.Region{}
 }
 func (d *fakeDev) buf(i int) []byte {
-	if i == abi.PCIConfigRegion {
+	switch i {
+	case abi.PCIConfigRegion:
 		return d.cfg[:]
+	case abi.PCIROMRegion:
+		return d.rom
 	}
 	return d.bar
 }
@@ -173,11 +181,15 @@ func setup(t *testing.T, order Order, mmap bool) (*PCI, *fakeDev, *events, *pci.
 	return p, d, ev, root
 }
 
-// setupOn puts a fake device (BARs mmap'able or not) on a bus at slot 3,
-// with vm under its routing table, and starts it; the test closes it.
-func setupOn(t testing.TB, vm routes.Accel, ev *events, mapper Mapper, order Order, mmap bool) (*PCI, *fakeDev, *pci.Root) {
+// setupOn puts a fake device (BARs mmap'able or not, changed by tweaks)
+// on a bus at slot 3, with vm under its routing table, and starts it; the
+// test closes it.
+func setupOn(t testing.TB, vm routes.Accel, ev *events, mapper Mapper, order Order, mmap bool, tweaks ...func(*fakeDev)) (*PCI, *fakeDev, *pci.Root) {
 	t.Helper()
 	d := newFakeDev(ev, mmap)
+	for _, tw := range tweaks {
+		tw(d)
+	}
 	rt := routes.New(vm, nil)
 	rt.SetPinController(fakePins{ev})
 	p, err := newPCI(d, PCIConfig{Router: rt, Mapper: mapper, Order: order, Log: slog.New(slog.DiscardHandler),
@@ -279,6 +291,58 @@ func TestBARTrapped(t *testing.T) {
 	reg.Dev.Read(1<<20-2, b)
 	if !slices.Equal(b, []byte{0xff, 0xff, 0xff, 0xff}) {
 		t.Errorf("read past the BAR % x, want all ones", b)
+	}
+}
+
+// TestExpansionROM: the device's ROM region becomes the guest's expansion
+// ROM BAR (rounded up to a power of two), placed and off until the guest
+// enables it; reads come from the region, past its end read as all ones,
+// and writes change nothing.
+func TestExpansionROM(t *testing.T) {
+	ev := &events{}
+	rom := make([]byte, 5000)
+	for i := range rom {
+		rom[i] = byte(i * 7)
+	}
+	rom[0], rom[1] = 0x55, 0xaa
+	_, _, r := setupOn(t, &fakeVM{ev: ev}, ev, nil, OrderRouteFirst, false, func(d *fakeDev) { d.rom = rom })
+	f := r.Function(3, 0)
+	if f.ROMSize() != 8<<10 {
+		t.Fatalf("ROM BAR of %#x bytes, want 8 KiB for a 5000-byte ROM", f.ROMSize())
+	}
+	base := cfgRead(r, pci.RegROM, 4)
+	if base == 0 || base&1 != 0 {
+		t.Fatalf("ROM register %#x: want placed and disabled", base)
+	}
+	cfgWrite(r, pci.RegROM, 4, base|1)
+	var reg *pci.Region
+	for _, x := range r.Regions() {
+		if x.BAR == pci.ROMBAR {
+			reg = &x
+		}
+	}
+	if reg == nil || reg.Base != uint64(base) {
+		t.Fatalf("enabled ROM not decoding at %#x: %+v", base, r.Regions())
+	}
+	b := make([]byte, 4)
+	reg.Dev.Read(0, b)
+	if !slices.Equal(b, rom[:4]) {
+		t.Errorf("ROM start % x, want % x", b, rom[:4])
+	}
+	reg.Dev.Read(4998, b)
+	if !slices.Equal(b, []byte{rom[4998], rom[4999], 0xff, 0xff}) {
+		t.Errorf("read across the ROM's end % x", b)
+	}
+	reg.Dev.Write(0, []byte{0, 0})
+	reg.Dev.Read(0, b[:2])
+	if b[0] != 0x55 || b[1] != 0xaa {
+		t.Error("a write changed the ROM")
+	}
+
+	// A device without a ROM has none.
+	_, _, r2 := setupOn(t, &fakeVM{ev: ev}, ev, nil, OrderRouteFirst, false)
+	if got := cfgRead(r2, pci.RegROM, 4); got != 0 || r2.Function(3, 0).ROMSize() != 0 {
+		t.Errorf("no ROM: register %#x", got)
 	}
 }
 
