@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	bin "encoding/binary"
 	"flag"
 	"fmt"
 	"io"
@@ -26,13 +27,14 @@ const vfioL1Env = "GOVMM_E2E_VFIO_L1"
 
 // eduL1 is the nested VM a VFIO test needs (see
 // shared/reference/nested-kvm.md): the IOMMU puts edu alone in a group.
-// nvmeImage is the nvme device's backing file (on the host, L0's).
-func eduL1(cmd []string, env []string, files []string, out io.Writer, timeout time.Duration, nvmeImage string) nested.Config {
+// nvmeImage is the nvme device's backing file and nvmeROM its expansion
+// ROM (on the host, L0's).
+func eduL1(cmd []string, env []string, files []string, out io.Writer, timeout time.Duration, nvmeImage, nvmeROM string) nested.Config {
 	return nested.Config{
 		Command: cmd, Env: env, Files: files, Output: out, Timeout: timeout, IdleTimeout: 5 * time.Minute,
 		Machine: "q35,kernel-irqchip=split",
 		QEMUArgs: []string{"-device", "intel-iommu,intremap=on", "-device", "edu",
-			"-drive", "file=" + nvmeImage + ",if=none,id=nv,format=raw", "-device", "nvme,drive=nv,serial=govmm-nvme",
+			"-drive", "file=" + nvmeImage + ",if=none,id=nv,format=raw", "-device", "nvme,drive=nv,serial=govmm-nvme,romfile=" + nvmeROM,
 			// A virtio 1.x entropy device for its MSI-X vectors (vfioMSIX):
 			// one message per request, DMA through the IOMMU, and no
 			// quota timer (period, ms) to answer a request twice.
@@ -88,12 +90,16 @@ func inVFIOL1(t *testing.T) bool {
 	if err := os.Truncate(img, nvmeSize); err != nil {
 		t.Fatal(err)
 	}
+	rom := filepath.Join(t.TempDir(), "nvme.rom")
+	if err := os.WriteFile(rom, nvmeROMImage(), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	files := []string{exe, binary}
 	if k := os.Getenv(linuxKernelEnv); k != "" {
 		files = append(files, k)
 		env = append(env, linuxKernelEnv+"="+k)
 	}
-	cfg := eduL1(cmd, env, files, w, timeout, img)
+	cfg := eduL1(cmd, env, files, w, timeout, img, rom)
 	cfg.Dir = wd
 	if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 		cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci
@@ -394,6 +400,10 @@ $B mount -t ext2 /dev/nvme0n1 /mnt || echo "nvme-test: remount failed"
 echo "nvme-test: read-sum $($B sha256sum < /mnt/f)"
 echo "nvme-test: hello $($B cat /mnt/d/hello)"
 $B umount /mnt
+for d in /sys/bus/pci/devices/*; do
+  [ "$($B cat $d/vendor)$($B cat $d/device)" = 0x1b360x0010 ] || continue
+  echo 1 > $d/rom && echo "nvme-test: rom-sum $($B sha256sum < $d/rom)" && echo 0 > $d/rom || echo "nvme-test: rom failed"
+done
 echo "nvme-test: irq $($B grep -m1 nvme /proc/interrupts | $B tr -s ' ')"
 echo "nvme-test: irq-mode $($B cat /sys/bus/pci/devices/*/msi_irqs/* 2>/dev/null | $B sort -u | $B tr '\n' ' ')"
 $B dd if=/tmp/raw of=/dev/nvme0n1 bs=1M conv=fsync 2>/dev/null || echo "nvme-test: restore failed"
@@ -405,6 +415,31 @@ cs=$($B cat /sys/devices/system/clocksource/clocksource0/current_clocksource)
 echo "govmm-userspace: token=$tok cpus=$cpus online=$online clocksource=$cs"
 $B poweroff -f
 `
+
+// nvmeROMImage is the expansion ROM L1's nvme device gets (QEMU's
+// romfile=), 8 KiB: a PCI ROM image header (55 AA, the PCI data structure
+// at 0x1c naming 1b36:0010, one image of 16 512-byte blocks, the last),
+// as Linux's pci_get_rom_size checks it before the guest's sysfs rom file
+// shows any byte, then a pattern.
+func nvmeROMImage() []byte {
+	rom := pattern("nvme-rom", 8<<10)
+	le := bin.LittleEndian
+	rom[0], rom[1], rom[2] = 0x55, 0xaa, 16
+	le.PutUint16(rom[0x18:], 0x1c)
+	pcir := rom[0x1c:]
+	copy(pcir, "PCIR")
+	le.PutUint16(pcir[4:], 0x1b36)
+	le.PutUint16(pcir[6:], 0x0010)
+	le.PutUint16(pcir[8:], 0)                       // no vital product data
+	le.PutUint16(pcir[10:], 0x18)                   // this structure's length
+	pcir[12] = 0                                    // its revision
+	pcir[13], pcir[14], pcir[15] = 0x02, 0x08, 0x01 // class: NVM Express
+	le.PutUint16(pcir[16:], 16)                     // image length, 512-byte blocks
+	le.PutUint16(pcir[18:], 1)                      // code revision
+	pcir[20] = 3                                    // code type: EFI
+	pcir[21] = 0x80                                 // the last image
+	return rom
+}
 
 // nvmeLine returns the value after "nvme-test: key ".
 func nvmeLine(console, key string) string { return guestValue(console, "nvme-test", key) }
@@ -445,6 +480,8 @@ func vfioNVMe(t *testing.T) {
 			}
 			for key, w := range map[string]string{
 				"size": strconv.Itoa(nvmeSize), "raw-sum": want, "restore-sum": want, "hello": "hello",
+				// The ROM read through the guest's expansion ROM BAR.
+				"rom-sum": sum(nvmeROMImage()),
 			} {
 				if got := nvmeLine(c, key); got != w {
 					t.Errorf("%s: %q, want %q", key, got, w)
