@@ -32,7 +32,8 @@ var arm64ProbeCore = []string{"fp", "asimd", "aes", "pmull", "sha1", "sha2", "cr
 // hypervisor UID, the counter frequency against L1's arch_timer line,
 // MIDR and the ID-register features against L1's /proc/cpuinfo, the
 // virtual timer's interrupt delivered through the GIC five times, and a
-// 3 s wait by the guest's counter against L1's clock.
+// 3 s wait by the guest's counter against L1's clock. The 4-vCPU run
+// boots govmm's built-in guest (no --kernel), which must be the probe.
 func TestARM64Probe(t *testing.T) {
 	arm64L1(t)
 	dir := t.TempDir()
@@ -48,9 +49,13 @@ func TestARM64Probe(t *testing.T) {
 	}
 
 	// Each line the guest prints is stamped with L1's uptime, so the test
-	// can hold the guest's counter-timed wait against L1's clock.
-	run := func(tag, cpus, mem, cmdline string) string {
-		return `{ timeout 300 ` + bin + ` run --kernel ` + probe + ` --cpus ` + cpus + ` --memory ` + mem +
+	// can hold the guest's counter-timed wait against L1's clock. kernel
+	// "" boots govmm's built-in guest, which is this probe.
+	run := func(tag, kernel, cpus, mem, cmdline string) string {
+		if kernel != "" {
+			kernel = ` --kernel ` + kernel
+		}
+		return `{ timeout 300 ` + bin + ` run` + kernel + ` --cpus ` + cpus + ` --memory ` + mem +
 			` --cmdline '` + cmdline + `' 2>&1; echo "govmm exit=$?"; } | while IFS= read -r l; do read up rest </proc/uptime; echo "` + tag + `: $up $l"; done
 `
 	}
@@ -60,7 +65,7 @@ echo "l1: features $(grep -m1 '^Features' /proc/cpuinfo | cut -d: -f2)"
 echo "l1: implementer $(grep -m1 '^CPU implementer' /proc/cpuinfo | cut -d: -f2)"
 echo "l1: part $(grep -m1 '^CPU part' /proc/cpuinfo | cut -d: -f2)"
 echo "l1: arch_timer $(dmesg | grep -m1 'arch_timer: .*running at')"
-` + run("p2", "2", "256M", "probe.mode=report probe.mark_ms=3000") + run("p4", "4", "512M", "probe.mode=report")
+` + run("p2", probe, "2", "256M", "probe.mode=report probe.mark_ms=3000") + run("p4", "", "4", "512M", "probe.mode=report")
 	o := runARM64L1(t, script, 15*time.Minute, bin, probe)
 	if !strings.Contains(o, "l1: aarch64, /dev/kvm: yes") {
 		t.Fatalf("L1 has no /dev/kvm")

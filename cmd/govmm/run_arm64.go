@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"govmm/accel/mshv/mshvarm"
+	"govmm/guests"
 	"govmm/platform/arm64"
 )
 
@@ -45,7 +46,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var accelName, kernelPath, initrdPath, cmdline, memory, serial, logLevel string
 	var cpus int
 	fs.StringVar(&accelName, "accel", "auto", "accelerator: kvm or auto (MSHV is not implemented on arm64)")
-	fs.StringVar(&kernelPath, "kernel", "", "guest kernel: a Linux arm64 Image or Image.gz (required on arm64)")
+	fs.StringVar(&kernelPath, "kernel", "", "guest kernel: a Linux arm64 Image or Image.gz (default: the built-in arm64 probe guest, which reports what the guest sees and powers off)")
 	fs.StringVar(&initrdPath, "initrd", "", "initial ramdisk")
 	fs.StringVar(&cmdline, "cmdline", "", "kernel command line")
 	fs.StringVar(&memory, "memory", "256M", "guest memory size (e.g. 256M, 2G)")
@@ -95,11 +96,16 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fail(exitUsage, "--memory: %v", err)
 	}
+	var kernel []byte
+	kernelName := kernelPath
 	if kernelPath == "" {
-		return fail(exitUsage, "--kernel: required on arm64 (the built-in probe guest is an x86 program)")
-	}
-	kernel, err := os.ReadFile(kernelPath)
-	if err != nil {
+		// The built-in guest: the arm64 probe, as the x86 build boots its
+		// probe (guests/arm64probe).
+		if kernel, err = guests.Image("arm64probe"); err != nil {
+			return fail(exitInternal, "built-in guest: %v", err)
+		}
+		kernelName = "built-in:arm64probe.img"
+	} else if kernel, err = os.ReadFile(kernelPath); err != nil {
 		return fail(exitUsage, "--kernel: %v", err)
 	}
 	var initrd []byte
@@ -118,7 +124,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 	}
 	m, err := arm64.New(arm64.Config{
-		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelPath, Initrd: initrd,
+		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelName, Initrd: initrd,
 		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
 	})
@@ -126,7 +132,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return machineError(err)
 	}
 	defer m.Close()
-	return runARM64(m, kernelPath, serial, &out, apiSocket, stderr, log)
+	return runARM64(m, kernelName, serial, &out, apiSocket, stderr, log)
 }
 
 // serialFlag is --serial: the console's output and input; a file's output
