@@ -350,6 +350,8 @@ func TestVirtioSnapshot(t *testing.T) {
 			}
 			if workers == 0 {
 				t.Errorf("no disk worker thread (vda-io*) among %v", counts)
+			} else {
+				t.Logf("seccomp filters per thread: %v (main thread %d)", counts, base)
 			}
 			// The control socket lists the PCI devices and what backs them.
 			info := govmm(t, "info", "--api-socket", sock)
