@@ -46,7 +46,8 @@ func stateTicks(o string) map[string][]stateTick {
 // tick it was at (not restart), with an uptime no lower than the last
 // tick's before the snapshot (the virtual counter did not go back), both
 // CPUs online and working, and the disk reading back what it writes; its
-// control socket answers info, pause and resume too.
+// control socket answers info, pause and resume too, and a second
+// snapshot with --stop ends it with status 0.
 func TestARM64State(t *testing.T) {
 	a := arm64L1(t)
 	dir := t.TempDir()
@@ -131,7 +132,9 @@ waitfor /tmp/run2.log "st: tick $((k+4)) " 120
 ` + g + ` resume --api-socket /tmp/api2.sock; echo "l1: resume2 exit=$?"
 k=$(lasttick /tmp/run2.log)
 waitfor /tmp/run2.log "st: tick $((k+2)) " 120
-kill $P2; wait $P2; echo "l1: run2 exit=$?"
+` + g + ` snapshot --api-socket /tmp/api2.sock --dir /tmp/snap2 --stop; echo "l1: snapshot2 exit=$?"
+wait $P2; echo "l1: run2 exit=$?"
+echo "l1: snap2-state $([ -s /tmp/snap2/state ] && echo yes || echo no)"
 echo "l1: image $(dd if=` + disk + ` bs=512 skip=8 count=1 2>/dev/null | head -c 11)"
 sed 's/^/run1| /' /tmp/run1.log
 sed 's/^/err1| /' /tmp/run1.err
@@ -143,7 +146,8 @@ sed 's/^/err2| /' /tmp/run2.err
 	t.Logf("L1 run took %v", time.Since(start).Round(time.Second))
 	for _, want := range []string{"l1: aarch64, /dev/kvm: yes", "l1: pause exit=0", "l1: resume exit=0", "l1: snapshot exit=0",
 		"l1-paused: state:   paused", "l1-info1: state:   running", "l1-info1: cpus:    2", "l1-info2: cpus:    2",
-		"l1: pause2 exit=0", "l1: resume2 exit=0", "l1-paused2: state:   paused", "l1: run1 exit=137"} {
+		"l1: pause2 exit=0", "l1: resume2 exit=0", "l1-paused2: state:   paused", "l1: run1 exit=137",
+		"l1: snapshot2 exit=0", "l1: run2 exit=0\n", "l1: snap2-state yes"} {
 		if !strings.Contains(o, want) {
 			t.Errorf("output lacks %q", want)
 		}
