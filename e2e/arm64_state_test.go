@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"govmm/internal/initramfs"
 )
 
 // stateTick is one "st: tick" line of TestARM64State's guest.
@@ -54,19 +53,7 @@ func TestARM64State(t *testing.T) {
 	bin := filepath.Join(dir, "govmm-arm64")
 	buildARM64(t, bin, "build", "./cmd/govmm")
 
-	mods := moduleTree(a.Kernel)
-	ar := initramfs.New()
-	for _, d := range []string{"/bin", "/proc", "/sys", "/dev", "/tmp", "/lib", "/lib/modules"} {
-		ar.Dir(d)
-	}
-	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range virtioModules {
-		if err := ar.File("/lib/modules/"+filepath.Base(m), filepath.Join(mods, m)); err != nil {
-			t.Fatalf("arm64 virtio module: %v (%s)", err, howToGetARM64Virtio)
-		}
-	}
+	ar := arm64VirtioArchive(t, a)
 	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc

@@ -301,22 +301,7 @@ func TestARM64Virtio(t *testing.T) {
 	a := arm64L1(t)
 	dir, bin, platformTest := buildARM64Govmm(t)
 
-	mods := moduleTree(a.Kernel)
-	ar := initramfs.New()
-	for _, d := range []string{"/bin", "/proc", "/sys", "/dev", "/tmp", "/lib", "/lib/modules"} {
-		ar.Dir(d)
-	}
-	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
-		t.Fatal(err)
-	}
-	// virtioModules (virtio_test.go): Debian's arm64 cloud kernel builds
-	// the same drivers as modules as its x86 one; the PCI host driver and
-	// the ITS are built in.
-	for _, m := range virtioModules {
-		if err := ar.File("/lib/modules/"+filepath.Base(m), filepath.Join(mods, m)); err != nil {
-			t.Fatalf("arm64 virtio module: %v (%s)", err, howToGetARM64Virtio)
-		}
-	}
+	ar := arm64VirtioArchive(t, a)
 	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
@@ -386,3 +371,26 @@ echo "l1: image-rng-sum $(dd if=` + disk + ` bs=65536 skip=` + fmt.Sprint(arm64R
 }
 
 const howToGetARM64Virtio = "run .ci/run once: it unpacks Debian's arm64 cloud kernel with its modules into ~/.cache/govmm/arm64"
+
+// arm64VirtioArchive is an initramfs for a guest in the aarch64 L1 a:
+// the usual directories, busybox, and the virtio modules in /lib/modules
+// (virtioModules, virtio_test.go: Debian's arm64 cloud kernel builds the
+// same drivers as modules as its x86 one; the PCI host driver and the ITS
+// are built in). The caller adds its /init.
+func arm64VirtioArchive(t *testing.T, a *nested.Assets) *initramfs.Archive {
+	t.Helper()
+	mods := moduleTree(a.Kernel)
+	ar := initramfs.New()
+	for _, d := range []string{"/bin", "/proc", "/sys", "/dev", "/tmp", "/lib", "/lib/modules"} {
+		ar.Dir(d)
+	}
+	if err := ar.File("/bin/busybox", a.Busybox); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range virtioModules {
+		if err := ar.File("/lib/modules/"+filepath.Base(m), filepath.Join(mods, m)); err != nil {
+			t.Fatalf("arm64 virtio module: %v (%s)", err, howToGetARM64Virtio)
+		}
+	}
+	return ar
+}
