@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // stateTick is one "st: tick" line of TestARM64State's guest.
