@@ -241,7 +241,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err := in.Ack(nil); err != nil {
 		// The source did not hear us: it resumes the VM there, so this
 		// copy must not run.
-		return fail(exitInternal, "migrate receive: confirm to the source: %v (not starting the VM)", err)
+		return fail(exitInternal, "migrate receive: confirm to the source: %v (nothing was started: the source did not hear the confirmation, so the VM stays there)", err)
 	}
 	cfg.Log.Info("migration received", "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
 	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
