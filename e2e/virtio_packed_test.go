@@ -85,8 +85,9 @@ func TestVirtioPacked(t *testing.T) {
 				t.Fatalf("restore of a packed-ring snapshot onto a split-ring disk: want exit 64 naming packed=on, got\n%s", r)
 			}
 			t.Logf("refused (no packed=on): %s", strings.TrimSpace(r.Stderr))
+			source := p.output()
 			p = start(t, append(restoreArgs, "--disk", disk+",packed=on", "--rng")...)
-			finishTickingCopies(t, p, vda, pa)
+			finishTickingCopies(t, p, source, vda, pa)
 		})
 	}
 }
