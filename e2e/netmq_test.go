@@ -228,28 +228,7 @@ func TestNetMultiqueueSnapshot(t *testing.T) {
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
 			}
-			out := p.output()
-			select {
-			case b := <-up:
-				if w := pattern("up-after", netUp); string(b) != string(w) {
-					t.Errorf("L1 read %d bytes from the restored guest, want %d of the pattern", len(b), len(w))
-				}
-			case <-time.After(10 * time.Second):
-				t.Error("the restored guest's connection never reached L1")
-			}
-			want := pattern("h2g-answer-after", netReply)
-			if got := vsockLine(out, "g2h-reply"); got != fmt.Sprintf("%d %s", len(want), sum(want)) {
-				t.Errorf("L1's answer after the restore: the guest printed %q\n%s", got, out)
-			}
-			after := irqCount(out, "irq2")
-			t.Logf("guest interrupts before the snapshot %v, after the restore %v", before, after)
-			for _, q := range []string{"input.1", "output.1"} {
-				b, _ := queueIRQs(before, q)
-				a, found := queueIRQs(after, q)
-				if !found || a <= b {
-					t.Errorf("queue %s: %d interrupts before the snapshot, %d at the end: pair 1 carried nothing after the restore\n%s", q, b, a, out)
-				}
-			}
+			checkPair1After(t, p.output(), up, before, "restore", "snapshot")
 		})
 	}
 }
@@ -322,26 +301,35 @@ func TestNetMultiqueueMigration(t *testing.T) {
 	if code := d.exit(time.Minute); code != 0 {
 		t.Fatalf("destination: exit %d\n%s", code, d.output())
 	}
-	out := d.output()
+	checkPair1After(t, d.output(), up, before, "move", "move")
+}
+
+// checkPair1After checks the end of a multiqueue guest that went on in
+// another process (after event: "restore" or "move"; before names the
+// interrupt counts' moment, "snapshot" or "move"): L1 got its 4 MiB
+// upload from CPU 1 on up and the guest L1's answer, and pair 1's
+// vectors interrupted again since before.
+func checkPair1After(t *testing.T, out string, up <-chan []byte, before map[string]uint64, event, beforeEvent string) {
+	t.Helper()
 	select {
 	case b := <-up:
 		if w := pattern("up-after", netUp); string(b) != string(w) {
-			t.Errorf("L1 read %d bytes from the migrated guest, want %d of the pattern", len(b), len(w))
+			t.Errorf("L1 read %d bytes from the guest after the %s, want %d of the pattern", len(b), event, len(w))
 		}
 	case <-time.After(10 * time.Second):
-		t.Error("the migrated guest's connection never reached L1")
+		t.Errorf("the guest's connection after the %s never reached L1", event)
 	}
 	want := pattern("h2g-answer-after", netReply)
 	if got := vsockLine(out, "g2h-reply"); got != fmt.Sprintf("%d %s", len(want), sum(want)) {
-		t.Errorf("L1's answer after the move: the guest printed %q\n%s", got, out)
+		t.Errorf("L1's answer after the %s: the guest printed %q\n%s", event, got, out)
 	}
 	after := irqCount(out, "irq2")
-	t.Logf("guest interrupts before the move %v, at the end %v", before, after)
+	t.Logf("guest interrupts before the %s %v, at the end %v", beforeEvent, before, after)
 	for _, q := range []string{"input.1", "output.1"} {
 		b, _ := queueIRQs(before, q)
 		a, found := queueIRQs(after, q)
 		if !found || a <= b {
-			t.Errorf("queue %s: %d interrupts before the move, %d at the end: pair 1 carried nothing after it\n%s", q, b, a, out)
+			t.Errorf("queue %s: %d interrupts before the %s, %d at the end: pair 1 carried nothing after the %s\n%s", q, b, beforeEvent, a, event, out)
 		}
 	}
 }
