@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"govmm/internal/kvmtest"
+	"govmm/internal/nested"
 )
 
 // Exit statuses of the project's own boot test guests (guests/elf64,
@@ -254,6 +257,7 @@ func TestTripleFault(t *testing.T) {
 	kernel := guestPath(t, "testguest")
 	forEachAccel(t, func(t *testing.T, acc []string) {
 		// govmm() fails the test if the run outlives its timeout: no hang.
+		mark := nested.ShutdownMark()
 		r := bootRun(t, acc, "--kernel", kernel, "--cmdline", "test=triplefault")
 		if r.Code != statusCrashed {
 			t.Fatalf("triple fault: want exit status %d (guest crashed)\n%s", statusCrashed, r)
@@ -267,6 +271,16 @@ func TestTripleFault(t *testing.T) {
 		// and the message must say so rather than name it.
 		if strings.Contains(r.Stderr, "RIP 0xfff0") && !strings.Contains(r.Stderr, "reset state") {
 			t.Errorf("the error names the reset vector as the faulting RIP without saying the state was lost\n%s", r)
+		}
+		// In L1, its KVM traced the shutdown exit with the RIP that
+		// faulted (what the e2e tests print for any triple fault), and
+		// it is the test guest's, not the reset vector.
+		if kvmtest.InL1() {
+			d := nested.ShutdownExits(mark)
+			if !strings.Contains(d, "the guest's own addresses: vCPU 0 at RIP 0x") || regexp.MustCompile(`at RIP 0xfff0\b`).MatchString(d) {
+				t.Errorf("L1's trace of the shutdown exit does not name the guest's faulting RIP:\n%s", d)
+			}
+			t.Logf("L1's trace:%s", d)
 		}
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"govmm/internal/linuxguest"
+	"govmm/internal/nested"
 )
 
 // proc is a govmm process the test talks to while it runs.
@@ -59,7 +60,19 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	mark := nested.ShutdownMark()
+	go func() {
+		p.err = p.cmd.Wait()
+		// A triple fault leaves no vCPU state; L1's trace of the
+		// shutdown exit says where it happened (and whose failure it
+		// was), so it goes with the output every failure prints.
+		p.mu.Lock()
+		if linuxguest.IsTripleFault(p.out.String()) {
+			p.out.WriteString(nested.ShutdownExits(mark))
+		}
+		p.mu.Unlock()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
 		p.cmd.Process.Kill()
 		<-p.done

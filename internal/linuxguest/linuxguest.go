@@ -287,7 +287,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	stdout := &activityWriter{}
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
-	start := time.Now()
+	start, mark := time.Now(), nested.ShutdownMark()
 	if err := cmd.Start(); err != nil {
 		return Result{}, fmt.Errorf("start %s: %w", b.name(), err)
 	}
@@ -335,8 +335,8 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		if IsTripleFault(res.Stderr) {
 			// Whatever else went wrong followed from it: a guest that
 			// triple-faulted while init dumped the kernel log left that
-			// log cut short.
-			err = &tripleFaultError{err}
+			// log cut short. L1's trace says where it faulted.
+			err = &tripleFaultError{fmt.Errorf("%w%s", err, nested.ShutdownExits(mark))}
 		}
 		return res, err
 	}

@@ -597,6 +597,9 @@ echo 0 > /proc/sys/net/core/bpf_jit_enable
 		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s %s || echo 'nested: insmod %s failed'\n", filepath.Base(m), params, filepath.Base(m))
 	}
 	b.WriteString("[ -c /dev/kvm ] || echo 'nested: no /dev/kvm in L1 (is svm missing from -cpu?)'\n")
+	if cfg.Arch == "" {
+		b.WriteString(shutdownTraceScript)
+	}
 	for _, m := range extraModules(a, cfg) {
 		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))
 	}
