@@ -405,6 +405,20 @@ func (f *Function) Command() uint16 {
 	return binary.LittleEndian.Uint16(f.cfg[RegCommand:])
 }
 
+// SetINTxStatus sets the status register's Interrupt Status bit, which
+// reflects the function's INTx signal (whatever the command register's
+// Interrupt Disable bit says); the guest cannot write it.
+func (f *Function) SetINTxStatus(on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	le := binary.LittleEndian
+	st := le.Uint16(f.cfg[RegStatus:]) &^ StatusINTx
+	if on {
+		st |= StatusINTx
+	}
+	le.PutUint16(f.cfg[RegStatus:], st)
+}
+
 // BARAddress returns the address BAR i is programmed to (without the type
 // bits; a 64-bit BAR's full address) and whether the BAR is implemented.
 func (f *Function) BARAddress(i int) (uint64, bool) {

@@ -85,6 +85,11 @@ type PCIConfig struct {
 	// device's description (Describe), so a snapshot or a migration
 	// restores only where the device offers the same.
 	Packed bool
+	// INTx, if set, gives the function INTA on this IOAPIC GSI (x86),
+	// raised through a resample irqfd on Router while MSI-X is disabled.
+	// Without it the Interrupt Pin register is 0 and the function
+	// interrupts through MSI-X only.
+	INTx *INTxConfig
 }
 
 // PCI is the virtio 1.x modern PCI transport of one device (virtio 1.2
@@ -108,6 +113,8 @@ type PCI struct {
 	// until reset).
 	queues []*Queue
 	isr    uint8
+	// intx is the function's INTA (nil: none).
+	intx *intxLine
 	// active: DRIVER_OK was accepted and the device activated.
 	active bool
 	// broken: the device asked for a reset; nothing is served.
@@ -157,11 +164,19 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.resetRegs()
+	var pin uint8
+	if c.INTx != nil {
+		pin = 1
+	}
 	t.fn = pci.NewFunction(pci.Identity{
 		Vendor: PCIVendor, Device: pciDeviceBase + dev.Type(), Revision: 1,
 		Class: c.Class.Class, Subclass: c.Class.Subclass, ProgIF: c.Class.ProgIF,
-		SubsystemVendor: PCIVendor, SubsystemID: 0x1100,
+		SubsystemVendor: PCIVendor, SubsystemID: 0x1100, InterruptPin: pin,
 	})
+	if c.INTx != nil {
+		// The Interrupt Line firmware would write: the GSI.
+		t.fn.WriteConfig(pci.RegInterruptLine, []byte{byte(c.INTx.GSI)})
+	}
 	if err := t.fn.SetBAR(0, pci.BAR{Kind: pci.BARMem64, Size: barSize, Dev: barDev{t}}); err != nil {
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 	}
@@ -184,6 +199,13 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		TableOffset: msixTableOff, PBAOffset: msixPBAOff, Router: c.Router, Log: t.log})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
+	}
+	if c.INTx != nil {
+		if t.intx, err = newINTx(c.INTx); err != nil {
+			t.msix.Close()
+			return nil, fmt.Errorf("%s: INTx: %w", dev.Name(), err)
+		}
+		t.intx.resample.Serve(func(uint64) { t.intxResampled() })
 	}
 	t.queues = make([]*Queue, len(qmax))
 	for range qmax {
@@ -255,6 +277,7 @@ func (b barDev) Read(off uint64, data []byte) {
 		if off == isrOff && len(data) > 0 {
 			t.mu.Lock()
 			data[0], t.isr = t.isr, 0 // reading clears it
+			t.updateINTx()
 			t.mu.Unlock()
 		}
 	case off >= deviceOff && off < deviceOff+deviceLen:
@@ -480,6 +503,7 @@ func (t *PCI) reset() {
 	t.unbindDoorbells()
 	t.broken = false
 	t.isr = 0
+	t.updateINTx()
 	t.resetRegs()
 	clear(t.queues)
 }
@@ -496,6 +520,7 @@ func (t *PCI) fail(err error) {
 	t.s.Status |= StatusNeedsReset
 	t.s.ConfigGen++
 	t.isr |= 2
+	t.updateINTx()
 	if v := t.s.ConfigVector; v != NoVector {
 		if err := t.msix.Trigger(int(v)); err != nil {
 			t.log.Error("virtio: configuration interrupt", "device", t.dev.Name(), "err", err)
@@ -642,6 +667,7 @@ func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 	v := t.s.Queues[q.Index()].MSIXVector
 	if !t.msix.Enabled() {
 		t.isr |= 1
+		t.updateINTx()
 	}
 	t.mu.Unlock()
 	if v != NoVector {
@@ -652,8 +678,14 @@ func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 }
 
 // configWritten follows the guest's configuration-space writes: a moved
-// or disabled BAR 0 moves or drops the doorbells.
+// or disabled BAR 0 moves or drops the doorbells; MSI-X Enable and
+// Interrupt Disable move the INTx line.
 func (t *PCI) configWritten(off, size int) {
+	if t.intx != nil {
+		t.mu.Lock()
+		t.intxConfigWritten()
+		t.mu.Unlock()
+	}
 	if off < pci.RegBAR0+8 && off+size > pci.RegCommand {
 		t.mu.Lock()
 		if t.active {
@@ -739,6 +771,9 @@ type PCIState struct {
 	ISR    uint8         `json:"isr"`
 	Broken bool          `json:"needs_reset"`
 	MSIX   pci.MSIXState `json:"msix"`
+	// INTx is whether the function's INTx line was asserted (it is
+	// asserted again once the restored vCPUs run).
+	INTx bool `json:"intx_asserted,omitempty"`
 	// DeviceState is a StateSaver device's own state.
 	DeviceState json.RawMessage `json:"device_state,omitempty"`
 }
@@ -748,6 +783,9 @@ func (t *PCI) Save() PCIState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := PCIState{Device: t.Describe(), Regs: t.s, ISR: t.isr, Broken: t.broken, MSIX: t.msix.Save()}
+	if t.intx != nil {
+		s.INTx = t.intx.asserted
+	}
 	if ss, ok := t.dev.(StateSaver); ok {
 		s.DeviceState = ss.SaveState()
 	}
@@ -788,6 +826,16 @@ func (t *PCI) Restore(s PCIState) error {
 	t.s = s.Regs
 	t.s.Queues = append([]QueueConfig(nil), s.Regs.Queues...)
 	t.isr, t.broken = s.ISR, s.Broken
+	if x := t.intx; x != nil {
+		x.msix, x.asserted, x.live = t.msix.Enabled(), false, false
+		t.fn.SetINTxStatus(!x.msix && t.isr != 0)
+		if s.INTx && !t.intxWanted() {
+			return fmt.Errorf("%s: the snapshot has the INTx line asserted, but its ISR (%#x), MSI-X Enable (%v) and Interrupt Disable (%v) say it cannot be",
+				t.dev.Name(), t.isr, x.msix, t.fn.Command()&pci.CmdINTxDisable != 0)
+		}
+	} else if s.INTx {
+		return fmt.Errorf("%s: the snapshot has the INTx line asserted; this machine's function has no INTx", t.dev.Name())
+	}
 	for i, qc := range t.s.Queues {
 		if qc.MSIXVector != NoVector && int(qc.MSIXVector) >= t.msix.Vectors() {
 			return fmt.Errorf("%s: queue %d uses MSI-X vector %d, past the table", t.dev.Name(), i, qc.MSIXVector)
@@ -825,6 +873,12 @@ func (t *PCI) Restore(s PCIState) error {
 func (t *PCI) Start() {
 	t.mu.Lock()
 	active := t.active
+	if x := t.intx; x != nil && !x.live {
+		// A line saved asserted (or an ISR that wants it) is raised
+		// again.
+		x.live = true
+		t.updateINTx()
+	}
 	t.mu.Unlock()
 	if active {
 		for i := range t.kicks {
@@ -852,7 +906,7 @@ func (t *PCI) Close() error {
 	t.unbindDoorbells()
 	close(t.done)
 	t.mu.Unlock()
-	return t.msix.Close()
+	return errors.Join(t.closeINTx(), t.msix.Close())
 }
 
 // BAR is BAR 0's handler (offsets from the BAR's base), for tests and

@@ -73,6 +73,8 @@ func (v *VM) addVirtio(p *platformDevices, consoleOut io.Writer) error {
 	set, err := devices.Build(vc, devices.Host{
 		Root: p.pci, Mem: v.mem, Log: v.log, ConsoleOut: consoleOut,
 		Router: func(int) virtio.Router { return router },
+		// INTA of each function, by the _PRT's rule.
+		INTxGSI: func(slot int) uint32 { return uint32(platform.PCIGSI(slot, 0)) },
 	})
 	if err != nil {
 		var ie *devices.InputError

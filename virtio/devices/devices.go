@@ -71,7 +71,11 @@ type Host struct {
 	Mem  virtio.Memory
 	// Router returns the MSI router of the function at slot.
 	Router func(slot int) virtio.Router
-	Log    *slog.Logger
+	// INTxGSI, if set, gives the IOAPIC GSI of INTA at slot: each
+	// function then has INTA there, for drivers without MSI-X (x86;
+	// nil on arm64, whose machine has no INTx).
+	INTxGSI func(slot int) uint32
+	Log     *slog.Logger
 	// ConsoleOut receives the virtio console's output (nil: discarded).
 	ConsoleOut io.Writer
 }
@@ -113,7 +117,11 @@ func Build(c Config, h Host) (s *Set, err error) {
 	}()
 	slot := FirstSlot
 	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
-		tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log})
+		pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log}
+		if h.INTxGSI != nil {
+			pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
+		}
+		tr, err := virtio.NewPCI(dev, pc)
 		if err != nil {
 			if closer != nil {
 				closer()
