@@ -2,6 +2,8 @@ package memory
 
 import (
 	"errors"
+	"fmt"
+	"math/bits"
 	"sort"
 	"sync/atomic"
 )
@@ -107,4 +109,31 @@ func (m *Memory) TakeDirty(i int, bm []uint64) []uint64 {
 func (m *Memory) regionIndex(gpa uint64) (int, bool) {
 	i := sort.Search(len(m.regions), func(i int) bool { return m.regions[i].End() > gpa })
 	return i, i < len(m.regions) && m.regions[i].GPA <= gpa
+}
+
+// CollectDirty returns the GPAs of the pages written since the last call:
+// for each region, the accelerator's dirty bitmap (accelLog, given the
+// region's GPA; it returns and clears KVM_GET_DIRTY_LOG's bitmap) ORed
+// with the pages the VMM marked (TakeDirty). Both architectures' live
+// migration use it, so the VMM's device writes are in the list on both.
+func (m *Memory) CollectDirty(accelLog func(gpa uint64) ([]uint64, error)) ([]uint64, error) {
+	var out []uint64
+	for i, r := range m.regions {
+		bm, err := accelLog(r.GPA)
+		if err != nil {
+			return nil, fmt.Errorf("dirty log of region %#x: %w", r.GPA, err)
+		}
+		bm = m.TakeDirty(i, bm)
+		pages := uint64(len(r.Host)) / PageSize
+		for w, word := range bm {
+			for word != 0 {
+				b := uint64(bits.TrailingZeros64(word))
+				word &= word - 1
+				if p := uint64(w)*64 + b; p < pages {
+					out = append(out, r.GPA+p*PageSize)
+				}
+			}
+		}
+	}
+	return out, nil
 }

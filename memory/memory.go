@@ -1,5 +1,6 @@
 // Package memory owns a VM's guest RAM: anonymous host mappings laid out at
-// guest physical addresses around the x86 MMIO hole, and the GPA->host table
+// guest physical addresses around the x86 MMIO hole (or, NewAt, as one
+// region where the arm64 machine puts RAM), and the GPA->host table
 // every other part of govmm uses to read and write guest memory. All access
 // goes through bounds-checked methods, so a guest-controlled address can
 // never reach host memory outside the guest's RAM.
@@ -92,7 +93,6 @@ func newMapped(size uint64, fd int, o Options) (*Memory, error) {
 	if size == 0 || size%PageSize != 0 {
 		return nil, fmt.Errorf("guest memory size %d is not a positive multiple of %d", size, PageSize)
 	}
-	m := &Memory{size: size}
 	low := min(size, MMIOHoleStart)
 	layout := []Region{{GPA: 0, Host: nil}}
 	lens := []uint64{low}
@@ -100,6 +100,35 @@ func newMapped(size uint64, fd int, o Options) (*Memory, error) {
 		layout = append(layout, Region{GPA: MMIOHoleEnd})
 		lens = append(lens, size-low)
 	}
+	return mapLayout(size, layout, lens, fd, o)
+}
+
+// NewAt maps size bytes of anonymous guest RAM as one region starting at
+// gpa: the arm64 machine's layout (RAM above its device space, no hole).
+func NewAt(gpa, size uint64, o Options) (*Memory, error) {
+	return newAt(gpa, size, -1, o)
+}
+
+// NewAtFromFile is NewAt with RAM mapped from f, private and copy-on-write,
+// as NewFromFile does for the x86 layout (a restored arm64 snapshot).
+func NewAtFromFile(f *os.File, gpa, size uint64) (*Memory, error) {
+	return newAt(gpa, size, int(f.Fd()), Options{})
+}
+
+func newAt(gpa, size uint64, fd int, o Options) (*Memory, error) {
+	if size == 0 || size%PageSize != 0 || gpa%PageSize != 0 {
+		return nil, fmt.Errorf("guest memory of %d bytes at %#x: want a positive multiple of %d at a page-aligned address", size, gpa, PageSize)
+	}
+	if gpa+size < gpa {
+		return nil, fmt.Errorf("guest memory of %d bytes at %#x wraps the address space", size, gpa)
+	}
+	return mapLayout(size, []Region{{GPA: gpa}}, []uint64{size}, fd, o)
+}
+
+// mapLayout maps the regions of layout, lens[i] bytes each, anonymous or
+// (fd >= 0) from consecutive ranges of the file.
+func mapLayout(size uint64, layout []Region, lens []uint64, fd int, o Options) (*Memory, error) {
+	m := &Memory{size: size}
 	var off int64
 	for i, r := range layout {
 		n := lens[i]

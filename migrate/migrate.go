@@ -2,13 +2,19 @@
 // stream (TCP or a Unix socket) by pre-copy: guest memory is sent while the
 // guest runs, then the pages it dirtied meanwhile, round after round until
 // few remain; then the source pauses, sends the last dirty pages and the
-// device and vCPU state (the same accelerator-neutral state file a snapshot
-// holds), and the destination starts. Virtio devices' writes into guest
-// memory are in the VMM's dirty log, which vm.DirtyPages merges with the
-// accelerator's; their backends are not copied (a disk image is shared
+// device and vCPU state (the same state file a snapshot holds), and the
+// destination starts. Virtio devices' writes into guest memory are in the
+// VMM's dirty log, which the machine's DirtyPages merges with the
+// accelerator's (memory.CollectDirty); their backends are not copied (a disk image is shared
 // storage), so the destination must have the same devices, which it
 // checks against the hello before any page moves. If anything fails before the
 // destination confirms, the source resumes, so no VM is ever lost.
+//
+// The package is architecture-neutral: a source is any machine with the
+// methods of VM (the x86 vm.VM and the arm64 platform/arm64.Machine), the
+// hello names the machine's architecture, and a receiver of another
+// architecture refuses it by name before any page moves. The state is
+// each architecture's own state file, tagged with its architecture.
 //
 // The receiver treats the stream as hostile until it has checked the hello:
 // every read has a deadline (a silent peer cannot hold it forever), the
@@ -18,7 +24,8 @@
 //
 // Wire format (all integers little endian):
 //
-//	'H' u32 len  JSON hello (format version, memory size, vCPUs, the machine: CPU model and CPUID, ...; the virtio devices)
+//	'H' u32 len  JSON hello (format version, memory size, vCPUs, the machine: CPU model and CPUID, ...; the virtio devices;
+//	             the architecture, absent for x86_64)
 //	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
 //	'S' u32 len  state file                            (snapshot format)
 //	'D'                                                 end of stream
@@ -42,11 +49,42 @@ import (
 	"govmm/internal/unixsock"
 	"govmm/memory"
 	"govmm/snapshot"
-	"govmm/vm"
 )
 
-// Version is the migration stream version.
+// Version is the migration stream version. The architecture field of
+// the hello did not change it: an x86 hello is byte for byte what it
+// was (no arch field means x86_64), and an arm64 hello only adds one.
 const Version = 1
+
+// VM is what a migration source needs of a running machine. The x86
+// machine (package vm) and the arm64 one (platform/arm64) both have it.
+type VM interface {
+	// Memory is the guest RAM whose pages are sent.
+	Memory() *memory.Memory
+	NumCPUs() int
+	// Pause stops the vCPUs and quiesces the devices; Resume undoes it.
+	Pause() error
+	Resume() error
+	// StartDirtyLog turns on the accelerator's and the VMM's dirty
+	// logs; DirtyPages returns (and clears) the GPAs written since the
+	// last call; StopDirtyLog turns both off.
+	StartDirtyLog() error
+	StopDirtyLog() error
+	DirtyPages() ([]uint64, error)
+	// SaveState captures the paused machine as its architecture's
+	// state file. It may write guest RAM (the arm64 vGIC's ITS tables
+	// and LPI pending bits), which the dirty log sees.
+	SaveState() (*snapshot.State, error)
+	// VirtioDevices describes the virtio devices in slot order.
+	VirtioDevices() []string
+	// MigrationMachine is what the hello announces: the architecture
+	// (snapshot.ArchX86_64, ArchARM64) and the machine description the
+	// destination builds from, sent as JSON.
+	MigrationMachine() (arch string, machine any)
+	// WarmStateCodec runs the state encoder once before the pause, so
+	// that its first-use cost is not downtime.
+	WarmStateCodec()
+}
 
 const (
 	msgHello = 'H'
@@ -70,16 +108,43 @@ const (
 )
 
 // Hello opens a migration stream. Machine describes the VM being sent, so
-// that the destination can build it while memory is still being copied.
-// Devices describes its virtio devices in slot order (vm.VirtioDevices):
+// that the destination can build it while memory is still being copied:
+// it is the architecture's own description (x86: vm.MachineState, arm64:
+// arm64.MachineState), which the receiver decodes once Arch matched.
+// Devices describes its virtio devices in slot order (VM.VirtioDevices):
 // the destination builds its own from its flags and refuses the VM if
-// they differ, before any guest memory moves.
+// they differ, before any guest memory moves. Arch is the machine's
+// architecture; empty means x86_64 (what every x86 source sends, so that
+// its hello is the same bytes as before the field existed).
 type Hello struct {
 	Version int             `json:"version"`
 	MemSize uint64          `json:"mem_size"`
 	CPUs    int             `json:"cpus"`
-	Machine vm.MachineState `json:"machine"`
+	Machine json.RawMessage `json:"machine"`
 	Devices []string        `json:"virtio_devices,omitempty"`
+	Arch    string          `json:"arch,omitempty"`
+}
+
+// HelloArch is the architecture h names (x86_64 when it names none).
+func (h *Hello) HelloArch() string {
+	if h.Arch == "" {
+		return snapshot.ArchX86_64
+	}
+	return h.Arch
+}
+
+// checkArch refuses a hello of another architecture than want.
+func checkArch(h *Hello, want string) error {
+	got := h.HelloArch()
+	switch got {
+	case snapshot.ArchX86_64, snapshot.ArchARM64:
+	default:
+		return fmt.Errorf("the migration source names architecture %q (govmm knows %s and %s)", got, snapshot.ArchX86_64, snapshot.ArchARM64)
+	}
+	if got != want {
+		return fmt.Errorf("the source is an %s VM and this govmm receives %s VMs: a VM cannot migrate across architectures", got, want)
+	}
+	return nil
 }
 
 // Stats describes a finished migration.
@@ -148,7 +213,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 
 // Send migrates v over conn. On success the caller ends v (the guest now
 // runs on the destination); on failure v has been resumed and keeps running.
-func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats, err error) {
+func Send(conn net.Conn, v VM, progress func(done, total uint64)) (st Stats, err error) {
 	start := time.Now()
 	cw := &countWriter{w: conn}
 	w := bufio.NewWriterSize(cw, 1<<20)
@@ -172,11 +237,20 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 			}
 		}
 	}()
-	h, _ := json.Marshal(Hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs(), Machine: v.Machine(), Devices: v.VirtioDevices()})
+	arch, machine := v.MigrationMachine()
+	mj, err := json.Marshal(machine)
+	if err != nil {
+		return st, fmt.Errorf("migration hello: %w", err)
+	}
+	hello := Hello{Version: Version, MemSize: mem.Size(), CPUs: v.NumCPUs(), Machine: mj, Devices: v.VirtioDevices()}
+	if arch != snapshot.ArchX86_64 {
+		hello.Arch = arch
+	}
+	h, _ := json.Marshal(hello)
 	if err := writeFrame(w, msgHello, h); err != nil {
 		return st, err
 	}
-	vm.WarmStateCodec()
+	v.WarmStateCodec()
 	if err := v.StartDirtyLog(); err != nil {
 		return st, fmt.Errorf("start dirty page tracking: %w", err)
 	}
@@ -220,19 +294,22 @@ func Send(conn net.Conn, v *vm.VM, progress func(done, total uint64)) (st Stats,
 		return st, fmt.Errorf("pause for the final copy: %w", err)
 	}
 	paused = true
-	dirty, err := v.DirtyPages()
-	if err != nil {
-		return st, fmt.Errorf("read dirty pages: %w", err)
-	}
-	if err := sendPages(w, &st, dirty, mem); err != nil {
-		return st, err
-	}
+	// The state is captured before the last dirty pages are read: saving
+	// it may write guest RAM (KVM/arm64 stores the ITS tables and LPI
+	// pending bits there), and those pages must be in the last round.
 	state, err := v.SaveState()
 	if err != nil {
 		return st, err
 	}
 	b, err := state.Marshal()
 	if err != nil {
+		return st, err
+	}
+	dirty, err := v.DirtyPages()
+	if err != nil {
+		return st, fmt.Errorf("read dirty pages: %w", err)
+	}
+	if err := sendPages(w, &st, dirty, mem); err != nil {
 		return st, err
 	}
 	if err := writeFrame(w, msgState, b); err != nil {
@@ -339,6 +416,13 @@ func readHello(r *bufio.Reader, opts ReceiveOptions) (*Hello, error) {
 	if h.Version != Version {
 		return &h, &HelloError{fmt.Errorf("migration stream version %d, this govmm speaks %d", h.Version, Version)}
 	}
+	want := opts.Arch
+	if want == "" {
+		want = snapshot.HostArch()
+	}
+	if err := checkArch(&h, want); err != nil {
+		return &h, &HelloError{err}
+	}
 	limit, what := uint64(maxMemSize), "the stream format's"
 	if opts.MaxMemSize != 0 {
 		limit, what = opts.MaxMemSize, "the receiver's"
@@ -399,11 +483,16 @@ type ReceiveOptions struct {
 	// then for each read of the stream to make progress; 0 means
 	// DefaultFrameTimeout.
 	FrameTimeout time.Duration
-	// CheckMachine, when set, vets the machine the hello announces
-	// before anything is built (govmm checks that this host can present
-	// its CPUID, vm.MachineState.CheckCPU): its error refuses the hello
-	// and is sent to the source.
-	CheckMachine func(vm.MachineState) error
+	// Arch is the architecture this receiver takes (snapshot.ArchX86_64
+	// or ArchARM64); empty means this build's (snapshot.HostArch). A
+	// hello naming another is refused before anything else is looked at.
+	Arch string
+	// CheckMachine, when set, vets the machine the hello announces (its
+	// Machine, in the architecture's own format) before anything is
+	// built (x86 govmm checks that this host can present its CPUID,
+	// vm.MachineState.CheckCPU): its error refuses the hello and is sent
+	// to the source.
+	CheckMachine func(machine json.RawMessage) error
 }
 
 // HelloError is a refusal before the destination built anything: the peer
@@ -481,6 +570,10 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 		return nil, err
 	}
 	dr.timeout = timeout
+	want := opts.Arch
+	if want == "" {
+		want = snapshot.HostArch()
+	}
 	var mem *memory.Memory
 	if prepare != nil {
 		mem, err = prepare(*h)
@@ -546,7 +639,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 			if state == nil {
 				return nil, errors.New("migration stream ended without the VM state")
 			}
-			st, err := snapshot.Unmarshal(state)
+			st, err := snapshot.UnmarshalArch(state, want)
 			if err != nil {
 				return nil, fmt.Errorf("migrated state: %w", err)
 			}

@@ -3,6 +3,7 @@ package migrate
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,6 @@ import (
 
 	"govmm/memory"
 	"govmm/snapshot"
-	"govmm/vm"
 )
 
 // readAck reads what a receiver told its source: the text of an
@@ -38,7 +38,7 @@ func stream(memSize uint64, pages map[uint64]byte, state []byte, done bool) []by
 		binary.Write(&b, binary.LittleEndian, uint32(len(p)))
 		b.Write(p)
 	}
-	frame('H', []byte(`{"version":1,"mem_size":`+itoa(memSize)+`,"cpus":1}`))
+	frame('H', []byte(`{"version":1,"mem_size":`+itoa(memSize)+`,"cpus":1`+hostArchField()+`}`))
 	for gpa, v := range pages {
 		b.WriteByte('P')
 		binary.Write(&b, binary.LittleEndian, uint32(1))
@@ -276,7 +276,7 @@ func TestReceiveRefusesMachine(t *testing.T) {
 	c1.SetDeadline(time.Now().Add(10 * time.Second))
 	errc := make(chan error, 1)
 	go func() {
-		opts := ReceiveOptions{CheckMachine: func(m vm.MachineState) error {
+		opts := ReceiveOptions{CheckMachine: func(json.RawMessage) error {
 			return errors.New("this host lacks avx2")
 		}}
 		_, err := ReceiveWith(c2, opts, func(Hello) (*memory.Memory, error) {
@@ -306,7 +306,7 @@ func TestReceiveRefusesDevices(t *testing.T) {
 	defer c1.Close()
 	defer c2.Close()
 	c1.SetDeadline(time.Now().Add(10 * time.Second))
-	hello := []byte(`{"version":1,"mem_size":1048576,"cpus":1,"virtio_devices":["virtio-blk path=/a","virtio-rng"]}`)
+	hello := []byte(`{"version":1,"mem_size":1048576,"cpus":1,"virtio_devices":["virtio-blk path=/a","virtio-rng"]` + hostArchField() + `}`)
 	var b bytes.Buffer
 	b.WriteByte('H')
 	binary.Write(&b, binary.LittleEndian, uint32(len(hello)))

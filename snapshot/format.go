@@ -153,7 +153,11 @@ func (s *State) WriteTo(w io.Writer) (int64, error) {
 }
 
 // Unmarshal decodes and fully validates a state file.
-func Unmarshal(b []byte) (*State, error) {
+func Unmarshal(b []byte) (*State, error) { return UnmarshalArch(b, HostArch()) }
+
+// UnmarshalArch is Unmarshal for a state of architecture arch rather than
+// this build's (a migration receiver told which it takes; host tests).
+func UnmarshalArch(b []byte, arch string) (*State, error) {
 	if len(b) < len(Magic)+8+8 {
 		return nil, fmt.Errorf("%w: %d bytes is shorter than any state file", ErrCorrupt, len(b))
 	}
@@ -229,7 +233,7 @@ func Unmarshal(b []byte) (*State, error) {
 	// A state of another architecture is refused here, before anything
 	// reads its sections, so that restore and a migration's receiver
 	// say so instead of failing on a section they do not find.
-	if err := st.CheckArch(HostArch()); err != nil {
+	if err := st.CheckArch(arch); err != nil {
 		return nil, err
 	}
 	return st, nil

@@ -1,11 +1,8 @@
 package vm
 
 import (
-	"fmt"
-	"math/bits"
-	"strings"
-
-	"govmm/memory"
+	"govmm/snapshot"
+	"govmm/virtio/devices"
 )
 
 // StartDirtyLog starts tracking writes to guest RAM (for live migration):
@@ -39,25 +36,7 @@ func (v *VM) StopDirtyLog() error {
 // call was written after it too, and is in the next call's list; once
 // the VM is paused (its devices quiesced) the list is complete.
 func (v *VM) DirtyPages() ([]uint64, error) {
-	var out []uint64
-	for i, r := range v.mem.Regions() {
-		bm, err := v.avm.DirtyLog(r.GPA)
-		if err != nil {
-			return nil, fmt.Errorf("dirty log of region %#x: %w", r.GPA, err)
-		}
-		bm = v.mem.TakeDirty(i, bm)
-		pages := uint64(len(r.Host)) / memory.PageSize
-		for w, word := range bm {
-			for word != 0 {
-				b := uint64(bits.TrailingZeros64(word))
-				word &= word - 1
-				if p := uint64(w)*64 + b; p < pages {
-					out = append(out, r.GPA+p*memory.PageSize)
-				}
-			}
-		}
-	}
-	return out, nil
+	return v.mem.CollectDirty(v.avm.DirtyLog)
 }
 
 // VirtioDevices describes the VM's virtio devices in PCI slot order, as
@@ -79,23 +58,18 @@ func (v *VM) CheckVirtioDevices(source []string) error {
 	return compareVirtio(source, v.VirtioDevices())
 }
 
-// compareVirtio is CheckVirtioDevices on the two lists.
+// compareVirtio is CheckVirtioDevices on the two lists
+// (devices.Compare, shared with the arm64 machine), as an InputError.
 func compareVirtio(source, here []string) error {
-	var diffs []string
-	for i := range max(len(source), len(here)) {
-		slot := i + 1 // virtio devices start at PCI slot 1
-		switch {
-		case i >= len(here):
-			diffs = append(diffs, fmt.Sprintf("slot %d: the source's %q is missing here", slot, source[i]))
-		case i >= len(source):
-			diffs = append(diffs, fmt.Sprintf("slot %d: %q here is not on the source", slot, here[i]))
-		case source[i] != here[i]:
-			diffs = append(diffs, fmt.Sprintf("slot %d: the source has %q, this destination %q", slot, source[i], here[i]))
-		}
+	if err := devices.Compare(source, here); err != nil {
+		return &InputError{Err: err}
 	}
-	if len(diffs) == 0 {
-		return nil
-	}
-	return &InputError{Err: fmt.Errorf("the incoming VM's virtio devices differ from this destination's: %s (give migrate receive the source's --disk, --rng, --vsock, --net, --console and --balloon flags: the same image paths, as on shared storage, the same TAP names and vsock CIDs)",
-		strings.Join(diffs, "; "))}
+	return nil
 }
+
+// MigrationMachine is what a live migration's hello announces about this
+// VM (migrate.VM): x86_64 and the machine a destination rebuilds.
+func (v *VM) MigrationMachine() (string, any) { return snapshot.ArchX86_64, v.Machine() }
+
+// WarmStateCodec is the package's WarmStateCodec, as migrate.VM has it.
+func (v *VM) WarmStateCodec() { WarmStateCodec() }

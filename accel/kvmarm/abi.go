@@ -41,6 +41,7 @@ var (
 	ioctlGetVCPUMmapSize     = ioctlNum(iocNone, 0x04, 0)
 	ioctlCreateVCPU          = ioctlNum(iocNone, 0x41, 0)
 	ioctlSetUserMemoryRegion = ioctlNum(iocWrite, 0x46, sizeofMemoryRegion)
+	ioctlGetDirtyLog         = ioctlNum(iocWrite, 0x42, sizeofDirtyLog)
 	ioctlIRQLine             = ioctlNum(iocWrite, 0x61, sizeofIRQLevel)
 	ioctlSetGSIRouting       = ioctlNum(iocWrite, 0x6a, sizeofIRQRouting)
 	ioctlIRQFD               = ioctlNum(iocWrite, 0x76, sizeofIRQFD)
@@ -211,6 +212,24 @@ type memoryRegion struct {
 }
 
 const sizeofMemoryRegion = 32
+
+// kvm_userspace_memory_region.flags.
+const (
+	memLogDirtyPages = 1 << 0 // KVM_MEM_LOG_DIRTY_PAGES
+	memReadonly      = 1 << 1 // KVM_MEM_READONLY
+)
+
+// struct kvm_dirty_log (KVM_GET_DIRTY_LOG): the slot, padding, and a
+// pointer to a bitmap of one bit per page of the slot. The same layout
+// and request number as on x86 (package accel/kvm), which an arm64
+// binary does not link.
+type dirtyLog struct {
+	Slot   uint32
+	_      uint32
+	Bitmap uint64 // pointer
+}
+
+const sizeofDirtyLog = 16
 
 // struct kvm_irq_level.
 type irqLevel struct {

@@ -185,8 +185,12 @@ type VM struct {
 	gicFD  int
 	itsFD  int
 	target uint32
-	slots  uint32
 	vcpus  []*VCPU
+
+	// slots are the mapped memory regions, slot i at index i, and
+	// whether KVM logs writes to them (EnableDirtyLog).
+	memMu sync.Mutex
+	slots []*slot
 
 	// devIDs are the ITS device IDs of the GSIs whose MSI routes carry
 	// one (SetMSIDevID).
@@ -222,22 +226,101 @@ func (k *KVM) CreateVM() (*VM, error) {
 // Target is the vCPU target KVM prefers on this host (KVM_ARM_TARGET_*).
 func (vm *VM) Target() uint32 { return vm.target }
 
-// MapMemory maps guest RAM.
+// slot is one KVM memory slot.
+type slot struct {
+	id     uint32
+	region accel.MemoryRegion
+	dirty  bool // KVM_MEM_LOG_DIRTY_PAGES is set
+}
+
+// MapMemory maps guest RAM (with KVM_MEM_LOG_DIRTY_PAGES when r.DirtyLog
+// asks for it).
 func (vm *VM) MapMemory(r accel.MemoryRegion) error {
 	if len(r.Host) == 0 {
 		return errors.New("map memory: empty region")
 	}
+	vm.memMu.Lock()
+	defer vm.memMu.Unlock()
+	s := &slot{id: uint32(len(vm.slots)), region: r, dirty: r.DirtyLog}
+	if err := vm.setSlot(s); err != nil {
+		return err
+	}
+	vm.slots = append(vm.slots, s)
+	return nil
+}
+
+// setSlot registers s with KVM (again, when its flags changed).
+func (vm *VM) setSlot(s *slot) error {
+	r := s.region
 	var flags uint32
 	if r.ReadOnly {
-		flags |= 2 // KVM_MEM_READONLY
+		flags |= memReadonly
 	}
-	m := memoryRegion{Slot: vm.slots, Flags: flags, GuestPhysAddr: r.GPA, MemorySize: r.Size(),
+	if s.dirty {
+		flags |= memLogDirtyPages
+	}
+	m := memoryRegion{Slot: s.id, Flags: flags, GuestPhysAddr: r.GPA, MemorySize: r.Size(),
 		UserspaceAddr: uint64(uintptr(unsafe.Pointer(&r.Host[0])))}
 	if _, err := ioctlPtr(vm.fd, ioctlSetUserMemoryRegion, unsafe.Pointer(&m)); err != nil {
-		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION at %#x (%d bytes): %w", r.GPA, r.Size(), err)
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION at %#x (%d bytes, slot %d, flags %#x): %w", r.GPA, r.Size(), s.id, flags, err)
 	}
-	vm.slots++
 	return nil
+}
+
+// EnableDirtyLog sets KVM_MEM_LOG_DIRTY_PAGES on every writable region
+// (live migration): KVM write-protects the slot's stage-2 mappings and
+// logs the pages the vCPUs write, and the vGIC's own writes to guest RAM
+// (ITS tables, LPI pending bits) go through the same log.
+func (vm *VM) EnableDirtyLog() error { return vm.setDirtyAll(true) }
+
+// DisableDirtyLog clears KVM_MEM_LOG_DIRTY_PAGES on every region that was
+// not mapped with DirtyLog set.
+func (vm *VM) DisableDirtyLog() error { return vm.setDirtyAll(false) }
+
+func (vm *VM) setDirtyAll(on bool) error {
+	vm.memMu.Lock()
+	defer vm.memMu.Unlock()
+	for _, s := range vm.slots {
+		want := (on && !s.region.ReadOnly) || s.region.DirtyLog
+		if want == s.dirty {
+			continue
+		}
+		s.dirty = want
+		if err := vm.setSlot(s); err != nil {
+			s.dirty = !want
+			return fmt.Errorf("set dirty logging %v on region %#x: %w", want, s.region.GPA, err)
+		}
+	}
+	return nil
+}
+
+// DirtyLog returns and clears the dirty bitmap (KVM_GET_DIRTY_LOG) of the
+// region that starts at gpa: bit p%64 of word p/64 for its page p.
+func (vm *VM) DirtyLog(gpa uint64) ([]uint64, error) {
+	vm.memMu.Lock()
+	var s *slot
+	for _, x := range vm.slots {
+		if x.region.GPA == gpa {
+			s = x
+		}
+	}
+	dirty := s != nil && s.dirty
+	vm.memMu.Unlock()
+	if s == nil {
+		return nil, fmt.Errorf("dirty log of %#x: no region starts there", gpa)
+	}
+	if !dirty {
+		return nil, fmt.Errorf("dirty log of region %#x: dirty logging is not enabled on it", gpa)
+	}
+	pages := s.region.Size() / 4096
+	bm := make([]uint64, (pages+63)/64)
+	dl := dirtyLog{Slot: s.id, Bitmap: uint64(uintptr(unsafe.Pointer(&bm[0])))}
+	_, err := ioctlPtr(vm.fd, ioctlGetDirtyLog, unsafe.Pointer(&dl))
+	runtime.KeepAlive(bm)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_GET_DIRTY_LOG of region %#x (slot %d): %w", gpa, s.id, err)
+	}
+	return bm, nil
 }
 
 func (vm *VM) setGICAttr(group uint32, attr uint64, val unsafe.Pointer) error {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +12,6 @@ import (
 	"net"
 	"strings"
 
-	"govmm/api"
 	"govmm/memory"
 	"govmm/migrate"
 	"govmm/snapshot"
@@ -172,8 +172,14 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitUsage, "migrate receive: --listen: %v", err)
 	}
 	defer ln.Close()
-	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus,
-		CheckMachine: func(m vm.MachineState) error { return checkSavedCPU(cfg.Accel, m) }}
+	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus, Arch: snapshot.ArchX86_64,
+		CheckMachine: func(b json.RawMessage) error {
+			m, err := helloMachine(b)
+			if err != nil {
+				return err
+			}
+			return checkSavedCPU(cfg.Accel, m)
+		}}
 	// Peers that send no hello this receiver accepts (a port scanner, a
 	// connection closed at once, a silent peer, another machine than
 	// --memory and --cpus say) are logged and the receiver keeps waiting for
@@ -196,8 +202,13 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			if err != nil {
 				return nil, err
 			}
-			cfg.KernelName = "migrated from " + h.Machine.Accel
-			machine, err = vm.Prepare(cfg, h.Machine, mem)
+			hm, err := helloMachine(h.Machine)
+			if err != nil {
+				mem.Close()
+				return nil, err
+			}
+			cfg.KernelName = "migrated from " + hm.Accel
+			machine, err = vm.Prepare(cfg, hm, mem)
 			if err != nil {
 				return nil, err
 			}
@@ -247,29 +258,12 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)
 }
 
-func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {
-	var to string
-	c, _, err := parseControl("migrate send", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&to, "to", "", "destination: unix:PATH or tcp:HOST:PORT (a `govmm migrate receive`)")
-	})
-	if err != nil {
-		return err
+// helloMachine decodes the x86 machine a migration hello announces (its
+// architecture was checked already).
+func helloMachine(b json.RawMessage) (vm.MachineState, error) {
+	var m vm.MachineState
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("migration hello: the machine: %w", err)
 	}
-	if to == "" {
-		return fail(exitUsage, "migrate send: --to is required")
-	}
-	if err := migrate.CheckAddr(to); err != nil {
-		return fail(exitUsage, "migrate send: --to: %v", err)
-	}
-	pb := newProgressBar(stdout, "migrate")
-	res, err := c.Migrate(apiMigrate(to), pb.update)
-	pb.finish()
-	if err != nil {
-		return controlError("migrate", err)
-	}
-	fmt.Fprintf(stdout, "migrated: total %.1f ms, downtime %.1f ms, %d bytes sent (%d pages, %d rounds)\n",
-		res.TotalMS, res.DowntimeMS, res.Bytes, res.Pages, res.Iterations)
-	return nil
+	return m, nil
 }
-
-func apiMigrate(to string) api.MigrateRequest { return api.MigrateRequest{To: to} }

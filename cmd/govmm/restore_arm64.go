@@ -1,32 +1,91 @@
 package main
 
-// `govmm restore` on arm64: a snapshot of an arm64 VM (govmm snapshot)
-// comes back on KVM/arm64 with the devices the command line gives again.
+// `govmm restore` and `govmm migrate receive` on arm64: a snapshot of an
+// arm64 VM (govmm snapshot), or one arriving by live migration from
+// another arm64 govmm, comes back on KVM/arm64 with the devices the
+// command line gives again.
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"strings"
 
+	"govmm/accel/kvmarm"
+	"govmm/memory"
+	"govmm/migrate"
 	"govmm/platform/arm64"
 	"govmm/snapshot"
 )
 
+// arm64RestoreFlags are the run flags that make sense for a VM that
+// already exists (in a snapshot or on another host).
+type arm64RestoreFlags struct {
+	memory, serial, logLevel, apiSocket, accelName string
+	cpus                                           int
+	vf                                             virtioFlags
+}
+
+func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto")
+	fs.StringVar(&f.memory, "memory", "", "expected guest memory size: a saved or incoming VM of another size is refused (not a resize)")
+	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
+	fs.StringVar(&f.serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket at this path")
+	f.vf.register(fs)
+}
+
+// check validates the flags before anything is opened: the logger, the
+// console's writer and input, and the expected memory size (0: any).
+func (f *arm64RestoreFlags) check(what string, stdin io.Reader, stdout, stderr io.Writer) (*slog.Logger, io.Writer, io.Reader, uint64, error) {
+	switch f.accelName {
+	case "kvm", "auto":
+	default:
+		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: arm64 restores on kvm", what, f.accelName)
+	}
+	if f.vf.balloon.on {
+		return nil, nil, nil, 0, notOnARM64("--balloon")
+	}
+	if f.cpus < 0 || f.cpus > arm64.MaxCPUs {
+		return nil, nil, nil, 0, fail(exitUsage, "--cpus %d: want 1 to %d", f.cpus, arm64.MaxCPUs)
+	}
+	log, err := newLogger(f.logLevel, stderr)
+	if err != nil {
+		return nil, nil, nil, 0, fail(exitUsage, "%v", err)
+	}
+	out, input, err := serialFlag(f.serial, stdin, stdout)
+	if err != nil {
+		return nil, nil, nil, 0, err
+	}
+	if err := checkSocketPath("--api-socket", f.apiSocket); err != nil {
+		return nil, nil, nil, 0, err
+	}
+	var memSize uint64
+	if f.memory != "" {
+		if memSize, err = parseSize(f.memory); err != nil {
+			return nil, nil, nil, 0, fail(exitUsage, "--memory: %v", err)
+		}
+	}
+	return log, out, input, memSize, nil
+}
+
+func (f *arm64RestoreFlags) virtio() arm64.VirtioConfig {
+	vf := &f.vf
+	return arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio}
+}
+
 func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("govmm restore", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var dir, memory, serial, logLevel, apiSocket, accelName string
-	var cpus int
+	var f arm64RestoreFlags
+	var dir string
 	fs.StringVar(&dir, "snapshot", "", "snapshot directory (govmm snapshot --dir)")
-	fs.StringVar(&accelName, "accel", "auto", "accelerator: kvm or auto")
-	fs.StringVar(&memory, "memory", "", "expected guest memory size: a saved VM of another size is refused (not a resize)")
-	fs.IntVar(&cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
-	fs.StringVar(&serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
-	fs.StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error")
-	fs.StringVar(&apiSocket, "api-socket", "", "serve the control socket at this path")
-	var vf virtioFlags
-	vf.register(fs)
+	f.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -39,23 +98,8 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if dir == "" {
 		return fail(exitUsage, "restore: --snapshot DIR is required")
 	}
-	switch accelName {
-	case "kvm", "auto":
-	default:
-		return fail(exitUsage, "restore: --accel %q: arm64 restores on kvm", accelName)
-	}
-	if vf.balloon.on {
-		return notOnARM64("--balloon")
-	}
-	log, err := newLogger(logLevel, stderr)
+	log, out, input, memSize, err := f.check("restore", stdin, stdout, stderr)
 	if err != nil {
-		return fail(exitUsage, "%v", err)
-	}
-	out, input, err := serialFlag(serial, stdin, stdout)
-	if err != nil {
-		return err
-	}
-	if err := checkSocketPath("--api-socket", apiSocket); err != nil {
 		return err
 	}
 	st, memFile, err := snapshot.ReadDir(dir)
@@ -67,27 +111,168 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fail(exitUsage, "restore %s: %v", dir, err)
 	}
-	if memory != "" {
-		want, err := parseSize(memory)
-		if err != nil {
-			return fail(exitUsage, "--memory: %v", err)
-		}
-		if want != saved.Machine.MemSize {
-			return fail(exitUsage, "restore %s: the saved VM has %d MiB of memory, --memory says %d MiB", dir, saved.Machine.MemSize>>20, want>>20)
-		}
+	if memSize != 0 && memSize != saved.Machine.MemSize {
+		return fail(exitUsage, "restore %s: the saved VM has %d MiB of memory, --memory says %d MiB", dir, saved.Machine.MemSize>>20, memSize>>20)
 	}
-	if cpus != 0 && cpus != saved.Machine.NumCPUs {
-		return fail(exitUsage, "restore %s: the saved VM has %d vCPUs, --cpus says %d", dir, saved.Machine.NumCPUs, cpus)
+	if f.cpus != 0 && f.cpus != saved.Machine.NumCPUs {
+		return fail(exitUsage, "restore %s: the saved VM has %d vCPUs, --cpus says %d", dir, saved.Machine.NumCPUs, f.cpus)
 	}
 	kernel := "snapshot " + dir
 	m, err := arm64.Restore(arm64.Config{
 		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
-		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
+		Virtio: f.virtio(),
 	}, saved, memFile)
 	if err != nil {
 		return machineError(fmt.Errorf("restore %s: %w", dir, err))
 	}
 	defer m.Close()
 	log.Info("restored", "dir", dir)
-	return runARM64(m, kernel, serial, &out, apiSocket, stderr, log)
+	return runARM64(m, kernel, f.serial, &out, f.apiSocket, stderr, log)
+}
+
+// helloMachineARM64 decodes and checks the arm64 machine a migration
+// hello announces (its architecture was checked already).
+func helloMachineARM64(b json.RawMessage) (arm64.MachineState, error) {
+	var m arm64.MachineState
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("migration hello: the machine: %w", err)
+	}
+	if err := m.Check(); err != nil {
+		return m, fmt.Errorf("migration hello: the incoming %w", err)
+	}
+	return m, nil
+}
+
+func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "send" && args[0] != "receive") {
+		return fail(exitUsage, "migrate: want `govmm migrate send --api-socket PATH --to ADDR` or `govmm migrate receive --listen ADDR`")
+	}
+	if args[0] == "send" {
+		return cmdMigrateSend(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("govmm migrate receive", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f arm64RestoreFlags
+	var listen string
+	f.register(fs)
+	fs.StringVar(&listen, "listen", "", "where to accept the incoming VM: unix:PATH or tcp:HOST:PORT")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{exitUsage, errors.New("")}
+	}
+	if fs.NArg() > 0 {
+		return fail(exitUsage, "migrate receive: unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	if listen == "" {
+		return fail(exitUsage, "migrate receive: --listen is required")
+	}
+	log, out, input, memSize, err := f.check("migrate receive", stdin, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	if err := migrate.CheckAddr(listen); err != nil {
+		return fail(exitUsage, "migrate receive: --listen: %v", err)
+	}
+	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+		if err := checkSocketPath("--listen", path); err != nil {
+			return err
+		}
+	}
+	// As on x86, a host without KVM is told before anything listens.
+	k, err := kvmarm.Open("/dev/kvm")
+	if err != nil {
+		return machineError(fmt.Errorf("migrate receive: %w", err))
+	}
+	k.Close()
+	ln, err := migrate.Listen(listen)
+	if err != nil {
+		return fail(exitUsage, "migrate receive: --listen: %v", err)
+	}
+	defer ln.Close()
+	opts := migrate.ReceiveOptions{MemSize: memSize, CPUs: f.cpus, Arch: snapshot.ArchARM64,
+		CheckMachine: func(b json.RawMessage) error {
+			_, err := helloMachineARM64(b)
+			return err
+		}}
+	// As on x86: a peer whose hello this receiver refuses (no hello,
+	// another protocol, another architecture, memory size or vCPU
+	// count, other virtio devices) is logged and the receiver keeps
+	// waiting; nothing was built for it, and its source hears why. A
+	// failure after an accepted hello ends the receiver: its source
+	// resumes the VM.
+	var m *arm64.Machine
+	var in *migrate.Incoming
+	var conn net.Conn
+	var kernel string
+	for {
+		conn, err = ln.Accept()
+		if err != nil {
+			return fail(exitInternal, "migrate receive: %v", err)
+		}
+		// The machine is built as soon as the hello says what it is,
+		// so that only the last pages and the state remain for the
+		// source's pause.
+		in, err = migrate.ReceiveWith(conn, opts, func(h migrate.Hello) (*memory.Memory, error) {
+			ms, err := helloMachineARM64(h.Machine)
+			if err != nil {
+				return nil, &migrate.HelloError{Err: err}
+			}
+			mem, err := memory.NewAt(arm64.RAMBase, h.MemSize, memory.Options{})
+			if err != nil {
+				return nil, err
+			}
+			kernel = "migrated: " + ms.Kernel
+			m, err = arm64.Prepare(arm64.Config{
+				KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+				Virtio: f.virtio(),
+			}, ms, mem)
+			if err != nil {
+				return nil, err
+			}
+			// Other virtio devices than the source's are refused
+			// before any guest memory moves.
+			if err := m.CheckVirtioDevices(h.Devices); err != nil {
+				m.Close()
+				m = nil
+				return nil, &migrate.HelloError{Err: err}
+			}
+			arm64.WarmStateCodec()
+			return mem, nil
+		})
+		var he *migrate.HelloError
+		if errors.As(err, &he) {
+			log.Warn("migration: refused a peer, still listening", "listen", listen, "remote", conn.RemoteAddr().String(), "err", err)
+			fmt.Fprintf(stderr, "govmm: migrate receive: refused a peer: %v (still listening on %s)\n", err, listen)
+			conn.Close()
+			continue
+		}
+		if err != nil {
+			conn.Close()
+			if m != nil {
+				m.Close()
+			}
+			return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+		}
+		break
+	}
+	defer conn.Close()
+	ln.Close()
+	defer m.Close()
+	saved, err := arm64.ParseState(in.State)
+	if err == nil {
+		err = m.Apply(saved)
+	}
+	if err != nil {
+		in.Ack(err)
+		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+	}
+	if err := in.Ack(nil); err != nil {
+		// The source did not hear us: it resumes the VM there, so this
+		// copy must not run.
+		return fail(exitInternal, "migrate receive: confirm to the source: %v (nothing was started: the source did not hear the confirmation, so the VM stays there)", err)
+	}
+	log.Info("migration received", "kernel", kernel)
+	return runARM64(m, kernel, f.serial, &out, f.apiSocket, stderr, log)
 }

@@ -209,10 +209,6 @@ type lateWriter struct{ w *io.Writer }
 
 func (l *lateWriter) Write(p []byte) (int, error) { return (*l.w).Write(p) }
 
-func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return notOnARM64("migrate")
-}
-
 func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
 	return notOnARM64("cpu-models (x86 CPU models)")
 }

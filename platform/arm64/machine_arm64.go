@@ -12,14 +12,13 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"govmm/accel"
 	"govmm/accel/kvmarm"
 	"govmm/boot/arm64image"
 	"govmm/devices/bus"
 	"govmm/devices/pl011"
 	"govmm/irq/routes"
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio/devices"
 )
@@ -64,9 +63,12 @@ type Result struct {
 
 // Machine is a built arm64 VM.
 type Machine struct {
-	cfg   Config
-	kvm   *kvmarm.KVM
-	vm    *kvmarm.VM
+	cfg Config
+	kvm *kvmarm.KVM
+	vm  *kvmarm.VM
+	// mem is guest RAM (one region at RAMBase), with the VMM's dirty
+	// log of the devices' writes; ram is its bytes.
+	mem   *memory.Memory
 	ram   []byte
 	vcpus []*kvmarm.VCPU
 	bus   *bus.Bus
@@ -133,7 +135,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, &InputError{err}
 	}
-	m, err = build(cfg, place, nil)
+	m, err = build(cfg, place, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -177,11 +179,12 @@ func New(cfg Config) (m *Machine, err error) {
 	return m, nil
 }
 
-// build makes the machine without its guest: KVM, RAM (anonymous, or
-// mapped private from memFile, a snapshot's memory), the vGICv3 and its
-// ITS, the vCPUs, the PL011 and the PCI bus with the virtio devices.
-func build(cfg Config, place Placement, memFile *os.File) (m *Machine, err error) {
-	built := &Machine{cfg: cfg, place: place, done: make(chan struct{})}
+// build makes the machine without its guest: KVM, RAM (mem, which the
+// machine then owns, closed on error too; or anonymous; or mapped private
+// from memFile, a snapshot's memory), the vGICv3 and its ITS, the vCPUs,
+// the PL011 and the PCI bus with the virtio devices.
+func build(cfg Config, place Placement, memFile *os.File, mem *memory.Memory) (m *Machine, err error) {
+	built := &Machine{cfg: cfg, place: place, done: make(chan struct{}), mem: mem}
 	built.pause.init()
 	m = built
 	defer func() {
@@ -200,14 +203,20 @@ func build(cfg Config, place Placement, memFile *os.File) (m *Machine, err error
 	if m.vm, err = m.kvm.CreateVM(); err != nil {
 		return nil, err
 	}
-	if memFile != nil {
-		m.ram, err = unix.Mmap(int(memFile.Fd()), 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
-	} else {
-		m.ram, err = unix.Mmap(-1, 0, int(cfg.MemSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	switch {
+	case m.mem != nil:
+	case memFile != nil:
+		m.mem, err = memory.NewAtFromFile(memFile, RAMBase, cfg.MemSize)
+	default:
+		m.mem, err = memory.NewAt(RAMBase, cfg.MemSize, memory.Options{})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("allocate %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
 	}
+	if rs := m.mem.Regions(); len(rs) != 1 || rs[0].GPA != RAMBase || uint64(len(rs[0].Host)) != cfg.MemSize {
+		return nil, fmt.Errorf("guest RAM: want %d MiB in one region at %#x", cfg.MemSize>>20, uint64(RAMBase))
+	}
+	m.ram = m.mem.Regions()[0].Host
 	if err := m.vm.MapMemory(accel.MemoryRegion{GPA: RAMBase, Host: m.ram}); err != nil {
 		return nil, err
 	}
@@ -246,7 +255,7 @@ func build(cfg Config, place Placement, memFile *os.File) (m *Machine, err error
 	}
 	// BARs answer what no fixed device claims.
 	m.bus.SetFallback(m.pci.MemSpace())
-	m.virtio, err = addVirtio(cfg.Virtio, m.pci, m.routes, m.vm, guestRAM{RAMBase, m.ram}, cfg.Log, cfg.Serial)
+	m.virtio, err = addVirtio(cfg.Virtio, m.pci, m.routes, m.vm, guestRAM{RAMBase, m.ram, m.mem}, cfg.Log, cfg.Serial)
 	if err != nil {
 		return nil, err
 	}
@@ -367,9 +376,9 @@ func (m *Machine) Close() error {
 		errs = append(errs, m.vm.Close())
 		m.vm = nil
 	}
-	if m.ram != nil {
-		errs = append(errs, unix.Munmap(m.ram))
-		m.ram = nil
+	if m.mem != nil {
+		errs = append(errs, m.mem.Close())
+		m.mem, m.ram = nil, nil
 	}
 	if m.kvm != nil {
 		errs = append(errs, m.kvm.Close())

@@ -16,6 +16,7 @@ import (
 
 	"govmm/accel/kvmarm"
 	"govmm/irq/routes"
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio"
 	"govmm/virtio/devices"
@@ -47,6 +48,9 @@ func PCIWindows() pci.Windows {
 type guestRAM struct {
 	base uint64
 	b    []byte
+	// log is the RAM's memory.Memory, whose dirty log records the
+	// devices' writes during a live migration (nil in tests).
+	log *memory.Memory
 }
 
 // Slice returns n bytes of RAM at gpa, or an error naming the range when
@@ -60,9 +64,14 @@ func (g guestRAM) Slice(gpa, n uint64) ([]byte, error) {
 	return g.b[off : off+n : off+n], nil
 }
 
-// MarkDirty is for live migration's dirty log, which the arm64 machine
-// does not have (migration is refused on arm64): nothing to record.
-func (g guestRAM) MarkDirty(gpa, n uint64) {}
+// MarkDirty records a device's write into guest RAM in the VMM's dirty
+// log (memory.Memory.MarkDirty), which live migration merges with KVM's:
+// KVM never sees the VMM's own writes.
+func (g guestRAM) MarkDirty(gpa, n uint64) {
+	if g.log != nil {
+		g.log.MarkDirty(gpa, n)
+	}
+}
 
 // DevIDs records which ITS device ID a GSI's MSI route carries
 // (kvmarm.VM).

@@ -6,6 +6,7 @@ package arm64
 // its refusals are tested everywhere.
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"govmm/accel/kvmarm"
@@ -44,6 +45,33 @@ type DeviceState struct {
 	// Virtio is each virtio device's transport and queues, in slot order.
 	Virtio        []virtio.PCIState `json:"virtio,omitempty"`
 	VirtioConsole *console.State    `json:"virtio_console,omitempty"`
+}
+
+// Check refuses a machine the arm64 machine cannot be (a snapshot's, or
+// the one a live migration's hello announces): its vCPU count, memory
+// size and MPIDRs.
+func (m *MachineState) Check() error {
+	if m.NumCPUs < 1 || m.NumCPUs > MaxCPUs {
+		return fmt.Errorf("machine has %d vCPUs (the arm64 machine has 1 to %d)", m.NumCPUs, MaxCPUs)
+	}
+	if m.MemSize < MinRAM || m.MemSize > MaxRAM || m.MemSize%4096 != 0 {
+		return fmt.Errorf("machine memory size %d: want a multiple of 4 KiB from %d MiB to %d GiB", m.MemSize, MinRAM>>20, MaxRAM>>30)
+	}
+	if len(m.MPIDRs) != m.NumCPUs {
+		return fmt.Errorf("machine has %d MPIDRs for %d vCPUs", len(m.MPIDRs), m.NumCPUs)
+	}
+	return nil
+}
+
+// WarmStateCodec runs the state encoder and decoder once on empty
+// values, so that encoding/json's first use of these types happens
+// before a live migration's pause, not inside it.
+func WarmStateCodec() {
+	for _, v := range []any{&MachineState{}, &kvmarm.VCPUState{}, &kvmarm.GICState{}, &DeviceState{}} {
+		if b, err := json.Marshal(v); err == nil {
+			_ = json.Unmarshal(b, v)
+		}
+	}
 }
 
 // Saved is a parsed, checked arm64 snapshot.
@@ -89,14 +117,8 @@ func ParseState(st *snapshot.State) (*Saved, error) {
 		return nil, err
 	}
 	m := s.Machine
-	if m.NumCPUs < 1 || m.NumCPUs > MaxCPUs {
-		return nil, fmt.Errorf("snapshot machine has %d vCPUs (the arm64 machine has 1 to %d)", m.NumCPUs, MaxCPUs)
-	}
-	if m.MemSize < MinRAM || m.MemSize > MaxRAM || m.MemSize%4096 != 0 {
-		return nil, fmt.Errorf("snapshot machine memory size %d: want a multiple of 4 KiB from %d MiB to %d GiB", m.MemSize, MinRAM>>20, MaxRAM>>30)
-	}
-	if len(m.MPIDRs) != m.NumCPUs {
-		return nil, fmt.Errorf("snapshot machine has %d MPIDRs for %d vCPUs", len(m.MPIDRs), m.NumCPUs)
+	if err := m.Check(); err != nil {
+		return nil, fmt.Errorf("snapshot %w", err)
 	}
 	s.VCPUs = make([]kvmarm.VCPUState, m.NumCPUs)
 	for i := range s.VCPUs {

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"govmm/devices/bus"
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/snapshot"
 	"govmm/virtio/devices"
@@ -167,8 +168,7 @@ func (m *Machine) Save() (*Saved, error) {
 	if !m.Paused() {
 		return nil, errors.New("save state: the VM is not paused")
 	}
-	s := &Saved{Machine: MachineState{MemSize: m.MemSize(), NumCPUs: len(m.vcpus), Cmdline: m.cfg.Cmdline,
-		Kernel: m.cfg.KernelName, MPIDRs: slices.Clone(m.mpidrs)}}
+	s := &Saved{Machine: m.machineState()}
 	for _, v := range m.vcpus {
 		vs, err := v.SaveState()
 		if err != nil {
@@ -309,12 +309,41 @@ func Restore(cfg Config, s *Saved, memFile *os.File) (m *Machine, err error) {
 	if uint64(fi.Size()) != s.Machine.MemSize {
 		return nil, &InputError{fmt.Errorf("snapshot memory file is %d bytes, the machine has %d", fi.Size(), s.Machine.MemSize)}
 	}
-	cfg.MemSize, cfg.NumCPUs = s.Machine.MemSize, s.Machine.NumCPUs
+	m, err = prepare(cfg, s.Machine, memFile, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Apply(s); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Prepare builds the machine a live migration's hello announces around
+// mem (guest RAM at RAMBase, which the machine owns from now on, closed on
+// error too) while its pages still arrive: cfg's devices, the vCPUs (their
+// MPIDRs checked against the source's), the vGIC. Apply loads the state
+// once the stream is complete.
+func Prepare(cfg Config, ms MachineState, mem *memory.Memory) (*Machine, error) {
+	if err := ms.Check(); err != nil {
+		mem.Close()
+		return nil, &InputError{fmt.Errorf("the incoming %w", err)}
+	}
+	if mem.Size() != ms.MemSize {
+		mem.Close()
+		return nil, fmt.Errorf("guest memory is %d bytes, the incoming machine has %d", mem.Size(), ms.MemSize)
+	}
+	return prepare(cfg, ms, nil, mem)
+}
+
+func prepare(cfg Config, ms MachineState, memFile *os.File, mem *memory.Memory) (m *Machine, err error) {
+	cfg.MemSize, cfg.NumCPUs = ms.MemSize, ms.NumCPUs
 	if cfg.Cmdline == "" {
-		cfg.Cmdline = s.Machine.Cmdline
+		cfg.Cmdline = ms.Cmdline
 	}
 	if cfg.KernelName == "" {
-		cfg.KernelName = s.Machine.Kernel
+		cfg.KernelName = ms.Kernel
 	}
 	if cfg.Device == "" {
 		cfg.Device = "/dev/kvm"
@@ -328,31 +357,39 @@ func Restore(cfg Config, s *Saved, memFile *os.File) (m *Machine, err error) {
 	if cfg.Virtio.Console {
 		cfg.Serial = devices.SharedOutput(cfg.Serial)
 	}
-	m, err = build(cfg, Placement{}, memFile)
+	m, err = build(cfg, Placement{}, memFile, mem)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			m.Close()
-			m = nil
-		}
-	}()
-	if !slices.Equal(m.mpidrs, s.Machine.MPIDRs) {
-		return nil, fmt.Errorf("restore: the vCPUs' MPIDRs are %#x here and %#x in the snapshot", m.mpidrs, s.Machine.MPIDRs)
+	if !slices.Equal(m.mpidrs, ms.MPIDRs) {
+		m.Close()
+		return nil, fmt.Errorf("the vCPUs' MPIDRs are %#x here and %#x on the saved machine", m.mpidrs, ms.MPIDRs)
+	}
+	return m, nil
+}
+
+// Apply loads a saved state (a snapshot's, or a live migration's last
+// frame) into a machine Restore or Prepare built, whose guest RAM holds
+// the saved memory: the vCPUs, the vGIC and ITS (which reads its tables
+// from guest RAM), the PL011, the PCI bus and the virtio transports. Run
+// then starts it where it was.
+func (m *Machine) Apply(s *Saved) error {
+	if s.Machine.NumCPUs != len(m.vcpus) || s.Machine.MemSize != m.MemSize() || !slices.Equal(m.mpidrs, s.Machine.MPIDRs) {
+		return fmt.Errorf("restore: the saved state is of a machine with %d vCPUs and %d MiB, this one has %d and %d MiB",
+			s.Machine.NumCPUs, s.Machine.MemSize>>20, len(m.vcpus), m.MemSize()>>20)
 	}
 	cnt := s.Counter()
 	for i, v := range m.vcpus {
 		if err := v.RestoreState(&s.VCPUs[i], cnt); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+			return fmt.Errorf("restore: %w", err)
 		}
 	}
 	if err := m.vm.RestoreGIC(&s.GIC, m.mpidrs); err != nil {
-		return nil, err
+		return err
 	}
 	d := &s.Devices
 	if err := m.uart.Restore(d.UART); err != nil {
-		return nil, &InputError{fmt.Errorf("restore: %w", err)}
+		return &InputError{fmt.Errorf("restore: %w", err)}
 	}
 	if len(d.Virtio) != len(m.virtio.Devices) {
 		var have, want []string
@@ -362,26 +399,26 @@ func Restore(cfg Config, s *Saved, memFile *os.File) (m *Machine, err error) {
 		for _, x := range d.Virtio {
 			want = append(want, x.Device)
 		}
-		return nil, &InputError{fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net and --console flags)", want, have)}
+		return &InputError{fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net and --console flags)", want, have)}
 	}
 	if err := m.pci.Restore(d.PCI); err != nil {
-		return nil, &InputError{fmt.Errorf("restore PCI bus: %w", err)}
+		return &InputError{fmt.Errorf("restore PCI bus: %w", err)}
 	}
 	if c := m.virtio.Console; c != nil && d.VirtioConsole != nil {
 		if err := c.Restore(*d.VirtioConsole); err != nil {
-			return nil, &InputError{fmt.Errorf("restore: %w", err)}
+			return &InputError{fmt.Errorf("restore: %w", err)}
 		}
 	}
 	// The transports after the bus: their MSI-X control bits and BARs
 	// are in its configuration space.
 	for i, x := range m.virtio.Devices {
 		if err := x.Transport.Restore(d.Virtio[i]); err != nil {
-			return nil, &InputError{fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock, --net and --console flags as the saved VM had)", err)}
+			return &InputError{fmt.Errorf("restore virtio device: %w (give the same --disk, --rng, --vsock, --net and --console flags as the saved VM had)", err)}
 		}
 	}
 	m.restored = true
-	cfg.Log.Info("arm64 machine restored", "cpus", cfg.NumCPUs, "memory_mib", cfg.MemSize>>20, "counter", cnt)
-	return m, nil
+	m.cfg.Log.Info("arm64 machine restored", "cpus", len(m.vcpus), "memory_mib", m.MemSize()>>20, "counter", cnt)
+	return nil
 }
 
 // startVirtio looks at the restored queues for requests the driver posted

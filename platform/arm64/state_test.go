@@ -116,3 +116,23 @@ func TestStateRefusesBad(t *testing.T) {
 		}
 	}
 }
+
+// MachineState.Check is what a migration receiver applies to the hello's
+// machine before anything is built.
+func TestMachineStateCheck(t *testing.T) {
+	ok := MachineState{MemSize: 512 << 20, NumCPUs: 2, MPIDRs: []uint64{0, 1}}
+	if err := ok.Check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []MachineState{
+		{MemSize: 512 << 20, NumCPUs: 0},
+		{MemSize: 512 << 20, NumCPUs: MaxCPUs + 1},
+		{MemSize: 512<<20 + 1, NumCPUs: 1, MPIDRs: []uint64{0}},
+		{MemSize: MaxRAM + 4096, NumCPUs: 1, MPIDRs: []uint64{0}},
+		{MemSize: 512 << 20, NumCPUs: 2, MPIDRs: []uint64{0}},
+	} {
+		if err := bad.Check(); err == nil {
+			t.Errorf("%+v passed", bad)
+		}
+	}
+}
