@@ -20,7 +20,7 @@ type stateTick struct {
 	disk   string
 }
 
-var stateTickLine = regexp.MustCompile(`(?m)^(run[12])\| st: tick (\d+) up ([0-9.]+) cpus (\S+) c1 (\S+) disk (\S*)\s*$`)
+var stateTickLine = regexp.MustCompile(`(?m)^(run\d|all)\| st: tick (\d+) up ([0-9.]+) cpus (\S+) c1 (\S+) disk (\S*)\s*$`)
 
 // stateTicks returns the complete tick lines of each run, in order.
 func stateTicks(o string) map[string][]stateTick {
@@ -53,29 +53,7 @@ func TestARM64State(t *testing.T) {
 	buildARM64(t, bin, "build", "./cmd/govmm")
 
 	ar := arm64VirtioArchive(t, a)
-	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
-B=/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sys /sys
-$B mount -t devtmpfs dev /dev
-exec >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-	$B insmod /lib/modules/$m.ko || echo "st: insmod $m failed"
-done
-i=0
-while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-echo "st: ready cpus $($B cat /sys/devices/system/cpu/online)"
-i=0
-while true; do
-	i=$((i+1))
-	$B printf 'tick-%06d\n' $i | $B dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null
-	echo 3 >/proc/sys/vm/drop_caches
-	d=$($B dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | $B head -c 11)
-	c1=$($B taskset 2 $B echo ok 2>&1)
-	echo "st: tick $i up $($B cut -d' ' -f1 /proc/uptime) cpus $($B cat /sys/devices/system/cpu/online) c1 ${c1:-none} disk $d"
-	$B sleep 0.5
-done
-`))
+	ar.Bytes("/init", 0o755, arm64TickInit("", ""))
 	initrd := filepath.Join(dir, "initrd.cpio")
 	if err := ar.WriteFile(initrd); err != nil {
 		t.Fatal(err)
@@ -86,11 +64,7 @@ done
 	}
 
 	g := bin
-	script := `cd /tmp
-echo "l1: $(uname -m), /dev/kvm: $([ -c /dev/kvm ] && echo yes || echo no)"
-waitfor() { i=0; while [ $i -lt $3 ] && ! grep -q "$2" $1 2>/dev/null; do sleep 1; i=$((i+1)); done; grep -q "$2" $1 && echo "l1: saw [$2] after ${i}s" || echo "l1: timeout waiting for [$2] in $1"; }
-lasttick() { sed -n 's/.*st: tick \([0-9]*\) .*/\1/p' $1 | tail -1; }
-` + g + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --disk path=` + disk + ` --cmdline 'console=ttyAMA0 panic=-1 quiet' --serial file:/tmp/run1.log --api-socket /tmp/api1.sock 2>/tmp/run1.err &
+	script := arm64TickShell + g + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --disk path=` + disk + ` --cmdline 'console=ttyAMA0 panic=-1 quiet' --serial file:/tmp/run1.log --api-socket /tmp/api1.sock 2>/tmp/run1.err &
 P1=$!
 waitfor /tmp/run1.log 'st: tick 3 ' 400
 ` + g + ` info --api-socket /tmp/api1.sock | sed 's/^/l1-info1: /'
@@ -173,17 +147,7 @@ sed 's/^/err2| /' /tmp/run2.err
 	} else if first.uptime < prev.uptime {
 		t.Errorf("time went backwards across the restore: tick %d at uptime %.2f, restored tick %d at %.2f", prev.n, prev.uptime, first.n, first.uptime)
 	}
-	for i, tk := range r2 {
-		if i > 0 && (tk.n != r2[i-1].n+1 || tk.uptime < r2[i-1].uptime) {
-			t.Errorf("restored ticks out of order: %+v after %+v", tk, r2[i-1])
-		}
-		if tk.cpus != "0-1" || tk.cpu1 != "ok" {
-			t.Errorf("restored tick %d: CPUs online %q, CPU 1 ran %q (want 0-1, ok)", tk.n, tk.cpus, tk.cpu1)
-		}
-		if want := fmt.Sprintf("tick-%06d", tk.n); tk.disk != want {
-			t.Errorf("restored tick %d read %q back from the disk, want %q", tk.n, tk.disk, want)
-		}
-	}
+	checkTicks(t, "restored", r2)
 	last := r2[len(r2)-1].n
 	img := guestValue(o, "l1", "image")
 	if n, err := strconv.Atoi(strings.TrimPrefix(img, "tick-")); err != nil || n < last {
@@ -196,4 +160,65 @@ sed 's/^/err2| /' /tmp/run2.err
 			}
 			return 0
 		}(), first.uptime)
+}
+
+// arm64TickInit is the /init of the ticking guests of TestARM64State and
+// TestARM64Migration: it loads the virtio modules, waits for vda, and
+// then ticks every half second: it writes tick-N to vda (fsync), drops
+// the page cache and reads it back, runs a program on CPU 1, and prints N,
+// its uptime, the CPUs online and what it read. setup runs once before
+// the first tick, each in every tick after its line.
+func arm64TickInit(setup, each string) []byte {
+	return []byte(`#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+exec >/dev/console 2>&1
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+	$B insmod /lib/modules/$m.ko || echo "st: insmod $m failed"
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
+echo "st: ready cpus $($B cat /sys/devices/system/cpu/online)"
+` + setup + `
+i=0
+while true; do
+	i=$((i+1))
+	$B printf 'tick-%06d\n' $i | $B dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null
+	echo 3 >/proc/sys/vm/drop_caches
+	d=$($B dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | $B head -c 11)
+	c1=$($B taskset 2 $B echo ok 2>&1)
+	echo "st: tick $i up $($B cut -d' ' -f1 /proc/uptime) cpus $($B cat /sys/devices/system/cpu/online) c1 ${c1:-none} disk $d"
+` + each + `
+	$B sleep 0.5
+done
+`)
+}
+
+// arm64TickShell starts the L1 scripts of the ticking guests' tests:
+// waitfor FILE TEXT SECONDS, and lasttick FILE (the last tick number
+// the guest printed there).
+const arm64TickShell = `cd /tmp
+echo "l1: $(uname -m), /dev/kvm: $([ -c /dev/kvm ] && echo yes || echo no)"
+waitfor() { i=0; while [ $i -lt $3 ] && ! grep -q "$2" $1 2>/dev/null; do sleep 1; i=$((i+1)); done; grep -q "$2" $1 && echo "l1: saw [$2] after ${i}s" || echo "l1: timeout waiting for [$2] in $1"; }
+lasttick() { sed -n 's/.*st: tick \([0-9]*\) .*/\1/p' $1 | tail -1; }
+`
+
+// checkTicks checks a run of ticks: consecutive numbers, uptime never
+// lower than the tick before, CPUs 0-1 online and CPU 1 working, and the
+// disk reading back what the tick wrote.
+func checkTicks(t *testing.T, what string, ticks []stateTick) {
+	t.Helper()
+	for i, tk := range ticks {
+		if i > 0 && (tk.n != ticks[i-1].n+1 || tk.uptime < ticks[i-1].uptime) {
+			t.Errorf("%s ticks out of order: %+v after %+v", what, tk, ticks[i-1])
+		}
+		if tk.cpus != "0-1" || tk.cpu1 != "ok" {
+			t.Errorf("%s tick %d: CPUs online %q, CPU 1 ran %q (want 0-1, ok)", what, tk.n, tk.cpus, tk.cpu1)
+		}
+		if want := fmt.Sprintf("tick-%06d", tk.n); tk.disk != want {
+			t.Errorf("%s tick %d read %q back from the disk, want %q", what, tk.n, tk.disk, want)
+		}
+	}
 }

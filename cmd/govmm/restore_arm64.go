@@ -223,7 +223,8 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			if err != nil {
 				return nil, err
 			}
-			kernel = "migrated: " + ms.Kernel
+			// A VM migrated again keeps one prefix.
+			kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
 			m, err = arm64.Prepare(arm64.Config{
 				KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 				Virtio: f.virtio(),
