@@ -274,10 +274,12 @@ func TestTripleFault(t *testing.T) {
 		}
 		// In L1, its KVM traced the shutdown exit with the RIP that
 		// faulted (what the e2e tests print for any triple fault), and
-		// it is the test guest's, not the reset vector.
+		// it is the test guest's, not the reset vector; the kprobe on
+		// shutdown_interception read the guest's CR3 from the VMCB.
 		if kvmtest.InL1() {
-			d := nested.ShutdownExits(mark)
-			if !strings.Contains(d, "the guest's own addresses: vCPU 0 at RIP 0x") || regexp.MustCompile(`at RIP 0xfff0\b`).MatchString(d) {
+			d := nested.ShutdownExits(mark, 0)
+			if !strings.Contains(d, "as far as the trace shows: vCPU 0 at RIP 0x") || regexp.MustCompile(`at RIP 0xfff0\b`).MatchString(d) ||
+				!strings.Contains(d, "vmcb_at_shutdown:") || !strings.Contains(d, ", CR3 0x") {
 				t.Errorf("L1's trace of the shutdown exit does not name the guest's faulting RIP:\n%s", d)
 			}
 			t.Logf("L1's trace:%s", d)

@@ -68,7 +68,7 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 		// was), so it goes with the output every failure prints.
 		p.mu.Lock()
 		if linuxguest.IsTripleFault(p.out.String()) {
-			p.out.WriteString(nested.ShutdownExits(mark))
+			p.out.WriteString(nested.ShutdownExits(mark, nested.GuestRAM(p.cmd.Args)))
 		}
 		p.mu.Unlock()
 		close(p.done)

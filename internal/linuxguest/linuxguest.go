@@ -336,7 +336,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 			// Whatever else went wrong followed from it: a guest that
 			// triple-faulted while init dumped the kernel log left that
 			// log cut short. L1's trace says where it faulted.
-			err = &tripleFaultError{fmt.Errorf("%w%s", err, nested.ShutdownExits(mark))}
+			err = &tripleFaultError{fmt.Errorf("%w%s", err, nested.ShutdownExits(mark, nested.GuestRAM([]string{"--memory", b.Memory})))}
 		}
 		return res, err
 	}

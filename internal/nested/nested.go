@@ -598,7 +598,13 @@ echo 0 > /proc/sys/net/core/bpf_jit_enable
 	}
 	b.WriteString("[ -c /dev/kvm ] || echo 'nested: no /dev/kvm in L1 (is svm missing from -cpu?)'\n")
 	if cfg.Arch == "" {
-		b.WriteString(shutdownTraceScript)
+		vmcb := 0
+		for _, m := range a.Modules {
+			if filepath.Base(m) == "kvm-amd.ko" {
+				vmcb = vmcbOffset(m)
+			}
+		}
+		b.WriteString(shutdownTraceScript(vmcb))
 	}
 	for _, m := range extraModules(a, cfg) {
 		fmt.Fprintf(&b, "insmod /lib/modules/nested/%s || echo 'nested: insmod %s failed'\n", filepath.Base(m), filepath.Base(m))

@@ -1,12 +1,16 @@
 package nested
 
 import (
+	"debug/elf"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"govmm/internal/memsize"
 )
 
 // A triple fault of an L2 guest leaves nothing to read: KVM on AMD
@@ -24,20 +28,80 @@ const tracingDir = "/sys/kernel/tracing"
 
 // shutdownTraceScript is the init script's part that enables the
 // kvm_exit tracepoint for shutdown exits only: SVM's SHUTDOWN (0x7f) and
-// VMX's TRIPLE_FAULT (2). Failing quietly: a kernel without tracefs only
-// loses the diagnosis.
-const shutdownTraceScript = `mount -t tracefs nodev ` + tracingDir + ` 2>/dev/null
+// VMX's TRIPLE_FAULT (2). With vmcbOff (see vmcbOffset) it also puts a
+// kprobe on kvm_amd's shutdown_interception that records the guest's
+// control registers from the VMCB's save area before KVM clears it. It
+// fails quietly: a kernel without tracefs or kprobes only loses the
+// diagnosis.
+func shutdownTraceScript(vmcbOff int) string {
+	s := `mount -t tracefs nodev ` + tracingDir + ` 2>/dev/null
 if [ -d ` + tracingDir + `/events/kvm/kvm_exit ]; then
 	echo '(isa == 2 && exit_reason == 127) || (isa == 1 && exit_reason == 2)' > ` + tracingDir + `/events/kvm/kvm_exit/filter &&
 	echo 1 > ` + tracingDir + `/events/kvm/kvm_exit/enable || echo 'nested: no kvm_exit trace for triple faults'
 fi
 `
+	if vmcbOff <= 0 {
+		return s
+	}
+	// The VMCB save area (AMD APM vol. 2, appendix B) starts at 0x400.
+	v := fmt.Sprintf("(+%#x(%%di))", vmcbOff)
+	var args []string
+	for _, f := range []struct {
+		name string
+		off  int
+	}{{"cr0", 0x558}, {"cr2", 0x640}, {"cr3", 0x550}, {"cr4", 0x548}, {"efer", 0x4d0}, {"rip", 0x578}, {"rsp", 0x5d8}, {"idtr", 0x488}, {"gsbase", 0x458}} {
+		args = append(args, fmt.Sprintf("%s=+%#x%s:x64", f.name, f.off, v))
+	}
+	return s + `echo 'p:govmm/vmcb_at_shutdown shutdown_interception ` + strings.Join(args, " ") + `' >> ` + tracingDir + `/kprobe_events 2>/dev/null &&
+	echo 1 > ` + tracingDir + `/events/govmm/vmcb_at_shutdown/enable 2>/dev/null || echo 'nested: no kprobe for the VMCB at a triple fault'
+`
+}
+
+// vmcbOffset finds, in kvm-amd.ko, where struct vcpu_svm keeps its
+// current VMCB pointer (an offset from the struct kvm_vcpu pointer
+// every exit handler gets, which changes with the kernel's build):
+// shutdown_interception begins by clearing that VMCB, so its first
+// "mov disp32(%rdi),%rdi" (48 8b bf disp32) followed by a call is the
+// load. 0 when the module or the pattern is not found.
+func vmcbOffset(kvmAMD string) int {
+	f, err := elf.Open(kvmAMD)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	syms, err := f.Symbols()
+	if err != nil {
+		return 0
+	}
+	for _, sym := range syms {
+		if sym.Name != "shutdown_interception" || int(sym.Section) >= len(f.Sections) || sym.Section == elf.SHN_UNDEF {
+			continue
+		}
+		sec := f.Sections[sym.Section]
+		b, err := sec.Data()
+		if err != nil || sym.Value >= uint64(len(b)) {
+			return 0
+		}
+		code := b[sym.Value:min(uint64(len(b)), sym.Value+48)]
+		for i := 0; i+12 <= len(code); i++ {
+			if code[i] == 0x48 && code[i+1] == 0x8b && code[i+2] == 0xbf && code[i+7] == 0xe8 {
+				off := int(int32(binary.LittleEndian.Uint32(code[i+3:])))
+				if off > 0 && off < 1<<16 {
+					return off
+				}
+			}
+		}
+		return 0
+	}
+	return 0
+}
 
 var (
-	traceExit = regexp.MustCompile(`(?m)^.*\skvm_exit: .*$`)
-	traceVCPU = regexp.MustCompile(`kvm_exit: vcpu (\d+) `)
-	traceRIP  = regexp.MustCompile(` rip 0x([0-9a-f]+)`)
-	traceInt  = regexp.MustCompile(` intr_info 0x([0-9a-f]+) error_code 0x([0-9a-f]+)`)
+	traceEvent = regexp.MustCompile(`(?m)^.*\s(kvm_exit|vmcb_at_shutdown): .*$`)
+	traceCR3   = regexp.MustCompile(` cr3=0x([0-9a-f]+)`)
+	traceVCPU  = regexp.MustCompile(`kvm_exit: vcpu (\d+) `)
+	traceRIP   = regexp.MustCompile(` rip 0x([0-9a-f]+)`)
+	traceInt   = regexp.MustCompile(` intr_info 0x([0-9a-f]+) error_code 0x([0-9a-f]+)`)
 )
 
 // ShutdownMark is how many shutdown exits L1's KVM has traced so far: a
@@ -48,28 +112,52 @@ func ShutdownMark() int {
 	if err != nil {
 		return 0
 	}
-	return len(traceExit.FindAllString(string(b), -1))
+	return len(traceEvent.FindAllString(string(b), -1))
 }
 
 // ShutdownExits is the text to add to a failure in which a guest
 // triple-faulted: the shutdown exits L1's KVM traced after mark (from
-// ShutdownMark), each with its RIP, and a diagnosis. "" outside L1 or
-// when none was traced.
-func ShutdownExits(mark int) string {
+// ShutdownMark), each with its RIP and CR3, and a diagnosis; guestRAM
+// (bytes, 0 if unknown) lets it tell a CR3 that cannot be the guest's.
+// "" outside L1 or when none was traced.
+func ShutdownExits(mark int, guestRAM uint64) string {
 	b, err := os.ReadFile(filepath.Join(tracingDir, "trace"))
 	if err != nil {
 		return ""
 	}
-	return shutdownExits(string(b), mark)
+	return shutdownExits(string(b), mark, guestRAM)
 }
 
-func shutdownExits(trace string, mark int) string {
-	var lines, substrate, guest []string
-	for i, l := range traceExit.FindAllString(trace, -1) {
+func shutdownExits(trace string, mark int, guestRAM uint64) string {
+	type exit struct{ at, cr3 string }
+	var lines []string
+	var exits []exit
+	var substrate bool
+	for i, l := range traceEvent.FindAllString(trace, -1) {
 		if i < mark {
 			continue
 		}
 		lines = append(lines, strings.TrimSpace(l))
+		if m := traceCR3.FindStringSubmatch(l); m != nil && strings.Contains(l, "vmcb_at_shutdown:") {
+			// The kprobe fires right after the exit's tracepoint.
+			if len(exits) == 0 || exits[len(exits)-1].cr3 != "" {
+				continue
+			}
+			cr3, err := strconv.ParseUint(m[1], 16, 64)
+			if err != nil {
+				continue
+			}
+			e := &exits[len(exits)-1]
+			e.cr3 = fmt.Sprintf(", CR3 %#x", cr3)
+			// Page-table root bits 51:12; below 2 GiB a guest's RAM is
+			// contiguous from 0, so a root above it is nobody's table
+			// in this guest.
+			if root := cr3 & 0x000ffffffffff000; guestRAM > 0 && guestRAM <= 2<<30 && root >= guestRAM {
+				e.cr3 += fmt.Sprintf(" (beyond the guest's %d MiB of RAM: not its page tables)", guestRAM>>20)
+				substrate = true
+			}
+			continue
+		}
 		r, v := traceRIP.FindStringSubmatch(l), traceVCPU.FindStringSubmatch(l)
 		if r == nil || v == nil {
 			continue
@@ -78,26 +166,46 @@ func shutdownExits(trace string, mark int) string {
 		if err != nil {
 			continue
 		}
-		at := fmt.Sprintf("vCPU %s at RIP %#x", v[1], rip) + delivering(l)
+		at := fmt.Sprintf("vCPU %s at RIP %#x", v[1], rip)
 		if rip >= moduleAreaStart && rip < moduleAreaEnd {
-			substrate = append(substrate, at)
-		} else {
-			guest = append(guest, at)
+			at += " (in L1's module area, where L1's kvm_amd runs VMRUN)"
+			substrate = true
 		}
+		exits = append(exits, exit{at: at + delivering(l)})
 	}
 	if len(lines) == 0 {
 		return ""
 	}
-	var d string
-	switch {
-	case len(substrate) > 0:
-		d = "the nested substrate's known failure, not the VMM's: " + strings.Join(substrate, ", ") +
-			" in L1's module area (where L1's kvm_amd runs VMRUN): QEMU resumed the guest with L1's registers, and it triple-faulted there"
-	default:
-		d = "not the substrate's known failure: the guest's own addresses: " + strings.Join(guest, ", ")
+	var all []string
+	for _, e := range exits {
+		all = append(all, e.at+e.cr3)
+	}
+	d := "not the substrate's known failure as far as the trace shows: " + strings.Join(all, "; ")
+	if substrate {
+		d = "the nested substrate's known failure, not the VMM's: " + strings.Join(all, "; ") +
+			": QEMU resumed the guest with L1's registers, and it triple-faulted there"
 	}
 	return "\n--- diagnosis of the triple fault (L1's KVM traced the shutdown exit before it reset the vCPU): " + d +
 		"\n--- L1's trace of shutdown exits:\n" + strings.Join(lines, "\n") + "\n"
+}
+
+// GuestRAM is the guest RAM a govmm command line asks for (--memory, as
+// the CLI parses it), or 0 when it names none: a migration's destination
+// learns its size from the source.
+func GuestRAM(args []string) uint64 {
+	for i, a := range args {
+		v, ok := strings.CutPrefix(a, "--memory=")
+		if !ok && a == "--memory" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if ok {
+			n, err := memsize.Parse(v)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 // delivering decodes the event SVM was delivering when the shutdown came
