@@ -98,6 +98,9 @@ type SnapshotResult struct {
 // MigrateRequest asks to live-migrate the VM to a receiving govmm.
 type MigrateRequest struct {
 	To string `json:"to"` // unix:PATH or tcp:HOST:PORT
+	// Verify has the destination check every guest page against the
+	// source's checksums before it starts the VM (migrate.SendOptions).
+	Verify bool `json:"verify,omitempty"`
 }
 
 // MigrateResult reports a finished live migration.
@@ -107,6 +110,7 @@ type MigrateResult struct {
 	Bytes      uint64  `json:"bytes"`
 	Pages      uint64  `json:"pages"`
 	Iterations int     `json:"iterations"`
+	Verified   bool    `json:"verified,omitempty"`
 }
 
 // Target is what the server controls (implemented by the VM's owner).

@@ -245,8 +245,11 @@ func verify(t *testing.T, p *proc) {
 // the destination d listening at mig, and expects the source to end.
 func migrateLive(t *testing.T, sock, mig string, s, d *proc) {
 	t.Helper()
-	r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig)
-	if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") {
+	// --verify: the destination checks every page against the source's
+	// checksums before it starts, so a write the dirty logs missed fails
+	// here, naming the page, rather than as a guest that crashes later.
+	r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig, "--verify")
+	if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") || !strings.Contains(r.Stdout, "every page verified") {
 		t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
 	}
 	t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))

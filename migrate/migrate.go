@@ -28,6 +28,7 @@
 //	             the architecture, absent for x86_64)
 //	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
 //	'S' u32 len  state file                            (snapshot format)
+//	'V' u32 len  u32 region, u32 first page, u64 CRC-64 per page   checksums (only with SendOptions.Verify; verify.go)
 //	'D'                                                 end of stream
 //	destination -> source: 'A' u32 len  error text (empty: success)
 package migrate
@@ -152,6 +153,20 @@ type Stats struct {
 	Total, Downtime time.Duration
 	Bytes, Pages    uint64
 	Rounds          int
+	// Verified is set when the destination compared every page with the
+	// source's checksums (SendOptions.Verify) and found them equal.
+	Verified bool
+}
+
+// SendOptions tune a migration's source.
+type SendOptions struct {
+	// Verify sends a checksum of every guest page once the source is
+	// paused, and the destination refuses the VM unless its copy
+	// matches (see verify.go). It lengthens the downtime by the time
+	// both sides take to checksum guest RAM.
+	Verify bool
+	// Progress, when set, is called as memory is sent.
+	Progress func(done, total uint64)
 }
 
 // Dial connects to a destination given as unix:PATH or tcp:HOST:PORT.
@@ -214,6 +229,12 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // Send migrates v over conn. On success the caller ends v (the guest now
 // runs on the destination); on failure v has been resumed and keeps running.
 func Send(conn net.Conn, v VM, progress func(done, total uint64)) (st Stats, err error) {
+	return SendWith(conn, v, SendOptions{Progress: progress})
+}
+
+// SendWith is Send with options.
+func SendWith(conn net.Conn, v VM, opts SendOptions) (st Stats, err error) {
+	progress := opts.Progress
 	start := time.Now()
 	cw := &countWriter{w: conn}
 	w := bufio.NewWriterSize(cw, 1<<20)
@@ -312,6 +333,11 @@ func Send(conn net.Conn, v VM, progress func(done, total uint64)) (st Stats, err
 	if err := sendPages(w, &st, dirty, mem); err != nil {
 		return st, err
 	}
+	if opts.Verify {
+		if err := sendVerify(mem, func(p []byte) error { return writeFrame(w, msgVerify, p) }); err != nil {
+			return st, err
+		}
+	}
 	if err := writeFrame(w, msgState, b); err != nil {
 		return st, err
 	}
@@ -334,6 +360,7 @@ func Send(conn net.Conn, v VM, progress func(done, total uint64)) (st Stats, err
 		return st, fmt.Errorf("destination refused the VM: %s", msg)
 	}
 	_ = v.StopDirtyLog()
+	st.Verified = opts.Verify
 	st.Downtime = time.Since(pauseAt)
 	st.Total = time.Since(start)
 	st.Bytes = cw.n
@@ -453,7 +480,10 @@ func readHello(r *bufio.Reader, opts ReceiveOptions) (*Hello, error) {
 type Incoming struct {
 	Memory *memory.Memory
 	State  *snapshot.State
-	conn   net.Conn
+	// VerifiedPages is how many pages matched the source's checksums
+	// (0: the source did not ask for verification).
+	VerifiedPages uint64
+	conn          net.Conn
 }
 
 // Ack tells the source the outcome (nil: the destination has the VM).
@@ -600,6 +630,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 		}
 	}()
 	var state []byte
+	var verify *verifier
 	page := make([]byte, 8+pageSize)
 	for {
 		t, err := r.ReadByte()
@@ -635,15 +666,40 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 				return nil, fmt.Errorf("read migrated state: %w", err)
 			}
 			state = b
+		case msgVerify:
+			r.UnreadByte()
+			_, b, err := readFrame(r, maxVerifyFrame)
+			if err != nil {
+				return nil, fmt.Errorf("read migration checksums: %w", err)
+			}
+			if verify == nil {
+				verify = newVerifier(mem)
+			}
+			if err := verify.frame(b); err != nil {
+				return nil, err
+			}
 		case msgDone:
 			if state == nil {
 				return nil, errors.New("migration stream ended without the VM state")
+			}
+			if verify != nil {
+				if err := verify.result(); err != nil {
+					// The source hears why and resumes.
+					ack := &Incoming{conn: conn}
+					conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					ack.Ack(err)
+					return nil, err
+				}
 			}
 			st, err := snapshot.UnmarshalArch(state, want)
 			if err != nil {
 				return nil, fmt.Errorf("migrated state: %w", err)
 			}
-			return &Incoming{Memory: mem, State: st, conn: conn}, nil
+			in := &Incoming{Memory: mem, State: st, conn: conn}
+			if verify != nil {
+				in.VerifiedPages = verify.pages
+			}
+			return in, nil
 		default:
 			return nil, fmt.Errorf("unknown migration frame %q", t)
 		}

@@ -13,7 +13,6 @@ import (
 	"govmm/api"
 	"govmm/confine"
 	"govmm/devices/bus"
-	"govmm/migrate"
 	"govmm/snapshot"
 	"govmm/vm"
 )
@@ -120,18 +119,10 @@ func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, to
 }
 
 func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, total uint64)) (api.MigrateResult, error) {
-	conn, err := migrate.Dial(req.To)
-	if err != nil {
-		return api.MigrateResult{}, fmt.Errorf("live migration not started, the VM keeps running here: %w", err)
+	res, err := migrateVM(t.vm, req, progress, t.log)
+	if err == nil {
+		// The guest runs on the destination now: this copy ends.
+		go t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
 	}
-	defer conn.Close()
-	st, err := migrate.Send(conn, t.vm, progress)
-	if err != nil {
-		return api.MigrateResult{}, fmt.Errorf("live migration to %s failed, the VM keeps running here: %w", req.To, err)
-	}
-	res := api.MigrateResult{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes, Pages: st.Pages, Iterations: st.Rounds}
-	t.log.Info("migrated", "to", req.To, "total_ms", res.TotalMS, "downtime_ms", res.DowntimeMS)
-	// The guest runs on the destination now: this copy ends.
-	go t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
-	return res, nil
+	return res, err
 }

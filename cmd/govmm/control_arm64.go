@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"govmm/api"
-	"govmm/migrate"
 	"govmm/platform/arm64"
 )
 
@@ -94,20 +93,12 @@ func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, to
 // pre-copy (package migrate, as on x86); once the destination confirmed,
 // this copy ends with status 0.
 func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, total uint64)) (api.MigrateResult, error) {
-	conn, err := migrate.Dial(req.To)
-	if err != nil {
-		return api.MigrateResult{}, fmt.Errorf("live migration not started, the VM keeps running here: %w", err)
+	res, err := migrateVM(t.m, req, progress, t.log)
+	if err == nil {
+		// The guest runs on the destination now: this copy ends.
+		go t.stop()
 	}
-	defer conn.Close()
-	st, err := migrate.Send(conn, t.m, progress)
-	if err != nil {
-		return api.MigrateResult{}, fmt.Errorf("live migration to %s failed, the VM keeps running here: %w", req.To, err)
-	}
-	res := api.MigrateResult{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes, Pages: st.Pages, Iterations: st.Rounds}
-	t.log.Info("migrated", "to", req.To, "total_ms", res.TotalMS, "downtime_ms", res.DowntimeMS, "pages", res.Pages, "rounds", res.Iterations)
-	// The guest runs on the destination now: this copy ends.
-	go t.stop()
-	return res, nil
+	return res, err
 }
 
 // serveControl starts the control socket at path (none when empty); the
