@@ -181,52 +181,33 @@ func TestSendReceiveARM64(t *testing.T) {
 	defer src.Close()
 	src.Write(ramBase+0x5000, []byte("before the migration"))
 	f := &fakeVM{t: t, arch: snapshot.ArchARM64, mem: src, statePg: ramBase + 0x9000, writePer: 3}
-	c1, c2 := net.Pipe()
-	defer c1.Close()
-	defer c2.Close()
-	type result struct {
-		in    *Incoming
-		hello Hello
-		err   error
-	}
-	rc := make(chan result, 1)
-	go func() {
-		var h Hello
-		in, err := ReceiveWith(c2, ReceiveOptions{Arch: snapshot.ArchARM64, CheckMachine: func(m json.RawMessage) error {
-			var ms struct {
-				NumCPUs int `json:"num_cpus"`
-			}
-			if err := json.Unmarshal(m, &ms); err != nil || ms.NumCPUs != 2 {
-				return errors.New("bad machine")
-			}
-			return nil
-		}}, func(hh Hello) (*memory.Memory, error) {
-			h = hh
-			return memory.NewAt(ramBase, hh.MemSize, memory.Options{})
-		})
-		if err == nil {
-			err = in.Ack(nil)
-		} else {
-			c2.Close() // the source stops waiting for the confirmation
+	var hello Hello
+	st, err, in, rerr := transfer(t, f, SendOptions{}, ReceiveOptions{Arch: snapshot.ArchARM64, CheckMachine: func(m json.RawMessage) error {
+		var ms struct {
+			NumCPUs int `json:"num_cpus"`
 		}
-		rc <- result{in, h, err}
-	}()
-	st, err := Send(c1, f, nil)
-	r := <-rc
-	if err != nil || r.err != nil {
-		t.Fatalf("send: %v; receive: %v", err, r.err)
+		if err := json.Unmarshal(m, &ms); err != nil || ms.NumCPUs != 2 {
+			return errors.New("bad machine")
+		}
+		return nil
+	}}, func(hh Hello) (*memory.Memory, error) {
+		hello = hh
+		return memory.NewAt(ramBase, hh.MemSize, memory.Options{})
+	})
+	if err != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", err, rerr)
 	}
-	defer r.in.Memory.Close()
-	if r.hello.Arch != snapshot.ArchARM64 || r.hello.CPUs != 2 || len(r.hello.Devices) != 1 {
-		t.Errorf("hello %+v", r.hello)
+	defer in.Memory.Close()
+	if hello.Arch != snapshot.ArchARM64 || hello.CPUs != 2 || len(hello.Devices) != 1 {
+		t.Errorf("hello %+v", hello)
 	}
-	if a, _ := r.in.State.Arch(); a != snapshot.ArchARM64 {
+	if a, _ := in.State.Arch(); a != snapshot.ArchARM64 {
 		t.Errorf("received state of architecture %q", a)
 	}
-	if !bytes.Equal(r.in.Memory.Regions()[0].Host, src.Regions()[0].Host) {
+	if !bytes.Equal(in.Memory.Regions()[0].Host, src.Regions()[0].Host) {
 		t.Errorf("destination memory differs from the source's")
 	}
-	pg, _ := r.in.Memory.Slice(f.statePg, 1)
+	pg, _ := in.Memory.Slice(f.statePg, 1)
 	if pg[0] != 0x17 {
 		t.Errorf("the page SaveState wrote after the pause did not arrive (%#x)", pg[0])
 	}

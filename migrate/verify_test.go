@@ -11,9 +11,10 @@ import (
 	"govmm/snapshot"
 )
 
-// sendVerified moves f to a receiver through SendWith with Verify on,
-// and returns the source's stats and error and the receiver's result.
-func sendVerified(t *testing.T, f *fakeVM) (Stats, error, *Incoming, error) {
+// transfer moves f from SendWith(sopts) to ReceiveWith(ropts, prepare)
+// over a pipe, the receiver confirming what it took, and returns the
+// source's stats and error and the receiver's result.
+func transfer(t *testing.T, f *fakeVM, sopts SendOptions, ropts ReceiveOptions, prepare func(Hello) (*memory.Memory, error)) (Stats, error, *Incoming, error) {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	defer c1.Close()
@@ -24,15 +25,15 @@ func sendVerified(t *testing.T, f *fakeVM) (Stats, error, *Incoming, error) {
 	}
 	rc := make(chan result, 1)
 	go func() {
-		in, err := ReceiveWith(c2, ReceiveOptions{Arch: f.arch}, nil)
+		in, err := ReceiveWith(c2, ropts, prepare)
 		if err == nil {
 			err = in.Ack(nil)
 		} else {
-			c2.Close()
+			c2.Close() // the source stops waiting for the confirmation
 		}
 		rc <- result{in, err}
 	}()
-	st, err := SendWith(c1, f, SendOptions{Verify: true})
+	st, err := SendWith(c1, f, sopts)
 	r := <-rc
 	return st, err, r.in, r.err
 }
@@ -48,7 +49,7 @@ func TestSendVerify(t *testing.T) {
 		}
 		src.Write(0x5000, []byte("before the migration"))
 		f := &fakeVM{t: t, arch: snapshot.ArchX86_64, mem: src, statePg: 0x9000, writePer: 3, loseWrite: lose}
-		st, serr, in, rerr := sendVerified(t, f)
+		st, serr, in, rerr := transfer(t, f, SendOptions{Verify: true}, ReceiveOptions{Arch: f.arch}, nil)
 		if !lose {
 			if serr != nil || rerr != nil {
 				t.Fatalf("send: %v; receive: %v", serr, rerr)
