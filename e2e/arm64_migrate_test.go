@@ -60,8 +60,11 @@ $B nice -n 19 $B sh -c 'while true; do /bin/busybox dd if=/dev/urandom of=/churn
 	g := bin
 	// send FROM TO N: migrate the VM at socket FROM to TO, retrying
 	// while the destination is not listening yet (the VM keeps running
-	// on the source meanwhile).
-	script := arm64TickShell + `send() {
+	// on the source meanwhile). reap PID SECONDS: wait for a govmm to
+	// end, killing it after that long (a receiver whose source never
+	// came, a source that did not stop), and return its status.
+	script := arm64TickShell + `reap() { i=0; while [ $i -lt $2 ] && [ -e /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; do sleep 1; i=$((i+1)); done; kill -9 $1 2>/dev/null; wait $1; }
+send() {
 	j=0
 	while [ $j -lt 30 ]; do
 		` + g + ` migrate send --api-socket $1 --to $2 >/tmp/send$3.out 2>&1; rc=$?
@@ -78,7 +81,7 @@ waitfor /tmp/run1.log 'st: mem 3 ' 400
 P2=$!
 echo "l1: tick-before-send1 $(lasttick /tmp/run1.log)"
 send /tmp/api1.sock unix:/tmp/mig1.sock 1
-wait $P1; echo "l1: run1 exit=$?"
+reap $P1 120; echo "l1: run1 exit=$?"
 waitfor /tmp/run2.log 'st: tick' 120
 k=$(lasttick /tmp/run2.log)
 waitfor /tmp/run2.log "st: mem $((k+3)) " 120
@@ -87,12 +90,12 @@ waitfor /tmp/run2.log "st: mem $((k+3)) " 120
 P3=$!
 echo "l1: tick-before-send2 $(lasttick /tmp/run2.log)"
 send /tmp/api2.sock tcp:127.0.0.1:7717 2
-wait $P2; echo "l1: run2 exit=$?"
+reap $P2 120; echo "l1: run2 exit=$?"
 waitfor /tmp/run3.log 'st: tick' 120
 k=$(lasttick /tmp/run3.log)
 waitfor /tmp/run3.log "st: mem $((k+3)) " 120
 ` + g + ` snapshot --api-socket /tmp/api3.sock --dir /tmp/snap3 --stop; echo "l1: snapshot3 exit=$?"
-wait $P3; echo "l1: run3 exit=$?"
+reap $P3 120; echo "l1: run3 exit=$?"
 echo "l1: image $(dd if=` + disk + ` bs=512 skip=8 count=1 2>/dev/null | head -c 11)"
 cat /tmp/run1.log /tmp/run2.log /tmp/run3.log | sed 's/^/all| /'
 sed 's/^/run1| /' /tmp/run1.log
