@@ -12,7 +12,7 @@ import (
 
 // arm64MigLine is the source's report of a live migration (govmm
 // migrate send).
-var arm64MigLine = regexp.MustCompile(`l1-(send\d): migrated: total ([0-9.]+) ms, downtime ([0-9.]+) ms, (\d+) bytes sent \((\d+) pages, (\d+) rounds\)`)
+var arm64MigLine = regexp.MustCompile(`l1-(send\d): migrated: total ([0-9.]+) ms, downtime ([0-9.]+) ms, (\d+) bytes sent \((\d+) pages, (\d+) rounds, every page verified\)`)
 
 // arm64MemLine is TestARM64Migration's guest's memory check of a tick.
 var arm64MemLine = regexp.MustCompile(`(?m)^all\| st: mem (\d+) keep (\S+) prev (\S+)\s*$`)
@@ -67,7 +67,7 @@ $B nice -n 19 $B sh -c 'while true; do /bin/busybox dd if=/dev/urandom of=/churn
 send() {
 	j=0
 	while [ $j -lt 30 ]; do
-		` + g + ` migrate send --api-socket $1 --to $2 >/tmp/send$3.out 2>&1; rc=$?
+		` + g + ` migrate send --api-socket $1 --to $2 --verify >/tmp/send$3.out 2>&1; rc=$?
 		if [ $rc = 0 ] || ! grep -q 'not started' /tmp/send$3.out; then break; fi
 		sleep 0.5; j=$((j+1))
 	done
