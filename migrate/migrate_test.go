@@ -133,6 +133,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add(stream(1<<20, map[uint64]byte{0x1000: 7}, validState(f), true))
 	f.Add(stream(1<<20, nil, nil, true))
 	f.Add([]byte("H\x05\x00\x00\x00{}"))
+	f.Add(verifiedStream(f, noPage))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if in, err := receive(t, b); err == nil {
 			in.Memory.Close()

@@ -3,6 +3,7 @@ package migrate
 import (
 	"bytes"
 	"encoding/binary"
+	"hash/crc64"
 	"net"
 	"strings"
 	"testing"
@@ -118,5 +119,47 @@ func TestVerifierFrames(t *testing.T) {
 	}
 	if err := v.result(); err != nil {
 		t.Errorf("all zero pages against zero checksums: %v", err)
+	}
+}
+
+// verifiedStream is a hand-built stream of a 1 MiB VM whose page 0x1000
+// holds 7s, with a checksum frame for all 256 pages and then the state;
+// wrong names a page whose checksum is off by one (noPage: none).
+const noPage = ^uint64(0)
+
+func verifiedStream(t testing.TB, wrong uint64) []byte {
+	b := stream(1<<20, map[uint64]byte{0x1000: 7}, nil, false)
+	payload := make([]byte, 8+8*256)
+	for i := range 256 {
+		c := zeroPageCRC
+		if i == 1 {
+			c = crc64.Checksum(bytes.Repeat([]byte{7}, pageSize), crcTable)
+		}
+		if uint64(i)*pageSize == wrong {
+			c++
+		}
+		binary.LittleEndian.PutUint64(payload[8+8*i:], c)
+	}
+	v := []byte{msgVerify, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(v[1:], uint32(len(payload)))
+	st := validState(t)
+	sf := []byte{msgState, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(sf[1:], uint32(len(st)))
+	return append(append(append(append(append(b, v...), payload...), sf...), st...), msgDone)
+}
+
+// TestReceiveVerified: a receiver takes a stream whose checksums match
+// its pages and counts them, and refuses one with a page that differs.
+func TestReceiveVerified(t *testing.T) {
+	in, err := receive(t, verifiedStream(t, noPage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.VerifiedPages != 256 {
+		t.Errorf("%d pages verified, want 256", in.VerifiedPages)
+	}
+	in.Memory.Close()
+	if _, err := receive(t, verifiedStream(t, 0x3000)); err == nil || !strings.Contains(err.Error(), "1 of 256 guest pages here differ from the source's (GPA 0x3000)") {
+		t.Errorf("a page whose checksum differs: %v", err)
 	}
 }
