@@ -5,12 +5,16 @@ package main
 // and each build's controlTarget.Migrate sends its own machine.
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 
 	"govmm/api"
+	"govmm/memory"
 	"govmm/migrate"
 )
 
@@ -62,4 +66,65 @@ func migrateVM(v migrate.VM, req api.MigrateRequest, progress func(done, total u
 	log.Info("migrated", "to", req.To, "total_ms", res.TotalMS, "downtime_ms", res.DowntimeMS, "pages", res.Pages,
 		"rounds", res.Iterations, "verified", res.Verified)
 	return res, nil
+}
+
+// receiveVM accepts sources on ln until one's VM has arrived, for both
+// builds' `migrate receive`. prepare builds the machine around the
+// incoming memory as soon as the hello says what it is (so that only the
+// last pages and the state remain for the source's pause); discard closes
+// what prepare built when the stream then fails. A peer whose hello this
+// receiver refuses (no hello, another protocol or architecture, memory
+// size or vCPU count, a CPU this host cannot present, other virtio
+// devices) is logged and the receiver keeps waiting: nothing was built for
+// it, and its source hears why. A failure after an accepted hello ends
+// the receiver; its source resumes the VM.
+func receiveVM(ln net.Listener, listen string, opts migrate.ReceiveOptions, prepare func(migrate.Hello) (*memory.Memory, error),
+	discard func(), log *slog.Logger, stderr io.Writer) (*migrate.Incoming, net.Conn, error) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return nil, nil, fail(exitInternal, "migrate receive: %v", err)
+		}
+		in, err := migrate.ReceiveWith(conn, opts, prepare)
+		var he *migrate.HelloError
+		if errors.As(err, &he) {
+			log.Warn("migration: refused a peer, still listening", "listen", listen, "remote", conn.RemoteAddr().String(), "err", err)
+			fmt.Fprintf(stderr, "govmm: migrate receive: refused a peer: %v (still listening on %s)\n", err, listen)
+			conn.Close()
+			continue
+		}
+		if err != nil {
+			conn.Close()
+			discard()
+			return nil, nil, fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+		}
+		return in, conn, nil
+	}
+}
+
+// confirmVM applies the received state with apply and tells the source
+// the outcome; the VM may start only when it returns nil.
+func confirmVM(in *migrate.Incoming, apply func() error) error {
+	if err := apply(); err != nil {
+		in.Ack(err)
+		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+	}
+	if err := in.Ack(nil); err != nil {
+		// The source did not hear us: it resumes the VM there, so this
+		// copy must not run.
+		return fail(exitInternal, "migrate receive: confirm to the source: %v (nothing was started: the source did not hear the confirmation, so the VM stays there)", err)
+	}
+	return nil
+}
+
+// checkListen checks migrate receive's --listen address (both builds)
+// before anything is opened.
+func checkListen(listen string) error {
+	if err := migrate.CheckAddr(listen); err != nil {
+		return fail(exitUsage, "migrate receive: --listen: %v", err)
+	}
+	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
+		return checkSocketPath("--listen", path)
+	}
+	return nil
 }

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"strings"
 
 	"govmm/memory"
 	"govmm/migrate"
@@ -154,13 +152,8 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := migrate.CheckAddr(listen); err != nil {
-		return fail(exitUsage, "migrate receive: --listen: %v", err)
-	}
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		if err := checkSocketPath("--listen", path); err != nil {
-			return err
-		}
+	if err := checkListen(listen); err != nil {
+		return err
 	}
 	cfg, cleanup, err := f.restoreConfig(stdout, log, memSize)
 	if err != nil {
@@ -180,79 +173,54 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			}
 			return checkSavedCPU(cfg.Accel, m)
 		}}
-	// Peers that send no hello this receiver accepts (a port scanner, a
-	// connection closed at once, a silent peer, another machine than
-	// --memory and --cpus say) are logged and the receiver keeps waiting for
-	// a real source; nothing was built for them. So are VMs whose CPU
-	// this host cannot present (their source hears which features are
-	// missing). A failure after an accepted hello ends the receiver: its
-	// source resumes the VM.
+	// receiveVM keeps listening past the peers it refuses: a port
+	// scanner, a connection closed at once, a silent peer, another
+	// machine than --memory and --cpus say, a CPU this host cannot
+	// present, other virtio devices.
 	var machine *vm.VM
-	var in *migrate.Incoming
-	var conn net.Conn
-	for {
-		conn, err = ln.Accept()
+	in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*memory.Memory, error) {
+		mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
 		if err != nil {
-			return fail(exitInternal, "migrate receive: %v", err)
+			return nil, err
 		}
-		// Build the VM as soon as the hello says what it is, so that only
-		// the last pages and the state remain for the source's pause.
-		in, err = migrate.ReceiveWith(conn, opts, func(h migrate.Hello) (*memory.Memory, error) {
-			mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
-			if err != nil {
-				return nil, err
-			}
-			hm, err := helloMachine(h.Machine)
-			if err != nil {
-				mem.Close()
-				return nil, err
-			}
-			cfg.KernelName = "migrated from " + hm.Accel
-			machine, err = vm.Prepare(cfg, hm, mem)
-			if err != nil {
-				return nil, err
-			}
-			// Other virtio devices than the source's are refused
-			// before any guest memory moves.
-			if err := machine.CheckVirtioDevices(h.Devices); err != nil {
-				machine.Close()
-				machine = nil
-				return nil, &migrate.HelloError{Err: err}
-			}
-			vm.WarmStateCodec()
-			return mem, nil
-		})
-		var he *migrate.HelloError
-		if errors.As(err, &he) {
-			cfg.Log.Warn("migration: refused a peer, still listening", "listen", listen, "remote", conn.RemoteAddr().String(), "err", err)
-			fmt.Fprintf(stderr, "govmm: migrate receive: refused a peer: %v (still listening on %s)\n", err, listen)
-			conn.Close()
-			continue
-		}
+		hm, err := helloMachine(h.Machine)
 		if err != nil {
-			conn.Close()
-			if machine != nil {
-				machine.Close()
-			}
-			return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+			mem.Close()
+			return nil, err
 		}
-		break
+		cfg.KernelName = "migrated from " + hm.Accel
+		machine, err = vm.Prepare(cfg, hm, mem)
+		if err != nil {
+			return nil, err
+		}
+		// Other virtio devices than the source's are refused
+		// before any guest memory moves.
+		if err := machine.CheckVirtioDevices(h.Devices); err != nil {
+			machine.Close()
+			machine = nil
+			return nil, &migrate.HelloError{Err: err}
+		}
+		vm.WarmStateCodec()
+		return mem, nil
+	}, func() {
+		if machine != nil {
+			machine.Close()
+		}
+	}, cfg.Log, stderr)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
 	ln.Close()
 	defer machine.Close()
-	r, err := vm.ParseState(in.State)
-	if err == nil {
-		err = machine.Apply(r)
-	}
-	if err != nil {
-		in.Ack(err)
-		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
-	}
-	if err := in.Ack(nil); err != nil {
-		// The source did not hear us: it resumes the VM there, so this
-		// copy must not run.
-		return fail(exitInternal, "migrate receive: confirm to the source: %v (nothing was started: the source did not hear the confirmation, so the VM stays there)", err)
+	var r *vm.Restored
+	if err := confirmVM(in, func() (err error) {
+		if r, err = vm.ParseState(in.State); err != nil {
+			return err
+		}
+		return machine.Apply(r)
+	}); err != nil {
+		return err
 	}
 	cfg.Log.Info("migration received", "saved_on", r.Machine.Accel, "accel", cfg.Accel.Name())
 	return runMachine(machine, cfg.Accel.Name(), f, stdin, stderr, cfg.Log)

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 
 	"govmm/accel/kvmarm"
@@ -172,13 +171,8 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	if err := migrate.CheckAddr(listen); err != nil {
-		return fail(exitUsage, "migrate receive: --listen: %v", err)
-	}
-	if path, ok := strings.CutPrefix(listen, "unix:"); ok {
-		if err := checkSocketPath("--listen", path); err != nil {
-			return err
-		}
+	if err := checkListen(listen); err != nil {
+		return err
 	}
 	// As on x86, a host without KVM is told before anything listens.
 	k, err := kvmarm.Open("/dev/kvm")
@@ -196,83 +190,56 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 			_, err := helloMachineARM64(b)
 			return err
 		}}
-	// As on x86: a peer whose hello this receiver refuses (no hello,
-	// another protocol, another architecture, memory size or vCPU
-	// count, other virtio devices) is logged and the receiver keeps
-	// waiting; nothing was built for it, and its source hears why. A
-	// failure after an accepted hello ends the receiver: its source
-	// resumes the VM.
+	// As on x86 (receiveVM): peers whose hello this receiver refuses are
+	// logged and it keeps waiting.
 	var m *arm64.Machine
-	var in *migrate.Incoming
-	var conn net.Conn
 	var kernel string
-	for {
-		conn, err = ln.Accept()
+	in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*memory.Memory, error) {
+		ms, err := helloMachineARM64(h.Machine)
 		if err != nil {
-			return fail(exitInternal, "migrate receive: %v", err)
+			return nil, &migrate.HelloError{Err: err}
 		}
-		// The machine is built as soon as the hello says what it is,
-		// so that only the last pages and the state remain for the
-		// source's pause.
-		in, err = migrate.ReceiveWith(conn, opts, func(h migrate.Hello) (*memory.Memory, error) {
-			ms, err := helloMachineARM64(h.Machine)
-			if err != nil {
-				return nil, &migrate.HelloError{Err: err}
-			}
-			mem, err := memory.NewAt(arm64.RAMBase, h.MemSize, memory.Options{})
-			if err != nil {
-				return nil, err
-			}
-			// A VM migrated again keeps one prefix.
-			kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
-			m, err = arm64.Prepare(arm64.Config{
-				KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
-				Virtio: f.virtio(),
-			}, ms, mem)
-			if err != nil {
-				return nil, err
-			}
-			// Other virtio devices than the source's are refused
-			// before any guest memory moves.
-			if err := m.CheckVirtioDevices(h.Devices); err != nil {
-				m.Close()
-				m = nil
-				return nil, &migrate.HelloError{Err: err}
-			}
-			arm64.WarmStateCodec()
-			return mem, nil
-		})
-		var he *migrate.HelloError
-		if errors.As(err, &he) {
-			log.Warn("migration: refused a peer, still listening", "listen", listen, "remote", conn.RemoteAddr().String(), "err", err)
-			fmt.Fprintf(stderr, "govmm: migrate receive: refused a peer: %v (still listening on %s)\n", err, listen)
-			conn.Close()
-			continue
-		}
+		mem, err := memory.NewAt(arm64.RAMBase, h.MemSize, memory.Options{})
 		if err != nil {
-			conn.Close()
-			if m != nil {
-				m.Close()
-			}
-			return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+			return nil, err
 		}
-		break
+		// A VM migrated again keeps one prefix.
+		kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
+		m, err = arm64.Prepare(arm64.Config{
+			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+			Virtio: f.virtio(),
+		}, ms, mem)
+		if err != nil {
+			return nil, err
+		}
+		// Other virtio devices than the source's are refused
+		// before any guest memory moves.
+		if err := m.CheckVirtioDevices(h.Devices); err != nil {
+			m.Close()
+			m = nil
+			return nil, &migrate.HelloError{Err: err}
+		}
+		arm64.WarmStateCodec()
+		return mem, nil
+	}, func() {
+		if m != nil {
+			m.Close()
+		}
+	}, log, stderr)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
 	ln.Close()
 	defer m.Close()
-	saved, err := arm64.ParseState(in.State)
-	if err == nil {
-		err = m.Apply(saved)
-	}
-	if err != nil {
-		in.Ack(err)
-		return fail(exitInternal, "migrate receive: %v (nothing was started)", err)
-	}
-	if err := in.Ack(nil); err != nil {
-		// The source did not hear us: it resumes the VM there, so this
-		// copy must not run.
-		return fail(exitInternal, "migrate receive: confirm to the source: %v (nothing was started: the source did not hear the confirmation, so the VM stays there)", err)
+	if err := confirmVM(in, func() error {
+		saved, err := arm64.ParseState(in.State)
+		if err != nil {
+			return err
+		}
+		return m.Apply(saved)
+	}); err != nil {
+		return err
 	}
 	log.Info("migration received", "kernel", kernel)
 	return runARM64(m, kernel, f.serial, &out, f.apiSocket, stderr, log)
