@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -48,14 +47,8 @@ $B nice -n 19 $B sh -c 'while true; do /bin/busybox dd if=/dev/urandom of=/churn
 	if [ -f /t$p ]; then r=$($B md5sum -c /t$p.sum >/dev/null 2>&1 && echo ok || echo bad); $B rm -f /t$p /t$p.sum; else r=none; fi
 	k=$([ "$($B md5sum /keep | $B cut -d' ' -f1)" = "$K" ] && echo ok || echo bad)
 	echo "st: mem $i keep $k prev $r"`))
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := ar.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	initrd := writeInitrd(t, dir, ar)
+	disk := zeroDisk(t, dir, 1<<20)
 
 	g := bin
 	// send FROM TO N: migrate the VM at socket FROM to TO, retrying

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -54,14 +53,8 @@ func TestARM64State(t *testing.T) {
 
 	ar := arm64VirtioArchive(t, a)
 	ar.Bytes("/init", 0o755, arm64TickInit("", ""))
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := ar.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	initrd := writeInitrd(t, dir, ar)
+	disk := zeroDisk(t, dir, 1<<20)
 
 	g := bin
 	script := arm64TickShell + g + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --disk path=` + disk + ` --cmdline 'console=ttyAMA0 panic=-1 quiet' --serial file:/tmp/run1.log --api-socket /tmp/api1.sock 2>/tmp/run1.err &

@@ -142,10 +142,7 @@ for w in $(/bin/busybox cat /proc/cmdline); do
 done
 /bin/busybox poweroff -f
 `))
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := ar.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
+	initrd := writeInitrd(t, dir, ar)
 
 	script := `cd /tmp
 echo "l1: $(uname -m), /dev/kvm: $([ -c /dev/kvm ] && echo yes || echo no)"
@@ -322,10 +319,7 @@ $B dd if=/tmp/rng of=/dev/vda bs=65536 seek=`+fmt.Sprint(arm64RNGOff/arm64Block)
 $B grep virtio /proc/interrupts | $B sed 's/^/arm64-virtio: irq /'
 $B poweroff -f
 `))
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := ar.WriteFile(initrd); err != nil {
-		t.Fatal(err)
-	}
+	initrd := writeInitrd(t, dir, ar)
 	disk := filepath.Join(dir, "disk.img")
 	img := pattern("arm64-"+t.Name(), arm64DiskSize)
 	if err := os.WriteFile(disk, img, 0o644); err != nil {
@@ -377,6 +371,27 @@ const howToGetARM64Virtio = "run .ci/run once: it unpacks Debian's arm64 cloud k
 // (virtioModules, virtio_test.go: Debian's arm64 cloud kernel builds the
 // same drivers as modules as its x86 one; the PCI host driver and the ITS
 // are built in). The caller adds its /init.
+// writeInitrd writes ar as dir/initrd.cpio and returns its path.
+func writeInitrd(t *testing.T, dir string, ar *initramfs.Archive) string {
+	t.Helper()
+	p := filepath.Join(dir, "initrd.cpio")
+	if err := ar.WriteFile(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// zeroDisk writes an image of size zero bytes as dir/disk.img and
+// returns its path.
+func zeroDisk(t *testing.T, dir string, size int) string {
+	t.Helper()
+	p := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func arm64VirtioArchive(t *testing.T, a *nested.Assets) *initramfs.Archive {
 	t.Helper()
 	mods := moduleTree(a.Kernel)
