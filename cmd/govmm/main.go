@@ -111,7 +111,7 @@ commands:
   restore   start a VM from a snapshot directory (--snapshot DIR)
   snapshot  snapshot a running VM through its control socket (--api-socket, --dir)
   migrate   live-migrate: "migrate receive --listen ADDR" on the destination,
-            "migrate send --api-socket PATH --to ADDR" for the source VM
+            "migrate send --api-socket PATH --to ADDR [--verify]" for the source VM
   pause, resume, info   control a running VM through its control socket
   balloon   set a running VM's balloon target (--api-socket, --size SIZE; 0 gives all back)
   caps      show what this host's accelerators offer (--json for JSON)
