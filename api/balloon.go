@@ -34,6 +34,18 @@ type BalloonInfo struct {
 	FreePageReporting   bool   `json:"free_page_reporting,omitempty"`
 	ReportedBytes       uint64 `json:"reported_bytes,omitempty"`
 	ReportReleasedBytes uint64 `json:"report_released_bytes,omitempty"`
+	// DeflateOnOOM says whether the device offers deflate on OOM (the
+	// guest may take pages back under memory pressure).
+	DeflateOnOOM bool `json:"deflate_on_oom,omitempty"`
+	// Statistics says whether the device offers memory statistics;
+	// Stats are the guest's latest (by the names of
+	// balloon.StatName: free_memory, total_memory, available_memory,
+	// disk_caches, swap_in, ...; memory figures in bytes, the others
+	// counts), StatsAgeMS how old they are. Info asks the guest for fresh
+	// ones and waits up to a second.
+	Statistics bool              `json:"statistics,omitempty"`
+	Stats      map[string]uint64 `json:"stats,omitempty"`
+	StatsAgeMS float64           `json:"stats_age_ms,omitempty"`
 	// Kept says why inflated pages are not given back to the host (guest
 	// RAM pinned by the hypervisor or by VFIO), when they are not.
 	Kept string `json:"kept,omitempty"`

@@ -54,6 +54,7 @@ echo "balloon-test: touched"
 while read cmd; do
 	case "$cmd" in
 	mem) echo "balloon-test: mem $($B awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} END{print t, f}' /proc/meminfo) end";;
+	feat) for d in /sys/bus/virtio/devices/*; do [ "$($B cat $d/device)" = "0x0005" ] && echo "balloon-test: features $($B cat $d/features) end"; done;;
 	off) $B poweroff -f;;
 	esac
 done
@@ -80,6 +81,63 @@ func TestBalloon(t *testing.T) {
 		t.Run(accelName(acc), func(t *testing.T) { balloonGuest(t, acc, kernel, initrd) })
 	}
 	t.Run(accelName(accs[0])+"-reporting", func(t *testing.T) { balloonReporting(t, accs[0], kernel, initrd) })
+	t.Run(accelName(accs[0])+"-stats", func(t *testing.T) { balloonStats(t, accs[0], kernel, initrd) })
+}
+
+// balloonStats boots the guest with --balloon=statistics=on,deflate_on_oom=on:
+// the guest's driver must have taken both features (its features bitmap,
+// bits 1 and 2), and govmm info's statistics must be the guest's own:
+// total_memory equal to its MemTotal, free_memory near its MemFree (both
+// move a little between the two reads), and fresh ones on each info.
+func balloonStats(t *testing.T, acc []string, kernel, initrd string) {
+	sock := filepath.Join(tempSocketDir(t), "api.sock")
+	p := bootGuest(t, append(append([]string{"run"}, acc...), "--cpus=2", "--memory=512M", "--balloon=statistics=on,deflate_on_oom=on", "--log-level=info",
+		"--kernel", kernel, "--initrd", initrd, "--api-socket", sock, "--cmdline", "console=ttyS0 loglevel=1 panic=-1"),
+		"balloon-test: touched", nil)
+	ask := func(cmd, pattern string) []string {
+		t.Helper()
+		re := regexp.MustCompile(pattern)
+		n := len(re.FindAllStringSubmatch(p.output(), -1))
+		fmt.Fprintln(p.stdin, cmd)
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if all := re.FindAllStringSubmatch(p.output(), -1); len(all) > n {
+				return all[len(all)-1]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest did not answer %s:\n%s", cmd, tail(p.output(), 2000))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	feats := ask("feat", `balloon-test: features ([01]+) end`)[1]
+	if len(feats) < 6 || feats[1] != '1' || feats[2] != '1' || feats[5] != '0' {
+		t.Errorf("the guest's balloon features %s: want statistics (bit 1) and deflate on OOM (bit 2), not page reporting (bit 5)", feats)
+	}
+	for round := 0; round < 2; round++ {
+		m := ask("mem", `balloon-test: mem (\d+) (\d+) end`)
+		total, _ := strconv.ParseUint(m[1], 10, 64)
+		free, _ := strconv.ParseUint(m[2], 10, 64)
+		total, free = total<<10, free<<10
+		b := balloonInfo(t, sock).Balloon
+		if b == nil || !b.Statistics || !b.DeflateOnOOM || len(b.Stats) == 0 {
+			t.Fatalf("balloon info %+v: want statistics and deflate on OOM, and figures", b)
+		}
+		gotFree := b.Stats["free_memory"]
+		if b.Stats["total_memory"] != total || gotFree+64<<20 < free || gotFree > free+64<<20 || b.StatsAgeMS > 5000 {
+			t.Errorf("round %d: statistics total %d, free %d (%.0f ms old); the guest's MemTotal %d, MemFree %d", round,
+				b.Stats["total_memory"], gotFree, b.StatsAgeMS, total, free)
+		}
+		t.Logf("round %d: statistics %v (%.0f ms old); the guest's MemTotal %d MiB, MemFree %d MiB", round, b.Stats, b.StatsAgeMS, total>>20, free>>20)
+	}
+	out, err := exec.Command(binary, "info", "--api-socket", sock).Output()
+	if err != nil || !strings.Contains(string(out), "statistics (") || !strings.Contains(string(out), "total_memory ") || !strings.Contains(string(out), "deflate on OOM") {
+		t.Errorf("govmm info (%v) does not show the statistics and deflate on OOM:\n%s", err, out)
+	}
+	fmt.Fprintln(p.stdin, "off")
+	if code := p.exit(2 * time.Minute); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, tail(p.output(), 2000))
+	}
 }
 
 func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {

@@ -3,6 +3,7 @@ package vm
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"govmm/virtio/balloon"
 )
@@ -41,4 +42,12 @@ func (v *VM) SetBalloonTarget(bytes uint64) error {
 	}
 	d.SetTarget(uint32(bytes / balloon.PageSize))
 	return nil
+}
+
+// RequestBalloonStats asks the guest for fresh memory statistics and
+// waits up to wait for them (balloon.Device.RequestStats); false without
+// a balloon, without statistics, or when none came in time.
+func (v *VM) RequestBalloonStats(wait time.Duration) bool {
+	d := v.balloonDevice()
+	return d != nil && d.RequestStats(wait)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"govmm/api"
 	"govmm/virtio/balloon"
@@ -26,18 +27,33 @@ func balloonConfig(c vm.VirtioConfig, accelName, mshvDev string) vm.VirtioConfig
 	return c
 }
 
-// balloonInfo is the VM's balloon for the control socket, or nil.
+// balloonInfo is the VM's balloon for the control socket, or nil. With
+// statistics it first asks the guest for fresh ones (up to a second).
 func balloonInfo(v *vm.VM) *api.BalloonInfo {
 	i, ok := v.BalloonInfo()
 	if !ok {
 		return nil
 	}
-	return &api.BalloonInfo{
+	if i.Stats != nil || i.Options.Stats {
+		if v.RequestBalloonStats(time.Second) {
+			i, _ = v.BalloonInfo()
+		}
+	}
+	b := &api.BalloonInfo{
 		TargetBytes: uint64(i.TargetPages) * balloon.PageSize, ActualBytes: uint64(i.ActualPages) * balloon.PageSize,
 		InflatedBytes: i.Inflated * balloon.PageSize, DeflatedBytes: i.Deflated * balloon.PageSize,
 		ReleasedBytes: i.Released * balloon.PageSize, Kept: i.KeepReason,
 		FreePageReporting: i.Reporting, ReportedBytes: i.Reported * balloon.PageSize, ReportReleasedBytes: i.ReportReleased * balloon.PageSize,
+		DeflateOnOOM: i.DeflateOnOOM, Statistics: i.Options.Stats,
 	}
+	if i.Stats != nil {
+		b.Stats = make(map[string]uint64, len(i.Stats))
+		for tag, val := range i.Stats {
+			b.Stats[balloon.StatName(tag)] = val
+		}
+		b.StatsAgeMS = ms(time.Since(i.StatsAt))
+	}
+	return b
 }
 
 // SetBalloon serves the control socket's "balloon" operation.

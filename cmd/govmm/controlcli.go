@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -204,6 +206,30 @@ func printBalloon(w io.Writer, b *api.BalloonInfo) {
 		b.TargetBytes>>20, b.ActualBytes>>20, b.InflatedBytes>>20, b.DeflatedBytes>>20, b.ReleasedBytes>>20)
 	if b.FreePageReporting {
 		fmt.Fprintf(w, "  free page reporting: the guest reported %d MiB free, %d MiB of it released to the host\n", b.ReportedBytes>>20, b.ReportReleasedBytes>>20)
+	}
+	if b.DeflateOnOOM {
+		fmt.Fprintf(w, "  deflate on OOM: the guest may take pages back under memory pressure\n")
+	}
+	if b.Statistics {
+		if len(b.Stats) == 0 {
+			fmt.Fprintf(w, "  statistics: none from the guest yet\n")
+		} else {
+			names := make([]string, 0, len(b.Stats))
+			for k := range b.Stats {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			var kv []string
+			for _, k := range names {
+				v := b.Stats[k]
+				if strings.HasSuffix(k, "_memory") || k == "disk_caches" {
+					kv = append(kv, fmt.Sprintf("%s %d MiB", k, v>>20))
+				} else {
+					kv = append(kv, fmt.Sprintf("%s %d", k, v))
+				}
+			}
+			fmt.Fprintf(w, "  statistics (%.0f ms old): %s\n", b.StatsAgeMS, strings.Join(kv, ", "))
+		}
 	}
 	if b.Kept != "" {
 		fmt.Fprintf(w, "  inflated pages stay with the guest: %s\n", b.Kept)

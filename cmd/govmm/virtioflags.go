@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"govmm/virtio/balloon"
 	"strings"
 
 	"govmm/virtio/blk"
@@ -26,22 +27,43 @@ type virtioFlags struct {
 	balloon balloonFlag
 }
 
-// balloonFlag is --balloon[=free_page_reporting=on|off]: a balloon
-// device, with Cloud Hypervisor's key for free page reporting. Plain
-// --balloon (and --balloon=true) adds the device without it,
-// --balloon=false none.
-type balloonFlag struct{ on, reporting bool }
+// balloonFlag is --balloon[=KEY=on|off,...]: a balloon device, with
+// Cloud Hypervisor's keys free_page_reporting and deflate_on_oom, and
+// statistics (the memory statistics queue). Plain --balloon (and
+// --balloon=true) adds the device with none of them, --balloon=false
+// none.
+type balloonFlag struct {
+	on   bool
+	opts balloon.Options
+}
 
 func (b *balloonFlag) IsBoolFlag() bool { return true }
 
 func (b *balloonFlag) String() string {
-	switch {
-	case b == nil || !b.on:
+	if b == nil || !b.on {
 		return "false"
-	case b.reporting:
-		return "free_page_reporting=on"
 	}
-	return "true"
+	var kv []string
+	for _, o := range b.keys() {
+		if *o.v {
+			kv = append(kv, o.key+"=on")
+		}
+	}
+	if len(kv) == 0 {
+		return "true"
+	}
+	return strings.Join(kv, ",")
+}
+
+// keys are the flag's keys and the options they set.
+func (b *balloonFlag) keys() []struct {
+	key string
+	v   *bool
+} {
+	return []struct {
+		key string
+		v   *bool
+	}{{"free_page_reporting", &b.opts.Reporting}, {"deflate_on_oom", &b.opts.DeflateOnOOM}, {"statistics", &b.opts.Stats}}
 }
 
 func (b *balloonFlag) Set(s string) error {
@@ -56,16 +78,22 @@ func (b *balloonFlag) Set(s string) error {
 	v := balloonFlag{on: true}
 	for _, kv := range strings.Split(s, ",") {
 		k, val, ok := strings.Cut(kv, "=")
-		if !ok || k != "free_page_reporting" {
-			return fmt.Errorf("%q: want free_page_reporting=on|off (or no value)", kv)
+		var opt *bool
+		for _, o := range v.keys() {
+			if o.key == k {
+				opt = o.v
+			}
+		}
+		if !ok || opt == nil {
+			return fmt.Errorf("%q: want free_page_reporting, deflate_on_oom or statistics =on|off (or no value)", kv)
 		}
 		switch val {
 		case "on":
-			v.reporting = true
+			*opt = true
 		case "off":
-			v.reporting = false
+			*opt = false
 		default:
-			return fmt.Errorf("free_page_reporting=%q: want on or off", val)
+			return fmt.Errorf("%s=%q: want on or off", k, val)
 		}
 	}
 	*b = v

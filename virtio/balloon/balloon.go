@@ -13,7 +13,7 @@
 // Nothing is released before the whole chain was checked.
 //
 // Free page reporting (VIRTIO_BALLOON_F_PAGE_REPORTING, with
-// Config.Reporting) is offered when asked for: the guest's free-page
+// Options.Reporting) is offered when asked for: the guest's free-page
 // reporting hands the device large free ranges (Linux: 2 MiB and up, a
 // few seconds after they were freed) on the reporting queue, and the
 // device gives them back to the host as it does inflated pages; the guest
@@ -21,10 +21,21 @@
 // its next touch. Each range is checked (page-aligned, guest RAM) before
 // any of a chain's is released.
 //
-// Not offered: VIRTIO_BALLOON_F_DEFLATE_ON_OOM (a Linux driver that has
-// it leaves MemTotal as it is and deflates on its own under memory
-// pressure, so the host's target would not hold; the device would serve
-// such deflates like any other), statistics, free-page hinting.
+// Deflate on OOM (VIRTIO_BALLOON_F_DEFLATE_ON_OOM, Options.DeflateOnOOM)
+// is offered when asked for: the guest's driver may then deflate on its
+// own under memory pressure (Linux: its OOM notifier), so the host's
+// target becomes a wish the guest may override, rather than a limit.
+// The device serves those deflates like any other.
+//
+// Memory statistics (VIRTIO_BALLOON_F_STATS_VQ, Options.Stats) are
+// offered when asked for: the driver posts one buffer of (tag, value)
+// pairs on the statistics queue, the device reads it and keeps it, and
+// asks for fresh figures by giving the buffer back (RequestStats), upon
+// which the driver fills and posts it again. Tags the device does not
+// know are kept by number; a buffer that is not whole 10-byte entries,
+// or device-writable, breaks the protocol.
+//
+// Not offered: free-page hinting.
 package balloon
 
 import (
@@ -32,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"govmm/virtio"
 )
@@ -47,15 +59,51 @@ const (
 	FPageReporting = 1 << 5
 )
 
-// Queues. A queue whose feature is not offered takes no index: Linux
-// numbers the queues it uses in order (virtio_pci's vp_find_vqs), so with
-// page reporting and without statistics or hinting the reporting queue is
-// queue 2, as in Cloud Hypervisor.
+// Queues. A queue whose feature was not negotiated takes no index: Linux
+// numbers the queues it uses in order (virtio_pci's vp_find_vqs), so the
+// statistics queue, when negotiated, is queue 2, and the reporting queue
+// follows it: queue 2 without statistics (as in Cloud Hypervisor), 3
+// with them.
 const (
-	InflateQ   = 0
-	DeflateQ   = 1
+	InflateQ = 0
+	DeflateQ = 1
+	// StatsQ is the statistics queue (with FStatsVQ).
+	StatsQ = 2
+	// ReportingQ is the reporting queue without statistics.
 	ReportingQ = 2
 )
+
+// Options are the balloon's optional features, each offered only when
+// set.
+type Options struct {
+	// Reporting offers free page reporting.
+	Reporting bool
+	// DeflateOnOOM offers deflate on OOM.
+	DeflateOnOOM bool
+	// Stats offers the memory statistics queue.
+	Stats bool
+}
+
+// Statistics tags (virtio 1.2 §5.5.6.3, Linux's
+// include/uapi/linux/virtio_balloon.h), by their names in Stats.
+var statNames = [...]string{
+	0: "swap_in", 1: "swap_out", 2: "major_faults", 3: "minor_faults",
+	4: "free_memory", 5: "total_memory", 6: "available_memory", 7: "disk_caches",
+	8: "hugetlb_allocations", 9: "hugetlb_failures", 10: "oom_kills", 11: "alloc_stalls",
+	12: "async_scans", 13: "direct_scans", 14: "async_reclaims", 15: "direct_reclaims",
+}
+
+// statEntryLen is one struct virtio_balloon_stat: le16 tag, le64 val.
+const statEntryLen = 10
+
+// StatName names a statistics tag ("tag_N" for one the device does not
+// know).
+func StatName(tag uint16) string {
+	if int(tag) < len(statNames) {
+		return statNames[tag]
+	}
+	return fmt.Sprintf("tag_%d", tag)
+}
 
 // QueueSize is each queue's maximum size.
 const QueueSize = 128
@@ -83,24 +131,35 @@ type Config struct {
 	// that a hypervisor or an IOMMU pins cannot be given back without
 	// the guest and the VMM seeing different pages); logged once.
 	KeepReason string
-	// Reporting offers free page reporting.
-	Reporting bool
+	// Options are the features offered besides the inflate and deflate
+	// queues.
+	Options
 	// Log receives the device's messages.
 	Log *slog.Logger
 }
 
 // Device is one virtio-balloon device. It is safe for concurrent use.
 type Device struct {
-	mem       virtio.Memory
-	release   Releaser
-	keep      string
-	reporting bool
-	log       *slog.Logger
+	mem     virtio.Memory
+	release Releaser
+	keep    string
+	opts    Options
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	target uint32 // num_pages
 	actual uint32
 	notify func()
+	// negotiated are the features the driver accepted (Activate).
+	negotiated uint64
+	// statsDone returns the kept statistics buffer (nil when none is
+	// kept); stats are the figures it held, read at statsAt; statsSeq
+	// counts the buffers read, statsCond wakes RequestStats.
+	statsDone func(uint32)
+	stats     map[uint16]uint64
+	statsAt   time.Time
+	statsSeq  uint64
+	statsCond *sync.Cond
 	// Counters since the VM started, for info.
 	inflated, deflated, released uint64
 	// reported counts the pages of free ranges the guest reported, and
@@ -112,7 +171,8 @@ type Device struct {
 // New returns a balloon over guest RAM mem (to check the PFNs) with a
 // target of zero.
 func New(mem virtio.Memory, c Config) *Device {
-	d := &Device{mem: mem, release: c.Release, keep: c.KeepReason, reporting: c.Reporting, log: c.Log}
+	d := &Device{mem: mem, release: c.Release, keep: c.KeepReason, opts: c.Options, log: c.Log}
+	d.statsCond = sync.NewCond(&d.mu)
 	if d.log == nil {
 		d.log = slog.Default()
 	}
@@ -133,40 +193,90 @@ func (d *Device) SetNotify(f func()) {
 func (*Device) Type() uint16 { return ID }
 func (*Device) Name() string { return "virtio-balloon" }
 
-// Features offers page reporting when configured, nothing else.
+// Features offers the configured options.
 func (d *Device) Features() uint64 {
-	if d.reporting {
-		return FPageReporting
+	var f uint64
+	if d.opts.Stats {
+		f |= FStatsVQ
 	}
-	return 0
+	if d.opts.DeflateOnOOM {
+		f |= FDeflateOnOOM
+	}
+	if d.opts.Reporting {
+		f |= FPageReporting
+	}
+	return f
 }
 
-// QueueMax is the inflate and deflate queues, and the reporting queue
-// when offered.
+// QueueMax is the inflate and deflate queues, then the statistics and
+// the reporting queue when offered.
 func (d *Device) QueueMax() []uint16 {
-	if d.reporting {
-		return []uint16{QueueSize, QueueSize, QueueSize}
+	q := []uint16{QueueSize, QueueSize}
+	if d.opts.Stats {
+		q = append(q, QueueSize)
 	}
-	return []uint16{QueueSize, QueueSize}
+	if d.opts.Reporting {
+		q = append(q, QueueSize)
+	}
+	return q
 }
 
-// Describe names the device and, for restores to compare, whether it
-// offers page reporting.
+// Describe names the device and, for restores to compare, the options it
+// offers (in a fixed order).
 func (d *Device) Describe() string {
-	if d.reporting {
-		return "virtio-balloon free_page_reporting=on"
+	s := "virtio-balloon"
+	if d.opts.Reporting {
+		s += " free_page_reporting=on"
 	}
-	return "virtio-balloon"
+	if d.opts.DeflateOnOOM {
+		s += " deflate_on_oom=on"
+	}
+	if d.opts.Stats {
+		s += " statistics=on"
+	}
+	return s
 }
 
-// Activate accepts any subset of the offered features.
-func (*Device) Activate(uint64) error { return nil }
+// Activate accepts any subset of the offered features; they decide the
+// queues' numbers.
+func (d *Device) Activate(features uint64) error {
+	d.mu.Lock()
+	d.negotiated = features
+	d.mu.Unlock()
+	return nil
+}
+
+// queueRole is what queue q carries under the negotiated features.
+func (d *Device) queueRole(q int) string {
+	d.mu.Lock()
+	f := d.negotiated
+	d.mu.Unlock()
+	next := 2
+	if f&FStatsVQ != 0 {
+		if q == next {
+			return "stats"
+		}
+		next++
+	}
+	if f&FPageReporting != 0 && q == next {
+		return "reporting"
+	}
+	switch q {
+	case InflateQ:
+		return "inflate"
+	case DeflateQ:
+		return "deflate"
+	}
+	return ""
+}
 
 // Reset forgets the driver's balloon (a new driver starts with an empty
 // one and the guest may use all its RAM again); the host's target stays.
 func (d *Device) Reset() {
 	d.mu.Lock()
 	d.actual = 0
+	d.negotiated = 0
+	d.statsDone = nil
 	d.mu.Unlock()
 }
 
@@ -227,8 +337,12 @@ type Info struct {
 	// Reported counts the pages of free ranges the guest reported
 	// (page reporting), ReportReleased those given back to the host.
 	Reported, ReportReleased uint64
-	// Reporting says whether page reporting is offered.
-	Reporting bool
+	// Options are the features offered.
+	Options
+	// Stats are the guest's latest memory statistics by tag (Stats on,
+	// once the driver sent them), read at StatsAt.
+	Stats   map[uint16]uint64
+	StatsAt time.Time
 	// KeepReason is set when inflated pages are not released.
 	KeepReason string
 }
@@ -238,7 +352,13 @@ func (d *Device) Info() Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	i := Info{TargetPages: d.target, ActualPages: d.actual, Inflated: d.inflated, Deflated: d.deflated, Released: d.released,
-		Reported: d.reported, ReportReleased: d.reportReleased, Reporting: d.reporting}
+		Reported: d.reported, ReportReleased: d.reportReleased, Options: d.opts, StatsAt: d.statsAt}
+	if d.stats != nil {
+		i.Stats = make(map[uint16]uint64, len(d.stats))
+		for k, v := range d.stats {
+			i.Stats[k] = v
+		}
+	}
 	if d.release == nil {
 		i.KeepReason = d.keep
 	}
@@ -268,8 +388,11 @@ func (d *Device) Restore(s State) {
 // Handle serves one inflate or deflate chain (device-readable buffers
 // holding little-endian 32-bit PFNs) or one page-reporting chain.
 func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
-	if q == ReportingQ && d.reporting {
+	switch d.queueRole(q) {
+	case "reporting":
 		return d.report(c, done)
+	case "stats":
+		return d.statsBuffer(c, done)
 	}
 	if len(c.Writable) > 0 {
 		return fmt.Errorf("chain %d has %d device-writable buffers; a balloon queue carries PFNs for the device to read", c.Head, len(c.Writable))
@@ -331,10 +454,92 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 }
 
 func (d *Device) reportingQueue() string {
-	if d.reporting {
-		return " and 2 (page reporting)"
+	var extra string
+	for q := 2; q < 4; q++ {
+		switch d.queueRole(q) {
+		case "stats":
+			extra += fmt.Sprintf(", %d (statistics)", q)
+		case "reporting":
+			extra += fmt.Sprintf(", %d (page reporting)", q)
+		}
 	}
-	return ""
+	return extra
+}
+
+// statsBuffer reads the driver's statistics buffer (device-readable
+// struct virtio_balloon_stat entries) and keeps it until RequestStats
+// gives it back for fresh figures.
+func (d *Device) statsBuffer(c *virtio.Chain, done func(uint32)) error {
+	if len(c.Writable) > 0 {
+		return fmt.Errorf("statistics chain %d has %d device-writable buffers; the driver's statistics are for the device to read", c.Head, len(c.Writable))
+	}
+	n := c.ReadableLen()
+	if n%statEntryLen != 0 || n > 64*statEntryLen {
+		return fmt.Errorf("statistics chain %d holds %d bytes, not whole 10-byte entries (at most 64)", c.Head, n)
+	}
+	buf := make([]byte, n)
+	c.Read(0, buf)
+	stats := make(map[uint16]uint64, n/statEntryLen)
+	for off := uint64(0); off < n; off += statEntryLen {
+		stats[binary.LittleEndian.Uint16(buf[off:])] = binary.LittleEndian.Uint64(buf[off+2:])
+	}
+	d.mu.Lock()
+	prev := d.statsDone
+	d.stats, d.statsAt, d.statsDone = stats, time.Now(), done
+	d.statsSeq++
+	d.statsCond.Broadcast()
+	d.mu.Unlock()
+	if prev != nil {
+		// A driver has one statistics buffer; a second while the first
+		// is kept returns the first. (The transport's completion is
+		// called without the device's lock.)
+		prev(0)
+	}
+	return nil
+}
+
+// RequestStats asks the driver for fresh statistics by giving back the
+// buffer it keeps, and waits up to wait for the new figures. It reports
+// whether they came (false: the driver has posted no buffer yet, or did
+// not answer in time; Info then has the last figures and their time).
+func (d *Device) RequestStats(wait time.Duration) bool {
+	d.mu.Lock()
+	done, seq := d.statsDone, d.statsSeq
+	d.statsDone = nil
+	d.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	done(0)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	timer := time.AfterFunc(wait, func() {
+		d.mu.Lock()
+		d.statsCond.Broadcast()
+		d.mu.Unlock()
+	})
+	defer timer.Stop()
+	deadline := time.Now().Add(wait)
+	for d.statsSeq == seq && time.Now().Before(deadline) {
+		d.statsCond.Wait()
+	}
+	return d.statsSeq != seq
+}
+
+// Unkeep gives back the statistics buffer the device keeps (a pause, a
+// reset or a close takes it; the queue is rewound over it, so the driver's
+// buffer comes back on resume).
+func (d *Device) Unkeep(q int) int {
+	if d.queueRole(q) != "stats" {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.statsDone == nil {
+		return 0
+	}
+	d.statsDone = nil
+	return 1
 }
 
 // report serves a page-reporting chain: device-writable buffers, each a

@@ -43,6 +43,13 @@ func newRig(t *testing.T, keep bool) *rig {
 // driver asks for every feature).
 func newRigReporting(t *testing.T, keep, reporting bool) *rig {
 	t.Helper()
+	return newRigOpts(t, keep, Options{Reporting: reporting})
+}
+
+// newRigOpts is newRig with the options offered (the driver asks for
+// every feature): it checks the features and the queues negotiated.
+func newRigOpts(t *testing.T, keep bool, o Options) *rig {
+	t.Helper()
 	mem, err := virtiotest.NewMem(ramSize)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +59,7 @@ func newRigReporting(t *testing.T, keep, reporting bool) *rig {
 	if keep {
 		c = Config{KeepReason: "test keeps them", Log: quiet}
 	}
-	c.Reporting = reporting
+	c.Options = o
 	dev := New(mem, c)
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Log: quiet, Class: virtio.PCIClass{Class: 0xff}})
@@ -69,8 +76,14 @@ func newRigReporting(t *testing.T, keep, reporting bool) *rig {
 		t.Fatal(err)
 	}
 	wantQueues, wantFeats := 2, uint64(0)
-	if reporting {
-		wantQueues, wantFeats = 3, FPageReporting
+	if o.Stats {
+		wantQueues, wantFeats = wantQueues+1, wantFeats|FStatsVQ
+	}
+	if o.Reporting {
+		wantQueues, wantFeats = wantQueues+1, wantFeats|FPageReporting
+	}
+	if o.DeflateOnOOM {
+		wantFeats |= FDeflateOnOOM
 	}
 	if d.NumQueue != wantQueues {
 		t.Fatalf("%d queues, want %d", d.NumQueue, wantQueues)
@@ -428,5 +441,122 @@ func TestPageReporting(t *testing.T) {
 	plain := newRig(t, false)
 	if plain.dev.Describe() != "virtio-balloon" || len(plain.dev.QueueMax()) != 2 {
 		t.Errorf("without reporting: %q, %d queues", plain.dev.Describe(), len(plain.dev.QueueMax()))
+	}
+}
+
+// statsAt is where the test driver keeps its statistics buffer.
+const statsAt = pfnBuf + 0x10000
+
+// postStats writes the (tag, value) entries as the driver's statistics
+// buffer and posts it on the statistics queue.
+func (r *rig) postStats(entries ...[2]uint64) {
+	for i, e := range entries {
+		b := r.mem.B[statsAt+statEntryLen*uint64(i):]
+		binary.LittleEndian.PutUint16(b, uint16(e[0]))
+		binary.LittleEndian.PutUint64(b[2:], e[1])
+	}
+	r.d.Put(StatsQ, []virtiotest.Seg{{GPA: statsAt, Len: uint32(statEntryLen * len(entries))}}, 0)
+}
+
+// waitStats waits until the device has read statistics with free_memory
+// equal to free.
+func (r *rig) waitStats(free uint64) map[uint16]uint64 {
+	r.t.Helper()
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		if st := r.dev.Info().Stats; st[4] == free {
+			return st
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.t.Fatalf("no statistics with free_memory %d: %+v", free, r.dev.Info())
+	return nil
+}
+
+// TestStats: with statistics and page reporting offered the statistics
+// queue is 2 and reporting 3; the device reads the driver's buffer and
+// keeps it, RequestStats gives it back and gets the refilled one, a pause
+// takes the kept buffer back, and a buffer that is not whole entries
+// needs a reset. Deflate on OOM is offered when asked for, and the
+// description names every option.
+func TestStats(t *testing.T) {
+	r := newRigOpts(t, false, Options{Reporting: true, DeflateOnOOM: true, Stats: true})
+	if got := r.dev.Describe(); got != "virtio-balloon free_page_reporting=on deflate_on_oom=on statistics=on" {
+		t.Errorf("description %q", got)
+	}
+	if r.dev.RequestStats(10 * time.Millisecond) {
+		t.Error("RequestStats before the driver posted a buffer")
+	}
+	r.postStats([2]uint64{4, 100 << 20}, [2]uint64{5, 512 << 20}, [2]uint64{99, 7})
+	st := r.waitStats(100 << 20)
+	if st[5] != 512<<20 || st[99] != 7 || StatName(99) != "tag_99" || StatName(6) != "available_memory" {
+		t.Errorf("stats %v", st)
+	}
+	if _, err := r.d.Wait(StatsQ, 20*time.Millisecond); err == nil {
+		t.Error("the device gave the statistics buffer back unasked")
+	}
+	// The driver refills the buffer when it comes back, as Linux's
+	// stats_request does.
+	refilled := make(chan error, 1)
+	go func() {
+		if _, err := r.d.Wait(StatsQ, wait); err != nil {
+			refilled <- err
+			return
+		}
+		r.postStats([2]uint64{4, 90 << 20}, [2]uint64{5, 512 << 20})
+		refilled <- nil
+	}()
+	if !r.dev.RequestStats(wait) {
+		t.Fatal("RequestStats: no fresh statistics")
+	}
+	if err := <-refilled; err != nil {
+		t.Fatal(err)
+	}
+	if st := r.dev.Info().Stats; st[4] != 90<<20 || len(st) != 2 {
+		t.Errorf("fresh stats %v", st)
+	}
+	// Page reporting is queue 3 now.
+	r.fill(pfnBase, 4)
+	first := uint64(pfnBase) * PageSize
+	r.d.Put(3, []virtiotest.Seg{{GPA: first, Len: 4 * PageSize, Write: true}}, 0)
+	if _, err := r.d.Wait(3, wait); err != nil {
+		t.Fatal(err)
+	}
+	if i := r.dev.Info(); i.Reported != 4 || !i.Options.Stats || !i.DeflateOnOOM {
+		t.Errorf("info %+v", i)
+	}
+	// A pause takes the kept buffer back (the transport rewinds the
+	// queue over it) and the resume hands it to the device again.
+	kept := func() bool {
+		r.dev.mu.Lock()
+		defer r.dev.mu.Unlock()
+		return r.dev.statsDone != nil
+	}
+	r.tr.Pause()
+	if kept() {
+		t.Error("a paused device still keeps the statistics buffer")
+	}
+	r.tr.Resume()
+	deadline := time.Now().Add(wait)
+	for !kept() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !kept() {
+		t.Error("after the resume the device did not get the statistics buffer back")
+	}
+
+	for name, segs := range map[string][]virtiotest.Seg{
+		"ragged":   {{GPA: statsAt, Len: 9}},
+		"writable": {{GPA: statsAt, Len: 10, Write: true}},
+	} {
+		b := newRigOpts(t, false, Options{Stats: true})
+		b.d.Put(StatsQ, segs, 0)
+		deadline := time.Now().Add(wait)
+		for b.d.Status()&virtio.StatusNeedsReset == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if b.d.Status()&virtio.StatusNeedsReset == 0 || b.dev.Info().Stats != nil {
+			t.Errorf("%s statistics buffer: no reset asked for, or read", name)
+		}
 	}
 }

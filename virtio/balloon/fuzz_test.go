@@ -38,8 +38,9 @@ func (m *fuzzRAM) Discard(gpa, n uint64) error {
 }
 
 // FuzzChains hands the device chains whose buffers and PFNs the fuzzer
-// writes: the first byte picks the queue and whether a writable buffer
-// follows, each further byte of the layout is a buffer's length, and the
+// writes: the first byte picks the queue, whether a writable buffer
+// follows and whether the device offers (and the driver took) statistics
+// and page reporting, each further byte of the layout is a buffer's length, and the
 // rest is the buffers' contents. The device must complete a chain or
 // refuse it with an error, never panic; a completed inflate chain names
 // only RAM, and releases exactly its PFNs.
@@ -57,12 +58,18 @@ func FuzzChains(f *testing.F) {
 	f.Add([]byte{0, 4}, pfns(64))
 	f.Add([]byte{2, 6}, pfns(1, 2))
 	f.Add([]byte{4, 4, 4}, pfns(1, 2))
+	f.Add([]byte{8 | 2, 10, 10}, []byte{4, 0, 1, 2, 3, 4, 5, 6, 7, 8, 5, 0, 1, 2, 3, 4, 5, 6, 7, 8})
 	f.Fuzz(func(t *testing.T, layout, data []byte) {
 		if len(layout) == 0 {
 			return
 		}
 		ram := &fuzzRAM{t: t}
 		d := New(ram, Config{Release: ram})
+		if layout[0]&8 != 0 {
+			// Statistics (queue 2) and page reporting (queue 3).
+			d = New(ram, Config{Release: ram, Options: Options{Stats: true, Reporting: true, DeflateOnOOM: true}})
+			d.Activate(FStatsVQ | FPageReporting | FDeflateOnOOM)
+		}
 		c := &virtio.Chain{}
 		for _, n := range layout[1:] {
 			k := min(int(n), len(data))
@@ -86,6 +93,13 @@ func FuzzChains(f *testing.F) {
 			}
 			if ram.released != 0 {
 				t.Fatal("a refused chain released pages")
+			}
+			return
+		}
+		if d.queueRole(q) == "stats" {
+			// Kept until RequestStats gives it back.
+			if called != 0 || d.Info().Stats == nil {
+				t.Fatalf("statistics chain: done called %d times, stats %v", called, d.Info().Stats)
 			}
 			return
 		}

@@ -47,10 +47,11 @@ type Config struct {
 	Nets []virtionet.Config
 	// Console adds a virtio-console device (the guest's hvc0).
 	Console bool
-	// Balloon adds a virtio-balloon device, last; BalloonReporting
-	// offers free page reporting on it.
-	Balloon          bool
-	BalloonReporting bool
+	// Balloon adds a virtio-balloon device, last, offering the features
+	// BalloonOptions sets (free page reporting, deflate on OOM,
+	// statistics).
+	Balloon        bool
+	BalloonOptions balloon.Options
 	// DiskWorkerThread, if set, confines each virtio-blk worker's thread
 	// (blk.Device.SetWorkerThread).
 	DiskWorkerThread func(name string)
@@ -181,7 +182,7 @@ func Build(c Config, h Host) (s *Set, err error) {
 		s.Console = d
 	}
 	if c.Balloon {
-		bc := balloon.Config{KeepReason: c.BalloonKeep, Reporting: c.BalloonReporting, Log: h.Log}
+		bc := balloon.Config{KeepReason: c.BalloonKeep, Options: c.BalloonOptions, Log: h.Log}
 		if r, ok := h.Mem.(balloon.Releaser); ok && c.BalloonKeep == "" {
 			bc.Release = r
 		}
