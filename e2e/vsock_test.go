@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,19 +174,45 @@ func hostListen(t *testing.T, sock string) <-chan []byte {
 }
 
 // serveOnce accepts one connection on ln, reads it to EOF, sends what it
-// read on the channel, answers with answer and closes.
+// read on the channel, answers with answer and closes. The test's end
+// closes the listener and the connection and waits for the goroutine, so
+// that it never reports into a finished test (which panics the test
+// binary and loses every test after it).
 func serveOnce(t *testing.T, ln net.Listener, answer []byte) <-chan []byte {
-	t.Cleanup(func() { ln.Close() })
 	got := make(chan []byte, 1)
+	done := make(chan struct{})
+	var mu sync.Mutex
+	var conn net.Conn
+	ending := false
+	t.Cleanup(func() {
+		mu.Lock()
+		ending = true
+		ln.Close()
+		if conn != nil {
+			conn.Close()
+		}
+		mu.Unlock()
+		<-done
+	})
 	go func() {
+		defer close(done)
 		c, err := ln.Accept()
 		if err != nil {
 			close(got)
 			return
 		}
+		mu.Lock()
+		conn = c
+		if ending {
+			c.Close()
+		}
+		mu.Unlock()
 		defer c.Close()
 		b, err := io.ReadAll(c)
-		if err != nil {
+		mu.Lock()
+		report := err != nil && !ending
+		mu.Unlock()
+		if report {
 			t.Errorf("host side of the guest's connection: read: %v", err)
 		}
 		got <- b

@@ -403,16 +403,20 @@ type (
 func settle(args, tests []string, deadline time.Time, runL1 l1Runner, say sayFunc) int {
 	counter, res, err := runL1(args)
 	failed := counter.failedLeaves()
-	// L1 itself died or froze, or the test binary was killed there (no
-	// test failed, yet it did not exit 0): the tests it had not finished
-	// have no result yet, of their own or of the code. They run in a fresh
-	// L1, up to maxL1Deaths times and only with time left; those that had
-	// finished keep their result, and the log keeps every run. A test that
-	// was running at two deaths is taken to cause them, and fails.
+	// L1 itself died or froze, or the test binary ended early there (it
+	// did not exit 0 and either no test failed, or tests it was given have
+	// no result: killed by L1's OOM killer, or a panic such as a goroutine
+	// reporting into a finished test, which loses every test after it):
+	// the tests it had not finished have no result yet, of their own or of
+	// the code. They run in a fresh L1, up to maxL1Deaths times and only
+	// with time left; those that had finished keep their result, and the
+	// log keeps every run. A test that was running at two deaths is taken
+	// to cause them, and fails.
 	deaths := map[string]int{} // the test running at a death: how many
 	n := 0                     // deaths in all
 	for {
-		killed := err == nil && res.ExitCode != 0 && len(counter.failedLeaves()) == 0
+		unfinished := slices.ContainsFunc(tests, func(name string) bool { return !counter.finished(name) })
+		killed := err == nil && res.ExitCode != 0 && (len(counter.failedLeaves()) == 0 || unfinished)
 		if err == nil && !killed {
 			break
 		}
@@ -421,7 +425,7 @@ func settle(args, tests []string, deadline time.Time, runL1 l1Runner, say sayFun
 			say("--- FAIL: nested KVM: %v\n", err)
 			return 1
 		}
-		what := map[bool]string{true: "the test binary was killed", false: "L1 died"}[killed]
+		what := map[bool]string{true: "the test binary ended early", false: "L1 died"}[killed]
 		running := counter.running()
 		deaths[running]++
 		n++

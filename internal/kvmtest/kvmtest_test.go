@@ -159,6 +159,19 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", code: 2},
 			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
 		}, 0, 1},
+		// A binary that panics after a failure (a goroutine reporting
+		// into a finished test) leaves tests without a result: they run
+		// again in a fresh L1; the failed one runs alone and fails again.
+		{"panic after a failure", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\npanic: Fail in goroutine after TestA has completed\n", code: 2},
+			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 1},
+		// A failed run that finished every test is not a death.
+		{"failure, all finished", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 0},
 		// The same test running at two deaths is taken to cause them.
 		{"same test twice", []fakeRun{
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", died: true},
