@@ -486,6 +486,15 @@ type Incoming struct {
 	conn          net.Conn
 }
 
+// refuse tells the source on conn why the receiver does not take its
+// VM, waiting at most 5 s for the write (a source that stopped reading
+// cannot hold the receiver).
+func refuse(conn net.Conn, why error) {
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	(&Incoming{conn: conn}).Ack(why)
+	conn.SetWriteDeadline(time.Time{})
+}
+
 // Ack tells the source the outcome (nil: the destination has the VM).
 func (in *Incoming) Ack(failure error) error {
 	msg := ""
@@ -593,9 +602,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 		var he *HelloError
 		if errors.As(err, &he) && h != nil {
 			// A source that sent a hello hears why it was refused.
-			ack := &Incoming{conn: conn}
-			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			ack.Ack(err)
+			refuse(conn, err)
 		}
 		return nil, err
 	}
@@ -614,10 +621,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 		// The source hears why (a *HelloError from prepare is a refusal
 		// of this VM, such as other devices than the receiver's; the
 		// receiver may wait for another).
-		ack := &Incoming{conn: conn}
-		conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		ack.Ack(err)
-		conn.SetWriteDeadline(time.Time{})
+		refuse(conn, err)
 		return nil, err
 	}
 	if mem.Size() != h.MemSize {
@@ -685,9 +689,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 			if verify != nil {
 				if err := verify.result(); err != nil {
 					// The source hears why and resumes.
-					ack := &Incoming{conn: conn}
-					conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-					ack.Ack(err)
+					refuse(conn, err)
 					return nil, err
 				}
 			}
