@@ -447,13 +447,15 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 		d.deflated += pages
 		d.mu.Unlock()
 	default:
-		return fmt.Errorf("chain %d on queue %d: the balloon has queues 0 (inflate) and 1 (deflate)%s", c.Head, q, d.reportingQueue())
+		return fmt.Errorf("chain %d on queue %d: the balloon has queues 0 (inflate) and 1 (deflate)%s", c.Head, q, d.extraQueues())
 	}
 	done(0)
 	return nil
 }
 
-func (d *Device) reportingQueue() string {
+// extraQueues names, for errors, the queues the negotiated features add
+// after inflate and deflate.
+func (d *Device) extraQueues() string {
 	var extra string
 	for q := 2; q < 4; q++ {
 		switch d.queueRole(q) {
