@@ -383,6 +383,27 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		idle = time.AfterFunc(cfg.IdleTimeout, func() { idled.Store(true); cancel() })
 		defer idle.Stop()
 	}
+	// The console tells a dead L1 whose QEMU still runs (watch.go).
+	var dead atomic.Value // string: why L1 was killed
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go func() {
+		w := &consoleWatch{path: console, beat: time.Now()}
+		t := time.NewTicker(watchPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-watchDone:
+				return
+			case now := <-t.C:
+				if why := w.check(now); why != "" {
+					dead.Store(why)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	sc := bufio.NewScanner(pipe)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -422,6 +443,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	switch {
+	case dead.Load() != nil:
+		e.Reason = dead.Load().(string)
 	case idled.Load():
 		e.Reason = fmt.Sprintf("no output from L1 for %v (killed)", cfg.IdleTimeout)
 	case ctx.Err() == context.DeadlineExceeded:
@@ -613,6 +636,7 @@ echo 0 > /proc/sys/net/core/bpf_jit_enable
 	if dir == "" {
 		dir = "/"
 	}
+	b.WriteString(heartbeatScript())
 	fmt.Fprintf(&b, "cd %s || echo 'nested: no directory %s'\n", shellQuote(dir), dir)
 	env := []string{"HOME=/root", "TMPDIR=/tmp", "TERM=xterm", "LANG=C.UTF-8", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", InL1Env + "=1"}
 	env = append(env, cfg.Env...)
@@ -657,6 +681,16 @@ var oopsMarks = []string{"BUG:", "Oops", "general protection fault", "WARNING:",
 func consoleExcerpt(path string) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.ReplaceAll(strings.TrimRight(string(b), "\n"), "\r", ""), "\n")
+	// Of the heartbeats, the last alone says something: L1's uptime
+	// when its init last ran.
+	last := ""
+	for _, l := range slices.Backward(lines) {
+		if strings.Contains(l, heartbeatMark) {
+			last = l
+			break
+		}
+	}
+	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, heartbeatMark) && l != last })
 	const end, oops = 40, 40
 	first := -1
 	for i, l := range lines {
@@ -666,7 +700,7 @@ func consoleExcerpt(path string) string {
 		}
 	}
 	if first < 0 || first >= len(lines)-end {
-		return lastN(string(b), end)
+		return lastN(strings.Join(lines, "\n"), end)
 	}
 	from := max(first-3, 0)
 	to := min(from+oops, len(lines)-end)

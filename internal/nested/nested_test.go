@@ -117,3 +117,12 @@ func TestConsoleExcerptKeepsFirstOops(t *testing.T) {
 		t.Fatalf("short console: %q", got)
 	}
 }
+
+func TestConsoleExcerptKeepsLastHeartbeat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console")
+	text := "boot\n" + heartbeatMark + " 5.01\nmid\n" + heartbeatMark + " 15.02\n" + heartbeatMark + " 25.03\nend\n"
+	os.WriteFile(path, []byte(text), 0o644)
+	if got, want := consoleExcerpt(path), "boot\nmid\n"+heartbeatMark+" 25.03\nend"; got != want {
+		t.Fatalf("excerpt %q, want %q", got, want)
+	}
+}
