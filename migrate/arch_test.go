@@ -56,10 +56,7 @@ func TestReceiveRefusesOtherArch(t *testing.T) {
 			c1.SetDeadline(time.Now().Add(10 * time.Second))
 			errc := make(chan error, 1)
 			go func() {
-				opts := ReceiveOptions{Arch: c.receiver, CheckMachine: func(json.RawMessage) error {
-					t.Error("CheckMachine called for a hello of another architecture")
-					return nil
-				}}
+				opts := ReceiveOptions{Arch: c.receiver}
 				_, err := ReceiveWith(c2, opts, func(Hello) (*memory.Memory, error) {
 					t.Error("prepare called for a hello of another architecture")
 					return nil, errors.New("no")
@@ -182,15 +179,14 @@ func TestSendReceiveARM64(t *testing.T) {
 	src.Write(ramBase+0x5000, []byte("before the migration"))
 	f := &fakeVM{t: t, arch: snapshot.ArchARM64, mem: src, statePg: ramBase + 0x9000, writePer: 3}
 	var hello Hello
-	st, err, in, rerr := transfer(t, f, SendOptions{}, ReceiveOptions{Arch: snapshot.ArchARM64, CheckMachine: func(m json.RawMessage) error {
+	st, err, in, rerr := transfer(t, f, SendOptions{}, ReceiveOptions{Arch: snapshot.ArchARM64}, func(hh Hello) (*memory.Memory, error) {
+		// The machine arrives in the architecture's own format.
 		var ms struct {
 			NumCPUs int `json:"num_cpus"`
 		}
-		if err := json.Unmarshal(m, &ms); err != nil || ms.NumCPUs != 2 {
-			return errors.New("bad machine")
+		if err := json.Unmarshal(hh.Machine, &ms); err != nil || ms.NumCPUs != 2 {
+			return nil, &HelloError{errors.New("bad machine")}
 		}
-		return nil
-	}}, func(hh Hello) (*memory.Memory, error) {
 		hello = hh
 		return memory.NewAt(ramBase, hh.MemSize, memory.Options{})
 	})

@@ -466,11 +466,6 @@ func readHello(r *bufio.Reader, opts ReceiveOptions) (*Hello, error) {
 	case opts.CPUs != 0 && h.CPUs != opts.CPUs:
 		return &h, &HelloError{fmt.Errorf("the incoming VM has %d vCPUs, not the %d this receiver expects (--cpus): a migration cannot change the vCPU count", h.CPUs, opts.CPUs)}
 	}
-	if opts.CheckMachine != nil {
-		if err := opts.CheckMachine(h.Machine); err != nil {
-			return &h, &HelloError{err}
-		}
-	}
 	return &h, nil
 }
 
@@ -526,12 +521,6 @@ type ReceiveOptions struct {
 	// or ArchARM64); empty means this build's (snapshot.HostArch). A
 	// hello naming another is refused before anything else is looked at.
 	Arch string
-	// CheckMachine, when set, vets the machine the hello announces (its
-	// Machine, in the architecture's own format) before anything is
-	// built (x86 govmm checks that this host can present its CPUID,
-	// vm.MachineState.CheckCPU): its error refuses the hello and is sent
-	// to the source.
-	CheckMachine func(machine json.RawMessage) error
 }
 
 // HelloError is a refusal before the destination built anything: the peer

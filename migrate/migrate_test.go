@@ -3,7 +3,6 @@ package migrate
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -264,38 +263,6 @@ func TestListenUnixMode(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("migration listener mode %v under umask 0, want 0600", fi.Mode().Perm())
-	}
-}
-
-// A machine the receiver's CheckMachine refuses (a CPU this host cannot
-// present) is refused at the hello, before prepare builds anything, and
-// the source hears why.
-func TestReceiveRefusesMachine(t *testing.T) {
-	c1, c2 := net.Pipe()
-	defer c1.Close()
-	defer c2.Close()
-	c1.SetDeadline(time.Now().Add(10 * time.Second))
-	errc := make(chan error, 1)
-	go func() {
-		opts := ReceiveOptions{CheckMachine: func(json.RawMessage) error {
-			return errors.New("this host lacks avx2")
-		}}
-		_, err := ReceiveWith(c2, opts, func(Hello) (*memory.Memory, error) {
-			t.Error("prepare called for a refused machine")
-			return nil, errors.New("no")
-		})
-		errc <- err
-	}()
-	if _, err := c1.Write(stream(1<<20, nil, nil, false)); err != nil {
-		t.Fatal(err)
-	}
-	ack := readAck(c1)
-	var he *HelloError
-	if err := <-errc; !errors.As(err, &he) || !strings.Contains(err.Error(), "avx2") {
-		t.Fatalf("refused machine: %v", err)
-	}
-	if !strings.Contains(ack, "lacks avx2") {
-		t.Fatalf("source was told %q", ack)
 	}
 }
 

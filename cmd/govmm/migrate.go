@@ -68,22 +68,47 @@ func migrateVM(v migrate.VM, req api.MigrateRequest, progress func(done, total u
 	return res, nil
 }
 
+// receivable is a machine built from a migration hello: x86's vm.VM or
+// arm64's Machine.
+type receivable interface {
+	comparable
+	// CheckVirtioDevices refuses a source whose virtio devices (its
+	// hello's list) differ from this machine's.
+	CheckVirtioDevices(source []string) error
+	Close() error
+}
+
 // receiveVM accepts sources on ln until one's VM has arrived, for both
-// builds' `migrate receive`. prepare builds the machine around the
-// incoming memory as soon as the hello says what it is (so that only the
-// last pages and the state remain for the source's pause); discard closes
-// what prepare built when the stream then fails. A peer whose hello this
+// builds' `migrate receive`. build decodes the hello's machine (refusing
+// it with a *migrate.HelloError, e.g. a CPU this host cannot present) and
+// builds the machine around the incoming memory as soon as the hello says
+// what it is, so that only the last pages and the state remain for the
+// source's pause; a machine with other virtio devices than the source's
+// is refused here, before any page moves. A peer whose hello this
 // receiver refuses (no hello, another protocol or architecture, memory
 // size or vCPU count, a CPU this host cannot present, other virtio
-// devices) is logged and the receiver keeps waiting: nothing was built for
-// it, and its source hears why. A failure after an accepted hello ends
-// the receiver; its source resumes the VM.
-func receiveVM(ln net.Listener, listen string, opts migrate.ReceiveOptions, prepare func(migrate.Hello) (*memory.Memory, error),
-	discard func(), log *slog.Logger, stderr io.Writer) (*migrate.Incoming, net.Conn, error) {
+// devices) is logged and the receiver keeps waiting: nothing was built
+// for it, and its source hears why. A failure after an accepted hello
+// ends the receiver (the machine is closed); its source resumes the VM.
+func receiveVM[M receivable](ln net.Listener, listen string, opts migrate.ReceiveOptions,
+	build func(migrate.Hello) (M, *memory.Memory, error), log *slog.Logger, stderr io.Writer) (M, *migrate.Incoming, net.Conn, error) {
+	var machine, none M
+	prepare := func(h migrate.Hello) (*memory.Memory, error) {
+		m, mem, err := build(h)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.CheckVirtioDevices(h.Devices); err != nil {
+			m.Close()
+			return nil, &migrate.HelloError{Err: err}
+		}
+		machine = m
+		return mem, nil
+	}
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return nil, nil, fail(exitInternal, "migrate receive: %v", err)
+			return none, nil, nil, fail(exitInternal, "migrate receive: %v", err)
 		}
 		in, err := migrate.ReceiveWith(conn, opts, prepare)
 		var he *migrate.HelloError
@@ -95,10 +120,12 @@ func receiveVM(ln net.Listener, listen string, opts migrate.ReceiveOptions, prep
 		}
 		if err != nil {
 			conn.Close()
-			discard()
-			return nil, nil, fail(exitInternal, "migrate receive: %v (nothing was started)", err)
+			if machine != none {
+				machine.Close()
+			}
+			return none, nil, nil, fail(exitInternal, "migrate receive: %v (nothing was started)", err)
 		}
-		return in, conn, nil
+		return machine, in, conn, nil
 	}
 }
 

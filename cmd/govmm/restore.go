@@ -165,47 +165,30 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitUsage, "migrate receive: --listen: %v", err)
 	}
 	defer ln.Close()
-	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus, Arch: snapshot.ArchX86_64,
-		CheckMachine: func(b json.RawMessage) error {
-			m, err := helloMachine(b)
-			if err != nil {
-				return err
-			}
-			return checkSavedCPU(cfg.Accel, m)
-		}}
+	opts := migrate.ReceiveOptions{MemSize: cfg.MemSize, CPUs: f.cpus, Arch: snapshot.ArchX86_64}
 	// receiveVM keeps listening past the peers it refuses: a port
 	// scanner, a connection closed at once, a silent peer, another
 	// machine than --memory and --cpus say, a CPU this host cannot
 	// present, other virtio devices.
-	var machine *vm.VM
-	in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*memory.Memory, error) {
-		mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
-		if err != nil {
-			return nil, err
-		}
+	machine, in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*vm.VM, *memory.Memory, error) {
 		hm, err := helloMachine(h.Machine)
 		if err != nil {
-			mem.Close()
-			return nil, err
+			return nil, nil, &migrate.HelloError{Err: err}
+		}
+		if err := checkSavedCPU(cfg.Accel, hm); err != nil {
+			return nil, nil, &migrate.HelloError{Err: err}
+		}
+		mem, err := memory.NewWithOptions(h.MemSize, memory.Options{HugePages: f.hugePages})
+		if err != nil {
+			return nil, nil, err
 		}
 		cfg.KernelName = "migrated from " + hm.Accel
-		machine, err = vm.Prepare(cfg, hm, mem)
+		machine, err := vm.Prepare(cfg, hm, mem)
 		if err != nil {
-			return nil, err
-		}
-		// Other virtio devices than the source's are refused
-		// before any guest memory moves.
-		if err := machine.CheckVirtioDevices(h.Devices); err != nil {
-			machine.Close()
-			machine = nil
-			return nil, &migrate.HelloError{Err: err}
+			return nil, nil, err
 		}
 		vm.WarmStateCodec()
-		return mem, nil
-	}, func() {
-		if machine != nil {
-			machine.Close()
-		}
+		return machine, mem, nil
 	}, cfg.Log, stderr)
 	if err != nil {
 		return err

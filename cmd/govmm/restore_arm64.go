@@ -185,46 +185,30 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitUsage, "migrate receive: --listen: %v", err)
 	}
 	defer ln.Close()
-	opts := migrate.ReceiveOptions{MemSize: memSize, CPUs: f.cpus, Arch: snapshot.ArchARM64,
-		CheckMachine: func(b json.RawMessage) error {
-			_, err := helloMachineARM64(b)
-			return err
-		}}
+	opts := migrate.ReceiveOptions{MemSize: memSize, CPUs: f.cpus, Arch: snapshot.ArchARM64}
 	// As on x86 (receiveVM): peers whose hello this receiver refuses are
 	// logged and it keeps waiting.
-	var m *arm64.Machine
 	var kernel string
-	in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*memory.Memory, error) {
+	m, in, conn, err := receiveVM(ln, listen, opts, func(h migrate.Hello) (*arm64.Machine, *memory.Memory, error) {
 		ms, err := helloMachineARM64(h.Machine)
 		if err != nil {
-			return nil, &migrate.HelloError{Err: err}
+			return nil, nil, &migrate.HelloError{Err: err}
 		}
 		mem, err := memory.NewAt(arm64.RAMBase, h.MemSize, memory.Options{})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// A VM migrated again keeps one prefix.
 		kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
-		m, err = arm64.Prepare(arm64.Config{
+		m, err := arm64.Prepare(arm64.Config{
 			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 			Virtio: f.virtio(),
 		}, ms, mem)
 		if err != nil {
-			return nil, err
-		}
-		// Other virtio devices than the source's are refused
-		// before any guest memory moves.
-		if err := m.CheckVirtioDevices(h.Devices); err != nil {
-			m.Close()
-			m = nil
-			return nil, &migrate.HelloError{Err: err}
+			return nil, nil, err
 		}
 		arm64.WarmStateCodec()
-		return mem, nil
-	}, func() {
-		if m != nil {
-			m.Close()
-		}
+		return m, mem, nil
 	}, log, stderr)
 	if err != nil {
 		return err
