@@ -26,7 +26,10 @@
 // unlocks it, and the runtime ends the thread with the goroutine; the
 // runtime never clones a new thread from a locked one (runtime/proc.go,
 // newm: a locked M hands thread creation to the template thread), so no
-// other thread inherits the narrower filter.
+// other thread inherits the narrower filter. The device threads nearest
+// the guest take filters of their own the same way: virtio-blk workers
+// (DiskWorkerThread), virtio-net's queue servers and TAP readers
+// (NetQueueThread) and virtio-vsock's queue servers (VsockQueueThread).
 package confine
 
 import (

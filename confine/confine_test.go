@@ -63,6 +63,9 @@ func child(name string) int {
 	if code, ok := diskWorkerScenario(name); ok {
 		return code
 	}
+	if code, ok := deviceThreadScenario(name); ok {
+		return code
+	}
 	dir := os.Getenv("CHILD_DIR")
 	switch name {
 	case "workload":

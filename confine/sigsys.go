@@ -54,7 +54,7 @@ var (
 	sigsysOther sigsysMessage
 	// sigsysRoles[role] names the thread whose filter refused the call
 	// (the role is the filter's SECCOMP_RET_DATA: roleProcess, or
-	// roleVCPU0 plus the vCPU's index, or roleDiskWorker); the handler reads it by index
+	// roleVCPU0 plus the vCPU's index, or a device thread's role); the handler reads it by index
 	// too, and uses roleProcess's for a number past the table.
 	sigsysRoles [numRoles]sigsysMessage
 	// sigsysHint follows either.
@@ -63,7 +63,7 @@ var (
 	sigsysText []byte
 )
 
-const hintText = ": the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=process leaves vCPU threads without their narrower filter, --seccomp=off disables the filters)\n"
+const hintText = ": the VMM made a system call its seccomp filter does not allow, and is stopped (please report this with the command line to the govmm issue tracker; --seccomp=log logs such calls and lets them through, --seccomp=process leaves vCPU and device threads without their narrower filters, --seccomp=off disables the filters)\n"
 
 // prepareMessages fills the tables the handler reads: one buffer, so
 // that preparing them costs one allocation, not one per system call.
@@ -96,9 +96,13 @@ func prepareMessages() {
 		off := len(buf)
 		switch r {
 		case roleProcess:
-			buf = append(buf, " on a thread under the process filter alone (a VMM thread, not a vCPU's or a disk worker's, unless --seccomp=process)"...)
+			buf = append(buf, " on a thread under the process filter alone (a VMM thread, not a vCPU's or a device queue's or worker's, unless --seccomp=process)"...)
 		case roleDiskWorker:
 			buf = append(buf, " on a virtio-blk worker thread (its filter allows less than the VMM's other threads')"...)
+		case roleNetQueue:
+			buf = append(buf, " on a virtio-net queue thread (its filter allows less than the VMM's other threads')"...)
+		case roleVsockQueue:
+			buf = append(buf, " on a virtio-vsock queue thread (its filter allows less than the VMM's other threads')"...)
 		default:
 			buf = append(buf, " on vCPU "...)
 			buf = strconv.AppendInt(buf, int64(r-roleVCPU0), 10)

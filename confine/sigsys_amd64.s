@@ -7,7 +7,7 @@
 // It never returns.
 TEXT ·sigsysHandler(SB),NOSPLIT|NOFRAME,$0-0
 	MOVL	4(SI), R8		// si_errno: the filter's SECCOMP_RET_DATA, the role (SYSCALL keeps R8)
-	CMPQ	R8, $258		// numRoles
+	CMPQ	R8, $260		// numRoles
 	JB	rolok
 	MOVL	$0, R8			// roleProcess
 rolok:

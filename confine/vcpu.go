@@ -62,7 +62,7 @@ var vcpuRefused = []struct{ name, why string }{
 	{"renameat", "snapshots"},
 	{"pread64", "virtio-blk (the disk's workers), /proc/self/pagemap (snapshots); allowed on vCPU threads only with a passed-through VFIO device (Options.VCPUDeviceIO)"},
 	{"pwrite64", "as pread64"},
-	{"writev", "virtio-net's transmit goroutine"},
+	{"writev", "virtio-net's transmit queue threads (their own filter allows it on the TAP's descriptors alone)"},
 	{"accept4", "the control socket's goroutine"},
 	{"connect", "migration, vsock (their goroutines)"},
 	{"getsockopt", "the control socket, migration"},
@@ -92,14 +92,18 @@ var vcpuRefused = []struct{ name, why string }{
 const maxVCPURoles = 256
 
 // roleProcess is the process filter's role: a thread that is not a
-// vCPU's or a disk worker's. vCPU index i is role roleVCPU0+i.
-// roleDiskWorker is a virtio-blk worker thread's (worker.go). The SIGSYS
-// handler's assembly holds numRoles too.
+// vCPU's or a device thread's. vCPU index i is role roleVCPU0+i.
+// roleDiskWorker is a virtio-blk worker thread's (worker.go),
+// roleNetQueue a virtio-net queue thread's and roleVsockQueue a
+// virtio-vsock queue thread's (devthread.go). The SIGSYS handler's
+// assembly holds numRoles too.
 const (
 	roleProcess    = 0
 	roleVCPU0      = 1
 	roleDiskWorker = roleVCPU0 + maxVCPURoles
-	numRoles       = roleDiskWorker + 1
+	roleNetQueue   = roleDiskWorker + 1
+	roleVsockQueue = roleNetQueue + 1
+	numRoles       = roleVsockQueue + 1
 )
 
 // vcpuNames are the calls a vCPU thread's filter allows whatever their

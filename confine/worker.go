@@ -3,7 +3,6 @@ package confine
 import (
 	"fmt"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,8 +13,10 @@ import (
 // own on top of the process filter: the vCPU threads' allowlist (the Go
 // runtime's needs, eventfds, the interrupt a finished request raises)
 // with the image's calls added, so that it cannot open a file, make a
-// socket or start a process. The other device goroutines are not locked
-// to threads of their own and stay under the process filter.
+// socket or start a process. The virtio-net and virtio-vsock queues'
+// goroutines have roles of their own (devthread.go); the other device
+// goroutines are not locked to threads of their own and stay under the
+// process filter.
 
 // diskWorkerExtra are the calls a disk worker makes besides a vCPU
 // thread's.
@@ -73,12 +74,7 @@ func DiskWorkerThread(name string, o Options) error {
 	if err != nil {
 		return fmt.Errorf("seccomp: %w", err)
 	}
-	b := []byte(name)
-	if len(b) > 15 {
-		b = b[:15]
-	}
-	b = append(b, 0)
-	if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0, 0, 0); err != nil {
+	if err := nameThread(name); err != nil {
 		return fmt.Errorf("name disk worker thread %s: %w", name, err)
 	}
 	prepareVCPUThreads()

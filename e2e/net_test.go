@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -146,8 +147,11 @@ func hostTap(t *testing.T) {
 
 // tcpTransfer is L1's connection number i to the guest's port 7000: it
 // sends netDown bytes of seed, half-closes, and checks the guest's answer
-// and the checksum the guest printed of what it received.
-func tcpTransfer(t *testing.T, p *proc, seed string, i int) {
+// and the checksum the guest printed of what it received. during, if
+// set, runs once the bytes are sent and before the half-close, while the
+// guest still waits for the rest: packets have gone both ways, and the
+// VM is certainly still running.
+func tcpTransfer(t *testing.T, p *proc, seed string, i int, during func()) {
 	t.Helper()
 	down := pattern(seed, netDown)
 	c, err := net.DialTimeout("tcp4", netGuestIP+":7000", 30*time.Second)
@@ -157,6 +161,9 @@ func tcpTransfer(t *testing.T, p *proc, seed string, i int) {
 	c.SetDeadline(time.Now().Add(3 * time.Minute))
 	if _, err := c.Write(down); err != nil {
 		t.Fatalf("send to the guest: %v", err)
+	}
+	if during != nil {
+		during()
 	}
 	c.(*net.TCPConn).CloseWrite()
 	answer, err := io.ReadAll(c)
@@ -190,7 +197,11 @@ func TestNetLinux(t *testing.T) {
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 panic=-1")
 			p := bootGuest(t, args, "vsock-test: listening 7000", func() { hostTap(t) })
-			tcpTransfer(t, p, "down", 1)
+			// While the guest's data flows, each thread of the TAP's
+			// data path has its own seccomp filter (#16).
+			tcpTransfer(t, p, "down", 1, func() {
+				checkDeviceThreads(t, p.cmd.Process.Pid, "net0-rx0", "net0-rxq0", "net0-tx0")
+			})
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
@@ -217,6 +228,38 @@ func TestNetLinux(t *testing.T) {
 	}
 }
 
+// checkDeviceThreads reads the seccomp filters of each thread of govmm
+// (pid): every thread with a filter of its own (#16: vCPU threads
+// "vcpuN", virtio-blk workers "vdX-ioN", virtio-net threads "netN-...":
+// the queues' servers and the TAP readers, virtio-vsock queue threads
+// "vsock-...") has one filter more than the main thread, each other
+// thread none more, and the threads named in want exist.
+// TestConfineVCPUThreads and TestVirtioSnapshot check the vCPU and disk
+// worker threads the same way.
+func checkDeviceThreads(t *testing.T, pid int, want ...string) {
+	t.Helper()
+	counts, base := threadFilters(t, pid)
+	if base < 1 {
+		t.Fatalf("the main thread has %d seccomp filters, want the process filter: %v", base, counts)
+	}
+	own := regexp.MustCompile(`^(vcpu\d+|vd[a-z]-io\d+|net\d+-.*|vsock-.*)$`)
+	for name, n := range counts {
+		w := base
+		if own.MatchString(name) {
+			w = base + 1
+		}
+		if n != w {
+			t.Errorf("thread %q: %d seccomp filters, want %d (the main thread has %d)", name, n, w, base)
+		}
+	}
+	for _, name := range want {
+		if _, ok := counts[name]; !ok {
+			t.Errorf("no thread named %s among %v", name, counts)
+		}
+	}
+	t.Logf("seccomp filters per thread: %v (main thread %d)", counts, base)
+}
+
 // netSnapInit serves two TCP connections and powers off.
 var netSnapInit = strings.Replace(netInit, "tcpserve 7000 1 ", "tcpserve 7000 2 ", 1)
 
@@ -241,7 +284,7 @@ func TestNetSnapshot(t *testing.T) {
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
 				"vsock-test: listening 7000", func() { hostTap(t) })
-			tcpTransfer(t, p, "before", 1)
+			tcpTransfer(t, p, "before", 1, nil)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
 				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
 			}
@@ -255,7 +298,7 @@ func TestNetSnapshot(t *testing.T) {
 			}
 			p = start(t, append(restore, "--net", nf)...)
 			hostTap(t)
-			tcpTransfer(t, p, "after", 2)
+			tcpTransfer(t, p, "after", 2, nil)
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("restored guest: exit %d\n%s", code, p.output())

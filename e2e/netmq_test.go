@@ -117,6 +117,11 @@ func TestNetMultiqueue(t *testing.T) {
 			if info := govmm(t, "info", "--api-socket", api); !strings.Contains(info.Stdout, "queues=2") {
 				t.Errorf("govmm info does not show queues=2:\n%s", info)
 			}
+			// The driver enabled both pairs through the control queue
+			// and posted receive buffers on each: those queues'
+			// threads have their own seccomp filter (#16), as every
+			// virtio-net thread there is by then.
+			checkDeviceThreads(t, p.cmd.Process.Pid, "net0-ctrl", "net0-rxq0", "net0-rxq1")
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())

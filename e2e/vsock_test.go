@@ -308,6 +308,10 @@ func TestVsockLinux(t *testing.T) {
 			up := hostListen(t, sock)
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--vsock", "cid=7,socket="+sock, "--cmdline", "console=ttyS0 panic=-1"), vsockReady, nil)
+			// The driver filled the receive and event queues: their
+			// threads have their own seccomp filter (#16). The guest
+			// waits for the host's connection meanwhile.
+			checkDeviceThreads(t, p.cmd.Process.Pid, "vsock-rxq", "vsock-evq")
 			down := pattern("down", vsockDown)
 			_, answer := hostConnect(t, sock, vsockHostP, down, true)
 			p.waitFor("vsock-test: done", 3*time.Minute)

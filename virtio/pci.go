@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 
 	"govmm/irq/routes"
@@ -90,6 +91,15 @@ type PCIConfig struct {
 	// Without it the Interrupt Pin register is 0 and the function
 	// interrupts through MSI-X only.
 	INTx *INTxConfig
+	// QueueThread, if set, confines queue q's server goroutine: at each
+	// notification, until it returns true, the goroutine is locked to
+	// its thread and calls QueueThread(q) there; on false (the VMM is
+	// not confined yet) it is unlocked again. Once it returned true the
+	// goroutine keeps its thread, which the runtime ends with it when
+	// the transport closes, so that whatever QueueThread did to the
+	// thread (a seccomp filter of its own) holds for that queue's work
+	// alone.
+	QueueThread func(q int) bool
 }
 
 // PCI is the virtio 1.x modern PCI transport of one device (virtio 1.2
@@ -129,6 +139,8 @@ type PCI struct {
 	ioBase uint64 // where the doorbells are bound (0: none)
 	done   chan struct{}
 	closed bool
+	// queueThread is PCIConfig.QueueThread.
+	queueThread func(q int) bool
 }
 
 // pciRegs are the transport's guest-visible registers.
@@ -158,7 +170,8 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 	}
 	po, _ := dev.(PackedOfferer)
 	packed := c.Packed || po != nil && po.OfferPacked()
-	t := &PCI{dev: dev, mem: c.Mem, router: c.Router, log: c.Log, qmax: qmax, packed: packed, done: make(chan struct{})}
+	t := &PCI{dev: dev, mem: c.Mem, router: c.Router, log: c.Log, qmax: qmax, packed: packed, done: make(chan struct{}),
+		queueThread: c.QueueThread}
 	if t.log == nil {
 		t.log = slog.Default()
 	}
@@ -537,11 +550,18 @@ func (t *PCI) kick(q int) {
 
 // serve is queue q's server goroutine.
 func (t *PCI) serve(q int) {
+	confined := t.queueThread == nil
 	for {
 		select {
 		case <-t.done:
 			return
 		case <-t.kicks[q]:
+		}
+		if !confined {
+			runtime.LockOSThread()
+			if confined = t.queueThread(q); !confined {
+				runtime.UnlockOSThread()
+			}
 		}
 		t.service(q)
 	}

@@ -29,7 +29,7 @@ func init() {
 // registerConfine adds the confinement flags (run, restore, migrate
 // receive).
 func (f *runFlags) registerConfine(fs *flag.FlagSet) {
-	fs.StringVar(&f.seccomp, "seccomp", "on", "seccomp filters once the VM is built: on (a system call outside govmm's allowlist stops the process, naming it and the thread; vCPU threads have a narrower allowlist of their own), log (the kernel logs such calls and lets them through), process (on, without the vCPU threads' own allowlist) or off")
+	fs.StringVar(&f.seccomp, "seccomp", "on", "seccomp filters once the VM is built: on (a system call outside govmm's allowlist stops the process, naming it and the thread; vCPU threads have a narrower allowlist of their own), log (the kernel logs such calls and lets them through), process (on, without the vCPU and device threads' own allowlists) or off")
 	fs.StringVar(&f.landlock, "landlock", "on", "Landlock once the VM is built: on (no file-system access but --snapshot-dir; best effort on kernels without Landlock) or off")
 	fs.StringVar(&f.snapshotDir, "snapshot-dir", "", "with --landlock=on, the directory snapshots may be written under (govmm snapshot --dir); default: the --api-socket's directory")
 }
@@ -140,5 +140,40 @@ func (f *runFlags) vcpuThreadHook() func(index int) error {
 func (f *runFlags) virtioConfig(accelName string, log *slog.Logger) devices.Config {
 	c := balloonConfig(f.virtio.config(), accelName, f.mshvDev)
 	c.DiskWorkerThread = f.diskWorkerHook(log)
+	c.NetQueueThread, c.VsockQueueThread = f.deviceThreadHooks(log)
 	return c
+}
+
+// deviceThreadHooks are what each virtio-net and virtio-vsock queue
+// thread runs before its work (devices.Config.NetQueueThread and
+// VsockQueueThread): their own, narrower filters. nil with --seccomp=off
+// or process. Before the VMM is confined they report false and the
+// thread is asked again at its next work (a restored VM's queues and a
+// TAP's packets may come before), so that the process filter's TSYNC
+// finds no thread with a filter of its own.
+func (f *runFlags) deviceThreadHooks(log *slog.Logger) (net func(name string, tapFDs []int) bool, vsock func(name string) bool) {
+	mode, _ := confine.ParseSeccomp(f.seccomp)
+	if mode == confine.SeccompOff || mode == confine.SeccompProcess {
+		return nil, nil
+	}
+	o := confine.Options{Seccomp: mode}
+	net = func(name string, tapFDs []int) bool {
+		if !vmmConfined.Load() {
+			return false
+		}
+		if err := confine.NetQueueThread(name, tapFDs, o); err != nil {
+			log.Error("a virtio-net queue thread runs without its own seccomp filter", "thread", name, "err", err)
+		}
+		return true
+	}
+	vsock = func(name string) bool {
+		if !vmmConfined.Load() {
+			return false
+		}
+		if err := confine.VsockQueueThread(name, o); err != nil {
+			log.Error("a virtio-vsock queue thread runs without its own seccomp filter", "thread", name, "err", err)
+		}
+		return true
+	}
+	return net, vsock
 }

@@ -55,6 +55,17 @@ type Config struct {
 	// DiskWorkerThread, if set, confines each virtio-blk worker's thread
 	// (blk.Device.SetWorkerThread).
 	DiskWorkerThread func(name string)
+	// NetQueueThread, if set, confines the threads of each virtio-net
+	// device's data path: its transport's queue servers ("net0-rxq0",
+	// "net0-tx0", "net0-ctrl") and its TAP readers ("net0-rx0"), for
+	// the Nth device netN. tapFDs are the device's TAP descriptors. It
+	// returns false while the VMM is not confined yet, and is asked
+	// again at the thread's next work (virtio.PCIConfig.QueueThread,
+	// net.Device.SetReaderThread).
+	NetQueueThread func(name string, tapFDs []int) bool
+	// VsockQueueThread, likewise, confines the virtio-vsock transport's
+	// three queue servers ("vsock-rxq", "vsock-txq", "vsock-evq").
+	VsockQueueThread func(name string) bool
 	// BalloonKeep, when set, says why the balloon must not give inflated
 	// pages back to the host (guest RAM that the hypervisor or an IOMMU
 	// pins): it then follows the driver without releasing anything.
@@ -117,8 +128,8 @@ func Build(c Config, h Host) (s *Set, err error) {
 		}
 	}()
 	slot := FirstSlot
-	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error) error {
-		pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log}
+	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error, queueThread func(q int) bool) error {
+		pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log, QueueThread: queueThread}
 		if h.INTxGSI != nil {
 			pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
 		}
@@ -145,12 +156,12 @@ func Build(c Config, h Host) (s *Set, err error) {
 			return s, &InputError{err}
 		}
 		d.SetWorkerThread(c.DiskWorkerThread)
-		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close); err != nil {
+		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, nil); err != nil {
 			return s, err
 		}
 	}
 	if c.RNG {
-		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil); err != nil {
+		if err := add(rng.New(), virtio.PCIClass{Class: 0xff}, nil, nil); err != nil {
 			return s, err
 		}
 	}
@@ -159,16 +170,21 @@ func Build(c Config, h Host) (s *Set, err error) {
 		if err != nil {
 			return s, &InputError{err}
 		}
-		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close); err != nil {
+		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close, vsockThreads(c.VsockQueueThread)); err != nil {
 			return s, err
 		}
 	}
-	for _, nc := range c.Nets {
+	for i, nc := range c.Nets {
 		d, err := virtionet.Open(nc, h.Log)
 		if err != nil {
 			return s, &InputError{err}
 		}
-		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close); err != nil {
+		qt, err := netThreads(d, i, c.NetQueueThread)
+		if err != nil {
+			d.Close()
+			return s, err
+		}
+		if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close, qt); err != nil {
 			return s, err
 		}
 	}
@@ -176,7 +192,7 @@ func Build(c Config, h Host) (s *Set, err error) {
 		// Class 07 80: a communication controller, "other" (what QEMU
 		// gives virtio-serial).
 		d := console.New(h.ConsoleOut, h.Log)
-		if err := add(d, virtio.PCIClass{Class: 0x07, Subclass: 0x80}, d.Close); err != nil {
+		if err := add(d, virtio.PCIClass{Class: 0x07, Subclass: 0x80}, d.Close, nil); err != nil {
 			return s, err
 		}
 		s.Console = d
@@ -188,13 +204,56 @@ func Build(c Config, h Host) (s *Set, err error) {
 		}
 		// Class ff: what QEMU gives virtio-balloon.
 		d := balloon.New(h.Mem, bc)
-		if err := add(d, virtio.PCIClass{Class: 0xff}, nil); err != nil {
+		if err := add(d, virtio.PCIClass{Class: 0xff}, nil, nil); err != nil {
 			return s, err
 		}
 		d.SetNotify(s.Devices[len(s.Devices)-1].Transport.ConfigChanged)
 		s.Balloon = d
 	}
 	return s, nil
+}
+
+// netThreads wires virtio-net device d (the index'th) to fn: its TAP
+// readers through the device, and returns its transport's queue servers'
+// hook. nil fn: none.
+func netThreads(d *virtionet.Device, index int, fn func(name string, tapFDs []int) bool) (func(q int) bool, error) {
+	if fn == nil {
+		return nil, nil
+	}
+	fds, err := d.TapFDs()
+	if err != nil {
+		return nil, err
+	}
+	pairs := len(fds)
+	d.SetReaderThread(func(pair int) bool { return fn(fmt.Sprintf("net%d-rx%d", index, pair), fds) })
+	return func(q int) bool {
+		var name string
+		switch {
+		case q >= 2*pairs:
+			name = fmt.Sprintf("net%d-ctrl", index)
+		case q%2 == 0:
+			name = fmt.Sprintf("net%d-rxq%d", index, q/2)
+		default:
+			name = fmt.Sprintf("net%d-tx%d", index, q/2)
+		}
+		return fn(name, fds)
+	}, nil
+}
+
+// vsockThreads is the virtio-vsock transport's queue servers' hook for
+// fn (nil: none).
+func vsockThreads(fn func(name string) bool) func(q int) bool {
+	if fn == nil {
+		return nil
+	}
+	names := []string{"vsock-rxq", "vsock-txq", "vsock-evq"}
+	return func(q int) bool {
+		name := fmt.Sprintf("vsock-q%d", q)
+		if q < len(names) {
+			name = names[q]
+		}
+		return fn(name)
+	}
 }
 
 // Close stops the transports and closes their backends; safe on a nil

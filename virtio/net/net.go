@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	stdnet "net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,12 +181,18 @@ type Device struct {
 	closed bool
 	warned bool
 	wg     sync.WaitGroup
+
+	// readerThread is SetReaderThread's hook (nil: none).
+	readerThread atomic.Pointer[func(pair int) bool]
 }
 
 // pair is one receive and transmit queue pair and its TAP queue.
 type pair struct {
 	i int
 	f *os.File
+	// confined: the receive goroutine's thread is locked and its
+	// readerThread hook returned true (the goroutine's own).
+	confined bool
 
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -245,6 +252,53 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger) 
 		go d.receive(p)
 	}
 	return d
+}
+
+// SetReaderThread has each pair's receive goroutine, the one that reads
+// its TAP queue and fills the guest's receive buffers, call fn(pair) on
+// its thread, locked to it, before it delivers a packet, until fn returns
+// true (false: the VMM is not confined yet; the goroutine is unlocked
+// again and asks at the next packet). After true the goroutine keeps its
+// thread, which ends with it when the device closes: fn is the thread's
+// confinement (confine.NetQueueThread).
+func (d *Device) SetReaderThread(fn func(pair int) bool) {
+	if fn == nil {
+		d.readerThread.Store(nil)
+		return
+	}
+	d.readerThread.Store(&fn)
+}
+
+// TapFDs returns the descriptors of the TAP's queues, one per pair: the
+// only ones a transmitting thread writes packets to.
+func (d *Device) TapFDs() ([]int, error) {
+	var fds []int
+	for _, p := range d.pairs {
+		rc, err := p.f.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("virtio-net %s: queue %d: %w", d.cfg.Tap, p.i, err)
+		}
+		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
+			return nil, fmt.Errorf("virtio-net %s: queue %d: %w", d.cfg.Tap, p.i, err)
+		}
+	}
+	return fds, nil
+}
+
+// confineReader runs the readerThread hook on pair p's receive goroutine
+// until it took (see SetReaderThread).
+func (d *Device) confineReader(p *pair) {
+	if p.confined {
+		return
+	}
+	fn := d.readerThread.Load()
+	if fn == nil {
+		return
+	}
+	runtime.LockOSThread()
+	if p.confined = (*fn)(p.i); !p.confined {
+		runtime.UnlockOSThread()
+	}
 }
 
 // Close closes the TAP and waits for the receive goroutines.
@@ -686,6 +740,7 @@ func (d *Device) receive(p *pair) {
 		if n < vnetHdrLen {
 			continue
 		}
+		d.confineReader(p)
 		if !d.deliver(p, buf[:n]) {
 			return
 		}
