@@ -1,0 +1,207 @@
+// Command guestload is the guest's side of bench/devbench: a small static
+// program in the benchmark's initramfs that loads the virtio disk,
+// network and vsock devices the same way under every VMM and prints what
+// it measured as "devbench: KEY VALUE" lines on the console.
+//
+//	guestload blk DEV SECONDS    4 KiB random reads (8 at a time), then
+//	                             1 MiB sequential reads and writes, all
+//	                             O_DIRECT (the guest's page cache is out)
+//	guestload net HOST BYTES     TCP guest->host to HOST:5001 (the host
+//	                             answers "ok" after the last byte), then
+//	                             host->guest from HOST:5002, to EOF
+//	guestload vsock PORT         listen on vsock PORT, print that it does,
+//	                             and echo one connection until EOF (the
+//	                             host times the round trips)
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Printf("devbench: error %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	switch {
+	case len(args) == 3 && args[0] == "blk":
+		secs, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		return blk(args[1], time.Duration(secs)*time.Second)
+	case len(args) == 3 && args[0] == "net":
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		return netBench(args[1], n)
+	case len(args) == 2 && args[0] == "vsock":
+		port, err := strconv.Atoi(args[1])
+		if err != nil {
+			return err
+		}
+		return vsockEcho(uint32(port))
+	}
+	return fmt.Errorf("usage: guestload blk DEV SECONDS | net HOST BYTES | vsock PORT")
+}
+
+// aligned returns n bytes aligned for O_DIRECT.
+func aligned(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(-uintptr(unsafe.Pointer(&b[0])) & 4095)
+	return b[off : off+n]
+}
+
+func blk(dev string, d time.Duration) error {
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil || size < 2<<20 {
+		return fmt.Errorf("%s: size %d: %v", dev, size, err)
+	}
+
+	// Random 4 KiB reads, 8 in flight (8 goroutines, each blocking in
+	// pread: the block layer sees a queue depth of up to 8).
+	var ops atomic.Int64
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	start := time.Now()
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := aligned(4096)
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for time.Now().Before(stop) {
+				off := int64(r.IntN(int(size/4096))) * 4096
+				if _, err := f.ReadAt(buf, off); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				ops.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return fmt.Errorf("random read: %v", e)
+	}
+	fmt.Printf("devbench: blk-randread-iops %.0f\n", float64(ops.Load())/time.Since(start).Seconds())
+
+	// 1 MiB sequential reads, wrapping at the end of the disk.
+	buf := aligned(1 << 20)
+	var bytes int64
+	start, stop = time.Now(), time.Now().Add(d)
+	for off := int64(0); time.Now().Before(stop); off = (off + 1<<20) % (size &^ (1<<20 - 1)) {
+		n, err := f.ReadAt(buf, off)
+		if err != nil {
+			return fmt.Errorf("sequential read at %d: %v", off, err)
+		}
+		bytes += int64(n)
+	}
+	fmt.Printf("devbench: blk-seqread-mbs %.1f\n", float64(bytes)/time.Since(start).Seconds()/1e6)
+
+	// 1 MiB sequential writes, then a flush that is part of the time.
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	bytes = 0
+	start, stop = time.Now(), time.Now().Add(d)
+	for off := int64(0); time.Now().Before(stop); off = (off + 1<<20) % (size &^ (1<<20 - 1)) {
+		n, err := f.WriteAt(buf, off)
+		if err != nil {
+			return fmt.Errorf("sequential write at %d: %v", off, err)
+		}
+		bytes += int64(n)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("flush: %v", err)
+	}
+	fmt.Printf("devbench: blk-seqwrite-mbs %.1f\n", float64(bytes)/time.Since(start).Seconds()/1e6)
+	return nil
+}
+
+func netBench(host string, n int) error {
+	chunk := make([]byte, 64<<10)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	// Guest to host: the host's "ok" after the last byte ends the clock.
+	start := time.Now()
+	c, err := net.DialTimeout("tcp4", net.JoinHostPort(host, "5001"), 30*time.Second)
+	if err != nil {
+		return err
+	}
+	for sent := 0; sent < n; sent += len(chunk) {
+		if _, err := c.Write(chunk[:min(len(chunk), n-sent)]); err != nil {
+			return fmt.Errorf("send: %v", err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	ack, err := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if err != nil || ack != "ok\n" {
+		return fmt.Errorf("the host's answer %q: %v", ack, err)
+	}
+	fmt.Printf("devbench: net-g2h-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
+
+	// Host to guest, to EOF.
+	start = time.Now()
+	c, err = net.DialTimeout("tcp4", net.JoinHostPort(host, "5002"), 30*time.Second)
+	if err != nil {
+		return err
+	}
+	got, err := io.CopyBuffer(io.Discard, c, chunk)
+	c.Close()
+	if err != nil || got != int64(n) {
+		return fmt.Errorf("received %d of %d bytes: %v", got, n, err)
+	}
+	fmt.Printf("devbench: net-h2g-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
+	return nil
+}
+
+func vsockEcho(port uint32) error {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return fmt.Errorf("vsock socket: %v", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		return fmt.Errorf("vsock bind: %v", err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		return fmt.Errorf("vsock listen: %v", err)
+	}
+	fmt.Printf("devbench: vsock listening %d\n", port)
+	cfd, _, err := unix.Accept(fd)
+	if err != nil {
+		return fmt.Errorf("vsock accept: %v", err)
+	}
+	unix.Close(fd)
+	c := os.NewFile(uintptr(cfd), "vsock")
+	defer c.Close()
+	if _, err := io.Copy(c, c); err != nil {
+		return fmt.Errorf("vsock echo: %v", err)
+	}
+	fmt.Println("devbench: vsock done")
+	return nil
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// metric is one row of the report.
+type metric struct {
+	key, name, unit string
+	lowerIsBetter   bool
+}
+
+var metrics = []metric{
+	{"blk-randread-iops", "virtio-blk 4 KiB random read, 8 in flight", "IOPS", false},
+	{"blk-seqread-mbs", "virtio-blk 1 MiB sequential read", "MB/s", false},
+	{"blk-seqwrite-mbs", "virtio-blk 1 MiB sequential write (+ flush)", "MB/s", false},
+	{"net-g2h-mbs", "virtio-net TCP guest to host", "MB/s", false},
+	{"net-h2g-mbs", "virtio-net TCP host to guest", "MB/s", false},
+	{"vsock-rtt-us", "vsock round trip, 64 bytes", "µs", true},
+	{"boot-root-ms", "boot to init on a disk root (ext4 on virtio-blk)", "ms", true},
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// report prints the medians per VMM, govmm's ratio to each QEMU column
+// against the issue's targets (at least QEMU's throughput, at most its
+// latency), and every failed run.
+func report(w io.Writer, results []result, cfg *config, command string, took time.Duration) {
+	vals := map[string]map[string][]float64{} // vmm -> key -> values
+	var failures []result
+	for _, r := range results {
+		switch r.Key {
+		case "done":
+			continue
+		case "failed":
+			failures = append(failures, r)
+			continue
+		}
+		if vals[r.VMM] == nil {
+			vals[r.VMM] = map[string][]float64{}
+		}
+		vals[r.VMM][r.Key] = append(vals[r.VMM][r.Key], r.Value)
+	}
+	vmms := cfg.vmms()
+	fmt.Fprintf(w, "\n%s (%v; %d vCPU, %d MiB, medians of %d runs; n = runs that measured it)\n\n", command, took.Round(time.Second), cfg.cpus, memoryMiB, cfg.runs)
+	head := "| metric |"
+	sep := "|---|"
+	for _, v := range vmms {
+		head += " " + v + " |"
+		sep += "---|"
+	}
+	for _, v := range vmms[1:] {
+		head += " govmm/" + v + " |"
+		sep += "---|"
+	}
+	fmt.Fprintln(w, head+" target met |")
+	fmt.Fprintln(w, sep+"---|")
+	for _, m := range metrics {
+		row := fmt.Sprintf("| %s (%s) |", m.name, m.unit)
+		for _, v := range vmms {
+			if xs := vals[v][m.key]; len(xs) > 0 {
+				row += fmt.Sprintf(" %s (n=%d) |", num(median(xs)), len(xs))
+			} else {
+				row += " - |"
+			}
+		}
+		met := []string{}
+		g := vals["govmm"][m.key]
+		for _, v := range vmms[1:] {
+			q := vals[v][m.key]
+			if len(g) == 0 || len(q) == 0 || median(q) == 0 {
+				row += " - |"
+				continue
+			}
+			ratio := median(g) / median(q)
+			row += fmt.Sprintf(" %.2fx |", ratio)
+			ok := ratio >= 1
+			if m.lowerIsBetter {
+				ok = ratio <= 1
+			}
+			met = append(met, fmt.Sprintf("%s: %s", v, map[bool]string{true: "yes", false: "no"}[ok]))
+		}
+		fmt.Fprintf(w, "%s %s |\n", row, strings.Join(met, ", "))
+	}
+	fmt.Fprintln(w, "\nTargets (issue #13): at least QEMU's throughput, at most its latency.")
+	for _, f := range failures {
+		fmt.Fprintf(w, "failed: %s run %d: %s\n", f.VMM, f.Rep+1, f.Note)
+	}
+}
+
+func num(v float64) string {
+	if v >= 100 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.1f", v)
+}

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestResultLineRoundTrip(t *testing.T) {
+	r := result{VMM: "govmm", Rep: 2, Key: "net-g2h-mbs", Value: 123.4}
+	got, ok := parseResult("noise before is not a result\n")
+	if ok {
+		t.Fatalf("parsed %+v from a non-result line", got)
+	}
+	if got, ok = parseResult(r.String() + "\n"); !ok || got != r {
+		t.Fatalf("round trip: %+v %v, want %+v", got, ok, r)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+// TestReport: ratios against each QEMU column and the targets' direction
+// (throughput up, latency down), and failures listed.
+func TestReport(t *testing.T) {
+	var rs []result
+	add := func(vmm, key string, v ...float64) {
+		for i, x := range v {
+			rs = append(rs, result{VMM: vmm, Rep: i, Key: key, Value: x})
+		}
+	}
+	add("govmm", "net-g2h-mbs", 100, 300, 200)
+	add("qemu", "net-g2h-mbs", 100, 100, 100)
+	add("govmm", "vsock-rtt-us", 50, 50, 50)
+	add("qemu", "vsock-rtt-us", 40, 40, 40)
+	rs = append(rs, result{VMM: "qemu", Rep: 1, Key: "failed", Note: "no poweroff"})
+	var b strings.Builder
+	report(&b, rs, &config{runs: 3, cpus: 1}, "go run ./bench/devbench", 0)
+	out := b.String()
+	for _, want := range []string{
+		"| virtio-net TCP guest to host (MB/s) | 200 (n=3) | 100 (n=3) | 2.00x | qemu: yes |",
+		"| vsock round trip, 64 bytes (µs) | 50.0 (n=3) | 40.0 (n=3) | 1.25x | qemu: no |",
+		"failed: qemu run 2: no poweroff",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
