@@ -7,15 +7,17 @@ import (
 	"govmm/pci"
 )
 
-// INTxConfig gives a function INTA (Interrupt Pin 1) on an IOAPIC GSI,
-// the one the platform's `_PRT` names for its slot (x86 only: the arm64
-// machine has no INTx).
+// INTxConfig gives a function INTA (Interrupt Pin 1) on a GSI: on x86 an
+// IOAPIC pin, the one the platform's `_PRT` names for its slot (govmm's
+// userspace IOAPIC resamples it); on arm64 a GIC SPI, the one the device
+// tree's interrupt-map names, routed as an irqchip GSI (KVM resamples
+// it). The line's logic below is the same on both.
 type INTxConfig struct {
 	GSI uint32
 }
 
 // intxLine is a function's INTA: a level line behind a resample irqfd on
-// the IOAPIC pin, as VFIO's INTx is. Signalling trigger asserts the pin's
+// the IOAPIC pin or GIC SPI, as VFIO's INTx is. Signalling trigger asserts the pin's
 // resample input; the guest's EOI drops it and signals resample, on which
 // the transport signals trigger again if the line should still be high.
 // So the device workers that complete requests only write an eventfd, and

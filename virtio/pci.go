@@ -86,8 +86,9 @@ type PCIConfig struct {
 	// device's description (Describe), so a snapshot or a migration
 	// restores only where the device offers the same.
 	Packed bool
-	// INTx, if set, gives the function INTA on this IOAPIC GSI (x86),
-	// raised through a resample irqfd on Router while MSI-X is disabled.
+	// INTx, if set, gives the function INTA on this GSI (an IOAPIC pin
+	// on x86, a GIC SPI on arm64), raised through a resample irqfd on
+	// Router while MSI-X is disabled.
 	// Without it the Interrupt Pin register is 0 and the function
 	// interrupts through MSI-X only.
 	INTx *INTxConfig

@@ -77,6 +77,7 @@ const (
 	capIOEventFD        = 36
 	capMSIDevID         = 131
 	capSignalMSI        = 77
+	capIRQFDResample    = 82 // KVM_CAP_IRQFD_RESAMPLE
 )
 
 // capNeed says how govmm uses a capability on arm64.
@@ -118,6 +119,7 @@ var capTable = []capEntry{
 	{"IRQFD", capIRQFD, capRequired},
 	{"IOEVENTFD", capIOEventFD, capRequired},
 	{"MSI_DEVID", capMSIDevID, capRequired},
+	{"IRQFD_RESAMPLE", capIRQFDResample, capOptional},
 	{"ARM_NISV_TO_USER", capARMNISVToUser, capOptional},
 	{"SIGNAL_MSI", capSignalMSI, capListed},
 	{"ARM_PMU_V3", capARMPMUv3, capListed},
@@ -324,9 +326,26 @@ type irqRoutingEntry struct {
 
 const sizeofIRQRoutingEntry = 48
 
+// irqRoutingIrqchip is struct kvm_irq_routing_entry with its union as the
+// irqchip member (struct kvm_irq_routing_irqchip: irqchip, pin): on
+// arm64, pin p of irqchip 0 is the SPI with INTID 32+p.
+type irqRoutingIrqchip struct {
+	GSI     uint32
+	Type    uint32
+	Flags   uint32
+	Pad     uint32
+	Irqchip uint32
+	Pin     uint32
+	_       [6]uint32
+}
+
+// irqchipNumPins is KVM_IRQCHIP_NUM_PINS on arm64 (1020 - 32: the SPIs).
+const irqchipNumPins = 988
+
 const (
-	irqRoutingMSI = 2      // KVM_IRQ_ROUTING_MSI
-	msiValidDevID = 1 << 0 // KVM_MSI_VALID_DEVID
+	irqRoutingIrqchipType = 1      // KVM_IRQ_ROUTING_IRQCHIP
+	irqRoutingMSI         = 2      // KVM_IRQ_ROUTING_MSI
+	msiValidDevID         = 1 << 0 // KVM_MSI_VALID_DEVID
 )
 
 // struct kvm_irqfd.
@@ -340,7 +359,10 @@ type irqfd struct {
 
 const sizeofIRQFD = 32
 
-const irqfdFlagDeassign = 1 << 0 // KVM_IRQFD_FLAG_DEASSIGN
+const (
+	irqfdFlagDeassign = 1 << 0 // KVM_IRQFD_FLAG_DEASSIGN
+	irqfdFlagResample = 1 << 1 // KVM_IRQFD_FLAG_RESAMPLE
+)
 
 // struct kvm_ioeventfd.
 type ioeventfd struct {

@@ -196,6 +196,9 @@ type VM struct {
 	// one (SetMSIDevID).
 	devMu  sync.Mutex
 	devIDs map[uint32]uint32
+	// chipGSIs are the GSIs with an irqchip (SPI) route in the table
+	// KVM has (under devMu).
+	chipGSIs map[uint32]bool
 }
 
 // CreateVM creates a VM with the default (40-bit) IPA space, and turns on
@@ -405,25 +408,40 @@ func (vm *VM) SetMSIDevID(gsi, devID uint32) {
 }
 
 // SetGSIRouting replaces KVM's GSI routing table (KVM_SET_GSI_ROUTING).
-// Only MSI routes exist on arm64 here (the SPIs are driven by
-// KVM_IRQ_LINE, which does not go through the table); a route whose GSI
-// has a device ID (SetMSIDevID) carries it with KVM_MSI_VALID_DEVID.
+// MSI routes go to the ITS; a route whose GSI has a device ID
+// (SetMSIDevID) carries it with KVM_MSI_VALID_DEVID. Irqchip routes
+// (chip 0, pin p) drive the SPI with INTID 32+p, as KVM's default
+// routing does for GSI p (vgic-irqfd.c): those are the level lines
+// resample irqfds serve (a PCI function's INTx). The table replaces
+// KVM's default one whole, so an SPI without a route here can still be
+// driven by KVM_IRQ_LINE (SetSPI) but not by an irqfd.
 func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 	buf := make([]uint64, (sizeofIRQRouting+len(routes)*sizeofIRQRoutingEntry)/8)
 	base := unsafe.Pointer(&buf[0])
 	(*irqRoutingHeader)(base).Nr = uint32(len(routes))
 	ents := unsafe.Slice((*irqRoutingEntry)(unsafe.Add(base, sizeofIRQRouting)), len(routes))
+	chips := map[uint32]bool{}
 	vm.devMu.Lock()
 	for i, r := range routes {
-		if r.Kind != accel.RouteMSI {
-			vm.devMu.Unlock()
-			return fmt.Errorf("set GSI routing: route %d (GSI %d) is not an MSI route: arm64 has no in-kernel irqchip pins to route", i, r.GSI)
-		}
 		e := &ents[i]
-		e.GSI, e.Type = r.GSI, irqRoutingMSI
-		e.AddressLo, e.AddressHi, e.Data = r.MSI.AddressLo, r.MSI.AddressHi, r.MSI.Data
-		if id, ok := vm.devIDs[r.GSI]; ok {
-			e.Flags, e.DevID = msiValidDevID, id
+		switch r.Kind {
+		case accel.RouteMSI:
+			e.GSI, e.Type = r.GSI, irqRoutingMSI
+			e.AddressLo, e.AddressHi, e.Data = r.MSI.AddressLo, r.MSI.AddressHi, r.MSI.Data
+			if id, ok := vm.devIDs[r.GSI]; ok {
+				e.Flags, e.DevID = msiValidDevID, id
+			}
+		case accel.RouteIrqchip:
+			if r.Chip != 0 || r.Pin >= irqchipNumPins {
+				vm.devMu.Unlock()
+				return fmt.Errorf("set GSI routing: route %d (GSI %d) is irqchip %d pin %d: the vGIC is irqchip 0 with SPI pins 0-%d", i, r.GSI, r.Chip, r.Pin, irqchipNumPins-1)
+			}
+			c := (*irqRoutingIrqchip)(unsafe.Pointer(e))
+			c.GSI, c.Type, c.Irqchip, c.Pin = r.GSI, irqRoutingIrqchipType, r.Chip, r.Pin
+			chips[r.GSI] = true
+		default:
+			vm.devMu.Unlock()
+			return fmt.Errorf("set GSI routing: route %d (GSI %d) has kind %d, neither MSI nor irqchip", i, r.GSI, r.Kind)
 		}
 	}
 	vm.devMu.Unlock()
@@ -432,15 +450,30 @@ func (vm *VM) SetGSIRouting(routes []accel.Route) error {
 	if err != nil {
 		return fmt.Errorf("KVM_SET_GSI_ROUTING (%d routes): %w", len(routes), err)
 	}
+	vm.devMu.Lock()
+	vm.chipGSIs = chips
+	vm.devMu.Unlock()
 	return nil
 }
 
 // AssignIRQFD binds f.FD to f.GSI: a write to the eventfd injects the
-// GSI's MSI through the ITS without a VMM exit. Resampling is refused: it
-// serves level-triggered interrupts, and MSIs through an ITS are edges.
+// GSI's route without a VMM exit (an MSI through the ITS, or an SPI). A
+// resample irqfd (f.ResampleFD >= 0) is a level line: it must be on an
+// irqchip route (an SPI; MSIs through an ITS are edges, with nothing to
+// resample), and KVM must resample (KVM_CAP_IRQFD_RESAMPLE). KVM then
+// raises the SPI on a signal, and when the guest EOIs it lowers the SPI
+// and signals ResampleFD.
 func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 	if f.ResampleFD >= 0 {
-		return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: arm64 routes only MSIs (edge-triggered LPIs), which have nothing to resample: %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
+		vm.devMu.Lock()
+		chip := vm.chipGSIs[f.GSI]
+		vm.devMu.Unlock()
+		if !chip {
+			return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: the GSI is not routed to an SPI (only SPIs are level lines on arm64; MSIs through the ITS are edges): %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
+		}
+		if vm.kvm.Extension(capIRQFDResample) <= 0 {
+			return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: this host's KVM does not resample irqfds (KVM_CAP_IRQFD_RESAMPLE): %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
+		}
 	}
 	return vm.irqfd(f, false)
 }
@@ -456,6 +489,8 @@ func (vm *VM) irqfd(f accel.IRQFD, deassign bool) error {
 	op := "assign"
 	if deassign {
 		k.Flags, op = irqfdFlagDeassign, "deassign"
+	} else if f.ResampleFD >= 0 {
+		k.Flags, k.ResampleFD = irqfdFlagResample, uint32(f.ResampleFD)
 	}
 	if _, err := ioctlPtr(vm.fd, ioctlIRQFD, unsafe.Pointer(&k)); err != nil {
 		return fmt.Errorf("KVM_IRQFD %s fd %d GSI %d: %w", op, f.FD, f.GSI, err)

@@ -39,7 +39,10 @@
 // level-triggered MSI routes (data bit 15) from the hypervisor's EOI
 // message, in userspace as for the pins (the kernel's own resampler
 // matches the EOI'd vector against the GSI number and cannot be used);
-// KVM cannot, and says so.
+// KVM cannot, and says so. On a GSI with an irqchip route (SetIrqchip:
+// arm64, where a reserved GSI routes to a vGIC SPI and there is no
+// IOAPIC) the irqfd goes to the accelerator with its resample eventfd,
+// and KVM's own resampler serves it.
 package routes
 
 import (
@@ -200,7 +203,30 @@ func (t *Table) SetMSI(gsi uint32, msi accel.MSI) error {
 	return nil
 }
 
-// Remove drops gsi's route (an IOAPIC pin goes back to its placeholder).
+// SetIrqchip routes gsi, one of the reserved GSIs 0-23, to pin of the
+// accelerator's in-kernel irqchip instead of a placeholder: on arm64 (no
+// IOAPIC) pin p of the vGIC is the SPI with INTID 32+p, the level line of
+// a PCI function's INTx. A resample irqfd on such a GSI goes to the
+// accelerator, which resamples it at the guest's EOI (KVM's irqfd
+// resampler), not to the userspace pin controller.
+func (t *Table) SetIrqchip(gsi, chip, pin uint32) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return errClosed
+	}
+	if gsi >= NumReserved {
+		return fmt.Errorf("set irqchip route: GSI %d is not one of the reserved GSIs 0-%d", gsi, NumReserved-1)
+	}
+	r := accel.Route{GSI: gsi, Kind: accel.RouteIrqchip, Chip: chip, Pin: pin}
+	if old := t.routes[gsi]; old != r {
+		t.routes[gsi] = r
+		t.dirty = true
+	}
+	return nil
+}
+
+// Remove drops gsi's route (a reserved GSI goes back to its placeholder).
 func (t *Table) Remove(gsi uint32) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -308,7 +334,8 @@ func (f *IRQFD) accelIRQFD() accel.IRQFD {
 // a signal on ev asserts the interrupt, the guest's EOI deasserts it and
 // signals resample, and the owner signals ev again if it still needs
 // service. On an IOAPIC pin (GSI 0-23) govmm serves it (see the package
-// comment) whatever the guest programmed; on an MSI GSI the committed route
+// comment) whatever the guest programmed; on a GSI with an irqchip route
+// (SetIrqchip) the accelerator does; on an MSI GSI the committed route
 // must be a level-triggered MSI (data bit 15) and the accelerator must
 // resample (the MSHV backend does, from the EOI exit; KVM refuses with an
 // error wrapping accel.ErrNotSupported). The caller keeps ownership of the eventfds;
@@ -353,14 +380,21 @@ func (t *Table) assign(f *IRQFD) error {
 			return fmt.Errorf("assign irqfd %d to GSI %d: the eventfd is already assigned (to GSI %d)", f.ev.FD(), f.gsi, g.gsi)
 		}
 	}
-	if f.resample != nil && f.gsi < NumReserved {
+	r, ok := t.committed[f.gsi]
+	chip := t.routes[f.gsi].Kind == accel.RouteIrqchip
+	if f.resample != nil && f.gsi < NumReserved && !chip {
 		return t.assignPin(f)
 	}
-	r, ok := t.committed[f.gsi]
+	if chip && (!ok || r != t.routes[f.gsi]) {
+		w := t.routes[f.gsi]
+		return fmt.Errorf("assign irqfd %d to GSI %d: its route to irqchip %d pin %d is not committed (commit the route first: signals before it would be lost)", f.ev.FD(), f.gsi, w.Chip, w.Pin)
+	}
 	if !ok {
 		return fmt.Errorf("assign irqfd %d to GSI %d: the GSI has no committed route (commit the route first: signals before it would be lost)", f.ev.FD(), f.gsi)
 	}
-	if f.resample != nil && (r.Kind != accel.RouteMSI || r.MSI.Data&(1<<15) == 0) {
+	// A committed irqchip route is a level line the accelerator
+	// resamples itself.
+	if f.resample != nil && !chip && (r.Kind != accel.RouteMSI || r.MSI.Data&(1<<15) == 0) {
 		return fmt.Errorf("assign resample irqfd %d to GSI %d: the committed route (data %#x) is not level-triggered", f.ev.FD(), f.gsi, r.MSI.Data)
 	}
 	if err := t.vm.AssignIRQFD(f.accelIRQFD()); err != nil {

@@ -243,3 +243,68 @@ func TestSaveRestore(t *testing.T) {
 		t.Fatal("route for unallocated GSI accepted")
 	}
 }
+
+// TestIrqchipResample: a reserved GSI routed to an in-kernel irqchip pin
+// (arm64's INTx SPIs) takes resample irqfds through the accelerator, not
+// the userspace pin controller, once the route is committed; the other
+// reserved GSIs still need the pin controller; Remove puts the
+// placeholder back.
+func TestIrqchipResample(t *testing.T) {
+	vm := newFake()
+	tb := New(vm, nil)
+	if err := tb.SetIrqchip(NumReserved, 0, 3); err == nil {
+		t.Error("irqchip route on an allocatable GSI accepted")
+	}
+	if err := tb.SetIrqchip(5, 0, 5); err != nil {
+		t.Fatal(err)
+	}
+	trig, _ := NewEventFD()
+	res, _ := NewEventFD()
+	defer trig.Close()
+	defer res.Close()
+	if _, err := tb.AssignIRQFD(trig, 5, res); err == nil || !strings.Contains(err.Error(), "not committed") {
+		t.Fatalf("resample irqfd before the irqchip route was committed: %v", err)
+	}
+	if err := tb.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var got *accel.Route
+	for _, r := range vm.commits[len(vm.commits)-1] {
+		if r.GSI == 5 {
+			got = &r
+		}
+	}
+	if got == nil || got.Kind != accel.RouteIrqchip || got.Chip != 0 || got.Pin != 5 {
+		t.Fatalf("committed route of GSI 5: %+v, want irqchip 0 pin 5", got)
+	}
+	f, err := tb.AssignIRQFD(trig, 5, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.InUserspace() {
+		t.Error("the irqchip GSI's resample irqfd is served in userspace")
+	}
+	if a, ok := vm.irqfds[trig.FD()]; !ok || a.GSI != 5 || a.ResampleFD != res.FD() {
+		t.Errorf("accelerator irqfds %+v: want fd %d on GSI 5 with resample fd %d", vm.irqfds, trig.FD(), res.FD())
+	}
+	// A pin without an irqchip route still needs the IOAPIC.
+	trig2, _ := NewEventFD()
+	defer trig2.Close()
+	if _, err := tb.AssignIRQFD(trig2, 6, res); err == nil || !strings.Contains(err.Error(), "IOAPIC") {
+		t.Errorf("resample irqfd on a placeholder pin without a pin controller: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(vm.irqfds) != 0 {
+		t.Errorf("irqfds left after Close: %+v", vm.irqfds)
+	}
+	if err := tb.Remove(5); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range tb.Routes() {
+		if r.GSI == 5 && r.Kind != accel.RouteMSI {
+			t.Errorf("GSI 5 after Remove: %+v, want the placeholder", r)
+		}
+	}
+}

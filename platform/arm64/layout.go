@@ -1,8 +1,9 @@
 // Package arm64 is govmm's arm64 machine: a "virt"-style board with RAM
 // at 1 GiB, an in-kernel GICv3, the architected timer, PSCI firmware
 // provided by KVM, a PL011 console and a PCI Express host bridge (ECAM)
-// whose functions signal MSIs through the vGIC's ITS, described to the
-// guest by a flattened device tree. It boots a Linux arm64 Image (or Image.gz) by the
+// whose functions signal MSIs through the vGIC's ITS, or INTx on four
+// GIC SPIs when the guest does not enable MSI-X, described to the guest
+// by a flattened device tree. It boots a Linux arm64 Image (or Image.gz) by the
 // arm64 boot protocol: the kernel at a 2 MiB aligned address near the
 // start of RAM, the device tree's address in x0, the MMU off.
 //
@@ -35,7 +36,12 @@ const (
 	UARTSize        = 0x1000
 	// UARTSPI is the UART's shared peripheral interrupt (INTID 32+1).
 	UARTSPI = 1
-	RAMBase = 0x4000_0000
+	// PCIINTxSPIBase is the first of the PCINumINTxSPIs SPIs the PCI
+	// functions' INTA-INTD pins are swizzled over (SPIs 3-6, INTIDs
+	// 35-38, as on QEMU's virt board): see PCIINTxSPI.
+	PCIINTxSPIBase = 3
+	PCINumINTxSPIs = 4
+	RAMBase        = 0x4000_0000
 
 	// The PCI host bridge: the 32-bit memory window below the ECAM
 	// window, which covers bus 0 only, and the 64-bit window in the
@@ -136,14 +142,26 @@ const (
 	pciSpaceMem64 = 0x0300_0000
 )
 
+// PCIINTxSPI is the SPI (INTID 32 + the result) that pin (0 INTA to 3
+// INTD) of the function at slot raises: the standard swizzle over
+// PCINumINTxSPIs lines, pin p of slot s on line (s + p) mod 4, as the host
+// bridge's interrupt-map says and as QEMU's virt board wires it. It is
+// also the GSI of the SPI's irqchip route (KVM's default arm64 routing
+// numbers GSI n as SPI n), which a function's resample irqfd uses.
+func PCIINTxSPI(slot, pin int) uint32 {
+	return uint32(PCIINTxSPIBase + (slot+pin)%PCINumINTxSPIs)
+}
+
 // PCIPath is the host bridge's node.
 var PCIPath = fmt.Sprintf("/pcie@%x", PCIECAMBase)
 
 // pciNode describes the generic ECAM host bridge (Linux's
 // pci-host-generic): bus 0 through the ECAM window, the two memory
 // windows (no I/O window: no device here has an I/O BAR), and msi-map,
-// which hands each function's requester ID to the ITS as its device ID.
-// No interrupt-map: the functions have no INTx pin, only MSI-X.
+// which hands each function's requester ID to the ITS as its device ID,
+// and interrupt-map, which wires each slot's INTA-INTD to the GIC SPIs
+// PCIINTxSPI names (level, active high), for a guest without MSIs
+// (pci=nomsi, or a driver that does not use MSI-X).
 func pciNode(w *fdt.Writer) {
 	w.BeginNode(PCIPath[1:])
 	w.PropString("compatible", "pci-host-ecam-generic")
@@ -165,7 +183,33 @@ func pciNode(w *fdt.Writer) {
 		pciSpaceMem64, hi(PCIMMIO64Base), lo(PCIMMIO64Base), hi(PCIMMIO64Base), lo(PCIMMIO64Base), hi(PCIMMIO64Size), lo(PCIMMIO64Size))
 	// Requester IDs 0-0xffff map to ITS device IDs 0-0xffff.
 	w.PropU32("msi-map", 0, phandleITS, 0, 0x1_0000)
+	// INTx: a child interrupt specifier is one cell, the pin (1 INTA to
+	// 4 INTD). The mask keeps the low two bits of the device number
+	// (bits 11-12 of the unit address's first cell) and the pin: the
+	// swizzle repeats every four slots, so 4 x 4 entries cover the bus.
+	w.PropU32("#interrupt-cells", 1)
+	w.PropU32("interrupt-map-mask", pciSlotMask, 0, 0, 7)
+	w.PropU32("interrupt-map", interruptMap()...)
 	w.EndNode()
+}
+
+// pciSlotMask selects, in the first cell of a PCI unit address
+// (phys.hi: bus << 16 | device << 11 | function << 8 | register), the
+// low two bits of the device number.
+const pciSlotMask = (PCINumINTxSPIs - 1) << 11
+
+// interruptMap is the host bridge's interrupt-map: for slots 0-3 and pins
+// INTA-INTD, the entry <phys.hi 0 0 pin  GIC  0 0  SPI spi level-high>
+// (the GIC's unit address is two cells, its #address-cells).
+func interruptMap() []uint32 {
+	var m []uint32
+	for slot := range PCINumINTxSPIs {
+		for pin := range 4 {
+			m = append(m, uint32(slot)<<11, 0, 0, uint32(pin+1),
+				phandleGIC, 0, 0, gicSPI, PCIINTxSPI(slot, pin), irqLevelHigh)
+		}
+	}
+	return m
 }
 
 // DeviceTree builds the machine's DTB.

@@ -74,7 +74,8 @@ type Machine struct {
 	bus   *bus.Bus
 	uart  *pl011.UART
 	place Placement
-	// routes is the GSI routing table of the PCI functions' MSIs.
+	// routes is the GSI routing table of the PCI functions' MSIs and
+	// INTx SPIs.
 	routes *routes.Table
 	pci    *pci.Root
 	virtio *devices.Set
@@ -249,6 +250,9 @@ func build(cfg Config, place Placement, memFile *os.File, mem *memory.Memory) (m
 		return nil, err
 	}
 	m.routes = routes.New(m.vm, cfg.Log)
+	if err := routeINTx(m.routes); err != nil {
+		return nil, err
+	}
 	m.pci = pci.NewRoot(PCIWindows())
 	if err := m.bus.Register(PCIECAMBase, PCIECAMSize, "pci-ecam", m.pci.ECAM()); err != nil {
 		return nil, err

@@ -122,7 +122,7 @@ func TestUndecodableMMIO(t *testing.T) {
 // TestITSRouting: with the ITS in place, KVM accepts the MSI routes the
 // PCI functions' vectors get (each with its ITS device ID), irqfds on
 // them and MMIO ioeventfds for the doorbells; a resample irqfd is refused
-// with a reason.
+// with a reason on an MSI GSI, and taken on the INTx SPIs' GSIs.
 func TestITSRouting(t *testing.T) {
 	needKVM(t)
 	m, err := New(Config{MemSize: 64 << 20, NumCPUs: 1, Kernel: bareImage(branchToSelf), KernelName: t.Name(), Virtio: VirtioConfig{RNG: true}})
@@ -155,6 +155,22 @@ func TestITSRouting(t *testing.T) {
 	}
 	if _, err := m.routes.NewIRQFD(gsi, true); err == nil || !strings.Contains(err.Error(), "resample") {
 		t.Errorf("resample irqfd: %v, want a refusal naming resampling", err)
+	}
+	// INTx: KVM takes a resample irqfd on each INTx SPI's GSI, which the
+	// machine routed to the SPI (KVM_IRQ_ROUTING_IRQCHIP).
+	for i := range PCINumINTxSPIs {
+		spi := uint32(PCIINTxSPIBase + i)
+		rf, err := m.routes.NewIRQFD(spi, true)
+		if err != nil {
+			t.Errorf("resample irqfd on INTx SPI %d: %v", spi, err)
+			continue
+		}
+		if rf.InUserspace() {
+			t.Errorf("INTx SPI %d: the resample irqfd is served in userspace, not by KVM", spi)
+		}
+		if err := rf.Close(); err != nil {
+			t.Error(err)
+		}
 	}
 	e, err := m.routes.NewIOEventFD(PCIMMIO32Base+0x3000, 2, false, nil)
 	if err != nil {

@@ -2,11 +2,15 @@ package arm64
 
 // pci.go puts the virtio-pci devices on the arm64 machine's PCI bus: the
 // same transport, devices and routing table as on x86 (packages virtio,
-// pci, irq/routes), with one arm64 difference: an MSI reaches the guest
+// pci, irq/routes), with two arm64 differences. An MSI reaches the guest
 // through the GICv3 ITS, which translates it by the device ID of the
 // function that sent it, so every GSI a function allocates is tagged with
-// the function's PCI requester ID. It is plain Go, tested on any host;
-// machine_arm64.go wires it to KVM.
+// the function's PCI requester ID. And INTx (used while MSI-X is off) is
+// a GIC SPI rather than an IOAPIC pin: INTA of slot s is SPI
+// PCIINTxSPI(s, 0), whose GSI (the same number) has an irqchip route to
+// it, so the transport's resample irqfd is KVM's, which lowers the SPI
+// and signals the resample eventfd at the guest's EOI. It is plain Go,
+// tested on any host; machine_arm64.go wires it to KVM.
 
 import (
 	"errors"
@@ -97,16 +101,35 @@ func (r functionRouter) Allocate() (uint32, error) {
 	return gsi, nil
 }
 
+// routeINTx routes the GSIs of the INTx SPIs (PCIINTxSPI) to those SPIs
+// (vGIC irqchip 0, pin n = INTID 32+n) and commits the table, so that the
+// functions' resample irqfds can be assigned on them. Call it once the
+// vGIC is initialised: its initialisation installs KVM's default routing
+// over whatever was there.
+func routeINTx(table *routes.Table) error {
+	for i := range PCINumINTxSPIs {
+		spi := uint32(PCIINTxSPIBase + i)
+		if err := table.SetIrqchip(spi, 0, spi); err != nil {
+			return fmt.Errorf("INTx route of SPI %d: %w", spi, err)
+		}
+	}
+	if err := table.Commit(); err != nil {
+		return fmt.Errorf("INTx routes: %w", err)
+	}
+	return nil
+}
+
 // addVirtio builds the devices of c and adds them to root from slot 1
-// up, each function's MSI routes tagged with its requester ID; the
-// virtio console (if any) writes to out. On error nothing built stays
-// open.
+// up, each function's MSI routes tagged with its requester ID and its
+// INTA on the SPI of its slot (routeINTx must have run); the virtio
+// console (if any) writes to out. On error nothing built stays open.
 func addVirtio(c VirtioConfig, root *pci.Root, table *routes.Table, ids DevIDs, mem virtio.Memory, log *slog.Logger, out io.Writer) (*devices.Set, error) {
 	set, err := devices.Build(c, devices.Host{
 		Root: root, Mem: mem, Log: log, ConsoleOut: out,
 		Router: func(slot int) virtio.Router {
 			return functionRouter{Table: table, ids: ids, devID: kvmarm.RequesterID(0, slot, 0)}
 		},
+		INTxGSI: func(slot int) uint32 { return PCIINTxSPI(slot, 0) },
 	})
 	if err != nil {
 		var ie *devices.InputError

@@ -387,6 +387,17 @@ func (m *Machine) Apply(s *Saved) error {
 	if err := m.vm.RestoreGIC(&s.GIC, m.mpidrs); err != nil {
 		return err
 	}
+	// The INTx SPIs' levels are the transports' to set: at Start each
+	// raises again the line it had asserted (PCIState.INTx), through
+	// its resample irqfd, whose resampler lowers it at the guest's
+	// EOI. A level restored high from the vGIC's saved line levels has
+	// no resampler behind it until then, and would stay high for good
+	// if the guest read the ISR and EOI'd before Start.
+	for i := range PCINumINTxSPIs {
+		if err := m.vm.SetSPI(32+PCIINTxSPIBase+uint32(i), false); err != nil {
+			return fmt.Errorf("restore: lower INTx SPI %d: %w", PCIINTxSPIBase+i, err)
+		}
+	}
 	d := &s.Devices
 	if err := m.uart.Restore(d.UART); err != nil {
 		return &InputError{fmt.Errorf("restore: %w", err)}

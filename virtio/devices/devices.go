@@ -83,9 +83,10 @@ type Host struct {
 	Mem  virtio.Memory
 	// Router returns the MSI router of the function at slot.
 	Router func(slot int) virtio.Router
-	// INTxGSI, if set, gives the IOAPIC GSI of INTA at slot: each
-	// function then has INTA there, for drivers without MSI-X (x86;
-	// nil on arm64, whose machine has no INTx).
+	// INTxGSI, if set, gives the GSI of INTA at slot: each function
+	// then has INTA there, for drivers without MSI-X (x86: the IOAPIC
+	// pin the _PRT names; arm64: the GIC SPI the device tree's
+	// interrupt-map names, which has an irqchip route of that number).
 	INTxGSI func(slot int) uint32
 	Log     *slog.Logger
 	// ConsoleOut receives the virtio console's output (nil: discarded).
