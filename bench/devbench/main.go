@@ -7,8 +7,8 @@
 // The VMMs: govmm on KVM (--disk, --net tap=, --vsock over a Unix socket:
 // govmm's vsock is served in userspace) and qemu-system-x86_64 -accel kvm
 // -cpu host -M pc with virtio-blk-pci (cache=writeback, aio=threads, its
-// defaults), virtio-net-pci on a TAP (vhost=off, its default; -qemu-vhost
-// adds a column with vhost=on) and vhost-vsock-pci (the kernel's: QEMU
+// defaults), virtio-net-pci on a TAP (vhost=off, its default, and a
+// column with vhost=on, the kernel's vhost-net) and vhost-vsock-pci (the kernel's: QEMU
 // has no userspace vsock). The guest's disk I/O is O_DIRECT, so its page
 // cache is out of the figures; the host's is in for both (the image lies
 // in the nested VM's RAM, whose file system has no O_DIRECT).
@@ -19,7 +19,7 @@
 // anything. An L1 that dies is replaced, and the run goes on from the
 // repetition it was in.
 //
-//	go run ./bench/devbench [-runs 3] [-cpus 1] [-qemu-vhost] [-nested]
+//	go run ./bench/devbench [-runs 3] [-cpus 1] [-vmms govmm,qemu,qemu-vhost] [-nested]
 package main
 
 import (
@@ -35,6 +35,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,7 +120,7 @@ $B poweroff -f
 type config struct {
 	govmm, qemu, initrd, kernel, tmp string
 	runs, from, cpus                 int
-	qemuVhost                        bool
+	columns                          []string // -vmms
 	timeout                          time.Duration
 	emit                             func(result)
 }
@@ -153,13 +154,19 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions (medians are reported)")
 	cpus := flag.Int("cpus", 1, "vCPUs of every guest")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
-	qemuVhost := flag.Bool("qemu-vhost", false, "add QEMU with vhost=on for its TAP (the kernel's vhost-net)")
+	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one guest's run")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
 	from := flag.Int("from", 0, "first repetition (a fresh L1 goes on from there)")
 	flag.Parse()
-	cfg := &config{runs: *runs, from: *from, cpus: *cpus, qemuVhost: *qemuVhost, timeout: *timeout, kernel: *kernel}
+	cfg := &config{runs: *runs, from: *from, cpus: *cpus, timeout: *timeout, kernel: *kernel}
+	for _, v := range strings.Split(*vmms, ",") {
+		if v != "govmm" && v != "qemu" && v != "qemu-vhost" {
+			fail("-vmms: unknown column %q", v)
+		}
+		cfg.columns = append(cfg.columns, v)
+	}
 	if cfg.kernel == "" {
 		cfg.kernel = nested.LinuxKernel()
 	}
@@ -309,9 +316,7 @@ func inL1(cfg *config, c *collector) error {
 	for deaths := 0; ; deaths++ {
 		args := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
 			"-from", strconv.Itoa(c.nextRep(cfg.from)), "-cpus", strconv.Itoa(cfg.cpus), "-timeout", cfg.timeout.String()}
-		if cfg.qemuVhost {
-			args = append(args, "-qemu-vhost")
-		}
+		args = append(args, "-vmms", strings.Join(cfg.columns, ","))
 		res, err := nested.Run(context.Background(), nested.Config{
 			Command:     args,
 			Dir:         "/tmp",
@@ -382,19 +387,13 @@ func (c *collector) Write(p []byte) (int, error) {
 }
 
 // vmms are the columns, in order.
-func (cfg *config) vmms() []string {
-	v := []string{"govmm", "qemu"}
-	if cfg.qemuVhost {
-		v = append(v, "qemu-vhost")
-	}
-	return v
-}
+func (cfg *config) vmms() []string { return cfg.columns }
 
 // measure runs every VMM once per repetition, interleaved.
 func measure(cfg *config) {
 	for rep := cfg.from; rep < cfg.runs; rep++ {
 		for _, vmm := range cfg.vmms() {
-			if vmm != "qemu-vhost" { // the same boot as qemu's
+			if vmm != "qemu-vhost" || !slices.Contains(cfg.columns, "qemu") { // the same boot as qemu's
 				ms, err := bootRoot(cfg, vmm)
 				if err != nil {
 					cfg.emit(result{VMM: vmm, Rep: rep, Key: "failed", Note: "boot from the disk root: " + strings.ReplaceAll(err.Error(), "\n", " | ")})

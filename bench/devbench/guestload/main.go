@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,11 +103,15 @@ func blk(dev string, d time.Duration) error {
 			}
 		}()
 	}
+	irqs := virtioInterrupts()
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
 		return fmt.Errorf("random read: %v", e)
 	}
 	fmt.Printf("devbench: blk-randread-iops %.0f\n", float64(ops.Load())/time.Since(start).Seconds())
+	if n := ops.Load(); n > 0 {
+		fmt.Printf("devbench: blk-randread-irqs-per-op %.2f\n", float64(virtioInterrupts()-irqs)/float64(n))
+	}
 
 	// 1 MiB sequential reads, wrapping at the end of the disk.
 	buf := aligned(1 << 20)
@@ -139,6 +144,31 @@ func blk(dev string, d time.Duration) error {
 	}
 	fmt.Printf("devbench: blk-seqwrite-mbs %.1f\n", float64(bytes)/time.Since(start).Seconds()/1e6)
 	return nil
+}
+
+// virtioInterrupts sums the interrupts of /proc/interrupts' virtio
+// lines (the disk's request queue, and the other devices', which are idle
+// while the disk is measured).
+func virtioInterrupts() int64 {
+	b, err := os.ReadFile("/proc/interrupts")
+	if err != nil {
+		return 0
+	}
+	var sum int64
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "virtio") {
+			continue
+		}
+		f := strings.Fields(line)
+		for _, x := range f[1:] {
+			n, err := strconv.ParseInt(x, 10, 64)
+			if err != nil {
+				break
+			}
+			sum += n
+		}
+	}
+	return sum
 }
 
 func netBench(host string, n int) error {
