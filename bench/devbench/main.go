@@ -119,6 +119,7 @@ $B poweroff -f
 // config is what every run shares.
 type config struct {
 	govmm, qemu, initrd, kernel, tmp string
+	alt                              string // -govmm-alt, copied into tmp as govmm-alt
 	runs, from, cpus                 int
 	columns                          []string // -vmms
 	timeout                          time.Duration
@@ -154,7 +155,8 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions (medians are reported)")
 	cpus := flag.Int("cpus", 1, "vCPUs of every guest")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
-	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net)")
+	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary)")
+	alt := flag.String("govmm-alt", "", "another static govmm binary, run as the column govmm-alt with govmm's arguments (to compare two builds pair by pair)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one guest's run")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
@@ -162,11 +164,15 @@ func main() {
 	flag.Parse()
 	cfg := &config{runs: *runs, from: *from, cpus: *cpus, timeout: *timeout, kernel: *kernel}
 	for _, v := range strings.Split(*vmms, ",") {
-		if v != "govmm" && v != "qemu" && v != "qemu-vhost" {
+		if v != "govmm" && v != "qemu" && v != "qemu-vhost" && v != "govmm-alt" {
 			fail("-vmms: unknown column %q", v)
 		}
 		cfg.columns = append(cfg.columns, v)
 	}
+	if slices.Contains(cfg.columns, "govmm-alt") != (*alt != "") {
+		fail("-govmm-alt and the column govmm-alt go together")
+	}
+	cfg.alt = *alt
 	if cfg.kernel == "" {
 		cfg.kernel = nested.LinuxKernel()
 	}
@@ -249,7 +255,19 @@ func build(cfg *config) error {
 			return fmt.Errorf("build %s: %v\n%s", b[1], err, out)
 		}
 	}
+	if cfg.alt != "" {
+		b, err := os.ReadFile(cfg.alt)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(cfg.tmp, "govmm-alt"), b, 0o755); err != nil {
+			return err
+		}
+	}
 	ar := initramfs.New()
+	for _, d := range []string{"/proc", "/sys", "/dev", "/newroot"} {
+		ar.Dir(d)
+	}
 	bb, err := linuxguest.Busybox()
 	if err != nil {
 		return err
@@ -317,6 +335,9 @@ func inL1(cfg *config, c *collector) error {
 		args := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
 			"-from", strconv.Itoa(c.nextRep(cfg.from)), "-cpus", strconv.Itoa(cfg.cpus), "-timeout", cfg.timeout.String()}
 		args = append(args, "-vmms", strings.Join(cfg.columns, ","))
+		if cfg.alt != "" {
+			args = append(args, "-govmm-alt", filepath.Join(cfg.tmp, "govmm-alt"))
+		}
 		res, err := nested.Run(context.Background(), nested.Config{
 			Command:     args,
 			Dir:         "/tmp",
@@ -393,7 +414,7 @@ func (cfg *config) vmms() []string { return cfg.columns }
 func measure(cfg *config) {
 	for rep := cfg.from; rep < cfg.runs; rep++ {
 		for _, vmm := range cfg.vmms() {
-			if vmm != "qemu-vhost" || !slices.Contains(cfg.columns, "qemu") { // the same boot as qemu's
+			if vmm != "qemu-vhost" || !slices.Contains(cfg.columns, "qemu") { // qemu-vhost's boot is qemu's
 				ms, err := bootRoot(cfg, vmm)
 				if err != nil {
 					cfg.emit(result{VMM: vmm, Rep: rep, Key: "failed", Note: "boot from the disk root: " + strings.ReplaceAll(err.Error(), "\n", " | ")})
@@ -421,8 +442,12 @@ const cmdline = "console=ttyS0 panic=-1 quiet"
 // (vsockSock "") or with the network and vsock too.
 func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 	cl := strings.TrimSpace(cmdline + " " + extra)
-	if vmm == "govmm" {
-		args := []string{cfg.govmm, "run", "--kernel", cfg.kernel, "--initrd", cfg.initrd, "--cmdline", cl,
+	if vmm == "govmm" || vmm == "govmm-alt" {
+		bin := cfg.govmm
+		if vmm == "govmm-alt" {
+			bin = cfg.alt
+		}
+		args := []string{bin, "run", "--kernel", cfg.kernel, "--initrd", cfg.initrd, "--cmdline", cl,
 			"--memory", strconv.Itoa(memoryMiB) + "M", "--cpus", strconv.Itoa(cfg.cpus), "--disk", "path=" + disk}
 		if vsockSock != "" {
 			args = append(args, "--net", "tap="+tap+",mac="+guestMAC, "--vsock", fmt.Sprintf("cid=%d,socket=%s", guestCID, vsockSock))
@@ -648,7 +673,7 @@ func serveTCP(ctx context.Context) (func(), error) {
 // returns the median of rtts round trips of 64 bytes, in microseconds.
 func vsockRTT(vmm, sock string) (float64, error) {
 	var c io.ReadWriteCloser
-	if vmm == "govmm" {
+	if strings.HasPrefix(vmm, "govmm") {
 		u, err := net.DialTimeout("unix", sock, 10*time.Second)
 		if err != nil {
 			return 0, err
