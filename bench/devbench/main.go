@@ -347,7 +347,7 @@ func inL1(cfg *config, c *collector) error {
 			MemoryMB:    3072,
 			Timeout:     2 * time.Hour,
 			IdleTimeout: cfg.timeout + 2*time.Minute,
-			Output:      c,
+			Output:      &host.LineWriter{Line: c.line},
 		})
 		if err == nil {
 			if res.ExitCode != 0 {
@@ -367,7 +367,6 @@ func inL1(cfg *config, c *collector) error {
 type collector struct {
 	mu      sync.Mutex
 	results []result
-	partial []byte
 }
 
 func (c *collector) add(r result) {
@@ -390,20 +389,12 @@ func (c *collector) nextRep(from int) int {
 	return next
 }
 
-func (c *collector) Write(p []byte) (int, error) {
-	c.partial = append(c.partial, p...)
-	for {
-		i := strings.IndexByte(string(c.partial), '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(c.partial[:i+1])
-		c.partial = c.partial[i+1:]
-		if r, ok := parseResult(line); ok {
-			c.add(r)
-		} else {
-			io.WriteString(os.Stderr, line)
-		}
+// line takes one line of L1's output.
+func (c *collector) line(l string) {
+	if r, ok := parseResult(l); ok {
+		c.add(r)
+	} else {
+		io.WriteString(os.Stderr, l)
 	}
 }
 

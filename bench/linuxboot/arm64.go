@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"govmm/bench/internal/host"
 	"govmm/internal/initramfs"
 	"govmm/internal/nested"
 )
@@ -215,7 +216,7 @@ func mainARM64() {
 		MemoryMB:    3072,
 		Timeout:     time.Duration(runs*len(cfg.columns())*len(cfg.cpus))*timeout + 10*time.Minute,
 		IdleTimeout: timeout + 2*time.Minute,
-		Output:      c,
+		Output:      &host.LineWriter{Line: c.line},
 	})
 	if err == nil && res.ExitCode != 0 {
 		err = fmt.Errorf("the run in the aarch64 L1 exited with status %d", res.ExitCode)

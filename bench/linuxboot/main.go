@@ -204,7 +204,7 @@ func main() {
 		cfg.emit = c.add
 		c.add(result{Kind: "substrate", Note: host.Substrate()})
 		if cfg.trace != "" {
-			cfg.traceBoots(c)
+			cfg.traceBoots(&host.LineWriter{Line: c.line})
 		} else {
 			measure(cfg)
 		}
@@ -293,7 +293,7 @@ func inL1(cfg *config, c *collector) (int, error) {
 			// Every boot prints a line within its timeout: longer silence
 			// is an L1 that froze.
 			IdleTimeout: cfg.timeout + 2*time.Minute,
-			Output:      c,
+			Output:      &host.LineWriter{Line: c.line},
 		})
 		if err == nil {
 			if res.ExitCode != 0 {
@@ -331,8 +331,7 @@ type collector struct {
 	results   []result
 	seen      map[string]bool
 	substrate string
-	lastDone  int // the last repetition that finished, -1 before any
-	partial   []byte
+	lastDone  int         // the last repetition that finished, -1 before any
 	trace     []traceLine // -trace's lines
 }
 
@@ -360,22 +359,13 @@ func (c *collector) add(r result) {
 	}
 }
 
-// Write takes L1's output, a line at a time.
-func (c *collector) Write(p []byte) (int, error) {
-	c.partial = append(c.partial, p...)
-	for {
-		i := strings.IndexByte(string(c.partial), '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(c.partial[:i+1])
-		c.partial = c.partial[i+1:]
-		if t, ok := parseTraceLine(line); ok {
-			c.trace = append(c.trace, t)
-		} else if r, ok := parseResult(line); ok {
-			c.add(r)
-		} else {
-			io.WriteString(os.Stderr, line)
-		}
+// line takes one line of L1's output.
+func (c *collector) line(line string) {
+	if t, ok := parseTraceLine(line); ok {
+		c.trace = append(c.trace, t)
+	} else if r, ok := parseResult(line); ok {
+		c.add(r)
+	} else {
+		io.WriteString(os.Stderr, line)
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"govmm/bench/internal/host"
 )
 
 func TestResultRoundTrip(t *testing.T) {
@@ -45,6 +47,7 @@ func TestNoteStaysOnOneLine(t *testing.T) {
 
 func TestCollectorKeepsFirstAndTracksReps(t *testing.T) {
 	c := newCollector()
+	w := &host.LineWriter{Line: c.line}
 	in := result{Kind: "boot", VMM: "govmm", CPUs: 1, Rep: 0, InitMS: 10, ExitMS: 20}.String() + "\n" +
 		result{Kind: "done", Rep: 0}.String() + "\n" +
 		"some progress\n" +
@@ -52,7 +55,7 @@ func TestCollectorKeepsFirstAndTracksReps(t *testing.T) {
 	// Written in pieces, as a pipe delivers it.
 	for len(in) > 0 {
 		n := min(7, len(in))
-		c.Write([]byte(in[:n]))
+		w.Write([]byte(in[:n]))
 		in = in[n:]
 	}
 	if len(c.results) != 1 || c.results[0].InitMS != 10 {

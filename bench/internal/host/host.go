@@ -5,6 +5,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -105,4 +106,25 @@ func RunInL1(args, files []string, withQEMU bool, memoryMB int) error {
 		return fmt.Errorf("the run in the nested VM exited with status %d", res.ExitCode)
 	}
 	return nil
+}
+
+// LineWriter hands what is written to it to Line a whole line at a time
+// (with its newline): how a benchmark reads the result lines its run in
+// L1 prints among its progress.
+type LineWriter struct {
+	Line    func(line string)
+	partial []byte
+}
+
+func (w *LineWriter) Write(p []byte) (int, error) {
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := string(w.partial[:i+1])
+		w.partial = w.partial[i+1:]
+		w.Line(line)
+	}
 }
