@@ -51,23 +51,7 @@ $B nice -n 19 $B sh -c 'while true; do /bin/busybox dd if=/dev/urandom of=/churn
 	disk := zeroDisk(t, dir, 1<<20)
 
 	g := bin
-	// send FROM TO N: migrate the VM at socket FROM to TO, retrying
-	// while the destination is not listening yet (the VM keeps running
-	// on the source meanwhile). reap PID SECONDS: wait for a govmm to
-	// end, killing it after that long (a receiver whose source never
-	// came, a source that did not stop), and return its status.
-	script := arm64TickShell + `reap() { i=0; while [ $i -lt $2 ] && [ -e /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; do sleep 1; i=$((i+1)); done; kill -9 $1 2>/dev/null; wait $1; }
-send() {
-	j=0
-	while [ $j -lt 30 ]; do
-		` + g + ` migrate send --api-socket $1 --to $2 --verify >/tmp/send$3.out 2>&1; rc=$?
-		if [ $rc = 0 ] || ! grep -q 'not started' /tmp/send$3.out; then break; fi
-		sleep 0.5; j=$((j+1))
-	done
-	echo "l1: send$3 exit=$rc tries=$j"
-	tr '\r' '\n' </tmp/send$3.out | sed "s/^/l1-send$3: /"
-}
-` + g + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --disk path=` + disk + ` --cmdline 'console=ttyAMA0 panic=-1 quiet' --serial file:/tmp/run1.log --api-socket /tmp/api1.sock 2>/tmp/run1.err &
+	script := arm64TickShell + arm64MigrateShell(g) + g + ` run --kernel ` + a.Kernel + ` --initrd ` + initrd + ` --cpus 2 --memory 512M --disk path=` + disk + ` --cmdline 'console=ttyAMA0 panic=-1 quiet' --serial file:/tmp/run1.log --api-socket /tmp/api1.sock 2>/tmp/run1.err &
 P1=$!
 waitfor /tmp/run1.log 'st: mem 3 ' 400
 ` + g + ` migrate receive --listen unix:/tmp/mig1.sock --disk path=` + disk + ` --serial file:/tmp/run2.log --api-socket /tmp/api2.sock --log-level info 2>/tmp/run2.err &
@@ -169,4 +153,27 @@ sed 's/^/err3| /' /tmp/run3.err
 	}
 	t.Logf("ticks: first govmm 1-%d, second %d-%d, third %d-%d; uptime %.2f s at the last; %d memory checks",
 		r1[len(r1)-1].n, r2[0].n, r2[len(r2)-1].n, r3[0].n, last, r3[len(r3)-1].uptime, len(mems))
+}
+
+// arm64MigrateShell defines two L1 shell functions for the arm64 tests
+// that move a guest between govmm processes (g is govmm's path). send
+// FROM TO N: migrate the VM at socket FROM to TO with --verify, retrying
+// while the destination is not listening yet (the VM keeps running on
+// the source meanwhile), and print "l1: sendN exit=..." and the report.
+// reap PID SECONDS: wait for a govmm to end, killing it after that long
+// (a receiver whose source never came, a source that did not stop), and
+// return its status.
+func arm64MigrateShell(g string) string {
+	return `reap() { i=0; while [ $i -lt $2 ] && [ -e /proc/$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; do sleep 1; i=$((i+1)); done; kill -9 $1 2>/dev/null; wait $1; }
+send() {
+	j=0
+	while [ $j -lt 30 ]; do
+		` + g + ` migrate send --api-socket $1 --to $2 --verify >/tmp/send$3.out 2>&1; rc=$?
+		if [ $rc = 0 ] || ! grep -q 'not started' /tmp/send$3.out; then break; fi
+		sleep 0.5; j=$((j+1))
+	done
+	echo "l1: send$3 exit=$rc tries=$j"
+	tr '\r' '\n' </tmp/send$3.out | sed "s/^/l1-send$3: /"
+}
+`
 }
