@@ -311,7 +311,7 @@ func (q *Queue) setPackedEvent() {
 
 // pushPacked writes the used element of buffer id at the next used
 // position and skips the slots its chain took. Called with pushMu held.
-func (q *Queue) pushPacked(id uint16, written uint32) {
+func (q *Queue) pushPacked(id uint16, written uint32, publish bool) {
 	p := q.packed
 	p.idMu.Lock()
 	n := p.give(id)
@@ -329,10 +329,29 @@ func (q *Queue) pushPacked(id uint16, written uint32) {
 	if p.usedWrap {
 		fl = descFAvail | descFUsed
 	}
-	// The element is visible before its flags hand it over.
-	fence()
-	le.PutUint16(e[14:], fl)
 	q.mem.MarkDirty(q.descGPA+uint64(pos)*descSize+8, 8)
+	switch {
+	case !publish && q.held == 0:
+		// The first of a held batch: its flags, which the driver reads
+		// first, wait for the batch's last element (PushHeld).
+		q.heldPos, q.heldFlags = pos, fl
+		q.held++
+	default:
+		// The element is visible before its flags hand it over.
+		fence()
+		le.PutUint16(e[14:], fl)
+		if !publish {
+			q.held++
+			break
+		}
+		if q.held > 0 {
+			// The batch is written: its first element's flags hand
+			// it all over.
+			fence()
+			le.PutUint16(q.desc[uint64(q.heldPos)*descSize+14:], q.heldFlags)
+			q.held = 0
+		}
+	}
 	next := uint32(pos) + uint32(n)
 	if next >= uint32(q.size) {
 		next -= uint32(q.size)

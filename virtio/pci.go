@@ -680,6 +680,11 @@ func (t *PCI) markWritten(bs []Buffer) {
 // complete returns a chain to the driver and interrupts it if it asked.
 func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 	defer t.release()
+	if written&More != 0 {
+		// One of a batch (More): the driver sees it with the last.
+		q.PushHeld(head, written&^More)
+		return
+	}
 	q.Push(head, written)
 	if !q.NeedInterrupt() {
 		return

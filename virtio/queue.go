@@ -144,6 +144,12 @@ type Queue struct {
 	pushMu    sync.Mutex
 	usedIdx   uint16
 	signalled uint16 // used index at the last interrupt decision
+	// held counts the used elements PushHeld wrote that the driver cannot
+	// see yet; heldPos and heldFlags are a packed ring's first one's
+	// position and the flags that will hand it over.
+	held      int
+	heldPos   uint16
+	heldFlags uint16
 }
 
 // QueueState is a queue's position, for snapshots. A packed queue adds
@@ -351,12 +357,21 @@ func (q *Queue) walk(mem Memory, head uint16) (*Chain, error) {
 }
 
 // Push returns a chain to the driver with the number of bytes the device
-// wrote into it.
-func (q *Queue) Push(head uint16, written uint32) {
+// wrote into it, together with the chains PushHeld returned before it.
+func (q *Queue) Push(head uint16, written uint32) { q.push(head, written, true) }
+
+// PushHeld returns a chain as Push does, but the driver sees it only with
+// the queue's next Push: the chains a device completes as one (a packet
+// in several receive buffers, whose driver reads them all once it sees
+// the first) reach the driver together. No other chain of the queue may
+// be pushed in between.
+func (q *Queue) PushHeld(head uint16, written uint32) { q.push(head, written, false) }
+
+func (q *Queue) push(head uint16, written uint32, publish bool) {
 	q.pushMu.Lock()
 	defer q.pushMu.Unlock()
 	if q.packed != nil {
-		q.pushPacked(head, written)
+		q.pushPacked(head, written, publish)
 		return
 	}
 	slot := uint64(q.usedIdx % q.size)
@@ -364,11 +379,16 @@ func (q *Queue) Push(head uint16, written uint32) {
 	le.PutUint32(e, uint32(head))
 	le.PutUint32(e[4:], written)
 	q.usedIdx++
-	// The entry is visible before the index (x86 keeps stores in
+	q.mem.MarkDirty(q.usedGPA+4+8*slot, 8)
+	if !publish {
+		q.held++
+		return
+	}
+	q.held = 0
+	// The entries are visible before the index (x86 keeps stores in
 	// order; the atomic add keeps the compiler from reordering them).
 	fence()
 	le.PutUint16(q.used[2:4], q.usedIdx)
-	q.mem.MarkDirty(q.usedGPA+4+8*slot, 8)
 	q.mem.MarkDirty(q.usedGPA+2, 2)
 }
 

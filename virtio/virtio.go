@@ -92,6 +92,16 @@ type Keeper interface {
 	Unkeep(q int) int
 }
 
+// More, or'ed into the length a device gives a chain's done function,
+// holds the chain back from the driver until the device completes
+// another chain of the same queue without it: the chains of one batch
+// (a packet received into several buffers, VIRTIO_NET_F_MRG_RXBUF)
+// reach the driver together, as it requires (Linux drops a packet whose
+// num_buffers it cannot all find used). No other chain of the queue may
+// complete in between, and only the batch's last completion may
+// interrupt.
+const More = 1 << 31
+
 // Restorer is a Device that must learn that its transport was restored
 // from a snapshot (virtio-vsock tells the driver its connections are
 // gone). Restored is called once, after the device was activated with

@@ -758,7 +758,7 @@ func TestTapMultiqueue(t *testing.T) {
 	for q := range 2 {
 		for range 8 {
 			buf := make([]byte, 2048)
-			if err := d.Handle(2*q, &virtio.Chain{Writable: []virtio.Buffer{{Bytes: buf}}}, func(n uint32) { rx <- used{q, buf, n} }); err != nil {
+			if err := d.Handle(2*q, &virtio.Chain{Writable: []virtio.Buffer{{Bytes: buf}}}, func(n uint32) { rx <- used{q, buf, n &^ virtio.More} }); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -798,8 +798,15 @@ func (d *Device) deliver(p *pair, pkt []byte) bool {
 		pkt = pkt[w:]
 		lens[i] = uint32(w)
 	}
+	// The packet's buffers reach the driver together: it reads all
+	// num_buffers once it sees the first, and drops the packet if one is
+	// not used yet (virtio.More).
 	for i, k := range take {
-		k.done(lens[i])
+		l := lens[i]
+		if i < len(take)-1 {
+			l |= virtio.More
+		}
+		k.done(l)
 	}
 	return true
 }

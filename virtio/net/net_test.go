@@ -139,7 +139,7 @@ func TestTap(t *testing.T) {
 	rx := make(chan used, 64)
 	post := func() {
 		buf := make([]byte, 1024)
-		if err := d.Handle(rxQ, &virtio.Chain{Writable: []virtio.Buffer{{Bytes: buf}}}, func(n uint32) { rx <- used{buf, n} }); err != nil {
+		if err := d.Handle(rxQ, &virtio.Chain{Writable: []virtio.Buffer{{Bytes: buf}}}, func(n uint32) { rx <- used{buf, n &^ virtio.More} }); err != nil {
 			t.Fatal(err)
 		}
 	}
