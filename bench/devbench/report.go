@@ -23,6 +23,7 @@ var metrics = []metric{
 	{"blk-seqwrite-mbs", "virtio-blk 1 MiB sequential write (+ flush)", "MB/s", false, false},
 	{"net-g2h-mbs", "virtio-net TCP guest to host", "MB/s", false, false},
 	{"net-h2g-mbs", "virtio-net TCP host to guest", "MB/s", false, false},
+	{"net-h2g-rx-length-errors", "of it, packets the guest dropped for missing buffers", "", true, true},
 	{"vsock-rtt-us", "vsock round trip, 64 bytes", "µs", true, false},
 	{"boot-root-ms", "boot to init on a disk root (ext4 on virtio-blk)", "ms", true, false},
 }

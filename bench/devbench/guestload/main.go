@@ -195,7 +195,10 @@ func netBench(host string, n int) error {
 	}
 	fmt.Printf("devbench: net-g2h-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
 
-	// Host to guest, to EOF.
+	// Host to guest, to EOF; and how many packets the driver dropped
+	// for buffers it could not find (a device that publishes a packet's
+	// buffers one at a time loses packets so).
+	lenErrs := rxLengthErrors()
 	start = time.Now()
 	c, err = net.DialTimeout("tcp4", net.JoinHostPort(host, "5002"), 30*time.Second)
 	if err != nil {
@@ -207,7 +210,18 @@ func netBench(host string, n int) error {
 		return fmt.Errorf("received %d of %d bytes: %v", got, n, err)
 	}
 	fmt.Printf("devbench: net-h2g-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
+	fmt.Printf("devbench: net-h2g-rx-length-errors %d\n", rxLengthErrors()-lenErrs)
 	return nil
+}
+
+// rxLengthErrors is eth0's rx_length_errors counter.
+func rxLengthErrors() int64 {
+	b, err := os.ReadFile("/sys/class/net/eth0/statistics/rx_length_errors")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
 }
 
 func vsockEcho(port uint32) error {
