@@ -135,9 +135,10 @@ func TestSettle(t *testing.T) {
 		name   string
 		runs   []fakeRun
 		code   int
-		deaths int // "death N of" lines said
+		deaths int      // "death N of" lines said
+		tests  []string // default TestA, TestB
 	}{
-		{"clean", []fakeRun{{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n"}}, 0, 0},
+		{"clean", []fakeRun{{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n"}}, 0, 0, nil},
 		// A failure, then L1 dies; the unfinished test passes in a fresh
 		// L1; the failed one passes alone: one death, flaky, exit 0. The
 		// old bookkeeping took the clean second run for a killed binary
@@ -146,19 +147,19 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n", died: true},
 			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
-		}, 0, 1},
+		}, 0, 1, nil},
 		// The same, but the failure repeats alone: exit 1.
 		{"failure repeats", []fakeRun{
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n", died: true},
 			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
-		}, 1, 1},
+		}, 1, 1, nil},
 		// A binary that exits non-zero with no test failed was killed:
 		// the unfinished test runs again.
 		{"killed", []fakeRun{
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", code: 2},
 			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
-		}, 0, 1},
+		}, 0, 1, nil},
 		// A binary that panics after a failure (a goroutine reporting
 		// into a finished test) leaves tests without a result: they run
 		// again in a fresh L1; the failed one runs alone and fails again.
@@ -166,23 +167,36 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\npanic: Fail in goroutine after TestA has completed\n", code: 2},
 			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
-		}, 1, 1},
+		}, 1, 1, nil},
 		// A failed run that finished every test is not a death.
 		{"failure, all finished", []fakeRun{
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
-		}, 0, 0},
-		// The same test running at two deaths is taken to cause them.
+		}, 0, 0, nil},
+		// The same test running at two deaths runs a third time.
 		{"same test twice", []fakeRun{
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n", died: true},
 			{out: "=== RUN   TestB\n", died: true},
-		}, 1, 1},
+			{out: "=== RUN   TestB\n--- PASS: TestB (1s)\n"},
+		}, 0, 2, nil},
+		// At three it is taken to cause them, and fails; the tests after
+		// it still run, without it.
+		{"same test three times", []fakeRun{
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n=== RUN   TestB\n=== RUN   TestB/sub\n", died: true},
+			{out: "=== RUN   TestB\n=== RUN   TestB/sub\n", died: true},
+			{out: "=== RUN   TestB\n=== RUN   TestB/sub\n", died: true},
+			{out: "=== RUN   TestC\n--- PASS: TestC (1s)\n"},
+		}, 1, 3, []string{"TestA", "TestB", "TestC"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeL1{runs: tc.runs}
 			var log strings.Builder
 			say := func(format string, a ...any) { fmt.Fprintf(&log, format, a...) }
-			code := settle([]string{"/x.test", "-test.run=^(TestA|TestB)$"}, []string{"TestA", "TestB"},
+			tests := tc.tests
+			if tests == nil {
+				tests = []string{"TestA", "TestB"}
+			}
+			code := settle([]string{"/x.test", "-test.run=^(" + strings.Join(tests, "|") + ")$"}, tests,
 				time.Now().Add(time.Hour), f.run, say)
 			if code != tc.code {
 				t.Errorf("exit %d, want %d\n%s", code, tc.code, log.String())
