@@ -112,11 +112,7 @@ waitfor /tmp/run2.log 'intx-test: done' 300
 reap $P2 60; echo "l1: run2 exit=$?"
 echo "l1: image-rng-sum $(dd if=` + disk + ` bs=65536 skip=` + strconv.Itoa(arm64INTxRNGBlock) + ` count=1 2>/dev/null | sha256sum)"
 i=1; while [ $i -le ` + strconv.Itoa(arm64INTxTicks) + ` ]; do echo "l1: image-tick-$i $(dd if=` + disk + ` bs=65536 skip=$((` + strconv.Itoa(arm64INTxTickBase) + `+i)) count=1 2>/dev/null | sha256sum)"; i=$((i+1)); done
-sed 's/^/run1| /' /tmp/run1.log
-sed 's/^/err1| /' /tmp/run1.err
-sed 's/^/run2| /' /tmp/run2.log
-sed 's/^/err2| /' /tmp/run2.err
-`
+` + dumpRunLogs(2)
 	start := time.Now()
 	o := runARM64L1(t, script, 20*time.Minute, bin, initrd, disk, a.Kernel)
 	t.Logf("L1 run took %v", time.Since(start).Round(time.Second))

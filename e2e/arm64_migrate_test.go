@@ -75,13 +75,7 @@ waitfor /tmp/run3.log "st: mem $((k+3)) " 120
 reap $P3 120; echo "l1: run3 exit=$?"
 echo "l1: image $(dd if=` + disk + ` bs=512 skip=8 count=1 2>/dev/null | head -c 11)"
 cat /tmp/run1.log /tmp/run2.log /tmp/run3.log | sed 's/^/all| /'
-sed 's/^/run1| /' /tmp/run1.log
-sed 's/^/err1| /' /tmp/run1.err
-sed 's/^/run2| /' /tmp/run2.log
-sed 's/^/err2| /' /tmp/run2.err
-sed 's/^/run3| /' /tmp/run3.log
-sed 's/^/err3| /' /tmp/run3.err
-`
+` + dumpRunLogs(3)
 	start := time.Now()
 	o := runARM64L1(t, script, 35*time.Minute, bin, initrd, disk, a.Kernel)
 	t.Logf("L1 run took %v", time.Since(start).Round(time.Second))

@@ -89,11 +89,7 @@ waitfor /tmp/run2.log "st: tick $((k+2)) " 120
 wait $P2; echo "l1: run2 exit=$?"
 echo "l1: snap2-state $([ -s /tmp/snap2/state ] && echo yes || echo no)"
 echo "l1: image $(dd if=` + disk + ` bs=512 skip=8 count=1 2>/dev/null | head -c 11)"
-sed 's/^/run1| /' /tmp/run1.log
-sed 's/^/err1| /' /tmp/run1.err
-sed 's/^/run2| /' /tmp/run2.log
-sed 's/^/err2| /' /tmp/run2.err
-`
+` + dumpRunLogs(2)
 	start := time.Now()
 	o := runARM64L1(t, script, 35*time.Minute, bin, initrd, disk, a.Kernel)
 	t.Logf("L1 run took %v", time.Since(start).Round(time.Second))

@@ -409,3 +409,23 @@ func arm64VirtioArchive(t *testing.T, a *nested.Assets) *initramfs.Archive {
 	}
 	return ar
 }
+
+// dumpRunLogs is the end of an aarch64 L1 script that ran n govmm
+// processes: each one's stdout (/tmp/runN.log) and stderr (/tmp/runN.err)
+// printed with a "runN| " or "errN| " prefix, which the tests split on.
+func dumpRunLogs(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "sed 's/^/run%d| /' /tmp/run%d.log\nsed 's/^/err%d| /' /tmp/run%d.err\n", i, i, i, i)
+	}
+	return b.String()
+}
+
+// TestDumpRunLogs: the lines the aarch64 scripts end with, as they were
+// written out by hand before.
+func TestDumpRunLogs(t *testing.T) {
+	want := "sed 's/^/run1| /' /tmp/run1.log\nsed 's/^/err1| /' /tmp/run1.err\nsed 's/^/run2| /' /tmp/run2.log\nsed 's/^/err2| /' /tmp/run2.err\n"
+	if got := dumpRunLogs(2); got != want {
+		t.Fatalf("dumpRunLogs(2) = %q, want %q", got, want)
+	}
+}
