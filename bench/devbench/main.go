@@ -330,36 +330,26 @@ func inL1(cfg *config, c *collector) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(os.Stderr, "devbench: no hardware-semantics /dev/kvm here (or -nested): running in a nested-KVM VM; waiting for its lock")
-	for deaths := 0; ; deaths++ {
-		args := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
-			"-from", strconv.Itoa(c.nextRep(cfg.from)), "-cpus", strconv.Itoa(cfg.cpus), "-timeout", cfg.timeout.String()}
-		args = append(args, "-vmms", strings.Join(cfg.columns, ","))
+	args := func() []string {
+		a := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
+			"-from", strconv.Itoa(c.nextRep(cfg.from)), "-cpus", strconv.Itoa(cfg.cpus), "-timeout", cfg.timeout.String(),
+			"-vmms", strings.Join(cfg.columns, ",")}
 		if cfg.alt != "" {
-			args = append(args, "-govmm-alt", filepath.Join(cfg.tmp, "govmm-alt"))
+			a = append(a, "-govmm-alt", filepath.Join(cfg.tmp, "govmm-alt"))
 		}
-		res, err := nested.Run(context.Background(), nested.Config{
-			Command:     args,
-			Dir:         "/tmp",
-			Files:       []string{self, cfg.tmp, cfg.kernel},
-			Programs:    []string{"qemu-system-x86_64"},
-			Modules:     l1Modules,
-			MemoryMB:    3072,
-			Timeout:     2 * time.Hour,
-			IdleTimeout: cfg.timeout + 2*time.Minute,
-			Output:      &host.LineWriter{Line: c.line},
-		})
-		if err == nil {
-			if res.ExitCode != 0 {
-				return fmt.Errorf("the run in L1 exited with status %d", res.ExitCode)
-			}
-			return nil
-		}
-		fmt.Fprintf(os.Stderr, "devbench: L1 died: %v\n", err)
-		if deaths == 2 {
-			return fmt.Errorf("L1 died %d times; the report has what was measured", deaths+1)
-		}
+		return a
 	}
+	_, err = host.ResumeInL1("devbench", 2, args, nested.Config{
+		Dir:         "/tmp",
+		Files:       []string{self, cfg.tmp, cfg.kernel},
+		Programs:    []string{"qemu-system-x86_64"},
+		Modules:     l1Modules,
+		MemoryMB:    3072,
+		Timeout:     2 * time.Hour,
+		IdleTimeout: cfg.timeout + 2*time.Minute,
+		Output:      &host.LineWriter{Line: c.line},
+	})
+	return err
 }
 
 // collector keeps the result lines of L1's output and passes the others
@@ -503,7 +493,7 @@ func bootRoot(cfg *config, vmm string) (float64, error) {
 	}
 	cmd.Wait()
 	if ms == 0 {
-		return 0, fmt.Errorf("no line from the disk root's init\n%s", tailLines(console.String()+stderr.String(), 15))
+		return 0, fmt.Errorf("no line from the disk root's init\n%s", host.LastLines(console.String()+stderr.String(), 15))
 	}
 	return ms, nil
 }
@@ -572,11 +562,11 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 	werr := cmd.Wait()
 	switch {
 	case guestErr != nil:
-		return figures, fmt.Errorf("%w\n%s", guestErr, tailLines(console.String()+stderr.String(), 15))
+		return figures, fmt.Errorf("%w\n%s", guestErr, host.LastLines(console.String()+stderr.String(), 15))
 	case ctx.Err() != nil:
-		return figures, fmt.Errorf("no poweroff within %v\n%s", cfg.timeout, tailLines(console.String()+stderr.String(), 15))
+		return figures, fmt.Errorf("no poweroff within %v\n%s", cfg.timeout, host.LastLines(console.String()+stderr.String(), 15))
 	case !strings.Contains(console.String(), "devbench: end"):
-		return figures, fmt.Errorf("the guest stopped early (%v)\n%s", werr, tailLines(console.String()+stderr.String(), 15))
+		return figures, fmt.Errorf("the guest stopped early (%v)\n%s", werr, host.LastLines(console.String()+stderr.String(), 15))
 	}
 	return figures, nil
 }
@@ -709,9 +699,4 @@ func vsockRTT(vmm, sock string) (float64, error) {
 		times = append(times, float64(time.Since(t).Microseconds()))
 	}
 	return median(times), nil
-}
-
-func tailLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(l[max(0, len(l)-n):], "\n")
 }

@@ -223,7 +223,7 @@ func mainARM64() {
 	}
 	var ne *nested.Error
 	if errors.As(err, &ne) {
-		err = fmt.Errorf("%s\n--- L1 kernel log (end):\n%s", ne.Reason, lastLines(ne.ConsoleLog, 15))
+		err = fmt.Errorf("%s\n--- L1 kernel log (end):\n%s", ne.Reason, host.LastLines(ne.ConsoleLog, 15))
 	}
 	reportARM64(c, cfg, command, time.Since(begin))
 	if err != nil {

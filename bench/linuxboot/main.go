@@ -32,7 +32,6 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -252,69 +251,41 @@ func inL1(cfg *config, c *collector) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	fmt.Fprintln(os.Stderr, "linuxboot: no hardware-semantics /dev/kvm here (or -nested): running in a nested-KVM VM; waiting for its lock")
-	// Hold the machine-wide lock throughout: a fresh L1 after one that
-	// died comes before anyone else's.
-	release, err := nested.Lock()
-	if err != nil {
-		return 0, err
-	}
-	defer release()
 	var programs []string
 	if !cfg.noQEMU {
 		programs = []string{"qemu-system-x86_64"}
 	}
-	for deaths := 0; ; deaths++ {
-		args := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
+	args := func() []string {
+		a := []string{self, "-prebuilt", cfg.tmp, "-kernel", cfg.kernel, "-runs", strconv.Itoa(cfg.runs),
 			"-from", strconv.Itoa(c.nextRep()), "-cpus", joinInts(cfg.cpus), "-timeout", cfg.timeout.String()}
 		if !cfg.restore {
-			args = append(args, "-no-restore")
+			a = append(a, "-no-restore")
 		}
 		if cfg.noQEMU {
-			args = append(args, "-no-qemu")
+			a = append(a, "-no-qemu")
 		}
 		if cfg.thp {
-			args = append(args, "-thp")
+			a = append(a, "-thp")
 		}
 		if cfg.l1THP != "" {
-			args = append(args, "-l1-thp", cfg.l1THP)
+			a = append(a, "-l1-thp", cfg.l1THP)
 		}
 		if cfg.trace != "" {
-			args = append(args, "-trace", "-", "-trace-vmms", strings.Join(cfg.traceCols, ";"))
+			a = append(a, "-trace", "-", "-trace-vmms", strings.Join(cfg.traceCols, ";"))
 		}
-		args = append(args, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
-		res, err := nested.Run(context.Background(), nested.Config{
-			Command:  args,
-			Dir:      "/tmp",
-			Files:    []string{self, cfg.tmp, cfg.kernel},
-			Programs: programs,
-			MemoryMB: 3072,
-			Timeout:  3 * time.Hour,
-			// Every boot prints a line within its timeout: longer silence
-			// is an L1 that froze.
-			IdleTimeout: cfg.timeout + 2*time.Minute,
-			Output:      &host.LineWriter{Line: c.line},
-		})
-		if err == nil {
-			if res.ExitCode != 0 {
-				return deaths, fmt.Errorf("the run in L1 exited with status %d", res.ExitCode)
-			}
-			return deaths, nil
-		}
-		msg := err.Error()
-		if e, ok := err.(*nested.Error); ok {
-			msg = e.Reason + "\n--- L1 kernel log (end):\n" + lastLines(e.ConsoleLog, 15)
-		}
-		fmt.Fprintf(os.Stderr, "linuxboot: L1 died: %s\n", msg)
-		if deaths == 3 {
-			return deaths + 1, fmt.Errorf("L1 died %d times; the report has what was measured", deaths+1)
-		}
+		return append(a, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
 	}
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(s, "\n")
-	return strings.Join(l[max(0, len(l)-n):], "\n")
+	return host.ResumeInL1("linuxboot", 3, args, nested.Config{
+		Dir:      "/tmp",
+		Files:    []string{self, cfg.tmp, cfg.kernel},
+		Programs: programs,
+		MemoryMB: 3072,
+		Timeout:  3 * time.Hour,
+		// Every boot prints a line within its timeout: longer silence
+		// is an L1 that froze.
+		IdleTimeout: cfg.timeout + 2*time.Minute,
+		Output:      &host.LineWriter{Line: c.line},
+	})
 }
 
 func joinInts(v []int) string {

@@ -128,3 +128,46 @@ func (w *LineWriter) Write(p []byte) (int, error) {
 		w.Line(line)
 	}
 }
+
+// ResumeInL1 runs a benchmark in nested-KVM VMs under the machine-wide
+// L1 lock, held throughout so that a fresh L1 after one that died comes
+// before anyone else's. Each L1 runs cfg with the command args() gives at
+// that moment (a benchmark resumes from the repetition that was running),
+// and when an L1 dies, name's progress line says why, with the end of
+// L1's kernel log, and a fresh one goes on, at most maxDeaths times. It
+// returns how many L1s died.
+func ResumeInL1(name string, maxDeaths int, args func() []string, cfg nested.Config) (int, error) {
+	fmt.Fprintf(os.Stderr, "%s: no hardware-semantics /dev/kvm here (or -nested): running in a nested-KVM VM; waiting for its lock\n", name)
+	release, err := nested.Lock()
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	for deaths := 0; ; deaths++ {
+		cfg.Command = args()
+		res, err := nested.Run(context.Background(), cfg)
+		if err == nil {
+			if res.ExitCode != 0 {
+				return deaths, fmt.Errorf("the run in L1 exited with status %d", res.ExitCode)
+			}
+			return deaths, nil
+		}
+		msg := err.Error()
+		if e, ok := err.(*nested.Error); ok {
+			msg = e.Reason + "\n--- L1 kernel log (end):\n" + LastLines(e.ConsoleLog, 15)
+		}
+		fmt.Fprintf(os.Stderr, "%s: L1 died: %s\n", name, msg)
+		if deaths == maxDeaths {
+			return deaths + 1, fmt.Errorf("L1 died %d times; the report has what was measured", deaths+1)
+		}
+	}
+}
+
+// LastLines is the last n lines of s.
+func LastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
