@@ -93,6 +93,8 @@ type MSIX struct {
 	// enabled and funcMask mirror the message control register.
 	enabled, funcMask bool
 	closed            bool
+	// notify is SetNotify's function.
+	notify func()
 }
 
 // NewMSIX adds the MSI-X capability to f (before f is added to a Root),
@@ -207,11 +209,50 @@ func (m *MSIX) Sync() {
 	m.fn.ReadConfig(m.cap+2, b[:])
 	ctl := binary.LittleEndian.Uint16(b[:])
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.enabled, m.funcMask = ctl&msixCtlEnable != 0, ctl&msixCtlFuncMask != 0
 	for i := range m.vec {
 		m.update(i)
 	}
+	m.unlockNotify()
+}
+
+// SetNotify makes fn run after every change that may let a vector fire
+// or stop it firing (message control, a table write, a restore), without
+// the MSI-X lock held: a device whose interrupts a kernel backend raises
+// directly through a vector's eventfd (DirectEventFD) moves that backend
+// to another eventfd while the vector may not fire. Set it before the
+// guest runs.
+func (m *MSIX) SetNotify(fn func()) {
+	m.mu.Lock()
+	m.notify = fn
+	m.mu.Unlock()
+}
+
+// unlockNotify unlocks mu and calls the notify function.
+func (m *MSIX) unlockNotify() {
+	fn := m.notify
+	m.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+// DirectEventFD returns vector v's eventfd while v may fire and its irqfd
+// is assigned on its current route: a signal on it then reaches the guest
+// with no VMM thread in between. Otherwise (MSI-X off, the function or
+// the vector masked, no route) it returns nil, and the vector's messages
+// must go through Trigger, which keeps them pending while masked.
+func (m *MSIX) DirectEventFD(v int) *routes.EventFD {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v < 0 || v >= len(m.vec) || m.closed || !m.mayFire(v) || m.vec[v].irqfd == nil {
+		return nil
+	}
+	msi, _ := m.entry(v)
+	if m.vec[v].routed != msi {
+		return nil
+	}
+	return m.vec[v].ev
 }
 
 func (m *MSIX) entry(v int) (msi accel.MSI, masked bool) {
@@ -329,7 +370,7 @@ func (d TableDev) Read(off uint64, data []byte) {
 func (d TableDev) Write(off uint64, data []byte) {
 	m := d.m
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlockNotify()
 	first, last := -1, -1
 	for i, b := range data {
 		o := off + uint64(i)

@@ -73,6 +73,7 @@ type PCIClass struct{ Class, Subclass, ProgIF uint8 }
 type Router interface {
 	pci.MSIRouter
 	NewIOEventFD(addr uint64, length int, pio bool, match *uint64) (*routes.IOEventFD, error)
+	AssignIOEventFD(ev *routes.EventFD, addr uint64, length int, pio bool, match *uint64) (*routes.IOEventFD, error)
 }
 
 // PCIConfig is one virtio-pci function's wiring.
@@ -142,6 +143,8 @@ type PCI struct {
 	closed bool
 	// queueThread is PCIConfig.QueueThread.
 	queueThread func(q int) bool
+	// off is an Offloader device's backend state (nil: none).
+	off *offloadState
 }
 
 // pciRegs are the transport's guest-visible registers.
@@ -220,6 +223,17 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 			return nil, fmt.Errorf("%s: INTx: %w", dev.Name(), err)
 		}
 		t.intx.resample.Serve(func(uint64) { t.intxResampled() })
+	}
+	if od, ok := dev.(Offloader); ok {
+		if packed {
+			t.msix.Close()
+			return nil, fmt.Errorf("%s: packed=on: the kernel backend serves split rings only", dev.Name())
+		}
+		if err := t.newOffload(od); err != nil {
+			t.closeOffload()
+			t.msix.Close()
+			return nil, fmt.Errorf("%s: %w", dev.Name(), err)
+		}
 	}
 	t.queues = make([]*Queue, len(qmax))
 	for range qmax {
@@ -419,6 +433,7 @@ func (t *PCI) writeCommon(off uint64, data []byte) {
 	case off == ccQueueVector && n == 2:
 		if qc != nil {
 			qc.MSIXVector = t.vector(uint16(v))
+			t.updateCalls()
 		}
 	case off == ccQueueEnable && n == 2:
 		if qWritable && v == 1 {
@@ -486,6 +501,10 @@ func (t *PCI) setStatus(v uint8) {
 		}
 		t.active = true
 		t.bindDoorbells()
+		if err := t.startOffload(); err != nil {
+			t.fail(err)
+			return
+		}
 		// Buffers made available before DRIVER_OK are served now.
 		for i := range t.kicks {
 			t.kick(i)
@@ -508,6 +527,9 @@ func (t *PCI) enableQueue(i int) {
 // reset returns the transport and device to their initial state once no
 // chain is in flight. Called with mu held.
 func (t *PCI) reset() {
+	if err := t.stopOffload(false); err != nil {
+		t.log.Error("virtio: reset", "device", t.dev.Name(), "err", err)
+	}
 	t.active = false
 	t.unkeep(false)
 	for t.busy > 0 {
@@ -531,6 +553,9 @@ func (t *PCI) fail(err error) {
 	}
 	t.log.Error("virtio: the driver broke the device's rules; the device needs a reset", "device", t.dev.Name(), "err", err)
 	t.broken = true
+	if err := t.stopOffload(true); err != nil {
+		t.log.Error("virtio: stop the backend of a device that needs a reset", "device", t.dev.Name(), "err", err)
+	}
 	t.s.Status |= StatusNeedsReset
 	t.s.ConfigGen++
 	t.isr |= 2
@@ -543,6 +568,13 @@ func (t *PCI) fail(err error) {
 }
 
 func (t *PCI) kick(q int) {
+	if t.offloaded(q) {
+		// The backend polls the doorbell's eventfd.
+		if err := t.off.kick[q].Signal(); err != nil {
+			t.log.Error("virtio: kick the backend", "device", t.dev.Name(), "queue", q, "err", err)
+		}
+		return
+	}
 	select {
 	case t.kicks[q] <- struct{}{}:
 	default:
@@ -574,7 +606,7 @@ func (t *PCI) service(qi int) {
 	for t.paused {
 		t.cond.Wait()
 	}
-	if !t.active || t.broken || t.queues == nil || t.queues[qi] == nil {
+	if !t.active || t.broken || t.queues == nil || t.queues[qi] == nil || t.offloaded(qi) {
 		t.mu.Unlock()
 		return
 	}
@@ -739,6 +771,17 @@ func (t *PCI) bindDoorbells() {
 	}
 	for i := range t.qmax {
 		addr := base + notifyOff + uint64(i)*notifyMult
+		if t.offloaded(i) {
+			// The backend's kick: the same eventfd wherever the
+			// doorbell moves, and never served here.
+			e, err := t.router.AssignIOEventFD(t.off.kick[i], addr, 2, false, nil)
+			if err != nil {
+				t.log.Warn("virtio: doorbell through MMIO exits (the transport signals the backend's kick)", "device", t.dev.Name(), "queue", i, "err", err)
+				continue
+			}
+			t.ioevs = append(t.ioevs, e)
+			continue
+		}
 		e, err := t.router.NewIOEventFD(addr, 2, false, nil)
 		if err != nil {
 			t.log.Warn("virtio: doorbell through MMIO exits", "device", t.dev.Name(), "queue", i, "err", err)
@@ -766,6 +809,9 @@ func (t *PCI) unbindDoorbells() {
 func (t *PCI) Pause() {
 	t.mu.Lock()
 	t.paused = true
+	if err := t.stopOffload(true); err != nil {
+		t.fail(err)
+	}
 	t.unkeep(true)
 	for t.busy > 0 {
 		t.cond.Wait()
@@ -779,6 +825,9 @@ func (t *PCI) Resume() {
 	t.mu.Lock()
 	t.paused = false
 	t.cond.Broadcast()
+	if err := t.startOffload(); err != nil {
+		t.fail(err)
+	}
 	active := t.active
 	t.mu.Unlock()
 	if active {
@@ -905,6 +954,9 @@ func (t *PCI) Start() {
 		x.live = true
 		t.updateINTx()
 	}
+	if err := t.startOffload(); err != nil {
+		t.fail(err)
+	}
 	t.mu.Unlock()
 	if active {
 		for i := range t.kicks {
@@ -929,10 +981,12 @@ func (t *PCI) Close() error {
 	for t.busy > 0 {
 		t.cond.Wait()
 	}
+	offErr := t.stopOffload(false)
 	t.unbindDoorbells()
+	t.closeOffload()
 	close(t.done)
 	t.mu.Unlock()
-	return errors.Join(t.closeINTx(), t.msix.Close())
+	return errors.Join(offErr, t.closeINTx(), t.msix.Close())
 }
 
 // BAR is BAR 0's handler (offsets from the BAR's base), for tests and

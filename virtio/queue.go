@@ -428,6 +428,25 @@ func (q *Queue) Save() QueueState {
 	return s
 }
 
+// SetBackendPosition takes over a split queue's position from a backend
+// that served it outside the VMM (a kernel vhost device, which stopped):
+// next is the next available index it would have read (what
+// VHOST_GET_VRING_BASE returns), and the used index is the one the
+// backend left in the used ring (the backend made its own interrupt
+// decisions up to there).
+func (q *Queue) SetBackendPosition(next uint16) error {
+	if q.packed != nil {
+		return &QueueError{q.index, fmt.Errorf("a packed queue cannot be handed to a backend")}
+	}
+	q.popMu.Lock()
+	defer q.popMu.Unlock()
+	q.pushMu.Lock()
+	defer q.pushMu.Unlock()
+	used := le.Uint16(q.used[2:4])
+	q.lastAvail, q.usedIdx, q.signalled, q.held = next, used, used, 0
+	return nil
+}
+
 // Restore sets the queue's position: a split queue's from a split
 // queue's state, a packed queue's from a packed queue's, with positions
 // inside the ring.
