@@ -5,6 +5,7 @@ import (
 
 	"govmm/accel/mshv/mshvabi"
 	"govmm/vfio/abi"
+	vhostabi "govmm/virtio/vhost/abi"
 )
 
 // ioctlReq is an ioctl request number the filter allows, with its name.
@@ -134,11 +135,32 @@ func vfioIoctls() []ioctlReq {
 	}
 }
 
+// vhostIoctls are the vhost requests a kernel-served virtio device
+// (--vsock without socket=, vhost-vsock) makes once the guest runs, on
+// the vCPU thread that writes the driver's DRIVER_OK, reset or MSI-X
+// mask, or on the thread that pauses or resumes the VM: its queues
+// programmed, started and stopped, and their interrupt eventfd moved
+// while a vector is masked. VHOST_SET_OWNER, VHOST_SET_MEM_TABLE and
+// VHOST_VSOCK_SET_GUEST_CID are made at set-up only, and refused after.
+func vhostIoctls() []ioctlReq {
+	return []ioctlReq{
+		{"VHOST_SET_VRING_CALL", uint32(vhostabi.SetVringCall)},
+		{"VHOST_SET_FEATURES", uint32(vhostabi.SetFeatures)},
+		{"VHOST_SET_VRING_NUM", uint32(vhostabi.SetVringNum)},
+		{"VHOST_SET_VRING_ADDR", uint32(vhostabi.SetVringAddr)},
+		{"VHOST_SET_VRING_BASE", uint32(vhostabi.SetVringBase)},
+		{"VHOST_GET_VRING_BASE", uint32(vhostabi.GetVringBase)},
+		{"VHOST_SET_VRING_KICK", uint32(vhostabi.SetVringKick)},
+		{"VHOST_VSOCK_SET_RUNNING", uint32(vhostabi.VsockSetRunning)},
+	}
+}
+
 // ioctls is every request the filter allows, in the order it tests them.
 func ioctls() []ioctlReq {
 	out := append([]ioctlReq(nil), kvmIoctls...)
 	out = append(out, mshvIoctls()...)
 	out = append(out, vfioIoctls()...)
+	out = append(out, vhostIoctls()...)
 	out = append(out, tapIoctls...)
 	return append(out, terminalIoctls...)
 }

@@ -1,6 +1,8 @@
 package vm
 
 import (
+	"fmt"
+
 	"govmm/snapshot"
 	"govmm/virtio/devices"
 )
@@ -9,10 +11,16 @@ import (
 // the vCPUs' writes in the accelerator's dirty log, and the VMM's own
 // (virtio devices filling guest buffers and used rings) in guest
 // memory's log, which DirtyPages merges. A VM with passed-through VFIO
-// devices is refused: their DMA is in neither log.
+// devices is refused: their DMA is in neither log; so is one with a
+// virtio device a kernel backend serves (vhost-vsock).
 func (v *VM) StartDirtyLog() error {
 	if err := v.plat.vfio.refuse("live migration"); err != nil {
 		return err
+	}
+	for _, d := range v.plat.virtio {
+		if err := d.Transport.RefuseLiveMigration(); err != nil {
+			return fmt.Errorf("live migration: %w", err)
+		}
 	}
 	if err := v.mem.StartDirtyLog(); err != nil {
 		return err

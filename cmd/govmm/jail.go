@@ -22,6 +22,7 @@ import (
 
 	"govmm/boot"
 	"govmm/jail"
+	"govmm/virtio/vsock"
 )
 
 // Where the jailed govmm finds what the run flags named, inside the jail.
@@ -176,6 +177,13 @@ func jailConfig(f jailFlags, runArgs []string, stderr io.Writer) (jail.Config, e
 	if len(rf.virtio.nets) > 0 {
 		cfg.Devices = append(cfg.Devices, jailTunPath)
 	}
+	if c := rf.virtio.vsock.c; c != nil && c.Vhost {
+		// The kernel's vhost-vsock, at the same path inside.
+		if _, err := os.Stat(vsock.VhostDevice); err != nil {
+			return jail.Config{}, fail(exitUsage, "--vsock %s: backend=vhost needs %s on this host (modprobe vhost_vsock): %v", rf.virtio.vsock.String(), vsock.VhostDevice, err)
+		}
+		cfg.Devices = append(cfg.Devices, vsock.VhostDevice)
+	}
 	if rf.kernel != "" {
 		cfg.Files = append(cfg.Files, jail.File{Host: rf.kernel, Jail: jailKernel})
 	}
@@ -204,6 +212,8 @@ func jailConfig(f jailFlags, runArgs []string, stderr io.Writer) (jail.Config, e
 		case "api-socket":
 			return jailAPI
 		case "vsock":
+			// backend=vhost has no socket: the option is not there to
+			// replace.
 			return replaceOption(v, "socket", jailVsock)
 		case "mshv-device":
 			if v != "sim" {

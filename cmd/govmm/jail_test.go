@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"io"
 	"os"
@@ -186,5 +187,31 @@ func TestJailRunsGovmm(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(base, "govmm", "cli-1", "pid")); err != nil {
 		t.Errorf("pid file: %v", err)
+	}
+}
+
+// TestJailVhostVsock: --vsock without socket= needs the kernel's
+// vhost-vsock in the jail (where the host has it), and the flag passes
+// unchanged; a host without it is told before the jail is built.
+func TestJailVhostVsock(t *testing.T) {
+	kernel, _, _ := jailFiles(t)
+	f := jailFlags{id: "vm-1", uid: 1000, gid: 1000, chrootBase: "/srv/x"}
+	runArgs := []string{"--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel, "--vsock", "cid=3"}
+	c, err := jailConfig(f, runArgs, io.Discard)
+	if _, serr := os.Stat("/dev/vhost-vsock"); serr != nil {
+		var e *exitError
+		if !errors.As(err, &e) || e.status != exitUsage || !strings.Contains(err.Error(), "/dev/vhost-vsock") {
+			t.Fatalf("without /dev/vhost-vsock: %v, want exit 64 naming it", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/dev/null", "/dev/vhost-vsock"}; !reflect.DeepEqual(c.Devices, want) {
+		t.Errorf("devices %q, want %q", c.Devices, want)
+	}
+	if got := c.Args[len(c.Args)-1]; got != "--vsock=cid=3" {
+		t.Errorf("the jailed --vsock is %q", got)
 	}
 }

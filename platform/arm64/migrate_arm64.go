@@ -22,6 +22,9 @@ func (m *Machine) Memory() *memory.Memory { return m.mem }
 // StartDirtyLog starts tracking writes to guest RAM: the VMM's log of
 // the virtio devices' writes and KVM's (KVM_MEM_LOG_DIRTY_PAGES).
 func (m *Machine) StartDirtyLog() error {
+	if err := m.virtio.RefuseLiveMigration(); err != nil {
+		return err
+	}
 	if err := m.mem.StartDirtyLog(); err != nil {
 		return err
 	}

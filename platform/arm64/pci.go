@@ -68,6 +68,10 @@ func (g guestRAM) Slice(gpa, n uint64) ([]byte, error) {
 	return g.b[off : off+n : off+n], nil
 }
 
+// Regions is the RAM as one region, for a kernel vhost backend's memory
+// table.
+func (g guestRAM) Regions() []memory.Region { return []memory.Region{{GPA: g.base, Host: g.b}} }
+
 // MarkDirty records a device's write into guest RAM in the VMM's dirty
 // log (memory.Memory.MarkDirty), which live migration merges with KVM's:
 // KVM never sees the VMM's own writes.

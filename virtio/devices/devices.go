@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio"
 	"govmm/virtio/balloon"
@@ -25,6 +26,7 @@ import (
 	"govmm/virtio/console"
 	virtionet "govmm/virtio/net"
 	"govmm/virtio/rng"
+	"govmm/virtio/vhost"
 	"govmm/virtio/vsock"
 )
 
@@ -166,7 +168,17 @@ func Build(c Config, h Host) (s *Set, err error) {
 			return s, err
 		}
 	}
-	if c.Vsock != nil {
+	if c.Vsock != nil && c.Vsock.Vhost {
+		d, err := openVhostVsock(*c.Vsock, h)
+		if err != nil {
+			return s, err
+		}
+		// The kernel serves the receive and transmit queues; the
+		// event queue's server is the only queue thread.
+		if err := add(d, virtio.PCIClass{Class: 0xff}, d.Close, vsockThreads(c.VsockQueueThread)); err != nil {
+			return s, err
+		}
+	} else if c.Vsock != nil {
 		d, err := vsock.New(*c.Vsock, h.Log)
 		if err != nil {
 			return s, &InputError{err}
@@ -257,6 +269,29 @@ func vsockThreads(fn func(name string) bool) func(q int) bool {
 	}
 }
 
+// openVhostVsock opens the kernel's vhost-vsock for c over the guest RAM
+// of h.Mem. A host without it, or a CID in use, is the user's to fix
+// (exit 64), naming the module or the CID.
+func openVhostVsock(c vsock.Config, h Host) (*vsock.Vhost, error) {
+	rl, ok := h.Mem.(interface{ Regions() []memory.Region })
+	if !ok {
+		return nil, fmt.Errorf("virtio-vsock backend=vhost: this machine's guest memory cannot be handed to the kernel")
+	}
+	var ram []vhost.Region
+	for _, r := range rl.Regions() {
+		ram = append(ram, vhost.Region{GPA: r.GPA, Host: r.Host})
+	}
+	path := c.VhostPath
+	if path == "" {
+		path = vsock.VhostDevice
+	}
+	d, err := vsock.NewVhost(c, path, ram, h.Log)
+	if err != nil {
+		return nil, &InputError{err}
+	}
+	return d, nil
+}
+
 // Close stops the transports and closes their backends; safe on a nil
 // Set and more than once.
 func (s *Set) Close() error {
@@ -276,6 +311,20 @@ func (s *Set) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RefuseLiveMigration returns why a device of the set cannot be
+// live-migrated (virtio.LiveMigrationRefuser), or nil; nil on a nil Set.
+func (s *Set) RefuseLiveMigration() error {
+	if s == nil {
+		return nil
+	}
+	for _, d := range s.Devices {
+		if err := d.Transport.RefuseLiveMigration(); err != nil {
+			return fmt.Errorf("live migration: %w", err)
+		}
+	}
+	return nil
 }
 
 // Pause stops every device serving its queues and waits for the requests

@@ -82,12 +82,26 @@ type Config struct {
 	Socket string
 	// Packed offers packed virtqueues (VIRTIO_F_RING_PACKED).
 	Packed bool
+	// Vhost serves the device through the kernel's vhost-vsock
+	// (/dev/vhost-vsock, NewVhost) instead of in userspace: host
+	// processes then use AF_VSOCK with the guest's CID, and Socket is
+	// empty.
+	Vhost bool
+	// VhostPath is the vhost-vsock device (default VhostDevice).
+	VhostPath string
 }
 
-// ParseFlag parses cid=N,socket=PATH[,packed=on|off].
+// VhostDevice is where the kernel's vhost-vsock device is.
+const VhostDevice = "/dev/vhost-vsock"
+
+// ParseFlag parses cid=N[,socket=PATH][,backend=vhost|hybrid][,packed=on|off]:
+// with socket= the device is Firecracker's hybrid one served in
+// userspace; without it (or with backend=vhost) the kernel's vhost-vsock
+// serves the guest's CID, as QEMU's vhost-vsock-pci guest-cid=N does.
 func ParseFlag(s string) (Config, error) {
 	var c Config
 	haveCID := false
+	backend := ""
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -102,6 +116,15 @@ func ParseFlag(s string) (Config, error) {
 			c.CID, haveCID = n, true
 		case "socket":
 			c.Socket = v
+		case "backend":
+			switch v {
+			case "vhost":
+				backend = "vhost"
+			case "hybrid":
+				backend = "hybrid"
+			default:
+				return c, fmt.Errorf("--vsock %q: backend=%s, want vhost or hybrid", s, v)
+			}
 		case "packed":
 			on, ok := virtio.ParseOnOff(v)
 			if !ok {
@@ -109,7 +132,7 @@ func ParseFlag(s string) (Config, error) {
 			}
 			c.Packed = on
 		default:
-			return c, fmt.Errorf("--vsock %q: unknown option %q (want cid, socket, packed)", s, k)
+			return c, fmt.Errorf("--vsock %q: unknown option %q (want cid, socket, backend, packed)", s, k)
 		}
 	}
 	switch {
@@ -119,9 +142,14 @@ func ParseFlag(s string) (Config, error) {
 		// 0-2 are the hypervisor, local and host addresses; -1U is
 		// VMADDR_CID_ANY.
 		return c, fmt.Errorf("--vsock %q: cid %d is reserved (want 3..4294967294)", s, c.CID)
-	case c.Socket == "":
-		// The kernel's vhost-vsock is not driven by govmm yet.
-		return c, fmt.Errorf("--vsock %q: no socket= (govmm serves vsock through a Unix socket only; vhost-vsock is not supported)", s)
+	case backend == "hybrid" && c.Socket == "":
+		return c, fmt.Errorf("--vsock %q: backend=hybrid needs socket=PATH", s)
+	case backend == "vhost" && c.Socket != "":
+		return c, fmt.Errorf("--vsock %q: backend=vhost takes no socket= (host processes use AF_VSOCK with cid %d)", s, c.CID)
+	}
+	c.Vhost = c.Socket == ""
+	if c.Vhost && c.Packed {
+		return c, fmt.Errorf("--vsock %q: packed=on needs the hybrid backend (socket=PATH): the kernel's vhost-vsock serves split rings only", s)
 	}
 	return c, nil
 }

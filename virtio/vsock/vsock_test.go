@@ -593,10 +593,20 @@ func TestTeardownLeaksNothing(t *testing.T) {
 
 func TestParseFlag(t *testing.T) {
 	c, err := ParseFlag("cid=3,socket=/tmp/v.sock")
-	if err != nil || c.CID != 3 || c.Socket != "/tmp/v.sock" {
+	if err != nil || c.CID != 3 || c.Socket != "/tmp/v.sock" || c.Vhost {
 		t.Fatalf("%+v %v", c, err)
 	}
-	for _, bad := range []string{"cid=2,socket=/x", "socket=/x", "cid=3", "cid=x,socket=/x", "cid=3,socket=/x,foo=1", "cid=4294967295,socket=/x"} {
+	// Without socket= the kernel's vhost-vsock serves the CID.
+	for _, s := range []string{"cid=3", "cid=3,backend=vhost"} {
+		if c, err := ParseFlag(s); err != nil || c.CID != 3 || !c.Vhost || c.Socket != "" {
+			t.Errorf("%q: %+v %v", s, c, err)
+		}
+	}
+	if c, err := ParseFlag("cid=5,socket=/x,backend=hybrid"); err != nil || c.Vhost {
+		t.Errorf("backend=hybrid: %+v %v", c, err)
+	}
+	for _, bad := range []string{"cid=2,socket=/x", "socket=/x", "cid=x,socket=/x", "cid=3,socket=/x,foo=1", "cid=4294967295,socket=/x",
+		"cid=3,backend=hybrid", "cid=3,socket=/x,backend=vhost", "cid=3,backend=qemu", "cid=3,packed=on", "cid=2"} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		} else if !strings.Contains(err.Error(), "--vsock") {
