@@ -5,7 +5,8 @@
 // initramfs, disk image and TAP set-up, interleaved per repetition.
 //
 // The VMMs: govmm on KVM (--disk, --net tap=, --vsock over a Unix socket:
-// govmm's vsock is served in userspace) and qemu-system-x86_64 -accel kvm
+// govmm's hybrid vsock served in userspace; the column govmm-vhost has
+// --vsock cid=N instead, the kernel's vhost-vsock as QEMU's) and qemu-system-x86_64 -accel kvm
 // -cpu host -M pc with virtio-blk-pci (cache=writeback, aio=threads, its
 // defaults), virtio-net-pci on a TAP (vhost=off, its default, and a
 // column with vhost=on, the kernel's vhost-net) and vhost-vsock-pci (the kernel's: QEMU
@@ -155,7 +156,7 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions (medians are reported)")
 	cpus := flag.Int("cpus", 1, "vCPUs of every guest")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
-	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary)")
+	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary), govmm-vhost (govmm with --vsock cid=N: the kernel's vhost-vsock, like QEMU's; its boot is govmm's)")
 	alt := flag.String("govmm-alt", "", "another static govmm binary, run as the column govmm-alt with govmm's arguments (to compare two builds pair by pair)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one guest's run")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
@@ -164,7 +165,7 @@ func main() {
 	flag.Parse()
 	cfg := &config{runs: *runs, from: *from, cpus: *cpus, timeout: *timeout, kernel: *kernel}
 	for _, v := range strings.Split(*vmms, ",") {
-		if v != "govmm" && v != "qemu" && v != "qemu-vhost" && v != "govmm-alt" {
+		if v != "govmm" && v != "qemu" && v != "qemu-vhost" && v != "govmm-alt" && v != "govmm-vhost" {
 			fail("-vmms: unknown column %q", v)
 		}
 		cfg.columns = append(cfg.columns, v)
@@ -395,7 +396,8 @@ func (cfg *config) vmms() []string { return cfg.columns }
 func measure(cfg *config) {
 	for rep := cfg.from; rep < cfg.runs; rep++ {
 		for _, vmm := range cfg.vmms() {
-			if vmm != "qemu-vhost" || !slices.Contains(cfg.columns, "qemu") { // qemu-vhost's boot is qemu's
+			// qemu-vhost's boot is qemu's, govmm-vhost's govmm's.
+			if !(vmm == "qemu-vhost" && slices.Contains(cfg.columns, "qemu")) && !(vmm == "govmm-vhost" && slices.Contains(cfg.columns, "govmm")) {
 				ms, err := bootRoot(cfg, vmm)
 				if err != nil {
 					cfg.emit(result{VMM: vmm, Rep: rep, Key: "failed", Note: "boot from the disk root: " + strings.ReplaceAll(err.Error(), "\n", " | ")})
@@ -423,7 +425,7 @@ const cmdline = "console=ttyS0 panic=-1 quiet"
 // (vsockSock "") or with the network and vsock too.
 func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 	cl := strings.TrimSpace(cmdline + " " + extra)
-	if vmm == "govmm" || vmm == "govmm-alt" {
+	if vmm == "govmm" || vmm == "govmm-alt" || vmm == "govmm-vhost" {
 		bin := cfg.govmm
 		if vmm == "govmm-alt" {
 			bin = cfg.alt
@@ -431,7 +433,11 @@ func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 		args := []string{bin, "run", "--kernel", cfg.kernel, "--initrd", cfg.initrd, "--cmdline", cl,
 			"--memory", strconv.Itoa(memoryMiB) + "M", "--cpus", strconv.Itoa(cfg.cpus), "--disk", "path=" + disk}
 		if vsockSock != "" {
-			args = append(args, "--net", "tap="+tap+",mac="+guestMAC, "--vsock", fmt.Sprintf("cid=%d,socket=%s", guestCID, vsockSock))
+			vs := fmt.Sprintf("cid=%d,socket=%s", guestCID, vsockSock)
+			if vmm == "govmm-vhost" {
+				vs = fmt.Sprintf("cid=%d", guestCID)
+			}
+			args = append(args, "--net", "tap="+tap+",mac="+guestMAC, "--vsock", vs)
 		}
 		return args
 	}
@@ -650,11 +656,12 @@ func serveTCP(ctx context.Context) (func(), error) {
 }
 
 // vsockRTT connects to the guest's echo (govmm: its Unix socket and
-// CONNECT; QEMU: AF_VSOCK to the guest's CID through vhost-vsock) and
+// CONNECT; QEMU and govmm-vhost: AF_VSOCK to the guest's CID through
+// vhost-vsock) and
 // returns the median of rtts round trips of 64 bytes, in microseconds.
 func vsockRTT(vmm, sock string) (float64, error) {
 	var c io.ReadWriteCloser
-	if strings.HasPrefix(vmm, "govmm") {
+	if strings.HasPrefix(vmm, "govmm") && vmm != "govmm-vhost" {
 		u, err := net.DialTimeout("unix", sock, 10*time.Second)
 		if err != nil {
 			return 0, err
