@@ -99,6 +99,8 @@ func vmcbOffset(kvmAMD string) int {
 var (
 	traceEvent = regexp.MustCompile(`(?m)^.*\s(kvm_exit|vmcb_at_shutdown): .*$`)
 	traceCR3   = regexp.MustCompile(` cr3=0x([0-9a-f]+)`)
+	traceCR2   = regexp.MustCompile(` cr2=0x([0-9a-f]+)`)
+	traceIDTR  = regexp.MustCompile(` idtr=0x([0-9a-f]+)`)
 	traceVCPU  = regexp.MustCompile(`kvm_exit: vcpu (\d+) `)
 	traceRIP   = regexp.MustCompile(` rip 0x([0-9a-f]+)`)
 	traceInt   = regexp.MustCompile(` intr_info 0x([0-9a-f]+) error_code 0x([0-9a-f]+)`)
@@ -129,10 +131,15 @@ func ShutdownExits(mark int, guestRAM uint64) string {
 }
 
 func shutdownExits(trace string, mark int, guestRAM uint64) string {
-	type exit struct{ at, cr3 string }
+	type exit struct {
+		at, cr3 string
+		// fetchPF: the exit came while a #PF for a not-present
+		// instruction fetch in the kernel's half was being delivered.
+		fetchPF bool
+	}
 	var lines []string
 	var exits []exit
-	var substrate bool
+	var substrate, lostTables bool
 	for i, l := range traceEvent.FindAllString(trace, -1) {
 		if i < mark {
 			continue
@@ -149,6 +156,10 @@ func shutdownExits(trace string, mark int, guestRAM uint64) string {
 			}
 			e := &exits[len(exits)-1]
 			e.cr3 = fmt.Sprintf(", CR3 %#x", cr3)
+			if e.fetchPF && inIDT(l) {
+				e.cr3 += " (the #PF's own delivery faulted reading the IDT: neither the kernel's text nor its IDT was mapped)"
+				lostTables = true
+			}
 			// Page-table root bits 51:12; below 2 GiB a guest's RAM is
 			// contiguous from 0, so a root above it is nobody's table
 			// in this guest.
@@ -171,7 +182,7 @@ func shutdownExits(trace string, mark int, guestRAM uint64) string {
 			at += " (in L1's module area, where L1's kvm_amd runs VMRUN)"
 			substrate = true
 		}
-		exits = append(exits, exit{at: at + delivering(l)})
+		exits = append(exits, exit{at: at + delivering(l), fetchPF: rip >= 1<<63 && kernelFetchPF(l)})
 	}
 	if len(lines) == 0 {
 		return ""
@@ -181,12 +192,43 @@ func shutdownExits(trace string, mark int, guestRAM uint64) string {
 		all = append(all, e.at+e.cr3)
 	}
 	d := "not the substrate's known failure as far as the trace shows: " + strings.Join(all, "; ")
-	if substrate {
+	switch {
+	case substrate:
 		d = "the nested substrate's known failure, not the VMM's: " + strings.Join(all, "; ") +
 			": QEMU resumed the guest with L1's registers, and it triple-faulted there"
+	case lostTables:
+		d = "the nested substrate's second known failure, as far as the trace shows: " + strings.Join(all, "; ") +
+			": a running kernel always maps its text and its IDT, so the vCPU was resumed on page tables that were not its own" +
+			" (seen right after exits to the VMM's userspace; a VMM that overwrote the guest's top-level page table would look the same, so a test that fails this way twice deserves a look)"
 	}
 	return "\n--- diagnosis of the triple fault (L1's KVM traced the shutdown exit before it reset the vCPU): " + d +
 		"\n--- L1's trace of shutdown exits:\n" + strings.Join(lines, "\n") + "\n"
+}
+
+// kernelFetchPF says whether a shutdown exit's line shows a #PF being
+// delivered for a not-present, supervisor instruction fetch (error code
+// bit 4 set, bits 0 and 2 clear).
+func kernelFetchPF(l string) bool {
+	m := traceInt.FindStringSubmatch(l)
+	if m == nil {
+		return false
+	}
+	info, err1 := strconv.ParseUint(m[1], 16, 32)
+	code, err2 := strconv.ParseUint(m[2], 16, 32)
+	return err1 == nil && err2 == nil && info&(1<<31) != 0 && info>>8&7 == 3 && info&0xff == 14 &&
+		info&(1<<11) != 0 && code&0x15 == 0x10
+}
+
+// inIDT says whether the VMCB line's CR2 lies in the IDT's page: the
+// fault that ended the vCPU was a read of its own IDT.
+func inIDT(l string) bool {
+	c, i := traceCR2.FindStringSubmatch(l), traceIDTR.FindStringSubmatch(l)
+	if c == nil || i == nil {
+		return false
+	}
+	cr2, err1 := strconv.ParseUint(c[1], 16, 64)
+	idt, err2 := strconv.ParseUint(i[1], 16, 64)
+	return err1 == nil && err2 == nil && cr2 >= idt && cr2-idt < 4096
 }
 
 // GuestRAM is the guest RAM a govmm command line asks for (--memory, as

@@ -18,6 +18,7 @@ func TestShutdownExits(t *testing.T) {
 	vmcb := func(cr3 string) string {
 		return "           vcpu1-207     [000] .....   162.396790: vmcb_at_shutdown: (shutdown_interception+0x0/0x50 [kvm_amd]) cr0=0x80050033 cr2=0xffffffff970737c5 cr3=" + cr3 + " cr4=0x350ef0 efer=0x1d01 rip=0xffffffff970737c5 rsp=0xffffa4c0c0123e40 idtr=0xfffffe0000000000 gsbase=0xffff8e4e1f280000\n"
 	}
+	idtLost := "           vcpu1-218     [000] .N...    66.843576: vmcb_at_shutdown: (shutdown_interception+0x0/0x50 [kvm_amd]) cr0=0x80050033 cr2=0xfffffe0000000080 cr3=0x15604000 cr4=0x751ea0 efer=0x1d01 rip=0xffffffff970737c5 rsp=0xff557094800ccea0 idtr=0xfffffe0000000000 gsbase=0xff3e42a31ef00000\n"
 	for _, c := range []struct {
 		name, trace string
 		mark        int
@@ -37,6 +38,14 @@ func TestShutdownExits(t *testing.T) {
 		{name: "L1's CR3", trace: head + captured + vmcb("0x10093e000"), ram: 512 << 20,
 			want: []string{"the nested substrate's known failure", "CR3 0x10093e000 (beyond the guest's 512 MiB of RAM: not its page tables)"}},
 		{name: "RAM unknown", trace: head + captured + vmcb("0x10093e000"), want: []string{"as far as the trace shows", "CR3 0x10093e000"}, not: []string{"beyond"}},
+		// TestNetSnapshot/mshvsim, 2026-12-06: the same fetch #PF, whose
+		// delivery then faulted reading the IDT (CR2 = IDT + 0x80).
+		{name: "IDT lost", trace: head + captured + idtLost, ram: 512 << 20,
+			want: []string{"the nested substrate's second known failure", "neither the kernel's text nor its IDT was mapped", "CR3 0x15604000"}, not: []string{"not the substrate's"}},
+		{name: "IDT mapped", trace: head + captured + vmcb("0x1a4e000"), ram: 512 << 20, not: []string{"second known failure"},
+			want: []string{"not the substrate's known failure"}},
+		{name: "IDT lost, user fetch", trace: head + strings.Replace(captured, "error_code 0x00000010", "error_code 0x00000014", 1) + idtLost,
+			want: []string{"not the substrate's known failure"}, not: []string{"second known failure"}},
 		{name: "both", trace: head + guest + l1, want: []string{"substrate's known failure", "ffffffff8105a2c3", "ffffffffc0a1fdcc"}},
 	} {
 		got := shutdownExits(c.trace, c.mark, c.ram)
