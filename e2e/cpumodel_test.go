@@ -236,7 +236,7 @@ func TestLinuxCPUModels(t *testing.T) {
 			token := fmt.Sprintf("model-%d", time.Now().UnixNano()%1e6)
 			res := bootRetryingSubstrate(t, linuxguest.Boot{
 				Govmm: binary, Accel: append(slices.Clone(kvm), "--cpu="+def.Name), Kernel: kernel, Initrd: initrd,
-				CPUs: 1, Token: token,
+				CPUs: 1, Token: token, Cmdline: "quiet",
 			})
 			if res.Token != token || res.CPUs != 1 {
 				t.Fatalf("init read token %q and %d CPUs, want %q and 1\n%s", res.Token, res.CPUs, token, res.Console)
@@ -259,7 +259,7 @@ func TestLinuxTopology(t *testing.T) {
 		token := fmt.Sprintf("topo-%d", time.Now().UnixNano()%1e6)
 		b := linuxguest.Boot{
 			Govmm: binary, Accel: append(slices.Clone(flags), "--topology="+shape),
-			Kernel: kernel, Initrd: initrd, CPUs: cpus, Token: token, Cmdline: "govmm.topology=1",
+			Kernel: kernel, Initrd: initrd, CPUs: cpus, Token: token, Cmdline: "quiet govmm.topology=1",
 		}
 		res, err := b.Run(context.Background())
 		if errors.Is(err, linuxguest.ErrStalled) || errors.Is(err, linuxguest.ErrTripleFault) {

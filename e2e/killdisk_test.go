@@ -105,7 +105,7 @@ func killedDuringDiskIO(t *testing.T, acc []string, kernel, initrd string) {
 		boots++
 		sock := filepath.Join(dir, fmt.Sprintf("api%d.sock", boots))
 		return bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-			"--memory=512M", "--disk", disk, "--api-socket", sock, "--cmdline", "console=ttyS0 panic=-1 "+cmdline), until, nil)
+			"--memory=512M", "--disk", disk, "--api-socket", sock, "--cmdline", "console=ttyS0 quiet panic=-1 "+cmdline), until, nil)
 	}
 
 	// Writer 0 has cycled over all its blocks and begun overwriting

@@ -329,7 +329,7 @@ func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int)
 	t.Helper()
 	args := append(append([]string{"run"}, acc...), "--kernel", g.kernel, "--initrd", g.initrd, "--cpus=2",
 		"--memory=512M", "--cpu", cpu, "--api-socket", sock,
-		"--cmdline", fmt.Sprintf("console=ttyS0 panic=-1 govmm.ticks=%d", g.ticks))
+		"--cmdline", fmt.Sprintf("console=ttyS0 quiet panic=-1 govmm.ticks=%d", g.ticks))
 	return bootGuest(t, args, tickLine(n), nil)
 }
 

@@ -531,7 +531,7 @@ func TestVirtioLiveMigration(t *testing.T) {
 			// at block 3 and takes 8-30 s on the nested substrate.
 			args := append(append([]string{"run"}, m.src...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--cpu", m.cpu, "--api-socket", sock, "--disk", disk, "--rng",
-				"--cmdline", "console=ttyS0 panic=-1 govmm.migsecs=40"+tscArgs(t, m.src, m.cpu))
+				"--cmdline", "console=ttyS0 quiet panic=-1 govmm.migsecs=40"+tscArgs(t, m.src, m.cpu))
 			// A fresh image for every boot (a retried one may have written).
 			fresh := func() {
 				if err := os.WriteFile(vda, pa, 0o644); err != nil {

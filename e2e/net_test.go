@@ -195,7 +195,7 @@ func TestNetLinux(t *testing.T) {
 			}
 			up := serveOnce(t, ln, pattern("h2g-answer", netReply))
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 panic=-1")
+				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 quiet panic=-1")
 			p := bootGuest(t, args, "vsock-test: listening 7000", func() { hostTap(t) })
 			// While the guest's data flows, each thread of the TAP's
 			// data path has its own seccomp filter (#16).
@@ -282,7 +282,7 @@ func TestNetSnapshot(t *testing.T) {
 			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			nf := "tap=" + netTap + ",mac=" + netMAC
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
 				"vsock-test: listening 7000", func() { hostTap(t) })
 			tcpTransfer(t, p, "before", 1, nil)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {

@@ -112,7 +112,7 @@ func TestNetMultiqueue(t *testing.T) {
 			api := filepath.Join(tempSocketDir(t), "api.sock")
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", "tap="+netTap+",mac="+netMAC+",queues=2",
-				"--cmdline", "console=ttyS0 panic=-1")
+				"--cmdline", "console=ttyS0 quiet panic=-1")
 			p := bootGuest(t, args, "net-test: queues", func() { mqHostTap(t) })
 			if info := govmm(t, "info", "--api-socket", api); !strings.Contains(info.Stdout, "queues=2") {
 				t.Errorf("govmm info does not show queues=2:\n%s", info)
@@ -205,7 +205,7 @@ func TestNetMultiqueueSnapshot(t *testing.T) {
 			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
 				"net-test: queues", func() { mqHostTap(t) })
 			p.waitFor("net-test: phase1 done", 3*time.Minute)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
@@ -271,7 +271,7 @@ func TestNetMultiqueueMigration(t *testing.T) {
 	sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
 	nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
 	s := bootGuest(t, append(append([]string{"run"}, kvm...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-		"--memory=512M", "--cpu", "host", "--api-socket", sock, "--net", nf, "--cmdline", "console=ttyS0 panic=-1"),
+		"--memory=512M", "--cpu", "host", "--api-socket", sock, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
 		"net-test: queues", func() { mqHostTap(t) })
 	s.waitFor("net-test: phase1 done", 3*time.Minute)
 	before := irqCount(s.output(), "irq1")

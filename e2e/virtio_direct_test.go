@@ -199,7 +199,7 @@ func TestVirtioLinuxDirect(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := govmm(t, append(append([]string{"run"}, accs[0]...), "--kernel", kernel, "--memory=256M",
-			"--cmdline", "console=ttyS0 panic=-1", "--disk", "path="+img+",direct=on")...)
+			"--cmdline", "console=ttyS0 quiet panic=-1", "--disk", "path="+img+",direct=on")...)
 		if r.Code != 64 || !strings.Contains(r.Stderr, img) || !strings.Contains(r.Stderr, "direct=on") {
 			t.Errorf("an image on a file system that refuses O_DIRECT: want exit 64 naming %s and direct=on, got\n%s", img, r)
 		} else {

@@ -156,7 +156,7 @@ func TestVirtioINTx(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cmdline := fmt.Sprintf("console=ttyS0 panic=-1 intx.mb=%d", r.mb)
+			cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 intx.mb=%d", r.mb)
 			if r.nomsi {
 				cmdline += " pci=nomsi"
 			}

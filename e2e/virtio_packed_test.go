@@ -62,7 +62,7 @@ func TestVirtioPacked(t *testing.T) {
 				}
 			}
 			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", sock, "--disk", disk+",packed=on", "--rng", "--cmdline", "console=ttyS0 panic=-1"),
+				"--memory=512M", "--api-socket", sock, "--disk", disk+",packed=on", "--rng", "--cmdline", "console=ttyS0 quiet panic=-1"),
 				tick(3), fresh, nil)
 			out := p.output()
 			blkF, rngF := packedFeatures(out, 2), packedFeatures(out, 4)

@@ -173,7 +173,7 @@ func virtioLinux(t *testing.T, acc []string, kernel, initrd, dir, opts string) {
 		args := append(append([]string(nil), acc...), "--disk", "path="+vda+",serial=govmm-vda"+opts,
 			"--disk", "path="+vdb+",readonly=on,serial=govmm-ro"+opts, "--rng")
 		b := linuxguest.Boot{Govmm: binary, Accel: args, Kernel: kernel, Initrd: initrd, CPUs: 2,
-			Token: "virtio-" + accelName(acc), Timeout: 4 * time.Minute}
+			Token: "virtio-" + accelName(acc), Timeout: 4 * time.Minute, Cmdline: "quiet"}
 		return b.Run(context.Background())
 	}
 	res, err := boot()
@@ -334,7 +334,7 @@ func TestVirtioSnapshot(t *testing.T) {
 				}
 			}
 			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", sock, "--disk", disk, "--rng", "--cmdline", "console=ttyS0 panic=-1"),
+				"--memory=512M", "--api-socket", sock, "--disk", disk, "--rng", "--cmdline", "console=ttyS0 quiet panic=-1"),
 				tick(3), fresh, nil)
 			// The disk's workers that served the guest's I/O run under
 			// a filter of their own, on top of the process filter.

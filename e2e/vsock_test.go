@@ -307,7 +307,7 @@ func TestVsockLinux(t *testing.T) {
 			sock := filepath.Join(dir, "v.sock")
 			up := hostListen(t, sock)
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--vsock", "cid=7,socket="+sock, "--cmdline", "console=ttyS0 panic=-1"), vsockReady, nil)
+				"--memory=512M", "--vsock", "cid=7,socket="+sock, "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
 			// The driver filled the receive and event queues: their
 			// threads have their own seccomp filter (#16). The guest
 			// waits for the host's connection meanwhile.
@@ -366,7 +366,7 @@ func TestVsockSnapshot(t *testing.T) {
 			sock, api, snap := filepath.Join(dir, "v.sock"), filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			vs := "cid=9,socket=" + sock
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--api-socket", api, "--vsock", vs, "--cmdline", "console=ttyS0 panic=-1"), vsockReady, nil)
+				"--memory=512M", "--api-socket", api, "--vsock", vs, "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
 			// A connection that is open at the snapshot.
 			c, _ := hostConnect(t, sock, vsockHostP, []byte("before the snapshot"), false)
 			defer c.Close()
