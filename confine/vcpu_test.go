@@ -80,6 +80,11 @@ func TestVCPUFilterDecisions(t *testing.T) {
 		{"MSHV_RUN_VP", x86, nr("ioctl"), []uint64{5, uint64(mshvIoctls()[0].req)}, retAllow},
 		{"KVM_SET_GSI_ROUTING (a route the guest programs)", x86, nr("ioctl"), []uint64{4, 0x4008ae6a}, retAllow},
 		{"KVM_CREATE_VCPU", x86, nr("ioctl"), []uint64{4, 0xae41}, trap3},
+		// vhost-vsock: the driver's DRIVER_OK and reset, and MSI-X
+		// masking, reach the kernel's queues from this thread.
+		{"VHOST_SET_VRING_CALL (a masked vector)", x86, nr("ioctl"), []uint64{9, 0x4008af21}, retAllow},
+		{"VHOST_VSOCK_SET_RUNNING", x86, nr("ioctl"), []uint64{9, 0x4004af61}, retAllow},
+		{"VHOST_SET_MEM_TABLE (set-up only)", x86, nr("ioctl"), []uint64{9, 0x4008af03}, trap3},
 		{"ioctl 0", x86, nr("ioctl"), []uint64{4, 0}, trap3},
 		{"futex", x86, nr("futex"), nil, retAllow},
 		{"write", x86, nr("write"), nil, retAllow},
