@@ -1,0 +1,338 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/internal/kvmtest"
+)
+
+// L1's side of vhost-vsock: the kernel's vhost-vsock and the vsock core
+// it needs, which L1 does not load by itself. Each is a GOVMM_* path, so
+// kvmtest copies it into L1; vhostModuleOrder is their load order.
+var vhostModuleEnvs = map[string]string{
+	"GOVMM_E2E_VHOST_MOD_VSOCK":        "net/vmw_vsock/vsock.ko",
+	"GOVMM_E2E_VHOST_MOD_VSOCK_COMMON": "net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+	"GOVMM_E2E_VHOST_MOD_IOTLB":        "drivers/vhost/vhost_iotlb.ko",
+	"GOVMM_E2E_VHOST_MOD_VHOST":        "drivers/vhost/vhost.ko",
+	"GOVMM_E2E_VHOST_MOD_VHOST_VSOCK":  "drivers/vhost/vhost_vsock.ko",
+}
+
+var vhostModuleOrder = []string{"GOVMM_E2E_VHOST_MOD_VSOCK", "GOVMM_E2E_VHOST_MOD_VSOCK_COMMON",
+	"GOVMM_E2E_VHOST_MOD_IOTLB", "GOVMM_E2E_VHOST_MOD_VHOST", "GOVMM_E2E_VHOST_MOD_VHOST_VSOCK"}
+
+func init() {
+	if kvmtest.InL1() {
+		return
+	}
+	k := guestKernelPath()
+	if k == "" {
+		return
+	}
+	kdir := moduleTree(k)
+	for env, rel := range vhostModuleEnvs {
+		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
+			if _, err := os.Stat(p); err == nil {
+				os.Setenv(env, p)
+			}
+		}
+	}
+}
+
+// needVhostVsock loads vhost-vsock in L1 and makes /dev/vhost-vsock
+// where devtmpfs did not.
+func needVhostVsock(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/sys/class/misc/vhost-vsock"); err != nil {
+		for _, env := range vhostModuleOrder {
+			p := os.Getenv(env)
+			if p == "" {
+				t.Fatalf("%s: the module %s was not found next to the kernel", env, vhostModuleEnvs[env])
+			}
+			f, err := os.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = unix.FinitModule(int(f.Fd()), "", 0)
+			f.Close()
+			if err != nil && err != unix.EEXIST {
+				t.Fatalf("load %s: %v", p, err)
+			}
+		}
+	}
+	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
+		// VHOST_VSOCK_MINOR.
+		if err := unix.Mknod("/dev/vhost-vsock", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 241))); err != nil {
+			t.Fatalf("mknod /dev/vhost-vsock: %v", err)
+		}
+	}
+}
+
+// vsockFD is an AF_VSOCK socket in L1, the host side of vhost-vsock.
+// Every call is bounded by the socket's send and receive timeouts, and
+// the test's end closes it.
+func vsockSocket(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("AF_VSOCK socket in L1: %v", err)
+	}
+	tv := unix.Timeval{Sec: 180}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { unix.Close(fd) }) })
+	return fd
+}
+
+func vsockWriteAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func vsockReadAll(fd int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		if n == 0 {
+			return out, nil
+		}
+		out = append(out, buf[:n]...)
+	}
+}
+
+// vhostListen serves one guest connection to host port vsockGuestP over
+// AF_VSOCK: reads it to EOF, answers, closes. The result arrives on the
+// channel (nil on failure, which is reported).
+func vhostListen(t *testing.T) <-chan []byte {
+	t.Helper()
+	ln := vsockSocket(t)
+	if err := unix.Bind(ln, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: vsockGuestP}); err != nil {
+		t.Fatalf("bind AF_VSOCK port %d: %v", vsockGuestP, err)
+	}
+	if err := unix.Listen(ln, 4); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	errs := make(chan error, 1)
+	go func() {
+		c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if err != nil {
+			errs <- fmt.Errorf("accept: %w", err)
+			got <- nil
+			return
+		}
+		defer unix.Close(c)
+		tv := unix.Timeval{Sec: 180}
+		unix.SetsockoptTimeval(c, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		b, err := vsockReadAll(c)
+		if err != nil {
+			errs <- fmt.Errorf("read: %w", err)
+			got <- nil
+			return
+		}
+		got <- b
+		if err := vsockWriteAll(c, pattern("h2g-answer", vsockReply)); err != nil {
+			errs <- fmt.Errorf("answer: %w", err)
+		}
+		errs <- nil
+	}()
+	t.Cleanup(func() {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("L1's listener on AF_VSOCK port %d: %v", vsockGuestP, err)
+			}
+		default:
+		}
+	})
+	return got
+}
+
+// vhostConnect connects to the guest's port over AF_VSOCK, sends data,
+// and with half shuts its write side and returns the guest's answer;
+// without, it returns the open socket.
+func vhostConnect(t *testing.T, cid uint32, port int, data []byte, half bool) (int, []byte) {
+	t.Helper()
+	fd := vsockSocket(t)
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: uint32(port)}); err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("AF_VSOCK connect to %d:%d: %v", cid, port, err)
+	}
+	if err := vsockWriteAll(fd, data); err != nil {
+		t.Fatalf("send to the guest: %v", err)
+	}
+	if !half {
+		return fd, nil
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		t.Fatal(err)
+	}
+	b, err := vsockReadAll(fd)
+	if err != nil {
+		t.Fatalf("read the guest's answer: %v", err)
+	}
+	return -1, b
+}
+
+// vhostThreads checks that no queue thread of govmm serves the kernel's
+// queues: the event queue's server is there with its own filter, the
+// receive and transmit queues' are not (the kernel's worker serves them).
+func vhostThreads(t *testing.T, pid int) {
+	t.Helper()
+	checkDeviceThreads(t, pid, "vsock-evq")
+	counts, _ := threadFilters(t, pid)
+	for _, n := range []string{"vsock-rxq", "vsock-txq"} {
+		if _, ok := counts[n]; ok {
+			t.Errorf("govmm has a %s thread: the kernel's vhost-vsock should serve that queue", n)
+		}
+	}
+}
+
+// TestVhostVsockLinux boots Linux with --vsock cid=7 (the kernel's
+// vhost-vsock in L1) on each accelerator. The guest's vsockpeer connects
+// to host port 6000, which L1 serves over AF_VSOCK, while the test
+// connects over AF_VSOCK to the guest's port 5000; each side sends a
+// pattern, half-closes and answers another, and both check every byte.
+func TestVhostVsockLinux(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := vsockInitrd(t, vsockInit)
+	needVhostVsock(t)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			up := vhostListen(t)
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--vsock", "cid=7", "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
+			vhostThreads(t, p.cmd.Process.Pid)
+			down := pattern("down", vsockDown)
+			_, answer := vhostConnect(t, 7, vsockHostP, down, true)
+			p.waitFor("vsock-test: done", 3*time.Minute)
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("govmm exit %d\n%s", code, p.output())
+			}
+			out := p.output()
+			check := func(what, key string, want []byte) {
+				t.Helper()
+				if got, w := vsockLine(out, key), fmt.Sprintf("%d %s", len(want), sum(want)); got != w {
+					t.Errorf("%s: the guest printed %q, want %q\n%s", what, got, w, out)
+				}
+			}
+			if !strings.Contains(out, "vsock-test: bound device 0x0013") {
+				t.Errorf("Linux's vsock driver did not bind a virtio device 19:\n%s", out)
+			}
+			check("host to guest", "h2g-recv-1", down)
+			check("host's answer to the guest", "g2h-reply", pattern("h2g-answer", vsockReply))
+			if want := pattern("g2h-answer-1", vsockReply); string(answer) != string(want) {
+				t.Errorf("the guest's answer on the host's connection: %d bytes, want %d of the pattern", len(answer), len(want))
+			}
+			select {
+			case b := <-up:
+				if want := pattern("up", vsockUp); string(b) != string(want) {
+					t.Errorf("L1 read %d bytes from the guest's connection, want %d of the pattern", len(b), len(want))
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("the guest's connection to host port %d never reached L1's AF_VSOCK listener", vsockGuestP)
+			}
+		})
+	}
+}
+
+// TestVhostVsockSnapshot snapshots a guest on vhost-vsock with an
+// AF_VSOCK connection from L1 open, and restores it: the guest hears
+// TRANSPORT_RESET on the event queue and its connection fails, and a
+// new connection carries data both ways. A restore with the hybrid
+// backend, or with another CID, is refused.
+func TestVhostVsockSnapshot(t *testing.T) {
+	kernel := linuxKernel(t)
+	initrd := vsockInitrd(t, vsockSnapInit)
+	needVhostVsock(t)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			dir := tempSocketDir(t)
+			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", api, "--vsock", "cid=9", "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
+			// A connection that is open at the snapshot.
+			vhostConnect(t, 9, vsockHostP, []byte("before the snapshot"), false)
+			p.waitFor("vsock-test: accepted 1", time.Minute)
+			// Live migration is refused, naming the reason, and the
+			// guest runs on: the kernel writes guest memory outside
+			// govmm's dirty log.
+			mig := filepath.Join(dir, "mig.sock")
+			ln, err := net.Listen("unix", mig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					io.Copy(io.Discard, c)
+					c.Close()
+				}
+			}()
+			r := govmm(t, "migrate", "send", "--api-socket", api, "--to", "unix:"+mig)
+			ln.Close()
+			if r.Code == 0 || !strings.Contains(r.Stderr, "vhost") {
+				t.Fatalf("live migration of a guest on vhost-vsock: want a refusal naming vhost, got\n%s", r)
+			}
+			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
+			}
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("source after snapshot --stop: exit %d\n%s", code, p.output())
+			}
+			restore := append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")
+			for _, bad := range [][]string{{"--vsock", "cid=10"}, {"--vsock", "cid=9,socket=" + filepath.Join(dir, "v.sock")}} {
+				r := govmm(t, append(append([]string(nil), restore...), bad...)...)
+				if r.Code != 64 || !strings.Contains(r.Stderr, "virtio") {
+					t.Fatalf("restore with %q: want exit 64 naming the virtio devices, got\n%s", bad, r)
+				}
+			}
+			p = start(t, append(restore, "--vsock", "cid=9")...)
+			p.waitFor("vsock-test: lost 1", 2*time.Minute)
+			vhostThreads(t, p.cmd.Process.Pid)
+			down := pattern("after", vsockDown)
+			_, answer := vhostConnect(t, 9, vsockHostP, down, true)
+			p.waitFor("vsock-test: done", 3*time.Minute)
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
+			}
+			out := p.output()
+			if got, w := vsockLine(out, "h2g-recv-2"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
+				t.Errorf("after the restore the guest printed %q, want %q\n%s", got, w, out)
+			}
+			if want := pattern("g2h-answer-2", vsockReply); string(answer) != string(want) {
+				t.Errorf("the guest's answer after the restore: %d bytes, want %d of the pattern", len(answer), len(want))
+			}
+		})
+	}
+}
