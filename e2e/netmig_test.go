@@ -141,54 +141,25 @@ func TestNetLiveMigration(t *testing.T) {
 	}
 }
 
-// serveUploadPaced accepts one connection on ln and reads it to its end,
-// a chunk per tick until gate closes and then at full speed, counting in
-// st; then it writes answer and closes. The channel gets what it read.
+// serveUploadPaced is serveOnce reading a chunk per tick until gate
+// closes and then at full speed, counting in st.
 func serveUploadPaced(t *testing.T, ln net.Listener, st *pacedStream, gate <-chan struct{}, answer []byte) <-chan []byte {
-	got := make(chan []byte, 1)
-	var mu sync.Mutex
-	var conn net.Conn
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		if conn != nil {
-			conn.Close()
-		}
-		mu.Unlock()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		mu.Lock()
-		conn = c
-		mu.Unlock()
-		defer c.Close()
+	return serveOnceWith(t, ln, answer, func(r io.Reader) ([]byte, error) {
 		var b []byte
 		buf := make([]byte, netMigChunk)
 		for {
-			n, err := c.Read(buf)
+			n, err := r.Read(buf)
 			b = append(b, buf[:n]...)
 			st.moved.Add(int64(n))
 			if err == io.EOF {
-				break
+				return b, nil
 			}
 			if err != nil {
-				t.Errorf("L1's side of the guest's upload: read after %d bytes: %v", len(b), err)
-				return
+				return b, err
 			}
 			pace(gate)
 		}
-		got <- b
-		if _, err := c.Write(answer); err != nil {
-			t.Errorf("L1's answer to the upload: %v", err)
-		}
-	}()
-	return got
+	})
 }
 
 // sendDownloadPaced dials the guest's server and sends it netMigBytes of

@@ -179,6 +179,11 @@ func hostListen(t *testing.T, sock string) <-chan []byte {
 // that it never reports into a finished test (which panics the test
 // binary and loses every test after it).
 func serveOnce(t *testing.T, ln net.Listener, answer []byte) <-chan []byte {
+	return serveOnceWith(t, ln, answer, io.ReadAll)
+}
+
+// serveOnceWith is serveOnce reading the connection with read.
+func serveOnceWith(t *testing.T, ln net.Listener, answer []byte, read func(io.Reader) ([]byte, error)) <-chan []byte {
 	got := make(chan []byte, 1)
 	done := make(chan struct{})
 	var mu sync.Mutex
@@ -208,7 +213,7 @@ func serveOnce(t *testing.T, ln net.Listener, answer []byte) <-chan []byte {
 		}
 		mu.Unlock()
 		defer c.Close()
-		b, err := io.ReadAll(c)
+		b, err := read(c)
 		mu.Lock()
 		report := err != nil && !ending
 		mu.Unlock()
