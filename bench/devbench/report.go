@@ -46,7 +46,7 @@ func median(v []float64) float64 {
 func report(w io.Writer, results []result, cfg *config, command string, took time.Duration) {
 	vals := map[string]map[string][]float64{} // vmm -> key -> values
 	var failures []result
-	for _, r := range results {
+	for _, r := range latestPerRep(results) {
 		switch r.Key {
 		case "done":
 			continue
@@ -102,7 +102,7 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 			if m.lowerIsBetter {
 				ok = ratio <= 1
 			}
-			if !m.diagnostic {
+			if !m.diagnostic && strings.HasPrefix(v, "qemu") {
 				met = append(met, fmt.Sprintf("%s: %s", v, map[bool]string{true: "yes", false: "no"}[ok]))
 			}
 		}
@@ -112,6 +112,29 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 	for _, f := range failures {
 		fmt.Fprintf(w, "failed: %s run %d: %s\n", f.VMM, f.Rep+1, f.Note)
 	}
+}
+
+// latestPerRep keeps, of the figures a repetition reported more than
+// once (it ran again in a fresh L1 after one died part way through it),
+// the last, so that each repetition counts once.
+func latestPerRep(results []result) []result {
+	type id struct {
+		vmm, key string
+		rep      int
+	}
+	last := map[id]int{}
+	for i, r := range results {
+		if r.Key != "failed" {
+			last[id{r.VMM, r.Key, r.Rep}] = i
+		}
+	}
+	var out []result
+	for i, r := range results {
+		if r.Key == "failed" || last[id{r.VMM, r.Key, r.Rep}] == i {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func num(v float64) string {

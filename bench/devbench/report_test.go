@@ -38,15 +38,19 @@ func TestReport(t *testing.T) {
 	}
 	add("govmm", "net-g2h-mbs", 100, 300, 200)
 	add("qemu", "net-g2h-mbs", 100, 100, 100)
-	add("govmm", "vsock-rtt-us", 50, 50, 50)
+	add("govmm", "vsock-rtt-us", 50, 50, 1000)
 	add("qemu", "vsock-rtt-us", 40, 40, 40)
 	rs = append(rs, result{VMM: "qemu", Rep: 1, Key: "failed", Note: "no poweroff"})
+	// Repetition 2 ran again in a fresh L1: its second figure counts.
+	rs = append(rs, result{VMM: "govmm", Rep: 2, Key: "vsock-rtt-us", Value: 50})
+	add("govmm-alt", "vsock-rtt-us", 25, 25, 25)
 	var b strings.Builder
-	report(&b, rs, &config{runs: 3, cpus: 1, columns: []string{"govmm", "qemu"}}, "go run ./bench/devbench", 0)
+	report(&b, rs, &config{runs: 3, cpus: 1, columns: []string{"govmm", "qemu", "govmm-alt"}}, "go run ./bench/devbench", 0)
 	out := b.String()
 	for _, want := range []string{
-		"| virtio-net TCP guest to host (MB/s) | 200 (n=3) | 100 (n=3) | 2.00x | qemu: yes |",
-		"| vsock round trip, 64 bytes (µs) | 50.0 (n=3) | 40.0 (n=3) | 1.25x | qemu: no |",
+		"| virtio-net TCP guest to host (MB/s) | 200 (n=3) | 100 (n=3) | - | 2.00x | - | qemu: yes |",
+		// the target is QEMU's: another govmm build gets a ratio only
+		"| vsock round trip, 64 bytes (µs) | 50.0 (n=3) | 40.0 (n=3) | 25.0 (n=3) | 1.25x | 2.00x | qemu: no |",
 		"failed: qemu run 2: no poweroff",
 	} {
 		if !strings.Contains(out, want) {
