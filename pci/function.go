@@ -165,6 +165,12 @@ type Function struct {
 	// held) with the offset and size of the write, so a device can act
 	// on its capabilities' registers.
 	OnWrite func(off, size int)
+	// OnRead, if set before the function is added to a Root, is called
+	// before every configuration read (without the function's lock held)
+	// with the offset and size of the read, so a device can put the
+	// current value of a register of its own into place (StoreConfig)
+	// before the guest reads it.
+	OnRead func(off, size int)
 }
 
 // NewFunction returns a function with the given identity, no BARs and no
@@ -356,6 +362,15 @@ func walkCaps(cfg []byte, id int) []int {
 // beyond the conventional 256 read as all ones, as on QEMU for a
 // conventional function behind an ECAM host.
 func (f *Function) ReadConfig(off int, data []byte) {
+	if f.OnRead != nil {
+		f.OnRead(off, len(data))
+	}
+	f.PeekConfig(off, data)
+}
+
+// PeekConfig is ReadConfig without OnRead: what the configuration space
+// holds now, for the device's own use.
+func (f *Function) PeekConfig(off int, data []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range data {
@@ -395,6 +410,19 @@ func (f *Function) WriteConfig(off int, data []byte) {
 	}
 	if hook != nil {
 		hook(off, len(data))
+	}
+}
+
+// StoreConfig puts data at off whatever the guest's write masks say: a
+// device's own view of a register in one of its capabilities, which the
+// guest reads next. Bytes beyond 256 are ignored.
+func (f *Function) StoreConfig(off int, data []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, v := range data {
+		if o := off + i; o >= 0 && o < ConfigSize {
+			f.cfg[o] = v
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"govmm/virtio"
+	"govmm/virtio/rng"
 	"govmm/virtio/virtiotest"
 )
 
@@ -66,15 +67,34 @@ func FuzzQueue(f *testing.F) {
 // FuzzCommonConfig drives an rng device's BAR (common configuration,
 // ISR, device configuration, notify, MSI-X) and configuration space
 // with arbitrary accesses: each 12-byte record is (op, size, 2-byte
-// offset, 8 value bytes). Nothing may panic or deadlock, and the status
-// register only ever holds bits the state machine allows.
+// offset, 8 value bytes); configuration reads and writes include the
+// VIRTIO_PCI_CAP_PCI_CFG window onto BAR 0. Nothing may panic or
+// deadlock, and the status register only ever holds bits the state
+// machine allows.
 func FuzzCommonConfig(f *testing.F) {
 	f.Add([]byte{1, 1, 0x14, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0x08, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0x0c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x14, 0, 0xf, 0, 0, 0, 0, 0, 0, 0})
+	// Through the window: select the status byte, write ACKNOWLEDGE,
+	// read it back.
+	_, tr := attach(f, rng.New(), &virtiotest.Mem{B: make([]byte, 4<<20)}, virtio.PCIConfig{})
+	c, common := pciCfgCap(f, tr.Function()), pciCfgCapOf(f, tr.Function(), 1)
+	var cb [4]byte
+	tr.Function().ReadConfig(common+8, cb[:])
+	rec := func(op, size byte, off int, v uint32) []byte {
+		r := []byte{op, size, byte(off), byte(off >> 8)}
+		return binary.LittleEndian.AppendUint64(r, uint64(v))
+	}
+	var seed []byte
+	seed = append(seed, rec(3, 1, c+4, 0)...)
+	seed = append(seed, rec(3, 4, c+8, binary.LittleEndian.Uint32(cb[:])+0x14)...)
+	seed = append(seed, rec(3, 4, c+12, 1)...)
+	seed = append(seed, rec(3, 1, c+16, virtio.StatusAcknowledge)...)
+	seed = append(seed, rec(4, 4, c+16, 0)...)
+	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, tr := newRNG(t)
 		bar := tr.BAR()
 		for len(data) >= 12 {
-			op, size, off := data[0]%4, int(data[1]%9), uint64(binary.LittleEndian.Uint16(data[2:]))
+			op, size, off := data[0]%5, int(data[1]%9), uint64(binary.LittleEndian.Uint16(data[2:]))
 			val := data[4:12]
 			data = data[12:]
 			buf := make([]byte, size)
@@ -88,6 +108,8 @@ func FuzzCommonConfig(f *testing.F) {
 				bar.Write(off%0x8000, buf)
 			case 3:
 				tr.Function().WriteConfig(int(off%256), buf)
+			case 4:
+				tr.Function().ReadConfig(int(off%256), buf)
 			}
 			st := d.Status()
 			if st&0x30 != 0 {

@@ -143,6 +143,8 @@ type PCI struct {
 	closed bool
 	// queueThread is PCIConfig.QueueThread.
 	queueThread func(q int) bool
+	// cfgCap is the VIRTIO_PCI_CAP_PCI_CFG capability's offset.
+	cfgCap int
 	// off is an Offloader device's backend state (nil: none).
 	off *offloadState
 }
@@ -211,11 +213,16 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 	}
 	t.fn.OnWrite = t.configWritten
+	t.fn.OnRead = t.configRead
 	var err error
 	t.msix, err = pci.NewMSIX(t.fn, pci.MSIXConfig{Vectors: len(qmax) + 1, BAR: 0,
 		TableOffset: msixTableOff, PBAOffset: msixPBAOff, Router: c.Router, Log: t.log})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
+	}
+	if err := t.addPCICfgCap(); err != nil {
+		t.msix.Close()
+		return nil, err
 	}
 	if c.INTx != nil {
 		if t.intx, err = newINTx(c.INTx); err != nil {
@@ -739,6 +746,7 @@ func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 // or disabled BAR 0 moves or drops the doorbells; MSI-X Enable and
 // Interrupt Disable move the INTx line.
 func (t *PCI) configWritten(off, size int) {
+	t.cfgWindowWritten(off, size)
 	if t.intx != nil {
 		t.mu.Lock()
 		t.intxConfigWritten()
