@@ -74,6 +74,9 @@ func (f *Fake) SetFile(req uintptr, v abi.VringFile) error {
 	return f.rec(req, "%s %d %d", name(req), v.Index, v.Fd)
 }
 func (f *Fake) SetAddr(a abi.VringAddr) error {
+	if a.Flags&abi.VringFLog != 0 {
+		return f.rec(abi.SetVringAddr, "VHOST_SET_VRING_ADDR %d %#x %#x %#x log %#x", a.Index, a.DescUser, a.AvailUser, a.UsedUser, a.LogGuestAddr)
+	}
 	return f.rec(abi.SetVringAddr, "VHOST_SET_VRING_ADDR %d %#x %#x %#x", a.Index, a.DescUser, a.AvailUser, a.UsedUser)
 }
 func (f *Fake) SetMem(rs []abi.MemoryRegion) error {

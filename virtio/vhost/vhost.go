@@ -36,6 +36,9 @@ type Vring struct {
 	Size              uint16
 	Desc, Avail, Used uint64
 	Base              uint16
+	// Log has the kernel log its writes to the used ring in the dirty
+	// log (VHOST_VRING_F_LOG; SetLogBase, VHOST_F_LOG_ALL).
+	Log bool
 }
 
 // Ioctls is the raw request seam: the real backend issues ioctls on its
@@ -170,30 +173,45 @@ func (b *Backend) userAddr(gpa, n uint64) (uint64, error) {
 func (b *Backend) SetVring(i int, v Vring) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	n := uint64(v.Size)
-	desc, err := b.userAddr(v.Desc, 16*n)
+	a, err := b.vringAddr(i, v)
 	if err != nil {
-		return fmt.Errorf("%s: ring %d descriptors: %w", b.name, i, err)
-	}
-	avail, err := b.userAddr(v.Avail, 6+2*n)
-	if err != nil {
-		return fmt.Errorf("%s: ring %d available ring: %w", b.name, i, err)
-	}
-	used, err := b.userAddr(v.Used, 6+8*n)
-	if err != nil {
-		return fmt.Errorf("%s: ring %d used ring: %w", b.name, i, err)
+		return fmt.Errorf("%s: %w", b.name, err)
 	}
 	idx := uint32(i)
 	if err := b.io.SetState(abi.SetVringNum, abi.VringState{Index: idx, Num: uint32(v.Size)}); err != nil {
 		return fmt.Errorf("%s: VHOST_SET_VRING_NUM %d for ring %d: %w", b.name, v.Size, i, err)
 	}
-	if err := b.io.SetAddr(abi.VringAddr{Index: idx, DescUser: desc, UsedUser: used, AvailUser: avail, LogGuestAddr: v.Used}); err != nil {
+	if err := b.io.SetAddr(a); err != nil {
 		return fmt.Errorf("%s: VHOST_SET_VRING_ADDR for ring %d: %w", b.name, i, err)
 	}
 	if err := b.io.SetState(abi.SetVringBase, abi.VringState{Index: idx, Num: uint32(v.Base)}); err != nil {
 		return fmt.Errorf("%s: VHOST_SET_VRING_BASE %d for ring %d: %w", b.name, v.Base, i, err)
 	}
 	return nil
+}
+
+// vringAddr is ring i's VHOST_SET_VRING_ADDR argument: its parts as the
+// VMM's addresses, and the used ring's GPA for the dirty log. Called
+// with mu held.
+func (b *Backend) vringAddr(i int, v Vring) (abi.VringAddr, error) {
+	n := uint64(v.Size)
+	desc, err := b.userAddr(v.Desc, 16*n)
+	if err != nil {
+		return abi.VringAddr{}, fmt.Errorf("ring %d descriptors: %w", i, err)
+	}
+	avail, err := b.userAddr(v.Avail, 6+2*n)
+	if err != nil {
+		return abi.VringAddr{}, fmt.Errorf("ring %d available ring: %w", i, err)
+	}
+	used, err := b.userAddr(v.Used, 6+8*n)
+	if err != nil {
+		return abi.VringAddr{}, fmt.Errorf("ring %d used ring: %w", i, err)
+	}
+	a := abi.VringAddr{Index: uint32(i), DescUser: desc, UsedUser: used, AvailUser: avail, LogGuestAddr: v.Used}
+	if v.Log {
+		a.Flags = abi.VringFLog
+	}
+	return a, nil
 }
 
 // SetKick sets the eventfd the kernel polls for ring i's doorbell.

@@ -83,3 +83,31 @@ func TestOpenMissing(t *testing.T) {
 		t.Fatal("opened a missing device")
 	}
 }
+
+// TestDirtyLog: the log covers RAM from GPA 0 to its highest byte, and
+// Collect hands runs of marked pages over once, in order.
+func TestDirtyLog(t *testing.T) {
+	ram := []Region{{GPA: 0, Host: make([]byte, 1<<20)}, {GPA: 1 << 32, Host: make([]byte, 1<<20)}}
+	l, err := NewDirtyLog(ram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if want := uint64(1<<32+1<<20) / 4096; l.pages != want {
+		t.Errorf("the log covers %d pages, want %d", l.pages, want)
+	}
+	for _, gpa := range []uint64{0x3000, 0x4000, 0x5fff, 0x3f000, 0x40000, 1<<32 + 0x2000} {
+		l.Mark(gpa)
+	}
+	var got []string
+	l.Collect(func(gpa, n uint64) { got = append(got, fmt.Sprintf("%#x+%#x", gpa, n)) })
+	want := []string{"0x3000+0x3000", "0x3f000+0x2000", "0x100002000+0x1000"}
+	if !slices.Equal(got, want) {
+		t.Errorf("collected %q, want %q", got, want)
+	}
+	got = nil
+	l.Collect(func(gpa, n uint64) { got = append(got, fmt.Sprintf("%#x+%#x", gpa, n)) })
+	if len(got) != 0 {
+		t.Errorf("a second collection found %q", got)
+	}
+}

@@ -8,6 +8,7 @@ package abi
 
 import (
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -51,6 +52,15 @@ const (
 	// guest memory in the bitmap at VHOST_SET_LOG_BASE.
 	FLogAll = 1 << 26
 )
+
+// VringFLog is VHOST_VRING_F_LOG (1 << VHOST_VRING_F_LOG, bit 0 of
+// vhost_vring_addr.flags): the backend logs its writes to the used ring
+// at LogGuestAddr in the dirty log.
+const VringFLog = 1 << 0
+
+// LogPageSize is VHOST_PAGE_SIZE, the guest memory one bit of the dirty
+// log stands for.
+const LogPageSize = 0x1000
 
 // VringState is struct vhost_vring_state: a ring's size
 // (VHOST_SET_VRING_NUM) or its next available index (VHOST_SET/GET_VRING_BASE).
@@ -167,4 +177,35 @@ func UserAddr(b []byte) uint64 {
 		return 0
 	}
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}
+
+// Log is a dirty log as VHOST_SET_LOG_BASE takes it: a bitmap in its own
+// anonymous mapping, bit p%64 of word p/64 for guest page p (the kernel
+// sets bit p%8 of byte p/8, which is the same bit on a little-endian
+// host), read and cleared with atomic swaps while the kernel sets bits.
+type Log struct {
+	Words []atomic.Uint64
+	m     []byte
+}
+
+// MapLog maps a zeroed log for guest pages below pages.
+func MapLog(pages uint64) (*Log, error) {
+	words := (pages + 63) / 64
+	if words == 0 {
+		words = 1
+	}
+	m, err := unix.Mmap(-1, 0, int(words*8), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("map a vhost dirty log of %d pages: %w", pages, err)
+	}
+	return &Log{Words: unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&m[0])), words), m: m}, nil
+}
+
+// Addr is the log's address, VHOST_SET_LOG_BASE's argument.
+func (l *Log) Addr() uint64 { return UserAddr(l.m) }
+
+// Unmap unmaps the log; the backend must no longer log into it.
+func (l *Log) Unmap() error {
+	l.Words = nil
+	return unix.Munmap(l.m)
 }

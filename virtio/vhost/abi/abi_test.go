@@ -85,3 +85,23 @@ func TestMemTable(t *testing.T) {
 		}
 	}
 }
+
+// TestLog: the log's words are the bytes the kernel sets bits in, page p
+// at byte p/8, bit p%8 (little-endian), and it covers every page asked.
+func TestLog(t *testing.T) {
+	l, err := MapLog(130)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unmap()
+	if len(l.Words) != 3 {
+		t.Fatalf("%d words for 130 pages, want 3", len(l.Words))
+	}
+	if l.Addr() != UserAddr(l.m) || len(l.m) != 24 {
+		t.Fatalf("log at %#x, %d bytes", l.Addr(), len(l.m))
+	}
+	l.m[129/8] |= 1 << (129 % 8) // what set_bit_to_user does for page 129
+	if got := l.Words[2].Load(); got != 1<<1 {
+		t.Errorf("page 129 set as the kernel does: word 2 = %#x, want bit 1", got)
+	}
+}
