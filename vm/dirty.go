@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 
 	"govmm/snapshot"
@@ -12,7 +13,9 @@ import (
 // (virtio devices filling guest buffers and used rings) in guest
 // memory's log, which DirtyPages merges. A VM with passed-through VFIO
 // devices is refused: their DMA is in neither log; so is one with a
-// virtio device a kernel backend serves (vhost-vsock).
+// virtio device a kernel backend serves without a dirty log of its own
+// (vhost-vsock). A kernel backend that logs (vhost-net) logs its writes
+// from now on, and DirtyPages merges them into the VMM's log.
 func (v *VM) StartDirtyLog() error {
 	if err := v.plat.vfio.refuse("live migration"); err != nil {
 		return err
@@ -25,7 +28,12 @@ func (v *VM) StartDirtyLog() error {
 	if err := v.mem.StartDirtyLog(); err != nil {
 		return err
 	}
+	if err := v.plat.virtioSet.StartDirtyLog(v.mem.MarkDirty); err != nil {
+		v.mem.StopDirtyLog()
+		return err
+	}
 	if err := v.avm.EnableDirtyLog(); err != nil {
+		v.plat.virtioSet.StopDirtyLog()
 		v.mem.StopDirtyLog()
 		return err
 	}
@@ -34,8 +42,9 @@ func (v *VM) StartDirtyLog() error {
 
 // StopDirtyLog stops tracking guest writes.
 func (v *VM) StopDirtyLog() error {
+	verr := v.plat.virtioSet.StopDirtyLog()
 	v.mem.StopDirtyLog()
-	return v.avm.DisableDirtyLog()
+	return errors.Join(verr, v.avm.DisableDirtyLog())
 }
 
 // DirtyPages returns (and clears) the GPAs of the pages the guest or the
@@ -44,6 +53,9 @@ func (v *VM) StopDirtyLog() error {
 // call was written after it too, and is in the next call's list; once
 // the VM is paused (its devices quiesced) the list is complete.
 func (v *VM) DirtyPages() ([]uint64, error) {
+	// The kernel backends' logs first: what they logged goes into the
+	// VMM's log, which CollectDirty takes.
+	v.plat.virtioSet.SyncDirtyLog()
 	return v.mem.CollectDirty(v.avm.DirtyLog)
 }
 

@@ -9,6 +9,7 @@ package arm64
 // Apply (state_arm64.go).
 
 import (
+	"errors"
 	"slices"
 
 	"govmm/memory"
@@ -20,7 +21,8 @@ import (
 func (m *Machine) Memory() *memory.Memory { return m.mem }
 
 // StartDirtyLog starts tracking writes to guest RAM: the VMM's log of
-// the virtio devices' writes and KVM's (KVM_MEM_LOG_DIRTY_PAGES).
+// the virtio devices' writes (with what kernel vhost-net backends log of
+// theirs) and KVM's (KVM_MEM_LOG_DIRTY_PAGES).
 func (m *Machine) StartDirtyLog() error {
 	if err := m.virtio.RefuseLiveMigration(); err != nil {
 		return err
@@ -28,7 +30,12 @@ func (m *Machine) StartDirtyLog() error {
 	if err := m.mem.StartDirtyLog(); err != nil {
 		return err
 	}
+	if err := m.virtio.StartDirtyLog(m.mem.MarkDirty); err != nil {
+		m.mem.StopDirtyLog()
+		return err
+	}
 	if err := m.vm.EnableDirtyLog(); err != nil {
+		m.virtio.StopDirtyLog()
 		m.mem.StopDirtyLog()
 		return err
 	}
@@ -37,14 +44,16 @@ func (m *Machine) StartDirtyLog() error {
 
 // StopDirtyLog stops tracking writes.
 func (m *Machine) StopDirtyLog() error {
+	verr := m.virtio.StopDirtyLog()
 	m.mem.StopDirtyLog()
-	return m.vm.DisableDirtyLog()
+	return errors.Join(verr, m.vm.DisableDirtyLog())
 }
 
 // DirtyPages returns (and clears) the GPAs of the pages the guest, the
 // vGIC or the VMM's devices wrote since tracking started or since the
 // last call (KVM_GET_DIRTY_LOG ORed with the VMM's log, as on x86).
 func (m *Machine) DirtyPages() ([]uint64, error) {
+	m.virtio.SyncDirtyLog()
 	return m.mem.CollectDirty(m.vm.DirtyLog)
 }
 

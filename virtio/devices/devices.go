@@ -188,6 +188,23 @@ func Build(c Config, h Host) (s *Set, err error) {
 		}
 	}
 	for i, nc := range c.Nets {
+		if nc.Vhost {
+			d, err := openVhostNet(nc, h)
+			if err != nil {
+				return s, err
+			}
+			// The kernel serves the receive and transmit queues: the
+			// control queue's server is the only queue thread.
+			qt, err := netThreads(d.Device, i, c.NetQueueThread)
+			if err != nil {
+				d.Close()
+				return s, err
+			}
+			if err := add(d, virtio.PCIClass{Class: 0x02}, d.Close, qt); err != nil {
+				return s, err
+			}
+			continue
+		}
 		d, err := virtionet.Open(nc, h.Log)
 		if err != nil {
 			return s, &InputError{err}
@@ -269,17 +286,43 @@ func vsockThreads(fn func(name string) bool) func(q int) bool {
 	}
 }
 
-// openVhostVsock opens the kernel's vhost-vsock for c over the guest RAM
-// of h.Mem. A host without it, or a CID in use, is the user's to fix
-// (exit 64), naming the module or the CID.
-func openVhostVsock(c vsock.Config, h Host) (*vsock.Vhost, error) {
+// kernelRAM is guest RAM as a kernel vhost backend's memory table takes
+// it, or an error naming what asked for it.
+func kernelRAM(what string, h Host) ([]vhost.Region, error) {
 	rl, ok := h.Mem.(interface{ Regions() []memory.Region })
 	if !ok {
-		return nil, fmt.Errorf("virtio-vsock backend=vhost: this machine's guest memory cannot be handed to the kernel")
+		return nil, fmt.Errorf("%s: this machine's guest memory cannot be handed to the kernel", what)
 	}
 	var ram []vhost.Region
 	for _, r := range rl.Regions() {
 		ram = append(ram, vhost.Region{GPA: r.GPA, Host: r.Host})
+	}
+	return ram, nil
+}
+
+// openVhostNet opens the TAP and the kernel's vhost-net for c. A host
+// without vhost-net, or a combination it cannot serve (packed=on), is
+// the user's to fix (exit 64): vhost=on never falls back to govmm's own
+// queues.
+func openVhostNet(c virtionet.Config, h Host) (*virtionet.Vhost, error) {
+	ram, err := kernelRAM("virtio-net vhost=on", h)
+	if err != nil {
+		return nil, err
+	}
+	d, err := virtionet.OpenVhost(c, c.VhostPath, ram, h.Log)
+	if err != nil {
+		return nil, &InputError{err}
+	}
+	return d, nil
+}
+
+// openVhostVsock opens the kernel's vhost-vsock for c over the guest RAM
+// of h.Mem. A host without it, or a CID in use, is the user's to fix
+// (exit 64), naming the module or the CID.
+func openVhostVsock(c vsock.Config, h Host) (*vsock.Vhost, error) {
+	ram, err := kernelRAM("virtio-vsock backend=vhost", h)
+	if err != nil {
+		return nil, err
 	}
 	path := c.VhostPath
 	if path == "" {
@@ -325,6 +368,49 @@ func (s *Set) RefuseLiveMigration() error {
 		}
 	}
 	return nil
+}
+
+// StartDirtyLog has every device whose backend writes guest memory
+// outside the VMM (virtio.DirtyLogger: vhost-net) log those writes, which
+// SyncDirtyLog hands to mark. On error the ones started are stopped.
+// Nothing on a nil Set.
+func (s *Set) StartDirtyLog(mark func(gpa, n uint64)) error {
+	if s == nil {
+		return nil
+	}
+	for i, d := range s.Devices {
+		if err := d.Transport.StartDirtyLog(mark); err != nil {
+			for _, e := range s.Devices[:i] {
+				e.Transport.StopDirtyLog()
+			}
+			return fmt.Errorf("live migration: %s: %w", d.Transport.Device().Name(), err)
+		}
+	}
+	return nil
+}
+
+// SyncDirtyLog hands the devices' logged writes to StartDirtyLog's mark.
+func (s *Set) SyncDirtyLog() {
+	if s == nil {
+		return
+	}
+	for _, d := range s.Devices {
+		d.Transport.SyncDirtyLog()
+	}
+}
+
+// StopDirtyLog stops the devices' logging.
+func (s *Set) StopDirtyLog() error {
+	if s == nil {
+		return nil
+	}
+	var errs []error
+	for _, d := range s.Devices {
+		if err := d.Transport.StopDirtyLog(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Pause stops every device serving its queues and waits for the requests

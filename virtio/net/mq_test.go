@@ -146,7 +146,7 @@ func newTransport(t *testing.T, dev *Device, mem *virtiotest.Mem) (*virtio.PCI, 
 func newMQRig(t *testing.T, n int, want uint64) *mqRig {
 	t.Helper()
 	ft := newFakeTap(t, n)
-	dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet)
+	dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
 	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)
@@ -446,7 +446,7 @@ func TestControlFraming(t *testing.T) {
 			slog.SetDefault(slog.New(slog.NewTextHandler(&logBuf, nil)))
 			defer slog.SetDefault(old)
 			ft := newFakeTap(t, 2)
-			dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet)
+			dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
 			mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
 			vm, tb := virtiotest.NewVM()
 			tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Class: virtio.PCIClass{Class: 2}})
@@ -601,7 +601,7 @@ func TestRestoreMQ(t *testing.T) {
 
 	// Another queues= is refused, naming it.
 	for _, n := range []int{1, 2, 4} {
-		dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, newFakeTap(t, n), quiet)
+		dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, newFakeTap(t, n), quiet, true)
 		tr, _ := newTransport(t, dev, r.d.Mem)
 		if err := tr.Restore(back); err == nil || !strings.Contains(err.Error(), "queues=3") {
 			t.Errorf("restore on queues=%d: %v, want a refusal naming queues=3", n, err)
@@ -610,14 +610,14 @@ func TestRestoreMQ(t *testing.T) {
 	// A state whose pair count this device cannot have is refused.
 	bad := back
 	bad.DeviceState = json.RawMessage(`{"queue_pairs":7}`)
-	dev := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, newFakeTap(t, 3), quiet)
+	dev := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, newFakeTap(t, 3), quiet, true)
 	tr, _ := newTransport(t, dev, r.d.Mem)
 	if err := tr.Restore(bad); err == nil || !strings.Contains(err.Error(), "7 queue pairs") {
 		t.Errorf("restore of 7 enabled pairs: %v", err)
 	}
 
 	ft2 := newFakeTap(t, 3)
-	dev2 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft2, quiet)
+	dev2 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft2, quiet, true)
 	tr2, vm2 := newTransport(t, dev2, r.d.Mem)
 	if err := tr2.Restore(back); err != nil {
 		t.Fatal(err)
@@ -644,7 +644,7 @@ func TestRestoreMQ(t *testing.T) {
 	old := back
 	old.DeviceState = nil
 	ft3 := newFakeTap(t, 3)
-	dev3 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft3, quiet)
+	dev3 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft3, quiet, true)
 	tr3, _ := newTransport(t, dev3, r.d.Mem)
 	if err := tr3.Restore(old); err != nil {
 		t.Fatal(err)
@@ -668,7 +668,7 @@ func TestNoMQNegotiated(t *testing.T) {
 	}
 
 	ft := newFakeTap(t, 2)
-	dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet)
+	dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
 	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)

@@ -94,9 +94,15 @@ type Config struct {
 	Packed bool
 	// Queues is the number of queue pairs, 1..MaxQueuePairs (0 means 1).
 	Queues int
+	// Vhost has the kernel's vhost-net serve the receive and transmit
+	// queues (vhost=on, OpenVhost): one /dev/vhost-net file per pair
+	// reads and writes the pair's TAP queue itself.
+	Vhost bool
+	// VhostPath is the vhost-net device (default VhostDevice).
+	VhostPath string
 }
 
-// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off][,queues=N].
+// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off][,queues=N][,vhost=on|off].
 func ParseFlag(s string) (Config, error) {
 	c := Config{Queues: 1}
 	for _, kv := range strings.Split(s, ",") {
@@ -128,8 +134,14 @@ func ParseFlag(s string) (Config, error) {
 				return c, fmt.Errorf("--net %q: queues=%s, want a number of queue pairs in 1..%d", s, v, MaxQueuePairs)
 			}
 			c.Queues = n
+		case "vhost":
+			on, ok := virtio.ParseOnOff(v)
+			if !ok {
+				return c, fmt.Errorf("--net %q: vhost=%s, want on or off", s, v)
+			}
+			c.Vhost = on
 		default:
-			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac, packed, queues)", s, k)
+			return c, fmt.Errorf("--net %q: unknown option %q (want tap, mac, packed, queues, vhost)", s, k)
 		}
 	}
 	if c.Tap == "" {
@@ -215,6 +227,19 @@ type kept struct {
 
 // Open attaches to (or creates) the TAP and starts the receive goroutines.
 func Open(c Config, log *slog.Logger) (*Device, error) {
+	mac, err := checkConfig(&c)
+	if err != nil {
+		return nil, err
+	}
+	t, err := openTap(c.Tap, c.Queues)
+	if err != nil {
+		return nil, fmt.Errorf("virtio-net: %w", err)
+	}
+	return newDevice(c, mac, t, log, true), nil
+}
+
+// checkConfig defaults c's queue pairs and MAC and checks them.
+func checkConfig(c *Config) (stdnet.HardwareAddr, error) {
 	if c.Queues == 0 {
 		c.Queues = 1
 	}
@@ -228,16 +253,14 @@ func Open(c Config, log *slog.Logger) (*Device, error) {
 	if err != nil || len(mac) != macLen {
 		return nil, fmt.Errorf("virtio-net: mac %q is not a 6-byte Ethernet address", c.MAC)
 	}
-	t, err := openTap(c.Tap, c.Queues)
-	if err != nil {
-		return nil, fmt.Errorf("virtio-net: %w", err)
-	}
-	return newDevice(c, mac, t, log), nil
+	return mac, nil
 }
 
 // newDevice builds the device on a backend whose queues 1.. are
-// detached.
-func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger) *Device {
+// detached. With readers, each pair has a goroutine that reads its TAP
+// queue into the guest's receive buffers; without (vhost-net reads the
+// TAP), nothing in the VMM reads it.
+func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, readers bool) *Device {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -246,6 +269,9 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger) 
 		p := &pair{i: i, f: f, attached: i == 0}
 		p.cond = sync.NewCond(&p.mu)
 		d.pairs = append(d.pairs, p)
+	}
+	if !readers {
+		return d
 	}
 	for _, p := range d.pairs {
 		d.wg.Add(1)
