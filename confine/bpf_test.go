@@ -94,6 +94,8 @@ func TestFilterDecisions(t *testing.T) {
 		{"VHOST_SET_VRING_KICK", x86, nr("ioctl"), []uint64{9, 0x4008af20}, retAllow},
 		{"VHOST_SET_VRING_CALL", x86, nr("ioctl"), []uint64{9, 0x4008af21}, retAllow},
 		{"VHOST_VSOCK_SET_RUNNING", x86, nr("ioctl"), []uint64{9, 0x4004af61}, retAllow},
+		{"VHOST_NET_SET_BACKEND", x86, nr("ioctl"), []uint64{9, 0x4008af30}, retAllow},
+		{"VHOST_SET_LOG_BASE", x86, nr("ioctl"), []uint64{9, 0x4008af04}, retAllow},
 		{"VHOST_SET_OWNER (set-up only)", x86, nr("ioctl"), []uint64{9, 0xaf01}, retTrap},
 		{"VHOST_SET_MEM_TABLE (set-up only)", x86, nr("ioctl"), []uint64{9, 0x4008af03}, retTrap},
 		{"VHOST_VSOCK_SET_GUEST_CID (set-up only)", x86, nr("ioctl"), []uint64{9, 0x4008af60}, retTrap},

@@ -136,11 +136,14 @@ func vfioIoctls() []ioctlReq {
 }
 
 // vhostIoctls are the vhost requests a kernel-served virtio device
-// (--vsock without socket=, vhost-vsock) makes once the guest runs, on
-// the vCPU thread that writes the driver's DRIVER_OK, reset or MSI-X
-// mask, or on the thread that pauses or resumes the VM: its queues
-// programmed, started and stopped, and their interrupt eventfd moved
-// while a vector is masked. VHOST_SET_OWNER, VHOST_SET_MEM_TABLE and
+// (--vsock without socket=, vhost-vsock; --net vhost=on, vhost-net)
+// makes once the guest runs, on the vCPU thread that writes the driver's
+// DRIVER_OK, reset or MSI-X mask, or on the thread that pauses or
+// resumes the VM: its queues programmed, started (vhost-net: the TAP
+// queue made a ring's backend) and stopped, and their interrupt eventfd
+// moved while a vector is masked; and, on the thread that live-migrates,
+// vhost-net's dirty log set (VHOST_SET_LOG_BASE; features and ring
+// addresses again for the log). VHOST_SET_OWNER, VHOST_SET_MEM_TABLE and
 // VHOST_VSOCK_SET_GUEST_CID are made at set-up only, and refused after.
 func vhostIoctls() []ioctlReq {
 	return []ioctlReq{
@@ -152,6 +155,8 @@ func vhostIoctls() []ioctlReq {
 		{"VHOST_GET_VRING_BASE", uint32(vhostabi.GetVringBase)},
 		{"VHOST_SET_VRING_KICK", uint32(vhostabi.SetVringKick)},
 		{"VHOST_VSOCK_SET_RUNNING", uint32(vhostabi.VsockSetRunning)},
+		{"VHOST_NET_SET_BACKEND", uint32(vhostabi.NetSetBackend)},
+		{"VHOST_SET_LOG_BASE", uint32(vhostabi.SetLogBase)},
 	}
 }
 

@@ -84,6 +84,7 @@ func TestVCPUFilterDecisions(t *testing.T) {
 		// masking, reach the kernel's queues from this thread.
 		{"VHOST_SET_VRING_CALL (a masked vector)", x86, nr("ioctl"), []uint64{9, 0x4008af21}, retAllow},
 		{"VHOST_VSOCK_SET_RUNNING", x86, nr("ioctl"), []uint64{9, 0x4004af61}, retAllow},
+		{"VHOST_NET_SET_BACKEND (DRIVER_OK with vhost=on)", x86, nr("ioctl"), []uint64{9, 0x4008af30}, retAllow},
 		{"VHOST_SET_MEM_TABLE (set-up only)", x86, nr("ioctl"), []uint64{9, 0x4008af03}, trap3},
 		{"ioctl 0", x86, nr("ioctl"), []uint64{4, 0}, trap3},
 		{"futex", x86, nr("futex"), nil, retAllow},

@@ -22,6 +22,7 @@ import (
 
 	"govmm/boot"
 	"govmm/jail"
+	virtionet "govmm/virtio/net"
 	"govmm/virtio/vsock"
 )
 
@@ -176,6 +177,17 @@ func jailConfig(f jailFlags, runArgs []string, stderr io.Writer) (jail.Config, e
 	cfg.Devices = devs
 	if len(rf.virtio.nets) > 0 {
 		cfg.Devices = append(cfg.Devices, jailTunPath)
+	}
+	for _, n := range rf.virtio.nets {
+		if !n.Vhost {
+			continue
+		}
+		// The kernel's vhost-net, at the same path inside.
+		if _, err := os.Stat(virtionet.VhostDevice); err != nil {
+			return jail.Config{}, fail(exitUsage, "--net tap=%s,vhost=on needs %s on this host (modprobe vhost_net): %v", n.Tap, virtionet.VhostDevice, err)
+		}
+		cfg.Devices = append(cfg.Devices, virtionet.VhostDevice)
+		break
 	}
 	if c := rf.virtio.vsock.c; c != nil && c.Vhost {
 		// The kernel's vhost-vsock, at the same path inside.

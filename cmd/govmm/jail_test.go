@@ -215,3 +215,37 @@ func TestJailVhostVsock(t *testing.T) {
 		t.Errorf("the jailed --vsock is %q", got)
 	}
 }
+
+// TestJailVhostNet: --net ...,vhost=on needs the kernel's vhost-net in
+// the jail (where the host has it) besides /dev/net/tun, and the flag
+// passes unchanged; a host without it is told before the jail is built.
+func TestJailVhostNet(t *testing.T) {
+	kernel, _, _ := jailFiles(t)
+	f := jailFlags{id: "vm-1", uid: 1000, gid: 1000, chrootBase: "/srv/x"}
+	runArgs := []string{"--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel, "--net", "tap=t0,vhost=on"}
+	c, err := jailConfig(f, runArgs, io.Discard)
+	if _, serr := os.Stat("/dev/vhost-net"); serr != nil {
+		var e *exitError
+		if !errors.As(err, &e) || e.status != exitUsage || !strings.Contains(err.Error(), "/dev/vhost-net") {
+			t.Fatalf("without /dev/vhost-net: %v, want exit 64 naming it", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/dev/null", "/dev/net/tun", "/dev/vhost-net"}; !reflect.DeepEqual(c.Devices, want) {
+		t.Errorf("devices %q, want %q", c.Devices, want)
+	}
+	if got := c.Args[len(c.Args)-1]; got != "--net=tap=t0,vhost=on" {
+		t.Errorf("the jailed --net is %q", got)
+	}
+	// Without vhost=on, no vhost-net in the jail.
+	c, err = jailConfig(f, []string{"--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel, "--net", "tap=t0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/dev/null", "/dev/net/tun"}; !reflect.DeepEqual(c.Devices, want) {
+		t.Errorf("devices without vhost=on %q, want %q", c.Devices, want)
+	}
+}
