@@ -6,7 +6,8 @@
 //
 // The VMMs: govmm on KVM (--disk, --net tap=, --vsock over a Unix socket:
 // govmm's hybrid vsock served in userspace; the column govmm-vhost has
-// --vsock cid=N instead, the kernel's vhost-vsock as QEMU's) and qemu-system-x86_64 -accel kvm
+// --vsock cid=N and --net ...,vhost=on instead, the kernel's vhost-vsock
+// and vhost-net as qemu-vhost's) and qemu-system-x86_64 -accel kvm
 // -cpu host -M pc with virtio-blk-pci (cache=writeback, aio=threads, its
 // defaults), virtio-net-pci on a TAP (vhost=off, its default, and a
 // column with vhost=on, the kernel's vhost-net) and vhost-vsock-pci (the kernel's: QEMU
@@ -159,7 +160,7 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions (medians are reported)")
 	cpus := flag.Int("cpus", 1, "vCPUs of every guest")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
-	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary), govmm-vhost (govmm with --vsock cid=N: the kernel's vhost-vsock, like QEMU's; its boot is govmm's), qemu-uring (qemu with aio=io_uring on its disk instead of its thread pool)")
+	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary), govmm-vhost (govmm with --vsock cid=N and --net ...,vhost=on: the kernel's vhost-vsock and vhost-net, like qemu-vhost; its boot is govmm's), qemu-uring (qemu with aio=io_uring on its disk instead of its thread pool)")
 	alt := flag.String("govmm-alt", "", "another static govmm binary, run as the column govmm-alt with govmm's arguments (to compare two builds pair by pair)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one guest's run")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
@@ -437,10 +438,13 @@ func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 			"--memory", strconv.Itoa(memoryMiB) + "M", "--cpus", strconv.Itoa(cfg.cpus), "--disk", "path=" + disk}
 		if vsockSock != "" {
 			vs := fmt.Sprintf("cid=%d,socket=%s", guestCID, vsockSock)
+			nf := "tap=" + tap + ",mac=" + guestMAC
 			if vmm == "govmm-vhost" {
+				// The kernel's vhost-vsock and vhost-net, as qemu-vhost.
 				vs = fmt.Sprintf("cid=%d", guestCID)
+				nf += ",vhost=on"
 			}
-			args = append(args, "--net", "tap="+tap+",mac="+guestMAC, "--vsock", vs)
+			args = append(args, "--net", nf, "--vsock", vs)
 		}
 		return args
 	}
