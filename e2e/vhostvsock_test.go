@@ -131,9 +131,15 @@ func vsockReadAll(fd int) ([]byte, error) {
 // channel (nil on failure, which is reported).
 func vhostListen(t *testing.T) <-chan []byte {
 	t.Helper()
+	return vhostListenOn(t, vsockGuestP, pattern("h2g-answer", vsockReply))
+}
+
+// vhostListenOn is vhostListen on port, answering answer.
+func vhostListenOn(t *testing.T, port uint32, answer []byte) <-chan []byte {
+	t.Helper()
 	ln := vsockSocket(t)
-	if err := unix.Bind(ln, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: vsockGuestP}); err != nil {
-		t.Fatalf("bind AF_VSOCK port %d: %v", vsockGuestP, err)
+	if err := unix.Bind(ln, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		t.Fatalf("bind AF_VSOCK port %d: %v", port, err)
 	}
 	if err := unix.Listen(ln, 4); err != nil {
 		t.Fatal(err)
@@ -157,7 +163,7 @@ func vhostListen(t *testing.T) <-chan []byte {
 			return
 		}
 		got <- b
-		if err := vsockWriteAll(c, pattern("h2g-answer", vsockReply)); err != nil {
+		if err := vsockWriteAll(c, answer); err != nil {
 			errs <- fmt.Errorf("answer: %w", err)
 		}
 		errs <- nil
@@ -166,7 +172,7 @@ func vhostListen(t *testing.T) <-chan []byte {
 		select {
 		case err := <-errs:
 			if err != nil {
-				t.Errorf("L1's listener on AF_VSOCK port %d: %v", vsockGuestP, err)
+				t.Errorf("L1's listener on AF_VSOCK port %d: %v", port, err)
 			}
 		default:
 		}
@@ -179,6 +185,13 @@ func vhostListen(t *testing.T) <-chan []byte {
 // without, it returns the open socket.
 func vhostConnect(t *testing.T, cid uint32, port int, data []byte, half bool) (int, []byte) {
 	t.Helper()
+	return vhostConnectMid(t, cid, port, data, half, nil)
+}
+
+// vhostConnectMid is vhostConnect calling mid, if not nil, once half of
+// data is sent.
+func vhostConnectMid(t *testing.T, cid uint32, port int, data []byte, half bool, mid func()) (int, []byte) {
+	t.Helper()
 	fd := vsockSocket(t)
 	var err error
 	for i := 0; i < 50; i++ {
@@ -189,8 +202,18 @@ func vhostConnect(t *testing.T, cid uint32, port int, data []byte, half bool) (i
 	if err != nil {
 		t.Fatalf("AF_VSOCK connect to %d:%d: %v", cid, port, err)
 	}
-	if err := vsockWriteAll(fd, data); err != nil {
+	first := data
+	if mid != nil {
+		first = data[:len(data)/2]
+	}
+	if err := vsockWriteAll(fd, first); err != nil {
 		t.Fatalf("send to the guest: %v", err)
+	}
+	if mid != nil {
+		mid()
+		if err := vsockWriteAll(fd, data[len(first):]); err != nil {
+			t.Fatalf("send to the guest after the middle: %v", err)
+		}
 	}
 	if !half {
 		return fd, nil
@@ -219,23 +242,74 @@ func vhostThreads(t *testing.T, pid int) {
 	}
 }
 
+// The port and sizes of the exchange after the driver was reloaded.
+const (
+	vhostAgainP     = 6001
+	vhostAgain      = 256 << 10
+	vhostAgainReply = 128 << 10
+)
+
+// vhostInit is vsockInit, then the vsock transport driver unloaded and
+// loaded again (a driver reset: the device stops the kernel's queues,
+// then hands it the new ones) and one more connection to the host.
+var vhostInit = `#!/bin/busybox sh
+` + vsockInitHead + fmt.Sprintf(`/bin/vsockpeer serve %d 1 g2h-answer %d &
+srv=$!
+/bin/vsockpeer dial %d up %d
+wait $srv
+i=0
+until $B rmmod vmw_vsock_virtio_transport 2>/dev/null || [ $i -ge 30 ]; do $B sleep 1; i=$((i+1)); done
+$B insmod /lib/modules/vmw_vsock_virtio_transport.ko || echo "vsock-test: insmod again failed"
+i=0
+while ! $B ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | $B grep -q virtio && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
+echo "vsock-test: reloaded after $i"
+/bin/vsockpeer dial %d again %d
+echo "vsock-test: done"
+$B poweroff -f
+`, vsockHostP, vsockReply, vsockGuestP, vsockUp, vhostAgainP, vhostAgain)
+
+// vsockLines returns every value after "vsock-test: key ".
+func vsockLines(out, key string) []string {
+	var vs []string
+	for _, l := range strings.Split(out, "\n") {
+		if _, v, ok := strings.Cut(l, "vsock-test: "+key+" "); ok {
+			vs = append(vs, strings.TrimSpace(v))
+		}
+	}
+	return vs
+}
+
 // TestVhostVsockLinux boots Linux with --vsock cid=7 (the kernel's
 // vhost-vsock in L1) on each accelerator. The guest's vsockpeer connects
 // to host port 6000, which L1 serves over AF_VSOCK, while the test
 // connects over AF_VSOCK to the guest's port 5000; each side sends a
 // pattern, half-closes and answers another, and both check every byte.
+// The VM is paused and resumed in the middle of the host's pattern; then
+// the guest unloads and reloads its vsock driver (a reset of the device)
+// and connects to the host once more.
 func TestVhostVsockLinux(t *testing.T) {
 	kernel := linuxKernel(t)
-	initrd := vsockInitrd(t, vsockInit)
+	initrd := vsockInitrd(t, vhostInit)
 	needVhostVsock(t)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
 			up := vhostListen(t)
+			again := vhostListenOn(t, vhostAgainP, pattern("again-answer", vhostAgainReply))
+			api := filepath.Join(tempSocketDir(t), "api.sock")
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--vsock", "cid=7", "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
+				"--memory=512M", "--api-socket", api, "--vsock", "cid=7", "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
 			vhostThreads(t, p.cmd.Process.Pid)
 			down := pattern("down", vsockDown)
-			_, answer := vhostConnect(t, 7, vsockHostP, down, true)
+			// Half-way, a pause stops the kernel's queues and takes
+			// their positions; the resume starts them again from
+			// there. No byte may be lost or repeated.
+			_, answer := vhostConnectMid(t, 7, vsockHostP, down, true, func() {
+				for _, c := range []string{"pause", "resume"} {
+					if r := govmm(t, c, "--api-socket="+api); r.Code != 0 {
+						t.Fatalf("govmm %s:\n%s\n--- guest:\n%s", c, r, p.output())
+					}
+				}
+			})
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
@@ -262,6 +336,22 @@ func TestVhostVsockLinux(t *testing.T) {
 				}
 			case <-time.After(10 * time.Second):
 				t.Errorf("the guest's connection to host port %d never reached L1's AF_VSOCK listener", vsockGuestP)
+			}
+			// After the driver's reset and a new DRIVER_OK.
+			if !strings.Contains(out, "vsock-test: reloaded") || strings.Contains(out, "insmod again failed") {
+				t.Errorf("the guest did not reload its vsock driver:\n%s", out)
+			}
+			replies := vsockLines(out, "g2h-reply")
+			if w := pattern("again-answer", vhostAgainReply); len(replies) != 2 || replies[1] != fmt.Sprintf("%d %s", len(w), sum(w)) {
+				t.Errorf("after the driver reload the guest read %q, want a second reply of %d bytes\n%s", replies, len(w), out)
+			}
+			select {
+			case b := <-again:
+				if want := pattern("again", vhostAgain); string(b) != string(want) {
+					t.Errorf("after the driver reload L1 read %d bytes, want %d of the pattern", len(b), len(want))
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("the guest's connection after the driver reload never reached L1's listener on port %d", vhostAgainP)
 			}
 		})
 	}
