@@ -19,6 +19,53 @@ type VCPUsResult struct {
 	// pause request to the vCPUs running again.
 	PauseMS float64 `json:"pause_ms"`
 	VCPUs   []VCPU  `json:"vcpus"`
+	// IOAPIC is the userspace IOAPIC's pins that are unmasked or have
+	// anything asserted or in service (x86), and INTx the PCI functions'
+	// INTx lines: with the LAPICs' ISR, IRR and TMR above, what a lost
+	// level interrupt leaves behind.
+	IOAPIC []IOAPICPin `json:"ioapic,omitempty"`
+	INTx   []INTxLine  `json:"intx,omitempty"`
+}
+
+// IOAPICPin is one IOAPIC pin.
+type IOAPICPin struct {
+	Pin int `json:"pin"`
+	// Entry is the redirection entry; Vector, Dest, Level (trigger
+	// mode), Masked and RemoteIRR are decoded from it.
+	Entry     uint64 `json:"entry"`
+	Vector    uint8  `json:"vector"`
+	Dest      uint8  `json:"dest"`
+	Level     bool   `json:"level_triggered"`
+	Masked    bool   `json:"masked"`
+	RemoteIRR bool   `json:"remote_irr"`
+	// Line is the devices' input, Resample the resample irqfds' input;
+	// Asserted their OR, Requested the pin's IRR bit (a request not
+	// delivered yet), Resampler whether an irqfd's owner hears its EOIs.
+	Line      bool `json:"line"`
+	Resample  bool `json:"resample_input"`
+	Asserted  bool `json:"asserted"`
+	Requested bool `json:"requested"`
+	Resampler bool `json:"resampler"`
+	// Delivered counts the interrupts the pin sent, EOIs the EOIs that
+	// cleared its Remote IRR, EdgeClears the Remote IRRs the guest
+	// cleared by reprogramming the entry edge-triggered.
+	Delivered  uint64 `json:"delivered"`
+	EOIs       uint64 `json:"eois"`
+	EdgeClears uint64 `json:"edge_clears"`
+}
+
+// INTxLine is one PCI function's INTx line as its transport keeps it.
+type INTxLine struct {
+	Device string `json:"device"`
+	GSI    uint32 `json:"gsi"`
+	// ISR is the virtio ISR (bit 0 queue, bit 1 configuration), MSIX
+	// whether MSI-X is on (INTx is off then), Asserted whether the
+	// transport signalled the line since the last EOI, Raises how many
+	// times it did.
+	ISR      uint8  `json:"isr"`
+	MSIX     bool   `json:"msix"`
+	Asserted bool   `json:"asserted"`
+	Raises   uint64 `json:"raises"`
 }
 
 // VCPU is one vCPU's state, decoded.

@@ -211,12 +211,15 @@ func (t *PCI) closeINTx() error {
 
 // INTxStatus is the INTx line as tests and govmm info see it: whether the
 // function has one, its GSI, whether it is asserted, and how many times
-// the trigger was signalled.
+// the trigger was signalled; with the ISR and MSI-X Enable that decide
+// whether it should be.
 type INTxStatus struct {
 	Present  bool
 	GSI      uint32
 	Asserted bool
 	Raises   uint64
+	ISR      uint8
+	MSIX     bool
 }
 
 // INTx reports the function's INTx line.
@@ -227,5 +230,5 @@ func (t *PCI) INTx() INTxStatus {
 	if x == nil {
 		return INTxStatus{}
 	}
-	return INTxStatus{Present: true, GSI: x.gsi, Asserted: x.asserted, Raises: x.raises}
+	return INTxStatus{Present: true, GSI: x.gsi, Asserted: x.asserted, Raises: x.raises, ISR: t.isr, MSIX: x.msix}
 }

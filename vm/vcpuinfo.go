@@ -8,6 +8,7 @@ import (
 
 	"govmm/accel"
 	"govmm/api"
+	"govmm/irq/ioapic"
 )
 
 // vcpuLook is what InspectVCPUs reads from one vCPU: the part of the
@@ -68,7 +69,36 @@ func (v *VM) InspectVCPUs() (api.VCPUsResult, error) {
 	for i := range looks {
 		res.VCPUs = append(res.VCPUs, decodeVCPU(i, &looks[i]))
 	}
+	res.IOAPIC, res.INTx = v.interruptLines()
 	return res, nil
+}
+
+// interruptLines reads the IOAPIC's pins and the virtio functions' INTx
+// lines for InspectVCPUs. They are read after the vCPUs ran again: the
+// device lines move on their own goroutines anyway, so this is a look,
+// not a snapshot, and a lost level interrupt stays lost for it.
+func (v *VM) interruptLines() ([]api.IOAPICPin, []api.INTxLine) {
+	p := v.plat
+	if p == nil || p.chips == nil {
+		return nil, nil
+	}
+	var pins []api.IOAPICPin
+	for _, s := range p.chips.IOAPIC().Pins() {
+		e := s.Entry
+		pins = append(pins, api.IOAPICPin{Pin: s.Pin, Entry: e, Vector: uint8(e & ioapic.RedVector), Dest: uint8(e >> ioapic.RedDestShift),
+			Level: e&ioapic.RedLevel != 0, Masked: e&ioapic.RedMasked != 0, RemoteIRR: e&ioapic.RedRemoteIRR != 0,
+			Line: s.Line, Resample: s.Resample, Asserted: s.Level, Requested: s.Requested, Resampler: s.Resampler,
+			Delivered: s.Delivered, EOIs: s.EOIs, EdgeClears: s.EdgeClears})
+	}
+	var lines []api.INTxLine
+	for _, d := range p.virtio {
+		x := d.Transport.INTx()
+		if !x.Present {
+			continue
+		}
+		lines = append(lines, api.INTxLine{Device: d.Transport.Describe(), GSI: x.GSI, ISR: x.ISR, MSIX: x.MSIX, Asserted: x.Asserted, Raises: x.Raises})
+	}
+	return pins, lines
 }
 
 // lookVCPU reads what InspectVCPUs shows from c, on c's thread.

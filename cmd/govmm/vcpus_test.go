@@ -70,6 +70,20 @@ func TestPrintVCPUs(t *testing.T) {
 	if b.String() != stuckText {
 		t.Fatalf("got:\n%s\nwant:\n%s", b.String(), stuckText)
 	}
+	var l bytes.Buffer
+	printInterruptLines(&l, api.VCPUsResult{
+		IOAPIC: []api.IOAPICPin{{Pin: 18, Entry: 0x1c031, Vector: 0x31, Dest: 1, Level: true, RemoteIRR: true, Resample: true, Asserted: true,
+			Requested: true, Resampler: true, Delivered: 7, EOIs: 5, EdgeClears: 1}},
+		INTx: []api.INTxLine{{Device: "virtio-rng", GSI: 18, ISR: 1, Asserted: true, Raises: 9}},
+	})
+	const lines = `IOAPIC pins (unmasked, or with anything asserted or in service):
+  pin 18: vector 0x31 dest 1 level remote-IRR; input high (line low, resample high), request latched, resampled; 7 delivered, 5 EOIs, 1 Remote IRRs cleared by an edge rewrite
+INTx lines:
+  virtio-rng: GSI 18, ISR 0x1, MSI-X off, asserted, 9 raises
+`
+	if l.String() != lines {
+		t.Errorf("interrupt lines: got:\n%s\nwant:\n%s", l.String(), lines)
+	}
 	var p bytes.Buffer
 	printVCPUs(&p, api.VCPUsResult{WasPaused: true})
 	if p.String() != "0 vCPUs; the VM was paused already and stays paused\n" {

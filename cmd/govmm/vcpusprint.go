@@ -33,6 +33,28 @@ func printVCPUs(w io.Writer, res api.VCPUsResult) {
 	for _, c := range res.VCPUs {
 		printVCPU(w, &c)
 	}
+	printInterruptLines(w, res)
+}
+
+// printInterruptLines prints the IOAPIC's live pins and the PCI
+// functions' INTx lines, when the reply has them.
+func printInterruptLines(w io.Writer, res api.VCPUsResult) {
+	if len(res.IOAPIC) > 0 {
+		fmt.Fprintf(w, "IOAPIC pins (unmasked, or with anything asserted or in service):\n")
+	}
+	for _, p := range res.IOAPIC {
+		fmt.Fprintf(w, "  pin %d: vector %#02x dest %d %s%s%s; input %s (line %s, resample %s)%s%s; %d delivered, %d EOIs, %d Remote IRRs cleared by an edge rewrite\n", p.Pin, p.Vector, p.Dest,
+			onOff(p.Level, "level", "edge"), onOff(p.Masked, " masked", ""), onOff(p.RemoteIRR, " remote-IRR", ""),
+			onOff(p.Asserted, "high", "low"), onOff(p.Line, "high", "low"), onOff(p.Resample, "high", "low"),
+			onOff(p.Requested, ", request latched", ""), onOff(p.Resampler, ", resampled", ""), p.Delivered, p.EOIs, p.EdgeClears)
+	}
+	if len(res.INTx) > 0 {
+		fmt.Fprintf(w, "INTx lines:\n")
+	}
+	for _, x := range res.INTx {
+		fmt.Fprintf(w, "  %s: GSI %d, ISR %#x, %s, %s, %d raises\n", x.Device, x.GSI, x.ISR, onOff(x.MSIX, "MSI-X on", "MSI-X off"),
+			onOff(x.Asserted, "asserted", "not asserted"), x.Raises)
+	}
 }
 
 func printVCPU(w io.Writer, c *api.VCPU) {

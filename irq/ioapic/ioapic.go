@@ -131,6 +131,11 @@ type IOAPIC struct {
 	resamplers [NumPins]func()
 	// failures counts Deliver errors (logged once).
 	failures uint64
+	// Per pin, for diagnostics (Pins): interrupts delivered, EOIs that
+	// cleared Remote IRR, and Remote IRRs cleared by the guest
+	// reprogramming the entry as edge-triggered (Linux's EOI for an
+	// IOAPIC without an EOI register: mask and edge, then level again).
+	delivered, eois, edgeClears [NumPins]uint64
 }
 
 // New returns an IOAPIC in its reset state (all pins masked).
@@ -275,6 +280,9 @@ func (a *IOAPIC) writeReg(idx uint32, v uint32) bool {
 		n = old&^redWritable | n&redWritable
 		if n&RedLevel == 0 {
 			// An edge-triggered entry has no Remote IRR.
+			if n&RedRemoteIRR != 0 {
+				a.edgeClears[pin]++
+			}
 			n &^= RedRemoteIRR
 		}
 		a.s.Redir[pin] = n
@@ -380,6 +388,7 @@ func (a *IOAPIC) EOI(vector uint8) {
 			}
 		}
 		a.s.Redir[pin] = e &^ RedRemoteIRR
+		a.eois[pin]++
 		if a.s.Level&bit != 0 {
 			a.s.IRR |= bit
 		}
@@ -415,6 +424,7 @@ func (a *IOAPIC) service(pin int) {
 		}
 		return
 	}
+	a.delivered[pin]++
 	if level {
 		a.s.Redir[pin] = e | RedRemoteIRR
 	} else {
@@ -472,4 +482,43 @@ func (a *IOAPIC) Restore(s State) error {
 	a.mu.Unlock()
 	a.routesChanged()
 	return nil
+}
+
+// PinState is one pin as a person debugging a lost interrupt looks at it:
+// its redirection entry (Remote IRR included), the logical level of each
+// input and whether a request is latched.
+type PinState struct {
+	Pin   int
+	Entry uint64
+	// Line is the SetPin input, Resample the resample-irqfd input;
+	// Level their OR.
+	Line, Resample, Level bool
+	// Requested is the pin's IRR bit: a request not yet delivered (an
+	// edge latched, or a level pin high).
+	Requested bool
+	// Resampler says whether a resample irqfd's owner is told of EOIs.
+	Resampler bool
+	// Delivered counts the interrupts sent, EOIs the EOIs that cleared
+	// Remote IRR, EdgeClears the Remote IRRs cleared by an edge-triggered
+	// rewrite of the entry (no EOI seen: the resample input stays up).
+	Delivered, EOIs, EdgeClears uint64
+}
+
+// Pins returns the state of every pin that is unmasked or has anything
+// asserted, latched or in service, in pin order.
+func (a *IOAPIC) Pins() []PinState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []PinState
+	for pin := 0; pin < NumPins; pin++ {
+		bit := uint32(1) << pin
+		p := PinState{Pin: pin, Entry: a.s.Redir[pin], Line: a.line&bit != 0, Resample: a.rs&bit != 0,
+			Level: a.s.Level&bit != 0, Requested: a.s.IRR&bit != 0, Resampler: a.resamplers[pin] != nil,
+			Delivered: a.delivered[pin], EOIs: a.eois[pin], EdgeClears: a.edgeClears[pin]}
+		if p.Entry&RedMasked != 0 && p.Entry&RedRemoteIRR == 0 && !p.Level && !p.Requested {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }

@@ -351,3 +351,38 @@ func TestResampleInput(t *testing.T) {
 	}
 	checkInvariants(t, a)
 }
+
+// TestPins: the diagnostic view shows only live pins, with their inputs,
+// Remote IRR and counts of deliveries, EOIs and edge-rewrite clears.
+func TestPins(t *testing.T) {
+	var r rec
+	a := New(Config{Deliver: r.deliver})
+	if p := a.Pins(); len(p) != 0 {
+		t.Fatalf("reset IOAPIC shows pins %+v", p)
+	}
+	program(a, 7, RedLevel|0x47)
+	a.SetResampler(7, func() {})
+	a.SetResampleInput(7, true)
+	p := a.Pins()
+	if len(p) != 1 || p[0].Pin != 7 || !p[0].Resample || p[0].Line || !p[0].Level || p[0].Entry&RedRemoteIRR == 0 ||
+		!p[0].Resampler || p[0].Delivered != 1 || p[0].EOIs != 0 {
+		t.Fatalf("pin 7 after one delivery: %+v", p)
+	}
+	a.EOI(0x47)
+	a.SetResampleInput(7, true)
+	// Linux's pin EOI without an EOI register: masked and edge, then
+	// the entry again. It clears Remote IRR, which is counted; the
+	// resample input stays up and the pin fires again.
+	program(a, 7, RedMasked|0x47)
+	program(a, 7, RedLevel|0x47)
+	p = a.Pins()
+	if len(p) != 1 || p[0].Delivered != 3 || p[0].EOIs != 1 || p[0].EdgeClears != 1 || !p[0].Resample {
+		t.Fatalf("pin 7 after an EOI and an edge rewrite: %+v", p)
+	}
+	// A masked pin with nothing asserted or in service is left out.
+	a.EOI(0x47)
+	program(a, 7, RedMasked|RedLevel|0x47)
+	if p := a.Pins(); len(p) != 0 {
+		t.Fatalf("masked idle pin shown: %+v", p)
+	}
+}
