@@ -184,25 +184,35 @@ func tcpTransfer(t *testing.T, p *proc, seed string, i int, during func()) {
 // sends the other 4 MiB over TCP, half-closes and gets a 1 MiB answer:
 // every byte is checked on both sides.
 func TestNetLinux(t *testing.T) {
+	netLinux(t, "", needTun, func(t *testing.T, p *proc) {
+		// While the guest's data flows, each thread of the TAP's data
+		// path has its own seccomp filter (#16).
+		checkDeviceThreads(t, p.cmd.Process.Pid, "net0-rx0", "net0-rxq0", "net0-tx0")
+	}, nil)
+}
+
+// netLinux is TestNetLinux with opt added to the --net flag, need run
+// before each boot, during called while the first transfer's data flows
+// and after, if set, once the guest is done.
+func netLinux(t *testing.T, opt string, need func(*testing.T), during, after func(*testing.T, *proc)) {
 	kernel := linuxKernel(t)
 	initrd := netInitrd(t)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
-			needTun(t)
+			need(t)
 			ln, err := net.Listen("tcp4", ":7001")
 			if err != nil {
 				t.Fatal(err)
 			}
 			up := serveOnce(t, ln, pattern("h2g-answer", netReply))
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
-				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC, "--cmdline", "console=ttyS0 quiet panic=-1")
+				"--memory=512M", "--net", "tap="+netTap+",mac="+netMAC+opt, "--cmdline", "console=ttyS0 quiet panic=-1")
 			p := bootGuest(t, args, "vsock-test: listening 7000", func() { hostTap(t) })
-			// While the guest's data flows, each thread of the TAP's
-			// data path has its own seccomp filter (#16).
-			tcpTransfer(t, p, "down", 1, func() {
-				checkDeviceThreads(t, p.cmd.Process.Pid, "net0-rx0", "net0-rxq0", "net0-tx0")
-			})
+			tcpTransfer(t, p, "down", 1, func() { during(t, p) })
 			p.waitFor("vsock-test: done", 3*time.Minute)
+			if after != nil {
+				after(t, p)
+			}
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
 			}

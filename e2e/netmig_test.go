@@ -61,12 +61,17 @@ func pace(gate <-chan struct{}) {
 // the answers each side sends after its half-close. `migrate send
 // --verify` checks every page the destination got, the device's writes
 // into receive buffers during the move included.
-func TestNetLiveMigration(t *testing.T) {
+func TestNetLiveMigration(t *testing.T) { netLiveMigration(t, "", needTun, nil) }
+
+// netLiveMigration is TestNetLiveMigration with opt added to both sides'
+// --net flag, need run before each move, and moved, if set, called with
+// the destination once the move ended.
+func netLiveMigration(t *testing.T, opt string, need func(*testing.T), moved func(*testing.T, *proc)) {
 	kernel := linuxKernel(t)
 	initrd := guestInitrdNet(t, netMigInit)
 	for _, m := range linuxMoves(t) {
 		t.Run(accelName(m.src)+"-to-"+accelName(m.dst), func(t *testing.T) {
-			needTun(t)
+			need(t)
 			ln, err := net.Listen("tcp4", ":7001")
 			if err != nil {
 				t.Fatal(err)
@@ -80,7 +85,7 @@ func TestNetLiveMigration(t *testing.T) {
 
 			dir := tempSocketDir(t)
 			sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
-			nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
+			nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2" + opt
 			s := bootGuest(t, append(append([]string{"run"}, m.src...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--cpu", m.cpu, "--api-socket", sock, "--net", nf,
 				"--cmdline", "console=ttyS0 quiet panic=-1"+tscArgs(t, m.src, m.cpu)),
@@ -104,6 +109,9 @@ func TestNetLiveMigration(t *testing.T) {
 			t.Logf("at the move's end: %d of %d bytes up, %d down", up.atMove, netMigBytes, down.atMove)
 			if up.atMove >= netMigBytes || down.atMove >= netMigBytes {
 				t.Fatalf("a stream ended before the move did (%d up, %d down of %d): the test moved no load", up.atMove, down.atMove, netMigBytes)
+			}
+			if moved != nil {
+				moved(t, d)
 			}
 
 			select {
