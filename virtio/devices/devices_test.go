@@ -3,13 +3,17 @@ package devices
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio"
 	"govmm/virtio/blk"
+	virtionet "govmm/virtio/net"
 	"govmm/virtio/virtiotest"
 )
 
@@ -108,5 +112,29 @@ func TestInputErrors(t *testing.T) {
 	}
 	if (Config{}).Empty() != true || (Config{Console: true}).Empty() || (Config{Balloon: true}).Empty() {
 		t.Error("Empty is wrong about the console or the balloon")
+	}
+}
+
+// regionMem is test RAM that a kernel vhost backend could be given.
+type regionMem struct{ *virtiotest.Mem }
+
+func (m regionMem) Regions() []memory.Region { return []memory.Region{{GPA: 0, Host: m.B}} }
+
+// TestVhostNetMissing: --net ...,vhost=on on a host without vhost-net is
+// the user's error (exit 64), naming the device and what to load, before
+// any TAP is touched; govmm does not fall back to its own queues.
+func TestVhostNetMissing(t *testing.T) {
+	_, table := virtiotest.NewVM()
+	defer table.Close()
+	missing := filepath.Join(t.TempDir(), "vhost-net")
+	set, err := Build(Config{Nets: []virtionet.Config{{Tap: "govmm-no-such", Vhost: true, VhostPath: missing}}}, Host{
+		Root: pci.NewRoot(windows), Mem: regionMem{&virtiotest.Mem{B: make([]byte, 1<<20)}},
+		Router: func(int) virtio.Router { return table }})
+	var ie *InputError
+	if set != nil || !errors.As(err, &ie) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "vhost=on") {
+		t.Fatalf("set %v, error %v: want no set and an InputError naming %s and vhost=on", set, err, missing)
+	}
+	if _, err := net.InterfaceByName("govmm-no-such"); err == nil {
+		t.Error("a TAP was created for a device that could not be built")
 	}
 }
