@@ -33,8 +33,8 @@ const (
 	cpuBSP     = 2
 
 	lapicVersion  = 0x14
-	ioapicVersion = 0x11
-	ioapicID      = 0 // as in the MADT and the IOAPIC's ID register at reset
+	ioapicVersion = 0x20 // irq/ioapic.Version: with an EOI register
+	ioapicID      = 0    // as in the MADT and the IOAPIC's ID register at reset
 
 	// Polarity bits 0-1 (1 active high), trigger bits 2-3 (3 level).
 	flagsLevelHigh = 1 | 3<<2

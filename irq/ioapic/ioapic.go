@@ -1,4 +1,6 @@
-// Package ioapic emulates an 82093AA-compatible I/O APIC in userspace.
+// Package ioapic emulates an 82093AA-compatible I/O APIC in userspace,
+// with the EOI register of the later I/O APICs (version 0x20, as in the
+// ICH chipsets and QEMU's IOAPIC).
 //
 // govmm runs the local APICs in the kernel (KVM split irqchip) or in the
 // hypervisor (MSHV), and everything else in the VMM; the IOAPIC is the part
@@ -31,14 +33,28 @@ import (
 // redirection entry 0x17).
 const NumPins = 24
 
-// Version is the value of the version register: version 0x11 with
-// NumPins-1 as the maximum redirection entry.
-const Version = 0x11 | (NumPins-1)<<16
+// Version is the value of the version register: version 0x20 (an I/O
+// APIC with an EOI register) with NumPins-1 as the maximum redirection
+// entry.
+//
+// Version 0x20 is what saves exits: Linux ends a level interrupt whose
+// IOAPIC chip is "IR-IO-APIC" (interrupt remapping, as a guest of
+// Hyper-V has it, hence every Linux guest on MSHV) with an explicit EOI
+// of the pin after the LAPIC's. With an EOI register that is one write;
+// an 82093AA (0x11) has none, and Linux then reads the entry and writes
+// it twice (masked and edge-triggered, then as it was: 12 accesses, each
+// an exit to the VMM), which also clears Remote IRR without an EOI, so
+// the pin's resample irqfds are not told.
+const Version = 0x20 | (NumPins-1)<<16
 
 // MMIO register offsets within the 4 KiB window.
 const (
 	RegSel = 0x00
 	RegWin = 0x10
+	// RegEOI is the EOI register (version 0x20): a 32-bit write of a
+	// vector ends the level interrupts in service with that vector, as
+	// a LAPIC's EOI broadcast does.
+	RegEOI = 0x40
 )
 
 // Indirect register indices.
@@ -237,6 +253,13 @@ func (a *IOAPIC) Write(offset uint64, data []byte) {
 		a.s.RegSel = merge(a.s.RegSel) & 0xff
 	case RegWin:
 		changed = a.writeReg(a.s.RegSel, merge(a.readReg(a.s.RegSel)))
+	case RegEOI:
+		a.mu.Unlock()
+		// Only a whole 32-bit write counts (as in QEMU's IOAPIC).
+		if offset == RegEOI && len(data) == 4 {
+			a.EOI(data[0])
+		}
+		return
 	}
 	a.mu.Unlock()
 	if changed {
@@ -361,9 +384,10 @@ func (a *IOAPIC) drive(pin int) {
 	a.service(pin)
 }
 
-// EOI is the end-of-interrupt broadcast for vector from a local APIC: it
-// clears Remote IRR of every level-triggered entry with that vector and
-// re-delivers those whose line is still asserted.
+// EOI is the end-of-interrupt broadcast for vector from a local APIC (or
+// a write of the EOI register): it clears Remote IRR of every
+// level-triggered entry with that vector and re-delivers those whose line
+// is still asserted.
 //
 // A pin with a resampler first has its resample input deasserted (as KVM's
 // irqfd resampler does before the IOAPIC clears Remote IRR), and the

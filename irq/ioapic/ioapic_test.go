@@ -38,8 +38,8 @@ func program(a *IOAPIC, pin int, e uint64) {
 
 func TestRegisters(t *testing.T) {
 	a := New(Config{})
-	if v := getReg(a, IndexVersion); v != 0x170011 {
-		t.Fatalf("version = %#x, want 0x170011", v)
+	if v := getReg(a, IndexVersion); v != 0x170020 {
+		t.Fatalf("version = %#x, want 0x170020", v)
 	}
 	setReg(a, IndexID, 0x0f000000|0xabc)
 	if v := getReg(a, IndexID); v != 0x0f000000 {
@@ -265,7 +265,11 @@ func FuzzIOAPIC(f *testing.F) {
 				if n > 8 || len(ops) < n {
 					return
 				}
-				a.Write(uint64(arg&0x3f), ops[:n])
+				off := uint64(arg & 0x3f)
+				if off >= 0x30 {
+					off += 0x10 // 0x40-0x4f: the EOI register
+				}
+				a.Write(off, ops[:n])
 				ops = ops[n:]
 			case 1:
 				var b [8]byte
@@ -384,5 +388,47 @@ func TestPins(t *testing.T) {
 	program(a, 7, RedMasked|RedLevel|0x47)
 	if p := a.Pins(); len(p) != 0 {
 		t.Fatalf("masked idle pin shown: %+v", p)
+	}
+}
+
+// TestEOIRegister: version 0x20's EOI register ends the level interrupt
+// in service with the vector written, as a LAPIC EOI does (the resample
+// input dropped, the resampler called, a line still high delivered
+// again); a write that is not 32 bits at 0x40, or of another vector,
+// does nothing.
+func TestEOIRegister(t *testing.T) {
+	if v := getReg(New(Config{}), IndexVersion); v&0xff != 0x20 {
+		t.Fatalf("version %#x: want 0x20, the IOAPIC with an EOI register", v&0xff)
+	}
+	var r rec
+	a := New(Config{Deliver: r.deliver})
+	program(a, 6, RedLevel|0x46)
+	resampled := 0
+	a.SetResampler(6, func() { resampled++ })
+	a.SetResampleInput(6, true)
+	remote := func() bool { return getReg(a, IndexRedTbl+12)&RedRemoteIRR != 0 }
+	a.Write(RegEOI, []byte{0x46, 0}) // 16 bits: ignored
+	var b [4]byte
+	b[0] = 0x46
+	a.Write(RegEOI+1, b[:3]) // not at 0x40: ignored
+	w32(a, RegEOI, 0x47)     // another vector
+	if !remote() || resampled != 0 {
+		t.Fatalf("EOI register writes that do not count: Remote IRR %v, %d resamples", remote(), resampled)
+	}
+	w32(a, RegEOI, 0x46)
+	if remote() || resampled != 1 || len(r.msis) != 1 || a.Save().Level != 0 {
+		t.Fatalf("EOI register: Remote IRR %v, %d resamples (want 1), %d deliveries (want 1), level %#x (want 0)", remote(), resampled, len(r.msis), a.Save().Level)
+	}
+	if p := a.Pins(); len(p) != 1 || p[0].EOIs != 1 || p[0].EdgeClears != 0 {
+		t.Fatalf("pin 6 after an EOI by register: %+v", p)
+	}
+	// With the device line still high the pin fires again.
+	a.SetPin(6, true)
+	w32(a, RegEOI, 0x46)
+	if len(r.msis) != 3 || !remote() {
+		t.Fatalf("EOI register with the line high: %d deliveries, want 3", len(r.msis))
+	}
+	if v := r32(a, RegEOI); v != 0 {
+		t.Fatalf("EOI register reads %#x, want 0", v)
 	}
 }
