@@ -361,7 +361,8 @@ func TestVhostVsockLinux(t *testing.T) {
 // AF_VSOCK connection from L1 open, and restores it: the guest hears
 // TRANSPORT_RESET on the event queue and its connection fails, and a
 // new connection carries data both ways. A restore with the hybrid
-// backend, or with another CID, is refused.
+// backend, or with another CID, is refused, and so are live migration
+// and a second VM with the same CID.
 func TestVhostVsockSnapshot(t *testing.T) {
 	kernel := linuxKernel(t)
 	initrd := vsockInitrd(t, vsockSnapInit)
@@ -372,6 +373,12 @@ func TestVhostVsockSnapshot(t *testing.T) {
 			api, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--vsock", "cid=9", "--cmdline", "console=ttyS0 quiet panic=-1"), vsockReady, nil)
+			// A second VM cannot take the CID this one holds in the
+			// host kernel: exit 64 naming it, before any guest runs.
+			if r := govmm(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd,
+				"--memory=512M", "--vsock", "cid=9")...); r.Code != 64 || !strings.Contains(r.Stderr, "another VM") {
+				t.Errorf("a second VM with cid=9: want exit 64 saying another VM has it, got\n%s", r)
+			}
 			// A connection that is open at the snapshot.
 			vhostConnect(t, 9, vsockHostP, []byte("before the snapshot"), false)
 			p.waitFor("vsock-test: accepted 1", time.Minute)
