@@ -12,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
 )
 
@@ -28,23 +25,7 @@ var netModuleEnvs = map[string]string{
 	"GOVMM_E2E_NET_MOD_TUN":          "drivers/net/tun.ko",
 }
 
-func init() {
-	if kvmtest.InL1() {
-		return
-	}
-	k := guestKernelPath()
-	if k == "" {
-		return
-	}
-	kdir := moduleTree(k)
-	for env, rel := range netModuleEnvs {
-		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
-			if _, err := os.Stat(p); err == nil {
-				os.Setenv(env, p)
-			}
-		}
-	}
-}
+func init() { setModuleEnvs(netModuleEnvs) }
 
 // The guest's and L1's addresses on the TAP.
 const (
@@ -96,27 +77,8 @@ func guestInitrdNet(t *testing.T, init string) string {
 // node where devtmpfs did not.
 func needTun(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat("/sys/class/misc/tun"); err != nil {
-		p := os.Getenv("GOVMM_E2E_NET_MOD_TUN")
-		if p == "" {
-			t.Fatal("no tun module and no tun.ko next to the kernel")
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err != nil && err != unix.EEXIST {
-			t.Fatalf("load %s: %v", p, err)
-		}
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		os.MkdirAll("/dev/net", 0o755)
-		if err := unix.Mknod("/dev/net/tun", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 200))); err != nil {
-			t.Fatalf("mknod /dev/net/tun: %v", err)
-		}
-	}
+	loadModules(t, "/sys/class/misc/tun", []string{"GOVMM_E2E_NET_MOD_TUN"}, netModuleEnvs)
+	needMiscNode(t, "/dev/net/tun", 200)
 }
 
 // busyboxIP runs busybox's ip applet (L1 has no iproute2).

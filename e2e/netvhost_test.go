@@ -10,10 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"govmm/internal/kvmtest"
 )
 
 // L1's side of vhost-net: the kernel's vhost-net and what it needs
@@ -29,52 +25,15 @@ var vhostNetModuleEnvs = map[string]string{
 var vhostNetModuleOrder = []string{"GOVMM_E2E_VHOST_MOD_IOTLB", "GOVMM_E2E_VHOST_MOD_VHOST",
 	"GOVMM_E2E_VHOST_NET_MOD_TAP", "GOVMM_E2E_VHOST_NET_MOD_VHOSTNET"}
 
-func init() {
-	if kvmtest.InL1() {
-		return
-	}
-	k := guestKernelPath()
-	if k == "" {
-		return
-	}
-	kdir := moduleTree(k)
-	for env, rel := range vhostNetModuleEnvs {
-		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
-			if _, err := os.Stat(p); err == nil {
-				os.Setenv(env, p)
-			}
-		}
-	}
-}
+func init() { setModuleEnvs(vhostNetModuleEnvs) }
 
 // needVhostNet makes /dev/net/tun and /dev/vhost-net work in L1: it
 // loads the modules and makes the nodes where devtmpfs did not.
 func needVhostNet(t *testing.T) {
 	t.Helper()
 	needTun(t)
-	if _, err := os.Stat("/sys/class/misc/vhost-net"); err != nil {
-		for _, env := range vhostNetModuleOrder {
-			p := os.Getenv(env)
-			if p == "" {
-				t.Fatalf("%s: the module %s was not found next to the kernel", env, vhostNetModuleEnvs[env])
-			}
-			f, err := os.Open(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = unix.FinitModule(int(f.Fd()), "", 0)
-			f.Close()
-			if err != nil && err != unix.EEXIST {
-				t.Fatalf("load %s: %v", p, err)
-			}
-		}
-	}
-	if _, err := os.Stat("/dev/vhost-net"); err != nil {
-		// VHOST_NET_MINOR.
-		if err := unix.Mknod("/dev/vhost-net", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 238))); err != nil {
-			t.Fatalf("mknod /dev/vhost-net: %v", err)
-		}
-	}
+	loadModules(t, "/sys/class/misc/vhost-net", vhostNetModuleOrder, vhostNetModuleEnvs)
+	needMiscNode(t, "/dev/vhost-net", 238) // VHOST_NET_MINOR
 }
 
 // vhostWorkerTicks finds the kernel's vhost workers of govmm (pid),

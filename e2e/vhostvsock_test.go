@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"govmm/internal/kvmtest"
 )
 
 // L1's side of vhost-vsock: the kernel's vhost-vsock and the vsock core
@@ -30,51 +27,14 @@ var vhostModuleEnvs = map[string]string{
 var vhostModuleOrder = []string{"GOVMM_E2E_VHOST_MOD_VSOCK", "GOVMM_E2E_VHOST_MOD_VSOCK_COMMON",
 	"GOVMM_E2E_VHOST_MOD_IOTLB", "GOVMM_E2E_VHOST_MOD_VHOST", "GOVMM_E2E_VHOST_MOD_VHOST_VSOCK"}
 
-func init() {
-	if kvmtest.InL1() {
-		return
-	}
-	k := guestKernelPath()
-	if k == "" {
-		return
-	}
-	kdir := moduleTree(k)
-	for env, rel := range vhostModuleEnvs {
-		if p := filepath.Join(kdir, rel); os.Getenv(env) == "" {
-			if _, err := os.Stat(p); err == nil {
-				os.Setenv(env, p)
-			}
-		}
-	}
-}
+func init() { setModuleEnvs(vhostModuleEnvs) }
 
 // needVhostVsock loads vhost-vsock in L1 and makes /dev/vhost-vsock
 // where devtmpfs did not.
 func needVhostVsock(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat("/sys/class/misc/vhost-vsock"); err != nil {
-		for _, env := range vhostModuleOrder {
-			p := os.Getenv(env)
-			if p == "" {
-				t.Fatalf("%s: the module %s was not found next to the kernel", env, vhostModuleEnvs[env])
-			}
-			f, err := os.Open(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = unix.FinitModule(int(f.Fd()), "", 0)
-			f.Close()
-			if err != nil && err != unix.EEXIST {
-				t.Fatalf("load %s: %v", p, err)
-			}
-		}
-	}
-	if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
-		// VHOST_VSOCK_MINOR.
-		if err := unix.Mknod("/dev/vhost-vsock", unix.S_IFCHR|0o600, int(unix.Mkdev(10, 241))); err != nil {
-			t.Fatalf("mknod /dev/vhost-vsock: %v", err)
-		}
-	}
+	loadModules(t, "/sys/class/misc/vhost-vsock", vhostModuleOrder, vhostModuleEnvs)
+	needMiscNode(t, "/dev/vhost-vsock", 241) // VHOST_VSOCK_MINOR
 }
 
 // vsockFD is an AF_VSOCK socket in L1, the host side of vhost-vsock.
