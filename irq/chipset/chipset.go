@@ -67,6 +67,13 @@ type Chipset struct {
 
 	ackMu   sync.Mutex
 	irqAcks map[int][]func() // ISA IRQ (PIC) -> handlers
+
+	// mirrorMu makes each mirror read the entries and commit them as
+	// one step: two vCPUs rewriting entries at once (Linux holds its
+	// ioapic_lock across an access, but a guest need not) could
+	// otherwise commit a route one of them read before the other's
+	// write, after the other's own commit.
+	mirrorMu sync.Mutex
 }
 
 // IOAPIC is the I/O APIC (MMIO at 0xFEC00000).
@@ -125,6 +132,8 @@ func (c *Chipset) irqAcked(irq int) {
 // entries keep their last route, as QEMU does: a level interrupt in service
 // when the guest masks its pin must still produce an EOI exit.
 func (c *Chipset) mirror() {
+	c.mirrorMu.Lock()
+	defer c.mirrorMu.Unlock()
 	for pin := 0; pin < ioapic.NumPins; pin++ {
 		msi, masked := c.ioapic.PinRoute(pin)
 		if masked {
