@@ -275,28 +275,7 @@ func TestVhostVsockLinux(t *testing.T) {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
 			}
 			out := p.output()
-			check := func(what, key string, want []byte) {
-				t.Helper()
-				if got, w := vsockLine(out, key), fmt.Sprintf("%d %s", len(want), sum(want)); got != w {
-					t.Errorf("%s: the guest printed %q, want %q\n%s", what, got, w, out)
-				}
-			}
-			if !strings.Contains(out, "vsock-test: bound device 0x0013") {
-				t.Errorf("Linux's vsock driver did not bind a virtio device 19:\n%s", out)
-			}
-			check("host to guest", "h2g-recv-1", down)
-			check("host's answer to the guest", "g2h-reply", pattern("h2g-answer", vsockReply))
-			if want := pattern("g2h-answer-1", vsockReply); string(answer) != string(want) {
-				t.Errorf("the guest's answer on the host's connection: %d bytes, want %d of the pattern", len(answer), len(want))
-			}
-			select {
-			case b := <-up:
-				if want := pattern("up", vsockUp); string(b) != string(want) {
-					t.Errorf("L1 read %d bytes from the guest's connection, want %d of the pattern", len(b), len(want))
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("the guest's connection to host port %d never reached L1's AF_VSOCK listener", vsockGuestP)
-			}
+			checkVsockExchange(t, out, down, answer, up, "L1's AF_VSOCK listener")
 			// After the driver's reset and a new DRIVER_OK.
 			if !strings.Contains(out, "vsock-test: reloaded") || strings.Contains(out, "insmod again failed") {
 				t.Errorf("the guest did not reload its vsock driver:\n%s", out)

@@ -323,29 +323,7 @@ func TestVsockLinux(t *testing.T) {
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("govmm exit %d\n%s", code, p.output())
 			}
-			out := p.output()
-			check := func(what, key string, want []byte) {
-				t.Helper()
-				if got, w := vsockLine(out, key), fmt.Sprintf("%d %s", len(want), sum(want)); got != w {
-					t.Errorf("%s: the guest printed %q, want %q\n%s", what, got, w, out)
-				}
-			}
-			if !strings.Contains(out, "vsock-test: bound device 0x0013") {
-				t.Errorf("Linux's vsock driver did not bind a virtio device 19:\n%s", out)
-			}
-			check("host to guest", "h2g-recv-1", down)
-			check("host's answer to the guest", "g2h-reply", pattern("h2g-answer", vsockReply))
-			if want := pattern("g2h-answer-1", vsockReply); string(answer) != string(want) {
-				t.Errorf("the guest's answer on the host's connection: %d bytes, want %d of the pattern", len(answer), len(want))
-			}
-			select {
-			case b := <-up:
-				if want := pattern("up", vsockUp); string(b) != string(want) {
-					t.Errorf("the host read %d bytes from the guest's connection, want %d of the pattern", len(b), len(want))
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("the guest's connection to host port %d never reached the host socket", vsockGuestP)
-			}
+			checkVsockExchange(t, p.output(), down, answer, up, "the host socket")
 		})
 	}
 }
@@ -405,6 +383,37 @@ func TestVsockSnapshot(t *testing.T) {
 				t.Errorf("the guest's answer after the restore: %d bytes, want %d of the pattern", len(answer), len(want))
 			}
 		})
+	}
+}
+
+// checkVsockExchange checks what vsockInit's guest and the host side
+// exchanged: the guest bound device 19, got the host's pattern (down)
+// and the host's answer, the host got the guest's answer on its
+// connection (answer) and the guest's own pattern on up, within 10 s, at
+// listener (where the guest's connection lands).
+func checkVsockExchange(t *testing.T, out string, down, answer []byte, up <-chan []byte, listener string) {
+	t.Helper()
+	check := func(what, key string, want []byte) {
+		t.Helper()
+		if got, w := vsockLine(out, key), fmt.Sprintf("%d %s", len(want), sum(want)); got != w {
+			t.Errorf("%s: the guest printed %q, want %q\n%s", what, got, w, out)
+		}
+	}
+	if !strings.Contains(out, "vsock-test: bound device 0x0013") {
+		t.Errorf("Linux's vsock driver did not bind a virtio device 19:\n%s", out)
+	}
+	check("host to guest", "h2g-recv-1", down)
+	check("host's answer to the guest", "g2h-reply", pattern("h2g-answer", vsockReply))
+	if want := pattern("g2h-answer-1", vsockReply); string(answer) != string(want) {
+		t.Errorf("the guest's answer on the host's connection: %d bytes, want %d of the pattern", len(answer), len(want))
+	}
+	select {
+	case b := <-up:
+		if want := pattern("up", vsockUp); string(b) != string(want) {
+			t.Errorf("%s read %d bytes from the guest's connection, want %d of the pattern", listener, len(b), len(want))
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("the guest's connection to host port %d never reached %s", vsockGuestP, listener)
 	}
 }
 
