@@ -30,10 +30,8 @@ type Vhost struct {
 	mu       sync.Mutex
 	active   bool
 	features uint64
-	// ev are the driver's event buffers the device keeps.
-	ev []kept
-	// resetPending: the driver must hear TRANSPORT_RESET.
-	resetPending bool
+	// ev is the event queue, the one the VMM serves.
+	ev eventQueue
 }
 
 // NewVhost opens vhost-vsock at dev (VhostDevice), gives it guest RAM
@@ -107,7 +105,7 @@ func (d *Vhost) Activate(features uint64) error {
 // the driver's transport goes away.
 func (d *Vhost) Reset() {
 	d.mu.Lock()
-	d.active, d.features, d.ev, d.resetPending = false, 0, nil, false
+	d.active, d.features, d.ev = false, 0, eventQueue{}
 	d.mu.Unlock()
 }
 
@@ -115,7 +113,7 @@ func (d *Vhost) Reset() {
 // knew the guest's connections was the saved VM's host's.
 func (d *Vhost) Restored() {
 	d.mu.Lock()
-	d.resetPending = true
+	d.ev.resetPending = true
 	d.unlock()
 }
 
@@ -126,9 +124,7 @@ func (d *Vhost) Unkeep(q int) int {
 	if q != evQ {
 		return 0
 	}
-	n := len(d.ev)
-	d.ev = nil
-	return n
+	return d.ev.unkeep()
 }
 
 // Handle keeps the event queue's buffers (the only queue the VMM serves).
@@ -141,7 +137,7 @@ func (d *Vhost) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 			c.Head, c.ReadableLen(), c.WritableLen())
 	}
 	d.mu.Lock()
-	d.ev = append(d.ev, kept{c, done})
+	d.ev.bufs = append(d.ev.bufs, kept{c, done})
 	d.unlock()
 	return nil
 }
@@ -150,16 +146,7 @@ func (d *Vhost) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 // unlocks mu, then completes the buffer (the transport's lock is never
 // taken with mu held).
 func (d *Vhost) unlock() {
-	var comp func()
-	if d.active && d.resetPending && len(d.ev) > 0 {
-		k := d.ev[0]
-		d.ev = d.ev[1:]
-		d.resetPending = false
-		var b [4]byte
-		le.PutUint32(b[:], eventTransportReset)
-		k.c.Write(0, b[:])
-		comp = func() { k.done(4) }
-	}
+	comp := d.ev.deliver(d.active)
 	d.mu.Unlock()
 	if comp != nil {
 		comp()

@@ -167,17 +167,16 @@ type Device struct {
 	active   bool
 	closed   bool
 	features uint64
-	// rx and ev are the driver's receive and event buffers the device
-	// keeps, in the order it got them.
-	rx, ev []kept
+	// rx are the driver's receive buffers the device keeps, in the
+	// order it got them; ev is the event queue.
+	rx []kept
+	ev eventQueue
 	// ctrl are the control packets waiting for receive buffers; they go
 	// before data.
-	ctrl []ctrlPkt
-	// resetPending: the driver must hear TRANSPORT_RESET.
-	resetPending bool
-	conns        map[connKey]*conn
-	localUsed    map[uint32]bool
-	nextLocal    uint32
+	ctrl      []ctrlPkt
+	conns     map[connKey]*conn
+	localUsed map[uint32]bool
+	nextLocal uint32
 	// handshakes are host clients that have not sent CONNECT yet.
 	handshakes map[net.Conn]bool
 	wg         sync.WaitGroup
@@ -330,7 +329,7 @@ func (d *Device) Reset() {
 	for _, c := range d.conns {
 		d.teardown(c, false)
 	}
-	d.rx, d.ev, d.ctrl, d.resetPending = nil, nil, nil, false
+	d.rx, d.ev, d.ctrl = nil, eventQueue{}, nil
 	d.cond.Broadcast()
 	d.mu.Unlock()
 }
@@ -340,7 +339,7 @@ func (d *Device) Reset() {
 // were the saved process's), so the guest closes its own.
 func (d *Device) Restored() {
 	d.mu.Lock()
-	d.resetPending = true
+	d.ev.resetPending = true
 	d.unlock()
 }
 
@@ -353,7 +352,7 @@ func (d *Device) Unkeep(q int) int {
 	case rxQ:
 		n, d.rx = len(d.rx), nil
 	case evQ:
-		n, d.ev = len(d.ev), nil
+		n = d.ev.unkeep()
 	}
 	return n
 }
@@ -374,7 +373,7 @@ func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
 		if q == rxQ {
 			d.rx = append(d.rx, kept{c, done})
 		} else {
-			d.ev = append(d.ev, kept{c, done})
+			d.ev.bufs = append(d.ev.bufs, kept{c, done})
 		}
 		d.cond.Broadcast()
 		d.unlock()
@@ -408,14 +407,8 @@ func (d *Device) unlock() {
 		k.c.Write(0, b[:])
 		comps = append(comps, func() { k.done(hdrLen) })
 	}
-	if d.active && d.resetPending && len(d.ev) > 0 {
-		k := d.ev[0]
-		d.ev = d.ev[1:]
-		d.resetPending = false
-		var b [4]byte
-		le.PutUint32(b[:], eventTransportReset)
-		k.c.Write(0, b[:])
-		comps = append(comps, func() { k.done(4) })
+	if f := d.ev.deliver(d.active); f != nil {
+		comps = append(comps, f)
 	}
 	d.mu.Unlock()
 	for _, f := range comps {
