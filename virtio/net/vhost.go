@@ -190,14 +190,7 @@ func (d *Vhost) StartOffload(features uint64, qs []virtio.OffloadQueue) error {
 		if q.Index < 0 || q.Index >= 2*len(d.bes) {
 			return fmt.Errorf("vhost-net: queue %d is not a receive or transmit queue", q.Index)
 		}
-		b, r := d.bes[q.Index/2], q.Index%2
-		if err := b.SetVring(r, vring(q, d.dlog != nil)); err != nil {
-			return err
-		}
-		if err := b.SetKick(r, q.Kick); err != nil {
-			return err
-		}
-		if err := b.SetCall(r, q.Call); err != nil {
+		if err := d.bes[q.Index/2].SetRing(q.Index%2, vring(q, d.dlog != nil), q.Kick, q.Call); err != nil {
 			return err
 		}
 	}

@@ -235,6 +235,19 @@ func (b *Backend) SetCall(i, fd int) error {
 	return nil
 }
 
+// SetRing programs ring i for a start, as a device hands its queue to
+// the kernel: the ring (SetVring), its doorbell (SetKick) and its
+// interrupt (SetCall).
+func (b *Backend) SetRing(i int, v Vring, kick, call int) error {
+	if err := b.SetVring(i, v); err != nil {
+		return err
+	}
+	if err := b.SetKick(i, kick); err != nil {
+		return err
+	}
+	return b.SetCall(i, call)
+}
+
 // VringBase reads ring i's next available index (VHOST_GET_VRING_BASE);
 // the device must have stopped the ring first.
 func (b *Backend) VringBase(i int) (uint16, error) {

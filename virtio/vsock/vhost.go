@@ -166,13 +166,7 @@ func (d *Vhost) StartOffload(features uint64, qs []virtio.OffloadQueue) error {
 	}
 	for _, q := range qs {
 		v := vhost.Vring{Size: q.Config.Size, Desc: q.Config.Desc, Avail: q.Config.Avail, Used: q.Config.Used, Base: q.Base}
-		if err := d.be.SetVring(q.Index, v); err != nil {
-			return err
-		}
-		if err := d.be.SetKick(q.Index, q.Kick); err != nil {
-			return err
-		}
-		if err := d.be.SetCall(q.Index, q.Call); err != nil {
+		if err := d.be.SetRing(q.Index, v, q.Kick, q.Call); err != nil {
 			return err
 		}
 	}
