@@ -358,17 +358,7 @@ func TestVhostVsockSnapshot(t *testing.T) {
 			vhostThreads(t, p.cmd.Process.Pid)
 			down := pattern("after", vsockDown)
 			_, answer := vhostConnect(t, 9, vsockHostP, down, true)
-			p.waitFor("vsock-test: done", 3*time.Minute)
-			if code := p.exit(time.Minute); code != 0 {
-				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
-			}
-			out := p.output()
-			if got, w := vsockLine(out, "h2g-recv-2"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
-				t.Errorf("after the restore the guest printed %q, want %q\n%s", got, w, out)
-			}
-			if want := pattern("g2h-answer-2", vsockReply); string(answer) != string(want) {
-				t.Errorf("the guest's answer after the restore: %d bytes, want %d of the pattern", len(answer), len(want))
-			}
+			checkVsockAfterRestore(t, p, down, answer)
 		})
 	}
 }

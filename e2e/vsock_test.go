@@ -371,17 +371,7 @@ func TestVsockSnapshot(t *testing.T) {
 			p.waitFor("vsock-test: lost 1", 2*time.Minute)
 			down := pattern("after", vsockDown)
 			_, answer := hostConnect(t, sock, vsockHostP, down, true)
-			p.waitFor("vsock-test: done", 3*time.Minute)
-			if code := p.exit(time.Minute); code != 0 {
-				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
-			}
-			out := p.output()
-			if got, w := vsockLine(out, "h2g-recv-2"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
-				t.Errorf("after the restore the guest printed %q, want %q\n%s", got, w, out)
-			}
-			if want := pattern("g2h-answer-2", vsockReply); string(answer) != string(want) {
-				t.Errorf("the guest's answer after the restore: %d bytes, want %d of the pattern", len(answer), len(want))
-			}
+			checkVsockAfterRestore(t, p, down, answer)
 		})
 	}
 }
@@ -414,6 +404,24 @@ func checkVsockExchange(t *testing.T, out string, down, answer []byte, up <-chan
 		}
 	case <-time.After(10 * time.Second):
 		t.Errorf("the guest's connection to host port %d never reached %s", vsockGuestP, listener)
+	}
+}
+
+// checkVsockAfterRestore waits for a restored vsock guest's end and
+// checks the connection it took after the restore: the host's pattern
+// down arrived whole, and the host got the guest's answer.
+func checkVsockAfterRestore(t *testing.T, p *proc, down, answer []byte) {
+	t.Helper()
+	p.waitFor("vsock-test: done", 3*time.Minute)
+	if code := p.exit(time.Minute); code != 0 {
+		t.Fatalf("restored guest: exit %d\n%s", code, p.output())
+	}
+	out := p.output()
+	if got, w := vsockLine(out, "h2g-recv-2"), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
+		t.Errorf("after the restore the guest printed %q, want %q\n%s", got, w, out)
+	}
+	if want := pattern("g2h-answer-2", vsockReply); string(answer) != string(want) {
+		t.Errorf("the guest's answer after the restore: %d bytes, want %d of the pattern", len(answer), len(want))
 	}
 }
 
