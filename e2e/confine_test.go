@@ -223,7 +223,7 @@ func TestConfineVCPUThreads(t *testing.T) {
 				t.Errorf("want threads vcpu0 and vcpu1 with %d filters each, got %v", base+1, counts)
 			}
 			t.Logf("seccomp filters per thread: %v", counts)
-			g.finish(t, p, 1)
+			g.finish(t, p, 1, "")
 
 			q := start(t, append(append([]string{"run"}, acc...), "--kernel", guestPath(t, "testguest"), "--memory", "128M",
 				"--cmdline", "test=memwrite mb=32", "--seccomp=process")...)
