@@ -384,7 +384,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		defer idle.Stop()
 	}
 	// The console tells a dead L1 whose QEMU still runs (watch.go).
-	var dead atomic.Value // string: why L1 was killed
+	var dead atomic.Value       // string: why L1 was killed
+	var lastOutput atomic.Int64 // when the command last printed a line, in UnixNano
+	lastOutput.Store(start.UnixNano())
 	watchDone := make(chan struct{})
 	defer close(watchDone)
 	go func() {
@@ -396,7 +398,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			case <-watchDone:
 				return
 			case now := <-t.C:
-				if why := w.check(now); why != "" {
+				if why := w.check(now, time.Unix(0, lastOutput.Load())); why != "" {
 					dead.Store(why)
 					cancel()
 					return
@@ -410,6 +412,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if idle != nil {
 			idle.Reset(cfg.IdleTimeout)
 		}
+		lastOutput.Store(time.Now().UnixNano())
 		line := strings.TrimSuffix(sc.Text(), "\r")
 		if first {
 			res.Boot = time.Since(start)
@@ -636,7 +639,7 @@ echo 0 > /proc/sys/net/core/bpf_jit_enable
 	if dir == "" {
 		dir = "/"
 	}
-	b.WriteString(heartbeatScript())
+	b.WriteString(heartbeatScript(out))
 	fmt.Fprintf(&b, "cd %s || echo 'nested: no directory %s'\n", shellQuote(dir), dir)
 	env := []string{"HOME=/root", "TMPDIR=/tmp", "TERM=xterm", "LANG=C.UTF-8", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", InL1Env + "=1"}
 	env = append(env, cfg.Env...)
@@ -676,8 +679,10 @@ func lastLines(path string, n int) string {
 var oopsMarks = []string{"BUG:", "Oops", "general protection fault", "WARNING:", "Kernel panic", "stack guard page", "invoked oom-killer", "Out of memory"}
 
 // consoleExcerpt is the end of L1's console, preceded by the first kernel
-// oops and the lines after it when the oops began before that end: the
-// first report is the cause, the last lines are often only its echo.
+// oops and the lines after it when the oops began before that end (the
+// first report is the cause, the last lines are often only its echo), and
+// by the last stall dump of the heartbeat loop (watch.go), whole, when it
+// too came before that end.
 func consoleExcerpt(path string) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.ReplaceAll(strings.TrimRight(string(b), "\n"), "\r", ""), "\n")
@@ -691,20 +696,38 @@ func consoleExcerpt(path string) string {
 		}
 	}
 	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, heartbeatMark) && l != last })
-	const end, oops = 40, 40
-	first := -1
-	for i, l := range lines {
-		if slices.ContainsFunc(oopsMarks, func(m string) bool { return strings.Contains(l, m) }) {
-			first = i
-			break
-		}
+	const end, oops, stall = 40, 40, 200
+	tail := len(lines) - end // where the end's lines begin
+	var parts []string
+	if first := slices.IndexFunc(lines, func(l string) bool {
+		return slices.ContainsFunc(oopsMarks, func(m string) bool { return strings.Contains(l, m) })
+	}); first >= 0 && first < tail {
+		from := max(first-3, 0)
+		parts = append(parts, strings.Join(lines[from:min(from+oops, tail)], "\n"))
 	}
-	if first < 0 || first >= len(lines)-end {
+	header := stallMark + ": the command"
+	if i := lastIndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, header) }); i >= 0 && i < tail {
+		var dump []string
+		for _, l := range lines[i:tail] {
+			if strings.HasPrefix(l, stallMark) && len(dump) < stall {
+				dump = append(dump, l)
+			}
+		}
+		parts = append(parts, strings.Join(dump, "\n"))
+	}
+	if len(parts) == 0 {
 		return lastN(strings.Join(lines, "\n"), end)
 	}
-	from := max(first-3, 0)
-	to := min(from+oops, len(lines)-end)
-	return strings.Join(lines[from:to], "\n") + "\n[...]\n" + strings.Join(lines[len(lines)-end:], "\n")
+	return strings.Join(append(parts, strings.Join(lines[tail:], "\n")), "\n[...]\n")
+}
+
+func lastIndexFunc[S ~[]E, E any](s S, f func(E) bool) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if f(s[i]) {
+			return i
+		}
+	}
+	return -1
 }
 
 // qemuLogExcerpt is the events in QEMU's log of L1's CPUs ("Triple

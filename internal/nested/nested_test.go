@@ -126,3 +126,38 @@ func TestConsoleExcerptKeepsLastHeartbeat(t *testing.T) {
 		t.Fatalf("excerpt %q, want %q", got, want)
 	}
 }
+
+// TestConsoleExcerptKeepsStallDump: the last stall dump comes whole (its
+// lines only: the kernel's in between are the end's business), however
+// long the console went on after it.
+func TestConsoleExcerptKeepsStallDump(t *testing.T) {
+	var b strings.Builder
+	dump := func(n int) {
+		fmt.Fprintf(&b, "%s: the command printed nothing for %d s; kernel stacks\n", stallMark, n)
+		fmt.Fprintf(&b, "%s 229/231 vcpu1 D (disk sleep) wchan=kvm_vcpu_block\n", stallMark)
+		b.WriteString("[ 900.0] SVM: kvm [615]: vcpu0, Unhandled WRMSR(0x1d9)\n")
+		fmt.Fprintf(&b, "%s   [<0>] kvm_vcpu_block+0x4c/0x%d\n", stallMark, n)
+		fmt.Fprintf(&b, "%s: end\n", stallMark)
+	}
+	dump(240)
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&b, "[%d] later line\n", i)
+	}
+	dump(540)
+	for i := 100; i < 200; i++ {
+		fmt.Fprintf(&b, "[%d] later line\n", i)
+	}
+	path := filepath.Join(t.TempDir(), "console")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := consoleExcerpt(path)
+	for _, want := range []string{"nothing for 540 s", "229/231 vcpu1 D", "kvm_vcpu_block+0x4c/0x540", stallMark + ": end", "[199] later line"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("excerpt lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "nothing for 240 s") || strings.Contains(got, "WRMSR") || strings.Contains(got, "[150] later line") {
+		t.Fatalf("excerpt kept more than the last dump and the end:\n%s", got)
+	}
+}
