@@ -554,13 +554,24 @@ func (t *PCI) reset() {
 // fail puts the device into DEVICE_NEEDS_RESET: it serves nothing more
 // until the driver resets it, and the driver hears of it through the
 // configuration-change interrupt. Called with mu held.
-func (t *PCI) fail(err error) {
+func (t *PCI) fail(err error) { t.failFrom(err, false) }
+
+// failServing is fail for a fault a queue's server goroutine found. That
+// goroutine's thread may be confined to its device's own calls
+// (PCIConfig.QueueThread), which stopping a kernel backend (vhost's
+// requests) is not: the backend is then stopped by a goroutine of its
+// own, just after. Called with mu held.
+func (t *PCI) failServing(err error) { t.failFrom(err, t.queueThread != nil) }
+
+func (t *PCI) failFrom(err error, confined bool) {
 	if t.broken {
 		return
 	}
 	t.log.Error("virtio: the driver broke the device's rules; the device needs a reset", "device", t.dev.Name(), "err", err)
 	t.broken = true
-	if err := t.stopOffload(true); err != nil {
+	if confined && t.off != nil && t.off.running {
+		go t.stopBroken()
+	} else if err := t.stopOffload(true); err != nil {
 		t.log.Error("virtio: stop the backend of a device that needs a reset", "device", t.dev.Name(), "err", err)
 	}
 	t.s.Status |= StatusNeedsReset
@@ -571,6 +582,19 @@ func (t *PCI) fail(err error) {
 		if err := t.msix.Trigger(int(v)); err != nil {
 			t.log.Error("virtio: configuration interrupt", "device", t.dev.Name(), "err", err)
 		}
+	}
+}
+
+// stopBroken stops the backend of a device that needs a reset, unless a
+// reset came first (a pause or Close stops it themselves).
+func (t *PCI) stopBroken() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.broken {
+		return
+	}
+	if err := t.stopOffload(true); err != nil {
+		t.log.Error("virtio: stop the backend of a device that needs a reset", "device", t.dev.Name(), "err", err)
 	}
 }
 
@@ -631,7 +655,7 @@ func (t *PCI) service(qi int) {
 		c, err := q.Pop(t.mem)
 		if err != nil {
 			t.mu.Lock()
-			t.fail(err)
+			t.failServing(err)
 			t.mu.Unlock()
 			return
 		}
@@ -658,7 +682,7 @@ func (t *PCI) service(qi int) {
 			// found the fault.
 			t.markWritten(writable)
 			t.mu.Lock()
-			t.fail(&QueueError{qi, err})
+			t.failServing(&QueueError{qi, err})
 			t.mu.Unlock()
 			t.release()
 			return
