@@ -21,11 +21,10 @@ import (
 //     or a TAP queue's reader) gets the vCPU threads' allowlist plus
 //     writev on the device's TAP descriptors alone: a packet goes out as
 //     its header and the guest's buffers in one writev; reads of the TAP
-//     are read(2), which the vCPU allowlist has for eventfds; TUNSETQUEUE
-//     (the control queue attaching a pair) is in the ioctl request list
-//     the vCPU threads keep.
+//     are read(2), which the vCPU allowlist has for eventfds; ioctl only
+//     with TUNSETQUEUE (the control queue attaching a pair).
 //   - a virtio-vsock queue thread (the receive, transmit and event
-//     queues' servers) gets the vCPU threads' allowlist alone: it parses
+//     queues' servers) gets the vCPU threads' allowlist without ioctl: it parses
 //     the guest's packets, buffers their data for the connection's
 //     writer goroutine and closes the sockets of connections it tears
 //     down (close, epoll_ctl). Connecting to a host Unix socket on a
@@ -43,14 +42,14 @@ var netQueueExtra = []struct{ name, why string }{
 	{"writev", "a transmitted packet: its checked header, then the guest's buffers, in one writev to the TAP queue (only on the device's TAP descriptors)"},
 }
 
-// netQueueConditional is the vCPU threads' conditional calls with writev
-// on the TAP descriptors fds.
+// netQueueConditional is the vCPU threads' conditional calls with ioctl
+// narrowed to netQueueIoctls, and writev on the TAP descriptors fds.
 func netQueueConditional(fds []int) []conditionalCall {
 	writev := conditionalCall{name: "writev"}
 	for _, fd := range fds {
 		writev.sets = append(writev.sets, []cond{{arg: 0, op: opEqual, val: uint64(fd)}})
 	}
-	return append(vcpuConditional(), writev)
+	return append(deviceConditional(netQueueIoctls), writev)
 }
 
 // netQueueRaw assembles a virtio-net queue thread's filter, for
@@ -103,7 +102,7 @@ func vsockQueueRaw(mode SeccompMode) ([]unix.SockFilter, error) {
 	vsockQueueFilter.Lock()
 	defer vsockQueueFilter.Unlock()
 	if vsockQueueFilter.raw == nil || vsockQueueFilter.mode != mode {
-		prog, err := assemble(defaultAction(mode, roleVsockQueue), vcpuConditional(), vcpuNames(Options{}))
+		prog, err := assemble(defaultAction(mode, roleVsockQueue), deviceConditional(vsockQueueIoctls), vcpuNames(Options{}))
 		if err != nil {
 			return nil, err
 		}

@@ -13,27 +13,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// rawVM loads an assembled filter into x/net/bpf's VM.
+func rawVM(t *testing.T, raw []unix.SockFilter, err error) *bpf.VM {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	insts := make([]bpf.RawInstruction, len(raw))
+	for i, r := range raw {
+		insts[i] = bpf.RawInstruction{Op: r.Code, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	dis, ok := bpf.Disassemble(insts)
+	if !ok {
+		t.Fatal("the filter does not disassemble")
+	}
+	vm, err := bpf.NewVM(dis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
 func TestDeviceThreadFilterDecisions(t *testing.T) {
 	nr := func(name string) uint32 { return mustNr(t, name) }
 	const x86 = auditArchX86_64
 	mustVM := func(raw []unix.SockFilter, err error) *bpf.VM {
 		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		insts := make([]bpf.RawInstruction, len(raw))
-		for i, r := range raw {
-			insts[i] = bpf.RawInstruction{Op: r.Code, Jt: r.Jt, Jf: r.Jf, K: r.K}
-		}
-		dis, ok := bpf.Disassemble(insts)
-		if !ok {
-			t.Fatal("the filter does not disassemble")
-		}
-		vm, err := bpf.NewVM(dis)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return vm
+		return rawVM(t, raw, err)
 	}
 	netVM := mustVM(netQueueFilter(SeccompOn, []int{7, 9}))
 	trapNet := uint32(retTrap | roleNetQueue)
@@ -46,8 +52,12 @@ func TestDeviceThreadFilterDecisions(t *testing.T) {
 		{"read (the TAP, eventfds)", x86, nr("read"), []uint64{7}, retAllow},
 		{"write (eventfds, the log)", x86, nr("write"), []uint64{2}, retAllow},
 		{"TUNSETQUEUE (the control queue)", x86, nr("ioctl"), []uint64{7, unix.TUNSETQUEUE}, retAllow},
-		{"TUNSETOFFLOAD", x86, nr("ioctl"), []uint64{7, unix.TUNSETOFFLOAD}, retAllow},
-		{"KVM_IRQFD (an interrupt route)", x86, nr("ioctl"), []uint64{4, 0x4020ae76}, retAllow},
+		{"TUNSETOFFLOAD (the vCPU thread's, at DRIVER_OK)", x86, nr("ioctl"), []uint64{7, unix.TUNSETOFFLOAD}, trapNet},
+		{"KVM_IRQFD (interrupts are eventfd writes)", x86, nr("ioctl"), []uint64{4, 0x4020ae76}, trapNet},
+		{"KVM_SET_GSI_ROUTING", x86, nr("ioctl"), []uint64{4, 0x4008ae6a}, trapNet},
+		{"KVM_SET_USER_MEMORY_REGION", x86, nr("ioctl"), []uint64{4, 0x4020ae46}, trapNet},
+		{"KVM_RUN", x86, nr("ioctl"), []uint64{5, 0xae80}, trapNet},
+		{"VHOST_NET_SET_BACKEND", x86, nr("ioctl"), []uint64{9, 0x4008af30}, trapNet},
 		{"TUNSETIFF (attach another TAP)", x86, nr("ioctl"), []uint64{7, unix.TUNSETIFF}, trapNet},
 		{"KVM_CREATE_VCPU", x86, nr("ioctl"), []uint64{4, 0xae41}, trapNet},
 		{"futex", x86, nr("futex"), nil, retAllow},
@@ -91,7 +101,9 @@ func TestDeviceThreadFilterDecisions(t *testing.T) {
 		{"close (a connection torn down)", x86, nr("close"), nil, retAllow},
 		{"epoll_ctl (its socket leaves the poller)", x86, nr("epoll_ctl"), nil, retAllow},
 		{"write (eventfds)", x86, nr("write"), nil, retAllow},
-		{"KVM_IRQFD", x86, nr("ioctl"), []uint64{4, 0x4020ae76}, retAllow},
+		{"KVM_IRQFD", x86, nr("ioctl"), []uint64{4, 0x4020ae76}, trapVsock},
+		{"VHOST_VSOCK_SET_RUNNING", x86, nr("ioctl"), []uint64{9, 0x4004af61}, trapVsock},
+		{"TUNSETQUEUE", x86, nr("ioctl"), []uint64{7, unix.TUNSETQUEUE}, trapVsock},
 		{"writev", x86, nr("writev"), []uint64{7}, trapVsock},
 		{"socket AF_UNIX", x86, nr("socket"), []uint64{unix.AF_UNIX, unix.SOCK_STREAM}, trapVsock},
 		{"connect", x86, nr("connect"), nil, trapVsock},
@@ -103,6 +115,67 @@ func TestDeviceThreadFilterDecisions(t *testing.T) {
 	logVsock := mustVM(vsockQueueRaw(SeccompLog))
 	if got := eval(t, logVsock, x86, nr("connect")); got != retLog {
 		t.Errorf("log mode: connect gets %#x, want SECCOMP_RET_LOG", got)
+	}
+}
+
+// TestRoleIoctls: each thread role's filter allows ioctl with exactly
+// its own requests, every one of them also in the process filter's list:
+// the vCPU threads the process filter's whole list, the disk workers and
+// vsock queue threads none, the virtio-net queue threads TUNSETQUEUE
+// alone. Every request the process filter knows, set-up-only ones too,
+// is tried on each.
+func TestRoleIoctls(t *testing.T) {
+	const x86 = auditArchX86_64
+	ioctlNr := mustNr(t, "ioctl")
+	process := map[uint32]bool{}
+	for _, r := range ioctls() {
+		process[r.req] = true
+	}
+	all := append(append(ioctls(), kvmSetupOnly...), mshvSetupOnly()...)
+	all = append(all, ioctlReq{"TUNSETIFF", unix.TUNSETIFF}, ioctlReq{"TIOCSTI", unix.TIOCSTI})
+	mustVM := func(raw []unix.SockFilter, err error) *bpf.VM {
+		t.Helper()
+		return rawVM(t, raw, err)
+	}
+	vcpu, err := vcpuProgram(SeccompOn, 0, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vcpuVM, err := bpf.NewVM(vcpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []struct {
+		name string
+		vm   *bpf.VM
+		reqs []ioctlReq
+		trap uint32
+	}{
+		{"vCPU", vcpuVM, ioctls(), retTrap | roleVCPU0},
+		{"virtio-blk", mustVM(diskWorkerRaw(SeccompOn)), diskWorkerIoctls, retTrap | roleDiskWorker},
+		{"virtio-net", mustVM(netQueueFilter(SeccompOn, []int{7})), netQueueIoctls, retTrap | roleNetQueue},
+		{"virtio-vsock", mustVM(vsockQueueRaw(SeccompOn)), vsockQueueIoctls, retTrap | roleVsockQueue},
+	} {
+		mine := map[uint32]bool{}
+		for _, r := range role.reqs {
+			mine[r.req] = true
+			if !process[r.req] {
+				t.Errorf("%s threads: %s (%#x) is not in the process filter's list, which refuses it", role.name, r.name, r.req)
+			}
+		}
+		if names, ok := DeviceIoctls(role.name); role.name != "vCPU" && (!ok || len(names) != len(role.reqs)) {
+			t.Errorf("DeviceIoctls(%q) = %v, %v; the role's list has %d requests", role.name, names, ok, len(role.reqs))
+		}
+		for _, r := range all {
+			want := role.trap
+			if mine[r.req] {
+				want = retAllow
+			}
+			if got := eval(t, role.vm, x86, ioctlNr, 5, uint64(r.req)); got != want {
+				t.Errorf("%s thread: ioctl %s (%#x) gets %#x, want %#x", role.name, r.name, r.req, got, want)
+			}
+		}
+		t.Logf("%s threads: ioctl with %d of the process filter's %d requests", role.name, len(role.reqs), len(ioctls()))
 	}
 }
 
@@ -308,6 +381,23 @@ func deviceThreadScenario(name string) (int, bool) {
 			}
 			fmt.Println("vsock queue thread: work done")
 		}), true
+	case "net-tunsetqueue":
+		return deviceThreadChild(on, "net0-tx0", netThread(on), func() {
+			// The control queue attaching a TAP queue: the fake TAP is a
+			// socket, which answers with an error, but the filter lets
+			// the request through.
+			err := unix.IoctlIfreq(fd, unix.TUNSETQUEUE, &unix.Ifreq{})
+			fmt.Printf("net queue thread: TUNSETQUEUE allowed (%v)\n", err)
+		}), true
+	case "net-gsi-routing":
+		return deviceThreadChild(on, "net0-tx0", netThread(on), func() { gsiRouting() }), true
+	case "net-tunsetoffload":
+		return deviceThreadChild(on, "net0-tx0", netThread(on), func() {
+			unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0)
+			fmt.Println("TUNSETOFFLOAD returned")
+		}), true
+	case "vsock-gsi-routing":
+		return deviceThreadChild(on, "vsock-txq", vsockThread(on), func() { gsiRouting() }), true
 	case "vsock-socket":
 		return deviceThreadChild(on, "vsock-txq", vsockThread(on), func() {
 			unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
@@ -322,6 +412,18 @@ func deviceThreadScenario(name string) (int, bool) {
 	return 0, false
 }
 
+// gsiRouting makes KVM_SET_GSI_ROUTING on a fresh eventfd: allowed, the
+// kernel would answer ENOTTY.
+func gsiRouting() {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		fmt.Println("FAIL: eventfd:", err)
+		os.Exit(1)
+	}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(efd), 0x4008ae6a, 0) // KVM_SET_GSI_ROUTING
+	fmt.Println("KVM_SET_GSI_ROUTING returned", e)
+}
+
 // TestNetQueueThread: a virtio-net queue thread does its work (TAP
 // reads through the poller, writev of packets, the runtime's calls)
 // under its filter, named; writev elsewhere than the TAP, openat and
@@ -331,6 +433,7 @@ func TestNetQueueThread(t *testing.T) {
 	for _, c := range []struct{ child, want string }{
 		{"net-work", "net queue thread: work done"},
 		{"net-work-process", "net queue thread: process filter alone"},
+		{"net-tunsetqueue", "net queue thread: TUNSETQUEUE allowed"},
 	} {
 		out, code := runChild(t, c.child)
 		if code != 0 || !strings.Contains(out, c.want) {
@@ -341,6 +444,8 @@ func TestNetQueueThread(t *testing.T) {
 		{"net-writev-other", "forbidden system call writev (20) on a virtio-net queue thread"},
 		{"net-openat", "forbidden system call openat (257) on a virtio-net queue thread"},
 		{"net-socket", "forbidden system call socket (41) on a virtio-net queue thread"},
+		{"net-gsi-routing", "forbidden system call ioctl (16) on a virtio-net queue thread"},
+		{"net-tunsetoffload", "forbidden system call ioctl (16) on a virtio-net queue thread"},
 	} {
 		out, code := runChild(t, c.child)
 		if code != ExitSIGSYS || !strings.Contains(out, c.want) || strings.Contains(out, "returned") {
@@ -360,6 +465,7 @@ func TestVsockQueueThread(t *testing.T) {
 	for _, c := range []struct{ child, want string }{
 		{"vsock-socket", "forbidden system call socket (41) on a virtio-vsock queue thread"},
 		{"vsock-writev", "forbidden system call writev (20) on a virtio-vsock queue thread"},
+		{"vsock-gsi-routing", "forbidden system call ioctl (16) on a virtio-vsock queue thread"},
 	} {
 		out, code := runChild(t, c.child)
 		if code != ExitSIGSYS || !strings.Contains(out, c.want) || strings.Contains(out, "returned") {

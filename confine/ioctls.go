@@ -107,14 +107,16 @@ func mshvSetupOnly() []ioctlReq {
 	}
 }
 
-// tapIoctls are the TAP requests virtio-net makes while the guest runs:
-// the offloads follow what the guest's driver negotiates, and a
-// multiqueue TAP's queues are attached and detached as the driver
-// enables queue pairs (TUNSETQUEUE).
-var tapIoctls = []ioctlReq{
-	{"TUNSETOFFLOAD", unix.TUNSETOFFLOAD},
-	{"TUNSETQUEUE", unix.TUNSETQUEUE},
-}
+// The TAP requests virtio-net makes while the guest runs: the offloads
+// follow what the guest's driver negotiates (on the vCPU thread that
+// writes DRIVER_OK or a reset), and a multiqueue TAP's queues are
+// attached and detached as the driver enables queue pairs (on the
+// control queue's thread, or the thread that restores a snapshot).
+var (
+	tunSetOffload = ioctlReq{"TUNSETOFFLOAD", unix.TUNSETOFFLOAD}
+	tunSetQueue   = ioctlReq{"TUNSETQUEUE", unix.TUNSETQUEUE}
+	tapIoctls     = []ioctlReq{tunSetOffload, tunSetQueue}
+)
 
 // terminalIoctls restore the terminal a console put in raw mode
 // (golang.org/x/term) when the VM ends.
@@ -168,4 +170,50 @@ func ioctls() []ioctlReq {
 	out = append(out, vhostIoctls()...)
 	out = append(out, tapIoctls...)
 	return append(out, terminalIoctls...)
+}
+
+// The device threads with filters of their own take ioctl with their own
+// requests only: they raise interrupts by writing eventfds (an MSI-X
+// vector's irqfd; INTx's trigger, which govmm's userspace IOAPIC serves
+// from a goroutine of its own), never by an ioctl, and what else a
+// running VM asks of KVM, MSHV, VFIO and vhost (routes, doorbells, BARs,
+// a kernel backend started, stopped or moved) comes from the vCPU
+// threads, the control socket's and migration's goroutines, and the
+// goroutine that stops a kernel backend after a queue thread found the
+// driver at fault (virtio.PCI). TestRoleIoctls and virtio's and
+// virtio/net's thread tests keep these lists in step with the code.
+var (
+	// diskWorkerIoctls: none. A virtio-blk worker reads and writes the
+	// image and completes requests.
+	diskWorkerIoctls []ioctlReq
+	// netQueueIoctls: the control queue's thread attaches and detaches
+	// a multiqueue TAP's queues as the driver enables queue pairs
+	// (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET); the other queue threads and
+	// the TAP readers make none.
+	netQueueIoctls = []ioctlReq{tunSetQueue}
+	// vsockQueueIoctls: none. A vsock queue thread parses the guest's
+	// packets and hands their data to connections' goroutines.
+	vsockQueueIoctls []ioctlReq
+)
+
+// DeviceIoctls names the ioctl requests the filter of device thread role
+// allows ("virtio-blk", "virtio-net", "virtio-vsock"; ok false for
+// another), for the device packages' tests, which check that the threads
+// they confine make no other.
+func DeviceIoctls(role string) (names []string, ok bool) {
+	var reqs []ioctlReq
+	switch role {
+	case "virtio-blk":
+		reqs = diskWorkerIoctls
+	case "virtio-net":
+		reqs = netQueueIoctls
+	case "virtio-vsock":
+		reqs = vsockQueueIoctls
+	default:
+		return nil, false
+	}
+	for _, r := range reqs {
+		names = append(names, r.name)
+	}
+	return names, true
 }

@@ -101,12 +101,8 @@ type conditionalCall struct {
 
 // conditional are allowed only with the arguments shown.
 func conditional() []conditionalCall {
-	var ioctl conditionalCall
-	ioctl.name = "ioctl"
 	// ioctl: by request number (argument 1), KVM_RUN first.
-	for _, r := range ioctls() {
-		ioctl.sets = append(ioctl.sets, []cond{{arg: 1, op: opEqual, val: uint64(r.req)}})
-	}
+	ioctl := ioctlCall(ioctls())
 	noExec := [][]cond{{{arg: 2, op: opBitsClear, val: unix.PROT_EXEC}}}
 	var socket conditionalCall
 	socket.name = "socket"
@@ -139,6 +135,15 @@ func conditional() []conditionalCall {
 		// may do; never TSYNC or another operation.
 		{"seccomp", [][]cond{{{arg: 0, op: opEqual, val: setModeFilter}, {arg: 1, op: opEqual, val: 0}}}},
 	}
+}
+
+// ioctlCall is ioctl allowed with the requests reqs, tested in order.
+func ioctlCall(reqs []ioctlReq) conditionalCall {
+	c := conditionalCall{name: "ioctl"}
+	for _, r := range reqs {
+		c.sets = append(c.sets, []cond{{arg: 1, op: opEqual, val: uint64(r.req)}})
+	}
+	return c
 }
 
 // Syscalls counts the system calls the filter lets through, with or

@@ -147,6 +147,23 @@ func vcpuConditional() []conditionalCall {
 	return out
 }
 
+// deviceConditional is a device thread role's conditional calls: the
+// vCPU threads', with ioctl narrowed to the role's requests reqs, or left
+// out (refused) when the role makes none.
+func deviceConditional(reqs []ioctlReq) []conditionalCall {
+	var out []conditionalCall
+	for _, c := range vcpuConditional() {
+		if c.name == "ioctl" {
+			if len(reqs) == 0 {
+				continue
+			}
+			c = ioctlCall(reqs)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // vcpuProgram assembles vCPU index's filter.
 func vcpuProgram(mode SeccompMode, index int, o Options) ([]bpf.Instruction, error) {
 	if index < 0 || index >= maxVCPURoles {

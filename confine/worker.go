@@ -12,8 +12,9 @@ import (
 // to what a guest controls. Like a vCPU thread it gets a filter of its
 // own on top of the process filter: the vCPU threads' allowlist (the Go
 // runtime's needs, eventfds, the interrupt a finished request raises)
-// with the image's calls added, so that it cannot open a file, make a
-// socket or start a process. The virtio-net and virtio-vsock queues'
+// with the image's calls added and no ioctl at all (diskWorkerIoctls), so
+// that it cannot open a file, make a socket, start a process or ask
+// anything of KVM, MSHV, VFIO or vhost. The virtio-net and virtio-vsock queues'
 // goroutines have roles of their own (devthread.go); the other device
 // goroutines are not locked to threads of their own and stay under the
 // process filter.
@@ -48,7 +49,7 @@ func diskWorkerRaw(mode SeccompMode) ([]unix.SockFilter, error) {
 	diskWorkerFilter.Lock()
 	defer diskWorkerFilter.Unlock()
 	if diskWorkerFilter.raw == nil || diskWorkerFilter.mode != mode {
-		prog, err := assemble(defaultAction(mode, roleDiskWorker), vcpuConditional(), diskWorkerNames())
+		prog, err := assemble(defaultAction(mode, roleDiskWorker), deviceConditional(diskWorkerIoctls), diskWorkerNames())
 		if err != nil {
 			return nil, err
 		}

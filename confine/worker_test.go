@@ -81,6 +81,8 @@ func diskWorkerScenario(name string) (int, bool) {
 			unix.Open("/", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 			fmt.Println("openat returned")
 		}), true
+	case "disk-gsi-routing":
+		return diskWorkerChild(Options{Seccomp: SeccompOn}, gsiRouting), true
 	case "disk-socket":
 		return diskWorkerChild(Options{Seccomp: SeccompOn}, func() {
 			unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -103,9 +105,10 @@ func TestDiskWorkerThread(t *testing.T) {
 	for _, c := range []struct{ child, want string }{
 		{"disk-openat", "forbidden system call openat (257) on a virtio-blk worker thread"},
 		{"disk-socket", "forbidden system call socket (41) on a virtio-blk worker thread"},
+		{"disk-gsi-routing", "forbidden system call ioctl (16) on a virtio-blk worker thread"},
 	} {
 		out, code := runChild(t, c.child)
-		if code != ExitSIGSYS || !strings.Contains(out, c.want) {
+		if code != ExitSIGSYS || !strings.Contains(out, c.want) || strings.Contains(out, "returned") {
 			t.Errorf("%s: want exit %d and %q, got exit %d:\n%s", c.child, ExitSIGSYS, c.want, code, out)
 		}
 	}

@@ -35,6 +35,9 @@ type fakeTap struct {
 	mu       sync.Mutex
 	offload  []int
 	attached []bool
+	// ioctls are the requests the TAP would have been asked, each with
+	// the thread that asked.
+	ioctls []tapIoctl
 	// failAttach makes setAttached fail; failQueue, when not 0, makes
 	// it fail for that queue alone.
 	failAttach bool
@@ -61,18 +64,36 @@ func newFakeTap(t testing.TB, queues int) *fakeTap {
 	return ft
 }
 
+// tapIoctl is a request the TAP (tap.go) makes for a fakeTap call, and
+// the thread that made the call.
+type tapIoctl struct {
+	req string
+	tid int
+}
+
+// takeIoctls returns the requests recorded so far and forgets them.
+func (f *fakeTap) takeIoctls() []tapIoctl {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.ioctls
+	f.ioctls = nil
+	return out
+}
+
 func (f *fakeTap) queues() []*os.File { return f.fs }
 
 func (f *fakeTap) setOffload(flags int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.offload = append(f.offload, flags)
+	f.ioctls = append(f.ioctls, tapIoctl{"TUNSETOFFLOAD", unix.Gettid()})
 	return nil
 }
 
 func (f *fakeTap) setAttached(i int, on bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.ioctls = append(f.ioctls, tapIoctl{"TUNSETQUEUE", unix.Gettid()})
 	if f.failAttach || i == f.failQueue {
 		return errors.New("fake TUNSETQUEUE failure")
 	}

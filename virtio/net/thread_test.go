@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"govmm/confine"
 	"govmm/virtio"
 	"govmm/virtio/virtiotest"
 )
@@ -133,5 +134,36 @@ func TestThreadHooks(t *testing.T) {
 			t.Errorf("%s and %s took the same thread %d", name, other, tids[name])
 		}
 		seen[tids[name]] = name
+	}
+
+	// The TAP's requests on those threads, now each locked to its
+	// goroutine, are the ones the virtio-net queue threads' filter
+	// allows (package confine): the control queue's thread detaches and
+	// attaches pair 1's TAP queue.
+	ft.takeIoctls()
+	for _, pairs := range []int{1, 2} {
+		if ack := r.command(ctrlMQ, ctrlMQPairsSet, le16(uint16(pairs))); ack != ackOK {
+			t.Fatalf("VQ_PAIRS_SET %d: ack %d", pairs, ack)
+		}
+	}
+	allowed, ok := confine.DeviceIoctls("virtio-net")
+	if !ok {
+		t.Fatal("confine has no virtio-net role")
+	}
+	onCtrl := 0
+	for _, c := range ft.takeIoctls() {
+		name, hooked := seen[c.tid]
+		if !hooked {
+			continue
+		}
+		if name == "q4" {
+			onCtrl++
+		}
+		if !slices.Contains(allowed, c.req) {
+			t.Errorf("thread %s made %s, which the virtio-net queue threads' filter refuses (confine allows %v)", name, c.req, allowed)
+		}
+	}
+	if onCtrl != 2 {
+		t.Errorf("the control queue's thread made %d TAP requests, want 2 (a detach and an attach)", onCtrl)
 	}
 }
