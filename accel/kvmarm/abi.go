@@ -522,9 +522,9 @@ var (
 
 // MP states of an arm64 vCPU (KVM_MP_STATE_*).
 const (
-	MPRunnable  = 0 // KVM_MP_STATE_RUNNABLE
-	MPStopped   = 5 // KVM_MP_STATE_STOPPED: PSCI CPU_OFF, or created powered off
-	MPSuspended = 9 // KVM_MP_STATE_SUSPENDED: WFI in KVM
+	MPRunnable  = 0  // KVM_MP_STATE_RUNNABLE
+	MPStopped   = 5  // KVM_MP_STATE_STOPPED: PSCI CPU_OFF, or created powered off
+	MPSuspended = 10 // KVM_MP_STATE_SUSPENDED: suspended in KVM (PSCI SYSTEM_SUSPEND)
 )
 
 // The architected timer's ONE_REG ids. <uapi/asm/kvm.h> gives

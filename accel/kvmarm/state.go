@@ -277,7 +277,7 @@ func (s *VCPUState) Check() error {
 	switch s.MPState {
 	case MPRunnable, MPStopped, MPSuspended:
 	default:
-		return fmt.Errorf("vCPU state: MP state %d (want runnable 0, stopped 5 or suspended 9)", s.MPState)
+		return fmt.Errorf("vCPU state: MP state %d (want runnable 0, stopped 5 or suspended 10)", s.MPState)
 	}
 	if len(s.Regs) == 0 {
 		return fmt.Errorf("vCPU state: no registers")

@@ -4,67 +4,52 @@ import (
 	"encoding/binary"
 	"testing"
 	"unsafe"
+
+	"govmm/internal/abicheck"
 )
 
-// The sizes, offsets and request numbers below are those of
-// include/uapi/linux/vhost.h and vhost_types.h on x86-64 (printed by gcc
-// against Debian 12's linux-libc-dev headers).
-func TestLayout(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want uintptr
-	}{
-		{"sizeof(struct vhost_vring_state)", unsafe.Sizeof(VringState{}), 8},
-		{"offsetof(vhost_vring_state, num)", unsafe.Offsetof(VringState{}.Num), 4},
-		{"sizeof(struct vhost_vring_file)", unsafe.Sizeof(VringFile{}), 8},
-		{"offsetof(vhost_vring_file, fd)", unsafe.Offsetof(VringFile{}.Fd), 4},
-		{"sizeof(struct vhost_vring_addr)", unsafe.Sizeof(VringAddr{}), 40},
-		{"offsetof(vhost_vring_addr, flags)", unsafe.Offsetof(VringAddr{}.Flags), 4},
-		{"offsetof(vhost_vring_addr, desc_user_addr)", unsafe.Offsetof(VringAddr{}.DescUser), 8},
-		{"offsetof(vhost_vring_addr, used_user_addr)", unsafe.Offsetof(VringAddr{}.UsedUser), 16},
-		{"offsetof(vhost_vring_addr, avail_user_addr)", unsafe.Offsetof(VringAddr{}.AvailUser), 24},
-		{"offsetof(vhost_vring_addr, log_guest_addr)", unsafe.Offsetof(VringAddr{}.LogGuestAddr), 32},
-		{"sizeof(struct vhost_memory)", unsafe.Sizeof(Memory{}), 8},
-		{"sizeof(struct vhost_memory_region)", unsafe.Sizeof(MemoryRegion{}), 32},
-		{"offsetof(vhost_memory_region, memory_size)", unsafe.Offsetof(MemoryRegion{}.Size), 8},
-		{"offsetof(vhost_memory_region, userspace_addr)", unsafe.Offsetof(MemoryRegion{}.UserAddr), 16},
-		{"offsetof(vhost_memory_region, flags_padding)", unsafe.Offsetof(MemoryRegion{}.FlagsPadding), 24},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
-		}
-	}
+// abi pins the structs and request numbers govmm uses to
+// <linux/vhost.h> and <linux/vhost_types.h> (recorded from gcc on x86-64
+// against Debian 12's linux-libc-dev).
+var abi = []abicheck.Value{
+	abicheck.V("sizeof(struct vhost_vring_state)", unsafe.Sizeof(VringState{}), 8),
+	abicheck.V("offsetof(struct vhost_vring_state, num)", unsafe.Offsetof(VringState{}.Num), 4),
+	abicheck.V("sizeof(struct vhost_vring_file)", unsafe.Sizeof(VringFile{}), 8),
+	abicheck.V("offsetof(struct vhost_vring_file, fd)", unsafe.Offsetof(VringFile{}.Fd), 4),
+	abicheck.V("sizeof(struct vhost_vring_addr)", unsafe.Sizeof(VringAddr{}), 40),
+	abicheck.V("offsetof(struct vhost_vring_addr, flags)", unsafe.Offsetof(VringAddr{}.Flags), 4),
+	abicheck.V("offsetof(struct vhost_vring_addr, desc_user_addr)", unsafe.Offsetof(VringAddr{}.DescUser), 8),
+	abicheck.V("offsetof(struct vhost_vring_addr, used_user_addr)", unsafe.Offsetof(VringAddr{}.UsedUser), 16),
+	abicheck.V("offsetof(struct vhost_vring_addr, avail_user_addr)", unsafe.Offsetof(VringAddr{}.AvailUser), 24),
+	abicheck.V("offsetof(struct vhost_vring_addr, log_guest_addr)", unsafe.Offsetof(VringAddr{}.LogGuestAddr), 32),
+	abicheck.V("sizeof(struct vhost_memory)", unsafe.Sizeof(Memory{}), 8),
+	abicheck.V("sizeof(struct vhost_memory_region)", unsafe.Sizeof(MemoryRegion{}), 32),
+	abicheck.V("offsetof(struct vhost_memory_region, memory_size)", unsafe.Offsetof(MemoryRegion{}.Size), 8),
+	abicheck.V("offsetof(struct vhost_memory_region, userspace_addr)", unsafe.Offsetof(MemoryRegion{}.UserAddr), 16),
+	abicheck.V("offsetof(struct vhost_memory_region, flags_padding)", unsafe.Offsetof(MemoryRegion{}.FlagsPadding), 24),
+	abicheck.V("VHOST_GET_FEATURES", GetFeatures, 0x8008af00),
+	abicheck.V("VHOST_SET_FEATURES", SetFeatures, 0x4008af00),
+	abicheck.V("VHOST_SET_OWNER", SetOwner, 0xaf01),
+	abicheck.V("VHOST_RESET_OWNER", ResetOwner, 0xaf02),
+	abicheck.V("VHOST_SET_MEM_TABLE", SetMemTable, 0x4008af03),
+	abicheck.V("VHOST_SET_LOG_BASE", SetLogBase, 0x4008af04),
+	abicheck.V("VHOST_SET_VRING_NUM", SetVringNum, 0x4008af10),
+	abicheck.V("VHOST_SET_VRING_ADDR", SetVringAddr, 0x4028af11),
+	abicheck.V("VHOST_SET_VRING_BASE", SetVringBase, 0x4008af12),
+	abicheck.V("VHOST_GET_VRING_BASE", GetVringBase, 0xc008af12),
+	abicheck.V("VHOST_SET_VRING_KICK", SetVringKick, 0x4008af20),
+	abicheck.V("VHOST_SET_VRING_CALL", SetVringCall, 0x4008af21),
+	abicheck.V("VHOST_SET_VRING_ERR", SetVringErr, 0x4008af22),
+	abicheck.V("VHOST_NET_SET_BACKEND", NetSetBackend, 0x4008af30),
+	abicheck.V("VHOST_VSOCK_SET_GUEST_CID", VsockSetCID, 0x4008af60),
+	abicheck.V("VHOST_VSOCK_SET_RUNNING", VsockSetRunning, 0x4004af61),
+	abicheck.V("1ULL << VHOST_F_LOG_ALL", FLogAll, 1<<26),
 }
 
-func TestRequestNumbers(t *testing.T) {
-	for _, c := range []struct {
-		name      string
-		got, want uintptr
-	}{
-		{"VHOST_GET_FEATURES", GetFeatures, 0x8008af00},
-		{"VHOST_SET_FEATURES", SetFeatures, 0x4008af00},
-		{"VHOST_SET_OWNER", SetOwner, 0xaf01},
-		{"VHOST_RESET_OWNER", ResetOwner, 0xaf02},
-		{"VHOST_SET_MEM_TABLE", SetMemTable, 0x4008af03},
-		{"VHOST_SET_LOG_BASE", SetLogBase, 0x4008af04},
-		{"VHOST_SET_VRING_NUM", SetVringNum, 0x4008af10},
-		{"VHOST_SET_VRING_ADDR", SetVringAddr, 0x4028af11},
-		{"VHOST_SET_VRING_BASE", SetVringBase, 0x4008af12},
-		{"VHOST_GET_VRING_BASE", GetVringBase, 0xc008af12},
-		{"VHOST_SET_VRING_KICK", SetVringKick, 0x4008af20},
-		{"VHOST_SET_VRING_CALL", SetVringCall, 0x4008af21},
-		{"VHOST_SET_VRING_ERR", SetVringErr, 0x4008af22},
-		{"VHOST_NET_SET_BACKEND", NetSetBackend, 0x4008af30},
-		{"VHOST_VSOCK_SET_GUEST_CID", VsockSetCID, 0x4008af60},
-		{"VHOST_VSOCK_SET_RUNNING", VsockSetRunning, 0x4004af61},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
-		}
-	}
-	if FLogAll != 1<<0x1a {
-		t.Errorf("VHOST_F_LOG_ALL = bit %d, want 26", FLogAll)
-	}
+func TestABI(t *testing.T) { abicheck.Recorded(t, abi) }
+
+func TestABIAgainstHeader(t *testing.T) {
+	abicheck.Headers(t, "gcc", []string{"linux/vhost.h"}, abi)
 }
 
 // TestMemTable checks the encoding VHOST_SET_MEM_TABLE reads: the
