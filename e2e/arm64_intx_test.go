@@ -40,35 +40,9 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 i=0
 while { [ ! -b /dev/vda ] || [ ! -c /dev/hwrng ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-irqs() { $B grep virtio /proc/interrupts | $B sed "s/^/intx-irq $1: /"; echo "intx-test: irqs-$1-end"; }
-total() { $B awk '/virtio/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
-irqs boot
+` + intxShellFuncs + `irqs boot
 echo "intx-test: known-sum $($B dd if=/dev/vda bs=65536 skip=` + strconv.Itoa(arm64KnownOff/arm64Block) + ` count=1 2>/dev/null | $B sha256sum)"
-$B head -c 65536 /dev/hwrng > /tmp/r
-echo "intx-test: rng-bytes $($B wc -c < /tmp/r)"
-$B dd if=/tmp/r of=/dev/vda bs=64k seek=` + strconv.Itoa(arm64INTxRNGBlock) + ` conv=fsync 2>/dev/null || echo "intx-test: rng write failed"
-echo 3 > /proc/sys/vm/drop_caches
-echo "intx-test: disk-sum $($B sha256sum < /tmp/r | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=` + strconv.Itoa(arm64INTxRNGBlock) + ` count=1 2>/dev/null | $B sha256sum | $B cut -c1-64)"
-t0=$($B cut -d' ' -f1 /proc/uptime)
-$B dd if=/dev/zero of=/dev/vda bs=1M count=` + strconv.Itoa(arm64INTxDDMiB) + ` seek=4 conv=fsync 2>/dev/null || echo "intx-test: dd write failed"
-t1=$($B cut -d' ' -f1 /proc/uptime)
-echo 3 > /proc/sys/vm/drop_caches
-$B dd if=/dev/vda of=/dev/null bs=1M count=` + strconv.Itoa(arm64INTxDDMiB) + ` skip=4 2>/dev/null || echo "intx-test: dd read failed"
-t2=$($B cut -d' ' -f1 /proc/uptime)
-echo "intx-test: dd ` + strconv.Itoa(arm64INTxDDMiB) + ` $t0 $t1 $t2"
-irqs io
-i=1
-while [ $i -le ` + strconv.Itoa(arm64INTxTicks) + ` ]; do
-	$B head -c 65536 /dev/hwrng > /tmp/t
-	$B dd if=/tmp/t of=/dev/vda bs=64k seek=$((` + strconv.Itoa(arm64INTxTickBase) + `+i)) conv=fsync 2>/dev/null
-	echo 3 > /proc/sys/vm/drop_caches
-	echo "intx-tick $i $($B sha256sum < /tmp/t | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=$((` + strconv.Itoa(arm64INTxTickBase) + `+i)) count=1 2>/dev/null | $B sha256sum | $B cut -c1-64) irqs=$(total)"
-	i=$((i+1))
-	$B sleep 1
-done
-irqs end
-echo "intx-test: done"
-$B poweroff -f
+` + intxIOShell(arm64INTxRNGBlock, strconv.Itoa(arm64INTxDDMiB), arm64INTxTickBase, arm64INTxTicks) + `$B poweroff -f
 `
 
 // TestARM64VirtioINTx boots Debian's arm64 kernel under govmm's arm64
@@ -152,9 +126,9 @@ i=1; while [ $i -le ` + strconv.Itoa(arm64INTxTicks) + ` ]; do echo "l1: image-t
 
 	// The interrupt lines: two GICv3 SPIs, level, the INTIDs the
 	// interrupt-map gives slots 1 and 2; no ITS MSI.
-	boot, io, end := intxIRQLines(guest, "boot"), intxIRQLines(guest, "io"), intxIRQLines(guest, "end")
-	if len(boot) == 0 || len(io) == 0 || len(end) == 0 {
-		t.Fatalf("no virtio lines in /proc/interrupts (boot %d, io %d, end %d)", len(boot), len(io), len(end))
+	boot, nb, ni, ne, ok := intxGrowth(guest, fail)
+	if !ok {
+		t.FailNow()
 	}
 	gic := regexp.MustCompile(`GICv3\s+(\d+)\s+Level\s+virtio\d+`)
 	intids := map[string]bool{}
@@ -169,30 +143,12 @@ i=1; while [ $i -le ` + strconv.Itoa(arm64INTxTicks) + ` ]; do echo "l1: image-t
 	if len(boot) != 2 || !intids["36"] || !intids["37"] {
 		fail("virtio lines %q: want two, on GICv3 INTIDs 36 and 37 (SPIs 4 and 5, INTA of slots 1 and 2)", boot)
 	}
-	var nb, ni, ne uint64
-	for _, l := range boot {
-		nb += intxCount(l)
-	}
-	for _, l := range io {
-		ni += intxCount(l)
-	}
-	for _, l := range end {
-		ne += intxCount(l)
-	}
-	if !(nb > 0 && ni > nb && ne > ni) {
-		fail("virtio interrupts did not grow with the I/O: %d at boot, %d after the disk and rng I/O, %d at the end", nb, ni, ne)
-	}
-	t.Logf("virtio interrupts: %d after boot, %d after the I/O, %d at the end; lines at the end:\n%s", nb, ni, ne, strings.Join(end, "\n"))
+	t.Logf("virtio interrupts: %d after boot, %d after the I/O, %d at the end; lines at the end:\n%s", nb, ni, ne, strings.Join(intxIRQLines(guest, "end"), "\n"))
 
 	ticks := intxTicksOf(t, guest)
 	restored := intxTicksOf(t, runs[1].String())
+	checkINTxTicks(ticks, arm64INTxTicks, fail)
 	for i := 1; i <= arm64INTxTicks; i++ {
-		if _, ok := ticks[i]; !ok {
-			fail("no tick %d", i)
-		}
-		if i > 1 && ticks[i] <= ticks[i-1] {
-			fail("tick %d: %d virtio interrupts, tick %d had %d: no interrupts for its I/O", i, ticks[i], i-1, ticks[i-1])
-		}
 		m := regexp.MustCompile(fmt.Sprintf(`intx-tick %d ([0-9a-f]{64}) `, i)).FindStringSubmatch(guest)
 		if m != nil {
 			if got := guestValue(o, "l1", fmt.Sprintf("image-tick-%d", i)); got != m[1] {
@@ -204,13 +160,5 @@ i=1; while [ $i -le ` + strconv.Itoa(arm64INTxTicks) + ` ]; do echo "l1: image-t
 		fail("no tick came from the restored guest")
 	}
 	t.Logf("ticks %v (tick -> virtio interrupts), %d of them from the restored guest", ticks, len(restored))
-	if f := strings.Fields(guestValue(guest, "intx-test", "dd")); len(f) == 4 {
-		mb, _ := strconv.Atoi(f[0])
-		t0, _ := strconv.ParseFloat(f[1], 64)
-		t1, _ := strconv.ParseFloat(f[2], 64)
-		t2, _ := strconv.ParseFloat(f[3], 64)
-		t.Logf("dd of %d MiB over INTx: write (conv=fsync) %.2f s = %.1f MiB/s, read %.2f s = %.1f MiB/s", mb, t1-t0, float64(mb)/max(t1-t0, 0.01), t2-t1, float64(mb)/max(t2-t1, 0.01))
-	} else {
-		fail("no dd timing")
-	}
+	logINTxDD(t, guest, fail)
 }

@@ -35,40 +35,107 @@ $B mkdir -p /tmp
 mb=$($B sed -n 's/.*intx\.mb=\([0-9]*\).*/\1/p' /proc/cmdline)
 i=0
 while { [ ! -b /dev/vda ] || [ ! -e /sys/class/net/eth0 ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-irqs() { $B grep virtio /proc/interrupts | $B sed "s/^/intx-irq $1: /"; echo "intx-test: irqs-$1-end"; }
-total() { $B awk '/virtio/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
-$B ip link set lo up
+` + intxShellFuncs + `$B ip link set lo up
 $B ip addr add ` + netGuestIP + `/24 dev eth0
 $B ip link set eth0 up
 $B sleep 1
 if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "intx-test: ping ok"; else echo "intx-test: ping failed"; fi
 irqs boot
-$B head -c 65536 /dev/hwrng > /tmp/r
+` + intxIOShell(intxRNGBlock, "$mb", intxTickBase, intxTicks) + `$B poweroff -f
+`
+
+// intxShellFuncs are the INTx guests' shell functions: irqs PHASE prints
+// the virtio lines of /proc/interrupts as "intx-irq PHASE: ...", total
+// the sum of their counts.
+const intxShellFuncs = `irqs() { $B grep virtio /proc/interrupts | $B sed "s/^/intx-irq $1: /"; echo "intx-test: irqs-$1-end"; }
+total() { $B awk '/virtio/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' /proc/interrupts; }
+`
+
+// intxIOShell is the INTx guests' I/O, the same on x86 and arm64: 64 KiB
+// of entropy written to vda at 64 KiB block rngBlock and read back past
+// the page cache, a timed dd of mb (a shell word) MiB each way from 4
+// MiB, then ticks ticks that each copy a fresh entropy block to block
+// tickBase+i, read it back and print the virtio interrupt count.
+func intxIOShell(rngBlock int, mb string, tickBase, ticks int) string {
+	return `$B head -c 65536 /dev/hwrng > /tmp/r
 echo "intx-test: rng-bytes $($B wc -c < /tmp/r)"
-$B dd if=/tmp/r of=/dev/vda bs=64k seek=` + strconv.Itoa(intxRNGBlock) + ` conv=fsync 2>/dev/null || echo "intx-test: rng write failed"
+$B dd if=/tmp/r of=/dev/vda bs=64k seek=` + strconv.Itoa(rngBlock) + ` conv=fsync 2>/dev/null || echo "intx-test: rng write failed"
 echo 3 > /proc/sys/vm/drop_caches
-echo "intx-test: disk-sum $($B sha256sum < /tmp/r | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=` + strconv.Itoa(intxRNGBlock) + ` count=1 2>/dev/null | $B sha256sum | $B cut -c1-64)"
+echo "intx-test: disk-sum $($B sha256sum < /tmp/r | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=` + strconv.Itoa(rngBlock) + ` count=1 2>/dev/null | $B sha256sum | $B cut -c1-64)"
 t0=$($B cut -d' ' -f1 /proc/uptime)
-$B dd if=/dev/zero of=/dev/vda bs=1M count=$mb seek=4 conv=fsync 2>/dev/null || echo "intx-test: dd write failed"
+$B dd if=/dev/zero of=/dev/vda bs=1M count=` + mb + ` seek=4 conv=fsync 2>/dev/null || echo "intx-test: dd write failed"
 t1=$($B cut -d' ' -f1 /proc/uptime)
 echo 3 > /proc/sys/vm/drop_caches
-$B dd if=/dev/vda of=/dev/null bs=1M count=$mb skip=4 2>/dev/null || echo "intx-test: dd read failed"
+$B dd if=/dev/vda of=/dev/null bs=1M count=` + mb + ` skip=4 2>/dev/null || echo "intx-test: dd read failed"
 t2=$($B cut -d' ' -f1 /proc/uptime)
-echo "intx-test: dd $mb $t0 $t1 $t2"
+echo "intx-test: dd ` + mb + ` $t0 $t1 $t2"
 irqs io
 i=1
-while [ $i -le ` + strconv.Itoa(intxTicks) + ` ]; do
+while [ $i -le ` + strconv.Itoa(ticks) + ` ]; do
 	$B head -c 65536 /dev/hwrng > /tmp/t
-	$B dd if=/tmp/t of=/dev/vda bs=64k seek=$((` + strconv.Itoa(intxTickBase) + `+i)) conv=fsync 2>/dev/null
+	$B dd if=/tmp/t of=/dev/vda bs=64k seek=$((` + strconv.Itoa(tickBase) + `+i)) conv=fsync 2>/dev/null
 	echo 3 > /proc/sys/vm/drop_caches
-	echo "intx-tick $i $($B sha256sum < /tmp/t | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=$((` + strconv.Itoa(intxTickBase) + `+i)) count=1 2>/dev/null | $B sha256sum | $B cut -c1-64) irqs=$(total)"
+	echo "intx-tick $i $($B sha256sum < /tmp/t | $B cut -c1-64) $($B dd if=/dev/vda bs=64k skip=$((` + strconv.Itoa(tickBase) + `+i)) count=1 2>/dev/null | $B sha256sum | $B cut -c1-64) irqs=$(total)"
 	i=$((i+1))
 	$B sleep 1
 done
 irqs end
 echo "intx-test: done"
-$B poweroff -f
 `
+}
+
+// intxGrowth reads the virtio lines the guest printed at boot, after its
+// I/O and at its end, fails the test unless each phase has some and
+// their counts grew, and returns the boot lines and the three counts.
+func intxGrowth(out string, fail func(string, ...any)) (boot []string, nb, ni, ne uint64, ok bool) {
+	boot, io, end := intxIRQLines(out, "boot"), intxIRQLines(out, "io"), intxIRQLines(out, "end")
+	if len(boot) == 0 || len(io) == 0 || len(end) == 0 {
+		fail("no virtio lines in /proc/interrupts (boot %d, io %d, end %d)", len(boot), len(io), len(end))
+		return nil, 0, 0, 0, false
+	}
+	for _, l := range boot {
+		nb += intxCount(l)
+	}
+	for _, l := range io {
+		ni += intxCount(l)
+	}
+	for _, l := range end {
+		ne += intxCount(l)
+	}
+	if !(nb > 0 && ni > nb && ne > ni) {
+		fail("virtio interrupts did not grow with the I/O: %d at boot, %d after the disk and rng I/O, %d at the end", nb, ni, ne)
+	}
+	return boot, nb, ni, ne, true
+}
+
+// checkINTxTicks fails the test unless every tick up to n is in ticks
+// (from intxTicksOf) with more interrupts than the one before.
+func checkINTxTicks(ticks map[int]uint64, n int, fail func(string, ...any)) {
+	for i := 1; i <= n; i++ {
+		if _, ok := ticks[i]; !ok {
+			fail("no tick %d", i)
+		}
+		if i > 1 && ticks[i] <= ticks[i-1] {
+			fail("tick %d: %d virtio interrupts, tick %d had %d: no interrupts for its I/O", i, ticks[i], i-1, ticks[i-1])
+		}
+	}
+}
+
+// logINTxDD logs the guest's dd throughput each way, or fails the test
+// if it printed none.
+func logINTxDD(t *testing.T, out string, fail func(string, ...any)) {
+	t.Helper()
+	f := strings.Fields(guestValue(out, "intx-test", "dd"))
+	if len(f) != 4 {
+		fail("no dd timing")
+		return
+	}
+	mb, _ := strconv.Atoi(f[0])
+	t0, _ := strconv.ParseFloat(f[1], 64)
+	t1, _ := strconv.ParseFloat(f[2], 64)
+	t2, _ := strconv.ParseFloat(f[3], 64)
+	t.Logf("dd of %d MiB: write (conv=fsync) %.2f s = %.1f MiB/s, read %.2f s = %.1f MiB/s", mb, t1-t0, float64(mb)/max(t1-t0, 0.01), t2-t1, float64(mb)/max(t2-t1, 0.01))
+}
 
 // intxIRQLines returns the /proc/interrupts lines the guest printed for
 // phase.
@@ -211,14 +278,11 @@ func TestVirtioINTx(t *testing.T) {
 			}
 			// The interrupt lines: INTx through the IOAPIC with
 			// pci=nomsi, MSI-X without; counts that grew with the I/O.
-			boot, io, end := intxIRQLines(out, "boot"), intxIRQLines(out, "io"), intxIRQLines(out, "end")
-			if len(boot) == 0 || len(io) == 0 || len(end) == 0 {
-				fail("no virtio lines in /proc/interrupts (boot %d, io %d, end %d)", len(boot), len(io), len(end))
+			boot, nb, ni, ne, ok := intxGrowth(out, fail)
+			if !ok {
 				return
 			}
-			var nb, ni, ne uint64
 			for _, l := range boot {
-				nb += intxCount(l)
 				if r.nomsi && (!strings.Contains(l, "IO-APIC") || strings.Contains(l, "MSI")) {
 					fail("with pci=nomsi a virtio interrupt is not an IO-APIC line: %q", l)
 				}
@@ -226,28 +290,11 @@ func TestVirtioINTx(t *testing.T) {
 					fail("with MSI-X a virtio interrupt is not an MSI one: %q", l)
 				}
 			}
-			for _, l := range io {
-				ni += intxCount(l)
-			}
-			for _, l := range end {
-				ne += intxCount(l)
-			}
 			if r.nomsi && len(boot) != 3 {
 				fail("with pci=nomsi want 3 virtio IO-APIC lines (disk, rng, net), got %d", len(boot))
 			}
-			if !(nb > 0 && ni > nb && ne > ni) {
-				fail("virtio interrupts did not grow with the I/O: %d at boot, %d after the disk and rng I/O, %d at the end", nb, ni, ne)
-			}
-			t.Logf("virtio interrupts: %d after boot and ping, %d after the I/O, %d at the end; lines at the end:\n%s", nb, ni, ne, strings.Join(end, "\n"))
-			ticks := intxTicksOf(t, out)
-			for i := 1; i <= intxTicks; i++ {
-				if _, ok := ticks[i]; !ok {
-					fail("no tick %d", i)
-				}
-				if i > 1 && ticks[i] <= ticks[i-1] {
-					fail("tick %d: %d virtio interrupts, tick %d had %d: no interrupts for its I/O", i, ticks[i], i-1, ticks[i-1])
-				}
-			}
+			t.Logf("virtio interrupts: %d after boot and ping, %d after the I/O, %d at the end; lines at the end:\n%s", nb, ni, ne, strings.Join(intxIRQLines(out, "end"), "\n"))
+			checkINTxTicks(intxTicksOf(t, out), intxTicks, fail)
 			if r.snapshot {
 				after := p.output()
 				n := 0
@@ -261,15 +308,7 @@ func TestVirtioINTx(t *testing.T) {
 				}
 				t.Logf("%d ticks of disk and rng I/O after the restore", n)
 			}
-			if f := strings.Fields(guestValue(out, "intx-test", "dd")); len(f) == 4 {
-				mb, _ := strconv.Atoi(f[0])
-				t0, _ := strconv.ParseFloat(f[1], 64)
-				t1, _ := strconv.ParseFloat(f[2], 64)
-				t2, _ := strconv.ParseFloat(f[3], 64)
-				t.Logf("dd of %d MiB: write (conv=fsync) %.2f s = %.1f MiB/s, read %.2f s = %.1f MiB/s", mb, t1-t0, float64(mb)/max(t1-t0, 0.01), t2-t1, float64(mb)/max(t2-t1, 0.01))
-			} else {
-				fail("no dd timing")
-			}
+			logINTxDD(t, out, fail)
 		})
 	}
 }
