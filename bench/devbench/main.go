@@ -18,6 +18,14 @@
 // cache is out of the figures; the host's is in for both (the image lies
 // in the nested VM's RAM, whose file system has no O_DIRECT).
 //
+// Around each TCP transfer, the vsock ping-pong and a 2-second idle
+// stretch it also reads KVM's per-VM exit counters from debugfs (exits,
+// io_exits, halt_exits, irq_window_exits, insn_emulation, ...) and the
+// guest's /proc/interrupts, and the guest prints its virtio devices'
+// feature bits, its clocksource, its CPU flags and its kernel's platform
+// lines: the report sets them side by side per MB, per round trip and per
+// second, to show where one VMM's guest costs more than another's.
+//
 // Where there is no hardware-semantics /dev/kvm (or with -nested), the
 // benchmark builds here and runs itself inside a nested-KVM VM (L1),
 // QEMU included; its numbers are then TCG's, and only the ratios mean
@@ -112,6 +120,16 @@ $B ip link set lo up
 $B ip addr add ` + guestIP + `/24 dev eth0
 $B ip link set eth0 up
 echo "devbench: init"
+# What the guest got: its virtio devices' feature bits, its clock, its
+# CPU flags and what the kernel said about its platform.
+for d in /sys/bus/virtio/devices/*; do echo "devbench: info virtio device $($B cat $d/device) features $($B cat $d/features)"; done
+echo "devbench: info clocksource $($B cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo "devbench: info cpuflags$($B grep -m1 '^flags' /proc/cpuinfo | $B cut -d: -f2)"
+$B dmesg | $B grep -iE 'kvm|x2apic|apic|tsc|clocksource|hypervisor|ioapic|msi|pv' | $B sed -e 's/^\[[^]]*\] *//' -e 's/^/devbench: info dmesg /' | $B head -60
+# An idle stretch: the exits a guest that does nothing costs.
+echo "devbench: mark idle"
+$B sleep 2
+echo "devbench: idle-end"
 /bin/guestload blk /dev/vda ` + "BLKSECONDS" + `
 i=0
 until $B ping -c 1 -W 1 ` + hostIP + ` >/dev/null 2>&1 || [ $i -ge 30 ]; do i=$((i+1)); done
@@ -398,6 +416,7 @@ func (cfg *config) vmms() []string { return cfg.columns }
 
 // measure runs every VMM once per repetition, interleaved.
 func measure(cfg *config) {
+	mountDebugfs()
 	for rep := cfg.from; rep < cfg.runs; rep++ {
 		for _, vmm := range cfg.vmms() {
 			// qemu-vhost's boot is qemu's, govmm-vhost's govmm's.
@@ -543,6 +562,11 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 	}
 	go hostTap(ctx)
 	var figures []result
+	units := phaseUnits()
+	marks := map[string]kvmSnap{}
+	phaseEnd := func(phase string) {
+		figures = append(figures, kvmDelta(vmm, phase, marks[phase], readKVMStats(), units[phase])...)
+	}
 	var console strings.Builder
 	var guestErr error
 	sc := bufio.NewScanner(out)
@@ -557,9 +581,19 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 		switch {
 		case key == "error":
 			guestErr = errors.New("the guest: " + val)
+		case key == "mark":
+			marks[val] = readKVMStats()
+		case key == "irq":
+			figures = append(figures, guestIRQs(vmm, val, units)...)
+		case key == "info":
+			figures = append(figures, result{VMM: vmm, Key: "info " + val})
+		case key == "idle-end":
+			phaseEnd("idle")
 		case key == "vsock":
 			if strings.HasPrefix(val, "listening") {
+				marks["vsock"] = readKVMStats()
 				rtt, err := vsockRTT(vmm, vsockSock)
+				phaseEnd("vsock")
 				if err != nil {
 					guestErr = fmt.Errorf("vsock: %w", err)
 				} else {
@@ -569,6 +603,9 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 		default:
 			if v, err := strconv.ParseFloat(val, 64); err == nil {
 				figures = append(figures, result{VMM: vmm, Key: key, Value: v})
+			}
+			if phase, ok := strings.CutSuffix(key, "-mbs"); ok && strings.HasPrefix(phase, "net-") {
+				phaseEnd(phase)
 			}
 		}
 	}

@@ -46,7 +46,14 @@ func median(v []float64) float64 {
 func report(w io.Writer, results []result, cfg *config, command string, took time.Duration) {
 	vals := map[string]map[string][]float64{} // vmm -> key -> values
 	var failures []result
+	infos := map[string][]string{} // vmm -> the guest's info lines, once each
 	for _, r := range latestPerRep(results) {
+		if info, ok := strings.CutPrefix(r.Key, "info "); ok {
+			if !slices.Contains(infos[r.VMM], info) {
+				infos[r.VMM] = append(infos[r.VMM], info)
+			}
+			continue
+		}
 		switch r.Key {
 		case "done":
 			continue
@@ -109,6 +116,7 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 		fmt.Fprintf(w, "%s %s |\n", row, strings.Join(met, ", "))
 	}
 	fmt.Fprintln(w, "\nTargets (issue #13): at least QEMU's throughput, at most its latency.")
+	diagnostics(w, vals, infos, cfg.vmms())
 	for _, f := range failures {
 		fmt.Fprintf(w, "failed: %s run %d: %s\n", f.VMM, f.Rep+1, f.Note)
 	}

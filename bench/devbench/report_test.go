@@ -58,3 +58,34 @@ func TestReport(t *testing.T) {
 		}
 	}
 }
+
+// TestDiagnostics: the guest's interrupt lines and KVM's counters become
+// rows per unit (MB, round trip), and info lines are listed once per VMM.
+func TestDiagnostics(t *testing.T) {
+	units := phaseUnits()
+	var rs []result
+	rs = append(rs, guestIRQs("govmm-vhost", "vsock LOC=400 virtio2-event=0 virtio2-rx=200", units)...)
+	a := kvmSnap{n: map[string]int64{"exits": 1000, "io_exits": 10}}
+	b := kvmSnap{n: map[string]int64{"exits": 1000 + 3*rtts, "io_exits": 10 + rtts}}
+	rs = append(rs, kvmDelta("qemu-vhost", "vsock", a, b, units["vsock"])...)
+	for rep := range 2 {
+		rs = append(rs, result{VMM: "qemu-vhost", Rep: rep, Key: "info clocksource kvm-clock"})
+	}
+	var sb strings.Builder
+	report(&sb, rs, &config{runs: 1, cpus: 1, columns: []string{"govmm-vhost", "qemu-vhost"}}, "go run ./bench/devbench", 0)
+	out := sb.String()
+	for _, want := range []string{
+		"| irq vsock LOC | 2.00 | - |",
+		"| irq vsock virtio2-rx | 1.00 | - |",
+		"| kvm vsock exits | - | 3.00 |",
+		"| kvm vsock io_exits | - | 1.00 |",
+		"What the guest saw under qemu-vhost:\n  clocksource kvm-clock\n\n",
+	} {
+		if !strings.Contains(out+"\n", want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "virtio2-event") {
+		t.Errorf("a counter that stayed 0 everywhere has a row:\n%s", out)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,12 +172,62 @@ func virtioInterrupts() int64 {
 	return sum
 }
 
+// interrupts reads /proc/interrupts: each line's total over the CPUs, by
+// its name (the last field for a device's line, such as virtio1-input.0;
+// the first, such as LOC or CAL, for the CPU's own).
+func interrupts() map[string]int64 {
+	b, err := os.ReadFile("/proc/interrupts")
+	if err != nil {
+		return nil
+	}
+	m := map[string]int64{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		var sum int64
+		counts := 0
+		for _, x := range f[1:] {
+			n, err := strconv.ParseInt(x, 10, 64)
+			if err != nil {
+				break
+			}
+			sum += n
+			counts++
+		}
+		name := strings.TrimSuffix(f[0], ":")
+		if _, err := strconv.Atoi(name); err == nil && len(f) > counts+1 {
+			name = f[len(f)-1]
+		}
+		m[name] += sum
+	}
+	return m
+}
+
+// printInterrupts prints the lines of /proc/interrupts that counted since
+// before, as "devbench: irq PHASE NAME=COUNT ...".
+func printInterrupts(phase string, before map[string]int64) {
+	var parts []string
+	for name, n := range interrupts() {
+		if d := n - before[name]; d != 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", name, d))
+		}
+	}
+	slices.Sort(parts)
+	fmt.Printf("devbench: irq %s %s\n", phase, strings.Join(parts, " "))
+}
+
 func netBench(host string, n int) error {
 	chunk := make([]byte, 64<<10)
 	for i := range chunk {
 		chunk[i] = byte(i)
 	}
 	// Guest to host: the host's "ok" after the last byte ends the clock.
+	// The "mark" lines tell the host when a phase starts, so it can take
+	// KVM's exit counters around it.
+	fmt.Println("devbench: mark net-g2h")
+	irqs := interrupts()
 	start := time.Now()
 	c, err := net.DialTimeout("tcp4", net.JoinHostPort(host, "5001"), 30*time.Second)
 	if err != nil {
@@ -194,11 +245,14 @@ func netBench(host string, n int) error {
 		return fmt.Errorf("the host's answer %q: %v", ack, err)
 	}
 	fmt.Printf("devbench: net-g2h-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
+	printInterrupts("net-g2h", irqs)
 
 	// Host to guest, to EOF; and how many packets the driver dropped
 	// for buffers it could not find (a device that publishes a packet's
 	// buffers one at a time loses packets so).
 	lenErrs := rxLengthErrors()
+	fmt.Println("devbench: mark net-h2g")
+	irqs = interrupts()
 	start = time.Now()
 	c, err = net.DialTimeout("tcp4", net.JoinHostPort(host, "5002"), 30*time.Second)
 	if err != nil {
@@ -210,6 +264,7 @@ func netBench(host string, n int) error {
 		return fmt.Errorf("received %d of %d bytes: %v", got, n, err)
 	}
 	fmt.Printf("devbench: net-h2g-mbs %.1f\n", float64(n)/time.Since(start).Seconds()/1e6)
+	printInterrupts("net-h2g", irqs)
 	fmt.Printf("devbench: net-h2g-rx-length-errors %d\n", rxLengthErrors()-lenErrs)
 	return nil
 }
@@ -243,9 +298,11 @@ func vsockEcho(port uint32) error {
 	unix.Close(fd)
 	c := os.NewFile(uintptr(cfd), "vsock")
 	defer c.Close()
+	irqs := interrupts()
 	if _, err := io.Copy(c, c); err != nil {
 		return fmt.Errorf("vsock echo: %v", err)
 	}
+	printInterrupts("vsock", irqs)
 	fmt.Println("devbench: vsock done")
 	return nil
 }
