@@ -67,7 +67,9 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 		vals[r.VMM][r.Key] = append(vals[r.VMM][r.Key], r.Value)
 	}
 	vmms := cfg.vmms()
-	if len(vmms) == 0 || vmms[0] != "govmm" {
+	// The ratios are of the first column, govmm's or (-vmms
+	// govmm-vhost,qemu-vhost) another govmm column.
+	if len(vmms) == 0 || !strings.HasPrefix(vmms[0], "govmm") {
 		vmms = append([]string{"govmm"}, slices.DeleteFunc(slices.Clone(vmms), func(v string) bool { return v == "govmm" })...)
 	}
 	fmt.Fprintf(w, "\n%s (%v; %d vCPU, %d MiB, medians of %d runs; n = runs that measured it)\n\n", command, took.Round(time.Second), cfg.cpus, memoryMiB, cfg.runs)
@@ -78,7 +80,7 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 		sep += "---|"
 	}
 	for _, v := range vmms[1:] {
-		head += " govmm/" + v + " |"
+		head += " " + vmms[0] + "/" + v + " |"
 		sep += "---|"
 	}
 	fmt.Fprintln(w, head+" target met |")
@@ -96,7 +98,7 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 			}
 		}
 		met := []string{}
-		g := vals["govmm"][m.key]
+		g := vals[vmms[0]][m.key]
 		for _, v := range vmms[1:] {
 			q := vals[v][m.key]
 			if len(g) == 0 || len(q) == 0 || median(q) == 0 {

@@ -89,3 +89,14 @@ func TestDiagnostics(t *testing.T) {
 		t.Errorf("a counter that stayed 0 everywhere has a row:\n%s", out)
 	}
 }
+
+// TestReportBase: without a govmm column, the first govmm column is
+// what the ratios are of.
+func TestReportBase(t *testing.T) {
+	rs := []result{{VMM: "govmm-vhost", Key: "net-h2g-mbs", Value: 30}, {VMM: "qemu-vhost", Key: "net-h2g-mbs", Value: 40}}
+	var b strings.Builder
+	report(&b, rs, &config{runs: 1, cpus: 1, columns: []string{"govmm-vhost", "qemu-vhost"}}, "go run ./bench/devbench", 0)
+	if want := "| virtio-net TCP host to guest (MB/s) | 30.0 (n=1) | 40.0 (n=1) | 0.75x | qemu-vhost: no |"; !strings.Contains(b.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, b.String())
+	}
+}
