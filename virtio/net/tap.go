@@ -33,7 +33,15 @@ type tap struct {
 // IFF_MULTI_QUEUE mode, with one file per queue and queues 1.. detached
 // (the driver enables them). The files are non-blocking and served by
 // Go's poller, so Close ends a Read in progress.
-func openTap(name string, queues int) (*tap, error) {
+func openTap(name string, queues int) (*tap, error) { return openTapFor(name, queues, true) }
+
+// openTapFor is openTap; with polled false the files are blocking and
+// stay out of Go's poller, for a TAP that only the kernel's vhost-net
+// reads and writes: Go's poller is edge-triggered epoll, and a TAP in it
+// would wake a VMM thread for each packet the host queues towards the
+// guest (and as transmitted packets free the TAP's send buffer), taking
+// CPU from the vCPU and the vhost worker that move the packets.
+func openTapFor(name string, queues int, polled bool) (*tap, error) {
 	if len(name) >= unix.IFNAMSIZ || name == "" {
 		return nil, fmt.Errorf("tap %q: a name of 1..%d bytes", name, unix.IFNAMSIZ-1)
 	}
@@ -41,7 +49,11 @@ func openTap(name string, queues int) (*tap, error) {
 	for i := range queues {
 		// The ioctls come first: a TUN file is pollable only once it
 		// is attached, and os.NewFile registers it with the poller.
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		flags := unix.O_RDWR | unix.O_CLOEXEC
+		if polled {
+			flags |= unix.O_NONBLOCK
+		}
+		fd, err := unix.Open("/dev/net/tun", flags, 0)
 		if err != nil {
 			t.close()
 			return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)

@@ -80,7 +80,8 @@ func OpenVhost(c Config, path string, ram []vhost.Region, log *slog.Logger) (*Vh
 		}
 		bes = append(bes, be)
 	}
-	t, err := openTap(c.Tap, c.Queues)
+	// vhost-net moves the packets: the TAP stays out of Go's poller.
+	t, err := openTapFor(c.Tap, c.Queues, false)
 	if err != nil {
 		for _, b := range bes {
 			b.Close()
