@@ -178,8 +178,8 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions (medians are reported)")
 	cpus := flag.Int("cpus", 1, "vCPUs of every guest")
 	kernel := flag.String("kernel", os.Getenv("GOVMM_LINUX_KERNEL"), "Linux bzImage (default: the one .ci/run caches)")
-	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary), govmm-vhost (govmm with --vsock cid=N and --net ...,vhost=on: the kernel's vhost-vsock and vhost-net, like qemu-vhost; its boot is govmm's), qemu-uring (qemu with aio=io_uring on its disk instead of its thread pool)")
-	alt := flag.String("govmm-alt", "", "another static govmm binary, run as the column govmm-alt with govmm's arguments (to compare two builds pair by pair)")
+	vmms := flag.String("vmms", "govmm,qemu,qemu-vhost", "columns, in order: govmm, qemu (its TAP with vhost=off, its default), qemu-vhost (vhost=on: the kernel's vhost-net), govmm-alt (-govmm-alt's binary), govmm-vhost (govmm with --vsock cid=N and --net ...,vhost=on: the kernel's vhost-vsock and vhost-net, like qemu-vhost; its boot is govmm's), govmm-vhost-alt (-govmm-alt's binary with govmm-vhost's arguments), qemu-uring (qemu with aio=io_uring on its disk instead of its thread pool)")
+	alt := flag.String("govmm-alt", "", "another static govmm binary, run as the column govmm-alt with govmm's arguments and govmm-vhost-alt with govmm-vhost's (to compare two builds pair by pair)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one guest's run")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
@@ -187,13 +187,13 @@ func main() {
 	flag.Parse()
 	cfg := &config{runs: *runs, from: *from, cpus: *cpus, timeout: *timeout, kernel: *kernel}
 	for _, v := range strings.Split(*vmms, ",") {
-		if !slices.Contains([]string{"govmm", "qemu", "qemu-vhost", "govmm-alt", "govmm-vhost", "qemu-uring"}, v) {
+		if !slices.Contains([]string{"govmm", "qemu", "qemu-vhost", "govmm-alt", "govmm-vhost", "govmm-vhost-alt", "qemu-uring"}, v) {
 			fail("-vmms: unknown column %q", v)
 		}
 		cfg.columns = append(cfg.columns, v)
 	}
-	if slices.Contains(cfg.columns, "govmm-alt") != (*alt != "") {
-		fail("-govmm-alt and the column govmm-alt go together")
+	if (slices.Contains(cfg.columns, "govmm-alt") || slices.Contains(cfg.columns, "govmm-vhost-alt")) != (*alt != "") {
+		fail("-govmm-alt and a column govmm-alt or govmm-vhost-alt go together")
 	}
 	cfg.alt = *alt
 	if cfg.kernel == "" {
@@ -448,9 +448,9 @@ const cmdline = "console=ttyS0 panic=-1 quiet"
 // (vsockSock "") or with the network and vsock too.
 func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 	cl := strings.TrimSpace(cmdline + " " + extra)
-	if vmm == "govmm" || vmm == "govmm-alt" || vmm == "govmm-vhost" {
+	if strings.HasPrefix(vmm, "govmm") {
 		bin := cfg.govmm
-		if vmm == "govmm-alt" {
+		if strings.HasSuffix(vmm, "-alt") {
 			bin = cfg.alt
 		}
 		args := []string{bin, "run", "--kernel", cfg.kernel, "--initrd", cfg.initrd, "--cmdline", cl,
@@ -458,7 +458,7 @@ func command(cfg *config, vmm, disk, vsockSock string, extra string) []string {
 		if vsockSock != "" {
 			vs := fmt.Sprintf("cid=%d,socket=%s", guestCID, vsockSock)
 			nf := "tap=" + tap + ",mac=" + guestMAC
-			if vmm == "govmm-vhost" {
+			if isVhost(vmm) {
 				// The kernel's vhost-vsock and vhost-net, as qemu-vhost.
 				vs = fmt.Sprintf("cid=%d", guestCID)
 				nf += ",vhost=on"
@@ -699,13 +699,17 @@ func serveTCP(ctx context.Context) (func(), error) {
 	return func() { sink.Close(); source.Close() }, nil
 }
 
+// isVhost reports whether a govmm column runs with the kernel's
+// vhost-vsock and vhost-net.
+func isVhost(vmm string) bool { return vmm == "govmm-vhost" || vmm == "govmm-vhost-alt" }
+
 // vsockRTT connects to the guest's echo (govmm: its Unix socket and
 // CONNECT; QEMU and govmm-vhost: AF_VSOCK to the guest's CID through
 // vhost-vsock) and
 // returns the median of rtts round trips of 64 bytes, in microseconds.
 func vsockRTT(vmm, sock string) (float64, error) {
 	var c io.ReadWriteCloser
-	if strings.HasPrefix(vmm, "govmm") && vmm != "govmm-vhost" {
+	if strings.HasPrefix(vmm, "govmm") && !isVhost(vmm) {
 		u, err := net.DialTimeout("unix", sock, 10*time.Second)
 		if err != nil {
 			return 0, err

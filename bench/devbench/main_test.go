@@ -24,3 +24,16 @@ func TestCommandColumns(t *testing.T) {
 		t.Errorf("netdevs: qemu %q, qemu-uring %q, qemu-vhost %q", netdev(q), netdev(u), netdev(v))
 	}
 }
+
+// TestCommandAltVhost: govmm-vhost-alt is -govmm-alt's binary with
+// govmm-vhost's arguments.
+func TestCommandAltVhost(t *testing.T) {
+	cfg := &config{govmm: "govmm", alt: "govmm-old", kernel: "k", initrd: "i", cpus: 1}
+	v, a := command(cfg, "govmm-vhost", "d.img", "v.sock", ""), command(cfg, "govmm-vhost-alt", "d.img", "v.sock", "")
+	if v[0] != "govmm" || a[0] != "govmm-old" || !slices.Equal(v[1:], a[1:]) {
+		t.Errorf("govmm-vhost %q, govmm-vhost-alt %q", v, a)
+	}
+	if !strings.Contains(strings.Join(a, " "), "vhost=on") || !slices.Contains(a, "cid=3") {
+		t.Errorf("govmm-vhost-alt without vhost: %q", a)
+	}
+}
