@@ -57,9 +57,9 @@ func fdtHost(t testing.TB) string {
 		fdtHostBin = filepath.Join(dir, "fdthost")
 		args := []string{"-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-builtin",
 			"-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror", "-o", fdtHostBin,
-			"arm64probe/fdt_host.c", "arm64probe/fdt.c", "arm64probe/lib.c"}
+			"arm64probe/fdt_host.c", "arm64probe/fdt.c", "arm64probe/lib.c", "lib/string.c"}
 		// The probe's own libc-named helpers, renamed away from the host's.
-		for _, f := range []string{"memset", "memcpy", "memcmp", "strlen", "strcmp", "strncmp", "vsnprintf", "snprintf", "printf"} {
+		for _, f := range []string{"memset", "memcpy", "memmove", "memcmp", "strlen", "strcmp", "strncmp", "vsnprintf", "snprintf", "printf"} {
 			args = append(args, "-D"+f+"=probe_"+f)
 		}
 		if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {

@@ -12,9 +12,14 @@ ARM64_CFLAGS := -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter $(ARM64_FLAGS
 ARM64_LDFLAGS := -nostdlib -static -Wl,-pie -Wl,--no-dynamic-linker -Wl,-z,text -Wl,--build-id=none \
 	-Wl,-z,max-page-size=0x1000 -Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -Wl,-T,arm64probe/linker.ld
 
-ARM64PROBE_OBJS := $(addprefix $(BUILD)/arm64probe/,start.o main.o fdt.o lib.o report.o tui.o)
+ARM64PROBE_OBJS := $(addprefix $(BUILD)/arm64probe/,start.o main.o fdt.o lib.o report.o tui.o string.o)
 
 $(BUILD)/arm64probe/%.o: arm64probe/%.c arm64probe/probe.h
+	@mkdir -p $(@D)
+	$(ARM64_CC) $(ARM64_CFLAGS) -c $< -o $@
+
+# The x86-64 guests' string functions, built for arm64.
+$(BUILD)/arm64probe/string.o: lib/string.c lib/string.h
 	@mkdir -p $(@D)
 	$(ARM64_CC) $(ARM64_CFLAGS) -c $< -o $@
 

@@ -1,5 +1,5 @@
-/* fdt_host.c: runs the probe's device-tree reader (fdt.c, with lib.c's
- * string functions) on the build host, for guests_test.go: it reads a
+/* fdt_host.c: runs the probe's device-tree reader (fdt.c, with the string
+ * functions of ../lib/string.c) on the build host, for guests_test.go: it reads a
  * DTB from stdin into a buffer of exactly its length and prints what
  * fdt_parse found as key=value lines. Built with the host's gcc and
  * AddressSanitizer, so a read outside the input fails the run. The

@@ -1,59 +1,8 @@
-/* lib.c: freestanding helpers of the arm64 probe: string functions, a
- * small vsnprintf (%d %u %x %s %c with 0, -, width and l/ll), and the
- * PL011 console whose address the device tree gives. */
+/* lib.c: freestanding helpers of the arm64 probe (its string functions
+ * and parse_u64 are ../lib/string.c, the x86-64 guests' own): a small
+ * vsnprintf (%d %u %x %s %c with 0, -, width and l/ll), and the PL011
+ * console whose address the device tree gives. */
 #include "probe.h"
-
-void *memset(void *d, int c, size_t n)
-{
-	unsigned char *p = d;
-	while (n--)
-		*p++ = (unsigned char)c;
-	return d;
-}
-
-void *memcpy(void *d, const void *s, size_t n)
-{
-	unsigned char *p = d;
-	const unsigned char *q = s;
-	while (n--)
-		*p++ = *q++;
-	return d;
-}
-
-int memcmp(const void *a, const void *b, size_t n)
-{
-	const unsigned char *p = a, *q = b;
-	for (; n; n--, p++, q++)
-		if (*p != *q)
-			return *p - *q;
-	return 0;
-}
-
-size_t strlen(const char *s)
-{
-	size_t n = 0;
-	while (s[n])
-		n++;
-	return n;
-}
-
-int strcmp(const char *a, const char *b)
-{
-	while (*a && *a == *b)
-		a++, b++;
-	return (unsigned char)*a - (unsigned char)*b;
-}
-
-int strncmp(const char *a, const char *b, size_t n)
-{
-	for (; n; n--, a++, b++) {
-		if (*a != *b)
-			return (unsigned char)*a - (unsigned char)*b;
-		if (!*a)
-			return 0;
-	}
-	return 0;
-}
 
 struct out {
 	char *buf;
@@ -207,29 +156,6 @@ int uart_getc(void)
 	if (!uart || (rd32(uart + UART_FR) & FR_RXFE))
 		return -1;
 	return rd32(uart + UART_DR) & 0xff;
-}
-
-/* parse_u64: decimal, or hex with 0x; *ok = 0 on anything else. */
-uint64_t parse_u64(const char *s, int *ok)
-{
-	uint64_t v = 0;
-	int base = 10, any = 0;
-	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-		base = 16, s += 2;
-	for (; *s; s++, any = 1) {
-		int d;
-		if (*s >= '0' && *s <= '9')
-			d = *s - '0';
-		else if (base == 16 && *s >= 'a' && *s <= 'f')
-			d = *s - 'a' + 10;
-		else if (base == 16 && *s >= 'A' && *s <= 'F')
-			d = *s - 'A' + 10;
-		else
-			break;
-		v = v * base + d;
-	}
-	*ok = any && !*s;
-	return v;
 }
 
 /* has_word: whether the space-separated list holds word w. */

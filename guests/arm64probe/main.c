@@ -485,11 +485,10 @@ static void mem_check(void)
 static uint64_t opt_u64(const char *key, uint64_t def, uint64_t lo, uint64_t hi)
 {
 	char v[24];
-	int ok;
+	uint64_t x;
 	if (!fdt_bootarg(P.fdt.bootargs, key, v, sizeof(v)))
 		return def;
-	uint64_t x = parse_u64(v, &ok);
-	if (!ok || x < lo || x > hi) {
+	if (!parse_u64(v, &x) || x < lo || x > hi) {
 		printf("arm64probe: %s=%s is not a number in %lu..%lu: using %lu\n", key, v, lo, hi, def);
 		return def;
 	}

@@ -25,15 +25,10 @@ static inline void wr32(uint64_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
 static inline uint64_t rd64(uint64_t a) { return *(volatile uint64_t *)a; }
 static inline void wr64(uint64_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
 
-/* lib.c (fdt_host.c, which runs fdt.c on the build host, defines
- * PROBE_HOST and uses the host libc instead) */
+/* lib.c and ../lib/string.c (fdt_host.c, which runs fdt.c on the build
+ * host, defines PROBE_HOST and uses the host libc instead) */
 #ifndef PROBE_HOST
-void *memset(void *d, int c, size_t n);
-void *memcpy(void *d, const void *s, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
-size_t strlen(const char *s);
-int strcmp(const char *a, const char *b);
-int strncmp(const char *a, const char *b, size_t n);
+#include "../lib/string.h"
 int vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(__printf__, 3, 4)));
 void uart_init(uint64_t base);
@@ -41,7 +36,6 @@ void putc_raw(char c);
 void puts_raw(const char *s);
 void printf(const char *fmt, ...) __attribute__((format(__printf__, 1, 2)));
 int uart_getc(void); /* -1 when nothing waits */
-uint64_t parse_u64(const char *s, int *ok);
 int has_word(const char *list, const char *w);
 #endif
 

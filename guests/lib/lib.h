@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "asm.h"
+#include "string.h"
 
 #define NORETURN __attribute__((noreturn))
 #define PRINTF_LIKE(a, b) __attribute__((format(printf, a, b)))
@@ -80,18 +81,7 @@ static inline uint32_t mmio_read32(uint64_t a) { return *(volatile uint32_t *)a;
 static inline void mmio_write32(uint64_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
 static inline int cpl(void) { uint16_t cs; __asm__ volatile("mov %%cs, %0" : "=r"(cs)); return cs & 3; }
 
-/* ---- Strings (freestanding). ---- */
-void *memset(void *d, int c, size_t n);
-void *memcpy(void *d, const void *s, size_t n);
-void *memmove(void *d, const void *s, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
-size_t strlen(const char *s);
-int strcmp(const char *a, const char *b);
-int strncmp(const char *a, const char *b, size_t n);
-char *strncpy_z(char *d, const char *s, size_t n); /* always NUL-terminates */
-/* parse_u64: decimal, or hex with 0x; returns false on junk or overflow. */
-bool parse_u64(const char *s, uint64_t *out);
-bool parse_hex(const char *s, uint64_t *out); /* hex with or without 0x */
+/* Strings and numbers: string.h. */
 
 /* ---- Spinlocks. ---- */
 typedef struct { volatile uint32_t v; } spinlock_t;

@@ -75,3 +75,15 @@ int smp_start(void (*ap_main)(uint32_t index))
 	}
 	return cpus_started;
 }
+
+void spin_lock(spinlock_t *l)
+{
+	while (__atomic_exchange_n(&l->v, 1, __ATOMIC_ACQUIRE))
+		while (l->v)
+			pause();
+}
+
+void spin_unlock(spinlock_t *l)
+{
+	__atomic_store_n(&l->v, 0, __ATOMIC_RELEASE);
+}
