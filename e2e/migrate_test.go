@@ -269,7 +269,10 @@ func TestLiveMigration(t *testing.T) {
 				dir := t.TempDir()
 				sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
 				s := memwriter(t, src, sock)
-				d := start(t, append(append([]string{"migrate", "receive"}, dst...), "--listen", "unix:"+mig)...)
+				// A control socket on the destination: a guest that does not
+				// answer the key after the move shows its vCPUs (proc.vcpus).
+				d := start(t, append(append([]string{"migrate", "receive"}, dst...), "--listen", "unix:"+mig,
+					"--api-socket", filepath.Join(dir, "dst.sock"))...)
 				waitPath(t, mig)
 				migrateLive(t, sock, mig, s, d)
 				verify(t, d)
