@@ -344,14 +344,23 @@ func balloonReporting(t *testing.T, acc []string, kernel, initrd string) {
 // vmRSS is the resident set size of process pid, in bytes.
 func vmRSS(t *testing.T, pid int) uint64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := procRSS(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rss
+}
+
+// procRSS reads VmRSS from /proc/PID/status, in bytes.
+func procRSS(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
 	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
 	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+		return 0, fmt.Errorf("/proc/%d/status: no VmRSS (the process has exited?)", pid)
 	}
 	kb, _ := strconv.ParseUint(string(m[1]), 10, 64)
-	return kb << 10
+	return kb << 10, nil
 }

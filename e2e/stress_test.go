@@ -17,10 +17,8 @@
 package e2e
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -143,7 +141,7 @@ func stressGuest(t *testing.T, acc []string, bits int) {
 				return
 			case <-time.After(200 * time.Millisecond):
 			}
-			rss, err := vmRSS(p.cmd.Process.Pid)
+			rss, err := procRSS(p.cmd.Process.Pid)
 			if err != nil {
 				continue // the VMM has exited
 			}
@@ -227,23 +225,3 @@ func stressGuest(t *testing.T, acc []string, bits int) {
 }
 
 func mb(b uint64) float64 { return float64(b) / (1 << 20) }
-
-// vmRSS reads VmRSS from /proc/PID/status, in bytes.
-func vmRSS(pid int) (uint64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/status: VmRSS %q: %w", pid, v, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS (the process has exited?)", pid)
-}
