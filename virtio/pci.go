@@ -215,11 +215,7 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 	t.fn.OnWrite = t.configWritten
 	t.fn.OnRead = t.configRead
 	var err error
-	vectors := len(qmax) + 1
-	if vc, ok := dev.(MSIXVectorCounter); ok {
-		vectors = min(max(vc.MSIXVectors(), 2), vectors)
-	}
-	t.msix, err = pci.NewMSIX(t.fn, pci.MSIXConfig{Vectors: vectors, BAR: 0,
+	t.msix, err = pci.NewMSIX(t.fn, pci.MSIXConfig{Vectors: len(qmax) + 1, BAR: 0,
 		TableOffset: msixTableOff, PBAOffset: msixPBAOff, Router: c.Router, Log: t.log})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)

@@ -45,13 +45,6 @@ const (
 const NoVector = 0xffff
 
 // Device is one virtio device behind a transport.
-// MSIXVectorCounter is a Device that asks for fewer MSI-X vectors than
-// one per queue and one for the configuration (at least 2): Linux's
-// driver then shares one vector among all the queues.
-type MSIXVectorCounter interface {
-	MSIXVectors() int
-}
-
 type Device interface {
 	// Type is the virtio device ID.
 	Type() uint16

@@ -74,18 +74,6 @@ func (d *Vhost) Type() uint16       { return virtio.IDVsock }
 func (d *Vhost) Name() string       { return "virtio-vsock" }
 func (d *Vhost) QueueMax() []uint16 { return []uint16{QueueSize, QueueSize, QueueSize} }
 
-// MSIXVectors is 3 for the 3 queues, as QEMU's vhost-vsock-pci has:
-// short of one vector per queue and one for the configuration, Linux's
-// driver shares one vector among the queues, so the kernel's interrupt
-// for the echo it sent and the one for the next packet it receives fall
-// on one vector (with one vector per queue the guest took an interrupt
-// for each and halted between them: devbench measured 0.84 halts and 2.09
-// interrupts per 64-byte round trip, against QEMU's 0.16 and 1.64, and
-// 1.22x QEMU's round trip; 0.26, 1.96 and 0.99x with the shared vector).
-// A snapshot of a vhost-vsock device taken with 4 vectors does not restore
-// (the MSI-X restore refuses the table size).
-func (d *Vhost) MSIXVectors() int { return 3 }
-
 // Features offers SEQPACKET where the kernel serves it.
 func (d *Vhost) Features() uint64 { return d.be.Features() & fSeqpacket }
 

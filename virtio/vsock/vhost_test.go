@@ -128,14 +128,3 @@ func TestVhostTransportReset(t *testing.T) {
 		t.Error("a reset asked before the event buffer came was not sent with it")
 	}
 }
-
-// TestVhostSharedVector: vhost-vsock asks for 3 MSI-X vectors for its 3
-// queues (QEMU's vhost-vsock-pci has 3), so Linux's driver shares one
-// vector among them.
-func TestVhostSharedVector(t *testing.T) {
-	var d virtio.Device = &Vhost{}
-	vc, ok := d.(virtio.MSIXVectorCounter)
-	if !ok || vc.MSIXVectors() != 3 {
-		t.Fatalf("vhost-vsock's MSI-X vectors: counter %v", ok)
-	}
-}
