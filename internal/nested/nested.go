@@ -689,11 +689,8 @@ func consoleExcerpt(path string) string {
 	// Of the heartbeats, the last alone says something: L1's uptime
 	// when its init last ran.
 	last := ""
-	for _, l := range slices.Backward(lines) {
-		if strings.Contains(l, heartbeatMark) {
-			last = l
-			break
-		}
+	if i := lastIndexFunc(lines, func(l string) bool { return strings.Contains(l, heartbeatMark) }); i >= 0 {
+		last = lines[i]
 	}
 	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, heartbeatMark) && l != last })
 	const end, oops, stall = 40, 40, 200
@@ -721,6 +718,8 @@ func consoleExcerpt(path string) string {
 	return strings.Join(append(parts, strings.Join(lines[tail:], "\n")), "\n[...]\n")
 }
 
+// lastIndexFunc is slices.IndexFunc from the end: the last i with f(s[i]),
+// or -1.
 func lastIndexFunc[S ~[]E, E any](s S, f func(E) bool) int {
 	for i := len(s) - 1; i >= 0; i-- {
 		if f(s[i]) {

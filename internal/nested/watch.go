@@ -55,8 +55,7 @@ var stallDumps = []int{240, 540}
 // command's output device: a write to a tty updates its inode's mtime (to
 // 8 s), which is how the loop sees the command's silence.
 func heartbeatScript(out string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `nested_stall() {
+	return fmt.Sprintf(`nested_stall() {
 	{
 	echo "%[1]s: the command printed nothing for $1 s; load $(cut -d' ' -f1-3 /proc/loadavg), $(grep MemAvailable /proc/meminfo | tr -s ' '); kernel stacks of govmm's threads and of tasks in D state:"
 	for t in /proc/[0-9]*/task/[0-9]*; do
@@ -81,7 +80,6 @@ while :; do
 	sleep %[5]d
 done) &
 `, stallMark, heartbeatMark, out, strings.Trim(fmt.Sprint(stallDumps), "[]"), int(heartbeatInterval/time.Second))
-	return b.String()
 }
 
 // consoleWatch reads L1's console as it grows and says when L1 is dead
