@@ -157,19 +157,27 @@ func virtioInterrupts() int64 {
 	}
 	var sum int64
 	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.Contains(line, "virtio") {
-			continue
-		}
-		f := strings.Fields(line)
-		for _, x := range f[1:] {
-			n, err := strconv.ParseInt(x, 10, 64)
-			if err != nil {
-				break
-			}
+		if strings.Contains(line, "virtio") {
+			n, _ := lineCounts(strings.Fields(line))
 			sum += n
 		}
 	}
 	return sum
+}
+
+// lineCounts sums the per-CPU counts of a /proc/interrupts line split into
+// fields f (the counts follow the "NAME:" field), and says how many there
+// were.
+func lineCounts(f []string) (sum int64, counts int) {
+	for _, x := range f[1:] {
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err != nil {
+			break
+		}
+		sum += n
+		counts++
+	}
+	return sum, counts
 }
 
 // interrupts reads /proc/interrupts: each line's total over the CPUs, by
@@ -186,16 +194,7 @@ func interrupts() map[string]int64 {
 		if len(f) < 2 {
 			continue
 		}
-		var sum int64
-		counts := 0
-		for _, x := range f[1:] {
-			n, err := strconv.ParseInt(x, 10, 64)
-			if err != nil {
-				break
-			}
-			sum += n
-			counts++
-		}
+		sum, counts := lineCounts(f)
 		name := strings.TrimSuffix(f[0], ":")
 		if _, err := strconv.Atoi(name); err == nil && len(f) > counts+1 {
 			name = f[len(f)-1]
