@@ -351,13 +351,15 @@ func vmRSS(t *testing.T, pid int) uint64 {
 	return rss
 }
 
+var vmRSSLine = regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`)
+
 // procRSS reads VmRSS from /proc/PID/status, in bytes.
 func procRSS(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
-	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	m := vmRSSLine.FindSubmatch(b)
 	if m == nil {
 		return 0, fmt.Errorf("/proc/%d/status: no VmRSS (the process has exited?)", pid)
 	}
