@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"govmm/guests"
+	"govmm/internal/hangreport"
 	"govmm/internal/kvmtest"
 	"govmm/internal/nested"
 )
@@ -90,10 +91,16 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	// On the timeout, SIGQUIT first: Go prints every goroutine, and where
-	// the vCPU threads wait (in KVM_RUN or in the VMM) is what tells a
-	// hung guest from a hung VMM.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	// On the timeout, the kernel's view of the threads (hangreport: in
+	// L1, where KVM runs, whether a vCPU spins, halts or never re-enters,
+	// and at which RIP), then SIGQUIT: Go prints every goroutine, and
+	// where the vCPU threads wait (in KVM_RUN or in the VMM) is what
+	// tells a hung guest from a hung VMM. Wait returns after Cancel did.
+	var hang string
+	cmd.Cancel = func() error {
+		hang = hangreport.Report(cmd.Process.Pid)
+		return cmd.Process.Signal(syscall.SIGQUIT)
+	}
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -101,7 +108,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	err := cmd.Run()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
 	if ctx.Err() != nil {
-		t.Fatalf("govmm %s: timed out after %v (its goroutines, dumped on SIGQUIT, are in its stderr)\n%s", strings.Join(args, " "), runTimeout, res)
+		t.Fatalf("govmm %s: timed out after %v (its goroutines, dumped on SIGQUIT, are in its stderr)\n%s\n--- %s", strings.Join(args, " "), runTimeout, res, hang)
 	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		res.Code = ee.ExitCode()

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"govmm/internal/hangreport"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
 )
@@ -103,14 +104,7 @@ func (p *proc) waitFor(s string, d time.Duration) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	// Where the vCPUs are and where the threads wait tell a hung VMM
-	// from a quiet guest (see exit).
-	vcpus := p.vcpus()
-	p.cmd.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
+	vcpus := p.quit()
 	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s", strings.Join(p.cmd.Args, " "), s, d, p.output(), vcpus)
 }
 
@@ -132,6 +126,23 @@ func (p *proc) vcpus() string {
 		return ""
 	}
 	return linuxguest.InspectVCPUs(binary, sock, "the guest's vCPUs")
+}
+
+// quit ends a process the test gave up on, and returns what tells a hung
+// VMM from a quiet guest, gathered before the process goes: the kernel's
+// view of its threads (hangreport: whether a vCPU thread spins in the
+// guest, halts or never re-enters, and at which RIP), then the vCPUs as
+// govmm sees them (vcpus; this pauses the VM). Its SIGQUIT makes Go dump
+// every goroutine into the output: whether the vCPUs sat in KVM_RUN (the
+// guest, or the substrate under it) or waited in the VMM.
+func (p *proc) quit() string {
+	diag := "\n--- " + hangreport.Report(p.cmd.Process.Pid) + p.vcpus()
+	p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+	return diag
 }
 
 // errStalled is waitProgress's error for a process that printed nothing
@@ -157,14 +168,7 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 		if len(out) != lastLen {
 			lastLen, quietPolls = len(out), 0
 		} else if quietPolls++; time.Duration(quietPolls)*poll >= quiet {
-			// The goroutine dump says whether the vCPUs sat in KVM_RUN
-			// (the guest, or the substrate under it) or waited in the VMM.
-			vcpus := p.vcpus()
-			p.cmd.Process.Signal(syscall.SIGQUIT)
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-			}
+			vcpus := p.quit()
 			return fmt.Errorf("%w for %v while waiting for %q; the output, with the goroutine dump SIGQUIT asked for:\n%s%s", errStalled, quiet, s, p.output(), vcpus)
 		}
 		select {
@@ -190,15 +194,7 @@ func (p *proc) exit(d time.Duration) int {
 	select {
 	case <-p.done:
 	case <-time.After(d):
-		// A Go process dumps its goroutines on SIGQUIT: where the vCPU
-		// and device threads wait is what tells a hung VMM from a
-		// guest that does nothing.
-		vcpus := p.vcpus()
-		p.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-		}
+		vcpus := p.quit()
 		p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
 			strings.Join(p.cmd.Args, " "), d, p.output(), vcpus)
 	}

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"govmm/internal/hangreport"
 	"govmm/internal/initramfs"
 	"govmm/internal/nested"
 )
@@ -249,7 +250,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	}
 	cmdline = strings.TrimSpace(cmdline + " " + b.Cmdline)
 	var cmd *exec.Cmd
-	var vcpus string // govmm info --vcpus, asked for when the boot is cut short
+	var vcpus string // the hang report and govmm info --vcpus, when the boot is cut short
 	if b.QEMU != "" {
 		cmd = exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "kvm", "-cpu", cmp.Or(b.QEMUCPU, "host"), "-M", b.QEMU,
 			"-smp", strconv.Itoa(b.CPUs), "-m", b.Memory, "-nographic", "-nodefaults", "-serial", "stdio",
@@ -278,8 +279,11 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		// prints every goroutine, which shows whether the vCPUs sat in
 		// KVM_RUN (the guest or the substrate) or waited in the VMM.
 		// Wait returns only after Cancel did, so vcpus is set by then.
+		// The hang report comes first: info --vcpus pauses the VM, which
+		// moves every vCPU.
 		cmd.Cancel = func() error {
-			vcpus = InspectVCPUs(b.Govmm, sock, "the guest's vCPUs when the boot was cut short")
+			vcpus = "\n--- " + hangreport.Report(cmd.Process.Pid) +
+				InspectVCPUs(b.Govmm, sock, "the guest's vCPUs when the boot was cut short")
 			return cmd.Process.Signal(syscall.SIGQUIT)
 		}
 		cmd.WaitDelay = 5 * time.Second
