@@ -80,7 +80,15 @@ const (
 // The vendor models' features beyond the psABI levels, which each vendor's
 // newer model keeps.
 var (
+	// tsc_deadline_timer: QEMU's Intel models have it from SandyBridge
+	// on, as the real CPUs do, and every accelerator govmm runs on offers
+	// it (KVM emulates it wherever KVM_CAP_TSC_DEADLINE_TIMER is there,
+	// which govmm requires; the Microsoft Hypervisor has it in its
+	// processor-feature bank 1). QEMU's EPYC models leave it out, as
+	// AMD's CPUs lack it, and so do govmm's, and the psABI levels, which
+	// describe an instruction set, not a timer.
 	skylakeServer = []string{
+		"tsc_deadline_timer",
 		"pclmulqdq", "aes", "rdrand", "pcid", "pdpe1gb", "rdtscp", "3dnowprefetch",
 		"fsgsbase", "smep", "erms", "invpcid", "rdseed", "adx", "smap", "clflushopt", "clwb",
 		"pku", "spec_ctrl", "xsaveopt", "xsavec", "xgetbv1",

@@ -207,8 +207,9 @@ func hasVirtFlag(cpuinfo string) bool {
 }
 
 // SupportedCPUID returns KVM_GET_SUPPORTED_CPUID, with KVM's paravirtual
-// leaves trimmed to what govmm offers and the timing leaf added, sorted by
-// leaf and subleaf.
+// leaves trimmed to what govmm offers, the timing leaf added and the
+// TSC-deadline timer offered where KVM emulates it (withTSCDeadline),
+// sorted by leaf and subleaf.
 func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 	for n := 64; n <= 4096; n *= 2 {
 		buf := newCPUID2(n)
@@ -219,16 +220,22 @@ func (a *Accelerator) SupportedCPUID() ([]accel.CPUIDEntry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 		}
-		out := paravirtLeaves(cpuid2Entries(buf))
-		sort.Slice(out, func(i, j int) bool {
-			if out[i].Function != out[j].Function {
-				return out[i].Function < out[j].Function
-			}
-			return out[i].Index < out[j].Index
-		})
-		return out, nil
+		return supportedFrom(cpuid2Entries(buf), checkExtension(a.fd, capTSCDeadlineTimer) > 0), nil
 	}
 	return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: more than 4096 entries")
+}
+
+// supportedFrom turns KVM_GET_SUPPORTED_CPUID's table into what govmm
+// offers (SupportedCPUID): tscDeadline is KVM_CAP_TSC_DEADLINE_TIMER.
+func supportedFrom(tab []accel.CPUIDEntry, tscDeadline bool) []accel.CPUIDEntry {
+	out := withTSCDeadline(paravirtLeaves(tab), tscDeadline)
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Function != out[j].Function {
+			return out[i].Function < out[j].Function
+		}
+		return out[i].Index < out[j].Index
+	})
+	return out
 }
 
 // newCPUID2 allocates a struct kvm_cpuid2 with room for n entries (8-byte

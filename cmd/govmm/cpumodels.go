@@ -146,9 +146,13 @@ func cmdCPUModels(args []string, stdout, stderr io.Writer) error {
 }
 
 // cpuinfoHas answers "does the CPU have this feature" from cpuinfo flags.
-// The accelerator emulates the x2APIC whatever the CPU has.
+// The accelerator emulates the x2APIC and the LAPIC timer's TSC-deadline
+// mode whatever the CPU has (AMD's CPUs have no TSC-deadline mode, and
+// KVM and the Microsoft Hypervisor offer it on them all the same).
 func cpuinfoHas(flags map[string]bool) func(string) bool {
-	return func(n string) bool { return flags[n] || flags[cpuinfoAliases[n]] || n == "x2apic" }
+	return func(n string) bool {
+		return flags[n] || flags[cpuinfoAliases[n]] || n == "x2apic" || n == "tsc_deadline_timer"
+	}
 }
 
 // readCPUInfo returns the vendor and the flags of the first processor in
