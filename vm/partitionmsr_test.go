@@ -53,3 +53,29 @@ func TestPartitionMSRLeftToVCPU0(t *testing.T) {
 		t.Errorf("vCPU 1's unused HYPERCALL, vCPU 0 without it: %v, %v", got, err)
 	}
 }
+
+// TestTSCDeadlineRefusedByName: an armed IA32_TSC_DEADLINE on a
+// destination that cannot hold it (a Microsoft Hypervisor without
+// HV_X64_REGISTER_TSC_DEADLINE) is refused naming the MSR and the
+// timer's mode; a disarmed one (0, the guest's timer in another mode)
+// restores, and a destination that lists it takes it.
+func TestTSCDeadlineRefusedByName(t *testing.T) {
+	armed := []accel.MSR{{Index: 0x277, Value: 0x0007040600070406}, {Index: msrTSCDeadline, Value: 0x1234567890}}
+	without := msrListVCPU{list: []uint32{0x277}}
+	_, err := portableMSRs(without, armed, nil)
+	if err == nil || !strings.Contains(err.Error(), "IA32_TSC_DEADLINE") || !strings.Contains(err.Error(), "-tsc_deadline_timer") {
+		t.Errorf("armed deadline on a destination without it: err %v, want a refusal naming IA32_TSC_DEADLINE", err)
+	}
+	if got, err := portableMSRs(without, []accel.MSR{{Index: msrTSCDeadline}}, nil); err != nil || len(got) != 0 {
+		t.Errorf("disarmed deadline: %v, %v; want nothing to set and no error", got, err)
+	}
+	with := msrListVCPU{list: []uint32{0x277, msrTSCDeadline}}
+	got, err := portableMSRs(with, armed, nil)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("destination with the deadline: %v, %v", got, err)
+	}
+	early, late := splitLateMSRs(got)
+	if len(early) != 1 || early[0].Index != 0x277 || len(late) != 1 || late[0] != armed[1] {
+		t.Errorf("splitLateMSRs: early %v, late %v; want the deadline alone after the LAPIC", early, late)
+	}
+}

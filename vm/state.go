@@ -461,6 +461,10 @@ func portableMSRs(c accel.VCPU, saved, bsp []accel.MSR) ([]accel.MSR, error) {
 				return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x (%s): the guest uses KVM's paravirtual interface, which this accelerator does not offer; boot a guest whose snapshots must restore elsewhere with --cpu host,-kvm",
 					m.Index, m.Value, what)
 			}
+			if m.Index == msrTSCDeadline {
+				return nil, fmt.Errorf("the saved vCPU has MSR %#x (IA32_TSC_DEADLINE) = %#x: its LAPIC timer is armed in TSC-deadline mode, and this accelerator cannot hold the deadline; boot a guest whose snapshots must restore here with --cpu ...,-tsc_deadline_timer",
+					m.Index, m.Value)
+			}
 			return nil, fmt.Errorf("the saved vCPU has MSR %#x = %#x, and this accelerator cannot hold that MSR", m.Index, m.Value)
 		}
 	}

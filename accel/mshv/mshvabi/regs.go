@@ -102,13 +102,21 @@ const (
 	// table, as hvgdk_mini.h numbers them (rust-vmm msr_to_hv_reg_name
 	// maps the MSRs to them). SSP, the current shadow-stack pointer, has
 	// no MSR.
-	RegUCET       = 0x8008C
-	RegSCET       = 0x8008D
-	RegSSP        = 0x8008E
-	RegPL0SSP     = 0x8008F // ..PL3_SSP 0x80092
-	RegISST       = 0x80093
-	RegTSCAdjust  = 0x80096
-	RegMiscEnable = 0x800A0
+	RegUCET   = 0x8008C
+	RegSCET   = 0x8008D
+	RegSSP    = 0x8008E
+	RegPL0SSP = 0x8008F // ..PL3_SSP 0x80092
+	RegISST   = 0x80093
+	// RegTSCDeadline is IA32_TSC_DEADLINE, the LAPIC timer's deadline in
+	// TSC-deadline mode: not in the Linux headers' hv_register_name (nor
+	// in rust-vmm's msr_to_hv_reg_name), but the hypervisor's register
+	// all the same: Windows' WHv API, whose x64 MSR registers are the
+	// hypervisor's 0x8xxxx names as 0x2xxx (WHvX64RegisterTscAdjust
+	// 0x2096 is HV_X64_REGISTER_TSC_ADJUST 0x80096, InterruptSspTableAddr
+	// 0x2093 is 0x80093), names it WHvX64RegisterTscDeadline 0x2095.
+	RegTSCDeadline = 0x80095
+	RegTSCAdjust   = 0x80096
+	RegMiscEnable  = 0x800A0
 
 	RegHypercall    = 0x90001
 	RegGuestOSID    = 0x90002
@@ -221,6 +229,7 @@ var msrNames = map[uint32]uint32{
 	0xD90:      RegBNDCFGS,
 	0x1D9:      RegDebugCtl,
 	0x3B:       RegTSCAdjust,
+	0x6E0:      RegTSCDeadline,
 	0x48:       RegSpecCtrl,
 	0x1A0:      RegMiscEnable,
 	0xDA0:      RegUXSS,
@@ -248,7 +257,7 @@ func MSRIndexList() []uint32 {
 	for i := uint32(0x268); i <= 0x26F; i++ {
 		l = append(l, i)
 	}
-	l = append(l, 0xC0000103, 0x1D9, 0x3B, 0x48, 0x1A0, 0xDA0, 0x6A0, 0x6A2, 0x6A4, 0x6A5, 0x6A6, 0x6A7, 0x6A8, 0x40000000, 0x40000001,
+	l = append(l, 0xC0000103, 0x1D9, 0x3B, 0x6E0, 0x48, 0x1A0, 0xDA0, 0x6A0, 0x6A2, 0x6A4, 0x6A5, 0x6A6, 0x6A7, 0x6A8, 0x40000000, 0x40000001,
 		0x40000080, 0x40000082, 0x40000083, 0x40000084, 0x40000021, 0x40000073)
 	for i := uint32(0x40000090); i <= 0x4000009F; i++ {
 		l = append(l, i)
