@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"govmm/guests"
-	"govmm/internal/hangreport"
 	"govmm/internal/kvmtest"
 	"govmm/internal/nested"
 )
@@ -98,7 +97,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	// tells a hung guest from a hung VMM. Wait returns after Cancel did.
 	var hang string
 	cmd.Cancel = func() error {
-		hang = hangreport.Report(cmd.Process.Pid)
+		hang = linuxguest.HangReport(cmd.Process.Pid)
 		return cmd.Process.Signal(syscall.SIGQUIT)
 	}
 	cmd.WaitDelay = 5 * time.Second

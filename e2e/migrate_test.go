@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"govmm/internal/hangreport"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
 )
@@ -136,7 +135,7 @@ func (p *proc) vcpus() string {
 // every goroutine into the output: whether the vCPUs sat in KVM_RUN (the
 // guest, or the substrate under it) or waited in the VMM.
 func (p *proc) quit() string {
-	diag := "\n--- " + hangreport.Report(p.cmd.Process.Pid) + p.vcpus()
+	diag := "\n--- " + linuxguest.HangReport(p.cmd.Process.Pid) + p.vcpus()
 	p.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
 	case <-p.done:
@@ -391,8 +390,10 @@ type linuxMove struct {
 }
 
 // linuxMoves are the moves the Linux migration tests make: KVM to the
-// others on --cpu x86-64-v2,-kvm (a named model is what a fleet that
-// migrates uses, #18), the others to KVM on host,-kvm, and KVM to KVM on
+// others on --cpu x86-64-v2,-kvm,+tsc_deadline_timer (a named model is
+// what a fleet that migrates uses, #18; the psABI level leaves the
+// TSC-deadline timer out, and the guest's timer in that mode is what the
+// move must carry), the others to KVM on host,-kvm, and KVM to KVM on
 // host (with kvmclock).
 func linuxMoves(t *testing.T) []linuxMove {
 	all := accels(t)
@@ -401,7 +402,7 @@ func linuxMoves(t *testing.T) []linuxMove {
 		for _, dst := range all {
 			switch {
 			case accelName(src) == "kvm" && accelName(dst) != "kvm":
-				moves = append(moves, linuxMove{src, dst, "x86-64-v2,-kvm"})
+				moves = append(moves, linuxMove{src, dst, "x86-64-v2,-kvm,+tsc_deadline_timer"})
 			case accelName(src) != accelName(dst):
 				moves = append(moves, linuxMove{src, dst, "host,-kvm"})
 			case accelName(src) == "kvm":

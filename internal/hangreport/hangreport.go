@@ -99,6 +99,7 @@ func Report(pid int) string {
 			fmt.Fprintf(&b, "kvm trace: %v\n", err)
 		} else {
 			b.WriteString(summarizeTrace(text))
+			b.WriteString(entries(text, hostCode()))
 		}
 	}
 	return b.String()
@@ -334,6 +335,129 @@ func summarizeTrace(text string) string {
 	fmt.Fprintf(&b, "  ... %d events ...\n", len(events)-traceHead-traceTail)
 	for _, l := range events[len(events)-traceTail:] {
 		fmt.Fprintf(&b, "  %s\n", l)
+	}
+	return b.String()
+}
+
+// kvmEntry matches a kvm_entry event's detail: "vcpu 0, rip 0x100190".
+var kvmEntry = regexp.MustCompile(`^vcpu (\d+), rip (0x[0-9a-f]+)`)
+
+// codeRange is a stretch of this kernel's own code: its text or a module.
+type codeRange struct {
+	name       string
+	start, end uint64
+}
+
+// hostCode reads where this kernel's code lies: its text (/proc/kallsyms'
+// _stext to _etext) and each module (/proc/modules). Both show addresses
+// to root only; otherwise it returns what it could read.
+func hostCode() []codeRange {
+	var out []codeRange
+	if b, err := os.ReadFile(filepath.Join(procDir, "modules")); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			// NAME SIZE REFS DEPS STATE ADDR [TAINT]
+			f := strings.Fields(l)
+			if len(f) < 6 {
+				continue
+			}
+			size, err1 := strconv.ParseUint(f[1], 10, 64)
+			addr, err2 := strconv.ParseUint(strings.TrimPrefix(f[5], "0x"), 16, 64)
+			if err1 == nil && err2 == nil && addr != 0 {
+				out = append(out, codeRange{"module " + f[0], addr, addr + size})
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(procDir, "kallsyms")); err == nil {
+		var text codeRange
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 3 || (f[2] != "_stext" && f[2] != "_etext") {
+				continue
+			}
+			a, err := strconv.ParseUint(f[0], 16, 64)
+			if err != nil {
+				continue
+			}
+			if f[2] == "_stext" {
+				text.start = a
+			} else {
+				text.end = a
+			}
+		}
+		if text.start != 0 && text.end > text.start {
+			text.name = "text"
+			out = append(out, text)
+		}
+	}
+	return out
+}
+
+// entries says, per vCPU, how often the trace saw KVM enter the guest and
+// at which RIPs, and names a RIP that lies in this kernel's own code. A
+// guest entered over and over at one RIP inside the host's KVM module
+// runs with the host's registers: on the nested substrate that is QEMU
+// resuming L2 with L1's state (nested.SubstrateFailure).
+func entries(text string, host []codeRange) string {
+	type seen struct {
+		n    int
+		rips []uint64 // distinct, in order, at most maxRIPs
+		more bool
+	}
+	const maxRIPs = 8
+	per := map[string]*seen{}
+	var order []string
+	for _, l := range strings.Split(text, "\n") {
+		m := traceEvent.FindStringSubmatch(l)
+		if m == nil || m[4] != "kvm_entry" {
+			continue
+		}
+		e := kvmEntry.FindStringSubmatch(m[5])
+		if e == nil {
+			continue
+		}
+		rip, err := strconv.ParseUint(strings.TrimPrefix(e[2], "0x"), 16, 64)
+		if err != nil {
+			continue
+		}
+		key := fmt.Sprintf("vCPU %s (thread %s)", e[1], m[2])
+		s := per[key]
+		if s == nil {
+			s = &seen{}
+			per[key] = s
+			order = append(order, key)
+		}
+		s.n++
+		if !slices.Contains(s.rips, rip) {
+			if len(s.rips) < maxRIPs {
+				s.rips = append(s.rips, rip)
+			} else {
+				s.more = true
+			}
+		}
+	}
+	var b strings.Builder
+	for _, key := range order {
+		s := per[key]
+		var rips []string
+		for _, r := range s.rips {
+			rips = append(rips, fmt.Sprintf("%#x", r))
+		}
+		if s.more {
+			rips = append(rips, "...")
+		}
+		if len(s.rips) == 1 {
+			fmt.Fprintf(&b, "%s: %d guest entries, all at RIP %s", key, s.n, rips[0])
+		} else {
+			fmt.Fprintf(&b, "%s: %d guest entries, at RIPs %s", key, s.n, strings.Join(rips, " "))
+		}
+		for _, r := range s.rips {
+			for _, c := range host {
+				if r >= c.start && r < c.end {
+					fmt.Fprintf(&b, "; RIP %#x lies inside this kernel's %s (+%#x)", r, c.name, r-c.start)
+				}
+			}
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }

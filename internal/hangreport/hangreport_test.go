@@ -142,3 +142,41 @@ func parseDuration(s string) time.Duration {
 	d, _ := time.ParseDuration(s)
 	return d
 }
+
+func TestEntries(t *testing.T) {
+	host := []codeRange{{"module kvm_amd", 0xffffffffc0680000, 0xffffffffc0680000 + 155648}, {"text", 0xffffffff81000000, 0xffffffff82000000}}
+	loop := strings.Repeat("           vcpu0-803     [001] d..1.   423.613610: kvm_entry: vcpu 0, rip 0xffffffffc0688dcc\n", 3)
+	if got, want := entries(loop, host), "vCPU 0 (thread 803): 3 guest entries, all at RIP 0xffffffffc0688dcc; RIP 0xffffffffc0688dcc lies inside this kernel's module kvm_amd (+0x8dcc)\n"; got != want {
+		t.Errorf("entries in a loop:\n got %q\nwant %q", got, want)
+	}
+	got := entries(sampleTrace, host)
+	if want := "vCPU 0 (thread 1199): 2 guest entries, all at RIP 0x100190\n"; got != want {
+		t.Errorf("entries of a guest's own code:\n got %q\nwant %q", got, want)
+	}
+	var many strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&many, "  vcpu1-900 [000] d..1. 1.0%d: kvm_entry: vcpu 1, rip %#x\n", i, 0x1000+i)
+	}
+	if got := entries(many.String(), nil); !strings.Contains(got, "10 guest entries, at RIPs 0x1000 0x1001") || !strings.HasSuffix(got, "0x1007 ...\n") {
+		t.Errorf("entries at many RIPs: %q", got)
+	}
+}
+
+// TestHostCode reads module and kernel-text ranges from a fake /proc.
+func TestHostCode(t *testing.T) {
+	dir := t.TempDir()
+	old := procDir
+	procDir = dir
+	t.Cleanup(func() { procDir = old })
+	os.WriteFile(dir+"/modules", []byte("kvm_amd 155648 0 - Live 0xffffffffc0680000\nkvm 1146880 1 kvm_amd, Live 0xffffffffc0500000\nhidden 4096 0 - Live 0x0000000000000000\n"), 0o644)
+	os.WriteFile(dir+"/kallsyms", []byte("ffffffff81000000 T _stext\nffffffff81000010 T foo\nffffffff82000000 T _etext\n"), 0o644)
+	got := hostCode()
+	want := []codeRange{
+		{"module kvm_amd", 0xffffffffc0680000, 0xffffffffc0680000 + 155648},
+		{"module kvm", 0xffffffffc0500000, 0xffffffffc0500000 + 1146880},
+		{"text", 0xffffffff81000000, 0xffffffff82000000},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("hostCode = %v, want %v", got, want)
+	}
+}

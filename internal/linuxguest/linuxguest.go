@@ -71,6 +71,7 @@ if /bin/busybox grep -q govmm.topology=1 /proc/cmdline; then
 fi
 ticks=$(/bin/busybox sed -n 's/.*govmm\.ticks=\([0-9]*\).*/\1/p' /proc/cmdline)
 if [ -n "$ticks" ]; then
+	echo "govmm-clockevent: $(/bin/busybox cat /sys/devices/system/clockevents/clockevent0/current_device) tsc_deadline_timer=$(/bin/busybox grep -m1 -c -w tsc_deadline_timer /proc/cpuinfo)"
 	i=0; sum=7
 	while [ $i -lt $ticks ]; do
 		i=$((i + 1)); sum=$(( (sum * 31 + i) % 1000000007 ))
@@ -88,7 +89,11 @@ fi
 `
 
 // TickSum is the checksum init prints after tick n (govmm.ticks=N on the
-// command line makes it print N ticks, one a second, before powering off).
+// command line makes it print N ticks, one a second, before powering off;
+// before the first it prints ClockEventLine with CPU 0's clock-event
+// device, "lapic-deadline" when the LAPIC timer runs in TSC-deadline mode,
+// "lapic" in one-shot mode, "Hyper-V clockevent" for Hyper-V's synthetic
+// timer, and tsc_deadline_timer=1 or 0 as the CPU offers the mode).
 func TickSum(n int) int64 {
 	sum := int64(7)
 	for i := 1; i <= n; i++ {
@@ -96,6 +101,10 @@ func TickSum(n int) int64 {
 	}
 	return sum
 }
+
+// ClockEventLine begins the line a ticking guest prints with its CPU 0's
+// clock-event device (TickSum).
+const ClockEventLine = "govmm-clockevent: "
 
 // WriteInitramfs writes the guest's initramfs to path.
 func WriteInitramfs(path string) error { return WriteInitramfsWith(path, initScript) }
@@ -282,7 +291,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		// The hang report comes first: info --vcpus pauses the VM, which
 		// moves every vCPU.
 		cmd.Cancel = func() error {
-			vcpus = "\n--- " + hangreport.Report(cmd.Process.Pid) +
+			vcpus = "\n--- " + HangReport(cmd.Process.Pid) +
 				InspectVCPUs(b.Govmm, sock, "the guest's vCPUs when the boot was cut short")
 			return cmd.Process.Signal(syscall.SIGQUIT)
 		}
@@ -403,6 +412,17 @@ type stallError struct{ error }
 func (e *stallError) Is(target error) bool { return target == ErrStalled }
 
 // name says what ran the boot, for messages.
+// HangReport is hangreport.Report for govmm process pid, headed by the
+// nested substrate's diagnosis when the report shows its known failure.
+// The e2e tests use it too.
+func HangReport(pid int) string {
+	r := hangreport.Report(pid)
+	if d := nested.SubstrateFailure(r); d != "" {
+		return "diagnosis: " + d + "\n" + r
+	}
+	return r
+}
+
 // InspectVCPUs is `govmm info --vcpus` on control socket sock, with its
 // own bound (a boot's context is already done when it is asked), under
 // heading; when the vCPUs show the nested substrate's known failure it

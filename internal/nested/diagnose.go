@@ -12,8 +12,10 @@ import (
 // the address in L1's kvm_amd right after its VMRUN, in L1's module area,
 // and its CR3 L1's page tables. The guest then fetches from an address
 // its own page tables do not map and loops on the #PF that fetch raises,
-// its console quiet. `govmm info --vcpus` shows it; SubstrateFailure
-// names it, so that a stalled test says whose failure it was.
+// its console quiet. `govmm info --vcpus` shows it, and so does a hang
+// report's KVM trace (internal/hangreport: every entry at one RIP inside
+// L1's kvm module); SubstrateFailure names it, so that a stalled test
+// says whose failure it was.
 
 // L1's module area (Linux x86-64: MODULES_VADDR to MODULES_END).
 const (
@@ -28,13 +30,28 @@ var (
 	vcpuPF     = regexp.MustCompile(`(?m)^\s+events:.*exception #PF \(14\) (injected|pending)`)
 )
 
-// SubstrateFailure reads the text of `govmm info --vcpus` and, when a
-// vCPU shows the substrate's failure (RIP in L1's module area, CR2 equal
-// to RIP and a #PF on that fetch pending or injected), returns a line
-// that says so; otherwise "".
+// hangEntries matches a hang report's line for a vCPU that KVM entered
+// only at one RIP, which lies in L1's kvm module.
+var hangEntries = regexp.MustCompile(`(?m)^(vCPU \d+) \(thread \d+\): (\d+) guest entries, all at RIP (0x[0-9a-f]+); RIP 0x[0-9a-f]+ lies inside this kernel's module (kvm_amd|kvm_intel|kvm) `)
+
+// hangMinEntries is how many entries at that one RIP make a loop: the
+// report watches for 1.3 s, and the failure re-enters thousands of times.
+const hangMinEntries = 100
+
+// SubstrateFailure reads the text of `govmm info --vcpus`, or of a hang
+// report, and, when a vCPU shows the substrate's failure, returns a line
+// that says so; otherwise "". In `info --vcpus` that is RIP in L1's
+// module area, CR2 equal to RIP and a #PF on that fetch pending or
+// injected; in a hang report, KVM entering the vCPU again and again at
+// one RIP inside L1's own kvm module.
 func SubstrateFailure(vcpus string) string {
-	heads := vcpuHeader.FindAllStringSubmatchIndex(vcpus, -1)
 	var found []string
+	for _, m := range hangEntries.FindAllStringSubmatch(vcpus, -1) {
+		if n, _ := strconv.Atoi(m[2]); n >= hangMinEntries {
+			found = append(found, fmt.Sprintf("%s entered %s times at RIP %s in L1's %s", m[1], m[2], m[3], m[4]))
+		}
+	}
+	heads := vcpuHeader.FindAllStringSubmatchIndex(vcpus, -1)
 	for i, h := range heads {
 		end := len(vcpus)
 		if i+1 < len(heads) {

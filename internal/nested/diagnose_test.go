@@ -47,3 +47,26 @@ func TestSubstrateFailure(t *testing.T) {
 		t.Errorf("not a vCPU listing: got %q", got)
 	}
 }
+
+// stalledHang is a hang report's line (internal/hangreport) from the
+// stall it was written for: TestMMIOInstructionMix/kvm in L1, 2026-12-06.
+const stalledHang = `kvm trace of the vCPU threads: 33235 events: kvm_entry 6644, kvm_inj_exception 6644
+vCPU 0 (thread 803): 6644 guest entries, all at RIP 0xffffffffc0688dcc; RIP 0xffffffffc0688dcc lies inside this kernel's module kvm_amd (+0x8dcc)
+`
+
+func TestSubstrateFailureInHangReport(t *testing.T) {
+	got := SubstrateFailure(stalledHang)
+	if !strings.Contains(got, "vCPU 0 entered 6644 times at RIP 0xffffffffc0688dcc in L1's kvm_amd") {
+		t.Fatalf("got %q", got)
+	}
+	for name, edit := range map[string][2]string{
+		"a few entries only":        {"6644 guest entries", "12 guest entries"},
+		"at several RIPs":           {"all at RIP 0xffffffffc0688dcc;", "at RIPs 0xffffffffc0688dcc 0x100190;"},
+		"in another module":         {"module kvm_amd", "module virtio_net"},
+		"not in the host's modules": {"; RIP 0xffffffffc0688dcc lies inside this kernel's module kvm_amd (+0x8dcc)", ""},
+	} {
+		if got := SubstrateFailure(strings.ReplaceAll(stalledHang, edit[0], edit[1])); got != "" {
+			t.Errorf("%s: got %q", name, got)
+		}
+	}
+}

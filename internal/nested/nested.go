@@ -364,6 +364,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	args = append(args, "-d", "cpu_reset", "-D", qemuLog)
 	cmd := exec.CommandContext(ctx, a.QEMU, append(args, cfg.QEMUArgs...)...)
 	cmd.Stdin = nil
+	// L1 dies with the test process: a test binary killed from outside
+	// (a developer's ^C, a CI timeout) must not leave an L1 running on
+	// both cores with the machine-wide lock already given to the next.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qemuErr bytes.Buffer
 	cmd.Stderr = &qemuErr
 	pipe, err := cmd.StdoutPipe()
