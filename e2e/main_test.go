@@ -17,6 +17,7 @@ import (
 
 	"govmm/guests"
 	"govmm/internal/kvmtest"
+	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
 )
 
