@@ -325,12 +325,32 @@ func tickLine(i int) string { return fmt.Sprintf("govmm-tick %d sum=%d", i, linu
 
 // start boots the guest with 2 vCPUs on acc with CPU model cpu and the
 // control socket sock, and waits for tick n.
+//
+// Every model the tick tests boot offers the TSC-deadline timer (KVM and
+// mshvsim both do), and the guest must see it. Booted on KVM it must run
+// its LAPIC timer in that mode, so that the moves carry an armed
+// IA32_TSC_DEADLINE, which the restore sets after the LAPIC (and MSHV
+// holds as HV_X64_REGISTER_TSC_DEADLINE). Linux keeps the mode only where
+// it knows its TSC's frequency (tsc_init clears the feature when it
+// cannot calibrate, which a -kvm guest on the nested substrate cannot),
+// so a -kvm guest on KVM is told it (tscArgs), as TestVirtioLiveMigration
+// tells its guest. Booted on mshvsim, Linux prefers Hyper-V's synthetic
+// timer ("Hyper-V clockevent") to any LAPIC timer, as on the Microsoft
+// Hypervisor, and its clock events go through the SynIC.
 func (g tickingLinux) start(t *testing.T, acc []string, cpu, sock string, n int) *proc {
 	t.Helper()
 	args := append(append([]string{"run"}, acc...), "--kernel", g.kernel, "--initrd", g.initrd, "--cpus=2",
 		"--memory=512M", "--cpu", cpu, "--api-socket", sock,
-		"--cmdline", fmt.Sprintf("console=ttyS0 quiet panic=-1 govmm.ticks=%d", g.ticks))
-	return bootGuest(t, args, tickLine(n), nil)
+		"--cmdline", fmt.Sprintf("console=ttyS0 quiet panic=-1 govmm.ticks=%d", g.ticks)+tscArgs(t, acc, cpu))
+	p := bootGuest(t, args, tickLine(n), nil)
+	dev := "lapic-deadline"
+	if accelName(acc) != "kvm" {
+		dev = "Hyper-V clockevent"
+	}
+	if want := linuxguest.ClockEventLine + dev + " tsc_deadline_timer=1\n"; !strings.Contains(strings.ReplaceAll(p.output(), "\r", ""), want) {
+		t.Fatalf("--cpu %s on %s: want the clock-event line %q (the TSC-deadline timer offered, and on KVM used):\n%s", cpu, accelName(acc), want, p.output())
+	}
+	return p
 }
 
 // lastTick is the last tick in out, at least from.
