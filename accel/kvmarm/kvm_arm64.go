@@ -671,6 +671,17 @@ func (v *VCPU) Kick() {
 // Run enters the guest until an exit that is not MMIO; MMIO accesses KVM
 // decoded are completed through h. It must be called from a goroutine
 // locked to its OS thread, always the same one.
+//
+// An access h served is complete in the vCPU only after the next
+// KVM_RUN: that is where KVM writes a read's data into its register and
+// moves the PC past the instruction, the state KVM_GET_ONE_REG reports.
+// So a Kick that comes while h serves an access re-enters KVM_RUN with
+// immediate_exit set, which completes the access and returns EINTR
+// without running the guest, before Run returns ExitInterrupted: a state
+// saved after the kick (a snapshot, a live migration) holds the access
+// done. Saved before it, the restored vCPU would execute the access a
+// second time, and a read-to-clear register (virtio's ISR) would read
+// cleared, losing the interrupt it stood for.
 func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
 	if v.tid.Load() == 0 {
 		var set unix.Sigset_t
@@ -682,13 +693,21 @@ func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
 		v.tid.Store(int32(unix.Gettid()))
 	}
 	le := binary.LittleEndian
+	// pending: h served an access that the next KVM_RUN completes.
+	pending := false
 	for {
 		if v.kicked.Load() {
-			v.kicked.Store(false)
-			v.setImmediateExit(0)
-			return accel.Exit{Reason: accel.ExitInterrupted}, nil
+			if !pending {
+				v.kicked.Store(false)
+				v.setImmediateExit(0)
+				return accel.Exit{Reason: accel.ExitInterrupted}, nil
+			}
+			// Kick set it too, maybe not yet: the KVM_RUN below
+			// must not enter the guest.
+			v.setImmediateExit(1)
 		}
 		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), ioctlRun, 0)
+		pending = false
 		switch e {
 		case 0:
 		case unix.EINTR, unix.EAGAIN:
@@ -711,6 +730,7 @@ func (v *VCPU) Run(h accel.IOHandler) (accel.Exit, error) {
 			} else {
 				h.MMIORead(addr, data)
 			}
+			pending = true
 		case exitSystemEvent:
 			switch t := le.Uint32(v.run[sysEventTypeOff:]); t {
 			case systemEventShutdown:
