@@ -598,6 +598,8 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# KVM's per-VM counters, for hang reports (internal/hangreport) and devbench.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 hostname l1
 ip link set lo up 2>/dev/null
 # The BPF interpreter, not the JIT: every govmm process installs a
