@@ -56,9 +56,8 @@ echo "intx-test: known-sum $($B dd if=/dev/vda bs=65536 skip=` + strconv.Itoa(ar
 // found in the image after power-off. The guest is snapshotted (--stop)
 // during its ticks and restored, and the restored guest's ticks must do
 // their I/O with interrupts still arriving (the INTx line state carried
-// by the snapshot). One guest boot. Live migration of this guest is not
-// in the test: see the README (a migrated INTx guest's entropy reads
-// stalled in L1).
+// by the snapshot). One guest boot. TestARM64VirtioINTxMigration
+// live-migrates the same guest, again and again.
 func TestARM64VirtioINTx(t *testing.T) {
 	a := arm64L1(t)
 	dir := t.TempDir()
