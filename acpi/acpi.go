@@ -9,7 +9,9 @@
 // 254, the IOAPIC, the IRQ0->GSI2 and SCI overrides, LINT1 NMI), MCFG (the
 // PCI ECAM window) and a DSDT with the \_S5 package acpipm understands and
 // the PCI host bridge \_SB.PCI0 (windows, _PRT) with the motherboard
-// resource device that reserves the ECAM window. The DSDT's AML comes from
+// resource device that reserves the ECAM window, and the ACPI PCI hotplug
+// slots and their GPE method when the machine has free slots (the FADT's
+// GPE0 block is acpipm's). The DSDT's AML comes from
 // the small encoder in aml.go. Every table is checked by `iasl -d` in the
 // tests.
 package acpi
@@ -19,6 +21,7 @@ import (
 	"fmt"
 
 	"govmm/devices/acpipm"
+	"govmm/devices/pcihp"
 	"govmm/memory"
 	"govmm/platform"
 )
@@ -45,6 +48,11 @@ type PCIHost struct {
 	// GSI returns the IOAPIC input of interrupt pin (0 = INTA) of slot;
 	// the _PRT lists it for every slot, level-triggered and active-low.
 	GSI func(slot, pin int) int
+	// Hotplug are the slots a device may be hot-added to (the free
+	// ones): each gets a slot device \_SB.PCI0.Sxx with _ADR, _SUN and
+	// _EJ0, and \_GPE._E01 notifies them from the hotplug controller's
+	// registers at platform.PortPCIHotplug (package pcihp).
+	Hotplug []int
 }
 
 // Identification written into every table header.
@@ -121,6 +129,7 @@ func dsdt(cfg Config) []byte {
 	t = append(t, amlName("_S5", amlPackage(amlInt(slp), amlInt(slp), amlInt(0), amlInt(0)))...)
 	if cfg.PCI != nil {
 		t = append(t, pciAML(cfg.PCI)...)
+		t = append(t, hotplugGPE(cfg.PCI.Hotplug)...)
 	}
 	return finish(t)
 }
@@ -161,6 +170,7 @@ func pciAML(p *PCIHost) []byte {
 			amlName("_UID", amlInt(0)),
 			amlName("_CRS", crs),
 			amlName("_PRT", amlPackage(prt...)),
+			hotplugSlots(p.Hotplug),
 		),
 		amlDevice("MRES",
 			amlName("_HID", amlEISAID("PNP0C02")),
@@ -168,6 +178,46 @@ func pciAML(p *PCIHost) []byte {
 			amlName("_CRS", amlResourceTemplate(rdMemory32Fixed(uint32(p.ECAMBase), uint32(ecamSize)))),
 		),
 	)
+}
+
+// slotName is the slot device of PCI slot s: S01..S1F.
+func slotName(s int) string { return fmt.Sprintf("S%02X", s) }
+
+// hotplugSlots are the PCI hotplug objects of \_SB.PCI0 (nothing without
+// hotplug slots): the controller's registers as fields PCIU, PCID and
+// B0EJ, and one slot device per slot whose _EJ0 writes the slot's bit to
+// B0EJ. Linux's acpiphp finds the slots by their _ADR and exposes them
+// as /sys/bus/pci/slots/<_SUN> because they have _EJ0.
+func hotplugSlots(slots []int) []byte {
+	if len(slots) == 0 {
+		return nil
+	}
+	b := amlOpRegion("PCST", amlSystemIO, platform.PortPCIHotplug, pcihp.Size)
+	b = append(b, amlField("PCST", amlFieldDWordAcc|amlFieldWriteAsZeros,
+		amlFieldUnit{"PCIU", 32}, amlFieldUnit{"PCID", 32}, amlFieldUnit{"B0EJ", 32})...)
+	for _, s := range slots {
+		b = append(b, amlDevice(slotName(s),
+			amlName("_ADR", amlInt(uint64(s)<<16)),
+			amlName("_SUN", amlInt(uint64(s))),
+			amlMethod("_EJ0", 1, amlStore(amlInt(1<<s), amlPath("B0EJ"))),
+		)...)
+	}
+	return b
+}
+
+// hotplugGPE is \_GPE._E01, the hotplug controller's event (pcihp.GPE):
+// it reads the slots plugged since it last looked (PCIU, which the read
+// clears) and sends each a bus check (Notify 1), upon which acpiphp scans
+// the slot and assigns the new function's BARs from the bridge's windows.
+func hotplugGPE(slots []int) []byte {
+	if len(slots) == 0 {
+		return nil
+	}
+	body := [][]byte{amlStore(amlPath("\\_SB.PCI0.PCIU"), amlLocal(0))}
+	for _, s := range slots {
+		body = append(body, amlIf(amlAnd(amlLocal(0), amlInt(1<<s)), amlNotify("\\_SB.PCI0."+slotName(s), 1)))
+	}
+	return amlScope("\\_GPE", amlMethod(fmt.Sprintf("_E%02X", pcihp.GPE), 0, body...))
 }
 
 // mcfg is the PCI Express memory-mapped configuration table: one ECAM
@@ -212,46 +262,46 @@ const (
 func fadt(facsAddr, dsdtAddr uint64) []byte {
 	pm := uint32(platform.PortACPIPM)
 	t := header("FACP", 6)
-	t = le32(t, uint32(facsAddr))                                    // 36 FIRMWARE_CTRL
-	t = le32(t, uint32(dsdtAddr))                                    // 40 DSDT
-	t = append(t, 0, 0)                                              // 44 reserved, 45 preferred PM profile (unspecified)
-	t = le16(t, platform.IRQSCI)                                     // 46 SCI_INT
-	t = le32(t, 0)                                                   // 48 SMI_CMD: none, always in ACPI mode
-	t = append(t, 0, 0, 0, 0)                                        // 52 ACPI_ENABLE, ACPI_DISABLE, S4BIOS_REQ, PSTATE_CNT
-	t = le32(t, pm+acpipm.OffPM1Sts)                                 // 56 PM1a_EVT_BLK
-	t = le32(t, 0)                                                   // 60 PM1b_EVT_BLK
-	t = le32(t, pm+acpipm.OffPM1Cnt)                                 // 64 PM1a_CNT_BLK
-	t = le32(t, 0)                                                   // 68 PM1b_CNT_BLK
-	t = le32(t, 0)                                                   // 72 PM2_CNT_BLK
-	t = le32(t, pm+acpipm.OffPMTmr)                                  // 76 PM_TMR_BLK
-	t = le32(t, 0)                                                   // 80 GPE0_BLK
-	t = le32(t, 0)                                                   // 84 GPE1_BLK
-	t = append(t, 4, 2, 0, 4, 0, 0, 0, 0)                            // 88 PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN, GPE0/1 len, GPE1_BASE, CST_CNT
-	t = le16(t, 101)                                                 // 96 P_LVL2_LAT: C2 not supported
-	t = le16(t, 1001)                                                // 98 P_LVL3_LAT: C3 not supported
-	t = le16(t, 0)                                                   // 100 FLUSH_SIZE
-	t = le16(t, 0)                                                   // 102 FLUSH_STRIDE
-	t = append(t, 0, 0, 0, 0, 0)                                     // 104 DUTY_OFFSET, DUTY_WIDTH, DAY_ALRM, MON_ALRM, CENTURY
-	t = le16(t, bootLegacyDevs)                                      // 109 IAPC_BOOT_ARCH: no 8042 (see fadt)
-	t = append(t, 0)                                                 // 111 reserved
-	t = le32(t, fadtWBINVD|fadtProcC1|fadtSlpButton|fadtResetRegSup) // 112 Flags
-	t = gas(t, gasSystemIO, 8, 0, 1, platform.PortACPIReset)         // 116 RESET_REG
-	t = append(t, acpipm.ResetValue)                                 // 128 RESET_VALUE
-	t = le16(t, 0)                                                   // 129 ARM_BOOT_ARCH
-	t = append(t, 0)                                                 // 131 FADT minor version
-	t = le64(t, facsAddr)                                            // 132 X_FIRMWARE_CTRL
-	t = le64(t, dsdtAddr)                                            // 140 X_DSDT
-	t = gas(t, gasSystemIO, 32, 0, 2, uint64(pm+acpipm.OffPM1Sts))   // 148 X_PM1a_EVT_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 160 X_PM1b_EVT_BLK
-	t = gas(t, gasSystemIO, 16, 0, 2, uint64(pm+acpipm.OffPM1Cnt))   // 172 X_PM1a_CNT_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 184 X_PM1b_CNT_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 196 X_PM2_CNT_BLK
-	t = gas(t, gasSystemIO, 32, 0, 3, uint64(pm+acpipm.OffPMTmr))    // 208 X_PM_TMR_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 220 X_GPE0_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 232 X_GPE1_BLK
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 244 SLEEP_CONTROL_REG
-	t = gas(t, 0, 0, 0, 0, 0)                                        // 256 SLEEP_STATUS_REG
-	t = le64(t, 0)                                                   // 268 hypervisor vendor identity
+	t = le32(t, uint32(facsAddr))                                           // 36 FIRMWARE_CTRL
+	t = le32(t, uint32(dsdtAddr))                                           // 40 DSDT
+	t = append(t, 0, 0)                                                     // 44 reserved, 45 preferred PM profile (unspecified)
+	t = le16(t, platform.IRQSCI)                                            // 46 SCI_INT
+	t = le32(t, 0)                                                          // 48 SMI_CMD: none, always in ACPI mode
+	t = append(t, 0, 0, 0, 0)                                               // 52 ACPI_ENABLE, ACPI_DISABLE, S4BIOS_REQ, PSTATE_CNT
+	t = le32(t, pm+acpipm.OffPM1Sts)                                        // 56 PM1a_EVT_BLK
+	t = le32(t, 0)                                                          // 60 PM1b_EVT_BLK
+	t = le32(t, pm+acpipm.OffPM1Cnt)                                        // 64 PM1a_CNT_BLK
+	t = le32(t, 0)                                                          // 68 PM1b_CNT_BLK
+	t = le32(t, 0)                                                          // 72 PM2_CNT_BLK
+	t = le32(t, pm+acpipm.OffPMTmr)                                         // 76 PM_TMR_BLK
+	t = le32(t, platform.PortGPE0)                                          // 80 GPE0_BLK
+	t = le32(t, 0)                                                          // 84 GPE1_BLK
+	t = append(t, 4, 2, 0, 4, acpipm.GPE0BlockLen, 0, 0, 0)                 // 88 PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN, GPE0/1 len, GPE1_BASE, CST_CNT
+	t = le16(t, 101)                                                        // 96 P_LVL2_LAT: C2 not supported
+	t = le16(t, 1001)                                                       // 98 P_LVL3_LAT: C3 not supported
+	t = le16(t, 0)                                                          // 100 FLUSH_SIZE
+	t = le16(t, 0)                                                          // 102 FLUSH_STRIDE
+	t = append(t, 0, 0, 0, 0, 0)                                            // 104 DUTY_OFFSET, DUTY_WIDTH, DAY_ALRM, MON_ALRM, CENTURY
+	t = le16(t, bootLegacyDevs)                                             // 109 IAPC_BOOT_ARCH: no 8042 (see fadt)
+	t = append(t, 0)                                                        // 111 reserved
+	t = le32(t, fadtWBINVD|fadtProcC1|fadtSlpButton|fadtResetRegSup)        // 112 Flags
+	t = gas(t, gasSystemIO, 8, 0, 1, platform.PortACPIReset)                // 116 RESET_REG
+	t = append(t, acpipm.ResetValue)                                        // 128 RESET_VALUE
+	t = le16(t, 0)                                                          // 129 ARM_BOOT_ARCH
+	t = append(t, 0)                                                        // 131 FADT minor version
+	t = le64(t, facsAddr)                                                   // 132 X_FIRMWARE_CTRL
+	t = le64(t, dsdtAddr)                                                   // 140 X_DSDT
+	t = gas(t, gasSystemIO, 32, 0, 2, uint64(pm+acpipm.OffPM1Sts))          // 148 X_PM1a_EVT_BLK
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 160 X_PM1b_EVT_BLK
+	t = gas(t, gasSystemIO, 16, 0, 2, uint64(pm+acpipm.OffPM1Cnt))          // 172 X_PM1a_CNT_BLK
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 184 X_PM1b_CNT_BLK
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 196 X_PM2_CNT_BLK
+	t = gas(t, gasSystemIO, 32, 0, 3, uint64(pm+acpipm.OffPMTmr))           // 208 X_PM_TMR_BLK
+	t = gas(t, gasSystemIO, 8*acpipm.GPE0BlockLen, 0, 1, platform.PortGPE0) // 220 X_GPE0_BLK
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 232 X_GPE1_BLK
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 244 SLEEP_CONTROL_REG
+	t = gas(t, 0, 0, 0, 0, 0)                                               // 256 SLEEP_STATUS_REG
+	t = le64(t, 0)                                                          // 268 hypervisor vendor identity
 	return finish(t)
 }
 

@@ -32,7 +32,7 @@ var testPCI = &PCIHost{
 	ECAMBase: platform.PCIECAMBase, BusEnd: platform.PCIECAMBusEnd,
 	Mem32Base: platform.PCIMMIO32Base, Mem32End: platform.PCIMMIO32End,
 	Mem64Base: 0x1_0000_0000, Mem64End: 0x1_0000_0000 + platform.PCIMMIO64Size,
-	GSI: platform.PCIGSI,
+	GSI: platform.PCIGSI, Hotplug: []int{3, 31},
 }
 
 func read(t *testing.T, mem *memory.Memory, gpa uint64, n int) []byte {
@@ -273,6 +273,18 @@ func TestIASL(t *testing.T) {
 					"Device (MRES) {",
 					`Name (_HID, EisaId ("PNP0C02") )`,
 					"Memory32Fixed (ReadWrite, 0xE0000000, 0x00100000, )",
+					// PCI hotplug: the controller's registers, a slot
+					// device per free slot and the GPE that notifies them.
+					"OperationRegion (PCST, SystemIO, 0x0620, 0x0C) Field (PCST, DWordAcc, NoLock, WriteAsZeros) { PCIU, 32, PCID, 32, B0EJ, 32 }",
+					"Device (S03) { Name (_ADR, 0x00030000) Name (_SUN, 0x03) Method (_EJ0, 1, NotSerialized) { B0EJ = 0x08 } }",
+					"Device (S1F) { Name (_ADR, 0x001F0000) Name (_SUN, 0x1F) Method (_EJ0, 1, NotSerialized) { B0EJ = 0x80000000 } }",
+					"Scope (\\_GPE) { Method (_E01, 0, NotSerialized) { Local0 = \\_SB.PCI0.PCIU If ((Local0 & 0x08)) { Notify (\\_SB.PCI0.S03, One) } If ((Local0 & 0x80000000)) { Notify (\\_SB.PCI0.S1F, One) } } }",
+				}
+			case "FACP":
+				want = []string{
+					"GPE0 Block Address : 00000610",
+					"GPE0 Block Length : 04",
+					"[0DCh 0220 12] GPE0 Block : [Generic Address Structure] [0DCh 0220 1] Space ID : 01 [SystemIO] [0DDh 0221 1] Bit Width : 20 [0DEh 0222 1] Bit Offset : 00 [0DFh 0223 1] Encoded Access Width : 01 [Byte Access:8] [0E0h 0224 8] Address : 0000000000000610",
 				}
 			case "MCFG":
 				want = []string{

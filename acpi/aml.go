@@ -30,6 +30,14 @@ const (
 	amlOnesOp      = 0xFF
 	amlExtOpPrefix = 0x5B
 	amlDeviceOp    = 0x82 // after amlExtOpPrefix
+	amlOpRegionOp  = 0x80 // after amlExtOpPrefix
+	amlFieldOp     = 0x81 // after amlExtOpPrefix
+	amlStoreOp     = 0x70
+	amlAndOp       = 0x7B
+	amlNotifyOp    = 0x86
+	amlIfOp        = 0xA0
+	amlLocal0Op    = 0x60
+	amlArg0Op      = 0x68
 	amlRootChar    = '\\'
 	amlDualName    = 0x2E
 	amlMultiName   = 0x2F
@@ -299,4 +307,91 @@ func amlResourceTemplate(items ...[]byte) []byte {
 		b = append(b, it...)
 	}
 	return amlBuffer(append(b, 0x79, 0)) // end tag, checksum 0 ("not computed")
+}
+
+// Statements and expressions for the methods of PCI hotplug.
+
+// amlLocal is LocalN (0..7); amlArg is ArgN (0..6).
+func amlLocal(n int) []byte { return []byte{amlLocal0Op + byte(n&7)} }
+func amlArg(n int) []byte   { return []byte{amlArg0Op + byte(n%7)} }
+
+// amlPath is a name used as a term (a reference to a named object).
+func amlPath(name string) []byte { return amlNameString(name) }
+
+// amlStore encodes Store (src, dst).
+func amlStore(src, dst []byte) []byte {
+	return append(append([]byte{amlStoreOp}, src...), dst...)
+}
+
+// amlAnd encodes And (a, b) with no target (its value is the result).
+func amlAnd(a, b []byte) []byte {
+	return append(append(append([]byte{amlAndOp}, a...), b...), 0) // NullName target
+}
+
+// amlIf encodes If (predicate) { terms... }.
+func amlIf(pred []byte, terms ...[]byte) []byte {
+	body := append([]byte(nil), pred...)
+	for _, t := range terms {
+		body = append(body, t...)
+	}
+	return append([]byte{amlIfOp}, amlPkg(body)...)
+}
+
+// amlNotify encodes Notify (object, value).
+func amlNotify(object string, value uint64) []byte {
+	return append(append([]byte{amlNotifyOp}, amlNameString(object)...), amlInt(value)...)
+}
+
+// Operation region spaces.
+const amlSystemIO = 1
+
+// amlOpRegion encodes OperationRegion (name, space, offset, length).
+func amlOpRegion(name string, space byte, offset, length uint64) []byte {
+	b := append([]byte{amlExtOpPrefix, amlOpRegionOp}, amlNameString(name)...)
+	b = append(b, space)
+	b = append(b, amlInt(offset)...)
+	return append(b, amlInt(length)...)
+}
+
+// Field flags: access width and update rule.
+const (
+	amlFieldDWordAcc     = 3
+	amlFieldWriteAsZeros = 2 << 5
+)
+
+// amlFieldUnit is one named field of amlField, bits wide.
+type amlFieldUnit struct {
+	name string
+	bits int
+}
+
+// amlField encodes Field (region, flags) { name, bits, ... }.
+func amlField(region string, flags byte, units ...amlFieldUnit) []byte {
+	body := append(amlNameString(region), flags)
+	for _, u := range units {
+		// A NamedField's length is a PkgLength-encoded bit count
+		// (the encoding does not count itself).
+		l := []byte{byte(u.bits)}
+		if u.bits >= 1<<6 {
+			l = amlBitLength(u.bits)
+		}
+		body = append(body, amlNameSeg(u.name)...)
+		body = append(body, l...)
+	}
+	return append([]byte{amlExtOpPrefix, amlFieldOp}, amlPkg(body)...)
+}
+
+// amlBitLength encodes n (at least 64) in PkgLength form without
+// counting the encoding itself.
+func amlBitLength(n int) []byte {
+	for k := 1; k <= 3; k++ {
+		if n < 1<<(4+8*k) {
+			b := []byte{byte(k<<6) | byte(n&0xF)}
+			for i := 0; i < k; i++ {
+				b = append(b, byte(n>>(4+8*i)))
+			}
+			return b
+		}
+	}
+	panic(fmt.Sprintf("aml: field of %d bits is too long", n))
 }

@@ -98,6 +98,10 @@ const (
 	PortACPIPM     = 0x600 // PM1a event (4), PM1a control (2) at +4, PM timer at +8
 	PortACPIPMSize = 0x10
 	PortACPIReset  = 0xCF9
+	// PortGPE0 is the ACPI GPE0 block (status, then enable: 2 bytes
+	// each), PortPCIHotplug the PCI hotplug controller (package pcihp).
+	PortGPE0       = 0x610
+	PortPCIHotplug = 0x620
 	// PortPCIIOWindow..PortPCIIOEnd is where the VMM places the I/O BARs
 	// of the devices it creates (the guest may move them anywhere in the
 	// bridge's I/O windows), as SeaBIOS does.

@@ -10,6 +10,11 @@
 // active high as the MADT says) is raised while an enabled status bit is
 // set: the timer-overflow event (TMR_STS, every 2^23 ticks) and the power
 // button (PowerButton).
+//
+// The GPE0 block (GPE0Port, GPE0BlockLen bytes: status then enable) carries
+// the general-purpose events the DSDT's \_GPE methods serve: RaiseGPE sets
+// a status bit, and the SCI is raised while an enabled GPE or PM1 status
+// bit is set. PCI hotplug (package pcihp) is GPE 1.
 package acpipm
 
 import (
@@ -66,6 +71,15 @@ const SlpTypS5 = 5
 // accepted too).
 const ResetValue = 0x06
 
+// The GPE0 block: GPE0BlockLen bytes at the port the FADT names
+// (platform.PortGPE0), the status half then the enable half.
+const (
+	GPE0BlockLen = 4
+	gpeHalf      = GPE0BlockLen / 2
+	// NumGPEs is how many general-purpose events the block has.
+	NumGPEs = 8 * gpeHalf
+)
+
 // State is the PM block's saved state.
 type State struct {
 	Sts uint16 `json:"sts"` // without TMR_STS, which derives from the timer
@@ -77,6 +91,10 @@ type State struct {
 	// acknowledged by clearing TMR_STS.
 	TmrAcked uint64 `json:"tmr_acked"`
 	Reset    uint8  `json:"reset"` // last value written to 0xCF9
+	// GPESts and GPEEn are the GPE0 block's status and enable bits
+	// (snapshots from before the block have neither: all clear).
+	GPESts uint16 `json:"gpe_sts,omitempty"`
+	GPEEn  uint16 `json:"gpe_en,omitempty"`
 }
 
 // PM is the ACPI PM1a/PM-timer block; it implements bus.Device for the
@@ -148,7 +166,7 @@ func (p *PM) sts(now int64) uint16 {
 // update recomputes the SCI level and the overflow timer. Called with mu
 // held; returns the level to drive if it changed.
 func (p *PM) update(now int64) (change, level bool) {
-	level = p.sts(now)&p.s.En&enMask != 0
+	level = p.sts(now)&p.s.En&enMask != 0 || p.s.GPESts&p.s.GPEEn != 0
 	p.armTimer(now)
 	if level == p.level {
 		return false, level
@@ -301,6 +319,65 @@ func (d resetDev) Write(offset uint64, data []byte) {
 		d.p.onReset()
 	}
 }
+
+// RaiseGPE sets GPE status bit n (0..NumGPEs-1): the SCI is raised if
+// the guest enabled that GPE, and once it does otherwise.
+func (p *PM) RaiseGPE(n int) {
+	if n < 0 || n >= NumGPEs {
+		panic(fmt.Sprintf("acpipm: GPE %d out of range", n))
+	}
+	p.mu.Lock()
+	p.s.GPESts |= 1 << n
+	change, level := p.update(p.clock())
+	p.mu.Unlock()
+	if change {
+		p.sci.Set(level)
+	}
+}
+
+type gpeDev struct{ p *PM }
+
+// Read returns the status half (offsets 0..1) and the enable half
+// (2..3), a byte at a time.
+func (d gpeDev) Read(offset uint64, data []byte) {
+	d.p.mu.Lock()
+	defer d.p.mu.Unlock()
+	for i := range data {
+		off := offset + uint64(i)
+		switch {
+		case off < gpeHalf:
+			data[i] = byte(d.p.s.GPESts >> (8 * off))
+		case off < GPE0BlockLen:
+			data[i] = byte(d.p.s.GPEEn >> (8 * (off - gpeHalf)))
+		default:
+			data[i] = 0
+		}
+	}
+}
+
+// Write clears the status bits written as one and sets the enable bits.
+func (d gpeDev) Write(offset uint64, data []byte) {
+	p := d.p
+	p.mu.Lock()
+	for i, b := range data {
+		off := offset + uint64(i)
+		switch {
+		case off < gpeHalf:
+			p.s.GPESts &^= uint16(b) << (8 * off)
+		case off < GPE0BlockLen:
+			sh := 8 * (off - gpeHalf)
+			p.s.GPEEn = p.s.GPEEn&^(0xff<<sh) | uint16(b)<<sh
+		}
+	}
+	change, level := p.update(p.clock())
+	p.mu.Unlock()
+	if change {
+		p.sci.Set(level)
+	}
+}
+
+// GPEBlock is the GPE0 block's registers (GPE0BlockLen ports).
+func (p *PM) GPEBlock() bus.Device { return gpeDev{p} }
 
 // ResetPort is the reset control register (port 0xCF9, 1 byte).
 func (p *PM) ResetPort() bus.Device { return resetDev{p} }

@@ -179,3 +179,52 @@ func FuzzPM(f *testing.F) {
 		}
 	})
 }
+
+// TestGPE checks the GPE0 block: a raised GPE drives the SCI only while
+// enabled, a status bit is cleared by writing one, and the bits survive
+// Save and Restore.
+func TestGPE(t *testing.T) {
+	c := &clk{}
+	sci := &lvl{}
+	p := newPM(sci, nil, nil, c.now)
+	g := p.GPEBlock()
+	p.RaiseGPE(1)
+	if sci.high {
+		t.Fatal("SCI raised by a GPE the guest has not enabled")
+	}
+	var b [GPE0BlockLen]byte
+	g.Read(0, b[:])
+	if b != [GPE0BlockLen]byte{2, 0, 0, 0} {
+		t.Fatalf("GPE0 block = % x, want status bit 1", b)
+	}
+	g.Write(2, []byte{2}) // enable GPE 1
+	if !sci.high {
+		t.Fatal("SCI low with GPE 1 pending and enabled")
+	}
+	st := p.Save()
+	if st.GPESts != 2 || st.GPEEn != 2 {
+		t.Fatalf("saved GPE status %#x enable %#x, want 2 and 2", st.GPESts, st.GPEEn)
+	}
+	g.Write(0, []byte{2}) // acknowledge
+	if sci.high {
+		t.Fatal("SCI high after the GPE was acknowledged")
+	}
+	g.Read(0, b[:])
+	if b != [GPE0BlockLen]byte{0, 0, 2, 0} {
+		t.Fatalf("GPE0 block = % x after the acknowledge", b)
+	}
+	q := newPM(&lvl{}, nil, nil, c.now)
+	if err := q.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	q.GPEBlock().Read(0, b[:])
+	if b != [GPE0BlockLen]byte{2, 0, 2, 0} {
+		t.Fatalf("restored GPE0 block = % x", b)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("RaiseGPE(16) did not panic")
+		}
+	}()
+	p.RaiseGPE(NumGPEs)
+}
