@@ -521,3 +521,51 @@ func TestExpansionROM(t *testing.T) {
 		t.Fatalf("no ROM: register reads %#x", got)
 	}
 }
+
+// TestHotAddRemove adds a function while "the guest runs": it is found by
+// configuration cycles at once, decodes nothing until the guest places
+// its BAR and enables memory decoding, and stops decoding when removed.
+func TestHotAddRemove(t *testing.T) {
+	r := NewRoot(testWindows)
+	f, mem, _, _ := testFunction(t)
+	if err := r.HotAdd(5, f); err != nil {
+		t.Fatal(err)
+	}
+	if r.HotAdd(5, NewFunction(Identity{})) == nil || r.Add(5, NewFunction(Identity{})) == nil {
+		t.Fatal("a second function at a taken slot was accepted")
+	}
+	var id [4]byte
+	r.ReadConfig(0, 5, 0, RegVendorID, id[:])
+	if binary.LittleEndian.Uint32(id[:]) != 0x5678_1234 {
+		t.Fatalf("vendor/device at 00:05.0 = % x", id)
+	}
+	if a, _ := f.BARAddress(0); a != 0 || f.Command() != 0 || len(r.Regions()) != 0 {
+		t.Fatalf("a hot-added function decodes before the guest placed it: BAR 0 at %#x, command %#x, regions %v", a, f.Command(), r.Regions())
+	}
+	mmio := bus.New("mmio", nil)
+	mmio.SetFallback(r.MemSpace())
+	const at = platform.PCIMMIO32Base + 0x10_0000
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], at)
+	r.WriteConfig(0, 5, 0, RegBAR0, b[:])
+	r.WriteConfig(0, 5, 0, RegCommand, []byte{CmdMemory, 0})
+	mmio.Read(at+8, b[:])
+	if mem.hits != 1 || mem.off != 8 {
+		t.Fatalf("after the guest placed BAR 0: %+v", mem)
+	}
+	if got := r.Remove(5); got != f {
+		t.Fatalf("Remove returned %p, want %p", got, f)
+	}
+	if r.Remove(5) != nil || r.Remove(0) != nil || r.Remove(99) != nil {
+		t.Fatal("Remove of an empty slot, the host bridge or a bad slot returned a function")
+	}
+	mmio.Read(at+8, b[:])
+	r.ReadConfig(0, 5, 0, RegVendorID, id[:])
+	if mem.hits != 1 || id != [4]byte{0xff, 0xff, 0xff, 0xff} || len(r.Regions()) != 0 {
+		t.Fatalf("after Remove: BAR hits %d, vendor % x, regions %v", mem.hits, id, r.Regions())
+	}
+	// The slot takes a new function again.
+	if err := r.HotAdd(5, NewFunction(Identity{Vendor: 1})); err != nil {
+		t.Fatal(err)
+	}
+}

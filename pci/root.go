@@ -55,11 +55,13 @@ type Windows struct {
 }
 
 // Root is PCI bus 0 and its host bridge. Functions are added before the
-// guest runs; afterwards only their configuration registers change. It is
-// safe for concurrent use.
+// guest runs (Add), or hot-added and removed while it runs (HotAdd,
+// Remove). It is safe for concurrent use.
 type Root struct {
-	win   Windows
-	funcs [NumSlots][NumFuncs]*Function
+	win Windows
+	// addMu serialises Add, HotAdd and Remove; funcs are read without it.
+	addMu sync.Mutex
+	funcs [NumSlots][NumFuncs]atomic.Pointer[Function]
 	// next free addresses for BAR placement.
 	nextIO, nextMem32, nextMem64 uint64
 
@@ -79,7 +81,7 @@ func NewRoot(w Windows) *Root {
 	r.mem.Store(&[]Region{})
 	host := NewFunction(Identity{Vendor: VendorRedHat, Device: DeviceRedHatHost, Class: ClassBridge, Subclass: SubclassHostBridge})
 	host.changed = r.remap
-	r.funcs[0][0] = host
+	r.funcs[0][0].Store(host)
 	return r
 }
 
@@ -91,11 +93,10 @@ func (r *Root) Windows() Windows { return r.win }
 // without a PCI allocator of their own can use the device at once. A
 // guest may move the BARs later.
 func (r *Root) Add(slot int, f *Function) error {
-	if slot <= 0 || slot >= NumSlots {
-		return fmt.Errorf("pci: slot %d out of range 1..%d", slot, NumSlots-1)
-	}
-	if r.funcs[slot][0] != nil {
-		return fmt.Errorf("pci: slot %d is taken", slot)
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	if err := r.free(slot); err != nil {
+		return err
 	}
 	var cmd uint16
 	for i, b := range f.bars {
@@ -134,12 +135,62 @@ func (r *Root) Add(slot int, f *Function) error {
 		r.nextMem32 = at + size
 	}
 	f.enable(cmd)
+	r.attach(slot, f)
+	return nil
+}
+
+// free checks that slot can take a function. Called with addMu held.
+func (r *Root) free(slot int) error {
+	if slot <= 0 || slot >= NumSlots {
+		return fmt.Errorf("pci: slot %d out of range 1..%d", slot, NumSlots-1)
+	}
+	if r.funcs[slot][0].Load() != nil {
+		return fmt.Errorf("pci: slot %d is taken", slot)
+	}
+	return nil
+}
+
+func (r *Root) attach(slot int, f *Function) {
 	f.mu.Lock()
 	f.changed = r.remap
 	f.mu.Unlock()
-	r.funcs[slot][0] = f
+	r.funcs[slot][0].Store(f)
 	r.remap()
+}
+
+// HotAdd puts f at slot (function 0) while the guest runs. Unlike Add it
+// leaves the BARs unplaced and decoding off: the guest's hotplug code
+// (Linux's acpiphp) sizes them and assigns them space in the bridge's
+// windows, which it knows and the VMM cannot know (the guest may have
+// moved the other functions' BARs since boot).
+func (r *Root) HotAdd(slot int, f *Function) error {
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	if err := r.free(slot); err != nil {
+		return err
+	}
+	r.attach(slot, f)
 	return nil
+}
+
+// Remove takes the function at slot off the bus (the guest ejected it)
+// and returns it; nil if the slot is empty. Its BARs stop decoding at
+// once.
+func (r *Root) Remove(slot int) *Function {
+	if slot <= 0 || slot >= NumSlots {
+		return nil
+	}
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	f := r.funcs[slot][0].Swap(nil)
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	f.changed = nil
+	f.mu.Unlock()
+	r.remap()
+	return f
 }
 
 // Function returns the function at slot/fn on bus 0 (nil: none).
@@ -147,7 +198,7 @@ func (r *Root) Function(slot, fn int) *Function {
 	if slot < 0 || slot >= NumSlots || fn < 0 || fn >= NumFuncs {
 		return nil
 	}
-	return r.funcs[slot][fn]
+	return r.funcs[slot][fn].Load()
 }
 
 // lookupFunc returns the function a configuration cycle addresses: only
@@ -185,7 +236,8 @@ func (r *Root) remap() {
 	defer r.remapMu.Unlock()
 	var io, mem []Region
 	for s := range r.funcs {
-		for _, f := range r.funcs[s] {
+		for i := range r.funcs[s] {
+			f := r.funcs[s][i].Load()
 			if f == nil {
 				continue
 			}
@@ -244,8 +296,8 @@ type State struct {
 func (r *Root) Save() State {
 	s := State{ConfigAddress: r.addr.Load(), Functions: map[string]FunctionState{}}
 	for slot := range r.funcs {
-		for fn, f := range r.funcs[slot] {
-			if f != nil {
+		for fn := range r.funcs[slot] {
+			if f := r.funcs[slot][fn].Load(); f != nil {
 				s.Functions[fmt.Sprintf("%d.%d", slot, fn)] = f.Save()
 			}
 		}
@@ -258,7 +310,8 @@ func (r *Root) Save() State {
 func (r *Root) Restore(s State) error {
 	n := 0
 	for slot := range r.funcs {
-		for fn, f := range r.funcs[slot] {
+		for fn := range r.funcs[slot] {
+			f := r.funcs[slot][fn].Load()
 			if f == nil {
 				continue
 			}
