@@ -280,6 +280,14 @@ func (t *PCI) features() uint64 {
 	return f
 }
 
+// DriverOK reports whether the driver has set DRIVER_OK and the device
+// serves its queues (the guest found the function and bound its driver).
+func (t *PCI) DriverOK() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.active
+}
+
 // Describe is the device's description with the transport's options
 // (" packed=on"): what a restore or migration must find again, and what
 // govmm info shows.

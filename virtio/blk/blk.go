@@ -182,6 +182,11 @@ func Open(c Config, name string) (*Device, error) {
 			d.bounces = append(d.bounces, b)
 		}
 	}
+	d.startWorkers(name)
+	return d, nil
+}
+
+func (d *Device) startWorkers(name string) {
 	for i := range Workers {
 		d.wg.Add(1)
 		var b []byte
@@ -190,7 +195,58 @@ func Open(c Config, name string) (*Device, error) {
 		}
 		go d.worker(fmt.Sprintf("%s-io%d", name, i), b)
 	}
+}
+
+// OpenFD is Open on an image the caller opened and passed over the
+// control socket (a hot-added disk: the confined VMM opens no path). fd
+// must be a regular file, opened read-write unless c.ReadOnly; c.Path
+// only names it. direct=on is refused: its unaligned tail needs a second,
+// buffered descriptor. The device owns fd from then on, also on error.
+func OpenFD(c Config, name string, fd int) (*Device, error) {
+	if c.Direct {
+		unix.Close(fd)
+		return nil, fmt.Errorf("disk %s: direct=on is not supported for a hot-added disk", c.Path)
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("disk %s: the descriptor passed: %w", c.Path, err)
+	}
+	if !c.ReadOnly && fl&unix.O_ACCMODE != unix.O_RDWR {
+		unix.Close(fd)
+		return nil, fmt.Errorf("disk %s: the descriptor passed is not open for writing (readonly=on for a read-only disk)", c.Path)
+	}
+	f := os.NewFile(uintptr(fd), c.Path)
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: %w", c.Path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: not a regular file (raw images only)", c.Path)
+	}
+	d := &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
+		jobs: make(chan job, QueueSize)}
+	d.startWorkers(name)
 	return d, nil
+}
+
+// OpenImageFile opens c's image as Open would without direct=on (the
+// control socket's client does, to pass the descriptor to the VMM).
+func OpenImageFile(c Config) (*os.File, error) {
+	if c.Direct {
+		return nil, fmt.Errorf("disk %s: direct=on is not supported for a hot-added disk", c.Path)
+	}
+	flag := os.O_RDWR
+	if c.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(c.Path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	return f, nil
 }
 
 // SetWorkerThread has each worker run fn before its first request, on

@@ -18,6 +18,8 @@ import (
 	"log/slog"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"govmm/memory"
 	"govmm/pci"
 	"govmm/virtio"
@@ -108,11 +110,18 @@ func (e *InputError) Unwrap() error { return e.Err }
 type Device struct {
 	Transport *virtio.PCI
 	Slot      int
-	close     func() error // the backend (an image file, a socket), or nil
+	// HotAdded says the device was added while the guest ran (HotAddDisk,
+	// HotAddNet) rather than built from the configuration.
+	HotAdded bool
+	close    func() error // the backend (an image file, a socket), or nil
 }
 
 // Set is the virtio devices of a machine, in slot order.
 type Set struct {
+	// mu guards Devices against a hot-add or an eject while the VM's
+	// owner pauses, resumes or closes the set. Readers outside the Set
+	// take List.
+	mu      sync.Mutex
 	Devices []*Device
 	// Console is the virtio console, when there is one.
 	Console *console.Device
@@ -335,14 +344,26 @@ func openVhostVsock(c vsock.Config, h Host) (*vsock.Vhost, error) {
 	return d, nil
 }
 
+// List returns the devices in slot order (a copy: a hot-add or an eject
+// does not change it under the caller).
+func (s *Set) List() []*Device {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Device(nil), s.Devices...)
+}
+
 // Close stops the transports and closes their backends; safe on a nil
 // Set and more than once.
 func (s *Set) Close() error {
 	if s == nil {
 		return nil
 	}
+	devs := s.List()
 	var errs []error
-	for _, d := range s.Devices {
+	for _, d := range devs {
 		if err := d.Transport.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
 		}
@@ -362,7 +383,8 @@ func (s *Set) RefuseLiveMigration() error {
 	if s == nil {
 		return nil
 	}
-	for _, d := range s.Devices {
+	devs := s.List()
+	for _, d := range devs {
 		if err := d.Transport.RefuseLiveMigration(); err != nil {
 			return fmt.Errorf("live migration: %w", err)
 		}
@@ -378,9 +400,10 @@ func (s *Set) StartDirtyLog(mark func(gpa, n uint64)) error {
 	if s == nil {
 		return nil
 	}
-	for i, d := range s.Devices {
+	devs := s.List()
+	for i, d := range devs {
 		if err := d.Transport.StartDirtyLog(mark); err != nil {
-			for _, e := range s.Devices[:i] {
+			for _, e := range devs[:i] {
 				e.Transport.StopDirtyLog()
 			}
 			return fmt.Errorf("live migration: %s: %w", d.Transport.Device().Name(), err)
@@ -394,7 +417,8 @@ func (s *Set) SyncDirtyLog() {
 	if s == nil {
 		return
 	}
-	for _, d := range s.Devices {
+	devs := s.List()
+	for _, d := range devs {
 		d.Transport.SyncDirtyLog()
 	}
 }
@@ -404,8 +428,9 @@ func (s *Set) StopDirtyLog() error {
 	if s == nil {
 		return nil
 	}
+	devs := s.List()
 	var errs []error
-	for _, d := range s.Devices {
+	for _, d := range devs {
 		if err := d.Transport.StopDirtyLog(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
 		}
@@ -419,7 +444,8 @@ func (s *Set) Pause() {
 	if s == nil {
 		return
 	}
-	for _, d := range s.Devices {
+	devs := s.List()
+	for _, d := range devs {
 		d.Transport.Pause()
 	}
 }
@@ -429,7 +455,8 @@ func (s *Set) Resume() {
 	if s == nil {
 		return
 	}
-	for _, d := range s.Devices {
+	devs := s.List()
+	for _, d := range devs {
 		d.Transport.Resume()
 	}
 }
@@ -448,4 +475,123 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// count is how many devices of the set d's device type satisfies.
+func (s *Set) count(is func(virtio.Device) bool) int {
+	n := 0
+	for _, d := range s.List() {
+		if is(d.Transport.Device()) {
+			n++
+		}
+	}
+	return n
+}
+
+// HotAddDisk builds a virtio-blk device on fd, an image the control
+// socket's client opened (blk.OpenFD), and hot-adds it at slot of
+// h.Root, its worker threads confined as c.DiskWorkerThread says. The
+// Set owns fd from then on, also on error.
+func (s *Set) HotAddDisk(c Config, dc blk.Config, fd, slot int, h Host) (*Device, error) {
+	n := s.count(func(d virtio.Device) bool { _, ok := d.(*blk.Device); return ok })
+	if n >= MaxDisks {
+		unix.Close(fd)
+		return nil, &InputError{fmt.Errorf("the VM has %d disks: govmm names at most %d (vda-vdz)", n, MaxDisks)}
+	}
+	d, err := blk.OpenFD(dc, "vd"+string(rune('a'+n)), fd)
+	if err != nil {
+		return nil, &InputError{err}
+	}
+	d.SetWorkerThread(c.DiskWorkerThread)
+	return s.hotAdd(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, nil, slot, h)
+}
+
+// HotAddNet builds a virtio-net device on fd, a TAP queue the control
+// socket's client opened (virtionet.OpenFD), and hot-adds it at slot,
+// its queue servers and TAP reader confined as c.NetQueueThread says
+// (named netN-... after the N network devices before it). The Set owns
+// fd from then on, also on error.
+func (s *Set) HotAddNet(c Config, nc virtionet.Config, fd, slot int, h Host) (*Device, error) {
+	n := s.count(func(d virtio.Device) bool {
+		switch d.(type) {
+		case *virtionet.Device, *virtionet.Vhost:
+			return true
+		}
+		return false
+	})
+	d, err := virtionet.OpenFD(nc, fd, h.Log)
+	if err != nil {
+		return nil, &InputError{err}
+	}
+	qt, err := netThreads(d, n, c.NetQueueThread)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return s.hotAdd(d, virtio.PCIClass{Class: 0x02}, d.Close, qt, slot, h)
+}
+
+// hotAdd puts dev's transport at slot while the guest runs: BARs unplaced
+// (pci.Root.HotAdd), for the guest's hotplug code to place.
+func (s *Set) hotAdd(dev virtio.Device, class virtio.PCIClass, closer func() error, queueThread func(q int) bool, slot int, h Host) (*Device, error) {
+	pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log, QueueThread: queueThread}
+	if h.INTxGSI != nil {
+		pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
+	}
+	tr, err := virtio.NewPCI(dev, pc)
+	if err != nil {
+		closer()
+		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
+	}
+	d := &Device{Transport: tr, Slot: slot, HotAdded: true, close: closer}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := h.Root.HotAdd(slot, tr.Function()); err != nil {
+		tr.Close()
+		closer()
+		return nil, fmt.Errorf("%s at PCI slot %d: %w", dev.Name(), slot, err)
+	}
+	i := len(s.Devices)
+	for i > 0 && s.Devices[i-1].Slot > slot {
+		i--
+	}
+	s.Devices = append(s.Devices[:i], append([]*Device{d}, s.Devices[i:]...)...)
+	return d, nil
+}
+
+// Remove takes the device at slot off root and out of the set, stops its
+// transport (its queue threads end) and closes its backend. It returns
+// the device (nil: none at slot).
+func (s *Set) Remove(root *pci.Root, slot int) (*Device, error) {
+	if s == nil {
+		return nil, nil
+	}
+	s.mu.Lock()
+	var d *Device
+	for i, x := range s.Devices {
+		if x.Slot == slot {
+			d = x
+			s.Devices = append(s.Devices[:i:i], s.Devices[i+1:]...)
+			break
+		}
+	}
+	s.mu.Unlock()
+	if d == nil {
+		return nil, nil
+	}
+	root.Remove(slot)
+	var errs []error
+	if err := d.Transport.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if d.close != nil {
+		if err := d.close(); err != nil {
+			errs = append(errs, err)
+		}
+		d.close = nil
+	}
+	if err := errors.Join(errs...); err != nil {
+		return d, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err)
+	}
+	return d, nil
 }
