@@ -20,6 +20,9 @@ func (v *VM) StartDirtyLog() error {
 	if err := v.plat.vfio.refuse("live migration"); err != nil {
 		return err
 	}
+	if err := v.refuseHotAdded("live migration"); err != nil {
+		return err
+	}
 	for _, d := range v.plat.virtio {
 		if err := d.Transport.RefuseLiveMigration(); err != nil {
 			return fmt.Errorf("live migration: %w", err)

@@ -28,11 +28,14 @@ func (v *VM) PCIDevices() []PCIDevice {
 		return nil
 	}
 	what := map[*pci.Function]string{}
-	for _, d := range p.virtio {
+	for _, d := range p.virtioSet.List() {
 		what[d.Transport.Function()] = d.Transport.Describe()
+		if d.HotAdded {
+			what[d.Transport.Function()] += " (hot-added)"
+		}
 		if b, ok := d.Transport.Device().(*balloon.Device); ok {
 			i := b.Info()
-			what[d.Transport.Function()] += fmt.Sprintf(" (target %d MiB, actual %d MiB)", uint64(i.TargetPages)*balloon.PageSize>>20, uint64(i.ActualPages)*balloon.PageSize>>20)
+			what[d.Transport.Function()] = d.Transport.Describe() + fmt.Sprintf(" (target %d MiB, actual %d MiB)", uint64(i.TargetPages)*balloon.PageSize>>20, uint64(i.ActualPages)*balloon.PageSize>>20)
 		}
 	}
 	if p.vfio != nil {

@@ -15,6 +15,7 @@ import (
 	"govmm/devices/debugexit"
 	"govmm/devices/i8042"
 	"govmm/devices/irqtestdev"
+	"govmm/devices/pcihp"
 	"govmm/devices/pcitestdev"
 	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
@@ -51,7 +52,12 @@ type platformDevices struct {
 	console   *console.Device
 	virtioSet *devices.Set
 	vfio      *vfioDevices
-	entry     *boot.Entry
+	// hotplug is the PCI hotplug controller, hotSlots the slots a
+	// device may be hot-added to, hotAdded how many were (vm/hotplug.go).
+	hotplug  *pcihp.Controller
+	hotSlots []int
+	hotAdded int
+	entry    *boot.Entry
 	// running and stopped are the VM's: closed once every vCPU runs
 	// with its state, and when the VM stops.
 	running, stopped <-chan struct{}
@@ -215,6 +221,9 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	if err := v.addVFIO(p); err != nil {
 		return err
 	}
+	if err := v.hotplugSetup(p); err != nil {
+		return err
+	}
 
 	if mode == buildIncoming {
 		return nil
@@ -223,7 +232,7 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs, PCI: &acpi.PCIHost{
 		ECAMBase: platform.PCIECAMBase, BusEnd: platform.PCIECAMBusEnd,
 		Mem32Base: w.Mem32Base, Mem32End: w.Mem32End, Mem64Base: w.Mem64Base, Mem64End: w.Mem64End,
-		GSI: platform.PCIGSI,
+		GSI: platform.PCIGSI, Hotplug: p.hotSlots,
 	}})
 	if err != nil {
 		return fmt.Errorf("build ACPI tables: %w", err)

@@ -124,6 +124,9 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if err := v.plat.vfio.refuse("a snapshot"); err != nil {
 		return nil, err
 	}
+	if err := v.refuseHotAdded("a snapshot"); err != nil {
+		return nil, err
+	}
 	st := &snapshot.State{}
 	if err := st.Add("machine", machineVersion, v.Machine()); err != nil {
 		return nil, err

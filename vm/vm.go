@@ -120,6 +120,9 @@ type VM struct {
 	ctl     control
 	paused  atomic.Bool
 	eois    atomic.Uint64 // IOAPIC EOI exits
+	// hotMu orders hot-adds and ejects (vm/hotplug.go) with each other
+	// and with what lists the devices.
+	hotMu sync.Mutex
 
 	// beforeGuest runs once every vCPU exists, before any enters the
 	// guest (SetBeforeGuest).
