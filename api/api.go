@@ -22,7 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -128,6 +127,8 @@ type request struct {
 	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
 	Migrate  *MigrateRequest  `json:"migrate,omitempty"`
 	Balloon  *BalloonRequest  `json:"balloon,omitempty"`
+	// Add is add-disk's or add-net's device.
+	Add *AddDeviceRequest `json:"add,omitempty"`
 }
 
 // Server serves the control socket.
@@ -242,11 +243,11 @@ func (r *reply) progress(done, total uint64) {
 func (s *Server) serve(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	rd := bufio.NewReader(io.LimitReader(c, 1<<20))
-	ln, err := rd.ReadBytes('\n')
+	ln, fds, err := readRequest(c)
 	rp := &reply{w: bufio.NewWriter(c)}
 	if err != nil && len(ln) == 0 {
-		rp.line("error read request: %v\n", err)
+		closeFDs(fds)
+		rp.line("error read request: %s\n", oneLine(err))
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -254,10 +255,11 @@ func (s *Server) serve(c net.Conn) {
 	dec := json.NewDecoder(strings.NewReader(string(ln)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
+		closeFDs(fds)
 		rp.line("error bad request: %s\n", oneLine(err))
 		return
 	}
-	res, err := s.do(&req, rp.progress)
+	res, err := s.do(&req, fds, rp.progress)
 	if err != nil {
 		rp.line("error %s\n", oneLine(err))
 		return
@@ -266,7 +268,12 @@ func (s *Server) serve(c net.Conn) {
 	rp.line("result %s\n", b)
 }
 
-func (s *Server) do(req *request, progress func(done, total uint64)) (any, error) {
+// do serves req. fds are the descriptors sent with it: add-disk and
+// add-net take theirs, every other operation closes them.
+func (s *Server) do(req *request, fds []int, progress func(done, total uint64)) (any, error) {
+	if req.Op != "add-disk" && req.Op != "add-net" {
+		closeFDs(fds)
+	}
 	if req.Op == "info" {
 		return s.t.Info(), nil
 	}
@@ -303,8 +310,10 @@ func (s *Server) do(req *request, progress func(done, total uint64)) (any, error
 			return nil, errors.New("balloon: target_bytes is required")
 		}
 		return bt.SetBalloon(*req.Balloon)
+	case "add-disk", "add-net":
+		return s.hotAdd(req, fds)
 	}
-	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot, migrate, vcpus or balloon)", req.Op)
+	return nil, fmt.Errorf("unknown operation %q (want info, pause, resume, snapshot, migrate, vcpus, balloon, add-disk or add-net)", req.Op)
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
@@ -328,7 +337,13 @@ func Dial(path string) (*Client, error) {
 
 // call sends req and decodes the result into out, reporting progress.
 func (c *Client) call(req request, progress func(done, total uint64), out any) error {
-	conn, err := net.Dial("unix", c.path)
+	return c.callWith(req, nil, progress, out)
+}
+
+// callWith is call with ancillary data (oob: SCM_RIGHTS) sent with the
+// request line.
+func (c *Client) callWith(req request, oob []byte, progress func(done, total uint64), out any) error {
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: c.path, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
@@ -336,7 +351,7 @@ func (c *Client) call(req request, progress func(done, total uint64), out any) e
 	b, _ := json.Marshal(req)
 	// A server that refuses the connection answers without reading the
 	// request, so a failed write is reported only if no answer follows.
-	_, werr := conn.Write(append(b, '\n'))
+	_, _, werr := conn.WriteMsgUnix(append(b, '\n'), oob, nil)
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

@@ -10,10 +10,14 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"govmm/api"
 	"govmm/confine"
 	"govmm/devices/bus"
 	"govmm/snapshot"
+	"govmm/virtio/blk"
+	virtionet "govmm/virtio/net"
 	"govmm/vm"
 )
 
@@ -125,4 +129,36 @@ func (t *controlTarget) Migrate(req api.MigrateRequest, progress func(done, tota
 		go t.vm.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
 	}
 	return res, err
+}
+
+// AddDisk hot-adds the disk req describes (--disk's syntax) on fd, the
+// image the client opened.
+func (t *controlTarget) AddDisk(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
+	c, err := blk.ParseFlag(req.Spec)
+	if err != nil {
+		unix.Close(fd)
+		return api.PCIDevice{}, err
+	}
+	d, err := t.vm.HotAddDisk(c, fd)
+	return hotAdded(d, err)
+}
+
+// AddNet hot-adds the network device req describes (--net's syntax) on
+// fd, the TAP queue the client opened.
+func (t *controlTarget) AddNet(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
+	c, err := virtionet.ParseFlag(req.Spec)
+	if err != nil {
+		unix.Close(fd)
+		return api.PCIDevice{}, err
+	}
+	d, err := t.vm.HotAddNet(c, fd)
+	return hotAdded(d, err)
+}
+
+func hotAdded(d vm.PCIDevice, err error) (api.PCIDevice, error) {
+	var out api.PCIDevice
+	if d.Slot > 0 {
+		out = pciDevices([]vm.PCIDevice{d})[0]
+	}
+	return out, err
 }

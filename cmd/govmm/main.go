@@ -4,6 +4,7 @@
 //	govmm run [flags]      boot a guest and wait for it to end
 //	govmm restore|snapshot|migrate|pause|resume|info   VM lifecycle
 //	govmm balloon --size SIZE   take RAM from the guest (virtio-balloon)
+//	govmm add-disk|add-net      hot-add a virtio disk or network device
 //	govmm caps [--json]    what the host offers
 //	govmm cpu-models       the CPU models and which this host can run
 //	govmm jail [flags] -- run [flags]   govmm run in a jail (package jail)
@@ -74,6 +75,8 @@ func realMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = cmdSimple(args[0], args[1:], stdout, stderr)
 	case "balloon":
 		err = cmdBalloon(args[1:], stdout, stderr)
+	case "add-disk", "add-net":
+		err = cmdHotAdd(args[0], args[1:], stdout, stderr)
 	case "caps":
 		err = cmdCaps(args[1:], stdout)
 	case "cpu-models":
@@ -114,6 +117,8 @@ commands:
             "migrate send --api-socket PATH --to ADDR [--verify]" for the source VM
   pause, resume, info   control a running VM through its control socket
   balloon   set a running VM's balloon target (--api-socket, --size SIZE; 0 gives all back)
+  add-disk  hot-add a virtio disk: add-disk --api-socket PATH path=FILE[,readonly=on][,serial=ID]
+  add-net   hot-add a virtio network device: add-net --api-socket PATH tap=NAME[,mac=MAC]
   caps      show what this host's accelerators offer (--json for JSON)
   cpu-models  list the CPU models (--cpu) and which this host can run
   jail      run "govmm run" in a jail (namespaces, chroot, uid drop, rlimits, cgroup):

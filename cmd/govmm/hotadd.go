@@ -1,0 +1,63 @@
+package main
+
+// govmm add-disk and add-net: the client side of a hot-add. The VMM is
+// confined and opens no path once the guest runs, so this process opens
+// the image or the TAP, checks the options as --disk and --net would, and
+// passes the descriptor over the control socket.
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"govmm/api"
+	"govmm/virtio/blk"
+	virtionet "govmm/virtio/net"
+)
+
+// cmdHotAdd is `govmm add-disk --api-socket S path=FILE[,readonly=on][,serial=..]`
+// and `govmm add-net --api-socket S tap=NAME[,mac=..]`.
+func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
+	c, fs, err := parseControl(name, args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		if name == "add-disk" {
+			return fail(exitUsage, "add-disk: want one argument, the disk as --disk takes it: path=FILE[,readonly=on][,serial=ID]")
+		}
+		return fail(exitUsage, "add-net: want one argument, the device as --net takes it: tap=NAME[,mac=MAC]")
+	}
+	spec := fs.Arg(0)
+	var f *os.File
+	switch name {
+	case "add-disk":
+		dc, err := blk.ParseFlag(spec)
+		if err != nil {
+			return fail(exitUsage, "add-disk: %v", err)
+		}
+		if f, err = blk.OpenImageFile(dc); err != nil {
+			return fail(exitUsage, "add-disk: %v", err)
+		}
+	default:
+		nc, err := virtionet.ParseFlag(spec)
+		if err != nil {
+			return fail(exitUsage, "add-net: %v", err)
+		}
+		if f, err = virtionet.OpenTapFile(nc); err != nil {
+			return fail(exitUsage, "add-net: %v", err)
+		}
+	}
+	defer f.Close()
+	var d api.PCIDevice
+	if name == "add-disk" {
+		d, err = c.AddDisk(spec, f)
+	} else {
+		d, err = c.AddNet(spec, f)
+	}
+	if err != nil {
+		return controlError(name, err)
+	}
+	fmt.Fprintf(stdout, "%s %s %s\n", d.Address, d.ID, d.What)
+	return nil
+}
