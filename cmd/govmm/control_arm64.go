@@ -15,6 +15,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"govmm/api"
 	"govmm/platform/arm64"
 )
@@ -118,4 +120,21 @@ func serveControl(path string, t *controlTarget) (func(), error) {
 // events and LAPIC: refused on arm64 by name.
 func (t *controlTarget) VCPUs() (api.VCPUsResult, error) {
 	return api.VCPUsResult{}, errors.New("info --vcpus: not implemented on arm64 (its reply is x86's registers and LAPIC); govmm info works")
+}
+
+// errNoHotAddARM64 refuses add-disk and add-net: the arm64 machine
+// describes its devices in a device tree, which has no hotplug
+// notification the guest would act on (x86 uses ACPI PCI hotplug).
+var errNoHotAddARM64 = errors.New("hot-add is not supported on arm64 (the machine's device tree has no PCI hotplug); give the device at start-up with --disk or --net")
+
+// AddDisk refuses: errNoHotAddARM64. It closes the descriptor passed.
+func (t *controlTarget) AddDisk(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
+	unix.Close(fd)
+	return api.PCIDevice{}, errNoHotAddARM64
+}
+
+// AddNet refuses like AddDisk.
+func (t *controlTarget) AddNet(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
+	unix.Close(fd)
+	return api.PCIDevice{}, errNoHotAddARM64
 }
