@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"govmm/api"
 	"govmm/virtio/blk"
@@ -38,6 +40,11 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 		}
 		if f, err = blk.OpenImageFile(dc); err != nil {
 			return fail(exitUsage, "add-disk: %v", err)
+		}
+		// The VMM names the disk by the path it is given (info,
+		// logs): the absolute one, not one relative to this process.
+		if abs, err := filepath.Abs(dc.Path); err == nil && abs != dc.Path {
+			spec = strings.Replace(spec, "path="+dc.Path, "path="+abs, 1)
 		}
 	default:
 		nc, err := virtionet.ParseFlag(spec)
