@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,14 @@ type HotAddTarget interface {
 // --net ("path=FILE,readonly=on", "tap=NAME,mac=...").
 type AddDeviceRequest struct {
 	Spec string `json:"spec"`
+	// WaitMS is how long to wait for the guest to bind a driver to the
+	// device before answering with an error (0: the VMM's default).
+	WaitMS int64 `json:"wait_ms,omitempty"`
 }
+
+// DefaultHotAddWait is how long a hot-add waits for the guest to bind a
+// driver to the new device when the request does not say.
+const DefaultHotAddWait = 2 * time.Minute
 
 // maxRequestFDs bounds the descriptors a request may carry (one is used).
 const maxRequestFDs = 4
@@ -116,19 +124,19 @@ func (s *Server) hotAdd(req *request, fds []int) (any, error) {
 	return ht.AddNet(*req.Add, fds[0])
 }
 
-// AddDisk hot-adds a disk: spec is --disk's syntax, f the image the
+// AddDisk hot-adds a disk: req.Spec is --disk's syntax, f the image the
 // caller opened (read-write, or read-only with readonly=on).
-func (c *Client) AddDisk(spec string, f *os.File) (PCIDevice, error) {
-	return c.addDevice("add-disk", spec, f)
+func (c *Client) AddDisk(req AddDeviceRequest, f *os.File) (PCIDevice, error) {
+	return c.addDevice("add-disk", req, f)
 }
 
-// AddNet hot-adds a network device: spec is --net's syntax, f the TAP
+// AddNet hot-adds a network device: req.Spec is --net's syntax, f the TAP
 // queue the caller opened (virtio/net.OpenTapFile).
-func (c *Client) AddNet(spec string, f *os.File) (PCIDevice, error) {
-	return c.addDevice("add-net", spec, f)
+func (c *Client) AddNet(req AddDeviceRequest, f *os.File) (PCIDevice, error) {
+	return c.addDevice("add-net", req, f)
 }
 
-func (c *Client) addDevice(op, spec string, f *os.File) (PCIDevice, error) {
+func (c *Client) addDevice(op string, req AddDeviceRequest, f *os.File) (PCIDevice, error) {
 	// The raw descriptor through SyscallConn: File.Fd would make a
 	// non-blocking TAP blocking, for the VMM too (the flag belongs to
 	// the open file the two share).
@@ -141,5 +149,5 @@ func (c *Client) addDevice(op, spec string, f *os.File) (PCIDevice, error) {
 		return PCIDevice{}, fmt.Errorf("%s: %w", op, err)
 	}
 	var res PCIDevice
-	return res, c.callWith(request{Op: op, Add: &AddDeviceRequest{Spec: spec}}, rights, nil, &res)
+	return res, c.callWith(request{Op: op, Add: &req}, rights, nil, &res)
 }

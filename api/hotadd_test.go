@@ -71,11 +71,11 @@ func TestHotAddPassesFD(t *testing.T) {
 	}
 	defer f.Close()
 	before := openFDs(t)
-	d, err := c.AddDisk("path=/elsewhere,readonly=on", f)
+	d, err := c.AddDisk(AddDeviceRequest{Spec: "path=/elsewhere,readonly=on"}, f)
 	if err != nil || d.Address != "0000:00:05.0" {
 		t.Fatalf("add-disk: %+v, %v", d, err)
 	}
-	if _, err := c.AddNet("tap=t0", f); err != nil {
+	if _, err := c.AddNet(AddDeviceRequest{Spec: "tap=t0"}, f); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"disk path=/elsewhere,readonly=on image contents", "net tap=t0 image contents"}
@@ -122,7 +122,7 @@ func TestHotAddPassesFD(t *testing.T) {
 	}
 	defer srv2.Close()
 	c2, _ := Dial(sock2)
-	if _, err := c2.AddDisk("path=x", f); err == nil || !strings.Contains(err.Error(), "cannot hot-add") {
+	if _, err := c2.AddDisk(AddDeviceRequest{Spec: "path=x"}, f); err == nil || !strings.Contains(err.Error(), "cannot hot-add") {
 		t.Errorf("add-disk to a target without hot-add: %v", err)
 	}
 	b, _ := json.Marshal(request{Op: "add-disk", Add: &AddDeviceRequest{Spec: "s"}})

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"govmm/api"
 	"govmm/devices/acpipm"
 	"govmm/devices/pcihp"
 	"govmm/platform"
@@ -22,9 +23,9 @@ import (
 // comes as a descriptor the control socket's client opened: once
 // confined, the VMM opens no path.
 
-// HotAddTimeout bounds how long a hot-add waits for the guest to bind a
-// driver to the new function (DRIVER_OK).
-var HotAddTimeout = 2 * time.Minute
+// HotAddWait is how long a hot-add waits by default for the guest to
+// bind a driver to the new function (DRIVER_OK).
+const HotAddWait = api.DefaultHotAddWait
 
 // hotplugSetup registers the GPE0 block and the hotplug controller and
 // returns the slots a device may be hot-added to: those free once the
@@ -51,18 +52,19 @@ func (v *VM) hotplugSetup(p *platformDevices) error {
 
 // HotAddDisk hot-adds a virtio-blk disk on fd, an image file the caller
 // opened (c.Path only names it). It returns once the guest's driver
-// bound to it; the VM owns fd from the call on.
-func (v *VM) HotAddDisk(c blk.Config, fd int) (PCIDevice, error) {
-	return v.hotAdd(fd, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
+// bound to it, or with an error after wait (0: HotAddWait), the device
+// staying in its slot; the VM owns fd from the call on.
+func (v *VM) HotAddDisk(c blk.Config, fd int, wait time.Duration) (PCIDevice, error) {
+	return v.hotAdd(fd, wait, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
 		return set.HotAddDisk(v.cfg.Virtio, c, fd, slot, h)
 	})
 }
 
 // HotAddNet hot-adds a virtio-net device on fd, a TAP queue the caller
-// opened (virtionet.OpenTapFile). It returns once the guest's driver
-// bound to it; the VM owns fd from the call on.
-func (v *VM) HotAddNet(c virtionet.Config, fd int) (PCIDevice, error) {
-	return v.hotAdd(fd, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
+// opened (virtionet.OpenTapFile). It waits as HotAddDisk does; the VM
+// owns fd from the call on.
+func (v *VM) HotAddNet(c virtionet.Config, fd int, wait time.Duration) (PCIDevice, error) {
+	return v.hotAdd(fd, wait, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
 		return set.HotAddNet(v.cfg.Virtio, c, fd, slot, h)
 	})
 }
@@ -70,7 +72,7 @@ func (v *VM) HotAddNet(c virtionet.Config, fd int) (PCIDevice, error) {
 // errNoHotplug is a hot-add on a machine without the hotplug controller.
 var errNoHotplug = errors.New("hot-add: this machine has no PCI hotplug controller")
 
-func (v *VM) hotAdd(fd int, build func(*devices.Set, int, devices.Host) (*devices.Device, error)) (PCIDevice, error) {
+func (v *VM) hotAdd(fd int, wait time.Duration, build func(*devices.Set, int, devices.Host) (*devices.Device, error)) (PCIDevice, error) {
 	fail := func(err error) (PCIDevice, error) {
 		unix.Close(fd)
 		return PCIDevice{}, err
@@ -129,10 +131,13 @@ func (v *VM) hotAdd(fd int, build func(*devices.Set, int, devices.Host) (*device
 		return PCIDevice{}, err
 	}
 	out := PCIDevice{Slot: slot, What: d.Transport.Describe()}
-	deadline := time.Now().Add(HotAddTimeout)
+	if wait <= 0 {
+		wait = HotAddWait
+	}
+	deadline := time.Now().Add(wait)
 	for !d.Transport.DriverOK() {
 		if time.Now().After(deadline) {
-			return out, fmt.Errorf("hot-add: %s is at PCI slot %d (0000:00:%02x.0), but the guest has not bound a driver to it within %v (does its kernel have ACPI PCI hotplug, CONFIG_HOTPLUG_PCI_ACPI, and the driver?); the device stays in the slot", d.Transport.Describe(), slot, slot, HotAddTimeout)
+			return out, fmt.Errorf("hot-add: %s is at PCI slot %d (0000:00:%02x.0), but the guest has not bound a driver to it within %v (does its kernel have ACPI PCI hotplug, CONFIG_HOTPLUG_PCI_ACPI, and the driver?); the device stays in the slot", d.Transport.Describe(), slot, slot, wait)
 		}
 		select {
 		case <-v.stopped:

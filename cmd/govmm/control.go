@@ -139,7 +139,7 @@ func (t *controlTarget) AddDisk(req api.AddDeviceRequest, fd int) (api.PCIDevice
 		unix.Close(fd)
 		return api.PCIDevice{}, err
 	}
-	d, err := t.vm.HotAddDisk(c, fd)
+	d, err := t.vm.HotAddDisk(c, fd, time.Duration(req.WaitMS)*time.Millisecond)
 	return hotAdded(d, err)
 }
 
@@ -151,7 +151,7 @@ func (t *controlTarget) AddNet(req api.AddDeviceRequest, fd int) (api.PCIDevice,
 		unix.Close(fd)
 		return api.PCIDevice{}, err
 	}
-	d, err := t.vm.HotAddNet(c, fd)
+	d, err := t.vm.HotAddNet(c, fd, time.Duration(req.WaitMS)*time.Millisecond)
 	return hotAdded(d, err)
 }
 

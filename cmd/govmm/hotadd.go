@@ -6,11 +6,13 @@ package main
 // passes the descriptor over the control socket.
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"govmm/api"
 	"govmm/virtio/blk"
@@ -20,9 +22,15 @@ import (
 // cmdHotAdd is `govmm add-disk --api-socket S path=FILE[,readonly=on][,serial=..]`
 // and `govmm add-net --api-socket S tap=NAME[,mac=..]`.
 func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
-	c, fs, err := parseControl(name, args, stderr, nil)
+	var wait time.Duration
+	c, fs, err := parseControl(name, args, stderr, func(fs *flag.FlagSet) {
+		fs.DurationVar(&wait, "wait", api.DefaultHotAddWait, "how long to wait for the guest to bind a driver to the device")
+	})
 	if err != nil {
 		return err
+	}
+	if wait <= 0 {
+		return fail(exitUsage, "%s: --wait must be positive", name)
 	}
 	if fs.NArg() != 1 {
 		if name == "add-disk" {
@@ -57,10 +65,11 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 	}
 	defer f.Close()
 	var d api.PCIDevice
+	req := api.AddDeviceRequest{Spec: spec, WaitMS: wait.Milliseconds()}
 	if name == "add-disk" {
-		d, err = c.AddDisk(spec, f)
+		d, err = c.AddDisk(req, f)
 	} else {
-		d, err = c.AddNet(spec, f)
+		d, err = c.AddNet(req, f)
 	}
 	if err != nil {
 		return controlError(name, err)
