@@ -23,13 +23,11 @@ const (
 	arm64INTxTicks = 6
 )
 
-// arm64INTxInit is the guest's /init: the virtio modules, the virtio
-// lines of /proc/interrupts, the known block read, 64 KiB of entropy
-// written to vda and read back past the page cache, a timed dd each way,
-// then arm64INTxTicks ticks that each copy a fresh entropy block to the disk,
-// read it back and print the virtio interrupt count (the same lines as
-// TestVirtioINTx's guest, so its parsers read them).
-var arm64INTxInit = `#!/bin/busybox sh
+// arm64INTxPrelude begins both arm64 INTx guests' /init (this test's and
+// TestARM64VirtioINTxMigration's): the file systems, the console, the
+// virtio modules, a wait for vda and hwrng, and the shell functions both
+// use.
+var arm64INTxPrelude = `#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
@@ -40,7 +38,15 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 i=0
 while { [ ! -b /dev/vda ] || [ ! -c /dev/hwrng ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-` + intxShellFuncs + `irqs boot
+` + intxShellFuncs
+
+// arm64INTxInit is the guest's /init: the virtio modules, the virtio
+// lines of /proc/interrupts, the known block read, 64 KiB of entropy
+// written to vda and read back past the page cache, a timed dd each way,
+// then arm64INTxTicks ticks that each copy a fresh entropy block to the disk,
+// read it back and print the virtio interrupt count (the same lines as
+// TestVirtioINTx's guest, so its parsers read them).
+var arm64INTxInit = arm64INTxPrelude + `irqs boot
 echo "intx-test: known-sum $($B dd if=/dev/vda bs=65536 skip=` + strconv.Itoa(arm64KnownOff/arm64Block) + ` count=1 2>/dev/null | $B sha256sum)"
 ` + intxIOShell(arm64INTxRNGBlock, strconv.Itoa(arm64INTxDDMiB), arm64INTxTickBase, arm64INTxTicks) + `$B poweroff -f
 `

@@ -46,18 +46,7 @@ const arm64INTxMigTickBase = 336
 // the interrupt count every 3 s, so a stalled guest shows whether
 // interrupts still come; the hung-task timeout is 10 s, so a blocked
 // reader's stack reaches the console soon.
-var arm64INTxMigInit = `#!/bin/busybox sh
-B=/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sys /sys
-$B mount -t devtmpfs dev /dev
-exec >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng; do
-	$B insmod /lib/modules/$m.ko || echo "intx-test: insmod $m failed"
-done
-i=0
-while { [ ! -b /dev/vda ] || [ ! -c /dev/hwrng ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-` + intxShellFuncs + `irqs boot
+var arm64INTxMigInit = arm64INTxPrelude + `irqs boot
 [ -w /proc/sys/kernel/hung_task_timeout_secs ] && echo 10 > /proc/sys/kernel/hung_task_timeout_secs
 echo "intx-test: rng-current $($B cat /sys/class/misc/hw_random/rng_current)"
 ( while true; do $B sleep 3; echo "intx-mon $($B cut -d' ' -f1 /proc/uptime) irqs=$(total)"; done ) &

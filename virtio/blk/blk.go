@@ -155,17 +155,10 @@ func Open(c Config, name string) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
-	st, err := f.Stat()
+	d, err := newDevice(c, name, f)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("disk %s: %w", c.Path, err)
+		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("disk %s: not a regular file (raw images only)", c.Path)
-	}
-	d := &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
-		jobs: make(chan job, QueueSize)}
 	if c.Direct {
 		// The buffered descriptor has shown the path is a regular
 		// file; the direct one replaces it.
@@ -216,7 +209,17 @@ func OpenFD(c Config, name string, fd int) (*Device, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("disk %s: the descriptor passed is not open for writing (readonly=on for a read-only disk)", c.Path)
 	}
-	f := os.NewFile(uintptr(fd), c.Path)
+	d, err := newDevice(c, name, os.NewFile(uintptr(fd), c.Path))
+	if err != nil {
+		return nil, err
+	}
+	d.startWorkers(name)
+	return d, nil
+}
+
+// newDevice is a device on image f, which must be a regular file; its
+// workers are not started yet. f is closed on error.
+func newDevice(c Config, name string, f *os.File) (*Device, error) {
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -226,10 +229,8 @@ func OpenFD(c Config, name string, fd int) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("disk %s: not a regular file (raw images only)", c.Path)
 	}
-	d := &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
-		jobs: make(chan job, QueueSize)}
-	d.startWorkers(name)
-	return d, nil
+	return &Device{cfg: c, name: "virtio-blk " + name, f: f, size: st.Size(), sectors: uint64(st.Size()) / sectorSize,
+		jobs: make(chan job, QueueSize)}, nil
 }
 
 // OpenImageFile opens c's image as Open would without direct=on (the
