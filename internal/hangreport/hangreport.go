@@ -339,8 +339,9 @@ func summarizeTrace(text string) string {
 	return b.String()
 }
 
-// kvmEntry matches a kvm_entry event's detail: "vcpu 0, rip 0x100190".
-var kvmEntry = regexp.MustCompile(`^vcpu (\d+), rip (0x[0-9a-f]+)`)
+// kvmEntry matches a kvm_entry event's detail: x86's "vcpu 0, rip
+// 0x100190", or arm64's "PC: 0x0000000040000004", which names no vCPU.
+var kvmEntry = regexp.MustCompile(`^(?:vcpu (\d+), rip|PC:) (0x[0-9a-f]+)`)
 
 // codeRange is a stretch of this kernel's own code: its text or a module.
 type codeRange struct {
@@ -393,7 +394,7 @@ func hostCode() []codeRange {
 }
 
 // entries says, per vCPU, how often the trace saw KVM enter the guest and
-// at which RIPs, and names a RIP that lies in this kernel's own code. A
+// at which RIPs (PCs on arm64), and names a RIP that lies in this kernel's own code. A
 // guest entered over and over at one RIP inside the host's KVM module
 // runs with the host's registers: on the nested substrate that is QEMU
 // resuming L2 with L1's state (nested.SubstrateFailure).
@@ -420,6 +421,9 @@ func entries(text string, host []codeRange) string {
 			continue
 		}
 		key := fmt.Sprintf("vCPU %s (thread %s)", e[1], m[2])
+		if e[1] == "" {
+			key = fmt.Sprintf("vCPU thread %s (%s)", m[2], m[1])
+		}
 		s := per[key]
 		if s == nil {
 			s = &seen{}

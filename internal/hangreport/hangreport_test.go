@@ -153,6 +153,10 @@ func TestEntries(t *testing.T) {
 	if want := "vCPU 0 (thread 1199): 2 guest entries, all at RIP 0x100190\n"; got != want {
 		t.Errorf("entries of a guest's own code:\n got %q\nwant %q", got, want)
 	}
+	arm := "           vcpu1-612     [000] d..1.    88.100000: kvm_entry: PC: 0x0000000040000004\n"
+	if got, want := entries(arm+arm, nil), "vCPU thread 612 (vcpu1): 2 guest entries, all at RIP 0x40000004\n"; got != want {
+		t.Errorf("arm64 entries:\n got %q\nwant %q", got, want)
+	}
 	var many strings.Builder
 	for i := range 10 {
 		fmt.Fprintf(&many, "  vcpu1-900 [000] d..1. 1.0%d: kvm_entry: vcpu 1, rip %#x\n", i, 0x1000+i)
