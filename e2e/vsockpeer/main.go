@@ -197,7 +197,18 @@ func tcpServe(port, conns int, seed string, n int) error {
 		if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
 			return fmt.Errorf("reply: %w", err)
 		}
-		unix.Close(fd)
+		// The reply sits in the send buffer when writeAll returns, and the
+		// guest powers off soon after "served": close must not return
+		// before the peer has acknowledged the last byte, or a segment the
+		// network lost and TCP would resend dies with the guest
+		// (TestNetLiveMigration's host once read 1,672 bytes short and
+		// timed out).
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60}); err != nil {
+			return fmt.Errorf("linger: %w", err)
+		}
+		if err := unix.Close(fd); err != nil {
+			return fmt.Errorf("close after the reply: %w", err)
+		}
 		fmt.Printf("vsock-test: served %d\n", i)
 	}
 	return nil
