@@ -141,15 +141,8 @@ func Build(c Config, h Host) (s *Set, err error) {
 	}()
 	slot := FirstSlot
 	add := func(dev virtio.Device, class virtio.PCIClass, closer func() error, queueThread func(q int) bool) error {
-		pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log, QueueThread: queueThread}
-		if h.INTxGSI != nil {
-			pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
-		}
-		tr, err := virtio.NewPCI(dev, pc)
+		tr, err := newTransport(dev, class, closer, queueThread, slot, h)
 		if err != nil {
-			if closer != nil {
-				closer()
-			}
 			return err
 		}
 		s.Devices = append(s.Devices, &Device{Transport: tr, Slot: slot, close: closer})
@@ -163,7 +156,7 @@ func Build(c Config, h Host) (s *Set, err error) {
 		return s, &InputError{fmt.Errorf("%d disks: govmm names at most %d (vda-vdz)", len(c.Disks), MaxDisks)}
 	}
 	for i, dc := range c.Disks {
-		d, err := blk.Open(dc, "vd"+string(rune('a'+i)))
+		d, err := blk.Open(dc, diskName(i))
 		if err != nil {
 			return s, &InputError{err}
 		}
@@ -361,21 +354,45 @@ func (s *Set) Close() error {
 	if s == nil {
 		return nil
 	}
-	devs := s.List()
 	var errs []error
-	for _, d := range devs {
-		if err := d.Transport.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
-		}
-		if d.close != nil {
-			if err := d.close(); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
-			}
-			d.close = nil
-		}
+	for _, d := range s.List() {
+		errs = append(errs, d.stop())
 	}
 	return errors.Join(errs...)
 }
+
+// stop stops d's transport (its queue threads end) and closes its
+// backend, once.
+func (d *Device) stop() error {
+	var errs []error
+	if err := d.Transport.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
+	}
+	if d.close != nil {
+		if err := d.close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err))
+		}
+		d.close = nil
+	}
+	return errors.Join(errs...)
+}
+
+// newTransport builds dev's virtio-pci transport for slot; on error the
+// backend is closed (closer may be nil).
+func newTransport(dev virtio.Device, class virtio.PCIClass, closer func() error, queueThread func(q int) bool, slot int, h Host) (*virtio.PCI, error) {
+	pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log, QueueThread: queueThread}
+	if h.INTxGSI != nil {
+		pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
+	}
+	tr, err := virtio.NewPCI(dev, pc)
+	if err != nil && closer != nil {
+		closer()
+	}
+	return tr, err
+}
+
+// diskName is the i'th disk's name in log lines and thread names.
+func diskName(i int) string { return "vd" + string(rune('a'+i)) }
 
 // RefuseLiveMigration returns why a device of the set cannot be
 // live-migrated (virtio.LiveMigrationRefuser), or nil; nil on a nil Set.
@@ -498,7 +515,7 @@ func (s *Set) HotAddDisk(c Config, dc blk.Config, fd, slot int, h Host) (*Device
 		unix.Close(fd)
 		return nil, &InputError{fmt.Errorf("the VM has %d disks: govmm names at most %d (vda-vdz)", n, MaxDisks)}
 	}
-	d, err := blk.OpenFD(dc, "vd"+string(rune('a'+n)), fd)
+	d, err := blk.OpenFD(dc, diskName(n), fd)
 	if err != nil {
 		return nil, &InputError{err}
 	}
@@ -534,13 +551,8 @@ func (s *Set) HotAddNet(c Config, nc virtionet.Config, fd, slot int, h Host) (*D
 // hotAdd puts dev's transport at slot while the guest runs: BARs unplaced
 // (pci.Root.HotAdd), for the guest's hotplug code to place.
 func (s *Set) hotAdd(dev virtio.Device, class virtio.PCIClass, closer func() error, queueThread func(q int) bool, slot int, h Host) (*Device, error) {
-	pc := virtio.PCIConfig{Class: class, Mem: h.Mem, Router: h.Router(slot), Log: h.Log, QueueThread: queueThread}
-	if h.INTxGSI != nil {
-		pc.INTx = &virtio.INTxConfig{GSI: h.INTxGSI(slot)}
-	}
-	tr, err := virtio.NewPCI(dev, pc)
+	tr, err := newTransport(dev, class, closer, queueThread, slot, h)
 	if err != nil {
-		closer()
 		return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 	}
 	d := &Device{Transport: tr, Slot: slot, HotAdded: true, close: closer}
@@ -580,18 +592,5 @@ func (s *Set) Remove(root *pci.Root, slot int) (*Device, error) {
 		return nil, nil
 	}
 	root.Remove(slot)
-	var errs []error
-	if err := d.Transport.Close(); err != nil {
-		errs = append(errs, err)
-	}
-	if d.close != nil {
-		if err := d.close(); err != nil {
-			errs = append(errs, err)
-		}
-		d.close = nil
-	}
-	if err := errors.Join(errs...); err != nil {
-		return d, fmt.Errorf("%s: %w", d.Transport.Device().Name(), err)
-	}
-	return d, nil
+	return d, d.stop()
 }
