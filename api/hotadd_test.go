@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,7 +111,14 @@ func TestHotAddPassesFD(t *testing.T) {
 	if !strings.HasPrefix(string(buf[:n]), "error bad request") {
 		t.Errorf("malformed request: %q", buf[:n])
 	}
-	if after := openFDs(t); after != before {
+	// The server closes each connection after its reply, so a count taken
+	// right after the last reply can still see that connection's
+	// descriptor (1 time in 20 on a loaded machine); a leak stays.
+	after := openFDs(t)
+	for end := time.Now().Add(2 * time.Second); after != before && time.Now().Before(end); after = openFDs(t) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after != before {
 		t.Errorf("%d descriptors open before the requests, %d after: the server leaks what it is sent", before, after)
 	}
 

@@ -129,7 +129,7 @@ var badBootLines = []string{
 // the same kernel under QEMU -M pc on the same KVM does not, each with the
 // reason it is accepted. Keys are normalized messages (see normalizeLog).
 var acceptedBootDifferences = map[string]string{
-	"hrtimer: interrupt took # ns":                                      "timing, not the machine: printed once when a timer interrupt ran late, which the nested substrate's slow exits cause now and then",
+	"hrtimer: interrupt took # ns":                                      "timing, not the machine: printed once when a timer interrupt ran late, which slow exits on the nested substrate cause now and then",
 	"APIC calibration not consistent with PM-Timer: #ms instead of #ms": "timing, not the machine: the kernel times the LAPIC timer against the PM timer over 100 ms and warns past 1%; a slow exit of the nested substrate in that window is enough",
 }
 

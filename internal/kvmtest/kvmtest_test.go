@@ -187,6 +187,12 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestB\n=== RUN   TestB/sub\n", died: true},
 			{out: "=== RUN   TestC\n--- PASS: TestC (1s)\n"},
 		}, 1, 3, []string{"TestA", "TestB", "TestC"}},
+		// More failures than maxRerun, but those beyond it carry the
+		// substrate's diagnosis: every one runs again.
+		{"diagnosed failures", append([]fakeRun{{out: manyFailures(maxRerun+2, 2), code: 1}},
+			passes(maxRerun+2)...), 0, 0, numbered(maxRerun+2)},
+		// One undiagnosed failure too many: none runs again.
+		{"too many failures", []fakeRun{{out: manyFailures(maxRerun+2, 1), code: 1}}, 1, 0, numbered(maxRerun + 2)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeL1{runs: tc.runs}
@@ -208,5 +214,53 @@ func TestSettle(t *testing.T) {
 				t.Errorf("%d scripted runs left unused\n%s", len(f.runs), log.String())
 			}
 		})
+	}
+}
+
+// numbered names n tests Test0, Test1, ...
+func numbered(n int) []string {
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("Test%d", i))
+	}
+	return names
+}
+
+// manyFailures is the -v output of n failed tests, the first diagnosed of
+// them with the substrate's diagnosis in their output (the way
+// internal/nested words it), streamed under "=== NAME" as go test -v does
+// when a test logs after another one ran.
+func manyFailures(n, diagnosed int) string {
+	var b strings.Builder
+	for i, name := range numbered(n) {
+		fmt.Fprintf(&b, "=== RUN   %s\n=== RUN   %s/kvm\n", name, name)
+		if i < diagnosed {
+			fmt.Fprintf(&b, "=== NAME  %s/kvm\n    x_test.go:1: triple fault\n        --- diagnosis of the triple fault: the nested substrate's second known failure\n", name)
+		}
+		fmt.Fprintf(&b, "    --- FAIL: %s/kvm (1s)\n--- FAIL: %s (1s)\n", name, name)
+	}
+	return b.String()
+}
+
+// passes is n runs, each of one test passing alone.
+func passes(n int) []fakeRun {
+	var runs []fakeRun
+	for _, name := range numbered(n) {
+		runs = append(runs, fakeRun{out: "=== RUN   " + name + "/kvm\n--- PASS: " + name + " (1s)\n"})
+	}
+	return runs
+}
+
+// TestExplained: a diagnosis in a subtest's output, or in its parent's,
+// explains the subtest's failure; "not the substrate's" does not.
+func TestExplained(t *testing.T) {
+	c := &resultCounter{}
+	c.Write([]byte("=== RUN   TestA\n=== RUN   TestA/kvm\n    diagnosis: not the substrate's known failure\n    --- FAIL: TestA/kvm (1s)\n" +
+		"=== RUN   TestB\n    b: the nested substrate's known failure, not the VMM's\n=== RUN   TestB/x\n    --- FAIL: TestB/x (1s)\n" +
+		"\x16=== RUN   TestC\n=== RUN   TestC/y\n=== RUN   TestC/z\n\x16=== NAME  TestC/y\n    the nested substrate's known failure\n"))
+	for name, want := range map[string]bool{"TestA/kvm": false, "TestB/x": true, "TestC/y": true, "TestC/z": false} {
+		if got := c.explained(name); got != want {
+			t.Errorf("explained(%s) = %v, want %v", name, got, want)
+		}
 	}
 }

@@ -17,6 +17,16 @@ import (
 // L1's kvm module); SubstrateFailure names it, so that a stalled test
 // says whose failure it was.
 
+// diagnosedMark begins every diagnosis that names the substrate as the
+// cause of a failure; a failure's text that holds it was explained
+// (Diagnosed). "not the substrate's" never contains it.
+const diagnosedMark = "the nested substrate's "
+
+// Diagnosed says whether a line of a test's output carries a diagnosis
+// that names the substrate as a failure's cause: the test harness reruns
+// such failures without counting them against the code (internal/kvmtest).
+func Diagnosed(line string) bool { return strings.Contains(line, diagnosedMark) }
+
 // L1's module area (Linux x86-64: MODULES_VADDR to MODULES_END).
 const (
 	moduleAreaStart = 0xffffffffc0000000
@@ -70,7 +80,7 @@ func SubstrateFailure(vcpus string) string {
 	if len(found) == 0 {
 		return ""
 	}
-	return "the nested substrate's known failure, not the VMM's: " + strings.Join(found, ", ") +
+	return diagnosedMark + "known failure, not the VMM's: " + strings.Join(found, ", ") +
 		" fetching from L1's module area (where L1's kvm_amd runs VMRUN) with a #PF on that fetch: QEMU resumed the guest with L1's registers"
 }
 
