@@ -190,7 +190,7 @@ func TestSettle(t *testing.T) {
 		// More failures than maxRerun, but those beyond it carry the
 		// substrate's diagnosis: every one runs again.
 		{"diagnosed failures", append([]fakeRun{{out: manyFailures(maxRerun+2, 2), code: 1}},
-			passes(maxRerun+2)...), 0, 0, numbered(maxRerun+2)},
+			passes(maxRerun+2)...), 0, 0, numbered(maxRerun + 2)},
 		// One undiagnosed failure too many: none runs again.
 		{"too many failures", []fakeRun{{out: manyFailures(maxRerun+2, 1), code: 1}}, 1, 0, numbered(maxRerun + 2)},
 	} {
