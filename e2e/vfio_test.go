@@ -65,7 +65,6 @@ func inVFIOL1(t *testing.T) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wd, _ := os.Getwd()
 	timeout := 25 * time.Minute
 	if d, ok := t.Deadline(); ok {
 		timeout = time.Until(d) - time.Minute
@@ -77,39 +76,72 @@ func inVFIOL1(t *testing.T) bool {
 			run = "^" + t.Name() + "$" + strings.TrimPrefix(pat, t.Name())
 		}
 	}
-	cmd := []string{exe, "-test.run=" + run, "-test.v=true", "-test.timeout=" + (timeout - 2*time.Minute).String()}
 	env := []string{vfioL1Env + "=1", binaryEnv + "=" + binary, kvmtest.RequireEnv + "=1"}
-	var out bytes.Buffer
-	w := io.MultiWriter(&out, prefixWriter{os.Stdout})
-	// The nvme device's disk: a pattern in its first MiBs (the guest
-	// reads it raw, then restores it after its file system test).
-	img := filepath.Join(t.TempDir(), "nvme.img")
-	if err := os.WriteFile(img, pattern("nvme", nvmeRaw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, nvmeSize); err != nil {
-		t.Fatal(err)
-	}
-	rom := filepath.Join(t.TempDir(), "nvme.rom")
-	if err := os.WriteFile(rom, nvmeROMImage(), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	files := []string{exe, binary}
 	if k := os.Getenv(linuxKernelEnv); k != "" {
 		files = append(files, k)
 		env = append(env, linuxKernelEnv+"="+k)
 	}
-	cfg := eduL1(cmd, env, files, w, timeout, img, rom)
-	cfg.Dir = wd
-	if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
-		cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci
+	start := time.Now()
+	// attempt runs the test binary, selecting run, in a fresh L1 with
+	// the devices; it fails the test only when L1 itself failed.
+	attempt := func(run string, timeout time.Duration) (string, nested.Result) {
+		cmd := []string{exe, "-test.run=" + run, "-test.v=true", "-test.timeout=" + (timeout - 2*time.Minute).String()}
+		var out bytes.Buffer
+		w := io.MultiWriter(&out, prefixWriter{os.Stdout})
+		// The nvme device's disk, new for each L1: a pattern in its first
+		// MiBs (the guest reads it raw, then restores it after its file
+		// system test, which a failure can cut short).
+		dir := t.TempDir()
+		img := filepath.Join(dir, "nvme.img")
+		if err := os.WriteFile(img, pattern("nvme", nvmeRaw), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, nvmeSize); err != nil {
+			t.Fatal(err)
+		}
+		rom := filepath.Join(dir, "nvme.rom")
+		if err := os.WriteFile(rom, nvmeROMImage(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg := eduL1(cmd, env, files, w, timeout, img, rom)
+		cfg.Dir = "/"
+		if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
+			cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci
+		}
+		res, err := nested.Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("L1 with edu: %v", err)
+		}
+		return out.String(), res
 	}
-	res, err := nested.Run(context.Background(), cfg)
-	if err != nil {
-		t.Fatalf("L1 with edu: %v", err)
+	out, res := attempt(run, timeout)
+	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
+		return false
 	}
-	if res.ExitCode != 0 || !strings.Contains(out.String(), "--- PASS: "+t.Name()) {
-		t.Fatalf("%s in L1 (with edu, booted in %v): exit %d\n%s", t.Name(), res.Boot.Round(100*time.Millisecond), res.ExitCode, res.ConsoleLog)
+	// As kvmtest does for the tests that share an L1: the substrate fails
+	// a guest now and then, so the subtests that failed run once more,
+	// each alone in a fresh L1, when they are few; a failure that
+	// repeats fails the test.
+	failed, explained := kvmtest.FailedLeaves(out)
+	if len(failed) == 0 || len(failed) > 3 {
+		t.Fatalf("%s in L1 (with edu, booted in %v): exit %d, %d subtests failed\n%s", t.Name(), res.Boot.Round(100*time.Millisecond), res.ExitCode, len(failed), res.ConsoleLog)
+	}
+	for _, name := range failed {
+		left := timeout - time.Since(start)
+		if left < 5*time.Minute {
+			t.Fatalf("%s failed in L1 (with edu), and no time is left to run it again", name)
+		}
+		why := "the substrate fails now and then"
+		if explained[name] {
+			why = "its output names the substrate as the cause"
+		}
+		fmt.Printf("=== %s: %s failed in L1; running it once more in a fresh L1 (%s)\n", t.Name(), name, why)
+		again, res := attempt(kvmtest.Exactly(name), left)
+		if res.ExitCode != 0 || !strings.Contains(again, "--- PASS: "+name) {
+			t.Fatalf("%s failed again in a fresh L1 (with edu, booted in %v): exit %d\n%s", name, res.Boot.Round(100*time.Millisecond), res.ExitCode, res.ConsoleLog)
+		}
+		t.Logf("%s failed in L1, then passed when run again in a fresh L1 %s", name, kvmtest.FlakyMark)
 	}
 	return false
 }

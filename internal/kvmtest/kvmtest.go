@@ -514,7 +514,7 @@ func settle(args, tests []string, deadline time.Time, runL1 l1Runner, say sayFun
 			say("=== nested KVM: no time left to run %s again\n", name)
 			return 1
 		}
-		_, again, err := runL1(withRun(args, exactly(name)))
+		_, again, err := runL1(withRun(args, Exactly(name)))
 		if err != nil || again.ExitCode != 0 {
 			code = 1
 		}
@@ -587,9 +587,9 @@ func withRun(args []string, pattern string) []string {
 	return append(out, "-test.run="+pattern)
 }
 
-// exactly returns a -test.run pattern that selects the one test or subtest
-// name ("TestX/kvm/2cpu"), level by level.
-func exactly(name string) string {
+// Exactly returns a -test.run pattern that selects the one test or
+// subtest name ("TestX/kvm/2cpu") and nothing else, level by level.
+func Exactly(name string) string {
 	levels := strings.Split(name, "/")
 	for i, l := range levels {
 		levels[i] = "^" + regexp.QuoteMeta(l) + "$"
@@ -640,6 +640,26 @@ func moduleRoot(dir string) string {
 			return dir
 		}
 	}
+}
+
+// FlakyMark ends the line a test that starts an L1 of its own logs when a
+// subtest failed there and passed when run again in a fresh one; the CI
+// report lists such a test as flaky (internal/testreport).
+const FlakyMark = "(flaky on nested KVM)"
+
+// FailedLeaves reads the -v output of a test binary and returns the
+// tests that failed with no failed subtest (the smallest set to run
+// again), and whether each printed a diagnosis that names the nested
+// substrate as the cause. For tests that start an L1 of their own.
+func FailedLeaves(out string) (failed []string, explained map[string]bool) {
+	c := &resultCounter{}
+	c.Write([]byte(out + "\n"))
+	explained = map[string]bool{}
+	for _, name := range c.failedLeaves() {
+		failed = append(failed, name)
+		explained[name] = c.explained(name)
+	}
+	return failed, explained
 }
 
 // resultCounter counts the -v result lines of the run in L1 and remembers

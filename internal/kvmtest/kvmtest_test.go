@@ -66,11 +66,11 @@ func TestFinished(t *testing.T) {
 }
 
 func TestExactly(t *testing.T) {
-	if got, want := exactly("TestBoot/kvm/2cpu"), `^TestBoot$/^kvm$/^2cpu$`; got != want {
-		t.Errorf("exactly = %q, want %q", got, want)
+	if got, want := Exactly("TestBoot/kvm/2cpu"), `^TestBoot$/^kvm$/^2cpu$`; got != want {
+		t.Errorf("Exactly = %q, want %q", got, want)
 	}
-	if got, want := exactly("TestX/a.b+c"), `^TestX$/^a\.b\+c$`; got != want {
-		t.Errorf("exactly = %q, want %q", got, want)
+	if got, want := Exactly("TestX/a.b+c"), `^TestX$/^a\.b\+c$`; got != want {
+		t.Errorf("Exactly = %q, want %q", got, want)
 	}
 }
 

@@ -32,6 +32,9 @@ func TestReport(t *testing.T) {
 		`{"Action":"fail","Package":"p","Test":"TestC"}`,
 		`{"Action":"run","Package":"p","Test":"TestC"}`,
 		`{"Action":"pass","Package":"p","Test":"TestC"}`,
+		`{"Action":"run","Package":"p","Test":"TestF"}`,
+		`{"Action":"output","Package":"p","Test":"TestF","Output":"    TestF/x failed in L1, then passed when run again in a fresh L1 (flaky on nested KVM)\n"}`,
+		`{"Action":"pass","Package":"p","Test":"TestF"}`,
 		`{"Action":"output","Package":"p","Output":"--- FAIL: nested KVM (L1, QEMU 10): nested KVM: L1 powered off\n"}`,
 		`{"Action":"output","Package":"p","Output":"[   12.7] BUG: TASK stack guard page was hit\n"}`,
 		`{"Action":"output","Package":"p","Output":"=== nested KVM: L1 died under the tests; running the 1 that had not finished in a fresh L1: TestD\n"}`,
@@ -57,7 +60,9 @@ func TestReport(t *testing.T) {
 		"every one of its 1 subtests skipped",
 		"    p TestB/kvm: tool missing\n",
 		"--- FLAKY: p TestC\n",
-		"3 passed, 1 failed, 1 skipped\n",
+		// A test with an L1 of its own that reran a subtest there.
+		"--- FLAKY: p TestF\n",
+		"4 passed, 1 failed, 1 skipped\n",
 		// Why L1 died is shown, with the line after it, whatever the tests did.
 		"--- FAIL: nested KVM (L1, QEMU 10)",
 		"BUG: TASK stack guard page was hit\n",
