@@ -250,8 +250,8 @@ func TestMSRRegisterName(t *testing.T) {
 		// 0x8008D, PL0_SSP..PL3_SSP 0x8008F-0x80092,
 		// INTERRUPT_SSP_TABLE_ADDR 0x80093).
 		{0x6A0, 0x8008C}, {0x6A2, 0x8008D}, {0x6A4, 0x8008F}, {0x6A7, 0x80092}, {0x6A8, 0x80093},
-		// IA32_TSC_DEADLINE: WHvX64RegisterTscDeadline 0x2095, the
-		// hypervisor's 0x80095 (see RegTSCDeadline).
+		// IA32_TSC_DEADLINE: OpenVMM's hvdef TscDeadline 0x00080095
+		// (see RegTSCDeadline).
 		{0x6E0, 0x80095}, {0x3B, 0x80096}} {
 		if r, ok := MSRRegisterName(c.msr); !ok || r != c.reg {
 			t.Errorf("MSRRegisterName(%#x) = %#x, %v; want %#x", c.msr, r, ok, c.reg)

@@ -108,12 +108,11 @@ const (
 	RegPL0SSP = 0x8008F // ..PL3_SSP 0x80092
 	RegISST   = 0x80093
 	// RegTSCDeadline is IA32_TSC_DEADLINE, the LAPIC timer's deadline in
-	// TSC-deadline mode: not in the Linux headers' hv_register_name (nor
-	// in rust-vmm's msr_to_hv_reg_name), but the hypervisor's register
-	// all the same: Windows' WHv API, whose x64 MSR registers are the
-	// hypervisor's 0x8xxxx names as 0x2xxx (WHvX64RegisterTscAdjust
-	// 0x2096 is HV_X64_REGISTER_TSC_ADJUST 0x80096, InterruptSspTableAddr
-	// 0x2093 is 0x80093), names it WHvX64RegisterTscDeadline 0x2095.
+	// TSC-deadline mode. Not in the Linux headers' hv_register_name (nor
+	// in rust-vmm's msr_to_hv_reg_name), but Microsoft's own hypervisor
+	// definitions in OpenVMM (vm/hv1/hvdef, HvX64RegisterName) list it as
+	// TscDeadline 0x00080095, between TscVirtualMultiplier 0x80094 and
+	// TscAdjust 0x80096; Windows' WHv API has it as 0x2095.
 	RegTSCDeadline = 0x80095
 	RegTSCAdjust   = 0x80096
 	RegMiscEnable  = 0x800A0
