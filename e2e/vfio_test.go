@@ -84,8 +84,8 @@ func inVFIOL1(t *testing.T) bool {
 	}
 	start := time.Now()
 	// attempt runs the test binary, selecting run, in a fresh L1 with
-	// the devices; it fails the test only when L1 itself failed.
-	attempt := func(run string, timeout time.Duration) (string, nested.Result) {
+	// the devices; err is L1's own failure (it died or froze).
+	attempt := func(run string, timeout time.Duration) (string, nested.Result, error) {
 		cmd := []string{exe, "-test.run=" + run, "-test.v=true", "-test.timeout=" + (timeout - 2*time.Minute).String()}
 		var out bytes.Buffer
 		w := io.MultiWriter(&out, prefixWriter{os.Stdout})
@@ -110,12 +110,21 @@ func inVFIOL1(t *testing.T) bool {
 			cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci
 		}
 		res, err := nested.Run(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("L1 with edu: %v", err)
-		}
-		return out.String(), res
+		return out.String(), res, err
 	}
-	out, res := attempt(run, timeout)
+	out, res, err := attempt(run, timeout)
+	if err != nil {
+		// L1 died or froze under the test: as kvmtest does after an L1
+		// death, the test runs again in a fresh L1, once.
+		left := timeout - time.Since(start)
+		if left < 5*time.Minute {
+			t.Fatalf("L1 with edu: %v (no time left to run %s again)", err, t.Name())
+		}
+		t.Logf("L1 with edu stopped: %v\nrunning %s once more in a fresh L1", err, t.Name())
+		if out, res, err = attempt(run, left); err != nil {
+			t.Fatalf("L1 with edu stopped twice: %v", err)
+		}
+	}
 	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
 		return false
 	}
@@ -136,8 +145,11 @@ func inVFIOL1(t *testing.T) bool {
 		if explained[name] {
 			why = "its output names the substrate as the cause"
 		}
-		fmt.Printf("=== %s: %s failed in L1; running it once more in a fresh L1 (%s)\n", t.Name(), name, why)
-		again, res := attempt(kvmtest.Exactly(name), left)
+		t.Logf("%s failed in L1; running it once more in a fresh L1 (%s)", name, why)
+		again, res, err := attempt(kvmtest.Exactly(name), left)
+		if err != nil {
+			t.Fatalf("%s failed in L1 (with edu), and the fresh L1 to run it again stopped: %v", name, err)
+		}
 		if res.ExitCode != 0 || !strings.Contains(again, "--- PASS: "+name) {
 			t.Fatalf("%s failed again in a fresh L1 (with edu, booted in %v): exit %d\n%s", name, res.Boot.Round(100*time.Millisecond), res.ExitCode, res.ConsoleLog)
 		}
