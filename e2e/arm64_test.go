@@ -83,17 +83,30 @@ func (w logWriter) Write(p []byte) (int, error) {
 // test with L1's logs.
 func runARM64L1(t *testing.T, script string, timeout time.Duration, files ...string) string {
 	t.Helper()
+	start := time.Now()
 	var out strings.Builder
-	res, err := nested.Run(context.Background(), nested.Config{
-		Arch:        nested.ArchARM64,
-		Command:     []string{"/bin/sh", "-c", script},
-		Files:       files,
-		Timeout:     timeout,
-		IdleTimeout: 8 * time.Minute,
-		Output:      io.MultiWriter(&out, logWriter{t}),
-	})
+	run := func(timeout time.Duration) (nested.Result, error) {
+		out.Reset()
+		return nested.Run(context.Background(), nested.Config{
+			Arch:        nested.ArchARM64,
+			Command:     []string{"/bin/sh", "-c", script},
+			Files:       files,
+			Timeout:     timeout,
+			IdleTimeout: 8 * time.Minute,
+			Output:      io.MultiWriter(&out, logWriter{t}),
+		})
+	}
+	res, err := run(timeout)
+	var ne *nested.Error
+	if errors.As(err, &ne) {
+		// L1 itself died or froze: as kvmtest does after an L1 death,
+		// the script runs again in a fresh L1, once, with the time left.
+		if left := timeout - time.Since(start); left > 5*time.Minute {
+			t.Logf("aarch64 L1 stopped: %v\nrunning the script once more in a fresh L1", ne)
+			res, err = run(left)
+		}
+	}
 	if err != nil {
-		var ne *nested.Error
 		if errors.As(err, &ne) {
 			t.Fatalf("%v", ne)
 		}
