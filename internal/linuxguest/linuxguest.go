@@ -149,7 +149,11 @@ type Boot struct {
 	LogLevel string
 	// Args are more govmm run flags, e.g. --seccomp=off.
 	Args []string
-	// Dmesg asks init to print the kernel log (Result.Log).
+	// Dmesg asks init to print the kernel log (Result.Log). The boot is
+	// then quiet: the log comes whole from dmesg, so the console need not
+	// carry it twice during the boot (each byte an exit to the VMM, the
+	// traffic that the nested substrate's failures follow; the boot-log
+	// test killed two L1s in a row on 2026-12-06).
 	Dmesg bool
 	// QEMU boots under qemu-system-x86_64 with this machine type ("pc",
 	// "microvm") on KVM instead of govmm: the baseline a govmm boot is
@@ -255,7 +259,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	defer stall(nil)
 	cmdline := "console=ttyS0 panic=-1 govmm.token=" + b.Token
 	if b.Dmesg {
-		cmdline += " govmm.dmesg=1"
+		cmdline += " quiet govmm.dmesg=1"
 	}
 	cmdline = strings.TrimSpace(cmdline + " " + b.Cmdline)
 	var cmd *exec.Cmd
