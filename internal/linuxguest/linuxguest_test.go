@@ -1,7 +1,10 @@
 package linuxguest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,27 +15,57 @@ import (
 	"time"
 )
 
+// dmesgDump is what init prints of log: gzip, then base64 in 76-character
+// lines, as busybox writes them.
+func dmesgDump(t *testing.T, log string) string {
+	t.Helper()
+	var z bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&z, gzip.BestCompression)
+	zw.Write([]byte(log))
+	zw.Close()
+	enc := base64.StdEncoding.EncodeToString(z.Bytes())
+	var b strings.Builder
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	return b.String()
+}
+
 func TestParseLog(t *testing.T) {
+	log := "<5>[    0.000000] Linux version 6.1.0\n" +
+		"<4>[    0.100000] ..MP-BIOS bug: 8254 timer not connected to IO-APIC\n" +
+		"<6>[    0.200000] Call Trace:\n" +
+		" <TASK>\n" +
+		"<12>[    3.000000] from userspace\n" + strings.Repeat("<7>[    3.100000] padding, so that the dump spans lines\n", 40)
+	dump := dmesgDump(t, log)
+	// A console message of the kernel's between two of init's lines.
+	nl := strings.Index(dump, "\r\n") + 2
+	dump = dump[:nl] + "[    9.1] hrtimer: interrupt took 2913452 ns\r\n" + dump[nl:]
 	console := "noise\r\n[    1.0] early console line\r\n" +
 		"govmm-userspace: token=x cpus=1 online=0 clocksource=kvm-clock\r\n" +
-		"govmm-dmesg-begin\r\n" +
-		"<5>[    0.000000] Linux version 6.1.0\r\n" +
-		"<4>[    0.100000] ..MP-BIOS bug: 8254 timer not connected to IO-APIC\r\n" +
-		"<6>[    0.200000] Call Trace:\r\n" +
-		" <TASK>\r\n" +
-		"<12>[    3.000000] from userspace\r\n" +
-		"govmm-dmesg-end\r\n"
+		"govmm-dmesg-begin\r\n" + dump + "govmm-dmesg-end\r\n"
 	want := []LogLine{
 		{5, "Linux version 6.1.0"},
 		{4, "..MP-BIOS bug: 8254 timer not connected to IO-APIC"},
 		{6, "Call Trace:\n <TASK>"},
 		{4, "from userspace"},
 	}
-	if got := ParseLog(console); !reflect.DeepEqual(got, want) {
-		t.Errorf("ParseLog:\n got %+v\nwant %+v", got, want)
+	got, err := ParseLog(console)
+	if err != nil || len(got) != len(want)+40 || !reflect.DeepEqual(got[:len(want)], want) {
+		t.Errorf("ParseLog: %v\n got %+v\nwant %+v and 40 more", err, got, want)
 	}
-	if got := ParseLog("govmm-dmesg-begin\n<6>[ 1.0] cut short"); got != nil {
-		t.Errorf("log without its end marker: %+v", got)
+	for in, wantErr := range map[string]string{
+		"govmm-dmesg-begin\nH4sIAAAA":                                  "end marker missing",
+		"govmm-dmesg-begin\nH4sI\u00e9AA\ngovmm-dmesg-end":             "not gzip",
+		"govmm-dmesg-begin\n" + dmesgDump(t, "") + "govmm-dmesg-end\n": "no message",
+		"govmm-dmesg-begin\nH4s\ngovmm-dmesg-end":                      "does not decode",
+		"nothing": "begin marker missing",
+	} {
+		if got, err := ParseLog(in); got != nil || err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("ParseLog(%q) = %+v, %v; want an error saying %q", in, got, err, wantErr)
+		}
 	}
 	m := userspaceLine.FindStringSubmatch(console)
 	if m == nil || m[4] != "kvm-clock" {
