@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -119,7 +120,7 @@ func balloonStats(t *testing.T, acc []string, kernel, initrd string) {
 		total, _ := strconv.ParseUint(m[1], 10, 64)
 		free, _ := strconv.ParseUint(m[2], 10, 64)
 		total, free = total<<10, free<<10
-		b := balloonInfo(t, sock).Balloon
+		b := balloonInfo(t, p, sock).Balloon
 		if b == nil || !b.Statistics || !b.DeflateOnOOM || len(b.Stats) == 0 {
 			t.Fatalf("balloon info %+v: want statistics and deflate on OOM, and figures", b)
 		}
@@ -167,7 +168,7 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		free, _ = strconv.ParseUint(m[2], 10, 64)
 		return total << 10, free << 10
 	}
-	info := func() api.Info { t.Helper(); return balloonInfo(t, sock) }
+	info := func() api.Info { t.Helper(); return balloonInfo(t, p, sock) }
 	waitActual := func(want uint64) time.Duration {
 		t.Helper()
 		begin := time.Now()
@@ -281,11 +282,17 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 
 // balloonInfo is `govmm info --json` on control socket sock, which must
 // show a balloon.
-func balloonInfo(t *testing.T, sock string) api.Info {
+func balloonInfo(t *testing.T, p *proc, sock string) api.Info {
 	t.Helper()
 	out, err := exec.Command(binary, "info", "--api-socket", sock, "--json").Output()
 	if err != nil {
-		t.Fatalf("govmm info: %v", err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		// The VM itself may be gone: its output says why (a triple fault
+		// comes with L1's trace and diagnosis).
+		t.Fatalf("govmm info: %v: %s\nthe VM's output (end):\n%s", err, bytes.TrimSpace(stderr), tail(p.output(), 4000))
 	}
 	var i api.Info
 	if err := json.Unmarshal(out, &i); err != nil {
@@ -311,12 +318,12 @@ func balloonReporting(t *testing.T, acc []string, kernel, initrd string) {
 	// freed, reported a few seconds later: wait for govmm's VmRSS to fall
 	// by that, the reports to grow by most of it.
 	const want = 192 << 20
-	rep0 := balloonInfo(t, sock).Balloon.ReportReleasedBytes
+	rep0 := balloonInfo(t, p, sock).Balloon.ReportReleasedBytes
 	begin := time.Now()
 	var i api.Info
 	var rss uint64
 	for {
-		i, rss = balloonInfo(t, sock), vmRSS(t, p.cmd.Process.Pid)
+		i, rss = balloonInfo(t, p, sock), vmRSS(t, p.cmd.Process.Pid)
 		if i.Balloon.ReportReleasedBytes-rep0 >= want && rss <= 512<<20-want {
 			break
 		}
