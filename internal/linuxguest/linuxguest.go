@@ -397,15 +397,20 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 	if timed.Err() != nil {
 		return fail("no power-off within %v", b.Timeout)
 	}
-	m := userspaceLine.FindStringSubmatch(res.Console)
-	if m == nil {
-		r, err := fail("init never printed its line: exit status %d", res.Code)
-		// QEMU, run with -no-reboot, exits 0 on the reset a triple fault
-		// causes and says nothing else.
-		if qemuReset := b.QEMU != "" && res.Code == 0 && !strings.Contains(res.Console, "Kernel panic"); qemuReset {
-			err = &tripleFaultError{err}
+	// QEMU, run with -no-reboot, exits 0 on the reset a triple fault
+	// causes and says nothing else: a QEMU boot that ends before init's
+	// line or the kernel log's end, with no panic, ended that way. L1's
+	// trace says where.
+	failReset := func(format string, a ...any) (Result, error) {
+		r, err := fail(format, a...)
+		if b.QEMU != "" && res.Code == 0 && !strings.Contains(res.Console, "Kernel panic") && !strings.Contains(res.Console, "govmm-dmesg-end") {
+			err = &tripleFaultError{fmt.Errorf("%w%s", err, nested.ShutdownExits(mark, nested.GuestRAM([]string{"--memory", b.Memory})))}
 		}
 		return r, err
+	}
+	m := userspaceLine.FindStringSubmatch(res.Console)
+	if m == nil {
+		return failReset("init never printed its line: exit status %d", res.Code)
 	}
 	res.Token, res.Online, res.Clocksource = m[1], m[3], m[4]
 	res.CPUs, _ = strconv.Atoi(m[2])
@@ -414,7 +419,7 @@ func (b Boot) Run(ctx context.Context) (Result, error) {
 		if res.Log, err = ParseLog(res.Console); err != nil {
 			// Which marker is missing tells a guest that stopped before
 			// or during dmesg from a log whose lines were mangled.
-			return fail("init printed no kernel log that reads (%v)", err)
+			return failReset("init printed no kernel log that reads (%v)", err)
 		}
 	}
 	switch {
