@@ -21,6 +21,8 @@ func TestShutdownExits(t *testing.T) {
 	idtLost := "           vcpu1-218     [000] .N...    66.843576: vmcb_at_shutdown: (shutdown_interception+0x0/0x50 [kvm_amd]) cr0=0x80050033 cr2=0xfffffe0000000080 cr3=0x15604000 cr4=0x751ea0 efer=0x1d01 rip=0xffffffff970737c5 rsp=0xff557094800ccea0 idtr=0xfffffe0000000000 gsbase=0xff3e42a31ef00000\n"
 	probeExit := "           vcpu0-1894    [000] .....   257.986493: kvm_exit: vcpu 0 reason shutdown rip 0x105ce5 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x80000b0e error_code 0x00000000\n"
 	probeVMCB := "           vcpu0-1894    [000] .....   257.986524: vmcb_at_shutdown: (shutdown_interception+0x0/0x50 [kvm_amd]) cr0=0x80000033 cr2=0x123b00 cr3=0x167000 cr4=0x620 efer=0x1500 rip=0x105ce5 rsp=0x170de8 idtr=0x123a80 gsbase=0x121940\n"
+	timerExit := "           vcpu0-1720    [000] .....   204.739073: kvm_exit: vcpu 0 reason shutdown rip 0xffffffffa5c17a0b info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x800000ec error_code 0x00000000\n"
+	timerVMCB := "           vcpu0-1720    [000] .....   204.739116: vmcb_at_shutdown: (shutdown_interception+0x0/0x50 [kvm_amd]) cr0=0x80050033 cr2=0xfffffe0000000080 cr3=0x11d06000 cr4=0x751eb0 efer=0x1d01 rip=0xffffffffa5c17a0b rsp=0xffffffffa6c03e98 idtr=0xfffffe0000000000 gsbase=0xff1911b4df200000\n"
 	for _, c := range []struct {
 		name, trace string
 		mark        int
@@ -43,11 +45,15 @@ func TestShutdownExits(t *testing.T) {
 		// TestNetSnapshot/mshvsim, 2026-12-06: the same fetch #PF, whose
 		// delivery then faulted reading the IDT (CR2 = IDT + 0x80).
 		{name: "IDT lost", trace: head + captured + idtLost, ram: 512 << 20,
-			want: []string{"the nested substrate's second known failure", "neither what the kernel touched nor its IDT was mapped", "CR3 0x15604000"}, not: []string{"not the substrate's"}},
+			want: []string{"the nested substrate's second known failure", "the event's delivery faulted reading the IDT", "CR3 0x15604000"}, not: []string{"not the substrate's"}},
 		// TestCPUModelRestoreRefused in CI, 2026-12-06: the bare-metal
 		// probe's supervisor read at a low RIP, then its IDT unreadable.
 		{name: "IDT lost, bare metal", trace: head + probeExit + probeVMCB, ram: 128 << 20,
-			want: []string{"second known failure", "vCPU 0 at RIP 0x105ce5 while delivering #PF (error code 0x0), CR3 0x167000 (the #PF's own delivery"}},
+			want: []string{"second known failure", "vCPU 0 at RIP 0x105ce5 while delivering #PF (error code 0x0), CR3 0x167000 (the event's delivery"}},
+		// TestVirtioConsole/kvm, 2026-12-06: the timer's interrupt, whose
+		// delivery read only the IDT.
+		{name: "IDT lost, interrupt", trace: head + timerExit + timerVMCB, ram: 512 << 20,
+			want: []string{"second known failure", "vCPU 0 at RIP 0xffffffffa5c17a0b while delivering external interrupt 236, CR3 0x11d06000 (the event's delivery"}},
 		{name: "IDT mapped", trace: head + captured + vmcb("0x1a4e000"), ram: 512 << 20, not: []string{"second known failure"},
 			want: []string{"not the substrate's known failure"}},
 		{name: "IDT lost, user fetch", trace: head + strings.Replace(captured, "error_code 0x00000010", "error_code 0x00000014", 1) + idtLost,
