@@ -16,11 +16,16 @@ import (
 // virtio device a kernel backend serves without a dirty log of its own
 // (vhost-vsock). A kernel backend that logs (vhost-net) logs its writes
 // from now on, and DirtyPages merges them into the VMM's log.
+// Hot-added devices travel in the hello's machine record; one whose
+// options the record cannot carry is refused, naming it, and a hot-add
+// is refused from here until StopDirtyLog.
 func (v *VM) StartDirtyLog() error {
 	if err := v.plat.vfio.refuse("live migration"); err != nil {
 		return err
 	}
-	if err := v.refuseHotAdded("live migration"); err != nil {
+	v.hotMu.Lock()
+	defer v.hotMu.Unlock()
+	if err := v.refuseUncarriedLocked("live migration"); err != nil {
 		return err
 	}
 	for _, d := range v.plat.virtio {
@@ -40,11 +45,15 @@ func (v *VM) StartDirtyLog() error {
 		v.mem.StopDirtyLog()
 		return err
 	}
+	v.migrating = true
 	return nil
 }
 
 // StopDirtyLog stops tracking guest writes.
 func (v *VM) StopDirtyLog() error {
+	v.hotMu.Lock()
+	v.migrating = false
+	v.hotMu.Unlock()
 	verr := v.plat.virtioSet.StopDirtyLog()
 	v.mem.StopDirtyLog()
 	return errors.Join(verr, v.avm.DisableDirtyLog())

@@ -55,7 +55,7 @@ func (v *VM) hotplugSetup(p *platformDevices) error {
 // bound to it, or with an error after wait (0: HotAddWait), the device
 // staying in its slot; the VM owns fd from the call on.
 func (v *VM) HotAddDisk(c blk.Config, fd int, wait time.Duration) (PCIDevice, error) {
-	return v.hotAdd(fd, wait, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
+	return v.hotAdd(fd, wait, hotRecord(HotAddedDisk, c.Spec), func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
 		return set.HotAddDisk(v.cfg.Virtio, c, fd, slot, h)
 	})
 }
@@ -64,7 +64,7 @@ func (v *VM) HotAddDisk(c blk.Config, fd int, wait time.Duration) (PCIDevice, er
 // opened (virtionet.OpenTapFile). It waits as HotAddDisk does; the VM
 // owns fd from the call on.
 func (v *VM) HotAddNet(c virtionet.Config, fd int, wait time.Duration) (PCIDevice, error) {
-	return v.hotAdd(fd, wait, func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
+	return v.hotAdd(fd, wait, hotRecord(HotAddedNet, c.Spec), func(set *devices.Set, slot int, h devices.Host) (*devices.Device, error) {
 		return set.HotAddNet(v.cfg.Virtio, c, fd, slot, h)
 	})
 }
@@ -72,7 +72,7 @@ func (v *VM) HotAddNet(c virtionet.Config, fd int, wait time.Duration) (PCIDevic
 // errNoHotplug is a hot-add on a machine without the hotplug controller.
 var errNoHotplug = errors.New("hot-add: this machine has no PCI hotplug controller")
 
-func (v *VM) hotAdd(fd int, wait time.Duration, build func(*devices.Set, int, devices.Host) (*devices.Device, error)) (PCIDevice, error) {
+func (v *VM) hotAdd(fd int, wait time.Duration, rec hotDevice, build func(*devices.Set, int, devices.Host) (*devices.Device, error)) (PCIDevice, error) {
 	fail := func(err error) (PCIDevice, error) {
 		unix.Close(fd)
 		return PCIDevice{}, err
@@ -95,6 +95,10 @@ func (v *VM) hotAdd(fd int, wait time.Duration, build func(*devices.Set, int, de
 		return fail(&InputError{Err: errors.New("hot-add: the VM is paused; resume it first (the guest must see the device arrive)")})
 	}
 	v.hotMu.Lock()
+	if v.migrating {
+		v.hotMu.Unlock()
+		return fail(&InputError{Err: errors.New("hot-add: a live migration of this VM is under way (the destination was built with the devices it had when the migration began); hot-add once it is done, on the destination, or after it failed")})
+	}
 	slot := -1
 	for _, s := range p.hotSlots {
 		if p.pci.Function(s, 0) == nil {
@@ -109,12 +113,7 @@ func (v *VM) hotAdd(fd int, wait time.Duration, build func(*devices.Set, int, de
 	if p.virtioSet == nil {
 		p.virtioSet = &devices.Set{}
 	}
-	router := p.chips.Routes()
-	d, err := build(p.virtioSet, slot, devices.Host{
-		Root: p.pci, Mem: v.mem, Log: v.log,
-		Router:  func(int) virtio.Router { return router },
-		INTxGSI: func(slot int) uint32 { return uint32(platform.PCIGSI(slot, 0)) },
-	})
+	d, err := build(p.virtioSet, slot, v.hotHost(p))
 	if err != nil {
 		v.hotMu.Unlock()
 		var ie *devices.InputError
@@ -124,8 +123,15 @@ func (v *VM) hotAdd(fd int, wait time.Duration, build func(*devices.Set, int, de
 		return PCIDevice{}, fmt.Errorf("hot-add: %w", err)
 	}
 	p.virtio = p.virtioSet.List()
-	p.hotAdded++
+	rec.rec.Slot = slot
+	if p.hotDevs == nil {
+		p.hotDevs = map[int]hotDevice{}
+	}
+	p.hotDevs[slot] = rec
 	v.hotMu.Unlock()
+	if rec.uncarried != nil {
+		v.log.Warn("hot-add: the device cannot be recorded in a snapshot or a migration, which will be refused while it is there", "slot", slot, "err", rec.uncarried)
+	}
 	v.log.Info("hot-add: device on the bus, guest notified", "slot", slot, "device", d.Transport.Describe())
 	if err := p.hotplug.Plug(slot); err != nil {
 		return PCIDevice{}, err
@@ -166,20 +172,20 @@ func (v *VM) eject(slot int) {
 		return
 	}
 	p.virtio = p.virtioSet.List()
+	delete(p.hotDevs, slot)
 	if err != nil {
 		v.log.Warn("pci hotplug: ejected device did not close cleanly", "slot", slot, "err", err)
 	}
 	v.log.Info("pci hotplug: the guest ejected a device; removed", "slot", slot, "device", d.Transport.Describe())
 }
 
-// refuseHotAdded refuses what cannot carry hot-added devices yet: a
-// snapshot or a live migration of a VM that had one (the destination
-// would build the machine from its flags, without it).
-func (v *VM) refuseHotAdded(what string) error {
-	v.hotMu.Lock()
-	defer v.hotMu.Unlock()
-	if v.plat != nil && v.plat.hotAdded > 0 {
-		return fmt.Errorf("%s: this VM has had devices hot-added (%d); govmm cannot snapshot or migrate such a VM yet", what, v.plat.hotAdded)
+// hotHost is what a hot-added device is wired to: bus 0, guest memory,
+// the MSI routes and INTA's GSI by the _PRT's rule.
+func (v *VM) hotHost(p *platformDevices) devices.Host {
+	router := p.chips.Routes()
+	return devices.Host{
+		Root: p.pci, Mem: v.mem, Log: v.log,
+		Router:  func(int) virtio.Router { return router },
+		INTxGSI: func(slot int) uint32 { return uint32(platform.PCIGSI(slot, 0)) },
 	}
-	return nil
 }

@@ -53,10 +53,12 @@ type platformDevices struct {
 	virtioSet *devices.Set
 	vfio      *vfioDevices
 	// hotplug is the PCI hotplug controller, hotSlots the slots a
-	// device may be hot-added to, hotAdded how many were (vm/hotplug.go).
+	// device may be hot-added to (those free at boot, which the DSDT
+	// lists), hotDevs the devices hot-added and still there, by slot
+	// (vm/hotplug.go, vm/hotstate.go); hotDevs is guarded by VM.hotMu.
 	hotplug  *pcihp.Controller
 	hotSlots []int
-	hotAdded int
+	hotDevs  map[int]hotDevice
 	entry    *boot.Entry
 	// running and stopped are the VM's: closed once every vCPU runs
 	// with its state, and when the VM stops.
@@ -226,7 +228,9 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	}
 
 	if mode == buildIncoming {
-		return nil
+		// The saved VM's hot-added devices, after the boot-time ones
+		// (whose slots decide hotSlots, as at the saved VM's boot).
+		return v.rebuildHotAdded(p, v.cfg.hotAdded)
 	}
 	w := p.pci.Windows()
 	rsdp, err := acpi.Build(v.mem, acpi.Config{NumCPUs: v.cfg.NumCPUs, PCI: &acpi.PCIHost{
@@ -297,7 +301,14 @@ func (p *platformDevices) restoreDevices(d *DeviceState) error {
 		for _, x := range d.Virtio {
 			want = append(want, x.Device)
 		}
-		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net, --console and --balloon flags)", want, have)}
+		return &InputError{Err: fmt.Errorf("restore: the snapshot has virtio devices %q, this machine %q (give the same --disk, --rng, --vsock, --net, --console and --balloon flags; the saved VM's hot-added devices are rebuilt from its record)", want, have)}
+	}
+	// Snapshots from before hot-add, or whose PCIU was clear, leave the
+	// hotplug controller in its reset state.
+	if d.Hotplug != nil && p.hotplug != nil {
+		if err := p.hotplug.Restore(*d.Hotplug); err != nil {
+			return &InputError{Err: fmt.Errorf("restore PCI hotplug controller: %w", err)}
+		}
 	}
 	// Snapshots from before the PCI host bridge have no PCI state: the
 	// bus stays as built, with the VMM's BAR placement.

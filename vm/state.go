@@ -11,6 +11,7 @@ import (
 	"govmm/cpu"
 	"govmm/devices/acpipm"
 	"govmm/devices/irqtestdev"
+	"govmm/devices/pcihp"
 	"govmm/devices/pcitestdev"
 	"govmm/devices/pctestdev"
 	"govmm/devices/pit"
@@ -27,11 +28,18 @@ import (
 
 // Section versions of the state this package writes. Bump one when its
 // layout changes incompatibly and keep reading the old one where possible.
+//
+// The machine record is version 2 when it lists hot-added devices
+// (MachineState.HotAdded) and version 1 otherwise, so that a govmm from
+// before hot-added devices still restores a snapshot without them, and
+// refuses one with them, naming the version, instead of building a
+// machine without the devices.
 const (
-	machineVersion = 1
-	vcpuVersion    = 1
-	devicesVersion = 1
-	clockVersion   = 1
+	machineVersion   = 2
+	machineVersionV1 = 1 // no hot-added devices
+	vcpuVersion      = 1
+	devicesVersion   = 1
+	clockVersion     = 1
 )
 
 // MachineState describes the VM a snapshot belongs to. A restore must
@@ -57,6 +65,11 @@ type MachineState struct {
 	// FeatureMSRs are the CPU model's feature MSRs (IA32_ARCH_CAPABILITIES),
 	// which the destination must be able to present.
 	FeatureMSRs []accel.MSR `json:"feature_msrs,omitempty"`
+	// HotAdded are the devices hot-added and still present, by slot
+	// (machine record version 2): a restore and a migration's
+	// destination rebuild them after the boot-time devices of their
+	// flags.
+	HotAdded []HotAddedDevice `json:"hot_added,omitempty"`
 }
 
 // VCPUState is one vCPU's architectural state in the neutral form.
@@ -100,6 +113,10 @@ type DeviceState struct {
 	// VirtioBalloon is the balloon's target and actual, when the VM has
 	// one.
 	VirtioBalloon *balloon.State `json:"virtio_balloon,omitempty"`
+	// Hotplug is the PCI hotplug controller's state (slots announced
+	// that the guest has not read yet); snapshots from before hot-add
+	// lack it.
+	Hotplug *pcihp.State `json:"pci_hotplug,omitempty"`
 }
 
 // ClockState is the guest clock at save time.
@@ -107,13 +124,32 @@ type ClockState struct {
 	NS uint64 `json:"ns"`
 }
 
-// Machine describes the machine this VM is (what a restore must rebuild).
+// Machine describes the machine this VM is (what a restore must rebuild),
+// its hot-added devices included.
 func (v *VM) Machine() MachineState {
+	v.hotMu.Lock()
+	defer v.hotMu.Unlock()
+	return v.machineLocked()
+}
+
+// machineLocked is Machine with v.hotMu held.
+func (v *VM) machineLocked() MachineState {
 	return MachineState{
 		MemSize: v.mem.Size(), NumCPUs: v.cfg.NumCPUs, CPUID: v.cfg.CPUID,
 		Accel: v.cfg.Accel.Name(), Cmdline: v.cfg.Cmdline, TestDevices: v.cfg.TestDevices, NoPMU: v.cfg.NoPMU,
 		CPUModel: v.cfg.CPUModel, Topology: v.cfg.Topology, FeatureMSRs: v.cfg.FeatureMSRs,
+		HotAdded: v.hotAddedLocked(),
 	}
+}
+
+// addMachine adds the machine record to st, at the version its content
+// needs (see machineVersion).
+func addMachine(st *snapshot.State, m MachineState) error {
+	ver := uint32(machineVersion)
+	if len(m.HotAdded) == 0 {
+		ver = machineVersionV1
+	}
+	return st.Add("machine", ver, m)
 }
 
 // SaveState captures the whole VM state (not guest memory). The VM must be paused.
@@ -124,11 +160,16 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if err := v.plat.vfio.refuse("a snapshot"); err != nil {
 		return nil, err
 	}
-	if err := v.refuseHotAdded("a snapshot"); err != nil {
+	// No eject (its goroutine may still run after the vCPU that asked
+	// for it paused) nor hot-add changes the devices while they are
+	// saved: the record, the bus and the transports agree.
+	v.hotMu.Lock()
+	defer v.hotMu.Unlock()
+	if err := v.refuseUncarriedLocked("a snapshot"); err != nil {
 		return nil, err
 	}
 	st := &snapshot.State{}
-	if err := st.Add("machine", machineVersion, v.Machine()); err != nil {
+	if err := addMachine(st, v.machineLocked()); err != nil {
 		return nil, err
 	}
 	for i := 0; i < v.cfg.NumCPUs; i++ {
@@ -167,6 +208,10 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if b := p.virtioSet.Balloon; b != nil {
 		bs := b.Save()
 		ds.VirtioBalloon = &bs
+	}
+	if p.hotplug != nil {
+		hs := p.hotplug.Save()
+		ds.Hotplug = &hs
 	}
 	if err := st.Add("devices", devicesVersion, ds); err != nil {
 		return nil, err
@@ -486,8 +531,15 @@ type Restored struct {
 // so that a bad file is refused whole.
 func ParseState(st *snapshot.State) (*Restored, error) {
 	r := &Restored{}
-	if _, err := st.Get("machine", 1, machineVersion, &r.Machine); err != nil {
+	ver, err := st.Get("machine", machineVersionV1, machineVersion, &r.Machine)
+	if err != nil {
 		return nil, err
+	}
+	if ver < 2 && len(r.Machine.HotAdded) > 0 {
+		return nil, fmt.Errorf("state section \"machine\" is version %d and lists hot-added devices, which version 2 introduced: the record is malformed", ver)
+	}
+	if err := checkHotAdded(r.Machine.HotAdded); err != nil {
+		return nil, fmt.Errorf("state section \"machine\": %w", err)
 	}
 	if r.Machine.NumCPUs < 1 || r.Machine.NumCPUs > 255 {
 		return nil, fmt.Errorf("snapshot machine has %d vCPUs", r.Machine.NumCPUs)

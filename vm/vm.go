@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,10 @@ type Config struct {
 	Virtio VirtioConfig
 	// VFIO lists the host devices passed through (--device vfio=...).
 	VFIO VFIOConfig
+
+	// hotAdded are the saved VM's hot-added devices, which Prepare
+	// rebuilds after the boot-time ones.
+	hotAdded []HotAddedDevice
 }
 
 // StopKind says how a VM ended.
@@ -121,8 +126,12 @@ type VM struct {
 	paused  atomic.Bool
 	eois    atomic.Uint64 // IOAPIC EOI exits
 	// hotMu orders hot-adds and ejects (vm/hotplug.go) with each other
-	// and with what lists the devices.
+	// and with what lists the devices or saves them (SaveState).
 	hotMu sync.Mutex
+	// migrating is set while a live migration's dirty logs are on: the
+	// destination was built with the devices of the hello, so a hot-add
+	// is refused meanwhile. Guarded by hotMu.
+	migrating bool
 
 	// beforeGuest runs once every vCPU exists, before any enters the
 	// guest (SetBeforeGuest).
@@ -201,6 +210,11 @@ func Prepare(cfg Config, m MachineState, mem *memory.Memory) (*VM, error) {
 	cfg.MemSize, cfg.NumCPUs, cfg.CPUID, cfg.Cmdline = m.MemSize, m.NumCPUs, m.CPUID, m.Cmdline
 	cfg.TestDevices, cfg.NoPMU, cfg.CPUModel, cfg.Topology = m.TestDevices, m.NoPMU, m.CPUModel, m.Topology
 	cfg.FeatureMSRs = m.FeatureMSRs
+	if err := checkHotAdded(m.HotAdded); err != nil {
+		mem.Close()
+		return nil, &InputError{Err: fmt.Errorf("the saved machine: %w", err)}
+	}
+	cfg.hotAdded = m.HotAdded
 	return build(cfg, mem, buildIncoming)
 }
 
@@ -211,6 +225,12 @@ func (v *VM) Apply(r *Restored) error {
 	if m.MemSize != v.cfg.MemSize || m.NumCPUs != v.cfg.NumCPUs || m.TestDevices != v.cfg.TestDevices {
 		return &InputError{Err: fmt.Errorf("the saved machine (%d MiB, %d vCPUs) is not the one prepared (%d MiB, %d vCPUs)",
 			m.MemSize>>20, m.NumCPUs, v.cfg.MemSize>>20, v.cfg.NumCPUs)}
+	}
+	if !slices.Equal(m.HotAdded, v.cfg.hotAdded) {
+		// A migration's hello announced other hot-added devices than
+		// its final state has: the guest ejected one, or one was
+		// hot-added, while memory moved.
+		return &InputError{Err: fmt.Errorf("the saved machine's hot-added devices %v are not those this VM was built with %v (a device was ejected or hot-added after the migration began): nothing was started, migrate again", m.HotAdded, v.cfg.hotAdded)}
 	}
 	if err := v.plat.restoreDevices(&r.Devices); err != nil {
 		return err

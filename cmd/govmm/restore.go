@@ -185,6 +185,13 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		cfg.KernelName = "migrated from " + hm.Accel
 		machine, err := vm.Prepare(cfg, hm, mem)
 		if err != nil {
+			var ie *vm.InputError
+			if errors.As(err, &ie) {
+				// A machine this host cannot build as the hello
+				// describes it (a hot-added device's image it cannot
+				// open): the source hears why and runs on.
+				return nil, nil, &migrate.HelloError{Err: err}
+			}
 			return nil, nil, err
 		}
 		vm.WarmStateCodec()

@@ -75,6 +75,35 @@ func (c *Controller) Pending() uint32 {
 	return c.up
 }
 
+// State is the controller's saved state: the slots plugged that the
+// guest has not read from PCIU yet (a snapshot taken between a hot-add
+// and the guest's GPE handler). Which slots hold a device is the PCI
+// bus's and the VM's record of its hot-added devices, not the
+// controller's: it keeps no more than the guest can read.
+type State struct {
+	Up uint32 `json:"pciu,omitempty"`
+}
+
+// Save returns the controller's state.
+func (c *Controller) Save() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return State{Up: c.up}
+}
+
+// Restore loads a saved state into a controller the guest has not run
+// against yet. It raises nothing: the GPE's status is the PM block's
+// state, restored with it. Slot 0 (the host bridge) is never plugged.
+func (c *Controller) Restore(s State) error {
+	if s.Up&1 != 0 {
+		return fmt.Errorf("pcihp: saved PCIU %#x has slot 0 (the host bridge) plugged", s.Up)
+	}
+	c.mu.Lock()
+	c.up = s.Up
+	c.mu.Unlock()
+	return nil
+}
+
 func (c *Controller) reg(off uint64) uint32 {
 	switch off {
 	case OffUp:

@@ -56,3 +56,39 @@ func TestEject(t *testing.T) {
 		t.Fatalf("a byte write at B0EJ+1 ejected %v, want %v", got, want)
 	}
 }
+
+// TestSaveRestore: a plug the guest has not read yet survives a
+// snapshot: the restored controller shows it in PCIU once, raises no GPE
+// of its own, and still ejects.
+func TestSaveRestore(t *testing.T) {
+	c := New(func() {}, nil)
+	if err := c.Plug(4); err != nil {
+		t.Fatal(err)
+	}
+	s := c.Save()
+	if s.Up != 1<<4 {
+		t.Fatalf("saved PCIU %#x, want slot 4", s.Up)
+	}
+	raised := 0
+	var ejected []int
+	r := New(func() { raised++ }, func(slot int) { ejected = append(ejected, slot) })
+	if err := r.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	if raised != 0 {
+		t.Errorf("Restore raised the GPE %d times", raised)
+	}
+	if got := read32(r, OffUp); got != 1<<4 {
+		t.Errorf("restored PCIU = %#x, want slot 4", got)
+	}
+	if got := read32(r, OffUp); got != 0 {
+		t.Errorf("restored PCIU after a read = %#x, want 0", got)
+	}
+	r.Write(OffEject, []byte{1 << 4, 0, 0, 0})
+	if !slices.Equal(ejected, []int{4}) {
+		t.Errorf("the restored controller ejected %v, want [4]", ejected)
+	}
+	if err := r.Restore(State{Up: 1}); err == nil {
+		t.Error("a saved PCIU with slot 0 plugged was accepted")
+	}
+}

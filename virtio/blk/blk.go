@@ -115,6 +115,36 @@ func ParseFlag(s string) (Config, error) {
 	return c, nil
 }
 
+// Spec is c in ParseFlag's syntax, such that ParseFlag(c.Spec()) is c:
+// how a snapshot or a live migration records a hot-added disk. A path or
+// serial with a comma (which the syntax splits options on) has no such
+// form, and Spec says so.
+func (c Config) Spec() (string, error) {
+	if c.Path == "" {
+		return "", errors.New("disk: no path")
+	}
+	if strings.Contains(c.Path, ",") {
+		return "", fmt.Errorf("disk %s: a path with a comma has no --disk form", c.Path)
+	}
+	if strings.Contains(c.Serial, ",") {
+		return "", fmt.Errorf("disk %s: serial %q has a comma, which --disk cannot carry", c.Path, c.Serial)
+	}
+	s := "path=" + c.Path
+	if c.ReadOnly {
+		s += ",readonly=on"
+	}
+	if c.Serial != "" {
+		s += ",serial=" + c.Serial
+	}
+	if c.Direct {
+		s += ",direct=on"
+	}
+	if c.Packed {
+		s += ",packed=on"
+	}
+	return s, nil
+}
+
 // Device is one virtio-blk disk.
 type Device struct {
 	cfg      Config

@@ -153,6 +153,37 @@ func ParseFlag(s string) (Config, error) {
 	return c, nil
 }
 
+// Spec is c in ParseFlag's syntax, such that ParseFlag(c.Spec()) is c
+// (its MAC derived from the TAP's name when c has none): how a snapshot
+// or a live migration records a hot-added network device. A TAP name
+// with a comma, or a vhost device path (which the syntax does not take),
+// has no such form, and Spec says so.
+func (c Config) Spec() (string, error) {
+	switch {
+	case c.Tap == "":
+		return "", errors.New("virtio-net: no TAP")
+	case strings.ContainsAny(c.Tap, ",="):
+		return "", fmt.Errorf("virtio-net: TAP name %q has no --net form", c.Tap)
+	case c.VhostPath != "":
+		return "", fmt.Errorf("virtio-net %s: the vhost device path %s has no --net form", c.Tap, c.VhostPath)
+	}
+	mac := c.MAC
+	if mac == "" {
+		mac = derivedMAC(c.Tap)
+	}
+	s := "tap=" + c.Tap + ",mac=" + mac
+	if c.Packed {
+		s += ",packed=on"
+	}
+	if c.Queues > 1 {
+		s += ",queues=" + strconv.Itoa(c.Queues)
+	}
+	if c.Vhost {
+		s += ",vhost=on"
+	}
+	return s, nil
+}
+
 // derivedMAC is the MAC of a device given no mac=: the QEMU/KVM prefix
 // and three bytes of the TAP name's hash.
 func derivedMAC(tap string) string {

@@ -1,0 +1,312 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hotSnapInit is the guest of TestHotAddSnapshot. Before the snapshot it
+// waits for the hot-added disk (vda) and network device (eth0), checks a
+// file of the ext4 image, writes another, and pings L1 over the TAP; then
+// it waits for a second disk (vdb), which the test hot-adds only after
+// the restore. With vdb there, it reads vdb whole, checks the files of
+// vda again from the device (its cache dropped), the one it wrote before
+// the snapshot among them, writes and reads back another, pings L1
+// again, and ejects vda through its ACPI slot.
+var hotSnapInit = `#!/bin/busybox sh
+` + virtioInitHead + `for m in failover net_failover virtio_net; do
+	$B insmod /lib/modules/$m.ko || echo "hs-test: insmod $m failed"
+done
+echo 1 > /proc/sys/kernel/printk
+waitfor() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do $B sleep 0.1; i=$((i+1)); done; }
+sha() { $B sha256sum < $1 | $B cut -d' ' -f1; }
+echo "hs-test: ready"
+waitfor /dev/vda 3000
+$B mkdir -p /mnt
+$B mount -t ext4 /dev/vda /mnt || echo "hs-test: mount failed"
+echo "hs-test: a-sum $(sha /mnt/a.bin)"
+$B head -c 65536 /mnt/a.bin > /mnt/new.bin
+$B sync
+$B umount /mnt
+waitfor /sys/class/net/eth0 3000
+$B ip link set lo up
+$B ip addr add ` + netGuestIP + `/24 dev eth0
+$B ip link set eth0 up
+$B sleep 1
+if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "hs-test: ping1 ok"; else echo "hs-test: ping1 failed"; fi
+echo "hs-test: before done"
+waitfor /dev/vdb 6000
+echo "hs-test: vdb-sum $($B dd if=/dev/vdb bs=64k 2>/dev/null | $B sha256sum | $B cut -d' ' -f1)"
+echo 3 > /proc/sys/vm/drop_caches
+$B mount -t ext4 /dev/vda /mnt || echo "hs-test: mount2 failed"
+echo "hs-test: a-sum2 $(sha /mnt/a.bin)"
+echo "hs-test: b-sum2 $(sha /mnt/b.bin)"
+echo "hs-test: new-sum2 $(sha /mnt/new.bin)"
+$B head -c 32768 /mnt/b.bin > /mnt/new2.bin
+$B sync
+$B umount /mnt
+echo 3 > /proc/sys/vm/drop_caches
+$B mount -t ext4 -o ro /dev/vda /mnt || echo "hs-test: remount failed"
+echo "hs-test: new2-sum $(sha /mnt/new2.bin)"
+$B umount /mnt
+echo "hs-test: carrier $($B cat /sys/class/net/eth0/carrier)"
+# The restoring govmm created the TAP again, with another MAC on L1's
+# side: the guest's neighbour entry for L1 is stale.
+$B ip neigh flush dev eth0
+if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "hs-test: ping2 ok"; else echo "hs-test: ping2 failed"; fi
+echo "hs-test: eth0 rx $($B cat /sys/class/net/eth0/statistics/rx_packets) tx $($B cat /sys/class/net/eth0/statistics/tx_packets) neigh $($B ip neigh show dev eth0)"
+addr=$($B basename $($B dirname $($B readlink -f /sys/block/vda/device)))
+slot=none
+for s in /sys/bus/pci/slots/*; do [ "$($B cat $s/address).0" = "$addr" ] && slot=$s; done
+echo "hs-test: vda-slot $addr $($B basename $slot)"
+if echo 0 > $slot/power; then echo "hs-test: eject ok"; else echo "hs-test: eject failed"; fi
+$B sleep 1
+echo "hs-test: after-eject $([ -b /dev/vda ] && echo vda || echo gone) $([ -e /sys/bus/pci/devices/$addr ] && echo present || echo removed)"
+echo "hs-test: done"
+$B sleep 2
+$B poweroff -f
+`
+
+// TestHotAddSnapshot hot-adds an ext4 disk and a network device to a
+// Linux guest booted with neither, on each accelerator; the guest uses
+// both (a file's checksum, a file written, a ping over the TAP). The VM
+// is snapshotted and stopped, and a new govmm restores it from the
+// snapshot alone (no --disk, no --net): it opens the recorded image and
+// TAP itself and puts both devices back at their slots. A restore whose
+// hot-added image is missing is refused first, naming the device, its
+// slot and the path. In the restored VM a third device is hot-added
+// (slot 3), the guest reads it, reads the disk again from the device
+// (the file written before the snapshot among them), writes another,
+// pings L1 again, and ejects the first disk: govmm removes it.
+func TestHotAddSnapshot(t *testing.T) {
+	kernel := linuxKernel(t)
+	src := os.Getenv(hotAddImageEnv)
+	if src == "" {
+		t.Fatalf("%s is not set: the host needs mke2fs (e2fsprogs) to build the ext4 image", hotAddImageEnv)
+	}
+	initrd := guestInitrdNet(t, hotSnapInit)
+	vdb := pattern("hs-vdb", vdbSize)
+	for _, acc := range accels(t) {
+		t.Run(accelName(acc), func(t *testing.T) {
+			needTun(t)
+			dir := tempSocketDir(t)
+			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			img, img2 := filepath.Join(t.TempDir(), "hot.img"), filepath.Join(t.TempDir(), "vdb.img")
+			fresh := func() {
+				b, err := os.ReadFile(src)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(img, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(img2, vdb, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+				"--memory=512M", "--api-socket", sock, "--cmdline", "console=ttyS0 quiet panic=-1"),
+				"hs-test: ready", fresh, nil)
+			api := "--api-socket=" + sock
+			r := govmm(t, "add-disk", api, "path="+img+",serial=hs0")
+			if r.Code != 0 || !strings.HasPrefix(r.Stdout, "0000:00:01.0 1af4:1042 virtio-blk") {
+				t.Fatalf("add-disk: want the disk at slot 1, got %v\n%s", r, p.output())
+			}
+			r = govmm(t, "add-net", api, "tap="+netTap+",mac="+netMAC)
+			if r.Code != 0 || !strings.HasPrefix(r.Stdout, "0000:00:02.0 1af4:1041 virtio-net") {
+				t.Fatalf("add-net: want the network device at slot 2, got %v\n%s", r, p.output())
+			}
+			hostTap(t)
+			p.waitFor("hs-test: before done", 5*time.Minute)
+			out := p.output()
+			if got, want := guestValue(out, "hs-test", "a-sum"), sum(hotAddFiles["a.bin"]); got != want {
+				t.Errorf("before the snapshot the guest read a.bin with SHA-256 %q, want %s", got, want)
+			}
+			if !strings.Contains(out, "hs-test: ping1 ok") || strings.Contains(out, "mount failed") {
+				t.Fatalf("before the snapshot: the guest's mount or ping failed:\n%s", out)
+			}
+			if r := govmm(t, "snapshot", api, "--dir="+snap, "--stop"); r.Code != 0 {
+				t.Fatalf("snapshot of a VM with a hot-added disk and network device:\n%s\n--- source:\n%s", r, p.output())
+			}
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("source after snapshot --stop: exit %d\n%s", code, p.output())
+			}
+			restore := append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")
+			// The recorded image missing: refused, naming the device,
+			// its slot and the path.
+			if err := os.Rename(img, img+".away"); err != nil {
+				t.Fatal(err)
+			}
+			r = govmm(t, restore...)
+			if r.Code != 64 || !strings.Contains(r.Stderr, "slot 1") || !strings.Contains(r.Stderr, img) || !strings.Contains(r.Stderr, "disk") {
+				t.Errorf("restore without the hot-added image: want exit 64 naming the disk, slot 1 and %s, got\n%s", img, r)
+			} else {
+				t.Logf("refused (image missing): %s", strings.TrimSpace(r.Stderr))
+			}
+			if err := os.Rename(img+".away", img); err != nil {
+				t.Fatal(err)
+			}
+			sock2 := filepath.Join(dir, "api2.sock")
+			p = start(t, append(restore, "--api-socket", sock2)...)
+			for i := 0; i < 1200; i++ { // the restore builds the VM, then serves the socket
+				if _, err := os.Stat(sock2); err == nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			hostTap(t)
+			api2 := "--api-socket=" + sock2
+			info := govmm(t, "info", api2)
+			for _, want := range []string{"0000:00:01.0 1af4:1042 virtio-blk path=" + img, "0000:00:02.0 1af4:1041 virtio-net"} {
+				if !regexp.MustCompile(regexp.QuoteMeta(want) + `.*\(hot-added\)`).MatchString(info.Stdout) {
+					t.Errorf("the restored VM's info lacks %q (hot-added):\n%s", want, info)
+				}
+			}
+			r = govmm(t, "add-disk", api2, "path="+img2+",readonly=on")
+			if r.Code != 0 || !strings.HasPrefix(r.Stdout, "0000:00:03.0 1af4:1042 virtio-blk") {
+				t.Fatalf("add-disk after the restore: want the disk at slot 3, got %v\n%s", r, p.output())
+			}
+			p.waitFor("hs-test: done", 5*time.Minute)
+			out = p.output()
+			for _, c := range []struct{ key, want string }{
+				{"vdb-sum", sum(vdb)},
+				{"a-sum2", sum(hotAddFiles["a.bin"])},
+				{"b-sum2", sum(hotAddFiles["b.bin"])},
+				{"new-sum2", sum(hotAddFiles["a.bin"][:65536])},
+				{"new2-sum", sum(hotAddFiles["b.bin"][:32768])},
+				{"carrier", "1"},
+				{"vda-slot", "0000:00:01.0 1"},
+				{"after-eject", "gone removed"},
+			} {
+				if got := guestValue(out, "hs-test", c.key); got != c.want {
+					t.Errorf("the restored guest's %s: %q, want %q", c.key, got, c.want)
+				}
+			}
+			if !strings.Contains(out, "hs-test: ping2 ok") || !strings.Contains(out, "hs-test: eject ok") || regexp.MustCompile(`hs-test: .*failed`).MatchString(out) {
+				t.Errorf("the restored guest's ping or eject failed:\n%s", out)
+			}
+			// govmm took the ejected disk off its bus; the other two stay.
+			gone := false
+			for i := 0; i < 100 && !gone; i++ {
+				info = govmm(t, "info", api2)
+				gone = info.Code == 0 && !strings.Contains(info.Stdout, "0000:00:01.0") && strings.Contains(info.Stdout, "0000:00:03.0")
+				if !gone {
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+			if !gone {
+				t.Errorf("after the eject in the restored VM: want slot 1 empty and slot 3 taken:\n%s", info)
+			}
+			if code := p.exit(time.Minute); code != 0 {
+				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
+			}
+		})
+	}
+}
+
+// hotMigInit is migDiskInit waiting up to five minutes for its disk,
+// which TestHotAddMigration hot-adds once the guest runs.
+var hotMigInit = strings.Replace(migDiskInit, "while [ ! -b /dev/vda ] && [ $i -lt 100 ]", "while [ ! -b /dev/vda ] && [ $i -lt 3000 ]", 1)
+
+// TestHotAddMigration moves a Linux guest whose disk was hot-added live
+// from KVM to mshvsim (--cpu x86-64-v2,-kvm,+tsc_deadline_timer, as
+// TestVirtioLiveMigration does) while it writes to the disk and reads it
+// back (migDiskInit). The destination is started with the boot-time
+// devices alone (--rng): it opens the hot-added image (shared storage)
+// from what the source's hello records and puts the disk at the same
+// slot. After the move the guest finds every block it wrote and read as
+// it was, and the image holds exactly the blocks the guest printed.
+func TestHotAddMigration(t *testing.T) {
+	kernel := linuxKernel(t)
+	if hotMigInit == migDiskInit {
+		t.Fatal("hotMigInit did not change migDiskInit's wait for its disk")
+	}
+	initrd := guestInitrd(t, hotMigInit, nil)
+	var src, dst []string
+	for _, acc := range accels(t) {
+		switch accelName(acc) {
+		case "kvm":
+			src = acc
+		case "mshvsim":
+			dst = acc
+		}
+	}
+	if src == nil || dst == nil {
+		t.Fatal("TestHotAddMigration moves a VM from kvm to mshvsim: both are needed")
+	}
+	const cpu = "x86-64-v2,-kvm,+tsc_deadline_timer"
+	pa := pattern("vda", vdaSize)
+	dir := tempSocketDir(t)
+	img := filepath.Join(dir, "hot.img")
+	sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
+	args := append(append([]string{"run"}, src...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
+		"--memory=512M", "--cpu", cpu, "--api-socket", sock, "--rng",
+		"--cmdline", "console=ttyS0 quiet panic=-1 govmm.migsecs=40"+tscArgs(t, src, cpu))
+	fresh := func() {
+		if err := os.WriteFile(img, pa, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := bootGuestFresh(t, args, "mig-test: clock", fresh, nil)
+	r := govmm(t, "add-disk", "--api-socket="+sock, "path="+img+",serial=hotmig")
+	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "0000:00:02.0 1af4:1042 virtio-blk") {
+		t.Fatalf("add-disk: want the disk at slot 2 (the entropy device has 1), got %v\n%s", r, s.output())
+	}
+	s.waitFor("mig-blk 3 ", 5*time.Minute)
+	dsock := filepath.Join(dir, "dst.sock")
+	d := start(t, append(append([]string{"migrate", "receive"}, dst...), "--listen", "unix:"+mig, "--rng", "--api-socket", dsock)...)
+	waitPath(t, mig)
+	migrateLive(t, sock, mig, s, d)
+	info := govmm(t, "info", "--api-socket="+dsock)
+	if want := "0000:00:02.0 1af4:1042 virtio-blk path=" + img; !regexp.MustCompile(regexp.QuoteMeta(want) + `.*\(hot-added\)`).MatchString(info.Stdout) {
+		t.Errorf("the destination's info lacks %q (hot-added):\n%s", want, info)
+	}
+	d.waitFor("mig-test: verified", 4*time.Minute)
+	if code := d.exit(time.Minute); code != 0 {
+		t.Fatalf("destination: exit %d after the guest's checks, want 0 (poweroff):\n%s", code, d.output())
+	}
+	so, do := s.output(), d.output()
+	after := len(migBlk.FindAllString(do, -1))
+	if after == 0 {
+		t.Fatalf("the guest wrote no block after the move:\nsource:\n%s\ndestination:\n%s", so, do)
+	}
+	if v := guestValue(do, "mig-test", "verified"); !strings.HasSuffix(v, " bad=0") || strings.Contains(do, "differs from") || strings.Contains(so+do, "mig-test: write") {
+		t.Fatalf("the guest's own checks after the move: %q\nsource:\n%s\ndestination:\n%s", v, so, do)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const blk64 = 64 << 10
+	last := map[int]string{}
+	for _, m := range migBlk.FindAllStringSubmatch(so+withoutVMMLog(do), -1) {
+		i, _ := strconv.Atoi(m[1])
+		if i < 1 || i > 60 {
+			t.Fatalf("the guest printed block %d, outside 1..60", i)
+		}
+		last[i] = m[2]
+		if got, w := m[3], sum(pa[(128+i)*blk64:(129+i)*blk64]); got != w {
+			t.Errorf("the guest read block %d with SHA-256 %s, the image had %s", 128+i, got, w)
+		}
+	}
+	if len(b) != vdaSize {
+		t.Fatalf("the image is %d bytes after the run, want %d", len(b), vdaSize)
+	}
+	for blk := 0; blk < vdaSize/blk64; blk++ {
+		got := b[blk*blk64 : (blk+1)*blk64]
+		if s, ok := last[blk]; ok {
+			if sum(got) != s {
+				t.Errorf("block %d has SHA-256 %s, the guest wrote %s", blk, sum(got), s)
+			}
+		} else if !bytes.Equal(got, pa[blk*blk64:(blk+1)*blk64]) {
+			t.Errorf("block %d, which the guest did not write, changed", blk)
+		}
+	}
+	t.Logf("the guest wrote %d blocks on the hot-added disk (%d after the move) and verified them", len(last), after)
+}
