@@ -336,20 +336,28 @@ func TestMigrationFaults(t *testing.T) {
 	mig := filepath.Join(dir, "dst.sock")
 	d := start(t, append(append([]string{"migrate", "receive"}, acc...), "--listen", "unix:"+mig)...)
 	waitPath(t, mig)
-	c, err := net.Dial("unix", mig)
-	if err != nil {
-		t.Fatal(err)
+	sendHello := func(hello string, then []byte) {
+		t.Helper()
+		c, err := net.Dial("unix", mig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hdr [5]byte
+		hdr[0] = 'H'
+		bin.LittleEndian.PutUint32(hdr[1:], uint32(len(hello)))
+		c.Write(append(hdr[:], hello...))
+		c.Write(then)
+		c.Close()
 	}
-	// A hello the receiver takes (a machine it decodes), so that it
-	// builds the VM before the stream breaks; one without a machine is
-	// refused as a hello and the receiver keeps listening.
-	hello := []byte(`{"version":1,"mem_size":134217728,"cpus":1,"machine":{}}`)
-	var hdr [5]byte
-	hdr[0] = 'H'
-	bin.LittleEndian.PutUint32(hdr[1:], uint32(len(hello)))
-	c.Write(append(hdr[:], hello...))
-	c.Write([]byte{'P', 1, 0, 0, 0, 0, 0x10}) // a page frame cut short
-	c.Close()
+	// A hello whose machine this receiver cannot build (its memory size
+	// disagrees with the hello's) is refused as a hello: the receiver
+	// keeps listening for a source that sends a machine it can build.
+	sendHello(`{"version":1,"mem_size":134217728,"cpus":1,"machine":{}}`, nil)
+	d.waitFor("refused a peer", 30*time.Second)
+	// A hello the receiver takes (a machine it builds), so that it builds
+	// the VM before the stream breaks.
+	sendHello(`{"version":1,"mem_size":134217728,"cpus":1,"machine":{"mem_size":134217728,"num_cpus":1}}`,
+		[]byte{'P', 1, 0, 0, 0, 0, 0x10}) // a page frame cut short
 	if code := d.exit(30 * time.Second); code == 0 || !strings.Contains(d.output(), "nothing was started") {
 		t.Fatalf("destination after its source died: exit %d:\n%s", code, d.output())
 	}
