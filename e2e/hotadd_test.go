@@ -96,6 +96,25 @@ echo "hotadd-test: done"
 $B poweroff -f
 `
 
+// hotAddImage returns a function that writes a fresh copy of the ext4
+// image the hot-add tests use (hotAddImageEnv) to dst, for each boot.
+func hotAddImage(t *testing.T, dst string) func() {
+	t.Helper()
+	src := os.Getenv(hotAddImageEnv)
+	if src == "" {
+		t.Fatalf("%s is not set: the host needs mke2fs (e2fsprogs) to build the ext4 image", hotAddImageEnv)
+	}
+	return func() {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestHotAddLinux boots Linux with no disk and no network device, on each
 // accelerator, and hot-adds them through the control socket (govmm
 // add-disk, add-net: the client opens the image and the TAP and passes
@@ -108,25 +127,13 @@ $B poweroff -f
 // a snapshot with the disk hot-added is taken and the VM runs on.
 func TestHotAddLinux(t *testing.T) {
 	kernel := linuxKernel(t)
-	src := os.Getenv(hotAddImageEnv)
-	if src == "" {
-		t.Fatalf("%s is not set: the host needs mke2fs (e2fsprogs) to build the ext4 image", hotAddImageEnv)
-	}
 	initrd := guestInitrdNet(t, hotAddInit)
 	for _, acc := range accels(t) {
 		t.Run(accelName(acc), func(t *testing.T) {
 			needTun(t)
 			dir := tempSocketDir(t)
 			sock, img := filepath.Join(dir, "api.sock"), filepath.Join(t.TempDir(), "hot.img")
-			fresh := func() {
-				b, err := os.ReadFile(src)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(img, b, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			fresh := hotAddImage(t, img)
 			p := bootGuestFresh(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", sock, "--cmdline", "console=ttyS0 quiet panic=-1"),
 				"hotadd-test: ready", fresh, nil)

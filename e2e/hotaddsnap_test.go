@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,10 +84,6 @@ $B poweroff -f
 // pings L1 again, and ejects the first disk: govmm removes it.
 func TestHotAddSnapshot(t *testing.T) {
 	kernel := linuxKernel(t)
-	src := os.Getenv(hotAddImageEnv)
-	if src == "" {
-		t.Fatalf("%s is not set: the host needs mke2fs (e2fsprogs) to build the ext4 image", hotAddImageEnv)
-	}
 	initrd := guestInitrdNet(t, hotSnapInit)
 	vdb := pattern("hs-vdb", vdbSize)
 	for _, acc := range accels(t) {
@@ -98,15 +92,7 @@ func TestHotAddSnapshot(t *testing.T) {
 			dir := tempSocketDir(t)
 			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
 			img, img2 := filepath.Join(t.TempDir(), "hot.img"), filepath.Join(t.TempDir(), "vdb.img")
-			fresh := func() {
-				b, err := os.ReadFile(src)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(img, b, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			fresh := hotAddImage(t, img)
 			if err := os.WriteFile(img2, vdb, 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -267,46 +253,6 @@ func TestHotAddMigration(t *testing.T) {
 	if want := "0000:00:02.0 1af4:1042 virtio-blk path=" + img; !regexp.MustCompile(regexp.QuoteMeta(want) + `.*\(hot-added\)`).MatchString(info.Stdout) {
 		t.Errorf("the destination's info lacks %q (hot-added):\n%s", want, info)
 	}
-	d.waitFor("mig-test: verified", 4*time.Minute)
-	if code := d.exit(time.Minute); code != 0 {
-		t.Fatalf("destination: exit %d after the guest's checks, want 0 (poweroff):\n%s", code, d.output())
-	}
-	so, do := s.output(), d.output()
-	after := len(migBlk.FindAllString(do, -1))
-	if after == 0 {
-		t.Fatalf("the guest wrote no block after the move:\nsource:\n%s\ndestination:\n%s", so, do)
-	}
-	if v := guestValue(do, "mig-test", "verified"); !strings.HasSuffix(v, " bad=0") || strings.Contains(do, "differs from") || strings.Contains(so+do, "mig-test: write") {
-		t.Fatalf("the guest's own checks after the move: %q\nsource:\n%s\ndestination:\n%s", v, so, do)
-	}
-	b, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const blk64 = 64 << 10
-	last := map[int]string{}
-	for _, m := range migBlk.FindAllStringSubmatch(so+withoutVMMLog(do), -1) {
-		i, _ := strconv.Atoi(m[1])
-		if i < 1 || i > 60 {
-			t.Fatalf("the guest printed block %d, outside 1..60", i)
-		}
-		last[i] = m[2]
-		if got, w := m[3], sum(pa[(128+i)*blk64:(129+i)*blk64]); got != w {
-			t.Errorf("the guest read block %d with SHA-256 %s, the image had %s", 128+i, got, w)
-		}
-	}
-	if len(b) != vdaSize {
-		t.Fatalf("the image is %d bytes after the run, want %d", len(b), vdaSize)
-	}
-	for blk := 0; blk < vdaSize/blk64; blk++ {
-		got := b[blk*blk64 : (blk+1)*blk64]
-		if s, ok := last[blk]; ok {
-			if sum(got) != s {
-				t.Errorf("block %d has SHA-256 %s, the guest wrote %s", blk, sum(got), s)
-			}
-		} else if !bytes.Equal(got, pa[blk*blk64:(blk+1)*blk64]) {
-			t.Errorf("block %d, which the guest did not write, changed", blk)
-		}
-	}
-	t.Logf("the guest wrote %d blocks on the hot-added disk (%d after the move) and verified them", len(last), after)
+	written, after := checkDiskMigration(t, s, d, img, pa)
+	t.Logf("the guest wrote %d blocks on the hot-added disk (%d after the move) and verified them", written, after)
 }

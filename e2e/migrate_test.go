@@ -528,7 +528,6 @@ func TestVirtioLiveMigration(t *testing.T) {
 	initrd := guestInitrd(t, migDiskInit, nil)
 	const migrateAt = 3 // migrate once the guest printed this block
 	pa := pattern("vda", vdaSize)
-	const blk64 = 64 << 10
 	for _, m := range linuxMoves(t) {
 		t.Run(accelName(m.src)+"-to-"+accelName(m.dst), func(t *testing.T) {
 			dir := tempSocketDir(t)
@@ -595,56 +594,70 @@ func TestVirtioLiveMigration(t *testing.T) {
 			d := start(t, append(append([]string(nil), receive...), "--disk", disk, "--rng", "--api-socket", filepath.Join(dir, "dst.sock"))...)
 			waitPath(t, mig)
 			migrateLive(t, sock, mig, s, d)
-			d.waitFor("mig-test: verified", 4*time.Minute)
-			if code := d.exit(time.Minute); code != 0 {
-				t.Fatalf("destination: exit %d after the guest's checks, want 0 (poweroff):\n%s", code, d.output())
-			}
-			src, dst := s.output(), d.output()
-			after := len(migBlk.FindAllString(dst, -1))
-			if after == 0 {
-				t.Fatalf("the guest wrote no block after the move (it looped too short for this migration):\nsource:\n%s\ndestination:\n%s", src, dst)
-			}
-			v := guestValue(dst, "mig-test", "verified")
-			if !strings.HasSuffix(v, " bad=0") || strings.Contains(dst, "differs from") ||
-				strings.Contains(src+dst, "mig-test: write") || strings.Contains(src, "virtio-test: insmod") {
-				t.Fatalf("the guest's own checks after the move: %q\nsource:\n%s\ndestination:\n%s", v, src, dst)
-			}
-			// The image: the blocks the guest printed (a line the move
-			// split is whole in the two outputs joined, once the
-			// destination's own log lines, which may come between its two
-			// halves, are left out), the rest as it was.
-			img, err := os.ReadFile(vda)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(img) != vdaSize {
-				t.Fatalf("vda is %d bytes after the run, want %d", len(img), vdaSize)
-			}
-			last := map[int]string{} // the sum the guest printed for each block it wrote
-			for _, mm := range migBlk.FindAllStringSubmatch(src+withoutVMMLog(dst), -1) {
-				i, _ := strconv.Atoi(mm[1])
-				if i < 1 || i > 60 {
-					t.Fatalf("the guest printed block %d, outside 1..60", i)
-				}
-				last[i] = mm[2]
-				if got, w := mm[3], sum(pa[(128+i)*blk64:(129+i)*blk64]); got != w {
-					t.Errorf("the guest read block %d with SHA-256 %s, the image had %s", 128+i, got, w)
-				}
-			}
-			for b := 0; b < vdaSize/blk64; b++ {
-				got := img[b*blk64 : (b+1)*blk64]
-				if s, ok := last[b]; ok {
-					if sum(got) != s {
-						t.Errorf("vda block %d has SHA-256 %s, the guest wrote %s", b, sum(got), s)
-					}
-				} else if !bytes.Equal(got, pa[b*blk64:(b+1)*blk64]) {
-					t.Errorf("vda block %d, which the guest did not write, changed", b)
-				}
-			}
-			if t.Failed() {
-				t.Fatalf("source:\n%s\ndestination:\n%s", lastLines(src, 40), dst)
-			}
-			t.Logf("the guest wrote %d blocks (%d after the move) and verified them", len(last), after)
+			written, after := checkDiskMigration(t, s, d, vda, pa)
+			t.Logf("the guest wrote %d blocks (%d after the move) and verified them", written, after)
 		})
 	}
+}
+
+// checkDiskMigration waits for the moved guest (migDiskInit's) on the
+// destination d to verify its disk and power off, then checks what it
+// did against the image at path, which held pa before the run: it wrote
+// blocks after the move, its own checks passed, each block it printed
+// was read back as the image had it, the image holds the sums it printed
+// for the blocks it wrote and the rest as it was. It returns how many
+// blocks the guest wrote, and how many of those after the move.
+func checkDiskMigration(t *testing.T, s, d *proc, path string, pa []byte) (written, after int) {
+	t.Helper()
+	const blk64 = 64 << 10
+	d.waitFor("mig-test: verified", 4*time.Minute)
+	if code := d.exit(time.Minute); code != 0 {
+		t.Fatalf("destination: exit %d after the guest's checks, want 0 (poweroff):\n%s", code, d.output())
+	}
+	src, dst := s.output(), d.output()
+	after = len(migBlk.FindAllString(dst, -1))
+	if after == 0 {
+		t.Fatalf("the guest wrote no block after the move (it looped too short for this migration):\nsource:\n%s\ndestination:\n%s", src, dst)
+	}
+	v := guestValue(dst, "mig-test", "verified")
+	if !strings.HasSuffix(v, " bad=0") || strings.Contains(dst, "differs from") ||
+		strings.Contains(src+dst, "mig-test: write") || strings.Contains(src, "virtio-test: insmod") {
+		t.Fatalf("the guest's own checks after the move: %q\nsource:\n%s\ndestination:\n%s", v, src, dst)
+	}
+	// The image: the blocks the guest printed (a line the move split is
+	// whole in the two outputs joined, once the destination's own log
+	// lines, which may come between its two halves, are left out), the
+	// rest as it was.
+	img, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img) != vdaSize {
+		t.Fatalf("the image is %d bytes after the run, want %d", len(img), vdaSize)
+	}
+	last := map[int]string{} // the sum the guest printed for each block it wrote
+	for _, mm := range migBlk.FindAllStringSubmatch(src+withoutVMMLog(dst), -1) {
+		i, _ := strconv.Atoi(mm[1])
+		if i < 1 || i > 60 {
+			t.Fatalf("the guest printed block %d, outside 1..60", i)
+		}
+		last[i] = mm[2]
+		if got, w := mm[3], sum(pa[(128+i)*blk64:(129+i)*blk64]); got != w {
+			t.Errorf("the guest read block %d with SHA-256 %s, the image had %s", 128+i, got, w)
+		}
+	}
+	for b := 0; b < vdaSize/blk64; b++ {
+		got := img[b*blk64 : (b+1)*blk64]
+		if s, ok := last[b]; ok {
+			if sum(got) != s {
+				t.Errorf("block %d has SHA-256 %s, the guest wrote %s", b, sum(got), s)
+			}
+		} else if !bytes.Equal(got, pa[b*blk64:(b+1)*blk64]) {
+			t.Errorf("block %d, which the guest did not write, changed", b)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("source:\n%s\ndestination:\n%s", lastLines(src, 40), dst)
+	}
+	return len(last), after
 }
