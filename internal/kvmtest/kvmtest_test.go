@@ -191,6 +191,18 @@ func TestSettle(t *testing.T) {
 		// substrate's diagnosis: every one runs again.
 		{"diagnosed failures", append([]fakeRun{{out: manyFailures(maxRerun+2, 2), code: 1}},
 			passes(maxRerun+2)...), 0, 0, numbered(maxRerun + 2)},
+		// L1 dies under a failed test's rerun: the rerun is made again.
+		{"death under a rerun", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n", died: true},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 1, nil},
+		// ... and a rerun that then fails still fails the package.
+		{"death under a rerun, then failure", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n", code: 2},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 1, nil},
 		// One undiagnosed failure too many: none runs again.
 		{"too many failures", []fakeRun{{out: manyFailures(maxRerun+2, 1), code: 1}}, 1, 0, numbered(maxRerun + 2)},
 	} {
