@@ -90,9 +90,14 @@ func (p *proc) output() string {
 func (p *proc) waitFor(s string, d time.Duration) {
 	p.t.Helper()
 	deadline := time.Now().Add(d)
+	var w quietWatch
 	for time.Now().Before(deadline) {
-		if strings.Contains(p.output(), s) {
+		out := p.output()
+		if strings.Contains(out, s) {
 			return
+		}
+		if diag := w.substrate(p, len(out), 50*time.Millisecond); diag != "" {
+			p.substrateFatal(diag, "printing "+strconv.Quote(s))
 		}
 		select {
 		case <-p.done:
@@ -105,6 +110,48 @@ func (p *proc) waitFor(s string, d time.Duration) {
 	}
 	vcpus := p.quit()
 	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s", strings.Join(p.cmd.Args, " "), s, d, p.output(), vcpus)
+}
+
+// quietWatch follows a wait's polls of a process's output and, each
+// linuxguest.StallCheckEvery that it stays quiet, asks whether the nested
+// substrate's known failure holds the guest's vCPUs: such a test then
+// fails at once, with the diagnosis, and runs again (internal/kvmtest),
+// rather than waiting out its bound. Quiet time is counted in polls, not
+// read off L1's clock, which has been seen to jump.
+type quietWatch struct {
+	last  int // the output's length at the last poll
+	polls int // polls since it last grew
+}
+
+// due takes one poll's output length n, poll apart from the last, and
+// says whether the substrate is to be asked now: after each
+// linuxguest.StallCheckEvery of quiet.
+func (w *quietWatch) due(n int, poll time.Duration) bool {
+	if n != w.last {
+		w.last, w.polls = n, 0
+		return false
+	}
+	w.polls++
+	return w.polls%int(linuxguest.StallCheckEvery/poll) == 0
+}
+
+// substrate is due, and then linuxguest.SubstrateStall for p: the
+// diagnosis when the substrate holds the vCPUs, else "".
+func (w *quietWatch) substrate(p *proc, n int, poll time.Duration) string {
+	if !w.due(n, poll) {
+		return ""
+	}
+	return linuxguest.SubstrateStall(p.cmd.Process.Pid)
+}
+
+// substrateFatal ends a wait on what the process was expected to do
+// (doing) whose guest the substrate stalled: the process goes as quit
+// ends it, and the test fails with diag, which names the substrate.
+func (p *proc) substrateFatal(diag, doing string) {
+	p.t.Helper()
+	vcpus := p.quit()
+	p.t.Fatalf("%s: stalled before %s: the guest went quiet on the nested substrate's failure, found early:\n--- %s\n--- its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
+		strings.Join(p.cmd.Args, " "), doing, diag, p.output(), vcpus)
 }
 
 // vcpus is what `govmm info --vcpus` says about the guest's vCPUs, for a
@@ -159,10 +206,14 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 	const poll = 50 * time.Millisecond
 	deadline := time.Now().Add(d)
 	lastLen, quietPolls := -1, 0
+	var w quietWatch
 	for time.Now().Before(deadline) {
 		out := p.output()
 		if strings.Contains(out, s) {
 			return nil
+		}
+		if diag := w.substrate(p, len(out), poll); diag != "" {
+			p.substrateFatal(diag, "printing "+strconv.Quote(s))
 		}
 		if len(out) != lastLen {
 			lastLen, quietPolls = len(out), 0
@@ -190,12 +241,24 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 // exit waits for the process to end and returns its exit status.
 func (p *proc) exit(d time.Duration) int {
 	p.t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		vcpus := p.quit()
-		p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
-			strings.Join(p.cmd.Args, " "), d, p.output(), vcpus)
+	const poll = 50 * time.Millisecond
+	deadline := time.Now().Add(d)
+	var w quietWatch
+wait:
+	for {
+		select {
+		case <-p.done:
+			break wait
+		case <-time.After(poll):
+		}
+		if diag := w.substrate(p, len(p.output()), poll); diag != "" {
+			p.substrateFatal(diag, "its end")
+		}
+		if time.Now().After(deadline) {
+			vcpus := p.quit()
+			p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
+				strings.Join(p.cmd.Args, " "), d, p.output(), vcpus)
+		}
 	}
 	if ee, ok := p.err.(*exec.ExitError); ok {
 		return ee.ExitCode()

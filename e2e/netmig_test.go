@@ -114,21 +114,16 @@ func netLiveMigration(t *testing.T, opt string, need func(*testing.T), moved fun
 				moved(t, d)
 			}
 
-			select {
-			case b := <-upDone:
-				if w := pattern("mig-up", netMigBytes); string(b) != string(w) {
-					t.Errorf("L1 read %d bytes of the guest's upload, want %d of the pattern (first difference at %d)", len(b), len(w), firstDiff(b, w))
-				}
-			case <-time.After(4 * time.Minute):
+			progress := func() int64 { return up.moved.Load() + down.moved.Load() }
+			if b, ok := awaitStream(d, upDone, progress, 4*time.Minute); !ok {
 				t.Errorf("the guest's upload did not end within 4 minutes of the move (%d bytes)\n%s", up.moved.Load(), d.output())
+			} else if w := pattern("mig-up", netMigBytes); string(b) != string(w) {
+				t.Errorf("L1 read %d bytes of the guest's upload, want %d of the pattern (first difference at %d)", len(b), len(w), firstDiff(b, w))
 			}
-			select {
-			case err := <-downDone:
-				if err != nil {
-					t.Error(err)
-				}
-			case <-time.After(4 * time.Minute):
+			if err, ok := awaitStream(d, downDone, progress, 4*time.Minute); !ok {
 				t.Errorf("L1's download to the guest did not end within 4 minutes of the move (%d bytes)\n%s", down.moved.Load(), d.output())
+			} else if err != nil {
+				t.Error(err)
 			}
 			d.waitFor("vsock-test: done", 3*time.Minute)
 			if code := d.exit(time.Minute); code != 0 {
@@ -225,4 +220,27 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// awaitStream waits up to bound for a stream's result on ch while process
+// d runs the guest at its other end. When the stream's progress stands
+// still, it asks (as proc.waitFor does) whether the nested substrate's
+// known failure holds the guest's vCPUs, and fails the test at once with
+// the diagnosis if so. ok is false when the bound passed.
+func awaitStream[T any](d *proc, ch <-chan T, progress func() int64, bound time.Duration) (v T, ok bool) {
+	d.t.Helper()
+	const poll = 100 * time.Millisecond
+	var w quietWatch
+	deadline := time.Now().Add(bound)
+	for time.Now().Before(deadline) {
+		select {
+		case v := <-ch:
+			return v, true
+		case <-time.After(poll):
+		}
+		if diag := w.substrate(d, int(progress()), poll); diag != "" {
+			d.substrateFatal(diag, "the end of the streams")
+		}
+	}
+	return v, false
 }
