@@ -96,7 +96,7 @@ func (p *proc) waitFor(s string, d time.Duration) {
 		if strings.Contains(out, s) {
 			return
 		}
-		if diag := w.substrate(p, len(out), 50*time.Millisecond); diag != "" {
+		if diag := w.substrate(p, len(out), out, 50*time.Millisecond); diag != "" {
 			p.substrateFatal(diag, "printing "+strconv.Quote(s))
 		}
 		select {
@@ -112,21 +112,46 @@ func (p *proc) waitFor(s string, d time.Duration) {
 	p.t.Fatalf("%s: no %q within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s", strings.Join(p.cmd.Args, " "), s, d, p.output(), vcpus)
 }
 
-// quietWatch follows a wait's polls of a process's output and, each
-// linuxguest.StallCheckEvery that it stays quiet, asks whether the nested
-// substrate's known failure holds the guest's vCPUs: such a test then
-// fails at once, with the diagnosis, and runs again (internal/kvmtest),
-// rather than waiting out its bound. Quiet time is counted in polls, not
-// read off L1's clock, which has been seen to jump.
+// quietWatch follows a wait's polls of a process and asks whether the
+// nested substrate's known failure holds the guest's vCPUs: after each
+// linuxguest.StallCheckEvery that the wait's progress (the output's
+// length, or bytes moved) stands still, and at once when the guest
+// reports a CPU of its own stuck (a failure that holds one vCPU while the
+// others run shows that way: their soft-lockup and RCU-stall reports keep
+// the console from going quiet). Such a test then fails at once, with
+// the diagnosis, and runs again (internal/kvmtest), rather than waiting
+// out its bound. Quiet time is counted in polls, not read off L1's clock,
+// which has been seen to jump.
 type quietWatch struct {
-	last  int // the output's length at the last poll
-	polls int // polls since it last grew
+	last    int  // the progress at the last poll
+	polls   int  // polls since it last grew
+	scanned int  // how much of the output was searched for stall reports
+	report  bool // a stall report came since the last ask
 }
 
-// due takes one poll's output length n, poll apart from the last, and
-// says whether the substrate is to be asked now: after each
-// linuxguest.StallCheckEvery of quiet.
-func (w *quietWatch) due(n int, poll time.Duration) bool {
+// guestStallReports begin the lines a Linux guest prints when one of its
+// CPUs stops answering.
+var guestStallReports = []string{"soft lockup - CPU#", "detected stalls on CPUs", "hard LOCKUP"}
+
+// due takes one poll: progress n, the output so far (or "" where the
+// progress is not the output), poll apart from the last; it says whether
+// the substrate is to be asked now.
+func (w *quietWatch) due(n int, out string, poll time.Duration) bool {
+	if len(out) < w.scanned {
+		w.scanned = 0
+	}
+	// From a little before the new output: a report cut between polls.
+	from := max(w.scanned-32, 0)
+	for _, r := range guestStallReports {
+		if i := strings.Index(out[from:], r); i >= 0 && from+i+len(r) > w.scanned {
+			w.report = true
+		}
+	}
+	w.scanned = len(out)
+	if w.report {
+		w.report, w.polls, w.last = false, 0, n
+		return true
+	}
 	if n != w.last {
 		w.last, w.polls = n, 0
 		return false
@@ -137,8 +162,8 @@ func (w *quietWatch) due(n int, poll time.Duration) bool {
 
 // substrate is due, and then linuxguest.SubstrateStall for p: the
 // diagnosis when the substrate holds the vCPUs, else "".
-func (w *quietWatch) substrate(p *proc, n int, poll time.Duration) string {
-	if !w.due(n, poll) {
+func (w *quietWatch) substrate(p *proc, n int, out string, poll time.Duration) string {
+	if !w.due(n, out, poll) {
 		return ""
 	}
 	return linuxguest.SubstrateStall(p.cmd.Process.Pid)
@@ -150,7 +175,7 @@ func (w *quietWatch) substrate(p *proc, n int, poll time.Duration) string {
 func (p *proc) substrateFatal(diag, doing string) {
 	p.t.Helper()
 	vcpus := p.quit()
-	p.t.Fatalf("%s: stalled before %s: the guest went quiet on the nested substrate's failure, found early:\n--- %s\n--- its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
+	p.t.Fatalf("%s: stalled before %s: the nested substrate's failure holds the guest, found early:\n--- %s\n--- its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
 		strings.Join(p.cmd.Args, " "), doing, diag, p.output(), vcpus)
 }
 
@@ -212,7 +237,7 @@ func (p *proc) waitProgress(s string, d, quiet time.Duration) error {
 		if strings.Contains(out, s) {
 			return nil
 		}
-		if diag := w.substrate(p, len(out), poll); diag != "" {
+		if diag := w.substrate(p, len(out), out, poll); diag != "" {
 			p.substrateFatal(diag, "printing "+strconv.Quote(s))
 		}
 		if len(out) != lastLen {
@@ -251,7 +276,8 @@ wait:
 			break wait
 		case <-time.After(poll):
 		}
-		if diag := w.substrate(p, len(p.output()), poll); diag != "" {
+		out := p.output()
+		if diag := w.substrate(p, len(out), out, poll); diag != "" {
 			p.substrateFatal(diag, "its end")
 		}
 		if time.Now().After(deadline) {

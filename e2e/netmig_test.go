@@ -238,7 +238,7 @@ func awaitStream[T any](d *proc, ch <-chan T, progress func() int64, bound time.
 			return v, true
 		case <-time.After(poll):
 		}
-		if diag := w.substrate(d, int(progress()), poll); diag != "" {
+		if diag := w.substrate(d, int(progress()), d.output(), poll); diag != "" {
 			d.substrateFatal(diag, "the end of the streams")
 		}
 	}
