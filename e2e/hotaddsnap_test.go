@@ -24,8 +24,12 @@ done
 echo 1 > /proc/sys/kernel/printk
 waitfor() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do $B sleep 0.1; i=$((i+1)); done; }
 sha() { $B sha256sum < $1 | $B cut -d' ' -f1; }
+# A hot-added disk's node appears (device_add) before the disk can be
+# opened (bdev_add, later in the kernel's device_add_disk; an open in
+# between is ENXIO): wait for the node, then for a sector read.
+waitblk() { waitfor $1 $2; i=0; until $B dd if=$1 of=/dev/null bs=512 count=1 2>/dev/null || [ $i -ge 100 ]; do $B sleep 0.1; i=$((i+1)); done; }
 echo "hs-test: ready"
-waitfor /dev/vda 3000
+waitblk /dev/vda 3000
 echo "hs-test: serial $($B cat /sys/block/vda/serial)"
 $B mkdir -p /mnt
 $B mount -t ext4 /dev/vda /mnt || echo "hs-test: mount failed"
@@ -40,7 +44,7 @@ $B ip link set eth0 up
 $B sleep 1
 if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "hs-test: ping1 ok"; else echo "hs-test: ping1 failed"; fi
 echo "hs-test: before done"
-waitfor /dev/vdb 6000
+waitblk /dev/vdb 6000
 echo "hs-test: vdb-size $($B cat /sys/block/vdb/size)"
 echo "hs-test: vdb-sum $($B dd if=/dev/vdb bs=64k 2>/dd.err | $B sha256sum | $B cut -d' ' -f1)"
 echo "hs-test: vdb-dd $($B tail -n 1 /dd.err)"
