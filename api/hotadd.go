@@ -26,7 +26,8 @@ type HotAddTarget interface {
 }
 
 // AddDeviceRequest is a hot-add's device, in the syntax of --disk or
-// --net ("path=FILE,readonly=on", "tap=NAME,mac=...").
+// --net ("path=FILE,readonly=on", "tap=NAME,mac=..."; a comma in a value
+// is written ",,").
 type AddDeviceRequest struct {
 	Spec string `json:"spec"`
 	// WaitMS is how long to wait for the guest to bind a driver to the

@@ -24,8 +24,13 @@ done
 echo 1 > /proc/sys/kernel/printk
 waitfor() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do $B sleep 0.1; i=$((i+1)); done; }
 sha() { $B sha256sum < $1 | $B cut -d' ' -f1; }
+# A hot-added disk's node appears (device_add) before the disk can be
+# opened (bdev_add, later in the kernel's device_add_disk; an open in
+# between is ENXIO): wait for the node, then for a sector read.
+waitblk() { waitfor $1 $2; i=0; until $B dd if=$1 of=/dev/null bs=512 count=1 2>/dev/null || [ $i -ge 100 ]; do $B sleep 0.1; i=$((i+1)); done; }
 echo "hs-test: ready"
-waitfor /dev/vda 3000
+waitblk /dev/vda 3000
+echo "hs-test: serial $($B cat /sys/block/vda/serial)"
 $B mkdir -p /mnt
 $B mount -t ext4 /dev/vda /mnt || echo "hs-test: mount failed"
 echo "hs-test: a-sum $(sha /mnt/a.bin)"
@@ -39,8 +44,11 @@ $B ip link set eth0 up
 $B sleep 1
 if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "hs-test: ping1 ok"; else echo "hs-test: ping1 failed"; fi
 echo "hs-test: before done"
-waitfor /dev/vdb 6000
-echo "hs-test: vdb-sum $($B dd if=/dev/vdb bs=64k 2>/dev/null | $B sha256sum | $B cut -d' ' -f1)"
+waitblk /dev/vdb 6000
+echo "hs-test: vdb-size $($B cat /sys/block/vdb/size)"
+echo "hs-test: vdb-sum $($B dd if=/dev/vdb bs=64k 2>/dd.err | $B sha256sum | $B cut -d' ' -f1)"
+echo "hs-test: vdb-dd $($B tail -n 1 /dd.err)"
+echo "hs-test: serial2 $($B cat /sys/block/vda/serial)"
 echo 3 > /proc/sys/vm/drop_caches
 $B mount -t ext4 /dev/vda /mnt || echo "hs-test: mount2 failed"
 echo "hs-test: a-sum2 $(sha /mnt/a.bin)"
@@ -73,7 +81,10 @@ $B poweroff -f
 
 // TestHotAddSnapshot hot-adds an ext4 disk and a network device to a
 // Linux guest booted with neither, on each accelerator; the guest uses
-// both (a file's checksum, a file written, a ping over the TAP). The VM
+// both (a file's checksum, a file written, a ping over the TAP). The
+// disk's image path and serial hold commas (written ",," in add-disk's
+// list, and so in the snapshot's record); the guest reads the serial
+// before the snapshot and again, from the restored device, after. The VM
 // is snapshotted and stopped, and a new govmm restores it from the
 // snapshot alone (no --disk, no --net): it opens the recorded image and
 // TAP itself and puts both devices back at their slots. A restore whose
@@ -91,7 +102,7 @@ func TestHotAddSnapshot(t *testing.T) {
 			needTun(t)
 			dir := tempSocketDir(t)
 			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
-			img, img2 := filepath.Join(t.TempDir(), "hot.img"), filepath.Join(t.TempDir(), "vdb.img")
+			img, img2 := filepath.Join(t.TempDir(), "hot,1.img"), filepath.Join(t.TempDir(), "vdb.img")
 			fresh := hotAddImage(t, img)
 			if err := os.WriteFile(img2, vdb, 0o644); err != nil {
 				t.Fatal(err)
@@ -100,7 +111,7 @@ func TestHotAddSnapshot(t *testing.T) {
 				"--memory=512M", "--api-socket", sock, "--cmdline", "console=ttyS0 quiet panic=-1"),
 				"hs-test: ready", fresh, nil)
 			api := "--api-socket=" + sock
-			r := govmm(t, "add-disk", api, "path="+img+",serial=hs0")
+			r := govmm(t, "add-disk", api, "path="+strings.ReplaceAll(img, ",", ",,")+",serial=hs,,0")
 			if r.Code != 0 || !strings.HasPrefix(r.Stdout, "0000:00:01.0 1af4:1042 virtio-blk") {
 				t.Fatalf("add-disk: want the disk at slot 1, got %v\n%s", r, p.output())
 			}
@@ -111,6 +122,9 @@ func TestHotAddSnapshot(t *testing.T) {
 			hostTap(t)
 			p.waitFor("hs-test: before done", 5*time.Minute)
 			out := p.output()
+			if got := guestValue(out, "hs-test", "serial"); got != "hs,0" {
+				t.Errorf("before the snapshot the guest read the disk's serial %q, want hs,0", got)
+			}
 			if got, want := guestValue(out, "hs-test", "a-sum"), sum(hotAddFiles["a.bin"]); got != want {
 				t.Errorf("before the snapshot the guest read a.bin with SHA-256 %q, want %s", got, want)
 			}
@@ -162,6 +176,7 @@ func TestHotAddSnapshot(t *testing.T) {
 			out = p.output()
 			for _, c := range []struct{ key, want string }{
 				{"vdb-sum", sum(vdb)},
+				{"serial2", "hs,0"},
 				{"a-sum2", sum(hotAddFiles["a.bin"])},
 				{"b-sum2", sum(hotAddFiles["b.bin"])},
 				{"new-sum2", sum(hotAddFiles["a.bin"][:65536])},
@@ -173,6 +188,9 @@ func TestHotAddSnapshot(t *testing.T) {
 				if got := guestValue(out, "hs-test", c.key); got != c.want {
 					t.Errorf("the restored guest's %s: %q, want %q", c.key, got, c.want)
 				}
+			}
+			if t.Failed() {
+				t.Logf("the restored guest's output:\n%s", out)
 			}
 			if !strings.Contains(out, "hs-test: ping2 ok") || !strings.Contains(out, "hs-test: eject ok") || regexp.MustCompile(`hs-test: .*failed`).MatchString(out) {
 				t.Errorf("the restored guest's ping or eject failed:\n%s", out)

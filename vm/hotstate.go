@@ -40,6 +40,7 @@ type HotAddedDevice struct {
 	// Spec is its options in --disk or --net syntax, as the control
 	// socket's client gave them (blk.Config.Spec, net.Config.Spec): the
 	// image's absolute path, readonly, serial; the TAP's name, the MAC.
+	// A comma in a value is written ",," (optlist).
 	Spec string `json:"spec"`
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"govmm/internal/optlist"
 	"govmm/vfio"
 	"govmm/vm"
 )
@@ -20,10 +21,11 @@ type deviceFlags struct {
 
 func (d *deviceFlags) String() string { return strings.Join(d.vfio, " ") }
 
-// Set parses vfio=PATH[,order=route-first|irqs-first]. The order is the
-// VM's (all devices share one), so differing orders are refused.
+// Set parses vfio=PATH[,order=route-first|irqs-first] (",," in a value is
+// a literal comma, as in --disk: optlist). The order is the VM's (all
+// devices share one), so differing orders are refused.
 func (d *deviceFlags) Set(v string) error {
-	parts := strings.Split(v, ",")
+	parts := optlist.Split(v)
 	kind, path, ok := strings.Cut(parts[0], "=")
 	if !ok || kind != "vfio" {
 		return fmt.Errorf("--device %q: want vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first]", v)

@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"govmm/api"
@@ -50,9 +49,13 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 			return fail(exitUsage, "add-disk: %v", err)
 		}
 		// The VMM names the disk by the path it is given (info,
-		// logs): the absolute one, not one relative to this process.
+		// logs, a snapshot's record): the absolute one, not one
+		// relative to this process.
 		if abs, err := filepath.Abs(dc.Path); err == nil && abs != dc.Path {
-			spec = strings.Replace(spec, "path="+dc.Path, "path="+abs, 1)
+			dc.Path = abs
+			if spec, err = dc.Spec(); err != nil {
+				return fail(exitUsage, "add-disk: %v", err)
+			}
 		}
 	default:
 		nc, err := virtionet.ParseFlag(spec)

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"govmm/boot"
+	"govmm/internal/optlist"
 	"govmm/jail"
 	virtionet "govmm/virtio/net"
 	"govmm/virtio/vsock"
@@ -333,13 +334,18 @@ func rewriteFlags(args []string, fs *flag.FlagSet, rw func(name, value string) s
 	return out
 }
 
-// replaceOption replaces the value of key in a "k=v,k=v" option list.
+// replaceOption replaces the value of key in a "k=v,k=v" option list
+// (optlist's syntax: the other options' commas stay escaped). A list that
+// does not parse is returned as it is: run's flags have parsed it before.
 func replaceOption(spec, key, value string) string {
-	parts := strings.Split(spec, ",")
-	for i, p := range parts {
-		if k, _, ok := strings.Cut(p, "="); ok && k == key {
-			parts[i] = key + "=" + value
+	opts, err := optlist.Parse(spec)
+	if err != nil {
+		return spec
+	}
+	for i, o := range opts {
+		if o.Key == key {
+			opts[i].Value = value
 		}
 	}
-	return strings.Join(parts, ",")
+	return optlist.Join(opts...)
 }

@@ -43,9 +43,15 @@ func TestRewriteFlags(t *testing.T) {
 	if got := replaceOption("path=/a,readonly=on,serial=path", "path", "/disk0"); got != "path=/disk0,readonly=on,serial=path" {
 		t.Errorf("replaceOption = %q", got)
 	}
+	// Commas written as ",," (in the path replaced and in the values
+	// kept) stay one option each.
+	if got := replaceOption("path=/a,,b.img,serial=s,,1,readonly=on", "path", "/disk0"); got != "path=/disk0,serial=s,,1,readonly=on" {
+		t.Errorf("replaceOption with escaped commas = %q", got)
+	}
 }
 
-// jailFiles writes a kernel (the probe guest) and two disk images.
+// jailFiles writes a kernel (the probe guest) and two disk images, the
+// second with a comma in its name.
 func jailFiles(t *testing.T) (kernel, disk0, disk1 string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -53,7 +59,7 @@ func jailFiles(t *testing.T) (kernel, disk0, disk1 string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kernel, disk0, disk1 = filepath.Join(dir, "k.elf"), filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	kernel, disk0, disk1 = filepath.Join(dir, "k.elf"), filepath.Join(dir, "a.img"), filepath.Join(dir, "b,1.img")
 	for _, f := range []struct {
 		p string
 		b []byte
@@ -70,7 +76,7 @@ func TestJailConfig(t *testing.T) {
 	f := jailFlags{id: "vm-1", uid: 1000, gid: 1000, chrootBase: "/srv/x", newPIDNS: true, newUserNS: true,
 		files: []jail.File{{Host: "/etc/hostname", Jail: "/hostname"}}}
 	runArgs := []string{"--accel", "mshv", "--mshv-device", "/dev/null", "--kernel", kernel,
-		"--disk", "path=" + disk0 + ",readonly=on", "--disk=path=" + disk1, "--net", "tap=tap0",
+		"--disk", "path=" + disk0 + ",readonly=on", "--disk=path=" + strings.ReplaceAll(disk1, ",", ",,") + ",serial=s,,1", "--net", "tap=tap0",
 		"--serial", "file:/var/log/vm.log", "--api-socket", "/run/vm.sock", "--vsock", "cid=3,socket=/run/v.sock", "--cpus", "2"}
 	c, err := jailConfig(f, runArgs, io.Discard)
 	if err != nil {
@@ -88,7 +94,7 @@ func TestJailConfig(t *testing.T) {
 		t.Errorf("devices %q, want %q", c.Devices, want)
 	}
 	wantArgs := []string{"run", "--accel=mshv", "--mshv-device=/dev/null", "--kernel=/kernel", "--disk=path=/disk0,readonly=on",
-		"--disk=path=/disk1", "--net=tap=tap0", "--serial=file:/serial.log", "--api-socket=/api.sock", "--vsock=cid=3,socket=/vsock.sock", "--cpus=2"}
+		"--disk=path=/disk1,serial=s,,1", "--net=tap=tap0", "--serial=file:/serial.log", "--api-socket=/api.sock", "--vsock=cid=3,socket=/vsock.sock", "--cpus=2"}
 	if !reflect.DeepEqual(c.Args, wantArgs) {
 		t.Errorf("args\n%q\nwant\n%q", c.Args, wantArgs)
 	}

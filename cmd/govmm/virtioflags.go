@@ -6,6 +6,7 @@ import (
 	"govmm/virtio/balloon"
 	"strings"
 
+	"govmm/internal/optlist"
 	"govmm/virtio/blk"
 	virtionet "govmm/virtio/net"
 	"govmm/virtio/vsock"
@@ -155,7 +156,7 @@ func (f *vsockFlag) String() string {
 	if f.c.Vhost {
 		return fmt.Sprintf("cid=%d", f.c.CID)
 	}
-	return fmt.Sprintf("cid=%d,socket=%s", f.c.CID, f.c.Socket)
+	return fmt.Sprintf("cid=%d,socket=%s", f.c.CID, optlist.Escape(f.c.Socket))
 }
 
 func (f *vsockFlag) Set(v string) error {
@@ -191,9 +192,9 @@ func (d *diskList) Set(v string) error {
 }
 
 func (f *virtioFlags) register(fs *flag.FlagSet) {
-	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID][,direct=on] (repeatable: vda, vdb, ...; direct=on opens the image with O_DIRECT, bypassing the host's page cache)")
+	fs.Var(&f.disks, "disk", "virtio-blk disk backed by a raw image: path=FILE[,readonly=on][,serial=ID][,direct=on] (repeatable: vda, vdb, ...; direct=on opens the image with O_DIRECT, bypassing the host's page cache; write a comma in a value as ,,)")
 	fs.BoolVar(&f.rng, "rng", false, "add a virtio-rng entropy device fed from the host's getrandom")
-	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC][,packed=on][,queues=N][,vhost=on] (repeatable; queues=N, 1..16, gives N receive/transmit queue pairs on a multiqueue TAP and a control queue; vhost=on has the kernel's vhost-net, /dev/vhost-net, serve the receive and transmit queues)")
+	fs.Var(&f.nets, "net", "virtio-net device on a TAP, attached or created by name: tap=NAME[,mac=MAC][,packed=on][,queues=N][,vhost=on] (repeatable; queues=N, 1..16, gives N receive/transmit queue pairs on a multiqueue TAP and a control queue; vhost=on has the kernel's vhost-net, /dev/vhost-net, serve the receive and transmit queues; write a comma in the name as ,,)")
 	fs.Var(&f.console, "console", "the guest's console: serial (the UART) or virtio (a virtio-console device, hvc0: give the guest console=hvc0; host input goes to it, its output and the UART's go where --serial says)")
 	fs.Var(&f.balloon, "balloon", "add a virtio-balloon device (last of the virtio devices): \"govmm balloon --api-socket PATH --size SIZE\" takes SIZE of RAM from the guest, and gives it back with --size 0; --balloon=free_page_reporting=on also takes back, on its own, the large free ranges the guest reports")
 	fs.Var(&f.vsock, "vsock", "virtio-vsock device: cid=N (the kernel's vhost-vsock: host processes use AF_VSOCK with CID N; needs /dev/vhost-vsock) or cid=N,socket=PATH (served by govmm: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to host port P go to PATH_P); backend=vhost|hybrid says which explicitly")

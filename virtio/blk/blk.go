@@ -14,11 +14,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"govmm/internal/optlist"
 	"govmm/virtio"
 )
 
@@ -76,14 +76,16 @@ type Config struct {
 }
 
 // ParseFlag parses Cloud Hypervisor's --disk syntax:
-// path=FILE[,readonly=on|off][,serial=ID][,direct=on|off][,packed=on|off].
+// path=FILE[,readonly=on|off][,serial=ID][,direct=on|off][,packed=on|off],
+// where ",," in a value is a literal comma, as in QEMU (optlist).
 func ParseFlag(s string) (Config, error) {
 	var c Config
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return c, fmt.Errorf("--disk %q: %q is not key=value", s, kv)
-		}
+	opts, err := optlist.Parse(s)
+	if err != nil {
+		return c, fmt.Errorf("--disk %q: %w", s, err)
+	}
+	for _, o := range opts {
+		k, v := o.Key, o.Value
 		switch k {
 		case "path":
 			c.Path = v
@@ -116,33 +118,31 @@ func ParseFlag(s string) (Config, error) {
 }
 
 // Spec is c in ParseFlag's syntax, such that ParseFlag(c.Spec()) is c:
-// how a snapshot or a live migration records a hot-added disk. A path or
-// serial with a comma (which the syntax splits options on) has no such
-// form, and Spec says so.
+// how a snapshot or a live migration records a hot-added disk. Commas in
+// the path and the serial are written as ",,". A Config ParseFlag could
+// not have made (no path, a serial too long) has no such form, and Spec
+// says so.
 func (c Config) Spec() (string, error) {
 	if c.Path == "" {
 		return "", errors.New("disk: no path")
 	}
-	if strings.Contains(c.Path, ",") {
-		return "", fmt.Errorf("disk %s: a path with a comma has no --disk form", c.Path)
+	if len(c.Serial) > IDLen {
+		return "", fmt.Errorf("disk %s: serial %q is longer than %d bytes", c.Path, c.Serial, IDLen)
 	}
-	if strings.Contains(c.Serial, ",") {
-		return "", fmt.Errorf("disk %s: serial %q has a comma, which --disk cannot carry", c.Path, c.Serial)
-	}
-	s := "path=" + c.Path
+	opts := []optlist.Option{{Key: "path", Value: c.Path}}
 	if c.ReadOnly {
-		s += ",readonly=on"
+		opts = append(opts, optlist.Option{Key: "readonly", Value: "on"})
 	}
 	if c.Serial != "" {
-		s += ",serial=" + c.Serial
+		opts = append(opts, optlist.Option{Key: "serial", Value: c.Serial})
 	}
 	if c.Direct {
-		s += ",direct=on"
+		opts = append(opts, optlist.Option{Key: "direct", Value: "on"})
 	}
 	if c.Packed {
-		s += ",packed=on"
+		opts = append(opts, optlist.Option{Key: "packed", Value: "on"})
 	}
-	return s, nil
+	return optlist.Join(opts...), nil
 }
 
 // Device is one virtio-blk disk.

@@ -241,9 +241,17 @@ func TestParseFlag(t *testing.T) {
 	if err != nil || c != (Config{Path: "/y.img", ReadOnly: true}) {
 		t.Fatalf("%+v %v", c, err)
 	}
-	for _, bad := range []string{"", "readonly=on", "path=/x,readonly=maybe", "path=/x,serial=" + strings.Repeat("s", 21), "path=/x,direct=yes", "path=/x,direct", "path=/x,cache=none", "path"} {
+	// ",," is a comma in a value; ",,," a comma, then the next option.
+	c, err = ParseFlag("path=/img/a,,b.img,serial=s,,,readonly=on")
+	if err != nil || c != (Config{Path: "/img/a,b.img", Serial: "s,", ReadOnly: true}) {
+		t.Fatalf("%+v %v", c, err)
+	}
+	for _, bad := range []string{"", "readonly=on", "path=/x,readonly=maybe", "path=/x,serial=" + strings.Repeat("s", 21), "path=/x,direct=yes", "path=/x,direct", "path=/x,cache=none", "path",
+		"path=/x,", "path=/x,,,", ",path=/x", "path=/a,b.img", "=/x", "path=/x,serial=" + strings.Repeat(",,", 21)} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("ParseFlag(%q) accepted", bad)
+		} else if !strings.HasPrefix(err.Error(), "--disk ") {
+			t.Errorf("ParseFlag(%q): error %v does not name the flag", bad, err)
 		}
 	}
 }

@@ -28,13 +28,13 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"govmm/internal/optlist"
 	"govmm/virtio"
 )
 
@@ -102,26 +102,26 @@ type Config struct {
 	VhostPath string
 }
 
-// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off][,queues=N][,vhost=on|off].
+// ParseFlag parses tap=NAME[,mac=MAC][,packed=on|off][,queues=N][,vhost=on|off],
+// where ",," in a value is a literal comma, as in QEMU (optlist): Linux
+// allows a comma in an interface's name.
 func ParseFlag(s string) (Config, error) {
 	c := Config{Queues: 1}
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return c, fmt.Errorf("--net %q: %q is not key=value", s, kv)
-		}
+	opts, err := optlist.Parse(s)
+	if err != nil {
+		return c, fmt.Errorf("--net %q: %w", s, err)
+	}
+	for _, o := range opts {
+		k, v := o.Key, o.Value
 		switch k {
 		case "tap":
 			c.Tap = v
 		case "mac":
-			hw, err := stdnet.ParseMAC(v)
-			if err != nil || len(hw) != macLen {
-				return c, fmt.Errorf("--net %q: mac %q is not a 6-byte Ethernet address", s, v)
+			mac, err := parseMAC(v)
+			if err != nil {
+				return c, fmt.Errorf("--net %q: %w", s, err)
 			}
-			if hw[0]&1 != 0 {
-				return c, fmt.Errorf("--net %q: mac %s is a multicast address", s, v)
-			}
-			c.MAC = hw.String()
+			c.MAC = mac
 		case "packed":
 			on, ok := virtio.ParseOnOff(v)
 			if !ok {
@@ -153,35 +153,52 @@ func ParseFlag(s string) (Config, error) {
 	return c, nil
 }
 
+// parseMAC is a mac= value in its canonical form (lower case, colons):
+// a 6-byte unicast Ethernet address.
+func parseMAC(v string) (string, error) {
+	hw, err := stdnet.ParseMAC(v)
+	if err != nil || len(hw) != macLen {
+		return "", fmt.Errorf("mac %q is not a 6-byte Ethernet address", v)
+	}
+	if hw[0]&1 != 0 {
+		return "", fmt.Errorf("mac %s is a multicast address", v)
+	}
+	return hw.String(), nil
+}
+
 // Spec is c in ParseFlag's syntax, such that ParseFlag(c.Spec()) is c
-// (its MAC derived from the TAP's name when c has none): how a snapshot
-// or a live migration records a hot-added network device. A TAP name
-// with a comma, or a vhost device path (which the syntax does not take),
-// has no such form, and Spec says so.
+// (its MAC derived from the TAP's name when c has none, in canonical
+// form, and Queues 1 when 0): how a snapshot or a live migration records
+// a hot-added network device. A comma in the TAP's name is written as
+// ",,". A vhost device path (which the syntax does not take), and what
+// ParseFlag refuses (no TAP, a bad MAC, a queue count outside
+// 1..MaxQueuePairs), have no such form, and Spec says so.
 func (c Config) Spec() (string, error) {
 	switch {
 	case c.Tap == "":
 		return "", errors.New("virtio-net: no TAP")
-	case strings.ContainsAny(c.Tap, ",="):
-		return "", fmt.Errorf("virtio-net: TAP name %q has no --net form", c.Tap)
 	case c.VhostPath != "":
 		return "", fmt.Errorf("virtio-net %s: the vhost device path %s has no --net form", c.Tap, c.VhostPath)
+	case c.Queues < 0 || c.Queues > MaxQueuePairs:
+		return "", fmt.Errorf("virtio-net %s: %d queue pairs, want 1..%d", c.Tap, c.Queues, MaxQueuePairs)
 	}
 	mac := c.MAC
 	if mac == "" {
 		mac = derivedMAC(c.Tap)
+	} else if _, err := parseMAC(mac); err != nil {
+		return "", fmt.Errorf("virtio-net %s: %w", c.Tap, err)
 	}
-	s := "tap=" + c.Tap + ",mac=" + mac
+	opts := []optlist.Option{{Key: "tap", Value: c.Tap}, {Key: "mac", Value: mac}}
 	if c.Packed {
-		s += ",packed=on"
+		opts = append(opts, optlist.Option{Key: "packed", Value: "on"})
 	}
 	if c.Queues > 1 {
-		s += ",queues=" + strconv.Itoa(c.Queues)
+		opts = append(opts, optlist.Option{Key: "queues", Value: strconv.Itoa(c.Queues)})
 	}
 	if c.Vhost {
-		s += ",vhost=on"
+		opts = append(opts, optlist.Option{Key: "vhost", Value: "on"})
 	}
-	return s, nil
+	return optlist.Join(opts...), nil
 }
 
 // derivedMAC is the MAC of a device given no mac=: the QEMU/KVM prefix

@@ -31,7 +31,12 @@ func TestParseFlag(t *testing.T) {
 	if a.MAC != b.MAC || a.MAC == o.MAC || a.MAC[:8] != macPrefix {
 		t.Fatalf("derived MACs %s %s %s: want stable per name, different across names", a.MAC, b.MAC, o.MAC)
 	}
-	for _, bad := range []string{"mac=52:54:00:12:34:56", "tap=x,mac=01:00:00:00:00:01", "tap=x,mac=zz", "tap=x,q=1", "tap"} {
+	// A comma in the TAP's name (Linux allows one) is written ",,"; the
+	// MAC derives from the name itself.
+	if c, err := ParseFlag("tap=t,,0,packed=on"); err != nil || c.Tap != "t,0" || !c.Packed || c.MAC != derivedMAC("t,0") {
+		t.Errorf("tap=t,,0: %+v %v", c, err)
+	}
+	for _, bad := range []string{"mac=52:54:00:12:34:56", "tap=x,mac=01:00:00:00:00:01", "tap=x,mac=zz", "tap=x,q=1", "tap", "tap=x,", "tap=t,0", "tap=x,mac=52:54:00:12:34:56,,"} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

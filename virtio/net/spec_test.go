@@ -7,12 +7,15 @@ import (
 
 // TestSpecRoundTrip: what a snapshot records of a hot-added network
 // device parses back to the same configuration (a MAC derived from the
-// TAP's name written out), and what the syntax cannot carry is refused.
+// TAP's name written out; a comma in the name, which Linux allows,
+// written ",,"), and what the syntax cannot carry is refused.
 func TestSpecRoundTrip(t *testing.T) {
 	for _, c := range []Config{
 		{Tap: "tap0", MAC: "52:54:00:12:ab:cd", Queues: 1},
 		{Tap: "tap1", Queues: 1},
 		{Tap: "tap2", MAC: "52:54:00:00:00:01", Packed: true, Queues: 4, Vhost: true},
+		{Tap: "t,1", Queues: 1},
+		{Tap: "a=b,,", MAC: "52:54:00:00:00:02", Queues: 2},
 	} {
 		s, err := c.Spec()
 		if err != nil {
@@ -32,7 +35,9 @@ func TestSpecRoundTrip(t *testing.T) {
 		want string
 	}{
 		{Config{}, "no TAP"},
-		{Config{Tap: "a,b"}, "no --net form"},
+		{Config{Tap: "tap0", MAC: "53:54:00:00:00:01"}, "multicast"},
+		{Config{Tap: "tap0", MAC: "52:54:00"}, "not a 6-byte"},
+		{Config{Tap: "tap0", Queues: MaxQueuePairs + 1}, "queue pairs"},
 		{Config{Tap: "tap0", VhostPath: "/dev/vhost-net"}, "vhost device path"},
 	} {
 		if _, err := c.c.Spec(); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"govmm/internal/optlist"
 	"govmm/virtio"
 )
 
@@ -94,7 +95,8 @@ type Config struct {
 // VhostDevice is where the kernel's vhost-vsock device is.
 const VhostDevice = "/dev/vhost-vsock"
 
-// ParseFlag parses cid=N[,socket=PATH][,backend=vhost|hybrid][,packed=on|off]:
+// ParseFlag parses cid=N[,socket=PATH][,backend=vhost|hybrid][,packed=on|off]
+// (",," in a value is a literal comma, as in QEMU: optlist):
 // with socket= the device is Firecracker's hybrid one served in
 // userspace; without it (or with backend=vhost) the kernel's vhost-vsock
 // serves the guest's CID, as QEMU's vhost-vsock-pci guest-cid=N does.
@@ -102,11 +104,12 @@ func ParseFlag(s string) (Config, error) {
 	var c Config
 	haveCID := false
 	backend := ""
-	for _, kv := range strings.Split(s, ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return c, fmt.Errorf("--vsock %q: %q is not key=value", s, kv)
-		}
+	opts, err := optlist.Parse(s)
+	if err != nil {
+		return c, fmt.Errorf("--vsock %q: %w", s, err)
+	}
+	for _, o := range opts {
+		k, v := o.Key, o.Value
 		switch k {
 		case "cid":
 			n, err := strconv.ParseUint(v, 10, 64)

@@ -602,11 +602,14 @@ func TestParseFlag(t *testing.T) {
 			t.Errorf("%q: %+v %v", s, c, err)
 		}
 	}
+	if c, err := ParseFlag("cid=3,socket=/tmp/a,,b.sock,packed=on"); err != nil || c.Socket != "/tmp/a,b.sock" || !c.Packed {
+		t.Errorf("a socket path with a comma: %+v %v", c, err)
+	}
 	if c, err := ParseFlag("cid=5,socket=/x,backend=hybrid"); err != nil || c.Vhost {
 		t.Errorf("backend=hybrid: %+v %v", c, err)
 	}
 	for _, bad := range []string{"cid=2,socket=/x", "socket=/x", "cid=x,socket=/x", "cid=3,socket=/x,foo=1", "cid=4294967295,socket=/x",
-		"cid=3,backend=hybrid", "cid=3,socket=/x,backend=vhost", "cid=3,backend=qemu", "cid=3,packed=on", "cid=2"} {
+		"cid=3,backend=hybrid", "cid=3,socket=/x,backend=vhost", "cid=3,backend=qemu", "cid=3,packed=on", "cid=2", "cid=3,socket=/x,"} {
 		if _, err := ParseFlag(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		} else if !strings.Contains(err.Error(), "--vsock") {
