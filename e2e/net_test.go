@@ -235,10 +235,26 @@ func checkDeviceThreads(t *testing.T, pid int, want ...string) {
 // netSnapInit serves two TCP connections and powers off.
 var netSnapInit = strings.Replace(netInit, "tcpserve 7000 1 ", "tcpserve 7000 2 ", 1)
 
+// tapMAC is the host-side MAC of the TAP netTap in L1.
+func tapMAC(t *testing.T) string {
+	t.Helper()
+	ifi, err := net.InterfaceByName(netTap)
+	if err != nil {
+		t.Fatalf("the TAP %s: %v", netTap, err)
+	}
+	return ifi.HardwareAddr.String()
+}
+
+// netHostMAC is the host-side MAC govmm gives a TAP it creates for a
+// guest with netMAC (virtio/net.HostMAC): netMAC with its first byte 0xfe.
+const netHostMAC = "fe:54:00:12:ab:cd"
+
 // TestNetSnapshot snapshots a guest on a TAP after one TCP transfer and
 // restores it on a TAP of the same name (created again by the restoring
-// govmm): a second transfer carries every byte. A restore with another
-// MAC is refused.
+// govmm): a second transfer carries every byte. The TAP each govmm
+// creates has the same host-side MAC, derived from the guest's (so the
+// guest's neighbour entry for L1 stays right), and govmm info says so. A
+// restore with another MAC is refused.
 func TestNetSnapshot(t *testing.T) {
 	kernel := linuxKernel(t)
 	initrd := guestInitrdNet(t, netSnapInit)
@@ -256,6 +272,13 @@ func TestNetSnapshot(t *testing.T) {
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
 				"vsock-test: listening 7000", func() { hostTap(t) })
+			macBefore := tapMAC(t)
+			if macBefore != netHostMAC {
+				t.Errorf("the TAP govmm created has host-side MAC %s, want %s (derived from the guest's %s)", macBefore, netHostMAC, netMAC)
+			}
+			if r := govmm(t, "info", "--api-socket="+api); !strings.Contains(r.Stdout, "tap="+netTap+" mac="+netMAC+" (TAP created by govmm, host side "+netHostMAC+")") {
+				t.Errorf("govmm info does not give the created TAP's host-side MAC %s:\n%s", netHostMAC, r)
+			}
 			tcpTransfer(t, p, "before", 1, nil)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
 				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
@@ -270,6 +293,9 @@ func TestNetSnapshot(t *testing.T) {
 			}
 			p = start(t, append(restore, "--net", nf)...)
 			hostTap(t)
+			if after := tapMAC(t); after != macBefore {
+				t.Errorf("the TAP the restore created has host-side MAC %s, the one before the snapshot had %s: the guest's neighbour entry for %s names a MAC that is gone", after, macBefore, netHostIP)
+			}
 			tcpTransfer(t, p, "after", 2, nil)
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {

@@ -3,6 +3,7 @@ package vm
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -174,6 +175,7 @@ func (v *VM) rebuildHotAdded(p *platformDevices, list []HotAddedDevice) error {
 			return &InputError{Err: fmt.Errorf("%s: slot %d is not a hotplug slot of this machine (slots %v are): start it with the boot-time devices the saved VM had", rec, rec.Slot, p.hotSlots)}
 		}
 		var err error
+		var logArgs []any
 		switch rec.Kind {
 		case HotAddedDisk:
 			c, _ := rec.parseDisk()
@@ -187,7 +189,14 @@ func (v *VM) rebuildHotAdded(p *platformDevices, list []HotAddedDevice) error {
 		case HotAddedNet:
 			c, _ := rec.parseNet()
 			var f *os.File
-			if f, err = virtionet.OpenTapFile(c); err == nil {
+			var hostMAC net.HardwareAddr
+			if f, hostMAC, err = virtionet.OpenTapFile(c); err == nil {
+				if hostMAC != nil {
+					// This VMM created the TAP: its host side has
+					// the address the saved VM's TAP had, if
+					// govmm created that one too.
+					logArgs = append(logArgs, "created_tap_host_mac", hostMAC.String())
+				}
 				var fd int
 				if fd, err = dupClose(f); err == nil {
 					_, err = p.virtioSet.HotAddNet(v.cfg.Virtio, c, fd, rec.Slot, v.hotHost(p))
@@ -201,7 +210,7 @@ func (v *VM) rebuildHotAdded(p *platformDevices, list []HotAddedDevice) error {
 			p.hotDevs = map[int]hotDevice{}
 		}
 		p.hotDevs[rec.Slot] = hotDevice{rec: rec}
-		v.log.Info("hot-added device rebuilt from the saved VM", "slot", rec.Slot, "kind", rec.Kind, "spec", rec.Spec)
+		v.log.Info("hot-added device rebuilt from the saved VM", append([]any{"slot", rec.Slot, "kind", rec.Kind, "spec", rec.Spec}, logArgs...)...)
 	}
 	p.virtio = p.virtioSet.List()
 	return nil

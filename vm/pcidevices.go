@@ -3,9 +3,11 @@ package vm
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 
 	"govmm/pci"
 	"govmm/virtio/balloon"
+	virtionet "govmm/virtio/net"
 )
 
 // PCIDevice is one device on the VM's PCI bus (bus 0, function 0 of its
@@ -21,6 +23,11 @@ type PCIDevice struct {
 	What string
 }
 
+// tapCreator is a virtio-net device (virtionet.Device, and Vhost through
+// it): HostMAC is the host side's address of a TAP govmm created, nil
+// for one it attached to.
+type tapCreator interface{ HostMAC() net.HardwareAddr }
+
 // PCIDevices lists the devices on the VM's PCI bus in slot order.
 func (v *VM) PCIDevices() []PCIDevice {
 	p := v.plat
@@ -30,6 +37,9 @@ func (v *VM) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
 	for _, d := range p.virtioSet.List() {
 		what[d.Transport.Function()] = d.Transport.Describe()
+		if n, ok := d.Transport.Device().(tapCreator); ok && n.HostMAC() != nil {
+			what[d.Transport.Function()] += virtionet.CreatedNote(n.HostMAC())
+		}
 		if d.HotAdded {
 			what[d.Transport.Function()] += " (hot-added)"
 		}

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -39,6 +40,8 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 	}
 	spec := fs.Arg(0)
 	var f *os.File
+	// created notes the host-side MAC of a TAP this client created.
+	var created string
 	switch name {
 	case "add-disk":
 		dc, err := blk.ParseFlag(spec)
@@ -62,8 +65,12 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fail(exitUsage, "add-net: %v", err)
 		}
-		if f, err = virtionet.OpenTapFile(nc); err != nil {
+		var hostMAC net.HardwareAddr
+		if f, hostMAC, err = virtionet.OpenTapFile(nc); err != nil {
 			return fail(exitUsage, "add-net: %v", err)
+		}
+		if hostMAC != nil {
+			created = virtionet.CreatedNote(hostMAC)
 		}
 	}
 	defer f.Close()
@@ -77,6 +84,6 @@ func cmdHotAdd(name string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return controlError(name, err)
 	}
-	fmt.Fprintf(stdout, "%s %s %s\n", d.Address, d.ID, d.What)
+	fmt.Fprintf(stdout, "%s %s %s%s\n", d.Address, d.ID, d.What, created)
 	return nil
 }

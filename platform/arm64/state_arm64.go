@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"govmm/pci"
 	"govmm/snapshot"
 	"govmm/virtio/devices"
+	virtionet "govmm/virtio/net"
 )
 
 // pauser parks the vCPU threads for Pause and lets them go on Resume.
@@ -143,6 +145,10 @@ func (m *Machine) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
 	for _, d := range m.virtio.Devices {
 		what[d.Transport.Function()] = d.Transport.Describe()
+		// A virtio-net device on a TAP govmm created: its host side's MAC.
+		if n, ok := d.Transport.Device().(interface{ HostMAC() net.HardwareAddr }); ok && n.HostMAC() != nil {
+			what[d.Transport.Function()] += virtionet.CreatedNote(n.HostMAC())
+		}
 	}
 	var out []PCIDevice
 	for slot := range pci.NumSlots {

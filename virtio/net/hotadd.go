@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	stdnet "net"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -25,16 +26,22 @@ func hotAddCheck(c Config) error {
 // OpenTapFile attaches to (or creates) the TAP of c for a device to be
 // hot-added, as Open does, and returns its queue's file: the control
 // socket's client runs it and passes the descriptor to the VMM, which may
-// not open /dev/net/tun once it is confined.
-func OpenTapFile(c Config) (*os.File, error) {
+// not open /dev/net/tun once it is confined. hostMAC is the address it
+// gave the host side of a TAP it created (HostMAC of the guest's), nil
+// where it attached to a TAP that was there.
+func OpenTapFile(c Config) (f *os.File, hostMAC stdnet.HardwareAddr, err error) {
 	if err := hotAddCheck(c); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	t, err := openTap(c.Tap, 1)
+	mac, err := checkConfig(&c)
 	if err != nil {
-		return nil, fmt.Errorf("virtio-net: %w", err)
+		return nil, nil, err
 	}
-	return t.fs[0], nil
+	t, err := openTap(c.Tap, 1, mac)
+	if err != nil {
+		return nil, nil, fmt.Errorf("virtio-net: %w", err)
+	}
+	return t.fs[0], t.hostMAC, nil
 }
 
 // OpenFD builds the device of c on fd, a TAP queue OpenTapFile opened

@@ -707,7 +707,7 @@ func TestNoMQNegotiated(t *testing.T) {
 // to once both are attached.
 func TestTapMultiqueue(t *testing.T) {
 	name := fmt.Sprintf("gvmq%d", os.Getpid()%100000)
-	tp, err := openTap(name, 2)
+	tp, err := openTap(name, 2, testMAC)
 	if err != nil {
 		t.Skipf("no multiqueue TAP here: %v", err)
 	}
@@ -725,12 +725,18 @@ func TestTapMultiqueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second open of the name as a single-queue TAP attaches as one
-	// more queue of it.
-	one, err := openTap(name, 1)
+	// more queue of it, and leaves its address alone.
+	one, err := openTap(name, 1, stdnet.HardwareAddr{0x52, 0x54, 0, 9, 9, 9})
 	if err != nil {
 		t.Fatalf("single-queue open of a multiqueue TAP: %v", err)
 	}
 	one.close()
+	if want := HostMAC(testMAC); tp.hostMAC.String() != want.String() || one.hostMAC != nil {
+		t.Errorf("host-side MACs: the creating open's %v, want %v; the attaching open's %v, want none", tp.hostMAC, want, one.hostMAC)
+	}
+	if got := hostSideMAC(t, name); got != HostMAC(testMAC).String() {
+		t.Errorf("the TAP's host side has %s after a second open, want %s", got, HostMAC(testMAC))
+	}
 	// The same name through the device: packets flow on pair 0 and, once
 	// enabled, pair 1.
 	tp.close()
@@ -822,7 +828,7 @@ func TestTapMultiqueue(t *testing.T) {
 // multi_queue is refused with an error that says what to do.
 func TestTapNotMultiqueue(t *testing.T) {
 	name := fmt.Sprintf("gvsq%d", os.Getpid()%100000)
-	one, err := openTap(name, 1)
+	one, err := openTap(name, 1, testMAC)
 	if err != nil {
 		t.Skipf("no TAP here: %v", err)
 	}

@@ -228,6 +228,9 @@ type Device struct {
 	be    backend
 	log   *slog.Logger
 	pairs []*pair
+	// hostMAC is the address the TAP's host side got from govmm when
+	// govmm created the TAP (nil: it attached to one that was there).
+	hostMAC stdnet.HardwareAddr
 	// features are the negotiated features (0 while inactive).
 	features atomic.Uint64
 
@@ -279,7 +282,7 @@ func Open(c Config, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := openTap(c.Tap, c.Queues)
+	t, err := openTap(c.Tap, c.Queues, mac)
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
@@ -313,6 +316,10 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, 
 		log = slog.Default()
 	}
 	d := &Device{cfg: c, mac: mac, be: be, log: log, npairs: 1}
+	if t, ok := be.(*tap); ok && t.hostMAC != nil {
+		d.hostMAC = t.hostMAC
+		log.Info("virtio-net: created the TAP", "tap", c.Tap, "host_mac", t.hostMAC.String(), "guest_mac", mac.String())
+	}
 	for i, f := range be.queues() {
 		p := &pair{i: i, f: f, attached: i == 0}
 		p.cond = sync.NewCond(&p.mu)
@@ -434,6 +441,18 @@ func (d *Device) Describe() string {
 		s += fmt.Sprintf(" queues=%d", len(d.pairs))
 	}
 	return s
+}
+
+// HostMAC is the address govmm gave the host side of the TAP when it
+// created the TAP (HostMAC of the guest's MAC), nil when it attached to a
+// TAP that was there before: what govmm info shows beside the device's
+// description, which a restore compares and which this does not join.
+func (d *Device) HostMAC() stdnet.HardwareAddr { return d.hostMAC }
+
+// CreatedNote is what govmm info and add-net add to a device's
+// description when govmm created its TAP and gave the host side hostMAC.
+func CreatedNote(hostMAC stdnet.HardwareAddr) string {
+	return fmt.Sprintf(" (TAP created by govmm, host side %s)", hostMAC)
 }
 
 // ReadConfig reads struct virtio_net_config: the MAC, the link status

@@ -42,7 +42,7 @@ func TestOpenFDRefuses(t *testing.T) {
 			t.Errorf("%s: the descriptor was left open", c.name)
 		}
 	}
-	if _, err := OpenTapFile(Config{Tap: "t0", Queues: 3}); err == nil {
+	if _, _, err := OpenTapFile(Config{Tap: "t0", Queues: 3}); err == nil {
 		t.Error("OpenTapFile with three queue pairs succeeded")
 	}
 }

@@ -3,9 +3,12 @@ package net
 import (
 	"errors"
 	"fmt"
+	stdnet "net"
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"govmm/virtio/net/tapabi"
 )
 
 // TUNSETOFFLOAD flags (linux/if_tun.h): which offloaded packets the TAP
@@ -25,15 +28,46 @@ const vnetHdrLen = 12
 type tap struct {
 	fs   []*os.File
 	name string
+	// hostMAC is the address govmm gave the TAP's host side when it
+	// created the TAP (HostMAC of the guest's); nil for a TAP that
+	// existed before, whose owner chose its address.
+	hostMAC stdnet.HardwareAddr
+}
+
+// HostMAC is the Ethernet address govmm gives the host side of a TAP it
+// creates for a guest whose address is guest: the guest's, with its
+// first byte 0xfe (0xfa where the guest's is 0xfe already), as libvirt
+// gives the TAPs it creates. Both are unicast, locally administered
+// bytes, and the address differs from the guest's, so the host never
+// sees its own address as a frame's source. Because it depends on
+// nothing but the guest's MAC, which a snapshot and a migration keep,
+// the TAP that a restore or a migration's destination creates has the
+// address the one before had, and the guest's neighbour (ARP) entry for
+// the host's address stays right.
+func HostMAC(guest stdnet.HardwareAddr) stdnet.HardwareAddr {
+	h := append(stdnet.HardwareAddr(nil), guest...)
+	if len(h) == 0 {
+		return h
+	}
+	if h[0] == 0xfe {
+		h[0] = 0xfa
+	} else {
+		h[0] = 0xfe
+	}
+	return h
 }
 
 // openTap attaches to the TAP called name, creating it (for as long as
 // govmm holds it) if there is none, in IFF_TAP|IFF_NO_PI|IFF_VNET_HDR
 // mode with 12-byte headers; with more than one queue in
 // IFF_MULTI_QUEUE mode, with one file per queue and queues 1.. detached
-// (the driver enables them). The files are non-blocking and served by
-// Go's poller, so Close ends a Read in progress.
-func openTap(name string, queues int) (*tap, error) { return openTapFor(name, queues, true) }
+// (the driver enables them). A TAP it creates gets HostMAC(guest) as its
+// host side's address before anything can bring it up. The files are
+// non-blocking and served by Go's poller, so Close ends a Read in
+// progress.
+func openTap(name string, queues int, guest stdnet.HardwareAddr) (*tap, error) {
+	return openTapFor(name, queues, true, guest)
+}
 
 // openTapFor is openTap; with polled false the files are blocking and
 // stay out of Go's poller, for a TAP that only the kernel's vhost-net
@@ -41,9 +75,16 @@ func openTap(name string, queues int) (*tap, error) { return openTapFor(name, qu
 // would wake a VMM thread for each packet the host queues towards the
 // guest (and as transmitted packets free the TAP's send buffer), taking
 // CPU from the vCPU and the vhost worker that move the packets.
-func openTapFor(name string, queues int, polled bool) (*tap, error) {
+func openTapFor(name string, queues int, polled bool, guest stdnet.HardwareAddr) (*tap, error) {
 	if len(name) >= unix.IFNAMSIZ || name == "" {
 		return nil, fmt.Errorf("tap %q: a name of 1..%d bytes", name, unix.IFNAMSIZ-1)
+	}
+	if len(guest) != macLen {
+		return nil, fmt.Errorf("tap %s: guest MAC %q is not a 6-byte Ethernet address", name, guest)
+	}
+	before, err := ifIndex(name)
+	if err != nil {
+		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	t := &tap{name: name}
 	for i := range queues {
@@ -66,6 +107,12 @@ func openTapFor(name string, queues int, polled bool) (*tap, error) {
 			}
 			return nil, fmt.Errorf("tap %s: %w", name, err)
 		}
+		if i == 0 {
+			if err := t.setHostMAC(fd, before, guest); err != nil {
+				unix.Close(fd)
+				return nil, err
+			}
+		}
 		t.fs = append(t.fs, os.NewFile(uintptr(fd), fmt.Sprintf("/dev/net/tun:%s:%d", name, i)))
 	}
 	for i := 1; i < queues; i++ {
@@ -75,6 +122,49 @@ func openTapFor(name string, queues int, polled bool) (*tap, error) {
 		}
 	}
 	return t, nil
+}
+
+// setHostMAC gives the TAP that fd (its first queue) is attached to
+// HostMAC(guest) if the attach created it: if no interface had its name
+// before (before is 0) or one of another index did (a TAP going away
+// with the process that held it). A TAP that was there stays as its
+// owner made it. The TAP is down: nothing has brought up an interface
+// that did not exist a moment ago.
+func (t *tap) setHostMAC(fd, before int, guest stdnet.HardwareAddr) error {
+	after, err := ifIndex(t.name)
+	if err != nil {
+		return fmt.Errorf("tap %s: %w", t.name, err)
+	}
+	if before != 0 && before == after {
+		return nil
+	}
+	mac := HostMAC(guest)
+	if err := tapabi.SetMAC(fd, mac); err != nil {
+		return fmt.Errorf("tap %s: the host side's MAC of the TAP govmm created: %w", t.name, err)
+	}
+	t.hostMAC = mac
+	return nil
+}
+
+// ifIndex is the index of the network interface called name, 0 if there
+// is none (SIOCGIFINDEX, which any socket takes).
+func ifIndex(name string) (int, error) {
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("a socket to look the interface up: %w", err)
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	switch err := unix.IoctlIfreq(s, unix.SIOCGIFINDEX, ifr); {
+	case errors.Is(err, unix.ENODEV):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("SIOCGIFINDEX: %w", err)
+	}
+	return int(ifr.Uint32()), nil
 }
 
 // attach puts fd on the TAP called name, with 12-byte virtio-net

@@ -81,7 +81,7 @@ func OpenVhost(c Config, path string, ram []vhost.Region, log *slog.Logger) (*Vh
 		bes = append(bes, be)
 	}
 	// vhost-net moves the packets: the TAP stays out of Go's poller.
-	t, err := openTapFor(c.Tap, c.Queues, false)
+	t, err := openTapFor(c.Tap, c.Queues, false, mac)
 	if err != nil {
 		for _, b := range bes {
 			b.Close()
