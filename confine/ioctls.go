@@ -14,8 +14,8 @@ type ioctlReq struct {
 	req  uint32
 }
 
-// kvmIoctls are the KVM requests govmm makes once the VM runs (the numbers
-// of <linux/kvm.h> on x86-64, as accel/kvm defines them; ioctls_test.go
+// kvmIoctls are the KVM requests govmm makes once the VM runs on x86-64
+// (arm64's are kvmARM64Ioctls; the numbers of <linux/kvm.h> on x86-64, as accel/kvm defines them; ioctls_test.go
 // checks that every request accel/kvm defines is here or in kvmSetupOnly).
 // KVM_RUN comes first: the filter tests requests in this order.
 var kvmIoctls = []ioctlReq{
@@ -162,11 +162,15 @@ func vhostIoctls() []ioctlReq {
 	}
 }
 
-// ioctls is every request the filter allows, in the order it tests them.
+// ioctls is every request the filter allows, in the order it tests them:
+// the architecture's KVM requests, MSHV's and VFIO's where the build has
+// them (x86-64), then vhost's, the TAP's and the terminal's.
 func ioctls() []ioctlReq {
-	out := append([]ioctlReq(nil), kvmIoctls...)
-	out = append(out, mshvIoctls()...)
-	out = append(out, vfioIoctls()...)
+	out := append([]ioctlReq(nil), hostArch.kvm...)
+	if hostArch.mshvVFIO {
+		out = append(out, mshvIoctls()...)
+		out = append(out, vfioIoctls()...)
+	}
 	out = append(out, vhostIoctls()...)
 	out = append(out, tapIoctls...)
 	return append(out, terminalIoctls...)
