@@ -31,6 +31,9 @@ type archInfo struct {
 	// the filter tests them (KVM_RUN first); kvmSetupOnly are those
 	// made while the VM is built and refused after.
 	kvm, kvmSetupOnly []ioctlReq
+	// deviceIoctls are requests every device thread role's filter
+	// allows on this architecture besides the role's own list.
+	deviceIoctls []ioctlReq
 	// mshvVFIO: the build has the MSHV backend and VFIO passthrough,
 	// whose requests the filter then allows.
 	mshvVFIO bool
@@ -67,6 +70,12 @@ var archARM64 = archInfo{
 	},
 	kvm:          kvmARM64Ioctls,
 	kvmSetupOnly: kvmARM64SetupOnly,
+	// A virtio function's INTx is a resample irqfd on the in-kernel
+	// vGIC's SPI, assigned (KVM_IRQFD) by the thread that first raises
+	// the line: with a driver that leaves MSI-X off, a disk worker's or
+	// a queue thread's completion. On x86 govmm's userspace IOAPIC
+	// serves INTx without an ioctl, so device threads there make none.
+	deviceIoctls: []ioctlReq{{"KVM_IRQFD", kvmARMIoc(iocWrite, 0x76, 32)}},
 	// arm64 govmm has no MSHV backend (mshvarm refuses) and no
 	// --device (VFIO): their requests stay refused.
 }

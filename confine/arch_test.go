@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"unsafe"
@@ -213,14 +214,36 @@ func TestARM64FilterDecisions(t *testing.T) {
 		{"clone a thread", a64, arm64Clone, []uint64{unix.CLONE_VM | unix.CLONE_THREAD}, trap2},
 	})
 
+	// Device threads: KVM_IRQFD (INTx's resample irqfd, assigned by the
+	// thread that first raises the line) besides their own requests.
 	draw, err := diskWorkerRaw(SeccompOn)
 	dvm := rawVM(t, draw, err)
 	trapD := uint32(retTrap | roleDiskWorker)
 	checkDecisions(t, dvm, "arm64 disk worker filter", []filterCase{
 		{"pread64", a64, 67, nil, retAllow},
+		{"KVM_IRQFD (INTx)", a64, arm64Ioctl, []uint64{4, 0x4020ae76}, retAllow},
 		{"KVM_RUN", a64, arm64Ioctl, []uint64{5, 0xae80}, trapD},
+		{"KVM_SET_GSI_ROUTING", a64, arm64Ioctl, []uint64{4, 0x4008ae6a}, trapD},
 		{"openat", a64, arm64Openat, nil, trapD},
 	})
+	sraw, err := vsockQueueRaw(SeccompOn)
+	svm := rawVM(t, sraw, err)
+	trapS := uint32(retTrap | roleVsockQueue)
+	checkDecisions(t, svm, "arm64 vsock queue filter", []filterCase{
+		{"KVM_IRQFD (INTx)", a64, arm64Ioctl, []uint64{4, 0x4020ae76}, retAllow},
+		{"KVM_IOEVENTFD", a64, arm64Ioctl, []uint64{4, 0x4040ae79}, trapS},
+	})
+	nraw, err := netQueueFilter(SeccompOn, []int{7})
+	nvm := rawVM(t, nraw, err)
+	trapN := uint32(retTrap | roleNetQueue)
+	checkDecisions(t, nvm, "arm64 net queue filter", []filterCase{
+		{"KVM_IRQFD (INTx)", a64, arm64Ioctl, []uint64{4, 0x4020ae76}, retAllow},
+		{"TUNSETQUEUE", a64, arm64Ioctl, []uint64{7, unix.TUNSETQUEUE}, retAllow},
+		{"TUNSETOFFLOAD", a64, arm64Ioctl, []uint64{7, unix.TUNSETOFFLOAD}, trapN},
+	})
+	if names, _ := DeviceIoctls("virtio-blk"); !slices.Equal(names, []string{"KVM_IRQFD"}) {
+		t.Errorf("arm64 DeviceIoctls(virtio-blk) = %v, want [KVM_IRQFD]", names)
+	}
 }
 
 // TestKVMARM64IoctlsCovered keeps the arm64 filter in step with

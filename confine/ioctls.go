@@ -1,6 +1,8 @@
 package confine
 
 import (
+	"slices"
+
 	"golang.org/x/sys/unix"
 
 	vhostabi "govmm/virtio/vhost/abi"
@@ -160,7 +162,7 @@ var (
 )
 
 // DeviceIoctls names the ioctl requests the filter of device thread role
-// allows ("virtio-blk", "virtio-net", "virtio-vsock"; ok false for
+// allows on the host architecture ("virtio-blk", "virtio-net", "virtio-vsock"; ok false for
 // another), for the device packages' tests, which check that the threads
 // they confine make no other.
 func DeviceIoctls(role string) (names []string, ok bool) {
@@ -175,6 +177,7 @@ func DeviceIoctls(role string) (names []string, ok bool) {
 	default:
 		return nil, false
 	}
+	reqs = append(slices.Clone(reqs), hostArch.deviceIoctls...)
 	for _, r := range reqs {
 		names = append(names, r.name)
 	}
