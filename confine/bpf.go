@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
@@ -37,13 +36,14 @@ const (
 	flagTSync     = 1
 )
 
-// sysnr is an x86-64 system call's number by name.
+// sysnr is a system call's number on the host architecture, by its
+// x86-64 name (arch.go); an error if the architecture lacks it.
 func sysnr(name string) (uint32, error) {
-	n, ok := arch.X86_64.SyscallNames[name]
-	if !ok {
-		return 0, fmt.Errorf("no x86-64 system call named %q", name)
+	n, ok, err := hostArch.nr(name)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s has no system call %q", hostArch.name, name)
 	}
-	return uint32(n), nil
+	return n, err
 }
 
 // program assembles the process filter for mode.
@@ -66,24 +66,30 @@ func defaultAction(mode SeccompMode, role uint16) uint32 {
 }
 
 // assemble builds a filter: the architecture check, x32 refused with
-// ENOSYS, the conditional calls (each allowed when one of its condition
+// ENOSYS (on x86-64), the conditional calls (each allowed when one of its condition
 // sets holds), the unconditional ones, clone3 refused with ENOSYS, and
 // def for everything else.
 func assemble(def uint32, conds []conditionalCall, names []string) ([]bpf.Instruction, error) {
 	p := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: dataArch, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: auditArchX86_64, SkipTrue: 1},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: hostArch.audit, SkipTrue: 1},
 		bpf.RetConstant{Val: def},
 		bpf.LoadAbsolute{Off: dataNr, Size: 4},
-		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: x32Bit, SkipFalse: 1},
-		bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)},
+	}
+	if hostArch.x32 {
+		p = append(p,
+			bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: x32Bit, SkipFalse: 1},
+			bpf.RetConstant{Val: retErrno | uint32(unix.ENOSYS)})
 	}
 	// The conditional calls first: ioctl (KVM_RUN) is the VMM's most
 	// frequent call, and the cache cannot answer it.
 	for _, c := range conds {
-		nr, err := sysnr(c.name)
+		nr, ok, err := hostArch.nr(c.name)
 		if err != nil {
 			return nil, err
+		}
+		if !ok {
+			continue
 		}
 		block := condBlock(c.sets, def)
 		p = append(p,
@@ -92,9 +98,12 @@ func assemble(def uint32, conds []conditionalCall, names []string) ([]bpf.Instru
 		p = append(p, block...)
 	}
 	for _, name := range names {
-		nr, err := sysnr(name)
+		nr, ok, err := hostArch.nr(name)
 		if err != nil {
 			return nil, err
+		}
+		if !ok {
+			continue // the architecture lacks it (arch.go)
 		}
 		p = append(p,
 			bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipFalse: 1},

@@ -156,7 +156,7 @@ func Apply(o Options) (Report, error) {
 			if _, err := vcpuFilter(o.Seccomp, 0, o); err != nil {
 				return rep, fmt.Errorf("seccomp: %w (--seccomp=process runs without the vCPU threads' filter)", err)
 			}
-			rep.Seccomp += fmt.Sprintf(", %d on vCPU threads", len(vcpuCalls(o)))
+			rep.Seccomp += fmt.Sprintf(", %d on vCPU threads", len(present(vcpuCalls(o))))
 		}
 	}
 	testHook()

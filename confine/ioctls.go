@@ -1,10 +1,10 @@
 package confine
 
 import (
+	"slices"
+
 	"golang.org/x/sys/unix"
 
-	"govmm/accel/mshv/mshvabi"
-	"govmm/vfio/abi"
 	vhostabi "govmm/virtio/vhost/abi"
 )
 
@@ -14,8 +14,8 @@ type ioctlReq struct {
 	req  uint32
 }
 
-// kvmIoctls are the KVM requests govmm makes once the VM runs (the numbers
-// of <linux/kvm.h> on x86-64, as accel/kvm defines them; ioctls_test.go
+// kvmIoctls are the KVM requests govmm makes once the VM runs on x86-64
+// (arm64's are kvmARM64Ioctls; the numbers of <linux/kvm.h> on x86-64, as accel/kvm defines them; ioctls_test.go
 // checks that every request accel/kvm defines is here or in kvmSetupOnly).
 // KVM_RUN comes first: the filter tests requests in this order.
 var kvmIoctls = []ioctlReq{
@@ -80,33 +80,6 @@ var kvmSetupOnly = []ioctlReq{
 	{"KVM_ENABLE_CAP", 0x4068aea3},
 }
 
-// mshvIoctls are the /dev/mshv requests govmm makes once the VM runs.
-// MSHV_GET_VP_STATE shares its number with the downstream
-// GET_HOST_PARTITION_PROPERTY (on another kind of fd), which the filter
-// cannot tell apart.
-func mshvIoctls() []ioctlReq {
-	return []ioctlReq{
-		{"MSHV_RUN_VP", mshvabi.ReqRunVP},
-		{"MSHV_ROOT_HVCALL", mshvabi.ReqRootHvcall},
-		{"MSHV_GET_VP_STATE", mshvabi.ReqGetVPState},
-		{"MSHV_SET_VP_STATE", mshvabi.ReqSetVPState},
-		{"MSHV_IRQFD", mshvabi.ReqIRQFD},
-		{"MSHV_IOEVENTFD", mshvabi.ReqIOEventFD},
-		{"MSHV_SET_MSI_ROUTING", mshvabi.ReqSetMSIRouting},
-		{"MSHV_GET_GPAP_ACCESS_BITMAP", mshvabi.ReqGetGPAPAccessBitmap},
-		{"MSHV_SET_GUEST_MEMORY", mshvabi.ReqSetGuestMemory},
-	}
-}
-
-// mshvSetupOnly are /dev/mshv requests made only while the VM is built.
-func mshvSetupOnly() []ioctlReq {
-	return []ioctlReq{
-		{"MSHV_CREATE_PARTITION", mshvabi.ReqCreatePartition},
-		{"MSHV_INITIALIZE_PARTITION", mshvabi.ReqInitializePartition},
-		{"MSHV_CREATE_VP", mshvabi.ReqCreateVP},
-	}
-}
-
 // The TAP requests virtio-net makes while the guest runs: the offloads
 // follow what the guest's driver negotiates (on the vCPU thread that
 // writes DRIVER_OK or a reset), and a multiqueue TAP's queues are
@@ -123,18 +96,6 @@ var (
 var terminalIoctls = []ioctlReq{
 	{"TCGETS", unix.TCGETS},
 	{"TCSETS", unix.TCSETS},
-}
-
-// vfioIoctls are the VFIO requests a passed-through device needs once the
-// guest runs: its MSI vectors wired and unwired as the guest enables and
-// disables them, and the reset and DMA unmapping when the VM ends.
-func vfioIoctls() []ioctlReq {
-	return []ioctlReq{
-		{"VFIO_DEVICE_SET_IRQS", uint32(abi.DeviceSetIRQs)},
-		{"VFIO_DEVICE_RESET", uint32(abi.DeviceReset)},
-		{"VFIO_IOMMU_UNMAP_DMA", uint32(abi.IOMMUUnmapDMA)},
-		{"VFIO_GROUP_UNSET_CONTAINER", uint32(abi.GroupUnsetContainer)},
-	}
 }
 
 // vhostIoctls are the vhost requests a kernel-served virtio device
@@ -162,11 +123,15 @@ func vhostIoctls() []ioctlReq {
 	}
 }
 
-// ioctls is every request the filter allows, in the order it tests them.
+// ioctls is every request the filter allows, in the order it tests them:
+// the architecture's KVM requests, MSHV's and VFIO's where the build has
+// them (x86-64), then vhost's, the TAP's and the terminal's.
 func ioctls() []ioctlReq {
-	out := append([]ioctlReq(nil), kvmIoctls...)
-	out = append(out, mshvIoctls()...)
-	out = append(out, vfioIoctls()...)
+	out := append([]ioctlReq(nil), hostArch.kvm...)
+	if hostArch.mshvVFIO {
+		out = append(out, mshvIoctls()...)
+		out = append(out, vfioIoctls()...)
+	}
 	out = append(out, vhostIoctls()...)
 	out = append(out, tapIoctls...)
 	return append(out, terminalIoctls...)
@@ -197,7 +162,7 @@ var (
 )
 
 // DeviceIoctls names the ioctl requests the filter of device thread role
-// allows ("virtio-blk", "virtio-net", "virtio-vsock"; ok false for
+// allows on the host architecture ("virtio-blk", "virtio-net", "virtio-vsock"; ok false for
 // another), for the device packages' tests, which check that the threads
 // they confine make no other.
 func DeviceIoctls(role string) (names []string, ok bool) {
@@ -212,6 +177,7 @@ func DeviceIoctls(role string) (names []string, ok bool) {
 	default:
 		return nil, false
 	}
+	reqs = append(slices.Clone(reqs), hostArch.deviceIoctls...)
 	for _, r := range reqs {
 		names = append(names, r.name)
 	}

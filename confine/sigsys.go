@@ -3,7 +3,6 @@ package confine
 import (
 	"strconv"
 
-	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,22 +34,23 @@ type sigsysMessage struct {
 	n uintptr
 }
 
-// Offsets the assembly handler relies on. TestSiginfoOffsets checks them
-// against the C headers.
+// Offsets the assembly handler relies on, the same on x86-64 and arm64
+// (both 64-bit siginfo_t: three ints, then the union at 16).
+// TestSiginfoOffsets checks them against the C headers.
 const (
-	siginfoErrnoOff   = 4  // siginfo_t.si_errno (int): the filter's SECCOMP_RET_DATA, the role
-	siginfoSyscallOff = 24 // siginfo_t.si_syscall (int)
-	siginfoArchOff    = 28 // siginfo_t.si_arch (unsigned int)
-	auditArchX86_64   = 0xc000003e
-	numSyscalls       = 512 // x86-64 system call numbers are below this
+	siginfoErrnoOff   = 4   // siginfo_t.si_errno (int): the filter's SECCOMP_RET_DATA, the role
+	siginfoSyscallOff = 24  // siginfo_t.si_syscall (int)
+	siginfoArchOff    = 28  // siginfo_t.si_arch (unsigned int)
+	numSyscalls       = 512 // x86-64 and arm64 system call numbers are below this
 )
 
 var (
-	// sigsysMessages[nr] names x86-64 system call nr; the handler reads
+	// sigsysMessages[nr] names the host architecture's system call nr
+	// (sigsys_amd64.s, sigsys_arm64.s); the handler reads
 	// it by index, so its element size (16) is in the assembly too.
 	sigsysMessages [numSyscalls]sigsysMessage
-	// sigsysOther names a call of another ABI (i386 through int 0x80)
-	// or a number past the table.
+	// sigsysOther names a call of another ABI (i386 through int 0x80,
+	// AArch32) or a number past the table.
 	sigsysOther sigsysMessage
 	// sigsysRoles[role] names the thread whose filter refused the call
 	// (the role is the filter's SECCOMP_RET_DATA: roleProcess, or
@@ -76,7 +76,7 @@ func prepareMessages() {
 	var spans [numSyscalls]span
 	buf := make([]byte, 0, numSyscalls*(len(prefix)+32)+numRoles*80+len(hintText)+128)
 	for nr := range spans {
-		name, ok := arch.X86_64.SyscallNumbers[nr]
+		name, ok := hostArch.sys.SyscallNumbers[nr]
 		if !ok {
 			name = "unknown"
 		}

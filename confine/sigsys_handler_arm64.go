@@ -1,10 +1,9 @@
 package confine
 
-import "errors"
+// Implemented in sigsys_arm64.s.
+func sigsysHandler()
+func sigsysHandlerPC() uintptr
 
-// installSIGSYSHandler: the handler that names a forbidden call is written
-// in amd64 assembly (sigsys_amd64.s), and the seccomp filter lists x86-64
-// system calls, so confinement is not available on arm64 yet.
-func installSIGSYSHandler() error {
-	return errors.New("seccomp confinement is not implemented on arm64")
-}
+// sigsysRestorerPC: arm64 signal frames need no sa_restorer (the kernel
+// returns through the vDSO's trampoline), so none is set.
+func sigsysRestorerPC() uintptr { return 0 }

@@ -148,9 +148,11 @@ func vcpuConditional() []conditionalCall {
 }
 
 // deviceConditional is a device thread role's conditional calls: the
-// vCPU threads', with ioctl narrowed to the role's requests reqs, or left
-// out (refused) when the role makes none.
+// vCPU threads', with ioctl narrowed to the role's requests reqs and the
+// architecture's device thread requests (archInfo.deviceIoctls), or left
+// out (refused) when there are none.
 func deviceConditional(reqs []ioctlReq) []conditionalCall {
+	reqs = append(slices.Clone(reqs), hostArch.deviceIoctls...)
 	var out []conditionalCall
 	for _, c := range vcpuConditional() {
 		if c.name == "ioctl" {

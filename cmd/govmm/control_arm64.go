@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"govmm/api"
+	"govmm/confine"
 	"govmm/platform/arm64"
 )
 
@@ -29,6 +30,9 @@ type controlTarget struct {
 	log    *slog.Logger
 	// stop ends the VM once a snapshot asked to (--stop) is written.
 	stop func()
+	// snapshotDir, when set, is the one directory Landlock leaves
+	// writable: a snapshot elsewhere is refused up front, with advice.
+	snapshotDir string
 }
 
 func (t *controlTarget) Info() api.Info {
@@ -62,6 +66,9 @@ func (t *controlTarget) Resume() error { return t.m.Resume() }
 func (t *controlTarget) Snapshot(req api.SnapshotRequest, progress func(done, total uint64)) (api.SnapshotResult, error) {
 	if !filepath.IsAbs(req.Dir) {
 		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: the directory must be an absolute path", req.Dir)
+	}
+	if t.snapshotDir != "" && !confine.Within(req.Dir, t.snapshotDir) {
+		return api.SnapshotResult{}, fmt.Errorf("snapshot to %s: this VM may write only under %s (Landlock); start it with --snapshot-dir naming a directory above %s, or --landlock=off", req.Dir, t.snapshotDir, req.Dir)
 	}
 	begin := time.Now()
 	wasPaused := t.m.Paused()

@@ -27,6 +27,7 @@ type arm64RestoreFlags struct {
 	memory, serial, logLevel, apiSocket, accelName string
 	cpus                                           int
 	vf                                             virtioFlags
+	confineFlags
 }
 
 func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
@@ -37,6 +38,7 @@ func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket at this path")
 	f.vf.register(fs)
+	f.registerConfine(fs)
 }
 
 // check validates the flags before anything is opened: the logger, the
@@ -49,6 +51,9 @@ func (f *arm64RestoreFlags) check(what string, stdin io.Reader, stdout, stderr i
 	}
 	if f.vf.balloon.on {
 		return nil, nil, nil, 0, notOnARM64("--balloon")
+	}
+	if err := f.checkConfine(); err != nil {
+		return nil, nil, nil, 0, err
 	}
 	if f.cpus < 0 || f.cpus > arm64.MaxCPUs {
 		return nil, nil, nil, 0, fail(exitUsage, "--cpus %d: want 1 to %d", f.cpus, arm64.MaxCPUs)
@@ -117,16 +122,18 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return fail(exitUsage, "restore %s: the saved VM has %d vCPUs, --cpus says %d", dir, saved.Machine.NumCPUs, f.cpus)
 	}
 	kernel := "snapshot " + dir
-	m, err := arm64.Restore(arm64.Config{
+	cfg := arm64.Config{
 		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 		Virtio: f.virtio(),
-	}, saved, memFile)
+	}
+	f.setMachineHooks(&cfg, f.apiSocket)
+	m, err := arm64.Restore(cfg, saved, memFile)
 	if err != nil {
 		return machineError(fmt.Errorf("restore %s: %w", dir, err))
 	}
 	defer m.Close()
 	log.Info("restored", "dir", dir)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, stderr, log)
+	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }
 
 // helloMachineARM64 decodes and checks the arm64 machine a migration
@@ -200,10 +207,12 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		}
 		// A VM migrated again keeps one prefix.
 		kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
-		m, err := arm64.Prepare(arm64.Config{
+		cfg := arm64.Config{
 			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 			Virtio: f.virtio(),
-		}, ms, mem)
+		}
+		f.setMachineHooks(&cfg, f.apiSocket)
+		m, err := arm64.Prepare(cfg, ms, mem)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -226,5 +235,5 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return err
 	}
 	log.Info("migration received", "kernel", kernel)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, stderr, log)
+	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }

@@ -41,8 +41,7 @@ type runFlags struct {
 	hugePages               bool
 	virtio                  virtioFlags
 	devices                 deviceFlags
-	seccomp, landlock       string // confinement (package confine)
-	snapshotDir             string
+	confineFlags            // --seccomp, --landlock, --snapshot-dir (package confine)
 }
 
 func (f *runFlags) register(fs *flag.FlagSet) {

@@ -36,8 +36,7 @@ var x86OnlyRunFlags = []struct {
 	bool bool
 }{
 	{"mshv-device", false}, {"topology", false}, {"cpu", false},
-	{"hugepages", true}, {"test-devices", true}, {"seccomp", false}, {"landlock", false},
-	{"snapshot-dir", false}, {"device", false},
+	{"hugepages", true}, {"test-devices", true}, {"device", false},
 }
 
 func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -57,6 +56,8 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.StringVar(&apiSocket, "api-socket", "", "serve the control socket at this path (govmm pause|resume|info|snapshot)")
 	var vf virtioFlags
 	vf.register(fs)
+	var cf confineFlags
+	cf.registerConfine(fs)
 	var unsupported []string
 	for _, x := range x86OnlyRunFlags {
 		note := func(string) error { unsupported = append(unsupported, "--"+x.name); return nil }
@@ -80,6 +81,9 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	if len(unsupported) > 0 {
 		return notOnARM64(strings.Join(unsupported, ", "))
+	}
+	if err := cf.checkConfine(); err != nil {
+		return err
 	}
 	log, err := newLogger(logLevel, stderr)
 	if err != nil {
@@ -123,16 +127,31 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	m, err := arm64.New(arm64.Config{
+	cfg := arm64.Config{
 		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelName, Initrd: initrd,
 		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
 		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
-	})
+	}
+	cf.setMachineHooks(&cfg, apiSocket)
+	m, err := arm64.New(cfg)
 	if err != nil {
 		return machineError(err)
 	}
 	defer m.Close()
-	return runARM64(m, kernelName, serial, &out, apiSocket, stderr, log)
+	return runARM64(m, kernelName, serial, &out, apiSocket, cf.writeDir(apiSocket), stderr, log)
+}
+
+// setMachineHooks has the machine confine the VMM (the process filter
+// and Landlock) once it is built and before the guest runs, as the x86
+// build does (vm.SetBeforeGuest), its vCPU threads and virtio device
+// threads take their own filters, and every hook log to cfg.Log. arm64
+// has no VFIO passthrough, so vCPU threads never reach a device by pread
+// or pwrite.
+func (f *confineFlags) setMachineHooks(cfg *arm64.Config, apiSocket string) {
+	log := cfg.Log
+	cfg.BeforeGuest = func() error { return f.apply(log, apiSocket, false) }
+	cfg.VCPUThread = f.vcpuHook(false)
+	f.setDeviceHooks(&cfg.Virtio, log)
 }
 
 // serialFlag is --serial: the console's output and input; a file's output
@@ -169,8 +188,9 @@ func machineError(err error) error {
 }
 
 // runARM64 runs a built (or restored) machine to its end: the console
-// file, the control socket, the signals, and the exit status.
-func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket string, stderr io.Writer, log *slog.Logger) error {
+// file, the control socket (snapshots only under snapshotDir, when set:
+// Landlock's writable directory), the signals, and the exit status.
+func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket, snapshotDir string, stderr io.Writer, log *slog.Logger) error {
 	if *out == nil {
 		f, err := os.Create(strings.TrimPrefix(serial, "file:"))
 		if err != nil {
@@ -179,7 +199,7 @@ func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket
 		defer f.Close()
 		*out = f
 	}
-	closeControl, err := serveControl(apiSocket, &controlTarget{m: m, kernel: kernel, start: time.Now(), log: log, stop: m.Stop})
+	closeControl, err := serveControl(apiSocket, &controlTarget{m: m, kernel: kernel, start: time.Now(), log: log, stop: m.Stop, snapshotDir: snapshotDir})
 	if err != nil {
 		return err
 	}

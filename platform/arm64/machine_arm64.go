@@ -42,6 +42,20 @@ type Config struct {
 	Epoch time.Time
 	// Virtio is the virtio-pci devices on the PCI bus.
 	Virtio VirtioConfig
+	// BeforeGuest, if set, runs once in Run when the machine is
+	// complete (memory mapped, devices open, every vCPU created with
+	// its state) and before any vCPU enters the guest: the moment to
+	// confine the process (package confine). An error ends Run before
+	// the guest runs, as a crash.
+	BeforeGuest func() error
+	// VCPUThread, if set, runs on each vCPU's thread with the vCPU's
+	// index after BeforeGuest, just before that vCPU first enters the
+	// guest: the moment for the thread to confine itself further
+	// (confine.VCPUThread). With it set, each vCPU goroutine ends
+	// locked to its thread, so the runtime ends the thread with it and
+	// no other goroutine inherits the thread's filter. An error stops
+	// the machine.
+	VCPUThread func(index int) error
 }
 
 // Stop says how a machine ended.
@@ -320,6 +334,12 @@ func (m *Machine) Run() Result {
 	if !m.cfg.Epoch.IsZero() {
 		m.cfg.Log.Info("guest start", "since_main", time.Since(m.cfg.Epoch))
 	}
+	if m.cfg.BeforeGuest != nil {
+		if err := m.cfg.BeforeGuest(); err != nil {
+			m.stop(Result{Stop: StopCrash, Err: err})
+			return m.result
+		}
+	}
 	if m.restored {
 		go m.startVirtio()
 	}
@@ -328,7 +348,12 @@ func (m *Machine) Run() Result {
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
+			if m.cfg.VCPUThread == nil {
+				defer runtime.UnlockOSThread()
+			} else if err := m.cfg.VCPUThread(v.Index()); err != nil {
+				m.stop(Result{Stop: StopCrash, Err: fmt.Errorf("vCPU %d: %w", v.Index(), err)})
+				return
+			}
 			for {
 				exit, err := v.Run(h)
 				if err != nil {

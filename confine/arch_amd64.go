@@ -1,0 +1,4 @@
+package confine
+
+// hostArch is the architecture govmm is built for.
+var hostArch = &archAMD64
