@@ -73,14 +73,11 @@ var archARM64 = archInfo{
 	// A virtio function's INTx is a resample irqfd on the in-kernel
 	// vGIC's SPI, assigned (KVM_IRQFD) by the thread that first raises
 	// the line: with a driver that leaves MSI-X off, a disk worker's or
-	// a queue thread's completion; before it, accel/kvmarm asks /dev/kvm
-	// whether it resamples irqfds (KVM_CHECK_EXTENSION of
-	// KVM_CAP_IRQFD_RESAMPLE, a query). On x86 govmm's userspace IOAPIC
-	// serves INTx without an ioctl, so device threads there make none.
-	deviceIoctls: []ioctlReq{
-		{"KVM_IRQFD", kvmARMIoc(iocWrite, 0x76, 32)},
-		{"KVM_CHECK_EXTENSION", kvmARMIoc(iocNone, 0x03, 0)},
-	},
+	// a queue thread's completion (accel/kvmarm asked whether KVM
+	// resamples irqfds when it created the VM, so that thread makes no
+	// query). On x86 govmm's userspace IOAPIC serves INTx without an
+	// ioctl, so device threads there make none.
+	deviceIoctls: []ioctlReq{{"KVM_IRQFD", kvmARMIoc(iocWrite, 0x76, 32)}},
 	// arm64 govmm has no MSHV backend (mshvarm refuses) and no
 	// --device (VFIO): their requests stay refused.
 }

@@ -186,6 +186,11 @@ type VM struct {
 	itsFD  int
 	target uint32
 	vcpus  []*VCPU
+	// resample is KVM_CAP_IRQFD_RESAMPLE, asked when the VM is created:
+	// an INTx line's resample irqfd is assigned later, by the device
+	// thread that first raises it, whose seccomp filter allows KVM_IRQFD
+	// and no query of /dev/kvm.
+	resample bool
 
 	// slots are the mapped memory regions, slot i at index i, and
 	// whether KVM logs writes to them (EnableDirtyLog).
@@ -209,7 +214,8 @@ func (k *KVM) CreateVM() (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
-	vm := &VM{kvm: k, fd: int(fd), gicFD: -1, itsFD: -1, devIDs: map[uint32]uint32{}}
+	vm := &VM{kvm: k, fd: int(fd), gicFD: -1, itsFD: -1, devIDs: map[uint32]uint32{},
+		resample: k.Extension(capIRQFDResample) > 0}
 	var init vcpuInit
 	if _, err := ioctlPtr(vm.fd, ioctlARMPreferredTarget, unsafe.Pointer(&init)); err != nil {
 		vm.Close()
@@ -471,7 +477,7 @@ func (vm *VM) AssignIRQFD(f accel.IRQFD) error {
 		if !chip {
 			return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: the GSI is not routed to an SPI (only SPIs are level lines on arm64; MSIs through the ITS are edges): %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
 		}
-		if vm.kvm.Extension(capIRQFDResample) <= 0 {
+		if !vm.resample {
 			return fmt.Errorf("irqfd fd %d GSI %d with resample fd %d: this host's KVM does not resample irqfds (KVM_CAP_IRQFD_RESAMPLE): %w", f.FD, f.GSI, f.ResampleFD, ErrNotSupported)
 		}
 	}
