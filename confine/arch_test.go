@@ -2,10 +2,7 @@ package confine
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"testing"
@@ -252,12 +249,7 @@ func TestARM64FilterDecisions(t *testing.T) {
 // ioctlNum(dir, nr, size), evaluated here from the file's constants) must
 // be in kvmARM64Ioctls or kvmARM64SetupOnly with the same value.
 func TestKVMARM64IoctlsCovered(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	src := filepath.Join(filepath.Dir(filepath.Dir(file)), "accel", "kvmarm", "abi.go")
-	f, err := parser.ParseFile(token.NewFileSet(), src, nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, src := parseBackendABI(t, "kvmarm")
 	consts := map[string]uint64{}
 	var eval func(e ast.Expr) (uint64, bool)
 	eval = func(e ast.Expr) (uint64, bool) {

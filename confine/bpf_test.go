@@ -144,12 +144,7 @@ func TestFilterDecisions(t *testing.T) {
 // or kvmSetupOnly (refused after set-up), with the same value, so a new
 // ioctl cannot be added to the backend without deciding here.
 func TestKVMIoctlsCovered(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	src := filepath.Join(filepath.Dir(filepath.Dir(file)), "accel", "kvm", "abi.go")
-	f, err := parser.ParseFile(token.NewFileSet(), src, nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, src := parseBackendABI(t, "kvm")
 	known := map[uint32]string{}
 	for _, r := range append(append([]ioctlReq(nil), kvmIoctls...), kvmSetupOnly...) {
 		if prev, dup := known[r.req]; dup {
@@ -230,4 +225,17 @@ int main(void) { printf("%zu %zu %zu\n", offsetof(siginfo_t, si_errno), offsetof
 	if got := strings.TrimSpace(string(out)); got != want {
 		t.Errorf("siginfo_t si_errno, si_syscall, si_arch offsets: C says %s, the handler uses %s", got, want)
 	}
+}
+
+// parseBackendABI parses accel/BACKEND/abi.go, where an accelerator
+// backend defines its ioctl request numbers, and returns it and its path.
+func parseBackendABI(t *testing.T, backend string) (*ast.File, string) {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	src := filepath.Join(filepath.Dir(filepath.Dir(file)), "accel", backend, "abi.go")
+	f, err := parser.ParseFile(token.NewFileSet(), src, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, src
 }

@@ -34,16 +34,7 @@ func TestARM64Confine(t *testing.T) {
 	buildARM64(t, hooks, "build", "-tags", "govmm_testhooks", "./cmd/govmm")
 
 	ar := arm64VirtioArchive(t, a)
-	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
-B=/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sys /sys
-$B mount -t devtmpfs dev /dev
-exec >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng; do
-	$B insmod /lib/modules/$m.ko || echo "arm64-confine: insmod $m failed"
-done
-i=0
+	ar.Bytes("/init", 0o755, []byte(arm64VirtioInit("arm64-confine")+`i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
 echo "arm64-confine: known-sum $($B dd if=/dev/vda bs=65536 skip=`+strconv.Itoa(arm64KnownOff/arm64Block)+` count=1 2>/dev/null | $B sha256sum)"
 echo "arm64-confine: read-done"

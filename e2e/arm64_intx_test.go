@@ -27,16 +27,7 @@ const (
 // TestARM64VirtioINTxMigration's): the file systems, the console, the
 // virtio modules, a wait for vda and hwrng, and the shell functions both
 // use.
-var arm64INTxPrelude = `#!/bin/busybox sh
-B=/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sys /sys
-$B mount -t devtmpfs dev /dev
-exec >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng; do
-	$B insmod /lib/modules/$m.ko || echo "intx-test: insmod $m failed"
-done
-i=0
+var arm64INTxPrelude = arm64VirtioInit("intx-test") + `i=0
 while { [ ! -b /dev/vda ] || [ ! -c /dev/hwrng ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
 ` + intxShellFuncs
 

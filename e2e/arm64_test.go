@@ -312,16 +312,7 @@ func TestARM64Virtio(t *testing.T) {
 	dir, bin, platformTest := buildARM64Govmm(t)
 
 	ar := arm64VirtioArchive(t, a)
-	ar.Bytes("/init", 0o755, []byte(`#!/bin/busybox sh
-B=/bin/busybox
-$B mount -t proc proc /proc
-$B mount -t sysfs sys /sys
-$B mount -t devtmpfs dev /dev
-exec >/dev/console 2>&1
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng; do
-	$B insmod /lib/modules/$m.ko || echo "arm64-virtio: insmod $m failed"
-done
-i=0
+	ar.Bytes("/init", 0o755, []byte(arm64VirtioInit("arm64-virtio")+`i=0
 while { [ ! -b /dev/vda ] || [ ! -c /dev/hwrng ]; } && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
 echo "arm64-virtio: vda-size $($B blockdev --getsize64 /dev/vda)"
 echo "arm64-virtio: known-sum $($B dd if=/dev/vda bs=65536 skip=`+fmt.Sprint(arm64KnownOff/arm64Block)+` count=1 2>/dev/null | $B sha256sum)"
@@ -445,4 +436,21 @@ func TestDumpRunLogs(t *testing.T) {
 	if got := dumpRunLogs(2); got != want {
 		t.Fatalf("dumpRunLogs(2) = %q, want %q", got, want)
 	}
+}
+
+// arm64VirtioInit begins the /init of the arm64 guests with a disk and an
+// RNG (TestARM64Virtio's, TestARM64Confine's and the INTx tests'): the
+// file systems, the console and the virtio modules, a module that fails
+// to load said on a line with prefix.
+func arm64VirtioInit(prefix string) string {
+	return `#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+exec >/dev/console 2>&1
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng; do
+	$B insmod /lib/modules/$m.ko || echo "` + prefix + `: insmod $m failed"
+done
+`
 }
