@@ -334,6 +334,13 @@ func migrateLive(t *testing.T, sock, mig string, s, d *proc) {
 	// here, naming the page, rather than as a guest that crashes later.
 	r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+mig, "--verify")
 	if r.Code != 0 || !strings.Contains(r.Stdout, "migrated: total") || !strings.Contains(r.Stdout, "every page verified") {
+		// A source whose VM stopped under the move (its guest crashed:
+		// a triple fault, which the substrate may explain) ends soon
+		// after; its output then says why, with L1's trace of it.
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+		}
 		t.Fatalf("migrate send: %s\nsource:\n%s\ndestination:\n%s", r, s.output(), d.output())
 	}
 	t.Log(strings.TrimSpace(r.Stdout[strings.LastIndex(r.Stdout, "migrated:"):]))
