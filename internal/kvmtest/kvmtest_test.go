@@ -203,6 +203,29 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n", code: 2},
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
 		}, 1, 1, nil},
+		// A diagnosed failure that fails again with a diagnosis runs a
+		// third time, and passes.
+		{"diagnosed twice", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 0, nil},
+		// ... but not a fourth time.
+		{"diagnosed three times", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 0, nil},
+		// A rerun's failure with no diagnosis ends it.
+		{"diagnosed, then not", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 0, nil},
+		// An undiagnosed first failure reruns once only.
+		{"undiagnosed, then diagnosed", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 0, nil},
 		// One undiagnosed failure too many: none runs again.
 		{"too many failures", []fakeRun{{out: manyFailures(maxRerun+2, 1), code: 1}}, 1, 0, numbered(maxRerun + 2)},
 	} {
@@ -276,3 +299,6 @@ func TestExplained(t *testing.T) {
 		}
 	}
 }
+
+// substrateLine is a test's output line with the substrate's diagnosis.
+const substrateLine = "    x_test.go:1: triple fault\n        --- diagnosis of the triple fault: the nested substrate's second known failure\n"
