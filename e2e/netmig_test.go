@@ -89,7 +89,7 @@ func netLiveMigration(t *testing.T, opt string, need func(*testing.T), moved fun
 			s := bootGuest(t, append(append([]string{"run"}, m.src...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--cpu", m.cpu, "--api-socket", sock, "--net", nf,
 				"--cmdline", "console=ttyS0 quiet panic=-1"+tscArgs(t, m.src, m.cpu)),
-				"vsock-test: listening 7000", func() { mqHostTap(t) })
+				"vsock-test: listening 7000", func() { hostTap(t) })
 			downDone := sendDownloadPaced(t, &down, gate)
 
 			// Both streams flowing before the move starts.

@@ -113,7 +113,7 @@ func TestNetMultiqueue(t *testing.T) {
 			args := append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", "tap="+netTap+",mac="+netMAC+",queues=2",
 				"--cmdline", "console=ttyS0 quiet panic=-1")
-			p := bootGuest(t, args, "net-test: queues", func() { mqHostTap(t) })
+			p := bootGuest(t, args, "net-test: queues", func() { hostTap(t) })
 			if info := govmm(t, "info", "--api-socket", api); !strings.Contains(info.Stdout, "queues=2") {
 				t.Errorf("govmm info does not show queues=2:\n%s", info)
 			}
@@ -162,25 +162,6 @@ func TestNetMultiqueue(t *testing.T) {
 	}
 }
 
-// netL1MAC is L1's address on the TAP in the multiqueue tests, the same
-// on the TAP a restore creates, so that the guest's neighbour entry
-// stays right.
-const netL1MAC = "02:00:00:77:00:01"
-
-// mqHostTap is hostTap with L1's MAC on the TAP set to netL1MAC.
-func mqHostTap(t *testing.T) {
-	t.Helper()
-	for i := 0; i < 200; i++ {
-		if _, err := net.InterfaceByName(netTap); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	busyboxIP(t, "link", "set", netTap, "address", netL1MAC)
-	busyboxIP(t, "addr", "add", netHostIP+"/24", "dev", netTap)
-	busyboxIP(t, "link", "set", netTap, "up")
-}
-
 // TestNetMultiqueueSnapshot snapshots a queues=2 guest after an upload
 // from each CPU, checks that restores with queues=1 and queues=3 are
 // refused (exit 64, naming queues=), restores with queues=2 on a TAP the
@@ -206,7 +187,7 @@ func TestNetMultiqueueSnapshot(t *testing.T) {
 			nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
 			p := bootGuest(t, append(append([]string{"run"}, acc...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 				"--memory=512M", "--api-socket", api, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
-				"net-test: queues", func() { mqHostTap(t) })
+				"net-test: queues", func() { hostTap(t) })
 			p.waitFor("net-test: phase1 done", 3*time.Minute)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
 				t.Fatalf("govmm snapshot:\n%s\n--- source:\n%s", r, p.output())
@@ -228,7 +209,7 @@ func TestNetMultiqueueSnapshot(t *testing.T) {
 			}
 			up := serveOnce(t, ln, pattern("h2g-answer-after", netReply))
 			p = start(t, append(restore, "--net", nf)...)
-			mqHostTap(t)
+			hostTap(t)
 			p.waitFor("vsock-test: done", 3*time.Minute)
 			if code := p.exit(time.Minute); code != 0 {
 				t.Fatalf("restored guest: exit %d\n%s", code, p.output())
@@ -272,7 +253,7 @@ func TestNetMultiqueueMigration(t *testing.T) {
 	nf := "tap=" + netTap + ",mac=" + netMAC + ",queues=2"
 	s := bootGuest(t, append(append([]string{"run"}, kvm...), "--kernel", kernel, "--initrd", initrd, "--cpus=2",
 		"--memory=512M", "--cpu", "host", "--api-socket", sock, "--net", nf, "--cmdline", "console=ttyS0 quiet panic=-1"),
-		"net-test: queues", func() { mqHostTap(t) })
+		"net-test: queues", func() { hostTap(t) })
 	s.waitFor("net-test: phase1 done", 3*time.Minute)
 	before := irqCount(s.output(), "irq1")
 	receive := append(append([]string{"migrate", "receive"}, kvm...), "--listen", "unix:"+mig)
