@@ -572,12 +572,7 @@ echo 1 > /proc/sys/kernel/printk
 echo "mig-test: clock $($B cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-# A hot-added disk's node appears before the disk can be opened (Linux
-# 6.1's device_add_disk: device_add, then bdev_add; an open in between is
-# ENXIO): wait for a sector read too.
-i=0
-until $B dd if=/dev/vda of=/dev/null bs=512 count=1 2>/dev/null || [ $i -ge 100 ]; do $B sleep 0.1; i=$((i+1)); done
-secs=$($B sed -n 's/.*govmm\.migsecs=\([0-9]*\).*/\1/p' /proc/cmdline)
+` + vdaOpens + `secs=$($B sed -n 's/.*govmm\.migsecs=\([0-9]*\).*/\1/p' /proc/cmdline)
 end=$(( $($B cut -d. -f1 /proc/uptime) + secs ))
 blk() { $B dd if=/dev/vda bs=64k skip=$1 count=1 2>/dev/null | $B sha256sum | $B cut -d' ' -f1; }
 i=1
@@ -762,3 +757,12 @@ func checkDiskMigration(t *testing.T, s, d *proc, path string, pa []byte) (writt
 	}
 	return len(last), after
 }
+
+// vdaOpens is the guests' shell lines that wait, 10 s at most, until a
+// sector of vda reads (TestHotAddLinux's and migDiskInit): a hot-added
+// disk's node appears before the disk can be opened (Linux 6.1's
+// device_add_disk: device_add, then bdev_add; an open in between is
+// ENXIO).
+const vdaOpens = `i=0
+until $B dd if=/dev/vda of=/dev/null bs=512 count=1 2>/dev/null || [ $i -ge 100 ]; do $B sleep 0.1; i=$((i+1)); done
+`
