@@ -3,7 +3,6 @@ package vm
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 
 	"govmm/pci"
 	"govmm/virtio/balloon"
@@ -23,11 +22,6 @@ type PCIDevice struct {
 	What string
 }
 
-// tapCreator is a virtio-net device (virtionet.Device, and Vhost through
-// it): HostMAC is the host side's address of a TAP govmm created, nil
-// for one it attached to.
-type tapCreator interface{ HostMAC() net.HardwareAddr }
-
 // PCIDevices lists the devices on the VM's PCI bus in slot order.
 func (v *VM) PCIDevices() []PCIDevice {
 	p := v.plat
@@ -37,9 +31,7 @@ func (v *VM) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
 	for _, d := range p.virtioSet.List() {
 		what[d.Transport.Function()] = d.Transport.Describe()
-		if n, ok := d.Transport.Device().(tapCreator); ok && n.HostMAC() != nil {
-			what[d.Transport.Function()] += virtionet.CreatedNote(n.HostMAC())
-		}
+		what[d.Transport.Function()] += virtionet.DeviceNote(d.Transport.Device())
 		if d.HotAdded {
 			what[d.Transport.Function()] += " (hot-added)"
 		}

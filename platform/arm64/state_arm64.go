@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,10 +144,7 @@ func (m *Machine) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
 	for _, d := range m.virtio.Devices {
 		what[d.Transport.Function()] = d.Transport.Describe()
-		// A virtio-net device on a TAP govmm created: its host side's MAC.
-		if n, ok := d.Transport.Device().(interface{ HostMAC() net.HardwareAddr }); ok && n.HostMAC() != nil {
-			what[d.Transport.Function()] += virtionet.CreatedNote(n.HostMAC())
-		}
+		what[d.Transport.Function()] += virtionet.DeviceNote(d.Transport.Device())
 	}
 	var out []PCIDevice
 	for slot := range pci.NumSlots {

@@ -455,6 +455,16 @@ func CreatedNote(hostMAC stdnet.HardwareAddr) string {
 	return fmt.Sprintf(" (TAP created by govmm, host side %s)", hostMAC)
 }
 
+// DeviceNote is CreatedNote for dev when it is a virtio-net device (Device,
+// and Vhost through it) on a TAP govmm created, and "" for any other
+// device: what govmm info adds to a device's line, on x86 and arm64.
+func DeviceNote(dev any) string {
+	if n, ok := dev.(interface{ HostMAC() stdnet.HardwareAddr }); ok && n.HostMAC() != nil {
+		return CreatedNote(n.HostMAC())
+	}
+	return ""
+}
+
 // ReadConfig reads struct virtio_net_config: the MAC, the link status
 // (always up) and max_virtqueue_pairs.
 func (d *Device) ReadConfig(off uint64, data []byte) {
