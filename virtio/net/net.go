@@ -228,9 +228,6 @@ type Device struct {
 	be    backend
 	log   *slog.Logger
 	pairs []*pair
-	// hostMAC is the address the TAP's host side got from govmm when
-	// govmm created the TAP (nil: it attached to one that was there).
-	hostMAC stdnet.HardwareAddr
 	// features are the negotiated features (0 while inactive).
 	features atomic.Uint64
 
@@ -317,7 +314,6 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, 
 	}
 	d := &Device{cfg: c, mac: mac, be: be, log: log, npairs: 1}
 	if t, ok := be.(*tap); ok && t.hostMAC != nil {
-		d.hostMAC = t.hostMAC
 		log.Info("virtio-net: created the TAP", "tap", c.Tap, "host_mac", t.hostMAC.String(), "guest_mac", mac.String())
 	}
 	for i, f := range be.queues() {
@@ -447,7 +443,12 @@ func (d *Device) Describe() string {
 // created the TAP (HostMAC of the guest's MAC), nil when it attached to a
 // TAP that was there before: what govmm info shows beside the device's
 // description, which a restore compares and which this does not join.
-func (d *Device) HostMAC() stdnet.HardwareAddr { return d.hostMAC }
+func (d *Device) HostMAC() stdnet.HardwareAddr {
+	if t, ok := d.be.(*tap); ok {
+		return t.hostMAC
+	}
+	return nil
+}
 
 // CreatedNote is what govmm info and add-net add to a device's
 // description when govmm created its TAP and gave the host side hostMAC.
