@@ -216,15 +216,27 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
 		}, 1, 0, nil},
-		// A rerun's failure with no diagnosis ends it.
+		// A diagnosed failure does not count against the test: a
+		// rerun's first failure with no diagnosis runs it a third time.
 		{"diagnosed, then not", []fakeRun{
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
-		}, 1, 0, nil},
-		// An undiagnosed first failure reruns once only.
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 0, nil},
 		{"undiagnosed, then diagnosed", []fakeRun{
 			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 0, nil},
+		// Two failures no diagnosis explains end it, in whichever runs.
+		{"diagnosed, then not twice", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 0, nil},
+		{"undiagnosed twice", []fakeRun{
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
 		}, 1, 0, nil},
 		// One undiagnosed failure too many: none runs again.
 		{"too many failures", []fakeRun{{out: manyFailures(maxRerun+2, 1), code: 1}}, 1, 0, numbered(maxRerun + 2)},
