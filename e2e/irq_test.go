@@ -16,6 +16,8 @@ import (
 
 	"govmm/api"
 	"govmm/guests"
+	"govmm/internal/linuxguest"
+	"govmm/internal/nested"
 )
 
 // The irq guest's exit statuses: IRQ_OK (0x10; IRQ_FAIL is 0x11) through
@@ -274,16 +276,21 @@ func TestIRQSerialInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var stderr strings.Builder
+			var stderr, out syncBuffer
 			cmd.Stderr = &stderr
+			mark := nested.ShutdownMark()
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			var out strings.Builder
+			watch := newStallWatch()
+			watch.start(cmd.Process.Pid, func() (int, string) {
+				o := out.String()
+				return len(o) + stderr.Len(), o
+			}, cancel)
 			sc := bufio.NewScanner(stdout)
 			ready := false
 			for sc.Scan() {
-				out.WriteString(sc.Text() + "\n")
+				out.Write([]byte(sc.Text() + "\n"))
 				if strings.Contains(sc.Text(), "serial: ready") {
 					ready = true
 					break
@@ -298,6 +305,12 @@ func TestIRQSerialInput(t *testing.T) {
 			out.Write(rest)
 			err = cmd.Wait()
 			stdin.Close()
+			if d := watch.end(); d != "" {
+				t.Fatalf("stalled: the nested substrate's failure holds the guest, found early:\n--- %s\n--- its output:\n%s\n%s", d, out.String(), stderr.String())
+			}
+			if linuxguest.IsTripleFault(stderr.String()) {
+				stderr.Write([]byte(nested.ShutdownExits(mark, nested.GuestRAM(args))))
+			}
 			if ctx.Err() != nil {
 				t.Fatalf("timed out\n%s\n%s", out.String(), stderr.String())
 			}

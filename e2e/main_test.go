@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -96,17 +97,38 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	// and at which RIP), then SIGQUIT: Go prints every goroutine, and
 	// where the vCPU threads wait (in KVM_RUN or in the VMM) is what
 	// tells a hung guest from a hung VMM. Wait returns after Cancel did.
+	// A stall the watch diagnosed has its report already.
 	var hang string
+	watch := newStallWatch()
 	cmd.Cancel = func() error {
-		hang = linuxguest.HangReport(cmd.Process.Pid)
+		if !watch.found() {
+			hang = linuxguest.HangReport(cmd.Process.Pid)
+		}
 		return cmd.Process.Signal(syscall.SIGQUIT)
 	}
 	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
+	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Stdin = strings.NewReader(input)
-	err := cmd.Run()
+	mark := nested.ShutdownMark()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("govmm %s: %v", strings.Join(args, " "), err)
+	}
+	watch.start(cmd.Process.Pid, func() (int, string) {
+		out := stdout.String()
+		return len(out) + stderr.Len(), out
+	}, cancel)
+	err := cmd.Wait()
+	diag := watch.end()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	if linuxguest.IsTripleFault(res.Stderr) {
+		// KVM on AMD reset the vCPU; L1's trace says where it was.
+		res.Stderr += nested.ShutdownExits(mark, nested.GuestRAM(args))
+	}
+	if diag != "" {
+		t.Fatalf("govmm %s: stalled: the nested substrate's failure holds the guest, found early:\n--- %s\n--- its output, with the goroutine dump SIGQUIT asked for:\n%s",
+			strings.Join(args, " "), diag, res)
+	}
 	if ctx.Err() != nil {
 		t.Fatalf("govmm %s: timed out after %v (its goroutines, dumped on SIGQUIT, are in its stderr)\n%s\n--- %s", strings.Join(args, " "), runTimeout, res, hang)
 	}
@@ -116,6 +138,95 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 		t.Fatalf("govmm %s: %v", strings.Join(args, " "), err)
 	}
 	return res
+}
+
+// syncBuffer is a bytes.Buffer a process writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
+}
+
+// stallWatch watches a govmm process that a test waits on without proc
+// (whose waits do the same, quietWatch): after every
+// linuxguest.StallCheckEvery in which it printed nothing, or at once when
+// its guest reports a stalled CPU, it asks whether the nested substrate's
+// known failure holds the vCPUs, and if so keeps the diagnosis and stops
+// the process. A CI run of 2026-12-07 waited out such a stall of the
+// probe guest to runTimeout's full two minutes.
+type stallWatch struct {
+	ask  func(pid int) string // linuxguest.SubstrateStall
+	quit chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	diag string
+}
+
+func newStallWatch() *stallWatch {
+	return &stallWatch{ask: linuxguest.SubstrateStall, quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// start watches process pid: progress returns how much it printed so far
+// and the guest's console (searched for stall reports), and stop is
+// called once on a diagnosis. end must follow.
+func (w *stallWatch) start(pid int, progress func() (int, string), stop func()) {
+	const poll = 250 * time.Millisecond
+	go func() {
+		defer close(w.done)
+		var q quietWatch
+		tick := time.NewTicker(poll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-w.quit:
+				return
+			case <-tick.C:
+			}
+			if n, out := progress(); !q.due(n, out, poll) {
+				continue
+			}
+			if d := w.ask(pid); d != "" {
+				w.mu.Lock()
+				w.diag = d
+				w.mu.Unlock()
+				stop()
+				return
+			}
+		}
+	}()
+}
+
+// found says whether the watch has its diagnosis.
+func (w *stallWatch) found() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.diag != ""
+}
+
+// end stops the watch and returns its diagnosis, "" when it had none.
+func (w *stallWatch) end() string {
+	close(w.quit)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.diag
 }
 
 // accels returns the accelerator flag sets every end-to-end test runs on:

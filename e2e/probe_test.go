@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"govmm/internal/kvmtest"
@@ -632,7 +631,7 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	args := append(append([]string{"run"}, src...), "--cpus=2", "--memory=256M", "--api-socket="+sock,
 		"--cmdline=probe.mode=report probe.wait=2000 probe.repeat=2 probe.seed=3")
 	cmd := exec.CommandContext(ctx, binary, args...)
-	var stderr bytes.Buffer
+	var stderr, out syncBuffer
 	cmd.Stderr = &stderr
 	pipe, err := cmd.StdoutPipe()
 	if err != nil {
@@ -641,10 +640,14 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var out strings.Builder
+	watch := newStallWatch()
+	watch.start(cmd.Process.Pid, func() (int, string) {
+		o := out.String()
+		return len(o) + stderr.Len(), o
+	}, cancel)
 	sc := bufio.NewScanner(pipe)
 	for sc.Scan() {
-		out.WriteString(sc.Text() + "\n")
+		out.Write([]byte(sc.Text() + "\n"))
 		if strings.Contains(sc.Text(), probeEnd) {
 			break
 		}
@@ -652,9 +655,12 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	// The guest now waits 2 s before its second report.
 	r := govmm(t, "snapshot", "--api-socket="+sock, "--dir="+snap)
 	for sc.Scan() {
-		out.WriteString(sc.Text() + "\n")
+		out.Write([]byte(sc.Text() + "\n"))
 	}
 	werr := cmd.Wait()
+	if d := watch.end(); d != "" {
+		t.Fatalf("source VM stalled: the nested substrate's failure holds the guest, found early:\n--- %s\n--- its output:\n%s\n%s", d, out.String(), stderr.String())
+	}
 	if ctx.Err() != nil {
 		t.Fatalf("source VM timed out\n%s\n%s", out.String(), stderr.String())
 	}

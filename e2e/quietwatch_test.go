@@ -58,3 +58,39 @@ func TestQuietWatch(t *testing.T) {
 		t.Fatal("not asked on a report when progress is counted apart")
 	}
 }
+
+// TestStallWatch: a watched process whose guest reports a stuck CPU is
+// asked about at once; a diagnosis stops it and is what end returns; a
+// watch that never asked, or whose asks found nothing, returns "".
+func TestStallWatch(t *testing.T) {
+	out := "boot\n"
+	progress := func() (int, string) { return len(out), out }
+	w := newStallWatch()
+	asked := make(chan int, 1)
+	w.ask = func(pid int) string { asked <- pid; return "diagnosis: the nested substrate's known failure" }
+	stopped := make(chan struct{})
+	out += "watchdog: BUG: soft lockup - CPU#1 stuck for 56s!\n"
+	w.start(42, progress, func() { close(stopped) })
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a stall report did not stop the process within 10 s")
+	}
+	if pid := <-asked; pid != 42 {
+		t.Fatalf("asked about pid %d, want 42", pid)
+	}
+	if !w.found() {
+		t.Fatal("found() is false after a diagnosis")
+	}
+	if d := w.end(); d != "diagnosis: the nested substrate's known failure" {
+		t.Fatalf("end() = %q", d)
+	}
+
+	w = newStallWatch()
+	w.ask = func(int) string { return "" }
+	w.start(42, progress, func() { t.Error("stopped with no diagnosis") })
+	time.Sleep(600 * time.Millisecond)
+	if d := w.end(); d != "" || w.found() {
+		t.Fatalf("end() = %q with no diagnosis", d)
+	}
+}
