@@ -277,6 +277,7 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
+	d.flush(flushTimeout)
 	for _, c := range d.conns {
 		d.teardown(c, false)
 	}
@@ -288,6 +289,45 @@ func (d *Device) Close() error {
 	err := d.ln.Close()
 	d.wg.Wait()
 	return err
+}
+
+// flushTimeout bounds how long Close waits for host sockets to take the
+// bytes the guest already sent.
+const flushTimeout = time.Second
+
+// flush waits, for at most timeout, until every connection's writer has
+// handed its host socket the bytes the device took off the guest's
+// transmit queue: the guest counts them as sent (a guest that writes its
+// last bytes, closes and powers off at once loses nothing the device
+// holds), but a host peer that does not read cannot hold the VM's exit
+// longer. Called with mu held.
+func (d *Device) flush(timeout time.Duration) {
+	pending := func() bool {
+		for _, c := range d.conns {
+			if !c.closed && c.uc != nil && c.rxCnt != c.fwdCnt {
+				return true
+			}
+		}
+		return false
+	}
+	if !pending() {
+		return
+	}
+	deadline := time.Now().Add(timeout)
+	for _, c := range d.conns {
+		if c.uc != nil {
+			c.uc.SetWriteDeadline(deadline)
+		}
+	}
+	wake := time.AfterFunc(timeout, func() {
+		d.mu.Lock()
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	})
+	defer wake.Stop()
+	for pending() && time.Now().Before(deadline) {
+		d.cond.Wait()
+	}
 }
 
 func (d *Device) Type() uint16       { return virtio.IDVsock }
@@ -854,6 +894,7 @@ func (d *Device) writer(c *conn) {
 		n, err := c.uc.Write(data)
 		d.mu.Lock()
 		c.fwdCnt += uint32(n)
+		d.cond.Broadcast() // Close may be waiting for the flush
 		if err != nil {
 			if !c.closed && !errors.Is(err, syscall.EPIPE) {
 				d.log.Debug("vsock: host socket write", "port", c.key.local, "err", err)

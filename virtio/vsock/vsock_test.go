@@ -648,3 +648,66 @@ func TestControlQueueBounded(t *testing.T) {
 		t.Fatalf("%d control packets queued, more than %d", n, maxCtrl)
 	}
 }
+
+// TestCloseFlushes: bytes the device took from the guest reach the host
+// socket even when the VM stops (Close) before the host read them: a
+// guest that writes its last bytes and powers off at once loses nothing
+// the device holds. A host that does not read holds Close for
+// flushTimeout only.
+func TestCloseFlushes(t *testing.T) {
+	sock := sockPath(t)
+	ln, err := net.Listen("unix", sock+"_6000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	g := newGuest(t, sock)
+	c := &gconn{g: g, port: 40000, hostPort: 6000, bufAlloc: 65536}
+	g.mustSend(c.hdr(opRequest), nil)
+	hc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	c.track(g.expect(opResponse))
+	// A whole credit's worth, more than the socket's send buffer
+	// (net.core.wmem_default, 208 KiB by default): the writer blocks
+	// with bytes in hand while the host does not read.
+	toHost := pattern("last", bufAlloc)
+	c.write(toHost)
+	closed := make(chan error, 1)
+	go func() { closed <- g.d.Close() }()
+	time.Sleep(200 * time.Millisecond)
+	got, err := io.ReadAll(hc)
+	if err != nil {
+		t.Fatalf("read after Close: %v", err)
+	}
+	if !bytes.Equal(got, toHost) {
+		t.Fatalf("the host read %d bytes after the device closed, want the %d the guest sent", len(got), len(toHost))
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+
+	// A host that never reads: Close gives up after flushTimeout.
+	g2 := newGuest(t, sockPath(t))
+	ln2, err := net.Listen("unix", g2.d.cfg.Socket+"_6000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	c2 := &gconn{g: g2, port: 40001, hostPort: 6000, bufAlloc: 65536}
+	g2.mustSend(c2.hdr(opRequest), nil)
+	hc2, err := ln2.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc2.Close()
+	c2.track(g2.expect(opResponse))
+	c2.write(pattern("unread", bufAlloc))
+	start := time.Now()
+	g2.d.Close()
+	if d := time.Since(start); d > flushTimeout+5*time.Second {
+		t.Fatalf("Close took %v with a host that does not read; the bound is %v", d, flushTimeout)
+	}
+}
