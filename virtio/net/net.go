@@ -228,6 +228,9 @@ type Device struct {
 	be    backend
 	log   *slog.Logger
 	pairs []*pair
+	// readers: the pairs' receive goroutines read the TAP (not so under
+	// vhost-net, whose TAP files are blocking and outside Go's poller).
+	readers bool
 	// features are the negotiated features (0 while inactive).
 	features atomic.Uint64
 
@@ -312,7 +315,7 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, 
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Device{cfg: c, mac: mac, be: be, log: log, npairs: 1}
+	d := &Device{cfg: c, mac: mac, be: be, log: log, npairs: 1, readers: readers}
 	if t, ok := be.(*tap); ok && t.hostMAC != nil {
 		log.Info("virtio-net: created the TAP", "tap", c.Tap, "host_mac", t.hostMAC.String(), "guest_mac", mac.String())
 	}
@@ -592,7 +595,7 @@ func (d *Device) attachPair(p *pair, active bool) error {
 		if err := d.be.setAttached(p.i, true); err != nil {
 			return fmt.Errorf("attach the TAP's queue %d: %w", p.i, err)
 		}
-		if err := p.f.SetReadDeadline(time.Time{}); err != nil {
+		if err := d.setReadDeadline(p, time.Time{}); err != nil {
 			d.log.Warn("virtio-net: clear a read deadline", "tap", d.cfg.Tap, "queue", p.i, "err", err)
 		}
 	}
@@ -620,10 +623,21 @@ func (d *Device) detachPair(p *pair) error {
 		p.mu.Unlock()
 		return fmt.Errorf("detach the TAP's queue %d: %w", p.i, err)
 	}
-	if err := p.f.SetReadDeadline(time.Unix(1, 0)); err != nil {
+	if err := d.setReadDeadline(p, time.Unix(1, 0)); err != nil {
 		d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
 	}
 	return nil
+}
+
+// setReadDeadline sets the read deadline of pair p's TAP file, by which
+// a detached queue's reader is woken and an attached one's cleared; a
+// device without readers (vhost-net's, whose files cannot take one) has
+// nothing to wake.
+func (d *Device) setReadDeadline(p *pair, t time.Time) error {
+	if !d.readers {
+		return nil
+	}
+	return p.f.SetReadDeadline(t)
 }
 
 // leadingAttached counts the pairs attached from pair 0 on.
