@@ -101,6 +101,7 @@ func balloonStats(t *testing.T, acc []string, kernel, initrd string) {
 		n := len(re.FindAllStringSubmatch(p.output(), -1))
 		fmt.Fprintln(p.stdin, cmd)
 		deadline := time.Now().Add(time.Minute)
+		var w quietWatch
 		for {
 			if all := re.FindAllStringSubmatch(p.output(), -1); len(all) > n {
 				return all[len(all)-1]
@@ -108,6 +109,7 @@ func balloonStats(t *testing.T, acc []string, kernel, initrd string) {
 			if time.Now().After(deadline) {
 				t.Fatalf("the guest did not answer %s:\n%s", cmd, tail(p.output(), 2000))
 			}
+			p.stallCheck(&w, 0, 50*time.Millisecond, "answering "+cmd)
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
@@ -156,10 +158,12 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		fmt.Fprintln(p.stdin, "mem")
 		deadline := time.Now().Add(time.Minute)
 		all := re.FindAllStringSubmatch(p.output(), -1)
+		var w quietWatch
 		for len(all) == n {
 			if time.Now().After(deadline) {
 				t.Fatalf("the guest did not answer mem:\n%s", tail(p.output(), 2000))
 			}
+			p.stallCheck(&w, 0, 50*time.Millisecond, "answering mem")
 			time.Sleep(50 * time.Millisecond)
 			all = re.FindAllStringSubmatch(p.output(), -1)
 		}
@@ -173,11 +177,13 @@ func balloonGuest(t *testing.T, acc []string, kernel, initrd string) {
 		t.Helper()
 		begin := time.Now()
 		deadline := begin.Add(3 * time.Minute)
+		var w quietWatch
 		for {
 			i := info()
 			if i.Balloon.ActualBytes == want {
 				return time.Since(begin)
 			}
+			p.stallCheck(&w, int(i.Balloon.ActualBytes>>12), 200*time.Millisecond, fmt.Sprintf("the balloon reached %d MiB", want>>20))
 			if time.Now().After(deadline) {
 				t.Fatalf("the balloon's actual is %d MiB after 3 minutes, want %d MiB: %+v\n%s", i.Balloon.ActualBytes>>20, want>>20, *i.Balloon, tail(p.output(), 2000))
 			}
@@ -322,11 +328,13 @@ func balloonReporting(t *testing.T, acc []string, kernel, initrd string) {
 	begin := time.Now()
 	var i api.Info
 	var rss uint64
+	var w quietWatch
 	for {
 		i, rss = balloonInfo(t, p, sock), vmRSS(t, p.cmd.Process.Pid)
 		if i.Balloon.ReportReleasedBytes-rep0 >= want && rss <= 512<<20-want {
 			break
 		}
+		p.stallCheck(&w, int(i.Balloon.ReportReleasedBytes>>12), 500*time.Millisecond, "the guest reported its free memory")
 		if time.Since(begin) > 3*time.Minute {
 			t.Fatalf("3 minutes after its fill the guest reported %d MiB more free (%d MiB released in all) and govmm's VmRSS is %d MiB: want at least %d MiB more reported and at most %d MiB resident:\n%s",
 				(i.Balloon.ReportReleasedBytes-rep0)>>20, i.Balloon.ReportReleasedBytes>>20, rss>>20, want>>20, (512<<20-want)>>20, tail(p.output(), 2000))

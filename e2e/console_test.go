@@ -197,7 +197,9 @@ func virtioConsole(t *testing.T, acc []string, kernel, initrd string, payload []
 	if bench {
 		deadline := time.Now().Add(8 * time.Minute)
 		lastLog := time.Now()
+		var w quietWatch
 		for strings.Count(p.output(), "console-bench ") < 6 {
+			p.stallCheck(&w, 0, 200*time.Millisecond, "its benchmark's timings")
 			select {
 			case <-p.done:
 				out := p.output()

@@ -55,6 +55,7 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 		deadline := time.After(12 * time.Minute)
 		tick := time.NewTicker(2 * time.Second)
 		start := time.Now()
+		var w quietWatch
 	wait:
 		for {
 			select {
@@ -73,6 +74,12 @@ func linuxBanner(t *testing.T, acc []string, kernel string) {
 				t.Fatalf("no \"Linux version\" within 12 minutes; serial output:\n%s", b)
 			case <-tick.C:
 				b, _ := os.ReadFile(out)
+				if w.due(len(b), string(b), 2*time.Second) {
+					if diag := linuxguest.SubstrateStall(cmd.Process.Pid); diag != "" {
+						cmd.Process.Kill()
+						t.Fatalf("stalled before Linux printed its banner: the nested substrate's failure holds the guest, found early:\n--- %s\n--- serial output:\n%s", diag, b)
+					}
+				}
 				if i := strings.Index(string(b), "Linux version"); i >= 0 {
 					line := string(b[i:])
 					if j := strings.IndexByte(line, '\n'); j >= 0 {

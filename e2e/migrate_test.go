@@ -169,6 +169,19 @@ func (w *quietWatch) substrate(p *proc, n int, out string, poll time.Duration) s
 	return linuxguest.SubstrateStall(p.cmd.Process.Pid)
 }
 
+// stallCheck is one poll, poll apart from the last, of a wait on p that
+// is not one of proc's own (a test's loop over the control socket or the
+// output): with the guest's progress n (where the output is not all of
+// it), it fails the test as proc's waits do when the substrate's known
+// failure holds the guest, which the wait then does not sit out.
+func (p *proc) stallCheck(w *quietWatch, n int, poll time.Duration, doing string) {
+	p.t.Helper()
+	out := p.output()
+	if diag := w.substrate(p, n+len(out), out, poll); diag != "" {
+		p.substrateFatal(diag, doing)
+	}
+}
+
 // substrateFatal ends a wait on what the process was expected to do
 // (doing) whose guest the substrate stalled: the process goes as quit
 // ends it, and the test fails with diag, which names the substrate.
