@@ -18,6 +18,7 @@ import (
 	"govmm/guests"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
+	"govmm/virtio/virtiotest"
 )
 
 // The irq guest's exit statuses: IRQ_OK (0x10; IRQ_FAIL is 0x11) through
@@ -276,7 +277,7 @@ func TestIRQSerialInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var stderr, out syncBuffer
+			var stderr, out virtiotest.SyncBuffer
 			cmd.Stderr = &stderr
 			mark := nested.ShutdownMark()
 			if err := cmd.Start(); err != nil {
@@ -285,7 +286,7 @@ func TestIRQSerialInput(t *testing.T) {
 			watch := newStallWatch()
 			watch.start(cmd.Process.Pid, func() (int, string) {
 				o := out.String()
-				return len(o) + stderr.Len(), o
+				return len(o) + len(stderr.String()), o
 			}, cancel)
 			sc := bufio.NewScanner(stdout)
 			ready := false

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
+	"govmm/virtio/virtiotest"
 )
 
 var binary string
@@ -107,7 +107,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 		return cmd.Process.Signal(syscall.SIGQUIT)
 	}
 	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr syncBuffer
+	var stdout, stderr virtiotest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Stdin = strings.NewReader(input)
 	mark := nested.ShutdownMark()
@@ -116,7 +116,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	}
 	watch.start(cmd.Process.Pid, func() (int, string) {
 		out := stdout.String()
-		return len(out) + stderr.Len(), out
+		return len(out) + len(stderr.String()), out
 	}, cancel)
 	err := cmd.Wait()
 	diag := watch.end()
@@ -138,30 +138,6 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 		t.Fatalf("govmm %s: %v", strings.Join(args, " "), err)
 	}
 	return res
-}
-
-// syncBuffer is a bytes.Buffer a process writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
 }
 
 // stallWatch watches a govmm process that a test waits on without proc

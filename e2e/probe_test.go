@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"govmm/internal/kvmtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"govmm/internal/kvmtest"
+	"govmm/virtio/virtiotest"
 )
 
 // The probe guest (guests/probe, the built-in default guest): its summary
@@ -631,7 +633,7 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	args := append(append([]string{"run"}, src...), "--cpus=2", "--memory=256M", "--api-socket="+sock,
 		"--cmdline=probe.mode=report probe.wait=2000 probe.repeat=2 probe.seed=3")
 	cmd := exec.CommandContext(ctx, binary, args...)
-	var stderr, out syncBuffer
+	var stderr, out virtiotest.SyncBuffer
 	cmd.Stderr = &stderr
 	pipe, err := cmd.StdoutPipe()
 	if err != nil {
@@ -643,7 +645,7 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 	watch := newStallWatch()
 	watch.start(cmd.Process.Pid, func() (int, string) {
 		o := out.String()
-		return len(o) + stderr.Len(), o
+		return len(o) + len(stderr.String()), o
 	}, cancel)
 	sc := bufio.NewScanner(pipe)
 	for sc.Scan() {
