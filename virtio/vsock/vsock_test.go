@@ -287,25 +287,36 @@ func TestHostToGuest(t *testing.T) {
 
 func (h header) withFlags(f uint32) header { h.Flags = f; return h }
 
-// TestGuestToHost: the guest connects to host port 6000, which a host
-// process serves on <socket>_6000; data goes both ways and the guest's
-// close ends with the device's RST.
-func TestGuestToHost(t *testing.T) {
+// guestDials starts a device on a fresh socket whose host side listens on
+// hostPort, has the guest connect from guest port port (advertising
+// bufAlloc) and returns the guest's side, tracking the RESPONSE's credit,
+// and the host's accepted socket, closed when the test ends.
+func guestDials(t *testing.T, port, hostPort, bufAlloc uint32) (*gconn, net.Conn) {
+	t.Helper()
 	sock := sockPath(t)
-	ln, err := net.Listen("unix", sock+"_6000")
+	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", sock, hostPort))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	g := newGuest(t, sock)
-	c := &gconn{g: g, port: 40000, hostPort: 6000, bufAlloc: 65536}
+	c := &gconn{g: g, port: port, hostPort: hostPort, bufAlloc: bufAlloc}
 	g.mustSend(c.hdr(opRequest), nil)
 	hc, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hc.Close()
+	t.Cleanup(func() { hc.Close() })
 	c.track(g.expect(opResponse))
+	return c, hc
+}
+
+// TestGuestToHost: the guest connects to host port 6000, which a host
+// process serves on <socket>_6000; data goes both ways and the guest's
+// close ends with the device's RST.
+func TestGuestToHost(t *testing.T) {
+	c, hc := guestDials(t, 40000, 6000, 65536)
+	g := c.g
 	toHost, toGuest := pattern("up", 1<<20), pattern("down", 200<<10)
 	hostGot := make(chan []byte)
 	go func() {
@@ -398,21 +409,8 @@ func TestRefusals(t *testing.T) {
 // TestCreditOverrun: a guest that sends more than the device's buffer
 // allows, while the host does not read, gets its connection reset.
 func TestCreditOverrun(t *testing.T) {
-	sock := sockPath(t)
-	ln, err := net.Listen("unix", sock+"_6001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	g := newGuest(t, sock)
-	c := &gconn{g: g, port: 1, hostPort: 6001, bufAlloc: 4096}
-	g.mustSend(c.hdr(opRequest), nil)
-	hc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hc.Close()
-	g.expect(opResponse)
+	c, _ := guestDials(t, 1, 6001, 4096) // the host side never reads
+	g := c.g
 	// Far past 256 KiB plus what the socket buffers take.
 	chunk := make([]byte, maxPayload)
 	for i := 0; ; i++ {
@@ -655,28 +653,14 @@ func TestControlQueueBounded(t *testing.T) {
 // the device holds. A host that does not read holds Close for
 // flushTimeout only.
 func TestCloseFlushes(t *testing.T) {
-	sock := sockPath(t)
-	ln, err := net.Listen("unix", sock+"_6000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	g := newGuest(t, sock)
-	c := &gconn{g: g, port: 40000, hostPort: 6000, bufAlloc: 65536}
-	g.mustSend(c.hdr(opRequest), nil)
-	hc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hc.Close()
-	c.track(g.expect(opResponse))
+	c, hc := guestDials(t, 40000, 6000, 65536)
 	// A whole credit's worth, more than the socket's send buffer
 	// (net.core.wmem_default, 208 KiB by default): the writer blocks
 	// with bytes in hand while the host does not read.
 	toHost := pattern("last", bufAlloc)
 	c.write(toHost)
 	closed := make(chan error, 1)
-	go func() { closed <- g.d.Close() }()
+	go func() { closed <- c.g.d.Close() }()
 	time.Sleep(200 * time.Millisecond)
 	got, err := io.ReadAll(hc)
 	if err != nil {
@@ -690,23 +674,10 @@ func TestCloseFlushes(t *testing.T) {
 	}
 
 	// A host that never reads: Close gives up after flushTimeout.
-	g2 := newGuest(t, sockPath(t))
-	ln2, err := net.Listen("unix", g2.d.cfg.Socket+"_6000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln2.Close()
-	c2 := &gconn{g: g2, port: 40001, hostPort: 6000, bufAlloc: 65536}
-	g2.mustSend(c2.hdr(opRequest), nil)
-	hc2, err := ln2.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hc2.Close()
-	c2.track(g2.expect(opResponse))
+	c2, _ := guestDials(t, 40001, 6000, 65536)
 	c2.write(pattern("unread", bufAlloc))
 	start := time.Now()
-	g2.d.Close()
+	c2.g.d.Close()
 	if d := time.Since(start); d > flushTimeout+5*time.Second {
 		t.Fatalf("Close took %v with a host that does not read; the bound is %v", d, flushTimeout)
 	}
