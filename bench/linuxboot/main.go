@@ -72,6 +72,7 @@ type config struct {
 	trace           string   // -trace: where the trace lines go ("-": stdout, in L1)
 	traceCols       []string // -trace-vmms
 	l1THP           string   // -l1-thp
+	l1InitOnFree    bool     // -l1-init-on-free
 	emit            func(result)
 }
 
@@ -118,6 +119,7 @@ func main() {
 	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	l1THP := flag.String("l1-thp", "", "always, madvise or never: set the nested VM's transparent huge pages policy (/sys/kernel/mm/transparent_hugepage/enabled) before the boots, to see what --hugepages does on a host whose policy is not L1's default (always); only in the nested VM, which is thrown away after")
+	l1InitOnFree := flag.Bool("l1-init-on-free", true, "boot the nested VM's kernel with init_on_free=1: it zeroes pages as they are freed, so that a VMM's guest RAM does not reuse pages whose writes the TCG under L1 has to check for translated code of an earlier guest (a cost of 1-3 s per boot that varies with the pages a boot gets; see the README); the time to exit then includes zeroing the guest RAM the VMM freed")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
 	trace := flag.String("trace", "", "instead of timing, boot each of -trace-vmms once per run with initcall_debug, write every console line with its arrival time to FILE, and compare where the boots' time goes")
 	traceVMMs := flag.String("trace-vmms", "govmm,qemu-pc", "what -trace boots: columns (govmm, govmm-thp, govmm-mshvsim, qemu-pc, qemu-microvm), each optionally followed by \":ARGS\", arguments added to the VMM's command line (space-separated); entries are separated by \";\" if there is one, else by \",\"")
@@ -139,7 +141,7 @@ func main() {
 		return
 	}
 
-	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace, l1THP: *l1THP, stats: *stats}
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace, l1THP: *l1THP, stats: *stats, l1InitOnFree: *l1InitOnFree}
 	if *only != "" {
 		cfg.only = strings.Split(*only, ",")
 		for _, v := range cfg.only {
@@ -184,7 +186,7 @@ func main() {
 		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
 		cfg.emit = func(r result) { fmt.Println(r) }
 		cfg.emitStat = func(s bootStat) { fmt.Println(s) }
-		cfg.emit(result{Kind: "substrate", Note: host.Substrate()})
+		cfg.emit(result{Kind: "substrate", Note: host.Substrate() + l1Memory()})
 		if cfg.l1THP != "" {
 			if os.Getenv(nested.InL1Env) != "1" {
 				fail("-l1-thp changes the machine's memory policy: only in the nested VM")
@@ -302,7 +304,12 @@ func inL1(cfg *config, c *collector) (int, error) {
 		}
 		return append(a, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
 	}
+	var l1Append string
+	if cfg.l1InitOnFree {
+		l1Append = "init_on_free=1"
+	}
 	return host.ResumeInL1("linuxboot", 3, args, nested.Config{
+		Append:   l1Append,
 		Dir:      "/tmp",
 		Files:    []string{self, cfg.tmp, cfg.kernel},
 		Programs: programs,
@@ -313,6 +320,16 @@ func inL1(cfg *config, c *collector) (int, error) {
 		IdleTimeout: cfg.timeout + 2*time.Minute,
 		Output:      &host.LineWriter{Line: c.line},
 	})
+}
+
+// l1Memory says, for the substrate note, whether this kernel zeroes
+// pages as they are freed (-l1-init-on-free).
+func l1Memory() string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	if slices.Contains(strings.Fields(string(b)), "init_on_free=1") {
+		return "; L1 zeroes freed pages (init_on_free=1: the time to exit includes zeroing the freed guest RAM)"
+	}
+	return ""
 }
 
 func joinInts(v []int) string {
