@@ -133,6 +133,10 @@ type threadStat struct {
 	runNS, waitNS     int64 // schedstat: on a CPU, and runnable waiting for one
 	migrations, invol int64 // sched: se.nr_migrations, nr_involuntary_switches
 	vol               int64 // sched: nr_voluntary_switches
+	// stat, in USER_HZ ticks: user time (which holds the time in a KVM
+	// guest), system time (the kernel: KVM's exits and page faults
+	// among it), and the part of user time spent in the guest.
+	user, sys, guest int64
 }
 
 // vcpuThread tells a vCPU's thread by its name: govmm names them vcpuN,
@@ -195,6 +199,7 @@ const (
 	statMajflt = 12
 	statUtime  = 14
 	statStime  = 15
+	statGuest  = 43 // guest_time
 )
 
 // clockTick is USER_HZ, the unit of /proc's CPU times (100 on Linux).
@@ -212,6 +217,11 @@ func readThreads(pid int) []threadStat {
 		t.name = strings.TrimSpace(string(b))
 		if b, err := os.ReadFile(filepath.Join(d, "schedstat")); err == nil {
 			t.runNS, t.waitNS, _ = parseSchedstat(string(b))
+		}
+		if b, err := os.ReadFile(filepath.Join(d, "stat")); err == nil {
+			if _, rest, ok := parseProcStat(string(b)); ok {
+				t.user, t.sys, t.guest = procField(rest, statUtime), procField(rest, statStime), procField(rest, statGuest)
+			}
 		}
 		if b, err := os.ReadFile(filepath.Join(d, "sched")); err == nil {
 			m := parseSched(string(b))
@@ -392,6 +402,9 @@ func probeBoot(pid int, before machineStat, seen []string) bootStat {
 		s.Num[kind+"_invol"] += float64(t.invol)
 		s.Num[kind+"_vol"] += float64(t.vol)
 		s.Num[kind+"_threads"]++
+		s.Num[kind+"_user_ms"] += float64(t.user) * 1000 / clockTick
+		s.Num[kind+"_sys_ms"] += float64(t.sys) * 1000 / clockTick
+		s.Num[kind+"_guest_ms"] += float64(t.guest) * 1000 / clockTick
 	}
 	if top.name != "" {
 		s.Text["top_other_thread"] = fmt.Sprintf("%s %.0fms", top.name, float64(top.runNS)/1e6)
@@ -577,7 +590,7 @@ func hostDelta(s bootStat, a, b hostLoad) {
 // name (the ms and counts as read).
 var statColumns = []struct{ head, key string }{
 	{"init s", ""},
-	{"vcpu run", "vcpu_run_ms"}, {"vcpu wait", "vcpu_wait_ms"}, {"vcpu migr", "vcpu_migrations"}, {"vcpu invol", "vcpu_invol"},
+	{"vcpu run", "vcpu_run_ms"}, {"vcpu guest", "vcpu_guest_ms"}, {"vcpu sys", "vcpu_sys_ms"}, {"vcpu wait", "vcpu_wait_ms"}, {"vcpu migr", "vcpu_migrations"}, {"vcpu invol", "vcpu_invol"},
 	{"other run", "other_run_ms"}, {"other wait", "other_wait_ms"}, {"thr", "other_threads"},
 	{"minflt", "minflt"}, {"exits", "kvm_exits"}, {"io", "kvm_io_exits"}, {"irq", "kvm_irq_exits"}, {"mmio", "kvm_mmio_exits"},
 	{"halt", "kvm_halt_exits"}, {"pf", "kvm_pf_taken"}, {"4k", "kvm_pages_4k"}, {"2m", "kvm_pages_2m"},

@@ -51,6 +51,14 @@ func TestParseProcFiles(t *testing.T) {
 		procField(rest, statUtime) != 150 || procField(rest, statStime) != 25 || procField(rest, 4) != 1 {
 		t.Errorf("parseProcStat: %q %v %v", name, rest, ok)
 	}
+	// A vCPU thread's line, to guest_time (field 43).
+	_, rest, ok = parseProcStat("77 (vcpu0) R 1 1 1 0 -1 0 5 0 0 0 900 40 0 0 20 0 9 0 10 100 20 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 850 0")
+	if !ok || procField(rest, statUtime) != 900 || procField(rest, statStime) != 40 || procField(rest, statGuest) != 850 {
+		t.Errorf("parseProcStat of a vCPU thread: %v %v", rest, ok)
+	}
+	if procField(rest, 60) != 0 {
+		t.Error("procField past the end is not 0")
+	}
 	if _, _, ok := parseProcStat("1234 (short) S 1"); ok {
 		t.Error("parseProcStat took a short line")
 	}
