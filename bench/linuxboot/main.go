@@ -28,7 +28,13 @@
 // counted, and the run goes on; an L1 that dies is replaced by a fresh one
 // that goes on from the repetition it was in.
 //
-//	go run ./bench/linuxboot [-runs 5] [-cpus 1,2] [-no-restore] [-thp] [-nested]
+// With -stats it also reads, when each boot reaches init, where the boot's
+// time went outside the guest: the VMM's threads, KVM's counters, L1's
+// other work and the host's (procstat.go), and lists them per boot
+// beside its time, so that a slow boot can be told from a fast one by
+// more than its time.
+//
+//	go run ./bench/linuxboot [-runs 5] [-cpus 1,2] [-no-restore] [-thp] [-nested] [-stats] [-vmms govmm,qemu-pc]
 package main
 
 import (
@@ -60,9 +66,13 @@ type config struct {
 	timeout         time.Duration
 	restore, noQEMU bool
 	thp             bool     // add the column govmm-thp: govmm on KVM with --hugepages
+	stats           bool     // -stats: read what each boot's VMM and machine spent (procstat.go)
+	only            []string // -vmms: the columns to boot (all when empty)
+	emitStat        func(bootStat)
 	trace           string   // -trace: where the trace lines go ("-": stdout, in L1)
 	traceCols       []string // -trace-vmms
 	l1THP           string   // -l1-thp
+	l1InitOnFree    bool     // -l1-init-on-free
 	emit            func(result)
 }
 
@@ -109,11 +119,14 @@ func main() {
 	microvm := flag.String("microvm", "", "options for QEMU's -M microvm, e.g. pit=off,pic=off,rtc=off")
 	forceNested := flag.Bool("nested", false, "run inside a nested-KVM VM even where /dev/kvm exists")
 	l1THP := flag.String("l1-thp", "", "always, madvise or never: set the nested VM's transparent huge pages policy (/sys/kernel/mm/transparent_hugepage/enabled) before the boots, to see what --hugepages does on a host whose policy is not L1's default (always); only in the nested VM, which is thrown away after")
+	l1InitOnFree := flag.Bool("l1-init-on-free", true, "boot the nested VM's kernel with init_on_free=1: it zeroes pages as they are freed, so that a VMM's guest RAM does not reuse pages whose writes the TCG under L1 has to check for translated code of an earlier guest (a cost of 1-3 s per boot that varies with the pages a boot gets; see the README); the time to exit then includes zeroing the guest RAM the VMM freed")
 	prebuilt := flag.String("prebuilt", "", "use govmm and the initrd in DIR and print result lines (how the run inside L1 is started)")
 	trace := flag.String("trace", "", "instead of timing, boot each of -trace-vmms once per run with initcall_debug, write every console line with its arrival time to FILE, and compare where the boots' time goes")
 	traceVMMs := flag.String("trace-vmms", "govmm,qemu-pc", "what -trace boots: columns (govmm, govmm-thp, govmm-mshvsim, qemu-pc, qemu-microvm), each optionally followed by \":ARGS\", arguments added to the VMM's command line (space-separated); entries are separated by \";\" if there is one, else by \",\"")
 	from := flag.Int("from", 0, "first repetition of the boots (a fresh L1 goes on from there; -from N -runs N: only the restores)")
 	analyze := flag.String("analyze", "", "compare the boots of a trace FILE written by -trace, and exit")
+	stats := flag.Bool("stats", false, "also read, when each boot reaches init, the VMM's per-thread CPU and wait time, page faults, KVM's exit and page counters, the machine's other CPU use and memory events, and govmm's collections, and list them per boot")
+	only := flag.String("vmms", "", "boot only these columns, in this order (comma-separated; default all); a column with the suffix "+pinSuffix+" boots with every thread of the VMM pinned to CPU 0")
 	flag.Parse()
 	if *archFlag != "" {
 		mainARM64() // arm64.go
@@ -128,7 +141,15 @@ func main() {
 		return
 	}
 
-	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace, l1THP: *l1THP}
+	cfg := &config{pcOpts: *pcOpts, microvm: *microvm, runs: *runs, from: *from, timeout: *timeout, restore: !*noRestore, noQEMU: *noQEMU, thp: *thp, kernel: *kernel, trace: *trace, l1THP: *l1THP, stats: *stats, l1InitOnFree: *l1InitOnFree}
+	if *only != "" {
+		cfg.only = strings.Split(*only, ",")
+		for _, v := range cfg.only {
+			if c, _ := column(v); !slices.Contains(append(slices.Clip(vmms), "govmm-thp"), c) {
+				fail("-vmms: no column %q", v)
+			}
+		}
+	}
 	if !slices.Contains([]string{"", "always", "madvise", "never"}, cfg.l1THP) {
 		fail("bad -l1-thp %q", cfg.l1THP)
 	}
@@ -164,7 +185,8 @@ func main() {
 		cfg.tmp = *prebuilt
 		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
 		cfg.emit = func(r result) { fmt.Println(r) }
-		cfg.emit(result{Kind: "substrate", Note: host.Substrate()})
+		cfg.emitStat = func(s bootStat) { fmt.Println(s) }
+		cfg.emit(result{Kind: "substrate", Note: host.Substrate() + l1Memory()})
 		if cfg.l1THP != "" {
 			if os.Getenv(nested.InL1Env) != "1" {
 				fail("-l1-thp changes the machine's memory policy: only in the nested VM")
@@ -201,6 +223,7 @@ func main() {
 		fail("-l1-thp changes the machine's memory policy: only in the nested VM")
 	} else {
 		cfg.emit = c.add
+		cfg.emitStat = c.addStat
 		c.add(result{Kind: "substrate", Note: host.Substrate()})
 		if cfg.trace != "" {
 			cfg.traceBoots(&host.LineWriter{Line: c.line})
@@ -267,6 +290,12 @@ func inL1(cfg *config, c *collector) (int, error) {
 		if cfg.thp {
 			a = append(a, "-thp")
 		}
+		if cfg.stats {
+			a = append(a, "-stats")
+		}
+		if len(cfg.only) > 0 {
+			a = append(a, "-vmms", strings.Join(cfg.only, ","))
+		}
 		if cfg.l1THP != "" {
 			a = append(a, "-l1-thp", cfg.l1THP)
 		}
@@ -275,7 +304,12 @@ func inL1(cfg *config, c *collector) (int, error) {
 		}
 		return append(a, "-pc="+cfg.pcOpts, "-microvm="+cfg.microvm)
 	}
+	var l1Append string
+	if cfg.l1InitOnFree {
+		l1Append = "init_on_free=1"
+	}
 	return host.ResumeInL1("linuxboot", 3, args, nested.Config{
+		Append:   l1Append,
 		Dir:      "/tmp",
 		Files:    []string{self, cfg.tmp, cfg.kernel},
 		Programs: programs,
@@ -286,6 +320,16 @@ func inL1(cfg *config, c *collector) (int, error) {
 		IdleTimeout: cfg.timeout + 2*time.Minute,
 		Output:      &host.LineWriter{Line: c.line},
 	})
+}
+
+// l1Memory says, for the substrate note, whether this kernel zeroes
+// pages as they are freed (-l1-init-on-free).
+func l1Memory() string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	if slices.Contains(strings.Fields(string(b)), "init_on_free=1") {
+		return "; L1 zeroes freed pages (init_on_free=1: the time to exit includes zeroing the freed guest RAM)"
+	}
+	return ""
 }
 
 func joinInts(v []int) string {
@@ -302,11 +346,38 @@ type collector struct {
 	results   []result
 	seen      map[string]bool
 	substrate string
-	lastDone  int         // the last repetition that finished, -1 before any
-	trace     []traceLine // -trace's lines
+	lastDone  int                 // the last repetition that finished, -1 before any
+	trace     []traceLine         // -trace's lines
+	bootStats []bootStat          // -stats' lines, the first of each boot
+	hostAt    map[string]hostLoad // the host at each boot's start (-stats)
 }
 
-func newCollector() *collector { return &collector{seen: map[string]bool{}, lastDone: -1} }
+func newCollector() *collector {
+	return &collector{seen: map[string]bool{}, lastDone: -1, hostAt: map[string]hostLoad{}}
+}
+
+// addStat keeps a boot's stats. A boot's start mark (Text "at" =
+// "start") only reads the host; its stats at init then get what the host
+// did in between (in L1 both lines arrive as they are printed).
+func (c *collector) addStat(s bootStat) {
+	k := fmt.Sprintf("stat/%s/%d/%d", s.VMM, s.CPUs, s.Rep)
+	if s.Text["at"] == "start" {
+		if _, ok := c.hostAt[k]; !ok {
+			c.hostAt[k] = readHostLoad()
+		}
+		return
+	}
+	if c.seen[k] {
+		return
+	}
+	if a, ok := c.hostAt[k]; ok {
+		hostDelta(s, a, readHostLoad())
+	}
+	c.seen[k] = true
+	c.bootStats = append(c.bootStats, s)
+	fmt.Fprintln(os.Stderr, s) // everything read, for a closer look than the report's
+
+}
 
 func (c *collector) nextRep() int { return c.lastDone + 1 }
 
@@ -334,6 +405,8 @@ func (c *collector) add(r result) {
 func (c *collector) line(line string) {
 	if t, ok := parseTraceLine(line); ok {
 		c.trace = append(c.trace, t)
+	} else if s, ok := parseStat(line); ok {
+		c.addStat(s)
 	} else if r, ok := parseResult(line); ok {
 		c.add(r)
 	} else {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -64,6 +65,9 @@ func report(c *collector, cfg *config, command string, took time.Duration, death
 	fmt.Printf("on %s\n", c.substrate)
 	if cfg.from < cfg.runs {
 		c.bootTable(cfg)
+	}
+	if cfg.stats {
+		c.statTable(os.Stdout)
 	}
 	if cfg.restore {
 		c.restoreTable(cfg)

@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"govmm/api"
 )
@@ -29,10 +32,25 @@ func (cfg *config) columns() []string {
 	if cfg.thp {
 		cols = append(append(slices.Clip(cols[:2]), "govmm-thp"), cols[2:]...)
 	}
+	if len(cfg.only) > 0 {
+		return cfg.only
+	}
 	return cols
 }
 
 func isGovmm(vmm string) bool { return strings.HasPrefix(vmm, "govmm") }
+
+// pinSuffix on a column (-vmms qemu-pc+pin0) boots that VMM with every
+// thread pinned to CPU 0: a vCPU thread that the scheduler moves between
+// CPUs, or that shares them with other work, is then told from one that
+// does not.
+const pinSuffix = "+pin0"
+
+// column is vmm without pinSuffix, and whether it had it.
+func column(vmm string) (string, bool) {
+	c, pinned := strings.CutSuffix(vmm, pinSuffix)
+	return c, pinned
+}
 
 func accelFlags(vmm string) []string {
 	if vmm == "govmm-mshvsim" {
@@ -44,6 +62,7 @@ func accelFlags(vmm string) []string {
 // argv is the command line that boots the guest under vmm; extra goes on
 // the kernel command line.
 func (cfg *config) argv(vmm string, cpus int, extra ...string) []string {
+	vmm, _ = column(vmm)
 	cl := strings.Join(append([]string{cmdline}, extra...), " ")
 	if isGovmm(vmm) {
 		args := append([]string{cfg.govmm, "run"}, accelFlags(vmm)...)
@@ -65,6 +84,7 @@ func (cfg *config) argv(vmm string, cpus int, extra ...string) []string {
 
 // machine is QEMU's -M value for vmm.
 func (cfg *config) machine(vmm string) string {
+	vmm, _ = column(vmm)
 	m, opts := strings.TrimPrefix(vmm, "qemu-"), cfg.pcOpts
 	if m == "microvm" {
 		opts = cfg.microvm
@@ -105,18 +125,57 @@ func alternate(v []string, i int) []string {
 
 // boot boots the guest once and times the marker line and the exit.
 func (cfg *config) boot(vmm string, cpus, rep int) result {
-	return timeBoot(result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}, cfg.argv(vmm, cpus), cfg.timeout)
+	r := result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}
+	if !cfg.stats {
+		return timeBoot(r, cfg.argv(vmm, cpus), cfg.timeout, nil)
+	}
+	// -stats: what the VMM and the machine spent up to the marker (the
+	// reading happens after it, so it adds to the time to exit only).
+	var env []string
+	argv := cfg.argv(vmm, cpus)
+	if _, pinned := column(vmm); pinned {
+		env = append(env, pinEnv)
+	}
+	if isGovmm(vmm) {
+		env = append(env, "GODEBUG=gctrace=1") // the runtime's collections, on stderr
+	} else {
+		argv = append(argv, "-name", "debug-threads=on") // names QEMU's vCPU threads
+	}
+	// The mark lets the benchmark outside L1 read the host at the start.
+	cfg.emitStat(bootStat{VMM: vmm, CPUs: cpus, Rep: rep, Text: map[string]string{"at": "start"}})
+	before := readMachine()
+	var tl *timeline
+	return timeBoot(r, argv, cfg.timeout, &bootHooks{
+		started: func(p *proc) { tl = startTimeline(p.cmd.Process.Pid, timelineStep) },
+		atInit: func(p *proc) {
+			steps := tl.stop()
+			s := probeBoot(p.cmd.Process.Pid, before, p.seen)
+			s.VMM, s.CPUs, s.Rep = vmm, cpus, rep
+			s.Text["timeline"] = steps
+			cfg.emitStat(s)
+		},
+	}, env...)
 }
 
-// timeBoot runs argv, a VMM booting the guest, and sets r's times from
-// exec to the marker line and to the exit (or its Note if that failed).
-func timeBoot(r result, argv []string, timeout time.Duration) result {
-	p, err := start(argv, false)
+// bootHooks run, if set, when the VMM has started and when the marker
+// has arrived.
+type bootHooks struct {
+	started, atInit func(*proc)
+}
+
+// timeBoot runs argv, a VMM booting the guest (with env added to its
+// environment), and sets r's times from exec to the marker line and to
+// the exit (or its Note if that failed).
+func timeBoot(r result, argv []string, timeout time.Duration, h *bootHooks, env ...string) result {
+	p, err := start(argv, false, env...)
 	if err != nil {
 		r.Note = err.Error()
 		return r
 	}
 	defer p.kill()
+	if h != nil && h.started != nil {
+		h.started(p)
+	}
 	deadline := time.Now().Add(timeout)
 	t, err := p.waitLine("linuxboot: init", deadline)
 	if err != nil {
@@ -124,6 +183,9 @@ func timeBoot(r result, argv []string, timeout time.Duration) result {
 		return r
 	}
 	r.InitMS = ms(t)
+	if h != nil && h.atInit != nil {
+		h.atInit(p)
+	}
 	t, code, err := p.wait(deadline)
 	switch {
 	case err != nil:
@@ -255,9 +317,33 @@ type line struct {
 	s string
 }
 
-func start(argv []string, withStdin bool) (*proc, error) {
+// pinEnv in start's env pins the process to CPU 0 (it is not passed on).
+const pinEnv = "linuxboot-pin=0"
+
+func start(argv []string, withStdin bool, env ...string) (*proc, error) {
 	p := &proc{lines: make(chan line, 1024), exited: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
+	pin := slices.Contains(env, pinEnv)
+	env = slices.DeleteFunc(env, func(e string) bool { return e == pinEnv })
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
+	if pin {
+		// The child inherits the affinity of the thread that forks it:
+		// that thread is this goroutine's, locked and narrowed for the
+		// fork and then given back its mask.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var old, one unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &old); err != nil {
+			return nil, fmt.Errorf("pin: %w", err)
+		}
+		one.Set(0)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return nil, fmt.Errorf("pin: %w", err)
+		}
+		defer unix.SchedSetaffinity(0, &old)
+	}
 	var err error
 	if withStdin {
 		if p.stdin, err = p.cmd.StdinPipe(); err != nil {
