@@ -223,7 +223,18 @@ $B insmod /lib/modules/vmw_vsock_virtio_transport.ko || echo "vsock-test: insmod
 i=0
 while ! $B ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | $B grep -q virtio && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
 echo "vsock-test: reloaded after $i"
-/bin/vsockpeer dial %d again %d
+/bin/vsockpeer dial %d again %d &
+d=$!
+# A dial still running after 30 s says where each of its threads waits
+# in the kernel (once, a dial after the reload never ended).
+i=0
+while $B kill -0 $d 2>/dev/null && [ $i -lt 300 ]; do $B sleep 0.1; i=$((i+1)); done
+if $B kill -0 $d 2>/dev/null; then
+	for t in /proc/$d/task/*; do
+		echo "vsock-test: dial stuck: $t $($B cat $t/wchan) $($B cat $t/stack 2>/dev/null | $B tr '\n' ' ')"
+	done
+fi
+wait $d
 echo "vsock-test: done"
 $B poweroff -f
 `, vsockHostP, vsockReply, vsockGuestP, vsockUp, vhostAgainP, vhostAgain)
