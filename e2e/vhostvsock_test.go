@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -52,6 +53,35 @@ func vsockSocket(t *testing.T) int {
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { unix.Close(fd) }) })
 	return fd
+}
+
+// acceptUntil accepts one connection on listening socket ln, or gives up
+// when stop closes. An interrupted accept is made again: with
+// SO_RCVTIMEO set, accept(2) is not restarted after a signal, and the Go
+// runtime's preemption signal interrupted one that CI then never saw
+// accept (2026-12-07: the guest's dial, connected in L1's kernel, waited
+// for ever for an answer).
+func acceptUntil(ln int, stop <-chan struct{}) (int, error) {
+	for {
+		select {
+		case <-stop:
+			return -1, errors.New("the test ended first")
+		default:
+		}
+		fds := []unix.PollFd{{Fd: int32(ln), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 200)
+		if err == unix.EINTR || err == nil && n == 0 {
+			continue
+		}
+		if err != nil {
+			return -1, fmt.Errorf("poll: %w", err)
+		}
+		c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		return c, err
+	}
 }
 
 func vsockWriteAll(fd int, b []byte) error {
@@ -106,8 +136,15 @@ func vhostListenOn(t *testing.T, port uint32, answer []byte) <-chan []byte {
 	}
 	got := make(chan []byte, 1)
 	errs := make(chan error, 1)
+	// The accept waits in poll steps until the test ends, then the
+	// listener is closed (vsockSocket's cleanup, after this one): a
+	// thread still blocked in accept would keep the port bound for its
+	// SO_RCVTIMEO, and the next test's bind fail.
+	stop, listening := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop); <-listening })
 	go func() {
-		c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		c, err := acceptUntil(ln, stop)
+		close(listening)
 		if err != nil {
 			errs <- fmt.Errorf("accept: %w", err)
 			got <- nil
@@ -371,5 +408,50 @@ func TestVhostVsockSnapshot(t *testing.T) {
 			_, answer := vhostConnect(t, 9, vsockHostP, down, true)
 			checkVsockAfterRestore(t, p, down, answer)
 		})
+	}
+}
+
+// TestAcceptUntil: the AF_VSOCK listeners' accept (here on a Unix socket,
+// with the same SO_RCVTIMEO) takes a connection that comes after a few
+// polls, and gives up when the test ends without one.
+func TestAcceptUntil(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "l.sock")
+	ln, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ln)
+	tv := unix.Timeval{Sec: 180}
+	unix.SetsockoptTimeval(ln, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	if err := unix.Bind(ln, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(ln, 1); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		if c, err := net.Dial("unix", path); err == nil {
+			defer c.Close()
+			time.Sleep(time.Second)
+		}
+	}()
+	stop := make(chan struct{})
+	c, err := acceptUntil(ln, stop)
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	unix.Close(c)
+
+	close(stop)
+	done := make(chan error, 1)
+	go func() { _, err := acceptUntil(ln, stop); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("accepted with no client, after the test ended")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("acceptUntil did not give up within 5 s of its stop")
 	}
 }
