@@ -325,19 +325,9 @@ func readMachine() machineStat {
 		m.irqs = parseInterrupts(string(b), irqRows)
 	}
 	m.tasks = map[int]taskTicks{}
-	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
-		if err != nil {
-			continue
-		}
-		name, rest, ok := parseProcStat(string(b))
-		if !ok {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(d)))
+	eachProc(func(pid int, name string, rest []string) {
 		m.tasks[pid] = taskTicks{name, procField(rest, statUtime) + procField(rest, statStime)}
-	}
+	})
 	return m
 }
 
@@ -517,19 +507,9 @@ func readHostLoad() hostLoad {
 		ticks int64
 	}
 	procs := map[int]proc{}
-	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, d := range dirs {
-		b, err := os.ReadFile(d)
-		if err != nil {
-			continue
-		}
-		name, rest, ok := parseProcStat(string(b))
-		if !ok {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(d)))
+	eachProc(func(pid int, name string, rest []string) {
 		procs[pid] = proc{int(procField(rest, 4)), name, procField(rest, statUtime) + procField(rest, statStime)}
-	}
+	})
 	for pid, p := range procs {
 		inTree := false
 		for q, n := pid, 0; q > 1 && n < 64; q, n = procs[q].ppid, n+1 {
@@ -860,4 +840,22 @@ func (s tlSample) delta(last tlSample) string {
 		f = append(f, strconv.FormatInt((s.busy[i]-last.busy[i])*1000/clockTick, 10))
 	}
 	return strings.Join(f, "/")
+}
+
+// eachProc calls fn with the pid, command name and the fields after it
+// (parseProcStat) of every process in /proc that can still be read.
+func eachProc(fn func(pid int, name string, rest []string)) {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		name, rest, ok := parseProcStat(string(b))
+		if !ok {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(d)))
+		fn(pid, name, rest)
+	}
 }

@@ -190,3 +190,21 @@ func TestQuietTable(t *testing.T) {
 		}
 	}
 }
+
+// TestEachProc: the walk over /proc finds this test process by its pid
+// and command name, with its fields after the name.
+func TestEachProc(t *testing.T) {
+	self := os.Getpid()
+	found := false
+	eachProc(func(pid int, name string, rest []string) {
+		if pid == self {
+			found = true
+			if !strings.HasPrefix("linuxboot.test", name) || len(rest) <= statStime {
+				t.Errorf("this process: name %q, %d fields", name, len(rest))
+			}
+		}
+	})
+	if !found {
+		t.Fatalf("pid %d not in the walk over /proc", self)
+	}
+}
