@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"govmm/internal/hangreport"
 )
 
 // The stats mode (-stats) answers why one boot is slower than another of
@@ -337,31 +339,6 @@ var vmstatKeys = []string{
 	"thp_split_pmd", "compact_stall", "compact_fail", "compact_success", "pgscan_direct", "pgscan_kswapd",
 }
 
-// kvmDir is where KVM keeps its per-VM counters.
-const kvmDir = "/sys/kernel/debug/kvm"
-
-// readKVM sums the integer counters of the KVM VMs process pid made.
-func readKVM(pid int) map[string]int64 {
-	out := map[string]int64{}
-	vms, _ := filepath.Glob(fmt.Sprintf("%s/%d-*", kvmDir, pid))
-	for _, vm := range vms {
-		files, _ := os.ReadDir(vm)
-		for _, f := range files {
-			if f.IsDir() {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join(vm, f.Name()))
-			if err != nil {
-				continue
-			}
-			if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
-				out[f.Name()] += n
-			}
-		}
-	}
-	return out
-}
-
 // kvmKeys are KVM's counters -stats reports (where the kernel has them).
 var kvmKeys = []string{
 	"exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_window_exits", "request_irq_exits",
@@ -405,7 +382,7 @@ func probeBoot(pid int, before machineStat, seen []string) bootStat {
 			s.Num["majflt"] = float64(procField(rest, statMajflt))
 		}
 	}
-	kvm := readKVM(pid)
+	kvm := hangreport.KVMStats(pid)
 	for _, k := range kvmKeys {
 		if v, ok := kvm[k]; ok {
 			s.Num["kvm_"+k] = float64(v)

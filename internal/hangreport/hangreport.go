@@ -73,7 +73,7 @@ func Report(pid int) string {
 			vcpus = append(vcpus, t.tid)
 		}
 	}
-	stats0 := kvmStats(pid)
+	stats0 := KVMStats(pid)
 	tr, trErr := startTrace(pid, vcpus)
 	start := time.Now()
 	time.Sleep(watchBefore)
@@ -83,7 +83,7 @@ func Report(pid int) string {
 		syscall.Tgkill(pid, tid, kick) // ESRCH: the thread is gone, nothing to see
 	}
 	time.Sleep(watchAfter)
-	stats1 := kvmStats(pid)
+	stats1 := KVMStats(pid)
 	fmt.Fprintf(&b, "hang report for pid %d (%d threads, vCPU threads %v), watched %v", pid, len(before), vcpus, elapsed.Round(time.Millisecond))
 	if len(vcpus) > 0 {
 		fmt.Fprintf(&b, ", then each vCPU thread kicked with signal %d", int(kick))
@@ -186,9 +186,10 @@ func writeThreads(b *strings.Builder, before, after []thread, elapsed time.Durat
 	}
 }
 
-// kvmStats reads KVM's counters for the VMs pid holds
-// (/sys/kernel/debug/kvm/PID-FD/).
-func kvmStats(pid int) map[string]int64 {
+// KVMStats reads KVM's integer counters for the VMs process pid holds
+// (/sys/kernel/debug/kvm/PID-FD/), summed over them; empty where debugfs
+// is not mounted. The boot benchmark reads them too.
+func KVMStats(pid int) map[string]int64 {
 	dirs, _ := filepath.Glob(filepath.Join(kvmDebugfs, strconv.Itoa(pid)+"-*"))
 	out := map[string]int64{}
 	for _, d := range dirs {
