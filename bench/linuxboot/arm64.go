@@ -120,7 +120,7 @@ func (cfg *arm64Config) measure() {
 
 // boot is one timed boot: exec to the marker line, exec to exit.
 func (cfg *arm64Config) boot(vmm string, cpus, rep int) result {
-	return timeBoot(result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}, cfg.argv(vmm, cpus), cfg.timeout, nil)
+	return timeBoot(result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}, cfg.argv(vmm, cpus), cfg.timeout, launch{}, nil)
 }
 
 // mainARM64 is main for -arch arm64: inside the aarch64 L1 (-prebuilt) it

@@ -140,7 +140,7 @@ func (cfg *config) traceBoot(out io.Writer, entry string, cpus, rep int) {
 		argv = append(argv, "--log-level", "debug")
 	}
 	argv = append(argv, extra...)
-	p, err := start(argv, false)
+	p, err := start(argv, launch{})
 	if err != nil {
 		emit(0, "trace: "+err.Error())
 		return

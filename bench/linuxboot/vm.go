@@ -127,17 +127,15 @@ func alternate(v []string, i int) []string {
 func (cfg *config) boot(vmm string, cpus, rep int) result {
 	r := result{Kind: "boot", VMM: vmm, CPUs: cpus, Rep: rep}
 	if !cfg.stats {
-		return timeBoot(r, cfg.argv(vmm, cpus), cfg.timeout, nil)
+		return timeBoot(r, cfg.argv(vmm, cpus), cfg.timeout, launch{}, nil)
 	}
 	// -stats: what the VMM and the machine spent up to the marker (the
 	// reading happens after it, so it adds to the time to exit only).
-	var env []string
+	var l launch
 	argv := cfg.argv(vmm, cpus)
-	if _, pinned := column(vmm); pinned {
-		env = append(env, pinEnv)
-	}
+	_, l.pin = column(vmm)
 	if isGovmm(vmm) {
-		env = append(env, "GODEBUG=gctrace=1") // the runtime's collections, on stderr
+		l.env = append(l.env, "GODEBUG=gctrace=1") // the runtime's collections, on stderr
 	} else {
 		argv = append(argv, "-name", "debug-threads=on") // names QEMU's vCPU threads
 	}
@@ -145,7 +143,7 @@ func (cfg *config) boot(vmm string, cpus, rep int) result {
 	cfg.emitStat(bootStat{VMM: vmm, CPUs: cpus, Rep: rep, Text: map[string]string{"at": "start"}})
 	before := readMachine()
 	var tl *timeline
-	return timeBoot(r, argv, cfg.timeout, &bootHooks{
+	return timeBoot(r, argv, cfg.timeout, l, &bootHooks{
 		started: func(p *proc) { tl = startTimeline(p.cmd.Process.Pid, timelineStep) },
 		atInit: func(p *proc) {
 			steps := tl.stop()
@@ -154,7 +152,7 @@ func (cfg *config) boot(vmm string, cpus, rep int) result {
 			s.Text["timeline"] = steps
 			cfg.emitStat(s)
 		},
-	}, env...)
+	})
 }
 
 // bootHooks run, if set, when the VMM has started and when the marker
@@ -163,11 +161,11 @@ type bootHooks struct {
 	started, atInit func(*proc)
 }
 
-// timeBoot runs argv, a VMM booting the guest (with env added to its
-// environment), and sets r's times from exec to the marker line and to
-// the exit (or its Note if that failed).
-func timeBoot(r result, argv []string, timeout time.Duration, h *bootHooks, env ...string) result {
-	p, err := start(argv, false, env...)
+// timeBoot runs argv, a VMM booting the guest, as l says, and sets r's
+// times from exec to the marker line and to the exit (or its Note if that
+// failed).
+func timeBoot(r result, argv []string, timeout time.Duration, l launch, h *bootHooks) result {
+	p, err := start(argv, l)
 	if err != nil {
 		r.Note = err.Error()
 		return r
@@ -237,7 +235,7 @@ func (cfg *config) restores() {
 // snapshot boots the waiting guest and snapshots it into dir.
 func (cfg *config) snapshot(vmm string, cpus int, dir string) error {
 	sock := dir + ".sock"
-	p, err := start(append(cfg.argv(vmm, cpus, "linuxboot=wait"), "--api-socket", sock), false)
+	p, err := start(append(cfg.argv(vmm, cpus, "linuxboot=wait"), "--api-socket", sock), launch{})
 	if err != nil {
 		return err
 	}
@@ -267,7 +265,7 @@ func (cfg *config) snapshot(vmm string, cpus int, dir string) error {
 func (cfg *config) restoreOnce(vmm string, cpus, rep int, dir string) result {
 	r := result{Kind: "restore", VMM: vmm, CPUs: cpus, Rep: rep}
 	args := append([]string{cfg.govmm, "restore"}, accelFlags(vmm)...)
-	p, err := start(append(args, "--snapshot", dir, "--serial", "stdio", "--log-level", "info"), true)
+	p, err := start(append(args, "--snapshot", dir, "--serial", "stdio", "--log-level", "info"), launch{stdin: true})
 	if err != nil {
 		r.Note = err.Error()
 		return r
@@ -317,18 +315,21 @@ type line struct {
 	s string
 }
 
-// pinEnv in start's env pins the process to CPU 0 (it is not passed on).
-const pinEnv = "linuxboot-pin=0"
+// launch is how start runs a VMM: with a pipe to its stdin, with env
+// added to its environment, pinned to CPU 0.
+type launch struct {
+	stdin bool
+	env   []string
+	pin   bool
+}
 
-func start(argv []string, withStdin bool, env ...string) (*proc, error) {
+func start(argv []string, l launch) (*proc, error) {
 	p := &proc{lines: make(chan line, 1024), exited: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
-	pin := slices.Contains(env, pinEnv)
-	env = slices.DeleteFunc(env, func(e string) bool { return e == pinEnv })
-	if len(env) > 0 {
-		p.cmd.Env = append(os.Environ(), env...)
+	if len(l.env) > 0 {
+		p.cmd.Env = append(os.Environ(), l.env...)
 	}
-	if pin {
+	if l.pin {
 		// The child inherits the affinity of the thread that forks it:
 		// that thread is this goroutine's, locked and narrowed for the
 		// fork and then given back its mask.
@@ -345,7 +346,7 @@ func start(argv []string, withStdin bool, env ...string) (*proc, error) {
 		defer unix.SchedSetaffinity(0, &old)
 	}
 	var err error
-	if withStdin {
+	if l.stdin {
 		if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 			return nil, err
 		}
