@@ -284,10 +284,7 @@ func TestIRQSerialInput(t *testing.T) {
 				t.Fatal(err)
 			}
 			watch := newStallWatch()
-			watch.start(cmd.Process.Pid, func() (int, string) {
-				o := out.String()
-				return len(o) + len(stderr.String()), o
-			}, cancel)
+			watch.start(cmd.Process.Pid, &out, &stderr, cancel)
 			sc := bufio.NewScanner(stdout)
 			ready := false
 			for sc.Scan() {

@@ -114,10 +114,7 @@ func govmmInput(t *testing.T, input string, args ...string) Result {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("govmm %s: %v", strings.Join(args, " "), err)
 	}
-	watch.start(cmd.Process.Pid, func() (int, string) {
-		out := stdout.String()
-		return len(out) + len(stderr.String()), out
-	}, cancel)
+	watch.start(cmd.Process.Pid, &stdout, &stderr, cancel)
 	err := cmd.Wait()
 	diag := watch.end()
 	res := Result{Stdout: stdout.String(), Stderr: stderr.String()}
@@ -159,10 +156,10 @@ func newStallWatch() *stallWatch {
 	return &stallWatch{ask: linuxguest.SubstrateStall, quit: make(chan struct{}), done: make(chan struct{})}
 }
 
-// start watches process pid: progress returns how much it printed so far
-// and the guest's console (searched for stall reports), and stop is
-// called once on a diagnosis. end must follow.
-func (w *stallWatch) start(pid int, progress func() (int, string), stop func()) {
+// start watches process pid, which writes the guest's console (searched
+// for stall reports) and its own log: what both hold is its progress.
+// stop is called once on a diagnosis. end must follow.
+func (w *stallWatch) start(pid int, console, logs *virtiotest.SyncBuffer, stop func()) {
 	const poll = 250 * time.Millisecond
 	go func() {
 		defer close(w.done)
@@ -175,7 +172,8 @@ func (w *stallWatch) start(pid int, progress func() (int, string), stop func()) 
 				return
 			case <-tick.C:
 			}
-			if n, out := progress(); !q.due(n, out, poll) {
+			out := console.String()
+			if !q.due(len(out)+len(logs.String()), out, poll) {
 				continue
 			}
 			if d := w.ask(pid); d != "" {

@@ -643,10 +643,7 @@ func probeSnapshotRoundTrip(t *testing.T, src, dst []string) {
 		t.Fatal(err)
 	}
 	watch := newStallWatch()
-	watch.start(cmd.Process.Pid, func() (int, string) {
-		o := out.String()
-		return len(o) + len(stderr.String()), o
-	}, cancel)
+	watch.start(cmd.Process.Pid, &out, &stderr, cancel)
 	sc := bufio.NewScanner(pipe)
 	for sc.Scan() {
 		out.Write([]byte(sc.Text() + "\n"))

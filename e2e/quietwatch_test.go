@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"govmm/internal/linuxguest"
+	"govmm/virtio/virtiotest"
 )
 
 // TestQuietWatch: a wait asks about the substrate after each
@@ -63,14 +64,14 @@ func TestQuietWatch(t *testing.T) {
 // asked about at once; a diagnosis stops it and is what end returns; a
 // watch that never asked, or whose asks found nothing, returns "".
 func TestStallWatch(t *testing.T) {
-	out := "boot\n"
-	progress := func() (int, string) { return len(out), out }
+	var console, logs virtiotest.SyncBuffer
+	console.Write([]byte("boot\n"))
 	w := newStallWatch()
 	asked := make(chan int, 1)
 	w.ask = func(pid int) string { asked <- pid; return "diagnosis: the nested substrate's known failure" }
 	stopped := make(chan struct{})
-	out += "watchdog: BUG: soft lockup - CPU#1 stuck for 56s!\n"
-	w.start(42, progress, func() { close(stopped) })
+	console.Write([]byte("watchdog: BUG: soft lockup - CPU#1 stuck for 56s!\n"))
+	w.start(42, &console, &logs, func() { close(stopped) })
 	select {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
@@ -88,7 +89,7 @@ func TestStallWatch(t *testing.T) {
 
 	w = newStallWatch()
 	w.ask = func(int) string { return "" }
-	w.start(42, progress, func() { t.Error("stopped with no diagnosis") })
+	w.start(42, &console, &logs, func() { t.Error("stopped with no diagnosis") })
 	time.Sleep(600 * time.Millisecond)
 	if d := w.end(); d != "" || w.found() {
 		t.Fatalf("end() = %q with no diagnosis", d)
