@@ -289,10 +289,7 @@ wait:
 			break wait
 		case <-time.After(poll):
 		}
-		out := p.output()
-		if diag := w.substrate(p, len(out), out, poll); diag != "" {
-			p.substrateFatal(diag, "its end")
-		}
+		p.stallCheck(&w, 0, poll, "its end")
 		if time.Now().After(deadline) {
 			vcpus := p.quit()
 			p.t.Fatalf("%s did not end within %v; its output, with the goroutine dump SIGQUIT asked for:\n%s%s",
