@@ -1,15 +1,12 @@
 package boot
 
 import (
-	"bytes"
-	"io"
 	"os"
 	"testing"
 
-	"github.com/pierrec/lz4/v4"
-
 	"govmm/internal/kvmtest"
 	"govmm/internal/nested"
+	"govmm/internal/vmlinux"
 	"govmm/platform"
 )
 
@@ -45,20 +42,12 @@ func realImage(t *testing.T, env string) []byte {
 	return b
 }
 
-// vmlinuxFromBzImage decompresses the kernel ELF from a bzImage whose
-// payload is LZ4 (the kernel's legacy LZ4 frame), as scripts/extract-vmlinux
-// does.
+// vmlinuxFromBzImage decompresses the kernel ELF from a bzImage.
 func vmlinuxFromBzImage(t *testing.T, img []byte) []byte {
 	t.Helper()
-	setup := (int(img[hdrSetupSects]) + 1) * 512
-	off, n := int(le.Uint32(img[0x248:])), int(le.Uint32(img[0x24c:])) // payload_offset, payload_length
-	payload := img[setup+off : setup+off+n]
-	if le.Uint32(payload) != 0x184c2102 {
-		t.Fatalf("bzImage payload is not LZ4 (magic %#x)", le.Uint32(payload))
-	}
-	b, err := io.ReadAll(lz4.NewReader(bytes.NewReader(payload)))
-	if err != nil || len(b) < 4 || string(b[:4]) != "\x7fELF" {
-		t.Fatalf("decompressing the bzImage payload: %d bytes, %v", len(b), err)
+	b, _, err := vmlinux.Extract(img)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b
 }

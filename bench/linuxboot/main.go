@@ -53,12 +53,14 @@ import (
 	"govmm/bench/internal/host"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
+	"govmm/internal/vmlinux"
 )
 
 // config is what every boot shares.
 type config struct {
 	govmm, qemu     string
 	kernel, initrd  string
+	vmlinux         string // the ELF kernel taken out of kernel, for govmm-vmlinux ("" if it could not be)
 	tmp             string
 	pcOpts, microvm string // options for QEMU's -M pc and -M microvm
 	runs, from      int
@@ -184,6 +186,9 @@ func main() {
 		// Inside L1: print result lines for the benchmark outside.
 		cfg.tmp = *prebuilt
 		cfg.govmm, cfg.initrd = filepath.Join(cfg.tmp, "govmm"), filepath.Join(cfg.tmp, "initrd.cpio")
+		if _, err := os.Stat(filepath.Join(cfg.tmp, "vmlinux")); err == nil {
+			cfg.vmlinux = filepath.Join(cfg.tmp, "vmlinux")
+		}
 		cfg.emit = func(r result) { fmt.Println(r) }
 		cfg.emitStat = func(s bootStat) { fmt.Println(s) }
 		cfg.emit(result{Kind: "substrate", Note: host.Substrate() + l1Memory()})
@@ -263,7 +268,22 @@ func build(cfg *config) error {
 		return fmt.Errorf("build govmm: %v\n%s", err, out)
 	}
 	cfg.initrd = filepath.Join(cfg.tmp, "initrd.cpio")
-	return linuxguest.WriteInitramfsWith(cfg.initrd, initScript)
+	if err := linuxguest.WriteInitramfsWith(cfg.initrd, initScript); err != nil {
+		return err
+	}
+	// govmm-vmlinux boots the kernel ELF inside the bzImage; a kernel
+	// whose payload cannot be decompressed here leaves the column out.
+	img, err := os.ReadFile(cfg.kernel)
+	if err != nil {
+		return err
+	}
+	elf, _, err := vmlinux.Extract(img)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "linuxboot: no govmm-vmlinux column: %s: %v\n", cfg.kernel, err)
+		return nil
+	}
+	cfg.vmlinux = filepath.Join(cfg.tmp, "vmlinux")
+	return os.WriteFile(cfg.vmlinux, elf, 0o644)
 }
 
 // inL1 runs the benchmark in nested-KVM VMs and collects its result

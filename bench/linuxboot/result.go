@@ -19,8 +19,8 @@ type result struct {
 	Rep    int     // repetition
 	InitMS float64 // boot: start to the marker line; restore: start to the guest's next line
 	ExitMS float64 // boot: start to the process's exit after the guest's poweroff
-	// EnterMS is, for a restore, the time from start to vCPU 0 entering
-	// the guest (govmm's log line).
+	// EnterMS is the time from start to vCPU 0 entering the guest
+	// (govmm's log line; 0 for QEMU).
 	EnterMS float64
 	// Note is why the boot or restore failed (empty if it did not), or,
 	// for kind "substrate", where the numbers come from. It runs to the
