@@ -218,15 +218,7 @@ func TestCPUModelRestoreRefused(t *testing.T) {
 // must be a CPU a real kernel accepts, not only one the probe reads.
 func TestLinuxCPUModels(t *testing.T) {
 	kernel, initrd := linuxGuest(t)
-	var kvm []string
-	for _, flags := range accels(t) {
-		if accelName(flags) == "kvm" {
-			kvm = flags
-		}
-	}
-	if kvm == nil {
-		t.Fatal("no KVM among the accelerators")
-	}
+	kvm := needAccels(t, "kvm")[0]
 	runs := runnableModels(t, kvm)
 	for _, def := range cpu.Definitions() {
 		if def.IsHost() || !runs[def.Name] {

@@ -245,18 +245,8 @@ func TestHotAddMigration(t *testing.T) {
 		t.Fatal("hotMigInit did not change migDiskInit's wait for its disk")
 	}
 	initrd := guestInitrd(t, hotMigInit, nil)
-	var src, dst []string
-	for _, acc := range accels(t) {
-		switch accelName(acc) {
-		case "kvm":
-			src = acc
-		case "mshvsim":
-			dst = acc
-		}
-	}
-	if src == nil || dst == nil {
-		t.Fatal("TestHotAddMigration moves a VM from kvm to mshvsim: both are needed")
-	}
+	pair := needAccels(t, "kvm", "mshvsim") // the move is from one to the other
+	src, dst := pair[0], pair[1]
 	const cpu = "x86-64-v2,-kvm,+tsc_deadline_timer"
 	pa := pattern("vda", vdaSize)
 	dir := tempSocketDir(t)

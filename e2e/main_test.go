@@ -203,6 +203,14 @@ func (w *stallWatch) end() string {
 	return w.diag
 }
 
+// hostMSHV reports whether the tests run on a host with a real /dev/mshv
+// (outside L1, whose tests stand in for it with mshvsim). A variable so
+// that TestRealMSHVHostRunsLinux can play such a host.
+var hostMSHV = func() bool {
+	_, err := os.Stat("/dev/mshv")
+	return err == nil && !kvmtest.InL1()
+}
+
 // accels returns the accelerator flag sets every end-to-end test runs on:
 // KVM and mshvsim (on KVM), and a real MSHV where /dev/mshv exists. Where
 // KVM is only reachable on nested KVM, the test runs there too
@@ -210,7 +218,7 @@ func (w *stallWatch) end() string {
 func accels(t *testing.T) [][]string {
 	t.Helper()
 	var out [][]string
-	if _, err := os.Stat("/dev/mshv"); err == nil && !kvmtest.InL1() {
+	if hostMSHV() {
 		out = append(out, []string{"--accel=mshv"})
 		if !kvmtest.Here(t) {
 			return out
@@ -219,6 +227,49 @@ func accels(t *testing.T) [][]string {
 		kvmtest.Need(t)
 	}
 	return append(out, []string{"--accel=kvm"}, []string{"--accel=mshv", "--mshv-device=sim"})
+}
+
+// needLinux is kvmtest.NeedHardware for the tests that boot Linux: a
+// host with a real /dev/mshv has hardware semantics, so there they run on
+// --accel=mshv whether or not KVM is here too (accels says which
+// accelerators they have), instead of skipping for want of KVM.
+func needLinux(t *testing.T) {
+	t.Helper()
+	if hostMSHV() {
+		return
+	}
+	kvmtest.NeedHardware(t)
+}
+
+// hasAccel returns the flag set of the accelerator named name (as
+// accelName names them) among all, or nil.
+func hasAccel(all [][]string, name string) []string {
+	for _, a := range all {
+		if accelName(a) == name {
+			return a
+		}
+	}
+	return nil
+}
+
+// needAccels returns the flag sets of the named accelerators for a test
+// that needs each of them (a move from KVM to mshvsim, a KVM-only
+// baseline). One missing is a failure, except on a real MSHV host, where
+// KVM or mshvsim may be missing: the test skips there, naming what it
+// needs, and runs in L1 where the harness reaches one.
+func needAccels(t *testing.T, names ...string) [][]string {
+	t.Helper()
+	all := accels(t)
+	out := make([][]string, len(names))
+	for i, n := range names {
+		if out[i] = hasAccel(all, n); out[i] == nil {
+			if hostMSHV() {
+				t.Skipf("needs %s, which this /dev/mshv host lacks (it runs where KVM is)", strings.Join(names, " and "))
+			}
+			t.Fatalf("needs %s: %s is not among the accelerators", strings.Join(names, " and "), n)
+		}
+	}
+	return out
 }
 
 // accelName names an accelerator flag set for subtests.

@@ -507,8 +507,9 @@ type linuxMove struct {
 // others on --cpu x86-64-v2,-kvm,+tsc_deadline_timer (a named model is
 // what a fleet that migrates uses, #18; the psABI level leaves the
 // TSC-deadline timer out, and the guest's timer in that mode is what the
-// move must carry), the others to KVM on host,-kvm, and KVM to KVM on
-// host (with kvmclock).
+// move must carry), the others to KVM on host,-kvm, KVM to KVM on host
+// (with kvmclock), and, on a host with a real /dev/mshv, MSHV to MSHV on
+// host.
 func linuxMoves(t *testing.T) []linuxMove {
 	all := accels(t)
 	var moves []linuxMove
@@ -519,7 +520,9 @@ func linuxMoves(t *testing.T) []linuxMove {
 				moves = append(moves, linuxMove{src, dst, "x86-64-v2,-kvm,+tsc_deadline_timer"})
 			case accelName(src) != accelName(dst):
 				moves = append(moves, linuxMove{src, dst, "host,-kvm"})
-			case accelName(src) == "kvm":
+			case accelName(src) == "kvm", accelName(src) == "mshv":
+				// The same accelerator and host: its own model (a real
+				// MSHV host moves between two of its partitions).
 				moves = append(moves, linuxMove{src, dst, "host"})
 			}
 		}

@@ -187,7 +187,7 @@ func govmmOpen(path string) []uint64 {
 // system that refuses O_DIRECT is bad input: exit 64 naming the file and
 // the option.
 func TestVirtioLinuxDirect(t *testing.T) {
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")

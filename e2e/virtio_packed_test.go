@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"govmm/internal/kvmtest"
 )
 
 // virtioPackedInit prints each virtio device's ID and negotiated feature
@@ -41,7 +39,7 @@ func packedFeatures(console string, id int) []string {
 // the restored guest's later copies read back right and the image after
 // power-off holds all eight.
 func TestVirtioPacked(t *testing.T) {
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
@@ -96,7 +94,7 @@ func TestVirtioPacked(t *testing.T) {
 // written, a discard, a refused write to the read-only disk, both images
 // checked byte for byte) with packed=on on both disks.
 func TestVirtioPackedIO(t *testing.T) {
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")

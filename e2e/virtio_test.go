@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"govmm/internal/kvmtest"
 	"govmm/internal/linuxguest"
 )
 
@@ -138,7 +137,7 @@ func guestValue(console, tag, key string) string {
 // or corrupted write, a read of wrong data or a write to the read-only
 // disk fails the test.
 func TestVirtioLinux(t *testing.T) {
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")
@@ -288,7 +287,7 @@ $B poweroff -f
 // and for the run whose disk is direct=on, the disk without it) are
 // refused with an error that names the difference.
 func TestVirtioSnapshot(t *testing.T) {
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")

@@ -110,7 +110,7 @@ func vsockInitrd(t *testing.T, init string) string {
 // linuxKernel is the kernel the Linux-guest tests boot.
 func linuxKernel(t *testing.T) string {
 	t.Helper()
-	kvmtest.NeedHardware(t)
+	needLinux(t)
 	kernel := os.Getenv(linuxKernelEnv)
 	if kernel == "" {
 		t.Fatal("GOVMM_LINUX_KERNEL is not set and no kernel is cached (.ci/run downloads it)")

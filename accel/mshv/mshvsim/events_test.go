@@ -2,6 +2,9 @@ package mshvsim
 
 import (
 	"testing"
+
+	"govmm/accel"
+	"govmm/accel/mshv/mshvabi"
 )
 
 // TestPendingEventType: PENDING_EVENT0 is an hv_x64_pending_exception_event
@@ -26,5 +29,51 @@ func TestPendingEventType(t *testing.T) {
 	c = &regCtx{have: cEvents}
 	if _, _, ok := c.events(0x10004, true, 1|5<<1|0x30<<16, 0); ok || c.ev.Exception.Pending {
 		t.Errorf("an external-interrupt event (type 5) was taken as an exception: %+v", c.ev.Exception)
+	}
+}
+
+// TestExecutionStateEventBits: an intercept's execution_state carries
+// interruption_pending (bit 6) while an event is being delivered, and
+// interrupt_shadow (bit 12) after STI or MOV SS, as
+// hv_x64_intercept_message_header in include/hyperv/hvhdk.h defines them.
+// KVM underneath exits to userspace in the middle of a delivery only in
+// rare cases (TestSimInterruptShadowInIntercept covers the shadow through
+// a real exit), so the VP's KVM event state is set directly here and read
+// as the header's bits: each injected event kind (exception, interrupt,
+// NMI) is a pending interruption, and a pending one not yet injected is
+// not.
+func TestExecutionStateEventBits(t *testing.T) {
+	s, pfd, _ := newTestPartition(t)
+	if err := mshvabi.InitializePartition(s, pfd); err != nil {
+		t.Fatal(err)
+	}
+	vfd, err := mshvabi.CreateVPFD(s, pfd, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(vfd)
+	v := s.lookup(vfd).(*vp)
+	for _, c := range []struct {
+		what string
+		set  func(*accel.Events)
+		want uint16
+	}{
+		{"nothing", func(*accel.Events) {}, 0},
+		{"an interrupt being delivered", func(e *accel.Events) { e.Interrupt.Injected, e.Interrupt.Nr = true, 0x30 }, esInterruptionPending},
+		{"an exception being delivered", func(e *accel.Events) {
+			e.Exception.Injected, e.Exception.Nr, e.Exception.HasErrorCode, e.Exception.ErrorCode = true, 13, true, 0
+		}, esInterruptionPending},
+		{"an NMI being delivered", func(e *accel.Events) { e.NMI.Injected = true }, esInterruptionPending},
+		{"an NMI pending, not yet delivered", func(e *accel.Events) { e.NMI.Pending = true }, 0},
+		{"the STI shadow", func(e *accel.Events) { e.Interrupt.Shadow = 1 }, esInterruptShadow},
+	} {
+		var e accel.Events
+		c.set(&e)
+		if err := v.k.SetEvents(&e); err != nil {
+			t.Fatalf("%s: KVM_SET_VCPU_EVENTS: %v", c.what, err)
+		}
+		if got := v.eventBits(); got != c.want {
+			t.Errorf("%s: execution_state bits %#x, want %#x", c.what, got, c.want)
+		}
 	}
 }

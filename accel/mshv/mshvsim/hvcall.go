@@ -361,7 +361,7 @@ func (p *partition) getProp(code uint32) (uint64, uint16) {
 		}
 		return 0, stSuccess
 	case propXSaveStates:
-		return p.layout().user &^ 3, stSuccess
+		return (p.layout().user | p.layout().super) &^ 3, stSuccess
 	case propMaxXSaveSize:
 		return uint64(p.layout().compactSize), stSuccess
 	case propXSaveFeatures, propProcFeatures0, propProcFeatures1:

@@ -96,7 +96,12 @@ func TestKernelAnswers(t *testing.T) {
 	if !errors.Is(err, unix.EINVAL) || r.Reps != 0 {
 		t.Errorf("unknown register: %v reps %d", err, r.Reps)
 	}
-	// A rep count on a simple hypercall: INVALID_HYPERCALL_INPUT.
+	// A rep count on a simple hypercall: INVALID_HYPERCALL_INPUT. The
+	// kernel passes reps through (mshv_ioctl_passthru_hvcall issues a rep
+	// hypercall for any nonzero count); the hypervisor refuses it (the
+	// TLFS's common hypercall status codes: INVALID_HYPERCALL_INPUT when
+	// a nonzero rep count is passed to a basic hypercall), EINVAL by
+	// hv_status_infos[].
 	prop := make([]byte, 16)
 	binary.LittleEndian.PutUint32(prop[8:], mshvabi.PropTimeFreeze)
 	r, err = hvcall(s, pfd, mshvabi.HvcallGetPartitionProperty, 1, prop, make([]byte, 8))

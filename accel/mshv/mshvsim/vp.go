@@ -2,6 +2,7 @@ package mshvsim
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -128,10 +129,79 @@ func (v *vp) effectiveCPUID(apply bool) []accel.CPUIDEntry {
 // --- XSAVE layout (from KVM's CPUID leaf 0xD) --------------------------------
 
 type xlayout struct {
-	user        uint64 // user components KVM transfers (x87, SSE, ...)
+	user uint64 // user components KVM transfers (x87, SSE, ...)
+	// super are the supervisor components the partition transfers: CET_U
+	// and CET_S where the host offers them (CPUID 0xD.1 ECX, IA32_XSS).
+	// The hypervisor's image holds every component of the partition's
+	// XSAVE_STATES, supervisor ones included (the kernel asks for exactly
+	// those: drivers/hv/mshv_root_main.c mshv_vp_ioctl_get_set_state;
+	// hv_x64_xsave_xfem_register in include/hyperv/hvhdk.h has pasid,
+	// cet_u and cet_s). KVM's XSAVE has no supervisor state, so the
+	// simulator fills them from KVM's CET MSRs (cetState). PASID, which no
+	// KVM register holds, is never transferred.
+	super       uint64
 	size, off   [64]uint32
 	align       [64]bool
 	compactSize int
+}
+
+// Supervisor XSAVE components the simulator can back.
+const (
+	xcompCETU = 11 // IA32_U_CET @0, IA32_PL3_SSP @8
+	xcompCETS = 12 // IA32_PL0_SSP @0, IA32_PL1_SSP @8, IA32_PL2_SSP @16
+
+	superBacked = 1<<xcompCETU | 1<<xcompCETS
+)
+
+// cetState holds the CET MSRs behind CET_U and CET_S, in cetMSRs order.
+type cetState [5]uint64
+
+// cetMSRs are IA32_U_CET, IA32_PL3_SSP (CET_U) and IA32_PL0-2_SSP (CET_S).
+var cetMSRs = [5]uint32{0x6A0, 0x6A7, 0x6A4, 0x6A5, 0x6A6}
+
+// cetWords are the cetState entries of a component, in the component's
+// layout (Intel SDM vol. 1, 13.5.6 and 13.5.7).
+func cetWords(comp int) []int {
+	if comp == xcompCETU {
+		return []int{0, 1}
+	}
+	return []int{2, 3, 4}
+}
+
+// cet reads the CET MSRs of the supervisor components in super from the
+// KVM vCPU. KVM refuses them for a vCPU whose CPUID lacks shadow stacks
+// (or IBT, for U_CET), where the hypervisor's partition still transfers
+// the components in their init state: such an MSR reads as 0.
+func (v *vp) cet(super uint64) cetState {
+	var cet cetState
+	for _, comp := range []int{xcompCETU, xcompCETS} {
+		if super&(1<<comp) == 0 {
+			continue
+		}
+		for _, w := range cetWords(comp) {
+			if r, err := v.k.MSRs([]uint32{cetMSRs[w]}); err == nil && len(r) == 1 {
+				cet[w] = r[0].Value
+			}
+		}
+	}
+	return cet
+}
+
+// setCET writes the CET MSRs of the supervisor components in super. An
+// MSR KVM refuses for this vCPU (see cet) may only be set to 0.
+func (v *vp) setCET(super uint64, cet cetState) error {
+	for _, comp := range []int{xcompCETU, xcompCETS} {
+		if super&(1<<comp) == 0 {
+			continue
+		}
+		for _, w := range cetWords(comp) {
+			err := v.k.SetMSRs([]accel.MSR{{Index: cetMSRs[w], Value: cet[w]}})
+			if err != nil && cet[w] != 0 {
+				return fmt.Errorf("XSAVE component %d: MSR %#x = %#x: %w", comp, cetMSRs[w], cet[w], err)
+			}
+		}
+	}
+	return nil
 }
 
 // layout is the partition's XSAVE layout: the host's less the components
@@ -144,13 +214,25 @@ func newLayout(tab []accel.CPUIDEntry) xlayout {
 	var l xlayout
 	d0 := lookupCPUID(tab, 0xd, 0)
 	l.user = (uint64(d0[0]) | uint64(d0[3])<<32) | 3
+	// Supervisor components need XSAVES (0xD.1 EAX bit 3, the XSAVE
+	// bank's xsave_supervisor) and, for CET's, shadow stacks or IBT (leaf
+	// 7 ECX bit 7, EDX bit 20: cet_ss, cet_ibt in bank 1): a partition
+	// whose banks disable them has none.
+	d1, d7 := lookupCPUID(tab, 0xd, 1), lookupCPUID(tab, 7, 0)
+	if d1[0]&(1<<3) != 0 && (d7[2]&(1<<7) != 0 || d7[3]&(1<<20) != 0) {
+		l.super = (uint64(d1[2]) | uint64(d1[3])<<32) & superBacked
+	}
 	end := 576
 	for i := 2; i < 63; i++ {
-		if l.user&(1<<i) == 0 {
+		if (l.user|l.super)&(1<<i) == 0 {
 			continue
 		}
 		r := lookupCPUID(tab, 0xd, uint32(i))
 		l.size[i], l.off[i], l.align[i] = r[0], r[1], r[2]&2 != 0
+		if l.super&(1<<i) != 0 && int(l.size[i]) < 8*len(cetWords(i)) {
+			l.super &^= 1 << i // a size that cannot hold the MSRs: not backed
+			continue
+		}
 		if l.align[i] {
 			end = (end + 63) &^ 63
 		}
@@ -160,61 +242,79 @@ func newLayout(tab []accel.CPUIDEntry) xlayout {
 	return l
 }
 
-// compact converts KVM's standard XSAVE image to the compacted form MSHV
-// transfers (XCOMP_BV = components | bit 63).
-func (l *xlayout) compact(std []byte) []byte {
+// compact converts KVM's standard XSAVE image and the VP's CET MSRs to the
+// compacted form MSHV transfers (XCOMP_BV = components | bit 63). A
+// supervisor component is in its init state (XSTATE_BV bit clear) when
+// all its MSRs are zero.
+func (l *xlayout) compact(std []byte, cet cetState) []byte {
 	c := make([]byte, l.compactSize)
 	copy(c[:512], std[:512])
 	xs := binary.LittleEndian.Uint64(std[512:]) & l.user
-	binary.LittleEndian.PutUint64(c[512:], xs)
-	binary.LittleEndian.PutUint64(c[520:], l.user|1<<63)
+	binary.LittleEndian.PutUint64(c[520:], l.user|l.super|1<<63)
 	off := 576
 	for i := 2; i < 63; i++ {
-		if l.user&(1<<i) == 0 {
+		if (l.user|l.super)&(1<<i) == 0 {
 			continue
 		}
 		if l.align[i] {
 			off = (off + 63) &^ 63
 		}
-		if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= len(std) {
+		if l.super&(1<<i) != 0 {
+			for j, w := range cetWords(i) {
+				binary.LittleEndian.PutUint64(c[off+8*j:], cet[w])
+				if cet[w] != 0 {
+					xs |= 1 << i
+				}
+			}
+		} else if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= len(std) {
 			copy(c[off:off+int(l.size[i])], std[l.off[i]:l.off[i]+l.size[i]])
 		}
 		off += int(l.size[i])
 	}
+	binary.LittleEndian.PutUint64(c[512:], xs)
 	return c
 }
 
-// standard converts a compacted image back for KVM_SET_XSAVE.
-func (l *xlayout) standard(c []byte, n int) ([]byte, bool) {
+// standard converts a compacted image back for KVM_SET_XSAVE, and returns
+// the CET MSRs its supervisor components hold (zero where a component is
+// in its init state).
+func (l *xlayout) standard(c []byte, n int) ([]byte, cetState, bool) {
+	var cet cetState
 	std := make([]byte, n)
 	xs := binary.LittleEndian.Uint64(c[512:])
 	xc := binary.LittleEndian.Uint64(c[520:])
 	if xc&(1<<63) == 0 {
 		copy(std, c)
-		return std, true
+		return std, cet, true
 	}
 	copy(std[:512], c[:512])
-	binary.LittleEndian.PutUint64(std[512:], xs)
+	binary.LittleEndian.PutUint64(std[512:], xs&l.user)
 	off := 576
 	for i := 2; i < 63; i++ {
 		if xc&(1<<i) == 0 {
 			continue
 		}
-		if l.user&(1<<i) == 0 {
-			return nil, false
+		if (l.user|l.super)&(1<<i) == 0 {
+			return nil, cet, false
 		}
 		if l.align[i] {
 			off = (off + 63) &^ 63
 		}
 		if off+int(l.size[i]) > len(c) {
-			return nil, false
+			return nil, cet, false
 		}
-		if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= n {
+		if l.super&(1<<i) != 0 {
+			if xs&(1<<i) != 0 {
+				for j, w := range cetWords(i) {
+					cet[w] = binary.LittleEndian.Uint64(c[off+8*j:])
+				}
+			}
+		} else if xs&(1<<i) != 0 && int(l.off[i]+l.size[i]) <= n {
 			copy(std[l.off[i]:l.off[i]+l.size[i]], c[off:off+int(l.size[i])])
 		}
 		off += int(l.size[i])
 	}
-	return std, true
+	return std, cet, true
 }
 
 // --- VP state blobs ----------------------------------------------------------
@@ -330,14 +430,17 @@ func (v *vp) vpState(get bool, a []byte) error {
 		l := v.p.layout()
 		if get {
 			clear(buf)
-			copy(buf, l.compact(x.Data))
+			copy(buf, l.compact(x.Data, v.cet(l.super)))
 			return nil
 		}
-		std, ok := l.standard(buf, len(x.Data))
+		std, cet, ok := l.standard(buf, len(x.Data))
 		if !ok {
 			return unix.EINVAL
 		}
 		if err := v.k.SetXSave(&accel.XSave{Data: std}); err != nil {
+			return unix.EINVAL
+		}
+		if err := v.setCET(l.super, cet); err != nil {
 			return unix.EINVAL
 		}
 		return nil
