@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"govmm/accel/kvmarm"
+	"govmm/accel/mshv/mshvarm"
 	"govmm/memory"
 	"govmm/migrate"
 	"govmm/platform/arm64"
@@ -28,10 +29,13 @@ type arm64RestoreFlags struct {
 	cpus                                           int
 	vf                                             virtioFlags
 	confineFlags
+	// mshvDevice is set when --mshv-device (an x86 flag) was given.
+	mshvDevice bool
 }
 
 func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto")
+	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto (MSHV is not implemented on arm64)")
+	fs.Func("mshv-device", "not implemented on arm64", func(string) error { f.mshvDevice = true; return nil })
 	fs.StringVar(&f.memory, "memory", "", "expected guest memory size: a saved or incoming VM of another size is refused (not a resize)")
 	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
 	fs.StringVar(&f.serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
@@ -46,8 +50,13 @@ func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
 func (f *arm64RestoreFlags) check(what string, stdin io.Reader, stdout, stderr io.Writer) (*slog.Logger, io.Writer, io.Reader, uint64, error) {
 	switch f.accelName {
 	case "kvm", "auto":
+	case "mshv":
+		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel mshv: %v", what, mshvarm.NotImplemented())
 	default:
-		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: arm64 restores on kvm", what, f.accelName)
+		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: want kvm or auto", what, f.accelName)
+	}
+	if f.mshvDevice {
+		return nil, nil, nil, 0, notOnARM64("--mshv-device")
 	}
 	if f.vf.balloon.on {
 		return nil, nil, nil, 0, notOnARM64("--balloon")
