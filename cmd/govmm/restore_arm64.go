@@ -115,6 +115,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	term := newTerminal(input, stderr)
 	st, memFile, err := snapshot.ReadDir(dir)
 	if err != nil {
 		return fail(exitUsage, "restore: %v", err)
@@ -132,7 +133,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	kernel := "snapshot " + dir
 	cfg := arm64.Config{
-		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: term.input(), Log: log, Epoch: mainStart,
 		Virtio: f.virtio(),
 	}
 	f.setMachineHooks(&cfg, f.apiSocket)
@@ -142,7 +143,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	defer m.Close()
 	log.Info("restored", "dir", dir)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
+	return runARM64(m, term, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }
 
 // helloMachineARM64 decodes and checks the arm64 machine a migration
@@ -187,6 +188,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	term := newTerminal(input, stderr)
 	if err := checkListen(listen); err != nil {
 		return err
 	}
@@ -217,7 +219,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		// A VM migrated again keeps one prefix.
 		kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
 		cfg := arm64.Config{
-			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: term.input(), Log: log, Epoch: mainStart,
 			Virtio: f.virtio(),
 		}
 		f.setMachineHooks(&cfg, f.apiSocket)
@@ -244,5 +246,5 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return err
 	}
 	log.Info("migration received", "kernel", kernel)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
+	return runARM64(m, term, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }
