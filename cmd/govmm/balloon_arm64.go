@@ -2,7 +2,9 @@ package main
 
 import "io"
 
-// cmdBalloon: the arm64 build has no control socket (nor --balloon).
+// cmdBalloon: the arm64 machine has no virtio-balloon device (run,
+// restore and migrate receive refuse --balloon), so there is nothing for
+// `govmm balloon` to steer.
 func cmdBalloon(args []string, stdout, stderr io.Writer) error {
-	return notOnARM64("balloon (the control socket)")
+	return notOnARM64("balloon (virtio-balloon)")
 }

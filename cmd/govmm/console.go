@@ -1,6 +1,6 @@
-//go:build !arm64
-
 package main
+
+// The host terminal as the guest's console, the same on x86 and arm64.
 
 import (
 	"fmt"
@@ -10,8 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
-
-	"govmm/vm"
 )
 
 // escapeKey starts a console escape sequence: Ctrl-A x stops the VM,
@@ -26,19 +24,32 @@ type console struct {
 	stderr   io.Writer
 	fd       int
 	oldState *term.State
-	once     sync.Once
+	// raw is set once stdin is a terminal in raw mode: input then goes
+	// through the escape sequences. It is set before the guest's input
+	// is read (the reader starts with the VM).
+	raw  bool
+	once sync.Once
 }
 
+// newConsole is the console on stdin, in raw mode at once when
+// interactive (see makeRaw).
 func newConsole(stdin io.Reader, interactive bool, stderr io.Writer) *console {
 	c := &console{in: stdin, stderr: stderr, fd: -1}
-	if !interactive {
-		return c
+	if interactive {
+		c.makeRaw()
 	}
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	return c
+}
+
+// makeRaw puts stdin in raw mode if it is a terminal. The arm64 build
+// calls it once the machine is built (its input reader exists before),
+// the x86 build through newConsole.
+func (c *console) makeRaw() {
+	if f, ok := c.in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fd := int(f.Fd())
 		st, err := term.MakeRaw(fd)
 		if err == nil {
-			c.fd, c.oldState = fd, st
+			c.fd, c.oldState, c.raw = fd, st, true
 			// Keep output post-processing so the guest's "\n" still
 			// returns the carriage.
 			if t, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
@@ -47,7 +58,6 @@ func newConsole(stdin io.Reader, interactive bool, stderr io.Writer) *console {
 			}
 		}
 	}
-	return c
 }
 
 // restore puts the terminal back as it was; safe to call more than once.
@@ -59,43 +69,58 @@ func (c *console) restore() {
 	})
 }
 
-// pump copies host input to the guest until input ends, interpreting the
-// escape sequence when the console is a raw terminal.
-func (c *console) pump(m *vm.VM) {
-	if c.oldState == nil {
-		m.CopySerialInput(c.in)
-		return
+// input is the guest's console input: stdin, and, while the console is
+// a raw terminal, with the escape sequence interpreted (Ctrl-A x calls
+// stop and ends the input).
+func (c *console) input(stop func()) io.Reader {
+	return &escapeReader{c: c, stop: stop}
+}
+
+// escapeReader is stdin without the console escapes of a raw terminal.
+type escapeReader struct {
+	c       *console
+	stop    func()
+	escaped bool
+	stopped bool
+}
+
+func (r *escapeReader) Read(p []byte) (int, error) {
+	if r.stopped {
+		return 0, io.EOF
 	}
-	buf := make([]byte, 256)
-	escaped := false
+	if !r.c.raw {
+		return r.c.in.Read(p)
+	}
+	buf := make([]byte, len(p))
 	for {
-		n, err := c.in.Read(buf)
-		out := buf[:0]
+		n, err := r.c.in.Read(buf)
+		k := 0
 		for _, b := range buf[:n] {
-			if escaped {
-				escaped = false
+			if r.escaped {
+				r.escaped = false
 				switch b {
 				case 'x', 'X':
-					m.Stop(vm.Result{Kind: vm.StopRequested, Status: 0})
-					return
+					r.stopped = true
+					r.stop()
+					return k, io.EOF
 				case 'h', 'H', '?':
-					fmt.Fprint(c.stderr, "\r\nC-a x  stop the VM\r\nC-a C-a  send C-a\r\nC-a h  this help\r\n")
+					fmt.Fprint(r.c.stderr, "\r\nC-a x  stop the VM\r\nC-a C-a  send C-a\r\nC-a h  this help\r\n")
 				case escapeKey:
-					out = append(out, escapeKey)
+					p[k] = escapeKey
+					k++
 				}
 				continue
 			}
 			if b == escapeKey {
-				escaped = true
+				r.escaped = true
 				continue
 			}
-			out = append(out, b)
+			p[k] = b
+			k++
 		}
-		if len(out) > 0 {
-			m.SerialInput(out)
-		}
-		if err != nil {
-			return
+		// A read that held only an escape returns nothing: read on.
+		if k > 0 || err != nil || n == 0 {
+			return k, err
 		}
 	}
 }

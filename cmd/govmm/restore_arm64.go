@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"govmm/accel/kvmarm"
+	"govmm/accel/mshv/mshvarm"
 	"govmm/memory"
 	"govmm/migrate"
 	"govmm/platform/arm64"
@@ -28,10 +29,13 @@ type arm64RestoreFlags struct {
 	cpus                                           int
 	vf                                             virtioFlags
 	confineFlags
+	// mshvDevice is set when --mshv-device (an x86 flag) was given.
+	mshvDevice bool
 }
 
 func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto")
+	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto (MSHV is not implemented on arm64)")
+	fs.Func("mshv-device", "not implemented on arm64", func(string) error { f.mshvDevice = true; return nil })
 	fs.StringVar(&f.memory, "memory", "", "expected guest memory size: a saved or incoming VM of another size is refused (not a resize)")
 	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
 	fs.StringVar(&f.serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
@@ -46,8 +50,13 @@ func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
 func (f *arm64RestoreFlags) check(what string, stdin io.Reader, stdout, stderr io.Writer) (*slog.Logger, io.Writer, io.Reader, uint64, error) {
 	switch f.accelName {
 	case "kvm", "auto":
+	case "mshv":
+		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel mshv: %v", what, mshvarm.NotImplemented())
 	default:
-		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: arm64 restores on kvm", what, f.accelName)
+		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: want kvm or auto", what, f.accelName)
+	}
+	if f.mshvDevice {
+		return nil, nil, nil, 0, notOnARM64("--mshv-device")
 	}
 	if f.vf.balloon.on {
 		return nil, nil, nil, 0, notOnARM64("--balloon")
@@ -106,6 +115,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	term := newTerminal(input, stderr)
 	st, memFile, err := snapshot.ReadDir(dir)
 	if err != nil {
 		return fail(exitUsage, "restore: %v", err)
@@ -123,7 +133,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	kernel := "snapshot " + dir
 	cfg := arm64.Config{
-		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+		KernelName: kernel, Serial: &lateWriter{w: &out}, Input: term.input(), Log: log, Epoch: mainStart,
 		Virtio: f.virtio(),
 	}
 	f.setMachineHooks(&cfg, f.apiSocket)
@@ -133,7 +143,7 @@ func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	defer m.Close()
 	log.Info("restored", "dir", dir)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
+	return runARM64(m, term, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }
 
 // helloMachineARM64 decodes and checks the arm64 machine a migration
@@ -178,6 +188,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	term := newTerminal(input, stderr)
 	if err := checkListen(listen); err != nil {
 		return err
 	}
@@ -208,7 +219,7 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		// A VM migrated again keeps one prefix.
 		kernel = "migrated: " + strings.TrimPrefix(ms.Kernel, "migrated: ")
 		cfg := arm64.Config{
-			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+			KernelName: kernel, Serial: &lateWriter{w: &out}, Input: term.input(), Log: log, Epoch: mainStart,
 			Virtio: f.virtio(),
 		}
 		f.setMachineHooks(&cfg, f.apiSocket)
@@ -235,5 +246,5 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		return err
 	}
 	log.Info("migration received", "kernel", kernel)
-	return runARM64(m, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
+	return runARM64(m, term, kernel, f.serial, &out, f.apiSocket, f.writeDir(f.apiSocket), stderr, log)
 }

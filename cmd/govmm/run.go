@@ -217,7 +217,7 @@ func runMachine(machine *vm.VM, accelName string, f runFlags, stdin io.Reader, s
 	if f.serial == "stdio" {
 		// Host input reaches the guest only when its console is on stdio
 		// (a file: console is output only, as in QEMU).
-		go console.pump(machine)
+		go machine.CopySerialInput(console.input(func() { machine.Stop(vm.Result{Kind: vm.StopRequested, Status: 0}) }))
 	}
 
 	if f.apiSocket != "" {

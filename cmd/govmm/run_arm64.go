@@ -118,10 +118,16 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return fail(exitUsage, "--initrd: %v", err)
 		}
 	}
+	if kernelPath == "" && cmdline == "" && serial == "stdio" && isTerminal(stdin) {
+		// As on x86: a person at a terminal gets the probe's
+		// interactive TUI, pipes and scripts its summary.
+		cmdline = "probe.mode=tui"
+	}
 	out, input, err := serialFlag(serial, stdin, stdout)
 	if err != nil {
 		return err
 	}
+	term := newTerminal(input, stderr)
 	if apiSocket != "" {
 		if err := checkSocketPath("--api-socket", apiSocket); err != nil {
 			return err
@@ -129,7 +135,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	}
 	cfg := arm64.Config{
 		MemSize: memSize, NumCPUs: cpus, Kernel: kernel, KernelName: kernelName, Initrd: initrd,
-		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: input, Log: log, Epoch: mainStart,
+		Cmdline: cmdline, Serial: &lateWriter{w: &out}, Input: term.input(), Log: log, Epoch: mainStart,
 		Virtio: arm64.VirtioConfig{Disks: vf.disks, RNG: vf.rng, Vsock: vf.vsock.c, Nets: vf.nets, Console: vf.console.virtio},
 	}
 	cf.setMachineHooks(&cfg, apiSocket)
@@ -138,7 +144,7 @@ func cmdRun(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return machineError(err)
 	}
 	defer m.Close()
-	return runARM64(m, kernelName, serial, &out, apiSocket, cf.writeDir(apiSocket), stderr, log)
+	return runARM64(m, term, kernelName, serial, &out, apiSocket, cf.writeDir(apiSocket), stderr, log)
 }
 
 // setMachineHooks has the machine confine the VMM (the process filter
@@ -175,6 +181,28 @@ func serialFlag(serial string, stdin io.Reader, stdout io.Writer) (io.Writer, io
 	return out, input, nil
 }
 
+// terminal is the console's input on arm64: stdin (serialFlag's input;
+// nil for --serial file: and none) through console.go's escape reader, as
+// on x86; runARM64 puts a terminal in raw mode once the machine is built,
+// and Ctrl-A x then stops it.
+type terminal struct {
+	c  *console
+	in io.Reader
+	m  *arm64.Machine // set by runARM64 before the machine runs
+}
+
+func newTerminal(input io.Reader, stderr io.Writer) *terminal {
+	return &terminal{c: newConsole(input, false, stderr), in: input}
+}
+
+// input is arm64.Config.Input.
+func (t *terminal) input() io.Reader {
+	if t.in == nil {
+		return nil
+	}
+	return t.c.input(func() { t.m.Stop() })
+}
+
 // machineError is the exit status of a machine that could not be built.
 func machineError(err error) error {
 	var ie *arm64.InputError
@@ -190,7 +218,7 @@ func machineError(err error) error {
 // runARM64 runs a built (or restored) machine to its end: the console
 // file, the control socket (snapshots only under snapshotDir, when set:
 // Landlock's writable directory), the signals, and the exit status.
-func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket, snapshotDir string, stderr io.Writer, log *slog.Logger) error {
+func runARM64(m *arm64.Machine, term *terminal, kernel, serial string, out *io.Writer, apiSocket, snapshotDir string, stderr io.Writer, log *slog.Logger) error {
 	if *out == nil {
 		f, err := os.Create(strings.TrimPrefix(serial, "file:"))
 		if err != nil {
@@ -205,16 +233,23 @@ func runARM64(m *arm64.Machine, kernel, serial string, out *io.Writer, apiSocket
 	}
 	defer closeControl()
 
+	term.m = m
+	if term.in != nil {
+		term.c.makeRaw()
+	}
+	defer term.c.restore()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	go func() {
 		if s, ok := <-sigs; ok {
+			term.c.restore()
 			fmt.Fprintf(stderr, "govmm: stopped by signal %v\n", s)
 			os.Exit(128 + int(s.(syscall.Signal)))
 		}
 	}()
 	res := m.Run()
+	term.c.restore()
 	log.Info("VM ended", "stop", res.Stop)
 	switch res.Stop {
 	case arm64.StopPowerOff, arm64.StopReset, arm64.StopRequested:

@@ -10,6 +10,14 @@
 //	                                   of SEED, shut down sending, read to EOF
 //	vsockpeer tcpserve PORT N SEED BYTES  the same over TCP
 //	vsockpeer tcpdial HOST:PORT SEED BYTES
+//
+// and, for the host's end where the test runs it as a program (the
+// aarch64 L1's scripts), over govmm's hybrid vsock socket:
+//
+//	vsockpeer unixserve PATH_PORT N SEED BYTES  the host side of a guest's
+//	                                   dial to PORT (govmm connects to PATH_PORT)
+//	vsockpeer unixdial PATH PORT SEED BYTES  "CONNECT PORT" on PATH, then
+//	                                   as dial
 package main
 
 import (
@@ -19,6 +27,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,8 +70,12 @@ func run(args []string) error {
 		return tcpServe(atoi(args[1]), atoi(args[2]), args[3], atoi(args[4]))
 	case len(args) == 4 && args[0] == "tcpdial":
 		return tcpDial(args[1], args[2], atoi(args[3]))
+	case len(args) == 5 && args[0] == "unixserve":
+		return unixServe(args[1], atoi(args[2]), args[3], atoi(args[4]))
+	case len(args) == 5 && args[0] == "unixdial":
+		return unixDial(args[1], atoi(args[2]), args[3], atoi(args[4]))
 	}
-	return fmt.Errorf("usage: vsockpeer serve PORT N SEED BYTES | dial PORT SEED BYTES")
+	return fmt.Errorf("usage: vsockpeer serve PORT N SEED BYTES | dial PORT SEED BYTES | tcpserve PORT N SEED BYTES | tcpdial HOST:PORT SEED BYTES | unixserve PATH N SEED BYTES | unixdial PATH PORT SEED BYTES")
 }
 
 // drain reads fd to EOF and prints its length and checksum under key.
@@ -173,9 +186,12 @@ func dial(port uint32, seed string, n int) error {
 	return unix.Close(fd)
 }
 
-// tcpFD is the descriptor of a TCP socket; the vsock code above then
-// serves it unchanged.
-func tcpFD(c *net.TCPConn) (int, error) {
+// tcpFD is the descriptor of a TCP or Unix socket; the vsock code above
+// then serves it unchanged.
+func tcpFD(c interface {
+	File() (*os.File, error)
+	Close() error
+}) (int, error) {
 	f, err := c.File()
 	c.Close()
 	if err != nil {
@@ -233,6 +249,83 @@ func tcpDial(addr, seed string, n int) error {
 	fd, err := tcpFD(c.(*net.TCPConn))
 	if err != nil {
 		return err
+	}
+	if err := writeAll(fd, Pattern(seed, n)); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := drain(fd, "g2h-reply"); err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
+// unixServe is the host's end of a guest's dials to one port over govmm's
+// hybrid vsock device: govmm connects to path (the device's socket with
+// "_PORT" appended) for each, and the connections are served as serve
+// serves vsock ones.
+func unixServe(path string, conns int, seed string, n int) error {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("vsock-test: listening %s\n", path)
+	for i := 1; i <= conns; i++ {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return fmt.Errorf("accept on %s: %w", path, err)
+		}
+		fmt.Printf("vsock-test: accepted %d\n", i)
+		fd, err := tcpFD(c)
+		if err != nil {
+			return err
+		}
+		if err := drain(fd, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
+			return err
+		}
+		if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
+			return fmt.Errorf("reply: %w", err)
+		}
+		if err := unix.Close(fd); err != nil {
+			return fmt.Errorf("close after the reply: %w", err)
+		}
+		fmt.Printf("vsock-test: served %d\n", i)
+	}
+	return nil
+}
+
+// unixDial connects to the guest's vsock port through govmm's hybrid
+// vsock socket at path ("CONNECT PORT", answered "OK HOSTPORT"), then
+// sends and reads as dial does.
+func unixDial(path string, port int, seed string, n int) error {
+	c, err := net.DialTimeout("unix", path, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	fd, err := tcpFD(c.(*net.UnixConn))
+	if err != nil {
+		return err
+	}
+	if err := writeAll(fd, fmt.Appendf(nil, "CONNECT %d\n", port)); err != nil {
+		return fmt.Errorf("CONNECT %d: %w", port, err)
+	}
+	// The answer a byte at a time: what follows it is the guest's.
+	var line []byte
+	for len(line) == 0 || line[len(line)-1] != '\n' {
+		var b [1]byte
+		k, err := unix.Read(fd, b[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || k == 0 || len(line) > 64 {
+			return fmt.Errorf("CONNECT %d: answer %q, then %v", port, line, err)
+		}
+		line = append(line, b[0])
+	}
+	if !strings.HasPrefix(string(line), "OK ") {
+		return fmt.Errorf("CONNECT %d: answer %q, want OK <port>", port, line)
 	}
 	if err := writeAll(fd, Pattern(seed, n)); err != nil {
 		return fmt.Errorf("send: %w", err)
