@@ -268,12 +268,18 @@ func (c *emuCPU) PIOWrite(port uint16, data []byte) { c.h.PIOWrite(port, data) }
 func (c *emuCPU) LockBus()   { c.v.vm.busMu.Lock() }
 func (c *emuCPU) UnlockBus() { c.v.vm.busMu.Unlock() }
 
-// commit writes back what the instruction changed.
-func (c *emuCPU) commit() error {
+// commit writes back what the instruction changed, and extra (registers
+// the register page has no place for) with them.
+func (c *emuCPU) commit(extra []mshvabi.RegisterAssoc) error {
 	if c.err != nil {
 		return c.err
 	}
 	if c.pageValid() {
+		if len(extra) > 0 {
+			if err := c.v.hv.setRegs(c.v.bufs, uint32(c.v.index), extra); err != nil {
+				return fmt.Errorf("write back registers: %w", err)
+			}
+		}
 		p := c.v.page
 		for i := 0; i < 16; i++ {
 			if c.gprDirty&(1<<i) != 0 {
@@ -294,7 +300,7 @@ func (c *emuCPU) commit() error {
 		c.v.pagePending = c.v.pagePending || p.Dirty != 0
 		return nil
 	}
-	var regs []mshvabi.RegisterAssoc
+	regs := extra
 	for i := 0; i < 16; i++ {
 		if c.gprDirty&(1<<i) != 0 {
 			regs = append(regs, reg(mshvabi.RegRAX+uint32(i), c.gpr[i]))

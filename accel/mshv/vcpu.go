@@ -401,7 +401,11 @@ func (v *VCPU) handleCPUID() (accel.Exit, bool, error) {
 		reg(mshvabi.RegRCX, c.DefaultRCX), reg(mshvabi.RegRDX, c.DefaultRDX),
 		reg(mshvabi.RegRIP, c.Header.RIP+uint64(insnLen(&c.Header, 2))),
 	}
-	if err := v.hv.setRegs(v.bufs, uint32(v.index), regs); err != nil {
+	regs, err := v.endShadow(&c.Header, regs)
+	if err == nil {
+		err = v.hv.setRegs(v.bufs, uint32(v.index), regs)
+	}
+	if err != nil {
 		return accel.Exit{}, false, fmt.Errorf("complete CPUID intercept at rip %#x: %w", c.Header.RIP, err)
 	}
 	return accel.Exit{}, false, nil
@@ -415,10 +419,98 @@ func (v *VCPU) handleMSR() (accel.Exit, bool, error) {
 	if x.Header.InterceptAccessType == mshvabi.AccessRead {
 		regs = append(regs, reg(mshvabi.RegRAX, 0), reg(mshvabi.RegRDX, 0))
 	}
-	if err := v.hv.setRegs(v.bufs, uint32(v.index), regs); err != nil {
+	regs, err := v.endShadow(&x.Header, regs)
+	if err == nil {
+		err = v.hv.setRegs(v.bufs, uint32(v.index), regs)
+	}
+	if err != nil {
 		return accel.Exit{}, false, fmt.Errorf("complete MSR %#x intercept at rip %#x: %w", x.MSRNumber, x.Header.RIP, err)
 	}
 	return accel.Exit{}, false, nil
+}
+
+// endShadow returns regs with HV_REGISTER_INTERRUPT_STATE added, its
+// interrupt_shadow bit cleared, when the intercepted instruction ran in an
+// interrupt shadow (execution_state bit 12 of
+// hv_x64_intercept_message_header) and the VMM completes it: the shadow of
+// STI or MOV SS/POP SS covers exactly the next instruction (Intel SDM
+// vol. 3A 6.8.3 and the STI reference; AMD APM vol. 2 15.21.5), so once
+// the VMM retires that instruction by moving RIP past it, the shadow must
+// end, or the hypervisor would block interrupts over the following
+// instruction too. KVM does the same whenever it retires an instruction
+// for the guest: kvm_skip_emulated_instruction reaches svm.c
+// __svm_skip_emulated_instruction / vmx.c skip_emulated_instruction,
+// which call set_interrupt_shadow(vcpu, 0), and x86_emulate_instruction
+// writes the emulated instruction's own interruptibility through
+// toggle_interruptibility (arch/x86/kvm/x86.c). nmi_masked is kept as the
+// hypervisor has it (read, modify, write). Without the bit, regs come back
+// unchanged and nothing is read: the common path costs nothing.
+func (v *VCPU) endShadow(h *mshvabi.InterceptMessageHeader, regs []mshvabi.RegisterAssoc) ([]mshvabi.RegisterAssoc, error) {
+	if h.ExecutionState&mshvabi.ExecStateInterruptShadow == 0 {
+		return regs, nil
+	}
+	vals, err := v.get([]uint32{mshvabi.RegInterruptState})
+	if err != nil {
+		return nil, fmt.Errorf("end the interrupt shadow of the instruction at rip %#x: %w", h.RIP, err)
+	}
+	return append(regs, reg(mshvabi.RegInterruptState, vals[0].Low&^mshvabi.InterruptStateShadow)), nil
+}
+
+// deliveryIntercept is the fatal exit for a memory intercept taken while
+// the processor was delivering an event (execution_state bit 6,
+// interruption_pending): the access belongs to the delivery (an IDT, GDT,
+// LDT, TSS or stack access that reached GPA space without RAM), not to the
+// instruction at RIP, which has not run. Emulating that instruction would
+// perform an access the guest never made and skip it, and re-entering would
+// fault on the same access forever. KVM stops the same way: an EPT
+// violation or misconfiguration with valid IDT-vectoring information
+// (vmx.c __vmx_handle_exit) and an emulation request during event
+// vectoring (x86.c x86_emulate_instruction, X86EMUL_UNHANDLEABLE_VECTORING)
+// both end in kvm_prepare_event_vectoring_exit: KVM_EXIT_INTERNAL_ERROR,
+// suberror KVM_INTERNAL_ERROR_DELIVERY_EV, naming the event and the GPA.
+// OpenVMM, on this hypervisor, gives up the same way
+// (vm/x86/x86emu support, virt_support_x86emu emulate(): "an interrupt
+// caused the memory access exit"), and for the reason that also rules out
+// injecting a fault instead: its delivery would read the same table again.
+// The event is read from HV_REGISTER_PENDING_INTERRUPTION, where the
+// hypervisor keeps an interruption it has not finished delivering.
+func (v *VCPU) deliveryIntercept(h *mshvabi.InterceptMessageHeader, msg string, gpa uint64, insn []byte) accel.Exit {
+	event := "an event the hypervisor did not name (PENDING_INTERRUPTION is clear)"
+	if vals, err := v.get([]uint32{mshvabi.RegPendingInterruption}); err != nil {
+		event = fmt.Sprintf("an event that could not be read (%v)", err)
+	} else if pi := vals[0].Low; pi&mshvabi.PendingIntrPending != 0 {
+		event = pendingInterruptionName(pi)
+	}
+	return fatal(accel.ExitInternalError, h.RIP, insn,
+		"%s at GPA %#x on vCPU %d while delivering %s (execution_state interruption_pending): the access is part of the event's delivery (IDT, GDT, TSS or stack outside RAM), not of the instruction at rip %#x, which govmm does not emulate",
+		msg, gpa, v.index, event, h.RIP)
+}
+
+// pendingInterruptionName describes a pending HV_REGISTER_PENDING_INTERRUPTION
+// value (hv_x64_pending_interruption_register): type, vector, error code.
+func pendingInterruptionName(pi uint64) string {
+	vec := uint8(pi >> mshvabi.PendingIntrVectorShift)
+	var s string
+	switch t := pi >> mshvabi.PendingIntrTypeShift & mshvabi.PendingIntrTypeMask; t {
+	case mshvabi.PendingTypeExtInt:
+		s = fmt.Sprintf("external interrupt vector %#x", vec)
+	case mshvabi.PendingTypeNMI:
+		s = "NMI"
+	case mshvabi.PendingTypeException:
+		s = fmt.Sprintf("exception vector %d", vec)
+	case mshvabi.PendingTypeSoftInt:
+		s = fmt.Sprintf("software interrupt vector %#x", vec)
+	case mshvabi.PendingTypePrivSWExc:
+		s = fmt.Sprintf("privileged software exception vector %d", vec)
+	case mshvabi.PendingTypeSWExc:
+		s = fmt.Sprintf("software exception vector %d", vec)
+	default:
+		s = fmt.Sprintf("interruption type %d vector %#x", t, vec)
+	}
+	if pi&mshvabi.PendingIntrDeliverErr != 0 {
+		s += fmt.Sprintf(" error code %#x", uint32(pi>>mshvabi.PendingIntrErrorShift))
+	}
+	return s
 }
 
 func insnLen(h *mshvabi.InterceptMessageHeader, def int) int {
@@ -469,7 +561,7 @@ func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
 			}
 			v.cpu.h.PIOWrite(io.PortNumber, buf[:size])
 		}
-		if err := v.complete(hdr.RIP+uint64(ilen), rax, in); err != nil {
+		if err := v.complete(hdr, hdr.RIP+uint64(ilen), rax, in); err != nil {
 			return accel.Exit{}, false, fmt.Errorf("complete port I/O at rip %#x: %w", hdr.RIP, err)
 		}
 		return accel.Exit{}, false, nil
@@ -493,7 +585,7 @@ func (v *VCPU) handlePIO() (accel.Exit, bool, error) {
 	c.seedSeg(emu.DS, io.DS)
 	c.seedSeg(emu.ES, io.ES)
 	err := v.emu.PortIO(emu.IO{Port: io.PortNumber, Size: size, In: in, String: true, Rep: rep, InsnLen: ilen, Insn: insn})
-	return v.finishEmulation(err, hdr.RIP, insn, fmt.Sprintf("string port I/O on port %#x", io.PortNumber))
+	return v.finishEmulation(err, hdr, insn, fmt.Sprintf("string port I/O on port %#x", io.PortNumber))
 }
 
 // fetchInsn reads the n bytes of the intercepted instruction at CS:RIP
@@ -543,9 +635,20 @@ func (v *VCPU) translate(la, flags uint64) (uint64, error) {
 	return binary.LittleEndian.Uint64(out[8:])<<12 | la&0xfff, nil
 }
 
-// complete writes RIP (and RAX when setRAX) after a scalar port access.
-func (v *VCPU) complete(rip, rax uint64, setRAX bool) error {
+// complete writes RIP (and RAX when setRAX) after a scalar port access,
+// and ends the interrupt shadow the instruction ran in (endShadow).
+func (v *VCPU) complete(hdr *mshvabi.InterceptMessageHeader, rip, rax uint64, setRAX bool) error {
+	shadow, err := v.endShadow(hdr, nil)
+	if err != nil {
+		return err
+	}
 	if p := v.page; p != nil && p.IsValid != 0 {
+		if len(shadow) > 0 {
+			// The register page has no dirty bit for INTERRUPT_STATE.
+			if err := v.hv.setRegs(v.bufs, uint32(v.index), shadow); err != nil {
+				return fmt.Errorf("end the interrupt shadow: %w", err)
+			}
+		}
 		p.RIP = rip
 		p.Dirty |= mshvabi.RegPageDirtyIP
 		if setRAX {
@@ -555,7 +658,7 @@ func (v *VCPU) complete(rip, rax uint64, setRAX bool) error {
 		v.pagePending = true
 		return nil
 	}
-	regs := []mshvabi.RegisterAssoc{reg(mshvabi.RegRIP, rip)}
+	regs := append(shadow, reg(mshvabi.RegRIP, rip))
 	if setRAX {
 		regs = append(regs, reg(mshvabi.RegRAX, rax))
 	}
@@ -569,19 +672,24 @@ func (v *VCPU) handleMMIO() (accel.Exit, bool, error) {
 	mm := v.msg.Memory()
 	hdr := &mm.Header
 	n := min(int(mm.InstructionByteCount), 16)
+	what := fmt.Sprintf("MMIO at GPA %#x", mm.GPA)
+	if hdr.ExecutionState&mshvabi.ExecStateInterruptionPending != 0 {
+		return v.deliveryIntercept(hdr, mshvabi.MessageName(v.msg.Header.MessageType), mm.GPA, mm.InstructionBytes[:n]), true, nil
+	}
 	c := v.cpu
 	c.reset(hdr)
 	if mm.MemoryAccessInfo&mshvabi.MemAccessGVAGPAValid != 0 {
 		v.emu.Hint(mm.GVA, mm.GPA)
 	}
 	err := v.emu.Step(mm.InstructionBytes[:n])
-	return v.finishEmulation(err, hdr.RIP, mm.InstructionBytes[:n], fmt.Sprintf("MMIO at GPA %#x", mm.GPA))
+	return v.finishEmulation(err, hdr, mm.InstructionBytes[:n], what)
 }
 
 // finishEmulation turns the emulator's result into a completed intercept,
 // an injected exception, or a fatal exit.
-func (v *VCPU) finishEmulation(err error, rip uint64, insn []byte, what string) (accel.Exit, bool, error) {
+func (v *VCPU) finishEmulation(err error, hdr *mshvabi.InterceptMessageHeader, insn []byte, what string) (accel.Exit, bool, error) {
 	c := v.cpu
+	rip := hdr.RIP
 	if c.err != nil {
 		return accel.Exit{}, false, fmt.Errorf("emulate %s at rip %#x: %w", what, rip, c.err)
 	}
@@ -590,7 +698,9 @@ func (v *VCPU) finishEmulation(err error, rip uint64, insn []byte, what string) 
 	switch {
 	case err == nil:
 	case errors.As(err, &f):
-		if err := c.commit(); err != nil {
+		// The instruction faulted and did not retire: the shadow it ran
+		// in stays (exception delivery is not blocked by it).
+		if err := c.commit(nil); err != nil {
 			return accel.Exit{}, false, err
 		}
 		if err := v.injectFault(f); err != nil {
@@ -606,7 +716,17 @@ func (v *VCPU) finishEmulation(err error, rip uint64, insn []byte, what string) 
 	default:
 		return fatal(accel.ExitInternalError, rip, insn, "emulation failure (%s) on vCPU %d at rip %#x, bytes % x: %v", what, v.index, rip, insn, err), true, nil
 	}
-	if err := c.commit(); err != nil {
+	var shadow []mshvabi.RegisterAssoc
+	if c.ripDirty && c.rip != rip {
+		// The instruction retired (a REP string instruction the emulator
+		// left unfinished keeps its RIP, and the shadow with it). The
+		// emulator executes neither STI nor MOV SS/POP SS, so no emulated
+		// instruction starts a shadow of its own.
+		if shadow, err = v.endShadow(hdr, nil); err != nil {
+			return accel.Exit{}, false, fmt.Errorf("complete %s at rip %#x: %w", what, rip, err)
+		}
+	}
+	if err := c.commit(shadow); err != nil {
 		return accel.Exit{}, false, fmt.Errorf("complete %s at rip %#x: %w", what, rip, err)
 	}
 	return accel.Exit{}, false, nil

@@ -283,6 +283,10 @@ func (v *vp) eventBits() uint16 {
 	if err != nil {
 		return 0
 	}
+	return eventBits(&e)
+}
+
+func eventBits(e *accel.Events) uint16 {
 	var b uint16
 	if e.Interrupt.Shadow != 0 {
 		b |= esInterruptShadow
@@ -335,9 +339,29 @@ func (v *vp) stateThenComplete(x kvm.RawExit) (accel.Regs, accel.Sregs, uint16, 
 	if err != nil {
 		return regs, s, 0, err
 	}
-	ev := v.eventBits()
+	e0, err := v.k.Events()
+	if err != nil {
+		return regs, s, 0, err
+	}
+	ev := eventBits(&e0)
 	if err := v.complete(x); err != nil {
 		return regs, s, ev, fmt.Errorf("complete the access: %w", err)
+	}
+	if e0.Interrupt.Shadow != 0 {
+		// Completing the access retired the instruction in KVM, and KVM
+		// ended its interrupt shadow with it (kvm_skip_emulated_instruction,
+		// toggle_interruptibility). The hypervisor's intercept leaves the
+		// VP at the instruction, not yet executed, so the shadow it runs in
+		// is still there: INTERRUPT_STATE reads it, and it lasts until the
+		// VMM ends it or the instruction runs again.
+		e, err := v.k.Events()
+		if err == nil && e.Interrupt.Shadow == 0 {
+			e.Interrupt.Shadow = e0.Interrupt.Shadow
+			err = v.k.SetEvents(&e)
+		}
+		if err != nil {
+			return regs, s, ev, fmt.Errorf("keep the interrupt shadow of the intercepted instruction: %w", err)
+		}
 	}
 	return regs, s, ev, nil
 }
