@@ -21,7 +21,9 @@
 // Around each TCP transfer, the vsock ping-pong and a 2-second idle
 // stretch it also reads KVM's per-VM exit counters from debugfs (exits,
 // io_exits, halt_exits, irq_window_exits, insn_emulation, ...) and the
-// guest's /proc/interrupts, and the guest prints its virtio devices'
+// guest's /proc/interrupts and the VMM process's /proc/PID (CPU time
+// outside and inside the guest, read and write system calls, context
+// switches; around each disk pattern too), and the guest prints its virtio devices'
 // feature bits, its clocksource, its CPU flags and its kernel's platform
 // lines: the report sets them side by side per MB, per round trip and per
 // second, to show where one VMM's guest costs more than another's.
