@@ -43,6 +43,8 @@ var allowed = []struct{ name, why string }{
 	{"pread64", "virtio-blk reads, /proc/self/pagemap for a snapshot's holes"},
 	{"pwrite64", "virtio-blk writes, the snapshot memory file"},
 	{"writev", "virtio-net sends a packet to its TAP"},
+	{"preadv", "virtio-blk reads a request's buffers in one call"},
+	{"pwritev", "virtio-blk writes a request's buffers in one call"},
 	{"close", "descriptors"},
 	{"openat", "snapshot files (Landlock decides which paths)"},
 	{"newfstatat", "os.Stat, MkdirAll of the snapshot directory"},

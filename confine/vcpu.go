@@ -63,6 +63,8 @@ var vcpuRefused = []struct{ name, why string }{
 	{"pread64", "virtio-blk (the disk's workers), /proc/self/pagemap (snapshots); allowed on vCPU threads only with a passed-through VFIO device (Options.VCPUDeviceIO)"},
 	{"pwrite64", "as pread64"},
 	{"writev", "virtio-net's transmit queue threads (their own filter allows it on the TAP's descriptors alone)"},
+	{"preadv", "virtio-blk (the disk's workers)"},
+	{"pwritev", "as preadv"},
 	{"accept4", "the control socket's goroutine"},
 	{"connect", "migration, vsock (their goroutines)"},
 	{"getsockopt", "the control socket, migration"},

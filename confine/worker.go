@@ -24,6 +24,8 @@ import (
 var diskWorkerExtra = []struct{ name, why string }{
 	{"pread64", "reads of the image"},
 	{"pwrite64", "writes to the image"},
+	{"preadv", "reads of the image into a request's buffers"},
+	{"pwritev", "writes of a request's buffers to the image"},
 	{"fdatasync", "FLUSH"},
 	{"fallocate", "DISCARD and WRITE_ZEROES"},
 }

@@ -224,8 +224,12 @@ func (q *Queue) Pending() bool {
 	return q.availIdx() != q.lastAvail
 }
 
-// Pop returns the next available chain, or nil when there is none. A
-// malformed ring or chain (an index past the queue size, a loop, a
+// Pop returns the next available chain, or nil when there is none. With
+// event-idx it asks the driver for a notification (avail_event) only
+// when it finds the ring empty, and then looks again, as vhost does: a
+// driver that adds chains while the device is still taking earlier ones
+// off the ring does not notify (an MMIO exit each) for every one of
+// them. A malformed ring or chain (an index past the queue size, a loop, a
 // buffer outside RAM, lengths that overflow, a nested indirect table, a
 // readable descriptor after a writable one) is a *QueueError: the queue
 // is unusable until the driver resets the device.
@@ -237,7 +241,17 @@ func (q *Queue) Pop(mem Memory) (*Chain, error) {
 	}
 	avail := q.availIdx()
 	if avail == q.lastAvail {
-		return nil, nil
+		if !q.eventIdx {
+			return nil, nil
+		}
+		// Ask to be notified when the driver adds the next one, then
+		// look again: it may have added one before it could see the
+		// request, and not notified.
+		q.setAvailEvent()
+		fence()
+		if avail = q.availIdx(); avail == q.lastAvail {
+			return nil, nil
+		}
 	}
 	if n := avail - q.lastAvail; n > q.size {
 		return nil, &QueueError{q.index, fmt.Errorf("available index %d is %d entries ahead of the device's %d, more than the queue size %d", avail, n, q.lastAvail, q.size)}
@@ -249,10 +263,6 @@ func (q *Queue) Pop(mem Memory) (*Chain, error) {
 		return nil, &QueueError{q.index, err}
 	}
 	q.lastAvail++
-	if q.eventIdx {
-		// Ask to be notified when the driver adds the next one.
-		q.setAvailEvent()
-	}
 	return c, nil
 }
 

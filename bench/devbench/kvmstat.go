@@ -41,6 +41,8 @@ func mountDebugfs() {
 type kvmSnap struct {
 	at time.Time
 	n  map[string]int64
+	// proc is the VMM process's (procstat.go), read with the counters.
+	proc procSnap
 }
 
 func readKVMStats() kvmSnap {
@@ -116,14 +118,14 @@ func diagnostics(w io.Writer, vals map[string]map[string][]float64, infos map[st
 	var keys []string
 	for _, v := range vmms {
 		for k := range vals[v] {
-			if (strings.HasPrefix(k, "kvm ") || strings.HasPrefix(k, "irq ")) && !slices.Contains(keys, k) {
+			if (strings.HasPrefix(k, "kvm ") || strings.HasPrefix(k, "irq ") || strings.HasPrefix(k, "proc ")) && !slices.Contains(keys, k) {
 				keys = append(keys, k)
 			}
 		}
 	}
 	slices.Sort(keys)
 	if len(keys) > 0 {
-		fmt.Fprintf(w, "\nKVM's exit counters (debugfs, per MB for TCP, per round trip for vsock, per second idle) and the guest's interrupts (/proc/interrupts, same units), medians:\n\n| counter |")
+		fmt.Fprintf(w, "\nKVM's exit counters (debugfs, per MB for TCP, per round trip for vsock, per second idle) the guest's interrupts (/proc/interrupts) and the VMM process's CPU time, read and write system calls and context switches (/proc/PID; per MB, per round trip, per second idle, per 1000 random reads), medians:\n\n| counter |")
 		for _, v := range vmms {
 			fmt.Fprintf(w, " %s |", v)
 		}

@@ -21,7 +21,9 @@
 // Around each TCP transfer, the vsock ping-pong and a 2-second idle
 // stretch it also reads KVM's per-VM exit counters from debugfs (exits,
 // io_exits, halt_exits, irq_window_exits, insn_emulation, ...) and the
-// guest's /proc/interrupts, and the guest prints its virtio devices'
+// guest's /proc/interrupts and the VMM process's /proc/PID (CPU time
+// outside and inside the guest, read and write system calls, context
+// switches; around each disk pattern too), and the guest prints its virtio devices'
 // feature bits, its clocksource, its CPU flags and its kernel's platform
 // lines: the report sets them side by side per MB, per round trip and per
 // second, to show where one VMM's guest costs more than another's.
@@ -564,8 +566,25 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 	var figures []result
 	units := phaseUnits()
 	marks := map[string]kvmSnap{}
-	phaseEnd := func(phase string) {
-		figures = append(figures, kvmDelta(vmm, phase, marks[phase], readKVMStats(), units[phase])...)
+	snap := func() kvmSnap {
+		s := readKVMStats()
+		s.proc = readProc(cmd.Process.Pid)
+		return s
+	}
+	// phaseEnd adds a phase's counters per unit: units' for the
+	// network, vsock and idle, per MB or per 1000 reads (from the
+	// phase's rate and length) for the disk.
+	phaseEnd := func(phase string, rate float64) {
+		a, b := marks[phase], snap()
+		per := units[phase]
+		if rate > 0 {
+			per = rate * b.at.Sub(a.at).Seconds()
+			if phase == "blk-randread" {
+				per /= 1000
+			}
+		}
+		figures = append(figures, kvmDelta(vmm, phase, a, b, per)...)
+		figures = append(figures, procDelta(vmm, phase, a.proc, b.proc, per)...)
 	}
 	var console strings.Builder
 	var guestErr error
@@ -582,18 +601,18 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 		case key == "error":
 			guestErr = errors.New("the guest: " + val)
 		case key == "mark":
-			marks[val] = readKVMStats()
+			marks[val] = snap()
 		case key == "irq":
 			figures = append(figures, guestIRQs(vmm, val, units)...)
 		case key == "info":
 			figures = append(figures, result{VMM: vmm, Key: "info " + val})
 		case key == "idle-end":
-			phaseEnd("idle")
+			phaseEnd("idle", 0)
 		case key == "vsock":
 			if strings.HasPrefix(val, "listening") {
-				marks["vsock"] = readKVMStats()
+				marks["vsock"] = snap()
 				rtt, err := vsockRTT(vmm, vsockSock)
-				phaseEnd("vsock")
+				phaseEnd("vsock", 0)
 				if err != nil {
 					guestErr = fmt.Errorf("vsock: %w", err)
 				} else {
@@ -605,7 +624,13 @@ func runOne(cfg *config, vmm string) ([]result, error) {
 				figures = append(figures, result{VMM: vmm, Key: key, Value: v})
 			}
 			if phase, ok := strings.CutSuffix(key, "-mbs"); ok && strings.HasPrefix(phase, "net-") {
-				phaseEnd(phase)
+				phaseEnd(phase, 0)
+			}
+			if v, err := strconv.ParseFloat(val, 64); err == nil && (key == "blk-randread-iops" || key == "blk-seqread-mbs" || key == "blk-seqwrite-mbs") {
+				phase := key[:strings.LastIndexByte(key, '-')]
+				if _, ok := marks[phase]; ok {
+					phaseEnd(phase, v)
+				}
 			}
 		}
 	}

@@ -549,13 +549,7 @@ func (d *Device) readAt(segs [][]byte, off, n int64, bounce []byte) error {
 	if d.dio != nil {
 		return d.dio.readAt(int(d.f.Fd()), segs, off, n, bounce)
 	}
-	for _, p := range segs {
-		if _, err := d.f.ReadAt(p, off); err != nil {
-			return err
-		}
-		off += int64(len(p))
-	}
-	return nil
+	return preadSegs(int(d.f.Fd()), segs, off)
 }
 
 // writeAt writes segs (n bytes) at off, through the direct path with
@@ -564,13 +558,7 @@ func (d *Device) writeAt(segs [][]byte, off, n int64, bounce []byte) error {
 	if d.dio != nil {
 		return d.dio.writeAt(int(d.f.Fd()), segs, off, n, bounce)
 	}
-	for _, p := range segs {
-		if _, err := d.f.WriteAt(p, off); err != nil {
-			return err
-		}
-		off += int64(len(p))
-	}
-	return nil
+	return pwriteSegs(int(d.f.Fd()), segs, off)
 }
 
 // lock holds the aligned blocks [off, off+n) touches against other

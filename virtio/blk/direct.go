@@ -289,23 +289,61 @@ func (d *dio) writeAt(fd int, segs [][]byte, off, n int64, bounce []byte) error 
 	return nil
 }
 
-// preadSegs reads consecutive file bytes from off into each buffer.
-func preadSegs(fd int, segs [][]byte, off int64) error {
-	for _, p := range segs {
-		if err := preadFull(fd, p, off); err != nil {
-			return err
-		}
-		off += int64(len(p))
-	}
-	return nil
-}
+// preadSegs reads consecutive file bytes from off into each buffer, with
+// one preadv for up to iovMax buffers: a request's scatter list as the
+// guest gave it (a 1 MiB request is up to 256 page-sized buffers, which
+// took a pread, a system call, each).
+func preadSegs(fd int, segs [][]byte, off int64) error { return vectored(fd, segs, off, true) }
 
-func pwriteSegs(fd int, segs [][]byte, off int64) error {
-	for _, p := range segs {
-		if err := pwriteFull(fd, p, off); err != nil {
+// pwriteSegs writes each buffer's bytes at consecutive offsets from off,
+// with pwritev, as preadSegs reads.
+func pwriteSegs(fd int, segs [][]byte, off int64) error { return vectored(fd, segs, off, false) }
+
+// iovMax is Linux's bound on one call's buffers (UIO_MAXIOV).
+const iovMax = 1024
+
+// vectored reads (preadv) or writes (pwritev) segs at off until every
+// byte moved: after a short transfer (a signal, a file system that splits
+// the call) it goes on from the byte where the call stopped. A read that
+// meets the end of the file first is io.ErrUnexpectedEOF (the image
+// shrank under the VM). The caller's segs are left as they were.
+func vectored(fd int, segs [][]byte, off int64, read bool) error {
+	segs = append([][]byte(nil), segs...)
+	for len(segs) > 0 && len(segs[0]) == 0 {
+		segs = segs[1:]
+	}
+	for len(segs) > 0 {
+		batch := segs[:min(len(segs), iovMax)]
+		var k int
+		var err error
+		if read {
+			k, err = unix.Preadv(fd, batch, off)
+		} else {
+			k, err = unix.Pwritev(fd, batch, off)
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
 			return err
 		}
-		off += int64(len(p))
+		if k == 0 {
+			if read {
+				return io.ErrUnexpectedEOF
+			}
+			return io.ErrShortWrite
+		}
+		off += int64(k)
+		for k > 0 && k >= len(segs[0]) {
+			k -= len(segs[0])
+			segs = segs[1:]
+		}
+		if k > 0 {
+			segs[0] = segs[0][k:]
+		}
+		for len(segs) > 0 && len(segs[0]) == 0 {
+			segs = segs[1:]
+		}
 	}
 	return nil
 }

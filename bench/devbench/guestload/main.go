@@ -87,6 +87,9 @@ func blk(dev string, d time.Duration) error {
 	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
+	// As for the network: the host reads its counters around each
+	// disk pattern.
+	fmt.Println("devbench: mark blk-randread")
 	start := time.Now()
 	for w := range 8 {
 		wg.Add(1)
@@ -117,6 +120,7 @@ func blk(dev string, d time.Duration) error {
 	// 1 MiB sequential reads, wrapping at the end of the disk.
 	buf := aligned(1 << 20)
 	var bytes int64
+	fmt.Println("devbench: mark blk-seqread")
 	start, stop = time.Now(), time.Now().Add(d)
 	for off := int64(0); time.Now().Before(stop); off = (off + 1<<20) % (size &^ (1<<20 - 1)) {
 		n, err := f.ReadAt(buf, off)
@@ -132,6 +136,7 @@ func blk(dev string, d time.Duration) error {
 		buf[i] = byte(i * 7)
 	}
 	bytes = 0
+	fmt.Println("devbench: mark blk-seqwrite")
 	start, stop = time.Now(), time.Now().Add(d)
 	for off := int64(0); time.Now().Before(stop); off = (off + 1<<20) % (size &^ (1<<20 - 1)) {
 		n, err := f.WriteAt(buf, off)

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// procSnap is what the VMM's process had spent when a phase started or
+// ended (/proc/PID): the CPU time of all its threads, of it the time
+// they spent in the guest (KVM_RUN; Linux counts guest time in utime
+// too), the read and write system calls, and the context switches of
+// the threads alive then. Set side by side per MB, it shows how much of
+// L1's two CPUs each VMM took outside its guest (which the guest's
+// vCPU, the host's TCP end and the VMM's own threads share) and how
+// many system calls and thread switches it made for the same data.
+type procSnap struct {
+	ok                   bool
+	cpuTicks, guestTicks int64
+	syscr, syscw         int64
+	vcsw, nvcsw          int64
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times.
+const clockTicks = 100
+
+func readProc(pid int) procSnap {
+	var s procSnap
+	if pid <= 0 {
+		return s
+	}
+	dir := "/proc/" + strconv.Itoa(pid)
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return s
+	}
+	// The fields after the command's closing parenthesis: state is
+	// field 3, utime 14, stime 15, guest_time 43.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return s
+	}
+	f := strings.Fields(string(b[i+1:]))
+	field := func(n int) int64 {
+		if n-3 >= len(f) {
+			return 0
+		}
+		v, _ := strconv.ParseInt(f[n-3], 10, 64)
+		return v
+	}
+	s.cpuTicks = field(14) + field(15)
+	s.guestTicks = field(43)
+	if b, err := os.ReadFile(dir + "/io"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ": ")
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			switch k {
+			case "syscr":
+				s.syscr = n
+			case "syscw":
+				s.syscw = n
+			}
+		}
+	}
+	tasks, _ := filepath.Glob(dir + "/task/*/status")
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ":")
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			switch k {
+			case "voluntary_ctxt_switches":
+				s.vcsw += n
+			case "nonvoluntary_ctxt_switches":
+				s.nvcsw += n
+			}
+		}
+	}
+	s.ok = true
+	return s
+}
+
+// procDelta turns the process's growth from a to b into results keyed
+// "proc PHASE WHAT", divided by per. Context switches of threads that
+// ended during the phase are not counted (the VMMs keep theirs).
+func procDelta(vmm, phase string, a, b procSnap, per float64) []result {
+	if !a.ok || !b.ok || per <= 0 {
+		return nil
+	}
+	ms := func(ticks int64) float64 { return float64(ticks) * 1000 / clockTicks / per }
+	n := func(v int64) float64 { return float64(v) / per }
+	cpu, guest := b.cpuTicks-a.cpuTicks, b.guestTicks-a.guestTicks
+	return []result{
+		{VMM: vmm, Key: "proc " + phase + " cpu-ms outside the guest", Value: ms(cpu - guest)},
+		{VMM: vmm, Key: "proc " + phase + " cpu-ms in the guest", Value: ms(guest)},
+		{VMM: vmm, Key: "proc " + phase + " read syscalls", Value: n(b.syscr - a.syscr)},
+		{VMM: vmm, Key: "proc " + phase + " write syscalls", Value: n(b.syscw - a.syscw)},
+		{VMM: vmm, Key: "proc " + phase + " voluntary switches", Value: n(b.vcsw - a.vcsw)},
+		{VMM: vmm, Key: "proc " + phase + " involuntary switches", Value: n(b.nvcsw - a.nvcsw)},
+	}
+}
