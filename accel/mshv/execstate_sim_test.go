@@ -45,12 +45,13 @@ func (k *kickAt) f4(port uint16) {
 func (k *kickAt) MMIORead(addr uint64, data []byte)  { k.rec.MMIORead(addr, data) }
 func (k *kickAt) MMIOWrite(addr uint64, data []byte) { k.rec.MMIOWrite(addr, data) }
 
-// shadowTap opens the backend on a new simulator through a Tap that
-// records, per port, whether the port-I/O intercept said interrupt_shadow.
-func shadowTap(t *testing.T) (*mshvsim.Sim, *mshv.Accelerator, func(port uint16) (seen, shadow bool)) {
+// shadowTap opens the backend on a new simulator (with opts) through a
+// Tap that records, per port, whether the port-I/O intercept said
+// interrupt_shadow.
+func shadowTap(t *testing.T, opts mshvsim.Options) (*mshvsim.Sim, *mshv.Accelerator, func(port uint16) (seen, shadow bool)) {
 	t.Helper()
 	kvmtest.Need(t)
-	sim, err := mshvsim.NewWithOptions(mshvsim.Options{})
+	sim, err := mshvsim.NewWithOptions(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +96,7 @@ func TestSimInterruptShadowEndedAfterIntercept(t *testing.T) {
 		{"in", []byte{0xFB, 0xE4, 0xF4, 0xEB, 0xFE}},  // sti; in al, 0xf4; jmp $
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			sim, acc, shadowAt := shadowTap(t)
+			sim, acc, shadowAt := shadowTap(t, mshvsim.Options{})
 			m := newMachineOn(t, sim, acc, 0x10000, nil)
 			copy(m.mem[0x1000:], c.code)
 			m.realMode(t, 0x1000)

@@ -434,22 +434,8 @@ func TestSimMemoryInterceptGVA(t *testing.T) {
 // (bit 12, interrupt_shadow, of hv_x64_intercept_message_header); the next
 // port access, outside the shadow, does not.
 func TestSimInterruptShadowInIntercept(t *testing.T) {
-	kvmtest.Need(t)
-	sim, err := mshvsim.NewWithOptions(mshvsim.Options{EAGAINEvery: mshvsim.DefaultEAGAINEvery})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	shadow := map[uint16]bool{}
-	tap := &mshvabi.Tap{Device: sim, OnMessage: func(fd int, m *mshvabi.Message) {
-		if m.Header.MessageType == mshvabi.MsgX64IOPortIntercept {
-			io := m.IOPort()
-			mu.Lock()
-			shadow[io.PortNumber] = io.Header.ExecutionState&mshvabi.ExecStateInterruptShadow != 0
-			mu.Unlock()
-		}
-	}}
-	m := newMachineOn(t, sim, openOn(t, tap), 0x10000, nil)
+	sim, acc, shadowAt := shadowTap(t, mshvsim.Options{EAGAINEvery: mshvsim.DefaultEAGAINEvery})
+	m := newMachineOn(t, sim, acc, 0x10000, nil)
 	m.runToF4(t, []byte{
 		0xFB,       // sti
 		0xE4, 0x61, // in al, 0x61 (in STI's shadow)
@@ -457,10 +443,10 @@ func TestSimInterruptShadowInIntercept(t *testing.T) {
 		0xE6, 0xF4, // out 0xf4, al
 		0xEB, 0xFE, // jmp $
 	})
-	mu.Lock()
-	defer mu.Unlock()
-	if !shadow[0x61] || shadow[0x62] {
-		t.Errorf("interrupt_shadow in the intercepts: port 0x61 %v (want true, after STI), port 0x62 %v (want false)", shadow[0x61], shadow[0x62])
+	_, s61 := shadowAt(0x61)
+	_, s62 := shadowAt(0x62)
+	if !s61 || s62 {
+		t.Errorf("interrupt_shadow in the intercepts: port 0x61 %v (want true, after STI), port 0x62 %v (want false)", s61, s62)
 	}
 }
 

@@ -174,6 +174,12 @@ func dial(port uint32, seed string, n int) error {
 	if err := unix.Connect(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_HOST, Port: port}); err != nil {
 		return fmt.Errorf("connect to host port %d: %w", port, err)
 	}
+	return exchange(fd, seed, n)
+}
+
+// exchange is a dialer's side of a connection: it sends n bytes of the
+// pattern seed, half-closes, reads the reply to its end and closes.
+func exchange(fd int, seed string, n int) error {
 	if err := writeAll(fd, Pattern(seed, n)); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -250,16 +256,7 @@ func tcpDial(addr, seed string, n int) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAll(fd, Pattern(seed, n)); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	if err := drain(fd, "g2h-reply"); err != nil {
-		return err
-	}
-	return unix.Close(fd)
+	return exchange(fd, seed, n)
 }
 
 // unixServe is the host's end of a guest's dials to one port over govmm's
@@ -327,14 +324,5 @@ func unixDial(path string, port int, seed string, n int) error {
 	if !strings.HasPrefix(string(line), "OK ") {
 		return fmt.Errorf("CONNECT %d: answer %q, want OK <port>", port, line)
 	}
-	if err := writeAll(fd, Pattern(seed, n)); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	if err := drain(fd, "g2h-reply"); err != nil {
-		return err
-	}
-	return unix.Close(fd)
+	return exchange(fd, seed, n)
 }
