@@ -55,12 +55,7 @@ func TestARM64VsockNet(t *testing.T) {
 	$B insmod /lib/modules/$m.ko || echo "arm64-vn: insmod $m failed"
 done
 P=/bin/vsockpeer
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-$B ip link set lo up
-$B ip addr add `+netGuestIP+`/24 dev eth0
-$B ip link set eth0 up
-echo "arm64-vn: mac $($B cat /sys/class/net/eth0/address)"
+`+ethUp(100)+`echo "arm64-vn: mac $($B cat /sys/class/net/eth0/address)"
 `+fmt.Sprintf(`$P serve 5000 1 h2g-vsock-answer %d >/tmp/gvs-serve.out 2>&1 &
 $P tcpserve 7000 1 h2g-tcp-answer %d >/tmp/gtcp-serve.out 2>&1 &
 i=0

@@ -82,12 +82,7 @@ if echo 0 > $slot/power; then echo "hotadd-test: eject ok"; else echo "hotadd-te
 $B sleep 1
 echo "hotadd-test: after-eject $([ -b /dev/vda ] && echo vda || echo gone) $([ -e /sys/bus/pci/devices/$addr ] && echo present || echo removed)"
 echo "hotadd-test: waiting for the network device"
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 3000 ]; do $B sleep 0.1; i=$((i+1)); done
-$B ip link set lo up
-$B ip addr add ` + netGuestIP + `/24 dev eth0
-$B ip link set eth0 up
-$B sleep 1
+` + ethUp(3000) + `$B sleep 1
 echo "hotadd-test: mac $($B cat /sys/class/net/eth0/address)"
 if $B ping -c 3 -W 10 ` + netHostIP + ` >/dev/null; then echo "hotadd-test: ping ok"; else echo "hotadd-test: ping failed"; fi
 echo "hotadd-test: net done"

@@ -38,16 +38,22 @@ const (
 	netReply   = 1 << 20 // each side's answer
 )
 
+// ethUp is the guest's shell that waits up to tenths tenths of a second
+// for eth0, then brings lo and eth0 up with the guest's address.
+func ethUp(tenths int) string {
+	return fmt.Sprintf(`i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt %d ]; do $B sleep 0.1; i=$((i+1)); done
+$B ip link set lo up
+$B ip addr add %s/24 dev eth0
+$B ip link set eth0 up
+`, tenths, netGuestIP)
+}
+
 var netInit = `#!/bin/busybox sh
 ` + virtioInitHead + `for m in failover net_failover virtio_net; do
 	$B insmod /lib/modules/$m.ko || echo "net-test: insmod $m failed"
 done
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-$B ip link set lo up
-$B ip addr add ` + netGuestIP + `/24 dev eth0
-$B ip link set eth0 up
-$B sleep 1
+` + ethUp(100) + `$B sleep 1
 echo "net-test: mac $($B cat /sys/class/net/eth0/address) carrier $($B cat /sys/class/net/eth0/carrier)"
 ` + fmt.Sprintf(`/bin/vsockpeer tcpserve 7000 1 g2h-answer %d &
 srv=$!

@@ -14,16 +14,11 @@ import (
 
 // netMQHead loads virtio_net, configures eth0, prints the queues the
 // kernel made and waits until L1 answers pings.
-const netMQHead = `#!/bin/busybox sh
+var netMQHead = `#!/bin/busybox sh
 ` + virtioInitHead + `for m in failover net_failover virtio_net; do
 	$B insmod /lib/modules/$m.ko || echo "net-test: insmod $m failed"
 done
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do $B sleep 0.1; i=$((i+1)); done
-$B ip link set lo up
-$B ip addr add ` + netGuestIP + `/24 dev eth0
-$B ip link set eth0 up
-echo "net-test: queues $($B ls /sys/class/net/eth0/queues | $B tr '\n' ' ')"
+` + ethUp(100) + `echo "net-test: queues $($B ls /sys/class/net/eth0/queues | $B tr '\n' ' ')"
 i=0
 until $B ping -c 1 -W 2 ` + netHostIP + ` >/dev/null; do
 	i=$((i+1))
