@@ -208,6 +208,28 @@ func tcpFD(c interface {
 	return fd, err
 }
 
+// answer serves connection i of a server over a TCP or Unix socket: it
+// reads the dialer's bytes to their end, replies with n bytes of the
+// pattern seed-i and closes, with SO_LINGER if linger is set so that
+// close waits for the peer to acknowledge the last byte.
+func answer(fd, i int, seed string, n int, linger bool) error {
+	if err := drain(fd, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
+		return err
+	}
+	if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
+		return fmt.Errorf("reply: %w", err)
+	}
+	if linger {
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60}); err != nil {
+			return fmt.Errorf("linger: %w", err)
+		}
+	}
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("close after the reply: %w", err)
+	}
+	return nil
+}
+
 func tcpServe(port, conns int, seed string, n int) error {
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{Port: port})
 	if err != nil {
@@ -224,23 +246,14 @@ func tcpServe(port, conns int, seed string, n int) error {
 		if err != nil {
 			return err
 		}
-		if err := drain(fd, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
-			return err
-		}
-		if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
-			return fmt.Errorf("reply: %w", err)
-		}
 		// The reply sits in the send buffer when writeAll returns, and the
 		// guest powers off soon after "served": close must not return
 		// before the peer has acknowledged the last byte, or a segment the
 		// network lost and TCP would resend dies with the guest
 		// (TestNetLiveMigration's host once read 1,672 bytes short and
 		// timed out).
-		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 60}); err != nil {
-			return fmt.Errorf("linger: %w", err)
-		}
-		if err := unix.Close(fd); err != nil {
-			return fmt.Errorf("close after the reply: %w", err)
+		if err := answer(fd, i, seed, n, true); err != nil {
+			return err
 		}
 		fmt.Printf("vsock-test: served %d\n", i)
 	}
@@ -279,14 +292,8 @@ func unixServe(path string, conns int, seed string, n int) error {
 		if err != nil {
 			return err
 		}
-		if err := drain(fd, fmt.Sprintf("h2g-recv-%d", i)); err != nil {
+		if err := answer(fd, i, seed, n, false); err != nil {
 			return err
-		}
-		if err := writeAll(fd, Pattern(fmt.Sprintf("%s-%d", seed, i), n)); err != nil {
-			return fmt.Errorf("reply: %w", err)
-		}
-		if err := unix.Close(fd); err != nil {
-			return fmt.Errorf("close after the reply: %w", err)
 		}
 		fmt.Printf("vsock-test: served %d\n", i)
 	}
