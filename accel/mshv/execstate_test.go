@@ -84,8 +84,7 @@ func TestFakeInterruptShadowEnded(t *testing.T) {
 		for _, inShadow := range []bool{true, false} {
 			f := newFake()
 			vm, v := f.machine(t)
-			mem := make([]byte, 0x3000)
-			host := mem[(4096-mshvabi.Addr(mem)%4096)%4096:][:0x2000]
+			host := pageAligned(0x2000)
 			if err := vm.MapMemory(accel.MemoryRegion{GPA: 0xd0000, Host: host}); err != nil {
 				t.Fatal(err)
 			}

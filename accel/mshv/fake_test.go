@@ -441,17 +441,14 @@ func TestFakeRefusals(t *testing.T) {
 	if err := vm.SetGSIRouting([]accel.Route{{GSI: 1, Kind: accel.RouteIrqchip}}); !errors.Is(err, accel.ErrNotSupported) {
 		t.Errorf("irqchip route: %v", err)
 	}
-	mem := make([]byte, 3*4096)
-	off := int((4096 - mshvabi.Addr(mem)%4096) % 4096)
-	host := mem[off : off+8192]
+	host := pageAligned(8192)
 	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x100000, Host: host}); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x200000, Host: host[4096:]}); err == nil || !strings.Contains(err.Error(), "alias") {
 		t.Errorf("alias: %v", err)
 	}
-	other := make([]byte, 2*4096)
-	other = other[(4096-mshvabi.Addr(other)%4096)%4096:][:4096]
+	other := pageAligned(4096)
 	if err := vm.MapMemory(accel.MemoryRegion{GPA: 0x101000, Host: other}); err == nil || !strings.Contains(err.Error(), "overlap") {
 		t.Errorf("overlap: %v", err)
 	}
@@ -631,6 +628,13 @@ func TestFakeUnroutableMSILeftOut(t *testing.T) {
 	}
 }
 
+// pageAligned returns size bytes of Go memory that start on a page, as
+// MSHV_SET_GUEST_MEMORY wants its userspace address.
+func pageAligned(size int) []byte {
+	mem := make([]byte, size+4096)
+	return mem[(4096-mshvabi.Addr(mem)%4096)%4096:][:size]
+}
+
 // TestFakeStringPIOWithoutBytes: a port-I/O intercept may carry no
 // instruction bytes. A string instruction's segment override and address
 // size are then read from guest memory (TRANSLATE_VIRTUAL_ADDRESS), never
@@ -640,8 +644,7 @@ func TestFakeStringPIOWithoutBytes(t *testing.T) {
 	for _, fail := range []bool{false, true} {
 		f := newFake()
 		vm, v := f.machine(t)
-		mem := make([]byte, 0x5000)
-		host := mem[(4096-mshvabi.Addr(mem)%4096)%4096:][:0x4000]
+		host := pageAligned(0x4000)
 		if err := vm.MapMemory(accel.MemoryRegion{GPA: 0, Host: host}); err != nil {
 			t.Fatal(err)
 		}
