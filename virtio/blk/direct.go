@@ -309,10 +309,13 @@ const iovMax = 1024
 // shrank under the VM). The caller's segs are left as they were.
 func vectored(fd int, segs [][]byte, off int64, read bool) error {
 	segs = append([][]byte(nil), segs...)
-	for len(segs) > 0 && len(segs[0]) == 0 {
-		segs = segs[1:]
-	}
-	for len(segs) > 0 {
+	for {
+		for len(segs) > 0 && len(segs[0]) == 0 {
+			segs = segs[1:]
+		}
+		if len(segs) == 0 {
+			return nil
+		}
 		batch := segs[:min(len(segs), iovMax)]
 		var k int
 		var err error
@@ -341,11 +344,7 @@ func vectored(fd int, segs [][]byte, off int64, read bool) error {
 		if k > 0 {
 			segs[0] = segs[0][k:]
 		}
-		for len(segs) > 0 && len(segs[0]) == 0 {
-			segs = segs[1:]
-		}
 	}
-	return nil
 }
 
 // preadFull reads len(p) bytes at off; the end of the file first is
