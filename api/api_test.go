@@ -7,27 +7,47 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
+// fakeTarget is a control target that records the calls that change its
+// state. The server calls it from a goroutine per connection, so it locks
+// as the VM does.
 type fakeTarget struct {
+	mu     sync.Mutex
 	paused bool
 	calls  []string
 }
 
 func (f *fakeTarget) Info() Info {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	st := "running"
 	if f.paused {
 		st = "paused"
 	}
 	return Info{State: st, CPUs: 2}
 }
-func (f *fakeTarget) Pause() error { f.paused = true; f.calls = append(f.calls, "pause"); return nil }
-func (f *fakeTarget) Resume() error {
-	f.paused = false
-	f.calls = append(f.calls, "resume")
+
+func (f *fakeTarget) Pause() error { return f.set(true, "pause") }
+
+func (f *fakeTarget) Resume() error { return f.set(false, "resume") }
+
+func (f *fakeTarget) set(paused bool, call string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.paused = paused
+	f.calls = append(f.calls, call)
 	return nil
+}
+
+// state is what the target's calls left.
+func (f *fakeTarget) state() (paused bool, calls []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.paused, append([]string(nil), f.calls...)
 }
 func (f *fakeTarget) Snapshot(r SnapshotRequest, p func(done, total uint64)) (SnapshotResult, error) {
 	for i := uint64(0); i <= 4; i++ {
@@ -77,8 +97,8 @@ func TestRoundTrip(t *testing.T) {
 	if err := c.call(request{Op: "reboot"}, nil, nil); err == nil || !strings.Contains(err.Error(), "unknown operation") {
 		t.Fatalf("unknown op: %v", err)
 	}
-	if got := strings.Join(ft.calls, ","); got != "pause,resume" {
-		t.Fatalf("calls %s", got)
+	if _, calls := ft.state(); strings.Join(calls, ",") != "pause,resume" {
+		t.Fatalf("calls %q", calls)
 	}
 }
 
@@ -133,8 +153,8 @@ func TestForeignPeerRefused(t *testing.T) {
 	if err := c.Pause(); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Fatalf("foreign peer's pause: %v", err)
 	}
-	if len(ft.calls) != 0 || ft.paused {
-		t.Fatalf("foreign peer reached the target: %v", ft.calls)
+	if paused, calls := ft.state(); len(calls) != 0 || paused {
+		t.Fatalf("foreign peer reached the target: %v", calls)
 	}
 }
 

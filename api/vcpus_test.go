@@ -15,7 +15,17 @@ type vcpuTarget struct {
 	err error
 }
 
-func (v *vcpuTarget) VCPUs() (VCPUsResult, error) { return v.res, v.err }
+func (v *vcpuTarget) VCPUs() (VCPUsResult, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.res, v.err
+}
+
+func (v *vcpuTarget) fail(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.err = err
+}
 
 // TestVCPUsRoundTrip: the "vcpus" reply arrives whole, decoded fields
 // included; a failure arrives as its message; a target that cannot show
@@ -49,7 +59,7 @@ func TestVCPUsRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("vcpus reply:\n got %+v\nwant %+v", got, want)
 	}
-	vt.err = errors.New("capture vCPU 1: LAPIC: no such\nthing")
+	vt.fail(errors.New("capture vCPU 1: LAPIC: no such\nthing"))
 	if _, err := c.VCPUs(); err == nil || err.Error() != "capture vCPU 1: LAPIC: no such thing" {
 		t.Fatalf("failing capture: %v", err)
 	}

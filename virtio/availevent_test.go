@@ -17,7 +17,7 @@ import (
 func TestAvailEventWhenEmpty(t *testing.T) {
 	le := binary.LittleEndian
 	const size = 16
-	mem := &virtiotest.Mem{B: make([]byte, 1<<16)}
+	mem := virtiotest.RAM(t, 1<<16)
 	q, err := virtio.NewQueue(mem, 0, virtio.QueueConfig{Size: size, Desc: 0, Avail: 0x1000, Used: 0x2000}, size, true, false)
 	if err != nil {
 		t.Fatal(err)

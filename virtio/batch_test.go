@@ -21,7 +21,7 @@ func TestHeldBatch(t *testing.T) {
 	}{{"split", false, 0}, {"packed", true, packedFeats}} {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHolder()
-			d, _ := attach(t, h, &virtiotest.Mem{B: make([]byte, 4<<20)}, virtio.PCIConfig{Packed: c.packed})
+			d, _ := attach(t, h, virtiotest.RAM(t, 4<<20), virtio.PCIConfig{Packed: c.packed})
 			if err := d.Init(c.feats, 8); err != nil {
 				t.Fatal(err)
 			}

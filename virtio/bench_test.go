@@ -24,7 +24,7 @@ func BenchmarkQueueRoundTrip(b *testing.B) {
 		fl   uint16
 	}{{0x10000, 16, 0}, {0x11000, 4096, 2}, {0x12000, 1, 2}}
 	b.Run("split", func(b *testing.B) {
-		mem := &virtiotest.Mem{B: make([]byte, 1<<20)}
+		mem := virtiotest.RAM(b, 1<<20)
 		q, err := virtio.NewQueue(mem, 0, virtio.QueueConfig{Size: size, Desc: 0, Avail: 0x4000, Used: 0x5000}, size, true, true)
 		if err != nil {
 			b.Fatal(err)
@@ -60,7 +60,7 @@ func BenchmarkQueueRoundTrip(b *testing.B) {
 		}
 	})
 	b.Run("packed", func(b *testing.B) {
-		mem := &virtiotest.Mem{B: make([]byte, 1<<20)}
+		mem := virtiotest.RAM(b, 1<<20)
 		q, err := virtio.NewPackedQueue(mem, 0, virtio.QueueConfig{Size: size, Desc: 0, Avail: 0x4000, Used: 0x4004}, size, true, true)
 		if err != nil {
 			b.Fatal(err)

@@ -30,11 +30,7 @@ func page(gpa uint64) uint64 { return gpa &^ (memory.PageSize - 1) }
 // avail_event), and nothing the device only read. With the log off,
 // nothing is recorded.
 func TestDirtyLogOfDeviceWrites(t *testing.T) {
-	mem, err := virtiotest.NewMem(4 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.RAM.Close()
+	mem := virtiotest.RAM(t, 4<<20)
 	d, _ := newRNGMem(t, mem)
 	if err := d.Init(virtio.FIndirectDesc|virtio.FEventIdx, 16); err != nil {
 		t.Fatal(err)

@@ -75,7 +75,7 @@ func FuzzCommonConfig(f *testing.F) {
 	f.Add([]byte{1, 1, 0x14, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0x08, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0x0c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0x14, 0, 0xf, 0, 0, 0, 0, 0, 0, 0})
 	// Through the window: select the status byte, write ACKNOWLEDGE,
 	// read it back.
-	_, tr := attach(f, rng.New(), &virtiotest.Mem{B: make([]byte, 4<<20)}, virtio.PCIConfig{})
+	_, tr := attach(f, rng.New(), virtiotest.RAM(f, 4<<20), virtio.PCIConfig{})
 	c, common := pciCfgCap(f, tr.Function()), pciCfgCapOf(f, tr.Function(), 1)
 	var cb [4]byte
 	tr.Function().ReadConfig(common+8, cb[:])

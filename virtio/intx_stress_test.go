@@ -66,7 +66,7 @@ func TestINTxStressIOAPIC(t *testing.T) {
 	}{{"lapic-eoi", false, false}, {"ir-pin-eoi-register", false, true}, {"ir-pin-eoi-edge-rewrite", true, false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			const vector = 0x41
-			mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+			mem := virtiotest.RAM(t, 4<<20)
 			l := &lapic{pending: map[uint8]bool{}, wake: make(chan struct{}, 1)}
 			vm, tb := virtiotest.NewVM()
 			a := ioapic.New(ioapic.Config{Deliver: l.deliver})

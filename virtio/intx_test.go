@@ -162,7 +162,7 @@ func (r *intxRig) initINTx(t *testing.T) {
 }
 
 func TestINTxConfigSpace(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	r := newINTxRig(t, mem)
 	var b [2]byte
 	r.tr.Function().ReadConfig(pci.RegInterruptLine, b[:])
@@ -188,7 +188,7 @@ func TestINTxConfigSpace(t *testing.T) {
 // read raises it again; reading the ISR clears both, and the EOI after it
 // leaves the pin low.
 func TestINTxLevel(t *testing.T) {
-	r := newINTxRig(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	r := newINTxRig(t, virtiotest.RAM(t, 4<<20))
 	r.initINTx(t)
 	waitPin(t, r.pins, false, 0)
 	r.request(t)
@@ -259,7 +259,7 @@ func TestINTxLevel(t *testing.T) {
 // interrupt is held (Interrupt Status shows it) and asserted when the bit
 // clears.
 func TestINTxDisable(t *testing.T) {
-	r := newINTxRig(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	r := newINTxRig(t, virtiotest.RAM(t, 4<<20))
 	r.initINTx(t)
 	r.command(t, pci.CmdMemory|pci.CmdBusMaster|pci.CmdINTxDisable)
 	r.request(t)
@@ -285,7 +285,7 @@ func TestINTxDisable(t *testing.T) {
 
 // TestINTxMSIXToggle: switching MSI-X on and off loses no interrupt.
 func TestINTxMSIXToggle(t *testing.T) {
-	r := newINTxRig(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	r := newINTxRig(t, virtiotest.RAM(t, 4<<20))
 	r.initINTx(t)
 	r.d.Interrupts(0)
 	// INTx asserted, then MSI-X on: the queue's vector gets it.
@@ -327,7 +327,7 @@ func TestINTxMSIXToggle(t *testing.T) {
 // restored with the ISR and the Interrupt Status bit, and raises the line
 // again at Start, not before (the vCPUs' LAPICs are not restored yet).
 func TestINTxSaveRestore(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	r := newINTxRig(t, mem)
 	r.initINTx(t)
 	r.request(t)
@@ -395,7 +395,7 @@ func FuzzINTx(f *testing.F) {
 
 func fuzzINTx(t *testing.T, data []byte) {
 	{
-		r := newINTxRig(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+		r := newINTxRig(t, virtiotest.RAM(t, 4<<20))
 		r.initINTx(t)
 		bar := r.tr.BAR()
 		msix := r.tr.Function().Capabilities(pci.CapIDMSIX)[0]

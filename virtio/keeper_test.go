@@ -90,7 +90,7 @@ func within(t *testing.T, what string, f func()) {
 // taken) and the resumed device gets them again; a kept chain filled
 // later reaches the driver.
 func TestKeeper(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	vm, tb := virtiotest.NewVM()
 	k := &keeper{}
 	tr, err := virtio.NewPCI(k, virtio.PCIConfig{Mem: mem, Router: tb})

@@ -34,7 +34,7 @@ func FuzzOffload(f *testing.F) {
 	seed = append(seed, rec(5, 0, 0, 0)...)
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+		mem := virtiotest.RAM(t, 4<<20)
 		k := newFakeKernel()
 		d, tr := attach(t, k, mem, virtio.PCIConfig{})
 		// A driver that set everything up, so that mutations start from

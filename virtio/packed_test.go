@@ -37,7 +37,7 @@ func TestPackedOffered(t *testing.T) {
 	if d.Feats&virtio.FRingPacked != 0 {
 		t.Fatal("RING_PACKED negotiated with a transport not configured for it")
 	}
-	d2, tr2 := newPackedRNG(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	d2, tr2 := newPackedRNG(t, virtiotest.RAM(t, 4<<20))
 	if err := d2.Init(packedFeats, 8); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestPackedOffered(t *testing.T) {
 // ID and length, and its buffers filled.
 func TestPackedRNG(t *testing.T) {
 	for _, eventIdx := range []bool{false, true} {
-		d, _ := newPackedRNG(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+		d, _ := newPackedRNG(t, virtiotest.RAM(t, 4<<20))
 		feats := uint64(virtio.FRingPacked | virtio.FIndirectDesc)
 		if eventIdx {
 			feats |= virtio.FEventIdx
@@ -172,7 +172,7 @@ func (h *holder) complete(t *testing.T, id uint16, n uint32) {
 
 func newPackedHolder(t *testing.T, feats uint64, size uint16) (*virtiotest.Driver, *holder, *virtio.PCI) {
 	t.Helper()
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	h := newHolder()
 	d, tr := attach(t, h, mem, virtio.PCIConfig{Packed: true})
 	if err := d.Init(feats, size); err != nil {
@@ -293,7 +293,7 @@ func TestPackedEventSuppression(t *testing.T) {
 // back by a pause (the saved position is before them), the resumed device
 // gets the same buffer IDs again, and filling them reaches the driver.
 func TestPackedKeeper(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	vm, tb := virtiotest.NewVM()
 	k := &keeper{}
 	tr, err := virtio.NewPCI(k, virtio.PCIConfig{Mem: mem, Router: tb, Packed: true})
@@ -347,7 +347,7 @@ func TestPackedKeeper(t *testing.T) {
 // transport without packed rings refuses the state, and packed queue
 // state does not restore into a split queue.
 func TestPackedSaveRestore(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	d, tr := newPackedRNG(t, mem)
 	if err := d.Init(packedFeats, 5); err != nil {
 		t.Fatal(err)
@@ -463,7 +463,7 @@ func TestPackedMalformed(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			mem := &virtiotest.Mem{B: make([]byte, 0x10000)}
+			mem := virtiotest.RAM(t, 0x10000)
 			cfg := virtio.QueueConfig{Size: size, Desc: 0x1000, Avail: 0x2000, Used: 0x2004}
 			q, err := virtio.NewPackedQueue(mem, 2, cfg, 256, true, c.indirect)
 			if err != nil {
@@ -517,7 +517,7 @@ func asQueueError(err error, qe **virtio.QueueError) bool {
 // packed ring puts the device into DEVICE_NEEDS_RESET, and after a reset
 // it serves packed rings again.
 func TestPackedMalformedNeedsReset(t *testing.T) {
-	d, _ := newPackedRNG(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	d, _ := newPackedRNG(t, virtiotest.RAM(t, 4<<20))
 	var logbuf virtiotest.SyncBuffer
 	restore := captureLog(&logbuf)
 	defer restore()
@@ -607,7 +607,7 @@ func TestPackedDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	mem := &virtiotest.Mem{B: make([]byte, 4<<20)}
+	mem := virtiotest.RAM(t, 4<<20)
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb})
 	if err != nil {
@@ -669,7 +669,7 @@ func TestPackedDisk(t *testing.T) {
 // TestPackedLargestIndirect: an indirect table of 65536 entries (1 MiB,
 // the largest allowed) is a chain of 65536 buffers, not of none.
 func TestPackedLargestIndirect(t *testing.T) {
-	mem := &virtiotest.Mem{B: make([]byte, 2<<20)}
+	mem := virtiotest.RAM(t, 2<<20)
 	q, err := virtio.NewPackedQueue(mem, 0, virtio.QueueConfig{Size: 4, Desc: 0x1000, Avail: 0x2000, Used: 0x2004}, 256, false, true)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 
 func newRNG(t *testing.T) (*virtiotest.Driver, *virtio.PCI) {
 	t.Helper()
-	return newRNGMem(t, &virtiotest.Mem{B: make([]byte, 4<<20)})
+	return newRNGMem(t, virtiotest.RAM(t, 4<<20))
 }
 
 // newRNGMem is newRNG over the given guest memory.

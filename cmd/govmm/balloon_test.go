@@ -7,6 +7,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"govmm/api"
@@ -41,14 +42,14 @@ func TestBalloonConfigKeepsOnPinnedRAM(t *testing.T) {
 // balloonVM is a control target with a balloon of 1 GiB of RAM.
 type balloonVM struct {
 	api.Target
-	target uint64
+	target atomic.Uint64 // set by the control server's goroutine
 }
 
 func (b *balloonVM) SetBalloon(r api.BalloonRequest) (api.BalloonInfo, error) {
 	if r.TargetBytes > 1<<30 {
 		return api.BalloonInfo{}, errors.New("balloon target 2048 MiB is more than the guest's 1024 MiB of RAM")
 	}
-	b.target = r.TargetBytes
+	b.target.Store(r.TargetBytes)
 	return api.BalloonInfo{TargetBytes: r.TargetBytes}, nil
 }
 
@@ -61,14 +62,14 @@ func TestCmdBalloon(t *testing.T) {
 	}
 	defer srv.Close()
 	var out, errb bytes.Buffer
-	if code := realMain([]string{"balloon", "--api-socket", sock, "--size", "256M"}, strings.NewReader(""), &out, &errb); code != 0 || b.target != 256<<20 {
-		t.Fatalf("balloon --size 256M: exit %d, target %d: %s", code, b.target, errb.String())
+	if code := realMain([]string{"balloon", "--api-socket", sock, "--size", "256M"}, strings.NewReader(""), &out, &errb); code != 0 || b.target.Load() != 256<<20 {
+		t.Fatalf("balloon --size 256M: exit %d, target %d: %s", code, b.target.Load(), errb.String())
 	}
 	if !strings.Contains(out.String(), "balloon target 256 MiB") {
 		t.Errorf("output %q", out.String())
 	}
-	if code, _ := run(t, "balloon", "--api-socket", sock, "--size", "0"); code != 0 || b.target != 0 {
-		t.Errorf("balloon --size 0: exit %d, target %d", code, b.target)
+	if code, _ := run(t, "balloon", "--api-socket", sock, "--size", "0"); code != 0 || b.target.Load() != 0 {
+		t.Errorf("balloon --size 0: exit %d, target %d", code, b.target.Load())
 	}
 	for _, args := range [][]string{
 		{"balloon", "--api-socket", sock},

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"govmm/api"
@@ -14,18 +15,34 @@ import (
 // hotAddVM is a control target that records the specs hot-adds send.
 type hotAddVM struct {
 	api.Target
+	mu    sync.Mutex // the control server calls from its own goroutine
 	specs []string
+}
+
+func (h *hotAddVM) record(spec string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.specs = append(h.specs, spec)
+}
+
+// take returns the specs received since the last take.
+func (h *hotAddVM) take() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.specs
+	h.specs = nil
+	return s
 }
 
 func (h *hotAddVM) AddDisk(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
 	os.NewFile(uintptr(fd), "passed").Close()
-	h.specs = append(h.specs, req.Spec)
+	h.record(req.Spec)
 	return api.PCIDevice{Address: "0000:00:01.0", ID: "1af4:1042", What: "virtio-blk"}, nil
 }
 
 func (h *hotAddVM) AddNet(req api.AddDeviceRequest, fd int) (api.PCIDevice, error) {
 	os.NewFile(uintptr(fd), "passed").Close()
-	h.specs = append(h.specs, req.Spec)
+	h.record(req.Spec)
 	return api.PCIDevice{Address: "0000:00:02.0", ID: "1af4:1041", What: "virtio-net"}, nil
 }
 
@@ -52,13 +69,13 @@ func TestCmdAddDiskCommas(t *testing.T) {
 		{"path=a,,b.img,serial=s,,1,readonly=on", "path=" + abs + ",readonly=on,serial=s,,1"},
 		{"path=" + abs + ",serial=s,,1", "path=" + abs + ",serial=s,,1"},
 	} {
-		h.specs = nil
-		if code, stderr := run(t, "add-disk", "--api-socket", sock, c.arg); code != 0 || len(h.specs) != 1 || h.specs[0] != c.want {
-			t.Errorf("add-disk %s: exit %d, sent %q, want %q: %s", c.arg, code, h.specs, c.want, stderr)
+		code, stderr := run(t, "add-disk", "--api-socket", sock, c.arg)
+		if specs := h.take(); code != 0 || len(specs) != 1 || specs[0] != c.want {
+			t.Errorf("add-disk %s: exit %d, sent %q, want %q: %s", c.arg, code, specs, c.want, stderr)
 		}
 	}
-	h.specs = nil
-	if code, stderr := run(t, "add-disk", "--api-socket", sock, "path=a,b.img"); code != exitUsage || len(h.specs) != 0 || !strings.Contains(stderr, `"b.img" is not key=value`) {
-		t.Errorf("add-disk path=a,b.img: exit %d, sent %q: %s", code, h.specs, stderr)
+	code, stderr := run(t, "add-disk", "--api-socket", sock, "path=a,b.img")
+	if specs := h.take(); code != exitUsage || len(specs) != 0 || !strings.Contains(stderr, `"b.img" is not key=value`) {
+		t.Errorf("add-disk path=a,b.img: exit %d, sent %q: %s", code, specs, stderr)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"govmm/api"
@@ -110,12 +111,24 @@ func ptr[T any](v T) *T { return &v }
 // vcpusTarget serves a fixed "vcpus" reply (or error) and an info reply.
 type vcpusTarget struct {
 	api.Target
+	mu  sync.Mutex // the control server calls from its own goroutine
 	res api.VCPUsResult
 	err error
 }
 
-func (v *vcpusTarget) Info() api.Info                  { return api.Info{State: "running", CPUs: 2} }
-func (v *vcpusTarget) VCPUs() (api.VCPUsResult, error) { return v.res, v.err }
+func (v *vcpusTarget) Info() api.Info { return api.Info{State: "running", CPUs: 2} }
+
+func (v *vcpusTarget) VCPUs() (api.VCPUsResult, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.res, v.err
+}
+
+func (v *vcpusTarget) fail(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.err = err
+}
 func (v *vcpusTarget) Snapshot(api.SnapshotRequest, func(uint64, uint64)) (api.SnapshotResult, error) {
 	return api.SnapshotResult{}, errors.New("not here")
 }
@@ -158,7 +171,7 @@ func TestInfoVCPUsCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &info); code != 0 || err != nil || info.CPUs != 2 || info.State != "running" {
 		t.Fatalf("info --json: exit %d, %v:\n%s", code, err, out)
 	}
-	tg.err = errors.New("capture vCPU 1: LAPIC: injected")
+	tg.fail(errors.New("capture vCPU 1: LAPIC: injected"))
 	code, _, errOut = runOut("info", "--api-socket", sock, "--vcpus")
 	if code != exitInternal || !strings.Contains(errOut, "info: capture vCPU 1: LAPIC: injected") {
 		t.Fatalf("failed capture: exit %d, want %d: %s", code, exitInternal, errOut)

@@ -27,7 +27,7 @@ type rig struct {
 
 func newRig(t testing.TB, ro bool, serial string) *rig {
 	t.Helper()
-	return newRigMem(t, ro, serial, &virtiotest.Mem{B: make([]byte, 8<<20)})
+	return newRigMem(t, ro, serial, virtiotest.RAM(t, 8<<20))
 }
 
 // newRigMem is newRig over the given guest memory.
@@ -267,7 +267,7 @@ func TestWorkerThread(t *testing.T) {
 	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := newRigAt(t, Config{Path: path}, &virtiotest.Mem{B: make([]byte, 8<<20)}, func(d *Device) {
+	r := newRigAt(t, Config{Path: path}, virtiotest.RAM(t, 8<<20), func(d *Device) {
 		d.SetWorkerThread(func(name string) {
 			mu.Lock()
 			defer mu.Unlock()

@@ -453,7 +453,7 @@ func TestDirectFlushReadOnly(t *testing.T) {
 	dir := directDir(t)
 	path := filepath.Join(dir, "disk.img")
 	img := image(t, path, 1<<20, 5)
-	r := newRigAt(t, Config{Path: path, Direct: true, ReadOnly: true}, &virtiotest.Mem{B: make([]byte, 8<<20)}, nil)
+	r := newRigAt(t, Config{Path: path, Direct: true, ReadOnly: true}, virtiotest.RAM(t, 8<<20), nil)
 	if st, _ := r.req(tOut, 0, make([]byte, 512), false); st != sIOErr {
 		t.Fatalf("write to a read-only direct disk: status %d", st)
 	}
@@ -467,7 +467,7 @@ func TestDirectFlushReadOnly(t *testing.T) {
 	if got := r.file(); !bytes.Equal(got, img) {
 		t.Fatal("read-only image changed")
 	}
-	w := newRigAt(t, Config{Path: path, Direct: true}, &virtiotest.Mem{B: make([]byte, 8<<20)}, nil)
+	w := newRigAt(t, Config{Path: path, Direct: true}, virtiotest.RAM(t, 8<<20), nil)
 	if st, _ := w.req(tOut, 9, bytes.Repeat([]byte{0x5a}, 1024), false); st != sOK {
 		t.Fatalf("write: status %d", st)
 	}
@@ -492,7 +492,7 @@ func TestDirectRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, tb := virtiotest.NewVM()
-		tr, err := virtio.NewPCI(d, virtio.PCIConfig{Mem: &virtiotest.Mem{B: make([]byte, 1<<20)}, Router: tb})
+		tr, err := virtio.NewPCI(d, virtio.PCIConfig{Mem: virtiotest.RAM(t, 1<<20), Router: tb})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,11 +11,7 @@ import (
 // data landed in (and the status byte's), not the request header the
 // device only read.
 func TestReadMarksDirty(t *testing.T) {
-	mem, err := virtiotest.NewMem(8 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.RAM.Close()
+	mem := virtiotest.RAM(t, 8<<20)
 	r := newRigMem(t, false, "", mem)
 	if err := mem.RAM.StartDirtyLog(); err != nil {
 		t.Fatal(err)

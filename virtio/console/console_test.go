@@ -34,7 +34,7 @@ func newRig(t *testing.T, setup func(*Device)) *rig {
 	if setup != nil {
 		setup(dev)
 	}
-	mem := &virtiotest.Mem{B: make([]byte, 8<<20)}
+	mem := virtiotest.RAM(t, 8<<20)
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Log: quiet, Class: virtio.PCIClass{Class: 7, Subclass: 0x80}})
 	if err != nil {

@@ -37,7 +37,7 @@ func TestOrder(t *testing.T) {
 	root := pci.NewRoot(windows)
 	var asked []int
 	set, err := Build(Config{Disks: disks, RNG: true, Console: true, Balloon: true}, Host{
-		Root: root, Mem: &virtiotest.Mem{B: make([]byte, 1<<20)},
+		Root: root, Mem: virtiotest.RAM(t, 1<<20),
 		Router: func(slot int) virtio.Router { asked = append(asked, slot); return table },
 	})
 	if err != nil {
@@ -103,7 +103,7 @@ func TestInputErrors(t *testing.T) {
 		{"missing image after a good one", Config{Disks: []blk.Config{{Path: good}, {Path: filepath.Join(dir, "missing.img")}}, Console: true}},
 	} {
 		root := pci.NewRoot(windows)
-		set, err := Build(c.cfg, Host{Root: root, Mem: &virtiotest.Mem{B: make([]byte, 1<<20)},
+		set, err := Build(c.cfg, Host{Root: root, Mem: virtiotest.RAM(t, 1<<20),
 			Router: func(int) virtio.Router { return table }})
 		var ie *InputError
 		if set != nil || !errors.As(err, &ie) {
@@ -128,7 +128,7 @@ func TestVhostNetMissing(t *testing.T) {
 	defer table.Close()
 	missing := filepath.Join(t.TempDir(), "vhost-net")
 	set, err := Build(Config{Nets: []virtionet.Config{{Tap: "govmm-no-such", Vhost: true, VhostPath: missing}}}, Host{
-		Root: pci.NewRoot(windows), Mem: regionMem{&virtiotest.Mem{B: make([]byte, 1<<20)}},
+		Root: pci.NewRoot(windows), Mem: regionMem{virtiotest.RAM(t, 1<<20)},
 		Router: func(int) virtio.Router { return table }})
 	var ie *InputError
 	if set != nil || !errors.As(err, &ie) || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "vhost=on") {

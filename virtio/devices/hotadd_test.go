@@ -32,7 +32,7 @@ func TestHotAddDiskAndRemove(t *testing.T) {
 	_, table := virtiotest.NewVM()
 	defer table.Close()
 	root := pci.NewRoot(windows)
-	h := Host{Root: root, Mem: &virtiotest.Mem{B: make([]byte, 1<<20)}, Router: func(int) virtio.Router { return table }}
+	h := Host{Root: root, Mem: virtiotest.RAM(t, 1<<20), Router: func(int) virtio.Router { return table }}
 	cfg := Config{Disks: []blk.Config{{Path: boot}}, RNG: true}
 	set, err := Build(cfg, h)
 	if err != nil {

@@ -168,7 +168,7 @@ func newMQRig(t *testing.T, n int, want uint64) *mqRig {
 	t.Helper()
 	ft := newFakeTap(t, n)
 	dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
-	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
+	mem := virtiotest.RAM(t, 16<<20)
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)
 	if err != nil {
@@ -468,7 +468,7 @@ func TestControlFraming(t *testing.T) {
 			defer slog.SetDefault(old)
 			ft := newFakeTap(t, 2)
 			dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
-			mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
+			mem := virtiotest.RAM(t, 16<<20)
 			vm, tb := virtiotest.NewVM()
 			tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Class: virtio.PCIClass{Class: 2}})
 			if err != nil {
@@ -690,7 +690,7 @@ func TestNoMQNegotiated(t *testing.T) {
 
 	ft := newFakeTap(t, 2)
 	dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
-	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
+	mem := virtiotest.RAM(t, 16<<20)
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)
 	if err != nil {

@@ -71,7 +71,7 @@ func TestThreadHooks(t *testing.T) {
 		})
 	}
 	dev.SetReaderThread(func(p int) bool { return h.hook(fmt.Sprintf("rx%d", p)) })
-	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
+	mem := virtiotest.RAM(t, 16<<20)
 	vm, tb := virtiotest.NewVM()
 	tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Log: quiet, Class: virtio.PCIClass{Class: 2},
 		QueueThread: func(q int) bool { return h.hook(fmt.Sprintf("q%d", q)) }})

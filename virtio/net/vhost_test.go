@@ -35,7 +35,7 @@ type vhostRig struct {
 func newVhostDevice(t *testing.T, n int, offer uint64, c Config) (*Vhost, []*vhost.Fake, *fakeTap, *virtiotest.Mem, error) {
 	t.Helper()
 	ft := newFakeTap(t, n)
-	mem := &virtiotest.Mem{B: make([]byte, 16<<20)}
+	mem := virtiotest.RAM(t, 16<<20)
 	var fakes []*vhost.Fake
 	var bes []*vhost.Backend
 	for range n {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,6 +36,21 @@ func NewMem(size uint64) (*Mem, error) {
 		return nil, err
 	}
 	return &Mem{B: m.Regions()[0].Host, RAM: m}, nil
+}
+
+// RAM is size bytes of guest RAM mapped as the VMM maps it (outside the Go
+// heap), released when the test ends. Use it rather than a Go slice: the
+// device reads rings the test driver writes from another goroutine, as a
+// device reads what a guest writes, and the race detector, which does not
+// watch memory outside the Go heap, then sees what it sees in the VMM.
+func RAM(tb testing.TB, size uint64) *Mem {
+	tb.Helper()
+	m, err := NewMem(size)
+	if err != nil {
+		tb.Fatalf("guest RAM: %v", err)
+	}
+	tb.Cleanup(func() { m.RAM.Close() })
+	return m
 }
 
 // MarkDirty implements virtio.Memory.
