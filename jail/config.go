@@ -31,8 +31,10 @@
 package jail
 
 import (
+	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -224,6 +226,9 @@ func (c Config) check() (*plan, error) {
 
 	// The program.
 	if _, err := c.checkFile(c.Exec, unix.S_IXUSR, "program"); err != nil {
+		return nil, err
+	}
+	if err := checkStatic(c.Exec); err != nil {
 		return nil, err
 	}
 	p.execName = filepath.Base(c.Exec)
@@ -465,4 +470,27 @@ func unescapeMountinfo(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// checkStatic refuses a program that needs a dynamic loader: the jail holds
+// the program alone, so a dynamically linked one (govmm built with cgo, or
+// with -race) would fail inside it with a bare "no such file or directory",
+// which names neither the loader nor the cure.
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil // not ELF (a script, say): the kernel says what it makes of it
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_INTERP {
+			continue
+		}
+		interp, err := io.ReadAll(io.LimitReader(p.Open(), 4096))
+		if err != nil {
+			return fmt.Errorf("program %s: read its ELF interpreter: %w", path, err)
+		}
+		return fmt.Errorf("program %s is dynamically linked (it needs %s), and a jail holds the program alone: build it static (CGO_ENABLED=0, without -race)", path, strings.TrimRight(string(interp), "\x00"))
+	}
+	return nil
 }

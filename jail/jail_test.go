@@ -4,6 +4,7 @@ package jail
 
 import (
 	"bufio"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -105,6 +106,9 @@ func needRoot(t *testing.T) {
 // testConfig is a jail of this test binary as the helper.
 func testConfig(t *testing.T) Config {
 	t.Helper()
+	if raceBuild {
+		t.Skip("a -race test binary is dynamically linked, and a jail runs a static program alone (TestCheckStatic)")
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -370,4 +374,44 @@ func TestJailStageFails(t *testing.T) {
 	if _, serr := os.Stat(p.dir); !os.IsNotExist(serr) {
 		t.Errorf("the jail directory %s is left after a failed start", p.dir)
 	}
+}
+
+// TestCheckStatic: a dynamically linked program is refused before anything
+// is built, naming its loader; a static one (this test binary, unless built
+// with -race) passes, and so does a file that is not ELF.
+func TestCheckStatic(t *testing.T) {
+	dyn, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, err := elf.Open(dyn); err != nil || !hasInterp(f) {
+		t.Skipf("%s is not a dynamically linked ELF program here", dyn)
+	}
+	if err := checkStatic(dyn); err == nil || !strings.Contains(err.Error(), "dynamically linked") || !strings.Contains(err.Error(), "ld-linux") {
+		t.Errorf("checkStatic(%s) = %v, want a refusal naming the loader", dyn, err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkStatic(exe); (err == nil) == raceBuild {
+		t.Errorf("checkStatic(this test binary, race %v) = %v", raceBuild, err)
+	}
+	script := filepath.Join(t.TempDir(), "run.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkStatic(script); err != nil {
+		t.Errorf("checkStatic(a script) = %v", err)
+	}
+}
+
+func hasInterp(f *elf.File) bool {
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true
+		}
+	}
+	return false
 }

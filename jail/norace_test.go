@@ -1,0 +1,5 @@
+//go:build linux && !race
+
+package jail
+
+const raceBuild = false
