@@ -621,18 +621,22 @@ func (v *vp) messageBytes(s *accel.Sregs, rip uint64) []byte {
 // fetch reads up to 16 instruction bytes at CS:rip, across a page
 // boundary when the next page is mapped: what the simulator decodes to
 // find the instruction KVM stopped on.
-func (v *vp) fetch(s *accel.Sregs, rip uint64) []byte {
+func (v *vp) fetch(s *accel.Sregs, rip uint64) []byte { return v.fetchN(s, rip, 16) }
+
+// fetchN reads up to size bytes of code at CS:rip, stopping where guest
+// memory does not map them.
+func (v *vp) fetchN(s *accel.Sregs, rip uint64, size int) []byte {
 	la := s.CS.Base + rip
 	if s.EFER&(1<<10) == 0 || !s.CS.L {
 		la &= 0xffffffff
 	}
 	var insn []byte
-	for len(insn) < 16 {
+	for len(insn) < size {
 		gpa, ok := v.walk(s, la)
 		if !ok {
 			break
 		}
-		n := min(16-len(insn), int(4096-gpa&0xfff))
+		n := min(size-len(insn), int(4096-gpa&0xfff))
 		b := v.p.ram(gpa, n)
 		insn = append(insn, b...)
 		if len(b) < n {
@@ -832,6 +836,12 @@ func (v *vp) elementMatches(s *accel.Sregs, d *pioInsn, rsi uint64, want []byte)
 // one element when that is what the instruction did) is executed with the
 // x86 emulator against a sandbox; the one that makes the same write and
 // ends in the same registers is the instruction.
+//
+// A guest's MMIO writes come from a few instructions, run again and again,
+// so the candidate that was the instruction last time at the same RIP is
+// tried first (writeHints), checked exactly as in the search. The bytes
+// around RIP are read from guest memory once, and the FPU state (for a
+// vector store's data) only when a candidate reads a vector register.
 func (v *vp) findWriteStart(r *accel.Regs, s *accel.Sregs, m kvm.RawMMIO) (accel.Regs, bool) {
 	el := uint64(len(m.Data))
 	dir := func(x uint64) uint64 {
@@ -840,51 +850,99 @@ func (v *vp) findWriteStart(r *accel.Regs, s *accel.Sregs, m kvm.RawMMIO) (accel
 		}
 		return x - el
 	}
-	var fpu *accel.FPU
-	if f, err := v.k.FPU(); err == nil {
-		fpu = &f
+	fpu := &lazyFPU{v: v}
+	const back = 15 // an instruction is at most 15 bytes long
+	window := v.fetchN(s, r.RIP-back, 2*back)
+	code := func(k int) []byte {
+		if len(window) == 2*back {
+			return window[back-k:]
+		}
+		return v.fetch(s, r.RIP-uint64(k)) // a page near RIP is not RAM
 	}
-	for k := 0; k <= 15; k++ {
-		// Registers a retired store may have moved: RDI, RSI, RCX (string
-		// instructions, one element) and RSP (POP to memory).
-		for variant, rw := range [][4]bool{{}, {true}, {false, true}, {true, true}, {true, false, true},
-			{false, true, true}, {true, true, true}, {false, false, false, true}} {
+	try := func(k, variant int) (accel.Regs, bool) {
+		rw := writeVariants[variant]
+		pre := *r
+		pre.RIP = r.RIP - uint64(k)
+		if rw[0] {
+			pre.RDI = dir(pre.RDI)
+		}
+		if rw[1] {
+			pre.RSI = dir(pre.RSI)
+		}
+		if rw[2] {
+			pre.RCX++
+		}
+		if rw[3] {
+			pre.RSP -= el
+		}
+		sb := &sandbox{v: v, regs: pre, s: s, fpu: fpu}
+		e := emu.New(sb)
+		e.MaxRepeat = 1
+		if err := e.Step(code(k)); err != nil || sb.bad {
+			return pre, false
+		}
+		if sb.regs != *r || len(sb.writes) != 1 {
+			return pre, false
+		}
+		w := sb.writes[0]
+		// KVM reports at most 8 bytes per exit: a longer store (SSE)
+		// shows up as its first 8 bytes; otherwise the size must match.
+		sameSize := len(w.data) == len(m.Data) || (len(m.Data) == 8 && len(w.data) > 8)
+		return pre, w.gpa == m.Addr && sameSize && bytes.HasPrefix(w.data, m.Data)
+	}
+	hint := &v.writeHints[r.RIP%uint64(len(v.writeHints))]
+	if hint.valid && hint.rip == r.RIP {
+		if pre, ok := try(int(hint.k), int(hint.variant)); ok {
+			return pre, true
+		}
+	}
+	for k := 0; k <= back; k++ {
+		for variant := range writeVariants {
 			if variant == 0 && k == 0 {
 				continue // RIP at the instruction means an unfinished REP
 			}
-			pre := *r
-			pre.RIP = r.RIP - uint64(k)
-			if rw[0] {
-				pre.RDI = dir(pre.RDI)
-			}
-			if rw[1] {
-				pre.RSI = dir(pre.RSI)
-			}
-			if rw[2] {
-				pre.RCX++
-			}
-			if rw[3] {
-				pre.RSP -= el
-			}
-			sb := &sandbox{v: v, regs: pre, s: s, fpu: fpu}
-			e := emu.New(sb)
-			e.MaxRepeat = 1
-			if err := e.Step(v.fetch(s, pre.RIP)); err != nil || sb.bad {
-				continue
-			}
-			if sb.regs != *r || len(sb.writes) != 1 {
-				continue
-			}
-			w := sb.writes[0]
-			// KVM reports at most 8 bytes per exit: a longer store (SSE)
-			// shows up as its first 8 bytes; otherwise the size must match.
-			sameSize := len(w.data) == len(m.Data) || (len(m.Data) == 8 && len(w.data) > 8)
-			if w.gpa == m.Addr && sameSize && bytes.HasPrefix(w.data, m.Data) {
+			if pre, ok := try(k, variant); ok {
+				*hint = writeHint{valid: true, rip: r.RIP, k: uint8(k), variant: uint8(variant)}
 				return pre, true
 			}
 		}
 	}
 	return *r, false
+}
+
+// writeVariants are the registers a retired store may have moved, in the
+// order tried: RDI, RSI, RCX (string instructions, one element) and RSP
+// (POP to memory).
+var writeVariants = [...][4]bool{{}, {true}, {false, true}, {true, true}, {true, false, true},
+	{false, true, true}, {true, true, true}, {false, false, false, true}}
+
+// writeHint is the candidate findWriteStart found for a RIP. The table is
+// fixed in size (indexed by RIP), so a guest cannot grow it.
+type writeHint struct {
+	valid      bool
+	rip        uint64
+	k, variant uint8
+}
+
+// lazyFPU reads the vCPU's FPU state the first time a candidate needs it.
+type lazyFPU struct {
+	v      *vp
+	tried  bool
+	f      accel.FPU
+	loaded bool
+}
+
+func (l *lazyFPU) get() *accel.FPU {
+	if !l.tried {
+		l.tried = true
+		var err error
+		l.f, err = l.v.k.FPU()
+		l.loaded = err == nil
+	}
+	if !l.loaded {
+		return nil
+	}
+	return &l.f
 }
 
 type access struct {
@@ -898,7 +956,7 @@ type sandbox struct {
 	v      *vp
 	regs   accel.Regs
 	s      *accel.Sregs
-	fpu    *accel.FPU
+	fpu    *lazyFPU
 	writes []access
 	bad    bool
 }
@@ -933,8 +991,8 @@ func (b *sandbox) Control(c emu.ControlReg) uint64 {
 }
 func (b *sandbox) ReadVector(i int, x *[32]byte) {
 	*x = [32]byte{}
-	if b.fpu != nil && i < 16 {
-		copy(x[:16], b.fpu.XMM[i][:])
+	if f := b.fpu.get(); f != nil && i < 16 {
+		copy(x[:16], f.XMM[i][:])
 	}
 }
 func (b *sandbox) WriteVector(i int, x *[32]byte, vex bool) {}

@@ -30,6 +30,7 @@ type vp struct {
 	blobs      map[uint32][]byte // SIMP, SIEFP, synthetic timers (opaque)
 	pendingExt atomic.Int32
 	closed     bool
+	writeHints [64]writeHint // findWriteStart's, used by the vp's run loop alone
 }
 
 func (v *vp) close() {
