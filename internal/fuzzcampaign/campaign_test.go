@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestLedgerRoundTrip(t *testing.T) {
@@ -158,5 +163,29 @@ PASS
 `)
 	if execs, corpus := progress(out); execs != 130001 || corpus != 17 {
 		t.Errorf("progress = %d execs, corpus %d; want 130001, 17", execs, corpus)
+	}
+}
+
+// TestStartBackground: the fuzzer runs in a session of its own, whose
+// autogroup (where the kernel has them) has nice 19.
+func TestStartBackground(t *testing.T) {
+	before, _ := os.ReadFile("/proc/self/autogroup")
+	cmd := exec.Command("sleep", "5")
+	if err := startBackground(cmd); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if sid, _ := unix.Getsid(cmd.Process.Pid); sid != cmd.Process.Pid {
+		t.Errorf("session %d, want the fuzzer's own (%d)", sid, cmd.Process.Pid)
+	}
+	ag, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", cmd.Process.Pid))
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("this kernel has no scheduler autogroups")
+	}
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(ag)), "nice 19") {
+		t.Errorf("autogroup %q, %v; want nice 19", ag, err)
+	}
+	if after, _ := os.ReadFile("/proc/self/autogroup"); string(after) != string(before) {
+		t.Errorf("the caller's own autogroup went from %q to %q", before, after)
 	}
 }

@@ -229,11 +229,11 @@ func fuzzSlice(ctx context.Context, bin, dir, cache, target string, d time.Durat
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	start := time.Now()
-	err := cmd.Run()
-	res.wall = time.Since(start)
-	if cmd.ProcessState == nil {
+	if err := startBackground(cmd); err != nil {
 		return res, fmt.Errorf("start %s: %w", bin, err)
 	}
+	err := cmd.Wait()
+	res.wall = time.Since(start)
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		res.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
@@ -246,6 +246,27 @@ func fuzzSlice(ctx context.Context, bin, dir, cache, target string, d time.Durat
 		res.failure = failure(out.Bytes())
 	}
 	return res, nil
+}
+
+// startBackground starts cmd in a session of its own whose scheduler
+// autogroup has nice 19. Where the kernel groups tasks by session
+// (CONFIG_SCHED_AUTOGROUP, on in Debian's kernels), a task's own nice
+// value weighs it only against its session's other tasks: a nice-19
+// fuzzer in the shell's session took as much CPU as the nested VM in
+// another session. Its own session's autogroup, made nice, yields to the
+// rest of the machine.
+func startBackground(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	// Best effort: a kernel without autogroups has no such file, and the
+	// process's own nice value is then what counts.
+	os.WriteFile(fmt.Sprintf("/proc/%d/autogroup", cmd.Process.Pid), []byte("19"), 0)
+	return nil
 }
 
 var progressLine = regexp.MustCompile(`fuzz: elapsed: \S+, execs: (\d+) .*?(?:new interesting: \d+ \(total: (\d+)\))?$`)
