@@ -683,6 +683,7 @@ func (t *PCI) service(qi int) {
 		return
 	}
 	q := t.queues[qi]
+	lone, _ := t.dev.(LoneHandler)
 	t.busy++
 	t.serving++
 	t.mu.Unlock()
@@ -718,7 +719,12 @@ func (t *PCI) service(qi int) {
 				t.complete(q, head, written)
 			})
 		}
-		if err := t.dev.Handle(qi, c, done); err != nil {
+		if lone != nil && !q.Pending() {
+			err = lone.HandleLone(qi, c, done)
+		} else {
+			err = t.dev.Handle(qi, c, done)
+		}
+		if err != nil {
 			// The device may have written part of the chain before it
 			// found the fault.
 			t.markWritten(writable)
