@@ -3,6 +3,7 @@ package virtio_test
 import (
 	"sync"
 	"testing"
+	"time"
 
 	"govmm/virtio"
 	"govmm/virtio/virtiotest"
@@ -78,5 +79,39 @@ func TestLoneHandler(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("chains handled lone: %v, want %v", got, want)
 		}
+	}
+}
+
+// TestPassInterruptsOnce: chains a device completes inside its Handle are
+// pushed at once, and the pass that served them interrupts the driver
+// once, at its end, rather than once per chain.
+func TestPassInterruptsOnce(t *testing.T) {
+	d, tr := newRNG(t)
+	if err := d.Init(0, 16); err != nil {
+		t.Fatal(err)
+	}
+	d.Put(0, []virtiotest.Seg{{GPA: virtiotest.BufBase, Len: 16, Write: true}}, 0)
+	if _, err := d.Wait(0, wait); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.WaitInterrupts(0, wait); n != 1 {
+		t.Fatalf("one chain: %d interrupts, want 1", n)
+	}
+	tr.Pause()
+	for i := range 5 {
+		d.Put(0, []virtiotest.Seg{{GPA: virtiotest.BufBase + uint64(i)*0x100, Len: 16, Write: true}}, 0)
+	}
+	tr.Resume()
+	for range 5 {
+		if _, err := d.Wait(0, wait); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := d.WaitInterrupts(0, wait); n != 1 {
+		t.Fatalf("five chains in one pass: %d interrupts, want 1", n)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := d.Interrupts(0); n != 0 {
+		t.Fatalf("%d more interrupts after the pass's", n)
 	}
 }

@@ -672,7 +672,21 @@ func (t *PCI) serve(q int, bell *routes.EventFD) {
 	}
 }
 
-// service pops and hands to the device every chain queue q has.
+// passState is one service pass's: whether the transport is inside the
+// device's Handle, and whether a completion made there left its interrupt
+// to the end of the pass.
+type passState struct {
+	mu                sync.Mutex
+	handling, pending bool
+}
+
+// service pops and hands to the device every chain queue q has. A chain
+// the device completes while the transport is still inside its Handle (a
+// transmitted packet, a lone disk request) is pushed at once, but its
+// interrupt is left to the end of the pass: one interrupt for the chains
+// of a pass, as QEMU's bottom halves notify once for a batch, where the
+// driver would otherwise be interrupted for the first of them while the
+// device still works on the others.
 func (t *PCI) service(qi int) {
 	t.mu.Lock()
 	for t.paused {
@@ -687,7 +701,15 @@ func (t *PCI) service(qi int) {
 	t.busy++
 	t.serving++
 	t.mu.Unlock()
+	var ps passState
 	defer func() {
+		ps.mu.Lock()
+		pending := ps.pending
+		ps.pending = false
+		ps.mu.Unlock()
+		if pending {
+			t.interrupt(q)
+		}
 		t.mu.Lock()
 		t.serving--
 		t.mu.Unlock()
@@ -716,14 +738,29 @@ func (t *PCI) service(qi int) {
 		done := func(written uint32) {
 			once.Do(func() {
 				t.markWritten(writable)
+				ps.mu.Lock()
+				if ps.handling && written&More == 0 {
+					q.Push(head, written)
+					ps.pending = true
+					ps.mu.Unlock()
+					t.release()
+					return
+				}
+				ps.mu.Unlock()
 				t.complete(q, head, written)
 			})
 		}
+		ps.mu.Lock()
+		ps.handling = true
+		ps.mu.Unlock()
 		if lone != nil && !q.Pending() {
 			err = lone.HandleLone(qi, c, done)
 		} else {
 			err = t.dev.Handle(qi, c, done)
 		}
+		ps.mu.Lock()
+		ps.handling = false
+		ps.mu.Unlock()
 		if err != nil {
 			// The device may have written part of the chain before it
 			// found the fault.
@@ -796,6 +833,12 @@ func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 		return
 	}
 	q.Push(head, written)
+	t.interrupt(q)
+}
+
+// interrupt interrupts the driver for the chains pushed to q if it asked
+// (Queue.NeedInterrupt).
+func (t *PCI) interrupt(q *Queue) {
 	if !q.NeedInterrupt() {
 		return
 	}
