@@ -668,7 +668,15 @@ func (t *PCI) serve(q int, bell *routes.EventFD) {
 				runtime.UnlockOSThread()
 			}
 		}
-		t.service(q)
+		if t.service(q) {
+			// The pass handed a chain on to another goroutine (a
+			// worker, a reader waiting for buffers), which waits
+			// in this thread's processor's run queue: the blocking
+			// read would hold the processor in a system call, and
+			// the goroutine would wait there for the runtime's
+			// monitor. Yield first, so it runs now.
+			runtime.Gosched()
+		}
 	}
 }
 
@@ -678,6 +686,8 @@ func (t *PCI) serve(q int, bell *routes.EventFD) {
 type passState struct {
 	mu                sync.Mutex
 	handling, pending bool
+	// completed: the chain being handled was completed inside Handle.
+	completed bool
 }
 
 // service pops and hands to the device every chain queue q has. A chain
@@ -686,8 +696,9 @@ type passState struct {
 // interrupt is left to the end of the pass: one interrupt for the chains
 // of a pass, as QEMU's bottom halves notify once for a batch, where the
 // driver would otherwise be interrupted for the first of them while the
-// device still works on the others.
-func (t *PCI) service(qi int) {
+// device still works on the others. It reports whether the device kept a
+// chain past its Handle (completing it from another goroutine, later).
+func (t *PCI) service(qi int) (handedOn bool) {
 	t.mu.Lock()
 	for t.paused {
 		t.cond.Wait()
@@ -739,6 +750,9 @@ func (t *PCI) service(qi int) {
 			once.Do(func() {
 				t.markWritten(writable)
 				ps.mu.Lock()
+				if ps.handling {
+					ps.completed = true
+				}
 				if ps.handling && written&More == 0 {
 					q.Push(head, written)
 					ps.pending = true
@@ -751,7 +765,7 @@ func (t *PCI) service(qi int) {
 			})
 		}
 		ps.mu.Lock()
-		ps.handling = true
+		ps.handling, ps.completed = true, false
 		ps.mu.Unlock()
 		if lone != nil && !q.Pending() {
 			err = lone.HandleLone(qi, c, done)
@@ -760,6 +774,7 @@ func (t *PCI) service(qi int) {
 		}
 		ps.mu.Lock()
 		ps.handling = false
+		handedOn = handedOn || !ps.completed
 		ps.mu.Unlock()
 		if err != nil {
 			// The device may have written part of the chain before it
