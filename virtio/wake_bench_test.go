@@ -2,12 +2,16 @@ package virtio_test
 
 import (
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"govmm/virtio"
+	"govmm/virtio/blk"
 	"govmm/virtio/rng"
 	"govmm/virtio/virtiotest"
 )
@@ -49,14 +53,31 @@ func (h *handoff) Handle(_ int, _ *virtio.Chain, done func(uint32)) error {
 // irqfd. vcsw/op is the process's voluntary context switches per
 // request (the benchmark thread's own wait is one of them): how many
 // threads the request woke. rng completes a chain inside Handle;
-// handoff on a goroutine of its own; -locked, with the queue's server
-// locked to its thread as a confined one is.
+// handoff on a goroutine of its own; blk is virtio-blk reading 4 KiB of
+// an image (queue depth one); -locked, with the queue's server locked to
+// its thread as a confined one is.
 func BenchmarkDoorbellToInterrupt(b *testing.B) {
+	img := filepath.Join(b.TempDir(), "disk.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	disk := func() virtio.Device {
+		d, err := blk.Open(blk.Config{Path: img}, "vda")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Close() })
+		// Its workers keep their threads, as confined ones do.
+		d.SetWorkerThread(func(string) {})
+		return d
+	}
 	for _, c := range []struct {
 		name   string
 		dev    func() virtio.Device
 		locked bool
 	}{
+		{"blk", disk, false},
+		{"blk-locked", disk, true},
 		{"rng", func() virtio.Device { return rng.New() }, false},
 		{"handoff", func() virtio.Device { return newHandoff() }, false},
 		{"rng-locked", func() virtio.Device { return rng.New() }, true},
@@ -104,9 +125,26 @@ func BenchmarkDoorbellToInterrupt(b *testing.B) {
 			le := binary.LittleEndian
 			desc, avail, _ := d.Rings(0)
 			dt := mem.B[desc:]
-			le.PutUint64(dt, virtiotest.BufBase)
-			le.PutUint32(dt[8:], 16)
-			le.PutUint16(dt[12:], 2)
+			if strings.HasPrefix(c.name, "blk") {
+				// A 4 KiB read of sector 8: header, data, status.
+				le.PutUint32(mem.B[virtiotest.BufBase:], 0)
+				le.PutUint64(mem.B[virtiotest.BufBase+8:], 8)
+				for i, s := range []struct {
+					gpa uint64
+					n   uint32
+					fl  uint16
+				}{{virtiotest.BufBase, 16, 1}, {virtiotest.BufBase + 0x1000, 4096, 3}, {virtiotest.BufBase + 0x3000, 1, 2}} {
+					e := dt[16*i:]
+					le.PutUint64(e, s.gpa)
+					le.PutUint32(e[8:], s.n)
+					le.PutUint16(e[12:], s.fl)
+					le.PutUint16(e[14:], uint16(i+1))
+				}
+			} else {
+				le.PutUint64(dt, virtiotest.BufBase)
+				le.PutUint32(dt[8:], 16)
+				le.PutUint16(dt[12:], 2)
+			}
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			var idx uint16
