@@ -224,9 +224,6 @@ type conn struct {
 	wbuf                   []byte
 	rxCnt, fwdCnt, sentFwd uint32
 	creditQueued           bool
-	// writing: the writer is writing bytes it took from wbuf, outside
-	// mu; until it is done, nothing else may write to the socket.
-	writing bool
 	// wrClosed: the guest shut down sending and all its data was
 	// written, so the socket's write side is shut.
 	wrClosed bool
@@ -520,19 +517,11 @@ func (d *Device) transmit(ch *virtio.Chain) error {
 		}
 		return nil
 	}
-	had := d.credit(c)
 	c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt
 	if d.credit(c) > 0 {
 		c.creditAsked = false
-		if had == 0 {
-			// The reader may wait for credit.
-			d.cond.Broadcast()
-		}
 	}
-	if h.Op != opRW && h.Op != opCreditUpdate {
-		// A change of state the connection's goroutines wait for.
-		d.cond.Broadcast()
-	}
+	d.cond.Broadcast()
 	switch h.Op {
 	case opRequest:
 		d.log.Debug("vsock: a second connection request on a live connection", "packet", h.String())
@@ -558,27 +547,10 @@ func (d *Device) transmit(ch *virtio.Chain) error {
 				"buffered", c.rxCnt-c.fwdCnt, "buf_alloc", bufAlloc)
 			d.teardown(c, true)
 		default:
+			n := len(c.wbuf)
+			c.wbuf = append(c.wbuf, make([]byte, h.Len)...)
+			ch.Read(hdrLen, c.wbuf[n:])
 			c.rxCnt += h.Len
-			if len(c.wbuf) > 0 || c.writing {
-				n := len(c.wbuf)
-				c.wbuf = append(c.wbuf, make([]byte, h.Len)...)
-				ch.Read(hdrLen, c.wbuf[n:])
-				d.cond.Broadcast()
-				break
-			}
-			// Nothing waits to be written before it: the socket
-			// takes what it can now, without waking the writer,
-			// which gets the rest.
-			b := make([]byte, h.Len)
-			ch.Read(hdrLen, b)
-			n := tryWrite(c.uc, b)
-			c.fwdCnt += uint32(n)
-			if n < len(b) {
-				c.wbuf = b[n:]
-				d.cond.Broadcast()
-				break
-			}
-			d.creditUpdate(c)
 		}
 	case opCreditUpdate:
 	case opCreditRequest:
@@ -917,11 +889,10 @@ func (d *Device) writer(c *conn) {
 			continue
 		}
 		data := c.wbuf
-		c.wbuf, c.writing = nil, true
+		c.wbuf = nil
 		d.mu.Unlock()
 		n, err := c.uc.Write(data)
 		d.mu.Lock()
-		c.writing = false
 		c.fwdCnt += uint32(n)
 		d.cond.Broadcast() // Close may be waiting for the flush
 		if err != nil {
@@ -932,46 +903,13 @@ func (d *Device) writer(c *conn) {
 			d.unlock()
 			return
 		}
-		d.creditUpdate(c)
+		// The guest stalls once it believes less than half the buffer
+		// is free: tell it what was consumed.
+		if free := bufAlloc - (c.rxCnt - c.sentFwd); c.fwdCnt != c.sentFwd && free < bufAlloc/2 && !c.creditQueued {
+			c.creditQueued = true
+			d.send(c.key, opCreditUpdate, 0, c)
+		}
 		d.unlock()
 		d.mu.Lock()
 	}
-}
-
-// creditUpdate tells the guest what the socket consumed of c's data, once
-// it believes less than half its buffer is free (it stalls then). Called
-// with mu held.
-func (d *Device) creditUpdate(c *conn) {
-	if free := bufAlloc - (c.rxCnt - c.sentFwd); c.fwdCnt != c.sentFwd && free < bufAlloc/2 && !c.creditQueued {
-		c.creditQueued = true
-		d.send(c.key, opCreditUpdate, 0, c)
-	}
-}
-
-// tryWrite writes b to uc's socket with one write(2) that does not wait:
-// the bytes the socket took (0 on any error, which the writer meets again
-// and handles).
-func tryWrite(uc net.Conn, b []byte) int {
-	sc, ok := uc.(syscall.Conn)
-	if !ok {
-		return 0
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	rc.Write(func(fd uintptr) bool {
-		for {
-			k, err := syscall.Write(int(fd), b)
-			if err == syscall.EINTR {
-				continue
-			}
-			if err == nil {
-				n = k
-			}
-			return true
-		}
-	})
-	return n
 }

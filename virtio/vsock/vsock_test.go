@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -681,52 +680,5 @@ func TestCloseFlushes(t *testing.T) {
 	c2.g.d.Close()
 	if d := time.Since(start); d > flushTimeout+5*time.Second {
 		t.Fatalf("Close took %v with a host that does not read; the bound is %v", d, flushTimeout)
-	}
-}
-
-// TestGuestDataWrittenAtOnce: a packet of the guest's whose connection
-// has nothing waiting to be written reaches the host socket before the
-// transmit queue's Handle returns (no hand-off to the connection's
-// writer goroutine, a thread wake-up per message); bytes the socket
-// cannot take now go to the writer, in order.
-func TestGuestDataWrittenAtOnce(t *testing.T) {
-	c, hc := guestDials(t, 40001, 6001, 65536)
-	msg := pattern("ping", 64)
-	c.g.mustSend(c.hdr(opRW), msg)
-	c.sent += uint32(len(msg))
-	rc, err := hc.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	n, rerr := 0, error(nil)
-	rc.Read(func(fd uintptr) bool {
-		n, _, rerr = syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT)
-		return true
-	})
-	if rerr != nil || !bytes.Equal(buf[:max(n, 0)], msg) {
-		t.Fatalf("the host socket held %d bytes (%v) when the packet was served, want the guest's %d", n, rerr, len(msg))
-	}
-	// The host does not read: the socket fills, the rest waits for the
-	// writer, and all arrives in order once the host reads.
-	big := pattern("bulk", 4<<20)
-	got := make(chan []byte)
-	sent := make(chan struct{})
-	go func() {
-		<-sent
-		b := make([]byte, len(big))
-		_, err := io.ReadFull(hc, b)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- b
-	}()
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		close(sent)
-	}()
-	c.write(big)
-	if b := <-got; !bytes.Equal(b, big) {
-		t.Fatal("the host read other bytes than the guest sent")
 	}
 }
