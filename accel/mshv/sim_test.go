@@ -842,49 +842,7 @@ func TestSimCapsAndCPUID(t *testing.T) {
 // BenchmarkSimPIOExit measures one port-I/O intercept round trip through
 // the backend and mshvsim (guest: out 0x80, al in a loop at CPL0).
 func BenchmarkSimPIOExit(b *testing.B) {
-	kvmtest.Need(b)
-	sim, err := mshvsim.New()
-	if err != nil {
-		b.Fatal(err)
-	}
-	acc, _ := mshv.Open(sim)
-	defer acc.Close()
-	vm, err := acc.NewVM(accel.VMConfig{NumVCPUs: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer vm.Close()
-	mem, _ := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	defer unix.Munmap(mem)
-	if err := vm.MapMemory(accel.MemoryRegion{Host: mem}); err != nil {
-		b.Fatal(err)
-	}
-	cpu, err := vm.NewVCPU(0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cpu.Close()
-	copy(mem[0x1000:], []byte{0xE6, 0x80, 0xEB, 0xFC}) // out 0x80, al; jmp back
-	s, _ := cpu.Sregs()
-	code := accel.Segment{Limit: 0xffff, Type: 0xb, Present: true, S: true}
-	data := accel.Segment{Limit: 0xffff, Type: 0x3, Present: true, S: true}
-	s.CS, s.DS, s.ES, s.FS, s.GS, s.SS = code, data, data, data, data, data
-	s.CR0 = 0x10
-	cpu.SetSregs(&s)
-	cpu.SetRegs(&accel.Regs{RIP: 0x1000, RFLAGS: 2})
-	n := 0
-	counting := &countHandler{f: func(port uint16, d []byte) {
-		n++
-		if n >= b.N {
-			cpu.Kick()
-		}
-	}}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	b.ResetTimer()
-	if _, err := cpu.Run(counting); err != nil {
-		b.Fatal(err)
-	}
+	loopExits(b, []byte{0xE6, 0x80, 0xEB, 0xFC}, 0, &countHandler{}) // out 0x80, al; jmp back
 }
 
 // BenchmarkSimMMIOWriteExit measures one MMIO write intercept round trip
@@ -892,6 +850,19 @@ func BenchmarkSimPIOExit(b *testing.B) {
 // CPL0, into a page no memory backs). mshvsim recovers each write's
 // instruction, which KVM retired before it exited.
 func BenchmarkSimMMIOWriteExit(b *testing.B) {
+	h := &countHandler{}
+	h.mmio = func(addr uint64, d []byte) {
+		if addr != 0x20000 {
+			b.Fatalf("MMIO write at %#x, want 0x20000", addr)
+		}
+	}
+	loopExits(b, []byte{0xA2, 0x00, 0x00, 0xEB, 0xFB}, 0x20000, h) // mov [0], al (DS at 0x20000, unbacked); jmp back
+}
+
+// loopExits runs a real-mode guest whose code (at 0x1000, with DS based at
+// dsBase) loops on one exit, through the backend and mshvsim, until h has
+// seen b.N port or MMIO writes.
+func loopExits(b *testing.B, code []byte, dsBase uint64, h *countHandler) {
 	kvmtest.Need(b)
 	sim, err := mshvsim.New()
 	if err != nil {
@@ -914,30 +885,39 @@ func BenchmarkSimMMIOWriteExit(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cpu.Close()
-	copy(mem[0x1000:], []byte{0xA2, 0x00, 0x00, 0xEB, 0xFB}) // mov [0], al (DS at 0x20000, unbacked); jmp back
+	copy(mem[0x1000:], code)
 	s, _ := cpu.Sregs()
-	code := accel.Segment{Limit: 0xffff, Type: 0xb, Present: true, S: true}
+	cs := accel.Segment{Limit: 0xffff, Type: 0xb, Present: true, S: true}
 	data := accel.Segment{Limit: 0xffff, Type: 0x3, Present: true, S: true}
-	s.CS, s.ES, s.FS, s.GS, s.SS = code, data, data, data, data
-	s.DS = data
-	s.DS.Base, s.DS.Selector = 0x20000, 0x2000
+	s.CS, s.DS, s.ES, s.FS, s.GS, s.SS = cs, data, data, data, data, data
+	s.DS.Base, s.DS.Selector = dsBase, uint16(dsBase>>4)
 	s.CR0 = 0x10
 	cpu.SetSregs(&s)
 	cpu.SetRegs(&accel.Regs{RIP: 0x1000, RFLAGS: 2})
 	n := 0
-	counting := &countHandler{mmio: func(addr uint64, d []byte) {
-		if addr != 0x20000 {
-			b.Fatalf("MMIO write at %#x, want 0x20000", addr)
-		}
+	count := func() {
 		n++
 		if n >= b.N {
 			cpu.Kick()
 		}
-	}}
+	}
+	pio, mmio := h.f, h.mmio
+	h.f = func(port uint16, d []byte) {
+		if pio != nil {
+			pio(port, d)
+		}
+		count()
+	}
+	h.mmio = func(addr uint64, d []byte) {
+		if mmio != nil {
+			mmio(addr, d)
+		}
+		count()
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	b.ResetTimer()
-	if _, err := cpu.Run(counting); err != nil {
+	if _, err := cpu.Run(h); err != nil {
 		b.Fatal(err)
 	}
 }
