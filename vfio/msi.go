@@ -90,8 +90,8 @@ func (p *PCI) addMSI(cfg []byte, off int) error {
 // msiUpdate acts on the guest's MSI capability. Called with mu held.
 //
 // The guest's mask bits never reach the device. VFIO would pass them
-// (vfio_pci_config.c gives the mask register NO_VIRT, ALL_WRITE
-// permissions, and the pending register is read from the device), but
+// (vfio_pci_config.c's init_pci_cap_msi_perm gives the mask and pending
+// registers NO_VIRT, ALL_WRITE: reads and writes go to the device), but
 // they are the host kernel's: the MSI core caches the mask
 // (desc->pci.msi_mask) and rewrites the whole register from that cache
 // whenever it masks or unmasks a vector (pci_msi_update_mask), which
