@@ -7,7 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"govmm/accel"
-	"govmm/irq/routes"
 	"govmm/pci"
 	"govmm/vfio/abi"
 )
@@ -23,25 +22,11 @@ const (
 
 // msixState is the device's MSI-X capability as govmm presents it: the
 // vector table lives here (the guest never reaches the device's own,
-// which VFIO programs), and each vector has a GSI, an eventfd VFIO
-// signals and, while the vector may fire, an MSI route and an irqfd.
-//
-// A vector that may not fire (masked, function masked) has no irqfd, so
-// the device's signals wait in its eventfd. Its pending bit is that
-// count: a read of the PBA drains the eventfd of every such vector into
-// pending, and the bit reads 1 while either holds something. Unbinding
-// keeps the device's own vector unmasked (VFIO owns its table), so the
-// device never sees the mask and messages keep coming to the eventfd.
-//
-// Unmasking delivers what was pending exactly once (msixBind). Both
-// kernels, when an irqfd is assigned, inject a count they find in the
-// eventfd but leave it there (kvm_irqfd_assign and mshv_irqfd_assign
-// poll the eventfd and inject; only the wakeup of a later signal drains
-// it), so a count left behind by a bare unbind/bind would be injected a
-// second time at the next bind. govmm therefore drains the eventfd
-// before binding and again right after, and signals the bound eventfd
-// itself when something was pending and the kernel did not already
-// inject it.
+// which VFIO programs), and each vector is one of vectors: a GSI, an
+// eventfd VFIO signals and, while the vector may fire (enabled, function
+// and vector unmasked), an MSI route and an irqfd. The PBA is the
+// vectors' pending bits; see vectors for how a masked vector's messages
+// wait and are delivered once.
 type msixState struct {
 	cap              int
 	n                int
@@ -49,13 +34,8 @@ type msixState struct {
 	tableOff, pbaOff uint64
 	table            []byte
 	on, fmask        bool
-	gsis             []uint32
-	evs              []*routes.EventFD
-	irqfds           []*routes.IRQFD
-	routed           []accel.MSI
-	// pending is, per vector, a message the device sent while the vector
-	// could not fire, drained from its eventfd (the PBA bit).
-	pending []bool
+	vectors
+	routed []accel.MSI
 }
 
 func (m *msixState) tableEnd() uint64 { return m.tableOff + uint64(m.n)*msixEntrySize }
@@ -80,9 +60,8 @@ func (p *PCI) addMSIX(cfg []byte, off int) error {
 	for v := 0; v < m.n; v++ {
 		m.table[v*msixEntrySize+msixEntryCtl] = msixMasked
 	}
-	m.irqfds = make([]*routes.IRQFD, m.n)
+	m.vectors = newVectors("MSI-X", m.n, p.cfg.Router, p.log)
 	m.routed = make([]accel.MSI, m.n)
-	m.pending = make([]bool, m.n)
 	body := make([]byte, 10)
 	le.PutUint16(body, ctl&0x7ff)
 	le.PutUint32(body[2:], tbl)
@@ -120,7 +99,7 @@ func (p *PCI) msixTrapped(i int) [][2]uint64 {
 func (p *PCI) msixControl() {
 	m := p.msix
 	var b [2]byte
-	p.fn.ReadConfig(m.cap+2, b[:])
+	p.fn.PeekConfig(m.cap+2, b[:])
 	ctl := binary.LittleEndian.Uint16(b[:])
 	on, fmask := ctl&msixCtlEnable != 0, ctl&msixCtlFuncMask != 0
 	switch {
@@ -145,24 +124,12 @@ func (p *PCI) msixEnable() {
 		p.log.Error("vfio: the guest enabled MSI-X while MSI is on; MSI-X stays off")
 		return
 	}
-	for len(m.gsis) < m.n {
-		gsi, err := p.cfg.Router.Allocate()
-		if err != nil {
-			p.log.Error("vfio: the guest enabled MSI-X; no GSI for it", "vectors", m.n, "err", err)
-			return
-		}
-		ev, err := routes.NewEventFD()
-		if err != nil {
-			p.log.Error("vfio: the guest enabled MSI-X; no eventfd for it", "vectors", m.n, "err", err)
-			return
-		}
-		m.gsis, m.evs = append(m.gsis, gsi), append(m.evs, ev)
+	if err := m.alloc(m.n); err != nil {
+		p.log.Error("vfio: the guest enabled MSI-X; no GSI or eventfd for it", "vectors", m.n, "err", err)
+		return
 	}
 	p.intxDisable()
-	fds := make([]int32, m.n)
-	for i := range fds {
-		fds[i] = int32(m.evs[i].FD())
-	}
+	fds := m.fds(m.n)
 	m.on = true
 	if p.cfg.Order == OrderIRQsFirst {
 		if err := p.dev.SetIRQEventFDs(abi.PCIMSIXIRQ, fds); err != nil {
@@ -177,7 +144,7 @@ func (p *PCI) msixEnable() {
 	if p.cfg.Order == OrderRouteFirst {
 		if err := p.dev.SetIRQEventFDs(abi.PCIMSIXIRQ, fds); err != nil {
 			p.log.Error("vfio: the guest enabled MSI-X; VFIO_DEVICE_SET_IRQS failed", "vectors", m.n, "err", err)
-			p.msixUnbind()
+			m.unbindAll()
 			m.on = false
 			return
 		}
@@ -192,28 +159,13 @@ func (p *PCI) msixDisable() {
 	if err := p.dev.DisableIRQs(abi.PCIMSIXIRQ); err != nil {
 		p.log.Error("vfio: the guest disabled MSI-X; VFIO refused", "err", err)
 	}
-	p.msixUnbind()
+	m.unbindAll()
 	m.on = false
 	// Messages that waited belong to the MSI-X setting that ended.
-	for _, ev := range m.evs {
-		ev.TryRead()
-	}
-	clear(m.pending)
+	m.drop()
 	if p.intx != nil && !p.closed {
 		if err := p.intxEnable(); err != nil {
 			p.log.Error("vfio: the guest disabled MSI-X; INTx could not be turned back on", "err", err)
-		}
-	}
-}
-
-func (p *PCI) msixUnbind() {
-	m := p.msix
-	for v, f := range m.irqfds {
-		if f != nil {
-			if err := f.Close(); err != nil {
-				p.log.Error("vfio: deassign MSI-X irqfd", "vector", v, "err", err)
-			}
-			m.irqfds[v] = nil
 		}
 	}
 }
@@ -233,12 +185,7 @@ func (p *PCI) msixUpdate(v int) {
 	}
 	msg, masked := m.entry(v)
 	if !m.on || m.fmask || masked {
-		if f := m.irqfds[v]; f != nil {
-			if err := f.Close(); err != nil {
-				p.log.Error("vfio: the guest masked an MSI-X vector; deassigning its irqfd failed", "vector", v, "err", err)
-			}
-			m.irqfds[v] = nil
-		}
+		m.unbind(v)
 		return
 	}
 	if m.irqfds[v] == nil || m.routed[v] != msg {
@@ -253,45 +200,10 @@ func (p *PCI) msixUpdate(v int) {
 		m.routed[v] = msg
 	}
 	if m.irqfds[v] == nil {
-		p.msixBind(v)
-	}
-}
-
-// msixBind assigns vector v's irqfd (its route is committed) and delivers
-// its pending message, if any, exactly once. Called with mu held.
-func (p *PCI) msixBind(v int) {
-	m := p.msix
-	ev := m.evs[v]
-	// What the device sent while the vector could not fire is one pending
-	// message, however many signals it was.
-	if n, err := ev.TryRead(); err != nil {
-		p.log.Error("vfio: the guest unmasked an MSI-X vector; reading its eventfd failed", "vector", v, "err", err)
-	} else if n > 0 {
-		m.pending[v] = true
-	}
-	f, err := p.cfg.Router.AssignIRQFD(ev, m.gsis[v], nil)
-	if err != nil {
-		p.log.Error("vfio: the guest unmasked an MSI-X vector; assigning its irqfd failed", "vector", v, "err", err)
-		return
-	}
-	m.irqfds[v] = f
-	// A count here came between the drain and the assignment: the kernel
-	// injected it when it assigned the irqfd and left it in the eventfd
-	// (a later signal's wakeup would drain it, but a mask first would
-	// carry it to the next bind and inject it again). That injection
-	// also delivers the pending message: the two are one under the mask.
-	stale, err := ev.TryRead()
-	if err != nil {
-		p.log.Error("vfio: the guest unmasked an MSI-X vector; reading its eventfd failed", "vector", v, "err", err)
-	}
-	if m.pending[v] && stale == 0 {
-		// The bound irqfd's wakeup drains this signal and injects once.
-		if err := ev.Signal(); err != nil {
-			p.log.Error("vfio: the guest unmasked an MSI-X vector; delivering its pending message failed", "vector", v, "err", err)
-			return
+		if err := m.bind(v); err != nil {
+			p.log.Error("vfio: the guest unmasked an MSI-X vector; assigning its irqfd failed", "vector", v, "err", err)
 		}
 	}
-	m.pending[v] = false
 }
 
 // msixPBA fills data, read at byte off of the PBA, with the pending bits:
@@ -309,12 +221,7 @@ func (p *PCI) msixPBA(off uint64, data []byte) {
 			if v >= m.n || v >= len(m.evs) || !m.on || m.irqfds[v] != nil {
 				continue
 			}
-			if n, err := m.evs[v].TryRead(); err != nil {
-				p.log.Error("vfio: the guest read the MSI-X PBA; reading a vector's eventfd failed", "vector", v, "err", err)
-			} else if n > 0 {
-				m.pending[v] = true
-			}
-			if m.pending[v] {
+			if m.pendingBit(v) {
 				data[i] |= 1 << b
 			}
 		}
@@ -390,10 +297,8 @@ func (p *PCI) msixClose() {
 		if err := p.dev.DisableIRQs(abi.PCIMSIXIRQ); err != nil {
 			p.log.Error("vfio: disable MSI-X", "err", err)
 		}
-		p.msixUnbind()
+		m.unbindAll()
 		m.on = false
 	}
-	for _, ev := range m.evs {
-		ev.Close()
-	}
+	m.close()
 }

@@ -145,18 +145,6 @@ type intxState struct {
 	irqfd           *routes.IRQFD
 }
 
-type msiState struct {
-	cap     int // offset in the function's configuration space
-	is64    bool
-	maxLog2 int // multiple message capable
-	on      bool
-	n       int
-	msg     accel.MSI
-	gsis    []uint32
-	evs     []*routes.EventFD
-	irqfds  []*routes.IRQFD
-}
-
 // device is what PCI needs of a VFIO device (*Device; a fake in tests).
 type device interface {
 	Name() string
@@ -239,6 +227,9 @@ func newPCI(d device, c PCIConfig) (*PCI, error) {
 		return nil, err
 	}
 	p.fn.OnWrite = p.onWrite
+	if p.msi != nil && p.msi.pvm {
+		p.fn.OnRead = p.onRead
+	}
 	return p, nil
 }
 
@@ -390,42 +381,6 @@ func (p *PCI) addCaps(cfg []byte) error {
 	return nil
 }
 
-// addMSI adds an emulated MSI capability with the device's multiple
-// message capability and address width, without per-vector masking.
-func (p *PCI) addMSI(cfg []byte, off int) error {
-	le := binary.LittleEndian
-	ctl := le.Uint16(cfg[off+2:])
-	m := &msiState{is64: ctl&msiCtl64 != 0, maxLog2: int(ctl>>1) & 7}
-	if m.maxLog2 > 5 {
-		m.maxLog2 = 5
-	}
-	n := 8
-	if m.is64 {
-		n = 12
-	}
-	body := make([]byte, n)
-	wm := make([]byte, n)
-	le.PutUint16(body, uint16(m.maxLog2)<<1|ctl&msiCtl64)
-	le.PutUint16(wm, msiCtlEnable|7<<4)
-	le.PutUint32(wm[2:], 0xfffffffc)
-	if m.is64 {
-		le.PutUint32(wm[6:], 0xffffffff)
-		le.PutUint16(wm[10:], 0xffff)
-	} else {
-		le.PutUint16(wm[6:], 0xffff)
-	}
-	at, err := p.fn.AddCapability(capMSI, body, wm)
-	if err != nil {
-		return fmt.Errorf("vfio device %s: MSI capability: %w", p.dev.Name(), err)
-	}
-	m.cap = at
-	p.msi = m
-	if ctl&msiCtlPVM != 0 {
-		p.log.Info("vfio: per-vector MSI masking is not offered to the guest")
-	}
-	return nil
-}
-
 // Start forwards the command register govmm set when it placed the BARs
 // and maps the BARs into the guest. Call it after the function is on the
 // bus.
@@ -510,7 +465,7 @@ func (p *PCI) onWrite(off, size int) {
 		}
 		p.remapBARs()
 	}
-	if p.msi != nil && overlaps(off, size, p.msi.cap, 14) {
+	if p.msi != nil && overlaps(off, size, p.msi.cap, p.msi.size()) {
 		p.msiUpdate()
 	}
 	if p.msix != nil && overlaps(off, size, p.msix.cap+2, 2) {
@@ -615,146 +570,6 @@ func (p *PCI) MappedBARs() map[int]uint64 {
 	return out
 }
 
-// msiUpdate acts on the guest's MSI capability. Called with mu held.
-func (p *PCI) msiUpdate() {
-	m := p.msi
-	var b [14]byte
-	p.fn.ReadConfig(m.cap, b[:])
-	le := binary.LittleEndian
-	ctl := le.Uint16(b[2:])
-	on := ctl&msiCtlEnable != 0
-	mme := int(ctl>>4) & 7
-	if mme > m.maxLog2 {
-		mme = m.maxLog2
-	}
-	msg := accel.MSI{AddressLo: le.Uint32(b[4:])}
-	if m.is64 {
-		msg.AddressHi, msg.Data = le.Uint32(b[8:]), uint32(le.Uint16(b[12:]))
-	} else {
-		msg.Data = uint32(le.Uint16(b[8:]))
-	}
-	n := 1 << mme
-	switch {
-	case !on && m.on:
-		p.msiDisable()
-	case on && m.on && n != m.n:
-		p.msiDisable()
-		p.msiEnable(n, msg)
-	case on && !m.on:
-		p.msiEnable(n, msg)
-	case on && msg != m.msg:
-		m.msg = msg
-		if err := p.msiRoute(); err != nil {
-			p.log.Error("vfio: the guest changed its MSI address or data; rerouting failed", "err", err)
-		}
-	}
-}
-
-// vectorMSI is vector i's message: multiple-message MSI puts the vector
-// number in the low bits of the data.
-func (m *msiState) vectorMSI(i int) accel.MSI {
-	msg := m.msg
-	msg.Data = msg.Data&^uint32(m.n-1) | uint32(i)
-	return msg
-}
-
-func (p *PCI) msiRoute() error {
-	m := p.msi
-	for i := 0; i < m.n; i++ {
-		if err := p.cfg.Router.SetMSI(m.gsis[i], m.vectorMSI(i)); err != nil {
-			return err
-		}
-	}
-	return p.cfg.Router.Commit()
-}
-
-// msiEnable wires n vectors in the configured order. Called with mu held.
-func (p *PCI) msiEnable(n int, msg accel.MSI) {
-	m := p.msi
-	if p.msix != nil && p.msix.on {
-		p.log.Error("vfio: the guest enabled MSI while MSI-X is on; MSI stays off", "vectors", n)
-		return
-	}
-	for len(m.gsis) < n {
-		gsi, err := p.cfg.Router.Allocate()
-		if err != nil {
-			p.log.Error("vfio: the guest enabled MSI; no GSI for it", "vectors", n, "err", err)
-			return
-		}
-		ev, err := routes.NewEventFD()
-		if err != nil {
-			p.log.Error("vfio: the guest enabled MSI; no eventfd for it", "vectors", n, "err", err)
-			return
-		}
-		m.gsis, m.evs = append(m.gsis, gsi), append(m.evs, ev)
-	}
-	m.n, m.msg = n, msg
-	// VFIO has one interrupt type on at a time: INTx goes off first.
-	p.intxDisable()
-	fds := make([]int32, n)
-	for i := range fds {
-		fds[i] = int32(m.evs[i].FD())
-	}
-	fail := func(what string, err error) {
-		p.log.Error("vfio: the guest enabled MSI; "+what+" failed", "vectors", n, "order", p.cfg.Order.String(), "err", err)
-		p.msiTeardown()
-	}
-	if p.cfg.Order == OrderIRQsFirst {
-		if err := p.dev.SetIRQEventFDs(abi.PCIMSIIRQ, fds); err != nil {
-			fail("VFIO_DEVICE_SET_IRQS", err)
-			return
-		}
-	}
-	if err := p.msiRoute(); err != nil {
-		fail("routing", err)
-		return
-	}
-	for i := 0; i < n; i++ {
-		f, err := p.cfg.Router.AssignIRQFD(m.evs[i], m.gsis[i], nil)
-		if err != nil {
-			fail("assigning the irqfd", err)
-			return
-		}
-		m.irqfds = append(m.irqfds, f)
-	}
-	if p.cfg.Order == OrderRouteFirst {
-		if err := p.dev.SetIRQEventFDs(abi.PCIMSIIRQ, fds); err != nil {
-			fail("VFIO_DEVICE_SET_IRQS", err)
-			return
-		}
-	}
-	m.on = true
-	p.log.Debug("vfio: MSI enabled", "vectors", n, "order", p.cfg.Order.String(), "gsi0", m.gsis[0])
-}
-
-// msiDisable turns the device's MSI off and unbinds the irqfds. Called
-// with mu held.
-func (p *PCI) msiDisable() {
-	if err := p.dev.DisableIRQs(abi.PCIMSIIRQ); err != nil {
-		p.log.Error("vfio: the guest disabled MSI; VFIO refused", "err", err)
-	}
-	p.msiTeardown()
-	if p.intx != nil && !p.closed {
-		if err := p.intxEnable(); err != nil {
-			p.log.Error("vfio: the guest disabled MSI; INTx could not be turned back on", "err", err)
-		}
-	}
-}
-
-func (p *PCI) msiTeardown() {
-	m := p.msi
-	for _, f := range m.irqfds {
-		if err := f.Close(); err != nil {
-			p.log.Error("vfio: deassign MSI irqfd", "err", err)
-		}
-	}
-	m.irqfds, m.on = nil, false
-	// Signals left in the eventfds belong to the old setting.
-	for _, ev := range m.evs {
-		ev.TryRead()
-	}
-}
-
 func (p *PCI) unmapHost() {
 	for i := range p.bars {
 		if p.bars[i].host != nil {
@@ -779,9 +594,7 @@ func (p *PCI) Close() error {
 		if p.msi.on {
 			p.msiDisable()
 		}
-		for _, ev := range p.msi.evs {
-			ev.Close()
-		}
+		p.msi.close()
 	}
 	p.intxDisable()
 	p.closeINTxFDs()
