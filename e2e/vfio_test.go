@@ -51,7 +51,12 @@ func eduL1(cmd []string, env []string, files []string, out io.Writer, timeout ti
 // inVFIOL1 runs the calling test (by name) in an L1 with the edu device
 // when this is not that L1, and reports whether the caller should go on
 // (it is in that L1).
-func inVFIOL1(t *testing.T) bool {
+func inVFIOL1(t *testing.T) bool { return inVFIOL1On(t, "", nil) }
+
+// inVFIOL1On is inVFIOL1 with L1 booted from another kernel (kernelDir,
+// nested.Config.KernelDir) and its VFIO modules (modules), when
+// kernelDir is set.
+func inVFIOL1On(t *testing.T, kernelDir string, modules []string) bool {
 	if kvmtest.InL1() && os.Getenv(vfioL1Env) == "1" {
 		return true
 	}
@@ -109,6 +114,9 @@ func inVFIOL1(t *testing.T) bool {
 		}
 		cfg := eduL1(cmd, env, files, w, timeout, img, rom)
 		cfg.Dir = "/"
+		if kernelDir != "" {
+			cfg.KernelDir, cfg.Modules = kernelDir, modules
+		}
 		if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 			cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci
 		}
@@ -163,12 +171,17 @@ func inVFIOL1(t *testing.T) bool {
 
 // vfioGuest runs a bare-metal guest on accelerator acc with the device at
 // addr passed through, its MSIs wired in order, and requires exit status
-// 33 (the guest's OK) and govmm's log naming the order.
-func vfioGuest(t *testing.T, acc []string, guest, cmdline, addr, order string) Result {
+// 33 (the guest's OK) and govmm's log naming the order. opts are more
+// options of the --device value (e.g. "iommu=iommufd").
+func vfioGuest(t *testing.T, acc []string, guest, cmdline, addr, order string, opts ...string) Result {
 	t.Helper()
 	args := append([]string{"run"}, acc...)
+	dev := "vfio=/sys/bus/pci/devices/" + addr + ",order=" + order
+	for _, o := range opts {
+		dev += "," + o
+	}
 	args = append(args, "--kernel", guest, "--cmdline", cmdline, "--serial", "stdio", "--cpus", "1",
-		"--device", "vfio=/sys/bus/pci/devices/"+addr+",order="+order, "--log-level", "info")
+		"--device", dev, "--log-level", "info")
 	r := govmm(t, args...)
 	t.Logf("guest:\n%s", r.Stdout)
 	if r.Code != 0x10<<1|1 {
@@ -377,35 +390,9 @@ func vfioEdu(t *testing.T) {
 		for _, order := range []string{"route-first", "irqs-first"} {
 			t.Run(accelName(acc)+"/"+order, func(t *testing.T) {
 				r := vfioGuest(t, acc, guest, fmt.Sprintf("n=%d", n), addr, order)
-				f := fields(t, r.Stdout, "edu", "found")
-				if id, _ := strconv.ParseUint(strings.TrimPrefix(f["id"], "0x"), 16, 32); id&0xff != 0xed {
-					t.Errorf("identification register %s, want 0x..ed", f["id"])
-				}
-				if f := fields(t, r.Stdout, "edu", "liveness"); f["ok"] != "5" {
-					t.Errorf("liveness: %v", f)
-				}
-				if f := fields(t, r.Stdout, "edu", "factorial"); f["ok"] != "5" {
-					t.Errorf("factorial: %v", f)
-				}
-				if f := fields(t, r.Stdout, "edu", "intx"); f["irqs"] != "20" || f["acks"] != "20" {
-					t.Errorf("INTx: %v, want 20 interrupts each acknowledged", f)
-				}
-				m := fields(t, r.Stdout, "edu", "msi n=")
-				want := strconv.Itoa(n)
-				if m["sent"] != want || m["irqs"] != want || m["acks"] != want {
-					t.Errorf("MSIs: sent %s, received %s, acknowledged %s; want %d each", m["sent"], m["irqs"], m["acks"], n)
-				}
-				t.Logf("MSI round trip (raise, interrupt, ack) %s us on %s, order %s", m["us_per_msi"], accelName(acc), order)
-				perMSI[accelName(acc)+"/"+order] = m["us_per_msi"]
-				if f := fields(t, r.Stdout, "edu", "factirq"); f["irqs"] != "1" || f["fact"] != "5040" {
-					t.Errorf("factorial interrupt: %v", f)
-				}
-				if f := fields(t, r.Stdout, "edu", "dma"); f["to"] != "1" || f["from"] != "1" || f["same"] != "1" {
-					t.Errorf("DMA: %v", f)
-				}
-				if !strings.Contains(r.Stderr, "BAR mapped into the guest") {
-					t.Errorf("edu's BAR 0 was not mapped into the guest (trapped instead):\n%s", r.Stderr)
-				}
+				us := checkEdu(t, r, n)
+				t.Logf("MSI round trip (raise, interrupt, ack) %s us on %s, order %s", us, accelName(acc), order)
+				perMSI[accelName(acc)+"/"+order] = us
 			})
 		}
 	}
@@ -466,6 +453,8 @@ func vfioEdu(t *testing.T) {
 		}{
 			{"missing", "vfio=/sys/bus/pci/devices/0000:00:1e.7", "no such PCI device", nil},
 			{"bad-path", "vfio=/tmp/x", "give /sys/bus/pci/devices/DDDD:BB:DD.F", nil},
+			// This L1's kernel (Debian's 6.1) has no iommufd.
+			{"no-iommufd", "vfio=" + addr + ",iommu=iommufd", "/dev/iommu is missing", nil},
 			{"no-driver", "vfio=" + addr, "bound to no driver", func() { unbind(t, addr) }},
 		} {
 			if c.setup != nil {
@@ -615,4 +604,38 @@ func vfioNVMe(t *testing.T) {
 			t.Logf("nvme interrupt: %s", nvmeLine(c, "irq"))
 		})
 	}
+}
+
+// checkEdu checks what the edu guest (run with n MSIs) saw, and returns
+// its MSI round trip in microseconds.
+func checkEdu(t *testing.T, r Result, n int) string {
+	t.Helper()
+	f := fields(t, r.Stdout, "edu", "found")
+	if id, _ := strconv.ParseUint(strings.TrimPrefix(f["id"], "0x"), 16, 32); id&0xff != 0xed {
+		t.Errorf("identification register %s, want 0x..ed", f["id"])
+	}
+	if f := fields(t, r.Stdout, "edu", "liveness"); f["ok"] != "5" {
+		t.Errorf("liveness: %v", f)
+	}
+	if f := fields(t, r.Stdout, "edu", "factorial"); f["ok"] != "5" {
+		t.Errorf("factorial: %v", f)
+	}
+	if f := fields(t, r.Stdout, "edu", "intx"); f["irqs"] != "20" || f["acks"] != "20" {
+		t.Errorf("INTx: %v, want 20 interrupts each acknowledged", f)
+	}
+	m := fields(t, r.Stdout, "edu", "msi n=")
+	want := strconv.Itoa(n)
+	if m["sent"] != want || m["irqs"] != want || m["acks"] != want {
+		t.Errorf("MSIs: sent %s, received %s, acknowledged %s; want %d each", m["sent"], m["irqs"], m["acks"], n)
+	}
+	if f := fields(t, r.Stdout, "edu", "factirq"); f["irqs"] != "1" || f["fact"] != "5040" {
+		t.Errorf("factorial interrupt: %v", f)
+	}
+	if f := fields(t, r.Stdout, "edu", "dma"); f["to"] != "1" || f["from"] != "1" || f["same"] != "1" {
+		t.Errorf("DMA: %v", f)
+	}
+	if !strings.Contains(r.Stderr, "BAR mapped into the guest") {
+		t.Errorf("edu's BAR 0 was not mapped into the guest (trapped instead):\n%s", r.Stderr)
+	}
+	return m["us_per_msi"]
 }

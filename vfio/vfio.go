@@ -1,7 +1,8 @@
-// Package vfio passes host PCI devices through to a guest with Linux VFIO
-// (the container and group API with the type1 IOMMU). A Container holds
-// the guest's RAM mapped for the devices' DMA; a Device is one vfio-pci
-// function opened through its IOMMU group; PCI (pci.go) turns a Device
+// Package vfio passes host PCI devices through to a guest with Linux VFIO:
+// the container and group API with the type1 IOMMU, or iommufd with the
+// devices' VFIO cdevs (iommufd.go). A Container or an IOMMUFD holds the
+// guest's RAM mapped for the devices' DMA; a Device is one vfio-pci
+// function opened through its IOMMU group or its cdev; PCI (pci.go) turns a Device
 // into a function on govmm's PCI bus, with the parts of configuration
 // space a VMM must own (BARs, the command register, MSI) virtualized and
 // the device's interrupts delivered through the accelerator's irqfds.
@@ -57,7 +58,7 @@ func bindHint(addr string) string {
 // exists, is bound to vfio-pci, and has an IOMMU group. It returns the
 // group number.
 func CheckDevice(addr string) (int, error) {
-	dir := filepath.Join(SysfsDevices, addr)
+	dir := filepath.Join(sysfsDevices, addr)
 	if _, err := os.Stat(dir); err != nil {
 		return 0, fmt.Errorf("vfio device %s: no such PCI device (%s is missing)", addr, dir)
 	}
@@ -264,7 +265,14 @@ func (c *Container) OpenDevice(addr string) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vfio device %s: get its fd from group %d: %w", addr, g, err)
 	}
+	return newDevice(addr, fd)
+}
+
+// newDevice reads the information and regions of a device fd (from a
+// group or a cdev), closing fd on failure.
+func newDevice(addr string, fd int) (*Device, error) {
 	d := &Device{Addr: addr, fd: fd}
+	var err error
 	if d.info, err = abi.GetDeviceInfo(fd); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("vfio device %s: device info: %w", addr, err)

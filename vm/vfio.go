@@ -19,13 +19,18 @@ type VFIOConfig struct {
 	// Order wires MSI vectors in this order (0: vfio.DefaultOrder for the
 	// accelerator).
 	Order vfio.Order
+	// IOMMU is the IOMMU API: iommufd and the devices' VFIO cdevs, or
+	// the legacy container (vfio.IOMMUAuto: iommufd where the kernel
+	// offers it).
+	IOMMU vfio.IOMMUMode
 }
 
-// vfioDevices are the VM's passed-through devices and their container.
+// vfioDevices are the VM's passed-through devices and their IOMMU (a
+// container or an iommufd).
 type vfioDevices struct {
-	container *vfio.Container
-	devs      []*vfio.PCI
-	log       *slog.Logger
+	iommu vfio.IOMMU
+	devs  []*vfio.PCI
+	log   *slog.Logger
 }
 
 // addVFIO opens the devices, maps all guest RAM for their DMA and puts
@@ -34,11 +39,11 @@ func (v *VM) addVFIO(p *platformDevices) error {
 	if len(v.cfg.VFIO.Devices) == 0 {
 		return nil
 	}
-	c, err := vfio.NewContainer()
+	c, err := vfio.OpenIOMMU(v.cfg.VFIO.IOMMU, v.cfg.VFIO.Devices)
 	if err != nil {
 		return &InputError{Err: err}
 	}
-	x := &vfioDevices{container: c, log: v.log}
+	x := &vfioDevices{iommu: c, log: v.log}
 	p.vfio = x
 	order := v.cfg.VFIO.Order
 	if order == 0 {
@@ -66,7 +71,7 @@ func (v *VM) addVFIO(p *platformDevices) error {
 		if err := dev.Start(); err != nil {
 			return err
 		}
-		v.log.Info("vfio device passed through", "device", addr, "slot", slot, "order", order.String())
+		v.log.Info("vfio device passed through", "device", addr, "slot", slot, "order", order.String(), "iommu", c.Kind())
 	}
 	for _, r := range v.mem.Regions() {
 		if err := c.MapDMA(r.GPA, r.Host); err != nil {
@@ -107,7 +112,7 @@ func (x *vfioDevices) close() {
 	for _, d := range x.devs {
 		errs = append(errs, d.Close())
 	}
-	errs = append(errs, x.container.Close())
+	errs = append(errs, x.iommu.Close())
 	if err := errors.Join(errs...); err != nil {
 		x.log.Warn("closing VFIO devices", "err", err)
 	}

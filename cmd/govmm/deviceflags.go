@@ -17,18 +17,22 @@ import (
 type deviceFlags struct {
 	vfio  []string
 	order vfio.Order
+	iommu vfio.IOMMUMode
+	// iommuSet: some --device gave iommu= (the VM has one IOMMU API).
+	iommuSet bool
 }
 
 func (d *deviceFlags) String() string { return strings.Join(d.vfio, " ") }
 
-// Set parses vfio=PATH[,order=route-first|irqs-first] (",," in a value is
-// a literal comma, as in --disk: optlist). The order is the VM's (all
-// devices share one), so differing orders are refused.
+// Set parses vfio=PATH[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy]
+// (",," in a value is a literal comma, as in --disk: optlist). The order
+// and the IOMMU API are the VM's (all devices share them), so differing
+// ones are refused.
 func (d *deviceFlags) Set(v string) error {
 	parts := optlist.Split(v)
 	kind, path, ok := strings.Cut(parts[0], "=")
 	if !ok || kind != "vfio" {
-		return fmt.Errorf("--device %q: want vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first]", v)
+		return fmt.Errorf("--device %q: want vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy]", v)
 	}
 	addr, err := vfio.ParseAddress(path)
 	if err != nil {
@@ -51,8 +55,17 @@ func (d *deviceFlags) Set(v string) error {
 				return fmt.Errorf("--device %q: another --device asked for order %v; the VM has one order", v, d.order)
 			}
 			d.order = o
+		case "iommu":
+			m, err := vfio.ParseIOMMUMode(val)
+			if err != nil {
+				return err
+			}
+			if d.iommuSet && d.iommu != m {
+				return fmt.Errorf("--device %q: another --device asked for iommu=%v; the VM has one IOMMU API", v, d.iommu)
+			}
+			d.iommu, d.iommuSet = m, true
 		default:
-			return fmt.Errorf("--device %q: unknown option %q (want order=route-first|irqs-first)", v, k)
+			return fmt.Errorf("--device %q: unknown option %q (want order=route-first|irqs-first or iommu=auto|iommufd|legacy)", v, k)
 		}
 	}
 	d.vfio = append(d.vfio, addr)
@@ -60,9 +73,9 @@ func (d *deviceFlags) Set(v string) error {
 }
 
 func (d *deviceFlags) register(fs *flag.FlagSet) {
-	fs.Var(d, "device", "pass a host PCI device through with VFIO: vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first] (repeatable; the device must be bound to vfio-pci)")
+	fs.Var(d, "device", "pass a host PCI device through with VFIO: vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy] (repeatable; the device must be bound to vfio-pci; iommu=auto uses iommufd where the kernel offers it)")
 }
 
 func (d *deviceFlags) config() vm.VFIOConfig {
-	return vm.VFIOConfig{Devices: d.vfio, Order: d.order}
+	return vm.VFIOConfig{Devices: d.vfio, Order: d.order, IOMMU: d.iommu}
 }

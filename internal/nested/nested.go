@@ -90,6 +90,11 @@ type Config struct {
 	// its modules' kernel/ directory (e.g. "drivers/vfio/vfio.ko"), loaded
 	// in order after KVM's.
 	Modules []string
+	// KernelDir, when set, holds another x86-64 kernel for L1, laid out
+	// as $GOVMM_CACHE/linux is (boot/vmlinuz-V and its modules under
+	// lib/modules/V/kernel, uncompressed): e.g. the 6.12 kernel with
+	// iommufd modules that .ci/run builds into IOMMUFDKernelDir.
+	KernelDir string
 	// Arch is L1's architecture: "" (x86-64) or ArchARM64 (aarch64.go).
 	// Every program in an aarch64 L1 must be an arm64 build.
 	Arch string
@@ -177,9 +182,17 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "govmm")
 }
 
+// IOMMUFDKernelDir is where .ci/run puts Debian's 6.12 cloud kernel with
+// iommufd and the VFIO cdev built as modules (Debian builds it without),
+// for the VFIO tests of the iommufd path.
+func IOMMUFDKernelDir() string { return filepath.Join(CacheDir(), "linux-iommufd") }
+
 // LinuxKernel is the cached Debian cloud kernel (a bzImage), or "".
-func LinuxKernel() string {
-	m, _ := filepath.Glob(filepath.Join(CacheDir(), "linux", "boot", "vmlinuz-*"))
+func LinuxKernel() string { return kernelIn(filepath.Join(CacheDir(), "linux")) }
+
+// kernelIn is the newest boot/vmlinuz-* under dir, or "".
+func kernelIn(dir string) string {
+	m, _ := filepath.Glob(filepath.Join(dir, "boot", "vmlinuz-*"))
 	if len(m) == 0 {
 		return ""
 	}
@@ -201,17 +214,8 @@ func find() (*Assets, error) {
 	if out, err := exec.Command(a.QEMU, "--version").Output(); err == nil {
 		a.QEMUVersion = strings.TrimPrefix(strings.SplitN(string(out), "\n", 2)[0], "QEMU emulator version ")
 	}
-	if a.Kernel = LinuxKernel(); a.Kernel == "" {
-		return nil, fmt.Errorf("no kernel in %s: %s", filepath.Join(CacheDir(), "linux", "boot"), howToGet)
-	}
-	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
-	mods := filepath.Join(CacheDir(), "linux", "lib", "modules", ver, "kernel")
-	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"} {
-		p := filepath.Join(mods, m)
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("KVM module %s missing: %s", p, howToGet)
-		}
-		a.Modules = append(a.Modules, p)
+	if err := a.useKernel(filepath.Join(CacheDir(), "linux")); err != nil {
+		return nil, err
 	}
 	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
 		if _, err := os.Stat(p); err == nil {
@@ -223,6 +227,25 @@ func find() (*Assets, error) {
 		return nil, fmt.Errorf("busybox not found: %s", howToGet)
 	}
 	return &a, nil
+}
+
+// useKernel sets a's kernel and KVM modules from dir (laid out as
+// $GOVMM_CACHE/linux).
+func (a *Assets) useKernel(dir string) error {
+	if a.Kernel = kernelIn(dir); a.Kernel == "" {
+		return fmt.Errorf("no kernel in %s: %s", filepath.Join(dir, "boot"), howToGet)
+	}
+	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
+	mods := filepath.Join(dir, "lib", "modules", ver, "kernel")
+	a.Modules = nil
+	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"} {
+		p := filepath.Join(mods, m)
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("KVM module %s missing: %s", p, howToGet)
+		}
+		a.Modules = append(a.Modules, p)
+	}
+	return nil
 }
 
 // HardwareKVM reports whether this machine's /dev/kvm has hardware
@@ -301,6 +324,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	a, err := find()
 	if err != nil {
 		return Result{}, err
+	}
+	if cfg.KernelDir != "" {
+		if cfg.Arch != "" {
+			return Result{}, fmt.Errorf("nested: KernelDir is for x86-64 L1s")
+		}
+		other := *a
+		if err := other.useKernel(cfg.KernelDir); err != nil {
+			return Result{}, fmt.Errorf("nested: L1 kernel from %s: %w", cfg.KernelDir, err)
+		}
+		a = &other
 	}
 	if len(cfg.Command) == 0 {
 		return Result{}, errors.New("nested: no command")

@@ -161,3 +161,40 @@ func TestConsoleExcerptKeepsStallDump(t *testing.T) {
 		t.Fatalf("excerpt kept more than the last dump and the end:\n%s", got)
 	}
 }
+
+// TestUseKernel: another kernel directory (Config.KernelDir) gives L1
+// that kernel and its KVM modules, and one that lacks a module is
+// refused with the module named.
+func TestUseKernel(t *testing.T) {
+	dir := t.TempDir()
+	mods := filepath.Join(dir, "lib", "modules", "6.12.118+deb12-cloud-amd64", "kernel")
+	files := []string{"boot/vmlinuz-6.12.118+deb12-cloud-amd64"}
+	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"} {
+		files = append(files, filepath.Join("lib/modules/6.12.118+deb12-cloud-amd64/kernel", m))
+	}
+	for _, f := range files {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := Assets{Kernel: "/old/vmlinuz", Modules: []string{"/old/kvm.ko"}}
+	if err := a.useKernel(dir); err != nil {
+		t.Fatal(err)
+	}
+	if a.Kernel != filepath.Join(dir, files[0]) || len(a.Modules) != 3 || a.Modules[2] != filepath.Join(mods, "arch/x86/kvm/kvm-amd.ko") {
+		t.Fatalf("kernel %s, modules %v", a.Kernel, a.Modules)
+	}
+	if err := os.Remove(filepath.Join(mods, "arch/x86/kvm/kvm.ko")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.useKernel(dir); err == nil || !strings.Contains(err.Error(), "kvm.ko missing") {
+		t.Errorf("without kvm.ko: %v", err)
+	}
+	if err := a.useKernel(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no kernel in") {
+		t.Errorf("empty directory: %v", err)
+	}
+}
