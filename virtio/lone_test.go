@@ -48,7 +48,7 @@ func (l *loner) HandleLone(_ int, _ *virtio.Chain, done func(uint32)) error {
 // last to HandleLone; a chain alone goes to HandleLone.
 func TestLoneHandler(t *testing.T) {
 	l := &loner{}
-	d, tr := attach(t, l, virtiotest.RAM(t, 4<<20), virtio.PCIConfig{})
+	d, tr := attach(t, l, &virtiotest.Mem{B: make([]byte, 4<<20)}, virtio.PCIConfig{})
 	if err := d.Init(0, 8); err != nil {
 		t.Fatal(err)
 	}
