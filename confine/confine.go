@@ -28,7 +28,7 @@
 // newm: a locked M hands thread creation to the template thread), so no
 // other thread inherits the narrower filter. The device threads nearest
 // the guest take filters of their own the same way: virtio-blk workers
-// and queue servers (DiskWorkerThread), virtio-net's queue servers and TAP readers
+// (DiskWorkerThread), virtio-net's queue servers and TAP readers
 // (NetQueueThread) and virtio-vsock's queue servers (VsockQueueThread).
 package confine
 

@@ -14,10 +14,7 @@ import (
 // runtime's needs, eventfds, the interrupt a finished request raises)
 // with the image's calls added and no ioctl at all (diskWorkerIoctls), so
 // that it cannot open a file, make a socket, start a process or ask
-// anything of KVM, MSHV, VFIO or vhost. A disk's queue server (its
-// transport's goroutine for the request queue, "vda-q0") serves a
-// request it finds alone on the ring itself, and takes the same filter.
-// The virtio-net and virtio-vsock queues'
+// anything of KVM, MSHV, VFIO or vhost. The virtio-net and virtio-vsock queues'
 // goroutines have roles of their own (devthread.go); the other device
 // goroutines are not locked to threads of their own and stay under the
 // process filter.

@@ -208,8 +208,7 @@ func netLinux(t *testing.T, opt string, need func(*testing.T), during, after fun
 
 // checkDeviceThreads reads the seccomp filters of each thread of govmm
 // (pid): every thread with a filter of its own (#16: vCPU threads
-// "vcpuN", virtio-blk workers "vdX-ioN" and queue servers "vdX-qN",
-// virtio-net threads "netN-...":
+// "vcpuN", virtio-blk workers "vdX-ioN", virtio-net threads "netN-...":
 // the queues' servers and the TAP readers, virtio-vsock queue threads
 // "vsock-...") has one filter more than the main thread, each other
 // thread none more, and the threads named in want exist.
@@ -221,7 +220,7 @@ func checkDeviceThreads(t *testing.T, pid int, want ...string) {
 	if base < 1 {
 		t.Fatalf("the main thread has %d seccomp filters, want the process filter: %v", base, counts)
 	}
-	own := regexp.MustCompile(`^(vcpu\d+|vd[a-z]-(io|q)\d+|net\d+-.*|vsock-.*)$`)
+	own := regexp.MustCompile(`^(vcpu\d+|vd[a-z]-io\d+|net\d+-.*|vsock-.*)$`)
 	for name, n := range counts {
 		w := base
 		if own.MatchString(name) {
@@ -238,11 +237,6 @@ func checkDeviceThreads(t *testing.T, pid int, want ...string) {
 	}
 	t.Logf("seccomp filters per thread: %v (main thread %d)", counts, base)
 }
-
-// diskThread matches the names of a virtio-blk disk's threads that have
-// a filter of their own: its workers (vdX-ioN) and its queue server
-// (vdX-qN), which serves a lone request itself.
-var diskThread = regexp.MustCompile(`^vd[a-z]-(io|q)\d+$`)
 
 // netSnapInit serves two TCP connections and powers off.
 var netSnapInit = strings.Replace(netInit, "tcpserve 7000 1 ", "tcpserve 7000 2 ", 1)

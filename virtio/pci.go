@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"runtime"
 	"sync"
 
@@ -136,12 +135,8 @@ type PCI struct {
 	// busy counts notification handlers running and chains in flight,
 	// serving the handlers alone.
 	busy, serving int
-	// bells are the queues' doorbells (nil for a queue a kernel
-	// backend serves): each is bound as its queue's ioeventfd wherever
-	// BAR 0 lies, and its server goroutine reads it, blocking its own
-	// thread, so the kernel wakes the thread that serves the queue
-	// itself; kick signals it too. The server closes it as it ends.
-	bells  []*routes.EventFD
+	// kicks wake each queue's server goroutine.
+	kicks  []chan struct{}
 	ioevs  []*routes.IOEventFD
 	ioBase uint64 // where the doorbells are bound (0: none)
 	done   chan struct{}
@@ -248,27 +243,11 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		}
 	}
 	t.queues = make([]*Queue, len(qmax))
-	t.bells = make([]*routes.EventFD, len(qmax))
-	for i := range qmax {
-		if t.offloaded(i) {
-			continue
-		}
-		if t.bells[i], err = routes.NewBlockingEventFD(); err != nil {
-			for _, b := range t.bells[:i] {
-				if b != nil {
-					b.Close()
-				}
-			}
-			t.closeOffload()
-			t.closeINTx()
-			t.msix.Close()
-			return nil, fmt.Errorf("%s: queue %d's doorbell: %w", dev.Name(), i, err)
-		}
+	for range qmax {
+		t.kicks = append(t.kicks, make(chan struct{}, 1))
 	}
-	for i, b := range t.bells {
-		if b != nil {
-			go t.serve(i, b)
-		}
+	for i := range qmax {
+		go t.serve(i)
 	}
 	return t, nil
 }
@@ -365,7 +344,7 @@ func (b barDev) Write(off uint64, data []byte) {
 	case off >= notifyOff && off < notifyOff+notifyLen:
 		// A doorbell that exited (no ioeventfd bound, or another
 		// width than the one bound): the queue is the slot written.
-		if q := int((off - notifyOff) / notifyMult); q < len(t.bells) {
+		if q := int((off - notifyOff) / notifyMult); q < len(t.kicks) {
 			t.kick(q)
 		}
 	case off >= msixTableOff && off < msixPBAOff:
@@ -542,7 +521,9 @@ func (t *PCI) setStatus(v uint8) {
 			return
 		}
 		// Buffers made available before DRIVER_OK are served now.
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -633,34 +614,20 @@ func (t *PCI) kick(q int) {
 		}
 		return
 	}
-	if err := t.bells[q].Signal(); err != nil && !errors.Is(err, os.ErrClosed) {
-		t.log.Error("virtio: ring the queue's doorbell", "device", t.dev.Name(), "queue", q, "err", err)
+	select {
+	case t.kicks[q] <- struct{}{}:
+	default:
 	}
 }
 
-// kickAll kicks every queue.
-func (t *PCI) kickAll() {
-	for i := range t.bells {
-		t.kick(i)
-	}
-}
-
-// serve is queue q's server goroutine: it waits on the queue's doorbell
-// bell with its thread blocked in read(2), so a guest's notification
-// wakes this thread and no other, and closes bell when the transport
-// closes.
-func (t *PCI) serve(q int, bell *routes.EventFD) {
-	defer bell.Close()
+// serve is queue q's server goroutine.
+func (t *PCI) serve(q int) {
 	confined := t.queueThread == nil
 	for {
-		if _, err := bell.ReadBlocking(); err != nil {
-			t.log.Error("virtio: the queue's doorbell failed; the queue is no longer served", "device", t.dev.Name(), "queue", q, "err", err)
-			return
-		}
 		select {
 		case <-t.done:
 			return
-		default:
+		case <-t.kicks[q]:
 		}
 		if !confined {
 			runtime.LockOSThread()
@@ -668,37 +635,12 @@ func (t *PCI) serve(q int, bell *routes.EventFD) {
 				runtime.UnlockOSThread()
 			}
 		}
-		if t.service(q) {
-			// The pass handed a chain on to another goroutine (a
-			// worker, a reader waiting for buffers), which waits
-			// in this thread's processor's run queue: the blocking
-			// read would hold the processor in a system call, and
-			// the goroutine would wait there for the runtime's
-			// monitor. Yield first, so it runs now.
-			runtime.Gosched()
-		}
+		t.service(q)
 	}
 }
 
-// passState is one service pass's: whether the transport is inside the
-// device's Handle, and whether a completion made there left its interrupt
-// to the end of the pass.
-type passState struct {
-	mu                sync.Mutex
-	handling, pending bool
-	// completed: the chain being handled was completed inside Handle.
-	completed bool
-}
-
-// service pops and hands to the device every chain queue q has. A chain
-// the device completes while the transport is still inside its Handle (a
-// transmitted packet, a lone disk request) is pushed at once, but its
-// interrupt is left to the end of the pass: one interrupt for the chains
-// of a pass, as QEMU's bottom halves notify once for a batch, where the
-// driver would otherwise be interrupted for the first of them while the
-// device still works on the others. It reports whether the device kept a
-// chain past its Handle (completing it from another goroutine, later).
-func (t *PCI) service(qi int) (handedOn bool) {
+// service pops and hands to the device every chain queue q has.
+func (t *PCI) service(qi int) {
 	t.mu.Lock()
 	for t.paused {
 		t.cond.Wait()
@@ -708,19 +650,10 @@ func (t *PCI) service(qi int) (handedOn bool) {
 		return
 	}
 	q := t.queues[qi]
-	lone, _ := t.dev.(LoneHandler)
 	t.busy++
 	t.serving++
 	t.mu.Unlock()
-	var ps passState
 	defer func() {
-		ps.mu.Lock()
-		pending := ps.pending
-		ps.pending = false
-		ps.mu.Unlock()
-		if pending {
-			t.interrupt(q)
-		}
 		t.mu.Lock()
 		t.serving--
 		t.mu.Unlock()
@@ -749,34 +682,10 @@ func (t *PCI) service(qi int) (handedOn bool) {
 		done := func(written uint32) {
 			once.Do(func() {
 				t.markWritten(writable)
-				ps.mu.Lock()
-				if ps.handling {
-					ps.completed = true
-				}
-				if ps.handling && written&More == 0 {
-					q.Push(head, written)
-					ps.pending = true
-					ps.mu.Unlock()
-					t.release()
-					return
-				}
-				ps.mu.Unlock()
 				t.complete(q, head, written)
 			})
 		}
-		ps.mu.Lock()
-		ps.handling, ps.completed = true, false
-		ps.mu.Unlock()
-		if lone != nil && !q.Pending() {
-			err = lone.HandleLone(qi, c, done)
-		} else {
-			err = t.dev.Handle(qi, c, done)
-		}
-		ps.mu.Lock()
-		ps.handling = false
-		handedOn = handedOn || !ps.completed
-		ps.mu.Unlock()
-		if err != nil {
+		if err := t.dev.Handle(qi, c, done); err != nil {
 			// The device may have written part of the chain before it
 			// found the fault.
 			t.markWritten(writable)
@@ -848,12 +757,6 @@ func (t *PCI) complete(q *Queue, head uint16, written uint32) {
 		return
 	}
 	q.Push(head, written)
-	t.interrupt(q)
-}
-
-// interrupt interrupts the driver for the chains pushed to q if it asked
-// (Queue.NeedInterrupt).
-func (t *PCI) interrupt(q *Queue) {
 	if !q.NeedInterrupt() {
 		return
 	}
@@ -919,12 +822,14 @@ func (t *PCI) bindDoorbells() {
 			t.ioevs = append(t.ioevs, e)
 			continue
 		}
-		e, err := t.router.AssignIOEventFD(t.bells[i], addr, 2, false, nil)
+		e, err := t.router.NewIOEventFD(addr, 2, false, nil)
 		if err != nil {
 			t.log.Warn("virtio: doorbell through MMIO exits", "device", t.dev.Name(), "queue", i, "err", err)
 			continue
 		}
 		t.ioevs = append(t.ioevs, e)
+		ev, q := e.EventFD(), i
+		ev.Serve(func(uint64) { t.kick(q) })
 	}
 	t.ioBase = base
 }
@@ -966,7 +871,9 @@ func (t *PCI) Resume() {
 	active := t.active
 	t.mu.Unlock()
 	if active {
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -1092,7 +999,9 @@ func (t *PCI) Start() {
 	}
 	t.mu.Unlock()
 	if active {
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -1116,12 +1025,6 @@ func (t *PCI) Close() error {
 	t.unbindDoorbells()
 	t.closeOffload()
 	close(t.done)
-	// The servers see done at their next wake-up, and close their bells.
-	for _, b := range t.bells {
-		if b != nil {
-			b.Signal()
-		}
-	}
 	t.mu.Unlock()
 	return errors.Join(offErr, t.closeINTx(), t.msix.Close())
 }

@@ -102,17 +102,6 @@ type Keeper interface {
 // interrupt.
 const More = 1 << 31
 
-// LoneHandler is a Device that may serve a chain on the queue's server
-// goroutine itself, when it is the only one the ring holds: the transport
-// calls HandleLone instead of Handle for a chain after which the driver
-// had made no other available. HandleLone's contract is Handle's; it may
-// call done before it returns. A device that hands its requests to
-// threads of its own (virtio-blk's workers) saves that hand-off for a
-// request nothing else waits behind.
-type LoneHandler interface {
-	HandleLone(q int, c *Chain, done func(written uint32)) error
-}
-
 // Restorer is a Device that must learn that its transport was restored
 // from a snapshot (virtio-vsock tells the driver its connections are
 // gone). Restored is called once, after the device was activated with

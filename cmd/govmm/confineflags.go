@@ -120,7 +120,6 @@ func (f *confineFlags) vcpuHook(vcpuDeviceIO bool) func(index int) error {
 // their own filters (diskWorkerHook, deviceThreadHooks).
 func (f *confineFlags) setDeviceHooks(c *devices.Config, log *slog.Logger) {
 	c.DiskWorkerThread = f.diskWorkerHook(log)
-	c.DiskQueueThread = f.diskQueueHook(log)
 	c.NetQueueThread, c.VsockQueueThread = f.deviceThreadHooks(log)
 }
 
@@ -143,27 +142,6 @@ func (f *confineFlags) diskWorkerHook(log *slog.Logger) func(name string) {
 		if err := confine.DiskWorkerThread(name, o); err != nil {
 			log.Error("a virtio-blk worker thread runs without its own seccomp filter", "thread", name, "err", err)
 		}
-	}
-}
-
-// diskQueueHook is what each virtio-blk queue server's thread runs
-// before its work (devices.Config.DiskQueueThread): the disk workers'
-// filter, since it serves a lone request itself. nil with --seccomp=off
-// or process; false until the VMM is confined, as deviceThreadHooks.
-func (f *confineFlags) diskQueueHook(log *slog.Logger) func(name string) bool {
-	mode, _ := confine.ParseSeccomp(f.seccomp)
-	if mode == confine.SeccompOff || mode == confine.SeccompProcess {
-		return nil
-	}
-	o := confine.Options{Seccomp: mode}
-	return func(name string) bool {
-		if !vmmConfined.Load() {
-			return false
-		}
-		if err := confine.DiskWorkerThread(name, o); err != nil {
-			log.Error("a virtio-blk queue thread runs without its own seccomp filter", "thread", name, "err", err)
-		}
-		return true
 	}
 }
 

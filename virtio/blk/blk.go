@@ -1,11 +1,9 @@
 // Package blk is virtio-blk (virtio 1.2 §5.2) backed by a raw image file:
 // reads, writes, flush, discard, write-zeroes and the serial ID, with a
-// read-only option and an O_DIRECT option (direct.go). Requests run off
-// the vCPU threads: a request the queue's server finds alone (nothing
-// else queued behind it, no other in flight) on the server's own thread
-// (HandleLone), every other on a small pool of worker goroutines, so
-// that a slow disk stalls neither the guest's CPUs nor the other
-// requests, and a lone request costs no hand-off between threads.
+// read-only option and an O_DIRECT option (direct.go). Requests run on a
+// small pool of worker goroutines, off the vCPU threads and off the
+// queue's notification goroutine, so a slow disk stalls neither the
+// guest's CPUs nor the other requests.
 package blk
 
 import (
@@ -17,7 +15,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -150,23 +147,18 @@ func (c Config) Spec() (string, error) {
 
 // Device is one virtio-blk disk.
 type Device struct {
-	cfg     Config
-	name    string
-	f       *os.File
-	sectors uint64
-	size    int64
-	jobs    chan job
-	// queued counts the requests handed to the workers and not done.
-	queued   atomic.Int64
+	cfg      Config
+	name     string
+	f        *os.File
+	sectors  uint64
+	size     int64
+	jobs     chan job
 	wg       sync.WaitGroup
 	features uint64
 	// dio is the O_DIRECT state (nil without direct=on), and bounces
 	// the workers' aligned bounce buffers.
 	dio     *dio
 	bounces [][]byte
-	// lone is the O_DIRECT bounce buffer of the requests HandleLone
-	// serves on the queue's server goroutine (nil without direct=on).
-	lone []byte
 	// workerThread is SetWorkerThread's hook.
 	workerThread func(name string)
 }
@@ -204,7 +196,7 @@ func Open(c Config, name string) (*Device, error) {
 		if d.f, d.dio, err = openDirect(c.Path, flag, d.size); err != nil {
 			return nil, err
 		}
-		for range Workers + 1 {
+		for range Workers {
 			b, err := allocBounce(d.dio.bounceSize())
 			if err != nil {
 				d.closeFiles()
@@ -212,7 +204,6 @@ func Open(c Config, name string) (*Device, error) {
 			}
 			d.bounces = append(d.bounces, b)
 		}
-		d.lone = d.bounces[Workers]
 	}
 	d.startWorkers(name)
 	return d, nil
@@ -309,7 +300,7 @@ func (d *Device) closeFiles() error {
 	for _, b := range d.bounces {
 		freeBounce(b)
 	}
-	d.bounces, d.lone = nil, nil
+	d.bounces = nil
 	if d.dio != nil && d.dio.tail != nil {
 		d.dio.tail.Close()
 	}
@@ -387,51 +378,14 @@ func (d *Device) WriteConfig(uint64, []byte) {}
 // Handle checks the request's framing and queues it for a worker. A chain
 // without a 16-byte header or a status byte breaks the protocol.
 func (d *Device) Handle(q int, c *virtio.Chain, done func(uint32)) error {
-	if err := checkFraming(c); err != nil {
-		return err
-	}
-	d.queued.Add(1)
-	d.jobs <- job{c, done}
-	return nil
-}
-
-// HandleLone is Handle for a request the queue's server found alone on
-// the ring (virtio.LoneHandler): unless the workers still have requests,
-// it is served here, on the server's goroutine, before HandleLone
-// returns; a queue depth of one (sequential I/O, a synchronous guest)
-// then costs no wake-up of a worker thread. The transport confines its
-// server's thread as a worker's (devices.Config.DiskQueueThread).
-func (d *Device) HandleLone(q int, c *virtio.Chain, done func(uint32)) error {
-	if err := checkFraming(c); err != nil {
-		return err
-	}
-	if d.queued.Load() > 0 {
-		d.queued.Add(1)
-		d.jobs <- job{c, done}
-		return nil
-	}
-	d.finish(c, done, d.lone)
-	return nil
-}
-
-// checkFraming checks that c has a header and a status byte.
-func checkFraming(c *virtio.Chain) error {
 	if c.ReadableLen() < hdrLen {
 		return fmt.Errorf("request %d has %d readable bytes, less than the 16-byte header", c.Head, c.ReadableLen())
 	}
 	if c.WritableLen() < 1 {
 		return fmt.Errorf("request %d has no writable status byte", c.Head)
 	}
+	d.jobs <- job{c, done}
 	return nil
-}
-
-// finish serves a request and completes it with its status.
-func (d *Device) finish(c *virtio.Chain, done func(uint32), bounce []byte) {
-	st, n := d.serve(c, bounce)
-	// The status is the chain's last writable byte.
-	w := c.WritableLen()
-	c.Write(w-1, []byte{st})
-	done(uint32(n + 1))
 }
 
 // worker serves requests; thread names its thread for WorkerThread, and
@@ -447,12 +401,11 @@ func (d *Device) worker(thread string, bounce []byte) {
 			d.workerThread(thread)
 		}
 		first = false
-		d.finish(j.c, func(n uint32) {
-			// No longer queued once it is served: the request the
-			// driver sends on its completion may run on the server.
-			d.queued.Add(-1)
-			j.done(n)
-		}, bounce)
+		st, n := d.serve(j.c, bounce)
+		// The status is the chain's last writable byte.
+		w := j.c.WritableLen()
+		j.c.Write(w-1, []byte{st})
+		j.done(uint32(n + 1))
 	}
 }
 

@@ -280,25 +280,9 @@ func TestWorkerThread(t *testing.T) {
 		t.Fatalf("hooks ran before any request: %v", seen)
 	}
 	mu.Unlock()
-	// Requests the transport hands to the workers (a lone one it finds
-	// on the ring is served on its own thread, HandleLone).
-	var wg sync.WaitGroup
-	var statuses [][]byte
 	for range 40 {
-		h := make([]byte, hdrLen)
-		status := []byte{0xff}
-		statuses = append(statuses, status)
-		c := &virtio.Chain{Readable: []virtio.Buffer{{Bytes: h}},
-			Writable: []virtio.Buffer{{Bytes: make([]byte, 512)}, {Bytes: status}}}
-		wg.Add(1)
-		if err := r.dev.Handle(0, c, func(uint32) { wg.Done() }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wg.Wait()
-	for i, st := range statuses {
-		if st[0] != sOK {
-			t.Fatalf("read %d: status %d", i, st[0])
+		if st, _ := r.req(tIn, 0, make([]byte, 512), true); st != 0 {
+			t.Fatalf("read status %d", st)
 		}
 	}
 	mu.Lock()
@@ -310,80 +294,5 @@ func TestWorkerThread(t *testing.T) {
 		if n != 1 || !strings.HasPrefix(name, "vda-io") {
 			t.Errorf("hook for %q ran %d times", name, n)
 		}
-	}
-}
-
-// TestHandleLone: a request the queue's server finds alone is served
-// before HandleLone returns, on the caller's goroutine, with the data
-// the image holds; while the workers still have a request, a lone one
-// waits its turn with them rather than run beside them.
-func TestHandleLone(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "disk.img")
-	img := make([]byte, 64<<10)
-	for i := range img {
-		img[i] = byte(i*13 + i/512)
-	}
-	if err := os.WriteFile(path, img, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := Open(Config{Path: path}, "vda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	hold, held := make(chan struct{}), make(chan struct{}, 1)
-	// A worker's first request waits in its thread hook until released.
-	dev.SetWorkerThread(func(string) { held <- struct{}{}; <-hold })
-	read := func(sector uint64) (*virtio.Chain, []byte) {
-		h := make([]byte, hdrLen)
-		binary.LittleEndian.PutUint32(h[0:], tIn)
-		binary.LittleEndian.PutUint64(h[8:], sector)
-		data, status := make([]byte, sectorSize), []byte{0xff}
-		return &virtio.Chain{Readable: []virtio.Buffer{{Bytes: h}},
-			Writable: []virtio.Buffer{{Bytes: data}, {Bytes: status}}}, data
-	}
-	c, data := read(3)
-	got := make(chan uint32, 1)
-	if err := dev.HandleLone(0, c, func(n uint32) { got <- n }); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case n := <-got:
-		if n != sectorSize+1 || !bytes.Equal(data, img[3*sectorSize:4*sectorSize]) || c.Writable[1].Bytes[0] != sOK {
-			t.Fatalf("lone read: %d bytes, status %d, data matches %v", n, c.Writable[1].Bytes[0], bytes.Equal(data, img[3*sectorSize:4*sectorSize]))
-		}
-	default:
-		t.Fatal("a lone request was not served before HandleLone returned")
-	}
-
-	c1, data1 := read(5)
-	got1 := make(chan uint32, 1)
-	if err := dev.Handle(0, c1, func(n uint32) { got1 <- n }); err != nil {
-		t.Fatal(err)
-	}
-	<-held // a worker has it, and waits
-	c2, data2 := read(7)
-	got2 := make(chan uint32, 1)
-	if err := dev.HandleLone(0, c2, func(n uint32) { got2 <- n }); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-got2:
-		t.Fatal("a lone request ran beside a worker's")
-	case <-time.After(20 * time.Millisecond):
-	}
-	close(hold)
-	for i, g := range []chan uint32{got1, got2} {
-		select {
-		case n := <-g:
-			if n != sectorSize+1 {
-				t.Fatalf("request %d: %d bytes", i, n)
-			}
-		case <-time.After(wait):
-			t.Fatalf("request %d not served", i)
-		}
-	}
-	if !bytes.Equal(data1, img[5*sectorSize:6*sectorSize]) || !bytes.Equal(data2, img[7*sectorSize:8*sectorSize]) {
-		t.Fatal("the workers' reads do not match the image")
 	}
 }

@@ -59,12 +59,6 @@ type Config struct {
 	// DiskWorkerThread, if set, confines each virtio-blk worker's thread
 	// (blk.Device.SetWorkerThread).
 	DiskWorkerThread func(name string)
-	// DiskQueueThread, if set, confines each virtio-blk transport's
-	// queue server ("vda-q0"), which serves a request it finds alone on
-	// its own thread (blk.Device.HandleLone): it returns false while the
-	// VMM is not confined yet, and is asked again at the thread's next
-	// work (virtio.PCIConfig.QueueThread).
-	DiskQueueThread func(name string) bool
 	// NetQueueThread, if set, confines the threads of each virtio-net
 	// device's data path: its transport's queue servers ("net0-rxq0",
 	// "net0-tx0", "net0-ctrl") and its TAP readers ("net0-rx0"), for
@@ -167,7 +161,7 @@ func Build(c Config, h Host) (s *Set, err error) {
 			return s, &InputError{err}
 		}
 		d.SetWorkerThread(c.DiskWorkerThread)
-		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, diskThreads(diskName(i), c.DiskQueueThread)); err != nil {
+		if err := add(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, nil); err != nil {
 			return s, err
 		}
 	}
@@ -276,15 +270,6 @@ func netThreads(d *virtionet.Device, index int, fn func(name string, tapFDs []in
 		}
 		return fn(name, fds)
 	}, nil
-}
-
-// diskThreads is disk name's transport's queue server's hook for fn
-// (nil: none).
-func diskThreads(name string, fn func(name string) bool) func(q int) bool {
-	if fn == nil {
-		return nil
-	}
-	return func(q int) bool { return fn(fmt.Sprintf("%s-q%d", name, q)) }
 }
 
 // vsockThreads is the virtio-vsock transport's queue servers' hook for
@@ -522,8 +507,7 @@ func (s *Set) count(is func(virtio.Device) bool) int {
 
 // HotAddDisk builds a virtio-blk device on fd, an image the control
 // socket's client opened (blk.OpenFD), and hot-adds it at slot of
-// h.Root, its worker threads and queue server confined as
-// c.DiskWorkerThread and c.DiskQueueThread say. The
+// h.Root, its worker threads confined as c.DiskWorkerThread says. The
 // Set owns fd from then on, also on error.
 func (s *Set) HotAddDisk(c Config, dc blk.Config, fd, slot int, h Host) (*Device, error) {
 	n := s.count(func(d virtio.Device) bool { _, ok := d.(*blk.Device); return ok })
@@ -536,7 +520,7 @@ func (s *Set) HotAddDisk(c Config, dc blk.Config, fd, slot int, h Host) (*Device
 		return nil, &InputError{err}
 	}
 	d.SetWorkerThread(c.DiskWorkerThread)
-	return s.hotAdd(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, diskThreads(diskName(n), c.DiskQueueThread), slot, h)
+	return s.hotAdd(d, virtio.PCIClass{Class: 0x01, Subclass: 0x80}, d.Close, nil, slot, h)
 }
 
 // HotAddNet builds a virtio-net device on fd, a TAP queue the control

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,13 +27,13 @@ type pkt struct {
 // guest plays the driver: it keeps receive buffers posted and sends
 // packets through the transmit queue.
 type guest struct {
-	t    testing.TB
+	t    *testing.T
 	d    *Device
 	rx   chan pkt
 	head uint16
 }
 
-func newGuest(t testing.TB, sock string) *guest {
+func newGuest(t *testing.T, sock string) *guest {
 	t.Helper()
 	d, err := New(Config{CID: guestCID, Socket: sock}, nil)
 	if err != nil {
@@ -292,7 +291,7 @@ func (h header) withFlags(f uint32) header { h.Flags = f; return h }
 // hostPort, has the guest connect from guest port port (advertising
 // bufAlloc) and returns the guest's side, tracking the RESPONSE's credit,
 // and the host's accepted socket, closed when the test ends.
-func guestDials(t testing.TB, port, hostPort, bufAlloc uint32) (*gconn, net.Conn) {
+func guestDials(t *testing.T, port, hostPort, bufAlloc uint32) (*gconn, net.Conn) {
 	t.Helper()
 	sock := sockPath(t)
 	ln, err := net.Listen("unix", fmt.Sprintf("%s_%d", sock, hostPort))
@@ -682,40 +681,4 @@ func TestCloseFlushes(t *testing.T) {
 	if d := time.Since(start); d > flushTimeout+5*time.Second {
 		t.Fatalf("Close took %v with a host that does not read; the bound is %v", d, flushTimeout)
 	}
-}
-
-// BenchmarkGuestMessage is a 64-byte message from the guest to a host
-// peer that reads it at once, as a round trip's first half: the transmit
-// queue's Handle on a thread of its own, as a confined transmit queue's
-// server, then the host's read. vcsw/op is the process's
-// voluntary context switches per message (the host reader's wait is one).
-func BenchmarkGuestMessage(b *testing.B) {
-	c, hc := guestDials(b, 40002, 6002, 1<<20)
-	msg := pattern("m", 64)
-	buf := make([]byte, 64)
-	got := make(chan error)
-	go func() {
-		for {
-			if _, err := io.ReadFull(hc, buf); err != nil {
-				got <- err
-				return
-			}
-			got <- nil
-		}
-	}()
-	// The transmit queue's server keeps its thread once confined.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var before, after syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &before)
-	for b.Loop() {
-		h := c.hdr(opRW)
-		h.FwdCnt = c.recvd
-		c.g.mustSend(h, msg)
-		if err := <-got; err != nil {
-			b.Fatal(err)
-		}
-	}
-	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	b.ReportMetric(float64(after.Nvcsw-before.Nvcsw)/float64(b.N), "vcsw/op")
 }
