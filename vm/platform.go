@@ -105,6 +105,7 @@ func (p *platformDevices) pauseDevices() {
 }
 
 func (p *platformDevices) resumeDevices() {
+	p.vfio.run() // devices a snapshot or a failed migration stopped
 	p.virtioSet.Resume()
 }
 

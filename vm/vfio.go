@@ -88,15 +88,6 @@ func (x *vfioDevices) names() []string {
 	return s
 }
 
-// refuse returns the error for an operation a VM with VFIO devices cannot
-// do, or nil when it has none.
-func (x *vfioDevices) refuse(what string) error {
-	if n := x.names(); len(n) > 0 {
-		return fmt.Errorf("%s of a VM with VFIO devices is not supported: the device state of %v lives in the hardware, and govmm has no VFIO migration support", what, n)
-	}
-	return nil
-}
-
 // close resets and closes the devices and unmaps guest RAM from their
 // IOMMU; failures are logged (the VM is going away).
 func (x *vfioDevices) close() {
