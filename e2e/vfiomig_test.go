@@ -150,13 +150,13 @@ func mttySource(t *testing.T, acc []string, guest, dev, sock, seed string) *proc
 		"--device", "vfio="+dev, "--api-socket", sock, "--log-level", "info")...)
 	p.waitFor("mtty: waiting", 2*time.Minute)
 	m := fields(t, p.output(), "mtty", "wrote n=")
-	if m["n"] != "16" {
-		t.Fatalf("the guest wrote %v, want 16 bytes:\n%s", m, p.output())
+	if m["n"] != "15" {
+		t.Fatalf("the guest wrote %v, want 15 bytes:\n%s", m, p.output())
 	}
 	return p
 }
 
-// mttyReadBack tells the guest to read its FIFO back and requires all 16
+// mttyReadBack tells the guest to read its FIFO back and requires all 15
 // bytes of the pattern, with LSR.DR set, and the guest's OK.
 func mttyReadBack(t *testing.T, p *proc) {
 	t.Helper()
@@ -167,7 +167,7 @@ func mttyReadBack(t *testing.T, p *proc) {
 	out := p.output()
 	m := fields(t, out, "mtty", "read n=")
 	t.Logf("after the move: %v", m)
-	if code != 0x10<<1|1 || m["n"] != "16" || m["match"] != "16" {
+	if code != 0x10<<1|1 || m["n"] != "15" || m["match"] != "15" {
 		t.Fatalf("the guest did not read its pattern back from the moved device (exit %d, %v):\n%s", code, m, out)
 	}
 	if !strings.Contains(out, "vfio device state restored") {
