@@ -93,6 +93,7 @@ func inMdevL1(t *testing.T) bool {
 		}
 	}
 	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
+		t.Logf("the mdev L1 booted in %v and ran %s in %v", res.Boot.Round(100*time.Millisecond), t.Name(), res.Wall.Round(100*time.Millisecond))
 		return false
 	}
 	failed, explained := kvmtest.FailedLeaves(out)
