@@ -192,30 +192,55 @@ type DirtyRange struct{ GPA, Size uint64 }
 
 // StartDMALogging has the device log the pages it writes by DMA in
 // ranges (VFIO_DEVICE_FEATURE_DMA_LOGGING_START), for a live migration:
-// those writes are in no accelerator's dirty log. A driver without DMA
-// logging fails (ENOTTY).
-func (d *Device) StartDMALogging(ranges []DirtyRange) error {
+// those writes are in no accelerator's dirty log. When the device cannot
+// log them, or the kernel cannot report its log (the report needs
+// iommufd's iova_bitmap, which a kernel without CONFIG_IOMMUFD_DRIVER
+// lacks: EOPNOTSUPP), every page of ranges counts as written once the
+// device has stopped (DMADirty), which is correct and costs the downtime
+// a copy of all guest RAM. It returns why, in that case.
+func (d *Device) StartDMALogging(ranges []DirtyRange) (fallback error) {
 	var rs []abi.DMALoggingRange
 	for _, r := range ranges {
 		rs = append(rs, abi.DMALoggingRange{IOVA: r.GPA, Length: r.Size})
 	}
+	ps := uint64(os.Getpagesize())
+	d.migMu.Lock()
+	defer d.migMu.Unlock()
+	d.dmaRanges, d.dmaPage, d.dmaAll, d.dmaStarted = ranges, ps, false, false
 	// Reports are asked for in host pages whatever granularity the
 	// driver chose to track in (it replicates bits to fit).
-	if _, err := abi.StartDMALogging(d.fd, uint64(os.Getpagesize()), rs); err != nil {
+	if _, err := abi.StartDMALogging(d.fd, ps, rs); err != nil {
+		d.dmaAll = true
 		return fmt.Errorf("vfio device %s: start DMA logging: %w", d.Addr, err)
 	}
-	d.migMu.Lock()
-	d.dmaRanges, d.dmaPage = ranges, uint64(os.Getpagesize())
-	d.migMu.Unlock()
+	d.dmaStarted = true
+	// A report of one page tells whether the kernel can report at all.
+	if len(ranges) > 0 {
+		if err := abi.ReportDMALogging(d.fd, ranges[0].GPA, ps, ps, make([]uint64, 1)); err != nil {
+			d.dmaAll = true
+			return fmt.Errorf("vfio device %s: DMA logging report: %w", d.Addr, err)
+		}
+	}
 	return nil
 }
 
 // DMADirty calls mark for every page the device wrote since the last
-// call (or StartDMALogging), a run of pages at a time.
+// call (or StartDMALogging), a run of pages at a time. Without a usable
+// DMA log it marks every page of the ranges once the device is stopped
+// (after SaveMigration) and nothing before.
 func (d *Device) DMADirty(mark func(gpa, size uint64)) error {
 	d.migMu.Lock()
-	ranges, ps := d.dmaRanges, d.dmaPage
+	ranges, ps, all := d.dmaRanges, d.dmaPage, d.dmaAll
+	stopped := d.migCur == abi.DeviceStateStop || d.migCur == abi.DeviceStateStopCopy
 	d.migMu.Unlock()
+	if all {
+		if stopped {
+			for _, r := range ranges {
+				mark(r.GPA, r.Size)
+			}
+		}
+		return nil
+	}
 	for _, r := range ranges {
 		n := (r.Size + ps - 1) / ps
 		bm := make([]uint64, (n+63)/64)
@@ -235,8 +260,8 @@ func (d *Device) DMADirty(mark func(gpa, size uint64)) error {
 // StopDMALogging ends DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP).
 func (d *Device) StopDMALogging() error {
 	d.migMu.Lock()
-	on := d.dmaRanges != nil
-	d.dmaRanges = nil
+	on := d.dmaStarted
+	d.dmaRanges, d.dmaStarted, d.dmaAll = nil, false, false
 	d.migMu.Unlock()
 	if !on {
 		return nil

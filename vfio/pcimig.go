@@ -118,21 +118,22 @@ func (p *PCI) Run() error {
 
 // dmaLogger is a device with DMA logging (*Device).
 type dmaLogger interface {
-	StartDMALogging(ranges []DirtyRange) error
+	StartDMALogging(ranges []DirtyRange) (fallback error)
 	DMADirty(mark func(gpa, size uint64)) error
 	StopDMALogging() error
 }
 
 // StartDMALogging has the device log its DMA writes to guest RAM for a
-// live migration; a device without DMA logging is refused, naming it:
-// its writes would be in no dirty log.
+// live migration. A device that cannot (or a kernel that cannot report
+// the log) has all of ranges sent again once it is stopped, and the
+// migration's downtime grows by that copy: the reason is logged.
 func (p *PCI) StartDMALogging(ranges []DirtyRange) error {
 	l, ok := p.dev.(dmaLogger)
 	if !ok {
 		return fmt.Errorf("vfio device %s tracks no DMA writes", p.Name())
 	}
-	if err := l.StartDMALogging(ranges); err != nil {
-		return fmt.Errorf("%w: its DMA writes to guest RAM would be in no dirty log (the driver has no VFIO DMA logging)", err)
+	if why := l.StartDMALogging(ranges); why != nil {
+		p.log.Warn("vfio: no usable DMA log; all guest RAM is sent again after the device stops, in the migration's downtime", "why", why)
 	}
 	return nil
 }

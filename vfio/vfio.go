@@ -259,9 +259,13 @@ type Device struct {
 	migFlags uint64
 	migMu    sync.Mutex
 	migCur   uint32
-	// DMA logging during a live migration: the ranges and page size.
-	dmaRanges []DirtyRange
-	dmaPage   uint64
+	// DMA logging during a live migration: the ranges and page size,
+	// whether the device's log was started, and whether every page
+	// counts as written instead (no usable log).
+	dmaRanges  []DirtyRange
+	dmaPage    uint64
+	dmaStarted bool
+	dmaAll     bool
 }
 
 // OpenDevice checks the device in sysfs, attaches its group to c and

@@ -130,6 +130,11 @@ func (x *vfioDevices) load(saved []vfio.MigrationState) error {
 		if err := x.devs[i].LoadMigration(s); err != nil {
 			return fmt.Errorf("restore VFIO device state: %w", err)
 		}
+		// Its interrupts now, after the interrupt controllers' state
+		// (addVFIO left a VM built for saved state unstarted).
+		if err := x.devs[i].Start(); err != nil {
+			return fmt.Errorf("restore VFIO device %s: %w", x.devs[i].Name(), err)
+		}
 		x.log.Info("vfio device state restored", "device", x.devs[i].Name(), "from", s.Name, "bytes", len(s.Data))
 	}
 	x.run()
