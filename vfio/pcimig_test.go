@@ -238,6 +238,19 @@ func TestDMALoggingPassThrough(t *testing.T) {
 	if err := newMttyPCI(t, ev2, newFakeDev(ev2, false)).StartDMALogging([]DirtyRange{{0, 4096}}); err == nil {
 		t.Error("a device without DMA logging started it")
 	}
+	// A device whose log cannot be reported does not stop the migration:
+	// its fallback (all RAM once stopped) is the device's, and the
+	// function only logs why.
+	ev3 := &events{}
+	if err := newMttyPCI(t, ev3, &unreportable{newFakeMtty(ev3)}).StartDMALogging([]DirtyRange{{0, 4096}}); err != nil {
+		t.Errorf("a device with an unusable DMA log: %v", err)
+	}
+}
+
+type unreportable struct{ *fakeMtty }
+
+func (d *unreportable) StartDMALogging([]DirtyRange) error {
+	return fmt.Errorf("report: %w", unix.EOPNOTSUPP)
 }
 
 func TestParseMdevAddress(t *testing.T) {
