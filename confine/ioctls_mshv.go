@@ -36,12 +36,16 @@ func mshvSetupOnly() []ioctlReq {
 
 // vfioIoctls are the VFIO requests a passed-through device needs once the
 // guest runs: its MSI vectors wired and unwired as the guest enables and
-// disables them, and the reset and DMA unmapping when the VM ends (from
-// the legacy container, or from iommufd's address space; a device opened
-// through its cdev is unbound by closing it).
+// disables them (and INTx unmasked, for a driver without an unmask
+// eventfd), its migration state moved for a snapshot or a live migration
+// (VFIO_DEVICE_FEATURE: STOP, STOP_COPY, RUNNING, and DMA logging), and
+// the reset and DMA unmapping when the VM ends (from the legacy
+// container, or from iommufd's address space; a device opened through its
+// cdev is unbound by closing it).
 func vfioIoctls() []ioctlReq {
 	return []ioctlReq{
 		{"VFIO_DEVICE_SET_IRQS", uint32(abi.DeviceSetIRQs)},
+		{"VFIO_DEVICE_FEATURE", uint32(abi.DeviceFeature)},
 		{"VFIO_DEVICE_RESET", uint32(abi.DeviceReset)},
 		{"VFIO_IOMMU_UNMAP_DMA", uint32(abi.IOMMUUnmapDMA)},
 		{"VFIO_GROUP_UNSET_CONTAINER", uint32(abi.GroupUnsetContainer)},

@@ -54,7 +54,7 @@ func eduL1(cmd []string, env []string, files []string, out io.Writer, timeout ti
 func inVFIOL1(t *testing.T) bool { return inVFIOL1On(t, "", nil) }
 
 // inVFIOL1On is inVFIOL1 with L1 booted from another kernel (kernelDir,
-// nested.Config.KernelDir) and its VFIO modules (modules), when
+// nested.Config.Linux) and its VFIO modules (modules), when
 // kernelDir is set.
 func inVFIOL1On(t *testing.T, kernelDir string, modules []string) bool {
 	if kvmtest.InL1() && os.Getenv(vfioL1Env) == "1" {
@@ -115,7 +115,7 @@ func inVFIOL1On(t *testing.T, kernelDir string, modules []string) bool {
 		cfg := eduL1(cmd, env, files, w, timeout, img, rom)
 		cfg.Dir = "/"
 		if kernelDir != "" {
-			cfg.KernelDir, cfg.Modules = kernelDir, modules
+			cfg.Linux, cfg.Modules = kernelDir, modules
 		}
 		if _, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 			cfg.Programs = []string{"qemu-system-x86_64"} // the baseline: QEMU's own vfio-pci

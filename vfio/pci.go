@@ -143,6 +143,9 @@ type intxState struct {
 	gsi             uint32
 	trigger, unmask *routes.EventFD
 	irqfd           *routes.IRQFD
+	// served: govmm reads unmask itself and unmasks the line with an
+	// ioctl, for a driver that takes no unmask eventfd (mdev.go).
+	served bool
 }
 
 // device is what PCI needs of a VFIO device (*Device; a fake in tests).
@@ -185,7 +188,9 @@ func newPCI(d device, c PCIConfig) (*PCI, error) {
 		p.log.Warn("vfio: the device has no reset method; the guest finds it as the last user left it")
 	}
 	var cfg [pci.ConfigSize]byte
-	if err := d.ReadRegion(abi.PCIConfigRegion, 0, cfg[:]); err != nil {
+	// A mediated device's configuration region may be shorter than 256
+	// bytes (mtty's is 255); what it lacks reads as zero.
+	if err := d.ReadRegion(abi.PCIConfigRegion, 0, cfg[:min(uint64(len(cfg)), d.Region(abi.PCIConfigRegion).Size)]); err != nil {
 		return nil, err
 	}
 	le := binary.LittleEndian
@@ -416,6 +421,10 @@ func (p *PCI) intxEnable() error {
 		return err
 	}
 	if err := p.dev.SetIRQUnmaskEventFD(abi.PCIINTxIRQ, int32(x.unmask.FD())); err != nil {
+		if u, ok := p.dev.(irqUnmasker); ok && errors.Is(err, unix.ENOTTY) {
+			p.serveINTxUnmask(u)
+			return nil
+		}
 		p.intxDisable()
 		return err
 	}

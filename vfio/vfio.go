@@ -36,8 +36,12 @@ var DevDir = "/dev/vfio"
 var pciAddr = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
 
 // ParseAddress accepts a sysfs device path (/sys/bus/pci/devices/DDDD:BB:DD.F)
-// or the bare address, and returns the address.
+// or the bare address, and returns the address; or a mediated device's
+// path (/sys/bus/mdev/devices/UUID, mdev.go), and returns its UUID.
 func ParseAddress(s string) (string, error) {
+	if filepath.Dir(filepath.Clean(s)) == SysfsMdevDevices {
+		return parseMdev(s)
+	}
 	a := strings.ToLower(filepath.Base(filepath.Clean(s)))
 	if strings.Contains(s, "/") && filepath.Dir(filepath.Clean(s)) != SysfsDevices {
 		return "", fmt.Errorf("vfio device %q: give /sys/bus/pci/devices/DDDD:BB:DD.F", s)
@@ -241,19 +245,34 @@ func (c *Container) Close() error {
 	return err
 }
 
-// Device is one vfio-pci device.
+// Device is one vfio-pci device, or a mediated device that VFIO presents
+// as one (VFIO_DEVICE_FLAGS_PCI).
 type Device struct {
-	Addr    string
+	Addr    string // PCI address, or the mediated device's UUID
 	fd      int
 	info    abi.DeviceInfo
 	regions []abi.Region
 	config  abi.Region
+
+	// VFIO migration (migration.go): the flags, read once, and the
+	// device state govmm last set (0: never set, RUNNING).
+	migOnce  sync.Once
+	migFlags uint64
+	migMu    sync.Mutex
+	migCur   uint32
+	// DMA logging during a live migration: the ranges and page size,
+	// whether the device's log was started, and whether every page
+	// counts as written instead (no usable log).
+	dmaRanges  []DirtyRange
+	dmaPage    uint64
+	dmaStarted bool
+	dmaAll     bool
 }
 
 // OpenDevice checks the device in sysfs, attaches its group to c and
 // opens it.
 func (c *Container) OpenDevice(addr string) (*Device, error) {
-	g, err := CheckDevice(addr)
+	g, err := checkDevice(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -5,14 +5,17 @@ import (
 	"fmt"
 
 	"govmm/snapshot"
+	"govmm/vfio"
 	"govmm/virtio/devices"
 )
 
 // StartDirtyLog starts tracking writes to guest RAM (for live migration):
 // the vCPUs' writes in the accelerator's dirty log, and the VMM's own
 // (virtio devices filling guest buffers and used rings) in guest
-// memory's log, which DirtyPages merges. A VM with passed-through VFIO
-// devices is refused: their DMA is in neither log; so is one with a
+// memory's log, which DirtyPages merges, and passed-through VFIO
+// devices' DMA writes in their drivers' DMA logs, which DirtyPages merges
+// too: a VFIO device without VFIO migration or DMA logging is refused,
+// naming it (vfiomig.go); so is one with a
 // virtio device a kernel backend serves without a dirty log of its own
 // (vhost-vsock). A kernel backend that logs (vhost-net) logs its writes
 // from now on, and DirtyPages merges them into the VMM's log.
@@ -20,7 +23,7 @@ import (
 // options the record cannot carry is refused, naming it, and a hot-add
 // is refused from here until StopDirtyLog.
 func (v *VM) StartDirtyLog() error {
-	if err := v.plat.vfio.refuse("live migration"); err != nil {
+	if err := v.plat.vfio.refuseUnmigratable("live migration"); err != nil {
 		return err
 	}
 	v.hotMu.Lock()
@@ -33,16 +36,26 @@ func (v *VM) StartDirtyLog() error {
 			return fmt.Errorf("live migration: %w", err)
 		}
 	}
+	var ram []vfio.DirtyRange
+	for _, r := range v.mem.Regions() {
+		ram = append(ram, vfio.DirtyRange{GPA: r.GPA, Size: uint64(len(r.Host))})
+	}
+	if err := v.plat.vfio.startDMALogging(ram); err != nil {
+		return err
+	}
 	if err := v.mem.StartDirtyLog(); err != nil {
+		v.plat.vfio.stopDMALogging()
 		return err
 	}
 	if err := v.plat.virtioSet.StartDirtyLog(v.mem.MarkDirty); err != nil {
 		v.mem.StopDirtyLog()
+		v.plat.vfio.stopDMALogging()
 		return err
 	}
 	if err := v.avm.EnableDirtyLog(); err != nil {
 		v.plat.virtioSet.StopDirtyLog()
 		v.mem.StopDirtyLog()
+		v.plat.vfio.stopDMALogging()
 		return err
 	}
 	v.migrating = true
@@ -56,7 +69,7 @@ func (v *VM) StopDirtyLog() error {
 	v.hotMu.Unlock()
 	verr := v.plat.virtioSet.StopDirtyLog()
 	v.mem.StopDirtyLog()
-	return errors.Join(verr, v.avm.DisableDirtyLog())
+	return errors.Join(verr, v.plat.vfio.stopDMALogging(), v.avm.DisableDirtyLog())
 }
 
 // DirtyPages returns (and clears) the GPAs of the pages the guest or the
@@ -68,6 +81,10 @@ func (v *VM) DirtyPages() ([]uint64, error) {
 	// The kernel backends' logs first: what they logged goes into the
 	// VMM's log, which CollectDirty takes.
 	v.plat.virtioSet.SyncDirtyLog()
+	// Passed-through devices' DMA writes likewise (VFIO DMA logging).
+	if err := v.plat.vfio.dmaDirty(v.mem.MarkDirty); err != nil {
+		return nil, err
+	}
 	return v.mem.CollectDirty(v.avm.DirtyLog)
 }
 

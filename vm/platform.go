@@ -105,6 +105,7 @@ func (p *platformDevices) pauseDevices() {
 }
 
 func (p *platformDevices) resumeDevices() {
+	p.vfio.run() // devices a snapshot or a failed migration stopped
 	p.virtioSet.Resume()
 }
 
@@ -220,7 +221,7 @@ func (v *VM) buildPlatform(mode buildMode) error {
 	if err := v.addVirtio(p, serialOut); err != nil {
 		return err
 	}
-	if err := v.addVFIO(p); err != nil {
+	if err := v.addVFIO(p, mode); err != nil {
 		return err
 	}
 	if err := v.hotplugSetup(p); err != nil {

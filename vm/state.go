@@ -21,6 +21,7 @@ import (
 	"govmm/irq/chipset"
 	"govmm/pci"
 	"govmm/snapshot"
+	"govmm/vfio"
 	"govmm/virtio"
 	"govmm/virtio/balloon"
 	"govmm/virtio/console"
@@ -157,7 +158,7 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 	if !v.Paused() {
 		return nil, errors.New("save state: the VM is not paused")
 	}
-	if err := v.plat.vfio.refuse("a snapshot"); err != nil {
+	if err := v.plat.vfio.refuseUnmigratable("a snapshot"); err != nil {
 		return nil, err
 	}
 	// No eject (its goroutine may still run after the vCPU that asked
@@ -221,6 +222,11 @@ func (v *VM) SaveState() (*snapshot.State, error) {
 		return nil, fmt.Errorf("save guest clock: %w", err)
 	}
 	if err := st.Add("clock", clockVersion, ClockState{NS: ns}); err != nil {
+		return nil, err
+	}
+	// Last, once nothing else can fail: the devices stop here and run
+	// again when the VM resumes.
+	if err := p.vfio.save(st); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -525,6 +531,9 @@ type Restored struct {
 	VCPUs   []VCPUState
 	Devices DeviceState
 	Clock   ClockState
+	// VFIO is each passed-through device's state ("vfio/N" sections,
+	// vfiomig.go), in --device order.
+	VFIO []vfio.MigrationState
 }
 
 // ParseState validates a state file completely before anything is built,
@@ -557,6 +566,9 @@ func ParseState(st *snapshot.State) (*Restored, error) {
 		return nil, err
 	}
 	if _, err := st.Get("clock", 1, clockVersion, &r.Clock); err != nil {
+		return nil, err
+	}
+	if r.VFIO, err = parseVFIO(st); err != nil {
 		return nil, err
 	}
 	return r, nil

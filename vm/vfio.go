@@ -35,7 +35,11 @@ type vfioDevices struct {
 
 // addVFIO opens the devices, maps all guest RAM for their DMA and puts
 // them on the bus in the first free slots.
-func (v *VM) addVFIO(p *platformDevices) error {
+//
+// A VM built for saved state (mode buildIncoming) does not start them:
+// their interrupts are wired once the interrupt controllers' state is in
+// place (vfioDevices.load), which an irqfd assigned before would refuse.
+func (v *VM) addVFIO(p *platformDevices, mode buildMode) error {
 	if len(v.cfg.VFIO.Devices) == 0 {
 		return nil
 	}
@@ -68,8 +72,10 @@ func (v *VM) addVFIO(p *platformDevices) error {
 		if err := p.pci.Add(slot, dev.Function()); err != nil {
 			return fmt.Errorf("vfio device %s: %w", addr, err)
 		}
-		if err := dev.Start(); err != nil {
-			return err
+		if mode != buildIncoming {
+			if err := dev.Start(); err != nil {
+				return err
+			}
 		}
 		v.log.Info("vfio device passed through", "device", addr, "slot", slot, "order", order.String(), "iommu", c.Kind())
 	}
@@ -91,15 +97,6 @@ func (x *vfioDevices) names() []string {
 		s = append(s, d.Name())
 	}
 	return s
-}
-
-// refuse returns the error for an operation a VM with VFIO devices cannot
-// do, or nil when it has none.
-func (x *vfioDevices) refuse(what string) error {
-	if n := x.names(); len(n) > 0 {
-		return fmt.Errorf("%s of a VM with VFIO devices is not supported: the device state of %v lives in the hardware, and govmm has no VFIO migration support", what, n)
-	}
-	return nil
 }
 
 // close resets and closes the devices and unmaps guest RAM from their

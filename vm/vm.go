@@ -232,8 +232,14 @@ func (v *VM) Apply(r *Restored) error {
 		// hot-added, while memory moved.
 		return &InputError{Err: fmt.Errorf("the saved machine's hot-added devices %v are not those this VM was built with %v (a device was ejected or hot-added after the migration began): nothing was started, migrate again", m.HotAdded, v.cfg.hotAdded)}
 	}
+	if err := v.plat.vfio.checkLoad(r.VFIO); err != nil {
+		return &InputError{Err: err}
+	}
 	if err := v.plat.restoreDevices(&r.Devices); err != nil {
 		return err
+	}
+	if err := v.plat.vfio.load(r.VFIO); err != nil {
+		return &InputError{Err: err}
 	}
 	v.restore = r
 	return nil

@@ -12,8 +12,10 @@ import (
 	"govmm/vm"
 )
 
-// deviceFlags is the repeatable --device flag of run: host devices passed
-// through, today only vfio=/sys/bus/pci/devices/DDDD:BB:DD.F.
+// deviceFlags is the repeatable --device flag of run (and of restore and
+// migrate receive, for a saved VM's devices): host devices passed
+// through, vfio=/sys/bus/pci/devices/DDDD:BB:DD.F or a mediated device,
+// vfio=/sys/bus/mdev/devices/UUID.
 type deviceFlags struct {
 	vfio  []string
 	order vfio.Order
@@ -32,7 +34,7 @@ func (d *deviceFlags) Set(v string) error {
 	parts := optlist.Split(v)
 	kind, path, ok := strings.Cut(parts[0], "=")
 	if !ok || kind != "vfio" {
-		return fmt.Errorf("--device %q: want vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy]", v)
+		return fmt.Errorf("--device %q: want vfio=/sys/bus/pci/devices/DDDD:BB:DD.F or vfio=/sys/bus/mdev/devices/UUID[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy]", v)
 	}
 	addr, err := vfio.ParseAddress(path)
 	if err != nil {
@@ -73,7 +75,7 @@ func (d *deviceFlags) Set(v string) error {
 }
 
 func (d *deviceFlags) register(fs *flag.FlagSet) {
-	fs.Var(d, "device", "pass a host PCI device through with VFIO: vfio=/sys/bus/pci/devices/DDDD:BB:DD.F[,order=route-first|irqs-first][,iommu=auto|iommufd|legacy] (repeatable; the device must be bound to vfio-pci; iommu=auto uses iommufd where the kernel offers it)")
+	fs.Var(d, "device", "pass a host PCI device or a mediated device through with VFIO: vfio=/sys/bus/pci/devices/DDDD:BB:DD.F or vfio=/sys/bus/mdev/devices/UUID, with [,order=route-first|irqs-first][,iommu=auto|iommufd|legacy] (repeatable; a PCI device must be bound to vfio-pci; iommu=auto uses iommufd where the kernel offers it)")
 }
 
 func (d *deviceFlags) config() vm.VFIOConfig {

@@ -29,6 +29,9 @@ func restoreFlagSet(name string, stderr io.Writer, f *runFlags) *flag.FlagSet {
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	fs.StringVar(&f.apiSocket, "api-socket", "", "serve the control socket at this path")
 	f.virtio.register(fs)
+	// The saved VM's passed-through devices, each given again (a device
+	// of the same kind, with VFIO migration): their state is loaded.
+	f.devices.register(fs)
 	f.registerConfine(fs)
 	return fs
 }
@@ -77,7 +80,7 @@ func (f *runFlags) restoreConfig(stdout io.Writer, log *slog.Logger, memSize uin
 		return vm.Config{}, nil, err
 	}
 	cfg := vm.Config{Accel: acc, MemSize: memSize, NumCPUs: f.cpus, Serial: serialOut, Log: log, Epoch: mainStart,
-		Virtio: f.virtioConfig(acc.Name(), log)}
+		Virtio: f.virtioConfig(acc.Name(), log), VFIO: f.devices.config()}
 	return cfg, func() { acc.Close(); closeSerial() }, nil
 }
 

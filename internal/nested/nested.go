@@ -90,14 +90,16 @@ type Config struct {
 	// its modules' kernel/ directory (e.g. "drivers/vfio/vfio.ko"), loaded
 	// in order after KVM's.
 	Modules []string
-	// KernelDir, when set, holds another x86-64 kernel for L1, laid out
-	// as $GOVMM_CACHE/linux is (boot/vmlinuz-V and its modules under
-	// lib/modules/V/kernel, uncompressed): e.g. the 6.12 kernel with
-	// iommufd modules that .ci/run builds into IOMMUFDKernelDir.
-	KernelDir string
 	// Arch is L1's architecture: "" (x86-64) or ArchARM64 (aarch64.go).
 	// Every program in an aarch64 L1 must be an arm64 build.
 	Arch string
+	// Linux is another x86-64 kernel for L1: a Debian kernel package
+	// unpacked as the cloud kernel is (boot/vmlinuz-*, its modules under
+	// lib/modules/VER/kernel, decompressed), e.g. MdevLinuxDir(). Empty
+	// means the cloud kernel in CacheDir()/linux. Modules are then that
+	// kernel's, and a Modules entry may also be an absolute path (a
+	// module built out of tree for it).
+	Linux string
 }
 
 // Result is what a run produced.
@@ -182,15 +184,10 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "govmm")
 }
 
-// IOMMUFDKernelDir is where .ci/run puts Debian's 6.12 cloud kernel with
-// iommufd and the VFIO cdev built as modules (Debian builds it without),
-// for the VFIO tests of the iommufd path.
-func IOMMUFDKernelDir() string { return filepath.Join(CacheDir(), "linux-iommufd") }
-
 // LinuxKernel is the cached Debian cloud kernel (a bzImage), or "".
 func LinuxKernel() string { return kernelIn(filepath.Join(CacheDir(), "linux")) }
 
-// kernelIn is the newest boot/vmlinuz-* under dir, or "".
+// kernelIn is the newest boot/vmlinuz-* in an unpacked kernel package, or "".
 func kernelIn(dir string) string {
 	m, _ := filepath.Glob(filepath.Join(dir, "boot", "vmlinuz-*"))
 	if len(m) == 0 {
@@ -202,7 +199,47 @@ func kernelIn(dir string) string {
 
 const howToGet = "run .ci/run once: it installs qemu-system-x86 (10.x, from bookworm-backports) and busybox-static, and unpacks Debian's cloud kernel into " + "~/.cache/govmm/linux"
 
+// IOMMUFDKernelDir is where .ci/run puts Debian's 6.12 cloud kernel with
+// iommufd and the VFIO modules rebuilt (.ci/iommufd-kernel.sh), for
+// TestVFIOIOMMUFD's L1 (Config.Linux).
+func IOMMUFDKernelDir() string { return filepath.Join(CacheDir(), "linux-iommufd") }
+
+// MdevLinuxDir is where .ci/mdev-kernel unpacks Debian's generic 6.12
+// kernel (with CONFIG_VFIO_MDEV) and builds the mtty sample driver
+// (mtty/mtty.ko) for the VFIO migration test's L1.
+func MdevLinuxDir() string { return filepath.Join(CacheDir(), "linux-mdev") }
+
+// FindLinux is Find with L1's kernel and KVM modules taken from dir, a
+// kernel package unpacked as CacheDir()/linux is (Config.Linux).
+func FindLinux(dir string) (*Assets, error) {
+	if dir == "" {
+		return Find()
+	}
+	linuxMu.Lock()
+	defer linuxMu.Unlock()
+	if a, ok := linuxAssets[dir]; ok {
+		return a, nil
+	}
+	a, err := findIn(dir, "run .ci/mdev-kernel (as .ci/run does) to download and unpack it")
+	if err != nil {
+		return nil, err
+	}
+	linuxAssets[dir] = a
+	return a, nil
+}
+
+var (
+	linuxMu     sync.Mutex
+	linuxAssets = map[string]*Assets{}
+)
+
 func find() (*Assets, error) {
+	return findIn(filepath.Join(CacheDir(), "linux"), howToGet)
+}
+
+// findIn locates QEMU, busybox, and the kernel and KVM modules unpacked
+// in dir; hint says how to get what is missing.
+func findIn(dir, hint string) (*Assets, error) {
 	if runtime.GOARCH != "amd64" {
 		return nil, fmt.Errorf("nested KVM is built for x86-64 hosts, not %s", runtime.GOARCH)
 	}
@@ -214,8 +251,20 @@ func find() (*Assets, error) {
 	if out, err := exec.Command(a.QEMU, "--version").Output(); err == nil {
 		a.QEMUVersion = strings.TrimPrefix(strings.SplitN(string(out), "\n", 2)[0], "QEMU emulator version ")
 	}
-	if err := a.useKernel(filepath.Join(CacheDir(), "linux")); err != nil {
-		return nil, err
+	if a.Kernel = kernelIn(dir); a.Kernel == "" {
+		return nil, fmt.Errorf("no kernel in %s: %s", filepath.Join(dir, "boot"), hint)
+	}
+	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
+	mods := filepath.Join(dir, "lib", "modules", ver, "kernel")
+	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "drivers/crypto/ccp/ccp.ko", "arch/x86/kvm/kvm-amd.ko"} {
+		p := filepath.Join(mods, m)
+		if _, err := os.Stat(p); err != nil {
+			if strings.Contains(m, "ccp") {
+				continue // only a kernel with SEV support has kvm-amd need it
+			}
+			return nil, fmt.Errorf("KVM module %s missing: %s", p, hint)
+		}
+		a.Modules = append(a.Modules, p)
 	}
 	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
 		if _, err := os.Stat(p); err == nil {
@@ -227,25 +276,6 @@ func find() (*Assets, error) {
 		return nil, fmt.Errorf("busybox not found: %s", howToGet)
 	}
 	return &a, nil
-}
-
-// useKernel sets a's kernel and KVM modules from dir (laid out as
-// $GOVMM_CACHE/linux).
-func (a *Assets) useKernel(dir string) error {
-	if a.Kernel = kernelIn(dir); a.Kernel == "" {
-		return fmt.Errorf("no kernel in %s: %s", filepath.Join(dir, "boot"), howToGet)
-	}
-	ver := strings.TrimPrefix(filepath.Base(a.Kernel), "vmlinuz-")
-	mods := filepath.Join(dir, "lib", "modules", ver, "kernel")
-	a.Modules = nil
-	for _, m := range []string{"virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko"} {
-		p := filepath.Join(mods, m)
-		if _, err := os.Stat(p); err != nil {
-			return fmt.Errorf("KVM module %s missing: %s", p, howToGet)
-		}
-		a.Modules = append(a.Modules, p)
-	}
-	return nil
 }
 
 // HardwareKVM reports whether this machine's /dev/kvm has hardware
@@ -315,7 +345,7 @@ var (
 // command that runs and fails is not an error; a VM that does not boot,
 // does not finish within the timeout, or dies is (*Error).
 func Run(ctx context.Context, cfg Config) (Result, error) {
-	find := Find
+	find := func() (*Assets, error) { return FindLinux(cfg.Linux) }
 	if cfg.Arch == ArchARM64 {
 		find = FindARM64
 	} else if cfg.Arch != "" {
@@ -324,16 +354,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	a, err := find()
 	if err != nil {
 		return Result{}, err
-	}
-	if cfg.KernelDir != "" {
-		if cfg.Arch != "" {
-			return Result{}, fmt.Errorf("nested: KernelDir is for x86-64 L1s")
-		}
-		other := *a
-		if err := other.useKernel(cfg.KernelDir); err != nil {
-			return Result{}, fmt.Errorf("nested: L1 kernel from %s: %w", cfg.KernelDir, err)
-		}
-		a = &other
 	}
 	if len(cfg.Command) == 0 {
 		return Result{}, errors.New("nested: no command")
@@ -818,7 +838,10 @@ func extraModules(a *Assets, cfg Config) []string {
 	root := filepath.Dir(filepath.Dir(filepath.Dir(a.Modules[0])))
 	var out []string
 	for _, m := range cfg.Modules {
-		out = append(out, filepath.Join(root, m))
+		if !filepath.IsAbs(m) {
+			m = filepath.Join(root, m)
+		}
+		out = append(out, m)
 	}
 	return out
 }

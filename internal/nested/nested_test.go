@@ -162,9 +162,9 @@ func TestConsoleExcerptKeepsStallDump(t *testing.T) {
 	}
 }
 
-// TestUseKernel: another kernel directory (Config.KernelDir) gives L1
-// that kernel and its KVM modules, and one that lacks a module is
-// refused with the module named.
+// TestUseKernel: another kernel directory (Config.Linux) gives L1 that
+// kernel and its KVM modules, and one that lacks a module is refused with
+// the module named.
 func TestUseKernel(t *testing.T) {
 	dir := t.TempDir()
 	mods := filepath.Join(dir, "lib", "modules", "6.12.118+deb12-cloud-amd64", "kernel")
@@ -181,8 +181,11 @@ func TestUseKernel(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := Assets{Kernel: "/old/vmlinuz", Modules: []string{"/old/kvm.ko"}}
-	if err := a.useKernel(dir); err != nil {
+	if _, err := exec.LookPath(qemuBin); err != nil {
+		t.Skipf("%s is not installed", qemuBin)
+	}
+	a, err := findIn(dir, "hint")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if a.Kernel != filepath.Join(dir, files[0]) || len(a.Modules) != 3 || a.Modules[2] != filepath.Join(mods, "arch/x86/kvm/kvm-amd.ko") {
@@ -191,10 +194,10 @@ func TestUseKernel(t *testing.T) {
 	if err := os.Remove(filepath.Join(mods, "arch/x86/kvm/kvm.ko")); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.useKernel(dir); err == nil || !strings.Contains(err.Error(), "kvm.ko missing") {
+	if _, err := findIn(dir, "hint"); err == nil || !strings.Contains(err.Error(), "kvm.ko missing") {
 		t.Errorf("without kvm.ko: %v", err)
 	}
-	if err := a.useKernel(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no kernel in") {
+	if _, err := findIn(t.TempDir(), "hint"); err == nil || !strings.Contains(err.Error(), "no kernel in") {
 		t.Errorf("empty directory: %v", err)
 	}
 }

@@ -23,6 +23,8 @@ func main() {
 	timeout := flag.Duration("timeout", 30*time.Minute, "bound on the whole run")
 	cpus := flag.Int("cpus", 2, "L1 vCPUs")
 	mem := flag.Int("memory", 3072, "L1 RAM in MiB")
+	linux := flag.String("linux", "", "another L1 kernel: an unpacked kernel package (e.g. ~/.cache/govmm/linux-mdev, from .ci/mdev-kernel)")
+	modules := flag.String("modules", "", "comma-separated modules to load after KVM's: paths under the kernel's modules' kernel/ directory, or absolute")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: l1run [flags] -- CMD ARGS...")
@@ -37,6 +39,8 @@ func main() {
 		MemoryMB: *mem,
 		Timeout:  *timeout,
 		Output:   os.Stdout,
+		Linux:    *linux,
+		Modules:  split(*modules),
 	}
 	if cfg.Dir == "" {
 		wd, _ := os.Getwd()

@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"govmm/internal/kvmtest"
+	"govmm/internal/nested"
+)
+
+// mdevL1Env marks the L1 that TestVFIOMigration starts for itself: Debian's
+// generic 6.12 kernel (CONFIG_VFIO_MDEV) with Linux's sample mdev driver
+// mtty, which has VFIO migration v2 (.ci/mdev-kernel builds it).
+const mdevL1Env = "GOVMM_E2E_MDEV_L1"
+
+// mttyType is the mtty type with one port: its instances are the
+// function the guest drives. mtty2Type has two ports, and its state does
+// not fit a one-port device.
+const (
+	mttyParent = "/sys/class/mdev_bus/mtty/mdev_supported_types/"
+	mttyType   = "mtty-1"
+	mtty2Type  = "mtty-2"
+)
+
+// inMdevL1 runs the calling test in an L1 of its own on the mdev kernel,
+// with vfio, vfio_iommu_type1, mdev and mtty loaded, when this is not that
+// L1, and reports whether the caller should go on (it is in that L1).
+func inMdevL1(t *testing.T) bool {
+	if kvmtest.InL1() && os.Getenv(mdevL1Env) == "1" {
+		return true
+	}
+	if kvmtest.InL1() {
+		t.Skip("runs in an L1 of its own, on the mdev kernel with mtty, started from the host")
+	}
+	dir := nested.MdevLinuxDir()
+	mtty := filepath.Join(dir, "mtty", "mtty.ko")
+	_, err := nested.FindLinux(dir)
+	if err == nil {
+		_, err = os.Stat(mtty)
+	}
+	if err != nil {
+		if kvmtest.Required() {
+			t.Fatalf("the mdev L1 (run .ci/mdev-kernel): %v", err)
+		}
+		t.Skipf("the mdev L1 (run .ci/mdev-kernel): %v", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := 20 * time.Minute
+	if d, ok := t.Deadline(); ok {
+		timeout = time.Until(d) - time.Minute
+	}
+	env := []string{mdevL1Env + "=1", binaryEnv + "=" + binary, kvmtest.RequireEnv + "=1"}
+	start := time.Now()
+	attempt := func(run string, timeout time.Duration) (string, nested.Result, error) {
+		var out bytes.Buffer
+		res, err := nested.Run(context.Background(), nested.Config{
+			Command: []string{exe, "-test.run=" + run, "-test.v=true", "-test.timeout=" + (timeout - 2*time.Minute).String()},
+			Env:     env, Files: []string{exe, binary}, Dir: "/",
+			Output: io.MultiWriter(&out, prefixWriter{os.Stdout}), Timeout: timeout, IdleTimeout: 5 * time.Minute,
+			Linux:   dir,
+			Modules: []string{"drivers/vfio/vfio.ko", "drivers/vfio/vfio_iommu_type1.ko", "drivers/vfio/mdev/mdev.ko", mtty},
+		})
+		return out.String(), res, err
+	}
+	run := "^" + t.Name() + "$"
+	if f := flag.Lookup("test.run"); f != nil {
+		// -run TestVFIOMigration/live runs only those subtests in L1 too.
+		if pat := f.Value.String(); strings.HasPrefix(pat, t.Name()+"/") {
+			run = "^" + t.Name() + "$" + strings.TrimPrefix(pat, t.Name())
+		}
+	}
+	out, res, err := attempt(run, timeout)
+	if err != nil {
+		left := timeout - time.Since(start)
+		if left < 5*time.Minute {
+			t.Fatalf("mdev L1: %v (no time left to run %s again)", err, t.Name())
+		}
+		t.Logf("mdev L1 stopped: %v\nrunning %s once more in a fresh L1", err, t.Name())
+		if out, res, err = attempt(run, left); err != nil {
+			t.Fatalf("mdev L1 stopped twice: %v", err)
+		}
+	}
+	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
+		t.Logf("the mdev L1 booted in %v and ran %s in %v", res.Boot.Round(100*time.Millisecond), t.Name(), res.Wall.Round(100*time.Millisecond))
+		return false
+	}
+	failed, explained := kvmtest.FailedLeaves(out)
+	if len(failed) == 0 || len(failed) > 3 {
+		t.Fatalf("%s in the mdev L1 (booted in %v): exit %d, %d subtests failed\n%s", t.Name(), res.Boot.Round(100*time.Millisecond), res.ExitCode, len(failed), res.ConsoleLog)
+	}
+	for _, name := range failed {
+		left := timeout - time.Since(start)
+		if left < 5*time.Minute {
+			t.Fatalf("%s failed in the mdev L1, and no time is left to run it again", name)
+		}
+		why := "the substrate fails now and then"
+		if explained[name] {
+			why = "its output names the substrate as the cause"
+		}
+		t.Logf("%s failed in the mdev L1; running it once more in a fresh L1 (%s)", name, why)
+		again, res, err := attempt(kvmtest.Exactly(name), left)
+		if err != nil {
+			t.Fatalf("%s failed in the mdev L1, and the fresh L1 to run it again stopped: %v", name, err)
+		}
+		if res.ExitCode != 0 || !strings.Contains(again, "--- PASS: "+name) {
+			t.Fatalf("%s failed again in a fresh mdev L1: exit %d\n%s", name, res.ExitCode, res.ConsoleLog)
+		}
+		t.Logf("%s failed in the mdev L1, then passed when run again in a fresh L1 %s", name, kvmtest.FlakyMark)
+	}
+	return false
+}
+
+// mttyCreate creates an mtty instance of type typ and returns its sysfs
+// path under /sys/bus/mdev/devices; it is removed when the test ends.
+func mttyCreate(t *testing.T, typ string) string {
+	t.Helper()
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	uuid := fmt.Sprintf("83b8f4f2-509f-382f-3c1e-%012x", b[:])
+	if err := os.WriteFile(mttyParent+typ+"/create", []byte(uuid), 0o200); err != nil {
+		t.Fatalf("create an %s instance: %v", typ, err)
+	}
+	path := "/sys/bus/mdev/devices/" + uuid
+	t.Cleanup(func() {
+		if err := os.WriteFile(path+"/remove", []byte("1"), 0o200); err != nil {
+			t.Logf("remove %s: %v", uuid, err)
+		}
+	})
+	return path
+}
+
+// mttySource starts the mtty guest with dev passed through and waits
+// until its pattern is in the device's receive FIFO.
+func mttySource(t *testing.T, acc []string, guest, dev, sock, seed string) *proc {
+	t.Helper()
+	p := start(t, append(append([]string{"run"}, acc...), "--kernel", guest, "--cmdline", "seed="+seed, "--serial", "stdio", "--cpus", "1",
+		"--device", "vfio="+dev, "--api-socket", sock, "--log-level", "info")...)
+	p.waitFor("mtty: waiting", 2*time.Minute)
+	m := fields(t, p.output(), "mtty", "wrote n=")
+	if m["n"] != "15" {
+		t.Fatalf("the guest wrote %v, want 15 bytes:\n%s", m, p.output())
+	}
+	return p
+}
+
+// mttyReadBack tells the guest to read its FIFO back and requires all 15
+// bytes of the pattern, with LSR.DR set, and the guest's OK.
+func mttyReadBack(t *testing.T, p *proc) {
+	t.Helper()
+	if _, err := p.stdin.Write([]byte("g")); err != nil {
+		t.Fatalf("send the key: %v", err)
+	}
+	code := p.exit(2 * time.Minute)
+	out := p.output()
+	m := fields(t, out, "mtty", "read n=")
+	t.Logf("after the move: %v", m)
+	if code != 0x10<<1|1 || m["n"] != "15" || m["match"] != "15" {
+		t.Fatalf("the guest did not read its pattern back from the moved device (exit %d, %v):\n%s", code, m, out)
+	}
+	if !strings.Contains(out, "vfio device state restored") {
+		t.Errorf("the destination did not log the device state it loaded:\n%s", out)
+	}
+}
+
+// TestVFIOMigration moves a VM with a passed-through device that has
+// VFIO migration (mtty, an mdev) by snapshot and restore and by live
+// migration, on KVM and on mshvsim: the guest's bytes in the device's
+// receive FIFO must be in the destination's fresh device. A restore onto
+// a device whose driver cannot take the state (two ports for one) is
+// refused whole.
+func TestVFIOMigration(t *testing.T) {
+	if !inMdevL1(t) {
+		return
+	}
+	guest := guestPath(t, "mtty.elf")
+	for _, acc := range [][]string{{"--accel=kvm"}, {"--accel=mshv", "--mshv-device=sim"}} {
+		name := accelName(acc)
+		t.Run("snapshot-"+name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock, snap := filepath.Join(dir, "api.sock"), filepath.Join(dir, "snap")
+			src := mttyCreate(t, mttyType)
+			s := mttySource(t, acc, guest, src, sock, "3")
+			r := govmm(t, "snapshot", "--api-socket", sock, "--dir", snap)
+			if r.Code != 0 {
+				t.Fatalf("snapshot: %s\nsource:\n%s", r, s.output())
+			}
+			s.cmd.Process.Kill()
+			<-s.done
+			if !strings.Contains(s.output(), "vfio device state saved") {
+				t.Errorf("the source did not log the device state it saved:\n%s", s.output())
+			}
+			// A two-port mtty is the same PCI function to govmm, but its
+			// driver refuses a one-port state: the restore fails, naming
+			// the device, and runs nothing.
+			bad := mttyCreate(t, mtty2Type)
+			r = govmm(t, append(append([]string{"restore", "--snapshot", snap}, acc...), "--serial", "stdio", "--device", "vfio="+bad)...)
+			if r.Code == 0 || !strings.Contains(r.Stderr, filepath.Base(bad)) || !strings.Contains(r.Stderr, "refused the saved state") || strings.Contains(r.Stdout, "mtty: read") {
+				t.Fatalf("restore onto a two-port mtty: want a refusal naming %s\n%s", filepath.Base(bad), r)
+			}
+			t.Logf("two ports for one: %s", strings.TrimSpace(r.Stderr))
+			// Without the device, the restore names what is missing.
+			r = govmm(t, append(append([]string{"restore", "--snapshot", snap}, acc...), "--serial", "stdio")...)
+			if r.Code != 64 || !strings.Contains(r.Stderr, "VFIO devices") {
+				t.Fatalf("restore without the device: want exit 64 naming the VFIO devices\n%s", r)
+			}
+			dst := mttyCreate(t, mttyType)
+			d := start(t, append(append([]string{"restore", "--snapshot", snap}, acc...), "--serial", "stdio", "--device", "vfio="+dst, "--log-level", "info")...)
+			mttyReadBack(t, d)
+		})
+		t.Run("live-"+name, func(t *testing.T) {
+			dir := t.TempDir()
+			sock, mig := filepath.Join(dir, "src.sock"), filepath.Join(dir, "mig.sock")
+			s := mttySource(t, acc, guest, mttyCreate(t, mttyType), sock, "5")
+			dst := mttyCreate(t, mttyType)
+			d := start(t, append(append([]string{"migrate", "receive"}, acc...), "--listen", "unix:"+mig, "--serial", "stdio",
+				"--device", "vfio="+dst, "--log-level", "info")...)
+			waitPath(t, mig)
+			migrateLive(t, sock, mig, s, d)
+			mttyReadBack(t, d)
+		})
+	}
+}
