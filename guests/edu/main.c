@@ -54,24 +54,6 @@
 #define VEC_INTX 0x61
 #define PM_HZ 3579545ull
 
-static uint32_t cfg_read32(int slot, int reg)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	return inl(0xcfc);
-}
-
-static void cfg_write32(int slot, int reg, uint32_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outl(0xcfc, v);
-}
-
-static void cfg_write16(int slot, int reg, uint16_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outw(0xcfc + (reg & 2), v);
-}
-
 static uint64_t bar;
 static inline uint32_t rd(uint32_t r) { return mmio_read32(bar + r); }
 static inline void wr(uint32_t r, uint32_t v) { mmio_write32(bar + r, v); }
@@ -119,23 +101,13 @@ static void edu_isr(struct regs *r)
 	lapic_eoi();
 }
 
-static int find_edu(void)
-{
-	for (int s = 0; s < 32; s++) {
-		uint32_t id = cfg_read32(s, 0);
-		if ((id & 0xffff) == EDU_VENDOR && id >> 16 == EDU_DEVICE)
-			return s;
-	}
-	return -1;
-}
-
 static int find_cap(int slot, uint8_t want)
 {
-	if (!(cfg_read32(slot, 0x04) >> 16 & 0x10))
+	if (!(pci_read32(slot, 0x04) >> 16 & 0x10))
 		return -1;
-	int p = cfg_read32(slot, 0x34) & 0xfc;
+	int p = pci_read32(slot, 0x34) & 0xfc;
 	for (int n = 0; p >= 0x40 && n < 48; n++) {
-		uint32_t h = cfg_read32(slot, p);
+		uint32_t h = pci_read32(slot, p);
 		if ((h & 0xff) == want)
 			return p;
 		p = (h >> 8) & 0xfc;
@@ -169,19 +141,19 @@ int main(void)
 	pic_disable();
 	pm_last = pmtimer_read();
 
-	int slot = find_edu();
+	int slot = pci_find(EDU_VENDOR, EDU_DEVICE);
 	if (slot < 0) {
 		printf("edu: no 1234:11e8 device on bus 0\n");
 		return EDU_FAIL;
 	}
-	uint32_t b0 = cfg_read32(slot, 0x10);
+	uint32_t b0 = pci_read32(slot, 0x10);
 	bar = b0 & ~0xfu;
 	if ((b0 & 1) || bar == 0) {
 		printf("edu: BAR0 %#x is not a placed memory BAR\n", b0);
 		return EDU_FAIL;
 	}
 	/* Memory decode and bus mastering (DMA and MSI need it). */
-	cfg_write16(slot, 0x04, (cfg_read32(slot, 0x04) & 0xffff) | 0x6);
+	pci_write16(slot, 0x04, (pci_read32(slot, 0x04) & 0xffff) | 0x6);
 	uint32_t id = rd(R_ID);
 	printf("edu: found slot=%d bar0=%#llx id=%#x\n", slot, (unsigned long long)bar, id);
 	if ((id & 0xff) != 0xed) {
@@ -226,7 +198,7 @@ int main(void)
 
 	/* INTx through the IOAPIC: INTA-INTD of slot s is GSI 16 + (s + pin - 1)
 	 * mod 8 (govmm's _PRT), level-triggered, active low. */
-	uint32_t pin = cfg_read32(slot, 0x3c) >> 8 & 0xff;
+	uint32_t pin = pci_read32(slot, 0x3c) >> 8 & 0xff;
 	if (!cmdline_u64("intx", 1)) {
 		printf("edu: intx skipped\n");
 	} else if (pin >= 1 && pin <= 4) {
@@ -261,17 +233,17 @@ int main(void)
 		printf("edu: no MSI capability\n");
 		return EDU_FAIL;
 	}
-	uint32_t ctl = cfg_read32(slot, msi);
+	uint32_t ctl = pci_read32(slot, msi);
 	bool is64 = ctl >> 16 & 0x80;
-	cfg_write32(slot, msi + 4, 0xFEE00000u | lapic_id() << 12);
+	pci_write32(slot, msi + 4, 0xFEE00000u | lapic_id() << 12);
 	if (is64) {
-		cfg_write32(slot, msi + 8, 0);
-		cfg_write16(slot, msi + 12, VEC_EDU);
+		pci_write32(slot, msi + 8, 0);
+		pci_write16(slot, msi + 12, VEC_EDU);
 	} else {
-		cfg_write16(slot, msi + 8, VEC_EDU);
+		pci_write16(slot, msi + 8, VEC_EDU);
 	}
 	set_handler(VEC_EDU, edu_isr);
-	cfg_write16(slot, msi + 2, (uint16_t)((ctl >> 16) & ~0x70u) | 1); /* one vector, enabled */
+	pci_write16(slot, msi + 2, (uint16_t)((ctl >> 16) & ~0x70u) | 1); /* one vector, enabled */
 
 	uint32_t n = (uint32_t)cmdline_u64("n", 100), sent = 0;
 	uint64_t t0 = pm_now();

@@ -74,24 +74,6 @@
 #define VEC 0x72
 #define PM_HZ 3579545ull
 
-static uint32_t cfg_read32(int slot, int reg)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	return inl(0xcfc);
-}
-
-static void cfg_write32(int slot, int reg, uint32_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outl(0xcfc, v);
-}
-
-static void cfg_write16(int slot, int reg, uint16_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outw(0xcfc + (reg & 2), v);
-}
-
 static int slot, msi, mask_reg, pend_reg;
 static uint64_t bar0;
 
@@ -137,8 +119,8 @@ static bool wait_recv(uint32_t want, uint32_t ms)
 }
 
 static void raise(void) { wr(R_ICS, CAUSE); }
-static void mask(bool on) { cfg_write32(slot, mask_reg, on ? 1 : 0); }
-static bool pending(void) { return cfg_read32(slot, pend_reg) & 1; }
+static void mask(bool on) { pci_write32(slot, mask_reg, on ? 1 : 0); }
+static bool pending(void) { return pci_read32(slot, pend_reg) & 1; }
 
 static bool wait_pending(uint32_t ms)
 {
@@ -163,27 +145,23 @@ int main(void)
 	pm_last = pmtimer_read();
 
 	slot = msi = -1;
-	for (int s = 0; s < 32 && slot < 0; s++) {
-		uint32_t id = cfg_read32(s, 0);
-		if ((id & 0xffff) == VENDOR && id >> 16 == DEVICE)
-			slot = s;
-	}
+	slot = pci_find(VENDOR, DEVICE);
 	if (slot < 0) {
 		printf("igb: no %04x:%04x device on bus 0\n", VENDOR, DEVICE);
 		return FAIL;
 	}
-	int p = cfg_read32(slot, 0x34) & 0xfc;
+	int p = pci_read32(slot, 0x34) & 0xfc;
 	for (int i = 0; p >= 0x40 && i < 48; i++) {
-		uint32_t h = cfg_read32(slot, p);
+		uint32_t h = pci_read32(slot, p);
 		if ((h & 0xff) == CAP_MSI)
 			msi = p;
 		p = (h >> 8) & 0xfc;
 	}
-	uint32_t lo = cfg_read32(slot, 0x10);
+	uint32_t lo = pci_read32(slot, 0x10);
 	bar0 = lo & ~0xfull;
 	if ((lo & 6) == 4)
-		bar0 |= (uint64_t)cfg_read32(slot, 0x14) << 32;
-	uint16_t ctl = msi < 0 ? 0 : (uint16_t)(cfg_read32(slot, msi) >> 16);
+		bar0 |= (uint64_t)pci_read32(slot, 0x14) << 32;
+	uint16_t ctl = msi < 0 ? 0 : (uint16_t)(pci_read32(slot, msi) >> 16);
 	printf("igb: found slot=%d bar0=%#llx msi=%#x control=%#x maskable=%d\n", slot, (unsigned long long)bar0,
 	       msi, ctl, (ctl & MSI_PVM) != 0);
 	if (msi < 0 || !(ctl & MSI_PVM)) {
@@ -199,7 +177,7 @@ int main(void)
 	pend_reg = data_reg + 8;
 
 	/* Memory decode and bus mastering (the messages are writes). */
-	cfg_write16(slot, 0x04, (cfg_read32(slot, 0x04) & 0xffff) | 0x6);
+	pci_write16(slot, 0x04, (pci_read32(slot, 0x04) & 0xffff) | 0x6);
 	/* Quiet device: every cause masked and cleared, MSI mode, no
 	 * throttling. */
 	wr(R_IMC, 0xffffffffu);
@@ -212,11 +190,11 @@ int main(void)
 	 * data and the enable bit, then the unmask. */
 	set_handler(VEC, isr);
 	mask(true);
-	cfg_write32(slot, msi + 4, 0xFEE00000u | lapic_id() << 12);
+	pci_write32(slot, msi + 4, 0xFEE00000u | lapic_id() << 12);
 	if (ctl & MSI_64)
-		cfg_write32(slot, msi + 8, 0);
-	cfg_write16(slot, data_reg, VEC);
-	cfg_write16(slot, msi + 2, (uint16_t)((ctl & ~0x70u) | MSI_ENABLE));
+		pci_write32(slot, msi + 8, 0);
+	pci_write16(slot, data_reg, VEC);
+	pci_write16(slot, msi + 2, (uint16_t)((ctl & ~0x70u) | MSI_ENABLE));
 	/* TCG QEMU keeps an ExtINT request SeaBIOS left on LINT0 after
 	 * lapic_init masked it, until the LAPIC is next written; this write
 	 * drops it (it changes nothing elsewhere). */

@@ -110,6 +110,12 @@ int serial_getc(void);
 bool serial_irq_enable(uint8_t vector);
 extern volatile uint64_t serial_rx_irqs; /* receive interrupts taken */
 
+/* ---- PCI configuration space, bus 0 (pci.c). ---- */
+uint32_t pci_read32(int slot, int reg);
+void pci_write32(int slot, int reg, uint32_t v);
+void pci_write16(int slot, int reg, uint16_t v);
+int pci_find(uint16_t vendor, uint16_t device); /* its slot, or -1 */
+
 /* ---- Exit. ---- */
 NORETURN void debug_exit(uint8_t v);  /* outb(0xf4, v); then cli;hlt forever */
 NORETURN void poweroff(void);         /* ACPI S5 via PM1a_CNT (_S5_ from DSDT), else debug_exit(0) */

@@ -83,18 +83,6 @@
 #define PM_HZ 3579545ull
 #define QMAX 256
 
-static uint32_t cfg_read32(int slot, int reg)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	return inl(0xcfc);
-}
-
-static void cfg_write16(int slot, int reg, uint16_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outw(0xcfc + (reg & 2), v);
-}
-
 static int slot, msix;
 static uint16_t msix_ctl;
 static uint64_t common, notify, table, pba;
@@ -213,7 +201,7 @@ static void mask_vector(int v, bool on) { mmio_write32(table + 16u * v + 12, on 
 
 static void mask_function(bool on)
 {
-	cfg_write16(slot, msix + 2, (uint16_t)(msix_ctl | MSIX_ENABLE | (on ? MSIX_FMASK : 0)));
+	pci_write16(slot, msix + 2, (uint16_t)(msix_ctl | MSIX_ENABLE | (on ? MSIX_FMASK : 0)));
 }
 
 /* The lib maps the first 4 GiB; govmm places 64-bit BARs above 4 GiB.
@@ -239,21 +227,21 @@ static bool map_high(uint64_t addr)
  * the path govmm's placement takes). */
 static void move_bar64(int bir, uint64_t addr)
 {
-	uint32_t cmd = cfg_read32(slot, 0x04) & 0xffff;
-	cfg_write16(slot, 0x04, (uint16_t)(cmd & ~2u));
+	uint32_t cmd = pci_read32(slot, 0x04) & 0xffff;
+	pci_write16(slot, 0x04, (uint16_t)(cmd & ~2u));
 	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(0x10 + 4 * bir));
 	outl(0xcfc, (uint32_t)addr | (inl(0xcfc) & 0xf));
 	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(0x14 + 4 * bir));
 	outl(0xcfc, (uint32_t)(addr >> 32));
-	cfg_write16(slot, 0x04, (uint16_t)cmd);
+	pci_write16(slot, 0x04, (uint16_t)cmd);
 }
 
 static uint64_t bar_addr(int bir)
 {
-	uint32_t lo = cfg_read32(slot, 0x10 + 4 * bir);
+	uint32_t lo = pci_read32(slot, 0x10 + 4 * bir);
 	uint64_t a = lo & ~0xfu;
 	if ((lo & 6) == 4)
-		a |= (uint64_t)cfg_read32(slot, 0x14 + 4 * bir) << 32;
+		a |= (uint64_t)pci_read32(slot, 0x14 + 4 * bir) << 32;
 	return a;
 }
 
@@ -263,27 +251,27 @@ static const char *setup(void)
 {
 	uint32_t notify_mult = 0;
 	bool moved = false;
-	int p = cfg_read32(slot, 0x34) & 0xfc;
+	int p = pci_read32(slot, 0x34) & 0xfc;
 	for (int n = 0; p >= 0x40 && n < 48; n++) {
-		uint32_t h = cfg_read32(slot, p);
+		uint32_t h = pci_read32(slot, p);
 		if ((h & 0xff) == CAP_VENDOR) {
-			int type = h >> 24 & 0xff, bar = cfg_read32(slot, p + 4) & 0xff;
+			int type = h >> 24 & 0xff, bar = pci_read32(slot, p + 4) & 0xff;
 			uint64_t hi = cmdline_u64("hibar", 0);
-			if (type == CFG_COMMON && hi && !moved && (cfg_read32(slot, 0x10 + 4 * bar) & 6) == 4) {
+			if (type == CFG_COMMON && hi && !moved && (pci_read32(slot, 0x10 + 4 * bar) & 6) == 4) {
 				move_bar64(bar, hi);
 				moved = true;
 				common = notify = 0;
-				p = cfg_read32(slot, 0x34) & 0xfc; /* again, at the new address */
+				p = pci_read32(slot, 0x34) & 0xfc; /* again, at the new address */
 				continue;
 			}
-			uint64_t at = bar_addr(bar) + cfg_read32(slot, p + 8);
+			uint64_t at = bar_addr(bar) + pci_read32(slot, p + 8);
 			if (!map_high(at))
 				return "a virtio structure lies in a second GiB above 4 GiB";
 			if (type == CFG_COMMON && !common)
 				common = at;
 			if (type == CFG_NOTIFY && !notify) {
 				notify = at;
-				notify_mult = cfg_read32(slot, p + 16);
+				notify_mult = pci_read32(slot, p + 16);
 			}
 		}
 		if ((h & 0xff) == 0x11)
@@ -292,14 +280,14 @@ static const char *setup(void)
 	}
 	if (!common || !notify || msix < 0)
 		return "no common configuration, notify capability or MSI-X capability";
-	uint32_t t = cfg_read32(slot, msix + 4), b = cfg_read32(slot, msix + 8);
-	msix_ctl = (uint16_t)(cfg_read32(slot, msix) >> 16) & ~(MSIX_ENABLE | MSIX_FMASK);
+	uint32_t t = pci_read32(slot, msix + 4), b = pci_read32(slot, msix + 8);
+	msix_ctl = (uint16_t)(pci_read32(slot, msix) >> 16) & ~(MSIX_ENABLE | MSIX_FMASK);
 	if ((msix_ctl & 0x7ff) + 1 < 2)
 		return "fewer than 2 MSI-X vectors";
 	table = bar_addr(t & 7) + (t & ~7u);
 	pba = bar_addr(b & 7) + (b & ~7u);
 	/* Memory decode and bus mastering (DMA and the messages need it). */
-	cfg_write16(slot, 0x04, (cfg_read32(slot, 0x04) & 0xffff) | 0x6);
+	pci_write16(slot, 0x04, (pci_read32(slot, 0x04) & 0xffff) | 0x6);
 
 	w8(C_STATUS, 0);
 	uint64_t end = ms_from_now(1000);
@@ -360,11 +348,7 @@ int main(void)
 	pm_last = pmtimer_read();
 
 	slot = msix = -1;
-	for (int s = 0; s < 32 && slot < 0; s++) {
-		uint32_t id = cfg_read32(s, 0);
-		if ((id & 0xffff) == VENDOR && id >> 16 == DEVICE)
-			slot = s;
-	}
+	slot = pci_find(VENDOR, DEVICE);
 	if (slot < 0) {
 		printf("msix: no %04x:%04x device on bus 0\n", VENDOR, DEVICE);
 		return FAIL;

@@ -39,44 +39,22 @@
 #define UART_LSR 5
 #define LSR_DR 0x01
 
-static uint32_t cfg_read32(int slot, int reg)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	return inl(0xcfc);
-}
-
-static void cfg_write16(int slot, int reg, uint16_t v)
-{
-	outl(0xcf8, 0x80000000u | (uint32_t)slot << 11 | (uint32_t)(reg & 0xfc));
-	outw(0xcfc + (reg & 2), v);
-}
-
-static int find_mtty(void)
-{
-	for (int slot = 0; slot < 32; slot++) {
-		uint32_t id = cfg_read32(slot, 0);
-		if ((id & 0xffff) == MTTY_VENDOR && (id >> 16) == MTTY_DEVICE)
-			return slot;
-	}
-	return -1;
-}
-
 static uint8_t pattern(uint32_t seed, uint32_t i) { return (uint8_t)(0x41 + (seed * 7 + i * 13) % 61); }
 
 int main(void)
 {
-	int slot = find_mtty();
+	int slot = pci_find(MTTY_VENDOR, MTTY_DEVICE);
 	if (slot < 0) {
 		printf("mtty: no 4348:3253 device on bus 0\n");
 		return MTTY_FAIL;
 	}
-	uint32_t b0 = cfg_read32(slot, 0x10);
+	uint32_t b0 = pci_read32(slot, 0x10);
 	uint16_t port = (uint16_t)(b0 & ~3u);
 	if (!(b0 & 1) || port == 0) {
 		printf("mtty: BAR0 %#x is not a placed I/O BAR\n", b0);
 		return MTTY_FAIL;
 	}
-	cfg_write16(slot, 0x04, (uint16_t)((cfg_read32(slot, 0x04) & 0xffff) | 0x1)); /* I/O decode */
+	pci_write16(slot, 0x04, (uint16_t)((pci_read32(slot, 0x04) & 0xffff) | 0x1)); /* I/O decode */
 	printf("mtty: found slot=%d bar0=%#x\n", slot, port);
 
 	uint32_t n = (uint32_t)cmdline_u64("n", 15), seed = (uint32_t)cmdline_u64("seed", 1);
