@@ -29,13 +29,15 @@ type arm64RestoreFlags struct {
 	cpus                                           int
 	vf                                             virtioFlags
 	confineFlags
-	// mshvDevice is set when --mshv-device (an x86 flag) was given.
-	mshvDevice bool
+	// x86Only lists the x86-only flags given (--mshv-device, --device).
+	x86Only []string
 }
 
 func (f *arm64RestoreFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.accelName, "accel", "auto", "accelerator: kvm or auto (MSHV is not implemented on arm64)")
-	fs.Func("mshv-device", "not implemented on arm64", func(string) error { f.mshvDevice = true; return nil })
+	for _, name := range []string{"mshv-device", "device"} {
+		fs.Func(name, "not implemented on arm64", func(string) error { f.x86Only = append(f.x86Only, "--"+name); return nil })
+	}
 	fs.StringVar(&f.memory, "memory", "", "expected guest memory size: a saved or incoming VM of another size is refused (not a resize)")
 	fs.IntVar(&f.cpus, "cpus", 0, "expected vCPU count (refused if the saved VM differs)")
 	fs.StringVar(&f.serial, "serial", "stdio", "PL011 console: stdio, file:PATH or none")
@@ -55,8 +57,8 @@ func (f *arm64RestoreFlags) check(what string, stdin io.Reader, stdout, stderr i
 	default:
 		return nil, nil, nil, 0, fail(exitUsage, "%s: --accel %q: want kvm or auto", what, f.accelName)
 	}
-	if f.mshvDevice {
-		return nil, nil, nil, 0, notOnARM64("--mshv-device")
+	if len(f.x86Only) > 0 {
+		return nil, nil, nil, 0, notOnARM64(strings.Join(f.x86Only, ", "))
 	}
 	if f.vf.balloon.on {
 		return nil, nil, nil, 0, notOnARM64("--balloon")

@@ -118,13 +118,17 @@ type GroupStatus struct {
 	Flags uint32
 }
 
-// DeviceInfo is struct vfio_device_info.
+// DeviceInfo is struct vfio_device_info as newer Linux headers declare
+// it (6.12's), with the trailing pad that makes its size a multiple of 8 (24
+// bytes). Older ones (6.1's) end it at cap_offset (20 bytes); the fields sit at
+// the same offsets in both, and every kernel takes either argsz.
 type DeviceInfo struct {
 	Argsz      uint32
 	Flags      uint32
 	NumRegions uint32
 	NumIRQs    uint32
 	CapOffset  uint32
+	Pad        uint32
 }
 
 // RegionInfo is struct vfio_region_info.

@@ -12,7 +12,11 @@ import (
 // <linux/vfio.h> (recorded from gcc on x86-64).
 var abi = []abicheck.Value{
 	abicheck.V("sizeof(struct vfio_group_status)", unsafe.Sizeof(GroupStatus{}), 8),
-	abicheck.V("sizeof(struct vfio_device_info)", unsafe.Sizeof(DeviceInfo{}), 20),
+	// Its size is 20 bytes in 6.1's headers and 24 in 6.12's (the
+	// pad): the offsets are what every header agrees on, the size is
+	// recorded below.
+	abicheck.V("offsetof(struct vfio_device_info, num_irqs)", unsafe.Offsetof(DeviceInfo{}.NumIRQs), 12),
+	abicheck.V("offsetof(struct vfio_device_info, cap_offset)", unsafe.Offsetof(DeviceInfo{}.CapOffset), 16),
 	abicheck.V("sizeof(struct vfio_region_info)", unsafe.Sizeof(RegionInfo{}), 32),
 	abicheck.V("offsetof(struct vfio_region_info, size)", unsafe.Offsetof(RegionInfo{}.Size), 16),
 	abicheck.V("offsetof(struct vfio_region_info, offset)", unsafe.Offsetof(RegionInfo{}.Offset), 24),
@@ -82,7 +86,16 @@ var abi = []abicheck.Value{
 	abicheck.V("VFIO_PCI_REQ_IRQ_INDEX", PCIReqIRQ, 4),
 }
 
-func TestABI(t *testing.T) { abicheck.Recorded(t, abi) }
+// deviceInfoSize is sizeof(struct vfio_device_info) in newer headers
+// (6.12's), recorded only: bookworm's 6.1 headers say 20.
+var deviceInfoSize = []abicheck.Value{
+	abicheck.V("sizeof(struct vfio_device_info)", unsafe.Sizeof(DeviceInfo{}), 24),
+}
+
+func TestABI(t *testing.T) {
+	abicheck.Recorded(t, abi)
+	abicheck.Recorded(t, deviceInfoSize)
+}
 
 func TestABIAgainstHeader(t *testing.T) {
 	abicheck.Headers(t, "gcc", []string{"linux/vfio.h"}, abi)
