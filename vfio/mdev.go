@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"govmm/vfio/abi"
@@ -43,15 +42,7 @@ func CheckMdev(uuid string) (int, error) {
 	if _, err := os.Readlink(filepath.Join(dir, "driver")); err != nil {
 		return 0, fmt.Errorf("vfio device %s: the mediated device is bound to no driver (is its parent's module loaded?)", uuid)
 	}
-	g, err := os.Readlink(filepath.Join(dir, "iommu_group"))
-	if err != nil {
-		return 0, fmt.Errorf("vfio device %s: the mediated device has no IOMMU group (load vfio_iommu_type1)", uuid)
-	}
-	n, err := strconv.Atoi(filepath.Base(g))
-	if err != nil {
-		return 0, fmt.Errorf("vfio device %s: IOMMU group link %q: %w", uuid, g, err)
-	}
-	return n, nil
+	return iommuGroup(uuid, dir, "a mediated device gets one when vfio_iommu_type1 is loaded")
 }
 
 // checkDevice is CheckDevice or CheckMdev, by the name's kind.

@@ -73,13 +73,19 @@ func CheckDevice(addr string) (int, error) {
 	case filepath.Base(drv) != "vfio-pci":
 		return 0, fmt.Errorf("vfio device %s is bound to driver %s, not vfio-pci; %s", addr, filepath.Base(drv), bindHint(addr))
 	}
+	return iommuGroup(addr, dir, "the host IOMMU is off or absent (boot with intel_iommu=on or amd_iommu=on, and check dmesg for DMAR/AMD-Vi)")
+}
+
+// iommuGroup reads the IOMMU group number of device name from its sysfs
+// directory's iommu_group link; why says what a missing link means.
+func iommuGroup(name, dir, why string) (int, error) {
 	g, err := os.Readlink(filepath.Join(dir, "iommu_group"))
 	if err != nil {
-		return 0, fmt.Errorf("vfio device %s has no IOMMU group: the host IOMMU is off or absent (boot with intel_iommu=on or amd_iommu=on, and check dmesg for DMAR/AMD-Vi)", addr)
+		return 0, fmt.Errorf("vfio device %s has no IOMMU group: %s", name, why)
 	}
 	n, err := strconv.Atoi(filepath.Base(g))
 	if err != nil {
-		return 0, fmt.Errorf("vfio device %s: IOMMU group link %q: %w", addr, g, err)
+		return 0, fmt.Errorf("vfio device %s: IOMMU group link %q: %w", name, g, err)
 	}
 	return n, nil
 }
