@@ -128,7 +128,7 @@ func tcpTransfer(t *testing.T, p *proc, seed string, i int, during func()) {
 	}
 	c.SetDeadline(time.Now().Add(3 * time.Minute))
 	if _, err := c.Write(down); err != nil {
-		t.Fatalf("send to the guest: %v", err)
+		p.transferFatal(fmt.Sprintf("transfer %d: send to the guest", i), err)
 	}
 	if during != nil {
 		during()
@@ -137,13 +137,31 @@ func tcpTransfer(t *testing.T, p *proc, seed string, i int, during func()) {
 	answer, err := io.ReadAll(c)
 	c.Close()
 	if want := pattern(fmt.Sprintf("g2h-answer-%d", i), netReply); err != nil || string(answer) != string(want) {
-		t.Fatalf("transfer %d: the guest answered %d bytes (%v), want %d of the pattern", i, len(answer), err, len(want))
+		if err == nil {
+			t.Fatalf("transfer %d: the guest answered %d bytes, want %d of the pattern", i, len(answer), len(want))
+		}
+		p.transferFatal(fmt.Sprintf("transfer %d: the guest's answer (%d bytes of %d)", i, len(answer), len(want)), err)
 	}
 	key := fmt.Sprintf("h2g-recv-%d", i)
 	p.waitFor("vsock-test: "+key, time.Minute)
 	if got, w := vsockLine(p.output(), key), fmt.Sprintf("%d %s", len(down), sum(down)); got != w {
 		t.Fatalf("transfer %d: L1 to guest: the guest printed %q, want %q", i, got, w)
 	}
+}
+
+// transferFatal fails a test whose data stopped moving (what, err: a
+// deadline passed or TCP gave up): as a substrate stall when L1's kvm_amd
+// holds the guest's vCPUs (the test then runs again), else with what tells
+// a lost interrupt or doorbell from a stopped guest: the kernel's view of
+// govmm's threads, the vCPUs' LAPIC state, and every goroutine (where the
+// device's threads wait).
+func (p *proc) transferFatal(what string, err error) {
+	p.t.Helper()
+	if diag := linuxguest.SubstrateStall(p.cmd.Process.Pid); diag != "" {
+		p.substrateFatal(diag, what)
+	}
+	vcpus := p.quit()
+	p.t.Fatalf("%s: %v\n--- govmm's output, with the goroutine dump SIGQUIT asked for:\n%s%s", what, err, p.output(), vcpus)
 }
 
 // TestNetLinux boots Linux with a virtio-net device on a TAP that govmm
@@ -297,7 +315,9 @@ func TestNetSnapshot(t *testing.T) {
 			if r.Code != 64 || !strings.Contains(r.Stderr, "mac=") {
 				t.Fatalf("restore with another MAC: want exit 64 naming the MAC, got\n%s", r)
 			}
-			p = start(t, append(restore, "--net", nf)...)
+			// A control socket for the restored VM too: a failure's
+			// report then has its vCPUs' state (transferFatal).
+			p = start(t, append(restore, "--net", nf, "--api-socket="+filepath.Join(dir, "restored.sock"))...)
 			hostTap(t)
 			if after := tapMAC(t); after != macBefore {
 				t.Errorf("the TAP the restore created has host-side MAC %s, the one before the snapshot had %s: the guest's neighbour entry for %s names a MAC that is gone", after, macBefore, netHostIP)
