@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	bin "encoding/binary"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -77,22 +76,13 @@ func inVFIOL1On(t *testing.T, kernelDir string, modules []string) bool {
 	if d, ok := t.Deadline(); ok {
 		timeout = time.Until(d) - time.Minute
 	}
-	run := "^" + t.Name() + "$"
-	if f := flag.Lookup("test.run"); f != nil {
-		// -run TestVFIO/msix runs only that subtest in L1 too.
-		if pat := f.Value.String(); strings.HasPrefix(pat, t.Name()+"/") {
-			run = "^" + t.Name() + "$" + strings.TrimPrefix(pat, t.Name())
-		}
-	}
 	env := []string{vfioL1Env + "=1", binaryEnv + "=" + binary, kvmtest.RequireEnv + "=1"}
 	files := []string{exe, binary}
 	if k := os.Getenv(linuxKernelEnv); k != "" {
 		files = append(files, k)
 		env = append(env, linuxKernelEnv+"="+k)
 	}
-	start := time.Now()
-	// attempt runs the test binary, selecting run, in a fresh L1 with
-	// the devices; err is L1's own failure (it died or froze).
+	// attempt runs the test binary in a fresh L1 with the devices.
 	attempt := func(run string, timeout time.Duration) (string, nested.Result, error) {
 		cmd := []string{exe, "-test.run=" + run, "-test.v=true", "-test.timeout=" + (timeout - 2*time.Minute).String()}
 		var out bytes.Buffer
@@ -123,49 +113,7 @@ func inVFIOL1On(t *testing.T, kernelDir string, modules []string) bool {
 		res, err := nested.Run(context.Background(), cfg)
 		return out.String(), res, err
 	}
-	out, res, err := attempt(run, timeout)
-	if err != nil {
-		// L1 died or froze under the test: as kvmtest does after an L1
-		// death, the test runs again in a fresh L1, once.
-		left := timeout - time.Since(start)
-		if left < 5*time.Minute {
-			t.Fatalf("L1 with edu: %v (no time left to run %s again)", err, t.Name())
-		}
-		t.Logf("L1 with edu stopped: %v\nrunning %s once more in a fresh L1", err, t.Name())
-		if out, res, err = attempt(run, left); err != nil {
-			t.Fatalf("L1 with edu stopped twice: %v", err)
-		}
-	}
-	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
-		return false
-	}
-	// As kvmtest does for the tests that share an L1: the substrate fails
-	// a guest now and then, so the subtests that failed run once more,
-	// each alone in a fresh L1, when they are few; a failure that
-	// repeats fails the test.
-	failed, explained := kvmtest.FailedLeaves(out)
-	if len(failed) == 0 || len(failed) > 3 {
-		t.Fatalf("%s in L1 (with edu, booted in %v): exit %d, %d subtests failed\n%s", t.Name(), res.Boot.Round(100*time.Millisecond), res.ExitCode, len(failed), res.ConsoleLog)
-	}
-	for _, name := range failed {
-		left := timeout - time.Since(start)
-		if left < 5*time.Minute {
-			t.Fatalf("%s failed in L1 (with edu), and no time is left to run it again", name)
-		}
-		why := "the substrate fails now and then"
-		if explained[name] {
-			why = "its output names the substrate as the cause"
-		}
-		t.Logf("%s failed in L1; running it once more in a fresh L1 (%s)", name, why)
-		again, res, err := attempt(kvmtest.Exactly(name), left)
-		if err != nil {
-			t.Fatalf("%s failed in L1 (with edu), and the fresh L1 to run it again stopped: %v", name, err)
-		}
-		if res.ExitCode != 0 || !strings.Contains(again, "--- PASS: "+name) {
-			t.Fatalf("%s failed again in a fresh L1 (with edu, booted in %v): exit %d\n%s", name, res.Boot.Round(100*time.Millisecond), res.ExitCode, res.ConsoleLog)
-		}
-		t.Logf("%s failed in L1, then passed when run again in a fresh L1 %s", name, kvmtest.FlakyMark)
-	}
+	ownL1(t, "L1 with edu", timeout, attempt)
 	return false
 }
 

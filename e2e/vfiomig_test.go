@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -62,7 +61,6 @@ func inMdevL1(t *testing.T) bool {
 		timeout = time.Until(d) - time.Minute
 	}
 	env := []string{mdevL1Env + "=1", binaryEnv + "=" + binary, kvmtest.RequireEnv + "=1"}
-	start := time.Now()
 	attempt := func(run string, timeout time.Duration) (string, nested.Result, error) {
 		var out bytes.Buffer
 		res, err := nested.Run(context.Background(), nested.Config{
@@ -74,51 +72,7 @@ func inMdevL1(t *testing.T) bool {
 		})
 		return out.String(), res, err
 	}
-	run := "^" + t.Name() + "$"
-	if f := flag.Lookup("test.run"); f != nil {
-		// -run TestVFIOMigration/live runs only those subtests in L1 too.
-		if pat := f.Value.String(); strings.HasPrefix(pat, t.Name()+"/") {
-			run = "^" + t.Name() + "$" + strings.TrimPrefix(pat, t.Name())
-		}
-	}
-	out, res, err := attempt(run, timeout)
-	if err != nil {
-		left := timeout - time.Since(start)
-		if left < 5*time.Minute {
-			t.Fatalf("mdev L1: %v (no time left to run %s again)", err, t.Name())
-		}
-		t.Logf("mdev L1 stopped: %v\nrunning %s once more in a fresh L1", err, t.Name())
-		if out, res, err = attempt(run, left); err != nil {
-			t.Fatalf("mdev L1 stopped twice: %v", err)
-		}
-	}
-	if res.ExitCode == 0 && strings.Contains(out, "--- PASS: "+t.Name()) {
-		t.Logf("the mdev L1 booted in %v and ran %s in %v", res.Boot.Round(100*time.Millisecond), t.Name(), res.Wall.Round(100*time.Millisecond))
-		return false
-	}
-	failed, explained := kvmtest.FailedLeaves(out)
-	if len(failed) == 0 || len(failed) > 3 {
-		t.Fatalf("%s in the mdev L1 (booted in %v): exit %d, %d subtests failed\n%s", t.Name(), res.Boot.Round(100*time.Millisecond), res.ExitCode, len(failed), res.ConsoleLog)
-	}
-	for _, name := range failed {
-		left := timeout - time.Since(start)
-		if left < 5*time.Minute {
-			t.Fatalf("%s failed in the mdev L1, and no time is left to run it again", name)
-		}
-		why := "the substrate fails now and then"
-		if explained[name] {
-			why = "its output names the substrate as the cause"
-		}
-		t.Logf("%s failed in the mdev L1; running it once more in a fresh L1 (%s)", name, why)
-		again, res, err := attempt(kvmtest.Exactly(name), left)
-		if err != nil {
-			t.Fatalf("%s failed in the mdev L1, and the fresh L1 to run it again stopped: %v", name, err)
-		}
-		if res.ExitCode != 0 || !strings.Contains(again, "--- PASS: "+name) {
-			t.Fatalf("%s failed again in a fresh mdev L1: exit %d\n%s", name, res.ExitCode, res.ConsoleLog)
-		}
-		t.Logf("%s failed in the mdev L1, then passed when run again in a fresh L1 %s", name, kvmtest.FlakyMark)
-	}
+	ownL1(t, "mdev L1", timeout, attempt)
 	return false
 }
 
