@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -176,10 +177,56 @@ func mttyReadBack(t *testing.T, p *proc) {
 	}
 }
 
+// logRecords returns the fields of the log records with message msg in
+// out, in order, with each one's line number.
+func logRecords(out, msg string) (recs []map[string]string, lines []int) {
+	kv := regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+	for i, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `msg="`+msg+`"`) {
+			continue
+		}
+		m := map[string]string{}
+		for _, f := range kv.FindAllStringSubmatch(line, -1) {
+			m[f[1]] = strings.Trim(f[2], `"`)
+		}
+		recs, lines = append(recs, m), append(lines, i)
+	}
+	return recs, lines
+}
+
+// preCopied requires that the source put mtty in PRE_COPY and read some
+// of its data while the guest still ran: every such read is logged
+// before the device's state was saved (with the guest paused), and the
+// saved state counts exactly the bytes read before.
+func preCopied(t *testing.T, out string) {
+	t.Helper()
+	if !strings.Contains(out, `msg="vfio device in PRE_COPY"`) {
+		t.Fatalf("the source did not put mtty in PRE_COPY:\n%s", out)
+	}
+	reads, at := logRecords(out, "vfio device pre-copy data read")
+	saved, savedAt := logRecords(out, "vfio device state saved")
+	if len(reads) == 0 || len(saved) != 1 {
+		t.Fatalf("%d pre-copy reads and %d saves logged, want some and one:\n%s", len(reads), len(saved), out)
+	}
+	var sum uint64
+	for i, r := range reads {
+		if at[i] > savedAt[0] {
+			t.Fatalf("pre-copy data read after the device's state was saved (line %d, saved at %d):\n%s", at[i], savedAt[0], out)
+		}
+		sum += num(t, r, "bytes")
+	}
+	if sum == 0 || num(t, saved[0], "pre_copy_bytes") != sum {
+		t.Fatalf("%d bytes read in pre-copy, the saved state counts %s:\n%s", sum, saved[0]["pre_copy_bytes"], out)
+	}
+	t.Logf("mtty in PRE_COPY: %d bytes read while the guest ran, %s bytes once stopped", sum, saved[0]["bytes"])
+}
+
 // TestVFIOMigration moves a VM with a passed-through device that has
 // VFIO migration (mtty, an mdev) by snapshot and restore and by live
 // migration, on KVM and on mshvsim: the guest's bytes in the device's
-// receive FIFO must be in the destination's fresh device. A restore onto
+// receive FIFO must be in the destination's fresh device. The live
+// migration reads mtty's initial data in PRE_COPY while the guest runs,
+// before the pause, and the rest in STOP_COPY. A restore onto
 // a device whose driver cannot take the state (two ports for one) is
 // refused whole.
 func TestVFIOMigration(t *testing.T) {
@@ -230,6 +277,7 @@ func TestVFIOMigration(t *testing.T) {
 				"--device", "vfio="+dst, "--log-level", "info")...)
 			waitPath(t, mig)
 			migrateLive(t, sock, mig, s, d)
+			preCopied(t, s.output())
 			mttyReadBack(t, d)
 		})
 	}
