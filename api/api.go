@@ -110,6 +110,9 @@ type MigrateResult struct {
 	Pages      uint64  `json:"pages"`
 	Iterations int     `json:"iterations"`
 	Verified   bool    `json:"verified,omitempty"`
+	// DeviceBytes is passed-through devices' state sent before the
+	// pause (VFIO PRE_COPY).
+	DeviceBytes uint64 `json:"device_pre_copy_bytes,omitempty"`
 }
 
 // Target is what the server controls (implemented by the VM's owner).

@@ -98,6 +98,7 @@ func TestFilterDecisions(t *testing.T) {
 		{"VHOST_NET_SET_BACKEND", x86, nr("ioctl"), []uint64{9, 0x4008af30}, retAllow},
 		{"VHOST_SET_LOG_BASE", x86, nr("ioctl"), []uint64{9, 0x4008af04}, retAllow},
 		{"VFIO_IOMMU_UNMAP_DMA (the legacy container, at exit)", x86, nr("ioctl"), []uint64{10, 0x3b72}, retAllow},
+		{"VFIO_MIG_GET_PRECOPY_INFO (a live migration's rounds)", x86, nr("ioctl"), []uint64{12, 0x3b79}, retAllow},
 		{"IOMMU_IOAS_UNMAP (iommufd, at exit)", x86, nr("ioctl"), []uint64{10, 0x3b86}, retAllow},
 		{"IOMMU_IOAS_MAP (set-up only)", x86, nr("ioctl"), []uint64{10, 0x3b85}, retTrap},
 		{"VFIO_DEVICE_BIND_IOMMUFD (set-up only)", x86, nr("ioctl"), []uint64{11, 0x3b76}, retTrap},

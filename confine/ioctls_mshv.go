@@ -38,7 +38,9 @@ func mshvSetupOnly() []ioctlReq {
 // guest runs: its MSI vectors wired and unwired as the guest enables and
 // disables them (and INTx unmasked, for a driver without an unmask
 // eventfd), its migration state moved for a snapshot or a live migration
-// (VFIO_DEVICE_FEATURE: STOP, STOP_COPY, RUNNING, and DMA logging), and
+// (VFIO_DEVICE_FEATURE: STOP, STOP_COPY, PRE_COPY, RUNNING, and DMA
+// logging; VFIO_MIG_GET_PRECOPY_INFO on the data fd of PRE_COPY, during
+// a live migration's rounds), and
 // the reset and DMA unmapping when the VM ends (from the legacy
 // container, or from iommufd's address space; a device opened through its
 // cdev is unbound by closing it).
@@ -46,6 +48,7 @@ func vfioIoctls() []ioctlReq {
 	return []ioctlReq{
 		{"VFIO_DEVICE_SET_IRQS", uint32(abi.DeviceSetIRQs)},
 		{"VFIO_DEVICE_FEATURE", uint32(abi.DeviceFeature)},
+		{"VFIO_MIG_GET_PRECOPY_INFO", uint32(abi.MigGetPrecopyInfo)},
 		{"VFIO_DEVICE_RESET", uint32(abi.DeviceReset)},
 		{"VFIO_IOMMU_UNMAP_DMA", uint32(abi.IOMMUUnmapDMA)},
 		{"VFIO_GROUP_UNSET_CONTAINER", uint32(abi.GroupUnsetContainer)},

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -130,10 +131,64 @@ func mttyReadBack(t *testing.T, p *proc) {
 	}
 }
 
+// logRecords returns the fields of the log records with message msg in
+// out, in order, with each one's line number.
+func logRecords(out, msg string) (recs []map[string]string, lines []int) {
+	kv := regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+	for i, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `msg="`+msg+`"`) {
+			continue
+		}
+		m := map[string]string{}
+		for _, f := range kv.FindAllStringSubmatch(line, -1) {
+			m[f[1]] = strings.Trim(f[2], `"`)
+		}
+		recs, lines = append(recs, m), append(lines, i)
+	}
+	return recs, lines
+}
+
+// preCopied requires that the source put mtty in PRE_COPY and read some
+// of its data while the guest still ran: every such read is logged
+// before the device's state was saved (with the guest paused), and the
+// saved state counts exactly the bytes read before. Only the last
+// migration's records count.
+func preCopied(t *testing.T, out string) {
+	t.Helper()
+	if !strings.Contains(out, `msg="vfio device in PRE_COPY"`) {
+		t.Fatalf("the source did not put mtty in PRE_COPY:\n%s", out)
+	}
+	// The last migration's (an earlier one may have failed).
+	_, starts := logRecords(out, "vfio device in PRE_COPY")
+	if last := starts[len(starts)-1]; last > 0 {
+		out = strings.Join(strings.Split(out, "\n")[last:], "\n")
+	}
+	reads, at := logRecords(out, "vfio device pre-copy data read")
+	saved, savedAt := logRecords(out, "vfio device state saved")
+	if len(reads) == 0 || len(saved) != 1 {
+		t.Fatalf("%d pre-copy reads and %d saves logged, want some and one:\n%s", len(reads), len(saved), out)
+	}
+	var sum uint64
+	for i, r := range reads {
+		if at[i] > savedAt[0] {
+			t.Fatalf("pre-copy data read after the device's state was saved (line %d, saved at %d):\n%s", at[i], savedAt[0], out)
+		}
+		sum += num(t, r, "bytes")
+	}
+	if sum == 0 || num(t, saved[0], "pre_copy_bytes") != sum {
+		t.Fatalf("%d bytes read in pre-copy, the saved state counts %s:\n%s", sum, saved[0]["pre_copy_bytes"], out)
+	}
+	t.Logf("mtty in PRE_COPY: %d bytes read while the guest ran, %s bytes once stopped", sum, saved[0]["bytes"])
+}
+
 // TestVFIOMigration moves a VM with a passed-through device that has
 // VFIO migration (mtty, an mdev) by snapshot and restore and by live
 // migration, on KVM and on mshvsim: the guest's bytes in the device's
-// receive FIFO must be in the destination's fresh device. A restore onto
+// receive FIFO must be in the destination's fresh device. The live
+// migration reads mtty's initial data in PRE_COPY while the guest runs,
+// before the pause, and the rest in STOP_COPY; a live migration that
+// fails first (the destination refuses the VM) returns mtty from
+// PRE_COPY to RUNNING and the source runs on with it. A restore onto
 // a device whose driver cannot take the state (two ports for one) is
 // refused whole.
 func TestVFIOMigration(t *testing.T) {
@@ -183,7 +238,29 @@ func TestVFIOMigration(t *testing.T) {
 			d := start(t, append(append([]string{"migrate", "receive"}, acc...), "--listen", "unix:"+mig, "--serial", "stdio",
 				"--device", "vfio="+dst, "--log-level", "info")...)
 			waitPath(t, mig)
+			// First a destination that refuses the VM (another memory
+			// size): the source has put mtty in PRE_COPY when the move
+			// fails, returns it to RUNNING and runs on with it.
+			bad := filepath.Join(dir, "bad.sock")
+			b := start(t, append(append([]string{"migrate", "receive"}, acc...), "--listen", "unix:"+bad, "--memory", "64M")...)
+			waitPath(t, bad)
+			r := govmm(t, "migrate", "send", "--api-socket", sock, "--to", "unix:"+bad)
+			if r.Code == 0 || !strings.Contains(r.Stderr, "keeps running here") {
+				t.Fatalf("migrate send to a 64 MiB destination: want a failure with the VM running on\n%s\nsource:\n%s", r, s.output())
+			}
+			b.cmd.Process.Kill()
+			<-b.done
+			select {
+			case <-s.done:
+				t.Fatalf("the source ended after a failed migration:\n%s", s.output())
+			default:
+			}
+			if out := s.output(); !strings.Contains(out, `msg="vfio device in PRE_COPY"`) || strings.Contains(out, "from PRE_COPY to RUNNING") {
+				t.Fatalf("the failed migration did not take mtty through PRE_COPY and back cleanly:\n%s", out)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(r.Stderr))
 			migrateLive(t, sock, mig, s, d)
+			preCopied(t, s.output())
 			mttyReadBack(t, d)
 		})
 	}

@@ -29,6 +29,8 @@
 //	'P' u32 n    n x (u64 GPA, 4096 bytes)            memory pages
 //	'S' u32 len  state file                            (snapshot format)
 //	'V' u32 len  u32 region, u32 first page, u64 CRC-64 per page   checksums (only with SendOptions.Verify; verify.go)
+//	'E' u32 len  u8 n, n bytes name, device data   a device's state read while the guest runs (DevicePreCopier;
+//	             the name is its state section's, the receiver keeps the data in Incoming.DeviceData)
 //	'D'                                                 end of stream
 //	destination -> source: 'A' u32 len  error text (empty: success)
 package migrate
@@ -41,6 +43,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -87,12 +90,26 @@ type VM interface {
 	WarmStateCodec()
 }
 
+// DevicePreCopier is a source with devices whose state can be read while
+// the guest runs (VFIO PRE_COPY, entered by StartDirtyLog): Send calls
+// DevicePreCopy after each round of pages, before the pause, and sends
+// what it returns (data read since the last call, by the name of the
+// device's state section) in device frames, which the receiver collects
+// in Incoming.DeviceData for the machine to put in front of the device's
+// saved data. A VM without such devices does not need the method.
+type DevicePreCopier interface {
+	DevicePreCopy() (map[string][]byte, error)
+}
+
 const (
 	msgHello = 'H'
 	msgPages = 'P'
 	msgState = 'S'
 	msgDone  = 'D'
 	msgAck   = 'A'
+	msgDev   = 'E'
+
+	maxDevName = 255
 
 	pageSize      = memory.PageSize
 	pagesPerFrame = 256
@@ -153,6 +170,9 @@ type Stats struct {
 	Total, Downtime time.Duration
 	Bytes, Pages    uint64
 	Rounds          int
+	// DeviceBytes is the device state sent while the guest ran
+	// (DevicePreCopier), before the pause.
+	DeviceBytes uint64
 	// Verified is set when the destination compared every page with the
 	// source's checksums (SendOptions.Verify) and found them equal.
 	Verified bool
@@ -306,6 +326,9 @@ func SendWith(conn net.Conn, v VM, opts SendOptions) (st Stats, err error) {
 		if progress != nil {
 			progress(total, total)
 		}
+		if err := sendDevices(w, &st, v); err != nil {
+			return st, err
+		}
 		if len(dirty) < finalThreshold || st.Rounds >= maxRounds {
 			break
 		}
@@ -394,6 +417,45 @@ func sendPages(w *bufio.Writer, st *Stats, gpas []uint64, mem *memory.Memory) er
 	return nil
 }
 
+// sendDevices sends what v's devices offer while the guest runs, in
+// device frames (nothing for a VM that is no DevicePreCopier).
+func sendDevices(w *bufio.Writer, st *Stats, v VM) error {
+	pc, ok := v.(DevicePreCopier)
+	if !ok {
+		return nil
+	}
+	data, err := pc.DevicePreCopy()
+	if err != nil {
+		return fmt.Errorf("read device state before the pause: %w", err)
+	}
+	names := make([]string, 0, len(data))
+	for n := range data {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b := data[n]
+		if len(n) == 0 || len(n) > maxDevName {
+			return fmt.Errorf("device state name %q: 1 to %d bytes", n, maxDevName)
+		}
+		if len(b) == 0 {
+			continue
+		}
+		// A frame's length is 32 bits; a device's pre-copy data is
+		// bounded far below (vfio.MaxMigrationData).
+		if len(b) > maxState {
+			return fmt.Errorf("device %s offers %d bytes of state at once, more than the %d a frame takes", n, len(b), maxState)
+		}
+		f := make([]byte, 0, 1+len(n)+len(b))
+		f = append(append(append(f, byte(len(n))), n...), b...)
+		if err := writeFrame(w, msgDev, f); err != nil {
+			return err
+		}
+		st.DeviceBytes += uint64(len(b))
+	}
+	return nil
+}
+
 func writeFrame(w *bufio.Writer, t byte, b []byte) error {
 	w.WriteByte(t)
 	var hdr [4]byte
@@ -478,7 +540,11 @@ type Incoming struct {
 	// VerifiedPages is how many pages matched the source's checksums
 	// (0: the source did not ask for verification).
 	VerifiedPages uint64
-	conn          net.Conn
+	// DeviceData is the device state the source sent while its guest
+	// ran (device frames), by the name of the device's state section, in
+	// the order it came.
+	DeviceData map[string][]byte
+	conn       net.Conn
 }
 
 // refuse tells the source on conn why the receiver does not take its
@@ -624,6 +690,8 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 	}()
 	var state []byte
 	var verify *verifier
+	var devData map[string][]byte
+	var devBytes int
 	page := make([]byte, 8+pageSize)
 	for {
 		t, err := r.ReadByte()
@@ -659,6 +727,23 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 				return nil, fmt.Errorf("read migrated state: %w", err)
 			}
 			state = b
+		case msgDev:
+			r.UnreadByte()
+			_, b, err := readFrame(r, maxState)
+			if err != nil {
+				return nil, fmt.Errorf("read device state frame: %w", err)
+			}
+			if len(b) < 1 || int(b[0]) == 0 || len(b) < 1+int(b[0]) {
+				return nil, fmt.Errorf("device state frame of %d bytes: no name, or a name longer than the frame", len(b))
+			}
+			name, data := string(b[1:1+int(b[0])]), b[1+int(b[0]):]
+			if devBytes += len(data); devBytes > maxState {
+				return nil, fmt.Errorf("the source sent more than %d MiB of device state before its state file", maxState>>20)
+			}
+			if devData == nil {
+				devData = map[string][]byte{}
+			}
+			devData[name] = append(devData[name], data...)
 		case msgVerify:
 			r.UnreadByte()
 			_, b, err := readFrame(r, maxVerifyFrame)
@@ -686,7 +771,7 @@ func ReceiveWith(conn net.Conn, opts ReceiveOptions, prepare func(Hello) (*memor
 			if err != nil {
 				return nil, fmt.Errorf("migrated state: %w", err)
 			}
-			in := &Incoming{Memory: mem, State: st, conn: conn}
+			in := &Incoming{Memory: mem, State: st, DeviceData: devData, conn: conn}
 			if verify != nil {
 				in.VerifiedPages = verify.pages
 			}

@@ -122,6 +122,9 @@ func TestReceiveRefusesBadStreams(t *testing.T) {
 		"huge memory":     stream(1<<50, nil, st, true),
 		"corrupt state":   stream(1<<20, nil, st[:len(st)-1], true),
 		"unknown frame":   append(stream(1<<20, nil, nil, false), 'Z'),
+		// A device frame whose name is empty, or longer than the frame.
+		"device frame without a name": append(stream(1<<20, nil, nil, false), 'E', 3, 0, 0, 0, 0, 'a', 'b'),
+		"device name past the frame":  append(stream(1<<20, nil, nil, false), 'E', 3, 0, 0, 0, 9, 'a', 'b'),
 	}
 	for name, b := range cases {
 		if in, err := receive(t, b); err == nil {
@@ -306,5 +309,61 @@ func TestReceiveRefusesDevices(t *testing.T) {
 	}
 	if !strings.Contains(ack, "is missing here") {
 		t.Fatalf("source was told %q", ack)
+	}
+}
+
+// preCopyVM is a source with a device read while the guest runs: its
+// data comes a piece a call, and asking for it once the VM is paused is
+// an error.
+type preCopyVM struct {
+	*fakeVM
+	pieces []string
+	calls  int
+}
+
+func (f *preCopyVM) DevicePreCopy() (map[string][]byte, error) {
+	if f.paused {
+		f.t.Error("DevicePreCopy after the pause")
+	}
+	f.calls++
+	if len(f.pieces) == 0 {
+		return nil, nil
+	}
+	p := f.pieces[0]
+	f.pieces = f.pieces[1:]
+	return map[string][]byte{"vfio/0": []byte(p)}, nil
+}
+
+// TestSendDevicePreCopy: a source's device data is read once a round,
+// before the pause, and the receiver has what was read, in order, by
+// device; the stats count it.
+func TestSendDevicePreCopy(t *testing.T) {
+	src, err := memory.New(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	f := &preCopyVM{fakeVM: &fakeVM{t: t, arch: snapshot.ArchX86_64, mem: src, statePg: 0x9000, writePer: 3}, pieces: []string{"head", "er"}}
+	st, serr, in, rerr := transfer(t, f, SendOptions{}, ReceiveOptions{Arch: f.arch}, nil)
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	defer in.Memory.Close()
+	want := "header"[:min(6, 4*st.Rounds)]
+	if got := string(in.DeviceData["vfio/0"]); got != want || len(in.DeviceData) != 1 || st.DeviceBytes != uint64(len(want)) {
+		t.Errorf("received %q (%d devices), %d device bytes sent in %d rounds; want %q", got, len(in.DeviceData), st.DeviceBytes, st.Rounds, want)
+	}
+	if f.calls != st.Rounds {
+		t.Errorf("DevicePreCopy called %d times in %d rounds", f.calls, st.Rounds)
+	}
+	// A source without such devices sends none.
+	plain := &fakeVM{t: t, arch: snapshot.ArchX86_64, mem: src, statePg: 0x9000, writePer: 3}
+	st, serr, in2, rerr := transfer(t, plain, SendOptions{}, ReceiveOptions{Arch: plain.arch}, nil)
+	if serr != nil || rerr != nil {
+		t.Fatalf("send: %v; receive: %v", serr, rerr)
+	}
+	defer in2.Memory.Close()
+	if in2.DeviceData != nil || st.DeviceBytes != 0 {
+		t.Errorf("a VM without pre-copy devices: %v, %d bytes", in2.DeviceData, st.DeviceBytes)
 	}
 }

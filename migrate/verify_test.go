@@ -15,7 +15,7 @@ import (
 // transfer moves f from SendWith(sopts) to ReceiveWith(ropts, prepare)
 // over a pipe, the receiver confirming what it took, and returns the
 // source's stats and error and the receiver's result.
-func transfer(t *testing.T, f *fakeVM, sopts SendOptions, ropts ReceiveOptions, prepare func(Hello) (*memory.Memory, error)) (Stats, error, *Incoming, error) {
+func transfer(t *testing.T, f VM, sopts SendOptions, ropts ReceiveOptions, prepare func(Hello) (*memory.Memory, error)) (Stats, error, *Incoming, error) {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	defer c1.Close()

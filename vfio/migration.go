@@ -7,6 +7,8 @@ import (
 	mbits "math/bits"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"govmm/vfio/abi"
 )
 
@@ -19,6 +21,17 @@ import (
 // RUNNING on the source, RUNNING -> STOP -> RESUMING -> STOP -> RUNNING
 // on the destination. The device's data is opaque to govmm; its driver
 // checks it when RESUMING ends.
+//
+// A device whose flags include PRE_COPY is read while it still runs in a
+// live migration: RUNNING -> PRE_COPY when the copy of guest RAM starts,
+// its data fd read as far as VFIO_MIG_GET_PRECOPY_INFO says it can be
+// (initial_bytes + dirty_bytes) during the rounds, then, with the guest
+// paused, PRE_COPY -> STOP_COPY (the core passes through PRE_COPY_P2P
+// when the device has P2P) and the same data fd read to its end: the
+// kernel hands out no new one on that arc. The destination writes the
+// two parts back to back in RESUMING, as one stream. A migration that
+// fails before the pause goes PRE_COPY -> RUNNING, which ends the data
+// transfer session. Snapshots use STOP_COPY only.
 
 // MaxMigrationData bounds the state read from a device: a driver's
 // STOP_COPY data is its registers and queues, not its memory.
@@ -39,6 +52,10 @@ func migState(s uint32) string {
 		return "RESUMING"
 	case abi.DeviceStateRunningP2P:
 		return "RUNNING_P2P"
+	case abi.DeviceStatePreCopy:
+		return "PRE_COPY"
+	case abi.DeviceStatePreCopyP2P:
+		return "PRE_COPY_P2P"
 	}
 	return fmt.Sprintf("state %d", s)
 }
@@ -96,16 +113,31 @@ func (d *Device) SaveMigration() ([]byte, error) {
 			return nil, err
 		}
 	}
+	limit := int64(MaxMigrationData)
+	pre := d.preFile
+	d.preFile = nil
+	if pre != nil {
+		limit -= int64(d.preRead)
+	}
 	f, err := d.setState(abi.DeviceStateStopCopy)
 	if err != nil {
+		if pre != nil {
+			pre.Close()
+		}
 		return nil, err
 	}
-	if f == nil {
+	switch {
+	case f == nil && pre != nil:
+		// PRE_COPY -> STOP_COPY goes on with the pre-copy data fd.
+		f = pre
+	case pre != nil:
+		pre.Close()
+	case f == nil:
 		return nil, fmt.Errorf("vfio device %s: STOP_COPY gave no data fd", d.Addr)
 	}
-	data, rerr := io.ReadAll(io.LimitReader(f, MaxMigrationData+1))
+	data, rerr := io.ReadAll(io.LimitReader(f, limit+1))
 	f.Close()
-	if rerr == nil && len(data) > MaxMigrationData {
+	if rerr == nil && int64(len(data)) > limit {
 		rerr = fmt.Errorf("more than %d MiB of state", MaxMigrationData>>20)
 	}
 	if _, err := d.setState(abi.DeviceStateStop); err != nil {
@@ -175,12 +207,108 @@ func (d *Device) abandonLocked() {
 }
 
 // Run returns a stopped device to RUNNING (after SaveMigration, when the
-// guest resumes, or after LoadMigration, when it first runs). A device
-// that is already running, or was never stopped, is left alone.
+// guest resumes, or after LoadMigration, when it first runs), and a
+// device in PRE_COPY too (a live migration that failed: EndPreCopy). A
+// device that is already running, or was never stopped, is left alone.
 func (d *Device) Run() error {
 	d.migMu.Lock()
 	defer d.migMu.Unlock()
 	if d.migCur == 0 || d.migCur == abi.DeviceStateRunning {
+		return nil
+	}
+	_, err := d.setState(abi.DeviceStateRunning)
+	if d.preFile != nil {
+		d.preFile.Close()
+		d.preFile = nil
+	}
+	return err
+}
+
+// PreCopyCapable reports whether the device can be read while it runs
+// (its driver offers PRE_COPY along with STOP_COPY).
+func (d *Device) PreCopyCapable() bool {
+	f := d.MigrationFlags()
+	return f&abi.MigrationStopCopy != 0 && f&abi.MigrationPreCopy != 0
+}
+
+// StartPreCopy moves the running device to PRE_COPY and keeps the data
+// fd it hands out, for ReadPreCopy and then SaveMigration.
+func (d *Device) StartPreCopy() error {
+	if !d.PreCopyCapable() {
+		return fmt.Errorf("vfio device %s has no PRE_COPY", d.Addr)
+	}
+	d.migMu.Lock()
+	defer d.migMu.Unlock()
+	if d.migCur == 0 {
+		d.migCur = abi.DeviceStateRunning
+	}
+	if d.migCur != abi.DeviceStateRunning {
+		return fmt.Errorf("vfio device %s: PRE_COPY from %s: the device is not running", d.Addr, migState(d.migCur))
+	}
+	f, err := d.setState(abi.DeviceStatePreCopy)
+	if err != nil {
+		return err
+	}
+	if f == nil {
+		d.abandonLocked()
+		return fmt.Errorf("vfio device %s: PRE_COPY gave no data fd", d.Addr)
+	}
+	d.preFile, d.preRead = f, 0
+	return nil
+}
+
+// ReadPreCopy returns what the device in PRE_COPY offers now: as many
+// bytes as VFIO_MIG_GET_PRECOPY_INFO reports (initial_bytes plus
+// dirty_bytes), read from the data fd; nothing when that is 0 or the
+// device is not in PRE_COPY.
+func (d *Device) ReadPreCopy() ([]byte, error) {
+	d.migMu.Lock()
+	defer d.migMu.Unlock()
+	f := d.preFile
+	if f == nil {
+		return nil, nil
+	}
+	info, err := abi.GetPrecopyInfo(int(f.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("vfio device %s: VFIO_MIG_GET_PRECOPY_INFO: %w", d.Addr, err)
+	}
+	n := info.InitialBytes + info.DirtyBytes
+	if n == 0 {
+		return nil, nil
+	}
+	if d.preRead+n > MaxMigrationData {
+		return nil, fmt.Errorf("vfio device %s: more than %d MiB of pre-copy state (%d read, %d more offered)", d.Addr, MaxMigrationData>>20, d.preRead, n)
+	}
+	buf := make([]byte, n)
+	got := 0
+	for got < len(buf) {
+		k, err := f.Read(buf[got:])
+		got += k
+		if errors.Is(err, io.EOF) || errors.Is(err, unix.ENOMSG) || k == 0 && err == nil {
+			// The temporary end of the pre-copy stream: the estimate
+			// was high.
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("vfio device %s: read pre-copy data: %w", d.Addr, err)
+		}
+	}
+	d.preRead += uint64(got)
+	return buf[:got], nil
+}
+
+// EndPreCopy returns a device in PRE_COPY to RUNNING (a live migration
+// that failed before the device stopped), which ends its data transfer
+// session; a device in any other state is left alone.
+func (d *Device) EndPreCopy() error {
+	d.migMu.Lock()
+	defer d.migMu.Unlock()
+	if d.preFile == nil {
+		return nil
+	}
+	d.preFile.Close()
+	d.preFile = nil
+	if d.migCur != abi.DeviceStatePreCopy {
 		return nil
 	}
 	_, err := d.setState(abi.DeviceStateRunning)

@@ -264,16 +264,7 @@ func (p *PCI) msixAccess(bar int, off uint64, data []byte, write bool) bool {
 	first, last := -1, -1
 	for i := uint64(0); i < n && rel+i < uint64(len(m.table)); i++ {
 		o := rel + i
-		b := data[i]
-		switch o % msixEntrySize {
-		case msixEntryCtl:
-			b &= msixMasked
-		case msixEntryCtl + 1, msixEntryCtl + 2, msixEntryCtl + 3:
-			b = 0
-		case 0:
-			b &^= 3
-		}
-		m.table[o] = b
+		m.table[o] = msixSanitize(int(o), data[i])
 		if first < 0 {
 			first = int(o / msixEntrySize)
 		}
@@ -285,6 +276,21 @@ func (p *PCI) msixAccess(bar int, off uint64, data []byte, write bool) bool {
 		}
 	}
 	return true
+}
+
+// msixSanitize is byte b as the table keeps it at offset o: the
+// message address is dword-aligned, and of the vector control only the
+// mask bit is writable.
+func msixSanitize(o int, b byte) byte {
+	switch o % msixEntrySize {
+	case msixEntryCtl:
+		b &= msixMasked
+	case msixEntryCtl + 1, msixEntryCtl + 2, msixEntryCtl + 3:
+		b = 0
+	case 0:
+		b &^= 3
+	}
+	return b
 }
 
 // msixClose turns MSI-X off and closes the eventfds. Called with mu held.

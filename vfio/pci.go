@@ -133,6 +133,9 @@ type PCI struct {
 	msix   *msixState
 	intx   *intxState
 	closed bool
+	// preCopied counts the device data PreCopyData gave since
+	// StartPreCopy, which SaveMigration reports (MigrationState.PreCopy).
+	preCopied uint64
 }
 
 // intxState is the device's INTx line: VFIO signals trigger when the line
@@ -396,7 +399,9 @@ func (p *PCI) Start() error {
 		return err
 	}
 	p.remapBARs()
-	if p.intx != nil {
+	// A restored function may have MSI or MSI-X on already
+	// (LoadMigration), and VFIO takes one interrupt type at a time.
+	if p.intx != nil && (p.msi == nil || !p.msi.on) && (p.msix == nil || !p.msix.on) {
 		if err := p.intxEnable(); err != nil {
 			return err
 		}

@@ -266,6 +266,10 @@ type Device struct {
 	migFlags uint64
 	migMu    sync.Mutex
 	migCur   uint32
+	// preFile is the data fd of PRE_COPY while a live migration reads
+	// the device as it runs; preRead counts what was read from it.
+	preFile *os.File
+	preRead uint64
 	// DMA logging during a live migration: the ranges and page size,
 	// whether the device's log was started, and whether every page
 	// counts as written instead (no usable log).

@@ -58,15 +58,32 @@ func (v *VM) StartDirtyLog() error {
 		v.plat.vfio.stopDMALogging()
 		return err
 	}
+	// Devices with PRE_COPY are read from now on, as guest RAM is.
+	if err := v.plat.vfio.startPreCopy(); err != nil {
+		v.avm.DisableDirtyLog()
+		v.plat.virtioSet.StopDirtyLog()
+		v.mem.StopDirtyLog()
+		v.plat.vfio.stopDMALogging()
+		return err
+	}
 	v.migrating = true
 	return nil
 }
 
-// StopDirtyLog stops tracking guest writes.
+// DevicePreCopy returns the state passed-through devices in PRE_COPY
+// offer now, by state section name (migrate.DevicePreCopier): a live
+// migration sends it during its rounds.
+func (v *VM) DevicePreCopy() (map[string][]byte, error) {
+	return v.plat.vfio.preCopyData()
+}
+
+// StopDirtyLog stops tracking guest writes. Devices still in PRE_COPY
+// (a migration that failed before the pause) return to RUNNING.
 func (v *VM) StopDirtyLog() error {
 	v.hotMu.Lock()
 	v.migrating = false
 	v.hotMu.Unlock()
+	v.plat.vfio.endPreCopy()
 	verr := v.plat.virtioSet.StopDirtyLog()
 	v.mem.StopDirtyLog()
 	return errors.Join(verr, v.plat.vfio.stopDMALogging(), v.avm.DisableDirtyLog())

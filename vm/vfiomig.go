@@ -14,10 +14,23 @@ import (
 // device has VFIO migration: each device's state goes in a section
 // "vfio/N" of its own (N: the device's place in --device order), beside
 // the PCI bus's state, which holds govmm's side of the function
-// (configuration space: BARs, command register, MSI, interrupt line).
+// (configuration space: BARs, command register, the MSI and MSI-X
+// capabilities, interrupt line). The section holds the interrupt state
+// govmm keeps outside configuration space too (the MSI-X table, the MSI
+// and MSI-X pending bits).
+//
+// In a live migration a device with PRE_COPY enters it with the dirty
+// logs (StartDirtyLog) and is read during the rounds (DevicePreCopy,
+// sent by package migrate as device frames named by section); its
+// section then counts those bytes (PreCopy), and the receiver puts them
+// back in front of the section's data (Restored.AddPreCopy) before the
+// device loads it.
 
-// vfioVersion is the version of the "vfio/N" sections.
-const vfioVersion = 1
+// vfioVersion is the version of the "vfio/N" sections. Version 2 added
+// the interrupt state (MSI-X, pending bits) and the pre-copy count;
+// version 1 sections (no device with MSI-X could be saved then) are read,
+// with nothing pending.
+const vfioVersion = 2
 
 // vfioSection names device i's section.
 func vfioSection(i int) string { return "vfio/" + strconv.Itoa(i) }
@@ -55,7 +68,7 @@ func (x *vfioDevices) save(st *snapshot.State) error {
 		if err := st.Add(vfioSection(i), vfioVersion, ms); err != nil {
 			return err
 		}
-		x.log.Info("vfio device state saved", "device", d.Name(), "bytes", len(ms.Data))
+		x.log.Info("vfio device state saved", "device", d.Name(), "bytes", len(ms.Data), "pre_copy_bytes", ms.PreCopy, "msix", ms.MSIX != nil)
 	}
 	return nil
 }
@@ -84,7 +97,7 @@ func parseVFIO(st *snapshot.State) ([]vfio.MigrationState, error) {
 		if _, err := st.Get(vfioSection(i), 1, vfioVersion, &ms); err != nil {
 			return nil, err
 		}
-		if len(ms.Data) == 0 {
+		if len(ms.Data) == 0 && ms.PreCopy == 0 {
 			return nil, fmt.Errorf("state section %q: the device %s has no migration data", vfioSection(i), ms.Name)
 		}
 		out = append(out, ms)
@@ -135,10 +148,95 @@ func (x *vfioDevices) load(saved []vfio.MigrationState) error {
 		if err := x.devs[i].Start(); err != nil {
 			return fmt.Errorf("restore VFIO device %s: %w", x.devs[i].Name(), err)
 		}
-		x.log.Info("vfio device state restored", "device", x.devs[i].Name(), "from", s.Name, "bytes", len(s.Data))
+		x.log.Info("vfio device state restored", "device", x.devs[i].Name(), "from", s.Name, "bytes", len(s.Data), "msix", s.MSIX != nil)
 	}
 	x.run()
 	return nil
+}
+
+// AddPreCopy puts the device data a live migration sent during its
+// rounds (by section name, "vfio/N") in front of each device's state,
+// where its driver expects it: one stream, written whole in RESUMING. A
+// section must get exactly the bytes it counts, and data for a section
+// the state does not have is refused.
+func (r *Restored) AddPreCopy(data map[string][]byte) error {
+	for name := range data {
+		i, err := strconv.Atoi(strings.TrimPrefix(name, "vfio/"))
+		if !strings.HasPrefix(name, "vfio/") || err != nil || i < 0 || i >= len(r.VFIO) {
+			return fmt.Errorf("the migration sent pre-copy data for %q, which is not one of the %d VFIO devices of its state", name, len(r.VFIO))
+		}
+	}
+	for i := range r.VFIO {
+		s := &r.VFIO[i]
+		pre := data[vfioSection(i)]
+		if uint64(len(pre)) != s.PreCopy {
+			return fmt.Errorf("VFIO device %s (%s): %d bytes of its pre-copy data arrived, its state counts %d", s.Name, vfioSection(i), len(pre), s.PreCopy)
+		}
+		if s.PreCopy == 0 {
+			continue
+		}
+		s.Data = append(append([]byte(nil), pre...), s.Data...)
+		s.PreCopy = 0
+	}
+	return nil
+}
+
+// startPreCopy puts the devices that offer PRE_COPY in it, at the start
+// of a live migration's copy of guest RAM; on a failure those started
+// return to RUNNING and the error names the device.
+func (x *vfioDevices) startPreCopy() error {
+	if x == nil {
+		return nil
+	}
+	for i, d := range x.devs {
+		on, err := d.StartPreCopy()
+		if err != nil {
+			for _, e := range x.devs[:i] {
+				e.EndPreCopy()
+			}
+			return fmt.Errorf("live migration: %w", err)
+		}
+		if on {
+			x.log.Info("vfio device in PRE_COPY", "device", d.Name())
+		}
+	}
+	return nil
+}
+
+// preCopyData returns what each device in PRE_COPY offers now, by
+// section name.
+func (x *vfioDevices) preCopyData() (map[string][]byte, error) {
+	if x == nil {
+		return nil, nil
+	}
+	var out map[string][]byte
+	for i, d := range x.devs {
+		b, err := d.PreCopyData()
+		if err != nil {
+			return nil, err
+		}
+		if len(b) > 0 {
+			if out == nil {
+				out = map[string][]byte{}
+			}
+			out[vfioSection(i)] = b
+			x.log.Info("vfio device pre-copy data read", "device", d.Name(), "bytes", len(b))
+		}
+	}
+	return out, nil
+}
+
+// endPreCopy returns devices still in PRE_COPY to RUNNING (a live
+// migration that ended before they stopped); failures are logged.
+func (x *vfioDevices) endPreCopy() {
+	if x == nil {
+		return
+	}
+	for _, d := range x.devs {
+		if err := d.EndPreCopy(); err != nil {
+			x.log.Error("vfio: return the device from PRE_COPY to RUNNING", "device", d.Name(), "err", err)
+		}
+	}
 }
 
 // startDMALogging has every device log its DMA writes to guest RAM for

@@ -44,6 +44,9 @@ func cmdMigrateSend(args []string, stdout, stderr io.Writer) error {
 	if res.Verified {
 		verified = ", every page verified"
 	}
+	if res.DeviceBytes > 0 {
+		verified += fmt.Sprintf(", %d bytes of device state before the pause", res.DeviceBytes)
+	}
 	fmt.Fprintf(stdout, "migrated: total %.1f ms, downtime %.1f ms, %d bytes sent (%d pages, %d rounds%s)\n",
 		res.TotalMS, res.DowntimeMS, res.Bytes, res.Pages, res.Iterations, verified)
 	return nil
@@ -62,9 +65,9 @@ func migrateVM(v migrate.VM, req api.MigrateRequest, progress func(done, total u
 		return api.MigrateResult{}, fmt.Errorf("live migration to %s failed, the VM keeps running here: %w", req.To, err)
 	}
 	res := api.MigrateResult{TotalMS: ms(st.Total), DowntimeMS: ms(st.Downtime), Bytes: st.Bytes, Pages: st.Pages,
-		Iterations: st.Rounds, Verified: st.Verified}
+		Iterations: st.Rounds, Verified: st.Verified, DeviceBytes: st.DeviceBytes}
 	log.Info("migrated", "to", req.To, "total_ms", res.TotalMS, "downtime_ms", res.DowntimeMS, "pages", res.Pages,
-		"rounds", res.Iterations, "verified", res.Verified)
+		"rounds", res.Iterations, "verified", res.Verified, "device_pre_copy_bytes", res.DeviceBytes)
 	return res, nil
 }
 

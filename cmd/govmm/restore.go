@@ -211,6 +211,11 @@ func cmdMigrate(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		if r, err = vm.ParseState(in.State); err != nil {
 			return err
 		}
+		// Device state sent before the source paused (VFIO PRE_COPY)
+		// goes in front of what its state holds.
+		if err := r.AddPreCopy(in.DeviceData); err != nil {
+			return err
+		}
 		return machine.Apply(r)
 	}); err != nil {
 		return err

@@ -29,7 +29,8 @@ const (
 )
 
 // Migration flags (struct vfio_device_feature_migration). PRE_COPY, 1<<2,
-// came in Linux 6.2; govmm copies state only with the device stopped.
+// came in Linux 6.2: a live migration reads part of the device's state
+// while it runs.
 const (
 	MigrationStopCopy = 1 << 0
 	MigrationP2P      = 1 << 1
@@ -44,7 +45,30 @@ const (
 	DeviceStateStopCopy   = 3
 	DeviceStateResuming   = 4
 	DeviceStateRunningP2P = 5
+	DeviceStatePreCopy    = 6
+	DeviceStatePreCopyP2P = 7
 )
+
+// MigGetPrecopyInfo is VFIO_MIG_GET_PRECOPY_INFO (_IO(';', 100 + 21)),
+// an ioctl of the data fd the PRE_COPY state hands out.
+var MigGetPrecopyInfo = io(21)
+
+// PrecopyInfo is struct vfio_precopy_info.
+type PrecopyInfo struct {
+	Argsz        uint32
+	Flags        uint32
+	InitialBytes uint64
+	DirtyBytes   uint64
+}
+
+// GetPrecopyInfo is VFIO_MIG_GET_PRECOPY_INFO on a PRE_COPY data fd: how
+// many bytes of the device's initial data, and of state it changed
+// since, can be read now (an estimate; reading them lowers it).
+func GetPrecopyInfo(dataFD int) (PrecopyInfo, error) {
+	in := PrecopyInfo{Argsz: uint32(unsafe.Sizeof(PrecopyInfo{}))}
+	_, err := ioctlPtr(dataFD, MigGetPrecopyInfo, unsafe.Pointer(&in))
+	return in, err
+}
 
 // DeviceFeatureHeader is struct vfio_device_feature without its data.
 type DeviceFeatureHeader struct {

@@ -45,6 +45,12 @@ var migrationABI = []abicheck.Value{
 // bookworm host (6.1) lack: recorded only (from the 6.12 headers).
 var preCopyABI = []abicheck.Value{
 	abicheck.V("VFIO_MIGRATION_PRE_COPY", MigrationPreCopy, 4),
+	abicheck.V("VFIO_DEVICE_STATE_PRE_COPY", DeviceStatePreCopy, 6),
+	abicheck.V("VFIO_DEVICE_STATE_PRE_COPY_P2P", DeviceStatePreCopyP2P, 7),
+	abicheck.V("VFIO_MIG_GET_PRECOPY_INFO", MigGetPrecopyInfo, 0x3b79),
+	abicheck.V("sizeof(struct vfio_precopy_info)", unsafe.Sizeof(PrecopyInfo{}), 24),
+	abicheck.V("offsetof(struct vfio_precopy_info, initial_bytes)", unsafe.Offsetof(PrecopyInfo{}.InitialBytes), 8),
+	abicheck.V("offsetof(struct vfio_precopy_info, dirty_bytes)", unsafe.Offsetof(PrecopyInfo{}.DirtyBytes), 16),
 }
 
 func TestMigrationABI(t *testing.T) {
