@@ -20,7 +20,14 @@ type procSnap struct {
 	cpuTicks, guestTicks int64
 	syscr, syscw         int64
 	vcsw, nvcsw          int64
+	// vcswBy are the voluntary switches by thread name (the main
+	// thread's name, which the Go runtime's unnamed threads share,
+	// counted as runtimeThreads), to tell whose they are.
+	vcswBy map[string]int64
 }
+
+// runtimeThreads names the threads that bear the process's own name.
+const runtimeThreads = "main and runtime"
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times.
 const clockTicks = 100
@@ -63,18 +70,31 @@ func readProc(pid int) procSnap {
 			}
 		}
 	}
+	main := ""
+	if b, err := os.ReadFile(dir + "/comm"); err == nil {
+		main = strings.TrimSpace(string(b))
+	}
+	s.vcswBy = map[string]int64{}
 	tasks, _ := filepath.Glob(dir + "/task/*/status")
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)
 		if err != nil {
 			continue
 		}
+		name := ""
 		for _, l := range strings.Split(string(b), "\n") {
 			k, v, _ := strings.Cut(l, ":")
+			if k == "Name" {
+				name = strings.TrimSpace(v)
+				if name == main {
+					name = runtimeThreads
+				}
+			}
 			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			switch k {
 			case "voluntary_ctxt_switches":
 				s.vcsw += n
+				s.vcswBy[name] += n
 			case "nonvoluntary_ctxt_switches":
 				s.nvcsw += n
 			}
@@ -94,12 +114,16 @@ func procDelta(vmm, phase string, a, b procSnap, per float64) []result {
 	ms := func(ticks int64) float64 { return float64(ticks) * 1000 / clockTicks / per }
 	n := func(v int64) float64 { return float64(v) / per }
 	cpu, guest := b.cpuTicks-a.cpuTicks, b.guestTicks-a.guestTicks
-	return []result{
+	var byThread []result
+	for name, v := range b.vcswBy {
+		byThread = append(byThread, result{VMM: vmm, Key: "proc " + phase + " voluntary switches, threads " + name, Value: n(v - a.vcswBy[name])})
+	}
+	return append([]result{
 		{VMM: vmm, Key: "proc " + phase + " cpu-ms outside the guest", Value: ms(cpu - guest)},
 		{VMM: vmm, Key: "proc " + phase + " cpu-ms in the guest", Value: ms(guest)},
 		{VMM: vmm, Key: "proc " + phase + " read syscalls", Value: n(b.syscr - a.syscr)},
 		{VMM: vmm, Key: "proc " + phase + " write syscalls", Value: n(b.syscw - a.syscw)},
 		{VMM: vmm, Key: "proc " + phase + " voluntary switches", Value: n(b.vcsw - a.vcsw)},
 		{VMM: vmm, Key: "proc " + phase + " involuntary switches", Value: n(b.nvcsw - a.nvcsw)},
-	}
+	}, byThread...)
 }

@@ -44,6 +44,13 @@ func TestReadProc(t *testing.T) {
 			t.Errorf("%s: %g, want %g", r.Key, r.Value, float64(b.syscr-a.syscr)/2)
 		}
 	}
+	var sum int64
+	for _, v := range b.vcswBy {
+		sum += v
+	}
+	if sum != b.vcsw || len(b.vcswBy) != 1 || b.vcswBy[runtimeThreads] != b.vcsw {
+		t.Errorf("switches by thread name %v: want the process's %d, all under its own name (a test names no thread)", b.vcswBy, b.vcsw)
+	}
 	if got := procDelta("govmm", "idle", procSnap{}, b, 1); got != nil {
 		t.Errorf("a delta from a failed read: %v, want none", got)
 	}
