@@ -21,11 +21,8 @@ import (
 //     or a TAP queue's reader) gets the vCPU threads' allowlist plus
 //     writev on the device's TAP descriptors alone: a packet goes out as
 //     its header and the guest's buffers in one writev; reads of the TAP
-//     are read(2), which the vCPU allowlist has for eventfds, and a
-//     reader waits for its TAP queue in epoll_wait (epoll_pwait on
-//     arm64) on an epoll instance of its own, which the allowlist has for
-//     the netpoller; ioctl only with TUNSETQUEUE (the control queue
-//     attaching a pair).
+//     are read(2), which the vCPU allowlist has for eventfds; ioctl only
+//     with TUNSETQUEUE (the control queue attaching a pair).
 //   - a virtio-vsock queue thread (the receive, transmit and event
 //     queues' servers) gets the vCPU threads' allowlist without ioctl: it parses
 //     the guest's packets, buffers their data for the connection's

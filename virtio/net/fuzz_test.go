@@ -63,7 +63,7 @@ func FuzzControl(f *testing.F) {
 	f.Add([]byte{7}, []byte{}, uint8(0), uint64(0))
 	const pairs = 4
 	ft := newFakeTap(f, pairs)
-	dev := mustDevice(f, Config{Tap: "fuzz0", Queues: pairs}, testMAC, ft, quiet, true)
+	dev := newDevice(Config{Tap: "fuzz0", Queues: pairs}, testMAC, ft, quiet, true)
 	f.Cleanup(func() { dev.Close() })
 	if err := dev.Activate(virtio.FVersion1 | mqFeatures); err != nil {
 		f.Fatal(err)

@@ -63,19 +63,9 @@ func OpenFD(c Config, fd int, log *slog.Logger) (*Device, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("virtio-net %s: %w", c.Tap, err)
 	}
-	// Blocking while os.NewFile looks, which leaves it out of Go's
-	// poller as openTap's; the reader makes it non-blocking again.
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("virtio-net %s: the TAP descriptor passed: %w", c.Tap, err)
-	}
+	// Non-blocking: os.NewFile puts it in Go's poller, as openTap's.
 	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+c.Tap+":0")
-	d, err := newDevice(c, mac, &tap{fs: []*os.File{f}, name: c.Tap}, log, true)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("virtio-net: %w", err)
-	}
-	return d, nil
+	return newDevice(c, mac, &tap{fs: []*os.File{f}, name: c.Tap}, log, true), nil
 }
 
 // checkTapFD checks that fd looks like a TAP queue: a character device

@@ -167,7 +167,7 @@ func newTransport(t *testing.T, dev *Device, mem *virtiotest.Mem) (*virtio.PCI, 
 func newMQRig(t *testing.T, n int, want uint64) *mqRig {
 	t.Helper()
 	ft := newFakeTap(t, n)
-	dev := mustDevice(t, Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
+	dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
 	mem := virtiotest.RAM(t, 16<<20)
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)
@@ -467,7 +467,7 @@ func TestControlFraming(t *testing.T) {
 			slog.SetDefault(slog.New(slog.NewTextHandler(&logBuf, nil)))
 			defer slog.SetDefault(old)
 			ft := newFakeTap(t, 2)
-			dev := mustDevice(t, Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
+			dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
 			mem := virtiotest.RAM(t, 16<<20)
 			vm, tb := virtiotest.NewVM()
 			tr, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, Router: tb, Class: virtio.PCIClass{Class: 2}})
@@ -622,7 +622,7 @@ func TestRestoreMQ(t *testing.T) {
 
 	// Another queues= is refused, naming it.
 	for _, n := range []int{1, 2, 4} {
-		dev := mustDevice(t, Config{Tap: "fake0", Queues: n}, testMAC, newFakeTap(t, n), quiet, true)
+		dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, newFakeTap(t, n), quiet, true)
 		tr, _ := newTransport(t, dev, r.d.Mem)
 		if err := tr.Restore(back); err == nil || !strings.Contains(err.Error(), "queues=3") {
 			t.Errorf("restore on queues=%d: %v, want a refusal naming queues=3", n, err)
@@ -631,14 +631,14 @@ func TestRestoreMQ(t *testing.T) {
 	// A state whose pair count this device cannot have is refused.
 	bad := back
 	bad.DeviceState = json.RawMessage(`{"queue_pairs":7}`)
-	dev := mustDevice(t, Config{Tap: "fake0", Queues: 3}, testMAC, newFakeTap(t, 3), quiet, true)
+	dev := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, newFakeTap(t, 3), quiet, true)
 	tr, _ := newTransport(t, dev, r.d.Mem)
 	if err := tr.Restore(bad); err == nil || !strings.Contains(err.Error(), "7 queue pairs") {
 		t.Errorf("restore of 7 enabled pairs: %v", err)
 	}
 
 	ft2 := newFakeTap(t, 3)
-	dev2 := mustDevice(t, Config{Tap: "fake0", Queues: 3}, testMAC, ft2, quiet, true)
+	dev2 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft2, quiet, true)
 	tr2, vm2 := newTransport(t, dev2, r.d.Mem)
 	if err := tr2.Restore(back); err != nil {
 		t.Fatal(err)
@@ -665,7 +665,7 @@ func TestRestoreMQ(t *testing.T) {
 	old := back
 	old.DeviceState = nil
 	ft3 := newFakeTap(t, 3)
-	dev3 := mustDevice(t, Config{Tap: "fake0", Queues: 3}, testMAC, ft3, quiet, true)
+	dev3 := newDevice(Config{Tap: "fake0", Queues: 3}, testMAC, ft3, quiet, true)
 	tr3, _ := newTransport(t, dev3, r.d.Mem)
 	if err := tr3.Restore(old); err != nil {
 		t.Fatal(err)
@@ -689,7 +689,7 @@ func TestNoMQNegotiated(t *testing.T) {
 	}
 
 	ft := newFakeTap(t, 2)
-	dev := mustDevice(t, Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
+	dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, quiet, true)
 	mem := virtiotest.RAM(t, 16<<20)
 	tr, vm := newTransport(t, dev, mem)
 	d, err := virtiotest.New(tr, mem, vm)
@@ -872,7 +872,7 @@ func TestVhostPairsNoDeadlines(t *testing.T) {
 	}
 	var logged strings.Builder
 	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dev := mustDevice(t, Config{Tap: "fake0", Queues: 2}, testMAC, ft, log, false)
+	dev := newDevice(Config{Tap: "fake0", Queues: 2}, testMAC, ft, log, false)
 	defer dev.Close()
 	dev.setMu.Lock()
 	if err := dev.applyPairs(2); err != nil {

@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -209,8 +210,8 @@ func derivedMAC(tap string) string {
 
 // backend is the TAP as the device uses it (a fake in tests).
 type backend interface {
-	// queues are the TAP's queue files, one per queue pair, outside Go's
-	// poller: one packet per read and per writev.
+	// queues are the TAP's queue files, one per queue pair: pollable
+	// (deadlines work), one packet per read and per writev.
 	queues() []*os.File
 	// setOffload tells the TAP which offloaded packets the guest takes.
 	setOffload(flags int) error
@@ -252,9 +253,6 @@ type Device struct {
 type pair struct {
 	i int
 	f *os.File
-	// w is how the receive goroutine waits for the TAP queue (nil
-	// without readers).
-	w *tapWaiter
 	// confined: the receive goroutine's thread is locked and its
 	// readerThread hook returned true (the goroutine's own).
 	confined bool
@@ -288,12 +286,7 @@ func Open(c Config, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio-net: %w", err)
 	}
-	d, err := newDevice(c, mac, t, log, true)
-	if err != nil {
-		t.close()
-		return nil, fmt.Errorf("virtio-net: %w", err)
-	}
-	return d, nil
+	return newDevice(c, mac, t, log, true), nil
 }
 
 // checkConfig defaults c's queue pairs and MAC and checks them.
@@ -317,10 +310,8 @@ func checkConfig(c *Config) (stdnet.HardwareAddr, error) {
 // newDevice builds the device on a backend whose queues 1.. are
 // detached. With readers, each pair has a goroutine that reads its TAP
 // queue into the guest's receive buffers; without (vhost-net reads the
-// TAP), nothing in the VMM reads it. With readers the queues' files are
-// made non-blocking, each in an epoll instance of its reader's; on error
-// the backend is left open.
-func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, readers bool) (*Device, error) {
+// TAP), nothing in the VMM reads it.
+func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, readers bool) *Device {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -334,25 +325,13 @@ func newDevice(c Config, mac stdnet.HardwareAddr, be backend, log *slog.Logger, 
 		d.pairs = append(d.pairs, p)
 	}
 	if !readers {
-		return d, nil
-	}
-	for _, p := range d.pairs {
-		w, err := newTapWaiter(p.f)
-		if err != nil {
-			for _, q := range d.pairs {
-				if q.w != nil {
-					q.w.close()
-				}
-			}
-			return nil, fmt.Errorf("tap %s: queue %d: %w", c.Tap, p.i, err)
-		}
-		p.w = w
+		return d
 	}
 	for _, p := range d.pairs {
 		d.wg.Add(1)
 		go d.receive(p)
 	}
-	return d, nil
+	return d
 }
 
 // SetReaderThread has each pair's receive goroutine, the one that reads
@@ -415,20 +394,10 @@ func (d *Device) Close() error {
 		p.mu.Lock()
 		p.closed = true
 		p.cond.Broadcast()
-		if p.w != nil {
-			if err := p.w.poke(); err != nil {
-				d.log.Warn("virtio-net: close", "tap", d.cfg.Tap, "queue", p.i, "err", err)
-			}
-		}
 		p.mu.Unlock()
 	}
 	err := d.be.close()
 	d.wg.Wait()
-	for _, p := range d.pairs {
-		if p.w != nil {
-			p.w.close()
-		}
-	}
 	return err
 }
 
@@ -572,7 +541,7 @@ func (d *Device) Reset() {
 // queues are attached or detached, so that the TAP steers packets only
 // to pairs the driver fills. A pair being disabled stops taking packets
 // before its queue is detached, and its receive goroutine is woken from
-// its wait for the TAP (its eventfd) to wait for the pair instead. If the TAP refuses, the
+// its read (a deadline in the past) to wait. If the TAP refuses, the
 // pairs go back to what they were, which is what the driver still
 // believes once it hears VIRTIO_NET_ERR.
 func (d *Device) setPairs(n int) error {
@@ -626,6 +595,9 @@ func (d *Device) attachPair(p *pair, active bool) error {
 		if err := d.be.setAttached(p.i, true); err != nil {
 			return fmt.Errorf("attach the TAP's queue %d: %w", p.i, err)
 		}
+		if err := d.setReadDeadline(p, time.Time{}); err != nil {
+			d.log.Warn("virtio-net: clear a read deadline", "tap", d.cfg.Tap, "queue", p.i, "err", err)
+		}
 	}
 	p.mu.Lock()
 	p.attached, p.on = true, active
@@ -651,16 +623,21 @@ func (d *Device) detachPair(p *pair) error {
 		p.mu.Unlock()
 		return fmt.Errorf("detach the TAP's queue %d: %w", p.i, err)
 	}
-	// A device without readers (vhost-net's) has nothing to wake. Close
-	// closes the waiter once p.closed is set.
-	p.mu.Lock()
-	if p.w != nil && !p.closed {
-		if err := p.w.poke(); err != nil {
-			d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
-		}
+	if err := d.setReadDeadline(p, time.Unix(1, 0)); err != nil {
+		d.log.Warn("virtio-net: wake a detached queue's reader", "tap", d.cfg.Tap, "queue", p.i, "err", err)
 	}
-	p.mu.Unlock()
 	return nil
+}
+
+// setReadDeadline sets the read deadline of pair p's TAP file, by which
+// a detached queue's reader is woken and an attached one's cleared; a
+// device without readers (vhost-net's, whose files cannot take one) has
+// nothing to wake.
+func (d *Device) setReadDeadline(p *pair, t time.Time) error {
+	if !d.readers {
+		return nil
+	}
+	return p.f.SetReadDeadline(t)
 }
 
 // leadingAttached counts the pairs attached from pair 0 on.
@@ -860,16 +837,7 @@ func (d *Device) receive(p *pair) {
 		if closed {
 			return
 		}
-		n, err := p.w.read(p.f, buf)
-		if errors.Is(err, unix.EAGAIN) {
-			// The TAP queue is empty: sleep on this thread until it is
-			// not, or a detach or Close wakes it.
-			if err := p.w.wait(); err != nil {
-				d.log.Error("virtio-net: no more packets reach the guest on this queue", "tap", d.cfg.Tap, "queue", p.i, "err", err)
-				return
-			}
-			continue
-		}
+		n, err := p.f.Read(buf)
 		if err != nil {
 			p.mu.Lock()
 			closed, attached := p.closed, p.attached
@@ -877,8 +845,11 @@ func (d *Device) receive(p *pair) {
 			switch {
 			case closed || errors.Is(err, os.ErrClosed):
 				return
-			case !attached && errors.Is(err, unix.EBADFD):
+			case !attached && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.EBADFD)):
 				// Detached while reading: wait to be attached again.
+				continue
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// A detach's wake-up that came after an attach.
 				continue
 			}
 			d.log.Error("virtio-net: TAP read; no more packets reach the guest on this queue", "tap", d.cfg.Tap, "queue", p.i, "err", err)

@@ -63,20 +63,19 @@ func HostMAC(guest stdnet.HardwareAddr) stdnet.HardwareAddr {
 // IFF_MULTI_QUEUE mode, with one file per queue and queues 1.. detached
 // (the driver enables them). A TAP it creates gets HostMAC(guest) as its
 // host side's address before anything can bring it up. The files are
-// non-blocking and outside Go's poller: each pair's reader waits for its
-// queue in an epoll instance of its own (tapWaiter).
+// non-blocking and served by Go's poller, so Close ends a Read in
+// progress.
 func openTap(name string, queues int, guest stdnet.HardwareAddr) (*tap, error) {
 	return openTapFor(name, queues, true, guest)
 }
 
-// openTapFor is openTap; with nonblock false the files are blocking, for
-// a TAP that only the kernel's vhost-net reads and writes. Either way
-// they stay out of Go's poller: it is edge-triggered epoll, and a TAP in
-// it would wake a VMM thread for each packet the host queues towards the
-// guest (and as transmitted packets free the TAP's send buffer), whether
-// a goroutine waits for it or not, taking CPU from the vCPU and from
-// whatever moves the packets.
-func openTapFor(name string, queues int, nonblock bool, guest stdnet.HardwareAddr) (*tap, error) {
+// openTapFor is openTap; with polled false the files are blocking and
+// stay out of Go's poller, for a TAP that only the kernel's vhost-net
+// reads and writes: Go's poller is edge-triggered epoll, and a TAP in it
+// would wake a VMM thread for each packet the host queues towards the
+// guest (and as transmitted packets free the TAP's send buffer), taking
+// CPU from the vCPU and the vhost worker that move the packets.
+func openTapFor(name string, queues int, polled bool, guest stdnet.HardwareAddr) (*tap, error) {
 	if len(name) >= unix.IFNAMSIZ || name == "" {
 		return nil, fmt.Errorf("tap %q: a name of 1..%d bytes", name, unix.IFNAMSIZ-1)
 	}
@@ -89,9 +88,13 @@ func openTapFor(name string, queues int, nonblock bool, guest stdnet.HardwareAdd
 	}
 	t := &tap{name: name}
 	for i := range queues {
-		// Opened blocking, so that os.NewFile leaves it out of Go's
-		// poller; made non-blocking after.
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		// The ioctls come first: a TUN file is pollable only once it
+		// is attached, and os.NewFile registers it with the poller.
+		flags := unix.O_RDWR | unix.O_CLOEXEC
+		if polled {
+			flags |= unix.O_NONBLOCK
+		}
+		fd, err := unix.Open("/dev/net/tun", flags, 0)
 		if err != nil {
 			t.close()
 			return nil, fmt.Errorf("tap %s: open /dev/net/tun: %w", name, err)
@@ -111,12 +114,6 @@ func openTapFor(name string, queues int, nonblock bool, guest stdnet.HardwareAdd
 			}
 		}
 		t.fs = append(t.fs, os.NewFile(uintptr(fd), fmt.Sprintf("/dev/net/tun:%s:%d", name, i)))
-		if nonblock {
-			if err := unix.SetNonblock(fd, true); err != nil {
-				t.close()
-				return nil, fmt.Errorf("tap %s: make queue %d non-blocking: %w", name, i, err)
-			}
-		}
 	}
 	for i := 1; i < queues; i++ {
 		if err := t.setAttached(i, false); err != nil {
@@ -274,10 +271,7 @@ func (t *tap) close() error {
 	return first
 }
 
-// writev sends one packet (header first) made of bufs through f. A TAP
-// whose send buffer is full refuses it (unix.EAGAIN): its file is not in
-// Go's poller, which could wait for room, and a TAP's send buffer is
-// unbounded unless its owner set one (TUNSETSNDBUF).
+// writev sends one packet (header first) made of bufs through f.
 func writev(f *os.File, bufs [][]byte) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -286,7 +280,7 @@ func writev(f *os.File, bufs [][]byte) error {
 	var werr error
 	err = rc.Write(func(fd uintptr) bool {
 		_, werr = unix.Writev(int(fd), bufs)
-		return true
+		return werr != unix.EAGAIN
 	})
 	if err != nil {
 		return err

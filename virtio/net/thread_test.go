@@ -57,7 +57,7 @@ func TestThreadHooks(t *testing.T) {
 	const n = 2
 	h := &threadHooks{calls: map[string]int{}, tids: map[string]int{}}
 	ft := newFakeTap(t, n)
-	dev := mustDevice(t, Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
+	dev := newDevice(Config{Tap: "fake0", Queues: n}, testMAC, ft, quiet, true)
 	fds, err := dev.TapFDs()
 	if err != nil {
 		t.Fatal(err)

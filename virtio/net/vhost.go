@@ -128,7 +128,7 @@ func newVhost(c Config, mac []byte, be backend, bes []*vhost.Backend, ram []vhos
 			return nil, fmt.Errorf("virtio-net %s: %w", c.Tap, err)
 		}
 	}
-	d.Device, _ = newDevice(c, mac, be, log, false) // without readers it cannot fail
+	d.Device = newDevice(c, mac, be, log, false)
 	fds, err := d.Device.TapFDs()
 	if err != nil {
 		return nil, err
