@@ -20,7 +20,18 @@ type procSnap struct {
 	cpuTicks, guestTicks int64
 	syscr, syscw         int64
 	vcsw, nvcsw          int64
+	// vcswBy are the voluntary switches by thread name (the main
+	// thread's name, which the Go runtime's unnamed threads share,
+	// counted as runtimeThreads), to tell whose they are.
+	vcswBy map[string]int64
+	// rt are the runtimeThreads' voluntary switches and CPU ticks by
+	// thread id, to tell one busy sleeper (the runtime's monitor,
+	// sysmon, wakes without running) from many threads woken in turn.
+	rt map[string][2]int64
 }
+
+// runtimeThreads names the threads that bear the process's own name.
+const runtimeThreads = "main and runtime"
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times.
 const clockTicks = 100
@@ -63,18 +74,35 @@ func readProc(pid int) procSnap {
 			}
 		}
 	}
+	main := ""
+	if b, err := os.ReadFile(dir + "/comm"); err == nil {
+		main = strings.TrimSpace(string(b))
+	}
+	s.vcswBy, s.rt = map[string]int64{}, map[string][2]int64{}
 	tasks, _ := filepath.Glob(dir + "/task/*/status")
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)
 		if err != nil {
 			continue
 		}
+		name := ""
 		for _, l := range strings.Split(string(b), "\n") {
 			k, v, _ := strings.Cut(l, ":")
+			if k == "Name" {
+				name = strings.TrimSpace(v)
+				if name == main {
+					name = runtimeThreads
+				}
+			}
 			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			switch k {
 			case "voluntary_ctxt_switches":
 				s.vcsw += n
+				s.vcswBy[name] += n
+				if name == runtimeThreads {
+					tid := filepath.Base(filepath.Dir(t))
+					s.rt[tid] = [2]int64{n, taskTicks(filepath.Dir(t))}
+				}
 			case "nonvoluntary_ctxt_switches":
 				s.nvcsw += n
 			}
@@ -82,6 +110,25 @@ func readProc(pid int) procSnap {
 	}
 	s.ok = true
 	return s
+}
+
+// taskTicks is a thread's CPU time (utime + stime) from its stat.
+func taskTicks(dir string) int64 {
+	b, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
 }
 
 // procDelta turns the process's growth from a to b into results keyed
@@ -94,12 +141,34 @@ func procDelta(vmm, phase string, a, b procSnap, per float64) []result {
 	ms := func(ticks int64) float64 { return float64(ticks) * 1000 / clockTicks / per }
 	n := func(v int64) float64 { return float64(v) / per }
 	cpu, guest := b.cpuTicks-a.cpuTicks, b.guestTicks-a.guestTicks
-	return []result{
+	var byThread []result
+	for name, v := range b.vcswBy {
+		byThread = append(byThread, result{VMM: vmm, Key: "proc " + phase + " voluntary switches, threads " + name, Value: n(v - a.vcswBy[name])})
+	}
+	// The runtime thread that switched most in the phase, and how many
+	// switched at all.
+	var top, topTicks, woke int64
+	for tid, v := range b.rt {
+		d := v[0] - a.rt[tid][0]
+		if d > 0 {
+			woke++
+		}
+		if d > top {
+			top, topTicks = d, v[1]-a.rt[tid][1]
+		}
+	}
+	if len(b.rt) > 0 {
+		byThread = append(byThread,
+			result{VMM: vmm, Key: "proc " + phase + " voluntary switches, the runtime thread that switched most", Value: n(top)},
+			result{VMM: vmm, Key: "proc " + phase + " cpu-ms of the runtime thread that switched most", Value: ms(topTicks)},
+			result{VMM: vmm, Key: "proc " + phase + " runtime threads that switched (count, not per unit)", Value: float64(woke)})
+	}
+	return append([]result{
 		{VMM: vmm, Key: "proc " + phase + " cpu-ms outside the guest", Value: ms(cpu - guest)},
 		{VMM: vmm, Key: "proc " + phase + " cpu-ms in the guest", Value: ms(guest)},
 		{VMM: vmm, Key: "proc " + phase + " read syscalls", Value: n(b.syscr - a.syscr)},
 		{VMM: vmm, Key: "proc " + phase + " write syscalls", Value: n(b.syscw - a.syscw)},
 		{VMM: vmm, Key: "proc " + phase + " voluntary switches", Value: n(b.vcsw - a.vcsw)},
 		{VMM: vmm, Key: "proc " + phase + " involuntary switches", Value: n(b.nvcsw - a.nvcsw)},
-	}
+	}, byThread...)
 }

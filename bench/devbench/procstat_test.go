@@ -44,6 +44,16 @@ func TestReadProc(t *testing.T) {
 			t.Errorf("%s: %g, want %g", r.Key, r.Value, float64(b.syscr-a.syscr)/2)
 		}
 	}
+	var sum int64
+	for _, v := range b.vcswBy {
+		sum += v
+	}
+	if sum != b.vcsw || len(b.vcswBy) != 1 || b.vcswBy[runtimeThreads] != b.vcsw {
+		t.Errorf("switches by thread name %v: want the process's %d, all under its own name (a test names no thread)", b.vcswBy, b.vcsw)
+	}
+	if len(b.rt) == 0 {
+		t.Error("no runtime thread's counters, in a process of runtime threads alone")
+	}
 	if got := procDelta("govmm", "idle", procSnap{}, b, 1); got != nil {
 		t.Errorf("a delta from a failed read: %v, want none", got)
 	}
