@@ -105,9 +105,6 @@ func (d *Device) SaveMigration() ([]byte, error) {
 	}
 	d.migMu.Lock()
 	defer d.migMu.Unlock()
-	if d.migCur == 0 {
-		d.migCur = abi.DeviceStateRunning
-	}
 	if d.migCur == abi.DeviceStateRunning {
 		if _, err := d.setState(abi.DeviceStateStop); err != nil {
 			return nil, err
@@ -159,9 +156,6 @@ func (d *Device) LoadMigration(data []byte) error {
 	}
 	d.migMu.Lock()
 	defer d.migMu.Unlock()
-	if d.migCur == 0 {
-		d.migCur = abi.DeviceStateRunning
-	}
 	if d.migCur == abi.DeviceStateRunning {
 		if _, err := d.setState(abi.DeviceStateStop); err != nil {
 			return err
@@ -213,7 +207,7 @@ func (d *Device) abandonLocked() {
 func (d *Device) Run() error {
 	d.migMu.Lock()
 	defer d.migMu.Unlock()
-	if d.migCur == 0 || d.migCur == abi.DeviceStateRunning {
+	if d.migCur == abi.DeviceStateRunning {
 		return nil
 	}
 	_, err := d.setState(abi.DeviceStateRunning)
@@ -239,9 +233,6 @@ func (d *Device) StartPreCopy() error {
 	}
 	d.migMu.Lock()
 	defer d.migMu.Unlock()
-	if d.migCur == 0 {
-		d.migCur = abi.DeviceStateRunning
-	}
 	if d.migCur != abi.DeviceStateRunning {
 		return fmt.Errorf("vfio device %s: PRE_COPY from %s: the device is not running", d.Addr, migState(d.migCur))
 	}

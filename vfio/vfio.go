@@ -261,7 +261,7 @@ type Device struct {
 	config  abi.Region
 
 	// VFIO migration (migration.go): the flags, read once, and the
-	// device state govmm last set (0: never set, RUNNING).
+	// device state govmm last set (RUNNING, as a device is opened).
 	migOnce  sync.Once
 	migFlags uint64
 	migMu    sync.Mutex
@@ -300,7 +300,7 @@ func (c *Container) OpenDevice(addr string) (*Device, error) {
 // newDevice reads the information and regions of a device fd (from a
 // group or a cdev), closing fd on failure.
 func newDevice(addr string, fd int) (*Device, error) {
-	d := &Device{Addr: addr, fd: fd}
+	d := &Device{Addr: addr, fd: fd, migCur: abi.DeviceStateRunning}
 	var err error
 	if d.info, err = abi.GetDeviceInfo(fd); err != nil {
 		d.Close()
