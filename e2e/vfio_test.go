@@ -403,7 +403,11 @@ func vfioMSIX(t *testing.T) {
 					t.Errorf("MSI-X masking: %s masked windows, %s with the PBA bit set, %s coalesced, %s races: want every window's bit set and some of each",
 						m["masked"], m["pba"], m["coalesced"], m["races"])
 				}
-				for _, k := range []string{"leaks", "stuck", "lost"} {
+				// early: an interrupt before the first request (a message
+				// an earlier guest left in the device); extra: one beyond
+				// a vector's requests, which the guest prints with the
+				// kind of window that came before it.
+				for _, k := range []string{"leaks", "stuck", "lost", "early", "extra"} {
 					if m[k] != "0" {
 						t.Errorf("MSI-X: %s=%s, want 0", k, m[k])
 					}
