@@ -292,7 +292,7 @@ func unbind(t *testing.T, addr string) {
 
 // TestVFIO runs, in an L1 of its own with an emulated IOMMU, QEMU's edu,
 // nvme, virtio-rng and igb devices passed through: see vfioEdu, vfioNVMe,
-// vfioMSIX and vfioIGB.
+// vfioMSIX and vfioIGB, and the MSI rate benchmark vfioRate.
 func TestVFIO(t *testing.T) {
 	if !inVFIOL1(t) {
 		return
