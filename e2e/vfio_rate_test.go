@@ -31,7 +31,8 @@ type rateResult struct{ plain, masked float64 }
 // to the igb guest in its rate mode (rate=1), on govmm KVM and mshvsim in
 // both orders and on QEMU 10's own vfio-pci on the same nested KVM, each
 // rateRounds times, interleaved (round 1 of every setup, then round 2, so
-// that a slow stretch of the shared machine falls on all of them). The
+// that a slow stretch of the shared machine falls on all of them; each
+// round starting with the next setup). The
 // guest raises rateRaises MSIs, each as soon as the last one's handler
 // ran, then as many again while it masks and unmasks the vector (its
 // per-vector mask bit) against every message in flight. Every run must
@@ -66,7 +67,11 @@ func vfioRate(t *testing.T) {
 	setups = append(setups, rateSetup{name: "QEMU vfio-pci"})
 	res := make([][]rateResult, len(setups))
 	for round := 1; round <= rateRounds; round++ {
-		for i, s := range setups {
+		// Each round starts one setup further on, so that none is always
+		// the first after a pause (L1's caches cold) or the last.
+		for j := range setups {
+			i := (j + round - 1) % len(setups)
+			s := setups[i]
 			name := fmt.Sprintf("%s/%d", strings.ReplaceAll(s.name, " ", "/"), round)
 			t.Run(name, func(t *testing.T) {
 				var out string
