@@ -42,7 +42,10 @@
  * the kind of window that came last on that vector, so that a count
  * above n says where it came from.
  *
- * Cmdline: n=N requests (default 1000), k=K (default 8, at least 4).
+ * Cmdline: n=N requests (default 1000), k=K (default 8, at least 4),
+ * twait=US the wait after a window's second used buffer (default 20000:
+ * 20 ms; shorter shows what a message still in flight at the unmask
+ * does).
  * Exit through the debug-exit port: OK (0x10, status 33) or FAIL (0x11,
  * status 35).
  */
@@ -394,6 +397,7 @@ int main(void)
 	uint32_t want[2] = {recv[0], recv[1]}, extra = 0;
 
 	uint32_t n = (uint32_t)cmdline_u64("n", 1000), k = (uint32_t)cmdline_u64("k", 8);
+	uint64_t twait = cmdline_u64("twait", 20000);
 	if (k < 4)
 		k = 4;
 	uint32_t sent = 0, masked = 0, pbaset = 0, coalesced = 0, races = 0, leaks = 0, stuck = 0, lost = 0, windows = 0;
@@ -436,7 +440,7 @@ int main(void)
 			if (twice) {
 				request();
 				wait_used(2000);
-				wait_us(20000); /* for its message to reach the VMM */
+				wait_us(twait); /* for its message to reach the VMM */
 				coalesced++;
 			}
 			if (pba_bit(v ^ 1)) {
