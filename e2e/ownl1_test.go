@@ -21,12 +21,16 @@ import (
 type l1Attempt func(run string, timeout time.Duration) (out string, res nested.Result, err error)
 
 // ownL1Pattern is the -test.run pattern for t in its own L1: t, or the
-// subtests this run's -run selects (-run TestX/sub runs only those there).
+// subtests this run's -run selects (-run TestX/sub, or ^TestX$/sub, runs
+// only those there).
 func ownL1Pattern(t *testing.T) string {
 	run := "^" + t.Name() + "$"
 	if f := flag.Lookup("test.run"); f != nil {
-		if pat := f.Value.String(); strings.HasPrefix(pat, t.Name()+"/") {
-			run = "^" + t.Name() + "$" + strings.TrimPrefix(pat, t.Name())
+		pat := f.Value.String()
+		for _, head := range []string{t.Name() + "/", "^" + t.Name() + "/", t.Name() + "$/", "^" + t.Name() + "$/"} {
+			if strings.HasPrefix(pat, head) {
+				return run + "/" + strings.TrimPrefix(pat, head)
+			}
 		}
 	}
 	return run
