@@ -52,23 +52,10 @@
 
 #define VEC_EDU 0x60
 #define VEC_INTX 0x61
-#define PM_HZ 3579545ull
 
 static uint64_t bar;
 static inline uint32_t rd(uint32_t r) { return mmio_read32(bar + r); }
 static inline void wr(uint32_t r, uint32_t v) { mmio_write32(bar + r, v); }
-
-/* ---- PM timer clock. ---- */
-static uint32_t pm_last;
-static uint64_t pm_total;
-static uint64_t pm_now(void)
-{
-	uint32_t v = pmtimer_read();
-	uint32_t mask = acpi.pm_tmr_32bit ? 0xFFFFFFFFu : 0xFFFFFFu;
-	pm_total += (v - pm_last) & mask;
-	pm_last = v;
-	return pm_total;
-}
 
 static bool wait_count(volatile uint32_t *c, uint32_t want, uint32_t ms)
 {
@@ -81,10 +68,8 @@ static bool wait_count(volatile uint32_t *c, uint32_t want, uint32_t ms)
 
 static void wait_us(uint64_t us)
 {
-	uint64_t end = pm_now() + us * PM_HZ / 1000000;
 	sti();
-	while (pm_now() < end)
-		pause();
+	pm_wait_us(us);
 }
 
 /* ---- MSI handler: read the device's interrupt status, acknowledge it. ---- */
@@ -139,7 +124,7 @@ int main(void)
 	}
 	lapic_init(false);
 	pic_disable();
-	pm_last = pmtimer_read();
+	pm_start();
 
 	int slot = pci_find(EDU_VENDOR, EDU_DEVICE);
 	if (slot < 0) {

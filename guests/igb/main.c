@@ -89,34 +89,12 @@
 #define MSI_PVM 0x100
 
 #define VEC 0x72
-#define PM_HZ 3579545ull
 
 static int slot, msi, mask_reg, pend_reg;
 static uint64_t bar0;
 
 static uint32_t rd(uint32_t r) { return mmio_read32(bar0 + r); }
 static void wr(uint32_t r, uint32_t v) { mmio_write32(bar0 + r, v); }
-
-/* ---- PM timer clock. ---- */
-static uint32_t pm_last;
-static uint64_t pm_total;
-static uint64_t pm_now(void)
-{
-	uint32_t v = pmtimer_read();
-	uint32_t m = acpi.pm_tmr_32bit ? 0xFFFFFFFFu : 0xFFFFFFu;
-	pm_total += (v - pm_last) & m;
-	pm_last = v;
-	return pm_total;
-}
-
-static uint64_t ms_from_now(uint32_t ms) { return pm_now() + PM_HZ * ms / 1000; }
-
-static void wait_us(uint64_t us)
-{
-	uint64_t end = pm_now() + us * PM_HZ / 1000000;
-	while (pm_now() < end)
-		pause();
-}
 
 static volatile uint32_t recv, nocause;
 static void isr(struct regs *r)
@@ -129,7 +107,7 @@ static void isr(struct regs *r)
 
 static bool wait_recv(uint32_t want, uint32_t ms)
 {
-	uint64_t end = ms_from_now(ms);
+	uint64_t end = pm_ms_from_now(ms);
 	while (recv < want && pm_now() < end)
 		pause();
 	return recv >= want;
@@ -141,7 +119,7 @@ static bool pending(void) { return pci_read32(slot, pend_reg) & 1; }
 
 static bool wait_pending(uint32_t ms)
 {
-	uint64_t end = ms_from_now(ms);
+	uint64_t end = pm_ms_from_now(ms);
 	while (!pending()) {
 		if (pm_now() > end)
 			return false;
@@ -176,7 +154,7 @@ static bool rate_phase(uint32_t n, bool masking)
 		}
 	}
 	uint64_t t1 = pm_now();
-	wait_us(50000); /* nothing more may arrive */
+	pm_wait_us(50000); /* nothing more may arrive */
 	if (masking && pending()) {
 		printf("igb: rate: the pending bit is set, nothing is pending\n");
 		stuck++;
@@ -197,7 +175,7 @@ int main(void)
 	}
 	lapic_init(false);
 	pic_disable();
-	pm_last = pmtimer_read();
+	pm_start();
 
 	slot = msi = -1;
 	slot = pci_find(VENDOR, DEVICE);
@@ -295,7 +273,7 @@ int main(void)
 			if (twice) {
 				(void)rd(R_ICR); /* clear the cause, so the next raise sends */
 				raise();
-				wait_us(20000); /* for its message to reach the VMM */
+				pm_wait_us(20000); /* for its message to reach the VMM */
 				coalesced++;
 				if (!pending()) {
 					printf("igb: raise %u: the pending bit cleared under the mask\n", i);
@@ -334,7 +312,7 @@ int main(void)
 		}
 	}
 	uint64_t t1 = pm_now(), c1 = rdtsc();
-	wait_us(50000); /* nothing more may arrive */
+	pm_wait_us(50000); /* nothing more may arrive */
 	cli();
 	uint32_t got = recv - lost;
 	uint64_t us = (t1 - t0) * 1000000 / PM_HZ;

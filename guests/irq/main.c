@@ -52,7 +52,6 @@
 #define IRQ_OK 0x10
 #define IRQ_FAIL 0x11
 
-#define PM_HZ 3579545ULL
 #define PIT_HZ 1193182ULL
 
 #define VEC_PIT 0x30
@@ -100,33 +99,12 @@
 static inline uint32_t td_read(uint32_t r) { return mmio_read32(TD_BASE + r); }
 static inline void td_write(uint32_t r, uint32_t v) { mmio_write32(TD_BASE + r, v); }
 
-/* ---- PM timer clock: 64-bit tick count from the 24/32-bit register. ---- */
-static uint32_t pm_last;
-static uint64_t pm_total;
-
-static void pm_start(void)
-{
-	pm_last = pmtimer_read();
-	pm_total = 0;
-}
-
-static uint64_t pm_now(void)
-{
-	uint32_t v = pmtimer_read();
-	uint32_t mask = acpi.pm_tmr_32bit ? 0xFFFFFFFFu : 0xFFFFFFu;
-	pm_total += (v - pm_last) & mask;
-	pm_last = v;
-	return pm_total;
-}
-
 /* wait_us spins with interrupts enabled (for "nothing more arrives" checks
  * where hlt could sleep forever). */
 static void wait_us(uint64_t us)
 {
-	uint64_t end = pm_now() + us * PM_HZ / 1000000;
 	sti();
-	while (pm_now() < end)
-		pause();
+	pm_wait_us(us);
 }
 
 static bool need_acpi(bool ioapic)

@@ -108,8 +108,6 @@ void ioapic_mask(uint32_t gsi)
 
 /* ---- time ---- */
 
-#define PM_HZ 3579545ULL
-
 uint32_t pmtimer_read(void)
 {
 	if (!acpi.pm_tmr_port)
@@ -119,6 +117,34 @@ uint32_t pmtimer_read(void)
 }
 
 static uint32_t pm_mask(void) { return acpi.pm_tmr_32bit ? 0xFFFFFFFFu : 0xFFFFFFu; }
+
+/* The PM timer extended to 64 bits: it wraps every 4.7 s (24 bits), so a
+ * guest that reads it at least that often sees a monotonic clock. */
+static uint32_t pm_last;
+static uint64_t pm_total;
+
+void pm_start(void)
+{
+	pm_last = pmtimer_read();
+	pm_total = 0;
+}
+
+uint64_t pm_now(void)
+{
+	uint32_t v = pmtimer_read();
+	pm_total += (v - pm_last) & pm_mask();
+	pm_last = v;
+	return pm_total;
+}
+
+uint64_t pm_ms_from_now(uint32_t ms) { return pm_now() + PM_HZ * ms / 1000; }
+
+void pm_wait_us(uint64_t us)
+{
+	uint64_t end = pm_now() + us * PM_HZ / 1000000;
+	while (pm_now() < end)
+		pause();
+}
 
 void udelay(uint32_t us)
 {

@@ -277,6 +277,14 @@ uint32_t ioapic_read(uint32_t reg);
 
 /* ---- Time. ---- */
 uint32_t pmtimer_read(void);        /* 0 if no PM timer */
+#define PM_HZ 3579545ULL            /* the ACPI PM timer's rate */
+/* A 64-bit clock in PM timer ticks since pm_start (read it at least every
+ * 4.7 s); pm_ms_from_now is the pm_now value ms from now; pm_wait_us
+ * spins for us microseconds with the interrupt flag as it is. */
+void pm_start(void);
+uint64_t pm_now(void);
+uint64_t pm_ms_from_now(uint32_t ms);
+void pm_wait_us(uint64_t us);
 void udelay(uint32_t us);           /* PM timer if present, else port 0x80 reads */
 /* lapic_timer_calibrate: LAPIC timer ticks per second at divide-by-1,
  * measured over `ms` milliseconds against the PM timer (else the PIT). 0 on failure. */

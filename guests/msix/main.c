@@ -89,7 +89,6 @@
 #define MSIX_FMASK 0x4000
 
 #define VEC_BASE 0x70
-#define PM_HZ 3579545ull
 #define QMAX 256
 
 static int slot, msix;
@@ -129,27 +128,6 @@ static struct {
 static uint8_t buf[16] __attribute__((aligned(64)));
 static uint16_t qsize, avail_idx;
 
-/* ---- PM timer clock. ---- */
-static uint32_t pm_last;
-static uint64_t pm_total;
-static uint64_t pm_now(void)
-{
-	uint32_t v = pmtimer_read();
-	uint32_t mask = acpi.pm_tmr_32bit ? 0xFFFFFFFFu : 0xFFFFFFu;
-	pm_total += (v - pm_last) & mask;
-	pm_last = v;
-	return pm_total;
-}
-
-static uint64_t ms_from_now(uint32_t ms) { return pm_now() + PM_HZ * ms / 1000; }
-
-static void wait_us(uint64_t us)
-{
-	uint64_t end = pm_now() + us * PM_HZ / 1000000;
-	while (pm_now() < end)
-		pause();
-}
-
 static volatile uint32_t recv[2];
 
 /* What the last request on each vector was, for the extra report. */
@@ -168,7 +146,7 @@ static void isr1(struct regs *r)
 
 static bool wait_recv(int v, uint32_t want, uint32_t ms)
 {
-	uint64_t end = ms_from_now(ms);
+	uint64_t end = pm_ms_from_now(ms);
 	while (recv[v] < want && pm_now() < end)
 		pause();
 	return recv[v] >= want;
@@ -188,7 +166,7 @@ static void request(void)
  * the message right after it updates the used ring. */
 static bool wait_used(uint32_t ms)
 {
-	uint64_t end = ms_from_now(ms);
+	uint64_t end = pm_ms_from_now(ms);
 	while (used.idx != avail_idx) {
 		if (pm_now() > end)
 			return false;
@@ -201,7 +179,7 @@ static bool pba_bit(int v) { return mmio_read32(pba) >> v & 1; }
 
 static bool wait_pba(int v, uint32_t ms)
 {
-	uint64_t end = ms_from_now(ms);
+	uint64_t end = pm_ms_from_now(ms);
 	while (!pba_bit(v)) {
 		if (pm_now() > end)
 			return false;
@@ -303,7 +281,7 @@ static const char *setup(void)
 	pci_write16(slot, 0x04, (pci_read32(slot, 0x04) & 0xffff) | 0x6);
 
 	w8(C_STATUS, 0);
-	uint64_t end = ms_from_now(1000);
+	uint64_t end = pm_ms_from_now(1000);
 	while (c8(C_STATUS) != 0)
 		if (pm_now() > end)
 			return "the device did not reset";
@@ -358,7 +336,7 @@ int main(void)
 	}
 	lapic_init(false);
 	pic_disable();
-	pm_last = pmtimer_read();
+	pm_start();
 
 	slot = msix = -1;
 	slot = pci_find(VENDOR, DEVICE);
@@ -388,7 +366,7 @@ int main(void)
 	 * drops it (it changes nothing elsewhere). */
 	lapic_write(LAPIC_TPR, 0);
 	sti();
-	wait_us(20000); /* nothing may arrive before the first request */
+	pm_wait_us(20000); /* nothing may arrive before the first request */
 	uint32_t early = recv[0] + recv[1];
 	if (early)
 		printf("msix: %u interrupts (vector 0: %u, 1: %u) before any request\n", early, recv[0], recv[1]);
@@ -440,7 +418,7 @@ int main(void)
 			if (twice) {
 				request();
 				wait_used(2000);
-				wait_us(twait); /* for its message to reach the VMM */
+				pm_wait_us(twait); /* for its message to reach the VMM */
 				coalesced++;
 			}
 			if (pba_bit(v ^ 1)) {
@@ -478,7 +456,7 @@ int main(void)
 		}
 	}
 	uint64_t t1 = pm_now();
-	wait_us(50000); /* nothing more may arrive */
+	pm_wait_us(50000); /* nothing more may arrive */
 	cli();
 	for (int u = 0; u < 2; u++)
 		if (recv[u] > want[u]) {

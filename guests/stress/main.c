@@ -58,7 +58,6 @@
 #define STRESS_OK 0x10
 #define STRESS_FAIL 0x11
 
-#define PM_HZ 3579545ULL
 
 #define MMIO_BASE 0xC0000000ULL
 #define MMIO_SPAN (8ULL << 20) /* the stretch of the MMIO window hammered */
