@@ -67,6 +67,9 @@ type PCIDevice struct {
 	// What says what backs it: a virtio device's image, TAP or CID, the
 	// host device a VFIO function passes through.
 	What string `json:"what"`
+	// Queues describes a virtio device's status and live queues, a line
+	// each: the rings' indices and each queue's MSI-X vector.
+	Queues []string `json:"queues,omitempty"`
 }
 
 // ExitCount is one device's accesses: each one an exit to the VMM.

@@ -300,8 +300,16 @@ func TestNetSnapshot(t *testing.T) {
 			if macBefore != netHostMAC {
 				t.Errorf("the TAP govmm created has host-side MAC %s, want %s (derived from the guest's %s)", macBefore, netHostMAC, netMAC)
 			}
-			if r := govmm(t, "info", "--api-socket="+api); !strings.Contains(r.Stdout, "tap="+netTap+" mac="+netMAC+" (TAP created by govmm, host side "+netHostMAC+")") {
+			r := govmm(t, "info", "--api-socket="+api)
+			if !strings.Contains(r.Stdout, "tap="+netTap+" mac="+netMAC+" (TAP created by govmm, host side "+netHostMAC+")") {
 				t.Errorf("govmm info does not give the created TAP's host-side MAC %s:\n%s", netHostMAC, r)
+			}
+			// Under the device, its status and its receive and transmit
+			// queues' ring positions and MSI-X vectors, which a stalled
+			// transfer's report shows (transferFatal).
+			if !regexp.MustCompile(`(?m)^    status 0xf, \d+ handlers and chains in flight\n    q0 size \d+: available \d+, taken \d+, used \d+, interrupt checked at \d+, used_event \d+, avail_event \d+; vector \d+: address 0xfee`).MatchString(r.Stdout) ||
+				!strings.Contains(r.Stdout, "    q1 size ") {
+				t.Errorf("govmm info does not show virtio-net's queues:\n%s", r)
 			}
 			tcpTransfer(t, p, "before", 1, nil)
 			if r := govmm(t, "snapshot", "--api-socket="+api, "--dir="+snap, "--stop"); r.Code != 0 {
@@ -311,7 +319,7 @@ func TestNetSnapshot(t *testing.T) {
 				t.Fatalf("source after snapshot --stop: exit %d\n%s", code, p.output())
 			}
 			restore := append(append([]string{"restore"}, acc...), "--snapshot="+snap, "--cpus=2", "--memory=512M")
-			r := govmm(t, append(append([]string(nil), restore...), "--net", "tap="+netTap+",mac=52:54:00:00:00:01")...)
+			r = govmm(t, append(append([]string(nil), restore...), "--net", "tap="+netTap+",mac=52:54:00:00:00:01")...)
 			if r.Code != 64 || !strings.Contains(r.Stderr, "mac=") {
 				t.Fatalf("restore with another MAC: want exit 64 naming the MAC, got\n%s", r)
 			}

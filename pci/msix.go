@@ -322,6 +322,32 @@ func (m *MSIX) setPending(v int, on bool) {
 	}
 }
 
+// VectorState describes vector v for govmm info and hang reports: its
+// message as the guest programmed it, whether it may fire (MSI-X
+// enabled, neither the vector nor the function masked), and whether a
+// message waits in its pending bit.
+func (m *MSIX) VectorState(v int) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v < 0 || v >= len(m.vec) {
+		return fmt.Sprintf("vector %d: none (the table has %d)", v, len(m.vec))
+	}
+	msi, masked := m.entry(v)
+	s := fmt.Sprintf("vector %d: address %#x data %#x", v, uint64(msi.AddressHi)<<32|uint64(msi.AddressLo), msi.Data)
+	switch {
+	case !m.enabled:
+		s += ", MSI-X off"
+	case m.funcMask:
+		s += ", function masked"
+	case masked:
+		s += ", masked"
+	}
+	if m.pendingBit(v) {
+		s += ", pending"
+	}
+	return s
+}
+
 // Trigger sends vector v's message: through its irqfd when it may fire,
 // else by setting its pending bit. With MSI-X disabled nothing is sent
 // (the function would use INTx, which govmm's functions do not have).

@@ -20,22 +20,7 @@ func TestHeldBatch(t *testing.T) {
 		feats  uint64
 	}{{"split", false, 0}, {"packed", true, packedFeats}} {
 		t.Run(c.name, func(t *testing.T) {
-			h := newHolder()
-			d, _ := attach(t, h, virtiotest.RAM(t, 4<<20), virtio.PCIConfig{Packed: c.packed})
-			if err := d.Init(c.feats, 8); err != nil {
-				t.Fatal(err)
-			}
-			// The transport's close waits for chains in flight: a
-			// failed round must not leave any.
-			t.Cleanup(func() {
-				h.mu.Lock()
-				held := h.held
-				h.held = nil
-				h.mu.Unlock()
-				for _, k := range held {
-					k.done(0)
-				}
-			})
+			d, h, _ := newHolderOn(t, c.packed, c.feats, 8)
 			for round := range 5 { // over the ring's end, and a packed ring's wraps
 				var ids []uint16
 				for k := range 3 {

@@ -171,13 +171,30 @@ func (h *holder) complete(t *testing.T, id uint16, n uint32) {
 }
 
 func newPackedHolder(t *testing.T, feats uint64, size uint16) (*virtiotest.Driver, *holder, *virtio.PCI) {
+	return newHolderOn(t, true, feats, size)
+}
+
+// newHolderOn attaches a holder on a packed or split ring of size with
+// feats negotiated. The chains it still holds when the test ends are
+// completed first: the transport's close waits for chains in flight, and
+// a failed test must not leave any.
+func newHolderOn(t *testing.T, packed bool, feats uint64, size uint16) (*virtiotest.Driver, *holder, *virtio.PCI) {
 	t.Helper()
 	mem := virtiotest.RAM(t, 4<<20)
 	h := newHolder()
-	d, tr := attach(t, h, mem, virtio.PCIConfig{Packed: true})
+	d, tr := attach(t, h, mem, virtio.PCIConfig{Packed: packed})
 	if err := d.Init(feats, size); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		h.mu.Lock()
+		held := h.held
+		h.held = nil
+		h.mu.Unlock()
+		for _, k := range held {
+			k.done(0)
+		}
+	})
 	return d, h, tr
 }
 

@@ -288,6 +288,42 @@ func (t *PCI) DriverOK() bool {
 	return t.active
 }
 
+// QueueStates describes the device's live queues for govmm info and hang
+// reports, a line each: the queue's position (Queue.String) and its
+// MSI-X vector (pci.MSIX.VectorState), or its INTx line; then the
+// device's status, and the handlers and chains in flight.
+func (t *PCI) QueueStates() []string {
+	t.mu.Lock()
+	qs := append([]*Queue(nil), t.queues...)
+	vecs := make([]uint16, len(qs))
+	for i := range qs {
+		vecs[i] = t.s.Queues[i].MSIXVector
+	}
+	head := fmt.Sprintf("status %#x, %d handlers and chains in flight", t.s.Status, t.busy)
+	switch {
+	case t.broken:
+		head += ", needs reset"
+	case t.paused:
+		head += ", paused"
+	}
+	if !t.msix.Enabled() {
+		head += fmt.Sprintf(", INTx (ISR %#x)", t.isr)
+	}
+	t.mu.Unlock()
+	out := []string{head}
+	for i, q := range qs {
+		if q == nil {
+			continue
+		}
+		v := "no vector"
+		if vecs[i] != NoVector {
+			v = t.msix.VectorState(int(vecs[i]))
+		}
+		out = append(out, fmt.Sprintf("q%d %s; %s", i, q, v))
+	}
+	return out
+}
+
 // Describe is the device's description with the transport's options
 // (" packed=on"): what a restore or migration must find again, and what
 // govmm info shows.

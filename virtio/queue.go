@@ -425,6 +425,44 @@ func (q *Queue) NeedInterrupt() bool {
 	return cur-ev-1 < cur-old
 }
 
+// String describes the queue's position, for govmm info and hang
+// reports: a split queue's available index as the driver last wrote it
+// against the next one the device takes, the used index, the used index
+// up to which the device decided whether to interrupt (NeedInterrupt)
+// and, with event-idx, the used_event the driver asked for (a used index
+// past used_event that the driver does not take means an interrupt lost
+// on its way or a driver that does not run: no later push crosses
+// used_event again)
+// and the avail_event the device asked for; without it, the driver's
+// no-interrupt flag. A packed queue gives its ring positions and wrap
+// counters. It reads the rings without taking them from the device.
+func (q *Queue) String() string {
+	q.popMu.Lock()
+	last := q.lastAvail
+	var availWrap bool
+	if q.packed != nil {
+		availWrap = q.packed.availWrap
+	}
+	q.popMu.Unlock()
+	q.pushMu.Lock()
+	used, signalled := q.usedIdx, q.signalled
+	var usedWrap bool
+	if q.packed != nil {
+		usedWrap = q.packed.usedWrap
+	}
+	q.pushMu.Unlock()
+	if q.packed != nil {
+		return fmt.Sprintf("size %d packed: next available %d (wrap %t), next used %d (wrap %t), interrupt checked at %d",
+			q.size, last, availWrap, used, usedWrap, signalled)
+	}
+	avail := atomicLoad16(q.avail[2:4])
+	s := fmt.Sprintf("size %d: available %d, taken %d, used %d, interrupt checked at %d", q.size, avail, last, used, signalled)
+	if q.eventIdx {
+		return s + fmt.Sprintf(", used_event %d, avail_event %d", le.Uint16(q.avail[4+2*uint64(q.size):]), le.Uint16(q.used[4+8*uint64(q.size):]))
+	}
+	return s + fmt.Sprintf(", driver flags %#x", le.Uint16(q.avail[0:2]))
+}
+
 // Save returns the queue's position. The device must not be processing.
 func (q *Queue) Save() QueueState {
 	q.popMu.Lock()

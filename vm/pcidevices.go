@@ -20,6 +20,10 @@ type PCIDevice struct {
 	// destination must have too), the host device a VFIO function
 	// passes through, or the host bridge and test devices by name.
 	What string
+	// Queues describes a virtio device's status and live queues, a line
+	// each (virtio.PCI.QueueStates): what tells a stalled queue's lost
+	// interrupt from a driver that posted nothing.
+	Queues []string
 }
 
 // PCIDevices lists the devices on the VM's PCI bus in slot order.
@@ -29,7 +33,9 @@ func (v *VM) PCIDevices() []PCIDevice {
 		return nil
 	}
 	what := map[*pci.Function]string{}
+	queues := map[*pci.Function][]string{}
 	for _, d := range p.virtioSet.List() {
+		queues[d.Transport.Function()] = d.Transport.QueueStates()
 		what[d.Transport.Function()] = d.Transport.Describe()
 		what[d.Transport.Function()] += virtionet.DeviceNote(d.Transport.Device())
 		if d.HotAdded {
@@ -57,6 +63,7 @@ func (v *VM) PCIDevices() []PCIDevice {
 		var id [4]byte
 		f.ReadConfig(pci.RegVendorID, id[:])
 		d := PCIDevice{Slot: slot, Vendor: binary.LittleEndian.Uint16(id[:]), Device: binary.LittleEndian.Uint16(id[2:])}
+		d.Queues = queues[f]
 		switch w, ok := what[f]; {
 		case ok:
 			d.What = w

@@ -50,7 +50,7 @@ func (t *controlTarget) Info() api.Info {
 func pciDevices(devs []vm.PCIDevice) []api.PCIDevice {
 	var out []api.PCIDevice
 	for _, d := range devs {
-		out = append(out, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What})
+		out = append(out, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What, Queues: d.Queues})
 	}
 	return out
 }

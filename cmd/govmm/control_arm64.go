@@ -42,7 +42,7 @@ func (t *controlTarget) Info() api.Info {
 	}
 	var devs []api.PCIDevice
 	for _, d := range t.m.PCIDevices() {
-		devs = append(devs, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What})
+		devs = append(devs, api.PCIDevice{Address: fmt.Sprintf("0000:00:%02x.0", d.Slot), ID: fmt.Sprintf("%04x:%04x", d.Vendor, d.Device), What: d.What, Queues: d.Queues})
 	}
 	var exits []api.ExitCount
 	for _, c := range t.m.Exits() {

@@ -135,6 +135,9 @@ func cmdSimple(name string, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "pci:     %d devices\n", len(i.Devices))
 			for _, d := range i.Devices {
 				fmt.Fprintf(stdout, "  %s %s %s\n", d.Address, d.ID, d.What)
+				for _, q := range d.Queues {
+					fmt.Fprintf(stdout, "    %s\n", q)
+				}
 			}
 			printBalloon(stdout, i.Balloon)
 			printExits(stdout, i.Exits, i.EOIs)

@@ -494,22 +494,35 @@ func SubstrateStall(pid int) string {
 	return ""
 }
 
-// InspectVCPUs is `govmm info --vcpus` on control socket sock, with its
-// own bound (a boot's context is already done when it is asked), under
-// heading; when the vCPUs show the nested substrate's known failure it
-// says so first (nested.SubstrateFailure). The e2e tests use it too.
+// InspectVCPUs is `govmm info` (the devices, with each virtio queue's
+// ring positions and MSI-X vector: what tells a lost interrupt from a
+// driver that posted nothing) and then `govmm info --vcpus` (which pauses
+// the VM) on control socket sock, each with its own bound (a boot's
+// context is already done when it is asked), under heading; when the
+// vCPUs show the nested substrate's known failure it says so first
+// (nested.SubstrateFailure). The e2e tests use it too.
 func InspectVCPUs(govmm, sock, heading string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, govmm, "info", "--api-socket", sock, "--vcpus").CombinedOutput()
+	info := func(args ...string) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return exec.CommandContext(ctx, govmm, append([]string{"info", "--api-socket", sock}, args...)...).CombinedOutput()
+	}
+	devices := "\n--- the VM's devices and queues (govmm info):\n"
+	if out, err := info(); err != nil {
+		devices = fmt.Sprintf("\n--- govmm info failed (%v):\n", err)
+		devices += string(out)
+	} else {
+		devices += string(out)
+	}
+	out, err := info("--vcpus")
 	if err != nil {
-		return fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
+		return devices + fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
 	}
 	diagnosis := ""
 	if d := nested.SubstrateFailure(string(out)); d != "" {
 		diagnosis = "\n--- diagnosis: " + d
 	}
-	return diagnosis + "\n--- " + heading + " (govmm info --vcpus):\n" + string(out)
+	return diagnosis + devices + "\n--- " + heading + " (govmm info --vcpus):\n" + string(out)
 }
 
 func seen(b bool) string {

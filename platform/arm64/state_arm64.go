@@ -136,13 +136,16 @@ type PCIDevice struct {
 	Slot           int
 	Vendor, Device uint16
 	What           string
+	Queues         []string // a virtio device's status and queues (virtio.PCI.QueueStates)
 }
 
 // PCIDevices lists the PCI bus in slot order: the host bridge and the
 // virtio devices with what backs them.
 func (m *Machine) PCIDevices() []PCIDevice {
 	what := map[*pci.Function]string{}
+	queues := map[*pci.Function][]string{}
 	for _, d := range m.virtio.Devices {
+		queues[d.Transport.Function()] = d.Transport.QueueStates()
 		what[d.Transport.Function()] = d.Transport.Describe()
 		what[d.Transport.Function()] += virtionet.DeviceNote(d.Transport.Device())
 	}
@@ -154,7 +157,7 @@ func (m *Machine) PCIDevices() []PCIDevice {
 		}
 		var id [4]byte
 		f.ReadConfig(pci.RegVendorID, id[:])
-		d := PCIDevice{Slot: slot, Vendor: binary.LittleEndian.Uint16(id[:]), Device: binary.LittleEndian.Uint16(id[2:]), What: what[f]}
+		d := PCIDevice{Slot: slot, Vendor: binary.LittleEndian.Uint16(id[:]), Device: binary.LittleEndian.Uint16(id[2:]), What: what[f], Queues: queues[f]}
 		if slot == 0 && d.What == "" {
 			d.What = "host bridge"
 		}
