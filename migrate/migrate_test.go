@@ -141,6 +141,17 @@ func FuzzReceive(f *testing.F) {
 	f.Add(stream(1<<20, nil, nil, true))
 	f.Add([]byte("H\x05\x00\x00\x00{}"))
 	f.Add(verifiedStream(f, noPage))
+	// A device's pre-copy data ('E') before the state, as a live
+	// migration with a PRE_COPY device sends it.
+	dev := stream(1<<20, map[uint64]byte{0x1000: 7}, nil, false)
+	name, data := "vfio/0", []byte("pre-copied device data")
+	dev = append(dev, 'E')
+	dev = binary.LittleEndian.AppendUint32(dev, uint32(1+len(name)+len(data)))
+	dev = append(append(append(dev, byte(len(name))), name...), data...)
+	st := validState(f)
+	dev = append(dev, 'S')
+	dev = binary.LittleEndian.AppendUint32(dev, uint32(len(st)))
+	f.Add(append(append(dev, st...), 'D'))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if in, err := receive(t, b); err == nil {
 			in.Memory.Close()
