@@ -538,10 +538,14 @@ func settle(args, tests []string, deadline time.Time, runL1 l1Runner, say sayFun
 				if slices.ContainsFunc(c.failedLeaves(), func(l string) bool { return !c.explained(l) }) {
 					undiagnosed++
 				}
-				if undiagnosed < 2 && runs < maxReruns {
+				if undiagnosed < 2 && (runs < maxReruns || undiagnosed == 0 && runs < maxDiagnosedReruns) {
 					runs++
+					limit := maxReruns
+					if undiagnosed == 0 {
+						limit = maxDiagnosedReruns
+					}
 					say("=== nested KVM: %s failed again, with %d failure(s) no diagnosis explains; running it once more in a fresh L1 (rerun %d of at most %d)\n",
-						name, undiagnosed, runs, maxReruns)
+						name, undiagnosed, runs, limit)
 					continue
 				}
 				code = 1
@@ -592,6 +596,15 @@ const maxRerun = 6
 // triple-faulted where no trace was read. A test that fails the same
 // way on every run still fails: its second undiagnosed failure ends it.
 const maxReruns = 2
+
+// maxDiagnosedReruns is how many times a test may run again while every
+// one of its failures carried the substrate's diagnosis. Such failures
+// come in runs: a fresh-clone run of 2026-12-07 saw
+// TestVirtioLiveMigration/mshvsim-to-kvm stalled by the substrate (vCPU 1
+// looping in L1's kvm_amd) in three L1s in a row, and stop 29's CI the
+// kvm-to-mshvsim one in two; the signature (an L2 vCPU at a RIP inside
+// L1's kvm_amd) is one no VMM bug can produce.
+const maxDiagnosedReruns = 4
 
 // unframed drops test2json's framing byte (^V) from text quoted from
 // L1's output: the test binary there frames its lines too, and quoted

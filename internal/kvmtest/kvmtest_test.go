@@ -210,10 +210,28 @@ func TestSettle(t *testing.T) {
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
 		}, 0, 0, nil},
-		// ... but not a fourth time.
+		// While every failure is diagnosed it runs up to
+		// maxDiagnosedReruns times again: after three it passes ...
 		{"diagnosed three times", []fakeRun{
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- PASS: TestA (1s)\n"},
+		}, 0, 0, nil},
+		// ... and a fifth diagnosed failure ends it.
+		{"diagnosed five times", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
+		}, 1, 0, nil},
+		// One undiagnosed failure among them brings back maxReruns: a
+		// diagnosed failure, then an undiagnosed one, then a diagnosed
+		// one end it.
+		{"diagnosed, not, diagnosed", []fakeRun{
+			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n=== RUN   TestB\n--- PASS: TestB (1s)\n", code: 1},
+			{out: "=== RUN   TestA\n--- FAIL: TestA (1s)\n", code: 1},
 			{out: "=== RUN   TestA\n" + substrateLine + "--- FAIL: TestA (1s)\n", code: 1},
 		}, 1, 0, nil},
 		// A diagnosed failure does not count against the test: a
