@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"govmm/internal/stats"
 )
 
 // rateRounds is how many times vfioRate runs each of its five setups.
@@ -192,16 +194,5 @@ func collect(rs []rateResult, get func(rateResult) float64) []float64 {
 	return v
 }
 
-// median returns the median of v (the mean of the middle two for an even
-// count), 0 for none.
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
+// median is stats.Median.
+func median(v []float64) float64 { return stats.Median(v) }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"govmm/internal/stats"
 )
 
 // metric is one row of the report.
@@ -28,17 +30,7 @@ var metrics = []metric{
 	{"boot-root-ms", "boot to init on a disk root (ext4 on virtio-blk)", "ms", true, false},
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
+func median(v []float64) float64 { return stats.Median(v) }
 
 // report prints the medians per VMM, govmm's ratio to each QEMU column
 // against the targets (at least QEMU's throughput, at most its
