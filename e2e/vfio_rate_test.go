@@ -155,7 +155,7 @@ func rateTable(setups []rateSetup, res [][]rateResult) []string {
 			return r.masked
 		}
 		lines = append(lines, fmt.Sprintf("%-26s %-32s %9s %17s %8s %20s", phase, "rounds", "median", "range", "ratio", "per-round ratio"))
-		qm := median(collect(q, get))
+		qm := stats.Median(collect(q, get))
 		for i, s := range setups {
 			v := collect(res[i], get)
 			if len(v) == 0 {
@@ -168,7 +168,7 @@ func rateTable(setups []rateSetup, res [][]rateResult) []string {
 			}
 			ratio, rr := "-", "-"
 			if qm > 0 {
-				ratio = fmt.Sprintf("%.2fx", median(v)/qm)
+				ratio = fmt.Sprintf("%.2fx", stats.Median(v)/qm)
 				var per []float64
 				for j := range v {
 					if j < len(q) && len(v) == len(q) && get(q[j]) > 0 {
@@ -176,10 +176,10 @@ func rateTable(setups []rateSetup, res [][]rateResult) []string {
 					}
 				}
 				if len(per) > 0 {
-					rr = fmt.Sprintf("%.2fx (%.2f-%.2f)", median(per), slices.Min(per), slices.Max(per))
+					rr = fmt.Sprintf("%.2fx (%.2f-%.2f)", stats.Median(per), slices.Min(per), slices.Max(per))
 				}
 			}
-			lines = append(lines, fmt.Sprintf("%-26s %-32s %9.0f %8.0f-%-8.0f %8s %20s", s.name, strings.Join(each, " "), median(v),
+			lines = append(lines, fmt.Sprintf("%-26s %-32s %9.0f %8.0f-%-8.0f %8s %20s", s.name, strings.Join(each, " "), stats.Median(v),
 				slices.Min(v), slices.Max(v), ratio, rr))
 		}
 	}
@@ -193,6 +193,3 @@ func collect(rs []rateResult, get func(rateResult) float64) []float64 {
 	}
 	return v
 }
-
-// median is stats.Median.
-func median(v []float64) float64 { return stats.Median(v) }

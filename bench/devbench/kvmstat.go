@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"govmm/internal/stats"
 )
 
 // KVM's per-VM counters in debugfs (/sys/kernel/debug/kvm/PID-FD/: exits,
@@ -135,7 +137,7 @@ func diagnostics(w io.Writer, vals map[string]map[string][]float64, infos map[st
 			any := false
 			for _, v := range vmms {
 				if xs := vals[v][k]; len(xs) > 0 {
-					m := median(xs)
+					m := stats.Median(xs)
 					any = any || m != 0
 					row += fmt.Sprintf(" %.2f |", m)
 				} else {

@@ -62,6 +62,7 @@ import (
 	"govmm/internal/initramfs"
 	"govmm/internal/linuxguest"
 	"govmm/internal/nested"
+	"govmm/internal/stats"
 )
 
 // The guest's and the host's ends of the TAP, and the vsock set-up.
@@ -778,5 +779,5 @@ func vsockRTT(vmm, sock string) (float64, error) {
 		}
 		times = append(times, float64(time.Since(t).Microseconds()))
 	}
-	return median(times), nil
+	return stats.Median(times), nil
 }

@@ -30,8 +30,6 @@ var metrics = []metric{
 	{"boot-root-ms", "boot to init on a disk root (ext4 on virtio-blk)", "ms", true, false},
 }
 
-func median(v []float64) float64 { return stats.Median(v) }
-
 // report prints the medians per VMM, govmm's ratio to each QEMU column
 // against the targets (at least QEMU's throughput, at most its
 // latency), and every failed run.
@@ -84,7 +82,7 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 		}
 		for _, v := range vmms {
 			if xs := vals[v][m.key]; len(xs) > 0 {
-				row += fmt.Sprintf(" %s (n=%d) |", num(median(xs)), len(xs))
+				row += fmt.Sprintf(" %s (n=%d) |", num(stats.Median(xs)), len(xs))
 			} else {
 				row += " - |"
 			}
@@ -93,11 +91,11 @@ func report(w io.Writer, results []result, cfg *config, command string, took tim
 		g := vals[vmms[0]][m.key]
 		for _, v := range vmms[1:] {
 			q := vals[v][m.key]
-			if len(g) == 0 || len(q) == 0 || median(q) == 0 {
+			if len(g) == 0 || len(q) == 0 || stats.Median(q) == 0 {
 				row += " - |"
 				continue
 			}
-			ratio := median(g) / median(q)
+			ratio := stats.Median(g) / stats.Median(q)
 			row += fmt.Sprintf(" %.2fx |", ratio)
 			ok := ratio >= 1
 			if m.lowerIsBetter {
