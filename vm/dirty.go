@@ -40,31 +40,34 @@ func (v *VM) StartDirtyLog() error {
 	for _, r := range v.mem.Regions() {
 		ram = append(ram, vfio.DirtyRange{GPA: r.GPA, Size: uint64(len(r.Host))})
 	}
+	// Each step that succeeds adds its undo; a later failure runs them,
+	// the last first.
+	var undo []func()
+	fail := func(err error) error {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return err
+	}
 	if err := v.plat.vfio.startDMALogging(ram); err != nil {
 		return err
 	}
+	undo = append(undo, func() { v.plat.vfio.stopDMALogging() })
 	if err := v.mem.StartDirtyLog(); err != nil {
-		v.plat.vfio.stopDMALogging()
-		return err
+		return fail(err)
 	}
+	undo = append(undo, v.mem.StopDirtyLog)
 	if err := v.plat.virtioSet.StartDirtyLog(v.mem.MarkDirty); err != nil {
-		v.mem.StopDirtyLog()
-		v.plat.vfio.stopDMALogging()
-		return err
+		return fail(err)
 	}
+	undo = append(undo, func() { v.plat.virtioSet.StopDirtyLog() })
 	if err := v.avm.EnableDirtyLog(); err != nil {
-		v.plat.virtioSet.StopDirtyLog()
-		v.mem.StopDirtyLog()
-		v.plat.vfio.stopDMALogging()
-		return err
+		return fail(err)
 	}
+	undo = append(undo, func() { v.avm.DisableDirtyLog() })
 	// Devices with PRE_COPY are read from now on, as guest RAM is.
 	if err := v.plat.vfio.startPreCopy(); err != nil {
-		v.avm.DisableDirtyLog()
-		v.plat.virtioSet.StopDirtyLog()
-		v.mem.StopDirtyLog()
-		v.plat.vfio.stopDMALogging()
-		return err
+		return fail(err)
 	}
 	v.migrating = true
 	return nil
