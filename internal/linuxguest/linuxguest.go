@@ -508,13 +508,12 @@ func InspectVCPUs(govmm, sock, heading string) string {
 		return exec.CommandContext(ctx, govmm, append([]string{"info", "--api-socket", sock}, args...)...).CombinedOutput()
 	}
 	devices := "\n--- the VM's devices and queues (govmm info):\n"
-	if out, err := info(); err != nil {
+	out, err := info()
+	if err != nil {
 		devices = fmt.Sprintf("\n--- govmm info failed (%v):\n", err)
-		devices += string(out)
-	} else {
-		devices += string(out)
 	}
-	out, err := info("--vcpus")
+	devices += string(out)
+	out, err = info("--vcpus")
 	if err != nil {
 		return devices + fmt.Sprintf("\n--- govmm info --vcpus failed (%v):\n%s", err, out)
 	}
