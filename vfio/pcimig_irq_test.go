@@ -61,6 +61,24 @@ type migSide struct {
 	bar pci.Region
 }
 
+// restore brings a destination side up as a restore does: the bus's
+// state, then the function's migration state, then its interrupts
+// (Start); the calls before the load are dropped, those of the load and
+// Start are left for the test to read.
+func (m *migSide) restore(bus pci.State, ms MigrationState) {
+	m.t.Helper()
+	if err := m.r.Restore(bus); err != nil {
+		m.t.Fatal(err)
+	}
+	m.k.ev.take()
+	if err := m.p.LoadMigration(ms); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := m.p.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
 // newMigSide builds a side; a source is started, a destination is left
 // as a VM built for saved state leaves it (Start after LoadMigration).
 func newMigSide(t *testing.T, order Order, start bool, tweaks ...func(*fakeDev)) *migSide {
@@ -202,16 +220,7 @@ func TestMigrationMSIX(t *testing.T) {
 				bus := src.r.Save()
 
 				dst := newMigSide(t, c.order, false)
-				if err := dst.r.Restore(bus); err != nil {
-					t.Fatal(err)
-				}
-				dst.k.ev.take()
-				if err := dst.p.LoadMigration(ms); err != nil {
-					t.Fatal(err)
-				}
-				if err := dst.p.Start(); err != nil {
-					t.Fatal(err)
-				}
+				dst.restore(bus, ms)
 				if err := dst.p.Run(); err != nil {
 					t.Fatal(err)
 				}
@@ -329,16 +338,7 @@ func TestMigrationMSIPending(t *testing.T) {
 				t.Fatalf("saved MSI %+v, want pending 0x1", ms.MSI)
 			}
 			dst := newMigSide(t, order, false, maskable(true, 2))
-			if err := dst.r.Restore(src.r.Save()); err != nil {
-				t.Fatal(err)
-			}
-			dst.k.ev.take()
-			if err := dst.p.LoadMigration(ms); err != nil {
-				t.Fatal(err)
-			}
-			if err := dst.p.Start(); err != nil {
-				t.Fatal(err)
-			}
+			dst.restore(src.r.Save(), ms)
 			l := irqCalls(dst.k.ev.take())
 			si := slices.Index(l, "set_irqs index=1 n=4")
 			if l[0] != "load fifo:abc" || si < 0 || slices.Contains(l, "set_irqs index=0 n=1") {
