@@ -54,14 +54,22 @@ func fields(t *testing.T, out, prefix, match string) map[string]string {
 		if !strings.HasPrefix(line, prefix+":") || !strings.Contains(line, match) {
 			continue
 		}
-		m := map[string]string{}
-		for _, kv := range regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`).FindAllStringSubmatch(line, -1) {
-			m[kv[1]] = strings.Trim(kv[2], `"`)
-		}
-		return m
+		return keyValues(line)
 	}
 	t.Fatalf("no %q line (containing %q) in the guest output:\n%s", prefix, match, out)
 	return nil
+}
+
+// keyValue is one k=v or k="v w" of a guest's report line or a log record.
+var keyValue = regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+
+// keyValues returns line's k=v fields, quotes taken off the values.
+func keyValues(line string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range keyValue.FindAllStringSubmatch(line, -1) {
+		m[kv[1]] = strings.Trim(kv[2], `"`)
+	}
+	return m
 }
 
 func num(t *testing.T, m map[string]string, k string) uint64 {

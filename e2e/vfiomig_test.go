@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -134,16 +133,11 @@ func mttyReadBack(t *testing.T, p *proc) {
 // logRecords returns the fields of the log records with message msg in
 // out, in order, with each one's line number.
 func logRecords(out, msg string) (recs []map[string]string, lines []int) {
-	kv := regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
 	for i, line := range strings.Split(out, "\n") {
 		if !strings.Contains(line, `msg="`+msg+`"`) {
 			continue
 		}
-		m := map[string]string{}
-		for _, f := range kv.FindAllStringSubmatch(line, -1) {
-			m[f[1]] = strings.Trim(f[2], `"`)
-		}
-		recs, lines = append(recs, m), append(lines, i)
+		recs, lines = append(recs, keyValues(line)), append(lines, i)
 	}
 	return recs, lines
 }
