@@ -124,10 +124,14 @@ $B ip addr add ` + guestIP + `/24 dev eth0
 $B ip link set eth0 up
 echo "devbench: init"
 # What the guest got: its virtio devices' feature bits, its clock, its
-# CPU flags and what the kernel said about its platform.
+# CPU flags, the mitigations its kernel chose (they set the cost of every
+# system call and interrupt), its command line and what the kernel said
+# about its platform.
 for d in /sys/bus/virtio/devices/*; do echo "devbench: info virtio device $($B cat $d/device) features $($B cat $d/features)"; done
 echo "devbench: info clocksource $($B cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 echo "devbench: info cpuflags$($B grep -m1 '^flags' /proc/cpuinfo | $B cut -d: -f2)"
+for v in /sys/devices/system/cpu/vulnerabilities/*; do echo "devbench: info vulnerability $($B basename $v): $($B cat $v)"; done
+echo "devbench: info cmdline $($B cat /proc/cmdline)"
 $B dmesg | $B grep -iE 'kvm|x2apic|apic|tsc|clocksource|hypervisor|ioapic|msi|pv' | $B sed -e 's/^\[[^]]*\] *//' -e 's/^/devbench: info dmesg /' | $B head -60
 # An idle stretch: the exits a guest that does nothing costs.
 echo "devbench: mark idle"
