@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
 
@@ -135,8 +136,12 @@ type PCI struct {
 	// busy counts notification handlers running and chains in flight,
 	// serving the handlers alone.
 	busy, serving int
-	// kicks wake each queue's server goroutine.
-	kicks  []chan struct{}
+	// bells are the queues' doorbells (nil for a queue a kernel
+	// backend serves): each is bound as its queue's ioeventfd wherever
+	// BAR 0 lies, and its server goroutine reads it, blocking its own
+	// thread, so the kernel wakes the thread that serves the queue
+	// itself; kick signals it too. The server closes it as it ends.
+	bells  []*routes.EventFD
 	ioevs  []*routes.IOEventFD
 	ioBase uint64 // where the doorbells are bound (0: none)
 	done   chan struct{}
@@ -243,11 +248,27 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		}
 	}
 	t.queues = make([]*Queue, len(qmax))
-	for range qmax {
-		t.kicks = append(t.kicks, make(chan struct{}, 1))
-	}
+	t.bells = make([]*routes.EventFD, len(qmax))
 	for i := range qmax {
-		go t.serve(i)
+		if t.offloaded(i) {
+			continue
+		}
+		if t.bells[i], err = routes.NewBlockingEventFD(); err != nil {
+			for _, b := range t.bells[:i] {
+				if b != nil {
+					b.Close()
+				}
+			}
+			t.closeOffload()
+			t.closeINTx()
+			t.msix.Close()
+			return nil, fmt.Errorf("%s: queue %d's doorbell: %w", dev.Name(), i, err)
+		}
+	}
+	for i, b := range t.bells {
+		if b != nil {
+			go t.serve(i, b)
+		}
 	}
 	return t, nil
 }
@@ -380,7 +401,7 @@ func (b barDev) Write(off uint64, data []byte) {
 	case off >= notifyOff && off < notifyOff+notifyLen:
 		// A doorbell that exited (no ioeventfd bound, or another
 		// width than the one bound): the queue is the slot written.
-		if q := int((off - notifyOff) / notifyMult); q < len(t.kicks) {
+		if q := int((off - notifyOff) / notifyMult); q < len(t.bells) {
 			t.kick(q)
 		}
 	case off >= msixTableOff && off < msixPBAOff:
@@ -557,9 +578,7 @@ func (t *PCI) setStatus(v uint8) {
 			return
 		}
 		// Buffers made available before DRIVER_OK are served now.
-		for i := range t.kicks {
-			t.kick(i)
-		}
+		t.kickAll()
 	}
 }
 
@@ -650,20 +669,34 @@ func (t *PCI) kick(q int) {
 		}
 		return
 	}
-	select {
-	case t.kicks[q] <- struct{}{}:
-	default:
+	if err := t.bells[q].Signal(); err != nil && !errors.Is(err, os.ErrClosed) {
+		t.log.Error("virtio: ring the queue's doorbell", "device", t.dev.Name(), "queue", q, "err", err)
 	}
 }
 
-// serve is queue q's server goroutine.
-func (t *PCI) serve(q int) {
+// kickAll kicks every queue.
+func (t *PCI) kickAll() {
+	for i := range t.bells {
+		t.kick(i)
+	}
+}
+
+// serve is queue q's server goroutine: it waits on the queue's doorbell
+// bell with its thread blocked in read(2), so a guest's notification
+// wakes this thread and no other, and closes bell when the transport
+// closes.
+func (t *PCI) serve(q int, bell *routes.EventFD) {
+	defer bell.Close()
 	confined := t.queueThread == nil
 	for {
+		if _, err := bell.ReadBlocking(); err != nil {
+			t.log.Error("virtio: the queue's doorbell failed; the queue is no longer served", "device", t.dev.Name(), "queue", q, "err", err)
+			return
+		}
 		select {
 		case <-t.done:
 			return
-		case <-t.kicks[q]:
+		default:
 		}
 		if !confined {
 			runtime.LockOSThread()
@@ -858,14 +891,12 @@ func (t *PCI) bindDoorbells() {
 			t.ioevs = append(t.ioevs, e)
 			continue
 		}
-		e, err := t.router.NewIOEventFD(addr, 2, false, nil)
+		e, err := t.router.AssignIOEventFD(t.bells[i], addr, 2, false, nil)
 		if err != nil {
 			t.log.Warn("virtio: doorbell through MMIO exits", "device", t.dev.Name(), "queue", i, "err", err)
 			continue
 		}
 		t.ioevs = append(t.ioevs, e)
-		ev, q := e.EventFD(), i
-		ev.Serve(func(uint64) { t.kick(q) })
 	}
 	t.ioBase = base
 }
@@ -907,9 +938,7 @@ func (t *PCI) Resume() {
 	active := t.active
 	t.mu.Unlock()
 	if active {
-		for i := range t.kicks {
-			t.kick(i)
-		}
+		t.kickAll()
 	}
 }
 
@@ -1035,9 +1064,7 @@ func (t *PCI) Start() {
 	}
 	t.mu.Unlock()
 	if active {
-		for i := range t.kicks {
-			t.kick(i)
-		}
+		t.kickAll()
 	}
 }
 
@@ -1061,6 +1088,12 @@ func (t *PCI) Close() error {
 	t.unbindDoorbells()
 	t.closeOffload()
 	close(t.done)
+	// The servers see done at their next wake-up, and close their bells.
+	for _, b := range t.bells {
+		if b != nil {
+			b.Signal()
+		}
+	}
 	t.mu.Unlock()
 	return errors.Join(offErr, t.closeINTx(), t.msix.Close())
 }

@@ -320,3 +320,66 @@ func TestSaveRestore(t *testing.T) {
 		t.Fatalf("restore of another device: %v", err)
 	}
 }
+
+// TestDoorbellReadByItsServer: a served queue's doorbell is an eventfd
+// outside Go's poller that its server goroutine reads with its own
+// thread blocked in read(2), so the accelerator's signal wakes the
+// thread that serves the queue and no other (the poller's thread would
+// have to hand the goroutine on). It stays the same eventfd when BAR 0
+// moves, and a close ends the server, which closes it.
+func TestDoorbellReadByItsServer(t *testing.T) {
+	d, tr := newRNG(t)
+	f := tr.Function()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], virtiotest.BARBase)
+	f.WriteConfig(0x10, b[:4])
+	f.WriteConfig(0x14, b[4:])
+	f.WriteConfig(0x04, []byte{2, 0})
+	if err := d.Init(0, 8); err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	for k := range d.VM.IOEvents {
+		fd = k
+	}
+	if len(d.VM.IOEvents) != 1 {
+		t.Fatalf("%d ioeventfds bound, want 1", len(d.VM.IOEvents))
+	}
+	if inEpoll(t, fd) {
+		t.Fatal("the doorbell's eventfd is in Go's poller")
+	}
+	blocked := func() bool {
+		t.Helper()
+		for end := time.Now().Add(wait); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			if threadInRead(t, fd) {
+				return true
+			}
+		}
+		return false
+	}
+	if !blocked() {
+		t.Fatal("no thread reads the doorbell's eventfd")
+	}
+	for i := range 3 {
+		d.Put(0, []virtiotest.Seg{{GPA: virtiotest.BufBase, Len: 32, Write: true}}, 0)
+		if u, err := d.Wait(0, wait); err != nil || u.Len != 32 {
+			t.Fatalf("request %d: used %+v, %v", i, u, err)
+		}
+	}
+	if !blocked() {
+		t.Fatal("no thread reads the doorbell's eventfd after serving")
+	}
+	binary.LittleEndian.PutUint32(b[:], virtiotest.BARBase+0x100000)
+	f.WriteConfig(0x10, b[:4])
+	if _, ok := d.VM.IOEvents[fd]; !ok || len(d.VM.IOEvents) != 1 {
+		t.Fatalf("after the BAR moved the doorbells are %v, want the same eventfd %d", d.VM.IOEvents, fd)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(wait); threadInRead(t, fd); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("a thread still reads the doorbell after Close")
+		}
+	}
+}
