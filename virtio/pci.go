@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 
+	"govmm/internal/procs"
 	"govmm/irq/routes"
 	"govmm/pci"
 )
@@ -687,6 +688,7 @@ func (t *PCI) kickAll() {
 // closes.
 func (t *PCI) serve(q int, bell *routes.EventFD) {
 	defer bell.Close()
+	defer procs.Blocking()()
 	confined := t.queueThread == nil
 	for {
 		if _, err := bell.ReadBlocking(); err != nil {
