@@ -139,9 +139,14 @@ type PCI struct {
 	busy, serving int
 	// bells are the queues' doorbells (nil for a queue a kernel
 	// backend serves): each is bound as its queue's ioeventfd wherever
-	// BAR 0 lies, and its server goroutine reads it, blocking its own
-	// thread, so the kernel wakes the thread that serves the queue
-	// itself; kick signals it too. The server closes it as it ends.
+	// BAR 0 lies, and its server goroutine waits on it; kick signals it
+	// too. The server closes it as it ends. A server that confines
+	// itself to a thread of its own (QueueThread) reads its bell there,
+	// blocking the thread, so the kernel wakes the thread that serves
+	// the queue itself; one through Go's poller would wake the poller's
+	// thread, which then hands the goroutine to the locked one (two
+	// context switches more per kick). Other servers, which any thread
+	// may run, wait in the poller.
 	bells  []*routes.EventFD
 	ioevs  []*routes.IOEventFD
 	ioBase uint64 // where the doorbells are bound (0: none)
@@ -254,7 +259,11 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		if t.offloaded(i) {
 			continue
 		}
-		if t.bells[i], err = routes.NewBlockingEventFD(); err != nil {
+		newBell := routes.NewEventFD
+		if t.queueThread != nil {
+			newBell = routes.NewBlockingEventFD
+		}
+		if t.bells[i], err = newBell(); err != nil {
 			for _, b := range t.bells[:i] {
 				if b != nil {
 					b.Close()
@@ -267,9 +276,14 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		}
 	}
 	for i, b := range t.bells {
-		if b != nil {
-			go t.serve(i, b)
+		if b == nil {
+			continue
 		}
+		release := func() {}
+		if b.Blocking() {
+			release = procs.Blocking()
+		}
+		go t.serve(i, b, release)
 	}
 	return t, nil
 }
@@ -683,15 +697,21 @@ func (t *PCI) kickAll() {
 }
 
 // serve is queue q's server goroutine: it waits on the queue's doorbell
-// bell with its thread blocked in read(2), so a guest's notification
-// wakes this thread and no other, and closes bell when the transport
-// closes.
-func (t *PCI) serve(q int, bell *routes.EventFD) {
+// bell (in read(2) on its own thread for a blocking bell, in Go's poller
+// otherwise; see PCI.bells), serves the queue at each ring, and closes
+// bell when the transport closes, then calls release. A blocking bell's
+// thread holds its Go processor while it waits, so it counts as one more
+// (procs.Blocking, taken by NewPCI and given back by release).
+func (t *PCI) serve(q int, bell *routes.EventFD, release func()) {
+	defer release()
 	defer bell.Close()
-	defer procs.Blocking()()
+	wait := bell.Wait
+	if bell.Blocking() {
+		wait = bell.ReadBlocking
+	}
 	confined := t.queueThread == nil
 	for {
-		if _, err := bell.ReadBlocking(); err != nil {
+		if _, err := wait(); err != nil {
 			t.log.Error("virtio: the queue's doorbell failed; the queue is no longer served", "device", t.dev.Name(), "queue", q, "err", err)
 			return
 		}

@@ -57,6 +57,9 @@ func NewBlockingEventFD() (*EventFD, error) {
 	return &EventFD{fd: fd, blocking: true}, nil
 }
 
+// Blocking reports whether the eventfd came from NewBlockingEventFD.
+func (e *EventFD) Blocking() bool { return e.blocking }
+
 // ReadBlocking blocks the calling thread until the counter is non-zero
 // and returns (and clears) it, for an eventfd from NewBlockingEventFD.
 // Close does not wake it: its owner signals the eventfd to stop the
