@@ -684,7 +684,11 @@ func (t *PCI) kick(q int) {
 		}
 		return
 	}
-	if err := t.bells[q].Signal(); err != nil && !errors.Is(err, os.ErrClosed) {
+	b := t.bells[q]
+	if b == nil {
+		return
+	}
+	if err := b.Signal(); err != nil && !errors.Is(err, os.ErrClosed) {
 		t.log.Error("virtio: ring the queue's doorbell", "device", t.dev.Name(), "queue", q, "err", err)
 	}
 }
