@@ -109,3 +109,66 @@ func TestEventFDPoller(t *testing.T) {
 		}
 	}
 }
+
+// TestBlockingEventFD: a blocking eventfd is read by a thread that the
+// kernel wakes, never through Go's poller; a signal before the read is
+// not lost, signals add up, and Wait and TryRead (which would block the
+// thread or need the poller) are refused.
+func TestBlockingEventFD(t *testing.T) {
+	r, w, err := os.Pipe() // Go's poller exists
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+
+	ev, err := NewBlockingEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.Signal()
+	ev.Signal()
+	if n, err := ev.ReadBlocking(); err != nil || n != 2 {
+		t.Fatalf("ReadBlocking after two signals = %d, %v", n, err)
+	}
+	got := make(chan uint64)
+	go func() {
+		n, err := ev.ReadBlocking()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- n
+	}()
+	select {
+	case n := <-got:
+		t.Fatalf("ReadBlocking returned %d before a signal", n)
+	case <-time.After(50 * time.Millisecond):
+	}
+	ev.Signal()
+	if n := <-got; n != 1 {
+		t.Fatalf("ReadBlocking = %d, want 1", n)
+	}
+	if inEpoll(t, ev.FD()) || ev.InPoller() {
+		t.Fatal("a blocking eventfd is in Go's poller")
+	}
+	if _, err := ev.TryRead(); err == nil {
+		t.Error("TryRead on a blocking eventfd succeeded")
+	}
+	if _, err := ev.Wait(); err == nil {
+		t.Error("Wait on a blocking eventfd succeeded")
+	}
+	if err := ev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ev.ReadBlocking(); err == nil {
+		t.Error("ReadBlocking on a closed eventfd succeeded")
+	}
+	plain, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := plain.ReadBlocking(); err == nil {
+		t.Error("ReadBlocking on a non-blocking eventfd succeeded")
+	}
+}
