@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"runtime"
 	"sync"
 
-	"govmm/internal/procs"
 	"govmm/irq/routes"
 	"govmm/pci"
 )
@@ -137,17 +135,8 @@ type PCI struct {
 	// busy counts notification handlers running and chains in flight,
 	// serving the handlers alone.
 	busy, serving int
-	// bells are the queues' doorbells (nil for a queue a kernel
-	// backend serves): each is bound as its queue's ioeventfd wherever
-	// BAR 0 lies, and its server goroutine waits on it; kick signals it
-	// too. The server closes it as it ends. A server that confines
-	// itself to a thread of its own (QueueThread) reads its bell there,
-	// blocking the thread, so the kernel wakes the thread that serves
-	// the queue itself; one through Go's poller would wake the poller's
-	// thread, which then hands the goroutine to the locked one (two
-	// context switches more per kick). Other servers, which any thread
-	// may run, wait in the poller.
-	bells  []*routes.EventFD
+	// kicks wake each queue's server goroutine.
+	kicks  []chan struct{}
 	ioevs  []*routes.IOEventFD
 	ioBase uint64 // where the doorbells are bound (0: none)
 	done   chan struct{}
@@ -254,36 +243,11 @@ func NewPCI(dev Device, c PCIConfig) (*PCI, error) {
 		}
 	}
 	t.queues = make([]*Queue, len(qmax))
-	t.bells = make([]*routes.EventFD, len(qmax))
-	for i := range qmax {
-		if t.offloaded(i) {
-			continue
-		}
-		newBell := routes.NewEventFD
-		if t.queueThread != nil {
-			newBell = routes.NewBlockingEventFD
-		}
-		if t.bells[i], err = newBell(); err != nil {
-			for _, b := range t.bells[:i] {
-				if b != nil {
-					b.Close()
-				}
-			}
-			t.closeOffload()
-			t.closeINTx()
-			t.msix.Close()
-			return nil, fmt.Errorf("%s: queue %d's doorbell: %w", dev.Name(), i, err)
-		}
+	for range qmax {
+		t.kicks = append(t.kicks, make(chan struct{}, 1))
 	}
-	for i, b := range t.bells {
-		if b == nil {
-			continue
-		}
-		release := func() {}
-		if b.Blocking() {
-			release = procs.Blocking()
-		}
-		go t.serve(i, b, release)
+	for i := range qmax {
+		go t.serve(i)
 	}
 	return t, nil
 }
@@ -416,7 +380,7 @@ func (b barDev) Write(off uint64, data []byte) {
 	case off >= notifyOff && off < notifyOff+notifyLen:
 		// A doorbell that exited (no ioeventfd bound, or another
 		// width than the one bound): the queue is the slot written.
-		if q := int((off - notifyOff) / notifyMult); q < len(t.bells) {
+		if q := int((off - notifyOff) / notifyMult); q < len(t.kicks) {
 			t.kick(q)
 		}
 	case off >= msixTableOff && off < msixPBAOff:
@@ -593,7 +557,9 @@ func (t *PCI) setStatus(v uint8) {
 			return
 		}
 		// Buffers made available before DRIVER_OK are served now.
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -684,45 +650,20 @@ func (t *PCI) kick(q int) {
 		}
 		return
 	}
-	b := t.bells[q]
-	if b == nil {
-		return
-	}
-	if err := b.Signal(); err != nil && !errors.Is(err, os.ErrClosed) {
-		t.log.Error("virtio: ring the queue's doorbell", "device", t.dev.Name(), "queue", q, "err", err)
+	select {
+	case t.kicks[q] <- struct{}{}:
+	default:
 	}
 }
 
-// kickAll kicks every queue.
-func (t *PCI) kickAll() {
-	for i := range t.bells {
-		t.kick(i)
-	}
-}
-
-// serve is queue q's server goroutine: it waits on the queue's doorbell
-// bell (in read(2) on its own thread for a blocking bell, in Go's poller
-// otherwise; see PCI.bells), serves the queue at each ring, and closes
-// bell when the transport closes, then calls release. A blocking bell's
-// thread holds its Go processor while it waits, so it counts as one more
-// (procs.Blocking, taken by NewPCI and given back by release).
-func (t *PCI) serve(q int, bell *routes.EventFD, release func()) {
-	defer release()
-	defer bell.Close()
-	wait := bell.Wait
-	if bell.Blocking() {
-		wait = bell.ReadBlocking
-	}
+// serve is queue q's server goroutine.
+func (t *PCI) serve(q int) {
 	confined := t.queueThread == nil
 	for {
-		if _, err := wait(); err != nil {
-			t.log.Error("virtio: the queue's doorbell failed; the queue is no longer served", "device", t.dev.Name(), "queue", q, "err", err)
-			return
-		}
 		select {
 		case <-t.done:
 			return
-		default:
+		case <-t.kicks[q]:
 		}
 		if !confined {
 			runtime.LockOSThread()
@@ -917,12 +858,14 @@ func (t *PCI) bindDoorbells() {
 			t.ioevs = append(t.ioevs, e)
 			continue
 		}
-		e, err := t.router.AssignIOEventFD(t.bells[i], addr, 2, false, nil)
+		e, err := t.router.NewIOEventFD(addr, 2, false, nil)
 		if err != nil {
 			t.log.Warn("virtio: doorbell through MMIO exits", "device", t.dev.Name(), "queue", i, "err", err)
 			continue
 		}
 		t.ioevs = append(t.ioevs, e)
+		ev, q := e.EventFD(), i
+		ev.Serve(func(uint64) { t.kick(q) })
 	}
 	t.ioBase = base
 }
@@ -964,7 +907,9 @@ func (t *PCI) Resume() {
 	active := t.active
 	t.mu.Unlock()
 	if active {
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -1090,7 +1035,9 @@ func (t *PCI) Start() {
 	}
 	t.mu.Unlock()
 	if active {
-		t.kickAll()
+		for i := range t.kicks {
+			t.kick(i)
+		}
 	}
 }
 
@@ -1114,12 +1061,6 @@ func (t *PCI) Close() error {
 	t.unbindDoorbells()
 	t.closeOffload()
 	close(t.done)
-	// The servers see done at their next wake-up, and close their bells.
-	for _, b := range t.bells {
-		if b != nil {
-			b.Signal()
-		}
-	}
 	t.mu.Unlock()
 	return errors.Join(offErr, t.closeINTx(), t.msix.Close())
 }

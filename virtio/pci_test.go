@@ -3,7 +3,6 @@ package virtio_test
 import (
 	"bytes"
 	"encoding/binary"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -319,119 +318,5 @@ func TestSaveRestore(t *testing.T) {
 	defer tr3.Close()
 	if err := tr3.Restore(bad); err == nil || !strings.Contains(err.Error(), "virtio-blk path=/other") {
 		t.Fatalf("restore of another device: %v", err)
-	}
-}
-
-// TestDoorbellReadByItsServer: the doorbell of a queue whose server
-// confines itself to a thread of its own (QueueThread) is an eventfd
-// outside Go's poller that the server reads with its thread blocked in
-// read(2), so the accelerator's signal wakes the thread that serves the
-// queue and no other (the poller's thread would have to hand the
-// goroutine on). That thread counts as one Go processor more while it
-// lives. The eventfd stays the same when BAR 0 moves, and a close ends
-// the server, which closes it.
-func TestDoorbellReadByItsServer(t *testing.T) {
-	procs := runtime.GOMAXPROCS(0)
-	d, tr := attach(t, rng.New(), virtiotest.RAM(t, 4<<20), virtio.PCIConfig{QueueThread: func(int) bool { return true }})
-	if got := runtime.GOMAXPROCS(0); got != procs+1 {
-		t.Errorf("GOMAXPROCS %d with one blocking queue server, want %d", got, procs+1)
-	}
-	f := tr.Function()
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], virtiotest.BARBase)
-	f.WriteConfig(0x10, b[:4])
-	f.WriteConfig(0x14, b[4:])
-	f.WriteConfig(0x04, []byte{2, 0})
-	if err := d.Init(0, 8); err != nil {
-		t.Fatal(err)
-	}
-	var fd int
-	for k := range d.VM.IOEvents {
-		fd = k
-	}
-	if len(d.VM.IOEvents) != 1 {
-		t.Fatalf("%d ioeventfds bound, want 1", len(d.VM.IOEvents))
-	}
-	if inEpoll(t, fd) {
-		t.Fatal("the doorbell's eventfd is in Go's poller")
-	}
-	blocked := func() bool {
-		t.Helper()
-		for end := time.Now().Add(wait); time.Now().Before(end); time.Sleep(time.Millisecond) {
-			if threadInRead(t, fd) {
-				return true
-			}
-		}
-		return false
-	}
-	if !blocked() {
-		t.Fatal("no thread reads the doorbell's eventfd")
-	}
-	for i := range 3 {
-		d.Put(0, []virtiotest.Seg{{GPA: virtiotest.BufBase, Len: 32, Write: true}}, 0)
-		if u, err := d.Wait(0, wait); err != nil || u.Len != 32 {
-			t.Fatalf("request %d: used %+v, %v", i, u, err)
-		}
-	}
-	if !blocked() {
-		t.Fatal("no thread reads the doorbell's eventfd after serving")
-	}
-	binary.LittleEndian.PutUint32(b[:], virtiotest.BARBase+0x100000)
-	f.WriteConfig(0x10, b[:4])
-	if _, ok := d.VM.IOEvents[fd]; !ok || len(d.VM.IOEvents) != 1 {
-		t.Fatalf("after the BAR moved the doorbells are %v, want the same eventfd %d", d.VM.IOEvents, fd)
-	}
-	if err := tr.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for end := time.Now().Add(wait); threadInRead(t, fd); time.Sleep(time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("a thread still reads the doorbell after Close")
-		}
-	}
-	for end := time.Now().Add(wait); runtime.GOMAXPROCS(0) != procs; time.Sleep(time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("GOMAXPROCS %d after the server ended, want the %d before", runtime.GOMAXPROCS(0), procs)
-		}
-	}
-}
-
-// TestDoorbellInPoller: a queue whose server any thread may run (no
-// QueueThread: virtio-blk's, whose requests go to workers) waits for its
-// doorbell in Go's poller, with no thread of its own blocked and no Go
-// processor added, and is served.
-func TestDoorbellInPoller(t *testing.T) {
-	procs := runtime.GOMAXPROCS(0)
-	d, tr := newRNG(t)
-	f := tr.Function()
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], virtiotest.BARBase)
-	f.WriteConfig(0x10, b[:4])
-	f.WriteConfig(0x14, b[4:])
-	f.WriteConfig(0x04, []byte{2, 0})
-	if err := d.Init(0, 8); err != nil {
-		t.Fatal(err)
-	}
-	if len(d.VM.IOEvents) != 1 {
-		t.Fatalf("%d ioeventfds bound, want 1", len(d.VM.IOEvents))
-	}
-	var fd int
-	for k := range d.VM.IOEvents {
-		fd = k
-	}
-	for i := range 3 {
-		d.Put(0, []virtiotest.Seg{{GPA: virtiotest.BufBase, Len: 32, Write: true}}, 0)
-		if u, err := d.Wait(0, wait); err != nil || u.Len != 32 {
-			t.Fatalf("request %d: used %+v, %v", i, u, err)
-		}
-	}
-	if !inEpoll(t, fd) {
-		t.Error("the doorbell's eventfd is not in Go's poller")
-	}
-	if threadInRead(t, fd) {
-		t.Error("a thread is blocked reading the doorbell's eventfd")
-	}
-	if got := runtime.GOMAXPROCS(0); got != procs {
-		t.Errorf("GOMAXPROCS %d, want the %d before: no thread of the queue's is blocked", got, procs)
 	}
 }

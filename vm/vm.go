@@ -24,7 +24,6 @@ import (
 	"govmm/accel"
 	"govmm/cpu"
 	"govmm/devices/bus"
-	"govmm/internal/procs"
 	"govmm/memory"
 	"govmm/snapshot"
 )
@@ -476,8 +475,6 @@ func (v *VM) enterVCPUThread(index int) bool {
 // runVCPU runs vCPU index on the calling (locked) thread until the VM
 // stops.
 func (v *VM) runVCPU(index int, c accel.VCPU) {
-	// The thread spends its life in KVM_RUN (or MSHV_RUN_VP).
-	defer procs.Blocking()()
 	act := &v.ctl.activity[index]
 	h := ioHandler{v.pio, v.mmio, act}
 	for !v.isStopped() {

@@ -30,8 +30,6 @@ type EventFD struct {
 	// before). Closing it closes fd.
 	f      *os.File
 	closed bool
-	// blocking: made by NewBlockingEventFD, read by ReadBlocking.
-	blocking bool
 }
 
 // NewEventFD creates an eventfd with a zero counter.
@@ -41,50 +39,6 @@ func NewEventFD() (*EventFD, error) {
 		return nil, fmt.Errorf("create eventfd: %w", err)
 	}
 	return &EventFD{fd: fd}, nil
-}
-
-// NewBlockingEventFD creates an eventfd with a zero counter whose reads
-// block the calling thread (ReadBlocking). It is for a doorbell one
-// thread waits on and nothing else reads: the kernel wakes that thread
-// itself, where an eventfd in Go's poller wakes the poller's thread,
-// which then has to hand the goroutine on (to another thread if the
-// goroutine is locked to one). It never joins the poller.
-func NewBlockingEventFD() (*EventFD, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("create eventfd: %w", err)
-	}
-	return &EventFD{fd: fd, blocking: true}, nil
-}
-
-// Blocking reports whether the eventfd came from NewBlockingEventFD.
-func (e *EventFD) Blocking() bool { return e.blocking }
-
-// ReadBlocking blocks the calling thread until the counter is non-zero
-// and returns (and clears) it, for an eventfd from NewBlockingEventFD.
-// Close does not wake it: its owner signals the eventfd to stop the
-// reader, and closes it once the reader returned.
-func (e *EventFD) ReadBlocking() (uint64, error) {
-	e.mu.RLock()
-	closed, blocking := e.closed, e.blocking
-	e.mu.RUnlock()
-	switch {
-	case closed:
-		return 0, fmt.Errorf("read eventfd %d: %w", e.fd, os.ErrClosed)
-	case !blocking:
-		return 0, fmt.Errorf("read eventfd %d: not a blocking eventfd (NewBlockingEventFD)", e.fd)
-	}
-	var b [8]byte
-	for {
-		n, err := unix.Read(e.fd, b[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || n != 8 {
-			return 0, fmt.Errorf("read eventfd %d: %v", e.fd, err)
-		}
-		return binary.LittleEndian.Uint64(b[:]), nil
-	}
 }
 
 // dup returns a second EventFD on the same eventfd (reads on either
@@ -143,9 +97,6 @@ func (e *EventFD) pollFile() (*os.File, error) {
 	if e.closed {
 		return nil, os.ErrClosed
 	}
-	if e.blocking {
-		return nil, errors.New("a blocking eventfd is read with ReadBlocking")
-	}
 	if e.f == nil {
 		e.f = os.NewFile(uintptr(e.fd), "eventfd")
 	}
@@ -167,16 +118,12 @@ func (e *EventFD) Wait() (uint64, error) {
 }
 
 // TryRead returns (and clears) the counter without blocking; 0 if it was 0.
-// A blocking eventfd (NewBlockingEventFD) refuses it.
 func (e *EventFD) TryRead() (uint64, error) {
 	var b [8]byte
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	if e.closed {
 		return 0, fmt.Errorf("read eventfd %d: %w", e.fd, os.ErrClosed)
-	}
-	if e.blocking {
-		return 0, fmt.Errorf("read eventfd %d: a blocking eventfd cannot be read without blocking", e.fd)
 	}
 	n, err := unix.Read(e.fd, b[:])
 	if errors.Is(err, unix.EAGAIN) {

@@ -17,7 +17,6 @@ import (
 	"govmm/boot/arm64image"
 	"govmm/devices/bus"
 	"govmm/devices/pl011"
-	"govmm/internal/procs"
 	"govmm/irq/routes"
 	"govmm/memory"
 	"govmm/pci"
@@ -355,8 +354,6 @@ func (m *Machine) Run() Result {
 				m.stop(Result{Stop: StopCrash, Err: fmt.Errorf("vCPU %d: %w", v.Index(), err)})
 				return
 			}
-			// The thread spends its life in KVM_RUN.
-			defer procs.Blocking()()
 			for {
 				exit, err := v.Run(h)
 				if err != nil {
