@@ -23,10 +23,11 @@
 // io_exits, halt_exits, irq_window_exits, insn_emulation, ...) and the
 // guest's /proc/interrupts and the VMM process's /proc/PID (CPU time
 // outside and inside the guest, read and write system calls, context
-// switches; around each disk pattern too), and the guest prints its virtio devices'
-// feature bits, its clocksource, its CPU flags, the mitigations its kernel
-// chose, its command line and its kernel's platform lines: the report sets them side by side per MB, per round trip and per
-// second, to show where one VMM's guest costs more than another's.
+// switches; around each disk pattern too), and the guest prints its virtio
+// devices' feature bits, its clocksource, its CPU flags, the mitigations
+// its kernel chose, its command line and its kernel's platform lines: the
+// report sets them side by side per MB, per round trip and per second, to
+// show where one VMM's guest costs more than another's.
 //
 // Where there is no hardware-semantics /dev/kvm (or with -nested), the
 // benchmark builds here and runs itself inside a nested-KVM VM (L1),
