@@ -24,6 +24,7 @@ import (
 	"govmm/accel"
 	"govmm/cpu"
 	"govmm/devices/bus"
+	"govmm/internal/schedpolicy"
 	"govmm/memory"
 	"govmm/snapshot"
 )
@@ -379,6 +380,7 @@ func (v *VM) Run() Result {
 
 // run is Run on the BSP's locked thread.
 func (v *VM) run() Result {
+	v.interactive()
 	bsp, err := v.setupVCPU(0)
 	if err != nil {
 		v.Stop(Result{Kind: StopError, Status: StatusInternal, Err: err})
@@ -396,6 +398,7 @@ func (v *VM) run() Result {
 			if v.vcpuThread == nil {
 				defer runtime.UnlockOSThread()
 			}
+			v.interactive()
 			c, err := v.setupVCPU(i)
 			ready <- err
 			if err != nil {
@@ -455,6 +458,15 @@ func (v *VM) SetBeforeGuest(fn func() error) { v.beforeGuest = fn }
 // its own rather than on Run's caller's. An error stops the VM. Call it
 // before Run.
 func (v *VM) SetVCPUThread(fn func(index int) error) { v.vcpuThread = fn }
+
+// interactive gives the calling vCPU thread, locked to its goroutine, the
+// normal scheduling policy where the process's helper threads are batch
+// ones (schedpolicy), before any seccomp filter.
+func (v *VM) interactive() {
+	if err := schedpolicy.Interactive(); err != nil {
+		v.log.Warn("vCPU thread keeps the batch scheduling policy", "err", err)
+	}
+}
 
 // enterVCPUThread calls the vcpuThread hook on vCPU index's thread and
 // reports whether the vCPU may run.

@@ -19,8 +19,11 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
+
+	"govmm/internal/schedpolicy"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -53,6 +56,13 @@ var mainStart time.Time
 
 func main() {
 	mainStart = time.Now()
+	if len(os.Args) > 1 && slices.Contains([]string{"run", "restore", "migrate"}, os.Args[1]) {
+		// The VMM's helper threads do not preempt its vCPU threads
+		// (which take the normal policy back); see schedpolicy.
+		if err := schedpolicy.BatchProcess(); err != nil {
+			fmt.Fprintf(os.Stderr, "govmm: warning: the helper threads keep the normal scheduling policy: %v\n", err)
+		}
+	}
 	os.Exit(realMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

@@ -1,0 +1,94 @@
+// Package schedpolicy keeps govmm's helper threads from preempting its
+// vCPU threads.
+//
+// A woken Linux thread of the normal policy may preempt the thread running
+// on its CPU. govmm's device and Go runtime threads wake many times per
+// transfer, and measured in L1 (README, "Every govmm thread SCHED_BATCH")
+// each wake-up that lands on a vCPU's CPU puts the vCPU off it: a VM exit
+// and entry more, and the guest stalls while the helper runs. A
+// SCHED_BATCH thread's wake-up does not preempt: it runs on an idle CPU,
+// or when the running thread yields or its slice ends. The policy needs
+// no privilege. The vCPU threads keep the normal policy, so that a
+// guest's interrupt still wakes its vCPU at once on a busy host.
+package schedpolicy
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Policies (sched(7)).
+const (
+	policyOther = 0
+	policyBatch = 3
+)
+
+// attr is struct sched_attr (include/uapi/linux/sched/types.h), its first
+// version (48 bytes).
+type attr struct {
+	size     uint32
+	policy   uint32
+	flags    uint64
+	nice     int32
+	priority uint32
+	runtime  uint64
+	deadline uint64
+	period   uint64
+}
+
+func set(tid int, policy uint32) error {
+	a := attr{size: uint32(unsafe.Sizeof(attr{})), policy: policy}
+	if _, _, e := unix.Syscall(unix.SYS_SCHED_SETATTR, uintptr(tid), uintptr(unsafe.Pointer(&a)), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Policy returns thread tid's policy (0 for the calling thread).
+func Policy(tid int) (int, error) {
+	var a attr
+	if _, _, e := unix.Syscall6(unix.SYS_SCHED_GETATTR, uintptr(tid), uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
+		return 0, fmt.Errorf("sched_getattr %d: %w", tid, e)
+	}
+	return int(a.policy), nil
+}
+
+// BatchProcess gives every thread of the process SCHED_BATCH; threads
+// created later inherit it from their creators. A thread that ends while
+// it runs is skipped.
+func BatchProcess() error {
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("list the process's threads: %w", err)
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := set(tid, policyBatch); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("set SCHED_BATCH on thread %d: %w", tid, err)
+		}
+	}
+	return nil
+}
+
+// Interactive gives the calling thread, which must be locked to its
+// goroutine (runtime.LockOSThread), the normal policy back. It is called
+// before any seccomp filter, which does not allow sched_setattr; the
+// policy is not taken back, since a vCPU thread ends with its VM (or, not
+// confined, goes back to the runtime's pool with the normal policy, as it
+// had before BatchProcess).
+func Interactive() error {
+	if p, err := Policy(0); err != nil || p == policyOther {
+		return err
+	}
+	if err := set(0, policyOther); err != nil {
+		return fmt.Errorf("set SCHED_OTHER on a vCPU thread: %w", err)
+	}
+	return nil
+}
