@@ -16,45 +16,27 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // Policies (sched(7)).
 const (
-	policyOther = 0
-	policyBatch = 3
+	policyOther = unix.SCHED_NORMAL
+	policyBatch = unix.SCHED_BATCH
 )
 
-// attr is struct sched_attr (include/uapi/linux/sched/types.h), its first
-// version (48 bytes).
-type attr struct {
-	size     uint32
-	policy   uint32
-	flags    uint64
-	nice     int32
-	priority uint32
-	runtime  uint64
-	deadline uint64
-	period   uint64
-}
-
 func set(tid int, policy uint32) error {
-	a := attr{size: uint32(unsafe.Sizeof(attr{})), policy: policy}
-	if _, _, e := unix.Syscall(unix.SYS_SCHED_SETATTR, uintptr(tid), uintptr(unsafe.Pointer(&a)), 0); e != 0 {
-		return e
-	}
-	return nil
+	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: policy}, 0)
 }
 
 // Policy returns thread tid's policy (0 for the calling thread).
 func Policy(tid int) (int, error) {
-	var a attr
-	if _, _, e := unix.Syscall6(unix.SYS_SCHED_GETATTR, uintptr(tid), uintptr(unsafe.Pointer(&a)), unsafe.Sizeof(a), 0, 0, 0); e != 0 {
-		return 0, fmt.Errorf("sched_getattr %d: %w", tid, e)
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return 0, fmt.Errorf("sched_getattr %d: %w", tid, err)
 	}
-	return int(a.policy), nil
+	return int(a.Policy), nil
 }
 
 // BatchProcess gives every thread of the process SCHED_BATCH; threads

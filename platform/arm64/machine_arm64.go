@@ -17,6 +17,7 @@ import (
 	"govmm/boot/arm64image"
 	"govmm/devices/bus"
 	"govmm/devices/pl011"
+	"govmm/internal/schedpolicy"
 	"govmm/irq/routes"
 	"govmm/memory"
 	"govmm/pci"
@@ -348,6 +349,9 @@ func (m *Machine) Run() Result {
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
+			if err := schedpolicy.Interactive(); err != nil {
+				m.cfg.Log.Warn("vCPU thread keeps the batch scheduling policy", "err", err)
+			}
 			if m.cfg.VCPUThread == nil {
 				defer runtime.UnlockOSThread()
 			} else if err := m.cfg.VCPUThread(v.Index()); err != nil {
