@@ -26,8 +26,17 @@ const (
 	policyBatch = unix.SCHED_BATCH
 )
 
-func set(tid int, policy uint32) error {
-	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: policy}, 0)
+// change gives thread tid (0 for the calling thread) policy to if its
+// policy is from, keeping its nice value and flags: a user's `nice` or
+// real-time policy for govmm is theirs, and an unprivileged process may
+// not lower its nice value again.
+func change(tid int, from, to uint32) error {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil || a.Policy != from {
+		return err
+	}
+	a.Policy = to
+	return unix.SchedSetAttr(tid, a, 0)
 }
 
 // Policy returns thread tid's policy (0 for the calling thread).
@@ -39,9 +48,9 @@ func Policy(tid int) (int, error) {
 	return int(a.Policy), nil
 }
 
-// BatchProcess gives every thread of the process SCHED_BATCH; threads
-// created later inherit it from their creators. A thread that ends while
-// it runs is skipped.
+// BatchProcess gives every thread of the process that has the normal
+// policy SCHED_BATCH; threads created later inherit it from their
+// creators. A thread that ends while it runs is skipped.
 func BatchProcess() error {
 	ents, err := os.ReadDir("/proc/self/task")
 	if err != nil {
@@ -52,7 +61,7 @@ func BatchProcess() error {
 		if err != nil {
 			continue
 		}
-		if err := set(tid, policyBatch); err != nil && err != unix.ESRCH {
+		if err := change(tid, policyOther, policyBatch); err != nil && err != unix.ESRCH {
 			return fmt.Errorf("set SCHED_BATCH on thread %d: %w", tid, err)
 		}
 	}
@@ -60,16 +69,13 @@ func BatchProcess() error {
 }
 
 // Interactive gives the calling thread, which must be locked to its
-// goroutine (runtime.LockOSThread), the normal policy back. It is called
-// before any seccomp filter, which does not allow sched_setattr; the
-// policy is not taken back, since a vCPU thread ends with its VM (or, not
-// confined, goes back to the runtime's pool with the normal policy, as it
-// had before BatchProcess).
+// goroutine (runtime.LockOSThread), the normal policy back if it has
+// SCHED_BATCH. It is called before any seccomp filter, which does not
+// allow sched_setattr; the policy is not taken back, since a vCPU thread
+// ends with its VM (or, not confined, goes back to the runtime's pool
+// with the normal policy, as it had before BatchProcess).
 func Interactive() error {
-	if p, err := Policy(0); err != nil || p == policyOther {
-		return err
-	}
-	if err := set(0, policyOther); err != nil {
+	if err := change(0, policyBatch, policyOther); err != nil {
 		return fmt.Errorf("set SCHED_OTHER on a vCPU thread: %w", err)
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestBatchThenInteractive: BatchProcess reaches every thread, and
@@ -38,5 +40,56 @@ func TestBatchThenInteractive(t *testing.T) {
 	<-done
 	if before != policyBatch || during != policyOther {
 		t.Errorf("a locked thread's policy: %d before, %d after Interactive; want %d, %d", before, during, policyBatch, policyOther)
+	}
+}
+
+// TestOthersLeftAlone: a thread's nice value survives BatchProcess and
+// Interactive, and a thread of another policy than the normal one (here
+// SCHED_IDLE, which needs no privilege) keeps it.
+func TestOthersLeftAlone(t *testing.T) {
+	type thread struct {
+		policy uint32
+		nice   int32
+	}
+	lockedThread := func(set unix.SchedAttr, interactive bool) (before, after thread) {
+		ready, batched, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread() // the thread ends with the goroutine
+			err := unix.SchedSetAttr(0, &set, 0)
+			close(ready)
+			if err != nil {
+				t.Errorf("sched_setattr %+v: %v", set, err)
+				return
+			}
+			<-batched
+			if interactive {
+				if err := Interactive(); err != nil {
+					t.Error(err)
+				}
+			}
+			a, err := unix.SchedGetAttr(0, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			after = thread{a.Policy, a.Nice}
+		}()
+		<-ready
+		if err := BatchProcess(); err != nil {
+			t.Fatal(err)
+		}
+		close(batched)
+		<-done
+		return thread{set.Policy, set.Nice}, after
+	}
+	if b, a := lockedThread(unix.SchedAttr{Policy: policyOther, Nice: 5}, false); a != (thread{policyBatch, 5}) {
+		t.Errorf("a thread %+v: %+v after BatchProcess, want batch and nice 5", b, a)
+	}
+	if b, a := lockedThread(unix.SchedAttr{Policy: policyOther, Nice: 5}, true); a != (thread{policyOther, 5}) {
+		t.Errorf("a thread %+v: %+v after BatchProcess and Interactive, want normal and nice 5", b, a)
+	}
+	if b, a := lockedThread(unix.SchedAttr{Policy: unix.SCHED_IDLE}, true); a.policy != unix.SCHED_IDLE {
+		t.Errorf("a thread %+v: %+v after BatchProcess and Interactive, want SCHED_IDLE kept", b, a)
 	}
 }
