@@ -39,8 +39,8 @@ func change(tid int, from, to uint32) error {
 	return unix.SchedSetAttr(tid, a, 0)
 }
 
-// Policy returns thread tid's policy (0 for the calling thread).
-func Policy(tid int) (int, error) {
+// policyOf returns thread tid's policy (0 for the calling thread).
+func policyOf(tid int) (int, error) {
 	a, err := unix.SchedGetAttr(tid, 0)
 	if err != nil {
 		return 0, fmt.Errorf("sched_getattr %d: %w", tid, err)

@@ -21,7 +21,7 @@ func TestBatchThenInteractive(t *testing.T) {
 	}
 	for _, e := range ents {
 		tid, _ := strconv.Atoi(e.Name())
-		if p, err := Policy(tid); err == nil && p != policyBatch {
+		if p, err := policyOf(tid); err == nil && p != policyBatch {
 			t.Errorf("thread %d: policy %d after BatchProcess, want SCHED_BATCH (%d)", tid, p, policyBatch)
 		}
 	}
@@ -30,12 +30,12 @@ func TestBatchThenInteractive(t *testing.T) {
 	go func() {
 		defer close(done)
 		runtime.LockOSThread() // the thread ends with the goroutine
-		before, _ = Policy(0)
+		before, _ = policyOf(0)
 		if err := Interactive(); err != nil {
 			t.Error(err)
 			return
 		}
-		during, _ = Policy(0)
+		during, _ = policyOf(0)
 	}()
 	<-done
 	if before != policyBatch || during != policyOther {
