@@ -2,7 +2,8 @@
 // same KVM (issue #13, item 5): disk IOPS and throughput, TCP throughput
 // both ways, and vsock round-trip latency, from one Linux guest per VMM
 // running the same load program (guestload) with the same kernel,
-// initramfs, disk image and TAP set-up, interleaved per repetition.
+// initramfs, disk image and TAP set-up, interleaved per repetition, each
+// column in each place in turn.
 //
 // The VMMs: govmm on KVM (--disk, --net tap=, --vsock over a Unix socket:
 // govmm's hybrid vsock served in userspace; the column govmm-vhost has
@@ -422,11 +423,26 @@ func (c *collector) line(l string) {
 // vmms are the columns, in order.
 func (cfg *config) vmms() []string { return cfg.columns }
 
-// measure runs every VMM once per repetition, interleaved.
+// runOrder is the order of the columns in repetition rep: rotated by
+// one place per repetition, so that each column takes each place in turn.
+// In L1 a column's place in the repetition moves some rows as much as a
+// change does (README, "govmm's helper threads SCHED_BATCH": random and
+// sequential I/O went opposite ways with two builds' places swapped), and
+// a fixed order would give that to one column in every pair.
+func runOrder(columns []string, rep int) []string {
+	n := len(columns)
+	if n == 0 {
+		return nil
+	}
+	k := rep % n
+	return append(slices.Clone(columns[k:]), columns[:k]...)
+}
+
+// measure runs every VMM once per repetition, interleaved, in runOrder.
 func measure(cfg *config) {
 	mountDebugfs()
 	for rep := cfg.from; rep < cfg.runs; rep++ {
-		for _, vmm := range cfg.vmms() {
+		for _, vmm := range runOrder(cfg.vmms(), rep) {
 			// qemu-vhost's boot is qemu's, govmm-vhost's govmm's.
 			if !(vmm == "qemu-vhost" && slices.Contains(cfg.columns, "qemu")) && !(vmm == "govmm-vhost" && slices.Contains(cfg.columns, "govmm")) {
 				ms, err := bootRoot(cfg, vmm)

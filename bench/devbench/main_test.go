@@ -37,3 +37,35 @@ func TestCommandAltVhost(t *testing.T) {
 		t.Errorf("govmm-vhost-alt without vhost: %q", a)
 	}
 }
+
+// TestRunOrder: over as many repetitions as there are columns, each
+// column runs once in each place, and every repetition runs each column
+// once.
+func TestRunOrder(t *testing.T) {
+	cols := []string{"govmm", "govmm-alt", "qemu"}
+	seen := map[string]map[int]bool{}
+	for rep := 0; rep < 2*len(cols); rep++ {
+		order := runOrder(cols, rep)
+		sorted := slices.Sorted(slices.Values(order))
+		if !slices.Equal(sorted, []string{"govmm", "govmm-alt", "qemu"}) {
+			t.Fatalf("repetition %d runs %q", rep, order)
+		}
+		for place, c := range order {
+			if seen[c] == nil {
+				seen[c] = map[int]bool{}
+			}
+			seen[c][place] = true
+		}
+		if rep == 0 && !slices.Equal(order, cols) {
+			t.Errorf("repetition 0 runs %q, want the columns' own order %q", order, cols)
+		}
+	}
+	for _, c := range cols {
+		if len(seen[c]) != len(cols) {
+			t.Errorf("%s ran in places %v, want every place", c, seen[c])
+		}
+	}
+	if runOrder(nil, 3) != nil {
+		t.Error("no columns: want no order")
+	}
+}
