@@ -25,8 +25,10 @@ import (
 //   - Linux boots with the default confinement, 2 vCPUs, a disk and an
 //     RNG; while it runs, /proc/PID/task/*/status shows the process
 //     filter on every thread (Seccomp: 2) and one filter more on vcpu0,
-//     vcpu1 and the virtio-blk worker that served the guest's read; the
-//     guest reads its disk and powers off, and govmm exits 0.
+//     vcpu1 and the virtio-blk worker that served the guest's read, and
+//     the normal scheduling policy on the vCPU threads, SCHED_BATCH on
+//     every other; the guest reads its disk and powers off, and govmm
+//     exits 0.
 func TestARM64Confine(t *testing.T) {
 	a := arm64L1(t)
 	dir, bin, _ := buildARM64Govmm(t)
@@ -65,6 +67,7 @@ pid=$!
 i=0
 while [ $i -lt 900 ] && ! grep -q 'arm64-confine: read-done' /tmp/linux.out; do sleep 0.5; i=$((i+1)); done
 for task in /proc/$pid/task/*; do echo "l1: thread $(cat $task/comm) $(grep Seccomp_filters: $task/status | tr -d ' \t')"; done
+for task in /proc/$pid/task/*; do echo "l1: policy $(cat $task/comm) $(sed 's/^.*) //' $task/stat | cut -d' ' -f39)"; done
 grep -E '^Seccomp' /proc/$pid/status | tr -d ' \t' | sed 's/^/l1: main /'
 wait $pid
 echo "l1: linux exit=$?"
@@ -106,6 +109,23 @@ sed 's/^/linux: /' /tmp/linux.out
 	}
 	if got, want := guestValue(o, "arm64-confine", "known-sum"), sum(img[arm64KnownOff:arm64KnownOff+arm64Block]); got != want {
 		t.Errorf("the confined VM's guest read the known block as %q, want %s", got, want)
+	}
+	// Scheduling policies: the normal one (0) on the vCPU threads,
+	// SCHED_BATCH (3) on every other (package schedpolicy).
+	policies := regexp.MustCompile(`l1: policy (\S+) (\d+)`).FindAllStringSubmatch(o, -1)
+	vcpu0 := false
+	for _, m := range policies {
+		want := "3"
+		if strings.HasPrefix(m[1], "vcpu") {
+			want = "0"
+			vcpu0 = vcpu0 || m[1] == "vcpu0"
+		}
+		if m[2] != want {
+			t.Errorf("thread %q: scheduling policy %s, want %s", m[1], m[2], want)
+		}
+	}
+	if !vcpu0 {
+		t.Errorf("no scheduling policy read for a thread named vcpu0: %q", policies)
 	}
 	// Filters per thread: the main thread's (the process filter) on
 	// every thread, one more on the vCPU threads and the disk worker.

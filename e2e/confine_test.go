@@ -197,9 +197,10 @@ func TestConfineFlags(t *testing.T) {
 // while its init ticks, reads every thread's /proc status: the threads
 // named vcpu0 and vcpu1 carry one seccomp filter more than all the others
 // (their own on top of the process filter), and no other thread has it.
-// The guest then ticks to its end and powers off. With
-// --seccomp=process (a bare-metal guest suffices) no thread has a filter
-// of its own.
+// Every thread but vcpu0 and vcpu1 has the SCHED_BATCH policy, and they
+// the normal one (package schedpolicy). The guest then ticks to its end
+// and powers off. With --seccomp=process (a bare-metal guest suffices) no
+// thread has a filter of its own.
 func TestConfineVCPUThreads(t *testing.T) {
 	g := newTickingLinux(t, 4)
 	for _, acc := range accels(t) {
@@ -223,6 +224,7 @@ func TestConfineVCPUThreads(t *testing.T) {
 				t.Errorf("want threads vcpu0 and vcpu1 with %d filters each, got %v", base+1, counts)
 			}
 			t.Logf("seccomp filters per thread: %v", counts)
+			checkThreadPolicies(t, p.cmd.Process.Pid)
 			g.finish(t, p, 1, "")
 
 			q := start(t, append(append([]string{"run"}, acc...), "--kernel", guestPath(t, "testguest"), "--memory", "128M",
@@ -237,6 +239,59 @@ func TestConfineVCPUThreads(t *testing.T) {
 			verify(t, q)
 		})
 	}
+}
+
+// checkThreadPolicies checks the scheduling policy of each thread of
+// process pid: the normal one (0) on the vCPU threads, SCHED_BATCH (3)
+// on every other (schedpolicy: govmm's helper threads do not preempt its
+// vCPUs).
+func checkThreadPolicies(t *testing.T, pid int) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies := map[string][]int{}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		stat, err1 := os.ReadFile(dir + "/stat")
+		comm, err2 := os.ReadFile(dir + "/comm")
+		if err1 != nil || err2 != nil {
+			continue // the thread ended
+		}
+		name := strings.TrimSpace(string(comm))
+		policy, err := statPolicy(string(stat))
+		if err != nil {
+			t.Fatalf("%s/stat: %v", dir, err)
+		}
+		policies[name] = append(policies[name], policy)
+		want := 3
+		if strings.HasPrefix(name, "vcpu") {
+			want = 0
+		}
+		if policy != want {
+			t.Errorf("thread %s (%q): scheduling policy %d, want %d", task.Name(), name, policy, want)
+		}
+	}
+	if len(policies["vcpu0"]) == 0 {
+		t.Errorf("no thread named vcpu0: %v", policies)
+	}
+	t.Logf("scheduling policies per thread name: %v", policies)
+}
+
+// statPolicy is the policy field (the 41st) of a /proc/PID/task/TID/stat
+// line; the fields count from after the name's closing parenthesis, the
+// third field.
+func statPolicy(stat string) (int, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("no ')' in %q", stat)
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 39 {
+		return 0, fmt.Errorf("%d fields after the name, want at least 39", len(f))
+	}
+	return strconv.Atoi(f[38])
 }
 
 // threadFilters reads Seccomp_filters of each thread of process pid, by

@@ -335,28 +335,35 @@ func (m *Machine) Run() Result {
 	if !m.cfg.Epoch.IsZero() {
 		m.cfg.Log.Info("guest start", "since_main", time.Since(m.cfg.Epoch))
 	}
-	if m.cfg.BeforeGuest != nil {
-		if err := m.cfg.BeforeGuest(); err != nil {
-			m.stop(Result{Stop: StopCrash, Err: err})
-			return m.result
-		}
-	}
-	if m.restored {
-		go m.startVirtio()
-	}
+	// Each vCPU's thread is locked and takes the normal scheduling policy
+	// back before BeforeGuest, whose seccomp filter does not allow
+	// sched_setattr; the vCPUs enter the guest once it has run.
+	start := make(chan struct{})
+	var locked sync.WaitGroup
 	for _, v := range m.vcpus {
 		wg.Add(1)
+		locked.Add(1)
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
+			if m.cfg.VCPUThread == nil {
+				defer runtime.UnlockOSThread()
+			}
 			if err := schedpolicy.Interactive(); err != nil {
 				m.cfg.Log.Warn("vCPU thread keeps the batch scheduling policy", "err", err)
 			}
-			if m.cfg.VCPUThread == nil {
-				defer runtime.UnlockOSThread()
-			} else if err := m.cfg.VCPUThread(v.Index()); err != nil {
-				m.stop(Result{Stop: StopCrash, Err: fmt.Errorf("vCPU %d: %w", v.Index(), err)})
+			locked.Done()
+			<-start
+			select {
+			case <-m.done: // BeforeGuest failed
 				return
+			default:
+			}
+			if m.cfg.VCPUThread != nil {
+				if err := m.cfg.VCPUThread(v.Index()); err != nil {
+					m.stop(Result{Stop: StopCrash, Err: fmt.Errorf("vCPU %d: %w", v.Index(), err)})
+					return
+				}
 			}
 			for {
 				exit, err := v.Run(h)
@@ -386,6 +393,16 @@ func (m *Machine) Run() Result {
 			}
 		}()
 	}
+	locked.Wait()
+	if m.cfg.BeforeGuest != nil {
+		if err := m.cfg.BeforeGuest(); err != nil {
+			m.stop(Result{Stop: StopCrash, Err: err})
+		}
+	}
+	if m.restored && !closed(m.done) {
+		go m.startVirtio()
+	}
+	close(start)
 	wg.Wait()
 	if err := m.uart.OutputError(); err != nil && m.result.Err == nil && m.result.Stop != StopCrash {
 		m.cfg.Log.Warn("console output failed", "err", err)
