@@ -241,36 +241,53 @@ func TestConfineVCPUThreads(t *testing.T) {
 	}
 }
 
+// taskFile is one thread of a process, with its name and one of its
+// /proc files (the thread's directory names it).
+type taskFile struct {
+	tid, name, dir string
+	data           []byte
+}
+
+// taskFiles reads file (status, stat...) and comm of each thread of
+// process pid, leaving out threads that ended while it read.
+func taskFiles(t *testing.T, pid int, file string) []taskFile {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []taskFile
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		data, err1 := os.ReadFile(dir + "/" + file)
+		comm, err2 := os.ReadFile(dir + "/comm")
+		if err1 != nil || err2 != nil {
+			continue // the thread ended
+		}
+		out = append(out, taskFile{task.Name(), strings.TrimSpace(string(comm)), dir, data})
+	}
+	return out
+}
+
 // checkThreadPolicies checks the scheduling policy of each thread of
 // process pid: the normal one (0) on the vCPU threads, SCHED_BATCH (3)
 // on every other (schedpolicy: govmm's helper threads do not preempt its
 // vCPUs).
 func checkThreadPolicies(t *testing.T, pid int) {
 	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
 	policies := map[string][]int{}
-	for _, task := range tasks {
-		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
-		stat, err1 := os.ReadFile(dir + "/stat")
-		comm, err2 := os.ReadFile(dir + "/comm")
-		if err1 != nil || err2 != nil {
-			continue // the thread ended
-		}
-		name := strings.TrimSpace(string(comm))
-		policy, err := statPolicy(string(stat))
+	for _, task := range taskFiles(t, pid, "stat") {
+		policy, err := statPolicy(string(task.data))
 		if err != nil {
-			t.Fatalf("%s/stat: %v", dir, err)
+			t.Fatalf("%s/stat: %v", task.dir, err)
 		}
-		policies[name] = append(policies[name], policy)
+		policies[task.name] = append(policies[task.name], policy)
 		want := 3
-		if strings.HasPrefix(name, "vcpu") {
+		if strings.HasPrefix(task.name, "vcpu") {
 			want = 0
 		}
 		if policy != want {
-			t.Errorf("thread %s (%q): scheduling policy %d, want %d", task.Name(), name, policy, want)
+			t.Errorf("thread %s (%q): scheduling policy %d, want %d", task.tid, task.name, policy, want)
 		}
 	}
 	if len(policies["vcpu0"]) == 0 {
@@ -299,21 +316,11 @@ func statPolicy(stat string) (int, error) {
 // have the program's), and the main thread's.
 func threadFilters(t *testing.T, pid int) (byName map[string]int, main int) {
 	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]int{}
-	for _, task := range tasks {
-		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
-		status, err1 := os.ReadFile(dir + "/status")
-		comm, err2 := os.ReadFile(dir + "/comm")
-		if err1 != nil || err2 != nil {
-			continue // the thread ended
-		}
-		name := strings.TrimSpace(string(comm))
+	for _, task := range taskFiles(t, pid, "status") {
+		name, dir := task.name, task.dir
 		n := -1
-		for _, line := range strings.Split(string(status), "\n") {
+		for _, line := range strings.Split(string(task.data), "\n") {
 			if v, ok := strings.CutPrefix(line, "Seccomp_filters:"); ok {
 				n, _ = strconv.Atoi(strings.TrimSpace(v))
 			}
@@ -325,7 +332,7 @@ func threadFilters(t *testing.T, pid int) (byName map[string]int, main int) {
 			t.Errorf("threads named %q: %d and %d seccomp filters", name, prev, n)
 		}
 		out[name] = n
-		if task.Name() == strconv.Itoa(pid) {
+		if task.tid == strconv.Itoa(pid) {
 			main = n
 		}
 	}

@@ -39,15 +39,6 @@ func change(tid int, from, to uint32) error {
 	return unix.SchedSetAttr(tid, a, 0)
 }
 
-// policyOf returns thread tid's policy (0 for the calling thread).
-func policyOf(tid int) (int, error) {
-	a, err := unix.SchedGetAttr(tid, 0)
-	if err != nil {
-		return 0, fmt.Errorf("sched_getattr %d: %w", tid, err)
-	}
-	return int(a.Policy), nil
-}
-
 // BatchProcess gives every thread of the process that has the normal
 // policy SCHED_BATCH; threads created later inherit it from their
 // creators. A thread that ends while it runs is skipped.

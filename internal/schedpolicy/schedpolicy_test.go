@@ -1,6 +1,7 @@
 package schedpolicy
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"strconv"
@@ -92,4 +93,13 @@ func TestOthersLeftAlone(t *testing.T) {
 	if b, a := lockedThread(unix.SchedAttr{Policy: unix.SCHED_IDLE}, true); a.policy != unix.SCHED_IDLE {
 		t.Errorf("a thread %+v: %+v after BatchProcess and Interactive, want SCHED_IDLE kept", b, a)
 	}
+}
+
+// policyOf returns thread tid's policy (0 for the calling thread).
+func policyOf(tid int) (int, error) {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return 0, fmt.Errorf("sched_getattr %d: %w", tid, err)
+	}
+	return int(a.Policy), nil
 }
